@@ -1,0 +1,482 @@
+//! Keys, values and sizes of every BPF map, shared by the XDP program and the controller.
+//!
+//! Rules for every type here: `#[repr(C)]`, fixed-width integers only, padding written out
+//! as `_pad` fields (the kernel compares keys byte for byte, and a value must not carry
+//! uninitialised bytes), and the size asserted at compile time so a layout change is a
+//! conscious one (pinned maps of an older layout are refused by the controller).
+
+/// IP protocol numbers as they appear in the IPv4 header.
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// Slots in one Maglev table. A prime, as Maglev needs; 65537 keeps each backend's share
+/// within 0.01 point of its weight share up to a few thousand backends.
+pub const MAGLEV_TABLE_SIZE: u32 = 65537;
+/// Longest weighted round-robin sequence. Larger weight sums are scaled down to fit.
+pub const SEQUENCE_TABLE_SIZE: u32 = 65536;
+/// `wlc` compares at most this many backends per new flow (the verifier needs a bound; a
+/// listener with more backends scans a rotating window of this size).
+pub const WLC_SCAN_MAX: u32 = 128;
+/// Every listener owns two table slots: the live one and the one being rebuilt. A rebuild
+/// writes the idle slot, then flips `Listener::table`, so no packet sees a half-written table.
+pub const TABLES_PER_LISTENER: u32 = 2;
+/// Interfaces the program can transmit on through the devmap.
+pub const MAX_INTERFACES: u32 = 64;
+
+pub const DEFAULT_MAX_LISTENERS: u32 = 64;
+pub const DEFAULT_MAX_BACKENDS: u32 = 65536;
+pub const DEFAULT_FLOW_TABLE_SIZE: u32 = 1 << 20;
+
+/// Marks "no backend" in a selection table slot and in a flow.
+pub const NO_BACKEND: u32 = u32::MAX;
+
+/// Map names as the XDP program declares them; the controller opens them by these names.
+pub mod names {
+    pub const LISTENERS: &str = "LISTENERS";
+    pub const BACKENDS: &str = "BACKENDS";
+    pub const MAGLEV: &str = "MAGLEV";
+    pub const SEQUENCE: &str = "SEQUENCE";
+    pub const TABLE_META: &str = "TABLE_META";
+    pub const CURSORS: &str = "CURSORS";
+    pub const FLOWS: &str = "FLOWS";
+    pub const REVERSE: &str = "REVERSE";
+    pub const ACTIVE_FLOWS: &str = "ACTIVE_FLOWS";
+    pub const LISTENER_STATS: &str = "LISTENER_STATS";
+    pub const BACKEND_STATS: &str = "BACKEND_STATS";
+    pub const COUNTERS: &str = "COUNTERS";
+    pub const TX_PORTS: &str = "TX_PORTS";
+    pub const PROGRAM: &str = "lb_xdp";
+}
+
+/// How a listener picks the backend of a new flow. Values are stored in `Listener::scheduler`.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scheduler {
+    /// Weighted round robin: walks the listener's smooth WRR sequence.
+    Wrr = 0,
+    /// Round robin: every backend with a non-zero weight once per turn; weights ignored.
+    Rr = 1,
+    /// Weighted least connections: fewest active flows per unit of weight.
+    Wlc = 2,
+    /// Consistent hash of the source address into the weighted Maglev table.
+    Sch = 3,
+    /// Consistent hash of the 4-tuple into the weighted Maglev table.
+    Tch = 4,
+}
+
+impl Scheduler {
+    pub const fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            0 => Some(Self::Wrr),
+            1 => Some(Self::Rr),
+            2 => Some(Self::Wlc),
+            3 => Some(Self::Sch),
+            4 => Some(Self::Tch),
+            _ => None,
+        }
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Wrr => "wrr",
+            Self::Rr => "rr",
+            Self::Wlc => "wlc",
+            Self::Sch => "sch",
+            Self::Tch => "tch",
+        }
+    }
+}
+
+/// Key of `LISTENERS`: what a packet is addressed to.
+///
+/// A key with `port == 0` and `protocol == 0` is a VIP marker: it tells the program that
+/// the address is a VIP even when no listener matches the port (fragments, unknown ports).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct ListenerKey {
+    /// The VIP. Network byte order.
+    pub addr: u32,
+    /// Listener port. Network byte order.
+    pub port: u16,
+    /// `PROTO_TCP` or `PROTO_UDP`.
+    pub protocol: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(size_of::<ListenerKey>() == 8);
+
+impl ListenerKey {
+    pub const fn vip_marker(addr: u32) -> Self {
+        Self {
+            addr,
+            port: 0,
+            protocol: 0,
+            _pad: 0,
+        }
+    }
+}
+
+/// `Listener::acl_mode`: what a match in the listener's access list means.
+pub const ACL_NONE: u8 = 0;
+pub const ACL_ALLOW: u8 = 1;
+pub const ACL_DENY: u8 = 2;
+
+/// Value of `LISTENERS`. All fields host byte order.
+///
+/// Replaced whole by the controller (the map is `BPF_F_NO_PREALLOC`, so an update swaps the
+/// element under RCU and a packet sees either the old or the new value, never a mix).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Listener {
+    /// Index into the per-listener arrays (`CURSORS`, `LISTENER_STATS`).
+    pub id: u32,
+    /// The live table slot: index into `TABLE_META`, and `table * MAGLEV_TABLE_SIZE` /
+    /// `table * SEQUENCE_TABLE_SIZE` into `MAGLEV` / `SEQUENCE`.
+    pub table: u32,
+    /// A `Scheduler` value.
+    pub scheduler: u8,
+    /// `ACL_NONE`, `ACL_ALLOW` or `ACL_DENY`.
+    pub acl_mode: u8,
+    /// `LISTENER_F_*` bits.
+    pub flags: u8,
+    pub _pad: u8,
+    /// Access list this listener checks (meaningful when `acl_mode != ACL_NONE`).
+    pub acl_id: u32,
+    /// A TCP flow idle longer than this is forgotten; its next packet is scheduled again.
+    pub established_timeout_s: u32,
+    /// Same for UDP flows.
+    pub udp_timeout_s: u32,
+    /// Source-address affinity lifetime; 0 = off.
+    pub persistence_timeout_s: u32,
+    pub _reserved: u32,
+}
+const _: () = assert!(size_of::<Listener>() == 32);
+
+/// `Listener::flags`: the entry is a VIP marker, not a listener.
+pub const LISTENER_F_VIP_MARKER: u8 = 1;
+
+/// `Backend::flags`: the backend exists and passes its health checks. Its established flows
+/// keep going (weight 0 included); only usable backends with a weight are in the tables.
+pub const BACKEND_F_USABLE: u8 = 1;
+/// `Backend::flags`: removed or drained with connection drain on; flows continue until
+/// `drain_deadline_ns`.
+pub const BACKEND_F_DRAINING: u8 = 2;
+
+/// Value of `BACKENDS`, indexed by backend id. A backend is one member of a listener's
+/// group: health, weight and counters are per (listener, server, port), as in CLB.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Backend {
+    /// Server address. Network byte order.
+    pub addr: u32,
+    /// Server port. Network byte order.
+    pub port: u16,
+    /// `BACKEND_F_*` bits.
+    pub flags: u8,
+    pub _pad: u8,
+    /// Effective weight (after slow start), host order. Read by `wlc`.
+    pub weight: u32,
+    /// Owning listener id, host order.
+    pub listener: u32,
+    /// Bumped each time the id is given to a new backend; a flow remembers it, so a flow
+    /// of a removed backend never lands on the id's next owner. Host order.
+    pub generation: u32,
+    pub _pad2: u32,
+    /// While draining: `bpf_ktime_get_coarse_ns` time after which flows are cut; 0 = never.
+    pub drain_deadline_ns: u64,
+}
+const _: () = assert!(size_of::<Backend>() == 32);
+
+impl Backend {
+    pub const fn is_usable(&self) -> bool {
+        self.flags & BACKEND_F_USABLE != 0
+    }
+}
+
+/// Value of `TABLE_META`, indexed by table slot. Host order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct TableMeta {
+    /// Backends that take new flows in this table; 0 = new flows are dropped (no backend).
+    pub backends: u32,
+    /// Entries used in the slot's `SEQUENCE` region (wrr: the sequence; rr and wlc: each
+    /// backend once).
+    pub sequence_len: u32,
+}
+const _: () = assert!(size_of::<TableMeta>() == 8);
+
+/// Key of `FLOWS` (client side: client → VIP) and of `REVERSE` (backend side:
+/// backend → client).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FlowKey {
+    /// Network byte order.
+    pub src_addr: u32,
+    /// Network byte order.
+    pub dst_addr: u32,
+    /// Network byte order.
+    pub src_port: u16,
+    /// Network byte order.
+    pub dst_port: u16,
+    pub protocol: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(size_of::<FlowKey>() == 16);
+
+/// `Flow::flags`: a FIN was seen from the client.
+pub const FLOW_F_FIN: u32 = 1;
+/// `Flow::flags`: a RST was seen from the client.
+pub const FLOW_F_RST: u32 = 2;
+/// `Flow::flags`: created by a mid-flow pickup (TCP without SYN and without an entry).
+pub const FLOW_F_PICKUP: u32 = 4;
+/// `Flow::flags`: the flow holds one count in `ACTIVE_FLOWS` of its backend (`wlc`).
+pub const FLOW_F_COUNTED: u32 = 8;
+
+/// A flow whose client sent FIN stays this long after its last packet, so the rest of the
+/// close handshake still reaches its backend.
+pub const FIN_TIMEOUT_S: u32 = 60;
+/// Same after a RST: only stragglers are left.
+pub const RST_TIMEOUT_S: u32 = 10;
+
+/// Value of `FLOWS`. Host order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Flow {
+    /// Backend id (index into `BACKENDS`).
+    pub backend: u32,
+    /// The backend's `generation` when the flow was created.
+    pub generation: u32,
+    /// `bpf_ktime_get_coarse_ns` of the last client packet.
+    pub last_seen_ns: u64,
+    /// Listener id.
+    pub listener: u32,
+    /// `FLOW_F_*` bits.
+    pub flags: u32,
+}
+const _: () = assert!(size_of::<Flow>() == 24);
+
+/// Value of `REVERSE`: how to rewrite a backend's reply back to the VIP.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ReverseNat {
+    /// The VIP the client talked to. Network byte order.
+    pub vip: u32,
+    /// The listener port. Network byte order.
+    pub vport: u16,
+    pub _pad: u16,
+    /// Listener id, host order.
+    pub listener: u32,
+    /// Backend id and generation of the forward flow, host order: a new flow may take over
+    /// this entry only if the flow it belongs to is gone or moved to another backend.
+    pub backend: u32,
+    pub generation: u32,
+    pub _pad2: u32,
+}
+const _: () = assert!(size_of::<ReverseNat>() == 24);
+
+/// Per-CPU traffic counters of a listener (`LISTENER_STATS`) or a backend (`BACKEND_STATS`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct TrafficCounters {
+    /// Client → backend packets and bytes (IP length) forwarded.
+    pub packets: u64,
+    pub bytes: u64,
+    /// Backend → client packets and bytes (IP length) reverse-translated.
+    pub reply_packets: u64,
+    pub reply_bytes: u64,
+    /// Flows created by the scheduler (TCP SYN, first UDP packet).
+    pub new_flows: u64,
+    /// Flows created by a mid-flow pickup (TCP packet without SYN and without an entry).
+    pub pickups: u64,
+    /// Flows moved off a backend that became unusable.
+    pub reselected: u64,
+    /// Packets for this listener dropped (no backend, ACL, drain expiry, collision).
+    pub dropped: u64,
+}
+const _: () = assert!(size_of::<TrafficCounters>() == 64);
+
+impl TrafficCounters {
+    /// Sums the per-CPU copies of a counter set.
+    pub fn add(&mut self, other: &Self) {
+        self.packets += other.packets;
+        self.bytes += other.bytes;
+        self.reply_packets += other.reply_packets;
+        self.reply_bytes += other.reply_bytes;
+        self.new_flows += other.new_flows;
+        self.pickups += other.pickups;
+        self.reselected += other.reselected;
+        self.dropped += other.dropped;
+    }
+}
+
+/// What the program did with a packet and why; index into the per-CPU `COUNTERS` array.
+/// Every verdict the program returns is counted under exactly one of these.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// Client packet translated and sent to its backend (XDP_TX or redirect).
+    Forwarded = 0,
+    /// Backend reply translated back to the VIP and sent to the client.
+    ReplyForwarded = 1,
+    /// Not IPv4 (ARP, IPv6, VLAN-tagged, …): XDP_PASS.
+    PassNotIpv4 = 2,
+    /// IPv4 but neither TCP nor UDP (and not an ICMP error about a flow): XDP_PASS.
+    PassOtherProtocol = 3,
+    /// TCP/UDP not addressed to a listener and not a reply of a known flow: XDP_PASS.
+    PassNotForUs = 4,
+    /// TCP/UDP to a VIP on a port/protocol with no listener: XDP_PASS.
+    PassVipNoListener = 5,
+    /// TTL ≤ 1: XDP_PASS so the kernel answers ICMP time exceeded, as a router would.
+    PassTtlExpired = 6,
+    /// Next hop's MAC unknown: the translated packet goes to the kernel, which resolves it.
+    PassNeighUnknown = 7,
+    /// Translated packet larger than the egress MTU: XDP_PASS, the kernel sends ICMP.
+    PassFragNeeded = 8,
+    /// Egress interface is not one the program is attached to: XDP_PASS (kernel forwards).
+    PassNoTxPort = 9,
+    /// Frame shorter than an Ethernet header: XDP_DROP.
+    DropMalformedEthernet = 10,
+    /// Bad IPv4 header (truncated, IHL < 5, version ≠ 4, total length outside the frame):
+    /// XDP_DROP.
+    DropMalformedIpv4 = 11,
+    /// TCP/UDP header truncated or TCP data offset < 5 or past the packet, for a listener
+    /// or a known flow: XDP_DROP.
+    DropMalformedL4 = 12,
+    /// IPv4 fragment addressed to a VIP (no ports to schedule on): XDP_DROP.
+    DropFragment = 13,
+    /// New flow for a listener with no usable backend: XDP_DROP.
+    DropNoBackend = 14,
+    /// New flow whose backend-side 5-tuple is already used by another live flow: XDP_DROP.
+    DropReverseCollision = 15,
+    /// No route to the backend or client (blackhole, unreachable, prohibited, forwarding
+    /// off): XDP_DROP.
+    DropNoRoute = 16,
+    /// Source denied by the listener's access list: XDP_DROP.
+    DropAclDenied = 17,
+    /// Packet of a flow whose backend's drain timeout has passed (TCP gets a RST): XDP_DROP.
+    DropDrainExpired = 18,
+    /// Flow table insert failed (should not happen with an LRU map): XDP_DROP.
+    DropFlowInsertFailed = 19,
+    /// Event, not a verdict: a TCP flow picked up mid-stream through the Maglev table.
+    EventPickup = 20,
+    /// Event, not a verdict: a flow moved off a backend that became unusable.
+    EventReselected = 21,
+    /// Event, not a verdict: a new flow created by the scheduler.
+    EventNewFlow = 22,
+}
+
+/// Number of `Reason` values (size of `COUNTERS`).
+pub const REASON_COUNT: u32 = 23;
+
+impl Reason {
+    pub const ALL: [Self; REASON_COUNT as usize] = [
+        Self::Forwarded,
+        Self::ReplyForwarded,
+        Self::PassNotIpv4,
+        Self::PassOtherProtocol,
+        Self::PassNotForUs,
+        Self::PassVipNoListener,
+        Self::PassTtlExpired,
+        Self::PassNeighUnknown,
+        Self::PassFragNeeded,
+        Self::PassNoTxPort,
+        Self::DropMalformedEthernet,
+        Self::DropMalformedIpv4,
+        Self::DropMalformedL4,
+        Self::DropFragment,
+        Self::DropNoBackend,
+        Self::DropReverseCollision,
+        Self::DropNoRoute,
+        Self::DropAclDenied,
+        Self::DropDrainExpired,
+        Self::DropFlowInsertFailed,
+        Self::EventPickup,
+        Self::EventReselected,
+        Self::EventNewFlow,
+    ];
+
+    /// Name used in metrics and `lb-ctl stats`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Forwarded => "forwarded",
+            Self::ReplyForwarded => "reply_forwarded",
+            Self::PassNotIpv4 => "pass_not_ipv4",
+            Self::PassOtherProtocol => "pass_other_protocol",
+            Self::PassNotForUs => "pass_not_for_us",
+            Self::PassVipNoListener => "pass_vip_no_listener",
+            Self::PassTtlExpired => "pass_ttl_expired",
+            Self::PassNeighUnknown => "pass_neighbour_unknown",
+            Self::PassFragNeeded => "pass_frag_needed",
+            Self::PassNoTxPort => "pass_no_tx_port",
+            Self::DropMalformedEthernet => "drop_malformed_ethernet",
+            Self::DropMalformedIpv4 => "drop_malformed_ipv4",
+            Self::DropMalformedL4 => "drop_malformed_l4",
+            Self::DropFragment => "drop_fragment",
+            Self::DropNoBackend => "drop_no_backend",
+            Self::DropReverseCollision => "drop_reverse_collision",
+            Self::DropNoRoute => "drop_no_route",
+            Self::DropAclDenied => "drop_acl_denied",
+            Self::DropDrainExpired => "drop_drain_expired",
+            Self::DropFlowInsertFailed => "drop_flow_insert_failed",
+            Self::EventPickup => "event_pickup",
+            Self::EventReselected => "event_reselected",
+            Self::EventNewFlow => "event_new_flow",
+        }
+    }
+
+    /// The XDP verdict that goes with this reason (`None` for events).
+    pub const fn verdict(self) -> Option<Verdict> {
+        match self as u32 {
+            0 | 1 => Some(Verdict::Transmit),
+            2..=9 => Some(Verdict::Pass),
+            10..=19 => Some(Verdict::Drop),
+            _ => None,
+        }
+    }
+}
+
+/// XDP verdicts as the policy documents them (XDP_TX and XDP_REDIRECT are both "Transmit").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Pass,
+    Drop,
+    Transmit,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are repr(C), made of integers only, with explicit padding.
+    unsafe impl aya::Pod for ListenerKey {}
+    unsafe impl aya::Pod for Listener {}
+    unsafe impl aya::Pod for Backend {}
+    unsafe impl aya::Pod for TableMeta {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for Flow {}
+    unsafe impl aya::Pod for ReverseNat {}
+    unsafe impl aya::Pod for TrafficCounters {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_are_dense_and_named_once() {
+        for (i, r) in Reason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i);
+        }
+        let mut names: Vec<_> = Reason::ALL.iter().map(|r| r.name()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), REASON_COUNT as usize);
+    }
+
+    #[test]
+    fn scheduler_round_trips() {
+        for v in 0..=4 {
+            assert_eq!(Scheduler::from_u8(v).map(|s| s as u8), Some(v));
+        }
+        assert_eq!(Scheduler::from_u8(5), None);
+    }
+}

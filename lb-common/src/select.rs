@@ -1,0 +1,228 @@
+//! The selection steps of the data plane, as pure functions over values read from the maps.
+//!
+//! The XDP program calls these on every packet and `lb-ctl explain` calls the very same
+//! functions on values it reads from the live maps, so the explanation cannot drift from
+//! what the data plane does.
+
+use crate::{
+    FIN_TIMEOUT_S, FLOW_F_FIN, FLOW_F_RST, Flow, Listener, MAGLEV_TABLE_SIZE, PROTO_TCP,
+    RST_TIMEOUT_S, SEQUENCE_TABLE_SIZE, hash,
+};
+
+/// What the flow table says about a packet's flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EntryState {
+    /// No entry.
+    Missing,
+    /// An entry whose backend is gone, replaced or unhealthy.
+    BackendUnusable,
+    /// An entry idle for longer than its timeout.
+    Expired,
+    /// An entry whose backend still takes its flows. `closing`: FIN or RST seen.
+    Live { closing: bool },
+}
+
+/// What to do with a packet for a listener.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Send it to the flow's backend.
+    Reuse,
+    /// A new flow: run the listener's scheduler.
+    Schedule,
+    /// A TCP packet of a connection this LB has no usable entry for (after a restart, an
+    /// LB failover, an eviction or a backend failure): pick through the Maglev table on the
+    /// 4-tuple, whatever the scheduler, so every LB host picks the same backend.
+    Pickup,
+}
+
+/// TCP flag bits as they sit in byte 13 of the TCP header.
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+/// A connection opener: SYN without ACK.
+#[inline(always)]
+pub const fn is_tcp_open(tcp_flags: u8) -> bool {
+    tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+}
+
+/// The decision table of step 4 of the packet walk (docs/architecture.md).
+#[inline(always)]
+pub const fn next_step(protocol: u8, tcp_flags: u8, entry: EntryState) -> Step {
+    let tcp = protocol == PROTO_TCP;
+    match entry {
+        // A SYN on a closed connection's entry is the client reusing its port: a new flow.
+        EntryState::Live { closing: true } if tcp && is_tcp_open(tcp_flags) => Step::Schedule,
+        EntryState::Live { .. } => Step::Reuse,
+        _ if !tcp || is_tcp_open(tcp_flags) => Step::Schedule,
+        _ => Step::Pickup,
+    }
+}
+
+/// Seconds a flow may stay idle before it is forgotten.
+#[inline(always)]
+pub const fn idle_timeout_s(protocol: u8, flow_flags: u32, listener: &Listener) -> u32 {
+    if protocol != PROTO_TCP {
+        return listener.udp_timeout_s;
+    }
+    let est = listener.established_timeout_s;
+    if flow_flags & FLOW_F_RST != 0 {
+        if RST_TIMEOUT_S < est {
+            RST_TIMEOUT_S
+        } else {
+            est
+        }
+    } else if flow_flags & FLOW_F_FIN != 0 {
+        if FIN_TIMEOUT_S < est {
+            FIN_TIMEOUT_S
+        } else {
+            est
+        }
+    } else {
+        est
+    }
+}
+
+/// Whether a flow has been idle longer than its timeout at `now_ns`.
+#[inline(always)]
+pub const fn is_expired(now_ns: u64, flow: &Flow, protocol: u8, listener: &Listener) -> bool {
+    let timeout_ns = idle_timeout_s(protocol, flow.flags, listener) as u64 * 1_000_000_000;
+    now_ns.saturating_sub(flow.last_seen_ns) > timeout_ns
+}
+
+/// An active flow (the definition `wlc`, `status` and `wait drained` share): no FIN or RST
+/// seen and used within its idle timeout.
+#[inline(always)]
+pub const fn is_active(now_ns: u64, flow: &Flow, protocol: u8, listener: &Listener) -> bool {
+    flow.flags & (FLOW_F_FIN | FLOW_F_RST) == 0 && !is_expired(now_ns, flow, protocol, listener)
+}
+
+/// Index into `MAGLEV` for a `sch` flow (hash of the client address).
+#[inline(always)]
+pub const fn maglev_index_source(table: u32, src_addr: u32) -> u32 {
+    table * MAGLEV_TABLE_SIZE + hash::hash_source(src_addr) % MAGLEV_TABLE_SIZE
+}
+
+/// Index into `MAGLEV` for a `tch` flow or a pickup (hash of the 4-tuple).
+#[inline(always)]
+pub const fn maglev_index_tuple(
+    table: u32,
+    src_addr: u32,
+    dst_addr: u32,
+    src_port: u16,
+    dst_port: u16,
+) -> u32 {
+    table * MAGLEV_TABLE_SIZE
+        + hash::hash_tuple(src_addr, dst_addr, src_port, dst_port) % MAGLEV_TABLE_SIZE
+}
+
+/// Index into `SEQUENCE` of position `cursor` of a sequence of `len` entries.
+#[inline(always)]
+pub const fn sequence_index(table: u32, cursor: u32, len: u32) -> u32 {
+    table * SEQUENCE_TABLE_SIZE + if len == 0 { 0 } else { cursor % len }
+}
+
+/// `wlc`: whether backend a (active flows, weight) is a better choice than b, i.e.
+/// a_active / a_weight < b_active / b_weight, compared without division.
+#[inline(always)]
+pub const fn wlc_prefers(a_active: u32, a_weight: u32, b_active: u32, b_weight: u32) -> bool {
+    (a_active as u64) * (b_weight as u64) < (b_active as u64) * (a_weight as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::PROTO_UDP;
+
+    const SYN: u8 = TCP_SYN;
+    const SYN_ACK: u8 = TCP_SYN | TCP_ACK;
+    const ACK: u8 = TCP_ACK;
+
+    #[test]
+    fn decision_table() {
+        use EntryState::*;
+        use Step::*;
+        let live = Live { closing: false };
+        let closed = Live { closing: true };
+        let cases = [
+            (PROTO_TCP, SYN, Missing, Schedule),
+            (PROTO_TCP, ACK, Missing, Pickup),
+            (PROTO_TCP, SYN_ACK, Missing, Pickup),
+            (PROTO_TCP, SYN, live, Reuse),
+            (PROTO_TCP, ACK, live, Reuse),
+            (PROTO_TCP, SYN, closed, Schedule),
+            (PROTO_TCP, ACK, closed, Reuse),
+            (PROTO_TCP, SYN, BackendUnusable, Schedule),
+            (PROTO_TCP, ACK, BackendUnusable, Pickup),
+            (PROTO_TCP, ACK, Expired, Pickup),
+            (PROTO_TCP, SYN, Expired, Schedule),
+            (PROTO_UDP, 0, Missing, Schedule),
+            (PROTO_UDP, 0, live, Reuse),
+            (PROTO_UDP, 0, BackendUnusable, Schedule),
+            (PROTO_UDP, 0, Expired, Schedule),
+        ];
+        for (proto, flags, entry, want) in cases {
+            assert_eq!(
+                next_step(proto, flags, entry),
+                want,
+                "{proto} {flags:#x} {entry:?}"
+            );
+        }
+    }
+
+    fn listener() -> Listener {
+        Listener {
+            established_timeout_s: 900,
+            udp_timeout_s: 30,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn idle_timeouts() {
+        let l = listener();
+        let s = 1_000_000_000u64;
+        let mut f = Flow {
+            last_seen_ns: 100 * s,
+            ..Default::default()
+        };
+        assert!(!is_expired(1000 * s, &f, PROTO_TCP, &l));
+        assert!(is_expired(1000 * s + 1, &f, PROTO_TCP, &l));
+        assert!(is_expired(131 * s, &f, PROTO_UDP, &l));
+        assert!(!is_expired(130 * s, &f, PROTO_UDP, &l));
+        f.flags = FLOW_F_FIN;
+        assert!(is_expired(161 * s, &f, PROTO_TCP, &l));
+        assert!(!is_active(101 * s, &f, PROTO_TCP, &l));
+        f.flags = FLOW_F_RST;
+        assert!(is_expired(111 * s, &f, PROTO_TCP, &l));
+        // A clock read before last_seen (another CPU wrote a newer time) is not expiry.
+        assert!(!is_expired(
+            99 * s,
+            &Flow {
+                last_seen_ns: 100 * s,
+                ..Default::default()
+            },
+            PROTO_TCP,
+            &l
+        ));
+    }
+
+    #[test]
+    fn wlc_ratio() {
+        assert!(wlc_prefers(1, 100, 1, 50));
+        assert!(!wlc_prefers(2, 100, 1, 50));
+        assert!(wlc_prefers(0, 1, 1, 100));
+        assert!(!wlc_prefers(3, 3, 1, 1));
+    }
+
+    #[test]
+    fn indices_stay_in_their_table() {
+        for t in 0..4 {
+            let i = maglev_index_source(t, 0xdead_beef);
+            assert!((t * MAGLEV_TABLE_SIZE..(t + 1) * MAGLEV_TABLE_SIZE).contains(&i));
+            let j = sequence_index(t, u32::MAX, 7);
+            assert_eq!(j, t * SEQUENCE_TABLE_SIZE + u32::MAX % 7);
+        }
+    }
+}

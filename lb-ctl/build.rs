@@ -1,0 +1,52 @@
+//! Builds the XDP program (crate `lb-ebpf`) for the BPF target and leaves the object in
+//! `OUT_DIR`, where `src/ebpf.rs` embeds it: one `lb-ctl` binary carries its data plane.
+
+use std::{env, path::PathBuf};
+
+use anyhow::Context as _;
+use aya_build::{Package, Toolchain};
+
+/// Names the rustup toolchain that compiles the eBPF crate. It needs `rust-src` (for
+/// `-Z build-std=core`) and an LLVM that matches bpf-linker's; the default is Debian's
+/// rustc linked as `deb-web` (see docs/development.md). A laptop with `nightly` +
+/// `rust-src` sets `LB_EBPF_TOOLCHAIN=nightly`.
+const TOOLCHAIN_VAR: &str = "LB_EBPF_TOOLCHAIN";
+const DEFAULT_TOOLCHAIN: &str = "deb-web";
+
+fn main() -> anyhow::Result<()> {
+    println!("cargo:rerun-if-env-changed={TOOLCHAIN_VAR}");
+    let toolchain = env::var(TOOLCHAIN_VAR).unwrap_or_else(|_| DEFAULT_TOOLCHAIN.to_owned());
+
+    let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR")?);
+    let workspace = manifest_dir
+        .parent()
+        .context("lb-ctl has no parent directory")?;
+    let ebpf_dir = workspace.join("lb-ebpf");
+    // aya-build watches the eBPF crate; the shared types it compiles in live next door.
+    println!(
+        "cargo:rerun-if-changed={}",
+        workspace.join("lb-common").display()
+    );
+
+    if env::var_os("RUSTC_BOOTSTRAP").is_none() {
+        // Debian's rustc is a stable-channel compiler; build-std needs -Z flags.
+        // SAFETY: build scripts are single-threaded at this point.
+        unsafe { env::set_var("RUSTC_BOOTSTRAP", "1") };
+    }
+
+    let root_dir = ebpf_dir.to_str().context("non-UTF-8 path to lb-ebpf")?;
+    aya_build::build_ebpf(
+        [Package {
+            name: "lb-ebpf",
+            root_dir,
+            ..Default::default()
+        }],
+        Toolchain::Custom(&toolchain),
+    )
+    .with_context(|| {
+        format!(
+            "building the XDP program with toolchain `{toolchain}` failed; run `cargo xtask build` \
+             once to install the eBPF toolchain, or set {TOOLCHAIN_VAR}"
+        )
+    })
+}
