@@ -60,7 +60,7 @@ mod tests {
         for chunk in bytes.chunks_exact(4) {
             h = round(h, u32::from_le_bytes(chunk.try_into().unwrap()));
         }
-        assert!(bytes.len() % 4 == 0);
+        assert!(bytes.len().is_multiple_of(4));
         finish(h, bytes.len() as u32)
     }
 

@@ -28,6 +28,16 @@ pub const DEFAULT_MAX_LISTENERS: u32 = 64;
 pub const DEFAULT_MAX_BACKENDS: u32 = 65536;
 pub const DEFAULT_FLOW_TABLE_SIZE: u32 = 1 << 20;
 
+/// `MAGLEV` and `SEQUENCE` hold backend ids two per map element. The kernel pads array
+/// elements to 8 bytes, and the controller mmaps these arrays: with pairs, the mapping is a
+/// dense `u32` array where id number i sits at index i (element i / 2, lane i % 2).
+pub type IdPair = [u32; 2];
+
+/// Map elements needed for `ids` backend ids stored as `IdPair`s.
+pub const fn id_pair_entries(ids: u32) -> u32 {
+    ids.div_ceil(2)
+}
+
 /// Marks "no backend" in a selection table slot and in a flow.
 pub const NO_BACKEND: u32 = u32::MAX;
 
@@ -93,7 +103,7 @@ impl Scheduler {
 /// A key with `port == 0` and `protocol == 0` is a VIP marker: it tells the program that
 /// the address is a VIP even when no listener matches the port (fragments, unknown ports).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct ListenerKey {
     /// The VIP. Network byte order.
     pub addr: u32,

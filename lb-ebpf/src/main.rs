@@ -1,2 +1,40 @@
-#![no_std]
-#![no_main]
+//! The XDP program of the load balancer. One entry point, `lb_xdp`, attached to every
+//! interface of the LB host (client side and backend side):
+//!
+//! 1. parse Ethernet / IPv4 / TCP or UDP (`parse`);
+//! 2. a packet to a listener's VIP:port goes through the flow table and, for a new flow,
+//!    the listener's scheduler (`sched`), then is translated to its backend (`nat`);
+//! 3. a packet from a backend that matches a reverse entry is translated back to the VIP;
+//! 4. everything else is passed to the kernel untouched;
+//! 5. translated packets leave through the FIB's next hop (`fwd`).
+//!
+//! Every verdict is counted under its reason (`stats`); docs/packet-policy.md lists them.
+
+#![cfg_attr(target_arch = "bpf", no_std, no_main, feature(core_intrinsics))]
+#![cfg_attr(
+    target_arch = "bpf",
+    expect(
+        internal_features,
+        reason = "atomic_xadd is the only atomic add the BPF target offers"
+    )
+)]
+
+#[cfg(target_arch = "bpf")]
+mod fwd;
+#[cfg(target_arch = "bpf")]
+mod maps;
+#[cfg(target_arch = "bpf")]
+mod nat;
+#[cfg(target_arch = "bpf")]
+mod parse;
+#[cfg(target_arch = "bpf")]
+mod program;
+#[cfg(target_arch = "bpf")]
+mod sched;
+#[cfg(target_arch = "bpf")]
+mod stats;
+
+/// On the host (`cargo build --workspace`), the crate is an empty binary: the program
+/// only exists for the BPF target, which lb-ctl's build script compiles.
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}

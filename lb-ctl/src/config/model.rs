@@ -1,0 +1,665 @@
+//! The typed configuration: what the daemon runs on after validation, and what `export`
+//! writes back. Field names are the config file's (DESIGN.md, "Config contract"); serde's
+//! `Serialize` emits them unchanged and leaves out settings at their default, so an
+//! exported file shows only what differs from a fresh listener or group.
+
+use std::{
+    fmt,
+    net::{Ipv4Addr, SocketAddr},
+};
+
+use lb_common::Scheduler;
+use serde::{Serialize, Serializer};
+
+pub use super::net::{Ipv4Net, Ipv4NetError};
+
+/// Accepted ranges and defaults. Both the YAML reader and `Config::validate` check against
+/// these, so a range is stated once.
+pub mod limits {
+    use std::ops::RangeInclusive;
+
+    pub const PORT: RangeInclusive<u64> = 1..=65535;
+    pub const WEIGHT: RangeInclusive<u64> = 0..=100;
+    pub const FLOW_TABLE_SIZE: RangeInclusive<u64> = 1024..=67_108_864;
+    pub const MAX_LISTENERS: RangeInclusive<u64> = 1..=4096;
+    pub const MAX_BACKENDS: RangeInclusive<u64> = 1..=1_048_576;
+    pub const PERSISTENCE_TIMEOUT: RangeInclusive<u64> = 0..=3600;
+    pub const ESTABLISHED_TIMEOUT: RangeInclusive<u64> = 10..=900;
+    pub const UDP_TIMEOUT: RangeInclusive<u64> = 10..=900;
+    pub const DRAIN_TIMEOUT: RangeInclusive<u64> = 10..=900;
+    pub const SLOW_START: RangeInclusive<u64> = 0..=600;
+    pub const CHECK_INTERVAL: RangeInclusive<u64> = 1..=50;
+    pub const CHECK_TIMEOUT: RangeInclusive<u64> = 1..=300;
+    pub const CHECK_THRESHOLD: RangeInclusive<u64> = 2..=10;
+    pub const FLAP_MAX_FLAPS: RangeInclusive<u64> = 1..=100;
+    pub const FLAP_WINDOW: RangeInclusive<u64> = 1..=3600;
+    pub const FLAP_HOLD: RangeInclusive<u64> = 1..=86_400;
+    /// Longest instance name: it becomes a bpffs folder and prefixes pinned map names.
+    pub const INSTANCE_NAME_MAX: usize = 32;
+    /// Longest name of a group, listener or ACL.
+    pub const OBJECT_NAME_MAX: usize = 64;
+    /// IFNAMSIZ - 1: the kernel keeps one byte for the terminating NUL.
+    pub const INTERFACE_NAME_MAX: usize = 15;
+
+    pub const DEFAULT_WEIGHT: u8 = 100;
+    pub const DEFAULT_FLOW_TABLE_SIZE: u32 = lb_common::DEFAULT_FLOW_TABLE_SIZE;
+    pub const DEFAULT_MAX_LISTENERS: u32 = lb_common::DEFAULT_MAX_LISTENERS;
+    pub const DEFAULT_MAX_BACKENDS: u32 = lb_common::DEFAULT_MAX_BACKENDS;
+    pub const DEFAULT_ESTABLISHED_TIMEOUT: u32 = 900;
+    pub const DEFAULT_UDP_TIMEOUT: u32 = 30;
+    pub const DEFAULT_DRAIN_TIMEOUT: u32 = 300;
+    pub const DEFAULT_CHECK_INTERVAL: u32 = 2;
+    pub const DEFAULT_CHECK_TIMEOUT: u32 = 5;
+    pub const DEFAULT_CHECK_THRESHOLD: u32 = 3;
+}
+
+use limits::*;
+
+/// Reserved name of the default server group (the CLI's `--group default`).
+pub const DEFAULT_GROUP_NAME: &str = "default";
+
+/// Every scheduler with its config name, in the order the docs list them.
+pub const SCHEDULERS: [Scheduler; 5] = [
+    Scheduler::Wrr,
+    Scheduler::Rr,
+    Scheduler::Wlc,
+    Scheduler::Sch,
+    Scheduler::Tch,
+];
+
+/// Looks a scheduler up by its config name (`wrr`, `rr`, `wlc`, `sch`, `tch`).
+pub fn scheduler_from_name(name: &str) -> Option<Scheduler> {
+    SCHEDULERS.into_iter().find(|s| s.name() == name)
+}
+
+/// One load balancer instance: everything one `lb-ctl daemon` runs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Config {
+    /// Names the pin folder /sys/fs/bpf/<instance>.
+    pub instance: String,
+    /// Where the XDP program attaches (client and backend side).
+    pub interfaces: Vec<String>,
+    #[serde(skip_serializing_if = "is_default")]
+    pub forwarding: Forwarding,
+    /// Entries of the LRU flow table.
+    #[serde(skip_serializing_if = "eq_u32::<DEFAULT_FLOW_TABLE_SIZE>")]
+    pub flow_table_size: u32,
+    /// Size of the listener maps: listeners beyond it cannot be added at run time either.
+    #[serde(skip_serializing_if = "eq_u32::<DEFAULT_MAX_LISTENERS>")]
+    pub max_listeners: u32,
+    /// Size of the backend map: one entry per (listener, group member).
+    #[serde(skip_serializing_if = "eq_u32::<DEFAULT_MAX_BACKENDS>")]
+    pub max_backends: u32,
+    /// Source address of health probes; the kernel picks one when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health_check_source: Option<Ipv4Addr>,
+    /// Where /metrics and the status page listen; off when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub acls: Vec<Acl>,
+    /// Exactly one per instance; absent in the file means an empty group.
+    #[serde(skip_serializing_if = "DefaultGroup::is_empty")]
+    pub default_server_group: DefaultGroup,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub vserver_groups: Vec<VServerGroup>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub primary_secondary_groups: Vec<PrimarySecondaryGroup>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub listeners: Vec<Listener>,
+}
+
+impl Config {
+    /// A config with no groups, ACLs or listeners and every setting at its default.
+    pub fn new(instance: impl Into<String>, interfaces: Vec<String>) -> Self {
+        Self {
+            instance: instance.into(),
+            interfaces,
+            forwarding: Forwarding::default(),
+            flow_table_size: DEFAULT_FLOW_TABLE_SIZE,
+            max_listeners: DEFAULT_MAX_LISTENERS,
+            max_backends: DEFAULT_MAX_BACKENDS,
+            health_check_source: None,
+            metrics_listen: None,
+            acls: Vec::new(),
+            default_server_group: DefaultGroup::default(),
+            vserver_groups: Vec::new(),
+            primary_secondary_groups: Vec::new(),
+            listeners: Vec::new(),
+        }
+    }
+
+    /// The config as a YAML file that `parse` reads back to an equal `Config`.
+    pub fn to_yaml(&self) -> String {
+        // Every map key here is a fixed field name and every value a string, number, bool
+        // or sequence, which serde_yaml always serializes: an error would be a bug in the
+        // model, not something a user can cause.
+        serde_yaml::to_string(self).expect("the config model serializes to YAML")
+    }
+
+    pub fn vserver_group(&self, name: &str) -> Option<&VServerGroup> {
+        self.vserver_groups.iter().find(|g| g.name == name)
+    }
+
+    pub fn primary_secondary_group(&self, name: &str) -> Option<&PrimarySecondaryGroup> {
+        self.primary_secondary_groups
+            .iter()
+            .find(|g| g.name == name)
+    }
+
+    pub fn listener(&self, name: &str) -> Option<&Listener> {
+        self.listeners.iter().find(|l| l.name == name)
+    }
+
+    pub fn acl(&self, name: &str) -> Option<&Acl> {
+        self.acls.iter().find(|a| a.name == name)
+    }
+}
+
+/// How a client packet reaches its backend.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Forwarding {
+    /// Destination rewritten to the backend; replies come back through the LB and are
+    /// rewritten to the VIP (LVS-NAT).
+    #[default]
+    Nat,
+}
+
+/// A named list of source prefixes that listeners allow or deny.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Acl {
+    pub name: String,
+    pub entries: Vec<Ipv4Net>,
+}
+
+/// The instance's default server group. Its servers carry no port: each listener on this
+/// group gives one with `backend_port`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct DefaultGroup {
+    pub servers: Vec<DefaultServer>,
+}
+
+impl DefaultGroup {
+    pub fn is_empty(&self) -> bool {
+        self.servers.is_empty()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DefaultServer {
+    pub address: Ipv4Addr,
+    #[serde(skip_serializing_if = "eq_u8::<DEFAULT_WEIGHT>")]
+    pub weight: u8,
+}
+
+impl DefaultServer {
+    pub fn new(address: Ipv4Addr) -> Self {
+        Self {
+            address,
+            weight: DEFAULT_WEIGHT,
+        }
+    }
+}
+
+/// A user-made group whose members each name their own port.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct VServerGroup {
+    pub name: String,
+    pub servers: Vec<Member>,
+}
+
+/// One member of a vServer group; a server may be a member several times on other ports.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Member {
+    pub address: Ipv4Addr,
+    pub port: u16,
+    #[serde(skip_serializing_if = "eq_u8::<DEFAULT_WEIGHT>")]
+    pub weight: u8,
+}
+
+impl Member {
+    pub fn new(address: Ipv4Addr, port: u16) -> Self {
+        Self {
+            address,
+            port,
+            weight: DEFAULT_WEIGHT,
+        }
+    }
+
+    pub fn endpoint(&self) -> Endpoint {
+        Endpoint {
+            address: self.address,
+            port: self.port,
+        }
+    }
+}
+
+/// Active/passive pair: the primary takes every new flow while it is healthy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PrimarySecondaryGroup {
+    pub name: String,
+    pub primary: Endpoint,
+    pub secondary: Endpoint,
+    /// Probe the secondary too; off by default, as in CLB.
+    #[serde(skip_serializing_if = "is_default")]
+    pub probe_secondary: bool,
+}
+
+/// A server and port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct Endpoint {
+    pub address: Ipv4Addr,
+    pub port: u16,
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.address, self.port)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    /// The IP protocol number, as the data plane's listener key holds it.
+    pub const fn number(self) -> u8 {
+        match self {
+            Self::Tcp => lb_common::PROTO_TCP,
+            Self::Udp => lb_common::PROTO_UDP,
+        }
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A VIP, port and protocol that clients connect to, and how its flows are spread.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Listener {
+    pub name: String,
+    pub protocol: Protocol,
+    /// The VIP.
+    pub address: Ipv4Addr,
+    pub port: u16,
+    /// Port of the default group's servers for this listener; set exactly when the
+    /// listener uses the default group.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backend_port: Option<u16>,
+    /// `None` = the default group. Use `named_group` to read it: code-built configs may
+    /// also spell the default group `Some("default")`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_group: Option<String>,
+    #[serde(serialize_with = "serialize_scheduler", skip_serializing_if = "is_wrr")]
+    pub scheduler: Scheduler,
+    /// Seconds of source-IP affinity; 0 = off. TCP listeners only.
+    #[serde(skip_serializing_if = "is_default")]
+    pub persistence_timeout: u32,
+    /// Seconds a TCP flow may idle before it is forgotten.
+    #[serde(skip_serializing_if = "eq_u32::<DEFAULT_ESTABLISHED_TIMEOUT>")]
+    pub established_timeout: u32,
+    /// Seconds a UDP flow may idle before it is forgotten.
+    #[serde(skip_serializing_if = "eq_u32::<DEFAULT_UDP_TIMEOUT>")]
+    pub udp_timeout: u32,
+    #[serde(skip_serializing_if = "is_default")]
+    pub connection_drain: ConnectionDrain,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acl: Option<ListenerAcl>,
+    /// Seconds over which a recovered or added backend's weight ramps up; 0 = off.
+    #[serde(skip_serializing_if = "is_default")]
+    pub slow_start: u32,
+    #[serde(skip_serializing_if = "is_default")]
+    pub health_check: HealthCheck,
+}
+
+impl Listener {
+    /// A listener on the default group with every option at its default. Set
+    /// `backend_port` or `server_group` before validating.
+    pub fn new(name: impl Into<String>, protocol: Protocol, address: Ipv4Addr, port: u16) -> Self {
+        Self {
+            name: name.into(),
+            protocol,
+            address,
+            port,
+            backend_port: None,
+            server_group: None,
+            scheduler: Scheduler::Wrr,
+            persistence_timeout: 0,
+            established_timeout: DEFAULT_ESTABLISHED_TIMEOUT,
+            udp_timeout: DEFAULT_UDP_TIMEOUT,
+            connection_drain: ConnectionDrain::default(),
+            acl: None,
+            slow_start: 0,
+            health_check: HealthCheck::default(),
+        }
+    }
+
+    /// The vServer or primary/secondary group this listener uses; `None` for the default
+    /// group, whether the config omits `server_group` or names `default`.
+    pub fn named_group(&self) -> Option<&str> {
+        self.server_group
+            .as_deref()
+            .filter(|name| *name != DEFAULT_GROUP_NAME)
+    }
+
+    /// What the data plane keys the listener on.
+    pub fn frontend(&self) -> (Ipv4Addr, u16, Protocol) {
+        (self.address, self.port, self.protocol)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct ConnectionDrain {
+    #[serde(skip_serializing_if = "is_default")]
+    pub enabled: bool,
+    /// Seconds a removed or drained server's flows may continue before they are cut.
+    #[serde(skip_serializing_if = "eq_u32::<DEFAULT_DRAIN_TIMEOUT>")]
+    pub timeout: u32,
+}
+
+impl Default for ConnectionDrain {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            timeout: DEFAULT_DRAIN_TIMEOUT,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ListenerAcl {
+    #[serde(rename = "type")]
+    pub kind: AclKind,
+    pub name: String,
+}
+
+/// What a source matching the listener's ACL gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AclKind {
+    /// Only matching sources are served.
+    Allow,
+    /// Matching sources are dropped.
+    Deny,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct HealthCheck {
+    #[serde(rename = "type", skip_serializing_if = "is_default")]
+    pub kind: HealthCheckKind,
+    /// Seconds between probes of one backend.
+    #[serde(skip_serializing_if = "eq_u32::<DEFAULT_CHECK_INTERVAL>")]
+    pub interval: u32,
+    /// Seconds one probe may take.
+    #[serde(skip_serializing_if = "eq_u32::<DEFAULT_CHECK_TIMEOUT>")]
+    pub timeout: u32,
+    /// Consecutive successes that bring a backend up.
+    #[serde(skip_serializing_if = "eq_u32::<DEFAULT_CHECK_THRESHOLD>")]
+    pub healthy_threshold: u32,
+    /// Consecutive failures that take a backend down.
+    #[serde(skip_serializing_if = "eq_u32::<DEFAULT_CHECK_THRESHOLD>")]
+    pub unhealthy_threshold: u32,
+    /// Probe this port instead of the backend's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// Only with `kind == Http`; absent means `HttpCheck::default()`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpCheck>,
+    /// Only with `kind == Udp`; absent means `UdpCheck::default()`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub udp: Option<UdpCheck>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flap_damping: Option<FlapDamping>,
+}
+
+impl Default for HealthCheck {
+    fn default() -> Self {
+        Self {
+            kind: HealthCheckKind::default(),
+            interval: DEFAULT_CHECK_INTERVAL,
+            timeout: DEFAULT_CHECK_TIMEOUT,
+            healthy_threshold: DEFAULT_CHECK_THRESHOLD,
+            unhealthy_threshold: DEFAULT_CHECK_THRESHOLD,
+            port: None,
+            http: None,
+            udp: None,
+            flap_damping: None,
+        }
+    }
+}
+
+impl HealthCheck {
+    /// The HTTP probe settings in effect (defaults when the section is absent).
+    pub fn http_settings(&self) -> HttpCheck {
+        self.http.clone().unwrap_or_default()
+    }
+
+    /// The UDP probe settings in effect (defaults when the section is absent).
+    pub fn udp_settings(&self) -> UdpCheck {
+        self.udp.clone().unwrap_or_default()
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthCheckKind {
+    /// A TCP handshake to the backend port.
+    #[default]
+    Tcp,
+    /// An HTTP request whose status must fall in one of `codes`.
+    Http,
+    /// A datagram, and optionally an expected reply; ICMP port unreachable is a failure.
+    Udp,
+    /// No probing: every backend counts as healthy.
+    None,
+}
+
+impl HealthCheckKind {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Http => "http",
+            Self::Udp => "udp",
+            Self::None => "none",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct HttpCheck {
+    #[serde(skip_serializing_if = "is_default")]
+    pub method: HttpMethod,
+    /// Host header; the backend address when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    pub path: String,
+    /// Status classes that count as healthy.
+    pub codes: Vec<HttpCodeClass>,
+}
+
+impl Default for HttpCheck {
+    fn default() -> Self {
+        Self {
+            method: HttpMethod::default(),
+            host: None,
+            path: "/".to_owned(),
+            codes: vec![HttpCodeClass::Http2xx, HttpCodeClass::Http3xx],
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HttpMethod {
+    #[default]
+    Get,
+    Head,
+}
+
+impl HttpMethod {
+    /// The method as it goes on the request line.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Get => "GET",
+            Self::Head => "HEAD",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub enum HttpCodeClass {
+    #[serde(rename = "http_2xx")]
+    Http2xx,
+    #[serde(rename = "http_3xx")]
+    Http3xx,
+    #[serde(rename = "http_4xx")]
+    Http4xx,
+    #[serde(rename = "http_5xx")]
+    Http5xx,
+}
+
+impl HttpCodeClass {
+    pub const ALL: [Self; 4] = [Self::Http2xx, Self::Http3xx, Self::Http4xx, Self::Http5xx];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Http2xx => "http_2xx",
+            Self::Http3xx => "http_3xx",
+            Self::Http4xx => "http_4xx",
+            Self::Http5xx => "http_5xx",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.name() == name)
+    }
+
+    /// Whether an HTTP status code falls in this class.
+    pub const fn contains(self, status: u16) -> bool {
+        let first = match self {
+            Self::Http2xx => 200,
+            Self::Http3xx => 300,
+            Self::Http4xx => 400,
+            Self::Http5xx => 500,
+        };
+        status >= first && status < first + 100
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct UdpCheck {
+    /// Payload of the probe datagram; empty when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request: Option<String>,
+    /// A substring the reply must contain; when absent, no ICMP error within the timeout
+    /// is success.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expect: Option<String>,
+}
+
+/// Holds down a backend that changes state more than `max_flaps` times in `window`
+/// seconds, for `hold` seconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct FlapDamping {
+    pub max_flaps: u32,
+    pub window: u32,
+    pub hold: u32,
+}
+
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
+}
+
+fn eq_u32<const N: u32>(value: &u32) -> bool {
+    *value == N
+}
+
+fn eq_u8<const N: u8>(value: &u8) -> bool {
+    *value == N
+}
+
+fn is_wrr(scheduler: &Scheduler) -> bool {
+    *scheduler == Scheduler::Wrr
+}
+
+fn serialize_scheduler<S: Serializer>(scheduler: &Scheduler, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(scheduler.name())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scheduler_names_round_trip() {
+        for s in SCHEDULERS {
+            assert_eq!(scheduler_from_name(s.name()), Some(s));
+        }
+        assert_eq!(scheduler_from_name("qch"), None);
+    }
+
+    #[test]
+    fn http_code_classes_cover_their_hundred() {
+        assert!(HttpCodeClass::Http2xx.contains(200));
+        assert!(HttpCodeClass::Http2xx.contains(299));
+        assert!(!HttpCodeClass::Http2xx.contains(300));
+        assert!(HttpCodeClass::Http5xx.contains(503));
+        assert!(!HttpCodeClass::Http4xx.contains(399));
+        for c in HttpCodeClass::ALL {
+            assert_eq!(HttpCodeClass::from_name(c.name()), Some(c));
+        }
+    }
+
+    #[test]
+    fn defaults_are_left_out_of_the_yaml() {
+        let mut config = Config::new("demo", vec!["eth0".to_owned()]);
+        let mut listener = Listener::new("web", Protocol::Tcp, Ipv4Addr::new(198, 18, 0, 100), 80);
+        listener.backend_port = Some(8080);
+        config.listeners.push(listener);
+        config
+            .default_server_group
+            .servers
+            .push(DefaultServer::new(Ipv4Addr::new(198, 18, 1, 10)));
+        let yaml = config.to_yaml();
+        for absent in [
+            "forwarding",
+            "flow_table_size",
+            "max_listeners",
+            "weight",
+            "scheduler",
+            "established_timeout",
+            "udp_timeout",
+            "connection_drain",
+            "health_check",
+            "vserver_groups",
+        ] {
+            assert!(!yaml.contains(absent), "{absent} in\n{yaml}");
+        }
+        assert!(yaml.contains("backend_port: 8080"), "{yaml}");
+    }
+
+    #[test]
+    fn named_group_treats_default_as_the_default_group() {
+        let mut l = Listener::new("a", Protocol::Udp, Ipv4Addr::new(198, 18, 0, 1), 53);
+        assert_eq!(l.named_group(), None);
+        l.server_group = Some("default".to_owned());
+        assert_eq!(l.named_group(), None);
+        l.server_group = Some("dns".to_owned());
+        assert_eq!(l.named_group(), Some("dns"));
+    }
+}

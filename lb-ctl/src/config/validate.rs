@@ -1,0 +1,694 @@
+//! The rules of the model, checked on a typed `Config`: names, uniqueness, references
+//! between listeners, groups and ACLs, the backend-port rule, and every range.
+//!
+//! The same checks run on a config read from YAML (after the reader, skipping whatever
+//! depends on a field the reader already reported) and on one built in code by the
+//! runtime API (`Config::validate`), so a rule is written once.
+
+use std::{collections::HashMap, hash::Hash, net::Ipv4Addr, ops::RangeInclusive};
+
+use super::{
+    error::{
+        ConfigError, ConfigErrors, Taint, closest, field, index, out_of_range,
+        sort_by_document_order,
+    },
+    model::{limits::*, *},
+    walk::TOP_FIELDS,
+};
+
+impl Config {
+    /// Checks every rule of the model; `Ok` only when nothing is wrong.
+    pub fn validate(&self) -> Result<(), ConfigErrors> {
+        let mut errors = check(self, &Taint::default());
+        sort_by_document_order(&mut errors, TOP_FIELDS);
+        ConfigErrors::from_vec(errors).map_or(Ok(()), Err)
+    }
+}
+
+/// The rule errors of `config`, leaving out those that depend on a path in `taint`.
+pub(crate) fn check(config: &Config, taint: &Taint) -> Vec<ConfigError> {
+    let mut checker = Checker {
+        taint,
+        errors: Vec::new(),
+    };
+    checker.top_level(config);
+    checker.acls(config);
+    checker.default_group(config);
+    checker.groups(config);
+    checker.listeners(config);
+    checker.errors
+}
+
+struct Checker<'a> {
+    taint: &'a Taint,
+    errors: Vec<ConfigError>,
+}
+
+impl Checker<'_> {
+    /// Records an error at `path`, unless `path` or one of the other fields the rule read
+    /// (`inputs`) holds a placeholder for a value the reader already reported.
+    fn report(&mut self, path: &str, inputs: &[&str], message: String, hint: Option<String>) {
+        if self.taint.covers(path) || inputs.iter().any(|p| self.taint.covers(p)) {
+            return;
+        }
+        self.errors
+            .push(ConfigError::new(path, message).with_hint(hint));
+    }
+
+    fn range(&mut self, path: &str, value: impl Into<u64>, range: &RangeInclusive<u64>) {
+        let value = value.into();
+        if !range.contains(&value) {
+            self.report(path, &[], out_of_range(value, range), None);
+        }
+    }
+
+    /// VIPs, servers and the probe source must be addresses a packet can be sent to.
+    fn unicast(&mut self, path: &str, addr: Ipv4Addr, role: &str) {
+        let kind = if addr.is_unspecified() {
+            "the unspecified"
+        } else if addr.is_loopback() {
+            "a loopback"
+        } else if addr.is_multicast() {
+            "a multicast"
+        } else if addr.is_broadcast() {
+            "the broadcast"
+        } else {
+            return;
+        };
+        self.report(
+            path,
+            &[],
+            format!("{addr} is {kind} address; {role} must be a unicast address"),
+            None,
+        );
+    }
+
+    /// Names of groups, listeners and ACLs: they are typed on the command line and shown in
+    /// metrics labels, so they stay short and plain.
+    fn object_name(&mut self, path: &str, name: &str, what: &str) {
+        let valid_chars = name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+        let message = if name.is_empty() {
+            format!("a {what} name must not be empty")
+        } else if name.chars().count() > OBJECT_NAME_MAX {
+            format!("the {what} name `{name}` is longer than {OBJECT_NAME_MAX} characters")
+        } else if !valid_chars {
+            format!("`{name}` is not a valid {what} name")
+        } else {
+            return;
+        };
+        self.report(
+            path,
+            &[],
+            message,
+            Some(format!(
+                "use 1 to {OBJECT_NAME_MAX} characters: letters, digits, `_`, `.` and `-`"
+            )),
+        );
+    }
+
+    /// Reports every repeat of a key after its first occurrence. `entries` yields
+    /// (path of the entry, key).
+    fn unique<K: Eq + Hash>(
+        &mut self,
+        entries: impl IntoIterator<Item = (String, K)>,
+        mut message: impl FnMut(&K, &str, &str) -> (String, Option<String>),
+    ) {
+        let mut first: HashMap<K, String> = HashMap::new();
+        for (path, key) in entries {
+            if let Some(first_path) = first.get(&key) {
+                let (text, hint) = message(&key, first_path, &path);
+                let first_path = first_path.clone();
+                self.report(&path, &[&first_path], text, hint);
+            } else {
+                first.insert(key, path);
+            }
+        }
+    }
+
+    fn top_level(&mut self, c: &Config) {
+        self.instance_name(&c.instance);
+        if c.interfaces.is_empty() {
+            self.report(
+                "interfaces",
+                &[],
+                "at least one interface is required".to_owned(),
+                Some("name the NICs the XDP program attaches to, e.g. [eth0]".to_owned()),
+            );
+        }
+        for (i, name) in c.interfaces.iter().enumerate() {
+            let path = index("interfaces", i);
+            if let Some(reason) = interface_name_problem(name) {
+                self.report(
+                    &path,
+                    &[],
+                    format!("`{name}` is not a valid interface name: {reason}"),
+                    None,
+                );
+            }
+        }
+        self.unique(
+            c.interfaces
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (index("interfaces", i), n.as_str())),
+            |name, first, again| {
+                (
+                    format!("`{name}` is listed twice: {first} and {again}"),
+                    None,
+                )
+            },
+        );
+        self.range("flow_table_size", c.flow_table_size, &FLOW_TABLE_SIZE);
+        self.range("max_listeners", c.max_listeners, &MAX_LISTENERS);
+        self.range("max_backends", c.max_backends, &MAX_BACKENDS);
+        if let Some(source) = c.health_check_source {
+            self.unicast("health_check_source", source, "the probe source");
+        }
+        if let Some(listen) = c.metrics_listen
+            && listen.port() == 0
+        {
+            self.report(
+                "metrics_listen",
+                &[],
+                "port 0 is not in 1..=65535".to_owned(),
+                Some("give the port scrapers will use, e.g. 127.0.0.1:9100".to_owned()),
+            );
+        }
+    }
+
+    fn instance_name(&mut self, name: &str) {
+        let problem = if name.is_empty() {
+            Some("must not be empty")
+        } else if name.len() > INSTANCE_NAME_MAX {
+            Some("is longer than 32 characters")
+        } else if !name.starts_with(|c: char| c.is_ascii_lowercase()) {
+            Some("must start with a lowercase letter")
+        } else if !name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-'))
+        {
+            Some("may hold only a-z, 0-9, `_` and `-`")
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            self.report(
+                "instance",
+                &[],
+                format!("the instance name `{name}` {problem}"),
+                Some(format!(
+                    "it names the pin folder /sys/fs/bpf/<instance>: 1 to {INSTANCE_NAME_MAX} \
+                     characters of a-z, 0-9, `_` and `-`, starting with a letter"
+                )),
+            );
+        }
+    }
+
+    fn acls(&mut self, c: &Config) {
+        for (i, acl) in c.acls.iter().enumerate() {
+            self.object_name(&field(&index("acls", i), "name"), &acl.name, "ACL");
+        }
+        self.unique(
+            c.acls
+                .iter()
+                .enumerate()
+                .map(|(i, a)| (field(&index("acls", i), "name"), a.name.as_str())),
+            |name, first, again| {
+                (
+                    format!(
+                        "two ACLs named `{name}`: {} and {}",
+                        parent(first),
+                        parent(again)
+                    ),
+                    None,
+                )
+            },
+        );
+    }
+
+    fn default_group(&mut self, c: &Config) {
+        let base = "default_server_group.servers";
+        for (i, server) in c.default_server_group.servers.iter().enumerate() {
+            let path = index(base, i);
+            self.unicast(&field(&path, "address"), server.address, "a server");
+            self.range(&field(&path, "weight"), server.weight, &WEIGHT);
+        }
+        self.unique(
+            c.default_server_group
+                .servers
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (field(&index(base, i), "address"), s.address)),
+            |addr, first, again| {
+                (
+                    format!(
+                        "{addr} is listed twice: {} and {}",
+                        parent(first),
+                        parent(again)
+                    ),
+                    Some(
+                        "a server of the default group is its address alone; each listener's \
+                         backend_port gives the port"
+                            .to_owned(),
+                    ),
+                )
+            },
+        );
+    }
+
+    fn groups(&mut self, c: &Config) {
+        for (i, group) in c.vserver_groups.iter().enumerate() {
+            let path = index("vserver_groups", i);
+            self.group_name(
+                &field(&path, "name"),
+                &group.name,
+                "list its servers under `default_server_group`, where they carry no port, or \
+                 choose another name",
+            );
+            let servers = field(&path, "servers");
+            for (j, member) in group.servers.iter().enumerate() {
+                let member_path = index(&servers, j);
+                self.unicast(&field(&member_path, "address"), member.address, "a server");
+                self.range(&field(&member_path, "port"), member.port, &PORT);
+                self.range(&field(&member_path, "weight"), member.weight, &WEIGHT);
+            }
+            self.unique_members(&servers, group);
+        }
+        for (i, group) in c.primary_secondary_groups.iter().enumerate() {
+            let path = index("primary_secondary_groups", i);
+            self.group_name(&field(&path, "name"), &group.name, "choose another name");
+            for (role, endpoint) in [("primary", group.primary), ("secondary", group.secondary)] {
+                let endpoint_path = field(&path, role);
+                self.unicast(
+                    &field(&endpoint_path, "address"),
+                    endpoint.address,
+                    "a server",
+                );
+                self.range(&field(&endpoint_path, "port"), endpoint.port, &PORT);
+            }
+            if group.primary == group.secondary {
+                let inputs = ["primary", "secondary"].map(|role| field(&path, role));
+                let leaf_inputs: Vec<String> = inputs
+                    .iter()
+                    .flat_map(|p| [field(p, "address"), field(p, "port")])
+                    .collect();
+                let leaf_refs: Vec<&str> = leaf_inputs.iter().map(String::as_str).collect();
+                self.report(
+                    &inputs[1],
+                    &leaf_refs,
+                    format!(
+                        "the secondary is the same endpoint as the primary, {}",
+                        group.primary
+                    ),
+                    Some("a primary/secondary group needs two different members".to_owned()),
+                );
+            }
+        }
+        // vServer and primary/secondary groups share one namespace: a listener names either.
+        let names = c
+            .vserver_groups
+            .iter()
+            .enumerate()
+            .map(|(i, g)| (field(&index("vserver_groups", i), "name"), g.name.as_str()))
+            .chain(c.primary_secondary_groups.iter().enumerate().map(|(i, g)| {
+                (
+                    field(&index("primary_secondary_groups", i), "name"),
+                    g.name.as_str(),
+                )
+            }));
+        self.unique(names, |name, first, again| {
+            (
+                format!(
+                    "two server groups named `{name}`: {} and {}",
+                    parent(first),
+                    parent(again)
+                ),
+                Some("vServer and primary/secondary groups share one set of names".to_owned()),
+            )
+        });
+    }
+
+    fn group_name(&mut self, path: &str, name: &str, reserved_hint: &str) {
+        if name == DEFAULT_GROUP_NAME {
+            self.report(
+                path,
+                &[],
+                "the name `default` is reserved for the default server group".to_owned(),
+                Some(reserved_hint.to_owned()),
+            );
+        } else {
+            self.object_name(path, name, "server group");
+        }
+    }
+
+    fn unique_members(&mut self, servers_path: &str, group: &VServerGroup) {
+        let entries = group
+            .servers
+            .iter()
+            .enumerate()
+            .map(|(j, m)| (index(servers_path, j), m.endpoint()));
+        let mut first: HashMap<Endpoint, String> = HashMap::new();
+        for (path, endpoint) in entries {
+            let leaves = [field(&path, "address"), field(&path, "port")];
+            match first.get(&endpoint) {
+                Some(first_path) => {
+                    let first_leaves = [field(first_path, "address"), field(first_path, "port")];
+                    let inputs: Vec<&str> = leaves
+                        .iter()
+                        .chain(&first_leaves)
+                        .map(String::as_str)
+                        .collect();
+                    let message = format!(
+                        "{endpoint} is listed twice in group `{}`: {first_path} and {path}",
+                        group.name
+                    );
+                    self.report(
+                        &path,
+                        &inputs,
+                        message,
+                        Some("a server may appear again only with another port".to_owned()),
+                    );
+                }
+                None => {
+                    first.insert(endpoint, path);
+                }
+            }
+        }
+    }
+
+    fn listeners(&mut self, c: &Config) {
+        let count = c.listeners.len();
+        if count > c.max_listeners as usize {
+            self.report(
+                "listeners",
+                &["max_listeners"],
+                format!(
+                    "{count} listeners, but max_listeners is {}",
+                    c.max_listeners
+                ),
+                Some(format!(
+                    "raise max_listeners; at most {}",
+                    MAX_LISTENERS.end()
+                )),
+            );
+        }
+        for (i, listener) in c.listeners.iter().enumerate() {
+            self.listener(c, &index("listeners", i), listener);
+        }
+        self.unique(
+            c.listeners
+                .iter()
+                .enumerate()
+                .map(|(i, l)| (field(&index("listeners", i), "name"), l.name.as_str())),
+            |name, first, again| {
+                (
+                    format!(
+                        "two listeners named `{name}`: {} and {}",
+                        parent(first),
+                        parent(again)
+                    ),
+                    None,
+                )
+            },
+        );
+        self.unique_frontends(c);
+        self.backend_capacity(c);
+    }
+
+    /// The data plane finds a listener by (VIP, port, protocol): two cannot share one.
+    fn unique_frontends(&mut self, c: &Config) {
+        let mut first: HashMap<(Ipv4Addr, u16, Protocol), String> = HashMap::new();
+        for (i, l) in c.listeners.iter().enumerate() {
+            let path = index("listeners", i);
+            match first.get(&l.frontend()) {
+                Some(first_path) => {
+                    let inputs: Vec<String> = [&path, first_path]
+                        .iter()
+                        .flat_map(|p| ["address", "port", "protocol"].map(|f| field(p, f)))
+                        .collect();
+                    let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+                    let message = format!(
+                        "two listeners on {}:{}/{}: {first_path} and {path}",
+                        l.address, l.port, l.protocol
+                    );
+                    self.report(&path, &inputs, message, None);
+                }
+                None => {
+                    first.insert(l.frontend(), path);
+                }
+            }
+        }
+    }
+
+    fn listener(&mut self, c: &Config, path: &str, l: &Listener) {
+        let at = |f: &str| field(path, f);
+        self.object_name(&at("name"), &l.name, "listener");
+        self.unicast(&at("address"), l.address, "a VIP");
+        self.range(&at("port"), l.port, &PORT);
+        self.server_group(c, path, l);
+        if let Some(acl) = &l.acl
+            && c.acl(&acl.name).is_none()
+        {
+            let known: Vec<&str> = c.acls.iter().map(|a| a.name.as_str()).collect();
+            let inputs: Vec<String> = (0..c.acls.len())
+                .map(|i| field(&index("acls", i), "name"))
+                .collect();
+            let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+            let (message, hint) = dangling("ACL", &acl.name, &known, "define it under `acls`");
+            self.report(&field(&at("acl"), "name"), &inputs, message, hint);
+        }
+        self.range(
+            &at("persistence_timeout"),
+            l.persistence_timeout,
+            &PERSISTENCE_TIMEOUT,
+        );
+        if l.persistence_timeout > 0 && l.protocol != Protocol::Tcp {
+            self.report(
+                &at("persistence_timeout"),
+                &[&at("protocol")],
+                format!(
+                    "persistence applies to tcp listeners only; this one is {}",
+                    l.protocol
+                ),
+                Some("set it to 0, or use scheduler `sch` for source-IP affinity".to_owned()),
+            );
+        }
+        self.range(
+            &at("established_timeout"),
+            l.established_timeout,
+            &ESTABLISHED_TIMEOUT,
+        );
+        self.range(&at("udp_timeout"), l.udp_timeout, &UDP_TIMEOUT);
+        self.range(
+            &field(&at("connection_drain"), "timeout"),
+            l.connection_drain.timeout,
+            &DRAIN_TIMEOUT,
+        );
+        self.range(&at("slow_start"), l.slow_start, &SLOW_START);
+        self.health_check(&at("health_check"), &l.health_check);
+    }
+
+    /// A listener uses exactly one group: the default one, which needs `backend_port`
+    /// because its servers carry no port, or a named one whose members give the ports.
+    fn server_group(&mut self, c: &Config, path: &str, l: &Listener) {
+        let group_path = field(path, "server_group");
+        let port_path = field(path, "backend_port");
+        match (l.named_group(), l.backend_port) {
+            (None, None) => self.report(
+                &port_path,
+                &[&group_path],
+                "a listener on the default server group must set backend_port".to_owned(),
+                Some(
+                    "the default group's servers carry no port; backend_port gives it for this \
+                     listener"
+                        .to_owned(),
+                ),
+            ),
+            (None, Some(port)) => self.range(&port_path, port, &PORT),
+            (Some(group), Some(_)) => self.report(
+                &port_path,
+                &[&group_path],
+                format!(
+                    "backend_port is only for listeners on the default server group; this one \
+                     uses group `{group}`"
+                ),
+                Some("ports come from the group's members; remove backend_port".to_owned()),
+            ),
+            (Some(_), None) => {}
+        }
+        if let Some(group) = l.named_group()
+            && c.vserver_group(group).is_none()
+            && c.primary_secondary_group(group).is_none()
+        {
+            let known: Vec<&str> = group_names(c).collect();
+            let inputs: Vec<String> = (0..c.vserver_groups.len())
+                .map(|i| field(&index("vserver_groups", i), "name"))
+                .chain(
+                    (0..c.primary_secondary_groups.len())
+                        .map(|i| field(&index("primary_secondary_groups", i), "name")),
+                )
+                .collect();
+            let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+            let (message, hint) = dangling(
+                "server group",
+                group,
+                &known,
+                "define it under `vserver_groups` or `primary_secondary_groups`, or leave \
+                 server_group out to use the default group",
+            );
+            self.report(&group_path, &inputs, message, hint);
+        }
+    }
+
+    fn health_check(&mut self, path: &str, hc: &HealthCheck) {
+        let at = |f: &str| field(path, f);
+        self.range(&at("interval"), hc.interval, &CHECK_INTERVAL);
+        self.range(&at("timeout"), hc.timeout, &CHECK_TIMEOUT);
+        self.range(
+            &at("healthy_threshold"),
+            hc.healthy_threshold,
+            &CHECK_THRESHOLD,
+        );
+        self.range(
+            &at("unhealthy_threshold"),
+            hc.unhealthy_threshold,
+            &CHECK_THRESHOLD,
+        );
+        if let Some(port) = hc.port {
+            self.range(&at("port"), port, &PORT);
+        }
+        for (section, present, wanted) in [
+            ("http", hc.http.is_some(), HealthCheckKind::Http),
+            ("udp", hc.udp.is_some(), HealthCheckKind::Udp),
+        ] {
+            if present && hc.kind != wanted {
+                self.report(
+                    &at(section),
+                    &[&at("type")],
+                    format!("this section is only read when type is {section}"),
+                    Some(format!(
+                        "type is {}; remove the section or set type: {section}",
+                        hc.kind.name()
+                    )),
+                );
+            }
+        }
+        if let Some(http) = &hc.http {
+            let http_path = at("http");
+            let request_safe = |s: &str| !s.chars().any(|c| c.is_whitespace() || c.is_control());
+            if !http.path.starts_with('/') || !request_safe(&http.path) {
+                self.report(
+                    &field(&http_path, "path"),
+                    &[],
+                    format!("`{}` is not an HTTP request path", http.path),
+                    Some("start with `/` and use no spaces, e.g. /healthz".to_owned()),
+                );
+            }
+            if let Some(host) = &http.host
+                && (host.is_empty() || !request_safe(host))
+            {
+                self.report(
+                    &field(&http_path, "host"),
+                    &[],
+                    format!("`{host}` is not a valid Host header value"),
+                    Some("a host name such as example.test, without spaces".to_owned()),
+                );
+            }
+            if http.codes.is_empty() {
+                self.report(
+                    &field(&http_path, "codes"),
+                    &[],
+                    "at least one status class is required".to_owned(),
+                    Some("e.g. [http_2xx, http_3xx]".to_owned()),
+                );
+            }
+        }
+        if let Some(flap) = &hc.flap_damping {
+            let flap_path = at("flap_damping");
+            self.range(
+                &field(&flap_path, "max_flaps"),
+                flap.max_flaps,
+                &FLAP_MAX_FLAPS,
+            );
+            self.range(&field(&flap_path, "window"), flap.window, &FLAP_WINDOW);
+            self.range(&field(&flap_path, "hold"), flap.hold, &FLAP_HOLD);
+        }
+    }
+
+    /// Each listener takes one backend entry per member of its group.
+    fn backend_capacity(&mut self, c: &Config) {
+        let needed: usize = c
+            .listeners
+            .iter()
+            .map(|l| match l.named_group() {
+                None => c.default_server_group.servers.len(),
+                Some(name) => c
+                    .vserver_group(name)
+                    .map(|g| g.servers.len())
+                    .or_else(|| c.primary_secondary_group(name).map(|_| 2))
+                    .unwrap_or(0),
+            })
+            .sum();
+        if needed > c.max_backends as usize {
+            self.report(
+                "max_backends",
+                &[],
+                format!(
+                    "the listeners need {needed} backend entries (one per listener and group \
+                     member), but max_backends is {}",
+                    c.max_backends
+                ),
+                Some(format!(
+                    "raise max_backends; at most {}",
+                    MAX_BACKENDS.end()
+                )),
+            );
+        }
+    }
+}
+
+fn group_names(c: &Config) -> impl Iterator<Item = &str> {
+    c.vserver_groups
+        .iter()
+        .map(|g| g.name.as_str())
+        .chain(c.primary_secondary_groups.iter().map(|g| g.name.as_str()))
+}
+
+/// Message and hint for a reference to something that does not exist.
+fn dangling(what: &str, name: &str, known: &[&str], define_hint: &str) -> (String, Option<String>) {
+    if known.is_empty() {
+        return (
+            format!("no {what} named `{name}`; none is defined"),
+            Some(define_hint.to_owned()),
+        );
+    }
+    let message = format!("no {what} named `{name}`; known: {}", known.join(", "));
+    let hint = closest(name, known).map(|c| format!("did you mean `{c}`?"));
+    (message, hint.or_else(|| Some(define_hint.to_owned())))
+}
+
+/// The kernel's rule for interface names (`dev_valid_name`), with the reason it fails.
+fn interface_name_problem(name: &str) -> Option<&'static str> {
+    if name.is_empty() {
+        Some("it is empty")
+    } else if name.len() > INTERFACE_NAME_MAX {
+        Some("longer than 15 bytes")
+    } else if name == "." || name == ".." {
+        Some("`.` and `..` are reserved")
+    } else if name.contains('/') {
+        Some("it contains `/`")
+    } else if name.contains(':') {
+        Some("it contains `:` (an alias, not an interface)")
+    } else if name.chars().any(char::is_whitespace) {
+        Some("it contains whitespace")
+    } else {
+        None
+    }
+}
+
+/// `listeners[0]` from `listeners[0].name`: duplicate messages name the entries.
+fn parent(path: &str) -> &str {
+    path.rsplit_once('.').map_or(path, |(p, _)| p)
+}

@@ -1,0 +1,548 @@
+//! The loaded XDP program and typed handles on its maps.
+//!
+//! Everything that touches a BPF map goes through `DataPlane`, so the rest of the controller
+//! (planning, reconciliation, the API) deals in plain values and is testable without a
+//! kernel.
+
+use std::{
+    collections::BTreeMap,
+    os::fd::{AsFd as _, AsRawFd as _},
+    path::{Path, PathBuf},
+    ptr::NonNull,
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, MapData, PerCpuArray, xdp::DevMapHash},
+    programs::Xdp,
+};
+use lb_common::{
+    Backend, Flow, FlowKey, Listener, ListenerKey, MAGLEV_TABLE_SIZE, REASON_COUNT, Reason,
+    ReverseNat, SEQUENCE_TABLE_SIZE, TABLES_PER_LISTENER, TableMeta, TrafficCounters,
+    id_pair_entries, names,
+};
+use thiserror::Error;
+
+/// The XDP object built by build.rs from the `lb-ebpf` crate.
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
+
+#[derive(Debug, Error)]
+pub enum DataPlaneError {
+    #[error("loading the XDP object failed: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("the XDP program was rejected: {0}")]
+    Program(#[from] aya::programs::ProgramError),
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("adding a redirect port failed: {0}")]
+    TxPort(String),
+    #[error("the XDP object has no map or program named {0}")]
+    Missing(&'static str),
+    #[error("{name}: {source}")]
+    Io {
+        name: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("mapping {name} into memory failed: {source}")]
+    Mmap {
+        name: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{what} {index} is outside the map ({limit} entries)")]
+    OutOfRange {
+        what: &'static str,
+        index: u32,
+        limit: u32,
+    },
+}
+
+type Result<T, E = DataPlaneError> = std::result::Result<T, E>;
+
+fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> DataPlaneError {
+    move |source| DataPlaneError::Map { name, source }
+}
+
+/// Sizes of the maps that depend on the config.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapSizes {
+    pub flow_table_size: u32,
+    pub max_listeners: u32,
+    pub max_backends: u32,
+}
+
+impl Default for MapSizes {
+    fn default() -> Self {
+        Self {
+            flow_table_size: lb_common::DEFAULT_FLOW_TABLE_SIZE,
+            max_listeners: lb_common::DEFAULT_MAX_LISTENERS,
+            max_backends: lb_common::DEFAULT_MAX_BACKENDS,
+        }
+    }
+}
+
+impl MapSizes {
+    pub const fn table_slots(&self) -> u32 {
+        self.max_listeners * TABLES_PER_LISTENER
+    }
+
+    /// max_entries of every sized map, by name.
+    pub fn entries(&self) -> [(&'static str, u32); 11] {
+        let slots = self.table_slots();
+        [
+            (names::LISTENERS, 2 * self.max_listeners),
+            (names::BACKENDS, self.max_backends),
+            (names::MAGLEV, id_pair_entries(slots * MAGLEV_TABLE_SIZE)),
+            (
+                names::SEQUENCE,
+                id_pair_entries(slots * SEQUENCE_TABLE_SIZE),
+            ),
+            (names::TABLE_META, slots),
+            (names::CURSORS, self.max_listeners),
+            (names::FLOWS, self.flow_table_size),
+            (names::REVERSE, self.flow_table_size),
+            (names::ACTIVE_FLOWS, self.max_backends),
+            (names::LISTENER_STATS, self.max_listeners),
+            (names::BACKEND_STATS, self.max_backends),
+        ]
+    }
+}
+
+/// Every map of the program, by name (pin files carry these names).
+pub const ALL_MAPS: [&str; 13] = [
+    names::LISTENERS,
+    names::BACKENDS,
+    names::MAGLEV,
+    names::SEQUENCE,
+    names::TABLE_META,
+    names::CURSORS,
+    names::FLOWS,
+    names::REVERSE,
+    names::ACTIVE_FLOWS,
+    names::LISTENER_STATS,
+    names::BACKEND_STATS,
+    names::COUNTERS,
+    names::TX_PORTS,
+];
+
+/// A `BPF_F_MMAPABLE` array of `IdPair`s mapped into this process as a dense `u32` array:
+/// the controller writes a 65537-slot Maglev table with a memory copy instead of 65537
+/// syscalls.
+struct MappedArray {
+    ptr: NonNull<u32>,
+    len: usize,
+    bytes: usize,
+}
+
+// SAFETY: the mapping is shared memory owned by this struct; access goes through &mut self.
+unsafe impl Send for MappedArray {}
+
+impl MappedArray {
+    fn new(name: &'static str, map: &MapData, ids: u32) -> Result<Self> {
+        let len = id_pair_entries(ids) as usize * 2;
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+        let bytes = (len * 4).div_ceil(page) * page;
+        // SAFETY: mapping a BPF array fd with the size the kernel expects; checked below.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                map.fd().as_fd().as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(DataPlaneError::Mmap {
+                name,
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        let ptr = NonNull::new(ptr.cast::<u32>()).ok_or(DataPlaneError::Mmap {
+            name,
+            source: std::io::Error::other("mmap returned NULL"),
+        })?;
+        Ok(Self { ptr, len, bytes })
+    }
+
+    fn slice(&self) -> &[u32] {
+        // SAFETY: ptr/len describe the live mapping.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    fn slice_mut(&mut self) -> &mut [u32] {
+        // SAFETY: ptr/len describe the live mapping; &mut self makes this the only view.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for MappedArray {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly what new() mapped.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.bytes) };
+    }
+}
+
+/// How to load: map sizes and where to pin (None: nothing pinned, e.g. fixtures).
+#[derive(Clone, Debug, Default)]
+pub struct LoadOptions {
+    pub sizes: MapSizes,
+    /// Folder for map pins (`<bpffs>/<instance>/maps`); existing pins there are reused.
+    pub map_pin_dir: Option<PathBuf>,
+}
+
+/// The loaded program and its maps.
+pub struct DataPlane {
+    ebpf: Ebpf,
+    sizes: MapSizes,
+    listeners: HashMap<MapData, ListenerKey, Listener>,
+    backends: Array<MapData, Backend>,
+    maglev: MappedArray,
+    sequence: MappedArray,
+    table_meta: Array<MapData, TableMeta>,
+    cursors: PerCpuArray<MapData, u32>,
+    flows: HashMap<MapData, FlowKey, Flow>,
+    reverse: HashMap<MapData, FlowKey, ReverseNat>,
+    active_flows: Array<MapData, u32>,
+    listener_stats: PerCpuArray<MapData, TrafficCounters>,
+    backend_stats: PerCpuArray<MapData, TrafficCounters>,
+    counters: PerCpuArray<MapData, u64>,
+    tx_ports: DevMapHash<MapData>,
+}
+
+impl DataPlane {
+    /// Loads the embedded object: creates (or re-opens pinned) maps and verifies the
+    /// program. Nothing is attached yet.
+    pub fn load(options: &LoadOptions) -> Result<Self> {
+        let mut loader = EbpfLoader::new();
+        for (name, entries) in options.sizes.entries() {
+            loader.map_max_entries(name, entries);
+        }
+        let pins: Vec<(&'static str, PathBuf)> = match &options.map_pin_dir {
+            Some(dir) => ALL_MAPS.iter().map(|n| (*n, dir.join(n))).collect(),
+            None => Vec::new(),
+        };
+        for (name, path) in &pins {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(EBPF_OBJECT)?;
+        let program: &mut Xdp = ebpf
+            .program_mut(names::PROGRAM)
+            .ok_or(DataPlaneError::Missing(names::PROGRAM))?
+            .try_into()?;
+        program.load()?;
+        Self::from_ebpf(ebpf, options.sizes)
+    }
+
+    fn from_ebpf(mut ebpf: Ebpf, sizes: MapSizes) -> Result<Self> {
+        fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map> {
+            ebpf.take_map(name).ok_or(DataPlaneError::Missing(name))
+        }
+        fn data(map: aya::maps::Map, name: &'static str) -> Result<MapData> {
+            match map {
+                aya::maps::Map::Array(m) => Ok(m),
+                _ => Err(DataPlaneError::Missing(name)),
+            }
+        }
+        let maglev = data(take(&mut ebpf, names::MAGLEV)?, names::MAGLEV)?;
+        let sequence = data(take(&mut ebpf, names::SEQUENCE)?, names::SEQUENCE)?;
+        let slots = sizes.table_slots();
+        Ok(Self {
+            listeners: take(&mut ebpf, names::LISTENERS)?
+                .try_into()
+                .map_err(map_err(names::LISTENERS))?,
+            backends: take(&mut ebpf, names::BACKENDS)?
+                .try_into()
+                .map_err(map_err(names::BACKENDS))?,
+            maglev: MappedArray::new(names::MAGLEV, &maglev, slots * MAGLEV_TABLE_SIZE)?,
+            sequence: MappedArray::new(names::SEQUENCE, &sequence, slots * SEQUENCE_TABLE_SIZE)?,
+            table_meta: take(&mut ebpf, names::TABLE_META)?
+                .try_into()
+                .map_err(map_err(names::TABLE_META))?,
+            cursors: take(&mut ebpf, names::CURSORS)?
+                .try_into()
+                .map_err(map_err(names::CURSORS))?,
+            flows: take(&mut ebpf, names::FLOWS)?
+                .try_into()
+                .map_err(map_err(names::FLOWS))?,
+            reverse: take(&mut ebpf, names::REVERSE)?
+                .try_into()
+                .map_err(map_err(names::REVERSE))?,
+            active_flows: take(&mut ebpf, names::ACTIVE_FLOWS)?
+                .try_into()
+                .map_err(map_err(names::ACTIVE_FLOWS))?,
+            listener_stats: take(&mut ebpf, names::LISTENER_STATS)?
+                .try_into()
+                .map_err(map_err(names::LISTENER_STATS))?,
+            backend_stats: take(&mut ebpf, names::BACKEND_STATS)?
+                .try_into()
+                .map_err(map_err(names::BACKEND_STATS))?,
+            counters: take(&mut ebpf, names::COUNTERS)?
+                .try_into()
+                .map_err(map_err(names::COUNTERS))?,
+            tx_ports: take(&mut ebpf, names::TX_PORTS)?
+                .try_into()
+                .map_err(map_err(names::TX_PORTS))?,
+            ebpf,
+            sizes,
+        })
+    }
+
+    pub const fn sizes(&self) -> MapSizes {
+        self.sizes
+    }
+
+    /// The XDP program, for attaching or BPF_PROG_TEST_RUN.
+    pub fn program(&mut self) -> Result<&mut Xdp> {
+        Ok(self
+            .ebpf
+            .program_mut(names::PROGRAM)
+            .ok_or(DataPlaneError::Missing(names::PROGRAM))?
+            .try_into()?)
+    }
+
+    pub fn set_listener(&mut self, key: ListenerKey, listener: Listener) -> Result<()> {
+        self.listeners
+            .insert(key, listener, 0)
+            .map_err(map_err(names::LISTENERS))
+    }
+
+    /// Removes a listener or VIP marker; a key that is not there is not an error.
+    pub fn remove_listener(&mut self, key: &ListenerKey) -> Result<()> {
+        match self.listeners.remove(key) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(map_err(names::LISTENERS)(e)),
+        }
+    }
+
+    pub fn listener(&self, key: &ListenerKey) -> Result<Option<Listener>> {
+        match self.listeners.get(key, 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_err(names::LISTENERS)(e)),
+        }
+    }
+
+    pub fn listener_entries(&self) -> Result<Vec<(ListenerKey, Listener)>> {
+        self.listeners
+            .iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(map_err(names::LISTENERS))
+    }
+
+    pub fn set_backend(&mut self, id: u32, backend: Backend) -> Result<()> {
+        self.backends
+            .set(id, backend, 0)
+            .map_err(map_err(names::BACKENDS))
+    }
+
+    pub fn backend(&self, id: u32) -> Result<Backend> {
+        self.backends.get(&id, 0).map_err(map_err(names::BACKENDS))
+    }
+
+    fn check_slot(&self, slot: u32) -> Result<()> {
+        let limit = self.sizes.table_slots();
+        if slot >= limit {
+            return Err(DataPlaneError::OutOfRange {
+                what: "table slot",
+                index: slot,
+                limit,
+            });
+        }
+        Ok(())
+    }
+
+    /// Writes a table slot: the Maglev table, the sequence, then the metadata. The slot
+    /// must not be the live one of any listener (the caller flips `Listener::table` after).
+    pub fn write_table(
+        &mut self,
+        slot: u32,
+        maglev: &[u32],
+        sequence: &[u32],
+        meta: TableMeta,
+    ) -> Result<()> {
+        self.check_slot(slot)?;
+        assert_eq!(
+            maglev.len(),
+            MAGLEV_TABLE_SIZE as usize,
+            "Maglev table size"
+        );
+        assert!(
+            sequence.len() <= SEQUENCE_TABLE_SIZE as usize,
+            "sequence too long"
+        );
+        let m = slot as usize * MAGLEV_TABLE_SIZE as usize;
+        let dst = &mut self.maglev.slice_mut()[m..m + maglev.len()];
+        // Only the slots that differ: a small change touches few cache lines.
+        for (d, s) in dst.iter_mut().zip(maglev) {
+            if d != s {
+                *d = *s;
+            }
+        }
+        let s = slot as usize * SEQUENCE_TABLE_SIZE as usize;
+        self.sequence.slice_mut()[s..s + sequence.len()].copy_from_slice(sequence);
+        self.table_meta
+            .set(slot, meta, 0)
+            .map_err(map_err(names::TABLE_META))
+    }
+
+    /// The Maglev table of a slot, as the data plane sees it.
+    pub fn maglev_table(&self, slot: u32) -> Result<&[u32]> {
+        self.check_slot(slot)?;
+        let m = slot as usize * MAGLEV_TABLE_SIZE as usize;
+        Ok(&self.maglev.slice()[m..m + MAGLEV_TABLE_SIZE as usize])
+    }
+
+    /// The sequence of a slot (only the used part).
+    pub fn sequence(&self, slot: u32) -> Result<&[u32]> {
+        let meta = self.table_meta(slot)?;
+        let s = slot as usize * SEQUENCE_TABLE_SIZE as usize;
+        Ok(&self.sequence.slice()[s..s + meta.sequence_len as usize])
+    }
+
+    pub fn table_meta(&self, slot: u32) -> Result<TableMeta> {
+        self.check_slot(slot)?;
+        self.table_meta
+            .get(&slot, 0)
+            .map_err(map_err(names::TABLE_META))
+    }
+
+    /// Makes `ifindex` a redirect target of the program.
+    pub fn add_tx_port(&mut self, ifindex: u32) -> Result<()> {
+        self.tx_ports
+            .insert(ifindex, ifindex, None, 0)
+            .map_err(|e| DataPlaneError::TxPort(e.to_string()))
+    }
+
+    pub fn remove_tx_port(&mut self, ifindex: u32) -> Result<()> {
+        match self.tx_ports.remove(ifindex) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(map_err(names::TX_PORTS)(e)),
+        }
+    }
+
+    /// Every verdict/event counter, summed over CPUs.
+    pub fn counters(&self) -> Result<BTreeMap<&'static str, u64>> {
+        let mut out = BTreeMap::new();
+        for r in Reason::ALL {
+            let v = self
+                .counters
+                .get(&(r as u32), 0)
+                .map_err(map_err(names::COUNTERS))?;
+            out.insert(r.name(), v.iter().sum());
+        }
+        debug_assert_eq!(out.len(), REASON_COUNT as usize);
+        Ok(out)
+    }
+
+    pub fn counter(&self, reason: Reason) -> Result<u64> {
+        let v = self
+            .counters
+            .get(&(reason as u32), 0)
+            .map_err(map_err(names::COUNTERS))?;
+        Ok(v.iter().sum())
+    }
+
+    pub fn listener_stats(&self, id: u32) -> Result<TrafficCounters> {
+        sum_counters(&self.listener_stats, id, names::LISTENER_STATS)
+    }
+
+    pub fn backend_stats(&self, id: u32) -> Result<TrafficCounters> {
+        sum_counters(&self.backend_stats, id, names::BACKEND_STATS)
+    }
+
+    /// Zeroes a backend's counters when its id is given to a new backend.
+    pub fn reset_backend_stats(&mut self, id: u32) -> Result<()> {
+        let zeros = per_cpu_zeros(names::BACKEND_STATS)?;
+        self.backend_stats
+            .set(id, zeros, 0)
+            .map_err(map_err(names::BACKEND_STATS))
+    }
+
+    /// Puts every CPU's round-robin cursor of a listener back to the start of its
+    /// sequence (a new listener starts where the sequence starts).
+    pub fn reset_cursor(&mut self, listener: u32) -> Result<()> {
+        let zeros = per_cpu_zeros(names::CURSORS)?;
+        self.cursors
+            .set(listener, zeros, 0)
+            .map_err(map_err(names::CURSORS))
+    }
+
+    pub fn active_flows(&self, id: u32) -> Result<u32> {
+        self.active_flows
+            .get(&id, 0)
+            .map_err(map_err(names::ACTIVE_FLOWS))
+    }
+
+    pub fn set_active_flows(&mut self, id: u32, value: u32) -> Result<()> {
+        self.active_flows
+            .set(id, value, 0)
+            .map_err(map_err(names::ACTIVE_FLOWS))
+    }
+
+    pub fn flow(&self, key: &FlowKey) -> Result<Option<Flow>> {
+        match self.flows.get(key, 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_err(names::FLOWS)(e)),
+        }
+    }
+
+    pub fn set_flow(&mut self, key: FlowKey, flow: Flow) -> Result<()> {
+        self.flows
+            .insert(key, flow, 0)
+            .map_err(map_err(names::FLOWS))
+    }
+
+    /// Every flow entry. Entries can vanish during the walk (LRU); those are skipped.
+    pub fn flows(&self) -> Vec<(FlowKey, Flow)> {
+        self.flows.iter().filter_map(Result::ok).collect()
+    }
+
+    pub fn reverse_entry(&self, key: &FlowKey) -> Result<Option<ReverseNat>> {
+        match self.reverse.get(key, 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_err(names::REVERSE)(e)),
+        }
+    }
+
+    pub fn set_reverse_entry(&mut self, key: FlowKey, entry: ReverseNat) -> Result<()> {
+        self.reverse
+            .insert(key, entry, 0)
+            .map_err(map_err(names::REVERSE))
+    }
+}
+
+fn per_cpu_zeros<T: aya::Pod + Default + Clone>(
+    name: &'static str,
+) -> Result<aya::maps::PerCpuValues<T>> {
+    let io = |source| DataPlaneError::Io { name, source };
+    let ncpu = aya::util::nr_cpus().map_err(|(_, e)| io(e))?;
+    aya::maps::PerCpuValues::try_from(vec![T::default(); ncpu]).map_err(io)
+}
+
+fn sum_counters(
+    map: &PerCpuArray<MapData, TrafficCounters>,
+    id: u32,
+    name: &'static str,
+) -> Result<TrafficCounters> {
+    let per_cpu = map.get(&id, 0).map_err(map_err(name))?;
+    let mut total = TrafficCounters::default();
+    for c in per_cpu.iter() {
+        total.add(c);
+    }
+    Ok(total)
+}
+
+/// The pin folder of an instance's maps under a bpffs mount.
+pub fn map_pin_dir(bpffs: &Path, instance: &str) -> PathBuf {
+    bpffs.join(instance).join("maps")
+}

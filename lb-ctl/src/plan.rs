@@ -1,0 +1,491 @@
+//! From the effective config and the runtime facts (health, drains, slow start) to the
+//! desired contents of the data plane: every listener with its id, settings and backends,
+//! and every backend with its id, weight and state.
+//!
+//! Pure: no maps here. `reconcile` turns a `Desired` into map operations.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    net::Ipv4Addr,
+};
+
+use lb_common::{ListenerKey, Scheduler};
+use thiserror::Error;
+
+use crate::config::{self, Config, Protocol};
+
+/// A listener as the data plane knows it: VIP, port, protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Frontend {
+    pub address: Ipv4Addr,
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+impl Frontend {
+    pub fn of(listener: &config::Listener) -> Self {
+        Self {
+            address: listener.address,
+            port: listener.port,
+            protocol: listener.protocol,
+        }
+    }
+
+    pub fn key(&self) -> ListenerKey {
+        ListenerKey {
+            addr: u32::from_ne_bytes(self.address.octets()),
+            port: self.port.to_be(),
+            protocol: self.protocol.number(),
+            _pad: 0,
+        }
+    }
+}
+
+impl PartialOrd for Protocol {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Protocol {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.number().cmp(&other.number())
+    }
+}
+
+impl std::fmt::Display for Frontend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}/{}", self.address, self.port, self.protocol)
+    }
+}
+
+/// A backend: one server:port of a listener's group. Health, weight and counters are per
+/// (listener, server, port), as in CLB.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BackendKey {
+    pub frontend: Frontend,
+    pub address: Ipv4Addr,
+    pub port: u16,
+}
+
+/// A backend's place in its group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Default or vServer group member.
+    Member,
+    Primary,
+    Secondary,
+}
+
+impl Role {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Member => "member",
+            Self::Primary => "primary",
+            Self::Secondary => "secondary",
+        }
+    }
+}
+
+/// Facts the config does not hold, owned by the health checker and the API.
+#[derive(Clone, Debug, Default)]
+pub struct Runtime {
+    /// Backends whose health checks failed. Absent means healthy: a backend takes
+    /// traffic from the start and the checker takes it out when it fails.
+    pub unhealthy: BTreeSet<BackendKey>,
+    /// Effective weight overrides (slow start ramps), by backend.
+    pub effective_weight: HashMap<BackendKey, u32>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct DesiredBackend {
+    pub key: BackendKey,
+    pub id: u32,
+    pub generation: u32,
+    pub role: Role,
+    /// Configured weight, 0..=100.
+    pub weight: u32,
+    /// Weight the schedulers use (the configured one, or a slow-start ramp of it).
+    pub effective_weight: u32,
+    pub healthy: bool,
+    /// Its established flows keep going (present and healthy; weight 0 included).
+    pub usable: bool,
+    /// It takes new flows: in the selection tables.
+    pub in_table: bool,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct DesiredListener {
+    pub name: String,
+    pub frontend: Frontend,
+    pub id: u32,
+    /// Group name (`default` for the default group).
+    pub group: String,
+    pub scheduler: Scheduler,
+    pub established_timeout: u32,
+    pub udp_timeout: u32,
+    pub persistence_timeout: u32,
+    pub backends: Vec<DesiredBackend>,
+}
+
+/// Everything the data plane should hold, by listener name.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Desired {
+    pub listeners: BTreeMap<String, DesiredListener>,
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum PlanError {
+    #[error("no listener id left: max_listeners is {0}")]
+    ListenersExhausted(u32),
+    #[error("no backend id left: max_backends is {0} (listener × server × port)")]
+    BackendsExhausted(u32),
+}
+
+/// Stable ids for listeners and backends. A listener keeps its id (and so its table
+/// slots, cursors and counters) for as long as its frontend exists; a backend keeps its id
+/// while it stays in its listener's group. A reused backend id gets a new generation, so
+/// flows of its previous owner are never delivered to the new one.
+#[derive(Clone, Debug, Default)]
+pub struct Ids {
+    max_listeners: u32,
+    max_backends: u32,
+    listeners: BTreeMap<Frontend, u32>,
+    backends: BTreeMap<BackendKey, (u32, u32)>,
+    /// Last generation handed out per backend id.
+    generations: HashMap<u32, u32>,
+}
+
+impl Ids {
+    pub fn new(max_listeners: u32, max_backends: u32) -> Self {
+        Self {
+            max_listeners,
+            max_backends,
+            ..Default::default()
+        }
+    }
+
+    pub fn listener(&self, frontend: &Frontend) -> Option<u32> {
+        self.listeners.get(frontend).copied()
+    }
+
+    pub fn backend(&self, key: &BackendKey) -> Option<(u32, u32)> {
+        self.backends.get(key).copied()
+    }
+
+    /// Records an id found in the pinned maps at start-up (re-adoption).
+    pub fn adopt_listener(&mut self, frontend: Frontend, id: u32) {
+        self.listeners.insert(frontend, id);
+    }
+
+    pub fn adopt_backend(&mut self, key: BackendKey, id: u32, generation: u32) {
+        self.backends.insert(key, (id, generation));
+        let g = self.generations.entry(id).or_default();
+        *g = (*g).max(generation);
+    }
+
+    fn listener_id(&mut self, frontend: Frontend) -> Result<u32, PlanError> {
+        if let Some(id) = self.listeners.get(&frontend) {
+            return Ok(*id);
+        }
+        let used: BTreeSet<u32> = self.listeners.values().copied().collect();
+        let id = (0..self.max_listeners)
+            .find(|i| !used.contains(i))
+            .ok_or(PlanError::ListenersExhausted(self.max_listeners))?;
+        self.listeners.insert(frontend, id);
+        Ok(id)
+    }
+
+    fn backend_id(&mut self, key: BackendKey) -> Result<(u32, u32), PlanError> {
+        if let Some(v) = self.backends.get(&key) {
+            return Ok(*v);
+        }
+        let used: BTreeSet<u32> = self.backends.values().map(|(id, _)| *id).collect();
+        let id = (0..self.max_backends)
+            .find(|i| !used.contains(i))
+            .ok_or(PlanError::BackendsExhausted(self.max_backends))?;
+        let generation = self.generations.get(&id).map_or(1, |g| g + 1);
+        self.generations.insert(id, generation);
+        self.backends.insert(key, (id, generation));
+        Ok((id, generation))
+    }
+
+    /// Forgets ids that `desired` does not use, so they can be handed out again.
+    pub fn release_unused(&mut self, desired: &Desired) {
+        let frontends: BTreeSet<Frontend> =
+            desired.listeners.values().map(|l| l.frontend).collect();
+        let backends: BTreeSet<BackendKey> = desired
+            .listeners
+            .values()
+            .flat_map(|l| l.backends.iter().map(|b| b.key))
+            .collect();
+        self.listeners.retain(|f, _| frontends.contains(f));
+        self.backends.retain(|k, _| backends.contains(k));
+    }
+}
+
+/// One member of a listener's group before ids and health are applied.
+struct GroupMember {
+    address: Ipv4Addr,
+    port: u16,
+    weight: u32,
+    role: Role,
+}
+
+fn members(config: &Config, listener: &config::Listener) -> Vec<GroupMember> {
+    match listener.named_group() {
+        None => {
+            let port = listener.backend_port.unwrap_or(0);
+            config
+                .default_server_group
+                .servers
+                .iter()
+                .map(|s| GroupMember {
+                    address: s.address,
+                    port,
+                    weight: u32::from(s.weight),
+                    role: Role::Member,
+                })
+                .collect()
+        }
+        Some(name) => {
+            if let Some(g) = config.vserver_group(name) {
+                g.servers
+                    .iter()
+                    .map(|m| GroupMember {
+                        address: m.address,
+                        port: m.port,
+                        weight: u32::from(m.weight),
+                        role: Role::Member,
+                    })
+                    .collect()
+            } else if let Some(g) = config.primary_secondary_group(name) {
+                [(g.primary, Role::Primary), (g.secondary, Role::Secondary)]
+                    .into_iter()
+                    .map(|(e, role)| GroupMember {
+                        address: e.address,
+                        port: e.port,
+                        // Weights do not apply to primary/secondary groups; one backend
+                        // takes the new flows at a time.
+                        weight: 100,
+                        role,
+                    })
+                    .collect()
+            } else {
+                // A validated config has no dangling reference.
+                Vec::new()
+            }
+        }
+    }
+}
+
+/// Computes the desired data-plane contents. `config` must be validated.
+pub fn plan(config: &Config, runtime: &Runtime, ids: &mut Ids) -> Result<Desired, PlanError> {
+    let mut desired = Desired::default();
+    for listener in &config.listeners {
+        let frontend = Frontend::of(listener);
+        let id = ids.listener_id(frontend)?;
+        let group = listener
+            .named_group()
+            .unwrap_or(config::DEFAULT_GROUP_NAME)
+            .to_owned();
+        let members = members(config, listener);
+        let healthy = |address, port| {
+            !runtime.unhealthy.contains(&BackendKey {
+                frontend,
+                address,
+                port,
+            })
+        };
+        let primary_up = members
+            .iter()
+            .find(|m| m.role == Role::Primary)
+            .is_some_and(|m| healthy(m.address, m.port));
+
+        let mut backends = Vec::with_capacity(members.len());
+        for m in members {
+            let key = BackendKey {
+                frontend,
+                address: m.address,
+                port: m.port,
+            };
+            let (bid, generation) = ids.backend_id(key)?;
+            let is_healthy = healthy(m.address, m.port);
+            let effective_weight = runtime
+                .effective_weight
+                .get(&key)
+                .copied()
+                .unwrap_or(m.weight)
+                .min(m.weight);
+            let (usable, in_table) = match m.role {
+                Role::Member => (is_healthy, is_healthy && effective_weight > 0),
+                Role::Primary => (is_healthy, is_healthy),
+                // The secondary takes new flows only while the primary is down. Its TCP
+                // flows may finish after a failback; its UDP flows move back to the
+                // primary (a datagram flow has nothing to finish).
+                Role::Secondary => {
+                    let keeps_flows = primary_up && listener.protocol == Protocol::Udp;
+                    (is_healthy && !keeps_flows, is_healthy && !primary_up)
+                }
+            };
+            backends.push(DesiredBackend {
+                key,
+                id: bid,
+                generation,
+                role: m.role,
+                weight: m.weight,
+                effective_weight,
+                healthy: is_healthy,
+                usable,
+                in_table,
+            });
+        }
+        desired.listeners.insert(
+            listener.name.clone(),
+            DesiredListener {
+                name: listener.name.clone(),
+                frontend,
+                id,
+                group,
+                scheduler: listener.scheduler,
+                established_timeout: listener.established_timeout,
+                udp_timeout: listener.udp_timeout,
+                persistence_timeout: listener.persistence_timeout,
+                backends,
+            },
+        );
+    }
+    ids.release_unused(&desired);
+    Ok(desired)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(yaml: &str) -> Config {
+        config::parse(yaml).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    const BASE: &str = "
+instance: t
+interfaces: [eth0]
+default_server_group:
+  servers:
+    - { address: 198.18.1.10 }
+    - { address: 198.18.1.11, weight: 0 }
+vserver_groups:
+  - name: api
+    servers:
+      - { address: 198.18.1.10, port: 8080, weight: 60 }
+      - { address: 198.18.1.10, port: 8081, weight: 40 }
+primary_secondary_groups:
+  - name: db
+    primary: { address: 198.18.1.20, port: 5432 }
+    secondary: { address: 198.18.1.21, port: 5432 }
+listeners:
+  - { name: web, protocol: tcp, address: 198.19.0.100, port: 80, backend_port: 8080 }
+  - { name: api, protocol: tcp, address: 198.19.0.100, port: 443, server_group: api }
+  - { name: db, protocol: udp, address: 198.19.0.100, port: 5432, server_group: db }
+  - { name: dbt, protocol: tcp, address: 198.19.0.100, port: 5432, server_group: db }
+";
+
+    #[test]
+    fn members_ids_and_table_membership() {
+        let cfg = config(BASE);
+        let mut ids = Ids::new(8, 64);
+        let d = plan(&cfg, &Runtime::default(), &mut ids).unwrap();
+        let web = &d.listeners["web"];
+        assert_eq!(web.group, "default");
+        assert_eq!(web.backends.len(), 2);
+        assert!(web.backends.iter().all(|b| b.key.port == 8080));
+        let zero = &web.backends[1];
+        assert_eq!(
+            (zero.usable, zero.in_table),
+            (true, false),
+            "weight 0 keeps flows only"
+        );
+        let api = &d.listeners["api"];
+        assert_eq!(
+            api.backends.iter().map(|b| b.key.port).collect::<Vec<_>>(),
+            [8080, 8081]
+        );
+        // Every (listener, server, port) is its own backend id.
+        let mut all: Vec<u32> = d
+            .listeners
+            .values()
+            .flat_map(|l| l.backends.iter().map(|b| b.id))
+            .collect();
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), 2 + 2 + 2 + 2);
+        // Listener ids are distinct and stable across plans.
+        let again = plan(&cfg, &Runtime::default(), &mut ids).unwrap();
+        assert_eq!(d, again);
+    }
+
+    #[test]
+    fn primary_secondary_failover_and_failback() {
+        let cfg = config(BASE);
+        let mut ids = Ids::new(8, 64);
+        let mut rt = Runtime::default();
+        let d = plan(&cfg, &rt, &mut ids).unwrap();
+        let roles = |d: &Desired, name: &str| -> Vec<(Role, bool, bool)> {
+            d.listeners[name]
+                .backends
+                .iter()
+                .map(|b| (b.role, b.usable, b.in_table))
+                .collect()
+        };
+        // Primary up: it takes new flows; UDP flows of the secondary move back to it, TCP
+        // flows of the secondary may finish.
+        assert_eq!(
+            roles(&d, "db"),
+            [(Role::Primary, true, true), (Role::Secondary, false, false)]
+        );
+        assert_eq!(
+            roles(&d, "dbt"),
+            [(Role::Primary, true, true), (Role::Secondary, true, false)]
+        );
+        // Primary down: the secondary takes everything.
+        let primary = d.listeners["db"].backends[0].key;
+        rt.unhealthy.insert(primary);
+        let d = plan(&cfg, &rt, &mut ids).unwrap();
+        assert_eq!(
+            roles(&d, "db"),
+            [(Role::Primary, false, false), (Role::Secondary, true, true)]
+        );
+        // Health is per listener: the TCP listener's primary is still up.
+        assert_eq!(roles(&d, "dbt")[0], (Role::Primary, true, true));
+    }
+
+    #[test]
+    fn reused_backend_ids_get_a_new_generation() {
+        let mut cfg = config(BASE);
+        let mut ids = Ids::new(8, 64);
+        let d1 = plan(&cfg, &Runtime::default(), &mut ids).unwrap();
+        let old = d1.listeners["api"].backends[1].clone();
+        cfg.vserver_groups[0].servers.pop();
+        plan(&cfg, &Runtime::default(), &mut ids).unwrap();
+        cfg.vserver_groups[0]
+            .servers
+            .push(config::Member::new("198.18.1.12".parse().unwrap(), 9000));
+        let d3 = plan(&cfg, &Runtime::default(), &mut ids).unwrap();
+        let new = &d3.listeners["api"].backends[1];
+        assert_eq!(new.id, old.id, "the freed id is reused");
+        assert!(new.generation > old.generation);
+    }
+
+    #[test]
+    fn id_space_limits_are_reported() {
+        let cfg = config(BASE);
+        assert_eq!(
+            plan(&cfg, &Runtime::default(), &mut Ids::new(2, 64)),
+            Err(PlanError::ListenersExhausted(2))
+        );
+        assert_eq!(
+            plan(&cfg, &Runtime::default(), &mut Ids::new(8, 3)),
+            Err(PlanError::BackendsExhausted(3))
+        );
+    }
+}

@@ -1,0 +1,598 @@
+//! From a `Desired` state to the map operations that make the data plane hold it, and
+//! their application in an order no packet can see half-done:
+//!
+//! 1. backends the new tables refer to are written first;
+//! 2. a listener whose selection inputs changed gets its tables built into its idle slot,
+//!    then one update of its listener entry flips it to that slot;
+//! 3. VIP markers follow the listeners;
+//! 4. listeners that are gone are removed, then backends that are gone are made unusable
+//!    (their flows then move, see docs/architecture.md).
+//!
+//! Listeners whose inputs did not change see no operation at all.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
+
+use lb_common::{
+    BACKEND_F_USABLE, Backend, LISTENER_F_VIP_MARKER, Listener, ListenerKey, MAGLEV_TABLE_SIZE,
+    SEQUENCE_TABLE_SIZE, Scheduler, TABLES_PER_LISTENER, TableMeta,
+    maglev::{self, MaglevBackend},
+    wrr,
+};
+
+use crate::{
+    dataplane::{DataPlane, DataPlaneError},
+    plan::{Desired, DesiredListener},
+};
+
+/// One change to the maps.
+#[derive(Clone, Debug, PartialEq)]
+pub enum MapOp {
+    /// Write a backend entry; `fresh`: the id was just (re)assigned, zero its counters.
+    SetBackend {
+        id: u32,
+        value: Backend,
+        fresh: bool,
+    },
+    /// Fill an idle table slot.
+    WriteTable {
+        slot: u32,
+        maglev: Arc<Vec<u32>>,
+        sequence: Arc<Vec<u32>>,
+        meta: TableMeta,
+    },
+    /// Start a new listener's round-robin cursors at the head of its sequence.
+    ResetCursor {
+        listener: u32,
+    },
+    /// Write a listener entry (also how a listener flips to a new table slot).
+    SetListener {
+        key: ListenerKey,
+        value: Listener,
+    },
+    RemoveListener {
+        key: ListenerKey,
+    },
+    SetVipMarker {
+        addr: u32,
+    },
+    RemoveVipMarker {
+        addr: u32,
+    },
+}
+
+/// Where operations go: the real maps, or a recorder in tests.
+pub trait MapWriter {
+    fn apply(&mut self, op: &MapOp) -> Result<(), DataPlaneError>;
+}
+
+impl MapWriter for DataPlane {
+    fn apply(&mut self, op: &MapOp) -> Result<(), DataPlaneError> {
+        match op {
+            MapOp::SetBackend { id, value, fresh } => {
+                if *fresh {
+                    self.reset_backend_stats(*id)?;
+                    self.set_active_flows(*id, 0)?;
+                }
+                self.set_backend(*id, *value)
+            }
+            MapOp::WriteTable {
+                slot,
+                maglev,
+                sequence,
+                meta,
+            } => self.write_table(*slot, maglev, sequence, *meta),
+            MapOp::ResetCursor { listener } => self.reset_cursor(*listener),
+            MapOp::SetListener { key, value } => self.set_listener(*key, *value),
+            MapOp::RemoveListener { key } => self.remove_listener(key),
+            MapOp::SetVipMarker { addr } => self.set_listener(
+                ListenerKey::vip_marker(*addr),
+                Listener {
+                    flags: LISTENER_F_VIP_MARKER,
+                    ..Default::default()
+                },
+            ),
+            MapOp::RemoveVipMarker { addr } => {
+                self.remove_listener(&ListenerKey::vip_marker(*addr))
+            }
+        }
+    }
+}
+
+/// What a listener's tables are built from: if these are equal, so are the tables.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct TableInputs {
+    scheduler: Scheduler,
+    /// (id, address, port (network order), effective weight) of the backends in the table.
+    members: Vec<(u32, u32, u16, u32)>,
+}
+
+impl TableInputs {
+    fn of(listener: &DesiredListener) -> Self {
+        Self {
+            scheduler: listener.scheduler,
+            members: listener
+                .backends
+                .iter()
+                .filter(|b| b.in_table)
+                .map(|b| {
+                    (
+                        b.id,
+                        u32::from_ne_bytes(b.key.address.octets()),
+                        b.key.port.to_be(),
+                        b.effective_weight,
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    fn build(&self) -> (Vec<u32>, Vec<u32>, TableMeta) {
+        let maglev_members: Vec<MaglevBackend> = self
+            .members
+            .iter()
+            .map(|&(id, addr, port, weight)| MaglevBackend {
+                id,
+                addr,
+                port,
+                weight,
+            })
+            .collect();
+        let table = maglev::build_table(&maglev_members, MAGLEV_TABLE_SIZE);
+        let weighted: Vec<wrr::Weighted> =
+            self.members.iter().map(|&(id, _, _, w)| (id, w)).collect();
+        let sequence = match self.scheduler {
+            Scheduler::Wrr => wrr::weighted_sequence(&weighted, SEQUENCE_TABLE_SIZE),
+            // rr ignores weights and wlc weighs by active flows: each backend once.
+            Scheduler::Rr | Scheduler::Wlc | Scheduler::Sch | Scheduler::Tch => {
+                wrr::each_once(&weighted)
+            }
+        };
+        let meta = TableMeta {
+            backends: self.members.iter().filter(|m| m.3 > 0).count() as u32,
+            sequence_len: sequence.len() as u32,
+        };
+        (table, sequence, meta)
+    }
+}
+
+/// What the maps hold for one listener.
+#[derive(Clone, Debug)]
+struct AppliedListener {
+    key: ListenerKey,
+    value: Listener,
+    inputs: TableInputs,
+}
+
+/// The data plane's contents as this controller last wrote them.
+#[derive(Debug, Default)]
+pub struct Reconciler {
+    listeners: BTreeMap<String, AppliedListener>,
+    backends: BTreeMap<u32, Backend>,
+    vips: BTreeSet<u32>,
+}
+
+fn listener_value(l: &DesiredListener, table: u32) -> Listener {
+    Listener {
+        id: l.id,
+        table,
+        scheduler: l.scheduler as u8,
+        established_timeout_s: l.established_timeout,
+        udp_timeout_s: l.udp_timeout,
+        persistence_timeout_s: l.persistence_timeout,
+        ..Default::default()
+    }
+}
+
+impl Reconciler {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Starts from what a pinned data plane already holds (a restarted daemon): listener
+    /// entries keep their live table slot, so the first reconcile writes the other one.
+    pub fn adopt(&mut self, listeners: &[(String, ListenerKey, Listener)]) {
+        for (name, key, value) in listeners {
+            self.listeners.insert(
+                name.clone(),
+                AppliedListener {
+                    key: *key,
+                    value: *value,
+                    // Unknown inputs: force one rebuild, which also proves the tables.
+                    inputs: TableInputs {
+                        scheduler: Scheduler::Wrr,
+                        members: vec![(u32::MAX, 0, 0, 0)],
+                    },
+                },
+            );
+            self.vips.insert(key.addr);
+        }
+    }
+
+    /// Computes the operations that take the maps from their applied state to `desired`.
+    pub fn diff(&self, desired: &Desired) -> Vec<MapOp> {
+        let mut backends = Vec::new();
+        let mut tables = Vec::new();
+        let mut markers = Vec::new();
+        let mut removals = Vec::new();
+
+        let mut desired_backends: BTreeSet<u32> = BTreeSet::new();
+        for l in desired.listeners.values() {
+            for b in &l.backends {
+                desired_backends.insert(b.id);
+                let value = Backend {
+                    addr: u32::from_ne_bytes(b.key.address.octets()),
+                    port: b.key.port.to_be(),
+                    flags: if b.usable { BACKEND_F_USABLE } else { 0 },
+                    weight: b.effective_weight,
+                    listener: l.id,
+                    generation: b.generation,
+                    ..Default::default()
+                };
+                let old = self.backends.get(&b.id);
+                if old != Some(&value) {
+                    let fresh = old.is_none_or(|o| o.generation != value.generation);
+                    backends.push(MapOp::SetBackend {
+                        id: b.id,
+                        value,
+                        fresh,
+                    });
+                }
+            }
+
+            let key = l.frontend.key();
+            let inputs = TableInputs::of(l);
+            let applied = self
+                .listeners
+                .get(&l.name)
+                .filter(|a| a.key == key && a.value.id == l.id);
+            let base = l.id * TABLES_PER_LISTENER;
+            match applied {
+                Some(a) if a.inputs == inputs => {
+                    let value = listener_value(l, a.value.table);
+                    if value != a.value {
+                        tables.push(MapOp::SetListener { key, value });
+                    }
+                }
+                _ => {
+                    let live = applied.map(|a| a.value.table);
+                    let slot = if live == Some(base) { base + 1 } else { base };
+                    let (maglev, sequence, meta) = inputs.build();
+                    tables.push(MapOp::WriteTable {
+                        slot,
+                        maglev: Arc::new(maglev),
+                        sequence: Arc::new(sequence),
+                        meta,
+                    });
+                    if applied.is_none() {
+                        tables.push(MapOp::ResetCursor { listener: l.id });
+                    }
+                    tables.push(MapOp::SetListener {
+                        key,
+                        value: listener_value(l, slot),
+                    });
+                }
+            }
+        }
+
+        let desired_keys: BTreeSet<ListenerKey> = desired
+            .listeners
+            .values()
+            .map(|l| l.frontend.key())
+            .collect();
+        let desired_vips: BTreeSet<u32> = desired_keys.iter().map(|k| k.addr).collect();
+        for addr in desired_vips.difference(&self.vips) {
+            markers.push(MapOp::SetVipMarker { addr: *addr });
+        }
+        for a in self.listeners.values() {
+            if !desired_keys.contains(&a.key) {
+                removals.push(MapOp::RemoveListener { key: a.key });
+            }
+        }
+        for addr in self.vips.difference(&desired_vips) {
+            removals.push(MapOp::RemoveVipMarker { addr: *addr });
+        }
+        for (id, b) in &self.backends {
+            if !desired_backends.contains(id) && b.flags != 0 {
+                removals.push(MapOp::SetBackend {
+                    id: *id,
+                    value: Backend { flags: 0, ..*b },
+                    fresh: false,
+                });
+            }
+        }
+
+        backends
+            .into_iter()
+            .chain(tables)
+            .chain(markers)
+            .chain(removals)
+            .collect()
+    }
+
+    /// Applies `diff(desired)` in order, recording each operation as it succeeds, so a
+    /// failure part-way leaves this record true to the maps. Returns the operations.
+    pub fn apply(
+        &mut self,
+        desired: &Desired,
+        writer: &mut impl MapWriter,
+    ) -> Result<Vec<MapOp>, DataPlaneError> {
+        let ops = self.diff(desired);
+        let by_key: BTreeMap<ListenerKey, &DesiredListener> = desired
+            .listeners
+            .values()
+            .map(|l| (l.frontend.key(), l))
+            .collect();
+        for op in &ops {
+            writer.apply(op)?;
+            match op {
+                MapOp::SetBackend { id, value, .. } => {
+                    self.backends.insert(*id, *value);
+                }
+                MapOp::SetListener { key, value } => {
+                    if let Some(l) = by_key.get(key) {
+                        self.listeners.insert(
+                            l.name.clone(),
+                            AppliedListener {
+                                key: *key,
+                                value: *value,
+                                inputs: TableInputs::of(l),
+                            },
+                        );
+                    }
+                }
+                MapOp::RemoveListener { key } => self.listeners.retain(|_, a| a.key != *key),
+                MapOp::SetVipMarker { addr } => {
+                    self.vips.insert(*addr);
+                }
+                MapOp::RemoveVipMarker { addr } => {
+                    self.vips.remove(addr);
+                }
+                MapOp::WriteTable { .. } | MapOp::ResetCursor { .. } => {}
+            }
+        }
+        // A listener renamed in place keeps its key; drop records no longer desired.
+        self.listeners
+            .retain(|name, _| desired.listeners.contains_key(name));
+        Ok(ops)
+    }
+
+    /// The live table slot of a listener, as last written.
+    pub fn live_slot(&self, listener: &str) -> Option<u32> {
+        self.listeners.get(listener).map(|a| a.value.table)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        config,
+        plan::{Ids, Runtime, plan},
+    };
+
+    #[derive(Default)]
+    struct Recorder(Vec<MapOp>);
+
+    impl MapWriter for Recorder {
+        fn apply(&mut self, op: &MapOp) -> Result<(), DataPlaneError> {
+            self.0.push(op.clone());
+            Ok(())
+        }
+    }
+
+    const BASE: &str = "
+instance: t
+interfaces: [eth0]
+vserver_groups:
+  - name: api
+    servers:
+      - { address: 198.18.1.10, port: 8080 }
+      - { address: 198.18.1.11, port: 8080 }
+  - name: other
+    servers:
+      - { address: 198.18.1.30, port: 9000 }
+listeners:
+  - { name: api, protocol: tcp, address: 198.19.0.100, port: 80, server_group: api }
+  - { name: other, protocol: tcp, address: 198.19.0.101, port: 80, server_group: other }
+";
+
+    struct Harness {
+        config: config::Config,
+        runtime: Runtime,
+        ids: Ids,
+        reconciler: Reconciler,
+    }
+
+    impl Harness {
+        fn new() -> Self {
+            Self {
+                config: config::parse(BASE).unwrap(),
+                runtime: Runtime::default(),
+                ids: Ids::new(8, 64),
+                reconciler: Reconciler::new(),
+            }
+        }
+
+        fn step(&mut self) -> Vec<MapOp> {
+            self.config.validate().unwrap();
+            let desired = plan(&self.config, &self.runtime, &mut self.ids).unwrap();
+            let mut rec = Recorder::default();
+            self.reconciler.apply(&desired, &mut rec).unwrap();
+            rec.0
+        }
+    }
+
+    /// A compact, comparable rendering of an op list.
+    fn shape(ops: &[MapOp]) -> Vec<String> {
+        ops.iter()
+            .map(|op| match op {
+                MapOp::SetBackend { id, value, fresh } => format!(
+                    "backend {id} flags={} weight={}{}",
+                    value.flags,
+                    value.weight,
+                    if *fresh { " fresh" } else { "" }
+                ),
+                MapOp::WriteTable { slot, meta, .. } => {
+                    format!("table {slot} backends={}", meta.backends)
+                }
+                MapOp::ResetCursor { listener } => format!("cursor {listener}"),
+                MapOp::SetListener { value, .. } => {
+                    format!("listener {} slot={}", value.id, value.table)
+                }
+                MapOp::RemoveListener { key } => {
+                    format!("remove listener port={}", u16::from_be(key.port))
+                }
+                MapOp::SetVipMarker { .. } => "vip +".into(),
+                MapOp::RemoveVipMarker { .. } => "vip -".into(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn first_apply_writes_everything_in_order() {
+        let mut h = Harness::new();
+        assert_eq!(
+            shape(&h.step()),
+            [
+                "backend 0 flags=1 weight=100 fresh",
+                "backend 1 flags=1 weight=100 fresh",
+                "backend 2 flags=1 weight=100 fresh",
+                "table 0 backends=2",
+                "cursor 0",
+                "listener 0 slot=0",
+                "table 2 backends=1",
+                "cursor 1",
+                "listener 1 slot=2",
+                "vip +",
+                "vip +",
+            ]
+            .into_iter()
+            .map(String::from)
+            .collect::<Vec<_>>()
+        );
+        assert!(h.step().is_empty(), "nothing changed, nothing written");
+    }
+
+    #[test]
+    fn adding_a_server_touches_only_its_listener_and_flips_slots() {
+        let mut h = Harness::new();
+        h.step();
+        h.config.vserver_groups[0]
+            .servers
+            .push(config::Member::new("198.18.1.12".parse().unwrap(), 8080));
+        assert_eq!(
+            shape(&h.step()),
+            [
+                "backend 3 flags=1 weight=100 fresh",
+                "table 1 backends=3",
+                "listener 0 slot=1"
+            ]
+        );
+        // The next change goes back to slot 0.
+        h.config.vserver_groups[0].servers[0].weight = 50;
+        assert_eq!(
+            shape(&h.step()),
+            [
+                "backend 0 flags=1 weight=50",
+                "table 0 backends=3",
+                "listener 0 slot=0"
+            ]
+        );
+    }
+
+    #[test]
+    fn weight_zero_keeps_the_backend_usable_but_out_of_the_table() {
+        let mut h = Harness::new();
+        h.step();
+        h.config.vserver_groups[0].servers[1].weight = 0;
+        assert_eq!(
+            shape(&h.step()),
+            [
+                "backend 1 flags=1 weight=0",
+                "table 1 backends=1",
+                "listener 0 slot=1"
+            ]
+        );
+    }
+
+    #[test]
+    fn removing_a_server_rebuilds_then_disables_it() {
+        let mut h = Harness::new();
+        h.step();
+        h.config.vserver_groups[0].servers.remove(0);
+        assert_eq!(
+            shape(&h.step()),
+            [
+                "table 1 backends=1",
+                "listener 0 slot=1",
+                "backend 0 flags=0 weight=100"
+            ]
+        );
+    }
+
+    #[test]
+    fn unhealthy_backend_leaves_the_table_and_comes_back() {
+        let mut h = Harness::new();
+        h.step();
+        let key = crate::plan::BackendKey {
+            frontend: crate::plan::Frontend::of(&h.config.listeners[0]),
+            address: "198.18.1.11".parse().unwrap(),
+            port: 8080,
+        };
+        h.runtime.unhealthy.insert(key);
+        assert_eq!(
+            shape(&h.step()),
+            [
+                "backend 1 flags=0 weight=100",
+                "table 1 backends=1",
+                "listener 0 slot=1"
+            ]
+        );
+        h.runtime.unhealthy.clear();
+        assert_eq!(
+            shape(&h.step()),
+            [
+                "backend 1 flags=1 weight=100",
+                "table 0 backends=2",
+                "listener 0 slot=0"
+            ]
+        );
+    }
+
+    #[test]
+    fn moving_a_listener_to_another_group_and_removing_a_listener() {
+        let mut h = Harness::new();
+        h.step();
+        h.config.listeners[0].server_group = Some("other".into());
+        assert_eq!(
+            shape(&h.step()),
+            [
+                "backend 3 flags=1 weight=100 fresh",
+                "table 1 backends=1",
+                "listener 0 slot=1",
+                "backend 0 flags=0 weight=100",
+                "backend 1 flags=0 weight=100",
+            ]
+        );
+        h.config.listeners.remove(1);
+        assert_eq!(
+            shape(&h.step()),
+            [
+                "remove listener port=80",
+                "vip -",
+                "backend 2 flags=0 weight=100"
+            ]
+        );
+    }
+
+    #[test]
+    fn changing_only_timeouts_rewrites_the_listener_entry_alone() {
+        let mut h = Harness::new();
+        h.step();
+        h.config.listeners[1].established_timeout = 60;
+        assert_eq!(shape(&h.step()), ["listener 1 slot=2"]);
+    }
+}

@@ -1,0 +1,85 @@
+//! Every map of the data plane, one comment each. Sizes here are defaults; the controller
+//! sets the real ones from the config (`flow_table_size`, `max_listeners`, `max_backends`)
+//! before loading.
+
+use aya_ebpf::{
+    bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
+    macros::map,
+    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+};
+use lb_common::{
+    Backend, DEFAULT_FLOW_TABLE_SIZE, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_LISTENERS, Flow, FlowKey,
+    IdPair, Listener, ListenerKey, MAGLEV_TABLE_SIZE, MAX_INTERFACES, REASON_COUNT, ReverseNat,
+    SEQUENCE_TABLE_SIZE, TABLES_PER_LISTENER, TableMeta, TrafficCounters, id_pair_entries,
+};
+
+const TABLE_SLOTS: u32 = DEFAULT_MAX_LISTENERS * TABLES_PER_LISTENER;
+
+/// (VIP, port, protocol) → listener; also (VIP, 0, 0) VIP markers. Not preallocated, so
+/// the controller's whole-value updates are RCU swaps that a packet sees atomically.
+#[map(name = "LISTENERS")]
+pub static LISTENERS: HashMap<ListenerKey, Listener> =
+    HashMap::with_max_entries(2 * DEFAULT_MAX_LISTENERS, BPF_F_NO_PREALLOC);
+
+/// Backend id → address, port, health, weight, generation.
+#[map(name = "BACKENDS")]
+pub static BACKENDS: Array<Backend> = Array::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
+
+/// Weighted Maglev tables, `MAGLEV_TABLE_SIZE` backend ids per table slot, two ids per
+/// element (`IdPair`). Mmapable: the controller writes a table with a memory copy, not one
+/// syscall per slot.
+#[map(name = "MAGLEV")]
+pub static MAGLEV: Array<IdPair> = Array::with_max_entries(
+    id_pair_entries(TABLE_SLOTS * MAGLEV_TABLE_SIZE),
+    BPF_F_MMAPABLE,
+);
+
+/// Round-robin sequences (wrr) or backend lists (rr, wlc), `SEQUENCE_TABLE_SIZE` per slot,
+/// stored like `MAGLEV`.
+#[map(name = "SEQUENCE")]
+pub static SEQUENCE: Array<IdPair> = Array::with_max_entries(
+    id_pair_entries(TABLE_SLOTS * SEQUENCE_TABLE_SIZE),
+    BPF_F_MMAPABLE,
+);
+
+/// Per table slot: how many backends take new flows, how long the sequence is.
+#[map(name = "TABLE_META")]
+pub static TABLE_META: Array<TableMeta> = Array::with_max_entries(TABLE_SLOTS, 0);
+
+/// Per listener and CPU: position in the round-robin sequence. Per-CPU so the hot path
+/// never writes a shared cache line.
+#[map(name = "CURSORS")]
+pub static CURSORS: PerCpuArray<u32> = PerCpuArray::with_max_entries(DEFAULT_MAX_LISTENERS, 0);
+
+/// Client-side 5-tuple → backend. LRU: a full table evicts the least recently used flow.
+#[map(name = "FLOWS")]
+pub static FLOWS: LruHashMap<FlowKey, Flow> =
+    LruHashMap::with_max_entries(DEFAULT_FLOW_TABLE_SIZE, 0);
+
+/// Backend-side 5-tuple (backend → client) → the VIP to put back on replies.
+#[map(name = "REVERSE")]
+pub static REVERSE: LruHashMap<FlowKey, ReverseNat> =
+    LruHashMap::with_max_entries(DEFAULT_FLOW_TABLE_SIZE, 0);
+
+/// Backend id → active flows, for `wlc`: atomic adds, the only shared counter on the hot
+/// path. LRU eviction decrements nothing, so the controller's sweep rewrites these.
+#[map(name = "ACTIVE_FLOWS")]
+pub static ACTIVE_FLOWS: Array<u32> = Array::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
+
+/// Per listener and CPU: packets, bytes, new flows, drops.
+#[map(name = "LISTENER_STATS")]
+pub static LISTENER_STATS: PerCpuArray<TrafficCounters> =
+    PerCpuArray::with_max_entries(DEFAULT_MAX_LISTENERS, 0);
+
+/// Per backend and CPU: the same counters.
+#[map(name = "BACKEND_STATS")]
+pub static BACKEND_STATS: PerCpuArray<TrafficCounters> =
+    PerCpuArray::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
+
+/// Per `Reason` and CPU: every verdict with its reason, and a few events.
+#[map(name = "COUNTERS")]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(REASON_COUNT, 0);
+
+/// ifindex → ifindex of every interface the program is attached to, for redirects.
+#[map(name = "TX_PORTS")]
+pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_INTERFACES, 0);

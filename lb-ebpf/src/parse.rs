@@ -1,0 +1,151 @@
+//! Header parsing. Every access is bounds-checked against `data_end` right before it, in
+//! the form the verifier tracks; the IP header length comes from IHL, never assumed.
+
+use aya_ebpf::programs::XdpContext;
+use lb_common::{PROTO_TCP, PROTO_UDP, Reason};
+use network_types::{
+    eth::{EthHdr, EtherType},
+    ip::Ipv4Hdr,
+    tcp::TcpHdr,
+    udp::UdpHdr,
+};
+
+pub const ETH_LEN: usize = EthHdr::LEN;
+const IPV4_MIN_LEN: usize = Ipv4Hdr::LEN;
+/// More-fragments flag and fragment offset, in the 16-bit `frags` field (host order).
+const IP_MF: u16 = 0x2000;
+const IP_OFFSET_MASK: u16 = 0x1fff;
+
+/// Offset of the flags byte in the TCP header.
+const TCP_FLAGS: usize = 13;
+
+/// Pointer to a `T` at `offset` from the start of the frame, if it lies inside the frame.
+#[inline(always)]
+pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + offset + size_of::<T>() > end {
+        return None;
+    }
+    Some((start + offset) as *mut T)
+}
+
+/// A parsed IPv4 packet. Addresses and ports are network byte order, as in the packet.
+pub struct Ipv4 {
+    /// Offset of the L4 header from the start of the frame (14 + IHL × 4).
+    pub l4_offset: usize,
+    /// IP total length, host order.
+    pub tot_len: u16,
+    pub protocol: u8,
+    pub ttl: u8,
+    pub src_addr: u32,
+    pub dst_addr: u32,
+    pub fragment: bool,
+}
+
+/// TCP or UDP ports and flags of a parsed packet.
+pub struct L4 {
+    pub src_port: u16,
+    pub dst_port: u16,
+    /// TCP flags byte (0 for UDP).
+    pub tcp_flags: u8,
+}
+
+pub enum Parsed {
+    Ipv4(Ipv4),
+    /// Decided during parsing: the verdict and its reason.
+    Done(u32, Reason),
+}
+
+/// Parses Ethernet and the IPv4 header. Anything that is not IPv4 is passed; an IPv4
+/// header that is truncated, has IHL < 5, a version other than 4, or a total length that
+/// does not fit the frame is dropped (the kernel would drop it too; here it is counted).
+#[inline(always)]
+pub fn ipv4(ctx: &XdpContext) -> Parsed {
+    use aya_ebpf::bindings::xdp_action::{XDP_DROP, XDP_PASS};
+
+    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+        return Parsed::Done(XDP_DROP, Reason::DropMalformedEthernet);
+    };
+    // SAFETY: bounds checked by ptr_at.
+    if unsafe { (*eth).ether_type } != EtherType::Ipv4 as u16 {
+        return Parsed::Done(XDP_PASS, Reason::PassNotIpv4);
+    }
+    let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, ETH_LEN) else {
+        return Parsed::Done(XDP_DROP, Reason::DropMalformedIpv4);
+    };
+    // SAFETY: bounds checked by ptr_at; Ipv4Hdr has alignment 1.
+    let hdr = unsafe { &*ip };
+    let ihl_bytes = ((hdr.vihl & 0x0f) as usize) * 4;
+    let tot_len = u16::from_be_bytes(hdr.tot_len);
+    let frame_len = ctx.data_end() - ctx.data();
+    if hdr.vihl >> 4 != 4
+        || ihl_bytes < IPV4_MIN_LEN
+        || (tot_len as usize) < ihl_bytes
+        || ETH_LEN + tot_len as usize > frame_len
+    {
+        return Parsed::Done(XDP_DROP, Reason::DropMalformedIpv4);
+    }
+    let frags = u16::from_be_bytes(hdr.frags);
+    Parsed::Ipv4(Ipv4 {
+        l4_offset: ETH_LEN + ihl_bytes,
+        tot_len,
+        protocol: hdr.proto,
+        ttl: hdr.ttl,
+        src_addr: u32::from_ne_bytes(hdr.src_addr),
+        dst_addr: u32::from_ne_bytes(hdr.dst_addr),
+        fragment: frags & (IP_MF | IP_OFFSET_MASK) != 0,
+    })
+}
+
+/// Parses the TCP or UDP header inside the IP payload. `None` when it is truncated (by
+/// the frame or by the IP total length), when a TCP data offset is < 5 or runs past the
+/// payload, or when a UDP length is outside 8..=payload.
+#[inline(always)]
+pub fn l4(ctx: &XdpContext, ip: &Ipv4) -> Option<L4> {
+    let payload = (ip.tot_len as usize).checked_sub(ip.l4_offset - ETH_LEN)?;
+    // Bound the offset for the verifier: IHL is 4 bits, so the L4 header starts by byte 74.
+    let off = ip.l4_offset;
+    if off > ETH_LEN + 60 {
+        return None;
+    }
+    match ip.protocol {
+        PROTO_TCP => {
+            let tcp = ptr_at::<TcpHdr>(ctx, off)?;
+            if payload < TcpHdr::LEN {
+                return None;
+            }
+            // SAFETY: bounds checked by ptr_at; TcpHdr has alignment 1.
+            let bytes = unsafe { &*(tcp as *const [u8; TcpHdr::LEN]) };
+            let data_offset = (bytes[12] >> 4) as usize * 4;
+            if data_offset < TcpHdr::LEN || data_offset > payload {
+                return None;
+            }
+            Some(L4 {
+                src_port: u16::from_ne_bytes([bytes[0], bytes[1]]),
+                dst_port: u16::from_ne_bytes([bytes[2], bytes[3]]),
+                tcp_flags: bytes[TCP_FLAGS],
+            })
+        }
+        PROTO_UDP => {
+            let udp = ptr_at::<UdpHdr>(ctx, off)?;
+            // SAFETY: bounds checked by ptr_at; UdpHdr has alignment 1.
+            let hdr = unsafe { &*udp };
+            let len = u16::from_be_bytes(hdr.len) as usize;
+            if payload < UdpHdr::LEN || len < UdpHdr::LEN || len > payload {
+                return None;
+            }
+            Some(L4 {
+                src_port: u16::from_ne_bytes(hdr.src),
+                dst_port: u16::from_ne_bytes(hdr.dst),
+                tcp_flags: 0,
+            })
+        }
+        _ => None,
+    }
+}
+
+#[inline(always)]
+pub const fn is_tcp_or_udp(protocol: u8) -> bool {
+    protocol == PROTO_TCP || protocol == PROTO_UDP
+}

@@ -1,0 +1,436 @@
+//! The entry point and the two packet paths (client → backend, backend → client).
+
+use aya_ebpf::{
+    bindings::{
+        BPF_ANY, BPF_NOEXIST,
+        xdp_action::{XDP_DROP, XDP_PASS},
+    },
+    helpers::generated::bpf_ktime_get_coarse_ns,
+    macros::xdp,
+    programs::XdpContext,
+};
+use lb_common::{
+    Backend, FLOW_F_COUNTED, FLOW_F_FIN, FLOW_F_PICKUP, FLOW_F_RST, Flow, FlowKey, Listener,
+    ListenerKey, NO_BACKEND, Reason, ReverseNat, Scheduler,
+    select::{EntryState, Step, TCP_FIN, TCP_RST, is_active, is_expired, next_step},
+};
+
+use crate::{
+    fwd,
+    maps::{BACKENDS, FLOWS, LISTENERS, REVERSE, TABLE_META},
+    nat,
+    nat::Side,
+    parse,
+    parse::{Ipv4, L4, Parsed},
+    sched,
+    sched::Tuple,
+    stats,
+};
+
+/// The kernel checks this for GPL-only helpers (bpf_fib_lookup is one).
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+
+#[xdp]
+pub fn lb_xdp(ctx: XdpContext) -> u32 {
+    let (action, reason) = process(&ctx);
+    stats::count(reason);
+    action
+}
+
+#[inline(always)]
+fn process(ctx: &XdpContext) -> (u32, Reason) {
+    let ip = match parse::ipv4(ctx) {
+        Parsed::Ipv4(ip) => ip,
+        Parsed::Done(action, reason) => return (action, reason),
+    };
+    if !parse::is_tcp_or_udp(ip.protocol) {
+        return (XDP_PASS, Reason::PassOtherProtocol);
+    }
+    if ip.fragment {
+        // No ports in later fragments, so no listener or flow to match: fragments to a VIP
+        // are refused (counted); others are not ours.
+        return if is_vip(ip.dst_addr) {
+            (XDP_DROP, Reason::DropFragment)
+        } else {
+            (XDP_PASS, Reason::PassNotForUs)
+        };
+    }
+    let Some(l4) = parse::l4(ctx, &ip) else {
+        return if is_vip(ip.dst_addr) {
+            (XDP_DROP, Reason::DropMalformedL4)
+        } else {
+            (XDP_PASS, Reason::PassNotForUs)
+        };
+    };
+    let key = ListenerKey {
+        addr: ip.dst_addr,
+        port: l4.dst_port,
+        protocol: ip.protocol,
+        _pad: 0,
+    };
+    if let Some(listener) = LISTENERS.get_ptr(key) {
+        // SAFETY: a map value pointer stays valid for the program run (RCU).
+        return forward(ctx, &ip, &l4, unsafe { &*listener });
+    }
+    let reply_key = FlowKey {
+        src_addr: ip.src_addr,
+        dst_addr: ip.dst_addr,
+        src_port: l4.src_port,
+        dst_port: l4.dst_port,
+        protocol: ip.protocol,
+        _pad: [0; 3],
+    };
+    if let Some(rev) = REVERSE.get_ptr(reply_key) {
+        // SAFETY: as above.
+        return reply(ctx, &ip, &l4, unsafe { &*rev });
+    }
+    if is_vip(ip.dst_addr) {
+        (XDP_PASS, Reason::PassVipNoListener)
+    } else {
+        (XDP_PASS, Reason::PassNotForUs)
+    }
+}
+
+#[inline(always)]
+fn is_vip(addr: u32) -> bool {
+    LISTENERS.get_ptr(ListenerKey::vip_marker(addr)).is_some()
+}
+
+/// Client → VIP: find or make the flow, translate to the backend, send.
+#[inline(always)]
+fn forward(ctx: &XdpContext, ip: &Ipv4, l4: &L4, listener: &Listener) -> (u32, Reason) {
+    if ip.ttl <= 1 {
+        return (XDP_PASS, Reason::PassTtlExpired);
+    }
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let key = FlowKey {
+        src_addr: ip.src_addr,
+        dst_addr: ip.dst_addr,
+        src_port: l4.src_port,
+        dst_port: l4.dst_port,
+        protocol: ip.protocol,
+        _pad: [0; 3],
+    };
+
+    // Plain values, not Options: a `None` leaves its payload undefined, and LLVM may then
+    // spill an uninitialised register, which the verifier refuses.
+    let mut state = EntryState::Missing;
+    let mut live_flow: *mut Flow = core::ptr::null_mut();
+    let mut live_backend: *const Backend = core::ptr::null();
+    let mut previous = Previous {
+        backend: NO_BACKEND,
+        flags: 0,
+    };
+    if let Some(fp) = FLOWS.get_ptr_mut(key) {
+        // SAFETY: a map value pointer stays valid for the program run.
+        let f = unsafe { &*fp };
+        previous = Previous {
+            backend: f.backend,
+            flags: f.flags,
+        };
+        state = match BACKENDS.get(f.backend) {
+            Some(b) if b.generation == f.generation && b.is_usable() => {
+                if is_expired(now, f, ip.protocol, listener) {
+                    EntryState::Expired
+                } else {
+                    live_flow = fp;
+                    live_backend = b;
+                    EntryState::Live {
+                        closing: f.flags & (FLOW_F_FIN | FLOW_F_RST) != 0,
+                    }
+                }
+            }
+            _ => EntryState::BackendUnusable,
+        };
+    }
+
+    let step = next_step(ip.protocol, l4.tcp_flags, state);
+    let (backend_id, backend): (u32, &Backend) =
+        if step == Step::Reuse && !live_flow.is_null() && !live_backend.is_null() {
+            // SAFETY: both point into map values, valid for the program run; the flow's
+            // own CPU (RSS) is the usual writer, and a racing write of a timestamp or a
+            // flag bit is harmless.
+            let f = unsafe { &mut *live_flow };
+            f.last_seen_ns = now;
+            note_close(f, l4.tcp_flags);
+            (f.backend, unsafe { &*live_backend })
+        } else {
+            let tuple = Tuple {
+                src_addr: ip.src_addr,
+                dst_addr: ip.dst_addr,
+                src_port: l4.src_port,
+                dst_port: l4.dst_port,
+            };
+            match new_flow(ip, l4, listener, &key, &tuple, step, state, &previous, now) {
+                Ok(v) => v,
+                Err(reason) => {
+                    stats::listener(listener.id, |c| c.dropped += 1);
+                    return (XDP_DROP, reason);
+                }
+            }
+        };
+
+    if !nat::translate(ctx, ip, l4, Side::Destination, backend.addr, backend.port) {
+        return (XDP_DROP, Reason::DropMalformedL4);
+    }
+    let out = fwd::transmit(
+        ctx,
+        ip,
+        ip.src_addr,
+        backend.addr,
+        l4.src_port,
+        backend.port,
+        Reason::Forwarded,
+    );
+    if out.0 != XDP_DROP {
+        let bytes = u64::from(ip.tot_len);
+        stats::listener(listener.id, |c| {
+            c.packets += 1;
+            c.bytes += bytes;
+        });
+        stats::backend(backend_id, |c| {
+            c.packets += 1;
+            c.bytes += bytes;
+        });
+    }
+    out
+}
+
+/// The flow entry a new flow replaces, if any (`backend == NO_BACKEND`: none).
+struct Previous {
+    backend: u32,
+    flags: u32,
+}
+
+/// Records a FIN or RST from the client: the flow stops being active (and gives back its
+/// `wlc` count) but stays in the table for the rest of the close.
+#[inline(always)]
+fn note_close(f: &mut Flow, tcp_flags: u8) {
+    let seen = if tcp_flags & TCP_RST != 0 {
+        FLOW_F_RST
+    } else if tcp_flags & TCP_FIN != 0 {
+        FLOW_F_FIN
+    } else {
+        return;
+    };
+    if f.flags & seen != 0 {
+        return;
+    }
+    f.flags |= seen;
+    if f.flags & FLOW_F_COUNTED != 0 {
+        f.flags &= !FLOW_F_COUNTED;
+        sched::active_add(f.backend, -1);
+    }
+}
+
+/// Picks a backend for a new flow or a pickup, claims the backend-side 5-tuple for the
+/// replies, and records the flow.
+#[inline(always)]
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one call site; a struct would only rename the arguments"
+)]
+fn new_flow(
+    ip: &Ipv4,
+    l4: &L4,
+    listener: &Listener,
+    key: &FlowKey,
+    tuple: &Tuple,
+    step: Step,
+    state: EntryState,
+    previous: &Previous,
+    now: u64,
+) -> Result<(u32, &'static Backend), Reason> {
+    let meta = TABLE_META
+        .get(listener.table)
+        .ok_or(Reason::DropNoBackend)?;
+    if meta.backends == 0 {
+        return Err(Reason::DropNoBackend);
+    }
+    let id = if step == Step::Pickup {
+        sched::maglev_tuple(listener, tuple)
+    } else {
+        sched::schedule(listener, meta, tuple)
+    };
+    let backend = sched::usable_backend(id).ok_or(Reason::DropNoBackend)?;
+
+    claim_reverse(ip, l4, listener, id, backend, now)?;
+
+    let wlc = listener.scheduler == Scheduler::Wlc as u8;
+    let mut flags = if step == Step::Pickup {
+        FLOW_F_PICKUP
+    } else {
+        0
+    };
+    if l4.tcp_flags & TCP_RST != 0 {
+        flags |= FLOW_F_RST;
+    } else if l4.tcp_flags & TCP_FIN != 0 {
+        flags |= FLOW_F_FIN;
+    } else if wlc {
+        flags |= FLOW_F_COUNTED;
+    }
+    let flow = Flow {
+        backend: id,
+        generation: backend.generation,
+        last_seen_ns: now,
+        listener: listener.id,
+        flags,
+    };
+    if FLOWS.insert(key, flow, u64::from(BPF_ANY)).is_err() {
+        return Err(Reason::DropFlowInsertFailed);
+    }
+    if flags & FLOW_F_COUNTED != 0 {
+        sched::active_add(id, 1);
+    }
+    if previous.flags & FLOW_F_COUNTED != 0 {
+        sched::active_add(previous.backend, -1);
+    }
+
+    let reselected = state == EntryState::BackendUnusable;
+    let pickup = step == Step::Pickup;
+    let bump = |c: &mut lb_common::TrafficCounters| {
+        if pickup {
+            c.pickups += 1;
+        } else {
+            c.new_flows += 1;
+        }
+        if reselected {
+            c.reselected += 1;
+        }
+    };
+    stats::listener(listener.id, bump);
+    stats::backend(id, bump);
+    stats::count(if pickup {
+        Reason::EventPickup
+    } else {
+        Reason::EventNewFlow
+    });
+    if reselected {
+        stats::count(Reason::EventReselected);
+    }
+    Ok((id, backend))
+}
+
+/// Records how to translate the backend's replies. The backend-side 5-tuple (backend
+/// address and port, client address and port) must be unique: two client flows to
+/// different VIPs that share a backend could collide. A live flow keeps its entry and the
+/// newcomer is refused; an entry whose flow is gone, moved or idle is taken over.
+#[inline(always)]
+fn claim_reverse(
+    ip: &Ipv4,
+    l4: &L4,
+    listener: &Listener,
+    id: u32,
+    backend: &Backend,
+    now: u64,
+) -> Result<(), Reason> {
+    let reply_key = FlowKey {
+        src_addr: backend.addr,
+        dst_addr: ip.src_addr,
+        src_port: backend.port,
+        dst_port: l4.src_port,
+        protocol: ip.protocol,
+        _pad: [0; 3],
+    };
+    let entry = ReverseNat {
+        vip: ip.dst_addr,
+        vport: l4.dst_port,
+        _pad: 0,
+        listener: listener.id,
+        backend: id,
+        generation: backend.generation,
+        _pad2: 0,
+    };
+    if REVERSE
+        .insert(reply_key, entry, u64::from(BPF_NOEXIST))
+        .is_ok()
+    {
+        return Ok(());
+    }
+    if let Some(existing) = REVERSE.get_ptr(reply_key) {
+        // SAFETY: a map value pointer stays valid for the program run.
+        let e = unsafe { &*existing };
+        if (e.vip != entry.vip || e.vport != entry.vport) && owner_is_live(ip, l4, e, now) {
+            return Err(Reason::DropReverseCollision);
+        }
+    }
+    REVERSE
+        .insert(reply_key, entry, u64::from(BPF_ANY))
+        .map_err(|_| Reason::DropFlowInsertFailed)
+}
+
+/// Whether the flow that owns reverse entry `e` (same client address and port, another
+/// VIP:port) still exists, still points at the same backend, and is active.
+#[inline(always)]
+fn owner_is_live(ip: &Ipv4, l4: &L4, e: &ReverseNat, now: u64) -> bool {
+    let owner_key = FlowKey {
+        src_addr: ip.src_addr,
+        dst_addr: e.vip,
+        src_port: l4.src_port,
+        dst_port: e.vport,
+        protocol: ip.protocol,
+        _pad: [0; 3],
+    };
+    let Some(owner) = FLOWS.get_ptr(owner_key) else {
+        return false;
+    };
+    // SAFETY: a map value pointer stays valid for the program run.
+    let owner = unsafe { &*owner };
+    if owner.backend != e.backend || owner.generation != e.generation {
+        return false;
+    }
+    let owner_listener = ListenerKey {
+        addr: e.vip,
+        port: e.vport,
+        protocol: ip.protocol,
+        _pad: 0,
+    };
+    match LISTENERS.get_ptr(owner_listener) {
+        // SAFETY: as above.
+        Some(l) => is_active(now, owner, ip.protocol, unsafe { &*l }),
+        None => false,
+    }
+}
+
+/// Backend → client of a known flow: put the VIP back as the source, send.
+#[inline(always)]
+fn reply(ctx: &XdpContext, ip: &Ipv4, l4: &L4, rev: &ReverseNat) -> (u32, Reason) {
+    if ip.ttl <= 1 {
+        return (XDP_PASS, Reason::PassTtlExpired);
+    }
+    let (vip, vport, listener, backend) = (rev.vip, rev.vport, rev.listener, rev.backend);
+    if !nat::translate(ctx, ip, l4, Side::Source, vip, vport) {
+        return (XDP_DROP, Reason::DropMalformedL4);
+    }
+    let out = fwd::transmit(
+        ctx,
+        ip,
+        vip,
+        ip.dst_addr,
+        vport,
+        l4.dst_port,
+        Reason::ReplyForwarded,
+    );
+    if out.0 != XDP_DROP {
+        let bytes = u64::from(ip.tot_len);
+        stats::listener(listener, |c| {
+            c.reply_packets += 1;
+            c.reply_bytes += bytes;
+        });
+        stats::backend(backend, |c| {
+            c.reply_packets += 1;
+            c.reply_bytes += bytes;
+        });
+    }
+    out
+}
+
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // SAFETY: the verifier rejects any program with a reachable panic path, so this
+    // handler is never reached in a loaded program.
+    unsafe { core::hint::unreachable_unchecked() }
+}

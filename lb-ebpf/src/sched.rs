@@ -1,0 +1,124 @@
+//! Backend selection for new flows and pickups, from the tables the controller built.
+//! Each scheduler is O(1) in the number of backends except `wlc`, which scans a bounded
+//! window of `WLC_SCAN_MAX` backends.
+
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
+use lb_common::{
+    Backend, IdPair, Listener, NO_BACKEND, Scheduler, TableMeta, WLC_SCAN_MAX,
+    select::{maglev_index_source, maglev_index_tuple, sequence_index, wlc_prefers},
+};
+
+use crate::maps::{ACTIVE_FLOWS, BACKENDS, CURSORS, MAGLEV, SEQUENCE};
+
+/// The 4-tuple, network byte order.
+#[derive(Clone, Copy)]
+pub struct Tuple {
+    pub src_addr: u32,
+    pub dst_addr: u32,
+    pub src_port: u16,
+    pub dst_port: u16,
+}
+
+/// Backend id number `index` of a selection table (see `IdPair`).
+#[inline(always)]
+fn table_entry(map: &aya_ebpf::maps::Array<IdPair>, index: u32) -> u32 {
+    match map.get(index / 2) {
+        Some(pair) => pair[(index & 1) as usize],
+        None => NO_BACKEND,
+    }
+}
+
+/// The Maglev pick on the 4-tuple: `tch`, and every pickup whatever the scheduler.
+#[inline(always)]
+pub fn maglev_tuple(listener: &Listener, t: &Tuple) -> u32 {
+    table_entry(
+        &MAGLEV,
+        maglev_index_tuple(
+            listener.table,
+            t.src_addr,
+            t.dst_addr,
+            t.src_port,
+            t.dst_port,
+        ),
+    )
+}
+
+/// Advances this CPU's cursor of the listener and returns its previous value.
+#[inline(always)]
+fn next_cursor(listener: &Listener) -> u32 {
+    match CURSORS.get_ptr_mut(listener.id) {
+        Some(c) => {
+            // SAFETY: per-CPU value, only this CPU touches it while the program runs.
+            let v = unsafe { *c };
+            unsafe { *c = v.wrapping_add(1) };
+            v
+        }
+        None => 0,
+    }
+}
+
+/// Weighted least connections over a window of at most `WLC_SCAN_MAX` backends starting at
+/// a rotating position, so ties spread and listeners with many backends stay bounded.
+#[inline(always)]
+fn wlc(listener: &Listener, meta: &TableMeta) -> u32 {
+    let len = meta.sequence_len;
+    let start = next_cursor(listener);
+    let mut best = NO_BACKEND;
+    let mut best_active = 0u32;
+    let mut best_weight = 0u32;
+    let mut i = 0u32;
+    while i < WLC_SCAN_MAX && i < len {
+        let id = table_entry(
+            &SEQUENCE,
+            sequence_index(listener.table, start.wrapping_add(i), len),
+        );
+        i += 1;
+        let Some(b) = BACKENDS.get(id) else { continue };
+        let active = ACTIVE_FLOWS.get(id).copied().unwrap_or(0);
+        if best == NO_BACKEND || wlc_prefers(active, b.weight, best_active, best_weight) {
+            best = id;
+            best_active = active;
+            best_weight = b.weight;
+        }
+    }
+    best
+}
+
+/// The listener's scheduler's pick for a new flow.
+#[inline(always)]
+pub fn schedule(listener: &Listener, meta: &TableMeta, t: &Tuple) -> u32 {
+    match Scheduler::from_u8(listener.scheduler) {
+        Some(Scheduler::Sch) => {
+            table_entry(&MAGLEV, maglev_index_source(listener.table, t.src_addr))
+        }
+        Some(Scheduler::Tch) => maglev_tuple(listener, t),
+        Some(Scheduler::Wlc) => wlc(listener, meta),
+        Some(Scheduler::Wrr) | Some(Scheduler::Rr) => {
+            let cursor = next_cursor(listener);
+            table_entry(
+                &SEQUENCE,
+                sequence_index(listener.table, cursor, meta.sequence_len),
+            )
+        }
+        None => NO_BACKEND,
+    }
+}
+
+/// The backend entry of `id` if it may take a new flow right now.
+#[inline(always)]
+pub fn usable_backend(id: u32) -> Option<&'static Backend> {
+    BACKENDS.get(id).filter(|b| b.is_usable())
+}
+
+/// Adds `delta` (±1) to a backend's active-flow count for `wlc`.
+#[inline(always)]
+pub fn active_add(id: u32, delta: i32) {
+    if let Some(p) = ACTIVE_FLOWS.get_ptr_mut(id) {
+        // SAFETY: p points into an array map value, which lives as long as the map. The
+        // add is atomic because every CPU updates these counters; its result is unused, so
+        // LLVM emits the plain `lock add` every BPF CPU version has (core's Atomic* types
+        // are not available on the BPF target).
+        unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(p, delta as u32) };
+    }
+}

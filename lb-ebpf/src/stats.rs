@@ -1,0 +1,31 @@
+//! Per-CPU counters. Plain increments: every CPU owns its copy, the controller sums them.
+
+use lb_common::{Reason, TrafficCounters};
+
+use crate::maps::{BACKEND_STATS, COUNTERS, LISTENER_STATS};
+
+#[inline(always)]
+pub fn count(reason: Reason) {
+    if let Some(c) = COUNTERS.get_ptr_mut(reason as u32) {
+        // SAFETY: per-CPU value, only this CPU writes it while the program runs.
+        unsafe { *c += 1 };
+    }
+}
+
+#[inline(always)]
+fn update(ptr: Option<*mut TrafficCounters>, f: impl FnOnce(&mut TrafficCounters)) {
+    if let Some(c) = ptr {
+        // SAFETY: per-CPU value, only this CPU writes it while the program runs.
+        f(unsafe { &mut *c });
+    }
+}
+
+#[inline(always)]
+pub fn listener(id: u32, f: impl FnOnce(&mut TrafficCounters)) {
+    update(LISTENER_STATS.get_ptr_mut(id), f);
+}
+
+#[inline(always)]
+pub fn backend(id: u32, f: impl FnOnce(&mut TrafficCounters)) {
+    update(BACKEND_STATS.get_ptr_mut(id), f);
+}

@@ -1,0 +1,322 @@
+//! The standard load-balancer test network.
+//!
+//! ```text
+//!  client ns (<p>c)            LB ns (<p>lb)                 switch ns (<p>sw)        backend ns (<p>bK)
+//!  eth0 198.18.0.2/24 ──veth── lb-client 198.18.0.1/24
+//!       (+ .10, .11, …)        lb-back   198.18.1.1/24 ──veth── sw-lb ┐
+//!  198.19.0.0/16 via .0.1                                             br0 ─ sw-bK ──veth── eth0 198.18.1.(10+K)/24
+//!                                                                                          default via 198.18.1.1
+//! ```
+//!
+//! The VIP range 198.19.0.0/16 is routed from the client to the LB and configured on no
+//! interface: the LB's XDP program is what answers for it.
+
+use std::net::Ipv4Addr;
+
+use crate::{
+    backend::Backend,
+    netns::{Netns, unique_prefix, veth},
+};
+
+/// The test VIP: inside the VIP range routed from the client to the LB, configured on no
+/// interface.
+pub const VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 100);
+/// The range the client routes to the LB (all VIPs of the tests).
+pub const VIP_RANGE: &str = "198.19.0.0/16";
+/// The client's primary address.
+pub const CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+/// The LB's address on the client side (the client's next hop for the VIP range).
+pub const LB_CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+/// The LB's address on the backend side (the backends' default gateway).
+pub const LB_BACKEND_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
+/// Prefix length of both subnets.
+pub const PREFIX_LEN: u8 = 24;
+
+/// The client's interface (towards the LB).
+pub const CLIENT_IF: &str = "eth0";
+/// The LB's client-facing interface.
+pub const LB_CLIENT_IF: &str = "lb-client";
+/// The LB's backend-facing interface.
+pub const LB_BACKEND_IF: &str = "lb-back";
+/// The switch's port towards the LB.
+pub const SWITCH_LB_PORT: &str = "sw-lb";
+/// The bridge in the switch namespace.
+pub const SWITCH_BRIDGE: &str = "br0";
+/// Each backend's interface (towards the switch).
+pub const BACKEND_IF: &str = "eth0";
+
+/// Most backends the 198.18.1.0/24 numbering (.11 upwards) leaves room for.
+pub const MAX_BACKENDS: usize = 244;
+/// Most extra client addresses (198.18.0.10 upwards).
+pub const MAX_CLIENT_ADDRESSES: usize = 245;
+
+/// Address of backend `k` (1-based): 198.18.1.(10+k).
+pub fn backend_addr(k: usize) -> Ipv4Addr {
+    assert!(
+        (1..=MAX_BACKENDS).contains(&k),
+        "backend {k} out of range 1..={MAX_BACKENDS}"
+    );
+    Ipv4Addr::new(198, 18, 1, 10 + k as u8)
+}
+
+/// The switch's port towards backend `k`.
+pub fn switch_backend_port(k: usize) -> String {
+    format!("sw-b{k}")
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct TopologyOptions {
+    /// Extra client addresses 198.18.0.10, .11, … on the client's interface, for tests
+    /// that need many source addresses (flows).
+    pub client_addresses: usize,
+    /// Keep IPv6 on. Off by default so that neighbour discovery and MLD frames do not show
+    /// up in the XDP program's counters.
+    pub keep_ipv6: bool,
+}
+
+/// The namespaces and links of the standard test network; all of it is removed on drop
+/// (also when a test panics, and when `build` itself fails halfway).
+#[derive(Debug)]
+pub struct Topology {
+    prefix: String,
+    client: Netns,
+    lb: Netns,
+    switch: Netns,
+    backends: Vec<Netns>,
+    client_addrs: Vec<Ipv4Addr>,
+    lb_client_ifindex: u32,
+    lb_backend_ifindex: u32,
+}
+
+impl Topology {
+    /// Builds the network with `n_backends` backends; `tag` (its first 3 alphanumeric
+    /// characters) goes into the namespace names to tell tests apart in `ip netns list`.
+    pub fn build(tag: &str, n_backends: usize, options: TopologyOptions) -> Topology {
+        assert!(
+            (1..=MAX_BACKENDS).contains(&n_backends),
+            "n_backends {n_backends} out of range 1..={MAX_BACKENDS}"
+        );
+        assert!(
+            options.client_addresses <= MAX_CLIENT_ADDRESSES,
+            "client_addresses {} above {MAX_CLIENT_ADDRESSES}",
+            options.client_addresses
+        );
+        let prefix = unique_prefix(tag);
+        // Each Netns is a guard: if anything below panics, those created so far are
+        // deleted while unwinding.
+        let client = Netns::create(&format!("{prefix}c"));
+        let lb = Netns::create(&format!("{prefix}lb"));
+        let switch = Netns::create(&format!("{prefix}sw"));
+        let backends: Vec<Netns> = (1..=n_backends)
+            .map(|k| Netns::create(&format!("{prefix}b{k}")))
+            .collect();
+
+        // Namespace-wide defaults first, so interfaces created next inherit them (IPv6
+        // off before any link-local address or DAD happens).
+        let all_ns = || [&client, &lb, &switch].into_iter().chain(&backends);
+        for ns in all_ns() {
+            let mut settings = vec![
+                ("net.ipv4.conf.all.rp_filter", "0"),
+                ("net.ipv4.conf.default.rp_filter", "0"),
+            ];
+            if !options.keep_ipv6 {
+                settings.push(("net.ipv6.conf.all.disable_ipv6", "1"));
+                settings.push(("net.ipv6.conf.default.disable_ipv6", "1"));
+            }
+            if std::ptr::eq(ns, &lb) {
+                settings.push(("net.ipv4.ip_forward", "1"));
+            }
+            ns.sysctls(&settings);
+        }
+
+        veth(&client, CLIENT_IF, &lb, LB_CLIENT_IF);
+        veth(&lb, LB_BACKEND_IF, &switch, SWITCH_LB_PORT);
+        switch.ip([
+            "link",
+            "add",
+            SWITCH_BRIDGE,
+            "type",
+            "bridge",
+            "stp_state",
+            "0",
+            "forward_delay",
+            "0",
+        ]);
+        switch.ip(["link", "set", SWITCH_LB_PORT, "master", SWITCH_BRIDGE]);
+        for (i, backend) in backends.iter().enumerate() {
+            let port = switch_backend_port(i + 1);
+            veth(&switch, &port, backend, BACKEND_IF);
+            switch.ip(["link", "set", &port, "master", SWITCH_BRIDGE]);
+        }
+
+        // Every veth end: GRO on (XDP_TX/REDIRECT frames into a veth are dropped silently
+        // unless the receiving end has it) and checksum offload off (real checksums on
+        // the wire). Per-interface rp_filter too, although "all" already rules.
+        let mut veth_ends: Vec<(&Netns, String)> = vec![
+            (&client, CLIENT_IF.into()),
+            (&lb, LB_CLIENT_IF.into()),
+            (&lb, LB_BACKEND_IF.into()),
+            (&switch, SWITCH_LB_PORT.into()),
+        ];
+        for (i, backend) in backends.iter().enumerate() {
+            veth_ends.push((&switch, switch_backend_port(i + 1)));
+            veth_ends.push((backend, BACKEND_IF.into()));
+        }
+        for (ns, dev) in &veth_ends {
+            ns.run_ok(["ethtool", "-K", dev, "gro", "on", "tx", "off", "rx", "off"]);
+            ns.sysctl(&format!("net.ipv4.conf.{dev}.rp_filter"), 0);
+            ns.link_up(dev);
+        }
+        switch.link_up(SWITCH_BRIDGE);
+
+        let mut client_addrs = vec![CLIENT_ADDR];
+        client_addrs
+            .extend((0..options.client_addresses).map(|i| Ipv4Addr::new(198, 18, 0, 10 + i as u8)));
+        for addr in &client_addrs {
+            client.addr_add(CLIENT_IF, format!("{addr}/{PREFIX_LEN}"));
+        }
+        client.route_add(VIP_RANGE, LB_CLIENT_ADDR);
+        lb.addr_add(LB_CLIENT_IF, format!("{LB_CLIENT_ADDR}/{PREFIX_LEN}"));
+        lb.addr_add(LB_BACKEND_IF, format!("{LB_BACKEND_ADDR}/{PREFIX_LEN}"));
+        for (i, backend) in backends.iter().enumerate() {
+            backend.addr_add(BACKEND_IF, format!("{}/{PREFIX_LEN}", backend_addr(i + 1)));
+            backend.route_add("default", LB_BACKEND_ADDR);
+        }
+
+        let lb_client_ifindex = lb.ifindex(LB_CLIENT_IF);
+        let lb_backend_ifindex = lb.ifindex(LB_BACKEND_IF);
+        Topology {
+            prefix,
+            client,
+            lb,
+            switch,
+            backends,
+            client_addrs,
+            lb_client_ifindex,
+            lb_backend_ifindex,
+        }
+    }
+
+    /// The namespace-name prefix (`unique_prefix(tag)`).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub fn client(&self) -> &Netns {
+        &self.client
+    }
+
+    pub fn lb(&self) -> &Netns {
+        &self.lb
+    }
+
+    /// The namespace holding the bridge between the LB and the backends.
+    pub fn switch(&self) -> &Netns {
+        &self.switch
+    }
+
+    /// Backend `k`, 1-based like its name `<p>bK`.
+    pub fn backend(&self, k: usize) -> &Netns {
+        assert!(
+            (1..=self.backends.len()).contains(&k),
+            "backend {k} out of range 1..={}",
+            self.backends.len()
+        );
+        &self.backends[k - 1]
+    }
+
+    pub fn backends(&self) -> &[Netns] {
+        &self.backends
+    }
+
+    pub fn n_backends(&self) -> usize {
+        self.backends.len()
+    }
+
+    /// Names of all namespaces of the topology.
+    pub fn namespace_names(&self) -> Vec<&str> {
+        [&self.client, &self.lb, &self.switch]
+            .into_iter()
+            .chain(&self.backends)
+            .map(Netns::name)
+            .collect()
+    }
+
+    /// The client's addresses: 198.18.0.2 first, then the extra ones (198.18.0.10, …).
+    pub fn client_addrs(&self) -> &[Ipv4Addr] {
+        &self.client_addrs
+    }
+
+    /// The client's primary address, 198.18.0.2.
+    pub fn client_addr(&self) -> Ipv4Addr {
+        CLIENT_ADDR
+    }
+
+    /// Address of backend `k` (1-based): 198.18.1.(10+k).
+    pub fn backend_addr(&self, k: usize) -> Ipv4Addr {
+        self.backend(k);
+        backend_addr(k)
+    }
+
+    /// Addresses of all backends, in order b1, b2, ….
+    pub fn backend_addrs(&self) -> Vec<Ipv4Addr> {
+        (1..=self.backends.len()).map(backend_addr).collect()
+    }
+
+    pub fn vip(&self) -> Ipv4Addr {
+        VIP
+    }
+
+    /// The LB's client-facing interface name ([`LB_CLIENT_IF`]).
+    pub fn lb_client_if(&self) -> &'static str {
+        LB_CLIENT_IF
+    }
+
+    /// The LB's backend-facing interface name ([`LB_BACKEND_IF`]).
+    pub fn lb_backend_if(&self) -> &'static str {
+        LB_BACKEND_IF
+    }
+
+    pub fn lb_client_ifindex(&self) -> u32 {
+        self.lb_client_ifindex
+    }
+
+    pub fn lb_backend_ifindex(&self) -> u32 {
+        self.lb_backend_ifindex
+    }
+
+    /// Permanent neighbour entries on both sides of the LB: in the LB for every client
+    /// address and every backend, in the client and the backends for the LB's addresses.
+    /// `bpf_fib_lookup` reports "no neighbour" for an address the kernel has not resolved
+    /// yet, so without this the first packets of a test may take a different path.
+    pub fn pin_neighbors(&self) {
+        let client_mac = self.client.mac(CLIENT_IF);
+        for addr in &self.client_addrs {
+            self.lb.neigh_permanent(LB_CLIENT_IF, addr, &client_mac);
+        }
+        let lb_client_mac = self.lb.mac(LB_CLIENT_IF);
+        self.client
+            .neigh_permanent(CLIENT_IF, LB_CLIENT_ADDR, &lb_client_mac);
+        let lb_backend_mac = self.lb.mac(LB_BACKEND_IF);
+        for (i, backend) in self.backends.iter().enumerate() {
+            let mac = backend.mac(BACKEND_IF);
+            self.lb
+                .neigh_permanent(LB_BACKEND_IF, backend_addr(i + 1), &mac);
+            backend.neigh_permanent(BACKEND_IF, LB_BACKEND_ADDR, &lb_backend_mac);
+        }
+    }
+
+    /// Starts `lb-test-backend` in every backend namespace, named `b1`, `b2`, …, serving
+    /// HTTP on `0.0.0.0:http_port` and UDP echo on `0.0.0.0:udp_port` (either optional).
+    /// The wildcard address also covers a VIP a DSR test configures on a backend's `lo`.
+    pub fn start_backends(&self, http_port: Option<u16>, udp_port: Option<u16>) -> Vec<Backend> {
+        let any = |port: u16| (Ipv4Addr::UNSPECIFIED, port).into();
+        let http: Vec<_> = http_port.into_iter().map(any).collect();
+        let udp: Vec<_> = udp_port.into_iter().map(any).collect();
+        self.backends
+            .iter()
+            .enumerate()
+            .map(|(i, ns)| Backend::start(ns, &format!("b{}", i + 1), &http, &udp))
+            .collect()
+    }
+}
