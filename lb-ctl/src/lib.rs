@@ -1,7 +1,15 @@
 //! The controller of the XDP load balancer: configuration, the desired map contents, the
 //! loaded data plane, the daemon and its control API.
 
+pub mod api;
+pub mod cli;
+pub mod client;
 pub mod config;
+pub mod controller;
+pub mod daemon;
 pub mod dataplane;
+pub mod health;
+pub mod overlay;
+pub mod pins;
 pub mod plan;
 pub mod reconcile;

@@ -1,1 +1,85 @@
-fn main() {}
+//! `lb-ctl`: the daemon (`lb-ctl daemon`) and the CLI that talks to it.
+
+use std::{process::ExitCode, time::Duration};
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use lb_ctl::{
+    api::exit,
+    cli::{Cli, Command, DaemonArgs, LogFormat},
+    client, controller, daemon,
+};
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LB_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Joins a named network namespace before any thread exists, so every thread the daemon
+/// starts lives there; the mount namespace (and so bpffs) stays the host's.
+fn enter_netns(name: &str) -> anyhow::Result<()> {
+    let path = format!("/run/netns/{name}");
+    let file = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
+    // SAFETY: setns on a descriptor we own; the process is still single-threaded.
+    let rc = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("joining {path}"));
+    }
+    Ok(())
+}
+
+fn run_daemon(socket: std::path::PathBuf, args: DaemonArgs) -> anyhow::Result<()> {
+    init_logging(args.log_format);
+    if let Some(ns) = &args.netns {
+        enter_netns(ns)?;
+    }
+    // The lock needs the instance name; a broken config is reported in full by start().
+    let instance = lb_ctl::config::load(&args.config)
+        .map(|c| c.instance)
+        .map_err(|errors| {
+            anyhow::anyhow!(
+                "{} has {} error(s):\n{errors}",
+                args.config.display(),
+                errors.len()
+            )
+        })?;
+    let _lock = daemon::lock_instance(&args.state_dir, &instance)?;
+    let options = daemon::Options {
+        controller: controller::Options {
+            config_path: args.config,
+            state_dir: args.state_dir,
+            bpffs: args.bpffs,
+        },
+        socket,
+        socket_group: args.socket_group,
+        sweep_interval: Duration::from_secs(args.sweep_interval.max(1)),
+    };
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(daemon::run(options))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Command::Daemon(args) => match run_daemon(cli.socket, args) {
+            Ok(()) => exit::OK,
+            Err(e) => {
+                eprintln!("lb-ctl daemon: {e:#}");
+                exit::FAILED
+            }
+        },
+        command => client::run(&cli.socket, command),
+    };
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}

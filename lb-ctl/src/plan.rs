@@ -41,18 +41,6 @@ impl Frontend {
     }
 }
 
-impl PartialOrd for Protocol {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for Protocol {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.number().cmp(&other.number())
-    }
-}
-
 impl std::fmt::Display for Frontend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}:{}/{}", self.address, self.port, self.protocol)
@@ -180,6 +168,11 @@ impl Ids {
 
     pub fn adopt_backend(&mut self, key: BackendKey, id: u32, generation: u32) {
         self.backends.insert(key, (id, generation));
+        self.note_generation(id, generation);
+    }
+
+    /// Remembers that `id` was used up to `generation`, so its next owner gets a newer one.
+    pub fn note_generation(&mut self, id: u32, generation: u32) {
         let g = self.generations.entry(id).or_default();
         *g = (*g).max(generation);
     }

@@ -193,7 +193,8 @@ impl Reconciler {
 
     /// Starts from what a pinned data plane already holds (a restarted daemon): listener
     /// entries keep their live table slot, so the first reconcile writes the other one.
-    pub fn adopt(&mut self, listeners: &[(String, ListenerKey, Listener)]) {
+    /// `listeners` are (name, key, value); a name no desired listener has gets removed.
+    pub fn adopt(&mut self, listeners: &[(String, ListenerKey, Listener)], vips: &[u32]) {
         for (name, key, value) in listeners {
             self.listeners.insert(
                 name.clone(),
@@ -207,8 +208,13 @@ impl Reconciler {
                     },
                 },
             );
-            self.vips.insert(key.addr);
         }
+        self.vips.extend(vips);
+    }
+
+    /// Records a backend entry found in a pinned data plane.
+    pub fn adopt_backend(&mut self, id: u32, value: Backend) {
+        self.backends.insert(id, value);
     }
 
     /// Computes the operations that take the maps from their applied state to `desired`.

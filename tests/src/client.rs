@@ -448,10 +448,11 @@ impl Display for Tally {
 }
 
 /// A private temporary directory, removed on drop.
-struct TempDir(PathBuf);
+/// A scratch folder under the system temp dir, removed on drop.
+pub struct TempDir(PathBuf);
 
 impl TempDir {
-    fn new(tag: &str) -> TempDir {
+    pub fn new(tag: &str) -> TempDir {
         let path = env::temp_dir().join(format!(
             "lbt-{tag}-{}-{}",
             process::id(),
@@ -463,7 +464,7 @@ impl TempDir {
         TempDir(path)
     }
 
-    fn path(&self) -> &Path {
+    pub fn path(&self) -> &Path {
         &self.0
     }
 }

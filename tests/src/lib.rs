@@ -16,6 +16,7 @@
 
 pub mod backend;
 pub mod client;
+pub mod daemon;
 pub mod netns;
 pub mod packet;
 pub mod privilege;
@@ -28,6 +29,7 @@ pub use client::{
     BulkOptions, HttpReply, Tally, curl_many, curl_many_with, http_get, http_request, udp_many,
     udp_request,
 };
+pub use daemon::LbDaemon;
 pub use netns::{ChildGuard, Netns, unique_prefix, veth};
 pub use privilege::{require_root, require_root_and_bpf};
 pub use topology::{Topology, TopologyOptions, VIP};

@@ -211,7 +211,9 @@ impl Netns {
     }
 
     /// Starts `args` inside the namespace (`ip netns exec`, which execs in place, so the
-    /// guard's pid is the command's) with output captured; see [`ChildGuard`].
+    /// guard's pid is the command's) with output captured; see [`ChildGuard`]. It returns
+    /// as soon as the process exists, possibly before it has switched namespaces: wait for
+    /// its output ([`ChildGuard::wait_for_output`]) to know it is up.
     pub fn spawn<I, S>(&self, args: I) -> ChildGuard
     where
         I: IntoIterator<Item = S>,
@@ -304,9 +306,14 @@ impl Netns {
         self.run_ok(args);
     }
 
-    /// `ethtool -K DEV gro on`: XDP_TX/XDP_REDIRECT frames into a veth are only delivered
-    /// when the receiving end has GRO on (or an XDP program of its own).
+    /// GRO on for DEV: XDP_TX/XDP_REDIRECT frames into a veth are only delivered when the
+    /// receiving end has GRO on (or an XDP program of its own). The sending end learns
+    /// that (its `ndo_xdp_xmit` feature) only when the receiving end's GRO setting
+    /// changes while both are up: seen here, GRO set before the link came up left every
+    /// redirected frame dropped. So: call it after both ends are up, and it switches GRO
+    /// off and on again, which is harmless when it was already on.
     pub fn gro_on(&self, dev: &str) {
+        self.run_ok(["ethtool", "-K", dev, "gro", "off"]);
         self.run_ok(["ethtool", "-K", dev, "gro", "on"]);
     }
 

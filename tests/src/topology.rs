@@ -163,11 +163,15 @@ impl Topology {
             veth_ends.push((backend, BACKEND_IF.into()));
         }
         for (ns, dev) in &veth_ends {
-            ns.run_ok(["ethtool", "-K", dev, "gro", "on", "tx", "off", "rx", "off"]);
+            ns.checksum_offload_off(dev);
             ns.sysctl(&format!("net.ipv4.conf.{dev}.rp_filter"), 0);
             ns.link_up(dev);
         }
         switch.link_up(SWITCH_BRIDGE);
+        // After every end is up: see `Netns::gro_on`.
+        for (ns, dev) in &veth_ends {
+            ns.gro_on(dev);
+        }
 
         let mut client_addrs = vec![CLIENT_ADDR];
         client_addrs

@@ -247,7 +247,7 @@ pub struct PrimarySecondaryGroup {
 }
 
 /// A server and port.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 pub struct Endpoint {
     pub address: Ipv4Addr,
     pub port: u16,
@@ -259,7 +259,7 @@ impl fmt::Display for Endpoint {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     Tcp,

@@ -1,0 +1,242 @@
+//! The local control API: one JSON request per line on a Unix stream socket, one JSON
+//! response line back. `lb-ctl` (the CLI) is its client; anything that speaks JSON over a
+//! Unix socket can be another.
+
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    net::Ipv4Addr,
+    os::unix::net::UnixStream,
+    path::Path,
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::overlay::Change;
+
+/// A request to the daemon.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "request", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    Status,
+    /// Counters per listener and backend, and per reason.
+    Stats,
+    /// A change to the effective state (kept in the overlay).
+    Change {
+        change: Change,
+    },
+    /// Re-read the config file and apply the difference.
+    Reload,
+    /// The effective state as a config file.
+    Export,
+    /// Active flows of one backend (for `wait drained`).
+    ActiveFlows {
+        group: String,
+        address: Ipv4Addr,
+        #[serde(default)]
+        port: Option<u16>,
+    },
+}
+
+/// The daemon's answer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Response {
+    Ok {
+        #[serde(default)]
+        message: String,
+        #[serde(default)]
+        data: serde_json::Value,
+    },
+    Error {
+        /// What went wrong, in words for the operator.
+        message: String,
+        /// Exit code the CLI uses (see `lb-ctl --help`).
+        code: i32,
+    },
+}
+
+impl Response {
+    pub fn ok(message: impl Into<String>, data: impl Serialize) -> Self {
+        Self::Ok {
+            message: message.into(),
+            data: serde_json::to_value(data).unwrap_or(serde_json::Value::Null),
+        }
+    }
+
+    pub fn refused(message: impl Into<String>) -> Self {
+        Self::Error {
+            message: message.into(),
+            code: exit::REFUSED,
+        }
+    }
+
+    pub fn failed(message: impl Into<String>) -> Self {
+        Self::Error {
+            message: message.into(),
+            code: exit::FAILED,
+        }
+    }
+}
+
+/// Exit codes of `lb-ctl`, shared by the CLI and the daemon's error responses.
+pub mod exit {
+    /// Success.
+    pub const OK: i32 = 0;
+    /// The daemon or the data plane failed (map error, I/O error).
+    pub const FAILED: i32 = 1;
+    /// Bad input: invalid config, unknown name, a change refused by a rule.
+    pub const REFUSED: i32 = 2;
+    /// No daemon answered on the socket.
+    pub const NO_DAEMON: i32 = 3;
+    /// A wait timed out (`wait drained`, `server drain --wait`).
+    pub const TIMEOUT: i32 = 4;
+}
+
+#[derive(Debug, Error)]
+pub enum ClientError {
+    #[error(
+        "no lb-ctl daemon answers on {path}: {source} (start one with `lb-ctl daemon --config \
+         FILE`, or point --socket / LB_SOCKET at its socket)"
+    )]
+    Connect {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("talking to the daemon on {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the daemon sent a response this lb-ctl does not understand: {0}")]
+    Protocol(String),
+}
+
+/// Sends one request and waits for its response.
+pub fn call(socket: &Path, request: &Request, timeout: Duration) -> Result<Response, ClientError> {
+    let path = socket.display().to_string();
+    let io = |source| ClientError::Io {
+        path: path.clone(),
+        source,
+    };
+    let mut stream = UnixStream::connect(socket).map_err(|source| ClientError::Connect {
+        path: path.clone(),
+        source,
+    })?;
+    stream.set_read_timeout(Some(timeout)).map_err(io)?;
+    let mut line =
+        serde_json::to_string(request).map_err(|e| ClientError::Protocol(e.to_string()))?;
+    line.push('\n');
+    stream.write_all(line.as_bytes()).map_err(io)?;
+    let mut reader = BufReader::new(stream);
+    let mut answer = String::new();
+    reader.read_line(&mut answer).map_err(io)?;
+    serde_json::from_str(&answer).map_err(|e| ClientError::Protocol(format!("{e}: {answer}")))
+}
+
+/// `status`: the effective state with health and flow counts.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Status {
+    pub instance: String,
+    pub config: String,
+    pub interfaces: Vec<InterfaceStatus>,
+    pub listeners: Vec<ListenerStatus>,
+    /// Runtime changes kept in the overlay.
+    pub overlay_changes: usize,
+    /// Overlay changes dropped at the last start or reload, with the reason.
+    pub conflicts: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct InterfaceStatus {
+    pub name: String,
+    pub ifindex: u32,
+    /// native, generic or re-adopted.
+    pub mode: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ListenerStatus {
+    pub name: String,
+    pub protocol: String,
+    pub address: Ipv4Addr,
+    pub port: u16,
+    pub group: String,
+    pub scheduler: String,
+    pub backends: Vec<BackendStatus>,
+    pub stats: Counters,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BackendStatus {
+    pub address: Ipv4Addr,
+    pub port: u16,
+    /// member, primary or secondary.
+    pub role: String,
+    pub weight: u32,
+    pub effective_weight: u32,
+    /// up, draining (weight 0 or being drained) or down.
+    pub state: String,
+    /// up or down, from the health checks.
+    pub health: String,
+    /// Last probe result and reason ("ok", "refused", "status 503", …), when probed.
+    #[serde(default)]
+    pub last_probe: Option<String>,
+    /// Seconds since the health state last changed, when it has.
+    #[serde(default)]
+    pub since_change_s: Option<u64>,
+    /// Flows with no FIN/RST seen, used within their idle timeout.
+    pub active_flows: u32,
+    /// config (from the config file) or api (added at runtime).
+    pub origin: String,
+    pub backend_id: u32,
+    pub stats: Counters,
+}
+
+/// Traffic counters (sums over CPUs).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    pub packets: u64,
+    pub bytes: u64,
+    pub reply_packets: u64,
+    pub reply_bytes: u64,
+    pub new_flows: u64,
+    pub pickups: u64,
+    pub reselected: u64,
+    pub dropped: u64,
+}
+
+impl From<lb_common::TrafficCounters> for Counters {
+    fn from(c: lb_common::TrafficCounters) -> Self {
+        Self {
+            packets: c.packets,
+            bytes: c.bytes,
+            reply_packets: c.reply_packets,
+            reply_bytes: c.reply_bytes,
+            new_flows: c.new_flows,
+            pickups: c.pickups,
+            reselected: c.reselected,
+            dropped: c.dropped,
+        }
+    }
+}
+
+/// `stats`: counters only, cheap enough to poll.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Stats {
+    /// Monotonic seconds of the sample, for rates.
+    pub at_s: f64,
+    pub listeners: Vec<ListenerStats>,
+    /// Verdict and event counters by name.
+    pub reasons: std::collections::BTreeMap<String, u64>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ListenerStats {
+    pub name: String,
+    pub stats: Counters,
+    pub backends: Vec<(String, Counters)>,
+}

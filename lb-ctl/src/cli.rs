@@ -1,0 +1,360 @@
+//! Command-line interface: the clap definitions (also the source of completions and the
+//! man page) and the parsing of operator input such as `ADDR[:PORT]`.
+
+use std::{
+    net::{Ipv4Addr, SocketAddrV4},
+    path::PathBuf,
+};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Default control socket.
+pub const DEFAULT_SOCKET: &str = "/run/lb-ctl.sock";
+/// Default folder of state files and instance locks.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/lb-ctl";
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  the daemon or the data plane failed (map or I/O error)
+  2  bad input: invalid config, unknown name, a change refused by a rule
+  3  no daemon answered on the control socket
+  4  a wait timed out (wait drained)";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "lb-ctl",
+    version,
+    about = "XDP Layer-4 load balancer with CLB-style server groups: daemon and control CLI",
+    after_help = EXIT_CODES
+)]
+pub struct Cli {
+    /// Control socket of the daemon.
+    #[arg(long, global = true, env = "LB_SOCKET", default_value = DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Load and attach the XDP program, fill its maps from the config, serve the API.
+    Daemon(DaemonArgs),
+    /// Check a config file offline; lists every error with its path.
+    Validate {
+        /// The config file.
+        file: PathBuf,
+    },
+    /// Listeners, groups and backends with weight, state and active flows.
+    Status(ReadArgs),
+    /// Packet, byte and new-flow counters and rates per listener and backend.
+    Stats {
+        /// Refresh every second until interrupted.
+        #[arg(long)]
+        watch: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add, change or remove servers of a group.
+    #[command(subcommand)]
+    Server(ServerCommand),
+    /// Wait for a condition.
+    #[command(subcommand)]
+    Wait(WaitCommand),
+    /// Create, delete and inspect server groups.
+    #[command(subcommand)]
+    Group(GroupCommand),
+    /// Add, change, remove and list listeners.
+    #[command(subcommand)]
+    Listener(ListenerCommand),
+    /// Edit source access lists.
+    #[command(subcommand)]
+    Acl(AclCommand),
+    /// Re-read the config file and apply the difference (also SIGHUP).
+    Reload,
+    /// Print the effective state (config + runtime changes) as a config file.
+    Export,
+    /// Detach and unpin an instance's data plane (stopping the daemon does not).
+    Teardown {
+        /// Instance name (default: the one named in --config).
+        #[arg(long)]
+        instance: Option<String>,
+        /// Config file to take the instance name from.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Where bpffs is mounted.
+        #[arg(long, default_value = crate::pins::BPFFS)]
+        bpffs: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct DaemonArgs {
+    /// The config file (YAML).
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Folder of the state file (runtime changes) and the instance lock.
+    #[arg(long, default_value = DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+    /// Group allowed to use the control socket (mode 0660; default: root only, 0600).
+    #[arg(long)]
+    pub socket_group: Option<String>,
+    /// Run inside this network namespace (`ip netns` name) while keeping the host's bpffs.
+    #[arg(long)]
+    pub netns: Option<String>,
+    /// Where bpffs is mounted.
+    #[arg(long, default_value = crate::pins::BPFFS)]
+    pub bpffs: PathBuf,
+    /// Log format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// Seconds between sweeps of the flow table (active-flow counts).
+    #[arg(long, default_value_t = 1)]
+    pub sweep_interval: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct ReadArgs {
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A server of a group: the group, and ADDR (default group) or ADDR:PORT (vServer and
+/// primary/secondary groups).
+#[derive(Debug, Args)]
+pub struct ServerRef {
+    /// Group name: `default` or a vServer / primary-secondary group.
+    #[arg(long)]
+    pub group: String,
+    /// ADDR (default group) or ADDR:PORT.
+    #[arg(value_parser = parse_server)]
+    pub server: (Ipv4Addr, Option<u16>),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ServerCommand {
+    /// Add a server to a group (new flows start going to it).
+    Add {
+        #[command(flatten)]
+        server: ServerRef,
+        /// 0..=100 (default 100).
+        #[arg(long, value_parser = parse_weight)]
+        weight: Option<u8>,
+    },
+    /// Change a server's weight (new flows only; 0 = no new flows, established continue).
+    Set {
+        #[command(flatten)]
+        server: ServerRef,
+        #[arg(long, value_parser = parse_weight)]
+        weight: u8,
+    },
+    /// Take a server out of a group at once (its established flows then move).
+    Remove {
+        #[command(flatten)]
+        server: ServerRef,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WaitCommand {
+    /// Block until a server has no active flows; exit 4 at the timeout with the count.
+    Drained {
+        #[command(flatten)]
+        server: ServerRef,
+        /// Seconds to wait.
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum GroupType {
+    Vserver,
+    PrimarySecondary,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GroupCommand {
+    /// Create a vServer or primary/secondary group.
+    Create {
+        name: String,
+        #[arg(long = "type", value_enum)]
+        kind: GroupType,
+        /// Primary server (primary-secondary groups).
+        #[arg(long, value_parser = parse_endpoint)]
+        primary: Option<SocketAddrV4>,
+        /// Secondary server (primary-secondary groups).
+        #[arg(long, value_parser = parse_endpoint)]
+        secondary: Option<SocketAddrV4>,
+        /// Health-check the secondary too (default: only the primary, as in CLB).
+        #[arg(long)]
+        probe_secondary: bool,
+    },
+    /// Delete a group no listener uses.
+    Delete { name: String },
+    /// One group and its servers.
+    Show {
+        name: String,
+        #[command(flatten)]
+        read: ReadArgs,
+    },
+    /// Every group.
+    List(ReadArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ListenerCommand {
+    /// Add a listener.
+    Add {
+        name: String,
+        #[arg(long)]
+        protocol: String,
+        /// The VIP.
+        #[arg(long)]
+        address: Ipv4Addr,
+        #[arg(long)]
+        port: u16,
+        /// Server group (default: the default group).
+        #[arg(long)]
+        group: Option<String>,
+        /// Port of the default group's servers (required with the default group).
+        #[arg(long)]
+        backend_port: Option<u16>,
+        /// wrr (default), rr, wlc, sch or tch.
+        #[arg(long)]
+        scheduler: Option<String>,
+    },
+    /// Change a listener's group or scheduler.
+    Set {
+        name: String,
+        #[arg(long)]
+        group: Option<String>,
+        /// With `--group default` when moving a listener onto the default group.
+        #[arg(long)]
+        backend_port: Option<u16>,
+        #[arg(long)]
+        scheduler: Option<String>,
+    },
+    /// Remove a listener.
+    Remove { name: String },
+    /// Every listener.
+    List(ReadArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AclCommand {
+    /// Add a CIDR to an access list (the list is created if needed).
+    Add { name: String, cidr: String },
+    /// Remove a CIDR from an access list.
+    Remove { name: String, cidr: String },
+    /// Every access list.
+    List(ReadArgs),
+}
+
+/// `ADDR` or `ADDR:PORT`.
+pub fn parse_server(s: &str) -> Result<(Ipv4Addr, Option<u16>), String> {
+    let hint = "expected ADDR or ADDR:PORT, e.g. 198.18.1.10 or 198.18.1.10:8080";
+    if let Some((addr, port)) = s.rsplit_once(':') {
+        if addr.contains(':') || s.starts_with('[') {
+            return Err(format!("`{s}`: IPv6 is not supported yet; {hint}"));
+        }
+        let addr: Ipv4Addr = addr
+            .parse()
+            .map_err(|_| format!("`{addr}` is not an IPv4 address; {hint}"))?;
+        let port = parse_port(port)?;
+        Ok((addr, Some(port)))
+    } else {
+        let addr: Ipv4Addr = s
+            .parse()
+            .map_err(|_| format!("`{s}` is not an IPv4 address; {hint}"))?;
+        Ok((addr, None))
+    }
+}
+
+fn parse_port(s: &str) -> Result<u16, String> {
+    match s.parse::<u32>() {
+        Ok(p) if (1..=65535).contains(&p) => Ok(p as u16),
+        Ok(p) => Err(format!("port {p} is not in 1..=65535")),
+        Err(_) => Err(format!("`{s}` is not a port number (1..=65535)")),
+    }
+}
+
+/// `ADDR:PORT`.
+pub fn parse_endpoint(s: &str) -> Result<SocketAddrV4, String> {
+    match parse_server(s)? {
+        (addr, Some(port)) => Ok(SocketAddrV4::new(addr, port)),
+        (_, None) => Err(format!("`{s}` has no port; expected ADDR:PORT")),
+    }
+}
+
+/// A weight, 0..=100.
+pub fn parse_weight(s: &str) -> Result<u8, String> {
+    match s.parse::<u32>() {
+        Ok(w) if w <= 100 => Ok(w as u8),
+        Ok(w) => Err(format!(
+            "weight {w} is not in 0..=100 (0 = no new flows, established ones continue)"
+        )),
+        Err(_) => Err(format!("`{s}` is not a weight (an integer 0..=100)")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn server_addresses() {
+        assert_eq!(
+            parse_server("198.18.1.10:8080"),
+            Ok(("198.18.1.10".parse().unwrap(), Some(8080)))
+        );
+        assert_eq!(
+            parse_server("198.18.1.10"),
+            Ok(("198.18.1.10".parse().unwrap(), None))
+        );
+        assert!(
+            parse_server("198.18.1.300")
+                .unwrap_err()
+                .contains("not an IPv4 address")
+        );
+        assert!(
+            parse_server("198.18.1.1:0")
+                .unwrap_err()
+                .contains("not in 1..=65535")
+        );
+        assert!(
+            parse_server("198.18.1.1:70000")
+                .unwrap_err()
+                .contains("not in 1..=65535")
+        );
+        assert!(parse_server("2001:db8::1").unwrap_err().contains("IPv6"));
+        assert!(
+            parse_endpoint("198.18.1.1")
+                .unwrap_err()
+                .contains("no port")
+        );
+    }
+
+    #[test]
+    fn weights() {
+        assert_eq!(parse_weight("0"), Ok(0));
+        assert_eq!(parse_weight("100"), Ok(100));
+        assert!(parse_weight("101").unwrap_err().contains("0..=100"));
+        assert!(parse_weight("-1").unwrap_err().contains("not a weight"));
+        assert!(parse_weight("heavy").unwrap_err().contains("not a weight"));
+    }
+}

@@ -1,0 +1,743 @@
+//! What each CLI command does on the client side: build a request, call the daemon, print
+//! the answer as a table or JSON, and return the exit code.
+
+use std::{
+    fmt::Write as _,
+    net::Ipv4Addr,
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use crate::{
+    api::{self, Request, Response, Status, exit},
+    cli::{
+        AclCommand, Command, GroupCommand, GroupType, ListenerCommand, ServerCommand, WaitCommand,
+    },
+    config::{self, Config, Endpoint},
+    overlay::Change,
+    pins,
+};
+
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn call(socket: &Path, request: &Request) -> Result<Response, i32> {
+    api::call(socket, request, CALL_TIMEOUT).map_err(|e| {
+        eprintln!("lb-ctl: {e}");
+        match e {
+            api::ClientError::Connect { .. } => exit::NO_DAEMON,
+            _ => exit::FAILED,
+        }
+    })
+}
+
+/// Calls and prints the message of an Ok response; returns the exit code and the data.
+fn call_ok(socket: &Path, request: &Request) -> Result<serde_json::Value, i32> {
+    match call(socket, request)? {
+        Response::Ok { data, .. } => Ok(data),
+        Response::Error { message, code } => {
+            eprintln!("lb-ctl: {message}");
+            Err(code)
+        }
+    }
+}
+
+fn change(socket: &Path, change: Change) -> i32 {
+    match call(socket, &Request::Change { change }) {
+        Ok(Response::Ok { message, .. }) => {
+            println!("{message}");
+            exit::OK
+        }
+        Ok(Response::Error { message, code }) => {
+            eprintln!("lb-ctl: {message}");
+            code
+        }
+        Err(code) => code,
+    }
+}
+
+fn effective(socket: &Path) -> Result<Config, i32> {
+    match call(socket, &Request::Export)? {
+        Response::Ok { message, .. } => config::parse(&message).map_err(|e| {
+            eprintln!("lb-ctl: the daemon's effective state does not parse: {e}");
+            exit::FAILED
+        }),
+        Response::Error { message, code } => {
+            eprintln!("lb-ctl: {message}");
+            Err(code)
+        }
+    }
+}
+
+fn print_json(value: &impl serde::Serialize) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+    );
+}
+
+/// Formats rows as left-aligned columns.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let line = |cells: Vec<&str>, out: &mut String| {
+        let mut l = String::new();
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 == cells.len() {
+                l.push_str(cell);
+            } else {
+                let _ = write!(l, "{cell:<w$}  ");
+            }
+        }
+        out.push_str(l.trim_end());
+        out.push('\n');
+    };
+    line(header.to_vec(), &mut out);
+    for row in rows {
+        line(row.iter().map(String::as_str).collect(), &mut out);
+    }
+    out
+}
+
+pub fn render_status(s: &Status) -> String {
+    let mut out = String::new();
+    let ifaces: Vec<String> = s
+        .interfaces
+        .iter()
+        .map(|i| format!("{} ({})", i.name, i.mode))
+        .collect();
+    let _ = writeln!(
+        out,
+        "instance {}  config {}  interfaces: {}",
+        s.instance,
+        s.config,
+        ifaces.join(", ")
+    );
+    if s.overlay_changes > 0 {
+        let _ = writeln!(
+            out,
+            "{} runtime change(s) on top of the config (lb-ctl export shows the result)",
+            s.overlay_changes
+        );
+    }
+    for c in &s.conflicts {
+        let _ = writeln!(out, "dropped runtime change: {c}");
+    }
+    for l in &s.listeners {
+        let _ = writeln!(
+            out,
+            "\nlistener {}  {} {}:{}  group {}  scheduler {}  packets {}  new flows {}",
+            l.name,
+            l.protocol,
+            l.address,
+            l.port,
+            l.group,
+            l.scheduler,
+            l.stats.packets,
+            l.stats.new_flows
+        );
+        let rows: Vec<Vec<String>> = l
+            .backends
+            .iter()
+            .map(|b| {
+                vec![
+                    format!("{}:{}", b.address, b.port),
+                    b.role.clone(),
+                    if b.effective_weight != b.weight {
+                        format!("{} ({})", b.weight, b.effective_weight)
+                    } else {
+                        b.weight.to_string()
+                    },
+                    b.state.clone(),
+                    b.last_probe.clone().unwrap_or_else(|| "-".into()),
+                    b.active_flows.to_string(),
+                    b.stats.new_flows.to_string(),
+                    b.stats.packets.to_string(),
+                    b.origin.clone(),
+                ]
+            })
+            .collect();
+        out.push_str(&table(
+            &[
+                "  BACKEND",
+                "ROLE",
+                "WEIGHT",
+                "STATE",
+                "LAST PROBE",
+                "ACTIVE",
+                "NEW FLOWS",
+                "PACKETS",
+                "ORIGIN",
+            ],
+            &rows
+                .into_iter()
+                .map(|mut r| {
+                    r[0] = format!("  {}", r[0]);
+                    r
+                })
+                .collect::<Vec<_>>(),
+        ));
+    }
+    out
+}
+
+fn status(socket: &Path, json: bool) -> i32 {
+    let data = match call_ok(socket, &Request::Status) {
+        Ok(d) => d,
+        Err(code) => return code,
+    };
+    if json {
+        print_json(&data);
+        return exit::OK;
+    }
+    match serde_json::from_value::<Status>(data) {
+        Ok(s) => {
+            print!("{}", render_status(&s));
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("lb-ctl: unexpected status from the daemon: {e}");
+            exit::FAILED
+        }
+    }
+}
+
+fn stats(socket: &Path, watch: bool, json: bool) -> i32 {
+    let mut previous: Option<api::Stats> = None;
+    loop {
+        let data = match call_ok(socket, &Request::Stats) {
+            Ok(d) => d,
+            Err(code) => return code,
+        };
+        let current: api::Stats = match serde_json::from_value(data.clone()) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("lb-ctl: unexpected stats from the daemon: {e}");
+                return exit::FAILED;
+            }
+        };
+        if json {
+            print_json(&data);
+        } else {
+            let text = render_stats(&current, previous.as_ref());
+            if watch {
+                // Redraw in place: home, clear screen.
+                print!("\x1b[H\x1b[2J{text}");
+            } else {
+                print!("{text}");
+            }
+        }
+        if !watch {
+            return exit::OK;
+        }
+        previous = Some(current);
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+pub fn render_stats(now: &api::Stats, before: Option<&api::Stats>) -> String {
+    let dt = before.map_or(0.0, |b| now.at_s - b.at_s);
+    let rate = |cur: u64, old: Option<u64>| -> String {
+        match old {
+            Some(o) if dt > 0.0 => format!("{:.1}", cur.saturating_sub(o) as f64 / dt),
+            _ => "-".into(),
+        }
+    };
+    let mut rows = Vec::new();
+    for l in &now.listeners {
+        let old = before.and_then(|b| b.listeners.iter().find(|x| x.name == l.name));
+        rows.push(vec![
+            l.name.clone(),
+            String::new(),
+            l.stats.packets.to_string(),
+            rate(l.stats.packets, old.map(|o| o.stats.packets)),
+            rate(l.stats.bytes * 8, old.map(|o| o.stats.bytes * 8)),
+            l.stats.new_flows.to_string(),
+            rate(l.stats.new_flows, old.map(|o| o.stats.new_flows)),
+            l.stats.dropped.to_string(),
+        ]);
+        for (name, c) in &l.backends {
+            let ob = old
+                .and_then(|o| o.backends.iter().find(|(n, _)| n == name))
+                .map(|(_, c)| *c);
+            rows.push(vec![
+                String::new(),
+                name.clone(),
+                c.packets.to_string(),
+                rate(c.packets, ob.map(|o| o.packets)),
+                rate(c.bytes * 8, ob.map(|o| o.bytes * 8)),
+                c.new_flows.to_string(),
+                rate(c.new_flows, ob.map(|o| o.new_flows)),
+                c.dropped.to_string(),
+            ]);
+        }
+    }
+    let mut out = table(
+        &[
+            "LISTENER",
+            "BACKEND",
+            "PACKETS",
+            "PPS",
+            "BPS",
+            "NEW FLOWS",
+            "NEW/S",
+            "DROPPED",
+        ],
+        &rows,
+    );
+    let nonzero: Vec<String> = now
+        .reasons
+        .iter()
+        .filter(|(_, v)| **v > 0)
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    let _ = writeln!(out, "\nverdicts: {}", nonzero.join(" "));
+    out
+}
+
+fn wait_drained(
+    socket: &Path,
+    group: &str,
+    address: Ipv4Addr,
+    port: Option<u16>,
+    timeout: u64,
+) -> i32 {
+    let deadline = Instant::now() + Duration::from_secs(timeout);
+    loop {
+        let data = match call_ok(
+            socket,
+            &Request::ActiveFlows {
+                group: group.to_owned(),
+                address,
+                port,
+            },
+        ) {
+            Ok(d) => d,
+            Err(code) => return code,
+        };
+        if data["backends"].as_u64() == Some(0) {
+            eprintln!("lb-ctl: no server {address} in group {group} is serving a listener");
+            return exit::REFUSED;
+        }
+        let active = data["active_flows"].as_u64().unwrap_or(0);
+        if active == 0 {
+            println!("drained: no active flows");
+            return exit::OK;
+        }
+        if Instant::now() >= deadline {
+            eprintln!("lb-ctl: timed out after {timeout} s: {active} active flow(s) remain");
+            return exit::TIMEOUT;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn endpoint(e: std::net::SocketAddrV4) -> Endpoint {
+    Endpoint {
+        address: *e.ip(),
+        port: e.port(),
+    }
+}
+
+fn group_command(socket: &Path, cmd: GroupCommand) -> i32 {
+    match cmd {
+        GroupCommand::Create {
+            name,
+            kind,
+            primary,
+            secondary,
+            probe_secondary,
+        } => match (kind, primary, secondary) {
+            (GroupType::Vserver, None, None) => change(socket, Change::GroupCreateVserver { name }),
+            (GroupType::Vserver, _, _) => {
+                eprintln!("lb-ctl: --primary/--secondary are for --type primary-secondary");
+                exit::REFUSED
+            }
+            (GroupType::PrimarySecondary, Some(p), Some(s)) => change(
+                socket,
+                Change::GroupCreatePrimarySecondary {
+                    name,
+                    primary: endpoint(p),
+                    secondary: endpoint(s),
+                    probe_secondary,
+                },
+            ),
+            (GroupType::PrimarySecondary, _, _) => {
+                eprintln!(
+                    "lb-ctl: a primary/secondary group has exactly two members: give --primary \
+                     ADDR:PORT and --secondary ADDR:PORT"
+                );
+                exit::REFUSED
+            }
+        },
+        GroupCommand::Delete { name } => change(socket, Change::GroupDelete { name }),
+        GroupCommand::Show { name, read } => {
+            let cfg = match effective(socket) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let groups = groups(&cfg);
+            let Some(g) = groups.into_iter().find(|g| g.name == name) else {
+                eprintln!("lb-ctl: no server group `{name}`");
+                return exit::REFUSED;
+            };
+            if read.json {
+                print_json(&g);
+            } else {
+                println!(
+                    "group {} ({}), used by: {}",
+                    g.name,
+                    g.kind,
+                    g.listeners.join(", ")
+                );
+                let rows: Vec<Vec<String>> = g
+                    .servers
+                    .iter()
+                    .map(|s| vec![s.server.clone(), s.role.clone(), s.weight.clone()])
+                    .collect();
+                print!("{}", table(&["SERVER", "ROLE", "WEIGHT"], &rows));
+            }
+            exit::OK
+        }
+        GroupCommand::List(read) => {
+            let cfg = match effective(socket) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let groups = groups(&cfg);
+            if read.json {
+                print_json(&groups);
+            } else {
+                let rows: Vec<Vec<String>> = groups
+                    .iter()
+                    .map(|g| {
+                        vec![
+                            g.name.clone(),
+                            g.kind.clone(),
+                            g.servers.len().to_string(),
+                            g.listeners.join(","),
+                        ]
+                    })
+                    .collect();
+                print!(
+                    "{}",
+                    table(&["GROUP", "TYPE", "SERVERS", "LISTENERS"], &rows)
+                );
+            }
+            exit::OK
+        }
+    }
+}
+
+#[derive(serde::Serialize)]
+struct GroupView {
+    name: String,
+    kind: String,
+    servers: Vec<ServerView>,
+    listeners: Vec<String>,
+}
+
+#[derive(serde::Serialize)]
+struct ServerView {
+    server: String,
+    role: String,
+    weight: String,
+}
+
+fn groups(cfg: &Config) -> Vec<GroupView> {
+    let users = |name: &str| -> Vec<String> {
+        cfg.listeners
+            .iter()
+            .filter(|l| l.named_group().unwrap_or(config::DEFAULT_GROUP_NAME) == name)
+            .map(|l| l.name.clone())
+            .collect()
+    };
+    let mut out = vec![GroupView {
+        name: config::DEFAULT_GROUP_NAME.into(),
+        kind: "default".into(),
+        servers: cfg
+            .default_server_group
+            .servers
+            .iter()
+            .map(|s| ServerView {
+                server: s.address.to_string(),
+                role: "member".into(),
+                weight: s.weight.to_string(),
+            })
+            .collect(),
+        listeners: users(config::DEFAULT_GROUP_NAME),
+    }];
+    for g in &cfg.vserver_groups {
+        out.push(GroupView {
+            name: g.name.clone(),
+            kind: "vserver".into(),
+            servers: g
+                .servers
+                .iter()
+                .map(|m| ServerView {
+                    server: format!("{}:{}", m.address, m.port),
+                    role: "member".into(),
+                    weight: m.weight.to_string(),
+                })
+                .collect(),
+            listeners: users(&g.name),
+        });
+    }
+    for g in &cfg.primary_secondary_groups {
+        out.push(GroupView {
+            name: g.name.clone(),
+            kind: "primary-secondary".into(),
+            servers: vec![
+                ServerView {
+                    server: g.primary.to_string(),
+                    role: "primary".into(),
+                    weight: "-".into(),
+                },
+                ServerView {
+                    server: g.secondary.to_string(),
+                    role: "secondary".into(),
+                    weight: "-".into(),
+                },
+            ],
+            listeners: users(&g.name),
+        });
+    }
+    out
+}
+
+fn listener_command(socket: &Path, cmd: ListenerCommand) -> i32 {
+    match cmd {
+        ListenerCommand::Add {
+            name,
+            protocol,
+            address,
+            port,
+            group,
+            backend_port,
+            scheduler,
+        } => change(
+            socket,
+            Change::ListenerAdd {
+                name,
+                protocol,
+                address,
+                port,
+                group,
+                backend_port,
+                scheduler,
+            },
+        ),
+        ListenerCommand::Set {
+            name,
+            group,
+            backend_port,
+            scheduler,
+        } => change(
+            socket,
+            Change::ListenerSet {
+                name,
+                group,
+                backend_port,
+                scheduler,
+            },
+        ),
+        ListenerCommand::Remove { name } => change(socket, Change::ListenerRemove { name }),
+        ListenerCommand::List(read) => {
+            let cfg = match effective(socket) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            if read.json {
+                print_json(&cfg.listeners);
+            } else {
+                let rows: Vec<Vec<String>> = cfg
+                    .listeners
+                    .iter()
+                    .map(|l| {
+                        vec![
+                            l.name.clone(),
+                            l.protocol.name().into(),
+                            format!("{}:{}", l.address, l.port),
+                            l.named_group().unwrap_or(config::DEFAULT_GROUP_NAME).into(),
+                            l.backend_port.map_or("-".into(), |p| p.to_string()),
+                            l.scheduler.name().into(),
+                        ]
+                    })
+                    .collect();
+                print!(
+                    "{}",
+                    table(
+                        &[
+                            "LISTENER",
+                            "PROTO",
+                            "VIP",
+                            "GROUP",
+                            "BACKEND PORT",
+                            "SCHEDULER"
+                        ],
+                        &rows
+                    )
+                );
+            }
+            exit::OK
+        }
+    }
+}
+
+fn acl_command(socket: &Path, cmd: AclCommand) -> i32 {
+    match cmd {
+        AclCommand::Add { name, cidr } => change(socket, Change::AclAdd { name, cidr }),
+        AclCommand::Remove { name, cidr } => change(socket, Change::AclRemove { name, cidr }),
+        AclCommand::List(read) => {
+            let cfg = match effective(socket) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            if read.json {
+                print_json(&cfg.acls);
+            } else {
+                let rows: Vec<Vec<String>> = cfg
+                    .acls
+                    .iter()
+                    .map(|a| {
+                        vec![
+                            a.name.clone(),
+                            a.entries
+                                .iter()
+                                .map(ToString::to_string)
+                                .collect::<Vec<_>>()
+                                .join(" "),
+                        ]
+                    })
+                    .collect();
+                print!("{}", table(&["ACL", "ENTRIES"], &rows));
+            }
+            exit::OK
+        }
+    }
+}
+
+/// Runs every command except `daemon` (which main starts itself).
+pub fn run(socket: &Path, command: Command) -> i32 {
+    match command {
+        Command::Daemon(_) => unreachable!("main runs the daemon"),
+        Command::Validate { file } => match config::load(&file) {
+            Ok(c) => {
+                println!(
+                    "{}: valid (instance {}, {} listener(s))",
+                    file.display(),
+                    c.instance,
+                    c.listeners.len()
+                );
+                exit::OK
+            }
+            Err(errors) => {
+                eprintln!("{}: {} error(s):\n{errors}", file.display(), errors.len());
+                exit::REFUSED
+            }
+        },
+        Command::Status(read) => status(socket, read.json),
+        Command::Stats { watch, json } => stats(socket, watch, json),
+        Command::Server(cmd) => match cmd {
+            ServerCommand::Add { server, weight } => change(
+                socket,
+                Change::ServerAdd {
+                    group: server.group,
+                    address: server.server.0,
+                    port: server.server.1,
+                    weight,
+                },
+            ),
+            ServerCommand::Set { server, weight } => change(
+                socket,
+                Change::ServerSet {
+                    group: server.group,
+                    address: server.server.0,
+                    port: server.server.1,
+                    weight,
+                },
+            ),
+            ServerCommand::Remove { server } => change(
+                socket,
+                Change::ServerRemove {
+                    group: server.group,
+                    address: server.server.0,
+                    port: server.server.1,
+                },
+            ),
+        },
+        Command::Wait(WaitCommand::Drained { server, timeout }) => wait_drained(
+            socket,
+            &server.group,
+            server.server.0,
+            server.server.1,
+            timeout,
+        ),
+        Command::Group(cmd) => group_command(socket, cmd),
+        Command::Listener(cmd) => listener_command(socket, cmd),
+        Command::Acl(cmd) => acl_command(socket, cmd),
+        Command::Reload => match call(socket, &Request::Reload) {
+            Ok(Response::Ok { message, .. }) => {
+                println!("{message}");
+                exit::OK
+            }
+            Ok(Response::Error { message, code }) => {
+                eprintln!("lb-ctl: {message}");
+                code
+            }
+            Err(code) => code,
+        },
+        Command::Export => match call(socket, &Request::Export) {
+            Ok(Response::Ok { message, .. }) => {
+                print!("{message}");
+                exit::OK
+            }
+            Ok(Response::Error { message, code }) => {
+                eprintln!("lb-ctl: {message}");
+                code
+            }
+            Err(code) => code,
+        },
+        Command::Teardown {
+            instance,
+            config: config_path,
+            bpffs,
+        } => {
+            let instance = match (instance, config_path) {
+                (Some(i), _) => i,
+                (None, Some(path)) => match config::load(&path) {
+                    Ok(c) => c.instance,
+                    Err(e) => {
+                        eprintln!("lb-ctl: {}: {e}", path.display());
+                        return exit::REFUSED;
+                    }
+                },
+                (None, None) => {
+                    eprintln!("lb-ctl: teardown needs --instance NAME or --config FILE");
+                    return exit::REFUSED;
+                }
+            };
+            match pins::teardown(&pins::Layout::new(&bpffs, &instance)) {
+                Ok(true) => {
+                    println!("instance {instance}: XDP detached, maps and program unpinned");
+                    exit::OK
+                }
+                Ok(false) => {
+                    println!(
+                        "instance {instance}: nothing pinned under {}",
+                        bpffs.display()
+                    );
+                    exit::OK
+                }
+                Err(e) => {
+                    eprintln!("lb-ctl: {e}");
+                    exit::FAILED
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,541 @@
+//! The daemon's state and every operation on it: start (load or re-adopt the pinned data
+//! plane), changes through the API, reloads, and the read-only views (status, stats,
+//! export). The async shell around it (socket, signals, timers) is `daemon.rs`.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::{Path, PathBuf},
+    time::Instant,
+};
+
+use anyhow::Context as _;
+use lb_common::{LISTENER_F_VIP_MARKER, select};
+use tracing::{info, warn};
+
+use crate::{
+    api::{self, BackendStatus, Counters, InterfaceStatus, ListenerStatus, Response, Status},
+    config::{self, Config},
+    dataplane::{DataPlane, LoadOptions, MapSizes},
+    overlay::{self, Change},
+    pins::{self, Layout},
+    plan::{self, BackendKey, Desired, Frontend, Ids, Role, Runtime},
+    reconcile::Reconciler,
+};
+
+/// How the daemon was started.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub config_path: PathBuf,
+    pub state_dir: PathBuf,
+    pub bpffs: PathBuf,
+}
+
+/// Now on the clock the data plane stamps flows with (`bpf_ktime_get_coarse_ns`).
+pub fn monotonic_coarse_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+pub struct Controller {
+    options: Options,
+    state_path: PathBuf,
+    base: Config,
+    overlay: Vec<Change>,
+    effective: Config,
+    conflicts: Vec<String>,
+    pub runtime: Runtime,
+    ids: Ids,
+    reconciler: Reconciler,
+    desired: Desired,
+    dataplane: DataPlane,
+    layout: Layout,
+    attached: Vec<(String, u32, &'static str)>,
+    /// Active flows per backend id from the last sweep of the flow table.
+    active: HashMap<u32, u32>,
+    started: Instant,
+}
+
+fn sizes(config: &Config) -> MapSizes {
+    MapSizes {
+        flow_table_size: config.flow_table_size,
+        max_listeners: config.max_listeners,
+        max_backends: config.max_backends,
+    }
+}
+
+impl Controller {
+    /// Loads the config and the overlay, loads or re-adopts the data plane, attaches it
+    /// and fills the maps.
+    pub fn start(options: Options) -> anyhow::Result<Self> {
+        let base = config::load(&options.config_path).map_err(|errors| {
+            anyhow::anyhow!(
+                "{} has {} error(s):\n{errors}",
+                options.config_path.display(),
+                errors.len()
+            )
+        })?;
+        let state_path = overlay::state_path(&options.state_dir, &base.instance);
+        let saved = overlay::load_state(&state_path, &base.instance)?;
+        let (effective, overlay, conflicts) = overlay::replay(&base, &saved);
+        for c in &conflicts {
+            warn!("runtime change dropped, it no longer fits the config: {c}");
+        }
+        if overlay != saved {
+            overlay::save_state(&state_path, &base.instance, &overlay)?;
+        }
+
+        pins::check_bpffs(&options.bpffs)?;
+        let layout = Layout::new(&options.bpffs, &effective.instance);
+        let adopting = layout.exists();
+        let sizes = sizes(&effective);
+        if adopting {
+            pins::check_pinned_layout(&layout, &sizes)?;
+        }
+        std::fs::create_dir_all(layout.maps())
+            .with_context(|| format!("creating {}", layout.maps().display()))?;
+        let mut dataplane = DataPlane::load(&LoadOptions {
+            sizes,
+            map_pin_dir: Some(layout.maps()),
+        })?;
+
+        let mut ids = Ids::new(sizes.max_listeners, sizes.max_backends);
+        let mut reconciler = Reconciler::new();
+        if adopting {
+            adopt(&dataplane, &effective, &mut ids, &mut reconciler)?;
+        }
+        let attached = pins::attach(dataplane.program()?, &layout, &effective.interfaces)?;
+        for (iface, ifindex, mode) in &attached {
+            dataplane.add_tx_port(*ifindex)?;
+            info!("XDP on {iface} (ifindex {ifindex}): {mode}");
+        }
+
+        let mut controller = Self {
+            options,
+            state_path,
+            base,
+            overlay,
+            effective,
+            conflicts,
+            runtime: Runtime::default(),
+            ids,
+            reconciler,
+            desired: Desired::default(),
+            dataplane,
+            layout,
+            attached,
+            active: HashMap::new(),
+            started: Instant::now(),
+        };
+        let ops = controller.apply()?;
+        info!(
+            "instance {}: {} listener(s), {} map operation(s){}",
+            controller.effective.instance,
+            controller.effective.listeners.len(),
+            ops,
+            if adopting {
+                ", data plane re-adopted"
+            } else {
+                ""
+            }
+        );
+        Ok(controller)
+    }
+
+    pub fn instance(&self) -> &str {
+        &self.effective.instance
+    }
+
+    pub fn effective(&self) -> &Config {
+        &self.effective
+    }
+
+    pub fn desired(&self) -> &Desired {
+        &self.desired
+    }
+
+    pub fn dataplane(&self) -> &DataPlane {
+        &self.dataplane
+    }
+
+    /// Plans from the effective config and runtime facts and writes the difference.
+    pub fn apply(&mut self) -> anyhow::Result<usize> {
+        let desired = plan::plan(&self.effective, &self.runtime, &mut self.ids)?;
+        let ops = self.reconciler.apply(&desired, &mut self.dataplane)?;
+        self.desired = desired;
+        Ok(ops.len())
+    }
+
+    /// A runtime change: checked against the rules, persisted, applied.
+    pub fn change(&mut self, change: Change) -> Response {
+        let mut next = self.effective.clone();
+        if let Err(refusal) = change.apply(&mut next) {
+            return Response::refused(refusal.message);
+        }
+        if let Err(errors) = next.validate() {
+            return Response::refused(errors.to_string());
+        }
+        let violations = overlay::check_transition(&self.effective, &next);
+        if !violations.is_empty() {
+            return Response::refused(violations.join("\n"));
+        }
+        // Ids must be available before anything is persisted.
+        if let Err(e) = plan::plan(&next, &self.runtime, &mut self.ids.clone()) {
+            return Response::refused(e.to_string());
+        }
+        let mut overlay = self.overlay.clone();
+        overlay.push(change.clone());
+        if let Err(e) = overlay::save_state(&self.state_path, self.instance(), &overlay) {
+            return Response::failed(e.to_string());
+        }
+        let previous = std::mem::replace(&mut self.effective, next);
+        self.overlay = overlay;
+        match self.apply() {
+            Ok(ops) => {
+                info!("{} ({ops} map operation(s))", change.describe());
+                Response::ok(format!("{}: done", change.describe()), ops)
+            }
+            Err(e) => {
+                // Put the previous state back, in the maps and on disk.
+                self.effective = previous;
+                self.overlay.pop();
+                let _ = overlay::save_state(&self.state_path, self.instance(), &self.overlay);
+                let _ = self.apply();
+                Response::failed(format!("{}: {e:#}", change.describe()))
+            }
+        }
+    }
+
+    /// Re-reads the config file; applies only the difference, with the overlay replayed.
+    pub fn reload(&mut self) -> Response {
+        let base = match config::load(&self.options.config_path) {
+            Ok(c) => c,
+            Err(errors) => {
+                return Response::refused(format!(
+                    "{} has {} error(s); nothing was changed:\n{errors}",
+                    self.options.config_path.display(),
+                    errors.len()
+                ));
+            }
+        };
+        if base.instance != self.base.instance {
+            return Response::refused(format!(
+                "the config names instance {} but this daemon runs {}; nothing was changed \
+                 (an instance is renamed by a restart)",
+                base.instance, self.base.instance
+            ));
+        }
+        if sizes(&base) != sizes(&self.base) {
+            return Response::refused(
+                "flow_table_size, max_listeners and max_backends size the pinned maps; \
+                 changing them needs `lb-ctl teardown` and a restart; nothing was changed",
+            );
+        }
+        let (next, kept, conflicts) = overlay::replay(&base, &self.overlay);
+        let violations = overlay::check_transition(&self.effective, &next);
+        if !violations.is_empty() {
+            return Response::refused(format!(
+                "the new config breaks these rules; nothing was changed:\n{}",
+                violations.join("\n")
+            ));
+        }
+        if let Err(e) = plan::plan(&next, &self.runtime, &mut self.ids.clone()) {
+            return Response::refused(format!("{e}; nothing was changed"));
+        }
+        if kept != self.overlay
+            && let Err(e) = overlay::save_state(&self.state_path, self.instance(), &kept)
+        {
+            return Response::failed(e.to_string());
+        }
+        let interfaces_changed = next.interfaces != self.effective.interfaces;
+        self.base = base;
+        self.effective = next;
+        self.overlay = kept;
+        self.conflicts = conflicts.clone();
+        for c in &conflicts {
+            warn!("runtime change dropped, it no longer fits the config: {c}");
+        }
+        if interfaces_changed && let Err(e) = self.reattach() {
+            return Response::failed(format!("{e:#}"));
+        }
+        match self.apply() {
+            Ok(ops) => {
+                info!("config reloaded: {ops} map operation(s)");
+                let mut message = format!("reloaded: {ops} map operation(s)");
+                for c in &conflicts {
+                    message.push_str(&format!("\ndropped runtime change: {c}"));
+                }
+                Response::ok(
+                    message,
+                    serde_json::json!({ "operations": ops, "conflicts": conflicts }),
+                )
+            }
+            Err(e) => Response::failed(format!("{e:#}")),
+        }
+    }
+
+    fn reattach(&mut self) -> anyhow::Result<()> {
+        let old: Vec<u32> = self.attached.iter().map(|a| a.1).collect();
+        self.attached = pins::attach(
+            self.dataplane.program()?,
+            &self.layout,
+            &self.effective.interfaces,
+        )?;
+        for ifindex in old {
+            if !self.attached.iter().any(|a| a.1 == ifindex) {
+                self.dataplane.remove_tx_port(ifindex)?;
+            }
+        }
+        for (_, ifindex, _) in &self.attached {
+            self.dataplane.add_tx_port(*ifindex)?;
+        }
+        Ok(())
+    }
+
+    /// Counts active flows per backend by walking the flow table (LRU eviction and idle
+    /// expiry decrement nothing in the data plane). Also corrects the `wlc` counters.
+    pub fn sweep(&mut self) -> anyhow::Result<()> {
+        let now = monotonic_coarse_ns();
+        let listeners: HashMap<u32, lb_common::Listener> = self
+            .dataplane
+            .listener_entries()?
+            .into_iter()
+            .filter(|(_, l)| l.flags & LISTENER_F_VIP_MARKER == 0)
+            .map(|(_, l)| (l.id, l))
+            .collect();
+        let mut active: HashMap<u32, u32> = HashMap::new();
+        for (key, flow) in self.dataplane.flows() {
+            let Some(listener) = listeners.get(&flow.listener) else {
+                continue;
+            };
+            if select::is_active(now, &flow, key.protocol, listener) {
+                *active.entry(flow.backend).or_default() += 1;
+            }
+        }
+        for l in self.desired.listeners.values() {
+            if l.scheduler != lb_common::Scheduler::Wlc {
+                continue;
+            }
+            for b in &l.backends {
+                let count = active.get(&b.id).copied().unwrap_or(0);
+                self.dataplane.set_active_flows(b.id, count)?;
+            }
+        }
+        self.active = active;
+        Ok(())
+    }
+
+    /// Finds a backend of a group by address and optional port, across the listeners
+    /// using that group.
+    fn backends_of(&self, group: &str, address: std::net::Ipv4Addr, port: Option<u16>) -> Vec<u32> {
+        self.desired
+            .listeners
+            .values()
+            .filter(|l| l.group == group)
+            .flat_map(|l| l.backends.iter())
+            .filter(|b| b.key.address == address && port.is_none_or(|p| b.key.port == p))
+            .map(|b| b.id)
+            .collect()
+    }
+
+    pub fn active_flows(
+        &mut self,
+        group: &str,
+        address: std::net::Ipv4Addr,
+        port: Option<u16>,
+    ) -> Response {
+        if let Err(e) = self.sweep() {
+            return Response::failed(format!("{e:#}"));
+        }
+        let ids = self.backends_of(group, address, port);
+        let count: u32 = ids
+            .iter()
+            .map(|id| self.active.get(id).copied().unwrap_or(0))
+            .sum();
+        Response::ok(
+            format!("{count} active flow(s)"),
+            serde_json::json!({ "active_flows": count, "backends": ids.len() }),
+        )
+    }
+
+    fn origin(&self, group: &str, key: &BackendKey) -> &'static str {
+        let in_base = if group == config::DEFAULT_GROUP_NAME {
+            self.base
+                .default_server_group
+                .servers
+                .iter()
+                .any(|s| s.address == key.address)
+        } else if let Some(g) = self.base.vserver_group(group) {
+            g.servers
+                .iter()
+                .any(|m| m.address == key.address && m.port == key.port)
+        } else {
+            self.base.primary_secondary_group(group).is_some()
+        };
+        if in_base { "config" } else { "api" }
+    }
+
+    pub fn status(&mut self) -> anyhow::Result<Status> {
+        self.sweep()?;
+        let mut listeners = Vec::new();
+        for l in &self.effective.listeners {
+            let Some(d) = self.desired.listeners.get(&l.name) else {
+                continue;
+            };
+            let mut backends = Vec::new();
+            for b in &d.backends {
+                let draining = b.weight == 0 || b.effective_weight == 0 && b.healthy;
+                let state = if !b.healthy {
+                    "down"
+                } else if draining && b.role == Role::Member {
+                    "draining"
+                } else {
+                    "up"
+                };
+                backends.push(BackendStatus {
+                    address: b.key.address,
+                    port: b.key.port,
+                    role: b.role.name().to_owned(),
+                    weight: b.weight,
+                    effective_weight: b.effective_weight,
+                    state: state.to_owned(),
+                    health: if b.healthy { "up" } else { "down" }.to_owned(),
+                    last_probe: None,
+                    since_change_s: None,
+                    active_flows: self.active.get(&b.id).copied().unwrap_or(0),
+                    origin: self.origin(&d.group, &b.key).to_owned(),
+                    backend_id: b.id,
+                    stats: self.dataplane.backend_stats(b.id)?.into(),
+                });
+            }
+            listeners.push(ListenerStatus {
+                name: l.name.clone(),
+                protocol: l.protocol.name().to_owned(),
+                address: l.address,
+                port: l.port,
+                group: d.group.clone(),
+                scheduler: d.scheduler.name().to_owned(),
+                backends,
+                stats: self.dataplane.listener_stats(d.id)?.into(),
+            });
+        }
+        Ok(Status {
+            instance: self.effective.instance.clone(),
+            config: self.options.config_path.display().to_string(),
+            interfaces: self
+                .attached
+                .iter()
+                .map(|(name, ifindex, mode)| InterfaceStatus {
+                    name: name.clone(),
+                    ifindex: *ifindex,
+                    mode: (*mode).to_owned(),
+                })
+                .collect(),
+            listeners,
+            overlay_changes: self.overlay.len(),
+            conflicts: self.conflicts.clone(),
+        })
+    }
+
+    pub fn stats(&self) -> anyhow::Result<api::Stats> {
+        let mut listeners = Vec::new();
+        for d in self.desired.listeners.values() {
+            let mut backends = Vec::new();
+            for b in &d.backends {
+                backends.push((
+                    format!("{}:{}", b.key.address, b.key.port),
+                    Counters::from(self.dataplane.backend_stats(b.id)?),
+                ));
+            }
+            listeners.push(api::ListenerStats {
+                name: d.name.clone(),
+                stats: self.dataplane.listener_stats(d.id)?.into(),
+                backends,
+            });
+        }
+        Ok(api::Stats {
+            at_s: self.started.elapsed().as_secs_f64(),
+            listeners,
+            reasons: self
+                .dataplane
+                .counters()?
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect(),
+        })
+    }
+
+    pub fn export(&self) -> String {
+        self.effective.to_yaml()
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    pub fn config_path(&self) -> &Path {
+        &self.options.config_path
+    }
+}
+
+/// Rebuilds ids and the reconciler's record from a pinned data plane, so the first
+/// apply keeps every established flow's backend id and generation.
+fn adopt(
+    dataplane: &DataPlane,
+    config: &Config,
+    ids: &mut Ids,
+    reconciler: &mut Reconciler,
+) -> anyhow::Result<()> {
+    let frontends: BTreeMap<lb_common::ListenerKey, (&str, Frontend)> = config
+        .listeners
+        .iter()
+        .map(|l| {
+            let f = Frontend::of(l);
+            (f.key(), (l.name.as_str(), f))
+        })
+        .collect();
+    let mut adopted = Vec::new();
+    let mut vips = Vec::new();
+    let mut by_id: HashMap<u32, Frontend> = HashMap::new();
+    for (key, value) in dataplane.listener_entries()? {
+        if value.flags & LISTENER_F_VIP_MARKER != 0 {
+            vips.push(key.addr);
+            continue;
+        }
+        match frontends.get(&key) {
+            Some((name, frontend)) => {
+                ids.adopt_listener(*frontend, value.id);
+                by_id.insert(value.id, *frontend);
+                adopted.push(((*name).to_owned(), key, value));
+            }
+            // A listener no longer in the config: recorded under a name no config
+            // uses, so the first apply removes it.
+            None => adopted.push((format!("stale listener {}", value.id), key, value)),
+        }
+    }
+    reconciler.adopt(&adopted, &vips);
+    for id in 0..config.max_backends {
+        let b = dataplane.backend(id)?;
+        if b.generation == 0 {
+            continue;
+        }
+        if let Some(frontend) = by_id.get(&b.listener) {
+            let key = BackendKey {
+                frontend: *frontend,
+                address: std::net::Ipv4Addr::from(b.addr.to_ne_bytes()),
+                port: u16::from_be(b.port),
+            };
+            ids.adopt_backend(key, id, b.generation);
+        } else {
+            // Its listener is gone: the first apply retires it; its generation is kept so
+            // the id's next owner never inherits its flows.
+            ids.note_generation(id, b.generation);
+        }
+        reconciler.adopt_backend(id, b);
+    }
+    Ok(())
+}

@@ -1,0 +1,226 @@
+//! The daemon's async shell: the control socket, signals and timers around `Controller`.
+//!
+//! SIGHUP reloads the config. SIGINT and SIGTERM stop the daemon but leave the pinned
+//! data plane running, so traffic keeps flowing while it is down or being upgraded;
+//! `lb-ctl teardown` removes the data plane.
+
+use std::{
+    fs,
+    io::Write as _,
+    os::{
+        fd::AsRawFd as _,
+        unix::fs::{FileTypeExt as _, MetadataExt as _, PermissionsExt as _},
+    },
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
+    net::UnixListener,
+    signal::unix::{SignalKind, signal},
+    sync::Mutex,
+};
+use tracing::{error, info, warn};
+
+use crate::{
+    api::{Request, Response},
+    controller::{self, Controller},
+};
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub controller: controller::Options,
+    pub socket: PathBuf,
+    /// Group allowed to use the socket (mode 0660); None = owner only (0600).
+    pub socket_group: Option<String>,
+    /// How often the flow table is swept for active-flow counts.
+    pub sweep_interval: Duration,
+}
+
+/// One daemon per instance: an exclusive lock on `<state-dir>/<instance>.lock`, held for
+/// the daemon's life (the kernel releases it if the process dies).
+pub struct InstanceLock {
+    _file: fs::File,
+}
+
+pub fn lock_instance(state_dir: &Path, instance: &str) -> anyhow::Result<InstanceLock> {
+    fs::create_dir_all(state_dir)
+        .with_context(|| format!("creating state folder {}", state_dir.display()))?;
+    let path = state_dir.join(format!("{instance}.lock"));
+    let mut file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let holder = fs::read_to_string(&path).unwrap_or_default();
+        bail!(
+            "another lb-ctl daemon is running instance {instance} (pid {}, lock {}); stop it \
+             first, or give this one another instance name",
+            holder.trim(),
+            path.display()
+        );
+    }
+    file.set_len(0)?;
+    writeln!(file, "{}", std::process::id())?;
+    Ok(InstanceLock { _file: file })
+}
+
+fn group_id(name: &str) -> anyhow::Result<u32> {
+    let c = std::ffi::CString::new(name).context("group name")?;
+    // SAFETY: getgrnam returns a pointer into static storage or NULL.
+    let gr = unsafe { libc::getgrnam(c.as_ptr()) };
+    if gr.is_null() {
+        bail!("--socket-group {name}: no such group");
+    }
+    // SAFETY: non-null result of getgrnam.
+    Ok(unsafe { (*gr).gr_gid })
+}
+
+/// Creates the control socket safely: refuses a symlink, or a socket another daemon is
+/// serving; replaces a stale one; binds with a umask so it is never briefly open to others.
+fn bind_socket(path: &Path, group: Option<&str>) -> anyhow::Result<UnixListener> {
+    if let Ok(meta) = fs::symlink_metadata(path) {
+        if meta.file_type().is_symlink() {
+            bail!(
+                "control socket path {} is a symbolic link; refusing to use it (remove it or \
+                 choose another --socket)",
+                path.display()
+            );
+        }
+        if !meta.file_type().is_socket() {
+            bail!(
+                "control socket path {} exists and is not a socket; refusing to replace it",
+                path.display()
+            );
+        }
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            bail!(
+                "another daemon is serving {}; stop it first or choose another --socket",
+                path.display()
+            );
+        }
+        fs::remove_file(path).with_context(|| format!("removing stale {}", path.display()))?;
+    }
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let meta = fs::metadata(dir)?;
+        if meta.mode() & 0o002 != 0 && meta.mode() & 0o1000 == 0 {
+            bail!(
+                "the folder of the control socket, {}, is writable by everyone (and not \
+                 sticky): another user could replace the socket; choose another --socket",
+                dir.display()
+            );
+        }
+    }
+    // SAFETY: umask only changes this process's file-creation mask.
+    let old = unsafe { libc::umask(0o177) };
+    let listener = UnixListener::bind(path);
+    // SAFETY: as above.
+    unsafe { libc::umask(old) };
+    let listener = listener.with_context(|| format!("binding {}", path.display()))?;
+    if let Some(group) = group {
+        let gid = group_id(group)?;
+        std::os::unix::fs::chown(path, None, Some(gid))
+            .with_context(|| format!("chown {}", path.display()))?;
+        fs::set_permissions(path, fs::Permissions::from_mode(0o660))?;
+    }
+    Ok(listener)
+}
+
+async fn handle(controller: &Mutex<Controller>, request: Request) -> Response {
+    let mut c = controller.lock().await;
+    match request {
+        Request::Status => match c.status() {
+            Ok(s) => Response::ok("", s),
+            Err(e) => Response::failed(format!("{e:#}")),
+        },
+        Request::Stats => match c.stats() {
+            Ok(s) => Response::ok("", s),
+            Err(e) => Response::failed(format!("{e:#}")),
+        },
+        Request::Change { change } => c.change(change),
+        Request::Reload => c.reload(),
+        Request::Export => Response::ok(c.export(), ()),
+        Request::ActiveFlows {
+            group,
+            address,
+            port,
+        } => c.active_flows(&group, address, port),
+    }
+}
+
+async fn serve_connection(controller: Arc<Mutex<Controller>>, stream: tokio::net::UnixStream) {
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read).lines();
+    let response = match tokio::time::timeout(Duration::from_secs(10), lines.next_line()).await {
+        Ok(Ok(Some(line))) => match serde_json::from_str::<Request>(&line) {
+            Ok(request) => handle(&controller, request).await,
+            Err(e) => Response::refused(format!("not a request this daemon understands: {e}")),
+        },
+        Ok(Ok(None)) => return,
+        Ok(Err(e)) => Response::refused(format!("reading the request: {e}")),
+        Err(_) => Response::refused("no request within 10 s"),
+    };
+    let mut text = serde_json::to_string(&response).unwrap_or_else(|e| {
+        format!(r#"{{"result":"error","message":"encoding the response: {e}","code":1}}"#)
+    });
+    text.push('\n');
+    if let Err(e) = write.write_all(text.as_bytes()).await {
+        warn!("control socket: writing a response failed: {e}");
+    }
+}
+
+/// Runs the daemon until SIGINT or SIGTERM.
+pub async fn run(options: Options) -> anyhow::Result<()> {
+    let controller = Controller::start(options.controller.clone())?;
+    let instance = controller.instance().to_owned();
+    let listener = bind_socket(&options.socket, options.socket_group.as_deref())?;
+    let controller = Arc::new(Mutex::new(controller));
+    info!(
+        "lb-ctl daemon for instance {instance} ready; control socket {}",
+        options.socket.display()
+    );
+
+    let mut hangup = signal(SignalKind::hangup())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut sweep = tokio::time::interval(options.sweep_interval);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    tokio::spawn(serve_connection(Arc::clone(&controller), stream));
+                }
+                Err(e) => warn!("control socket: accept failed: {e}"),
+            },
+            _ = hangup.recv() => {
+                info!("SIGHUP: reloading {}", options.controller.config_path.display());
+                match controller.lock().await.reload() {
+                    Response::Ok { message, .. } => info!("{message}"),
+                    Response::Error { message, .. } => error!("reload refused: {message}"),
+                }
+            }
+            _ = sweep.tick() => {
+                if let Err(e) = controller.lock().await.sweep() {
+                    warn!("flow table sweep failed: {e:#}");
+                }
+            }
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+        }
+    }
+    let _ = fs::remove_file(&options.socket);
+    info!(
+        "stopped; the data plane of instance {instance} stays attached and keeps forwarding \
+         (`lb-ctl teardown --instance {instance}` removes it)"
+    );
+    Ok(())
+}

@@ -1,0 +1,220 @@
+//! The health checker: probes every (listener, backend) pair as its listener's health
+//! check says, decides up and down through thresholds and flap damping, and reports each
+//! change of state once.
+//!
+//! Semantics (CLB-like, DESIGN.md "Health checks"):
+//! - health is per `BackendKey`, i.e. per listener and backend;
+//! - a backend starts healthy: it takes traffic from the start and the checker takes it
+//!   out after `unhealthy_threshold` consecutive failed probes; `healthy_threshold`
+//!   consecutive successes bring it back;
+//! - `type: none`, and a primary/secondary group's secondary unless the group says
+//!   `probe_secondary`, are never probed and always healthy;
+//! - UDP: with `expect`, only a reply containing it passes; without, any reply or no ICMP
+//!   error within the timeout passes, and an ICMP port unreachable fails ("refused");
+//! - flap damping holds a backend down for `hold` seconds after more than `max_flaps`
+//!   changes within `window` seconds; probes go on during the hold;
+//! - slow start ramps the weight of a recovered or added backend (`slow_start_weight`).
+//!
+//! The controller feeds `Transition`s (or `Checker::unhealthy`) into `Runtime.unhealthy`
+//! and `Checker::ramping` into `Runtime.effective_weight`.
+//!
+//! Layout: `machine` (thresholds and flap damping, pure), `slow_start` (pure), `probe`
+//! (the network probes), `histogram`, `checker` (the scheduler), `capacity` (the
+//! benchmark driver).
+
+mod capacity;
+mod checker;
+mod histogram;
+mod machine;
+mod probe;
+mod slow_start;
+
+use std::{net::Ipv4Addr, time::SystemTime};
+
+pub use capacity::{CapacityReport, capacity_probe};
+pub use checker::{
+    BackendHealth, Checker, CheckerOptions, DEFAULT_MAX_IN_FLIGHT, HealthState, LastProbe, Snapshot,
+};
+pub use histogram::{BUCKETS_S, Histogram};
+pub use machine::{Cause, Change, Machine, State, Thresholds};
+pub use probe::{Probe, ProbeError, ProbeKind, parse_status_line, status_accepted};
+pub use slow_start::slow_start_weight;
+
+use crate::{
+    config::{Config, HealthCheck},
+    plan::{BackendKey, Frontend},
+};
+
+/// One backend to watch, as the config describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    pub key: BackendKey,
+    /// Name of the listener, for logs and status.
+    pub listener: String,
+    /// The backend's address and port (the key's; the check's `port` may override the
+    /// port probed).
+    pub address: Ipv4Addr,
+    pub port: u16,
+    pub check: HealthCheck,
+    /// False for a primary/secondary group's secondary unless `probe_secondary`: such a
+    /// backend is never probed and always healthy.
+    pub probe: bool,
+    /// Configured weight, the top of the slow-start ramp.
+    pub weight: u32,
+    /// The listener's `slow_start` seconds; 0 = off.
+    pub slow_start: u32,
+}
+
+impl Target {
+    /// Whether `other` is the same probe of the same backend, so health state carries
+    /// over from one to the other. Weight, slow start and the listener's name may differ.
+    fn same_check(&self, other: &Self) -> bool {
+        self.key == other.key
+            && self.address == other.address
+            && self.port == other.port
+            && self.check == other.check
+            && self.probe == other.probe
+    }
+}
+
+/// A change of a backend's health, sent once per change (never for steady state).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transition {
+    pub key: BackendKey,
+    pub listener: String,
+    pub healthy: bool,
+    /// Why, as logged: `refused (3 consecutive failures)`, `ok (2 consecutive
+    /// successes)`, `flap damping hold ended`, ...
+    pub reason: String,
+    pub at: SystemTime,
+}
+
+/// Every (listener, backend) pair of a validated config, with its listener's check.
+///
+/// Members of the default and vServer groups are probed; of a primary/secondary group,
+/// the primary always and the secondary when the group says `probe_secondary`. Weight-0
+/// (drained) backends are probed too: a drain is not a failure.
+pub fn targets(config: &Config) -> Vec<Target> {
+    let mut out = Vec::new();
+    for listener in &config.listeners {
+        let frontend = Frontend::of(listener);
+        let mut push = |address: Ipv4Addr, port: u16, weight: u32, probe: bool| {
+            out.push(Target {
+                key: BackendKey {
+                    frontend,
+                    address,
+                    port,
+                },
+                listener: listener.name.clone(),
+                address,
+                port,
+                check: listener.health_check.clone(),
+                probe,
+                weight,
+                slow_start: listener.slow_start,
+            });
+        };
+        match listener.named_group() {
+            None => {
+                // Validation guarantees a backend port with the default group.
+                let port = listener.backend_port.unwrap_or(0);
+                for s in &config.default_server_group.servers {
+                    push(s.address, port, u32::from(s.weight), true);
+                }
+            }
+            Some(name) => {
+                if let Some(g) = config.vserver_group(name) {
+                    for m in &g.servers {
+                        push(m.address, m.port, u32::from(m.weight), true);
+                    }
+                } else if let Some(g) = config.primary_secondary_group(name) {
+                    // Weights do not apply to primary/secondary groups (plan.rs uses 100).
+                    push(g.primary.address, g.primary.port, 100, true);
+                    push(
+                        g.secondary.address,
+                        g.secondary.port,
+                        100,
+                        g.probe_secondary,
+                    );
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config;
+
+    #[test]
+    fn targets_follow_groups_and_probe_secondary() {
+        let cfg = config::parse(
+            "
+instance: t
+interfaces: [eth0]
+default_server_group:
+  servers:
+    - { address: 198.18.1.10 }
+    - { address: 198.18.1.11, weight: 0 }
+vserver_groups:
+  - name: api
+    servers:
+      - { address: 198.18.1.10, port: 8080, weight: 60 }
+primary_secondary_groups:
+  - name: db
+    primary: { address: 198.18.1.20, port: 5432 }
+    secondary: { address: 198.18.1.21, port: 5433 }
+  - name: db2
+    primary: { address: 198.18.1.20, port: 6432 }
+    secondary: { address: 198.18.1.21, port: 6433 }
+    probe_secondary: true
+listeners:
+  - name: web
+    protocol: tcp
+    address: 198.19.0.100
+    port: 80
+    backend_port: 8080
+    slow_start: 30
+    health_check: { type: http, interval: 5 }
+  - { name: api, protocol: tcp, address: 198.19.0.100, port: 443, server_group: api }
+  - { name: db, protocol: udp, address: 198.19.0.100, port: 5432, server_group: db }
+  - { name: db2, protocol: udp, address: 198.19.0.100, port: 6432, server_group: db2 }
+",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let t = targets(&cfg);
+        let summary: Vec<(&str, String, bool, u32)> = t
+            .iter()
+            .map(|t| {
+                (
+                    t.listener.as_str(),
+                    format!("{}:{}", t.address, t.port),
+                    t.probe,
+                    t.weight,
+                )
+            })
+            .collect();
+        let expected: Vec<(&str, String, bool, u32)> = [
+            ("web", "198.18.1.10:8080", true, 100),
+            ("web", "198.18.1.11:8080", true, 0),
+            ("api", "198.18.1.10:8080", true, 60),
+            ("db", "198.18.1.20:5432", true, 100),
+            ("db", "198.18.1.21:5433", false, 100),
+            ("db2", "198.18.1.20:6432", true, 100),
+            ("db2", "198.18.1.21:6433", true, 100),
+        ]
+        .into_iter()
+        .map(|(l, a, p, w)| (l, a.to_owned(), p, w))
+        .collect();
+        assert_eq!(summary, expected);
+        assert_eq!(t[0].slow_start, 30);
+        assert_eq!(t[0].check.interval, 5);
+        assert_eq!(t[0].key.frontend.port, 80);
+        assert!(
+            t.iter()
+                .all(|t| t.key.address == t.address && t.key.port == t.port)
+        );
+    }
+}

@@ -1,0 +1,1199 @@
+//! Runtime changes (the API, the CLI) as an overlay on the config file.
+//!
+//! The effective state is the base config with the overlay's changes replayed in order.
+//! A change is checked against the CLB rules before it is accepted; the overlay is kept
+//! in a state file written atomically (write, fsync, rename, fsync the folder), so a
+//! change survives restarts, crashes and a cold start, and a crash mid-write loses
+//! nothing. On reload, a change that no longer fits the new base is reported and
+//! dropped, never silently.
+
+use std::{
+    fs,
+    io::Write as _,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::config::{
+    self, Config, DEFAULT_GROUP_NAME, DefaultServer, Endpoint, Ipv4Net, Member,
+    PrimarySecondaryGroup, Protocol, VServerGroup, scheduler_from_name,
+};
+
+/// One runtime change, as the API receives it and the state file keeps it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "change", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Change {
+    ServerAdd {
+        group: String,
+        address: Ipv4Addr,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        port: Option<u16>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        weight: Option<u8>,
+    },
+    ServerSet {
+        group: String,
+        address: Ipv4Addr,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        port: Option<u16>,
+        weight: u8,
+    },
+    ServerRemove {
+        group: String,
+        address: Ipv4Addr,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        port: Option<u16>,
+    },
+    GroupCreateVserver {
+        name: String,
+    },
+    GroupCreatePrimarySecondary {
+        name: String,
+        primary: Endpoint,
+        secondary: Endpoint,
+        #[serde(default)]
+        probe_secondary: bool,
+    },
+    GroupDelete {
+        name: String,
+    },
+    ListenerAdd {
+        name: String,
+        protocol: String,
+        address: Ipv4Addr,
+        port: u16,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        group: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        backend_port: Option<u16>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        scheduler: Option<String>,
+    },
+    ListenerSet {
+        name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        group: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        backend_port: Option<u16>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        scheduler: Option<String>,
+    },
+    ListenerRemove {
+        name: String,
+    },
+    AclAdd {
+        name: String,
+        cidr: String,
+    },
+    AclRemove {
+        name: String,
+        cidr: String,
+    },
+}
+
+/// A change that cannot be made, with the rule it breaks.
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+#[error("{message}")]
+pub struct Refusal {
+    pub message: String,
+}
+
+fn refuse<T>(message: impl Into<String>) -> Result<T, Refusal> {
+    Err(Refusal {
+        message: message.into(),
+    })
+}
+
+fn group_names(config: &Config) -> String {
+    let mut names = vec![DEFAULT_GROUP_NAME.to_owned()];
+    names.extend(config.vserver_groups.iter().map(|g| g.name.clone()));
+    names.extend(
+        config
+            .primary_secondary_groups
+            .iter()
+            .map(|g| g.name.clone()),
+    );
+    names.join(", ")
+}
+
+fn endpoint(address: Ipv4Addr, port: Option<u16>) -> String {
+    match port {
+        Some(p) => format!("{address}:{p}"),
+        None => address.to_string(),
+    }
+}
+
+/// Which kind of group a name refers to.
+enum GroupRef<'a> {
+    Default,
+    VServer(&'a mut VServerGroup),
+    PrimarySecondary,
+}
+
+fn group_mut<'a>(config: &'a mut Config, name: &str) -> Result<GroupRef<'a>, Refusal> {
+    if name == DEFAULT_GROUP_NAME {
+        return Ok(GroupRef::Default);
+    }
+    let known = group_names(config);
+    if let Some(i) = config.vserver_groups.iter().position(|g| g.name == name) {
+        return Ok(GroupRef::VServer(&mut config.vserver_groups[i]));
+    }
+    if config.primary_secondary_group(name).is_some() {
+        return Ok(GroupRef::PrimarySecondary);
+    }
+    refuse(format!("no server group `{name}`; groups: {known}"))
+}
+
+const PS_MEMBERS: &str = "a primary/secondary group has exactly two members, fixed at creation: \
+     members cannot be added or removed, and roles and ports cannot be changed";
+
+fn protocol(name: &str) -> Result<Protocol, Refusal> {
+    match name {
+        "tcp" => Ok(Protocol::Tcp),
+        "udp" => Ok(Protocol::Udp),
+        "http" | "https" => refuse(
+            "HTTP/HTTPS listeners are Layer 7; this XDP load balancer forwards TCP and UDP only",
+        ),
+        other => refuse(format!("protocol `{other}` is not one of tcp, udp")),
+    }
+}
+
+fn scheduler(name: &str) -> Result<lb_common::Scheduler, Refusal> {
+    scheduler_from_name(name).map_or_else(
+        || {
+            refuse(format!(
+                "scheduler `{name}` is not one of wrr, rr, wlc, sch, tch"
+            ))
+        },
+        Ok,
+    )
+}
+
+fn check_weight(weight: u8) -> Result<(), Refusal> {
+    if weight > 100 {
+        return refuse(format!("weight {weight} is not in 0..=100"));
+    }
+    Ok(())
+}
+
+impl Change {
+    /// A short description for logs and conflict reports.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::ServerAdd {
+                group,
+                address,
+                port,
+                ..
+            } => format!("server add {} to group {group}", endpoint(*address, *port)),
+            Self::ServerSet {
+                group,
+                address,
+                port,
+                weight,
+            } => format!(
+                "server set {} in group {group} weight {weight}",
+                endpoint(*address, *port)
+            ),
+            Self::ServerRemove {
+                group,
+                address,
+                port,
+            } => format!(
+                "server remove {} from group {group}",
+                endpoint(*address, *port)
+            ),
+            Self::GroupCreateVserver { name } => format!("group create {name} (vserver)"),
+            Self::GroupCreatePrimarySecondary { name, .. } => {
+                format!("group create {name} (primary-secondary)")
+            }
+            Self::GroupDelete { name } => format!("group delete {name}"),
+            Self::ListenerAdd { name, .. } => format!("listener add {name}"),
+            Self::ListenerSet { name, .. } => format!("listener set {name}"),
+            Self::ListenerRemove { name } => format!("listener remove {name}"),
+            Self::AclAdd { name, cidr } => format!("acl add {name} {cidr}"),
+            Self::AclRemove { name, cidr } => format!("acl remove {name} {cidr}"),
+        }
+    }
+
+    /// Applies the change to `config`, or says which rule refuses it. The result still
+    /// has to pass `Config::validate` and `check_transition`.
+    pub fn apply(&self, config: &mut Config) -> Result<(), Refusal> {
+        match self {
+            Self::ServerAdd {
+                group,
+                address,
+                port,
+                weight,
+            } => {
+                let weight = weight.unwrap_or(config::limits::DEFAULT_WEIGHT);
+                check_weight(weight)?;
+                match group_mut(config, group)? {
+                    GroupRef::Default => {
+                        if let Some(p) = port {
+                            return refuse(format!(
+                                "servers of the default group carry no port ({address}:{p}): the \
+                                 listener's backend_port gives it; use {address}"
+                            ));
+                        }
+                        let servers = &mut config.default_server_group.servers;
+                        if servers.iter().any(|s| s.address == *address) {
+                            return refuse(format!("{address} is already in the default group"));
+                        }
+                        servers.push(DefaultServer {
+                            address: *address,
+                            weight,
+                        });
+                    }
+                    GroupRef::VServer(g) => {
+                        let Some(p) = port else {
+                            return refuse(format!(
+                                "members of vServer group {group} each name their port: use \
+                                 {address}:PORT"
+                            ));
+                        };
+                        if g.servers
+                            .iter()
+                            .any(|m| m.address == *address && m.port == *p)
+                        {
+                            return refuse(format!("{address}:{p} is already in group {group}"));
+                        }
+                        g.servers.push(Member {
+                            address: *address,
+                            port: *p,
+                            weight,
+                        });
+                    }
+                    GroupRef::PrimarySecondary => {
+                        return refuse(format!("group {group}: {PS_MEMBERS}"));
+                    }
+                }
+            }
+            Self::ServerSet {
+                group,
+                address,
+                port,
+                weight,
+            } => {
+                check_weight(*weight)?;
+                match group_mut(config, group)? {
+                    GroupRef::Default => {
+                        let Some(s) = config
+                            .default_server_group
+                            .servers
+                            .iter_mut()
+                            .find(|s| s.address == *address && port.is_none())
+                        else {
+                            return refuse(not_in_default(config, *address, *port));
+                        };
+                        s.weight = *weight;
+                    }
+                    GroupRef::VServer(g) => {
+                        let listed = members_of(g);
+                        let Some(m) = find_member(g, *address, *port)? else {
+                            return refuse(format!(
+                                "no server {} in group {group}; its servers: {listed}",
+                                endpoint(*address, *port)
+                            ));
+                        };
+                        m.weight = *weight;
+                    }
+                    GroupRef::PrimarySecondary => {
+                        return refuse(format!(
+                            "group {group}: weights do not apply to primary/secondary groups"
+                        ));
+                    }
+                }
+            }
+            Self::ServerRemove {
+                group,
+                address,
+                port,
+            } => match group_mut(config, group)? {
+                GroupRef::Default => {
+                    let servers = &mut config.default_server_group.servers;
+                    let before = servers.len();
+                    servers.retain(|s| !(s.address == *address && port.is_none()));
+                    if servers.len() == before {
+                        return refuse(not_in_default(config, *address, *port));
+                    }
+                }
+                GroupRef::VServer(g) => {
+                    let listed = members_of(g);
+                    if find_member(g, *address, *port)?.is_none() {
+                        return refuse(format!(
+                            "no server {} in group {group}; its servers: {listed}",
+                            endpoint(*address, *port)
+                        ));
+                    }
+                    g.servers
+                        .retain(|m| !(m.address == *address && port.is_none_or(|p| m.port == p)));
+                }
+                GroupRef::PrimarySecondary => {
+                    return refuse(format!("group {group}: {PS_MEMBERS}"));
+                }
+            },
+            Self::GroupCreateVserver { name } => {
+                check_new_group(config, name)?;
+                config.vserver_groups.push(VServerGroup {
+                    name: name.clone(),
+                    servers: Vec::new(),
+                });
+            }
+            Self::GroupCreatePrimarySecondary {
+                name,
+                primary,
+                secondary,
+                probe_secondary,
+            } => {
+                check_new_group(config, name)?;
+                config.primary_secondary_groups.push(PrimarySecondaryGroup {
+                    name: name.clone(),
+                    primary: *primary,
+                    secondary: *secondary,
+                    probe_secondary: *probe_secondary,
+                });
+            }
+            Self::GroupDelete { name } => {
+                if name == DEFAULT_GROUP_NAME {
+                    return refuse("the default server group cannot be deleted");
+                }
+                let users: Vec<&str> = config
+                    .listeners
+                    .iter()
+                    .filter(|l| l.named_group() == Some(name.as_str()))
+                    .map(|l| l.name.as_str())
+                    .collect();
+                if !users.is_empty() {
+                    return refuse(format!(
+                        "group {name} is in use by listener(s) {}: a group in use cannot be \
+                         deleted; move them first (lb-ctl listener set NAME --group G)",
+                        users.join(", ")
+                    ));
+                }
+                let before = config.vserver_groups.len() + config.primary_secondary_groups.len();
+                config.vserver_groups.retain(|g| g.name != *name);
+                config.primary_secondary_groups.retain(|g| g.name != *name);
+                if config.vserver_groups.len() + config.primary_secondary_groups.len() == before {
+                    return refuse(format!(
+                        "no server group `{name}`; groups: {}",
+                        group_names(config)
+                    ));
+                }
+            }
+            Self::ListenerAdd {
+                name,
+                protocol: proto,
+                address,
+                port,
+                group,
+                backend_port,
+                scheduler: sched,
+            } => {
+                if config.listener(name).is_some() {
+                    return refuse(format!("listener {name} already exists"));
+                }
+                let mut listener =
+                    config::Listener::new(name.clone(), protocol(proto)?, *address, *port);
+                listener.server_group = group.clone().filter(|g| g != DEFAULT_GROUP_NAME);
+                listener.backend_port = *backend_port;
+                if let Some(s) = sched {
+                    listener.scheduler = scheduler(s)?;
+                }
+                check_group_port(config, &listener)?;
+                config.listeners.push(listener);
+            }
+            Self::ListenerSet {
+                name,
+                group,
+                backend_port,
+                scheduler: sched,
+            } => {
+                let Some(i) = config.listeners.iter().position(|l| l.name == *name) else {
+                    return refuse(format!("no listener {name}"));
+                };
+                let mut listener = config.listeners[i].clone();
+                if let Some(g) = group {
+                    let to_default = g == DEFAULT_GROUP_NAME;
+                    let was_default = listener.named_group().is_none();
+                    listener.server_group = (!to_default).then(|| g.clone());
+                    match (was_default, to_default, backend_port) {
+                        // The default group's port is set when a listener joins it and is
+                        // fixed from then on.
+                        (true, true, Some(p)) if Some(*p) != listener.backend_port => {
+                            return refuse(format!(
+                                "listener {name}: the default group's backend port is fixed \
+                                 once its listener exists ({})",
+                                listener.backend_port.unwrap_or_default()
+                            ));
+                        }
+                        (false, true, p) => listener.backend_port = *p,
+                        (_, false, Some(_)) => {
+                            return refuse(format!(
+                                "listener {name}: backend_port is only for the default group; \
+                                 vServer and primary/secondary members name their own ports"
+                            ));
+                        }
+                        (_, false, None) => listener.backend_port = None,
+                        _ => {}
+                    }
+                } else if let Some(p) = backend_port {
+                    if listener.named_group().is_some() {
+                        return refuse(format!(
+                            "listener {name}: backend_port is only for the default group"
+                        ));
+                    }
+                    if Some(*p) != listener.backend_port {
+                        return refuse(format!(
+                            "listener {name}: the default group's backend port is fixed once its \
+                             listener exists ({})",
+                            listener.backend_port.unwrap_or_default()
+                        ));
+                    }
+                }
+                if let Some(s) = sched {
+                    listener.scheduler = scheduler(s)?;
+                }
+                check_group_port(config, &listener)?;
+                config.listeners[i] = listener;
+            }
+            Self::ListenerRemove { name } => {
+                let before = config.listeners.len();
+                config.listeners.retain(|l| l.name != *name);
+                if config.listeners.len() == before {
+                    return refuse(format!("no listener {name}"));
+                }
+            }
+            Self::AclAdd { name, cidr } => {
+                let net = parse_cidr(cidr)?;
+                match config.acls.iter_mut().find(|a| a.name == *name) {
+                    Some(acl) => {
+                        if acl.entries.contains(&net) {
+                            return refuse(format!("{net} is already in access list {name}"));
+                        }
+                        acl.entries.push(net);
+                    }
+                    None => config.acls.push(config::Acl {
+                        name: name.clone(),
+                        entries: vec![net],
+                    }),
+                }
+            }
+            Self::AclRemove { name, cidr } => {
+                let net = parse_cidr(cidr)?;
+                let Some(acl) = config.acls.iter_mut().find(|a| a.name == *name) else {
+                    return refuse(format!("no access list {name}"));
+                };
+                let before = acl.entries.len();
+                acl.entries.retain(|e| *e != net);
+                if acl.entries.len() == before {
+                    return refuse(format!("{net} is not in access list {name}"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn parse_cidr(cidr: &str) -> Result<Ipv4Net, Refusal> {
+    cidr.parse::<Ipv4Net>().map_err(|e| Refusal {
+        message: match e.hint() {
+            Some(h) => format!("{e} ({h})"),
+            None => e.to_string(),
+        },
+    })
+}
+
+fn not_in_default(config: &Config, address: Ipv4Addr, port: Option<u16>) -> String {
+    if let Some(p) = port {
+        return format!(
+            "servers of the default group carry no port ({address}:{p}); name the server as {address}"
+        );
+    }
+    let listed: Vec<String> = config
+        .default_server_group
+        .servers
+        .iter()
+        .map(|s| s.address.to_string())
+        .collect();
+    format!(
+        "no server {address} in the default group; its servers: {}",
+        if listed.is_empty() {
+            "none".to_owned()
+        } else {
+            listed.join(", ")
+        }
+    )
+}
+
+fn members_of(g: &VServerGroup) -> String {
+    if g.servers.is_empty() {
+        return "none".to_owned();
+    }
+    g.servers
+        .iter()
+        .map(|m| format!("{}:{}", m.address, m.port))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The member at address[:port]; without a port the address must be unambiguous.
+fn find_member(
+    g: &mut VServerGroup,
+    address: Ipv4Addr,
+    port: Option<u16>,
+) -> Result<Option<&mut Member>, Refusal> {
+    let matching: Vec<usize> = g
+        .servers
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| m.address == address && port.is_none_or(|p| m.port == p))
+        .map(|(i, _)| i)
+        .collect();
+    match matching.as_slice() {
+        [] => Ok(None),
+        [i] => Ok(Some(&mut g.servers[*i])),
+        _ => refuse(format!(
+            "{address} is in group {} with several ports; say which: ADDR:PORT",
+            g.name
+        )),
+    }
+}
+
+fn check_new_group(config: &Config, name: &str) -> Result<(), Refusal> {
+    if name == DEFAULT_GROUP_NAME {
+        return refuse("the default server group always exists and cannot be created");
+    }
+    if config.vserver_group(name).is_some() || config.primary_secondary_group(name).is_some() {
+        return refuse(format!("server group {name} already exists"));
+    }
+    Ok(())
+}
+
+fn check_group_port(config: &Config, listener: &config::Listener) -> Result<(), Refusal> {
+    match (listener.named_group(), listener.backend_port) {
+        (None, None) => refuse(format!(
+            "listener {}: a listener on the default group must set a backend port \
+             (--backend-port), which is fixed from then on",
+            listener.name
+        )),
+        (Some(_), Some(_)) => refuse(format!(
+            "listener {}: backend_port is only for the default group; vServer and \
+             primary/secondary members name their own ports",
+            listener.name
+        )),
+        (Some(g), None)
+            if config.primary_secondary_group(g).is_none() && config.vserver_group(g).is_none() =>
+        {
+            refuse(format!(
+                "no server group `{g}`; groups: {}",
+                group_names(config)
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Checks the rules that hold between two successive states (the seed's modifiability
+/// table), for API changes and reloads alike. Returns every violation.
+pub fn check_transition(old: &Config, new: &Config) -> Vec<String> {
+    let mut violations = Vec::new();
+    for l in &new.listeners {
+        let Some(before) = old.listener(&l.name) else {
+            continue;
+        };
+        if before.named_group().is_none()
+            && l.named_group().is_none()
+            && before.backend_port != l.backend_port
+        {
+            violations.push(format!(
+                "listener {}: the default group's backend port is fixed once its listener \
+                 exists ({} → {})",
+                l.name,
+                before.backend_port.unwrap_or_default(),
+                l.backend_port.unwrap_or_default()
+            ));
+        }
+    }
+    for g in &new.primary_secondary_groups {
+        if let Some(before) = old.primary_secondary_group(&g.name)
+            && (before.primary != g.primary || before.secondary != g.secondary)
+        {
+            violations.push(format!(
+                "primary/secondary group {}: roles and ports cannot be changed ({} / {} → {} / {})",
+                g.name, before.primary, before.secondary, g.primary, g.secondary
+            ));
+        }
+    }
+    violations
+}
+
+/// The state file: the overlay, in order.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateFile {
+    pub version: u32,
+    pub instance: String,
+    pub changes: Vec<Change>,
+}
+
+pub const STATE_VERSION: u32 = 1;
+
+#[derive(Debug, Error)]
+pub enum StateError {
+    #[error("cannot read state file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "state file {path} is corrupt or truncated ({source}); it holds the runtime changes \
+         made through the API. Fix or move it away to start from the config file alone"
+    )]
+    Corrupt {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("state file {path} is version {found}, this lb-ctl reads version {STATE_VERSION}")]
+    Version { path: PathBuf, found: u32 },
+    #[error("state file {path} belongs to instance {found}, not {expected}")]
+    Instance {
+        path: PathBuf,
+        found: String,
+        expected: String,
+    },
+    #[error("cannot write state file {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Where an instance's state lives.
+pub fn state_path(dir: &Path, instance: &str) -> PathBuf {
+    dir.join(format!("{instance}.state.json"))
+}
+
+/// Reads the overlay; a missing file is an empty overlay (first start).
+pub fn load_state(path: &Path, instance: &str) -> Result<Vec<Change>, StateError> {
+    let text = match fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(StateError::Read {
+                path: path.to_owned(),
+                source,
+            });
+        }
+    };
+    let state: StateFile = serde_json::from_str(&text).map_err(|source| StateError::Corrupt {
+        path: path.to_owned(),
+        source,
+    })?;
+    if state.version != STATE_VERSION {
+        return Err(StateError::Version {
+            path: path.to_owned(),
+            found: state.version,
+        });
+    }
+    if state.instance != instance {
+        return Err(StateError::Instance {
+            path: path.to_owned(),
+            found: state.instance,
+            expected: instance.to_owned(),
+        });
+    }
+    Ok(state.changes)
+}
+
+/// Writes the overlay atomically: a temporary file in the same folder, fsync, rename over
+/// the old file, fsync the folder. A crash at any point leaves the old or the new file.
+pub fn save_state(path: &Path, instance: &str, changes: &[Change]) -> Result<(), StateError> {
+    let err = |source| StateError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).map_err(err)?;
+    let state = StateFile {
+        version: STATE_VERSION,
+        instance: instance.to_owned(),
+        changes: changes.to_vec(),
+    };
+    let text = serde_json::to_string_pretty(&state).map_err(|e| err(std::io::Error::other(e)))?;
+    let tmp = path.with_extension("json.tmp");
+    {
+        let mut f = fs::File::create(&tmp).map_err(err)?;
+        f.write_all(text.as_bytes()).map_err(err)?;
+        f.write_all(b"\n").map_err(err)?;
+        f.sync_all().map_err(err)?;
+    }
+    fs::rename(&tmp, path).map_err(err)?;
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(err)?;
+    Ok(())
+}
+
+/// Replays `changes` over `base`. Changes that no longer apply are returned with the
+/// reason, and left out of the result.
+pub fn replay(base: &Config, changes: &[Change]) -> (Config, Vec<Change>, Vec<String>) {
+    let mut config = base.clone();
+    let mut kept = Vec::new();
+    let mut conflicts = Vec::new();
+    for change in changes {
+        let mut next = config.clone();
+        let result = change
+            .apply(&mut next)
+            .map_err(|r| r.message)
+            .and_then(|()| next.validate().map_err(|e| e.to_string()))
+            .and_then(|()| {
+                let v = check_transition(&config, &next);
+                if v.is_empty() {
+                    Ok(())
+                } else {
+                    Err(v.join("; "))
+                }
+            });
+        match result {
+            Ok(()) => {
+                config = next;
+                kept.push(change.clone());
+            }
+            Err(why) => conflicts.push(format!("{}: {why}", change.describe())),
+        }
+    }
+    (config, kept, conflicts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "
+instance: t
+interfaces: [eth0]
+default_server_group:
+  servers:
+    - { address: 198.18.1.10 }
+vserver_groups:
+  - name: api
+    servers:
+      - { address: 198.18.1.10, port: 8080 }
+      - { address: 198.18.1.10, port: 8081 }
+  - name: spare
+primary_secondary_groups:
+  - name: db
+    primary: { address: 198.18.1.20, port: 5432 }
+    secondary: { address: 198.18.1.21, port: 5432 }
+listeners:
+  - { name: web, protocol: tcp, address: 198.19.0.100, port: 80, backend_port: 8080 }
+  - { name: api, protocol: tcp, address: 198.19.0.100, port: 443, server_group: api }
+  - { name: db, protocol: udp, address: 198.19.0.100, port: 5432, server_group: db }
+";
+
+    fn base() -> Config {
+        config::parse(BASE).unwrap()
+    }
+
+    fn ip(s: &str) -> Ipv4Addr {
+        s.parse().unwrap()
+    }
+
+    /// Applies a change the way the controller does: the change, then validation and
+    /// the transition rules.
+    fn attempt(config: &Config, change: Change) -> Result<Config, String> {
+        let (next, kept, conflicts) = replay(config, std::slice::from_ref(&change));
+        if kept.is_empty() {
+            Err(conflicts.join("; "))
+        } else {
+            Ok(next)
+        }
+    }
+
+    fn refused(config: &Config, change: Change, needle: &str) {
+        let err = attempt(config, change).expect_err("refused");
+        assert!(err.contains(needle), "{err:?} does not mention {needle:?}");
+    }
+
+    #[test]
+    fn server_add_rules() {
+        let c = base();
+        let ok = attempt(
+            &c,
+            Change::ServerAdd {
+                group: "api".into(),
+                address: ip("198.18.1.11"),
+                port: Some(8080),
+                weight: Some(50),
+            },
+        )
+        .unwrap();
+        assert_eq!(ok.vserver_group("api").unwrap().servers.len(), 3);
+        // A server may appear with several ports, not twice with the same one.
+        refused(
+            &c,
+            Change::ServerAdd {
+                group: "api".into(),
+                address: ip("198.18.1.10"),
+                port: Some(8080),
+                weight: None,
+            },
+            "already in group api",
+        );
+        refused(
+            &c,
+            Change::ServerAdd {
+                group: "api".into(),
+                address: ip("198.18.1.11"),
+                port: None,
+                weight: None,
+            },
+            "each name their port",
+        );
+        refused(
+            &c,
+            Change::ServerAdd {
+                group: "default".into(),
+                address: ip("198.18.1.11"),
+                port: Some(80),
+                weight: None,
+            },
+            "carry no port",
+        );
+        attempt(
+            &c,
+            Change::ServerAdd {
+                group: "default".into(),
+                address: ip("198.18.1.11"),
+                port: None,
+                weight: Some(0),
+            },
+        )
+        .unwrap();
+        refused(
+            &c,
+            Change::ServerAdd {
+                group: "db".into(),
+                address: ip("198.18.1.22"),
+                port: Some(5432),
+                weight: None,
+            },
+            "exactly two members",
+        );
+        refused(
+            &c,
+            Change::ServerAdd {
+                group: "nope".into(),
+                address: ip("198.18.1.22"),
+                port: Some(1),
+                weight: None,
+            },
+            "no server group `nope`; groups: default, api, spare, db",
+        );
+        refused(
+            &c,
+            Change::ServerAdd {
+                group: "api".into(),
+                address: ip("198.18.1.22"),
+                port: Some(1),
+                weight: Some(101),
+            },
+            "not in 0..=100",
+        );
+    }
+
+    #[test]
+    fn weights_are_editable_except_on_primary_secondary() {
+        let c = base();
+        let next = attempt(
+            &c,
+            Change::ServerSet {
+                group: "default".into(),
+                address: ip("198.18.1.10"),
+                port: None,
+                weight: 0,
+            },
+        )
+        .unwrap();
+        assert_eq!(next.default_server_group.servers[0].weight, 0);
+        refused(
+            &c,
+            Change::ServerSet {
+                group: "api".into(),
+                address: ip("198.18.1.10"),
+                port: None,
+                weight: 5,
+            },
+            "several ports",
+        );
+        attempt(
+            &c,
+            Change::ServerSet {
+                group: "api".into(),
+                address: ip("198.18.1.10"),
+                port: Some(8081),
+                weight: 5,
+            },
+        )
+        .unwrap();
+        refused(
+            &c,
+            Change::ServerSet {
+                group: "db".into(),
+                address: ip("198.18.1.20"),
+                port: Some(5432),
+                weight: 5,
+            },
+            "weights do not apply",
+        );
+    }
+
+    #[test]
+    fn primary_secondary_members_cannot_be_removed() {
+        refused(
+            &base(),
+            Change::ServerRemove {
+                group: "db".into(),
+                address: ip("198.18.1.20"),
+                port: Some(5432),
+            },
+            "cannot be added or removed",
+        );
+    }
+
+    #[test]
+    fn group_rules() {
+        let c = base();
+        refused(
+            &c,
+            Change::GroupCreateVserver {
+                name: "default".into(),
+            },
+            "cannot be created",
+        );
+        refused(
+            &c,
+            Change::GroupCreateVserver { name: "api".into() },
+            "already exists",
+        );
+        refused(
+            &c,
+            Change::GroupDelete {
+                name: "default".into(),
+            },
+            "cannot be deleted",
+        );
+        refused(
+            &c,
+            Change::GroupDelete { name: "api".into() },
+            "in use by listener(s) api",
+        );
+        let next = attempt(
+            &c,
+            Change::GroupDelete {
+                name: "spare".into(),
+            },
+        )
+        .unwrap();
+        assert!(next.vserver_group("spare").is_none());
+        let next = attempt(
+            &c,
+            Change::GroupCreatePrimarySecondary {
+                name: "cache".into(),
+                primary: Endpoint {
+                    address: ip("198.18.1.30"),
+                    port: 11211,
+                },
+                secondary: Endpoint {
+                    address: ip("198.18.1.31"),
+                    port: 11211,
+                },
+                probe_secondary: true,
+            },
+        )
+        .unwrap();
+        assert!(
+            next.primary_secondary_group("cache")
+                .unwrap()
+                .probe_secondary
+        );
+    }
+
+    #[test]
+    fn listener_rules() {
+        let c = base();
+        refused(
+            &c,
+            Change::ListenerAdd {
+                name: "x".into(),
+                protocol: "tcp".into(),
+                address: ip("198.19.0.100"),
+                port: 8443,
+                group: None,
+                backend_port: None,
+                scheduler: None,
+            },
+            "must set a backend port",
+        );
+        refused(
+            &c,
+            Change::ListenerAdd {
+                name: "x".into(),
+                protocol: "tcp".into(),
+                address: ip("198.19.0.100"),
+                port: 8443,
+                group: Some("api".into()),
+                backend_port: Some(1),
+                scheduler: None,
+            },
+            "only for the default group",
+        );
+        refused(
+            &c,
+            Change::ListenerAdd {
+                name: "x".into(),
+                protocol: "http".into(),
+                address: ip("198.19.0.100"),
+                port: 8443,
+                group: Some("api".into()),
+                backend_port: None,
+                scheduler: None,
+            },
+            "Layer 7",
+        );
+        refused(
+            &c,
+            Change::ListenerAdd {
+                name: "x".into(),
+                protocol: "tcp".into(),
+                address: ip("198.19.0.100"),
+                port: 80,
+                group: Some("api".into()),
+                backend_port: None,
+                scheduler: None,
+            },
+            "two listeners on 198.19.0.100:80/tcp",
+        );
+        // Moving a listener between groups, and the fixed default-group port.
+        let moved = attempt(
+            &c,
+            Change::ListenerSet {
+                name: "web".into(),
+                group: Some("api".into()),
+                backend_port: None,
+                scheduler: Some("sch".into()),
+            },
+        )
+        .unwrap();
+        let web = moved.listener("web").unwrap();
+        assert_eq!((web.named_group(), web.backend_port), (Some("api"), None));
+        refused(
+            &c,
+            Change::ListenerSet {
+                name: "web".into(),
+                group: None,
+                backend_port: Some(9090),
+                scheduler: None,
+            },
+            "fixed once its listener exists",
+        );
+        refused(
+            &c,
+            Change::ListenerSet {
+                name: "api".into(),
+                group: Some("default".into()),
+                backend_port: None,
+                scheduler: None,
+            },
+            "must set a backend port",
+        );
+    }
+
+    #[test]
+    fn reload_transition_rules() {
+        let c = base();
+        let mut changed = c.clone();
+        changed.listeners[0].backend_port = Some(9090);
+        changed.primary_secondary_groups[0].primary.port = 6432;
+        let v = check_transition(&c, &changed);
+        assert_eq!(v.len(), 2, "{v:?}");
+        assert!(v[0].contains("fixed once its listener exists (8080 → 9090)"));
+        assert!(v[1].contains("roles and ports cannot be changed"));
+    }
+
+    #[test]
+    fn replay_reports_and_drops_changes_that_no_longer_fit() {
+        let c = base();
+        let changes = vec![
+            Change::ServerAdd {
+                group: "spare".into(),
+                address: ip("198.18.1.40"),
+                port: Some(80),
+                weight: None,
+            },
+            Change::ServerAdd {
+                group: "api".into(),
+                address: ip("198.18.1.41"),
+                port: Some(80),
+                weight: None,
+            },
+        ];
+        let mut new_base = c.clone();
+        new_base.vserver_groups.retain(|g| g.name != "spare");
+        let (effective, kept, conflicts) = replay(&new_base, &changes);
+        assert_eq!(kept, changes[1..]);
+        assert_eq!(conflicts.len(), 1);
+        assert!(
+            conflicts[0].starts_with("server add 198.18.1.40:80 to group spare: no server group")
+        );
+        assert_eq!(effective.vserver_group("api").unwrap().servers.len(), 3);
+    }
+
+    #[test]
+    fn state_file_round_trip_and_corruption() {
+        let dir = std::env::temp_dir().join(format!("lb-ctl-state-{}", std::process::id()));
+        let path = state_path(&dir, "t");
+        let changes = vec![
+            Change::ServerSet {
+                group: "default".into(),
+                address: ip("198.18.1.10"),
+                port: None,
+                weight: 7,
+            },
+            Change::AclAdd {
+                name: "office".into(),
+                cidr: "198.18.0.0/24".into(),
+            },
+        ];
+        assert_eq!(
+            load_state(&path, "t").unwrap(),
+            vec![],
+            "no file yet: empty overlay"
+        );
+        save_state(&path, "t", &changes).unwrap();
+        assert_eq!(load_state(&path, "t").unwrap(), changes);
+        assert!(matches!(
+            load_state(&path, "u"),
+            Err(StateError::Instance { .. })
+        ));
+        // Truncated mid-write (what a crash without the rename dance would leave).
+        let text = fs::read_to_string(&path).unwrap();
+        fs::write(&path, &text[..text.len() / 2]).unwrap();
+        let err = load_state(&path, "t").unwrap_err();
+        assert!(matches!(err, StateError::Corrupt { .. }));
+        assert!(err.to_string().contains("corrupt or truncated"), "{err}");
+        fs::write(&path, "").unwrap();
+        assert!(matches!(
+            load_state(&path, "t"),
+            Err(StateError::Corrupt { .. })
+        ));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

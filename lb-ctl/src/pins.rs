@@ -1,0 +1,355 @@
+//! What an instance leaves in bpffs, so the data plane outlives the daemon:
+//!
+//! ```text
+//! /sys/fs/bpf/<instance>/maps/<MAP>      every map (flows, tables, counters)
+//! /sys/fs/bpf/<instance>/prog            the XDP program last attached
+//! /sys/fs/bpf/<instance>/links/<ifname>  one XDP link per interface
+//! ```
+//!
+//! A restarted daemon loads its (possibly newer) program against the pinned maps and
+//! swaps it into the pinned links atomically (`bpf_link_update`): established flows keep
+//! flowing while the daemon is down and across the restart. `teardown` removes it all.
+
+use std::{
+    ffi::CString,
+    fs,
+    os::unix::ffi::OsStrExt as _,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    maps::MapInfo,
+    programs::{
+        Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        xdp::XdpLink,
+    },
+};
+use lb_common::{
+    Backend, Flow, FlowKey, Listener, ListenerKey, REASON_COUNT, ReverseNat, TableMeta,
+    TrafficCounters, names,
+};
+use thiserror::Error;
+
+use crate::dataplane::{ALL_MAPS, MapSizes};
+
+/// Where bpffs is mounted.
+pub const BPFFS: &str = "/sys/fs/bpf";
+/// statfs(2) magic of bpffs.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+#[derive(Debug, Error)]
+pub enum PinError {
+    #[error(
+        "{0} is not a bpffs mount, so the data plane cannot outlive the daemon; mount it with \
+         `mount -t bpf bpf {0}` (or start through `cargo xtask run`, which does)"
+    )]
+    NotBpffs(PathBuf),
+    #[error(
+        "pinned map {name} of instance {instance} has an incompatible layout ({found}; this \
+         lb-ctl needs {expected}). The pinned data plane was made by another version or with \
+         other table sizes. To start over (established flows are dropped): \
+         `lb-ctl teardown --instance {instance}`"
+    )]
+    Layout {
+        instance: String,
+        name: &'static str,
+        found: String,
+        expected: String,
+    },
+    #[error("reading pinned map {name}: {source}")]
+    Info {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("interface {0} does not exist")]
+    NoInterface(String),
+    #[error("attaching XDP to {iface}: {source}")]
+    Attach {
+        iface: String,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error(
+        "XDP on {0} was attached through netlink, which cannot be pinned; the data plane of \
+         this interface would stop with the daemon"
+    )]
+    NotPinnable(String),
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("pinning {path}: {source}")]
+    Pin {
+        path: PathBuf,
+        #[source]
+        source: aya::pin::PinError,
+    },
+    #[error("re-adopting the pinned link {path}: {source}")]
+    Link {
+        path: PathBuf,
+        #[source]
+        source: aya::programs::links::LinkError,
+    },
+}
+
+type Result<T, E = PinError> = std::result::Result<T, E>;
+
+/// The pin folder of an instance.
+#[derive(Clone, Debug)]
+pub struct Layout {
+    pub root: PathBuf,
+    pub instance: String,
+}
+
+impl Layout {
+    pub fn new(bpffs: &Path, instance: &str) -> Self {
+        Self {
+            root: bpffs.join(instance),
+            instance: instance.to_owned(),
+        }
+    }
+
+    pub fn maps(&self) -> PathBuf {
+        self.root.join("maps")
+    }
+
+    pub fn program(&self) -> PathBuf {
+        self.root.join("prog")
+    }
+
+    pub fn links(&self) -> PathBuf {
+        self.root.join("links")
+    }
+
+    pub fn link(&self, iface: &str) -> PathBuf {
+        self.links().join(iface)
+    }
+
+    /// Whether an earlier daemon of this instance left a data plane here.
+    pub fn exists(&self) -> bool {
+        self.maps().is_dir()
+    }
+
+    /// Interfaces with a pinned link.
+    pub fn linked_interfaces(&self) -> Vec<String> {
+        let Ok(dir) = fs::read_dir(self.links()) else {
+            return Vec::new();
+        };
+        let mut names: Vec<String> = dir
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect();
+        names.sort();
+        names
+    }
+}
+
+/// Checks that `path` is a bpffs mount.
+pub fn check_bpffs(path: &Path) -> Result<()> {
+    let c =
+        CString::new(path.as_os_str().as_bytes()).map_err(|_| PinError::NotBpffs(path.into()))?;
+    // SAFETY: statfs writes into a zeroed struct we own.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: c is a valid NUL-terminated path.
+    let rc = unsafe { libc::statfs(c.as_ptr(), &mut st) };
+    if rc != 0 || st.f_type != BPF_FS_MAGIC {
+        return Err(PinError::NotBpffs(path.into()));
+    }
+    Ok(())
+}
+
+/// The layout every map must have: (name, type, key size, value size, max entries).
+fn expected_layout(sizes: &MapSizes) -> Vec<(&'static str, u32, u32, u32)> {
+    let entries: std::collections::HashMap<&str, u32> = sizes.entries().into_iter().collect();
+    let e = |n: &str| entries.get(n).copied().unwrap_or(0);
+    let pair = size_of::<lb_common::IdPair>() as u32;
+    vec![
+        (
+            names::LISTENERS,
+            size_of::<ListenerKey>() as u32,
+            size_of::<Listener>() as u32,
+            e(names::LISTENERS),
+        ),
+        (
+            names::BACKENDS,
+            4,
+            size_of::<Backend>() as u32,
+            e(names::BACKENDS),
+        ),
+        (names::MAGLEV, 4, pair, e(names::MAGLEV)),
+        (names::SEQUENCE, 4, pair, e(names::SEQUENCE)),
+        (
+            names::TABLE_META,
+            4,
+            size_of::<TableMeta>() as u32,
+            e(names::TABLE_META),
+        ),
+        (names::CURSORS, 4, 4, e(names::CURSORS)),
+        (
+            names::FLOWS,
+            size_of::<FlowKey>() as u32,
+            size_of::<Flow>() as u32,
+            e(names::FLOWS),
+        ),
+        (
+            names::REVERSE,
+            size_of::<FlowKey>() as u32,
+            size_of::<ReverseNat>() as u32,
+            e(names::REVERSE),
+        ),
+        (names::ACTIVE_FLOWS, 4, 4, e(names::ACTIVE_FLOWS)),
+        (
+            names::LISTENER_STATS,
+            4,
+            size_of::<TrafficCounters>() as u32,
+            e(names::LISTENER_STATS),
+        ),
+        (
+            names::BACKEND_STATS,
+            4,
+            size_of::<TrafficCounters>() as u32,
+            e(names::BACKEND_STATS),
+        ),
+        (names::COUNTERS, 4, 8, REASON_COUNT),
+        (names::TX_PORTS, 4, 8, lb_common::MAX_INTERFACES),
+    ]
+}
+
+/// Refuses pinned maps whose layout differs from what this build needs (another version
+/// of lb-ctl, or a config with other table sizes): reusing them would corrupt state.
+pub fn check_pinned_layout(layout: &Layout, sizes: &MapSizes) -> Result<()> {
+    debug_assert_eq!(expected_layout(sizes).len(), ALL_MAPS.len());
+    for (name, key, value, max) in expected_layout(sizes) {
+        let path = layout.maps().join(name);
+        if !path.exists() {
+            continue;
+        }
+        let info = MapInfo::from_pin(&path).map_err(|source| PinError::Info { name, source })?;
+        let found = (info.key_size(), info.value_size(), info.max_entries());
+        // TX_PORTS values are 8 bytes on current kernels (ifindex + prog fd) and 4 on old ones.
+        let value_ok =
+            info.value_size() == value || (name == names::TX_PORTS && info.value_size() == 4);
+        if found.0 != key || !value_ok || found.2 != max {
+            return Err(PinError::Layout {
+                instance: layout.instance.clone(),
+                name,
+                found: format!(
+                    "key {} B, value {} B, {} entries",
+                    found.0, found.1, found.2
+                ),
+                expected: format!("key {key} B, value {value} B, {max} entries"),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Attaches (or re-attaches) `program` to every interface, pinning each link, and pins the
+/// program. Links of interfaces no longer configured are removed (detached).
+/// Returns (interface, ifindex, mode) for each attachment.
+pub fn attach(
+    program: &mut Xdp,
+    layout: &Layout,
+    interfaces: &[String],
+) -> Result<Vec<(String, u32, &'static str)>> {
+    let io = |what, path: &Path| {
+        let path = path.to_owned();
+        move |source| PinError::Io { what, path, source }
+    };
+    fs::create_dir_all(layout.links()).map_err(io("creating", &layout.links()))?;
+    let mut attached = Vec::new();
+    for iface in interfaces {
+        let ifindex = ifindex(iface)?;
+        let pin = layout.link(iface);
+        let mode = if pin.exists() {
+            // Swap the new program into the running link: no moment without XDP.
+            let pinned = PinnedLink::from_pin(&pin).map_err(|source| PinError::Link {
+                path: pin.clone(),
+                source,
+            })?;
+            let link =
+                XdpLink::try_from(FdLink::from(pinned)).map_err(|source| PinError::Link {
+                    path: pin.clone(),
+                    source,
+                })?;
+            let id = program
+                .attach_to_link(link)
+                .map_err(|source| PinError::Attach {
+                    iface: iface.clone(),
+                    source,
+                })?;
+            // The pin keeps the link; the handle is not needed (dropping it does not detach).
+            let _ = program.take_link(id);
+            "re-adopted"
+        } else {
+            let (id, m) = match program.attach(iface, XdpMode::Driver) {
+                Ok(id) => (id, "native"),
+                Err(_) => (
+                    program
+                        .attach(iface, XdpMode::Skb)
+                        .map_err(|source| PinError::Attach {
+                            iface: iface.clone(),
+                            source,
+                        })?,
+                    "generic",
+                ),
+            };
+            let link = program.take_link(id).map_err(|source| PinError::Attach {
+                iface: iface.clone(),
+                source,
+            })?;
+            let fd_link =
+                FdLink::try_from(link).map_err(|_| PinError::NotPinnable(iface.clone()))?;
+            fd_link.pin(&pin).map_err(|source| PinError::Pin {
+                path: pin.clone(),
+                source,
+            })?;
+            m
+        };
+        attached.push((iface.clone(), ifindex, mode));
+    }
+    for stale in layout.linked_interfaces() {
+        if !interfaces.contains(&stale) {
+            let path = layout.link(&stale);
+            fs::remove_file(&path).map_err(io("removing", &path))?;
+        }
+    }
+    let prog = layout.program();
+    if prog.exists() {
+        fs::remove_file(&prog).map_err(io("removing", &prog))?;
+    }
+    program.pin(&prog).map_err(|source| PinError::Pin {
+        path: prog.clone(),
+        source,
+    })?;
+    Ok(attached)
+}
+
+/// Interface index by name, in the current network namespace.
+pub fn ifindex(iface: &str) -> Result<u32> {
+    let c = CString::new(iface).map_err(|_| PinError::NoInterface(iface.to_owned()))?;
+    // SAFETY: c is a valid NUL-terminated name.
+    match unsafe { libc::if_nametoindex(c.as_ptr()) } {
+        0 => Err(PinError::NoInterface(iface.to_owned())),
+        i => Ok(i),
+    }
+}
+
+/// Removes an instance's data plane: unpinning a link detaches it once no process holds
+/// it; the maps and program go with their last reference.
+pub fn teardown(layout: &Layout) -> Result<bool> {
+    if !layout.root.exists() {
+        return Ok(false);
+    }
+    fs::remove_dir_all(&layout.root).map_err(|source| PinError::Io {
+        what: "removing",
+        path: layout.root.clone(),
+        source,
+    })?;
+    Ok(true)
+}
