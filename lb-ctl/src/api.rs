@@ -182,12 +182,24 @@ pub struct BackendStatus {
     pub state: String,
     /// up or down, from the health checks.
     pub health: String,
+    /// Whether health checks probe it (not: `type: none`, an unprobed secondary).
+    #[serde(default)]
+    pub probed: bool,
     /// Last probe result and reason ("ok", "refused", "status 503", …), when probed.
     #[serde(default)]
     pub last_probe: Option<String>,
+    /// How long the last probe took, in milliseconds.
+    #[serde(default)]
+    pub last_probe_ms: Option<f64>,
     /// Seconds since the health state last changed, when it has.
     #[serde(default)]
     pub since_change_s: Option<u64>,
+    /// Flap damping: seconds left in a hold-down.
+    #[serde(default)]
+    pub held_down_s: Option<u64>,
+    /// State changes within the flap-damping window.
+    #[serde(default)]
+    pub flaps: u32,
     /// Flows with no FIN/RST seen, used within their idle timeout.
     pub active_flows: u32,
     /// config (from the config file) or api (added at runtime).

@@ -16,6 +16,7 @@ use crate::{
     api::{self, BackendStatus, Counters, InterfaceStatus, ListenerStatus, Response, Status},
     config::{self, Config},
     dataplane::{DataPlane, LoadOptions, MapSizes},
+    health::{self, Checker},
     overlay::{self, Change},
     pins::{self, Layout},
     plan::{self, BackendKey, Desired, Frontend, Ids, Role, Runtime},
@@ -58,6 +59,8 @@ pub struct Controller {
     /// Active flows per backend id from the last sweep of the flow table.
     active: HashMap<u32, u32>,
     started: Instant,
+    /// The health checker, once the daemon's runtime has started it.
+    health: Option<Checker>,
 }
 
 fn sizes(config: &Config) -> MapSizes {
@@ -130,6 +133,7 @@ impl Controller {
             attached,
             active: HashMap::new(),
             started: Instant::now(),
+            health: None,
         };
         let ops = controller.apply()?;
         info!(
@@ -160,6 +164,38 @@ impl Controller {
 
     pub fn dataplane(&self) -> &DataPlane {
         &self.dataplane
+    }
+
+    /// Hands the health checker its targets; from now on its verdicts drive the tables.
+    pub fn attach_health(&mut self, checker: Checker) {
+        self.health = Some(checker);
+        self.refresh_health_targets();
+    }
+
+    fn refresh_health_targets(&self) {
+        if let Some(checker) = &self.health {
+            checker.set_source(self.effective.health_check_source);
+            checker.set_targets(health::targets(&self.effective));
+        }
+    }
+
+    /// Takes the checker's current verdicts and slow-start weights into the plan and
+    /// applies: only listeners whose backends changed get new tables.
+    pub fn health_changed(&mut self) -> anyhow::Result<usize> {
+        if let Some(checker) = &self.health {
+            self.runtime.unhealthy = checker.unhealthy();
+            self.runtime.effective_weight = checker.ramping(Instant::now()).into_iter().collect();
+        }
+        self.apply()
+    }
+
+    /// Whether some backend is in its slow-start ramp (the daemon re-plans every second).
+    pub fn is_ramping(&self) -> bool {
+        !self.runtime.effective_weight.is_empty()
+            || self
+                .health
+                .as_ref()
+                .is_some_and(|c| !c.ramping(Instant::now()).is_empty())
     }
 
     /// Plans from the effective config and runtime facts and writes the difference.
@@ -196,6 +232,7 @@ impl Controller {
         self.overlay = overlay;
         match self.apply() {
             Ok(ops) => {
+                self.refresh_health_targets();
                 info!("{} ({ops} map operation(s))", change.describe());
                 Response::ok(format!("{}: done", change.describe()), ops)
             }
@@ -264,6 +301,7 @@ impl Controller {
         }
         match self.apply() {
             Ok(ops) => {
+                self.refresh_health_targets();
                 info!("config reloaded: {ops} map operation(s)");
                 let mut message = format!("reloaded: {ops} map operation(s)");
                 for c in &conflicts {
@@ -381,6 +419,18 @@ impl Controller {
 
     pub fn status(&mut self) -> anyhow::Result<Status> {
         self.sweep()?;
+        let health: HashMap<BackendKey, health::BackendHealth> = self
+            .health
+            .as_ref()
+            .map(|c| {
+                c.snapshot()
+                    .backends
+                    .into_iter()
+                    .map(|b| (b.key, b))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let now = std::time::SystemTime::now();
         let mut listeners = Vec::new();
         for l in &self.effective.listeners {
             let Some(d) = self.desired.listeners.get(&l.name) else {
@@ -396,6 +446,13 @@ impl Controller {
                 } else {
                     "up"
                 };
+                let h = health.get(&b.key);
+                let held_down_s = h.and_then(|h| match h.state {
+                    health::HealthState::HeldDown { until } => {
+                        Some(until.duration_since(now).unwrap_or_default().as_secs())
+                    }
+                    _ => None,
+                });
                 backends.push(BackendStatus {
                     address: b.key.address,
                     port: b.key.port,
@@ -404,8 +461,16 @@ impl Controller {
                     effective_weight: b.effective_weight,
                     state: state.to_owned(),
                     health: if b.healthy { "up" } else { "down" }.to_owned(),
-                    last_probe: None,
-                    since_change_s: None,
+                    probed: h.is_some_and(|h| h.probed),
+                    last_probe: h.and_then(|h| h.last_probe.as_ref()).map(|p| p.reason()),
+                    last_probe_ms: h
+                        .and_then(|h| h.last_probe.as_ref())
+                        .map(|p| p.latency.as_secs_f64() * 1000.0),
+                    since_change_s: h
+                        .and_then(|h| h.last_change)
+                        .map(|t| now.duration_since(t).unwrap_or_default().as_secs()),
+                    held_down_s,
+                    flaps: h.map_or(0, |h| h.flaps_in_window),
                     active_flows: self.active.get(&b.id).copied().unwrap_or(0),
                     origin: self.origin(&d.group, &b.key).to_owned(),
                     backend_id: b.id,

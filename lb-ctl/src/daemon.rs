@@ -28,6 +28,7 @@ use tracing::{error, info, warn};
 use crate::{
     api::{Request, Response},
     controller::{self, Controller},
+    health::{Checker, CheckerOptions},
 };
 
 #[derive(Clone, Debug)]
@@ -179,8 +180,13 @@ async fn serve_connection(controller: Arc<Mutex<Controller>>, stream: tokio::net
 
 /// Runs the daemon until SIGINT or SIGTERM.
 pub async fn run(options: Options) -> anyhow::Result<()> {
-    let controller = Controller::start(options.controller.clone())?;
+    let mut controller = Controller::start(options.controller.clone())?;
     let instance = controller.instance().to_owned();
+    let (checker, mut transitions) = Checker::new(CheckerOptions {
+        source: controller.effective().health_check_source,
+        ..CheckerOptions::default()
+    });
+    controller.attach_health(checker);
     let listener = bind_socket(&options.socket, options.socket_group.as_deref())?;
     let controller = Arc::new(Mutex::new(controller));
     info!(
@@ -193,6 +199,8 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut sweep = tokio::time::interval(options.sweep_interval);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ramp = tokio::time::interval(Duration::from_secs(1));
+    ramp.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -206,6 +214,29 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
                 match controller.lock().await.reload() {
                     Response::Ok { message, .. } => info!("{message}"),
                     Response::Error { message, .. } => error!("reload refused: {message}"),
+                }
+            }
+            Some(first) = transitions.recv() => {
+                // Take every transition already queued, then re-plan once.
+                let mut changed = vec![first];
+                while let Ok(t) = transitions.try_recv() {
+                    changed.push(t);
+                }
+                let mut c = controller.lock().await;
+                match c.health_changed() {
+                    Ok(ops) => info!(
+                        "{} health change(s) applied ({ops} map operation(s))",
+                        changed.len()
+                    ),
+                    Err(e) => error!("applying health changes failed: {e:#}"),
+                }
+            }
+            _ = ramp.tick() => {
+                let mut c = controller.lock().await;
+                if c.is_ramping()
+                    && let Err(e) = c.health_changed()
+                {
+                    error!("slow start: applying weights failed: {e:#}");
                 }
             }
             _ = sweep.tick() => {
