@@ -330,7 +330,7 @@ pub enum Reason {
     ReplyForwarded = 1,
     /// Not IPv4 (ARP, IPv6, VLAN-tagged, …): XDP_PASS.
     PassNotIpv4 = 2,
-    /// IPv4 but neither TCP nor UDP (and not an ICMP error about a flow): XDP_PASS.
+    /// IPv4 but neither TCP nor UDP, nor an ICMP error about a known flow: XDP_PASS.
     PassOtherProtocol = 3,
     /// TCP/UDP not addressed to a listener and not a reply of a known flow: XDP_PASS.
     PassNotForUs = 4,
@@ -373,10 +373,16 @@ pub enum Reason {
     EventReselected = 21,
     /// Event, not a verdict: a new flow created by the scheduler.
     EventNewFlow = 22,
+    /// ICMP error about a reply the LB sent (e.g. fragmentation needed on the client's
+    /// path), translated and sent to the flow's backend.
+    IcmpToBackend = 23,
+    /// ICMP error about a packet the LB sent to a backend (e.g. port unreachable),
+    /// translated back to the VIP and sent to the client.
+    IcmpToClient = 24,
 }
 
 /// Number of `Reason` values (size of `COUNTERS`).
-pub const REASON_COUNT: u32 = 23;
+pub const REASON_COUNT: u32 = 25;
 
 impl Reason {
     pub const ALL: [Self; REASON_COUNT as usize] = [
@@ -403,6 +409,8 @@ impl Reason {
         Self::EventPickup,
         Self::EventReselected,
         Self::EventNewFlow,
+        Self::IcmpToBackend,
+        Self::IcmpToClient,
     ];
 
     /// Name used in metrics and `lb-ctl stats`.
@@ -431,13 +439,15 @@ impl Reason {
             Self::EventPickup => "event_pickup",
             Self::EventReselected => "event_reselected",
             Self::EventNewFlow => "event_new_flow",
+            Self::IcmpToBackend => "icmp_to_backend",
+            Self::IcmpToClient => "icmp_to_client",
         }
     }
 
     /// The XDP verdict that goes with this reason (`None` for events).
     pub const fn verdict(self) -> Option<Verdict> {
         match self as u32 {
-            0 | 1 => Some(Verdict::Transmit),
+            0 | 1 | 23 | 24 => Some(Verdict::Transmit),
             2..=9 => Some(Verdict::Pass),
             10..=19 => Some(Verdict::Drop),
             _ => None,

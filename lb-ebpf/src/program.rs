@@ -11,12 +11,12 @@ use aya_ebpf::{
 };
 use lb_common::{
     Backend, FLOW_F_COUNTED, FLOW_F_FIN, FLOW_F_PICKUP, FLOW_F_RST, Flow, FlowKey, Listener,
-    ListenerKey, NO_BACKEND, Reason, ReverseNat, Scheduler,
+    ListenerKey, NO_BACKEND, PROTO_ICMP, Reason, ReverseNat, Scheduler,
     select::{EntryState, Step, TCP_FIN, TCP_RST, is_active, is_expired, next_step},
 };
 
 use crate::{
-    fwd,
+    fwd, icmp,
     maps::{BACKENDS, FLOWS, LISTENERS, REVERSE, TABLE_META},
     nat,
     nat::Side,
@@ -45,6 +45,9 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
         Parsed::Ipv4(ip) => ip,
         Parsed::Done(action, reason) => return (action, reason),
     };
+    if ip.protocol == PROTO_ICMP {
+        return icmp::handle(ctx, &ip);
+    }
     if !parse::is_tcp_or_udp(ip.protocol) {
         return (XDP_PASS, Reason::PassOtherProtocol);
     }

@@ -1088,3 +1088,124 @@ fn no_usable_backend_drops_new_flows() {
         assert_eq!(dp.listener_stats(0).unwrap().dropped, 1);
     });
 }
+
+/// An ICMP error frame from `from` to `to` quoting `quoted` (a built frame; its IP header
+/// and the first `quote_len` bytes after it are quoted), checksum computed from scratch.
+fn icmp_error(
+    from: Ipv4Addr,
+    to: Ipv4Addr,
+    kind: u8,
+    code: u8,
+    rest: [u8; 4],
+    quoted: &[u8],
+    quote_len: usize,
+) -> Frame {
+    let mut icmp = vec![kind, code, 0, 0];
+    icmp.extend_from_slice(&rest);
+    icmp.extend_from_slice(&quoted[14..14 + 20 + quote_len]);
+    let c = lb_common::csum::checksum(&icmp);
+    icmp[2..4].copy_from_slice(&c.to_ne_bytes());
+    let mut f = Frame::udp((from, 0), (to, 0));
+    f.transport = packet::Transport::Other(1);
+    f.payload = icmp;
+    f
+}
+
+#[test]
+fn icmp_errors_about_a_flow_are_translated_both_ways() {
+    let Some(lab) = lab("fxicmp") else { return };
+    lab.ns.enter(|| {
+        let mut dp = load(&lab);
+        web(vec![member(0, B[0], 8080, 100)], Scheduler::Wrr).install(&mut dp, 1);
+        ListenerSetup {
+            id: 1,
+            vip: VIP,
+            port: 53,
+            protocol: PROTO_UDP,
+            scheduler: Scheduler::Rr,
+            members: vec![member(1, B[0], 5353, 100)],
+        }
+        .install(&mut dp, 1);
+        let router = Ipv4Addr::new(198, 18, 0, 254);
+        let syn = from_client(Frame::tcp((CLIENT, 40700), (VIP, 80), SYN));
+        let query = from_client(Frame::udp((CLIENT, 33100), (VIP, 53)).payload(b"query"));
+
+        // What the LB sent the client (VIP:80 → client), and the same packet as the
+        // backend sent it (backend:8080 → client): the ICMP quotes one, the backend must
+        // get the other.
+        let reply = Frame::tcp((VIP, 80), (CLIENT, 40700), SYN | ACK).payload(&[0u8; 1400]);
+        let reply_as_backend_sent =
+            Frame::tcp((B[0], 8080), (CLIENT, 40700), SYN | ACK).payload(&[0u8; 1400]);
+        let mtu = [0, 0, 0x05, 0x00];
+        let frag_needed = from_client(icmp_error(router, VIP, 3, 4, mtu, &reply.build(), 20));
+        let mut frag_needed_out =
+            icmp_error(router, B[0], 3, 4, mtu, &reply_as_backend_sent.build(), 20);
+        frag_needed_out.ttl -= 1;
+        let frag_needed_out = frag_needed_out.macs(LB_BACKEND_MAC, B_MAC[0]).build();
+
+        // What the LB sent the backend (client → backend:5353), and as the client sent it.
+        let sent = Frame::udp((CLIENT, 33100), (B[0], 5353)).payload(b"query");
+        let as_client_sent = Frame::udp((CLIENT, 33100), (VIP, 53)).payload(b"query");
+        let port_unreachable =
+            icmp_error(B[0], CLIENT, 3, 3, [0; 4], &sent.build(), 8).macs(B_MAC[0], LB_BACKEND_MAC);
+        let mut port_unreachable_out =
+            icmp_error(VIP, CLIENT, 3, 3, [0; 4], &as_client_sent.build(), 8);
+        port_unreachable_out.ttl -= 1;
+        let port_unreachable_out = port_unreachable_out.macs(LB_CLIENT_MAC, CLIENT_MAC).build();
+
+        let unknown = from_client(icmp_error(
+            router,
+            VIP,
+            3,
+            4,
+            mtu,
+            &Frame::tcp((VIP, 80), (CLIENT, 49999), ACK).build(),
+            8,
+        ));
+        check(
+            &mut dp,
+            &[
+                Case {
+                    name: "SYN creates the TCP flow",
+                    ingress: lab.client_if,
+                    input: syn.build(),
+                    verdict: XDP_REDIRECT,
+                    reason: Reason::Forwarded,
+                    output: Output::Exactly(to_backend(&syn, 0, 8080)),
+                },
+                Case {
+                    name: "UDP query creates the UDP flow",
+                    ingress: lab.client_if,
+                    input: query.build(),
+                    verdict: XDP_REDIRECT,
+                    reason: Reason::Forwarded,
+                    output: Output::Exactly(to_backend(&query, 0, 5353)),
+                },
+                Case {
+                    name: "fragmentation needed on the client's path goes to the backend",
+                    ingress: lab.client_if,
+                    input: frag_needed.build(),
+                    verdict: XDP_REDIRECT,
+                    reason: Reason::IcmpToBackend,
+                    output: Output::Exactly(frag_needed_out),
+                },
+                Case {
+                    name: "port unreachable from the backend goes to the client from the VIP",
+                    ingress: lab.backend_if,
+                    input: port_unreachable.build(),
+                    verdict: XDP_REDIRECT,
+                    reason: Reason::IcmpToClient,
+                    output: Output::Exactly(port_unreachable_out),
+                },
+                Case {
+                    name: "an ICMP error about no known flow goes to the kernel",
+                    ingress: lab.client_if,
+                    input: unknown.build(),
+                    verdict: XDP_PASS,
+                    reason: Reason::PassOtherProtocol,
+                    output: Output::Unchanged,
+                },
+            ],
+        );
+    });
+}

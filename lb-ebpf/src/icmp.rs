@@ -1,0 +1,201 @@
+//! ICMP errors about a translated flow. The kernel cannot match them (it never saw the
+//! NAT), so the program translates them like the flow they quote:
+//!
+//! - to a VIP, quoting a reply the LB sent (VIP:port → client): e.g. "fragmentation
+//!   needed" from a router on the client's path. Sent on to the flow's backend with the
+//!   quoted source rewritten to the backend, so its TCP stack lowers the path MTU.
+//! - to a client, quoting a packet the LB sent to a backend (client → backend:port): e.g.
+//!   "port unreachable" from the backend. The quoted destination is rewritten to the VIP
+//!   (and the outer source too when the backend itself sent it), so the client's stack
+//!   matches it to its connection.
+//!
+//! Only destination unreachable, time exceeded and parameter problem are errors; anything
+//! else, and errors about no known flow, go to the kernel.
+
+use aya_ebpf::{bindings::xdp_action::XDP_PASS, programs::XdpContext};
+use lb_common::{FlowKey, PROTO_TCP, PROTO_UDP, Reason, csum};
+use network_types::ip::Ipv4Hdr;
+
+use crate::{
+    fwd,
+    maps::{BACKENDS, FLOWS, REVERSE},
+    parse::{ETH_LEN, Ipv4, ptr_at},
+};
+
+const DEST_UNREACHABLE: u8 = 3;
+const TIME_EXCEEDED: u8 = 11;
+const PARAMETER_PROBLEM: u8 = 12;
+
+/// An ICMP error with the quoted IPv4 header (no options) and the first 8 bytes of its
+/// TCP or UDP header: ports, then (UDP) length and checksum or (TCP) sequence number.
+#[repr(C)]
+struct IcmpError {
+    kind: u8,
+    code: u8,
+    check: [u8; 2],
+    rest: [u8; 4],
+    inner: Ipv4Hdr,
+    src_port: [u8; 2],
+    dst_port: [u8; 2],
+    l4_word2: [u8; 2],
+    l4_word3: [u8; 2],
+}
+
+/// Offset of the quoted TCP checksum from the start of `IcmpError`, when quoted.
+const INNER_TCP_CHECK: usize = 8 + 20 + 16;
+
+#[inline(always)]
+fn pass() -> (u32, Reason) {
+    (XDP_PASS, Reason::PassOtherProtocol)
+}
+
+#[inline(always)]
+pub fn handle(ctx: &XdpContext, ip: &Ipv4) -> (u32, Reason) {
+    let off = ip.l4_offset;
+    if ip.fragment || off > ETH_LEN + 60 {
+        return pass();
+    }
+    let Some(e) = ptr_at::<IcmpError>(ctx, off) else {
+        return pass();
+    };
+    // SAFETY: bounds checked by ptr_at; every field has alignment 1.
+    let e = unsafe { &mut *e };
+    if !matches!(e.kind, DEST_UNREACHABLE | TIME_EXCEEDED | PARAMETER_PROBLEM)
+        || e.inner.vihl != 0x45
+        || !(e.inner.proto == PROTO_TCP || e.inner.proto == PROTO_UDP)
+    {
+        return pass();
+    }
+    let protocol = e.inner.proto;
+    let inner_src = u32::from_ne_bytes(e.inner.src_addr);
+    let inner_dst = u32::from_ne_bytes(e.inner.dst_addr);
+    let src_port = u16::from_ne_bytes(e.src_port);
+    let dst_port = u16::from_ne_bytes(e.dst_port);
+    if ip.ttl <= 1 {
+        return (XDP_PASS, Reason::PassTtlExpired);
+    }
+
+    // Both kinds go to the sender of the quoted packet. A reply we sent (VIP → client),
+    // reported back to the VIP, quotes a flow of the flow table.
+    if ip.dst_addr == inner_src {
+        let key = FlowKey {
+            src_addr: inner_dst,
+            dst_addr: inner_src,
+            src_port: dst_port,
+            dst_port: src_port,
+            protocol,
+            _pad: [0; 3],
+        };
+        if let Some(flow) = FLOWS.get_ptr(key) {
+            // SAFETY: a map value pointer stays valid for the program run.
+            let flow = unsafe { &*flow };
+            if let Some(b) = BACKENDS.get(flow.backend)
+                && b.generation == flow.generation
+                && b.is_usable()
+            {
+                let (addr, port) = (b.addr, b.port);
+                rewrite_quoted(ctx, e, off, Quoted::Source, addr, port);
+                rewrite_outer(ctx, Outer::Destination, ip.dst_addr, addr);
+                return fwd::transmit(ctx, ip, ip.src_addr, addr, 0, 0, Reason::IcmpToBackend);
+            }
+        }
+    }
+
+    // A packet we sent to a backend (client → backend), reported towards the client.
+    let reply_key = FlowKey {
+        src_addr: inner_dst,
+        dst_addr: inner_src,
+        src_port: dst_port,
+        dst_port: src_port,
+        protocol,
+        _pad: [0; 3],
+    };
+    let Some(rev) = REVERSE.get_ptr(reply_key) else {
+        return pass();
+    };
+    // SAFETY: a map value pointer stays valid for the program run.
+    let (vip, vport) = unsafe { ((*rev).vip, (*rev).vport) };
+    rewrite_quoted(ctx, e, off, Quoted::Destination, vip, vport);
+    let mut src = ip.src_addr;
+    if src == inner_dst {
+        // Sent by the backend itself: the client only knows the VIP.
+        rewrite_outer(ctx, Outer::Source, src, vip);
+        src = vip;
+    }
+    fwd::transmit(ctx, ip, src, ip.dst_addr, 0, 0, Reason::IcmpToClient)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Quoted {
+    Source,
+    Destination,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Outer {
+    Source,
+    Destination,
+}
+
+/// Rewrites one address and port of the quoted packet, with the quoted IP checksum, the
+/// quoted L4 checksum when it is quoted, and the ICMP checksum (which covers them all).
+#[inline(always)]
+fn rewrite_quoted(
+    ctx: &XdpContext,
+    e: &mut IcmpError,
+    off: usize,
+    side: Quoted,
+    new_addr: u32,
+    new_port: u16,
+) {
+    let (addr_field, port_field) = match side {
+        Quoted::Source => (&mut e.inner.src_addr, &mut e.src_port),
+        Quoted::Destination => (&mut e.inner.dst_addr, &mut e.dst_port),
+    };
+    let old_addr = u32::from_ne_bytes(*addr_field);
+    let old_port = u16::from_ne_bytes(*port_field);
+    *addr_field = new_addr.to_ne_bytes();
+    *port_field = new_port.to_ne_bytes();
+    let mut icmp = u16::from_ne_bytes(e.check);
+    icmp = csum::replace_u32(icmp, old_addr, new_addr);
+    icmp = csum::replace_u16(icmp, old_port, new_port);
+
+    let old_ip_check = u16::from_ne_bytes(e.inner.check);
+    let new_ip_check = csum::replace_u32(old_ip_check, old_addr, new_addr);
+    e.inner.check = new_ip_check.to_ne_bytes();
+    icmp = csum::replace_u16(icmp, old_ip_check, new_ip_check);
+
+    let l4_update =
+        |check: u16| csum::replace_addr_port(check, old_addr, new_addr, old_port, new_port);
+    if e.inner.proto == PROTO_UDP {
+        let old = u16::from_ne_bytes(e.l4_word3);
+        if old != 0 {
+            let new = csum::udp_nonzero(l4_update(old));
+            e.l4_word3 = new.to_ne_bytes();
+            icmp = csum::replace_u16(icmp, old, new);
+        }
+    } else if let Some(check) = ptr_at::<[u8; 2]>(ctx, off + INNER_TCP_CHECK) {
+        // SAFETY: bounds checked by ptr_at.
+        let check = unsafe { &mut *check };
+        let old = u16::from_ne_bytes(*check);
+        let new = l4_update(old);
+        *check = new.to_ne_bytes();
+        icmp = csum::replace_u16(icmp, old, new);
+    }
+    e.check = icmp.to_ne_bytes();
+}
+
+/// Rewrites an outer address (with the outer IP checksum; ICMP has no pseudo-header).
+#[inline(always)]
+fn rewrite_outer(ctx: &XdpContext, side: Outer, old: u32, new: u32) {
+    let Some(hdr) = ptr_at::<Ipv4Hdr>(ctx, ETH_LEN) else {
+        return;
+    };
+    // SAFETY: bounds checked by ptr_at; Ipv4Hdr has alignment 1.
+    let hdr = unsafe { &mut *hdr };
+    match side {
+        Outer::Source => hdr.src_addr = new.to_ne_bytes(),
+        Outer::Destination => hdr.dst_addr = new.to_ne_bytes(),
+    }
+    hdr.check = csum::replace_u32(u16::from_ne_bytes(hdr.check), old, new).to_ne_bytes();
+}
