@@ -1,13 +1,11 @@
-//! Link-time settings of the XDP object (bpf-linker does the final code generation).
+//! Rebuilds the XDP object when bpf-linker changes (it does the final code generation and
+//! is not a cargo dependency).
+//!
+//! The object is generated for the default BPF CPU. Do not add `--cpu-features=+alu32`
+//! on its own: seen here with LLVM 22, a `u32` compared with `u32::MAX` after a spill
+//! was tested as a sign-extended 64-bit -1 and never matched (wlc picked no backend).
 
 fn main() {
-    // 32-bit sub-registers (alu32, kernel ≥ 5.1). With them LLVM knows a 32-bit load
-    // already zero-extends, so a packet pointer read from `xdp_md` is never shifted (the
-    // verifier refuses shifts on pointers). Host builds of the workspace skip it.
-    if std::env::var("CARGO_CFG_TARGET_ARCH").as_deref() == Ok("bpf") {
-        println!("cargo:rustc-link-arg-bins=--cpu-features=+alu32");
-    }
-    // bpf-linker is an undeclared build dependency: rebuild when it changes.
     if let Some(path) = std::env::var_os("PATH") {
         for dir in std::env::split_paths(&path) {
             let linker = dir.join("bpf-linker");

@@ -2,7 +2,12 @@
 //! Each scheduler is O(1) in the number of backends except `wlc`, which scans a bounded
 //! window of `WLC_SCAN_MAX` backends.
 
-use core::intrinsics::{AtomicOrdering, atomic_xadd};
+use core::{
+    ffi::c_void,
+    intrinsics::{AtomicOrdering, atomic_xadd},
+};
+
+use aya_ebpf::helpers::generated::bpf_loop;
 
 use lb_common::{
     Backend, IdPair, Listener, NO_BACKEND, Scheduler, TableMeta, WLC_SCAN_MAX,
@@ -58,31 +63,77 @@ fn next_cursor(listener: &Listener) -> u32 {
     }
 }
 
+/// State of one `wlc` scan, passed to each `bpf_loop` step.
+#[repr(C)]
+struct WlcScan {
+    table: u32,
+    len: u32,
+    position: u32,
+    best: u32,
+    best_active: u32,
+    best_weight: u32,
+}
+
+/// One candidate of a `wlc` scan. A `bpf_loop` callback, so the verifier checks the body
+/// once instead of once per iteration of every path that reaches it.
+extern "C" fn wlc_step(_index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop passes back the pointer `wlc` gave it, to a live stack value.
+    let scan = unsafe { &mut *ctx.cast::<WlcScan>() };
+    let id = table_entry(
+        &SEQUENCE,
+        sequence_index(scan.table, scan.position, scan.len),
+    );
+    scan.position += 1;
+    if scan.position >= scan.len {
+        scan.position = 0;
+    }
+    let Some(b) = BACKENDS.get(id) else {
+        return 0;
+    };
+    let active = ACTIVE_FLOWS.get(id).copied().unwrap_or(0);
+    // The first candidate with a weight wins against "none yet".
+    if b.weight > 0
+        && (scan.best == NO_BACKEND
+            || wlc_prefers(active, b.weight, scan.best_active, scan.best_weight))
+    {
+        scan.best = id;
+        scan.best_active = active;
+        scan.best_weight = b.weight;
+    }
+    0
+}
+
 /// Weighted least connections over a window of at most `WLC_SCAN_MAX` backends starting at
 /// a rotating position, so ties spread and listeners with many backends stay bounded.
 #[inline(always)]
 fn wlc(listener: &Listener, meta: &TableMeta) -> u32 {
     let len = meta.sequence_len;
-    let start = next_cursor(listener);
-    let mut best = NO_BACKEND;
-    let mut best_active = 0u32;
-    let mut best_weight = 0u32;
-    let mut i = 0u32;
-    while i < WLC_SCAN_MAX && i < len {
-        let id = table_entry(
-            &SEQUENCE,
-            sequence_index(listener.table, start.wrapping_add(i), len),
-        );
-        i += 1;
-        let Some(b) = BACKENDS.get(id) else { continue };
-        let active = ACTIVE_FLOWS.get(id).copied().unwrap_or(0);
-        if best == NO_BACKEND || wlc_prefers(active, b.weight, best_active, best_weight) {
-            best = id;
-            best_active = active;
-            best_weight = b.weight;
-        }
+    if len == 0 {
+        return NO_BACKEND;
     }
-    best
+    let mut scan = WlcScan {
+        table: listener.table,
+        len,
+        position: next_cursor(listener) % len,
+        best: NO_BACKEND,
+        best_active: 0,
+        best_weight: 0,
+    };
+    let window = if len < WLC_SCAN_MAX {
+        len
+    } else {
+        WLC_SCAN_MAX
+    };
+    // SAFETY: the callback and its context follow bpf_loop's contract (kernel ≥ 5.17).
+    unsafe {
+        bpf_loop(
+            window,
+            wlc_step as *mut c_void,
+            (&raw mut scan).cast::<c_void>(),
+            0,
+        )
+    };
+    scan.best
 }
 
 /// The listener's scheduler's pick for a new flow.

@@ -306,9 +306,15 @@ fn check(dp: &mut DataPlane, cases: &[Case]) {
         let (verdict, out) = run(dp, case.ingress, &case.input);
         let after = dp.counters().unwrap();
         assert_eq!(
-            verdict, case.verdict,
-            "{}: verdict {verdict}, expected {}",
-            case.name, case.verdict
+            verdict,
+            case.verdict,
+            "{}: verdict {verdict}, expected {}; counters that moved: {:?}",
+            case.name,
+            case.verdict,
+            after
+                .iter()
+                .filter(|(name, v)| **v != before[*name])
+                .collect::<Vec<_>>()
         );
         let want = match &case.output {
             Output::Unchanged => &case.input,
@@ -1207,5 +1213,65 @@ fn icmp_errors_about_a_flow_are_translated_both_ways() {
                 },
             ],
         );
+    });
+}
+
+#[test]
+fn wlc_sends_new_flows_to_the_backend_with_fewest_active_flows_per_weight() {
+    let Some(lab) = lab("fxwlc") else { return };
+    lab.ns.enter(|| {
+        let mut dp = load(&lab);
+        web(
+            vec![member(0, B[0], 8080, 100), member(1, B[1], 8080, 50)],
+            Scheduler::Wlc,
+        )
+        .install(&mut dp, 1);
+        // B0 carries 3 active flows at weight 100 (0.03 per unit), B1 1 at weight 50
+        // (0.02): B1 is the less loaded one, as the controller's sweep would count them.
+        dp.set_active_flows(0, 3).unwrap();
+        dp.set_active_flows(1, 1).unwrap();
+        let syn = from_client(Frame::tcp((CLIENT, 45000), (VIP, 80), SYN));
+        check(
+            &mut dp,
+            &[Case {
+                name: "least loaded per unit of weight",
+                ingress: lab.client_if,
+                input: syn.build(),
+                verdict: XDP_REDIRECT,
+                reason: Reason::Forwarded,
+                output: Output::Exactly(to_backend(&syn, 1, 8080)),
+            }],
+        );
+        assert_eq!(
+            dp.active_flows(1).unwrap(),
+            2,
+            "the new flow counts on B1 at once"
+        );
+        // 2 on B1 (0.04) now exceeds B0's 0.03: the next one goes to B0.
+        let syn2 = from_client(Frame::tcp((CLIENT, 45001), (VIP, 80), SYN));
+        let fin = from_client(Frame::tcp((CLIENT, 45000), (VIP, 80), FIN | ACK));
+        check(
+            &mut dp,
+            &[
+                Case {
+                    name: "the balance tips to B0",
+                    ingress: lab.client_if,
+                    input: syn2.build(),
+                    verdict: XDP_REDIRECT,
+                    reason: Reason::Forwarded,
+                    output: Output::Exactly(to_backend(&syn2, 0, 8080)),
+                },
+                Case {
+                    name: "a FIN gives the flow's count back",
+                    ingress: lab.client_if,
+                    input: fin.build(),
+                    verdict: XDP_REDIRECT,
+                    reason: Reason::Forwarded,
+                    output: Output::Exactly(to_backend(&fin, 1, 8080)),
+                },
+            ],
+        );
+        assert_eq!(dp.active_flows(0).unwrap(), 4);
+        assert_eq!(dp.active_flows(1).unwrap(), 1);
     });
 }
