@@ -25,6 +25,8 @@ pub const TABLES_PER_LISTENER: u32 = 2;
 pub const MAX_INTERFACES: u32 = 64;
 
 pub const DEFAULT_MAX_LISTENERS: u32 = 64;
+/// Entries of all access lists together.
+pub const MAX_ACL_ENTRIES: u32 = 16384;
 pub const DEFAULT_MAX_BACKENDS: u32 = 65536;
 pub const DEFAULT_FLOW_TABLE_SIZE: u32 = 1 << 20;
 
@@ -56,6 +58,8 @@ pub mod names {
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
     pub const COUNTERS: &str = "COUNTERS";
     pub const TX_PORTS: &str = "TX_PORTS";
+    pub const ACLS: &str = "ACLS";
+    pub const AFFINITY: &str = "AFFINITY";
     pub const PROGRAM: &str = "lb_xdp";
 }
 
@@ -284,6 +288,46 @@ pub struct ReverseNat {
 }
 const _: () = assert!(size_of::<ReverseNat>() == 24);
 
+/// Key data of `ACLS`, an LPM trie: the list, matched whole (the first 32 bits of every
+/// prefix), then the source address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct AclKey {
+    /// Access list id, host order (`Listener::acl_id`).
+    pub acl: u32,
+    /// Source address or prefix. Network byte order.
+    pub addr: u32,
+}
+const _: () = assert!(size_of::<AclKey>() == 8);
+
+/// Prefix bits of an `ACLS` key for a CIDR of `len` bits (the list id is always matched).
+pub const fn acl_prefix_len(len: u8) -> u32 {
+    32 + len as u32
+}
+
+/// Key of `AFFINITY`: a client of a listener with `persistence_timeout`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct AffinityKey {
+    /// Listener id, host order.
+    pub listener: u32,
+    /// Client address. Network byte order.
+    pub addr: u32,
+}
+const _: () = assert!(size_of::<AffinityKey>() == 8);
+
+/// Value of `AFFINITY`: where the client's flows go while the entry is fresh.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Affinity {
+    /// Backend id and generation, host order.
+    pub backend: u32,
+    pub generation: u32,
+    /// `bpf_ktime_get_coarse_ns` of the client's last packet to the listener.
+    pub last_seen_ns: u64,
+}
+const _: () = assert!(size_of::<Affinity>() == 16);
+
 /// Per-CPU traffic counters of a listener (`LISTENER_STATS`) or a backend (`BACKEND_STATS`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -363,7 +407,9 @@ pub enum Reason {
     DropNoRoute = 16,
     /// Source denied by the listener's access list: XDP_DROP.
     DropAclDenied = 17,
-    /// Packet of a flow whose backend's drain timeout has passed (TCP gets a RST): XDP_DROP.
+    /// UDP packet of a flow whose drained backend's drain timeout passed (TCP gets a RST,
+    /// `ResetDrainExpired`; a TCP packet the RST cannot be made from, with IP options, is
+    /// dropped here too): XDP_DROP.
     DropDrainExpired = 18,
     /// Flow table insert failed (should not happen with an LRU map): XDP_DROP.
     DropFlowInsertFailed = 19,
@@ -379,10 +425,16 @@ pub enum Reason {
     /// ICMP error about a packet the LB sent to a backend (e.g. port unreachable),
     /// translated back to the VIP and sent to the client.
     IcmpToClient = 24,
+    /// TCP packet of a flow whose drained backend's drain timeout passed: the LB answers
+    /// the client with a RST (XDP_TX) so it stops waiting.
+    ResetDrainExpired = 25,
+    /// Event, not a verdict: a new flow sent to its client's affinity backend
+    /// (`persistence_timeout`).
+    EventPersisted = 26,
 }
 
 /// Number of `Reason` values (size of `COUNTERS`).
-pub const REASON_COUNT: u32 = 25;
+pub const REASON_COUNT: u32 = 27;
 
 impl Reason {
     pub const ALL: [Self; REASON_COUNT as usize] = [
@@ -411,6 +463,8 @@ impl Reason {
         Self::EventNewFlow,
         Self::IcmpToBackend,
         Self::IcmpToClient,
+        Self::ResetDrainExpired,
+        Self::EventPersisted,
     ];
 
     /// Name used in metrics and `lb-ctl stats`.
@@ -441,13 +495,15 @@ impl Reason {
             Self::EventNewFlow => "event_new_flow",
             Self::IcmpToBackend => "icmp_to_backend",
             Self::IcmpToClient => "icmp_to_client",
+            Self::ResetDrainExpired => "reset_drain_expired",
+            Self::EventPersisted => "event_persisted",
         }
     }
 
     /// The XDP verdict that goes with this reason (`None` for events).
     pub const fn verdict(self) -> Option<Verdict> {
         match self as u32 {
-            0 | 1 | 23 | 24 => Some(Verdict::Transmit),
+            0 | 1 | 23..=25 => Some(Verdict::Transmit),
             2..=9 => Some(Verdict::Pass),
             10..=19 => Some(Verdict::Drop),
             _ => None,
@@ -475,6 +531,9 @@ mod pod {
     unsafe impl aya::Pod for Flow {}
     unsafe impl aya::Pod for ReverseNat {}
     unsafe impl aya::Pod for TrafficCounters {}
+    unsafe impl aya::Pod for AclKey {}
+    unsafe impl aya::Pod for AffinityKey {}
+    unsafe impl aya::Pod for Affinity {}
 }
 
 #[cfg(test)]

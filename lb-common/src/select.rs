@@ -98,6 +98,30 @@ pub const fn is_active(now_ns: u64, flow: &Flow, protocol: u8, listener: &Listen
     flow.flags & (FLOW_F_FIN | FLOW_F_RST) == 0 && !is_expired(now_ns, flow, protocol, listener)
 }
 
+/// Whether a listener's access list refuses a source, given whether the source matched
+/// an entry of the list.
+#[inline(always)]
+pub const fn acl_denies(acl_mode: u8, matched: bool) -> bool {
+    match acl_mode {
+        crate::ACL_ALLOW => !matched,
+        crate::ACL_DENY => matched,
+        _ => false,
+    }
+}
+
+/// Whether a client's affinity entry still binds it to its backend: the listener keeps
+/// affinity (`persistence_timeout_s` > 0) and the entry was used within that time.
+#[inline(always)]
+pub const fn affinity_fresh(
+    now_ns: u64,
+    affinity: &crate::Affinity,
+    persistence_timeout_s: u32,
+) -> bool {
+    persistence_timeout_s > 0
+        && now_ns.saturating_sub(affinity.last_seen_ns)
+            <= persistence_timeout_s as u64 * 1_000_000_000
+}
+
 /// Index into `MAGLEV` for a `sch` flow (hash of the client address).
 #[inline(always)]
 pub const fn maglev_index_source(table: u32, src_addr: u32) -> u32 {
@@ -206,6 +230,26 @@ mod tests {
             PROTO_TCP,
             &l
         ));
+    }
+
+    #[test]
+    fn acl_modes() {
+        use crate::{ACL_ALLOW, ACL_DENY, ACL_NONE};
+        assert!(!acl_denies(ACL_NONE, true) && !acl_denies(ACL_NONE, false));
+        assert!(acl_denies(ACL_ALLOW, false) && !acl_denies(ACL_ALLOW, true));
+        assert!(acl_denies(ACL_DENY, true) && !acl_denies(ACL_DENY, false));
+    }
+
+    #[test]
+    fn affinity_freshness() {
+        let s = 1_000_000_000u64;
+        let a = crate::Affinity {
+            last_seen_ns: 10 * s,
+            ..Default::default()
+        };
+        assert!(affinity_fresh(70 * s, &a, 60));
+        assert!(!affinity_fresh(70 * s + 1, &a, 60));
+        assert!(!affinity_fresh(11 * s, &a, 0), "0 = persistence off");
     }
 
     #[test]

@@ -30,6 +30,23 @@ pub enum Request {
     Reload,
     /// The effective state as a config file.
     Export,
+    /// Drain a server: no new flows, established ones until they end or the timeout.
+    Drain {
+        group: String,
+        address: Ipv4Addr,
+        #[serde(default)]
+        port: Option<u16>,
+        /// Seconds; default: the listener's `connection_drain.timeout`.
+        #[serde(default)]
+        timeout: Option<u32>,
+    },
+    /// End a drain.
+    Undrain {
+        group: String,
+        address: Ipv4Addr,
+        #[serde(default)]
+        port: Option<u16>,
+    },
     /// Active flows of one backend (for `wait drained`).
     ActiveFlows {
         group: String,
@@ -200,6 +217,12 @@ pub struct BackendStatus {
     /// State changes within the flap-damping window.
     #[serde(default)]
     pub flaps: u32,
+    /// While draining: seconds until its remaining flows are cut.
+    #[serde(default)]
+    pub drain_left_s: Option<u64>,
+    /// Removed from the group; kept only while its flows drain.
+    #[serde(default)]
+    pub departing: bool,
     /// Flows with no FIN/RST seen, used within their idle timeout.
     pub active_flows: u32,
     /// config (from the config file) or api (added at runtime).

@@ -155,8 +155,31 @@ pub enum ServerCommand {
         #[arg(long, value_parser = parse_weight)]
         weight: u8,
     },
-    /// Take a server out of a group at once (its established flows then move).
+    /// Take a server out of a group. New flows stop at once; its established flows follow
+    /// the listener's connection drain (kept until the drain timeout, or cut at once when
+    /// drain is off).
     Remove {
+        #[command(flatten)]
+        server: ServerRef,
+        /// Cut its established flows now, even with connection drain on.
+        #[arg(long)]
+        now: bool,
+    },
+    /// Drain a server: no new flows; established flows continue until they end or the
+    /// timeout passes, then they are cut (TCP: RST to the client; UDP: dropped).
+    Drain {
+        #[command(flatten)]
+        server: ServerRef,
+        /// Wait until it has no active flows (exit 4 at the timeout).
+        #[arg(long)]
+        wait: bool,
+        /// Seconds before remaining flows are cut (default: the listener's
+        /// connection_drain timeout).
+        #[arg(long)]
+        timeout: Option<u32>,
+    },
+    /// End a drain: the server takes new flows again.
+    Undrain {
         #[command(flatten)]
         server: ServerRef,
     },

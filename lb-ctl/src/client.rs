@@ -661,14 +661,61 @@ pub fn run(socket: &Path, command: Command) -> i32 {
                     weight,
                 },
             ),
-            ServerCommand::Remove { server } => change(
+            ServerCommand::Remove { server, now } => change(
                 socket,
                 Change::ServerRemove {
                     group: server.group,
                     address: server.server.0,
                     port: server.server.1,
+                    now,
                 },
             ),
+            ServerCommand::Drain {
+                server,
+                wait,
+                timeout,
+            } => {
+                let (address, port) = server.server;
+                let request = Request::Drain {
+                    group: server.group.clone(),
+                    address,
+                    port,
+                    timeout,
+                };
+                match call(socket, &request) {
+                    Ok(Response::Ok { message, .. }) => println!("{message}"),
+                    Ok(Response::Error { message, code }) => {
+                        eprintln!("lb-ctl: {message}");
+                        return code;
+                    }
+                    Err(code) => return code,
+                }
+                if !wait {
+                    return exit::OK;
+                }
+                // Past the drain timeout the data plane cuts what is left; wait a little
+                // longer than that for the count to reach zero.
+                let limit = u64::from(timeout.unwrap_or(900)) + 5;
+                wait_drained(socket, &server.group, address, port, limit)
+            }
+            ServerCommand::Undrain { server } => match call(
+                socket,
+                &Request::Undrain {
+                    group: server.group,
+                    address: server.server.0,
+                    port: server.server.1,
+                },
+            ) {
+                Ok(Response::Ok { message, .. }) => {
+                    println!("{message}");
+                    exit::OK
+                }
+                Ok(Response::Error { message, code }) => {
+                    eprintln!("lb-ctl: {message}");
+                    code
+                }
+                Err(code) => code,
+            },
         },
         Command::Wait(WaitCommand::Drained { server, timeout }) => wait_drained(
             socket,

@@ -61,6 +61,22 @@ pub struct Controller {
     started: Instant,
     /// The health checker, once the daemon's runtime has started it.
     health: Option<Checker>,
+    /// Drains as last saved (the state file keeps them with the overlay).
+    drains: Vec<overlay::DrainRecord>,
+    /// Set while a `server remove --now` applies: removed servers are cut at once even
+    /// with connection drain on.
+    cut_removed: bool,
+}
+
+const NS_PER_S: u64 = 1_000_000_000;
+/// A departing backend is retired this long after its drain deadline; meanwhile the data
+/// plane answers its flows' stragglers with RSTs.
+const RETIRE_AFTER_DEADLINE_NS: u64 = 5 * NS_PER_S;
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn sizes(config: &Config) -> MapSizes {
@@ -83,13 +99,13 @@ impl Controller {
             )
         })?;
         let state_path = overlay::state_path(&options.state_dir, &base.instance);
-        let saved = overlay::load_state(&state_path, &base.instance)?;
+        let (saved, drains) = overlay::load_state_with_drains(&state_path, &base.instance)?;
         let (effective, overlay, conflicts) = overlay::replay(&base, &saved);
         for c in &conflicts {
             warn!("runtime change dropped, it no longer fits the config: {c}");
         }
         if overlay != saved {
-            overlay::save_state(&state_path, &base.instance, &overlay)?;
+            overlay::save_state_with_drains(&state_path, &base.instance, &overlay, &drains)?;
         }
 
         pins::check_bpffs(&options.bpffs)?;
@@ -134,7 +150,10 @@ impl Controller {
             active: HashMap::new(),
             started: Instant::now(),
             health: None,
+            drains: drains.clone(),
+            cut_removed: false,
         };
+        controller.restore_drains(&drains);
         let ops = controller.apply()?;
         info!(
             "instance {}: {} listener(s), {} map operation(s){}",
@@ -164,6 +183,35 @@ impl Controller {
 
     pub fn dataplane(&self) -> &DataPlane {
         &self.dataplane
+    }
+
+    fn restore_drains(&mut self, drains: &[overlay::DrainRecord]) {
+        let now_mono = monotonic_coarse_ns();
+        let now_unix = unix_ms();
+        for d in drains {
+            let Some(protocol) = (match d.protocol.as_str() {
+                "tcp" => Some(config::Protocol::Tcp),
+                "udp" => Some(config::Protocol::Udp),
+                _ => None,
+            }) else {
+                continue;
+            };
+            let key = BackendKey {
+                frontend: Frontend {
+                    address: d.vip,
+                    port: d.vip_port,
+                    protocol,
+                },
+                address: d.address,
+                port: d.port,
+            };
+            let deadline = now_mono + d.deadline_unix_ms.saturating_sub(now_unix) * 1_000_000;
+            if d.departing {
+                self.runtime.departing.insert(key, deadline);
+            } else {
+                self.runtime.draining.insert(key, deadline);
+            }
+        }
     }
 
     /// Hands the health checker its targets; from now on its verdicts drive the tables.
@@ -199,15 +247,203 @@ impl Controller {
     }
 
     /// Plans from the effective config and runtime facts and writes the difference.
+    ///
+    /// A backend that leaves a listener (server removed, listener moved to another group)
+    /// while the listener has connection drain on keeps its flows: it becomes departing,
+    /// out of the tables, until its drain deadline.
     pub fn apply(&mut self) -> anyhow::Result<usize> {
-        let desired = plan::plan(&self.effective, &self.runtime, &mut self.ids)?;
+        let now = monotonic_coarse_ns();
+        let mut desired = plan::plan(&self.effective, &self.runtime, &mut self.ids)?;
+        let mut departures = false;
+        for (name, old) in &self.desired.listeners {
+            let Some(new) = desired.listeners.get(name) else {
+                continue;
+            };
+            let Some(timeout) = new.drain_timeout.filter(|_| !self.cut_removed) else {
+                continue;
+            };
+            if new.frontend != old.frontend {
+                continue;
+            }
+            for b in old.backends.iter().filter(|b| b.usable && !b.departing) {
+                if new.backends.iter().any(|n| n.key == b.key) {
+                    continue;
+                }
+                // A server already being drained keeps its deadline.
+                let deadline = self
+                    .runtime
+                    .draining
+                    .remove(&b.key)
+                    .unwrap_or(now + u64::from(timeout) * NS_PER_S);
+                self.runtime.departing.insert(b.key, deadline);
+                departures = true;
+            }
+        }
+        if departures {
+            desired = plan::plan(&self.effective, &self.runtime, &mut self.ids)?;
+            self.persist_drains();
+        }
         let ops = self.reconciler.apply(&desired, &mut self.dataplane)?;
         self.desired = desired;
         Ok(ops.len())
     }
 
+    /// Forgets departing backends whose drain deadline passed (the data plane has been
+    /// cutting their flows since; a few seconds later they are retired), and drains of
+    /// servers no longer configured. Applies if anything changed.
+    pub fn expire_drains(&mut self) -> anyhow::Result<()> {
+        let now = monotonic_coarse_ns();
+        let before = (self.runtime.departing.len(), self.runtime.draining.len());
+        self.runtime
+            .departing
+            .retain(|_, deadline| now < deadline.saturating_add(RETIRE_AFTER_DEADLINE_NS));
+        let present: std::collections::BTreeSet<BackendKey> = self
+            .desired
+            .listeners
+            .values()
+            .flat_map(|l| l.backends.iter().filter(|b| !b.departing).map(|b| b.key))
+            .collect();
+        self.runtime.draining.retain(|k, _| present.contains(k));
+        if before != (self.runtime.departing.len(), self.runtime.draining.len()) {
+            self.persist_drains();
+            self.apply()?;
+        }
+        Ok(())
+    }
+
+    /// Drains a server of a group in every listener using it: no new flows from now on;
+    /// established flows continue until they end or the timeout passes, then the data
+    /// plane cuts them (TCP: RST to the client; UDP: dropped).
+    pub fn drain(
+        &mut self,
+        group: &str,
+        address: std::net::Ipv4Addr,
+        port: Option<u16>,
+        timeout: Option<u32>,
+    ) -> Response {
+        let now = monotonic_coarse_ns();
+        let mut keys = Vec::new();
+        for l in self.desired.listeners.values().filter(|l| l.group == group) {
+            let configured = self
+                .effective
+                .listener(&l.name)
+                .map_or(config::limits::DEFAULT_DRAIN_TIMEOUT, |c| {
+                    c.connection_drain.timeout
+                });
+            let seconds = timeout.unwrap_or(configured);
+            for b in l.backends.iter().filter(|b| {
+                !b.departing && b.key.address == address && port.is_none_or(|p| b.key.port == p)
+            }) {
+                keys.push((
+                    b.key,
+                    now + u64::from(seconds) * NS_PER_S,
+                    l.name.clone(),
+                    seconds,
+                ));
+            }
+        }
+        if keys.is_empty() {
+            return Response::refused(format!(
+                "no server {} in group {group} serves a listener; `lb-ctl group show {group}` \
+                 lists its servers",
+                match port {
+                    Some(p) => format!("{address}:{p}"),
+                    None => address.to_string(),
+                }
+            ));
+        }
+        let mut lines = Vec::new();
+        for (key, deadline, listener, seconds) in keys {
+            self.runtime.draining.entry(key).or_insert(deadline);
+            lines.push(format!(
+                "{}:{} of listener {listener}: draining, flows cut after {seconds} s",
+                key.address, key.port
+            ));
+        }
+        self.persist_drains();
+        match self.apply() {
+            Ok(ops) => {
+                info!("drain {group} {address}: {}", lines.join("; "));
+                Response::ok(lines.join("\n"), ops)
+            }
+            Err(e) => Response::failed(format!("{e:#}")),
+        }
+    }
+
+    /// Ends a drain: the server takes new flows again.
+    pub fn undrain(
+        &mut self,
+        group: &str,
+        address: std::net::Ipv4Addr,
+        port: Option<u16>,
+    ) -> Response {
+        let keys: Vec<BackendKey> = self
+            .desired
+            .listeners
+            .values()
+            .filter(|l| l.group == group)
+            .flat_map(|l| l.backends.iter())
+            .filter(|b| b.key.address == address && port.is_none_or(|p| b.key.port == p))
+            .map(|b| b.key)
+            .collect();
+        let removed = keys
+            .iter()
+            .filter(|k| self.runtime.draining.remove(k).is_some())
+            .count();
+        if removed == 0 {
+            return Response::refused(format!("no drain of {address} in group {group} to end"));
+        }
+        self.persist_drains();
+        match self.apply() {
+            Ok(ops) => Response::ok(format!("{removed} backend(s) take new flows again"), ops),
+            Err(e) => Response::failed(format!("{e:#}")),
+        }
+    }
+
+    /// Keeps drains in the state file, so a restarted daemon keeps cutting on time.
+    fn persist_drains(&mut self) {
+        let now_mono = monotonic_coarse_ns();
+        let now_unix = unix_ms();
+        let record = |key: &BackendKey, deadline: u64, departing: bool| overlay::DrainRecord {
+            vip: key.frontend.address,
+            vip_port: key.frontend.port,
+            protocol: key.frontend.protocol.name().to_owned(),
+            address: key.address,
+            port: key.port,
+            departing,
+            deadline_unix_ms: now_unix + deadline.saturating_sub(now_mono) / 1_000_000,
+        };
+        self.drains = self
+            .runtime
+            .draining
+            .iter()
+            .map(|(k, d)| record(k, *d, false))
+            .chain(
+                self.runtime
+                    .departing
+                    .iter()
+                    .map(|(k, d)| record(k, *d, true)),
+            )
+            .collect();
+        if let Err(e) = overlay::save_state_with_drains(
+            &self.state_path,
+            &self.effective.instance,
+            &self.overlay,
+            &self.drains,
+        ) {
+            warn!("saving drains to the state file failed: {e}");
+        }
+    }
+
     /// A runtime change: checked against the rules, persisted, applied.
     pub fn change(&mut self, change: Change) -> Response {
+        self.cut_removed = matches!(change, Change::ServerRemove { now: true, .. });
+        let response = self.change_inner(change);
+        self.cut_removed = false;
+        response
+    }
+
+    fn change_inner(&mut self, change: Change) -> Response {
         let mut next = self.effective.clone();
         if let Err(refusal) = change.apply(&mut next) {
             return Response::refused(refusal.message);
@@ -225,7 +461,12 @@ impl Controller {
         }
         let mut overlay = self.overlay.clone();
         overlay.push(change.clone());
-        if let Err(e) = overlay::save_state(&self.state_path, self.instance(), &overlay) {
+        if let Err(e) = overlay::save_state_with_drains(
+            &self.state_path,
+            self.instance(),
+            &overlay,
+            &self.drains,
+        ) {
             return Response::failed(e.to_string());
         }
         let previous = std::mem::replace(&mut self.effective, next);
@@ -240,7 +481,12 @@ impl Controller {
                 // Put the previous state back, in the maps and on disk.
                 self.effective = previous;
                 self.overlay.pop();
-                let _ = overlay::save_state(&self.state_path, self.instance(), &self.overlay);
+                let _ = overlay::save_state_with_drains(
+                    &self.state_path,
+                    self.instance(),
+                    &self.overlay,
+                    &self.drains,
+                );
                 let _ = self.apply();
                 Response::failed(format!("{}: {e:#}", change.describe()))
             }
@@ -284,7 +530,12 @@ impl Controller {
             return Response::refused(format!("{e}; nothing was changed"));
         }
         if kept != self.overlay
-            && let Err(e) = overlay::save_state(&self.state_path, self.instance(), &kept)
+            && let Err(e) = overlay::save_state_with_drains(
+                &self.state_path,
+                self.instance(),
+                &kept,
+                &self.drains,
+            )
         {
             return Response::failed(e.to_string());
         }
@@ -438,14 +689,16 @@ impl Controller {
             };
             let mut backends = Vec::new();
             for b in &d.backends {
-                let draining = b.weight == 0 || b.effective_weight == 0 && b.healthy;
+                let draining = b.drain_deadline_ns.is_some()
+                    || (b.role == Role::Member && (b.weight == 0 || b.effective_weight == 0));
                 let state = if !b.healthy {
                     "down"
-                } else if draining && b.role == Role::Member {
+                } else if draining {
                     "draining"
                 } else {
                     "up"
                 };
+                let now_mono = monotonic_coarse_ns();
                 let h = health.get(&b.key);
                 let held_down_s = h.and_then(|h| match h.state {
                     health::HealthState::HeldDown { until } => {
@@ -471,6 +724,10 @@ impl Controller {
                         .map(|t| now.duration_since(t).unwrap_or_default().as_secs()),
                     held_down_s,
                     flaps: h.map_or(0, |h| h.flaps_in_window),
+                    drain_left_s: b
+                        .drain_deadline_ns
+                        .map(|d| d.saturating_sub(now_mono) / NS_PER_S),
+                    departing: b.departing,
                     active_flows: self.active.get(&b.id).copied().unwrap_or(0),
                     origin: self.origin(&d.group, &b.key).to_owned(),
                     backend_id: b.id,
@@ -574,6 +831,11 @@ fn adopt(
         match frontends.get(&key) {
             Some((name, frontend)) => {
                 ids.adopt_listener(*frontend, value.id);
+                if value.acl_id != 0
+                    && let Some(acl) = config.listener(name).and_then(|l| l.acl.as_ref())
+                {
+                    ids.adopt_acl(acl.name.clone(), value.acl_id);
+                }
                 by_id.insert(value.id, *frontend);
                 adopted.push(((*name).to_owned(), key, value));
             }
@@ -583,6 +845,7 @@ fn adopt(
         }
     }
     reconciler.adopt(&adopted, &vips);
+    reconciler.adopt_acl_entries(dataplane.acl_entries());
     for id in 0..config.max_backends {
         let b = dataplane.backend(id)?;
         if b.generation == 0 {

@@ -149,6 +149,17 @@ async fn handle(controller: &Mutex<Controller>, request: Request) -> Response {
         Request::Change { change } => c.change(change),
         Request::Reload => c.reload(),
         Request::Export => Response::ok(c.export(), ()),
+        Request::Drain {
+            group,
+            address,
+            port,
+            timeout,
+        } => c.drain(&group, address, port, timeout),
+        Request::Undrain {
+            group,
+            address,
+            port,
+        } => c.undrain(&group, address, port),
         Request::ActiveFlows {
             group,
             address,
@@ -240,8 +251,12 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
                 }
             }
             _ = sweep.tick() => {
-                if let Err(e) = controller.lock().await.sweep() {
+                let mut c = controller.lock().await;
+                if let Err(e) = c.sweep() {
                     warn!("flow table sweep failed: {e:#}");
+                }
+                if let Err(e) = c.expire_drains() {
+                    warn!("retiring drained backends failed: {e:#}");
                 }
             }
             _ = terminate.recv() => break,

@@ -13,13 +13,17 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuArray, xdp::DevMapHash},
+    maps::{
+        Array, HashMap, MapData, PerCpuArray,
+        lpm_trie::{Key as LpmKey, LpmTrie},
+        xdp::DevMapHash,
+    },
     programs::Xdp,
 };
 use lb_common::{
-    Backend, Flow, FlowKey, Listener, ListenerKey, MAGLEV_TABLE_SIZE, REASON_COUNT, Reason,
-    ReverseNat, SEQUENCE_TABLE_SIZE, TABLES_PER_LISTENER, TableMeta, TrafficCounters,
-    id_pair_entries, names,
+    AclKey, Affinity, AffinityKey, Backend, Flow, FlowKey, Listener, ListenerKey,
+    MAGLEV_TABLE_SIZE, REASON_COUNT, Reason, ReverseNat, SEQUENCE_TABLE_SIZE, TABLES_PER_LISTENER,
+    TableMeta, TrafficCounters, acl_prefix_len, id_pair_entries, names,
 };
 use thiserror::Error;
 
@@ -92,7 +96,7 @@ impl MapSizes {
     }
 
     /// max_entries of every sized map, by name.
-    pub fn entries(&self) -> [(&'static str, u32); 11] {
+    pub fn entries(&self) -> [(&'static str, u32); 12] {
         let slots = self.table_slots();
         [
             (names::LISTENERS, 2 * self.max_listeners),
@@ -109,12 +113,13 @@ impl MapSizes {
             (names::ACTIVE_FLOWS, self.max_backends),
             (names::LISTENER_STATS, self.max_listeners),
             (names::BACKEND_STATS, self.max_backends),
+            (names::AFFINITY, self.flow_table_size),
         ]
     }
 }
 
 /// Every map of the program, by name (pin files carry these names).
-pub const ALL_MAPS: [&str; 13] = [
+pub const ALL_MAPS: [&str; 15] = [
     names::LISTENERS,
     names::BACKENDS,
     names::MAGLEV,
@@ -128,6 +133,8 @@ pub const ALL_MAPS: [&str; 13] = [
     names::BACKEND_STATS,
     names::COUNTERS,
     names::TX_PORTS,
+    names::ACLS,
+    names::AFFINITY,
 ];
 
 /// A `BPF_F_MMAPABLE` array of `IdPair`s mapped into this process as a dense `u32` array:
@@ -215,6 +222,8 @@ pub struct DataPlane {
     backend_stats: PerCpuArray<MapData, TrafficCounters>,
     counters: PerCpuArray<MapData, u64>,
     tx_ports: DevMapHash<MapData>,
+    acls: LpmTrie<MapData, AclKey, u32>,
+    affinity: HashMap<MapData, AffinityKey, Affinity>,
 }
 
 impl DataPlane {
@@ -290,6 +299,12 @@ impl DataPlane {
             tx_ports: take(&mut ebpf, names::TX_PORTS)?
                 .try_into()
                 .map_err(map_err(names::TX_PORTS))?,
+            acls: take(&mut ebpf, names::ACLS)?
+                .try_into()
+                .map_err(map_err(names::ACLS))?,
+            affinity: take(&mut ebpf, names::AFFINITY)?
+                .try_into()
+                .map_err(map_err(names::AFFINITY))?,
             ebpf,
             sizes,
         })
@@ -506,6 +521,69 @@ impl DataPlane {
         self.flows.iter().filter_map(Result::ok).collect()
     }
 
+    /// Adds `addr/prefix_len` to access list `acl`.
+    pub fn add_acl_entry(
+        &mut self,
+        acl: u32,
+        addr: std::net::Ipv4Addr,
+        prefix_len: u8,
+    ) -> Result<()> {
+        self.acls
+            .insert(&acl_key(acl, addr, prefix_len), 1, 0)
+            .map_err(map_err(names::ACLS))
+    }
+
+    pub fn remove_acl_entry(
+        &mut self,
+        acl: u32,
+        addr: std::net::Ipv4Addr,
+        prefix_len: u8,
+    ) -> Result<()> {
+        match self.acls.remove(&acl_key(acl, addr, prefix_len)) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(map_err(names::ACLS)(e)),
+        }
+    }
+
+    /// Whether `addr` matches an entry of access list `acl` (longest prefix).
+    pub fn acl_matches(&self, acl: u32, addr: std::net::Ipv4Addr) -> Result<bool> {
+        match self.acls.get(&acl_key(acl, addr, 32), 0) {
+            Ok(_) => Ok(true),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(false),
+            Err(e) => Err(map_err(names::ACLS)(e)),
+        }
+    }
+
+    /// Every (acl, prefix) entry.
+    pub fn acl_entries(&self) -> Vec<(u32, std::net::Ipv4Addr, u8)> {
+        self.acls
+            .keys()
+            .filter_map(Result::ok)
+            .map(|k| {
+                let d = k.data();
+                (
+                    d.acl,
+                    std::net::Ipv4Addr::from(d.addr.to_ne_bytes()),
+                    (k.prefix_len() - acl_prefix_len(0)) as u8,
+                )
+            })
+            .collect()
+    }
+
+    pub fn affinity(&self, key: &AffinityKey) -> Result<Option<Affinity>> {
+        match self.affinity.get(key, 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_err(names::AFFINITY)(e)),
+        }
+    }
+
+    pub fn set_affinity(&mut self, key: AffinityKey, value: Affinity) -> Result<()> {
+        self.affinity
+            .insert(key, value, 0)
+            .map_err(map_err(names::AFFINITY))
+    }
+
     pub fn reverse_entry(&self, key: &FlowKey) -> Result<Option<ReverseNat>> {
         match self.reverse.get(key, 0) {
             Ok(v) => Ok(Some(v)),
@@ -519,6 +597,16 @@ impl DataPlane {
             .insert(key, entry, 0)
             .map_err(map_err(names::REVERSE))
     }
+}
+
+fn acl_key(acl: u32, addr: std::net::Ipv4Addr, prefix_len: u8) -> LpmKey<AclKey> {
+    LpmKey::new(
+        acl_prefix_len(prefix_len),
+        AclKey {
+            acl,
+            addr: u32::from_ne_bytes(addr.octets()),
+        },
+    )
 }
 
 fn per_cpu_zeros<T: aya::Pod + Default + Clone>(

@@ -46,6 +46,9 @@ pub enum Change {
         address: Ipv4Addr,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         port: Option<u16>,
+        /// Cut its flows at once even when the listener has connection drain on.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        now: bool,
     },
     GroupCreateVserver {
         name: String,
@@ -202,6 +205,7 @@ impl Change {
                 group,
                 address,
                 port,
+                ..
             } => format!(
                 "server remove {} from group {group}",
                 endpoint(*address, *port)
@@ -312,6 +316,7 @@ impl Change {
                 group,
                 address,
                 port,
+                ..
             } => match group_mut(config, group)? {
                 GroupRef::Default => {
                     let servers = &mut config.default_server_group.servers;
@@ -631,13 +636,30 @@ pub fn check_transition(old: &Config, new: &Config) -> Vec<String> {
     violations
 }
 
-/// The state file: the overlay, in order.
+/// The state file: the overlay, in order, and the drains under way.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StateFile {
     pub version: u32,
     pub instance: String,
     pub changes: Vec<Change>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drains: Vec<DrainRecord>,
+}
+
+/// A backend being drained, with its deadline in wall-clock time (a restart can be on
+/// another boot's monotonic clock only after a reboot, when nothing is pinned anyway).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrainRecord {
+    pub vip: Ipv4Addr,
+    pub vip_port: u16,
+    pub protocol: String,
+    pub address: Ipv4Addr,
+    pub port: u16,
+    /// Removed from its group (true) or drained in place (false).
+    pub departing: bool,
+    pub deadline_unix_ms: u64,
 }
 
 pub const STATE_VERSION: u32 = 1;
@@ -682,9 +704,17 @@ pub fn state_path(dir: &Path, instance: &str) -> PathBuf {
 
 /// Reads the overlay; a missing file is an empty overlay (first start).
 pub fn load_state(path: &Path, instance: &str) -> Result<Vec<Change>, StateError> {
+    load_state_with_drains(path, instance).map(|(changes, _)| changes)
+}
+
+/// Reads the overlay and the drains under way.
+pub fn load_state_with_drains(
+    path: &Path,
+    instance: &str,
+) -> Result<(Vec<Change>, Vec<DrainRecord>), StateError> {
     let text = match fs::read_to_string(path) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), Vec::new())),
         Err(source) => {
             return Err(StateError::Read {
                 path: path.to_owned(),
@@ -709,12 +739,22 @@ pub fn load_state(path: &Path, instance: &str) -> Result<Vec<Change>, StateError
             expected: instance.to_owned(),
         });
     }
-    Ok(state.changes)
+    Ok((state.changes, state.drains))
 }
 
 /// Writes the overlay atomically: a temporary file in the same folder, fsync, rename over
 /// the old file, fsync the folder. A crash at any point leaves the old or the new file.
 pub fn save_state(path: &Path, instance: &str, changes: &[Change]) -> Result<(), StateError> {
+    save_state_with_drains(path, instance, changes, &[])
+}
+
+/// `save_state` with the drains under way.
+pub fn save_state_with_drains(
+    path: &Path,
+    instance: &str,
+    changes: &[Change],
+    drains: &[DrainRecord],
+) -> Result<(), StateError> {
     let err = |source| StateError::Write {
         path: path.to_owned(),
         source,
@@ -725,6 +765,7 @@ pub fn save_state(path: &Path, instance: &str, changes: &[Change]) -> Result<(),
         version: STATE_VERSION,
         instance: instance.to_owned(),
         changes: changes.to_vec(),
+        drains: drains.to_vec(),
     };
     let text = serde_json::to_string_pretty(&state).map_err(|e| err(std::io::Error::other(e)))?;
     let tmp = path.with_extension("json.tmp");
@@ -963,6 +1004,7 @@ listeners:
                 group: "db".into(),
                 address: ip("198.18.1.20"),
                 port: Some(5432),
+                now: false,
             },
             "cannot be added or removed",
         );

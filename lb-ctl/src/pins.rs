@@ -217,6 +217,18 @@ fn expected_layout(sizes: &MapSizes) -> Vec<(&'static str, u32, u32, u32)> {
         ),
         (names::COUNTERS, 4, 8, REASON_COUNT),
         (names::TX_PORTS, 4, 8, lb_common::MAX_INTERFACES),
+        (
+            names::ACLS,
+            4 + size_of::<lb_common::AclKey>() as u32,
+            4,
+            lb_common::MAX_ACL_ENTRIES,
+        ),
+        (
+            names::AFFINITY,
+            size_of::<lb_common::AffinityKey>() as u32,
+            size_of::<lb_common::Affinity>() as u32,
+            e(names::AFFINITY),
+        ),
     ]
 }
 

@@ -83,6 +83,12 @@ pub struct Runtime {
     pub unhealthy: BTreeSet<BackendKey>,
     /// Effective weight overrides (slow start ramps), by backend.
     pub effective_weight: HashMap<BackendKey, u32>,
+    /// Backends being drained (`lb-ctl server drain`): no new flows; their flows continue
+    /// until the deadline (`bpf_ktime_get_coarse_ns` time), then the data plane cuts them.
+    pub draining: BTreeMap<BackendKey, u64>,
+    /// Backends removed from their listener's group with connection drain on: still in
+    /// the data plane, draining, until the deadline.
+    pub departing: BTreeMap<BackendKey, u64>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -100,6 +106,11 @@ pub struct DesiredBackend {
     pub usable: bool,
     /// It takes new flows: in the selection tables.
     pub in_table: bool,
+    /// Draining (drained, or removed with connection drain on): flows continue until this
+    /// `bpf_ktime_get_coarse_ns` time.
+    pub drain_deadline_ns: Option<u64>,
+    /// Removed from the group, kept only while its flows drain.
+    pub departing: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -113,6 +124,11 @@ pub struct DesiredListener {
     pub established_timeout: u32,
     pub udp_timeout: u32,
     pub persistence_timeout: u32,
+    /// `lb_common::ACL_*` and the access list's id (0 without one).
+    pub acl_mode: u8,
+    pub acl_id: u32,
+    /// Connection drain for removed servers: seconds, when enabled.
+    pub drain_timeout: Option<u32>,
     pub backends: Vec<DesiredBackend>,
 }
 
@@ -120,6 +136,8 @@ pub struct DesiredListener {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Desired {
     pub listeners: BTreeMap<String, DesiredListener>,
+    /// Access list id → its prefixes (address, length).
+    pub acls: BTreeMap<u32, BTreeSet<(Ipv4Addr, u8)>>,
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -128,6 +146,8 @@ pub enum PlanError {
     ListenersExhausted(u32),
     #[error("no backend id left: max_backends is {0} (listener × server × port)")]
     BackendsExhausted(u32),
+    #[error("too many access list entries: {0} (at most {max})", max = lb_common::MAX_ACL_ENTRIES)]
+    AclEntriesExhausted(usize),
 }
 
 /// Stable ids for listeners and backends. A listener keeps its id (and so its table
@@ -140,6 +160,8 @@ pub struct Ids {
     max_backends: u32,
     listeners: BTreeMap<Frontend, u32>,
     backends: BTreeMap<BackendKey, (u32, u32)>,
+    /// Access list name → id (from 1; 0 means none).
+    acls: BTreeMap<String, u32>,
     /// Last generation handed out per backend id.
     generations: HashMap<u32, u32>,
 }
@@ -203,6 +225,25 @@ impl Ids {
         Ok((id, generation))
     }
 
+    /// Records an access list id found in the pinned data plane.
+    pub fn adopt_acl(&mut self, name: String, id: u32) {
+        self.acls.insert(name, id);
+    }
+
+    pub fn acl(&self, name: &str) -> Option<u32> {
+        self.acls.get(name).copied()
+    }
+
+    fn acl_id(&mut self, name: &str) -> u32 {
+        if let Some(id) = self.acls.get(name) {
+            return *id;
+        }
+        let used: BTreeSet<u32> = self.acls.values().copied().collect();
+        let id = (1..).find(|i| !used.contains(i)).unwrap_or(u32::MAX);
+        self.acls.insert(name.to_owned(), id);
+        id
+    }
+
     /// Forgets ids that `desired` does not use, so they can be handed out again.
     pub fn release_unused(&mut self, desired: &Desired) {
         let frontends: BTreeSet<Frontend> =
@@ -214,6 +255,19 @@ impl Ids {
             .collect();
         self.listeners.retain(|f, _| frontends.contains(f));
         self.backends.retain(|k, _| backends.contains(k));
+        let acls: BTreeSet<u32> = desired.acls.keys().copied().collect();
+        self.acls.retain(|_, id| acls.contains(id));
+    }
+}
+
+impl Runtime {
+    /// Departing backends of one listener.
+    fn draining_departures(&self, frontend: Frontend) -> Vec<(BackendKey, u64)> {
+        self.departing
+            .iter()
+            .filter(|(k, _)| k.frontend == frontend)
+            .map(|(k, d)| (*k, *d))
+            .collect()
     }
 }
 
@@ -275,6 +329,20 @@ fn members(config: &Config, listener: &config::Listener) -> Vec<GroupMember> {
 /// Computes the desired data-plane contents. `config` must be validated.
 pub fn plan(config: &Config, runtime: &Runtime, ids: &mut Ids) -> Result<Desired, PlanError> {
     let mut desired = Desired::default();
+    let mut entries = 0;
+    for acl in &config.acls {
+        let id = ids.acl_id(&acl.name);
+        let prefixes: BTreeSet<(Ipv4Addr, u8)> = acl
+            .entries
+            .iter()
+            .map(|n| (n.addr(), n.prefix_len()))
+            .collect();
+        entries += prefixes.len();
+        desired.acls.insert(id, prefixes);
+    }
+    if entries > lb_common::MAX_ACL_ENTRIES as usize {
+        return Err(PlanError::AclEntriesExhausted(entries));
+    }
     for listener in &config.listeners {
         let frontend = Frontend::of(listener);
         let id = ids.listener_id(frontend)?;
@@ -310,8 +378,12 @@ pub fn plan(config: &Config, runtime: &Runtime, ids: &mut Ids) -> Result<Desired
                 .copied()
                 .unwrap_or(m.weight)
                 .min(m.weight);
+            let drain_deadline_ns = runtime.draining.get(&key).copied();
             let (usable, in_table) = match m.role {
-                Role::Member => (is_healthy, is_healthy && effective_weight > 0),
+                Role::Member => (
+                    is_healthy,
+                    is_healthy && effective_weight > 0 && drain_deadline_ns.is_none(),
+                ),
                 Role::Primary => (is_healthy, is_healthy),
                 // The secondary takes new flows only while the primary is down. Its TCP
                 // flows may finish after a failback; its UDP flows move back to the
@@ -330,9 +402,41 @@ pub fn plan(config: &Config, runtime: &Runtime, ids: &mut Ids) -> Result<Desired
                 effective_weight,
                 healthy: is_healthy,
                 usable,
-                in_table,
+                in_table: in_table && drain_deadline_ns.is_none(),
+                drain_deadline_ns,
+                departing: false,
             });
         }
+        // Servers removed with connection drain on stay until their deadline.
+        for (key, deadline) in runtime.draining_departures(frontend) {
+            if backends.iter().any(|b| b.key == key) {
+                continue;
+            }
+            let (bid, generation) = ids.backend_id(key)?;
+            backends.push(DesiredBackend {
+                key,
+                id: bid,
+                generation,
+                role: Role::Member,
+                weight: 0,
+                effective_weight: 0,
+                healthy: true,
+                usable: true,
+                in_table: false,
+                drain_deadline_ns: Some(deadline),
+                departing: true,
+            });
+        }
+        let (acl_mode, acl_id) = match &listener.acl {
+            Some(a) => (
+                match a.kind {
+                    config::AclKind::Allow => lb_common::ACL_ALLOW,
+                    config::AclKind::Deny => lb_common::ACL_DENY,
+                },
+                ids.acl(&a.name).unwrap_or(0),
+            ),
+            None => (lb_common::ACL_NONE, 0),
+        };
         desired.listeners.insert(
             listener.name.clone(),
             DesiredListener {
@@ -344,6 +448,12 @@ pub fn plan(config: &Config, runtime: &Runtime, ids: &mut Ids) -> Result<Desired
                 established_timeout: listener.established_timeout,
                 udp_timeout: listener.udp_timeout,
                 persistence_timeout: listener.persistence_timeout,
+                acl_mode,
+                acl_id,
+                drain_timeout: listener
+                    .connection_drain
+                    .enabled
+                    .then_some(listener.connection_drain.timeout),
                 backends,
             },
         );

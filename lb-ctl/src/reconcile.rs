@@ -12,12 +12,13 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
     sync::Arc,
 };
 
 use lb_common::{
-    BACKEND_F_USABLE, Backend, LISTENER_F_VIP_MARKER, Listener, ListenerKey, MAGLEV_TABLE_SIZE,
-    SEQUENCE_TABLE_SIZE, Scheduler, TABLES_PER_LISTENER, TableMeta,
+    BACKEND_F_DRAINING, BACKEND_F_USABLE, Backend, LISTENER_F_VIP_MARKER, Listener, ListenerKey,
+    MAGLEV_TABLE_SIZE, SEQUENCE_TABLE_SIZE, Scheduler, TABLES_PER_LISTENER, TableMeta,
     maglev::{self, MaglevBackend},
     wrr,
 };
@@ -61,6 +62,18 @@ pub enum MapOp {
     RemoveVipMarker {
         addr: u32,
     },
+    /// Add a prefix to an access list.
+    AddAclEntry {
+        acl: u32,
+        addr: Ipv4Addr,
+        prefix_len: u8,
+    },
+    /// Remove a prefix from an access list.
+    RemoveAclEntry {
+        acl: u32,
+        addr: Ipv4Addr,
+        prefix_len: u8,
+    },
 }
 
 /// Where operations go: the real maps, or a recorder in tests.
@@ -97,6 +110,16 @@ impl MapWriter for DataPlane {
             MapOp::RemoveVipMarker { addr } => {
                 self.remove_listener(&ListenerKey::vip_marker(*addr))
             }
+            MapOp::AddAclEntry {
+                acl,
+                addr,
+                prefix_len,
+            } => self.add_acl_entry(*acl, *addr, *prefix_len),
+            MapOp::RemoveAclEntry {
+                acl,
+                addr,
+                prefix_len,
+            } => self.remove_acl_entry(*acl, *addr, *prefix_len),
         }
     }
 }
@@ -172,6 +195,7 @@ pub struct Reconciler {
     listeners: BTreeMap<String, AppliedListener>,
     backends: BTreeMap<u32, Backend>,
     vips: BTreeSet<u32>,
+    acl_entries: BTreeSet<(u32, Ipv4Addr, u8)>,
 }
 
 fn listener_value(l: &DesiredListener, table: u32) -> Listener {
@@ -182,6 +206,8 @@ fn listener_value(l: &DesiredListener, table: u32) -> Listener {
         established_timeout_s: l.established_timeout,
         udp_timeout_s: l.udp_timeout,
         persistence_timeout_s: l.persistence_timeout,
+        acl_mode: l.acl_mode,
+        acl_id: l.acl_id,
         ..Default::default()
     }
 }
@@ -212,6 +238,11 @@ impl Reconciler {
         self.vips.extend(vips);
     }
 
+    /// Records the access list entries found in a pinned data plane.
+    pub fn adopt_acl_entries(&mut self, entries: impl IntoIterator<Item = (u32, Ipv4Addr, u8)>) {
+        self.acl_entries.extend(entries);
+    }
+
     /// Records a backend entry found in a pinned data plane.
     pub fn adopt_backend(&mut self, id: u32, value: Backend) {
         self.backends.insert(id, value);
@@ -224,17 +255,45 @@ impl Reconciler {
         let mut markers = Vec::new();
         let mut removals = Vec::new();
 
+        let desired_acl: BTreeSet<(u32, Ipv4Addr, u8)> = desired
+            .acls
+            .iter()
+            .flat_map(|(id, prefixes)| prefixes.iter().map(move |(a, l)| (*id, *a, *l)))
+            .collect();
+        let acl_adds = desired_acl
+            .difference(&self.acl_entries)
+            .map(|&(acl, addr, prefix_len)| MapOp::AddAclEntry {
+                acl,
+                addr,
+                prefix_len,
+            });
+        let acl_removes: Vec<MapOp> = self
+            .acl_entries
+            .difference(&desired_acl)
+            .map(|&(acl, addr, prefix_len)| MapOp::RemoveAclEntry {
+                acl,
+                addr,
+                prefix_len,
+            })
+            .collect();
+        backends.extend(acl_adds);
+
         let mut desired_backends: BTreeSet<u32> = BTreeSet::new();
         for l in desired.listeners.values() {
             for b in &l.backends {
                 desired_backends.insert(b.id);
+                let mut flags = if b.usable { BACKEND_F_USABLE } else { 0 };
+                if b.drain_deadline_ns.is_some() {
+                    flags |= BACKEND_F_DRAINING;
+                }
                 let value = Backend {
                     addr: u32::from_ne_bytes(b.key.address.octets()),
                     port: b.key.port.to_be(),
-                    flags: if b.usable { BACKEND_F_USABLE } else { 0 },
+                    flags,
                     weight: b.effective_weight,
                     listener: l.id,
                     generation: b.generation,
+                    drain_deadline_ns: b.drain_deadline_ns.unwrap_or(0),
                     ..Default::default()
                 };
                 let old = self.backends.get(&b.id);
@@ -310,6 +369,7 @@ impl Reconciler {
             }
         }
 
+        removals.extend(acl_removes);
         backends
             .into_iter()
             .chain(tables)
@@ -355,6 +415,20 @@ impl Reconciler {
                 }
                 MapOp::RemoveVipMarker { addr } => {
                     self.vips.remove(addr);
+                }
+                MapOp::AddAclEntry {
+                    acl,
+                    addr,
+                    prefix_len,
+                } => {
+                    self.acl_entries.insert((*acl, *addr, *prefix_len));
+                }
+                MapOp::RemoveAclEntry {
+                    acl,
+                    addr,
+                    prefix_len,
+                } => {
+                    self.acl_entries.remove(&(*acl, *addr, *prefix_len));
                 }
                 MapOp::WriteTable { .. } | MapOp::ResetCursor { .. } => {}
             }
@@ -453,6 +527,16 @@ listeners:
                 }
                 MapOp::SetVipMarker { .. } => "vip +".into(),
                 MapOp::RemoveVipMarker { .. } => "vip -".into(),
+                MapOp::AddAclEntry {
+                    acl,
+                    addr,
+                    prefix_len,
+                } => format!("acl {acl} + {addr}/{prefix_len}"),
+                MapOp::RemoveAclEntry {
+                    acl,
+                    addr,
+                    prefix_len,
+                } => format!("acl {acl} - {addr}/{prefix_len}"),
             })
             .collect()
     }

@@ -32,6 +32,8 @@ mod parse;
 #[cfg(target_arch = "bpf")]
 mod program;
 #[cfg(target_arch = "bpf")]
+mod reset;
+#[cfg(target_arch = "bpf")]
 mod sched;
 #[cfg(target_arch = "bpf")]
 mod stats;

@@ -5,12 +5,13 @@
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
     macros::map,
-    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    Backend, DEFAULT_FLOW_TABLE_SIZE, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_LISTENERS, Flow, FlowKey,
-    IdPair, Listener, ListenerKey, MAGLEV_TABLE_SIZE, MAX_INTERFACES, REASON_COUNT, ReverseNat,
-    SEQUENCE_TABLE_SIZE, TABLES_PER_LISTENER, TableMeta, TrafficCounters, id_pair_entries,
+    AclKey, Affinity, AffinityKey, Backend, DEFAULT_FLOW_TABLE_SIZE, DEFAULT_MAX_BACKENDS,
+    DEFAULT_MAX_LISTENERS, Flow, FlowKey, IdPair, Listener, ListenerKey, MAGLEV_TABLE_SIZE,
+    MAX_ACL_ENTRIES, MAX_INTERFACES, REASON_COUNT, ReverseNat, SEQUENCE_TABLE_SIZE,
+    TABLES_PER_LISTENER, TableMeta, TrafficCounters, id_pair_entries,
 };
 
 const TABLE_SLOTS: u32 = DEFAULT_MAX_LISTENERS * TABLES_PER_LISTENER;
@@ -83,3 +84,15 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(REASON_COU
 /// ifindex → ifindex of every interface the program is attached to, for redirects.
 #[map(name = "TX_PORTS")]
 pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_INTERFACES, 0);
+
+/// (access list id, source prefix) → 1: the sources each listener's access list names.
+/// An LPM trie, so one lookup finds the longest matching prefix.
+#[map(name = "ACLS")]
+pub static ACLS: LpmTrie<AclKey, u32> =
+    LpmTrie::with_max_entries(MAX_ACL_ENTRIES, BPF_F_NO_PREALLOC);
+
+/// (listener, client address) → backend, for listeners with `persistence_timeout`. LRU,
+/// sized like the flow table.
+#[map(name = "AFFINITY")]
+pub static AFFINITY: LruHashMap<AffinityKey, Affinity> =
+    LruHashMap::with_max_entries(DEFAULT_FLOW_TABLE_SIZE, 0);

@@ -3,26 +3,29 @@
 use aya_ebpf::{
     bindings::{
         BPF_ANY, BPF_NOEXIST,
-        xdp_action::{XDP_DROP, XDP_PASS},
+        xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
     },
     helpers::generated::bpf_ktime_get_coarse_ns,
     macros::xdp,
+    maps::lpm_trie::Key as LpmKey,
     programs::XdpContext,
 };
 use lb_common::{
-    Backend, FLOW_F_COUNTED, FLOW_F_FIN, FLOW_F_PICKUP, FLOW_F_RST, Flow, FlowKey, Listener,
-    ListenerKey, NO_BACKEND, PROTO_ICMP, Reason, ReverseNat, Scheduler,
+    ACL_NONE, AclKey, Affinity, AffinityKey, BACKEND_F_DRAINING, Backend, FLOW_F_COUNTED,
+    FLOW_F_FIN, FLOW_F_PICKUP, FLOW_F_RST, Flow, FlowKey, Listener, ListenerKey, NO_BACKEND,
+    PROTO_ICMP, Reason, ReverseNat, Scheduler, acl_prefix_len,
     select::{EntryState, Step, TCP_FIN, TCP_RST, is_active, is_expired, next_step},
+    select::{acl_denies, affinity_fresh},
 };
 
 use crate::{
     fwd, icmp,
-    maps::{BACKENDS, FLOWS, LISTENERS, REVERSE, TABLE_META},
+    maps::{ACLS, AFFINITY, BACKENDS, FLOWS, LISTENERS, REVERSE, TABLE_META},
     nat,
     nat::Side,
     parse,
     parse::{Ipv4, L4, Parsed},
-    sched,
+    reset, sched,
     sched::Tuple,
     stats,
 };
@@ -104,6 +107,21 @@ fn is_vip(addr: u32) -> bool {
 /// Client → VIP: find or make the flow, translate to the backend, send.
 #[inline(always)]
 fn forward(ctx: &XdpContext, ip: &Ipv4, l4: &L4, listener: &Listener) -> (u32, Reason) {
+    if listener.acl_mode != ACL_NONE {
+        let matched = ACLS
+            .get(LpmKey::new(
+                acl_prefix_len(32),
+                AclKey {
+                    acl: listener.acl_id,
+                    addr: ip.src_addr,
+                },
+            ))
+            .is_some();
+        if acl_denies(listener.acl_mode, matched) {
+            stats::listener(listener.id, |c| c.dropped += 1);
+            return (XDP_DROP, Reason::DropAclDenied);
+        }
+    }
     if ip.ttl <= 1 {
         return (XDP_PASS, Reason::PassTtlExpired);
     }
@@ -157,9 +175,19 @@ fn forward(ctx: &XdpContext, ip: &Ipv4, l4: &L4, listener: &Listener) -> (u32, R
             // own CPU (RSS) is the usual writer, and a racing write of a timestamp or a
             // flag bit is harmless.
             let f = unsafe { &mut *live_flow };
+            let b = unsafe { &*live_backend };
+            if b.flags & BACKEND_F_DRAINING != 0
+                && b.drain_deadline_ns != 0
+                && now > b.drain_deadline_ns
+            {
+                return cut_drained(ctx, ip, listener);
+            }
             f.last_seen_ns = now;
             note_close(f, l4.tcp_flags);
-            (f.backend, unsafe { &*live_backend })
+            if listener.persistence_timeout_s > 0 {
+                touch_affinity(listener, ip.src_addr, f.backend, b.generation, now);
+            }
+            (f.backend, b)
         } else {
             let tuple = Tuple {
                 src_addr: ip.src_addr,
@@ -229,6 +257,75 @@ fn note_close(f: &mut Flow, tcp_flags: u8) {
     }
 }
 
+/// The backend a client's affinity entry binds it to, if the entry is fresh and the
+/// backend still takes new flows (present, healthy, weight > 0, not draining).
+#[inline(always)]
+fn affinity_backend(listener: &Listener, client: u32, now: u64) -> u32 {
+    let key = AffinityKey {
+        listener: listener.id,
+        addr: client,
+    };
+    let Some(a) = AFFINITY.get_ptr(key) else {
+        return NO_BACKEND;
+    };
+    // SAFETY: a map value pointer stays valid for the program run.
+    let a = unsafe { &*a };
+    if !affinity_fresh(now, a, listener.persistence_timeout_s) {
+        return NO_BACKEND;
+    }
+    match BACKENDS.get(a.backend) {
+        Some(b)
+            if b.generation == a.generation
+                && b.is_usable()
+                && b.weight > 0
+                && b.flags & BACKEND_F_DRAINING == 0 =>
+        {
+            a.backend
+        }
+        _ => NO_BACKEND,
+    }
+}
+
+/// Records or refreshes a client's affinity. Writes at most once a second per client, so
+/// a busy flow does not rewrite a shared entry on every packet.
+#[inline(always)]
+fn touch_affinity(listener: &Listener, client: u32, backend: u32, generation: u32, now: u64) {
+    let key = AffinityKey {
+        listener: listener.id,
+        addr: client,
+    };
+    if let Some(a) = AFFINITY.get_ptr_mut(key) {
+        // SAFETY: a map value pointer stays valid for the program run.
+        let a = unsafe { &mut *a };
+        if a.backend == backend && a.generation == generation {
+            if now.saturating_sub(a.last_seen_ns) > 1_000_000_000 {
+                a.last_seen_ns = now;
+            }
+            return;
+        }
+    }
+    let _ = AFFINITY.insert(
+        key,
+        Affinity {
+            backend,
+            generation,
+            last_seen_ns: now,
+        },
+        u64::from(BPF_ANY),
+    );
+}
+
+/// A flow of a drained backend after its drain timeout: TCP is answered with a RST (the
+/// client stops at once), UDP is dropped.
+#[inline(always)]
+fn cut_drained(ctx: &XdpContext, ip: &Ipv4, listener: &Listener) -> (u32, Reason) {
+    stats::listener(listener.id, |c| c.dropped += 1);
+    if ip.protocol == lb_common::PROTO_TCP && reset::answer_with_rst(ctx, ip) {
+        return (XDP_TX, Reason::ResetDrainExpired);
+    }
+    (XDP_DROP, Reason::DropDrainExpired)
+}
+
 /// Picks a backend for a new flow or a pickup, claims the backend-side 5-tuple for the
 /// replies, and records the flow.
 #[inline(always)]
@@ -253,12 +350,26 @@ fn new_flow(
     if meta.backends == 0 {
         return Err(Reason::DropNoBackend);
     }
-    let id = if step == Step::Pickup {
-        sched::maglev_tuple(listener, tuple)
-    } else {
-        sched::schedule(listener, meta, tuple)
-    };
+    let persist = listener.persistence_timeout_s > 0 && step == Step::Schedule;
+    let mut id = NO_BACKEND;
+    if persist {
+        id = affinity_backend(listener, ip.src_addr, now);
+    }
+    let persisted = id != NO_BACKEND;
+    if !persisted {
+        id = if step == Step::Pickup {
+            sched::maglev_tuple(listener, tuple)
+        } else {
+            sched::schedule(listener, meta, tuple)
+        };
+    }
     let backend = sched::usable_backend(id).ok_or(Reason::DropNoBackend)?;
+    if persist {
+        touch_affinity(listener, ip.src_addr, id, backend.generation, now);
+    }
+    if persisted {
+        stats::count(Reason::EventPersisted);
+    }
 
     claim_reverse(ip, l4, listener, id, backend, now)?;
 

@@ -43,6 +43,10 @@ pub struct Frame {
     pub dst_port: u16,
     pub ttl: u8,
     pub id: u16,
+    /// The IPv4 don't-fragment flag.
+    pub dont_fragment: bool,
+    /// TCP window.
+    pub window: u16,
     /// Raw IPv4 options (padded to a multiple of 4 by `build`).
     pub options: Vec<u8>,
     /// More-fragments flag and fragment offset (in 8-byte units).
@@ -79,6 +83,8 @@ impl Frame {
             dst_port: dst.1,
             ttl: 64,
             id: 0x1c46,
+            dont_fragment: false,
+            window: 64240,
             options: Vec::new(),
             more_fragments: false,
             fragment_offset: 0,
@@ -143,7 +149,7 @@ impl Frame {
                 seg.extend_from_slice(&ack.to_be_bytes());
                 seg.push(5 << 4);
                 seg.push(flags);
-                seg.extend_from_slice(&64240u16.to_be_bytes());
+                seg.extend_from_slice(&self.window.to_be_bytes());
                 seg.extend_from_slice(&[0, 0, 0, 0]);
                 seg.extend_from_slice(&self.payload);
                 let c = csum::l4_checksum(self.src.octets(), self.dst.octets(), 6, &seg);
@@ -181,7 +187,9 @@ impl Frame {
         ip.push(0);
         ip.extend_from_slice(&tot_len.to_be_bytes());
         ip.extend_from_slice(&self.id.to_be_bytes());
-        let frag = (u16::from(self.more_fragments) << 13) | (self.fragment_offset & 0x1fff);
+        let frag = (u16::from(self.dont_fragment) << 14)
+            | (u16::from(self.more_fragments) << 13)
+            | (self.fragment_offset & 0x1fff);
         ip.extend_from_slice(&frag.to_be_bytes());
         ip.push(self.ttl);
         ip.push(self.protocol());

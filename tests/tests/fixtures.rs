@@ -133,6 +133,27 @@ struct ListenerSetup {
     protocol: u8,
     scheduler: Scheduler,
     members: Vec<Member>,
+    /// (`ACL_*` mode, access list id).
+    acl: (u8, u32),
+    persistence_timeout_s: u32,
+    /// Seconds a flow may idle (TCP and UDP alike here).
+    idle_timeout_s: u32,
+}
+
+impl Default for ListenerSetup {
+    fn default() -> Self {
+        Self {
+            id: 0,
+            vip: VIP,
+            port: 80,
+            protocol: PROTO_TCP,
+            scheduler: Scheduler::Wrr,
+            members: Vec::new(),
+            acl: (lb_common::ACL_NONE, 0),
+            persistence_timeout_s: 0,
+            idle_timeout_s: 900,
+        }
+    }
 }
 
 impl ListenerSetup {
@@ -212,8 +233,11 @@ impl ListenerSetup {
                 id: self.id,
                 table: slot,
                 scheduler: self.scheduler as u8,
-                established_timeout_s: 900,
-                udp_timeout_s: 30,
+                established_timeout_s: self.idle_timeout_s,
+                udp_timeout_s: self.idle_timeout_s,
+                persistence_timeout_s: self.persistence_timeout_s,
+                acl_mode: self.acl.0,
+                acl_id: self.acl.1,
                 ..Default::default()
             },
         )
@@ -356,12 +380,9 @@ fn from_client(frame: Frame) -> Frame {
 
 fn web(members: Vec<Member>, scheduler: Scheduler) -> ListenerSetup {
     ListenerSetup {
-        id: 0,
-        vip: VIP,
-        port: 80,
-        protocol: PROTO_TCP,
         scheduler,
         members,
+        ..Default::default()
     }
 }
 
@@ -523,6 +544,7 @@ fn udp_with_and_without_checksum() {
             protocol: PROTO_UDP,
             scheduler: Scheduler::Rr,
             members: vec![member(0, B[0], 5353, 100)],
+            ..Default::default()
         }
         .install(&mut dp, 1);
         let with = from_client(Frame::udp((CLIENT, 33000), (VIP, 53)).payload(b"query"));
@@ -871,6 +893,7 @@ fn reverse_entry_collision_is_refused_and_counted() {
             protocol: PROTO_TCP,
             scheduler: Scheduler::Wrr,
             members: vec![member(1, B[0], 8080, 100)],
+            ..Default::default()
         }
         .install(&mut dp, 1);
         let first = from_client(Frame::tcp((CLIENT, 40400), (VIP, 80), SYN));
@@ -1130,6 +1153,7 @@ fn icmp_errors_about_a_flow_are_translated_both_ways() {
             protocol: PROTO_UDP,
             scheduler: Scheduler::Rr,
             members: vec![member(1, B[0], 5353, 100)],
+            ..Default::default()
         }
         .install(&mut dp, 1);
         let router = Ipv4Addr::new(198, 18, 0, 254);
@@ -1273,5 +1297,271 @@ fn wlc_sends_new_flows_to_the_backend_with_fewest_active_flows_per_weight() {
         );
         assert_eq!(dp.active_flows(0).unwrap(), 4);
         assert_eq!(dp.active_flows(1).unwrap(), 1);
+    });
+}
+
+/// A frame from another client address (same MACs as the fixture client).
+fn from(addr: Ipv4Addr, sport: u16, dport: u16) -> Frame {
+    from_client(Frame::tcp((addr, sport), (VIP, dport), SYN))
+}
+
+#[test]
+fn access_lists_allow_and_deny_on_prefix_edges() {
+    let Some(lab) = lab("fxacl") else { return };
+    lab.ns.enter(|| {
+        let mut dp = load(&lab);
+        let members = vec![member(0, B[0], 8080, 100)];
+        for (id, port, acl) in [
+            (0, 80, (lb_common::ACL_DENY, 1)),
+            (1, 81, (lb_common::ACL_ALLOW, 2)),
+            (2, 82, (lb_common::ACL_ALLOW, 3)),
+        ] {
+            ListenerSetup {
+                id,
+                port,
+                acl,
+                members: members.clone(),
+                ..Default::default()
+            }
+            .install(&mut dp, 1);
+        }
+        let ip = |s: &str| -> Ipv4Addr { s.parse().unwrap() };
+        dp.add_acl_entry(1, ip("198.18.0.2"), 32).unwrap();
+        dp.add_acl_entry(1, ip("198.18.5.0"), 24).unwrap();
+        dp.add_acl_entry(2, ip("0.0.0.0"), 0).unwrap();
+        dp.add_acl_entry(3, ip("198.18.5.0"), 24).unwrap();
+
+        let mut cases = Vec::new();
+        let mut port = 47000u16;
+        for (src, vport, allowed, name) in [
+            ("198.18.0.2", 80, false, "deny /32: the address itself"),
+            ("198.18.0.3", 80, true, "deny /32: the next address"),
+            ("198.18.0.1", 80, true, "deny /32: the previous address"),
+            ("198.18.5.0", 80, false, "deny /24: first address"),
+            ("198.18.5.255", 80, false, "deny /24: last address"),
+            ("198.18.4.255", 80, true, "deny /24: just below"),
+            ("198.18.6.0", 80, true, "deny /24: just above"),
+            ("198.18.0.2", 81, true, "allow /0: anything"),
+            ("198.19.255.255", 81, true, "allow /0: anything at all"),
+            ("198.18.5.7", 82, true, "allow /24: inside"),
+            ("198.18.5.255", 82, true, "allow /24: last address"),
+            ("198.18.6.0", 82, false, "allow /24: just above"),
+            ("198.18.4.255", 82, false, "allow /24: just below"),
+        ] {
+            port += 1;
+            let frame = from(ip(src), port, vport);
+            cases.push(if allowed {
+                Case {
+                    name,
+                    ingress: lab.client_if,
+                    input: frame.build(),
+                    verdict: XDP_REDIRECT,
+                    reason: Reason::Forwarded,
+                    output: Output::Exactly(to_backend(&frame, 0, 8080)),
+                }
+            } else {
+                Case {
+                    name,
+                    ingress: lab.client_if,
+                    input: frame.build(),
+                    verdict: XDP_DROP,
+                    reason: Reason::DropAclDenied,
+                    output: Output::Unchanged,
+                }
+            });
+        }
+        check(&mut dp, &cases);
+        assert_eq!(
+            dp.listener_stats(0).unwrap().dropped,
+            3,
+            "198.18.0.2 and both ends of the /24"
+        );
+        assert_eq!(dp.listener_stats(2).unwrap().dropped, 2);
+    });
+}
+
+#[test]
+fn persistence_entry_is_honoured_then_expires() {
+    let Some(lab) = lab("fxpers") else { return };
+    lab.ns.enter(|| {
+        let mut dp = load(&lab);
+        let listener = ListenerSetup {
+            members: three_backends(),
+            persistence_timeout_s: 60,
+            ..Default::default()
+        };
+        listener.install(&mut dp, 1);
+        let seq = listener.sequence();
+        let (first, second) = (seq[0] as usize, seq[1] as usize);
+        assert_ne!(first, second, "the WRR sequence alternates");
+
+        let syn1 = from_client(Frame::tcp((CLIENT, 46000), (VIP, 80), SYN));
+        let syn2 = from_client(Frame::tcp((CLIENT, 46001), (VIP, 80), SYN));
+        let before = dp.counter(Reason::EventPersisted).unwrap();
+        check(
+            &mut dp,
+            &[
+                Case {
+                    name: "first connection: scheduled, affinity recorded",
+                    ingress: lab.client_if,
+                    input: syn1.build(),
+                    verdict: XDP_REDIRECT,
+                    reason: Reason::Forwarded,
+                    output: Output::Exactly(to_backend(&syn1, first, 8080)),
+                },
+                Case {
+                    name: "second connection follows the affinity, not the WRR turn",
+                    ingress: lab.client_if,
+                    input: syn2.build(),
+                    verdict: XDP_REDIRECT,
+                    reason: Reason::Forwarded,
+                    output: Output::Exactly(to_backend(&syn2, first, 8080)),
+                },
+            ],
+        );
+        assert_eq!(dp.counter(Reason::EventPersisted).unwrap(), before + 1);
+
+        // Age the entry past the 60 s timeout: the next connection is scheduled again and
+        // gets the WRR turn the persisted one did not take.
+        let key = lb_common::AffinityKey {
+            listener: 0,
+            addr: be(CLIENT),
+        };
+        let mut a = dp.affinity(&key).unwrap().expect("affinity entry");
+        assert_eq!(a.backend as usize, first);
+        a.last_seen_ns = lb_ctl::controller::monotonic_coarse_ns() - 61_000_000_000;
+        dp.set_affinity(key, a).unwrap();
+        let syn3 = from_client(Frame::tcp((CLIENT, 46002), (VIP, 80), SYN));
+        check(
+            &mut dp,
+            &[Case {
+                name: "expired affinity: scheduled again",
+                ingress: lab.client_if,
+                input: syn3.build(),
+                verdict: XDP_REDIRECT,
+                reason: Reason::Forwarded,
+                output: Output::Exactly(to_backend(&syn3, second, 8080)),
+            }],
+        );
+        assert_eq!(dp.affinity(&key).unwrap().unwrap().backend as usize, second);
+    });
+}
+
+#[test]
+fn idle_flow_is_forgotten_after_its_timeout() {
+    let Some(lab) = lab("fxidle") else { return };
+    lab.ns.enter(|| {
+        let mut dp = load(&lab);
+        let listener = ListenerSetup {
+            members: three_backends(),
+            idle_timeout_s: 10,
+            ..Default::default()
+        };
+        listener.install(&mut dp, 1);
+        let syn = from_client(Frame::tcp((CLIENT, 46100), (VIP, 80), SYN));
+        let (verdict, _) = run(&mut dp, lab.client_if, &syn.build());
+        assert_eq!(verdict, XDP_REDIRECT);
+        // Idle for 11 s (> 10): the next packet is not the old flow's any more.
+        let key = flow_of(&syn);
+        let mut flow = dp.flow(&key).unwrap().unwrap();
+        flow.last_seen_ns = lb_ctl::controller::monotonic_coarse_ns() - 11_000_000_000;
+        dp.set_flow(key, flow).unwrap();
+        let ack = from_client(Frame::tcp((CLIENT, 46100), (VIP, 80), ACK));
+        let slot = select::maglev_index_tuple(0, be(CLIENT), be(VIP), port(46100), port(80));
+        let picked = listener.maglev()[slot as usize] as usize;
+        let pickups = dp.counter(Reason::EventPickup).unwrap();
+        check(
+            &mut dp,
+            &[Case {
+                name: "ACK after the idle timeout is picked up again",
+                ingress: lab.client_if,
+                input: ack.build(),
+                verdict: XDP_REDIRECT,
+                reason: Reason::Forwarded,
+                output: Output::Exactly(to_backend(&ack, picked, 8080)),
+            }],
+        );
+        assert_eq!(dp.counter(Reason::EventPickup).unwrap(), pickups + 1);
+    });
+}
+
+#[test]
+fn drained_backend_flows_are_cut_after_the_deadline() {
+    let Some(lab) = lab("fxdrain") else { return };
+    lab.ns.enter(|| {
+        let mut dp = load(&lab);
+        web(vec![member(0, B[0], 8080, 100)], Scheduler::Wrr).install(&mut dp, 1);
+        ListenerSetup {
+            id: 1,
+            port: 53,
+            protocol: PROTO_UDP,
+            members: vec![member(1, B[0], 5353, 100)],
+            ..Default::default()
+        }
+        .install(&mut dp, 1);
+        let syn = from_client(Frame::tcp((CLIENT, 46200), (VIP, 80), SYN));
+        let query = from_client(Frame::udp((CLIENT, 46201), (VIP, 53)));
+        run(&mut dp, lab.client_if, &syn.build());
+        run(&mut dp, lab.client_if, &query.build());
+
+        // Drained, deadline not yet reached: flows continue.
+        let now = lb_ctl::controller::monotonic_coarse_ns();
+        let drain = |dp: &mut DataPlane, id: u32, deadline: u64| {
+            let mut b = dp.backend(id).unwrap();
+            b.flags |= lb_common::BACKEND_F_DRAINING;
+            b.drain_deadline_ns = deadline;
+            dp.set_backend(id, b).unwrap();
+        };
+        drain(&mut dp, 0, now + 600_000_000_000);
+        drain(&mut dp, 1, now + 600_000_000_000);
+        let ack =
+            from_client(Frame::tcp((CLIENT, 46200), (VIP, 80), ACK | packet::PSH).payload(b"data"));
+        check(
+            &mut dp,
+            &[Case {
+                name: "draining, before the deadline: still forwarded",
+                ingress: lab.client_if,
+                input: ack.build(),
+                verdict: XDP_REDIRECT,
+                reason: Reason::Forwarded,
+                output: Output::Exactly(to_backend(&ack, 0, 8080)),
+            }],
+        );
+
+        // Past the deadline: the LB answers TCP with a RST from the VIP, drops UDP.
+        drain(&mut dp, 0, now - 1);
+        drain(&mut dp, 1, now - 1);
+        let mut rst = Frame::tcp((VIP, 80), (CLIENT, 46200), RST).payload(b"");
+        // RFC 793: the answer to an ACK carries the ACK's acknowledgment as its sequence.
+        rst.transport = packet::Transport::Tcp {
+            flags: RST,
+            seq: 2000,
+            ack: 0,
+        };
+        rst.id = 0;
+        rst.dont_fragment = true;
+        rst.window = 0;
+        let rst = rst.macs(LB_CLIENT_MAC, CLIENT_MAC).build();
+        check(
+            &mut dp,
+            &[
+                Case {
+                    name: "TCP past the drain deadline: RST to the client",
+                    ingress: lab.client_if,
+                    input: ack.build(),
+                    verdict: XDP_TX,
+                    reason: Reason::ResetDrainExpired,
+                    output: Output::Exactly(rst),
+                },
+                Case {
+                    name: "UDP past the drain deadline: dropped",
+                    ingress: lab.client_if,
+                    input: query.build(),
+                    verdict: XDP_DROP,
+                    reason: Reason::DropDrainExpired,
+                    output: Output::Unchanged,
+                },
+            ],
+        );
     });
 }
