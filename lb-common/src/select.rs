@@ -60,6 +60,31 @@ pub const fn next_step(protocol: u8, tcp_flags: u8, entry: EntryState) -> Step {
     }
 }
 
+/// What a flow entry means for the next packet of its flow: the backend it names is gone,
+/// replaced or unhealthy (`None`: no backend with that id), the entry is idle past its
+/// timeout, or it is live.
+#[inline(always)]
+pub const fn entry_state(
+    now_ns: u64,
+    flow: &Flow,
+    backend: Option<&crate::Backend>,
+    protocol: u8,
+    listener: &Listener,
+) -> EntryState {
+    match backend {
+        Some(b) if b.generation == flow.generation && b.is_usable() => {
+            if is_expired(now_ns, flow, protocol, listener) {
+                EntryState::Expired
+            } else {
+                EntryState::Live {
+                    closing: flow.flags & (FLOW_F_FIN | FLOW_F_RST) != 0,
+                }
+            }
+        }
+        _ => EntryState::BackendUnusable,
+    }
+}
+
 /// Seconds a flow may stay idle before it is forgotten.
 #[inline(always)]
 pub const fn idle_timeout_s(protocol: u8, flow_flags: u32, listener: &Listener) -> u32 {

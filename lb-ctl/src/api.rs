@@ -47,6 +47,16 @@ pub enum Request {
         #[serde(default)]
         port: Option<u16>,
     },
+    /// Why a packet lands where it does.
+    Explain {
+        src: std::net::SocketAddrV4,
+        dst: std::net::SocketAddrV4,
+        /// "tcp" or "udp".
+        protocol: String,
+        /// TCP flags of the packet (default: a SYN).
+        #[serde(default)]
+        tcp_flags: Option<u8>,
+    },
     /// Active flows of one backend (for `wait drained`).
     ActiveFlows {
         group: String,

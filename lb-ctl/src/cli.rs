@@ -70,6 +70,23 @@ pub enum Command {
     /// Edit source access lists.
     #[command(subcommand)]
     Acl(AclCommand),
+    /// Why a packet from SRC to VIP lands where it does: listener, access list, flow
+    /// entry, scheduler, table slot, backend — computed from the live maps.
+    Explain {
+        /// Client IP:PORT.
+        #[arg(long, value_parser = parse_endpoint)]
+        src: SocketAddrV4,
+        /// VIP:PORT.
+        #[arg(long, value_parser = parse_endpoint)]
+        dst: SocketAddrV4,
+        #[arg(long, value_enum)]
+        proto: ExplainProto,
+        /// Explain a packet of an established connection (an ACK) instead of a SYN.
+        #[arg(long)]
+        established: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Re-read the config file and apply the difference (also SIGHUP).
     Reload,
     /// Print the effective state (config + runtime changes) as a config file.
@@ -111,6 +128,12 @@ pub struct DaemonArgs {
     /// Seconds between sweeps of the flow table (active-flow counts).
     #[arg(long, default_value_t = 1)]
     pub sweep_interval: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ExplainProto {
+    Tcp,
+    Udp,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -727,6 +727,44 @@ pub fn run(socket: &Path, command: Command) -> i32 {
         Command::Group(cmd) => group_command(socket, cmd),
         Command::Listener(cmd) => listener_command(socket, cmd),
         Command::Acl(cmd) => acl_command(socket, cmd),
+        Command::Explain {
+            src,
+            dst,
+            proto,
+            established,
+            json,
+        } => {
+            let request = Request::Explain {
+                src,
+                dst,
+                protocol: match proto {
+                    crate::cli::ExplainProto::Tcp => "tcp".into(),
+                    crate::cli::ExplainProto::Udp => "udp".into(),
+                },
+                tcp_flags: Some(if established {
+                    lb_common::select::TCP_ACK
+                } else {
+                    lb_common::select::TCP_SYN
+                }),
+            };
+            match call(socket, &request) {
+                Ok(Response::Ok { message, data }) => {
+                    if json {
+                        print_json(&data);
+                    } else {
+                        for (i, line) in message.lines().enumerate() {
+                            println!("{}. {line}", i + 1);
+                        }
+                    }
+                    exit::OK
+                }
+                Ok(Response::Error { message, code }) => {
+                    eprintln!("lb-ctl: {message}");
+                    code
+                }
+                Err(code) => code,
+            }
+        }
         Command::Reload => match call(socket, &Request::Reload) {
             Ok(Response::Ok { message, .. }) => {
                 println!("{message}");

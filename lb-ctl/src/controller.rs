@@ -791,6 +791,28 @@ impl Controller {
         })
     }
 
+    /// `lb-ctl explain`.
+    pub fn explain(
+        &self,
+        src: std::net::SocketAddrV4,
+        dst: std::net::SocketAddrV4,
+        protocol: &str,
+        tcp_flags: Option<u8>,
+    ) -> Response {
+        let proto = match protocol {
+            "tcp" => lb_common::PROTO_TCP,
+            "udp" => lb_common::PROTO_UDP,
+            other => {
+                return Response::refused(format!("protocol `{other}` is not one of tcp, udp"));
+            }
+        };
+        let flags = tcp_flags.unwrap_or(select::TCP_SYN);
+        match crate::explain::explain(&self.dataplane, &self.desired, src, dst, proto, flags) {
+            Ok(e) => Response::ok(e.steps.join("\n"), e),
+            Err(e) => Response::failed(format!("{e:#}")),
+        }
+    }
+
     pub fn export(&self) -> String {
         self.effective.to_yaml()
     }

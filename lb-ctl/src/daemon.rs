@@ -149,6 +149,12 @@ async fn handle(controller: &Mutex<Controller>, request: Request) -> Response {
         Request::Change { change } => c.change(change),
         Request::Reload => c.reload(),
         Request::Export => Response::ok(c.export(), ()),
+        Request::Explain {
+            src,
+            dst,
+            protocol,
+            tcp_flags,
+        } => c.explain(src, dst, &protocol, tcp_flags),
         Request::Drain {
             group,
             address,

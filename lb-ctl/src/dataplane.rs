@@ -481,6 +481,15 @@ impl DataPlane {
             .map_err(map_err(names::BACKEND_STATS))
     }
 
+    /// Each CPU's round-robin cursor of a listener.
+    pub fn cursors(&self, listener: u32) -> Result<Vec<u32>> {
+        let v = self
+            .cursors
+            .get(&listener, 0)
+            .map_err(map_err(names::CURSORS))?;
+        Ok(v.iter().copied().collect())
+    }
+
     /// Puts every CPU's round-robin cursor of a listener back to the start of its
     /// sequence (a new listener starts where the sequence starts).
     pub fn reset_cursor(&mut self, listener: u32) -> Result<()> {

@@ -14,7 +14,7 @@ use lb_common::{
     ACL_NONE, AclKey, Affinity, AffinityKey, BACKEND_F_DRAINING, Backend, FLOW_F_COUNTED,
     FLOW_F_FIN, FLOW_F_PICKUP, FLOW_F_RST, Flow, FlowKey, Listener, ListenerKey, NO_BACKEND,
     PROTO_ICMP, Reason, ReverseNat, Scheduler, acl_prefix_len,
-    select::{EntryState, Step, TCP_FIN, TCP_RST, is_active, is_expired, next_step},
+    select::{EntryState, Step, TCP_FIN, TCP_RST, entry_state, is_active, next_step},
     select::{acl_denies, affinity_fresh},
 };
 
@@ -152,20 +152,12 @@ fn forward(ctx: &XdpContext, ip: &Ipv4, l4: &L4, listener: &Listener) -> (u32, R
             backend: f.backend,
             flags: f.flags,
         };
-        state = match BACKENDS.get(f.backend) {
-            Some(b) if b.generation == f.generation && b.is_usable() => {
-                if is_expired(now, f, ip.protocol, listener) {
-                    EntryState::Expired
-                } else {
-                    live_flow = fp;
-                    live_backend = b;
-                    EntryState::Live {
-                        closing: f.flags & (FLOW_F_FIN | FLOW_F_RST) != 0,
-                    }
-                }
-            }
-            _ => EntryState::BackendUnusable,
-        };
+        let b = BACKENDS.get(f.backend);
+        state = entry_state(now, f, b, ip.protocol, listener);
+        if let (EntryState::Live { .. }, Some(b)) = (state, b) {
+            live_flow = fp;
+            live_backend = b;
+        }
     }
 
     let step = next_step(ip.protocol, l4.tcp_flags, state);
