@@ -310,6 +310,12 @@ impl DataPlane {
         })
     }
 
+    /// The whole loaded object: its other programs and maps (the benchmark programs of
+    /// `lb-ebpf/src/bench.rs`) for benchmarks and tests. The daemon never needs it.
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
     pub const fn sizes(&self) -> MapSizes {
         self.sizes
     }

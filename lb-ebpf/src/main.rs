@@ -20,6 +20,8 @@
 )]
 
 #[cfg(target_arch = "bpf")]
+mod bench;
+#[cfg(target_arch = "bpf")]
 mod fwd;
 #[cfg(target_arch = "bpf")]
 mod icmp;

@@ -1565,3 +1565,74 @@ fn drained_backend_flows_are_cut_after_the_deadline() {
         );
     });
 }
+
+/// The in-kernel benchmark loop (`lb_bench`, docs/benchmarks.md) is only fair if every
+/// repetition sees the original packet: 1000 repetitions must be 1000 forwards of one
+/// established flow, and in new-flow mode 1000 new flows.
+#[test]
+fn benchmark_wrapper_restores_the_packet_on_every_run() {
+    let Some(lab) = lab("fxbench") else { return };
+    lab.ns.enter(|| {
+        let mut dp = load(&lab);
+        web(vec![member(0, B[0], 8080, 100)], Scheduler::Wrr).install(&mut dp, 1);
+        let mut syn = from_client(Frame::tcp((CLIENT, 40900), (VIP, 80), SYN)).payload(b"");
+        syn.payload = vec![0; 64 - 54];
+        let frame = syn.build();
+        assert_eq!(frame.len(), 64);
+        let ebpf = dp.ebpf_mut();
+        for name in ["lb_bench", "lb_empty"] {
+            let p: &mut aya::programs::Xdp = ebpf.program_mut(name).unwrap().try_into().unwrap();
+            p.load().unwrap();
+        }
+        let target_fd = {
+            let p: &aya::programs::Xdp = ebpf.program("lb_xdp").unwrap().try_into().unwrap();
+            p.fd().unwrap().try_clone().unwrap()
+        };
+        let mut targets: aya::maps::ProgramArray<_> =
+            ebpf.take_map("BENCH_TARGET").unwrap().try_into().unwrap();
+        targets.set(0, &target_fd, 0).unwrap();
+        let mut packet: aya::maps::Array<_, [u8; 64]> =
+            ebpf.take_map("BENCH_PACKET").unwrap().try_into().unwrap();
+        packet
+            .set(0, <[u8; 64]>::try_from(frame.as_slice()).unwrap(), 0)
+            .unwrap();
+        let mut config: aya::maps::Array<_, u32> =
+            ebpf.take_map("BENCH_CONFIG").unwrap().try_into().unwrap();
+
+        let run_bench = |dp: &mut DataPlane| {
+            let mut ctx = [0u8; 24];
+            ctx[4..8].copy_from_slice(&64u32.to_ne_bytes());
+            ctx[12..16].copy_from_slice(&lab.client_if.to_ne_bytes());
+            let p: &aya::programs::Xdp = dp
+                .ebpf_mut()
+                .program("lb_bench")
+                .unwrap()
+                .try_into()
+                .unwrap();
+            p.test_run(TestRunOptions {
+                data_in: Some(&frame),
+                ctx_in: Some(&ctx),
+                repeat: 1000,
+                ..TestRunOptions::new()
+            })
+            .unwrap()
+            .return_value
+        };
+        assert_eq!(run_bench(&mut dp), XDP_REDIRECT);
+        let s = dp.listener_stats(0).unwrap();
+        assert_eq!(
+            (s.packets, s.new_flows),
+            (1000, 1),
+            "one flow, 1000 forwards"
+        );
+
+        config.set(0, 1, 0).unwrap();
+        assert_eq!(run_bench(&mut dp), XDP_REDIRECT);
+        let s = dp.listener_stats(0).unwrap();
+        assert_eq!(
+            (s.packets, s.new_flows),
+            (2000, 1001),
+            "a new flow every run"
+        );
+    });
+}

@@ -1,0 +1,125 @@
+//! Programs for measuring, never attached by the daemon (`cargo xtask bench` loads them):
+//!
+//! - `lb_bench`: the fair in-kernel loop of docs/benchmarks.md. BPF_PROG_TEST_RUN with
+//!   `repeat` runs a program again on the buffer it already rewrote; this wrapper puts the
+//!   original packet back at the start of every run (and optionally makes every run a new
+//!   flow), then tail-calls the program under test.
+//! - `lb_empty`: the floor: the same machinery with nothing behind it.
+//! - `lb_gen`: a traffic generator for XDP live frames: every frame gets a new source
+//!   address and port, then goes out (XDP_TX becomes a transmit in live-frames mode).
+//! - `lb_sink`: counts and drops, the receiving end of the forwarding benchmark.
+//! - `lb_redirect`: redirects every frame to one port, the ceiling of the forwarding
+//!   benchmark.
+
+use aya_ebpf::{
+    bindings::xdp_action::{XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX},
+    helpers::generated::bpf_xdp_adjust_tail,
+    macros::{map, xdp},
+    maps::{Array, DevMap, PerCpuArray, ProgramArray},
+    programs::XdpContext,
+};
+
+use crate::parse::ptr_at;
+
+/// Bytes of the benchmark packet (a 64-byte frame without FCS is 60; the table in
+/// BENCHMARKING.md says 64, so the packet is 64 bytes with Ethernet padding).
+pub const BENCH_LEN: usize = 64;
+
+/// The packet every `lb_bench` run starts from.
+#[map(name = "BENCH_PACKET")]
+static BENCH_PACKET: Array<[u8; BENCH_LEN]> = Array::with_max_entries(1, 0);
+
+/// `lb_bench` and `lb_gen` settings: [0] = 1 to give every run a new source address
+/// and port (a new flow each run).
+#[map(name = "BENCH_CONFIG")]
+static BENCH_CONFIG: Array<u32> = Array::with_max_entries(4, 0);
+
+/// Per-CPU run counter (new-flow mode) and the sink's packet count.
+#[map(name = "BENCH_COUNTER")]
+static BENCH_COUNTER: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
+
+/// Slot 0: the program `lb_bench` measures (`lb_xdp` or `lb_empty`).
+#[map(name = "BENCH_TARGET")]
+static BENCH_TARGET: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+/// Slot 0: where `lb_redirect` sends every frame.
+#[map(name = "BENCH_PORT")]
+static BENCH_PORT: DevMap = DevMap::with_max_entries(1, 0);
+
+#[inline(always)]
+fn next_count(index: u32) -> u64 {
+    match BENCH_COUNTER.get_ptr_mut(index) {
+        Some(c) => {
+            // SAFETY: per-CPU value, only this CPU touches it while the program runs.
+            let v = unsafe { *c };
+            unsafe { *c = v + 1 };
+            v
+        }
+        None => 0,
+    }
+}
+
+/// Writes a new source address (low 16 bits) and port from a run counter into a frame
+/// whose IPv4 header has no options; checksums are left alone (the program under test
+/// does not verify them, it updates them incrementally).
+#[inline(always)]
+fn vary_source(ctx: &XdpContext, n: u64) {
+    if let Some(src) = ptr_at::<[u8; 8]>(ctx, 28) {
+        // Bytes 28..30 are the low half of the IPv4 source, 34..36 the L4 source port.
+        // SAFETY: bounds checked by ptr_at.
+        let bytes = unsafe { &mut *src };
+        let addr = ((n >> 16) as u16).to_be_bytes();
+        bytes[0] = addr[0];
+        bytes[1] = addr[1] | 0x01;
+        let port = ((n as u16) | 0x0400).to_be_bytes();
+        bytes[6] = port[0];
+        bytes[7] = port[1];
+    }
+}
+
+#[xdp]
+pub fn lb_bench(ctx: XdpContext) -> u32 {
+    let len = ctx.data_end() - ctx.data();
+    if len != BENCH_LEN {
+        // SAFETY: ctx is the program's context; the frame grows or shrinks back to size.
+        if unsafe { bpf_xdp_adjust_tail(ctx.ctx, BENCH_LEN as i32 - len as i32) } != 0 {
+            return XDP_ABORTED;
+        }
+    }
+    let (Some(original), Some(packet)) = (BENCH_PACKET.get(0), ptr_at::<[u8; BENCH_LEN]>(&ctx, 0))
+    else {
+        return XDP_ABORTED;
+    };
+    // SAFETY: bounds checked by ptr_at.
+    unsafe { *packet = *original };
+    if BENCH_CONFIG.get(0).copied() == Some(1) {
+        vary_source(&ctx, next_count(0));
+    }
+    // SAFETY: a tail call replaces this program; on failure control returns here.
+    unsafe { BENCH_TARGET.tail_call(&ctx, 0) };
+    XDP_ABORTED
+}
+
+#[xdp]
+pub fn lb_empty(_ctx: XdpContext) -> u32 {
+    XDP_PASS
+}
+
+#[xdp]
+pub fn lb_gen(ctx: XdpContext) -> u32 {
+    if BENCH_CONFIG.get(0).copied() == Some(1) {
+        vary_source(&ctx, next_count(0));
+    }
+    XDP_TX
+}
+
+#[xdp]
+pub fn lb_sink(_ctx: XdpContext) -> u32 {
+    next_count(1);
+    XDP_DROP
+}
+
+#[xdp]
+pub fn lb_redirect(_ctx: XdpContext) -> u32 {
+    BENCH_PORT.redirect(0, 0).unwrap_or(XDP_ABORTED)
+}
