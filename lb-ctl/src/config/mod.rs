@@ -20,6 +20,7 @@ use serde_yaml::Value;
 
 pub use error::{ConfigError, ConfigErrors, Location};
 pub use model::*;
+pub use walk::field_paths;
 
 /// Reads and validates a config file. A file that cannot be read is one error with an
 /// empty path naming the file.
