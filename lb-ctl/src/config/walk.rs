@@ -839,6 +839,37 @@ fn scalar_text(value: &Value) -> String {
     }
 }
 
+/// Every field path the reader accepts, e.g. `listeners[].health_check.http.path`:
+/// the config reference (docs/config.md) must document each one (a test checks).
+pub fn field_paths() -> Vec<String> {
+    let nest = |prefix: &str, fields: &[&str]| -> Vec<String> {
+        fields.iter().map(|f| format!("{prefix}.{f}")).collect()
+    };
+    let mut paths: Vec<String> = TOP_FIELDS.iter().map(|f| (*f).to_owned()).collect();
+    paths.extend(nest("acls[]", ACL_FIELDS));
+    paths.extend(nest("default_server_group", DEFAULT_GROUP_FIELDS));
+    paths.extend(nest(
+        "default_server_group.servers[]",
+        DEFAULT_SERVER_FIELDS,
+    ));
+    paths.extend(nest("vserver_groups[]", VSERVER_GROUP_FIELDS));
+    paths.extend(nest("vserver_groups[].servers[]", MEMBER_FIELDS));
+    paths.extend(nest("primary_secondary_groups[]", PRIMARY_SECONDARY_FIELDS));
+    paths.extend(nest("primary_secondary_groups[].primary", ENDPOINT_FIELDS));
+    paths.extend(nest(
+        "primary_secondary_groups[].secondary",
+        ENDPOINT_FIELDS,
+    ));
+    paths.extend(nest("listeners[]", LISTENER_FIELDS));
+    paths.extend(nest("listeners[].connection_drain", DRAIN_FIELDS));
+    paths.extend(nest("listeners[].acl", LISTENER_ACL_FIELDS));
+    paths.extend(nest("listeners[].health_check", HEALTH_CHECK_FIELDS));
+    paths.extend(nest("listeners[].health_check.http", HTTP_FIELDS));
+    paths.extend(nest("listeners[].health_check.udp", UDP_FIELDS));
+    paths.extend(nest("listeners[].health_check.flap_damping", FLAP_FIELDS));
+    paths
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1164,35 +1195,4 @@ mod tests {
         let errors = read_errors(&format!("{BASE}80: web\n"));
         assert_eq!(errors, ["field names are strings, found the number 80"]);
     }
-}
-
-/// Every field path the reader accepts, e.g. `listeners[].health_check.http.path`:
-/// the config reference (docs/config.md) must document each one (a test checks).
-pub fn field_paths() -> Vec<String> {
-    let nest = |prefix: &str, fields: &[&str]| -> Vec<String> {
-        fields.iter().map(|f| format!("{prefix}.{f}")).collect()
-    };
-    let mut paths: Vec<String> = TOP_FIELDS.iter().map(|f| (*f).to_owned()).collect();
-    paths.extend(nest("acls[]", ACL_FIELDS));
-    paths.extend(nest("default_server_group", DEFAULT_GROUP_FIELDS));
-    paths.extend(nest(
-        "default_server_group.servers[]",
-        DEFAULT_SERVER_FIELDS,
-    ));
-    paths.extend(nest("vserver_groups[]", VSERVER_GROUP_FIELDS));
-    paths.extend(nest("vserver_groups[].servers[]", MEMBER_FIELDS));
-    paths.extend(nest("primary_secondary_groups[]", PRIMARY_SECONDARY_FIELDS));
-    paths.extend(nest("primary_secondary_groups[].primary", ENDPOINT_FIELDS));
-    paths.extend(nest(
-        "primary_secondary_groups[].secondary",
-        ENDPOINT_FIELDS,
-    ));
-    paths.extend(nest("listeners[]", LISTENER_FIELDS));
-    paths.extend(nest("listeners[].connection_drain", DRAIN_FIELDS));
-    paths.extend(nest("listeners[].acl", LISTENER_ACL_FIELDS));
-    paths.extend(nest("listeners[].health_check", HEALTH_CHECK_FIELDS));
-    paths.extend(nest("listeners[].health_check.http", HTTP_FIELDS));
-    paths.extend(nest("listeners[].health_check.udp", UDP_FIELDS));
-    paths.extend(nest("listeners[].health_check.flap_damping", FLAP_FIELDS));
-    paths
 }
