@@ -431,10 +431,13 @@ pub enum Reason {
     /// Event, not a verdict: a new flow sent to its client's affinity backend
     /// (`persistence_timeout`).
     EventPersisted = 26,
+    /// Event, not a verdict: a flow entry added under a 5-tuple the table did not hold
+    /// (not a replacement). Entries added minus entries present = entries the LRU evicted.
+    EventFlowInserted = 27,
 }
 
 /// Number of `Reason` values (size of `COUNTERS`).
-pub const REASON_COUNT: u32 = 27;
+pub const REASON_COUNT: u32 = 28;
 
 impl Reason {
     pub const ALL: [Self; REASON_COUNT as usize] = [
@@ -465,6 +468,7 @@ impl Reason {
         Self::IcmpToClient,
         Self::ResetDrainExpired,
         Self::EventPersisted,
+        Self::EventFlowInserted,
     ];
 
     /// Name used in metrics and `lb-ctl stats`.
@@ -497,6 +501,7 @@ impl Reason {
             Self::IcmpToClient => "icmp_to_client",
             Self::ResetDrainExpired => "reset_drain_expired",
             Self::EventPersisted => "event_persisted",
+            Self::EventFlowInserted => "event_flow_inserted",
         }
     }
 

@@ -175,6 +175,20 @@ pub struct Status {
     pub overlay_changes: usize,
     /// Overlay changes dropped at the last start or reload, with the reason.
     pub conflicts: Vec<String>,
+    #[serde(default)]
+    pub flow_table: FlowTableStatus,
+}
+
+/// The flow table as the last sweep (every second) saw it.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub struct FlowTableStatus {
+    /// `flow_table_size`.
+    pub capacity: u32,
+    /// Entries present (active or idle).
+    pub entries: u64,
+    /// Entries the LRU evicted to make room: entries added under a new 5-tuple minus
+    /// entries present. Exact as long as nothing else deletes entries (nothing does).
+    pub evicted: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

@@ -127,6 +127,11 @@ pub fn render_status(s: &Status) -> String {
     for c in &s.conflicts {
         let _ = writeln!(out, "dropped runtime change: {c}");
     }
+    let _ = writeln!(
+        out,
+        "flow table: {} of {} entries, {} evicted",
+        s.flow_table.entries, s.flow_table.capacity, s.flow_table.evicted
+    );
     for l in &s.listeners {
         let _ = writeln!(
             out,

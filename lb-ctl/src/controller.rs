@@ -58,6 +58,8 @@ pub struct Controller {
     attached: Vec<(String, u32, &'static str)>,
     /// Active flows per backend id from the last sweep of the flow table.
     active: HashMap<u32, u32>,
+    /// Entries the last sweep found in the flow table (active or not).
+    flow_entries: u64,
     started: Instant,
     /// The health checker, once the daemon's runtime has started it.
     health: Option<Checker>,
@@ -148,6 +150,7 @@ impl Controller {
             layout,
             attached,
             active: HashMap::new(),
+            flow_entries: 0,
             started: Instant::now(),
             health: None,
             drains: drains.clone(),
@@ -597,7 +600,9 @@ impl Controller {
             .map(|(_, l)| (l.id, l))
             .collect();
         let mut active: HashMap<u32, u32> = HashMap::new();
-        for (key, flow) in self.dataplane.flows() {
+        let flows = self.dataplane.flows();
+        self.flow_entries = flows.len() as u64;
+        for (key, flow) in flows {
             let Some(listener) = listeners.get(&flow.listener) else {
                 continue;
             };
@@ -760,6 +765,20 @@ impl Controller {
             listeners,
             overlay_changes: self.overlay.len(),
             conflicts: self.conflicts.clone(),
+            flow_table: self.flow_table()?,
+        })
+    }
+
+    /// Flow table occupancy from the last sweep, and how many entries the LRU has evicted:
+    /// entries ever added under a new 5-tuple minus entries present.
+    pub fn flow_table(&self) -> anyhow::Result<api::FlowTableStatus> {
+        let inserted = self
+            .dataplane
+            .counter(lb_common::Reason::EventFlowInserted)?;
+        Ok(api::FlowTableStatus {
+            capacity: self.effective.flow_table_size,
+            entries: self.flow_entries,
+            evicted: inserted.saturating_sub(self.flow_entries),
         })
     }
 

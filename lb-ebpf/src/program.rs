@@ -388,6 +388,9 @@ fn new_flow(
     if FLOWS.insert(key, flow, u64::from(BPF_ANY)).is_err() {
         return Err(Reason::DropFlowInsertFailed);
     }
+    if previous.backend == NO_BACKEND {
+        stats::count(Reason::EventFlowInserted);
+    }
     if flags & FLOW_F_COUNTED != 0 {
         sched::active_add(id, 1);
     }
