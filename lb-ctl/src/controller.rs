@@ -9,7 +9,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use lb_common::{LISTENER_F_VIP_MARKER, select};
+use lb_common::{Flow, FlowKey, LISTENER_F_VIP_MARKER, select};
 use tracing::{info, warn};
 
 use crate::{
@@ -71,6 +71,46 @@ pub struct Controller {
 }
 
 const NS_PER_S: u64 = 1_000_000_000;
+/// Up to this many flow entries a request sweeps the table itself (a few ms per 10k).
+const SWEEP_IN_PLACE_MAX: u64 = 50_000;
+
+/// Input of a flow-table sweep: where the table is pinned, the listeners' timeouts.
+pub struct SweepJob {
+    flows_pin: PathBuf,
+    listeners: HashMap<u32, lb_common::Listener>,
+    now: u64,
+}
+
+/// What a sweep found: entries present, active flows per backend id.
+pub struct SweepResult {
+    entries: u64,
+    active: HashMap<u32, u32>,
+}
+
+fn count_active(flows: impl IntoIterator<Item = (FlowKey, Flow)>, job: &SweepJob) -> SweepResult {
+    let mut entries = 0;
+    let mut active: HashMap<u32, u32> = HashMap::new();
+    for (key, flow) in flows {
+        entries += 1;
+        let Some(listener) = job.listeners.get(&flow.listener) else {
+            continue;
+        };
+        if select::is_active(job.now, &flow, key.protocol, listener) {
+            *active.entry(flow.backend).or_default() += 1;
+        }
+    }
+    SweepResult { entries, active }
+}
+
+/// Walks the pinned flow table through its own handle: no lock on the controller.
+pub fn run_sweep(job: SweepJob) -> anyhow::Result<SweepResult> {
+    let map = aya::maps::MapData::from_pin(&job.flows_pin)
+        .with_context(|| format!("opening {}", job.flows_pin.display()))?;
+    let flows: aya::maps::HashMap<_, FlowKey, Flow> =
+        aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(map))?;
+    let entries = flows.iter().filter_map(Result::ok);
+    Ok(count_active(entries, &job))
+}
 /// A departing backend is retired this long after its drain deadline; meanwhile the data
 /// plane answers its flows' stragglers with RSTs.
 const RETIRE_AFTER_DEADLINE_NS: u64 = 5 * NS_PER_S;
@@ -589,37 +629,50 @@ impl Controller {
     }
 
     /// Counts active flows per backend by walking the flow table (LRU eviction and idle
-    /// expiry decrement nothing in the data plane). Also corrects the `wlc` counters.
+    /// expiry decrement nothing in the data plane), and corrects the `wlc` counters. On a
+    /// large table this takes a while: the daemon runs it off the lock (`sweep_job`,
+    /// `run_sweep`, `finish_sweep`); here it runs in place, for small tables.
     pub fn sweep(&mut self) -> anyhow::Result<()> {
-        let now = monotonic_coarse_ns();
-        let listeners: HashMap<u32, lb_common::Listener> = self
-            .dataplane
-            .listener_entries()?
-            .into_iter()
-            .filter(|(_, l)| l.flags & LISTENER_F_VIP_MARKER == 0)
-            .map(|(_, l)| (l.id, l))
-            .collect();
-        let mut active: HashMap<u32, u32> = HashMap::new();
-        let flows = self.dataplane.flows();
-        self.flow_entries = flows.len() as u64;
-        for (key, flow) in flows {
-            let Some(listener) = listeners.get(&flow.listener) else {
-                continue;
-            };
-            if select::is_active(now, &flow, key.protocol, listener) {
-                *active.entry(flow.backend).or_default() += 1;
-            }
-        }
+        let job = self.sweep_job()?;
+        let result = count_active(self.dataplane.flows(), &job);
+        self.finish_sweep(result)
+    }
+
+    /// Whether the table is small enough to sweep in place on a request (`status`,
+    /// `wait drained`); otherwise the last background sweep (at most a few seconds old)
+    /// answers.
+    pub fn sweep_is_cheap(&self) -> bool {
+        self.flow_entries < SWEEP_IN_PLACE_MAX
+    }
+
+    /// What a sweep needs, taken under the lock.
+    pub fn sweep_job(&self) -> anyhow::Result<SweepJob> {
+        Ok(SweepJob {
+            flows_pin: self.layout.maps().join(lb_common::names::FLOWS),
+            listeners: self
+                .dataplane
+                .listener_entries()?
+                .into_iter()
+                .filter(|(_, l)| l.flags & LISTENER_F_VIP_MARKER == 0)
+                .map(|(_, l)| (l.id, l))
+                .collect(),
+            now: monotonic_coarse_ns(),
+        })
+    }
+
+    /// Stores a sweep's counts and writes the `wlc` counters from them.
+    pub fn finish_sweep(&mut self, result: SweepResult) -> anyhow::Result<()> {
+        self.flow_entries = result.entries;
         for l in self.desired.listeners.values() {
             if l.scheduler != lb_common::Scheduler::Wlc {
                 continue;
             }
             for b in &l.backends {
-                let count = active.get(&b.id).copied().unwrap_or(0);
+                let count = result.active.get(&b.id).copied().unwrap_or(0);
                 self.dataplane.set_active_flows(b.id, count)?;
             }
         }
-        self.active = active;
+        self.active = result.active;
         Ok(())
     }
 
@@ -636,13 +689,22 @@ impl Controller {
             .collect()
     }
 
+    /// `sweep` when it is cheap; otherwise the counts of the last background sweep.
+    fn fresh_counts(&mut self) -> anyhow::Result<()> {
+        if self.sweep_is_cheap() {
+            self.sweep()
+        } else {
+            Ok(())
+        }
+    }
+
     pub fn active_flows(
         &mut self,
         group: &str,
         address: std::net::Ipv4Addr,
         port: Option<u16>,
     ) -> Response {
-        if let Err(e) = self.sweep() {
+        if let Err(e) = self.fresh_counts() {
             return Response::failed(format!("{e:#}"));
         }
         let ids = self.backends_of(group, address, port);
@@ -674,7 +736,7 @@ impl Controller {
     }
 
     pub fn status(&mut self) -> anyhow::Result<Status> {
-        self.sweep()?;
+        self.fresh_counts()?;
         let health: HashMap<BackendKey, health::BackendHealth> = self
             .health
             .as_ref()
