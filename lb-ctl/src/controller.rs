@@ -65,6 +65,8 @@ pub struct Controller {
     health: Option<Checker>,
     /// Drains as last saved (the state file keeps them with the overlay).
     drains: Vec<overlay::DrainRecord>,
+    /// Backends a restarted daemon found unhealthy in the pinned data plane.
+    initially_down: std::collections::BTreeSet<BackendKey>,
     /// Set while a `server remove --now` applies: removed servers are cut at once even
     /// with connection drain on.
     cut_removed: bool,
@@ -166,8 +168,9 @@ impl Controller {
 
         let mut ids = Ids::new(sizes.max_listeners, sizes.max_backends);
         let mut reconciler = Reconciler::new();
+        let mut runtime = Runtime::default();
         if adopting {
-            adopt(&dataplane, &effective, &mut ids, &mut reconciler)?;
+            runtime.unhealthy = adopt(&dataplane, &effective, &mut ids, &mut reconciler)?;
         }
         let attached = pins::attach(dataplane.program()?, &layout, &effective.interfaces)?;
         for (iface, ifindex, mode) in &attached {
@@ -182,7 +185,8 @@ impl Controller {
             overlay,
             effective,
             conflicts,
-            runtime: Runtime::default(),
+            initially_down: runtime.unhealthy.clone(),
+            runtime,
             ids,
             reconciler,
             desired: Desired::default(),
@@ -258,9 +262,15 @@ impl Controller {
     }
 
     /// Hands the health checker its targets; from now on its verdicts drive the tables.
-    pub fn attach_health(&mut self, checker: Checker) {
+    pub fn attach_health(&mut self, checker: Checker) -> anyhow::Result<()> {
         self.health = Some(checker);
         self.refresh_health_targets();
+        if let Some(c) = &self.health {
+            c.assume_down(&self.initially_down);
+        }
+        // From here on the checker's view is the truth (unprobed backends it keeps up).
+        self.health_changed()?;
+        Ok(())
     }
 
     fn refresh_health_targets(&self) {
@@ -908,13 +918,15 @@ impl Controller {
 }
 
 /// Rebuilds ids and the reconciler's record from a pinned data plane, so the first
-/// apply keeps every established flow's backend id and generation.
+/// apply keeps every established flow's backend id and generation. Returns the configured
+/// backends the data plane had marked unusable (down when the previous daemon stopped).
 fn adopt(
     dataplane: &DataPlane,
     config: &Config,
     ids: &mut Ids,
     reconciler: &mut Reconciler,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<std::collections::BTreeSet<BackendKey>> {
+    let mut down = std::collections::BTreeSet::new();
     let frontends: BTreeMap<lb_common::ListenerKey, (&str, Frontend)> = config
         .listeners
         .iter()
@@ -961,6 +973,9 @@ fn adopt(
                 port: u16::from_be(b.port),
             };
             ids.adopt_backend(key, id, b.generation);
+            if !b.is_usable() {
+                down.insert(key);
+            }
         } else {
             // Its listener is gone: the first apply retires it; its generation is kept so
             // the id's next owner never inherits its flows.
@@ -968,5 +983,5 @@ fn adopt(
         }
         reconciler.adopt_backend(id, b);
     }
-    Ok(())
+    Ok(down)
 }

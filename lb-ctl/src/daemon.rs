@@ -203,7 +203,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         source: controller.effective().health_check_source,
         ..CheckerOptions::default()
     });
-    controller.attach_health(checker);
+    controller.attach_health(checker)?;
     let listener = bind_socket(&options.socket, options.socket_group.as_deref())?;
     let controller = Arc::new(Mutex::new(controller));
     info!(

@@ -120,6 +120,21 @@ impl Checker {
         self.shared.wake.notify_one();
     }
 
+    /// Starts these probed backends down, without a transition: a restarted daemon found
+    /// them down in the pinned data plane, and must not send them new flows before their
+    /// probes succeed `healthy_threshold` times. Unprobed targets are left up (nothing
+    /// would ever bring them back).
+    pub fn assume_down(&self, keys: &BTreeSet<BackendKey>) {
+        let mut inner = self.shared.lock();
+        for key in keys {
+            if let Some(entry) = inner.entries.get_mut(key)
+                && entry.probe.is_some()
+            {
+                entry.machine.assume_down();
+            }
+        }
+    }
+
     /// Changes the probes' source address, from the next probe on.
     pub fn set_source(&self, source: Option<Ipv4Addr>) {
         self.shared.lock().source = source;

@@ -94,6 +94,13 @@ impl Machine {
         self.thresholds
     }
 
+    /// Starts over as down: it takes new flows only after `healthy_threshold` successes.
+    pub fn assume_down(&mut self) {
+        self.probed_up = false;
+        self.consecutive_successes = 0;
+        self.consecutive_failures = 0;
+    }
+
     /// Whether the backend takes new flows.
     pub fn is_up(&self) -> bool {
         self.probed_up && self.held_until.is_none()
