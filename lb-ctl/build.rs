@@ -11,10 +11,15 @@ use aya_build::{Package, Toolchain};
 /// rustc linked as `deb-web` (see docs/development.md). A laptop with `nightly` +
 /// `rust-src` sets `LB_EBPF_TOOLCHAIN=nightly`.
 const TOOLCHAIN_VAR: &str = "LB_EBPF_TOOLCHAIN";
+/// `LB_EBPF_DEBUG_LOG=1` builds the XDP program with per-packet aya-log output (the
+/// daemon forwards it to its log at debug level). Never for production: it is slow.
+const DEBUG_LOG_VAR: &str = "LB_EBPF_DEBUG_LOG";
 const DEFAULT_TOOLCHAIN: &str = "deb-web";
 
 fn main() -> anyhow::Result<()> {
     println!("cargo:rerun-if-env-changed={TOOLCHAIN_VAR}");
+    println!("cargo:rerun-if-env-changed={DEBUG_LOG_VAR}");
+    let debug_log = env::var(DEBUG_LOG_VAR).is_ok_and(|v| v == "1");
     let toolchain = env::var(TOOLCHAIN_VAR).unwrap_or_else(|_| DEFAULT_TOOLCHAIN.to_owned());
 
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR")?);
@@ -39,6 +44,7 @@ fn main() -> anyhow::Result<()> {
         [Package {
             name: "lb-ebpf",
             root_dir,
+            features: if debug_log { &["debug-log"] } else { &[] },
             ..Default::default()
         }],
         Toolchain::Custom(&toolchain),

@@ -103,6 +103,14 @@ pub enum Command {
         #[arg(long, default_value = crate::pins::BPFFS)]
         bpffs: PathBuf,
     },
+    /// Print a shell completion script, e.g. `lb-ctl completions bash >
+    /// /etc/bash_completion.d/lb-ctl`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), e.g. `lb-ctl man | man -l -`.
+    Man,
 }
 
 #[derive(Debug, Args)]
@@ -304,6 +312,70 @@ pub enum AclCommand {
     List(ReadArgs),
 }
 
+/// Writes the completion script of `lb-ctl` for `shell`.
+pub fn write_completions(shell: clap_complete::Shell, out: &mut dyn std::io::Write) {
+    let mut command = <Cli as clap::CommandFactory>::command();
+    clap_complete::generate(shell, &mut command, "lb-ctl", out);
+}
+
+/// Writes the man page of `lb-ctl`: its synopsis, every subcommand with its options, and
+/// the exit codes.
+pub fn write_man_page(out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    let command = <Cli as clap::CommandFactory>::command();
+    let man = clap_mangen::Man::new(command.clone());
+    man.render_title(out)?;
+    man.render_name_section(out)?;
+    man.render_synopsis_section(out)?;
+    man.render_description_section(out)?;
+    man.render_options_section(out)?;
+    man.render_subcommands_section(out)?;
+    // The subcommands' own options, which a single page would otherwise leave out.
+    for sub in command.get_subcommands().filter(|s| !s.is_hide_set()) {
+        write_subcommand_options(out, &format!("lb-ctl {}", sub.get_name()), sub)?;
+    }
+    man.render_extra_section(out)?;
+    man.render_version_section(out)?;
+    man.render_authors_section(out)
+}
+
+/// A `.SH` section per subcommand listing its arguments, recursing into nested ones.
+fn write_subcommand_options(
+    out: &mut dyn std::io::Write,
+    path: &str,
+    command: &clap::Command,
+) -> std::io::Result<()> {
+    if command.has_subcommands() {
+        for sub in command.get_subcommands().filter(|s| !s.is_hide_set()) {
+            write_subcommand_options(out, &format!("{path} {}", sub.get_name()), sub)?;
+        }
+        return Ok(());
+    }
+    // Render the subcommand as a page of its own and keep its OPTIONS section, under a
+    // heading naming the command.
+    let mut page = Vec::new();
+    clap_mangen::Man::new(command.clone().name(path.to_owned()).bin_name(path.to_owned()))
+        .render_options_section(&mut page)?;
+    let page = String::from_utf8_lossy(&page);
+    let body = page.split_once('\n').map_or("", |(_, rest)| rest);
+    if body.trim().is_empty() {
+        return Ok(());
+    }
+    writeln!(out, ".SH \"{}\"", path.to_uppercase())?;
+    if let Some(about) = command.get_about() {
+        writeln!(out, "{}", roff_text(&about.to_string()))?;
+    }
+    out.write_all(body.as_bytes())
+}
+
+/// Plain text as a roff paragraph: a leading `.` or `'` would be read as a request.
+fn roff_text(text: &str) -> String {
+    let escaped = text.replace('\\', "\\e");
+    match escaped.chars().next() {
+        Some('.' | '\'') => format!("\\&{escaped}"),
+        _ => escaped,
+    }
+}
+
 /// `ADDR` or `ADDR:PORT`.
 pub fn parse_server(s: &str) -> Result<(Ipv4Addr, Option<u16>), String> {
     let hint = "expected ADDR or ADDR:PORT, e.g. 198.18.1.10 or 198.18.1.10:8080";
@@ -360,6 +432,36 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn completions_and_man_page_generate() {
+        for shell in [
+            clap_complete::Shell::Bash,
+            clap_complete::Shell::Zsh,
+            clap_complete::Shell::Fish,
+        ] {
+            let mut out = Vec::new();
+            write_completions(shell, &mut out);
+            let text = String::from_utf8(out).expect("completions are UTF-8");
+            for word in ["lb-ctl", "drain", "explain", "completions"] {
+                assert!(text.contains(word), "{shell} completions lack {word}");
+            }
+        }
+        let mut out = Vec::new();
+        write_man_page(&mut out).expect("the man page renders");
+        let page = String::from_utf8(out).expect("the man page is UTF-8");
+        assert!(page.starts_with(".ie") || page.contains(".TH lb-ctl"), "{page}");
+        for needle in [
+            ".TH lb-ctl",
+            ".SH SYNOPSIS",
+            ".SH SUBCOMMANDS",
+            "LB-CTL SERVER DRAIN",
+            "\\-\\-wait",
+            "Exit codes",
+        ] {
+            assert!(page.contains(needle), "the man page lacks {needle:?}:\n{page}");
+        }
     }
 
     #[test]

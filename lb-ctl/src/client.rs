@@ -41,10 +41,16 @@ fn call_ok(socket: &Path, request: &Request) -> Result<serde_json::Value, i32> {
     }
 }
 
-fn change(socket: &Path, change: Change) -> i32 {
-    match call(socket, &Request::Change { change }) {
+/// Sends a request whose answer is a message: printed as is (`print!` for a message that
+/// is a file, `println!` otherwise); an error goes to stderr with its exit code.
+fn simple(socket: &Path, request: &Request, as_file: bool) -> i32 {
+    match call(socket, request) {
         Ok(Response::Ok { message, .. }) => {
-            println!("{message}");
+            if as_file {
+                print!("{message}");
+            } else {
+                println!("{message}");
+            }
             exit::OK
         }
         Ok(Response::Error { message, code }) => {
@@ -53,6 +59,10 @@ fn change(socket: &Path, change: Change) -> i32 {
         }
         Err(code) => code,
     }
+}
+
+fn change(socket: &Path, change: Change) -> i32 {
+    simple(socket, &Request::Change { change }, false)
 }
 
 fn effective(socket: &Path) -> Result<Config, i32> {
@@ -630,6 +640,17 @@ fn acl_command(socket: &Path, cmd: AclCommand) -> i32 {
 pub fn run(socket: &Path, command: Command) -> i32 {
     match command {
         Command::Daemon(_) => unreachable!("main runs the daemon"),
+        Command::Completions { shell } => {
+            crate::cli::write_completions(shell, &mut std::io::stdout());
+            exit::OK
+        }
+        Command::Man => match crate::cli::write_man_page(&mut std::io::stdout()) {
+            Ok(()) => exit::OK,
+            Err(e) => {
+                eprintln!("lb-ctl: writing the man page: {e}");
+                exit::FAILED
+            }
+        },
         Command::Validate { file } => match config::load(&file) {
             Ok(c) => {
                 println!(
@@ -703,24 +724,15 @@ pub fn run(socket: &Path, command: Command) -> i32 {
                 let limit = u64::from(timeout.unwrap_or(900)) + 5;
                 wait_drained(socket, &server.group, address, port, limit)
             }
-            ServerCommand::Undrain { server } => match call(
+            ServerCommand::Undrain { server } => simple(
                 socket,
                 &Request::Undrain {
                     group: server.group,
                     address: server.server.0,
                     port: server.server.1,
                 },
-            ) {
-                Ok(Response::Ok { message, .. }) => {
-                    println!("{message}");
-                    exit::OK
-                }
-                Ok(Response::Error { message, code }) => {
-                    eprintln!("lb-ctl: {message}");
-                    code
-                }
-                Err(code) => code,
-            },
+                false,
+            ),
         },
         Command::Wait(WaitCommand::Drained { server, timeout }) => wait_drained(
             socket,
@@ -770,28 +782,8 @@ pub fn run(socket: &Path, command: Command) -> i32 {
                 Err(code) => code,
             }
         }
-        Command::Reload => match call(socket, &Request::Reload) {
-            Ok(Response::Ok { message, .. }) => {
-                println!("{message}");
-                exit::OK
-            }
-            Ok(Response::Error { message, code }) => {
-                eprintln!("lb-ctl: {message}");
-                code
-            }
-            Err(code) => code,
-        },
-        Command::Export => match call(socket, &Request::Export) {
-            Ok(Response::Ok { message, .. }) => {
-                print!("{message}");
-                exit::OK
-            }
-            Ok(Response::Error { message, code }) => {
-                eprintln!("lb-ctl: {message}");
-                code
-            }
-            Err(code) => code,
-        },
+        Command::Reload => simple(socket, &Request::Reload, false),
+        Command::Export => simple(socket, &Request::Export, true),
         Command::Teardown {
             instance,
             config: config_path,

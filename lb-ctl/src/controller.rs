@@ -232,6 +232,11 @@ impl Controller {
         &self.dataplane
     }
 
+    /// See `DataPlane::take_logger`.
+    pub fn take_xdp_logger(&mut self) -> Option<crate::dataplane::XdpLogger> {
+        self.dataplane.take_logger()
+    }
+
     fn restore_drains(&mut self, drains: &[overlay::DrainRecord]) {
         let now_mono = monotonic_coarse_ns();
         let now_unix = unix_ms();
@@ -747,6 +752,13 @@ impl Controller {
 
     pub fn status(&mut self) -> anyhow::Result<Status> {
         self.fresh_counts()?;
+        self.last_status()
+    }
+
+    /// `status` with the active-flow counts and flow-table occupancy of the last sweep
+    /// (the daemon sweeps every `--sweep-interval`): what /metrics and the status page
+    /// read, so a scrape or a page refresh never walks the flow table itself.
+    pub fn last_status(&self) -> anyhow::Result<Status> {
         let health: HashMap<BackendKey, health::BackendHealth> = self
             .health
             .as_ref()
@@ -839,6 +851,12 @@ impl Controller {
             conflicts: self.conflicts.clone(),
             flow_table: self.flow_table()?,
         })
+    }
+
+    /// The health checker's view (per-backend state, probe latency and counts); `None`
+    /// until the daemon has attached a checker.
+    pub fn health_snapshot(&self) -> Option<health::Snapshot> {
+        self.health.as_ref().map(Checker::snapshot)
     }
 
     /// Flow table occupancy from the last sweep, and how many entries the LRU has evicted:

@@ -29,6 +29,7 @@ use crate::{
     api::{Request, Response},
     controller::{self, Controller},
     health::{Checker, CheckerOptions},
+    web::WebServer,
 };
 
 #[derive(Clone, Debug)]
@@ -195,6 +196,27 @@ async fn serve_connection(controller: Arc<Mutex<Controller>>, stream: tokio::net
     }
 }
 
+/// Copies the XDP program's log records (debug builds) into the daemon's log as they
+/// arrive.
+async fn forward_xdp_log(logger: crate::dataplane::XdpLogger) {
+    // SAFETY: the logger owns its ring buffer's descriptor for as long as it lives, and
+    // the AsyncFd owns the logger.
+    let mut fd = match unsafe { tokio::io::unix::AsyncFd::register(logger) } {
+        Ok(fd) => fd,
+        Err(e) => {
+            warn!("cannot watch the XDP log ring: {e}");
+            return;
+        }
+    };
+    loop {
+        let Ok(mut ready) = fd.readable_mut().await else {
+            return;
+        };
+        ready.get_inner_mut().flush();
+        ready.clear_ready();
+    }
+}
+
 /// Runs the daemon until SIGINT or SIGTERM.
 pub async fn run(options: Options) -> anyhow::Result<()> {
     let mut controller = Controller::start(options.controller.clone())?;
@@ -204,8 +226,16 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         ..CheckerOptions::default()
     });
     controller.attach_health(checker)?;
+    if let Some(logger) = controller.take_xdp_logger() {
+        info!("the XDP program logs every packet (built with LB_EBPF_DEBUG_LOG=1)");
+        tokio::spawn(forward_xdp_log(logger));
+    }
     let listener = bind_socket(&options.socket, options.socket_group.as_deref())?;
     let controller = Arc::new(Mutex::new(controller));
+    // /metrics and the status page, when the config asks for them (`metrics_listen`).
+    let mut web = WebServer::new();
+    let metrics_listen = controller.lock().await.effective().metrics_listen;
+    web.follow(metrics_listen, &controller)?;
     info!(
         "lb-ctl daemon for instance {instance} ready; control socket {}",
         options.socket.display()
@@ -273,6 +303,11 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
                 }
                 if let Err(e) = c.expire_drains() {
                     warn!("retiring drained backends failed: {e:#}");
+                }
+                // A reload (SIGHUP or the API) may have moved or removed metrics_listen:
+                // followed here, once per sweep, rather than in every reload path.
+                if let Err(e) = web.follow(c.effective().metrics_listen, &controller) {
+                    error!("{e}");
                 }
             }
             _ = terminate.recv() => break,

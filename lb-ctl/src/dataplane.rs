@@ -205,9 +205,13 @@ pub struct LoadOptions {
     pub map_pin_dir: Option<PathBuf>,
 }
 
+/// aya-log's reader of the program's log ring (only in `LB_EBPF_DEBUG_LOG=1` builds).
+pub type XdpLogger = aya_log::EbpfLogger<&'static dyn log::Log>;
+
 /// The loaded program and its maps.
 pub struct DataPlane {
     ebpf: Ebpf,
+    logger: Option<XdpLogger>,
     sizes: MapSizes,
     listeners: HashMap<MapData, ListenerKey, Listener>,
     backends: Array<MapData, Backend>,
@@ -242,15 +246,17 @@ impl DataPlane {
             loader.map_pin_path(name, path.as_path());
         }
         let mut ebpf = loader.load(EBPF_OBJECT)?;
+        // Present only when the object was built with per-packet logging.
+        let logger = aya_log::EbpfLogger::init(&mut ebpf).ok();
         let program: &mut Xdp = ebpf
             .program_mut(names::PROGRAM)
             .ok_or(DataPlaneError::Missing(names::PROGRAM))?
             .try_into()?;
         program.load()?;
-        Self::from_ebpf(ebpf, options.sizes)
+        Self::from_ebpf(ebpf, options.sizes, logger)
     }
 
-    fn from_ebpf(mut ebpf: Ebpf, sizes: MapSizes) -> Result<Self> {
+    fn from_ebpf(mut ebpf: Ebpf, sizes: MapSizes, logger: Option<XdpLogger>) -> Result<Self> {
         fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map> {
             ebpf.take_map(name).ok_or(DataPlaneError::Missing(name))
         }
@@ -306,8 +312,15 @@ impl DataPlane {
                 .try_into()
                 .map_err(map_err(names::AFFINITY))?,
             ebpf,
+            logger,
             sizes,
         })
+    }
+
+    /// The program's log reader, when it was built with per-packet logging; the daemon
+    /// drains it into its own log.
+    pub fn take_logger(&mut self) -> Option<XdpLogger> {
+        self.logger.take()
     }
 
     /// The whole loaded object: its other programs and maps (the benchmark programs of

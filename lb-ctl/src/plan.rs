@@ -272,14 +272,19 @@ impl Runtime {
 }
 
 /// One member of a listener's group before ids and health are applied.
-struct GroupMember {
-    address: Ipv4Addr,
-    port: u16,
-    weight: u32,
-    role: Role,
+pub struct GroupMember {
+    pub address: Ipv4Addr,
+    pub port: u16,
+    /// Configured weight (100 on primary/secondary groups, where weights do not apply).
+    pub weight: u32,
+    pub role: Role,
+    /// Health-checked: every member but a secondary whose group does not ask for it.
+    pub probed: bool,
 }
 
-fn members(config: &Config, listener: &config::Listener) -> Vec<GroupMember> {
+/// The members of a listener's group, with the listener's backend port for the default
+/// group. `config` must be validated (no dangling reference).
+pub fn members(config: &Config, listener: &config::Listener) -> Vec<GroupMember> {
     match listener.named_group() {
         None => {
             let port = listener.backend_port.unwrap_or(0);
@@ -292,6 +297,7 @@ fn members(config: &Config, listener: &config::Listener) -> Vec<GroupMember> {
                     port,
                     weight: u32::from(s.weight),
                     role: Role::Member,
+                    probed: true,
                 })
                 .collect()
         }
@@ -304,6 +310,7 @@ fn members(config: &Config, listener: &config::Listener) -> Vec<GroupMember> {
                         port: m.port,
                         weight: u32::from(m.weight),
                         role: Role::Member,
+                        probed: true,
                     })
                     .collect()
             } else if let Some(g) = config.primary_secondary_group(name) {
@@ -316,6 +323,8 @@ fn members(config: &Config, listener: &config::Listener) -> Vec<GroupMember> {
                         // takes the new flows at a time.
                         weight: 100,
                         role,
+                        // As in CLB, the secondary is not probed unless asked for.
+                        probed: role == Role::Primary || g.probe_secondary,
                     })
                     .collect()
             } else {

@@ -75,34 +75,9 @@ pub fn handle(ctx: &XdpContext, ip: &Ipv4) -> (u32, Reason) {
         return (XDP_PASS, Reason::PassTtlExpired);
     }
 
-    // Both kinds go to the sender of the quoted packet. A reply we sent (VIP → client),
-    // reported back to the VIP, quotes a flow of the flow table.
-    if ip.dst_addr == inner_src {
-        let key = FlowKey {
-            src_addr: inner_dst,
-            dst_addr: inner_src,
-            src_port: dst_port,
-            dst_port: src_port,
-            protocol,
-            _pad: [0; 3],
-        };
-        if let Some(flow) = FLOWS.get_ptr(key) {
-            // SAFETY: a map value pointer stays valid for the program run.
-            let flow = unsafe { &*flow };
-            if let Some(b) = BACKENDS.get(flow.backend)
-                && b.generation == flow.generation
-                && b.is_usable()
-            {
-                let (addr, port) = (b.addr, b.port);
-                rewrite_quoted(ctx, e, off, Quoted::Source, addr, port);
-                rewrite_outer(ctx, Outer::Destination, ip.dst_addr, addr);
-                return fwd::transmit(ctx, ip, ip.src_addr, addr, 0, 0, Reason::IcmpToBackend);
-            }
-        }
-    }
-
-    // A packet we sent to a backend (client → backend), reported towards the client.
-    let reply_key = FlowKey {
+    // The quoted packet seen from the other end: the flow it belongs to, keyed the way
+    // FLOWS (client → VIP) and REVERSE (backend → client) key them.
+    let key = FlowKey {
         src_addr: inner_dst,
         dst_addr: inner_src,
         src_port: dst_port,
@@ -110,7 +85,27 @@ pub fn handle(ctx: &XdpContext, ip: &Ipv4) -> (u32, Reason) {
         protocol,
         _pad: [0; 3],
     };
-    let Some(rev) = REVERSE.get_ptr(reply_key) else {
+
+    // Both kinds go to the sender of the quoted packet. A reply we sent (VIP → client),
+    // reported back to the VIP, quotes a flow of the flow table.
+    if ip.dst_addr == inner_src
+        && let Some(flow) = FLOWS.get_ptr(key)
+    {
+        // SAFETY: a map value pointer stays valid for the program run.
+        let flow = unsafe { &*flow };
+        if let Some(b) = BACKENDS.get(flow.backend)
+            && b.generation == flow.generation
+            && b.is_usable()
+        {
+            let (addr, port) = (b.addr, b.port);
+            rewrite_quoted(ctx, e, off, Quoted::Source, addr, port);
+            rewrite_outer(ctx, Outer::Destination, ip.dst_addr, addr);
+            return fwd::transmit(ctx, ip, ip.src_addr, addr, 0, 0, Reason::IcmpToBackend);
+        }
+    }
+
+    // A packet we sent to a backend (client → backend), reported towards the client.
+    let Some(rev) = REVERSE.get_ptr(key) else {
         return pass();
     };
     // SAFETY: a map value pointer stays valid for the program run.

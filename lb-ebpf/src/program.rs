@@ -39,6 +39,10 @@ static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
 pub fn lb_xdp(ctx: XdpContext) -> u32 {
     let (action, reason) = process(&ctx);
     stats::count(reason);
+    // Per-packet logging exists only in builds that ask for it (LB_EBPF_DEBUG_LOG=1 at
+    // build time): it costs more than the rest of the program.
+    #[cfg(feature = "debug-log")]
+    aya_log_ebpf::debug!(&ctx, "verdict {} reason {}", action, reason as u32);
     action
 }
 
@@ -209,15 +213,7 @@ fn forward(ctx: &XdpContext, ip: &Ipv4, l4: &L4, listener: &Listener) -> (u32, R
         Reason::Forwarded,
     );
     if out.0 != XDP_DROP {
-        let bytes = u64::from(ip.tot_len);
-        stats::listener(listener.id, |c| {
-            c.packets += 1;
-            c.bytes += bytes;
-        });
-        stats::backend(backend_id, |c| {
-            c.packets += 1;
-            c.bytes += bytes;
-        });
+        stats::forwarded(listener.id, backend_id, u64::from(ip.tot_len), false);
     }
     out
 }
@@ -524,15 +520,7 @@ fn reply(ctx: &XdpContext, ip: &Ipv4, l4: &L4, rev: &ReverseNat) -> (u32, Reason
         Reason::ReplyForwarded,
     );
     if out.0 != XDP_DROP {
-        let bytes = u64::from(ip.tot_len);
-        stats::listener(listener, |c| {
-            c.reply_packets += 1;
-            c.reply_bytes += bytes;
-        });
-        stats::backend(backend, |c| {
-            c.reply_packets += 1;
-            c.reply_bytes += bytes;
-        });
+        stats::forwarded(listener, backend, u64::from(ip.tot_len), true);
     }
     out
 }

@@ -29,3 +29,20 @@ pub fn listener(id: u32, f: impl FnOnce(&mut TrafficCounters)) {
 pub fn backend(id: u32, f: impl FnOnce(&mut TrafficCounters)) {
     update(BACKEND_STATS.get_ptr_mut(id), f);
 }
+
+/// One packet of `bytes` (IP length) forwarded for a listener and backend, in the client →
+/// backend direction or as a reply.
+#[inline(always)]
+pub fn forwarded(listener_id: u32, backend_id: u32, bytes: u64, reply: bool) {
+    let add = |c: &mut TrafficCounters| {
+        if reply {
+            c.reply_packets += 1;
+            c.reply_bytes += bytes;
+        } else {
+            c.packets += 1;
+            c.bytes += bytes;
+        }
+    };
+    listener(listener_id, add);
+    backend(backend_id, add);
+}

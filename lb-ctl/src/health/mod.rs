@@ -98,46 +98,21 @@ pub fn targets(config: &Config) -> Vec<Target> {
     let mut out = Vec::new();
     for listener in &config.listeners {
         let frontend = Frontend::of(listener);
-        let mut push = |address: Ipv4Addr, port: u16, weight: u32, probe: bool| {
+        for m in crate::plan::members(config, listener) {
             out.push(Target {
                 key: BackendKey {
                     frontend,
-                    address,
-                    port,
+                    address: m.address,
+                    port: m.port,
                 },
                 listener: listener.name.clone(),
-                address,
-                port,
+                address: m.address,
+                port: m.port,
                 check: listener.health_check.clone(),
-                probe,
-                weight,
+                probe: m.probed,
+                weight: m.weight,
                 slow_start: listener.slow_start,
             });
-        };
-        match listener.named_group() {
-            None => {
-                // Validation guarantees a backend port with the default group.
-                let port = listener.backend_port.unwrap_or(0);
-                for s in &config.default_server_group.servers {
-                    push(s.address, port, u32::from(s.weight), true);
-                }
-            }
-            Some(name) => {
-                if let Some(g) = config.vserver_group(name) {
-                    for m in &g.servers {
-                        push(m.address, m.port, u32::from(m.weight), true);
-                    }
-                } else if let Some(g) = config.primary_secondary_group(name) {
-                    // Weights do not apply to primary/secondary groups (plan.rs uses 100).
-                    push(g.primary.address, g.primary.port, 100, true);
-                    push(
-                        g.secondary.address,
-                        g.secondary.port,
-                        100,
-                        g.probe_secondary,
-                    );
-                }
-            }
         }
     }
     out
