@@ -65,6 +65,8 @@ pub struct Controller {
     health: Option<Checker>,
     /// Drains as last saved (the state file keeps them with the overlay).
     drains: Vec<overlay::DrainRecord>,
+    /// When each departing backend started departing (`monotonic_coarse_ns`).
+    departed_at: HashMap<BackendKey, u64>,
     /// Backends a restarted daemon found unhealthy in the pinned data plane.
     initially_down: std::collections::BTreeSet<BackendKey>,
     /// Set while a `server remove --now` applies: removed servers are cut at once even
@@ -185,6 +187,7 @@ impl Controller {
             overlay,
             effective,
             conflicts,
+            departed_at: HashMap::new(),
             initially_down: runtime.unhealthy.clone(),
             runtime,
             ids,
@@ -311,7 +314,10 @@ impl Controller {
     /// out of the tables, until its drain deadline.
     pub fn apply(&mut self) -> anyhow::Result<usize> {
         let now = monotonic_coarse_ns();
-        let mut desired = plan::plan(&self.effective, &self.runtime, &mut self.ids)?;
+        // Planned on a copy of the ids: the plan releases the ids of backends that left,
+        // and a departing one must keep its id and generation (its flows carry them).
+        let mut ids = self.ids.clone();
+        let mut desired = plan::plan(&self.effective, &self.runtime, &mut ids)?;
         let mut departures = false;
         for (name, old) in &self.desired.listeners {
             let Some(new) = desired.listeners.get(name) else {
@@ -338,9 +344,11 @@ impl Controller {
             }
         }
         if departures {
-            desired = plan::plan(&self.effective, &self.runtime, &mut self.ids)?;
+            ids = self.ids.clone();
+            desired = plan::plan(&self.effective, &self.runtime, &mut ids)?;
             self.persist_drains();
         }
+        self.ids = ids;
         let ops = self.reconciler.apply(&desired, &mut self.dataplane)?;
         self.desired = desired;
         Ok(ops.len())
@@ -352,9 +360,24 @@ impl Controller {
     pub fn expire_drains(&mut self) -> anyhow::Result<()> {
         let now = monotonic_coarse_ns();
         let before = (self.runtime.departing.len(), self.runtime.draining.len());
-        self.runtime
-            .departing
-            .retain(|_, deadline| now < deadline.saturating_add(RETIRE_AFTER_DEADLINE_NS));
+        // A departing backend whose flows have all ended is retired at once, not at its
+        // deadline; "at once" after two sweeps, so flows that began just before the
+        // removal have been counted.
+        let idle: std::collections::BTreeSet<BackendKey> = self
+            .desired
+            .listeners
+            .values()
+            .flat_map(|l| l.backends.iter())
+            .filter(|b| b.departing && self.active.get(&b.id).copied().unwrap_or(0) == 0)
+            .map(|b| b.key)
+            .collect();
+        let since = &mut self.departed_at;
+        self.runtime.departing.retain(|key, deadline| {
+            let started = *since.entry(*key).or_insert(now);
+            let drained = idle.contains(key) && now.saturating_sub(started) > 2 * NS_PER_S;
+            now < deadline.saturating_add(RETIRE_AFTER_DEADLINE_NS) && !drained
+        });
+        since.retain(|key, _| self.runtime.departing.contains_key(key));
         let present: std::collections::BTreeSet<BackendKey> = self
             .desired
             .listeners

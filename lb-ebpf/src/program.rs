@@ -172,10 +172,14 @@ fn forward(ctx: &XdpContext, ip: &Ipv4, l4: &L4, listener: &Listener) -> (u32, R
             // flag bit is harmless.
             let f = unsafe { &mut *live_flow };
             let b = unsafe { &*live_backend };
+            // Past a drain deadline the flow is cut, except the client's own RST, which
+            // goes through so the backend learns the connection is gone.
             if b.flags & BACKEND_F_DRAINING != 0
                 && b.drain_deadline_ns != 0
                 && now > b.drain_deadline_ns
+                && l4.tcp_flags & TCP_RST == 0
             {
+                note_close(f, TCP_RST);
                 return cut_drained(ctx, ip, listener);
             }
             f.last_seen_ns = now;
@@ -304,7 +308,8 @@ fn touch_affinity(listener: &Listener, client: u32, backend: u32, generation: u3
 }
 
 /// A flow of a drained backend after its drain timeout: TCP is answered with a RST (the
-/// client stops at once), UDP is dropped.
+/// client stops at once; the flow is recorded as reset, so it is no longer active), UDP is
+/// dropped.
 #[inline(always)]
 fn cut_drained(ctx: &XdpContext, ip: &Ipv4, listener: &Listener) -> (u32, Reason) {
     stats::listener(listener.id, |c| c.dropped += 1);
@@ -507,6 +512,25 @@ fn reply(ctx: &XdpContext, ip: &Ipv4, l4: &L4, rev: &ReverseNat) -> (u32, Reason
         return (XDP_PASS, Reason::PassTtlExpired);
     }
     let (vip, vport, listener, backend) = (rev.vip, rev.vport, rev.listener, rev.backend);
+    if l4.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+        // The backend closes or refuses: the flow stops being active (for wlc, status and
+        // wait drained) even if the client never answers. Rare, so one more lookup is fine.
+        let key = FlowKey {
+            src_addr: ip.dst_addr,
+            dst_addr: vip,
+            src_port: l4.dst_port,
+            dst_port: vport,
+            protocol: ip.protocol,
+            _pad: [0; 3],
+        };
+        if let Some(f) = FLOWS.get_ptr_mut(key) {
+            // SAFETY: a map value pointer stays valid for the program run.
+            let f = unsafe { &mut *f };
+            if f.backend == backend {
+                note_close(f, l4.tcp_flags);
+            }
+        }
+    }
     if !nat::translate(ctx, ip, l4, Side::Source, vip, vport) {
         return (XDP_DROP, Reason::DropMalformedL4);
     }

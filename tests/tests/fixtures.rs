@@ -1563,6 +1563,68 @@ fn drained_backend_flows_are_cut_after_the_deadline() {
                 },
             ],
         );
+        let flow = dp.flow(&flow_of(&syn)).unwrap().unwrap();
+        assert_ne!(
+            flow.flags & lb_common::FLOW_F_RST,
+            0,
+            "a cut flow is no longer active"
+        );
+        // The client's kernel answers the backend's next segment with a RST: that one
+        // goes through, so the backend closes too.
+        let client_rst = from_client(Frame::tcp((CLIENT, 46200), (VIP, 80), RST));
+        check(
+            &mut dp,
+            &[Case {
+                name: "the client's RST reaches the backend",
+                ingress: lab.client_if,
+                input: client_rst.build(),
+                verdict: XDP_REDIRECT,
+                reason: Reason::Forwarded,
+                output: Output::Exactly(to_backend(&client_rst, 0, 8080)),
+            }],
+        );
+    });
+}
+
+#[test]
+fn a_backend_closing_or_refusing_ends_the_flow() {
+    let Some(lab) = lab("fxbrst") else { return };
+    lab.ns.enter(|| {
+        let mut dp = load(&lab);
+        web(vec![member(0, B[0], 8080, 100)], Scheduler::Wrr).install(&mut dp, 1);
+        let syn = from_client(Frame::tcp((CLIENT, 46300), (VIP, 80), SYN));
+        let refused = Frame::tcp((B[0], 8080), (CLIENT, 46300), RST | ACK)
+            .payload(b"")
+            .macs(B_MAC[0], LB_BACKEND_MAC);
+        let mut refused_out = Frame::tcp((VIP, 80), (CLIENT, 46300), RST | ACK).payload(b"");
+        refused_out.ttl = 63;
+        check(
+            &mut dp,
+            &[
+                Case {
+                    name: "SYN",
+                    ingress: lab.client_if,
+                    input: syn.build(),
+                    verdict: XDP_REDIRECT,
+                    reason: Reason::Forwarded,
+                    output: Output::Exactly(to_backend(&syn, 0, 8080)),
+                },
+                Case {
+                    name: "the backend refuses with a RST",
+                    ingress: lab.backend_if,
+                    input: refused.build(),
+                    verdict: XDP_REDIRECT,
+                    reason: Reason::ReplyForwarded,
+                    output: Output::Exactly(refused_out.macs(LB_CLIENT_MAC, CLIENT_MAC).build()),
+                },
+            ],
+        );
+        let flow = dp.flow(&flow_of(&syn)).unwrap().unwrap();
+        assert_ne!(
+            flow.flags & lb_common::FLOW_F_RST,
+            0,
+            "the refused flow is not active"
+        );
     });
 }
 
