@@ -328,14 +328,19 @@ pub fn write_man_page(out: &mut dyn std::io::Write) -> std::io::Result<()> {
     man.render_synopsis_section(out)?;
     man.render_description_section(out)?;
     man.render_options_section(out)?;
-    man.render_subcommands_section(out)?;
-    // The subcommands' own options, which a single page would otherwise leave out.
+    // One section per subcommand with its own options, instead of clap_mangen's list of
+    // lb-ctl-SUBCOMMAND(1) pages: `lb-ctl man` prints a single, complete page.
     for sub in command.get_subcommands().filter(|s| !s.is_hide_set()) {
         write_subcommand_options(out, &format!("lb-ctl {}", sub.get_name()), sub)?;
     }
-    man.render_extra_section(out)?;
-    man.render_version_section(out)?;
-    man.render_authors_section(out)
+    // EXIT_CODES (the --help epilogue) as a man page's EXIT STATUS list.
+    writeln!(out, ".SH \"EXIT STATUS\"")?;
+    for line in EXIT_CODES.lines().skip(1) {
+        if let Some((code, meaning)) = line.trim().split_once(' ') {
+            writeln!(out, ".TP\n{code}\n{}", roff_text(meaning.trim()))?;
+        }
+    }
+    man.render_version_section(out)
 }
 
 /// A `.SH` section per subcommand listing its arguments, recursing into nested ones.
@@ -353,10 +358,12 @@ fn write_subcommand_options(
     // Render the subcommand as a page of its own and keep its OPTIONS section, under a
     // heading naming the command.
     let mut page = Vec::new();
-    clap_mangen::Man::new(command.clone().name(path.to_owned()).bin_name(path.to_owned()))
-        .render_options_section(&mut page)?;
+    clap_mangen::Man::new(command.clone()).render_options_section(&mut page)?;
     let page = String::from_utf8_lossy(&page);
-    let body = page.split_once('\n').map_or("", |(_, rest)| rest);
+    // Keep what follows its own heading: the subcommand's heading replaces it.
+    let body = page
+        .split_once(".SH OPTIONS\n")
+        .map_or("", |(_, rest)| rest);
     if body.trim().is_empty() {
         return Ok(());
     }
@@ -451,16 +458,17 @@ mod tests {
         let mut out = Vec::new();
         write_man_page(&mut out).expect("the man page renders");
         let page = String::from_utf8(out).expect("the man page is UTF-8");
-        assert!(page.starts_with(".ie") || page.contains(".TH lb-ctl"), "{page}");
         for needle in [
             ".TH lb-ctl",
             ".SH SYNOPSIS",
-            ".SH SUBCOMMANDS",
             "LB-CTL SERVER DRAIN",
             "\\-\\-wait",
-            "Exit codes",
+            ".SH \"EXIT STATUS\"",
         ] {
-            assert!(page.contains(needle), "the man page lacks {needle:?}:\n{page}");
+            assert!(
+                page.contains(needle),
+                "the man page lacks {needle:?}:\n{page}"
+            );
         }
     }
 

@@ -235,7 +235,10 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     // /metrics and the status page, when the config asks for them (`metrics_listen`).
     let mut web = WebServer::new();
     let metrics_listen = controller.lock().await.effective().metrics_listen;
-    web.follow(metrics_listen, &controller)?;
+    if let Err(e) = web.follow(metrics_listen, &controller) {
+        let _ = fs::remove_file(&options.socket);
+        return Err(e.into());
+    }
     info!(
         "lb-ctl daemon for instance {instance} ready; control socket {}",
         options.socket.display()

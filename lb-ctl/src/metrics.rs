@@ -108,13 +108,20 @@ fn gauge_family<L: EncodeLabelSet>(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,
-    series: impl IntoIterator<Item = (L, f64)>,
+    series: impl IntoIterator<Item = (L, u64)>,
 ) -> fmt::Result {
+    // Every gauge here is a count or a weight: integers, written without a fraction.
     let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
     for (labels, value) in series {
         ConstGauge::new(value).encode(metric.encode_family(&labels)?)?;
     }
     Ok(())
+}
+
+/// A gauge with a single, unlabelled series.
+fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> fmt::Result {
+    let metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    ConstGauge::new(value).encode(metric)
 }
 
 /// A counter family; values stay u64 so no count loses digits to a float.
@@ -305,7 +312,7 @@ impl Collector for SampleCollector {
              as of the last flow-table sweep.",
             listeners.iter().map(|(labels, l)| {
                 let active: u64 = l.backends.iter().map(|b| u64::from(b.active_flows)).sum();
-                (labels.clone(), active as f64)
+                (labels.clone(), active)
             }),
         )?;
 
@@ -400,7 +407,7 @@ impl Collector for SampleCollector {
              as of the last flow-table sweep.",
             backends
                 .iter()
-                .map(|(labels, b)| (labels.clone(), f64::from(b.active_flows))),
+                .map(|(labels, b)| (labels.clone(), u64::from(b.active_flows))),
         )?;
         gauge_family(
             e,
@@ -409,7 +416,7 @@ impl Collector for SampleCollector {
              down by flap damping).",
             backends
                 .iter()
-                .map(|(labels, b)| (labels.clone(), if b.health == "up" { 1.0 } else { 0.0 })),
+                .map(|(labels, b)| (labels.clone(), u64::from(b.health == "up"))),
         )?;
         gauge_family(
             e,
@@ -420,7 +427,7 @@ impl Collector for SampleCollector {
                 ["up", "draining", "down"].map(|state| {
                     let mut l = labels.clone();
                     l.push(("state", state.to_owned()));
-                    (l, if b.state == state { 1.0 } else { 0.0 })
+                    (l, u64::from(b.state == state))
                 })
             }),
         )?;
@@ -430,16 +437,16 @@ impl Collector for SampleCollector {
             "Configured weight of the backend (0..=100).",
             backends
                 .iter()
-                .map(|(labels, b)| (labels.clone(), f64::from(b.weight))),
+                .map(|(labels, b)| (labels.clone(), u64::from(b.weight))),
         )?;
         gauge_family(
             e,
             "lb_backend_effective_weight",
-            "Weight the selection tables use now: the configured weight, lowered during a \
-             slow-start ramp, 0 while down or drained.",
+            "Weight the selection tables give the backend while it is usable: the \
+             configured weight, lowered during a slow-start ramp.",
             backends
                 .iter()
-                .map(|(labels, b)| (labels.clone(), f64::from(b.effective_weight))),
+                .map(|(labels, b)| (labels.clone(), u64::from(b.effective_weight))),
         )?;
 
         // What the XDP program did with every packet, and its events.
@@ -478,26 +485,26 @@ impl Collector for SampleCollector {
 
         // The flow table.
         let ft = &s.status.flow_table;
-        gauge_family(
+        gauge(
             e,
             "lb_flow_table_entries",
             "Entries in the flow table (active or idle) as the last sweep counted them.",
-            [(Labels::new(), ft.entries as f64)],
+            ft.entries,
         )?;
-        gauge_family(
+        gauge(
             e,
             "lb_flow_table_capacity",
             "Size of the flow table (flow_table_size); the LRU evicts the least recently \
              used entry to make room beyond it.",
-            [(Labels::new(), f64::from(ft.capacity))],
+            u64::from(ft.capacity),
         )?;
-        gauge_family(
+        gauge(
             e,
             "lb_flow_table_evictions_estimate",
             "Estimate of the entries the LRU has evicted: flow entries ever created minus \
              entries present at the last sweep. A gauge, not a counter: flows created since \
              that sweep count until the next one, so it can step back a little.",
-            [(Labels::new(), ft.evicted as f64)],
+            ft.evicted,
         )?;
 
         // Health probes.
@@ -525,11 +532,11 @@ impl Collector for SampleCollector {
                     (vec![("result", "failed".to_owned())], p.failed),
                 ],
             )?;
-            gauge_family(
+            gauge(
                 e,
                 "lb_health_probes_in_flight",
                 "Health probes running now.",
-                [(Labels::new(), p.in_flight as f64)],
+                p.in_flight as u64,
             )?;
         }
         Ok(())

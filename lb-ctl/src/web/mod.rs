@@ -46,11 +46,12 @@ const PAGE_CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; \
 
 #[derive(Debug, Error)]
 pub enum WebError {
-    #[error("metrics_listen {addr}: cannot listen: {source} (is another process using the port?)")]
+    // The I/O error is part of the message rather than a `source`: the one line the
+    // daemon logs or exits with then says it once, before the hint.
+    #[error("metrics_listen {addr}: cannot listen: {error} (is another process using the port?)")]
     Bind {
         addr: SocketAddr,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
@@ -109,7 +110,7 @@ impl Drop for WebServer {
 
 /// Binds synchronously, so a daemon that cannot listen fails at start with the reason.
 fn bind(addr: SocketAddr) -> Result<TcpListener, WebError> {
-    let err = |source| WebError::Bind { addr, source };
+    let err = |error| WebError::Bind { addr, error };
     let std_listener = std::net::TcpListener::bind(addr).map_err(err)?;
     std_listener.set_nonblocking(true).map_err(err)?;
     TcpListener::from_std(std_listener).map_err(err)
@@ -268,8 +269,15 @@ async fn read_head(stream: &mut TcpStream) -> Result<Vec<u8>, HeadError> {
         // Only the new bytes and the three before them can complete the terminator.
         let from = buf.len().saturating_sub(3);
         buf.extend_from_slice(&chunk[..n]);
-        if let Some(end) = buf[from..].windows(4).position(|w| w == b"\r\n\r\n") {
-            buf.truncate(from + end + 4);
+        let end = buf[from..]
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map(|i| from + i + 4);
+        if end.unwrap_or(buf.len()) > MAX_HEAD_BYTES {
+            return Err(HeadError::TooLarge);
+        }
+        if let Some(end) = end {
+            buf.truncate(end);
             return Ok(buf);
         }
         if buf.len() > MAX_HEAD_BYTES {
