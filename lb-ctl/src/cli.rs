@@ -176,14 +176,14 @@ pub enum ServerCommand {
         #[command(flatten)]
         server: ServerRef,
         /// 0..=100 (default 100).
-        #[arg(long, value_parser = parse_weight)]
+        #[arg(long, allow_negative_numbers = true, value_parser = parse_weight)]
         weight: Option<u8>,
     },
     /// Change a server's weight (new flows only; 0 = no new flows, established continue).
     Set {
         #[command(flatten)]
         server: ServerRef,
-        #[arg(long, value_parser = parse_weight)]
+        #[arg(long, allow_negative_numbers = true, value_parser = parse_weight)]
         weight: u8,
     },
     /// Take a server out of a group. New flows stop at once; its established flows follow
@@ -273,13 +273,13 @@ pub enum ListenerCommand {
         /// The VIP.
         #[arg(long)]
         address: Ipv4Addr,
-        #[arg(long)]
+        #[arg(long, value_parser = parse_port)]
         port: u16,
         /// Server group (default: the default group).
         #[arg(long)]
         group: Option<String>,
         /// Port of the default group's servers (required with the default group).
-        #[arg(long)]
+        #[arg(long, value_parser = parse_port)]
         backend_port: Option<u16>,
         /// wrr (default), rr, wlc, sch or tch.
         #[arg(long)]
@@ -291,7 +291,7 @@ pub enum ListenerCommand {
         #[arg(long)]
         group: Option<String>,
         /// With `--group default` when moving a listener onto the default group.
-        #[arg(long)]
+        #[arg(long, value_parser = parse_port)]
         backend_port: Option<u16>,
         #[arg(long)]
         scheduler: Option<String>,
@@ -403,7 +403,8 @@ pub fn parse_server(s: &str) -> Result<(Ipv4Addr, Option<u16>), String> {
     }
 }
 
-fn parse_port(s: &str) -> Result<u16, String> {
+/// A port, 1..=65535.
+pub fn parse_port(s: &str) -> Result<u16, String> {
     match s.parse::<u32>() {
         Ok(p) if (1..=65535).contains(&p) => Ok(p as u16),
         Ok(p) => Err(format!("port {p} is not in 1..=65535")),

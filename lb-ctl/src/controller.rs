@@ -174,7 +174,7 @@ impl Controller {
         if adopting {
             runtime.unhealthy = adopt(&dataplane, &effective, &mut ids, &mut reconciler)?;
         }
-        let attached = pins::attach(dataplane.program()?, &layout, &effective.interfaces)?;
+        let attached = pins::attach(dataplane.program()?, &layout, &effective.interfaces, false)?;
         for (iface, ifindex, mode) in &attached {
             dataplane.add_tx_port(*ifindex)?;
             info!("XDP on {iface} (ifindex {ifindex}): {mode}");
@@ -654,14 +654,49 @@ impl Controller {
             self.dataplane.program()?,
             &self.layout,
             &self.effective.interfaces,
+            true,
         )?;
         for ifindex in old {
             if !self.attached.iter().any(|a| a.1 == ifindex) {
                 self.dataplane.remove_tx_port(ifindex)?;
             }
         }
-        for (_, ifindex, _) in &self.attached {
-            self.dataplane.add_tx_port(*ifindex)?;
+        for (name, ifindex, mode) in &self.attached {
+            if *mode == pins::MISSING {
+                warn!("interface {name} does not exist: XDP is not attached there");
+            } else {
+                self.dataplane.add_tx_port(*ifindex)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Notices configured interfaces that disappeared or came back (a new index): logs it
+    /// once, shows it in `status` (mode `missing`), and attaches again when it is back.
+    pub fn check_interfaces(&mut self) -> anyhow::Result<()> {
+        let mut reattach = false;
+        for (name, ifindex, mode) in &mut self.attached {
+            match pins::ifindex(name) {
+                Ok(now) if now == *ifindex => {}
+                Ok(now) => {
+                    info!("interface {name} is back (ifindex {now}): attaching XDP again");
+                    reattach = true;
+                }
+                Err(_) if *mode != pins::MISSING => {
+                    warn!(
+                        "interface {name} disappeared: its traffic is not balanced until it \
+                         comes back (lb-ctl status shows it as missing)"
+                    );
+                    let gone = *ifindex;
+                    *mode = pins::MISSING;
+                    *ifindex = 0;
+                    self.dataplane.remove_tx_port(gone)?;
+                }
+                Err(_) => {}
+            }
+        }
+        if reattach {
+            self.reattach()?;
         }
         Ok(())
     }

@@ -307,6 +307,9 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
                 if let Err(e) = c.expire_drains() {
                     warn!("retiring drained backends failed: {e:#}");
                 }
+                if let Err(e) = c.check_interfaces() {
+                    warn!("re-attaching XDP failed: {e:#}");
+                }
                 // A reload (SIGHUP or the API) may have moved or removed metrics_listen:
                 // followed here, once per sweep, rather than in every reload path.
                 if let Err(e) = web.follow(c.effective().metrics_listen, &controller) {

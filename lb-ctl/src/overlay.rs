@@ -418,7 +418,10 @@ impl Change {
                 scheduler: sched,
             } => {
                 let Some(i) = config.listeners.iter().position(|l| l.name == *name) else {
-                    return refuse(format!("no listener {name}"));
+                    return refuse(format!(
+                        "no listener {name}; listeners: {}",
+                        listener_names(config)
+                    ));
                 };
                 let mut listener = config.listeners[i].clone();
                 if let Some(g) = group {
@@ -469,7 +472,10 @@ impl Change {
                 let before = config.listeners.len();
                 config.listeners.retain(|l| l.name != *name);
                 if config.listeners.len() == before {
-                    return refuse(format!("no listener {name}"));
+                    return refuse(format!(
+                        "no listener {name}; listeners: {}",
+                        listener_names(config)
+                    ));
                 }
             }
             Self::AclAdd { name, cidr } => {
@@ -501,6 +507,18 @@ impl Change {
         }
         Ok(())
     }
+}
+
+fn listener_names(config: &Config) -> String {
+    if config.listeners.is_empty() {
+        return "none".to_owned();
+    }
+    config
+        .listeners
+        .iter()
+        .map(|l| l.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn parse_cidr(cidr: &str) -> Result<Ipv4Net, Refusal> {

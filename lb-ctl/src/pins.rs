@@ -264,10 +264,15 @@ pub fn check_pinned_layout(layout: &Layout, sizes: &MapSizes) -> Result<()> {
 /// Attaches (or re-attaches) `program` to every interface, pinning each link, and pins the
 /// program. Links of interfaces no longer configured are removed (detached).
 /// Returns (interface, ifindex, mode) for each attachment.
+///
+/// `allow_missing`: an interface that does not exist is reported as `(name, 0, "missing")`
+/// instead of failing (a running daemon re-attaches when it comes back; at start a
+/// missing interface is an error).
 pub fn attach(
     program: &mut Xdp,
     layout: &Layout,
     interfaces: &[String],
+    allow_missing: bool,
 ) -> Result<Vec<(String, u32, &'static str)>> {
     let io = |what, path: &Path| {
         let path = path.to_owned();
@@ -276,52 +281,28 @@ pub fn attach(
     fs::create_dir_all(layout.links()).map_err(io("creating", &layout.links()))?;
     let mut attached = Vec::new();
     for iface in interfaces {
-        let ifindex = ifindex(iface)?;
+        let ifindex = match ifindex(iface) {
+            Ok(i) => i,
+            Err(_) if allow_missing => {
+                attached.push((iface.clone(), 0, MISSING));
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         let pin = layout.link(iface);
         let mode = if pin.exists() {
-            // Swap the new program into the running link: no moment without XDP.
-            let pinned = PinnedLink::from_pin(&pin).map_err(|source| PinError::Link {
-                path: pin.clone(),
-                source,
-            })?;
-            let link =
-                XdpLink::try_from(FdLink::from(pinned)).map_err(|source| PinError::Link {
-                    path: pin.clone(),
-                    source,
-                })?;
-            let id = program
-                .attach_to_link(link)
-                .map_err(|source| PinError::Attach {
-                    iface: iface.clone(),
-                    source,
-                })?;
-            // The pin keeps the link; the handle is not needed (dropping it does not detach).
-            let _ = program.take_link(id);
-            "re-adopted"
+            match reattach_pinned(program, &pin, iface) {
+                Ok(()) => "re-adopted",
+                Err(e) => {
+                    // The link died with its interface (removed, or removed and made
+                    // again): nothing is attached there now, so attach afresh.
+                    tracing::warn!("{e}; attaching XDP to {iface} afresh");
+                    fs::remove_file(&pin).map_err(io("removing", &pin))?;
+                    attach_fresh(program, iface, &pin)?
+                }
+            }
         } else {
-            let (id, m) = match program.attach(iface, XdpMode::Driver) {
-                Ok(id) => (id, "native"),
-                Err(_) => (
-                    program
-                        .attach(iface, XdpMode::Skb)
-                        .map_err(|source| PinError::Attach {
-                            iface: iface.clone(),
-                            source,
-                        })?,
-                    "generic",
-                ),
-            };
-            let link = program.take_link(id).map_err(|source| PinError::Attach {
-                iface: iface.clone(),
-                source,
-            })?;
-            let fd_link =
-                FdLink::try_from(link).map_err(|_| PinError::NotPinnable(iface.clone()))?;
-            fd_link.pin(&pin).map_err(|source| PinError::Pin {
-                path: pin.clone(),
-                source,
-            })?;
-            m
+            attach_fresh(program, iface, &pin)?
         };
         attached.push((iface.clone(), ifindex, mode));
     }
@@ -340,6 +321,50 @@ pub fn attach(
         source,
     })?;
     Ok(attached)
+}
+
+/// The attachment mode shown for a configured interface that does not exist (now).
+pub const MISSING: &str = "missing";
+
+/// Swaps `program` into the pinned link of `iface`: no moment without XDP.
+fn reattach_pinned(program: &mut Xdp, pin: &Path, iface: &str) -> Result<()> {
+    let link_err = |source| PinError::Link {
+        path: pin.to_owned(),
+        source,
+    };
+    let pinned = PinnedLink::from_pin(pin).map_err(link_err)?;
+    let link = XdpLink::try_from(FdLink::from(pinned)).map_err(link_err)?;
+    let id = program
+        .attach_to_link(link)
+        .map_err(|source| PinError::Attach {
+            iface: iface.to_owned(),
+            source,
+        })?;
+    // The pin keeps the link; the handle is not needed (dropping it does not detach).
+    let _ = program.take_link(id);
+    Ok(())
+}
+
+/// Attaches `program` to `iface` (native mode, else generic) and pins the link.
+fn attach_fresh(program: &mut Xdp, iface: &str, pin: &Path) -> Result<&'static str> {
+    let attach_err = |source| PinError::Attach {
+        iface: iface.to_owned(),
+        source,
+    };
+    let (id, mode) = match program.attach(iface, XdpMode::Driver) {
+        Ok(id) => (id, "native"),
+        Err(_) => (
+            program.attach(iface, XdpMode::Skb).map_err(attach_err)?,
+            "generic",
+        ),
+    };
+    let link = program.take_link(id).map_err(attach_err)?;
+    let fd_link = FdLink::try_from(link).map_err(|_| PinError::NotPinnable(iface.to_owned()))?;
+    fd_link.pin(pin).map_err(|source| PinError::Pin {
+        path: pin.to_owned(),
+        source,
+    })?;
+    Ok(mode)
 }
 
 /// Interface index by name, in the current network namespace.

@@ -55,6 +55,12 @@ pub fn handle(ctx: &XdpContext, ip: &Ipv4) -> (u32, Reason) {
     if ip.fragment || off > ETH_LEN + 60 {
         return pass();
     }
+    // The error and its quote must lie inside the IP packet, not merely inside the frame
+    // (Ethernet padding follows short packets).
+    let ip_payload = (ip.tot_len as usize).saturating_sub(off - ETH_LEN);
+    if ip_payload < size_of::<IcmpError>() {
+        return pass();
+    }
     let Some(e) = ptr_at::<IcmpError>(ctx, off) else {
         return pass();
     };
@@ -71,9 +77,13 @@ pub fn handle(ctx: &XdpContext, ip: &Ipv4) -> (u32, Reason) {
     let inner_dst = u32::from_ne_bytes(e.inner.dst_addr);
     let src_port = u16::from_ne_bytes(e.src_port);
     let dst_port = u16::from_ne_bytes(e.dst_port);
-    if ip.ttl <= 1 {
-        return (XDP_PASS, Reason::PassTtlExpired);
+    // Both kinds of error go to the sender of the quoted packet; anything else is not
+    // about a flow of ours as seen from here.
+    if ip.dst_addr != inner_src {
+        return pass();
     }
+    // The quoted TCP checksum is rewritten only when the IP packet quotes it.
+    let tcp_check_quoted = ip_payload >= INNER_TCP_CHECK + 2;
 
     // The quoted packet seen from the other end: the flow it belongs to, keyed the way
     // FLOWS (client → VIP) and REVERSE (backend → client) key them.
@@ -86,19 +96,20 @@ pub fn handle(ctx: &XdpContext, ip: &Ipv4) -> (u32, Reason) {
         _pad: [0; 3],
     };
 
-    // Both kinds go to the sender of the quoted packet. A reply we sent (VIP → client),
-    // reported back to the VIP, quotes a flow of the flow table.
-    if ip.dst_addr == inner_src
-        && let Some(flow) = FLOWS.get_ptr(key)
-    {
+    // A reply we sent (VIP → client), reported back to the VIP, quotes a flow of the flow
+    // table.
+    if let Some(flow) = FLOWS.get_ptr(key) {
         // SAFETY: a map value pointer stays valid for the program run.
         let flow = unsafe { &*flow };
         if let Some(b) = BACKENDS.get(flow.backend)
             && b.generation == flow.generation
             && b.is_usable()
         {
+            if ip.ttl <= 1 {
+                return (XDP_PASS, Reason::PassTtlExpired);
+            }
             let (addr, port) = (b.addr, b.port);
-            rewrite_quoted(ctx, e, off, Quoted::Source, addr, port);
+            rewrite_quoted(ctx, e, off, tcp_check_quoted, Quoted::Source, addr, port);
             rewrite_outer(ctx, Outer::Destination, ip.dst_addr, addr);
             return fwd::transmit(ctx, ip, ip.src_addr, addr, 0, 0, Reason::IcmpToBackend);
         }
@@ -108,9 +119,20 @@ pub fn handle(ctx: &XdpContext, ip: &Ipv4) -> (u32, Reason) {
     let Some(rev) = REVERSE.get_ptr(key) else {
         return pass();
     };
+    if ip.ttl <= 1 {
+        return (XDP_PASS, Reason::PassTtlExpired);
+    }
     // SAFETY: a map value pointer stays valid for the program run.
     let (vip, vport) = unsafe { ((*rev).vip, (*rev).vport) };
-    rewrite_quoted(ctx, e, off, Quoted::Destination, vip, vport);
+    rewrite_quoted(
+        ctx,
+        e,
+        off,
+        tcp_check_quoted,
+        Quoted::Destination,
+        vip,
+        vport,
+    );
     let mut src = ip.src_addr;
     if src == inner_dst {
         // Sent by the backend itself: the client only knows the VIP.
@@ -139,6 +161,7 @@ fn rewrite_quoted(
     ctx: &XdpContext,
     e: &mut IcmpError,
     off: usize,
+    tcp_check_quoted: bool,
     side: Quoted,
     new_addr: u32,
     new_port: u16,
@@ -169,7 +192,7 @@ fn rewrite_quoted(
             e.l4_word3 = new.to_ne_bytes();
             icmp = csum::replace_u16(icmp, old, new);
         }
-    } else if let Some(check) = ptr_at::<[u8; 2]>(ctx, off + INNER_TCP_CHECK) {
+    } else if tcp_check_quoted && let Some(check) = ptr_at::<[u8; 2]>(ctx, off + INNER_TCP_CHECK) {
         // SAFETY: bounds checked by ptr_at.
         let check = unsafe { &mut *check };
         let old = u16::from_ne_bytes(*check);

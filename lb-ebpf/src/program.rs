@@ -184,6 +184,7 @@ fn forward(ctx: &XdpContext, ip: &Ipv4, l4: &L4, listener: &Listener) -> (u32, R
             }
             f.last_seen_ns = now;
             note_close(f, l4.tcp_flags);
+            keep_reverse(ip, l4, listener, f.backend, b);
             if listener.persistence_timeout_s > 0 {
                 touch_affinity(listener, ip.src_addr, f.backend, b.generation, now);
             }
@@ -422,6 +423,38 @@ fn new_flow(
         stats::count(Reason::EventReselected);
     }
     Ok((id, backend))
+}
+
+/// Keeps a live flow's reverse entry: the two LRU tables age apart, and a flow whose
+/// backend stays quiet while new flows churn the tables could lose its reverse entry
+/// while its forward entry lives on. The lookup refreshes the entry's LRU position; a
+/// missing one is written again (it cannot collide: its tuple is this flow's own).
+#[inline(always)]
+fn keep_reverse(ip: &Ipv4, l4: &L4, listener: &Listener, id: u32, backend: &Backend) {
+    let reply_key = FlowKey {
+        src_addr: backend.addr,
+        dst_addr: ip.src_addr,
+        src_port: backend.port,
+        dst_port: l4.src_port,
+        protocol: ip.protocol,
+        _pad: [0; 3],
+    };
+    if REVERSE.get_ptr(reply_key).is_some() {
+        return;
+    }
+    let _ = REVERSE.insert(
+        reply_key,
+        ReverseNat {
+            vip: ip.dst_addr,
+            vport: l4.dst_port,
+            _pad: 0,
+            listener: listener.id,
+            backend: id,
+            generation: backend.generation,
+            _pad2: 0,
+        },
+        u64::from(BPF_ANY),
+    );
 }
 
 /// Records how to translate the backend's replies. The backend-side 5-tuple (backend

@@ -17,6 +17,7 @@
 pub mod backend;
 pub mod client;
 pub mod daemon;
+pub mod fuzz;
 pub mod netns;
 pub mod packet;
 pub mod privilege;
