@@ -217,14 +217,39 @@ async fn forward_xdp_log(logger: crate::dataplane::XdpLogger) {
     }
 }
 
+/// Starts the health checker on a runtime of its own, on its own thread: probes keep
+/// their schedule and their timeouts stay honest while the controller is busy (a reload,
+/// a large table rebuild), so a slow controller never marks a healthy backend down.
+fn start_checker(
+    source: Option<std::net::Ipv4Addr>,
+) -> anyhow::Result<(
+    Checker,
+    tokio::sync::mpsc::UnboundedReceiver<crate::health::Transition>,
+)> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_name("lb-probes")
+        .build()
+        .context("starting the health checker's runtime")?;
+    let started = {
+        let _context = runtime.enter();
+        Checker::new(CheckerOptions {
+            source,
+            ..CheckerOptions::default()
+        })
+    };
+    std::thread::Builder::new()
+        .name("lb-probes".into())
+        .spawn(move || runtime.block_on(std::future::pending::<()>()))
+        .context("starting the health checker's thread")?;
+    Ok(started)
+}
+
 /// Runs the daemon until SIGINT or SIGTERM.
 pub async fn run(options: Options) -> anyhow::Result<()> {
     let mut controller = Controller::start(options.controller.clone())?;
     let instance = controller.instance().to_owned();
-    let (checker, mut transitions) = Checker::new(CheckerOptions {
-        source: controller.effective().health_check_source,
-        ..CheckerOptions::default()
-    });
+    let (checker, mut transitions) = start_checker(controller.effective().health_check_source)?;
     controller.attach_health(checker)?;
     if let Some(logger) = controller.take_xdp_logger() {
         info!("the XDP program logs every packet (built with LB_EBPF_DEBUG_LOG=1)");
