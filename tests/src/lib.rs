@@ -15,6 +15,7 @@
 //! even when a test panics (the guards' `Drop`).
 
 pub mod backend;
+pub mod bench;
 pub mod client;
 pub mod daemon;
 pub mod fuzz;

@@ -3,6 +3,7 @@
 //! xtask builds with the default stable toolchain and depends on no other crate of the
 //! workspace: it is what installs the toolchain those crates need.
 
+mod bench;
 mod bootstrap;
 mod build;
 mod demo;
@@ -48,6 +49,9 @@ enum Command {
     Test(test::TestArgs),
     /// Set up, build, then run the daemon with a config (or the demo topology).
     Run(run::RunArgs),
+    /// Set up (with the nftables and HAProxy baselines), build release, run the benchmark
+    /// suite: prints the table and writes docs/benchmarks.md.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -61,6 +65,7 @@ fn main() -> ExitCode {
         Command::Build { release } => build::build(release).map(|_| ExitCode::SUCCESS),
         Command::Test(args) => test::test(&args).map(|()| ExitCode::SUCCESS),
         Command::Run(args) => run::run(args),
+        Command::Bench(args) => bench::bench(&args).map(|()| ExitCode::SUCCESS),
     };
     result.unwrap_or_else(|err| {
         process::report("error: ", &err);

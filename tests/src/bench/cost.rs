@@ -1,0 +1,650 @@
+//! Part 1: what one packet costs the XDP program, with BPF_PROG_TEST_RUN on identical
+//! 64-byte frames, by the two fair methods of `BENCHMARKING.md`:
+//!
+//! - method 1: `repeat = 1`, one syscall per packet, the kernel-reported duration; the
+//!   floor is `lb_empty` measured the same way. Caches are cold after each syscall, so
+//!   this is an upper bound.
+//! - method 2: `lb_bench` with `repeat = N`: the wrapper restores the frame (and in
+//!   new-flow mode writes a fresh source) before tail-calling `lb_xdp`; the floor is the
+//!   same wrapper, in the same mode, tail-calling `lb_empty`.
+//!
+//! Every round measures the floor next to the case and subtracts it; the report gives
+//! the median over rounds and the range. Each case checks the program's own counters
+//! afterwards (a "new flow" case that inserted fewer flows than it ran is reported as
+//! such, not quietly measured).
+
+use std::{net::Ipv4Addr, time::Instant};
+
+use anyhow::{Context as _, ensure};
+use lb_common::{FlowKey, PROTO_TCP, Reason, Scheduler};
+use lb_ctl::dataplane::{DataPlane, LoadOptions, MapSizes};
+
+use super::{
+    kit::{
+        self, FRAME_LEN, FlowSpace, Kit, ListenerSpec, SEGMENT, XDP_PASS, XDP_REDIRECT,
+        patch_source,
+    },
+    util::{Summary, bench_cpu, pin_to_cpu, say},
+};
+use crate::{
+    Netns,
+    packet::{ACK, Frame, SYN},
+    unique_prefix, veth,
+};
+
+/// The flow table of the benchmark: 4M entries (`flow_table_size: 4194304`).
+pub const FLOW_TABLE: u32 = 4 << 20;
+const VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 100);
+const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+const CLIENT_PORT: u16 = 40000;
+/// Not a VIP: the pass-through case.
+const OTHER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 77);
+/// The next hop behind which the backends (198.18.64.0/18) sit.
+const GATEWAY: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 2);
+const BACKEND_PORT: u16 = 8080;
+/// Flows of the "cycled" case.
+const CYCLED_FLOWS: u32 = 100_000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Case {
+    Established,
+    Cycled,
+    NewEmpty,
+    NewFull,
+    Reply,
+    NonVip,
+}
+
+impl Case {
+    pub const ALL: [Case; 6] = [
+        Case::Established,
+        Case::Cycled,
+        Case::NewEmpty,
+        Case::NewFull,
+        Case::Reply,
+        Case::NonVip,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Case::Established => "established flow, table hit",
+            Case::Cycled => "100k flows cycled (hits, cache-cold)",
+            Case::NewEmpty => "new flow each packet, table nearly empty",
+            Case::NewFull => "new flow each packet, table full",
+            Case::Reply => "reply (reverse NAT, backend → client)",
+            Case::NonVip => "packet not for a VIP",
+        }
+    }
+
+    /// The peer's figures from BENCHMARKING.md: (method 2, method 1) ns, floor subtracted.
+    pub fn peer(self) -> Option<(f64, f64)> {
+        match self {
+            Case::Established => Some((174.0, 246.0)),
+            Case::Cycled => Some((348.0, 562.0)),
+            Case::NewEmpty => Some((753.0, 1005.0)),
+            Case::NewFull => Some((1486.0, 1794.0)),
+            Case::NonVip => Some((78.0, 98.0)),
+            Case::Reply => None,
+        }
+    }
+}
+
+/// The peer table's floors: method 2 (wrapper + empty) and method 1 (empty, repeat=1).
+pub const PEER_FLOOR: (f64, f64) = (49.0, 110.0);
+
+#[derive(Clone, Debug)]
+pub struct CostOptions {
+    pub rounds: usize,
+    /// Method 1 syscalls per round and case.
+    pub samples: u32,
+    /// Method 1 syscalls per round for the new-flow cases (every one inserts a flow, and
+    /// the "nearly empty" table must stay nearly empty).
+    pub new_flow_samples: u32,
+    /// Method 2 repetitions per round (established, reply, non-VIP).
+    pub repeat: u32,
+    /// Method 2 repetitions per round of the new-flow cases (multiples of 1024).
+    pub new_flow_repeat: u32,
+    /// Inserts before the "full" case, as a multiple of the table size.
+    pub prefill_factor: f64,
+    pub backend_counts: Vec<usize>,
+}
+
+/// One case at one backend count.
+#[derive(Clone, Debug)]
+pub struct CaseResult {
+    pub case: Case,
+    pub backends: usize,
+    /// Floor subtracted, ns.
+    pub method1: Option<Summary>,
+    pub method2: Option<Summary>,
+    /// Before subtraction, ns.
+    pub method1_raw: Option<Summary>,
+    pub method2_raw: Option<Summary>,
+    /// What the case checked about itself (and anything that went wrong).
+    pub notes: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct CostReport {
+    pub results: Vec<CaseResult>,
+    /// Floors over all rounds of all cases: method 1, method 2 fixed frame, method 2 new
+    /// flow each run.
+    pub floor_m1: Option<Summary>,
+    pub floor_m2: Option<Summary>,
+    pub floor_m2_vary: Option<Summary>,
+    pub notes: Vec<String>,
+}
+
+/// Floors measured per round, kept for the report's floor line.
+#[derive(Default)]
+struct Floors {
+    m1: Vec<f64>,
+    m2: Vec<f64>,
+    m2_vary: Vec<f64>,
+}
+
+/// The namespace the program runs in: a client side (cl0, 198.18.0.1/24) and a backend
+/// side (be0, 198.18.1.1/24) with permanent neighbours, backends routed via a gateway.
+struct Lab {
+    ns: Netns,
+    _peer: Netns,
+    client_if: u32,
+    backend_if: u32,
+    /// A veth end that stays down: `lb_bench` is attached to it to keep it in the XDP
+    /// dispatcher (see `kit::hold_in_dispatcher`).
+    idle_if: u32,
+}
+
+fn lab() -> Lab {
+    let prefix = unique_prefix("bco");
+    let ns = Netns::create(&format!("{prefix}x"));
+    let peer = Netns::create(&format!("{prefix}p"));
+    veth(&ns, "cl0", &peer, "pcl0");
+    veth(&ns, "be0", &peer, "pbe0");
+    veth(&ns, "idle0", &peer, "pidle0");
+    for dev in ["cl0", "be0"] {
+        ns.link_up(dev);
+    }
+    for dev in ["pcl0", "pbe0"] {
+        peer.link_up(dev);
+    }
+    ns.addr_add("cl0", "198.18.0.1/24");
+    ns.addr_add("be0", "198.18.1.1/24");
+    ns.sysctl("net.ipv4.ip_forward", 1);
+    ns.neigh_permanent("cl0", CLIENT, &peer.mac("pcl0"));
+    ns.neigh_permanent("be0", GATEWAY, &peer.mac("pbe0"));
+    // 10,000 backends need no 10,000 neighbour entries: they sit behind one router.
+    ns.route_add("198.18.64.0/18", GATEWAY);
+    Lab {
+        client_if: ns.ifindex("cl0"),
+        backend_if: ns.ifindex("be0"),
+        idle_if: ns.ifindex("idle0"),
+        ns,
+        _peer: peer,
+    }
+}
+
+fn backend_addr(i: usize) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 64, 1)) + i as u32)
+}
+
+/// A 64-byte TCP frame (54 bytes of headers, 10 of payload).
+fn tcp_frame(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), flags: u8) -> Vec<u8> {
+    let mut f = Frame::tcp(src, dst, flags);
+    f.payload = vec![0; FRAME_LEN - 54];
+    let bytes = f.build();
+    debug_assert_eq!(bytes.len(), FRAME_LEN);
+    bytes
+}
+
+pub fn run(options: &CostOptions) -> anyhow::Result<CostReport> {
+    let lab = lab();
+    let mut report = CostReport::default();
+    let mut floors = Floors::default();
+    for &n in &options.backend_counts {
+        let started = Instant::now();
+        let results = lab
+            .ns
+            .enter(|| run_backends(&lab, options, n, &mut floors))
+            .with_context(|| format!("per-packet cost with {n} backends"))?;
+        say(format!(
+            "cost: {n} backends done in {:.0} s",
+            started.elapsed().as_secs_f64()
+        ));
+        report.results.extend(results);
+    }
+    report.floor_m1 = Summary::of(&floors.m1);
+    report.floor_m2 = Summary::of(&floors.m2);
+    report.floor_m2_vary = Summary::of(&floors.m2_vary);
+    Ok(report)
+}
+
+/// The per-round bookkeeping of one case.
+#[derive(Default)]
+struct Rounds {
+    m1: Vec<f64>,
+    m2: Vec<f64>,
+    m1_raw: Vec<f64>,
+    m2_raw: Vec<f64>,
+}
+
+impl Rounds {
+    fn result(self, case: Case, backends: usize, notes: Vec<String>) -> CaseResult {
+        CaseResult {
+            case,
+            backends,
+            method1: Summary::of(&self.m1),
+            method2: Summary::of(&self.m2),
+            method1_raw: Summary::of(&self.m1_raw),
+            method2_raw: Summary::of(&self.m2_raw),
+            notes,
+        }
+    }
+}
+
+/// Everything measured at one backend count, on a freshly loaded data plane (a fresh,
+/// empty 4M-entry flow table).
+struct Bench<'a> {
+    dp: DataPlane,
+    kit: Kit,
+    lab: &'a Lab,
+    options: &'a CostOptions,
+    space: FlowSpace,
+    lb_fd: aya::programs::ProgramFd,
+    empty_fd: aya::programs::ProgramFd,
+    /// Counter value of the first flow the nearly-empty case made: never touched again,
+    /// so it must be gone once the table has been filled past its size.
+    first_new: Option<u64>,
+}
+
+fn run_backends(
+    lab: &Lab,
+    options: &CostOptions,
+    n: usize,
+    floors: &mut Floors,
+) -> anyhow::Result<Vec<CaseResult>> {
+    pin_to_cpu(bench_cpu())?;
+    let load_started = Instant::now();
+    let mut dp = DataPlane::load(&LoadOptions {
+        sizes: MapSizes {
+            flow_table_size: FLOW_TABLE,
+            max_listeners: 4,
+            max_backends: 16384,
+        },
+        map_pin_dir: None,
+    })
+    .context("loading the data plane")?;
+    say(format!(
+        "cost: data plane with a {FLOW_TABLE}-entry flow table loaded in {:.1} s",
+        load_started.elapsed().as_secs_f64()
+    ));
+    dp.add_tx_port(lab.client_if)?;
+    dp.add_tx_port(lab.backend_if)?;
+    kit::install_listener(
+        &mut dp,
+        &ListenerSpec {
+            id: 0,
+            vip: VIP,
+            port: 80,
+            protocol: PROTO_TCP,
+            // The peer balances with a 65537-slot Maglev ring; tch is ours.
+            scheduler: Scheduler::Tch,
+            backends: (0..n).map(|i| (backend_addr(i), BACKEND_PORT)).collect(),
+            first_backend_id: 0,
+            idle_timeout_s: 900,
+        },
+    )?;
+    let mut kit = Kit::new(&mut dp, &["lb_bench", "lb_empty"])?;
+    kit::hold_in_dispatcher(&mut dp, "lb_bench", lab.idle_if)?;
+    let lb_fd = kit::prog_fd(&mut dp, lb_common::names::PROGRAM)?;
+    let empty_fd = kit::prog_fd(&mut dp, "lb_empty")?;
+    kit.set_target(&lb_fd)?;
+    let mut bench = Bench {
+        dp,
+        kit,
+        lab,
+        options,
+        space: FlowSpace::new(),
+        lb_fd,
+        empty_fd,
+        first_new: None,
+    };
+
+    // Order matters: the nearly-empty new-flow case runs before anything fills the table,
+    // the full case last.
+    let order = [
+        Case::Established,
+        Case::Reply,
+        Case::NonVip,
+        Case::NewEmpty,
+        Case::Cycled,
+        Case::NewFull,
+    ];
+    let mut results = Vec::new();
+    for case in order {
+        let started = Instant::now();
+        let result = bench.case(case, n, floors)?;
+        say(format!(
+            "cost: {n} backends, {}: m1 {} ns, m2 {} ns ({:.1} s)",
+            case.name(),
+            super::util::show(result.method1, 0),
+            super::util::show(result.method2, 0),
+            started.elapsed().as_secs_f64()
+        ));
+        results.push(result);
+    }
+    // Back in the table's order.
+    results.sort_by_key(|r| Case::ALL.iter().position(|c| *c == r.case));
+    Ok(results)
+}
+
+impl Bench<'_> {
+    fn counter(&self, reason: Reason) -> anyhow::Result<u64> {
+        Ok(self.dp.counter(reason)?)
+    }
+
+    /// Method 1 over `frames` (one syscall each): mean kernel duration of the program
+    /// and of `lb_empty` on the same frames, interleaved.
+    fn method1(
+        &mut self,
+        frames: &mut dyn FnMut(u32) -> Vec<u8>,
+        count: u32,
+        ingress: u32,
+        expect: u32,
+    ) -> anyhow::Result<(f64, f64)> {
+        let (mut total, mut floor) = (0u64, 0u64);
+        for i in 0..count {
+            let frame = frames(i);
+            let (verdict, ns) = kit::test_run(&mut self.dp, "lb_empty", &frame, ingress, 1)?;
+            ensure!(verdict == XDP_PASS, "lb_empty returned {verdict}");
+            floor += ns;
+            let (verdict, ns) =
+                kit::test_run(&mut self.dp, lb_common::names::PROGRAM, &frame, ingress, 1)?;
+            ensure!(
+                verdict == expect,
+                "lb_xdp returned {verdict}, expected {expect}"
+            );
+            total += ns;
+        }
+        let count = f64::from(count.max(1));
+        Ok((total as f64 / count, floor as f64 / count))
+    }
+
+    /// Method 2 with a fixed frame: `repeat` runs through the wrapper into the program,
+    /// then into `lb_empty`; mean ns of each.
+    fn method2_fixed(
+        &mut self,
+        frame: &[u8],
+        ingress: u32,
+        repeat: u32,
+        expect: u32,
+    ) -> anyhow::Result<(f64, f64)> {
+        self.kit.set_vary(false)?;
+        self.kit.set_packet(frame)?;
+        self.kit.set_target(&self.empty_fd)?;
+        let (verdict, floor) = kit::test_run(&mut self.dp, "lb_bench", frame, ingress, repeat)?;
+        ensure!(
+            verdict == XDP_PASS,
+            "lb_bench → lb_empty returned {verdict}"
+        );
+        self.kit.set_target(&self.lb_fd)?;
+        let (verdict, total) = kit::test_run(&mut self.dp, "lb_bench", frame, ingress, repeat)?;
+        ensure!(
+            verdict == expect,
+            "lb_bench → lb_xdp returned {verdict}, expected {expect}"
+        );
+        Ok((total as f64, floor as f64))
+    }
+
+    /// Method 2 in new-flow mode over the given counter segments (each run a tuple of its
+    /// own): mean ns per run, weighted by segment length.
+    fn method2_segments(
+        &mut self,
+        frame: &[u8],
+        segments: &[(u64, u32)],
+        target_empty: bool,
+    ) -> anyhow::Result<f64> {
+        self.kit.set_vary(true)?;
+        self.kit.set_packet(frame)?;
+        let (fd, expect) = if target_empty {
+            (&self.empty_fd, XDP_PASS)
+        } else {
+            (&self.lb_fd, XDP_REDIRECT)
+        };
+        self.kit.set_target(fd)?;
+        let (mut ns, mut runs) = (0u64, 0u64);
+        for &(start, len) in segments {
+            self.kit.set_counter(0, start)?;
+            let (verdict, mean) =
+                kit::test_run(&mut self.dp, "lb_bench", frame, self.lab.client_if, len)?;
+            ensure!(
+                verdict == expect,
+                "lb_bench in new-flow mode returned {verdict}, expected {expect}"
+            );
+            ns += mean * u64::from(len);
+            runs += u64::from(len);
+        }
+        self.kit.set_vary(false)?;
+        Ok(ns as f64 / runs.max(1) as f64)
+    }
+
+    /// `count` counter values in fresh segments: (start, length) pairs.
+    fn fresh_segments(&mut self, count: u32) -> Vec<(u64, u32)> {
+        let mut out = Vec::new();
+        let mut left = count;
+        while left > 0 {
+            let len = left.min(SEGMENT);
+            out.push((self.space.segment(), len));
+            left -= len;
+        }
+        out
+    }
+
+    fn case(&mut self, case: Case, n: usize, floors: &mut Floors) -> anyhow::Result<CaseResult> {
+        let o = self.options.clone();
+        let client = self.lab.client_if;
+        let mut rounds = Rounds::default();
+        let mut notes = Vec::new();
+        let syn = tcp_frame((CLIENT, CLIENT_PORT), (VIP, 80), SYN);
+        let ack = tcp_frame((CLIENT, CLIENT_PORT), (VIP, 80), ACK);
+        match case {
+            Case::Established | Case::Reply | Case::NonVip => {
+                // The flow all three use: created once by a SYN.
+                let (verdict, _) =
+                    kit::test_run(&mut self.dp, lb_common::names::PROGRAM, &syn, client, 1)?;
+                ensure!(verdict == XDP_REDIRECT, "the SYN returned {verdict}");
+                let (frame, ingress, expect, reason) = match case {
+                    Case::Established => (ack.clone(), client, XDP_REDIRECT, Reason::Forwarded),
+                    Case::Reply => {
+                        let backend = self.flow_backend()?;
+                        let reply = tcp_frame((backend, BACKEND_PORT), (CLIENT, CLIENT_PORT), ACK);
+                        (
+                            reply,
+                            self.lab.backend_if,
+                            XDP_REDIRECT,
+                            Reason::ReplyForwarded,
+                        )
+                    }
+                    _ => (
+                        tcp_frame((CLIENT, CLIENT_PORT), (OTHER, 80), ACK),
+                        client,
+                        XDP_PASS,
+                        Reason::PassNotForUs,
+                    ),
+                };
+                let new_before = self.counter(Reason::EventNewFlow)?;
+                let before = self.counter(reason)?;
+                let mut runs = 0u64;
+                for _ in 0..o.rounds {
+                    let (total, floor) =
+                        self.method1(&mut |_| frame.clone(), o.samples, ingress, expect)?;
+                    rounds.m1_raw.push(total);
+                    rounds.m1.push(total - floor);
+                    floors.m1.push(floor);
+                    let (total, floor) = self.method2_fixed(&frame, ingress, o.repeat, expect)?;
+                    rounds.m2_raw.push(total);
+                    rounds.m2.push(total - floor);
+                    floors.m2.push(floor);
+                    runs += u64::from(o.samples) + u64::from(o.repeat);
+                }
+                let counted = self.counter(reason)? - before;
+                let new_flows = self.counter(Reason::EventNewFlow)? - new_before;
+                notes.push(format!(
+                    "{counted} of {runs} runs counted as {}; {new_flows} new flows",
+                    reason.name()
+                ));
+                if counted != runs || new_flows != 0 {
+                    notes.push("CHECK FAILED: not every run took the path measured".into());
+                }
+            }
+            Case::NewEmpty | Case::NewFull => {
+                if case == Case::NewFull {
+                    let prefill = (f64::from(FLOW_TABLE) * o.prefill_factor) as u32;
+                    let started = Instant::now();
+                    let segments = self.fresh_segments(prefill);
+                    self.method2_segments(&syn, &segments, false)?;
+                    notes.push(format!(
+                        "pre-filled with {prefill} new flows ({:.2}× the table) in {:.1} s",
+                        o.prefill_factor,
+                        started.elapsed().as_secs_f64()
+                    ));
+                    // The first flow of the nearly-empty case must have been evicted.
+                    if let Some(n) = self.first_new {
+                        let mut frame = syn.clone();
+                        patch_source(&mut frame, n);
+                        if self.dp.flow(&self.flow_key(frame))?.is_some() {
+                            notes.push(
+                                "CHECK FAILED: the oldest untouched flow is still in the table: \
+                                 not full"
+                                    .into(),
+                            );
+                        } else {
+                            notes.push(
+                                "the oldest untouched flow was evicted: the table is full".into(),
+                            );
+                        }
+                    }
+                }
+                let before = self.counter(Reason::EventNewFlow)?;
+                let mut runs = 0u64;
+                for _ in 0..o.rounds {
+                    let segments = self.fresh_segments(o.new_flow_samples);
+                    if case == Case::NewEmpty && self.first_new.is_none() {
+                        self.first_new = segments.first().map(|s| s.0);
+                    }
+                    let mut values = segments
+                        .iter()
+                        .flat_map(|&(start, len)| start..start + u64::from(len));
+                    let template = syn.clone();
+                    let (total, floor) = self.method1(
+                        &mut |_| {
+                            let mut f = template.clone();
+                            patch_source(&mut f, values.next().unwrap_or_default());
+                            f
+                        },
+                        o.new_flow_samples,
+                        client,
+                        XDP_REDIRECT,
+                    )?;
+                    rounds.m1_raw.push(total);
+                    rounds.m1.push(total - floor);
+                    floors.m1.push(floor);
+                    let floor_segments = self.fresh_segments(o.new_flow_repeat);
+                    let floor = self.method2_segments(&syn, &floor_segments, true)?;
+                    let segments = self.fresh_segments(o.new_flow_repeat);
+                    let total = self.method2_segments(&syn, &segments, false)?;
+                    rounds.m2_raw.push(total);
+                    rounds.m2.push(total - floor);
+                    floors.m2_vary.push(floor);
+                    runs += u64::from(o.new_flow_samples) + u64::from(o.new_flow_repeat);
+                }
+                let new_flows = self.counter(Reason::EventNewFlow)? - before;
+                notes.push(format!("{new_flows} new flows in {runs} runs"));
+                if new_flows != runs {
+                    notes.push("CHECK FAILED: not every run made a new flow".into());
+                }
+                if case == Case::NewEmpty {
+                    // Every flow this data plane has made so far is still in the table.
+                    let fill = self.counter(Reason::EventNewFlow)? as f64 / f64::from(FLOW_TABLE);
+                    notes.push(format!(
+                        "the table was {:.1} % full at the end",
+                        fill * 100.0
+                    ));
+                }
+            }
+            Case::Cycled => {
+                // 100,000 distinct flows: 97 segments of 1024 and one of 672.
+                let segments = self.fresh_segments(CYCLED_FLOWS);
+                let before = self.counter(Reason::EventNewFlow)?;
+                self.method2_segments(&syn, &segments, false)?;
+                let created = self.counter(Reason::EventNewFlow)? - before;
+                notes.push(format!(
+                    "pre-inserted {created} flows with SYNs through the wrapper in new-flow mode, \
+                     then the same counter segments again with an ACK: every run a hit"
+                ));
+                let before = self.counter(Reason::EventNewFlow)?;
+                let values: Vec<u64> = segments
+                    .iter()
+                    .flat_map(|&(start, len)| start..start + u64::from(len))
+                    .collect();
+                let mut next = 0usize;
+                for _ in 0..o.rounds {
+                    let template = ack.clone();
+                    let (total, floor) = self.method1(
+                        &mut |_| {
+                            let mut f = template.clone();
+                            patch_source(&mut f, values[next % values.len()]);
+                            next += 1;
+                            f
+                        },
+                        o.samples,
+                        client,
+                        XDP_REDIRECT,
+                    )?;
+                    rounds.m1_raw.push(total);
+                    rounds.m1.push(total - floor);
+                    floors.m1.push(floor);
+                    let floor = self.method2_segments(&ack, &segments, true)?;
+                    let total = self.method2_segments(&ack, &segments, false)?;
+                    rounds.m2_raw.push(total);
+                    rounds.m2.push(total - floor);
+                    floors.m2_vary.push(floor);
+                }
+                let new_flows = self.counter(Reason::EventNewFlow)? - before;
+                if created != u64::from(CYCLED_FLOWS) || new_flows != 0 {
+                    notes.push(format!(
+                        "CHECK FAILED: {created} flows created, {new_flows} new flows while cycling"
+                    ));
+                }
+            }
+        }
+        Ok(rounds.result(case, n, notes))
+    }
+
+    /// The backend the SYN's flow was given.
+    fn flow_backend(&self) -> anyhow::Result<Ipv4Addr> {
+        let key = self.flow_key(tcp_frame((CLIENT, CLIENT_PORT), (VIP, 80), SYN));
+        let flow = self
+            .dp
+            .flow(&key)?
+            .context("the established flow is not in the flow table")?;
+        let b = self.dp.backend(flow.backend)?;
+        Ok(Ipv4Addr::from(b.addr.to_ne_bytes()))
+    }
+
+    /// The flow-table key of a client → VIP frame.
+    fn flow_key(&self, frame: Vec<u8>) -> FlowKey {
+        let word = |at: usize| {
+            u32::from_ne_bytes([frame[at], frame[at + 1], frame[at + 2], frame[at + 3]])
+        };
+        let half = |at: usize| u16::from_ne_bytes([frame[at], frame[at + 1]]);
+        FlowKey {
+            src_addr: word(26),
+            dst_addr: word(30),
+            src_port: half(34),
+            dst_port: half(36),
+            protocol: PROTO_TCP,
+            _pad: [0; 3],
+        }
+    }
+}

@@ -1,0 +1,628 @@
+//! Part 2: forwarding rate on veth, the whole chain on one vCPU.
+//!
+//! ```text
+//!  generator ns (<p>g)               LB ns (<p>l)                          sink ns (<p>s)
+//!  g0 198.18.0.2 ──veth── lb-in 198.18.0.1        lb-out 198.18.1.1 ──veth── s0 198.18.1.2
+//!  lb_bench → lb_redirect             (the case under test)                 lb_sink (native)
+//! ```
+//!
+//! The generator is `lb_bench` run in live-frames mode on g0: it restores the 64-byte UDP
+//! frame on every run (a receiving program's rewrites come back with recycled pages, so
+//! `lb_gen`, which only rewrites the source, would resend NATed frames), optionally
+//! writes a new source, and tail-calls `lb_redirect`, which sends the frame out of g0.
+//! Live-frames batches run with bottom halves disabled and the receiving veths' NAPI runs
+//! when they are enabled again, on the same CPU: generator, LB and sink share one vCPU,
+//! as in the peer figures.
+//!
+//! New flows: every run gets a source from a fresh counter segment ([`FlowSpace`]); each
+//! segment keeps one source address, and the frame the wrapper restores carries that
+//! address with a correct IPv4 checksum, so the kernel's own forwarding (nftables,
+//! routing) accepts the frames too; the UDP checksum is 0 (none), which the port rewrite
+//! leaves valid. Every case, the ceiling included, sends the same frames in the same
+//! calls (1024 frames per BPF_PROG_RUN, batches of 64).
+
+use std::{
+    fs,
+    net::Ipv4Addr,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, ensure};
+use aya::programs::{Xdp, XdpMode, xdp::XdpLinkId};
+use lb_common::{PROTO_UDP, Reason, Scheduler};
+use lb_ctl::dataplane::{DataPlane, LoadOptions, MapSizes};
+
+use super::{
+    kit::{self, FRAME_LEN, FlowSpace, Kit, ListenerSpec, SEGMENT, wrapper_source},
+    util::{KnobGuard, Summary, bench_cpu, conntrack_flush, pin_to_cpu, say},
+};
+use crate::{
+    Netns,
+    packet::{Frame, Mac, parse_mac},
+    unique_prefix, veth,
+};
+
+const VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 100);
+const VIP_PORT: u16 = 80;
+const BACKEND_PORT: u16 = 8080;
+const BACKENDS: [Ipv4Addr; 4] = [
+    Ipv4Addr::new(198, 18, 1, 11),
+    Ipv4Addr::new(198, 18, 1, 12),
+    Ipv4Addr::new(198, 18, 1, 13),
+    Ipv4Addr::new(198, 18, 1, 14),
+];
+/// Source of the established flow: outside the new-flow space (198.18.128.0/17, ports
+/// from 1024).
+const EST_SOURCE: (Ipv4Addr, u16) = (Ipv4Addr::new(198, 18, 127, 1), 999);
+/// Frames per BPF_PROG_RUN call and per live-frames batch.
+const BATCH: u32 = 64;
+/// The flow table of the LB under test, as in part 1.
+const FLOW_TABLE: u32 = 4 << 20;
+/// nf_conntrack_max while the benchmark runs (a round's new flows must fit).
+const CONNTRACK_MAX: u64 = 1 << 20;
+const CONNTRACK_HASHSIZE: u64 = 1 << 18;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Path {
+    Ceiling,
+    LbEstablished,
+    LbNew,
+    NftEstablished,
+    NftNew,
+    Routing,
+}
+
+impl Path {
+    pub const ALL: [Path; 6] = [
+        Path::Ceiling,
+        Path::LbEstablished,
+        Path::LbNew,
+        Path::NftEstablished,
+        Path::NftNew,
+        Path::Routing,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Path::Ceiling => "bare XDP redirect (ceiling)",
+            Path::LbEstablished => "this LB, established flow",
+            Path::LbNew => "this LB, new flow each packet",
+            Path::NftEstablished => "nftables DNAT numgen, established flow",
+            Path::NftNew => "nftables DNAT numgen, new flow each packet",
+            Path::Routing => "plain kernel routing",
+        }
+    }
+
+    /// The peer figure of BENCHMARKING.md, Mpps.
+    pub fn peer(self) -> Option<f64> {
+        match self {
+            Path::Ceiling => Some(2.9),
+            Path::Routing => Some(0.85),
+            Path::NftEstablished => Some(0.56),
+            Path::NftNew => Some(0.43),
+            Path::LbEstablished | Path::LbNew => None,
+        }
+    }
+
+    fn new_flows(self) -> bool {
+        matches!(self, Path::LbNew | Path::NftNew)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ForwardOptions {
+    pub rounds: usize,
+    /// Frames per round, established-flow paths (multiple of 1024).
+    pub frames: u32,
+    /// Frames per round, new-flow paths (multiple of 1024).
+    pub new_flow_frames: u32,
+}
+
+#[derive(Clone, Debug)]
+pub struct PathResult {
+    pub path: Path,
+    /// Frames counted by the sink per second of generator time, millions.
+    pub mpps: Option<Summary>,
+    /// Share of the frames sent that reached the sink (median over rounds).
+    pub delivered: Option<Summary>,
+    pub notes: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct ForwardReport {
+    pub paths: Vec<PathResult>,
+    /// Per-round ratios, summarised.
+    pub lb_over_ceiling: Option<Summary>,
+    pub lb_over_nft: Option<Summary>,
+    pub lb_new_over_nft_new: Option<Summary>,
+    pub notes: Vec<String>,
+}
+
+impl ForwardReport {
+    pub fn path(&self, path: Path) -> Option<&PathResult> {
+        self.paths.iter().find(|p| p.path == path)
+    }
+}
+
+/// The three namespaces and what runs in them.
+struct Rig {
+    generator: Netns,
+    lb: Netns,
+    sink: Netns,
+    g0: u32,
+    lb_in: u32,
+    lb_in_mac: Mac,
+    g0_mac: Mac,
+}
+
+fn rig() -> Rig {
+    let prefix = unique_prefix("bfw");
+    let generator = Netns::create(&format!("{prefix}g"));
+    let lb = Netns::create(&format!("{prefix}l"));
+    let sink = Netns::create(&format!("{prefix}s"));
+    for ns in [&generator, &lb, &sink] {
+        ns.sysctls(&[
+            ("net.ipv6.conf.all.disable_ipv6", "1"),
+            ("net.ipv6.conf.default.disable_ipv6", "1"),
+            ("net.ipv4.conf.all.rp_filter", "0"),
+            ("net.ipv4.conf.default.rp_filter", "0"),
+        ]);
+    }
+    lb.sysctl("net.ipv4.ip_forward", 1);
+    veth(&generator, "g0", &lb, "lb-in");
+    veth(&lb, "lb-out", &sink, "s0");
+    veth(&generator, "idle0", &sink, "idle1");
+    for (ns, dev) in [
+        (&generator, "g0"),
+        (&lb, "lb-in"),
+        (&lb, "lb-out"),
+        (&sink, "s0"),
+    ] {
+        ns.sysctl(&format!("net.ipv4.conf.{dev}.rp_filter"), 0);
+        ns.link_up(dev);
+    }
+    // After both ends are up (see `Netns::gro_on`): the ends that receive redirected
+    // frames.
+    lb.gro_on("lb-in");
+    sink.gro_on("s0");
+    generator.addr_add("g0", "198.18.0.2/24");
+    lb.addr_add("lb-in", "198.18.0.1/24");
+    lb.addr_add("lb-out", "198.18.1.1/24");
+    sink.addr_add("s0", "198.18.1.2/24");
+    let s0_mac = sink.mac("s0");
+    for b in BACKENDS {
+        lb.neigh_permanent("lb-out", b, &s0_mac);
+    }
+    Rig {
+        g0: generator.ifindex("g0"),
+        lb_in: lb.ifindex("lb-in"),
+        lb_in_mac: parse_mac(&lb.mac("lb-in")),
+        g0_mac: parse_mac(&generator.mac("g0")),
+        generator,
+        lb,
+        sink,
+    }
+}
+
+/// A 64-byte UDP frame from the generator to the LB, without UDP checksum.
+fn udp_frame(rig: &Rig, src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -> Vec<u8> {
+    let mut f = Frame::udp(src, dst)
+        .no_udp_checksum()
+        .macs(rig.g0_mac, rig.lb_in_mac);
+    f.payload = vec![0; FRAME_LEN - 42];
+    f.build()
+}
+
+fn small_dataplane() -> anyhow::Result<DataPlane> {
+    Ok(DataPlane::load(&LoadOptions {
+        sizes: MapSizes {
+            flow_table_size: 1024,
+            max_listeners: 1,
+            max_backends: 16,
+        },
+        map_pin_dir: None,
+    })?)
+}
+
+/// One path's measurements over the rounds.
+struct PathRounds {
+    path: Path,
+    /// Mpps per round.
+    rates: Vec<f64>,
+    /// Share of the frames that reached the sink, per round.
+    delivered: Vec<f64>,
+    notes: Vec<String>,
+}
+
+/// What one send measured.
+struct Sent {
+    frames: u64,
+    delivered: u64,
+    seconds: f64,
+}
+
+/// The generator and the sink, with their own copies of the object.
+struct Ends {
+    gen_dp: DataPlane,
+    gen_kit: Kit,
+    /// Owns the attached `lb_sink`.
+    _sink_dp: DataPlane,
+    sink_kit: Kit,
+    space: FlowSpace,
+}
+
+impl Ends {
+    /// Sends `frames` frames (rounded up to 1024) of `template`, or of new flows when
+    /// `new_flows`, and counts what reaches the sink.
+    fn send(
+        &mut self,
+        rig: &Rig,
+        template: &[u8],
+        new_flows: bool,
+        frames: u32,
+    ) -> anyhow::Result<Sent> {
+        let calls = frames.div_ceil(SEGMENT);
+        let before = self.sink_kit.counter(1)?;
+        let gen_dp = &mut self.gen_dp;
+        let gen_kit = &mut self.gen_kit;
+        let space = &mut self.space;
+        let seconds = rig.generator.enter(|| -> anyhow::Result<f64> {
+            pin_to_cpu(bench_cpu())?;
+            gen_kit.set_vary(new_flows)?;
+            let started = Instant::now();
+            for _ in 0..calls {
+                // The same map updates in every case, so the generator costs the same.
+                let (frame, start) = if new_flows {
+                    let start = space.segment();
+                    let (addr, port) = wrapper_source(start);
+                    let mut f = template.to_vec();
+                    // The segment's address with a correct header checksum (the wrapper
+                    // writes the same address again, and the port, on every run).
+                    f[26..30].copy_from_slice(&addr.octets());
+                    f[34..36].copy_from_slice(&port.to_be_bytes());
+                    crate::packet::fix_ip_checksum(&mut f);
+                    (f, start)
+                } else {
+                    (template.to_vec(), 0)
+                };
+                gen_kit.set_packet(&frame)?;
+                gen_kit.set_counter(0, start)?;
+                kit::live_frames(gen_dp, "lb_bench", &frame, rig.g0, SEGMENT, BATCH)?;
+            }
+            Ok(started.elapsed().as_secs_f64())
+        })?;
+        // Whatever is still queued arrives within a few ms; wait until the count settles.
+        let mut last = self.sink_kit.counter(1)?;
+        for _ in 0..40 {
+            thread::sleep(Duration::from_millis(5));
+            let now = self.sink_kit.counter(1)?;
+            if now == last {
+                break;
+            }
+            last = now;
+        }
+        Ok(Sent {
+            frames: u64::from(calls) * u64::from(SEGMENT),
+            delivered: last - before,
+            seconds,
+        })
+    }
+}
+
+pub fn run(options: &ForwardOptions) -> anyhow::Result<ForwardReport> {
+    let rig = rig();
+    let mut report = ForwardReport::default();
+
+    // Conntrack sized before nftables sees a packet: a round's new flows must fit (the
+    // table is flushed between rounds). Machine-wide settings, restored on drop.
+    let mut knobs = Vec::new();
+    for (path, value) in [
+        (
+            "/sys/module/nf_conntrack/parameters/hashsize",
+            CONNTRACK_HASHSIZE,
+        ),
+        ("/proc/sys/net/netfilter/nf_conntrack_max", CONNTRACK_MAX),
+    ] {
+        match KnobGuard::raise(path, value) {
+            Ok(guard) => knobs.extend(guard),
+            Err(e) => report
+                .notes
+                .push(format!("could not raise {path} to {value}: {e}")),
+        }
+    }
+    let ct_max = fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_max")
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    let ct_hash = fs::read_to_string("/sys/module/nf_conntrack/parameters/hashsize")
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    report.notes.push(format!(
+        "conntrack: nf_conntrack_max {ct_max}, hashsize {ct_hash} (machine-wide, restored \
+         afterwards); flushed before every nftables round"
+    ));
+
+    // The LB: its own object with a 4M-entry flow table, wrr over four backends (nftables
+    // uses `numgen inc`, round robin, over the same four).
+    let mut lb_dp = DataPlane::load(&LoadOptions {
+        sizes: MapSizes {
+            flow_table_size: FLOW_TABLE,
+            max_listeners: 4,
+            max_backends: 64,
+        },
+        map_pin_dir: None,
+    })
+    .context("loading the LB data plane")?;
+    kit::install_listener(
+        &mut lb_dp,
+        &ListenerSpec {
+            id: 0,
+            vip: VIP,
+            port: VIP_PORT,
+            protocol: PROTO_UDP,
+            scheduler: Scheduler::Wrr,
+            backends: BACKENDS.iter().map(|&b| (b, BACKEND_PORT)).collect(),
+            first_backend_id: 0,
+            idle_timeout_s: 900,
+        },
+    )?;
+    let lb_out = rig.lb.ifindex("lb-out");
+    let mut lb_kit = Kit::new(&mut lb_dp, &["lb_redirect"])?;
+    // Devmap entries name interfaces by ifindex in the updating thread's namespace.
+    rig.lb.enter(|| -> anyhow::Result<()> {
+        lb_dp.add_tx_port(rig.lb_in)?;
+        lb_dp.add_tx_port(lb_out)?;
+        lb_kit.set_port(lb_out)
+    })?;
+
+    let mut gen_dp = small_dataplane()?;
+    let mut gen_kit = Kit::new(&mut gen_dp, &["lb_bench", "lb_redirect"])?;
+    let redirect_fd = kit::prog_fd(&mut gen_dp, "lb_redirect")?;
+    gen_kit.set_target(&redirect_fd)?;
+    let idle0 = rig.generator.ifindex("idle0");
+    rig.generator.enter(|| -> anyhow::Result<()> {
+        gen_kit.set_port(rig.g0)?;
+        kit::hold_in_dispatcher(&mut gen_dp, "lb_bench", idle0)
+    })?;
+
+    let mut sink_dp = small_dataplane()?;
+    let sink_kit = Kit::new(&mut sink_dp, &["lb_sink"])?;
+    let s0 = rig.sink.ifindex("s0");
+    rig.sink.enter(|| -> anyhow::Result<()> {
+        let p: &mut Xdp = sink_dp
+            .ebpf_mut()
+            .program_mut("lb_sink")
+            .context("no lb_sink")?
+            .try_into()?;
+        p.attach_to_if_index(s0, XdpMode::Driver)?;
+        Ok(())
+    })?;
+
+    let mut ends = Ends {
+        gen_dp,
+        gen_kit,
+        _sink_dp: sink_dp,
+        sink_kit,
+        space: FlowSpace::new(),
+    };
+    let vip_frame = udp_frame(&rig, EST_SOURCE, (VIP, VIP_PORT));
+    let routed_frame = udp_frame(&rig, EST_SOURCE, (BACKENDS[0], BACKEND_PORT));
+    let nft_rules = nft_ruleset();
+    let rules_file = std::env::temp_dir().join(format!("{}-nft.conf", rig.lb.name()));
+    fs::write(&rules_file, nft_rules).context("writing the nftables ruleset")?;
+    let _remove_rules_file = RemoveOnDrop(rules_file.clone());
+
+    let mut per_path: Vec<PathRounds> = Path::ALL
+        .iter()
+        .map(|&path| PathRounds {
+            path,
+            rates: Vec::new(),
+            delivered: Vec::new(),
+            notes: Vec::new(),
+        })
+        .collect();
+    let mut ratios = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..options.rounds {
+        let mut mpps = [0.0f64; 6];
+        for (i, &path) in Path::ALL.iter().enumerate() {
+            let frames = if path.new_flows() {
+                options.new_flow_frames
+            } else {
+                options.frames
+            };
+            let template = if path == Path::Routing {
+                &routed_frame
+            } else {
+                &vip_frame
+            };
+            // Set the path up.
+            let link: Option<XdpLinkId> = match path {
+                Path::Ceiling => Some(rig.lb.enter(|| -> anyhow::Result<XdpLinkId> {
+                    let p: &mut Xdp = lb_dp
+                        .ebpf_mut()
+                        .program_mut("lb_redirect")
+                        .context("no lb_redirect")?
+                        .try_into()?;
+                    Ok(p.attach_to_if_index(rig.lb_in, XdpMode::Driver)?)
+                })?),
+                Path::LbEstablished | Path::LbNew => {
+                    Some(rig.lb.enter(|| -> anyhow::Result<XdpLinkId> {
+                        Ok(lb_dp
+                            .program()?
+                            .attach_to_if_index(rig.lb_in, XdpMode::Driver)?)
+                    })?)
+                }
+                Path::NftEstablished | Path::NftNew => {
+                    rig.lb.run_ok([
+                        "nft",
+                        "-f",
+                        rules_file.to_str().context("temp path is not UTF-8")?,
+                    ]);
+                    rig.lb.enter(conntrack_flush)?;
+                    None
+                }
+                Path::Routing => None,
+            };
+            let before = (
+                lb_dp.counter(Reason::Forwarded)?,
+                lb_dp.counter(Reason::EventNewFlow)?,
+            );
+            // A short warm-up (first flow, conntrack entry, caches), then the measurement.
+            ends.send(&rig, template, path.new_flows(), SEGMENT)?;
+            let sent = ends.send(&rig, template, path.new_flows(), frames)?;
+            let after = (
+                lb_dp.counter(Reason::Forwarded)?,
+                lb_dp.counter(Reason::EventNewFlow)?,
+            );
+            let ct_count = if path.new_flows() && path != Path::LbNew {
+                rig.lb
+                    .run_ok(["cat", "/proc/sys/net/netfilter/nf_conntrack_count"])
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            } else {
+                None
+            };
+            // Tear it down.
+            let had_xdp = link.is_some();
+            match path {
+                Path::Ceiling => {
+                    let p: &mut Xdp = lb_dp
+                        .ebpf_mut()
+                        .program_mut("lb_redirect")
+                        .context("no lb_redirect")?
+                        .try_into()?;
+                    if let Some(link) = link {
+                        p.detach(link)?;
+                    }
+                }
+                Path::LbEstablished | Path::LbNew => {
+                    if let Some(link) = link {
+                        lb_dp.program()?.detach(link)?;
+                    }
+                }
+                Path::NftEstablished | Path::NftNew => {
+                    rig.lb.run_ok(["nft", "delete", "table", "ip", "lbbench"]);
+                }
+                Path::Routing => {}
+            }
+            if had_xdp {
+                // The generator's veth learns that lb-in can take its frames without an
+                // XDP program only from a GRO change (see `Netns::gro_on`).
+                rig.lb.gro_on("lb-in");
+            }
+
+            let rate = sent.delivered as f64 / sent.seconds / 1e6;
+            mpps[i] = rate;
+            let entry = &mut per_path[i];
+            entry.rates.push(rate);
+            entry
+                .delivered
+                .push(sent.delivered as f64 / sent.frames as f64);
+            if round == 0 {
+                let forwarded = after.0 - before.0;
+                let new_flows = after.1 - before.1;
+                let warm = u64::from(SEGMENT);
+                let note = match path {
+                    Path::LbEstablished => format!(
+                        "round 1: the LB forwarded {forwarded} of {} frames, {new_flows} new flows",
+                        sent.frames + warm
+                    ),
+                    Path::LbNew => format!(
+                        "round 1: {new_flows} new flows for {} frames sent",
+                        sent.frames + warm
+                    ),
+                    Path::NftNew => format!(
+                        "round 1: {} conntrack entries after {} frames sent",
+                        ct_count.map_or_else(|| "?".to_owned(), |c| c.to_string()),
+                        sent.frames + warm
+                    ),
+                    _ => String::new(),
+                };
+                if !note.is_empty() {
+                    entry.notes.push(note);
+                }
+            }
+            if (sent.delivered as f64) < 0.5 * sent.frames as f64 {
+                entry.notes.push(format!(
+                    "round {}: only {} of {} frames reached the sink",
+                    round + 1,
+                    sent.delivered,
+                    sent.frames
+                ));
+            }
+        }
+        say(format!(
+            "forward round {}/{}: {}",
+            round + 1,
+            options.rounds,
+            Path::ALL
+                .iter()
+                .zip(mpps)
+                .map(|(p, r)| format!("{:?} {r:.2}", p))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        let [ceiling, lb_est, lb_new, nft_est, nft_new, _] = mpps;
+        if ceiling > 0.0 {
+            ratios.0.push(lb_est / ceiling);
+        }
+        if nft_est > 0.0 {
+            ratios.1.push(lb_est / nft_est);
+        }
+        if nft_new > 0.0 {
+            ratios.2.push(lb_new / nft_new);
+        }
+    }
+    report.paths = per_path
+        .into_iter()
+        .map(|r| PathResult {
+            path: r.path,
+            mpps: Summary::of(&r.rates),
+            delivered: Summary::of(&r.delivered),
+            notes: r.notes,
+        })
+        .collect();
+    let flows = lb_dp.counter(Reason::EventNewFlow)?;
+    report.notes.push(format!(
+        "the LB's flow table held {flows} flows after the last round ({:.0} % of {FLOW_TABLE}): \
+         never full, so no new flow evicted another",
+        flows as f64 * 100.0 / f64::from(FLOW_TABLE)
+    ));
+    report.lb_over_ceiling = Summary::of(&ratios.0);
+    report.lb_over_nft = Summary::of(&ratios.1);
+    report.lb_new_over_nft_new = Summary::of(&ratios.2);
+    ensure!(
+        report.paths.iter().all(|p| p.mpps.is_some()),
+        "a forwarding path was not measured"
+    );
+    drop(knobs);
+    Ok(report)
+}
+
+/// DNAT of the VIP to the four backends in turn (`numgen inc`), port 80 → 8080, as
+/// kube-proxy's nftables mode does it.
+fn nft_ruleset() -> String {
+    let map = BACKENDS
+        .iter()
+        .enumerate()
+        .map(|(i, b)| format!("{i} : {b} . {BACKEND_PORT}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "table ip lbbench {{\n  chain pre {{\n    type nat hook prerouting priority dstnat; policy accept;\n    \
+         ip daddr {VIP} udp dport {VIP_PORT} dnat ip addr . port to numgen inc mod {} map {{ {map} }}\n  }}\n}}\n",
+        BACKENDS.len()
+    )
+}
+
+/// Removes a file on drop.
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
+}

@@ -1,0 +1,391 @@
+//! Handles on the measuring programs of `lb-ebpf/src/bench.rs` and the listener set-up the
+//! per-packet and forwarding benchmarks share.
+//!
+//! The wrapper `lb_bench` makes every run a new flow by writing a per-CPU counter `n` into
+//! the source: address low half `[(n >> 24) as u8, (n >> 16) as u8 | 1]`, port
+//! `(n as u16) | 0x0400`. Those two ORs alias counters: `n` and `n ^ 0x400` give the same
+//! port, `n` and `n ^ 0x1_0000` the same address. Counting straight up from 0 therefore
+//! repeats a tuple after 1024 runs, and "a new flow each run" would silently become half
+//! hits. [`FlowSpace`] hands out runs of 1024 counter values that never alias each other:
+//! start `(k << 16) | (j << 11)` with `k` even and `j < 32`; the caller sets the counter
+//! to the start before each run of at most 1024 repetitions.
+
+use std::net::Ipv4Addr;
+
+use anyhow::{Context as _, anyhow, ensure};
+use aya::{
+    maps::{Array, MapData, PerCpuArray, PerCpuValues, ProgramArray, xdp::DevMap},
+    programs::{ProgramFd, TestRun as _, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
+};
+use lb_common::{
+    BACKEND_F_USABLE, Backend, Listener, ListenerKey, MAGLEV_TABLE_SIZE, SEQUENCE_TABLE_SIZE,
+    Scheduler, TableMeta,
+    maglev::{self, MaglevBackend},
+    wrr,
+};
+use lb_ctl::dataplane::DataPlane;
+
+/// Bytes of every benchmark frame (the wrapper restores exactly this many).
+pub const FRAME_LEN: usize = 64;
+/// Repetitions of one wrapper run in new-flow mode: the longest stretch of counter values
+/// without a repeated tuple.
+pub const SEGMENT: u32 = 1024;
+
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
+pub const XDP_REDIRECT: u32 = 4;
+
+/// The benchmark maps of one loaded object, and its programs loaded.
+pub struct Kit {
+    target: ProgramArray<MapData>,
+    packet: Array<MapData, [u8; FRAME_LEN]>,
+    config: Array<MapData, u32>,
+    counter: PerCpuArray<MapData, u64>,
+    port: DevMap<MapData>,
+    ncpus: usize,
+}
+
+impl Kit {
+    /// Loads `programs` (e.g. `lb_bench`, `lb_empty`) of the data plane's object and takes
+    /// its benchmark maps.
+    pub fn new(dp: &mut DataPlane, programs: &[&str]) -> anyhow::Result<Kit> {
+        let ebpf = dp.ebpf_mut();
+        for name in programs {
+            let p: &mut Xdp = ebpf
+                .program_mut(name)
+                .with_context(|| format!("no program {name} in the object"))?
+                .try_into()?;
+            p.load().with_context(|| format!("loading {name}"))?;
+        }
+        let mut take = |name: &str| {
+            ebpf.take_map(name)
+                .with_context(|| format!("no map {name} in the object"))
+        };
+        Ok(Kit {
+            target: take("BENCH_TARGET")?.try_into()?,
+            packet: take("BENCH_PACKET")?.try_into()?,
+            config: take("BENCH_CONFIG")?.try_into()?,
+            counter: take("BENCH_COUNTER")?.try_into()?,
+            port: take("BENCH_PORT")?.try_into()?,
+            ncpus: aya::util::nr_cpus().map_err(|(_, e)| e)?,
+        })
+    }
+
+    /// Slot 0 of BENCH_TARGET: what `lb_bench` tail-calls.
+    pub fn set_target(&mut self, fd: &ProgramFd) -> anyhow::Result<()> {
+        Ok(self.target.set(0, fd, 0)?)
+    }
+
+    /// The frame every `lb_bench` run starts from.
+    pub fn set_packet(&mut self, frame: &[u8]) -> anyhow::Result<()> {
+        let frame: [u8; FRAME_LEN] = frame.try_into().map_err(|_| {
+            anyhow!(
+                "benchmark frames are {FRAME_LEN} bytes, not {}",
+                frame.len()
+            )
+        })?;
+        Ok(self.packet.set(0, frame, 0)?)
+    }
+
+    /// New-flow mode of the wrapper (and of `lb_gen`) on or off.
+    pub fn set_vary(&mut self, on: bool) -> anyhow::Result<()> {
+        Ok(self.config.set(0, u32::from(on), 0)?)
+    }
+
+    /// Sets counter `index` (0: the wrapper's source counter, 1: the sink's count) on
+    /// every CPU.
+    pub fn set_counter(&mut self, index: u32, value: u64) -> anyhow::Result<()> {
+        let values = PerCpuValues::try_from(vec![value; self.ncpus])?;
+        Ok(self.counter.set(index, values, 0)?)
+    }
+
+    /// Counter `index` summed over CPUs.
+    pub fn counter(&self, index: u32) -> anyhow::Result<u64> {
+        Ok(self.counter.get(&index, 0)?.iter().sum())
+    }
+
+    /// Slot 0 of BENCH_PORT: where `lb_redirect` sends frames. The ifindex is looked up
+    /// in the calling thread's namespace.
+    pub fn set_port(&mut self, ifindex: u32) -> anyhow::Result<()> {
+        self.port
+            .set(0, ifindex, None, 0)
+            .map_err(|e| anyhow!("BENCH_PORT: {e}"))
+    }
+}
+
+/// Attaches program `name` (driver mode) to `ifindex`, an interface that carries no
+/// traffic, only so that it stays registered in the kernel's XDP dispatcher. A
+/// BPF_PROG_TEST_RUN with `repeat > 1` registers the program there and removes it
+/// afterwards unless it is attached somewhere; each registration rebuilds the dispatcher
+/// and waits for an RCU grace period (10–25 ms here), which would dominate runs of 1024.
+/// The caller's thread must be in the interface's namespace.
+pub fn hold_in_dispatcher(dp: &mut DataPlane, name: &str, ifindex: u32) -> anyhow::Result<()> {
+    let p: &mut Xdp = dp
+        .ebpf_mut()
+        .program_mut(name)
+        .with_context(|| format!("no program {name}"))?
+        .try_into()?;
+    p.attach_to_if_index(ifindex, XdpMode::Driver)
+        .with_context(|| format!("attaching {name} to the idle interface {ifindex}"))?;
+    Ok(())
+}
+
+/// A clone of a loaded program's descriptor (for the program array).
+pub fn prog_fd(dp: &mut DataPlane, name: &str) -> anyhow::Result<ProgramFd> {
+    let p: &Xdp = dp
+        .ebpf_mut()
+        .program(name)
+        .with_context(|| format!("no program {name}"))?
+        .try_into()?;
+    Ok(p.fd()?.try_clone()?)
+}
+
+/// The XDP context of a test run: `struct xdp_md` with data_end = `len` and the ingress
+/// interface set (the program's FIB lookups and redirects depend on it).
+pub fn xdp_ctx(len: usize, ingress: u32) -> [u8; 24] {
+    let mut ctx = [0u8; 24];
+    ctx[4..8].copy_from_slice(&(len as u32).to_ne_bytes());
+    ctx[12..16].copy_from_slice(&ingress.to_ne_bytes());
+    ctx
+}
+
+/// One BPF_PROG_TEST_RUN of program `name`: the verdict and the kernel's mean duration
+/// per repetition in ns.
+pub fn test_run(
+    dp: &mut DataPlane,
+    name: &str,
+    frame: &[u8],
+    ingress: u32,
+    repeat: u32,
+) -> anyhow::Result<(u32, u64)> {
+    let ctx = xdp_ctx(frame.len(), ingress);
+    let p: &Xdp = dp
+        .ebpf_mut()
+        .program(name)
+        .with_context(|| format!("no program {name}"))?
+        .try_into()?;
+    let r = p
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            ctx_in: Some(&ctx),
+            repeat,
+            ..TestRunOptions::new()
+        })
+        .with_context(|| format!("BPF_PROG_TEST_RUN of {name}"))?;
+    Ok((r.return_value, r.duration.as_nanos() as u64))
+}
+
+/// BPF_PROG_TEST_RUN in live-frames mode: `repeat` real frames, built from `frame`,
+/// processed by program `name` as if received on `ingress`, in batches of `batch`.
+pub fn live_frames(
+    dp: &mut DataPlane,
+    name: &str,
+    frame: &[u8],
+    ingress: u32,
+    repeat: u32,
+    batch: u32,
+) -> anyhow::Result<()> {
+    let ctx = xdp_ctx(frame.len(), ingress);
+    let p: &Xdp = dp
+        .ebpf_mut()
+        .program(name)
+        .with_context(|| format!("no program {name}"))?
+        .try_into()?;
+    p.test_run(TestRunOptions {
+        data_in: Some(frame),
+        ctx_in: Some(&ctx),
+        repeat,
+        attrs: TestRunAttrs::new().xdp_live_frames(batch),
+        ..TestRunOptions::new()
+    })
+    .with_context(|| format!("BPF_PROG_TEST_RUN (live frames) of {name}"))?;
+    Ok(())
+}
+
+/// Hands out starts of 1024-value counter runs whose tuples are all distinct (see the
+/// module documentation). Sources fall in 198.18.128.0/17: `k` starts at 0x8000.
+#[derive(Debug)]
+pub struct FlowSpace {
+    next: u64,
+}
+
+impl Default for FlowSpace {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl FlowSpace {
+    const K_BASE: u64 = 0x8000;
+
+    pub fn new() -> FlowSpace {
+        FlowSpace { next: 0 }
+    }
+
+    /// The start of a fresh run of [`SEGMENT`] counter values.
+    pub fn segment(&mut self) -> u64 {
+        let s = self.next;
+        self.next += 1;
+        let k = Self::K_BASE + ((s >> 5) << 1);
+        assert!(k <= 0xfffe, "flow space exhausted");
+        (k << 16) | ((s & 31) << 11)
+    }
+
+    /// Segments handed out so far.
+    pub fn used(&self) -> u64 {
+        self.next
+    }
+}
+
+/// The source address and port the wrapper writes for counter value `n`.
+pub fn wrapper_source(n: u64) -> (Ipv4Addr, u16) {
+    let hi = ((n >> 24) & 0xff) as u8;
+    let lo = (((n >> 16) & 0xff) as u8) | 1;
+    (
+        Ipv4Addr::new(198, 18, hi, lo),
+        ((n & 0xffff) as u16) | 0x0400,
+    )
+}
+
+/// Writes counter value `n` into a frame's source the way the wrapper does (checksums
+/// untouched, as in the wrapper).
+pub fn patch_source(frame: &mut [u8], n: u64) {
+    let (addr, port) = wrapper_source(n);
+    frame[28..30].copy_from_slice(&addr.octets()[2..4]);
+    frame[34..36].copy_from_slice(&port.to_be_bytes());
+}
+
+/// A listener as the benchmark installs it.
+pub struct ListenerSpec {
+    pub id: u32,
+    pub vip: Ipv4Addr,
+    pub port: u16,
+    pub protocol: u8,
+    pub scheduler: Scheduler,
+    /// (address, port) of each backend; ids are `first_backend_id..`.
+    pub backends: Vec<(Ipv4Addr, u16)>,
+    pub first_backend_id: u32,
+    pub idle_timeout_s: u32,
+}
+
+fn be32(a: Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(a.octets())
+}
+
+/// Installs a listener the way the controller does: backends, then its table slot
+/// (Maglev table and sequence), then the listener entry, then the VIP marker.
+pub fn install_listener(dp: &mut DataPlane, spec: &ListenerSpec) -> anyhow::Result<()> {
+    ensure!(!spec.backends.is_empty(), "a listener needs backends");
+    let ids: Vec<u32> = (0..spec.backends.len() as u32)
+        .map(|i| spec.first_backend_id + i)
+        .collect();
+    for (&id, &(addr, port)) in ids.iter().zip(&spec.backends) {
+        dp.set_backend(
+            id,
+            Backend {
+                addr: be32(addr),
+                port: port.to_be(),
+                flags: BACKEND_F_USABLE,
+                weight: 100,
+                listener: spec.id,
+                generation: 1,
+                ..Default::default()
+            },
+        )?;
+    }
+    let members: Vec<MaglevBackend> = ids
+        .iter()
+        .zip(&spec.backends)
+        .map(|(&id, &(addr, port))| MaglevBackend {
+            id,
+            addr: be32(addr),
+            port: port.to_be(),
+            weight: 100,
+        })
+        .collect();
+    let table = maglev::build_table(&members, MAGLEV_TABLE_SIZE);
+    let weighted: Vec<(u32, u32)> = ids.iter().map(|&id| (id, 100)).collect();
+    let sequence = match spec.scheduler {
+        Scheduler::Wrr => wrr::weighted_sequence(&weighted, SEQUENCE_TABLE_SIZE),
+        _ => wrr::each_once(&weighted),
+    };
+    let slot = spec.id * 2;
+    dp.write_table(
+        slot,
+        &table,
+        &sequence,
+        TableMeta {
+            backends: ids.len() as u32,
+            sequence_len: sequence.len() as u32,
+        },
+    )?;
+    let key = ListenerKey {
+        addr: be32(spec.vip),
+        port: spec.port.to_be(),
+        protocol: spec.protocol,
+        _pad: 0,
+    };
+    dp.set_listener(
+        key,
+        Listener {
+            id: spec.id,
+            table: slot,
+            scheduler: spec.scheduler as u8,
+            established_timeout_s: spec.idle_timeout_s,
+            udp_timeout_s: spec.idle_timeout_s,
+            ..Default::default()
+        },
+    )?;
+    dp.set_listener(
+        ListenerKey::vip_marker(be32(spec.vip)),
+        Listener {
+            flags: lb_common::LISTENER_F_VIP_MARKER,
+            ..Default::default()
+        },
+    )?;
+    dp.reset_cursor(spec.id)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    /// The whole point of `FlowSpace`: no two counter values it hands out (across
+    /// segments and within them) give the same source.
+    #[test]
+    fn flow_space_never_repeats_a_tuple() {
+        let mut space = FlowSpace::new();
+        let mut seen = HashSet::new();
+        for _ in 0..200 {
+            let start = space.segment();
+            for n in start..start + u64::from(SEGMENT) {
+                assert!(seen.insert(wrapper_source(n)), "tuple of {n:#x} repeated");
+            }
+        }
+        // Counting straight up does repeat after 1024 values.
+        assert_eq!(wrapper_source(0x8000_0000), wrapper_source(0x8000_0400));
+    }
+
+    #[test]
+    fn a_segment_keeps_one_source_address() {
+        let mut space = FlowSpace::new();
+        for _ in 0..100 {
+            let start = space.segment();
+            let (addr, _) = wrapper_source(start);
+            assert_eq!(wrapper_source(start + 1023).0, addr);
+            assert!(addr.octets()[2] >= 128, "{addr} is outside 198.18.128.0/17");
+        }
+    }
+
+    #[test]
+    fn patching_matches_the_wrapper_layout() {
+        let mut frame = [0u8; FRAME_LEN];
+        patch_source(&mut frame, 0x8123_0456);
+        assert_eq!(&frame[28..30], &[0x81, 0x23]);
+        assert_eq!(&frame[34..36], &0x0456u16.to_be_bytes());
+    }
+}

@@ -1,0 +1,858 @@
+//! The suite's results as text: the summary printed at the end of a run and the whole of
+//! docs/benchmarks.md (machine, command, method of each measurement, medians with ranges,
+//! ratios, the targets and how to read them).
+
+use std::fmt::Write as _;
+
+use super::{
+    Outcome, Part, Report,
+    conn::{Balancer, ConnReport},
+    control::ControlReport,
+    cost::{Case, CaseResult, CostReport, PEER_FLOOR},
+    forward::{ForwardReport, Path},
+    util::{Summary, Table, quantile, show},
+};
+
+/// One target of issue 6 and what this run measured against it.
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub what: String,
+    pub target: String,
+    pub measured: String,
+    /// `None`: not measured in this run.
+    pub met: Option<bool>,
+}
+
+fn ratio(x: f64, y: f64) -> String {
+    if y > 0.0 && x.is_finite() {
+        format!("{:.2}×", x / y)
+    } else {
+        "–".to_owned()
+    }
+}
+
+fn verdict(met: Option<bool>) -> &'static str {
+    match met {
+        Some(true) => "met",
+        Some(false) => "MISSED",
+        None => "not measured",
+    }
+}
+
+/// Largest over smallest median of a case across backend counts.
+fn spread(results: &[&CaseResult], method2: bool) -> Option<f64> {
+    let medians: Vec<f64> = results
+        .iter()
+        .filter_map(|r| if method2 { r.method2 } else { r.method1 })
+        .map(|s| s.median)
+        .collect();
+    let max = medians.iter().copied().fold(f64::NAN, f64::max);
+    let min = medians.iter().copied().fold(f64::NAN, f64::min);
+    (medians.len() >= 2 && min > 0.0).then(|| max / min)
+}
+
+/// Backend counts spread this much (largest / smallest median) still count as flat: the
+/// rounds of one case differ by about as much on this shared machine.
+const FLAT: f64 = 1.2;
+
+pub fn targets(r: &Report) -> Vec<Target> {
+    let mut out = Vec::new();
+    match r.cost.done() {
+        Some(cost) => {
+            let (mut below, mut total, mut worst) = (0, 0, (0.0f64, String::new()));
+            for res in &cost.results {
+                let Some((p2, p1)) = res.case.peer() else {
+                    continue;
+                };
+                for (s, peer, m) in [(res.method2, p2, 2), (res.method1, p1, 1)] {
+                    if let Some(s) = s {
+                        total += 1;
+                        if s.median < peer {
+                            below += 1;
+                        }
+                        let rel = s.median / peer;
+                        if rel > worst.0 {
+                            worst = (
+                                rel,
+                                format!(
+                                    "{}, {} backends, method {m}",
+                                    res.case.name(),
+                                    res.backends
+                                ),
+                            );
+                        }
+                    }
+                }
+            }
+            out.push(Target {
+                what:
+                    "per-packet cost, floor subtracted, below the peer (every case, both methods)"
+                        .into(),
+                target: "< peer figure".into(),
+                measured: format!(
+                    "{below} of {total} below; worst {:.2}× the peer ({})",
+                    worst.0, worst.1
+                ),
+                met: (total > 0).then_some(below == total),
+            });
+            let mut worst_spread = (0.0f64, String::new());
+            for case in Case::ALL {
+                let of_case: Vec<&CaseResult> =
+                    cost.results.iter().filter(|x| x.case == case).collect();
+                for (m2, label) in [(true, "method 2"), (false, "method 1")] {
+                    if let Some(s) = spread(&of_case, m2)
+                        && s > worst_spread.0
+                    {
+                        worst_spread = (s, format!("{}, {label}", case.name()));
+                    }
+                }
+            }
+            out.push(Target {
+                what: "flat from 1 to 10,000 backends".into(),
+                target: format!("largest / smallest median ≤ {FLAT}"),
+                measured: format!("worst {:.2} ({})", worst_spread.0, worst_spread.1),
+                met: (worst_spread.0 > 0.0).then_some(worst_spread.0 <= FLAT),
+            });
+        }
+        None => out.push(Target {
+            what: "per-packet cost".into(),
+            target: "< peer figure".into(),
+            measured: "not measured".into(),
+            met: None,
+        }),
+    }
+    let fwd = r.forward.done();
+    let med = |s: Option<&Summary>| s.map(|s| s.median);
+    let f_target = |what: &str, target: f64, s: Option<&Summary>, unit: &str| Target {
+        what: what.into(),
+        target: format!("≥ {target}{unit}"),
+        measured: s.map_or_else(|| "not measured".into(), |s| format!("{}{unit}", s.show(2))),
+        met: med(s).map(|m| m >= target),
+    };
+    out.push(f_target(
+        "veth, established flow, LB / bare redirect",
+        0.9,
+        fwd.and_then(|f| f.lb_over_ceiling.as_ref()),
+        "",
+    ));
+    out.push(f_target(
+        "veth, established flow, LB / nftables DNAT",
+        4.5,
+        fwd.and_then(|f| f.lb_over_nft.as_ref()),
+        "×",
+    ));
+    out.push(f_target(
+        "veth, new flows, LB / nftables DNAT",
+        2.0,
+        fwd.and_then(|f| f.lb_new_over_nft_new.as_ref()),
+        "×",
+    ));
+    let conn = r.conn.done();
+    out.push(Target {
+        what: "new connections per second per LB core (data path), XDP LB / HAProxy".into(),
+        target: "≥ 20×".into(),
+        measured: conn
+            .and_then(|c| c.per_core_ratio)
+            .map_or_else(|| "not measured".into(), |x| format!("{x:.1}×")),
+        met: conn.and_then(|c| c.per_core_ratio).map(|x| x >= 20.0),
+    });
+    let control = r.control.done();
+    let maglev_1000 = control.and_then(|c| c.maglev.iter().find(|m| m.backends == 1000));
+    out.push(Target {
+        what: "Maglev build, M = 65537, 1,000 backends".into(),
+        target: "≤ 1 ms".into(),
+        measured: maglev_1000.map_or_else(
+            || "not measured".into(),
+            |m| format!("{} ms", m.build_ms.show(3)),
+        ),
+        met: maglev_1000.map(|m| m.build_ms.median <= 1.0),
+    });
+    let change = control.and_then(|c| c.change.as_ref());
+    out.push(Target {
+        what: "`lb-ctl server add` returned → first new flow at the new backend, p99".into(),
+        target: "≤ 5 ms".into(),
+        measured: change
+            .and_then(|c| Some(format!("{:.3} ms (p50 {:.3} ms)", c.p99()?, c.p50()?)))
+            .unwrap_or_else(|| "not measured".into()),
+        met: change.and_then(|c| c.p99()).map(|p| p <= 5.0),
+    });
+    let probe = control.and_then(|c| c.probe.as_ref());
+    out.push(Target {
+        what: "10,000 backends probed at a 1 s interval on one core".into(),
+        target: "keeps up".into(),
+        measured: probe.map_or_else(
+            || "not measured".into(),
+            |p| {
+                format!(
+                    "{:.0} probes/s of {:.0} expected, {} failed",
+                    p.probes_per_second, p.expected_per_second, p.failures
+                )
+            },
+        ),
+        met: probe.map(|p| p.keeps_up),
+    });
+    out
+}
+
+fn targets_table(r: &Report) -> Table {
+    let mut t = Table::new(&["target", "wanted", "this run", ""]);
+    for x in targets(r) {
+        t.row(vec![x.what, x.target, x.measured, verdict(x.met).into()]);
+    }
+    t
+}
+
+fn cost_table(c: &CostReport) -> Table {
+    let mut t = Table::new(&[
+        "case",
+        "backends",
+        "method 2 (wrapper loop)",
+        "peer",
+        "ours / peer",
+        "method 1 (repeat = 1)",
+        "peer",
+        "ours / peer",
+    ]);
+    for r in &c.results {
+        let peer = r.case.peer();
+        let cell = |s: Option<Summary>, p: Option<f64>| {
+            (
+                show(s, 0),
+                p.map_or_else(|| "–".into(), |p| format!("{p:.0}")),
+                match (s, p) {
+                    (Some(s), Some(p)) => ratio(s.median, p),
+                    _ => "–".into(),
+                },
+            )
+        };
+        let (m2, p2, r2) = cell(r.method2, peer.map(|p| p.0));
+        let (m1, p1, r1) = cell(r.method1, peer.map(|p| p.1));
+        t.row(vec![
+            r.case.name().into(),
+            r.backends.to_string(),
+            m2,
+            p2,
+            r2,
+            m1,
+            p1,
+            r1,
+        ]);
+    }
+    t
+}
+
+fn cost_raw_table(c: &CostReport) -> Table {
+    let mut t = Table::new(&[
+        "case",
+        "backends",
+        "method 2 before subtraction",
+        "method 1 before subtraction",
+    ]);
+    for r in &c.results {
+        t.row(vec![
+            r.case.name().into(),
+            r.backends.to_string(),
+            show(r.method2_raw, 0),
+            show(r.method1_raw, 0),
+        ]);
+    }
+    t
+}
+
+fn flatness_table(c: &CostReport) -> Table {
+    let counts: Vec<usize> = {
+        let mut v: Vec<usize> = c.results.iter().map(|r| r.backends).collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    };
+    let mut header = vec!["case".to_owned(), "method".to_owned()];
+    header.extend(counts.iter().map(|n| format!("{n} backends")));
+    header.push("largest / smallest".into());
+    let header_refs: Vec<&str> = header.iter().map(String::as_str).collect();
+    let mut t = Table::new(&header_refs);
+    for case in Case::ALL {
+        let of_case: Vec<&CaseResult> = c.results.iter().filter(|r| r.case == case).collect();
+        for (m2, label) in [(true, "2"), (false, "1")] {
+            let mut row = vec![case.name().to_owned(), label.to_owned()];
+            for n in &counts {
+                let s = of_case
+                    .iter()
+                    .find(|r| r.backends == *n)
+                    .and_then(|r| if m2 { r.method2 } else { r.method1 });
+                row.push(s.map_or_else(|| "–".into(), |s| format!("{:.0}", s.median)));
+            }
+            row.push(spread(&of_case, m2).map_or_else(|| "–".into(), |s| format!("{s:.2}")));
+            t.row(row);
+        }
+    }
+    t
+}
+
+fn forward_table(f: &ForwardReport) -> Table {
+    let mut t = Table::new(&["path", "Mpps", "reached the sink", "peer Mpps"]);
+    for p in &f.paths {
+        t.row(vec![
+            p.path.name().into(),
+            show(p.mpps, 2),
+            p.delivered
+                .map_or_else(|| "–".into(), |d| format!("{:.1} %", d.median * 100.0)),
+            p.path
+                .peer()
+                .map_or_else(|| "–".into(), |x| format!("{x:.2}")),
+        ]);
+    }
+    t
+}
+
+fn conn_table(c: &ConnReport) -> Table {
+    let mut t = Table::new(&[
+        "balancer",
+        "connections/s",
+        "data-path CPU (cores)",
+        "connections/s per data-path core",
+        "iperf3 Gbit/s",
+        "data-path CPU during iperf3 (cores)",
+    ]);
+    let row = |name: &str, b: &Balancer| {
+        vec![
+            name.to_owned(),
+            show(b.cps, 0),
+            show(b.cps_cores, 3),
+            show(b.cps_per_core, 0),
+            show(b.gbps, 2),
+            show(b.gbps_cores, 3),
+        ]
+    };
+    t.row(row("this LB (XDP, lb-ctl daemon)", &c.xdp));
+    if let Some(p) = &c.xdp_paused {
+        t.row(row("this LB, daemon paused (ablation, no sweep)", p));
+    }
+    t.row(row(
+        &format!("HAProxy {} mode tcp", c.haproxy_version),
+        &c.haproxy,
+    ));
+    t
+}
+
+fn maglev_table(c: &ControlReport) -> Table {
+    let mut t = Table::new(&[
+        "backends N",
+        "build ms",
+        "slots moved removing one",
+        "ideal M/N",
+        "moved / ideal",
+    ]);
+    for m in &c.maglev {
+        t.row(vec![
+            m.backends.to_string(),
+            m.build_ms.show(3),
+            m.moved.to_string(),
+            format!("{:.0}", m.ideal),
+            format!("{:.2}", m.moved as f64 / m.ideal),
+        ]);
+    }
+    t
+}
+
+fn outcome_line<T>(name: &str, o: &Outcome<T>) -> Option<String> {
+    match o {
+        Outcome::Done(_) => None,
+        Outcome::Skipped => Some(format!("_{name}: not run (`--only`)._\n")),
+        Outcome::Failed(why) => Some(format!("**{name} failed:** {why}\n")),
+    }
+}
+
+/// The summary printed at the end of a run.
+pub fn terminal(r: &Report) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "\nTargets (issue 6):");
+    out.push_str(&targets_table(r).text());
+    if let Some(c) = r.cost.done() {
+        let _ = writeln!(
+            out,
+            "\nPer-packet cost, ns, floor subtracted, median (min–max) of {} rounds:",
+            r.plan.cost.rounds
+        );
+        out.push_str(&cost_table(c).text());
+        let _ = writeln!(
+            out,
+            "  floors measured: method 2 {} ns (new-flow mode {} ns), method 1 {} ns; the peer table's: {} and {} ns",
+            show(c.floor_m2, 0),
+            show(c.floor_m2_vary, 0),
+            show(c.floor_m1, 0),
+            PEER_FLOOR.0,
+            PEER_FLOOR.1
+        );
+    }
+    if let Some(f) = r.forward.done() {
+        let _ = writeln!(out, "\nForwarding on veth, one vCPU:");
+        out.push_str(&forward_table(f).text());
+    }
+    if let Some(c) = r.conn.done() {
+        let _ = writeln!(out, "\nConnections, against HAProxy:");
+        out.push_str(&conn_table(c).text());
+    }
+    if let Some(c) = r.control.done() {
+        let _ = writeln!(out, "\nMaglev, M = 65537:");
+        out.push_str(&maglev_table(c).text());
+    }
+    for line in [
+        outcome_line("per-packet cost", &r.cost),
+        outcome_line("forwarding", &r.forward),
+        outcome_line("connections", &r.conn),
+        outcome_line("control plane", &r.control),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        out.push_str(&line);
+    }
+    out
+}
+
+/// docs/benchmarks.md.
+pub fn markdown(r: &Report) -> String {
+    let mut o = String::new();
+    let m = &r.machine;
+    let _ = writeln!(o, "# Benchmarks\n");
+    let _ = writeln!(
+        o,
+        "Written by `{}` ({} run); rerun it to replace this file. The suite reports; it \
+         fails on no number. Methods and peer figures: `BENCHMARKING.md` of the shared \
+         notes, summarised below with every measurement.\n",
+        r.command,
+        if r.plan.quick { "a quick" } else { "a full" }
+    );
+    let _ = writeln!(o, "## Machine and run\n");
+    let _ = writeln!(o, "- CPU: {} ({} online)", m.cpu_model, m.cpus);
+    let _ = writeln!(o, "- memory: {:.1} GiB", m.memory_gib);
+    let _ = writeln!(o, "- kernel: {}", m.kernel);
+    let _ = writeln!(o, "- date: {}", m.date);
+    let _ = writeln!(o, "- command: `{}`", r.command);
+    let _ = writeln!(
+        o,
+        "- duration: {:.1} min; load average (1, 5, 15 min) at the start {}, at the end {}",
+        r.seconds / 60.0,
+        m.load_at_start,
+        r.load_at_end
+    );
+    for (p, t) in &r.timings {
+        let _ = writeln!(
+            o,
+            "- part `{}`: {:.0} s, load average before {} / after {}",
+            p.name(),
+            t.seconds,
+            t.load_before,
+            t.load_after
+        );
+    }
+    let _ = writeln!(
+        o,
+        "\nThe machine is a shared 2-vCPU VM: other work may have run at the same time (the \
+         load averages above say how much). Absolute figures drift between runs; ratios \
+         measured in the same run, against a floor or a peer, hold better.\n"
+    );
+
+    let _ = writeln!(o, "## Targets\n");
+    o.push_str(&targets_table(r).markdown());
+    o.push('\n');
+
+    cost_section(&mut o, r);
+    forward_section(&mut o, r);
+    conn_section(&mut o, r);
+    control_section(&mut o, r);
+    reading_section(&mut o);
+    o
+}
+
+fn notes_list(o: &mut String, notes: &[String]) {
+    for n in notes {
+        let _ = writeln!(o, "- {n}");
+    }
+    if !notes.is_empty() {
+        o.push('\n');
+    }
+}
+
+fn cost_section(o: &mut String, r: &Report) {
+    let p = &r.plan.cost;
+    let _ = writeln!(o, "## 1. Per-packet cost (BPF_PROG_TEST_RUN)\n");
+    let _ = writeln!(
+        o,
+        "Identical 64-byte TCP frames (Ethernet + IPv4 + TCP + 10 bytes) through `lb_xdp`, \
+         one VIP with a `tch` listener (4-tuple Maglev, 65537 slots) over {} backends \
+         behind one next hop (`bpf_fib_lookup` answers from the namespace's routes and a \
+         permanent neighbour), flow table `flow_table_size: 4194304`. Our flow table is one \
+         LRU shared by all CPUs (and the reverse-NAT table a second one of the same size); \
+         the peer's is 4M entries per CPU. The thread running the programs is pinned to \
+         one CPU.\n",
+        p.backend_counts
+            .iter()
+            .map(|n| n.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let _ = writeln!(
+        o,
+        "- **Method 1** (`repeat = 1`): one syscall per packet, the kernel-reported \
+         duration; {} syscalls per round ({} for the new-flow cases), the round's figure is \
+         their mean. Floor: `lb_empty` on the same frames, interleaved one for one.\n\
+         - **Method 2** (in-kernel loop): `lb_bench` restores the 64-byte frame at the \
+         start of every run (and in new-flow mode writes a fresh source address and port \
+         from a per-CPU counter), then tail-calls `lb_xdp`; {} runs per round for fixed \
+         frames, {} for the new-flow cases. Floor: the same wrapper in the same mode \
+         tail-calling `lb_empty`.\n\
+         - Each round measures case and floor back to back and subtracts; the table gives \
+         the median over {} rounds with the min–max. `lb_bench` is kept attached to an idle \
+         interface: a `repeat > 1` run of a program that is attached nowhere rebuilds the \
+         kernel's XDP dispatcher twice (10–25 ms of RCU waits per call here).\n\
+         - The wrapper's counter → tuple mapping repeats after 1024 values (port \
+         `n | 0x400`, address byte `n >> 16 | 1`), so new-flow runs go in calls of at most \
+         1024 repetitions, each starting at a counter value chosen to give tuples never \
+         used before (`FlowSpace` in `tests/src/bench/kit.rs`); every new-flow case checks \
+         that the program counted exactly one new flow per run.\n\
+         - **Cases.** Established: an ACK of a flow a SYN created. 100k flows cycled: \
+         100,000 flows created with SYNs through the wrapper in new-flow mode, then the same \
+         counter values again with an ACK: every run is a hit, and each flow comes back only \
+         once per 100,000 runs (method 1 walks the same 100,000 tuples). New flow, nearly empty: \
+         a SYN with a never-seen tuple each run, while the table holds under 10 %. New \
+         flow, full: the same after {:.2}× the table's size in new flows (checked: the \
+         first flow of the nearly-empty case was evicted). Reply: a backend → client ACK \
+         of the established flow, through the reverse-NAT table. Not for a VIP: an ACK to \
+         an address that is no VIP (passed to the kernel).\n",
+        p.samples, p.new_flow_samples, p.repeat, p.new_flow_repeat, p.rounds, p.prefill_factor
+    );
+    if let Some(line) = outcome_line("Per-packet cost", &r.cost) {
+        o.push_str(&line);
+        o.push('\n');
+        return;
+    }
+    let Some(c) = r.cost.done() else { return };
+    let _ = writeln!(
+        o,
+        "ns per packet, floor subtracted, median (min–max); peer = the C balancer of \
+         BENCHMARKING.md on this machine kind:\n"
+    );
+    o.push_str(&cost_table(c).markdown());
+    let _ = writeln!(
+        o,
+        "\nFloors measured here: method 2 {} ns (new-flow mode {} ns), method 1 {} ns; the \
+         peer table's floors: {} ns and {} ns.\n",
+        show(c.floor_m2, 0),
+        show(c.floor_m2_vary, 0),
+        show(c.floor_m1, 0),
+        PEER_FLOOR.0,
+        PEER_FLOOR.1
+    );
+    let _ = writeln!(o, "Across backend counts (medians, ns):\n");
+    o.push_str(&flatness_table(c).markdown());
+    let _ = writeln!(o, "\nBefore floor subtraction (ns):\n");
+    o.push_str(&cost_raw_table(c).markdown());
+    let _ = writeln!(o, "\nChecks made by each case:\n");
+    for res in &c.results {
+        if !res.notes.is_empty() {
+            let _ = writeln!(
+                o,
+                "- {}, {} backends: {}",
+                res.case.name(),
+                res.backends,
+                res.notes.join("; ")
+            );
+        }
+    }
+    o.push('\n');
+    notes_list(o, &c.notes);
+}
+
+fn forward_section(o: &mut String, r: &Report) {
+    let p = &r.plan.forward;
+    let _ = writeln!(o, "## 2. Forwarding rate on veth\n");
+    let _ = writeln!(
+        o,
+        "Generator namespace → LB namespace → sink namespace over two veth pairs. The \
+         generator is `lb_bench` in live-frames mode (`TestRunAttrs::xdp_live_frames`, \
+         batches of 64, 1024 frames per call): it restores the 64-byte UDP frame on every \
+         run (frames a receiver rewrote come back with recycled pages), writes a fresh \
+         source in new-flow mode, and tail-calls `lb_redirect` out of its veth. The sink \
+         counts with `lb_sink`, attached natively, and drops. Generator, LB and sink run on \
+         one vCPU: the receiving veths' NAPI runs on the generating CPU between batches. \
+         Mpps = frames counted by the sink / time the generator took; each round sends {} \
+         frames per established-flow path and {} per new-flow path (after a 1024-frame \
+         warm-up), every path in every round, {} rounds.\n",
+        p.frames, p.new_flow_frames, p.rounds
+    );
+    let _ = writeln!(
+        o,
+        "- **Bare XDP redirect** (the ceiling): `lb_redirect` attached on the LB's ingress, \
+         sending every frame to the egress veth.\n\
+         - **This LB**: the data plane loaded directly (4M-entry flow table, `wrr`, four \
+         backends, port 80 → 8080), `lb_xdp` attached natively on the ingress; an \
+         established flow (one tuple), and a new flow each packet (a never-used tuple per \
+         frame; the table is not flushed between rounds, and never fills: see the notes).\n\
+         - **nftables**: `dnat ip addr . port to numgen inc mod 4 map {{ … }}` in a \
+         `prerouting` nat chain, the same four backends; conntrack sized first \
+         (nf_conntrack_max and the hash size raised machine-wide, restored after) and \
+         flushed before every round.\n\
+         - **Plain kernel routing**: the same frame addressed to a backend, no rules.\n\
+         - New-flow frames keep one source address per 1024-frame call and carry a correct \
+         IPv4 checksum for it, and UDP checksum 0, so the kernel's paths accept them too.\n"
+    );
+    if let Some(line) = outcome_line("Forwarding", &r.forward) {
+        o.push_str(&line);
+        o.push('\n');
+        return;
+    }
+    let Some(f) = r.forward.done() else { return };
+    o.push_str(&forward_table(f).markdown());
+    let _ = writeln!(
+        o,
+        "\nRatios, per round then median (min–max): LB / ceiling {}, LB / nftables \
+         (established) {}, LB / nftables (new flows) {}.\n",
+        show(f.lb_over_ceiling, 2),
+        show(f.lb_over_nft, 2),
+        show(f.lb_new_over_nft_new, 2)
+    );
+    // What each path adds per frame to the chain, from the medians: 1/rate − 1/ceiling.
+    if let Some(ceiling) = f.path(Path::Ceiling).and_then(|p| p.mpps) {
+        let added: Vec<String> = Path::ALL[1..]
+            .iter()
+            .filter_map(|&p| {
+                let m = f.path(p)?.mpps?.median;
+                Some(format!(
+                    "{} {:.0} ns",
+                    p.name(),
+                    1e3 / m - 1e3 / ceiling.median
+                ))
+            })
+            .collect();
+        let _ = writeln!(
+            o,
+            "Time each path adds to a frame over the ceiling's {:.0} ns (1 / rate − 1 / \
+             ceiling): {}. Reaching 90 % of the ceiling leaves the LB {:.0} ns per frame.\n",
+            1e3 / ceiling.median,
+            added.join("; "),
+            1e3 / (0.9 * ceiling.median) - 1e3 / ceiling.median
+        );
+    }
+    let mut notes: Vec<String> = f.notes.clone();
+    for path in Path::ALL {
+        if let Some(res) = f.path(path) {
+            notes.extend(res.notes.iter().map(|n| format!("{}: {n}", path.name())));
+        }
+    }
+    notes_list(o, &notes);
+}
+
+fn conn_section(o: &mut String, r: &Report) {
+    let p = &r.plan.conn;
+    let _ = writeln!(o, "## 3. Connections: against HAProxy\n");
+    let _ = writeln!(
+        o,
+        "The standard test topology (client, LB, switch, one backend), one balancer at a \
+         time on the same namespaces: first `lb-ctl daemon` (listeners on the VIP, health \
+         checks off), then HAProxy `mode tcp` in the LB namespace with the VIP on its \
+         loopback, default threads.\n\n\
+         - **Connections per second**: 8 client threads, each with its own client address, \
+         open a TCP connection to the VIP, send a byte, read the backend's 3-byte answer \
+         and its close, and repeat for {:.1} s per round ({} rounds). The backend is a \
+         4-thread accept/answer/close server in the benchmark process.\n\
+         - **Throughput**: `iperf3 -c VIP -t {}` through each balancer to `iperf3 -s` on \
+         the backend, {} rounds.\n\
+         - **Per LB core**: connections per second divided by the balancer's CPU time per \
+         second of its data path. The XDP LB has no user-space data path; its CPU is the \
+         run time the kernel accounts to the XDP program (BPF_ENABLE_STATS; the accounting \
+         itself adds a few tens of ns per run). HAProxy's is user + system time of its \
+         process (/proc/PID/stat). Neither includes softirq work outside them (for HAProxy, \
+         the two TCP stacks it terminates), which flatters HAProxy. The daemon's own CPU, \
+         off the data path, is given separately below.\n",
+        p.seconds, p.rounds, p.iperf_seconds, p.rounds
+    );
+    if let Some(line) = outcome_line("Connections", &r.conn) {
+        o.push_str(&line);
+        o.push('\n');
+        return;
+    }
+    let Some(c) = r.conn.done() else { return };
+    o.push_str(&conn_table(c).markdown());
+    let _ = writeln!(
+        o,
+        "\nConnections per second per balancer core, XDP LB / HAProxy: {}. Connections \
+         that failed: XDP {}, HAProxy {}.\n",
+        c.per_core_ratio
+            .map_or_else(|| "–".into(), |x| format!("{x:.1}×")),
+        c.xdp.failed,
+        c.haproxy.failed
+    );
+    let _ = writeln!(
+        o,
+        "Data-path CPU per connection: XDP LB {} µs ({} program runs of {} ns each), \
+         HAProxy {} µs.\n\n\
+         Off the data path, the `lb-ctl daemon` process used {} cores during the XDP \
+         rounds (mostly its once-a-second sweep of the flow table, which grows with the \
+         connections of the last minute). Counting it as balancer CPU too, the XDP LB does \
+         {} connections per second per core, {} HAProxy's.\n",
+        show(c.xdp.us_per_connection, 2),
+        show(c.xdp.runs_per_connection, 1),
+        show(c.xdp.ns_per_run, 0),
+        show(c.haproxy.us_per_connection, 1),
+        show(c.xdp.daemon_cores, 3),
+        show(c.xdp.cps_per_core_with_daemon, 0),
+        match (c.xdp.cps_per_core_with_daemon, c.haproxy.cps_per_core) {
+            (Some(x), Some(h)) if h.median > 0.0 => format!("{:.1}×", x.median / h.median),
+            _ => "–".into(),
+        }
+    );
+    if let Some(p) = &c.xdp_paused {
+        let _ = writeln!(
+            o,
+            "Ablation: the same connection rounds with the daemon stopped (SIGSTOP; nothing \
+             on the data path needs it with health checks off), so that its sweep does not \
+             run: the XDP program took {} ns per run (against {} with the sweep), {} \
+             connections per second per data-path core, {} HAProxy's. The sweep reads the \
+             whole flow table through two syscalls per entry while the XDP program updates \
+             the same entries on the other CPU; the program's own time per packet grows with \
+             the table while it runs.\n",
+            show(p.ns_per_run, 0),
+            show(c.xdp.ns_per_run, 0),
+            show(p.cps_per_core, 0),
+            match (p.cps_per_core, c.haproxy.cps_per_core) {
+                (Some(x), Some(h)) if h.median > 0.0 => format!("{:.1}×", x.median / h.median),
+                _ => "–".into(),
+            }
+        );
+    }
+    let mut notes = c.notes.clone();
+    notes.extend(c.xdp.notes.iter().map(|n| format!("XDP LB: {n}")));
+    notes.extend(c.haproxy.notes.iter().map(|n| format!("HAProxy: {n}")));
+    notes_list(o, &notes);
+}
+
+fn control_section(o: &mut String, r: &Report) {
+    let p = &r.plan.control;
+    let _ = writeln!(o, "## 4. Control plane\n");
+    if let Some(line) = outcome_line("Control plane", &r.control) {
+        o.push_str(&line);
+        o.push('\n');
+        return;
+    }
+    let Some(c) = r.control.done() else { return };
+    let _ = writeln!(
+        o,
+        "**Maglev table build** (`lb_common::maglev::build_table`, release build, M = \
+         65537, equal weights, median (min–max) of {} builds after one untimed build), and \
+         the slots that change owner when the middle backend is removed:\n",
+        p.maglev_rounds
+    );
+    o.push_str(&maglev_table(c).markdown());
+    o.push('\n');
+    let _ = writeln!(
+        o,
+        "**Change → data plane**: `lb-ctl daemon` with a UDP listener, backend 1 in it, and \
+         a client sending one datagram per new flow (a never-used source address and port \
+         each) in a tight loop. Backend 2 is added with `lb-ctl server add` {} times \
+         (removed with `--now` between adds). A receiver on backend 2 notes its first \
+         datagram after each add; the latency is that instant minus the instant the \
+         `lb-ctl` process had exited, on one monotonic clock. The resolution is the \
+         client's gap between new flows (shown below); a negative value means the change \
+         was live before the command returned.\n",
+        p.adds
+    );
+    match &c.change {
+        Some(ch) => {
+            let min = ch.samples.iter().copied().fold(f64::NAN, f64::min);
+            let max = ch.samples.iter().copied().fold(f64::NAN, f64::max);
+            let q = |v: &[f64], p: f64| quantile(v, p).unwrap_or(f64::NAN);
+            let _ = writeln!(
+                o,
+                "- from `lb-ctl server add` returning: p50 {:.3} ms, p99 {:.3} ms, min \
+                 {min:.3} ms, max {max:.3} ms over {} adds\n\
+                 - from starting `lb-ctl server add` (process start, connection to the \
+                 control socket, the change, the reply, exit): p50 {:.3} ms, p99 {:.3} ms\n\
+                 - the `lb-ctl server add` process itself, start to exit: p50 {:.1} ms, p99 \
+                 {:.1} ms\n\
+                 - the client sent {:.0} new flows per second (one every {:.1} µs)\n",
+                ch.p50().unwrap_or(f64::NAN),
+                ch.p99().unwrap_or(f64::NAN),
+                ch.samples.len(),
+                q(&ch.from_start_ms, 0.5),
+                q(&ch.from_start_ms, 0.99),
+                q(&ch.command_ms, 0.5),
+                q(&ch.command_ms, 0.99),
+                ch.flows_per_second,
+                1e6 / ch.flows_per_second.max(1.0)
+            );
+            notes_list(o, &ch.notes);
+        }
+        None => {
+            let _ = writeln!(o, "- not measured\n");
+        }
+    }
+    let _ = writeln!(
+        o,
+        "**Prober capacity**: `lb_ctl::health::capacity_probe(10_000, 1 s, {} s, {})` on a \
+         tokio `current_thread` runtime pinned to one CPU: every probe a real TCP \
+         handshake to a local listener, closed with a RST; it keeps up when it completes \
+         ≥ 95 % of the scheduled rate with no failure and 99 % of probes start within \
+         100 ms of their due time.\n",
+        p.probe_seconds,
+        lb_ctl::health::DEFAULT_MAX_IN_FLIGHT
+    );
+    match &c.probe {
+        Some(pr) => {
+            let _ = writeln!(
+                o,
+                "- {}: {}\n",
+                if pr.keeps_up {
+                    "keeps up"
+                } else {
+                    "does NOT keep up"
+                },
+                pr.text
+            );
+        }
+        None => {
+            let _ = writeln!(o, "- not measured\n");
+        }
+    }
+    notes_list(o, &c.notes);
+}
+
+fn reading_section(o: &mut String) {
+    let _ = writeln!(
+        o,
+        "## Reading these numbers\n\n\
+         - **Floors and ratios, not absolutes.** The VM is shared; a busy neighbour moves \
+         every absolute figure. Compare with the peer table only after subtracting the \
+         floor, and prefer the ratios measured within one round (LB / ceiling, LB / \
+         nftables), which see the same noise.\n\
+         - **Method 1 is an upper bound, method 2 a best case.** One syscall per packet \
+         starts with cold caches and pays the timer; the in-kernel loop keeps the program, \
+         its maps and the frame hot, closer to a NIC's batches. A real flow mix sits in \
+         between; the 100k-cycled case shows what cache misses on the flow table cost.\n\
+         - **New flows are two inserts here.** Every new flow inserts a flow entry and a \
+         reverse-NAT entry (NAT mode; the peer encapsulates and keeps one table), in LRU \
+         maps shared by both CPUs (the peer's are per CPU). The full-table case is \
+         dominated by those inserts' evictions and is memory-bound.\n\
+         - **veth is not a NIC.** The forwarding figures are a whole chain on one vCPU: the \
+         generator's cost and the sink's are in every path, so the ratio to the ceiling is \
+         compressed towards 1 compared with what the LB alone would show, and ratios to the \
+         kernel paths understate the difference of the LB alone.\n\
+         - **Per-core connection figures count only the balancer.** The XDP figure is the \
+         XDP program's run time; HAProxy's excludes the softirq TCP work of its two \
+         connections. Both leave out the client and the backend, which on this 2-vCPU \
+         machine limit the absolute connection rate of either balancer.\n\
+         - **Change latency is end to end.** It includes the client's next new flow and \
+         the trip through two namespaces, and is bounded below by the client's flow \
+         interval.\n"
+    );
+}
+
+/// The part names, for the usage text.
+pub fn part_names() -> String {
+    Part::ALL
+        .iter()
+        .map(|p| p.name())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
