@@ -7,6 +7,7 @@ mod bench;
 mod bootstrap;
 mod build;
 mod demo;
+mod fuzz;
 mod process;
 mod run;
 mod test;
@@ -52,6 +53,9 @@ enum Command {
     /// Set up (with the nftables and HAProxy baselines), build release, run the benchmark
     /// suite: prints the table and writes docs/benchmarks.md.
     Bench(bench::BenchArgs),
+    /// Build release and run the long packet fuzzing (1,000,000 frames by default)
+    /// against the model of the packet policy.
+    Fuzz(fuzz::FuzzArgs),
 }
 
 fn main() -> ExitCode {
@@ -66,6 +70,7 @@ fn main() -> ExitCode {
         Command::Test(args) => test::test(&args).map(|()| ExitCode::SUCCESS),
         Command::Run(args) => run::run(args),
         Command::Bench(args) => bench::bench(&args).map(|()| ExitCode::SUCCESS),
+        Command::Fuzz(args) => fuzz::fuzz(&args).map(|()| ExitCode::SUCCESS),
     };
     result.unwrap_or_else(|err| {
         process::report("error: ", &err);
