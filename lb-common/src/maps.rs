@@ -40,6 +40,19 @@ pub const fn id_pair_entries(ids: u32) -> u32 {
     ids.div_ceil(2)
 }
 
+/// Bits of `VIP_FILTER`, a one-hash Bloom filter of the VIP addresses: a packet whose
+/// destination's bit is clear is not for a VIP, and skips the listener lookup.
+pub const VIP_FILTER_BITS: u32 = 65536;
+/// `u64` words of `VIP_FILTER`.
+pub const VIP_FILTER_WORDS: u32 = VIP_FILTER_BITS / 64;
+
+/// The `VIP_FILTER` bit of an address (network byte order): Fibonacci hashing, cheap
+/// enough for every packet.
+#[inline(always)]
+pub const fn vip_filter_bit(addr: u32) -> u32 {
+    addr.wrapping_mul(0x9e37_79b9) >> 16
+}
+
 /// Marks "no backend" in a selection table slot and in a flow.
 pub const NO_BACKEND: u32 = u32::MAX;
 
@@ -59,6 +72,8 @@ pub mod names {
     pub const COUNTERS: &str = "COUNTERS";
     pub const TX_PORTS: &str = "TX_PORTS";
     pub const ACLS: &str = "ACLS";
+    pub const NEXT_HOPS: &str = "NEXT_HOPS";
+    pub const VIP_FILTER: &str = "VIP_FILTER";
     pub const AFFINITY: &str = "AFFINITY";
     pub const PROGRAM: &str = "lb_xdp";
 }
@@ -266,8 +281,11 @@ pub struct Flow {
     pub listener: u32,
     /// `FLOW_F_*` bits.
     pub flags: u32,
+    /// `bpf_ktime_get_coarse_ns` of the last refresh of the flow's reverse entry (once
+    /// per clock tick at most: see `keep_reverse` in the XDP program).
+    pub reverse_seen_ns: u64,
 }
-const _: () = assert!(size_of::<Flow>() == 24);
+const _: () = assert!(size_of::<Flow>() == 32);
 
 /// Value of `REVERSE`: how to rewrite a backend's reply back to the VIP.
 #[repr(C)]
@@ -327,6 +345,33 @@ pub struct Affinity {
     pub last_seen_ns: u64,
 }
 const _: () = assert!(size_of::<Affinity>() == 16);
+
+/// Value of `NEXT_HOPS` (per CPU, by backend id): the last FIB answer for a backend, so
+/// established packets skip `bpf_fib_lookup`. Valid while `stamp_ns` is within
+/// `NEXT_HOP_TTL_NS` and the packet came in on `ingress`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NextHop {
+    /// `bpf_ktime_get_coarse_ns` of the FIB lookup; 0 = empty.
+    pub stamp_ns: u64,
+    /// Ingress ifindex the answer was for (routing may depend on it), host order.
+    pub ingress: u32,
+    /// Egress ifindex, host order.
+    pub egress: u32,
+    /// The destination it was looked up for, network byte order: a backend id given to a
+    /// new backend never inherits the old one's next hop.
+    pub addr: u32,
+    /// Egress MTU, host order: longer packets take the FIB path (and its verdict).
+    pub mtu: u16,
+    pub dst_mac: [u8; 6],
+    pub src_mac: [u8; 6],
+    pub _pad: [u8; 6],
+}
+const _: () = assert!(size_of::<NextHop>() == 40);
+
+/// How long a cached next hop is trusted: a changed route or neighbour reaches the fast
+/// path within this time.
+pub const NEXT_HOP_TTL_NS: u64 = 1_000_000_000;
 
 /// Per-CPU traffic counters of a listener (`LISTENER_STATS`) or a backend (`BACKEND_STATS`).
 #[repr(C)]
@@ -539,6 +584,7 @@ mod pod {
     unsafe impl aya::Pod for AclKey {}
     unsafe impl aya::Pod for AffinityKey {}
     unsafe impl aya::Pod for Affinity {}
+    unsafe impl aya::Pod for NextHop {}
 }
 
 #[cfg(test)]

@@ -60,6 +60,8 @@ pub struct Controller {
     active: HashMap<u32, u32>,
     /// Entries the last sweep found in the flow table (active or not).
     flow_entries: u64,
+    /// Sweep timer ticks so far (see `sweep_due`).
+    sweep_ticks: u64,
     started: Instant,
     /// The health checker, once the daemon's runtime has started it.
     health: Option<Checker>,
@@ -75,6 +77,9 @@ pub struct Controller {
 }
 
 const NS_PER_S: u64 = 1_000_000_000;
+/// A large table with nothing depending on fresh counts is walked once every this many
+/// sweep ticks.
+const IDLE_SWEEP_EVERY: u64 = 10;
 /// Up to this many flow entries a request sweeps the table itself (a few ms per 10k).
 const SWEEP_IN_PLACE_MAX: u64 = 50_000;
 
@@ -198,6 +203,7 @@ impl Controller {
             attached,
             active: HashMap::new(),
             flow_entries: 0,
+            sweep_ticks: 0,
             started: Instant::now(),
             health: None,
             drains: drains.clone(),
@@ -718,6 +724,24 @@ impl Controller {
         self.flow_entries < SWEEP_IN_PLACE_MAX
     }
 
+    /// Whether the periodic sweep should walk the flow table now. Walking a large table
+    /// costs syscalls per entry and slows the data plane while it runs, so it walks every
+    /// tick only when something depends on fresh counts (a `wlc` listener, a drain under
+    /// way) or the table is small; otherwise every `IDLE_SWEEP_EVERY` ticks (status and
+    /// metrics show counts that old at most).
+    pub fn sweep_due(&mut self) -> bool {
+        self.sweep_ticks = self.sweep_ticks.wrapping_add(1);
+        let needed = self
+            .desired
+            .listeners
+            .values()
+            .any(|l| l.scheduler == lb_common::Scheduler::Wlc)
+            || !self.runtime.draining.is_empty()
+            || !self.runtime.departing.is_empty()
+            || self.sweep_is_cheap();
+        needed || self.sweep_ticks.is_multiple_of(IDLE_SWEEP_EVERY)
+    }
+
     /// What a sweep needs, taken under the lock.
     pub fn sweep_job(&self) -> anyhow::Result<SweepJob> {
         Ok(SweepJob {
@@ -1037,6 +1061,7 @@ fn adopt(
     }
     reconciler.adopt(&adopted, &vips);
     reconciler.adopt_acl_entries(dataplane.acl_entries());
+    reconciler.adopt_vip_filter(&dataplane.vip_filter()?);
     for id in 0..config.max_backends {
         let b = dataplane.backend(id)?;
         if b.generation == 0 {

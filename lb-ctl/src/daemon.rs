@@ -317,17 +317,27 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
             _ = sweep.tick() => {
                 // Walk the flow table off the lock: a million entries take seconds, and
                 // the API must answer meanwhile.
-                let job = controller.lock().await.sweep_job();
+                let job = {
+                    let mut c = controller.lock().await;
+                    if c.sweep_due() { Some(c.sweep_job()) } else { None }
+                };
                 let result = match job {
-                    Ok(job) => tokio::task::spawn_blocking(move || controller::run_sweep(job))
+                    None => Ok(None),
+                    Some(Ok(job)) => tokio::task::spawn_blocking(move || controller::run_sweep(job))
                         .await
                         .map_err(anyhow::Error::from)
-                        .and_then(|r| r),
-                    Err(e) => Err(e),
+                        .and_then(|r| r.map(Some)),
+                    Some(Err(e)) => Err(e),
                 };
                 let mut c = controller.lock().await;
-                if let Err(e) = result.and_then(|r| c.finish_sweep(r)) {
-                    warn!("flow table sweep failed: {e:#}");
+                match result {
+                    Ok(Some(r)) => {
+                        if let Err(e) = c.finish_sweep(r) {
+                            warn!("flow table sweep failed: {e:#}");
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => warn!("flow table sweep failed: {e:#}"),
                 }
                 if let Err(e) = c.expire_drains() {
                     warn!("retiring drained backends failed: {e:#}");

@@ -96,7 +96,8 @@ impl MapSizes {
     }
 
     /// max_entries of every sized map, by name.
-    pub fn entries(&self) -> [(&'static str, u32); 12] {
+    pub fn entries(&self) -> [(&'static str, u32); 13] {
+        // VIP_FILTER has a fixed size.
         let slots = self.table_slots();
         [
             (names::LISTENERS, 2 * self.max_listeners),
@@ -114,12 +115,13 @@ impl MapSizes {
             (names::LISTENER_STATS, self.max_listeners),
             (names::BACKEND_STATS, self.max_backends),
             (names::AFFINITY, self.flow_table_size),
+            (names::NEXT_HOPS, self.max_backends),
         ]
     }
 }
 
 /// Every map of the program, by name (pin files carry these names).
-pub const ALL_MAPS: [&str; 15] = [
+pub const ALL_MAPS: [&str; 17] = [
     names::LISTENERS,
     names::BACKENDS,
     names::MAGLEV,
@@ -135,6 +137,8 @@ pub const ALL_MAPS: [&str; 15] = [
     names::TX_PORTS,
     names::ACLS,
     names::AFFINITY,
+    names::NEXT_HOPS,
+    names::VIP_FILTER,
 ];
 
 /// A `BPF_F_MMAPABLE` array of `IdPair`s mapped into this process as a dense `u32` array:
@@ -228,6 +232,7 @@ pub struct DataPlane {
     tx_ports: DevMapHash<MapData>,
     acls: LpmTrie<MapData, AclKey, u32>,
     affinity: HashMap<MapData, AffinityKey, Affinity>,
+    vip_filter: Array<MapData, u64>,
 }
 
 impl DataPlane {
@@ -311,6 +316,9 @@ impl DataPlane {
             affinity: take(&mut ebpf, names::AFFINITY)?
                 .try_into()
                 .map_err(map_err(names::AFFINITY))?,
+            vip_filter: take(&mut ebpf, names::VIP_FILTER)?
+                .try_into()
+                .map_err(map_err(names::VIP_FILTER))?,
             ebpf,
             logger,
             sizes,
@@ -547,6 +555,40 @@ impl DataPlane {
     /// Every flow entry. Entries can vanish during the walk (LRU); those are skipped.
     pub fn flows(&self) -> Vec<(FlowKey, Flow)> {
         self.flows.iter().filter_map(Result::ok).collect()
+    }
+
+    /// Makes `addr` (network byte order) a VIP outright: its filter bit and its marker.
+    /// For tests and benchmarks that fill the maps by hand; the controller orders these
+    /// writes itself (`reconcile`).
+    pub fn add_vip(&mut self, addr: u32) -> Result<()> {
+        let bit = lb_common::vip_filter_bit(addr);
+        let word = self
+            .vip_filter
+            .get(&(bit / 64), 0)
+            .map_err(map_err(names::VIP_FILTER))?;
+        self.set_vip_filter_word(bit / 64, word | (1 << (bit % 64)))?;
+        self.set_listener(
+            ListenerKey::vip_marker(addr),
+            Listener {
+                flags: lb_common::LISTENER_F_VIP_MARKER,
+                ..Default::default()
+            },
+        )
+    }
+
+    /// Writes one word of the VIP filter.
+    pub fn set_vip_filter_word(&mut self, index: u32, word: u64) -> Result<()> {
+        self.vip_filter
+            .set(index, word, 0)
+            .map_err(map_err(names::VIP_FILTER))
+    }
+
+    /// The VIP filter's words.
+    pub fn vip_filter(&self) -> Result<Vec<u64>> {
+        self.vip_filter
+            .iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(map_err(names::VIP_FILTER))
     }
 
     /// Adds `addr/prefix_len` to access list `acl`.

@@ -229,6 +229,13 @@ fn expected_layout(sizes: &MapSizes) -> Vec<(&'static str, u32, u32, u32)> {
             size_of::<lb_common::Affinity>() as u32,
             e(names::AFFINITY),
         ),
+        (
+            names::NEXT_HOPS,
+            4,
+            size_of::<lb_common::NextHop>() as u32,
+            e(names::NEXT_HOPS),
+        ),
+        (names::VIP_FILTER, 4, 8, lb_common::VIP_FILTER_WORDS),
     ]
 }
 

@@ -74,6 +74,12 @@ pub enum MapOp {
         addr: Ipv4Addr,
         prefix_len: u8,
     },
+    /// Write one word of the VIP filter (bits are set before a VIP's listeners exist and
+    /// cleared after they are gone).
+    SetVipFilterWord {
+        index: u32,
+        word: u64,
+    },
 }
 
 /// Where operations go: the real maps, or a recorder in tests.
@@ -120,6 +126,7 @@ impl MapWriter for DataPlane {
                 addr,
                 prefix_len,
             } => self.remove_acl_entry(*acl, *addr, *prefix_len),
+            MapOp::SetVipFilterWord { index, word } => self.set_vip_filter_word(*index, *word),
         }
     }
 }
@@ -196,6 +203,18 @@ pub struct Reconciler {
     backends: BTreeMap<u32, Backend>,
     vips: BTreeSet<u32>,
     acl_entries: BTreeSet<(u32, Ipv4Addr, u8)>,
+    /// The VIP filter's words as written (absent = 0).
+    vip_filter: BTreeMap<u32, u64>,
+}
+
+/// The VIP filter of a set of VIPs: word index → word.
+fn vip_filter_of(vips: &BTreeSet<u32>) -> BTreeMap<u32, u64> {
+    let mut words = BTreeMap::new();
+    for addr in vips {
+        let bit = lb_common::vip_filter_bit(*addr);
+        *words.entry(bit / 64).or_insert(0) |= 1u64 << (bit % 64);
+    }
+    words
 }
 
 fn listener_value(l: &DesiredListener, table: u32) -> Listener {
@@ -236,6 +255,16 @@ impl Reconciler {
             );
         }
         self.vips.extend(vips);
+    }
+
+    /// Records the VIP filter found in a pinned data plane.
+    pub fn adopt_vip_filter(&mut self, words: &[u64]) {
+        self.vip_filter = words
+            .iter()
+            .enumerate()
+            .filter(|(_, w)| **w != 0)
+            .map(|(i, w)| (i as u32, *w))
+            .collect();
     }
 
     /// Records the access list entries found in a pinned data plane.
@@ -348,6 +377,34 @@ impl Reconciler {
             .map(|l| l.frontend.key())
             .collect();
         let desired_vips: BTreeSet<u32> = desired_keys.iter().map(|k| k.addr).collect();
+        // Filter bits: the union first (with the backends, before any listener exists),
+        // the exact set last (after the removals).
+        let wanted = vip_filter_of(&desired_vips);
+        let indices: BTreeSet<u32> = wanted
+            .keys()
+            .chain(self.vip_filter.keys())
+            .copied()
+            .collect();
+        let mut filter_last = Vec::new();
+        for i in indices {
+            let old = self.vip_filter.get(&i).copied().unwrap_or(0);
+            let new = wanted.get(&i).copied().unwrap_or(0);
+            if old | new != old {
+                backends.insert(
+                    0,
+                    MapOp::SetVipFilterWord {
+                        index: i,
+                        word: old | new,
+                    },
+                );
+            }
+            if new != old | new {
+                filter_last.push(MapOp::SetVipFilterWord {
+                    index: i,
+                    word: new,
+                });
+            }
+        }
         for addr in desired_vips.difference(&self.vips) {
             markers.push(MapOp::SetVipMarker { addr: *addr });
         }
@@ -370,6 +427,7 @@ impl Reconciler {
         }
 
         removals.extend(acl_removes);
+        removals.extend(filter_last);
         backends
             .into_iter()
             .chain(tables)
@@ -429,6 +487,13 @@ impl Reconciler {
                     prefix_len,
                 } => {
                     self.acl_entries.remove(&(*acl, *addr, *prefix_len));
+                }
+                MapOp::SetVipFilterWord { index, word } => {
+                    if *word == 0 {
+                        self.vip_filter.remove(index);
+                    } else {
+                        self.vip_filter.insert(*index, *word);
+                    }
                 }
                 MapOp::WriteTable { .. } | MapOp::ResetCursor { .. } => {}
             }
@@ -537,6 +602,7 @@ listeners:
                     addr,
                     prefix_len,
                 } => format!("acl {acl} - {addr}/{prefix_len}"),
+                MapOp::SetVipFilterWord { .. } => "vip filter".into(),
             })
             .collect()
     }
@@ -547,6 +613,9 @@ listeners:
         assert_eq!(
             shape(&h.step()),
             [
+                // The VIP filter bits come first: no listener exists before its VIP's bit.
+                "vip filter",
+                "vip filter",
                 "backend 0 flags=1 weight=100 fresh",
                 "backend 1 flags=1 weight=100 fresh",
                 "backend 2 flags=1 weight=100 fresh",
@@ -673,7 +742,9 @@ listeners:
             [
                 "remove listener port=80",
                 "vip -",
-                "backend 2 flags=0 weight=100"
+                "backend 2 flags=0 weight=100",
+                // The bit of a VIP goes last, once no listener of it is left.
+                "vip filter"
             ]
         );
     }

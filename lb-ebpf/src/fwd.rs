@@ -1,6 +1,10 @@
 //! Next hop and transmission. The kernel's FIB answers where a translated packet goes
 //! (so `ip_forward` must be on and routes and neighbours are the host's own); the program
 //! sends it itself when it can and hands it to the kernel when the neighbour is unknown.
+//!
+//! Packets to a backend use a per-CPU cache of the backend's next hop (`NEXT_HOPS`),
+//! refreshed from the FIB at least once a second: `bpf_fib_lookup` is a third of the cost
+//! of an established packet.
 
 use aya_ebpf::{
     bindings::{
@@ -11,16 +15,29 @@ use aya_ebpf::{
     helpers::generated::bpf_fib_lookup,
     programs::XdpContext,
 };
-use lb_common::Reason;
+use lb_common::{NEXT_HOP_TTL_NS, NO_BACKEND, NextHop, Reason};
 use network_types::eth::EthHdr;
 
 use crate::{
-    maps::TX_PORTS,
+    maps::{NEXT_HOPS, TX_PORTS},
     nat::decrement_ttl,
     parse::{Ipv4, ptr_at},
 };
 
 const AF_INET: u8 = 2;
+
+/// Where a translated packet goes, and whether the cache may keep the answer.
+pub struct Route {
+    pub src_addr: u32,
+    pub dst_addr: u32,
+    pub src_port: u16,
+    pub dst_port: u16,
+    /// Backend id whose next hop this is (client → backend: cacheable), or `NO_BACKEND`.
+    /// A plain value, not an `Option`: see `program.rs` on undefined payloads.
+    pub backend: u32,
+    /// Current coarse time (for the cache).
+    pub now: u64,
+}
 
 /// Looks up the next hop for the (already translated) packet and sends it.
 ///
@@ -32,25 +49,31 @@ const AF_INET: u8 = 2;
 /// - larger than the egress MTU: XDP_PASS, the kernel fragments or answers ICMP.
 /// - no route (blackhole, unreachable, prohibited, forwarding off): XDP_DROP.
 #[inline(always)]
-pub fn transmit(
-    ctx: &XdpContext,
-    ip: &Ipv4,
-    src_addr: u32,
-    dst_addr: u32,
-    src_port: u16,
-    dst_port: u16,
-    sent: Reason,
-) -> (u32, Reason) {
+pub fn transmit(ctx: &XdpContext, ip: &Ipv4, route: &Route, sent: Reason) -> (u32, Reason) {
+    let ingress = ctx.ingress_ifindex() as u32;
+    let cacheable = route.backend != NO_BACKEND;
+    if cacheable
+        && let Some(hop) = NEXT_HOPS.get(route.backend)
+        && hop.stamp_ns != 0
+        && route.now.saturating_sub(hop.stamp_ns) < NEXT_HOP_TTL_NS
+        && hop.ingress == ingress
+        && hop.addr == route.dst_addr
+        && ip.tot_len <= hop.mtu
+    {
+        let (egress, dst_mac, src_mac) = (hop.egress, hop.dst_mac, hop.src_mac);
+        return send(ctx, ingress, egress, dst_mac, src_mac, sent);
+    }
+
     // SAFETY: bpf_fib_lookup is plain data; all-zero is a valid value.
     let mut fib: FibParams = unsafe { core::mem::zeroed() };
     fib.family = AF_INET;
     fib.l4_protocol = ip.protocol;
-    fib.sport = src_port;
-    fib.dport = dst_port;
+    fib.sport = route.src_port;
+    fib.dport = route.dst_port;
     fib.__bindgen_anon_1.tot_len = ip.tot_len;
-    fib.ifindex = ctx.ingress_ifindex() as u32;
-    fib.__bindgen_anon_3.ipv4_src = src_addr;
-    fib.__bindgen_anon_4.ipv4_dst = dst_addr;
+    fib.ifindex = ingress;
+    fib.__bindgen_anon_3.ipv4_src = route.src_addr;
+    fib.__bindgen_anon_4.ipv4_dst = route.dst_addr;
 
     // SAFETY: ctx is the program's context and fib a valid, sized parameter block.
     let rc = unsafe { bpf_fib_lookup(ctx.ctx.cast(), &mut fib, size_of::<FibParams>() as i32, 0) };
@@ -60,26 +83,52 @@ pub fn transmit(
         BPF_FIB_LKUP_RET_FRAG_NEEDED => return (XDP_PASS, Reason::PassFragNeeded),
         _ => return (XDP_DROP, Reason::DropNoRoute),
     }
-
-    let ingress = ctx.ingress_ifindex() as u32;
-    let same_port = fib.ifindex == ingress;
-    if !same_port && TX_PORTS.get_ifindex(fib.ifindex).is_none() {
+    if fib.ifindex != ingress && TX_PORTS.get_ifindex(fib.ifindex).is_none() {
         // Not an interface of ours: the kernel forwards the translated packet.
         return (XDP_PASS, Reason::PassNoTxPort);
     }
+    if cacheable && let Some(hop) = NEXT_HOPS.get_ptr_mut(route.backend) {
+        // SAFETY: per-CPU value, only this CPU touches it while the program runs.
+        unsafe {
+            *hop = NextHop {
+                stamp_ns: route.now,
+                ingress,
+                egress: fib.ifindex,
+                addr: route.dst_addr,
+                // On success the kernel leaves the egress MTU here.
+                mtu: fib.__bindgen_anon_1.mtu_result,
+                dst_mac: fib.dmac,
+                src_mac: fib.smac,
+                _pad: [0; 6],
+            };
+        }
+    }
+    send(ctx, ingress, fib.ifindex, fib.dmac, fib.smac, sent)
+}
+
+/// TTL − 1, MACs, then XDP_TX (out where it came in) or a devmap redirect.
+#[inline(always)]
+fn send(
+    ctx: &XdpContext,
+    ingress: u32,
+    egress: u32,
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+    sent: Reason,
+) -> (u32, Reason) {
     let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
         return (XDP_DROP, Reason::DropMalformedEthernet);
     };
     decrement_ttl(ctx);
     // SAFETY: bounds checked by ptr_at.
     unsafe {
-        (*eth).dst_addr = fib.dmac;
-        (*eth).src_addr = fib.smac;
+        (*eth).dst_addr = dst_mac;
+        (*eth).src_addr = src_mac;
     }
-    if same_port {
+    if egress == ingress {
         return (XDP_TX, sent);
     }
-    match TX_PORTS.redirect(fib.ifindex, u64::from(XDP_PASS)) {
+    match TX_PORTS.redirect(egress, u64::from(XDP_PASS)) {
         Ok(action) => (action, sent),
         Err(action) => (action, Reason::PassNoTxPort),
     }

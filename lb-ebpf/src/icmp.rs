@@ -13,7 +13,7 @@
 //! else, and errors about no known flow, go to the kernel.
 
 use aya_ebpf::{bindings::xdp_action::XDP_PASS, programs::XdpContext};
-use lb_common::{FlowKey, PROTO_TCP, PROTO_UDP, Reason, csum};
+use lb_common::{FlowKey, NO_BACKEND, PROTO_TCP, PROTO_UDP, Reason, csum};
 use network_types::ip::Ipv4Hdr;
 
 use crate::{
@@ -111,7 +111,15 @@ pub fn handle(ctx: &XdpContext, ip: &Ipv4) -> (u32, Reason) {
             let (addr, port) = (b.addr, b.port);
             rewrite_quoted(ctx, e, off, tcp_check_quoted, Quoted::Source, addr, port);
             rewrite_outer(ctx, Outer::Destination, ip.dst_addr, addr);
-            return fwd::transmit(ctx, ip, ip.src_addr, addr, 0, 0, Reason::IcmpToBackend);
+            let route = fwd::Route {
+                src_addr: ip.src_addr,
+                dst_addr: addr,
+                src_port: 0,
+                dst_port: 0,
+                backend: NO_BACKEND,
+                now: 0,
+            };
+            return fwd::transmit(ctx, ip, &route, Reason::IcmpToBackend);
         }
     }
 
@@ -139,7 +147,15 @@ pub fn handle(ctx: &XdpContext, ip: &Ipv4) -> (u32, Reason) {
         rewrite_outer(ctx, Outer::Source, src, vip);
         src = vip;
     }
-    fwd::transmit(ctx, ip, src, ip.dst_addr, 0, 0, Reason::IcmpToClient)
+    let route = fwd::Route {
+        src_addr: src,
+        dst_addr: ip.dst_addr,
+        src_port: 0,
+        dst_port: 0,
+        backend: NO_BACKEND,
+        now: 0,
+    };
+    fwd::transmit(ctx, ip, &route, Reason::IcmpToClient)
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]

@@ -3,15 +3,15 @@
 //! before loading.
 
 use aya_ebpf::{
-    bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
+    bindings::{BPF_F_MMAPABLE, BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC},
     macros::map,
     maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use lb_common::{
     AclKey, Affinity, AffinityKey, Backend, DEFAULT_FLOW_TABLE_SIZE, DEFAULT_MAX_BACKENDS,
     DEFAULT_MAX_LISTENERS, Flow, FlowKey, IdPair, Listener, ListenerKey, MAGLEV_TABLE_SIZE,
-    MAX_ACL_ENTRIES, MAX_INTERFACES, REASON_COUNT, ReverseNat, SEQUENCE_TABLE_SIZE,
-    TABLES_PER_LISTENER, TableMeta, TrafficCounters, id_pair_entries,
+    MAX_ACL_ENTRIES, MAX_INTERFACES, NextHop, REASON_COUNT, ReverseNat, SEQUENCE_TABLE_SIZE,
+    TABLES_PER_LISTENER, TableMeta, TrafficCounters, VIP_FILTER_WORDS, id_pair_entries,
 };
 
 const TABLE_SLOTS: u32 = DEFAULT_MAX_LISTENERS * TABLES_PER_LISTENER;
@@ -55,12 +55,12 @@ pub static CURSORS: PerCpuArray<u32> = PerCpuArray::with_max_entries(DEFAULT_MAX
 /// Client-side 5-tuple → backend. LRU: a full table evicts the least recently used flow.
 #[map(name = "FLOWS")]
 pub static FLOWS: LruHashMap<FlowKey, Flow> =
-    LruHashMap::with_max_entries(DEFAULT_FLOW_TABLE_SIZE, 0);
+    LruHashMap::with_max_entries(DEFAULT_FLOW_TABLE_SIZE, BPF_F_NO_COMMON_LRU);
 
 /// Backend-side 5-tuple (backend → client) → the VIP to put back on replies.
 #[map(name = "REVERSE")]
 pub static REVERSE: LruHashMap<FlowKey, ReverseNat> =
-    LruHashMap::with_max_entries(DEFAULT_FLOW_TABLE_SIZE, 0);
+    LruHashMap::with_max_entries(DEFAULT_FLOW_TABLE_SIZE, BPF_F_NO_COMMON_LRU);
 
 /// Backend id → active flows, for `wlc`: atomic adds, the only shared counter on the hot
 /// path. LRU eviction decrements nothing, so the controller's sweep rewrites these.
@@ -96,3 +96,13 @@ pub static ACLS: LpmTrie<AclKey, u32> =
 #[map(name = "AFFINITY")]
 pub static AFFINITY: LruHashMap<AffinityKey, Affinity> =
     LruHashMap::with_max_entries(DEFAULT_FLOW_TABLE_SIZE, 0);
+
+/// Per CPU, by backend id: the backend's next hop from the last FIB lookup (see
+/// `NextHop`). Per-CPU so refreshing it never bounces a cache line between CPUs.
+#[map(name = "NEXT_HOPS")]
+pub static NEXT_HOPS: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
+
+/// A one-hash Bloom filter of the VIP addresses (`vip_filter_bit`): most packets that are
+/// not for a VIP are told so by one inlined array read instead of a hash lookup.
+#[map(name = "VIP_FILTER")]
+pub static VIP_FILTER: Array<u64> = Array::with_max_entries(VIP_FILTER_WORDS, 0);

@@ -5,7 +5,7 @@ use aya_ebpf::{
         BPF_ANY, BPF_NOEXIST,
         xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
     },
-    helpers::generated::bpf_ktime_get_coarse_ns,
+    helpers::generated::{bpf_get_prandom_u32, bpf_ktime_get_coarse_ns},
     macros::xdp,
     maps::lpm_trie::Key as LpmKey,
     programs::XdpContext,
@@ -16,11 +16,12 @@ use lb_common::{
     PROTO_ICMP, Reason, ReverseNat, Scheduler, acl_prefix_len,
     select::{EntryState, Step, TCP_FIN, TCP_RST, entry_state, is_active, next_step},
     select::{acl_denies, affinity_fresh},
+    vip_filter_bit,
 };
 
 use crate::{
     fwd, icmp,
-    maps::{ACLS, AFFINITY, BACKENDS, FLOWS, LISTENERS, REVERSE, TABLE_META},
+    maps::{ACLS, AFFINITY, BACKENDS, FLOWS, LISTENERS, REVERSE, TABLE_META, VIP_FILTER},
     nat,
     nat::Side,
     parse,
@@ -29,6 +30,9 @@ use crate::{
     sched::Tuple,
     stats,
 };
+
+/// A live flow's reverse entry is refreshed at least this often while the flow sends.
+const REVERSE_REFRESH_NS: u64 = 1_000_000_000;
 
 /// The kernel checks this for GPL-only helpers (bpf_fib_lookup is one).
 #[unsafe(link_section = "license")]
@@ -74,15 +78,19 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
             (XDP_PASS, Reason::PassNotForUs)
         };
     };
-    let key = ListenerKey {
-        addr: ip.dst_addr,
-        port: l4.dst_port,
-        protocol: ip.protocol,
-        _pad: 0,
-    };
-    if let Some(listener) = LISTENERS.get_ptr(key) {
-        // SAFETY: a map value pointer stays valid for the program run (RCU).
-        return forward(ctx, &ip, &l4, unsafe { &*listener });
+    // Most packets not for a VIP are told so by the filter, and skip the listener lookup.
+    let maybe_vip = maybe_vip(ip.dst_addr);
+    if maybe_vip {
+        let key = ListenerKey {
+            addr: ip.dst_addr,
+            port: l4.dst_port,
+            protocol: ip.protocol,
+            _pad: 0,
+        };
+        if let Some(listener) = LISTENERS.get_ptr(key) {
+            // SAFETY: a map value pointer stays valid for the program run (RCU).
+            return forward(ctx, &ip, &l4, unsafe { &*listener });
+        }
     }
     let reply_key = FlowKey {
         src_addr: ip.src_addr,
@@ -96,15 +104,28 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
         // SAFETY: as above.
         return reply(ctx, &ip, &l4, unsafe { &*rev });
     }
-    if is_vip(ip.dst_addr) {
+    if maybe_vip && is_vip(ip.dst_addr) {
         (XDP_PASS, Reason::PassVipNoListener)
     } else {
         (XDP_PASS, Reason::PassNotForUs)
     }
 }
 
+/// Whether `addr` may be a VIP: false is certain, true needs a lookup.
+#[inline(always)]
+fn maybe_vip(addr: u32) -> bool {
+    let bit = vip_filter_bit(addr);
+    match VIP_FILTER.get(bit / 64) {
+        Some(word) => word & (1 << (bit % 64)) != 0,
+        None => true,
+    }
+}
+
 #[inline(always)]
 fn is_vip(addr: u32) -> bool {
+    if !maybe_vip(addr) {
+        return false;
+    }
     LISTENERS.get_ptr(ListenerKey::vip_marker(addr)).is_some()
 }
 
@@ -184,7 +205,18 @@ fn forward(ctx: &XdpContext, ip: &Ipv4, l4: &L4, listener: &Listener) -> (u32, R
             }
             f.last_seen_ns = now;
             note_close(f, l4.tcp_flags);
-            keep_reverse(ip, l4, listener, f.backend, b);
+            // Not on every packet: for flows whose entries are out of the CPU caches the
+            // lookup doubles the cost. On one packet in eight, chosen at random, and on
+            // any packet a second or more after the last refresh: the entry stays young
+            // in the LRU as long as its flow sends (docs/packet-policy.md).
+            // SAFETY: helper without arguments.
+            let lucky = unsafe { bpf_get_prandom_u32() } & 7 == 0;
+            if now.saturating_sub(f.reverse_seen_ns) >= REVERSE_REFRESH_NS
+                || (lucky && f.reverse_seen_ns != now)
+            {
+                f.reverse_seen_ns = now;
+                keep_reverse(ip, l4, listener, f.backend, b);
+            }
             if listener.persistence_timeout_s > 0 {
                 touch_affinity(listener, ip.src_addr, f.backend, b.generation, now);
             }
@@ -208,15 +240,15 @@ fn forward(ctx: &XdpContext, ip: &Ipv4, l4: &L4, listener: &Listener) -> (u32, R
     if !nat::translate(ctx, ip, l4, Side::Destination, backend.addr, backend.port) {
         return (XDP_DROP, Reason::DropMalformedL4);
     }
-    let out = fwd::transmit(
-        ctx,
-        ip,
-        ip.src_addr,
-        backend.addr,
-        l4.src_port,
-        backend.port,
-        Reason::Forwarded,
-    );
+    let route = fwd::Route {
+        src_addr: ip.src_addr,
+        dst_addr: backend.addr,
+        src_port: l4.src_port,
+        dst_port: backend.port,
+        backend: backend_id,
+        now,
+    };
+    let out = fwd::transmit(ctx, ip, &route, Reason::Forwarded);
     if out.0 != XDP_DROP {
         stats::forwarded(listener.id, backend_id, u64::from(ip.tot_len), false);
     }
@@ -386,6 +418,7 @@ fn new_flow(
         last_seen_ns: now,
         listener: listener.id,
         flags,
+        reverse_seen_ns: now,
     };
     if FLOWS.insert(key, flow, u64::from(BPF_ANY)).is_err() {
         return Err(Reason::DropFlowInsertFailed);
@@ -567,15 +600,15 @@ fn reply(ctx: &XdpContext, ip: &Ipv4, l4: &L4, rev: &ReverseNat) -> (u32, Reason
     if !nat::translate(ctx, ip, l4, Side::Source, vip, vport) {
         return (XDP_DROP, Reason::DropMalformedL4);
     }
-    let out = fwd::transmit(
-        ctx,
-        ip,
-        vip,
-        ip.dst_addr,
-        vport,
-        l4.dst_port,
-        Reason::ReplyForwarded,
-    );
+    let route = fwd::Route {
+        src_addr: vip,
+        dst_addr: ip.dst_addr,
+        src_port: vport,
+        dst_port: l4.dst_port,
+        backend: NO_BACKEND,
+        now: 0,
+    };
+    let out = fwd::transmit(ctx, ip, &route, Reason::ReplyForwarded);
     if out.0 != XDP_DROP {
         stats::forwarded(listener, backend, u64::from(ip.tot_len), true);
     }

@@ -34,8 +34,8 @@ use std::{
 use aya::programs::{TestRun as _, TestRunOptions};
 use lb_common::{
     ACL_DENY, ACL_NONE, BACKEND_F_USABLE, Backend, FIN_TIMEOUT_S, FLOW_F_FIN, FLOW_F_RST, FlowKey,
-    LISTENER_F_VIP_MARKER, Listener, ListenerKey, MAGLEV_TABLE_SIZE, PROTO_ICMP, PROTO_TCP,
-    PROTO_UDP, RST_TIMEOUT_S, Reason, Scheduler, TableMeta, Verdict, csum, hash,
+    Listener, ListenerKey, MAGLEV_TABLE_SIZE, PROTO_ICMP, PROTO_TCP, PROTO_UDP, RST_TIMEOUT_S,
+    Reason, Scheduler, TableMeta, Verdict, csum, hash,
     maglev::{self, MaglevBackend},
     wrr,
 };
@@ -499,13 +499,7 @@ impl Setup {
             dp.reset_cursor(l.id)?;
         }
         for &vip in &self.vips {
-            dp.set_listener(
-                ListenerKey::vip_marker(be(vip)),
-                Listener {
-                    flags: LISTENER_F_VIP_MARKER,
-                    ..Default::default()
-                },
-            )?;
+            dp.add_vip(be(vip))?;
         }
         Ok(())
     }

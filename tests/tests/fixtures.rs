@@ -242,14 +242,7 @@ impl ListenerSetup {
             },
         )
         .unwrap();
-        dp.set_listener(
-            ListenerKey::vip_marker(be(self.vip)),
-            Listener {
-                flags: lb_common::LISTENER_F_VIP_MARKER,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        dp.add_vip(be(self.vip)).unwrap();
         dp.reset_cursor(self.id).unwrap();
     }
 }

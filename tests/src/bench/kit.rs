@@ -337,13 +337,7 @@ pub fn install_listener(dp: &mut DataPlane, spec: &ListenerSpec) -> anyhow::Resu
             ..Default::default()
         },
     )?;
-    dp.set_listener(
-        ListenerKey::vip_marker(be32(spec.vip)),
-        Listener {
-            flags: lb_common::LISTENER_F_VIP_MARKER,
-            ..Default::default()
-        },
-    )?;
+    dp.add_vip(be32(spec.vip))?;
     dp.reset_cursor(spec.id)?;
     Ok(())
 }
