@@ -27,26 +27,27 @@ impl MaglevBackend {
     }
 }
 
-/// Fills `table` (its length must be prime, e.g. `MAGLEV_TABLE_SIZE`) with backend ids.
-/// With no backend of non-zero weight every slot is `NO_BACKEND`.
+/// Fills `table` (its length must be prime, e.g. `MAGLEV_TABLE_SIZE`, and below 2^31)
+/// with backend ids. With no backend of non-zero weight every slot is `NO_BACKEND`.
 pub fn build(backends: &[MaglevBackend], table: &mut [u32]) {
     table.fill(NO_BACKEND);
-    let m = table.len() as u64;
+    let m = table.len() as u32;
     let mut members: Vec<MaglevBackend> =
         backends.iter().copied().filter(|b| b.weight > 0).collect();
-    if members.is_empty() || m == 0 {
+    if members.is_empty() || m < 2 {
         return;
     }
     // Order by identity so the table does not depend on configuration order.
     members.sort_by_key(MaglevBackend::identity);
-    let max_weight = u64::from(members.iter().map(|b| b.weight).max().unwrap_or(1));
+    let max_weight = members.iter().map(|b| b.weight).max().unwrap_or(1);
 
+    // Compact per-backend state (20 bytes), so the walk over all backends stays in cache.
     struct Walker {
         id: u32,
-        weight: u64,
-        pos: u64,
-        skip: u64,
-        credit: u64,
+        weight: u32,
+        pos: u32,
+        skip: u32,
+        credit: u32,
     }
     let mut walkers: Vec<Walker> = members
         .iter()
@@ -55,15 +56,18 @@ pub fn build(backends: &[MaglevBackend], table: &mut [u32]) {
             let g = mix64(b.identity() ^ 0x6d61_676c_6576_0002);
             Walker {
                 id: b.id,
-                weight: u64::from(b.weight),
-                pos: h % m,
-                skip: g % (m - 1) + 1,
+                weight: b.weight,
+                pos: (h % u64::from(m)) as u32,
+                skip: (g % u64::from(m - 1)) as u32 + 1,
                 credit: 0,
             }
         })
         .collect();
 
-    let mut filled = 0u64;
+    // Which slots are taken, one bit each: 8 KiB stays in L1 while the 256 KiB table is
+    // only written, so the probing near the end (most slots taken) stays cheap.
+    let mut taken = vec![0u64; (m as usize).div_ceil(64)];
+    let mut filled = 0u32;
     loop {
         for w in &mut walkers {
             w.credit += w.weight;
@@ -73,13 +77,15 @@ pub fn build(backends: &[MaglevBackend], table: &mut [u32]) {
             w.credit -= max_weight;
             // Claim the next free slot of this backend's permutation.
             loop {
-                let slot = w.pos as usize;
+                let slot = w.pos;
                 w.pos += w.skip;
                 if w.pos >= m {
                     w.pos -= m;
                 }
-                if table[slot] == NO_BACKEND {
-                    table[slot] = w.id;
+                let (word, bit) = ((slot / 64) as usize, slot % 64);
+                if taken[word] & (1 << bit) == 0 {
+                    taken[word] |= 1 << bit;
+                    table[slot as usize] = w.id;
                     filled += 1;
                     break;
                 }
