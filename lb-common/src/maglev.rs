@@ -30,24 +30,27 @@ impl MaglevBackend {
 /// Fills `table` (its length must be prime, e.g. `MAGLEV_TABLE_SIZE`, and below 2^31)
 /// with backend ids. With no backend of non-zero weight every slot is `NO_BACKEND`.
 pub fn build(backends: &[MaglevBackend], table: &mut [u32]) {
-    table.fill(NO_BACKEND);
     let m = table.len() as u32;
     let mut members: Vec<MaglevBackend> =
         backends.iter().copied().filter(|b| b.weight > 0).collect();
     if members.is_empty() || m < 2 {
+        table.fill(NO_BACKEND);
         return;
     }
+    // From here on every slot is claimed exactly once, so the table needs no clearing.
     // Order by identity so the table does not depend on configuration order.
     members.sort_by_key(MaglevBackend::identity);
     let max_weight = members.iter().map(|b| b.weight).max().unwrap_or(1);
 
-    // Compact per-backend state (20 bytes), so the walk over all backends stays in cache.
+    // Compact per-backend state (24 bytes), so the walk over all backends stays in cache.
     struct Walker {
         id: u32,
         weight: u32,
         pos: u32,
         skip: u32,
         credit: u32,
+        /// `skip`'s inverse modulo `m`, computed when first needed (0: not yet).
+        skip_inverse: u32,
     }
     let mut walkers: Vec<Walker> = members
         .iter()
@@ -60,13 +63,22 @@ pub fn build(backends: &[MaglevBackend], table: &mut [u32]) {
                 pos: (h % u64::from(m)) as u32,
                 skip: (g % u64::from(m - 1)) as u32 + 1,
                 credit: 0,
+                skip_inverse: 0,
             }
         })
         .collect();
 
     // Which slots are taken, one bit each: 8 KiB stays in L1 while the 256 KiB table is
-    // only written, so the probing near the end (most slots taken) stays cheap.
+    // only written.
     let mut taken = vec![0u64; (m as usize).div_ceil(64)];
+    // The last few slots are found differently. Probing needs m/free tries per claim, so
+    // the tail would cost m·ln(m) probes (over half of all of them for m = 65537); with
+    // few free slots left it is cheaper to ask, for every free slot, how many steps of
+    // this backend's permutation away it is, and take the nearest: the same slot probing
+    // would reach first, so the table is identical.
+    let tail = TAIL_SLOTS.min(m);
+    let mut free: Vec<u32> = Vec::new();
+    let modulo = Barrett::new(m);
     let mut filled = 0u32;
     loop {
         for w in &mut walkers {
@@ -75,26 +87,112 @@ pub fn build(backends: &[MaglevBackend], table: &mut [u32]) {
                 continue;
             }
             w.credit -= max_weight;
-            // Claim the next free slot of this backend's permutation.
-            loop {
-                let slot = w.pos;
-                w.pos += w.skip;
-                if w.pos >= m {
-                    w.pos -= m;
+            let slot = if m - filled > tail {
+                // Claim the next free slot of this backend's permutation.
+                loop {
+                    let slot = w.pos;
+                    w.pos += w.skip;
+                    if w.pos >= m {
+                        w.pos -= m;
+                    }
+                    let (word, bit) = ((slot / 64) as usize, slot % 64);
+                    if taken[word] & (1 << bit) == 0 {
+                        taken[word] |= 1 << bit;
+                        break slot;
+                    }
                 }
-                let (word, bit) = ((slot / 64) as usize, slot % 64);
-                if taken[word] & (1 << bit) == 0 {
-                    taken[word] |= 1 << bit;
-                    table[slot as usize] = w.id;
-                    filled += 1;
-                    break;
+            } else {
+                if free.is_empty() {
+                    free = free_slots(&taken, m);
                 }
-            }
+                if w.skip_inverse == 0 {
+                    w.skip_inverse = inverse_mod(w.skip, m);
+                }
+                // Steps from pos to s along the permutation: (s - pos) / skip mod m.
+                let steps = |s: u32| {
+                    let ahead = if s >= w.pos { s - w.pos } else { s + m - w.pos };
+                    modulo.of(u64::from(ahead) * u64::from(w.skip_inverse))
+                };
+                let mut nearest = 0;
+                let mut fewest = u64::MAX;
+                for (i, &s) in free.iter().enumerate() {
+                    let d = steps(s);
+                    if d < fewest {
+                        (nearest, fewest) = (i, d);
+                    }
+                }
+                let slot = free.swap_remove(nearest);
+                w.pos = ((u64::from(slot) + u64::from(w.skip)) % u64::from(m)) as u32;
+                slot
+            };
+            table[slot as usize] = w.id;
+            filled += 1;
             if filled == m {
                 return;
             }
         }
     }
+}
+
+/// Below this many free slots the builder stops probing (see `build`). Measured on
+/// m = 65537 with 10 to 10,000 backends: 128 to 400 all build within 5 % of the best;
+/// probing costs about m/free probes per claim, the search `free` multiplies.
+const TAIL_SLOTS: u32 = 256;
+
+/// `x mod m` for `x < 2^62` with a multiply instead of a divide: the search does one per
+/// free slot per claim, and a 64-bit divide costs as much as a dozen probes.
+struct Barrett {
+    m: u64,
+    /// floor(2^64 / m)
+    reciprocal: u64,
+}
+
+impl Barrett {
+    fn new(m: u32) -> Self {
+        let m = u64::from(m.max(1));
+        Self {
+            m,
+            reciprocal: (u128::from(u64::MAX) / u128::from(m)) as u64,
+        }
+    }
+
+    fn of(&self, x: u64) -> u64 {
+        // The quotient estimate is at most 2 short of the truth for x < 2^62.
+        let quotient = ((u128::from(x) * u128::from(self.reciprocal)) >> 64) as u64;
+        let mut r = x - quotient * self.m;
+        while r >= self.m {
+            r -= self.m;
+        }
+        r
+    }
+}
+
+/// The slots below `m` whose bit in `taken` is clear.
+fn free_slots(taken: &[u64], m: u32) -> Vec<u32> {
+    let mut free = Vec::new();
+    for (word_index, &word) in taken.iter().enumerate() {
+        let mut clear = !word;
+        while clear != 0 {
+            let slot = word_index as u32 * 64 + clear.trailing_zeros();
+            if slot < m {
+                free.push(slot);
+            }
+            clear &= clear - 1;
+        }
+    }
+    free
+}
+
+/// `a`'s multiplicative inverse modulo the prime `m` (`a` in 1..m), by extended Euclid.
+fn inverse_mod(a: u32, m: u32) -> u32 {
+    let (mut r0, mut r1) = (i64::from(m), i64::from(a));
+    let (mut t0, mut t1) = (0i64, 1i64);
+    while r1 != 0 {
+        let q = r0 / r1;
+        (r0, r1) = (r1, r0 - q * r1);
+        (t0, t1) = (t1, t0 - q * t1);
+    }
+    t0.rem_euclid(i64::from(m)) as u32
 }
 
 /// Convenience for callers that want an owned table of `size` slots.
@@ -203,6 +301,76 @@ mod tests {
                     "n={n} removed={removed}: moved {moved_pct:.2}% > share {share:.2}% + 1"
                 );
             }
+        }
+    }
+
+    /// Maglev as the paper writes it: every claim probes until it finds a free slot.
+    fn probing_only(backends: &[MaglevBackend], m: u32) -> Vec<u32> {
+        let mut members: Vec<_> = backends.iter().copied().filter(|b| b.weight > 0).collect();
+        members.sort_by_key(MaglevBackend::identity);
+        let mut table = vec![NO_BACKEND; m as usize];
+        let Some(max_weight) = members.iter().map(|b| b.weight).max() else {
+            return table;
+        };
+        let mut state: Vec<(u64, u64, u32)> = members
+            .iter()
+            .map(|b| {
+                let h = mix64(b.identity() ^ 0x6d61_676c_6576_0001);
+                let g = mix64(b.identity() ^ 0x6d61_676c_6576_0002);
+                (h % u64::from(m), g % u64::from(m - 1) + 1, 0)
+            })
+            .collect();
+        let mut filled = 0;
+        while filled < m {
+            for (b, (pos, skip, credit)) in members.iter().zip(&mut state) {
+                *credit += b.weight;
+                if *credit < max_weight {
+                    continue;
+                }
+                *credit -= max_weight;
+                while table[*pos as usize] != NO_BACKEND {
+                    *pos = (*pos + *skip) % u64::from(m);
+                }
+                table[*pos as usize] = b.id;
+                *pos = (*pos + *skip) % u64::from(m);
+                filled += 1;
+                if filled == m {
+                    break;
+                }
+            }
+        }
+        table
+    }
+
+    #[test]
+    fn the_tail_search_builds_the_table_probing_would() {
+        for n in [1u32, 2, 7, 100, 1500] {
+            let set: Vec<_> = (0..n)
+                .map(|i| MaglevBackend {
+                    id: i,
+                    addr: (0xc612_0000 + i).to_be(),
+                    port: 80u16.to_be(),
+                    weight: (i * 37) % 101,
+                })
+                .collect();
+            for m in [2u32, 3, 251, 257, 4099, MAGLEV_TABLE_SIZE] {
+                assert_eq!(build_table(&set, m), probing_only(&set, m), "n={n} m={m}");
+            }
+        }
+    }
+
+    #[test]
+    fn inverse_and_barrett_modulo() {
+        let m = MAGLEV_TABLE_SIZE;
+        for a in [1, 2, 3, 1000, m - 2, m - 1] {
+            assert_eq!(
+                u64::from(a) * u64::from(inverse_mod(a, m)) % u64::from(m),
+                1
+            );
+        }
+        let modulo = Barrett::new(m);
+        for x in [0u64, 1, 65536, 65537, 65538, (1 << 34) - 1, (1 << 62) - 1] {
+            assert_eq!(modulo.of(x), x % u64::from(m), "{x}");
         }
     }
 }
