@@ -464,45 +464,24 @@ fn new_flow(
 /// missing one is written again (it cannot collide: its tuple is this flow's own).
 #[inline(always)]
 fn keep_reverse(ip: &Ipv4, l4: &L4, listener: &Listener, id: u32, backend: &Backend) {
-    let reply_key = FlowKey {
-        src_addr: backend.addr,
-        dst_addr: ip.src_addr,
-        src_port: backend.port,
-        dst_port: l4.src_port,
-        protocol: ip.protocol,
-        _pad: [0; 3],
-    };
+    let (reply_key, entry) = reverse_entry(ip, l4, listener, id, backend);
     if REVERSE.get_ptr(reply_key).is_some() {
         return;
     }
-    let _ = REVERSE.insert(
-        reply_key,
-        ReverseNat {
-            vip: ip.dst_addr,
-            vport: l4.dst_port,
-            _pad: 0,
-            listener: listener.id,
-            backend: id,
-            generation: backend.generation,
-            _pad2: 0,
-        },
-        u64::from(BPF_ANY),
-    );
+    let _ = REVERSE.insert(reply_key, entry, u64::from(BPF_ANY));
 }
 
-/// Records how to translate the backend's replies. The backend-side 5-tuple (backend
-/// address and port, client address and port) must be unique: two client flows to
-/// different VIPs that share a backend could collide. A live flow keeps its entry and the
-/// newcomer is refused; an entry whose flow is gone, moved or idle is taken over.
+/// The reverse-NAT key a backend's replies to this client packet's flow carry (backend
+/// address and port, client address and port), and the entry that turns them back into
+/// the VIP's.
 #[inline(always)]
-fn claim_reverse(
+fn reverse_entry(
     ip: &Ipv4,
     l4: &L4,
     listener: &Listener,
     id: u32,
     backend: &Backend,
-    now: u64,
-) -> Result<(), Reason> {
+) -> (FlowKey, ReverseNat) {
     let reply_key = FlowKey {
         src_addr: backend.addr,
         dst_addr: ip.src_addr,
@@ -520,6 +499,23 @@ fn claim_reverse(
         generation: backend.generation,
         _pad2: 0,
     };
+    (reply_key, entry)
+}
+
+/// Records how to translate the backend's replies. The backend-side 5-tuple (backend
+/// address and port, client address and port) must be unique: two client flows to
+/// different VIPs that share a backend could collide. A live flow keeps its entry and the
+/// newcomer is refused; an entry whose flow is gone, moved or idle is taken over.
+#[inline(always)]
+fn claim_reverse(
+    ip: &Ipv4,
+    l4: &L4,
+    listener: &Listener,
+    id: u32,
+    backend: &Backend,
+    now: u64,
+) -> Result<(), Reason> {
+    let (reply_key, entry) = reverse_entry(ip, l4, listener, id, backend);
     if REVERSE
         .insert(reply_key, entry, u64::from(BPF_NOEXIST))
         .is_ok()
