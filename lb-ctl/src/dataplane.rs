@@ -552,9 +552,17 @@ impl DataPlane {
             .map_err(map_err(names::FLOWS))
     }
 
-    /// Every flow entry. Entries can vanish during the walk (LRU); those are skipped.
-    pub fn flows(&self) -> Vec<(FlowKey, Flow)> {
-        self.flows.iter().filter_map(Result::ok).collect()
+    /// Every flow entry, read in batches (`flow_walk`). Entries evicted during the walk
+    /// may be missing.
+    pub fn flows(&self) -> Result<Vec<(FlowKey, Flow)>> {
+        let mut all = Vec::new();
+        crate::flow_walk::for_each_flow(&self.flows, |k, v| all.push((k, v))).map_err(
+            |source| DataPlaneError::Io {
+                name: "reading the flow table (BPF_MAP_LOOKUP_BATCH)",
+                source,
+            },
+        )?;
+        Ok(all)
     }
 
     /// Makes `addr` (network byte order) a VIP outright: its filter bit and its marker.

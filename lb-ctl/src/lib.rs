@@ -9,6 +9,7 @@ pub mod controller;
 pub mod daemon;
 pub mod dataplane;
 pub mod explain;
+pub mod flow_walk;
 pub mod health;
 pub mod metrics;
 pub mod overlay;

@@ -2790,6 +2790,7 @@ impl Fuzzer<'_> {
         }
         let kernel: HashMap<Tuple, lb_common::Flow> = dp
             .flows()
+            .expect("reading the flow table")
             .into_iter()
             .map(|(k, f)| (Tuple::from_key(&k), f))
             .collect();

@@ -182,6 +182,7 @@ fn reply_path_of_a_live_flow_survives_flow_table_churn() {
         let (_, again, _) = run(&mut dp, lab.backend_if, &from_backend(ACK | PSH, b"again"));
         let flow = dp
             .flows()
+            .expect("reading the flow table")
             .into_iter()
             .any(|(k, _)| k.src_port == sport.to_be() && k.dst_port == 80u16.to_be());
         println!(
