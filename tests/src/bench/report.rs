@@ -710,9 +710,9 @@ fn conn_section(o: &mut String, r: &Report) {
              on the data path needs it with health checks off), so that its sweep does not \
              run: the XDP program took {} ns per run (against {} with the sweep), {} \
              connections per second per data-path core, {} HAProxy's. The sweep reads the \
-             whole flow table (in batches of 4096 entries) while the XDP program updates \
-             the same entries on the other CPU; the program's own time per packet grows \
-             while it runs.\n",
+             whole flow table (in batches of 4096 entries) on one CPU while the XDP program \
+             updates the same entries on the other; the two rows differ by what that costs \
+             the data path, or by noise where their ranges overlap.\n",
             show(p.ns_per_run, 0),
             show(c.xdp.ns_per_run, 0),
             show(p.cps_per_core, 0),
