@@ -75,8 +75,67 @@ pub mod names {
     pub const NEXT_HOPS: &str = "NEXT_HOPS";
     pub const VIP_FILTER: &str = "VIP_FILTER";
     pub const AFFINITY: &str = "AFFINITY";
+    pub const STAGES: &str = "STAGES";
+    pub const PENDING: &str = "PENDING";
+    /// The entry program, attached to every interface.
     pub const PROGRAM: &str = "lb_xdp";
+    /// The programs behind `STAGES`, entered by tail call.
+    pub const PROGRAM_NEW_FLOW: &str = "lb_new_flow";
+    pub const PROGRAM_WLC: &str = "lb_wlc";
+    pub const PROGRAM_ICMP: &str = "lb_icmp";
 }
+
+/// The XDP program is split into separately verified programs: the entry program `lb_xdp`
+/// (parsing, established flows, replies) and the stages it enters by tail call through
+/// `STAGES` for what is rarer or costly to verify. Each stage is verified on its own, so
+/// the verifier's cost of the whole is the sum of the parts, not their product.
+///
+/// `STAGES` slot of `lb_new_flow`: a new flow or a pickup (selection, reverse claim, flow
+/// insert, translation).
+pub const STAGE_NEW_FLOW: u32 = 0;
+/// `STAGES` slot of `lb_wlc`: the `wlc` scan, which hands its pick back to `lb_new_flow`.
+pub const STAGE_WLC: u32 = 1;
+/// `STAGES` slot of `lb_icmp`: ICMP errors about translated flows.
+pub const STAGE_ICMP: u32 = 2;
+/// Slots of `STAGES` (room for stages to come without a new map layout).
+pub const STAGE_SLOTS: u32 = 8;
+/// Every stage: (slot, program name), in the order the controller loads them.
+pub const STAGE_PROGRAMS: [(u32, &str); 3] = [
+    (STAGE_NEW_FLOW, names::PROGRAM_NEW_FLOW),
+    (STAGE_WLC, names::PROGRAM_WLC),
+    (STAGE_ICMP, names::PROGRAM_ICMP),
+];
+
+/// `PendingFlow::flags`: `lb_wlc` has run; `picked` holds its answer.
+pub const PENDING_F_SCANNED: u8 = 1;
+
+/// A new flow (or pickup) handed from `lb_xdp` to `lb_new_flow` (through `lb_wlc` for
+/// `wlc`): what the entry program already read, so the stage neither reads it again nor
+/// decides differently. One per CPU (`PENDING`): a packet runs all its stages on one CPU,
+/// one after the other, and nothing else runs there in between.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PendingFlow {
+    /// The packet's client-side 5-tuple; the stage checks it against its packet.
+    pub key: FlowKey,
+    /// The listener as the entry program read it.
+    pub listener: Listener,
+    /// The entry program's clock reading (`bpf_ktime_get_coarse_ns`).
+    pub now_ns: u64,
+    /// The flow entry this flow replaces (`NO_BACKEND`: none) and its `FLOW_F_*` flags.
+    pub previous_backend: u32,
+    pub previous_flags: u32,
+    /// `lb_wlc`'s pick once `PENDING_F_SCANNED` is set (`NO_BACKEND`: none).
+    pub picked: u32,
+    /// `EntryState::code` of the flow table's answer.
+    pub state: u8,
+    /// `Step::code`: schedule or pickup.
+    pub step: u8,
+    /// `PENDING_F_*` bits.
+    pub flags: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(size_of::<PendingFlow>() == 72);
 
 /// How a listener picks the backend of a new flow. Values are stored in `Listener::scheduler`.
 #[repr(u8)]
@@ -479,10 +538,18 @@ pub enum Reason {
     /// Event, not a verdict: a flow entry added under a 5-tuple the table did not hold
     /// (not a replacement). Entries added minus entries present = entries the LRU evicted.
     EventFlowInserted = 27,
+    /// A later stage of the program could not run (its program is missing from `STAGES`,
+    /// which happens only if loading went wrong) or found no hand-off for its packet:
+    /// XDP_DROP.
+    DropStageFailed = 28,
 }
 
 /// Number of `Reason` values (size of `COUNTERS`).
-pub const REASON_COUNT: u32 = 28;
+pub const REASON_COUNT: u32 = 29;
+/// Entries of `COUNTERS`: more than `REASON_COUNT`, so reasons can be added without a new
+/// pinned map layout.
+pub const COUNTER_SLOTS: u32 = 64;
+const _: () = assert!(REASON_COUNT <= COUNTER_SLOTS);
 
 impl Reason {
     pub const ALL: [Self; REASON_COUNT as usize] = [
@@ -514,6 +581,7 @@ impl Reason {
         Self::ResetDrainExpired,
         Self::EventPersisted,
         Self::EventFlowInserted,
+        Self::DropStageFailed,
     ];
 
     /// Name used in metrics and `lb-ctl stats`.
@@ -547,16 +615,42 @@ impl Reason {
             Self::ResetDrainExpired => "reset_drain_expired",
             Self::EventPersisted => "event_persisted",
             Self::EventFlowInserted => "event_flow_inserted",
+            Self::DropStageFailed => "drop_stage_failed",
         }
     }
 
     /// The XDP verdict that goes with this reason (`None` for events).
     pub const fn verdict(self) -> Option<Verdict> {
-        match self as u32 {
-            0 | 1 | 23..=25 => Some(Verdict::Transmit),
-            2..=9 => Some(Verdict::Pass),
-            10..=19 => Some(Verdict::Drop),
-            _ => None,
+        match self {
+            Self::Forwarded
+            | Self::ReplyForwarded
+            | Self::IcmpToBackend
+            | Self::IcmpToClient
+            | Self::ResetDrainExpired => Some(Verdict::Transmit),
+            Self::PassNotIpv4
+            | Self::PassOtherProtocol
+            | Self::PassNotForUs
+            | Self::PassVipNoListener
+            | Self::PassTtlExpired
+            | Self::PassNeighUnknown
+            | Self::PassFragNeeded
+            | Self::PassNoTxPort => Some(Verdict::Pass),
+            Self::DropMalformedEthernet
+            | Self::DropMalformedIpv4
+            | Self::DropMalformedL4
+            | Self::DropFragment
+            | Self::DropNoBackend
+            | Self::DropReverseCollision
+            | Self::DropNoRoute
+            | Self::DropAclDenied
+            | Self::DropDrainExpired
+            | Self::DropFlowInsertFailed
+            | Self::DropStageFailed => Some(Verdict::Drop),
+            Self::EventPickup
+            | Self::EventReselected
+            | Self::EventNewFlow
+            | Self::EventPersisted
+            | Self::EventFlowInserted => None,
         }
     }
 }
@@ -585,6 +679,7 @@ mod pod {
     unsafe impl aya::Pod for AffinityKey {}
     unsafe impl aya::Pod for Affinity {}
     unsafe impl aya::Pod for NextHop {}
+    unsafe impl aya::Pod for PendingFlow {}
 }
 
 #[cfg(test)]

@@ -22,6 +22,32 @@ pub enum EntryState {
     Live { closing: bool },
 }
 
+impl EntryState {
+    /// The state as one byte, for the hand-off between programs (`PendingFlow::state`).
+    #[inline(always)]
+    pub const fn code(self) -> u8 {
+        match self {
+            Self::Missing => 0,
+            Self::BackendUnusable => 1,
+            Self::Expired => 2,
+            Self::Live { closing: false } => 3,
+            Self::Live { closing: true } => 4,
+        }
+    }
+
+    /// The inverse of `code`; an unknown byte reads as `Missing`.
+    #[inline(always)]
+    pub const fn from_code(code: u8) -> Self {
+        match code {
+            1 => Self::BackendUnusable,
+            2 => Self::Expired,
+            3 => Self::Live { closing: false },
+            4 => Self::Live { closing: true },
+            _ => Self::Missing,
+        }
+    }
+}
+
 /// What to do with a packet for a listener.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Step {
@@ -33,6 +59,28 @@ pub enum Step {
     /// LB failover, an eviction or a backend failure): pick through the Maglev table on the
     /// 4-tuple, whatever the scheduler, so every LB host picks the same backend.
     Pickup,
+}
+
+impl Step {
+    /// The step as one byte, for the hand-off between programs (`PendingFlow::step`).
+    #[inline(always)]
+    pub const fn code(self) -> u8 {
+        match self {
+            Self::Reuse => 0,
+            Self::Schedule => 1,
+            Self::Pickup => 2,
+        }
+    }
+
+    /// The inverse of `code`; an unknown byte reads as `Reuse`.
+    #[inline(always)]
+    pub const fn from_code(code: u8) -> Self {
+        match code {
+            1 => Self::Schedule,
+            2 => Self::Pickup,
+            _ => Self::Reuse,
+        }
+    }
 }
 
 /// TCP flag bits as they sit in byte 13 of the TCP header.
@@ -275,6 +323,23 @@ mod tests {
         assert!(affinity_fresh(70 * s, &a, 60));
         assert!(!affinity_fresh(70 * s + 1, &a, 60));
         assert!(!affinity_fresh(11 * s, &a, 0), "0 = persistence off");
+    }
+
+    #[test]
+    fn hand_off_codes_round_trip() {
+        use EntryState::*;
+        for state in [
+            Missing,
+            BackendUnusable,
+            Expired,
+            Live { closing: false },
+            Live { closing: true },
+        ] {
+            assert_eq!(EntryState::from_code(state.code()), state);
+        }
+        for step in [Step::Reuse, Step::Schedule, Step::Pickup] {
+            assert_eq!(Step::from_code(step.code()), step);
+        }
     }
 
     #[test]

@@ -54,6 +54,9 @@ pub struct Controller {
     reconciler: Reconciler,
     desired: Desired,
     dataplane: DataPlane,
+    /// The stage table of the program this daemon replaced at start, held open so the
+    /// packets still in that program find their stages (`pins::pin_stages`).
+    _replaced_stages: Option<aya::maps::MapData>,
     layout: Layout,
     attached: Vec<(String, u32, &'static str)>,
     /// Active flows per backend id from the last sweep of the flow table.
@@ -188,6 +191,7 @@ impl Controller {
             runtime.unhealthy = adopt(&dataplane, &effective, &mut ids, &mut reconciler)?;
         }
         let attached = pins::attach(dataplane.program()?, &layout, &effective.interfaces, false)?;
+        let replaced_stages = pins::pin_stages(dataplane.stages(), &layout)?;
         for (iface, ifindex, mode) in &attached {
             dataplane.add_tx_port(*ifindex)?;
             info!("XDP on {iface} (ifindex {ifindex}): {mode}");
@@ -207,6 +211,7 @@ impl Controller {
             reconciler,
             desired: Desired::default(),
             dataplane,
+            _replaced_stages: replaced_stages,
             layout,
             attached,
             active: HashMap::new(),

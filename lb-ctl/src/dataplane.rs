@@ -14,7 +14,7 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{
-        Array, HashMap, MapData, PerCpuArray,
+        Array, HashMap, MapData, PerCpuArray, ProgramArray,
         lpm_trie::{Key as LpmKey, LpmTrie},
         xdp::DevMapHash,
     },
@@ -233,12 +233,78 @@ pub struct DataPlane {
     acls: LpmTrie<MapData, AclKey, u32>,
     affinity: HashMap<MapData, AffinityKey, Affinity>,
     vip_filter: Array<MapData, u64>,
+    /// The tail-call table of this load's stages. Held open: the kernel empties a program
+    /// array when its last open file or pin goes.
+    stages: MapData,
+    programs: Vec<ProgramFigures>,
+}
+
+/// One loaded program as the kernel reports it: the verifier's cost and the native size.
+#[derive(Clone, Debug)]
+pub struct ProgramFigures {
+    pub name: &'static str,
+    /// Instructions the verifier processed (`bpf_prog_info.verified_insns`); its limit is
+    /// 1,000,000, the project's budget `VERIFIER_BUDGET`.
+    pub verified_insns: u32,
+    /// Bytes of JIT-compiled code.
+    pub jited_bytes: u32,
+    /// Wall time of the load system call, almost all of it verification.
+    pub load_time: std::time::Duration,
+}
+
+/// Processed instructions each program may cost the verifier: a tenth of the kernel's
+/// limit, so toolchain and kernel differences, and features to come, stay far from it.
+pub const VERIFIER_BUDGET: u32 = 100_000;
+
+/// Every production program: the entry program first, then the stages.
+pub fn production_programs() -> impl Iterator<Item = &'static str> {
+    std::iter::once(names::PROGRAM).chain(lb_common::STAGE_PROGRAMS.iter().map(|(_, n)| *n))
+}
+
+/// Loads (verifies) the entry program and every stage, and fills the stage table.
+fn load_programs(ebpf: &mut Ebpf) -> Result<(MapData, Vec<ProgramFigures>)> {
+    let mut map = ebpf
+        .take_map(names::STAGES)
+        .ok_or(DataPlaneError::Missing(names::STAGES))?;
+    let mut stages = ProgramArray::try_from(&mut map).map_err(map_err(names::STAGES))?;
+    let mut figures = Vec::new();
+    for name in production_programs() {
+        let program: &mut Xdp = ebpf
+            .program_mut(name)
+            .ok_or(DataPlaneError::Missing(name))?
+            .try_into()?;
+        let started = std::time::Instant::now();
+        program.load()?;
+        let load_time = started.elapsed();
+        let info = program.info()?;
+        figures.push(ProgramFigures {
+            name,
+            verified_insns: info.verified_instruction_count().unwrap_or(0),
+            jited_bytes: info.size_jitted(),
+            load_time,
+        });
+        if let Some((slot, _)) = lb_common::STAGE_PROGRAMS.iter().find(|(_, n)| *n == name) {
+            stages
+                .set(*slot, program.fd()?, 0)
+                .map_err(map_err(names::STAGES))?;
+        }
+    }
+    match map {
+        aya::maps::Map::ProgramArray(data) => Ok((data, figures)),
+        _ => Err(DataPlaneError::Missing(names::STAGES)),
+    }
 }
 
 impl DataPlane {
     /// Loads the embedded object: creates (or re-opens pinned) maps and verifies the
     /// program. Nothing is attached yet.
     pub fn load(options: &LoadOptions) -> Result<Self> {
+        Self::load_object(EBPF_OBJECT, options)
+    }
+
+    /// Like `load`, with another build of the XDP object (the verifier budget test loads
+    /// the per-packet-logging build this way).
+    pub fn load_object(object: &[u8], options: &LoadOptions) -> Result<Self> {
         let mut loader = EbpfLoader::new();
         for (name, entries) in options.sizes.entries() {
             loader.map_max_entries(name, entries);
@@ -250,18 +316,20 @@ impl DataPlane {
         for (name, path) in &pins {
             loader.map_pin_path(name, path.as_path());
         }
-        let mut ebpf = loader.load(EBPF_OBJECT)?;
+        let mut ebpf = loader.load(object)?;
         // Present only when the object was built with per-packet logging.
         let logger = aya_log::EbpfLogger::init(&mut ebpf).ok();
-        let program: &mut Xdp = ebpf
-            .program_mut(names::PROGRAM)
-            .ok_or(DataPlaneError::Missing(names::PROGRAM))?
-            .try_into()?;
-        program.load()?;
-        Self::from_ebpf(ebpf, options.sizes, logger)
+        let (stages, programs) = load_programs(&mut ebpf)?;
+        Self::from_ebpf(ebpf, options.sizes, logger, stages, programs)
     }
 
-    fn from_ebpf(mut ebpf: Ebpf, sizes: MapSizes, logger: Option<XdpLogger>) -> Result<Self> {
+    fn from_ebpf(
+        mut ebpf: Ebpf,
+        sizes: MapSizes,
+        logger: Option<XdpLogger>,
+        stages: MapData,
+        programs: Vec<ProgramFigures>,
+    ) -> Result<Self> {
         fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map> {
             ebpf.take_map(name).ok_or(DataPlaneError::Missing(name))
         }
@@ -322,7 +390,19 @@ impl DataPlane {
             ebpf,
             logger,
             sizes,
+            stages,
+            programs,
         })
+    }
+
+    /// What the kernel said of each production program when it loaded them.
+    pub fn program_figures(&self) -> &[ProgramFigures] {
+        &self.programs
+    }
+
+    /// The stage table of this load, for pinning (see `pins::pin_stages`).
+    pub const fn stages(&self) -> &MapData {
+        &self.stages
     }
 
     /// The program's log reader, when it was built with per-packet logging; the daemon

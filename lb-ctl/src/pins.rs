@@ -3,6 +3,7 @@
 //! ```text
 //! /sys/fs/bpf/<instance>/maps/<MAP>      every map (flows, tables, counters)
 //! /sys/fs/bpf/<instance>/prog            the XDP program last attached
+//! /sys/fs/bpf/<instance>/stages          its stage table (the programs it tail-calls)
 //! /sys/fs/bpf/<instance>/links/<ifname>  one XDP link per interface
 //! ```
 //!
@@ -18,7 +19,7 @@ use std::{
 };
 
 use aya::{
-    maps::MapInfo,
+    maps::{MapData, MapInfo},
     programs::{
         Xdp, XdpMode,
         links::{FdLink, PinnedLink},
@@ -26,7 +27,7 @@ use aya::{
     },
 };
 use lb_common::{
-    Backend, Flow, FlowKey, Listener, ListenerKey, REASON_COUNT, ReverseNat, TableMeta,
+    Backend, COUNTER_SLOTS, Flow, FlowKey, Listener, ListenerKey, ReverseNat, TableMeta,
     TrafficCounters, names,
 };
 use thiserror::Error;
@@ -126,6 +127,10 @@ impl Layout {
         self.root.join("links")
     }
 
+    pub fn stages(&self) -> PathBuf {
+        self.root.join("stages")
+    }
+
     pub fn link(&self, iface: &str) -> PathBuf {
         self.links().join(iface)
     }
@@ -215,7 +220,7 @@ fn expected_layout(sizes: &MapSizes) -> Vec<(&'static str, u32, u32, u32)> {
             size_of::<TrafficCounters>() as u32,
             e(names::BACKEND_STATS),
         ),
-        (names::COUNTERS, 4, 8, REASON_COUNT),
+        (names::COUNTERS, 4, 8, COUNTER_SLOTS),
         (names::TX_PORTS, 4, 8, lb_common::MAX_INTERFACES),
         (
             names::ACLS,
@@ -328,6 +333,40 @@ pub fn attach(
         source,
     })?;
     Ok(attached)
+}
+
+/// Pins the stage table of the program just attached at `<instance>/stages`, in place of
+/// an earlier daemon's. The kernel empties a program array when its last open file and pin
+/// are gone, so the pin is what keeps the attached program's stages while no daemon runs.
+///
+/// Returns the table it replaced, still open: a packet that entered the replaced program
+/// just before the swap may still be on its way to one of its stages, which must not find
+/// an empty slot. The caller keeps it for a while (the daemon: for its lifetime).
+pub fn pin_stages(stages: &MapData, layout: &Layout) -> Result<Option<MapData>> {
+    let path = layout.stages();
+    let info_err = |source| PinError::Info {
+        name: names::STAGES,
+        source,
+    };
+    let mut replaced = None;
+    if path.exists() {
+        let pinned = MapData::from_pin(&path).map_err(info_err)?;
+        let ours = stages.info().map_err(info_err)?.id();
+        if pinned.info().map_err(info_err)?.id() == ours {
+            return Ok(None);
+        }
+        fs::remove_file(&path).map_err(|source| PinError::Io {
+            what: "removing",
+            path: path.clone(),
+            source,
+        })?;
+        replaced = Some(pinned);
+    }
+    stages.pin(&path).map_err(|source| PinError::Pin {
+        path: path.clone(),
+        source,
+    })?;
+    Ok(replaced)
 }
 
 /// The attachment mode shown for a configured interface that does not exist (now).

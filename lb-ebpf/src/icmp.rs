@@ -11,15 +11,21 @@
 //!
 //! Only destination unreachable, time exceeded and parameter problem are errors; anything
 //! else, and errors about no known flow, go to the kernel.
+//!
+//! A stage of its own (`lb_icmp`, entered from `lb_xdp` for every ICMP packet): rare
+//! packets, and the quote's parsing would otherwise be verified along every path of the
+//! entry program.
 
-use aya_ebpf::{bindings::xdp_action::XDP_PASS, programs::XdpContext};
+use aya_ebpf::{bindings::xdp_action::XDP_PASS, macros::xdp, programs::XdpContext};
 use lb_common::{FlowKey, NO_BACKEND, PROTO_TCP, PROTO_UDP, Reason, csum};
 use network_types::ip::Ipv4Hdr;
 
 use crate::{
     fwd,
     maps::{BACKENDS, FLOWS, REVERSE},
-    parse::{ETH_LEN, Ipv4, ptr_at},
+    parse,
+    parse::{ETH_LEN, Ipv4, Parsed, ptr_at},
+    stats,
 };
 
 const DEST_UNREACHABLE: u8 = 3;
@@ -49,8 +55,17 @@ fn pass() -> (u32, Reason) {
     (XDP_PASS, Reason::PassOtherProtocol)
 }
 
+#[xdp]
+pub fn lb_icmp(ctx: XdpContext) -> u32 {
+    let verdict = match parse::ipv4(&ctx) {
+        Parsed::Ipv4(ip) => handle(&ctx, &ip),
+        Parsed::Done(action, reason) => (action, reason),
+    };
+    stats::finish(&ctx, verdict)
+}
+
 #[inline(always)]
-pub fn handle(ctx: &XdpContext, ip: &Ipv4) -> (u32, Reason) {
+fn handle(ctx: &XdpContext, ip: &Ipv4) -> (u32, Reason) {
     let off = ip.l4_offset;
     if ip.fragment || off > ETH_LEN + 60 {
         return pass();

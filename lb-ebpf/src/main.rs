@@ -2,11 +2,17 @@
 //! interface of the LB host (client side and backend side):
 //!
 //! 1. parse Ethernet / IPv4 / TCP or UDP (`parse`);
-//! 2. a packet to a listener's VIP:port goes through the flow table and, for a new flow,
-//!    the listener's scheduler (`sched`), then is translated to its backend (`nat`);
+//! 2. a packet to a listener's VIP:port goes through the flow table; a live flow's packet
+//!    is translated to its backend (`nat`); a new flow goes on in the new-flow stage
+//!    (`new_flow`), which runs the listener's scheduler (`sched`, `wlc` in a stage of its
+//!    own) and records the flow;
 //! 3. a packet from a backend that matches a reverse entry is translated back to the VIP;
-//! 4. everything else is passed to the kernel untouched;
-//! 5. translated packets leave through the FIB's next hop (`fwd`).
+//! 4. ICMP errors about a flow go to the ICMP stage (`icmp`);
+//! 5. everything else is passed to the kernel untouched;
+//! 6. translated packets leave through the FIB's next hop (`fwd`).
+//!
+//! The stages are programs of their own, entered by tail call (`stage`), so each is
+//! verified on its own: docs/architecture.md lists them with their verifier cost.
 //!
 //! Every verdict is counted under its reason (`stats`); docs/packet-policy.md lists them.
 
@@ -22,6 +28,8 @@
 #[cfg(target_arch = "bpf")]
 mod bench;
 #[cfg(target_arch = "bpf")]
+mod flow;
+#[cfg(target_arch = "bpf")]
 mod fwd;
 #[cfg(target_arch = "bpf")]
 mod icmp;
@@ -30,6 +38,8 @@ mod maps;
 #[cfg(target_arch = "bpf")]
 mod nat;
 #[cfg(target_arch = "bpf")]
+mod new_flow;
+#[cfg(target_arch = "bpf")]
 mod parse;
 #[cfg(target_arch = "bpf")]
 mod program;
@@ -37,6 +47,8 @@ mod program;
 mod reset;
 #[cfg(target_arch = "bpf")]
 mod sched;
+#[cfg(target_arch = "bpf")]
+mod stage;
 #[cfg(target_arch = "bpf")]
 mod stats;
 

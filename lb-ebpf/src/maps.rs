@@ -5,13 +5,14 @@
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC},
     macros::map,
-    maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray},
 };
 use lb_common::{
-    AclKey, Affinity, AffinityKey, Backend, DEFAULT_FLOW_TABLE_SIZE, DEFAULT_MAX_BACKENDS,
-    DEFAULT_MAX_LISTENERS, Flow, FlowKey, IdPair, Listener, ListenerKey, MAGLEV_TABLE_SIZE,
-    MAX_ACL_ENTRIES, MAX_INTERFACES, NextHop, REASON_COUNT, ReverseNat, SEQUENCE_TABLE_SIZE,
-    TABLES_PER_LISTENER, TableMeta, TrafficCounters, VIP_FILTER_WORDS, id_pair_entries,
+    AclKey, Affinity, AffinityKey, Backend, COUNTER_SLOTS, DEFAULT_FLOW_TABLE_SIZE,
+    DEFAULT_MAX_BACKENDS, DEFAULT_MAX_LISTENERS, Flow, FlowKey, IdPair, Listener, ListenerKey,
+    MAGLEV_TABLE_SIZE, MAX_ACL_ENTRIES, MAX_INTERFACES, NextHop, PendingFlow, ReverseNat,
+    SEQUENCE_TABLE_SIZE, STAGE_SLOTS, TABLES_PER_LISTENER, TableMeta, TrafficCounters,
+    VIP_FILTER_WORDS, id_pair_entries,
 };
 
 const TABLE_SLOTS: u32 = DEFAULT_MAX_LISTENERS * TABLES_PER_LISTENER;
@@ -79,7 +80,7 @@ pub static BACKEND_STATS: PerCpuArray<TrafficCounters> =
 
 /// Per `Reason` and CPU: every verdict with its reason, and a few events.
 #[map(name = "COUNTERS")]
-pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(REASON_COUNT, 0);
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
 
 /// ifindex → ifindex of every interface the program is attached to, for redirects.
 #[map(name = "TX_PORTS")]
@@ -106,3 +107,14 @@ pub static NEXT_HOPS: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(DEFAU
 /// not for a VIP are told so by one inlined array read instead of a hash lookup.
 #[map(name = "VIP_FILTER")]
 pub static VIP_FILTER: Array<u64> = Array::with_max_entries(VIP_FILTER_WORDS, 0);
+
+/// The stages of the program, entered by tail call (`STAGE_*` slots). Filled by the
+/// controller when it loads the programs; never pinned with the other maps, so the
+/// programs of one load only ever call stages of the same load.
+#[map(name = "STAGES")]
+pub static STAGES: ProgramArray = ProgramArray::with_max_entries(STAGE_SLOTS, 0);
+
+/// Per CPU: the new flow `lb_xdp` hands to `lb_new_flow` (see `PendingFlow`). Scratch
+/// space of one packet, never read by the controller.
+#[map(name = "PENDING")]
+pub static PENDING: PerCpuArray<PendingFlow> = PerCpuArray::with_max_entries(1, 0);

@@ -1,20 +1,28 @@
 //! Backend selection for new flows and pickups, from the tables the controller built.
 //! Each scheduler is O(1) in the number of backends except `wlc`, which scans a bounded
-//! window of `WLC_SCAN_MAX` backends.
+//! window of `WLC_SCAN_MAX` backends in a stage of its own, `lb_wlc`: the scan's loop is
+//! the costliest thing to verify, and as its own program it is verified once, from one
+//! starting state, whatever the paths that lead to a new flow.
 
 use core::{
     ffi::c_void,
     intrinsics::{AtomicOrdering, atomic_xadd},
 };
 
-use aya_ebpf::helpers::generated::bpf_loop;
+use aya_ebpf::{
+    bindings::xdp_action::XDP_DROP, helpers::generated::bpf_loop, macros::xdp, programs::XdpContext,
+};
 
 use lb_common::{
-    Backend, IdPair, Listener, NO_BACKEND, Scheduler, TableMeta, WLC_SCAN_MAX,
+    Backend, IdPair, Listener, NO_BACKEND, PENDING_F_SCANNED, Reason, STAGE_NEW_FLOW, Scheduler,
+    TableMeta, WLC_SCAN_MAX,
     select::{maglev_index_source, maglev_index_tuple, sequence_index, wlc_prefers},
 };
 
-use crate::maps::{ACTIVE_FLOWS, BACKENDS, CURSORS, MAGLEV, SEQUENCE};
+use crate::{
+    maps::{ACTIVE_FLOWS, BACKENDS, CURSORS, MAGLEV, PENDING, SEQUENCE, TABLE_META},
+    stage, stats,
+};
 
 /// The 4-tuple, network byte order.
 #[derive(Clone, Copy)]
@@ -136,7 +144,31 @@ fn wlc(listener: &Listener, meta: &TableMeta) -> u32 {
     scan.best
 }
 
-/// The listener's scheduler's pick for a new flow.
+/// The `wlc` stage: scans for the backend with the fewest active flows per weight, leaves
+/// its pick in the hand-off and goes back to the new-flow stage.
+#[xdp]
+pub fn lb_wlc(ctx: XdpContext) -> u32 {
+    let verdict = scan_stage(&ctx);
+    stats::finish(&ctx, verdict)
+}
+
+#[inline(always)]
+fn scan_stage(ctx: &XdpContext) -> (u32, Reason) {
+    let Some(pending) = PENDING.get_ptr_mut(0) else {
+        return (XDP_DROP, Reason::DropStageFailed);
+    };
+    // SAFETY: per-CPU value, only this CPU touches it while the packet runs.
+    let pending = unsafe { &mut *pending };
+    let Some(meta) = TABLE_META.get(pending.listener.table) else {
+        return (XDP_DROP, Reason::DropNoBackend);
+    };
+    pending.picked = wlc(&pending.listener, meta);
+    pending.flags |= PENDING_F_SCANNED;
+    stage::enter(ctx, STAGE_NEW_FLOW)
+}
+
+/// The listener's scheduler's pick for a new flow, for every scheduler but `wlc` (the
+/// `lb_wlc` stage).
 #[inline(always)]
 pub fn schedule(listener: &Listener, meta: &TableMeta, t: &Tuple) -> u32 {
     match Scheduler::from_u8(listener.scheduler) {
@@ -144,7 +176,7 @@ pub fn schedule(listener: &Listener, meta: &TableMeta, t: &Tuple) -> u32 {
             table_entry(&MAGLEV, maglev_index_source(listener.table, t.src_addr))
         }
         Some(Scheduler::Tch) => maglev_tuple(listener, t),
-        Some(Scheduler::Wlc) => wlc(listener, meta),
+        Some(Scheduler::Wlc) | None => NO_BACKEND,
         Some(Scheduler::Wrr) | Some(Scheduler::Rr) => {
             let cursor = next_cursor(listener);
             table_entry(
@@ -152,7 +184,6 @@ pub fn schedule(listener: &Listener, meta: &TableMeta, t: &Tuple) -> u32 {
                 sequence_index(listener.table, cursor, meta.sequence_len),
             )
         }
-        None => NO_BACKEND,
     }
 }
 

@@ -1,8 +1,22 @@
 //! Per-CPU counters. Plain increments: every CPU owns its copy, the controller sums them.
 
+use aya_ebpf::programs::XdpContext;
 use lb_common::{Reason, TrafficCounters};
 
 use crate::maps::{BACKEND_STATS, COUNTERS, LISTENER_STATS};
+
+/// The end of every program: counts the verdict under its reason, returns the action.
+#[inline(always)]
+pub fn finish(ctx: &XdpContext, (action, reason): (u32, Reason)) -> u32 {
+    count(reason);
+    // Per-packet logging exists only in builds that ask for it (LB_EBPF_DEBUG_LOG=1 at
+    // build time): it costs more than the rest of the program.
+    #[cfg(feature = "debug-log")]
+    aya_log_ebpf::debug!(ctx, "verdict {} reason {}", action, reason as u32);
+    #[cfg(not(feature = "debug-log"))]
+    let _ = ctx;
+    action
+}
 
 #[inline(always)]
 pub fn count(reason: Reason) {

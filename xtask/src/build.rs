@@ -5,8 +5,11 @@ use std::{path::PathBuf, time::Instant};
 
 use crate::{
     bootstrap::{self, Group},
-    process::{Cmd, fmt_duration, lb_ctl_path, workspace_root},
+    process::{Cmd, fmt_duration, lb_ctl_path, target_dir, workspace_root},
 };
+
+/// Names the XDP object built with per-packet logging for the verifier budget test.
+pub const DEBUG_LOG_OBJECT_VAR: &str = "LB_EBPF_DEBUG_LOG_OBJECT";
 
 pub fn build(release: bool) -> anyhow::Result<PathBuf> {
     bootstrap::bootstrap(&[Group::Build])?;
@@ -38,4 +41,40 @@ pub fn cargo_build(release: bool) -> anyhow::Result<()> {
     let lb_ctl = lb_ctl_path(release);
     anyhow::ensure!(lb_ctl.is_file(), "the build left no {}", lb_ctl.display());
     Ok(())
+}
+
+/// Where `build_debug_log_object` leaves the object.
+pub fn debug_log_object_path() -> PathBuf {
+    target_dir()
+        .join("ebpf-debug-log")
+        .join("bpfel-unknown-none")
+        .join("release")
+        .join("lb-ebpf")
+}
+
+/// Builds the XDP object with per-packet logging (what `LB_EBPF_DEBUG_LOG=1` embeds), on
+/// its own, for the verifier budget test: the budget holds for that build too, and a
+/// second lb-ctl would cost a full build. Same command as lb-ctl's build script runs
+/// through aya-build, in a target dir of its own.
+pub fn build_debug_log_object() -> anyhow::Result<PathBuf> {
+    let toolchain = bootstrap::ebpf_toolchain();
+    const SEPARATOR: &str = "\x1f";
+    let rustflags = [
+        &format!("--cfg=bpf_target_arch=\"{}\"", std::env::consts::ARCH),
+        "-Cdebuginfo=2",
+        "-Clink-arg=--btf",
+    ]
+    .join(SEPARATOR);
+    Cmd::cargo()
+        .env("RUSTC_BOOTSTRAP", "1")
+        .env("CARGO_ENCODED_RUSTFLAGS", rustflags)
+        .arg(format!("+{toolchain}"))
+        .args(["build", "-p", "lb-ebpf", "--bins", "--release"])
+        .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+        .args(["--features", "debug-log", "--target-dir"])
+        .arg(target_dir().join("ebpf-debug-log"))
+        .run()?;
+    let object = debug_log_object_path();
+    anyhow::ensure!(object.is_file(), "the build left no {}", object.display());
+    Ok(object)
 }

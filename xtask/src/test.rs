@@ -144,10 +144,19 @@ pub fn test(args: &TestArgs) -> anyhow::Result<()> {
         ),
         ("build", None, Box::new(|_| build::cargo_build(false))),
         (
+            "eBPF debug-log build",
+            None,
+            // The verifier budget test loads it: the budget holds for that build too.
+            Box::new(|_| build::build_debug_log_object().map(|_| ())),
+        ),
+        (
             "test",
             None,
             Box::new(|totals: &mut Totals| {
-                let cmd = Cmd::cargo().env("LB_CTL_BIN", &lb_ctl).arg("test");
+                let cmd = Cmd::cargo()
+                    .env("LB_CTL_BIN", &lb_ctl)
+                    .env(build::DEBUG_LOG_OBJECT_VAR, build::debug_log_object_path())
+                    .arg("test");
                 let cmd = if args.package.is_empty() {
                     cmd.args(["--workspace", "--exclude", "lb-ebpf"])
                 } else {

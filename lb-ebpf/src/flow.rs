@@ -1,0 +1,157 @@
+//! What the entry program and the new-flow stage both do with a flow: its keys, its close,
+//! its reverse entry and affinity, and sending its packet to the backend.
+
+use aya_ebpf::{
+    bindings::{BPF_ANY, xdp_action::XDP_DROP},
+    programs::XdpContext,
+};
+use lb_common::{
+    Affinity, AffinityKey, Backend, FLOW_F_COUNTED, FLOW_F_FIN, FLOW_F_RST, Flow, FlowKey,
+    Listener, Reason, ReverseNat,
+    select::{TCP_FIN, TCP_RST},
+};
+
+use crate::{
+    fwd,
+    maps::{AFFINITY, REVERSE},
+    nat,
+    nat::Side,
+    parse::{Ipv4, L4},
+    sched, stats,
+};
+
+/// The flow table key of a client packet (client → VIP).
+#[inline(always)]
+pub fn client_key(ip: &Ipv4, l4: &L4) -> FlowKey {
+    FlowKey {
+        src_addr: ip.src_addr,
+        dst_addr: ip.dst_addr,
+        src_port: l4.src_port,
+        dst_port: l4.dst_port,
+        protocol: ip.protocol,
+        _pad: [0; 3],
+    }
+}
+
+/// Records a FIN or RST from the client: the flow stops being active (and gives back its
+/// `wlc` count) but stays in the table for the rest of the close.
+#[inline(always)]
+pub fn note_close(f: &mut Flow, tcp_flags: u8) {
+    let seen = if tcp_flags & TCP_RST != 0 {
+        FLOW_F_RST
+    } else if tcp_flags & TCP_FIN != 0 {
+        FLOW_F_FIN
+    } else {
+        return;
+    };
+    if f.flags & seen != 0 {
+        return;
+    }
+    f.flags |= seen;
+    if f.flags & FLOW_F_COUNTED != 0 {
+        f.flags &= !FLOW_F_COUNTED;
+        sched::active_add(f.backend, -1);
+    }
+}
+
+/// Records or refreshes a client's affinity. Writes at most once a second per client, so
+/// a busy flow does not rewrite a shared entry on every packet.
+#[inline(always)]
+pub fn touch_affinity(listener: &Listener, client: u32, backend: u32, generation: u32, now: u64) {
+    let key = AffinityKey {
+        listener: listener.id,
+        addr: client,
+    };
+    if let Some(a) = AFFINITY.get_ptr_mut(key) {
+        // SAFETY: a map value pointer stays valid for the program run.
+        let a = unsafe { &mut *a };
+        if a.backend == backend && a.generation == generation {
+            if now.saturating_sub(a.last_seen_ns) > 1_000_000_000 {
+                a.last_seen_ns = now;
+            }
+            return;
+        }
+    }
+    let _ = AFFINITY.insert(
+        key,
+        Affinity {
+            backend,
+            generation,
+            last_seen_ns: now,
+        },
+        u64::from(BPF_ANY),
+    );
+}
+
+/// The reverse-NAT key a backend's replies to this client packet's flow carry (backend
+/// address and port, client address and port), and the entry that turns them back into
+/// the VIP's.
+#[inline(always)]
+pub fn reverse_entry(
+    ip: &Ipv4,
+    l4: &L4,
+    listener: &Listener,
+    id: u32,
+    backend: &Backend,
+) -> (FlowKey, ReverseNat) {
+    let reply_key = FlowKey {
+        src_addr: backend.addr,
+        dst_addr: ip.src_addr,
+        src_port: backend.port,
+        dst_port: l4.src_port,
+        protocol: ip.protocol,
+        _pad: [0; 3],
+    };
+    let entry = ReverseNat {
+        vip: ip.dst_addr,
+        vport: l4.dst_port,
+        _pad: 0,
+        listener: listener.id,
+        backend: id,
+        generation: backend.generation,
+        _pad2: 0,
+    };
+    (reply_key, entry)
+}
+
+/// Keeps a live flow's reverse entry: the two LRU tables age apart, and a flow whose
+/// backend stays quiet while new flows churn the tables could lose its reverse entry
+/// while its forward entry lives on. The lookup refreshes the entry's LRU position; a
+/// missing one is written again (it cannot collide: its tuple is this flow's own).
+#[inline(always)]
+pub fn keep_reverse(ip: &Ipv4, l4: &L4, listener: &Listener, id: u32, backend: &Backend) {
+    let (reply_key, entry) = reverse_entry(ip, l4, listener, id, backend);
+    if REVERSE.get_ptr(reply_key).is_some() {
+        return;
+    }
+    let _ = REVERSE.insert(reply_key, entry, u64::from(BPF_ANY));
+}
+
+/// Client → backend: translates the packet to the backend, sends it, counts it.
+#[inline(always)]
+pub fn send_to_backend(
+    ctx: &XdpContext,
+    ip: &Ipv4,
+    l4: &L4,
+    listener_id: u32,
+    backend_id: u32,
+    backend: &Backend,
+    now: u64,
+) -> (u32, Reason) {
+    if !nat::translate(ctx, ip, l4, Side::Destination, backend.addr, backend.port) {
+        return (XDP_DROP, Reason::DropMalformedL4);
+    }
+    let route = fwd::Route {
+        src_addr: ip.src_addr,
+        dst_addr: backend.addr,
+        src_port: l4.src_port,
+        dst_port: backend.port,
+        backend: backend_id,
+        now,
+    };
+    let out = fwd::transmit(ctx, ip, &route, Reason::Forwarded);
+    if out.0 != XDP_DROP {
+        stats::forwarded(listener_id, backend_id, u64::from(ip.tot_len), false);
+    }
+    out
+}
