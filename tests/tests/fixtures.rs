@@ -8,7 +8,7 @@
 
 use std::net::Ipv4Addr;
 
-use aya::programs::{TestRun as _, TestRunOptions};
+use aya::programs::{TestRun as _, TestRunOptions, Xdp};
 use lb_common::{
     BACKEND_F_USABLE, Backend, FLOW_F_PICKUP, Flow, FlowKey, Listener, ListenerKey,
     MAGLEV_TABLE_SIZE, PROTO_TCP, PROTO_UDP, Reason, Scheduler, TableMeta,
@@ -280,14 +280,23 @@ fn pin_to_cpu0() {
 
 /// Runs one frame through the program as if it arrived on `ingress`.
 fn run(dp: &mut DataPlane, ingress: u32, frame: &[u8]) -> (u32, Vec<u8>) {
+    run_program(dp, lb_common::names::PROGRAM, ingress, frame)
+}
+
+/// Runs one frame through one program of the object (the entry program or a stage).
+fn run_program(dp: &mut DataPlane, name: &str, ingress: u32, frame: &[u8]) -> (u32, Vec<u8>) {
     // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex
     let mut ctx = [0u8; 24];
     ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
     ctx[12..16].copy_from_slice(&ingress.to_ne_bytes());
     let mut out = vec![0u8; frame.len() + 256];
-    let result = dp
-        .program()
-        .unwrap()
+    let program: &mut Xdp = dp
+        .ebpf_mut()
+        .program_mut(name)
+        .unwrap_or_else(|| panic!("no program {name}"))
+        .try_into()
+        .unwrap();
+    let result = program
         .test_run(TestRunOptions {
             data_in: Some(frame),
             data_out: Some(&mut out),
@@ -1111,6 +1120,46 @@ fn no_usable_backend_drops_new_flows() {
             }],
         );
         assert_eq!(dp.listener_stats(0).unwrap().dropped, 1);
+    });
+}
+
+#[test]
+fn a_stage_without_its_hand_off_drops_and_changes_nothing() {
+    let Some(lab) = lab("fxstage") else { return };
+    lab.ns.enter(|| {
+        let mut dp = load(&lab);
+        web(three_backends(), Scheduler::Wrr).install(&mut dp, 1);
+        // The entry program hands this SYN's flow to the new-flow stage, which opens it.
+        let first = from_client(Frame::tcp((CLIENT, 40700), (VIP, 80), SYN));
+        let (verdict, _) = run(&mut dp, lab.client_if, &first.build());
+        assert!(
+            matches!(verdict, XDP_TX | XDP_REDIRECT),
+            "the first SYN is forwarded, got verdict {verdict}"
+        );
+        // The stage run on its own with another packet finds a hand-off that is not its
+        // packet's: it must not schedule, record or send anything.
+        let other = from_client(Frame::tcp((CLIENT, 40701), (VIP, 80), SYN));
+        let before = dp.counters().unwrap();
+        let (verdict, out) = run_program(
+            &mut dp,
+            lb_common::names::PROGRAM_NEW_FLOW,
+            lab.client_if,
+            &other.build(),
+        );
+        let after = dp.counters().unwrap();
+        assert_eq!(verdict, XDP_DROP);
+        assert_eq!(out, other.build(), "the packet is left as it was");
+        let moved: Vec<&str> = after
+            .iter()
+            .filter(|(name, v)| **v != before[*name])
+            .map(|(name, _)| *name)
+            .collect();
+        assert_eq!(moved, vec![Reason::DropStageFailed.name()]);
+        assert!(
+            dp.flow(&flow_of(&other)).unwrap().is_none(),
+            "no flow recorded"
+        );
+        assert!(dp.flow(&flow_of(&first)).unwrap().is_some());
     });
 }
 

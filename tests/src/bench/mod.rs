@@ -21,6 +21,8 @@ use std::{
     time::Instant,
 };
 
+use lb_ctl::dataplane::{DataPlane, LoadOptions, ProgramFigures};
+
 use self::{
     conn::{ConnOptions, ConnReport},
     control::{ControlOptions, ControlReport},
@@ -163,6 +165,9 @@ pub struct Report {
     pub forward: Outcome<ForwardReport>,
     pub conn: Outcome<ConnReport>,
     pub control: Outcome<ControlReport>,
+    /// What the kernel's verifier said of each production program; measured on every
+    /// run, whatever the parts (it takes well under a second).
+    pub verifier: Outcome<Vec<ProgramFigures>>,
     pub timings: Vec<(Part, PartTiming)>,
 }
 
@@ -224,6 +229,10 @@ pub fn run(plan: Plan, parts: &[Part], command: String) -> Report {
     let control = part(Part::Control, parts, &mut timings, || {
         Ok(control::run(&plan.control))
     });
+    let verifier = match DataPlane::load(&LoadOptions::default()) {
+        Ok(dp) => Outcome::Done(dp.program_figures().to_vec()),
+        Err(e) => Outcome::Failed(format!("loading the XDP programs: {e}")),
+    };
     Report {
         machine,
         command,
@@ -234,6 +243,7 @@ pub fn run(plan: Plan, parts: &[Part], command: String) -> Report {
         forward,
         conn,
         control,
+        verifier,
         timings,
     }
 }

@@ -4,6 +4,8 @@
 
 use std::fmt::Write as _;
 
+use lb_ctl::dataplane::{ProgramFigures, VERIFIER_BUDGET};
+
 use super::{
     Outcome, Part, Report,
     conn::{Balancer, ConnReport},
@@ -355,6 +357,51 @@ fn maglev_table(c: &ControlReport) -> Table {
     t
 }
 
+fn verifier_table(figures: &[ProgramFigures]) -> Table {
+    let mut t = Table::new(&[
+        "program",
+        "processed insns",
+        "of the budget",
+        "load (verification) ms",
+        "JIT code B",
+    ]);
+    for f in figures {
+        t.row(vec![
+            format!("`{}`", f.name),
+            f.verified_insns.to_string(),
+            format!(
+                "{:.1}%",
+                100.0 * f64::from(f.verified_insns) / f64::from(VERIFIER_BUDGET)
+            ),
+            format!("{:.1}", f.load_time.as_secs_f64() * 1e3),
+            f.jited_bytes.to_string(),
+        ]);
+    }
+    t
+}
+
+fn verifier_section(o: &mut String, r: &Report) {
+    let _ = writeln!(
+        o,
+        "## Verifier
+"
+    );
+    let _ = writeln!(
+        o,
+        "Each production program as the kernel reported it when the suite loaded it (release \
+         build): instructions the verifier processed (`bpf_prog_info.verified_insns`; the \
+         kernel's limit is 1,000,000, the project's budget {VERIFIER_BUDGET} per program, \
+         checked by `cargo xtask test`), the wall time of the load system call (almost all \
+         of it verification), and the size of the JIT-compiled code. docs/architecture.md \
+         explains the split into programs.\n"
+    );
+    match &r.verifier {
+        Outcome::Done(figures) => o.push_str(&verifier_table(figures).markdown()),
+        other => o.push_str(&outcome_line("verifier figures", other).unwrap_or_default()),
+    }
+    o.push('\n');
+}
+
 fn outcome_line<T>(name: &str, o: &Outcome<T>) -> Option<String> {
     match o {
         Outcome::Done(_) => None,
@@ -397,11 +444,19 @@ pub fn terminal(r: &Report) -> String {
         let _ = writeln!(out, "\nMaglev, M = 65537:");
         out.push_str(&maglev_table(c).text());
     }
+    if let Some(figures) = r.verifier.done() {
+        let _ = writeln!(
+            out,
+            "\nVerifier (release build), budget {VERIFIER_BUDGET} per program:"
+        );
+        out.push_str(&verifier_table(figures).text());
+    }
     for line in [
         outcome_line("per-packet cost", &r.cost),
         outcome_line("forwarding", &r.forward),
         outcome_line("connections", &r.conn),
         outcome_line("control plane", &r.control),
+        outcome_line("verifier figures", &r.verifier),
     ]
     .into_iter()
     .flatten()
@@ -462,6 +517,7 @@ pub fn markdown(r: &Report) -> String {
     forward_section(&mut o, r);
     conn_section(&mut o, r);
     control_section(&mut o, r);
+    verifier_section(&mut o, r);
     reading_section(&mut o);
     o
 }
