@@ -1688,11 +1688,11 @@ fn benchmark_wrapper_restores_the_packet_on_every_run() {
         assert_eq!(frame.len(), 64);
         let ebpf = dp.ebpf_mut();
         for name in ["lb_bench", "lb_empty"] {
-            let p: &mut aya::programs::Xdp = ebpf.program_mut(name).unwrap().try_into().unwrap();
+            let p: &mut Xdp = ebpf.program_mut(name).unwrap().try_into().unwrap();
             p.load().unwrap();
         }
         let target_fd = {
-            let p: &aya::programs::Xdp = ebpf.program("lb_xdp").unwrap().try_into().unwrap();
+            let p: &Xdp = ebpf.program("lb_xdp").unwrap().try_into().unwrap();
             p.fd().unwrap().try_clone().unwrap()
         };
         let mut targets: aya::maps::ProgramArray<_> =
@@ -1710,7 +1710,7 @@ fn benchmark_wrapper_restores_the_packet_on_every_run() {
             let mut ctx = [0u8; 24];
             ctx[4..8].copy_from_slice(&64u32.to_ne_bytes());
             ctx[12..16].copy_from_slice(&lab.client_if.to_ne_bytes());
-            let p: &aya::programs::Xdp = dp
+            let p: &Xdp = dp
                 .ebpf_mut()
                 .program("lb_bench")
                 .unwrap()
