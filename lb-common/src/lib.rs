@@ -12,12 +12,15 @@
 #![cfg_attr(not(any(test, feature = "std")), no_std)]
 
 pub mod csum;
+pub mod decide;
 pub mod hash;
 pub mod maps;
 pub mod select;
 
 #[cfg(feature = "user")]
 pub mod maglev;
+#[cfg(any(test, feature = "std"))]
+pub mod memory;
 #[cfg(feature = "user")]
 pub mod wrr;
 

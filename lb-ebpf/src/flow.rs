@@ -1,5 +1,5 @@
-//! What the entry program and the new-flow stage both do with a flow: its keys, its close,
-//! its reverse entry and affinity, and sending its packet to the backend.
+//! What the entry program and the new-flow stage both do with a flow: its close, its
+//! reverse entry and affinity, and sending its packet to the backend.
 
 use aya_ebpf::{
     bindings::{BPF_ANY, xdp_action::XDP_DROP},
@@ -19,19 +19,6 @@ use crate::{
     parse::{Ipv4, L4},
     sched, stats,
 };
-
-/// The flow table key of a client packet (client → VIP).
-#[inline(always)]
-pub fn client_key(ip: &Ipv4, l4: &L4) -> FlowKey {
-    FlowKey {
-        src_addr: ip.src_addr,
-        dst_addr: ip.dst_addr,
-        src_port: l4.src_port,
-        dst_port: l4.dst_port,
-        protocol: ip.protocol,
-        _pad: [0; 3],
-    }
-}
 
 /// Records a FIN or RST from the client: the flow stops being active (and gives back its
 /// `wlc` count) but stays in the table for the rest of the close.

@@ -51,6 +51,8 @@ mod sched;
 mod stage;
 #[cfg(target_arch = "bpf")]
 mod stats;
+#[cfg(target_arch = "bpf")]
+mod tables;
 
 /// On the host (`cargo build --workspace`), the crate is an empty binary: the program
 /// only exists for the BPF target, which lb-ctl's build script compiles.

@@ -1,7 +1,8 @@
 //! The new-flow stage, `lb_new_flow`: entered by tail call from `lb_xdp` for a packet that
-//! starts a flow or is picked up mid-flow. It picks the backend (affinity, the listener's
-//! scheduler, or the Maglev table for a pickup; `wlc` through the `lb_wlc` stage), claims
-//! the backend-side 5-tuple for the replies, records the flow and sends the packet.
+//! starts a flow or is picked up mid-flow. The decision (`lb_common::decide::pick`) picks
+//! the backend (affinity, the listener's scheduler, or the Maglev table for a pickup;
+//! `wlc` through the `lb_wlc` stage); this stage claims the backend-side 5-tuple for the
+//! replies, records the flow and sends the packet.
 
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST, xdp_action::XDP_DROP},
@@ -9,20 +10,19 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    BACKEND_F_DRAINING, Backend, FLOW_F_COUNTED, FLOW_F_FIN, FLOW_F_PICKUP, FLOW_F_RST, Flow,
-    Listener, ListenerKey, NO_BACKEND, PENDING_F_SCANNED, PendingFlow, Reason, ReverseNat,
-    STAGE_WLC, Scheduler,
-    select::{EntryState, Step, TCP_FIN, TCP_RST, affinity_fresh, is_active},
+    Backend, FLOW_F_COUNTED, FLOW_F_FIN, FLOW_F_PICKUP, FLOW_F_RST, Flow, FlowKey, Listener,
+    ListenerKey, NO_BACKEND, PENDING_F_SCANNED, Reason, ReverseNat, STAGE_WLC, Scheduler,
+    decide::{self, Opening, Pick},
+    select::{EntryState, Step, TCP_FIN, TCP_RST, is_active},
 };
 
 use crate::{
     flow,
-    maps::{AFFINITY, BACKENDS, FLOWS, LISTENERS, PENDING, REVERSE, TABLE_META},
+    maps::{FLOWS, LISTENERS, PENDING, REVERSE},
     parse,
     parse::{Ipv4, L4, Parsed},
-    sched,
-    sched::Tuple,
-    stage, stats,
+    sched, stage, stats,
+    tables::Maps,
 };
 
 #[xdp]
@@ -45,72 +45,77 @@ fn run(ctx: &XdpContext) -> (u32, Reason) {
     };
     // SAFETY: per-CPU value, only this CPU touches it while the packet runs.
     let pending = unsafe { &mut *pending };
+    let packet = parse::packet(&ip, &l4);
     // The hand-off must be this packet's: a stage run on its own (a test run) finds
     // whatever the last packet on this CPU left.
-    if pending.key != flow::client_key(&ip, &l4) {
+    if pending.key != packet.flow_key() {
         return (XDP_DROP, Reason::DropStageFailed);
     }
     let listener = pending.listener;
-    match open(&ip, &l4, &listener, pending) {
-        Ok(Opened::Backend(id, backend)) => {
-            flow::send_to_backend(ctx, &ip, &l4, listener.id, id, backend, pending.now_ns)
-        }
-        Ok(Opened::Scan) => stage::enter(ctx, STAGE_WLC),
-        Err(reason) => {
-            stats::listener(listener.id, |c| c.dropped += 1);
-            (XDP_DROP, reason)
-        }
-    }
-}
-
-/// What `open` did with the flow.
-enum Opened {
-    /// Recorded, with this backend.
-    Backend(u32, &'static Backend),
-    /// Needs the `wlc` scan first (the `lb_wlc` stage, which comes back here).
-    Scan,
-}
-
-/// Picks a backend for a new flow or a pickup, claims the backend-side 5-tuple for the
-/// replies, and records the flow.
-#[inline(always)]
-fn open(ip: &Ipv4, l4: &L4, listener: &Listener, pending: &PendingFlow) -> Result<Opened, Reason> {
-    let now = pending.now_ns;
-    let step = Step::from_code(pending.step);
-    let state = EntryState::from_code(pending.state);
-    let scanned = pending.flags & PENDING_F_SCANNED != 0;
-    let meta = TABLE_META
-        .get(listener.table)
-        .ok_or(Reason::DropNoBackend)?;
-    if meta.backends == 0 {
-        return Err(Reason::DropNoBackend);
-    }
-    let tuple = Tuple {
-        src_addr: ip.src_addr,
-        dst_addr: ip.dst_addr,
-        src_port: l4.src_port,
-        dst_port: l4.dst_port,
+    let opening = Opening {
+        step: Step::from_code(pending.step),
+        state: EntryState::from_code(pending.state),
+        previous_backend: pending.previous_backend,
+        previous_flags: pending.previous_flags,
     };
-    let persist = listener.persistence_timeout_s > 0 && step == Step::Schedule;
-    let mut id = NO_BACKEND;
-    // After the scan, the affinity lookup is known to have found nothing.
-    if persist && !scanned {
-        id = affinity_backend(listener, ip.src_addr, now);
-    }
-    let persisted = id != NO_BACKEND;
-    if !persisted {
-        id = if scanned {
-            pending.picked
-        } else if step == Step::Pickup {
-            sched::maglev_tuple(listener, &tuple)
-        } else if listener.scheduler == Scheduler::Wlc as u8 {
-            return Ok(Opened::Scan);
-        } else {
-            sched::schedule(listener, meta, &tuple)
+    let scanned = if pending.flags & PENDING_F_SCANNED != 0 {
+        Some(pending.picked)
+    } else {
+        None
+    };
+    let now = pending.now_ns;
+    let (id, backend, persisted) =
+        match decide::pick(&Maps, &mut (), &listener, &packet, &opening, scanned, now) {
+            Pick::Backend {
+                id,
+                backend,
+                persisted,
+            } => (id, backend, persisted),
+            Pick::Scan => return stage::enter(ctx, STAGE_WLC),
+            Pick::Fail(reason) => return refuse(&listener, reason),
         };
+    if let Err(reason) = open(
+        &ip,
+        &l4,
+        &listener,
+        &opening,
+        &pending.key,
+        id,
+        &backend,
+        persisted,
+        now,
+    ) {
+        return refuse(&listener, reason);
     }
-    let backend = sched::usable_backend(id).ok_or(Reason::DropNoBackend)?;
-    if persist {
+    flow::send_to_backend(ctx, &ip, &l4, listener.id, id, &backend, now)
+}
+
+#[inline(always)]
+fn refuse(listener: &Listener, reason: Reason) -> (u32, Reason) {
+    stats::listener(listener.id, |c| c.dropped += 1);
+    (XDP_DROP, reason)
+}
+
+/// Records a new flow with its picked backend: the client's affinity, the backend-side
+/// 5-tuple for the replies, the flow entry and the counters.
+#[inline(always)]
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one call site; a struct would only rename the arguments"
+)]
+fn open(
+    ip: &Ipv4,
+    l4: &L4,
+    listener: &Listener,
+    opening: &Opening,
+    key: &FlowKey,
+    id: u32,
+    backend: &Backend,
+    persisted: bool,
+    now: u64,
+) -> Result<(), Reason> {
+    let pickup = opening.step == Step::Pickup;
+    if listener.persistence_timeout_s > 0 && !pickup {
         flow::touch_affinity(listener, ip.src_addr, id, backend.generation, now);
     }
     if persisted {
@@ -120,11 +125,7 @@ fn open(ip: &Ipv4, l4: &L4, listener: &Listener, pending: &PendingFlow) -> Resul
     claim_reverse(ip, l4, listener, id, backend, now)?;
 
     let wlc = listener.scheduler == Scheduler::Wlc as u8;
-    let mut flags = if step == Step::Pickup {
-        FLOW_F_PICKUP
-    } else {
-        0
-    };
+    let mut flags = if pickup { FLOW_F_PICKUP } else { 0 };
     if l4.tcp_flags & TCP_RST != 0 {
         flags |= FLOW_F_RST;
     } else if l4.tcp_flags & TCP_FIN != 0 {
@@ -140,24 +141,20 @@ fn open(ip: &Ipv4, l4: &L4, listener: &Listener, pending: &PendingFlow) -> Resul
         flags,
         reverse_seen_ns: now,
     };
-    if FLOWS
-        .insert(pending.key, entry, u64::from(BPF_ANY))
-        .is_err()
-    {
+    if FLOWS.insert(key, entry, u64::from(BPF_ANY)).is_err() {
         return Err(Reason::DropFlowInsertFailed);
     }
-    if pending.previous_backend == NO_BACKEND {
+    if opening.previous_backend == NO_BACKEND {
         stats::count(Reason::EventFlowInserted);
     }
     if flags & FLOW_F_COUNTED != 0 {
         sched::active_add(id, 1);
     }
-    if pending.previous_flags & FLOW_F_COUNTED != 0 {
-        sched::active_add(pending.previous_backend, -1);
+    if opening.previous_flags & FLOW_F_COUNTED != 0 {
+        sched::active_add(opening.previous_backend, -1);
     }
 
-    let reselected = state == EntryState::BackendUnusable;
-    let pickup = step == Step::Pickup;
+    let reselected = opening.state == EntryState::BackendUnusable;
     let bump = |c: &mut lb_common::TrafficCounters| {
         if pickup {
             c.pickups += 1;
@@ -178,36 +175,7 @@ fn open(ip: &Ipv4, l4: &L4, listener: &Listener, pending: &PendingFlow) -> Resul
     if reselected {
         stats::count(Reason::EventReselected);
     }
-    Ok(Opened::Backend(id, backend))
-}
-
-/// The backend a client's affinity entry binds it to, if the entry is fresh and the
-/// backend still takes new flows (present, healthy, weight > 0, not draining).
-#[inline(always)]
-fn affinity_backend(listener: &Listener, client: u32, now: u64) -> u32 {
-    let key = lb_common::AffinityKey {
-        listener: listener.id,
-        addr: client,
-    };
-    let Some(a) = AFFINITY.get_ptr(key) else {
-        return NO_BACKEND;
-    };
-    // SAFETY: a map value pointer stays valid for the program run.
-    let a = unsafe { &*a };
-    if !affinity_fresh(now, a, listener.persistence_timeout_s) {
-        return NO_BACKEND;
-    }
-    match BACKENDS.get(a.backend) {
-        Some(b)
-            if b.generation == a.generation
-                && b.is_usable()
-                && b.weight > 0
-                && b.flags & BACKEND_F_DRAINING == 0 =>
-        {
-            a.backend
-        }
-        _ => NO_BACKEND,
-    }
+    Ok(())
 }
 
 /// Records how to translate the backend's replies. The backend-side 5-tuple (backend
@@ -246,7 +214,7 @@ fn claim_reverse(
 /// VIP:port) still exists, still points at the same backend, and is active.
 #[inline(always)]
 fn owner_is_live(ip: &Ipv4, l4: &L4, e: &ReverseNat, now: u64) -> bool {
-    let owner_key = lb_common::FlowKey {
+    let owner_key = FlowKey {
         src_addr: ip.src_addr,
         dst_addr: e.vip,
         src_port: l4.src_port,

@@ -2,7 +2,7 @@
 //! the form the verifier tracks; the IP header length comes from IHL, never assumed.
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::{PROTO_TCP, PROTO_UDP, Reason};
+use lb_common::{PROTO_TCP, PROTO_UDP, Reason, decide::Packet};
 use network_types::{
     eth::{EthHdr, EtherType},
     ip::Ipv4Hdr,
@@ -142,6 +142,20 @@ pub fn l4(ctx: &XdpContext, ip: &Ipv4) -> Option<L4> {
             })
         }
         _ => None,
+    }
+}
+
+/// The packet as the decision (`lb_common::decide`) sees it.
+#[inline(always)]
+pub const fn packet(ip: &Ipv4, l4: &L4) -> Packet {
+    Packet {
+        src_addr: ip.src_addr,
+        dst_addr: ip.dst_addr,
+        src_port: l4.src_port,
+        dst_port: l4.dst_port,
+        protocol: ip.protocol,
+        tcp_flags: l4.tcp_flags,
+        ttl: ip.ttl,
     }
 }
 

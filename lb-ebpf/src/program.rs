@@ -6,25 +6,25 @@ use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
     helpers::generated::{bpf_get_prandom_u32, bpf_ktime_get_coarse_ns},
     macros::xdp,
-    maps::lpm_trie::Key as LpmKey,
     programs::XdpContext,
 };
 use lb_common::{
-    ACL_NONE, AclKey, BACKEND_F_DRAINING, Backend, Flow, FlowKey, Listener, ListenerKey,
-    NO_BACKEND, PROTO_ICMP, PendingFlow, Reason, ReverseNat, STAGE_ICMP, STAGE_NEW_FLOW,
-    acl_prefix_len,
-    select::{EntryState, Step, TCP_FIN, TCP_RST, acl_denies, entry_state, next_step},
+    Backend, Flow, FlowKey, Listener, NO_BACKEND, PROTO_ICMP, PendingFlow, Reason, ReverseNat,
+    STAGE_ICMP, STAGE_NEW_FLOW,
+    decide::{self, Decision},
+    select::{TCP_FIN, TCP_RST},
     vip_filter_bit,
 };
 
 use crate::{
     flow, fwd,
-    maps::{ACLS, BACKENDS, FLOWS, LISTENERS, PENDING, REVERSE, VIP_FILTER},
+    maps::{FLOWS, PENDING, REVERSE, VIP_FILTER},
     nat,
     nat::Side,
     parse,
     parse::{Ipv4, L4, Parsed},
     reset, stage, stats,
+    tables::Maps,
 };
 
 /// A live flow's reverse entry is refreshed at least this often while the flow sends.
@@ -71,17 +71,8 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
     };
     // Most packets not for a VIP are told so by the filter, and skip the listener lookup.
     let maybe_vip = maybe_vip(ip.dst_addr);
-    if maybe_vip {
-        let key = ListenerKey {
-            addr: ip.dst_addr,
-            port: l4.dst_port,
-            protocol: ip.protocol,
-            _pad: 0,
-        };
-        if let Some(listener) = LISTENERS.get_ptr(key) {
-            // SAFETY: a map value pointer stays valid for the program run (RCU).
-            return forward(ctx, &ip, &l4, unsafe { &*listener });
-        }
+    if maybe_vip && let Some(listener) = decide::listener_for(&Maps, &parse::packet(&ip, &l4)) {
+        return forward(ctx, &ip, &l4, &listener);
     }
     let reply_key = FlowKey {
         src_addr: ip.src_addr,
@@ -114,66 +105,31 @@ fn maybe_vip(addr: u32) -> bool {
 
 #[inline(always)]
 fn is_vip(addr: u32) -> bool {
-    if !maybe_vip(addr) {
-        return false;
-    }
-    LISTENERS.get_ptr(ListenerKey::vip_marker(addr)).is_some()
+    maybe_vip(addr) && decide::is_vip(&Maps, addr)
 }
 
 /// Client → VIP: an established flow goes to its backend here; a new flow or a pickup is
 /// handed to the new-flow stage.
 #[inline(always)]
 fn forward(ctx: &XdpContext, ip: &Ipv4, l4: &L4, listener: &Listener) -> (u32, Reason) {
-    if listener.acl_mode != ACL_NONE {
-        let matched = ACLS
-            .get(LpmKey::new(
-                acl_prefix_len(32),
-                AclKey {
-                    acl: listener.acl_id,
-                    addr: ip.src_addr,
-                },
-            ))
-            .is_some();
-        if acl_denies(listener.acl_mode, matched) {
-            stats::listener(listener.id, |c| c.dropped += 1);
-            return (XDP_DROP, Reason::DropAclDenied);
-        }
-    }
-    if ip.ttl <= 1 {
-        return (XDP_PASS, Reason::PassTtlExpired);
-    }
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    let key = flow::client_key(ip, l4);
-
-    // Plain values, not Options: a `None` leaves its payload undefined, and LLVM may then
-    // spill an uninitialised register, which the verifier refuses.
-    let mut state = EntryState::Missing;
-    let mut live_flow: *mut Flow = core::ptr::null_mut();
-    let mut live_backend: *const Backend = core::ptr::null();
-    let mut previous_backend = NO_BACKEND;
-    let mut previous_flags = 0;
-    if let Some(fp) = FLOWS.get_ptr_mut(key) {
-        // SAFETY: a map value pointer stays valid for the program run.
-        let f = unsafe { &*fp };
-        previous_backend = f.backend;
-        previous_flags = f.flags;
-        let b = BACKENDS.get(f.backend);
-        state = entry_state(now, f, b, ip.protocol, listener);
-        if let (EntryState::Live { .. }, Some(b)) = (state, b) {
-            live_flow = fp;
-            live_backend = b;
+    let packet = parse::packet(ip, l4);
+    let opening = match decide::listener_packet(&Maps, &mut (), listener, &packet, now) {
+        Decision::Established { flow, backend } => {
+            return established(ctx, ip, l4, listener, flow.get_mut(), &backend, now);
         }
-    }
-
-    let step = next_step(ip.protocol, l4.tcp_flags, state);
-    if step == Step::Reuse && !live_flow.is_null() && !live_backend.is_null() {
-        // SAFETY: both point into map values, valid for the program run; the flow's own
-        // CPU (RSS) is the usual writer, and a racing write of a timestamp or a flag bit
-        // is harmless.
-        let (f, b) = unsafe { (&mut *live_flow, &*live_backend) };
-        return established(ctx, ip, l4, listener, f, b, now);
-    }
+        Decision::DrainCut { flow } => {
+            flow::note_close(flow.get_mut(), TCP_RST);
+            return cut_drained(ctx, ip, listener);
+        }
+        Decision::Drop(reason) => {
+            stats::listener(listener.id, |c| c.dropped += 1);
+            return (XDP_DROP, reason);
+        }
+        Decision::Pass(reason) => return (XDP_PASS, reason),
+        Decision::Open(opening) => opening,
+    };
 
     let Some(pending) = PENDING.get_ptr_mut(0) else {
         return (XDP_DROP, Reason::DropStageFailed);
@@ -181,14 +137,14 @@ fn forward(ctx: &XdpContext, ip: &Ipv4, l4: &L4, listener: &Listener) -> (u32, R
     // SAFETY: per-CPU value, only this CPU touches it while the packet runs.
     unsafe {
         *pending = PendingFlow {
-            key,
+            key: packet.flow_key(),
             listener: *listener,
             now_ns: now,
-            previous_backend,
-            previous_flags,
+            previous_backend: opening.previous_backend,
+            previous_flags: opening.previous_flags,
             picked: NO_BACKEND,
-            state: state.code(),
-            step: step.code(),
+            state: opening.state.code(),
+            step: opening.step.code(),
             flags: 0,
             _pad: 0,
         };
@@ -196,8 +152,7 @@ fn forward(ctx: &XdpContext, ip: &Ipv4, l4: &L4, listener: &Listener) -> (u32, R
     stage::enter(ctx, STAGE_NEW_FLOW)
 }
 
-/// A packet of a live flow: to the flow's backend, unless the backend's drain deadline has
-/// passed.
+/// A packet of an established flow, to the flow's backend.
 #[inline(always)]
 fn established(
     ctx: &XdpContext,
@@ -208,16 +163,6 @@ fn established(
     b: &Backend,
     now: u64,
 ) -> (u32, Reason) {
-    // Past a drain deadline the flow is cut, except the client's own RST, which goes
-    // through so the backend learns the connection is gone.
-    if b.flags & BACKEND_F_DRAINING != 0
-        && b.drain_deadline_ns != 0
-        && now > b.drain_deadline_ns
-        && l4.tcp_flags & TCP_RST == 0
-    {
-        flow::note_close(f, TCP_RST);
-        return cut_drained(ctx, ip, listener);
-    }
     f.last_seen_ns = now;
     flow::note_close(f, l4.tcp_flags);
     // Not on every packet: for flows whose entries are out of the CPU caches the lookup

@@ -1,0 +1,119 @@
+//! The decision's tables (`lb_common::decide::Tables`) over this program's maps: the
+//! decision reads the very maps the program writes, and hands back pointers into them so
+//! the program can update an entry in place without a second lookup.
+
+use core::ops::Deref;
+
+use aya_ebpf::maps::{Array, lpm_trie::Key as LpmKey};
+use lb_common::{
+    AclKey, Affinity, AffinityKey, Backend, Flow, FlowKey, IdPair, Listener, ListenerKey,
+    NO_BACKEND, TableMeta, acl_prefix_len, decide::Tables,
+};
+
+use crate::maps::{
+    ACLS, ACTIVE_FLOWS, AFFINITY, BACKENDS, CURSORS, FLOWS, LISTENERS, MAGLEV, SEQUENCE, TABLE_META,
+};
+
+/// A map value. Valid for the rest of the program run (map values are freed after an RCU
+/// grace period, and the program runs inside one).
+pub struct MapRef<T>(*mut T);
+
+impl<T> MapRef<T> {
+    /// The value for an update in place. Other CPUs may write the same value at the same
+    /// time: callers only write fields where the last writer winning is harmless
+    /// (timestamps, flag bits).
+    #[inline(always)]
+    #[expect(
+        clippy::mut_from_ref,
+        reason = "map values are shared memory; see the doc comment"
+    )]
+    pub fn get_mut(&self) -> &mut T {
+        // SAFETY: a pointer from a successful map lookup, valid for the program run.
+        unsafe { &mut *self.0 }
+    }
+}
+
+impl<T> Deref for MapRef<T> {
+    type Target = T;
+
+    #[inline(always)]
+    fn deref(&self) -> &T {
+        // SAFETY: as above.
+        unsafe { &*self.0 }
+    }
+}
+
+/// Every map the decision reads.
+pub struct Maps;
+
+/// Backend id number `index` of a selection table (see `IdPair`).
+#[inline(always)]
+fn table_entry(map: &Array<IdPair>, index: u32) -> u32 {
+    match map.get(index / 2) {
+        Some(pair) => pair[(index & 1) as usize],
+        None => NO_BACKEND,
+    }
+}
+
+impl Tables for Maps {
+    type Ref<'a, T: 'a> = MapRef<T>;
+
+    #[inline(always)]
+    fn listener(&self, key: &ListenerKey) -> Option<MapRef<Listener>> {
+        LISTENERS.get_ptr_mut(key).map(MapRef)
+    }
+
+    #[inline(always)]
+    fn acl_matches(&self, key: &AclKey) -> bool {
+        ACLS.get(LpmKey::new(acl_prefix_len(32), *key)).is_some()
+    }
+
+    #[inline(always)]
+    fn flow(&self, key: &FlowKey) -> Option<MapRef<Flow>> {
+        FLOWS.get_ptr_mut(key).map(MapRef)
+    }
+
+    #[inline(always)]
+    fn backend(&self, id: u32) -> Option<MapRef<Backend>> {
+        BACKENDS.get_ptr_mut(id).map(MapRef)
+    }
+
+    #[inline(always)]
+    fn table_meta(&self, table: u32) -> Option<MapRef<TableMeta>> {
+        TABLE_META.get_ptr_mut(table).map(MapRef)
+    }
+
+    #[inline(always)]
+    fn affinity(&self, key: &AffinityKey) -> Option<MapRef<Affinity>> {
+        AFFINITY.get_ptr_mut(key).map(MapRef)
+    }
+
+    #[inline(always)]
+    fn maglev(&self, index: u32) -> u32 {
+        table_entry(&MAGLEV, index)
+    }
+
+    #[inline(always)]
+    fn sequence(&self, index: u32) -> u32 {
+        table_entry(&SEQUENCE, index)
+    }
+
+    /// Advances this CPU's cursor of the listener and returns its previous value.
+    #[inline(always)]
+    fn take_cursor(&self, listener: u32) -> u32 {
+        match CURSORS.get_ptr_mut(listener) {
+            Some(c) => {
+                // SAFETY: per-CPU value, only this CPU touches it while the program runs.
+                let v = unsafe { *c };
+                unsafe { *c = v.wrapping_add(1) };
+                v
+            }
+            None => 0,
+        }
+    }
+
+    #[inline(always)]
+    fn active_flows(&self, id: u32) -> u32 {
+        ACTIVE_FLOWS.get(id).copied().unwrap_or(0)
+    }
+}
