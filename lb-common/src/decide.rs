@@ -617,75 +617,13 @@ pub fn decide_packet<T: Tables, R: Trace>(
 mod tests {
     use super::*;
     use crate::{
-        ACL_ALLOW, ACL_DENY, BACKEND_F_USABLE, FLOW_F_FIN, PROTO_TCP, PROTO_UDP,
-        SEQUENCE_TABLE_SIZE,
-        memory::MemoryTables,
+        ACL_ALLOW, ACL_DENY, FLOW_F_FIN, PROTO_TCP, PROTO_UDP,
+        memory::{
+            MemoryTables,
+            example::{CLIENT, NOW, S, backend, flow, packet, tables},
+        },
         select::{TCP_ACK, TCP_SYN},
     };
-
-    const S: u64 = 1_000_000_000;
-    const NOW: u64 = 1000 * S;
-    const VIP: u32 = u32::from_ne_bytes([198, 19, 0, 100]);
-    const CLIENT: u32 = u32::from_ne_bytes([198, 18, 0, 7]);
-
-    fn packet(protocol: u8, tcp_flags: u8) -> Packet {
-        Packet {
-            src_addr: CLIENT,
-            dst_addr: VIP,
-            src_port: 40000u16.to_be(),
-            dst_port: 80u16.to_be(),
-            protocol,
-            tcp_flags,
-            ttl: 64,
-        }
-    }
-
-    fn backend(id: u32) -> Backend {
-        Backend {
-            addr: u32::from_ne_bytes([198, 18, 1, 10 + id as u8]),
-            port: 8080u16.to_be(),
-            flags: BACKEND_F_USABLE,
-            weight: 100,
-            generation: 1,
-            ..Default::default()
-        }
-    }
-
-    /// A listener with three backends (ids 0, 1, 2) on table slot 2, every table entry
-    /// the test packet can hit filled in.
-    fn tables(scheduler: Scheduler, protocol: u8) -> MemoryTables {
-        let listener = Listener {
-            id: 1,
-            table: 2,
-            scheduler: scheduler as u8,
-            established_timeout_s: 900,
-            udp_timeout_s: 30,
-            ..Default::default()
-        };
-        let mut t = MemoryTables::default();
-        t.listeners
-            .insert(packet(protocol, 0).listener_key(), listener);
-        t.listeners
-            .insert(ListenerKey::vip_marker(VIP), Listener::default());
-        for id in 0..3 {
-            t.backends.insert(id, backend(id));
-            t.sequence.insert(2 * SEQUENCE_TABLE_SIZE + id, id);
-        }
-        t.table_meta.insert(
-            2,
-            TableMeta {
-                backends: 3,
-                sequence_len: 3,
-            },
-        );
-        let p = packet(protocol, 0);
-        t.maglev.insert(maglev_index_source(2, p.src_addr), 1);
-        t.maglev.insert(
-            maglev_index_tuple(2, p.src_addr, p.dst_addr, p.src_port, p.dst_port),
-            2,
-        );
-        t
-    }
 
     fn decide(t: &MemoryTables, p: &Packet) -> (Outcome, Vec<Event>) {
         let mut events = Vec::new();
@@ -697,17 +635,6 @@ mod tests {
     impl Trace for Recorder<'_> {
         fn event(&mut self, event: Event) {
             self.0.push(event);
-        }
-    }
-
-    fn flow(backend: u32, flags: u32, idle_s: u64) -> Flow {
-        Flow {
-            backend,
-            generation: 1,
-            last_seen_ns: NOW - idle_s * S,
-            listener: 1,
-            flags,
-            reverse_seen_ns: 0,
         }
     }
 

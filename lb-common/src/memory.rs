@@ -77,3 +77,94 @@ impl Tables for MemoryTables {
         self.active_flows.get(&id).copied().unwrap_or(0)
     }
 }
+
+/// A small setup the tests of the decision and of `explain` start from: one listener
+/// (id 1, table slot 2) on 198.19.0.100:80 with three backends (ids 0, 1, 2 at
+/// 198.18.1.10..12:8080), and every table entry the example packet can hit filled in.
+pub mod example {
+    use super::MemoryTables;
+    use crate::{
+        BACKEND_F_USABLE, Backend, Flow, Listener, ListenerKey, SEQUENCE_TABLE_SIZE, Scheduler,
+        TableMeta,
+        decide::Packet,
+        select::{maglev_index_source, maglev_index_tuple},
+    };
+
+    pub const S: u64 = 1_000_000_000;
+    /// The clock of the examples.
+    pub const NOW: u64 = 1000 * S;
+    pub const VIP: u32 = u32::from_ne_bytes([198, 19, 0, 100]);
+    pub const CLIENT: u32 = u32::from_ne_bytes([198, 18, 0, 7]);
+
+    /// 198.18.0.7:40000 → 198.19.0.100:80.
+    pub fn packet(protocol: u8, tcp_flags: u8) -> Packet {
+        Packet {
+            src_addr: CLIENT,
+            dst_addr: VIP,
+            src_port: 40000u16.to_be(),
+            dst_port: 80u16.to_be(),
+            protocol,
+            tcp_flags,
+            ttl: 64,
+        }
+    }
+
+    /// Backend `id`: healthy, weight 100, generation 1.
+    pub fn backend(id: u32) -> Backend {
+        Backend {
+            addr: u32::from_ne_bytes([198, 18, 1, 10 + id as u8]),
+            port: 8080u16.to_be(),
+            flags: BACKEND_F_USABLE,
+            weight: 100,
+            generation: 1,
+            ..Default::default()
+        }
+    }
+
+    /// A flow entry on `backend`, idle for `idle_s` seconds at `NOW`.
+    pub fn flow(backend: u32, flags: u32, idle_s: u64) -> Flow {
+        Flow {
+            backend,
+            generation: 1,
+            last_seen_ns: NOW - idle_s * S,
+            listener: 1,
+            flags,
+            reverse_seen_ns: 0,
+        }
+    }
+
+    /// The listener with `scheduler` for `protocol`. The sequence is 0, 1, 2; the Maglev
+    /// slot of the example's source address holds 1, the one of its 4-tuple holds 2.
+    pub fn tables(scheduler: Scheduler, protocol: u8) -> MemoryTables {
+        let listener = Listener {
+            id: 1,
+            table: 2,
+            scheduler: scheduler as u8,
+            established_timeout_s: 900,
+            udp_timeout_s: 30,
+            ..Default::default()
+        };
+        let p = packet(protocol, 0);
+        let mut t = MemoryTables::default();
+        t.listeners.insert(p.listener_key(), listener);
+        t.listeners
+            .insert(ListenerKey::vip_marker(VIP), Listener::default());
+        for id in 0..3 {
+            t.backends.insert(id, backend(id));
+            t.sequence.insert(2 * SEQUENCE_TABLE_SIZE + id, id);
+        }
+        t.table_meta.insert(
+            2,
+            TableMeta {
+                backends: 3,
+                sequence_len: 3,
+            },
+        );
+        t.maglev.insert(maglev_index_source(2, p.src_addr), 1);
+        t.maglev.insert(
+            maglev_index_tuple(2, p.src_addr, p.dst_addr, p.src_port, p.dst_port),
+            2,
+        );
+        t
+    }
+}

@@ -522,6 +522,25 @@ impl DataPlane {
         Ok(&self.maglev.slice()[m..m + MAGLEV_TABLE_SIZE as usize])
     }
 
+    /// Backend id at `index` of the whole `MAGLEV` array, as the XDP program reads it
+    /// (`NO_BACKEND` past its end).
+    pub fn maglev_entry(&self, index: u32) -> u32 {
+        self.maglev
+            .slice()
+            .get(index as usize)
+            .copied()
+            .unwrap_or(lb_common::NO_BACKEND)
+    }
+
+    /// Backend id at `index` of the whole `SEQUENCE` array (`NO_BACKEND` past its end).
+    pub fn sequence_entry(&self, index: u32) -> u32 {
+        self.sequence
+            .slice()
+            .get(index as usize)
+            .copied()
+            .unwrap_or(lb_common::NO_BACKEND)
+    }
+
     /// The sequence of a slot (only the used part).
     pub fn sequence(&self, slot: u32) -> Result<&[u32]> {
         let meta = self.table_meta(slot)?;

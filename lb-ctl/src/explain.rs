@@ -1,12 +1,20 @@
-//! `lb-ctl explain`: why a packet lands where it does, step by step, computed from the
-//! live maps with the very functions the XDP program runs (`lb_common::select`), so the
-//! explanation cannot drift from the data plane.
+//! `lb-ctl explain`: why a packet lands where it does. It runs the data plane's own
+//! decision (`lb_common::decide`) over the live maps and tells the events the decision
+//! reports, so the explanation cannot drift from what the XDP program does.
+//!
+//! The round-robin position (`wrr`, `rr`) and the start of the `wlc` scan are per CPU: a
+//! new flow's backend then depends on the CPU that receives its first packet, and the
+//! explanation gives each CPU's answer.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::{
+    cell::RefCell,
+    net::{Ipv4Addr, SocketAddrV4},
+};
 
 use lb_common::{
-    ACL_ALLOW, ACL_DENY, AffinityKey, FlowKey, ListenerKey, MAGLEV_TABLE_SIZE, NO_BACKEND,
-    PROTO_TCP, PROTO_UDP, Scheduler,
+    ACL_ALLOW, AclKey, Affinity, AffinityKey, Backend, Flow, FlowKey, Listener, ListenerKey,
+    MAGLEV_TABLE_SIZE, NO_BACKEND, PROTO_TCP, PROTO_UDP, Reason, Scheduler, TableMeta,
+    decide::{self, Event, Outcome, Packet, Tables, Trace},
     select::{self, EntryState, Step},
 };
 use serde::{Deserialize, Serialize};
@@ -18,31 +26,10 @@ use crate::{controller::monotonic_coarse_ns, dataplane::DataPlane, plan::Desired
 pub struct Explanation {
     pub steps: Vec<String>,
     /// `ADDR:PORT` of the chosen backend; None when the packet is not forwarded, or when
-    /// the pick depends on which CPU receives it (`wrr`, `rr`: see the steps).
+    /// the CPUs would pick differently (`wrr`, `rr`, `wlc`: see the steps).
     pub backend: Option<String>,
-    /// forward, pass, drop, or depends-on-cpu.
+    /// forward, reset, pass, drop, or depends-on-cpu.
     pub outcome: String,
-}
-
-fn name(dp: &DataPlane, id: u32) -> String {
-    match dp.backend(id) {
-        Ok(b) if b.generation != 0 => format!(
-            "{}:{} (backend id {id})",
-            Ipv4Addr::from(b.addr.to_ne_bytes()),
-            u16::from_be(b.port)
-        ),
-        _ => format!("backend id {id} (empty)"),
-    }
-}
-
-fn addr_port(dp: &DataPlane, id: u32) -> Option<String> {
-    dp.backend(id).ok().filter(|b| b.generation != 0).map(|b| {
-        format!(
-            "{}:{}",
-            Ipv4Addr::from(b.addr.to_ne_bytes()),
-            u16::from_be(b.port)
-        )
-    })
 }
 
 /// Explains a packet from `src` to `dst`. `tcp_flags`: the packet's TCP flags (a SYN
@@ -55,87 +42,367 @@ pub fn explain(
     protocol: u8,
     tcp_flags: u8,
 ) -> anyhow::Result<Explanation> {
-    let mut steps = Vec::new();
-    let done = |steps: &mut Vec<String>, outcome: &str, backend: Option<String>| Explanation {
-        steps: std::mem::take(steps),
-        backend,
-        outcome: outcome.to_owned(),
-    };
-    let proto = if protocol == PROTO_TCP { "tcp" } else { "udp" };
-    let key = ListenerKey {
-        addr: u32::from_ne_bytes(dst.ip().octets()),
-        port: dst.port().to_be(),
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| anyhow::anyhow!("counting CPUs: {e}"))?;
+    let packet = Packet {
+        src_addr: u32::from_ne_bytes(src.ip().octets()),
+        dst_addr: u32::from_ne_bytes(dst.ip().octets()),
+        src_port: src.port().to_be(),
+        dst_port: dst.port().to_be(),
         protocol,
-        _pad: 0,
+        tcp_flags: if protocol == PROTO_UDP { 0 } else { tcp_flags },
+        ttl: 64,
     };
-    let Some(listener) = dp.listener(&key)? else {
-        let vip = dp.listener(&ListenerKey::vip_marker(key.addr))?.is_some();
-        steps.push(if vip {
-            format!("{dst}/{proto}: {} is a VIP but no listener has port {}/{proto}: passed to the kernel (pass_vip_no_listener)", dst.ip(), dst.port())
-        } else {
-            format!("{dst}/{proto}: not a listener: passed to the kernel (pass_not_for_us), unless it is a reply of a known flow")
-        });
-        return Ok(done(&mut steps, "pass", None));
+    let listener_name = |id: u32| {
+        desired
+            .listeners
+            .values()
+            .find(|l| l.id == id)
+            .map_or_else(|| format!("id {id}"), |l| l.name.clone())
     };
-    let lname = desired
-        .listeners
-        .values()
-        .find(|l| l.id == listener.id)
-        .map_or_else(|| format!("id {}", listener.id), |l| l.name.clone());
-    let scheduler = Scheduler::from_u8(listener.scheduler).unwrap_or(Scheduler::Wrr);
-    steps.push(format!(
-        "listener {lname} (id {}) matches {dst}/{proto}: scheduler {}, live table slot {}",
-        listener.id,
-        scheduler.name(),
-        listener.table
-    ));
+    let mut tables = (0..cpus).map(|cpu| LiveTables::new(dp, cpu));
+    explain_with(&mut tables, &listener_name, &packet, monotonic_coarse_ns())
+}
 
-    // Access list.
-    if listener.acl_mode == ACL_ALLOW || listener.acl_mode == ACL_DENY {
-        let matched = dp.acl_matches(listener.acl_id, *src.ip())?;
-        let kind = if listener.acl_mode == ACL_ALLOW {
-            "allow"
-        } else {
-            "deny"
-        };
-        let denied = select::acl_denies(listener.acl_mode, matched);
-        steps.push(format!(
-            "access list {} ({kind}): {} {} an entry → {}",
-            listener.acl_id,
-            src.ip(),
-            if matched { "matches" } else { "matches no" },
-            if denied {
-                "denied: dropped (drop_acl_denied)"
-            } else {
-                "allowed"
-            }
-        ));
-        if denied {
-            return Ok(done(&mut steps, "drop", None));
+/// The decision's tables read from the pinned maps, as the program running on `cpu` sees
+/// them. A failed read is kept and turned into an error after the decision.
+struct LiveTables<'a> {
+    dp: &'a DataPlane,
+    cpu: usize,
+    error: RefCell<Option<String>>,
+}
+
+impl<'a> LiveTables<'a> {
+    fn new(dp: &'a DataPlane, cpu: usize) -> Self {
+        Self {
+            dp,
+            cpu,
+            error: RefCell::new(None),
         }
-    } else {
-        steps.push("no access list".to_owned());
     }
 
-    // Flow table.
-    let now = monotonic_coarse_ns();
-    let flow_key = FlowKey {
-        src_addr: u32::from_ne_bytes(src.ip().octets()),
-        dst_addr: key.addr,
-        src_port: src.port().to_be(),
-        dst_port: key.port,
-        protocol,
-        _pad: [0; 3],
+    fn read<T>(&self, what: &str, r: Result<T, crate::dataplane::DataPlaneError>) -> Option<T> {
+        match r {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.error
+                    .borrow_mut()
+                    .get_or_insert_with(|| format!("reading {what}: {e}"));
+                None
+            }
+        }
+    }
+}
+
+/// An entry read out of a map: the decision reads it through `Deref`.
+pub struct Read<T>(T);
+
+impl<T> std::ops::Deref for Read<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+impl Tables for LiveTables<'_> {
+    type Ref<'a, T: 'a>
+        = Read<T>
+    where
+        Self: 'a;
+
+    fn listener(&self, key: &ListenerKey) -> Option<Read<Listener>> {
+        self.read("LISTENERS", self.dp.listener(key))
+            .flatten()
+            .map(Read)
+    }
+
+    fn acl_matches(&self, key: &AclKey) -> bool {
+        let addr = Ipv4Addr::from(key.addr.to_ne_bytes());
+        self.read("ACLS", self.dp.acl_matches(key.acl, addr))
+            .unwrap_or(false)
+    }
+
+    fn flow(&self, key: &FlowKey) -> Option<Read<Flow>> {
+        self.read("FLOWS", self.dp.flow(key)).flatten().map(Read)
+    }
+
+    fn backend(&self, id: u32) -> Option<Read<Backend>> {
+        // An id past the array's end is no backend, as in XDP.
+        if id >= self.dp.sizes().max_backends {
+            return None;
+        }
+        self.read("BACKENDS", self.dp.backend(id)).map(Read)
+    }
+
+    fn table_meta(&self, table: u32) -> Option<Read<TableMeta>> {
+        self.read("TABLE_META", self.dp.table_meta(table)).map(Read)
+    }
+
+    fn affinity(&self, key: &AffinityKey) -> Option<Read<Affinity>> {
+        self.read("AFFINITY", self.dp.affinity(key))
+            .flatten()
+            .map(Read)
+    }
+
+    fn maglev(&self, index: u32) -> u32 {
+        self.dp.maglev_entry(index)
+    }
+
+    fn sequence(&self, index: u32) -> u32 {
+        self.dp.sequence_entry(index)
+    }
+
+    fn take_cursor(&self, listener: u32) -> u32 {
+        self.read("CURSORS", self.dp.cursors(listener))
+            .and_then(|c| c.get(self.cpu).copied())
+            .unwrap_or(0)
+    }
+
+    fn active_flows(&self, id: u32) -> u32 {
+        self.read("ACTIVE_FLOWS", self.dp.active_flows(id))
+            .unwrap_or(0)
+    }
+}
+
+/// Collects the decision's events.
+struct Recorder(Vec<Event>);
+
+impl Trace for Recorder {
+    fn event(&mut self, event: Event) {
+        self.0.push(event);
+    }
+}
+
+/// A read that failed while deciding (it would otherwise read as "no entry").
+trait ReadErrors {
+    fn read_error(&self) -> Option<String>;
+}
+
+impl ReadErrors for LiveTables<'_> {
+    fn read_error(&self) -> Option<String> {
+        self.error.borrow().clone()
+    }
+}
+
+/// Whether an event depends on the CPU the packet runs on.
+const fn per_cpu(event: &Event) -> bool {
+    matches!(
+        event,
+        Event::Sequence { .. } | Event::Scan | Event::WlcCandidate { .. } | Event::WlcPick { .. }
+    )
+}
+
+/// The decision for `packet` on each CPU's view of the tables (`tables` yields one per
+/// CPU, CPU 0 first), in words.
+fn explain_with<T: Tables + ReadErrors>(
+    tables: &mut dyn Iterator<Item = T>,
+    listener_name: &dyn Fn(u32) -> String,
+    packet: &Packet,
+    now: u64,
+) -> anyhow::Result<Explanation> {
+    let first = tables
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("no CPU to explain the packet on"))?;
+    let mut recorder = Recorder(Vec::new());
+    let outcome = decide::decide_packet(&first, &mut recorder, packet, now);
+    if let Some(e) = first.read_error() {
+        anyhow::bail!("{e}");
+    }
+    let words = Words {
+        tables: &first,
+        packet,
+        now,
     };
-    let state = match dp.flow(&flow_key)? {
-        Some(flow) => {
-            let backend = dp.backend(flow.backend).ok();
-            let state = select::entry_state(now, &flow, backend.as_ref(), protocol, &listener);
-            steps.push(format!(
+    let mut steps = vec![words.listener_line(listener_name)];
+    let events = recorder.0;
+    let depends_on_cpu = events.iter().any(per_cpu);
+    steps.extend(
+        events
+            .iter()
+            .filter(|e| !per_cpu(e))
+            .filter_map(|e| words.event(e)),
+    );
+    if !depends_on_cpu {
+        steps.push(words.outcome_line(outcome));
+        return Ok(words.explanation(steps, outcome));
+    }
+
+    // Each CPU decides from its own round-robin position.
+    let mut outcomes = vec![(0usize, outcome, cpu_line(&words, &events, outcome))];
+    for (cpu, t) in tables.enumerate() {
+        let mut recorder = Recorder(Vec::new());
+        let outcome = decide::decide_packet(&t, &mut recorder, packet, now);
+        if let Some(e) = t.read_error() {
+            anyhow::bail!("{e}");
+        }
+        let words = Words {
+            tables: &t,
+            packet,
+            now,
+        };
+        outcomes.push((cpu + 1, outcome, cpu_line(&words, &recorder.0, outcome)));
+    }
+    let scheduler = words.scheduler_name();
+    steps.push(format!(
+        "{scheduler}: the pick depends on the CPU that receives the packet; each CPU has its own position:"
+    ));
+    steps.extend(
+        outcomes
+            .iter()
+            .map(|(cpu, _, line)| format!("CPU {cpu}: {line}")),
+    );
+    let agreed = outcomes.iter().all(|(_, o, _)| *o == outcome);
+    if agreed {
+        Ok(words.explanation(steps, outcome))
+    } else {
+        Ok(Explanation {
+            steps,
+            backend: None,
+            outcome: "depends-on-cpu".to_owned(),
+        })
+    }
+}
+
+/// One CPU's pick in one line.
+fn cpu_line<T: Tables>(words: &Words<'_, T>, events: &[Event], outcome: Outcome) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let candidates: Vec<String> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::WlcCandidate {
+                backend,
+                active,
+                weight,
+            } => Some(format!(
+                "{} active {active} weight {weight}",
+                words.name(*backend)
+            )),
+            _ => None,
+        })
+        .collect();
+    if !candidates.is_empty() {
+        parts.push(format!(
+            "fewest active flows per unit of weight among {}",
+            candidates.join(", ")
+        ));
+    }
+    parts.extend(
+        events
+            .iter()
+            .filter(|e| per_cpu(e) && !matches!(e, Event::WlcCandidate { .. } | Event::Scan))
+            .filter_map(|e| words.event(e)),
+    );
+    parts.push(words.outcome_line(outcome));
+    parts.join("; ")
+}
+
+/// Puts the decision into words.
+struct Words<'a, T: Tables> {
+    tables: &'a T,
+    packet: &'a Packet,
+    now: u64,
+}
+
+impl<T: Tables> Words<'_, T> {
+    fn listener(&self) -> Option<Listener> {
+        decide::listener_for(self.tables, self.packet).map(|l| *l)
+    }
+
+    fn proto(&self) -> &'static str {
+        if self.packet.protocol == PROTO_TCP {
+            "tcp"
+        } else {
+            "udp"
+        }
+    }
+
+    fn dst(&self) -> SocketAddrV4 {
+        SocketAddrV4::new(
+            Ipv4Addr::from(self.packet.dst_addr.to_ne_bytes()),
+            u16::from_be(self.packet.dst_port),
+        )
+    }
+
+    fn src(&self) -> Ipv4Addr {
+        Ipv4Addr::from(self.packet.src_addr.to_ne_bytes())
+    }
+
+    fn scheduler_name(&self) -> &'static str {
+        self.listener()
+            .and_then(|l| Scheduler::from_u8(l.scheduler))
+            .map_or("?", Scheduler::name)
+    }
+
+    fn address(&self, id: u32) -> Option<String> {
+        self.tables
+            .backend(id)
+            .filter(|b| b.generation != 0)
+            .map(|b| {
+                format!(
+                    "{}:{}",
+                    Ipv4Addr::from(b.addr.to_ne_bytes()),
+                    u16::from_be(b.port)
+                )
+            })
+    }
+
+    fn name(&self, id: u32) -> String {
+        if id == NO_BACKEND {
+            return "no backend".to_owned();
+        }
+        match self.address(id) {
+            Some(a) => format!("{a} (backend id {id})"),
+            None => format!("backend id {id} (empty)"),
+        }
+    }
+
+    fn listener_line(&self, listener_name: &dyn Fn(u32) -> String) -> String {
+        let (dst, proto) = (self.dst(), self.proto());
+        match self.listener() {
+            Some(l) => format!(
+                "listener {} (id {}) matches {dst}/{proto}: scheduler {}, live table slot {}",
+                listener_name(l.id),
+                l.id,
+                self.scheduler_name(),
+                l.table
+            ),
+            None if decide::is_vip(self.tables, self.packet.dst_addr) => format!(
+                "{dst}/{proto}: {} is a VIP but no listener has port {}/{proto}",
+                dst.ip(),
+                dst.port()
+            ),
+            None => format!("{dst}/{proto}: not a listener, unless it is a reply of a known flow"),
+        }
+    }
+
+    fn event(&self, event: &Event) -> Option<String> {
+        let listener = self.listener().unwrap_or_default();
+        Some(match *event {
+            Event::NoAcl => "no access list".to_owned(),
+            Event::Acl { matched, denied } => format!(
+                "access list {} ({}): {} {} an entry → {}",
+                listener.acl_id,
+                if listener.acl_mode == ACL_ALLOW {
+                    "allow"
+                } else {
+                    "deny"
+                },
+                self.src(),
+                if matched { "matches" } else { "matches no" },
+                if denied { "denied" } else { "allowed" }
+            ),
+            Event::TtlExpired => "TTL ≤ 1: the kernel answers time exceeded".to_owned(),
+            Event::NoFlowEntry => "no flow entry".to_owned(),
+            Event::FlowEntry {
+                backend,
+                last_seen_ns,
+                flags,
+                state,
+            } => format!(
                 "flow entry: {}, idle {} s of {} s allowed → {}",
-                name(dp, flow.backend),
-                now.saturating_sub(flow.last_seen_ns) / 1_000_000_000,
-                select::idle_timeout_s(protocol, flow.flags, &listener),
+                self.name(backend),
+                self.now.saturating_sub(last_seen_ns) / 1_000_000_000,
+                select::idle_timeout_s(self.packet.protocol, flags, &listener),
                 match state {
                     EntryState::Live { closing: false } => "live",
                     EntryState::Live { closing: true } => "live, FIN/RST seen",
@@ -143,185 +410,276 @@ pub fn explain(
                     EntryState::BackendUnusable => "its backend is gone or unhealthy",
                     EntryState::Missing => "missing",
                 }
-            ));
-            if let EntryState::Live { .. } = state
-                && let Some(b) = backend
-                && b.flags & lb_common::BACKEND_F_DRAINING != 0
-                && b.drain_deadline_ns != 0
-            {
-                if now > b.drain_deadline_ns {
-                    steps.push(format!(
-                        "its backend is drained and the drain timeout has passed: {}",
-                        if protocol == PROTO_TCP {
-                            "the LB answers with a RST (reset_drain_expired)"
-                        } else {
-                            "dropped (drop_drain_expired)"
-                        }
-                    ));
-                    return Ok(done(&mut steps, "drop", None));
-                }
-                steps.push(format!(
-                    "its backend is draining: the flow continues for {} s more",
-                    (b.drain_deadline_ns - now) / 1_000_000_000
-                ));
+            ),
+            Event::Draining { deadline_ns } => format!(
+                "its backend is draining: the flow continues for {} s more",
+                deadline_ns.saturating_sub(self.now) / 1_000_000_000
+            ),
+            Event::DrainExpired => {
+                "its backend is drained and the drain timeout has passed: the flow is cut"
+                    .to_owned()
             }
-            (state, Some(flow))
-        }
-        None => {
-            steps.push("no flow entry".to_owned());
-            (EntryState::Missing, None)
-        }
-    };
-    let flags = if protocol == PROTO_UDP { 0 } else { tcp_flags };
-    let step = select::next_step(protocol, flags, state.0);
-    match step {
-        Step::Reuse => {
-            let id = state.1.map_or(NO_BACKEND, |f| f.backend);
-            steps.push(format!("packet of an established flow → {}", name(dp, id)));
-            return Ok(done(&mut steps, "forward", addr_port(dp, id)));
-        }
-        Step::Pickup => {
-            let index = select::maglev_index_tuple(
-                listener.table,
-                flow_key.src_addr,
-                flow_key.dst_addr,
-                flow_key.src_port,
-                flow_key.dst_port,
-            );
-            let id = maglev_entry(dp, listener.table, index)?;
-            steps.push(format!(
-                "TCP packet without SYN and without a usable entry: mid-flow pickup through the Maglev table on the 4-tuple, slot {} → {}",
-                index - listener.table * MAGLEV_TABLE_SIZE,
-                name(dp, id)
-            ));
-            return Ok(done(&mut steps, "forward", addr_port(dp, id)));
-        }
-        Step::Schedule => steps.push("new flow: scheduled".to_owned()),
+            Event::DrainExpiredRstPasses => "its backend is drained and the drain timeout has \
+                passed, but the client's own RST goes through to the backend"
+                .to_owned(),
+            Event::Established { backend } => {
+                format!("packet of an established flow → {}", self.name(backend))
+            }
+            Event::Opens { step: Step::Pickup } => {
+                "TCP packet without SYN and without a usable entry: mid-flow pickup through \
+                  the Maglev table on the 4-tuple, whatever the scheduler"
+                    .to_owned()
+            }
+            Event::Opens { .. } => "new flow: scheduled".to_owned(),
+            Event::NoBackendTakesNewFlows => {
+                "no backend takes new flows (all down, weight 0 or draining)".to_owned()
+            }
+            Event::NoAffinity => format!("persistence: no affinity entry for {}", self.src()),
+            Event::AffinityExpired => "persistence: the affinity entry has expired".to_owned(),
+            Event::AffinityBackendRefuses { backend } => format!(
+                "persistence: the affinity entry's backend {} no longer takes new flows",
+                self.name(backend)
+            ),
+            Event::Affinity { backend } => format!(
+                "persistence: {} has a fresh affinity entry → {}",
+                self.src(),
+                self.name(backend)
+            ),
+            Event::Pickup { slot, backend } => format!(
+                "Maglev slot {slot} of {MAGLEV_TABLE_SIZE} → {}",
+                self.name(backend)
+            ),
+            Event::Maglev {
+                source,
+                slot,
+                backend,
+            } => format!(
+                "{}: hash of the {} → Maglev slot {slot} of {MAGLEV_TABLE_SIZE} → {}",
+                self.scheduler_name(),
+                if source { "source address" } else { "4-tuple" },
+                self.name(backend)
+            ),
+            Event::Sequence { position, backend } => format!(
+                "sequence position {position} of {} → {}",
+                self.tables
+                    .table_meta(listener.table)
+                    .map_or(0, |m| m.sequence_len),
+                self.name(backend)
+            ),
+            Event::Scan | Event::WlcCandidate { .. } => return None,
+            Event::WlcPick { backend } => format!(
+                "→ {} (ties go to the first in the rotating scan)",
+                self.name(backend)
+            ),
+            Event::Unusable { backend } => format!(
+                "{} cannot take the flow (gone or unhealthy since the table was built)",
+                self.name(backend)
+            ),
+            Event::Picked { .. } => return None,
+        })
     }
 
-    let meta = dp.table_meta(listener.table)?;
-    if meta.backends == 0 {
-        steps.push("no backend takes new flows (all down, weight 0 or draining): dropped (drop_no_backend)".to_owned());
-        return Ok(done(&mut steps, "drop", None));
+    fn outcome_line(&self, outcome: Outcome) -> String {
+        match outcome {
+            Outcome::Forward(id) => format!("forwarded to {}", self.name(id)),
+            Outcome::Reset => format!(
+                "the LB answers with a RST ({})",
+                Reason::ResetDrainExpired.name()
+            ),
+            Outcome::Drop(reason) => format!("dropped ({})", reason.name()),
+            Outcome::Pass(reason) => format!("passed to the kernel ({})", reason.name()),
+        }
     }
-    if listener.persistence_timeout_s > 0 && protocol == PROTO_TCP {
-        let akey = AffinityKey {
-            listener: listener.id,
-            addr: flow_key.src_addr,
+
+    fn explanation(&self, steps: Vec<String>, outcome: Outcome) -> Explanation {
+        let (outcome, backend) = match outcome {
+            Outcome::Forward(id) => ("forward", self.address(id)),
+            Outcome::Reset => ("reset", None),
+            Outcome::Drop(_) => ("drop", None),
+            Outcome::Pass(_) => ("pass", None),
         };
-        match dp.affinity(&akey)? {
-            Some(a) if select::affinity_fresh(now, &a, listener.persistence_timeout_s) => {
-                let b = dp.backend(a.backend)?;
-                if b.generation == a.generation
-                    && b.is_usable()
-                    && b.weight > 0
-                    && b.flags & lb_common::BACKEND_F_DRAINING == 0
-                {
-                    steps.push(format!(
-                        "persistence: {} has a fresh affinity entry → {}",
-                        src.ip(),
-                        name(dp, a.backend)
-                    ));
-                    return Ok(done(&mut steps, "forward", addr_port(dp, a.backend)));
-                }
-                steps.push(
-                    "persistence: the affinity entry's backend no longer takes new flows"
-                        .to_owned(),
-                );
-            }
-            Some(_) => steps.push("persistence: the affinity entry has expired".to_owned()),
-            None => steps.push(format!("persistence: no affinity entry for {}", src.ip())),
-        }
-    }
-    match scheduler {
-        Scheduler::Sch | Scheduler::Tch => {
-            let index = if scheduler == Scheduler::Sch {
-                select::maglev_index_source(listener.table, flow_key.src_addr)
-            } else {
-                select::maglev_index_tuple(
-                    listener.table,
-                    flow_key.src_addr,
-                    flow_key.dst_addr,
-                    flow_key.src_port,
-                    flow_key.dst_port,
-                )
-            };
-            let id = maglev_entry(dp, listener.table, index)?;
-            steps.push(format!(
-                "{}: hash of the {} → Maglev slot {} of {MAGLEV_TABLE_SIZE} → {}",
-                scheduler.name(),
-                if scheduler == Scheduler::Sch {
-                    "source address"
-                } else {
-                    "4-tuple"
-                },
-                index - listener.table * MAGLEV_TABLE_SIZE,
-                name(dp, id)
-            ));
-            Ok(done(&mut steps, "forward", addr_port(dp, id)))
-        }
-        Scheduler::Wrr | Scheduler::Rr => {
-            let sequence = dp.sequence(listener.table)?;
-            let cursors = dp.cursors(listener.id)?;
-            let picks: Vec<String> = cursors
-                .iter()
-                .enumerate()
-                .map(|(cpu, c)| {
-                    let i = select::sequence_index(listener.table, *c, meta.sequence_len)
-                        - listener.table * lb_common::SEQUENCE_TABLE_SIZE;
-                    format!(
-                        "CPU {cpu}: position {i} → {}",
-                        sequence
-                            .get(i as usize)
-                            .map_or("?".to_owned(), |id| name(dp, *id))
-                    )
-                })
-                .collect();
-            steps.push(format!(
-                "{}: the next new flow takes the next turn of a {}-entry sequence; each CPU has its own position: {}",
-                scheduler.name(),
-                sequence.len(),
-                picks.join("; ")
-            ));
-            Ok(done(&mut steps, "depends-on-cpu", None))
-        }
-        Scheduler::Wlc => {
-            let sequence = dp.sequence(listener.table)?;
-            let mut best: Option<(u32, u32, u32)> = None;
-            let mut seen = Vec::new();
-            for &id in sequence.iter().take(lb_common::WLC_SCAN_MAX as usize) {
-                let b = dp.backend(id)?;
-                let active = dp.active_flows(id)?;
-                seen.push(format!(
-                    "{} active {active} weight {}",
-                    name(dp, id),
-                    b.weight
-                ));
-                if b.weight > 0
-                    && best.is_none_or(|(_, ba, bw)| select::wlc_prefers(active, b.weight, ba, bw))
-                {
-                    best = Some((id, active, b.weight));
-                }
-            }
-            steps.push(format!(
-                "wlc: fewest active flows per unit of weight among: {}",
-                seen.join("; ")
-            ));
-            let id = best.map_or(NO_BACKEND, |b| b.0);
-            steps.push(format!(
-                "→ {} (ties go to the first in the rotating scan)",
-                name(dp, id)
-            ));
-            Ok(done(&mut steps, "forward", addr_port(dp, id)))
+        Explanation {
+            steps,
+            backend,
+            outcome: outcome.to_owned(),
         }
     }
 }
 
-fn maglev_entry(dp: &DataPlane, table: u32, index: u32) -> anyhow::Result<u32> {
-    let slot = (index - table * MAGLEV_TABLE_SIZE) as usize;
-    Ok(dp
-        .maglev_table(table)?
-        .get(slot)
-        .copied()
-        .unwrap_or(NO_BACKEND))
+#[cfg(test)]
+mod tests {
+    use lb_common::{
+        ACL_DENY, BACKEND_F_DRAINING, FLOW_F_RST, PROTO_TCP, PROTO_UDP,
+        memory::{
+            MemoryTables,
+            example::{NOW, S, flow, packet, tables},
+        },
+        select::{TCP_ACK, TCP_SYN},
+    };
+
+    use super::*;
+
+    impl ReadErrors for MemoryTables {
+        fn read_error(&self) -> Option<String> {
+            None
+        }
+    }
+
+    /// Explains the example packet with one table set per CPU.
+    fn run(per_cpu: Vec<MemoryTables>, p: &Packet) -> Explanation {
+        let name = |id: u32| format!("web{id}");
+        explain_with(&mut per_cpu.into_iter(), &name, p, NOW).expect("explains")
+    }
+
+    fn has(e: &Explanation, text: &str) -> bool {
+        e.steps.iter().any(|s| s.contains(text))
+    }
+
+    #[test]
+    fn maglev_schedulers_name_the_backend_and_the_slot() {
+        let syn = packet(PROTO_TCP, TCP_SYN);
+        let e = run(vec![tables(Scheduler::Sch, PROTO_TCP)], &syn);
+        assert_eq!(e.outcome, "forward");
+        assert_eq!(e.backend.as_deref(), Some("198.18.1.11:8080"));
+        assert!(has(
+            &e,
+            "listener web1 (id 1) matches 198.19.0.100:80/tcp: scheduler sch"
+        ));
+        assert!(
+            has(&e, "sch: hash of the source address → Maglev slot"),
+            "{e:?}"
+        );
+        let e = run(vec![tables(Scheduler::Tch, PROTO_TCP)], &syn);
+        assert_eq!(e.backend.as_deref(), Some("198.18.1.12:8080"));
+        assert!(has(&e, "tch: hash of the 4-tuple"));
+    }
+
+    #[test]
+    fn round_robin_gives_each_cpus_pick() {
+        let syn = packet(PROTO_TCP, TCP_SYN);
+        for scheduler in [Scheduler::Wrr, Scheduler::Rr] {
+            let mut cpu0 = tables(scheduler, PROTO_TCP);
+            let mut cpu1 = tables(scheduler, PROTO_TCP);
+            cpu0.cursors.insert(1, 0);
+            cpu1.cursors.insert(1, 5);
+            let e = run(vec![cpu0.clone(), cpu1], &syn);
+            assert_eq!(e.outcome, "depends-on-cpu", "{scheduler:?}");
+            assert_eq!(e.backend, None);
+            assert!(has(
+                &e,
+                "CPU 0: sequence position 0 of 3 → 198.18.1.10:8080 (backend id 0)"
+            ));
+            assert!(has(
+                &e,
+                "CPU 1: sequence position 2 of 3 → 198.18.1.12:8080 (backend id 2)"
+            ));
+            // Both CPUs at the same position: one answer.
+            let e = run(vec![cpu0.clone(), cpu0], &syn);
+            assert_eq!(e.outcome, "forward");
+            assert_eq!(e.backend.as_deref(), Some("198.18.1.10:8080"));
+        }
+    }
+
+    #[test]
+    fn wlc_lists_the_candidates_and_the_pick() {
+        let syn = packet(PROTO_TCP, TCP_SYN);
+        let mut t = tables(Scheduler::Wlc, PROTO_TCP);
+        t.active_flows.extend([(0, 4), (1, 2), (2, 7)]);
+        let mut other_cpu = t.clone();
+        other_cpu.cursors.insert(1, 2);
+        let e = run(vec![t, other_cpu], &syn);
+        assert_eq!(e.outcome, "forward", "{e:?}");
+        assert_eq!(e.backend.as_deref(), Some("198.18.1.11:8080"));
+        assert!(has(
+            &e,
+            "CPU 0: fewest active flows per unit of weight among 198.18.1.10:8080 (backend id 0) active 4 weight 100"
+        ));
+        assert!(has(
+            &e,
+            "CPU 1: fewest active flows per unit of weight among 198.18.1.12:8080 (backend id 2) active 7 weight 100"
+        ));
+    }
+
+    #[test]
+    fn every_flow_entry_state_is_told() {
+        let ack = packet(PROTO_TCP, TCP_ACK);
+        let syn = packet(PROTO_TCP, TCP_SYN);
+        let key = ack.flow_key();
+        let mut t = tables(Scheduler::Sch, PROTO_TCP);
+        // Missing: a SYN is scheduled, an ACK picked up.
+        let e = run(vec![t.clone()], &ack);
+        assert!(has(&e, "no flow entry"));
+        assert!(has(&e, "mid-flow pickup"));
+        assert_eq!(e.backend.as_deref(), Some("198.18.1.12:8080"));
+        // Live.
+        t.flows.insert(key, flow(0, 0, 5));
+        let e = run(vec![t.clone()], &ack);
+        assert!(has(&e, "idle 5 s of 900 s allowed → live"), "{e:?}");
+        assert!(has(&e, "packet of an established flow → 198.18.1.10:8080"));
+        assert_eq!(e.backend.as_deref(), Some("198.18.1.10:8080"));
+        // Closing: the SYN of a new connection on the same port is scheduled.
+        t.flows.insert(key, flow(0, FLOW_F_RST, 1));
+        let e = run(vec![t.clone()], &syn);
+        assert!(has(&e, "live, FIN/RST seen"));
+        assert!(has(&e, "new flow: scheduled"));
+        assert_eq!(e.backend.as_deref(), Some("198.18.1.11:8080"));
+        // Expired.
+        t.flows.insert(key, flow(0, 0, 901));
+        let e = run(vec![t.clone()], &ack);
+        assert!(has(&e, "→ expired"));
+        assert_eq!(e.backend.as_deref(), Some("198.18.1.12:8080"));
+        // Backend unusable.
+        t.flows.insert(key, flow(0, 0, 5));
+        t.backends.get_mut(&0).unwrap().flags = 0;
+        let e = run(vec![t.clone()], &ack);
+        assert!(has(&e, "its backend is gone or unhealthy"));
+        assert_eq!(e.backend.as_deref(), Some("198.18.1.12:8080"));
+    }
+
+    #[test]
+    fn drains_access_lists_and_strangers() {
+        let ack = packet(PROTO_TCP, TCP_ACK);
+        let mut t = tables(Scheduler::Wrr, PROTO_TCP);
+        t.flows.insert(ack.flow_key(), flow(0, 0, 5));
+        let b = t.backends.get_mut(&0).unwrap();
+        b.flags |= BACKEND_F_DRAINING;
+        b.drain_deadline_ns = NOW + 30 * S;
+        let e = run(vec![t.clone()], &ack);
+        assert!(has(&e, "the flow continues for 30 s more"));
+        assert_eq!(e.outcome, "forward");
+        t.backends.get_mut(&0).unwrap().drain_deadline_ns = NOW - 1;
+        let e = run(vec![t.clone()], &ack);
+        assert_eq!(e.outcome, "reset");
+        assert!(has(&e, "reset_drain_expired"));
+        let rst = packet(PROTO_TCP, TCP_ACK | select::TCP_RST);
+        let e = run(vec![t.clone()], &rst);
+        assert_eq!(e.outcome, "forward");
+        assert!(has(&e, "the client's own RST goes through"));
+
+        let mut t = tables(Scheduler::Wrr, PROTO_UDP);
+        let l = t
+            .listeners
+            .get_mut(&packet(PROTO_UDP, 0).listener_key())
+            .unwrap();
+        l.acl_mode = ACL_DENY;
+        l.acl_id = 4;
+        t.acls.push((4, u32::from_ne_bytes([198, 18, 0, 0]), 16));
+        let e = run(vec![t.clone()], &packet(PROTO_UDP, 0));
+        assert_eq!(e.outcome, "drop");
+        assert!(has(
+            &e,
+            "access list 4 (deny): 198.18.0.7 matches an entry → denied"
+        ));
+        assert!(has(&e, "dropped (drop_acl_denied)"));
+
+        let mut stranger = packet(PROTO_TCP, TCP_SYN);
+        stranger.dst_port = 443u16.to_be();
+        let e = run(vec![tables(Scheduler::Wrr, PROTO_TCP)], &stranger);
+        assert_eq!(e.outcome, "pass");
+        assert!(has(
+            &e,
+            "198.19.0.100 is a VIP but no listener has port 443/tcp"
+        ));
+        assert!(has(&e, "pass_vip_no_listener"));
+    }
 }

@@ -1,6 +1,7 @@
-//! `lb-ctl explain` against real connections: for new flows under `sch` and `tch` it names
-//! the backend that then answers, and for an established connection it names the backend
-//! serving it, under every scheduler.
+//! `lb-ctl explain` against real connections: for a new flow it names the backend that then
+//! answers, under every scheduler (for `wrr`, `rr` and `wlc`, whose pick depends on the CPU
+//! that receives the first packet, the pick of the CPU the client is pinned to), and for
+//! an established connection it names the backend serving it.
 
 use std::time::Duration;
 
@@ -32,8 +33,8 @@ fn setup(tag: &str, listeners: &str) -> Option<(Topology, LbDaemon, Vec<lb_tests
     Some((topo, daemon, backends))
 }
 
-/// The backend `explain` names, as "b1".."b3" (or None).
-fn explained(daemon: &LbDaemon, src: &str, dst: &str, established: bool) -> Option<String> {
+/// `lb-ctl explain --json` for a TCP packet.
+fn explain_json(daemon: &LbDaemon, src: &str, dst: &str, established: bool) -> serde_json::Value {
     let mut args = vec![
         "explain", "--src", src, "--dst", dst, "--proto", "tcp", "--json",
     ];
@@ -41,24 +42,71 @@ fn explained(daemon: &LbDaemon, src: &str, dst: &str, established: bool) -> Opti
         args.push("--established");
     }
     let out = daemon.ctl_ok(&args);
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
-    v["backend"].as_str().map(|b| {
-        let last: u8 = b
-            .split(':')
-            .next()
-            .unwrap()
-            .rsplit('.')
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap();
-        format!("b{}", last - 10)
-    })
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+/// "198.18.1.12:8080" as the test backends name themselves ("b2").
+fn backend_name(address: &str) -> String {
+    let last: u8 = address
+        .split(':')
+        .next()
+        .unwrap()
+        .rsplit('.')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    format!("b{}", last - 10)
+}
+
+/// The backend `explain` names, as "b1".."b3" (or None).
+fn explained(daemon: &LbDaemon, src: &str, dst: &str, established: bool) -> Option<String> {
+    explain_json(daemon, src, dst, established)["backend"]
+        .as_str()
+        .map(backend_name)
+}
+
+/// The backend `explain` says CPU `cpu` picks for a new flow: the one answer when every
+/// CPU agrees, else that CPU's line ("CPU 0: … → forwarded to ADDR (backend id N)").
+fn explained_on_cpu(daemon: &LbDaemon, src: &str, dst: &str, cpu: usize) -> String {
+    let v = explain_json(daemon, src, dst, false);
+    if let Some(b) = v["backend"].as_str() {
+        return backend_name(b);
+    }
+    let prefix = format!("CPU {cpu}: ");
+    let line = v["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s.as_str())
+        .find(|s| s.starts_with(&prefix))
+        .unwrap_or_else(|| panic!("no line for CPU {cpu} in {v}"));
+    let address = line
+        .rsplit_once("forwarded to ")
+        .unwrap_or_else(|| panic!("CPU {cpu} forwards nothing: {line}"))
+        .1
+        .split_whitespace()
+        .next()
+        .unwrap();
+    backend_name(address)
 }
 
 /// One GET from `source:port`, a new connection; returns the backend's name.
 fn get_from(topo: &Topology, source: &str, port: u16, vport: u16) -> String {
-    let out = topo.client().run_ok([
+    get_on_cpu(topo, source, port, vport, None)
+}
+
+/// `get_from` with the client pinned to one CPU: the veth that carries its SYN to the LB
+/// runs the XDP program on the sending CPU.
+fn get_on_cpu(topo: &Topology, source: &str, port: u16, vport: u16, cpu: Option<usize>) -> String {
+    let pin = cpu.map(|c| c.to_string());
+    let mut argv: Vec<&str> = Vec::new();
+    if let Some(c) = &pin {
+        argv.extend(["taskset", "-c", c]);
+    }
+    let local_port = port.to_string();
+    let url = format!("http://{}:{vport}/", lb_tests::VIP);
+    argv.extend([
         "curl",
         "-sS",
         "--max-time",
@@ -66,12 +114,50 @@ fn get_from(topo: &Topology, source: &str, port: u16, vport: u16) -> String {
         "--interface",
         source,
         "--local-port",
-        &port.to_string(),
+        &local_port,
         "-H",
         "Connection: close",
-        &format!("http://{}:{vport}/", lb_tests::VIP),
+        &url,
     ]);
+    let out = topo.client().run_ok(argv);
     out.trim().to_owned()
+}
+
+#[test]
+fn explain_predicts_new_flows_under_every_scheduler() {
+    let Some((topo, daemon, _b)) = setup(
+        "expn",
+        "  - { name: a, protocol: tcp, address: 198.19.0.100, port: 80, server_group: app, scheduler: wrr }\n  - { name: b, protocol: tcp, address: 198.19.0.100, port: 81, server_group: app, scheduler: rr }\n  - { name: c, protocol: tcp, address: 198.19.0.100, port: 82, server_group: app, scheduler: wlc }\n  - { name: d, protocol: tcp, address: 198.19.0.100, port: 83, server_group: app, scheduler: sch }\n  - { name: e, protocol: tcp, address: 198.19.0.100, port: 84, server_group: app, scheduler: tch }\n",
+    ) else {
+        return;
+    };
+    let src = topo.client_addr().to_string();
+    let mut answered = std::collections::BTreeMap::new();
+    for (i, vport) in (80..=84u16).enumerate() {
+        for k in 0..6u16 {
+            let lport = 43000 + (i as u16) * 10 + k;
+            let predicted = explained_on_cpu(
+                &daemon,
+                &format!("{src}:{lport}"),
+                &format!("198.19.0.100:{vport}"),
+                0,
+            );
+            let got = get_on_cpu(&topo, &src, lport, vport, Some(0));
+            assert_eq!(got, predicted, "new flow {lport} → :{vport}");
+            answered
+                .entry(vport)
+                .or_insert_with(std::collections::BTreeSet::new)
+                .insert(got);
+        }
+    }
+    // The round-robin schedulers really moved between backends while being predicted.
+    for vport in [80, 81, 82] {
+        assert!(
+            answered[&vport].len() >= 2,
+            ":{vport} answered {:?}",
+            answered[&vport]
+        );
+    }
 }
 
 #[test]
