@@ -36,6 +36,9 @@ pub enum DataPlaneError {
     Load(#[from] aya::EbpfError),
     #[error("the XDP program was rejected: {0}")]
     Program(#[from] aya::programs::ProgramError),
+    /// The verifier refused a program: a short summary, the full log in a file.
+    #[error("{0}")]
+    Rejected(Box<crate::verifier::Rejection>),
     #[error("map {name}: {source}")]
     Map {
         name: &'static str,
@@ -207,6 +210,8 @@ pub struct LoadOptions {
     pub sizes: MapSizes,
     /// Folder for map pins (`<bpffs>/<instance>/maps`); existing pins there are reused.
     pub map_pin_dir: Option<PathBuf>,
+    /// Where a rejected program's verifier log is written (None: the temporary folder).
+    pub verifier_log_dir: Option<PathBuf>,
 }
 
 /// aya-log's reader of the program's log ring (only in `LB_EBPF_DEBUG_LOG=1` builds).
@@ -240,6 +245,7 @@ impl DataPlane {
     /// program. Nothing is attached yet.
     pub fn load(options: &LoadOptions) -> Result<Self> {
         let mut loader = EbpfLoader::new();
+        loader.verifier_log_level(crate::verifier::log_level());
         for (name, entries) in options.sizes.entries() {
             loader.map_max_entries(name, entries);
         }
@@ -257,7 +263,11 @@ impl DataPlane {
             .program_mut(names::PROGRAM)
             .ok_or(DataPlaneError::Missing(names::PROGRAM))?
             .try_into()?;
-        program.load()?;
+        crate::verifier::load_checked(
+            program,
+            names::PROGRAM,
+            options.verifier_log_dir.as_deref(),
+        )?;
         Self::from_ebpf(ebpf, options.sizes, logger)
     }
 
