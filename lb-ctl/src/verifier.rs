@@ -101,7 +101,6 @@ pub fn save_log(dir: &Path, name: &str, log: &str) -> Option<SavedLog> {
 
 /// A program the kernel refused, summed up for a person: [`fmt::Display`] gives at most
 /// 15 lines or so, whatever the size of the log.
-#[derive(Debug)]
 pub struct Rejection {
     pub program: String,
     /// The errno of BPF_PROG_LOAD, as text (`Argument list too long (os error 7)`).
@@ -247,6 +246,14 @@ fn write_wrapped(f: &mut fmt::Formatter<'_>, first: &str, indent: &str, text: &s
         empty = false;
     }
     write!(f, "{line}")
+}
+
+/// The message as it reads, not a one-line field dump: `.expect()` on a failed load (the
+/// fixtures do that) shows it this way.
+impl fmt::Debug for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "\n{self}\n")
+    }
 }
 
 impl fmt::Display for Rejection {
