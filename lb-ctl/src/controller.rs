@@ -182,6 +182,7 @@ impl Controller {
         let mut dataplane = DataPlane::load(&LoadOptions {
             sizes,
             map_pin_dir: Some(layout.maps()),
+            verifier_log_dir: Some(options.state_dir.clone()),
         })?;
 
         let mut ids = Ids::new(sizes.max_listeners, sizes.max_backends);

@@ -36,6 +36,9 @@ pub enum DataPlaneError {
     Load(#[from] aya::EbpfError),
     #[error("the XDP program was rejected: {0}")]
     Program(#[from] aya::programs::ProgramError),
+    /// The verifier refused a program: a short summary, the full log in a file.
+    #[error("{0}")]
+    Rejected(Box<crate::verifier::Rejection>),
     #[error("map {name}: {source}")]
     Map {
         name: &'static str,
@@ -207,6 +210,8 @@ pub struct LoadOptions {
     pub sizes: MapSizes,
     /// Folder for map pins (`<bpffs>/<instance>/maps`); existing pins there are reused.
     pub map_pin_dir: Option<PathBuf>,
+    /// Where a rejected program's verifier log is written (None: the temporary folder).
+    pub verifier_log_dir: Option<PathBuf>,
 }
 
 /// aya-log's reader of the program's log ring (only in `LB_EBPF_DEBUG_LOG=1` builds).
@@ -262,7 +267,10 @@ pub fn production_programs() -> impl Iterator<Item = &'static str> {
 }
 
 /// Loads (verifies) the entry program and every stage, and fills the stage table.
-fn load_programs(ebpf: &mut Ebpf) -> Result<(MapData, Vec<ProgramFigures>)> {
+fn load_programs(
+    ebpf: &mut Ebpf,
+    verifier_log_dir: Option<&Path>,
+) -> Result<(MapData, Vec<ProgramFigures>)> {
     let mut map = ebpf
         .take_map(names::STAGES)
         .ok_or(DataPlaneError::Missing(names::STAGES))?;
@@ -274,7 +282,7 @@ fn load_programs(ebpf: &mut Ebpf) -> Result<(MapData, Vec<ProgramFigures>)> {
             .ok_or(DataPlaneError::Missing(name))?
             .try_into()?;
         let started = std::time::Instant::now();
-        program.load()?;
+        crate::verifier::load_checked(program, name, verifier_log_dir)?;
         let load_time = started.elapsed();
         let info = program.info()?;
         figures.push(ProgramFigures {
@@ -306,6 +314,7 @@ impl DataPlane {
     /// the per-packet-logging build this way).
     pub fn load_object(object: &[u8], options: &LoadOptions) -> Result<Self> {
         let mut loader = EbpfLoader::new();
+        loader.verifier_log_level(crate::verifier::log_level());
         for (name, entries) in options.sizes.entries() {
             loader.map_max_entries(name, entries);
         }
@@ -319,7 +328,7 @@ impl DataPlane {
         let mut ebpf = loader.load(object)?;
         // Present only when the object was built with per-packet logging.
         let logger = aya_log::EbpfLogger::init(&mut ebpf).ok();
-        let (stages, programs) = load_programs(&mut ebpf)?;
+        let (stages, programs) = load_programs(&mut ebpf, options.verifier_log_dir.as_deref())?;
         Self::from_ebpf(ebpf, options.sizes, logger, stages, programs)
     }
 

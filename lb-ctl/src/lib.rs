@@ -16,4 +16,5 @@ pub mod overlay;
 pub mod pins;
 pub mod plan;
 pub mod reconcile;
+pub mod verifier;
 pub mod web;

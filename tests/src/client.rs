@@ -447,9 +447,11 @@ impl Display for Tally {
     }
 }
 
-/// A private temporary directory, removed on drop.
-/// A scratch folder under the system temp dir, removed on drop.
-pub struct TempDir(PathBuf);
+/// A scratch folder under the system temp dir, removed on drop (unless kept).
+pub struct TempDir {
+    path: PathBuf,
+    keep: bool,
+}
 
 impl TempDir {
     pub fn new(tag: &str) -> TempDir {
@@ -461,16 +463,23 @@ impl TempDir {
         // A leftover of a killed run with the same pid would otherwise make create fail.
         let _ = fs::remove_dir_all(&path);
         fs::create_dir(&path).unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
-        TempDir(path)
+        TempDir { path, keep: false }
     }
 
     pub fn path(&self) -> &Path {
-        &self.0
+        &self.path
+    }
+
+    /// Leaves the folder in place on drop: a message points into it.
+    pub fn keep(&mut self) {
+        self.keep = true;
     }
 }
 
 impl Drop for TempDir {
     fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
+        if !self.keep {
+            let _ = fs::remove_dir_all(&self.path);
+        }
     }
 }

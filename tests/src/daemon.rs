@@ -3,9 +3,9 @@
 //! test leaves nothing in bpffs.
 
 use std::{
-    fs,
+    fmt, fs,
     path::{Path, PathBuf},
-    process::{Command, Output},
+    process::{Command, ExitStatus, Output},
     thread,
     time::{Duration, Instant},
 };
@@ -20,10 +20,60 @@ pub struct LbDaemon {
     instance: String,
 }
 
+/// Lines of the daemon's log a failed start shows: its error message fits easily, and a
+/// log of megabytes does not flood the terminal.
+const SHOWN_LINES: usize = 40;
+
+/// A daemon that did not become ready: how it ended and the end of its log.
+#[derive(Debug)]
+pub struct StartError {
+    /// Its exit status; `None` when it was still not ready at the deadline (it is stopped).
+    pub status: Option<ExitStatus>,
+    /// Its last words: from its final `lb-ctl daemon: ` error to the end, or the last
+    /// lines of its log (at most 40 lines either way).
+    pub message: String,
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.status {
+            Some(status) => write!(f, "lb-ctl daemon exited with {status} before it was ready:")?,
+            None => write!(f, "lb-ctl daemon not ready after 30 s; the end of its log:")?,
+        }
+        write!(f, "\n{}", self.message)
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// The part of a daemon's log worth showing when it failed: `lb-ctl daemon` ends with one
+/// `lb-ctl daemon: <error>` message, possibly of several lines, after its tracing output.
+pub fn last_words(log: &str) -> String {
+    let lines: Vec<&str> = log.trim_end().lines().collect();
+    let start = lines
+        .iter()
+        .rposition(|l| l.starts_with("lb-ctl daemon: "))
+        .unwrap_or(0)
+        .max(lines.len().saturating_sub(SHOWN_LINES));
+    let mut out = String::new();
+    if start > 0 {
+        out.push_str(&format!("[{start} earlier line(s) of its log not shown]\n"));
+    }
+    out.push_str(&lines[start..].join("\n"));
+    out
+}
+
 impl LbDaemon {
     /// Writes `config` (YAML) and starts the daemon in `ns`; returns once its control
-    /// socket answers `status`. Panics with the daemon's output if it does not start.
+    /// socket answers `status`. Panics with the end of the daemon's log if it does not
+    /// start.
     pub fn start(ns: &Netns, instance: &str, config: &str) -> LbDaemon {
+        Self::try_start(ns, instance, config).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`LbDaemon::start`], returning why it did not start instead of panicking; its pins
+    /// are torn down then.
+    pub fn try_start(ns: &Netns, instance: &str, config: &str) -> Result<LbDaemon, StartError> {
         let dir = TempDir::new("lbd");
         let mut daemon = LbDaemon {
             child: None,
@@ -32,8 +82,8 @@ impl LbDaemon {
             instance: instance.to_owned(),
         };
         daemon.write_config(config);
-        daemon.spawn();
-        daemon
+        daemon.spawn()?;
+        Ok(daemon)
     }
 
     pub fn instance(&self) -> &str {
@@ -58,7 +108,7 @@ impl LbDaemon {
             .unwrap_or_else(|e| panic!("writing {}: {e}", self.config_path().display()));
     }
 
-    fn spawn(&mut self) {
+    fn spawn(&mut self) -> Result<(), StartError> {
         let mut cmd = Command::new(bin_path("lb-ctl"));
         cmd.env("LB_LOG", "info")
             .arg("--socket")
@@ -72,29 +122,56 @@ impl LbDaemon {
             .arg(&self.ns_name);
         let child = ChildGuard::spawn(cmd);
         self.child = Some(child);
-        self.wait_ready();
+        self.wait_ready()
     }
 
-    fn wait_ready(&mut self) {
+    fn wait_ready(&mut self) -> Result<(), StartError> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if self.ctl(&["status", "--json"]).status.success() {
-                return;
+                return Ok(());
             }
             let child = self.child.as_mut().expect("daemon started");
             if let Some(status) = child.try_status() {
-                panic!(
-                    "lb-ctl daemon exited with {status} before it was ready:\n{}",
-                    child.stderr()
-                );
+                // Its last message may still be in the pipe.
+                let log = child
+                    .wait_output(Duration::from_secs(1))
+                    .map(|out| String::from_utf8_lossy(&out.stderr).into_owned())
+                    .unwrap_or_else(|| child.stderr());
+                self.child = None;
+                let mut message = last_words(&log);
+                if self.has_verifier_log() {
+                    // The message names the log file in the state folder.
+                    self.dir.keep();
+                    message.push_str(&format!(
+                        "\n[the daemon's folder {} is kept]",
+                        self.dir.path().display()
+                    ));
+                }
+                return Err(StartError {
+                    status: Some(status),
+                    message,
+                });
             }
-            assert!(
-                Instant::now() < deadline,
-                "lb-ctl daemon not ready after 30 s:\n{}",
-                child.stderr()
-            );
+            if Instant::now() >= deadline {
+                let message = last_words(&child.stderr());
+                self.stop();
+                return Err(StartError {
+                    status: None,
+                    message,
+                });
+            }
             thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Whether the daemon left a rejected program's verifier log in its state folder.
+    fn has_verifier_log(&self) -> bool {
+        fs::read_dir(self.state_dir()).is_ok_and(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .any(|e| e.file_name().to_string_lossy().starts_with("verifier-"))
+        })
     }
 
     /// Runs `lb-ctl --socket S ARGS…` on the host.
@@ -152,7 +229,9 @@ impl LbDaemon {
     /// Starts the daemon again with the same config, state and socket.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "stop or kill the daemon first");
-        self.spawn();
+        if let Err(e) = self.spawn() {
+            panic!("{e}");
+        }
     }
 
     /// `lb-ctl teardown`: removes the pinned data plane.
@@ -169,5 +248,37 @@ impl Drop for LbDaemon {
     fn drop(&mut self) {
         self.stop();
         let _ = self.teardown();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::last_words;
+
+    #[test]
+    fn a_failed_daemon_shows_its_message_not_its_whole_log() {
+        let mut log = String::new();
+        for i in 0..5_000 {
+            log.push_str(&format!("2026-01-01T00:00:00Z  INFO lb_ctl: line {i}\n"));
+        }
+        log.push_str("lb-ctl daemon: the kernel rejected the XDP program lb_xdp: oops\n");
+        log.push_str("  the verifier processed 12 instructions\n  what to try: this\n");
+        let shown = last_words(&log);
+        assert_eq!(
+            shown,
+            "[5000 earlier line(s) of its log not shown]\n\
+             lb-ctl daemon: the kernel rejected the XDP program lb_xdp: oops\n  \
+             the verifier processed 12 instructions\n  what to try: this"
+        );
+    }
+
+    #[test]
+    fn without_a_final_message_the_last_lines_are_shown() {
+        let log: String = (0..100).map(|i| format!("line {i}\n")).collect();
+        let shown = last_words(&log);
+        assert_eq!(shown.lines().count(), 41);
+        assert!(shown.starts_with("[60 earlier line(s)"), "{shown}");
+        assert!(shown.ends_with("line 99"), "{shown}");
+        assert_eq!(last_words("short\nlog\n"), "short\nlog");
     }
 }

@@ -2460,6 +2460,7 @@ pub fn load(lab: &Lab, setup: &Setup, flow_table_size: u32) -> anyhow::Result<Da
             max_backends: 64,
         },
         map_pin_dir: None,
+        verifier_log_dir: None,
     })?;
     dp.add_tx_port(lab.client_if)?;
     dp.add_tx_port(lab.backend_if)?;

@@ -255,6 +255,7 @@ fn load(lab: &Lab) -> DataPlane {
             max_backends: 64,
         },
         map_pin_dir: None,
+        verifier_log_dir: None,
     })
     .expect("the XDP program loads and verifies");
     pin_to_cpu0();
@@ -1759,6 +1760,7 @@ fn flow_table_walk_reads_every_entry_once_in_batches() {
                 max_backends: 64,
             },
             map_pin_dir: None,
+            verifier_log_dir: None,
         })
         .expect("the XDP program loads and verifies");
         let key = |i: u32| FlowKey {

@@ -14,7 +14,10 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::process::{Cmd, fmt_duration, is_root};
+use crate::{
+    machine,
+    process::{Cmd, fmt_duration, is_root},
+};
 
 /// Names the rustup toolchain that compiles `lb-ebpf`; read by `lb-ctl/build.rs` too.
 pub const TOOLCHAIN_VAR: &str = "LB_EBPF_TOOLCHAIN";
@@ -29,7 +32,7 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// another eBPF toolchain, that toolchain's LLVM major is required instead.
 const DEB_WEB_LLVM: u32 = 22;
 
-const BPFFS: &str = "/sys/fs/bpf";
+pub const BPFFS: &str = "/sys/fs/bpf";
 
 /// What a command needs installed. `build` needs `Build`; `test` and `run` need `Build`
 /// and `Test`; a command that needs more names its extra groups.
@@ -435,11 +438,8 @@ fn check_custom_toolchain(toolchain: &str) -> anyhow::Result<u32> {
         .arg(format!("+{toolchain}"))
         .arg("-vV")
         .read()?;
-    let llvm = info
-        .lines()
-        .find_map(|line| line.strip_prefix("LLVM version: "))
-        .and_then(|v| v.split('.').next())
-        .and_then(|major| major.trim().parse().ok())
+    let llvm = machine::llvm_version(&info)
+        .and_then(machine::major)
         .with_context(|| format!("`rustc +{toolchain} -vV` names no LLVM version"))?;
     say(format!(
         "rustup toolchain {toolchain} (from {TOOLCHAIN_VAR}) with rust-src: present (LLVM {llvm})"
@@ -461,9 +461,7 @@ fn bpf_linker_state(llvm: u32) -> anyhow::Result<LinkerState> {
         return Ok(LinkerState::Missing);
     };
     let version = match Cmd::new(&path).arg("--version").probe()? {
-        Some((status, out)) if status.success() => out
-            .split_whitespace()
-            .nth(1)
+        Some((status, out)) if status.success() => machine::bpf_linker_version(&out)
             .unwrap_or("(unknown version)")
             .to_owned(),
         _ => return Ok(LinkerState::Broken("`bpf-linker --version` fails")),
@@ -483,13 +481,13 @@ fn bpf_linker_state(llvm: u32) -> anyhow::Result<LinkerState> {
 }
 
 #[derive(Debug, PartialEq, Eq)]
-enum Linked {
+pub enum Linked {
     Major(u32),
     NotFound,
 }
 
 /// The major version of the shared libLLVM `binary` links, per `ldd`.
-fn linked_llvm_major(binary: &Path) -> anyhow::Result<Option<Linked>> {
+pub fn linked_llvm_major(binary: &Path) -> anyhow::Result<Option<Linked>> {
     let Some((_, out)) = Cmd::new("ldd").arg(binary).probe()? else {
         return Ok(None);
     };
@@ -534,7 +532,7 @@ fn installed_llvm_feature(llvm: u32) -> anyhow::Result<Option<bool>> {
 }
 
 /// `LLVM_PREFIX` when the user set it, else Debian's `/usr/lib/llvm-N`.
-fn llvm_prefix(llvm: u32) -> PathBuf {
+pub fn llvm_prefix(llvm: u32) -> PathBuf {
     env::var_os("LLVM_PREFIX")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(format!("/usr/lib/llvm-{llvm}")))
@@ -555,13 +553,13 @@ fn bpf_linker_install_cmd(llvm: u32, replace: bool) -> Cmd {
     if replace { cmd.arg("--force") } else { cmd }
 }
 
-fn find_on_path(program: &str) -> Option<PathBuf> {
+pub fn find_on_path(program: &str) -> Option<PathBuf> {
     env::split_paths(&env::var_os("PATH")?)
         .map(|dir| dir.join(program))
         .find(|p| p.is_file())
 }
 
-fn bpffs_mounted() -> anyhow::Result<bool> {
+pub fn bpffs_mounted() -> anyhow::Result<bool> {
     let mounts = fs::read_to_string("/proc/mounts").context("reading /proc/mounts")?;
     Ok(mounts.lines().any(|line| {
         let mut fields = line.split_whitespace().skip(1);

@@ -8,6 +8,7 @@ mod bootstrap;
 mod build;
 mod demo;
 mod fuzz;
+mod machine;
 mod process;
 mod run;
 mod test;
@@ -34,7 +35,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Install what this machine lacks (Debian packages, the deb-web toolchain link,
-    /// bpf-linker, the bpffs mount); idempotent. build, test and run do this first.
+    /// bpf-linker, the bpffs mount); idempotent. build, test and run do this first. Then
+    /// report the kernel and toolchain versions and check the kernel features.
     Setup {
         /// Also install an optional group's packages.
         #[arg(long = "with", value_enum, value_name = "GROUP")]
@@ -64,7 +66,9 @@ fn main() -> ExitCode {
         Command::Setup { with } => {
             let mut groups = vec![Group::Build, Group::Test];
             groups.extend(with);
-            bootstrap::bootstrap(&groups).map(|()| ExitCode::SUCCESS)
+            bootstrap::bootstrap(&groups)
+                .and_then(|()| machine::report())
+                .map(|()| ExitCode::SUCCESS)
         }
         Command::Build { release } => build::build(release).map(|_| ExitCode::SUCCESS),
         Command::Test(args) => test::test(&args).map(|()| ExitCode::SUCCESS),

@@ -7,7 +7,7 @@ use anyhow::{anyhow, bail};
 
 use crate::{
     bootstrap::{self, Group},
-    build,
+    build, machine,
     process::{Cmd, fmt_duration, in_ci, is_root, lb_ctl_path, report, target_dir},
 };
 
@@ -102,8 +102,12 @@ pub fn test(args: &TestArgs) -> anyhow::Result<()> {
             "setup",
             None,
             // Browser: the status-page test drives headless Chromium, and in CI a
-            // missing browser fails that test rather than skipping it.
-            Box::new(|_| bootstrap::bootstrap(&[Group::Build, Group::Test, Group::Browser])),
+            // missing browser fails that test rather than skipping it. The machine report
+            // heads every test log, so a run on a machine that differs shows how.
+            Box::new(|_| {
+                bootstrap::bootstrap(&[Group::Build, Group::Test, Group::Browser])?;
+                machine::report()
+            }),
         ),
         (
             "fmt",

@@ -272,6 +272,7 @@ fn run_backends(
             max_backends: 16384,
         },
         map_pin_dir: None,
+        verifier_log_dir: None,
     })
     .context("loading the data plane")?;
     say(format!(

@@ -222,6 +222,7 @@ fn small_dataplane() -> anyhow::Result<DataPlane> {
             max_backends: 16,
         },
         map_pin_dir: None,
+        verifier_log_dir: None,
     })?)
 }
 
@@ -353,6 +354,7 @@ pub fn run(options: &ForwardOptions) -> anyhow::Result<ForwardReport> {
             max_backends: 64,
         },
         map_pin_dir: None,
+        verifier_log_dir: None,
     })
     .context("loading the LB data plane")?;
     kit::install_listener(

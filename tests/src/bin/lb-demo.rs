@@ -90,7 +90,14 @@ fn main() -> ExitCode {
         "lb-demo: starting lb-ctl daemon in namespace {}",
         topo.lb().name()
     );
-    let daemon = LbDaemon::start(topo.lb(), INSTANCE, &config(&topo));
+    let daemon = match LbDaemon::try_start(topo.lb(), INSTANCE, &config(&topo)) {
+        Ok(daemon) => daemon,
+        Err(e) => {
+            // The daemon's own message says what went wrong; the namespaces go on return.
+            eprintln!("lb-demo: {e}\nlb-demo: removing the demo network");
+            return ExitCode::FAILURE;
+        }
+    };
 
     // Prove the path before telling the user it works.
     let probe = curl_many(topo.client(), &format!("http://{VIP}/"), 3, None, 1);
