@@ -1,5 +1,5 @@
 //! Builds the XDP program (crate `lb-ebpf`) for the BPF target and leaves the object in
-//! `OUT_DIR`, where `src/ebpf.rs` embeds it: one `lb-ctl` binary carries its data plane.
+//! `OUT_DIR`, where `src/dataplane.rs` embeds it: one `lb-ctl` binary carries its data plane.
 
 use std::{env, path::PathBuf};
 

@@ -21,8 +21,8 @@ use aya_ebpf::{
 
 use crate::parse::ptr_at;
 
-/// Bytes of the benchmark packet (a 64-byte frame without FCS is 60; the table in
-/// BENCHMARKING.md says 64, so the packet is 64 bytes with Ethernet padding).
+/// Bytes of the benchmark packet: the 64-byte frames of the peer's measurements (a
+/// minimal frame without FCS is 60 bytes, so this one carries Ethernet padding).
 pub const BENCH_LEN: usize = 64;
 
 /// The packet every `lb_bench` run starts from.

@@ -997,7 +997,8 @@ fn recovered_backend_ramps_up_with_slow_start() {
 
 /// Connections refused by a dead backend (SYN answered by a RST from the backend) are not
 /// active flows: `status` shows none on it, and `wait drained` returns at once. An active
-/// flow is a flow entry with no FIN/RST seen (DESIGN.md); the LB translated that RST.
+/// flow is a flow entry with no FIN/RST seen (`lb_common::select::is_active`); the LB
+/// translated that RST.
 #[test]
 fn connections_refused_by_a_dead_backend_are_not_active_flows() {
     let Some((topo, daemon, mut backends)) = setup(

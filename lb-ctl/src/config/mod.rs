@@ -1,5 +1,5 @@
-//! The controller's configuration: the model of DESIGN.md ("The model", "Config
-//! contract"), read from YAML and validated in one pass.
+//! The controller's configuration: listeners, server groups and options as docs/config.md
+//! describes them, read from YAML and validated in one pass.
 //!
 //! Reading happens in two steps. The YAML text becomes a `serde_yaml::Value` (a syntax
 //! error stops here, with its line and column); `walk` turns the tree into a typed

@@ -1,5 +1,5 @@
 //! The typed configuration: what the daemon runs on after validation, and what `export`
-//! writes back. Field names are the config file's (DESIGN.md, "Config contract"); serde's
+//! writes back. Field names are the config file's (docs/config.md); serde's
 //! `Serialize` emits them unchanged and leaves out settings at their default, so an
 //! exported file shows only what differs from a fresh listener or group.
 

@@ -7,7 +7,7 @@ use lb_common::Scheduler;
 
 use super::*;
 
-/// DESIGN.md's example, minus the `udp:` section of the `web` listener's HTTP check (a
+/// The full example of docs/config.md, minus the `udp:` section of the `web` listener's HTTP check (a
 /// section only read for `type: udp`, which the validator refuses; see
 /// `design_example_as_written_has_one_error`).
 const DESIGN_EXAMPLE: &str = r#"

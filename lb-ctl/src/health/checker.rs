@@ -12,7 +12,7 @@
 //! - probes start on a fixed cadence whatever the previous probe's fate: a probe slower
 //!   than the interval (timeout > interval) does not delay the next one, so a failure is
 //!   detected within interval × unhealthy_threshold + timeout (+ jitter), the bound
-//!   DESIGN.md promises. Results are applied in the order the probes started; one that
+//!   docs/config.md promises. Results are applied in the order the probes started; one that
 //!   finishes after a later-started one is counted in the metrics only.
 
 use std::{

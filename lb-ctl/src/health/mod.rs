@@ -2,7 +2,7 @@
 //! check says, decides up and down through thresholds and flap damping, and reports each
 //! change of state once.
 //!
-//! Semantics (CLB-like, DESIGN.md "Health checks"):
+//! Semantics (CLB-like; docs/config.md, `health_check`):
 //! - health is per `BackendKey`, i.e. per listener and backend;
 //! - a backend starts healthy: it takes traffic from the start and the checker takes it
 //!   out after `unhealthy_threshold` consecutive failed probes; `healthy_threshold`

@@ -1,5 +1,5 @@
 //! Part 1: what one packet costs the XDP program, with BPF_PROG_TEST_RUN on identical
-//! 64-byte frames, by the two fair methods of `BENCHMARKING.md`:
+//! 64-byte frames, by the two fair methods the peer's figures were taken with:
 //!
 //! - method 1: `repeat = 1`, one syscall per packet, the kernel-reported duration; the
 //!   floor is `lb_empty` measured the same way. Caches are cold after each syscall, so
@@ -76,7 +76,8 @@ impl Case {
         }
     }
 
-    /// The peer's figures from BENCHMARKING.md: (method 2, method 1) ns, floor subtracted.
+    /// The peer's figures: (method 2, method 1) ns, floor subtracted (docs/benchmarks.md
+    /// says where and when they were measured).
     pub fn peer(self) -> Option<(f64, f64)> {
         match self {
             Case::Established => Some((174.0, 246.0)),

@@ -94,7 +94,7 @@ impl Path {
         }
     }
 
-    /// The peer figure of BENCHMARKING.md, Mpps.
+    /// The peer's figure, Mpps (docs/benchmarks.md says where it was measured).
     pub fn peer(self) -> Option<f64> {
         match self {
             Path::Ceiling => Some(2.9),

@@ -474,8 +474,9 @@ pub fn markdown(r: &Report) -> String {
     let _ = writeln!(
         o,
         "Written by `{}` ({} run); rerun it to replace this file. The suite reports; it \
-         fails on no number. Methods and peer figures: `BENCHMARKING.md` of the shared \
-         notes, summarised below with every measurement.\n",
+         fails on no number. The method of each measurement and the peer's figures (a widely \
+         deployed C XDP balancer, measured with its own harness on a machine of this kind) \
+         are given below with every measurement.\n",
         r.command,
         if r.plan.quick { "a quick" } else { "a full" }
     );
@@ -587,8 +588,8 @@ fn cost_section(o: &mut String, r: &Report) {
     let Some(c) = r.cost.done() else { return };
     let _ = writeln!(
         o,
-        "ns per packet, floor subtracted, median (min–max); peer = the C balancer of \
-         BENCHMARKING.md on this machine kind:\n"
+        "ns per packet, floor subtracted, median (min–max); peer = the C balancer, \
+         measured with its own harness on a machine of this kind:\n"
     );
     o.push_str(&cost_table(c).markdown());
     let _ = writeln!(
