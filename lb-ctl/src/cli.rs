@@ -39,6 +39,12 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Load and attach the XDP program, fill its maps from the config, serve the API.
+    ///
+    /// Also turns `net.ipv4.conf.<iface>.accept_local` on for each interface it attaches
+    /// to: replies the XDP program hands to the kernel (next hop not resolved yet) keep
+    /// the VIP as their source, which the kernel drops where the VIP is an address of this
+    /// host unless it accepts local sources there. It warns about a strict `rp_filter`
+    /// that would drop them all the same.
     Daemon(DaemonArgs),
     /// Check a config file offline; lists every error with its path.
     Validate {
@@ -124,7 +130,8 @@ pub struct DaemonArgs {
     /// Group allowed to use the control socket (mode 0660; default: root only, 0600).
     #[arg(long)]
     pub socket_group: Option<String>,
-    /// Run inside this network namespace (`ip netns` name) while keeping the host's bpffs.
+    /// Run inside this network namespace (`ip netns` name: its interfaces, addresses and
+    /// settings) while keeping the host's bpffs.
     #[arg(long)]
     pub netns: Option<String>,
     /// Where bpffs is mounted.

@@ -17,6 +17,7 @@ use crate::{
     config::{self, Config},
     dataplane::{DataPlane, LoadOptions, MapSizes},
     health::{self, Checker},
+    host,
     overlay::{self, Change},
     pins::{self, Layout},
     plan::{self, BackendKey, Desired, Frontend, Ids, Role, Runtime},
@@ -224,6 +225,7 @@ impl Controller {
             cut_removed: false,
         };
         controller.restore_drains(&drains);
+        controller.prepare_host();
         let ops = controller.apply()?;
         info!(
             "instance {}: {} listener(s), {} map operation(s){}",
@@ -651,6 +653,9 @@ impl Controller {
         if interfaces_changed && let Err(e) = self.reattach() {
             return Response::failed(format!("{e:#}"));
         }
+        // Also without new interfaces: the VIPs, and so which of them are local, may
+        // have changed.
+        self.prepare_host();
         match self.apply() {
             Ok(ops) => {
                 self.refresh_health_targets();
@@ -717,8 +722,23 @@ impl Controller {
         }
         if reattach {
             self.reattach()?;
+            // A re-created interface starts from the kernel's defaults.
+            self.prepare_host();
         }
         Ok(())
+    }
+
+    /// The kernel settings the data plane needs on the attached interfaces, checked
+    /// against the VIPs of the effective config (see `host`).
+    fn prepare_host(&self) {
+        let interfaces: Vec<&str> = self
+            .attached
+            .iter()
+            .filter(|(_, _, mode)| *mode != pins::MISSING)
+            .map(|(name, _, _)| name.as_str())
+            .collect();
+        let vips = self.effective.listeners.iter().map(|l| l.address).collect();
+        host::prepare(&host::Ipv4Conf::default(), &interfaces, &vips);
     }
 
     /// Counts active flows per backend by walking the flow table (LRU eviction and idle

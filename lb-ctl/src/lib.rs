@@ -11,6 +11,7 @@ pub mod dataplane;
 pub mod explain;
 pub mod flow_walk;
 pub mod health;
+pub mod host;
 pub mod metrics;
 pub mod overlay;
 pub mod pins;

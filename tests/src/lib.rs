@@ -34,7 +34,7 @@ pub use client::{
 pub use daemon::LbDaemon;
 pub use netns::{ChildGuard, Netns, unique_prefix, veth};
 pub use privilege::{require_root, require_root_and_bpf};
-pub use topology::{Topology, TopologyOptions, VIP};
+pub use topology::{Topology, TopologyOptions, VIP, VipPlacement};
 
 /// Path of the workspace binary `name` (`lb-ctl`, `lb-test-backend`, …), built into the
 /// same target directory as the running test executable.

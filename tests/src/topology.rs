@@ -8,8 +8,12 @@
 //!                                                                                          default via 198.18.1.1
 //! ```
 //!
-//! The VIP range 198.19.0.0/16 is routed from the client to the LB and configured on no
-//! interface: the LB's XDP program is what answers for it.
+//! Where the VIP lives is the deployment ([`VipPlacement`]). By default the VIP range
+//! 198.19.0.0/16 is routed from the client to the LB and configured on no interface: the
+//! LB's XDP program is what answers for it. With [`VipPlacement::LocalOnLb`] the VIP is
+//! also an address of the LB's client-side interface (`198.19.0.100/32 dev lb-client`, as
+//! LVS directors have it) and the client reaches the VIP range on its link, by ARP, as
+//! on a flat segment.
 
 use std::net::Ipv4Addr;
 
@@ -49,6 +53,8 @@ pub const BACKEND_IF: &str = "eth0";
 pub const MAX_BACKENDS: usize = 244;
 /// Most extra client addresses (198.18.0.10 upwards).
 pub const MAX_CLIENT_ADDRESSES: usize = 245;
+/// A client address the LB is never told about ([`TopologyOptions::unknown_client`]).
+pub const UNKNOWN_CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 3);
 
 /// Address of backend `k` (1-based): 198.18.1.(10+k).
 pub fn backend_addr(k: usize) -> Ipv4Addr {
@@ -64,6 +70,19 @@ pub fn switch_backend_port(k: usize) -> String {
     format!("sw-b{k}")
 }
 
+/// How the VIP reaches the LB: the two ways a NAT load balancer is deployed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum VipPlacement {
+    /// The VIP range is routed to the LB (the client's next hop is 198.18.0.1) and is an
+    /// address of no interface.
+    #[default]
+    RoutedToLb,
+    /// [`VIP`] is a local address of the LB's client-side interface and answers ARP; the
+    /// client has the VIP range on its link. Replies the XDP program hands to the kernel
+    /// then carry one of the LB's own addresses as their source.
+    LocalOnLb,
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct TopologyOptions {
     /// Extra client addresses 198.18.0.10, .11, … on the client's interface, for tests
@@ -72,6 +91,12 @@ pub struct TopologyOptions {
     /// Keep IPv6 on. Off by default so that neighbour discovery and MLD frames do not show
     /// up in the XDP program's counters.
     pub keep_ipv6: bool,
+    pub vip: VipPlacement,
+    /// Also give the client [`UNKNOWN_CLIENT_ADDR`], which is left out of
+    /// [`Topology::client_addrs`] and so of [`Topology::pin_neighbors`]: the LB has no
+    /// neighbour entry for it until its kernel resolves one, so replies to it take the
+    /// XDP program's no-neighbour path.
+    pub unknown_client: bool,
 }
 
 /// The namespaces and links of the standard test network; all of it is removed on drop
@@ -84,6 +109,8 @@ pub struct Topology {
     switch: Netns,
     backends: Vec<Netns>,
     client_addrs: Vec<Ipv4Addr>,
+    unknown_client: bool,
+    vip: VipPlacement,
     lb_client_ifindex: u32,
     lb_backend_ifindex: u32,
 }
@@ -176,12 +203,19 @@ impl Topology {
         let mut client_addrs = vec![CLIENT_ADDR];
         client_addrs
             .extend((0..options.client_addresses).map(|i| Ipv4Addr::new(198, 18, 0, 10 + i as u8)));
-        for addr in &client_addrs {
+        let unknown = options.unknown_client.then_some(UNKNOWN_CLIENT_ADDR);
+        for addr in client_addrs.iter().chain(&unknown) {
             client.addr_add(CLIENT_IF, format!("{addr}/{PREFIX_LEN}"));
         }
-        client.route_add(VIP_RANGE, LB_CLIENT_ADDR);
         lb.addr_add(LB_CLIENT_IF, format!("{LB_CLIENT_ADDR}/{PREFIX_LEN}"));
         lb.addr_add(LB_BACKEND_IF, format!("{LB_BACKEND_ADDR}/{PREFIX_LEN}"));
+        match options.vip {
+            VipPlacement::RoutedToLb => client.route_add(VIP_RANGE, LB_CLIENT_ADDR),
+            VipPlacement::LocalOnLb => {
+                lb.addr_add(LB_CLIENT_IF, format!("{VIP}/32"));
+                client.ip(["route", "add", VIP_RANGE, "dev", CLIENT_IF]);
+            }
+        }
         for (i, backend) in backends.iter().enumerate() {
             backend.addr_add(BACKEND_IF, format!("{}/{PREFIX_LEN}", backend_addr(i + 1)));
             backend.route_add("default", LB_BACKEND_ADDR);
@@ -196,6 +230,8 @@ impl Topology {
             switch,
             backends,
             client_addrs,
+            unknown_client: options.unknown_client,
+            vip: options.vip,
             lb_client_ifindex,
             lb_backend_ifindex,
         }
@@ -256,6 +292,21 @@ impl Topology {
         CLIENT_ADDR
     }
 
+    /// [`UNKNOWN_CLIENT_ADDR`]; panics unless the topology was built with
+    /// [`TopologyOptions::unknown_client`].
+    pub fn unknown_client_addr(&self) -> Ipv4Addr {
+        assert!(
+            self.unknown_client,
+            "the topology was built without TopologyOptions::unknown_client"
+        );
+        UNKNOWN_CLIENT_ADDR
+    }
+
+    /// Where the VIP lives in this topology.
+    pub fn vip_placement(&self) -> VipPlacement {
+        self.vip
+    }
+
     /// Address of backend `k` (1-based): 198.18.1.(10+k).
     pub fn backend_addr(&self, k: usize) -> Ipv4Addr {
         self.backend(k);
@@ -290,9 +341,12 @@ impl Topology {
     }
 
     /// Permanent neighbour entries on both sides of the LB: in the LB for every client
-    /// address and every backend, in the client and the backends for the LB's addresses.
-    /// `bpf_fib_lookup` reports "no neighbour" for an address the kernel has not resolved
-    /// yet, so without this the first packets of a test may take a different path.
+    /// address (but [`UNKNOWN_CLIENT_ADDR`]) and every backend, in the client and the
+    /// backends for the LB's addresses (and the VIP, when the client reaches it on its
+    /// link). `bpf_fib_lookup` reports "no neighbour" for an address the kernel has not
+    /// resolved yet, so without this the first packets of a test may take a different
+    /// path. The client never has to ask for the LB's address, so the LB does not learn
+    /// the unknown client from an ARP request either.
     pub fn pin_neighbors(&self) {
         let client_mac = self.client.mac(CLIENT_IF);
         for addr in &self.client_addrs {
@@ -301,6 +355,9 @@ impl Topology {
         let lb_client_mac = self.lb.mac(LB_CLIENT_IF);
         self.client
             .neigh_permanent(CLIENT_IF, LB_CLIENT_ADDR, &lb_client_mac);
+        if self.vip == VipPlacement::LocalOnLb {
+            self.client.neigh_permanent(CLIENT_IF, VIP, &lb_client_mac);
+        }
         let lb_backend_mac = self.lb.mac(LB_BACKEND_IF);
         for (i, backend) in self.backends.iter().enumerate() {
             let mac = backend.mac(BACKEND_IF);

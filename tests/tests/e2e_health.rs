@@ -23,7 +23,8 @@ use std::{
 
 use lb_tests::{
     Backend, BulkOptions, ChildGuard, LbDaemon, Netns, Tally, Topology, TopologyOptions, VIP,
-    curl_many, curl_many_with, require_root_and_bpf, topology::LB_BACKEND_ADDR, udp_request,
+    curl_many, curl_many_with, require_root_and_bpf, topology::LB_BACKEND_ADDR, udp_many,
+    udp_request,
 };
 use serde_json::Value;
 
@@ -57,12 +58,21 @@ fn up_bound() -> Duration {
 /// A three-backend topology, backends started (HTTP on 8080, UDP on 5353), and a daemon
 /// whose config is the usual header followed by `groups_and_listeners`.
 fn setup(tag: &str, groups_and_listeners: &str) -> Option<(Topology, LbDaemon, Vec<Backend>)> {
+    setup_serving(tag, Some(HTTP_PORT), groups_and_listeners)
+}
+
+/// [`setup`] with backends serving HTTP on `http_port` only if given (UDP always).
+fn setup_serving(
+    tag: &str,
+    http_port: Option<u16>,
+    groups_and_listeners: &str,
+) -> Option<(Topology, LbDaemon, Vec<Backend>)> {
     if !require_root_and_bpf(tag) {
         return None;
     }
     let topo = Topology::build(tag, 3, TopologyOptions::default());
     topo.pin_neighbors();
-    let backends = topo.start_backends(Some(HTTP_PORT), Some(UDP_PORT));
+    let backends = topo.start_backends(http_port, Some(UDP_PORT));
     let instance = format!("{}i", topo.prefix());
     let config = format!(
         "instance: {instance}\ninterfaces: [{}, {}]\nflow_table_size: 65536\nmax_listeners: 8\nmax_backends: 256\n{groups_and_listeners}",
@@ -736,6 +746,82 @@ fn udp_primary_secondary_fails_over_and_back() {
     }
     let b1 = backend_status(&daemon.status(), "dns", B1, 5353);
     assert!(is_up(&b1), "primary shown up: {b1}");
+}
+
+/// The failure-detection bound of the default check (interval 2 s, timeout 5 s, both
+/// thresholds 3), as for the tests' timings above.
+fn default_down_bound() -> Duration {
+    Duration::from_secs(2 * 3 + 5 + 2)
+}
+
+/// A UDP listener without `health_check`, in front of backends that serve UDP only (no
+/// TCP port open): it gets a UDP check, so the backends stay up and every request is
+/// answered; a backend whose UDP service stops is marked down (its port answers ICMP port
+/// unreachable) and gets no more requests, and comes back when it serves again.
+#[test]
+fn udp_listener_without_a_health_check_is_checked_with_udp() {
+    let Some((topo, daemon, mut backends)) = setup_serving(
+        "hudd",
+        None,
+        &format!(
+            "vserver_groups:\n  - name: dns\n    servers:\n      - {{ address: {B1}, port: {UDP_PORT} }}\n      - {{ address: {B2}, port: {UDP_PORT} }}\nlisteners:\n  - {{ name: dns, protocol: udp, address: 198.19.0.100, port: 53, server_group: dns, scheduler: rr }}\n"
+        ),
+    ) else {
+        return;
+    };
+    let vip: SocketAddr = (VIP, 53).into();
+    let client = topo.client();
+    let requests = |tag: &str| {
+        let results = udp_many(client, vip, tag, 20, None, Duration::from_secs(2));
+        Tally::of(&results)
+    };
+
+    // Long enough for a check that fails every probe (a TCP one: nothing listens on TCP)
+    // to have marked both backends down.
+    thread::sleep(default_down_bound());
+    let status = daemon.status();
+    for addr in [B1, B2] {
+        let b = backend_status(&status, "dns", addr, UDP_PORT);
+        assert!(
+            is_up(&b) && b["probed"] == true && b["last_probe"] == "ok",
+            "{addr} probed and up: {b}\n{}",
+            plain_log(&daemon)
+        );
+    }
+    let tally = requests("before");
+    println!("both up: {tally}");
+    assert_eq!(tally.failed(), 0, "every request answered: {tally}");
+    assert!(tally.count("b1") > 0 && tally.count("b2") > 0, "{tally}");
+
+    // b2's UDP service stops: its port answers ICMP port unreachable.
+    kill_backend(&mut backends[1]);
+    let (took, b2) = wait_backend(&daemon, "dns", B2, UDP_PORT, default_down_bound(), is_down)
+        .unwrap_or_else(|b| {
+            panic!(
+                "b2 not marked down within {:?}: {b}\n{}",
+                default_down_bound(),
+                plain_log(&daemon)
+            )
+        });
+    println!("b2 down after {took:?}: {b2}");
+    assert_eq!(b2["last_probe"], "refused", "{b2}");
+    let tally = requests("b2-down");
+    println!("b2 down: {tally}");
+    assert_eq!(
+        (tally.count("b1"), tally.failed()),
+        (20, 0),
+        "every request answered by b1: {tally}"
+    );
+
+    let any = SocketAddr::from((Ipv4Addr::UNSPECIFIED, UDP_PORT));
+    backends[1] = Backend::start(topo.backend(2), "b2", &[], &[any]);
+    let (took, _) = wait_backend(&daemon, "dns", B2, UDP_PORT, default_down_bound(), is_up)
+        .unwrap_or_else(|b| panic!("b2 not back up: {b}\n{}", plain_log(&daemon)));
+    println!("b2 up again after {took:?}");
+    let tally = requests("b2-up");
+    println!("b2 up again: {tally}");
+    assert_eq!(tally.failed(), 0, "{tally}");
+    assert!(tally.count("b2") > 0, "b2 answers again: {tally}");
 }
 
 /// The same failover for TCP with curl: primary/secondary group, TCP health check, steady

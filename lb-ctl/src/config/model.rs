@@ -349,6 +349,12 @@ impl Listener {
         }
     }
 
+    /// The check run against this listener's backends: the configured type, else the
+    /// protocol's own.
+    pub fn health_check_kind(&self) -> HealthCheckKind {
+        self.health_check.kind_for(self.protocol)
+    }
+
     /// The vServer or primary/secondary group this listener uses; `None` for the default
     /// group, whether the config omits `server_group` or names `default`.
     pub fn named_group(&self) -> Option<&str> {
@@ -400,8 +406,11 @@ pub enum AclKind {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct HealthCheck {
-    #[serde(rename = "type", skip_serializing_if = "is_default")]
-    pub kind: HealthCheckKind,
+    /// `None` when the config names no type: the listener's protocol decides
+    /// ([`HealthCheck::kind_for`]). Kept apart from an explicit type so that an export
+    /// reads back the same whatever the protocol.
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<HealthCheckKind>,
     /// Seconds between probes of one backend.
     #[serde(skip_serializing_if = "eq_u32::<DEFAULT_CHECK_INTERVAL>")]
     pub interval: u32,
@@ -430,7 +439,7 @@ pub struct HealthCheck {
 impl Default for HealthCheck {
     fn default() -> Self {
         Self {
-            kind: HealthCheckKind::default(),
+            kind: None,
             interval: DEFAULT_CHECK_INTERVAL,
             timeout: DEFAULT_CHECK_TIMEOUT,
             healthy_threshold: DEFAULT_CHECK_THRESHOLD,
@@ -444,6 +453,12 @@ impl Default for HealthCheck {
 }
 
 impl HealthCheck {
+    /// The check run for a listener of `protocol`: the configured type, else the
+    /// protocol's own.
+    pub fn kind_for(&self, protocol: Protocol) -> HealthCheckKind {
+        self.kind.unwrap_or(HealthCheckKind::default_for(protocol))
+    }
+
     /// The HTTP probe settings in effect (defaults when the section is absent).
     pub fn http_settings(&self) -> HttpCheck {
         self.http.clone().unwrap_or_default()
@@ -455,11 +470,10 @@ impl HealthCheck {
     }
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum HealthCheckKind {
     /// A TCP handshake to the backend port.
-    #[default]
     Tcp,
     /// An HTTP request whose status must fall in one of `codes`.
     Http,
@@ -470,6 +484,16 @@ pub enum HealthCheckKind {
 }
 
 impl HealthCheckKind {
+    /// The check of a listener whose config names none. A UDP service answers no TCP
+    /// handshake, so a TCP check would mark every backend of a UDP-only service down;
+    /// CLB checks UDP listeners with UDP too.
+    pub const fn default_for(protocol: Protocol) -> Self {
+        match protocol {
+            Protocol::Tcp => Self::Tcp,
+            Protocol::Udp => Self::Udp,
+        }
+    }
+
     pub const fn name(self) -> &'static str {
         match self {
             Self::Tcp => "tcp",

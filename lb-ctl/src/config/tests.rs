@@ -128,7 +128,7 @@ fn design_example_parses() {
         })
     );
     let http = web.health_check.http_settings();
-    assert_eq!(web.health_check.kind, HealthCheckKind::Http);
+    assert_eq!(web.health_check.kind, Some(HealthCheckKind::Http));
     assert_eq!(http.path, "/healthz");
     assert_eq!(http.host.as_deref(), Some("example.test"));
     assert_eq!(web.health_check.flap_damping.unwrap().hold, 120);
@@ -912,6 +912,14 @@ fn rule_health_check_sections_match_the_type() {
             "{l}, health_check: {{ http: {{ path: /ok }} }}"
         )])),
         [
+            "listeners[0].health_check.http: this section is only read when type is http (type is udp (the default of a udp listener); remove the section or set type: http)"
+        ]
+    );
+    assert_eq!(
+        errors(&listeners(&[&format!(
+            "{l}, health_check: {{ type: tcp, http: {{ path: /ok }} }}"
+        )])),
+        [
             "listeners[0].health_check.http: this section is only read when type is http (type is tcp; remove the section or set type: http)"
         ]
     );
@@ -923,6 +931,85 @@ fn rule_health_check_sections_match_the_type() {
             "listeners[0].health_check.udp: this section is only read when type is udp (type is none; remove the section or set type: udp)"
         ]
     );
+}
+
+#[test]
+fn a_check_without_a_type_is_the_listener_protocol_s() {
+    let udp = "name: dns, protocol: udp, address: 198.18.0.1, port: 53, backend_port: 53";
+    let tcp = "name: web, protocol: tcp, address: 198.18.0.1, port: 80, backend_port: 80";
+    let c = ok(&listeners(&[udp, tcp]));
+    assert_eq!(c.listeners[0].health_check, HealthCheck::default());
+    assert_eq!(c.listeners[0].health_check_kind(), HealthCheckKind::Udp);
+    assert_eq!(c.listeners[1].health_check_kind(), HealthCheckKind::Tcp);
+    // The default UDP probe: an empty datagram, healthy unless it draws an ICMP error.
+    assert_eq!(
+        c.listeners[0].health_check.udp_settings(),
+        UdpCheck::default()
+    );
+
+    // A section without `type` keeps the protocol's check.
+    let c = ok(&listeners(&[
+        &format!("{udp}, health_check: {{ interval: 1, udp: {{ request: ping, expect: pong }} }}"),
+        &format!("{tcp}, health_check: {{ interval: 1 }}"),
+    ]));
+    assert_eq!(c.listeners[0].health_check_kind(), HealthCheckKind::Udp);
+    assert_eq!(
+        c.listeners[0].health_check.udp_settings().expect.as_deref(),
+        Some("pong")
+    );
+    assert_eq!(c.listeners[1].health_check_kind(), HealthCheckKind::Tcp);
+    assert_eq!(
+        errors(&listeners(&[&format!(
+            "{tcp}, health_check: {{ udp: {{ request: ping }} }}"
+        )])),
+        [
+            "listeners[0].health_check.udp: this section is only read when type is udp (type is tcp (the default of a tcp listener); remove the section or set type: udp)"
+        ]
+    );
+
+    // Asked for explicitly, a TCP check of a UDP service stays one.
+    let c = ok(&listeners(&[&format!(
+        "{udp}, health_check: {{ type: tcp }}"
+    )]));
+    assert_eq!(c.listeners[0].health_check_kind(), HealthCheckKind::Tcp);
+}
+
+#[test]
+fn the_check_type_survives_an_export_whatever_the_protocol() {
+    let udp = |name: &str, port: u16| {
+        format!("name: {name}, protocol: udp, address: 198.18.0.1, port: {port}, backend_port: 53")
+    };
+    let c = ok(&listeners(&[
+        &udp("dns", 53),
+        &format!("{}, health_check: {{ type: tcp }}", udp("tcp-check", 54)),
+        &format!("{}, health_check: {{ interval: 10 }}", udp("slow", 55)),
+    ]));
+    let yaml = c.to_yaml();
+    assert_eq!(ok(&yaml), c, "exported:\n{yaml}");
+    let kinds: Vec<HealthCheckKind> = ok(&yaml)
+        .listeners
+        .iter()
+        .map(Listener::health_check_kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            HealthCheckKind::Udp,
+            HealthCheckKind::Tcp,
+            HealthCheckKind::Udp
+        ]
+    );
+    // The default stays out of the export.
+    assert_eq!(yaml.matches("health_check").count(), 2, "{yaml}");
+}
+
+#[test]
+fn a_listener_made_in_code_gets_its_protocol_s_check() {
+    let vip = Ipv4Addr::new(198, 18, 0, 1);
+    let udp = Listener::new("dns", Protocol::Udp, vip, 53);
+    let tcp = Listener::new("web", Protocol::Tcp, vip, 80);
+    assert_eq!(udp.health_check_kind(), HealthCheckKind::Udp);
+    assert_eq!(tcp.health_check_kind(), HealthCheckKind::Tcp);
 }
 
 #[test]

@@ -487,7 +487,7 @@ impl Checker<'_> {
             &DRAIN_TIMEOUT,
         );
         self.range(&at("slow_start"), l.slow_start, &SLOW_START);
-        self.health_check(&at("health_check"), &l.health_check);
+        self.health_check(&at("health_check"), &l.health_check, l.protocol);
     }
 
     /// A listener uses exactly one group: the default one, which needs `backend_port`
@@ -542,7 +542,7 @@ impl Checker<'_> {
         }
     }
 
-    fn health_check(&mut self, path: &str, hc: &HealthCheck) {
+    fn health_check(&mut self, path: &str, hc: &HealthCheck, protocol: Protocol) {
         let at = |f: &str| field(path, f);
         self.range(&at("interval"), hc.interval, &CHECK_INTERVAL);
         self.range(&at("timeout"), hc.timeout, &CHECK_TIMEOUT);
@@ -559,18 +559,25 @@ impl Checker<'_> {
         if let Some(port) = hc.port {
             self.range(&at("port"), port, &PORT);
         }
+        let kind = hc.kind_for(protocol);
+        let kind_is = match hc.kind {
+            Some(_) => format!("type is {}", kind.name()),
+            None => format!(
+                "type is {} (the default of a {protocol} listener)",
+                kind.name()
+            ),
+        };
         for (section, present, wanted) in [
             ("http", hc.http.is_some(), HealthCheckKind::Http),
             ("udp", hc.udp.is_some(), HealthCheckKind::Udp),
         ] {
-            if present && hc.kind != wanted {
+            if present && kind != wanted {
                 self.report(
                     &at(section),
                     &[&at("type")],
                     format!("this section is only read when type is {section}"),
                     Some(format!(
-                        "type is {}; remove the section or set type: {section}",
-                        hc.kind.name()
+                        "{kind_is}; remove the section or set type: {section}"
                     )),
                 );
             }

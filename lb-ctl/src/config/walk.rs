@@ -734,7 +734,7 @@ impl Reader {
                 &[],
             )
         }) {
-            hc.kind = v;
+            hc.kind = Some(v);
         }
         if let Some(v) = self.optional(m, path, "interval", |r, p, v| r.uint(p, v, &CHECK_INTERVAL))
         {
@@ -1147,7 +1147,7 @@ mod tests {
             "{BASE}listeners:\n  - name: a\n    protocol: udp\n    address: 198.18.0.1\n    port: 53\n    health_check:\n      type: udp\n      interval: 1\n      port: 5353\n      udp: {{ request: ping, expect: pong }}\n      flap_damping: {{ max_flaps: 4, window: 60, hold: 120 }}\n"
         ));
         let hc = &c.listeners[0].health_check;
-        assert_eq!(hc.kind, HealthCheckKind::Udp);
+        assert_eq!(hc.kind, Some(HealthCheckKind::Udp));
         assert_eq!(hc.interval, 1);
         assert_eq!(hc.timeout, DEFAULT_CHECK_TIMEOUT);
         assert_eq!(hc.port, Some(5353));

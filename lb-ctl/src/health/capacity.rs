@@ -114,7 +114,7 @@ pub async fn capacity_probe(
 
     let interval_s = interval_s.max(1);
     let check = HealthCheck {
-        kind: HealthCheckKind::Tcp,
+        kind: Some(HealthCheckKind::Tcp),
         interval: interval_s,
         timeout: 1,
         ..HealthCheck::default()
@@ -137,6 +137,7 @@ pub async fn capacity_probe(
                 address: Ipv4Addr::LOCALHOST,
                 port,
                 check: check.clone(),
+                kind: HealthCheckKind::Tcp,
                 probe: true,
                 weight: 100,
                 slow_start: 0,

@@ -335,7 +335,7 @@ impl Inner {
             if let Some(previous) = &previous
                 && recovered
             {
-                let reason = if target.probe && target.check.kind != HealthCheckKind::None {
+                let reason = if target.probe && target.kind != HealthCheckKind::None {
                     "health check changed"
                 } else {
                     "no longer probed"
@@ -345,7 +345,7 @@ impl Inner {
             let slot = self.next_slot;
             self.next_slot += 1;
             let probe = if target.probe {
-                Probe::new(&target.check, target.address, target.port).map(Arc::new)
+                Probe::new(target.kind, &target.check, target.address, target.port).map(Arc::new)
             } else {
                 None
             };
@@ -529,7 +529,7 @@ impl Inner {
                 BackendHealth {
                     key: e.target.key,
                     listener: e.target.listener.clone(),
-                    kind: e.target.check.kind,
+                    kind: e.target.kind,
                     probed: e.probe.is_some(),
                     state,
                     last_probe: e.last_probe.clone(),

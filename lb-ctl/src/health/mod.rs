@@ -41,7 +41,7 @@ pub use probe::{Probe, ProbeError, ProbeKind, parse_status_line, status_accepted
 pub use slow_start::slow_start_weight;
 
 use crate::{
-    config::{Config, HealthCheck},
+    config::{Config, HealthCheck, HealthCheckKind},
     plan::{BackendKey, Frontend},
 };
 
@@ -56,6 +56,8 @@ pub struct Target {
     pub address: Ipv4Addr,
     pub port: u16,
     pub check: HealthCheck,
+    /// The check to run: `check`'s type, else the listener protocol's.
+    pub kind: HealthCheckKind,
     /// False for a primary/secondary group's secondary unless `probe_secondary`: such a
     /// backend is never probed and always healthy.
     pub probe: bool,
@@ -73,6 +75,7 @@ impl Target {
             && self.address == other.address
             && self.port == other.port
             && self.check == other.check
+            && self.kind == other.kind
             && self.probe == other.probe
     }
 }
@@ -109,6 +112,7 @@ pub fn targets(config: &Config) -> Vec<Target> {
                 address: m.address,
                 port: m.port,
                 check: listener.health_check.clone(),
+                kind: listener.health_check_kind(),
                 probe: m.probed,
                 weight: m.weight,
                 slow_start: listener.slow_start,
@@ -184,6 +188,24 @@ listeners:
         .map(|(l, a, p, w)| (l, a.to_owned(), p, w))
         .collect();
         assert_eq!(summary, expected);
+        let kinds: Vec<(&str, HealthCheckKind)> =
+            t.iter().map(|t| (t.listener.as_str(), t.kind)).collect();
+        assert!(kinds.contains(&("web", HealthCheckKind::Http)), "{kinds:?}");
+        assert!(kinds.contains(&("api", HealthCheckKind::Tcp)), "{kinds:?}");
+        // UDP listeners without a check: probed with UDP, not with a TCP handshake their
+        // backends would refuse.
+        assert!(kinds.contains(&("db", HealthCheckKind::Udp)), "{kinds:?}");
+        assert!(kinds.contains(&("db2", HealthCheckKind::Udp)), "{kinds:?}");
+        let db = t.iter().find(|t| t.listener == "db").unwrap();
+        let probe = Probe::new(db.kind, &db.check, db.address, db.port).unwrap();
+        assert_eq!(
+            probe.kind,
+            ProbeKind::Udp {
+                request: Vec::new().into(),
+                expect: None
+            }
+        );
+        assert_eq!(probe.target.to_string(), "198.18.1.20:5432");
         assert_eq!(t[0].slow_start, 30);
         assert_eq!(t[0].check.interval, 5);
         assert_eq!(t[0].key.frontend.port, 80);

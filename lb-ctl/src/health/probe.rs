@@ -91,11 +91,17 @@ pub enum ProbeKind {
 }
 
 impl Probe {
-    /// The probe `check` asks for against a backend at `address`:`backend_port`; `None`
-    /// for `type: none`, which never probes.
-    pub fn new(check: &HealthCheck, address: Ipv4Addr, backend_port: u16) -> Option<Self> {
+    /// The probe of type `kind` (`check`'s type as resolved for its listener, see
+    /// `HealthCheck::kind_for`) with `check`'s settings, against a backend at
+    /// `address`:`backend_port`; `None` for `type: none`, which never probes.
+    pub fn new(
+        kind: HealthCheckKind,
+        check: &HealthCheck,
+        address: Ipv4Addr,
+        backend_port: u16,
+    ) -> Option<Self> {
         let target = SocketAddrV4::new(address, check.port.unwrap_or(backend_port));
-        let kind = match check.kind {
+        let kind = match kind {
             HealthCheckKind::None => return None,
             HealthCheckKind::Tcp => ProbeKind::Tcp,
             HealthCheckKind::Http => {

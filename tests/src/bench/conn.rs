@@ -503,7 +503,7 @@ pub fn run(options: &ConnOptions) -> anyhow::Result<ConnReport> {
         1,
         TopologyOptions {
             client_addresses: CLIENT_THREADS,
-            keep_ipv6: false,
+            ..Default::default()
         },
     );
     topo.pin_neighbors();

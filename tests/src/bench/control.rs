@@ -274,7 +274,7 @@ pub fn change_latency(adds: usize) -> anyhow::Result<ChangeLatency> {
         2,
         TopologyOptions {
             client_addresses: SENDER_ADDRESSES,
-            keep_ipv6: false,
+            ..Default::default()
         },
     );
     topo.pin_neighbors();

@@ -31,6 +31,7 @@ fn target(listener_port: u16, address: Ipv4Addr, port: u16) -> Target {
             unhealthy_threshold: 2,
             ..HealthCheck::default()
         },
+        kind: HealthCheckKind::Tcp,
         probe: true,
         weight: 100,
         slow_start: 0,
@@ -235,7 +236,7 @@ fn unprobed_targets_are_always_up() {
     let mut secondary = backend(1);
     secondary.probe = false;
     let mut none = backend(2);
-    none.check.kind = HealthCheckKind::None;
+    none.kind = HealthCheckKind::None;
     inner.replace_targets(vec![secondary.clone(), none], t0);
     let (due, next) = inner.pop_due(t0 + Duration::from_secs(100), usize::MAX);
     assert!(due.is_empty());

@@ -11,7 +11,7 @@ const LOCALHOST: Ipv4Addr = Ipv4Addr::LOCALHOST;
 
 fn check(kind: HealthCheckKind) -> HealthCheck {
     HealthCheck {
-        kind,
+        kind: Some(kind),
         timeout: 1,
         ..HealthCheck::default()
     }
@@ -42,6 +42,12 @@ fn udp_check(request: &str, expect: Option<&str>) -> HealthCheck {
     }
 }
 
+/// The probe of `check`, whose type every test names.
+fn probe(check: &HealthCheck, address: Ipv4Addr, port: u16) -> Option<Probe> {
+    let kind = check.kind.expect("the test's check names its type");
+    Probe::new(kind, check, address, port)
+}
+
 fn port_of(addr: SocketAddr) -> u16 {
     addr.port()
 }
@@ -58,7 +64,7 @@ async fn closed_udp_port() -> u16 {
 }
 
 async fn run(check: &HealthCheck, port: u16) -> Result<(), ProbeError> {
-    Probe::new(check, LOCALHOST, port).unwrap().run(None).await
+    probe(check, LOCALHOST, port).unwrap().run(None).await
 }
 
 /// An HTTP server answering each connection with `response` once it has read the
@@ -136,7 +142,7 @@ fn status_lines() {
 fn probe_settings() {
     let mut c = http_check(None, HttpMethod::Head);
     c.port = Some(9000);
-    let p = Probe::new(&c, Ipv4Addr::new(198, 18, 1, 10), 8080).unwrap();
+    let p = probe(&c, Ipv4Addr::new(198, 18, 1, 10), 8080).unwrap();
     assert_eq!(
         p.target,
         SocketAddrV4::new(Ipv4Addr::new(198, 18, 1, 10), 9000)
@@ -151,14 +157,10 @@ fn probe_settings() {
          Accept: */*\r\nConnection: close\r\n\r\n"
     );
     assert_eq!(codes, &HttpCheck::default().codes);
-    assert_eq!(
-        Probe::new(&check(HealthCheckKind::None), LOCALHOST, 80),
-        None
-    );
-    let ProbeKind::Udp { request, expect } =
-        Probe::new(&check(HealthCheckKind::Udp), LOCALHOST, 53)
-            .unwrap()
-            .kind
+    assert_eq!(probe(&check(HealthCheckKind::None), LOCALHOST, 80), None);
+    let ProbeKind::Udp { request, expect } = probe(&check(HealthCheckKind::Udp), LOCALHOST, 53)
+        .unwrap()
+        .kind
     else {
         panic!("udp");
     };
@@ -252,19 +254,19 @@ async fn tcp_probe_connects_or_is_refused() {
 async fn probes_bind_the_source_address() {
     let listener = TcpListener::bind((LOCALHOST, 0)).await.unwrap();
     let port = port_of(listener.local_addr().unwrap());
-    let probe = Probe::new(&check(HealthCheckKind::Tcp), LOCALHOST, port).unwrap();
+    let tcp = probe(&check(HealthCheckKind::Tcp), LOCALHOST, port).unwrap();
     let accepted = tokio::spawn(async move { listener.accept().await.map(|(_, peer)| peer) });
-    assert_eq!(probe.run(Some(LOCALHOST)).await, Ok(()));
+    assert_eq!(tcp.run(Some(LOCALHOST)).await, Ok(()));
     let peer = accepted.await.unwrap().unwrap();
     assert_eq!(peer.ip(), LOCALHOST);
     // An address this host does not have cannot be bound: the probe fails at once,
     // without a packet sent.
     let foreign = Some(Ipv4Addr::new(198, 18, 255, 254));
     assert_eq!(
-        probe.run(foreign).await,
+        tcp.run(foreign).await,
         Err(ProbeError::Source(io::ErrorKind::AddrNotAvailable))
     );
-    let udp = Probe::new(&udp_check("ping", None), LOCALHOST, port).unwrap();
+    let udp = probe(&udp_check("ping", None), LOCALHOST, port).unwrap();
     assert_eq!(
         udp.run(foreign).await,
         Err(ProbeError::Source(io::ErrorKind::AddrNotAvailable))

@@ -1,0 +1,271 @@
+//! End to end, in both ways a NAT load balancer is deployed:
+//!
+//! - (a) the VIP routed to the LB and configured on no interface;
+//! - (b) the VIP a local address of the LB's client-side interface, answering ARP on the
+//!   client's segment, as LVS directors usually have it.
+//!
+//! In each, a client address the LB has no neighbour entry for must get every answer.
+//! The backends' first replies to it cannot be sent by XDP (no MAC to write): they go to
+//! the kernel translated (`pass_neighbour_unknown`), which resolves the client and forwards
+//! them. In (b) their source, the VIP, is one of the LB's own addresses, which the kernel
+//! drops as a martian unless `accept_local` is on where they come in; the daemon sets it.
+//!
+//! Topology (see `lb_tests::topology`): a client with its usual address (pinned in the
+//! LB's neighbour table) and 198.18.0.3 (never told to the LB), the LB running `lb-ctl
+//! daemon`, two backends b1, b2 serving HTTP on 8080 and UDP on 5353.
+
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    time::Duration,
+};
+
+use lb_tests::{
+    Backend, BulkOptions, LbDaemon, Netns, Tally, Topology, TopologyOptions, VIP, VipPlacement,
+    curl_many, curl_many_with, require_root_and_bpf, udp_many,
+};
+use serde_json::Value;
+
+const HTTP_PORT: u16 = 8080;
+const UDP_PORT: u16 = 5353;
+/// Requests per protocol from the unknown client.
+const REQUESTS: usize = 20;
+
+fn setup(
+    tag: &str,
+    vip: VipPlacement,
+    before_daemon: impl FnOnce(&Topology),
+) -> Option<(Topology, LbDaemon, Vec<Backend>)> {
+    if !require_root_and_bpf(tag) {
+        return None;
+    }
+    let topo = Topology::build(
+        tag,
+        2,
+        TopologyOptions {
+            vip,
+            unknown_client: true,
+            ..Default::default()
+        },
+    );
+    topo.pin_neighbors();
+    let backends = topo.start_backends(Some(HTTP_PORT), Some(UDP_PORT));
+    before_daemon(&topo);
+    let instance = format!("{}i", topo.prefix());
+    let config = format!(
+        "instance: {instance}\ninterfaces: [{}, {}]\nflow_table_size: 65536\nmax_listeners: 8\nmax_backends: 256\n\
+         vserver_groups:\n  - name: web\n    servers:\n      - {{ address: 198.18.1.11, port: {HTTP_PORT} }}\n      - {{ address: 198.18.1.12, port: {HTTP_PORT} }}\n\
+         \x20 - name: dns\n    servers:\n      - {{ address: 198.18.1.11, port: {UDP_PORT} }}\n      - {{ address: 198.18.1.12, port: {UDP_PORT} }}\n\
+         listeners:\n  - {{ name: web, protocol: tcp, address: {VIP}, port: 80, server_group: web }}\n\
+         \x20 - {{ name: dns, protocol: udp, address: {VIP}, port: 53, server_group: dns, health_check: {{ type: udp, udp: {{ request: ping, expect: ping }} }} }}\n",
+        topo.lb_client_if(),
+        topo.lb_backend_if()
+    );
+    let daemon = LbDaemon::start(topo.lb(), &instance, &config);
+    Some((topo, daemon, backends))
+}
+
+fn url() -> String {
+    format!("http://{VIP}:80/")
+}
+
+fn stats(daemon: &LbDaemon) -> Value {
+    let text = daemon.ctl_ok(&["stats", "--json"]);
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("stats JSON: {e}\n{text}"))
+}
+
+fn reason(stats: &Value, name: &str) -> u64 {
+    stats["reasons"][name].as_u64().unwrap_or(0)
+}
+
+/// The LB's neighbour entry for `addr` on its client-side interface, if any.
+fn lb_neighbour(topo: &Topology, addr: Ipv4Addr) -> Option<String> {
+    let table = topo.lb().ip(["neigh", "show", "dev", topo.lb_client_if()]);
+    table
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(&addr.to_string()))
+        .map(str::to_owned)
+}
+
+/// Forgets the LB's neighbour entry for `addr` (the kernel resolved it earlier).
+fn forget_neighbour(topo: &Topology, addr: Ipv4Addr) {
+    topo.lb().ip([
+        "neigh",
+        "flush",
+        "to",
+        &addr.to_string(),
+        "dev",
+        topo.lb_client_if(),
+    ]);
+    assert_eq!(lb_neighbour(topo, addr), None, "the entry is gone");
+}
+
+fn sysctl(ns: &Netns, key: &str) -> String {
+    ns.run_ok(["sysctl", "-n", key]).trim().to_owned()
+}
+
+/// REQUESTS HTTP requests (each a new connection) and REQUESTS UDP requests (each a new
+/// flow) from the unknown client, with the LB's neighbour entry for it missing before
+/// each batch: every one answered by a backend, and the first replies of each batch took
+/// the kernel's path.
+fn unknown_client_gets_every_answer(topo: &Topology, daemon: &LbDaemon) {
+    let client = topo.unknown_client_addr();
+    assert_eq!(
+        lb_neighbour(topo, client),
+        None,
+        "the LB has never heard of {client}"
+    );
+
+    let before = stats(daemon);
+    let results = curl_many(topo.client(), &url(), REQUESTS, Some(client), 1);
+    let tally = Tally::of(&results);
+    let after = stats(daemon);
+    println!("HTTP from {client}: {tally}");
+    assert_eq!(
+        tally.count("b1") + tally.count("b2"),
+        REQUESTS,
+        "every HTTP request from {client} answered by a backend: {tally}\n{}",
+        daemon.log()
+    );
+    let passed =
+        reason(&after, "pass_neighbour_unknown") - reason(&before, "pass_neighbour_unknown");
+    assert!(
+        passed > 0,
+        "the first replies went to the kernel to resolve {client}: {after:#}"
+    );
+    assert!(
+        lb_neighbour(topo, client).is_some(),
+        "the kernel resolved {client}"
+    );
+
+    forget_neighbour(topo, client);
+    let before = stats(daemon);
+    let vip = SocketAddr::from((VIP, 53));
+    let results = udp_many(
+        topo.client(),
+        vip,
+        "ping",
+        REQUESTS,
+        Some(client),
+        Duration::from_secs(2),
+    );
+    let tally = Tally::of(&results);
+    let after = stats(daemon);
+    println!("UDP from {client}: {tally}");
+    assert_eq!(
+        tally.count("b1") + tally.count("b2"),
+        REQUESTS,
+        "every UDP request from {client} answered by a backend: {tally}"
+    );
+    assert!(
+        reason(&after, "pass_neighbour_unknown") > reason(&before, "pass_neighbour_unknown"),
+        "the first UDP reply went to the kernel: {after:#}"
+    );
+}
+
+/// (a) The VIP routed to the LB.
+#[test]
+fn vip_routed_to_the_lb_answers_a_client_it_has_no_neighbour_for() {
+    let Some((topo, daemon, _backends)) = setup("dra", VipPlacement::RoutedToLb, |_| {}) else {
+        return;
+    };
+    // The known client, for comparison: the fast path all along.
+    let tally = Tally::of(&curl_many(topo.client(), &url(), REQUESTS, None, 1));
+    assert_eq!(tally.failed(), 0, "{tally}");
+    unknown_client_gets_every_answer(&topo, &daemon);
+}
+
+/// (b) The VIP a local address of the LB: the replies the kernel forwards have one of
+/// its own addresses as source.
+#[test]
+fn vip_local_on_the_lb_answers_a_client_it_has_no_neighbour_for() {
+    let Some((topo, daemon, _backends)) = setup("drb", VipPlacement::LocalOnLb, |_| {}) else {
+        return;
+    };
+    let local = topo
+        .lb()
+        .ip(["-4", "addr", "show", "dev", topo.lb_client_if()]);
+    assert!(local.contains(&format!("{VIP}/32")), "{local}");
+    let tally = Tally::of(&curl_many(topo.client(), &url(), REQUESTS, None, 1));
+    assert_eq!(tally.failed(), 0, "{tally}");
+    unknown_client_gets_every_answer(&topo, &daemon);
+
+    // The daemon set accept_local where XDP runs, inside its own namespace, and said so.
+    for iface in [topo.lb_client_if(), topo.lb_backend_if()] {
+        assert_eq!(
+            sysctl(topo.lb(), &format!("net.ipv4.conf.{iface}.accept_local")),
+            "1",
+            "accept_local on {iface}"
+        );
+        assert!(
+            daemon
+                .log()
+                .contains(&format!("net.ipv4.conf.{iface}.accept_local set to 1")),
+            "the log says accept_local was set on {iface}:\n{}",
+            daemon.log()
+        );
+    }
+}
+
+/// (b) with strict reverse-path filtering where the replies come in: the kernel drops
+/// them whatever `accept_local` says. The daemon says so at start, naming the interface,
+/// the VIP and the fix; the fix (loose mode) works.
+#[test]
+fn strict_rp_filter_with_a_local_vip_is_reported_and_loose_mode_works() {
+    let Some((topo, daemon, _backends)) = setup("drs", VipPlacement::LocalOnLb, |topo| {
+        topo.lb().sysctl(
+            &format!("net.ipv4.conf.{}.rp_filter", topo.lb_backend_if()),
+            1,
+        );
+    }) else {
+        return;
+    };
+    let log = daemon.log();
+    let warning = log
+        .lines()
+        .find(|l| l.contains("rp_filter") && l.contains("WARN"))
+        .unwrap_or_else(|| panic!("no rp_filter warning in the log:\n{log}"));
+    println!("{warning}");
+    for needle in [
+        format!("net.ipv4.conf.{}.rp_filter", topo.lb_backend_if()),
+        VIP.to_string(),
+        format!(
+            "sysctl -w net.ipv4.conf.{}.rp_filter=2",
+            topo.lb_backend_if()
+        ),
+    ] {
+        assert!(warning.contains(&needle), "{needle:?} in {warning}");
+    }
+    assert!(
+        !log.lines().any(|l| l.contains("rp_filter")
+            && l.contains(&format!("net.ipv4.conf.{}.", topo.lb_client_if()))),
+        "no warning about {}, where the VIP lives:\n{log}",
+        topo.lb_client_if()
+    );
+
+    // What the warning says: the unknown client gets nothing.
+    let short = BulkOptions {
+        max_time: Duration::from_secs(2),
+        connect_timeout: Duration::from_secs(2),
+        deadline: Duration::from_secs(20),
+    };
+    let client = topo.unknown_client_addr();
+    let tally = Tally::of(&curl_many_with(
+        topo.client(),
+        &url(),
+        3,
+        Some(client),
+        1,
+        &short,
+    ));
+    assert_eq!(
+        tally.answered(),
+        0,
+        "strict rp_filter drops the replies the kernel gets: {tally}"
+    );
+
+    topo.lb().sysctl(
+        &format!("net.ipv4.conf.{}.rp_filter", topo.lb_backend_if()),
+        2,
+    );
+    unknown_client_gets_every_answer(&topo, &daemon);
+}
