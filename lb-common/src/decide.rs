@@ -150,6 +150,10 @@ pub enum Event {
         position: u32,
         backend: u32,
     },
+    /// A SYN on a closing flow's entry stays with that flow's backend (it takes new flows).
+    Reopened {
+        backend: u32,
+    },
     /// `wlc` goes through the scan.
     Scan,
     /// One `wlc` candidate.
@@ -353,6 +357,25 @@ pub fn pick<'a, T: Tables, R: Trace>(
         trace.event(Event::NoBackendTakesNewFlows);
         return Pick::Fail(Reason::DropNoBackend);
     }
+    // A SYN on the entry of a flow that saw a FIN or RST is the client reusing its port, or
+    // a blind attacker's forged RST and SYN meant to move a live connection. Keeping the
+    // backend serves the first and defeats the second; a backend that no longer takes new
+    // flows (weight 0, draining) gives way to the scheduler.
+    if opening.step == Step::Schedule
+        && opening.state == (EntryState::Live { closing: true })
+        && scanned.is_none()
+        && let Some(backend) = tables.backend(opening.previous_backend)
+        && takes_new_flows(&backend)
+    {
+        trace.event(Event::Reopened {
+            backend: opening.previous_backend,
+        });
+        return Pick::Backend {
+            id: opening.previous_backend,
+            backend,
+            persisted: false,
+        };
+    }
     let persist = listener.persistence_timeout_s > 0 && opening.step == Step::Schedule;
     let mut id = NO_BACKEND;
     // After the scan, the affinity lookup is known to have found nothing.
@@ -527,7 +550,12 @@ impl WlcScan {
         let Some(b) = tables.backend(id) else {
             return;
         };
-        let active = tables.active_flows(id);
+        // A count decremented past zero by a race with the controller's recount would make
+        // the backend look the busiest of all; it has no flows to speak of.
+        let active = match tables.active_flows(id) {
+            a if a > i32::MAX as u32 => 0,
+            a => a,
+        };
         trace.event(Event::WlcCandidate {
             backend: id,
             active,
@@ -567,8 +595,9 @@ pub enum Outcome {
 
 /// The whole decision for one packet, in the order the programs run its pieces:
 /// `listener_packet` (entry program), `pick` (new-flow stage), the `wlc` scan (its stage)
-/// and `pick` again with the scan's answer. Packets not for a listener are passed (the
-/// reply path and ICMP errors are not decisions: they follow the flow's entries).
+/// and `pick` again with the scan's answer. Packets not for a listener are dropped when
+/// addressed to a VIP and passed otherwise (the reply path and ICMP errors are not
+/// decisions: they follow the flow's entries).
 pub fn decide_packet<T: Tables, R: Trace>(
     tables: &T,
     trace: &mut R,
@@ -576,11 +605,11 @@ pub fn decide_packet<T: Tables, R: Trace>(
     now: u64,
 ) -> Outcome {
     let Some(listener) = listener_for(tables, packet) else {
-        return Outcome::Pass(if is_vip(tables, packet.dst_addr) {
-            Reason::PassVipNoListener
+        return if is_vip(tables, packet.dst_addr) {
+            Outcome::Drop(Reason::DropVipNoListener)
         } else {
-            Reason::PassNotForUs
-        });
+            Outcome::Pass(Reason::PassNotForUs)
+        };
     };
     let opening = match listener_packet(tables, trace, &listener, packet, now) {
         Decision::Drop(reason) => return Outcome::Drop(reason),
@@ -643,7 +672,7 @@ mod tests {
         let t = tables(Scheduler::Wrr, PROTO_TCP);
         let mut p = packet(PROTO_TCP, TCP_SYN);
         p.dst_port = 81u16.to_be();
-        assert_eq!(decide(&t, &p).0, Outcome::Pass(Reason::PassVipNoListener));
+        assert_eq!(decide(&t, &p).0, Outcome::Drop(Reason::DropVipNoListener));
         p.dst_addr = CLIENT;
         assert_eq!(decide(&t, &p).0, Outcome::Pass(Reason::PassNotForUs));
     }
@@ -702,10 +731,17 @@ mod tests {
         t.flows.insert(key, flow(1, 0, 5));
         assert_eq!(decide(&t, &ack).0, Outcome::Forward(1));
         assert_eq!(decide(&t, &syn).0, Outcome::Forward(1));
-        // Live but closing: a SYN is a new connection on the same port.
+        // Live but closing: a SYN is a new connection on the same port, and it stays with
+        // the backend (a forged RST and SYN cannot move a connection)...
         t.flows.insert(key, flow(1, FLOW_F_FIN, 5));
         assert_eq!(decide(&t, &ack).0, Outcome::Forward(1));
+        let (outcome, events) = decide(&t, &syn);
+        assert_eq!(outcome, Outcome::Forward(1));
+        assert!(events.contains(&Event::Reopened { backend: 1 }));
+        // ... unless that backend no longer takes new flows.
+        t.backends.get_mut(&1).unwrap().weight = 0;
         assert_eq!(decide(&t, &syn).0, Outcome::Forward(0));
+        t.backends.get_mut(&1).unwrap().weight = 100;
         // Expired: scheduled or picked up again.
         t.flows.insert(key, flow(1, 0, 901));
         assert_eq!(decide(&t, &ack).0, Outcome::Forward(2));

@@ -242,6 +242,9 @@ const _: () = assert!(size_of::<Listener>() == 32);
 
 /// `Listener::flags`: the entry is a VIP marker, not a listener.
 pub const LISTENER_F_VIP_MARKER: u8 = 1;
+/// `Listener::flags` of a VIP marker: the program answers ICMP echo requests to the VIP
+/// (`vip_ping: answer`); without it they are dropped.
+pub const LISTENER_F_ANSWER_PING: u8 = 2;
 
 /// `Backend::flags`: the backend exists and passes its health checks. Its established flows
 /// keep going (weight 0 included); only usable backends with a weight are in the tables.
@@ -319,6 +322,20 @@ pub const FLOW_F_RST: u32 = 2;
 pub const FLOW_F_PICKUP: u32 = 4;
 /// `Flow::flags`: the flow holds one count in `ACTIVE_FLOWS` of its backend (`wlc`).
 pub const FLOW_F_COUNTED: u32 = 8;
+/// `Flow::flags`: opened by a SYN, and the client has not acknowledged anything yet (a
+/// half-open connection, or a forged SYN). It lives `HALF_OPEN_TIMEOUT_S` at most.
+pub const FLOW_F_OPENING: u32 = 16;
+
+/// A half-open flow stays this long after its last packet: long enough for a client's SYN
+/// retransmissions (1, 2, 4, 8, 16 s apart), short enough that unanswered or forged SYNs
+/// do not count as active flows for `wlc`, `status` and `wait drained` for long.
+pub const HALF_OPEN_TIMEOUT_S: u32 = 30;
+/// A FIN or RST counts (closes the flow for `wlc`, `status` and `wait drained`, and lets a
+/// SYN on the same 4-tuple be scheduled anew) only if its sequence number lies within this
+/// many bytes after what the other side last acknowledged: a blind attacker guesses it
+/// once in 4,096 tries (RFC 5961 has the receiver check the same). The packet itself is
+/// always forwarded: the endpoint makes its own check.
+pub const CLOSE_WINDOW: u32 = 1 << 20;
 
 /// A flow whose client sent FIN stays this long after its last packet, so the rest of the
 /// close handshake still reaches its backend.
@@ -343,8 +360,14 @@ pub struct Flow {
     /// `bpf_ktime_get_coarse_ns` of the last refresh of the flow's reverse entry (once
     /// per clock tick at most: see `keep_reverse` in the XDP program).
     pub reverse_seen_ns: u64,
+    /// TCP, host order: the client's last acknowledgement number (the next byte it
+    /// expects from the backend), near which a FIN or RST from the backend is credible
+    /// (`CLOSE_WINDOW`). While `FLOW_F_OPENING`: the client's SYN sequence number + 1, the
+    /// acknowledgement a backend refusing the connection sends.
+    pub client_acked: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(size_of::<Flow>() == 32);
+const _: () = assert!(size_of::<Flow>() == 40);
 
 /// Value of `REVERSE`: how to rewrite a backend's reply back to the VIP.
 #[repr(C)]
@@ -354,16 +377,23 @@ pub struct ReverseNat {
     pub vip: u32,
     /// The listener port. Network byte order.
     pub vport: u16,
-    pub _pad: u16,
+    /// `REVERSE_F_*` bits.
+    pub flags: u16,
     /// Listener id, host order.
     pub listener: u32,
     /// Backend id and generation of the forward flow, host order: a new flow may take over
     /// this entry only if the flow it belongs to is gone or moved to another backend.
     pub backend: u32,
     pub generation: u32,
-    pub _pad2: u32,
+    /// TCP: the backend's last acknowledgement number (the next byte it expects from the
+    /// client), host order, once `REVERSE_F_ACKED` is set. A FIN or RST from the client is
+    /// credible near it (`CLOSE_WINDOW`).
+    pub backend_acked: u32,
 }
 const _: () = assert!(size_of::<ReverseNat>() == 24);
+
+/// `ReverseNat::flags`: `backend_acked` holds an acknowledgement number the backend sent.
+pub const REVERSE_F_ACKED: u16 = 1;
 
 /// Key data of `ACLS`, an LPM trie: the list, matched whole (the first 32 bits of every
 /// prefix), then the source address.
@@ -478,12 +508,15 @@ pub enum Reason {
     ReplyForwarded = 1,
     /// Not IPv4 (ARP, IPv6, VLAN-tagged, …): XDP_PASS.
     PassNotIpv4 = 2,
-    /// IPv4 but neither TCP nor UDP, nor an ICMP error about a known flow: XDP_PASS.
+    /// IPv4 but neither TCP nor UDP, nor an ICMP error about a known flow, and not
+    /// addressed to a VIP: XDP_PASS.
     PassOtherProtocol = 3,
     /// TCP/UDP not addressed to a listener and not a reply of a known flow: XDP_PASS.
     PassNotForUs = 4,
-    /// TCP/UDP to a VIP on a port/protocol with no listener: XDP_PASS.
-    PassVipNoListener = 5,
+    /// TCP/UDP to a VIP on a port/protocol with no listener: XDP_DROP. Passed to the
+    /// kernel, it would be routed back toward the client side when the VIP is routed to the
+    /// LB but not one of its addresses, and bounce until its TTL runs out.
+    DropVipNoListener = 5,
     /// TTL ≤ 1: XDP_PASS so the kernel answers ICMP time exceeded, as a router would.
     PassTtlExpired = 6,
     /// Next hop's MAC unknown: the translated packet goes to the kernel, which resolves it.
@@ -542,10 +575,17 @@ pub enum Reason {
     /// which happens only if loading went wrong) or found no hand-off for its packet:
     /// XDP_DROP.
     DropStageFailed = 28,
+    /// Another protocol (neither TCP nor UDP), an ICMP message other than an echo request
+    /// the LB answers, or an ICMP error about no known flow, addressed to a VIP: XDP_DROP
+    /// (for the same reason as `DropVipNoListener`).
+    DropVipOtherProtocol = 29,
+    /// ICMP echo request to a VIP, answered by the program (XDP_TX) because the
+    /// configuration says so (`vip_ping: answer`).
+    IcmpEchoReply = 30,
 }
 
 /// Number of `Reason` values (size of `COUNTERS`).
-pub const REASON_COUNT: u32 = 29;
+pub const REASON_COUNT: u32 = 31;
 /// Entries of `COUNTERS`: more than `REASON_COUNT`, so reasons can be added without a new
 /// pinned map layout.
 pub const COUNTER_SLOTS: u32 = 64;
@@ -558,7 +598,7 @@ impl Reason {
         Self::PassNotIpv4,
         Self::PassOtherProtocol,
         Self::PassNotForUs,
-        Self::PassVipNoListener,
+        Self::DropVipNoListener,
         Self::PassTtlExpired,
         Self::PassNeighUnknown,
         Self::PassFragNeeded,
@@ -582,6 +622,8 @@ impl Reason {
         Self::EventPersisted,
         Self::EventFlowInserted,
         Self::DropStageFailed,
+        Self::DropVipOtherProtocol,
+        Self::IcmpEchoReply,
     ];
 
     /// Name used in metrics and `lb-ctl stats`.
@@ -592,7 +634,7 @@ impl Reason {
             Self::PassNotIpv4 => "pass_not_ipv4",
             Self::PassOtherProtocol => "pass_other_protocol",
             Self::PassNotForUs => "pass_not_for_us",
-            Self::PassVipNoListener => "pass_vip_no_listener",
+            Self::DropVipNoListener => "drop_vip_no_listener",
             Self::PassTtlExpired => "pass_ttl_expired",
             Self::PassNeighUnknown => "pass_neighbour_unknown",
             Self::PassFragNeeded => "pass_frag_needed",
@@ -616,6 +658,8 @@ impl Reason {
             Self::EventPersisted => "event_persisted",
             Self::EventFlowInserted => "event_flow_inserted",
             Self::DropStageFailed => "drop_stage_failed",
+            Self::DropVipOtherProtocol => "drop_vip_other_protocol",
+            Self::IcmpEchoReply => "icmp_echo_reply",
         }
     }
 
@@ -626,11 +670,11 @@ impl Reason {
             | Self::ReplyForwarded
             | Self::IcmpToBackend
             | Self::IcmpToClient
-            | Self::ResetDrainExpired => Some(Verdict::Transmit),
+            | Self::ResetDrainExpired
+            | Self::IcmpEchoReply => Some(Verdict::Transmit),
             Self::PassNotIpv4
             | Self::PassOtherProtocol
             | Self::PassNotForUs
-            | Self::PassVipNoListener
             | Self::PassTtlExpired
             | Self::PassNeighUnknown
             | Self::PassFragNeeded
@@ -645,7 +689,9 @@ impl Reason {
             | Self::DropAclDenied
             | Self::DropDrainExpired
             | Self::DropFlowInsertFailed
-            | Self::DropStageFailed => Some(Verdict::Drop),
+            | Self::DropStageFailed
+            | Self::DropVipNoListener
+            | Self::DropVipOtherProtocol => Some(Verdict::Drop),
             Self::EventPickup
             | Self::EventReselected
             | Self::EventNewFlow

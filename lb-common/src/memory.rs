@@ -129,7 +129,7 @@ pub mod example {
             last_seen_ns: NOW - idle_s * S,
             listener: 1,
             flags,
-            reverse_seen_ns: 0,
+            ..Default::default()
         }
     }
 

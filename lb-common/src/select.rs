@@ -5,8 +5,8 @@
 //! what the data plane does.
 
 use crate::{
-    FIN_TIMEOUT_S, FLOW_F_FIN, FLOW_F_RST, Flow, Listener, MAGLEV_TABLE_SIZE, PROTO_TCP,
-    RST_TIMEOUT_S, SEQUENCE_TABLE_SIZE, hash,
+    CLOSE_WINDOW, FIN_TIMEOUT_S, FLOW_F_FIN, FLOW_F_OPENING, FLOW_F_RST, Flow, HALF_OPEN_TIMEOUT_S,
+    Listener, MAGLEV_TABLE_SIZE, PROTO_TCP, RST_TIMEOUT_S, SEQUENCE_TABLE_SIZE, hash,
 };
 
 /// What the flow table says about a packet's flow.
@@ -140,7 +140,13 @@ pub const fn idle_timeout_s(protocol: u8, flow_flags: u32, listener: &Listener) 
         return listener.udp_timeout_s;
     }
     let est = listener.established_timeout_s;
-    if flow_flags & FLOW_F_RST != 0 {
+    if flow_flags & FLOW_F_OPENING != 0 && flow_flags & (FLOW_F_FIN | FLOW_F_RST) == 0 {
+        if HALF_OPEN_TIMEOUT_S < est {
+            HALF_OPEN_TIMEOUT_S
+        } else {
+            est
+        }
+    } else if flow_flags & FLOW_F_RST != 0 {
         if RST_TIMEOUT_S < est {
             RST_TIMEOUT_S
         } else {
@@ -162,6 +168,28 @@ pub const fn idle_timeout_s(protocol: u8, flow_flags: u32, listener: &Listener) 
 pub const fn is_expired(now_ns: u64, flow: &Flow, protocol: u8, listener: &Listener) -> bool {
     let timeout_ns = idle_timeout_s(protocol, flow.flags, listener) as u64 * 1_000_000_000;
     now_ns.saturating_sub(flow.last_seen_ns) > timeout_ns
+}
+
+/// Whether a FIN or RST with sequence number `seq` may close a flow: the other side has
+/// acknowledged something (`acked_known`) and `seq` lies within `CLOSE_WINDOW` bytes after
+/// its last acknowledgement `acked` (host order, with wraparound). A blind attacker who
+/// knows the 4-tuple but not the sequence numbers cannot end the flow's accounting, nor
+/// make room for a SYN that would move the connection to another backend.
+#[inline(always)]
+pub const fn close_is_credible(seq: u32, acked: u32, acked_known: bool) -> bool {
+    acked_known && seq.wrapping_sub(acked) < CLOSE_WINDOW
+}
+
+/// Whether the backend's FIN or RST (sequence `seq`, acknowledgement `ack`, `tcp_flags`)
+/// may close `flow`. A backend refusing a half-open connection acknowledges exactly the
+/// client's SYN; later, its sequence number must fit what the client acknowledged.
+#[inline(always)]
+pub const fn backend_close_is_credible(flow: &Flow, seq: u32, ack: u32, tcp_flags: u8) -> bool {
+    if flow.flags & FLOW_F_OPENING != 0 {
+        tcp_flags & TCP_ACK != 0 && ack == flow.client_acked
+    } else {
+        close_is_credible(seq, flow.client_acked, true)
+    }
 }
 
 /// An active flow (the definition `wlc`, `status` and `wait drained` share): no FIN or RST
@@ -302,6 +330,74 @@ mod tests {
             },
             PROTO_TCP,
             &l
+        ));
+    }
+
+    #[test]
+    fn half_open_flows_time_out_early() {
+        let l = listener();
+        let s = 1_000_000_000u64;
+        let f = Flow {
+            last_seen_ns: 100 * s,
+            flags: FLOW_F_OPENING,
+            ..Default::default()
+        };
+        assert!(is_active(130 * s, &f, PROTO_TCP, &l));
+        assert!(!is_active(130 * s + 1, &f, PROTO_TCP, &l));
+        // A short established timeout still rules.
+        let short = Listener {
+            established_timeout_s: 10,
+            ..l
+        };
+        assert!(!is_active(111 * s, &f, PROTO_TCP, &short));
+    }
+
+    #[test]
+    fn closes_need_a_sequence_number_near_the_peers_acknowledgement() {
+        assert!(close_is_credible(1000, 1000, true));
+        assert!(close_is_credible(1000 + CLOSE_WINDOW - 1, 1000, true));
+        assert!(!close_is_credible(1000 + CLOSE_WINDOW, 1000, true));
+        assert!(
+            !close_is_credible(999, 1000, true),
+            "behind the acknowledgement"
+        );
+        assert!(close_is_credible(5, u32::MAX - 5, true), "across the wrap");
+        assert!(
+            !close_is_credible(1000, 1000, false),
+            "nothing acknowledged yet"
+        );
+    }
+
+    #[test]
+    fn a_backend_refusing_a_syn_acknowledges_exactly_that_syn() {
+        let opening = Flow {
+            flags: FLOW_F_OPENING,
+            client_acked: 5001,
+            ..Default::default()
+        };
+        assert!(backend_close_is_credible(
+            &opening,
+            0,
+            5001,
+            TCP_RST | TCP_ACK
+        ));
+        assert!(!backend_close_is_credible(
+            &opening,
+            0,
+            5002,
+            TCP_RST | TCP_ACK
+        ));
+        assert!(!backend_close_is_credible(&opening, 0, 5001, TCP_RST));
+        let open = Flow {
+            client_acked: 9000,
+            ..Default::default()
+        };
+        assert!(backend_close_is_credible(&open, 9000, 0, TCP_FIN | TCP_ACK));
+        assert!(!backend_close_is_credible(
+            &open,
+            8999,
+            0,
+            TCP_FIN | TCP_ACK
         ));
     }
 

@@ -1077,7 +1077,7 @@ fn adopt(
     let mut by_id: HashMap<u32, Frontend> = HashMap::new();
     for (key, value) in dataplane.listener_entries()? {
         if value.flags & LISTENER_F_VIP_MARKER != 0 {
-            vips.push(key.addr);
+            vips.push((key.addr, value.flags));
             continue;
         }
         match frontends.get(&key) {

@@ -686,7 +686,7 @@ impl DataPlane {
         self.set_listener(
             ListenerKey::vip_marker(addr),
             Listener {
-                flags: lb_common::LISTENER_F_VIP_MARKER,
+                flags: lb_common::LISTENER_F_VIP_MARKER | lb_common::LISTENER_F_ANSWER_PING,
                 ..Default::default()
             },
         )

@@ -466,6 +466,11 @@ impl<T: Tables> Words<'_, T> {
                     .map_or(0, |m| m.sequence_len),
                 self.name(backend)
             ),
+            Event::Reopened { backend } => format!(
+                "the entry's connection has closed and its backend {} takes new flows: the \
+                 new connection stays with it",
+                self.name(backend)
+            ),
             Event::Scan | Event::WlcCandidate { .. } => return None,
             Event::WlcPick { backend } => format!(
                 "→ {} (ties go to the first in the rotating scan)",
@@ -617,12 +622,18 @@ mod tests {
         assert!(has(&e, "idle 5 s of 900 s allowed → live"), "{e:?}");
         assert!(has(&e, "packet of an established flow → 198.18.1.10:8080"));
         assert_eq!(e.backend.as_deref(), Some("198.18.1.10:8080"));
-        // Closing: the SYN of a new connection on the same port is scheduled.
+        // Closing: the SYN of a new connection on the same port stays on the backend...
         t.flows.insert(key, flow(0, FLOW_F_RST, 1));
         let e = run(vec![t.clone()], &syn);
         assert!(has(&e, "live, FIN/RST seen"));
         assert!(has(&e, "new flow: scheduled"));
+        assert!(has(&e, "the new connection stays with it"), "{e:?}");
+        assert_eq!(e.backend.as_deref(), Some("198.18.1.10:8080"));
+        // ... unless the backend no longer takes new flows: then it is scheduled.
+        t.backends.get_mut(&0).unwrap().weight = 0;
+        let e = run(vec![t.clone()], &syn);
         assert_eq!(e.backend.as_deref(), Some("198.18.1.11:8080"));
+        t.backends.get_mut(&0).unwrap().weight = 100;
         // Expired.
         t.flows.insert(key, flow(0, 0, 901));
         let e = run(vec![t.clone()], &ack);
@@ -675,11 +686,11 @@ mod tests {
         let mut stranger = packet(PROTO_TCP, TCP_SYN);
         stranger.dst_port = 443u16.to_be();
         let e = run(vec![tables(Scheduler::Wrr, PROTO_TCP)], &stranger);
-        assert_eq!(e.outcome, "pass");
+        assert_eq!(e.outcome, "drop");
         assert!(has(
             &e,
             "198.19.0.100 is a VIP but no listener has port 443/tcp"
         ));
-        assert!(has(&e, "pass_vip_no_listener"));
+        assert!(has(&e, "drop_vip_no_listener"));
     }
 }

@@ -9,10 +9,10 @@ use std::{
     net::Ipv4Addr,
 };
 
-use lb_common::{ListenerKey, Scheduler};
+use lb_common::{LISTENER_F_ANSWER_PING, LISTENER_F_VIP_MARKER, ListenerKey, Scheduler};
 use thiserror::Error;
 
-use crate::config::{self, Config, Protocol};
+use crate::config::{self, Config, Protocol, VipPing};
 
 /// A listener as the data plane knows it: VIP, port, protocol.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -138,6 +138,8 @@ pub struct Desired {
     pub listeners: BTreeMap<String, DesiredListener>,
     /// Access list id → its prefixes (address, length).
     pub acls: BTreeMap<u32, BTreeSet<(Ipv4Addr, u8)>>,
+    /// `Listener::flags` of every VIP's marker.
+    pub vip_marker_flags: u8,
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -337,7 +339,14 @@ pub fn members(config: &Config, listener: &config::Listener) -> Vec<GroupMember>
 
 /// Computes the desired data-plane contents. `config` must be validated.
 pub fn plan(config: &Config, runtime: &Runtime, ids: &mut Ids) -> Result<Desired, PlanError> {
-    let mut desired = Desired::default();
+    let mut desired = Desired {
+        vip_marker_flags: LISTENER_F_VIP_MARKER
+            | match config.vip_ping {
+                VipPing::Answer => LISTENER_F_ANSWER_PING,
+                VipPing::Drop => 0,
+            },
+        ..Desired::default()
+    };
     let mut entries = 0;
     for acl in &config.acls {
         let id = ids.acl_id(&acl.name);

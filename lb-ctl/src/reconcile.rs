@@ -17,8 +17,8 @@ use std::{
 };
 
 use lb_common::{
-    BACKEND_F_DRAINING, BACKEND_F_USABLE, Backend, LISTENER_F_VIP_MARKER, Listener, ListenerKey,
-    MAGLEV_TABLE_SIZE, SEQUENCE_TABLE_SIZE, Scheduler, TABLES_PER_LISTENER, TableMeta,
+    BACKEND_F_DRAINING, BACKEND_F_USABLE, Backend, Listener, ListenerKey, MAGLEV_TABLE_SIZE,
+    SEQUENCE_TABLE_SIZE, Scheduler, TABLES_PER_LISTENER, TableMeta,
     maglev::{self, MaglevBackend},
     wrr,
 };
@@ -56,8 +56,10 @@ pub enum MapOp {
     RemoveListener {
         key: ListenerKey,
     },
+    /// A VIP's marker with its `LISTENER_F_*` flags.
     SetVipMarker {
         addr: u32,
+        flags: u8,
     },
     RemoveVipMarker {
         addr: u32,
@@ -106,10 +108,10 @@ impl MapWriter for DataPlane {
             MapOp::ResetCursor { listener } => self.reset_cursor(*listener),
             MapOp::SetListener { key, value } => self.set_listener(*key, *value),
             MapOp::RemoveListener { key } => self.remove_listener(key),
-            MapOp::SetVipMarker { addr } => self.set_listener(
+            MapOp::SetVipMarker { addr, flags } => self.set_listener(
                 ListenerKey::vip_marker(*addr),
                 Listener {
-                    flags: LISTENER_F_VIP_MARKER,
+                    flags: *flags,
                     ..Default::default()
                 },
             ),
@@ -201,7 +203,8 @@ struct AppliedListener {
 pub struct Reconciler {
     listeners: BTreeMap<String, AppliedListener>,
     backends: BTreeMap<u32, Backend>,
-    vips: BTreeSet<u32>,
+    /// VIP → its marker's flags.
+    vips: BTreeMap<u32, u8>,
     acl_entries: BTreeSet<(u32, Ipv4Addr, u8)>,
     /// The VIP filter's words as written (absent = 0).
     vip_filter: BTreeMap<u32, u64>,
@@ -239,7 +242,8 @@ impl Reconciler {
     /// Starts from what a pinned data plane already holds (a restarted daemon): listener
     /// entries keep their live table slot, so the first reconcile writes the other one.
     /// `listeners` are (name, key, value); a name no desired listener has gets removed.
-    pub fn adopt(&mut self, listeners: &[(String, ListenerKey, Listener)], vips: &[u32]) {
+    /// `vips` are (address, marker flags).
+    pub fn adopt(&mut self, listeners: &[(String, ListenerKey, Listener)], vips: &[(u32, u8)]) {
         for (name, key, value) in listeners {
             self.listeners.insert(
                 name.clone(),
@@ -254,7 +258,7 @@ impl Reconciler {
                 },
             );
         }
-        self.vips.extend(vips);
+        self.vips.extend(vips.iter().copied());
     }
 
     /// Records the VIP filter found in a pinned data plane.
@@ -405,16 +409,23 @@ impl Reconciler {
                 });
             }
         }
-        for addr in desired_vips.difference(&self.vips) {
-            markers.push(MapOp::SetVipMarker { addr: *addr });
+        for addr in &desired_vips {
+            if self.vips.get(addr) != Some(&desired.vip_marker_flags) {
+                markers.push(MapOp::SetVipMarker {
+                    addr: *addr,
+                    flags: desired.vip_marker_flags,
+                });
+            }
         }
         for a in self.listeners.values() {
             if !desired_keys.contains(&a.key) {
                 removals.push(MapOp::RemoveListener { key: a.key });
             }
         }
-        for addr in self.vips.difference(&desired_vips) {
-            removals.push(MapOp::RemoveVipMarker { addr: *addr });
+        for addr in self.vips.keys() {
+            if !desired_vips.contains(addr) {
+                removals.push(MapOp::RemoveVipMarker { addr: *addr });
+            }
         }
         for (id, b) in &self.backends {
             if !desired_backends.contains(id) && b.flags != 0 {
@@ -468,8 +479,8 @@ impl Reconciler {
                     }
                 }
                 MapOp::RemoveListener { key } => self.listeners.retain(|_, a| a.key != *key),
-                MapOp::SetVipMarker { addr } => {
-                    self.vips.insert(*addr);
+                MapOp::SetVipMarker { addr, flags } => {
+                    self.vips.insert(*addr, *flags);
                 }
                 MapOp::RemoveVipMarker { addr } => {
                     self.vips.remove(addr);
@@ -590,7 +601,7 @@ listeners:
                 MapOp::RemoveListener { key } => {
                     format!("remove listener port={}", u16::from_be(key.port))
                 }
-                MapOp::SetVipMarker { .. } => "vip +".into(),
+                MapOp::SetVipMarker { flags, .. } => format!("vip flags={flags}"),
                 MapOp::RemoveVipMarker { .. } => "vip -".into(),
                 MapOp::AddAclEntry {
                     acl,
@@ -625,14 +636,24 @@ listeners:
                 "table 2 backends=1",
                 "cursor 1",
                 "listener 1 slot=2",
-                "vip +",
-                "vip +",
+                // Marker and answers pings (`vip_ping: answer`, the default).
+                "vip flags=3",
+                "vip flags=3",
             ]
             .into_iter()
             .map(String::from)
             .collect::<Vec<_>>()
         );
         assert!(h.step().is_empty(), "nothing changed, nothing written");
+    }
+
+    #[test]
+    fn vip_ping_rewrites_only_the_markers() {
+        let mut h = Harness::new();
+        h.step();
+        h.config.vip_ping = config::VipPing::Drop;
+        assert_eq!(shape(&h.step()), ["vip flags=1", "vip flags=1"]);
+        assert!(h.step().is_empty());
     }
 
     #[test]

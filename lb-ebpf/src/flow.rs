@@ -6,9 +6,9 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    Affinity, AffinityKey, Backend, FLOW_F_COUNTED, FLOW_F_FIN, FLOW_F_RST, Flow, FlowKey,
-    Listener, Reason, ReverseNat,
-    select::{TCP_FIN, TCP_RST},
+    Affinity, AffinityKey, Backend, FLOW_F_COUNTED, FLOW_F_FIN, FLOW_F_OPENING, FLOW_F_RST, Flow,
+    FlowKey, Listener, REVERSE_F_ACKED, Reason, ReverseNat,
+    select::{TCP_ACK, TCP_FIN, TCP_RST, close_is_credible},
 };
 
 use crate::{
@@ -20,8 +20,49 @@ use crate::{
     sched, stats,
 };
 
-/// Records a FIN or RST from the client: the flow stops being active (and gives back its
-/// `wlc` count) but stays in the table for the rest of the close.
+/// Keeps what the client last acknowledged (for the credibility of the backend's FIN or
+/// RST) and ends the half-open state: a client that acknowledges has completed the
+/// handshake.
+#[inline(always)]
+pub fn note_client_ack(f: &mut Flow, l4: &L4) {
+    if l4.tcp_flags & TCP_ACK == 0 {
+        return;
+    }
+    if f.client_acked != l4.ack {
+        f.client_acked = l4.ack;
+    }
+    if f.flags & FLOW_F_OPENING != 0 {
+        f.flags &= !FLOW_F_OPENING;
+    }
+}
+
+/// A FIN or RST from the client of a live flow: it closes the flow only if its sequence
+/// number fits what the backend last acknowledged (`close_is_credible`); the backend's
+/// acknowledgements are in the flow's reverse entry.
+#[inline(always)]
+pub fn client_close(ip: &Ipv4, l4: &L4, listener: &Listener, f: &mut Flow, backend: &Backend) {
+    if l4.tcp_flags & (TCP_FIN | TCP_RST) == 0 {
+        return;
+    }
+    let (reply_key, _) = reverse_entry(ip, l4, listener, f.backend, backend);
+    let credible = match REVERSE.get_ptr(reply_key) {
+        // SAFETY: a map value pointer stays valid for the program run.
+        Some(rev) => unsafe {
+            close_is_credible(
+                l4.seq,
+                (*rev).backend_acked,
+                (*rev).flags & REVERSE_F_ACKED != 0,
+            )
+        },
+        None => false,
+    };
+    if credible {
+        note_close(f, l4.tcp_flags);
+    }
+}
+
+/// Records a FIN or RST: the flow stops being active (and gives back its `wlc` count) but
+/// stays in the table for the rest of the close.
 #[inline(always)]
 pub fn note_close(f: &mut Flow, tcp_flags: u8) {
     let seen = if tcp_flags & TCP_RST != 0 {
@@ -92,11 +133,11 @@ pub fn reverse_entry(
     let entry = ReverseNat {
         vip: ip.dst_addr,
         vport: l4.dst_port,
-        _pad: 0,
         listener: listener.id,
         backend: id,
         generation: backend.generation,
-        _pad2: 0,
+        flags: 0,
+        backend_acked: 0,
     };
     (reply_key, entry)
 }

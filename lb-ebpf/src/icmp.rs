@@ -9,26 +9,37 @@
 //!   (and the outer source too when the backend itself sent it), so the client's stack
 //!   matches it to its connection.
 //!
-//! Only destination unreachable, time exceeded and parameter problem are errors; anything
-//! else, and errors about no known flow, go to the kernel.
+//! Only destination unreachable, time exceeded and parameter problem are errors. Anything
+//! else, and errors about no known flow, go to the kernel, unless addressed to a VIP: an
+//! echo request is answered here (`vip_ping: answer`) and the rest is dropped, because a
+//! VIP routed to the LB but not one of its addresses would send it back where it came
+//! from until its TTL ran out.
 //!
 //! A stage of its own (`lb_icmp`, entered from `lb_xdp` for every ICMP packet): rare
 //! packets, and the quote's parsing would otherwise be verified along every path of the
 //! entry program.
 
-use aya_ebpf::{bindings::xdp_action::XDP_PASS, macros::xdp, programs::XdpContext};
-use lb_common::{FlowKey, NO_BACKEND, PROTO_TCP, PROTO_UDP, Reason, csum};
-use network_types::ip::Ipv4Hdr;
+use aya_ebpf::{
+    bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
+    macros::xdp,
+    programs::XdpContext,
+};
+use lb_common::{
+    FlowKey, LISTENER_F_ANSWER_PING, ListenerKey, NO_BACKEND, PROTO_TCP, PROTO_UDP, Reason, csum,
+};
+use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 use crate::{
     fwd,
-    maps::{BACKENDS, FLOWS, REVERSE},
+    maps::{BACKENDS, FLOWS, LISTENERS, REVERSE},
     parse,
     parse::{ETH_LEN, Ipv4, Parsed, ptr_at},
     stats,
 };
 
+const ECHO_REPLY: u8 = 0;
 const DEST_UNREACHABLE: u8 = 3;
+const ECHO_REQUEST: u8 = 8;
 const TIME_EXCEEDED: u8 = 11;
 const PARAMETER_PROBLEM: u8 = 12;
 
@@ -50,42 +61,105 @@ struct IcmpError {
 /// Offset of the quoted TCP checksum from the start of `IcmpError`, when quoted.
 const INNER_TCP_CHECK: usize = 8 + 20 + 16;
 
-#[inline(always)]
-fn pass() -> (u32, Reason) {
-    (XDP_PASS, Reason::PassOtherProtocol)
-}
-
 #[xdp]
 pub fn lb_icmp(ctx: XdpContext) -> u32 {
     let verdict = match parse::ipv4(&ctx) {
-        Parsed::Ipv4(ip) => handle(&ctx, &ip),
+        Parsed::Ipv4(ip) => match handle(&ctx, &ip) {
+            Some(verdict) => verdict,
+            None => not_about_a_flow(&ctx, &ip),
+        },
         Parsed::Done(action, reason) => (action, reason),
     };
     stats::finish(&ctx, verdict)
 }
 
+/// An ICMP packet that is not an error about a flow of ours: to a VIP, an echo request is
+/// answered when the VIP's marker says so and everything else is dropped; to anything
+/// else, the kernel's.
 #[inline(always)]
-fn handle(ctx: &XdpContext, ip: &Ipv4) -> (u32, Reason) {
+fn not_about_a_flow(ctx: &XdpContext, ip: &Ipv4) -> (u32, Reason) {
+    let Some(marker) = LISTENERS.get_ptr(ListenerKey::vip_marker(ip.dst_addr)) else {
+        return (XDP_PASS, Reason::PassOtherProtocol);
+    };
+    // SAFETY: a map value pointer stays valid for the program run.
+    let answers = unsafe { (*marker).flags } & LISTENER_F_ANSWER_PING != 0;
+    if answers && answer_echo(ctx, ip) {
+        return (XDP_TX, Reason::IcmpEchoReply);
+    }
+    (XDP_DROP, Reason::DropVipOtherProtocol)
+}
+
+/// An echo request without IP options, as far as the reply rewrites it.
+#[repr(C)]
+struct EchoFrame {
+    eth: EthHdr,
+    ip: Ipv4Hdr,
+    /// Type, code, checksum.
+    icmp: [u8; 4],
+}
+
+/// Turns an echo request into its reply in place, back out of the interface it came in
+/// on: MACs and addresses swapped, TTL 64, type 0; the rest (identifier, sequence, data)
+/// stays. Only the changed words go into the checksums. False, packet untouched, when it
+/// is not an unfragmented echo request without IP options (rare enough to drop).
+#[inline(always)]
+fn answer_echo(ctx: &XdpContext, ip: &Ipv4) -> bool {
+    // One bounds check for everything rewritten: with one pointer per header, LLVM has
+    // widened the frame start with shifts, which the verifier refuses on a pointer.
+    if ip.fragment || ip.l4_offset != ETH_LEN + Ipv4Hdr::LEN {
+        return false;
+    }
+    let Some(frame) = ptr_at::<EchoFrame>(ctx, 0) else {
+        return false;
+    };
+    // SAFETY: bounds checked by ptr_at; EchoFrame has alignment 1.
+    let frame = unsafe { &mut *frame };
+    if frame.icmp[0] != ECHO_REQUEST || frame.icmp[1] != 0 {
+        return false;
+    }
+    core::mem::swap(&mut frame.eth.src_addr, &mut frame.eth.dst_addr);
+    // Swapping the addresses leaves the IP checksum as it was; the TTL does not.
+    let hdr = &mut frame.ip;
+    core::mem::swap(&mut hdr.src_addr, &mut hdr.dst_addr);
+    let old_ttl_word = u16::from_ne_bytes([hdr.ttl, hdr.proto]);
+    hdr.ttl = 64;
+    let new_ttl_word = u16::from_ne_bytes([hdr.ttl, hdr.proto]);
+    hdr.check =
+        csum::replace_u16(u16::from_ne_bytes(hdr.check), old_ttl_word, new_ttl_word).to_ne_bytes();
+    let icmp = &mut frame.icmp;
+    let old_type_word = u16::from_ne_bytes([icmp[0], icmp[1]]);
+    icmp[0] = ECHO_REPLY;
+    let new_type_word = u16::from_ne_bytes([icmp[0], icmp[1]]);
+    let check = csum::replace_u16(
+        u16::from_ne_bytes([icmp[2], icmp[3]]),
+        old_type_word,
+        new_type_word,
+    );
+    icmp[2..4].copy_from_slice(&check.to_ne_bytes());
+    true
+}
+
+/// The verdict for an ICMP error about a flow of ours; `None` for anything else.
+#[inline(always)]
+fn handle(ctx: &XdpContext, ip: &Ipv4) -> Option<(u32, Reason)> {
     let off = ip.l4_offset;
     if ip.fragment || off > ETH_LEN + 60 {
-        return pass();
+        return None;
     }
     // The error and its quote must lie inside the IP packet, not merely inside the frame
     // (Ethernet padding follows short packets).
     let ip_payload = (ip.tot_len as usize).saturating_sub(off - ETH_LEN);
     if ip_payload < size_of::<IcmpError>() {
-        return pass();
+        return None;
     }
-    let Some(e) = ptr_at::<IcmpError>(ctx, off) else {
-        return pass();
-    };
+    let e = ptr_at::<IcmpError>(ctx, off)?;
     // SAFETY: bounds checked by ptr_at; every field has alignment 1.
     let e = unsafe { &mut *e };
     if !matches!(e.kind, DEST_UNREACHABLE | TIME_EXCEEDED | PARAMETER_PROBLEM)
         || e.inner.vihl != 0x45
         || !(e.inner.proto == PROTO_TCP || e.inner.proto == PROTO_UDP)
     {
-        return pass();
+        return None;
     }
     let protocol = e.inner.proto;
     let inner_src = u32::from_ne_bytes(e.inner.src_addr);
@@ -95,7 +169,7 @@ fn handle(ctx: &XdpContext, ip: &Ipv4) -> (u32, Reason) {
     // Both kinds of error go to the sender of the quoted packet; anything else is not
     // about a flow of ours as seen from here.
     if ip.dst_addr != inner_src {
-        return pass();
+        return None;
     }
     // The quoted TCP checksum is rewritten only when the IP packet quotes it.
     let tcp_check_quoted = ip_payload >= INNER_TCP_CHECK + 2;
@@ -121,7 +195,7 @@ fn handle(ctx: &XdpContext, ip: &Ipv4) -> (u32, Reason) {
             && b.is_usable()
         {
             if ip.ttl <= 1 {
-                return (XDP_PASS, Reason::PassTtlExpired);
+                return Some((XDP_PASS, Reason::PassTtlExpired));
             }
             let (addr, port) = (b.addr, b.port);
             rewrite_quoted(ctx, e, off, tcp_check_quoted, Quoted::Source, addr, port);
@@ -134,16 +208,14 @@ fn handle(ctx: &XdpContext, ip: &Ipv4) -> (u32, Reason) {
                 backend: NO_BACKEND,
                 now: 0,
             };
-            return fwd::transmit(ctx, ip, &route, Reason::IcmpToBackend);
+            return Some(fwd::transmit(ctx, ip, &route, Reason::IcmpToBackend));
         }
     }
 
     // A packet we sent to a backend (client → backend), reported towards the client.
-    let Some(rev) = REVERSE.get_ptr(key) else {
-        return pass();
-    };
+    let rev = REVERSE.get_ptr(key)?;
     if ip.ttl <= 1 {
-        return (XDP_PASS, Reason::PassTtlExpired);
+        return Some((XDP_PASS, Reason::PassTtlExpired));
     }
     // SAFETY: a map value pointer stays valid for the program run.
     let (vip, vport) = unsafe { ((*rev).vip, (*rev).vport) };
@@ -170,7 +242,7 @@ fn handle(ctx: &XdpContext, ip: &Ipv4) -> (u32, Reason) {
         backend: NO_BACKEND,
         now: 0,
     };
-    fwd::transmit(ctx, ip, &route, Reason::IcmpToClient)
+    Some(fwd::transmit(ctx, ip, &route, Reason::IcmpToClient))
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]

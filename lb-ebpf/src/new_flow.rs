@@ -10,10 +10,10 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    Backend, FLOW_F_COUNTED, FLOW_F_FIN, FLOW_F_PICKUP, FLOW_F_RST, Flow, FlowKey, Listener,
-    ListenerKey, NO_BACKEND, PENDING_F_SCANNED, Reason, ReverseNat, STAGE_WLC, Scheduler,
+    Backend, FLOW_F_COUNTED, FLOW_F_FIN, FLOW_F_OPENING, FLOW_F_PICKUP, FLOW_F_RST, Flow, FlowKey,
+    Listener, ListenerKey, NO_BACKEND, PENDING_F_SCANNED, Reason, ReverseNat, STAGE_WLC, Scheduler,
     decide::{self, Opening, Pick},
-    select::{EntryState, Step, TCP_FIN, TCP_RST, is_active},
+    select::{EntryState, Step, TCP_ACK, TCP_FIN, TCP_RST, is_active},
 };
 
 use crate::{
@@ -133,6 +133,11 @@ fn open(
     } else if wlc {
         flags |= FLOW_F_COUNTED;
     }
+    // Until the client acknowledges, the flow is half-open: it may be a forged SYN.
+    let tcp = ip.protocol == lb_common::PROTO_TCP;
+    if tcp && l4.tcp_flags & TCP_ACK == 0 {
+        flags |= FLOW_F_OPENING;
+    }
     let entry = Flow {
         backend: id,
         generation: backend.generation,
@@ -140,6 +145,15 @@ fn open(
         listener: listener.id,
         flags,
         reverse_seen_ns: now,
+        // Half-open: what a refusing backend acknowledges; otherwise what the client did.
+        client_acked: if flags & FLOW_F_OPENING != 0 {
+            l4.seq.wrapping_add(1)
+        } else if tcp {
+            l4.ack
+        } else {
+            0
+        },
+        _pad: 0,
     };
     if FLOWS.insert(key, entry, u64::from(BPF_ANY)).is_err() {
         return Err(Reason::DropFlowInsertFailed);
@@ -150,7 +164,9 @@ fn open(
     if flags & FLOW_F_COUNTED != 0 {
         sched::active_add(id, 1);
     }
-    if opening.previous_flags & FLOW_F_COUNTED != 0 {
+    // An expired entry's count is already gone: the controller's recount leaves out
+    // expired flows, and giving it back again would take the count below zero.
+    if opening.previous_flags & FLOW_F_COUNTED != 0 && opening.state != EntryState::Expired {
         sched::active_add(opening.previous_backend, -1);
     }
 

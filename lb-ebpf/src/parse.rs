@@ -49,6 +49,9 @@ pub struct L4 {
     pub dst_port: u16,
     /// TCP flags byte (0 for UDP).
     pub tcp_flags: u8,
+    /// TCP sequence and acknowledgement numbers, host order (0 for UDP).
+    pub seq: u32,
+    pub ack: u32,
 }
 
 pub enum Parsed {
@@ -125,6 +128,8 @@ pub fn l4(ctx: &XdpContext, ip: &Ipv4) -> Option<L4> {
                 src_port: u16::from_ne_bytes([bytes[0], bytes[1]]),
                 dst_port: u16::from_ne_bytes([bytes[2], bytes[3]]),
                 tcp_flags: bytes[TCP_FLAGS],
+                seq: u32::from_be_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]),
+                ack: u32::from_be_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]),
             })
         }
         PROTO_UDP => {
@@ -139,6 +144,8 @@ pub fn l4(ctx: &XdpContext, ip: &Ipv4) -> Option<L4> {
                 src_port: u16::from_ne_bytes(hdr.src),
                 dst_port: u16::from_ne_bytes(hdr.dst),
                 tcp_flags: 0,
+                seq: 0,
+                ack: 0,
             })
         }
         _ => None,

@@ -9,10 +9,10 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    Backend, Flow, FlowKey, Listener, NO_BACKEND, PROTO_ICMP, PendingFlow, Reason, ReverseNat,
-    STAGE_ICMP, STAGE_NEW_FLOW,
+    Backend, Flow, FlowKey, Listener, NO_BACKEND, PROTO_ICMP, PROTO_TCP, PendingFlow,
+    REVERSE_F_ACKED, Reason, ReverseNat, STAGE_ICMP, STAGE_NEW_FLOW,
     decide::{self, Decision},
-    select::{TCP_FIN, TCP_RST},
+    select::{TCP_ACK, TCP_FIN, TCP_RST, backend_close_is_credible},
     vip_filter_bit,
 };
 
@@ -51,7 +51,13 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
         return stage::enter(ctx, STAGE_ICMP);
     }
     if !parse::is_tcp_or_udp(ip.protocol) {
-        return (XDP_PASS, Reason::PassOtherProtocol);
+        // Passed, a packet to a VIP routed to the LB (not one of its addresses) would
+        // bounce between the LB and its router until its TTL ran out.
+        return if is_vip(ip.dst_addr) {
+            (XDP_DROP, Reason::DropVipOtherProtocol)
+        } else {
+            (XDP_PASS, Reason::PassOtherProtocol)
+        };
     }
     if ip.fragment {
         // No ports in later fragments, so no listener or flow to match: fragments to a VIP
@@ -82,12 +88,14 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
         protocol: ip.protocol,
         _pad: [0; 3],
     };
-    if let Some(rev) = REVERSE.get_ptr(reply_key) {
-        // SAFETY: as above.
-        return reply(ctx, &ip, &l4, unsafe { &*rev });
+    if let Some(rev) = REVERSE.get_ptr_mut(reply_key) {
+        // SAFETY: a map value pointer stays valid for the program run; its writes are a
+        // number and a flag bit, where the last writer winning is harmless.
+        return reply(ctx, &ip, &l4, unsafe { &mut *rev });
     }
     if maybe_vip && is_vip(ip.dst_addr) {
-        (XDP_PASS, Reason::PassVipNoListener)
+        // Dropped for the same reason as other protocols above.
+        (XDP_DROP, Reason::DropVipNoListener)
     } else {
         (XDP_PASS, Reason::PassNotForUs)
     }
@@ -164,7 +172,10 @@ fn established(
     now: u64,
 ) -> (u32, Reason) {
     f.last_seen_ns = now;
-    flow::note_close(f, l4.tcp_flags);
+    if ip.protocol == PROTO_TCP {
+        flow::note_client_ack(f, l4);
+        flow::client_close(ip, l4, listener, f, b);
+    }
     // Not on every packet: for flows whose entries are out of the CPU caches the lookup
     // doubles the cost. On one packet in eight, chosen at random, and on any packet a
     // second or more after the last refresh: the entry stays young in the LRU as long as
@@ -189,7 +200,7 @@ fn established(
 #[inline(always)]
 fn cut_drained(ctx: &XdpContext, ip: &Ipv4, listener: &Listener) -> (u32, Reason) {
     stats::listener(listener.id, |c| c.dropped += 1);
-    if ip.protocol == lb_common::PROTO_TCP && reset::answer_with_rst(ctx, ip) {
+    if ip.protocol == PROTO_TCP && reset::answer_with_rst(ctx, ip) {
         return (XDP_TX, Reason::ResetDrainExpired);
     }
     (XDP_DROP, Reason::DropDrainExpired)
@@ -197,28 +208,21 @@ fn cut_drained(ctx: &XdpContext, ip: &Ipv4, listener: &Listener) -> (u32, Reason
 
 /// Backend → client of a known flow: put the VIP back as the source, send.
 #[inline(always)]
-fn reply(ctx: &XdpContext, ip: &Ipv4, l4: &L4, rev: &ReverseNat) -> (u32, Reason) {
+fn reply(ctx: &XdpContext, ip: &Ipv4, l4: &L4, rev: &mut ReverseNat) -> (u32, Reason) {
     if ip.ttl <= 1 {
         return (XDP_PASS, Reason::PassTtlExpired);
     }
     let (vip, vport, listener, backend) = (rev.vip, rev.vport, rev.listener, rev.backend);
-    if l4.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
-        // The backend closes or refuses: the flow stops being active (for wlc, status and
-        // wait drained) even if the client never answers. Rare, so one more lookup is fine.
-        let key = FlowKey {
-            src_addr: ip.dst_addr,
-            dst_addr: vip,
-            src_port: l4.dst_port,
-            dst_port: vport,
-            protocol: ip.protocol,
-            _pad: [0; 3],
-        };
-        if let Some(f) = FLOWS.get_ptr_mut(key) {
-            // SAFETY: a map value pointer stays valid for the program run.
-            let f = unsafe { &mut *f };
-            if f.backend == backend {
-                flow::note_close(f, l4.tcp_flags);
-            }
+    if ip.protocol == PROTO_TCP {
+        // What the backend acknowledged makes the client's FIN or RST credible or not.
+        if l4.tcp_flags & TCP_ACK != 0
+            && (rev.backend_acked != l4.ack || rev.flags & REVERSE_F_ACKED == 0)
+        {
+            rev.backend_acked = l4.ack;
+            rev.flags |= REVERSE_F_ACKED;
+        }
+        if l4.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+            backend_close(ip, l4, rev);
         }
     }
     if !nat::translate(ctx, ip, l4, Side::Source, vip, vport) {
@@ -237,6 +241,28 @@ fn reply(ctx: &XdpContext, ip: &Ipv4, l4: &L4, rev: &ReverseNat) -> (u32, Reason
         stats::forwarded(listener, backend, u64::from(ip.tot_len), true);
     }
     out
+}
+
+/// The backend closes or refuses: the flow stops being active (for wlc, status and wait
+/// drained) even if the client never answers, provided the FIN or RST fits what the
+/// client last acknowledged. Rare, so one more lookup is fine.
+#[inline(always)]
+fn backend_close(ip: &Ipv4, l4: &L4, rev: &ReverseNat) {
+    let key = FlowKey {
+        src_addr: ip.dst_addr,
+        dst_addr: rev.vip,
+        src_port: l4.dst_port,
+        dst_port: rev.vport,
+        protocol: ip.protocol,
+        _pad: [0; 3],
+    };
+    if let Some(f) = FLOWS.get_ptr_mut(key) {
+        // SAFETY: a map value pointer stays valid for the program run.
+        let f = unsafe { &mut *f };
+        if f.backend == rev.backend && backend_close_is_credible(f, l4.seq, l4.ack, l4.tcp_flags) {
+            flow::note_close(f, l4.tcp_flags);
+        }
+    }
 }
 
 #[panic_handler]

@@ -33,9 +33,10 @@ use std::{
 
 use aya::programs::{TestRun as _, TestRunOptions};
 use lb_common::{
-    ACL_DENY, ACL_NONE, BACKEND_F_USABLE, Backend, FIN_TIMEOUT_S, FLOW_F_FIN, FLOW_F_RST, FlowKey,
-    Listener, ListenerKey, MAGLEV_TABLE_SIZE, PROTO_ICMP, PROTO_TCP, PROTO_UDP, RST_TIMEOUT_S,
-    Reason, Scheduler, TableMeta, Verdict, csum, hash,
+    ACL_DENY, ACL_NONE, BACKEND_F_USABLE, Backend, CLOSE_WINDOW, FIN_TIMEOUT_S, FLOW_F_FIN,
+    FLOW_F_OPENING, FLOW_F_RST, FlowKey, HALF_OPEN_TIMEOUT_S, Listener, ListenerKey,
+    MAGLEV_TABLE_SIZE, PROTO_ICMP, PROTO_TCP, PROTO_UDP, REVERSE_F_ACKED, RST_TIMEOUT_S, Reason,
+    Scheduler, TableMeta, Verdict, csum, hash,
     maglev::{self, MaglevBackend},
     wrr,
 };
@@ -561,8 +562,10 @@ impl fmt::Display for Tuple {
 struct ShadowFlow {
     listener: usize,
     backend: u32,
-    /// `FLOW_F_FIN` / `FLOW_F_RST` only.
+    /// `FLOW_F_FIN`, `FLOW_F_RST` and `FLOW_F_OPENING` only (`MODELLED_FLAGS`).
     flags: u32,
+    /// What the client last acknowledged (half-open: its SYN's sequence number + 1).
+    client_acked: u32,
     /// Bounds of the program's clock when it last wrote the entry.
     seen: (u64, u64),
 }
@@ -574,7 +577,12 @@ struct ShadowRev {
     vport: u16,
     listener: usize,
     backend: u32,
+    /// What the backend last acknowledged, once it has.
+    backend_acked: Option<u32>,
 }
+
+/// The flow flags the model follows.
+const MODELLED_FLAGS: u32 = FLOW_F_FIN | FLOW_F_RST | FLOW_F_OPENING;
 
 /// Flow and reverse entries the model expects the program to hold.
 #[derive(Default)]
@@ -671,6 +679,28 @@ fn l4_ok(f: &[u8], ip: usize, l4: usize, len: usize, proto: u8) -> bool {
     pseudo.extend_from_slice(&(len as u16).to_be_bytes());
     pseudo.extend_from_slice(&f[l4..l4 + len]);
     sum_ok(&pseudo)
+}
+
+/// The echo reply the program makes of echo request `p`, in place: MACs and addresses
+/// swapped, TTL 64, type 0, both checksums updated for the changed words only.
+fn echo_reply(p: &Pkt<'_>) -> Expected {
+    let f = p.f;
+    let mut e = Expected::from(f);
+    e.set(0, &f[6..12]);
+    e.set(6, &f[0..6]);
+    e.set(26, &f[30..34]);
+    e.set(30, &f[26..30]);
+    e.set(22, &[64]);
+    let ip_check = adjusted(
+        be16(f, 24),
+        &[u16::from_be_bytes([f[22], f[23]])],
+        &[u16::from_be_bytes([64, f[23]])],
+    );
+    e.set(24, &ip_check.to_be_bytes());
+    e.set(p.off, &[0]);
+    let icmp_check = adjusted(be16(f, p.off + 2), &[u16::from_be_bytes([8, 0])], &[0]);
+    e.set(p.off + 2, &icmp_check.to_be_bytes());
+    e
 }
 
 /// RFC 1624 eqn. 3 over big-endian words: the checksum after `old` words became `new`.
@@ -797,6 +827,18 @@ struct Pkt<'a> {
     ingress: u32,
 }
 
+impl Pkt<'_> {
+    /// A TCP segment's sequence and acknowledgement numbers (0 for UDP, as the program
+    /// reads them).
+    fn seq_ack(&self) -> (u32, u32) {
+        if self.proto != PROTO_TCP {
+            return (0, 0);
+        }
+        let word = |at: usize| u32::from_be_bytes(self.f[at..at + 4].try_into().unwrap());
+        (word(self.off + 4), word(self.off + 8))
+    }
+}
+
 /// What the entry of a flow means for its next packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum EntryState {
@@ -854,6 +896,8 @@ fn close_flags(tcp_flags: u8) -> u32 {
 fn idle_timeout_ns(proto: u8, flags: u32) -> u64 {
     let s = if proto != PROTO_TCP {
         IDLE_TIMEOUT_S
+    } else if flags & FLOW_F_OPENING != 0 && flags & (FLOW_F_FIN | FLOW_F_RST) == 0 {
+        HALF_OPEN_TIMEOUT_S.min(IDLE_TIMEOUT_S)
     } else if flags & FLOW_F_RST != 0 {
         RST_TIMEOUT_S.min(IDLE_TIMEOUT_S)
     } else if flags & FLOW_F_FIN != 0 {
@@ -907,6 +951,41 @@ impl Model {
         if self.revs.insert(key, rev).is_none() {
             self.rev_keys.push(key);
         }
+    }
+
+    /// Sequence and acknowledgement numbers that fit client → VIP flow `t`: its FIN or RST
+    /// is credible near what the backend acknowledged.
+    fn client_numbers(&self, setup: &Setup, t: &Tuple) -> Option<(u32, u32)> {
+        let flow = self.flows.get(t)?;
+        let b = setup.backends.get(flow.backend as usize)?;
+        let rkey = Tuple {
+            src: b.addr,
+            dst: t.src,
+            sport: b.port,
+            dport: t.sport,
+            proto: t.proto,
+        };
+        Some((self.revs.get(&rkey)?.backend_acked?, flow.client_acked))
+    }
+
+    /// Numbers that fit backend → client segment `t` (a reverse key): a half-open flow's
+    /// refusal acknowledges the SYN; later, the sequence number follows what the client
+    /// acknowledged.
+    fn backend_numbers(&self, t: &Tuple) -> Option<(u32, u32)> {
+        let rev = self.revs.get(t)?;
+        let owner = Tuple {
+            src: t.dst,
+            dst: rev.vip,
+            sport: t.dport,
+            dport: rev.vport,
+            proto: t.proto,
+        };
+        let flow = self.flows.get(&owner)?;
+        Some(if flow.flags & FLOW_F_OPENING != 0 {
+            (0, flow.client_acked)
+        } else {
+            (flow.client_acked, rev.backend_acked.unwrap_or(0))
+        })
     }
 
     fn apply(&mut self, delta: &Delta) {
@@ -969,7 +1048,11 @@ impl Model {
             return self.icmp(setup, lab, &p);
         }
         if p.proto != PROTO_TCP && p.proto != PROTO_UDP {
-            return pass(Reason::PassOtherProtocol);
+            return if setup.is_vip(p.dst) {
+                drop_(Reason::DropVipOtherProtocol)
+            } else {
+                pass(Reason::PassOtherProtocol)
+            };
         }
         if p.frag {
             return if setup.is_vip(p.dst) {
@@ -1019,7 +1102,7 @@ impl Model {
             return self.reply(lab, &p, &t, rev, tcp_flags);
         }
         if setup.is_vip(p.dst) {
-            pass(Reason::PassVipNoListener)
+            drop_(Reason::DropVipNoListener)
         } else {
             pass(Reason::PassNotForUs)
         }
@@ -1065,13 +1148,32 @@ impl Model {
         for state in states {
             if next_step(t.proto, tcp_flags, state) == Step::Reuse {
                 let mut flow = self.flows[t];
-                if tcp_flags & RST != 0 {
-                    flow.flags |= FLOW_F_RST;
-                } else if tcp_flags & FIN != 0 {
-                    flow.flags |= FLOW_F_FIN;
+                let b = setup.backends[flow.backend as usize];
+                if t.proto == PROTO_TCP {
+                    let (seq, ack) = p.seq_ack();
+                    if tcp_flags & ACK != 0 {
+                        flow.client_acked = ack;
+                        flow.flags &= !FLOW_F_OPENING;
+                    }
+                    // A client's FIN or RST closes only near what the backend acknowledged
+                    // (whatever flow the reverse entry at the backend-side tuple serves).
+                    let rkey = Tuple {
+                        src: b.addr,
+                        dst: t.src,
+                        sport: b.port,
+                        dport: t.sport,
+                        proto: t.proto,
+                    };
+                    let credible = self
+                        .revs
+                        .get(&rkey)
+                        .and_then(|r| r.backend_acked)
+                        .is_some_and(|acked| seq.wrapping_sub(acked) < CLOSE_WINDOW);
+                    if credible {
+                        flow.flags |= close_flags(tcp_flags);
+                    }
                 }
                 flow.seen = now;
-                let b = setup.backends[flow.backend as usize];
                 let delta = Delta {
                     flow: Some((*t, flow)),
                     rev: None,
@@ -1079,7 +1181,15 @@ impl Model {
                 outs.extend(self.to_backend(lab, p, b, delta));
                 continue;
             }
-            let Some(b) = setup.pick(li, t) else {
+            // A SYN on a closing flow's entry keeps the flow's backend (every backend of
+            // the setup takes new flows).
+            let reopened = match state {
+                EntryState::Live { closing: true } => {
+                    Some(setup.backends[self.flows[t].backend as usize])
+                }
+                _ => None,
+            };
+            let Some(b) = reopened.or_else(|| setup.pick(li, t)) else {
                 outs.extend(drop_(Reason::DropNoBackend));
                 continue;
             };
@@ -1101,13 +1211,24 @@ impl Model {
                     outs.extend(drop_(Reason::DropReverseCollision));
                     continue;
                 }
+                let tcp = t.proto == PROTO_TCP;
+                let (seq, ack) = p.seq_ack();
+                let opening = tcp && tcp_flags & ACK == 0;
                 let delta = Delta {
                     flow: Some((
                         *t,
                         ShadowFlow {
                             listener: li,
                             backend: b.id,
-                            flags: close_flags(tcp_flags),
+                            flags: close_flags(tcp_flags)
+                                | if opening { FLOW_F_OPENING } else { 0 },
+                            client_acked: if opening {
+                                seq.wrapping_add(1)
+                            } else if tcp {
+                                ack
+                            } else {
+                                0
+                            },
                             seen: now,
                         },
                     )),
@@ -1118,6 +1239,7 @@ impl Model {
                             vport: t.dport,
                             listener: li,
                             backend: b.id,
+                            backend_acked: None,
                         },
                     )),
                 };
@@ -1171,11 +1293,23 @@ impl Model {
         if p.ttl <= 1 {
             return pass(Reason::PassTtlExpired);
         }
-        // A backend's FIN or RST ends the flow's activity (as the client's does), when
-        // the flow still belongs to that backend.
+        // The backend's acknowledgement is kept; its FIN or RST ends the flow's activity
+        // (as the client's does) when the flow still belongs to that backend and the
+        // sequence numbers fit: exactly the SYN acknowledged while half-open, otherwise
+        // near what the client acknowledged.
         let mut delta = Delta::default();
+        let (seq, ack) = p.seq_ack();
+        if t.proto == PROTO_TCP && tcp_flags & ACK != 0 {
+            delta.rev = Some((
+                *t,
+                ShadowRev {
+                    backend_acked: Some(ack),
+                    ..*rev
+                },
+            ));
+        }
         let close = close_flags(tcp_flags);
-        if close != 0 {
+        if t.proto == PROTO_TCP && close != 0 {
             let owner = Tuple {
                 src: t.dst,
                 dst: rev.vip,
@@ -1185,6 +1319,11 @@ impl Model {
             };
             if let Some(flow) = self.flows.get(&owner)
                 && flow.backend == rev.backend
+                && if flow.flags & FLOW_F_OPENING != 0 {
+                    tcp_flags & ACK != 0 && ack == flow.client_acked
+                } else {
+                    seq.wrapping_sub(flow.client_acked) < CLOSE_WINDOW
+                }
             {
                 let mut flow = *flow;
                 flow.flags |= close;
@@ -1197,8 +1336,16 @@ impl Model {
 
     /// ICMP: errors about a flow are translated, everything else goes to the kernel.
     fn icmp(&self, setup: &Setup, lab: &Lab, p: &Pkt<'_>) -> Vec<Outcome> {
+        // Not an error about a flow of ours: to a VIP, an echo request is answered (every
+        // VIP of the setup answers pings) and the rest dropped; otherwise the kernel's.
         let other = |why| {
-            let mut o = outcome(XDP_PASS, Reason::PassOtherProtocol, Out::Unchanged);
+            let mut o = if !setup.is_vip(p.dst) {
+                outcome(XDP_PASS, Reason::PassOtherProtocol, Out::Unchanged)
+            } else if !p.frag && p.off == 34 && p.f.len() >= 38 && p.f[34] == 8 && p.f[35] == 0 {
+                outcome(XDP_TX, Reason::IcmpEchoReply, Out::Expect(echo_reply(p)))
+            } else {
+                outcome(XDP_DROP, Reason::DropVipOtherProtocol, Out::Unchanged)
+            };
             o.why = why;
             vec![o]
         };
@@ -1647,7 +1794,22 @@ impl Generator {
         self.ip_extras(f)
     }
 
-    fn client_tcp(&mut self, setup: &Setup) -> Vec<u8> {
+    /// Gives a TCP frame of a flow the model knows sequence numbers that fit it, half of
+    /// the time: random ones almost never close anything.
+    fn fit_numbers(&mut self, f: &mut Frame, numbers: Option<(u32, u32)>) {
+        if let (Some((seq, ack)), &Transport::Tcp { flags, .. }) = (numbers, &f.transport)
+            && self.rng.chance(50)
+        {
+            let ahead = self.rng.below(2000) as u32;
+            f.transport = Transport::Tcp {
+                flags,
+                seq: seq.wrapping_add(ahead),
+                ack,
+            };
+        }
+    }
+
+    fn client_tcp(&mut self, setup: &Setup, model: &Model) -> Vec<u8> {
         let src = (*self.rng.pick(&CLIENTS), self.sport());
         let dst = if self.rng.chance(88) {
             let tcp: Vec<&ListenerSpec> = setup
@@ -1661,7 +1823,16 @@ impl Generator {
             (*self.rng.pick(&[VIP, VIP2, VIP3]), self.rng.u16())
         };
         let flags = self.flags();
-        client_frame(self.tcp(src, dst, flags)).build()
+        let mut f = self.tcp(src, dst, flags);
+        let t = Tuple {
+            src: src.0,
+            dst: dst.0,
+            sport: src.1,
+            dport: dst.1,
+            proto: PROTO_TCP,
+        };
+        self.fit_numbers(&mut f, model.client_numbers(setup, &t));
+        client_frame(f).build()
     }
 
     fn client_udp(&mut self, setup: &Setup) -> Vec<u8> {
@@ -1697,7 +1868,9 @@ impl Generator {
             let flags = *self
                 .rng
                 .pick(&[SYN | ACK, ACK, ACK | PSH, FIN | ACK, RST, RST | ACK]);
-            self.tcp((t.src, t.sport), (t.dst, t.dport), flags)
+            let mut f = self.tcp((t.src, t.sport), (t.dst, t.dport), flags);
+            self.fit_numbers(&mut f, model.backend_numbers(&t));
+            f
         } else {
             self.udp((t.src, t.sport), (t.dst, t.dport))
         };
@@ -2058,7 +2231,7 @@ impl Generator {
         let k = self.rng.below(100);
         let (mut f, ingress, kind) = match k {
             0..=7 => (self.random_bytes(), lab.client_if, "random-bytes"),
-            8..=29 => (self.client_tcp(setup), lab.client_if, "tcp-to-vip"),
+            8..=29 => (self.client_tcp(setup, model), lab.client_if, "tcp-to-vip"),
             30..=43 => (self.client_udp(setup), lab.client_if, "udp-to-vip"),
             44..=59 => (self.reply(model), lab.backend_if, "reply-from-backend"),
             60..=66 => (self.not_for_us(), lab.client_if, "not-for-us"),
@@ -2728,7 +2901,8 @@ impl Fuzzer<'_> {
                     ShadowFlow {
                         listener: li,
                         backend: flow.backend,
-                        flags: flow.flags & (FLOW_F_FIN | FLOW_F_RST),
+                        flags: flow.flags & MODELLED_FLAGS,
+                        client_acked: flow.client_acked,
                         seen: (flow.last_seen_ns, flow.last_seen_ns),
                     },
                 );
@@ -2749,6 +2923,8 @@ impl Fuzzer<'_> {
                                 vport: u16::from_be(r.vport),
                                 listener,
                                 backend: r.backend,
+                                backend_acked: (r.flags & REVERSE_F_ACKED != 0)
+                                    .then_some(r.backend_acked),
                             },
                         );
                     }
@@ -2805,15 +2981,17 @@ impl Fuzzer<'_> {
             let m = self.model.flows.get(t);
             let same = match (k, m) {
                 (Some(k), Some(m)) => {
-                    k.backend == m.backend && k.flags & (FLOW_F_FIN | FLOW_F_RST) == m.flags
+                    k.backend == m.backend
+                        && k.flags & MODELLED_FLAGS == m.flags
+                        && k.client_acked == m.client_acked
                 }
                 _ => false,
             };
             if !same {
                 let e = format!(
                     "{t}: program {:?}, model {:?}",
-                    k.map(|k| (k.backend, k.flags)),
-                    m.map(|m| (m.backend, m.flags))
+                    k.map(|k| (k.backend, k.flags, k.client_acked)),
+                    m.map(|m| (m.backend, m.flags, m.client_acked))
                 );
                 self.report
                     .finding("the flow table differs from the model", || e, max);
@@ -2827,6 +3005,8 @@ impl Fuzzer<'_> {
                     && u16::from_be(k.vport) == m.vport
                     && k.backend == m.backend
                     && self.setup.listener_by_id(k.listener) == Some(m.listener)
+                    && (k.flags & REVERSE_F_ACKED != 0).then_some(k.backend_acked)
+                        == m.backend_acked
             });
             if !same {
                 let e = format!("{t}: program {k:?}, model {m:?}");

@@ -69,6 +69,14 @@ impl Frame {
         )
     }
 
+    /// Sets a TCP segment's sequence and acknowledgement numbers.
+    pub fn seq_ack(mut self, seq: u32, ack: u32) -> Self {
+        if let Transport::Tcp { flags, .. } = self.transport {
+            self.transport = Transport::Tcp { flags, seq, ack };
+        }
+        self
+    }
+
     pub fn udp(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -> Self {
         Self::new(src, dst, Transport::Udp { checksum: true })
     }

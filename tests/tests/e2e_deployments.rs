@@ -269,3 +269,112 @@ fn strict_rp_filter_with_a_local_vip_is_reported_and_loose_mode_works() {
     );
     unknown_client_gets_every_answer(&topo, &daemon);
 }
+
+/// Packets read on the LB's client-side interface so far.
+fn lb_client_rx_packets(topo: &Topology) -> u64 {
+    let path = format!(
+        "/sys/class/net/{}/statistics/rx_packets",
+        topo.lb_client_if()
+    );
+    topo.lb()
+        .run_ok(["cat", &path])
+        .trim()
+        .parse()
+        .expect("rx_packets is a number")
+}
+
+/// `ping` from the client to the VIP: how many of `count` echo requests were answered.
+fn pings_answered(topo: &Topology, count: usize) -> usize {
+    let out = topo.client().exec([
+        "ping",
+        "-n",
+        "-q",
+        "-c",
+        &count.to_string(),
+        "-i",
+        "0.2",
+        "-W",
+        "1",
+        &VIP.to_string(),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| {
+            let received = l.split(", ").nth(1)?;
+            received.strip_suffix(" received")?.parse().ok()
+        })
+        .unwrap_or_else(|| panic!("ping summary in:\n{text}"))
+}
+
+/// A VIP routed to the LB but not one of its addresses, and an LB whose default route
+/// points back toward the client-side router (which forwards): a packet the kernel got
+/// for the VIP would bounce between the two until its TTL ran out (cilium/cilium#32195).
+/// 100 UDP datagrams to a port without a listener must cross the LB's client interface
+/// 100 times, not thousands; pings are answered from XDP, or dropped with
+/// `vip_ping: drop`.
+#[test]
+fn traffic_to_a_routed_vip_outside_its_listeners_does_not_loop() {
+    let Some((topo, daemon, _backends)) = setup("drl", VipPlacement::RoutedToLb, |topo| {
+        topo.lb().route_add("default", "198.18.0.2");
+        // The client is the router here: it forwards, and takes back (accept_local) the
+        // packets it sent that the LB would route to it.
+        topo.client().sysctl("net.ipv4.ip_forward", 1);
+        topo.client().sysctl("net.ipv4.conf.all.accept_local", 1);
+        topo.client().sysctl("net.ipv4.conf.eth0.accept_local", 1);
+    }) else {
+        return;
+    };
+    const DATAGRAMS: u64 = 100;
+    let before_rx = lb_client_rx_packets(&topo);
+    let before = stats(&daemon);
+    topo.client().enter(|| {
+        let socket = std::net::UdpSocket::bind("0.0.0.0:0").expect("UDP socket");
+        for _ in 0..DATAGRAMS {
+            socket
+                .send_to(b"anyone?", (VIP, 5999))
+                .expect("send to the VIP");
+        }
+    });
+    // Long enough for a looping packet to go around its 64 hops many times over.
+    std::thread::sleep(Duration::from_secs(1));
+    let crossed = lb_client_rx_packets(&topo) - before_rx;
+    let after = stats(&daemon);
+    let dropped = reason(&after, "drop_vip_no_listener") - reason(&before, "drop_vip_no_listener");
+    println!(
+        "{DATAGRAMS} datagrams to {VIP}:5999: {crossed} packets in on the client side, {dropped} dropped"
+    );
+    assert_eq!(
+        dropped, DATAGRAMS,
+        "each datagram dropped once, counted: {after:#}"
+    );
+    assert!(
+        crossed < DATAGRAMS + 20,
+        "{crossed} packets crossed the LB's client interface for {DATAGRAMS} datagrams: a loop"
+    );
+
+    let _wake = topo.client_xdp_pass();
+    assert_eq!(
+        pings_answered(&topo, 3),
+        3,
+        "vip_ping: answer (the default): {:#}",
+        stats(&daemon)["reasons"]
+    );
+    assert!(reason(&stats(&daemon), "icmp_echo_reply") >= 3);
+
+    let config = std::fs::read_to_string(daemon.config_path()).expect("the daemon's config");
+    daemon.write_config(&config.replacen("flow_table_size", "vip_ping: drop\nflow_table_size", 1));
+    daemon.ctl_ok(&["reload"]);
+    let before = stats(&daemon);
+    let before_rx = lb_client_rx_packets(&topo);
+    assert_eq!(pings_answered(&topo, 3), 0, "vip_ping: drop");
+    let after = stats(&daemon);
+    assert_eq!(
+        reason(&after, "drop_vip_other_protocol") - reason(&before, "drop_vip_other_protocol"),
+        3,
+        "{after:#}"
+    );
+    assert!(
+        lb_client_rx_packets(&topo) - before_rx < 3 + 20,
+        "no loop for pings either"
+    );
+}

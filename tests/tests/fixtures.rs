@@ -408,6 +408,20 @@ fn flow_of(frame: &Frame) -> FlowKey {
     }
 }
 
+/// A segment from fixture backend `index` (port 8080) to the client's `sport`, and the
+/// same segment as the client must receive it (from VIP:80).
+fn backend_segment(index: usize, sport: u16, flags: u8, seq: u32, ack: u32) -> (Frame, Vec<u8>) {
+    let input = Frame::tcp((B[index], 8080), (CLIENT, sport), flags)
+        .seq_ack(seq, ack)
+        .macs(B_MAC[index], LB_BACKEND_MAC);
+    let out = Frame::tcp((VIP, 80), (CLIENT, sport), flags)
+        .seq_ack(seq, ack)
+        .ttl(63)
+        .macs(LB_CLIENT_MAC, CLIENT_MAC)
+        .build();
+    (input, out)
+}
+
 fn index_of(addr: Ipv4Addr) -> usize {
     B.iter()
         .position(|b| *b == addr)
@@ -424,15 +438,16 @@ fn tcp_new_flow_established_reply_and_close() {
         // A fresh cursor starts at the head of the smooth WRR sequence.
         let first = listener.sequence()[0] as usize;
 
+        // Client ISN 1000, backend ISN 5000; the SYN-ACK carries 7 bytes of payload.
         let syn = from_client(Frame::tcp((CLIENT, 40000), (VIP, 80), SYN));
-        let ack = from_client(Frame::tcp((CLIENT, 40000), (VIP, 80), ACK).payload(b"GET /"));
-        let fin = from_client(Frame::tcp((CLIENT, 40000), (VIP, 80), FIN | ACK));
-        let syn_ack = Frame::tcp((B[first], 8080), (CLIENT, 40000), SYN | ACK)
-            .macs(B_MAC[first], LB_BACKEND_MAC);
-        let syn_ack_out = Frame::tcp((VIP, 80), (CLIENT, 40000), SYN | ACK)
-            .ttl(63)
-            .macs(LB_CLIENT_MAC, CLIENT_MAC)
-            .build();
+        let ack = from_client(
+            Frame::tcp((CLIENT, 40000), (VIP, 80), ACK)
+                .seq_ack(1001, 5008)
+                .payload(b"GET /"),
+        );
+        let fin =
+            from_client(Frame::tcp((CLIENT, 40000), (VIP, 80), FIN | ACK).seq_ack(1006, 5008));
+        let (syn_ack, syn_ack_out) = backend_segment(first, 40000, SYN | ACK, 5000, 1001);
 
         check(
             &mut dp,
@@ -484,21 +499,203 @@ fn tcp_new_flow_established_reply_and_close() {
             "FIN recorded on the flow"
         );
 
-        // The client reuses its port after the close: a new flow, scheduled again (the
-        // cursor has moved on, so it lands on the sequence's next backend).
-        let second = listener.sequence()[1] as usize;
+        // The client reuses its port after the close: a new flow, which stays on the
+        // backend of the closed one while that backend takes new flows (a forged RST and
+        // SYN could otherwise move a live connection), although the WRR cursor has moved.
         check(
             &mut dp,
             &[Case {
-                name: "a SYN on a closed flow's 5-tuple is a new flow",
+                name: "a SYN on a closed flow's 5-tuple is a new flow on the same backend",
                 ingress: lab.client_if,
                 input: syn.build(),
                 verdict: XDP_REDIRECT,
                 reason: Reason::Forwarded,
-                output: Output::Exactly(to_backend(&syn, second, 8080)),
+                output: Output::Exactly(to_backend(&syn, first, 8080)),
             }],
         );
+        let flow = dp.flow(&flow_of(&syn)).unwrap().expect("flow recorded");
+        assert_eq!(
+            flow.flags & (lb_common::FLOW_F_FIN | lb_common::FLOW_F_OPENING),
+            lb_common::FLOW_F_OPENING,
+            "the reopened flow is half-open, not closing"
+        );
         assert_eq!(dp.listener_stats(0).unwrap().new_flows, 2);
+    });
+}
+
+/// A blind attacker who knows a connection's 4-tuple but not its sequence numbers sends a
+/// RST (or FIN) with a random sequence number, then a SYN, from the client's address, and
+/// the same from the backend's: none of it may move the connection to another backend or
+/// end its accounting (`wlc`, `status`, `wait drained` count it as active).
+#[test]
+fn forged_rst_and_syn_cannot_move_or_close_a_connection() {
+    let Some(lab) = lab("fxforge") else { return };
+    lab.ns.enter(|| {
+        for (n, scheduler) in [Scheduler::Wrr, Scheduler::Rr, Scheduler::Wlc]
+            .into_iter()
+            .enumerate()
+        {
+            let mut dp = load(&lab);
+            web(three_backends(), scheduler).install(&mut dp, 1);
+            let sport = 43_000 + n as u16;
+            let client = |flags: u8, seq: u32, ack: u32| {
+                from_client(Frame::tcp((CLIENT, sport), (VIP, 80), flags).seq_ack(seq, ack))
+            };
+            let syn = client(SYN, 1000, 0);
+            let (_, out) = run(&mut dp, lab.client_if, &syn.build());
+            let first = index_of(Ipv4Addr::new(out[30], out[31], out[32], out[33]));
+            let (syn_ack, syn_ack_out) = backend_segment(first, sport, SYN | ACK, 5000, 1001);
+            let ack = client(ACK, 1001, 5001);
+            let forged_rst = client(RST | ACK, 0x5eed_1234, 0);
+            let forged_fin = client(FIN | ACK, 0x0bad_cafe, 5001);
+            let (forged_backend_rst, forged_backend_rst_out) =
+                backend_segment(first, sport, RST | ACK, 0x7777_0000, 1001);
+            let to_first = |name: &'static str, frame: &Frame| Case {
+                name,
+                ingress: lab.client_if,
+                input: frame.build(),
+                verdict: XDP_REDIRECT,
+                reason: Reason::Forwarded,
+                output: Output::Exactly(to_backend(frame, first, 8080)),
+            };
+            check(
+                &mut dp,
+                &[
+                    Case {
+                        name: "the backend's SYN-ACK",
+                        ingress: lab.backend_if,
+                        input: syn_ack.build(),
+                        verdict: XDP_REDIRECT,
+                        reason: Reason::ReplyForwarded,
+                        output: Output::Exactly(syn_ack_out),
+                    },
+                    to_first("the client's ACK", &ack),
+                    to_first("a RST with a random sequence number", &forged_rst),
+                    to_first("a SYN after it stays with the connection's backend", &syn),
+                    to_first("a FIN with a random sequence number", &forged_fin),
+                    to_first("a SYN after it", &syn),
+                    Case {
+                        name: "a RST from the backend's address with a random sequence number",
+                        ingress: lab.backend_if,
+                        input: forged_backend_rst.build(),
+                        verdict: XDP_REDIRECT,
+                        reason: Reason::ReplyForwarded,
+                        output: Output::Exactly(forged_backend_rst_out),
+                    },
+                    to_first("a SYN after that", &syn),
+                    to_first("the client's next ACK", &ack),
+                ],
+            );
+            let flow = dp.flow(&flow_of(&syn)).unwrap().expect("flow recorded");
+            assert_eq!(
+                (
+                    flow.backend as usize,
+                    flow.flags & (lb_common::FLOW_F_FIN | lb_common::FLOW_F_RST)
+                ),
+                (first, 0),
+                "{scheduler:?}: the connection keeps its backend and stays active"
+            );
+            assert_eq!(dp.listener_stats(0).unwrap().new_flows, 1, "{scheduler:?}");
+            if scheduler == Scheduler::Wlc {
+                assert_eq!(dp.active_flows(first as u32).unwrap(), 1, "still counted");
+            }
+        }
+    });
+}
+
+/// Nothing addressed to a VIP goes to the kernel, which would route it back toward the
+/// router when the VIP is not one of its addresses (a loop until the TTL runs out): ports
+/// and protocols without a listener are dropped and counted; a ping is answered from XDP
+/// (`vip_ping: answer`, the default) or dropped (`vip_ping: drop`).
+#[test]
+fn nothing_for_a_vip_reaches_the_kernel_and_pings_are_answered_as_configured() {
+    let Some(lab) = lab("fxvip") else { return };
+    lab.ns.enter(|| {
+        let mut dp = load(&lab);
+        web(vec![member(0, B[0], 8080, 100)], Scheduler::Wrr).install(&mut dp, 1);
+        let icmp = |kind: u8, to: Ipv4Addr, fragment: bool| {
+            let mut message = vec![kind, 0, 0, 0, 0x12, 0x34, 0x00, 0x07];
+            message.extend_from_slice(b"ping data");
+            let check = lb_common::csum::checksum(&message);
+            message[2..4].copy_from_slice(&check.to_ne_bytes());
+            let mut f = from_client(Frame::udp((CLIENT, 0), (to, 0)))
+                .fragment(fragment, 0)
+                .ttl(57);
+            f.transport = packet::Transport::Other(1);
+            f.payload = message;
+            f
+        };
+        // The reply, built from scratch: addresses and MACs swapped, TTL 64, type 0, the
+        // rest of the message as it was.
+        let echo = icmp(8, VIP, false);
+        let mut reply = icmp(0, VIP, false).macs(LB_CLIENT_MAC, CLIENT_MAC).ttl(64);
+        (reply.src, reply.dst) = (VIP, CLIENT);
+        let mut gre = from_client(Frame::udp((CLIENT, 0), (VIP, 0)));
+        gre.transport = packet::Transport::Other(47);
+        gre.payload = vec![0; 24];
+        let timestamp = icmp(13, VIP, false);
+        let unreachable_about_nothing = icmp(3, VIP, false);
+        let fragmented_echo = icmp(8, VIP, true);
+        let udp_no_listener = from_client(Frame::udp((CLIENT, 40300), (VIP, 5060)));
+        let drop = |name, input: &Frame, reason| Case {
+            name,
+            ingress: lab.client_if,
+            input: input.build(),
+            verdict: XDP_DROP,
+            reason,
+            output: Output::Unchanged,
+        };
+        check(
+            &mut dp,
+            &[
+                Case {
+                    name: "echo request to the VIP: answered from XDP",
+                    ingress: lab.client_if,
+                    input: echo.build(),
+                    verdict: XDP_TX,
+                    reason: Reason::IcmpEchoReply,
+                    output: Output::Exactly(reply.build()),
+                },
+                drop("GRE to the VIP", &gre, Reason::DropVipOtherProtocol),
+                drop(
+                    "ICMP timestamp to the VIP",
+                    &timestamp,
+                    Reason::DropVipOtherProtocol,
+                ),
+                drop(
+                    "ICMP unreachable about no flow, to the VIP",
+                    &unreachable_about_nothing,
+                    Reason::DropVipOtherProtocol,
+                ),
+                drop(
+                    "fragmented echo request",
+                    &fragmented_echo,
+                    Reason::DropVipOtherProtocol,
+                ),
+                drop(
+                    "UDP to a port without a listener",
+                    &udp_no_listener,
+                    Reason::DropVipNoListener,
+                ),
+            ],
+        );
+        // vip_ping: drop, as the controller writes it: the VIP's marker without the flag.
+        dp.set_listener(
+            ListenerKey::vip_marker(be(VIP)),
+            Listener {
+                flags: lb_common::LISTENER_F_VIP_MARKER,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        check(
+            &mut dp,
+            &[drop(
+                "echo request, vip_ping: drop",
+                &echo,
+                Reason::DropVipOtherProtocol,
+            )],
+        );
     });
 }
 
@@ -666,7 +863,7 @@ fn malformed_fragmented_and_foreign_packets() {
         let not_vip = from_client(Frame::tcp((CLIENT, 40206), (OTHER, 80), SYN));
         let unknown_port = from_client(Frame::tcp((CLIENT, 40207), (VIP, 8443), SYN));
         let wrong_proto = from_client(Frame::udp((CLIENT, 40208), (VIP, 80)));
-        let mut icmp = from_client(Frame::udp((CLIENT, 0), (VIP, 0)));
+        let mut icmp = from_client(Frame::udp((CLIENT, 0), (OTHER, 0)));
         icmp.transport = packet::Transport::Other(1);
         icmp.payload = vec![8, 0, 0xf7, 0xff, 0, 0, 0, 0];
 
@@ -795,20 +992,20 @@ fn malformed_fragmented_and_foreign_packets() {
                 name: "VIP, port without a listener",
                 ingress: lab.client_if,
                 input: unknown_port.build(),
-                verdict: XDP_PASS,
-                reason: Reason::PassVipNoListener,
+                verdict: XDP_DROP,
+                reason: Reason::DropVipNoListener,
                 output: Output::Unchanged,
             },
             Case {
                 name: "VIP, listener port, other protocol",
                 ingress: lab.client_if,
                 input: wrong_proto.build(),
-                verdict: XDP_PASS,
-                reason: Reason::PassVipNoListener,
+                verdict: XDP_DROP,
+                reason: Reason::DropVipNoListener,
                 output: Output::Unchanged,
             },
             Case {
-                name: "ICMP echo to a VIP",
+                name: "ICMP echo to another address",
                 ingress: lab.client_if,
                 input: icmp.build(),
                 verdict: XDP_PASS,
@@ -940,8 +1137,44 @@ fn reverse_entry_collision_is_refused_and_counted() {
             "refused flow not recorded"
         );
 
-        // Once the first flow is closed by RST, its reply tuple may be taken over.
-        let rst = from_client(Frame::tcp((CLIENT, 40400), (VIP, 80), RST | ACK));
+        // A RST whose sequence number does not fit the connection (a blind attacker's)
+        // closes nothing: the reply tuple stays the first flow's.
+        let (syn_ack, syn_ack_out) = backend_segment(0, 40400, SYN | ACK, 5000, 1001);
+        let forged =
+            from_client(Frame::tcp((CLIENT, 40400), (VIP, 80), RST | ACK).seq_ack(0x8bad_f00d, 0));
+        check(
+            &mut dp,
+            &[
+                Case {
+                    name: "B0 answers the first flow",
+                    ingress: lab.backend_if,
+                    input: syn_ack.build(),
+                    verdict: XDP_REDIRECT,
+                    reason: Reason::ReplyForwarded,
+                    output: Output::Exactly(syn_ack_out),
+                },
+                Case {
+                    name: "a forged RST goes to the backend, whose TCP ignores it",
+                    ingress: lab.client_if,
+                    input: forged.build(),
+                    verdict: XDP_REDIRECT,
+                    reason: Reason::Forwarded,
+                    output: Output::Exactly(to_backend(&forged, 0, 8080)),
+                },
+                Case {
+                    name: "after a forged RST the reply tuple is still taken",
+                    ingress: lab.client_if,
+                    input: second.build(),
+                    verdict: XDP_DROP,
+                    reason: Reason::DropReverseCollision,
+                    output: Output::Unchanged,
+                },
+            ],
+        );
+
+        // Once the first flow is closed by its own RST, its reply tuple may be taken over.
+        let rst =
+            from_client(Frame::tcp((CLIENT, 40400), (VIP, 80), RST | ACK).seq_ack(1001, 5001));
         check(
             &mut dp,
             &[
@@ -1274,11 +1507,12 @@ fn icmp_errors_about_a_flow_are_translated_both_ways() {
                     output: Output::Exactly(port_unreachable_out),
                 },
                 Case {
-                    name: "an ICMP error about no known flow goes to the kernel",
+                    name: "an ICMP error to a VIP about no known flow is dropped (the kernel \
+                           would route it back when the VIP is not a local address)",
                     ingress: lab.client_if,
                     input: unknown.build(),
-                    verdict: XDP_PASS,
-                    reason: Reason::PassOtherProtocol,
+                    verdict: XDP_DROP,
+                    reason: Reason::DropVipOtherProtocol,
                     output: Output::Unchanged,
                 },
             ],
@@ -1319,7 +1553,9 @@ fn wlc_sends_new_flows_to_the_backend_with_fewest_active_flows_per_weight() {
         );
         // 2 on B1 (0.04) now exceeds B0's 0.03: the next one goes to B0.
         let syn2 = from_client(Frame::tcp((CLIENT, 45001), (VIP, 80), SYN));
-        let fin = from_client(Frame::tcp((CLIENT, 45000), (VIP, 80), FIN | ACK));
+        let (syn_ack, syn_ack_out) = backend_segment(1, 45000, SYN | ACK, 5000, 1001);
+        let fin =
+            from_client(Frame::tcp((CLIENT, 45000), (VIP, 80), FIN | ACK).seq_ack(1001, 5008));
         check(
             &mut dp,
             &[
@@ -1330,6 +1566,14 @@ fn wlc_sends_new_flows_to_the_backend_with_fewest_active_flows_per_weight() {
                     verdict: XDP_REDIRECT,
                     reason: Reason::Forwarded,
                     output: Output::Exactly(to_backend(&syn2, 0, 8080)),
+                },
+                Case {
+                    name: "B1 answers the first SYN",
+                    ingress: lab.backend_if,
+                    input: syn_ack.build(),
+                    verdict: XDP_REDIRECT,
+                    reason: Reason::ReplyForwarded,
+                    output: Output::Exactly(syn_ack_out),
                 },
                 Case {
                     name: "a FIN gives the flow's count back",
@@ -1531,6 +1775,81 @@ fn idle_flow_is_forgotten_after_its_timeout() {
     });
 }
 
+/// A half-open flow (SYN, no ACK from the client yet) is forgotten after 30 s, not after
+/// the established timeout; replacing an expired entry does not give back a `wlc` count
+/// the controller's recount has already dropped (counts would wrap below zero).
+#[test]
+fn half_open_flows_expire_early_and_expired_entries_keep_wlc_counts_whole() {
+    let Some(lab) = lab("fxhalf") else { return };
+    lab.ns.enter(|| {
+        let mut dp = load(&lab);
+        ListenerSetup {
+            scheduler: Scheduler::Wlc,
+            members: vec![member(0, B[0], 8080, 100)],
+            idle_timeout_s: 300,
+            ..Default::default()
+        }
+        .install(&mut dp, 1);
+        let age = |dp: &mut DataPlane, key: FlowKey, seconds: u64| {
+            let mut flow = dp.flow(&key).unwrap().expect("flow recorded");
+            flow.last_seen_ns = lb_ctl::controller::monotonic_coarse_ns() - seconds * 1_000_000_000;
+            dp.set_flow(key, flow).unwrap();
+        };
+        let syn = from_client(Frame::tcp((CLIENT, 46150), (VIP, 80), SYN));
+        let key = flow_of(&syn);
+        let (verdict, _) = run(&mut dp, lab.client_if, &syn.build());
+        assert_eq!(verdict, XDP_REDIRECT);
+        assert_eq!(dp.active_flows(0).unwrap(), 1);
+        // 31 s without the client's ACK: expired, so the controller's recount (which
+        // leaves expired entries out) brings the count to 0.
+        age(&mut dp, key, 31);
+        dp.set_active_flows(0, 0).unwrap();
+        let before = dp.listener_stats(0).unwrap().new_flows;
+        let (verdict, _) = run(&mut dp, lab.client_if, &syn.build());
+        assert_eq!(verdict, XDP_REDIRECT);
+        assert_eq!(
+            dp.listener_stats(0).unwrap().new_flows,
+            before + 1,
+            "a SYN 31 s after an unanswered one is a new flow"
+        );
+        assert_eq!(
+            dp.active_flows(0).unwrap(),
+            1,
+            "counted once, not given back"
+        );
+
+        // An established flow idle past the established timeout, replaced by a SYN.
+        let ack = from_client(Frame::tcp((CLIENT, 46150), (VIP, 80), ACK).seq_ack(1001, 5001));
+        run(&mut dp, lab.client_if, &ack.build());
+        let flow = dp.flow(&key).unwrap().unwrap();
+        assert_eq!(
+            flow.flags & lb_common::FLOW_F_OPENING,
+            0,
+            "the ACK ends half-open"
+        );
+        age(&mut dp, key, 31);
+        assert_eq!(
+            dp.flow(&key).unwrap().unwrap().flags & lb_common::FLOW_F_RST,
+            0
+        );
+        let (verdict, _) = run(&mut dp, lab.client_if, &ack.build());
+        assert_eq!(verdict, XDP_REDIRECT);
+        assert_eq!(
+            dp.listener_stats(0).unwrap().new_flows,
+            before + 1,
+            "an established flow idle 31 s of 300 is still live"
+        );
+        age(&mut dp, key, 301);
+        dp.set_active_flows(0, 0).unwrap();
+        run(&mut dp, lab.client_if, &syn.build());
+        assert_eq!(
+            dp.active_flows(0).unwrap(),
+            1,
+            "an expired entry's count is not given back twice"
+        );
+    });
+}
+
 #[test]
 fn drained_backend_flows_are_cut_after_the_deadline() {
     let Some(lab) = lab("fxdrain") else { return };
@@ -1639,11 +1958,20 @@ fn a_backend_closing_or_refusing_ends_the_flow() {
         let mut dp = load(&lab);
         web(vec![member(0, B[0], 8080, 100)], Scheduler::Wrr).install(&mut dp, 1);
         let syn = from_client(Frame::tcp((CLIENT, 46300), (VIP, 80), SYN));
-        let refused = Frame::tcp((B[0], 8080), (CLIENT, 46300), RST | ACK)
-            .payload(b"")
-            .macs(B_MAC[0], LB_BACKEND_MAC);
-        let mut refused_out = Frame::tcp((VIP, 80), (CLIENT, 46300), RST | ACK).payload(b"");
-        refused_out.ttl = 63;
+        // A refusal acknowledges exactly the SYN (its sequence number 1000, plus one).
+        let refusal = |ack: u32| {
+            let input = Frame::tcp((B[0], 8080), (CLIENT, 46300), RST | ACK)
+                .seq_ack(0, ack)
+                .payload(b"")
+                .macs(B_MAC[0], LB_BACKEND_MAC);
+            let mut out = Frame::tcp((VIP, 80), (CLIENT, 46300), RST | ACK)
+                .seq_ack(0, ack)
+                .payload(b"");
+            out.ttl = 63;
+            (input, out.macs(LB_CLIENT_MAC, CLIENT_MAC).build())
+        };
+        let (forged, forged_out) = refusal(777_777);
+        let (refused, refused_out) = refusal(1001);
         check(
             &mut dp,
             &[
@@ -1656,14 +1984,32 @@ fn a_backend_closing_or_refusing_ends_the_flow() {
                     output: Output::Exactly(to_backend(&syn, 0, 8080)),
                 },
                 Case {
-                    name: "the backend refuses with a RST",
+                    name: "a RST from the backend's address that does not acknowledge the SYN \
+                            goes to the client, whose TCP ignores it",
                     ingress: lab.backend_if,
-                    input: refused.build(),
+                    input: forged.build(),
                     verdict: XDP_REDIRECT,
                     reason: Reason::ReplyForwarded,
-                    output: Output::Exactly(refused_out.macs(LB_CLIENT_MAC, CLIENT_MAC).build()),
+                    output: Output::Exactly(forged_out),
                 },
             ],
+        );
+        let flow = dp.flow(&flow_of(&syn)).unwrap().unwrap();
+        assert_eq!(
+            flow.flags & (lb_common::FLOW_F_RST | lb_common::FLOW_F_FIN),
+            0,
+            "a RST that does not fit the connection does not close it"
+        );
+        check(
+            &mut dp,
+            &[Case {
+                name: "the backend refuses with a RST",
+                ingress: lab.backend_if,
+                input: refused.build(),
+                verdict: XDP_REDIRECT,
+                reason: Reason::ReplyForwarded,
+                output: Output::Exactly(refused_out),
+            }],
         );
         let flow = dp.flow(&flow_of(&syn)).unwrap().unwrap();
         assert_ne!(

@@ -91,6 +91,7 @@ const PACKAGES: &[PackageSet] = &[
             "ethtool",
             "python3",
             "util-linux",
+            "iputils-ping",
         ],
         deb_web_only: false,
     },

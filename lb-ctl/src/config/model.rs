@@ -81,6 +81,9 @@ pub struct Config {
     pub interfaces: Vec<String>,
     #[serde(skip_serializing_if = "is_default")]
     pub forwarding: Forwarding,
+    /// What happens to ICMP echo requests to a VIP.
+    #[serde(skip_serializing_if = "is_default")]
+    pub vip_ping: VipPing,
     /// Entries of the LRU flow table.
     #[serde(skip_serializing_if = "eq_u32::<DEFAULT_FLOW_TABLE_SIZE>")]
     pub flow_table_size: u32,
@@ -116,6 +119,7 @@ impl Config {
             instance: instance.into(),
             interfaces,
             forwarding: Forwarding::default(),
+            vip_ping: VipPing::default(),
             flow_table_size: DEFAULT_FLOW_TABLE_SIZE,
             max_listeners: DEFAULT_MAX_LISTENERS,
             max_backends: DEFAULT_MAX_BACKENDS,
@@ -164,6 +168,18 @@ pub enum Forwarding {
     /// rewritten to the VIP (LVS-NAT).
     #[default]
     Nat,
+}
+
+/// What the data plane does with an ICMP echo request ("ping") to a VIP. Nothing else sent
+/// to a VIP outside its listeners reaches the LB's kernel (docs/packet-policy.md).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VipPing {
+    /// Answered from XDP, whatever the listeners and the health of the backends.
+    #[default]
+    Answer,
+    /// Dropped (counted as `drop_vip_other_protocol`).
+    Drop,
 }
 
 /// A named list of source prefixes that listeners allow or deny.

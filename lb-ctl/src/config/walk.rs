@@ -26,6 +26,7 @@ pub(crate) const TOP_FIELDS: &[&str] = &[
     "instance",
     "interfaces",
     "forwarding",
+    "vip_ping",
     "flow_table_size",
     "max_listeners",
     "max_backends",
@@ -418,6 +419,17 @@ impl Reader {
         }
         if let Some(v) = self.optional(map, "", "forwarding", Self::forwarding) {
             c.forwarding = v;
+        }
+        if let Some(v) = self.optional(map, "", "vip_ping", |r, p, v| {
+            r.choice(
+                p,
+                v,
+                "answer to a ping",
+                &[("answer", VipPing::Answer), ("drop", VipPing::Drop)],
+                &[],
+            )
+        }) {
+            c.vip_ping = v;
         }
         if let Some(v) = self.optional(map, "", "flow_table_size", |r, p, v| {
             r.uint(p, v, &FLOW_TABLE_SIZE)
