@@ -74,6 +74,9 @@ impl Totals {
     }
 }
 
+/// The verifier budget test, run as a step of its own (`tests/tests/verifier_budget.rs`).
+const BUDGET_TEST: &str = "every_program_verifies_within_budget";
+
 pub fn test(args: &TestArgs) -> anyhow::Result<()> {
     if in_ci() {
         if !is_root() {
@@ -97,6 +100,9 @@ pub fn test(args: &TestArgs) -> anyhow::Result<()> {
 
     type Action<'a> = Box<dyn FnOnce(&mut Totals) -> anyhow::Result<()> + 'a>;
     let quick = args.quick.then_some("--quick");
+    let budget_skipped = (!args.package.is_empty()
+        && !args.package.iter().any(|p| p == "lb-tests"))
+    .then_some("-p without lb-tests");
     let steps: Vec<(&'static str, Option<&'static str>, Action<'_>)> = vec![
         (
             "setup",
@@ -154,6 +160,19 @@ pub fn test(args: &TestArgs) -> anyhow::Result<()> {
             Box::new(|_| build::build_debug_log_object().map(|_| ())),
         ),
         (
+            "verifier budget",
+            budget_skipped,
+            // On its own, with its output shown: every run's log then holds each program's
+            // verified-instruction count, and a shrinking headroom shows before it fails.
+            Box::new(|totals: &mut Totals| {
+                Cmd::cargo()
+                    .env(build::DEBUG_LOG_OBJECT_VAR, build::debug_log_object_path())
+                    .args(["test", "-p", "lb-tests", "--test", "verifier_budget"])
+                    .args(["--", "--nocapture"])
+                    .run_tee(|line| totals.read(line))
+            }),
+        ),
+        (
             "test",
             None,
             Box::new(|totals: &mut Totals| {
@@ -166,10 +185,15 @@ pub fn test(args: &TestArgs) -> anyhow::Result<()> {
                 } else {
                     args.package.iter().fold(cmd, |cmd, p| cmd.args(["-p", p]))
                 };
-                cmd.args(["--no-fail-fast", "--", "--test-threads"])
-                    .arg(args.test_threads.to_string())
-                    .args(&args.args)
-                    .run_tee(|line| totals.read(line))
+                let cmd = cmd
+                    .args(["--no-fail-fast", "--", "--test-threads"])
+                    .arg(args.test_threads.to_string());
+                let cmd = if budget_skipped.is_none() {
+                    cmd.args(["--skip", BUDGET_TEST])
+                } else {
+                    cmd
+                };
+                cmd.args(&args.args).run_tee(|line| totals.read(line))
             }),
         ),
     ];
