@@ -14,6 +14,14 @@
 //! when they are enabled again, on the same CPU: generator, LB and sink share one vCPU,
 //! as in the peer figures.
 //!
+//! Some kernel builds refuse live frames (EPERM for any program, see
+//! [`kit::live_frames_refused`]). The generator then starts each run from a frame a user
+//! space [`Feeder`] sends into `feed0`: `lb_bench`, attached natively on its peer `feed1`,
+//! rewrites it and tail-calls `lb_redirect` out of g0 exactly as in live-frames mode, so
+//! the LB still receives frames redirected by XDP (not skbs from a socket, which veth
+//! would copy into new pages first). Every path pays the feeder's cost alike; the report
+//! says which generator ran.
+//!
 //! New flows: every run gets a source from a fresh counter segment ([`FlowSpace`]); each
 //! segment keeps one source address, and the frame the wrapper restores carries that
 //! address with a correct IPv4 checksum, so the kernel's own forwarding (nftables,
@@ -22,8 +30,9 @@
 //! calls (1024 frames per BPF_PROG_RUN, batches of 64).
 
 use std::{
-    fs,
+    fs, io,
     net::Ipv4Addr,
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     thread,
     time::{Duration, Instant},
 };
@@ -131,6 +140,9 @@ pub struct PathResult {
 
 #[derive(Clone, Debug, Default)]
 pub struct ForwardReport {
+    /// The generator ran in live-frames mode (false: fed from a packet socket, see
+    /// [`Feeder`]).
+    pub live_frames: bool,
     pub paths: Vec<PathResult>,
     /// Per-round ratios, summarised.
     pub lb_over_ceiling: Option<Summary>,
@@ -173,7 +185,10 @@ fn rig() -> Rig {
     veth(&generator, "g0", &lb, "lb-in");
     veth(&lb, "lb-out", &sink, "s0");
     veth(&generator, "idle0", &sink, "idle1");
+    veth(&generator, "feed0", &generator, "feed1");
     for (ns, dev) in [
+        (&generator, "feed0"),
+        (&generator, "feed1"),
         (&generator, "g0"),
         (&lb, "lb-in"),
         (&lb, "lb-out"),
@@ -243,10 +258,106 @@ struct Sent {
     seconds: f64,
 }
 
+/// Sends frames from user space into a veth, for kernels that refuse live frames. The
+/// socket is bound to protocol 0, so it never receives; the qdisc is bypassed, and each
+/// frame's NAPI work on the other end runs on this thread's CPU when `sendmmsg` leaves
+/// the device (bottom halves enabled again), as it does between live-frames batches.
+pub struct Feeder {
+    fd: OwnedFd,
+}
+
+impl Feeder {
+    /// A packet socket on `ifindex`; the caller's thread must be in its namespace.
+    pub fn open(ifindex: u32) -> anyhow::Result<Feeder> {
+        // SAFETY: socket(2) with constant arguments; the descriptor is owned below.
+        let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+        if raw < 0 {
+            return Err(io::Error::last_os_error()).context("AF_PACKET socket");
+        }
+        // SAFETY: a fresh descriptor nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let one: libc::c_int = 1;
+        // SAFETY: an int option of the right size on our socket.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_PACKET,
+                libc::PACKET_QDISC_BYPASS,
+                (&raw const one).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error()).context("PACKET_QDISC_BYPASS");
+        }
+        // SAFETY: sockaddr_ll is plain data; all-zero is a valid start.
+        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_ifindex = ifindex as i32;
+        // SAFETY: binding our socket to a sockaddr_ll of the size given.
+        let rc = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&raw const addr).cast(),
+                size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error()).context("binding the packet socket");
+        }
+        Ok(Feeder { fd })
+    }
+
+    /// Sends `count` copies of `frame`, in calls of [`BATCH`]; a frame the veth could not
+    /// queue (ENOBUFS) is sent again, so exactly `count` frames go in.
+    pub fn send(&self, frame: &[u8], count: u32) -> anyhow::Result<()> {
+        let mut iov = libc::iovec {
+            iov_base: frame.as_ptr().cast_mut().cast(),
+            iov_len: frame.len(),
+        };
+        // SAFETY: mmsghdr is plain data; all-zero is a valid start.
+        let mut msgs: Vec<libc::mmsghdr> =
+            (0..BATCH).map(|_| unsafe { std::mem::zeroed() }).collect();
+        for m in &mut msgs {
+            m.msg_hdr.msg_iov = &raw mut iov;
+            m.msg_hdr.msg_iovlen = 1;
+        }
+        let mut left = count;
+        let mut refused = 0u32;
+        while left > 0 {
+            let n = left.min(BATCH);
+            // SAFETY: `n` initialised headers, each pointing at `iov`, which points at
+            // `frame`; all outlive the call, and the kernel only reads them.
+            let sent = unsafe { libc::sendmmsg(self.fd.as_raw_fd(), msgs.as_mut_ptr(), n, 0) };
+            if sent < 0 {
+                let e = io::Error::last_os_error();
+                if e.raw_os_error() == Some(libc::ENOBUFS) && refused < 100_000 {
+                    refused += 1;
+                    thread::yield_now();
+                    continue;
+                }
+                return Err(e).context("sendmmsg on the feeder socket");
+            }
+            left -= sent as u32;
+            refused = 0;
+        }
+        Ok(())
+    }
+}
+
+/// What starts each generator run.
+enum Source {
+    /// BPF_PROG_RUN of `lb_bench` in live-frames mode on g0.
+    LiveFrames,
+    /// Frames sent into `feed0`, run through `lb_bench` on `feed1`.
+    Feeder(Feeder),
+}
+
 /// The generator and the sink, with their own copies of the object.
 struct Ends {
     gen_dp: DataPlane,
     gen_kit: Kit,
+    source: Source,
     /// Owns the attached `lb_sink`.
     _sink_dp: DataPlane,
     sink_kit: Kit,
@@ -268,6 +379,7 @@ impl Ends {
         let gen_dp = &mut self.gen_dp;
         let gen_kit = &mut self.gen_kit;
         let space = &mut self.space;
+        let source = &self.source;
         let seconds = rig.generator.enter(|| -> anyhow::Result<f64> {
             pin_to_cpu(bench_cpu())?;
             gen_kit.set_vary(new_flows)?;
@@ -289,7 +401,18 @@ impl Ends {
                 };
                 gen_kit.set_packet(&frame)?;
                 gen_kit.set_counter(0, start)?;
-                kit::live_frames(gen_dp, "lb_bench", &frame, rig.g0, SEGMENT, BATCH)?;
+                match source {
+                    Source::LiveFrames => {
+                        kit::live_frames(gen_dp, "lb_bench", &frame, rig.g0, SEGMENT, BATCH)?;
+                    }
+                    Source::Feeder(feeder) => {
+                        let counted = gen_kit.counter(0)?;
+                        feeder.send(&frame, SEGMENT)?;
+                        if new_flows {
+                            settle_segment(gen_kit, counted)?;
+                        }
+                    }
+                }
             }
             Ok(started.elapsed().as_secs_f64())
         })?;
@@ -309,6 +432,23 @@ impl Ends {
             seconds,
         })
     }
+}
+
+/// Waits until `lb_bench` has taken its source from the counter for every frame of the
+/// segment just fed (counter 0 summed over CPUs was `counted` before): the next segment
+/// resets the counter, and a frame still queued would then repeat a tuple. The NAPI work
+/// normally finishes inside `sendmmsg`; this covers work the kernel deferred.
+fn settle_segment(gen_kit: &Kit, counted: u64) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_millis(200);
+    while gen_kit.counter(0)? < counted + u64::from(SEGMENT) {
+        ensure!(
+            Instant::now() < deadline,
+            "the generator's lb_bench ran {} of {SEGMENT} fed frames",
+            gen_kit.counter(0)? - counted
+        );
+        thread::yield_now();
+    }
+    Ok(())
 }
 
 pub fn run(options: &ForwardOptions) -> anyhow::Result<ForwardReport> {
@@ -384,10 +524,41 @@ pub fn run(options: &ForwardOptions) -> anyhow::Result<ForwardReport> {
     let redirect_fd = kit::prog_fd(&mut gen_dp, "lb_redirect")?;
     gen_kit.set_target(&redirect_fd)?;
     let idle0 = rig.generator.ifindex("idle0");
-    rig.generator.enter(|| -> anyhow::Result<()> {
+    let feed0 = rig.generator.ifindex("feed0");
+    let feed1 = rig.generator.ifindex("feed1");
+    let vip_frame = udp_frame(&rig, EST_SOURCE, (VIP, VIP_PORT));
+    let source = rig.generator.enter(|| -> anyhow::Result<Source> {
         gen_kit.set_port(rig.g0)?;
-        kit::hold_in_dispatcher(&mut gen_dp, "lb_bench", idle0)
+        kit::hold_in_dispatcher(&mut gen_dp, "lb_bench", idle0)?;
+        // One frame to learn whether this kernel runs live frames at all; nothing on the
+        // LB side is attached yet, so the LB's stack drops it (no route to the VIP).
+        gen_kit.set_packet(&vip_frame)?;
+        gen_kit.set_vary(false)?;
+        match kit::live_frames(&mut gen_dp, "lb_bench", &vip_frame, rig.g0, 1, 1) {
+            Ok(()) => Ok(Source::LiveFrames),
+            Err(e) if kit::live_frames_refused(&e) => {
+                let p: &mut Xdp = gen_dp
+                    .ebpf_mut()
+                    .program_mut("lb_bench")
+                    .context("no lb_bench")?
+                    .try_into()?;
+                p.attach_to_if_index(feed1, XdpMode::Driver)
+                    .context("attaching lb_bench to feed1")?;
+                Ok(Source::Feeder(Feeder::open(feed0)?))
+            }
+            Err(e) => Err(e),
+        }
     })?;
+    report.live_frames = matches!(source, Source::LiveFrames);
+    if !report.live_frames {
+        report.notes.push(
+            "this kernel refuses BPF_PROG_RUN in live-frames mode (EPERM for any program): \
+             each generator run started from a frame sent by an AF_PACKET socket into a \
+             veth whose other end runs lb_bench natively; the LB receives the same \
+             XDP-redirected frames, every path pays the feeder's cost"
+                .to_owned(),
+        );
+    }
 
     let mut sink_dp = small_dataplane()?;
     let sink_kit = Kit::new(&mut sink_dp, &["lb_sink"])?;
@@ -405,11 +576,11 @@ pub fn run(options: &ForwardOptions) -> anyhow::Result<ForwardReport> {
     let mut ends = Ends {
         gen_dp,
         gen_kit,
+        source,
         _sink_dp: sink_dp,
         sink_kit,
         space: FlowSpace::new(),
     };
-    let vip_frame = udp_frame(&rig, EST_SOURCE, (VIP, VIP_PORT));
     let routed_frame = udp_frame(&rig, EST_SOURCE, (BACKENDS[0], BACKEND_PORT));
     let nft_rules = nft_ruleset();
     let rules_file = std::env::temp_dir().join(format!("{}-nft.conf", rig.lb.name()));

@@ -203,6 +203,16 @@ pub fn live_frames(
     Ok(())
 }
 
+/// Whether `err` is the kernel refusing a live-frames run outright (EPERM). Some kernel
+/// builds reject `BPF_F_TEST_XDP_LIVE_FRAMES` for every program, as root and before
+/// looking at the other arguments, while ordinary test runs work.
+pub fn live_frames_refused(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.raw_os_error() == Some(libc::EPERM))
+    })
+}
+
 /// Hands out starts of 1024-value counter runs whose tuples are all distinct (see the
 /// module documentation). Sources fall in 198.18.128.0/17: `k` starts at 0x8000.
 #[derive(Debug)]

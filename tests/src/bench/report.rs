@@ -625,11 +625,18 @@ fn cost_section(o: &mut String, r: &Report) {
 fn forward_section(o: &mut String, r: &Report) {
     let p = &r.plan.forward;
     let _ = writeln!(o, "## 2. Forwarding rate on veth\n");
+    let live = r.forward.done().is_none_or(|f| f.live_frames);
+    let trigger = if live {
+        "in live-frames mode (`TestRunAttrs::xdp_live_frames`, batches of 64, 1024 frames \
+         per call)"
+    } else {
+        "attached natively on a veth that an AF_PACKET socket feeds (`sendmmsg`, 64 frames \
+         per call; this kernel refuses live-frames mode)"
+    };
     let _ = writeln!(
         o,
         "Generator namespace → LB namespace → sink namespace over two veth pairs. The \
-         generator is `lb_bench` in live-frames mode (`TestRunAttrs::xdp_live_frames`, \
-         batches of 64, 1024 frames per call): it restores the 64-byte UDP frame on every \
+         generator is `lb_bench` {trigger}: it restores the 64-byte UDP frame on every \
          run (frames a receiver rewrote come back with recycled pages), writes a fresh \
          source in new-flow mode, and tail-calls `lb_redirect` out of its veth. The sink \
          counts with `lb_sink`, attached natively, and drops. Generator, LB and sink run on \
