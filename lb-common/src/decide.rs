@@ -15,7 +15,7 @@ use core::ops::Deref;
 
 use crate::{
     ACL_NONE, AclKey, Affinity, AffinityKey, BACKEND_F_DRAINING, Backend, Flow, FlowKey, Listener,
-    ListenerKey, NO_BACKEND, Reason, Scheduler, TableMeta, WLC_SCAN_MAX,
+    ListenerKey, NO_BACKEND, REFUSED_SOURCES_ACL, Reason, Scheduler, TableMeta, WLC_SCAN_MAX,
     select::{
         EntryState, Step, TCP_RST, acl_denies, affinity_fresh, entry_state, maglev_index_source,
         maglev_index_tuple, next_step, sequence_index, wlc_prefers,
@@ -150,6 +150,9 @@ pub enum Event {
         position: u32,
         backend: u32,
     },
+    /// A new flow or pickup from a source no client can have (`REFUSED_SOURCES_ACL`, a
+    /// VIP): dropped as forged.
+    RefusedSource,
     /// A SYN on a closing flow's entry stays with that flow's backend (it takes new flows).
     Reopened {
         backend: u32,
@@ -224,6 +227,16 @@ pub fn listener_for<'a, T: Tables>(tables: &'a T, packet: &Packet) -> Option<T::
 #[inline(always)]
 pub fn is_vip<T: Tables>(tables: &T, addr: u32) -> bool {
     tables.listener(&ListenerKey::vip_marker(addr)).is_some()
+}
+
+/// Whether `addr` is a source no client can have: an address of the LB host or a refused
+/// network (`REFUSED_SOURCES_ACL`), or a VIP.
+#[inline(always)]
+pub fn is_refused_source<T: Tables>(tables: &T, addr: u32) -> bool {
+    tables.acl_matches(&AclKey {
+        acl: REFUSED_SOURCES_ACL,
+        addr,
+    }) || is_vip(tables, addr)
 }
 
 /// Whether a backend takes new flows: present and healthy, weight > 0, not draining.
@@ -306,6 +319,12 @@ pub fn listener_packet<'a, T: Tables, R: Trace>(
             backend: flow.backend,
         });
         return Decision::Established { flow, backend };
+    }
+    // Before any state exists for it. Forged with the LB's own address as source, a flow's
+    // reverse entry would capture the answers to the LB's health probes from that port.
+    if is_refused_source(tables, packet.src_addr) {
+        trace.event(Event::RefusedSource);
+        return Decision::Drop(Reason::DropSpoofedSource);
     }
     // Reuse without a live entry cannot happen (Reuse means Live); it opens a flow.
     let step = if step == Step::Pickup {

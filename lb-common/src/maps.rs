@@ -407,6 +407,12 @@ pub struct AclKey {
 }
 const _: () = assert!(size_of::<AclKey>() == 8);
 
+/// The access list of sources no client can have: the LB host's own addresses (kept up to
+/// date by the controller) and the config's `refused_client_sources`. A new flow from one of
+/// them (or from a VIP) is forged: it is dropped (`DropSpoofedSource`) before it creates any
+/// state. Listener access lists get ids from 1, so 0 is free for it.
+pub const REFUSED_SOURCES_ACL: u32 = 0;
+
 /// Prefix bits of an `ACLS` key for a CIDR of `len` bits (the list id is always matched).
 pub const fn acl_prefix_len(len: u8) -> u32 {
     32 + len as u32
@@ -582,10 +588,14 @@ pub enum Reason {
     /// ICMP echo request to a VIP, answered by the program (XDP_TX) because the
     /// configuration says so (`vip_ping: answer`).
     IcmpEchoReply = 30,
+    /// A new flow or pickup whose source no client can have: an address of the LB host, a
+    /// VIP, or a prefix of `refused_client_sources` (`REFUSED_SOURCES_ACL`): XDP_DROP,
+    /// before any state is created.
+    DropSpoofedSource = 31,
 }
 
 /// Number of `Reason` values (size of `COUNTERS`).
-pub const REASON_COUNT: u32 = 31;
+pub const REASON_COUNT: u32 = 32;
 /// Entries of `COUNTERS`: more than `REASON_COUNT`, so reasons can be added without a new
 /// pinned map layout.
 pub const COUNTER_SLOTS: u32 = 64;
@@ -624,6 +634,7 @@ impl Reason {
         Self::DropStageFailed,
         Self::DropVipOtherProtocol,
         Self::IcmpEchoReply,
+        Self::DropSpoofedSource,
     ];
 
     /// Name used in metrics and `lb-ctl stats`.
@@ -660,6 +671,7 @@ impl Reason {
             Self::DropStageFailed => "drop_stage_failed",
             Self::DropVipOtherProtocol => "drop_vip_other_protocol",
             Self::IcmpEchoReply => "icmp_echo_reply",
+            Self::DropSpoofedSource => "drop_spoofed_source",
         }
     }
 
@@ -691,7 +703,8 @@ impl Reason {
             | Self::DropFlowInsertFailed
             | Self::DropStageFailed
             | Self::DropVipNoListener
-            | Self::DropVipOtherProtocol => Some(Verdict::Drop),
+            | Self::DropVipOtherProtocol
+            | Self::DropSpoofedSource => Some(Verdict::Drop),
             Self::EventPickup
             | Self::EventReselected
             | Self::EventNewFlow

@@ -188,7 +188,10 @@ impl Controller {
 
         let mut ids = Ids::new(sizes.max_listeners, sizes.max_backends);
         let mut reconciler = Reconciler::new();
-        let mut runtime = Runtime::default();
+        let mut runtime = Runtime {
+            local_addresses: host_addresses(),
+            ..Runtime::default()
+        };
         if adopting {
             runtime.unhealthy = adopt(&dataplane, &effective, &mut ids, &mut reconciler)?;
         }
@@ -374,6 +377,21 @@ impl Controller {
         let ops = self.reconciler.apply(&desired, &mut self.dataplane)?;
         self.desired = desired;
         Ok(ops.len())
+    }
+
+    /// Follows the host's addresses (an operator or DHCP may add one at any time): the
+    /// data plane refuses new flows from each of them.
+    pub fn refresh_local_addresses(&mut self) -> anyhow::Result<()> {
+        let now = host_addresses();
+        if now != self.runtime.local_addresses {
+            info!(
+                "host addresses changed: {} now, refused as client sources",
+                now.len()
+            );
+            self.runtime.local_addresses = now;
+            self.apply()?;
+        }
+        Ok(())
     }
 
     /// Forgets departing backends whose drain deadline passed (the data plane has been
@@ -1051,6 +1069,18 @@ impl Controller {
 
     pub fn config_path(&self) -> &Path {
         &self.options.config_path
+    }
+}
+
+/// The host's IPv4 addresses; none when they cannot be read (logged), as then nothing is
+/// refused that a client could legitimately have.
+fn host_addresses() -> std::collections::BTreeSet<std::net::Ipv4Addr> {
+    match host::local_addresses() {
+        Ok(addresses) => addresses.into_iter().map(|a| a.address).collect(),
+        Err(e) => {
+            warn!("cannot list the host's addresses, so none is refused as a client source: {e}");
+            std::collections::BTreeSet::new()
+        }
     }
 }
 

@@ -342,6 +342,9 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
                 if let Err(e) = c.expire_drains() {
                     warn!("retiring drained backends failed: {e:#}");
                 }
+                if let Err(e) = c.refresh_local_addresses() {
+                    warn!("refusing the host's new addresses as client sources failed: {e:#}");
+                }
                 if let Err(e) = c.check_interfaces() {
                     warn!("re-attaching XDP failed: {e:#}");
                 }

@@ -431,6 +431,11 @@ impl<T: Tables> Words<'_, T> {
                     .to_owned()
             }
             Event::Opens { .. } => "new flow: scheduled".to_owned(),
+            Event::RefusedSource => format!(
+                "{} is an address of this host, a VIP or in refused_client_sources: no client \
+                 has it, the packet is forged",
+                self.src()
+            ),
             Event::NoBackendTakesNewFlows => {
                 "no backend takes new flows (all down, weight 0 or draining)".to_owned()
             }

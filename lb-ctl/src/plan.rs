@@ -9,7 +9,9 @@ use std::{
     net::Ipv4Addr,
 };
 
-use lb_common::{LISTENER_F_ANSWER_PING, LISTENER_F_VIP_MARKER, ListenerKey, Scheduler};
+use lb_common::{
+    LISTENER_F_ANSWER_PING, LISTENER_F_VIP_MARKER, ListenerKey, REFUSED_SOURCES_ACL, Scheduler,
+};
 use thiserror::Error;
 
 use crate::config::{self, Config, Protocol, VipPing};
@@ -89,6 +91,9 @@ pub struct Runtime {
     /// Backends removed from their listener's group with connection drain on: still in
     /// the data plane, draining, until the deadline.
     pub departing: BTreeMap<BackendKey, u64>,
+    /// The host's IPv4 addresses: no client has them, so new flows from them are refused
+    /// (`REFUSED_SOURCES_ACL`).
+    pub local_addresses: BTreeSet<Ipv4Addr>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -357,6 +362,21 @@ pub fn plan(config: &Config, runtime: &Runtime, ids: &mut Ids) -> Result<Desired
             .collect();
         entries += prefixes.len();
         desired.acls.insert(id, prefixes);
+    }
+    let refused: BTreeSet<(Ipv4Addr, u8)> = runtime
+        .local_addresses
+        .iter()
+        .map(|a| (*a, 32))
+        .chain(
+            config
+                .refused_client_sources
+                .iter()
+                .map(|n| (n.addr(), n.prefix_len())),
+        )
+        .collect();
+    if !refused.is_empty() {
+        entries += refused.len();
+        desired.acls.insert(REFUSED_SOURCES_ACL, refused);
     }
     if entries > lb_common::MAX_ACL_ENTRIES as usize {
         return Err(PlanError::AclEntriesExhausted(entries));

@@ -1181,6 +1181,11 @@ impl Model {
                 outs.extend(self.to_backend(lab, p, b, delta));
                 continue;
             }
+            // A new flow from a VIP is forged (the setup refuses no other source).
+            if setup.is_vip(t.src) {
+                outs.extend(drop_(Reason::DropSpoofedSource));
+                continue;
+            }
             // A SYN on a closing flow's entry keeps the flow's backend (every backend of
             // the setup takes new flows).
             let reopened = match state {

@@ -5,6 +5,7 @@
 //! - [`topology`]: the standard client / load balancer / switch / backends network.
 //! - [`backend`]: a handle on the `lb-test-backend` server started inside a namespace.
 //! - [`client`]: HTTP (curl) and UDP clients run from a namespace, and tallies of answers.
+//! - [`flood`]: forged SYNs from a raw socket, with any source address.
 //! - [`require_root`], [`require_root_and_bpf`]: skip privileged tests where they cannot
 //!   run, but fail them in CI.
 //! - [`bin_path`]: where the workspace's binaries were built.
@@ -18,6 +19,7 @@ pub mod backend;
 pub mod bench;
 pub mod client;
 pub mod daemon;
+pub mod flood;
 pub mod fuzz;
 pub mod netns;
 pub mod packet;

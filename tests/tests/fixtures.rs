@@ -699,6 +699,79 @@ fn nothing_for_a_vip_reaches_the_kernel_and_pings_are_answered_as_configured() {
     });
 }
 
+/// A SYN forged with the LB's own backend-side address as source, from the port a health
+/// probe uses: accepted, its reverse entry captures the backend's answer to the probe
+/// (rewritten to come from the VIP), so the probe fails. The controller lists the host's
+/// addresses in `REFUSED_SOURCES_ACL`; then the SYN is dropped and creates nothing, and
+/// the probe's answer goes to the kernel. A VIP as source is refused the same way.
+#[test]
+fn forged_sources_plant_no_state_and_cannot_capture_health_probes() {
+    let Some(lab) = lab("fxspoof") else { return };
+    lab.ns.enter(|| {
+        let lb_backend_addr = Ipv4Addr::new(198, 18, 1, 1);
+        let probe_port = 40_500;
+        let forged = from_client(Frame::tcp((lb_backend_addr, probe_port), (VIP, 80), SYN));
+        let forged_ack = from_client(Frame::tcp(
+            (lb_backend_addr, probe_port + 1),
+            (VIP, 80),
+            ACK,
+        ));
+        let from_vip = from_client(Frame::tcp((VIP2, 40_502), (VIP, 80), SYN));
+        // The backend's SYN-ACK to the LB's probe (LB:40500 → B0:8080).
+        let probe_answer = Frame::tcp((B[0], 8080), (lb_backend_addr, probe_port), SYN | ACK)
+            .macs(B_MAC[0], LB_BACKEND_MAC);
+
+        // Without the host's addresses refused (as before): the probe is captured.
+        let mut dp = load(&lab);
+        web(vec![member(0, B[0], 8080, 100)], Scheduler::Wrr).install(&mut dp, 1);
+        let (verdict, _) = run(&mut dp, lab.client_if, &forged.build());
+        assert_eq!(verdict, XDP_REDIRECT, "accepted as a new flow");
+        let (_, out) = run(&mut dp, lab.backend_if, &probe_answer.build());
+        assert_eq!(
+            &out[26..30],
+            &VIP.octets(),
+            "the probe's answer is taken for the forged flow's reply: rewritten to come \
+             from the VIP, the prober never matches it"
+        );
+
+        // As the controller provisions it.
+        let mut dp = load(&lab);
+        web(vec![member(0, B[0], 8080, 100)], Scheduler::Wrr).install(&mut dp, 1);
+        dp.add_acl_entry(lb_common::REFUSED_SOURCES_ACL, lb_backend_addr, 32)
+            .unwrap();
+        dp.add_vip(be(VIP2)).unwrap();
+        let refused = |name, frame: &Frame| Case {
+            name,
+            ingress: lab.client_if,
+            input: frame.build(),
+            verdict: XDP_DROP,
+            reason: Reason::DropSpoofedSource,
+            output: Output::Unchanged,
+        };
+        check(
+            &mut dp,
+            &[
+                refused("a SYN from the LB's own address", &forged),
+                refused("an ACK (pickup) from the LB's own address", &forged_ack),
+                refused("a SYN from a VIP", &from_vip),
+                Case {
+                    name: "the probe's answer goes to the kernel, untouched",
+                    ingress: lab.backend_if,
+                    input: probe_answer.build(),
+                    verdict: XDP_PASS,
+                    reason: Reason::PassNotForUs,
+                    output: Output::Unchanged,
+                },
+            ],
+        );
+        for frame in [&forged, &forged_ack, &from_vip] {
+            assert!(dp.flow(&flow_of(frame)).unwrap().is_none(), "no flow entry");
+        }
+        assert!(dp.flows().unwrap().is_empty(), "no state at all");
+        assert_eq!(dp.listener_stats(0).unwrap().dropped, 3);
+    });
+}
+
 #[test]
 fn mid_flow_pickup_uses_the_maglev_table_on_the_4_tuple() {
     let Some(lab) = lab("fxpick") else { return };

@@ -99,6 +99,10 @@ pub struct Config {
     /// Where /metrics and the status page listen; off when absent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Source prefixes no client has (the backends' networks, say): new flows from them
+    /// are dropped as forged, like those from the host's own addresses and the VIPs.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub refused_client_sources: Vec<Ipv4Net>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub acls: Vec<Acl>,
     /// Exactly one per instance; absent in the file means an empty group.
@@ -125,6 +129,7 @@ impl Config {
             max_backends: DEFAULT_MAX_BACKENDS,
             health_check_source: None,
             metrics_listen: None,
+            refused_client_sources: Vec::new(),
             acls: Vec::new(),
             default_server_group: DefaultGroup::default(),
             vserver_groups: Vec::new(),

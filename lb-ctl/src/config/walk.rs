@@ -32,6 +32,7 @@ pub(crate) const TOP_FIELDS: &[&str] = &[
     "max_backends",
     "health_check_source",
     "metrics_listen",
+    "refused_client_sources",
     "acls",
     "default_server_group",
     "vserver_groups",
@@ -448,6 +449,11 @@ impl Reader {
         }
         c.health_check_source = self.optional(map, "", "health_check_source", Self::ipv4);
         c.metrics_listen = self.optional(map, "", "metrics_listen", Self::socket_addr);
+        if let Some(v) = self.optional(map, "", "refused_client_sources", |r, p, v| {
+            r.list(p, v, Self::prefix)
+        }) {
+            c.refused_client_sources = v;
+        }
         if let Some(v) = self.optional(map, "", "acls", |r, p, v| {
             r.list(p, v, |r, p, v| Some(r.acl(p, v)))
         }) {
