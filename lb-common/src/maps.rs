@@ -53,6 +53,16 @@ pub const fn vip_filter_bit(addr: u32) -> u32 {
     addr.wrapping_mul(0x9e37_79b9) >> 16
 }
 
+/// Entries of the half-open tables (`HALF_OPEN`, `HALF_OPEN_REVERSE`) for a flow table of
+/// `flow_table_size`: a quarter of it, at least 262144 (about 30 MB each). A flood of
+/// SYNs churns these, never the tables of established flows; a legitimate client's ACK,
+/// an RTT after its SYN, finds its entry unless the flood inserts that many SYNs within
+/// that RTT (at 250,000 SYNs/s, 262144 entries last a second).
+pub const fn half_open_table_size(flow_table_size: u32) -> u32 {
+    let quarter = flow_table_size / 4;
+    if quarter < 262_144 { 262_144 } else { quarter }
+}
+
 /// Marks "no backend" in a selection table slot and in a flow.
 pub const NO_BACKEND: u32 = u32::MAX;
 
@@ -66,6 +76,8 @@ pub mod names {
     pub const CURSORS: &str = "CURSORS";
     pub const FLOWS: &str = "FLOWS";
     pub const REVERSE: &str = "REVERSE";
+    pub const HALF_OPEN: &str = "HALF_OPEN";
+    pub const HALF_OPEN_REVERSE: &str = "HALF_OPEN_REVERSE";
     pub const ACTIVE_FLOWS: &str = "ACTIVE_FLOWS";
     pub const LISTENER_STATS: &str = "LISTENER_STATS";
     pub const BACKEND_STATS: &str = "BACKEND_STATS";

@@ -766,7 +766,9 @@ impl Controller {
     pub fn sweep(&mut self) -> anyhow::Result<()> {
         let job = self.sweep_job()?;
         let mut result = SweepResult::empty();
-        for (key, flow) in self.dataplane.flows()? {
+        // Half-open flows are not counted, as in the background sweep: they become
+        // active with the client's ACK (IPVS too counts SYN_RECV as inactive).
+        for (key, flow) in self.dataplane.established_flows()? {
             result.add(&key, &flow, &job);
         }
         self.finish_sweep(result)

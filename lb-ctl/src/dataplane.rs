@@ -23,7 +23,7 @@ use aya::{
 use lb_common::{
     AclKey, Affinity, AffinityKey, Backend, Flow, FlowKey, Listener, ListenerKey,
     MAGLEV_TABLE_SIZE, REASON_COUNT, Reason, ReverseNat, SEQUENCE_TABLE_SIZE, TABLES_PER_LISTENER,
-    TableMeta, TrafficCounters, acl_prefix_len, id_pair_entries, names,
+    TableMeta, TrafficCounters, acl_prefix_len, half_open_table_size, id_pair_entries, names,
 };
 use thiserror::Error;
 
@@ -99,7 +99,7 @@ impl MapSizes {
     }
 
     /// max_entries of every sized map, by name.
-    pub fn entries(&self) -> [(&'static str, u32); 13] {
+    pub fn entries(&self) -> [(&'static str, u32); 15] {
         // VIP_FILTER has a fixed size.
         let slots = self.table_slots();
         [
@@ -114,6 +114,11 @@ impl MapSizes {
             (names::CURSORS, self.max_listeners),
             (names::FLOWS, self.flow_table_size),
             (names::REVERSE, self.flow_table_size),
+            (names::HALF_OPEN, half_open_table_size(self.flow_table_size)),
+            (
+                names::HALF_OPEN_REVERSE,
+                half_open_table_size(self.flow_table_size),
+            ),
             (names::ACTIVE_FLOWS, self.max_backends),
             (names::LISTENER_STATS, self.max_listeners),
             (names::BACKEND_STATS, self.max_backends),
@@ -124,7 +129,7 @@ impl MapSizes {
 }
 
 /// Every map of the program, by name (pin files carry these names).
-pub const ALL_MAPS: [&str; 17] = [
+pub const ALL_MAPS: [&str; 19] = [
     names::LISTENERS,
     names::BACKENDS,
     names::MAGLEV,
@@ -133,6 +138,8 @@ pub const ALL_MAPS: [&str; 17] = [
     names::CURSORS,
     names::FLOWS,
     names::REVERSE,
+    names::HALF_OPEN,
+    names::HALF_OPEN_REVERSE,
     names::ACTIVE_FLOWS,
     names::LISTENER_STATS,
     names::BACKEND_STATS,
@@ -230,6 +237,9 @@ pub struct DataPlane {
     cursors: PerCpuArray<MapData, u32>,
     flows: HashMap<MapData, FlowKey, Flow>,
     reverse: HashMap<MapData, FlowKey, ReverseNat>,
+    /// Half-open flows and their reverse entries (a key is in these or in the two above).
+    half_open: HashMap<MapData, FlowKey, Flow>,
+    half_open_reverse: HashMap<MapData, FlowKey, ReverseNat>,
     active_flows: Array<MapData, u32>,
     listener_stats: PerCpuArray<MapData, TrafficCounters>,
     backend_stats: PerCpuArray<MapData, TrafficCounters>,
@@ -372,6 +382,12 @@ impl DataPlane {
             reverse: take(&mut ebpf, names::REVERSE)?
                 .try_into()
                 .map_err(map_err(names::REVERSE))?,
+            half_open: take(&mut ebpf, names::HALF_OPEN)?
+                .try_into()
+                .map_err(map_err(names::HALF_OPEN))?,
+            half_open_reverse: take(&mut ebpf, names::HALF_OPEN_REVERSE)?
+                .try_into()
+                .map_err(map_err(names::HALF_OPEN_REVERSE))?,
             active_flows: take(&mut ebpf, names::ACTIVE_FLOWS)?
                 .try_into()
                 .map_err(map_err(names::ACTIVE_FLOWS))?,
@@ -646,30 +662,53 @@ impl DataPlane {
             .map_err(map_err(names::ACTIVE_FLOWS))
     }
 
+    /// A flow's entry, established (`FLOWS`) or half-open (`HALF_OPEN`).
     pub fn flow(&self, key: &FlowKey) -> Result<Option<Flow>> {
         match self.flows.get(key, 0) {
             Ok(v) => Ok(Some(v)),
-            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(aya::maps::MapError::KeyNotFound) => match self.half_open.get(key, 0) {
+                Ok(v) => Ok(Some(v)),
+                Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+                Err(e) => Err(map_err(names::HALF_OPEN)(e)),
+            },
             Err(e) => Err(map_err(names::FLOWS)(e)),
         }
     }
 
+    /// Rewrites a flow's entry in the table that holds it (`FLOWS` for a new key).
     pub fn set_flow(&mut self, key: FlowKey, flow: Flow) -> Result<()> {
+        if self.half_open.get(&key, 0).is_ok() {
+            return self
+                .half_open
+                .insert(key, flow, 0)
+                .map_err(map_err(names::HALF_OPEN));
+        }
         self.flows
             .insert(key, flow, 0)
             .map_err(map_err(names::FLOWS))
     }
 
-    /// Every flow entry, read in batches (`flow_walk`). Entries evicted during the walk
-    /// may be missing.
+    /// Every flow entry, established and half-open, read in batches (`flow_walk`).
+    /// Entries evicted during the walk may be missing.
     pub fn flows(&self) -> Result<Vec<(FlowKey, Flow)>> {
+        self.walk(&[&self.flows, &self.half_open])
+    }
+
+    /// The entries of established flows (`FLOWS`): what the sweep counts.
+    pub fn established_flows(&self) -> Result<Vec<(FlowKey, Flow)>> {
+        self.walk(&[&self.flows])
+    }
+
+    fn walk(&self, tables: &[&HashMap<MapData, FlowKey, Flow>]) -> Result<Vec<(FlowKey, Flow)>> {
         let mut all = Vec::new();
-        crate::flow_walk::for_each_flow(&self.flows, |k, v| all.push((k, v))).map_err(
-            |source| DataPlaneError::Io {
-                name: "reading the flow table (BPF_MAP_LOOKUP_BATCH)",
-                source,
-            },
-        )?;
+        for table in tables {
+            crate::flow_walk::for_each_flow(table, |k, v| all.push((k, v))).map_err(|source| {
+                DataPlaneError::Io {
+                    name: "reading the flow table (BPF_MAP_LOOKUP_BATCH)",
+                    source,
+                }
+            })?;
+        }
         Ok(all)
     }
 
@@ -770,10 +809,15 @@ impl DataPlane {
             .map_err(map_err(names::AFFINITY))
     }
 
+    /// A reverse entry, of an established flow (`REVERSE`) or a half-open one.
     pub fn reverse_entry(&self, key: &FlowKey) -> Result<Option<ReverseNat>> {
         match self.reverse.get(key, 0) {
             Ok(v) => Ok(Some(v)),
-            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(aya::maps::MapError::KeyNotFound) => match self.half_open_reverse.get(key, 0) {
+                Ok(v) => Ok(Some(v)),
+                Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+                Err(e) => Err(map_err(names::HALF_OPEN_REVERSE)(e)),
+            },
             Err(e) => Err(map_err(names::REVERSE)(e)),
         }
     }

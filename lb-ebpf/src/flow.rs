@@ -13,12 +13,69 @@ use lb_common::{
 
 use crate::{
     fwd,
-    maps::{AFFINITY, REVERSE},
+    maps::{AFFINITY, FLOWS, HALF_OPEN, HALF_OPEN_REVERSE, REVERSE},
     nat,
     nat::Side,
     parse::{Ipv4, L4},
     sched, stats,
 };
+
+/// A flow's entry: established flows in `FLOWS`, half-open ones in `HALF_OPEN`. A key is
+/// in one of them at a time (opening and promotion move it).
+#[inline(always)]
+pub fn lookup(key: &FlowKey) -> Option<*mut Flow> {
+    FLOWS
+        .get_ptr_mut(key)
+        .or_else(|| HALF_OPEN.get_ptr_mut(key))
+}
+
+/// A reverse entry, in `REVERSE` or, for a half-open flow, `HALF_OPEN_REVERSE`.
+#[inline(always)]
+pub fn lookup_reverse(key: &FlowKey) -> Option<*mut ReverseNat> {
+    REVERSE
+        .get_ptr_mut(key)
+        .or_else(|| HALF_OPEN_REVERSE.get_ptr_mut(key))
+}
+
+/// The client has acknowledged: its half-open flow (`f`, in `HALF_OPEN`) and reverse entry
+/// move to the tables of established flows. `f` must not be used afterwards: its memory
+/// goes back to the half-open table.
+#[inline(always)]
+pub fn promote(ip: &Ipv4, l4: &L4, listener: &Listener, f: &Flow, backend: &Backend) {
+    let established = *f;
+    let key = FlowKey {
+        src_addr: ip.src_addr,
+        dst_addr: ip.dst_addr,
+        src_port: l4.src_port,
+        dst_port: l4.dst_port,
+        protocol: ip.protocol,
+        _pad: [0; 3],
+    };
+    let (reply_key, fresh) = reverse_entry(ip, l4, listener, f.backend, backend);
+    if FLOWS.insert(key, established, u64::from(BPF_ANY)).is_err() {
+        return;
+    }
+    stats::count(Reason::EventFlowInserted);
+    let _ = HALF_OPEN.remove(key);
+    // The reverse entry moves along if it is still this flow's; one another flow has
+    // taken over stays; a missing one (evicted by a flood of SYNs) is written again, as
+    // `keep_reverse` would.
+    match HALF_OPEN_REVERSE.get_ptr(reply_key) {
+        Some(rev) => {
+            // SAFETY: a map value pointer stays valid for the program run.
+            let rev = unsafe { *rev };
+            if rev.vip == fresh.vip && rev.vport == fresh.vport {
+                let _ = REVERSE.insert(reply_key, rev, u64::from(BPF_ANY));
+                let _ = HALF_OPEN_REVERSE.remove(reply_key);
+            }
+        }
+        None => {
+            if REVERSE.get_ptr(reply_key).is_none() {
+                let _ = REVERSE.insert(reply_key, fresh, u64::from(BPF_ANY));
+            }
+        }
+    }
+}
 
 /// Keeps what the client last acknowledged (for the credibility of the backend's FIN or
 /// RST) and ends the half-open state: a client that acknowledges has completed the
@@ -45,7 +102,7 @@ pub fn client_close(ip: &Ipv4, l4: &L4, listener: &Listener, f: &mut Flow, backe
         return;
     }
     let (reply_key, _) = reverse_entry(ip, l4, listener, f.backend, backend);
-    let credible = match REVERSE.get_ptr(reply_key) {
+    let credible = match lookup_reverse(&reply_key) {
         // SAFETY: a map value pointer stays valid for the program run.
         Some(rev) => unsafe {
             close_is_credible(
@@ -147,9 +204,15 @@ pub fn reverse_entry(
 /// while its forward entry lives on. The lookup refreshes the entry's LRU position; a
 /// missing one is written again (it cannot collide: its tuple is this flow's own).
 #[inline(always)]
-pub fn keep_reverse(ip: &Ipv4, l4: &L4, listener: &Listener, id: u32, backend: &Backend) {
-    let (reply_key, entry) = reverse_entry(ip, l4, listener, id, backend);
-    if REVERSE.get_ptr(reply_key).is_some() {
+pub fn keep_reverse(ip: &Ipv4, l4: &L4, listener: &Listener, f: &Flow, backend: &Backend) {
+    // A half-open flow's reverse entry lives in its own table, and is moved with it.
+    if f.flags & FLOW_F_OPENING != 0 {
+        return;
+    }
+    let (reply_key, entry) = reverse_entry(ip, l4, listener, f.backend, backend);
+    // Present in either table (another VIP's half-open flow may have taken the tuple
+    // over): kept as it is.
+    if lookup_reverse(&reply_key).is_some() {
         return;
     }
     let _ = REVERSE.insert(reply_key, entry, u64::from(BPF_ANY));

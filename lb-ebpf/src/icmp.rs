@@ -30,8 +30,8 @@ use lb_common::{
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 use crate::{
-    fwd,
-    maps::{BACKENDS, FLOWS, LISTENERS, REVERSE},
+    flow, fwd,
+    maps::{BACKENDS, LISTENERS},
     parse,
     parse::{ETH_LEN, Ipv4, Parsed, ptr_at},
     stats,
@@ -187,7 +187,7 @@ fn handle(ctx: &XdpContext, ip: &Ipv4) -> Option<(u32, Reason)> {
 
     // A reply we sent (VIP → client), reported back to the VIP, quotes a flow of the flow
     // table.
-    if let Some(flow) = FLOWS.get_ptr(key) {
+    if let Some(flow) = flow::lookup(&key) {
         // SAFETY: a map value pointer stays valid for the program run.
         let flow = unsafe { &*flow };
         if let Some(b) = BACKENDS.get(flow.backend)
@@ -213,7 +213,7 @@ fn handle(ctx: &XdpContext, ip: &Ipv4) -> Option<(u32, Reason)> {
     }
 
     // A packet we sent to a backend (client → backend), reported towards the client.
-    let rev = REVERSE.get_ptr(key)?;
+    let rev = flow::lookup_reverse(&key)?;
     if ip.ttl <= 1 {
         return Some((XDP_PASS, Reason::PassTtlExpired));
     }

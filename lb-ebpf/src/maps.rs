@@ -12,7 +12,7 @@ use lb_common::{
     DEFAULT_MAX_BACKENDS, DEFAULT_MAX_LISTENERS, Flow, FlowKey, IdPair, Listener, ListenerKey,
     MAGLEV_TABLE_SIZE, MAX_ACL_ENTRIES, MAX_INTERFACES, NextHop, PendingFlow, ReverseNat,
     SEQUENCE_TABLE_SIZE, STAGE_SLOTS, TABLES_PER_LISTENER, TableMeta, TrafficCounters,
-    VIP_FILTER_WORDS, id_pair_entries,
+    VIP_FILTER_WORDS, half_open_table_size, id_pair_entries,
 };
 
 const TABLE_SLOTS: u32 = DEFAULT_MAX_LISTENERS * TABLES_PER_LISTENER;
@@ -62,6 +62,20 @@ pub static FLOWS: LruHashMap<FlowKey, Flow> =
 #[map(name = "REVERSE")]
 pub static REVERSE: LruHashMap<FlowKey, ReverseNat> =
     LruHashMap::with_max_entries(DEFAULT_FLOW_TABLE_SIZE, BPF_F_NO_COMMON_LRU);
+
+/// Half-open flows (a SYN, no ACK from the client yet), keyed and valued like `FLOWS`, in
+/// a table of their own: a SYN flood evicts half-open entries, never established ones.
+/// The client's first ACK moves its flow to `FLOWS`. One LRU list for all CPUs (unlike
+/// `FLOWS`): a flood arriving on one CPU then ages the whole table, not that CPU's share.
+#[map(name = "HALF_OPEN")]
+pub static HALF_OPEN: LruHashMap<FlowKey, Flow> =
+    LruHashMap::with_max_entries(half_open_table_size(DEFAULT_FLOW_TABLE_SIZE), 0);
+
+/// The reverse entries of half-open flows, keyed and valued like `REVERSE`; moved with
+/// their flow.
+#[map(name = "HALF_OPEN_REVERSE")]
+pub static HALF_OPEN_REVERSE: LruHashMap<FlowKey, ReverseNat> =
+    LruHashMap::with_max_entries(half_open_table_size(DEFAULT_FLOW_TABLE_SIZE), 0);
 
 /// Backend id → active flows, for `wlc`: atomic adds, the only shared counter on the hot
 /// path. LRU eviction decrements nothing, so the controller's sweep rewrites these.

@@ -5,7 +5,7 @@
 //! replies, records the flow and sends the packet.
 
 use aya_ebpf::{
-    bindings::{BPF_ANY, BPF_NOEXIST, xdp_action::XDP_DROP},
+    bindings::{BPF_ANY, xdp_action::XDP_DROP},
     macros::xdp,
     programs::XdpContext,
 };
@@ -18,7 +18,7 @@ use lb_common::{
 
 use crate::{
     flow,
-    maps::{FLOWS, LISTENERS, PENDING, REVERSE},
+    maps::{FLOWS, HALF_OPEN, HALF_OPEN_REVERSE, LISTENERS, PENDING, REVERSE},
     parse,
     parse::{Ipv4, L4, Parsed},
     sched, stage, stats,
@@ -122,7 +122,12 @@ fn open(
         stats::count(Reason::EventPersisted);
     }
 
-    claim_reverse(ip, l4, listener, id, backend, now)?;
+    // Until the client acknowledges, the flow is half-open: it may be a forged SYN. It
+    // lives in the half-open tables. It counts for `wlc` at once, so a burst of new
+    // connections spreads; the sweep's recount leaves it out until its ACK.
+    let tcp = ip.protocol == lb_common::PROTO_TCP;
+    let half_open = tcp && l4.tcp_flags & TCP_ACK == 0;
+    claim_reverse(ip, l4, listener, id, backend, now, half_open)?;
 
     let wlc = listener.scheduler == Scheduler::Wlc as u8;
     let mut flags = if pickup { FLOW_F_PICKUP } else { 0 };
@@ -133,9 +138,7 @@ fn open(
     } else if wlc {
         flags |= FLOW_F_COUNTED;
     }
-    // Until the client acknowledges, the flow is half-open: it may be a forged SYN.
-    let tcp = ip.protocol == lb_common::PROTO_TCP;
-    if tcp && l4.tcp_flags & TCP_ACK == 0 {
+    if half_open {
         flags |= FLOW_F_OPENING;
     }
     let entry = Flow {
@@ -155,10 +158,23 @@ fn open(
         },
         _pad: 0,
     };
-    if FLOWS.insert(key, entry, u64::from(BPF_ANY)).is_err() {
+    let table = if half_open { &HALF_OPEN } else { &FLOWS };
+    if table.insert(key, entry, u64::from(BPF_ANY)).is_err() {
         return Err(Reason::DropFlowInsertFailed);
     }
-    if opening.previous_backend == NO_BACKEND {
+    // A key lives in one table: the entry this flow replaces may be in the other (a
+    // reopened connection's closing entry, an expired half-open one).
+    let previous = opening.previous_backend != NO_BACKEND;
+    if previous {
+        let _ = if half_open {
+            FLOWS.remove(key)
+        } else {
+            HALF_OPEN.remove(key)
+        };
+    }
+    // Inserts into `FLOWS` of a key it did not hold: with the entries present, they tell
+    // the evictions (half-open flows count when promoted).
+    if !half_open && (!previous || opening.previous_flags & FLOW_F_OPENING != 0) {
         stats::count(Reason::EventFlowInserted);
     }
     if flags & FLOW_F_COUNTED != 0 {
@@ -197,8 +213,13 @@ fn open(
 /// Records how to translate the backend's replies. The backend-side 5-tuple (backend
 /// address and port, client address and port) must be unique: two client flows to
 /// different VIPs that share a backend could collide. A live flow keeps its entry and the
-/// newcomer is refused; an entry whose flow is gone, moved or idle is taken over.
+/// newcomer is refused; an entry whose flow is gone, moved or idle is taken over. A
+/// half-open flow's entry goes to `HALF_OPEN_REVERSE`.
 #[inline(always)]
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one call site; a struct would only rename the arguments"
+)]
 fn claim_reverse(
     ip: &Ipv4,
     l4: &L4,
@@ -206,22 +227,30 @@ fn claim_reverse(
     id: u32,
     backend: &Backend,
     now: u64,
+    half_open: bool,
 ) -> Result<(), Reason> {
     let (reply_key, entry) = flow::reverse_entry(ip, l4, listener, id, backend);
-    if REVERSE
-        .insert(reply_key, entry, u64::from(BPF_NOEXIST))
-        .is_ok()
-    {
-        return Ok(());
-    }
-    if let Some(existing) = REVERSE.get_ptr(reply_key) {
+    if let Some(existing) = flow::lookup_reverse(&reply_key) {
         // SAFETY: a map value pointer stays valid for the program run.
         let e = unsafe { &*existing };
-        if (e.vip != entry.vip || e.vport != entry.vport) && owner_is_live(ip, l4, e, now) {
+        let same_vip = e.vip == entry.vip && e.vport == entry.vport;
+        if !same_vip && owner_is_live(ip, l4, e, now) {
             return Err(Reason::DropReverseCollision);
         }
+        // Taken over: the old entry leaves whichever table it is in, so it cannot shadow
+        // the new one (lookups read `REVERSE` first).
+        let _ = if half_open {
+            REVERSE.remove(reply_key)
+        } else {
+            HALF_OPEN_REVERSE.remove(reply_key)
+        };
     }
-    REVERSE
+    let table = if half_open {
+        &HALF_OPEN_REVERSE
+    } else {
+        &REVERSE
+    };
+    table
         .insert(reply_key, entry, u64::from(BPF_ANY))
         .map_err(|_| Reason::DropFlowInsertFailed)
 }
@@ -238,7 +267,7 @@ fn owner_is_live(ip: &Ipv4, l4: &L4, e: &ReverseNat, now: u64) -> bool {
         protocol: ip.protocol,
         _pad: [0; 3],
     };
-    let Some(owner) = FLOWS.get_ptr(owner_key) else {
+    let Some(owner) = flow::lookup(&owner_key) else {
         return false;
     };
     // SAFETY: a map value pointer stays valid for the program run.

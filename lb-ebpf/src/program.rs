@@ -9,8 +9,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    Backend, Flow, FlowKey, Listener, NO_BACKEND, PROTO_ICMP, PROTO_TCP, PendingFlow,
-    REVERSE_F_ACKED, Reason, ReverseNat, STAGE_ICMP, STAGE_NEW_FLOW,
+    Backend, FLOW_F_OPENING, Flow, FlowKey, Listener, NO_BACKEND, PROTO_ICMP, PROTO_TCP,
+    PendingFlow, REVERSE_F_ACKED, Reason, ReverseNat, STAGE_ICMP, STAGE_NEW_FLOW,
     decide::{self, Decision},
     select::{TCP_ACK, TCP_FIN, TCP_RST, backend_close_is_credible},
     vip_filter_bit,
@@ -18,7 +18,7 @@ use lb_common::{
 
 use crate::{
     flow, fwd,
-    maps::{FLOWS, PENDING, REVERSE, VIP_FILTER},
+    maps::{PENDING, VIP_FILTER},
     nat,
     nat::Side,
     parse,
@@ -88,7 +88,7 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
         protocol: ip.protocol,
         _pad: [0; 3],
     };
-    if let Some(rev) = REVERSE.get_ptr_mut(reply_key) {
+    if let Some(rev) = flow::lookup_reverse(&reply_key) {
         // SAFETY: a map value pointer stays valid for the program run; its writes are a
         // number and a flag bit, where the last writer winning is harmless.
         return reply(ctx, &ip, &l4, unsafe { &mut *rev });
@@ -172,6 +172,7 @@ fn established(
     now: u64,
 ) -> (u32, Reason) {
     f.last_seen_ns = now;
+    let opening = f.flags & FLOW_F_OPENING != 0;
     if ip.protocol == PROTO_TCP {
         flow::note_client_ack(f, l4);
         flow::client_close(ip, l4, listener, f, b);
@@ -186,12 +187,17 @@ fn established(
         || (lucky && f.reverse_seen_ns != now)
     {
         f.reverse_seen_ns = now;
-        flow::keep_reverse(ip, l4, listener, f.backend, b);
+        flow::keep_reverse(ip, l4, listener, f, b);
     }
+    let backend_id = f.backend;
     if listener.persistence_timeout_s > 0 {
-        flow::touch_affinity(listener, ip.src_addr, f.backend, b.generation, now);
+        flow::touch_affinity(listener, ip.src_addr, backend_id, b.generation, now);
     }
-    flow::send_to_backend(ctx, ip, l4, listener.id, f.backend, b, now)
+    // The handshake's last step: the flow leaves the half-open table (and `f` with it).
+    if opening && f.flags & FLOW_F_OPENING == 0 {
+        flow::promote(ip, l4, listener, f, b);
+    }
+    flow::send_to_backend(ctx, ip, l4, listener.id, backend_id, b, now)
 }
 
 /// A flow of a drained backend after its drain timeout: TCP is answered with a RST (the
@@ -256,7 +262,7 @@ fn backend_close(ip: &Ipv4, l4: &L4, rev: &ReverseNat) {
         protocol: ip.protocol,
         _pad: [0; 3],
     };
-    if let Some(f) = FLOWS.get_ptr_mut(key) {
+    if let Some(f) = flow::lookup(&key) {
         // SAFETY: a map value pointer stays valid for the program run.
         let f = unsafe { &mut *f };
         if f.backend == rev.backend && backend_close_is_credible(f, l4.seq, l4.ack, l4.tcp_flags) {

@@ -11,7 +11,7 @@ use lb_common::{
 };
 
 use crate::maps::{
-    ACLS, ACTIVE_FLOWS, AFFINITY, BACKENDS, CURSORS, FLOWS, LISTENERS, MAGLEV, SEQUENCE, TABLE_META,
+    ACLS, ACTIVE_FLOWS, AFFINITY, BACKENDS, CURSORS, LISTENERS, MAGLEV, SEQUENCE, TABLE_META,
 };
 
 /// A map value. Valid for the rest of the program run (map values are freed after an RCU
@@ -70,7 +70,7 @@ impl Tables for Maps {
 
     #[inline(always)]
     fn flow(&self, key: &FlowKey) -> Option<MapRef<Flow>> {
-        FLOWS.get_ptr_mut(key).map(MapRef)
+        crate::flow::lookup(key).map(MapRef)
     }
 
     #[inline(always)]

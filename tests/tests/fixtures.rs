@@ -772,6 +772,70 @@ fn forged_sources_plant_no_state_and_cannot_capture_health_probes() {
     });
 }
 
+/// SYNs without an ACK live in a half-open table of their own: a flood of them, larger
+/// than the flow table, evicts only half-open entries. An established flow keeps its entry
+/// (no pickup, same backend), and a handshake completed before the flood is unaffected.
+#[test]
+fn a_syn_flood_cannot_evict_established_flows() {
+    let Some(lab) = lab("fxflood") else { return };
+    lab.ns.enter(|| {
+        let mut dp = load(&lab);
+        let listener = web(three_backends(), Scheduler::Wrr);
+        listener.install(&mut dp, 1);
+        let syn = from_client(Frame::tcp((CLIENT, 44000), (VIP, 80), SYN));
+        let ack = from_client(Frame::tcp((CLIENT, 44000), (VIP, 80), ACK).seq_ack(1001, 5001));
+        let (_, out) = run(&mut dp, lab.client_if, &syn.build());
+        let backend = index_of(Ipv4Addr::new(out[30], out[31], out[32], out[33]));
+        let half_open = dp.flow(&flow_of(&syn)).unwrap().expect("half-open entry");
+        assert_ne!(half_open.flags & lb_common::FLOW_F_OPENING, 0);
+        let (verdict, _) = run(&mut dp, lab.client_if, &ack.build());
+        assert_eq!(verdict, XDP_REDIRECT);
+        let established = dp.flow(&flow_of(&syn)).unwrap().expect("established entry");
+        assert_eq!(
+            established.flags & lb_common::FLOW_F_OPENING,
+            0,
+            "promoted by the ACK"
+        );
+        assert_eq!(
+            dp.established_flows().unwrap().len(),
+            1,
+            "in the table of established flows"
+        );
+
+        // 5,000 SYNs from other clients (the flow table has 4,096 entries, the half-open
+        // table 1,024), none ever acknowledged.
+        let flood_client = Ipv4Addr::new(198, 18, 0, 66);
+        for i in 0..5_000u16 {
+            let frame = from_client(Frame::tcp((flood_client, 10_000 + i), (VIP, 80), SYN));
+            let (verdict, _) = run(&mut dp, lab.client_if, &frame.build());
+            assert_eq!(verdict, XDP_REDIRECT, "flood SYN {i}");
+        }
+        let pickups = dp.counter(Reason::EventPickup).unwrap();
+        check(
+            &mut dp,
+            &[Case {
+                name: "the established flow's next packet after the flood",
+                ingress: lab.client_if,
+                input: ack.build(),
+                verdict: XDP_REDIRECT,
+                reason: Reason::Forwarded,
+                output: Output::Exactly(to_backend(&ack, backend, 8080)),
+            }],
+        );
+        assert_eq!(
+            dp.counter(Reason::EventPickup).unwrap(),
+            pickups,
+            "not a pickup"
+        );
+        assert_eq!(
+            dp.established_flows().unwrap().len(),
+            1,
+            "the flood is not in the table of established flows"
+        );
+        assert!(dp.flow(&flow_of(&syn)).unwrap().is_some());
+    });
+}
+
 #[test]
 fn mid_flow_pickup_uses_the_maglev_table_on_the_4_tuple() {
     let Some(lab) = lab("fxpick") else { return };
