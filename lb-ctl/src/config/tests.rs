@@ -1070,3 +1070,37 @@ fn rule_backends_within_max_backends() {
         ]
     );
 }
+
+#[test]
+fn rule_wrr_group_fits_the_sequence_table() {
+    let table = lb_common::SEQUENCE_TABLE_SIZE as usize;
+    let config = |members: usize, scheduler: Scheduler| {
+        let mut c = Config::new("demo", vec!["eth0".to_owned()]);
+        c.max_backends = 1 << 20;
+        c.vserver_groups.push(VServerGroup {
+            name: "big".to_owned(),
+            servers: (0..members)
+                .map(|i| {
+                    let [_, _, hi, lo] = (i as u32 / 1000).to_be_bytes();
+                    let port = 1000 + (i % 1000) as u16;
+                    Member::new(Ipv4Addr::new(198, 18, hi, lo), port)
+                })
+                .collect(),
+        });
+        let mut l = Listener::new("web", Protocol::Tcp, Ipv4Addr::new(198, 19, 0, 100), 80);
+        l.server_group = Some("big".to_owned());
+        l.scheduler = scheduler;
+        c.listeners.push(l);
+        c
+    };
+    assert_eq!(config(table, Scheduler::Wrr).validate(), Ok(()));
+    assert_eq!(config(table + 1, Scheduler::Sch).validate(), Ok(()));
+    let err = config(table + 1, Scheduler::Wrr).validate().unwrap_err();
+    assert_eq!(err.paths(), ["listeners[0].scheduler"]);
+    assert_eq!(
+        err.iter().next().unwrap().to_string(),
+        "listeners[0].scheduler: wrr cannot schedule the 65537 servers of group `big`: its \
+         sequence table holds 65536, and each server needs a turn (split the group across \
+         listeners of at most 65536 servers, or use scheduler `sch` or `tch`)"
+    );
+}

@@ -7,6 +7,8 @@
 
 use std::{collections::HashMap, hash::Hash, net::Ipv4Addr, ops::RangeInclusive};
 
+use lb_common::Scheduler;
+
 use super::{
     error::{
         ConfigError, ConfigErrors, Taint, closest, field, index, out_of_range,
@@ -448,6 +450,7 @@ impl Checker<'_> {
         self.unicast(&at("address"), l.address, "a VIP");
         self.range(&at("port"), l.port, &PORT);
         self.server_group(c, path, l);
+        self.sequence_fits(c, path, l);
         if let Some(acl) = &l.acl
             && c.acl(&acl.name).is_none()
         {
@@ -539,6 +542,37 @@ impl Checker<'_> {
                  server_group out to use the default group",
             );
             self.report(&group_path, &inputs, message, hint);
+        }
+    }
+
+    /// `wrr` gives every member at least one turn in the listener's sequence table, so a
+    /// group larger than the table cannot be scheduled. Members of weight 0 count too: a
+    /// weight is one `lb-ctl server set` away.
+    fn sequence_fits(&mut self, c: &Config, path: &str, l: &Listener) {
+        if l.scheduler != Scheduler::Wrr {
+            return;
+        }
+        let (members, group) = match l.named_group() {
+            None => (c.default_server_group.servers.len(), DEFAULT_GROUP_NAME),
+            Some(name) => match c.vserver_group(name) {
+                Some(g) => (g.servers.len(), name),
+                None => return,
+            },
+        };
+        let table = lb_common::SEQUENCE_TABLE_SIZE as usize;
+        if members > table {
+            self.report(
+                &field(path, "scheduler"),
+                &[&field(path, "server_group")],
+                format!(
+                    "wrr cannot schedule the {members} servers of group `{group}`: its \
+                     sequence table holds {table}, and each server needs a turn"
+                ),
+                Some(format!(
+                    "split the group across listeners of at most {table} servers, or use \
+                     scheduler `sch` or `tch`"
+                )),
+            );
         }
     }
 
