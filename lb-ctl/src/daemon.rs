@@ -308,8 +308,14 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     let controller = Arc::new(Mutex::new(controller));
     // /metrics and the status page, when the config asks for them (`metrics_listen`).
     let mut web = WebServer::new();
-    let metrics_listen = controller.lock().await.effective().metrics_listen;
-    if let Err(e) = web.follow(metrics_listen, &controller) {
+    let (metrics_listen, metrics_hosts) = {
+        let c = controller.lock().await;
+        (
+            c.effective().metrics_listen,
+            c.effective().metrics_hosts.clone(),
+        )
+    };
+    if let Err(e) = web.follow(metrics_listen, &metrics_hosts, &controller) {
         let _ = fs::remove_file(&options.socket);
         return Err(e.into());
     }
@@ -396,7 +402,10 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
                 }
                 // A reload (SIGHUP or the API) may have moved or removed metrics_listen:
                 // followed here, once per sweep, rather than in every reload path.
-                if let Err(e) = web.follow(c.effective().metrics_listen, &controller) {
+                let effective = c.effective();
+                if let Err(e) =
+                    web.follow(effective.metrics_listen, &effective.metrics_hosts, &controller)
+                {
                     error!("{e}");
                 }
             }

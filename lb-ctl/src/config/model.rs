@@ -96,6 +96,10 @@ pub struct Config {
     /// Where /metrics and the status page listen; off when absent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Host names the metrics listener answers to besides its own address: a request
+    /// naming any other host in `Host` is refused (DNS rebinding).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub metrics_hosts: Vec<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub acls: Vec<Acl>,
     /// Exactly one per instance; absent in the file means an empty group.
@@ -121,6 +125,7 @@ impl Config {
             max_backends: DEFAULT_MAX_BACKENDS,
             health_check_source: None,
             metrics_listen: None,
+            metrics_hosts: Vec::new(),
             acls: Vec::new(),
             default_server_group: DefaultGroup::default(),
             vserver_groups: Vec::new(),

@@ -533,6 +533,25 @@ fn rule_unicast_addresses() {
 }
 
 #[test]
+fn rule_metrics_hosts_are_host_names() {
+    let c = ok(&with(
+        "metrics_hosts: [lb-host, lb.example.test, LB-2.example.test.]\n",
+    ));
+    assert_eq!(c.metrics_hosts.len(), 3);
+    assert_eq!(
+        errors(&with(
+            "metrics_hosts: [ok.example, 'lb-host:9100', 127.0.0.1, '-x.example', '']\n"
+        )),
+        [
+            "metrics_hosts[1]: `lb-host:9100` is not a host name (a DNS name such as lb-host or lb.example.test, without a port; the listener's own address is always accepted)",
+            "metrics_hosts[2]: `127.0.0.1` is not a host name (a DNS name such as lb-host or lb.example.test, without a port; the listener's own address is always accepted)",
+            "metrics_hosts[3]: `-x.example` is not a host name (a DNS name such as lb-host or lb.example.test, without a port; the listener's own address is always accepted)",
+            "metrics_hosts[4]: `` is not a host name (a DNS name such as lb-host or lb.example.test, without a port; the listener's own address is always accepted)",
+        ]
+    );
+}
+
+#[test]
 fn rule_metrics_listen_port() {
     ok(&with("metrics_listen: '[::1]:9100'\n"));
     assert_eq!(

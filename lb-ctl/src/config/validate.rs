@@ -178,6 +178,20 @@ impl Checker<'_> {
                 Some("give the port scrapers will use, e.g. 127.0.0.1:9100".to_owned()),
             );
         }
+        for (i, name) in c.metrics_hosts.iter().enumerate() {
+            if !is_host_name(name) {
+                self.report(
+                    &index("metrics_hosts", i),
+                    &[],
+                    format!("`{name}` is not a host name"),
+                    Some(
+                        "a DNS name such as lb-host or lb.example.test, without a port; the \
+                         listener's own address is always accepted"
+                            .to_owned(),
+                    ),
+                );
+            }
+        }
     }
 
     fn instance_name(&mut self, name: &str) {
@@ -688,6 +702,28 @@ impl Checker<'_> {
             );
         }
     }
+}
+
+/// A DNS name: dot-separated labels of letters, digits and `-`, none empty or starting or
+/// ending with `-`, at most 253 characters. An IP address is not one: the listener's own
+/// address is accepted without being listed, and no other address can name it.
+fn is_host_name(name: &str) -> bool {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.parse::<std::net::IpAddr>().is_err()
+        && name.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+        && !name
+            .rsplit('.')
+            .next()
+            .is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit()))
 }
 
 fn group_names(c: &Config) -> impl Iterator<Item = &str> {

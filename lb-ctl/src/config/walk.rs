@@ -31,6 +31,7 @@ pub(crate) const TOP_FIELDS: &[&str] = &[
     "max_backends",
     "health_check_source",
     "metrics_listen",
+    "metrics_hosts",
     "acls",
     "default_server_group",
     "vserver_groups",
@@ -436,6 +437,11 @@ impl Reader {
         }
         c.health_check_source = self.optional(map, "", "health_check_source", Self::ipv4);
         c.metrics_listen = self.optional(map, "", "metrics_listen", Self::socket_addr);
+        if let Some(v) = self.optional(map, "", "metrics_hosts", |r, p, v| {
+            r.list(p, v, |r, p, v| Some(r.string(p, v).unwrap_or_default()))
+        }) {
+            c.metrics_hosts = v;
+        }
         if let Some(v) = self.optional(map, "", "acls", |r, p, v| {
             r.list(p, v, |r, p, v| Some(r.acl(p, v)))
         }) {
