@@ -33,7 +33,12 @@ use tokio::{
 };
 use tracing::{debug, info, warn};
 
-use crate::{controller::Controller, metrics};
+use crate::{
+    api::{Stats, Status},
+    controller::{Controller, StatusDraft, stats_of},
+    dataplane::{CounterReader, ReadCounters as _},
+    metrics,
+};
 
 /// Longest request head (request line and headers) read; longer gets 431.
 pub const MAX_HEAD_BYTES: usize = 8 * 1024;
@@ -494,39 +499,55 @@ async fn handle(
 }
 
 async fn respond(route: Route, controller: &Mutex<Controller>) -> Response {
-    match route {
-        Route::Page => Response::new(200, "text/html; charset=utf-8", PAGE)
-            .with_header(format!("Content-Security-Policy: {PAGE_CSP}")),
-        Route::Metrics => {
-            // Read under the lock, encode after releasing it.
-            let sample = metrics::Sample::take(&*controller.lock().await);
-            match sample.and_then(metrics::encode) {
-                Ok(text) => Response::new(200, metrics::CONTENT_TYPE, text),
-                Err(e) => {
-                    warn!("/metrics: {e}");
-                    Response::text(500, e.to_string())
-                }
-            }
-        }
-        Route::StatusJson => {
-            let value = status_json(&*controller.lock().await);
-            match value.and_then(|v| serde_json::to_vec(&v).map_err(anyhow::Error::from)) {
-                Ok(body) => Response::new(200, "application/json", body),
-                Err(e) => {
-                    warn!("/status.json: {e:#}");
-                    Response::text(500, format!("{e:#}"))
-                }
-            }
+    if route == Route::Page {
+        return Response::new(200, "text/html; charset=utf-8", PAGE)
+            .with_header(format!("Content-Security-Policy: {PAGE_CSP}"));
+    }
+    // Under the lock only what the controller holds in memory; the counter maps, one
+    // lookup per listener and backend, are read after it is released, on a blocking
+    // thread, so a scrape of many backends never holds up the control API or health
+    // transitions.
+    let draft = controller.lock().await.status_draft();
+    let read = tokio::task::spawn_blocking(move || read_snapshot(route, draft)).await;
+    match read.map_err(anyhow::Error::from).and_then(|r| r) {
+        Ok(response) => response,
+        Err(e) => {
+            let path = if route == Route::Metrics {
+                "/metrics"
+            } else {
+                "/status.json"
+            };
+            warn!("{path}: {e:#}");
+            Response::text(500, format!("{e:#}"))
         }
     }
 }
 
+/// Reads the counters of `draft` through handles of its own on the pinned maps and
+/// renders `route`.
+fn read_snapshot(route: Route, draft: StatusDraft) -> anyhow::Result<Response> {
+    let counters = CounterReader::open(&draft.maps_dir)?;
+    let (at_s, probes) = (draft.at_s, draft.probes.clone());
+    let status = draft.fill(&counters)?;
+    let reasons = counters.all_counters()?;
+    Ok(match route {
+        Route::Metrics => {
+            let text = metrics::encode(metrics::Sample::new(status, &reasons, probes))?;
+            Response::new(200, metrics::CONTENT_TYPE, text)
+        }
+        _ => {
+            let stats = stats_of(&status, at_s, &reasons);
+            let body = serde_json::to_vec(&status_json(status, stats)?)?;
+            Response::new(200, "application/json", body)
+        }
+    })
+}
+
 /// `lb-ctl status --json` with the counters of `lb-ctl stats --json` under `stats`.
-pub fn status_json(controller: &Controller) -> anyhow::Result<serde_json::Value> {
-    let mut value = serde_json::to_value(controller.last_status()?)?;
-    let stats = serde_json::to_value(controller.stats()?)?;
+pub fn status_json(status: Status, stats: Stats) -> serde_json::Result<serde_json::Value> {
+    let mut value = serde_json::to_value(status)?;
     if let Some(object) = value.as_object_mut() {
-        object.insert("stats".to_owned(), stats);
+        object.insert("stats".to_owned(), serde_json::to_value(stats)?);
     }
     Ok(value)
 }
