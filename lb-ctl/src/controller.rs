@@ -15,7 +15,7 @@ use tracing::{info, warn};
 use crate::{
     api::{self, BackendStatus, Counters, InterfaceStatus, ListenerStatus, Response, Status},
     config::{self, Config},
-    dataplane::{DataPlane, LoadOptions, MapSizes},
+    dataplane::{DataPlane, LoadOptions, MapSizes, ReadCounters},
     health::{self, Checker},
     host,
     overlay::{self, Change},
@@ -147,6 +147,63 @@ fn sizes(config: &Config) -> MapSizes {
         flow_table_size: config.flow_table_size,
         max_listeners: config.max_listeners,
         max_backends: config.max_backends,
+    }
+}
+
+/// A status without its traffic counters, taken under the controller's lock
+/// ([`Controller::status_draft`]); `fill` reads them, one map lookup per listener and
+/// backend, wherever it runs.
+#[derive(Debug)]
+pub struct StatusDraft {
+    status: Status,
+    /// The data plane id of each of `status.listeners`.
+    listener_ids: Vec<u32>,
+    /// Seconds since the daemon started, when the draft was taken (`Stats.at_s`).
+    pub at_s: f64,
+    /// Where the counter maps are pinned, for a [`crate::dataplane::CounterReader`].
+    pub maps_dir: PathBuf,
+    /// The health checker's view at the same time.
+    pub probes: Option<health::Snapshot>,
+}
+
+impl StatusDraft {
+    /// The status with its counters read through `counters`.
+    pub fn fill(self, counters: &impl ReadCounters) -> anyhow::Result<Status> {
+        let mut status = self.status;
+        for (l, id) in status.listeners.iter_mut().zip(&self.listener_ids) {
+            l.stats = counters.listener_totals(*id)?.into();
+            for b in &mut l.backends {
+                b.stats = counters.backend_totals(b.backend_id)?.into();
+            }
+        }
+        let inserted = counters.one_counter(lb_common::Reason::EventFlowInserted)?;
+        status.flow_table.evicted = inserted.saturating_sub(status.flow_table.entries);
+        Ok(status)
+    }
+}
+
+/// `lb-ctl stats` from a filled status (the same lookups, not made twice) and the
+/// verdict counters.
+pub fn stats_of(status: &Status, at_s: f64, reasons: &BTreeMap<&str, u64>) -> api::Stats {
+    let mut listeners: Vec<api::ListenerStats> = status
+        .listeners
+        .iter()
+        .map(|l| api::ListenerStats {
+            name: l.name.clone(),
+            stats: l.stats,
+            backends: l
+                .backends
+                .iter()
+                .map(|b| (format!("{}:{}", b.address, b.port), b.stats))
+                .collect(),
+        })
+        .collect();
+    // As `Controller::stats` lists them.
+    listeners.sort_by(|a, b| a.name.cmp(&b.name));
+    api::Stats {
+        at_s,
+        listeners,
+        reasons: reasons.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect(),
     }
 }
 
@@ -898,6 +955,13 @@ impl Controller {
     /// (the daemon sweeps every `--sweep-interval`): what /metrics and the status page
     /// read, so a scrape or a page refresh never walks the flow table itself.
     pub fn last_status(&self) -> anyhow::Result<Status> {
+        self.status_draft().fill(&self.dataplane)
+    }
+
+    /// `last_status` without its traffic counters: only what the controller holds in
+    /// memory, so it costs no system call. /metrics and the status page take it under the
+    /// lock and read the counters after releasing it ([`StatusDraft::fill`]).
+    pub fn status_draft(&self) -> StatusDraft {
         let health: HashMap<BackendKey, health::BackendHealth> = self
             .health
             .as_ref()
@@ -911,6 +975,7 @@ impl Controller {
             .unwrap_or_default();
         let now = std::time::SystemTime::now();
         let mut listeners = Vec::new();
+        let mut listener_ids = Vec::new();
         for l in &self.effective.listeners {
             let Some(d) = self.desired.listeners.get(&l.name) else {
                 continue;
@@ -959,9 +1024,10 @@ impl Controller {
                     active_flows: self.active.get(&b.id).copied().unwrap_or(0),
                     origin: self.origin(&d.group, &b.key).to_owned(),
                     backend_id: b.id,
-                    stats: self.dataplane.backend_stats(b.id)?.into(),
+                    stats: Counters::default(),
                 });
             }
+            listener_ids.push(d.id);
             listeners.push(ListenerStatus {
                 name: l.name.clone(),
                 protocol: l.protocol.name().to_owned(),
@@ -970,10 +1036,10 @@ impl Controller {
                 group: d.group.clone(),
                 scheduler: d.scheduler.name().to_owned(),
                 backends,
-                stats: self.dataplane.listener_stats(d.id)?.into(),
+                stats: Counters::default(),
             });
         }
-        Ok(Status {
+        let status = Status {
             instance: self.effective.instance.clone(),
             config: self.options.config_path.display().to_string(),
             interfaces: self
@@ -988,8 +1054,19 @@ impl Controller {
             listeners,
             overlay_changes: self.overlay.len(),
             conflicts: self.conflicts.clone(),
-            flow_table: self.flow_table()?,
-        })
+            flow_table: api::FlowTableStatus {
+                capacity: self.effective.flow_table_size,
+                entries: self.flow_entries,
+                evicted: 0,
+            },
+        };
+        StatusDraft {
+            status,
+            listener_ids,
+            at_s: self.started.elapsed().as_secs_f64(),
+            maps_dir: self.layout.maps(),
+            probes: self.health_snapshot(),
+        }
     }
 
     /// The health checker's view (per-backend state, probe latency and counts); `None`
@@ -1001,14 +1078,12 @@ impl Controller {
     /// Flow table occupancy from the last sweep, and how many entries the LRU has evicted:
     /// entries ever added under a new 5-tuple minus entries present.
     pub fn flow_table(&self) -> anyhow::Result<api::FlowTableStatus> {
+        let mut table = self.status_draft().status.flow_table;
         let inserted = self
             .dataplane
             .counter(lb_common::Reason::EventFlowInserted)?;
-        Ok(api::FlowTableStatus {
-            capacity: self.effective.flow_table_size,
-            entries: self.flow_entries,
-            evicted: inserted.saturating_sub(self.flow_entries),
-        })
+        table.evicted = inserted.saturating_sub(table.entries);
+        Ok(table)
     }
 
     pub fn stats(&self) -> anyhow::Result<api::Stats> {
@@ -1154,4 +1229,83 @@ fn adopt(
         reconciler.adopt_backend(id, b);
     }
     Ok(down)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataplane::DataPlaneError;
+
+    /// Counters that say which id they were read for.
+    struct ById;
+
+    impl ReadCounters for ById {
+        fn all_counters(&self) -> Result<BTreeMap<&'static str, u64>, DataPlaneError> {
+            Ok(BTreeMap::from([("forwarded", 7)]))
+        }
+        fn one_counter(&self, _: lb_common::Reason) -> Result<u64, DataPlaneError> {
+            Ok(50)
+        }
+        fn listener_totals(&self, id: u32) -> Result<lb_common::TrafficCounters, DataPlaneError> {
+            Ok(lb_common::TrafficCounters {
+                packets: u64::from(id),
+                ..Default::default()
+            })
+        }
+        fn backend_totals(&self, id: u32) -> Result<lb_common::TrafficCounters, DataPlaneError> {
+            Ok(lb_common::TrafficCounters {
+                new_flows: u64::from(id) * 10,
+                ..Default::default()
+            })
+        }
+    }
+
+    #[test]
+    fn a_status_draft_is_filled_off_the_lock_with_each_ids_counters() {
+        let backend = |id: u32| {
+            serde_json::json!({
+                "address": "198.18.1.10", "port": 8000 + id, "role": "member", "weight": 100,
+                "effective_weight": 100, "state": "up", "health": "up", "flaps": 0,
+                "drain_left_s": null, "departing": false, "active_flows": 0,
+                "origin": "config", "backend_id": id, "stats": Counters::default(),
+            })
+        };
+        let listener = |name: &str, backends: Vec<serde_json::Value>| {
+            serde_json::json!({
+                "name": name, "protocol": "tcp", "address": "198.19.0.100", "port": 80,
+                "group": "app", "scheduler": "wrr", "backends": backends,
+                "stats": Counters::default(),
+            })
+        };
+        let status: Status = serde_json::from_value(serde_json::json!({
+            "instance": "t", "config": "t.yaml", "interfaces": [], "overlay_changes": 0,
+            "conflicts": [],
+            "listeners": [listener("web", vec![backend(3), backend(4)]), listener("api", vec![])],
+            "flow_table": { "capacity": 1024, "entries": 20, "evicted": 0 },
+        }))
+        .unwrap();
+        let draft = StatusDraft {
+            status,
+            listener_ids: vec![1, 2],
+            at_s: 1.5,
+            maps_dir: PathBuf::new(),
+            probes: None,
+        };
+        let status = draft.fill(&ById).unwrap();
+        assert_eq!(status.listeners[0].stats.packets, 1);
+        assert_eq!(status.listeners[1].stats.packets, 2);
+        let flows: Vec<u64> = status.listeners[0]
+            .backends
+            .iter()
+            .map(|b| b.stats.new_flows)
+            .collect();
+        assert_eq!(flows, [30, 40]);
+        assert_eq!(status.flow_table.evicted, 30, "inserted 50, 20 present");
+        let stats = stats_of(&status, 1.5, &ById.all_counters().unwrap());
+        let names: Vec<&str> = stats.listeners.iter().map(|l| l.name.as_str()).collect();
+        assert_eq!(names, ["api", "web"], "by name, as lb-ctl stats lists them");
+        assert_eq!(stats.listeners[1].backends[1].0, "198.18.1.10:8004");
+        assert_eq!(stats.listeners[1].backends[1].1.new_flows, 40);
+        assert_eq!(stats.reasons["forwarded"], 7);
+    }
 }

@@ -9,7 +9,7 @@ use std::{
     io::Write as _,
     os::{
         fd::AsRawFd as _,
-        unix::fs::{FileTypeExt as _, MetadataExt as _, PermissionsExt as _},
+        unix::fs::{FileTypeExt as _, MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _},
     },
     path::{Path, PathBuf},
     sync::Arc,
@@ -18,7 +18,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use tokio::{
-    io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
+    io::{AsyncBufReadExt as _, AsyncRead, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
     net::UnixListener,
     signal::unix::{SignalKind, signal},
     sync::Mutex,
@@ -52,13 +52,25 @@ pub fn lock_instance(state_dir: &Path, instance: &str) -> anyhow::Result<Instanc
     fs::create_dir_all(state_dir)
         .with_context(|| format!("creating state folder {}", state_dir.display()))?;
     let path = state_dir.join(format!("{instance}.lock"));
-    let mut file = fs::OpenOptions::new()
+    // O_NOFOLLOW: the daemon runs as root and writes its pid into this file; a link
+    // planted here would make it truncate and write whatever the link points to.
+    let mut file = match fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .read(true)
         .write(true)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(&path)
-        .with_context(|| format!("opening {}", path.display()))?;
+    {
+        Ok(file) => file,
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => bail!(
+            "refusing the instance lock {}: it is a symbolic link, and the daemon does not \
+             write through links. Remove it (nothing else should create files in the state \
+             folder)",
+            path.display()
+        ),
+        Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
+    };
     // SAFETY: flock on a descriptor we own.
     if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         let holder = fs::read_to_string(&path).unwrap_or_default();
@@ -175,17 +187,19 @@ async fn handle(controller: &Mutex<Controller>, request: Request) -> Response {
     }
 }
 
+/// Longest request line the control socket reads. Requests are a few hundred bytes; the
+/// bound keeps a client that never sends a newline from growing the daemon's memory.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+/// Time a client has to send its request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
 async fn serve_connection(controller: Arc<Mutex<Controller>>, stream: tokio::net::UnixStream) {
     let (read, mut write) = stream.into_split();
-    let mut lines = BufReader::new(read).lines();
-    let response = match tokio::time::timeout(Duration::from_secs(10), lines.next_line()).await {
-        Ok(Ok(Some(line))) => match serde_json::from_str::<Request>(&line) {
-            Ok(request) => handle(&controller, request).await,
-            Err(e) => Response::refused(format!("not a request this daemon understands: {e}")),
-        },
-        Ok(Ok(None)) => return,
-        Ok(Err(e)) => Response::refused(format!("reading the request: {e}")),
-        Err(_) => Response::refused("no request within 10 s"),
+    let response = match read_request(read).await {
+        Ok(Some(request)) => handle(&controller, request).await,
+        Ok(None) => return,
+        Err(refusal) => refusal,
     };
     let mut text = serde_json::to_string(&response).unwrap_or_else(|e| {
         format!(r#"{{"result":"error","message":"encoding the response: {e}","code":1}}"#)
@@ -194,6 +208,41 @@ async fn serve_connection(controller: Arc<Mutex<Controller>>, stream: tokio::net
     if let Err(e) = write.write_all(text.as_bytes()).await {
         warn!("control socket: writing a response failed: {e}");
     }
+}
+
+/// Reads one request line, at most `MAX_REQUEST_BYTES` long and within `REQUEST_TIMEOUT`;
+/// `None` when the client closed without sending anything, `Err` with the refusal to send
+/// back otherwise.
+async fn read_request(read: impl AsyncRead + Unpin) -> Result<Option<Request>, Response> {
+    // One byte more than the limit: a line that reaches it without its newline is too long.
+    let mut reader = BufReader::new(read.take(MAX_REQUEST_BYTES as u64 + 1));
+    let mut line = Vec::new();
+    match tokio::time::timeout(REQUEST_TIMEOUT, reader.read_until(b'\n', &mut line)).await {
+        Err(_) => {
+            return Err(Response::refused(format!(
+                "no request within {} s",
+                REQUEST_TIMEOUT.as_secs()
+            )));
+        }
+        Ok(Err(e)) => return Err(Response::refused(format!("reading the request: {e}"))),
+        Ok(Ok(0)) => return Ok(None),
+        Ok(Ok(_)) => {}
+    }
+    if line.last() == Some(&b'\n') {
+        line.pop();
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+    } else if line.len() > MAX_REQUEST_BYTES {
+        return Err(Response::refused(format!(
+            "request larger than {MAX_REQUEST_BYTES} bytes: the control socket takes one JSON \
+             request per line, of at most {} KiB",
+            MAX_REQUEST_BYTES / 1024
+        )));
+    }
+    serde_json::from_slice::<Request>(&line)
+        .map(Some)
+        .map_err(|e| Response::refused(format!("not a request this daemon understands: {e}")))
 }
 
 /// Copies the XDP program's log records (debug builds) into the daemon's log as they
@@ -259,8 +308,14 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     let controller = Arc::new(Mutex::new(controller));
     // /metrics and the status page, when the config asks for them (`metrics_listen`).
     let mut web = WebServer::new();
-    let metrics_listen = controller.lock().await.effective().metrics_listen;
-    if let Err(e) = web.follow(metrics_listen, &controller) {
+    let (metrics_listen, metrics_hosts) = {
+        let c = controller.lock().await;
+        (
+            c.effective().metrics_listen,
+            c.effective().metrics_hosts.clone(),
+        )
+    };
+    if let Err(e) = web.follow(metrics_listen, &metrics_hosts, &controller) {
         let _ = fs::remove_file(&options.socket);
         return Err(e.into());
     }
@@ -350,7 +405,10 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
                 }
                 // A reload (SIGHUP or the API) may have moved or removed metrics_listen:
                 // followed here, once per sweep, rather than in every reload path.
-                if let Err(e) = web.follow(c.effective().metrics_listen, &controller) {
+                let effective = c.effective();
+                if let Err(e) =
+                    web.follow(effective.metrics_listen, &effective.metrics_hosts, &controller)
+                {
                     error!("{e}");
                 }
             }
@@ -364,4 +422,69 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
          (`lb-ctl teardown --instance {instance}` removes it)"
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncWriteExt as _;
+
+    use super::*;
+
+    /// What `read_request` makes of `bytes` sent by a client that then closes.
+    async fn read_sent(bytes: Vec<u8>) -> Result<Option<Request>, Response> {
+        let (mut client, server) = tokio::io::duplex(4096);
+        let writer = tokio::spawn(async move {
+            // The reader stops early on an oversized request: a failed write is expected.
+            let _ = client.write_all(&bytes).await;
+        });
+        let result = read_request(server).await;
+        writer.abort();
+        result
+    }
+
+    fn refusal(result: Result<Option<Request>, Response>) -> String {
+        match result {
+            Err(Response::Error { message, .. }) => message,
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn control_requests_are_bounded_in_size() {
+        assert_eq!(
+            read_sent(b"{\"request\":\"status\"}\n".to_vec())
+                .await
+                .unwrap(),
+            Some(Request::Status)
+        );
+        assert_eq!(
+            read_sent(b"{\"request\":\"stats\"}\r\n".to_vec())
+                .await
+                .unwrap(),
+            Some(Request::Stats)
+        );
+        assert_eq!(read_sent(Vec::new()).await.unwrap(), None);
+        // Padded with spaces to exactly the limit: read; one byte more: refused.
+        let request = br#"{"request":"status"}"#;
+        let padded = |len: usize| {
+            let mut line = vec![b' '; len - request.len()];
+            line.extend_from_slice(request);
+            line.push(b'\n');
+            line
+        };
+        assert_eq!(
+            read_sent(padded(MAX_REQUEST_BYTES)).await.unwrap(),
+            Some(Request::Status)
+        );
+        assert_eq!(
+            refusal(read_sent(padded(MAX_REQUEST_BYTES + 1)).await),
+            format!(
+                "request larger than {MAX_REQUEST_BYTES} bytes: the control socket takes one \
+                 JSON request per line, of at most 64 KiB"
+            )
+        );
+        // A megabyte without a newline: refused once the limit is reached.
+        let huge = vec![b'x'; 1 << 20];
+        assert!(refusal(read_sent(huge).await).starts_with("request larger than 65536 bytes"));
+    }
 }

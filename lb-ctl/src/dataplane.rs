@@ -860,6 +860,77 @@ fn sum_counters(
     Ok(total)
 }
 
+/// The traffic counters, read: the daemon's own maps (`DataPlane`, under the controller's
+/// lock) or handles of their own on the pins (`CounterReader`, without it).
+pub trait ReadCounters {
+    /// Every verdict/event counter, summed over CPUs.
+    fn all_counters(&self) -> Result<BTreeMap<&'static str, u64>>;
+    fn one_counter(&self, reason: Reason) -> Result<u64>;
+    fn listener_totals(&self, id: u32) -> Result<TrafficCounters>;
+    fn backend_totals(&self, id: u32) -> Result<TrafficCounters>;
+}
+
+impl ReadCounters for DataPlane {
+    fn all_counters(&self) -> Result<BTreeMap<&'static str, u64>> {
+        self.counters()
+    }
+    fn one_counter(&self, reason: Reason) -> Result<u64> {
+        self.counter(reason)
+    }
+    fn listener_totals(&self, id: u32) -> Result<TrafficCounters> {
+        self.listener_stats(id)
+    }
+    fn backend_totals(&self, id: u32) -> Result<TrafficCounters> {
+        self.backend_stats(id)
+    }
+}
+
+/// Read-only handles on the counter maps, opened from their pins: /metrics and the status
+/// page read one per backend through them after the controller's lock is released.
+pub struct CounterReader {
+    listener_stats: PerCpuArray<MapData, TrafficCounters>,
+    backend_stats: PerCpuArray<MapData, TrafficCounters>,
+    counters: PerCpuArray<MapData, u64>,
+}
+
+impl CounterReader {
+    /// Opens the counter maps pinned in `maps_dir` (`Layout::maps`).
+    pub fn open(maps_dir: &Path) -> Result<Self> {
+        fn per_cpu<V: aya::Pod>(dir: &Path, name: &'static str) -> Result<PerCpuArray<MapData, V>> {
+            let data = MapData::from_pin(dir.join(name)).map_err(map_err(name))?;
+            PerCpuArray::try_from(aya::maps::Map::PerCpuArray(data)).map_err(map_err(name))
+        }
+        Ok(Self {
+            listener_stats: per_cpu(maps_dir, names::LISTENER_STATS)?,
+            backend_stats: per_cpu(maps_dir, names::BACKEND_STATS)?,
+            counters: per_cpu(maps_dir, names::COUNTERS)?,
+        })
+    }
+}
+
+impl ReadCounters for CounterReader {
+    fn all_counters(&self) -> Result<BTreeMap<&'static str, u64>> {
+        let mut out = BTreeMap::new();
+        for r in Reason::ALL {
+            out.insert(r.name(), self.one_counter(r)?);
+        }
+        Ok(out)
+    }
+    fn one_counter(&self, reason: Reason) -> Result<u64> {
+        let v = self
+            .counters
+            .get(&(reason as u32), 0)
+            .map_err(map_err(names::COUNTERS))?;
+        Ok(v.iter().sum())
+    }
+    fn listener_totals(&self, id: u32) -> Result<TrafficCounters> {
+        sum_counters(&self.listener_stats, id, names::LISTENER_STATS)
+    }
+    fn backend_totals(&self, id: u32) -> Result<TrafficCounters> {
+        sum_counters(&self.backend_stats, id, names::BACKEND_STATS)
+    }
+}
+
 /// The pin folder of an instance's maps under a bpffs mount.
 pub fn map_pin_dir(bpffs: &Path, instance: &str) -> PathBuf {
     bpffs.join(instance).join("maps")

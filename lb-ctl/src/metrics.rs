@@ -1,9 +1,10 @@
 //! `/metrics`: the balancer's counters and states in the OpenMetrics text format, which
 //! Prometheus scrapes natively.
 //!
-//! A scrape takes a [`Sample`] under the controller lock (map reads only: the flow table is
-//! never walked here, its numbers are the last sweep's) and encodes it after the lock is
-//! released, through `prometheus-client`'s text encoder: it writes the HELP, TYPE and UNIT
+//! A scrape takes what the controller holds in memory under its lock
+//! (`Controller::status_draft`; the flow table is never walked here, its numbers are the
+//! last sweep's), reads the counter maps after releasing it, and encodes the [`Sample`]
+//! through `prometheus-client`'s text encoder: it writes the HELP, TYPE and UNIT
 //! lines, the `_total` suffix of counters and the histogram series, and escapes label
 //! values. The values are the data plane's own running totals, so every family is a
 //! "const" metric rebuilt per scrape rather than an instrument updated in place.
@@ -23,7 +24,6 @@ use thiserror::Error;
 
 use crate::{
     api::{Counters, Status},
-    controller::Controller,
     health::Histogram,
 };
 
@@ -61,30 +61,30 @@ pub struct Sample {
 }
 
 impl Sample {
-    /// Reads what a scrape reports; the caller holds the controller lock.
-    pub fn take(controller: &Controller) -> Result<Self, MetricsError> {
-        let status = controller.last_status()?;
-        let by_name: BTreeMap<&str, u64> = controller
-            .dataplane()
-            .counters()
-            .map_err(anyhow::Error::from)?;
+    /// A scrape's sample from a filled status, the verdict counters and the probe
+    /// metrics (`StatusDraft::probes`).
+    pub fn new(
+        status: Status,
+        by_name: &BTreeMap<&str, u64>,
+        probes: Option<crate::health::Snapshot>,
+    ) -> Self {
         let reasons = Reason::ALL
             .iter()
             .map(|r| (*r, by_name.get(r.name()).copied().unwrap_or(0)))
             .collect();
-        let probes = controller.health_snapshot().map(|s| ProbeSample {
+        let probes = probes.map(|s| ProbeSample {
             latency: s.latency,
             dispatch_lag: s.dispatch_lag,
             ok: s.probes_ok,
             failed: s.probes_failed,
             in_flight: s.in_flight,
         });
-        Ok(Self {
+        Self {
             version: env!("CARGO_PKG_VERSION"),
             status,
             reasons,
             probes,
-        })
+        }
     }
 }
 

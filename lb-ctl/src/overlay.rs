@@ -11,6 +11,7 @@ use std::{
     fs,
     io::Write as _,
     net::Ipv4Addr,
+    os::unix::fs::OpenOptionsExt as _,
     path::{Path, PathBuf},
 };
 
@@ -707,6 +708,12 @@ pub enum StateError {
         found: String,
         expected: String,
     },
+    #[error(
+        "refusing to write state file {path}: {tmp} is a symbolic link; the daemon writes \
+         the new state there before renaming it, and never through a link another user may \
+         have planted. Remove the link"
+    )]
+    Symlink { path: PathBuf, tmp: PathBuf },
     #[error("cannot write state file {path}: {source}")]
     Write {
         path: PathBuf,
@@ -788,7 +795,24 @@ pub fn save_state_with_drains(
     let text = serde_json::to_string_pretty(&state).map_err(|e| err(std::io::Error::other(e)))?;
     let tmp = path.with_extension("json.tmp");
     {
-        let mut f = fs::File::create(&tmp).map_err(err)?;
+        // O_NOFOLLOW: a link planted at the temporary name would otherwise make the daemon
+        // (root) write wherever it points.
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp)
+            .map_err(|source| {
+                if source.raw_os_error() == Some(libc::ELOOP) {
+                    StateError::Symlink {
+                        path: path.to_owned(),
+                        tmp: tmp.clone(),
+                    }
+                } else {
+                    err(source)
+                }
+            })?;
         f.write_all(text.as_bytes()).map_err(err)?;
         f.write_all(b"\n").map_err(err)?;
         f.sync_all().map_err(err)?;
@@ -1254,6 +1278,30 @@ listeners:
             load_state(&path, "t"),
             Err(StateError::Corrupt { .. })
         ));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_link_at_the_temporary_state_file_is_refused_not_followed() {
+        let dir = std::env::temp_dir().join(format!("lb-ctl-state-link-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let path = state_path(&dir, "t");
+        let victim = dir.join("victim");
+        fs::write(&victim, "precious\n").unwrap();
+        let tmp = path.with_extension("json.tmp");
+        std::os::unix::fs::symlink(&victim, &tmp).unwrap();
+        let changes = vec![Change::AclAdd {
+            name: "office".into(),
+            cidr: "198.18.0.0/24".into(),
+        }];
+        let err = save_state(&path, "t", &changes).unwrap_err();
+        assert!(matches!(err, StateError::Symlink { .. }), "{err:?}");
+        let message = err.to_string();
+        assert!(message.contains("is a symbolic link"), "{message}");
+        assert!(message.contains(&tmp.display().to_string()), "{message}");
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "precious\n");
+        assert!(!path.exists(), "nothing renamed into place");
         fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -4,8 +4,8 @@
 //! over and back, weight 0 still probed, flap damping and slow start shown in `status`.
 //!
 //! Every test uses short health checks (interval 1 s, timeout 1 s, both thresholds 2), so
-//! the promised bound on detection, interval × unhealthy_threshold + timeout plus one
-//! interval of jitter, is 4 s; recovery takes interval × healthy_threshold (+ the same
+//! the promised bound on detection, interval + unhealthy_threshold × max(interval, timeout)
+//! plus one interval of slack for jitter, is 4 s; recovery takes interval × healthy_threshold (+ the same
 //! slack). Each test asserts what a user sees: which backend answered, how many requests
 //! failed and when, what `lb-ctl status` says.
 //!
@@ -43,10 +43,10 @@ const UNHEALTHY_THRESHOLD: u64 = 2;
 /// `health_check` fields with those timings; `type` and the rest are added per test.
 const TIMINGS: &str = "interval: 1, timeout: 1, healthy_threshold: 2, unhealthy_threshold: 2";
 
-/// The promised failure-detection bound: interval × unhealthy_threshold + timeout, plus
-/// one interval of jitter.
+/// The promised failure-detection bound: interval + unhealthy_threshold × max(interval,
+/// timeout), plus one interval of slack for the jitter.
 fn down_bound() -> Duration {
-    Duration::from_secs(INTERVAL * UNHEALTHY_THRESHOLD + TIMEOUT + INTERVAL)
+    Duration::from_secs(INTERVAL + UNHEALTHY_THRESHOLD * INTERVAL.max(TIMEOUT) + INTERVAL)
 }
 
 /// The recovery bound: interval × healthy_threshold + timeout, plus one interval of
@@ -749,7 +749,8 @@ fn udp_primary_secondary_fails_over_and_back() {
 }
 
 /// The failure-detection bound of the default check (interval 2 s, timeout 5 s, both
-/// thresholds 3), as for the tests' timings above.
+/// thresholds 3) for probes that fail at once, as an ICMP port unreachable makes them:
+/// interval × unhealthy_threshold, plus a timeout and an interval of slack.
 fn default_down_bound() -> Duration {
     Duration::from_secs(2 * 3 + 5 + 2)
 }
@@ -1143,4 +1144,79 @@ fn connections_refused_by_a_dead_backend_are_not_active_flows() {
         String::from_utf8_lossy(&out.stdout).trim_end(),
         String::from_utf8_lossy(&out.stderr).trim_end()
     );
+}
+
+/// Backends that accept connections and never answer hold one probe each, not one per
+/// interval until the timeout: with 100 such targets (a group of 20, on five listeners)
+/// probed every second with a 300 s timeout, a probe per round would fill the checker's
+/// 1024 probe slots within 11 s. A backend killed after that is still marked down within
+/// its own bound.
+#[test]
+fn backends_that_never_answer_do_not_delay_another_backends_failure() {
+    const HUNG: u16 = 20;
+    const HUNG_LISTENERS: u16 = 5;
+    const HUNG_TIMEOUT: u64 = 300;
+    let first_port = 9001;
+    let servers: String = (0..HUNG)
+        .map(|i| format!("      - {{ address: {B2}, port: {} }}\n", first_port + i))
+        .collect();
+    // `/slow?ms=600000` is answered after ten minutes: never, within the timeout.
+    let check = |path: &str| {
+        format!(
+            "health_check: {{ type: http, interval: {INTERVAL}, timeout: {HUNG_TIMEOUT}, \
+             healthy_threshold: {HEALTHY_THRESHOLD}, unhealthy_threshold: {UNHEALTHY_THRESHOLD}, \
+             http: {{ path: \"{path}\" }} }}"
+        )
+    };
+    let mut listeners = String::new();
+    for i in 0..HUNG_LISTENERS {
+        listeners.push_str(&format!(
+            "  - {{ name: hung{i}, protocol: tcp, address: 198.19.0.100, port: {}, server_group: hung, {} }}\n",
+            81 + i,
+            check("/slow?ms=600000")
+        ));
+    }
+    listeners.push_str(&format!(
+        "  - {{ name: web, protocol: tcp, address: 198.19.0.100, port: 80, server_group: app, {} }}\n",
+        check("/")
+    ));
+    let Some((topo, daemon, mut backends)) = setup(
+        "hhung",
+        &format!(
+            "vserver_groups:\n  - name: hung\n    servers:\n{servers}  - name: app\n    servers:\n      - {{ address: {B1}, port: 8080 }}\n      - {{ address: {B3}, port: 8080 }}\nlisteners:\n{listeners}"
+        ),
+    ) else {
+        return;
+    };
+    let any = |port: u16| SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
+    let hung_addrs: Vec<SocketAddr> = (0..HUNG).map(|i| any(first_port + i)).collect();
+    let _hung = Backend::start(topo.backend(2), "hung", &hung_addrs, &[]);
+
+    // Long enough for probes started every round to take every slot, with jitter.
+    let targets = f64::from(HUNG * HUNG_LISTENERS);
+    let fill = lb_ctl::health::DEFAULT_MAX_IN_FLIGHT as f64 / targets * INTERVAL as f64;
+    thread::sleep(Duration::from_secs_f64(fill * 1.1 + 2.0));
+    let b1 = backend_status(&daemon.status(), "web", B1, 8080);
+    assert!(is_up(&b1), "b1 serves: {b1}");
+
+    let killed_at = Instant::now();
+    kill_backend(&mut backends[0]);
+    // Its own bound: a refused probe fails at once, so unhealthy_threshold rounds, plus
+    // one interval for the round under way and its jitter.
+    let bound = Duration::from_secs(INTERVAL * UNHEALTHY_THRESHOLD + INTERVAL);
+    let down = wait_backend(&daemon, "web", B1, 8080, Duration::from_secs(15), is_down);
+    let after_kill = killed_at.elapsed();
+    let (_, b) = down.unwrap_or_else(|b| {
+        panic!(
+            "b1 killed 15 s ago is still not down: {b:#}\n{}",
+            plain_log(&daemon)
+        )
+    });
+    eprintln!("b1 marked down {after_kill:?} after the kill: {b}");
+    // One more second for polling `lb-ctl status`.
+    assert!(
+        after_kill <= bound + Duration::from_secs(1),
+        "b1 down only {after_kill:?} after the kill, bound {bound:?}"
+    );
+    assert_eq!(b["last_probe"], "refused", "{b}");
 }

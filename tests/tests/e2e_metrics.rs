@@ -507,3 +507,70 @@ fn the_listener_answers_only_reads_and_follows_reloads() {
         thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// The listener answers only to its own address in `Host` (a DNS-rebinding page names
+/// its own domain), and idle connections, up to `MAX_PER_CLIENT` of them served and the
+/// rest refused, cannot make a scrape from another address wait.
+#[test]
+fn foreign_hosts_are_refused_and_idle_connections_do_not_delay_scrapes() {
+    let Some((topo, _daemon, _backends)) = setup("mhost") else {
+        return;
+    };
+    let url = format!("http://127.0.0.1:{METRICS_PORT}/metrics");
+    let with_host = |host: &str| {
+        let out = topo.lb().exec([
+            "curl",
+            "-sS",
+            "--max-time",
+            "5",
+            "-H",
+            &format!("Host: {host}"),
+            "-w",
+            "\n%{http_code}",
+            &url,
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+        (code.to_owned(), body.to_owned())
+    };
+    let (code, body) = with_host("evil.example");
+    assert_eq!(code, "421", "Host: evil.example answered: {body}");
+    assert!(
+        body.contains("Host `evil.example` is not this listener") && body.contains("metrics_hosts"),
+        "{body}"
+    );
+    assert_eq!(with_host(&format!("127.0.0.1:{METRICS_PORT}")).0, "200");
+
+    // Idle connections from another loopback address: connected, nothing sent.
+    const IDLE: usize = 100;
+    let idle: Vec<std::net::TcpStream> = topo.lb().enter(|| {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let mut idle = Vec::new();
+            for _ in 0..IDLE {
+                let socket = tokio::net::TcpSocket::new_v4().unwrap();
+                socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+                let target = format!("127.0.0.1:{METRICS_PORT}").parse().unwrap();
+                let stream = socket.connect(target).await.unwrap();
+                idle.push(stream.into_std().unwrap());
+            }
+            idle
+        })
+    });
+    // Scrapes spread over longer than the header-read timeout, each within 1.5 s.
+    for _ in 0..3 {
+        let started = Instant::now();
+        let reply = http_request(topo.lb(), &url, None, Duration::from_millis(1500))
+            .unwrap_or_else(|e| panic!("a scrape with {IDLE} idle connections open: {e:#}"));
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        eprintln!(
+            "scrape with {IDLE} idle connections open: {:?}",
+            started.elapsed()
+        );
+        thread::sleep(Duration::from_secs(1));
+    }
+    drop(idle);
+}

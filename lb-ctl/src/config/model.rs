@@ -103,6 +103,10 @@ pub struct Config {
     /// are dropped as forged, like those from the host's own addresses and the VIPs.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub refused_client_sources: Vec<Ipv4Net>,
+    /// Host names the metrics listener answers to besides its own address: a request
+    /// naming any other host in `Host` is refused (DNS rebinding).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub metrics_hosts: Vec<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub acls: Vec<Acl>,
     /// Exactly one per instance; absent in the file means an empty group.
@@ -130,6 +134,7 @@ impl Config {
             health_check_source: None,
             metrics_listen: None,
             refused_client_sources: Vec::new(),
+            metrics_hosts: Vec::new(),
             acls: Vec::new(),
             default_server_group: DefaultGroup::default(),
             vserver_groups: Vec::new(),

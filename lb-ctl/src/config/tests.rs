@@ -533,6 +533,25 @@ fn rule_unicast_addresses() {
 }
 
 #[test]
+fn rule_metrics_hosts_are_host_names() {
+    let c = ok(&with(
+        "metrics_hosts: [lb-host, lb.example.test, LB-2.example.test.]\n",
+    ));
+    assert_eq!(c.metrics_hosts.len(), 3);
+    assert_eq!(
+        errors(&with(
+            "metrics_hosts: [ok.example, 'lb-host:9100', 127.0.0.1, '-x.example', '']\n"
+        )),
+        [
+            "metrics_hosts[1]: `lb-host:9100` is not a host name (a DNS name such as lb-host or lb.example.test, without a port; the listener's own address is always accepted)",
+            "metrics_hosts[2]: `127.0.0.1` is not a host name (a DNS name such as lb-host or lb.example.test, without a port; the listener's own address is always accepted)",
+            "metrics_hosts[3]: `-x.example` is not a host name (a DNS name such as lb-host or lb.example.test, without a port; the listener's own address is always accepted)",
+            "metrics_hosts[4]: `` is not a host name (a DNS name such as lb-host or lb.example.test, without a port; the listener's own address is always accepted)",
+        ]
+    );
+}
+
+#[test]
 fn rule_metrics_listen_port() {
     ok(&with("metrics_listen: '[::1]:9100'\n"));
     assert_eq!(
@@ -1068,5 +1087,39 @@ fn rule_backends_within_max_backends() {
         [
             "max_backends: the listeners need 3 backend entries (one per listener and group member), but max_backends is 2 (raise max_backends; at most 1048576)"
         ]
+    );
+}
+
+#[test]
+fn rule_wrr_group_fits_the_sequence_table() {
+    let table = lb_common::SEQUENCE_TABLE_SIZE as usize;
+    let config = |members: usize, scheduler: Scheduler| {
+        let mut c = Config::new("demo", vec!["eth0".to_owned()]);
+        c.max_backends = 1 << 20;
+        c.vserver_groups.push(VServerGroup {
+            name: "big".to_owned(),
+            servers: (0..members)
+                .map(|i| {
+                    let [_, _, hi, lo] = (i as u32 / 1000).to_be_bytes();
+                    let port = 1000 + (i % 1000) as u16;
+                    Member::new(Ipv4Addr::new(198, 18, hi, lo), port)
+                })
+                .collect(),
+        });
+        let mut l = Listener::new("web", Protocol::Tcp, Ipv4Addr::new(198, 19, 0, 100), 80);
+        l.server_group = Some("big".to_owned());
+        l.scheduler = scheduler;
+        c.listeners.push(l);
+        c
+    };
+    assert_eq!(config(table, Scheduler::Wrr).validate(), Ok(()));
+    assert_eq!(config(table + 1, Scheduler::Sch).validate(), Ok(()));
+    let err = config(table + 1, Scheduler::Wrr).validate().unwrap_err();
+    assert_eq!(err.paths(), ["listeners[0].scheduler"]);
+    assert_eq!(
+        err.iter().next().unwrap().to_string(),
+        "listeners[0].scheduler: wrr cannot schedule the 65537 servers of group `big`: its \
+         sequence table holds 65536, and each server needs a turn (split the group across \
+         listeners of at most 65536 servers, or use scheduler `sch` or `tch`)"
     );
 }

@@ -7,6 +7,8 @@
 
 use std::{collections::HashMap, hash::Hash, net::Ipv4Addr, ops::RangeInclusive};
 
+use lb_common::Scheduler;
+
 use super::{
     error::{
         ConfigError, ConfigErrors, Taint, closest, field, index, out_of_range,
@@ -175,6 +177,20 @@ impl Checker<'_> {
                 "port 0 is not in 1..=65535".to_owned(),
                 Some("give the port scrapers will use, e.g. 127.0.0.1:9100".to_owned()),
             );
+        }
+        for (i, name) in c.metrics_hosts.iter().enumerate() {
+            if !is_host_name(name) {
+                self.report(
+                    &index("metrics_hosts", i),
+                    &[],
+                    format!("`{name}` is not a host name"),
+                    Some(
+                        "a DNS name such as lb-host or lb.example.test, without a port; the \
+                         listener's own address is always accepted"
+                            .to_owned(),
+                    ),
+                );
+            }
         }
     }
 
@@ -448,6 +464,7 @@ impl Checker<'_> {
         self.unicast(&at("address"), l.address, "a VIP");
         self.range(&at("port"), l.port, &PORT);
         self.server_group(c, path, l);
+        self.sequence_fits(c, path, l);
         if let Some(acl) = &l.acl
             && c.acl(&acl.name).is_none()
         {
@@ -539,6 +556,37 @@ impl Checker<'_> {
                  server_group out to use the default group",
             );
             self.report(&group_path, &inputs, message, hint);
+        }
+    }
+
+    /// `wrr` gives every member at least one turn in the listener's sequence table, so a
+    /// group larger than the table cannot be scheduled. Members of weight 0 count too: a
+    /// weight is one `lb-ctl server set` away.
+    fn sequence_fits(&mut self, c: &Config, path: &str, l: &Listener) {
+        if l.scheduler != Scheduler::Wrr {
+            return;
+        }
+        let (members, group) = match l.named_group() {
+            None => (c.default_server_group.servers.len(), DEFAULT_GROUP_NAME),
+            Some(name) => match c.vserver_group(name) {
+                Some(g) => (g.servers.len(), name),
+                None => return,
+            },
+        };
+        let table = lb_common::SEQUENCE_TABLE_SIZE as usize;
+        if members > table {
+            self.report(
+                &field(path, "scheduler"),
+                &[&field(path, "server_group")],
+                format!(
+                    "wrr cannot schedule the {members} servers of group `{group}`: its \
+                     sequence table holds {table}, and each server needs a turn"
+                ),
+                Some(format!(
+                    "split the group across listeners of at most {table} servers, or use \
+                     scheduler `sch` or `tch`"
+                )),
+            );
         }
     }
 
@@ -654,6 +702,28 @@ impl Checker<'_> {
             );
         }
     }
+}
+
+/// A DNS name: dot-separated labels of letters, digits and `-`, none empty or starting or
+/// ending with `-`, at most 253 characters. An IP address is not one: the listener's own
+/// address is accepted without being listed, and no other address can name it.
+fn is_host_name(name: &str) -> bool {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.parse::<std::net::IpAddr>().is_err()
+        && name.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+        && !name
+            .rsplit('.')
+            .next()
+            .is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit()))
 }
 
 fn group_names(c: &Config) -> impl Iterator<Item = &str> {

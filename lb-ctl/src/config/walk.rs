@@ -33,6 +33,7 @@ pub(crate) const TOP_FIELDS: &[&str] = &[
     "health_check_source",
     "metrics_listen",
     "refused_client_sources",
+    "metrics_hosts",
     "acls",
     "default_server_group",
     "vserver_groups",
@@ -453,6 +454,11 @@ impl Reader {
             r.list(p, v, Self::prefix)
         }) {
             c.refused_client_sources = v;
+        }
+        if let Some(v) = self.optional(map, "", "metrics_hosts", |r, p, v| {
+            r.list(p, v, |r, p, v| Some(r.string(p, v).unwrap_or_default()))
+        }) {
+            c.metrics_hosts = v;
         }
         if let Some(v) = self.optional(map, "", "acls", |r, p, v| {
             r.list(p, v, |r, p, v| Some(r.acl(p, v)))

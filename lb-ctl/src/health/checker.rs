@@ -4,16 +4,20 @@
 //! Design for scale (10,000 targets at a 1 s interval on one core):
 //! - one scheduler task owns a single timer, reset to the earliest due probe of a binary
 //!   heap; there is no task or timer per target;
-//! - a due probe takes a permit of a semaphore (bounded concurrency) and runs as one
-//!   short task in a `JoinSet`, which the scheduler owns, so aborting the scheduler
-//!   aborts every probe in flight;
+//! - a due probe runs as one short task in a `JoinSet`, which the scheduler owns, so
+//!   aborting the scheduler aborts every probe in flight; the task, not the scheduler,
+//!   waits for a permit of the semaphore that bounds concurrency, so a saturated checker
+//!   delays probes but never stops the scheduler from dispatching the others;
 //! - each target's first probe is at a random offset within its interval and each round
 //!   is jittered by ±10%, so probes spread evenly instead of firing in bursts;
-//! - probes start on a fixed cadence whatever the previous probe's fate: a probe slower
-//!   than the interval (timeout > interval) does not delay the next one, so a failure is
-//!   detected within interval × unhealthy_threshold + timeout (+ jitter), the bound
-//!   docs/config.md promises. Results are applied in the order the probes started; one that
-//!   finishes after a later-started one is counted in the metrics only.
+//! - at most one probe per target is in flight: a round that comes due while the previous
+//!   probe still runs starts when that probe ends. A backend that accepts connections and
+//!   never answers therefore holds one socket and one permit, not one per interval until
+//!   the timeout, and cannot use up the permits every other target needs. The cost is
+//!   that a target whose probes each run until the timeout is probed every
+//!   max(interval, timeout), so a failure is detected within
+//!   interval + unhealthy_threshold × max(interval, timeout) (+ jitter), the bound
+//!   docs/config.md promises.
 
 use std::{
     cmp::Reverse,
@@ -55,7 +59,8 @@ pub struct CheckerOptions {
     /// Source address of every probe (`health_check_source`); the kernel picks one when
     /// `None`.
     pub source: Option<Ipv4Addr>,
-    /// Probes in flight at most; further due probes wait for a slot.
+    /// Probes in flight at most; further due probes wait for a slot (each in its own task:
+    /// the scheduler never waits for one).
     pub max_in_flight: usize,
 }
 
@@ -224,26 +229,32 @@ async fn run_scheduler(shared: Arc<Shared>) {
             continue;
         }
         for dispatch in due {
-            let Ok(permit) = Arc::clone(&shared.permits).acquire_owned().await else {
-                // The semaphore is never closed.
-                return;
-            };
             let shared = Arc::clone(&shared);
             probes.spawn(async move {
+                // Waiting here rather than in the scheduler: when every permit is taken,
+                // only the probes that come due wait, in turn, and the schedule goes on.
+                let Ok(permit) = Arc::clone(&shared.permits).acquire_owned().await else {
+                    // The semaphore is never closed.
+                    return;
+                };
                 let started = now();
                 let result = dispatch.probe.run(dispatch.source).await;
                 let latency = now().saturating_duration_since(started);
                 drop(permit);
-                let transition = shared.lock().finish(
-                    &dispatch,
-                    started,
-                    latency,
-                    result,
-                    now(),
-                    SystemTime::now(),
-                );
+                let (transition, requeued) = {
+                    let mut inner = shared.lock();
+                    let done = now();
+                    let requeued = inner.release(&dispatch, done);
+                    let transition =
+                        inner.finish(&dispatch, started, latency, result, done, SystemTime::now());
+                    (transition, requeued)
+                };
                 if let Some(t) = transition {
                     shared.send(t);
+                }
+                if requeued {
+                    // Its overdue round is due now: the scheduler may be asleep until later.
+                    shared.wake.notify_one();
                 }
             });
         }
@@ -271,6 +282,10 @@ struct Entry {
     probe: Option<Arc<Probe>>,
     interval: Duration,
     machine: Machine,
+    /// A probe of this target is running; its next round waits for it.
+    in_flight: bool,
+    /// A round came due while a probe was in flight: it starts when that probe ends.
+    overdue: bool,
     /// Sequence number of the next probe, and of the last one whose result was applied.
     next_seq: u64,
     applied_seq: u64,
@@ -367,6 +382,8 @@ impl Inner {
                 target,
                 probe,
                 interval,
+                in_flight: false,
+                overdue: false,
                 next_seq: 1,
                 applied_seq: 0,
                 last_probe: None,
@@ -399,6 +416,12 @@ impl Inner {
             let Some(probe) = &entry.probe else {
                 continue;
             };
+            if entry.in_flight {
+                // No second probe of a target in flight: the round is taken off the queue
+                // and put back when the running probe ends (`release`).
+                entry.overdue = true;
+                continue;
+            }
             // ±10% per round keeps targets from falling into step with one another.
             let jittered = entry.interval.mul_f64(0.9 + 0.2 * self.rng.unit());
             // Next round on the target's own cadence; if the scheduler fell a whole
@@ -417,10 +440,29 @@ impl Inner {
                 probe: Arc::clone(probe),
                 source: self.source,
             });
+            entry.in_flight = true;
             entry.next_seq += 1;
         }
         let next = self.queue.peek().map(|Reverse((at, _, _))| *at);
         (due, next)
+    }
+
+    /// Marks the probe of `dispatch` as ended at `now`; a round that came due meanwhile is
+    /// queued for `now`. Returns whether one was (the scheduler then needs a wake-up).
+    fn release(&mut self, dispatch: &Dispatch, now: Instant) -> bool {
+        let Some(entry) = self.entries.get_mut(&dispatch.key) else {
+            return false;
+        };
+        if entry.slot != dispatch.slot {
+            // A probe of an earlier incarnation: the current one has its own schedule.
+            return false;
+        }
+        entry.in_flight = false;
+        if !std::mem::take(&mut entry.overdue) {
+            return false;
+        }
+        self.queue.push(Reverse((now, dispatch.slot, dispatch.key)));
+        true
     }
 
     /// Applies the result of a probe that started at `started`; returns the transition
@@ -443,7 +485,8 @@ impl Inner {
         }
         let entry = self.entries.get_mut(&dispatch.key)?;
         if entry.slot != dispatch.slot || dispatch.seq <= entry.applied_seq {
-            // Removed, replaced, or overtaken by a probe that started later.
+            // Removed or replaced (with one probe per target in flight, a later probe of
+            // the same incarnation cannot have finished first).
             return None;
         }
         entry.applied_seq = dispatch.seq;

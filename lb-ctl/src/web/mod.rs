@@ -9,10 +9,20 @@
 //! A deliberately small HTTP/1.1 server rather than a web framework: three read-only
 //! routes, one request per connection (`Connection: close`), the request head bounded in
 //! size and time, any other method refused, a bounded number of connections served at
-//! once. Scrapers and browsers need nothing more, and nothing here can change the
-//! balancer: the routes only read, through the same controller lock as the control API.
+//! once and per client address, so a few idle connections cannot keep a scrape waiting.
+//! Scrapers and browsers need nothing more, and nothing here can change the balancer: the
+//! routes only read.
+//!
+//! `Host` must name the listener: its own address, or a name of `metrics_hosts`. A web
+//! page that makes its own DNS name resolve to this address (DNS rebinding) would
+//! otherwise read the status page from the operator's browser as a same-origin resource.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    sync::{Arc, RwLock},
+    time::Duration,
+};
 
 use thiserror::Error;
 use tokio::{
@@ -23,16 +33,25 @@ use tokio::{
 };
 use tracing::{debug, info, warn};
 
-use crate::{controller::Controller, metrics};
+use crate::{
+    api::{Stats, Status},
+    controller::{Controller, StatusDraft, stats_of},
+    dataplane::{CounterReader, ReadCounters as _},
+    metrics,
+};
 
 /// Longest request head (request line and headers) read; longer gets 431.
 pub const MAX_HEAD_BYTES: usize = 8 * 1024;
-/// Time a client has to send its request head; slower gets 408.
-pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time a client has to send its request head; slower gets 408. Short: a connection
+/// that has sent nothing holds one of `MAX_CONNECTIONS`.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(2);
 /// Time a client has to take the response; a slower one is dropped.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections served at once; more wait in the kernel's accept queue.
 pub const MAX_CONNECTIONS: usize = 64;
+/// Connections of one client address served at once; more are answered 429 and closed.
+/// A browser opens up to six per origin, Prometheus one per scrape.
+pub const MAX_PER_CLIENT: usize = 8;
 
 /// The status page: a static file, all data comes from `/status.json`.
 const PAGE: &str = include_str!("page.html");
@@ -61,6 +80,8 @@ pub struct WebServer {
     /// The address last asked for (also when listening on it failed, so a failure is
     /// reported once per change of the config, not on every check).
     wanted: Option<SocketAddr>,
+    /// What `Host` may say, shared with the serving task so a reload changes it in place.
+    hosts: Option<Arc<RwLock<HostPolicy>>>,
     task: Option<JoinHandle<()>>,
 }
 
@@ -70,16 +91,20 @@ impl WebServer {
     }
 
     /// Listens on `want` (stops listening when `None`), moving the listener when the
-    /// address changed since the last call; a no-op otherwise. Must run inside the
-    /// daemon's tokio runtime.
+    /// address changed since the last call, and answers to the host `names` besides its
+    /// address. Must run inside the daemon's tokio runtime.
     pub fn follow(
         &mut self,
         want: Option<SocketAddr>,
+        names: &[String],
         controller: &Arc<Mutex<Controller>>,
     ) -> Result<(), WebError> {
         // Unchanged: listening already, off, or listening on it failed before (not
         // retried until the config names another address).
         if want == self.wanted {
+            if let (Some(addr), Some(hosts)) = (want, &self.hosts) {
+                *hosts.write().unwrap_or_else(|e| e.into_inner()) = HostPolicy::new(addr, names);
+            }
             return Ok(());
         }
         if let Some(task) = self.task.take() {
@@ -95,7 +120,9 @@ impl WebServer {
         };
         let listener = bind(addr)?;
         info!("metrics on http://{addr}/metrics, status page on http://{addr}/");
-        self.task = Some(tokio::spawn(serve(listener, Arc::clone(controller))));
+        let hosts = Arc::new(RwLock::new(HostPolicy::new(addr, names)));
+        self.hosts = Some(Arc::clone(&hosts));
+        self.task = Some(tokio::spawn(serve(listener, hosts, Arc::clone(controller))));
         Ok(())
     }
 }
@@ -116,18 +143,75 @@ fn bind(addr: SocketAddr) -> Result<TcpListener, WebError> {
     TcpListener::from_std(std_listener).map_err(err)
 }
 
+/// Connections open per client address.
+#[derive(Debug, Default)]
+struct Clients(std::sync::Mutex<HashMap<IpAddr, usize>>);
+
+/// One connection of a client, counted while it lives.
+#[derive(Debug)]
+struct ClientSlot {
+    clients: Arc<Clients>,
+    ip: IpAddr,
+}
+
+impl Clients {
+    /// A slot for one more connection from `ip`, unless it has `MAX_PER_CLIENT` already.
+    fn enter(self: &Arc<Self>, ip: IpAddr) -> Option<ClientSlot> {
+        let mut open = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(ip).or_default();
+        if *n >= MAX_PER_CLIENT {
+            return None;
+        }
+        *n += 1;
+        Some(ClientSlot {
+            clients: Arc::clone(self),
+            ip,
+        })
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut open = self.clients.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
 /// Accepts connections until the task is aborted.
-pub async fn serve(listener: TcpListener, controller: Arc<Mutex<Controller>>) {
+pub async fn serve(
+    listener: TcpListener,
+    hosts: Arc<RwLock<HostPolicy>>,
+    controller: Arc<Mutex<Controller>>,
+) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let clients = Arc::new(Clients::default());
     loop {
         let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
             return;
         };
         match listener.accept().await {
             Ok((stream, peer)) => {
+                let Some(client) = clients.enter(peer.ip()) else {
+                    // Answered without waiting: the socket buffer of a fresh connection
+                    // takes these few bytes, and a client that does not read loses them.
+                    let refusal = Response::text(
+                        429,
+                        format!("more than {MAX_PER_CLIENT} connections from {}", peer.ip()),
+                    );
+                    let _ = stream.try_write(&refusal.to_bytes());
+                    debug!("metrics listener: {peer}: 429, too many connections");
+                    continue;
+                };
                 let controller = Arc::clone(&controller);
+                let hosts = Arc::clone(&hosts);
                 tokio::spawn(async move {
-                    handle(stream, peer, &controller).await;
+                    handle(stream, peer, &hosts, &controller).await;
+                    drop(client);
                     drop(slot);
                 });
             }
@@ -200,6 +284,8 @@ fn reason_phrase(status: u16) -> &'static str {
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
+        421 => "Misdirected Request",
+        429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
         _ => "Unknown",
@@ -214,10 +300,101 @@ pub enum Route {
     StatusJson,
 }
 
-/// Decides from the request head alone: a route, or the error response. Headers are
-/// not needed by any route (no Host routing, no content negotiation: /metrics always
-/// answers in OpenMetrics, which Prometheus asks for first).
-pub fn route(head: &[u8]) -> Result<Route, Response> {
+/// What `Host` may say: the listener's address, with or without its port, or one of the
+/// configured names (`metrics_hosts`), compared without case.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostPolicy {
+    listen: SocketAddr,
+    names: Vec<String>,
+}
+
+impl HostPolicy {
+    pub fn new(listen: SocketAddr, names: &[String]) -> Self {
+        let names = names
+            .iter()
+            .map(|n| n.trim_end_matches('.').to_ascii_lowercase())
+            .collect();
+        Self { listen, names }
+    }
+
+    /// Whether a `Host` header value names this listener.
+    pub fn allows(&self, host: &str) -> bool {
+        let Some((name, port)) = split_host(host) else {
+            return false;
+        };
+        if port.is_some_and(|p| p != self.listen.port()) {
+            return false;
+        }
+        match name.parse::<IpAddr>() {
+            // An address is no DNS name, so no page can rebind it: any address of this
+            // host is fine when the listener listens on all of them.
+            Ok(ip) => {
+                let ip = ip.to_canonical();
+                ip == self.listen.ip().to_canonical() || self.listen.ip().is_unspecified()
+            }
+            Err(_) => {
+                let name = name.trim_end_matches('.').to_ascii_lowercase();
+                self.names.contains(&name)
+            }
+        }
+    }
+}
+
+/// `host[:port]` or `[v6]:port` into the host and the port; `None` when malformed.
+fn split_host(value: &str) -> Option<(&str, Option<u16>)> {
+    let value = value.trim();
+    let (name, port) = if let Some(rest) = value.strip_prefix('[') {
+        let (inside, after) = rest.split_once(']')?;
+        let port = match after {
+            "" => None,
+            p => Some(p.strip_prefix(':')?),
+        };
+        (inside, port)
+    } else {
+        match value.split_once(':') {
+            Some((name, port)) => (name, Some(port)),
+            None => (value, None),
+        }
+    };
+    let port = match port {
+        Some(p) => Some(p.parse::<u16>().ok()?),
+        None => None,
+    };
+    (!name.is_empty()).then_some((name, port))
+}
+
+/// Checks `Host`: HTTP/1.1 requires exactly one (RFC 9112); an HTTP/1.0 request may go
+/// without, as no browser sends one so.
+fn check_host(text: &str, version: &str, hosts: &HostPolicy) -> Result<(), Response> {
+    let mut values = text.split("\r\n").skip(1).filter_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        name.trim()
+            .eq_ignore_ascii_case("host")
+            .then_some(value.trim())
+    });
+    match (values.next(), values.next()) {
+        (None, _) if version == "HTTP/1.0" => Ok(()),
+        (None, _) => Err(Response::text(
+            400,
+            "an HTTP/1.1 request needs a Host header",
+        )),
+        (Some(_), Some(_)) => Err(Response::text(400, "more than one Host header")),
+        (Some(host), None) if hosts.allows(host) => Ok(()),
+        (Some(host), None) => Err(Response::text(
+            421,
+            format!(
+                "Host `{host}` is not this listener ({}); add the name to metrics_hosts to \
+                 serve it",
+                hosts.listen
+            ),
+        )),
+    }
+}
+
+/// Decides from the request head alone: a route, or the error response. Of the headers
+/// only `Host` matters (no content negotiation: /metrics always answers in OpenMetrics,
+/// which Prometheus asks for first).
+pub fn route(head: &[u8], hosts: &HostPolicy) -> Result<Route, Response> {
     let text = std::str::from_utf8(head).map_err(|_| Response::text(400, "bad request"))?;
     let line = text.split("\r\n").next().unwrap_or_default();
     let mut parts = line.split(' ');
@@ -229,6 +406,7 @@ pub fn route(head: &[u8]) -> Result<Route, Response> {
     if !version.starts_with("HTTP/1.") || !target.starts_with('/') || method.is_empty() {
         return Err(Response::text(400, "bad request line"));
     }
+    check_host(text, version, hosts)?;
     let path = target.split(['?', '#']).next().unwrap_or(target);
     let route = match path {
         "/" | "/index.html" => Route::Page,
@@ -286,12 +464,20 @@ async fn read_head(stream: &mut TcpStream) -> Result<Vec<u8>, HeadError> {
     }
 }
 
-async fn handle(mut stream: TcpStream, peer: SocketAddr, controller: &Mutex<Controller>) {
+async fn handle(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    hosts: &RwLock<HostPolicy>,
+    controller: &Mutex<Controller>,
+) {
     let response = match tokio::time::timeout(READ_TIMEOUT, read_head(&mut stream)).await {
-        Ok(Ok(head)) => match route(&head) {
-            Ok(route) => respond(route, controller).await,
-            Err(response) => response,
-        },
+        Ok(Ok(head)) => {
+            let route = route(&head, &hosts.read().unwrap_or_else(|e| e.into_inner()));
+            match route {
+                Ok(route) => respond(route, controller).await,
+                Err(response) => response,
+            }
+        }
         Ok(Err(HeadError::TooLarge)) => Response::text(
             431,
             format!("request head larger than {MAX_HEAD_BYTES} bytes"),
@@ -313,39 +499,55 @@ async fn handle(mut stream: TcpStream, peer: SocketAddr, controller: &Mutex<Cont
 }
 
 async fn respond(route: Route, controller: &Mutex<Controller>) -> Response {
-    match route {
-        Route::Page => Response::new(200, "text/html; charset=utf-8", PAGE)
-            .with_header(format!("Content-Security-Policy: {PAGE_CSP}")),
-        Route::Metrics => {
-            // Read under the lock, encode after releasing it.
-            let sample = metrics::Sample::take(&*controller.lock().await);
-            match sample.and_then(metrics::encode) {
-                Ok(text) => Response::new(200, metrics::CONTENT_TYPE, text),
-                Err(e) => {
-                    warn!("/metrics: {e}");
-                    Response::text(500, e.to_string())
-                }
-            }
-        }
-        Route::StatusJson => {
-            let value = status_json(&*controller.lock().await);
-            match value.and_then(|v| serde_json::to_vec(&v).map_err(anyhow::Error::from)) {
-                Ok(body) => Response::new(200, "application/json", body),
-                Err(e) => {
-                    warn!("/status.json: {e:#}");
-                    Response::text(500, format!("{e:#}"))
-                }
-            }
+    if route == Route::Page {
+        return Response::new(200, "text/html; charset=utf-8", PAGE)
+            .with_header(format!("Content-Security-Policy: {PAGE_CSP}"));
+    }
+    // Under the lock only what the controller holds in memory; the counter maps, one
+    // lookup per listener and backend, are read after it is released, on a blocking
+    // thread, so a scrape of many backends never holds up the control API or health
+    // transitions.
+    let draft = controller.lock().await.status_draft();
+    let read = tokio::task::spawn_blocking(move || read_snapshot(route, draft)).await;
+    match read.map_err(anyhow::Error::from).and_then(|r| r) {
+        Ok(response) => response,
+        Err(e) => {
+            let path = if route == Route::Metrics {
+                "/metrics"
+            } else {
+                "/status.json"
+            };
+            warn!("{path}: {e:#}");
+            Response::text(500, format!("{e:#}"))
         }
     }
 }
 
+/// Reads the counters of `draft` through handles of its own on the pinned maps and
+/// renders `route`.
+fn read_snapshot(route: Route, draft: StatusDraft) -> anyhow::Result<Response> {
+    let counters = CounterReader::open(&draft.maps_dir)?;
+    let (at_s, probes) = (draft.at_s, draft.probes.clone());
+    let status = draft.fill(&counters)?;
+    let reasons = counters.all_counters()?;
+    Ok(match route {
+        Route::Metrics => {
+            let text = metrics::encode(metrics::Sample::new(status, &reasons, probes))?;
+            Response::new(200, metrics::CONTENT_TYPE, text)
+        }
+        _ => {
+            let stats = stats_of(&status, at_s, &reasons);
+            let body = serde_json::to_vec(&status_json(status, stats)?)?;
+            Response::new(200, "application/json", body)
+        }
+    })
+}
+
 /// `lb-ctl status --json` with the counters of `lb-ctl stats --json` under `stats`.
-pub fn status_json(controller: &Controller) -> anyhow::Result<serde_json::Value> {
-    let mut value = serde_json::to_value(controller.last_status()?)?;
-    let stats = serde_json::to_value(controller.stats()?)?;
+pub fn status_json(status: Status, stats: Stats) -> serde_json::Result<serde_json::Value> {
+    let mut value = serde_json::to_value(status)?;
     if let Some(object) = value.as_object_mut() {
-        object.insert("stats".to_owned(), stats);
+        object.insert("stats".to_owned(), serde_json::to_value(stats)?);
     }
     Ok(value)
 }
@@ -354,24 +556,119 @@ pub fn status_json(controller: &Controller) -> anyhow::Result<serde_json::Value>
 mod tests {
     use super::*;
 
+    fn local() -> HostPolicy {
+        HostPolicy::new("127.0.0.1:9100".parse().unwrap(), &[])
+    }
+
     #[test]
     fn routes_and_refusals() {
-        assert_eq!(route(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"), Ok(Route::Page));
-        assert_eq!(route(b"GET /metrics HTTP/1.1\r\n\r\n"), Ok(Route::Metrics));
+        let route = |head: &[u8]| route(head, &local());
+        assert_eq!(
+            route(b"GET / HTTP/1.1\r\nHost: 127.0.0.1:9100\r\n\r\n"),
+            Ok(Route::Page)
+        );
+        assert_eq!(
+            route(b"GET /metrics HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n"),
+            Ok(Route::Metrics)
+        );
         assert_eq!(
             route(b"GET /status.json?t=1 HTTP/1.0\r\n\r\n"),
             Ok(Route::StatusJson)
         );
-        let status = |head: &[u8]| route(head).map_err(|r| r.status);
-        assert_eq!(status(b"GET /nope HTTP/1.1\r\n\r\n"), Err(404));
-        assert_eq!(status(b"POST /metrics HTTP/1.1\r\n\r\n"), Err(405));
-        assert_eq!(status(b"DELETE / HTTP/1.1\r\n\r\n"), Err(405));
-        assert_eq!(status(b"GET /metrics\r\n\r\n"), Err(400));
-        assert_eq!(status(b"GET metrics HTTP/1.1\r\n\r\n"), Err(400));
-        assert_eq!(status(b"GET / SPDY/3\r\n\r\n"), Err(400));
-        assert_eq!(status(b"\xff\xfe / HTTP/1.1\r\n\r\n"), Err(400));
-        let refused = route(b"PUT / HTTP/1.1\r\n\r\n").unwrap_err();
+        let status = |head: &str| {
+            let head = head.replace("\r\n\r\n", "\r\nHost: 127.0.0.1:9100\r\n\r\n");
+            route(head.as_bytes()).map_err(|r| r.status)
+        };
+        assert_eq!(status("GET /nope HTTP/1.1\r\n\r\n"), Err(404));
+        assert_eq!(status("POST /metrics HTTP/1.1\r\n\r\n"), Err(405));
+        assert_eq!(status("DELETE / HTTP/1.1\r\n\r\n"), Err(405));
+        assert_eq!(status("GET /metrics\r\n\r\n"), Err(400));
+        assert_eq!(status("GET metrics HTTP/1.1\r\n\r\n"), Err(400));
+        assert_eq!(status("GET / SPDY/3\r\n\r\n"), Err(400));
+        assert_eq!(
+            route(b"\xff\xfe / HTTP/1.1\r\n\r\n").map_err(|r| r.status),
+            Err(400)
+        );
+        let refused = route(b"PUT / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").unwrap_err();
         assert!(refused.headers.iter().any(|h| h == "Allow: GET"));
+    }
+
+    #[test]
+    fn host_must_name_the_listener() {
+        let status = |policy: &HostPolicy, host: &str| {
+            let head = format!("GET /metrics HTTP/1.1\r\nHost: {host}\r\n\r\n");
+            route(head.as_bytes(), policy)
+                .map(|_| 200)
+                .unwrap_or_else(|r| r.status)
+        };
+        let local = local();
+        for host in ["127.0.0.1", "127.0.0.1:9100", " 127.0.0.1:9100 "] {
+            assert_eq!(status(&local, host), 200, "{host}");
+        }
+        // DNS rebinding: a name that resolves here, but is not ours.
+        for host in [
+            "evil.example",
+            "evil.example:9100",
+            "localhost:9100",
+            "127.0.0.1:9101",
+            "127.0.0.2:9100",
+            "127.0.0.1:x",
+            "",
+            "[::1]:9100",
+        ] {
+            assert_eq!(status(&local, host), 421, "{host}");
+        }
+        let refusal = route(
+            b"GET /metrics HTTP/1.1\r\nHost: evil.example\r\n\r\n",
+            &local,
+        )
+        .unwrap_err();
+        assert_eq!(
+            String::from_utf8(refusal.body).unwrap(),
+            "Host `evil.example` is not this listener (127.0.0.1:9100); add the name to \
+             metrics_hosts to serve it\n"
+        );
+        // Configured names, without case and with or without the port.
+        let named = HostPolicy::new(
+            "127.0.0.1:9100".parse().unwrap(),
+            &["LB-Host".to_owned(), "lb.example.test.".to_owned()],
+        );
+        for host in ["lb-host", "lb-host:9100", "LB.example.test", "127.0.0.1"] {
+            assert_eq!(status(&named, host), 200, "{host}");
+        }
+        assert_eq!(status(&named, "lb-host:80"), 421);
+        assert_eq!(status(&named, "evil.example"), 421);
+        // On every address: any address literal, still no other name.
+        let any = HostPolicy::new("0.0.0.0:9100".parse().unwrap(), &[]);
+        assert_eq!(status(&any, "198.18.0.1:9100"), 200);
+        assert_eq!(status(&any, "evil.example:9100"), 421);
+        let v6 = HostPolicy::new("[::1]:9100".parse().unwrap(), &[]);
+        assert_eq!(status(&v6, "[::1]:9100"), 200);
+        assert_eq!(status(&v6, "[::1]"), 200);
+        assert_eq!(status(&v6, "127.0.0.1:9100"), 421);
+        // HTTP/1.1 without Host, or with two.
+        let head = b"GET /metrics HTTP/1.1\r\n\r\n";
+        assert_eq!(route(head, &local).unwrap_err().status, 400);
+        let head = b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: evil.example\r\n\r\n";
+        assert_eq!(route(head, &local).unwrap_err().status, 400);
+    }
+
+    #[test]
+    fn clients_are_limited_one_by_one() {
+        let clients = Arc::new(Clients::default());
+        let a: IpAddr = "198.18.0.1".parse().unwrap();
+        let b: IpAddr = "198.18.0.2".parse().unwrap();
+        let held: Vec<ClientSlot> = (0..MAX_PER_CLIENT)
+            .map(|_| clients.enter(a).unwrap())
+            .collect();
+        assert!(clients.enter(a).is_none(), "one more from a");
+        assert!(clients.enter(b).is_some(), "b is not held up by a");
+        drop(held);
+        assert!(clients.enter(a).is_some());
+        assert!(
+            clients.0.lock().unwrap().is_empty(),
+            "counts go back to nothing"
+        );
     }
 
     #[test]

@@ -51,6 +51,7 @@ fn round(
     let (due, _) = inner.pop_due(at, usize::MAX);
     due.iter()
         .filter_map(|d| {
+            inner.release(d, at);
             inner.finish(
                 d,
                 at,
@@ -79,13 +80,17 @@ fn every_target_is_probed_once_per_interval_with_jitter() {
     assert!(next.is_some_and(|n| n > t0 + Duration::from_millis(500)));
     // A scheduler waking every 10 ms for 5 s: every target on its own cadence, 0.9 to
     // 1.1 intervals apart, in sequence.
+    // Each probe ends at once.
     let mut dues: HashMap<BackendKey, Vec<(Instant, u64)>> = HashMap::new();
     for d in &first {
+        inner.release(d, t0 + Duration::from_millis(500));
         dues.entry(d.key).or_default().push((d.due, d.seq));
     }
     for tick in 51..=500 {
-        let (due, _) = inner.pop_due(t0 + Duration::from_millis(10 * tick), usize::MAX);
+        let at = t0 + Duration::from_millis(10 * tick);
+        let (due, _) = inner.pop_due(at, usize::MAX);
         for d in due {
+            inner.release(&d, at);
             dues.entry(d.key).or_default().push((d.due, d.seq));
         }
     }
@@ -137,30 +142,48 @@ fn thresholds_drive_transitions_once() {
 }
 
 #[test]
-fn results_apply_in_start_order() {
+fn one_probe_per_target_in_flight_and_a_slow_one_delays_only_its_target() {
     let mut inner = Inner::new(None);
     let t0 = Instant::now();
-    let a = backend(1);
-    let key = a.key;
-    inner.replace_targets(vec![a], t0);
-    let (first, _) = inner.pop_due(t0 + Duration::from_secs(1), 10);
-    let (second, _) = inner.pop_due(t0 + Duration::from_secs(3), 10);
-    let at = t0 + Duration::from_secs(3);
-    let ms = Duration::from_millis(1);
-    // The later probe finishes first; the earlier one's late result is stale.
-    inner.finish(&second[0], at, ms, Ok(()), at, SystemTime::now());
+    let (slow, fast) = (backend(1), backend(2));
+    let (slow_key, fast_key) = (slow.key, fast.key);
+    inner.replace_targets(vec![slow, fast], t0);
+    let sec = |n: u64| t0 + Duration::from_secs(n);
+    let (first, _) = inner.pop_due(sec(1), usize::MAX);
+    assert_eq!(first.len(), 2);
+    let slow_probe = first.iter().find(|d| d.key == slow_key).unwrap();
+    let fast_probe = first.iter().find(|d| d.key == fast_key).unwrap();
+    assert!(!inner.release(fast_probe, sec(1)));
+    // Ten intervals later the slow target's probe still runs: the fast one was probed
+    // every round, the slow one never again.
+    let mut fast_rounds = 0;
+    for tick in 11..=110 {
+        let at = t0 + Duration::from_millis(100 * tick);
+        let (due, next) = inner.pop_due(at, usize::MAX);
+        assert!(next.is_some(), "the fast target stays scheduled");
+        for d in due {
+            assert_eq!(d.key, fast_key, "a second probe of the slow target");
+            assert!(!inner.release(&d, at));
+            fast_rounds += 1;
+        }
+    }
+    assert!((9..=11).contains(&fast_rounds), "{fast_rounds}");
+    // The slow probe ends: its overdue round is queued for that moment, once.
+    assert!(inner.release(slow_probe, sec(11)));
     inner.finish(
-        &first[0],
-        at,
-        ms,
+        slow_probe,
+        sec(1),
+        Duration::from_secs(10),
         Err(ProbeError::Timeout),
-        at,
+        sec(11),
         SystemTime::now(),
     );
-    let h = health(&inner, &key);
-    assert_eq!(h.consecutive_failures, 0);
-    assert_eq!(h.last_probe.unwrap().result, Ok(()));
-    assert_eq!((inner.probes_ok, inner.probes_failed), (1, 1));
+    let (due, _) = inner.pop_due(sec(11), usize::MAX);
+    let slow_again: Vec<_> = due.iter().filter(|d| d.key == slow_key).collect();
+    assert_eq!(slow_again.len(), 1);
+    assert_eq!(slow_again[0].due, sec(11));
+    assert_eq!(slow_again[0].seq, 2);
+    assert_eq!(health(&inner, &slow_key).consecutive_failures, 1);
 }
 
 #[test]
@@ -398,6 +421,67 @@ async fn checker_takes_a_dead_backend_out_and_back_in() {
         "no probe after shutdown"
     );
     server.abort();
+}
+
+/// Twenty HTTP backends that accept and never answer, probed every second with a 300 s
+/// timeout, on a checker with fewer permits than a probe per round would pile up: a
+/// backend that dies next to them is still taken out within its own bound.
+#[tokio::test]
+async fn backends_that_never_answer_do_not_delay_another_backends_failure() {
+    const HUNG: usize = 20;
+    let mut hung = Vec::new();
+    let mut servers = Vec::new();
+    for _ in 0..HUNG {
+        let listener = TcpListener::bind((LOCALHOST, 0)).await.unwrap();
+        hung.push(listener.local_addr().unwrap().port());
+        servers.push(tokio::spawn(async move {
+            // Accepted connections are kept open, and never answered.
+            let mut held = Vec::new();
+            while let Ok((s, _)) = listener.accept().await {
+                held.push(s);
+            }
+        }));
+    }
+    let dead_port = {
+        let l = TcpListener::bind((LOCALHOST, 0)).await.unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let http = |port: u16| {
+        let mut t = target(80, LOCALHOST, port);
+        t.kind = HealthCheckKind::Http;
+        t.check.timeout = 300;
+        t
+    };
+    let (checker, mut rx) = Checker::new(CheckerOptions {
+        source: Some(LOCALHOST),
+        max_in_flight: 2 * HUNG,
+    });
+    let mut targets: Vec<Target> = hung.iter().map(|&p| http(p)).collect();
+    checker.set_targets(targets.clone());
+    // Three rounds: a probe per round and target would hold 60 of the 40 permits.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let in_flight = checker.snapshot().in_flight;
+    assert!(
+        in_flight <= HUNG,
+        "{in_flight} probes in flight for {HUNG} targets"
+    );
+
+    let dead = http(dead_port);
+    let dead_key = dead.key;
+    targets.push(dead);
+    let added = tokio::time::Instant::now();
+    checker.set_targets(targets);
+    let down = wait_for(&mut rx, false).await;
+    assert_eq!(down.key, dead_key);
+    // Its own bound: interval × unhealthy_threshold, plus a first probe within one
+    // interval and the jitter.
+    let took = added.elapsed();
+    assert!(took <= Duration::from_millis(3500), "down after {took:?}");
+    assert!(checker.snapshot().in_flight <= HUNG);
+    checker.shutdown();
+    for s in servers {
+        s.abort();
+    }
 }
 
 #[test]
