@@ -207,6 +207,18 @@ fn expected_layout(sizes: &MapSizes) -> Vec<(&'static str, u32, u32, u32)> {
             size_of::<ReverseNat>() as u32,
             e(names::REVERSE),
         ),
+        (
+            names::HALF_OPEN,
+            size_of::<FlowKey>() as u32,
+            size_of::<Flow>() as u32,
+            e(names::HALF_OPEN),
+        ),
+        (
+            names::HALF_OPEN_REVERSE,
+            size_of::<FlowKey>() as u32,
+            size_of::<ReverseNat>() as u32,
+            e(names::HALF_OPEN_REVERSE),
+        ),
         (names::ACTIVE_FLOWS, 4, 4, e(names::ACTIVE_FLOWS)),
         (
             names::LISTENER_STATS,

@@ -323,7 +323,10 @@ impl Reconciler {
                     addr: u32::from_ne_bytes(b.key.address.octets()),
                     port: b.key.port.to_be(),
                     flags,
-                    weight: b.effective_weight,
+                    // Out of the tables (a secondary after failback, a drained or down
+                    // server): weight 0, so no path of the data plane gives it a new flow
+                    // (a reopened connection's SYN, a client's affinity).
+                    weight: if b.in_table { b.effective_weight } else { 0 },
                     listener: l.id,
                     generation: b.generation,
                     drain_deadline_ns: b.drain_deadline_ns.unwrap_or(0),
@@ -726,7 +729,7 @@ listeners:
         assert_eq!(
             shape(&h.step()),
             [
-                "backend 1 flags=0 weight=100",
+                "backend 1 flags=0 weight=0",
                 "table 1 backends=1",
                 "listener 0 slot=1"
             ]
