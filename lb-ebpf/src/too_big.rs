@@ -18,8 +18,8 @@
 //!
 //! The quote is the IPv4 header and the first 8 bytes of TCP/UDP (RFC 792): the ports and
 //! the TCP sequence number, all a receiver checks. A packet with IP options is passed to
-//! the kernel as before (`pass_frag_needed`): they would move every offset, and no sender
-//! that honours path MTU discovery sends them on TCP.
+//! the kernel as before (`pass_frag_needed`): its quote would have a length known only at
+//! run time, for packets that are rare on TCP and UDP.
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
