@@ -89,12 +89,14 @@ pub mod names {
     pub const AFFINITY: &str = "AFFINITY";
     pub const STAGES: &str = "STAGES";
     pub const PENDING: &str = "PENDING";
+    pub const TOO_BIG: &str = "TOO_BIG";
     /// The entry program, attached to every interface.
     pub const PROGRAM: &str = "lb_xdp";
     /// The programs behind `STAGES`, entered by tail call.
     pub const PROGRAM_NEW_FLOW: &str = "lb_new_flow";
     pub const PROGRAM_WLC: &str = "lb_wlc";
     pub const PROGRAM_ICMP: &str = "lb_icmp";
+    pub const PROGRAM_TOO_BIG: &str = "lb_too_big";
 }
 
 /// The XDP program is split into separately verified programs: the entry program `lb_xdp`
@@ -109,14 +111,45 @@ pub const STAGE_NEW_FLOW: u32 = 0;
 pub const STAGE_WLC: u32 = 1;
 /// `STAGES` slot of `lb_icmp`: ICMP errors about translated flows.
 pub const STAGE_ICMP: u32 = 2;
+/// `STAGES` slot of `lb_too_big`: a translated packet too big for its egress, with DF,
+/// answered with ICMP "fragmentation needed" to its sender.
+pub const STAGE_TOO_BIG: u32 = 3;
 /// Slots of `STAGES` (room for stages to come without a new map layout).
 pub const STAGE_SLOTS: u32 = 8;
 /// Every stage: (slot, program name), in the order the controller loads them.
-pub const STAGE_PROGRAMS: [(u32, &str); 3] = [
+pub const STAGE_PROGRAMS: [(u32, &str); 4] = [
     (STAGE_NEW_FLOW, names::PROGRAM_NEW_FLOW),
     (STAGE_WLC, names::PROGRAM_WLC),
     (STAGE_ICMP, names::PROGRAM_ICMP),
+    (STAGE_TOO_BIG, names::PROGRAM_TOO_BIG),
 ];
+
+/// `TooBig::side`: the translation rewrote the destination (client → VIP became client →
+/// backend); the answer goes to the client.
+pub const TOO_BIG_DESTINATION: u8 = 1;
+/// `TooBig::side`: the translation rewrote the source (backend → client became VIP →
+/// client); the answer goes to the backend.
+pub const TOO_BIG_SOURCE: u8 = 2;
+
+/// A translated packet too big for its egress, handed to `lb_too_big` (`TOO_BIG`, one per
+/// CPU, like `PendingFlow`). The packet is already translated when the FIB reports the
+/// MTU, but the answer must quote it as its sender sent it: what the translation replaced
+/// comes along.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct TooBig {
+    /// The translated packet's 5-tuple; the stage checks it against its packet.
+    pub key: FlowKey,
+    /// The address and port the translation replaced, network byte order.
+    pub addr: u32,
+    pub port: u16,
+    /// The egress MTU the FIB reported, host order.
+    pub mtu: u16,
+    /// `TOO_BIG_DESTINATION` or `TOO_BIG_SOURCE`.
+    pub side: u8,
+    pub _pad: [u8; 7],
+}
+const _: () = assert!(size_of::<TooBig>() == 32);
 
 /// `PendingFlow::flags`: `lb_wlc` has run; `picked` holds its answer.
 pub const PENDING_F_SCANNED: u8 = 1;
@@ -539,7 +572,8 @@ pub enum Reason {
     PassTtlExpired = 6,
     /// Next hop's MAC unknown: the translated packet goes to the kernel, which resolves it.
     PassNeighUnknown = 7,
-    /// Translated packet larger than the egress MTU: XDP_PASS, the kernel sends ICMP.
+    /// Translated packet larger than the egress MTU that the program does not answer
+    /// itself (no DF, IP options, an ICMP error): XDP_PASS, the kernel fragments it.
     PassFragNeeded = 8,
     /// Egress interface is not one the program is attached to: XDP_PASS (kernel forwards).
     PassNoTxPort = 9,
@@ -604,10 +638,18 @@ pub enum Reason {
     /// VIP, or a prefix of `refused_client_sources` (`REFUSED_SOURCES_ACL`): XDP_DROP,
     /// before any state is created.
     DropSpoofedSource = 31,
+    /// Client packet with DF too big for the backend side: answered with ICMP
+    /// "fragmentation needed" from the VIP, quoting the packet as the client sent it
+    /// (XDP_TX).
+    IcmpFragNeededToClient = 32,
+    /// Backend reply with DF too big for the client side: answered with ICMP
+    /// "fragmentation needed" to the backend, quoting the reply as the backend sent it
+    /// (XDP_TX).
+    IcmpFragNeededToBackend = 33,
 }
 
 /// Number of `Reason` values (size of `COUNTERS`).
-pub const REASON_COUNT: u32 = 32;
+pub const REASON_COUNT: u32 = 34;
 /// Entries of `COUNTERS`: more than `REASON_COUNT`, so reasons can be added without a new
 /// pinned map layout.
 pub const COUNTER_SLOTS: u32 = 64;
@@ -647,6 +689,8 @@ impl Reason {
         Self::DropVipOtherProtocol,
         Self::IcmpEchoReply,
         Self::DropSpoofedSource,
+        Self::IcmpFragNeededToClient,
+        Self::IcmpFragNeededToBackend,
     ];
 
     /// Name used in metrics and `lb-ctl stats`.
@@ -684,6 +728,8 @@ impl Reason {
             Self::DropVipOtherProtocol => "drop_vip_other_protocol",
             Self::IcmpEchoReply => "icmp_echo_reply",
             Self::DropSpoofedSource => "drop_spoofed_source",
+            Self::IcmpFragNeededToClient => "icmp_frag_needed_to_client",
+            Self::IcmpFragNeededToBackend => "icmp_frag_needed_to_backend",
         }
     }
 
@@ -695,7 +741,9 @@ impl Reason {
             | Self::IcmpToBackend
             | Self::IcmpToClient
             | Self::ResetDrainExpired
-            | Self::IcmpEchoReply => Some(Verdict::Transmit),
+            | Self::IcmpEchoReply
+            | Self::IcmpFragNeededToClient
+            | Self::IcmpFragNeededToBackend => Some(Verdict::Transmit),
             Self::PassNotIpv4
             | Self::PassOtherProtocol
             | Self::PassNotForUs
@@ -751,6 +799,7 @@ mod pod {
     unsafe impl aya::Pod for Affinity {}
     unsafe impl aya::Pod for NextHop {}
     unsafe impl aya::Pod for PendingFlow {}
+    unsafe impl aya::Pod for TooBig {}
 }
 
 #[cfg(test)]

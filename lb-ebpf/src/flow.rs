@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     Affinity, AffinityKey, Backend, FLOW_F_COUNTED, FLOW_F_FIN, FLOW_F_OPENING, FLOW_F_RST, Flow,
-    FlowKey, Listener, REVERSE_F_ACKED, Reason, ReverseNat,
+    FlowKey, Listener, REVERSE_F_ACKED, Reason, ReverseNat, TOO_BIG_DESTINATION,
     select::{TCP_ACK, TCP_FIN, TCP_RST, close_is_credible},
 };
 
@@ -239,6 +239,9 @@ pub fn send_to_backend(
         dst_port: backend.port,
         backend: backend_id,
         now,
+        side: TOO_BIG_DESTINATION,
+        original_addr: ip.dst_addr,
+        original_port: l4.dst_port,
     };
     let out = fwd::transmit(ctx, ip, &route, Reason::Forwarded);
     if out.0 != XDP_DROP {

@@ -5,6 +5,11 @@
 //! Packets to a backend use a per-CPU cache of the backend's next hop (`NEXT_HOPS`),
 //! refreshed from the FIB at least once a second: `bpf_fib_lookup` is a third of the cost
 //! of an established packet.
+//!
+//! A translated packet with DF that is too big for its egress is answered with ICMP
+//! "fragmentation needed" by the `lb_too_big` stage: the kernel's own answer would quote
+//! the translated packet, which its sender cannot match to a connection, and would go to
+//! the VIP when the packet is a reply.
 
 use aya_ebpf::{
     bindings::{
@@ -15,13 +20,17 @@ use aya_ebpf::{
     helpers::generated::bpf_fib_lookup,
     programs::XdpContext,
 };
-use lb_common::{NEXT_HOP_TTL_NS, NO_BACKEND, NextHop, Reason};
+use lb_common::{
+    FlowKey, NEXT_HOP_TTL_NS, NO_BACKEND, NextHop, Reason, STAGE_TOO_BIG, TOO_BIG_DESTINATION,
+    TOO_BIG_SOURCE, TooBig,
+};
 use network_types::eth::EthHdr;
 
 use crate::{
-    maps::{NEXT_HOPS, TX_PORTS},
+    maps::{NEXT_HOPS, TOO_BIG, TX_PORTS},
     nat::decrement_ttl,
     parse::{Ipv4, ptr_at},
+    stage,
 };
 
 const AF_INET: u8 = 2;
@@ -37,6 +46,13 @@ pub struct Route {
     pub backend: u32,
     /// Current coarse time (for the cache).
     pub now: u64,
+    /// What the translation replaced: `TOO_BIG_DESTINATION` (client → VIP) or
+    /// `TOO_BIG_SOURCE` (backend → client) with the address and port it replaced, so a
+    /// packet too big for the egress can be answered quoting it as its sender sent it; 0
+    /// for packets the program does not answer (ICMP errors).
+    pub side: u8,
+    pub original_addr: u32,
+    pub original_port: u16,
 }
 
 /// Looks up the next hop for the (already translated) packet and sends it.
@@ -46,7 +62,8 @@ pub struct Route {
 ///   the kernel forwards it.
 /// - neighbour unknown: XDP_PASS untouched otherwise; the kernel resolves it and forwards
 ///   the packet (and decrements the TTL itself).
-/// - larger than the egress MTU: XDP_PASS, the kernel fragments or answers ICMP.
+/// - larger than the egress MTU: with DF, a TCP/UDP packet goes to `lb_too_big`, which
+///   answers its sender; otherwise XDP_PASS, and the kernel fragments it.
 /// - no route (blackhole, unreachable, prohibited, forwarding off): XDP_DROP.
 #[inline(always)]
 pub fn transmit(ctx: &XdpContext, ip: &Ipv4, route: &Route, sent: Reason) -> (u32, Reason) {
@@ -80,7 +97,10 @@ pub fn transmit(ctx: &XdpContext, ip: &Ipv4, route: &Route, sent: Reason) -> (u3
     match rc as u32 {
         BPF_FIB_LKUP_RET_SUCCESS => {}
         BPF_FIB_LKUP_RET_NO_NEIGH => return (XDP_PASS, Reason::PassNeighUnknown),
-        BPF_FIB_LKUP_RET_FRAG_NEEDED => return (XDP_PASS, Reason::PassFragNeeded),
+        // SAFETY: on FRAG_NEEDED the kernel leaves the egress MTU here.
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => {
+            return too_big(ctx, ip, route, unsafe { fib.__bindgen_anon_1.mtu_result });
+        }
         _ => return (XDP_DROP, Reason::DropNoRoute),
     }
     if fib.ifindex != ingress && TX_PORTS.get_ifindex(fib.ifindex).is_none() {
@@ -104,6 +124,37 @@ pub fn transmit(ctx: &XdpContext, ip: &Ipv4, route: &Route, sent: Reason) -> (u3
         }
     }
     send(ctx, ingress, fib.ifindex, fib.dmac, fib.smac, sent)
+}
+
+/// A translated packet larger than the egress MTU. Without DF the sender allows fragments
+/// and the kernel makes them.
+#[inline(always)]
+fn too_big(ctx: &XdpContext, ip: &Ipv4, route: &Route, mtu: u16) -> (u32, Reason) {
+    if !ip.dont_fragment || !(route.side == TOO_BIG_DESTINATION || route.side == TOO_BIG_SOURCE) {
+        return (XDP_PASS, Reason::PassFragNeeded);
+    }
+    let Some(handoff) = TOO_BIG.get_ptr_mut(0) else {
+        return (XDP_PASS, Reason::PassFragNeeded);
+    };
+    // SAFETY: per-CPU value, only this CPU touches it while the packet runs.
+    unsafe {
+        *handoff = TooBig {
+            key: FlowKey {
+                src_addr: route.src_addr,
+                dst_addr: route.dst_addr,
+                src_port: route.src_port,
+                dst_port: route.dst_port,
+                protocol: ip.protocol,
+                _pad: [0; 3],
+            },
+            addr: route.original_addr,
+            port: route.original_port,
+            mtu,
+            side: route.side,
+            _pad: [0; 7],
+        };
+    }
+    stage::enter(ctx, STAGE_TOO_BIG)
 }
 
 /// TTL − 1, MACs, then XDP_TX (out where it came in) or a devmap redirect.

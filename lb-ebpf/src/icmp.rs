@@ -207,6 +207,10 @@ fn handle(ctx: &XdpContext, ip: &Ipv4) -> Option<(u32, Reason)> {
                 dst_port: 0,
                 backend: NO_BACKEND,
                 now: 0,
+                // An error about an error is never sent (RFC 1122 3.2.2).
+                side: 0,
+                original_addr: 0,
+                original_port: 0,
             };
             return Some(fwd::transmit(ctx, ip, &route, Reason::IcmpToBackend));
         }
@@ -241,6 +245,9 @@ fn handle(ctx: &XdpContext, ip: &Ipv4) -> Option<(u32, Reason)> {
         dst_port: 0,
         backend: NO_BACKEND,
         now: 0,
+        side: 0,
+        original_addr: 0,
+        original_port: 0,
     };
     Some(fwd::transmit(ctx, ip, &route, Reason::IcmpToClient))
 }

@@ -9,7 +9,8 @@
 //! 3. a packet from a backend that matches a reverse entry is translated back to the VIP;
 //! 4. ICMP errors about a flow go to the ICMP stage (`icmp`);
 //! 5. everything else is passed to the kernel untouched;
-//! 6. translated packets leave through the FIB's next hop (`fwd`).
+//! 6. translated packets leave through the FIB's next hop (`fwd`); one with DF too big for
+//!    the egress is answered with ICMP "fragmentation needed" instead (`too_big`).
 //!
 //! The stages are programs of their own, entered by tail call (`stage`), so each is
 //! verified on its own: docs/architecture.md lists them with their verifier cost.
@@ -53,6 +54,8 @@ mod stage;
 mod stats;
 #[cfg(target_arch = "bpf")]
 mod tables;
+#[cfg(target_arch = "bpf")]
+mod too_big;
 
 /// On the host (`cargo build --workspace`), the crate is an empty binary: the program
 /// only exists for the BPF target, which lb-ctl's build script compiles.

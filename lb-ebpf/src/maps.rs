@@ -11,7 +11,7 @@ use lb_common::{
     AclKey, Affinity, AffinityKey, Backend, COUNTER_SLOTS, DEFAULT_FLOW_TABLE_SIZE,
     DEFAULT_MAX_BACKENDS, DEFAULT_MAX_LISTENERS, Flow, FlowKey, IdPair, Listener, ListenerKey,
     MAGLEV_TABLE_SIZE, MAX_ACL_ENTRIES, MAX_INTERFACES, NextHop, PendingFlow, ReverseNat,
-    SEQUENCE_TABLE_SIZE, STAGE_SLOTS, TABLES_PER_LISTENER, TableMeta, TrafficCounters,
+    SEQUENCE_TABLE_SIZE, STAGE_SLOTS, TABLES_PER_LISTENER, TableMeta, TooBig, TrafficCounters,
     VIP_FILTER_WORDS, half_open_table_size, id_pair_entries,
 };
 
@@ -132,3 +132,8 @@ pub static STAGES: ProgramArray = ProgramArray::with_max_entries(STAGE_SLOTS, 0)
 /// space of one packet, never read by the controller.
 #[map(name = "PENDING")]
 pub static PENDING: PerCpuArray<PendingFlow> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per CPU: the packet too big for its egress that `transmit` hands to `lb_too_big` (see
+/// `TooBig`). Scratch space of one packet, like `PENDING`.
+#[map(name = "TOO_BIG")]
+pub static TOO_BIG: PerCpuArray<TooBig> = PerCpuArray::with_max_entries(1, 0);

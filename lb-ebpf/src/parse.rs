@@ -15,6 +15,7 @@ const IPV4_MIN_LEN: usize = Ipv4Hdr::LEN;
 /// More-fragments flag and fragment offset, in the 16-bit `frags` field (host order).
 const IP_MF: u16 = 0x2000;
 const IP_OFFSET_MASK: u16 = 0x1fff;
+const IP_DF: u16 = 0x4000;
 
 /// Offset of the flags byte in the TCP header.
 const TCP_FLAGS: usize = 13;
@@ -41,6 +42,8 @@ pub struct Ipv4 {
     pub src_addr: u32,
     pub dst_addr: u32,
     pub fragment: bool,
+    /// DF: the sender asks for "fragmentation needed" rather than fragments.
+    pub dont_fragment: bool,
 }
 
 /// TCP or UDP ports and flags of a parsed packet.
@@ -98,6 +101,7 @@ pub fn ipv4(ctx: &XdpContext) -> Parsed {
         src_addr: u32::from_ne_bytes(hdr.src_addr),
         dst_addr: u32::from_ne_bytes(hdr.dst_addr),
         fragment: frags & (IP_MF | IP_OFFSET_MASK) != 0,
+        dont_fragment: frags & IP_DF != 0,
     })
 }
 

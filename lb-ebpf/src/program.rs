@@ -10,7 +10,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     Backend, FLOW_F_OPENING, Flow, FlowKey, Listener, NO_BACKEND, PROTO_ICMP, PROTO_TCP,
-    PendingFlow, REVERSE_F_ACKED, Reason, ReverseNat, STAGE_ICMP, STAGE_NEW_FLOW,
+    PendingFlow, REVERSE_F_ACKED, Reason, ReverseNat, STAGE_ICMP, STAGE_NEW_FLOW, TOO_BIG_SOURCE,
     decide::{self, Decision},
     select::{TCP_ACK, TCP_FIN, TCP_RST, backend_close_is_credible},
     vip_filter_bit,
@@ -241,6 +241,9 @@ fn reply(ctx: &XdpContext, ip: &Ipv4, l4: &L4, rev: &mut ReverseNat) -> (u32, Re
         dst_port: l4.dst_port,
         backend: NO_BACKEND,
         now: 0,
+        side: TOO_BIG_SOURCE,
+        original_addr: ip.src_addr,
+        original_port: l4.src_port,
     };
     let out = fwd::transmit(ctx, ip, &route, Reason::ReplyForwarded);
     if out.0 != XDP_DROP {

@@ -130,6 +130,81 @@ pub fn http_get(
     Ok(reply.body)
 }
 
+/// Downloads `url` from `ns` with curl, discarding the body: `Ok(bytes received)` for a 2xx
+/// answer within `timeout`, `Err` otherwise (a transfer that stalls ends at the timeout,
+/// with what arrived by then in the message).
+pub fn http_download(ns: &Netns, url: &str, timeout: Duration) -> anyhow::Result<u64> {
+    let args = [
+        "curl".to_owned(),
+        "-sS".into(),
+        "--max-time".into(),
+        secs(timeout),
+        "-o".into(),
+        "/dev/null".into(),
+        "-w".into(),
+        format!("{MARK} %{{http_code}} %{{size_download}}"),
+        url.into(),
+    ];
+    let out = ns.exec(&args);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let written = stdout.rsplit_once(MARK).map(|(_, w)| w.trim().to_owned());
+    if !out.status.success() {
+        bail!(
+            "{} (status and bytes received: {written:?})",
+            failure_message(&format!("ip netns exec {ns} {}", args.join(" ")), &out)
+        );
+    }
+    let written = written.with_context(|| format!("curl output without marker: {stdout:?}"))?;
+    let (status, size) = written
+        .split_once(' ')
+        .with_context(|| format!("bad curl write-out: {written:?}"))?;
+    if !status.starts_with('2') {
+        bail!("HTTP {status} from {url} ({size} bytes)");
+    }
+    size.parse()
+        .with_context(|| format!("bad size in curl write-out: {written:?}"))
+}
+
+/// POSTs the file at `body` to `url` from `ns` with curl (no `Expect: 100-continue`): the
+/// body of a 2xx answer within `timeout`, `Err` otherwise.
+pub fn http_upload(
+    ns: &Netns,
+    url: &str,
+    body: &Path,
+    timeout: Duration,
+) -> anyhow::Result<String> {
+    let args = [
+        "curl".to_owned(),
+        "-sS".into(),
+        "--max-time".into(),
+        secs(timeout),
+        "-H".into(),
+        "Expect:".into(),
+        "-H".into(),
+        "Content-Type: application/octet-stream".into(),
+        "--data-binary".into(),
+        format!("@{}", body.display()),
+        "-w".into(),
+        format!("{MARK} %{{http_code}}"),
+        url.into(),
+    ];
+    let out = ns.exec(&args);
+    if !out.status.success() {
+        bail!(
+            "{}",
+            failure_message(&format!("ip netns exec {ns} {}", args.join(" ")), &out)
+        );
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let (reply, status) = stdout
+        .rsplit_once(MARK)
+        .with_context(|| format!("curl output without status marker: {stdout:?}"))?;
+    if !status.trim().starts_with('2') {
+        bail!("HTTP {} from {url}: {:?}", status.trim(), reply.trim_end());
+    }
+    Ok(reply.to_owned())
+}
+
 /// Limits of a bulk run.
 #[derive(Debug, Clone)]
 pub struct BulkOptions {

@@ -824,6 +824,8 @@ struct Pkt<'a> {
     src: Ipv4Addr,
     dst: Ipv4Addr,
     frag: bool,
+    /// DF set.
+    df: bool,
     ingress: u32,
 }
 
@@ -1042,6 +1044,7 @@ impl Model {
             src: addr_at(f, 26),
             dst: addr_at(f, 30),
             frag: be16(f, 20) & 0x3fff != 0,
+            df: be16(f, 20) & 0x4000 != 0,
             ingress,
         };
         if p.proto == PROTO_ICMP {
@@ -1530,6 +1533,50 @@ fn icmp_nat(p: &Pkt<'_>, q: usize, src: bool, addr: Ipv4Addr, port: u16) -> Expe
     e
 }
 
+/// The ICMP "fragmentation needed" (type 3, code 4) the program answers TCP/UDP packet `p`
+/// with when it is too big for an egress of `mtu`: MACs swapped, from the packet's
+/// destination to its source, TTL 64, DF with id 0, quoting the packet as it came in (its
+/// IPv4 header and 8 bytes of TCP/UDP). The translation is undone incrementally in the
+/// quote, so its checksums may come back as the other zero (0x0000 for 0xffff).
+fn frag_needed(p: &Pkt<'_>, mtu: u16) -> Expected {
+    let f = p.f;
+    let mut out = Vec::with_capacity(70);
+    out.extend_from_slice(&f[6..12]);
+    out.extend_from_slice(&f[0..6]);
+    out.extend_from_slice(&f[12..14]);
+    let mut ip = vec![0x45, 0, 0, 56, 0, 0, 0x40, 0, 64, PROTO_ICMP, 0, 0];
+    ip.extend_from_slice(&f[30..34]);
+    ip.extend_from_slice(&f[26..30]);
+    let c = csum::checksum(&ip);
+    ip[10..12].copy_from_slice(&c.to_ne_bytes());
+    out.extend_from_slice(&ip);
+    let [hi, lo] = mtu.to_be_bytes();
+    out.extend_from_slice(&[3, 4, 0, 0, 0, 0, hi, lo]);
+    out.extend_from_slice(&f[14..42]);
+    let mut e = Expected::from(&out);
+    e.mask(36);
+    e.checks.push(Check::Sum {
+        what: "ICMP checksum",
+        start: 34,
+        end: 70,
+    });
+    e.mask(52);
+    e.checks.push(Check::Word {
+        what: "quoted IPv4 header checksum",
+        at: 52,
+        value: be16(f, 24),
+    });
+    if p.proto == PROTO_UDP && be16(f, 40) != 0 {
+        e.mask(68);
+        e.checks.push(Check::Word {
+            what: "quoted UDP checksum",
+            at: 68,
+            value: be16(f, 40),
+        });
+    }
+    e
+}
+
 /// `bpf_fib_lookup` towards `dst` for the translated packet, and what the program then
 /// does with it.
 fn transmit(
@@ -1548,16 +1595,36 @@ fn transmit(
         why: "",
     };
     let kernel = |reason| with(XDP_PASS, reason, Out::Expect(translated.clone()));
+    // Too big for the egress: a TCP/UDP packet with DF and no IP options is answered with
+    // fragmentation needed to its sender, out where it came in; anything else (no DF,
+    // options, a translated ICMP error) goes to the kernel, which fragments it.
+    let too_big = || {
+        let answered = match sent {
+            Reason::Forwarded => Some(Reason::IcmpFragNeededToClient),
+            Reason::ReplyForwarded => Some(Reason::IcmpFragNeededToBackend),
+            _ => None,
+        };
+        match answered {
+            Some(reason) if p.df && p.ihl == 20 => {
+                with(XDP_TX, reason, Out::Expect(frag_needed(p, MTU as u16)))
+            }
+            _ => kernel(Reason::PassFragNeeded),
+        }
+    };
     let route = lab.route(dst);
-    let too_big = p.tot > MTU;
     match route {
         Route::Unreachable => vec![with(XDP_DROP, Reason::DropNoRoute, Out::Any)],
-        Route::Unknown => vec![
-            with(XDP_DROP, Reason::DropNoRoute, Out::Any),
-            kernel(Reason::PassNeighUnknown),
-            kernel(Reason::PassFragNeeded),
-        ],
-        _ if too_big => vec![kernel(Reason::PassFragNeeded)],
+        Route::Unknown => {
+            let mut outcomes = vec![
+                with(XDP_DROP, Reason::DropNoRoute, Out::Any),
+                kernel(Reason::PassNeighUnknown),
+            ];
+            if p.tot > MTU {
+                outcomes.push(too_big());
+            }
+            outcomes
+        }
+        _ if p.tot > MTU => vec![too_big()],
         Route::NoNeigh => vec![kernel(Reason::PassNeighUnknown)],
         Route::Neigh {
             ifindex,

@@ -382,48 +382,59 @@ impl Topology {
     }
 }
 
-/// An XDP program that passes every frame, attached to the client's interface while this
-/// guard lives.
+/// An XDP program that passes every frame, attached to an interface while this guard
+/// lives.
 ///
 /// A veth hands the frames an XDP program sends back out of it (XDP_TX) to its peer, but
 /// wakes the peer to read them only when the peer runs an XDP program of its own; without
 /// one they wait until some other packet reaches the peer. A NIC has no such condition.
-/// Tests of the answers the LB's program makes itself (echo replies to a VIP, RSTs) need
-/// this, unless other traffic to the client goes on at the same time.
-pub struct ClientXdpPass {
+/// Tests of the answers the LB's program makes itself (echo replies to a VIP, RSTs, ICMP
+/// fragmentation needed) need this on the peer of the interface the answer leaves by,
+/// unless other traffic to that peer goes on at the same time.
+pub struct XdpPass {
     _dataplane: lb_ctl::dataplane::DataPlane,
 }
 
 impl Topology {
     /// Attaches `lb_empty` (XDP_PASS for every frame) to the client's interface, in driver
     /// mode: only a driver-mode program makes the veth wake its reader.
-    pub fn client_xdp_pass(&self) -> ClientXdpPass {
-        use aya::programs::{Xdp, XdpMode};
-        use lb_ctl::dataplane::{DataPlane, LoadOptions, MapSizes};
-        self.client.enter(|| {
-            let mut dataplane = DataPlane::load(&LoadOptions {
-                sizes: MapSizes {
-                    flow_table_size: 1024,
-                    max_listeners: 1,
-                    max_backends: 1,
-                },
-                map_pin_dir: None,
-                verifier_log_dir: None,
-            })
-            .expect("the XDP object loads");
-            let program: &mut Xdp = dataplane
-                .ebpf_mut()
-                .program_mut("lb_empty")
-                .expect("the object has lb_empty")
-                .try_into()
-                .expect("lb_empty is an XDP program");
-            program.load().expect("lb_empty verifies");
-            program
-                .attach(CLIENT_IF, XdpMode::Driver)
-                .expect("lb_empty attaches to the client's interface");
-            ClientXdpPass {
-                _dataplane: dataplane,
-            }
-        })
+    pub fn client_xdp_pass(&self) -> XdpPass {
+        xdp_pass(&self.client, CLIENT_IF)
     }
+
+    /// The same on the switch's port towards the LB ([`SWITCH_LB_PORT`]), the peer of the
+    /// LB's backend-side interface.
+    pub fn switch_xdp_pass(&self) -> XdpPass {
+        xdp_pass(&self.switch, SWITCH_LB_PORT)
+    }
+}
+
+fn xdp_pass(ns: &Netns, dev: &str) -> XdpPass {
+    use aya::programs::{Xdp, XdpMode};
+    use lb_ctl::dataplane::{DataPlane, LoadOptions, MapSizes};
+    ns.enter(|| {
+        let mut dataplane = DataPlane::load(&LoadOptions {
+            sizes: MapSizes {
+                flow_table_size: 1024,
+                max_listeners: 1,
+                max_backends: 1,
+            },
+            map_pin_dir: None,
+            verifier_log_dir: None,
+        })
+        .expect("the XDP object loads");
+        let program: &mut Xdp = dataplane
+            .ebpf_mut()
+            .program_mut("lb_empty")
+            .expect("the object has lb_empty")
+            .try_into()
+            .expect("lb_empty is an XDP program");
+        program.load().expect("lb_empty verifies");
+        program
+            .attach(dev, XdpMode::Driver)
+            .unwrap_or_else(|e| panic!("lb_empty attaches to {dev}: {e}"));
+        XdpPass {
+            _dataplane: dataplane,
+        }
+    })
 }

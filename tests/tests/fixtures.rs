@@ -1657,6 +1657,164 @@ fn icmp_errors_about_a_flow_are_translated_both_ways() {
     });
 }
 
+/// The ICMP "fragmentation needed" the LB must send for `quoted` (the frame as its sender
+/// sent it), from `from` to `to`: IPv4 header and 8 bytes of TCP/UDP quoted, next-hop MTU
+/// `mtu`, TTL 64, DF with id 0, out of the interface it came in on.
+fn frag_needed(
+    from: Ipv4Addr,
+    to: Ipv4Addr,
+    mtu: u16,
+    quoted: &Frame,
+    macs: (Mac, Mac),
+) -> Vec<u8> {
+    let [hi, lo] = mtu.to_be_bytes();
+    let mut f = icmp_error(from, to, 3, 4, [0, 0, hi, lo], &quoted.build(), 8);
+    f.ttl = 64;
+    f.id = 0;
+    f.dont_fragment = true;
+    f.macs(macs.0, macs.1).build()
+}
+
+/// The packet as the kernel gets it when the LB hands it over translated (TTL and MACs
+/// untouched).
+fn translated(mut frame: Frame, addr: Ipv4Addr, port: u16, destination: bool) -> Vec<u8> {
+    if destination {
+        frame.dst = addr;
+        frame.dst_port = port;
+    } else {
+        frame.src = addr;
+        frame.src_port = port;
+    }
+    frame.build()
+}
+
+#[test]
+fn packets_with_df_too_big_for_the_egress_are_answered_with_fragmentation_needed() {
+    let Some(lab) = lab("fxmtu") else { return };
+    // Different MTUs on the two sides, so each answer shows which egress it is about.
+    lab.ns.ip(["link", "set", "be0", "mtu", "1400"]);
+    lab.ns.ip(["link", "set", "cl0", "mtu", "1300"]);
+    lab.ns.enter(|| {
+        let mut dp = load(&lab);
+        web(vec![member(0, B[0], 8080, 100)], Scheduler::Wrr).install(&mut dp, 1);
+        ListenerSetup {
+            id: 1,
+            port: 53,
+            protocol: PROTO_UDP,
+            members: vec![member(1, B[0], 5353, 100)],
+            ..Default::default()
+        }
+        .install(&mut dp, 1);
+        let big = [0x5au8; 1400];
+        let df = |mut f: Frame| {
+            f.dont_fragment = true;
+            f
+        };
+        let syn = from_client(df(Frame::tcp((CLIENT, 40800), (VIP, 80), SYN)));
+        let upload = from_client(df(Frame::tcp((CLIENT, 40800), (VIP, 80), ACK)
+            .seq_ack(1001, 5001)
+            .payload(&big)));
+        let upload_no_df = {
+            let mut f = upload.clone();
+            f.dont_fragment = false;
+            f
+        };
+        let upload_options = upload.clone().options(&[1, 1, 1, 0]);
+        let download = df(Frame::tcp((B[0], 8080), (CLIENT, 40800), ACK)
+            .seq_ack(5001, 1001)
+            .payload(&big))
+        .macs(B_MAC[0], LB_BACKEND_MAC);
+        let download_no_df = {
+            let mut f = download.clone();
+            f.dont_fragment = false;
+            f
+        };
+        let datagram = from_client(df(Frame::udp((CLIENT, 33200), (VIP, 53)).payload(&big)));
+        check(
+            &mut dp,
+            &[
+                Case {
+                    name: "SYN creates the flow",
+                    ingress: lab.client_if,
+                    input: syn.build(),
+                    verdict: XDP_REDIRECT,
+                    reason: Reason::Forwarded,
+                    output: Output::Exactly(to_backend(&syn, 0, 8080)),
+                },
+                Case {
+                    name: "a client segment with DF too big for the backend side: \
+                           fragmentation needed from the VIP, quoting the segment as sent",
+                    ingress: lab.client_if,
+                    input: upload.build(),
+                    verdict: XDP_TX,
+                    reason: Reason::IcmpFragNeededToClient,
+                    output: Output::Exactly(frag_needed(
+                        VIP,
+                        CLIENT,
+                        1400,
+                        &upload,
+                        (LB_CLIENT_MAC, CLIENT_MAC),
+                    )),
+                },
+                Case {
+                    name: "without DF the kernel gets it translated and fragments it",
+                    ingress: lab.client_if,
+                    input: upload_no_df.build(),
+                    verdict: XDP_PASS,
+                    reason: Reason::PassFragNeeded,
+                    output: Output::Exactly(translated(upload_no_df.clone(), B[0], 8080, true)),
+                },
+                Case {
+                    name: "with IP options the kernel gets it translated",
+                    ingress: lab.client_if,
+                    input: upload_options.build(),
+                    verdict: XDP_PASS,
+                    reason: Reason::PassFragNeeded,
+                    output: Output::Exactly(translated(upload_options.clone(), B[0], 8080, true)),
+                },
+                Case {
+                    name: "a backend segment with DF too big for the client side: \
+                           fragmentation needed to the backend, quoting the segment as sent",
+                    ingress: lab.backend_if,
+                    input: download.build(),
+                    verdict: XDP_TX,
+                    reason: Reason::IcmpFragNeededToBackend,
+                    output: Output::Exactly(frag_needed(
+                        CLIENT,
+                        B[0],
+                        1300,
+                        &download,
+                        (LB_BACKEND_MAC, B_MAC[0]),
+                    )),
+                },
+                Case {
+                    name: "a backend segment without DF: the kernel gets it translated",
+                    ingress: lab.backend_if,
+                    input: download_no_df.build(),
+                    verdict: XDP_PASS,
+                    reason: Reason::PassFragNeeded,
+                    output: Output::Exactly(translated(download_no_df.clone(), VIP, 80, false)),
+                },
+                Case {
+                    name: "a new UDP flow's first datagram with DF too big: answered, its \
+                           UDP checksum quoted as sent",
+                    ingress: lab.client_if,
+                    input: datagram.build(),
+                    verdict: XDP_TX,
+                    reason: Reason::IcmpFragNeededToClient,
+                    output: Output::Exactly(frag_needed(
+                        VIP,
+                        CLIENT,
+                        1400,
+                        &datagram,
+                        (LB_CLIENT_MAC, CLIENT_MAC),
+                    )),
+                },
+            ],
+        );
+    });
+}
+
 #[test]
 fn wlc_sends_new_flows_to_the_backend_with_fewest_active_flows_per_weight() {
     let Some(lab) = lab("fxwlc") else { return };

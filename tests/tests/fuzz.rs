@@ -60,6 +60,8 @@ fn fuzzed_frames_follow_the_packet_policy() {
         "pass_ttl_expired",
         "pass_neighbour_unknown",
         "pass_frag_needed",
+        "icmp_frag_needed_to_client",
+        "icmp_frag_needed_to_backend",
         "pass_no_tx_port",
         "drop_malformed_ipv4",
         "drop_malformed_l4",

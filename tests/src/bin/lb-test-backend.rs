@@ -10,7 +10,9 @@
 //!   Keep-alive is honoured (many requests per connection until the client closes or
 //!   sends `Connection: close`). `/slow?ms=N` answers after N ms (at most 600000);
 //!   `/stream?seconds=N` sends `NAME <i>\n` every 100 ms for N seconds (at most 600),
-//!   chunked for HTTP/1.1 and close-delimited for HTTP/1.0.
+//!   chunked for HTTP/1.1 and close-delimited for HTTP/1.0. `/bytes?n=N` answers a body
+//!   of N bytes (at most 64 MiB); `/upload` answers `NAME <bytes of request body read>\n`
+//!   (bodies up to 16 MiB, with Content-Length).
 //! - In 503 mode every answer is `503 Service Unavailable` with body `NAME 503\n`.
 //!   SIGUSR1 switches to 503, SIGUSR2 back to 200; so do the control commands.
 //! - UDP on every `--udp` address: each datagram is answered to its sender with
@@ -47,6 +49,8 @@ use std::{
 const READY_LINE: &str = "lb-test-backend ready";
 const MAX_SLOW_MS: u64 = 600_000;
 const MAX_STREAM_SECONDS: u64 = 600;
+/// Largest `/bytes` body.
+const MAX_BYTES: u64 = 64 << 20;
 /// Longest request head accepted.
 const MAX_HEAD: usize = 64 * 1024;
 /// Longest request body read (and discarded).
@@ -266,6 +270,8 @@ struct Request {
     query: String,
     http10: bool,
     keep_alive: bool,
+    /// Bytes of request body read (and discarded).
+    body_read: u64,
 }
 
 /// Reads one request head (and discards its body). `Ok(None)` on a clean EOF before a
@@ -302,6 +308,7 @@ fn read_request(reader: &mut impl BufRead) -> io::Result<Option<Request>> {
         query: query.to_owned(),
         http10,
         keep_alive: !http10,
+        body_read: 0,
     };
     let mut content_length = 0u64;
     loop {
@@ -339,7 +346,7 @@ fn read_request(reader: &mut impl BufRead) -> io::Result<Option<Request>> {
             return Err(bad("chunked request bodies are not supported"));
         }
     }
-    io::copy(&mut reader.take(content_length), &mut io::sink())?;
+    request.body_read = io::copy(&mut reader.take(content_length), &mut io::sink())?;
     Ok(Some(request))
 }
 
@@ -420,6 +427,16 @@ fn answer(w: &mut TcpStream, state: &State, request: &Request, peer: &str) -> io
                 .min(MAX_STREAM_SECONDS);
             return stream_lines(w, state, request, peer, seconds);
         }
+        "/bytes" => {
+            let n = query_number(&request.query, "n")
+                .unwrap_or(0)
+                .min(MAX_BYTES);
+            return send_bytes(w, state, request, peer, n, with_body);
+        }
+        "/upload" => {
+            let body = format!("{} {}\n", state.name, request.body_read);
+            return write_response(w, state, 200, peer, request.keep_alive, &body, with_body);
+        }
         _ => {}
     }
     let body = format!("{}\n", state.name);
@@ -447,6 +464,43 @@ fn write_response(
         out.push_str(body);
     }
     w.write_all(out.as_bytes())
+}
+
+/// `/bytes`: `n` bytes of body, written in chunks of 64 KiB so a download of many
+/// megabytes needs no buffer of its size.
+fn send_bytes(
+    w: &mut TcpStream,
+    state: &State,
+    request: &Request,
+    peer: &str,
+    n: u64,
+    with_body: bool,
+) -> io::Result<()> {
+    w.write_all(
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {n}\r\n\
+             X-Backend: {}\r\nX-Client-Addr: {peer}\r\nConnection: {}\r\n\r\n",
+            state.name,
+            if request.keep_alive {
+                "keep-alive"
+            } else {
+                "close"
+            }
+        )
+        .as_bytes(),
+    )?;
+    if !with_body {
+        return Ok(());
+    }
+    // On the heap: connection threads have small stacks (STACK_SIZE).
+    let chunk = vec![b'x'; 64 * 1024];
+    let mut left = n;
+    while left > 0 {
+        let len = left.min(chunk.len() as u64) as usize;
+        w.write_all(&chunk[..len])?;
+        left -= len as u64;
+    }
+    Ok(())
 }
 
 /// `/stream`: one line per 100 ms, chunked (HTTP/1.1, connection stays usable) or
