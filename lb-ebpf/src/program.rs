@@ -88,7 +88,7 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
         protocol: ip.protocol,
         _pad: [0; 3],
     };
-    if let Some(rev) = flow::lookup_reverse(&reply_key) {
+    if let Some(rev) = flow::reply_reverse(&reply_key, ip.protocol, l4.tcp_flags) {
         // SAFETY: a map value pointer stays valid for the program run; its writes are a
         // number and a flag bit, where the last writer winning is harmless.
         return reply(ctx, &ip, &l4, unsafe { &mut *rev });

@@ -579,6 +579,9 @@ struct ShadowRev {
     backend: u32,
     /// What the backend last acknowledged, once it has.
     backend_acked: Option<u32>,
+    /// In the half-open table (its flow has not completed the handshake): only the
+    /// backend's SYN-ACK or RST finds it.
+    half_open: bool,
 }
 
 /// The flow flags the model follows.
@@ -1101,7 +1104,9 @@ impl Model {
         if let Some(l) = setup.listener(t.dst, t.dport, t.proto) {
             return self.forward(setup, lab, &p, &t, tcp_flags, l, now);
         }
-        if let Some(rev) = self.revs.get(&t) {
+        if let Some(rev) = self.revs.get(&t)
+            && (!rev.half_open || (t.proto == PROTO_TCP && tcp_flags & (SYN | RST) != 0))
+        {
             return self.reply(lab, &p, &t, rev, tcp_flags);
         }
         if setup.is_vip(p.dst) {
@@ -1152,6 +1157,7 @@ impl Model {
             if next_step(t.proto, tcp_flags, state) == Step::Reuse {
                 let mut flow = self.flows[t];
                 let b = setup.backends[flow.backend as usize];
+                let mut rev_delta = None;
                 if t.proto == PROTO_TCP {
                     let (seq, ack) = p.seq_ack();
                     if tcp_flags & ACK != 0 {
@@ -1175,11 +1181,40 @@ impl Model {
                     if credible {
                         flow.flags |= close_flags(tcp_flags);
                     }
+                    // The handshake completes: the flow's reverse entry leaves the
+                    // half-open table if it is still this flow's, and is written again if
+                    // it is missing.
+                    if self.flows[t].flags & FLOW_F_OPENING != 0 && flow.flags & FLOW_F_OPENING == 0
+                    {
+                        rev_delta = match self.revs.get(&rkey) {
+                            Some(r) if r.half_open && (r.vip, r.vport) == (t.dst, t.dport) => {
+                                Some((
+                                    rkey,
+                                    ShadowRev {
+                                        half_open: false,
+                                        ..*r
+                                    },
+                                ))
+                            }
+                            Some(_) => None,
+                            None => Some((
+                                rkey,
+                                ShadowRev {
+                                    vip: t.dst,
+                                    vport: t.dport,
+                                    listener: li,
+                                    backend: flow.backend,
+                                    backend_acked: None,
+                                    half_open: false,
+                                },
+                            )),
+                        };
+                    }
                 }
                 flow.seen = now;
                 let delta = Delta {
                     flow: Some((*t, flow)),
-                    rev: None,
+                    rev: rev_delta,
                 };
                 outs.extend(self.to_backend(lab, p, b, delta));
                 continue;
@@ -1248,6 +1283,7 @@ impl Model {
                             listener: li,
                             backend: b.id,
                             backend_acked: None,
+                            half_open: opening,
                         },
                     )),
                 };
@@ -2997,6 +3033,10 @@ impl Fuzzer<'_> {
                                 backend: r.backend,
                                 backend_acked: (r.flags & REVERSE_F_ACKED != 0)
                                     .then_some(r.backend_acked),
+                                // Where the kernel keeps it: with its flow, half-open or not.
+                                half_open: flow.flags & FLOW_F_OPENING != 0
+                                    && Ipv4Addr::from(r.vip.to_ne_bytes()) == t.dst
+                                    && u16::from_be(r.vport) == t.dport,
                             },
                         );
                     }
