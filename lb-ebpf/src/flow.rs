@@ -58,14 +58,7 @@ pub fn reply_reverse(key: &FlowKey, protocol: u8, tcp_flags: u8) -> Option<*mut 
 #[inline(always)]
 pub fn promote(ip: &Ipv4, l4: &L4, listener: &Listener, f: &Flow, backend: &Backend) {
     let established = *f;
-    let key = FlowKey {
-        src_addr: ip.src_addr,
-        dst_addr: ip.dst_addr,
-        src_port: l4.src_port,
-        dst_port: l4.dst_port,
-        protocol: ip.protocol,
-        _pad: [0; 3],
-    };
+    let key = crate::parse::packet(ip, l4).flow_key();
     let (reply_key, fresh) = reverse_entry(ip, l4, listener, f.backend, backend);
     if FLOWS.insert(key, established, u64::from(BPF_ANY)).is_err() {
         return;

@@ -80,14 +80,8 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
     if maybe_vip && let Some(listener) = decide::listener_for(&Maps, &parse::packet(&ip, &l4)) {
         return forward(ctx, &ip, &l4, &listener);
     }
-    let reply_key = FlowKey {
-        src_addr: ip.src_addr,
-        dst_addr: ip.dst_addr,
-        src_port: l4.src_port,
-        dst_port: l4.dst_port,
-        protocol: ip.protocol,
-        _pad: [0; 3],
-    };
+    // Keyed like a flow: a backend's reply carries the backend-side tuple as it is.
+    let reply_key = parse::packet(&ip, &l4).flow_key();
     if let Some(rev) = flow::reply_reverse(&reply_key, ip.protocol, l4.tcp_flags) {
         // SAFETY: a map value pointer stays valid for the program run; its writes are a
         // number and a flag bit, where the last writer winning is harmless.

@@ -520,6 +520,18 @@ pub struct Tuple {
 }
 
 impl Tuple {
+    /// The backend-side tuple of client flow `self` sent to backend `b`: the key of its
+    /// reverse entry.
+    fn backend_side(&self, b: &BackendSpec) -> Tuple {
+        Tuple {
+            src: b.addr,
+            dst: self.src,
+            sport: b.port,
+            dport: self.sport,
+            proto: self.proto,
+        }
+    }
+
     fn key(&self) -> FlowKey {
         FlowKey {
             src_addr: u32::from_ne_bytes(self.src.octets()),
@@ -963,13 +975,7 @@ impl Model {
     fn client_numbers(&self, setup: &Setup, t: &Tuple) -> Option<(u32, u32)> {
         let flow = self.flows.get(t)?;
         let b = setup.backends.get(flow.backend as usize)?;
-        let rkey = Tuple {
-            src: b.addr,
-            dst: t.src,
-            sport: b.port,
-            dport: t.sport,
-            proto: t.proto,
-        };
+        let rkey = t.backend_side(b);
         Some((self.revs.get(&rkey)?.backend_acked?, flow.client_acked))
     }
 
@@ -1166,13 +1172,7 @@ impl Model {
                     }
                     // A client's FIN or RST closes only near what the backend acknowledged
                     // (whatever flow the reverse entry at the backend-side tuple serves).
-                    let rkey = Tuple {
-                        src: b.addr,
-                        dst: t.src,
-                        sport: b.port,
-                        dport: t.sport,
-                        proto: t.proto,
-                    };
+                    let rkey = t.backend_side(&b);
                     let credible = self
                         .revs
                         .get(&rkey)
@@ -1236,13 +1236,7 @@ impl Model {
                 outs.extend(drop_(Reason::DropNoBackend));
                 continue;
             };
-            let rkey = Tuple {
-                src: b.addr,
-                dst: t.src,
-                sport: b.port,
-                dport: t.sport,
-                proto: t.proto,
-            };
+            let rkey = t.backend_side(&b);
             let collides: &[bool] = match self.revs.get(&rkey) {
                 Some(e) if (e.vip, e.vport) != (t.dst, t.dport) => {
                     self.owner_live(setup, t, e, now).values()
@@ -3015,13 +3009,7 @@ impl Fuzzer<'_> {
                     },
                 );
                 if let Some(b) = self.setup.backends.get(flow.backend as usize) {
-                    let rkey = Tuple {
-                        src: b.addr,
-                        dst: t.src,
-                        sport: b.port,
-                        dport: t.sport,
-                        proto: t.proto,
-                    };
+                    let rkey = t.backend_side(b);
                     if let Ok(Some(r)) = dp.reverse_entry(&rkey.key()) {
                         let listener = self.setup.listener_by_id(r.listener).unwrap_or(li);
                         self.model.insert_rev(
