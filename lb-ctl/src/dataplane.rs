@@ -821,12 +821,6 @@ impl DataPlane {
             Err(e) => Err(map_err(names::REVERSE)(e)),
         }
     }
-
-    pub fn set_reverse_entry(&mut self, key: FlowKey, entry: ReverseNat) -> Result<()> {
-        self.reverse
-            .insert(key, entry, 0)
-            .map_err(map_err(names::REVERSE))
-    }
 }
 
 fn acl_key(acl: u32, addr: std::net::Ipv4Addr, prefix_len: u8) -> LpmKey<AclKey> {

@@ -517,11 +517,6 @@ impl Reconciler {
             .retain(|name, _| desired.listeners.contains_key(name));
         Ok(ops)
     }
-
-    /// The live table slot of a listener, as last written.
-    pub fn live_slot(&self, listener: &str) -> Option<u32> {
-        self.listeners.get(listener).map(|a| a.value.table)
-    }
 }
 
 #[cfg(test)]
