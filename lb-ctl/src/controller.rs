@@ -34,12 +34,7 @@ pub struct Options {
 
 /// Now on the clock the data plane stamps flows with (`bpf_ktime_get_coarse_ns`).
 pub fn monotonic_coarse_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes the timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    let ts = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse);
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 

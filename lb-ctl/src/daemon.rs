@@ -7,10 +7,7 @@
 use std::{
     fs,
     io::Write as _,
-    os::{
-        fd::AsRawFd as _,
-        unix::fs::{FileTypeExt as _, MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _},
-    },
+    os::unix::fs::{FileTypeExt as _, MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
@@ -71,8 +68,7 @@ pub fn lock_instance(state_dir: &Path, instance: &str) -> anyhow::Result<Instanc
         ),
         Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
     };
-    // SAFETY: flock on a descriptor we own.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+    if rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
         let holder = fs::read_to_string(&path).unwrap_or_default();
         bail!(
             "another lb-ctl daemon is running instance {instance} (pid {}, lock {}); stop it \
@@ -88,13 +84,30 @@ pub fn lock_instance(state_dir: &Path, instance: &str) -> anyhow::Result<Instanc
 
 fn group_id(name: &str) -> anyhow::Result<u32> {
     let c = std::ffi::CString::new(name).context("group name")?;
-    // SAFETY: getgrnam returns a pointer into static storage or NULL.
-    let gr = unsafe { libc::getgrnam(c.as_ptr()) };
-    if gr.is_null() {
+    // getgrnam_r, not getgrnam: the daemon's runtime has threads, and getgrnam returns a
+    // pointer into storage any thread's call may overwrite.
+    // SAFETY: group and result are plain data; all-zero is a valid start.
+    let mut group: libc::group = unsafe { std::mem::zeroed() };
+    let mut result: *mut libc::group = std::ptr::null_mut();
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    // SAFETY: every pointer is to storage we own, `buf` with its true length.
+    let rc = unsafe {
+        libc::getgrnam_r(
+            c.as_ptr(),
+            &mut group,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut result,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::from_raw_os_error(rc))
+            .with_context(|| format!("--socket-group {name}: looking the group up"));
+    }
+    if result.is_null() {
         bail!("--socket-group {name}: no such group");
     }
-    // SAFETY: non-null result of getgrnam.
-    Ok(unsafe { (*gr).gr_gid })
+    Ok(group.gr_gid)
 }
 
 /// Creates the control socket safely: refuses a symlink, or a socket another daemon is
@@ -133,11 +146,9 @@ fn bind_socket(path: &Path, group: Option<&str>) -> anyhow::Result<UnixListener>
             );
         }
     }
-    // SAFETY: umask only changes this process's file-creation mask.
-    let old = unsafe { libc::umask(0o177) };
+    let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o177));
     let listener = UnixListener::bind(path);
-    // SAFETY: as above.
-    unsafe { libc::umask(old) };
+    rustix::process::umask(old);
     let listener = listener.with_context(|| format!("binding {}", path.display()))?;
     if let Some(group) = group {
         let gid = group_id(group)?;

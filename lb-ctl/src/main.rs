@@ -27,12 +27,12 @@ fn init_logging(format: LogFormat) {
 fn enter_netns(name: &str) -> anyhow::Result<()> {
     let path = format!("/run/netns/{name}");
     let file = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
-    // SAFETY: setns on a descriptor we own; the process is still single-threaded.
-    let rc = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error()).with_context(|| format!("joining {path}"));
-    }
-    Ok(())
+    // The process is still single-threaded: every thread started later lives there.
+    rustix::thread::move_into_link_name_space(
+        std::os::fd::AsFd::as_fd(&file),
+        Some(rustix::thread::LinkNameSpaceType::Network),
+    )
+    .with_context(|| format!("joining {path}"))
 }
 
 fn run_daemon(socket: std::path::PathBuf, args: DaemonArgs) -> anyhow::Result<()> {

@@ -14,7 +14,6 @@
 use std::{
     ffi::CString,
     fs,
-    os::unix::ffi::OsStrExt as _,
     path::{Path, PathBuf},
 };
 
@@ -156,16 +155,10 @@ impl Layout {
 
 /// Checks that `path` is a bpffs mount.
 pub fn check_bpffs(path: &Path) -> Result<()> {
-    let c =
-        CString::new(path.as_os_str().as_bytes()).map_err(|_| PinError::NotBpffs(path.into()))?;
-    // SAFETY: statfs writes into a zeroed struct we own.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: c is a valid NUL-terminated path.
-    let rc = unsafe { libc::statfs(c.as_ptr(), &mut st) };
-    if rc != 0 || st.f_type != BPF_FS_MAGIC {
-        return Err(PinError::NotBpffs(path.into()));
+    match rustix::fs::statfs(path) {
+        Ok(st) if st.f_type == BPF_FS_MAGIC => Ok(()),
+        _ => Err(PinError::NotBpffs(path.into())),
     }
-    Ok(())
 }
 
 /// The layout every map must have: (name, type, key size, value size, max entries).
