@@ -86,6 +86,9 @@ fn main() -> ExitCode {
     let topo = Topology::build("demo", 3, TopologyOptions::default());
     topo.pin_neighbors();
     let _backends = topo.start_backends(Some(8080), Some(5353));
+    // Answers the LB makes itself (ping to the VIP, a drained flow's RST) leave with
+    // XDP_TX, which a veth delivers promptly only to a peer with an XDP program.
+    let _client_xdp = topo.client_xdp_pass();
     eprintln!(
         "lb-demo: starting lb-ctl daemon in namespace {}",
         topo.lb().name()
