@@ -370,6 +370,10 @@ pub const FLOW_F_COUNTED: u32 = 8;
 /// `Flow::flags`: opened by a SYN, and the client has not acknowledged anything yet (a
 /// half-open connection, or a forged SYN). It lives `HALF_OPEN_TIMEOUT_S` at most.
 pub const FLOW_F_OPENING: u32 = 16;
+/// `Flow::flags` of a half-open flow: its SYN took the key's entry out of `FLOWS` (a
+/// connection reusing a closed one's port), so its promotion is no new key there and does
+/// not count as one (`EventFlowInserted`).
+pub const FLOW_F_REOPENED: u32 = 32;
 
 /// A half-open flow stays this long after its last packet: long enough for a client's SYN
 /// retransmissions (1, 2, 4, 8, 16 s apart), short enough that unanswered or forged SYNs

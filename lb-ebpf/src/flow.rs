@@ -6,8 +6,9 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    Affinity, AffinityKey, Backend, FLOW_F_COUNTED, FLOW_F_FIN, FLOW_F_OPENING, FLOW_F_RST, Flow,
-    FlowKey, Listener, PROTO_TCP, REVERSE_F_ACKED, Reason, ReverseNat, TOO_BIG_DESTINATION,
+    Affinity, AffinityKey, Backend, FLOW_F_COUNTED, FLOW_F_FIN, FLOW_F_OPENING, FLOW_F_REOPENED,
+    FLOW_F_RST, Flow, FlowKey, Listener, PROTO_TCP, REVERSE_F_ACKED, Reason, ReverseNat,
+    TOO_BIG_DESTINATION,
     select::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, close_is_credible},
 };
 
@@ -57,13 +58,17 @@ pub fn reply_reverse(key: &FlowKey, protocol: u8, tcp_flags: u8) -> Option<*mut 
 /// goes back to the half-open table.
 #[inline(always)]
 pub fn promote(ip: &Ipv4, l4: &L4, listener: &Listener, f: &Flow, backend: &Backend) {
-    let established = *f;
+    let mut established = *f;
+    let new_key = established.flags & FLOW_F_REOPENED == 0;
+    established.flags &= !FLOW_F_REOPENED;
     let key = crate::parse::packet(ip, l4).flow_key();
     let (reply_key, fresh) = reverse_entry(ip, l4, listener, f.backend, backend);
     if FLOWS.insert(key, established, u64::from(BPF_ANY)).is_err() {
         return;
     }
-    stats::count(Reason::EventFlowInserted);
+    if new_key {
+        stats::count(Reason::EventFlowInserted);
+    }
     let _ = HALF_OPEN.remove(key);
     // The reverse entry moves along if it is still this flow's; one another flow has
     // taken over stays; a missing one (evicted by a flood of SYNs) is written again, as

@@ -10,8 +10,9 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    Backend, FLOW_F_COUNTED, FLOW_F_FIN, FLOW_F_OPENING, FLOW_F_PICKUP, FLOW_F_RST, Flow, FlowKey,
-    Listener, ListenerKey, NO_BACKEND, PENDING_F_SCANNED, Reason, ReverseNat, STAGE_WLC, Scheduler,
+    Backend, FLOW_F_COUNTED, FLOW_F_FIN, FLOW_F_OPENING, FLOW_F_PICKUP, FLOW_F_REOPENED,
+    FLOW_F_RST, Flow, FlowKey, Listener, ListenerKey, NO_BACKEND, PENDING_F_SCANNED, Reason,
+    ReverseNat, STAGE_WLC, Scheduler,
     decide::{self, Opening, Pick},
     select::{EntryState, Step, TCP_ACK, TCP_FIN, TCP_RST, is_active},
 };
@@ -140,6 +141,9 @@ fn open(
     }
     if half_open {
         flags |= FLOW_F_OPENING;
+        if opening.previous_backend != NO_BACKEND && opening.previous_flags & FLOW_F_OPENING == 0 {
+            flags |= FLOW_F_REOPENED;
+        }
     }
     let entry = Flow {
         backend: id,

@@ -502,6 +502,7 @@ fn tcp_new_flow_established_reply_and_close() {
         // The client reuses its port after the close: a new flow, which stays on the
         // backend of the closed one while that backend takes new flows (a forged RST and
         // SYN could otherwise move a live connection), although the WRR cursor has moved.
+        let inserted = dp.counter(Reason::EventFlowInserted).unwrap();
         check(
             &mut dp,
             &[Case {
@@ -520,6 +521,16 @@ fn tcp_new_flow_established_reply_and_close() {
             "the reopened flow is half-open, not closing"
         );
         assert_eq!(dp.listener_stats(0).unwrap().new_flows, 2);
+        // Its ACK moves it back to the flow table: the same key, so no new entry there
+        // (the status view's eviction estimate is insertions minus entries present).
+        let (verdict, _) = run(&mut dp, lab.client_if, &ack.build());
+        assert_eq!(verdict, XDP_REDIRECT);
+        assert_eq!(dp.established_flows().unwrap().len(), 1);
+        assert_eq!(
+            dp.counter(Reason::EventFlowInserted).unwrap(),
+            inserted,
+            "a reopened connection is no new entry of the flow table"
+        );
     });
 }
 
