@@ -7,9 +7,8 @@ use aya_ebpf::{
 };
 use lb_common::{
     Affinity, AffinityKey, Backend, FLOW_F_COUNTED, FLOW_F_FIN, FLOW_F_OPENING, FLOW_F_REOPENED,
-    FLOW_F_RST, Flow, FlowKey, Listener, PROTO_TCP, REVERSE_F_ACKED, Reason, ReverseNat,
-    TOO_BIG_DESTINATION,
-    select::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, close_is_credible},
+    FLOW_F_RST, Flow, FlowKey, Listener, REVERSE_F_ACKED, Reason, ReverseNat, TOO_BIG_DESTINATION,
+    select::{TCP_ACK, TCP_FIN, TCP_RST, close_is_credible},
 };
 
 use crate::{
@@ -36,21 +35,6 @@ pub fn lookup_reverse(key: &FlowKey) -> Option<*mut ReverseNat> {
     REVERSE
         .get_ptr_mut(key)
         .or_else(|| HALF_OPEN_REVERSE.get_ptr_mut(key))
-}
-
-/// The reverse entry a backend's packet is a reply of. Before the handshake completes a
-/// backend sends only a SYN-ACK or a RST refusing the SYN, so only those look in
-/// `HALF_OPEN_REVERSE`: every packet not for a VIP comes this way, and one lookup is what
-/// it costs.
-#[inline(always)]
-pub fn reply_reverse(key: &FlowKey, protocol: u8, tcp_flags: u8) -> Option<*mut ReverseNat> {
-    REVERSE.get_ptr_mut(key).or_else(|| {
-        if protocol == PROTO_TCP && tcp_flags & (TCP_SYN | TCP_RST) != 0 {
-            HALF_OPEN_REVERSE.get_ptr_mut(key)
-        } else {
-            None
-        }
-    })
 }
 
 /// The client has acknowledged: its half-open flow (`f`, in `HALF_OPEN`) and reverse entry

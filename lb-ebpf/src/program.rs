@@ -82,7 +82,7 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
     }
     // Keyed like a flow: a backend's reply carries the backend-side tuple as it is.
     let reply_key = parse::packet(&ip, &l4).flow_key();
-    if let Some(rev) = flow::reply_reverse(&reply_key, ip.protocol, l4.tcp_flags) {
+    if let Some(rev) = flow::lookup_reverse(&reply_key) {
         // SAFETY: a map value pointer stays valid for the program run; its writes are a
         // number and a flag bit, where the last writer winning is harmless.
         return reply(ctx, &ip, &l4, unsafe { &mut *rev });

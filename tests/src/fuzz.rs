@@ -1110,9 +1110,7 @@ impl Model {
         if let Some(l) = setup.listener(t.dst, t.dport, t.proto) {
             return self.forward(setup, lab, &p, &t, tcp_flags, l, now);
         }
-        if let Some(rev) = self.revs.get(&t)
-            && (!rev.half_open || (t.proto == PROTO_TCP && tcp_flags & (SYN | RST) != 0))
-        {
+        if let Some(rev) = self.revs.get(&t) {
             return self.reply(lab, &p, &t, rev, tcp_flags);
         }
         if setup.is_vip(p.dst) {
