@@ -80,24 +80,14 @@ pub fn http_request(
         args.extend(["--interface".into(), source.to_string()]);
     }
     args.push(url.into());
-    let out = ns.exec(&args);
-    if !out.status.success() {
-        bail!(
-            "{}",
-            failure_message(&format!("ip netns exec {ns} {}", args.join(" ")), &out)
-        );
-    }
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let (rest, status) = stdout
-        .rsplit_once(MARK)
-        .with_context(|| format!("curl output without status marker: {stdout:?}"))?;
+    let (rest, status) = curl_marked(ns, &args)?;
     let status: u16 = status
         .trim()
         .parse()
-        .with_context(|| format!("bad status in curl output: {stdout:?}"))?;
+        .with_context(|| format!("bad status in curl output: {status:?}"))?;
     let (head, body) = rest
         .split_once("\r\n\r\n")
-        .with_context(|| format!("curl output without end of headers: {stdout:?}"))?;
+        .with_context(|| format!("curl output without end of headers: {rest:?}"))?;
     let headers = head
         .lines()
         .skip(1) // the status line
@@ -109,6 +99,23 @@ pub fn http_request(
         headers,
         body: body.to_owned(),
     })
+}
+
+/// Runs curl (`args`, whose write-out starts with MARK) in `ns`: what it printed before
+/// MARK, and after it. `Err` when curl fails, with its exit status and message.
+fn curl_marked(ns: &Netns, args: &[String]) -> anyhow::Result<(String, String)> {
+    let out = ns.exec(args);
+    if !out.status.success() {
+        bail!(
+            "{}",
+            failure_message(&format!("ip netns exec {ns} {}", args.join(" ")), &out)
+        );
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let (before, after) = stdout
+        .rsplit_once(MARK)
+        .with_context(|| format!("curl output without status marker: {stdout:?}"))?;
+    Ok((before.to_owned(), after.to_owned()))
 }
 
 /// [`http_request`] returning the body of a 2xx answer; any other status is an `Err` with
@@ -188,17 +195,7 @@ pub fn http_upload(
         format!("{MARK} %{{http_code}}"),
         url.into(),
     ];
-    let out = ns.exec(&args);
-    if !out.status.success() {
-        bail!(
-            "{}",
-            failure_message(&format!("ip netns exec {ns} {}", args.join(" ")), &out)
-        );
-    }
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let (reply, status) = stdout
-        .rsplit_once(MARK)
-        .with_context(|| format!("curl output without status marker: {stdout:?}"))?;
+    let (reply, status) = curl_marked(ns, &args)?;
     if !status.trim().starts_with('2') {
         bail!("HTTP {} from {url}: {:?}", status.trim(), reply.trim_end());
     }

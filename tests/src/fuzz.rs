@@ -532,6 +532,18 @@ impl Tuple {
         }
     }
 
+    /// The client-side tuple of the flow whose reverse entry `rev` sits at backend-side
+    /// tuple `self`: the inverse of [`Tuple::backend_side`].
+    fn client_side(&self, rev: &ShadowRev) -> Tuple {
+        Tuple {
+            src: self.dst,
+            dst: rev.vip,
+            sport: self.dport,
+            dport: rev.vport,
+            proto: self.proto,
+        }
+    }
+
     fn key(&self) -> FlowKey {
         FlowKey {
             src_addr: u32::from_ne_bytes(self.src.octets()),
@@ -984,13 +996,7 @@ impl Model {
     /// acknowledged.
     fn backend_numbers(&self, t: &Tuple) -> Option<(u32, u32)> {
         let rev = self.revs.get(t)?;
-        let owner = Tuple {
-            src: t.dst,
-            dst: rev.vip,
-            sport: t.dport,
-            dport: rev.vport,
-            proto: t.proto,
-        };
+        let owner = t.client_side(rev);
         let flow = self.flows.get(&owner)?;
         Some(if flow.flags & FLOW_F_OPENING != 0 {
             (0, flow.client_acked)
@@ -1346,13 +1352,7 @@ impl Model {
         }
         let close = close_flags(tcp_flags);
         if t.proto == PROTO_TCP && close != 0 {
-            let owner = Tuple {
-                src: t.dst,
-                dst: rev.vip,
-                sport: t.dport,
-                dport: rev.vport,
-                proto: t.proto,
-            };
+            let owner = t.client_side(rev);
             if let Some(flow) = self.flows.get(&owner)
                 && flow.backend == rev.backend
                 && if flow.flags & FLOW_F_OPENING != 0 {
