@@ -46,6 +46,9 @@ pub enum Group {
     Bench,
     /// The status-page test's headless browser.
     Browser,
+    /// Build and run the container image: podman (with runc, which runs where the default
+    /// runtime does not) and debootstrap for a base image when no registry answers.
+    Container,
 }
 
 struct PackageSet {
@@ -107,6 +110,13 @@ const PACKAGES: &[PackageSet] = &[
         group: Group::Browser,
         what: "headless browser",
         packages: &["chromium"],
+        deb_web_only: false,
+    },
+    // Container: the image build and the container tests (binutils strips the binary).
+    PackageSet {
+        group: Group::Container,
+        what: "container tools",
+        packages: &["podman", "runc", "debootstrap", "binutils"],
         deb_web_only: false,
     },
 ];

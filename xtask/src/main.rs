@@ -6,6 +6,7 @@
 mod bench;
 mod bootstrap;
 mod build;
+mod container;
 mod demo;
 mod fuzz;
 mod machine;
@@ -55,6 +56,9 @@ enum Command {
     /// Set up (with the nftables and HAProxy baselines), build release, run the benchmark
     /// suite: prints the table and writes docs/benchmarks.md.
     Bench(bench::BenchArgs),
+    /// Set up (with podman and debootstrap), build release, then build the container image
+    /// from deploy/Containerfile and print its name.
+    Container(container::ContainerArgs),
     /// Build release and run the long packet fuzzing (1,000,000 frames by default)
     /// against the model of the packet policy.
     Fuzz(fuzz::FuzzArgs),
@@ -75,6 +79,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run::run(args),
         Command::Bench(args) => bench::bench(&args).map(|()| ExitCode::SUCCESS),
         Command::Fuzz(args) => fuzz::fuzz(&args).map(|()| ExitCode::SUCCESS),
+        Command::Container(args) => container::container(&args).map(|()| ExitCode::SUCCESS),
     };
     result.unwrap_or_else(|err| {
         process::report("error: ", &err);

@@ -7,7 +7,7 @@ use anyhow::{anyhow, bail};
 
 use crate::{
     bootstrap::{self, Group},
-    build, machine,
+    build, container, machine,
     process::{Cmd, fmt_duration, in_ci, is_root, lb_ctl_path, report, target_dir},
 };
 
@@ -107,11 +107,17 @@ pub fn test(args: &TestArgs) -> anyhow::Result<()> {
         (
             "setup",
             None,
-            // Browser: the status-page test drives headless Chromium, and in CI a
-            // missing browser fails that test rather than skipping it. The machine report
+            // Browser and Container: the status-page test drives headless Chromium and the
+            // container tests podman; in CI a missing tool fails its test rather than
+            // skipping it. The machine report
             // heads every test log, so a run on a machine that differs shows how.
             Box::new(|_| {
-                bootstrap::bootstrap(&[Group::Build, Group::Test, Group::Browser])?;
+                bootstrap::bootstrap(&[
+                    Group::Build,
+                    Group::Test,
+                    Group::Browser,
+                    Group::Container,
+                ])?;
                 machine::report()
             }),
         ),
@@ -154,6 +160,12 @@ pub fn test(args: &TestArgs) -> anyhow::Result<()> {
         ),
         ("build", None, Box::new(|_| build::cargo_build(false))),
         (
+            "container image",
+            None,
+            // The container tests run the debug build in the image a deployment uses.
+            Box::new(|_| container::build_test_image()),
+        ),
+        (
             "eBPF debug-log build",
             None,
             // The verifier budget test loads it: the budget holds for that build too.
@@ -178,6 +190,7 @@ pub fn test(args: &TestArgs) -> anyhow::Result<()> {
             Box::new(|totals: &mut Totals| {
                 let cmd = Cmd::cargo()
                     .env("LB_CTL_BIN", &lb_ctl)
+                    .env(container::TEST_IMAGE_VAR, container::TEST_IMAGE)
                     .env(build::DEBUG_LOG_OBJECT_VAR, build::debug_log_object_path())
                     .arg("test");
                 let cmd = if args.package.is_empty() {
