@@ -53,11 +53,11 @@ pub const fn vip_filter_bit(addr: u32) -> u32 {
     addr.wrapping_mul(0x9e37_79b9) >> 16
 }
 
-/// Entries of the half-open tables (`HALF_OPEN`, `HALF_OPEN_REVERSE`) for a flow table of
-/// `flow_table_size`: a quarter of it, at least 262144 (about 30 MB each). A flood of
-/// SYNs churns these, never the tables of established flows; a legitimate client's ACK,
-/// an RTT after its SYN, finds its entry unless the flood inserts that many SYNs within
-/// that RTT (at 250,000 SYNs/s, 262144 entries last a second).
+/// Entries of the half-open table (`HALF_OPEN`) for a flow table of `flow_table_size`: a
+/// quarter of it, at least 262144 (about 25 MB). A flood of SYNs churns this table, never
+/// the one of established flows; a legitimate client's ACK, an RTT after its SYN, finds
+/// its entry unless the flood inserts that many SYNs within that RTT (at 250,000 SYNs/s,
+/// 262144 entries last a second).
 pub const fn half_open_table_size(flow_table_size: u32) -> u32 {
     let quarter = flow_table_size / 4;
     if quarter < 262_144 { 262_144 } else { quarter }
@@ -75,9 +75,8 @@ pub mod names {
     pub const TABLE_META: &str = "TABLE_META";
     pub const CURSORS: &str = "CURSORS";
     pub const FLOWS: &str = "FLOWS";
-    pub const REVERSE: &str = "REVERSE";
     pub const HALF_OPEN: &str = "HALF_OPEN";
-    pub const HALF_OPEN_REVERSE: &str = "HALF_OPEN_REVERSE";
+    pub const ENDPOINTS: &str = "ENDPOINTS";
     pub const ACTIVE_FLOWS: &str = "ACTIVE_FLOWS";
     pub const LISTENER_STATS: &str = "LISTENER_STATS";
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
@@ -341,8 +340,7 @@ pub struct TableMeta {
 }
 const _: () = assert!(size_of::<TableMeta>() == 8);
 
-/// Key of `FLOWS` (client side: client → VIP) and of `REVERSE` (backend side:
-/// backend → client).
+/// Key of `FLOWS` and `HALF_OPEN`: the client side of a flow (client → VIP).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct FlowKey {
@@ -374,6 +372,8 @@ pub const FLOW_F_OPENING: u32 = 16;
 /// connection reusing a closed one's port), so its promotion is no new key there and does
 /// not count as one (`EventFlowInserted`).
 pub const FLOW_F_REOPENED: u32 = 32;
+/// `Flow::flags`: `backend_acked` holds an acknowledgement number the backend sent.
+pub const FLOW_F_BACKEND_ACKED: u32 = 64;
 
 /// A half-open flow stays this long after its last packet: long enough for a client's SYN
 /// retransmissions (1, 2, 4, 8, 16 s apart), short enough that unanswered or forged SYNs
@@ -406,43 +406,63 @@ pub struct Flow {
     pub listener: u32,
     /// `FLOW_F_*` bits.
     pub flags: u32,
-    /// `bpf_ktime_get_coarse_ns` of the last refresh of the flow's reverse entry (once
-    /// per clock tick at most: see `keep_reverse` in the XDP program).
-    pub reverse_seen_ns: u64,
     /// TCP, host order: the client's last acknowledgement number (the next byte it
     /// expects from the backend), near which a FIN or RST from the backend is credible
     /// (`CLOSE_WINDOW`). While `FLOW_F_OPENING`: the client's SYN sequence number + 1, the
     /// acknowledgement a backend refusing the connection sends.
     pub client_acked: u32,
-    pub _pad: u32,
+    /// TCP, host order: the backend's last acknowledgement number (the next byte it
+    /// expects from the client), once `FLOW_F_BACKEND_ACKED` is set; written by the reply
+    /// path. A FIN or RST from the client is credible near it (`CLOSE_WINDOW`).
+    pub backend_acked: u32,
 }
-const _: () = assert!(size_of::<Flow>() == 40);
+const _: () = assert!(size_of::<Flow>() == 32);
 
-/// Value of `REVERSE`: how to rewrite a backend's reply back to the VIP.
+/// Key of `ENDPOINTS`: a backend endpoint as its replies show it (source address, source
+/// port, protocol).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct EndpointKey {
+    /// Network byte order.
+    pub addr: u32,
+    /// Network byte order.
+    pub port: u16,
+    pub protocol: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(size_of::<EndpointKey>() == 8);
+
+/// How many listeners one backend endpoint may serve. A reply is matched to its flow by
+/// looking up the client side of the flow for each of them, so the bound is also the
+/// reply path's worst case (in lookups); one listener, the common case, costs one.
+pub const MAX_ENDPOINT_LISTENERS: usize = 8;
+
+/// One listener a backend endpoint serves: what a reply's source becomes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct ReverseNat {
-    /// The VIP the client talked to. Network byte order.
+pub struct EndpointListener {
+    /// The VIP. Network byte order.
     pub vip: u32,
     /// The listener port. Network byte order.
     pub vport: u16,
-    /// `REVERSE_F_*` bits.
-    pub flags: u16,
+    pub _pad: u16,
     /// Listener id, host order.
     pub listener: u32,
-    /// Backend id and generation of the forward flow, host order: a new flow may take over
-    /// this entry only if the flow it belongs to is gone or moved to another backend.
-    pub backend: u32,
-    pub generation: u32,
-    /// TCP: the backend's last acknowledgement number (the next byte it expects from the
-    /// client), host order, once `REVERSE_F_ACKED` is set. A FIN or RST from the client is
-    /// credible near it (`CLOSE_WINDOW`).
-    pub backend_acked: u32,
 }
-const _: () = assert!(size_of::<ReverseNat>() == 24);
+const _: () = assert!(size_of::<EndpointListener>() == 12);
 
-/// `ReverseNat::flags`: `backend_acked` holds an acknowledgement number the backend sent.
-pub const REVERSE_F_ACKED: u16 = 1;
+/// Value of `ENDPOINTS`: the listeners whose flows may reach this backend endpoint. The
+/// replies of a flow are translated back without an entry of their own: the client side
+/// of the flow is (reply destination, VIP, listener port), and the flow entry found there
+/// must name this backend. One flow-table insert per new flow, not two.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Endpoint {
+    /// Entries of `listeners` in use, at most `MAX_ENDPOINT_LISTENERS`.
+    pub count: u32,
+    pub listeners: [EndpointListener; MAX_ENDPOINT_LISTENERS],
+}
+const _: () = assert!(size_of::<Endpoint>() == 4 + 12 * MAX_ENDPOINT_LISTENERS);
 
 /// Key data of `ACLS`, an LPM trie: the list, matched whole (the first 32 bits of every
 /// prefix), then the source address.
@@ -593,7 +613,8 @@ pub enum Reason {
     DropFragment = 13,
     /// New flow for a listener with no usable backend: XDP_DROP.
     DropNoBackend = 14,
-    /// New flow whose backend-side 5-tuple is already used by another live flow: XDP_DROP.
+    /// New flow whose backend-side 5-tuple is already used by another live flow (of
+    /// another listener sharing the backend endpoint): XDP_DROP.
     DropReverseCollision = 15,
     /// No route to the backend or client (blackhole, unreachable, prohibited, forwarding
     /// off): XDP_DROP.
@@ -796,7 +817,8 @@ mod pod {
     unsafe impl aya::Pod for TableMeta {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for Flow {}
-    unsafe impl aya::Pod for ReverseNat {}
+    unsafe impl aya::Pod for EndpointKey {}
+    unsafe impl aya::Pod for Endpoint {}
     unsafe impl aya::Pod for TrafficCounters {}
     unsafe impl aya::Pod for AclKey {}
     unsafe impl aya::Pod for AffinityKey {}

@@ -21,9 +21,10 @@ use aya::{
     programs::Xdp,
 };
 use lb_common::{
-    AclKey, Affinity, AffinityKey, Backend, Flow, FlowKey, Listener, ListenerKey,
-    MAGLEV_TABLE_SIZE, REASON_COUNT, Reason, ReverseNat, SEQUENCE_TABLE_SIZE, TABLES_PER_LISTENER,
-    TableMeta, TrafficCounters, acl_prefix_len, half_open_table_size, id_pair_entries, names,
+    AclKey, Affinity, AffinityKey, Backend, Endpoint, EndpointKey, EndpointListener, Flow, FlowKey,
+    Listener, ListenerKey, MAGLEV_TABLE_SIZE, REASON_COUNT, Reason, SEQUENCE_TABLE_SIZE,
+    TABLES_PER_LISTENER, TableMeta, TrafficCounters, acl_prefix_len, half_open_table_size,
+    id_pair_entries, names,
 };
 use thiserror::Error;
 
@@ -99,7 +100,7 @@ impl MapSizes {
     }
 
     /// max_entries of every sized map, by name.
-    pub fn entries(&self) -> [(&'static str, u32); 15] {
+    pub fn entries(&self) -> [(&'static str, u32); 14] {
         // VIP_FILTER has a fixed size.
         let slots = self.table_slots();
         [
@@ -113,12 +114,9 @@ impl MapSizes {
             (names::TABLE_META, slots),
             (names::CURSORS, self.max_listeners),
             (names::FLOWS, self.flow_table_size),
-            (names::REVERSE, self.flow_table_size),
             (names::HALF_OPEN, half_open_table_size(self.flow_table_size)),
-            (
-                names::HALF_OPEN_REVERSE,
-                half_open_table_size(self.flow_table_size),
-            ),
+            // One entry per backend endpoint, and every endpoint has a backend id.
+            (names::ENDPOINTS, self.max_backends),
             (names::ACTIVE_FLOWS, self.max_backends),
             (names::LISTENER_STATS, self.max_listeners),
             (names::BACKEND_STATS, self.max_backends),
@@ -129,7 +127,7 @@ impl MapSizes {
 }
 
 /// Every map of the program, by name (pin files carry these names).
-pub const ALL_MAPS: [&str; 19] = [
+pub const ALL_MAPS: [&str; 18] = [
     names::LISTENERS,
     names::BACKENDS,
     names::MAGLEV,
@@ -137,9 +135,8 @@ pub const ALL_MAPS: [&str; 19] = [
     names::TABLE_META,
     names::CURSORS,
     names::FLOWS,
-    names::REVERSE,
     names::HALF_OPEN,
-    names::HALF_OPEN_REVERSE,
+    names::ENDPOINTS,
     names::ACTIVE_FLOWS,
     names::LISTENER_STATS,
     names::BACKEND_STATS,
@@ -236,10 +233,9 @@ pub struct DataPlane {
     table_meta: Array<MapData, TableMeta>,
     cursors: PerCpuArray<MapData, u32>,
     flows: HashMap<MapData, FlowKey, Flow>,
-    reverse: HashMap<MapData, FlowKey, ReverseNat>,
-    /// Half-open flows and their reverse entries (a key is in these or in the two above).
+    /// Half-open flows (a key is in this table or in `flows`).
     half_open: HashMap<MapData, FlowKey, Flow>,
-    half_open_reverse: HashMap<MapData, FlowKey, ReverseNat>,
+    endpoints: HashMap<MapData, EndpointKey, Endpoint>,
     active_flows: Array<MapData, u32>,
     listener_stats: PerCpuArray<MapData, TrafficCounters>,
     backend_stats: PerCpuArray<MapData, TrafficCounters>,
@@ -379,15 +375,12 @@ impl DataPlane {
             flows: take(&mut ebpf, names::FLOWS)?
                 .try_into()
                 .map_err(map_err(names::FLOWS))?,
-            reverse: take(&mut ebpf, names::REVERSE)?
-                .try_into()
-                .map_err(map_err(names::REVERSE))?,
             half_open: take(&mut ebpf, names::HALF_OPEN)?
                 .try_into()
                 .map_err(map_err(names::HALF_OPEN))?,
-            half_open_reverse: take(&mut ebpf, names::HALF_OPEN_REVERSE)?
+            endpoints: take(&mut ebpf, names::ENDPOINTS)?
                 .try_into()
-                .map_err(map_err(names::HALF_OPEN_REVERSE))?,
+                .map_err(map_err(names::ENDPOINTS))?,
             active_flows: take(&mut ebpf, names::ACTIVE_FLOWS)?
                 .try_into()
                 .map_err(map_err(names::ACTIVE_FLOWS))?,
@@ -809,17 +802,73 @@ impl DataPlane {
             .map_err(map_err(names::AFFINITY))
     }
 
-    /// A reverse entry, of an established flow (`REVERSE`) or a half-open one.
-    pub fn reverse_entry(&self, key: &FlowKey) -> Result<Option<ReverseNat>> {
-        match self.reverse.get(key, 0) {
-            Ok(v) => Ok(Some(v)),
-            Err(aya::maps::MapError::KeyNotFound) => match self.half_open_reverse.get(key, 0) {
-                Ok(v) => Ok(Some(v)),
-                Err(aya::maps::MapError::KeyNotFound) => Ok(None),
-                Err(e) => Err(map_err(names::HALF_OPEN_REVERSE)(e)),
-            },
-            Err(e) => Err(map_err(names::REVERSE)(e)),
+    /// Writes the listeners a backend endpoint serves (one RCU swap of the whole value).
+    pub fn set_endpoint(&mut self, key: EndpointKey, value: Endpoint) -> Result<()> {
+        self.endpoints
+            .insert(key, value, 0)
+            .map_err(map_err(names::ENDPOINTS))
+    }
+
+    pub fn remove_endpoint(&mut self, key: &EndpointKey) -> Result<()> {
+        match self.endpoints.remove(key) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(map_err(names::ENDPOINTS)(e)),
         }
+    }
+
+    /// The listeners a backend endpoint serves.
+    pub fn endpoint(&self, key: &EndpointKey) -> Result<Option<Endpoint>> {
+        match self.endpoints.get(key, 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_err(names::ENDPOINTS)(e)),
+        }
+    }
+
+    /// What the data plane makes of a backend's packet with (backend-side) key `reply`:
+    /// the flow it answers and the listener entry of the endpoint that found it, as the
+    /// XDP program's `reply_flow` matches them (the flow with the latest packet of those
+    /// naming this backend).
+    pub fn reply_flow(&self, reply: &FlowKey) -> Result<Option<(FlowKey, Flow, EndpointListener)>> {
+        let Some(endpoint) = self.endpoint(&EndpointKey {
+            addr: reply.src_addr,
+            port: reply.src_port,
+            protocol: reply.protocol,
+            _pad: 0,
+        })?
+        else {
+            return Ok(None);
+        };
+        let mut found: Option<(FlowKey, Flow, EndpointListener)> = None;
+        for l in endpoint.listeners.iter().take(endpoint.count as usize) {
+            let key = FlowKey {
+                src_addr: reply.dst_addr,
+                dst_addr: l.vip,
+                src_port: reply.dst_port,
+                dst_port: l.vport,
+                protocol: reply.protocol,
+                _pad: [0; 3],
+            };
+            let Some(flow) = self.flow(&key)? else {
+                continue;
+            };
+            let b = self.backend(flow.backend)?;
+            if b.addr != reply.src_addr || b.port != reply.src_port {
+                continue;
+            }
+            if found.is_none_or(|(_, f, _)| flow.last_seen_ns > f.last_seen_ns) {
+                found = Some((key, flow, *l));
+            }
+        }
+        Ok(found)
+    }
+
+    /// Every backend endpoint entry (adoption after a restart).
+    pub fn endpoint_entries(&self) -> Result<Vec<(EndpointKey, Endpoint)>> {
+        self.endpoints
+            .iter()
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(map_err(names::ENDPOINTS))
     }
 }
 

@@ -26,8 +26,7 @@ use aya::{
     },
 };
 use lb_common::{
-    Backend, COUNTER_SLOTS, Flow, FlowKey, Listener, ListenerKey, ReverseNat, TableMeta,
-    TrafficCounters, names,
+    Backend, COUNTER_SLOTS, Flow, FlowKey, Listener, ListenerKey, TableMeta, TrafficCounters, names,
 };
 use thiserror::Error;
 
@@ -195,22 +194,16 @@ fn expected_layout(sizes: &MapSizes) -> Vec<(&'static str, u32, u32, u32)> {
             e(names::FLOWS),
         ),
         (
-            names::REVERSE,
-            size_of::<FlowKey>() as u32,
-            size_of::<ReverseNat>() as u32,
-            e(names::REVERSE),
-        ),
-        (
             names::HALF_OPEN,
             size_of::<FlowKey>() as u32,
             size_of::<Flow>() as u32,
             e(names::HALF_OPEN),
         ),
         (
-            names::HALF_OPEN_REVERSE,
-            size_of::<FlowKey>() as u32,
-            size_of::<ReverseNat>() as u32,
-            e(names::HALF_OPEN_REVERSE),
+            names::ENDPOINTS,
+            size_of::<lb_common::EndpointKey>() as u32,
+            size_of::<lb_common::Endpoint>() as u32,
+            e(names::ENDPOINTS),
         ),
         (names::ACTIVE_FLOWS, 4, 4, e(names::ACTIVE_FLOWS)),
         (

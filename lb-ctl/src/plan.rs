@@ -10,7 +10,8 @@ use std::{
 };
 
 use lb_common::{
-    LISTENER_F_ANSWER_PING, LISTENER_F_VIP_MARKER, ListenerKey, REFUSED_SOURCES_ACL, Scheduler,
+    Endpoint, EndpointKey, EndpointListener, LISTENER_F_ANSWER_PING, LISTENER_F_VIP_MARKER,
+    ListenerKey, MAX_ENDPOINT_LISTENERS, REFUSED_SOURCES_ACL, Scheduler,
 };
 use thiserror::Error;
 
@@ -145,6 +146,8 @@ pub struct Desired {
     pub acls: BTreeMap<u32, BTreeSet<(Ipv4Addr, u8)>>,
     /// `Listener::flags` of every VIP's marker.
     pub vip_marker_flags: u8,
+    /// Every backend endpoint with the listeners it serves: how replies find their flow.
+    pub endpoints: BTreeMap<EndpointKey, Endpoint>,
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -155,6 +158,16 @@ pub enum PlanError {
     BackendsExhausted(u32),
     #[error("too many access list entries: {0} (at most {max})", max = lb_common::MAX_ACL_ENTRIES)]
     AclEntriesExhausted(usize),
+    #[error(
+        "backend {endpoint} serves {} listeners ({}); at most {MAX_ENDPOINT_LISTENERS} may share \
+         one backend address, port and protocol: give some of them another backend port",
+        listeners.len(),
+        listeners.join(", ")
+    )]
+    EndpointShared {
+        endpoint: String,
+        listeners: Vec<String>,
+    },
 }
 
 /// Stable ids for listeners and backends. A listener keeps its id (and so its table
@@ -496,8 +509,65 @@ pub fn plan(config: &Config, runtime: &Runtime, ids: &mut Ids) -> Result<Desired
             },
         );
     }
+    desired.endpoints = endpoints(&desired)?;
     ids.release_unused(&desired);
     Ok(desired)
+}
+
+/// The backend endpoints of `desired` (every backend of every listener, departing ones
+/// included: their flows still get replies), each with the listeners it serves, by
+/// listener id.
+fn endpoints(desired: &Desired) -> Result<BTreeMap<EndpointKey, Endpoint>, PlanError> {
+    let mut served: BTreeMap<EndpointKey, BTreeMap<u32, (EndpointListener, &str)>> =
+        BTreeMap::new();
+    for l in desired.listeners.values() {
+        let key = l.frontend.key();
+        for b in &l.backends {
+            let endpoint = EndpointKey {
+                addr: u32::from_ne_bytes(b.key.address.octets()),
+                port: b.key.port.to_be(),
+                protocol: key.protocol,
+                _pad: 0,
+            };
+            let listener = EndpointListener {
+                vip: key.addr,
+                vport: key.port,
+                _pad: 0,
+                listener: l.id,
+            };
+            served
+                .entry(endpoint)
+                .or_default()
+                .insert(l.id, (listener, l.name.as_str()));
+        }
+    }
+    let mut out = BTreeMap::new();
+    for (key, listeners) in served {
+        if listeners.len() > MAX_ENDPOINT_LISTENERS {
+            let protocol = if key.protocol == lb_common::PROTO_UDP {
+                "udp"
+            } else {
+                "tcp"
+            };
+            return Err(PlanError::EndpointShared {
+                endpoint: format!(
+                    "{}:{} ({protocol})",
+                    Ipv4Addr::from(key.addr.to_ne_bytes()),
+                    u16::from_be(key.port)
+                ),
+                listeners: listeners.values().map(|(_, n)| (*n).to_owned()).collect(),
+            });
+        }
+        let mut value = Endpoint {
+            count: listeners.len() as u32,
+            ..Endpoint::default()
+        };
+        for (slot, (l, _)) in value.listeners.iter_mut().zip(listeners.into_values()) {
+            *slot = l;
+        }
+        out.insert(key, value);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

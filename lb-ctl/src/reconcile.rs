@@ -17,8 +17,9 @@ use std::{
 };
 
 use lb_common::{
-    BACKEND_F_DRAINING, BACKEND_F_USABLE, Backend, Listener, ListenerKey, MAGLEV_TABLE_SIZE,
-    SEQUENCE_TABLE_SIZE, Scheduler, TABLES_PER_LISTENER, TableMeta,
+    BACKEND_F_DRAINING, BACKEND_F_USABLE, Backend, Endpoint, EndpointKey, EndpointListener,
+    Listener, ListenerKey, MAGLEV_TABLE_SIZE, MAX_ENDPOINT_LISTENERS, SEQUENCE_TABLE_SIZE,
+    Scheduler, TABLES_PER_LISTENER, TableMeta,
     maglev::{self, MaglevBackend},
     wrr,
 };
@@ -82,6 +83,15 @@ pub enum MapOp {
         index: u32,
         word: u64,
     },
+    /// Write the listeners a backend endpoint serves (with the backends: before a flow can
+    /// reach it, so its first reply finds its way back).
+    SetEndpoint {
+        key: EndpointKey,
+        value: Endpoint,
+    },
+    RemoveEndpoint {
+        key: EndpointKey,
+    },
 }
 
 /// Where operations go: the real maps, or a recorder in tests.
@@ -129,6 +139,8 @@ impl MapWriter for DataPlane {
                 prefix_len,
             } => self.remove_acl_entry(*acl, *addr, *prefix_len),
             MapOp::SetVipFilterWord { index, word } => self.set_vip_filter_word(*index, *word),
+            MapOp::SetEndpoint { key, value } => self.set_endpoint(*key, *value),
+            MapOp::RemoveEndpoint { key } => self.remove_endpoint(key),
         }
     }
 }
@@ -208,6 +220,7 @@ pub struct Reconciler {
     acl_entries: BTreeSet<(u32, Ipv4Addr, u8)>,
     /// The VIP filter's words as written (absent = 0).
     vip_filter: BTreeMap<u32, u64>,
+    endpoints: BTreeMap<EndpointKey, Endpoint>,
 }
 
 /// The VIP filter of a set of VIPs: word index → word.
@@ -218,6 +231,28 @@ fn vip_filter_of(vips: &BTreeSet<u32>) -> BTreeMap<u32, u64> {
         *words.entry(bit / 64).or_insert(0) |= 1u64 << (bit % 64);
     }
     words
+}
+
+/// The listeners of `old` and of `new` (by listener id), or `new` when they do not fit.
+fn endpoint_union(old: &Endpoint, new: &Endpoint) -> Endpoint {
+    let mut all: BTreeMap<u32, EndpointListener> = BTreeMap::new();
+    for l in old.listeners[..old.count as usize]
+        .iter()
+        .chain(&new.listeners[..new.count as usize])
+    {
+        all.insert(l.listener, *l);
+    }
+    if all.len() > MAX_ENDPOINT_LISTENERS {
+        return *new;
+    }
+    let mut out = Endpoint {
+        count: all.len() as u32,
+        ..Endpoint::default()
+    };
+    for (slot, l) in out.listeners.iter_mut().zip(all.into_values()) {
+        *slot = l;
+    }
+    out
 }
 
 fn listener_value(l: &DesiredListener, table: u32) -> Listener {
@@ -279,6 +314,11 @@ impl Reconciler {
     /// Records a backend entry found in a pinned data plane.
     pub fn adopt_backend(&mut self, id: u32, value: Backend) {
         self.backends.insert(id, value);
+    }
+
+    /// Records the backend endpoint entries found in a pinned data plane.
+    pub fn adopt_endpoints(&mut self, entries: impl IntoIterator<Item = (EndpointKey, Endpoint)>) {
+        self.endpoints.extend(entries);
     }
 
     /// Computes the operations that take the maps from their applied state to `desired`.
@@ -440,6 +480,35 @@ impl Reconciler {
             }
         }
 
+        // Like the VIP filter: listeners an endpoint gains are written with the backends
+        // (before a flow can reach them), the ones it loses after the listeners are gone.
+        let mut endpoints_last = Vec::new();
+        for (key, value) in &desired.endpoints {
+            let old = self.endpoints.get(key);
+            if old == Some(value) {
+                continue;
+            }
+            let first = old.map_or(*value, |old| endpoint_union(old, value));
+            if old != Some(&first) {
+                backends.push(MapOp::SetEndpoint {
+                    key: *key,
+                    value: first,
+                });
+            }
+            if first != *value {
+                endpoints_last.push(MapOp::SetEndpoint {
+                    key: *key,
+                    value: *value,
+                });
+            }
+        }
+        removals.extend(endpoints_last);
+        for key in self.endpoints.keys() {
+            if !desired.endpoints.contains_key(key) {
+                removals.push(MapOp::RemoveEndpoint { key: *key });
+            }
+        }
+
         removals.extend(acl_removes);
         removals.extend(filter_last);
         backends
@@ -508,6 +577,12 @@ impl Reconciler {
                     } else {
                         self.vip_filter.insert(*index, *word);
                     }
+                }
+                MapOp::SetEndpoint { key, value } => {
+                    self.endpoints.insert(*key, *value);
+                }
+                MapOp::RemoveEndpoint { key } => {
+                    self.endpoints.remove(key);
                 }
                 MapOp::WriteTable { .. } | MapOp::ResetCursor { .. } => {}
             }
@@ -612,6 +687,20 @@ listeners:
                     prefix_len,
                 } => format!("acl {acl} - {addr}/{prefix_len}"),
                 MapOp::SetVipFilterWord { .. } => "vip filter".into(),
+                MapOp::SetEndpoint { key, value } => format!(
+                    "endpoint {}:{} listeners={:?}",
+                    Ipv4Addr::from(key.addr.to_ne_bytes()),
+                    u16::from_be(key.port),
+                    value.listeners[..value.count as usize]
+                        .iter()
+                        .map(|l| l.listener)
+                        .collect::<Vec<_>>()
+                ),
+                MapOp::RemoveEndpoint { key } => format!(
+                    "remove endpoint {}:{}",
+                    Ipv4Addr::from(key.addr.to_ne_bytes()),
+                    u16::from_be(key.port)
+                ),
             })
             .collect()
     }
@@ -628,6 +717,11 @@ listeners:
                 "backend 0 flags=1 weight=100 fresh",
                 "backend 1 flags=1 weight=100 fresh",
                 "backend 2 flags=1 weight=100 fresh",
+                // Each backend endpoint with the listeners it serves, before any
+                // listener can send it a flow.
+                "endpoint 198.18.1.10:8080 listeners=[0]",
+                "endpoint 198.18.1.11:8080 listeners=[0]",
+                "endpoint 198.18.1.30:9000 listeners=[1]",
                 "table 0 backends=2",
                 "cursor 0",
                 "listener 0 slot=0",
@@ -665,6 +759,7 @@ listeners:
             shape(&h.step()),
             [
                 "backend 3 flags=1 weight=100 fresh",
+                "endpoint 198.18.1.12:8080 listeners=[0]",
                 "table 1 backends=3",
                 "listener 0 slot=1"
             ]
@@ -706,7 +801,9 @@ listeners:
             [
                 "table 1 backends=1",
                 "listener 0 slot=1",
-                "backend 0 flags=0 weight=100"
+                "backend 0 flags=0 weight=100",
+                // Its replies no longer find a flow: the forward side reschedules them.
+                "remove endpoint 198.18.1.10:8080"
             ]
         );
     }
@@ -749,10 +846,14 @@ listeners:
             shape(&h.step()),
             [
                 "backend 3 flags=1 weight=100 fresh",
+                // The other group's server now serves both listeners.
+                "endpoint 198.18.1.30:9000 listeners=[0, 1]",
                 "table 1 backends=1",
                 "listener 0 slot=1",
                 "backend 0 flags=0 weight=100",
                 "backend 1 flags=0 weight=100",
+                "remove endpoint 198.18.1.10:8080",
+                "remove endpoint 198.18.1.11:8080",
             ]
         );
         h.config.listeners.remove(1);
@@ -762,6 +863,8 @@ listeners:
                 "remove listener port=80",
                 "vip -",
                 "backend 2 flags=0 weight=100",
+                // The endpoint stops serving the listener once it is gone.
+                "endpoint 198.18.1.30:9000 listeners=[0]",
                 // The bit of a VIP goes last, once no listener of it is left.
                 "vip filter"
             ]

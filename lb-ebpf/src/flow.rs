@@ -1,19 +1,23 @@
 //! What the entry program and the new-flow stage both do with a flow: its close, its
 //! reverse entry and affinity, and sending its packet to the backend.
 
+use core::ffi::c_void;
+
 use aya_ebpf::{
     bindings::{BPF_ANY, xdp_action::XDP_DROP},
+    helpers::generated::bpf_loop,
     programs::XdpContext,
 };
 use lb_common::{
-    Affinity, AffinityKey, Backend, FLOW_F_COUNTED, FLOW_F_FIN, FLOW_F_OPENING, FLOW_F_REOPENED,
-    FLOW_F_RST, Flow, FlowKey, Listener, REVERSE_F_ACKED, Reason, ReverseNat, TOO_BIG_DESTINATION,
-    select::{TCP_ACK, TCP_FIN, TCP_RST, close_is_credible},
+    Affinity, AffinityKey, Backend, EndpointKey, EndpointListener, FLOW_F_BACKEND_ACKED,
+    FLOW_F_COUNTED, FLOW_F_FIN, FLOW_F_OPENING, FLOW_F_REOPENED, FLOW_F_RST, Flow, FlowKey,
+    Listener, ListenerKey, MAX_ENDPOINT_LISTENERS, Reason, TOO_BIG_DESTINATION,
+    select::{TCP_ACK, TCP_FIN, TCP_RST, close_is_credible, is_active},
 };
 
 use crate::{
     fwd,
-    maps::{AFFINITY, FLOWS, HALF_OPEN, HALF_OPEN_REVERSE, REVERSE},
+    maps::{AFFINITY, BACKENDS, ENDPOINTS, FLOWS, HALF_OPEN, LISTENERS},
     nat,
     nat::Side,
     parse::{Ipv4, L4},
@@ -29,24 +33,244 @@ pub fn lookup(key: &FlowKey) -> Option<*mut Flow> {
         .or_else(|| HALF_OPEN.get_ptr_mut(key))
 }
 
-/// A reverse entry, in `REVERSE` or, for a half-open flow, `HALF_OPEN_REVERSE`.
-#[inline(always)]
-pub fn lookup_reverse(key: &FlowKey) -> Option<*mut ReverseNat> {
-    REVERSE
-        .get_ptr_mut(key)
-        .or_else(|| HALF_OPEN_REVERSE.get_ptr_mut(key))
+/// The flow a backend's packet belongs to, found from the backend endpoint it comes from
+/// (`ENDPOINTS`) and the client it goes to.
+pub struct Reply {
+    pub flow: *mut Flow,
+    /// What the packet's source becomes: the VIP and port the client talks to.
+    pub vip: u32,
+    pub vport: u16,
+    pub listener: u32,
 }
 
-/// The client has acknowledged: its half-open flow (`f`, in `HALF_OPEN`) and reverse entry
-/// move to the tables of established flows. `f` must not be used afterwards: its memory
-/// goes back to the half-open table.
+/// Matches a packet from `backend_addr:backend_port` to `client_addr:client_port` with the
+/// flow it answers: for each listener the endpoint serves, the flow entry of (client, VIP,
+/// listener port) if it names this backend; of several, the one that saw a packet last
+/// (an older flow of the same client port to another VIP is closed or stale: a live one
+/// would have refused the newer, `shared_endpoint_collision`). No match: not a reply of
+/// ours, and the kernel gets the packet; so does a backend's answer to the LB's own health
+/// probe, whose client side (the LB's address) no flow can have.
+///
+/// An endpoint of one listener, the common case, costs one flow lookup. Several are
+/// searched in a `bpf_loop`, verified once: an unrolled search of eight listeners with two
+/// tables each multiplies the verifier's paths past its budget.
 #[inline(always)]
-pub fn promote(ip: &Ipv4, l4: &L4, listener: &Listener, f: &Flow, backend: &Backend) {
+pub fn reply_flow(
+    backend_addr: u32,
+    backend_port: u16,
+    client_addr: u32,
+    client_port: u16,
+    protocol: u8,
+) -> Option<Reply> {
+    let key = EndpointKey {
+        addr: backend_addr,
+        port: backend_port,
+        protocol,
+        _pad: 0,
+    };
+    let endpoint = ENDPOINTS.get_ptr(key)?;
+    // SAFETY: a map value pointer stays valid for the program run.
+    let count = unsafe { (*endpoint).count };
+    let index = if count == 1 {
+        0
+    } else {
+        let mut search = EndpointSearch {
+            key,
+            client_addr,
+            client_port,
+            _pad: 0,
+            best: u32::MAX,
+            best_seen: 0,
+        };
+        // SAFETY: the callback and its context follow bpf_loop's contract (kernel ≥ 5.17).
+        unsafe {
+            bpf_loop(
+                count.min(MAX_ENDPOINT_LISTENERS as u32),
+                search_step as *mut c_void,
+                (&raw mut search).cast::<c_void>(),
+                0,
+            )
+        };
+        search.best
+    };
+    // SAFETY: as above.
+    let l = unsafe { (*endpoint).listeners.get(index as usize)? };
+    let flow = candidate(&key, client_addr, client_port, l)?;
+    Some(Reply {
+        flow,
+        vip: l.vip,
+        vport: l.vport,
+        listener: l.listener,
+    })
+}
+
+/// The flow of endpoint listener `l` for this client, if it names the endpoint's backend.
+#[inline(always)]
+fn candidate(
+    endpoint: &EndpointKey,
+    client_addr: u32,
+    client_port: u16,
+    l: &EndpointListener,
+) -> Option<*mut Flow> {
+    let f = lookup(&FlowKey {
+        src_addr: client_addr,
+        dst_addr: l.vip,
+        src_port: client_port,
+        dst_port: l.vport,
+        protocol: endpoint.protocol,
+        _pad: [0; 3],
+    })?;
+    // SAFETY: a map value pointer stays valid for the program run.
+    let b = BACKENDS.get(unsafe { (*f).backend })?;
+    (b.addr == endpoint.addr && b.port == endpoint.port).then_some(f)
+}
+
+/// The state of a search over an endpoint's listeners: plain values only, the callback
+/// looks the endpoint up again.
+#[repr(C)]
+struct EndpointSearch {
+    key: EndpointKey,
+    client_addr: u32,
+    client_port: u16,
+    _pad: u16,
+    /// Index of the best candidate so far (`u32::MAX`: none).
+    best: u32,
+    best_seen: u64,
+}
+
+/// One listener of the endpoint: the body of the `bpf_loop`.
+extern "C" fn search_step(index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop passes back the pointer `reply_flow` gave it, to a live stack value.
+    let search = unsafe { &mut *ctx.cast::<EndpointSearch>() };
+    let Some(endpoint) = ENDPOINTS.get_ptr(search.key) else {
+        return 1;
+    };
+    // SAFETY: a map value pointer stays valid for the program run.
+    let Some(l) = (unsafe { (*endpoint).listeners.get(index as usize) }) else {
+        return 1;
+    };
+    if let Some(f) = candidate(&search.key, search.client_addr, search.client_port, l) {
+        // SAFETY: as above.
+        let seen = unsafe { (*f).last_seen_ns };
+        if search.best == u32::MAX || seen > search.best_seen {
+            search.best = index as u32;
+            search.best_seen = seen;
+        }
+    }
+    0
+}
+
+/// Whether a new flow of `listener` from this client address and port to `backend` would
+/// share its backend-side 5-tuple with a live flow of another listener served by the same
+/// backend endpoint: the backend could not tell their packets apart, so the newcomer is
+/// refused. Only endpoints serving several listeners need the search.
+#[inline(always)]
+pub fn shared_endpoint_collision(
+    ip: &Ipv4,
+    l4: &L4,
+    listener: &Listener,
+    backend: &Backend,
+    now: u64,
+) -> bool {
+    let key = EndpointKey {
+        addr: backend.addr,
+        port: backend.port,
+        protocol: ip.protocol,
+        _pad: 0,
+    };
+    let Some(endpoint) = ENDPOINTS.get_ptr(key) else {
+        return false;
+    };
+    // SAFETY: a map value pointer stays valid for the program run.
+    let count = unsafe { (*endpoint).count };
+    if count <= 1 {
+        return false;
+    }
+    let mut search = CollisionSearch {
+        key,
+        client_addr: ip.src_addr,
+        client_port: l4.src_port,
+        _pad: 0,
+        listener: listener.id,
+        generation: backend.generation,
+        now,
+        found: 0,
+        _pad2: 0,
+    };
+    // SAFETY: the callback and its context follow bpf_loop's contract (kernel ≥ 5.17).
+    unsafe {
+        bpf_loop(
+            count.min(MAX_ENDPOINT_LISTENERS as u32),
+            collision_step as *mut c_void,
+            (&raw mut search).cast::<c_void>(),
+            0,
+        )
+    };
+    search.found != 0
+}
+
+#[repr(C)]
+struct CollisionSearch {
+    key: EndpointKey,
+    client_addr: u32,
+    client_port: u16,
+    _pad: u16,
+    /// The new flow's listener, skipped.
+    listener: u32,
+    /// The backend's generation: a flow of an earlier owner of the id is no owner.
+    generation: u32,
+    now: u64,
+    found: u32,
+    _pad2: u32,
+}
+
+/// One listener of the endpoint: does it hold a live flow of this client on this backend?
+extern "C" fn collision_step(index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop passes back the pointer `shared_endpoint_collision` gave it.
+    let search = unsafe { &mut *ctx.cast::<CollisionSearch>() };
+    let Some(endpoint) = ENDPOINTS.get_ptr(search.key) else {
+        return 1;
+    };
+    // SAFETY: a map value pointer stays valid for the program run.
+    let Some(l) = (unsafe { (*endpoint).listeners.get(index as usize) }) else {
+        return 1;
+    };
+    if l.listener == search.listener {
+        return 0;
+    }
+    let Some(f) = candidate(&search.key, search.client_addr, search.client_port, l) else {
+        return 0;
+    };
+    // SAFETY: as above.
+    let owner = unsafe { &*f };
+    if owner.generation != search.generation {
+        return 0;
+    }
+    let owner_listener = ListenerKey {
+        addr: l.vip,
+        port: l.vport,
+        protocol: search.key.protocol,
+        _pad: 0,
+    };
+    if let Some(ol) = LISTENERS.get_ptr(owner_listener)
+        // SAFETY: as above.
+        && is_active(search.now, owner, search.key.protocol, unsafe { &*ol })
+    {
+        search.found = 1;
+        return 1;
+    }
+    0
+}
+
+/// The client has acknowledged: its half-open flow (`f`, in `HALF_OPEN`) moves to the
+/// table of established flows. `f` must not be used afterwards: its memory goes back to
+/// the half-open table.
+#[inline(always)]
+pub fn promote(ip: &Ipv4, l4: &L4, f: &Flow) {
     let mut established = *f;
     let new_key = established.flags & FLOW_F_REOPENED == 0;
     established.flags &= !FLOW_F_REOPENED;
     let key = crate::parse::packet(ip, l4).flow_key();
-    let (reply_key, fresh) = reverse_entry(ip, l4, listener, f.backend, backend);
     if FLOWS.insert(key, established, u64::from(BPF_ANY)).is_err() {
         return;
     }
@@ -54,24 +278,6 @@ pub fn promote(ip: &Ipv4, l4: &L4, listener: &Listener, f: &Flow, backend: &Back
         stats::count(Reason::EventFlowInserted);
     }
     let _ = HALF_OPEN.remove(key);
-    // The reverse entry moves along if it is still this flow's; one another flow has
-    // taken over stays; a missing one (evicted by a flood of SYNs) is written again, as
-    // `keep_reverse` would.
-    match HALF_OPEN_REVERSE.get_ptr(reply_key) {
-        Some(rev) => {
-            // SAFETY: a map value pointer stays valid for the program run.
-            let rev = unsafe { *rev };
-            if rev.vip == fresh.vip && rev.vport == fresh.vport {
-                let _ = REVERSE.insert(reply_key, rev, u64::from(BPF_ANY));
-                let _ = HALF_OPEN_REVERSE.remove(reply_key);
-            }
-        }
-        None => {
-            if REVERSE.get_ptr(reply_key).is_none() {
-                let _ = REVERSE.insert(reply_key, fresh, u64::from(BPF_ANY));
-            }
-        }
-    }
 }
 
 /// Keeps what the client last acknowledged (for the credibility of the backend's FIN or
@@ -91,27 +297,28 @@ pub fn note_client_ack(f: &mut Flow, l4: &L4) {
 }
 
 /// A FIN or RST from the client of a live flow: it closes the flow only if its sequence
-/// number fits what the backend last acknowledged (`close_is_credible`); the backend's
-/// acknowledgements are in the flow's reverse entry.
+/// number fits what the backend last acknowledged (`close_is_credible`), which the reply
+/// path keeps in the flow entry.
 #[inline(always)]
-pub fn client_close(ip: &Ipv4, l4: &L4, listener: &Listener, f: &mut Flow, backend: &Backend) {
+pub fn client_close(l4: &L4, f: &mut Flow) {
     if l4.tcp_flags & (TCP_FIN | TCP_RST) == 0 {
         return;
     }
-    let (reply_key, _) = reverse_entry(ip, l4, listener, f.backend, backend);
-    let credible = match lookup_reverse(&reply_key) {
-        // SAFETY: a map value pointer stays valid for the program run.
-        Some(rev) => unsafe {
-            close_is_credible(
-                l4.seq,
-                (*rev).backend_acked,
-                (*rev).flags & REVERSE_F_ACKED != 0,
-            )
-        },
-        None => false,
-    };
-    if credible {
+    if close_is_credible(l4.seq, f.backend_acked, f.flags & FLOW_F_BACKEND_ACKED != 0) {
         note_close(f, l4.tcp_flags);
+    }
+}
+
+/// Keeps what the backend last acknowledged (for the credibility of the client's FIN or
+/// RST), written only when it changes.
+#[inline(always)]
+pub fn note_backend_ack(f: &mut Flow, l4: &L4) {
+    if l4.tcp_flags & TCP_ACK == 0 {
+        return;
+    }
+    if f.backend_acked != l4.ack || f.flags & FLOW_F_BACKEND_ACKED == 0 {
+        f.backend_acked = l4.ack;
+        f.flags |= FLOW_F_BACKEND_ACKED;
     }
 }
 
@@ -163,56 +370,6 @@ pub fn touch_affinity(listener: &Listener, client: u32, backend: u32, generation
         },
         u64::from(BPF_ANY),
     );
-}
-
-/// The reverse-NAT key a backend's replies to this client packet's flow carry (backend
-/// address and port, client address and port), and the entry that turns them back into
-/// the VIP's.
-#[inline(always)]
-pub fn reverse_entry(
-    ip: &Ipv4,
-    l4: &L4,
-    listener: &Listener,
-    id: u32,
-    backend: &Backend,
-) -> (FlowKey, ReverseNat) {
-    let reply_key = FlowKey {
-        src_addr: backend.addr,
-        dst_addr: ip.src_addr,
-        src_port: backend.port,
-        dst_port: l4.src_port,
-        protocol: ip.protocol,
-        _pad: [0; 3],
-    };
-    let entry = ReverseNat {
-        vip: ip.dst_addr,
-        vport: l4.dst_port,
-        listener: listener.id,
-        backend: id,
-        generation: backend.generation,
-        flags: 0,
-        backend_acked: 0,
-    };
-    (reply_key, entry)
-}
-
-/// Keeps a live flow's reverse entry: the two LRU tables age apart, and a flow whose
-/// backend stays quiet while new flows churn the tables could lose its reverse entry
-/// while its forward entry lives on. The lookup refreshes the entry's LRU position; a
-/// missing one is written again (it cannot collide: its tuple is this flow's own).
-#[inline(always)]
-pub fn keep_reverse(ip: &Ipv4, l4: &L4, listener: &Listener, f: &Flow, backend: &Backend) {
-    // A half-open flow's reverse entry lives in its own table, and is moved with it.
-    if f.flags & FLOW_F_OPENING != 0 {
-        return;
-    }
-    let (reply_key, entry) = reverse_entry(ip, l4, listener, f.backend, backend);
-    // Present in either table (another VIP's half-open flow may have taken the tuple
-    // over): kept as it is.
-    if lookup_reverse(&reply_key).is_some() {
-        return;
-    }
-    let _ = REVERSE.insert(reply_key, entry, u64::from(BPF_ANY));
 }
 
 /// Client → backend: translates the packet to the backend, sends it, counts it.

@@ -174,8 +174,8 @@ fn handle(ctx: &XdpContext, ip: &Ipv4) -> Option<(u32, Reason)> {
     // The quoted TCP checksum is rewritten only when the IP packet quotes it.
     let tcp_check_quoted = ip_payload >= INNER_TCP_CHECK + 2;
 
-    // The quoted packet seen from the other end: the flow it belongs to, keyed the way
-    // FLOWS (client → VIP) and REVERSE (backend → client) key them.
+    // The quoted packet seen from the other end: for a reply we sent (VIP → client), the
+    // client side of its flow, as FLOWS keys it.
     let key = FlowKey {
         src_addr: inner_dst,
         dst_addr: inner_src,
@@ -216,13 +216,13 @@ fn handle(ctx: &XdpContext, ip: &Ipv4) -> Option<(u32, Reason)> {
         }
     }
 
-    // A packet we sent to a backend (client → backend), reported towards the client.
-    let rev = flow::lookup_reverse(&key)?;
+    // A packet we sent to a backend (client → backend), reported towards the client: the
+    // backend endpoint it went to and the client find its flow, as for a reply.
+    let to = flow::reply_flow(inner_dst, dst_port, inner_src, src_port, protocol)?;
     if ip.ttl <= 1 {
         return Some((XDP_PASS, Reason::PassTtlExpired));
     }
-    // SAFETY: a map value pointer stays valid for the program run.
-    let (vip, vport) = unsafe { ((*rev).vip, (*rev).vport) };
+    let (vip, vport) = (to.vip, to.vport);
     rewrite_quoted(
         ctx,
         e,

@@ -9,10 +9,10 @@ use aya_ebpf::{
 };
 use lb_common::{
     AclKey, Affinity, AffinityKey, Backend, COUNTER_SLOTS, DEFAULT_FLOW_TABLE_SIZE,
-    DEFAULT_MAX_BACKENDS, DEFAULT_MAX_LISTENERS, Flow, FlowKey, IdPair, Listener, ListenerKey,
-    MAGLEV_TABLE_SIZE, MAX_ACL_ENTRIES, MAX_INTERFACES, NextHop, PendingFlow, ReverseNat,
-    SEQUENCE_TABLE_SIZE, STAGE_SLOTS, TABLES_PER_LISTENER, TableMeta, TooBig, TrafficCounters,
-    VIP_FILTER_WORDS, half_open_table_size, id_pair_entries,
+    DEFAULT_MAX_BACKENDS, DEFAULT_MAX_LISTENERS, Endpoint, EndpointKey, Flow, FlowKey, IdPair,
+    Listener, ListenerKey, MAGLEV_TABLE_SIZE, MAX_ACL_ENTRIES, MAX_INTERFACES, NextHop,
+    PendingFlow, SEQUENCE_TABLE_SIZE, STAGE_SLOTS, TABLES_PER_LISTENER, TableMeta, TooBig,
+    TrafficCounters, VIP_FILTER_WORDS, half_open_table_size, id_pair_entries,
 };
 
 const TABLE_SLOTS: u32 = DEFAULT_MAX_LISTENERS * TABLES_PER_LISTENER;
@@ -58,10 +58,12 @@ pub static CURSORS: PerCpuArray<u32> = PerCpuArray::with_max_entries(DEFAULT_MAX
 pub static FLOWS: LruHashMap<FlowKey, Flow> =
     LruHashMap::with_max_entries(DEFAULT_FLOW_TABLE_SIZE, BPF_F_NO_COMMON_LRU);
 
-/// Backend-side 5-tuple (backend → client) → the VIP to put back on replies.
-#[map(name = "REVERSE")]
-pub static REVERSE: LruHashMap<FlowKey, ReverseNat> =
-    LruHashMap::with_max_entries(DEFAULT_FLOW_TABLE_SIZE, BPF_F_NO_COMMON_LRU);
+/// Backend endpoint (address, port, protocol) → the listeners it serves: how a backend's
+/// reply finds its flow (`flow::reply_flow`). Written by the controller with the backends;
+/// not preallocated, so a whole-value update is an RCU swap a packet sees atomically.
+#[map(name = "ENDPOINTS")]
+pub static ENDPOINTS: HashMap<EndpointKey, Endpoint> =
+    HashMap::with_max_entries(DEFAULT_MAX_BACKENDS, BPF_F_NO_PREALLOC);
 
 /// Half-open flows (a SYN, no ACK from the client yet), keyed and valued like `FLOWS`, in
 /// a table of their own: a SYN flood evicts half-open entries, never established ones.
@@ -69,12 +71,6 @@ pub static REVERSE: LruHashMap<FlowKey, ReverseNat> =
 /// `FLOWS`): a flood arriving on one CPU then ages the whole table, not that CPU's share.
 #[map(name = "HALF_OPEN")]
 pub static HALF_OPEN: LruHashMap<FlowKey, Flow> =
-    LruHashMap::with_max_entries(half_open_table_size(DEFAULT_FLOW_TABLE_SIZE), 0);
-
-/// The reverse entries of half-open flows, keyed and valued like `REVERSE`; moved with
-/// their flow.
-#[map(name = "HALF_OPEN_REVERSE")]
-pub static HALF_OPEN_REVERSE: LruHashMap<FlowKey, ReverseNat> =
     LruHashMap::with_max_entries(half_open_table_size(DEFAULT_FLOW_TABLE_SIZE), 0);
 
 /// Backend id → active flows, for `wlc`: atomic adds, the only shared counter on the hot

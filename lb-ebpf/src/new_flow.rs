@@ -1,8 +1,9 @@
 //! The new-flow stage, `lb_new_flow`: entered by tail call from `lb_xdp` for a packet that
 //! starts a flow or is picked up mid-flow. The decision (`lb_common::decide::pick`) picks
 //! the backend (affinity, the listener's scheduler, or the Maglev table for a pickup;
-//! `wlc` through the `lb_wlc` stage); this stage claims the backend-side 5-tuple for the
-//! replies, records the flow and sends the packet.
+//! `wlc` through the `lb_wlc` stage); this stage records the flow and sends the packet.
+//! The backend's replies find the flow through the backend endpoint (`flow::reply_flow`):
+//! one table insert per new flow.
 
 use aya_ebpf::{
     bindings::{BPF_ANY, xdp_action::XDP_DROP},
@@ -11,15 +12,15 @@ use aya_ebpf::{
 };
 use lb_common::{
     Backend, FLOW_F_COUNTED, FLOW_F_FIN, FLOW_F_OPENING, FLOW_F_PICKUP, FLOW_F_REOPENED,
-    FLOW_F_RST, Flow, FlowKey, Listener, ListenerKey, NO_BACKEND, PENDING_F_SCANNED, Reason,
-    ReverseNat, STAGE_WLC, Scheduler,
+    FLOW_F_RST, Flow, FlowKey, Listener, NO_BACKEND, PENDING_F_SCANNED, Reason, STAGE_WLC,
+    Scheduler,
     decide::{self, Opening, Pick},
-    select::{EntryState, Step, TCP_ACK, TCP_FIN, TCP_RST, is_active},
+    select::{EntryState, Step, TCP_ACK, TCP_FIN, TCP_RST},
 };
 
 use crate::{
     flow,
-    maps::{FLOWS, HALF_OPEN, HALF_OPEN_REVERSE, LISTENERS, PENDING, REVERSE},
+    maps::{FLOWS, HALF_OPEN, PENDING},
     parse,
     parse::{Ipv4, L4, Parsed},
     sched, stage, stats,
@@ -97,8 +98,8 @@ fn refuse(listener: &Listener, reason: Reason) -> (u32, Reason) {
     (XDP_DROP, reason)
 }
 
-/// Records a new flow with its picked backend: the client's affinity, the backend-side
-/// 5-tuple for the replies, the flow entry and the counters.
+/// Records a new flow with its picked backend: the client's affinity, the flow entry and
+/// the counters.
 #[inline(always)]
 #[allow(
     clippy::too_many_arguments,
@@ -128,7 +129,9 @@ fn open(
     // connections spreads; the sweep's recount leaves it out until its ACK.
     let tcp = ip.protocol == lb_common::PROTO_TCP;
     let half_open = tcp && l4.tcp_flags & TCP_ACK == 0;
-    claim_reverse(ip, l4, listener, id, backend, now, half_open)?;
+    if flow::shared_endpoint_collision(ip, l4, listener, backend, now) {
+        return Err(Reason::DropReverseCollision);
+    }
 
     let wlc = listener.scheduler == Scheduler::Wlc as u8;
     let mut flags = if pickup { FLOW_F_PICKUP } else { 0 };
@@ -151,7 +154,6 @@ fn open(
         last_seen_ns: now,
         listener: listener.id,
         flags,
-        reverse_seen_ns: now,
         // Half-open: what a refusing backend acknowledges; otherwise what the client did.
         client_acked: if flags & FLOW_F_OPENING != 0 {
             l4.seq.wrapping_add(1)
@@ -160,7 +162,7 @@ fn open(
         } else {
             0
         },
-        _pad: 0,
+        backend_acked: 0,
     };
     let table = if half_open { &HALF_OPEN } else { &FLOWS };
     if table.insert(key, entry, u64::from(BPF_ANY)).is_err() {
@@ -212,82 +214,4 @@ fn open(
         stats::count(Reason::EventReselected);
     }
     Ok(())
-}
-
-/// Records how to translate the backend's replies. The backend-side 5-tuple (backend
-/// address and port, client address and port) must be unique: two client flows to
-/// different VIPs that share a backend could collide. A live flow keeps its entry and the
-/// newcomer is refused; an entry whose flow is gone, moved or idle is taken over. A
-/// half-open flow's entry goes to `HALF_OPEN_REVERSE`.
-#[inline(always)]
-#[allow(
-    clippy::too_many_arguments,
-    reason = "one call site; a struct would only rename the arguments"
-)]
-fn claim_reverse(
-    ip: &Ipv4,
-    l4: &L4,
-    listener: &Listener,
-    id: u32,
-    backend: &Backend,
-    now: u64,
-    half_open: bool,
-) -> Result<(), Reason> {
-    let (reply_key, entry) = flow::reverse_entry(ip, l4, listener, id, backend);
-    if let Some(existing) = flow::lookup_reverse(&reply_key) {
-        // SAFETY: a map value pointer stays valid for the program run.
-        let e = unsafe { &*existing };
-        let same_vip = e.vip == entry.vip && e.vport == entry.vport;
-        if !same_vip && owner_is_live(ip, l4, e, now) {
-            return Err(Reason::DropReverseCollision);
-        }
-        // Taken over: the old entry leaves whichever table it is in, so it cannot shadow
-        // the new one (lookups read `REVERSE` first).
-        let _ = if half_open {
-            REVERSE.remove(reply_key)
-        } else {
-            HALF_OPEN_REVERSE.remove(reply_key)
-        };
-    }
-    let table = if half_open {
-        &HALF_OPEN_REVERSE
-    } else {
-        &REVERSE
-    };
-    table
-        .insert(reply_key, entry, u64::from(BPF_ANY))
-        .map_err(|_| Reason::DropFlowInsertFailed)
-}
-
-/// Whether the flow that owns reverse entry `e` (same client address and port, another
-/// VIP:port) still exists, still points at the same backend, and is active.
-#[inline(always)]
-fn owner_is_live(ip: &Ipv4, l4: &L4, e: &ReverseNat, now: u64) -> bool {
-    let owner_key = FlowKey {
-        src_addr: ip.src_addr,
-        dst_addr: e.vip,
-        src_port: l4.src_port,
-        dst_port: e.vport,
-        protocol: ip.protocol,
-        _pad: [0; 3],
-    };
-    let Some(owner) = flow::lookup(&owner_key) else {
-        return false;
-    };
-    // SAFETY: a map value pointer stays valid for the program run.
-    let owner = unsafe { &*owner };
-    if owner.backend != e.backend || owner.generation != e.generation {
-        return false;
-    }
-    let owner_listener = ListenerKey {
-        addr: e.vip,
-        port: e.vport,
-        protocol: ip.protocol,
-        _pad: 0,
-    };
-    match LISTENERS.get_ptr(owner_listener) {
-        // SAFETY: as above.
-        Some(l) => is_active(now, owner, ip.protocol, unsafe { &*l }),
-        None => false,
-    }
 }

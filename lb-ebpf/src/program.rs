@@ -4,15 +4,15 @@
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
-    helpers::generated::{bpf_get_prandom_u32, bpf_ktime_get_coarse_ns},
+    helpers::generated::bpf_ktime_get_coarse_ns,
     macros::xdp,
     programs::XdpContext,
 };
 use lb_common::{
-    Backend, FLOW_F_OPENING, Flow, FlowKey, Listener, NO_BACKEND, PROTO_ICMP, PROTO_TCP,
-    PendingFlow, REVERSE_F_ACKED, Reason, ReverseNat, STAGE_ICMP, STAGE_NEW_FLOW, TOO_BIG_SOURCE,
+    Backend, FLOW_F_OPENING, Flow, Listener, NO_BACKEND, PROTO_ICMP, PROTO_TCP, PendingFlow,
+    Reason, STAGE_ICMP, STAGE_NEW_FLOW, TOO_BIG_SOURCE,
     decide::{self, Decision},
-    select::{TCP_ACK, TCP_FIN, TCP_RST, backend_close_is_credible},
+    select::{TCP_FIN, TCP_RST, backend_close_is_credible},
     vip_filter_bit,
 };
 
@@ -26,9 +26,6 @@ use crate::{
     reset, stage, stats,
     tables::Maps,
 };
-
-/// A live flow's reverse entry is refreshed at least this often while the flow sends.
-const REVERSE_REFRESH_NS: u64 = 1_000_000_000;
 
 /// The kernel checks this for GPL-only helpers (bpf_fib_lookup is one).
 #[unsafe(link_section = "license")]
@@ -80,12 +77,15 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
     if maybe_vip && let Some(listener) = decide::listener_for(&Maps, &parse::packet(&ip, &l4)) {
         return forward(ctx, &ip, &l4, &listener);
     }
-    // Keyed like a flow: a backend's reply carries the backend-side tuple as it is.
-    let reply_key = parse::packet(&ip, &l4).flow_key();
-    if let Some(rev) = flow::lookup_reverse(&reply_key) {
-        // SAFETY: a map value pointer stays valid for the program run; its writes are a
-        // number and a flag bit, where the last writer winning is harmless.
-        return reply(ctx, &ip, &l4, unsafe { &mut *rev });
+    // A backend's reply: its source is a backend endpoint, its destination the client.
+    if let Some(to) = flow::reply_flow(
+        ip.src_addr,
+        l4.src_port,
+        ip.dst_addr,
+        l4.dst_port,
+        ip.protocol,
+    ) {
+        return reply(ctx, &ip, &l4, &to);
     }
     if maybe_vip && is_vip(ip.dst_addr) {
         // Dropped for the same reason as other protocols above.
@@ -165,23 +165,15 @@ fn established(
     b: &Backend,
     now: u64,
 ) -> (u32, Reason) {
-    f.last_seen_ns = now;
+    // The coarse clock moves once per tick: most packets of a busy flow find the entry
+    // already up to date and leave its cache line clean.
+    if f.last_seen_ns != now {
+        f.last_seen_ns = now;
+    }
     let opening = f.flags & FLOW_F_OPENING != 0;
     if ip.protocol == PROTO_TCP {
         flow::note_client_ack(f, l4);
-        flow::client_close(ip, l4, listener, f, b);
-    }
-    // Not on every packet: for flows whose entries are out of the CPU caches the lookup
-    // doubles the cost. On one packet in eight, chosen at random, and on any packet a
-    // second or more after the last refresh: the entry stays young in the LRU as long as
-    // its flow sends (docs/packet-policy.md).
-    // SAFETY: helper without arguments.
-    let lucky = unsafe { bpf_get_prandom_u32() } & 7 == 0;
-    if now.saturating_sub(f.reverse_seen_ns) >= REVERSE_REFRESH_NS
-        || (lucky && f.reverse_seen_ns != now)
-    {
-        f.reverse_seen_ns = now;
-        flow::keep_reverse(ip, l4, listener, f, b);
+        flow::client_close(l4, f);
     }
     let backend_id = f.backend;
     if listener.persistence_timeout_s > 0 {
@@ -189,7 +181,7 @@ fn established(
     }
     // The handshake's last step: the flow leaves the half-open table (and `f` with it).
     if opening && f.flags & FLOW_F_OPENING == 0 {
-        flow::promote(ip, l4, listener, f, b);
+        flow::promote(ip, l4, f);
     }
     flow::send_to_backend(ctx, ip, l4, listener.id, backend_id, b, now)
 }
@@ -208,30 +200,33 @@ fn cut_drained(ctx: &XdpContext, ip: &Ipv4, listener: &Listener) -> (u32, Reason
 
 /// Backend → client of a known flow: put the VIP back as the source, send.
 #[inline(always)]
-fn reply(ctx: &XdpContext, ip: &Ipv4, l4: &L4, rev: &mut ReverseNat) -> (u32, Reason) {
+fn reply(ctx: &XdpContext, ip: &Ipv4, l4: &L4, to: &flow::Reply) -> (u32, Reason) {
     if ip.ttl <= 1 {
         return (XDP_PASS, Reason::PassTtlExpired);
     }
-    let (vip, vport, listener, backend) = (rev.vip, rev.vport, rev.listener, rev.backend);
+    // SAFETY: a map value pointer stays valid for the program run; the reply path writes
+    // an acknowledgement number and flag bits, where the last writer winning is harmless.
+    let f = unsafe { &mut *to.flow };
+    let backend = f.backend;
     if ip.protocol == PROTO_TCP {
         // What the backend acknowledged makes the client's FIN or RST credible or not.
-        if l4.tcp_flags & TCP_ACK != 0
-            && (rev.backend_acked != l4.ack || rev.flags & REVERSE_F_ACKED == 0)
+        flow::note_backend_ack(f, l4);
+        // The backend closes or refuses: the flow stops being active (for wlc, status and
+        // wait drained) even if the client never answers, provided the FIN or RST fits
+        // what the client last acknowledged.
+        if l4.tcp_flags & (TCP_FIN | TCP_RST) != 0
+            && backend_close_is_credible(f, l4.seq, l4.ack, l4.tcp_flags)
         {
-            rev.backend_acked = l4.ack;
-            rev.flags |= REVERSE_F_ACKED;
-        }
-        if l4.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
-            backend_close(ip, l4, rev);
+            flow::note_close(f, l4.tcp_flags);
         }
     }
-    if !nat::translate(ctx, ip, l4, Side::Source, vip, vport) {
+    if !nat::translate(ctx, ip, l4, Side::Source, to.vip, to.vport) {
         return (XDP_DROP, Reason::DropMalformedL4);
     }
     let route = fwd::Route {
-        src_addr: vip,
+        src_addr: to.vip,
         dst_addr: ip.dst_addr,
-        src_port: vport,
+        src_port: to.vport,
         dst_port: l4.dst_port,
         backend: NO_BACKEND,
         now: 0,
@@ -241,31 +236,9 @@ fn reply(ctx: &XdpContext, ip: &Ipv4, l4: &L4, rev: &mut ReverseNat) -> (u32, Re
     };
     let out = fwd::transmit(ctx, ip, &route, Reason::ReplyForwarded);
     if out.0 != XDP_DROP {
-        stats::forwarded(listener, backend, u64::from(ip.tot_len), true);
+        stats::forwarded(to.listener, backend, u64::from(ip.tot_len), true);
     }
     out
-}
-
-/// The backend closes or refuses: the flow stops being active (for wlc, status and wait
-/// drained) even if the client never answers, provided the FIN or RST fits what the
-/// client last acknowledged. Rare, so one more lookup is fine.
-#[inline(always)]
-fn backend_close(ip: &Ipv4, l4: &L4, rev: &ReverseNat) {
-    let key = FlowKey {
-        src_addr: ip.dst_addr,
-        dst_addr: rev.vip,
-        src_port: l4.dst_port,
-        dst_port: rev.vport,
-        protocol: ip.protocol,
-        _pad: [0; 3],
-    };
-    if let Some(f) = flow::lookup(&key) {
-        // SAFETY: a map value pointer stays valid for the program run.
-        let f = unsafe { &mut *f };
-        if f.backend == rev.backend && backend_close_is_credible(f, l4.seq, l4.ack, l4.tcp_flags) {
-            flow::note_close(f, l4.tcp_flags);
-        }
-    }
 }
 
 #[panic_handler]

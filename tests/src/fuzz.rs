@@ -33,10 +33,10 @@ use std::{
 
 use aya::programs::{TestRun as _, TestRunOptions};
 use lb_common::{
-    ACL_DENY, ACL_NONE, BACKEND_F_USABLE, Backend, CLOSE_WINDOW, FIN_TIMEOUT_S, FLOW_F_FIN,
-    FLOW_F_OPENING, FLOW_F_RST, FlowKey, HALF_OPEN_TIMEOUT_S, Listener, ListenerKey,
-    MAGLEV_TABLE_SIZE, PROTO_ICMP, PROTO_TCP, PROTO_UDP, REVERSE_F_ACKED, RST_TIMEOUT_S, Reason,
-    Scheduler, TableMeta, Verdict, csum, hash,
+    ACL_DENY, ACL_NONE, BACKEND_F_USABLE, Backend, CLOSE_WINDOW, FIN_TIMEOUT_S,
+    FLOW_F_BACKEND_ACKED, FLOW_F_FIN, FLOW_F_OPENING, FLOW_F_RST, FlowKey, HALF_OPEN_TIMEOUT_S,
+    Listener, ListenerKey, MAGLEV_TABLE_SIZE, PROTO_ICMP, PROTO_TCP, PROTO_UDP, RST_TIMEOUT_S,
+    Reason, Scheduler, TableMeta, Verdict, csum, hash,
     maglev::{self, MaglevBackend},
     wrr,
 };
@@ -3008,21 +3008,18 @@ impl Fuzzer<'_> {
                 );
                 if let Some(b) = self.setup.backends.get(flow.backend as usize) {
                     let rkey = t.backend_side(b);
-                    if let Ok(Some(r)) = dp.reverse_entry(&rkey.key()) {
-                        let listener = self.setup.listener_by_id(r.listener).unwrap_or(li);
+                    if let Ok(Some((_, f, l))) = dp.reply_flow(&rkey.key()) {
+                        let listener = self.setup.listener_by_id(l.listener).unwrap_or(li);
                         self.model.insert_rev(
                             rkey,
                             ShadowRev {
-                                vip: Ipv4Addr::from(r.vip.to_ne_bytes()),
-                                vport: u16::from_be(r.vport),
+                                vip: Ipv4Addr::from(l.vip.to_ne_bytes()),
+                                vport: u16::from_be(l.vport),
                                 listener,
-                                backend: r.backend,
-                                backend_acked: (r.flags & REVERSE_F_ACKED != 0)
-                                    .then_some(r.backend_acked),
-                                // Where the kernel keeps it: with its flow, half-open or not.
-                                half_open: flow.flags & FLOW_F_OPENING != 0
-                                    && Ipv4Addr::from(r.vip.to_ne_bytes()) == t.dst
-                                    && u16::from_be(r.vport) == t.dport,
+                                backend: f.backend,
+                                backend_acked: (f.flags & FLOW_F_BACKEND_ACKED != 0)
+                                    .then_some(f.backend_acked),
+                                half_open: f.flags & FLOW_F_OPENING != 0,
                             },
                         );
                     }
@@ -3097,13 +3094,13 @@ impl Fuzzer<'_> {
         }
         let revs: Vec<(Tuple, ShadowRev)> = self.model.revs.iter().map(|(k, v)| (*k, *v)).collect();
         for (t, m) in revs {
-            let k = dp.reverse_entry(&t.key())?;
-            let same = k.is_some_and(|k| {
-                Ipv4Addr::from(k.vip.to_ne_bytes()) == m.vip
-                    && u16::from_be(k.vport) == m.vport
-                    && k.backend == m.backend
-                    && self.setup.listener_by_id(k.listener) == Some(m.listener)
-                    && (k.flags & REVERSE_F_ACKED != 0).then_some(k.backend_acked)
+            let k = dp.reply_flow(&t.key())?;
+            let same = k.is_some_and(|(_, f, l)| {
+                Ipv4Addr::from(l.vip.to_ne_bytes()) == m.vip
+                    && u16::from_be(l.vport) == m.vport
+                    && f.backend == m.backend
+                    && self.setup.listener_by_id(l.listener) == Some(m.listener)
+                    && (f.flags & FLOW_F_BACKEND_ACKED != 0).then_some(f.backend_acked)
                         == m.backend_acked
             });
             if !same {

@@ -10,8 +10,8 @@ use std::net::Ipv4Addr;
 
 use aya::programs::{TestRun as _, TestRunOptions, Xdp};
 use lb_common::{
-    BACKEND_F_USABLE, Backend, FLOW_F_PICKUP, Flow, FlowKey, Listener, ListenerKey,
-    MAGLEV_TABLE_SIZE, PROTO_TCP, PROTO_UDP, Reason, Scheduler, TableMeta,
+    BACKEND_F_USABLE, Backend, EndpointKey, EndpointListener, FLOW_F_PICKUP, Flow, FlowKey,
+    Listener, ListenerKey, MAGLEV_TABLE_SIZE, PROTO_TCP, PROTO_UDP, Reason, Scheduler, TableMeta,
     maglev::{self, MaglevBackend},
     select, wrr,
 };
@@ -244,6 +244,30 @@ impl ListenerSetup {
         .unwrap();
         dp.add_vip(be(self.vip)).unwrap();
         dp.reset_cursor(self.id).unwrap();
+        for m in &self.members {
+            let key = EndpointKey {
+                addr: be(m.addr),
+                port: port(m.port),
+                protocol: self.protocol,
+                _pad: 0,
+            };
+            let mut e = dp.endpoint(&key).unwrap().unwrap_or_default();
+            let listener = EndpointListener {
+                vip: be(self.vip),
+                vport: port(self.port),
+                _pad: 0,
+                listener: self.id,
+            };
+            let n = e.count as usize;
+            match e.listeners[..n].iter().position(|l| l.listener == self.id) {
+                Some(i) => e.listeners[i] = listener,
+                None => {
+                    e.listeners[n] = listener;
+                    e.count += 1;
+                }
+            }
+            dp.set_endpoint(key, e).unwrap();
+        }
     }
 }
 

@@ -349,6 +349,27 @@ pub fn install_listener(dp: &mut DataPlane, spec: &ListenerSpec) -> anyhow::Resu
     )?;
     dp.add_vip(be32(spec.vip))?;
     dp.reset_cursor(spec.id)?;
+    for &(addr, port) in &spec.backends {
+        let mut endpoint = lb_common::Endpoint {
+            count: 1,
+            ..Default::default()
+        };
+        endpoint.listeners[0] = lb_common::EndpointListener {
+            vip: be32(spec.vip),
+            vport: spec.port.to_be(),
+            _pad: 0,
+            listener: spec.id,
+        };
+        dp.set_endpoint(
+            lb_common::EndpointKey {
+                addr: be32(addr),
+                port: port.to_be(),
+                protocol: spec.protocol,
+                _pad: 0,
+            },
+            endpoint,
+        )?;
+    }
     Ok(())
 }
 
