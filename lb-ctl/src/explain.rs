@@ -42,7 +42,28 @@ pub fn explain(
     protocol: u8,
     tcp_flags: u8,
 ) -> anyhow::Result<Explanation> {
-    let cpus = aya::util::nr_cpus().map_err(|(_, e)| anyhow::anyhow!("counting CPUs: {e}"))?;
+    explain_over(
+        crate::dataplane::DataPlaneAccess::decision_tables(dp)?,
+        desired,
+        src,
+        dst,
+        protocol,
+        tcp_flags,
+        monotonic_coarse_ns(),
+    )
+}
+
+/// `explain` over any view of the decision's tables, one per CPU (CPU 0 first): the live
+/// maps, or the controller's in-memory data plane in tests.
+pub(crate) fn explain_over<T: Tables + ReadErrors>(
+    tables: Vec<T>,
+    desired: &Desired,
+    src: SocketAddrV4,
+    dst: SocketAddrV4,
+    protocol: u8,
+    tcp_flags: u8,
+    now: u64,
+) -> anyhow::Result<Explanation> {
     let packet = Packet {
         src_addr: u32::from_ne_bytes(src.ip().octets()),
         dst_addr: u32::from_ne_bytes(dst.ip().octets()),
@@ -59,20 +80,19 @@ pub fn explain(
             .find(|l| l.id == id)
             .map_or_else(|| format!("id {id}"), |l| l.name.clone())
     };
-    let mut tables = (0..cpus).map(|cpu| LiveTables::new(dp, cpu));
-    explain_with(&mut tables, &listener_name, &packet, monotonic_coarse_ns())
+    explain_with(&mut tables.into_iter(), &listener_name, &packet, now)
 }
 
 /// The decision's tables read from the pinned maps, as the program running on `cpu` sees
 /// them. A failed read is kept and turned into an error after the decision.
-struct LiveTables<'a> {
+pub struct LiveTables<'a> {
     dp: &'a DataPlane,
     cpu: usize,
     error: RefCell<Option<String>>,
 }
 
 impl<'a> LiveTables<'a> {
-    fn new(dp: &'a DataPlane, cpu: usize) -> Self {
+    pub fn new(dp: &'a DataPlane, cpu: usize) -> Self {
         Self {
             dp,
             cpu,
@@ -174,8 +194,16 @@ impl Trace for Recorder {
 }
 
 /// A read that failed while deciding (it would otherwise read as "no entry").
-trait ReadErrors {
+pub trait ReadErrors {
     fn read_error(&self) -> Option<String>;
+}
+
+/// In-memory tables (unit tests) read without failing.
+#[cfg(test)]
+impl ReadErrors for lb_common::memory::MemoryTables {
+    fn read_error(&self) -> Option<String> {
+        None
+    }
 }
 
 impl ReadErrors for LiveTables<'_> {
@@ -528,12 +556,6 @@ mod tests {
     };
 
     use super::*;
-
-    impl ReadErrors for MemoryTables {
-        fn read_error(&self) -> Option<String> {
-            None
-        }
-    }
 
     /// Explains the example packet with one table set per CPU.
     fn run(per_cpu: Vec<MemoryTables>, p: &Packet) -> Explanation {

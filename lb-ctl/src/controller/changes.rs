@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use tracing::{info, warn};
 
-use super::{Controller, NS_PER_S, monotonic_coarse_ns, sizes};
+use super::{Controller, NS_PER_S, Platform, sizes};
 use crate::{
     api::Response,
     config,
@@ -14,7 +14,7 @@ use crate::{
     plan,
 };
 
-impl Controller {
+impl<P: Platform> Controller<P> {
     /// Hands the health checker its targets; from now on its verdicts drive the tables.
     pub fn attach_health(&mut self, checker: Checker) -> anyhow::Result<()> {
         self.health = Some(checker);
@@ -59,7 +59,7 @@ impl Controller {
     /// while the listener has connection drain on keeps its flows: it becomes departing,
     /// out of the tables, until its drain deadline.
     pub fn apply(&mut self) -> anyhow::Result<usize> {
-        let now = monotonic_coarse_ns();
+        let now = self.platform.monotonic_ns();
         // Planned on a copy of the ids: the plan releases the ids of backends that left,
         // and a departing one must keep its id and generation (its flows carry them).
         let mut ids = self.ids.clone();

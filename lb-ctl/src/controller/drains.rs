@@ -3,7 +3,7 @@
 
 use tracing::{info, warn};
 
-use super::{Controller, NS_PER_S, monotonic_coarse_ns, unix_ms};
+use super::{Controller, NS_PER_S, Platform};
 use crate::{
     api::Response,
     config, overlay,
@@ -14,10 +14,10 @@ use crate::{
 /// plane answers its flows' stragglers with RSTs.
 const RETIRE_AFTER_DEADLINE_NS: u64 = 5 * NS_PER_S;
 
-impl Controller {
+impl<P: Platform> Controller<P> {
     pub(super) fn restore_drains(&mut self, drains: &[overlay::DrainRecord]) {
-        let now_mono = monotonic_coarse_ns();
-        let now_unix = unix_ms();
+        let now_mono = self.platform.monotonic_ns();
+        let now_unix = self.platform.unix_ms();
         for d in drains {
             let Some(protocol) = (match d.protocol.as_str() {
                 "tcp" => Some(config::Protocol::Tcp),
@@ -48,7 +48,7 @@ impl Controller {
     /// cutting their flows since; a few seconds later they are retired), and drains of
     /// servers no longer configured. Applies if anything changed.
     pub fn expire_drains(&mut self) -> anyhow::Result<()> {
-        let now = monotonic_coarse_ns();
+        let now = self.platform.monotonic_ns();
         let before = (self.runtime.departing.len(), self.runtime.draining.len());
         // A departing backend whose flows have all ended is retired at once, not at its
         // deadline; "at once" after two sweeps, so flows that began just before the
@@ -92,7 +92,7 @@ impl Controller {
         port: Option<u16>,
         timeout: Option<u32>,
     ) -> Response {
-        let now = monotonic_coarse_ns();
+        let now = self.platform.monotonic_ns();
         let mut keys = Vec::new();
         for l in self.desired.listeners.values().filter(|l| l.group == group) {
             let configured = self
@@ -173,8 +173,8 @@ impl Controller {
 
     /// Keeps drains in the state file, so a restarted daemon keeps cutting on time.
     pub(super) fn persist_drains(&mut self) {
-        let now_mono = monotonic_coarse_ns();
-        let now_unix = unix_ms();
+        let now_mono = self.platform.monotonic_ns();
+        let now_unix = self.platform.unix_ms();
         let record = |key: &BackendKey, deadline: u64, departing: bool| overlay::DrainRecord {
             vip: key.frontend.address,
             vip_port: key.frontend.port,

@@ -6,24 +6,30 @@ use std::{
     time::Instant,
 };
 
-use anyhow::Context as _;
 use lb_common::LISTENER_F_VIP_MARKER;
 use tracing::{info, warn};
 
-use super::{Controller, Options, sizes};
+use super::{Controller, Kernel, Options, Platform, sizes};
 use crate::{
     config::{self, Config},
-    dataplane::{DataPlane, LoadOptions},
-    host, overlay,
-    pins::{self, Layout},
+    dataplane::DataPlaneAccess,
+    overlay, pins,
     plan::{BackendKey, Desired, Frontend, Ids, Runtime},
     reconcile::Reconciler,
 };
 
-impl Controller {
-    /// Loads the config and the overlay, loads or re-adopts the data plane, attaches it
-    /// and fills the maps.
+impl Controller<Kernel> {
+    /// Loads the config and the overlay, loads or re-adopts the pinned data plane,
+    /// attaches it and fills the maps.
     pub fn start(options: Options) -> anyhow::Result<Self> {
+        let kernel = Kernel::new(&options);
+        Self::start_on(kernel, options)
+    }
+}
+
+impl<P: Platform> Controller<P> {
+    /// `start` on the host `platform`.
+    pub fn start_on(mut platform: P, options: Options) -> anyhow::Result<Self> {
         let base = config::load(&options.config_path).map_err(|errors| {
             anyhow::anyhow!(
                 "{} has {} error(s):\n{errors}",
@@ -41,38 +47,26 @@ impl Controller {
             overlay::save_state_with_drains(&state_path, &base.instance, &overlay, &drains)?;
         }
 
-        pins::check_bpffs(&options.bpffs)?;
-        let layout = Layout::new(&options.bpffs, &effective.instance);
-        let adopting = layout.exists();
         let sizes = sizes(&effective);
-        if adopting {
-            pins::check_pinned_layout(&layout, &sizes)?;
-        }
-        std::fs::create_dir_all(layout.maps())
-            .with_context(|| format!("creating {}", layout.maps().display()))?;
-        let mut dataplane = DataPlane::load(&LoadOptions {
-            sizes,
-            map_pin_dir: Some(layout.maps()),
-            verifier_log_dir: Some(options.state_dir.clone()),
-        })?;
+        let (mut dataplane, adopting) = platform.load(&effective, sizes)?;
 
         let mut ids = Ids::new(sizes.max_listeners, sizes.max_backends);
         let mut reconciler = Reconciler::new();
         let mut runtime = Runtime {
-            local_addresses: host_addresses(),
+            local_addresses: platform.local_addresses(),
             ..Runtime::default()
         };
         if adopting {
             runtime.unhealthy = adopt(&dataplane, &effective, &mut ids, &mut reconciler)?;
         }
-        let attached = pins::attach(dataplane.program()?, &layout, &effective.interfaces, false)?;
-        let replaced_stages = pins::pin_stages(dataplane.stages(), &layout)?;
+        let attached = platform.attach(&mut dataplane, &effective.interfaces, false)?;
         for (iface, ifindex, mode) in &attached {
             dataplane.add_tx_port(*ifindex)?;
             info!("XDP on {iface} (ifindex {ifindex}): {mode}");
         }
 
         let mut controller = Self {
+            platform,
             options,
             state_path,
             base,
@@ -86,8 +80,6 @@ impl Controller {
             reconciler,
             desired: Desired::default(),
             dataplane,
-            _replaced_stages: replaced_stages,
-            layout,
             attached,
             active: HashMap::new(),
             flow_entries: 0,
@@ -116,12 +108,9 @@ impl Controller {
 
     pub(super) fn reattach(&mut self) -> anyhow::Result<()> {
         let old: Vec<u32> = self.attached.iter().map(|a| a.1).collect();
-        self.attached = pins::attach(
-            self.dataplane.program()?,
-            &self.layout,
-            &self.effective.interfaces,
-            true,
-        )?;
+        self.attached =
+            self.platform
+                .attach(&mut self.dataplane, &self.effective.interfaces, true)?;
         for ifindex in old {
             if !self.attached.iter().any(|a| a.1 == ifindex) {
                 self.dataplane.remove_tx_port(ifindex)?;
@@ -142,13 +131,13 @@ impl Controller {
     pub fn check_interfaces(&mut self) -> anyhow::Result<()> {
         let mut reattach = false;
         for (name, ifindex, mode) in &mut self.attached {
-            match pins::ifindex(name) {
-                Ok(now) if now == *ifindex => {}
-                Ok(now) => {
+            match self.platform.ifindex(name) {
+                Some(now) if now == *ifindex => {}
+                Some(now) => {
                     info!("interface {name} is back (ifindex {now}): attaching XDP again");
                     reattach = true;
                 }
-                Err(_) if *mode != pins::MISSING => {
+                None if *mode != pins::MISSING => {
                     warn!(
                         "interface {name} disappeared: its traffic is not balanced until it \
                          comes back (lb-ctl status shows it as missing)"
@@ -158,7 +147,7 @@ impl Controller {
                     *ifindex = 0;
                     self.dataplane.remove_tx_port(gone)?;
                 }
-                Err(_) => {}
+                None => {}
             }
         }
         if reattach {
@@ -179,13 +168,13 @@ impl Controller {
             .map(|(name, _, _)| name.as_str())
             .collect();
         let vips = self.effective.listeners.iter().map(|l| l.address).collect();
-        host::prepare(&host::Ipv4Conf::default(), &interfaces, &vips);
+        self.platform.prepare_host(&interfaces, &vips);
     }
 
     /// Follows the host's addresses (an operator or DHCP may add one at any time): the
     /// data plane refuses new flows from each of them.
     pub fn refresh_local_addresses(&mut self) -> anyhow::Result<()> {
-        let now = host_addresses();
+        let now = self.platform.local_addresses();
         if now != self.runtime.local_addresses {
             info!(
                 "host addresses changed: {} now, refused as client sources",
@@ -198,23 +187,11 @@ impl Controller {
     }
 }
 
-/// The host's IPv4 addresses; none when they cannot be read (logged), as then nothing is
-/// refused that a client could legitimately have.
-fn host_addresses() -> std::collections::BTreeSet<std::net::Ipv4Addr> {
-    match host::local_addresses() {
-        Ok(addresses) => addresses.into_iter().map(|a| a.address).collect(),
-        Err(e) => {
-            warn!("cannot list the host's addresses, so none is refused as a client source: {e}");
-            std::collections::BTreeSet::new()
-        }
-    }
-}
-
 /// Rebuilds ids and the reconciler's record from a pinned data plane, so the first
 /// apply keeps every established flow's backend id and generation. Returns the configured
 /// backends the data plane had marked unusable (down when the previous daemon stopped).
 fn adopt(
-    dataplane: &DataPlane,
+    dataplane: &impl DataPlaneAccess,
     config: &Config,
     ids: &mut Ids,
     reconciler: &mut Reconciler,

@@ -4,9 +4,14 @@
 
 mod changes;
 mod drains;
+#[cfg(test)]
+mod fake;
 mod lifecycle;
+mod platform;
 mod status;
 mod sweep;
+#[cfg(test)]
+mod tests;
 
 use std::{
     collections::HashMap,
@@ -16,15 +21,15 @@ use std::{
 
 use crate::{
     config::Config,
-    dataplane::{DataPlane, MapSizes},
+    dataplane::MapSizes,
     health::Checker,
     overlay::{self, Change},
-    pins::Layout,
     plan::{BackendKey, Desired, Ids, Runtime},
     reconcile::Reconciler,
 };
 
 pub use self::{
+    platform::{Attachment, Kernel, Platform},
     status::{StatusDraft, stats_of},
     sweep::{SweepJob, SweepResult, run_sweep},
 };
@@ -43,7 +48,10 @@ pub fn monotonic_coarse_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-pub struct Controller {
+/// The daemon's state. `P` is the host it runs on: the kernel (`Kernel`) in production, a
+/// stand-in in the unit tests.
+pub struct Controller<P: Platform = Kernel> {
+    platform: P,
     options: Options,
     state_path: PathBuf,
     base: Config,
@@ -54,12 +62,8 @@ pub struct Controller {
     ids: Ids,
     reconciler: Reconciler,
     desired: Desired,
-    dataplane: DataPlane,
-    /// The stage table of the program this daemon replaced at start, held open so the
-    /// packets still in that program find their stages (`pins::pin_stages`).
-    _replaced_stages: Option<aya::maps::MapData>,
-    layout: Layout,
-    attached: Vec<(String, u32, &'static str)>,
+    dataplane: P::DataPlane,
+    attached: Vec<Attachment>,
     /// Active flows per backend id from the last sweep of the flow table.
     active: HashMap<u32, u32>,
     /// Entries the last sweep found in the flow table (active or not).
@@ -82,12 +86,6 @@ pub struct Controller {
 
 const NS_PER_S: u64 = 1_000_000_000;
 
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 fn sizes(config: &Config) -> MapSizes {
     MapSizes {
         flow_table_size: config.flow_table_size,
@@ -96,7 +94,7 @@ fn sizes(config: &Config) -> MapSizes {
     }
 }
 
-impl Controller {
+impl<P: Platform> Controller<P> {
     pub fn instance(&self) -> &str {
         &self.effective.instance
     }
@@ -109,24 +107,22 @@ impl Controller {
         &self.desired
     }
 
-    pub fn dataplane(&self) -> &DataPlane {
+    pub fn dataplane(&self) -> &P::DataPlane {
         &self.dataplane
-    }
-
-    /// See `DataPlane::take_logger`.
-    pub fn take_xdp_logger(&mut self) -> Option<crate::dataplane::XdpLogger> {
-        self.dataplane.take_logger()
     }
 
     pub fn export(&self) -> String {
         self.effective.to_yaml()
     }
 
-    pub fn layout(&self) -> &Layout {
-        &self.layout
-    }
-
     pub fn config_path(&self) -> &Path {
         &self.options.config_path
+    }
+}
+
+impl Controller<Kernel> {
+    /// See `DataPlane::take_logger`.
+    pub fn take_xdp_logger(&mut self) -> Option<crate::dataplane::XdpLogger> {
+        self.dataplane.take_logger()
     }
 }

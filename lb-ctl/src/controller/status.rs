@@ -7,11 +7,11 @@ use std::{
 
 use lb_common::select;
 
-use super::{Controller, NS_PER_S, monotonic_coarse_ns};
+use super::{Controller, NS_PER_S, Platform};
 use crate::{
     api::{self, BackendStatus, Counters, InterfaceStatus, ListenerStatus, Response, Status},
     config,
-    dataplane::ReadCounters,
+    dataplane::{DataPlaneAccess, ReadCounters},
     health::{self, Checker},
     plan::{BackendKey, Role},
 };
@@ -73,7 +73,7 @@ pub fn stats_of(status: &Status, at_s: f64, reasons: &BTreeMap<&str, u64>) -> ap
     }
 }
 
-impl Controller {
+impl<P: Platform> Controller<P> {
     fn origin(&self, group: &str, key: &BackendKey) -> &'static str {
         let in_base = if group == config::DEFAULT_GROUP_NAME {
             self.base
@@ -136,7 +136,7 @@ impl Controller {
                 } else {
                     "up"
                 };
-                let now_mono = monotonic_coarse_ns();
+                let now_mono = self.platform.monotonic_ns();
                 let h = health.get(&b.key);
                 let held_down_s = h.and_then(|h| match h.state {
                     health::HealthState::HeldDown { until } => {
@@ -209,7 +209,7 @@ impl Controller {
             status,
             listener_ids,
             at_s: self.started.elapsed().as_secs_f64(),
-            maps_dir: self.layout.maps(),
+            maps_dir: self.platform.maps_dir(),
             probes: self.health_snapshot(),
         }
     }
@@ -226,7 +226,7 @@ impl Controller {
         let mut table = self.status_draft().status.flow_table;
         let inserted = self
             .dataplane
-            .counter(lb_common::Reason::EventFlowInserted)?;
+            .one_counter(lb_common::Reason::EventFlowInserted)?;
         table.evicted = inserted.saturating_sub(table.entries);
         Ok(table)
     }
@@ -238,12 +238,12 @@ impl Controller {
             for b in &d.backends {
                 backends.push((
                     format!("{}:{}", b.key.address, b.key.port),
-                    Counters::from(self.dataplane.backend_stats(b.id)?),
+                    Counters::from(self.dataplane.backend_totals(b.id)?),
                 ));
             }
             listeners.push(api::ListenerStats {
                 name: d.name.clone(),
-                stats: self.dataplane.listener_stats(d.id)?.into(),
+                stats: self.dataplane.listener_totals(d.id)?.into(),
                 backends,
             });
         }
@@ -252,7 +252,7 @@ impl Controller {
             listeners,
             reasons: self
                 .dataplane
-                .counters()?
+                .all_counters()?
                 .into_iter()
                 .map(|(k, v)| (k.to_owned(), v))
                 .collect(),
@@ -275,7 +275,22 @@ impl Controller {
             }
         };
         let flags = tcp_flags.unwrap_or(select::TCP_SYN);
-        match crate::explain::explain(&self.dataplane, &self.desired, src, dst, proto, flags) {
+        let explained = self
+            .dataplane
+            .decision_tables()
+            .map_err(anyhow::Error::from)
+            .and_then(|tables| {
+                crate::explain::explain_over(
+                    tables,
+                    &self.desired,
+                    src,
+                    dst,
+                    proto,
+                    flags,
+                    self.platform.monotonic_ns(),
+                )
+            });
+        match explained {
             Ok(e) => Response::ok(e.steps.join("\n"), e),
             Err(e) => Response::failed(format!("{e:#}")),
         }

@@ -6,8 +6,8 @@ use std::{collections::HashMap, path::PathBuf};
 use anyhow::Context as _;
 use lb_common::{Flow, FlowKey, LISTENER_F_VIP_MARKER, select};
 
-use super::{Controller, monotonic_coarse_ns};
-use crate::api::Response;
+use super::{Controller, Platform};
+use crate::{api::Response, dataplane::DataPlaneAccess as _};
 
 /// A large table with nothing depending on fresh counts is walked once every this many
 /// sweep ticks.
@@ -61,7 +61,7 @@ pub fn run_sweep(job: SweepJob) -> anyhow::Result<SweepResult> {
     Ok(result)
 }
 
-impl Controller {
+impl<P: Platform> Controller<P> {
     /// Counts active flows per backend by walking the flow table (LRU eviction and idle
     /// expiry decrement nothing in the data plane), and corrects the `wlc` counters. On a
     /// large table this takes a while: the daemon runs it off the lock (`sweep_job`,
@@ -105,7 +105,7 @@ impl Controller {
     /// What a sweep needs, taken under the lock.
     pub fn sweep_job(&self) -> anyhow::Result<SweepJob> {
         Ok(SweepJob {
-            flows_pin: self.layout.maps().join(lb_common::names::FLOWS),
+            flows_pin: self.platform.maps_dir().join(lb_common::names::FLOWS),
             listeners: self
                 .dataplane
                 .listener_entries()?
@@ -113,7 +113,7 @@ impl Controller {
                 .filter(|(_, l)| l.flags & LISTENER_F_VIP_MARKER == 0)
                 .map(|(_, l)| (l.id, l))
                 .collect(),
-            now: monotonic_coarse_ns(),
+            now: self.platform.monotonic_ns(),
         })
     }
 
