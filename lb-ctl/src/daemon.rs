@@ -178,7 +178,7 @@ async fn handle(controller: &Mutex<Controller>, request: Request) -> Response {
             dst,
             protocol,
             tcp_flags,
-        } => c.explain(src, dst, &protocol, tcp_flags),
+        } => c.explain(src, dst, protocol, tcp_flags),
         Request::Drain {
             group,
             address,

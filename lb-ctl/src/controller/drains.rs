@@ -19,18 +19,11 @@ impl<P: Platform> Controller<P> {
         let now_mono = self.platform.monotonic_ns();
         let now_unix = self.platform.unix_ms();
         for d in drains {
-            let Some(protocol) = (match d.protocol.as_str() {
-                "tcp" => Some(config::Protocol::Tcp),
-                "udp" => Some(config::Protocol::Udp),
-                _ => None,
-            }) else {
-                continue;
-            };
             let key = BackendKey {
                 frontend: Frontend {
                     address: d.vip,
                     port: d.vip_port,
-                    protocol,
+                    protocol: d.protocol,
                 },
                 address: d.address,
                 port: d.port,
@@ -178,7 +171,7 @@ impl<P: Platform> Controller<P> {
         let record = |key: &BackendKey, deadline: u64, departing: bool| overlay::DrainRecord {
             vip: key.frontend.address,
             vip_port: key.frontend.port,
-            protocol: key.frontend.protocol.name().to_owned(),
+            protocol: key.frontend.protocol,
             address: key.address,
             port: key.port,
             departing,

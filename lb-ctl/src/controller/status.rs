@@ -37,9 +37,9 @@ impl StatusDraft {
     pub fn fill(self, counters: &impl ReadCounters) -> anyhow::Result<Status> {
         let mut status = self.status;
         for (l, id) in status.listeners.iter_mut().zip(&self.listener_ids) {
-            l.stats = counters.listener_totals(*id)?.into();
+            l.stats = counters.listener_totals(*id)?;
             for b in &mut l.backends {
-                b.stats = counters.backend_totals(b.backend_id)?.into();
+                b.stats = counters.backend_totals(b.backend_id)?;
             }
         }
         let inserted = counters.one_counter(lb_common::Reason::EventFlowInserted)?;
@@ -175,11 +175,11 @@ impl<P: Platform> Controller<P> {
             listener_ids.push(d.id);
             listeners.push(ListenerStatus {
                 name: l.name.clone(),
-                protocol: l.protocol.name().to_owned(),
+                protocol: l.protocol,
                 address: l.address,
                 port: l.port,
                 group: d.group.clone(),
-                scheduler: d.scheduler.name().to_owned(),
+                scheduler: d.scheduler,
                 backends,
                 stats: Counters::default(),
             });
@@ -238,12 +238,12 @@ impl<P: Platform> Controller<P> {
             for b in &d.backends {
                 backends.push((
                     format!("{}:{}", b.key.address, b.key.port),
-                    Counters::from(self.dataplane.backend_totals(b.id)?),
+                    self.dataplane.backend_totals(b.id)?,
                 ));
             }
             listeners.push(api::ListenerStats {
                 name: d.name.clone(),
-                stats: self.dataplane.listener_totals(d.id)?.into(),
+                stats: self.dataplane.listener_totals(d.id)?,
                 backends,
             });
         }
@@ -264,16 +264,10 @@ impl<P: Platform> Controller<P> {
         &self,
         src: std::net::SocketAddrV4,
         dst: std::net::SocketAddrV4,
-        protocol: &str,
+        protocol: config::Protocol,
         tcp_flags: Option<u8>,
     ) -> Response {
-        let proto = match protocol {
-            "tcp" => lb_common::PROTO_TCP,
-            "udp" => lb_common::PROTO_UDP,
-            other => {
-                return Response::refused(format!("protocol `{other}` is not one of tcp, udp"));
-            }
-        };
+        let proto = protocol.number();
         let flags = tcp_flags.unwrap_or(select::TCP_SYN);
         let explained = self
             .dataplane

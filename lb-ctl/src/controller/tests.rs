@@ -190,7 +190,8 @@ fn start_on_an_empty_data_plane_fills_the_maps_and_attaches() {
     // explain runs the data plane's decision over these maps.
     let client = "203.0.113.7:40000".parse().unwrap();
     let vip = "198.19.0.100:80".parse().unwrap();
-    let Response::Ok { data, .. } = c.explain(client, vip, "tcp", None) else {
+    let Response::Ok { data, .. } = c.explain(client, vip, crate::config::Protocol::Tcp, None)
+    else {
         panic!("explained")
     };
     assert_eq!(data["outcome"], "forward", "{data}");
@@ -379,7 +380,7 @@ fn drain_and_undrain_mark_the_backend_and_persist() {
         ("draining", Some(10))
     );
     assert_eq!(s.saved_drains().len(), 1);
-    assert_eq!(s.saved_drains()[0].protocol, "tcp");
+    assert_eq!(s.saved_drains()[0].protocol, crate::config::Protocol::Tcp);
 
     // A restart keeps the deadline (moved to the wall clock and back).
     drop(c);

@@ -2,12 +2,13 @@
 
 use std::net::Ipv4Addr;
 
+use lb_common::Scheduler;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::config::{
     self, Config, DEFAULT_GROUP_NAME, DefaultServer, Endpoint, Ipv4Net, Member,
-    PrimarySecondaryGroup, Protocol, VServerGroup, scheduler_from_name,
+    PrimarySecondaryGroup, Protocol, VServerGroup,
 };
 
 /// One runtime change, as the API receives it and the state file keeps it.
@@ -53,7 +54,7 @@ pub enum Change {
     },
     ListenerAdd {
         name: String,
-        protocol: String,
+        protocol: Protocol,
         address: Ipv4Addr,
         port: u16,
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -61,7 +62,7 @@ pub enum Change {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         backend_port: Option<u16>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        scheduler: Option<String>,
+        scheduler: Option<Scheduler>,
     },
     ListenerSet {
         name: String,
@@ -70,7 +71,7 @@ pub enum Change {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         backend_port: Option<u16>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        scheduler: Option<String>,
+        scheduler: Option<Scheduler>,
     },
     ListenerRemove {
         name: String,
@@ -140,28 +141,6 @@ fn group_mut<'a>(config: &'a mut Config, name: &str) -> Result<GroupRef<'a>, Ref
 
 const PS_MEMBERS: &str = "a primary/secondary group has exactly two members, fixed at creation: \
      members cannot be added or removed, and roles and ports cannot be changed";
-
-fn protocol(name: &str) -> Result<Protocol, Refusal> {
-    match name {
-        "tcp" => Ok(Protocol::Tcp),
-        "udp" => Ok(Protocol::Udp),
-        "http" | "https" => refuse(
-            "HTTP/HTTPS listeners are Layer 7; this XDP load balancer forwards TCP and UDP only",
-        ),
-        other => refuse(format!("protocol `{other}` is not one of tcp, udp")),
-    }
-}
-
-fn scheduler(name: &str) -> Result<lb_common::Scheduler, Refusal> {
-    scheduler_from_name(name).map_or_else(
-        || {
-            refuse(format!(
-                "scheduler `{name}` is not one of wrr, rr, wlc, sch, tch"
-            ))
-        },
-        Ok,
-    )
-}
 
 fn check_weight(weight: u8) -> Result<(), Refusal> {
     if weight > 100 {
@@ -389,12 +368,11 @@ impl Change {
                 if config.listener(name).is_some() {
                     return refuse(format!("listener {name} already exists"));
                 }
-                let mut listener =
-                    config::Listener::new(name.clone(), protocol(proto)?, *address, *port);
+                let mut listener = config::Listener::new(name.clone(), *proto, *address, *port);
                 listener.server_group = group.clone().filter(|g| g != DEFAULT_GROUP_NAME);
                 listener.backend_port = *backend_port;
                 if let Some(s) = sched {
-                    listener.scheduler = scheduler(s)?;
+                    listener.scheduler = *s;
                 }
                 check_group_port(config, &listener)?;
                 config.listeners.push(listener);
@@ -451,7 +429,7 @@ impl Change {
                     }
                 }
                 if let Some(s) = sched {
-                    listener.scheduler = scheduler(s)?;
+                    listener.scheduler = *s;
                 }
                 check_group_port(config, &listener)?;
                 config.listeners[i] = listener;
@@ -825,7 +803,7 @@ mod tests {
             &c,
             Change::ListenerAdd {
                 name: "x".into(),
-                protocol: "tcp".into(),
+                protocol: Protocol::Tcp,
                 address: ip("198.19.0.100"),
                 port: 8443,
                 group: None,
@@ -838,7 +816,7 @@ mod tests {
             &c,
             Change::ListenerAdd {
                 name: "x".into(),
-                protocol: "tcp".into(),
+                protocol: Protocol::Tcp,
                 address: ip("198.19.0.100"),
                 port: 8443,
                 group: Some("api".into()),
@@ -847,24 +825,36 @@ mod tests {
             },
             "only for the default group",
         );
-        refused(
-            &c,
-            Change::ListenerAdd {
-                name: "x".into(),
-                protocol: "http".into(),
-                address: ip("198.19.0.100"),
-                port: 8443,
-                group: Some("api".into()),
-                backend_port: None,
-                scheduler: None,
-            },
-            "Layer 7",
+        // Protocols and schedulers are typed: a wrong name does not get past the API.
+        let add = |protocol: &str, scheduler: &str| {
+            serde_json::from_value::<Change>(serde_json::json!({
+                "change": "listener_add", "name": "x", "protocol": protocol,
+                "address": "198.19.0.100", "port": 8443, "group": "api", "scheduler": scheduler,
+            }))
+            .map_err(|e| e.to_string())
+        };
+        assert!(add("http", "wrr").unwrap_err().contains("Layer 7"));
+        assert!(
+            add("sctp", "wrr")
+                .unwrap_err()
+                .contains("protocol `sctp` is not one of tcp, udp")
         );
+        assert!(add("tcp", "fastest").unwrap_err().contains(
+            "unknown variant `fastest`, expected one of `wrr`, `rr`, `wlc`, `sch`, `tch`"
+        ));
+        assert!(matches!(
+            add("udp", "sch"),
+            Ok(Change::ListenerAdd {
+                protocol: Protocol::Udp,
+                scheduler: Some(Scheduler::Sch),
+                ..
+            })
+        ));
         refused(
             &c,
             Change::ListenerAdd {
                 name: "x".into(),
-                protocol: "tcp".into(),
+                protocol: Protocol::Tcp,
                 address: ip("198.19.0.100"),
                 port: 80,
                 group: Some("api".into()),
@@ -880,7 +870,7 @@ mod tests {
                 name: "web".into(),
                 group: Some("api".into()),
                 backend_port: None,
-                scheduler: Some("sch".into()),
+                scheduler: Some(Scheduler::Sch),
             },
         )
         .unwrap();

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use super::Change;
+use crate::config::Protocol;
 
 /// The state file: the overlay, in order, and the drains under way.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,7 +32,7 @@ pub struct StateFile {
 pub struct DrainRecord {
     pub vip: Ipv4Addr,
     pub vip_port: u16,
-    pub protocol: String,
+    pub protocol: Protocol,
     pub address: Ipv4Addr,
     pub port: u16,
     /// Removed from its group (true) or drained in place (false).
@@ -250,5 +251,45 @@ mod tests {
         assert_eq!(fs::read_to_string(&victim).unwrap(), "precious\n");
         assert!(!path.exists(), "nothing renamed into place");
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A state file written before protocols and schedulers were typed reads, and is
+    /// written back byte for byte.
+    #[test]
+    fn the_state_file_spelling_is_unchanged() {
+        let text = r#"{
+  "version": 1,
+  "instance": "t",
+  "changes": [
+    {
+      "change": "listener_add",
+      "name": "dns",
+      "protocol": "udp",
+      "address": "198.19.0.100",
+      "port": 53,
+      "group": "api",
+      "scheduler": "sch"
+    },
+    {
+      "change": "listener_set",
+      "name": "web",
+      "scheduler": "wlc"
+    }
+  ],
+  "drains": [
+    {
+      "vip": "198.19.0.100",
+      "vip_port": 80,
+      "protocol": "tcp",
+      "address": "198.18.1.10",
+      "port": 8080,
+      "departing": true,
+      "deadline_unix_ms": 1800000030000
+    }
+  ]
+}"#;
+        let state: StateFile = serde_json::from_str(text).unwrap();
+        assert_eq!(state.drains[0].protocol, Protocol::Tcp);
+        assert_eq!(serde_json::to_string_pretty(&state).unwrap(), text);
     }
 }
