@@ -5,9 +5,8 @@ use std::time::Instant;
 
 use tracing::{info, warn};
 
-use super::{Controller, NS_PER_S, Platform, sizes};
+use super::{Controller, ControllerError, Done, NS_PER_S, Platform, sizes};
 use crate::{
-    api::Response,
     config,
     health::{self, Checker},
     overlay::{self, Change},
@@ -101,48 +100,35 @@ impl<P: Platform> Controller<P> {
     }
 
     /// A runtime change: checked against the rules, persisted, applied.
-    pub fn change(&mut self, change: Change) -> Response {
+    pub fn change(&mut self, change: Change) -> Result<Done, ControllerError> {
         self.cut_removed = matches!(change, Change::ServerRemove { now: true, .. });
-        let response = self.change_inner(change);
+        let result = self.change_inner(change);
         self.cut_removed = false;
-        response
+        result
     }
 
-    fn change_inner(&mut self, change: Change) -> Response {
+    fn change_inner(&mut self, change: Change) -> Result<Done, ControllerError> {
         let mut next = self.effective.clone();
-        if let Err(refusal) = change.apply(&mut next) {
-            return Response::refused(refusal.message);
-        }
-        if let Err(errors) = next.validate() {
-            return Response::refused(errors.to_string());
-        }
+        change.apply(&mut next)?;
+        next.validate().map_err(ControllerError::Invalid)?;
         let violations = overlay::check_transition(&self.effective, &next);
         if !violations.is_empty() {
-            return Response::refused(violations.join("\n"));
+            return Err(ControllerError::BreaksRules(violations));
         }
         // Ids must be available before anything is persisted.
-        if let Err(e) = plan::plan(&next, &self.runtime, &mut self.ids.clone()) {
-            return Response::refused(e.to_string());
-        }
+        plan::plan(&next, &self.runtime, &mut self.ids.clone()).map_err(ControllerError::NoIds)?;
         let mut overlay = self.overlay.clone();
         overlay.push(change.clone());
-        if let Err(e) = overlay::save_state_with_drains(
-            &self.state_path,
-            self.instance(),
-            &overlay,
-            &self.drains,
-        ) {
-            return Response::failed(e.to_string());
-        }
+        overlay::save_state_with_drains(&self.state_path, self.instance(), &overlay, &self.drains)?;
         let previous = std::mem::replace(&mut self.effective, next);
         self.overlay = overlay;
         match self.apply() {
             Ok(ops) => {
                 self.refresh_health_targets();
                 info!("{} ({ops} map operation(s))", change.describe());
-                Response::ok(format!("{}: done", change.describe()), ops)
+                Ok(Done::new(format!("{}: done", change.describe()), ops))
             }
-            Err(e) => {
+            Err(source) => {
                 // Put the previous state back, in the maps and on disk.
                 self.effective = previous;
                 self.overlay.pop();
@@ -153,56 +139,45 @@ impl<P: Platform> Controller<P> {
                     &self.drains,
                 );
                 let _ = self.apply();
-                Response::failed(format!("{}: {e:#}", change.describe()))
+                Err(ControllerError::ChangeFailed {
+                    change: change.describe(),
+                    source,
+                })
             }
         }
     }
 
     /// Re-reads the config file; applies only the difference, with the overlay replayed.
-    pub fn reload(&mut self) -> Response {
-        let base = match config::load(&self.options.config_path) {
-            Ok(c) => c,
-            Err(errors) => {
-                return Response::refused(format!(
-                    "{} has {} error(s); nothing was changed:\n{errors}",
-                    self.options.config_path.display(),
-                    errors.len()
-                ));
+    pub fn reload(&mut self) -> Result<Done, ControllerError> {
+        let base = config::load(&self.options.config_path).map_err(|errors| {
+            ControllerError::BadConfig {
+                path: self.options.config_path.clone(),
+                errors,
             }
-        };
+        })?;
         if base.instance != self.base.instance {
-            return Response::refused(format!(
-                "the config names instance {} but this daemon runs {}; nothing was changed \
-                 (an instance is renamed by a restart)",
-                base.instance, self.base.instance
-            ));
+            return Err(ControllerError::InstanceRenamed {
+                found: base.instance,
+                running: self.base.instance.clone(),
+            });
         }
         if sizes(&base) != sizes(&self.base) {
-            return Response::refused(
-                "flow_table_size, max_listeners and max_backends size the pinned maps; \
-                 changing them needs `lb-ctl teardown` and a restart; nothing was changed",
-            );
+            return Err(ControllerError::MapSizesChanged);
         }
         let (next, kept, conflicts) = overlay::replay(&base, &self.overlay);
         let violations = overlay::check_transition(&self.effective, &next);
         if !violations.is_empty() {
-            return Response::refused(format!(
-                "the new config breaks these rules; nothing was changed:\n{}",
-                violations.join("\n")
-            ));
+            return Err(ControllerError::ReloadBreaksRules(violations));
         }
-        if let Err(e) = plan::plan(&next, &self.runtime, &mut self.ids.clone()) {
-            return Response::refused(format!("{e}; nothing was changed"));
-        }
-        if kept != self.overlay
-            && let Err(e) = overlay::save_state_with_drains(
+        plan::plan(&next, &self.runtime, &mut self.ids.clone())
+            .map_err(ControllerError::ReloadNoIds)?;
+        if kept != self.overlay {
+            overlay::save_state_with_drains(
                 &self.state_path,
                 self.instance(),
                 &kept,
                 &self.drains,
-            )
-        {
-            return Response::failed(e.to_string());
+            )?;
         }
         let interfaces_changed = next.interfaces != self.effective.interfaces;
         self.base = base;
@@ -212,26 +187,22 @@ impl<P: Platform> Controller<P> {
         for c in &conflicts {
             warn!("runtime change dropped, it no longer fits the config: {c}");
         }
-        if interfaces_changed && let Err(e) = self.reattach() {
-            return Response::failed(format!("{e:#}"));
+        if interfaces_changed {
+            self.reattach()?;
         }
         // Also without new interfaces: the VIPs, and so which of them are local, may
         // have changed.
         self.prepare_host();
-        match self.apply() {
-            Ok(ops) => {
-                self.refresh_health_targets();
-                info!("config reloaded: {ops} map operation(s)");
-                let mut message = format!("reloaded: {ops} map operation(s)");
-                for c in &conflicts {
-                    message.push_str(&format!("\ndropped runtime change: {c}"));
-                }
-                Response::ok(
-                    message,
-                    serde_json::json!({ "operations": ops, "conflicts": conflicts }),
-                )
-            }
-            Err(e) => Response::failed(format!("{e:#}")),
+        let ops = self.apply()?;
+        self.refresh_health_targets();
+        info!("config reloaded: {ops} map operation(s)");
+        let mut message = format!("reloaded: {ops} map operation(s)");
+        for c in &conflicts {
+            message.push_str(&format!("\ndropped runtime change: {c}"));
         }
+        Ok(Done::new(
+            message,
+            serde_json::json!({ "operations": ops, "conflicts": conflicts }),
+        ))
     }
 }

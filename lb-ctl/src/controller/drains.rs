@@ -3,9 +3,8 @@
 
 use tracing::{info, warn};
 
-use super::{Controller, NS_PER_S, Platform};
+use super::{Controller, ControllerError, Done, NS_PER_S, Platform};
 use crate::{
-    api::Response,
     config, overlay,
     plan::{BackendKey, Frontend},
 };
@@ -84,7 +83,7 @@ impl<P: Platform> Controller<P> {
         address: std::net::Ipv4Addr,
         port: Option<u16>,
         timeout: Option<u32>,
-    ) -> Response {
+    ) -> Result<Done, ControllerError> {
         let now = self.platform.monotonic_ns();
         let mut keys = Vec::new();
         for l in self.desired.listeners.values().filter(|l| l.group == group) {
@@ -107,14 +106,13 @@ impl<P: Platform> Controller<P> {
             }
         }
         if keys.is_empty() {
-            return Response::refused(format!(
-                "no server {} in group {group} serves a listener; `lb-ctl group show {group}` \
-                 lists its servers",
-                match port {
+            return Err(ControllerError::NoSuchServer {
+                group: group.to_owned(),
+                server: match port {
                     Some(p) => format!("{address}:{p}"),
                     None => address.to_string(),
-                }
-            ));
+                },
+            });
         }
         let mut lines = Vec::new();
         for (key, deadline, listener, seconds) in keys {
@@ -125,13 +123,9 @@ impl<P: Platform> Controller<P> {
             ));
         }
         self.persist_drains();
-        match self.apply() {
-            Ok(ops) => {
-                info!("drain {group} {address}: {}", lines.join("; "));
-                Response::ok(lines.join("\n"), ops)
-            }
-            Err(e) => Response::failed(format!("{e:#}")),
-        }
+        let ops = self.apply()?;
+        info!("drain {group} {address}: {}", lines.join("; "));
+        Ok(Done::new(lines.join("\n"), ops))
     }
 
     /// Ends a drain: the server takes new flows again.
@@ -140,7 +134,7 @@ impl<P: Platform> Controller<P> {
         group: &str,
         address: std::net::Ipv4Addr,
         port: Option<u16>,
-    ) -> Response {
+    ) -> Result<Done, ControllerError> {
         let keys: Vec<BackendKey> = self
             .desired
             .listeners
@@ -155,13 +149,17 @@ impl<P: Platform> Controller<P> {
             .filter(|k| self.runtime.draining.remove(k).is_some())
             .count();
         if removed == 0 {
-            return Response::refused(format!("no drain of {address} in group {group} to end"));
+            return Err(ControllerError::NotDraining {
+                group: group.to_owned(),
+                address,
+            });
         }
         self.persist_drains();
-        match self.apply() {
-            Ok(ops) => Response::ok(format!("{removed} backend(s) take new flows again"), ops),
-            Err(e) => Response::failed(format!("{e:#}")),
-        }
+        let ops = self.apply()?;
+        Ok(Done::new(
+            format!("{removed} backend(s) take new flows again"),
+            ops,
+        ))
     }
 
     /// Keeps drains in the state file, so a restarted daemon keeps cutting on time.

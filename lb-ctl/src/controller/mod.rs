@@ -4,6 +4,7 @@
 
 mod changes;
 mod drains;
+mod error;
 #[cfg(test)]
 mod fake;
 mod lifecycle;
@@ -29,6 +30,7 @@ use crate::{
 };
 
 pub use self::{
+    error::{ControllerError, Done, respond},
     platform::{Attachment, Kernel, Platform},
     status::{StatusDraft, stats_of},
     sweep::{SweepJob, SweepResult, run_sweep},

@@ -7,9 +7,9 @@ use std::{
 
 use lb_common::select;
 
-use super::{Controller, NS_PER_S, Platform};
+use super::{Controller, ControllerError, Done, NS_PER_S, Platform};
 use crate::{
-    api::{self, BackendStatus, Counters, InterfaceStatus, ListenerStatus, Response, Status},
+    api::{self, BackendStatus, Counters, InterfaceStatus, ListenerStatus, Status},
     config,
     dataplane::{DataPlaneAccess, ReadCounters},
     health::{self, Checker},
@@ -266,7 +266,7 @@ impl<P: Platform> Controller<P> {
         dst: std::net::SocketAddrV4,
         protocol: config::Protocol,
         tcp_flags: Option<u8>,
-    ) -> Response {
+    ) -> Result<Done, ControllerError> {
         let proto = protocol.number();
         let flags = tcp_flags.unwrap_or(select::TCP_SYN);
         let explained = self
@@ -284,10 +284,8 @@ impl<P: Platform> Controller<P> {
                     self.platform.monotonic_ns(),
                 )
             });
-        match explained {
-            Ok(e) => Response::ok(e.steps.join("\n"), e),
-            Err(e) => Response::failed(format!("{e:#}")),
-        }
+        let explanation = explained?;
+        Ok(Done::new(explanation.steps.join("\n"), explanation))
     }
 }
 

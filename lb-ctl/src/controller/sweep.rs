@@ -6,8 +6,8 @@ use std::{collections::HashMap, path::PathBuf};
 use anyhow::Context as _;
 use lb_common::{Flow, FlowKey, LISTENER_F_VIP_MARKER, select};
 
-use super::{Controller, Platform};
-use crate::{api::Response, dataplane::DataPlaneAccess as _};
+use super::{Controller, ControllerError, Done, Platform};
+use crate::dataplane::DataPlaneAccess as _;
 
 /// A large table with nothing depending on fresh counts is walked once every this many
 /// sweep ticks.
@@ -160,18 +160,16 @@ impl<P: Platform> Controller<P> {
         group: &str,
         address: std::net::Ipv4Addr,
         port: Option<u16>,
-    ) -> Response {
-        if let Err(e) = self.fresh_counts() {
-            return Response::failed(format!("{e:#}"));
-        }
+    ) -> Result<Done, ControllerError> {
+        self.fresh_counts()?;
         let ids = self.backends_of(group, address, port);
         let count: u32 = ids
             .iter()
             .map(|id| self.active.get(id).copied().unwrap_or(0))
             .sum();
-        Response::ok(
+        Ok(Done::new(
             format!("{count} active flow(s)"),
             serde_json::json!({ "active_flows": count, "backends": ids.len() }),
-        )
+        ))
     }
 }

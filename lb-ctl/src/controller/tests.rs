@@ -9,11 +9,11 @@ use lb_common::{
 };
 
 use super::{
-    Controller, Options,
+    Controller, ControllerError, Done, Options,
     fake::{FakeHost, SharedMaps},
 };
 use crate::{
-    api::{Response, exit},
+    api::exit,
     overlay::{self, Change},
     reconcile::MapOp,
 };
@@ -96,21 +96,21 @@ fn ip(s: &str) -> Ipv4Addr {
     s.parse().unwrap()
 }
 
-/// The message of a successful response; panics with the error otherwise.
+/// The message of a successful operation; panics with the error otherwise.
 #[track_caller]
-fn ok(response: Response) -> String {
-    match response {
-        Response::Ok { message, .. } => message,
-        Response::Error { message, .. } => panic!("expected success, got: {message}"),
+fn ok(result: Result<Done, ControllerError>) -> String {
+    match result {
+        Ok(done) => done.message,
+        Err(e) => panic!("expected success, got: {e}"),
     }
 }
 
 /// The message of a refusal with `code`; panics otherwise.
 #[track_caller]
-fn error(response: Response, code: i32) -> String {
-    match response {
-        Response::Error { message, code: c } if c == code => message,
-        other => panic!("expected an error with code {code}, got {other:?}"),
+fn error(result: Result<Done, ControllerError>, code: i32) -> String {
+    match result {
+        Err(e) if e.exit_code() == code => e.to_string(),
+        other => panic!("expected an error with exit code {code}, got {other:?}"),
     }
 }
 
@@ -190,10 +190,10 @@ fn start_on_an_empty_data_plane_fills_the_maps_and_attaches() {
     // explain runs the data plane's decision over these maps.
     let client = "203.0.113.7:40000".parse().unwrap();
     let vip = "198.19.0.100:80".parse().unwrap();
-    let Response::Ok { data, .. } = c.explain(client, vip, crate::config::Protocol::Tcp, None)
-    else {
-        panic!("explained")
-    };
+    let data = c
+        .explain(client, vip, crate::config::Protocol::Tcp, None)
+        .expect("explained")
+        .data;
     assert_eq!(data["outcome"], "forward", "{data}");
     let backend = data["backend"].as_str().unwrap();
     assert!(
@@ -312,6 +312,23 @@ fn changes_add_reweigh_and_remove_servers_and_are_saved() {
     assert_eq!(s.maps().borrow().written.len(), written);
     assert_eq!(s.saved_changes().len(), 4);
 
+    // A change that cannot be saved is not made: a failure, not a refusal.
+    let state = overlay::state_path(&s.options.state_dir, "t");
+    std::fs::create_dir_all(state.with_extension("json.tmp")).unwrap();
+    let result = c.change(Change::ServerAdd {
+        group: "app".into(),
+        address: ip("198.18.1.13"),
+        port: Some(8080),
+        weight: None,
+    });
+    assert!(
+        matches!(result, Err(ControllerError::State(_))),
+        "{result:?}"
+    );
+    error(result, exit::FAILED);
+    assert_eq!(s.maps().borrow().written.len(), written);
+    std::fs::remove_dir(state.with_extension("json.tmp")).unwrap();
+
     // The overlay survives a restart.
     drop(c);
     let c = s.start();
@@ -328,7 +345,9 @@ fn a_reload_with_a_config_error_changes_nothing_and_names_the_file() {
     let mut c = s.start();
     let written = s.maps().borrow().written.len();
     s.write_config(&CONFIG.replace("port: 80\n", "port: 70000\n"));
-    let message = error(c.reload(), exit::REFUSED);
+    let result = c.reload();
+    assert!(matches!(result, Err(ControllerError::BadConfig { .. })));
+    let message = error(result, exit::REFUSED);
     assert!(
         message.contains(&s.options.config_path.display().to_string()),
         "{message}"
@@ -466,9 +485,10 @@ fn the_sweep_counts_active_flows_and_feeds_wlc() {
         assert_eq!(m.tables.active_flows[&a], 3);
         assert_eq!(m.tables.active_flows[&b], 1);
     }
-    let Response::Ok { data, .. } = c.active_flows("app", ip("198.18.1.10"), None) else {
-        panic!("counted")
-    };
+    let data = c
+        .active_flows("app", ip("198.18.1.10"), None)
+        .expect("counted")
+        .data;
     assert_eq!(data["active_flows"], 3);
     let status = c.last_status().unwrap();
     assert_eq!(status.flow_table.entries, 5);
