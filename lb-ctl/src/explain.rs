@@ -19,7 +19,7 @@ use lb_common::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::{controller::monotonic_coarse_ns, dataplane::DataPlane, plan::Desired};
+use crate::{dataplane::DataPlane, plan::Desired};
 
 /// The answer: each step in words, and the backend the packet goes to (if any).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -32,30 +32,11 @@ pub struct Explanation {
     pub outcome: String,
 }
 
-/// Explains a packet from `src` to `dst`. `tcp_flags`: the packet's TCP flags (a SYN
-/// unless told otherwise), ignored for UDP.
-pub fn explain(
-    dp: &DataPlane,
-    desired: &Desired,
-    src: SocketAddrV4,
-    dst: SocketAddrV4,
-    protocol: u8,
-    tcp_flags: u8,
-) -> anyhow::Result<Explanation> {
-    explain_over(
-        crate::dataplane::DataPlaneAccess::decision_tables(dp)?,
-        desired,
-        src,
-        dst,
-        protocol,
-        tcp_flags,
-        monotonic_coarse_ns(),
-    )
-}
-
-/// `explain` over any view of the decision's tables, one per CPU (CPU 0 first): the live
-/// maps, or the controller's in-memory data plane in tests.
-pub(crate) fn explain_over<T: Tables + ReadErrors>(
+/// Explains a packet from `src` to `dst` over the decision's tables as each CPU sees them
+/// (`tables`, CPU 0 first: the live maps, or the in-memory data plane of the controller's
+/// tests). `tcp_flags`: the packet's TCP flags (a SYN unless told otherwise), ignored for
+/// UDP.
+pub(crate) fn explain<T: Tables + ReadErrors>(
     tables: Vec<T>,
     desired: &Desired,
     src: SocketAddrV4,

@@ -274,7 +274,7 @@ impl<P: Platform> Controller<P> {
             .decision_tables()
             .map_err(anyhow::Error::from)
             .and_then(|tables| {
-                crate::explain::explain_over(
+                crate::explain::explain(
                     tables,
                     &self.desired,
                     src,
