@@ -409,6 +409,21 @@ fn drain_and_undrain_mark_the_backend_and_persist() {
         now + 10 * super::NS_PER_S
     );
 
+    // Past the deadline the data plane cuts the drained server's flows; it stays drained
+    // (no new flows) until undrained.
+    s.host.advance(11);
+    c.expire_drains().unwrap();
+    let status = c.status().unwrap();
+    let drained = status.listeners[0]
+        .backends
+        .iter()
+        .find(|b| b.backend_id == id)
+        .unwrap();
+    assert_eq!(
+        (drained.state.as_str(), drained.drain_left_s),
+        ("draining", Some(0))
+    );
+
     error(c.drain("app", ip("198.18.9.9"), None, None), exit::REFUSED);
     ok(c.undrain("app", ip("198.18.1.10"), None));
     assert_eq!(
