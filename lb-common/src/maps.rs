@@ -184,6 +184,11 @@ const _: () = assert!(size_of::<PendingFlow>() == 72);
 /// How a listener picks the backend of a new flow. Values are stored in `Listener::scheduler`.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "user",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(rename_all = "lowercase")
+)]
 pub enum Scheduler {
     /// Weighted round robin: walks the listener's smooth WRR sequence.
     Wrr = 0,
@@ -540,6 +545,7 @@ pub const NEXT_HOP_TTL_NS: u64 = 1_000_000_000;
 /// Per-CPU traffic counters of a listener (`LISTENER_STATS`) or a backend (`BACKEND_STATS`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
 pub struct TrafficCounters {
     /// Client → backend packets and bytes (IP length) forwarded.
     pub packets: u64,

@@ -13,7 +13,9 @@ use std::{
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::overlay::Change;
+use lb_common::Scheduler;
+
+use crate::{config::Protocol, overlay::Change};
 
 /// A request to the daemon.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,8 +53,7 @@ pub enum Request {
     Explain {
         src: std::net::SocketAddrV4,
         dst: std::net::SocketAddrV4,
-        /// "tcp" or "udp".
-        protocol: String,
+        protocol: Protocol,
         /// TCP flags of the packet (default: a SYN).
         #[serde(default)]
         tcp_flags: Option<u8>,
@@ -202,11 +203,11 @@ pub struct InterfaceStatus {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ListenerStatus {
     pub name: String,
-    pub protocol: String,
+    pub protocol: Protocol,
     pub address: Ipv4Addr,
     pub port: u16,
     pub group: String,
-    pub scheduler: String,
+    pub scheduler: Scheduler,
     pub backends: Vec<BackendStatus>,
     pub stats: Counters,
 }
@@ -255,33 +256,9 @@ pub struct BackendStatus {
     pub stats: Counters,
 }
 
-/// Traffic counters (sums over CPUs).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Counters {
-    pub packets: u64,
-    pub bytes: u64,
-    pub reply_packets: u64,
-    pub reply_bytes: u64,
-    pub new_flows: u64,
-    pub pickups: u64,
-    pub reselected: u64,
-    pub dropped: u64,
-}
-
-impl From<lb_common::TrafficCounters> for Counters {
-    fn from(c: lb_common::TrafficCounters) -> Self {
-        Self {
-            packets: c.packets,
-            bytes: c.bytes,
-            reply_packets: c.reply_packets,
-            reply_bytes: c.reply_bytes,
-            new_flows: c.new_flows,
-            pickups: c.pickups,
-            reselected: c.reselected,
-            dropped: c.dropped,
-        }
-    }
-}
+/// Traffic counters (sums over CPUs), as the data plane keeps them per listener and
+/// backend.
+pub type Counters = lb_common::TrafficCounters;
 
 /// `stats`: counters only, cheap enough to poll.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

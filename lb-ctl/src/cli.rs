@@ -6,7 +6,10 @@ use std::{
     path::PathBuf,
 };
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum, builder::TypedValueParser as _};
+use lb_common::Scheduler;
+
+use crate::config::{Protocol, SCHEDULERS, scheduler_from_name};
 
 /// Default control socket.
 pub const DEFAULT_SOCKET: &str = "/run/lb-ctl.sock";
@@ -20,6 +23,14 @@ Exit codes:
   2  bad input: invalid config, unknown name, a change refused by a rule
   3  no daemon answered on the control socket
   4  a wait timed out (wait drained)";
+
+/// A scheduler by its config name. `Scheduler` lives in lb-common, which cannot derive
+/// clap's `ValueEnum`; this parser gives the same refusal, listing the valid names.
+fn scheduler_parser() -> impl clap::builder::TypedValueParser<Value = Scheduler> {
+    clap::builder::PossibleValuesParser::new(SCHEDULERS.map(Scheduler::name)).map(|name| {
+        scheduler_from_name(&name).expect("the parser accepts only the schedulers' names")
+    })
+}
 
 #[derive(Debug, Parser)]
 #[command(
@@ -86,7 +97,7 @@ pub enum Command {
         #[arg(long, value_parser = parse_endpoint)]
         dst: SocketAddrV4,
         #[arg(long, value_enum)]
-        proto: ExplainProto,
+        proto: Protocol,
         /// Explain a packet of an established connection (an ACK) instead of a SYN.
         #[arg(long)]
         established: bool,
@@ -143,12 +154,6 @@ pub struct DaemonArgs {
     /// Seconds between sweeps of the flow table (active-flow counts).
     #[arg(long, default_value_t = 1)]
     pub sweep_interval: u64,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum ExplainProto {
-    Tcp,
-    Udp,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -275,8 +280,8 @@ pub enum ListenerCommand {
     /// Add a listener.
     Add {
         name: String,
-        #[arg(long)]
-        protocol: String,
+        #[arg(long, value_enum)]
+        protocol: Protocol,
         /// The VIP.
         #[arg(long)]
         address: Ipv4Addr,
@@ -288,9 +293,9 @@ pub enum ListenerCommand {
         /// Port of the default group's servers (required with the default group).
         #[arg(long, value_parser = parse_port)]
         backend_port: Option<u16>,
-        /// wrr (default), rr, wlc, sch or tch.
-        #[arg(long)]
-        scheduler: Option<String>,
+        /// Default: wrr.
+        #[arg(long, value_parser = scheduler_parser())]
+        scheduler: Option<Scheduler>,
     },
     /// Change a listener's group or scheduler.
     Set {
@@ -300,8 +305,8 @@ pub enum ListenerCommand {
         /// With `--group default` when moving a listener onto the default group.
         #[arg(long, value_parser = parse_port)]
         backend_port: Option<u16>,
-        #[arg(long)]
-        scheduler: Option<String>,
+        #[arg(long, value_parser = scheduler_parser())]
+        scheduler: Option<Scheduler>,
     },
     /// Remove a listener.
     Remove { name: String },

@@ -151,7 +151,7 @@ pub fn render_status(s: &Status) -> String {
             l.address,
             l.port,
             l.group,
-            l.scheduler,
+            l.scheduler.name(),
             l.stats.packets,
             l.stats.new_flows
         );
@@ -754,10 +754,7 @@ pub fn run(socket: &Path, command: Command) -> i32 {
             let request = Request::Explain {
                 src,
                 dst,
-                protocol: match proto {
-                    crate::cli::ExplainProto::Tcp => "tcp".into(),
-                    crate::cli::ExplainProto::Udp => "udp".into(),
-                },
+                protocol: proto,
                 tcp_flags: Some(if established {
                     lb_common::select::TCP_ACK
                 } else {

@@ -170,31 +170,31 @@ async fn handle(controller: &Mutex<Controller>, request: Request) -> Response {
             Ok(s) => Response::ok("", s),
             Err(e) => Response::failed(format!("{e:#}")),
         },
-        Request::Change { change } => c.change(change),
-        Request::Reload => c.reload(),
+        Request::Change { change } => controller::respond(c.change(change)),
+        Request::Reload => controller::respond(c.reload()),
         Request::Export => Response::ok(c.export(), ()),
         Request::Explain {
             src,
             dst,
             protocol,
             tcp_flags,
-        } => c.explain(src, dst, &protocol, tcp_flags),
+        } => controller::respond(c.explain(src, dst, protocol, tcp_flags)),
         Request::Drain {
             group,
             address,
             port,
             timeout,
-        } => c.drain(&group, address, port, timeout),
+        } => controller::respond(c.drain(&group, address, port, timeout)),
         Request::Undrain {
             group,
             address,
             port,
-        } => c.undrain(&group, address, port),
+        } => controller::respond(c.undrain(&group, address, port)),
         Request::ActiveFlows {
             group,
             address,
             port,
-        } => c.active_flows(&group, address, port),
+        } => controller::respond(c.active_flows(&group, address, port)),
     }
 }
 
@@ -353,8 +353,8 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
             _ = hangup.recv() => {
                 info!("SIGHUP: reloading {}", options.controller.config_path.display());
                 match controller.lock().await.reload() {
-                    Response::Ok { message, .. } => info!("{message}"),
-                    Response::Error { message, .. } => error!("reload refused: {message}"),
+                    Ok(done) => info!("{}", done.message),
+                    Err(e) => error!("reload refused: {e}"),
                 }
             }
             Some(first) = transitions.recv() => {

@@ -28,6 +28,8 @@ use lb_common::{
 };
 use thiserror::Error;
 
+use crate::reconcile::MapWriter;
+
 /// The XDP object built by build.rs from the `lb-ebpf` crate.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
 
@@ -925,6 +927,79 @@ impl ReadCounters for DataPlane {
     }
     fn backend_totals(&self, id: u32) -> Result<TrafficCounters> {
         self.backend_stats(id)
+    }
+}
+
+/// Everything the controller reads from and writes to a loaded data plane: the maps
+/// (`MapWriter` for the reconciler's operations, `ReadCounters` for the counters) and the
+/// few reads and writes around them. `DataPlane` implements it over the kernel's maps; the
+/// controller's unit tests over memory, so start, adoption, changes, drains, the sweep and
+/// status run without a kernel.
+pub trait DataPlaneAccess: MapWriter + ReadCounters {
+    /// The decision's tables as one CPU's program sees them (`explain`).
+    type Tables<'a>: lb_common::decide::Tables + crate::explain::ReadErrors
+    where
+        Self: 'a;
+
+    /// Every listener entry and VIP marker (adoption, the sweep's timeouts).
+    fn listener_entries(&self) -> Result<Vec<(ListenerKey, Listener)>>;
+    /// The backend entry of an id below `max_backends` (adoption).
+    fn backend(&self, id: u32) -> Result<Backend>;
+    /// Every (access list, address, prefix length) entry (adoption).
+    fn acl_entries(&self) -> Vec<(u32, std::net::Ipv4Addr, u8)>;
+    /// The VIP filter's words (adoption).
+    fn vip_filter(&self) -> Result<Vec<u64>>;
+    /// Every backend endpoint with the listeners it serves (adoption).
+    fn endpoint_entries(&self) -> Result<Vec<(EndpointKey, Endpoint)>>;
+    /// The entries of established flows: what the sweep counts.
+    fn established_flows(&self) -> Result<Vec<(FlowKey, Flow)>>;
+    /// The active-flow count `wlc` weighs a backend by.
+    fn set_active_flows(&mut self, id: u32, value: u32) -> Result<()>;
+    /// Makes `ifindex` a redirect target of the program.
+    fn add_tx_port(&mut self, ifindex: u32) -> Result<()>;
+    fn remove_tx_port(&mut self, ifindex: u32) -> Result<()>;
+    /// The decision's tables, one per CPU, CPU 0 first.
+    fn decision_tables(&self) -> Result<Vec<Self::Tables<'_>>>;
+}
+
+impl DataPlaneAccess for DataPlane {
+    type Tables<'a> = crate::explain::LiveTables<'a>;
+
+    fn listener_entries(&self) -> Result<Vec<(ListenerKey, Listener)>> {
+        Self::listener_entries(self)
+    }
+    fn backend(&self, id: u32) -> Result<Backend> {
+        Self::backend(self, id)
+    }
+    fn acl_entries(&self) -> Vec<(u32, std::net::Ipv4Addr, u8)> {
+        Self::acl_entries(self)
+    }
+    fn vip_filter(&self) -> Result<Vec<u64>> {
+        Self::vip_filter(self)
+    }
+    fn endpoint_entries(&self) -> Result<Vec<(EndpointKey, Endpoint)>> {
+        Self::endpoint_entries(self)
+    }
+    fn established_flows(&self) -> Result<Vec<(FlowKey, Flow)>> {
+        Self::established_flows(self)
+    }
+    fn set_active_flows(&mut self, id: u32, value: u32) -> Result<()> {
+        Self::set_active_flows(self, id, value)
+    }
+    fn add_tx_port(&mut self, ifindex: u32) -> Result<()> {
+        Self::add_tx_port(self, ifindex)
+    }
+    fn remove_tx_port(&mut self, ifindex: u32) -> Result<()> {
+        Self::remove_tx_port(self, ifindex)
+    }
+    fn decision_tables(&self) -> Result<Vec<Self::Tables<'_>>> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, source)| DataPlaneError::Io {
+            name: "counting CPUs",
+            source,
+        })?;
+        Ok((0..cpus)
+            .map(|cpu| crate::explain::LiveTables::new(self, cpu))
+            .collect())
     }
 }
 

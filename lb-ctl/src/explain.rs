@@ -19,7 +19,7 @@ use lb_common::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::{controller::monotonic_coarse_ns, dataplane::DataPlane, plan::Desired};
+use crate::{dataplane::DataPlane, plan::Desired};
 
 /// The answer: each step in words, and the backend the packet goes to (if any).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -32,17 +32,19 @@ pub struct Explanation {
     pub outcome: String,
 }
 
-/// Explains a packet from `src` to `dst`. `tcp_flags`: the packet's TCP flags (a SYN
-/// unless told otherwise), ignored for UDP.
-pub fn explain(
-    dp: &DataPlane,
+/// Explains a packet from `src` to `dst` over the decision's tables as each CPU sees them
+/// (`tables`, CPU 0 first: the live maps, or the in-memory data plane of the controller's
+/// tests). `tcp_flags`: the packet's TCP flags (a SYN unless told otherwise), ignored for
+/// UDP.
+pub(crate) fn explain<T: Tables + ReadErrors>(
+    tables: Vec<T>,
     desired: &Desired,
     src: SocketAddrV4,
     dst: SocketAddrV4,
     protocol: u8,
     tcp_flags: u8,
+    now: u64,
 ) -> anyhow::Result<Explanation> {
-    let cpus = aya::util::nr_cpus().map_err(|(_, e)| anyhow::anyhow!("counting CPUs: {e}"))?;
     let packet = Packet {
         src_addr: u32::from_ne_bytes(src.ip().octets()),
         dst_addr: u32::from_ne_bytes(dst.ip().octets()),
@@ -59,20 +61,19 @@ pub fn explain(
             .find(|l| l.id == id)
             .map_or_else(|| format!("id {id}"), |l| l.name.clone())
     };
-    let mut tables = (0..cpus).map(|cpu| LiveTables::new(dp, cpu));
-    explain_with(&mut tables, &listener_name, &packet, monotonic_coarse_ns())
+    explain_with(&mut tables.into_iter(), &listener_name, &packet, now)
 }
 
 /// The decision's tables read from the pinned maps, as the program running on `cpu` sees
 /// them. A failed read is kept and turned into an error after the decision.
-struct LiveTables<'a> {
+pub struct LiveTables<'a> {
     dp: &'a DataPlane,
     cpu: usize,
     error: RefCell<Option<String>>,
 }
 
 impl<'a> LiveTables<'a> {
-    fn new(dp: &'a DataPlane, cpu: usize) -> Self {
+    pub fn new(dp: &'a DataPlane, cpu: usize) -> Self {
         Self {
             dp,
             cpu,
@@ -174,8 +175,16 @@ impl Trace for Recorder {
 }
 
 /// A read that failed while deciding (it would otherwise read as "no entry").
-trait ReadErrors {
+pub trait ReadErrors {
     fn read_error(&self) -> Option<String>;
+}
+
+/// In-memory tables (unit tests) read without failing.
+#[cfg(test)]
+impl ReadErrors for lb_common::memory::MemoryTables {
+    fn read_error(&self) -> Option<String> {
+        None
+    }
 }
 
 impl ReadErrors for LiveTables<'_> {
@@ -528,12 +537,6 @@ mod tests {
     };
 
     use super::*;
-
-    impl ReadErrors for MemoryTables {
-        fn read_error(&self) -> Option<String> {
-            None
-        }
-    }
 
     /// Explains the example packet with one table set per CPU.
     fn run(per_cpu: Vec<MemoryTables>, p: &Packet) -> Explanation {

@@ -231,7 +231,7 @@ impl Collector for SampleCollector {
                     vec![
                         ("listener", l.name.clone()),
                         ("vip", format!("{}:{}", l.address, l.port)),
-                        ("protocol", l.protocol.clone()),
+                        ("protocol", l.protocol.name().to_owned()),
                     ],
                     l,
                 )
@@ -243,7 +243,7 @@ impl Collector for SampleCollector {
             "Each listener with its scheduler and server group.",
             listeners.iter().map(|(labels, l)| {
                 let mut labels = labels.clone();
-                labels.push(("scheduler", l.scheduler.clone()));
+                labels.push(("scheduler", l.scheduler.name().to_owned()));
                 labels.push(("group", l.group.clone()));
                 labels
             }),
@@ -593,11 +593,11 @@ mod tests {
                 }],
                 listeners: vec![ListenerStatus {
                     name: "web".into(),
-                    protocol: "tcp".into(),
+                    protocol: crate::config::Protocol::Tcp,
                     address: std::net::Ipv4Addr::new(198, 19, 0, 100),
                     port: 80,
                     group: "default".into(),
-                    scheduler: "wrr".into(),
+                    scheduler: lb_common::Scheduler::Wrr,
                     backends: vec![backend(11, "up", "up"), backend(12, "down", "down")],
                     stats: Counters {
                         packets: 20,

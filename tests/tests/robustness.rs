@@ -927,7 +927,10 @@ fn cli_input_errors_exit_2_and_say_what_is_valid() {
                 "--group",
                 "app",
             ],
-            &["protocol `sctp` is not one of tcp, udp"],
+            &[
+                "invalid value 'sctp' for '--protocol <PROTOCOL>'",
+                "[possible values: tcp, udp]",
+            ],
         ),
         (
             &[
@@ -945,7 +948,10 @@ fn cli_input_errors_exit_2_and_say_what_is_valid() {
                 "--scheduler",
                 "fastest",
             ],
-            &["scheduler `fastest` is not one of wrr, rr, wlc, sch, tch"],
+            &[
+                "invalid value 'fastest' for '--scheduler <SCHEDULER>'",
+                "[possible values: wrr, rr, wlc, sch, tch]",
+            ],
         ),
         (
             &[

@@ -9,7 +9,7 @@ use std::{
 };
 
 use lb_common::Scheduler;
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub use super::net::{Ipv4Net, Ipv4NetError};
 
@@ -285,11 +285,33 @@ impl fmt::Display for Endpoint {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+/// The transport a listener balances. The config file, the state file, the API and the
+/// CLI spell it `tcp` or `udp`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     Tcp,
     Udp,
+}
+
+/// Why an HTTP or HTTPS listener is refused.
+pub const LAYER_7_REFUSAL: &str =
+    "HTTP/HTTPS listeners are Layer 7; this XDP load balancer forwards TCP and UDP only";
+
+/// The protocol by name, or why the name is not one (in the API's and the state file's
+/// JSON; the config file's reader gives its own, located, message).
+impl<'de> Deserialize<'de> for Protocol {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        match name.as_str() {
+            "tcp" => Ok(Self::Tcp),
+            "udp" => Ok(Self::Udp),
+            "http" | "https" => Err(serde::de::Error::custom(LAYER_7_REFUSAL)),
+            other => Err(serde::de::Error::custom(format!(
+                "protocol `{other}` is not one of tcp, udp"
+            ))),
+        }
+    }
 }
 
 impl Protocol {

@@ -684,15 +684,16 @@ impl Reader {
     }
 
     fn protocol(&mut self, path: &str, value: &Value) -> Option<Protocol> {
-        const LAYER7: &str =
-            "HTTP/HTTPS listeners are Layer 7; this XDP load balancer forwards TCP and UDP only";
         let hint = Some("use protocol: tcp to balance the connections");
         self.choice(
             path,
             value,
             "protocol",
             &[("tcp", Protocol::Tcp), ("udp", Protocol::Udp)],
-            &[("http", LAYER7, hint), ("https", LAYER7, hint)],
+            &[
+                ("http", LAYER_7_REFUSAL, hint),
+                ("https", LAYER_7_REFUSAL, hint),
+            ],
         )
     }
 

@@ -1,26 +1,14 @@
-//! Runtime changes (the API, the CLI) as an overlay on the config file.
-//!
-//! The effective state is the base config with the overlay's changes replayed in order.
-//! A change is checked against the CLB rules before it is accepted; the overlay is kept
-//! in a state file written atomically (write, fsync, rename, fsync the folder), so a
-//! change survives restarts, crashes and a cold start, and a crash mid-write loses
-//! nothing. On reload, a change that no longer fits the new base is reported and
-//! dropped, never silently.
+//! The rules a runtime change is checked against, and how it applies to a config.
 
-use std::{
-    fs,
-    io::Write as _,
-    net::Ipv4Addr,
-    os::unix::fs::OpenOptionsExt as _,
-    path::{Path, PathBuf},
-};
+use std::net::Ipv4Addr;
 
+use lb_common::Scheduler;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::config::{
     self, Config, DEFAULT_GROUP_NAME, DefaultServer, Endpoint, Ipv4Net, Member,
-    PrimarySecondaryGroup, Protocol, VServerGroup, scheduler_from_name,
+    PrimarySecondaryGroup, Protocol, VServerGroup,
 };
 
 /// One runtime change, as the API receives it and the state file keeps it.
@@ -66,7 +54,7 @@ pub enum Change {
     },
     ListenerAdd {
         name: String,
-        protocol: String,
+        protocol: Protocol,
         address: Ipv4Addr,
         port: u16,
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -74,7 +62,7 @@ pub enum Change {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         backend_port: Option<u16>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        scheduler: Option<String>,
+        scheduler: Option<Scheduler>,
     },
     ListenerSet {
         name: String,
@@ -83,7 +71,7 @@ pub enum Change {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         backend_port: Option<u16>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        scheduler: Option<String>,
+        scheduler: Option<Scheduler>,
     },
     ListenerRemove {
         name: String,
@@ -153,28 +141,6 @@ fn group_mut<'a>(config: &'a mut Config, name: &str) -> Result<GroupRef<'a>, Ref
 
 const PS_MEMBERS: &str = "a primary/secondary group has exactly two members, fixed at creation: \
      members cannot be added or removed, and roles and ports cannot be changed";
-
-fn protocol(name: &str) -> Result<Protocol, Refusal> {
-    match name {
-        "tcp" => Ok(Protocol::Tcp),
-        "udp" => Ok(Protocol::Udp),
-        "http" | "https" => refuse(
-            "HTTP/HTTPS listeners are Layer 7; this XDP load balancer forwards TCP and UDP only",
-        ),
-        other => refuse(format!("protocol `{other}` is not one of tcp, udp")),
-    }
-}
-
-fn scheduler(name: &str) -> Result<lb_common::Scheduler, Refusal> {
-    scheduler_from_name(name).map_or_else(
-        || {
-            refuse(format!(
-                "scheduler `{name}` is not one of wrr, rr, wlc, sch, tch"
-            ))
-        },
-        Ok,
-    )
-}
 
 fn check_weight(weight: u8) -> Result<(), Refusal> {
     if weight > 100 {
@@ -402,12 +368,11 @@ impl Change {
                 if config.listener(name).is_some() {
                     return refuse(format!("listener {name} already exists"));
                 }
-                let mut listener =
-                    config::Listener::new(name.clone(), protocol(proto)?, *address, *port);
+                let mut listener = config::Listener::new(name.clone(), *proto, *address, *port);
                 listener.server_group = group.clone().filter(|g| g != DEFAULT_GROUP_NAME);
                 listener.backend_port = *backend_port;
                 if let Some(s) = sched {
-                    listener.scheduler = scheduler(s)?;
+                    listener.scheduler = *s;
                 }
                 check_group_port(config, &listener)?;
                 config.listeners.push(listener);
@@ -464,7 +429,7 @@ impl Change {
                     }
                 }
                 if let Some(s) = sched {
-                    listener.scheduler = scheduler(s)?;
+                    listener.scheduler = *s;
                 }
                 check_group_port(config, &listener)?;
                 config.listeners[i] = listener;
@@ -621,289 +586,10 @@ fn check_group_port(config: &Config, listener: &config::Listener) -> Result<(), 
     }
 }
 
-/// Checks the rules that hold between two successive states (the seed's modifiability
-/// table), for API changes and reloads alike. Returns every violation.
-pub fn check_transition(old: &Config, new: &Config) -> Vec<String> {
-    let mut violations = Vec::new();
-    for l in &new.listeners {
-        let Some(before) = old.listener(&l.name) else {
-            continue;
-        };
-        if before.named_group().is_none()
-            && l.named_group().is_none()
-            && before.backend_port != l.backend_port
-        {
-            violations.push(format!(
-                "listener {}: the default group's backend port is fixed once its listener \
-                 exists ({} → {})",
-                l.name,
-                before.backend_port.unwrap_or_default(),
-                l.backend_port.unwrap_or_default()
-            ));
-        }
-    }
-    for g in &new.primary_secondary_groups {
-        if let Some(before) = old.primary_secondary_group(&g.name)
-            && (before.primary != g.primary || before.secondary != g.secondary)
-        {
-            violations.push(format!(
-                "primary/secondary group {}: roles and ports cannot be changed ({} / {} → {} / {})",
-                g.name, before.primary, before.secondary, g.primary, g.secondary
-            ));
-        }
-    }
-    violations
-}
-
-/// The state file: the overlay, in order, and the drains under way.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StateFile {
-    pub version: u32,
-    pub instance: String,
-    pub changes: Vec<Change>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub drains: Vec<DrainRecord>,
-}
-
-/// A backend being drained, with its deadline in wall-clock time (a restart can be on
-/// another boot's monotonic clock only after a reboot, when nothing is pinned anyway).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DrainRecord {
-    pub vip: Ipv4Addr,
-    pub vip_port: u16,
-    pub protocol: String,
-    pub address: Ipv4Addr,
-    pub port: u16,
-    /// Removed from its group (true) or drained in place (false).
-    pub departing: bool,
-    pub deadline_unix_ms: u64,
-}
-
-pub const STATE_VERSION: u32 = 1;
-
-#[derive(Debug, Error)]
-pub enum StateError {
-    #[error("cannot read state file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error(
-        "state file {path} is corrupt or truncated ({source}); it holds the runtime changes \
-         made through the API. Fix or move it away to start from the config file alone"
-    )]
-    Corrupt {
-        path: PathBuf,
-        #[source]
-        source: serde_json::Error,
-    },
-    #[error("state file {path} is version {found}, this lb-ctl reads version {STATE_VERSION}")]
-    Version { path: PathBuf, found: u32 },
-    #[error("state file {path} belongs to instance {found}, not {expected}")]
-    Instance {
-        path: PathBuf,
-        found: String,
-        expected: String,
-    },
-    #[error(
-        "refusing to write state file {path}: {tmp} is a symbolic link; the daemon writes \
-         the new state there before renaming it, and never through a link another user may \
-         have planted. Remove the link"
-    )]
-    Symlink { path: PathBuf, tmp: PathBuf },
-    #[error("cannot write state file {path}: {source}")]
-    Write {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-/// Where an instance's state lives.
-pub fn state_path(dir: &Path, instance: &str) -> PathBuf {
-    dir.join(format!("{instance}.state.json"))
-}
-
-/// Reads the overlay; a missing file is an empty overlay (first start).
-pub fn load_state(path: &Path, instance: &str) -> Result<Vec<Change>, StateError> {
-    load_state_with_drains(path, instance).map(|(changes, _)| changes)
-}
-
-/// Reads the overlay and the drains under way.
-pub fn load_state_with_drains(
-    path: &Path,
-    instance: &str,
-) -> Result<(Vec<Change>, Vec<DrainRecord>), StateError> {
-    let text = match fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), Vec::new())),
-        Err(source) => {
-            return Err(StateError::Read {
-                path: path.to_owned(),
-                source,
-            });
-        }
-    };
-    let state: StateFile = serde_json::from_str(&text).map_err(|source| StateError::Corrupt {
-        path: path.to_owned(),
-        source,
-    })?;
-    if state.version != STATE_VERSION {
-        return Err(StateError::Version {
-            path: path.to_owned(),
-            found: state.version,
-        });
-    }
-    if state.instance != instance {
-        return Err(StateError::Instance {
-            path: path.to_owned(),
-            found: state.instance,
-            expected: instance.to_owned(),
-        });
-    }
-    Ok((state.changes, state.drains))
-}
-
-/// Writes the overlay atomically: a temporary file in the same folder, fsync, rename over
-/// the old file, fsync the folder. A crash at any point leaves the old or the new file.
-pub fn save_state(path: &Path, instance: &str, changes: &[Change]) -> Result<(), StateError> {
-    save_state_with_drains(path, instance, changes, &[])
-}
-
-/// `save_state` with the drains under way.
-pub fn save_state_with_drains(
-    path: &Path,
-    instance: &str,
-    changes: &[Change],
-    drains: &[DrainRecord],
-) -> Result<(), StateError> {
-    let err = |source| StateError::Write {
-        path: path.to_owned(),
-        source,
-    };
-    let dir = path.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).map_err(err)?;
-    let state = StateFile {
-        version: STATE_VERSION,
-        instance: instance.to_owned(),
-        changes: changes.to_vec(),
-        drains: drains.to_vec(),
-    };
-    let text = serde_json::to_string_pretty(&state).map_err(|e| err(std::io::Error::other(e)))?;
-    let tmp = path.with_extension("json.tmp");
-    {
-        // O_NOFOLLOW: a link planted at the temporary name would otherwise make the daemon
-        // (root) write wherever it points.
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&tmp)
-            .map_err(|source| {
-                if source.raw_os_error() == Some(libc::ELOOP) {
-                    StateError::Symlink {
-                        path: path.to_owned(),
-                        tmp: tmp.clone(),
-                    }
-                } else {
-                    err(source)
-                }
-            })?;
-        f.write_all(text.as_bytes()).map_err(err)?;
-        f.write_all(b"\n").map_err(err)?;
-        f.sync_all().map_err(err)?;
-    }
-    fs::rename(&tmp, path).map_err(err)?;
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(err)?;
-    Ok(())
-}
-
-/// Replays `changes` over `base`. Changes that no longer apply are returned with the
-/// reason, and left out of the result.
-pub fn replay(base: &Config, changes: &[Change]) -> (Config, Vec<Change>, Vec<String>) {
-    let mut config = base.clone();
-    let mut kept = Vec::new();
-    let mut conflicts = Vec::new();
-    for change in changes {
-        let mut next = config.clone();
-        let result = change
-            .apply(&mut next)
-            .map_err(|r| r.message)
-            .and_then(|()| next.validate().map_err(|e| e.to_string()))
-            .and_then(|()| {
-                let v = check_transition(&config, &next);
-                if v.is_empty() {
-                    Ok(())
-                } else {
-                    Err(v.join("; "))
-                }
-            });
-        match result {
-            Ok(()) => {
-                config = next;
-                kept.push(change.clone());
-            }
-            Err(why) => conflicts.push(format!("{}: {why}", change.describe())),
-        }
-    }
-    (config, kept, conflicts)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const BASE: &str = "
-instance: t
-interfaces: [eth0]
-default_server_group:
-  servers:
-    - { address: 198.18.1.10 }
-vserver_groups:
-  - name: api
-    servers:
-      - { address: 198.18.1.10, port: 8080 }
-      - { address: 198.18.1.10, port: 8081 }
-  - name: spare
-primary_secondary_groups:
-  - name: db
-    primary: { address: 198.18.1.20, port: 5432 }
-    secondary: { address: 198.18.1.21, port: 5432 }
-listeners:
-  - { name: web, protocol: tcp, address: 198.19.0.100, port: 80, backend_port: 8080 }
-  - { name: api, protocol: tcp, address: 198.19.0.100, port: 443, server_group: api }
-  - { name: db, protocol: udp, address: 198.19.0.100, port: 5432, server_group: db }
-";
-
-    fn base() -> Config {
-        config::parse(BASE).unwrap()
-    }
-
-    fn ip(s: &str) -> Ipv4Addr {
-        s.parse().unwrap()
-    }
-
-    /// Applies a change the way the controller does: the change, then validation and
-    /// the transition rules.
-    fn attempt(config: &Config, change: Change) -> Result<Config, String> {
-        let (next, kept, conflicts) = replay(config, std::slice::from_ref(&change));
-        if kept.is_empty() {
-            Err(conflicts.join("; "))
-        } else {
-            Ok(next)
-        }
-    }
-
-    fn refused(config: &Config, change: Change, needle: &str) {
-        let err = attempt(config, change).expect_err("refused");
-        assert!(err.contains(needle), "{err:?} does not mention {needle:?}");
-    }
+    use crate::overlay::tests::{attempt, base, ip, refused};
 
     #[test]
     fn server_add_rules() {
@@ -1117,7 +803,7 @@ listeners:
             &c,
             Change::ListenerAdd {
                 name: "x".into(),
-                protocol: "tcp".into(),
+                protocol: Protocol::Tcp,
                 address: ip("198.19.0.100"),
                 port: 8443,
                 group: None,
@@ -1130,7 +816,7 @@ listeners:
             &c,
             Change::ListenerAdd {
                 name: "x".into(),
-                protocol: "tcp".into(),
+                protocol: Protocol::Tcp,
                 address: ip("198.19.0.100"),
                 port: 8443,
                 group: Some("api".into()),
@@ -1139,24 +825,36 @@ listeners:
             },
             "only for the default group",
         );
-        refused(
-            &c,
-            Change::ListenerAdd {
-                name: "x".into(),
-                protocol: "http".into(),
-                address: ip("198.19.0.100"),
-                port: 8443,
-                group: Some("api".into()),
-                backend_port: None,
-                scheduler: None,
-            },
-            "Layer 7",
+        // Protocols and schedulers are typed: a wrong name does not get past the API.
+        let add = |protocol: &str, scheduler: &str| {
+            serde_json::from_value::<Change>(serde_json::json!({
+                "change": "listener_add", "name": "x", "protocol": protocol,
+                "address": "198.19.0.100", "port": 8443, "group": "api", "scheduler": scheduler,
+            }))
+            .map_err(|e| e.to_string())
+        };
+        assert!(add("http", "wrr").unwrap_err().contains("Layer 7"));
+        assert!(
+            add("sctp", "wrr")
+                .unwrap_err()
+                .contains("protocol `sctp` is not one of tcp, udp")
         );
+        assert!(add("tcp", "fastest").unwrap_err().contains(
+            "unknown variant `fastest`, expected one of `wrr`, `rr`, `wlc`, `sch`, `tch`"
+        ));
+        assert!(matches!(
+            add("udp", "sch"),
+            Ok(Change::ListenerAdd {
+                protocol: Protocol::Udp,
+                scheduler: Some(Scheduler::Sch),
+                ..
+            })
+        ));
         refused(
             &c,
             Change::ListenerAdd {
                 name: "x".into(),
-                protocol: "tcp".into(),
+                protocol: Protocol::Tcp,
                 address: ip("198.19.0.100"),
                 port: 80,
                 group: Some("api".into()),
@@ -1172,7 +870,7 @@ listeners:
                 name: "web".into(),
                 group: Some("api".into()),
                 backend_port: None,
-                scheduler: Some("sch".into()),
+                scheduler: Some(Scheduler::Sch),
             },
         )
         .unwrap();
@@ -1198,110 +896,5 @@ listeners:
             },
             "must set a backend port",
         );
-    }
-
-    #[test]
-    fn reload_transition_rules() {
-        let c = base();
-        let mut changed = c.clone();
-        changed.listeners[0].backend_port = Some(9090);
-        changed.primary_secondary_groups[0].primary.port = 6432;
-        let v = check_transition(&c, &changed);
-        assert_eq!(v.len(), 2, "{v:?}");
-        assert!(v[0].contains("fixed once its listener exists (8080 → 9090)"));
-        assert!(v[1].contains("roles and ports cannot be changed"));
-    }
-
-    #[test]
-    fn replay_reports_and_drops_changes_that_no_longer_fit() {
-        let c = base();
-        let changes = vec![
-            Change::ServerAdd {
-                group: "spare".into(),
-                address: ip("198.18.1.40"),
-                port: Some(80),
-                weight: None,
-            },
-            Change::ServerAdd {
-                group: "api".into(),
-                address: ip("198.18.1.41"),
-                port: Some(80),
-                weight: None,
-            },
-        ];
-        let mut new_base = c.clone();
-        new_base.vserver_groups.retain(|g| g.name != "spare");
-        let (effective, kept, conflicts) = replay(&new_base, &changes);
-        assert_eq!(kept, changes[1..]);
-        assert_eq!(conflicts.len(), 1);
-        assert!(
-            conflicts[0].starts_with("server add 198.18.1.40:80 to group spare: no server group")
-        );
-        assert_eq!(effective.vserver_group("api").unwrap().servers.len(), 3);
-    }
-
-    #[test]
-    fn state_file_round_trip_and_corruption() {
-        let dir = std::env::temp_dir().join(format!("lb-ctl-state-{}", std::process::id()));
-        let path = state_path(&dir, "t");
-        let changes = vec![
-            Change::ServerSet {
-                group: "default".into(),
-                address: ip("198.18.1.10"),
-                port: None,
-                weight: 7,
-            },
-            Change::AclAdd {
-                name: "office".into(),
-                cidr: "198.18.0.0/24".into(),
-            },
-        ];
-        assert_eq!(
-            load_state(&path, "t").unwrap(),
-            vec![],
-            "no file yet: empty overlay"
-        );
-        save_state(&path, "t", &changes).unwrap();
-        assert_eq!(load_state(&path, "t").unwrap(), changes);
-        assert!(matches!(
-            load_state(&path, "u"),
-            Err(StateError::Instance { .. })
-        ));
-        // Truncated mid-write (what a crash without the rename dance would leave).
-        let text = fs::read_to_string(&path).unwrap();
-        fs::write(&path, &text[..text.len() / 2]).unwrap();
-        let err = load_state(&path, "t").unwrap_err();
-        assert!(matches!(err, StateError::Corrupt { .. }));
-        assert!(err.to_string().contains("corrupt or truncated"), "{err}");
-        fs::write(&path, "").unwrap();
-        assert!(matches!(
-            load_state(&path, "t"),
-            Err(StateError::Corrupt { .. })
-        ));
-        fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn a_link_at_the_temporary_state_file_is_refused_not_followed() {
-        let dir = std::env::temp_dir().join(format!("lb-ctl-state-link-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        let path = state_path(&dir, "t");
-        let victim = dir.join("victim");
-        fs::write(&victim, "precious\n").unwrap();
-        let tmp = path.with_extension("json.tmp");
-        std::os::unix::fs::symlink(&victim, &tmp).unwrap();
-        let changes = vec![Change::AclAdd {
-            name: "office".into(),
-            cidr: "198.18.0.0/24".into(),
-        }];
-        let err = save_state(&path, "t", &changes).unwrap_err();
-        assert!(matches!(err, StateError::Symlink { .. }), "{err:?}");
-        let message = err.to_string();
-        assert!(message.contains("is a symbolic link"), "{message}");
-        assert!(message.contains(&tmp.display().to_string()), "{message}");
-        assert_eq!(fs::read_to_string(&victim).unwrap(), "precious\n");
-        assert!(!path.exists(), "nothing renamed into place");
-        fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -1,0 +1,158 @@
+//! What the controller does to the host besides writing the maps: load or re-adopt the
+//! program, attach it to interfaces, follow interfaces that come and go, read the host's
+//! addresses and set the kernel knobs forwarding needs, and read the clocks. `Kernel` does
+//! it for real; the controller's unit tests use a stand-in that needs no root.
+
+use std::{collections::BTreeSet, net::Ipv4Addr, path::PathBuf};
+
+use anyhow::Context as _;
+use tracing::warn;
+
+use super::Options;
+use crate::{
+    config::Config,
+    dataplane::{DataPlane, DataPlaneAccess, LoadOptions, MapSizes},
+    host,
+    pins::{self, Layout},
+};
+
+/// XDP on one configured interface: its name, its index (0 while missing) and the mode
+/// (native, generic, re-adopted or `pins::MISSING`).
+pub type Attachment = (String, u32, &'static str);
+
+/// The host side of the controller.
+pub trait Platform {
+    type DataPlane: DataPlaneAccess;
+
+    /// Loads the data plane of `config`'s instance, re-adopting the pinned one when there
+    /// is one. Returns it and whether it was re-adopted.
+    fn load(&mut self, config: &Config, sizes: MapSizes)
+    -> anyhow::Result<(Self::DataPlane, bool)>;
+
+    /// Attaches the program to `interfaces`. `running`: the daemon is already running, so
+    /// an interface that does not exist is reported as missing instead of failing, and
+    /// interfaces already attached get the program swapped in.
+    fn attach(
+        &mut self,
+        dataplane: &mut Self::DataPlane,
+        interfaces: &[String],
+        running: bool,
+    ) -> anyhow::Result<Vec<Attachment>>;
+
+    /// The index of an interface now, `None` when it does not exist.
+    fn ifindex(&self, name: &str) -> Option<u32>;
+
+    /// The host's IPv4 addresses: the data plane refuses new flows from each of them.
+    fn local_addresses(&self) -> BTreeSet<Ipv4Addr>;
+
+    /// The kernel settings the data plane needs on the attached interfaces (see `host`).
+    fn prepare_host(&self, interfaces: &[&str], vips: &BTreeSet<Ipv4Addr>);
+
+    /// Where the maps are pinned: the background sweep and the counter readers open them
+    /// there.
+    fn maps_dir(&self) -> PathBuf;
+
+    /// Now on the clock the data plane stamps flows and drain deadlines with.
+    fn monotonic_ns(&self) -> u64 {
+        super::monotonic_coarse_ns()
+    }
+
+    /// Now in milliseconds since the Unix epoch (drain deadlines in the state file).
+    fn unix_ms(&self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    }
+}
+
+/// The real host: bpffs pins, XDP attachments, sysctls, netlink.
+pub struct Kernel {
+    bpffs: PathBuf,
+    /// Where a rejected program's verifier log goes.
+    verifier_log_dir: PathBuf,
+    /// Known once `load` has the instance name.
+    layout: Option<Layout>,
+    /// The stage table of the program this daemon replaced at start, held open so the
+    /// packets still in that program find their stages (`pins::pin_stages`).
+    replaced_stages: Option<aya::maps::MapData>,
+}
+
+impl Kernel {
+    pub fn new(options: &Options) -> Self {
+        Self {
+            bpffs: options.bpffs.clone(),
+            verifier_log_dir: options.state_dir.clone(),
+            layout: None,
+            replaced_stages: None,
+        }
+    }
+
+    fn layout(&self) -> anyhow::Result<&Layout> {
+        self.layout
+            .as_ref()
+            .context("the data plane is not loaded yet")
+    }
+}
+
+impl Platform for Kernel {
+    type DataPlane = DataPlane;
+
+    fn load(&mut self, config: &Config, sizes: MapSizes) -> anyhow::Result<(DataPlane, bool)> {
+        pins::check_bpffs(&self.bpffs)?;
+        let layout = Layout::new(&self.bpffs, &config.instance);
+        let adopting = layout.exists();
+        if adopting {
+            pins::check_pinned_layout(&layout, &sizes)?;
+        }
+        std::fs::create_dir_all(layout.maps())
+            .with_context(|| format!("creating {}", layout.maps().display()))?;
+        let dataplane = DataPlane::load(&LoadOptions {
+            sizes,
+            map_pin_dir: Some(layout.maps()),
+            verifier_log_dir: Some(self.verifier_log_dir.clone()),
+        })?;
+        self.layout = Some(layout);
+        Ok((dataplane, adopting))
+    }
+
+    fn attach(
+        &mut self,
+        dataplane: &mut DataPlane,
+        interfaces: &[String],
+        running: bool,
+    ) -> anyhow::Result<Vec<Attachment>> {
+        let layout = self.layout()?;
+        let attached = pins::attach(dataplane.program()?, layout, interfaces, running)?;
+        if !running {
+            // The first attachment of this daemon: its stages become the pinned ones.
+            self.replaced_stages = pins::pin_stages(dataplane.stages(), layout)?;
+        }
+        Ok(attached)
+    }
+
+    fn ifindex(&self, name: &str) -> Option<u32> {
+        pins::ifindex(name).ok()
+    }
+
+    /// None when they cannot be read (logged), as then nothing is refused that a client
+    /// could legitimately have.
+    fn local_addresses(&self) -> BTreeSet<Ipv4Addr> {
+        match host::local_addresses() {
+            Ok(addresses) => addresses.into_iter().map(|a| a.address).collect(),
+            Err(e) => {
+                warn!(
+                    "cannot list the host's addresses, so none is refused as a client source: {e}"
+                );
+                BTreeSet::new()
+            }
+        }
+    }
+
+    fn prepare_host(&self, interfaces: &[&str], vips: &BTreeSet<Ipv4Addr>) {
+        host::prepare(&host::Ipv4Conf::default(), interfaces, vips);
+    }
+
+    fn maps_dir(&self) -> PathBuf {
+        self.layout.as_ref().map_or_else(PathBuf::new, Layout::maps)
+    }
+}
