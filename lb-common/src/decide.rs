@@ -320,8 +320,9 @@ pub fn listener_packet<'a, T: Tables, R: Trace>(
         });
         return Decision::Established { flow, backend };
     }
-    // Before any state exists for it. Forged with the LB's own address as source, a flow's
-    // reverse entry would capture the answers to the LB's health probes from that port.
+    // Before any state exists for it. Forged with the LB's own address as source, a flow
+    // would make the backend's answers to the LB's health probes from that port look like
+    // its replies.
     if is_refused_source(tables, packet.src_addr) {
         trace.event(Event::RefusedSource);
         return Decision::Drop(Reason::DropSpoofedSource);

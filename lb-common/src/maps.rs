@@ -103,7 +103,7 @@ pub mod names {
 /// `STAGES` for what is rarer or costly to verify. Each stage is verified on its own, so
 /// the verifier's cost of the whole is the sum of the parts, not their product.
 ///
-/// `STAGES` slot of `lb_new_flow`: a new flow or a pickup (selection, reverse claim, flow
+/// `STAGES` slot of `lb_new_flow`: a new flow or a pickup (selection, collision check, flow
 /// insert, translation).
 pub const STAGE_NEW_FLOW: u32 = 0;
 /// `STAGES` slot of `lb_wlc`: the `wlc` scan, which hands its pick back to `lb_new_flow`.

@@ -699,4 +699,52 @@ listeners:
             Err(PlanError::BackendsExhausted(3))
         );
     }
+
+    /// Nine listeners on one VIP whose default group sends them all to 198.18.1.10:8080:
+    /// one backend endpoint serving nine listeners, one more than a reply may search.
+    #[test]
+    fn a_backend_endpoint_serves_at_most_eight_listeners() {
+        let listeners = |n: u16| -> String {
+            (0..n)
+                .map(|i| {
+                    format!(
+                        "  - {{ name: l{i}, protocol: tcp, address: 198.19.0.1, port: {}, \
+                         backend_port: 8080 }}\n",
+                        80 + i
+                    )
+                })
+                .collect()
+        };
+        let yaml = |n| {
+            format!(
+                "instance: t\ninterfaces: [eth0]\ndefault_server_group:\n  servers:\n    \
+                 - {{ address: 198.18.1.10 }}\nlisteners:\n{}",
+                listeners(n)
+            )
+        };
+        let d = plan(
+            &config(&yaml(8)),
+            &Runtime::default(),
+            &mut Ids::new(16, 64),
+        )
+        .unwrap();
+        assert_eq!(d.endpoints.len(), 1);
+        let endpoint = d.endpoints.values().next().unwrap();
+        assert_eq!(endpoint.count, 8);
+        let ids: Vec<u32> = endpoint.listeners.iter().map(|l| l.listener).collect();
+        assert_eq!(ids, [0, 1, 2, 3, 4, 5, 6, 7], "by listener id");
+
+        let err = plan(
+            &config(&yaml(9)),
+            &Runtime::default(),
+            &mut Ids::new(16, 64),
+        )
+        .expect_err("nine listeners on one endpoint");
+        assert_eq!(
+            err.to_string(),
+            "backend 198.18.1.10:8080 (tcp) serves 9 listeners (l0, l1, l2, l3, l4, l5, l6, l7, \
+             l8); at most 8 may share one backend address, port and protocol: give some of them \
+             another backend port"
+        );
+    }
 }

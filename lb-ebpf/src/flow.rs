@@ -1,5 +1,5 @@
-//! What the entry program and the new-flow stage both do with a flow: its close, its
-//! reverse entry and affinity, and sending its packet to the backend.
+//! What the entry program and the new-flow stage both do with a flow: finding it from a
+//! backend's reply, its close, its affinity, and sending its packet to the backend.
 
 use core::ffi::c_void;
 

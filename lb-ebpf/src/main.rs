@@ -6,7 +6,8 @@
 //!    is translated to its backend (`nat`); a new flow goes on in the new-flow stage
 //!    (`new_flow`), which runs the listener's scheduler (`sched`, `wlc` in a stage of its
 //!    own) and records the flow;
-//! 3. a packet from a backend that matches a reverse entry is translated back to the VIP;
+//! 3. a packet from a backend endpoint to a client it has a flow with is translated back
+//!    to the VIP (`flow::reply_flow`);
 //! 4. ICMP errors about a flow go to the ICMP stage (`icmp`);
 //! 5. everything else is passed to the kernel untouched;
 //! 6. translated packets leave through the FIB's next hop (`fwd`); one with DF too big for
