@@ -301,6 +301,10 @@ pub const BACKEND_F_USABLE: u8 = 1;
 /// `Backend::flags`: removed or drained with connection drain on; flows continue until
 /// `drain_deadline_ns`.
 pub const BACKEND_F_DRAINING: u8 = 2;
+/// `Backend::flags`: its endpoint (address, port, protocol) serves several listeners, so a
+/// new flow must check that no live flow of another listener has the same client address
+/// and port (`ENDPOINTS`). Without it, a new flow skips that lookup.
+pub const BACKEND_F_SHARED_ENDPOINT: u8 = 4;
 
 /// Value of `BACKENDS`, indexed by backend id. A backend is one member of a listener's
 /// group: health, weight and counters are per (listener, server, port), as in CLB.

@@ -17,9 +17,9 @@ use std::{
 };
 
 use lb_common::{
-    BACKEND_F_DRAINING, BACKEND_F_USABLE, Backend, Endpoint, EndpointKey, EndpointListener,
-    Listener, ListenerKey, MAGLEV_TABLE_SIZE, MAX_ENDPOINT_LISTENERS, SEQUENCE_TABLE_SIZE,
-    Scheduler, TABLES_PER_LISTENER, TableMeta,
+    BACKEND_F_DRAINING, BACKEND_F_SHARED_ENDPOINT, BACKEND_F_USABLE, Backend, Endpoint,
+    EndpointKey, EndpointListener, Listener, ListenerKey, MAGLEV_TABLE_SIZE,
+    MAX_ENDPOINT_LISTENERS, SEQUENCE_TABLE_SIZE, Scheduler, TABLES_PER_LISTENER, TableMeta,
     maglev::{self, MaglevBackend},
     wrr,
 };
@@ -358,6 +358,19 @@ impl Reconciler {
                 let mut flags = if b.usable { BACKEND_F_USABLE } else { 0 };
                 if b.drain_deadline_ns.is_some() {
                     flags |= BACKEND_F_DRAINING;
+                }
+                let endpoint = EndpointKey {
+                    addr: u32::from_ne_bytes(b.key.address.octets()),
+                    port: b.key.port.to_be(),
+                    protocol: l.frontend.key().protocol,
+                    _pad: 0,
+                };
+                if desired
+                    .endpoints
+                    .get(&endpoint)
+                    .is_some_and(|e| e.count > 1)
+                {
+                    flags |= BACKEND_F_SHARED_ENDPOINT;
                 }
                 let value = Backend {
                     addr: u32::from_ne_bytes(b.key.address.octets()),
@@ -845,8 +858,10 @@ listeners:
         assert_eq!(
             shape(&h.step()),
             [
-                "backend 3 flags=1 weight=100 fresh",
-                // The other group's server now serves both listeners.
+                // The other group's server now serves both listeners: its entries (one
+                // per listener) say so, and new flows check for a collision.
+                "backend 3 flags=5 weight=100 fresh",
+                "backend 2 flags=5 weight=100",
                 "endpoint 198.18.1.30:9000 listeners=[0, 1]",
                 "table 1 backends=1",
                 "listener 0 slot=1",
@@ -860,6 +875,7 @@ listeners:
         assert_eq!(
             shape(&h.step()),
             [
+                "backend 3 flags=1 weight=100",
                 "remove listener port=80",
                 "vip -",
                 "backend 2 flags=0 weight=100",

@@ -9,9 +9,9 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    Affinity, AffinityKey, Backend, EndpointKey, EndpointListener, FLOW_F_BACKEND_ACKED,
-    FLOW_F_COUNTED, FLOW_F_FIN, FLOW_F_OPENING, FLOW_F_REOPENED, FLOW_F_RST, Flow, FlowKey,
-    Listener, ListenerKey, MAX_ENDPOINT_LISTENERS, Reason, TOO_BIG_DESTINATION,
+    Affinity, AffinityKey, BACKEND_F_SHARED_ENDPOINT, Backend, EndpointKey, EndpointListener,
+    FLOW_F_BACKEND_ACKED, FLOW_F_COUNTED, FLOW_F_FIN, FLOW_F_OPENING, FLOW_F_REOPENED, FLOW_F_RST,
+    Flow, FlowKey, Listener, ListenerKey, MAX_ENDPOINT_LISTENERS, Reason, TOO_BIG_DESTINATION,
     select::{TCP_ACK, TCP_FIN, TCP_RST, close_is_credible, is_active},
 };
 
@@ -172,6 +172,9 @@ pub fn shared_endpoint_collision(
     backend: &Backend,
     now: u64,
 ) -> bool {
+    if backend.flags & BACKEND_F_SHARED_ENDPOINT == 0 {
+        return false;
+    }
     let key = EndpointKey {
         addr: backend.addr,
         port: backend.port,

@@ -267,6 +267,16 @@ impl ListenerSetup {
                 }
             }
             dp.set_endpoint(key, e).unwrap();
+            if e.count > 1 {
+                // As the controller does: every backend entry of a shared endpoint says so.
+                for id in 0..64 {
+                    let mut b = dp.backend(id).unwrap();
+                    if b.addr == key.addr && b.port == key.port && b.generation != 0 {
+                        b.flags |= lb_common::BACKEND_F_SHARED_ENDPOINT;
+                        dp.set_backend(id, b).unwrap();
+                    }
+                }
+            }
         }
     }
 }
