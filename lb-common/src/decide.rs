@@ -84,6 +84,13 @@ pub trait Tables {
     fn take_cursor(&self, listener: u32) -> u32;
     /// A backend's active flows (`wlc`).
     fn active_flows(&self, id: u32) -> u32;
+    /// Whether `addr` may be a VIP: false is certain, true needs the marker lookup. The
+    /// data plane answers from its VIP filter (`VIP_FILTER`), one array read instead of a
+    /// hash lookup for most addresses.
+    #[inline(always)]
+    fn may_be_vip(&self, _addr: u32) -> bool {
+        true
+    }
 }
 
 /// What the decision saw, step by step: `explain` renders these, the data plane passes
@@ -226,7 +233,7 @@ pub fn listener_for<'a, T: Tables>(tables: &'a T, packet: &Packet) -> Option<T::
 /// Whether `addr` is a VIP (has a VIP marker).
 #[inline(always)]
 pub fn is_vip<T: Tables>(tables: &T, addr: u32) -> bool {
-    tables.listener(&ListenerKey::vip_marker(addr)).is_some()
+    tables.may_be_vip(addr) && tables.listener(&ListenerKey::vip_marker(addr)).is_some()
 }
 
 /// Whether `addr` is a source no client can have: an address of the LB host or a refused

@@ -11,14 +11,13 @@ use aya_ebpf::{
 use lb_common::{
     Backend, FLOW_F_OPENING, Flow, Listener, NO_BACKEND, PROTO_ICMP, PROTO_TCP, PendingFlow,
     Reason, STAGE_ICMP, STAGE_NEW_FLOW, TOO_BIG_SOURCE,
-    decide::{self, Decision},
+    decide::{self, Decision, Tables as _},
     select::{TCP_FIN, TCP_RST, backend_close_is_credible},
-    vip_filter_bit,
 };
 
 use crate::{
     flow, fwd,
-    maps::{PENDING, VIP_FILTER},
+    maps::PENDING,
     nat,
     nat::Side,
     parse,
@@ -73,7 +72,7 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
         };
     };
     // Most packets not for a VIP are told so by the filter, and skip the listener lookup.
-    let maybe_vip = maybe_vip(ip.dst_addr);
+    let maybe_vip = Maps.may_be_vip(ip.dst_addr);
     if maybe_vip && let Some(listener) = decide::listener_for(&Maps, &parse::packet(&ip, &l4)) {
         return forward(ctx, &ip, &l4, &listener);
     }
@@ -87,7 +86,7 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
     ) {
         return reply(ctx, &ip, &l4, &to);
     }
-    if maybe_vip && is_vip(ip.dst_addr) {
+    if is_vip(ip.dst_addr) {
         // Dropped for the same reason as other protocols above.
         (XDP_DROP, Reason::DropVipNoListener)
     } else {
@@ -95,19 +94,9 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
     }
 }
 
-/// Whether `addr` may be a VIP: false is certain, true needs a lookup.
-#[inline(always)]
-fn maybe_vip(addr: u32) -> bool {
-    let bit = vip_filter_bit(addr);
-    match VIP_FILTER.get(bit / 64) {
-        Some(word) => word & (1 << (bit % 64)) != 0,
-        None => true,
-    }
-}
-
 #[inline(always)]
 fn is_vip(addr: u32) -> bool {
-    maybe_vip(addr) && decide::is_vip(&Maps, addr)
+    decide::is_vip(&Maps, addr)
 }
 
 /// Client → VIP: an established flow goes to its backend here; a new flow or a pickup is

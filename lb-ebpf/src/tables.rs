@@ -7,11 +7,12 @@ use core::ops::Deref;
 use aya_ebpf::maps::{Array, lpm_trie::Key as LpmKey};
 use lb_common::{
     AclKey, Affinity, AffinityKey, Backend, Flow, FlowKey, IdPair, Listener, ListenerKey,
-    NO_BACKEND, TableMeta, acl_prefix_len, decide::Tables,
+    NO_BACKEND, TableMeta, acl_prefix_len, decide::Tables, vip_filter_bit,
 };
 
 use crate::maps::{
     ACLS, ACTIVE_FLOWS, AFFINITY, BACKENDS, CURSORS, LISTENERS, MAGLEV, SEQUENCE, TABLE_META,
+    VIP_FILTER,
 };
 
 /// A map value. Valid for the rest of the program run (map values are freed after an RCU
@@ -115,5 +116,14 @@ impl Tables for Maps {
     #[inline(always)]
     fn active_flows(&self, id: u32) -> u32 {
         ACTIVE_FLOWS.get(id).copied().unwrap_or(0)
+    }
+
+    #[inline(always)]
+    fn may_be_vip(&self, addr: u32) -> bool {
+        let bit = vip_filter_bit(addr);
+        match VIP_FILTER.get(bit / 64) {
+            Some(word) => word & (1 << (bit % 64)) != 0,
+            None => true,
+        }
     }
 }
