@@ -1,0 +1,73 @@
+//! Packet fuzzing through BPF_PROG_TEST_RUN, every verdict checked against a host-side
+//! model of the packet policy (`docs/packet-policy.md`). One file per part:
+//!
+//! - `lab.rs`, [`Lab`]: a namespace with three LB interfaces (client side `cl0` and backend
+//!   side `be0`, both redirect targets, and `ot0`, which is not), `ip_forward=1` and
+//!   permanent neighbours, so `bpf_fib_lookup` answers deterministically for every address
+//!   the generator uses.
+//! - `setup.rs`, [`Setup`]: the listeners, backends, VIP markers and the access list the
+//!   run installs. Every listener either has one backend or uses `tch`, so the backend of a
+//!   packet is a function of its 4-tuple, whatever the flow table holds.
+//! - `model.rs`, [`Model`]: what the policy says about a frame, computed from its bytes,
+//!   the setup and a shadow of the flow and reverse tables that the model keeps itself (the
+//!   generator bounds the number of distinct flows far below the table size, so the LRU
+//!   never evicts and the shadow stays exact). Time only matters for idle timeouts; the
+//!   model bounds the program's clock between two readings around each run and, when a
+//!   timeout falls inside that window, accepts either outcome and re-reads the entry.
+//! - `generator.rs`: the frames, from a seeded SplitMix64 (`rng.rs`, [`Rng`]; no other
+//!   randomness).
+//! - `runner.rs`, [`run`]: the runs and every check: the verdict and its reason, exactly
+//!   one verdict counter moved by one, XDP_ABORTED never, no frame forwarded that the
+//!   policy does not forward, the output bytes (addresses, ports, TTL, MACs, every other
+//!   byte untouched) and its checksums recomputed from scratch, and at the end the
+//!   counters' sum and the whole flow table.
+//! - `report.rs`, [`Report`]: where the model and the program disagree the run goes on;
+//!   the report lists each kind of disagreement with its first examples (input bytes,
+//!   expected, observed) and the seed and packet number that reproduce it.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    fmt::{self, Write as _},
+    net::Ipv4Addr,
+    time::{Duration, Instant},
+};
+
+use aya::programs::{TestRun as _, TestRunOptions};
+use lb_common::{
+    ACL_DENY, ACL_NONE, BACKEND_F_USABLE, Backend, CLOSE_WINDOW, FIN_TIMEOUT_S, FLOW_F_FIN,
+    FLOW_F_OPENING, FLOW_F_RST, FlowKey, HALF_OPEN_TIMEOUT_S, Listener, ListenerKey,
+    MAGLEV_TABLE_SIZE, PROTO_ICMP, PROTO_TCP, PROTO_UDP, REVERSE_F_ACKED, RST_TIMEOUT_S, Reason,
+    Scheduler, TableMeta, Verdict, csum, hash,
+    maglev::{self, MaglevBackend},
+    wrr,
+};
+use lb_ctl::dataplane::{DataPlane, LoadOptions, MapSizes};
+
+use crate::{
+    Netns,
+    netns::{unique_prefix, veth},
+    packet::{ACK, FIN, Frame, Mac, PSH, RST, SYN, Transport},
+    xdp::{XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX, action_name},
+};
+
+/// BPF_PROG_TEST_RUN refuses frames shorter than an Ethernet header, and longer than a
+/// page minus the XDP headroom and the shared info.
+const MIN_FRAME: usize = 14;
+const MAX_FRAME: usize = 3520;
+/// MTU of the lab's interfaces (veth default).
+const MTU: usize = 1500;
+/// Idle timeout of every listener of the setup (TCP and UDP), seconds.
+const IDLE_TIMEOUT_S: u32 = 900;
+/// Slack around clock readings: the program's coarse clock and ours may tick apart.
+const CLOCK_SLACK_NS: u64 = 10_000_000;
+
+mod generator;
+mod lab;
+mod model;
+mod report;
+mod rng;
+mod runner;
+mod setup;
+
+use self::generator::*;
+pub use self::{lab::*, model::*, report::*, rng::*, runner::*, setup::*};
