@@ -26,7 +26,7 @@ pub(super) const CLIENTS: [Ipv4Addr; 7] = [
 ];
 
 /// Destinations that are not listeners: other hosts, addresses next to the VIPs, the
-/// LB's own, a bare VIP marker.
+/// LB's own, a VIP whose listener frames do not address.
 pub(super) const NOT_LISTENERS: [Ipv4Addr; 9] = [
     OTHER,
     ip(198, 19, 0, 99),
@@ -248,7 +248,7 @@ impl Generator {
             let tcp: Vec<&ListenerSpec> = setup
                 .listeners
                 .iter()
-                .filter(|l| l.protocol == PROTO_TCP)
+                .filter(|l| l.protocol == PROTO_TCP && l.vip != VIP3)
                 .collect();
             let l = self.rng.pick(&tcp);
             (l.vip, l.port)
@@ -274,7 +274,7 @@ impl Generator {
             let udp: Vec<&ListenerSpec> = setup
                 .listeners
                 .iter()
-                .filter(|l| l.protocol == PROTO_UDP)
+                .filter(|l| l.protocol == PROTO_UDP && l.vip != VIP3)
                 .collect();
             let l = self.rng.pick(&udp);
             (l.vip, l.port)

@@ -18,7 +18,8 @@ pub const VIP: Ipv4Addr = ip(198, 19, 0, 100);
 /// The second VIP: TCP 80 (shares backend B0:8080 with VIP:80, so reverse entries can
 /// collide), UDP 53 (its backend has no route), TCP 443 (its backend is behind `ot0`).
 pub const VIP2: Ipv4Addr = ip(198, 19, 0, 101);
-/// A VIP marker without any listener.
+/// A VIP whose only listener (TCP 7, no backend) frames to listeners leave out: it stands
+/// for a VIP none of whose listeners a frame addresses.
 pub const VIP3: Ipv4Addr = ip(198, 19, 0, 102);
 
 /// Client with a permanent neighbour entry on `cl0`.

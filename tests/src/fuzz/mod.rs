@@ -5,8 +5,9 @@
 //!   side `be0`, both redirect targets, and `ot0`, which is not), `ip_forward=1` and
 //!   permanent neighbours, so `bpf_fib_lookup` answers deterministically for every address
 //!   the generator uses.
-//! - `setup.rs`, [`Setup`]: the listeners, backends, VIP markers and the access list the
-//!   run installs. Every listener either has one backend or uses `tch`, so the backend of a
+//! - `setup.rs`, [`Setup`]: the config the run installs through the controller's plan and
+//!   reconciler (`lb_tests::provision`), and the model's view of its listeners, backends,
+//!   VIPs and access list. Every listener either has one backend or uses `tch`, so the backend of a
 //!   packet is a function of its 4-tuple, whatever the flow table holds.
 //! - `model.rs`, [`Model`]: what the policy says about a frame, computed from its bytes,
 //!   the setup and a shadow of the flow and reverse tables that the model keeps itself (the
@@ -32,14 +33,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::programs::{TestRun as _, TestRunOptions};
 use lb_common::{
-    ACL_DENY, ACL_NONE, BACKEND_F_USABLE, Backend, CLOSE_WINDOW, FIN_TIMEOUT_S, FLOW_F_FIN,
-    FLOW_F_OPENING, FLOW_F_RST, FlowKey, HALF_OPEN_TIMEOUT_S, Listener, ListenerKey,
-    MAGLEV_TABLE_SIZE, PROTO_ICMP, PROTO_TCP, PROTO_UDP, REVERSE_F_ACKED, RST_TIMEOUT_S, Reason,
-    Scheduler, TableMeta, Verdict, csum, hash,
+    ACL_DENY, ACL_NONE, CLOSE_WINDOW, FIN_TIMEOUT_S, FLOW_F_FIN, FLOW_F_OPENING, FLOW_F_RST,
+    FlowKey, HALF_OPEN_TIMEOUT_S, MAGLEV_TABLE_SIZE, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
+    REVERSE_F_ACKED, RST_TIMEOUT_S, Reason, Scheduler, Verdict, csum, hash,
     maglev::{self, MaglevBackend},
-    wrr,
 };
 use lb_ctl::dataplane::{DataPlane, LoadOptions, MapSizes};
 
@@ -47,7 +45,7 @@ use crate::{
     Netns,
     netns::{unique_prefix, veth},
     packet::{ACK, FIN, Frame, Mac, PSH, RST, SYN, Transport},
-    xdp::{XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX, action_name},
+    xdp::{self, XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX, action_name},
 };
 
 /// BPF_PROG_TEST_RUN refuses frames shorter than an Ethernet header, and longer than a
@@ -56,7 +54,7 @@ const MIN_FRAME: usize = 14;
 const MAX_FRAME: usize = 3520;
 /// MTU of the lab's interfaces (veth default).
 const MTU: usize = 1500;
-/// Idle timeout of every listener of the setup (TCP and UDP), seconds.
+/// Idle timeout of every listener of the setup (TCP and UDP), seconds: the config's.
 const IDLE_TIMEOUT_S: u32 = 900;
 /// Slack around clock readings: the program's coarse clock and ours may tick apart.
 const CLOCK_SLACK_NS: u64 = 10_000_000;

@@ -74,22 +74,7 @@ pub fn run_counted(
 
 /// Runs one frame through the program; `Err` with the errno when the kernel refuses it.
 pub fn test_run(dp: &mut DataPlane, ingress: u32, frame: &[u8]) -> Result<(u32, Vec<u8>), String> {
-    // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex
-    let mut ctx = [0u8; 24];
-    ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
-    ctx[12..16].copy_from_slice(&ingress.to_ne_bytes());
-    let mut out = vec![0u8; frame.len() + 256];
-    let program = dp.program().map_err(|e| e.to_string())?;
-    let result = program
-        .test_run(TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            ctx_in: Some(&ctx),
-            ..TestRunOptions::new()
-        })
-        .map_err(|e| format!("{e:#}"))?;
-    out.truncate(result.data_size_out as usize);
-    Ok((result.return_value, out))
+    xdp::test_run(dp, lb_common::names::PROGRAM, ingress, frame).map_err(|e| format!("{e:#}"))
 }
 
 /// Loads the program (nothing pinned) with a flow table of `flow_table_size` entries,
@@ -97,11 +82,7 @@ pub fn test_run(dp: &mut DataPlane, ingress: u32, frame: &[u8]) -> Result<(u32, 
 /// namespace.
 pub fn load(lab: &Lab, setup: &Setup, flow_table_size: u32) -> anyhow::Result<DataPlane> {
     let mut dp = DataPlane::load(&LoadOptions {
-        sizes: MapSizes {
-            flow_table_size,
-            max_listeners: 8,
-            max_backends: 64,
-        },
+        sizes: sizes(flow_table_size),
         map_pin_dir: None,
         verifier_log_dir: None,
     })?;

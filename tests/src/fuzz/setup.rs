@@ -1,7 +1,88 @@
-//! The setup: the listeners, backends and access list a run installs, as the
-//! model sees them.
+//! The setup: the config a run installs, through the controller's plan and reconciler,
+//! and what the model knows of it (listeners, backends, VIPs, access lists).
+
+use lb_ctl::{
+    config::{Config, Protocol},
+    plan::{Desired, Runtime},
+};
 
 use super::*;
+use crate::provision::{self, Provisioned};
+
+/// Map sizes of a run (the flow table's is the run's choice): listener and backend ids
+/// are planned within them.
+const MAX_LISTENERS: u32 = 8;
+const MAX_BACKENDS: u32 = 64;
+
+pub(super) fn sizes(flow_table_size: u32) -> MapSizes {
+    MapSizes {
+        flow_table_size,
+        max_listeners: MAX_LISTENERS,
+        max_backends: MAX_BACKENDS,
+    }
+}
+
+/// The fuzzing config: eight listeners on three VIPs; every forwarding outcome (redirect,
+/// TX, unknown neighbour, no route, not a redirect target, no backend, access list,
+/// collision) is reachable. The addresses are the lab's (`lab.rs`). The generator does not
+/// aim at VIP3's only listener, so VIP3 stands for a VIP none of whose listeners a frame
+/// addresses.
+const CONFIG: &str = "
+instance: fuzz
+interfaces: [cl0, be0, ot0]
+acls:
+  - { name: blocked, entries: [198.18.0.3/32, 198.19.200.0/24] }
+vserver_groups:
+  - name: web
+    servers:
+      - { address: 198.18.1.10, port: 8080 }
+      - { address: 198.18.1.11, port: 8080 }
+      - { address: 198.18.1.13, port: 8080 }
+  - name: dns
+    servers:
+      - { address: 198.18.1.10, port: 5353 }
+      - { address: 198.18.1.11, port: 5353 }
+  - name: web2
+    servers: [{ address: 198.18.1.10, port: 8080 }]
+  - name: far
+    servers: [{ address: 198.19.200.10, port: 53 }]
+  - name: other-side
+    servers: [{ address: 198.18.2.10, port: 443 }]
+  - name: empty
+    servers: []
+  - name: stream
+    servers:
+      - { address: 198.18.1.11, port: 5000 }
+      - { address: 198.18.1.13, port: 5000 }
+listeners:
+  - { name: web, protocol: tcp, address: 198.19.0.100, port: 80, server_group: web, scheduler: tch }
+  - name: dns
+    protocol: udp
+    address: 198.19.0.100
+    port: 53
+    server_group: dns
+    scheduler: tch
+    udp_timeout: 900
+    acl: { type: deny, name: blocked }
+  - { name: web2, protocol: tcp, address: 198.19.0.101, port: 80, server_group: web2 }
+  - name: dns2
+    protocol: udp
+    address: 198.19.0.101
+    port: 53
+    server_group: far
+    scheduler: rr
+    udp_timeout: 900
+  - { name: tls2, protocol: tcp, address: 198.19.0.101, port: 443, server_group: other-side, scheduler: wlc }
+  - { name: no-backend, protocol: tcp, address: 198.19.0.100, port: 8080, server_group: empty }
+  - name: stream
+    protocol: udp
+    address: 198.19.0.100
+    port: 5000
+    server_group: stream
+    scheduler: tch
+    udp_timeout: 900
+  - { name: bare, protocol: tcp, address: 198.19.0.102, port: 7, server_group: empty }
+";
 
 /// One backend entry (one member of one listener).
 #[derive(Clone, Copy, Debug)]
@@ -20,7 +101,7 @@ pub struct ListenerSpec {
     pub scheduler: Scheduler,
     /// Backend ids.
     pub members: Vec<u32>,
-    /// Denied source prefixes (access list `id + 1`, mode deny); empty: no access list.
+    /// Denied source prefixes (an access list in deny mode); empty: no access list.
     pub deny: Vec<(Ipv4Addr, u8)>,
     pub(super) maglev: Vec<u32>,
 }
@@ -38,81 +119,103 @@ impl ListenerSpec {
     }
 }
 
-/// What the run installs: backends, listeners, VIP markers, access lists.
+/// What the run installs, and the model's view of it.
 #[derive(Clone, Debug)]
 pub struct Setup {
+    /// Indexed by backend id.
     pub backends: Vec<BackendSpec>,
+    /// In listener id order.
     pub listeners: Vec<ListenerSpec>,
     pub vips: Vec<Ipv4Addr>,
+    config: Config,
+    desired: Desired,
 }
 
 impl Setup {
-    /// The fuzzing setup: seven listeners on two VIPs plus a bare VIP marker; every
-    /// forwarding outcome (redirect, TX, unknown neighbour, no route, not a redirect
-    /// target, no backend, access list, collision) is reachable.
+    /// The fuzzing setup (`CONFIG`), planned as the controller plans it.
     pub fn standard() -> Setup {
-        let b = |id, addr, port| BackendSpec { id, addr, port };
-        let backends = vec![
-            b(0, B0, 8080),
-            b(1, B1, 8080),
-            b(2, B_NO_NEIGH, 8080),
-            b(3, B0, 5353),
-            b(4, B1, 5353),
-            b(5, B0, 8080),
-            b(6, B_FAR, 53),
-            b(7, B_OTHER_SIDE, 443),
-            b(8, B1, 5000),
-            b(9, B_NO_NEIGH, 5000),
-        ];
-        let l = |id, vip, port, protocol, scheduler, members: &[u32], deny: &[(Ipv4Addr, u8)]| {
-            ListenerSpec {
-                id,
-                vip,
-                port,
-                protocol,
-                scheduler,
-                members: members.to_vec(),
-                deny: deny.to_vec(),
-                maglev: Vec::new(),
-            }
-        };
-        let mut listeners = vec![
-            l(0, VIP, 80, PROTO_TCP, Scheduler::Tch, &[0, 1, 2], &[]),
-            l(
-                1,
-                VIP,
-                53,
-                PROTO_UDP,
-                Scheduler::Tch,
-                &[3, 4],
-                &[(CLIENT_NO_NEIGH, 32), (ip(198, 19, 200, 0), 24)],
-            ),
-            l(2, VIP2, 80, PROTO_TCP, Scheduler::Wrr, &[5], &[]),
-            l(3, VIP2, 53, PROTO_UDP, Scheduler::Rr, &[6], &[]),
-            l(4, VIP2, 443, PROTO_TCP, Scheduler::Wlc, &[7], &[]),
-            l(5, VIP, 8080, PROTO_TCP, Scheduler::Wrr, &[], &[]),
-            l(6, VIP, 5000, PROTO_UDP, Scheduler::Tch, &[8, 9], &[]),
-        ];
-        for listener in &mut listeners {
-            let members: Vec<MaglevBackend> = listener
-                .members
-                .iter()
-                .map(|&id| {
-                    let m = backends[id as usize];
-                    MaglevBackend {
-                        id,
-                        addr: u32::from_ne_bytes(m.addr.octets()),
-                        port: m.port.to_be(),
-                        weight: 100,
-                    }
-                })
-                .collect();
-            listener.maglev = maglev::build_table(&members, MAGLEV_TABLE_SIZE);
-        }
+        Setup::of(provision::config(CONFIG))
+    }
+
+    /// The model's view of `config` as planned: every listener's backends in its tables,
+    /// their Maglev table, its denied prefixes. Panics on what the model does not follow
+    /// (allow lists, persistence, other idle timeouts, weights).
+    pub fn of(config: Config) -> Setup {
+        let planned = Provisioned::plan(config, Runtime::default(), sizes(0))
+            .expect("the fuzzing config fits its maps");
+        let desired = planned.desired().clone();
+        let mut backends: Vec<BackendSpec> = desired
+            .listeners
+            .values()
+            .flat_map(|l| &l.backends)
+            .map(|b| BackendSpec {
+                id: b.id,
+                addr: b.key.address,
+                port: b.key.port,
+            })
+            .collect();
+        backends.sort_by_key(|b| b.id);
+        assert!(
+            backends.iter().enumerate().all(|(i, b)| b.id == i as u32),
+            "backend ids are 0..n: {backends:?}"
+        );
+        let mut listeners: Vec<ListenerSpec> = desired
+            .listeners
+            .values()
+            .map(|l| {
+                let idle_timeout = match l.frontend.protocol {
+                    Protocol::Tcp => l.established_timeout,
+                    Protocol::Udp => l.udp_timeout,
+                };
+                assert_eq!(
+                    (idle_timeout, l.persistence_timeout),
+                    (IDLE_TIMEOUT_S, 0),
+                    "{}: the model knows one idle timeout and no persistence",
+                    l.name
+                );
+                assert!(
+                    l.backends.iter().all(|b| b.in_table && b.weight == 100),
+                    "{}: the model knows healthy backends of weight 100",
+                    l.name
+                );
+                let deny = match l.acl_mode {
+                    ACL_NONE => Vec::new(),
+                    ACL_DENY => desired.acls[&l.acl_id].iter().copied().collect(),
+                    _ => panic!("{}: the model knows deny lists only", l.name),
+                };
+                let members: Vec<u32> = l.backends.iter().map(|b| b.id).collect();
+                let maglev_members: Vec<MaglevBackend> = l
+                    .backends
+                    .iter()
+                    .map(|b| MaglevBackend {
+                        id: b.id,
+                        addr: u32::from_ne_bytes(b.key.address.octets()),
+                        port: b.key.port.to_be(),
+                        weight: b.effective_weight,
+                    })
+                    .collect();
+                ListenerSpec {
+                    id: l.id,
+                    vip: l.frontend.address,
+                    port: l.frontend.port,
+                    protocol: l.frontend.protocol.number(),
+                    scheduler: l.scheduler,
+                    members,
+                    deny,
+                    maglev: maglev::build_table(&maglev_members, MAGLEV_TABLE_SIZE),
+                }
+            })
+            .collect();
+        listeners.sort_by_key(|l| l.id);
+        let mut vips: Vec<Ipv4Addr> = listeners.iter().map(|l| l.vip).collect();
+        vips.sort();
+        vips.dedup();
         Setup {
             backends,
             listeners,
-            vips: vec![VIP, VIP2, VIP3],
+            vips,
+            config: planned.config,
+            desired,
         }
     }
 
@@ -150,72 +253,14 @@ impl Setup {
         }
     }
 
-    /// Writes everything into the maps, the way the controller does: backends, tables,
-    /// listener entries, VIP markers, access lists.
+    /// Writes the config into the maps through the controller's plan and reconciler; the
+    /// ids are the ones the model was built with.
     pub fn install(&self, dp: &mut DataPlane) -> anyhow::Result<()> {
-        let be = |a: Ipv4Addr| u32::from_ne_bytes(a.octets());
-        for l in &self.listeners {
-            for &id in &l.members {
-                let m = self.backends[id as usize];
-                dp.set_backend(
-                    id,
-                    Backend {
-                        addr: be(m.addr),
-                        port: m.port.to_be(),
-                        flags: BACKEND_F_USABLE,
-                        weight: 100,
-                        listener: l.id,
-                        generation: 1,
-                        ..Default::default()
-                    },
-                )?;
-            }
-            let weighted: Vec<(u32, u32)> = l.members.iter().map(|&id| (id, 100)).collect();
-            let sequence = match l.scheduler {
-                Scheduler::Wrr => wrr::weighted_sequence(&weighted, lb_common::SEQUENCE_TABLE_SIZE),
-                _ => wrr::each_once(&weighted),
-            };
-            let slot = l.id * 2;
-            dp.write_table(
-                slot,
-                &l.maglev,
-                &sequence,
-                TableMeta {
-                    backends: l.members.len() as u32,
-                    sequence_len: sequence.len() as u32,
-                },
-            )?;
-            let acl_id = l.id + 1;
-            for &(net, len) in &l.deny {
-                dp.add_acl_entry(acl_id, net, len)?;
-            }
-            dp.set_listener(
-                ListenerKey {
-                    addr: be(l.vip),
-                    port: l.port.to_be(),
-                    protocol: l.protocol,
-                    _pad: 0,
-                },
-                Listener {
-                    id: l.id,
-                    table: slot,
-                    scheduler: l.scheduler as u8,
-                    established_timeout_s: IDLE_TIMEOUT_S,
-                    udp_timeout_s: IDLE_TIMEOUT_S,
-                    acl_mode: if l.deny.is_empty() {
-                        ACL_NONE
-                    } else {
-                        ACL_DENY
-                    },
-                    acl_id: if l.deny.is_empty() { 0 } else { acl_id },
-                    ..Default::default()
-                },
-            )?;
-            dp.reset_cursor(l.id)?;
-        }
-        for &vip in &self.vips {
-            dp.add_vip(be(vip))?;
-        }
+        let installed = Provisioned::install(dp, self.config.clone(), Runtime::default())?;
+        anyhow::ensure!(
+            *installed.desired() == self.desired,
+            "the data plane's maps are planned differently from the model's"
+        );
         Ok(())
     }
 }
