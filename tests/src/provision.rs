@@ -47,6 +47,10 @@ impl Provisioned {
     /// Plans `config` and `runtime` for maps of `sizes` without touching any map: the ids
     /// and tables [`Provisioned::install`] would give them.
     pub fn plan(config: Config, runtime: Runtime, sizes: MapSizes) -> anyhow::Result<Self> {
+        // A typed config is validated as the runtime API validates what it builds.
+        config
+            .validate()
+            .map_err(|errors| anyhow!("the config is invalid:\n{errors}"))?;
         let mut ids = Ids::new(sizes.max_listeners, sizes.max_backends);
         let desired = plan::plan(&config, &runtime, &mut ids)?;
         Ok(Self {
