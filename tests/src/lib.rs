@@ -6,6 +6,8 @@
 //! - [`backend`]: a handle on the `lb-test-backend` server started inside a namespace.
 //! - [`client`]: HTTP (curl) and UDP clients run from a namespace, and tallies of answers.
 //! - [`flood`]: forged SYNs from a raw socket, with any source address.
+//! - [`steady`]: steady traffic of new connections in a thread, in timed batches, while a
+//!   test changes something.
 //! - [`provision`]: map contents from a config through the controller's plan and
 //!   reconciler, for fixtures, the fuzzer and the benchmarks.
 //! - [`xdp`]: one frame through a loaded XDP program (BPF_PROG_TEST_RUN), and the actions.
@@ -28,6 +30,7 @@ pub mod netns;
 pub mod packet;
 pub mod privilege;
 pub mod provision;
+pub mod steady;
 pub mod topology;
 pub mod xdp;
 
