@@ -22,7 +22,7 @@ use lb_ctl::{
 use lb_tests::{
     Netns,
     bench::util::pin_to_cpu,
-    packet::{self, ACK, FIN, Frame, Mac, RST, SYN, diff},
+    packet::{self, ACK, FIN, Frame, Mac, RST, SYN, diff, mac_string},
     provision::{self, Provisioned},
     require_root_and_bpf, unique_prefix, veth,
     xdp::{self, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX},
@@ -66,8 +66,8 @@ fn lab(tag: &str) -> Option<Lab> {
     let peer = Netns::create(&format!("{prefix}fp"));
     veth(&ns, "cl0", &peer, "pcl0");
     veth(&ns, "be0", &peer, "pbe0");
-    ns.set_mac("cl0", &mac_str(LB_CLIENT_MAC));
-    ns.set_mac("be0", &mac_str(LB_BACKEND_MAC));
+    ns.set_mac("cl0", &mac_string(LB_CLIENT_MAC));
+    ns.set_mac("be0", &mac_string(LB_BACKEND_MAC));
     for dev in ["cl0", "be0"] {
         ns.link_up(dev);
     }
@@ -77,9 +77,9 @@ fn lab(tag: &str) -> Option<Lab> {
     ns.addr_add("cl0", "198.18.0.1/24");
     ns.addr_add("be0", "198.18.1.1/24");
     ns.sysctl("net.ipv4.ip_forward", 1);
-    ns.neigh_permanent("cl0", CLIENT, &mac_str(CLIENT_MAC));
+    ns.neigh_permanent("cl0", CLIENT, &mac_string(CLIENT_MAC));
     for (addr, mac) in B.iter().zip(B_MAC) {
-        ns.neigh_permanent("be0", addr, &mac_str(mac));
+        ns.neigh_permanent("be0", addr, &mac_string(mac));
     }
     Some(Lab {
         client_if: ns.ifindex("cl0"),
@@ -87,13 +87,6 @@ fn lab(tag: &str) -> Option<Lab> {
         ns,
         _peer: peer,
     })
-}
-
-fn mac_str(m: Mac) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
 }
 
 fn be(a: Ipv4Addr) -> u32 {
@@ -1202,7 +1195,7 @@ fn same_interface_replies_use_xdp_tx() {
         // A backend on the client-side segment: in and out through cl0.
         let local = Ipv4Addr::new(198, 18, 0, 50);
         let local_mac: Mac = [0x02, 0, 0, 0, 0, 0x50];
-        lab.ns.neigh_permanent("cl0", local, &mac_str(local_mac));
+        lab.ns.neigh_permanent("cl0", local, &mac_string(local_mac));
         provision(
             &mut dp,
             "

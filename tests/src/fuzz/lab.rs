@@ -47,13 +47,6 @@ pub(super) const B1_MAC: Mac = [0x02, 0, 0, 0, 0, 0xb1];
 pub(super) const OT_MAC: Mac = [0x02, 0, 0, 0, 0, 0xd0];
 pub(super) const OT2_MAC: Mac = [0x02, 0, 0, 0, 0, 0xd2];
 
-pub(super) fn mac_str(m: Mac) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
 /// The namespace the program runs in, with its three interfaces. Removed on drop.
 pub struct Lab {
     pub(super) ns: Netns,
@@ -76,7 +69,7 @@ impl Lab {
         ];
         for (dev, peer_dev, mac, cidr) in links {
             veth(&ns, dev, &peer, peer_dev);
-            ns.set_mac(dev, &mac_str(mac));
+            ns.set_mac(dev, &mac_string(mac));
             ns.link_up(dev);
             peer.link_up(peer_dev);
             ns.addr_add(dev, cidr);
@@ -89,7 +82,7 @@ impl Lab {
             ("ot0", B_OTHER_SIDE, OT_MAC),
             ("ot0", CLIENT_OTHER_SIDE, OT2_MAC),
         ] {
-            ns.neigh_permanent(dev, addr, &mac_str(mac));
+            ns.neigh_permanent(dev, addr, &mac_string(mac));
         }
         Lab {
             client_if: ns.ifindex("cl0"),

@@ -44,7 +44,7 @@ use lb_ctl::dataplane::{DataPlane, LoadOptions, MapSizes};
 use crate::{
     Netns,
     netns::{unique_prefix, veth},
-    packet::{ACK, FIN, Frame, Mac, PSH, RST, SYN, Transport},
+    packet::{ACK, FIN, Frame, Mac, PSH, RST, SYN, Transport, mac_string},
     xdp::{self, XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX, action_name},
 };
 
