@@ -1,10 +1,24 @@
 //! The generator: structured frames (flows, replies, ICMP errors, hostile variants)
 //! and a deterministic sweep of malformed ones.
 
-use super::*;
+use std::net::Ipv4Addr;
+
+use lb_common::{PROTO_ICMP, PROTO_TCP, PROTO_UDP, csum};
+
+use super::{
+    lab::{
+        B_FAR, B_NO_NEIGH, B_OTHER_SIDE, B0, B0_MAC, B1, CLIENT, CLIENT_FAR, CLIENT_MAC,
+        CLIENT_NO_NEIGH, CLIENT_OTHER_SIDE, LB_BACKEND_MAC, LB_CLIENT_MAC, Lab, OTHER, VIP, VIP2,
+        VIP3, ip,
+    },
+    model::{Model, Tuple, be16},
+    rng::Rng,
+    setup::{ListenerSpec, Setup},
+};
+use crate::packet::{ACK, FIN, Frame, PSH, RST, SYN, Transport};
 
 /// Source ports of generated flows: few, so the flow table stays far from full.
-pub(super) const SPORTS: [u16; 48] = {
+const SPORTS: [u16; 48] = {
     let mut p = [0u16; 48];
     let mut i = 0;
     while i < 48 {
@@ -14,7 +28,7 @@ pub(super) const SPORTS: [u16; 48] = {
     p
 };
 
-pub(super) const CLIENTS: [Ipv4Addr; 7] = [
+const CLIENTS: [Ipv4Addr; 7] = [
     CLIENT,
     CLIENT,
     CLIENT,
@@ -27,7 +41,7 @@ pub(super) const CLIENTS: [Ipv4Addr; 7] = [
 
 /// Destinations that are not listeners: other hosts, addresses next to the VIPs, the
 /// LB's own, a VIP whose listener frames do not address.
-pub(super) const NOT_LISTENERS: [Ipv4Addr; 9] = [
+const NOT_LISTENERS: [Ipv4Addr; 9] = [
     OTHER,
     ip(198, 19, 0, 99),
     ip(198, 19, 0, 103),
@@ -40,7 +54,7 @@ pub(super) const NOT_LISTENERS: [Ipv4Addr; 9] = [
 ];
 
 /// Every address the generator may put in a header.
-pub(super) const ADDRESSES: [Ipv4Addr; 16] = [
+const ADDRESSES: [Ipv4Addr; 16] = [
     VIP,
     VIP2,
     VIP3,
@@ -60,21 +74,21 @@ pub(super) const ADDRESSES: [Ipv4Addr; 16] = [
 ];
 
 pub(super) struct Generator {
-    pub(super) rng: Rng,
+    rng: Rng,
     /// Deterministic cases run first: truncations, every IHL, every data offset, ….
-    pub(super) sweep: Vec<(Vec<u8>, u32, &'static str)>,
+    sweep: Vec<(Vec<u8>, u32, &'static str)>,
 }
 
-pub(super) fn client_frame(f: Frame) -> Frame {
+fn client_frame(f: Frame) -> Frame {
     f.macs(CLIENT_MAC, LB_CLIENT_MAC)
 }
 
-pub(super) fn backend_frame(f: Frame) -> Frame {
+fn backend_frame(f: Frame) -> Frame {
     f.macs(B0_MAC, LB_BACKEND_MAC)
 }
 
 /// Recomputes the IP header checksum if the header is inside the frame.
-pub(super) fn fix_ip(f: &mut [u8]) {
+fn fix_ip(f: &mut [u8]) {
     if f.len() < 34 {
         return;
     }
@@ -88,7 +102,7 @@ pub(super) fn fix_ip(f: &mut [u8]) {
 }
 
 /// Recomputes the TCP or UDP checksum if the headers are consistent enough to say where.
-pub(super) fn fix_l4(f: &mut [u8]) {
+fn fix_l4(f: &mut [u8]) {
     if f.len() < 34 || be16(f, 12) != 0x0800 {
         return;
     }
@@ -121,13 +135,7 @@ pub(super) fn fix_l4(f: &mut [u8]) {
 }
 
 /// An ICMP message: type, code, checksum, 4 bytes, then `body`.
-pub(super) fn icmp_message(
-    kind: u8,
-    code: u8,
-    rest: [u8; 4],
-    body: &[u8],
-    good_checksum: bool,
-) -> Vec<u8> {
+fn icmp_message(kind: u8, code: u8, rest: [u8; 4], body: &[u8], good_checksum: bool) -> Vec<u8> {
     let mut m = vec![kind, code, 0, 0];
     m.extend_from_slice(&rest);
     m.extend_from_slice(body);
@@ -188,7 +196,7 @@ impl Generator {
     }
 
     /// IP options and fragment bits, sometimes.
-    pub(super) fn ip_extras(&mut self, mut f: Frame) -> Frame {
+    fn ip_extras(&mut self, mut f: Frame) -> Frame {
         if self.rng.chance(8) {
             let n = self.rng.usize(1, 40);
             let mut opts = self.rng.bytes(n);
@@ -229,7 +237,7 @@ impl Generator {
 
     /// Gives a TCP frame of a flow the model knows sequence numbers that fit it, half of
     /// the time: random ones almost never close anything.
-    pub(super) fn fit_numbers(&mut self, f: &mut Frame, numbers: Option<(u32, u32)>) {
+    fn fit_numbers(&mut self, f: &mut Frame, numbers: Option<(u32, u32)>) {
         if let (Some((seq, ack)), &Transport::Tcp { flags, .. }) = (numbers, &f.transport)
             && self.rng.chance(50)
         {
@@ -242,7 +250,7 @@ impl Generator {
         }
     }
 
-    pub(super) fn client_tcp(&mut self, setup: &Setup, model: &Model) -> Vec<u8> {
+    fn client_tcp(&mut self, setup: &Setup, model: &Model) -> Vec<u8> {
         let src = (*self.rng.pick(&CLIENTS), self.sport());
         let dst = if self.rng.chance(88) {
             let tcp: Vec<&ListenerSpec> = setup
@@ -268,7 +276,7 @@ impl Generator {
         client_frame(f).build()
     }
 
-    pub(super) fn client_udp(&mut self, setup: &Setup) -> Vec<u8> {
+    fn client_udp(&mut self, setup: &Setup) -> Vec<u8> {
         let src = (*self.rng.pick(&CLIENTS), self.sport());
         let dst = if self.rng.chance(88) {
             let udp: Vec<&ListenerSpec> = setup
@@ -311,7 +319,7 @@ impl Generator {
     }
 
     /// TCP/UDP to hosts and ports that are not listeners.
-    pub(super) fn not_for_us(&mut self) -> Vec<u8> {
+    fn not_for_us(&mut self) -> Vec<u8> {
         let src = (*self.rng.pick(&ADDRESSES), self.rng.u16());
         let dst = (*self.rng.pick(&NOT_LISTENERS), self.rng.u16());
         let f = if self.rng.chance(50) {
@@ -323,7 +331,7 @@ impl Generator {
         client_frame(f).build()
     }
 
-    pub(super) fn other_protocol(&mut self) -> Vec<u8> {
+    fn other_protocol(&mut self) -> Vec<u8> {
         let mut f = Frame::udp(
             (*self.rng.pick(&ADDRESSES), 0),
             (*self.rng.pick(&[VIP, VIP2, OTHER, VIP3]), 0),
@@ -338,7 +346,7 @@ impl Generator {
 
     /// A quoted packet: IPv4 header (20 bytes unless `vihl` says otherwise) and the first
     /// `l4_len` bytes of its TCP or UDP header.
-    pub(super) fn quote(&mut self, t: &Tuple, l4_len: usize, vihl: u8) -> Vec<u8> {
+    fn quote(&mut self, t: &Tuple, l4_len: usize, vihl: u8) -> Vec<u8> {
         let mut f = if t.proto == PROTO_TCP {
             Frame::tcp((t.src, t.sport), (t.dst, t.dport), ACK)
         } else {
@@ -502,7 +510,7 @@ impl Generator {
     }
 
     /// VLAN-tagged, IPv6, ARP, other ethertypes.
-    pub(super) fn not_ipv4(&mut self) -> Vec<u8> {
+    fn not_ipv4(&mut self) -> Vec<u8> {
         let inner = client_frame(Frame::tcp((CLIENT, 40000), (VIP, 80), SYN)).build();
         let mut f = inner[..12].to_vec();
         match self.rng.below(5) {
@@ -539,7 +547,7 @@ impl Generator {
         f
     }
 
-    pub(super) fn random_bytes(&mut self) -> Vec<u8> {
+    fn random_bytes(&mut self) -> Vec<u8> {
         let n = if self.rng.chance(5) {
             self.rng.usize(0, 1600)
         } else {
@@ -565,7 +573,7 @@ impl Generator {
     }
 
     /// One or two structural mutations of an IPv4 frame.
-    pub(super) fn mutate(&mut self, f: &mut Vec<u8>) {
+    fn mutate(&mut self, f: &mut Vec<u8>) {
         for _ in 0..self.rng.usize(1, 2) {
             if f.len() < 34 {
                 return;
@@ -710,7 +718,7 @@ impl Generator {
     /// Deterministic cases: every truncation of a few packets (with the IP total length
     /// as built and as the shorter frame), every IHL, every TCP data offset, fragments,
     /// TTLs. Returned in reverse order (they are popped).
-    pub(super) fn sweep_cases(&mut self, lab: &Lab) -> Vec<(Vec<u8>, u32, &'static str)> {
+    fn sweep_cases(&mut self, lab: &Lab) -> Vec<(Vec<u8>, u32, &'static str)> {
         let c = lab.client_if;
         let syn = client_frame(
             Frame::tcp((CLIENT, 40000), (VIP, 80), SYN)

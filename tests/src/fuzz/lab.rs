@@ -1,7 +1,13 @@
 //! The lab: a namespace with the three LB interfaces, its addresses and neighbours,
 //! and what `bpf_fib_lookup` answers there.
 
-use super::*;
+use std::net::Ipv4Addr;
+
+use crate::{
+    Netns,
+    netns::{unique_prefix, veth},
+    packet::{Mac, mac_string},
+};
 
 pub const LB_CLIENT_MAC: Mac = [0x02, 0, 0, 0, 0x0c, 0x01];
 pub const LB_BACKEND_MAC: Mac = [0x02, 0, 0, 0, 0x0b, 0x01];
@@ -43,14 +49,14 @@ pub const B_FAR: Ipv4Addr = ip(198, 19, 200, 10);
 pub const B_OTHER_SIDE: Ipv4Addr = ip(198, 18, 2, 10);
 
 pub(super) const B0_MAC: Mac = [0x02, 0, 0, 0, 0, 0xb0];
-pub(super) const B1_MAC: Mac = [0x02, 0, 0, 0, 0, 0xb1];
-pub(super) const OT_MAC: Mac = [0x02, 0, 0, 0, 0, 0xd0];
-pub(super) const OT2_MAC: Mac = [0x02, 0, 0, 0, 0, 0xd2];
+const B1_MAC: Mac = [0x02, 0, 0, 0, 0, 0xb1];
+const OT_MAC: Mac = [0x02, 0, 0, 0, 0, 0xd0];
+const OT2_MAC: Mac = [0x02, 0, 0, 0, 0, 0xd2];
 
 /// The namespace the program runs in, with its three interfaces. Removed on drop.
 pub struct Lab {
-    pub(super) ns: Netns,
-    pub(super) _peer: Netns,
+    ns: Netns,
+    _peer: Netns,
     pub client_if: u32,
     pub backend_if: u32,
     pub other_if: u32,

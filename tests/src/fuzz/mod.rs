@@ -26,28 +26,6 @@
 //!   the report lists each kind of disagreement with its first examples (input bytes,
 //!   expected, observed) and the seed and packet number that reproduce it.
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    fmt::{self, Write as _},
-    net::Ipv4Addr,
-    time::{Duration, Instant},
-};
-
-use lb_common::{
-    ACL_DENY, ACL_NONE, CLOSE_WINDOW, FIN_TIMEOUT_S, FLOW_F_FIN, FLOW_F_OPENING, FLOW_F_RST,
-    FlowKey, HALF_OPEN_TIMEOUT_S, MAGLEV_TABLE_SIZE, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
-    REVERSE_F_ACKED, RST_TIMEOUT_S, Reason, Scheduler, Verdict, csum, hash,
-    maglev::{self, MaglevBackend},
-};
-use lb_ctl::dataplane::{DataPlane, LoadOptions, MapSizes};
-
-use crate::{
-    Netns,
-    netns::{unique_prefix, veth},
-    packet::{ACK, FIN, Frame, Mac, PSH, RST, SYN, Transport, mac_string},
-    xdp::{self, XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX, action_name},
-};
-
 /// BPF_PROG_TEST_RUN refuses frames shorter than an Ethernet header, and longer than a
 /// page minus the XDP headroom and the shared info.
 const MIN_FRAME: usize = 14;
@@ -67,5 +45,4 @@ mod rng;
 mod runner;
 mod setup;
 
-use self::generator::*;
 pub use self::{lab::*, model::*, report::*, rng::*, runner::*, setup::*};

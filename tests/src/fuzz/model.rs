@@ -1,7 +1,26 @@
 //! The model: what the packet policy says about a frame, from its bytes, the setup and
 //! a shadow of the flow and reverse tables; and the output bytes it expects.
 
-use super::*;
+use std::{
+    collections::HashMap,
+    fmt::{self, Write as _},
+    net::Ipv4Addr,
+};
+
+use lb_common::{
+    CLOSE_WINDOW, FIN_TIMEOUT_S, FLOW_F_FIN, FLOW_F_OPENING, FLOW_F_RST, FlowKey,
+    HALF_OPEN_TIMEOUT_S, PROTO_ICMP, PROTO_TCP, PROTO_UDP, RST_TIMEOUT_S, Reason, csum,
+};
+
+use super::{
+    CLOCK_SLACK_NS, IDLE_TIMEOUT_S, MAX_FRAME, MIN_FRAME, MTU,
+    lab::{Lab, Route},
+    setup::{BackendSpec, Setup},
+};
+use crate::{
+    packet::{ACK, FIN, Mac, RST, SYN},
+    xdp::{XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX},
+};
 
 /// A 5-tuple as it appears in a packet (host order here).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -28,7 +47,7 @@ impl Tuple {
 
     /// The client-side tuple of the flow whose reverse entry `rev` sits at backend-side
     /// tuple `self`: the inverse of [`Tuple::backend_side`].
-    pub(super) fn client_side(&self, rev: &ShadowRev) -> Tuple {
+    fn client_side(&self, rev: &ShadowRev) -> Tuple {
         Tuple {
             src: self.dst,
             dst: rev.vip,
@@ -118,7 +137,7 @@ pub struct Model {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(super) struct Delta {
     pub(super) flow: Option<(Tuple, ShadowFlow)>,
-    pub(super) rev: Option<(Tuple, ShadowRev)>,
+    rev: Option<(Tuple, ShadowRev)>,
 }
 
 /// One outcome the policy allows for a frame.
@@ -146,12 +165,12 @@ pub(super) enum Out {
 #[derive(Clone, Debug)]
 pub(super) struct Expected {
     pub(super) bytes: Vec<u8>,
-    pub(super) masked: Vec<usize>,
-    pub(super) checks: Vec<Check>,
+    masked: Vec<usize>,
+    checks: Vec<Check>,
 }
 
 #[derive(Clone, Debug)]
-pub(super) enum Check {
+enum Check {
     /// The Internet checksum over `start..end` verifies.
     Sum {
         what: &'static str,
@@ -189,11 +208,11 @@ pub(super) fn addr_at(f: &[u8], at: usize) -> Ipv4Addr {
     Ipv4Addr::new(f[at], f[at + 1], f[at + 2], f[at + 3])
 }
 
-pub(super) fn sum_ok(data: &[u8]) -> bool {
+fn sum_ok(data: &[u8]) -> bool {
     csum::checksum(data) == 0
 }
 
-pub(super) fn l4_ok(f: &[u8], ip: usize, l4: usize, len: usize, proto: u8) -> bool {
+fn l4_ok(f: &[u8], ip: usize, l4: usize, len: usize, proto: u8) -> bool {
     let mut pseudo = Vec::with_capacity(12 + len);
     pseudo.extend_from_slice(&f[ip + 12..ip + 20]);
     pseudo.extend_from_slice(&[0, proto]);
@@ -204,7 +223,7 @@ pub(super) fn l4_ok(f: &[u8], ip: usize, l4: usize, len: usize, proto: u8) -> bo
 
 /// The echo reply the program makes of echo request `p`, in place: MACs and addresses
 /// swapped, TTL 64, type 0, both checksums updated for the changed words only.
-pub(super) fn echo_reply(p: &Pkt<'_>) -> Expected {
+fn echo_reply(p: &Pkt<'_>) -> Expected {
     let f = p.f;
     let mut e = Expected::from(f);
     e.set(0, &f[6..12]);
@@ -225,7 +244,7 @@ pub(super) fn echo_reply(p: &Pkt<'_>) -> Expected {
 }
 
 /// RFC 1624 eqn. 3 over big-endian words: the checksum after `old` words became `new`.
-pub(super) fn adjusted(check: u16, old: &[u16], new: &[u16]) -> u16 {
+fn adjusted(check: u16, old: &[u16], new: &[u16]) -> u16 {
     let mut sum = u32::from(!check);
     for &w in old {
         sum += u32::from(!w);
@@ -239,7 +258,7 @@ pub(super) fn adjusted(check: u16, old: &[u16], new: &[u16]) -> u16 {
     !(sum as u16)
 }
 
-pub(super) fn addr_words(a: Ipv4Addr) -> [u16; 2] {
+fn addr_words(a: Ipv4Addr) -> [u16; 2] {
     let o = a.octets();
     [
         u16::from_be_bytes([o[0], o[1]]),
@@ -256,7 +275,7 @@ impl Expected {
         }
     }
 
-    pub(super) fn set(&mut self, at: usize, value: &[u8]) {
+    fn set(&mut self, at: usize, value: &[u8]) {
         self.bytes[at..at + value.len()].copy_from_slice(value);
     }
 
@@ -265,7 +284,7 @@ impl Expected {
     }
 
     /// Router's TTL − 1 and the next hop's MACs.
-    pub(super) fn hop(&mut self, smac: Mac, dmac: Mac) {
+    fn hop(&mut self, smac: Mac, dmac: Mac) {
         self.bytes[22] = self.bytes[22].wrapping_sub(1);
         self.set(0, &dmac);
         self.set(6, &smac);
@@ -353,7 +372,7 @@ pub(super) struct Pkt<'a> {
 impl Pkt<'_> {
     /// A TCP segment's sequence and acknowledgement numbers (0 for UDP, as the program
     /// reads them).
-    pub(super) fn seq_ack(&self) -> (u32, u32) {
+    fn seq_ack(&self) -> (u32, u32) {
         if self.proto != PROTO_TCP {
             return (0, 0);
         }
@@ -364,14 +383,14 @@ impl Pkt<'_> {
 
 /// What the entry of a flow means for its next packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum EntryState {
+enum EntryState {
     Missing,
     Expired,
     Live { closing: bool },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Step {
+enum Step {
     Reuse,
     Schedule,
     Pickup,
@@ -379,7 +398,7 @@ pub(super) enum Step {
 
 /// Three-valued: the clock window decides, or not.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Tri {
+enum Tri {
     Yes,
     No,
     Maybe,
@@ -395,7 +414,7 @@ impl Tri {
     }
 }
 
-pub(super) fn next_step(proto: u8, tcp_flags: u8, state: EntryState) -> Step {
+fn next_step(proto: u8, tcp_flags: u8, state: EntryState) -> Step {
     let tcp = proto == PROTO_TCP;
     let open = tcp_flags & (SYN | ACK) == SYN;
     match state {
@@ -406,7 +425,7 @@ pub(super) fn next_step(proto: u8, tcp_flags: u8, state: EntryState) -> Step {
     }
 }
 
-pub(super) fn close_flags(tcp_flags: u8) -> u32 {
+fn close_flags(tcp_flags: u8) -> u32 {
     if tcp_flags & RST != 0 {
         FLOW_F_RST
     } else if tcp_flags & FIN != 0 {
@@ -416,7 +435,7 @@ pub(super) fn close_flags(tcp_flags: u8) -> u32 {
     }
 }
 
-pub(super) fn idle_timeout_ns(proto: u8, flags: u32) -> u64 {
+fn idle_timeout_ns(proto: u8, flags: u32) -> u64 {
     let s = if proto != PROTO_TCP {
         IDLE_TIMEOUT_S
     } else if flags & FLOW_F_OPENING != 0 && flags & (FLOW_F_FIN | FLOW_F_RST) == 0 {
@@ -432,7 +451,7 @@ pub(super) fn idle_timeout_ns(proto: u8, flags: u32) -> u64 {
 }
 
 /// Whether a flow is idle past its timeout at a time within `now`.
-pub(super) fn expired(flow: &ShadowFlow, proto: u8, now: (u64, u64)) -> Tri {
+fn expired(flow: &ShadowFlow, proto: u8, now: (u64, u64)) -> Tri {
     let timeout = idle_timeout_ns(proto, flow.flags);
     let least = now.0.saturating_sub(flow.seen.1 + CLOCK_SLACK_NS);
     let most = (now.1 + CLOCK_SLACK_NS).saturating_sub(flow.seen.0);
@@ -445,7 +464,7 @@ pub(super) fn expired(flow: &ShadowFlow, proto: u8, now: (u64, u64)) -> Tri {
     }
 }
 
-pub(super) fn outcome(action: u32, reason: Reason, out: Out) -> Outcome {
+fn outcome(action: u32, reason: Reason, out: Out) -> Outcome {
     Outcome {
         action,
         reason,
@@ -455,11 +474,11 @@ pub(super) fn outcome(action: u32, reason: Reason, out: Out) -> Outcome {
     }
 }
 
-pub(super) fn pass(reason: Reason) -> Vec<Outcome> {
+fn pass(reason: Reason) -> Vec<Outcome> {
     vec![outcome(XDP_PASS, reason, Out::Unchanged)]
 }
 
-pub(super) fn drop_(reason: Reason) -> Vec<Outcome> {
+fn drop_(reason: Reason) -> Vec<Outcome> {
     vec![outcome(XDP_DROP, reason, Out::Unchanged)]
 }
 
@@ -524,7 +543,7 @@ impl Model {
         Prediction::Outcomes(self.ethernet(setup, lab, f, ingress, now))
     }
 
-    pub(super) fn ethernet(
+    fn ethernet(
         &self,
         setup: &Setup,
         lab: &Lab,
@@ -787,13 +806,7 @@ impl Model {
 
     /// Whether the flow owning reverse entry `e` is live (present, on the same backend,
     /// no FIN/RST seen, within its idle timeout).
-    pub(super) fn owner_live(
-        &self,
-        setup: &Setup,
-        t: &Tuple,
-        e: &ShadowRev,
-        now: (u64, u64),
-    ) -> Tri {
+    fn owner_live(&self, setup: &Setup, t: &Tuple, e: &ShadowRev, now: (u64, u64)) -> Tri {
         let owner = Tuple {
             src: t.src,
             dst: e.vip,
@@ -818,13 +831,7 @@ impl Model {
     }
 
     /// The destination NAT of a client packet, then the next hop.
-    pub(super) fn to_backend(
-        &self,
-        lab: &Lab,
-        p: &Pkt<'_>,
-        b: BackendSpec,
-        delta: Delta,
-    ) -> Vec<Outcome> {
+    fn to_backend(&self, lab: &Lab, p: &Pkt<'_>, b: BackendSpec, delta: Delta) -> Vec<Outcome> {
         let translated = nat_l4(p, true, b.addr, b.port);
         transmit(lab, p, translated, b.addr, Reason::Forwarded, delta)
     }
@@ -967,7 +974,7 @@ impl Model {
 
 /// The IP header checksum of the expected frame: masked, and checked when the input's
 /// verified.
-pub(super) fn ip_checksum(e: &mut Expected, f: &[u8], ihl: usize) {
+fn ip_checksum(e: &mut Expected, f: &[u8], ihl: usize) {
     e.mask(24);
     if sum_ok(&f[14..14 + ihl]) {
         e.checks.push(Check::Sum {
@@ -980,7 +987,7 @@ pub(super) fn ip_checksum(e: &mut Expected, f: &[u8], ihl: usize) {
 
 /// A TCP/UDP packet with its destination (`dst`) or source rewritten, checksums to
 /// match; TTL and MACs untouched (what the kernel gets when the program passes it).
-pub(super) fn nat_l4(p: &Pkt<'_>, dst: bool, addr: Ipv4Addr, port: u16) -> Expected {
+fn nat_l4(p: &Pkt<'_>, dst: bool, addr: Ipv4Addr, port: u16) -> Expected {
     let f = p.f;
     let mut e = Expected::from(f);
     e.set(if dst { 30 } else { 26 }, &addr.octets());
@@ -1018,7 +1025,7 @@ pub(super) fn nat_l4(p: &Pkt<'_>, dst: bool, addr: Ipv4Addr, port: u16) -> Expec
 /// An ICMP error with the quoted packet's source (`src`) or destination rewritten: the
 /// quoted IP checksum, the quoted L4 checksum when the quote holds it, the ICMP checksum
 /// and the outer IP checksum (outer addresses are set by the caller).
-pub(super) fn icmp_nat(p: &Pkt<'_>, q: usize, src: bool, addr: Ipv4Addr, port: u16) -> Expected {
+fn icmp_nat(p: &Pkt<'_>, q: usize, src: bool, addr: Ipv4Addr, port: u16) -> Expected {
     let f = p.f;
     let mut e = Expected::from(f);
     let addr_off = q + if src { 12 } else { 16 };
@@ -1072,7 +1079,7 @@ pub(super) fn icmp_nat(p: &Pkt<'_>, q: usize, src: bool, addr: Ipv4Addr, port: u
 /// destination to its source, TTL 64, DF with id 0, quoting the packet as it came in (its
 /// IPv4 header and 8 bytes of TCP/UDP). The translation is undone incrementally in the
 /// quote, so its checksums may come back as the other zero (0x0000 for 0xffff).
-pub(super) fn frag_needed(p: &Pkt<'_>, mtu: u16) -> Expected {
+fn frag_needed(p: &Pkt<'_>, mtu: u16) -> Expected {
     let f = p.f;
     let mut out = Vec::with_capacity(70);
     out.extend_from_slice(&f[6..12]);
@@ -1113,7 +1120,7 @@ pub(super) fn frag_needed(p: &Pkt<'_>, mtu: u16) -> Expected {
 
 /// `bpf_fib_lookup` towards `dst` for the translated packet, and what the program then
 /// does with it.
-pub(super) fn transmit(
+fn transmit(
     lab: &Lab,
     p: &Pkt<'_>,
     translated: Expected,
@@ -1182,6 +1189,10 @@ pub(super) fn transmit(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{
+        fuzz::lab::{B0, CLIENT, VIP},
+        packet::Frame,
+    };
 
     #[test]
     fn adjusted_checksum_matches_a_full_recomputation() {

@@ -1,7 +1,15 @@
 //! The report: disagreements between the program and the model, by kind, with
 //! examples that reproduce them.
 
-use super::*;
+use std::{
+    collections::BTreeMap,
+    fmt::{self, Write as _},
+    time::Duration,
+};
+
+use lb_common::{PROTO_ICMP, PROTO_TCP, PROTO_UDP};
+
+use super::model::{addr_at, be16};
 
 /// One kind of disagreement between the program and the model.
 #[derive(Clone, Debug, Default)]

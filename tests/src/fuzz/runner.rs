@@ -1,7 +1,22 @@
 //! The run: frames through the program, each checked against the model, and the
 //! checks at the end (counters, the whole flow table).
 
-use super::*;
+use std::{collections::HashMap, fmt::Write as _, net::Ipv4Addr, time::Instant};
+
+use lb_common::{FLOW_F_OPENING, PROTO_TCP, PROTO_UDP, REVERSE_F_ACKED, Reason, Verdict};
+use lb_ctl::dataplane::{DataPlane, LoadOptions};
+
+use super::{
+    generator::Generator,
+    lab::Lab,
+    model::{
+        MODELLED_FLAGS, Model, Out, Outcome, Prediction, ShadowFlow, ShadowRev, Tuple, addr_at,
+        be16,
+    },
+    report::{Report, describe, hex},
+    setup::{Setup, sizes},
+};
+use crate::xdp::{self, XDP_ABORTED, XDP_PASS, XDP_REDIRECT, XDP_TX, action_name};
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -25,7 +40,7 @@ impl Default for FuzzOptions {
     }
 }
 
-pub(super) fn clock_ns() -> u64 {
+fn clock_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
@@ -36,7 +51,7 @@ pub(super) fn clock_ns() -> u64 {
 }
 
 /// Verdict counters (events left out), by `Reason` index.
-pub(super) fn verdict_counters(dp: &DataPlane) -> anyhow::Result<Vec<u64>> {
+fn verdict_counters(dp: &DataPlane) -> anyhow::Result<Vec<u64>> {
     Reason::ALL
         .iter()
         .map(|&r| {
@@ -116,12 +131,12 @@ pub fn run(lab: &Lab, options: &FuzzOptions) -> anyhow::Result<Report> {
     })
 }
 
-pub(super) struct Fuzzer<'a> {
+struct Fuzzer<'a> {
     pub(super) lab: &'a Lab,
     pub(super) setup: Setup,
     pub(super) model: Model,
-    pub(super) generator: Generator,
-    pub(super) report: Report,
+    generator: Generator,
+    report: Report,
     pub(super) options: FuzzOptions,
 }
 
@@ -340,7 +355,7 @@ impl Fuzzer<'_> {
 
     /// Reads the flow (and its reverse entry) the frame may have touched back from the
     /// program, after an outcome the model could not pin down.
-    pub(super) fn resync(&mut self, dp: &DataPlane, frame: &[u8]) {
+    fn resync(&mut self, dp: &DataPlane, frame: &[u8]) {
         let Some(t) = tuple_of(frame) else { return };
         let Some(li) = self.setup.listener(t.dst, t.dport, t.proto) else {
             return;
@@ -389,12 +404,7 @@ impl Fuzzer<'_> {
     }
 
     /// The counters' sum and the whole flow table against the model.
-    pub(super) fn finish(
-        &mut self,
-        dp: &DataPlane,
-        initial: &[u64],
-        last: &[u64],
-    ) -> anyhow::Result<()> {
+    fn finish(&mut self, dp: &DataPlane, initial: &[u64], last: &[u64]) -> anyhow::Result<()> {
         let max = self.options.examples;
         let counted: u64 = last.iter().zip(initial).map(|(a, b)| a - b).sum();
         let now = verdict_counters(dp)?;
@@ -472,7 +482,7 @@ impl Fuzzer<'_> {
     }
 }
 
-pub(super) fn class(action: u32) -> Verdict {
+fn class(action: u32) -> Verdict {
     match action {
         XDP_PASS => Verdict::Pass,
         XDP_TX | XDP_REDIRECT => Verdict::Transmit,
@@ -481,7 +491,7 @@ pub(super) fn class(action: u32) -> Verdict {
 }
 
 /// The 5-tuple of a TCP/UDP frame whose headers the program would parse.
-pub(super) fn tuple_of(f: &[u8]) -> Option<Tuple> {
+fn tuple_of(f: &[u8]) -> Option<Tuple> {
     if f.len() < 34 || be16(f, 12) != 0x0800 {
         return None;
     }

@@ -1,12 +1,19 @@
 //! The setup: the config a run installs, through the controller's plan and reconciler,
 //! and what the model knows of it (listeners, backends, VIPs, access lists).
 
+use std::net::Ipv4Addr;
+
+use lb_common::{
+    ACL_DENY, ACL_NONE, MAGLEV_TABLE_SIZE, Scheduler, hash,
+    maglev::{self, MaglevBackend},
+};
 use lb_ctl::{
     config::{Config, Protocol},
+    dataplane::{DataPlane, MapSizes},
     plan::{Desired, Runtime},
 };
 
-use super::*;
+use super::{IDLE_TIMEOUT_S, model::Tuple};
 use crate::provision::{self, Provisioned};
 
 /// Map sizes of a run (the flow table's is the run's choice): listener and backend ids
@@ -103,7 +110,7 @@ pub struct ListenerSpec {
     pub members: Vec<u32>,
     /// Denied source prefixes (an access list in deny mode); empty: no access list.
     pub deny: Vec<(Ipv4Addr, u8)>,
-    pub(super) maglev: Vec<u32>,
+    maglev: Vec<u32>,
 }
 
 impl ListenerSpec {
@@ -268,6 +275,7 @@ impl Setup {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fuzz::lab::{CLIENT, CLIENT_NO_NEIGH, ip};
 
     #[test]
     fn acl_prefixes() {
