@@ -12,7 +12,6 @@
 
 use std::net::Ipv4Addr;
 
-use aya::programs::{TestRun as _, TestRunOptions, Xdp};
 use lb_common::{FLOW_F_PICKUP, Flow, FlowKey, MAGLEV_TABLE_SIZE, Reason, select};
 use lb_ctl::{
     config::VipPing,
@@ -21,7 +20,10 @@ use lb_ctl::{
 };
 use lb_tests::{
     Netns,
-    bench::util::pin_to_cpu,
+    bench::{
+        kit::{self, Kit},
+        util::pin_to_cpu,
+    },
     packet::{self, ACK, FIN, Frame, Mac, RST, SYN, diff, mac_string},
     provision::{self, Provisioned},
     require_root_and_bpf, unique_prefix, veth,
@@ -338,6 +340,14 @@ fn to_backend(client_frame: &Frame, backend: usize, backend_port: u16) -> Vec<u8
 
 fn from_client(frame: Frame) -> Frame {
     frame.macs(CLIENT_MAC, LB_CLIENT_MAC)
+}
+
+/// Makes flow `key` look idle for `seconds`, as if no packet had come since: time passes
+/// for the program, not for the test.
+fn age(dp: &mut DataPlane, key: FlowKey, seconds: u64) {
+    let mut flow = dp.flow(&key).unwrap().expect("flow recorded");
+    flow.last_seen_ns = lb_ctl::controller::monotonic_coarse_ns() - seconds * 1_000_000_000;
+    dp.set_flow(key, flow).unwrap();
 }
 
 fn flow_of(frame: &Frame) -> FlowKey {
@@ -1716,10 +1726,7 @@ fn idle_flow_is_forgotten_after_its_timeout() {
         let (verdict, _) = run(&mut dp, lab.client_if, &syn.build());
         assert_eq!(verdict, XDP_REDIRECT);
         // Idle for 11 s (> 10): the next packet is not the old flow's any more.
-        let key = flow_of(&syn);
-        let mut flow = dp.flow(&key).unwrap().unwrap();
-        flow.last_seen_ns = lb_ctl::controller::monotonic_coarse_ns() - 11_000_000_000;
-        dp.set_flow(key, flow).unwrap();
+        age(&mut dp, flow_of(&syn), 11);
         let ack = from_client(Frame::tcp((CLIENT, 46100), (VIP, 80), ACK));
         let picked = index_of_id(&fx, maglev_pick(&dp, &fx, "web", (CLIENT, 46100)));
         let pickups = dp.counter(Reason::EventPickup).unwrap();
@@ -1760,11 +1767,6 @@ listeners:
 ",
         );
         let (web, b0) = (fx.listener_id("web"), fx.backend_id("web", B[0], 8080));
-        let age = |dp: &mut DataPlane, key: FlowKey, seconds: u64| {
-            let mut flow = dp.flow(&key).unwrap().expect("flow recorded");
-            flow.last_seen_ns = lb_ctl::controller::monotonic_coarse_ns() - seconds * 1_000_000_000;
-            dp.set_flow(key, flow).unwrap();
-        };
         let syn = from_client(Frame::tcp((CLIENT, 46150), (VIP, 80), SYN));
         let key = flow_of(&syn);
         let (verdict, _) = run(&mut dp, lab.client_if, &syn.build());
@@ -1968,44 +1970,14 @@ fn benchmark_wrapper_restores_the_packet_on_every_run() {
         syn.payload = vec![0; 64 - 54];
         let frame = syn.build();
         assert_eq!(frame.len(), 64);
-        let ebpf = dp.ebpf_mut();
-        for name in ["lb_bench", "lb_empty"] {
-            let p: &mut Xdp = ebpf.program_mut(name).unwrap().try_into().unwrap();
-            p.load().unwrap();
-        }
-        let target_fd = {
-            let p: &Xdp = ebpf.program("lb_xdp").unwrap().try_into().unwrap();
-            p.fd().unwrap().try_clone().unwrap()
-        };
-        let mut targets: aya::maps::ProgramArray<_> =
-            ebpf.take_map("BENCH_TARGET").unwrap().try_into().unwrap();
-        targets.set(0, &target_fd, 0).unwrap();
-        let mut packet: aya::maps::Array<_, [u8; 64]> =
-            ebpf.take_map("BENCH_PACKET").unwrap().try_into().unwrap();
-        packet
-            .set(0, <[u8; 64]>::try_from(frame.as_slice()).unwrap(), 0)
+        // The benchmarks' own handles on the wrapper (`lb_tests::bench::kit`).
+        let mut kit = Kit::new(&mut dp, &["lb_bench", "lb_empty"]).unwrap();
+        kit.set_target(&kit::prog_fd(&mut dp, lb_common::names::PROGRAM).unwrap())
             .unwrap();
-        let mut config: aya::maps::Array<_, u32> =
-            ebpf.take_map("BENCH_CONFIG").unwrap().try_into().unwrap();
-
+        kit.set_packet(&frame).unwrap();
         let run_bench = |dp: &mut DataPlane| {
-            let mut ctx = [0u8; 24];
-            ctx[4..8].copy_from_slice(&64u32.to_ne_bytes());
-            ctx[12..16].copy_from_slice(&lab.client_if.to_ne_bytes());
-            let p: &Xdp = dp
-                .ebpf_mut()
-                .program("lb_bench")
-                .unwrap()
-                .try_into()
-                .unwrap();
-            p.test_run(TestRunOptions {
-                data_in: Some(&frame),
-                ctx_in: Some(&ctx),
-                repeat: 1000,
-                ..TestRunOptions::new()
-            })
-            .unwrap()
-            .return_value
+            let (verdict, _) = kit::test_run(dp, "lb_bench", &frame, lab.client_if, 1000).unwrap();
+            verdict
         };
         assert_eq!(run_bench(&mut dp), XDP_REDIRECT);
         let s = dp.listener_stats(web).unwrap();
@@ -2015,7 +1987,7 @@ fn benchmark_wrapper_restores_the_packet_on_every_run() {
             "one flow, 1000 forwards"
         );
 
-        config.set(0, 1, 0).unwrap();
+        kit.set_vary(true).unwrap();
         assert_eq!(run_bench(&mut dp), XDP_REDIRECT);
         let s = dp.listener_stats(web).unwrap();
         assert_eq!(
