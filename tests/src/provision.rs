@@ -10,7 +10,7 @@
 
 use std::{collections::BTreeSet, net::Ipv4Addr};
 
-use anyhow::{Context as _, anyhow};
+use anyhow::anyhow;
 use lb_ctl::{
     config::{self, Config},
     dataplane::{DataPlane, MapSizes},
@@ -45,7 +45,8 @@ pub struct Provisioned {
 
 impl Provisioned {
     /// Plans `config` and `runtime` for maps of `sizes` without touching any map: the ids
-    /// and tables [`Provisioned::install`] would give them.
+    /// and contents [`Provisioned::install`] would write; [`Provisioned::apply`] writes
+    /// them.
     pub fn plan(config: Config, runtime: Runtime, sizes: MapSizes) -> anyhow::Result<Self> {
         // A typed config is validated as the runtime API validates what it builds.
         config
@@ -70,7 +71,7 @@ impl Provisioned {
     }
 
     /// Writes what is planned but not yet in the maps (everything, the first time).
-    pub fn write(&mut self, dp: &mut DataPlane) -> anyhow::Result<Vec<MapOp>> {
+    fn write(&mut self, dp: &mut DataPlane) -> anyhow::Result<Vec<MapOp>> {
         Ok(self.reconciler.apply(&self.desired, dp)?)
     }
 
@@ -117,13 +118,64 @@ impl Provisioned {
         self.backend(name, address, port).key
     }
 
-    /// The backend with id `id`, whichever listener it belongs to.
-    pub fn backend_by_id(&self, id: u32) -> anyhow::Result<&DesiredBackend> {
+    /// The backend with id `id`, whichever listener it belongs to; panics when there is
+    /// none.
+    pub fn backend_by_id(&self, id: u32) -> &DesiredBackend {
         self.desired
             .listeners
             .values()
             .flat_map(|l| &l.backends)
             .find(|b| b.id == id)
-            .with_context(|| format!("no backend has id {id}"))
+            .unwrap_or_else(|| panic!("no backend has id {id}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SIZES: MapSizes = MapSizes {
+        flow_table_size: 1024,
+        max_listeners: 4,
+        max_backends: 16,
+    };
+
+    const TWO_LISTENERS: &str = "
+instance: t
+interfaces: [eth0]
+default_server_group:
+  servers: [{ address: 198.18.1.10 }, { address: 198.18.1.11 }]
+listeners:
+  - { name: web, protocol: tcp, address: 198.19.0.100, port: 80, backend_port: 8080 }
+  - { name: dns, protocol: udp, address: 198.19.0.100, port: 53, backend_port: 5353 }
+";
+
+    #[test]
+    fn ids_are_looked_up_by_name_and_address() {
+        let p = Provisioned::plan(config(TWO_LISTENERS), Runtime::default(), SIZES).unwrap();
+        let b1: Ipv4Addr = "198.18.1.11".parse().unwrap();
+        assert_ne!(p.listener_id("web"), p.listener_id("dns"));
+        let id = p.backend_id("dns", b1, 5353);
+        assert_ne!(
+            id,
+            p.backend_id("web", b1, 8080),
+            "one backend per listener"
+        );
+        assert_eq!(p.backend_by_id(id).key, p.backend_key("dns", b1, 5353));
+    }
+
+    #[test]
+    fn an_invalid_typed_config_is_refused() {
+        let mut c = config(TWO_LISTENERS);
+        c.listeners[1].port = 80;
+        c.listeners[1].protocol = config::Protocol::Tcp;
+        assert!(Provisioned::plan(c, Runtime::default(), SIZES).is_err());
+    }
+
+    #[test]
+    #[should_panic(expected = "no listener nope")]
+    fn an_unknown_listener_is_a_test_error() {
+        let p = Provisioned::plan(config(TWO_LISTENERS), Runtime::default(), SIZES).unwrap();
+        p.listener("nope");
     }
 }
