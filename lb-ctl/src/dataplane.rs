@@ -707,25 +707,6 @@ impl DataPlane {
         Ok(all)
     }
 
-    /// Makes `addr` (network byte order) a VIP outright: its filter bit and its marker.
-    /// For tests and benchmarks that fill the maps by hand; the controller orders these
-    /// writes itself (`reconcile`).
-    pub fn add_vip(&mut self, addr: u32) -> Result<()> {
-        let bit = lb_common::vip_filter_bit(addr);
-        let word = self
-            .vip_filter
-            .get(&(bit / 64), 0)
-            .map_err(map_err(names::VIP_FILTER))?;
-        self.set_vip_filter_word(bit / 64, word | (1 << (bit % 64)))?;
-        self.set_listener(
-            ListenerKey::vip_marker(addr),
-            Listener {
-                flags: lb_common::LISTENER_F_VIP_MARKER | lb_common::LISTENER_F_ANSWER_PING,
-                ..Default::default()
-            },
-        )
-    }
-
     /// Writes one word of the VIP filter.
     pub fn set_vip_filter_word(&mut self, index: u32, word: u64) -> Result<()> {
         self.vip_filter

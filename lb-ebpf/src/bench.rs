@@ -87,10 +87,9 @@ pub fn lb_bench(ctx: XdpContext) -> u32 {
             return XDP_ABORTED;
         }
     }
-    let (Some(original), Some(packet)) = (
-        BENCH_PACKET.get(0),
-        ptr_at::<[u64; BENCH_LEN / 8]>(&ctx, 0),
-    ) else {
+    let (Some(original), Some(packet)) =
+        (BENCH_PACKET.get(0), ptr_at::<[u64; BENCH_LEN / 8]>(&ctx, 0))
+    else {
         return XDP_ABORTED;
     };
     // SAFETY: bounds checked by ptr_at. The frame starts 8-byte aligned (after the

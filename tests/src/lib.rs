@@ -6,6 +6,11 @@
 //! - [`backend`]: a handle on the `lb-test-backend` server started inside a namespace.
 //! - [`client`]: HTTP (curl) and UDP clients run from a namespace, and tallies of answers.
 //! - [`flood`]: forged SYNs from a raw socket, with any source address.
+//! - [`steady`]: steady traffic of new connections in a thread, in timed batches, while a
+//!   test changes something.
+//! - [`provision`]: map contents from a config through the controller's plan and
+//!   reconciler, for fixtures, the fuzzer and the benchmarks.
+//! - [`xdp`]: one frame through a loaded XDP program (BPF_PROG_TEST_RUN), and the actions.
 //! - [`require_root`], [`require_root_and_bpf`]: skip privileged tests where they cannot
 //!   run, but fail them in CI.
 //! - [`bin_path`]: where the workspace's binaries were built.
@@ -24,7 +29,10 @@ pub mod fuzz;
 pub mod netns;
 pub mod packet;
 pub mod privilege;
+pub mod provision;
+pub mod steady;
 pub mod topology;
+pub mod xdp;
 
 use std::{env, path::PathBuf};
 

@@ -233,6 +233,14 @@ pub fn set_total_length(frame: &mut [u8], len: u16) {
     fix_ip_checksum(frame);
 }
 
+/// A MAC as `ip link` prints and takes it (`aa:bb:cc:dd:ee:ff`).
+pub fn mac_string(m: Mac) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
 /// Parses a MAC as printed by `ip link` (`aa:bb:cc:dd:ee:ff`).
 pub fn parse_mac(s: &str) -> Mac {
     let mut mac = [0u8; 6];

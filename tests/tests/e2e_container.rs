@@ -12,7 +12,6 @@ use std::{
     net::SocketAddr,
     path::Path,
     process::{Command, Output},
-    sync::atomic::{AtomicBool, AtomicUsize, Ordering},
     thread,
     time::{Duration, Instant},
 };
@@ -20,8 +19,13 @@ use std::{
 use rustix::process::{Resource, getrlimit};
 
 use lb_tests::{
-    BulkOptions, Tally, Topology, TopologyOptions, VIP, bin_path, client::TempDir, curl_many,
-    curl_many_with, privilege::in_ci, require_root_and_bpf, udp_many,
+    BulkOptions, Tally, Topology, TopologyOptions, VIP, bin_path,
+    client::TempDir,
+    curl_many,
+    privilege::in_ci,
+    require_root_and_bpf,
+    steady::{Steady, SteadyOptions, merged},
+    udp_many,
 };
 
 const IMAGE_VAR: &str = "LB_TEST_IMAGE";
@@ -227,60 +231,6 @@ fn config(topo: &Topology, b1_weight: u32) -> String {
     )
 }
 
-/// Batches of new connections until `stop`, bounded in count (300 batches of 20) and time
-/// (60 s); failed requests are counted as they happen.
-#[derive(Default)]
-struct Traffic {
-    stop: AtomicBool,
-    batches: AtomicUsize,
-    failed: AtomicUsize,
-}
-
-impl Traffic {
-    fn run(&self, topo: &Topology, url: &str) -> Tally {
-        let options = BulkOptions {
-            max_time: Duration::from_secs(5),
-            connect_timeout: Duration::from_secs(3),
-            deadline: Duration::from_secs(30),
-        };
-        let end = Instant::now() + Duration::from_secs(60);
-        let mut tally = Tally::default();
-        for _ in 0..300 {
-            if self.stop.load(Ordering::SeqCst) || Instant::now() >= end {
-                break;
-            }
-            let batch = Tally::of(&curl_many_with(topo.client(), url, 20, None, 4, &options));
-            self.failed.fetch_add(batch.failed(), Ordering::SeqCst);
-            for (name, n) in batch.answers {
-                *tally.answers.entry(name).or_default() += n;
-            }
-            tally.failures.extend(batch.failures);
-            self.batches.fetch_add(1, Ordering::SeqCst);
-            thread::sleep(Duration::from_millis(20));
-        }
-        self.stop.store(true, Ordering::SeqCst);
-        tally
-    }
-
-    /// Until `n` more batches have finished; panics after 30 s.
-    fn wait_batches(&self, n: usize) {
-        let start = Instant::now();
-        let target = self.batches.load(Ordering::SeqCst) + n;
-        while self.batches.load(Ordering::SeqCst) < target {
-            assert!(
-                !self.stop.load(Ordering::SeqCst),
-                "the traffic ended early (its bounds were reached)"
-            );
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "{n} batches did not finish within 30 s; {} request(s) failed so far",
-                self.failed.load(Ordering::SeqCst)
-            );
-            thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
 /// Serves TCP and UDP from the container; `podman exec … lb-ctl status` works; the
 /// container is replaced (stopped, a new one started from the same image, as an upgrade
 /// does) under steady traffic without one failed request; `podman kill --signal HUP`
@@ -345,17 +295,29 @@ fn container_serves_is_replaced_under_traffic_and_reloads_on_sighup() {
 
     // The upgrade: the old container stops (its daemon leaves the data plane pinned), a new
     // one starts from the same image and adopts it; requests go on throughout.
-    let traffic = Traffic::default();
-    let (tally, second) = thread::scope(|s| {
-        let running = s.spawn(|| traffic.run(&topo, &web));
-        traffic.wait_batches(5);
+    let traffic = Steady::new(SteadyOptions {
+        batch: 20,
+        parallel: 4,
+        requests: BulkOptions {
+            max_time: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(3),
+            deadline: Duration::from_secs(30),
+        },
+        max_batches: 300,
+        max_time: Duration::from_secs(60),
+    });
+    let (batches, second) = thread::scope(|s| {
+        let running = s.spawn(|| traffic.run(topo.client(), &web));
+        let stop = traffic.stop_on_drop();
+        traffic.wait(5, Duration::ZERO);
         first.stop_and_remove();
-        traffic.wait_batches(5);
+        traffic.wait(5, Duration::ZERO);
         let second = run(2);
-        traffic.wait_batches(10);
-        traffic.stop.store(true, Ordering::SeqCst);
+        traffic.wait(10, Duration::ZERO);
+        drop(stop);
         (running.join().expect("traffic thread"), second)
     });
+    let tally = merged(&batches);
     eprintln!("across the replacement: {tally}");
     assert_eq!(
         tally.failed(),

@@ -10,14 +10,14 @@ use std::{
     collections::BTreeSet,
     fs,
     process::Output,
-    sync::atomic::{AtomicBool, AtomicUsize, Ordering},
     thread,
     time::{Duration, Instant},
 };
 
 use lb_tests::{
     BulkOptions, ChildGuard, LbDaemon, Netns, Tally, Topology, TopologyOptions, VIP, curl_many,
-    curl_many_with, require_root_and_bpf,
+    require_root_and_bpf,
+    steady::{Steady, SteadyOptions, merged},
 };
 use serde_json::Value;
 
@@ -146,108 +146,24 @@ fn status_shape(status: &Value) -> Value {
     })
 }
 
-/// One batch of steady traffic: when it started and what it got.
-struct Batch {
-    started: Instant,
-    ended: Instant,
-    tally: Tally,
-}
-
 /// Requests per batch of steady traffic, and how many run at once.
 const BATCH: usize = 40;
 const BATCH_PARALLEL: usize = 4;
-/// Upper bounds of one steady-traffic run: batches (so at most 500 × 40 requests) and time.
-const MAX_BATCHES: usize = 500;
-const MAX_TRAFFIC_TIME: Duration = Duration::from_secs(40);
 
-/// Steady traffic shared between the thread running it and the test making changes.
-#[derive(Default)]
-struct Steady {
-    stop: AtomicBool,
-    /// Batches finished so far.
-    done: AtomicUsize,
-    /// Requests failed so far (for messages).
-    failed: AtomicUsize,
-}
-
-impl Steady {
-    /// Batches of `BATCH` new connections to `url`, one after another with a 20 ms pause,
-    /// until `stop` is set, `MAX_BATCHES` have run or `MAX_TRAFFIC_TIME` has passed. Each
-    /// request may take 5 s (3 s to connect, so a lost SYN is retried once).
-    fn run(&self, ns: &Netns, url: &str) -> Vec<Batch> {
-        let options = BulkOptions {
+/// Batches of `BATCH` new connections; each request may take 5 s (3 s to connect, so a
+/// lost SYN is retried once); at most 500 batches (so 500 × 40 requests) or 40 s.
+fn steady() -> Steady {
+    Steady::new(SteadyOptions {
+        batch: BATCH,
+        parallel: BATCH_PARALLEL,
+        requests: BulkOptions {
             max_time: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(3),
             deadline: Duration::from_secs(30),
-        };
-        let end = Instant::now() + MAX_TRAFFIC_TIME;
-        let mut batches = Vec::new();
-        while !self.stop.load(Ordering::SeqCst)
-            && batches.len() < MAX_BATCHES
-            && Instant::now() < end
-        {
-            let started = Instant::now();
-            let results = curl_many_with(ns, url, BATCH, None, BATCH_PARALLEL, &options);
-            let tally = Tally::of(&results);
-            self.failed.fetch_add(tally.failed(), Ordering::SeqCst);
-            batches.push(Batch {
-                started,
-                ended: Instant::now(),
-                tally,
-            });
-            self.done.fetch_add(1, Ordering::SeqCst);
-            thread::sleep(Duration::from_millis(20));
-        }
-        self.stop.store(true, Ordering::SeqCst);
-        batches
-    }
-
-    /// Waits until `n` more batches have finished (at least `min_time` from now), so a
-    /// change happens with traffic really flowing; panics if traffic stopped or took
-    /// longer than 20 s.
-    fn wait_batches(&self, n: usize, min_time: Duration) {
-        let start = Instant::now();
-        let target = self.done.load(Ordering::SeqCst) + n;
-        while self.done.load(Ordering::SeqCst) < target || start.elapsed() < min_time {
-            assert!(
-                !self.stop.load(Ordering::SeqCst),
-                "steady traffic ended early (bounds reached)"
-            );
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "{n} more batches of traffic did not finish within 20 s: {} request(s) \
-                 failed so far",
-                self.failed.load(Ordering::SeqCst)
-            );
-            thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Stops the traffic when dropped, also when the test panics while it runs (so the
-    /// scope joining the traffic thread does not wait for the bounds).
-    fn stop_on_drop(&self) -> StopOnDrop<'_> {
-        StopOnDrop(self)
-    }
-}
-
-struct StopOnDrop<'a>(&'a Steady);
-
-impl Drop for StopOnDrop<'_> {
-    fn drop(&mut self) {
-        self.0.stop.store(true, Ordering::SeqCst);
-    }
-}
-
-/// The sum of the batches' tallies.
-fn merged<'a>(batches: impl IntoIterator<Item = &'a Batch>) -> Tally {
-    let mut total = Tally::default();
-    for b in batches {
-        for (name, n) in &b.tally.answers {
-            *total.answers.entry(name.clone()).or_default() += n;
-        }
-        total.failures.extend(b.tally.failures.iter().cloned());
-    }
-    total
+        },
+        max_batches: 500,
+        max_time: Duration::from_secs(40),
+    })
 }
 
 /// A long-lived HTTP connection from the client: `curl /stream?seconds=N`, which gets one
@@ -324,16 +240,16 @@ fn server_added_under_steady_traffic_takes_new_connections_without_failures() {
     ) else {
         return;
     };
-    let steady = Steady::default();
+    let steady = steady();
     let url = url(80);
     let (batches, added_at) = thread::scope(|s| {
         let traffic = s.spawn(|| steady.run(topo.client(), &url));
         let _stop = steady.stop_on_drop();
-        steady.wait_batches(20, Duration::from_secs(1));
+        steady.wait(20, Duration::from_secs(1));
         let out = daemon.ctl_ok(&["server", "add", "--group", "app", &format!("{B3}:8080")]);
         let added_at = Instant::now();
         assert!(out.contains("done"), "server add answered: {out}");
-        steady.wait_batches(30, Duration::from_secs(2));
+        steady.wait(30, Duration::from_secs(2));
         drop(_stop);
         (traffic.join().expect("traffic thread"), added_at)
     });
@@ -487,16 +403,16 @@ fn listener_set_group_moves_new_connections_to_the_other_group() {
     assert_eq!(tally.failed(), 0, "{tally}");
     assert_eq!(tally.count("b1"), 60, "group blue is b1 alone: {tally}");
 
-    let steady = Steady::default();
+    let steady = steady();
     let url = url(80);
     let (batches, switch_started, moved_at) = thread::scope(|s| {
         let traffic = s.spawn(|| steady.run(topo.client(), &url));
         let _stop = steady.stop_on_drop();
-        steady.wait_batches(20, Duration::from_secs(1));
+        steady.wait(20, Duration::from_secs(1));
         let switch_started = Instant::now();
         daemon.ctl_ok(&["listener", "set", "web", "--group", "green"]);
         let moved_at = Instant::now();
-        steady.wait_batches(30, Duration::from_secs(2));
+        steady.wait(30, Duration::from_secs(2));
         drop(_stop);
         (
             traffic.join().expect("traffic thread"),
@@ -593,16 +509,16 @@ fn daemon_killed_and_restarted_loses_no_request_and_keeps_runtime_changes() {
         "the stream is on b2 or b3, not {streaming_from}"
     );
 
-    let steady = Steady::default();
+    let steady = steady();
     let url = url(80);
     let (batches, killed_at, restarted_at) = thread::scope(|s| {
         let traffic = s.spawn(|| steady.run(topo.client(), &url));
         let _stop = steady.stop_on_drop();
-        steady.wait_batches(10, Duration::from_secs(1));
+        steady.wait(10, Duration::from_secs(1));
         daemon.kill();
         let killed_at = Instant::now();
         // The outage: no daemon at all; traffic goes on through the pinned program.
-        steady.wait_batches(20, Duration::from_secs(2));
+        steady.wait(20, Duration::from_secs(2));
         let out = daemon.ctl(&["status"]);
         assert_eq!(
             out.status.code(),
@@ -612,7 +528,7 @@ fn daemon_killed_and_restarted_loses_no_request_and_keeps_runtime_changes() {
         );
         daemon.restart();
         let restarted_at = Instant::now();
-        steady.wait_batches(20, Duration::from_secs(2));
+        steady.wait(20, Duration::from_secs(2));
         drop(_stop);
         (
             traffic.join().expect("traffic thread"),

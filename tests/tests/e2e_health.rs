@@ -16,15 +16,16 @@
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket},
-    sync::atomic::{AtomicBool, AtomicUsize, Ordering},
     thread,
     time::{Duration, Instant},
 };
 
 use lb_tests::{
     Backend, BulkOptions, ChildGuard, LbDaemon, Netns, Tally, Topology, TopologyOptions, VIP,
-    curl_many, curl_many_with, require_root_and_bpf, topology::LB_BACKEND_ADDR, udp_many,
-    udp_request,
+    curl_many, curl_many_with, require_root_and_bpf,
+    steady::{Steady, SteadyOptions, last_failing_batch, merged},
+    topology::LB_BACKEND_ADDR,
+    udp_many, udp_request,
 };
 use serde_json::Value;
 
@@ -202,101 +203,22 @@ fn from_client(backend: &Backend, client: Ipv4Addr) -> u64 {
         .unwrap_or(0)
 }
 
-/// One batch of steady traffic: when it started and ended, and what it got.
-struct Batch {
-    started: Instant,
-    ended: Instant,
-    tally: Tally,
-}
-
 const BATCH: usize = 20;
-const BATCH_PARALLEL: usize = 4;
-const MAX_BATCHES: usize = 1000;
-const MAX_TRAFFIC_TIME: Duration = Duration::from_secs(40);
 
-/// Steady traffic of new connections in a thread, stopped by the test (or on drop, or
-/// by its bounds).
-#[derive(Default)]
-struct Steady {
-    stop: AtomicBool,
-    done: AtomicUsize,
-}
-
-impl Steady {
-    /// Batches of `BATCH` new connections to `url` (4 at a time, 1 s to connect, 2 s per
-    /// request), 20 ms apart, until stopped, `MAX_BATCHES` or `MAX_TRAFFIC_TIME`.
-    fn run(&self, ns: &Netns, url: &str) -> Vec<Batch> {
-        let options = BulkOptions {
+/// Batches of `BATCH` new connections (4 at a time, 1 s to connect, 2 s per request), at
+/// most 1000 batches or 40 s.
+fn steady() -> Steady {
+    Steady::new(SteadyOptions {
+        batch: BATCH,
+        parallel: 4,
+        requests: BulkOptions {
             max_time: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(1),
             deadline: Duration::from_secs(20),
-        };
-        let end = Instant::now() + MAX_TRAFFIC_TIME;
-        let mut batches = Vec::new();
-        while !self.stop.load(Ordering::SeqCst)
-            && batches.len() < MAX_BATCHES
-            && Instant::now() < end
-        {
-            let started = Instant::now();
-            let results = curl_many_with(ns, url, BATCH, None, BATCH_PARALLEL, &options);
-            batches.push(Batch {
-                started,
-                ended: Instant::now(),
-                tally: Tally::of(&results),
-            });
-            self.done.fetch_add(1, Ordering::SeqCst);
-            thread::sleep(Duration::from_millis(20));
-        }
-        self.stop.store(true, Ordering::SeqCst);
-        batches
-    }
-
-    /// Sleeps `time` while the traffic runs, and at least until `min_batches` more
-    /// batches have finished (at most 20 s); panics if the traffic stopped.
-    fn run_for(&self, time: Duration, min_batches: usize) {
-        let start = Instant::now();
-        let target = self.done.load(Ordering::SeqCst) + min_batches;
-        while start.elapsed() < time || self.done.load(Ordering::SeqCst) < target {
-            assert!(
-                !self.stop.load(Ordering::SeqCst),
-                "steady traffic ended early (bounds reached)"
-            );
-            assert!(
-                start.elapsed() < time + Duration::from_secs(20),
-                "{min_batches} batch(es) of traffic did not finish in time"
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-struct StopOnDrop<'a>(&'a Steady);
-
-impl Drop for StopOnDrop<'_> {
-    fn drop(&mut self) {
-        self.0.stop.store(true, Ordering::SeqCst);
-    }
-}
-
-fn merged<'a>(batches: impl IntoIterator<Item = &'a Batch>) -> Tally {
-    let mut total = Tally::default();
-    for b in batches {
-        for (name, n) in &b.tally.answers {
-            *total.answers.entry(name.clone()).or_default() += n;
-        }
-        total.failures.extend(b.tally.failures.iter().cloned());
-    }
-    total
-}
-
-/// The last failure after `t0`, in seconds after `t0` (by the end of its batch, an upper
-/// bound on when it happened), for messages.
-fn last_failing_batch(batches: &[Batch], t0: Instant) -> Option<f64> {
-    batches
-        .iter()
-        .filter(|b| b.tally.failed() > 0 && b.ended >= t0)
-        .map(|b| b.ended.duration_since(t0).as_secs_f64())
-        .reduce(f64::max)
+        },
+        max_batches: 1000,
+        max_time: Duration::from_secs(40),
+    })
 }
 
 /// A long-lived HTTP connection: `curl /stream?seconds=N` gets `NAME i` every 100 ms.
@@ -373,13 +295,13 @@ fn killed_backend_gets_no_request_after_the_bound_and_returns_when_restarted() {
         return;
     };
     let b2 = format!("{B2}:8080");
-    let steady = Steady::default();
+    let steady = steady();
     let url = url(80);
     let mut restarted = None;
     let (batches, killed_at, bound_at, flows, restarted_at, up_after) = thread::scope(|s| {
         let traffic = s.spawn(|| steady.run(topo.client(), &url));
-        let _stop = StopOnDrop(&steady);
-        steady.run_for(Duration::from_secs(2), 5);
+        let _stop = steady.stop_on_drop();
+        steady.wait(5, Duration::from_secs(2));
 
         // Measured before the signal: the batch running across it counts as after.
         let killed_at = Instant::now();
@@ -396,7 +318,7 @@ fn killed_backend_gets_no_request_after_the_bound_and_returns_when_restarted() {
         let bound_at = killed_at + down_bound();
         thread::sleep(bound_at.saturating_duration_since(Instant::now()));
         let flows_at_bound = new_flows_to(&daemon, "web", &b2);
-        steady.run_for(Duration::from_secs(3), 5);
+        steady.wait(5, Duration::from_secs(3));
         let flows_before_restart = new_flows_to(&daemon, "web", &b2);
 
         restarted = Some(restart_backend(&topo, 2));
@@ -409,7 +331,7 @@ fn killed_backend_gets_no_request_after_the_bound_and_returns_when_restarted() {
             )
         });
         eprintln!("b2 marked up {up_after:?} after the restart");
-        steady.run_for(Duration::from_secs(3), 10);
+        steady.wait(10, Duration::from_secs(3));
         drop(_stop);
         (
             traffic.join().expect("traffic thread"),
@@ -839,17 +761,17 @@ fn tcp_primary_secondary_fails_over_and_back_under_traffic() {
     ) else {
         return;
     };
-    let steady = Steady::default();
+    let steady = steady();
     let url = url(80);
     let mut primary_again = None;
     let mut stream = None;
     let (batches, stopped_at, restarted_at) = thread::scope(|s| {
         let traffic = s.spawn(|| steady.run(topo.client(), &url));
-        let _stop = StopOnDrop(&steady);
-        steady.run_for(Duration::from_secs(1), 5);
+        let _stop = steady.stop_on_drop();
+        steady.wait(5, Duration::from_secs(1));
         backends[0].stop();
         let stopped_at = Instant::now();
-        steady.run_for(down_bound() + Duration::from_secs(2), 10);
+        steady.wait(10, down_bound() + Duration::from_secs(2));
         // A long-lived connection on the secondary, across the failback.
         let long = LongStream::start(topo.client(), 80, 8);
         assert_eq!(
@@ -860,7 +782,7 @@ fn tcp_primary_secondary_fails_over_and_back_under_traffic() {
         stream = Some(long);
         primary_again = Some(restart_backend(&topo, 1));
         let restarted_at = Instant::now();
-        steady.run_for(up_bound() + Duration::from_secs(2), 10);
+        steady.wait(10, up_bound() + Duration::from_secs(2));
         drop(_stop);
         (
             traffic.join().expect("traffic thread"),

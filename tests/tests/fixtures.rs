@@ -5,27 +5,30 @@
 //! backend side), `ip_forward=1` and permanent neighbours, so `bpf_fib_lookup` inside the
 //! program answers deterministically; the test thread joins that namespace before running
 //! the program, and sets the ingress ifindex in the XDP context.
+//!
+//! The maps hold what the controller writes for a config: each test states its config in
+//! YAML and installs it through `plan` and the reconciler (`lb_tests::provision`); health,
+//! drains and the host's addresses go through the controller's runtime facts.
 
 use std::net::Ipv4Addr;
 
-use aya::programs::{TestRun as _, TestRunOptions, Xdp};
-use lb_common::{
-    BACKEND_F_USABLE, Backend, EndpointKey, EndpointListener, FLOW_F_PICKUP, Flow, FlowKey,
-    Listener, ListenerKey, MAGLEV_TABLE_SIZE, PROTO_TCP, PROTO_UDP, Reason, Scheduler, TableMeta,
-    maglev::{self, MaglevBackend},
-    select, wrr,
+use lb_common::{FLOW_F_PICKUP, Flow, FlowKey, MAGLEV_TABLE_SIZE, Reason, select};
+use lb_ctl::{
+    config::VipPing,
+    dataplane::{DataPlane, LoadOptions, MapSizes},
+    plan::Runtime,
 };
-use lb_ctl::dataplane::{DataPlane, LoadOptions, MapSizes};
 use lb_tests::{
     Netns,
-    packet::{self, ACK, FIN, Frame, Mac, RST, SYN, diff},
+    bench::{
+        kit::{self, Kit},
+        util::pin_to_cpu,
+    },
+    packet::{self, ACK, FIN, Frame, Mac, RST, SYN, diff, mac_string},
+    provision::{self, Provisioned},
     require_root_and_bpf, unique_prefix, veth,
+    xdp::{self, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX},
 };
-
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-const XDP_TX: u32 = 3;
-const XDP_REDIRECT: u32 = 4;
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 const CLIENT_MAC: Mac = [0x02, 0, 0, 0, 0, 0xaa];
@@ -56,7 +59,6 @@ struct Lab {
     client_if: u32,
     backend_if: u32,
 }
-
 fn lab(tag: &str) -> Option<Lab> {
     if !require_root_and_bpf(tag) {
         return None;
@@ -66,8 +68,8 @@ fn lab(tag: &str) -> Option<Lab> {
     let peer = Netns::create(&format!("{prefix}fp"));
     veth(&ns, "cl0", &peer, "pcl0");
     veth(&ns, "be0", &peer, "pbe0");
-    ns.set_mac("cl0", &mac_str(LB_CLIENT_MAC));
-    ns.set_mac("be0", &mac_str(LB_BACKEND_MAC));
+    ns.set_mac("cl0", &mac_string(LB_CLIENT_MAC));
+    ns.set_mac("be0", &mac_string(LB_BACKEND_MAC));
     for dev in ["cl0", "be0"] {
         ns.link_up(dev);
     }
@@ -77,9 +79,9 @@ fn lab(tag: &str) -> Option<Lab> {
     ns.addr_add("cl0", "198.18.0.1/24");
     ns.addr_add("be0", "198.18.1.1/24");
     ns.sysctl("net.ipv4.ip_forward", 1);
-    ns.neigh_permanent("cl0", CLIENT, &mac_str(CLIENT_MAC));
+    ns.neigh_permanent("cl0", CLIENT, &mac_string(CLIENT_MAC));
     for (addr, mac) in B.iter().zip(B_MAC) {
-        ns.neigh_permanent("be0", addr, &mac_str(mac));
+        ns.neigh_permanent("be0", addr, &mac_string(mac));
     }
     Some(Lab {
         client_if: ns.ifindex("cl0"),
@@ -87,13 +89,6 @@ fn lab(tag: &str) -> Option<Lab> {
         ns,
         _peer: peer,
     })
-}
-
-fn mac_str(m: Mac) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
 }
 
 fn be(a: Ipv4Addr) -> u32 {
@@ -104,181 +99,95 @@ fn port(p: u16) -> u16 {
     p.to_be()
 }
 
-/// One backend of a fixture listener.
-#[derive(Clone, Copy)]
-struct Member {
-    id: u32,
-    addr: Ipv4Addr,
-    port: u16,
-    weight: u32,
-    usable: bool,
+/// What every fixture config starts with: the instance and the lab's interfaces.
+const HEAD: &str = "
+instance: fx
+interfaces: [cl0, be0]
+";
+
+/// One backend, B[0], behind VIP:80 (`web`).
+const ONE_BACKEND: &str = "
+default_server_group:
+  servers: [{ address: 198.18.1.10 }]
+listeners:
+  - { name: web, protocol: tcp, address: 198.19.0.100, port: 80, backend_port: 8080 }
+";
+
+/// `ONE_BACKEND` and a UDP listener VIP:53 (`dns`) on the same server, port 5353.
+const WEB_AND_DNS: &str = "
+default_server_group:
+  servers: [{ address: 198.18.1.10 }]
+listeners:
+  - { name: web, protocol: tcp, address: 198.19.0.100, port: 80, backend_port: 8080 }
+  - { name: dns, protocol: udp, address: 198.19.0.100, port: 53, backend_port: 5353 }
+";
+
+/// B[0], B[1] and B[2] (weights 100, 50, 50) behind VIP:80 (`web`), scheduled by
+/// `scheduler`, with `settings` added to the listener (`persistence_timeout: 60`, say).
+fn three_backends(scheduler: &str, settings: &str) -> String {
+    format!(
+        "
+default_server_group:
+  servers:
+    - {{ address: 198.18.1.10 }}
+    - {{ address: 198.18.1.11, weight: 50 }}
+    - {{ address: 198.18.1.12, weight: 50 }}
+listeners:
+  - name: web
+    protocol: tcp
+    address: 198.19.0.100
+    port: 80
+    backend_port: 8080
+    scheduler: {scheduler}
+    {settings}
+"
+    )
 }
 
-fn member(id: u32, addr: Ipv4Addr, port: u16, weight: u32) -> Member {
-    Member {
-        id,
-        addr,
-        port,
-        weight,
-        usable: true,
-    }
+/// Plans `yaml` (after `HEAD`) with `runtime` and writes it into the maps, as the
+/// controller does.
+fn provision_with(dp: &mut DataPlane, yaml: &str, runtime: Runtime) -> Provisioned {
+    let config = provision::config(&format!("{HEAD}{yaml}"));
+    Provisioned::install(dp, config, runtime).expect("the config is installed")
 }
 
-/// A listener of the fixture, installed the way the controller does it: backends first,
-/// then the table slot, then the listener entry pointing at the slot, then the VIP marker.
-struct ListenerSetup {
-    id: u32,
-    vip: Ipv4Addr,
-    port: u16,
-    protocol: u8,
-    scheduler: Scheduler,
-    members: Vec<Member>,
-    /// (`ACL_*` mode, access list id).
-    acl: (u8, u32),
-    persistence_timeout_s: u32,
-    /// Seconds a flow may idle (TCP and UDP alike here).
-    idle_timeout_s: u32,
+fn provision(dp: &mut DataPlane, yaml: &str) -> Provisioned {
+    provision_with(dp, yaml, Runtime::default())
 }
 
-impl Default for ListenerSetup {
-    fn default() -> Self {
-        Self {
-            id: 0,
-            vip: VIP,
-            port: 80,
-            protocol: PROTO_TCP,
-            scheduler: Scheduler::Wrr,
-            members: Vec::new(),
-            acl: (lb_common::ACL_NONE, 0),
-            persistence_timeout_s: 0,
-            idle_timeout_s: 900,
-        }
-    }
+/// The fixture index (into `B`) of backend `id`.
+fn index_of_id(fx: &Provisioned, id: u32) -> usize {
+    index_of(fx.backend_by_id(id).key.address)
 }
 
-impl ListenerSetup {
-    fn key(&self) -> ListenerKey {
-        ListenerKey {
-            addr: be(self.vip),
-            port: port(self.port),
-            protocol: self.protocol,
-            _pad: 0,
-        }
-    }
+/// The table slot listener `name` uses now.
+fn live_slot(dp: &DataPlane, fx: &Provisioned, name: &str) -> u32 {
+    dp.listener(&fx.listener(name).frontend.key())
+        .unwrap()
+        .expect("the listener is installed")
+        .table
+}
 
-    fn maglev(&self) -> Vec<u32> {
-        let members: Vec<MaglevBackend> = self
-            .members
-            .iter()
-            .filter(|m| m.usable)
-            .map(|m| MaglevBackend {
-                id: m.id,
-                addr: be(m.addr),
-                port: port(m.port),
-                weight: m.weight,
-            })
-            .collect();
-        maglev::build_table(&members, MAGLEV_TABLE_SIZE)
-    }
+/// The backend ids of listener `name`'s live sequence table: its WRR turns, in order.
+fn live_sequence(dp: &DataPlane, fx: &Provisioned, name: &str) -> Vec<u32> {
+    let slot = live_slot(dp, fx, name);
+    let len = dp.table_meta(slot).unwrap().sequence_len as usize;
+    dp.sequence(slot).unwrap()[..len].to_vec()
+}
 
-    fn sequence(&self) -> Vec<u32> {
-        let weighted: Vec<(u32, u32)> = self
-            .members
-            .iter()
-            .filter(|m| m.usable)
-            .map(|m| (m.id, m.weight))
-            .collect();
-        match self.scheduler {
-            Scheduler::Wrr => wrr::weighted_sequence(&weighted, lb_common::SEQUENCE_TABLE_SIZE),
-            _ => wrr::each_once(&weighted),
-        }
-    }
-
-    /// Writes everything into the table slot that is not live and flips to it.
-    fn install(&self, dp: &mut DataPlane, generation: u32) {
-        for m in &self.members {
-            dp.set_backend(
-                m.id,
-                Backend {
-                    addr: be(m.addr),
-                    port: port(m.port),
-                    flags: if m.usable { BACKEND_F_USABLE } else { 0 },
-                    weight: m.weight,
-                    listener: self.id,
-                    generation,
-                    ..Default::default()
-                },
-            )
-            .unwrap();
-        }
-        let live = dp.listener(&self.key()).unwrap().map(|l| l.table);
-        let slot = match live {
-            Some(t) if t == self.id * 2 => t + 1,
-            _ => self.id * 2,
-        };
-        let sequence = self.sequence();
-        let meta = TableMeta {
-            backends: self
-                .members
-                .iter()
-                .filter(|m| m.usable && m.weight > 0)
-                .count() as u32,
-            sequence_len: sequence.len() as u32,
-        };
-        dp.write_table(slot, &self.maglev(), &sequence, meta)
-            .unwrap();
-        dp.set_listener(
-            self.key(),
-            Listener {
-                id: self.id,
-                table: slot,
-                scheduler: self.scheduler as u8,
-                established_timeout_s: self.idle_timeout_s,
-                udp_timeout_s: self.idle_timeout_s,
-                persistence_timeout_s: self.persistence_timeout_s,
-                acl_mode: self.acl.0,
-                acl_id: self.acl.1,
-                ..Default::default()
-            },
-        )
-        .unwrap();
-        dp.add_vip(be(self.vip)).unwrap();
-        dp.reset_cursor(self.id).unwrap();
-        for m in &self.members {
-            let key = EndpointKey {
-                addr: be(m.addr),
-                port: port(m.port),
-                protocol: self.protocol,
-                _pad: 0,
-            };
-            let mut e = dp.endpoint(&key).unwrap().unwrap_or_default();
-            let listener = EndpointListener {
-                vip: be(self.vip),
-                vport: port(self.port),
-                _pad: 0,
-                listener: self.id,
-            };
-            let n = e.count as usize;
-            match e.listeners[..n].iter().position(|l| l.listener == self.id) {
-                Some(i) => e.listeners[i] = listener,
-                None => {
-                    e.listeners[n] = listener;
-                    e.count += 1;
-                }
-            }
-            dp.set_endpoint(key, e).unwrap();
-            if e.count > 1 {
-                // As the controller does: every backend entry of a shared endpoint says so.
-                for id in 0..64 {
-                    let mut b = dp.backend(id).unwrap();
-                    if b.addr == key.addr && b.port == key.port && b.generation != 0 {
-                        b.flags |= lb_common::BACKEND_F_SHARED_ENDPOINT;
-                        dp.set_backend(id, b).unwrap();
-                    }
-                }
-            }
-        }
-    }
+/// The backend id listener `name`'s live Maglev table gives the 4-tuple (what a pickup
+/// gets, and `tch`).
+fn maglev_pick(dp: &DataPlane, fx: &Provisioned, name: &str, client: (Ipv4Addr, u16)) -> u32 {
+    let frontend = fx.listener(name).frontend;
+    let slot = live_slot(dp, fx, name);
+    let index = select::maglev_index_tuple(
+        slot,
+        be(client.0),
+        be(frontend.address),
+        port(client.1),
+        port(frontend.port),
+    );
+    dp.maglev_table(slot).unwrap()[(index - slot * MAGLEV_TABLE_SIZE) as usize]
 }
 
 fn load(lab: &Lab) -> DataPlane {
@@ -292,25 +201,12 @@ fn load(lab: &Lab) -> DataPlane {
         verifier_log_dir: None,
     })
     .expect("the XDP program loads and verifies");
-    pin_to_cpu0();
+    // The round-robin cursors are per CPU: a test that predicts the next backend must not
+    // migrate between runs.
+    pin_to_cpu(0).expect("sched_setaffinity");
     dp.add_tx_port(lab.client_if).unwrap();
     dp.add_tx_port(lab.backend_if).unwrap();
     dp
-}
-
-/// Keeps the calling thread on CPU 0: the round-robin cursors are per CPU, so a test
-/// that predicts the next backend must not migrate between runs.
-fn pin_to_cpu0() {
-    // SAFETY: a zeroed cpu_set_t is a valid empty set; sched_setaffinity(0) is this thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(0, &mut set);
-        assert_eq!(
-            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
-            0,
-            "sched_setaffinity"
-        );
-    }
 }
 
 /// Runs one frame through the program as if it arrived on `ingress`.
@@ -320,27 +216,7 @@ fn run(dp: &mut DataPlane, ingress: u32, frame: &[u8]) -> (u32, Vec<u8>) {
 
 /// Runs one frame through one program of the object (the entry program or a stage).
 fn run_program(dp: &mut DataPlane, name: &str, ingress: u32, frame: &[u8]) -> (u32, Vec<u8>) {
-    // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex
-    let mut ctx = [0u8; 24];
-    ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
-    ctx[12..16].copy_from_slice(&ingress.to_ne_bytes());
-    let mut out = vec![0u8; frame.len() + 256];
-    let program: &mut Xdp = dp
-        .ebpf_mut()
-        .program_mut(name)
-        .unwrap_or_else(|| panic!("no program {name}"))
-        .try_into()
-        .unwrap();
-    let result = program
-        .test_run(TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            ctx_in: Some(&ctx),
-            ..TestRunOptions::new()
-        })
-        .expect("BPF_PROG_TEST_RUN");
-    out.truncate(result.data_size_out as usize);
-    (result.return_value, out)
+    xdp::test_run(dp, name, ingress, frame).expect("BPF_PROG_TEST_RUN")
 }
 
 /// What the output frame must be.
@@ -357,6 +233,57 @@ struct Case {
     verdict: u32,
     reason: Reason,
     output: Output,
+}
+
+/// The rows most tables are made of.
+impl Lab {
+    /// A client frame forwarded to fixture backend `backend` (index into `B`) on `port`.
+    fn forwarded(&self, name: &'static str, frame: &Frame, backend: usize, port: u16) -> Case {
+        Case {
+            name,
+            ingress: self.client_if,
+            input: frame.build(),
+            verdict: XDP_REDIRECT,
+            reason: Reason::Forwarded,
+            output: Output::Exactly(to_backend(frame, backend, port)),
+        }
+    }
+
+    /// A backend's frame translated back to the client: `output`, every byte.
+    fn replied(&self, name: &'static str, input: &Frame, output: Vec<u8>) -> Case {
+        Case {
+            name,
+            ingress: self.backend_if,
+            input: input.build(),
+            verdict: XDP_REDIRECT,
+            reason: Reason::ReplyForwarded,
+            output: Output::Exactly(output),
+        }
+    }
+
+    /// A frame from the client side dropped and counted under `reason`.
+    fn dropped(&self, name: &'static str, input: Vec<u8>, reason: Reason) -> Case {
+        Case {
+            name,
+            ingress: self.client_if,
+            input,
+            verdict: XDP_DROP,
+            reason,
+            output: Output::Unchanged,
+        }
+    }
+
+    /// A frame from the client side left to the kernel, untouched, counted under `reason`.
+    fn passed(&self, name: &'static str, input: Vec<u8>, reason: Reason) -> Case {
+        Case {
+            name,
+            ingress: self.client_if,
+            input,
+            verdict: XDP_PASS,
+            reason,
+            output: Output::Unchanged,
+        }
+    }
 }
 
 /// Runs the cases in order (later cases see the flow state earlier ones left), checking
@@ -415,20 +342,12 @@ fn from_client(frame: Frame) -> Frame {
     frame.macs(CLIENT_MAC, LB_CLIENT_MAC)
 }
 
-fn web(members: Vec<Member>, scheduler: Scheduler) -> ListenerSetup {
-    ListenerSetup {
-        scheduler,
-        members,
-        ..Default::default()
-    }
-}
-
-fn three_backends() -> Vec<Member> {
-    vec![
-        member(0, B[0], 8080, 100),
-        member(1, B[1], 8080, 50),
-        member(2, B[2], 8080, 50),
-    ]
+/// Makes flow `key` look idle for `seconds`, as if no packet had come since: time passes
+/// for the program, not for the test.
+fn age(dp: &mut DataPlane, key: FlowKey, seconds: u64) {
+    let mut flow = dp.flow(&key).unwrap().expect("flow recorded");
+    flow.last_seen_ns = lb_ctl::controller::monotonic_coarse_ns() - seconds * 1_000_000_000;
+    dp.set_flow(key, flow).unwrap();
 }
 
 fn flow_of(frame: &Frame) -> FlowKey {
@@ -467,10 +386,11 @@ fn tcp_new_flow_established_reply_and_close() {
     let Some(lab) = lab("fxtcp") else { return };
     lab.ns.enter(|| {
         let mut dp = load(&lab);
-        let listener = web(three_backends(), Scheduler::Wrr);
-        listener.install(&mut dp, 1);
+        let fx = provision(&mut dp, &three_backends("wrr", ""));
+        let web = fx.listener_id("web");
         // A fresh cursor starts at the head of the smooth WRR sequence.
-        let first = listener.sequence()[0] as usize;
+        let first_id = live_sequence(&dp, &fx, "web")[0];
+        let first = index_of_id(&fx, first_id);
 
         // Client ISN 1000, backend ISN 5000; the SYN-ACK carries 7 bytes of payload.
         let syn = from_client(Frame::tcp((CLIENT, 40000), (VIP, 80), SYN));
@@ -486,47 +406,28 @@ fn tcp_new_flow_established_reply_and_close() {
         check(
             &mut dp,
             &[
-                Case {
-                    name: "SYN to the VIP goes to the head of the WRR sequence",
-                    ingress: lab.client_if,
-                    input: syn.build(),
-                    verdict: XDP_REDIRECT,
-                    reason: Reason::Forwarded,
-                    output: Output::Exactly(to_backend(&syn, first, 8080)),
-                },
-                Case {
-                    name: "the backend's SYN-ACK is translated back to the VIP",
-                    ingress: lab.backend_if,
-                    input: syn_ack.build(),
-                    verdict: XDP_REDIRECT,
-                    reason: Reason::ReplyForwarded,
-                    output: Output::Exactly(syn_ack_out),
-                },
-                Case {
-                    name: "an ACK with data reuses the flow",
-                    ingress: lab.client_if,
-                    input: ack.build(),
-                    verdict: XDP_REDIRECT,
-                    reason: Reason::Forwarded,
-                    output: Output::Exactly(to_backend(&ack, first, 8080)),
-                },
-                Case {
-                    name: "FIN still goes to the same backend",
-                    ingress: lab.client_if,
-                    input: fin.build(),
-                    verdict: XDP_REDIRECT,
-                    reason: Reason::Forwarded,
-                    output: Output::Exactly(to_backend(&fin, first, 8080)),
-                },
+                lab.forwarded(
+                    "SYN to the VIP goes to the head of the WRR sequence",
+                    &syn,
+                    first,
+                    8080,
+                ),
+                lab.replied(
+                    "the backend's SYN-ACK is translated back to the VIP",
+                    &syn_ack,
+                    syn_ack_out,
+                ),
+                lab.forwarded("an ACK with data reuses the flow", &ack, first, 8080),
+                lab.forwarded("FIN still goes to the same backend", &fin, first, 8080),
             ],
         );
-        let stats = dp.listener_stats(0).unwrap();
+        let stats = dp.listener_stats(web).unwrap();
         assert_eq!(stats.new_flows, 1, "one new flow for SYN, ACK and FIN");
         assert_eq!((stats.packets, stats.reply_packets), (3, 1));
-        let backend = dp.backend_stats(first as u32).unwrap();
+        let backend = dp.backend_stats(first_id).unwrap();
         assert_eq!((backend.packets, backend.new_flows), (3, 1));
         let flow = dp.flow(&flow_of(&syn)).unwrap().expect("flow recorded");
-        assert_eq!(flow.backend, first as u32);
+        assert_eq!(flow.backend, first_id);
         assert_ne!(
             flow.flags & lb_common::FLOW_F_FIN,
             0,
@@ -539,14 +440,12 @@ fn tcp_new_flow_established_reply_and_close() {
         let inserted = dp.counter(Reason::EventFlowInserted).unwrap();
         check(
             &mut dp,
-            &[Case {
-                name: "a SYN on a closed flow's 5-tuple is a new flow on the same backend",
-                ingress: lab.client_if,
-                input: syn.build(),
-                verdict: XDP_REDIRECT,
-                reason: Reason::Forwarded,
-                output: Output::Exactly(to_backend(&syn, first, 8080)),
-            }],
+            &[lab.forwarded(
+                "a SYN on a closed flow's 5-tuple is a new flow on the same backend",
+                &syn,
+                first,
+                8080,
+            )],
         );
         let flow = dp.flow(&flow_of(&syn)).unwrap().expect("flow recorded");
         assert_eq!(
@@ -554,7 +453,7 @@ fn tcp_new_flow_established_reply_and_close() {
             lb_common::FLOW_F_OPENING,
             "the reopened flow is half-open, not closing"
         );
-        assert_eq!(dp.listener_stats(0).unwrap().new_flows, 2);
+        assert_eq!(dp.listener_stats(web).unwrap().new_flows, 2);
         // Its ACK moves it back to the flow table: the same key, so no new entry there
         // (the status view's eviction estimate is insertions minus entries present).
         let (verdict, _) = run(&mut dp, lab.client_if, &ack.build());
@@ -576,12 +475,9 @@ fn tcp_new_flow_established_reply_and_close() {
 fn forged_rst_and_syn_cannot_move_or_close_a_connection() {
     let Some(lab) = lab("fxforge") else { return };
     lab.ns.enter(|| {
-        for (n, scheduler) in [Scheduler::Wrr, Scheduler::Rr, Scheduler::Wlc]
-            .into_iter()
-            .enumerate()
-        {
+        for (n, scheduler) in ["wrr", "rr", "wlc"].into_iter().enumerate() {
             let mut dp = load(&lab);
-            web(three_backends(), scheduler).install(&mut dp, 1);
+            let fx = provision(&mut dp, &three_backends(scheduler, ""));
             let sport = 43_000 + n as u16;
             let client = |flags: u8, seq: u32, ack: u32| {
                 from_client(Frame::tcp((CLIENT, sport), (VIP, 80), flags).seq_ack(seq, ack))
@@ -595,54 +491,39 @@ fn forged_rst_and_syn_cannot_move_or_close_a_connection() {
             let forged_fin = client(FIN | ACK, 0x0bad_cafe, 5001);
             let (forged_backend_rst, forged_backend_rst_out) =
                 backend_segment(first, sport, RST | ACK, 0x7777_0000, 1001);
-            let to_first = |name: &'static str, frame: &Frame| Case {
-                name,
-                ingress: lab.client_if,
-                input: frame.build(),
-                verdict: XDP_REDIRECT,
-                reason: Reason::Forwarded,
-                output: Output::Exactly(to_backend(frame, first, 8080)),
-            };
+            let to_first = |name, frame: &Frame| lab.forwarded(name, frame, first, 8080);
             check(
                 &mut dp,
                 &[
-                    Case {
-                        name: "the backend's SYN-ACK",
-                        ingress: lab.backend_if,
-                        input: syn_ack.build(),
-                        verdict: XDP_REDIRECT,
-                        reason: Reason::ReplyForwarded,
-                        output: Output::Exactly(syn_ack_out),
-                    },
+                    lab.replied("the backend's SYN-ACK", &syn_ack, syn_ack_out),
                     to_first("the client's ACK", &ack),
                     to_first("a RST with a random sequence number", &forged_rst),
                     to_first("a SYN after it stays with the connection's backend", &syn),
                     to_first("a FIN with a random sequence number", &forged_fin),
                     to_first("a SYN after it", &syn),
-                    Case {
-                        name: "a RST from the backend's address with a random sequence number",
-                        ingress: lab.backend_if,
-                        input: forged_backend_rst.build(),
-                        verdict: XDP_REDIRECT,
-                        reason: Reason::ReplyForwarded,
-                        output: Output::Exactly(forged_backend_rst_out),
-                    },
+                    lab.replied(
+                        "a RST from the backend's address with a random sequence number",
+                        &forged_backend_rst,
+                        forged_backend_rst_out,
+                    ),
                     to_first("a SYN after that", &syn),
                     to_first("the client's next ACK", &ack),
                 ],
             );
+            let first_id = fx.backend_id("web", B[first], 8080);
             let flow = dp.flow(&flow_of(&syn)).unwrap().expect("flow recorded");
             assert_eq!(
                 (
-                    flow.backend as usize,
+                    flow.backend,
                     flow.flags & (lb_common::FLOW_F_FIN | lb_common::FLOW_F_RST)
                 ),
-                (first, 0),
-                "{scheduler:?}: the connection keeps its backend and stays active"
+                (first_id, 0),
+                "{scheduler}: the connection keeps its backend and stays active"
             );
-            assert_eq!(dp.listener_stats(0).unwrap().new_flows, 1, "{scheduler:?}");
-            if scheduler == Scheduler::Wlc {
-                assert_eq!(dp.active_flows(first as u32).unwrap(), 1, "still counted");
+            let web = fx.listener_id("web");
+            assert_eq!(dp.listener_stats(web).unwrap().new_flows, 1, "{scheduler}");
+            if scheduler == "wlc" {
+                assert_eq!(dp.active_flows(first_id).unwrap(), 1, "still counted");
             }
         }
     });
@@ -657,7 +538,7 @@ fn nothing_for_a_vip_reaches_the_kernel_and_pings_are_answered_as_configured() {
     let Some(lab) = lab("fxvip") else { return };
     lab.ns.enter(|| {
         let mut dp = load(&lab);
-        web(vec![member(0, B[0], 8080, 100)], Scheduler::Wrr).install(&mut dp, 1);
+        let mut fx = provision(&mut dp, ONE_BACKEND);
         let icmp = |kind: u8, to: Ipv4Addr, fragment: bool| {
             let mut message = vec![kind, 0, 0, 0, 0x12, 0x34, 0x00, 0x07];
             message.extend_from_slice(b"ping data");
@@ -682,14 +563,7 @@ fn nothing_for_a_vip_reaches_the_kernel_and_pings_are_answered_as_configured() {
         let unreachable_about_nothing = icmp(3, VIP, false);
         let fragmented_echo = icmp(8, VIP, true);
         let udp_no_listener = from_client(Frame::udp((CLIENT, 40300), (VIP, 5060)));
-        let drop = |name, input: &Frame, reason| Case {
-            name,
-            ingress: lab.client_if,
-            input: input.build(),
-            verdict: XDP_DROP,
-            reason,
-            output: Output::Unchanged,
-        };
+        let drop = |name, input: &Frame, reason| lab.dropped(name, input.build(), reason);
         check(
             &mut dp,
             &[
@@ -724,15 +598,9 @@ fn nothing_for_a_vip_reaches_the_kernel_and_pings_are_answered_as_configured() {
                 ),
             ],
         );
-        // vip_ping: drop, as the controller writes it: the VIP's marker without the flag.
-        dp.set_listener(
-            ListenerKey::vip_marker(be(VIP)),
-            Listener {
-                flags: lb_common::LISTENER_F_VIP_MARKER,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        fx.config.vip_ping = VipPing::Drop;
+        let ops = fx.apply(&mut dp).unwrap();
+        assert_eq!(ops.len(), 1, "only the VIP's marker changes: {ops:?}");
         check(
             &mut dp,
             &[drop(
@@ -768,7 +636,7 @@ fn forged_sources_plant_no_state_and_cannot_capture_health_probes() {
 
         // Without the host's addresses refused (as before): the probe is captured.
         let mut dp = load(&lab);
-        web(vec![member(0, B[0], 8080, 100)], Scheduler::Wrr).install(&mut dp, 1);
+        provision(&mut dp, ONE_BACKEND);
         let (verdict, _) = run(&mut dp, lab.client_if, &forged.build());
         assert_eq!(verdict, XDP_REDIRECT, "accepted as a new flow");
         let (_, out) = run(&mut dp, lab.backend_if, &probe_answer.build());
@@ -779,20 +647,27 @@ fn forged_sources_plant_no_state_and_cannot_capture_health_probes() {
              from the VIP, the prober never matches it"
         );
 
-        // As the controller provisions it.
+        // As the controller provisions it, with the lab's addresses (198.18.0.1 and
+        // 198.18.1.1) as the host's and a second VIP.
         let mut dp = load(&lab);
-        web(vec![member(0, B[0], 8080, 100)], Scheduler::Wrr).install(&mut dp, 1);
-        dp.add_acl_entry(lb_common::REFUSED_SOURCES_ACL, lb_backend_addr, 32)
-            .unwrap();
-        dp.add_vip(be(VIP2)).unwrap();
-        let refused = |name, frame: &Frame| Case {
-            name,
-            ingress: lab.client_if,
-            input: frame.build(),
-            verdict: XDP_DROP,
-            reason: Reason::DropSpoofedSource,
-            output: Output::Unchanged,
+        let runtime = Runtime {
+            local_addresses: provision::host_addresses().unwrap(),
+            ..Runtime::default()
         };
+        assert!(runtime.local_addresses.contains(&lb_backend_addr));
+        let fx = provision_with(
+            &mut dp,
+            "
+default_server_group:
+  servers: [{ address: 198.18.1.10 }]
+listeners:
+  - { name: web, protocol: tcp, address: 198.19.0.100, port: 80, backend_port: 8080 }
+  - { name: web2, protocol: tcp, address: 198.19.0.101, port: 80, backend_port: 8080 }
+",
+            runtime,
+        );
+        let refused =
+            |name, frame: &Frame| lab.dropped(name, frame.build(), Reason::DropSpoofedSource);
         check(
             &mut dp,
             &[
@@ -813,7 +688,7 @@ fn forged_sources_plant_no_state_and_cannot_capture_health_probes() {
             assert!(dp.flow(&flow_of(frame)).unwrap().is_none(), "no flow entry");
         }
         assert!(dp.flows().unwrap().is_empty(), "no state at all");
-        assert_eq!(dp.listener_stats(0).unwrap().dropped, 3);
+        assert_eq!(dp.listener_stats(fx.listener_id("web")).unwrap().dropped, 3);
     });
 }
 
@@ -825,8 +700,7 @@ fn a_syn_flood_cannot_evict_established_flows() {
     let Some(lab) = lab("fxflood") else { return };
     lab.ns.enter(|| {
         let mut dp = load(&lab);
-        let listener = web(three_backends(), Scheduler::Wrr);
-        listener.install(&mut dp, 1);
+        provision(&mut dp, &three_backends("wrr", ""));
         let syn = from_client(Frame::tcp((CLIENT, 44000), (VIP, 80), SYN));
         let ack = from_client(Frame::tcp((CLIENT, 44000), (VIP, 80), ACK).seq_ack(1001, 5001));
         let (_, out) = run(&mut dp, lab.client_if, &syn.build());
@@ -858,14 +732,12 @@ fn a_syn_flood_cannot_evict_established_flows() {
         let pickups = dp.counter(Reason::EventPickup).unwrap();
         check(
             &mut dp,
-            &[Case {
-                name: "the established flow's next packet after the flood",
-                ingress: lab.client_if,
-                input: ack.build(),
-                verdict: XDP_REDIRECT,
-                reason: Reason::Forwarded,
-                output: Output::Exactly(to_backend(&ack, backend, 8080)),
-            }],
+            &[lab.forwarded(
+                "the established flow's next packet after the flood",
+                &ack,
+                backend,
+                8080,
+            )],
         );
         assert_eq!(
             dp.counter(Reason::EventPickup).unwrap(),
@@ -886,30 +758,20 @@ fn mid_flow_pickup_uses_the_maglev_table_on_the_4_tuple() {
     let Some(lab) = lab("fxpick") else { return };
     lab.ns.enter(|| {
         let mut dp = load(&lab);
-        let listener = web(three_backends(), Scheduler::Wrr);
-        listener.install(&mut dp, 1);
-        let table = listener.maglev();
+        let fx = provision(&mut dp, &three_backends("wrr", ""));
         for sport in [41000u16, 41001, 41002, 41003] {
             let ack = from_client(Frame::tcp((CLIENT, sport), (VIP, 80), ACK));
-            let slot = select::maglev_index_tuple(0, be(CLIENT), be(VIP), port(sport), port(80));
-            let expected = table[slot as usize] as usize;
+            let expected = index_of_id(&fx, maglev_pick(&dp, &fx, "web", (CLIENT, sport)));
             let before = dp.counter(Reason::EventPickup).unwrap();
             check(
                 &mut dp,
-                &[Case {
-                    name: "ACK without an entry",
-                    ingress: lab.client_if,
-                    input: ack.build(),
-                    verdict: XDP_REDIRECT,
-                    reason: Reason::Forwarded,
-                    output: Output::Exactly(to_backend(&ack, expected, 8080)),
-                }],
+                &[lab.forwarded("ACK without an entry", &ack, expected, 8080)],
             );
             assert_eq!(dp.counter(Reason::EventPickup).unwrap(), before + 1);
             let flow = dp.flow(&flow_of(&ack)).unwrap().expect("pickup recorded");
             assert_ne!(flow.flags & FLOW_F_PICKUP, 0);
         }
-        let stats = dp.listener_stats(0).unwrap();
+        let stats = dp.listener_stats(fx.listener_id("web")).unwrap();
         assert_eq!((stats.pickups, stats.new_flows), (4, 0));
     });
 }
@@ -919,16 +781,15 @@ fn udp_with_and_without_checksum() {
     let Some(lab) = lab("fxudp") else { return };
     lab.ns.enter(|| {
         let mut dp = load(&lab);
-        ListenerSetup {
-            id: 1,
-            vip: VIP,
-            port: 53,
-            protocol: PROTO_UDP,
-            scheduler: Scheduler::Rr,
-            members: vec![member(0, B[0], 5353, 100)],
-            ..Default::default()
-        }
-        .install(&mut dp, 1);
+        let fx = provision(
+            &mut dp,
+            "
+default_server_group:
+  servers: [{ address: 198.18.1.10 }]
+listeners:
+  - { name: dns, protocol: udp, address: 198.19.0.100, port: 53, backend_port: 5353, scheduler: rr }
+",
+        );
         let with = from_client(Frame::udp((CLIENT, 33000), (VIP, 53)).payload(b"query"));
         let without = from_client(
             Frame::udp((CLIENT, 33001), (VIP, 53))
@@ -952,14 +813,7 @@ fn udp_with_and_without_checksum() {
         check(
             &mut dp,
             &[
-                Case {
-                    name: "UDP with a checksum",
-                    ingress: lab.client_if,
-                    input: with.build(),
-                    verdict: XDP_REDIRECT,
-                    reason: Reason::Forwarded,
-                    output: Output::Exactly(to_backend(&with, 0, 5353)),
-                },
+                lab.forwarded("UDP with a checksum", &with, 0, 5353),
                 Case {
                     name: "UDP without a checksum keeps 0",
                     ingress: lab.client_if,
@@ -968,17 +822,13 @@ fn udp_with_and_without_checksum() {
                     reason: Reason::Forwarded,
                     output: Output::Exactly(without_out),
                 },
-                Case {
-                    name: "UDP reply",
-                    ingress: lab.backend_if,
-                    input: reply.build(),
-                    verdict: XDP_REDIRECT,
-                    reason: Reason::ReplyForwarded,
-                    output: Output::Exactly(reply_out),
-                },
+                lab.replied("UDP reply", &reply, reply_out),
             ],
         );
-        assert_eq!(dp.listener_stats(1).unwrap().new_flows, 2);
+        assert_eq!(
+            dp.listener_stats(fx.listener_id("dns")).unwrap().new_flows,
+            2
+        );
     });
 }
 
@@ -987,22 +837,14 @@ fn ip_options_are_kept_and_honoured() {
     let Some(lab) = lab("fxopt") else { return };
     lab.ns.enter(|| {
         let mut dp = load(&lab);
-        web(vec![member(0, B[0], 8080, 100)], Scheduler::Wrr).install(&mut dp, 1);
+        provision(&mut dp, ONE_BACKEND);
         // Router alert (4 bytes) and a timestamp-sized run of NOPs: IHL 5 + 3.
         let options = [0x94, 0x04, 0x00, 0x00, 1, 1, 1, 1, 1, 1, 1, 0];
         let syn = from_client(Frame::tcp((CLIENT, 40100), (VIP, 80), SYN).options(&options));
-        let built = syn.build();
-        assert_eq!(built[14], 0x48, "IHL 8");
+        assert_eq!(syn.build()[14], 0x48, "IHL 8");
         check(
             &mut dp,
-            &[Case {
-                name: "SYN with IP options",
-                ingress: lab.client_if,
-                input: built,
-                verdict: XDP_REDIRECT,
-                reason: Reason::Forwarded,
-                output: Output::Exactly(to_backend(&syn, 0, 8080)),
-            }],
+            &[lab.forwarded("SYN with IP options", &syn, 0, 8080)],
         );
     });
 }
@@ -1012,7 +854,7 @@ fn malformed_fragmented_and_foreign_packets() {
     let Some(lab) = lab("fxbad") else { return };
     lab.ns.enter(|| {
         let mut dp = load(&lab);
-        web(vec![member(0, B[0], 8080, 100)], Scheduler::Wrr).install(&mut dp, 1);
+        provision(&mut dp, ONE_BACKEND);
         let syn = from_client(Frame::tcp((CLIENT, 40200), (VIP, 80), SYN)).build();
         let udp = from_client(Frame::udp((CLIENT, 40200), (VIP, 80))).build();
 
@@ -1050,150 +892,64 @@ fn malformed_fragmented_and_foreign_packets() {
         icmp.payload = vec![8, 0, 0xf7, 0xff, 0, 0, 0, 0];
 
         let mut cases = vec![
-            Case {
-                name: "IHL 4",
-                ingress: lab.client_if,
-                input: ihl4,
-                verdict: XDP_DROP,
-                reason: Reason::DropMalformedIpv4,
-                output: Output::Unchanged,
-            },
-            Case {
-                name: "IP version 6 in an IPv4 ethertype",
-                ingress: lab.client_if,
-                input: version6,
-                verdict: XDP_DROP,
-                reason: Reason::DropMalformedIpv4,
-                output: Output::Unchanged,
-            },
-            Case {
-                name: "total length beyond the frame",
-                ingress: lab.client_if,
-                input: too_long,
-                verdict: XDP_DROP,
-                reason: Reason::DropMalformedIpv4,
-                output: Output::Unchanged,
-            },
-            Case {
-                name: "total length shorter than the header",
-                ingress: lab.client_if,
-                input: shorter_than_header,
-                verdict: XDP_DROP,
-                reason: Reason::DropMalformedIpv4,
-                output: Output::Unchanged,
-            },
-            Case {
-                name: "TCP data offset 4",
-                ingress: lab.client_if,
-                input: doff4,
-                verdict: XDP_DROP,
-                reason: Reason::DropMalformedL4,
-                output: Output::Unchanged,
-            },
-            Case {
-                name: "TCP data offset past the segment",
-                ingress: lab.client_if,
-                input: doff15,
-                verdict: XDP_DROP,
-                reason: Reason::DropMalformedL4,
-                output: Output::Unchanged,
-            },
-            Case {
-                name: "ARP",
-                ingress: lab.client_if,
-                input: arp,
-                verdict: XDP_PASS,
-                reason: Reason::PassNotIpv4,
-                output: Output::Unchanged,
-            },
-            Case {
-                name: "IPv6",
-                ingress: lab.client_if,
-                input: ipv6,
-                verdict: XDP_PASS,
-                reason: Reason::PassNotIpv4,
-                output: Output::Unchanged,
-            },
-            Case {
-                name: "VLAN tag",
-                ingress: lab.client_if,
-                input: vlan,
-                verdict: XDP_PASS,
-                reason: Reason::PassNotIpv4,
-                output: Output::Unchanged,
-            },
-            Case {
-                name: "first fragment to a VIP",
-                ingress: lab.client_if,
-                input: frag_first.build(),
-                verdict: XDP_DROP,
-                reason: Reason::DropFragment,
-                output: Output::Unchanged,
-            },
-            Case {
-                name: "later fragment to a VIP",
-                ingress: lab.client_if,
-                input: frag_later.build(),
-                verdict: XDP_DROP,
-                reason: Reason::DropFragment,
-                output: Output::Unchanged,
-            },
-            Case {
-                name: "fragment to another host",
-                ingress: lab.client_if,
-                input: frag_other.build(),
-                verdict: XDP_PASS,
-                reason: Reason::PassNotForUs,
-                output: Output::Unchanged,
-            },
-            Case {
-                name: "TTL 1",
-                ingress: lab.client_if,
-                input: ttl1.build(),
-                verdict: XDP_PASS,
-                reason: Reason::PassTtlExpired,
-                output: Output::Unchanged,
-            },
-            Case {
-                name: "TTL 0",
-                ingress: lab.client_if,
-                input: ttl0.build(),
-                verdict: XDP_PASS,
-                reason: Reason::PassTtlExpired,
-                output: Output::Unchanged,
-            },
-            Case {
-                name: "not a VIP",
-                ingress: lab.client_if,
-                input: not_vip.build(),
-                verdict: XDP_PASS,
-                reason: Reason::PassNotForUs,
-                output: Output::Unchanged,
-            },
-            Case {
-                name: "VIP, port without a listener",
-                ingress: lab.client_if,
-                input: unknown_port.build(),
-                verdict: XDP_DROP,
-                reason: Reason::DropVipNoListener,
-                output: Output::Unchanged,
-            },
-            Case {
-                name: "VIP, listener port, other protocol",
-                ingress: lab.client_if,
-                input: wrong_proto.build(),
-                verdict: XDP_DROP,
-                reason: Reason::DropVipNoListener,
-                output: Output::Unchanged,
-            },
-            Case {
-                name: "ICMP echo to another address",
-                ingress: lab.client_if,
-                input: icmp.build(),
-                verdict: XDP_PASS,
-                reason: Reason::PassOtherProtocol,
-                output: Output::Unchanged,
-            },
+            lab.dropped("IHL 4", ihl4, Reason::DropMalformedIpv4),
+            lab.dropped(
+                "IP version 6 in an IPv4 ethertype",
+                version6,
+                Reason::DropMalformedIpv4,
+            ),
+            lab.dropped(
+                "total length beyond the frame",
+                too_long,
+                Reason::DropMalformedIpv4,
+            ),
+            lab.dropped(
+                "total length shorter than the header",
+                shorter_than_header,
+                Reason::DropMalformedIpv4,
+            ),
+            lab.dropped("TCP data offset 4", doff4, Reason::DropMalformedL4),
+            lab.dropped(
+                "TCP data offset past the segment",
+                doff15,
+                Reason::DropMalformedL4,
+            ),
+            lab.passed("ARP", arp, Reason::PassNotIpv4),
+            lab.passed("IPv6", ipv6, Reason::PassNotIpv4),
+            lab.passed("VLAN tag", vlan, Reason::PassNotIpv4),
+            lab.dropped(
+                "first fragment to a VIP",
+                frag_first.build(),
+                Reason::DropFragment,
+            ),
+            lab.dropped(
+                "later fragment to a VIP",
+                frag_later.build(),
+                Reason::DropFragment,
+            ),
+            lab.passed(
+                "fragment to another host",
+                frag_other.build(),
+                Reason::PassNotForUs,
+            ),
+            lab.passed("TTL 1", ttl1.build(), Reason::PassTtlExpired),
+            lab.passed("TTL 0", ttl0.build(), Reason::PassTtlExpired),
+            lab.passed("not a VIP", not_vip.build(), Reason::PassNotForUs),
+            lab.dropped(
+                "VIP, port without a listener",
+                unknown_port.build(),
+                Reason::DropVipNoListener,
+            ),
+            lab.dropped(
+                "VIP, listener port, other protocol",
+                wrong_proto.build(),
+                Reason::DropVipNoListener,
+            ),
+            lab.passed(
+                "ICMP echo to another address",
+                icmp.build(),
+                Reason::PassOtherProtocol,
+            ),
         ];
 
         // Truncated at every layer: every length from the Ethernet header to the end of the
@@ -1222,14 +978,7 @@ fn malformed_fragmented_and_foreign_packets() {
         for len in 34..42 {
             let mut frame = udp[..len].to_vec();
             packet::set_total_length(&mut frame, (len - 14) as u16);
-            cases.push(Case {
-                name: "truncated UDP header",
-                ingress: lab.client_if,
-                input: frame,
-                verdict: XDP_DROP,
-                reason: Reason::DropMalformedL4,
-                output: Output::Unchanged,
-            });
+            cases.push(lab.dropped("truncated UDP header", frame, Reason::DropMalformedL4));
         }
         check(&mut dp, &cases);
         assert!(
@@ -1244,7 +993,15 @@ fn unknown_neighbour_goes_to_the_kernel_translated() {
     let Some(lab) = lab("fxneigh") else { return };
     lab.ns.enter(|| {
         let mut dp = load(&lab);
-        web(vec![member(0, NO_NEIGH, 8080, 100)], Scheduler::Wrr).install(&mut dp, 1);
+        provision(
+            &mut dp,
+            "
+default_server_group:
+  servers: [{ address: 198.18.1.13 }]
+listeners:
+  - { name: web, protocol: tcp, address: 198.19.0.100, port: 80, backend_port: 8080 }
+",
+        );
         let syn = from_client(Frame::tcp((CLIENT, 40300), (VIP, 80), SYN));
         // Translated, but TTL and MACs untouched: the kernel forwards it (and decrements).
         let mut expected = syn.clone();
@@ -1270,50 +1027,35 @@ fn reverse_entry_collision_is_refused_and_counted() {
     lab.ns.enter(|| {
         let mut dp = load(&lab);
         // Two listeners whose groups share backend B0:8080.
-        web(vec![member(0, B[0], 8080, 100)], Scheduler::Wrr).install(&mut dp, 1);
-        ListenerSetup {
-            id: 1,
-            vip: VIP2,
-            port: 80,
-            protocol: PROTO_TCP,
-            scheduler: Scheduler::Wrr,
-            members: vec![member(1, B[0], 8080, 100)],
-            ..Default::default()
-        }
-        .install(&mut dp, 1);
+        let fx = provision(
+            &mut dp,
+            "
+default_server_group:
+  servers: [{ address: 198.18.1.10 }]
+listeners:
+  - { name: web, protocol: tcp, address: 198.19.0.100, port: 80, backend_port: 8080 }
+  - { name: web2, protocol: tcp, address: 198.19.0.101, port: 80, backend_port: 8080 }
+",
+        );
         let first = from_client(Frame::tcp((CLIENT, 40400), (VIP, 80), SYN));
         let second = from_client(Frame::tcp((CLIENT, 40400), (VIP2, 80), SYN));
         let other_port = from_client(Frame::tcp((CLIENT, 40401), (VIP2, 80), SYN));
         check(
             &mut dp,
             &[
-                Case {
-                    name: "first flow claims B0:8080 ↔ client:40400",
-                    ingress: lab.client_if,
-                    input: first.build(),
-                    verdict: XDP_REDIRECT,
-                    reason: Reason::Forwarded,
-                    output: Output::Exactly(to_backend(&first, 0, 8080)),
-                },
-                Case {
-                    name: "same client port to the other VIP would share the reply tuple",
-                    ingress: lab.client_if,
-                    input: second.build(),
-                    verdict: XDP_DROP,
-                    reason: Reason::DropReverseCollision,
-                    output: Output::Unchanged,
-                },
-                Case {
-                    name: "another client port is fine",
-                    ingress: lab.client_if,
-                    input: other_port.build(),
-                    verdict: XDP_REDIRECT,
-                    reason: Reason::Forwarded,
-                    output: Output::Exactly(to_backend(&other_port, 0, 8080)),
-                },
+                lab.forwarded("first flow claims B0:8080 ↔ client:40400", &first, 0, 8080),
+                lab.dropped(
+                    "same client port to the other VIP would share the reply tuple",
+                    second.build(),
+                    Reason::DropReverseCollision,
+                ),
+                lab.forwarded("another client port is fine", &other_port, 0, 8080),
             ],
         );
-        assert_eq!(dp.listener_stats(1).unwrap().dropped, 1);
+        assert_eq!(
+            dp.listener_stats(fx.listener_id("web2")).unwrap().dropped,
+            1
+        );
         assert!(
             dp.flow(&flow_of(&second)).unwrap().is_none(),
             "refused flow not recorded"
@@ -1327,30 +1069,18 @@ fn reverse_entry_collision_is_refused_and_counted() {
         check(
             &mut dp,
             &[
-                Case {
-                    name: "B0 answers the first flow",
-                    ingress: lab.backend_if,
-                    input: syn_ack.build(),
-                    verdict: XDP_REDIRECT,
-                    reason: Reason::ReplyForwarded,
-                    output: Output::Exactly(syn_ack_out),
-                },
-                Case {
-                    name: "a forged RST goes to the backend, whose TCP ignores it",
-                    ingress: lab.client_if,
-                    input: forged.build(),
-                    verdict: XDP_REDIRECT,
-                    reason: Reason::Forwarded,
-                    output: Output::Exactly(to_backend(&forged, 0, 8080)),
-                },
-                Case {
-                    name: "after a forged RST the reply tuple is still taken",
-                    ingress: lab.client_if,
-                    input: second.build(),
-                    verdict: XDP_DROP,
-                    reason: Reason::DropReverseCollision,
-                    output: Output::Unchanged,
-                },
+                lab.replied("B0 answers the first flow", &syn_ack, syn_ack_out),
+                lab.forwarded(
+                    "a forged RST goes to the backend, whose TCP ignores it",
+                    &forged,
+                    0,
+                    8080,
+                ),
+                lab.dropped(
+                    "after a forged RST the reply tuple is still taken",
+                    second.build(),
+                    Reason::DropReverseCollision,
+                ),
             ],
         );
 
@@ -1360,22 +1090,13 @@ fn reverse_entry_collision_is_refused_and_counted() {
         check(
             &mut dp,
             &[
-                Case {
-                    name: "RST closes the first flow",
-                    ingress: lab.client_if,
-                    input: rst.build(),
-                    verdict: XDP_REDIRECT,
-                    reason: Reason::Forwarded,
-                    output: Output::Exactly(to_backend(&rst, 0, 8080)),
-                },
-                Case {
-                    name: "the reply tuple of a closed flow is taken over",
-                    ingress: lab.client_if,
-                    input: second.build(),
-                    verdict: XDP_REDIRECT,
-                    reason: Reason::Forwarded,
-                    output: Output::Exactly(to_backend(&second, 0, 8080)),
-                },
+                lab.forwarded("RST closes the first flow", &rst, 0, 8080),
+                lab.forwarded(
+                    "the reply tuple of a closed flow is taken over",
+                    &second,
+                    0,
+                    8080,
+                ),
             ],
         );
     });
@@ -1386,9 +1107,15 @@ fn weight_zero_takes_no_new_flow_but_keeps_its_own() {
     let Some(lab) = lab("fxw0") else { return };
     lab.ns.enter(|| {
         let mut dp = load(&lab);
-        let mut members = vec![member(0, B[0], 8080, 100), member(1, B[1], 8080, 100)];
-        let listener = web(members.clone(), Scheduler::Wrr);
-        listener.install(&mut dp, 1);
+        let mut fx = provision(
+            &mut dp,
+            "
+default_server_group:
+  servers: [{ address: 198.18.1.10 }, { address: 198.18.1.11 }]
+listeners:
+  - { name: web, protocol: tcp, address: 198.19.0.100, port: 80, backend_port: 8080 }
+",
+        );
         // Find a client port whose SYN lands on B1, then quiesce B1 (weight 0).
         let mut on_b1 = None;
         for sport in 42000u16..42010 {
@@ -1400,28 +1127,19 @@ fn weight_zero_takes_no_new_flow_but_keeps_its_own() {
             }
         }
         let sport = on_b1.expect("wrr alternates, so one of ten SYNs goes to B1");
-        members[1].weight = 0;
-        web(members, Scheduler::Wrr).install(&mut dp, 1);
+        fx.config.default_server_group.servers[1].weight = 0;
+        fx.apply(&mut dp).unwrap();
 
         let ack = from_client(Frame::tcp((CLIENT, sport), (VIP, 80), ACK).payload(b"more"));
-        let mut cases = vec![Case {
-            name: "the established flow on the weight-0 backend continues",
-            ingress: lab.client_if,
-            input: ack.build(),
-            verdict: XDP_REDIRECT,
-            reason: Reason::Forwarded,
-            output: Output::Exactly(to_backend(&ack, 1, 8080)),
-        }];
+        let mut cases = vec![lab.forwarded(
+            "the established flow on the weight-0 backend continues",
+            &ack,
+            1,
+            8080,
+        )];
         for sport in 43000u16..43020 {
             let syn = from_client(Frame::tcp((CLIENT, sport), (VIP, 80), SYN));
-            cases.push(Case {
-                name: "new flows avoid the weight-0 backend",
-                ingress: lab.client_if,
-                input: syn.build(),
-                verdict: XDP_REDIRECT,
-                reason: Reason::Forwarded,
-                output: Output::Exactly(to_backend(&syn, 0, 8080)),
-            });
+            cases.push(lab.forwarded("new flows avoid the weight-0 backend", &syn, 0, 8080));
         }
         check(&mut dp, &cases);
     });
@@ -1432,8 +1150,7 @@ fn unhealthy_backend_gets_no_new_flows_and_its_flows_move() {
     let Some(lab) = lab("fxdown") else { return };
     lab.ns.enter(|| {
         let mut dp = load(&lab);
-        let mut members = three_backends();
-        web(members.clone(), Scheduler::Sch).install(&mut dp, 1);
+        let mut fx = provision(&mut dp, &three_backends("sch", ""));
         // sch: the client address decides; find where CLIENT lands.
         let syn = from_client(Frame::tcp((CLIENT, 44000), (VIP, 80), SYN));
         let (verdict, out) = run(&mut dp, lab.client_if, &syn.build());
@@ -1441,48 +1158,42 @@ fn unhealthy_backend_gets_no_new_flows_and_its_flows_move() {
         let down = index_of(Ipv4Addr::new(out[30], out[31], out[32], out[33]));
 
         // Health check failed: the controller marks it unusable and rebuilds the tables.
-        members[down].usable = false;
-        let listener = web(members, Scheduler::Sch);
-        listener.install(&mut dp, 1);
-        let table = listener.maglev();
-        assert!(table.iter().all(|&id| id as usize != down));
+        let down_id = fx.backend_id("web", B[down], 8080);
+        let key = fx.backend_key("web", B[down], 8080);
+        fx.runtime.unhealthy.insert(key);
+        fx.apply(&mut dp).unwrap();
+        let live = live_slot(&dp, &fx, "web");
+        let table = dp.maglev_table(live).unwrap();
+        assert!(table.iter().all(|&id| id != down_id));
 
         let ack = from_client(Frame::tcp((CLIENT, 44000), (VIP, 80), ACK));
-        let live = dp.listener(&listener.key()).unwrap().unwrap().table;
-        let slot = select::maglev_index_tuple(live, be(CLIENT), be(VIP), port(44000), port(80));
-        let moved_to =
-            dp.maglev_table(live).unwrap()[(slot - live * MAGLEV_TABLE_SIZE) as usize] as usize;
+        let moved_to = index_of_id(&fx, maglev_pick(&dp, &fx, "web", (CLIENT, 44000)));
         assert_ne!(moved_to, down);
         let before = dp.counter(Reason::EventReselected).unwrap();
         let syn2 = from_client(Frame::tcp((CLIENT, 44001), (VIP, 80), SYN));
         let src_slot = select::maglev_index_source(live, be(CLIENT));
-        let sch_pick =
-            dp.maglev_table(live).unwrap()[(src_slot - live * MAGLEV_TABLE_SIZE) as usize] as usize;
+        let sch_pick = index_of_id(&fx, table[(src_slot - live * MAGLEV_TABLE_SIZE) as usize]);
         check(
             &mut dp,
             &[
-                Case {
-                    name: "the flow of the failed backend is picked up elsewhere",
-                    ingress: lab.client_if,
-                    input: ack.build(),
-                    verdict: XDP_REDIRECT,
-                    reason: Reason::Forwarded,
-                    output: Output::Exactly(to_backend(&ack, moved_to, 8080)),
-                },
-                Case {
-                    name: "a new flow from the same client avoids the failed backend",
-                    ingress: lab.client_if,
-                    input: syn2.build(),
-                    verdict: XDP_REDIRECT,
-                    reason: Reason::Forwarded,
-                    output: Output::Exactly(to_backend(&syn2, sch_pick, 8080)),
-                },
+                lab.forwarded(
+                    "the flow of the failed backend is picked up elsewhere",
+                    &ack,
+                    moved_to,
+                    8080,
+                ),
+                lab.forwarded(
+                    "a new flow from the same client avoids the failed backend",
+                    &syn2,
+                    sch_pick,
+                    8080,
+                ),
             ],
         );
         assert_ne!(sch_pick, down);
         assert_eq!(dp.counter(Reason::EventReselected).unwrap(), before + 1);
         let flow: Flow = dp.flow(&flow_of(&ack)).unwrap().unwrap();
-        assert_eq!(flow.backend as usize, moved_to);
+        assert_eq!(index_of_id(&fx, flow.backend), moved_to);
     });
 }
 
@@ -1494,8 +1205,16 @@ fn same_interface_replies_use_xdp_tx() {
         // A backend on the client-side segment: in and out through cl0.
         let local = Ipv4Addr::new(198, 18, 0, 50);
         let local_mac: Mac = [0x02, 0, 0, 0, 0, 0x50];
-        lab.ns.neigh_permanent("cl0", local, &mac_str(local_mac));
-        web(vec![member(0, local, 8080, 100)], Scheduler::Wrr).install(&mut dp, 1);
+        lab.ns.neigh_permanent("cl0", local, &mac_string(local_mac));
+        provision(
+            &mut dp,
+            "
+default_server_group:
+  servers: [{ address: 198.18.0.50 }]
+listeners:
+  - { name: web, protocol: tcp, address: 198.19.0.100, port: 80, backend_port: 8080 }
+",
+        );
         let syn = from_client(Frame::tcp((CLIENT, 40500), (VIP, 80), SYN));
         let mut out = syn.clone();
         out.dst = local;
@@ -1520,22 +1239,22 @@ fn no_usable_backend_drops_new_flows() {
     let Some(lab) = lab("fxnone") else { return };
     lab.ns.enter(|| {
         let mut dp = load(&lab);
-        let mut only = member(0, B[0], 8080, 100);
-        only.usable = false;
-        web(vec![only], Scheduler::Wrr).install(&mut dp, 1);
+        // Its only backend's health check failed before anything was written.
+        let config = provision::config(&format!("{HEAD}{ONE_BACKEND}"));
+        let mut fx = Provisioned::plan(config, Runtime::default(), dp.sizes()).unwrap();
+        let key = fx.backend_key("web", B[0], 8080);
+        fx.runtime.unhealthy.insert(key);
+        fx.apply(&mut dp).unwrap();
         let syn = from_client(Frame::tcp((CLIENT, 40600), (VIP, 80), SYN));
         check(
             &mut dp,
-            &[Case {
-                name: "SYN with every backend down",
-                ingress: lab.client_if,
-                input: syn.build(),
-                verdict: XDP_DROP,
-                reason: Reason::DropNoBackend,
-                output: Output::Unchanged,
-            }],
+            &[lab.dropped(
+                "SYN with every backend down",
+                syn.build(),
+                Reason::DropNoBackend,
+            )],
         );
-        assert_eq!(dp.listener_stats(0).unwrap().dropped, 1);
+        assert_eq!(dp.listener_stats(fx.listener_id("web")).unwrap().dropped, 1);
     });
 }
 
@@ -1544,7 +1263,7 @@ fn a_stage_without_its_hand_off_drops_and_changes_nothing() {
     let Some(lab) = lab("fxstage") else { return };
     lab.ns.enter(|| {
         let mut dp = load(&lab);
-        web(three_backends(), Scheduler::Wrr).install(&mut dp, 1);
+        provision(&mut dp, &three_backends("wrr", ""));
         // The entry program hands this SYN's flow to the new-flow stage, which opens it.
         let first = from_client(Frame::tcp((CLIENT, 40700), (VIP, 80), SYN));
         let (verdict, _) = run(&mut dp, lab.client_if, &first.build());
@@ -1606,17 +1325,7 @@ fn icmp_errors_about_a_flow_are_translated_both_ways() {
     let Some(lab) = lab("fxicmp") else { return };
     lab.ns.enter(|| {
         let mut dp = load(&lab);
-        web(vec![member(0, B[0], 8080, 100)], Scheduler::Wrr).install(&mut dp, 1);
-        ListenerSetup {
-            id: 1,
-            vip: VIP,
-            port: 53,
-            protocol: PROTO_UDP,
-            scheduler: Scheduler::Rr,
-            members: vec![member(1, B[0], 5353, 100)],
-            ..Default::default()
-        }
-        .install(&mut dp, 1);
+        provision(&mut dp, WEB_AND_DNS);
         let router = Ipv4Addr::new(198, 18, 0, 254);
         let syn = from_client(Frame::tcp((CLIENT, 40700), (VIP, 80), SYN));
         let query = from_client(Frame::udp((CLIENT, 33100), (VIP, 53)).payload(b"query"));
@@ -1656,22 +1365,8 @@ fn icmp_errors_about_a_flow_are_translated_both_ways() {
         check(
             &mut dp,
             &[
-                Case {
-                    name: "SYN creates the TCP flow",
-                    ingress: lab.client_if,
-                    input: syn.build(),
-                    verdict: XDP_REDIRECT,
-                    reason: Reason::Forwarded,
-                    output: Output::Exactly(to_backend(&syn, 0, 8080)),
-                },
-                Case {
-                    name: "UDP query creates the UDP flow",
-                    ingress: lab.client_if,
-                    input: query.build(),
-                    verdict: XDP_REDIRECT,
-                    reason: Reason::Forwarded,
-                    output: Output::Exactly(to_backend(&query, 0, 5353)),
-                },
+                lab.forwarded("SYN creates the TCP flow", &syn, 0, 8080),
+                lab.forwarded("UDP query creates the UDP flow", &query, 0, 5353),
                 Case {
                     name: "fragmentation needed on the client's path goes to the backend",
                     ingress: lab.client_if,
@@ -1688,15 +1383,12 @@ fn icmp_errors_about_a_flow_are_translated_both_ways() {
                     reason: Reason::IcmpToClient,
                     output: Output::Exactly(port_unreachable_out),
                 },
-                Case {
-                    name: "an ICMP error to a VIP about no known flow is dropped (the kernel \
+                lab.dropped(
+                    "an ICMP error to a VIP about no known flow is dropped (the kernel \
                            would route it back when the VIP is not a local address)",
-                    ingress: lab.client_if,
-                    input: unknown.build(),
-                    verdict: XDP_DROP,
-                    reason: Reason::DropVipOtherProtocol,
-                    output: Output::Unchanged,
-                },
+                    unknown.build(),
+                    Reason::DropVipOtherProtocol,
+                ),
             ],
         );
     });
@@ -1741,15 +1433,7 @@ fn packets_with_df_too_big_for_the_egress_are_answered_with_fragmentation_needed
     lab.ns.ip(["link", "set", "cl0", "mtu", "1300"]);
     lab.ns.enter(|| {
         let mut dp = load(&lab);
-        web(vec![member(0, B[0], 8080, 100)], Scheduler::Wrr).install(&mut dp, 1);
-        ListenerSetup {
-            id: 1,
-            port: 53,
-            protocol: PROTO_UDP,
-            members: vec![member(1, B[0], 5353, 100)],
-            ..Default::default()
-        }
-        .install(&mut dp, 1);
+        provision(&mut dp, WEB_AND_DNS);
         let big = [0x5au8; 1400];
         let df = |mut f: Frame| {
             f.dont_fragment = true;
@@ -1778,14 +1462,7 @@ fn packets_with_df_too_big_for_the_egress_are_answered_with_fragmentation_needed
         check(
             &mut dp,
             &[
-                Case {
-                    name: "SYN creates the flow",
-                    ingress: lab.client_if,
-                    input: syn.build(),
-                    verdict: XDP_REDIRECT,
-                    reason: Reason::Forwarded,
-                    output: Output::Exactly(to_backend(&syn, 0, 8080)),
-                },
+                lab.forwarded("SYN creates the flow", &syn, 0, 8080),
                 Case {
                     name: "a client segment with DF too big for the backend side: \
                            fragmentation needed from the VIP, quoting the segment as sent",
@@ -1865,29 +1542,27 @@ fn wlc_sends_new_flows_to_the_backend_with_fewest_active_flows_per_weight() {
     let Some(lab) = lab("fxwlc") else { return };
     lab.ns.enter(|| {
         let mut dp = load(&lab);
-        web(
-            vec![member(0, B[0], 8080, 100), member(1, B[1], 8080, 50)],
-            Scheduler::Wlc,
-        )
-        .install(&mut dp, 1);
+        let fx = provision(
+            &mut dp,
+            "
+default_server_group:
+  servers: [{ address: 198.18.1.10 }, { address: 198.18.1.11, weight: 50 }]
+listeners:
+  - { name: web, protocol: tcp, address: 198.19.0.100, port: 80, backend_port: 8080, scheduler: wlc }
+",
+        );
+        let [b0, b1] = [0, 1].map(|i| fx.backend_id("web", B[i], 8080));
         // B0 carries 3 active flows at weight 100 (0.03 per unit), B1 1 at weight 50
         // (0.02): B1 is the less loaded one, as the controller's sweep would count them.
-        dp.set_active_flows(0, 3).unwrap();
-        dp.set_active_flows(1, 1).unwrap();
+        dp.set_active_flows(b0, 3).unwrap();
+        dp.set_active_flows(b1, 1).unwrap();
         let syn = from_client(Frame::tcp((CLIENT, 45000), (VIP, 80), SYN));
         check(
             &mut dp,
-            &[Case {
-                name: "least loaded per unit of weight",
-                ingress: lab.client_if,
-                input: syn.build(),
-                verdict: XDP_REDIRECT,
-                reason: Reason::Forwarded,
-                output: Output::Exactly(to_backend(&syn, 1, 8080)),
-            }],
+            &[lab.forwarded("least loaded per unit of weight", &syn, 1, 8080)],
         );
         assert_eq!(
-            dp.active_flows(1).unwrap(),
+            dp.active_flows(b1).unwrap(),
             2,
             "the new flow counts on B1 at once"
         );
@@ -1899,34 +1574,13 @@ fn wlc_sends_new_flows_to_the_backend_with_fewest_active_flows_per_weight() {
         check(
             &mut dp,
             &[
-                Case {
-                    name: "the balance tips to B0",
-                    ingress: lab.client_if,
-                    input: syn2.build(),
-                    verdict: XDP_REDIRECT,
-                    reason: Reason::Forwarded,
-                    output: Output::Exactly(to_backend(&syn2, 0, 8080)),
-                },
-                Case {
-                    name: "B1 answers the first SYN",
-                    ingress: lab.backend_if,
-                    input: syn_ack.build(),
-                    verdict: XDP_REDIRECT,
-                    reason: Reason::ReplyForwarded,
-                    output: Output::Exactly(syn_ack_out),
-                },
-                Case {
-                    name: "a FIN gives the flow's count back",
-                    ingress: lab.client_if,
-                    input: fin.build(),
-                    verdict: XDP_REDIRECT,
-                    reason: Reason::Forwarded,
-                    output: Output::Exactly(to_backend(&fin, 1, 8080)),
-                },
+                lab.forwarded("the balance tips to B0", &syn2, 0, 8080),
+                lab.replied("B1 answers the first SYN", &syn_ack, syn_ack_out),
+                lab.forwarded("a FIN gives the flow's count back", &fin, 1, 8080),
             ],
         );
-        assert_eq!(dp.active_flows(0).unwrap(), 4);
-        assert_eq!(dp.active_flows(1).unwrap(), 1);
+        assert_eq!(dp.active_flows(b0).unwrap(), 4);
+        assert_eq!(dp.active_flows(b1).unwrap(), 1);
     });
 }
 
@@ -1940,26 +1594,37 @@ fn access_lists_allow_and_deny_on_prefix_edges() {
     let Some(lab) = lab("fxacl") else { return };
     lab.ns.enter(|| {
         let mut dp = load(&lab);
-        let members = vec![member(0, B[0], 8080, 100)];
-        for (id, port, acl) in [
-            (0, 80, (lb_common::ACL_DENY, 1)),
-            (1, 81, (lb_common::ACL_ALLOW, 2)),
-            (2, 82, (lb_common::ACL_ALLOW, 3)),
-        ] {
-            ListenerSetup {
-                id,
-                port,
-                acl,
-                members: members.clone(),
-                ..Default::default()
-            }
-            .install(&mut dp, 1);
-        }
+        let fx = provision(
+            &mut dp,
+            "
+acls:
+  - { name: blocked, entries: [198.18.0.2/32, 198.18.5.0/24] }
+  - { name: everyone, entries: [0.0.0.0/0] }
+  - { name: branch, entries: [198.18.5.0/24] }
+default_server_group:
+  servers: [{ address: 198.18.1.10 }]
+listeners:
+  - name: deny
+    protocol: tcp
+    address: 198.19.0.100
+    port: 80
+    backend_port: 8080
+    acl: { type: deny, name: blocked }
+  - name: everyone
+    protocol: tcp
+    address: 198.19.0.100
+    port: 81
+    backend_port: 8080
+    acl: { type: allow, name: everyone }
+  - name: branch
+    protocol: tcp
+    address: 198.19.0.100
+    port: 82
+    backend_port: 8080
+    acl: { type: allow, name: branch }
+",
+        );
         let ip = |s: &str| -> Ipv4Addr { s.parse().unwrap() };
-        dp.add_acl_entry(1, ip("198.18.0.2"), 32).unwrap();
-        dp.add_acl_entry(1, ip("198.18.5.0"), 24).unwrap();
-        dp.add_acl_entry(2, ip("0.0.0.0"), 0).unwrap();
-        dp.add_acl_entry(3, ip("198.18.5.0"), 24).unwrap();
 
         let mut cases = Vec::new();
         let mut port = 47000u16;
@@ -1981,32 +1646,21 @@ fn access_lists_allow_and_deny_on_prefix_edges() {
             port += 1;
             let frame = from(ip(src), port, vport);
             cases.push(if allowed {
-                Case {
-                    name,
-                    ingress: lab.client_if,
-                    input: frame.build(),
-                    verdict: XDP_REDIRECT,
-                    reason: Reason::Forwarded,
-                    output: Output::Exactly(to_backend(&frame, 0, 8080)),
-                }
+                lab.forwarded(name, &frame, 0, 8080)
             } else {
-                Case {
-                    name,
-                    ingress: lab.client_if,
-                    input: frame.build(),
-                    verdict: XDP_DROP,
-                    reason: Reason::DropAclDenied,
-                    output: Output::Unchanged,
-                }
+                lab.dropped(name, frame.build(), Reason::DropAclDenied)
             });
         }
         check(&mut dp, &cases);
         assert_eq!(
-            dp.listener_stats(0).unwrap().dropped,
+            dp.listener_stats(fx.listener_id("deny")).unwrap().dropped,
             3,
             "198.18.0.2 and both ends of the /24"
         );
-        assert_eq!(dp.listener_stats(2).unwrap().dropped, 2);
+        assert_eq!(
+            dp.listener_stats(fx.listener_id("branch")).unwrap().dropped,
+            2
+        );
     });
 }
 
@@ -2015,14 +1669,10 @@ fn persistence_entry_is_honoured_then_expires() {
     let Some(lab) = lab("fxpers") else { return };
     lab.ns.enter(|| {
         let mut dp = load(&lab);
-        let listener = ListenerSetup {
-            members: three_backends(),
-            persistence_timeout_s: 60,
-            ..Default::default()
-        };
-        listener.install(&mut dp, 1);
-        let seq = listener.sequence();
-        let (first, second) = (seq[0] as usize, seq[1] as usize);
+        let fx = provision(&mut dp, &three_backends("wrr", "persistence_timeout: 60"));
+        let seq = live_sequence(&dp, &fx, "web");
+        let (first_id, second_id) = (seq[0], seq[1]);
+        let (first, second) = (index_of_id(&fx, first_id), index_of_id(&fx, second_id));
         assert_ne!(first, second, "the WRR sequence alternates");
 
         let syn1 = from_client(Frame::tcp((CLIENT, 46000), (VIP, 80), SYN));
@@ -2031,22 +1681,18 @@ fn persistence_entry_is_honoured_then_expires() {
         check(
             &mut dp,
             &[
-                Case {
-                    name: "first connection: scheduled, affinity recorded",
-                    ingress: lab.client_if,
-                    input: syn1.build(),
-                    verdict: XDP_REDIRECT,
-                    reason: Reason::Forwarded,
-                    output: Output::Exactly(to_backend(&syn1, first, 8080)),
-                },
-                Case {
-                    name: "second connection follows the affinity, not the WRR turn",
-                    ingress: lab.client_if,
-                    input: syn2.build(),
-                    verdict: XDP_REDIRECT,
-                    reason: Reason::Forwarded,
-                    output: Output::Exactly(to_backend(&syn2, first, 8080)),
-                },
+                lab.forwarded(
+                    "first connection: scheduled, affinity recorded",
+                    &syn1,
+                    first,
+                    8080,
+                ),
+                lab.forwarded(
+                    "second connection follows the affinity, not the WRR turn",
+                    &syn2,
+                    first,
+                    8080,
+                ),
             ],
         );
         assert_eq!(dp.counter(Reason::EventPersisted).unwrap(), before + 1);
@@ -2054,26 +1700,19 @@ fn persistence_entry_is_honoured_then_expires() {
         // Age the entry past the 60 s timeout: the next connection is scheduled again and
         // gets the WRR turn the persisted one did not take.
         let key = lb_common::AffinityKey {
-            listener: 0,
+            listener: fx.listener_id("web"),
             addr: be(CLIENT),
         };
         let mut a = dp.affinity(&key).unwrap().expect("affinity entry");
-        assert_eq!(a.backend as usize, first);
+        assert_eq!(a.backend, first_id);
         a.last_seen_ns = lb_ctl::controller::monotonic_coarse_ns() - 61_000_000_000;
         dp.set_affinity(key, a).unwrap();
         let syn3 = from_client(Frame::tcp((CLIENT, 46002), (VIP, 80), SYN));
         check(
             &mut dp,
-            &[Case {
-                name: "expired affinity: scheduled again",
-                ingress: lab.client_if,
-                input: syn3.build(),
-                verdict: XDP_REDIRECT,
-                reason: Reason::Forwarded,
-                output: Output::Exactly(to_backend(&syn3, second, 8080)),
-            }],
+            &[lab.forwarded("expired affinity: scheduled again", &syn3, second, 8080)],
         );
-        assert_eq!(dp.affinity(&key).unwrap().unwrap().backend as usize, second);
+        assert_eq!(dp.affinity(&key).unwrap().unwrap().backend, second_id);
     });
 }
 
@@ -2082,34 +1721,23 @@ fn idle_flow_is_forgotten_after_its_timeout() {
     let Some(lab) = lab("fxidle") else { return };
     lab.ns.enter(|| {
         let mut dp = load(&lab);
-        let listener = ListenerSetup {
-            members: three_backends(),
-            idle_timeout_s: 10,
-            ..Default::default()
-        };
-        listener.install(&mut dp, 1);
+        let fx = provision(&mut dp, &three_backends("wrr", "established_timeout: 10"));
         let syn = from_client(Frame::tcp((CLIENT, 46100), (VIP, 80), SYN));
         let (verdict, _) = run(&mut dp, lab.client_if, &syn.build());
         assert_eq!(verdict, XDP_REDIRECT);
         // Idle for 11 s (> 10): the next packet is not the old flow's any more.
-        let key = flow_of(&syn);
-        let mut flow = dp.flow(&key).unwrap().unwrap();
-        flow.last_seen_ns = lb_ctl::controller::monotonic_coarse_ns() - 11_000_000_000;
-        dp.set_flow(key, flow).unwrap();
+        age(&mut dp, flow_of(&syn), 11);
         let ack = from_client(Frame::tcp((CLIENT, 46100), (VIP, 80), ACK));
-        let slot = select::maglev_index_tuple(0, be(CLIENT), be(VIP), port(46100), port(80));
-        let picked = listener.maglev()[slot as usize] as usize;
+        let picked = index_of_id(&fx, maglev_pick(&dp, &fx, "web", (CLIENT, 46100)));
         let pickups = dp.counter(Reason::EventPickup).unwrap();
         check(
             &mut dp,
-            &[Case {
-                name: "ACK after the idle timeout is picked up again",
-                ingress: lab.client_if,
-                input: ack.build(),
-                verdict: XDP_REDIRECT,
-                reason: Reason::Forwarded,
-                output: Output::Exactly(to_backend(&ack, picked, 8080)),
-            }],
+            &[lab.forwarded(
+                "ACK after the idle timeout is picked up again",
+                &ack,
+                picked,
+                8080,
+            )],
         );
         assert_eq!(dp.counter(Reason::EventPickup).unwrap(), pickups + 1);
     });
@@ -2123,37 +1751,41 @@ fn half_open_flows_expire_early_and_expired_entries_keep_wlc_counts_whole() {
     let Some(lab) = lab("fxhalf") else { return };
     lab.ns.enter(|| {
         let mut dp = load(&lab);
-        ListenerSetup {
-            scheduler: Scheduler::Wlc,
-            members: vec![member(0, B[0], 8080, 100)],
-            idle_timeout_s: 300,
-            ..Default::default()
-        }
-        .install(&mut dp, 1);
-        let age = |dp: &mut DataPlane, key: FlowKey, seconds: u64| {
-            let mut flow = dp.flow(&key).unwrap().expect("flow recorded");
-            flow.last_seen_ns = lb_ctl::controller::monotonic_coarse_ns() - seconds * 1_000_000_000;
-            dp.set_flow(key, flow).unwrap();
-        };
+        let fx = provision(
+            &mut dp,
+            "
+default_server_group:
+  servers: [{ address: 198.18.1.10 }]
+listeners:
+  - name: web
+    protocol: tcp
+    address: 198.19.0.100
+    port: 80
+    backend_port: 8080
+    scheduler: wlc
+    established_timeout: 300
+",
+        );
+        let (web, b0) = (fx.listener_id("web"), fx.backend_id("web", B[0], 8080));
         let syn = from_client(Frame::tcp((CLIENT, 46150), (VIP, 80), SYN));
         let key = flow_of(&syn);
         let (verdict, _) = run(&mut dp, lab.client_if, &syn.build());
         assert_eq!(verdict, XDP_REDIRECT);
-        assert_eq!(dp.active_flows(0).unwrap(), 1);
+        assert_eq!(dp.active_flows(b0).unwrap(), 1);
         // 31 s without the client's ACK: expired, so the controller's recount (which
         // leaves expired entries out) brings the count to 0.
         age(&mut dp, key, 31);
-        dp.set_active_flows(0, 0).unwrap();
-        let before = dp.listener_stats(0).unwrap().new_flows;
+        dp.set_active_flows(b0, 0).unwrap();
+        let before = dp.listener_stats(web).unwrap().new_flows;
         let (verdict, _) = run(&mut dp, lab.client_if, &syn.build());
         assert_eq!(verdict, XDP_REDIRECT);
         assert_eq!(
-            dp.listener_stats(0).unwrap().new_flows,
+            dp.listener_stats(web).unwrap().new_flows,
             before + 1,
             "a SYN 31 s after an unanswered one is a new flow"
         );
         assert_eq!(
-            dp.active_flows(0).unwrap(),
+            dp.active_flows(b0).unwrap(),
             1,
             "counted once, not given back"
         );
@@ -2175,15 +1807,15 @@ fn half_open_flows_expire_early_and_expired_entries_keep_wlc_counts_whole() {
         let (verdict, _) = run(&mut dp, lab.client_if, &ack.build());
         assert_eq!(verdict, XDP_REDIRECT);
         assert_eq!(
-            dp.listener_stats(0).unwrap().new_flows,
+            dp.listener_stats(web).unwrap().new_flows,
             before + 1,
             "an established flow idle 31 s of 300 is still live"
         );
         age(&mut dp, key, 301);
-        dp.set_active_flows(0, 0).unwrap();
+        dp.set_active_flows(b0, 0).unwrap();
         run(&mut dp, lab.client_if, &syn.build());
         assert_eq!(
-            dp.active_flows(0).unwrap(),
+            dp.active_flows(b0).unwrap(),
             1,
             "an expired entry's count is not given back twice"
         );
@@ -2195,47 +1827,39 @@ fn drained_backend_flows_are_cut_after_the_deadline() {
     let Some(lab) = lab("fxdrain") else { return };
     lab.ns.enter(|| {
         let mut dp = load(&lab);
-        web(vec![member(0, B[0], 8080, 100)], Scheduler::Wrr).install(&mut dp, 1);
-        ListenerSetup {
-            id: 1,
-            port: 53,
-            protocol: PROTO_UDP,
-            members: vec![member(1, B[0], 5353, 100)],
-            ..Default::default()
-        }
-        .install(&mut dp, 1);
+        let mut fx = provision(&mut dp, WEB_AND_DNS);
         let syn = from_client(Frame::tcp((CLIENT, 46200), (VIP, 80), SYN));
         let query = from_client(Frame::udp((CLIENT, 46201), (VIP, 53)));
         run(&mut dp, lab.client_if, &syn.build());
         run(&mut dp, lab.client_if, &query.build());
 
-        // Drained, deadline not yet reached: flows continue.
+        // Drained (`lb-ctl server drain`), deadline not yet reached: flows continue.
         let now = lb_ctl::controller::monotonic_coarse_ns();
-        let drain = |dp: &mut DataPlane, id: u32, deadline: u64| {
-            let mut b = dp.backend(id).unwrap();
-            b.flags |= lb_common::BACKEND_F_DRAINING;
-            b.drain_deadline_ns = deadline;
-            dp.set_backend(id, b).unwrap();
+        let keys = [
+            fx.backend_key("web", B[0], 8080),
+            fx.backend_key("dns", B[0], 5353),
+        ];
+        let drain = |fx: &mut Provisioned, dp: &mut DataPlane, deadline: u64| {
+            for key in keys {
+                fx.runtime.draining.insert(key, deadline);
+            }
+            fx.apply(dp).unwrap();
         };
-        drain(&mut dp, 0, now + 600_000_000_000);
-        drain(&mut dp, 1, now + 600_000_000_000);
+        drain(&mut fx, &mut dp, now + 600_000_000_000);
         let ack =
             from_client(Frame::tcp((CLIENT, 46200), (VIP, 80), ACK | packet::PSH).payload(b"data"));
         check(
             &mut dp,
-            &[Case {
-                name: "draining, before the deadline: still forwarded",
-                ingress: lab.client_if,
-                input: ack.build(),
-                verdict: XDP_REDIRECT,
-                reason: Reason::Forwarded,
-                output: Output::Exactly(to_backend(&ack, 0, 8080)),
-            }],
+            &[lab.forwarded(
+                "draining, before the deadline: still forwarded",
+                &ack,
+                0,
+                8080,
+            )],
         );
 
         // Past the deadline: the LB answers TCP with a RST from the VIP, drops UDP.
-        drain(&mut dp, 0, now - 1);
-        drain(&mut dp, 1, now - 1);
+        drain(&mut fx, &mut dp, now - 1);
         let mut rst = Frame::tcp((VIP, 80), (CLIENT, 46200), RST).payload(b"");
         // RFC 793: the answer to an ACK carries the ACK's acknowledgment as its sequence.
         rst.transport = packet::Transport::Tcp {
@@ -2258,14 +1882,11 @@ fn drained_backend_flows_are_cut_after_the_deadline() {
                     reason: Reason::ResetDrainExpired,
                     output: Output::Exactly(rst),
                 },
-                Case {
-                    name: "UDP past the drain deadline: dropped",
-                    ingress: lab.client_if,
-                    input: query.build(),
-                    verdict: XDP_DROP,
-                    reason: Reason::DropDrainExpired,
-                    output: Output::Unchanged,
-                },
+                lab.dropped(
+                    "UDP past the drain deadline: dropped",
+                    query.build(),
+                    Reason::DropDrainExpired,
+                ),
             ],
         );
         let flow = dp.flow(&flow_of(&syn)).unwrap().unwrap();
@@ -2279,14 +1900,7 @@ fn drained_backend_flows_are_cut_after_the_deadline() {
         let client_rst = from_client(Frame::tcp((CLIENT, 46200), (VIP, 80), RST));
         check(
             &mut dp,
-            &[Case {
-                name: "the client's RST reaches the backend",
-                ingress: lab.client_if,
-                input: client_rst.build(),
-                verdict: XDP_REDIRECT,
-                reason: Reason::Forwarded,
-                output: Output::Exactly(to_backend(&client_rst, 0, 8080)),
-            }],
+            &[lab.forwarded("the client's RST reaches the backend", &client_rst, 0, 8080)],
         );
     });
 }
@@ -2296,7 +1910,7 @@ fn a_backend_closing_or_refusing_ends_the_flow() {
     let Some(lab) = lab("fxbrst") else { return };
     lab.ns.enter(|| {
         let mut dp = load(&lab);
-        web(vec![member(0, B[0], 8080, 100)], Scheduler::Wrr).install(&mut dp, 1);
+        provision(&mut dp, ONE_BACKEND);
         let syn = from_client(Frame::tcp((CLIENT, 46300), (VIP, 80), SYN));
         // A refusal acknowledges exactly the SYN (its sequence number 1000, plus one).
         let refusal = |ack: u32| {
@@ -2315,23 +1929,13 @@ fn a_backend_closing_or_refusing_ends_the_flow() {
         check(
             &mut dp,
             &[
-                Case {
-                    name: "SYN",
-                    ingress: lab.client_if,
-                    input: syn.build(),
-                    verdict: XDP_REDIRECT,
-                    reason: Reason::Forwarded,
-                    output: Output::Exactly(to_backend(&syn, 0, 8080)),
-                },
-                Case {
-                    name: "a RST from the backend's address that does not acknowledge the SYN \
+                lab.forwarded("SYN", &syn, 0, 8080),
+                lab.replied(
+                    "a RST from the backend's address that does not acknowledge the SYN \
                             goes to the client, whose TCP ignores it",
-                    ingress: lab.backend_if,
-                    input: forged.build(),
-                    verdict: XDP_REDIRECT,
-                    reason: Reason::ReplyForwarded,
-                    output: Output::Exactly(forged_out),
-                },
+                    &forged,
+                    forged_out,
+                ),
             ],
         );
         let flow = dp.flow(&flow_of(&syn)).unwrap().unwrap();
@@ -2342,14 +1946,7 @@ fn a_backend_closing_or_refusing_ends_the_flow() {
         );
         check(
             &mut dp,
-            &[Case {
-                name: "the backend refuses with a RST",
-                ingress: lab.backend_if,
-                input: refused.build(),
-                verdict: XDP_REDIRECT,
-                reason: Reason::ReplyForwarded,
-                output: Output::Exactly(refused_out),
-            }],
+            &[lab.replied("the backend refuses with a RST", &refused, refused_out)],
         );
         let flow = dp.flow(&flow_of(&syn)).unwrap().unwrap();
         assert_ne!(
@@ -2368,61 +1965,31 @@ fn benchmark_wrapper_restores_the_packet_on_every_run() {
     let Some(lab) = lab("fxbench") else { return };
     lab.ns.enter(|| {
         let mut dp = load(&lab);
-        web(vec![member(0, B[0], 8080, 100)], Scheduler::Wrr).install(&mut dp, 1);
+        let web = provision(&mut dp, ONE_BACKEND).listener_id("web");
         let mut syn = from_client(Frame::tcp((CLIENT, 40900), (VIP, 80), SYN)).payload(b"");
         syn.payload = vec![0; 64 - 54];
         let frame = syn.build();
         assert_eq!(frame.len(), 64);
-        let ebpf = dp.ebpf_mut();
-        for name in ["lb_bench", "lb_empty"] {
-            let p: &mut Xdp = ebpf.program_mut(name).unwrap().try_into().unwrap();
-            p.load().unwrap();
-        }
-        let target_fd = {
-            let p: &Xdp = ebpf.program("lb_xdp").unwrap().try_into().unwrap();
-            p.fd().unwrap().try_clone().unwrap()
-        };
-        let mut targets: aya::maps::ProgramArray<_> =
-            ebpf.take_map("BENCH_TARGET").unwrap().try_into().unwrap();
-        targets.set(0, &target_fd, 0).unwrap();
-        let mut packet: aya::maps::Array<_, [u8; 64]> =
-            ebpf.take_map("BENCH_PACKET").unwrap().try_into().unwrap();
-        packet
-            .set(0, <[u8; 64]>::try_from(frame.as_slice()).unwrap(), 0)
+        // The benchmarks' own handles on the wrapper (`lb_tests::bench::kit`).
+        let mut kit = Kit::new(&mut dp, &["lb_bench", "lb_empty"]).unwrap();
+        kit.set_target(&kit::prog_fd(&mut dp, lb_common::names::PROGRAM).unwrap())
             .unwrap();
-        let mut config: aya::maps::Array<_, u32> =
-            ebpf.take_map("BENCH_CONFIG").unwrap().try_into().unwrap();
-
+        kit.set_packet(&frame).unwrap();
         let run_bench = |dp: &mut DataPlane| {
-            let mut ctx = [0u8; 24];
-            ctx[4..8].copy_from_slice(&64u32.to_ne_bytes());
-            ctx[12..16].copy_from_slice(&lab.client_if.to_ne_bytes());
-            let p: &Xdp = dp
-                .ebpf_mut()
-                .program("lb_bench")
-                .unwrap()
-                .try_into()
-                .unwrap();
-            p.test_run(TestRunOptions {
-                data_in: Some(&frame),
-                ctx_in: Some(&ctx),
-                repeat: 1000,
-                ..TestRunOptions::new()
-            })
-            .unwrap()
-            .return_value
+            let (verdict, _) = kit::test_run(dp, "lb_bench", &frame, lab.client_if, 1000).unwrap();
+            verdict
         };
         assert_eq!(run_bench(&mut dp), XDP_REDIRECT);
-        let s = dp.listener_stats(0).unwrap();
+        let s = dp.listener_stats(web).unwrap();
         assert_eq!(
             (s.packets, s.new_flows),
             (1000, 1),
             "one flow, 1000 forwards"
         );
 
-        config.set(0, 1, 0).unwrap();
+        kit.set_vary(true).unwrap();
         assert_eq!(run_bench(&mut dp), XDP_REDIRECT);
-        let s = dp.listener_stats(0).unwrap();
+        let s = dp.listener_stats(web).unwrap();
         assert_eq!(
             (s.packets, s.new_flows),
             (2000, 1001),

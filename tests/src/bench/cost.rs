@@ -17,19 +17,20 @@ use std::{net::Ipv4Addr, time::Instant};
 
 use anyhow::{Context as _, ensure};
 use lb_common::{FlowKey, PROTO_TCP, Reason, Scheduler};
-use lb_ctl::dataplane::{DataPlane, LoadOptions, MapSizes};
+use lb_ctl::{
+    config::Protocol,
+    dataplane::{DataPlane, LoadOptions, MapSizes},
+};
 
 use super::{
-    kit::{
-        self, FRAME_LEN, FlowSpace, Kit, ListenerSpec, SEGMENT, XDP_PASS, XDP_REDIRECT,
-        patch_source,
-    },
+    kit::{self, FRAME_LEN, FlowSpace, Kit, SEGMENT, patch_source},
     util::{Summary, bench_cpu, pin_to_cpu, say},
 };
 use crate::{
     Netns,
     packet::{ACK, Frame, SYN},
     unique_prefix, veth,
+    xdp::{XDP_PASS, XDP_REDIRECT},
 };
 
 /// The flow table of the benchmark: 4M entries (`flow_table_size: 4194304`).
@@ -282,20 +283,14 @@ fn run_backends(
     ));
     dp.add_tx_port(lab.client_if)?;
     dp.add_tx_port(lab.backend_if)?;
-    kit::install_listener(
-        &mut dp,
-        &ListenerSpec {
-            id: 0,
-            vip: VIP,
-            port: 80,
-            protocol: PROTO_TCP,
-            // The peer balances with a 65537-slot Maglev ring; tch is ours.
-            scheduler: Scheduler::Tch,
-            backends: (0..n).map(|i| (backend_addr(i), BACKEND_PORT)).collect(),
-            first_backend_id: 0,
-            idle_timeout_s: 900,
-        },
-    )?;
+    let config = kit::one_listener(
+        dp.sizes(),
+        (Protocol::Tcp, VIP, 80),
+        // The peer balances with a 65537-slot Maglev ring; tch is ours.
+        Scheduler::Tch,
+        (0..n).map(|i| (backend_addr(i), BACKEND_PORT)),
+    );
+    kit::provision(&mut dp, config)?;
     let mut kit = Kit::new(&mut dp, &["lb_bench", "lb_empty"])?;
     kit::hold_in_dispatcher(&mut dp, "lb_bench", lab.idle_if)?;
     let lb_fd = kit::prog_fd(&mut dp, lb_common::names::PROGRAM)?;

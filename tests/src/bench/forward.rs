@@ -39,11 +39,14 @@ use std::{
 
 use anyhow::{Context as _, ensure};
 use aya::programs::{Xdp, XdpMode, xdp::XdpLinkId};
-use lb_common::{PROTO_UDP, Reason, Scheduler};
-use lb_ctl::dataplane::{DataPlane, LoadOptions, MapSizes};
+use lb_common::{Reason, Scheduler};
+use lb_ctl::{
+    config::Protocol,
+    dataplane::{DataPlane, LoadOptions, MapSizes},
+};
 
 use super::{
-    kit::{self, FRAME_LEN, FlowSpace, Kit, ListenerSpec, SEGMENT, wrapper_source},
+    kit::{self, FRAME_LEN, FlowSpace, Kit, SEGMENT, wrapper_source},
     util::{KnobGuard, Summary, bench_cpu, conntrack_flush, pin_to_cpu, say},
 };
 use crate::{
@@ -497,19 +500,13 @@ pub fn run(options: &ForwardOptions) -> anyhow::Result<ForwardReport> {
         verifier_log_dir: None,
     })
     .context("loading the LB data plane")?;
-    kit::install_listener(
-        &mut lb_dp,
-        &ListenerSpec {
-            id: 0,
-            vip: VIP,
-            port: VIP_PORT,
-            protocol: PROTO_UDP,
-            scheduler: Scheduler::Wrr,
-            backends: BACKENDS.iter().map(|&b| (b, BACKEND_PORT)).collect(),
-            first_backend_id: 0,
-            idle_timeout_s: 900,
-        },
-    )?;
+    let config = kit::one_listener(
+        lb_dp.sizes(),
+        (Protocol::Udp, VIP, VIP_PORT),
+        Scheduler::Wrr,
+        BACKENDS.iter().map(|&b| (b, BACKEND_PORT)),
+    );
+    kit::provision(&mut lb_dp, config)?;
     let lb_out = rig.lb.ifindex("lb-out");
     let mut lb_kit = Kit::new(&mut lb_dp, &["lb_redirect"])?;
     // Devmap entries name interfaces by ifindex in the updating thread's namespace.

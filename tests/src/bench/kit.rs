@@ -12,29 +12,25 @@
 
 use std::net::Ipv4Addr;
 
-use anyhow::{Context as _, anyhow, ensure};
+use anyhow::{Context as _, anyhow};
 use aya::{
     maps::{Array, MapData, PerCpuArray, PerCpuValues, ProgramArray, xdp::DevMap},
     programs::{ProgramFd, TestRun as _, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
 };
-use lb_common::{
-    BACKEND_F_USABLE, Backend, Listener, ListenerKey, MAGLEV_TABLE_SIZE, SEQUENCE_TABLE_SIZE,
-    Scheduler, TableMeta,
-    maglev::{self, MaglevBackend},
-    wrr,
+use lb_common::Scheduler;
+use lb_ctl::{
+    config::{Config, Listener, Member, Protocol, VServerGroup},
+    dataplane::{DataPlane, MapSizes},
+    plan::Runtime,
 };
-use lb_ctl::dataplane::DataPlane;
+
+use crate::provision::Provisioned;
 
 /// Bytes of every benchmark frame (the wrapper restores exactly this many).
 pub const FRAME_LEN: usize = 64;
 /// Repetitions of one wrapper run in new-flow mode: the longest stretch of counter values
 /// without a repeated tuple.
 pub const SEGMENT: u32 = 1024;
-
-pub const XDP_DROP: u32 = 1;
-pub const XDP_PASS: u32 = 2;
-pub const XDP_TX: u32 = 3;
-pub const XDP_REDIRECT: u32 = 4;
 
 /// The benchmark maps of one loaded object, and its programs loaded.
 pub struct Kit {
@@ -266,111 +262,40 @@ pub fn patch_source(frame: &mut [u8], n: u64) {
     frame[34..36].copy_from_slice(&port.to_be_bytes());
 }
 
-/// A listener as the benchmark installs it.
-pub struct ListenerSpec {
-    pub id: u32,
-    pub vip: Ipv4Addr,
-    pub port: u16,
-    pub protocol: u8,
-    pub scheduler: Scheduler,
-    /// (address, port) of each backend; ids are `first_backend_id..`.
-    pub backends: Vec<(Ipv4Addr, u16)>,
-    pub first_backend_id: u32,
-    pub idle_timeout_s: u32,
+/// A config with one listener, `frontend`, over a vServer group of `backends`, for maps of
+/// `sizes` (the benchmarks measure with many more backends than the default allows).
+pub fn one_listener(
+    sizes: MapSizes,
+    frontend: (Protocol, Ipv4Addr, u16),
+    scheduler: Scheduler,
+    backends: impl IntoIterator<Item = (Ipv4Addr, u16)>,
+) -> Config {
+    let (protocol, vip, port) = frontend;
+    let mut config = Config::new("bench", vec!["lb0".to_owned()]);
+    config.flow_table_size = sizes.flow_table_size;
+    config.max_listeners = sizes.max_listeners;
+    config.max_backends = sizes.max_backends;
+    config.vserver_groups.push(VServerGroup {
+        name: "bench".to_owned(),
+        servers: backends
+            .into_iter()
+            .map(|(address, port)| Member::new(address, port))
+            .collect(),
+    });
+    let mut listener = Listener::new("bench", protocol, vip, port);
+    listener.server_group = Some("bench".to_owned());
+    listener.scheduler = scheduler;
+    // Flows of either protocol stay for the whole run.
+    listener.established_timeout = 900;
+    listener.udp_timeout = 900;
+    config.listeners.push(listener);
+    config
 }
 
-fn be32(a: Ipv4Addr) -> u32 {
-    u32::from_ne_bytes(a.octets())
-}
-
-/// Installs a listener the way the controller does: backends, then its table slot
-/// (Maglev table and sequence), then the listener entry, then the VIP marker.
-pub fn install_listener(dp: &mut DataPlane, spec: &ListenerSpec) -> anyhow::Result<()> {
-    ensure!(!spec.backends.is_empty(), "a listener needs backends");
-    let ids: Vec<u32> = (0..spec.backends.len() as u32)
-        .map(|i| spec.first_backend_id + i)
-        .collect();
-    for (&id, &(addr, port)) in ids.iter().zip(&spec.backends) {
-        dp.set_backend(
-            id,
-            Backend {
-                addr: be32(addr),
-                port: port.to_be(),
-                flags: BACKEND_F_USABLE,
-                weight: 100,
-                listener: spec.id,
-                generation: 1,
-                ..Default::default()
-            },
-        )?;
-    }
-    let members: Vec<MaglevBackend> = ids
-        .iter()
-        .zip(&spec.backends)
-        .map(|(&id, &(addr, port))| MaglevBackend {
-            id,
-            addr: be32(addr),
-            port: port.to_be(),
-            weight: 100,
-        })
-        .collect();
-    let table = maglev::build_table(&members, MAGLEV_TABLE_SIZE);
-    let weighted: Vec<(u32, u32)> = ids.iter().map(|&id| (id, 100)).collect();
-    let sequence = match spec.scheduler {
-        Scheduler::Wrr => wrr::weighted_sequence(&weighted, SEQUENCE_TABLE_SIZE),
-        _ => wrr::each_once(&weighted),
-    };
-    let slot = spec.id * 2;
-    dp.write_table(
-        slot,
-        &table,
-        &sequence,
-        TableMeta {
-            backends: ids.len() as u32,
-            sequence_len: sequence.len() as u32,
-        },
-    )?;
-    let key = ListenerKey {
-        addr: be32(spec.vip),
-        port: spec.port.to_be(),
-        protocol: spec.protocol,
-        _pad: 0,
-    };
-    dp.set_listener(
-        key,
-        Listener {
-            id: spec.id,
-            table: slot,
-            scheduler: spec.scheduler as u8,
-            established_timeout_s: spec.idle_timeout_s,
-            udp_timeout_s: spec.idle_timeout_s,
-            ..Default::default()
-        },
-    )?;
-    dp.add_vip(be32(spec.vip))?;
-    dp.reset_cursor(spec.id)?;
-    for &(addr, port) in &spec.backends {
-        let mut endpoint = lb_common::Endpoint {
-            count: 1,
-            ..Default::default()
-        };
-        endpoint.listeners[0] = lb_common::EndpointListener {
-            vip: be32(spec.vip),
-            vport: spec.port.to_be(),
-            _pad: 0,
-            listener: spec.id,
-        };
-        dp.set_endpoint(
-            lb_common::EndpointKey {
-                addr: be32(addr),
-                port: port.to_be(),
-                protocol: spec.protocol,
-                _pad: 0,
-            },
-            endpoint,
-        )?;
-    }
-    Ok(())
+/// Installs `config` into the data plane as the controller does (plan, then the
+/// reconciler's writes).
+pub fn provision(dp: &mut DataPlane, config: Config) -> anyhow::Result<Provisioned> {
+    Provisioned::install(dp, config, Runtime::default())
 }
 
 #[cfg(test)]

@@ -1,0 +1,1211 @@
+//! The model: what the packet policy says about a frame, from its bytes, the setup and
+//! a shadow of the flow and reverse tables; and the output bytes it expects.
+
+use std::{
+    collections::HashMap,
+    fmt::{self, Write as _},
+    net::Ipv4Addr,
+};
+
+use lb_common::{
+    CLOSE_WINDOW, FIN_TIMEOUT_S, FLOW_F_FIN, FLOW_F_OPENING, FLOW_F_RST, FlowKey,
+    HALF_OPEN_TIMEOUT_S, PROTO_ICMP, PROTO_TCP, PROTO_UDP, RST_TIMEOUT_S, Reason, csum,
+};
+
+use super::{
+    CLOCK_SLACK_NS, IDLE_TIMEOUT_S, MAX_FRAME, MIN_FRAME, MTU,
+    lab::{Lab, Route},
+    setup::{BackendSpec, Setup},
+};
+use crate::{
+    packet::{ACK, FIN, Mac, RST, SYN},
+    xdp::{XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX},
+};
+
+/// A 5-tuple as it appears in a packet (host order here).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Tuple {
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+}
+
+impl Tuple {
+    /// The backend-side tuple of client flow `self` sent to backend `b`: the key of its
+    /// reverse entry.
+    pub(super) fn backend_side(&self, b: &BackendSpec) -> Tuple {
+        Tuple {
+            src: b.addr,
+            dst: self.src,
+            sport: b.port,
+            dport: self.sport,
+            proto: self.proto,
+        }
+    }
+
+    /// The client-side tuple of the flow whose reverse entry `rev` sits at backend-side
+    /// tuple `self`: the inverse of [`Tuple::backend_side`].
+    fn client_side(&self, rev: &ShadowRev) -> Tuple {
+        Tuple {
+            src: self.dst,
+            dst: rev.vip,
+            sport: self.dport,
+            dport: rev.vport,
+            proto: self.proto,
+        }
+    }
+
+    pub(super) fn key(&self) -> FlowKey {
+        FlowKey {
+            src_addr: u32::from_ne_bytes(self.src.octets()),
+            dst_addr: u32::from_ne_bytes(self.dst.octets()),
+            src_port: self.sport.to_be(),
+            dst_port: self.dport.to_be(),
+            protocol: self.proto,
+            _pad: [0; 3],
+        }
+    }
+
+    pub(super) fn from_key(k: &FlowKey) -> Tuple {
+        Tuple {
+            src: Ipv4Addr::from(k.src_addr.to_ne_bytes()),
+            dst: Ipv4Addr::from(k.dst_addr.to_ne_bytes()),
+            sport: u16::from_be(k.src_port),
+            dport: u16::from_be(k.dst_port),
+            proto: k.protocol,
+        }
+    }
+}
+
+impl fmt::Display for Tuple {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let p = match self.proto {
+            PROTO_TCP => "tcp",
+            PROTO_UDP => "udp",
+            _ => "?",
+        };
+        write!(
+            f,
+            "{p} {}:{} → {}:{}",
+            self.src, self.sport, self.dst, self.dport
+        )
+    }
+}
+
+/// A flow entry as the model expects it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct ShadowFlow {
+    pub(super) listener: usize,
+    pub(super) backend: u32,
+    /// `FLOW_F_FIN`, `FLOW_F_RST` and `FLOW_F_OPENING` only (`MODELLED_FLAGS`).
+    pub(super) flags: u32,
+    /// What the client last acknowledged (half-open: its SYN's sequence number + 1).
+    pub(super) client_acked: u32,
+    /// Bounds of the program's clock when it last wrote the entry.
+    pub(super) seen: (u64, u64),
+}
+
+/// A reverse entry as the model expects it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct ShadowRev {
+    pub(super) vip: Ipv4Addr,
+    pub(super) vport: u16,
+    pub(super) listener: usize,
+    pub(super) backend: u32,
+    /// What the backend last acknowledged, once it has.
+    pub(super) backend_acked: Option<u32>,
+    /// In the half-open table (its flow has not completed the handshake): only the
+    /// backend's SYN-ACK or RST finds it.
+    pub(super) half_open: bool,
+}
+
+/// The flow flags the model follows.
+pub(super) const MODELLED_FLAGS: u32 = FLOW_F_FIN | FLOW_F_RST | FLOW_F_OPENING;
+
+/// Flow and reverse entries the model expects the program to hold.
+#[derive(Default)]
+pub struct Model {
+    pub(super) flows: HashMap<Tuple, ShadowFlow>,
+    pub(super) flow_keys: Vec<Tuple>,
+    pub(super) revs: HashMap<Tuple, ShadowRev>,
+    pub(super) rev_keys: Vec<Tuple>,
+}
+
+/// A state change that comes with an outcome.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(super) struct Delta {
+    pub(super) flow: Option<(Tuple, ShadowFlow)>,
+    rev: Option<(Tuple, ShadowRev)>,
+}
+
+/// One outcome the policy allows for a frame.
+#[derive(Clone, Debug)]
+pub(super) struct Outcome {
+    pub(super) action: u32,
+    pub(super) reason: Reason,
+    pub(super) out: Out,
+    pub(super) delta: Delta,
+    /// Why the policy decides so, where that is not obvious from the reason.
+    pub(super) why: &'static str,
+}
+
+#[derive(Clone, Debug)]
+pub(super) enum Out {
+    /// The frame must come back byte for byte.
+    Unchanged,
+    /// Not checked (dropped after a translation).
+    Any,
+    Expect(Expected),
+}
+
+/// An expected output: bytes, the checksum fields not compared byte for byte, and the
+/// checksums that must verify.
+#[derive(Clone, Debug)]
+pub(super) struct Expected {
+    pub(super) bytes: Vec<u8>,
+    masked: Vec<usize>,
+    checks: Vec<Check>,
+}
+
+#[derive(Clone, Debug)]
+enum Check {
+    /// The Internet checksum over `start..end` verifies.
+    Sum {
+        what: &'static str,
+        start: usize,
+        end: usize,
+    },
+    /// TCP or UDP checksum over the pseudo-header (addresses at `ip + 12`) and `len` bytes
+    /// from `l4` verifies (and, for UDP, is not 0).
+    L4 {
+        what: &'static str,
+        ip: usize,
+        l4: usize,
+        len: usize,
+        proto: u8,
+    },
+    /// The 16-bit field at `at` equals `value`, 0x0000 and 0xffff counting as equal (both
+    /// are zero in one's complement).
+    Word {
+        what: &'static str,
+        at: usize,
+        value: u16,
+    },
+}
+
+pub(super) enum Prediction {
+    Refused,
+    Outcomes(Vec<Outcome>),
+}
+
+pub(super) fn be16(f: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([f[at], f[at + 1]])
+}
+
+pub(super) fn addr_at(f: &[u8], at: usize) -> Ipv4Addr {
+    Ipv4Addr::new(f[at], f[at + 1], f[at + 2], f[at + 3])
+}
+
+fn sum_ok(data: &[u8]) -> bool {
+    csum::checksum(data) == 0
+}
+
+fn l4_ok(f: &[u8], ip: usize, l4: usize, len: usize, proto: u8) -> bool {
+    let mut pseudo = Vec::with_capacity(12 + len);
+    pseudo.extend_from_slice(&f[ip + 12..ip + 20]);
+    pseudo.extend_from_slice(&[0, proto]);
+    pseudo.extend_from_slice(&(len as u16).to_be_bytes());
+    pseudo.extend_from_slice(&f[l4..l4 + len]);
+    sum_ok(&pseudo)
+}
+
+/// The echo reply the program makes of echo request `p`, in place: MACs and addresses
+/// swapped, TTL 64, type 0, both checksums updated for the changed words only.
+fn echo_reply(p: &Pkt<'_>) -> Expected {
+    let f = p.f;
+    let mut e = Expected::from(f);
+    e.set(0, &f[6..12]);
+    e.set(6, &f[0..6]);
+    e.set(26, &f[30..34]);
+    e.set(30, &f[26..30]);
+    e.set(22, &[64]);
+    let ip_check = adjusted(
+        be16(f, 24),
+        &[u16::from_be_bytes([f[22], f[23]])],
+        &[u16::from_be_bytes([64, f[23]])],
+    );
+    e.set(24, &ip_check.to_be_bytes());
+    e.set(p.off, &[0]);
+    let icmp_check = adjusted(be16(f, p.off + 2), &[u16::from_be_bytes([8, 0])], &[0]);
+    e.set(p.off + 2, &icmp_check.to_be_bytes());
+    e
+}
+
+/// RFC 1624 eqn. 3 over big-endian words: the checksum after `old` words became `new`.
+fn adjusted(check: u16, old: &[u16], new: &[u16]) -> u16 {
+    let mut sum = u32::from(!check);
+    for &w in old {
+        sum += u32::from(!w);
+    }
+    for &w in new {
+        sum += u32::from(w);
+    }
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+fn addr_words(a: Ipv4Addr) -> [u16; 2] {
+    let o = a.octets();
+    [
+        u16::from_be_bytes([o[0], o[1]]),
+        u16::from_be_bytes([o[2], o[3]]),
+    ]
+}
+
+impl Expected {
+    pub(super) fn from(f: &[u8]) -> Self {
+        Self {
+            bytes: f.to_vec(),
+            masked: Vec::new(),
+            checks: Vec::new(),
+        }
+    }
+
+    fn set(&mut self, at: usize, value: &[u8]) {
+        self.bytes[at..at + value.len()].copy_from_slice(value);
+    }
+
+    pub(super) fn mask(&mut self, at: usize) {
+        self.masked.extend([at, at + 1]);
+    }
+
+    /// Router's TTL − 1 and the next hop's MACs.
+    fn hop(&mut self, smac: Mac, dmac: Mac) {
+        self.bytes[22] = self.bytes[22].wrapping_sub(1);
+        self.set(0, &dmac);
+        self.set(6, &smac);
+    }
+
+    pub(super) fn verify(&self, out: &[u8]) -> Result<(), String> {
+        if out.len() != self.bytes.len() {
+            return Err(format!(
+                "output length {} != expected {}",
+                out.len(),
+                self.bytes.len()
+            ));
+        }
+        let mut diffs = String::new();
+        for (i, (o, e)) in out.iter().zip(&self.bytes).enumerate() {
+            if o != e && !self.masked.contains(&i) {
+                let _ = write!(diffs, " byte {i}: {o:#04x} (expected {e:#04x});");
+            }
+        }
+        if !diffs.is_empty() {
+            return Err(format!("output differs:{diffs}"));
+        }
+        for check in &self.checks {
+            match *check {
+                Check::Sum { what, start, end } => {
+                    if !sum_ok(&out[start..end]) {
+                        return Err(format!(
+                            "{what} does not verify (recomputed from scratch over bytes \
+                             {start}..{end})"
+                        ));
+                    }
+                }
+                Check::L4 {
+                    what,
+                    ip,
+                    l4,
+                    len,
+                    proto,
+                } => {
+                    if !l4_ok(out, ip, l4, len, proto) {
+                        return Err(format!(
+                            "{what} does not verify (recomputed from scratch over the \
+                             pseudo-header and bytes {l4}..{})",
+                            l4 + len
+                        ));
+                    }
+                    if proto == PROTO_UDP && be16(out, l4 + 6) == 0 {
+                        return Err(format!("{what} became 0 (\"no checksum\")"));
+                    }
+                }
+                Check::Word { what, at, value } => {
+                    let got = be16(out, at);
+                    let zero = |v: u16| v == 0 || v == 0xffff;
+                    if got != value && !(zero(got) && zero(value)) {
+                        return Err(format!(
+                            "{what} is {got:#06x}, expected {value:#06x} (adjusted by the \
+                             rewritten fields)"
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The parsed IPv4 part of a frame the program would parse.
+pub(super) struct Pkt<'a> {
+    pub(super) f: &'a [u8],
+    pub(super) ihl: usize,
+    /// IP total length.
+    pub(super) tot: usize,
+    /// Offset of the L4 header.
+    pub(super) off: usize,
+    pub(super) ttl: u8,
+    pub(super) proto: u8,
+    pub(super) src: Ipv4Addr,
+    pub(super) dst: Ipv4Addr,
+    pub(super) frag: bool,
+    /// DF set.
+    pub(super) df: bool,
+    pub(super) ingress: u32,
+}
+
+impl Pkt<'_> {
+    /// A TCP segment's sequence and acknowledgement numbers (0 for UDP, as the program
+    /// reads them).
+    fn seq_ack(&self) -> (u32, u32) {
+        if self.proto != PROTO_TCP {
+            return (0, 0);
+        }
+        let word = |at: usize| u32::from_be_bytes(self.f[at..at + 4].try_into().unwrap());
+        (word(self.off + 4), word(self.off + 8))
+    }
+}
+
+/// What the entry of a flow means for its next packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum EntryState {
+    Missing,
+    Expired,
+    Live { closing: bool },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Step {
+    Reuse,
+    Schedule,
+    Pickup,
+}
+
+/// Three-valued: the clock window decides, or not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Tri {
+    Yes,
+    No,
+    Maybe,
+}
+
+impl Tri {
+    pub(super) fn values(self) -> &'static [bool] {
+        match self {
+            Tri::Yes => &[true],
+            Tri::No => &[false],
+            Tri::Maybe => &[false, true],
+        }
+    }
+}
+
+fn next_step(proto: u8, tcp_flags: u8, state: EntryState) -> Step {
+    let tcp = proto == PROTO_TCP;
+    let open = tcp_flags & (SYN | ACK) == SYN;
+    match state {
+        EntryState::Live { closing: true } if tcp && open => Step::Schedule,
+        EntryState::Live { .. } => Step::Reuse,
+        _ if !tcp || open => Step::Schedule,
+        _ => Step::Pickup,
+    }
+}
+
+fn close_flags(tcp_flags: u8) -> u32 {
+    if tcp_flags & RST != 0 {
+        FLOW_F_RST
+    } else if tcp_flags & FIN != 0 {
+        FLOW_F_FIN
+    } else {
+        0
+    }
+}
+
+fn idle_timeout_ns(proto: u8, flags: u32) -> u64 {
+    let s = if proto != PROTO_TCP {
+        IDLE_TIMEOUT_S
+    } else if flags & FLOW_F_OPENING != 0 && flags & (FLOW_F_FIN | FLOW_F_RST) == 0 {
+        HALF_OPEN_TIMEOUT_S.min(IDLE_TIMEOUT_S)
+    } else if flags & FLOW_F_RST != 0 {
+        RST_TIMEOUT_S.min(IDLE_TIMEOUT_S)
+    } else if flags & FLOW_F_FIN != 0 {
+        FIN_TIMEOUT_S.min(IDLE_TIMEOUT_S)
+    } else {
+        IDLE_TIMEOUT_S
+    };
+    u64::from(s) * 1_000_000_000
+}
+
+/// Whether a flow is idle past its timeout at a time within `now`.
+fn expired(flow: &ShadowFlow, proto: u8, now: (u64, u64)) -> Tri {
+    let timeout = idle_timeout_ns(proto, flow.flags);
+    let least = now.0.saturating_sub(flow.seen.1 + CLOCK_SLACK_NS);
+    let most = (now.1 + CLOCK_SLACK_NS).saturating_sub(flow.seen.0);
+    if least > timeout {
+        Tri::Yes
+    } else if most <= timeout {
+        Tri::No
+    } else {
+        Tri::Maybe
+    }
+}
+
+fn outcome(action: u32, reason: Reason, out: Out) -> Outcome {
+    Outcome {
+        action,
+        reason,
+        out,
+        delta: Delta::default(),
+        why: "",
+    }
+}
+
+fn pass(reason: Reason) -> Vec<Outcome> {
+    vec![outcome(XDP_PASS, reason, Out::Unchanged)]
+}
+
+fn drop_(reason: Reason) -> Vec<Outcome> {
+    vec![outcome(XDP_DROP, reason, Out::Unchanged)]
+}
+
+impl Model {
+    pub(super) fn insert_flow(&mut self, key: Tuple, flow: ShadowFlow) {
+        if self.flows.insert(key, flow).is_none() {
+            self.flow_keys.push(key);
+        }
+    }
+
+    pub(super) fn insert_rev(&mut self, key: Tuple, rev: ShadowRev) {
+        if self.revs.insert(key, rev).is_none() {
+            self.rev_keys.push(key);
+        }
+    }
+
+    /// Sequence and acknowledgement numbers that fit client → VIP flow `t`: its FIN or RST
+    /// is credible near what the backend acknowledged.
+    pub(super) fn client_numbers(&self, setup: &Setup, t: &Tuple) -> Option<(u32, u32)> {
+        let flow = self.flows.get(t)?;
+        let b = setup.backends.get(flow.backend as usize)?;
+        let rkey = t.backend_side(b);
+        Some((self.revs.get(&rkey)?.backend_acked?, flow.client_acked))
+    }
+
+    /// Numbers that fit backend → client segment `t` (a reverse key): a half-open flow's
+    /// refusal acknowledges the SYN; later, the sequence number follows what the client
+    /// acknowledged.
+    pub(super) fn backend_numbers(&self, t: &Tuple) -> Option<(u32, u32)> {
+        let rev = self.revs.get(t)?;
+        let owner = t.client_side(rev);
+        let flow = self.flows.get(&owner)?;
+        Some(if flow.flags & FLOW_F_OPENING != 0 {
+            (0, flow.client_acked)
+        } else {
+            (flow.client_acked, rev.backend_acked.unwrap_or(0))
+        })
+    }
+
+    pub(super) fn apply(&mut self, delta: &Delta) {
+        if let Some((k, f)) = delta.flow {
+            self.insert_flow(k, f);
+        }
+        if let Some((k, r)) = delta.rev {
+            self.insert_rev(k, r);
+        }
+    }
+
+    /// Every outcome the policy allows for `f` arriving on `ingress`, the program's clock
+    /// reading somewhere in `now`.
+    pub(super) fn predict(
+        &self,
+        setup: &Setup,
+        lab: &Lab,
+        f: &[u8],
+        ingress: u32,
+        now: (u64, u64),
+    ) -> Prediction {
+        if f.len() < MIN_FRAME || f.len() > MAX_FRAME {
+            return Prediction::Refused;
+        }
+        Prediction::Outcomes(self.ethernet(setup, lab, f, ingress, now))
+    }
+
+    fn ethernet(
+        &self,
+        setup: &Setup,
+        lab: &Lab,
+        f: &[u8],
+        ingress: u32,
+        now: (u64, u64),
+    ) -> Vec<Outcome> {
+        if be16(f, 12) != 0x0800 {
+            return pass(Reason::PassNotIpv4);
+        }
+        if f.len() < 34 {
+            return drop_(Reason::DropMalformedIpv4);
+        }
+        let ihl = usize::from(f[14] & 0x0f) * 4;
+        let tot = usize::from(be16(f, 16));
+        if f[14] >> 4 != 4 || ihl < 20 || tot < ihl || 14 + tot > f.len() {
+            return drop_(Reason::DropMalformedIpv4);
+        }
+        let p = Pkt {
+            f,
+            ihl,
+            tot,
+            off: 14 + ihl,
+            ttl: f[22],
+            proto: f[23],
+            src: addr_at(f, 26),
+            dst: addr_at(f, 30),
+            frag: be16(f, 20) & 0x3fff != 0,
+            df: be16(f, 20) & 0x4000 != 0,
+            ingress,
+        };
+        if p.proto == PROTO_ICMP {
+            return self.icmp(setup, lab, &p);
+        }
+        if p.proto != PROTO_TCP && p.proto != PROTO_UDP {
+            return if setup.is_vip(p.dst) {
+                drop_(Reason::DropVipOtherProtocol)
+            } else {
+                pass(Reason::PassOtherProtocol)
+            };
+        }
+        if p.frag {
+            return if setup.is_vip(p.dst) {
+                drop_(Reason::DropFragment)
+            } else {
+                pass(Reason::PassNotForUs)
+            };
+        }
+        let payload = tot - ihl;
+        let l4_ok = match p.proto {
+            PROTO_TCP => {
+                payload >= 20 && {
+                    let doff = usize::from(f[p.off + 12] >> 4) * 4;
+                    doff >= 20 && doff <= payload
+                }
+            }
+            _ => {
+                payload >= 8 && {
+                    let len = usize::from(be16(f, p.off + 4));
+                    (8..=payload).contains(&len)
+                }
+            }
+        };
+        if !l4_ok {
+            return if setup.is_vip(p.dst) {
+                drop_(Reason::DropMalformedL4)
+            } else {
+                pass(Reason::PassNotForUs)
+            };
+        }
+        let t = Tuple {
+            src: p.src,
+            dst: p.dst,
+            sport: be16(f, p.off),
+            dport: be16(f, p.off + 2),
+            proto: p.proto,
+        };
+        let tcp_flags = if p.proto == PROTO_TCP {
+            f[p.off + 13]
+        } else {
+            0
+        };
+        if let Some(l) = setup.listener(t.dst, t.dport, t.proto) {
+            return self.forward(setup, lab, &p, &t, tcp_flags, l, now);
+        }
+        if let Some(rev) = self.revs.get(&t) {
+            return self.reply(lab, &p, &t, rev, tcp_flags);
+        }
+        if setup.is_vip(p.dst) {
+            drop_(Reason::DropVipNoListener)
+        } else {
+            pass(Reason::PassNotForUs)
+        }
+    }
+
+    /// Client → listener.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one call site; the arguments are the parsed packet"
+    )]
+    pub(super) fn forward(
+        &self,
+        setup: &Setup,
+        lab: &Lab,
+        p: &Pkt<'_>,
+        t: &Tuple,
+        tcp_flags: u8,
+        li: usize,
+        now: (u64, u64),
+    ) -> Vec<Outcome> {
+        let l = &setup.listeners[li];
+        if l.denies(t.src) {
+            return drop_(Reason::DropAclDenied);
+        }
+        if p.ttl <= 1 {
+            return pass(Reason::PassTtlExpired);
+        }
+        let mut states = Vec::new();
+        match self.flows.get(t) {
+            None => states.push(EntryState::Missing),
+            Some(flow) => {
+                let closing = flow.flags & (FLOW_F_FIN | FLOW_F_RST) != 0;
+                for &e in expired(flow, t.proto, now).values() {
+                    states.push(if e {
+                        EntryState::Expired
+                    } else {
+                        EntryState::Live { closing }
+                    });
+                }
+            }
+        }
+        let mut outs = Vec::new();
+        for state in states {
+            if next_step(t.proto, tcp_flags, state) == Step::Reuse {
+                let mut flow = self.flows[t];
+                let b = setup.backends[flow.backend as usize];
+                let mut rev_delta = None;
+                if t.proto == PROTO_TCP {
+                    let (seq, ack) = p.seq_ack();
+                    if tcp_flags & ACK != 0 {
+                        flow.client_acked = ack;
+                        flow.flags &= !FLOW_F_OPENING;
+                    }
+                    // A client's FIN or RST closes only near what the backend acknowledged
+                    // (whatever flow the reverse entry at the backend-side tuple serves).
+                    let rkey = t.backend_side(&b);
+                    let credible = self
+                        .revs
+                        .get(&rkey)
+                        .and_then(|r| r.backend_acked)
+                        .is_some_and(|acked| seq.wrapping_sub(acked) < CLOSE_WINDOW);
+                    if credible {
+                        flow.flags |= close_flags(tcp_flags);
+                    }
+                    // The handshake completes: the flow's reverse entry leaves the
+                    // half-open table if it is still this flow's, and is written again if
+                    // it is missing.
+                    if self.flows[t].flags & FLOW_F_OPENING != 0 && flow.flags & FLOW_F_OPENING == 0
+                    {
+                        rev_delta = match self.revs.get(&rkey) {
+                            Some(r) if r.half_open && (r.vip, r.vport) == (t.dst, t.dport) => {
+                                Some((
+                                    rkey,
+                                    ShadowRev {
+                                        half_open: false,
+                                        ..*r
+                                    },
+                                ))
+                            }
+                            Some(_) => None,
+                            None => Some((
+                                rkey,
+                                ShadowRev {
+                                    vip: t.dst,
+                                    vport: t.dport,
+                                    listener: li,
+                                    backend: flow.backend,
+                                    backend_acked: None,
+                                    half_open: false,
+                                },
+                            )),
+                        };
+                    }
+                }
+                flow.seen = now;
+                let delta = Delta {
+                    flow: Some((*t, flow)),
+                    rev: rev_delta,
+                };
+                outs.extend(self.to_backend(lab, p, b, delta));
+                continue;
+            }
+            // A new flow from a VIP is forged (the setup refuses no other source).
+            if setup.is_vip(t.src) {
+                outs.extend(drop_(Reason::DropSpoofedSource));
+                continue;
+            }
+            // A SYN on a closing flow's entry keeps the flow's backend (every backend of
+            // the setup takes new flows).
+            let reopened = match state {
+                EntryState::Live { closing: true } => {
+                    Some(setup.backends[self.flows[t].backend as usize])
+                }
+                _ => None,
+            };
+            let Some(b) = reopened.or_else(|| setup.pick(li, t)) else {
+                outs.extend(drop_(Reason::DropNoBackend));
+                continue;
+            };
+            let rkey = t.backend_side(&b);
+            let collides: &[bool] = match self.revs.get(&rkey) {
+                Some(e) if (e.vip, e.vport) != (t.dst, t.dport) => {
+                    self.owner_live(setup, t, e, now).values()
+                }
+                _ => &[false],
+            };
+            for &collide in collides {
+                if collide {
+                    outs.extend(drop_(Reason::DropReverseCollision));
+                    continue;
+                }
+                let tcp = t.proto == PROTO_TCP;
+                let (seq, ack) = p.seq_ack();
+                let opening = tcp && tcp_flags & ACK == 0;
+                let delta = Delta {
+                    flow: Some((
+                        *t,
+                        ShadowFlow {
+                            listener: li,
+                            backend: b.id,
+                            flags: close_flags(tcp_flags)
+                                | if opening { FLOW_F_OPENING } else { 0 },
+                            client_acked: if opening {
+                                seq.wrapping_add(1)
+                            } else if tcp {
+                                ack
+                            } else {
+                                0
+                            },
+                            seen: now,
+                        },
+                    )),
+                    rev: Some((
+                        rkey,
+                        ShadowRev {
+                            vip: t.dst,
+                            vport: t.dport,
+                            listener: li,
+                            backend: b.id,
+                            backend_acked: None,
+                            half_open: opening,
+                        },
+                    )),
+                };
+                outs.extend(self.to_backend(lab, p, b, delta));
+            }
+        }
+        outs
+    }
+
+    /// Whether the flow owning reverse entry `e` is live (present, on the same backend,
+    /// no FIN/RST seen, within its idle timeout).
+    fn owner_live(&self, setup: &Setup, t: &Tuple, e: &ShadowRev, now: (u64, u64)) -> Tri {
+        let owner = Tuple {
+            src: t.src,
+            dst: e.vip,
+            sport: t.sport,
+            dport: e.vport,
+            proto: t.proto,
+        };
+        let Some(flow) = self.flows.get(&owner) else {
+            return Tri::No;
+        };
+        if flow.backend != e.backend
+            || setup.listener(e.vip, e.vport, t.proto).is_none()
+            || flow.flags & (FLOW_F_FIN | FLOW_F_RST) != 0
+        {
+            return Tri::No;
+        }
+        match expired(flow, t.proto, now) {
+            Tri::Yes => Tri::No,
+            Tri::No => Tri::Yes,
+            Tri::Maybe => Tri::Maybe,
+        }
+    }
+
+    /// The destination NAT of a client packet, then the next hop.
+    fn to_backend(&self, lab: &Lab, p: &Pkt<'_>, b: BackendSpec, delta: Delta) -> Vec<Outcome> {
+        let translated = nat_l4(p, true, b.addr, b.port);
+        transmit(lab, p, translated, b.addr, Reason::Forwarded, delta)
+    }
+
+    /// Backend → client of a known flow.
+    pub(super) fn reply(
+        &self,
+        lab: &Lab,
+        p: &Pkt<'_>,
+        t: &Tuple,
+        rev: &ShadowRev,
+        tcp_flags: u8,
+    ) -> Vec<Outcome> {
+        if p.ttl <= 1 {
+            return pass(Reason::PassTtlExpired);
+        }
+        // The backend's acknowledgement is kept; its FIN or RST ends the flow's activity
+        // (as the client's does) when the flow still belongs to that backend and the
+        // sequence numbers fit: exactly the SYN acknowledged while half-open, otherwise
+        // near what the client acknowledged.
+        let mut delta = Delta::default();
+        let (seq, ack) = p.seq_ack();
+        if t.proto == PROTO_TCP && tcp_flags & ACK != 0 {
+            delta.rev = Some((
+                *t,
+                ShadowRev {
+                    backend_acked: Some(ack),
+                    ..*rev
+                },
+            ));
+        }
+        let close = close_flags(tcp_flags);
+        if t.proto == PROTO_TCP && close != 0 {
+            let owner = t.client_side(rev);
+            if let Some(flow) = self.flows.get(&owner)
+                && flow.backend == rev.backend
+                && if flow.flags & FLOW_F_OPENING != 0 {
+                    tcp_flags & ACK != 0 && ack == flow.client_acked
+                } else {
+                    seq.wrapping_sub(flow.client_acked) < CLOSE_WINDOW
+                }
+            {
+                let mut flow = *flow;
+                flow.flags |= close;
+                delta.flow = Some((owner, flow));
+            }
+        }
+        let translated = nat_l4(p, false, rev.vip, rev.vport);
+        transmit(lab, p, translated, t.dst, Reason::ReplyForwarded, delta)
+    }
+
+    /// ICMP: errors about a flow are translated, everything else goes to the kernel.
+    pub(super) fn icmp(&self, setup: &Setup, lab: &Lab, p: &Pkt<'_>) -> Vec<Outcome> {
+        // Not an error about a flow of ours: to a VIP, an echo request is answered (every
+        // VIP of the setup answers pings) and the rest dropped; otherwise the kernel's.
+        let other = |why| {
+            let mut o = if !setup.is_vip(p.dst) {
+                outcome(XDP_PASS, Reason::PassOtherProtocol, Out::Unchanged)
+            } else if !p.frag && p.off == 34 && p.f.len() >= 38 && p.f[34] == 8 && p.f[35] == 0 {
+                outcome(XDP_TX, Reason::IcmpEchoReply, Out::Expect(echo_reply(p)))
+            } else {
+                outcome(XDP_DROP, Reason::DropVipOtherProtocol, Out::Unchanged)
+            };
+            o.why = why;
+            vec![o]
+        };
+        if p.frag {
+            return other("an ICMP fragment");
+        }
+        // The ICMP header, the quoted IPv4 header and 8 bytes of its L4 header, all
+        // inside the IP packet.
+        if p.off + 36 > 14 + p.tot {
+            return other(
+                "the IP total length ends before 8 bytes of quoted TCP/UDP header: the \
+                 packet quotes no flow (bytes past the total length are not part of it)",
+            );
+        }
+        let f = p.f;
+        let q = p.off + 8;
+        let kind = f[p.off];
+        let inner_proto = f[q + 9];
+        if !matches!(kind, 3 | 11 | 12)
+            || f[q] != 0x45
+            || !(inner_proto == PROTO_TCP || inner_proto == PROTO_UDP)
+        {
+            return other("not an ICMP error quoting TCP/UDP without IP options");
+        }
+        let inner_src = addr_at(f, q + 12);
+        let inner_dst = addr_at(f, q + 16);
+        let sport = be16(f, q + 20);
+        let dport = be16(f, q + 22);
+        // The quoted packet reversed: the flow (or reverse) key it belongs to.
+        let reversed = Tuple {
+            src: inner_dst,
+            dst: inner_src,
+            sport: dport,
+            dport: sport,
+            proto: inner_proto,
+        };
+        let known = self.flows.contains_key(&reversed) || self.revs.contains_key(&reversed);
+        // Sent to the sender of the quoted packet, as every ICMP error is.
+        if p.dst != inner_src {
+            return other(if known {
+                "an ICMP error about a flow but not addressed to the quoted packet's sender \
+                 (the client or the VIP): not an error of that flow"
+            } else {
+                "an ICMP error about no known flow"
+            });
+        }
+        // A reply the LB sent (VIP → client), reported to the VIP: to the backend.
+        if let Some(flow) = self.flows.get(&reversed) {
+            if p.ttl <= 1 {
+                return pass(Reason::PassTtlExpired);
+            }
+            let b = setup.backends[flow.backend as usize];
+            let mut e = icmp_nat(p, q, true, b.addr, b.port);
+            // Outer destination: the VIP becomes the backend.
+            e.set(30, &b.addr.octets());
+            return transmit(lab, p, e, b.addr, Reason::IcmpToBackend, Delta::default());
+        }
+        // A packet the LB sent to a backend (client → backend), reported to the client.
+        if let Some(rev) = self.revs.get(&reversed) {
+            if p.ttl <= 1 {
+                return pass(Reason::PassTtlExpired);
+            }
+            let mut e = icmp_nat(p, q, false, rev.vip, rev.vport);
+            if p.src == inner_dst {
+                e.set(26, &rev.vip.octets());
+            }
+            return transmit(lab, p, e, p.dst, Reason::IcmpToClient, Delta::default());
+        }
+        other(if p.ttl <= 1 {
+            "an ICMP error about no known flow, TTL ≤ 1: the LB would not forward it, so it \
+             is not a TTL expiry of the LB's"
+        } else {
+            "an ICMP error about no known flow"
+        })
+    }
+}
+
+/// The IP header checksum of the expected frame: masked, and checked when the input's
+/// verified.
+fn ip_checksum(e: &mut Expected, f: &[u8], ihl: usize) {
+    e.mask(24);
+    if sum_ok(&f[14..14 + ihl]) {
+        e.checks.push(Check::Sum {
+            what: "IPv4 header checksum",
+            start: 14,
+            end: 14 + ihl,
+        });
+    }
+}
+
+/// A TCP/UDP packet with its destination (`dst`) or source rewritten, checksums to
+/// match; TTL and MACs untouched (what the kernel gets when the program passes it).
+fn nat_l4(p: &Pkt<'_>, dst: bool, addr: Ipv4Addr, port: u16) -> Expected {
+    let f = p.f;
+    let mut e = Expected::from(f);
+    e.set(if dst { 30 } else { 26 }, &addr.octets());
+    e.set(p.off + if dst { 2 } else { 0 }, &port.to_be_bytes());
+    ip_checksum(&mut e, f, p.ihl);
+    let payload = p.tot - p.ihl;
+    if p.proto == PROTO_TCP {
+        e.mask(p.off + 16);
+        if l4_ok(f, 14, p.off, payload, PROTO_TCP) {
+            e.checks.push(Check::L4 {
+                what: "TCP checksum",
+                ip: 14,
+                l4: p.off,
+                len: payload,
+                proto: PROTO_TCP,
+            });
+        }
+    } else if be16(f, p.off + 6) != 0 {
+        // A UDP checksum of 0 ("none") must stay 0: not masked.
+        e.mask(p.off + 6);
+        let len = usize::from(be16(f, p.off + 4));
+        if l4_ok(f, 14, p.off, len, PROTO_UDP) {
+            e.checks.push(Check::L4 {
+                what: "UDP checksum",
+                ip: 14,
+                l4: p.off,
+                len,
+                proto: PROTO_UDP,
+            });
+        }
+    }
+    e
+}
+
+/// An ICMP error with the quoted packet's source (`src`) or destination rewritten: the
+/// quoted IP checksum, the quoted L4 checksum when the quote holds it, the ICMP checksum
+/// and the outer IP checksum (outer addresses are set by the caller).
+fn icmp_nat(p: &Pkt<'_>, q: usize, src: bool, addr: Ipv4Addr, port: u16) -> Expected {
+    let f = p.f;
+    let mut e = Expected::from(f);
+    let addr_off = q + if src { 12 } else { 16 };
+    let port_off = q + 20 + if src { 0 } else { 2 };
+    let old_addr = addr_at(f, addr_off);
+    let old_port = be16(f, port_off);
+    e.set(addr_off, &addr.octets());
+    e.set(port_off, &port.to_be_bytes());
+    e.mask(q + 10);
+    if sum_ok(&f[q..q + 20]) {
+        e.checks.push(Check::Sum {
+            what: "quoted IPv4 header checksum",
+            start: q,
+            end: q + 20,
+        });
+    }
+    let end = 14 + p.tot;
+    let l4_check = if f[q + 9] == PROTO_UDP {
+        Some(q + 26)
+    } else {
+        Some(q + 36)
+    };
+    if let Some(at) = l4_check.filter(|&at| at + 2 <= end) {
+        let old = be16(f, at);
+        // A quoted UDP checksum of 0 stays 0.
+        if !(f[q + 9] == PROTO_UDP && old == 0) {
+            let [a0, a1] = addr_words(old_addr);
+            let [n0, n1] = addr_words(addr);
+            e.mask(at);
+            e.checks.push(Check::Word {
+                what: "quoted L4 checksum",
+                at,
+                value: adjusted(old, &[a0, a1, old_port], &[n0, n1, port]),
+            });
+        }
+    }
+    e.mask(p.off + 2);
+    if sum_ok(&f[p.off..end]) {
+        e.checks.push(Check::Sum {
+            what: "ICMP checksum",
+            start: p.off,
+            end,
+        });
+    }
+    ip_checksum(&mut e, f, p.ihl);
+    e
+}
+
+/// The ICMP "fragmentation needed" (type 3, code 4) the program answers TCP/UDP packet `p`
+/// with when it is too big for an egress of `mtu`: MACs swapped, from the packet's
+/// destination to its source, TTL 64, DF with id 0, quoting the packet as it came in (its
+/// IPv4 header and 8 bytes of TCP/UDP). The translation is undone incrementally in the
+/// quote, so its checksums may come back as the other zero (0x0000 for 0xffff).
+fn frag_needed(p: &Pkt<'_>, mtu: u16) -> Expected {
+    let f = p.f;
+    let mut out = Vec::with_capacity(70);
+    out.extend_from_slice(&f[6..12]);
+    out.extend_from_slice(&f[0..6]);
+    out.extend_from_slice(&f[12..14]);
+    let mut ip = vec![0x45, 0, 0, 56, 0, 0, 0x40, 0, 64, PROTO_ICMP, 0, 0];
+    ip.extend_from_slice(&f[30..34]);
+    ip.extend_from_slice(&f[26..30]);
+    let c = csum::checksum(&ip);
+    ip[10..12].copy_from_slice(&c.to_ne_bytes());
+    out.extend_from_slice(&ip);
+    let [hi, lo] = mtu.to_be_bytes();
+    out.extend_from_slice(&[3, 4, 0, 0, 0, 0, hi, lo]);
+    out.extend_from_slice(&f[14..42]);
+    let mut e = Expected::from(&out);
+    e.mask(36);
+    e.checks.push(Check::Sum {
+        what: "ICMP checksum",
+        start: 34,
+        end: 70,
+    });
+    e.mask(52);
+    e.checks.push(Check::Word {
+        what: "quoted IPv4 header checksum",
+        at: 52,
+        value: be16(f, 24),
+    });
+    if p.proto == PROTO_UDP && be16(f, 40) != 0 {
+        e.mask(68);
+        e.checks.push(Check::Word {
+            what: "quoted UDP checksum",
+            at: 68,
+            value: be16(f, 40),
+        });
+    }
+    e
+}
+
+/// `bpf_fib_lookup` towards `dst` for the translated packet, and what the program then
+/// does with it.
+fn transmit(
+    lab: &Lab,
+    p: &Pkt<'_>,
+    translated: Expected,
+    dst: Ipv4Addr,
+    sent: Reason,
+    delta: Delta,
+) -> Vec<Outcome> {
+    let with = |action, reason, out| Outcome {
+        action,
+        reason,
+        out,
+        delta: delta.clone(),
+        why: "",
+    };
+    let kernel = |reason| with(XDP_PASS, reason, Out::Expect(translated.clone()));
+    // Too big for the egress: a TCP/UDP packet with DF and no IP options is answered with
+    // fragmentation needed to its sender, out where it came in; anything else (no DF,
+    // options, a translated ICMP error) goes to the kernel, which fragments it.
+    let too_big = || {
+        let answered = match sent {
+            Reason::Forwarded => Some(Reason::IcmpFragNeededToClient),
+            Reason::ReplyForwarded => Some(Reason::IcmpFragNeededToBackend),
+            _ => None,
+        };
+        match answered {
+            Some(reason) if p.df && p.ihl == 20 => {
+                with(XDP_TX, reason, Out::Expect(frag_needed(p, MTU as u16)))
+            }
+            _ => kernel(Reason::PassFragNeeded),
+        }
+    };
+    let route = lab.route(dst);
+    match route {
+        Route::Unreachable => vec![with(XDP_DROP, Reason::DropNoRoute, Out::Any)],
+        Route::Unknown => {
+            let mut outcomes = vec![
+                with(XDP_DROP, Reason::DropNoRoute, Out::Any),
+                kernel(Reason::PassNeighUnknown),
+            ];
+            if p.tot > MTU {
+                outcomes.push(too_big());
+            }
+            outcomes
+        }
+        _ if p.tot > MTU => vec![too_big()],
+        Route::NoNeigh => vec![kernel(Reason::PassNeighUnknown)],
+        Route::Neigh {
+            ifindex,
+            smac,
+            dmac,
+        } => {
+            let action = if ifindex == p.ingress {
+                XDP_TX
+            } else if ifindex == lab.client_if || ifindex == lab.backend_if {
+                XDP_REDIRECT
+            } else {
+                return vec![kernel(Reason::PassNoTxPort)];
+            };
+            let mut e = translated.clone();
+            e.hop(smac, dmac);
+            vec![with(action, sent, Out::Expect(e))]
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        fuzz::lab::{B0, CLIENT, VIP},
+        packet::Frame,
+    };
+
+    #[test]
+    fn adjusted_checksum_matches_a_full_recomputation() {
+        let mut f = Frame::udp((CLIENT, 40000), (VIP, 53)).payload(b"x").build();
+        let old = addr_at(&f, 30);
+        let old_port = be16(&f, 36);
+        let check = be16(&f, 40);
+        f[30..34].copy_from_slice(&B0.octets());
+        f[36..38].copy_from_slice(&5353u16.to_be_bytes());
+        let [o0, o1] = addr_words(old);
+        let [n0, n1] = addr_words(B0);
+        let adj = adjusted(check, &[o0, o1, old_port], &[n0, n1, 5353]);
+        f[40..42].copy_from_slice(&adj.to_be_bytes());
+        assert!(l4_ok(&f, 14, 34, 9, PROTO_UDP));
+    }
+}

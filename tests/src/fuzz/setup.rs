@@ -1,0 +1,289 @@
+//! The setup: the config a run installs, through the controller's plan and reconciler,
+//! and what the model knows of it (listeners, backends, VIPs, access lists).
+
+use std::net::Ipv4Addr;
+
+use lb_common::{
+    ACL_DENY, ACL_NONE, MAGLEV_TABLE_SIZE, Scheduler, hash,
+    maglev::{self, MaglevBackend},
+};
+use lb_ctl::{
+    config::{Config, Protocol},
+    dataplane::{DataPlane, MapSizes},
+    plan::{Desired, Runtime},
+};
+
+use super::{IDLE_TIMEOUT_S, model::Tuple};
+use crate::provision::{self, Provisioned};
+
+/// Map sizes of a run (the flow table's is the run's choice): listener and backend ids
+/// are planned within them.
+const MAX_LISTENERS: u32 = 8;
+const MAX_BACKENDS: u32 = 64;
+
+pub(super) fn sizes(flow_table_size: u32) -> MapSizes {
+    MapSizes {
+        flow_table_size,
+        max_listeners: MAX_LISTENERS,
+        max_backends: MAX_BACKENDS,
+    }
+}
+
+/// The fuzzing config: eight listeners on three VIPs; every forwarding outcome (redirect,
+/// TX, unknown neighbour, no route, not a redirect target, no backend, access list,
+/// collision) is reachable. The addresses are the lab's (`lab.rs`). The generator does not
+/// aim at VIP3's only listener, so VIP3 stands for a VIP none of whose listeners a frame
+/// addresses.
+const CONFIG: &str = "
+instance: fuzz
+interfaces: [cl0, be0, ot0]
+acls:
+  - { name: blocked, entries: [198.18.0.3/32, 198.19.200.0/24] }
+vserver_groups:
+  - name: web
+    servers:
+      - { address: 198.18.1.10, port: 8080 }
+      - { address: 198.18.1.11, port: 8080 }
+      - { address: 198.18.1.13, port: 8080 }
+  - name: dns
+    servers:
+      - { address: 198.18.1.10, port: 5353 }
+      - { address: 198.18.1.11, port: 5353 }
+  - name: web2
+    servers: [{ address: 198.18.1.10, port: 8080 }]
+  - name: far
+    servers: [{ address: 198.19.200.10, port: 53 }]
+  - name: other-side
+    servers: [{ address: 198.18.2.10, port: 443 }]
+  - name: empty
+    servers: []
+  - name: stream
+    servers:
+      - { address: 198.18.1.11, port: 5000 }
+      - { address: 198.18.1.13, port: 5000 }
+listeners:
+  - { name: web, protocol: tcp, address: 198.19.0.100, port: 80, server_group: web, scheduler: tch }
+  - name: dns
+    protocol: udp
+    address: 198.19.0.100
+    port: 53
+    server_group: dns
+    scheduler: tch
+    udp_timeout: 900
+    acl: { type: deny, name: blocked }
+  - { name: web2, protocol: tcp, address: 198.19.0.101, port: 80, server_group: web2 }
+  - name: dns2
+    protocol: udp
+    address: 198.19.0.101
+    port: 53
+    server_group: far
+    scheduler: rr
+    udp_timeout: 900
+  - { name: tls2, protocol: tcp, address: 198.19.0.101, port: 443, server_group: other-side, scheduler: wlc }
+  - { name: no-backend, protocol: tcp, address: 198.19.0.100, port: 8080, server_group: empty }
+  - name: stream
+    protocol: udp
+    address: 198.19.0.100
+    port: 5000
+    server_group: stream
+    scheduler: tch
+    udp_timeout: 900
+  - { name: bare, protocol: tcp, address: 198.19.0.102, port: 7, server_group: empty }
+";
+
+/// One backend entry (one member of one listener).
+#[derive(Clone, Copy, Debug)]
+pub struct BackendSpec {
+    pub id: u32,
+    pub addr: Ipv4Addr,
+    pub port: u16,
+}
+
+#[derive(Clone, Debug)]
+pub struct ListenerSpec {
+    pub id: u32,
+    pub vip: Ipv4Addr,
+    pub port: u16,
+    pub protocol: u8,
+    pub scheduler: Scheduler,
+    /// Backend ids.
+    pub members: Vec<u32>,
+    /// Denied source prefixes (an access list in deny mode); empty: no access list.
+    pub deny: Vec<(Ipv4Addr, u8)>,
+    maglev: Vec<u32>,
+}
+
+impl ListenerSpec {
+    pub(super) fn denies(&self, src: Ipv4Addr) -> bool {
+        self.deny.iter().any(|&(net, len)| {
+            let mask = if len == 0 {
+                0
+            } else {
+                u32::MAX << (32 - u32::from(len))
+            };
+            u32::from(src) & mask == u32::from(net) & mask
+        })
+    }
+}
+
+/// What the run installs, and the model's view of it.
+#[derive(Clone, Debug)]
+pub struct Setup {
+    /// Indexed by backend id.
+    pub backends: Vec<BackendSpec>,
+    /// In listener id order.
+    pub listeners: Vec<ListenerSpec>,
+    pub vips: Vec<Ipv4Addr>,
+    config: Config,
+    desired: Desired,
+}
+
+impl Setup {
+    /// The fuzzing setup (`CONFIG`), planned as the controller plans it.
+    pub fn standard() -> Setup {
+        Setup::of(provision::config(CONFIG))
+    }
+
+    /// The model's view of `config` as planned: every listener's backends in its tables,
+    /// their Maglev table, its denied prefixes. Panics on what the model does not follow
+    /// (allow lists, persistence, other idle timeouts, weights).
+    pub fn of(config: Config) -> Setup {
+        let planned = Provisioned::plan(config, Runtime::default(), sizes(0))
+            .expect("the fuzzing config fits its maps");
+        let desired = planned.desired().clone();
+        let mut backends: Vec<BackendSpec> = desired
+            .listeners
+            .values()
+            .flat_map(|l| &l.backends)
+            .map(|b| BackendSpec {
+                id: b.id,
+                addr: b.key.address,
+                port: b.key.port,
+            })
+            .collect();
+        backends.sort_by_key(|b| b.id);
+        assert!(
+            backends.iter().enumerate().all(|(i, b)| b.id == i as u32),
+            "backend ids are 0..n: {backends:?}"
+        );
+        let mut listeners: Vec<ListenerSpec> = desired
+            .listeners
+            .values()
+            .map(|l| {
+                let idle_timeout = match l.frontend.protocol {
+                    Protocol::Tcp => l.established_timeout,
+                    Protocol::Udp => l.udp_timeout,
+                };
+                assert_eq!(
+                    (idle_timeout, l.persistence_timeout),
+                    (IDLE_TIMEOUT_S, 0),
+                    "{}: the model knows one idle timeout and no persistence",
+                    l.name
+                );
+                assert!(
+                    l.backends.iter().all(|b| b.in_table && b.weight == 100),
+                    "{}: the model knows healthy backends of weight 100",
+                    l.name
+                );
+                let deny = match l.acl_mode {
+                    ACL_NONE => Vec::new(),
+                    ACL_DENY => desired.acls[&l.acl_id].iter().copied().collect(),
+                    _ => panic!("{}: the model knows deny lists only", l.name),
+                };
+                let members: Vec<u32> = l.backends.iter().map(|b| b.id).collect();
+                let maglev_members: Vec<MaglevBackend> = l
+                    .backends
+                    .iter()
+                    .map(|b| MaglevBackend {
+                        id: b.id,
+                        addr: u32::from_ne_bytes(b.key.address.octets()),
+                        port: b.key.port.to_be(),
+                        weight: b.effective_weight,
+                    })
+                    .collect();
+                ListenerSpec {
+                    id: l.id,
+                    vip: l.frontend.address,
+                    port: l.frontend.port,
+                    protocol: l.frontend.protocol.number(),
+                    scheduler: l.scheduler,
+                    members,
+                    deny,
+                    maglev: maglev::build_table(&maglev_members, MAGLEV_TABLE_SIZE),
+                }
+            })
+            .collect();
+        listeners.sort_by_key(|l| l.id);
+        let mut vips: Vec<Ipv4Addr> = listeners.iter().map(|l| l.vip).collect();
+        vips.sort();
+        vips.dedup();
+        Setup {
+            backends,
+            listeners,
+            vips,
+            config: planned.config,
+            desired,
+        }
+    }
+
+    pub(super) fn listener(&self, dst: Ipv4Addr, port: u16, protocol: u8) -> Option<usize> {
+        self.listeners
+            .iter()
+            .position(|l| l.vip == dst && l.port == port && l.protocol == protocol)
+    }
+
+    pub(super) fn listener_by_id(&self, id: u32) -> Option<usize> {
+        self.listeners.iter().position(|l| l.id == id)
+    }
+
+    pub(super) fn is_vip(&self, addr: Ipv4Addr) -> bool {
+        self.vips.contains(&addr)
+    }
+
+    /// The backend a new flow or a pickup of `t` gets: the only member, or the Maglev
+    /// slot of the 4-tuple (`tch`; pickups always use it).
+    pub(super) fn pick(&self, listener: usize, t: &Tuple) -> Option<BackendSpec> {
+        let l = &self.listeners[listener];
+        match l.members.as_slice() {
+            [] => None,
+            [only] => Some(self.backends[*only as usize]),
+            _ => {
+                let h = hash::hash_tuple(
+                    u32::from_ne_bytes(t.src.octets()),
+                    u32::from_ne_bytes(t.dst.octets()),
+                    t.sport.to_be(),
+                    t.dport.to_be(),
+                );
+                let id = l.maglev[(h % MAGLEV_TABLE_SIZE) as usize];
+                Some(self.backends[id as usize])
+            }
+        }
+    }
+
+    /// Writes the config into the maps through the controller's plan and reconciler; the
+    /// ids are the ones the model was built with.
+    pub fn install(&self, dp: &mut DataPlane) -> anyhow::Result<()> {
+        let installed = Provisioned::install(dp, self.config.clone(), Runtime::default())?;
+        anyhow::ensure!(
+            *installed.desired() == self.desired,
+            "the data plane's maps are planned differently from the model's"
+        );
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fuzz::lab::{CLIENT, CLIENT_NO_NEIGH, ip};
+
+    #[test]
+    fn acl_prefixes() {
+        let setup = Setup::standard();
+        let l = &setup.listeners[1];
+        assert!(l.denies(CLIENT_NO_NEIGH));
+        assert!(!l.denies(CLIENT));
+        assert!(l.denies(ip(198, 19, 200, 255)));
+        assert!(!l.denies(ip(198, 19, 201, 0)));
+    }
+}
