@@ -20,6 +20,7 @@ use lb_common::{FlowKey, PROTO_TCP, Reason, Scheduler};
 use lb_ctl::{
     config::Protocol,
     dataplane::{DataPlane, LoadOptions, MapSizes},
+    plan::Runtime,
 };
 
 use super::{
@@ -48,7 +49,11 @@ const CYCLED_FLOWS: u32 = 100_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Case {
+    /// An established flow of the `tch` listener (the peer's own scheduling: a Maglev
+    /// ring on the 4-tuple).
     Established,
+    /// The same path through a listener of another scheduler (100 backends only).
+    EstablishedWith(Scheduler),
     Cycled,
     NewEmpty,
     NewFull,
@@ -56,9 +61,26 @@ pub enum Case {
     NonVip,
 }
 
+/// The schedulers whose established path is measured besides `tch`, each on a listener of
+/// its own (port 81.., backend port 8081..: endpoints of their own, so no listener shares
+/// one and every case measures the unshared path).
+pub const OTHER_SCHEDULERS: [Scheduler; 4] = [
+    Scheduler::Sch,
+    Scheduler::Wrr,
+    Scheduler::Rr,
+    Scheduler::Wlc,
+];
+
+/// The backend count at which the other schedulers are measured.
+pub const SCHEDULERS_AT: usize = 100;
+
 impl Case {
-    pub const ALL: [Case; 6] = [
+    pub const ALL: [Case; 10] = [
         Case::Established,
+        Case::EstablishedWith(Scheduler::Sch),
+        Case::EstablishedWith(Scheduler::Wrr),
+        Case::EstablishedWith(Scheduler::Rr),
+        Case::EstablishedWith(Scheduler::Wlc),
         Case::Cycled,
         Case::NewEmpty,
         Case::NewFull,
@@ -68,31 +90,57 @@ impl Case {
 
     pub fn name(self) -> &'static str {
         match self {
-            Case::Established => "established flow, table hit",
+            Case::Established => "established flow, table hit (tch)",
+            Case::EstablishedWith(Scheduler::Sch) => "established flow, table hit (sch)",
+            Case::EstablishedWith(Scheduler::Wrr) => "established flow, table hit (wrr)",
+            Case::EstablishedWith(Scheduler::Rr) => "established flow, table hit (rr)",
+            Case::EstablishedWith(Scheduler::Wlc) => "established flow, table hit (wlc)",
+            Case::EstablishedWith(Scheduler::Tch) => "established flow, table hit (tch)",
             Case::Cycled => "100k flows cycled (hits, cache-cold)",
             Case::NewEmpty => "new flow each packet, table nearly empty",
             Case::NewFull => "new flow each packet, table full",
-            Case::Reply => "reply (reverse NAT, backend → client)",
+            Case::Reply => "reply (backend → client)",
             Case::NonVip => "packet not for a VIP",
         }
     }
 
-    /// The peer's figures: (method 2, method 1) ns, floor subtracted (docs/benchmarks.md
-    /// says where and when they were measured).
+    /// The peer's figures: (method 2, method 1) ns, floor subtracted, from `PEER_SOURCE`.
+    /// The peer has one established path whatever its ring; every scheduler's is held to it.
     pub fn peer(self) -> Option<(f64, f64)> {
         match self {
-            Case::Established => Some((174.0, 246.0)),
-            Case::Cycled => Some((348.0, 562.0)),
-            Case::NewEmpty => Some((753.0, 1005.0)),
-            Case::NewFull => Some((1486.0, 1794.0)),
-            Case::NonVip => Some((78.0, 98.0)),
+            Case::Established | Case::EstablishedWith(_) => Some((105.0, 153.0)),
+            Case::Cycled => Some((259.0, 373.0)),
+            Case::NewEmpty => Some((508.0, 650.0)),
+            Case::NewFull => Some((1089.0, 1375.0)),
+            Case::NonVip => Some((55.0, 59.0)),
             Case::Reply => None,
+        }
+    }
+
+    /// Listener port and backend port of the case's flow.
+    fn ports(self) -> (u16, u16) {
+        match self {
+            Case::EstablishedWith(s) => {
+                let i = OTHER_SCHEDULERS.iter().position(|o| *o == s).unwrap_or(0) as u16;
+                (81 + i, BACKEND_PORT + 1 + i)
+            }
+            _ => (80, BACKEND_PORT),
         }
     }
 }
 
-/// The peer table's floors: method 2 (wrapper + empty) and method 1 (empty, repeat=1).
-pub const PEER_FLOOR: (f64, f64) = (49.0, 110.0);
+/// Where the peer's figures come from, said beside every ratio.
+pub const PEER_SOURCE: &str = "peer of 2026-12-03";
+/// The same, in full, for the report's text.
+pub const PEER_SOURCE_LONG: &str = "the C balancer measured with its own harness on     2026-12-03, on a freshly provisioned machine of this kind (2-vCPU EPYC VM, kernel     6.18.44), the median of three runs of 5 rounds each (the three runs spread up to     1.35×); not in the same run as ours, so a ratio near 1 is within the machines'     day-to-day drift (±20 %)";
+
+/// The peer's floors in the same runs: method 2 (wrapper + empty) and method 1 (empty,
+/// repeat=1).
+pub const PEER_FLOOR: (f64, f64) = (33.0, 82.0);
+
+/// A case whose rounds spread more than this (largest / smallest) is too noisy to quote:
+/// the report flags it instead of comparing its median.
+pub const NOISY: f64 = 1.3;
 
 #[derive(Clone, Debug)]
 pub struct CostOptions {
@@ -270,7 +318,7 @@ fn run_backends(
     let mut dp = DataPlane::load(&LoadOptions {
         sizes: MapSizes {
             flow_table_size: FLOW_TABLE,
-            max_listeners: 4,
+            max_listeners: 8,
             max_backends: 16384,
         },
         map_pin_dir: None,
@@ -283,14 +331,31 @@ fn run_backends(
     ));
     dp.add_tx_port(lab.client_if)?;
     dp.add_tx_port(lab.backend_if)?;
-    let config = kit::one_listener(
+    let mut config = kit::one_listener(
         dp.sizes(),
         (Protocol::Tcp, VIP, 80),
         // The peer balances with a 65537-slot Maglev ring; tch is ours.
         Scheduler::Tch,
         (0..n).map(|i| (backend_addr(i), BACKEND_PORT)),
     );
-    kit::provision(&mut dp, config)?;
+    if n == SCHEDULERS_AT {
+        for scheduler in OTHER_SCHEDULERS {
+            let (port, backend_port) = Case::EstablishedWith(scheduler).ports();
+            kit::add_listener(
+                &mut config,
+                (Protocol::Tcp, VIP, port),
+                scheduler,
+                (0..n).map(|i| (backend_addr(i), backend_port)),
+            );
+        }
+    }
+    // As in production: the host's own addresses are refused as client sources, so a new
+    // flow pays that lookup here too.
+    let runtime = Runtime {
+        local_addresses: crate::provision::host_addresses()?,
+        ..Runtime::default()
+    };
+    kit::provision_with(&mut dp, config, runtime)?;
     let mut kit = Kit::new(&mut dp, &["lb_bench", "lb_empty"])?;
     kit::hold_in_dispatcher(&mut dp, "lb_bench", lab.idle_if)?;
     let lb_fd = kit::prog_fd(&mut dp, lb_common::names::PROGRAM)?;
@@ -309,14 +374,17 @@ fn run_backends(
 
     // Order matters: the nearly-empty new-flow case runs before anything fills the table,
     // the full case last.
-    let order = [
-        Case::Established,
+    let mut order = vec![Case::Established];
+    if n == SCHEDULERS_AT {
+        order.extend(OTHER_SCHEDULERS.map(Case::EstablishedWith));
+    }
+    order.extend([
         Case::Reply,
         Case::NonVip,
         Case::NewEmpty,
         Case::Cycled,
         Case::NewFull,
-    ];
+    ]);
     let mut results = Vec::new();
     for case in order {
         let started = Instant::now();
@@ -442,16 +510,19 @@ impl Bench<'_> {
         let client = self.lab.client_if;
         let mut rounds = Rounds::default();
         let mut notes = Vec::new();
-        let syn = tcp_frame((CLIENT, CLIENT_PORT), (VIP, 80), SYN);
-        let ack = tcp_frame((CLIENT, CLIENT_PORT), (VIP, 80), ACK);
+        let (port, _) = case.ports();
+        let syn = tcp_frame((CLIENT, CLIENT_PORT), (VIP, port), SYN);
+        let ack = tcp_frame((CLIENT, CLIENT_PORT), (VIP, port), ACK);
         match case {
-            Case::Established | Case::Reply | Case::NonVip => {
+            Case::Established | Case::EstablishedWith(_) | Case::Reply | Case::NonVip => {
                 // The flow all three use: created once by a SYN.
                 let (verdict, _) =
                     kit::test_run(&mut self.dp, lb_common::names::PROGRAM, &syn, client, 1)?;
                 ensure!(verdict == XDP_REDIRECT, "the SYN returned {verdict}");
                 let (frame, ingress, expect, reason) = match case {
-                    Case::Established => (ack.clone(), client, XDP_REDIRECT, Reason::Forwarded),
+                    Case::Established | Case::EstablishedWith(_) => {
+                        (ack.clone(), client, XDP_REDIRECT, Reason::Forwarded)
+                    }
                     Case::Reply => {
                         let backend = self.flow_backend()?;
                         let reply = tcp_frame((backend, BACKEND_PORT), (CLIENT, CLIENT_PORT), ACK);

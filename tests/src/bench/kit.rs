@@ -270,32 +270,56 @@ pub fn one_listener(
     scheduler: Scheduler,
     backends: impl IntoIterator<Item = (Ipv4Addr, u16)>,
 ) -> Config {
-    let (protocol, vip, port) = frontend;
     let mut config = Config::new("bench", vec!["lb0".to_owned()]);
     config.flow_table_size = sizes.flow_table_size;
     config.max_listeners = sizes.max_listeners;
     config.max_backends = sizes.max_backends;
+    add_listener(&mut config, frontend, scheduler, backends);
+    config
+}
+
+/// Adds a listener with a vServer group of its own (named after its port) to `config`.
+pub fn add_listener(
+    config: &mut Config,
+    frontend: (Protocol, Ipv4Addr, u16),
+    scheduler: Scheduler,
+    backends: impl IntoIterator<Item = (Ipv4Addr, u16)>,
+) {
+    let (protocol, vip, port) = frontend;
+    let name = if config.listeners.is_empty() {
+        "bench".to_owned()
+    } else {
+        format!("bench-{port}")
+    };
     config.vserver_groups.push(VServerGroup {
-        name: "bench".to_owned(),
+        name: name.clone(),
         servers: backends
             .into_iter()
             .map(|(address, port)| Member::new(address, port))
             .collect(),
     });
-    let mut listener = Listener::new("bench", protocol, vip, port);
-    listener.server_group = Some("bench".to_owned());
+    let mut listener = Listener::new(&name, protocol, vip, port);
+    listener.server_group = Some(name);
     listener.scheduler = scheduler;
     // Flows of either protocol stay for the whole run.
     listener.established_timeout = 900;
     listener.udp_timeout = 900;
     config.listeners.push(listener);
-    config
 }
 
 /// Installs `config` into the data plane as the controller does (plan, then the
 /// reconciler's writes).
 pub fn provision(dp: &mut DataPlane, config: Config) -> anyhow::Result<Provisioned> {
-    Provisioned::install(dp, config, Runtime::default())
+    provision_with(dp, config, Runtime::default())
+}
+
+/// [`provision`] with runtime facts (the host's addresses, health).
+pub fn provision_with(
+    dp: &mut DataPlane,
+    config: Config,
+    runtime: Runtime,
+) -> anyhow::Result<Provisioned> {
+    Provisioned::install(dp, config, runtime)
 }
 
 #[cfg(test)]
