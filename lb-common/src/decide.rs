@@ -85,10 +85,17 @@ pub trait Tables {
     /// A backend's active flows (`wlc`).
     fn active_flows(&self, id: u32) -> u32;
     /// Whether `addr` may be a VIP: false is certain, true needs the marker lookup. The
-    /// data plane answers from its VIP filter (`VIP_FILTER`), one array read instead of a
+    /// data plane answers from its VIP filter (in `ADDRESS_FILTER`), one array read instead of a
     /// hash lookup for most addresses.
     #[inline(always)]
     fn may_be_vip(&self, _addr: u32) -> bool {
+        true
+    }
+    /// Whether `addr` may be a refused source (`REFUSED_SOURCES_ACL`): false is certain,
+    /// true needs the access-list lookup. The data plane answers from its filter of the
+    /// refused single addresses, unless prefixes are refused too.
+    #[inline(always)]
+    fn may_be_refused(&self, _addr: u32) -> bool {
         true
     }
 }
@@ -240,10 +247,12 @@ pub fn is_vip<T: Tables>(tables: &T, addr: u32) -> bool {
 /// network (`REFUSED_SOURCES_ACL`), or a VIP.
 #[inline(always)]
 pub fn is_refused_source<T: Tables>(tables: &T, addr: u32) -> bool {
-    tables.acl_matches(&AclKey {
-        acl: REFUSED_SOURCES_ACL,
-        addr,
-    }) || is_vip(tables, addr)
+    (tables.may_be_refused(addr)
+        && tables.acl_matches(&AclKey {
+            acl: REFUSED_SOURCES_ACL,
+            addr,
+        }))
+        || is_vip(tables, addr)
 }
 
 /// Whether a backend takes new flows: present and healthy, weight > 0, not draining.

@@ -40,16 +40,28 @@ pub const fn id_pair_entries(ids: u32) -> u32 {
     ids.div_ceil(2)
 }
 
-/// Bits of `VIP_FILTER`, a one-hash Bloom filter of the VIP addresses: a packet whose
-/// destination's bit is clear is not for a VIP, and skips the listener lookup.
-pub const VIP_FILTER_BITS: u32 = 65536;
-/// `u64` words of `VIP_FILTER`.
-pub const VIP_FILTER_WORDS: u32 = VIP_FILTER_BITS / 64;
+/// Bits of each of the two one-hash Bloom filters in `ADDRESS_FILTER`: one of the VIP
+/// addresses (a packet whose destination's bit is clear is not for a VIP, and skips the
+/// listener lookup), one of the refused client sources that are single addresses (the
+/// LB host's own: a new flow whose source's bit is clear skips the access-list lookup).
+pub const ADDRESS_FILTER_BITS: u32 = 65536;
+/// `u64` words of one filter.
+const FILTER_WORDS: u32 = ADDRESS_FILTER_BITS / 64;
+/// First word of the VIP filter in `ADDRESS_FILTER`.
+pub const VIP_FILTER_BASE: u32 = 0;
+/// First word of the refused-source filter in `ADDRESS_FILTER`.
+pub const REFUSED_FILTER_BASE: u32 = FILTER_WORDS;
+/// The word of `ADDRESS_FILTER` that is not 0 when the refused sources hold prefixes
+/// (`refused_client_sources` wider than one address): the filter cannot answer for those,
+/// and every new flow looks its source up in the access list.
+pub const REFUSED_PREFIXES_WORD: u32 = 2 * FILTER_WORDS;
+/// `u64` words of `ADDRESS_FILTER`: both filters and the prefix word.
+pub const ADDRESS_FILTER_WORDS: u32 = 2 * FILTER_WORDS + 1;
 
-/// The `VIP_FILTER` bit of an address (network byte order): Fibonacci hashing, cheap
-/// enough for every packet.
+/// The bit of an address (network byte order) in either filter of `ADDRESS_FILTER`:
+/// Fibonacci hashing, cheap enough for every packet.
 #[inline(always)]
-pub const fn vip_filter_bit(addr: u32) -> u32 {
+pub const fn address_filter_bit(addr: u32) -> u32 {
     addr.wrapping_mul(0x9e37_79b9) >> 16
 }
 
@@ -84,7 +96,7 @@ pub mod names {
     pub const TX_PORTS: &str = "TX_PORTS";
     pub const ACLS: &str = "ACLS";
     pub const NEXT_HOPS: &str = "NEXT_HOPS";
-    pub const VIP_FILTER: &str = "VIP_FILTER";
+    pub const ADDRESS_FILTER: &str = "ADDRESS_FILTER";
     pub const AFFINITY: &str = "AFFINITY";
     pub const STAGES: &str = "STAGES";
     pub const PENDING: &str = "PENDING";

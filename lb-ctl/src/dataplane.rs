@@ -103,7 +103,7 @@ impl MapSizes {
 
     /// max_entries of every sized map, by name.
     pub fn entries(&self) -> [(&'static str, u32); 14] {
-        // VIP_FILTER has a fixed size.
+        // ADDRESS_FILTER has a fixed size.
         let slots = self.table_slots();
         [
             (names::LISTENERS, 2 * self.max_listeners),
@@ -147,7 +147,7 @@ pub const ALL_MAPS: [&str; 18] = [
     names::ACLS,
     names::AFFINITY,
     names::NEXT_HOPS,
-    names::VIP_FILTER,
+    names::ADDRESS_FILTER,
 ];
 
 /// A `BPF_F_MMAPABLE` array of `IdPair`s mapped into this process as a dense `u32` array:
@@ -245,7 +245,7 @@ pub struct DataPlane {
     tx_ports: DevMapHash<MapData>,
     acls: LpmTrie<MapData, AclKey, u32>,
     affinity: HashMap<MapData, AffinityKey, Affinity>,
-    vip_filter: Array<MapData, u64>,
+    address_filter: Array<MapData, u64>,
     /// The tail-call table of this load's stages. Held open: the kernel empties a program
     /// array when its last open file or pin goes.
     stages: MapData,
@@ -404,9 +404,9 @@ impl DataPlane {
             affinity: take(&mut ebpf, names::AFFINITY)?
                 .try_into()
                 .map_err(map_err(names::AFFINITY))?,
-            vip_filter: take(&mut ebpf, names::VIP_FILTER)?
+            address_filter: take(&mut ebpf, names::ADDRESS_FILTER)?
                 .try_into()
-                .map_err(map_err(names::VIP_FILTER))?,
+                .map_err(map_err(names::ADDRESS_FILTER))?,
             ebpf,
             logger,
             sizes,
@@ -708,18 +708,18 @@ impl DataPlane {
     }
 
     /// Writes one word of the VIP filter.
-    pub fn set_vip_filter_word(&mut self, index: u32, word: u64) -> Result<()> {
-        self.vip_filter
+    pub fn set_address_filter_word(&mut self, index: u32, word: u64) -> Result<()> {
+        self.address_filter
             .set(index, word, 0)
-            .map_err(map_err(names::VIP_FILTER))
+            .map_err(map_err(names::ADDRESS_FILTER))
     }
 
     /// The VIP filter's words.
-    pub fn vip_filter(&self) -> Result<Vec<u64>> {
-        self.vip_filter
+    pub fn address_filter(&self) -> Result<Vec<u64>> {
+        self.address_filter
             .iter()
             .collect::<Result<Vec<_>, _>>()
-            .map_err(map_err(names::VIP_FILTER))
+            .map_err(map_err(names::ADDRESS_FILTER))
     }
 
     /// Adds `addr/prefix_len` to access list `acl`.
@@ -929,7 +929,7 @@ pub trait DataPlaneAccess: MapWriter + ReadCounters {
     /// Every (access list, address, prefix length) entry (adoption).
     fn acl_entries(&self) -> Vec<(u32, std::net::Ipv4Addr, u8)>;
     /// The VIP filter's words (adoption).
-    fn vip_filter(&self) -> Result<Vec<u64>>;
+    fn address_filter(&self) -> Result<Vec<u64>>;
     /// Every backend endpoint with the listeners it serves (adoption).
     fn endpoint_entries(&self) -> Result<Vec<(EndpointKey, Endpoint)>>;
     /// The entries of established flows: what the sweep counts.
@@ -955,8 +955,8 @@ impl DataPlaneAccess for DataPlane {
     fn acl_entries(&self) -> Vec<(u32, std::net::Ipv4Addr, u8)> {
         Self::acl_entries(self)
     }
-    fn vip_filter(&self) -> Result<Vec<u64>> {
-        Self::vip_filter(self)
+    fn address_filter(&self) -> Result<Vec<u64>> {
+        Self::address_filter(self)
     }
     fn endpoint_entries(&self) -> Result<Vec<(EndpointKey, Endpoint)>> {
         Self::endpoint_entries(self)

@@ -238,7 +238,7 @@ fn expected_layout(sizes: &MapSizes) -> Vec<(&'static str, u32, u32, u32)> {
             size_of::<lb_common::NextHop>() as u32,
             e(names::NEXT_HOPS),
         ),
-        (names::VIP_FILTER, 4, 8, lb_common::VIP_FILTER_WORDS),
+        (names::ADDRESS_FILTER, 4, 8, lb_common::ADDRESS_FILTER_WORDS),
     ]
 }
 

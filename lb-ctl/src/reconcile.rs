@@ -19,7 +19,9 @@ use std::{
 use lb_common::{
     BACKEND_F_DRAINING, BACKEND_F_SHARED_ENDPOINT, BACKEND_F_USABLE, Backend, Endpoint,
     EndpointKey, EndpointListener, Listener, ListenerKey, MAGLEV_TABLE_SIZE,
-    MAX_ENDPOINT_LISTENERS, SEQUENCE_TABLE_SIZE, Scheduler, TABLES_PER_LISTENER, TableMeta,
+    MAX_ENDPOINT_LISTENERS, REFUSED_FILTER_BASE, REFUSED_PREFIXES_WORD, REFUSED_SOURCES_ACL,
+    SEQUENCE_TABLE_SIZE, Scheduler, TABLES_PER_LISTENER, TableMeta, VIP_FILTER_BASE,
+    address_filter_bit,
     maglev::{self, MaglevBackend},
     wrr,
 };
@@ -79,7 +81,7 @@ pub enum MapOp {
     },
     /// Write one word of the VIP filter (bits are set before a VIP's listeners exist and
     /// cleared after they are gone).
-    SetVipFilterWord {
+    SetAddressFilterWord {
         index: u32,
         word: u64,
     },
@@ -138,7 +140,9 @@ impl MapWriter for DataPlane {
                 addr,
                 prefix_len,
             } => self.remove_acl_entry(*acl, *addr, *prefix_len),
-            MapOp::SetVipFilterWord { index, word } => self.set_vip_filter_word(*index, *word),
+            MapOp::SetAddressFilterWord { index, word } => {
+                self.set_address_filter_word(*index, *word)
+            }
             MapOp::SetEndpoint { key, value } => self.set_endpoint(*key, *value),
             MapOp::RemoveEndpoint { key } => self.remove_endpoint(key),
         }
@@ -218,17 +222,36 @@ pub struct Reconciler {
     /// VIP → its marker's flags.
     vips: BTreeMap<u32, u8>,
     acl_entries: BTreeSet<(u32, Ipv4Addr, u8)>,
-    /// The VIP filter's words as written (absent = 0).
-    vip_filter: BTreeMap<u32, u64>,
+    /// The address filter's words as written (absent = 0).
+    address_filter: BTreeMap<u32, u64>,
     endpoints: BTreeMap<EndpointKey, Endpoint>,
 }
 
-/// The VIP filter of a set of VIPs: word index → word.
-fn vip_filter_of(vips: &BTreeSet<u32>) -> BTreeMap<u32, u64> {
+/// The words of `ADDRESS_FILTER` (index → word) for a set of VIPs and the refused client
+/// sources: single addresses get a bit of the refused filter, any wider prefix sets the
+/// prefix word (every new flow then asks the access list).
+fn address_filter_words(
+    vips: &BTreeSet<u32>,
+    refused: Option<&BTreeSet<(Ipv4Addr, u8)>>,
+) -> BTreeMap<u32, u64> {
     let mut words = BTreeMap::new();
+    let mut set = |base: u32, addr: u32| {
+        let bit = address_filter_bit(addr);
+        *words.entry(base + bit / 64).or_insert(0) |= 1u64 << (bit % 64);
+    };
     for addr in vips {
-        let bit = lb_common::vip_filter_bit(*addr);
-        *words.entry(bit / 64).or_insert(0) |= 1u64 << (bit % 64);
+        set(VIP_FILTER_BASE, *addr);
+    }
+    let mut prefixes = false;
+    for (addr, len) in refused.into_iter().flatten() {
+        if *len == 32 {
+            set(REFUSED_FILTER_BASE, u32::from_ne_bytes(addr.octets()));
+        } else {
+            prefixes = true;
+        }
+    }
+    if prefixes {
+        words.insert(REFUSED_PREFIXES_WORD, 1);
     }
     words
 }
@@ -297,8 +320,8 @@ impl Reconciler {
     }
 
     /// Records the VIP filter found in a pinned data plane.
-    pub fn adopt_vip_filter(&mut self, words: &[u64]) {
-        self.vip_filter = words
+    pub fn adopt_address_filter(&mut self, words: &[u64]) {
+        self.address_filter = words
             .iter()
             .enumerate()
             .filter(|(_, w)| **w != 0)
@@ -437,29 +460,29 @@ impl Reconciler {
             .map(|l| l.frontend.key())
             .collect();
         let desired_vips: BTreeSet<u32> = desired_keys.iter().map(|k| k.addr).collect();
-        // Filter bits: the union first (with the backends, before any listener exists),
-        // the exact set last (after the removals).
-        let wanted = vip_filter_of(&desired_vips);
+        // Filter bits: the union first (with the backends, before any listener exists or
+        // any refused source is listed), the exact set last (after the removals).
+        let wanted = address_filter_words(&desired_vips, desired.acls.get(&REFUSED_SOURCES_ACL));
         let indices: BTreeSet<u32> = wanted
             .keys()
-            .chain(self.vip_filter.keys())
+            .chain(self.address_filter.keys())
             .copied()
             .collect();
         let mut filter_last = Vec::new();
         for i in indices {
-            let old = self.vip_filter.get(&i).copied().unwrap_or(0);
+            let old = self.address_filter.get(&i).copied().unwrap_or(0);
             let new = wanted.get(&i).copied().unwrap_or(0);
             if old | new != old {
                 backends.insert(
                     0,
-                    MapOp::SetVipFilterWord {
+                    MapOp::SetAddressFilterWord {
                         index: i,
                         word: old | new,
                     },
                 );
             }
             if new != old | new {
-                filter_last.push(MapOp::SetVipFilterWord {
+                filter_last.push(MapOp::SetAddressFilterWord {
                     index: i,
                     word: new,
                 });
@@ -584,11 +607,11 @@ impl Reconciler {
                 } => {
                     self.acl_entries.remove(&(*acl, *addr, *prefix_len));
                 }
-                MapOp::SetVipFilterWord { index, word } => {
+                MapOp::SetAddressFilterWord { index, word } => {
                     if *word == 0 {
-                        self.vip_filter.remove(index);
+                        self.address_filter.remove(index);
                     } else {
-                        self.vip_filter.insert(*index, *word);
+                        self.address_filter.insert(*index, *word);
                     }
                 }
                 MapOp::SetEndpoint { key, value } => {
@@ -699,7 +722,7 @@ listeners:
                     addr,
                     prefix_len,
                 } => format!("acl {acl} - {addr}/{prefix_len}"),
-                MapOp::SetVipFilterWord { .. } => "vip filter".into(),
+                MapOp::SetAddressFilterWord { .. } => "vip filter".into(),
                 MapOp::SetEndpoint { key, value } => format!(
                     "endpoint {}:{} listeners={:?}",
                     Ipv4Addr::from(key.addr.to_ne_bytes()),
@@ -750,6 +773,58 @@ listeners:
             .collect::<Vec<_>>()
         );
         assert!(h.step().is_empty(), "nothing changed, nothing written");
+    }
+
+    /// The host's own addresses get bits of the refused filter, written before their
+    /// access-list entries; a refused prefix sets the prefix word instead; both go last
+    /// when they leave.
+    #[test]
+    fn refused_sources_fill_the_refused_filter() {
+        let mut h = Harness::new();
+        h.step();
+        let host: Ipv4Addr = "198.18.0.1".parse().unwrap();
+        h.runtime.local_addresses.insert(host);
+        let ops = h.step();
+        let bit = address_filter_bit(u32::from_ne_bytes(host.octets()));
+        let word = |ops: &[MapOp], index: u32| {
+            ops.iter().position(
+                |op| matches!(op, MapOp::SetAddressFilterWord { index: i, .. } if *i == index),
+            )
+        };
+        let filter = word(&ops, REFUSED_FILTER_BASE + bit / 64).expect("the host's bit");
+        let acl = ops
+            .iter()
+            .position(|op| matches!(op, MapOp::AddAclEntry { acl: 0, addr, prefix_len: 32 } if *addr == host))
+            .expect("the host's access-list entry");
+        assert!(filter < acl, "the bit first: {ops:?}");
+        assert_eq!(
+            word(&ops, REFUSED_PREFIXES_WORD),
+            None,
+            "no prefix: {ops:?}"
+        );
+
+        h.config
+            .refused_client_sources
+            .push("198.18.200.0/24".parse().unwrap());
+        let ops = h.step();
+        assert!(
+            ops.contains(&MapOp::SetAddressFilterWord {
+                index: REFUSED_PREFIXES_WORD,
+                word: 1
+            }),
+            "a prefix turns the access-list lookup on for every new flow: {ops:?}"
+        );
+
+        h.config.refused_client_sources.clear();
+        h.runtime.local_addresses.clear();
+        let ops = h.step();
+        let removed = ops
+            .iter()
+            .position(|op| matches!(op, MapOp::RemoveAclEntry { .. }))
+            .expect("entries removed");
+        let cleared = word(&ops, REFUSED_PREFIXES_WORD).expect("prefix word cleared");
+        assert!(removed < cleared, "the word last: {ops:?}");
+        assert!(h.step().is_empty());
     }
 
     #[test]

@@ -8,11 +8,11 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray},
 };
 use lb_common::{
-    AclKey, Affinity, AffinityKey, Backend, COUNTER_SLOTS, DEFAULT_FLOW_TABLE_SIZE,
-    DEFAULT_MAX_BACKENDS, DEFAULT_MAX_LISTENERS, Endpoint, EndpointKey, Flow, FlowKey, IdPair,
-    Listener, ListenerKey, MAGLEV_TABLE_SIZE, MAX_ACL_ENTRIES, MAX_INTERFACES, NextHop,
-    PendingFlow, SEQUENCE_TABLE_SIZE, STAGE_SLOTS, TABLES_PER_LISTENER, TableMeta, TooBig,
-    TrafficCounters, VIP_FILTER_WORDS, half_open_table_size, id_pair_entries,
+    ADDRESS_FILTER_WORDS, AclKey, Affinity, AffinityKey, Backend, COUNTER_SLOTS,
+    DEFAULT_FLOW_TABLE_SIZE, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_LISTENERS, Endpoint, EndpointKey,
+    Flow, FlowKey, IdPair, Listener, ListenerKey, MAGLEV_TABLE_SIZE, MAX_ACL_ENTRIES,
+    MAX_INTERFACES, NextHop, PendingFlow, SEQUENCE_TABLE_SIZE, STAGE_SLOTS, TABLES_PER_LISTENER,
+    TableMeta, TooBig, TrafficCounters, half_open_table_size, id_pair_entries,
 };
 
 const TABLE_SLOTS: u32 = DEFAULT_MAX_LISTENERS * TABLES_PER_LISTENER;
@@ -113,10 +113,12 @@ pub static AFFINITY: LruHashMap<AffinityKey, Affinity> =
 #[map(name = "NEXT_HOPS")]
 pub static NEXT_HOPS: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
 
-/// A one-hash Bloom filter of the VIP addresses (`vip_filter_bit`): most packets that are
-/// not for a VIP are told so by one inlined array read instead of a hash lookup.
-#[map(name = "VIP_FILTER")]
-pub static VIP_FILTER: Array<u64> = Array::with_max_entries(VIP_FILTER_WORDS, 0);
+/// Two one-hash Bloom filters (`address_filter_bit`): of the VIP addresses, so most packets
+/// that are not for a VIP are told so by one inlined array read instead of a hash lookup;
+/// of the refused client sources, so a new flow's source check is one array read too
+/// (`VIP_FILTER_BASE`, `REFUSED_FILTER_BASE`, `REFUSED_PREFIXES_WORD`).
+#[map(name = "ADDRESS_FILTER")]
+pub static ADDRESS_FILTER: Array<u64> = Array::with_max_entries(ADDRESS_FILTER_WORDS, 0);
 
 /// The stages of the program, entered by tail call (`STAGE_*` slots). Filled by the
 /// controller when it loads the programs; never pinned with the other maps, so the

@@ -7,12 +7,13 @@ use core::ops::Deref;
 use aya_ebpf::maps::{Array, lpm_trie::Key as LpmKey};
 use lb_common::{
     AclKey, Affinity, AffinityKey, Backend, Flow, FlowKey, IdPair, Listener, ListenerKey,
-    NO_BACKEND, TableMeta, acl_prefix_len, decide::Tables, vip_filter_bit,
+    NO_BACKEND, REFUSED_FILTER_BASE, REFUSED_PREFIXES_WORD, TableMeta, VIP_FILTER_BASE,
+    acl_prefix_len, address_filter_bit, decide::Tables,
 };
 
 use crate::maps::{
-    ACLS, ACTIVE_FLOWS, AFFINITY, BACKENDS, CURSORS, LISTENERS, MAGLEV, SEQUENCE, TABLE_META,
-    VIP_FILTER,
+    ACLS, ACTIVE_FLOWS, ADDRESS_FILTER, AFFINITY, BACKENDS, CURSORS, LISTENERS, MAGLEV, SEQUENCE,
+    TABLE_META,
 };
 
 /// A map value. Valid for the rest of the program run (map values are freed after an RCU
@@ -120,10 +121,24 @@ impl Tables for Maps {
 
     #[inline(always)]
     fn may_be_vip(&self, addr: u32) -> bool {
-        let bit = vip_filter_bit(addr);
-        match VIP_FILTER.get(bit / 64) {
-            Some(word) => word & (1 << (bit % 64)) != 0,
-            None => true,
-        }
+        filter_has(VIP_FILTER_BASE, addr)
+    }
+
+    #[inline(always)]
+    fn may_be_refused(&self, addr: u32) -> bool {
+        ADDRESS_FILTER
+            .get(REFUSED_PREFIXES_WORD)
+            .is_none_or(|w| *w != 0)
+            || filter_has(REFUSED_FILTER_BASE, addr)
+    }
+}
+
+/// Whether the filter starting at word `base` of `ADDRESS_FILTER` has `addr`'s bit.
+#[inline(always)]
+fn filter_has(base: u32, addr: u32) -> bool {
+    let bit = address_filter_bit(addr);
+    match ADDRESS_FILTER.get(base + bit / 64) {
+        Some(word) => word & (1 << (bit % 64)) != 0,
+        None => true,
     }
 }

@@ -12,8 +12,8 @@ use std::{
 };
 
 use lb_common::{
-    Backend, Endpoint, EndpointKey, Flow, FlowKey, Listener, ListenerKey, MAGLEV_TABLE_SIZE,
-    Reason, SEQUENCE_TABLE_SIZE, TrafficCounters, VIP_FILTER_WORDS, memory::MemoryTables,
+    ADDRESS_FILTER_WORDS, Backend, Endpoint, EndpointKey, Flow, FlowKey, Listener, ListenerKey,
+    MAGLEV_TABLE_SIZE, Reason, SEQUENCE_TABLE_SIZE, TrafficCounters, memory::MemoryTables,
 };
 
 use super::{Attachment, NS_PER_S, Platform};
@@ -29,7 +29,7 @@ use crate::{
 pub(super) struct Maps {
     /// Listeners, backends, tables, access lists, flows (all established), active flows.
     pub tables: MemoryTables,
-    pub vip_filter: BTreeMap<u32, u64>,
+    pub address_filter: BTreeMap<u32, u64>,
     pub endpoints: BTreeMap<EndpointKey, Endpoint>,
     pub tx_ports: BTreeSet<u32>,
     pub counters: BTreeMap<u32, u64>,
@@ -121,8 +121,8 @@ impl MapWriter for FakeDataPlane {
                 let entry = (*acl, u32::from_ne_bytes(addr.octets()), *prefix_len);
                 t.acls.retain(|e| *e != entry);
             }
-            MapOp::SetVipFilterWord { index, word } => {
-                m.vip_filter.insert(*index, *word);
+            MapOp::SetAddressFilterWord { index, word } => {
+                m.address_filter.insert(*index, *word);
             }
             MapOp::SetEndpoint { key, value } => {
                 m.endpoints.insert(*key, *value);
@@ -223,10 +223,10 @@ impl DataPlaneAccess for FakeDataPlane {
             .collect()
     }
 
-    fn vip_filter(&self) -> Result<Vec<u64>, DataPlaneError> {
+    fn address_filter(&self) -> Result<Vec<u64>, DataPlaneError> {
         let maps = self.maps.borrow();
-        Ok((0..VIP_FILTER_WORDS)
-            .map(|i| maps.vip_filter.get(&i).copied().unwrap_or(0))
+        Ok((0..ADDRESS_FILTER_WORDS)
+            .map(|i| maps.address_filter.get(&i).copied().unwrap_or(0))
             .collect())
     }
 

@@ -231,7 +231,7 @@ fn adopt(
     }
     reconciler.adopt(&adopted, &vips);
     reconciler.adopt_acl_entries(dataplane.acl_entries());
-    reconciler.adopt_vip_filter(&dataplane.vip_filter()?);
+    reconciler.adopt_address_filter(&dataplane.address_filter()?);
     reconciler.adopt_endpoints(dataplane.endpoint_entries()?);
     for id in 0..config.max_backends {
         let b = dataplane.backend(id)?;
