@@ -162,14 +162,12 @@ fn bind_socket(path: &Path, group: Option<&str>) -> anyhow::Result<UnixListener>
 async fn handle(controller: &Mutex<Controller>, request: Request) -> Response {
     let mut c = controller.lock().await;
     match request {
-        Request::Status => match c.status() {
-            Ok(s) => Response::ok("", s),
-            Err(e) => Response::failed(format!("{e:#}")),
-        },
-        Request::Stats => match c.stats() {
-            Ok(s) => Response::ok("", s),
-            Err(e) => Response::failed(format!("{e:#}")),
-        },
+        Request::Status => c
+            .status()
+            .map_or_else(Response::from, |s| Response::ok("", s)),
+        Request::Stats => c
+            .stats()
+            .map_or_else(Response::from, |s| Response::ok("", s)),
         Request::Change { change } => controller::respond(c.change(change)),
         Request::Reload => controller::respond(c.reload()),
         Request::Export => Response::ok(c.export(), ()),
@@ -393,7 +391,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
                         .await
                         .map_err(anyhow::Error::from)
                         .and_then(|r| r.map(Some)),
-                    Some(Err(e)) => Err(e),
+                    Some(Err(e)) => Err(e.into()),
                 };
                 let mut c = controller.lock().await;
                 match result {

@@ -43,12 +43,9 @@ fn run_daemon(socket: std::path::PathBuf, args: DaemonArgs) -> anyhow::Result<()
     // The lock needs the instance name; a broken config is reported in full by start().
     let instance = lb_ctl::config::load(&args.config)
         .map(|c| c.instance)
-        .map_err(|errors| {
-            anyhow::anyhow!(
-                "{} has {} error(s):\n{errors}",
-                args.config.display(),
-                errors.len()
-            )
+        .map_err(|errors| controller::StartError::BadConfig {
+            path: args.config.clone(),
+            errors,
         })?;
     let _lock = daemon::lock_instance(&args.state_dir, &instance)?;
     let options = daemon::Options {
@@ -76,7 +73,9 @@ fn main() -> ExitCode {
             Ok(()) => exit::OK,
             Err(e) => {
                 eprintln!("lb-ctl daemon: {e:#}");
-                exit::FAILED
+                // A broken config is bad input (2), as for every other command.
+                e.downcast_ref::<controller::StartError>()
+                    .map_or(exit::FAILED, controller::StartError::exit_code)
             }
         },
         command => client::run(&cli.socket, command),

@@ -30,7 +30,7 @@ use crate::{
 };
 
 pub use self::{
-    error::{ControllerError, Done, respond},
+    error::{ControllerError, Done, StartError, respond},
     platform::{Attachment, Kernel, Platform},
     status::{StatusDraft, stats_of},
     sweep::{SweepJob, SweepResult, run_sweep},

@@ -9,7 +9,7 @@ use lb_common::{
 };
 
 use super::{
-    Controller, ControllerError, Done, Options,
+    Controller, ControllerError, Done, Options, StartError,
     fake::{FakeHost, SharedMaps},
 };
 use crate::{
@@ -200,6 +200,46 @@ fn start_on_an_empty_data_plane_fills_the_maps_and_attaches() {
         ["198.18.1.10:8080", "198.18.1.11:8080"].contains(&backend),
         "{backend}"
     );
+}
+
+/// The error `start_on` ends with; panics if it starts.
+#[track_caller]
+fn start_error(s: &Setup) -> StartError {
+    match Controller::start_on(s.host.clone(), s.options.clone()) {
+        Ok(_) => panic!("started"),
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn a_start_that_fails_says_why_with_the_exit_code() {
+    // A broken config is bad input: exit 2, naming the file and the error.
+    let s = Setup::new("start-errors", &CONFIG.replace("port: 80\n", "port: 0\n"));
+    let e = start_error(&s);
+    assert!(matches!(e, StartError::BadConfig { .. }), "{e:?}");
+    assert_eq!(e.exit_code(), exit::REFUSED);
+    let message = e.to_string();
+    assert!(message.contains("lb.yaml has 1 error(s)"), "{message}");
+    assert!(message.contains("port: 0 is not in 1..=65535"), "{message}");
+    assert!(s.host.0.borrow().pinned.is_none(), "nothing was loaded");
+
+    // A state file that cannot be read: a failure (1), nothing loaded either.
+    s.write_config(CONFIG);
+    let state = overlay::state_path(&s.options.state_dir, "t");
+    std::fs::create_dir_all(state.parent().unwrap()).unwrap();
+    std::fs::write(&state, "{ not json").unwrap();
+    let e = start_error(&s);
+    assert!(matches!(e, StartError::State(_)), "{e:?}");
+    assert_eq!(e.exit_code(), exit::FAILED);
+    assert!(s.host.0.borrow().pinned.is_none(), "nothing was loaded");
+    std::fs::remove_file(&state).unwrap();
+
+    // An interface that does not exist at start: attaching fails (1).
+    s.write_config(&CONFIG.replace("[eth0]", "[eth9]"));
+    let e = start_error(&s);
+    assert!(matches!(e, StartError::Failed(_)), "{e:?}");
+    assert_eq!(e.exit_code(), exit::FAILED);
+    assert!(e.to_string().contains("no interface eth9"), "{e}");
 }
 
 #[test]
