@@ -80,6 +80,7 @@ impl Ipv4Net {
         self.prefix_len
     }
 
+    #[cfg(test)]
     pub fn contains(&self, addr: Ipv4Addr) -> bool {
         u32::from(addr) & mask(self.prefix_len) == u32::from(self.addr)
     }

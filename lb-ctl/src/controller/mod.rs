@@ -14,11 +14,7 @@ mod sweep;
 #[cfg(test)]
 mod tests;
 
-use std::{
-    collections::HashMap,
-    path::{Path, PathBuf},
-    time::Instant,
-};
+use std::{collections::HashMap, path::PathBuf, time::Instant};
 
 use crate::{
     config::Config,
@@ -105,20 +101,13 @@ impl<P: Platform> Controller<P> {
         &self.effective
     }
 
+    #[cfg(test)]
     pub fn desired(&self) -> &Desired {
         &self.desired
     }
 
-    pub fn dataplane(&self) -> &P::DataPlane {
-        &self.dataplane
-    }
-
     pub fn export(&self) -> String {
         self.effective.to_yaml()
-    }
-
-    pub fn config_path(&self) -> &Path {
-        &self.options.config_path
     }
 }
 

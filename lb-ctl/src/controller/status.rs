@@ -220,17 +220,6 @@ impl<P: Platform> Controller<P> {
         self.health.as_ref().map(Checker::snapshot)
     }
 
-    /// Flow table occupancy from the last sweep, and how many entries the LRU has evicted:
-    /// entries ever added under a new 5-tuple minus entries present.
-    pub fn flow_table(&self) -> Result<api::FlowTableStatus, ControllerError> {
-        let mut table = self.status_draft().status.flow_table;
-        let inserted = self
-            .dataplane
-            .one_counter(lb_common::Reason::EventFlowInserted)?;
-        table.evicted = inserted.saturating_sub(table.entries);
-        Ok(table)
-    }
-
     pub fn stats(&self) -> Result<api::Stats, ControllerError> {
         let mut listeners = Vec::new();
         for d in self.desired.listeners.values() {

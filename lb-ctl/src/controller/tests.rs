@@ -593,7 +593,7 @@ fn status_and_stats_read_each_ids_counters() {
     assert_eq!(new_flows, [4, 0]);
     assert_eq!(status.flow_table.entries, 1);
     assert_eq!(status.flow_table.evicted, 11, "12 inserted, 1 present");
-    assert_eq!(c.flow_table().unwrap().evicted, 11);
+    assert_eq!(c.last_status().unwrap().flow_table.evicted, 11);
     let stats = c.stats().unwrap();
     assert_eq!(stats.listeners[0].stats.packets, 9);
     assert_eq!(stats.reasons["forwarded"], 9);

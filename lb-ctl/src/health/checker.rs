@@ -673,10 +673,7 @@ pub enum HealthState {
 }
 
 impl HealthState {
-    pub fn is_up(self) -> bool {
-        self == Self::Up
-    }
-
+    #[cfg(test)]
     pub const fn name(self) -> &'static str {
         match self {
             Self::Up => "up",
