@@ -1,12 +1,12 @@
 //! The controller of the XDP load balancer: configuration, the desired map contents, the
 //! loaded data plane, the daemon and its control API.
 
-pub mod api;
-pub mod cli;
-pub mod client;
+pub(crate) mod api;
+pub(crate) mod cli;
+pub(crate) mod client;
 pub mod config;
 pub mod controller;
-pub mod daemon;
+pub(crate) mod daemon;
 pub mod dataplane;
 pub(crate) mod explain;
 pub(crate) mod flow_walk;
@@ -17,5 +17,8 @@ pub(crate) mod overlay;
 pub(crate) mod pins;
 pub mod plan;
 pub mod reconcile;
+mod run;
 pub mod verifier;
 pub(crate) mod web;
+
+pub use run::run;

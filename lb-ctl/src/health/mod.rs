@@ -33,12 +33,9 @@ use std::{net::Ipv4Addr, time::SystemTime};
 
 pub use capacity::{CapacityReport, capacity_probe};
 pub use checker::{
-    BackendHealth, Checker, CheckerOptions, DEFAULT_MAX_IN_FLIGHT, HealthState, LastProbe, Snapshot,
+    BackendHealth, Checker, CheckerOptions, DEFAULT_MAX_IN_FLIGHT, HealthState, Snapshot,
 };
-pub use histogram::{BUCKETS_S, Histogram};
-pub use machine::{Cause, Change, Machine, State, Thresholds};
-pub use probe::{Probe, ProbeError, ProbeKind, parse_status_line, status_accepted};
-pub use slow_start::slow_start_weight;
+pub use histogram::Histogram;
 
 use crate::{
     config::{Config, HealthCheck, HealthCheckKind},
@@ -124,7 +121,10 @@ pub fn targets(config: &Config) -> Vec<Target> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::{
+        probe::{Probe, ProbeKind},
+        *,
+    };
     use crate::config;
 
     #[test]
