@@ -32,10 +32,9 @@ mod slow_start;
 use std::{net::Ipv4Addr, time::SystemTime};
 
 pub use capacity::{CapacityReport, capacity_probe};
-pub use checker::{
-    BackendHealth, Checker, CheckerOptions, DEFAULT_MAX_IN_FLIGHT, HealthState, Snapshot,
-};
-pub use histogram::Histogram;
+pub use checker::DEFAULT_MAX_IN_FLIGHT;
+pub(crate) use checker::{BackendHealth, Checker, CheckerOptions, HealthState, Snapshot};
+pub(crate) use histogram::Histogram;
 
 use crate::{
     config::{Config, HealthCheck, HealthCheckKind},
@@ -44,7 +43,7 @@ use crate::{
 
 /// One backend to watch, as the config describes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Target {
+pub(crate) struct Target {
     pub key: BackendKey,
     /// Name of the listener, for logs and status.
     pub listener: String,
@@ -79,7 +78,7 @@ impl Target {
 
 /// A change of a backend's health, sent once per change (never for steady state).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Transition {
+pub(crate) struct Transition {
     pub key: BackendKey,
     pub listener: String,
     pub healthy: bool,
@@ -94,7 +93,7 @@ pub struct Transition {
 /// Members of the default and vServer groups are probed; of a primary/secondary group,
 /// the primary always and the secondary when the group says `probe_secondary`. Weight-0
 /// (drained) backends are probed too: a drain is not a failure.
-pub fn targets(config: &Config) -> Vec<Target> {
+pub(crate) fn targets(config: &Config) -> Vec<Target> {
     let mut out = Vec::new();
     for listener in &config.listeners {
         let frontend = Frontend::of(listener);
