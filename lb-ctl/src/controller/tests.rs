@@ -136,7 +136,7 @@ fn web_key() -> ListenerKey {
 /// An established flow of listener `web` to `backend`, last seen `now`.
 fn add_flow(maps: &SharedMaps, client_port: u16, backend: u32, listener: u32, now: u64) {
     let key = FlowKey {
-        src_addr: u32::from_ne_bytes([203, 0, 113, 7]),
+        src_addr: u32::from_ne_bytes([198, 18, 0, 7]),
         dst_addr: u32::from_ne_bytes([198, 19, 0, 100]),
         src_port: client_port.to_be(),
         dst_port: 80u16.to_be(),
@@ -174,7 +174,7 @@ fn start_on_an_empty_data_plane_fills_the_maps_and_attaches() {
         assert_eq!(m.tx_ports, [2].into(), "eth0 is a redirect target");
     }
     assert_eq!(s.host.0.borrow().prepared, vec![vec!["eth0".to_owned()]]);
-    assert!(c.runtime.local_addresses.contains(&ip("192.0.2.1")));
+    assert!(c.runtime.local_addresses.contains(&ip("198.18.0.1")));
 
     let status = c.status().unwrap();
     assert_eq!(status.instance, "t");
@@ -188,7 +188,7 @@ fn start_on_an_empty_data_plane_fills_the_maps_and_attaches() {
     );
 
     // explain runs the data plane's decision over these maps.
-    let client = "203.0.113.7:40000".parse().unwrap();
+    let client = "198.18.0.7:40000".parse().unwrap();
     let vip = "198.19.0.100:80".parse().unwrap();
     let data = c
         .explain(client, vip, crate::config::Protocol::Tcp, None)
@@ -622,10 +622,10 @@ fn interfaces_and_host_addresses_are_followed() {
     assert_eq!(s.maps().borrow().tx_ports, [7].into());
     assert_eq!(s.host.0.borrow().prepared.len(), 2, "prepared again");
 
-    s.host.0.borrow_mut().addresses.insert(ip("192.0.2.9"));
+    s.host.0.borrow_mut().addresses.insert(ip("198.18.0.9"));
     c.refresh_local_addresses().unwrap();
-    assert!(c.runtime.local_addresses.contains(&ip("192.0.2.9")));
-    let refused = u32::from_ne_bytes([192, 0, 2, 9]);
+    assert!(c.runtime.local_addresses.contains(&ip("198.18.0.9")));
+    let refused = u32::from_ne_bytes([198, 18, 0, 9]);
     assert!(
         s.maps()
             .borrow()
