@@ -85,7 +85,8 @@ pub fn lock_instance(state_dir: &Path, instance: &str) -> anyhow::Result<Instanc
 fn group_id(name: &str) -> anyhow::Result<u32> {
     let c = std::ffi::CString::new(name).context("group name")?;
     // getgrnam_r, not getgrnam: the daemon's runtime has threads, and getgrnam returns a
-    // pointer into storage any thread's call may overwrite.
+    // pointer into storage any thread's call may overwrite. Through libc: the group
+    // database is NSS, which only the C library reads (rustix has no call for it).
     // SAFETY: group and result are plain data; all-zero is a valid start.
     let mut group: libc::group = unsafe { std::mem::zeroed() };
     let mut result: *mut libc::group = std::ptr::null_mut();

@@ -25,8 +25,9 @@ pub enum StartError {
     /// Reading the pinned maps to re-adopt them, or adding a redirect port, failed.
     #[error(transparent)]
     DataPlane(#[from] DataPlaneError),
-    /// Loading or attaching the program, or filling its maps, failed.
-    #[error("{0:#}")]
+    /// Loading or attaching the program, or filling its maps, failed. Transparent, so
+    /// that the daemon's `{:#}` shows the chain of causes once.
+    #[error(transparent)]
     Failed(#[from] anyhow::Error),
 }
 
