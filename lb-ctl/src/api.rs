@@ -99,13 +99,6 @@ impl Response {
             code: exit::REFUSED,
         }
     }
-
-    pub fn failed(message: impl Into<String>) -> Self {
-        Self::Error {
-            message: message.into(),
-            code: exit::FAILED,
-        }
-    }
 }
 
 /// Exit codes of `lb-ctl`, shared by the CLI and the daemon's error responses.

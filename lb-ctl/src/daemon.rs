@@ -85,7 +85,8 @@ pub fn lock_instance(state_dir: &Path, instance: &str) -> anyhow::Result<Instanc
 fn group_id(name: &str) -> anyhow::Result<u32> {
     let c = std::ffi::CString::new(name).context("group name")?;
     // getgrnam_r, not getgrnam: the daemon's runtime has threads, and getgrnam returns a
-    // pointer into storage any thread's call may overwrite.
+    // pointer into storage any thread's call may overwrite. Through libc: the group
+    // database is NSS, which only the C library reads (rustix has no call for it).
     // SAFETY: group and result are plain data; all-zero is a valid start.
     let mut group: libc::group = unsafe { std::mem::zeroed() };
     let mut result: *mut libc::group = std::ptr::null_mut();
@@ -162,14 +163,12 @@ fn bind_socket(path: &Path, group: Option<&str>) -> anyhow::Result<UnixListener>
 async fn handle(controller: &Mutex<Controller>, request: Request) -> Response {
     let mut c = controller.lock().await;
     match request {
-        Request::Status => match c.status() {
-            Ok(s) => Response::ok("", s),
-            Err(e) => Response::failed(format!("{e:#}")),
-        },
-        Request::Stats => match c.stats() {
-            Ok(s) => Response::ok("", s),
-            Err(e) => Response::failed(format!("{e:#}")),
-        },
+        Request::Status => c
+            .status()
+            .map_or_else(Response::from, |s| Response::ok("", s)),
+        Request::Stats => c
+            .stats()
+            .map_or_else(Response::from, |s| Response::ok("", s)),
         Request::Change { change } => controller::respond(c.change(change)),
         Request::Reload => controller::respond(c.reload()),
         Request::Export => Response::ok(c.export(), ()),
@@ -393,7 +392,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
                         .await
                         .map_err(anyhow::Error::from)
                         .and_then(|r| r.map(Some)),
-                    Some(Err(e)) => Err(e),
+                    Some(Err(e)) => Err(e.into()),
                 };
                 let mut c = controller.lock().await;
                 match result {

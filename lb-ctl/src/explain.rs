@@ -531,7 +531,7 @@ mod tests {
         ACL_DENY, BACKEND_F_DRAINING, FLOW_F_RST, PROTO_TCP, PROTO_UDP,
         memory::{
             MemoryTables,
-            example::{NOW, S, flow, packet, tables},
+            example::{CLIENT, NOW, S, flow, packet, tables},
         },
         select::{TCP_ACK, TCP_SYN},
     };
@@ -653,6 +653,127 @@ mod tests {
         let e = run(vec![t.clone()], &ack);
         assert!(has(&e, "its backend is gone or unhealthy"));
         assert_eq!(e.backend.as_deref(), Some("198.18.1.12:8080"));
+    }
+
+    #[test]
+    fn persistence_is_told_before_the_scheduler() {
+        let syn = packet(PROTO_TCP, TCP_SYN);
+        for scheduler in [
+            Scheduler::Wrr,
+            Scheduler::Rr,
+            Scheduler::Wlc,
+            Scheduler::Sch,
+            Scheduler::Tch,
+        ] {
+            let mut t = tables(scheduler, PROTO_TCP);
+            t.listeners
+                .get_mut(&syn.listener_key())
+                .unwrap()
+                .persistence_timeout_s = 60;
+            // No affinity entry yet: the scheduler picks.
+            let e = run(vec![t.clone()], &syn);
+            assert!(
+                has(&e, "persistence: no affinity entry for 198.18.0.7"),
+                "{scheduler:?}: {e:?}"
+            );
+            // A fresh entry binds the client to its backend, whatever the scheduler
+            // would pick and on every CPU alike.
+            let key = AffinityKey {
+                listener: 1,
+                addr: CLIENT,
+            };
+            t.affinity.insert(
+                key,
+                Affinity {
+                    backend: 2,
+                    generation: 1,
+                    last_seen_ns: NOW - 10 * S,
+                },
+            );
+            let mut other_cpu = t.clone();
+            other_cpu.cursors.insert(1, 1);
+            let e = run(vec![t.clone(), other_cpu], &syn);
+            assert!(
+                has(
+                    &e,
+                    "persistence: 198.18.0.7 has a fresh affinity entry → 198.18.1.12:8080"
+                ),
+                "{scheduler:?}: {e:?}"
+            );
+            assert_eq!(e.outcome, "forward", "{scheduler:?}: {e:?}");
+            assert_eq!(e.backend.as_deref(), Some("198.18.1.12:8080"));
+            assert!(!has(&e, "CPU 1:"), "{scheduler:?}: no per-CPU pick: {e:?}");
+            // Past the persistence timeout the entry no longer binds.
+            t.affinity.get_mut(&key).unwrap().last_seen_ns = NOW - 61 * S;
+            let e = run(vec![t.clone()], &syn);
+            assert!(
+                has(&e, "persistence: the affinity entry has expired"),
+                "{scheduler:?}: {e:?}"
+            );
+            // A backend that no longer takes new flows (draining) gives way.
+            t.affinity.get_mut(&key).unwrap().last_seen_ns = NOW - 10 * S;
+            t.backends.get_mut(&2).unwrap().flags |= BACKEND_F_DRAINING;
+            let e = run(vec![t.clone()], &syn);
+            assert!(
+                has(
+                    &e,
+                    "the affinity entry's backend 198.18.1.12:8080 (backend id 2) no longer takes new flows"
+                ),
+                "{scheduler:?}: {e:?}"
+            );
+            // Persistence binds new flows only: a pickup follows the Maglev table.
+            let ack = packet(PROTO_TCP, TCP_ACK);
+            let e = run(vec![t.clone()], &ack);
+            assert!(has(&e, "mid-flow pickup"), "{scheduler:?}: {e:?}");
+            assert!(!has(&e, "persistence"), "{scheduler:?}: {e:?}");
+        }
+    }
+
+    #[test]
+    fn udp_flow_entries_live_expire_and_follow_their_backend() {
+        let dgram = packet(PROTO_UDP, 0);
+        let mut t = tables(Scheduler::Sch, PROTO_UDP);
+        let e = run(vec![t.clone()], &dgram);
+        assert!(has(&e, "no flow entry"));
+        assert!(has(&e, "new flow: scheduled"), "UDP has no pickup: {e:?}");
+        assert_eq!(e.backend.as_deref(), Some("198.18.1.11:8080"));
+        t.flows.insert(dgram.flow_key(), flow(0, 0, 29));
+        let e = run(vec![t.clone()], &dgram);
+        assert!(has(&e, "idle 29 s of 30 s allowed → live"), "{e:?}");
+        assert_eq!(e.backend.as_deref(), Some("198.18.1.10:8080"));
+        t.flows.insert(dgram.flow_key(), flow(0, 0, 31));
+        let e = run(vec![t.clone()], &dgram);
+        assert!(has(&e, "idle 31 s of 30 s allowed → expired"), "{e:?}");
+        assert_eq!(e.backend.as_deref(), Some("198.18.1.11:8080"));
+    }
+
+    #[test]
+    fn a_pick_that_cannot_take_the_flow_is_dropped() {
+        let syn = packet(PROTO_TCP, TCP_SYN);
+        // The Maglev table still names backend 1, which has failed since it was built.
+        let mut t = tables(Scheduler::Sch, PROTO_TCP);
+        t.backends.get_mut(&1).unwrap().flags = 0;
+        let e = run(vec![t], &syn);
+        assert_eq!(e.outcome, "drop");
+        assert!(has(
+            &e,
+            "198.18.1.11:8080 (backend id 1) cannot take the flow"
+        ));
+        assert!(has(&e, "dropped (drop_no_backend)"));
+        // No backend takes new flows at all.
+        let mut t = tables(Scheduler::Wrr, PROTO_TCP);
+        t.table_meta.get_mut(&2).unwrap().backends = 0;
+        let e = run(vec![t], &syn);
+        assert_eq!(e.outcome, "drop");
+        assert!(has(&e, "no backend takes new flows"));
+        // wlc with every candidate at weight 0.
+        let mut t = tables(Scheduler::Wlc, PROTO_TCP);
+        for b in t.backends.values_mut() {
+            b.weight = 0;
+        }
+        let e = run(vec![t], &syn);
+        assert_eq!(e.outcome, "drop", "{e:?}");
+        assert!(has(&e, "→ no backend"), "{e:?}");
     }
 
     #[test]

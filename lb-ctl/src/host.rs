@@ -24,7 +24,7 @@ use tracing::{debug, info, warn};
 /// the network namespace of the thread that opens them, whatever namespace `/proc` was
 /// mounted in, so a daemon that joined a namespace with setns(2) (`--netns`) reads and
 /// writes that namespace's settings.
-pub const IPV4_CONF: &str = "/proc/sys/net/ipv4/conf";
+pub(crate) const IPV4_CONF: &str = "/proc/sys/net/ipv4/conf";
 
 #[derive(Debug, Error)]
 pub enum HostError {
@@ -51,7 +51,7 @@ type Result<T, E = HostError> = std::result::Result<T, E>;
 /// Reverse-path filtering of an interface (`rp_filter`), as the kernel applies it: the
 /// higher of the `all` value and the interface's own.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RpFilter {
+pub(crate) enum RpFilter {
     Off,
     /// The source must be routed back through the interface it came in on.
     Strict,
@@ -72,7 +72,7 @@ impl RpFilter {
 
 /// `net.ipv4.conf.<scope>.<key>` of the current network namespace.
 #[derive(Clone, Debug)]
-pub struct Ipv4Conf {
+pub(crate) struct Ipv4Conf {
     root: PathBuf,
 }
 
@@ -182,14 +182,14 @@ pub fn local_addresses() -> Result<Vec<LocalAddress>> {
 /// An interface with strict reverse-path filtering, while VIPs are addresses of other
 /// interfaces: backends' replies that come in there and go to the kernel are dropped.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StrictRpFilter {
+pub(crate) struct StrictRpFilter {
     pub iface: String,
     pub vips: Vec<LocalAddress>,
 }
 
 /// The interfaces of `filters` whose strict filtering drops replies from a VIP of
 /// `local_vips`. A VIP on the same interface passes the strict check.
-pub fn strict_rp_filter_conflicts(
+pub(crate) fn strict_rp_filter_conflicts(
     filters: &[(String, RpFilter)],
     local_vips: &[LocalAddress],
 ) -> Vec<StrictRpFilter> {
@@ -214,7 +214,7 @@ pub fn strict_rp_filter_conflicts(
 /// ones) for listeners on `vips`, and logs what it cannot fix. Never fails: the balancer
 /// works without these settings for clients and backends the kernel has resolved, so a
 /// setting that cannot be read or written is a warning with the command that fixes it.
-pub fn prepare(conf: &Ipv4Conf, interfaces: &[&str], vips: &BTreeSet<Ipv4Addr>) {
+pub(crate) fn prepare(conf: &Ipv4Conf, interfaces: &[&str], vips: &BTreeSet<Ipv4Addr>) {
     for iface in interfaces {
         match conf.enable_accept_local(iface) {
             Ok(true) => info!(

@@ -1,21 +1,24 @@
 //! The controller of the XDP load balancer: configuration, the desired map contents, the
 //! loaded data plane, the daemon and its control API.
 
-pub mod api;
-pub mod cli;
-pub mod client;
+pub(crate) mod api;
+pub(crate) mod cli;
+pub(crate) mod client;
 pub mod config;
 pub mod controller;
-pub mod daemon;
+pub(crate) mod daemon;
 pub mod dataplane;
-pub mod explain;
-pub mod flow_walk;
+pub(crate) mod explain;
+pub(crate) mod flow_walk;
 pub mod health;
 pub mod host;
-pub mod metrics;
-pub mod overlay;
-pub mod pins;
+pub(crate) mod metrics;
+pub(crate) mod overlay;
+pub(crate) mod pins;
 pub mod plan;
 pub mod reconcile;
+mod run;
 pub mod verifier;
-pub mod web;
+pub(crate) mod web;
+
+pub use run::run;

@@ -26,7 +26,7 @@ use crate::dataplane::DataPlaneError;
 
 /// Names the verifier log detail: unset or `short` (errors and statistics), `full` (the
 /// instruction trace of the failing path), `verbose` (the register state at every step).
-pub const LOG_VAR: &str = "LB_VERIFIER_LOG";
+pub(crate) const LOG_VAR: &str = "LB_VERIFIER_LOG";
 
 /// Lines of the log the error message shows.
 const LAST_LINES: usize = 5;
@@ -77,7 +77,7 @@ pub fn load_checked(
 pub type SavedLog = Result<PathBuf, (PathBuf, String)>;
 
 /// Writes the whole log to `<dir>/verifier-<name>.log`. An empty log writes nothing.
-pub fn save_log(dir: &Path, name: &str, log: &str) -> Option<SavedLog> {
+pub(crate) fn save_log(dir: &Path, name: &str, log: &str) -> Option<SavedLog> {
     if log.trim().is_empty() {
         return None;
     }
@@ -152,7 +152,7 @@ fn cut(line: &str) -> String {
 
 /// The last `processed N insns (limit L)` of the log: the statistics line the verifier
 /// writes at the end (at every level but 0).
-pub fn processed(log: &str) -> (Option<u64>, Option<u64>) {
+pub(crate) fn processed(log: &str) -> (Option<u64>, Option<u64>) {
     for line in log.lines().rev() {
         let Some(at) = line.find("processed ") else {
             continue;

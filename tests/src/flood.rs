@@ -34,58 +34,32 @@ pub fn syn_flood(
     per_ms: u32,
 ) -> usize {
     ns.enter(|| {
-        // SAFETY: plain socket(2); the descriptor is closed below.
-        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_TCP) };
-        assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
-        let sockaddr = |a: Ipv4Addr| libc::sockaddr_in {
-            sin_family: libc::AF_INET as libc::sa_family_t,
-            sin_port: 0,
-            sin_addr: libc::in_addr {
-                s_addr: u32::from_ne_bytes(a.octets()),
-            },
-            sin_zero: [0; 8],
-        };
-        let local = sockaddr(src);
-        let remote = sockaddr(*dst.ip());
-        let len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        use rustix::net::{self, AddressFamily, SendFlags, SocketType, ipproto, sockopt};
+        let socket = net::socket(AddressFamily::INET, SocketType::RAW, Some(ipproto::TCP))
+            .unwrap_or_else(|e| panic!("raw socket: {e}"));
         // A forged source is not an address of the namespace: binding it takes
         // IP_FREEBIND, sending from it IP_TRANSPARENT (root may).
-        for (option, name) in [
-            (libc::IP_FREEBIND, "IP_FREEBIND"),
-            (libc::IP_TRANSPARENT, "IP_TRANSPARENT"),
-        ] {
-            let on: libc::c_int = 1;
-            // SAFETY: setsockopt(2) with an int option we own.
-            let rc = unsafe {
-                libc::setsockopt(
-                    fd,
-                    libc::IPPROTO_IP,
-                    option,
-                    (&raw const on).cast(),
-                    size_of::<libc::c_int>() as libc::socklen_t,
-                )
-            };
-            assert_eq!(rc, 0, "{name}: {}", std::io::Error::last_os_error());
-        }
-        // SAFETY: binding our socket to a valid sockaddr_in of the right length.
-        let rc = unsafe { libc::bind(fd, (&raw const local).cast(), len) };
-        assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
+        sockopt::set_ip_freebind(&socket, true).unwrap_or_else(|e| panic!("IP_FREEBIND: {e}"));
+        let on: libc::c_int = 1;
+        // Through libc: rustix has no setter for IP_TRANSPARENT.
+        // SAFETY: setsockopt(2) on a socket we own, with an int option we own.
+        let rc = unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&socket),
+                libc::IPPROTO_IP,
+                libc::IP_TRANSPARENT,
+                (&raw const on).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0, "IP_TRANSPARENT: {}", std::io::Error::last_os_error());
+        net::bind(&socket, &SocketAddrV4::new(src, 0)).unwrap_or_else(|e| panic!("bind: {e}"));
+        let remote = SocketAddrV4::new(*dst.ip(), 0);
         let started = Instant::now();
         let mut sent = 0usize;
         for (i, port) in ports.enumerate() {
             let seg = syn_segment(src, dst, port, 0x1000_0000 ^ u32::from(port) << 8);
-            // SAFETY: sending 20 bytes we own to a valid sockaddr_in.
-            let n = unsafe {
-                libc::sendto(
-                    fd,
-                    seg.as_ptr().cast(),
-                    seg.len(),
-                    0,
-                    (&raw const remote).cast(),
-                    len,
-                )
-            };
-            if n == 20 {
+            if net::sendto(&socket, &seg, SendFlags::empty(), &remote) == Ok(seg.len()) {
                 sent += 1;
             }
             // Pace: i SYNs may have gone by i / per_ms milliseconds.
@@ -94,8 +68,6 @@ pub fn syn_flood(
                 thread::sleep(wait);
             }
         }
-        // SAFETY: closing the descriptor we opened.
-        unsafe { libc::close(fd) };
         sent
     })
 }

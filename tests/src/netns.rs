@@ -9,7 +9,7 @@ use std::{
     fs::File,
     io::{self, Read},
     os::{
-        fd::AsRawFd,
+        fd::AsFd,
         unix::process::{CommandExt, ExitStatusExt},
     },
     panic,
@@ -192,19 +192,18 @@ impl Netns {
     /// `Command::output`.
     pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
         let file = self.open();
-        let fd = file.as_raw_fd();
         let mut cmd = Command::new(program);
-        // SAFETY: the closure runs in the forked child before exec and only calls
-        // setns(2), which is async-signal-safe. `file` moves into the closure, so the
-        // descriptor stays open for as long as the Command (and every spawn of it) lives.
+        // SAFETY: the closure runs in the forked child before exec and only makes the
+        // setns(2) system call, which is async-signal-safe (rustix calls it directly and
+        // allocates nothing). `file` moves into the closure, so the descriptor stays open
+        // for as long as the Command (and every spawn of it) lives.
         unsafe {
             cmd.pre_exec(move || {
-                let _keep_open = &file;
-                if libc::setns(fd, libc::CLONE_NEWNET) == 0 {
-                    Ok(())
-                } else {
-                    Err(io::Error::last_os_error())
-                }
+                rustix::thread::move_into_link_name_space(
+                    file.as_fd(),
+                    Some(rustix::thread::LinkNameSpaceType::Network),
+                )
+                .map_err(io::Error::from)
             });
         }
         cmd
@@ -243,15 +242,12 @@ impl Netns {
             let handle = thread::Builder::new()
                 .name(format!("netns {name}"))
                 .spawn_scoped(scope, move || {
-                    // SAFETY: setns(2) on a descriptor we own; it only changes this
-                    // thread's network namespace.
-                    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-                    if rc != 0 {
-                        panic!(
-                            "setns into namespace {name} failed: {}",
-                            io::Error::last_os_error()
-                        );
-                    }
+                    // Changes this thread's network namespace only.
+                    rustix::thread::move_into_link_name_space(
+                        file.as_fd(),
+                        Some(rustix::thread::LinkNameSpaceType::Network),
+                    )
+                    .unwrap_or_else(|e| panic!("setns into namespace {name} failed: {e}"));
                     drop(file);
                     f()
                 })
@@ -338,14 +334,17 @@ impl Netns {
 
     /// The ifindex of `dev` in this namespace (what XDP attachment and `bpf_redirect` use).
     pub fn ifindex(&self, dev: &str) -> u32 {
-        let c_dev = std::ffi::CString::new(dev)
-            .unwrap_or_else(|_| panic!("interface name {dev:?} contains a NUL byte"));
-        let index = self.enter(|| {
-            // SAFETY: `c_dev` is a valid NUL-terminated string for the whole call.
-            unsafe { libc::if_nametoindex(c_dev.as_ptr()) }
-        });
-        assert!(index != 0, "no interface {dev} in namespace {}", self.name);
-        index
+        // The SIOCGIFINDEX ioctl answers from the namespace of the socket it is asked on
+        // (if_nametoindex(3) does the same), so the socket is made inside.
+        self.enter(|| {
+            let socket = rustix::net::socket(
+                rustix::net::AddressFamily::INET,
+                rustix::net::SocketType::DGRAM,
+                None,
+            )?;
+            rustix::net::netdevice::name_to_index(&socket, dev)
+        })
+        .unwrap_or_else(|e| panic!("no interface {dev} in namespace {}: {e}", self.name))
     }
 
     /// Pids of the processes inside the namespace (`ip netns pids`), without this process.
@@ -366,17 +365,22 @@ impl Netns {
             return;
         }
         for &pid in &pids {
-            // SAFETY: kill(2) has no memory-safety preconditions.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
+            signal_process(pid, rustix::process::Signal::TERM);
         }
         let deadline = Instant::now() + TERM_GRACE;
         while Instant::now() < deadline && !self.pids().is_empty() {
             thread::sleep(Duration::from_millis(20));
         }
         for pid in self.pids() {
-            // SAFETY: as above.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+            signal_process(pid, rustix::process::Signal::KILL);
         }
+    }
+}
+
+/// kill(2), ignoring a process that is already gone.
+fn signal_process(pid: i32, signal: rustix::process::Signal) {
+    if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+        let _ = rustix::process::kill_process(pid, signal);
     }
 }
 
@@ -529,8 +533,10 @@ impl ChildGuard {
     /// Sends `signal` (e.g. `libc::SIGUSR1`) unless the child has already been reaped.
     pub fn signal(&mut self, signal: i32) {
         if self.try_status().is_none() {
-            // SAFETY: kill(2) on our own unreaped child; no memory-safety preconditions.
-            unsafe { libc::kill(self.child.id() as i32, signal) };
+            // Our own unreaped child: the pid cannot have been reused.
+            if let Some(signal) = rustix::process::Signal::from_named_raw(signal) {
+                signal_process(self.child.id() as i32, signal);
+            }
         }
     }
 

@@ -4,7 +4,7 @@
 //! `cargo test` stays usable on a laptop. In CI (`CI=true`) the same situation is a
 //! failure: a privileged test silently skipped there would be a test that never runs.
 
-use std::{env, ffi::CString, io, mem, os::unix::ffi::OsStrExt, path::Path, process::Command};
+use std::{env, io, path::Path, process::Command};
 
 /// `BPF_FS_MAGIC` from linux/magic.h: statfs(2) `f_type` of a bpffs mount.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
@@ -43,8 +43,7 @@ fn decide(test_name: &str, problem: Option<String>) -> bool {
 }
 
 fn root_problem() -> Option<String> {
-    // SAFETY: geteuid(2) has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
+    if !rustix::process::geteuid().is_root() {
         return Some("not running as root (network namespaces and XDP need it)".into());
     }
     for (tool, arg) in [("ip", "-V"), ("ethtool", "--version")] {
@@ -120,12 +119,5 @@ fn create_test_map() -> io::Result<()> {
 }
 
 fn is_bpffs(path: &str) -> bool {
-    let Ok(c_path) = CString::new(Path::new(path).as_os_str().as_bytes()) else {
-        return false;
-    };
-    // SAFETY: statfs(2) writes into the zeroed struct we pass; the path is NUL-terminated.
-    unsafe {
-        let mut st: libc::statfs = mem::zeroed();
-        libc::statfs(c_path.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC
-    }
+    rustix::fs::statfs(path).is_ok_and(|st| st.f_type == BPF_FS_MAGIC)
 }

@@ -1,7 +1,8 @@
 //! `lb-ctl explain` against real connections: for a new flow it names the backend that then
 //! answers, under every scheduler (for `wrr`, `rr` and `wlc`, whose pick depends on the CPU
-//! that receives the first packet, the pick of the CPU the client is pinned to), and for
-//! an established connection it names the backend serving it.
+//! that receives the first packet, the pick of the CPU the client is pinned to), under
+//! `wlc` also while earlier connections stay open (so the active-flow counts decide), and
+//! for an established connection it names the backend serving it.
 
 use std::time::Duration;
 
@@ -69,7 +70,11 @@ fn explained(daemon: &LbDaemon, src: &str, dst: &str, established: bool) -> Opti
 /// The backend `explain` says CPU `cpu` picks for a new flow: the one answer when every
 /// CPU agrees, else that CPU's line ("CPU 0: … → forwarded to ADDR (backend id N)").
 fn explained_on_cpu(daemon: &LbDaemon, src: &str, dst: &str, cpu: usize) -> String {
-    let v = explain_json(daemon, src, dst, false);
+    pick_on_cpu(&explain_json(daemon, src, dst, false), cpu)
+}
+
+/// The backend an explanation (`explain --json`) says CPU `cpu` picks.
+fn pick_on_cpu(v: &serde_json::Value, cpu: usize) -> String {
     if let Some(b) = v["backend"].as_str() {
         return backend_name(b);
     }
@@ -236,5 +241,84 @@ fn explain_names_the_backend_of_established_connections_under_every_scheduler() 
             );
             stream.stop();
         }
+    }
+}
+
+/// `wlc` while earlier connections stay open: the pick then depends on the active-flow
+/// counts the data plane keeps (up on a new flow, down on its FIN or RST), which `explain`
+/// reads from the same map. Each prediction is made with the previous streams still open.
+#[test]
+fn explain_predicts_wlc_from_the_active_flows_of_open_connections() {
+    let Some((topo, daemon, _b)) = setup(
+        "expw",
+        "  - { name: least, protocol: tcp, address: 198.19.0.100, port: 80, server_group: app, scheduler: wlc }\n",
+    ) else {
+        return;
+    };
+    let src = topo.client_addr().to_string();
+    let mut streams = Vec::new();
+    let mut served = std::collections::BTreeMap::new();
+    let mut saw_busy_candidate = false;
+    for k in 0..7u16 {
+        let lport = 44000 + k;
+        let v = explain_json(&daemon, &format!("{src}:{lport}"), "198.19.0.100:80", false);
+        let predicted = pick_on_cpu(&v, 0);
+        // "... (backend id 1) active 2 weight 60, ...": a count above zero took part.
+        saw_busy_candidate |= v["steps"]
+            .to_string()
+            .split(" active ")
+            .skip(1)
+            .any(|rest| {
+                rest.split_whitespace()
+                    .next()
+                    .and_then(|n| n.parse::<u32>().ok())
+                    .is_some_and(|n| n > 0)
+            });
+        let local_port = lport.to_string();
+        let url = format!("http://{}:80/stream?seconds=30", lb_tests::VIP);
+        let stream = topo.client().spawn([
+            "taskset",
+            "-c",
+            "0",
+            "curl",
+            "-sS",
+            "-N",
+            "--max-time",
+            "40",
+            "--interface",
+            &src,
+            "--local-port",
+            &local_port,
+            &url,
+        ]);
+        stream
+            .try_wait_for_output(" 0", Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("stream from {lport}: {e}"));
+        let serving = stream
+            .stdout()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_owned();
+        assert_eq!(
+            serving, predicted,
+            "new flow {lport} with {k} streams open: {v}"
+        );
+        *served.entry(serving).or_insert(0u32) += 1;
+        streams.push(stream);
+    }
+    assert!(
+        saw_busy_candidate,
+        "no prediction was made with a backend holding active flows"
+    );
+    // Fewest active flows per unit of weight (100, 60, 30): the heaviest backend holds
+    // the most of the open streams, and every backend holds some.
+    assert_eq!(served.len(), 3, "{served:?}");
+    assert!(
+        served["b1"] >= served["b2"] && served["b2"] >= served["b3"],
+        "{served:?}"
+    );
+    for mut s in streams {
+        s.stop();
     }
 }

@@ -617,10 +617,6 @@ impl HttpCodeClass {
         }
     }
 
-    pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|c| c.name() == name)
-    }
-
     /// Whether an HTTP status code falls in this class.
     pub const fn contains(self, status: u16) -> bool {
         let first = match self {
@@ -692,9 +688,6 @@ mod tests {
         assert!(!HttpCodeClass::Http2xx.contains(300));
         assert!(HttpCodeClass::Http5xx.contains(503));
         assert!(!HttpCodeClass::Http4xx.contains(399));
-        for c in HttpCodeClass::ALL {
-            assert_eq!(HttpCodeClass::from_name(c.name()), Some(c));
-        }
     }
 
     #[test]

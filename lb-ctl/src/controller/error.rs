@@ -9,9 +9,37 @@ use thiserror::Error;
 use crate::{
     api::{Response, exit},
     config::ConfigErrors,
+    dataplane::DataPlaneError,
     overlay::{Refusal, StateError},
     plan::PlanError,
 };
+
+/// Why the controller did not start: `lb-ctl daemon` ends with `exit_code`.
+#[derive(Debug, Error)]
+pub enum StartError {
+    #[error("{} has {} error(s):\n{errors}", .path.display(), .errors.len())]
+    BadConfig { path: PathBuf, errors: ConfigErrors },
+    /// The state file (runtime changes and drains) could not be read or rewritten.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// Reading the pinned maps to re-adopt them, or adding a redirect port, failed.
+    #[error(transparent)]
+    DataPlane(#[from] DataPlaneError),
+    /// Loading or attaching the program, or filling its maps, failed. Transparent, so
+    /// that the daemon's `{:#}` shows the chain of causes once.
+    #[error(transparent)]
+    Failed(#[from] anyhow::Error),
+}
+
+impl StartError {
+    /// The exit code of `lb-ctl daemon` for this error.
+    pub const fn exit_code(&self) -> i32 {
+        match self {
+            Self::BadConfig { .. } => exit::REFUSED,
+            Self::State(_) | Self::DataPlane(_) | Self::Failed(_) => exit::FAILED,
+        }
+    }
+}
 
 #[derive(Debug, Error)]
 pub enum ControllerError {
@@ -61,7 +89,10 @@ pub enum ControllerError {
     /// The state file could not be written: the change was not made.
     #[error(transparent)]
     State(#[from] StateError),
-    /// Writing the maps (or reading them) failed.
+    /// Reading or writing a map failed.
+    #[error(transparent)]
+    DataPlane(#[from] DataPlaneError),
+    /// Applying a change to the maps (or another step around them) failed.
     #[error("{0:#}")]
     Failed(#[from] anyhow::Error),
     /// Applying an accepted change failed; the previous state was put back.
@@ -87,7 +118,9 @@ impl ControllerError {
             | Self::MapSizesChanged
             | Self::NoSuchServer { .. }
             | Self::NotDraining { .. } => exit::REFUSED,
-            Self::State(_) | Self::Failed(_) | Self::ChangeFailed { .. } => exit::FAILED,
+            Self::State(_) | Self::DataPlane(_) | Self::Failed(_) | Self::ChangeFailed { .. } => {
+                exit::FAILED
+            }
         }
     }
 }

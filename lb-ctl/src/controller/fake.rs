@@ -284,12 +284,12 @@ pub(super) struct HostState {
 pub(super) struct FakeHost(pub Rc<RefCell<HostState>>);
 
 impl FakeHost {
-    /// A host with `eth0` (index 2) and one address of its own, 192.0.2.1.
+    /// A host with `eth0` (index 2) and one address of its own, 198.18.0.1.
     pub fn new() -> Self {
         Self(Rc::new(RefCell::new(HostState {
             pinned: None,
             interfaces: BTreeMap::from([("eth0".to_owned(), 2)]),
-            addresses: BTreeSet::from([Ipv4Addr::new(192, 0, 2, 1)]),
+            addresses: BTreeSet::from([Ipv4Addr::new(198, 18, 0, 1)]),
             monotonic_ns: 1_000_000 * NS_PER_S,
             unix_ms: 1_800_000_000_000,
             prepared: Vec::new(),

@@ -9,10 +9,10 @@ use std::{
 use lb_common::LISTENER_F_VIP_MARKER;
 use tracing::{info, warn};
 
-use super::{Controller, Kernel, Options, Platform, sizes};
+use super::{Controller, Kernel, Options, Platform, StartError, sizes};
 use crate::{
     config::{self, Config},
-    dataplane::DataPlaneAccess,
+    dataplane::{DataPlaneAccess, DataPlaneError},
     overlay, pins,
     plan::{BackendKey, Desired, Frontend, Ids, Runtime},
     reconcile::Reconciler,
@@ -21,7 +21,7 @@ use crate::{
 impl Controller<Kernel> {
     /// Loads the config and the overlay, loads or re-adopts the pinned data plane,
     /// attaches it and fills the maps.
-    pub fn start(options: Options) -> anyhow::Result<Self> {
+    pub fn start(options: Options) -> Result<Self, StartError> {
         let kernel = Kernel::new(&options);
         Self::start_on(kernel, options)
     }
@@ -29,13 +29,10 @@ impl Controller<Kernel> {
 
 impl<P: Platform> Controller<P> {
     /// `start` on the host `platform`.
-    pub fn start_on(mut platform: P, options: Options) -> anyhow::Result<Self> {
-        let base = config::load(&options.config_path).map_err(|errors| {
-            anyhow::anyhow!(
-                "{} has {} error(s):\n{errors}",
-                options.config_path.display(),
-                errors.len()
-            )
+    pub fn start_on(mut platform: P, options: Options) -> Result<Self, StartError> {
+        let base = config::load(&options.config_path).map_err(|errors| StartError::BadConfig {
+            path: options.config_path.clone(),
+            errors,
         })?;
         let state_path = overlay::state_path(&options.state_dir, &base.instance);
         let (saved, drains) = overlay::load_state_with_drains(&state_path, &base.instance)?;
@@ -195,7 +192,7 @@ fn adopt(
     config: &Config,
     ids: &mut Ids,
     reconciler: &mut Reconciler,
-) -> anyhow::Result<std::collections::BTreeSet<BackendKey>> {
+) -> Result<std::collections::BTreeSet<BackendKey>, DataPlaneError> {
     let mut down = std::collections::BTreeSet::new();
     let frontends: BTreeMap<lb_common::ListenerKey, (&str, Frontend)> = config
         .listeners

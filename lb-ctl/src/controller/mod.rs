@@ -14,11 +14,7 @@ mod sweep;
 #[cfg(test)]
 mod tests;
 
-use std::{
-    collections::HashMap,
-    path::{Path, PathBuf},
-    time::Instant,
-};
+use std::{collections::HashMap, path::PathBuf, time::Instant};
 
 use crate::{
     config::Config,
@@ -29,16 +25,16 @@ use crate::{
     reconcile::Reconciler,
 };
 
-pub use self::{
-    error::{ControllerError, Done, respond},
+pub(crate) use self::{
+    error::{ControllerError, Done, StartError, respond},
     platform::{Attachment, Kernel, Platform},
     status::{StatusDraft, stats_of},
-    sweep::{SweepJob, SweepResult, run_sweep},
+    sweep::run_sweep,
 };
 
 /// How the daemon was started.
 #[derive(Clone, Debug)]
-pub struct Options {
+pub(crate) struct Options {
     pub config_path: PathBuf,
     pub state_dir: PathBuf,
     pub bpffs: PathBuf,
@@ -52,7 +48,7 @@ pub fn monotonic_coarse_ns() -> u64 {
 
 /// The daemon's state. `P` is the host it runs on: the kernel (`Kernel`) in production, a
 /// stand-in in the unit tests.
-pub struct Controller<P: Platform = Kernel> {
+pub(crate) struct Controller<P: Platform = Kernel> {
     platform: P,
     options: Options,
     state_path: PathBuf,
@@ -105,20 +101,13 @@ impl<P: Platform> Controller<P> {
         &self.effective
     }
 
+    #[cfg(test)]
     pub fn desired(&self) -> &Desired {
         &self.desired
     }
 
-    pub fn dataplane(&self) -> &P::DataPlane {
-        &self.dataplane
-    }
-
     pub fn export(&self) -> String {
         self.effective.to_yaml()
-    }
-
-    pub fn config_path(&self) -> &Path {
-        &self.options.config_path
     }
 }
 

@@ -11,7 +11,7 @@ use super::{Controller, ControllerError, Done, NS_PER_S, Platform};
 use crate::{
     api::{self, BackendStatus, Counters, InterfaceStatus, ListenerStatus, Status},
     config,
-    dataplane::{DataPlaneAccess, ReadCounters},
+    dataplane::{DataPlaneAccess, DataPlaneError, ReadCounters},
     health::{self, Checker},
     plan::{BackendKey, Role},
 };
@@ -34,7 +34,7 @@ pub struct StatusDraft {
 
 impl StatusDraft {
     /// The status with its counters read through `counters`.
-    pub fn fill(self, counters: &impl ReadCounters) -> anyhow::Result<Status> {
+    pub fn fill(self, counters: &impl ReadCounters) -> Result<Status, DataPlaneError> {
         let mut status = self.status;
         for (l, id) in status.listeners.iter_mut().zip(&self.listener_ids) {
             l.stats = counters.listener_totals(*id)?;
@@ -91,7 +91,7 @@ impl<P: Platform> Controller<P> {
         if in_base { "config" } else { "api" }
     }
 
-    pub fn status(&mut self) -> anyhow::Result<Status> {
+    pub fn status(&mut self) -> Result<Status, ControllerError> {
         self.fresh_counts()?;
         self.last_status()
     }
@@ -99,8 +99,8 @@ impl<P: Platform> Controller<P> {
     /// `status` with the active-flow counts and flow-table occupancy of the last sweep
     /// (the daemon sweeps every `--sweep-interval`): what /metrics and the status page
     /// read, so a scrape or a page refresh never walks the flow table itself.
-    pub fn last_status(&self) -> anyhow::Result<Status> {
-        self.status_draft().fill(&self.dataplane)
+    pub fn last_status(&self) -> Result<Status, ControllerError> {
+        Ok(self.status_draft().fill(&self.dataplane)?)
     }
 
     /// `last_status` without its traffic counters: only what the controller holds in
@@ -220,18 +220,7 @@ impl<P: Platform> Controller<P> {
         self.health.as_ref().map(Checker::snapshot)
     }
 
-    /// Flow table occupancy from the last sweep, and how many entries the LRU has evicted:
-    /// entries ever added under a new 5-tuple minus entries present.
-    pub fn flow_table(&self) -> anyhow::Result<api::FlowTableStatus> {
-        let mut table = self.status_draft().status.flow_table;
-        let inserted = self
-            .dataplane
-            .one_counter(lb_common::Reason::EventFlowInserted)?;
-        table.evicted = inserted.saturating_sub(table.entries);
-        Ok(table)
-    }
-
-    pub fn stats(&self) -> anyhow::Result<api::Stats> {
+    pub fn stats(&self) -> Result<api::Stats, ControllerError> {
         let mut listeners = Vec::new();
         for d in self.desired.listeners.values() {
             let mut backends = Vec::new();
@@ -292,7 +281,6 @@ impl<P: Platform> Controller<P> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dataplane::DataPlaneError;
 
     /// Counters that say which id they were read for.
     struct ById;

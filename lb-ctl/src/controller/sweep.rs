@@ -66,7 +66,7 @@ impl<P: Platform> Controller<P> {
     /// expiry decrement nothing in the data plane), and corrects the `wlc` counters. On a
     /// large table this takes a while: the daemon runs it off the lock (`sweep_job`,
     /// `run_sweep`, `finish_sweep`); here it runs in place, for small tables.
-    pub fn sweep(&mut self) -> anyhow::Result<()> {
+    pub fn sweep(&mut self) -> Result<(), ControllerError> {
         let job = self.sweep_job()?;
         let mut result = SweepResult::empty();
         // Half-open flows are not counted, as in the background sweep: they become
@@ -103,7 +103,7 @@ impl<P: Platform> Controller<P> {
     }
 
     /// What a sweep needs, taken under the lock.
-    pub fn sweep_job(&self) -> anyhow::Result<SweepJob> {
+    pub fn sweep_job(&self) -> Result<SweepJob, ControllerError> {
         Ok(SweepJob {
             flows_pin: self.platform.maps_dir().join(lb_common::names::FLOWS),
             listeners: self
@@ -118,7 +118,7 @@ impl<P: Platform> Controller<P> {
     }
 
     /// Stores a sweep's counts and writes the `wlc` counters from them.
-    pub fn finish_sweep(&mut self, result: SweepResult) -> anyhow::Result<()> {
+    pub fn finish_sweep(&mut self, result: SweepResult) -> Result<(), ControllerError> {
         self.flow_entries = result.entries;
         for l in self.desired.listeners.values() {
             if l.scheduler != lb_common::Scheduler::Wlc {
@@ -147,7 +147,7 @@ impl<P: Platform> Controller<P> {
     }
 
     /// `sweep` when it is cheap; otherwise the counts of the last background sweep.
-    pub(super) fn fresh_counts(&mut self) -> anyhow::Result<()> {
+    pub(super) fn fresh_counts(&mut self) -> Result<(), ControllerError> {
         if self.sweep_is_cheap() {
             self.sweep()
         } else {

@@ -9,7 +9,7 @@ use lb_common::{
 };
 
 use super::{
-    Controller, ControllerError, Done, Options,
+    Controller, ControllerError, Done, Options, StartError,
     fake::{FakeHost, SharedMaps},
 };
 use crate::{
@@ -136,7 +136,7 @@ fn web_key() -> ListenerKey {
 /// An established flow of listener `web` to `backend`, last seen `now`.
 fn add_flow(maps: &SharedMaps, client_port: u16, backend: u32, listener: u32, now: u64) {
     let key = FlowKey {
-        src_addr: u32::from_ne_bytes([203, 0, 113, 7]),
+        src_addr: u32::from_ne_bytes([198, 18, 0, 7]),
         dst_addr: u32::from_ne_bytes([198, 19, 0, 100]),
         src_port: client_port.to_be(),
         dst_port: 80u16.to_be(),
@@ -174,7 +174,7 @@ fn start_on_an_empty_data_plane_fills_the_maps_and_attaches() {
         assert_eq!(m.tx_ports, [2].into(), "eth0 is a redirect target");
     }
     assert_eq!(s.host.0.borrow().prepared, vec![vec!["eth0".to_owned()]]);
-    assert!(c.runtime.local_addresses.contains(&ip("192.0.2.1")));
+    assert!(c.runtime.local_addresses.contains(&ip("198.18.0.1")));
 
     let status = c.status().unwrap();
     assert_eq!(status.instance, "t");
@@ -188,7 +188,7 @@ fn start_on_an_empty_data_plane_fills_the_maps_and_attaches() {
     );
 
     // explain runs the data plane's decision over these maps.
-    let client = "203.0.113.7:40000".parse().unwrap();
+    let client = "198.18.0.7:40000".parse().unwrap();
     let vip = "198.19.0.100:80".parse().unwrap();
     let data = c
         .explain(client, vip, crate::config::Protocol::Tcp, None)
@@ -200,6 +200,46 @@ fn start_on_an_empty_data_plane_fills_the_maps_and_attaches() {
         ["198.18.1.10:8080", "198.18.1.11:8080"].contains(&backend),
         "{backend}"
     );
+}
+
+/// The error `start_on` ends with; panics if it starts.
+#[track_caller]
+fn start_error(s: &Setup) -> StartError {
+    match Controller::start_on(s.host.clone(), s.options.clone()) {
+        Ok(_) => panic!("started"),
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn a_start_that_fails_says_why_with_the_exit_code() {
+    // A broken config is bad input: exit 2, naming the file and the error.
+    let s = Setup::new("start-errors", &CONFIG.replace("port: 80\n", "port: 0\n"));
+    let e = start_error(&s);
+    assert!(matches!(e, StartError::BadConfig { .. }), "{e:?}");
+    assert_eq!(e.exit_code(), exit::REFUSED);
+    let message = e.to_string();
+    assert!(message.contains("lb.yaml has 1 error(s)"), "{message}");
+    assert!(message.contains("port: 0 is not in 1..=65535"), "{message}");
+    assert!(s.host.0.borrow().pinned.is_none(), "nothing was loaded");
+
+    // A state file that cannot be read: a failure (1), nothing loaded either.
+    s.write_config(CONFIG);
+    let state = overlay::state_path(&s.options.state_dir, "t");
+    std::fs::create_dir_all(state.parent().unwrap()).unwrap();
+    std::fs::write(&state, "{ not json").unwrap();
+    let e = start_error(&s);
+    assert!(matches!(e, StartError::State(_)), "{e:?}");
+    assert_eq!(e.exit_code(), exit::FAILED);
+    assert!(s.host.0.borrow().pinned.is_none(), "nothing was loaded");
+    std::fs::remove_file(&state).unwrap();
+
+    // An interface that does not exist at start: attaching fails (1).
+    s.write_config(&CONFIG.replace("[eth0]", "[eth9]"));
+    let e = start_error(&s);
+    assert!(matches!(e, StartError::Failed(_)), "{e:?}");
+    assert_eq!(e.exit_code(), exit::FAILED);
+    assert!(e.to_string().contains("no interface eth9"), "{e}");
 }
 
 #[test]
@@ -553,7 +593,7 @@ fn status_and_stats_read_each_ids_counters() {
     assert_eq!(new_flows, [4, 0]);
     assert_eq!(status.flow_table.entries, 1);
     assert_eq!(status.flow_table.evicted, 11, "12 inserted, 1 present");
-    assert_eq!(c.flow_table().unwrap().evicted, 11);
+    assert_eq!(c.last_status().unwrap().flow_table.evicted, 11);
     let stats = c.stats().unwrap();
     assert_eq!(stats.listeners[0].stats.packets, 9);
     assert_eq!(stats.reasons["forwarded"], 9);
@@ -582,10 +622,10 @@ fn interfaces_and_host_addresses_are_followed() {
     assert_eq!(s.maps().borrow().tx_ports, [7].into());
     assert_eq!(s.host.0.borrow().prepared.len(), 2, "prepared again");
 
-    s.host.0.borrow_mut().addresses.insert(ip("192.0.2.9"));
+    s.host.0.borrow_mut().addresses.insert(ip("198.18.0.9"));
     c.refresh_local_addresses().unwrap();
-    assert!(c.runtime.local_addresses.contains(&ip("192.0.2.9")));
-    let refused = u32::from_ne_bytes([192, 0, 2, 9]);
+    assert!(c.runtime.local_addresses.contains(&ip("198.18.0.9")));
+    let refused = u32::from_ne_bytes([198, 18, 0, 9]);
     assert!(
         s.maps()
             .borrow()

@@ -571,15 +571,16 @@ impl Inner {
                 };
                 BackendHealth {
                     key: e.target.key,
-                    listener: e.target.listener.clone(),
-                    kind: e.target.kind,
                     probed: e.probe.is_some(),
                     state,
                     last_probe: e.last_probe.clone(),
                     last_change: e.last_change,
+                    #[cfg(test)]
                     consecutive_successes: e.machine.consecutive_successes(),
+                    #[cfg(test)]
                     consecutive_failures: e.machine.consecutive_failures(),
                     flaps_in_window: e.machine.flaps_in_window(now),
+                    #[cfg(test)]
                     slow_start_weight: e.ramp_weight(now),
                 }
             })
@@ -646,19 +647,22 @@ pub struct Snapshot {
 #[derive(Clone, Debug)]
 pub struct BackendHealth {
     pub key: BackendKey,
-    pub listener: String,
-    pub kind: HealthCheckKind,
     /// False for `type: none` and unprobed secondaries, which are always up.
     pub probed: bool,
     pub state: HealthState,
     pub last_probe: Option<LastProbe>,
     /// When the state last changed; `None` if it never did.
     pub last_change: Option<SystemTime>,
+    /// The state machine's run of results, for the tests of the checker.
+    #[cfg(test)]
     pub consecutive_successes: u32,
+    #[cfg(test)]
     pub consecutive_failures: u32,
     /// Changes of state within the flap-damping window (0 without flap damping).
     pub flaps_in_window: u32,
-    /// The slow-start weight while a ramp is under way.
+    /// The slow-start weight while a ramp is under way (the checker's tests; the
+    /// controller reads `Checker::ramping`).
+    #[cfg(test)]
     pub slow_start_weight: Option<u32>,
 }
 
@@ -673,10 +677,7 @@ pub enum HealthState {
 }
 
 impl HealthState {
-    pub fn is_up(self) -> bool {
-        self == Self::Up
-    }
-
+    #[cfg(test)]
     pub const fn name(self) -> &'static str {
         match self {
             Self::Up => "up",

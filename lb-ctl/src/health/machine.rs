@@ -114,10 +114,12 @@ impl Machine {
         }
     }
 
+    #[cfg(test)]
     pub fn consecutive_successes(&self) -> u32 {
         self.consecutive_successes
     }
 
+    #[cfg(test)]
     pub fn consecutive_failures(&self) -> u32 {
         self.consecutive_failures
     }

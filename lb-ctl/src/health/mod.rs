@@ -32,13 +32,9 @@ mod slow_start;
 use std::{net::Ipv4Addr, time::SystemTime};
 
 pub use capacity::{CapacityReport, capacity_probe};
-pub use checker::{
-    BackendHealth, Checker, CheckerOptions, DEFAULT_MAX_IN_FLIGHT, HealthState, LastProbe, Snapshot,
-};
-pub use histogram::{BUCKETS_S, Histogram};
-pub use machine::{Cause, Change, Machine, State, Thresholds};
-pub use probe::{Probe, ProbeError, ProbeKind, parse_status_line, status_accepted};
-pub use slow_start::slow_start_weight;
+pub use checker::DEFAULT_MAX_IN_FLIGHT;
+pub(crate) use checker::{BackendHealth, Checker, CheckerOptions, HealthState, Snapshot};
+pub(crate) use histogram::Histogram;
 
 use crate::{
     config::{Config, HealthCheck, HealthCheckKind},
@@ -47,7 +43,7 @@ use crate::{
 
 /// One backend to watch, as the config describes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Target {
+pub(crate) struct Target {
     pub key: BackendKey,
     /// Name of the listener, for logs and status.
     pub listener: String,
@@ -82,7 +78,7 @@ impl Target {
 
 /// A change of a backend's health, sent once per change (never for steady state).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Transition {
+pub(crate) struct Transition {
     pub key: BackendKey,
     pub listener: String,
     pub healthy: bool,
@@ -97,7 +93,7 @@ pub struct Transition {
 /// Members of the default and vServer groups are probed; of a primary/secondary group,
 /// the primary always and the secondary when the group says `probe_secondary`. Weight-0
 /// (drained) backends are probed too: a drain is not a failure.
-pub fn targets(config: &Config) -> Vec<Target> {
+pub(crate) fn targets(config: &Config) -> Vec<Target> {
     let mut out = Vec::new();
     for listener in &config.listeners {
         let frontend = Frontend::of(listener);
@@ -124,7 +120,10 @@ pub fn targets(config: &Config) -> Vec<Target> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::{
+        probe::{Probe, ProbeKind},
+        *,
+    };
     use crate::config;
 
     #[test]

@@ -13,11 +13,12 @@ mod transitions;
 
 use crate::config::Config;
 
+#[cfg(test)]
+pub use self::state_file::load_state;
 pub use self::{
     rules::{Change, Refusal},
     state_file::{
-        DrainRecord, STATE_VERSION, StateError, StateFile, load_state, load_state_with_drains,
-        save_state, save_state_with_drains, state_path,
+        DrainRecord, StateError, load_state_with_drains, save_state_with_drains, state_path,
     },
     transitions::check_transition,
 };

@@ -86,12 +86,14 @@ pub fn state_path(dir: &Path, instance: &str) -> PathBuf {
     dir.join(format!("{instance}.state.json"))
 }
 
-/// Reads the overlay; a missing file is an empty overlay (first start).
+/// The overlay without the drains, for tests that look at the changes alone.
+#[cfg(test)]
 pub fn load_state(path: &Path, instance: &str) -> Result<Vec<Change>, StateError> {
     load_state_with_drains(path, instance).map(|(changes, _)| changes)
 }
 
-/// Reads the overlay and the drains under way.
+/// Reads the overlay and the drains under way; a missing file is an empty overlay (first
+/// start).
 pub fn load_state_with_drains(
     path: &Path,
     instance: &str,
@@ -126,13 +128,15 @@ pub fn load_state_with_drains(
     Ok((state.changes, state.drains))
 }
 
-/// Writes the overlay atomically: a temporary file in the same folder, fsync, rename over
-/// the old file, fsync the folder. A crash at any point leaves the old or the new file.
+/// `save_state_with_drains` without drains, for tests of the changes alone.
+#[cfg(test)]
 pub fn save_state(path: &Path, instance: &str, changes: &[Change]) -> Result<(), StateError> {
     save_state_with_drains(path, instance, changes, &[])
 }
 
-/// `save_state` with the drains under way.
+/// Writes the overlay and the drains under way atomically: a temporary file in the same
+/// folder, fsync, rename over the old file, fsync the folder. A crash at any point leaves
+/// the old or the new file.
 pub fn save_state_with_drains(
     path: &Path,
     instance: &str,

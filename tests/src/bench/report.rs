@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use lb_ctl::dataplane::{ProgramFigures, VERIFIER_BUDGET};
 
 use super::{
-    Outcome, Part, Report,
+    Outcome, Report,
     conn::{Balancer, ConnReport},
     control::ControlReport,
     cost::{
@@ -965,13 +965,4 @@ fn reading_section(o: &mut String) {
          the trip through two namespaces, and is bounded below by the client's flow \
          interval.\n"
     );
-}
-
-/// The part names, for the usage text.
-pub fn part_names() -> String {
-    Part::ALL
-        .iter()
-        .map(|p| p.name())
-        .collect::<Vec<_>>()
-        .join(", ")
 }

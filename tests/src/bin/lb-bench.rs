@@ -12,67 +12,40 @@
 
 use std::{env, fs, path::PathBuf, process::ExitCode};
 
+use clap::{Parser, builder::TypedValueParser as _};
 use lb_tests::bench::{self, Part, Plan, report};
 
+/// The benchmark suite (`cargo xtask bench` builds and runs it).
+#[derive(Debug, Parser)]
+#[command(name = "lb-bench")]
 struct Args {
+    /// Smaller sizes and fewer rounds: a check that every part runs, not figures to
+    /// publish.
+    #[arg(long)]
     quick: bool,
+    /// Runs only this part (repeatable); every part by default.
+    #[arg(long = "only", value_name = "PART", value_parser = part_parser())]
     parts: Vec<Part>,
+    /// Writes the report to FILE (by default docs/benchmarks.md, for a run of every part).
+    #[arg(long, value_name = "FILE", conflicts_with = "no_write")]
     out: Option<PathBuf>,
+    /// Writes no report.
+    #[arg(long)]
     no_write: bool,
+    /// The command line the report names as its source (by default this one).
+    #[arg(long, value_name = "TEXT")]
     command: Option<String>,
 }
 
-fn usage() -> String {
-    format!(
-        "usage: lb-bench [--quick] [--only PART]... [--out FILE | --no-write] [--command TEXT]\n\
-         PART is one of: {}",
-        report::part_names()
-    )
-}
-
-fn parse() -> Result<Args, String> {
-    let mut args = Args {
-        quick: false,
-        parts: Vec::new(),
-        out: None,
-        no_write: false,
-        command: None,
-    };
-    let mut it = env::args().skip(1);
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--quick" => args.quick = true,
-            "--only" => {
-                let name = it.next().ok_or("--only needs a part name")?;
-                let p = Part::parse(&name).ok_or(format!("unknown part {name:?}"))?;
-                args.parts.push(p);
-            }
-            "--out" => args.out = Some(it.next().ok_or("--out needs a file")?.into()),
-            "--no-write" => args.no_write = true,
-            "--command" => args.command = Some(it.next().ok_or("--command needs text")?),
-            "-h" | "--help" => return Err(String::new()),
-            other => return Err(format!("unknown argument {other:?}")),
-        }
-    }
-    if args.no_write && args.out.is_some() {
-        return Err("--out and --no-write exclude each other".into());
-    }
-    Ok(args)
+/// A part by its name; clap lists the names in its refusal.
+fn part_parser() -> impl clap::builder::TypedValueParser<Value = Part> {
+    clap::builder::PossibleValuesParser::new(Part::ALL.map(Part::name))
+        .map(|name| Part::parse(&name).expect("the parser accepts only the parts' names"))
 }
 
 fn main() -> ExitCode {
-    let args = match parse() {
-        Ok(a) => a,
-        Err(msg) => {
-            if !msg.is_empty() {
-                eprintln!("lb-bench: {msg}");
-            }
-            eprintln!("{}", usage());
-            return ExitCode::from(2);
-        }
-    };
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    let args = Args::parse();
+    if !rustix::process::geteuid().is_root() {
         eprintln!("lb-bench: run as root (it creates network namespaces and loads XDP programs)");
         return ExitCode::FAILURE;
     }

@@ -13,55 +13,46 @@
 
 use std::{process::ExitCode, time::Instant};
 
+use clap::Parser;
 use lb_tests::{
     fuzz::{self, FuzzOptions, Lab},
     require_root_and_bpf,
 };
 
-const USAGE: &str = "usage: lb-fuzz [--packets N (default 1000000)] [--seed S (decimal or 0x-hex, \
-                     default 0x5eedf022)] [--examples K (default 3)] [--quiet]";
-
-fn number(flag: &str, value: Option<String>) -> Result<u64, String> {
-    let v = value.ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
-    let parsed = match v.strip_prefix("0x") {
-        Some(hex) => u64::from_str_radix(hex, 16),
-        None => v.parse(),
-    };
-    parsed.map_err(|e| format!("{flag} {v:?}: {e}\n{USAGE}"))
+/// The long packet fuzzing run.
+#[derive(Debug, Parser)]
+#[command(name = "lb-fuzz")]
+struct Args {
+    /// Frames to run.
+    #[arg(long, default_value_t = 1_000_000)]
+    packets: u64,
+    /// Seed of the frame generator, decimal or 0x-hex (a report names the one that
+    /// reproduces it).
+    #[arg(long, value_parser = number, default_value_t = FuzzOptions::default().seed)]
+    seed: u64,
+    /// Examples shown for each kind of disagreement.
+    #[arg(long, default_value_t = FuzzOptions::default().examples)]
+    examples: usize,
+    /// No progress lines.
+    #[arg(long)]
+    quiet: bool,
 }
 
-fn parse() -> Result<FuzzOptions, String> {
-    let mut options = FuzzOptions {
-        packets: 1_000_000,
-        progress_every: 100_000,
-        ..FuzzOptions::default()
-    };
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let (flag, inline) = match arg.split_once('=') {
-            Some((f, v)) if f.starts_with("--") => (f.to_owned(), Some(v.to_owned())),
-            _ => (arg.clone(), None),
-        };
-        let mut value = || inline.clone().or_else(|| args.next());
-        match flag.as_str() {
-            "--packets" => options.packets = number("--packets", value())?,
-            "--seed" => options.seed = number("--seed", value())?,
-            "--examples" => options.examples = number("--examples", value())? as usize,
-            "--quiet" => options.progress_every = 0,
-            "-h" | "--help" => return Err(USAGE.to_owned()),
-            other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
-        }
+fn number(v: &str) -> Result<u64, String> {
+    match v.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => v.parse(),
     }
-    Ok(options)
+    .map_err(|e| e.to_string())
 }
 
 fn main() -> ExitCode {
-    let options = match parse() {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(2);
-        }
+    let args = Args::parse();
+    let options = FuzzOptions {
+        packets: args.packets,
+        seed: args.seed,
+        examples: args.examples,
+        progress_every: if args.quiet { 0 } else { 100_000 },
     };
     if !require_root_and_bpf("lb-fuzz") {
         eprintln!("lb-fuzz needs root and BPF (it builds a network namespace and loads XDP)");

@@ -30,7 +30,7 @@
 
 use std::{
     collections::BTreeMap,
-    env, fs,
+    fs,
     io::{self, BufRead, BufReader, Read, Write},
     mem,
     net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket},
@@ -45,6 +45,8 @@ use std::{
     time::Duration,
 };
 
+use clap::{ArgGroup, Parser};
+
 /// Printed on stdout when the server is ready (the test harness waits for it).
 const READY_LINE: &str = "lb-test-backend ready";
 const MAX_SLOW_MS: u64 = 600_000;
@@ -58,62 +60,37 @@ const MAX_BODY: u64 = 16 << 20;
 /// Thread stacks: connection handlers need little, and thousands may exist at once.
 const STACK_SIZE: usize = 128 * 1024;
 
-const USAGE: &str = "usage: lb-test-backend --name NAME [--http ADDR:PORT]... [--udp ADDR:PORT]... \
-                     [--control PATH] [--verbose]";
-
+/// The backend server of the end-to-end tests.
+#[derive(Debug, Parser)]
+#[command(
+    name = "lb-test-backend",
+    group(ArgGroup::new("serve").args(["http", "udp"]).required(true).multiple(true))
+)]
 struct Config {
+    /// The name it answers with (one word).
+    #[arg(long, value_parser = one_word)]
     name: String,
+    /// Serves HTTP/1.1 on ADDR:PORT (repeatable).
+    #[arg(long, value_name = "ADDR:PORT")]
     http: Vec<SocketAddr>,
+    /// Answers UDP datagrams on ADDR:PORT (repeatable).
+    #[arg(long, value_name = "ADDR:PORT")]
     udp: Vec<SocketAddr>,
+    /// A Unix stream socket taking one command per line.
+    #[arg(long, value_name = "PATH")]
     control: Option<PathBuf>,
+    /// Logs one line per connection or datagram on stderr.
+    #[arg(long)]
     verbose: bool,
 }
 
-fn parse_args() -> Result<Config, String> {
-    let mut config = Config {
-        name: String::new(),
-        http: Vec::new(),
-        udp: Vec::new(),
-        control: None,
-        verbose: false,
-    };
-    let mut args = env::args().skip(1);
-    while let Some(arg) = args.next() {
-        // Accept both `--opt value` and `--opt=value`.
-        let (opt, inline) = match arg.split_once('=') {
-            Some((o, v)) if o.starts_with("--") => (o.to_owned(), Some(v.to_owned())),
-            _ => (arg.clone(), None),
-        };
-        let mut value = || {
-            inline
-                .clone()
-                .or_else(|| args.next())
-                .ok_or_else(|| format!("{opt} needs a value"))
-        };
-        let addr = |v: String| {
-            v.parse::<SocketAddr>()
-                .map_err(|e| format!("{opt} {v}: not ADDR:PORT ({e})"))
-        };
-        match opt.as_str() {
-            "--name" => config.name = value()?,
-            "--http" => config.http.push(addr(value()?)?),
-            "--udp" => config.udp.push(addr(value()?)?),
-            "--control" => config.control = Some(value()?.into()),
-            "--verbose" => config.verbose = true,
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                process::exit(0);
-            }
-            _ => return Err(format!("unknown argument {arg:?}")),
-        }
+/// A name the tests can split a response line on.
+fn one_word(name: &str) -> Result<String, String> {
+    if name.is_empty() || name.contains(char::is_whitespace) {
+        Err("one word expected".to_owned())
+    } else {
+        Ok(name.to_owned())
     }
-    if config.name.is_empty() || config.name.contains(char::is_whitespace) {
-        return Err("--name NAME is required (one word)".into());
-    }
-    if config.http.is_empty() && config.udp.is_empty() {
-        return Err("nothing to serve: give --http and/or --udp".into());
-    }
-    Ok(config)
 }
 
 /// What every thread shares.
@@ -145,10 +122,7 @@ impl State {
 }
 
 fn main() {
-    let config = parse_args().unwrap_or_else(|e| {
-        eprintln!("lb-test-backend: {e}\n{USAGE}");
-        process::exit(2);
-    });
+    let config = Config::parse();
     // Block the signals we handle before any thread exists, so every thread inherits the
     // mask and only the sigwait loop below ever receives them.
     let signals = signal_set(&[libc::SIGTERM, libc::SIGINT, libc::SIGUSR1, libc::SIGUSR2]);
