@@ -12,7 +12,6 @@
 //! flowing while the daemon is down and across the restart. `teardown` removes it all.
 
 use std::{
-    ffi::CString,
     fs,
     path::{Path, PathBuf},
 };
@@ -411,14 +410,17 @@ fn attach_fresh(program: &mut Xdp, iface: &str, pin: &Path) -> Result<&'static s
     Ok(mode)
 }
 
-/// Interface index by name, in the current network namespace.
+/// Interface index by name, in the current network namespace: the SIOCGIFINDEX ioctl (what
+/// if_nametoindex(3) does) answers from the namespace of the socket it is asked on.
 pub fn ifindex(iface: &str) -> Result<u32> {
-    let c = CString::new(iface).map_err(|_| PinError::NoInterface(iface.to_owned()))?;
-    // SAFETY: c is a valid NUL-terminated name.
-    match unsafe { libc::if_nametoindex(c.as_ptr()) } {
-        0 => Err(PinError::NoInterface(iface.to_owned())),
-        i => Ok(i),
-    }
+    let no_interface = |_| PinError::NoInterface(iface.to_owned());
+    let socket = rustix::net::socket(
+        rustix::net::AddressFamily::INET,
+        rustix::net::SocketType::DGRAM,
+        None,
+    )
+    .map_err(no_interface)?;
+    rustix::net::netdevice::name_to_index(&socket, iface).map_err(no_interface)
 }
 
 /// Removes an instance's data plane: unpinning a link detaches it once no process holds

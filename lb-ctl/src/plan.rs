@@ -195,14 +195,6 @@ impl Ids {
         }
     }
 
-    pub fn listener(&self, frontend: &Frontend) -> Option<u32> {
-        self.listeners.get(frontend).copied()
-    }
-
-    pub fn backend(&self, key: &BackendKey) -> Option<(u32, u32)> {
-        self.backends.get(key).copied()
-    }
-
     /// Records an id found in the pinned maps at start-up (re-adoption).
     pub fn adopt_listener(&mut self, frontend: Frontend, id: u32) {
         self.listeners.insert(frontend, id);
