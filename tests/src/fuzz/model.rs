@@ -1,5 +1,5 @@
 //! The model: what the packet policy says about a frame, from its bytes, the setup and
-//! a shadow of the flow and reverse tables; and the output bytes it expects.
+//! a shadow of the flow tables; and the output bytes it expects.
 
 use std::{
     collections::HashMap,
@@ -15,7 +15,7 @@ use lb_common::{
 use super::{
     CLOCK_SLACK_NS, IDLE_TIMEOUT_S, MAX_FRAME, MIN_FRAME, MTU,
     lab::{Lab, Route},
-    setup::{BackendSpec, Setup},
+    setup::{BackendSpec, ListenerSpec, Setup},
 };
 use crate::{
     packet::{ACK, FIN, Mac, RST, SYN},
@@ -33,8 +33,8 @@ pub struct Tuple {
 }
 
 impl Tuple {
-    /// The backend-side tuple of client flow `self` sent to backend `b`: the key of its
-    /// reverse entry.
+    /// The backend-side tuple of client flow `self` sent to backend `b`: what its replies
+    /// carry.
     pub(super) fn backend_side(&self, b: &BackendSpec) -> Tuple {
         Tuple {
             src: b.addr,
@@ -45,14 +45,14 @@ impl Tuple {
         }
     }
 
-    /// The client-side tuple of the flow whose reverse entry `rev` sits at backend-side
-    /// tuple `self`: the inverse of [`Tuple::backend_side`].
-    fn client_side(&self, rev: &ShadowRev) -> Tuple {
+    /// The client-side tuple a backend-side tuple `self` has at listener `l`: the inverse
+    /// of [`Tuple::backend_side`] for a flow of that listener.
+    pub(super) fn client_side(&self, l: &ListenerSpec) -> Tuple {
         Tuple {
             src: self.dst,
-            dst: rev.vip,
+            dst: l.vip,
             sport: self.dport,
-            dport: rev.vport,
+            dport: l.port,
             proto: self.proto,
         }
     }
@@ -103,41 +103,37 @@ pub(super) struct ShadowFlow {
     pub(super) flags: u32,
     /// What the client last acknowledged (half-open: its SYN's sequence number + 1).
     pub(super) client_acked: u32,
-    /// Bounds of the program's clock when it last wrote the entry.
+    /// What the backend last acknowledged, once a reply with ACK reached the flow.
+    pub(super) backend_acked: Option<u32>,
+    /// Bounds of the program's clock when it last wrote `last_seen_ns` (replies do not).
     pub(super) seen: (u64, u64),
 }
 
-/// A reverse entry as the model expects it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) struct ShadowRev {
-    pub(super) vip: Ipv4Addr,
-    pub(super) vport: u16,
+/// The flow a backend's packet may belong to.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct ReplyTo {
+    /// Its client side (the key of the flow entry).
+    pub(super) key: Tuple,
+    pub(super) flow: ShadowFlow,
+    /// The listener whose VIP and port the packet's source becomes.
     pub(super) listener: usize,
-    pub(super) backend: u32,
-    /// What the backend last acknowledged, once it has.
-    pub(super) backend_acked: Option<u32>,
-    /// In the half-open table (its flow has not completed the handshake): only the
-    /// backend's SYN-ACK or RST finds it.
-    pub(super) half_open: bool,
 }
 
 /// The flow flags the model follows.
 pub(super) const MODELLED_FLAGS: u32 = FLOW_F_FIN | FLOW_F_RST | FLOW_F_OPENING;
 
-/// Flow and reverse entries the model expects the program to hold.
+/// Flow entries the model expects the program to hold (established and half-open alike:
+/// the program looks both tables up wherever it looks for a flow).
 #[derive(Default)]
 pub struct Model {
     pub(super) flows: HashMap<Tuple, ShadowFlow>,
     pub(super) flow_keys: Vec<Tuple>,
-    pub(super) revs: HashMap<Tuple, ShadowRev>,
-    pub(super) rev_keys: Vec<Tuple>,
 }
 
 /// A state change that comes with an outcome.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(super) struct Delta {
     pub(super) flow: Option<(Tuple, ShadowFlow)>,
-    rev: Option<(Tuple, ShadowRev)>,
 }
 
 /// One outcome the policy allows for a frame.
@@ -489,41 +485,65 @@ impl Model {
         }
     }
 
-    pub(super) fn insert_rev(&mut self, key: Tuple, rev: ShadowRev) {
-        if self.revs.insert(key, rev).is_none() {
-            self.rev_keys.push(key);
-        }
+    /// The backend-side tuple of the model's flow `key`: what its backend's replies
+    /// carry.
+    pub(super) fn reply_tuple(&self, setup: &Setup, key: &Tuple) -> Option<Tuple> {
+        let flow = self.flows.get(key)?;
+        Some(key.backend_side(setup.backends.get(flow.backend as usize)?))
+    }
+
+    /// The flows backend → client packet `t` may belong to, as the reply path finds them:
+    /// for each listener the backend endpoint (`t`'s source) serves, the flow of the
+    /// client side `t` has there, if that flow's backend is this endpoint. Of several,
+    /// the one whose `last_seen_ns` is latest wins (ties: the first by listener id); each
+    /// candidate the model's clock bounds cannot place before another is kept, so the
+    /// caller allows every outcome that remains. Empty: not a reply of ours.
+    pub(super) fn reply_flows(&self, setup: &Setup, t: &Tuple) -> Vec<ReplyTo> {
+        let found: Vec<ReplyTo> = setup
+            .endpoint(t.src, t.sport, t.proto)
+            .iter()
+            .filter_map(|&listener| {
+                let key = t.client_side(&setup.listeners[listener]);
+                let flow = *self.flows.get(&key)?;
+                let b = setup.backends.get(flow.backend as usize)?;
+                ((b.addr, b.port) == (t.src, t.sport)).then_some(ReplyTo {
+                    key,
+                    flow,
+                    listener,
+                })
+            })
+            .collect();
+        // Certainly older: its latest possible clock is before the other's earliest.
+        let older = |a: &ShadowFlow, b: &ShadowFlow| a.seen.1 + CLOCK_SLACK_NS < b.seen.0;
+        found
+            .iter()
+            .filter(|c| !found.iter().any(|d| older(&c.flow, &d.flow)))
+            .copied()
+            .collect()
     }
 
     /// Sequence and acknowledgement numbers that fit client → VIP flow `t`: its FIN or RST
     /// is credible near what the backend acknowledged.
-    pub(super) fn client_numbers(&self, setup: &Setup, t: &Tuple) -> Option<(u32, u32)> {
+    pub(super) fn client_numbers(&self, t: &Tuple) -> Option<(u32, u32)> {
         let flow = self.flows.get(t)?;
-        let b = setup.backends.get(flow.backend as usize)?;
-        let rkey = t.backend_side(b);
-        Some((self.revs.get(&rkey)?.backend_acked?, flow.client_acked))
+        Some((flow.backend_acked?, flow.client_acked))
     }
 
-    /// Numbers that fit backend → client segment `t` (a reverse key): a half-open flow's
-    /// refusal acknowledges the SYN; later, the sequence number follows what the client
+    /// Numbers that fit backend → client segment `t`: a half-open flow's refusal
+    /// acknowledges the SYN; later, the sequence number follows what the client
     /// acknowledged.
-    pub(super) fn backend_numbers(&self, t: &Tuple) -> Option<(u32, u32)> {
-        let rev = self.revs.get(t)?;
-        let owner = t.client_side(rev);
-        let flow = self.flows.get(&owner)?;
+    pub(super) fn backend_numbers(&self, setup: &Setup, t: &Tuple) -> Option<(u32, u32)> {
+        let flow = self.reply_flows(setup, t).first()?.flow;
         Some(if flow.flags & FLOW_F_OPENING != 0 {
             (0, flow.client_acked)
         } else {
-            (flow.client_acked, rev.backend_acked.unwrap_or(0))
+            (flow.client_acked, flow.backend_acked.unwrap_or(0))
         })
     }
 
     pub(super) fn apply(&mut self, delta: &Delta) {
         if let Some((k, f)) = delta.flow {
             self.insert_flow(k, f);
-        }
-        if let Some((k, r)) = delta.rev {
-            self.insert_rev(k, r);
         }
     }
 
@@ -629,8 +649,12 @@ impl Model {
         if let Some(l) = setup.listener(t.dst, t.dport, t.proto) {
             return self.forward(setup, lab, &p, &t, tcp_flags, l, now);
         }
-        if let Some(rev) = self.revs.get(&t) {
-            return self.reply(lab, &p, &t, rev, tcp_flags);
+        let replies = self.reply_flows(setup, &t);
+        if !replies.is_empty() {
+            return replies
+                .iter()
+                .flat_map(|to| self.reply(setup, lab, &p, &t, to, tcp_flags, replies.len()))
+                .collect();
         }
         if setup.is_vip(p.dst) {
             drop_(Reason::DropVipNoListener)
@@ -680,7 +704,6 @@ impl Model {
             if next_step(t.proto, tcp_flags, state) == Step::Reuse {
                 let mut flow = self.flows[t];
                 let b = setup.backends[flow.backend as usize];
-                let mut rev_delta = None;
                 if t.proto == PROTO_TCP {
                     let (seq, ack) = p.seq_ack();
                     if tcp_flags & ACK != 0 {
@@ -688,50 +711,17 @@ impl Model {
                         flow.flags &= !FLOW_F_OPENING;
                     }
                     // A client's FIN or RST closes only near what the backend acknowledged
-                    // (whatever flow the reverse entry at the backend-side tuple serves).
-                    let rkey = t.backend_side(&b);
-                    let credible = self
-                        .revs
-                        .get(&rkey)
-                        .and_then(|r| r.backend_acked)
-                        .is_some_and(|acked| seq.wrapping_sub(acked) < CLOSE_WINDOW);
-                    if credible {
-                        flow.flags |= close_flags(tcp_flags);
-                    }
-                    // The handshake completes: the flow's reverse entry leaves the
-                    // half-open table if it is still this flow's, and is written again if
-                    // it is missing.
-                    if self.flows[t].flags & FLOW_F_OPENING != 0 && flow.flags & FLOW_F_OPENING == 0
+                    // to this flow (the reply path keeps it in the flow's entry).
+                    if flow
+                        .backend_acked
+                        .is_some_and(|acked| seq.wrapping_sub(acked) < CLOSE_WINDOW)
                     {
-                        rev_delta = match self.revs.get(&rkey) {
-                            Some(r) if r.half_open && (r.vip, r.vport) == (t.dst, t.dport) => {
-                                Some((
-                                    rkey,
-                                    ShadowRev {
-                                        half_open: false,
-                                        ..*r
-                                    },
-                                ))
-                            }
-                            Some(_) => None,
-                            None => Some((
-                                rkey,
-                                ShadowRev {
-                                    vip: t.dst,
-                                    vport: t.dport,
-                                    listener: li,
-                                    backend: flow.backend,
-                                    backend_acked: None,
-                                    half_open: false,
-                                },
-                            )),
-                        };
+                        flow.flags |= close_flags(tcp_flags);
                     }
                 }
                 flow.seen = now;
                 let delta = Delta {
                     flow: Some((*t, flow)),
-                    rev: rev_delta,
                 };
                 outs.extend(self.to_backend(lab, p, b, delta));
                 continue;
@@ -753,14 +743,7 @@ impl Model {
                 outs.extend(drop_(Reason::DropNoBackend));
                 continue;
             };
-            let rkey = t.backend_side(&b);
-            let collides: &[bool] = match self.revs.get(&rkey) {
-                Some(e) if (e.vip, e.vport) != (t.dst, t.dport) => {
-                    self.owner_live(setup, t, e, now).values()
-                }
-                _ => &[false],
-            };
-            for &collide in collides {
+            for &collide in self.collision(setup, t, li, &b, now).values() {
                 if collide {
                     outs.extend(drop_(Reason::DropReverseCollision));
                     continue;
@@ -783,18 +766,8 @@ impl Model {
                             } else {
                                 0
                             },
-                            seen: now,
-                        },
-                    )),
-                    rev: Some((
-                        rkey,
-                        ShadowRev {
-                            vip: t.dst,
-                            vport: t.dport,
-                            listener: li,
-                            backend: b.id,
                             backend_acked: None,
-                            half_open: opening,
+                            seen: now,
                         },
                     )),
                 };
@@ -804,30 +777,47 @@ impl Model {
         outs
     }
 
-    /// Whether the flow owning reverse entry `e` is live (present, on the same backend,
-    /// no FIN/RST seen, within its idle timeout).
-    fn owner_live(&self, setup: &Setup, t: &Tuple, e: &ShadowRev, now: (u64, u64)) -> Tri {
-        let owner = Tuple {
-            src: t.src,
-            dst: e.vip,
-            sport: t.sport,
-            dport: e.vport,
-            proto: t.proto,
-        };
-        let Some(flow) = self.flows.get(&owner) else {
-            return Tri::No;
-        };
-        if flow.backend != e.backend
-            || setup.listener(e.vip, e.vport, t.proto).is_none()
-            || flow.flags & (FLOW_F_FIN | FLOW_F_RST) != 0
-        {
+    /// Whether a new flow of listener `li` from `t` to backend `b` would share its
+    /// backend-side tuple with a live flow (no FIN/RST seen, within its idle timeout) of
+    /// another listener of `b`'s endpoint: the backend could not tell their packets apart.
+    /// An endpoint of one listener has no such flow to ask about. Every flow of the model
+    /// is of its backend's current generation: the setup is planned once.
+    fn collision(
+        &self,
+        setup: &Setup,
+        t: &Tuple,
+        li: usize,
+        b: &BackendSpec,
+        now: (u64, u64),
+    ) -> Tri {
+        let served = setup.endpoint(b.addr, b.port, t.proto);
+        if served.len() <= 1 {
             return Tri::No;
         }
-        match expired(flow, t.proto, now) {
-            Tri::Yes => Tri::No,
-            Tri::No => Tri::Yes,
-            Tri::Maybe => Tri::Maybe,
+        let mut collides = Tri::No;
+        for &other in served.iter().filter(|&&other| other != li) {
+            let l = &setup.listeners[other];
+            let key = Tuple {
+                dst: l.vip,
+                dport: l.port,
+                ..*t
+            };
+            let Some(flow) = self.flows.get(&key) else {
+                continue;
+            };
+            let owner = setup.backends[flow.backend as usize];
+            if (owner.addr, owner.port) != (b.addr, b.port)
+                || flow.flags & (FLOW_F_FIN | FLOW_F_RST) != 0
+            {
+                continue;
+            }
+            match expired(flow, t.proto, now) {
+                Tri::No => return Tri::Yes,
+                Tri::Maybe => collides = Tri::Maybe,
+                Tri::Yes => {}
+            }
         }
+        collides
     }
 
     /// The destination NAT of a client packet, then the next hop.
@@ -837,50 +827,60 @@ impl Model {
     }
 
     /// Backend → client of a known flow.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one call site; the arguments are the parsed packet and its flow"
+    )]
     pub(super) fn reply(
         &self,
+        setup: &Setup,
         lab: &Lab,
         p: &Pkt<'_>,
         t: &Tuple,
-        rev: &ShadowRev,
+        to: &ReplyTo,
         tcp_flags: u8,
+        candidates: usize,
     ) -> Vec<Outcome> {
+        let why = if candidates > 1 {
+            "one of several flows of this client port whose backend is this endpoint, which \
+             the model cannot tell saw a packet last"
+        } else {
+            ""
+        };
         if p.ttl <= 1 {
-            return pass(Reason::PassTtlExpired);
+            let mut o = outcome(XDP_PASS, Reason::PassTtlExpired, Out::Unchanged);
+            o.why = why;
+            return vec![o];
         }
-        // The backend's acknowledgement is kept; its FIN or RST ends the flow's activity
-        // (as the client's does) when the flow still belongs to that backend and the
-        // sequence numbers fit: exactly the SYN acknowledged while half-open, otherwise
-        // near what the client acknowledged.
-        let mut delta = Delta::default();
+        // The backend's acknowledgement is kept in the flow; its FIN or RST ends the flow's
+        // activity (as the client's does) when the sequence numbers fit: exactly the SYN
+        // acknowledged while half-open, otherwise near what the client acknowledged.
         let (seq, ack) = p.seq_ack();
+        let mut flow = to.flow;
         if t.proto == PROTO_TCP && tcp_flags & ACK != 0 {
-            delta.rev = Some((
-                *t,
-                ShadowRev {
-                    backend_acked: Some(ack),
-                    ..*rev
-                },
-            ));
+            flow.backend_acked = Some(ack);
         }
         let close = close_flags(tcp_flags);
-        if t.proto == PROTO_TCP && close != 0 {
-            let owner = t.client_side(rev);
-            if let Some(flow) = self.flows.get(&owner)
-                && flow.backend == rev.backend
-                && if flow.flags & FLOW_F_OPENING != 0 {
-                    tcp_flags & ACK != 0 && ack == flow.client_acked
-                } else {
-                    seq.wrapping_sub(flow.client_acked) < CLOSE_WINDOW
-                }
-            {
-                let mut flow = *flow;
-                flow.flags |= close;
-                delta.flow = Some((owner, flow));
+        if t.proto == PROTO_TCP
+            && close != 0
+            && if flow.flags & FLOW_F_OPENING != 0 {
+                tcp_flags & ACK != 0 && ack == flow.client_acked
+            } else {
+                seq.wrapping_sub(flow.client_acked) < CLOSE_WINDOW
             }
+        {
+            flow.flags |= close;
         }
-        let translated = nat_l4(p, false, rev.vip, rev.vport);
-        transmit(lab, p, translated, t.dst, Reason::ReplyForwarded, delta)
+        let delta = Delta {
+            flow: Some((to.key, flow)),
+        };
+        let l = &setup.listeners[to.listener];
+        let translated = nat_l4(p, false, l.vip, l.port);
+        let mut outs = transmit(lab, p, translated, t.dst, Reason::ReplyForwarded, delta);
+        for o in &mut outs {
+            o.why = why;
+        }
+        outs
     }
 
     /// ICMP: errors about a flow are translated, everything else goes to the kernel.
@@ -931,7 +931,8 @@ impl Model {
             dport: sport,
             proto: inner_proto,
         };
-        let known = self.flows.contains_key(&reversed) || self.revs.contains_key(&reversed);
+        let replies = self.reply_flows(setup, &reversed);
+        let known = self.flows.contains_key(&reversed) || !replies.is_empty();
         // Sent to the sender of the quoted packet, as every ICMP error is.
         if p.dst != inner_src {
             return other(if known {
@@ -952,16 +953,23 @@ impl Model {
             e.set(30, &b.addr.octets());
             return transmit(lab, p, e, b.addr, Reason::IcmpToBackend, Delta::default());
         }
-        // A packet the LB sent to a backend (client → backend), reported to the client.
-        if let Some(rev) = self.revs.get(&reversed) {
+        // A packet the LB sent to a backend (client → backend), reported to the client:
+        // the quoted packet's flow is found as a reply's would be.
+        if !replies.is_empty() {
             if p.ttl <= 1 {
                 return pass(Reason::PassTtlExpired);
             }
-            let mut e = icmp_nat(p, q, false, rev.vip, rev.vport);
-            if p.src == inner_dst {
-                e.set(26, &rev.vip.octets());
-            }
-            return transmit(lab, p, e, p.dst, Reason::IcmpToClient, Delta::default());
+            return replies
+                .iter()
+                .flat_map(|to| {
+                    let l = &setup.listeners[to.listener];
+                    let mut e = icmp_nat(p, q, false, l.vip, l.port);
+                    if p.src == inner_dst {
+                        e.set(26, &l.vip.octets());
+                    }
+                    transmit(lab, p, e, p.dst, Reason::IcmpToClient, Delta::default())
+                })
+                .collect();
         }
         other(if p.ttl <= 1 {
             "an ICMP error about no known flow, TTL ≤ 1: the LB would not forward it, so it \
