@@ -77,6 +77,10 @@ fn fuzzed_frames_follow_the_packet_policy() {
         );
     }
     assert!(
+        report.contested_replies > 0,
+        "the generator makes backend packets that flows of two listeners could answer: {report}"
+    );
+    assert!(
         report.ok(),
         "the program disagrees with the policy:\n{report}"
     );

@@ -2,6 +2,7 @@
 //! a shadow of the flow tables; and the output bytes it expects.
 
 use std::{
+    cell::Cell,
     collections::HashMap,
     fmt::{self, Write as _},
     net::Ipv4Addr,
@@ -128,6 +129,9 @@ pub(super) const MODELLED_FLAGS: u32 = FLOW_F_FIN | FLOW_F_RST | FLOW_F_OPENING;
 pub struct Model {
     pub(super) flows: HashMap<Tuple, ShadowFlow>,
     pub(super) flow_keys: Vec<Tuple>,
+    /// Backend packets (replies, or quoted in an ICMP error) that flows of two listeners
+    /// could answer: how often the run put the "latest flow wins" rule to the test.
+    pub(super) contested: Cell<u64>,
 }
 
 /// A state change that comes with an outcome.
@@ -460,6 +464,17 @@ fn expired(flow: &ShadowFlow, proto: u8, now: (u64, u64)) -> Tri {
     }
 }
 
+/// The candidates that may have the latest `last_seen_ns`: those not certainly older
+/// (their latest possible clock before another's earliest) than another.
+fn latest(found: Vec<ReplyTo>) -> Vec<ReplyTo> {
+    let older = |a: &ShadowFlow, b: &ShadowFlow| a.seen.1 + CLOCK_SLACK_NS < b.seen.0;
+    found
+        .iter()
+        .filter(|c| !found.iter().any(|d| older(&c.flow, &d.flow)))
+        .copied()
+        .collect()
+}
+
 fn outcome(action: u32, reason: Reason, out: Out) -> Outcome {
     Outcome {
         action,
@@ -499,7 +514,22 @@ impl Model {
     /// candidate the model's clock bounds cannot place before another is kept, so the
     /// caller allows every outcome that remains. Empty: not a reply of ours.
     pub(super) fn reply_flows(&self, setup: &Setup, t: &Tuple) -> Vec<ReplyTo> {
-        let found: Vec<ReplyTo> = setup
+        latest(self.reply_candidates(setup, t))
+    }
+
+    /// [`Model::reply_flows`] for a frame being predicted, counting contested ones.
+    fn reply_lookup(&self, setup: &Setup, t: &Tuple) -> Vec<ReplyTo> {
+        let found = self.reply_candidates(setup, t);
+        if found.len() > 1 {
+            self.contested.set(self.contested.get() + 1);
+        }
+        latest(found)
+    }
+
+    /// Every flow whose client side `t` is at a listener of its backend endpoint and whose
+    /// backend is that endpoint.
+    fn reply_candidates(&self, setup: &Setup, t: &Tuple) -> Vec<ReplyTo> {
+        setup
             .endpoint(t.src, t.sport, t.proto)
             .iter()
             .filter_map(|&listener| {
@@ -512,13 +542,6 @@ impl Model {
                     listener,
                 })
             })
-            .collect();
-        // Certainly older: its latest possible clock is before the other's earliest.
-        let older = |a: &ShadowFlow, b: &ShadowFlow| a.seen.1 + CLOCK_SLACK_NS < b.seen.0;
-        found
-            .iter()
-            .filter(|c| !found.iter().any(|d| older(&c.flow, &d.flow)))
-            .copied()
             .collect()
     }
 
@@ -649,7 +672,7 @@ impl Model {
         if let Some(l) = setup.listener(t.dst, t.dport, t.proto) {
             return self.forward(setup, lab, &p, &t, tcp_flags, l, now);
         }
-        let replies = self.reply_flows(setup, &t);
+        let replies = self.reply_lookup(setup, &t);
         if !replies.is_empty() {
             return replies
                 .iter()
@@ -931,7 +954,7 @@ impl Model {
             dport: sport,
             proto: inner_proto,
         };
-        let replies = self.reply_flows(setup, &reversed);
+        let replies = self.reply_lookup(setup, &reversed);
         let known = self.flows.contains_key(&reversed) || !replies.is_empty();
         // Sent to the sender of the quoted packet, as every ICMP error is.
         if p.dst != inner_src {
@@ -1198,9 +1221,148 @@ fn transmit(
 mod tests {
     use super::*;
     use crate::{
-        fuzz::lab::{B0, CLIENT, VIP},
+        fuzz::lab::{B0, B1, CLIENT, VIP, VIP2},
         packet::Frame,
     };
+
+    const S: u64 = 1_000_000_000;
+
+    /// The setup, its listeners VIP:80 and VIP2:80 (which share B0:8080), and the backend
+    /// entry of `addr`:8080 in each that has one.
+    struct Shared {
+        setup: Setup,
+        web: usize,
+        web2: usize,
+    }
+
+    impl Shared {
+        fn new() -> Self {
+            let setup = Setup::standard();
+            let web = setup.listener(VIP, 80, PROTO_TCP).unwrap();
+            let web2 = setup.listener(VIP2, 80, PROTO_TCP).unwrap();
+            Self { setup, web, web2 }
+        }
+
+        fn member(&self, listener: usize, addr: Ipv4Addr) -> BackendSpec {
+            self.setup.listeners[listener]
+                .members
+                .iter()
+                .map(|&id| self.setup.backends[id as usize])
+                .find(|b| b.addr == addr && b.port == 8080)
+                .unwrap()
+        }
+
+        /// Client port 40000 to `vip`:80.
+        fn key(vip: Ipv4Addr) -> Tuple {
+            Tuple {
+                src: CLIENT,
+                dst: vip,
+                sport: 40000,
+                dport: 80,
+                proto: PROTO_TCP,
+            }
+        }
+
+        fn flow(listener: usize, b: BackendSpec, seen: (u64, u64)) -> ShadowFlow {
+            ShadowFlow {
+                listener,
+                backend: b.id,
+                flags: 0,
+                client_acked: 1,
+                backend_acked: Some(1),
+                seen,
+            }
+        }
+
+        /// A packet of `addr`:8080 to the client port.
+        fn reply(addr: Ipv4Addr) -> Tuple {
+            Tuple {
+                src: addr,
+                dst: CLIENT,
+                sport: 8080,
+                dport: 40000,
+                proto: PROTO_TCP,
+            }
+        }
+    }
+
+    #[test]
+    fn a_backend_packet_answers_only_a_flow_whose_backend_sent_it() {
+        let s = Shared::new();
+        let mut m = Model::default();
+        let b1 = s.member(s.web, B1);
+        m.insert_flow(Shared::key(VIP), Shared::flow(s.web, b1, (0, 0)));
+        assert!(m.reply_flows(&s.setup, &Shared::reply(B0)).is_empty());
+        let found = m.reply_flows(&s.setup, &Shared::reply(B1));
+        assert_eq!(found.len(), 1);
+        assert_eq!((found[0].key, found[0].listener), (Shared::key(VIP), s.web));
+    }
+
+    #[test]
+    fn of_two_flows_on_a_shared_endpoint_the_latest_answers_or_either_when_unknown() {
+        let s = Shared::new();
+        let mut m = Model::default();
+        m.insert_flow(
+            Shared::key(VIP),
+            Shared::flow(s.web, s.member(s.web, B0), (S, S + 1)),
+        );
+        m.insert_flow(
+            Shared::key(VIP2),
+            Shared::flow(s.web2, s.member(s.web2, B0), (2 * S, 2 * S + 1)),
+        );
+        let found = m.reply_flows(&s.setup, &Shared::reply(B0));
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].listener, s.web2);
+        // Within the clock's slack of each other: the model cannot order them.
+        m.insert_flow(
+            Shared::key(VIP),
+            Shared::flow(s.web, s.member(s.web, B0), (2 * S, 2 * S + 1)),
+        );
+        assert_eq!(m.reply_flows(&s.setup, &Shared::reply(B0)).len(), 2);
+    }
+
+    #[test]
+    fn a_new_flow_collides_with_a_live_flow_of_another_listener_of_a_shared_endpoint() {
+        let s = Shared::new();
+        let now = (1000 * S, 1000 * S + 1);
+        let b0 = s.member(s.web2, B0);
+        let new = Shared::key(VIP2);
+        let collision = |m: &Model| m.collision(&s.setup, &new, s.web2, &b0, now);
+        let mut m = Model::default();
+        assert_eq!(collision(&m), Tri::No);
+        let live = Shared::flow(s.web, s.member(s.web, B0), now);
+        m.insert_flow(Shared::key(VIP), live);
+        assert_eq!(collision(&m), Tri::Yes);
+        // Closed, or idle past its timeout: no longer live.
+        for flags in [FLOW_F_FIN, FLOW_F_RST] {
+            m.insert_flow(Shared::key(VIP), ShadowFlow { flags, ..live });
+            assert_eq!(collision(&m), Tri::No);
+        }
+        let idle = now.0 - idle_timeout_ns(PROTO_TCP, 0) - S;
+        m.insert_flow(
+            Shared::key(VIP),
+            ShadowFlow {
+                seen: (idle, idle),
+                ..live
+            },
+        );
+        assert_eq!(collision(&m), Tri::No);
+        // Another backend of the other listener: another backend-side tuple.
+        m.insert_flow(
+            Shared::key(VIP),
+            Shared::flow(s.web, s.member(s.web, B1), now),
+        );
+        assert_eq!(collision(&m), Tri::No);
+        // Its own listener's flow on that port is the one a new flow replaces.
+        m.insert_flow(new, Shared::flow(s.web2, b0, now));
+        assert_eq!(collision(&m), Tri::No);
+        // B1:8080 serves one listener: nothing to collide with.
+        let b1 = s.member(s.web, B1);
+        assert_eq!(
+            m.collision(&s.setup, &Shared::key(VIP), s.web, &b1, now),
+            Tri::No
+        );
+    }
 
     #[test]
     fn adjusted_checksum_matches_a_full_recomputation() {

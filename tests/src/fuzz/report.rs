@@ -35,6 +35,8 @@ pub struct Report {
     pub flows: usize,
     /// Backend-side tuples of the model's flows whose reply lookup was compared at the end.
     pub reply_tuples: usize,
+    /// Backend packets that flows of two listeners could answer (the latest wins).
+    pub contested_replies: u64,
     pub findings: BTreeMap<String, Finding>,
     pub elapsed: Duration,
 }
@@ -69,7 +71,7 @@ impl fmt::Display for Report {
             f,
             "lb-fuzz: seed {:#x}: {} frames ({} ran, {} refused by the kernel as shorter than \
              an Ethernet header) in {:.1} s ({:.0} frames/s); {} ambiguous; flow table {} \
-             entries, {} reply tuples",
+             entries, {} reply tuples; {} backend packets two flows could answer",
             self.seed,
             self.packets,
             self.run(),
@@ -79,6 +81,7 @@ impl fmt::Display for Report {
             self.ambiguous,
             self.flows,
             self.reply_tuples,
+            self.contested_replies,
         )?;
         write!(f, "  verdicts:")?;
         for (reason, n) in &self.reasons {

@@ -460,6 +460,7 @@ impl Fuzzer<'_> {
         replies.sort();
         replies.dedup();
         self.report.reply_tuples = replies.len();
+        self.report.contested_replies = self.model.contested.get();
         for r in replies {
             let allowed = self.model.reply_flows(&self.setup, &r);
             let found = dp.reply_flow(&r.key())?;
