@@ -1227,8 +1227,7 @@ mod tests {
 
     const S: u64 = 1_000_000_000;
 
-    /// The setup, its listeners VIP:80 and VIP2:80 (which share B0:8080), and the backend
-    /// entry of `addr`:8080 in each that has one.
+    /// The setup and its listeners VIP:80 and VIP2:80, which share B0:8080.
     struct Shared {
         setup: Setup,
         web: usize,
@@ -1243,6 +1242,7 @@ mod tests {
             Self { setup, web, web2 }
         }
 
+        /// The listener's backend entry of `addr`:8080.
         fn member(&self, listener: usize, addr: Ipv4Addr) -> BackendSpec {
             self.setup.listeners[listener]
                 .members
