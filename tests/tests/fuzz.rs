@@ -77,6 +77,10 @@ fn fuzzed_frames_follow_the_packet_policy() {
         );
     }
     assert!(
+        report.contested_replies > 0,
+        "the generator makes backend packets that flows of two listeners could answer: {report}"
+    );
+    assert!(
         report.ok(),
         "the program disagrees with the policy:\n{report}"
     );
@@ -88,8 +92,8 @@ fn fuzzed_frames_follow_the_packet_policy() {
 /// to another VIP. The policy's promise for an established flow is that it keeps going
 /// (LRU evicts the idle entries): after the churn the client's packets still reach the
 /// same backend, and the backend's answer must still be translated back to the VIP
-/// (`reply_forwarded`), not handed to the kernel untranslated (`pass_not_for_us`)
-/// because the reverse entry was evicted on its own. `LB_CHURN_FLOWS` and
+/// (`reply_forwarded`), not handed to the kernel untranslated (`pass_not_for_us`): the
+/// reply finds its flow through the flow entry the client keeps young. `LB_CHURN_FLOWS` and
 /// `LB_CHURN_EVERY` change the churn and how often the client sends.
 #[test]
 fn reply_path_of_a_live_flow_survives_flow_table_churn() {

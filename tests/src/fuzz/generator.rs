@@ -272,7 +272,7 @@ impl Generator {
             dport: dst.1,
             proto: PROTO_TCP,
         };
-        self.fit_numbers(&mut f, model.client_numbers(setup, &t));
+        self.fit_numbers(&mut f, model.client_numbers(&t));
         client_frame(f).build()
     }
 
@@ -293,24 +293,25 @@ impl Generator {
     }
 
     /// A backend's answer to a flow the model knows (or to a made-up one).
-    pub(super) fn reply(&mut self, model: &Model) -> Vec<u8> {
-        let t = if !model.rev_keys.is_empty() && self.rng.chance(90) {
-            *self.rng.pick(&model.rev_keys)
+    pub(super) fn reply(&mut self, setup: &Setup, model: &Model) -> Vec<u8> {
+        let known = if !model.flow_keys.is_empty() && self.rng.chance(90) {
+            model.reply_tuple(setup, self.rng.pick(&model.flow_keys))
         } else {
-            Tuple {
-                src: *self.rng.pick(&[B0, B1, B_NO_NEIGH]),
-                dst: *self.rng.pick(&CLIENTS),
-                sport: *self.rng.pick(&[8080, 5353, 5000, 443]),
-                dport: self.sport(),
-                proto: *self.rng.pick(&[PROTO_TCP, PROTO_UDP]),
-            }
+            None
         };
+        let t = known.unwrap_or_else(|| Tuple {
+            src: *self.rng.pick(&[B0, B1, B_NO_NEIGH]),
+            dst: *self.rng.pick(&CLIENTS),
+            sport: *self.rng.pick(&[8080, 5353, 5000, 443]),
+            dport: self.sport(),
+            proto: *self.rng.pick(&[PROTO_TCP, PROTO_UDP]),
+        });
         let f = if t.proto == PROTO_TCP {
             let flags = *self
                 .rng
                 .pick(&[SYN | ACK, ACK, ACK | PSH, FIN | ACK, RST, RST | ACK]);
             let mut f = self.tcp((t.src, t.sport), (t.dst, t.dport), flags);
-            self.fit_numbers(&mut f, model.backend_numbers(&t));
+            self.fit_numbers(&mut f, model.backend_numbers(setup, &t));
             f
         } else {
             self.udp((t.src, t.sport), (t.dst, t.dport))
@@ -371,7 +372,7 @@ impl Generator {
     }
 
     /// ICMP: echo, errors about a flow in both directions, errors about nothing.
-    pub(super) fn icmp(&mut self, model: &Model) -> (Vec<u8>, bool, &'static str) {
+    pub(super) fn icmp(&mut self, setup: &Setup, model: &Model) -> (Vec<u8>, bool, &'static str) {
         let choice = self.rng.below(100);
         let (outer_src, outer_dst, body, kind, code, rest, ingress_client, label) = if choice < 15 {
             let kind = *self.rng.pick(&[8, 0, 13, 5, 4, 42]);
@@ -438,9 +439,13 @@ impl Generator {
                 };
                 let src = *self.rng.pick(&[ip(198, 18, 0, 254), k.src, OTHER]);
                 (src, dst, body, kind, code, rest, true, "icmp-error-to-vip")
-            } else if choice < 85 && !model.rev_keys.is_empty() {
+            } else if choice < 85
+                && let Some(r) = model
+                    .flow_keys
+                    .get(self.rng.below(model.flow_keys.len() as u64) as usize)
+                    .and_then(|k| model.reply_tuple(setup, k))
+            {
                 // About a packet the LB sent to a backend: client → backend.
-                let r = *self.rng.pick(&model.rev_keys);
                 let quoted = Tuple {
                     src: r.dst,
                     dst: r.src,
@@ -679,11 +684,15 @@ impl Generator {
             0..=7 => (self.random_bytes(), lab.client_if, "random-bytes"),
             8..=29 => (self.client_tcp(setup, model), lab.client_if, "tcp-to-vip"),
             30..=43 => (self.client_udp(setup), lab.client_if, "udp-to-vip"),
-            44..=59 => (self.reply(model), lab.backend_if, "reply-from-backend"),
+            44..=59 => (
+                self.reply(setup, model),
+                lab.backend_if,
+                "reply-from-backend",
+            ),
             60..=66 => (self.not_for_us(), lab.client_if, "not-for-us"),
             67..=70 => (self.other_protocol(), lab.client_if, "other-protocol"),
             71..=89 => {
-                let (f, client, kind) = self.icmp(model);
+                let (f, client, kind) = self.icmp(setup, model);
                 let ingress = if client {
                     lab.client_if
                 } else {

@@ -21,8 +21,8 @@ pub(super) const fn ip(a: u8, b: u8, c: u8, d: u8) -> Ipv4Addr {
 /// The first VIP: listeners on TCP 80 (tch over three backends), UDP 53 (tch, with a
 /// deny list), TCP 8080 (no backend) and UDP 5000.
 pub const VIP: Ipv4Addr = ip(198, 19, 0, 100);
-/// The second VIP: TCP 80 (shares backend B0:8080 with VIP:80, so reverse entries can
-/// collide), UDP 53 (its backend has no route), TCP 443 (its backend is behind `ot0`).
+/// The second VIP: TCP 80 (shares backend B0:8080 with VIP:80, so one client port's flows
+/// to both VIPs can collide), UDP 53 (its backend has no route), TCP 443 (its backend is behind `ot0`).
 pub const VIP2: Ipv4Addr = ip(198, 19, 0, 101);
 /// A VIP whose only listener (TCP 7, no backend) frames to listeners leave out: it stands
 /// for a VIP none of whose listeners a frame addresses.

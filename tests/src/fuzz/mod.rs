@@ -10,9 +10,10 @@
 //!   VIPs and access list. Every listener either has one backend or uses `tch`, so the backend of a
 //!   packet is a function of its 4-tuple, whatever the flow table holds.
 //! - `model.rs`, [`Model`]: what the policy says about a frame, computed from its bytes,
-//!   the setup and a shadow of the flow and reverse tables that the model keeps itself (the
-//!   generator bounds the number of distinct flows far below the table size, so the LRU
-//!   never evicts and the shadow stays exact). Time only matters for idle timeouts; the
+//!   the setup and a shadow of the flow tables that the model keeps itself (the generator
+//!   bounds the number of distinct flows far below the table size, so the LRU never evicts
+//!   and the shadow stays exact); a backend's packet finds its flow through the listeners
+//!   its endpoint serves, as the program's reply path does. Time only matters for idle timeouts; the
 //!   model bounds the program's clock between two readings around each run and, when a
 //!   timeout falls inside that window, accepts either outcome and re-reads the entry.
 //! - `generator.rs`: the frames, from a seeded SplitMix64 (`rng.rs`, [`Rng`]; no other

@@ -1,7 +1,8 @@
 //! The model: what the packet policy says about a frame, from its bytes, the setup and
-//! a shadow of the flow and reverse tables; and the output bytes it expects.
+//! a shadow of the flow tables; and the output bytes it expects.
 
 use std::{
+    cell::Cell,
     collections::HashMap,
     fmt::{self, Write as _},
     net::Ipv4Addr,
@@ -15,7 +16,7 @@ use lb_common::{
 use super::{
     CLOCK_SLACK_NS, IDLE_TIMEOUT_S, MAX_FRAME, MIN_FRAME, MTU,
     lab::{Lab, Route},
-    setup::{BackendSpec, Setup},
+    setup::{BackendSpec, ListenerSpec, Setup},
 };
 use crate::{
     packet::{ACK, FIN, Mac, RST, SYN},
@@ -33,8 +34,8 @@ pub struct Tuple {
 }
 
 impl Tuple {
-    /// The backend-side tuple of client flow `self` sent to backend `b`: the key of its
-    /// reverse entry.
+    /// The backend-side tuple of client flow `self` sent to backend `b`: what its replies
+    /// carry.
     pub(super) fn backend_side(&self, b: &BackendSpec) -> Tuple {
         Tuple {
             src: b.addr,
@@ -45,14 +46,14 @@ impl Tuple {
         }
     }
 
-    /// The client-side tuple of the flow whose reverse entry `rev` sits at backend-side
-    /// tuple `self`: the inverse of [`Tuple::backend_side`].
-    fn client_side(&self, rev: &ShadowRev) -> Tuple {
+    /// The client-side tuple a backend-side tuple `self` has at listener `l`: the inverse
+    /// of [`Tuple::backend_side`] for a flow of that listener.
+    pub(super) fn client_side(&self, l: &ListenerSpec) -> Tuple {
         Tuple {
             src: self.dst,
-            dst: rev.vip,
+            dst: l.vip,
             sport: self.dport,
-            dport: rev.vport,
+            dport: l.port,
             proto: self.proto,
         }
     }
@@ -103,41 +104,40 @@ pub(super) struct ShadowFlow {
     pub(super) flags: u32,
     /// What the client last acknowledged (half-open: its SYN's sequence number + 1).
     pub(super) client_acked: u32,
-    /// Bounds of the program's clock when it last wrote the entry.
+    /// What the backend last acknowledged, once a reply with ACK reached the flow.
+    pub(super) backend_acked: Option<u32>,
+    /// Bounds of the program's clock when it last wrote `last_seen_ns` (replies do not).
     pub(super) seen: (u64, u64),
 }
 
-/// A reverse entry as the model expects it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) struct ShadowRev {
-    pub(super) vip: Ipv4Addr,
-    pub(super) vport: u16,
+/// The flow a backend's packet may belong to.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct ReplyTo {
+    /// Its client side (the key of the flow entry).
+    pub(super) key: Tuple,
+    pub(super) flow: ShadowFlow,
+    /// The listener whose VIP and port the packet's source becomes.
     pub(super) listener: usize,
-    pub(super) backend: u32,
-    /// What the backend last acknowledged, once it has.
-    pub(super) backend_acked: Option<u32>,
-    /// In the half-open table (its flow has not completed the handshake): only the
-    /// backend's SYN-ACK or RST finds it.
-    pub(super) half_open: bool,
 }
 
 /// The flow flags the model follows.
 pub(super) const MODELLED_FLAGS: u32 = FLOW_F_FIN | FLOW_F_RST | FLOW_F_OPENING;
 
-/// Flow and reverse entries the model expects the program to hold.
+/// Flow entries the model expects the program to hold (established and half-open alike:
+/// the program looks both tables up wherever it looks for a flow).
 #[derive(Default)]
 pub struct Model {
     pub(super) flows: HashMap<Tuple, ShadowFlow>,
     pub(super) flow_keys: Vec<Tuple>,
-    pub(super) revs: HashMap<Tuple, ShadowRev>,
-    pub(super) rev_keys: Vec<Tuple>,
+    /// Backend packets (replies, or quoted in an ICMP error) that flows of two listeners
+    /// could answer: how often the run put the "latest flow wins" rule to the test.
+    pub(super) contested: Cell<u64>,
 }
 
 /// A state change that comes with an outcome.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(super) struct Delta {
     pub(super) flow: Option<(Tuple, ShadowFlow)>,
-    rev: Option<(Tuple, ShadowRev)>,
 }
 
 /// One outcome the policy allows for a frame.
@@ -464,6 +464,17 @@ fn expired(flow: &ShadowFlow, proto: u8, now: (u64, u64)) -> Tri {
     }
 }
 
+/// The candidates that may have the latest `last_seen_ns`: those not certainly older
+/// (their latest possible clock before another's earliest) than another.
+fn latest(found: Vec<ReplyTo>) -> Vec<ReplyTo> {
+    let older = |a: &ShadowFlow, b: &ShadowFlow| a.seen.1 + CLOCK_SLACK_NS < b.seen.0;
+    found
+        .iter()
+        .filter(|c| !found.iter().any(|d| older(&c.flow, &d.flow)))
+        .copied()
+        .collect()
+}
+
 fn outcome(action: u32, reason: Reason, out: Out) -> Outcome {
     Outcome {
         action,
@@ -489,41 +500,73 @@ impl Model {
         }
     }
 
-    pub(super) fn insert_rev(&mut self, key: Tuple, rev: ShadowRev) {
-        if self.revs.insert(key, rev).is_none() {
-            self.rev_keys.push(key);
+    /// The backend-side tuple of the model's flow `key`: what its backend's replies
+    /// carry.
+    pub(super) fn reply_tuple(&self, setup: &Setup, key: &Tuple) -> Option<Tuple> {
+        let flow = self.flows.get(key)?;
+        Some(key.backend_side(setup.backends.get(flow.backend as usize)?))
+    }
+
+    /// The flows backend → client packet `t` may belong to, as the reply path finds them:
+    /// for each listener the backend endpoint (`t`'s source) serves, the flow of the
+    /// client side `t` has there, if that flow's backend is this endpoint. Of several,
+    /// the one whose `last_seen_ns` is latest wins (ties: the first by listener id); each
+    /// candidate the model's clock bounds cannot place before another is kept, so the
+    /// caller allows every outcome that remains. Empty: not a reply of ours.
+    pub(super) fn reply_flows(&self, setup: &Setup, t: &Tuple) -> Vec<ReplyTo> {
+        latest(self.reply_candidates(setup, t))
+    }
+
+    /// [`Model::reply_flows`] for a frame being predicted, counting contested ones.
+    fn reply_lookup(&self, setup: &Setup, t: &Tuple) -> Vec<ReplyTo> {
+        let found = self.reply_candidates(setup, t);
+        if found.len() > 1 {
+            self.contested.set(self.contested.get() + 1);
         }
+        latest(found)
+    }
+
+    /// Every flow whose client side `t` is at a listener of its backend endpoint and whose
+    /// backend is that endpoint.
+    fn reply_candidates(&self, setup: &Setup, t: &Tuple) -> Vec<ReplyTo> {
+        setup
+            .endpoint(t.src, t.sport, t.proto)
+            .iter()
+            .filter_map(|&listener| {
+                let key = t.client_side(&setup.listeners[listener]);
+                let flow = *self.flows.get(&key)?;
+                let b = setup.backends.get(flow.backend as usize)?;
+                ((b.addr, b.port) == (t.src, t.sport)).then_some(ReplyTo {
+                    key,
+                    flow,
+                    listener,
+                })
+            })
+            .collect()
     }
 
     /// Sequence and acknowledgement numbers that fit client → VIP flow `t`: its FIN or RST
     /// is credible near what the backend acknowledged.
-    pub(super) fn client_numbers(&self, setup: &Setup, t: &Tuple) -> Option<(u32, u32)> {
+    pub(super) fn client_numbers(&self, t: &Tuple) -> Option<(u32, u32)> {
         let flow = self.flows.get(t)?;
-        let b = setup.backends.get(flow.backend as usize)?;
-        let rkey = t.backend_side(b);
-        Some((self.revs.get(&rkey)?.backend_acked?, flow.client_acked))
+        Some((flow.backend_acked?, flow.client_acked))
     }
 
-    /// Numbers that fit backend → client segment `t` (a reverse key): a half-open flow's
-    /// refusal acknowledges the SYN; later, the sequence number follows what the client
+    /// Numbers that fit backend → client segment `t`: a half-open flow's refusal
+    /// acknowledges the SYN; later, the sequence number follows what the client
     /// acknowledged.
-    pub(super) fn backend_numbers(&self, t: &Tuple) -> Option<(u32, u32)> {
-        let rev = self.revs.get(t)?;
-        let owner = t.client_side(rev);
-        let flow = self.flows.get(&owner)?;
+    pub(super) fn backend_numbers(&self, setup: &Setup, t: &Tuple) -> Option<(u32, u32)> {
+        let flow = self.reply_flows(setup, t).first()?.flow;
         Some(if flow.flags & FLOW_F_OPENING != 0 {
             (0, flow.client_acked)
         } else {
-            (flow.client_acked, rev.backend_acked.unwrap_or(0))
+            (flow.client_acked, flow.backend_acked.unwrap_or(0))
         })
     }
 
     pub(super) fn apply(&mut self, delta: &Delta) {
         if let Some((k, f)) = delta.flow {
             self.insert_flow(k, f);
-        }
-        if let Some((k, r)) = delta.rev {
-            self.insert_rev(k, r);
         }
     }
 
@@ -629,8 +672,12 @@ impl Model {
         if let Some(l) = setup.listener(t.dst, t.dport, t.proto) {
             return self.forward(setup, lab, &p, &t, tcp_flags, l, now);
         }
-        if let Some(rev) = self.revs.get(&t) {
-            return self.reply(lab, &p, &t, rev, tcp_flags);
+        let replies = self.reply_lookup(setup, &t);
+        if !replies.is_empty() {
+            return replies
+                .iter()
+                .flat_map(|to| self.reply(setup, lab, &p, &t, to, tcp_flags, replies.len()))
+                .collect();
         }
         if setup.is_vip(p.dst) {
             drop_(Reason::DropVipNoListener)
@@ -680,7 +727,6 @@ impl Model {
             if next_step(t.proto, tcp_flags, state) == Step::Reuse {
                 let mut flow = self.flows[t];
                 let b = setup.backends[flow.backend as usize];
-                let mut rev_delta = None;
                 if t.proto == PROTO_TCP {
                     let (seq, ack) = p.seq_ack();
                     if tcp_flags & ACK != 0 {
@@ -688,50 +734,17 @@ impl Model {
                         flow.flags &= !FLOW_F_OPENING;
                     }
                     // A client's FIN or RST closes only near what the backend acknowledged
-                    // (whatever flow the reverse entry at the backend-side tuple serves).
-                    let rkey = t.backend_side(&b);
-                    let credible = self
-                        .revs
-                        .get(&rkey)
-                        .and_then(|r| r.backend_acked)
-                        .is_some_and(|acked| seq.wrapping_sub(acked) < CLOSE_WINDOW);
-                    if credible {
-                        flow.flags |= close_flags(tcp_flags);
-                    }
-                    // The handshake completes: the flow's reverse entry leaves the
-                    // half-open table if it is still this flow's, and is written again if
-                    // it is missing.
-                    if self.flows[t].flags & FLOW_F_OPENING != 0 && flow.flags & FLOW_F_OPENING == 0
+                    // to this flow (the reply path keeps it in the flow's entry).
+                    if flow
+                        .backend_acked
+                        .is_some_and(|acked| seq.wrapping_sub(acked) < CLOSE_WINDOW)
                     {
-                        rev_delta = match self.revs.get(&rkey) {
-                            Some(r) if r.half_open && (r.vip, r.vport) == (t.dst, t.dport) => {
-                                Some((
-                                    rkey,
-                                    ShadowRev {
-                                        half_open: false,
-                                        ..*r
-                                    },
-                                ))
-                            }
-                            Some(_) => None,
-                            None => Some((
-                                rkey,
-                                ShadowRev {
-                                    vip: t.dst,
-                                    vport: t.dport,
-                                    listener: li,
-                                    backend: flow.backend,
-                                    backend_acked: None,
-                                    half_open: false,
-                                },
-                            )),
-                        };
+                        flow.flags |= close_flags(tcp_flags);
                     }
                 }
                 flow.seen = now;
                 let delta = Delta {
                     flow: Some((*t, flow)),
-                    rev: rev_delta,
                 };
                 outs.extend(self.to_backend(lab, p, b, delta));
                 continue;
@@ -753,14 +766,7 @@ impl Model {
                 outs.extend(drop_(Reason::DropNoBackend));
                 continue;
             };
-            let rkey = t.backend_side(&b);
-            let collides: &[bool] = match self.revs.get(&rkey) {
-                Some(e) if (e.vip, e.vport) != (t.dst, t.dport) => {
-                    self.owner_live(setup, t, e, now).values()
-                }
-                _ => &[false],
-            };
-            for &collide in collides {
+            for &collide in self.collision(setup, t, li, &b, now).values() {
                 if collide {
                     outs.extend(drop_(Reason::DropReverseCollision));
                     continue;
@@ -783,18 +789,8 @@ impl Model {
                             } else {
                                 0
                             },
-                            seen: now,
-                        },
-                    )),
-                    rev: Some((
-                        rkey,
-                        ShadowRev {
-                            vip: t.dst,
-                            vport: t.dport,
-                            listener: li,
-                            backend: b.id,
                             backend_acked: None,
-                            half_open: opening,
+                            seen: now,
                         },
                     )),
                 };
@@ -804,30 +800,47 @@ impl Model {
         outs
     }
 
-    /// Whether the flow owning reverse entry `e` is live (present, on the same backend,
-    /// no FIN/RST seen, within its idle timeout).
-    fn owner_live(&self, setup: &Setup, t: &Tuple, e: &ShadowRev, now: (u64, u64)) -> Tri {
-        let owner = Tuple {
-            src: t.src,
-            dst: e.vip,
-            sport: t.sport,
-            dport: e.vport,
-            proto: t.proto,
-        };
-        let Some(flow) = self.flows.get(&owner) else {
-            return Tri::No;
-        };
-        if flow.backend != e.backend
-            || setup.listener(e.vip, e.vport, t.proto).is_none()
-            || flow.flags & (FLOW_F_FIN | FLOW_F_RST) != 0
-        {
+    /// Whether a new flow of listener `li` from `t` to backend `b` would share its
+    /// backend-side tuple with a live flow (no FIN/RST seen, within its idle timeout) of
+    /// another listener of `b`'s endpoint: the backend could not tell their packets apart.
+    /// An endpoint of one listener has no such flow to ask about. Every flow of the model
+    /// is of its backend's current generation: the setup is planned once.
+    fn collision(
+        &self,
+        setup: &Setup,
+        t: &Tuple,
+        li: usize,
+        b: &BackendSpec,
+        now: (u64, u64),
+    ) -> Tri {
+        let served = setup.endpoint(b.addr, b.port, t.proto);
+        if served.len() <= 1 {
             return Tri::No;
         }
-        match expired(flow, t.proto, now) {
-            Tri::Yes => Tri::No,
-            Tri::No => Tri::Yes,
-            Tri::Maybe => Tri::Maybe,
+        let mut collides = Tri::No;
+        for &other in served.iter().filter(|&&other| other != li) {
+            let l = &setup.listeners[other];
+            let key = Tuple {
+                dst: l.vip,
+                dport: l.port,
+                ..*t
+            };
+            let Some(flow) = self.flows.get(&key) else {
+                continue;
+            };
+            let owner = setup.backends[flow.backend as usize];
+            if (owner.addr, owner.port) != (b.addr, b.port)
+                || flow.flags & (FLOW_F_FIN | FLOW_F_RST) != 0
+            {
+                continue;
+            }
+            match expired(flow, t.proto, now) {
+                Tri::No => return Tri::Yes,
+                Tri::Maybe => collides = Tri::Maybe,
+                Tri::Yes => {}
+            }
         }
+        collides
     }
 
     /// The destination NAT of a client packet, then the next hop.
@@ -837,50 +850,60 @@ impl Model {
     }
 
     /// Backend → client of a known flow.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one call site; the arguments are the parsed packet and its flow"
+    )]
     pub(super) fn reply(
         &self,
+        setup: &Setup,
         lab: &Lab,
         p: &Pkt<'_>,
         t: &Tuple,
-        rev: &ShadowRev,
+        to: &ReplyTo,
         tcp_flags: u8,
+        candidates: usize,
     ) -> Vec<Outcome> {
+        let why = if candidates > 1 {
+            "one of several flows of this client port whose backend is this endpoint, which \
+             the model cannot tell saw a packet last"
+        } else {
+            ""
+        };
         if p.ttl <= 1 {
-            return pass(Reason::PassTtlExpired);
+            let mut o = outcome(XDP_PASS, Reason::PassTtlExpired, Out::Unchanged);
+            o.why = why;
+            return vec![o];
         }
-        // The backend's acknowledgement is kept; its FIN or RST ends the flow's activity
-        // (as the client's does) when the flow still belongs to that backend and the
-        // sequence numbers fit: exactly the SYN acknowledged while half-open, otherwise
-        // near what the client acknowledged.
-        let mut delta = Delta::default();
+        // The backend's acknowledgement is kept in the flow; its FIN or RST ends the flow's
+        // activity (as the client's does) when the sequence numbers fit: exactly the SYN
+        // acknowledged while half-open, otherwise near what the client acknowledged.
         let (seq, ack) = p.seq_ack();
+        let mut flow = to.flow;
         if t.proto == PROTO_TCP && tcp_flags & ACK != 0 {
-            delta.rev = Some((
-                *t,
-                ShadowRev {
-                    backend_acked: Some(ack),
-                    ..*rev
-                },
-            ));
+            flow.backend_acked = Some(ack);
         }
         let close = close_flags(tcp_flags);
-        if t.proto == PROTO_TCP && close != 0 {
-            let owner = t.client_side(rev);
-            if let Some(flow) = self.flows.get(&owner)
-                && flow.backend == rev.backend
-                && if flow.flags & FLOW_F_OPENING != 0 {
-                    tcp_flags & ACK != 0 && ack == flow.client_acked
-                } else {
-                    seq.wrapping_sub(flow.client_acked) < CLOSE_WINDOW
-                }
-            {
-                let mut flow = *flow;
-                flow.flags |= close;
-                delta.flow = Some((owner, flow));
+        if t.proto == PROTO_TCP
+            && close != 0
+            && if flow.flags & FLOW_F_OPENING != 0 {
+                tcp_flags & ACK != 0 && ack == flow.client_acked
+            } else {
+                seq.wrapping_sub(flow.client_acked) < CLOSE_WINDOW
             }
+        {
+            flow.flags |= close;
         }
-        let translated = nat_l4(p, false, rev.vip, rev.vport);
-        transmit(lab, p, translated, t.dst, Reason::ReplyForwarded, delta)
+        let delta = Delta {
+            flow: Some((to.key, flow)),
+        };
+        let l = &setup.listeners[to.listener];
+        let translated = nat_l4(p, false, l.vip, l.port);
+        let mut outs = transmit(lab, p, translated, t.dst, Reason::ReplyForwarded, delta);
+        for o in &mut outs {
+            o.why = why;
+        }
+        outs
     }
 
     /// ICMP: errors about a flow are translated, everything else goes to the kernel.
@@ -931,7 +954,8 @@ impl Model {
             dport: sport,
             proto: inner_proto,
         };
-        let known = self.flows.contains_key(&reversed) || self.revs.contains_key(&reversed);
+        let replies = self.reply_lookup(setup, &reversed);
+        let known = self.flows.contains_key(&reversed) || !replies.is_empty();
         // Sent to the sender of the quoted packet, as every ICMP error is.
         if p.dst != inner_src {
             return other(if known {
@@ -952,16 +976,23 @@ impl Model {
             e.set(30, &b.addr.octets());
             return transmit(lab, p, e, b.addr, Reason::IcmpToBackend, Delta::default());
         }
-        // A packet the LB sent to a backend (client → backend), reported to the client.
-        if let Some(rev) = self.revs.get(&reversed) {
+        // A packet the LB sent to a backend (client → backend), reported to the client:
+        // the quoted packet's flow is found as a reply's would be.
+        if !replies.is_empty() {
             if p.ttl <= 1 {
                 return pass(Reason::PassTtlExpired);
             }
-            let mut e = icmp_nat(p, q, false, rev.vip, rev.vport);
-            if p.src == inner_dst {
-                e.set(26, &rev.vip.octets());
-            }
-            return transmit(lab, p, e, p.dst, Reason::IcmpToClient, Delta::default());
+            return replies
+                .iter()
+                .flat_map(|to| {
+                    let l = &setup.listeners[to.listener];
+                    let mut e = icmp_nat(p, q, false, l.vip, l.port);
+                    if p.src == inner_dst {
+                        e.set(26, &l.vip.octets());
+                    }
+                    transmit(lab, p, e, p.dst, Reason::IcmpToClient, Delta::default())
+                })
+                .collect();
         }
         other(if p.ttl <= 1 {
             "an ICMP error about no known flow, TTL ≤ 1: the LB would not forward it, so it \
@@ -1190,9 +1221,148 @@ fn transmit(
 mod tests {
     use super::*;
     use crate::{
-        fuzz::lab::{B0, CLIENT, VIP},
+        fuzz::lab::{B0, B1, CLIENT, VIP, VIP2},
         packet::Frame,
     };
+
+    const S: u64 = 1_000_000_000;
+
+    /// The setup and its listeners VIP:80 and VIP2:80, which share B0:8080.
+    struct Shared {
+        setup: Setup,
+        web: usize,
+        web2: usize,
+    }
+
+    impl Shared {
+        fn new() -> Self {
+            let setup = Setup::standard();
+            let web = setup.listener(VIP, 80, PROTO_TCP).unwrap();
+            let web2 = setup.listener(VIP2, 80, PROTO_TCP).unwrap();
+            Self { setup, web, web2 }
+        }
+
+        /// The listener's backend entry of `addr`:8080.
+        fn member(&self, listener: usize, addr: Ipv4Addr) -> BackendSpec {
+            self.setup.listeners[listener]
+                .members
+                .iter()
+                .map(|&id| self.setup.backends[id as usize])
+                .find(|b| b.addr == addr && b.port == 8080)
+                .unwrap()
+        }
+
+        /// Client port 40000 to `vip`:80.
+        fn key(vip: Ipv4Addr) -> Tuple {
+            Tuple {
+                src: CLIENT,
+                dst: vip,
+                sport: 40000,
+                dport: 80,
+                proto: PROTO_TCP,
+            }
+        }
+
+        fn flow(listener: usize, b: BackendSpec, seen: (u64, u64)) -> ShadowFlow {
+            ShadowFlow {
+                listener,
+                backend: b.id,
+                flags: 0,
+                client_acked: 1,
+                backend_acked: Some(1),
+                seen,
+            }
+        }
+
+        /// A packet of `addr`:8080 to the client port.
+        fn reply(addr: Ipv4Addr) -> Tuple {
+            Tuple {
+                src: addr,
+                dst: CLIENT,
+                sport: 8080,
+                dport: 40000,
+                proto: PROTO_TCP,
+            }
+        }
+    }
+
+    #[test]
+    fn a_backend_packet_answers_only_a_flow_whose_backend_sent_it() {
+        let s = Shared::new();
+        let mut m = Model::default();
+        let b1 = s.member(s.web, B1);
+        m.insert_flow(Shared::key(VIP), Shared::flow(s.web, b1, (0, 0)));
+        assert!(m.reply_flows(&s.setup, &Shared::reply(B0)).is_empty());
+        let found = m.reply_flows(&s.setup, &Shared::reply(B1));
+        assert_eq!(found.len(), 1);
+        assert_eq!((found[0].key, found[0].listener), (Shared::key(VIP), s.web));
+    }
+
+    #[test]
+    fn of_two_flows_on_a_shared_endpoint_the_latest_answers_or_either_when_unknown() {
+        let s = Shared::new();
+        let mut m = Model::default();
+        m.insert_flow(
+            Shared::key(VIP),
+            Shared::flow(s.web, s.member(s.web, B0), (S, S + 1)),
+        );
+        m.insert_flow(
+            Shared::key(VIP2),
+            Shared::flow(s.web2, s.member(s.web2, B0), (2 * S, 2 * S + 1)),
+        );
+        let found = m.reply_flows(&s.setup, &Shared::reply(B0));
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].listener, s.web2);
+        // Within the clock's slack of each other: the model cannot order them.
+        m.insert_flow(
+            Shared::key(VIP),
+            Shared::flow(s.web, s.member(s.web, B0), (2 * S, 2 * S + 1)),
+        );
+        assert_eq!(m.reply_flows(&s.setup, &Shared::reply(B0)).len(), 2);
+    }
+
+    #[test]
+    fn a_new_flow_collides_with_a_live_flow_of_another_listener_of_a_shared_endpoint() {
+        let s = Shared::new();
+        let now = (1000 * S, 1000 * S + 1);
+        let b0 = s.member(s.web2, B0);
+        let new = Shared::key(VIP2);
+        let collision = |m: &Model| m.collision(&s.setup, &new, s.web2, &b0, now);
+        let mut m = Model::default();
+        assert_eq!(collision(&m), Tri::No);
+        let live = Shared::flow(s.web, s.member(s.web, B0), now);
+        m.insert_flow(Shared::key(VIP), live);
+        assert_eq!(collision(&m), Tri::Yes);
+        // Closed, or idle past its timeout: no longer live.
+        for flags in [FLOW_F_FIN, FLOW_F_RST] {
+            m.insert_flow(Shared::key(VIP), ShadowFlow { flags, ..live });
+            assert_eq!(collision(&m), Tri::No);
+        }
+        let idle = now.0 - idle_timeout_ns(PROTO_TCP, 0) - S;
+        m.insert_flow(
+            Shared::key(VIP),
+            ShadowFlow {
+                seen: (idle, idle),
+                ..live
+            },
+        );
+        assert_eq!(collision(&m), Tri::No);
+        // Another backend of the other listener: another backend-side tuple.
+        m.insert_flow(
+            Shared::key(VIP),
+            Shared::flow(s.web, s.member(s.web, B1), now),
+        );
+        assert_eq!(collision(&m), Tri::No);
+        // Its own listener's flow on that port is the one a new flow replaces.
+        m.insert_flow(new, Shared::flow(s.web2, b0, now));
+        assert_eq!(collision(&m), Tri::No);
+        // B1:8080 serves one listener: nothing to collide with.
+        let b1 = s.member(s.web, B1);
+        assert_eq!(
+            m.collision(&s.setup, &Shared::key(VIP), s.web, &b1, now),
+            Tri::No
+        );
+    }
 
     #[test]
     fn adjusted_checksum_matches_a_full_recomputation() {

@@ -33,7 +33,10 @@ pub struct Report {
     /// Outcomes the model could not decide alone (clock window, unmodelled routes).
     pub ambiguous: u64,
     pub flows: usize,
-    pub reverse_entries: usize,
+    /// Backend-side tuples of the model's flows whose reply lookup was compared at the end.
+    pub reply_tuples: usize,
+    /// Backend packets that flows of two listeners could answer (the latest wins).
+    pub contested_replies: u64,
     pub findings: BTreeMap<String, Finding>,
     pub elapsed: Duration,
 }
@@ -68,7 +71,7 @@ impl fmt::Display for Report {
             f,
             "lb-fuzz: seed {:#x}: {} frames ({} ran, {} refused by the kernel as shorter than \
              an Ethernet header) in {:.1} s ({:.0} frames/s); {} ambiguous; flow table {} \
-             entries, {} reverse",
+             entries, {} reply tuples; {} backend packets two flows could answer",
             self.seed,
             self.packets,
             self.run(),
@@ -77,7 +80,8 @@ impl fmt::Display for Report {
             self.packets as f64 / self.elapsed.as_secs_f64().max(1e-9),
             self.ambiguous,
             self.flows,
-            self.reverse_entries,
+            self.reply_tuples,
+            self.contested_replies,
         )?;
         write!(f, "  verdicts:")?;
         for (reason, n) in &self.reasons {

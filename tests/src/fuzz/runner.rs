@@ -1,18 +1,15 @@
 //! The run: frames through the program, each checked against the model, and the
 //! checks at the end (counters, the whole flow table).
 
-use std::{collections::HashMap, fmt::Write as _, net::Ipv4Addr, time::Instant};
+use std::{collections::HashMap, fmt::Write as _, time::Instant};
 
-use lb_common::{FLOW_F_BACKEND_ACKED, FLOW_F_OPENING, PROTO_TCP, PROTO_UDP, Reason, Verdict};
+use lb_common::{FLOW_F_BACKEND_ACKED, PROTO_TCP, PROTO_UDP, Reason, Verdict};
 use lb_ctl::dataplane::{DataPlane, LoadOptions};
 
 use super::{
     generator::Generator,
     lab::Lab,
-    model::{
-        MODELLED_FLAGS, Model, Out, Outcome, Prediction, ShadowFlow, ShadowRev, Tuple, addr_at,
-        be16,
-    },
+    model::{MODELLED_FLAGS, Model, Out, Outcome, Prediction, ShadowFlow, Tuple, addr_at, be16},
     report::{Report, describe, hex},
     setup::{Setup, sizes},
 };
@@ -353,44 +350,38 @@ impl Fuzzer<'_> {
         Ok(())
     }
 
-    /// Reads the flow (and its reverse entry) the frame may have touched back from the
-    /// program, after an outcome the model could not pin down.
+    /// Reads the flows the frame may have touched back from the program, after an
+    /// outcome the model could not pin down: a client's flow, or every flow a backend's
+    /// packet may have answered.
     fn resync(&mut self, dp: &DataPlane, frame: &[u8]) {
         let Some(t) = tuple_of(frame) else { return };
-        let Some(li) = self.setup.listener(t.dst, t.dport, t.proto) else {
-            return;
+        let keys: Vec<(Tuple, usize)> = match self.setup.listener(t.dst, t.dport, t.proto) {
+            Some(li) => vec![(t, li)],
+            None => self
+                .setup
+                .endpoint(t.src, t.sport, t.proto)
+                .iter()
+                .map(|&li| (t.client_side(&self.setup.listeners[li]), li))
+                .collect(),
         };
+        for (key, li) in keys {
+            self.reread(dp, key, li);
+        }
+    }
+
+    fn reread(&mut self, dp: &DataPlane, t: Tuple, li: usize) {
         match dp.flow(&t.key()) {
-            Ok(Some(flow)) => {
-                self.model.insert_flow(
-                    t,
-                    ShadowFlow {
-                        listener: li,
-                        backend: flow.backend,
-                        flags: flow.flags & MODELLED_FLAGS,
-                        client_acked: flow.client_acked,
-                        seen: (flow.last_seen_ns, flow.last_seen_ns),
-                    },
-                );
-                if let Some(b) = self.setup.backends.get(flow.backend as usize) {
-                    let rkey = t.backend_side(b);
-                    if let Ok(Some((_, f, l))) = dp.reply_flow(&rkey.key()) {
-                        let listener = self.setup.listener_by_id(l.listener).unwrap_or(li);
-                        self.model.insert_rev(
-                            rkey,
-                            ShadowRev {
-                                vip: Ipv4Addr::from(l.vip.to_ne_bytes()),
-                                vport: u16::from_be(l.vport),
-                                listener,
-                                backend: f.backend,
-                                backend_acked: (f.flags & FLOW_F_BACKEND_ACKED != 0)
-                                    .then_some(f.backend_acked),
-                                half_open: f.flags & FLOW_F_OPENING != 0,
-                            },
-                        );
-                    }
-                }
-            }
+            Ok(Some(flow)) => self.model.insert_flow(
+                t,
+                ShadowFlow {
+                    listener: li,
+                    backend: flow.backend,
+                    flags: flow.flags & MODELLED_FLAGS,
+                    client_acked: flow.client_acked,
+                    backend_acked: backend_acked(&flow),
+                    seen: (flow.last_seen_ns, flow.last_seen_ns),
+                },
+            ),
             Ok(None) => {
                 if self.model.flows.remove(&t).is_some() {
                     self.model.flow_keys.retain(|k| *k != t);
@@ -433,7 +424,6 @@ impl Fuzzer<'_> {
             .map(|(k, f)| (Tuple::from_key(&k), f))
             .collect();
         self.report.flows = kernel.len();
-        self.report.reverse_entries = self.model.revs.len();
         let mut keys: Vec<&Tuple> = kernel.keys().chain(self.model.flows.keys()).collect();
         keys.sort();
         keys.dedup();
@@ -445,38 +435,65 @@ impl Fuzzer<'_> {
                     k.backend == m.backend
                         && k.flags & MODELLED_FLAGS == m.flags
                         && k.client_acked == m.client_acked
+                        && backend_acked(k) == m.backend_acked
                 }
                 _ => false,
             };
             if !same {
                 let e = format!(
-                    "{t}: program {:?}, model {:?}",
-                    k.map(|k| (k.backend, k.flags, k.client_acked)),
-                    m.map(|m| (m.backend, m.flags, m.client_acked))
+                    "{t}: program (backend, flags, client_acked, backend_acked) {:?}, model {:?}",
+                    k.map(|k| (k.backend, k.flags, k.client_acked, backend_acked(k))),
+                    m.map(|m| (m.backend, m.flags, m.client_acked, m.backend_acked))
                 );
                 self.report
                     .finding("the flow table differs from the model", || e, max);
             }
         }
-        let revs: Vec<(Tuple, ShadowRev)> = self.model.revs.iter().map(|(k, v)| (*k, *v)).collect();
-        for (t, m) in revs {
-            let k = dp.reply_flow(&t.key())?;
-            let same = k.is_some_and(|(_, f, l)| {
-                Ipv4Addr::from(l.vip.to_ne_bytes()) == m.vip
-                    && u16::from_be(l.vport) == m.vport
-                    && f.backend == m.backend
-                    && self.setup.listener_by_id(l.listener) == Some(m.listener)
-                    && (f.flags & FLOW_F_BACKEND_ACKED != 0).then_some(f.backend_acked)
-                        == m.backend_acked
-            });
+        // The controller's mirror of the reply lookup (what `explain` and adoption rely
+        // on) finds, for each flow's backend-side tuple, a flow the model allows.
+        let mut replies: Vec<Tuple> = self
+            .model
+            .flow_keys
+            .iter()
+            .filter_map(|k| self.model.reply_tuple(&self.setup, k))
+            .collect();
+        replies.sort();
+        replies.dedup();
+        self.report.reply_tuples = replies.len();
+        self.report.contested_replies = self.model.contested.get();
+        for r in replies {
+            let allowed = self.model.reply_flows(&self.setup, &r);
+            let found = dp.reply_flow(&r.key())?;
+            let same = match found {
+                Some((key, _, l)) => allowed.iter().any(|a| {
+                    a.key == Tuple::from_key(&key)
+                        && self.setup.listener_by_id(l.listener) == Some(a.listener)
+                }),
+                None => allowed.is_empty(),
+            };
             if !same {
-                let e = format!("{t}: program {k:?}, model {m:?}");
-                self.report
-                    .finding("the reverse table differs from the model", || e, max);
+                let e = format!(
+                    "{r}: DataPlane::reply_flow {:?}, model {:?}",
+                    found.map(|(k, _, l)| (Tuple::from_key(&k), l.listener)),
+                    allowed
+                        .iter()
+                        .map(|a| (a.key, self.setup.listeners[a.listener].id))
+                        .collect::<Vec<_>>()
+                );
+                self.report.finding(
+                    "the controller's reply lookup differs from the model",
+                    || e,
+                    max,
+                );
             }
         }
         Ok(())
     }
+}
+
+/// What the backend last acknowledged, as the flow entry says it.
+fn backend_acked(f: &lb_common::Flow) -> Option<u32> {
+    (f.flags & FLOW_F_BACKEND_ACKED != 0).then_some(f.backend_acked)
 }
 
 fn class(action: u32) -> Verdict {

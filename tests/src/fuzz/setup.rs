@@ -1,7 +1,7 @@
 //! The setup: the config a run installs, through the controller's plan and reconciler,
 //! and what the model knows of it (listeners, backends, VIPs, access lists).
 
-use std::net::Ipv4Addr;
+use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use lb_common::{
     ACL_DENY, ACL_NONE, MAGLEV_TABLE_SIZE, Scheduler, hash,
@@ -134,6 +134,10 @@ pub struct Setup {
     /// In listener id order.
     pub listeners: Vec<ListenerSpec>,
     pub vips: Vec<Ipv4Addr>,
+    /// Every backend endpoint (address, port, protocol) with the listeners whose members
+    /// include it, as indices into `listeners` in listener id order: where a backend's
+    /// packet may find its flow.
+    pub endpoints: BTreeMap<(Ipv4Addr, u16, u8), Vec<usize>>,
     config: Config,
     desired: Desired,
 }
@@ -217,10 +221,48 @@ impl Setup {
         let mut vips: Vec<Ipv4Addr> = listeners.iter().map(|l| l.vip).collect();
         vips.sort();
         vips.dedup();
+        // From the members, not from the plan's endpoint table, so that a plan writing the
+        // wrong listeners for an endpoint shows here rather than in the model.
+        let mut endpoints: BTreeMap<(Ipv4Addr, u16, u8), Vec<usize>> = BTreeMap::new();
+        for (li, l) in listeners.iter().enumerate() {
+            for &id in &l.members {
+                let b = backends[id as usize];
+                let served = endpoints.entry((b.addr, b.port, l.protocol)).or_default();
+                if !served.contains(&li) {
+                    served.push(li);
+                }
+            }
+        }
+        let planned_endpoints: BTreeMap<(Ipv4Addr, u16, u8), Vec<u32>> = desired
+            .endpoints
+            .iter()
+            .map(|(k, e)| {
+                (
+                    (
+                        Ipv4Addr::from(k.addr.to_ne_bytes()),
+                        u16::from_be(k.port),
+                        k.protocol,
+                    ),
+                    e.listeners[..e.count as usize]
+                        .iter()
+                        .map(|l| l.listener)
+                        .collect(),
+                )
+            })
+            .collect();
+        let derived: BTreeMap<(Ipv4Addr, u16, u8), Vec<u32>> = endpoints
+            .iter()
+            .map(|(k, ls)| (*k, ls.iter().map(|&li| listeners[li].id).collect()))
+            .collect();
+        assert_eq!(
+            planned_endpoints, derived,
+            "the plan's backend endpoints are the listeners' members"
+        );
         Setup {
             backends,
             listeners,
             vips,
+            endpoints,
             config: planned.config,
             desired,
         }
@@ -238,6 +280,14 @@ impl Setup {
 
     pub(super) fn is_vip(&self, addr: Ipv4Addr) -> bool {
         self.vips.contains(&addr)
+    }
+
+    /// The listeners backend endpoint `addr:port` serves for `protocol`, in listener id
+    /// order (empty: no backend of ours).
+    pub(super) fn endpoint(&self, addr: Ipv4Addr, port: u16, protocol: u8) -> &[usize] {
+        self.endpoints
+            .get(&(addr, port, protocol))
+            .map_or(&[], Vec::as_slice)
     }
 
     /// The backend a new flow or a pickup of `t` gets: the only member, or the Maglev
