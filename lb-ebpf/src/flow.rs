@@ -195,7 +195,7 @@ pub fn shared_endpoint_collision(
         client_port: l4.src_port,
         _pad: 0,
         listener: listener.id,
-        generation: backend.generation,
+        _pad1: 0,
         now,
         found: 0,
         _pad2: 0,
@@ -220,8 +220,7 @@ struct CollisionSearch {
     _pad: u16,
     /// The new flow's listener, skipped.
     listener: u32,
-    /// The backend's generation: a flow of an earlier owner of the id is no owner.
-    generation: u32,
+    _pad1: u32,
     now: u64,
     found: u32,
     _pad2: u32,
@@ -246,7 +245,12 @@ extern "C" fn collision_step(index: u64, ctx: *mut c_void) -> i64 {
     };
     // SAFETY: as above.
     let owner = unsafe { &*f };
-    if owner.generation != search.generation {
+    // Generations count per backend id, and the owner's id is the other listener's entry
+    // for this endpoint: its flow belongs to that entry's current owner, or to nobody.
+    if BACKENDS
+        .get(owner.backend)
+        .is_none_or(|b| b.generation != owner.generation)
+    {
         return 0;
     }
     let owner_listener = ListenerKey {

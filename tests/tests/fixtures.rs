@@ -1021,6 +1021,60 @@ listeners:
     });
 }
 
+/// Generations count per backend id: after reloads that release and reuse ids, the two
+/// listeners' entries for one backend endpoint may have different generations. A live flow
+/// of the other listener is still seen, and the newcomer refused.
+#[test]
+fn collision_is_seen_whatever_the_generations_of_the_endpoints_entries() {
+    let Some(lab) = lab("fxcgen") else { return };
+    lab.ns.enter(|| {
+        let mut dp = load(&lab);
+        let web = "
+vserver_groups:
+  - { name: web, servers: [{ address: 198.18.1.10, port: 8080 }] }
+  - { name: other, servers: [{ address: 198.18.1.11, port: 9000 }] }
+listeners:
+  - { name: web, protocol: tcp, address: 198.19.0.100, port: 80, server_group: web }
+";
+        let mut fx = provision(
+            &mut dp,
+            &format!(
+                "{web}  - {{ name: x, protocol: tcp, address: 198.19.0.100, port: 81, \
+                 server_group: other }}\n"
+            ),
+        );
+        // x leaves: its backend id is released, and its generation stays counted.
+        fx.config = provision::config(&format!("{HEAD}{web}"));
+        fx.apply(&mut dp).unwrap();
+        fx.config = provision::config(&format!(
+            "{HEAD}{web}  - {{ name: web2, protocol: tcp, address: 198.19.0.101, port: 80, \
+             server_group: web }}\n"
+        ));
+        fx.apply(&mut dp).unwrap();
+        let (a, b) = (
+            fx.backend("web", B[0], 8080),
+            fx.backend("web2", B[0], 8080),
+        );
+        assert_ne!(
+            a.generation, b.generation,
+            "the case needs entries of different generations: {a:?} {b:?}"
+        );
+        let first = from_client(Frame::tcp((CLIENT, 40402), (VIP, 80), SYN));
+        let second = from_client(Frame::tcp((CLIENT, 40402), (VIP2, 80), SYN));
+        check(
+            &mut dp,
+            &[
+                lab.forwarded("first flow to B0:8080 from client:40402", &first, 0, 8080),
+                lab.dropped(
+                    "same client port to the other VIP, whose entry has another generation",
+                    second.build(),
+                    Reason::DropReverseCollision,
+                ),
+            ],
+        );
+    });
+}
+
 #[test]
 fn reverse_entry_collision_is_refused_and_counted() {
     let Some(lab) = lab("fxcoll") else { return };
