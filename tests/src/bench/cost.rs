@@ -132,7 +132,11 @@ impl Case {
 /// Where the peer's figures come from, said beside every ratio.
 pub const PEER_SOURCE: &str = "peer of 2026-12-03";
 /// The same, in full, for the report's text.
-pub const PEER_SOURCE_LONG: &str = "the C balancer measured with its own harness on     2026-12-03, on a freshly provisioned machine of this kind (2-vCPU EPYC VM, kernel     6.18.44), the median of three runs of 5 rounds each (the three runs spread up to     1.35×); not in the same run as ours, so a ratio near 1 is within the machines'     day-to-day drift (±20 %)";
+pub const PEER_SOURCE_LONG: &str = "the C balancer measured with its own harness on \
+    2026-12-03, on a freshly provisioned machine of this kind (2-vCPU EPYC VM, kernel \
+    6.18.44), the median of three runs of 5 rounds each (the three runs spread up to \
+    1.35×); not in the same run as ours, so a ratio near 1 is within the machines' \
+    day-to-day drift (±20 %)";
 
 /// The peer's floors in the same runs: method 2 (wrapper + empty) and method 1 (empty,
 /// repeat=1).
@@ -182,6 +186,8 @@ pub struct CostReport {
     pub floor_m1: Option<Summary>,
     pub floor_m2: Option<Summary>,
     pub floor_m2_vary: Option<Summary>,
+    /// The kernel's test-run loop alone (`lb_empty`, `repeat`, no wrapper).
+    pub test_loop: Option<Summary>,
     pub notes: Vec<String>,
 }
 
@@ -191,6 +197,9 @@ struct Floors {
     m1: Vec<f64>,
     m2: Vec<f64>,
     m2_vary: Vec<f64>,
+    /// `lb_empty` run with `repeat` and no wrapper: what the kernel's test-run loop alone
+    /// costs per run, so the report can tell it from what the wrapper adds.
+    test_loop: Vec<f64>,
 }
 
 /// The namespace the program runs in: a client side (cl0, 198.18.0.1/24) and a backend
@@ -266,6 +275,7 @@ pub fn run(options: &CostOptions) -> anyhow::Result<CostReport> {
     report.floor_m1 = Summary::of(&floors.m1);
     report.floor_m2 = Summary::of(&floors.m2);
     report.floor_m2_vary = Summary::of(&floors.m2_vary);
+    report.test_loop = Summary::of(&floors.test_loop);
     Ok(report)
 }
 
@@ -553,6 +563,9 @@ impl Bench<'_> {
                     rounds.m2_raw.push(total);
                     rounds.m2.push(total - floor);
                     floors.m2.push(floor);
+                    let (_, bare) =
+                        kit::test_run(&mut self.dp, "lb_empty", &frame, ingress, o.repeat)?;
+                    floors.test_loop.push(bare as f64);
                     runs += u64::from(o.samples) + u64::from(o.repeat);
                 }
                 let counted = self.counter(reason)? - before;
