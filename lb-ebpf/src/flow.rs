@@ -125,6 +125,15 @@ fn candidate(
     (b.addr == endpoint.addr && b.port == endpoint.port).then_some(f)
 }
 
+/// Listener `index` of endpoint `key`, looked up again inside a `bpf_loop` callback (its
+/// context holds plain values, not map pointers).
+#[inline(always)]
+fn endpoint_listener(key: &EndpointKey, index: u64) -> Option<&'static EndpointListener> {
+    let endpoint = ENDPOINTS.get_ptr(key)?;
+    // SAFETY: a map value pointer stays valid for the program run.
+    unsafe { (*endpoint).listeners.get(index as usize) }
+}
+
 /// The state of a search over an endpoint's listeners: plain values only, the callback
 /// looks the endpoint up again.
 #[repr(C)]
@@ -142,11 +151,7 @@ struct EndpointSearch {
 extern "C" fn search_step(index: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: bpf_loop passes back the pointer `reply_flow` gave it, to a live stack value.
     let search = unsafe { &mut *ctx.cast::<EndpointSearch>() };
-    let Some(endpoint) = ENDPOINTS.get_ptr(search.key) else {
-        return 1;
-    };
-    // SAFETY: a map value pointer stays valid for the program run.
-    let Some(l) = (unsafe { (*endpoint).listeners.get(index as usize) }) else {
+    let Some(l) = endpoint_listener(&search.key, index) else {
         return 1;
     };
     if let Some(f) = candidate(&search.key, search.client_addr, search.client_port, l) {
@@ -230,11 +235,7 @@ struct CollisionSearch {
 extern "C" fn collision_step(index: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: bpf_loop passes back the pointer `shared_endpoint_collision` gave it.
     let search = unsafe { &mut *ctx.cast::<CollisionSearch>() };
-    let Some(endpoint) = ENDPOINTS.get_ptr(search.key) else {
-        return 1;
-    };
-    // SAFETY: a map value pointer stays valid for the program run.
-    let Some(l) = (unsafe { (*endpoint).listeners.get(index as usize) }) else {
+    let Some(l) = endpoint_listener(&search.key, index) else {
         return 1;
     };
     if l.listener == search.listener {
