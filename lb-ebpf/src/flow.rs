@@ -324,8 +324,12 @@ pub fn note_backend_ack(f: &mut Flow, l4: &L4) {
     if l4.tcp_flags & TCP_ACK == 0 {
         return;
     }
-    if f.backend_acked != l4.ack || f.flags & FLOW_F_BACKEND_ACKED == 0 {
+    if f.backend_acked != l4.ack {
         f.backend_acked = l4.ack;
+    }
+    // The flags word is the forward path's too (another CPU may be clearing the opening
+    // bit): written once per flow here, not on every reply.
+    if f.flags & FLOW_F_BACKEND_ACKED == 0 {
         f.flags |= FLOW_F_BACKEND_ACKED;
     }
 }
