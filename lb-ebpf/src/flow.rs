@@ -45,9 +45,9 @@ pub struct Reply {
 
 /// Matches a packet from `backend_addr:backend_port` to `client_addr:client_port` with the
 /// flow it answers: for each listener the endpoint serves, the flow entry of (client, VIP,
-/// listener port) if it names this backend; of several, the one that saw a packet last
-/// (an older flow of the same client port to another VIP is closed or stale: a live one
-/// would have refused the newer, `shared_endpoint_collision`). No match: not a reply of
+/// listener port) if it names this backend; of several, the one with the latest client
+/// packet (an older flow of the same client port to another VIP is closed or stale: a live
+/// one would have refused the newer, `shared_endpoint_collision`). No match: not a reply of
 /// ours, and the kernel gets the packet; so does a backend's answer to the LB's own health
 /// probe, whose client side (the LB's address) no flow can have.
 ///
