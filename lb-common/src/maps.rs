@@ -485,6 +485,26 @@ pub struct Endpoint {
 }
 const _: () = assert!(size_of::<Endpoint>() == 4 + 12 * MAX_ENDPOINT_LISTENERS);
 
+impl Endpoint {
+    /// The listeners in use (`count` of them, at most `MAX_ENDPOINT_LISTENERS`).
+    #[inline(always)]
+    pub fn served(&self) -> &[EndpointListener] {
+        let n = (self.count as usize).min(MAX_ENDPOINT_LISTENERS);
+        &self.listeners[..n]
+    }
+
+    /// An endpoint serving `listeners`, in that order; `None` when there are more than
+    /// `MAX_ENDPOINT_LISTENERS`.
+    pub fn of(listeners: impl IntoIterator<Item = EndpointListener>) -> Option<Endpoint> {
+        let mut out = Endpoint::default();
+        for l in listeners {
+            *out.listeners.get_mut(out.count as usize)? = l;
+            out.count += 1;
+        }
+        Some(out)
+    }
+}
+
 /// Key data of `ACLS`, an LPM trie: the list, matched whole (the first 32 bits of every
 /// prefix), then the source address.
 #[repr(C)]

@@ -810,8 +810,8 @@ impl DataPlane {
 
     /// What the data plane makes of a backend's packet with (backend-side) key `reply`:
     /// the flow it answers and the listener entry of the endpoint that found it, as the
-    /// XDP program's `reply_flow` matches them (the flow with the latest packet of those
-    /// naming this backend).
+    /// XDP program's `reply_flow` matches them (of the flows naming this backend, the one
+    /// with the latest client packet).
     pub fn reply_flow(&self, reply: &FlowKey) -> Result<Option<(FlowKey, Flow, EndpointListener)>> {
         let Some(endpoint) = self.endpoint(&EndpointKey {
             addr: reply.src_addr,
@@ -823,7 +823,7 @@ impl DataPlane {
             return Ok(None);
         };
         let mut found: Option<(FlowKey, Flow, EndpointListener)> = None;
-        for l in endpoint.listeners.iter().take(endpoint.count as usize) {
+        for l in endpoint.served() {
             let key = FlowKey {
                 src_addr: reply.dst_addr,
                 dst_addr: l.vip,
@@ -928,7 +928,7 @@ pub trait DataPlaneAccess: MapWriter + ReadCounters {
     fn backend(&self, id: u32) -> Result<Backend>;
     /// Every (access list, address, prefix length) entry (adoption).
     fn acl_entries(&self) -> Vec<(u32, std::net::Ipv4Addr, u8)>;
-    /// The VIP filter's words (adoption).
+    /// The address filter's words, VIPs and refused sources (adoption).
     fn address_filter(&self) -> Result<Vec<u64>>;
     /// Every backend endpoint with the listeners it serves (adoption).
     fn endpoint_entries(&self) -> Result<Vec<(EndpointKey, Endpoint)>>;

@@ -119,6 +119,18 @@ pub struct DesiredBackend {
     pub departing: bool,
 }
 
+impl DesiredBackend {
+    /// Its endpoint as its replies show it, for a listener of `protocol`.
+    pub fn endpoint(&self, protocol: u8) -> EndpointKey {
+        EndpointKey {
+            addr: u32::from_ne_bytes(self.key.address.octets()),
+            port: self.key.port.to_be(),
+            protocol,
+            _pad: 0,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct DesiredListener {
     pub name: String,
@@ -515,12 +527,7 @@ fn endpoints(desired: &Desired) -> Result<BTreeMap<EndpointKey, Endpoint>, PlanE
     for l in desired.listeners.values() {
         let key = l.frontend.key();
         for b in &l.backends {
-            let endpoint = EndpointKey {
-                addr: u32::from_ne_bytes(b.key.address.octets()),
-                port: b.key.port.to_be(),
-                protocol: key.protocol,
-                _pad: 0,
-            };
+            let endpoint = b.endpoint(key.protocol);
             let listener = EndpointListener {
                 vip: key.addr,
                 vport: key.port,
@@ -535,7 +542,7 @@ fn endpoints(desired: &Desired) -> Result<BTreeMap<EndpointKey, Endpoint>, PlanE
     }
     let mut out = BTreeMap::new();
     for (key, listeners) in served {
-        if listeners.len() > MAX_ENDPOINT_LISTENERS {
+        let Some(value) = Endpoint::of(listeners.values().map(|(l, _)| *l)) else {
             let protocol = if key.protocol == lb_common::PROTO_UDP {
                 "udp"
             } else {
@@ -549,14 +556,7 @@ fn endpoints(desired: &Desired) -> Result<BTreeMap<EndpointKey, Endpoint>, PlanE
                 ),
                 listeners: listeners.values().map(|(_, n)| (*n).to_owned()).collect(),
             });
-        }
-        let mut value = Endpoint {
-            count: listeners.len() as u32,
-            ..Endpoint::default()
         };
-        for (slot, (l, _)) in value.listeners.iter_mut().zip(listeners.into_values()) {
-            *slot = l;
-        }
         out.insert(key, value);
     }
     Ok(out)

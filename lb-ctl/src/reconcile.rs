@@ -18,10 +18,9 @@ use std::{
 
 use lb_common::{
     BACKEND_F_DRAINING, BACKEND_F_SHARED_ENDPOINT, BACKEND_F_USABLE, Backend, Endpoint,
-    EndpointKey, EndpointListener, Listener, ListenerKey, MAGLEV_TABLE_SIZE,
-    MAX_ENDPOINT_LISTENERS, REFUSED_FILTER_BASE, REFUSED_PREFIXES_WORD, REFUSED_SOURCES_ACL,
-    SEQUENCE_TABLE_SIZE, Scheduler, TABLES_PER_LISTENER, TableMeta, VIP_FILTER_BASE,
-    address_filter_bit,
+    EndpointKey, EndpointListener, Listener, ListenerKey, MAGLEV_TABLE_SIZE, REFUSED_FILTER_BASE,
+    REFUSED_PREFIXES_WORD, REFUSED_SOURCES_ACL, SEQUENCE_TABLE_SIZE, Scheduler,
+    TABLES_PER_LISTENER, TableMeta, VIP_FILTER_BASE, address_filter_bit,
     maglev::{self, MaglevBackend},
     wrr,
 };
@@ -258,24 +257,13 @@ fn address_filter_words(
 
 /// The listeners of `old` and of `new` (by listener id), or `new` when they do not fit.
 fn endpoint_union(old: &Endpoint, new: &Endpoint) -> Endpoint {
-    let mut all: BTreeMap<u32, EndpointListener> = BTreeMap::new();
-    for l in old.listeners[..old.count as usize]
+    let all: BTreeMap<u32, EndpointListener> = old
+        .served()
         .iter()
-        .chain(&new.listeners[..new.count as usize])
-    {
-        all.insert(l.listener, *l);
-    }
-    if all.len() > MAX_ENDPOINT_LISTENERS {
-        return *new;
-    }
-    let mut out = Endpoint {
-        count: all.len() as u32,
-        ..Endpoint::default()
-    };
-    for (slot, l) in out.listeners.iter_mut().zip(all.into_values()) {
-        *slot = l;
-    }
-    out
+        .chain(new.served())
+        .map(|l| (l.listener, *l))
+        .collect();
+    Endpoint::of(all.into_values()).unwrap_or(*new)
 }
 
 fn listener_value(l: &DesiredListener, table: u32) -> Listener {
@@ -382,15 +370,9 @@ impl Reconciler {
                 if b.drain_deadline_ns.is_some() {
                     flags |= BACKEND_F_DRAINING;
                 }
-                let endpoint = EndpointKey {
-                    addr: u32::from_ne_bytes(b.key.address.octets()),
-                    port: b.key.port.to_be(),
-                    protocol: l.frontend.key().protocol,
-                    _pad: 0,
-                };
                 if desired
                     .endpoints
-                    .get(&endpoint)
+                    .get(&b.endpoint(l.frontend.key().protocol))
                     .is_some_and(|e| e.count > 1)
                 {
                     flags |= BACKEND_F_SHARED_ENDPOINT;
@@ -727,7 +709,8 @@ listeners:
                     "endpoint {}:{} listeners={:?}",
                     Ipv4Addr::from(key.addr.to_ne_bytes()),
                     u16::from_be(key.port),
-                    value.listeners[..value.count as usize]
+                    value
+                        .served()
                         .iter()
                         .map(|l| l.listener)
                         .collect::<Vec<_>>()

@@ -243,10 +243,7 @@ impl Setup {
                         u16::from_be(k.port),
                         k.protocol,
                     ),
-                    e.listeners[..e.count as usize]
-                        .iter()
-                        .map(|l| l.listener)
-                        .collect(),
+                    e.served().iter().map(|l| l.listener).collect(),
                 )
             })
             .collect();
