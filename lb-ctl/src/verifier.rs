@@ -33,6 +33,9 @@ const LAST_LINES: usize = 5;
 /// A verifier line with a register dump can run to kilobytes; the message cuts it here.
 const MAX_LINE_CHARS: usize = 160;
 
+/// Loads of one program, in all, when the verifier keeps being interrupted by signals.
+pub const LOAD_ATTEMPTS: u32 = 5;
+
 /// The verifier log level for loading the object, from `LB_VERIFIER_LOG`.
 pub fn log_level() -> VerifierLogLevel {
     let value = std::env::var(LOG_VAR).unwrap_or_default();
@@ -51,12 +54,28 @@ pub fn log_level() -> VerifierLogLevel {
 /// kernel rejects it, the full verifier log is written to `verifier-<name>.log` in
 /// `log_dir` (the system's temporary folder when `None`) and the error is a short
 /// [`Rejection`].
+///
+/// The verifier gives up with `EAGAIN` when a signal reaches the loading thread (a
+/// SIGHUP, a SIGCHLD the process handles): that is no verdict on the program, so the load
+/// is tried again, [`LOAD_ATTEMPTS`] times in all, as libbpf does.
 pub fn load_checked(
     program: &mut Xdp,
     name: &str,
     log_dir: Option<&Path>,
 ) -> Result<(), DataPlaneError> {
-    match program.load() {
+    let mut attempt = 1;
+    let result = loop {
+        match program.load() {
+            Err(ProgramError::LoadError { io_error, .. })
+                if io_error.raw_os_error() == Some(libc::EAGAIN) && attempt < LOAD_ATTEMPTS =>
+            {
+                tracing::debug!("loading {name}: interrupted by a signal, attempt {attempt}");
+                attempt += 1;
+            }
+            other => break other,
+        }
+    };
+    match result {
         Ok(()) => Ok(()),
         Err(ProgramError::LoadError {
             io_error,
@@ -213,6 +232,11 @@ fn hint(errno: Option<i32>, log: &str) -> String {
              this kernel (bpf_loop needs 5.17, and BTF is needed), or a map of another type \
              pinned under the instance's bpffs folder (`lb-ctl teardown` removes them).{trace} \
              {REPORT}."
+        ),
+        Some(libc::EAGAIN) => format!(
+            "signals kept interrupting the verifier ({LOAD_ATTEMPTS} loads in a row): find \
+             what sends this process signals so often (a supervisor's health check, a \
+             reload loop) and start again."
         ),
         _ => format!("{REPORT}."),
     }

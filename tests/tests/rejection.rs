@@ -9,10 +9,15 @@ use std::{
     fs,
     os::unix::ffi::OsStrExt as _,
     path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
     time::{Duration, Instant},
 };
 
-use aya::{EbpfLoader, programs::Xdp};
+use aya::{Ebpf, EbpfLoader, programs::Xdp};
 use lb_ctl::{
     dataplane::DataPlaneError,
     verifier::{self, Rejection},
@@ -118,11 +123,19 @@ fn xdp_object(name: &str, code: &[[u8; 8]]) -> Vec<u8> {
 /// Loads `code` as XDP program `name` the way the daemon does (its log level,
 /// `load_checked`), with the log going to `dir`.
 fn load(name: &str, code: &[[u8; 8]], dir: &Path) -> Result<(), DataPlaneError> {
-    let object = xdp_object(name, code);
-    let mut ebpf = EbpfLoader::new()
+    load_parsed(&mut parse(name, code), name, dir)
+}
+
+/// The object of `code`, parsed by aya (which probes the kernel's features the first
+/// time), not loaded yet.
+fn parse(name: &str, code: &[[u8; 8]]) -> Ebpf {
+    EbpfLoader::new()
         .verifier_log_level(verifier::log_level())
-        .load(&object)
-        .expect("aya parses the test object");
+        .load(&xdp_object(name, code))
+        .expect("aya parses the test object")
+}
+
+fn load_parsed(ebpf: &mut Ebpf, name: &str, dir: &Path) -> Result<(), DataPlaneError> {
     let program: &mut Xdp = ebpf
         .program_mut(name)
         .expect("the object has its program")
@@ -207,6 +220,76 @@ fn a_program_too_large_to_verify_fails_with_e2big_and_the_count() {
     assert!(text.lines().count() <= 15, "{text}");
     // The short log (errors and statistics) fits aya's first buffer: a handful of lines.
     assert!(r.log_lines < 20, "{text}");
+}
+
+/// A signal reaching the loading thread makes the verifier give up with EAGAIN, which
+/// says nothing about the program (a SIGHUP to the daemon, a SIGCHLD in a process that
+/// handles it): the load is tried again and succeeds. Two signals 30 ms apart: aya's
+/// own second verification (the one with a log, after any failure) absorbs the first, the
+/// second fails that one too. The program is a loop of 150,000 steps, which takes some
+/// 250 ms to verify, so both land during verification.
+#[test]
+fn a_signal_during_verification_does_not_fail_the_load() {
+    if !require_root_and_bpf("a_signal_during_verification_does_not_fail_the_load") {
+        return;
+    }
+    static DELIVERED: AtomicBool = AtomicBool::new(false);
+    extern "C" fn note_signal(_: libc::c_int) {
+        DELIVERED.store(true, Ordering::SeqCst);
+    }
+    // SAFETY: the handler only stores to an atomic; SA_RESTART is left out, as in a
+    // process whose signal handling does not ask for restarts.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = note_signal as *const () as usize;
+        libc::sigemptyset(&mut action.sa_mask);
+        assert_eq!(
+            libc::sigaction(libc::SIGUSR2, &action, std::ptr::null_mut()),
+            0
+        );
+    }
+    let dir = TempDir::new("verifier-signal");
+    let code = [
+        insn(MOV64_IMM, 1, 0, 0, 0),
+        insn(ADD64_IMM, 1, 0, 0, 1),
+        insn(JLT_IMM, 1, 0, -2, 150_000),
+        insn(MOV64_IMM, 0, 0, 0, 2),
+        insn(EXIT, 0, 0, 0, 0),
+    ];
+    let mut ebpf = parse("slow_xdp", &code);
+    // SAFETY: pthread_self has no preconditions.
+    let loader = unsafe { libc::pthread_self() } as usize;
+    let loading = Arc::new(AtomicBool::new(true));
+    let signaller = {
+        let loading = Arc::clone(&loading);
+        thread::spawn(move || {
+            let mut sent_while_loading = true;
+            for _ in 0..2 {
+                thread::sleep(Duration::from_millis(30));
+                sent_while_loading &= loading.load(Ordering::SeqCst);
+                // SAFETY: the loading thread is this test's, alive until it joins us.
+                let rc = unsafe { libc::pthread_kill(loader as libc::pthread_t, libc::SIGUSR2) };
+                assert_eq!(rc, 0, "pthread_kill");
+            }
+            sent_while_loading
+        })
+    };
+    let started = Instant::now();
+    let result = load_parsed(&mut ebpf, "slow_xdp", dir.path());
+    let took = started.elapsed();
+    loading.store(false, Ordering::SeqCst);
+    let sent_while_loading = signaller.join().expect("the signalling thread");
+    println!(
+        "loaded in {took:?}; signals sent during the load: {sent_while_loading}, handled: {}",
+        DELIVERED.load(Ordering::SeqCst)
+    );
+    if let Err(e) = &result {
+        panic!("a signal failed the load: {e}");
+    }
+    assert!(
+        sent_while_loading && DELIVERED.load(Ordering::SeqCst),
+        "the signals must land during verification ({took:?}) for this test to mean anything"
+    );
 }
 
 /// The daemon's real program, rejected: a hash map pinned where the daemon expects its
