@@ -13,6 +13,7 @@
 
 pub mod csum;
 pub mod decide;
+pub mod encap;
 pub mod hash;
 pub mod maps;
 pub mod select;

@@ -154,11 +154,16 @@ pub struct TooBig {
     /// The address and port the translation replaced, network byte order.
     pub addr: u32,
     pub port: u16,
-    /// The egress MTU the FIB reported, host order.
+    /// The MTU to tell the sender, host order: the egress MTU the FIB reported, less the
+    /// outer headers of an encapsulated packet.
     pub mtu: u16,
     /// `TOO_BIG_DESTINATION` or `TOO_BIG_SOURCE`.
     pub side: u8,
-    pub _pad: [u8; 7],
+    /// 1: the packet was to be encapsulated (`forwarding: dsr`), so it is still the
+    /// client's, and one the stage cannot answer is dropped: passed, the kernel would
+    /// route it to the VIP.
+    pub encapsulated: u8,
+    pub _pad: [u8; 6],
 }
 const _: () = assert!(size_of::<TooBig>() == 32);
 
@@ -191,7 +196,7 @@ pub struct PendingFlow {
     pub flags: u8,
     pub _pad: u8,
 }
-const _: () = assert!(size_of::<PendingFlow>() == 72);
+const _: () = assert!(size_of::<PendingFlow>() == 80);
 
 /// How a listener picks the backend of a new flow. Values are stored in `Listener::scheduler`.
 #[repr(u8)]
@@ -288,7 +293,8 @@ pub struct Listener {
     pub acl_mode: u8,
     /// `LISTENER_F_*` bits.
     pub flags: u8,
-    pub _pad: u8,
+    /// An `Encapsulation` value: how a client's packet reaches its backend.
+    pub encapsulation: u8,
     /// Access list this listener checks (meaningful when `acl_mode != ACL_NONE`).
     pub acl_id: u32,
     /// A TCP flow idle longer than this is forgotten; its next packet is scheduled again.
@@ -297,9 +303,77 @@ pub struct Listener {
     pub udp_timeout_s: u32,
     /// Source-address affinity lifetime; 0 = off.
     pub persistence_timeout_s: u32,
+    /// Encapsulated packets: the outer source address, network byte order; 0 = the
+    /// address the route to the backend prefers (the LB's address on the egress side).
+    pub encap_source: u32,
+    /// GUE: the UDP destination port backends decapsulate, network byte order.
+    pub encap_port: u16,
+    /// Encapsulated packets: how many low bits of `encap_source` come from the flow's
+    /// hash (0..=16), so backends' NICs spread flows over their queues by outer source.
+    pub encap_source_bits: u8,
+    pub _pad: u8,
     pub _reserved: u32,
 }
-const _: () = assert!(size_of::<Listener>() == 32);
+const _: () = assert!(size_of::<Listener>() == 40);
+
+/// `Listener::encapsulation`: NAT (the destination is rewritten to the backend, replies
+/// come back through the LB) or direct server return with the client's packet carried
+/// whole inside an outer header to the backend, which answers the client itself.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+#[cfg_attr(
+    feature = "user",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(rename_all = "lowercase")
+)]
+pub enum Encapsulation {
+    /// `forwarding: nat`: no encapsulation, the packet is translated.
+    #[default]
+    None = 0,
+    /// IPv4 in IPv4 (IP protocol 4, RFC 2003).
+    Ipip = 1,
+    /// Generic UDP Encapsulation, variant 1 (the inner IP packet right after the UDP
+    /// header), to `encap_port`.
+    Gue = 2,
+}
+
+impl Encapsulation {
+    pub const fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            0 => Some(Self::None),
+            1 => Some(Self::Ipip),
+            2 => Some(Self::Gue),
+            _ => None,
+        }
+    }
+
+    /// Bytes the encapsulation adds in front of the client's IP packet.
+    pub const fn overhead(self) -> u16 {
+        match self {
+            Self::None => 0,
+            Self::Ipip => IPV4_HEADER_LEN,
+            Self::Gue => IPV4_HEADER_LEN + UDP_HEADER_LEN,
+        }
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Ipip => "ipip",
+            Self::Gue => "gue",
+        }
+    }
+}
+
+/// An IPv4 header without options.
+pub const IPV4_HEADER_LEN: u16 = 20;
+pub const UDP_HEADER_LEN: u16 = 8;
+/// IP protocol number of IPv4 in IPv4.
+pub const PROTO_IPIP: u8 = 4;
+/// The outer header's TTL: what a host sends its own packets with (Linux's default).
+pub const ENCAP_TTL: u8 = 64;
+/// Most low bits of the outer source a flow's hash may choose (a /16).
+pub const MAX_ENCAP_SOURCE_BITS: u8 = 16;
 
 /// `Listener::flags`: the entry is a VIP marker, not a listener.
 pub const LISTENER_F_VIP_MARKER: u8 = 1;
@@ -570,7 +644,10 @@ pub struct NextHop {
     pub mtu: u16,
     pub dst_mac: [u8; 6],
     pub src_mac: [u8; 6],
-    pub _pad: [u8; 6],
+    pub _pad: [u8; 2],
+    /// The source address the route prefers, network byte order, when the lookup asked
+    /// for it (encapsulation without a configured source); 0 otherwise.
+    pub src_addr: u32,
 }
 const _: () = assert!(size_of::<NextHop>() == 40);
 
@@ -713,10 +790,24 @@ pub enum Reason {
     /// "fragmentation needed" to the backend, quoting the reply as the backend sent it
     /// (XDP_TX).
     IcmpFragNeededToBackend = 33,
+    /// Client packet encapsulated whole (`forwarding: dsr`) and sent to its backend, which
+    /// answers the client directly (XDP_TX or redirect).
+    Encapsulated = 34,
+    /// `forwarding: dsr` without `dsr.source`, and the route to the backend has no
+    /// preferred source address (no address on the egress interface): XDP_DROP.
+    DropNoSourceAddress = 35,
+    /// `forwarding: dsr`: no room in front of the frame for the outer header (a driver
+    /// without XDP headroom): XDP_DROP.
+    DropNoHeadroom = 36,
+    /// `forwarding: dsr`: a client packet without DF that is too big for the backend side
+    /// once encapsulated: XDP_DROP (a backend decapsulating in XDP cannot reassemble
+    /// fragments of the outer packet). With DF the client is told the MTU instead
+    /// (`IcmpFragNeededToClient`).
+    DropTooBigForTunnel = 37,
 }
 
 /// Number of `Reason` values (size of `COUNTERS`).
-pub const REASON_COUNT: u32 = 34;
+pub const REASON_COUNT: u32 = 38;
 /// Entries of `COUNTERS`: more than `REASON_COUNT`, so reasons can be added without a new
 /// pinned map layout.
 pub const COUNTER_SLOTS: u32 = 64;
@@ -758,6 +849,10 @@ impl Reason {
         Self::DropSpoofedSource,
         Self::IcmpFragNeededToClient,
         Self::IcmpFragNeededToBackend,
+        Self::Encapsulated,
+        Self::DropNoSourceAddress,
+        Self::DropNoHeadroom,
+        Self::DropTooBigForTunnel,
     ];
 
     /// Name used in metrics and `lb-ctl stats`.
@@ -797,6 +892,10 @@ impl Reason {
             Self::DropSpoofedSource => "drop_spoofed_source",
             Self::IcmpFragNeededToClient => "icmp_frag_needed_to_client",
             Self::IcmpFragNeededToBackend => "icmp_frag_needed_to_backend",
+            Self::Encapsulated => "encapsulated",
+            Self::DropNoSourceAddress => "drop_no_source_address",
+            Self::DropNoHeadroom => "drop_no_headroom",
+            Self::DropTooBigForTunnel => "drop_too_big_for_tunnel",
         }
     }
 
@@ -810,7 +909,8 @@ impl Reason {
             | Self::ResetDrainExpired
             | Self::IcmpEchoReply
             | Self::IcmpFragNeededToClient
-            | Self::IcmpFragNeededToBackend => Some(Verdict::Transmit),
+            | Self::IcmpFragNeededToBackend
+            | Self::Encapsulated => Some(Verdict::Transmit),
             Self::PassNotIpv4
             | Self::PassOtherProtocol
             | Self::PassNotForUs
@@ -831,7 +931,10 @@ impl Reason {
             | Self::DropStageFailed
             | Self::DropVipNoListener
             | Self::DropVipOtherProtocol
-            | Self::DropSpoofedSource => Some(Verdict::Drop),
+            | Self::DropSpoofedSource
+            | Self::DropNoSourceAddress
+            | Self::DropNoHeadroom
+            | Self::DropTooBigForTunnel => Some(Verdict::Drop),
             Self::EventPickup
             | Self::EventReselected
             | Self::EventNewFlow

@@ -147,6 +147,8 @@ pub struct DesiredListener {
     pub acl_id: u32,
     /// Connection drain for removed servers: seconds, when enabled.
     pub drain_timeout: Option<u32>,
+    /// `forwarding: dsr`: how packets are encapsulated; `None` for NAT.
+    pub dsr: Option<config::Dsr>,
     pub backends: Vec<DesiredBackend>,
 }
 
@@ -509,6 +511,7 @@ pub fn plan(config: &Config, runtime: &Runtime, ids: &mut Ids) -> Result<Desired
                     .connection_drain
                     .enabled
                     .then_some(listener.connection_drain.timeout),
+                dsr: (config.forwarding == config::Forwarding::Dsr).then_some(config.dsr),
                 backends,
             },
         );
@@ -524,7 +527,10 @@ pub fn plan(config: &Config, runtime: &Runtime, ids: &mut Ids) -> Result<Desired
 fn endpoints(desired: &Desired) -> Result<BTreeMap<EndpointKey, Endpoint>, PlanError> {
     let mut served: BTreeMap<EndpointKey, BTreeMap<u32, (EndpointListener, &str)>> =
         BTreeMap::new();
-    for l in desired.listeners.values() {
+    // Backends of a DSR listener answer clients directly: no reply of theirs comes
+    // through the LB, and the backend sees each flow's VIP, so two listeners' flows on
+    // one endpoint never look alike to it.
+    for l in desired.listeners.values().filter(|l| l.dsr.is_none()) {
         let key = l.frontend.key();
         for b in &l.backends {
             let endpoint = b.endpoint(key.protocol);
@@ -737,6 +743,33 @@ listeners:
             "backend 198.18.1.10:8080 (tcp) serves 9 listeners (l0, l1, l2, l3, l4, l5, l6, l7, \
              l8); at most 8 may share one backend address, port and protocol: give some of them \
              another backend port"
+        );
+    }
+
+    /// In DSR no reply comes back through the LB, and the backend sees each flow's VIP:
+    /// nine listeners may share a backend endpoint, and no endpoint is written.
+    #[test]
+    fn dsr_listeners_carry_their_encapsulation_and_need_no_endpoints() {
+        let listeners: String = (0..9)
+            .map(|i| {
+                format!(
+                    "  - {{ name: l{i}, protocol: tcp, address: 198.19.0.{}, port: 80, \
+                     backend_port: 80 }}\n",
+                    i + 1
+                )
+            })
+            .collect();
+        let yaml = format!(
+            "instance: t\ninterfaces: [eth0]\nforwarding: dsr\ndsr: {{ encapsulation: gue }}\n\
+             default_server_group:\n  servers:\n    - {{ address: 198.18.1.10 }}\n\
+             listeners:\n{listeners}"
+        );
+        let d = plan(&config(&yaml), &Runtime::default(), &mut Ids::new(16, 64)).unwrap();
+        assert!(d.endpoints.is_empty());
+        let l = &d.listeners["l0"];
+        assert_eq!(
+            l.dsr.map(|dsr| (dsr.encapsulation, dsr.gue_port)),
+            Some((config::Tunnel::Gue, 6080))
         );
     }
 }

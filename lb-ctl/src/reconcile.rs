@@ -276,6 +276,27 @@ fn listener_value(l: &DesiredListener, table: u32) -> Listener {
         persistence_timeout_s: l.persistence_timeout,
         acl_mode: l.acl_mode,
         acl_id: l.acl_id,
+        ..encapsulation_fields(l.dsr)
+    }
+}
+
+/// The listener entry's encapsulation fields: all zero for NAT.
+fn encapsulation_fields(dsr: Option<crate::config::Dsr>) -> Listener {
+    let Some(dsr) = dsr else {
+        return Listener::default();
+    };
+    let encapsulation = dsr.encapsulation.encapsulation();
+    Listener {
+        encapsulation: encapsulation as u8,
+        encap_source: dsr
+            .source
+            .map_or(0, |s| u32::from_ne_bytes(s.addr().octets())),
+        encap_source_bits: dsr.source.map_or(0, |s| 32 - s.prefix_len()),
+        encap_port: if encapsulation == lb_common::Encapsulation::Gue {
+            dsr.gue_port.to_be()
+        } else {
+            0
+        },
         ..Default::default()
     }
 }

@@ -9,14 +9,15 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    Affinity, AffinityKey, BACKEND_F_SHARED_ENDPOINT, Backend, EndpointKey, EndpointListener,
-    FLOW_F_BACKEND_ACKED, FLOW_F_COUNTED, FLOW_F_FIN, FLOW_F_OPENING, FLOW_F_REOPENED, FLOW_F_RST,
-    Flow, FlowKey, Listener, ListenerKey, MAX_ENDPOINT_LISTENERS, Reason, TOO_BIG_DESTINATION,
+    Affinity, AffinityKey, BACKEND_F_SHARED_ENDPOINT, Backend, Encapsulation, EndpointKey,
+    EndpointListener, FLOW_F_BACKEND_ACKED, FLOW_F_COUNTED, FLOW_F_FIN, FLOW_F_OPENING,
+    FLOW_F_REOPENED, FLOW_F_RST, Flow, FlowKey, Listener, ListenerKey, MAX_ENDPOINT_LISTENERS,
+    Reason, TOO_BIG_DESTINATION,
     select::{TCP_ACK, TCP_FIN, TCP_RST, close_is_credible, is_active},
 };
 
 use crate::{
-    fwd,
+    encap, fwd,
     maps::{AFFINITY, BACKENDS, ENDPOINTS, FLOWS, HALF_OPEN, LISTENERS},
     nat,
     nat::Side,
@@ -384,13 +385,44 @@ pub fn touch_affinity(listener: &Listener, client: u32, backend: u32, generation
     );
 }
 
-/// Client → backend: translates the packet to the backend, sends it, counts it.
+/// Client → backend: translates the packet to the backend (`forwarding: nat`) or
+/// encapsulates it (`dsr`), sends it, counts it.
 #[inline(always)]
 pub fn send_to_backend(
     ctx: &XdpContext,
     ip: &Ipv4,
     l4: &L4,
-    listener_id: u32,
+    listener: &Listener,
+    backend_id: u32,
+    backend: &Backend,
+    now: u64,
+) -> (u32, Reason) {
+    let out = if listener.encapsulation == Encapsulation::None as u8 {
+        translate_to_backend(ctx, ip, l4, backend_id, backend, now)
+    } else {
+        let delivery = encap::Delivery {
+            listener,
+            backend_id,
+            backend,
+            now,
+            src_port: l4.src_port,
+            dst_port: l4.dst_port,
+            side: TOO_BIG_DESTINATION,
+            sent: Reason::Encapsulated,
+        };
+        encap::send(ctx, ip, &delivery)
+    };
+    if out.0 != XDP_DROP {
+        stats::forwarded(listener.id, backend_id, u64::from(ip.tot_len), false);
+    }
+    out
+}
+
+#[inline(always)]
+fn translate_to_backend(
+    ctx: &XdpContext,
+    ip: &Ipv4,
+    l4: &L4,
     backend_id: u32,
     backend: &Backend,
     now: u64,
@@ -408,10 +440,8 @@ pub fn send_to_backend(
         side: TOO_BIG_DESTINATION,
         original_addr: ip.dst_addr,
         original_port: l4.dst_port,
+        overhead: 0,
+        want_source: false,
     };
-    let out = fwd::transmit(ctx, ip, &route, Reason::Forwarded);
-    if out.0 != XDP_DROP {
-        stats::forwarded(listener_id, backend_id, u64::from(ip.tot_len), false);
-    }
-    out
+    fwd::transmit(ctx, ip, &route, Reason::Forwarded)
 }

@@ -13,8 +13,8 @@
 
 use aya_ebpf::{
     bindings::{
-        BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
-        bpf_fib_lookup as FibParams,
+        BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_NO_SRC_ADDR,
+        BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_SRC, bpf_fib_lookup as FibParams,
         xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
     },
     helpers::generated::bpf_fib_lookup,
@@ -42,7 +42,8 @@ pub struct Route {
     pub src_port: u16,
     pub dst_port: u16,
     /// Backend id whose next hop this is (client → backend: cacheable), or `NO_BACKEND`.
-    /// A plain value, not an `Option`: see `program.rs` on undefined payloads.
+    /// A plain value, not an `Option`, like every field here: the verifier follows plain
+    /// integers more cheaply than enum tags.
     pub backend: u32,
     /// Current coarse time (for the cache).
     pub now: u64,
@@ -53,6 +54,25 @@ pub struct Route {
     pub side: u8,
     pub original_addr: u32,
     pub original_port: u16,
+    /// Bytes an encapsulation will add in front of the packet (0: translated in place).
+    /// The MTU check counts them; the packet itself is still the client's, untranslated.
+    pub overhead: u16,
+    /// Ask the FIB for the source address the route prefers (encapsulation without a
+    /// configured outer source).
+    pub want_source: bool,
+}
+
+/// The FIB's answer for a packet the program goes on with.
+pub struct Hop {
+    /// Egress ifindex; 0 when the kernel must forward the packet (`kernel_reason`).
+    pub egress: u32,
+    pub dst_mac: [u8; 6],
+    pub src_mac: [u8; 6],
+    /// The route's preferred source when `Route::want_source`, else 0. Network order.
+    pub src_addr: u32,
+    /// Why the kernel gets the packet when `egress` is 0: the neighbour is unknown (the
+    /// kernel resolves it), or the egress is not an interface of ours.
+    pub kernel_reason: Reason,
 }
 
 /// Looks up the next hop for the (already translated) packet and sends it.
@@ -67,18 +87,43 @@ pub struct Route {
 /// - no route (blackhole, unreachable, prohibited, forwarding off): XDP_DROP.
 #[inline(always)]
 pub fn transmit(ctx: &XdpContext, ip: &Ipv4, route: &Route, sent: Reason) -> (u32, Reason) {
+    let hop = match next_hop(ctx, ip, route) {
+        Ok(hop) => hop,
+        Err(verdict) => return verdict,
+    };
+    if hop.egress == 0 {
+        return (XDP_PASS, hop.kernel_reason);
+    }
+    if !set_macs(ctx, &hop) {
+        return (XDP_DROP, Reason::DropMalformedEthernet);
+    }
+    decrement_ttl(ctx);
+    send(ctx, hop.egress, sent)
+}
+
+/// The next hop of `route` from the per-backend cache or the FIB. `Err` is a verdict
+/// already reached: no route, or too big (answered by `lb_too_big`, or passed).
+#[inline(always)]
+pub fn next_hop(ctx: &XdpContext, ip: &Ipv4, route: &Route) -> Result<Hop, (u32, Reason)> {
     let ingress = ctx.ingress_ifindex() as u32;
     let cacheable = route.backend != NO_BACKEND;
+    let len = ip.tot_len.saturating_add(route.overhead);
     if cacheable
         && let Some(hop) = NEXT_HOPS.get(route.backend)
         && hop.stamp_ns != 0
         && route.now.saturating_sub(hop.stamp_ns) < NEXT_HOP_TTL_NS
         && hop.ingress == ingress
         && hop.addr == route.dst_addr
-        && ip.tot_len <= hop.mtu
+        && len <= hop.mtu
+        && (!route.want_source || hop.src_addr != 0)
     {
-        let (egress, dst_mac, src_mac) = (hop.egress, hop.dst_mac, hop.src_mac);
-        return send(ctx, ingress, egress, dst_mac, src_mac, sent);
+        return Ok(Hop {
+            egress: hop.egress,
+            dst_mac: hop.dst_mac,
+            src_mac: hop.src_mac,
+            src_addr: hop.src_addr,
+            kernel_reason: Reason::Forwarded,
+        });
     }
 
     // SAFETY: bpf_fib_lookup is plain data; all-zero is a valid value.
@@ -87,25 +132,54 @@ pub fn transmit(ctx: &XdpContext, ip: &Ipv4, route: &Route, sent: Reason) -> (u3
     fib.l4_protocol = ip.protocol;
     fib.sport = route.src_port;
     fib.dport = route.dst_port;
-    fib.__bindgen_anon_1.tot_len = ip.tot_len;
+    fib.__bindgen_anon_1.tot_len = len;
     fib.ifindex = ingress;
     fib.__bindgen_anon_3.ipv4_src = route.src_addr;
     fib.__bindgen_anon_4.ipv4_dst = route.dst_addr;
+    let flags = if route.want_source {
+        BPF_FIB_LOOKUP_SRC
+    } else {
+        0
+    };
 
     // SAFETY: ctx is the program's context and fib a valid, sized parameter block.
-    let rc = unsafe { bpf_fib_lookup(ctx.ctx.cast(), &mut fib, size_of::<FibParams>() as i32, 0) };
+    let rc = unsafe {
+        bpf_fib_lookup(
+            ctx.ctx.cast(),
+            &mut fib,
+            size_of::<FibParams>() as i32,
+            flags,
+        )
+    };
+    // SAFETY: with BPF_FIB_LOOKUP_SRC the kernel sets the source before it looks for the
+    // neighbour, so a NO_NEIGH answer has it too.
+    let src_addr = if route.want_source {
+        unsafe { fib.__bindgen_anon_3.ipv4_src }
+    } else {
+        0
+    };
+    let kernel = |reason| Hop {
+        egress: 0,
+        dst_mac: [0; 6],
+        src_mac: [0; 6],
+        src_addr,
+        kernel_reason: reason,
+    };
     match rc as u32 {
         BPF_FIB_LKUP_RET_SUCCESS => {}
-        BPF_FIB_LKUP_RET_NO_NEIGH => return (XDP_PASS, Reason::PassNeighUnknown),
+        BPF_FIB_LKUP_RET_NO_NEIGH => return Ok(kernel(Reason::PassNeighUnknown)),
         // SAFETY: on FRAG_NEEDED the kernel leaves the egress MTU here.
         BPF_FIB_LKUP_RET_FRAG_NEEDED => {
-            return too_big(ctx, ip, route, unsafe { fib.__bindgen_anon_1.mtu_result });
+            return Err(too_big(ctx, ip, route, unsafe {
+                fib.__bindgen_anon_1.mtu_result
+            }));
         }
-        _ => return (XDP_DROP, Reason::DropNoRoute),
+        BPF_FIB_LKUP_RET_NO_SRC_ADDR => return Err((XDP_DROP, Reason::DropNoSourceAddress)),
+        _ => return Err((XDP_DROP, Reason::DropNoRoute)),
     }
     if fib.ifindex != ingress && TX_PORTS.get_ifindex(fib.ifindex).is_none() {
-        // Not an interface of ours: the kernel forwards the translated packet.
-        return (XDP_PASS, Reason::PassNoTxPort);
+        // Not an interface of ours: the kernel forwards the packet.
+        return Ok(kernel(Reason::PassNoTxPort));
     }
     if cacheable && let Some(hop) = NEXT_HOPS.get_ptr_mut(route.backend) {
         // SAFETY: per-CPU value, only this CPU touches it while the program runs.
@@ -119,29 +193,46 @@ pub fn transmit(ctx: &XdpContext, ip: &Ipv4, route: &Route, sent: Reason) -> (u3
                 mtu: fib.__bindgen_anon_1.mtu_result,
                 dst_mac: fib.dmac,
                 src_mac: fib.smac,
-                _pad: [0; 6],
+                _pad: [0; 2],
+                src_addr,
             };
         }
     }
-    send(ctx, ingress, fib.ifindex, fib.dmac, fib.smac, sent)
+    Ok(Hop {
+        egress: fib.ifindex,
+        dst_mac: fib.dmac,
+        src_mac: fib.smac,
+        src_addr,
+        kernel_reason: Reason::Forwarded,
+    })
 }
 
 /// A translated packet larger than the egress MTU. Without DF the sender allows fragments
 /// and the kernel makes them.
 #[inline(always)]
 fn too_big(ctx: &XdpContext, ip: &Ipv4, route: &Route, mtu: u16) -> (u32, Reason) {
+    if route.overhead != 0 && (!ip.dont_fragment || route.side != TOO_BIG_DESTINATION) {
+        return (XDP_DROP, Reason::DropTooBigForTunnel);
+    }
     if !ip.dont_fragment || !(route.side == TOO_BIG_DESTINATION || route.side == TOO_BIG_SOURCE) {
         return (XDP_PASS, Reason::PassFragNeeded);
     }
     let Some(handoff) = TOO_BIG.get_ptr_mut(0) else {
         return (XDP_PASS, Reason::PassFragNeeded);
     };
+    // An encapsulated packet is still the client's (to the VIP), and has the egress MTU
+    // less the outer headers.
+    let (dst_addr, mtu) = if route.overhead == 0 {
+        (route.dst_addr, mtu)
+    } else {
+        (ip.dst_addr, mtu.saturating_sub(route.overhead))
+    };
     // SAFETY: per-CPU value, only this CPU touches it while the packet runs.
     unsafe {
         *handoff = TooBig {
             key: FlowKey {
                 src_addr: route.src_addr,
-                dst_addr: route.dst_addr,
+                dst_addr,
                 src_port: route.src_port,
                 dst_port: route.dst_port,
                 protocol: ip.protocol,
@@ -151,32 +242,32 @@ fn too_big(ctx: &XdpContext, ip: &Ipv4, route: &Route, mtu: u16) -> (u32, Reason
             port: route.original_port,
             mtu,
             side: route.side,
-            _pad: [0; 7],
+            encapsulated: u8::from(route.overhead != 0),
+            _pad: [0; 6],
         };
     }
     stage::enter(ctx, STAGE_TOO_BIG)
 }
 
-/// TTL − 1, MACs, then XDP_TX (out where it came in) or a devmap redirect.
+/// The next hop's MACs into the frame's Ethernet header. False: no Ethernet header (the
+/// verifier's bound; parsing already checked it).
 #[inline(always)]
-fn send(
-    ctx: &XdpContext,
-    ingress: u32,
-    egress: u32,
-    dst_mac: [u8; 6],
-    src_mac: [u8; 6],
-    sent: Reason,
-) -> (u32, Reason) {
+pub fn set_macs(ctx: &XdpContext, hop: &Hop) -> bool {
     let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
-        return (XDP_DROP, Reason::DropMalformedEthernet);
+        return false;
     };
-    decrement_ttl(ctx);
     // SAFETY: bounds checked by ptr_at.
     unsafe {
-        (*eth).dst_addr = dst_mac;
-        (*eth).src_addr = src_mac;
+        (*eth).dst_addr = hop.dst_mac;
+        (*eth).src_addr = hop.src_mac;
     }
-    if egress == ingress {
+    true
+}
+
+/// Out by XDP_TX (the interface it came in on) or a devmap redirect.
+#[inline(always)]
+pub fn send(ctx: &XdpContext, egress: u32, sent: Reason) -> (u32, Reason) {
+    if egress == ctx.ingress_ifindex() as u32 {
         return (XDP_TX, sent);
     }
     match TX_PORTS.redirect(egress, u64::from(XDP_PASS)) {

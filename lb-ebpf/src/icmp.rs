@@ -3,7 +3,9 @@
 //!
 //! - to a VIP, quoting a reply the LB sent (VIP:port → client): e.g. "fragmentation
 //!   needed" from a router on the client's path. Sent on to the flow's backend with the
-//!   quoted source rewritten to the backend, so its TCP stack lowers the path MTU.
+//!   quoted source rewritten to the backend, so its TCP stack lowers the path MTU. With
+//!   `forwarding: dsr` the backend sent that reply from the VIP itself: the error goes to
+//!   it unchanged, encapsulated like the flow's packets.
 //! - to a client, quoting a packet the LB sent to a backend (client → backend:port): e.g.
 //!   "port unreachable" from the backend. The quoted destination is rewritten to the VIP
 //!   (and the outer source too when the backend itself sent it), so the client's stack
@@ -21,16 +23,18 @@
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
+    helpers::generated::bpf_ktime_get_coarse_ns,
     macros::xdp,
     programs::XdpContext,
 };
 use lb_common::{
-    FlowKey, LISTENER_F_ANSWER_PING, ListenerKey, NO_BACKEND, PROTO_TCP, PROTO_UDP, Reason, csum,
+    Encapsulation, FlowKey, LISTENER_F_ANSWER_PING, ListenerKey, NO_BACKEND, PROTO_TCP, PROTO_UDP,
+    Reason, csum,
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 use crate::{
-    flow, fwd,
+    encap, flow, fwd,
     maps::{BACKENDS, LISTENERS},
     parse,
     parse::{ETH_LEN, Ipv4, Parsed, ptr_at},
@@ -197,6 +201,32 @@ fn handle(ctx: &XdpContext, ip: &Ipv4) -> Option<(u32, Reason)> {
             if ip.ttl <= 1 {
                 return Some((XDP_PASS, Reason::PassTtlExpired));
             }
+            // In DSR the backend sent the reply from the VIP itself: the error goes to it
+            // as it is, in the flow's tunnel, and its stack matches the quote.
+            let listener = ListenerKey {
+                addr: inner_src,
+                port: src_port,
+                protocol,
+                _pad: 0,
+            };
+            if let Some(l) = LISTENERS.get_ptr(listener)
+                // SAFETY: a map value pointer stays valid for the program run.
+                && unsafe { (*l).encapsulation } != Encapsulation::None as u8
+            {
+                let delivery = encap::Delivery {
+                    // SAFETY: as above.
+                    listener: unsafe { &*l },
+                    backend_id: flow.backend,
+                    backend: b,
+                    // SAFETY: helper without arguments.
+                    now: unsafe { bpf_ktime_get_coarse_ns() },
+                    src_port: dst_port,
+                    dst_port: src_port,
+                    side: 0,
+                    sent: Reason::IcmpToBackend,
+                };
+                return Some(encap::send(ctx, ip, &delivery));
+            }
             let (addr, port) = (b.addr, b.port);
             rewrite_quoted(ctx, e, off, tcp_check_quoted, Quoted::Source, addr, port);
             rewrite_outer(ctx, Outer::Destination, ip.dst_addr, addr);
@@ -211,6 +241,8 @@ fn handle(ctx: &XdpContext, ip: &Ipv4) -> Option<(u32, Reason)> {
                 side: 0,
                 original_addr: 0,
                 original_port: 0,
+                overhead: 0,
+                want_source: false,
             };
             return Some(fwd::transmit(ctx, ip, &route, Reason::IcmpToBackend));
         }
@@ -248,6 +280,8 @@ fn handle(ctx: &XdpContext, ip: &Ipv4) -> Option<(u32, Reason)> {
         side: 0,
         original_addr: 0,
         original_port: 0,
+        overhead: 0,
+        want_source: false,
     };
     Some(fwd::transmit(ctx, ip, &route, Reason::IcmpToClient))
 }

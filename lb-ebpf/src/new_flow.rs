@@ -89,7 +89,7 @@ fn run(ctx: &XdpContext) -> (u32, Reason) {
     ) {
         return refuse(&listener, reason);
     }
-    flow::send_to_backend(ctx, &ip, &l4, listener.id, id, &backend, now)
+    flow::send_to_backend(ctx, &ip, &l4, &listener, id, &backend, now)
 }
 
 #[inline(always)]

@@ -39,6 +39,8 @@ pub struct Ipv4 {
     pub tot_len: u16,
     pub protocol: u8,
     pub ttl: u8,
+    /// Type of service (DSCP and ECN), copied to an outer header.
+    pub tos: u8,
     pub src_addr: u32,
     pub dst_addr: u32,
     pub fragment: bool,
@@ -98,6 +100,7 @@ pub fn ipv4(ctx: &XdpContext) -> Parsed {
         tot_len,
         protocol: hdr.proto,
         ttl: hdr.ttl,
+        tos: hdr.tos,
         src_addr: u32::from_ne_bytes(hdr.src_addr),
         dst_addr: u32::from_ne_bytes(hdr.dst_addr),
         fragment: frags & (IP_MF | IP_OFFSET_MASK) != 0,

@@ -172,7 +172,7 @@ fn established(
     if opening && f.flags & FLOW_F_OPENING == 0 {
         flow::promote(ip, l4, f);
     }
-    flow::send_to_backend(ctx, ip, l4, listener.id, backend_id, b, now)
+    flow::send_to_backend(ctx, ip, l4, listener, backend_id, b, now)
 }
 
 /// A flow of a drained backend after its drain timeout: TCP is answered with a RST (the
@@ -222,6 +222,8 @@ fn reply(ctx: &XdpContext, ip: &Ipv4, l4: &L4, to: &flow::Reply) -> (u32, Reason
         side: TOO_BIG_SOURCE,
         original_addr: ip.src_addr,
         original_port: l4.src_port,
+        overhead: 0,
+        want_source: false,
     };
     let out = fwd::transmit(ctx, ip, &route, Reason::ReplyForwarded);
     if out.0 != XDP_DROP {

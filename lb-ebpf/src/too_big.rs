@@ -104,16 +104,24 @@ fn run(ctx: &XdpContext) -> (u32, Reason) {
     let Some(handoff) = TOO_BIG.get(0) else {
         return (XDP_DROP, Reason::DropStageFailed);
     };
-    let (key, orig_addr, orig_port, mtu, side) = (
+    let (key, orig_addr, orig_port, mtu, side, encapsulated) = (
         handoff.key,
         handoff.addr,
         handoff.port,
         handoff.mtu,
         handoff.side,
+        handoff.encapsulated != 0,
     );
+    // What becomes of a packet this stage cannot answer: a translated one goes to the
+    // kernel, which fragments it; a client's packet for a tunnel cannot.
+    let unanswered = if encapsulated {
+        (XDP_DROP, Reason::DropTooBigForTunnel)
+    } else {
+        (XDP_PASS, Reason::PassFragNeeded)
+    };
     let frame_len = ctx.data_end() - ctx.data();
     if ip.l4_offset != ETH_LEN + Ipv4Hdr::LEN || frame_len <= ANSWER_LEN {
-        return (XDP_PASS, Reason::PassFragNeeded);
+        return unanswered;
     }
     let Some(head) = ptr_at::<Head>(ctx, 0) else {
         return (XDP_DROP, Reason::DropStageFailed);
@@ -183,8 +191,8 @@ fn run(ctx: &XdpContext) -> (u32, Reason) {
     let shrink = ANSWER_LEN as i32 - frame_len as i32;
     // SAFETY: ctx is the program's context; shrinking the tail is always in bounds.
     if unsafe { bpf_xdp_adjust_tail(ctx.ctx, shrink) } != 0 {
-        // The packet is untouched so far: the kernel gets it, as before this stage.
-        return (XDP_PASS, Reason::PassFragNeeded);
+        // The packet is untouched so far: as if the stage had not run.
+        return unanswered;
     }
     let Some(answer) = ptr_at::<Answer>(ctx, 0) else {
         return (XDP_DROP, Reason::DropStageFailed);

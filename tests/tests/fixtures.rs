@@ -2120,3 +2120,285 @@ fn flow_table_walk_reads_every_entry_once_in_batches() {
         );
     });
 }
+
+/// `forwarding: dsr` with one backend, B[0], for TCP VIP:80 and UDP VIP:53 (ports kept, as
+/// DSR requires), and `dsr` settings.
+fn dsr_config(dsr: &str) -> String {
+    format!(
+        "
+forwarding: dsr
+dsr: {dsr}
+default_server_group:
+  servers: [{{ address: 198.18.1.10 }}]
+listeners:
+  - {{ name: web, protocol: tcp, address: 198.19.0.100, port: 80, backend_port: 80 }}
+  - {{ name: dns, protocol: udp, address: 198.19.0.100, port: 53, backend_port: 53 }}
+"
+    )
+}
+
+/// The frame the LB sends toward a backend for `inner` in DSR, written out byte by byte
+/// from the RFCs rather than from the code under test: Ethernet `macs` (source,
+/// destination), an outer IPv4 header (TOS copied, identification 0, DF copied, TTL 64,
+/// protocol 4 for IPIP or 17 with a UDP header to `gue` = (source port, port)), then
+/// the client's IP packet exactly as it came.
+fn encapsulated(
+    inner: &[u8],
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    gue: Option<(u16, u16)>,
+    macs: (Mac, Mac),
+) -> Vec<u8> {
+    let packet = &inner[14..];
+    let extra = if gue.is_some() { 28 } else { 20 };
+    let mut ip = vec![0x45, packet[1]];
+    ip.extend_from_slice(&((packet.len() + extra) as u16).to_be_bytes());
+    ip.extend_from_slice(&[
+        0,
+        0,
+        packet[6] & 0x40,
+        0,
+        64,
+        if gue.is_some() { 17 } else { 4 },
+        0,
+        0,
+    ]);
+    ip.extend_from_slice(&src.octets());
+    ip.extend_from_slice(&dst.octets());
+    let c = lb_common::csum::checksum(&ip);
+    ip[10..12].copy_from_slice(&c.to_ne_bytes());
+    let mut out = Vec::new();
+    out.extend_from_slice(&macs.1);
+    out.extend_from_slice(&macs.0);
+    out.extend_from_slice(&[0x08, 0x00]);
+    out.extend_from_slice(&ip);
+    if let Some((sport, dport)) = gue {
+        out.extend_from_slice(&sport.to_be_bytes());
+        out.extend_from_slice(&dport.to_be_bytes());
+        out.extend_from_slice(&((packet.len() + 8) as u16).to_be_bytes());
+        out.extend_from_slice(&[0, 0]);
+    }
+    out.extend_from_slice(packet);
+    out
+}
+
+impl Lab {
+    /// A client frame encapsulated to B[0] in IPIP from `src`, out of the backend side.
+    fn tunnelled(&self, name: &'static str, frame: &Frame, src: Ipv4Addr) -> Case {
+        let input = frame.build();
+        Case {
+            name,
+            ingress: self.client_if,
+            output: Output::Exactly(encapsulated(
+                &input,
+                src,
+                B[0],
+                None,
+                (LB_BACKEND_MAC, B_MAC[0]),
+            )),
+            input,
+            verdict: XDP_REDIRECT,
+            reason: Reason::Encapsulated,
+        }
+    }
+}
+
+#[test]
+fn dsr_ipip_carries_the_client_packet_whole_from_the_route_s_source() {
+    let Some(lab) = lab("fxdsr") else { return };
+    lab.ns.ip(["link", "set", "be0", "mtu", "1400"]);
+    lab.ns.enter(|| {
+        let mut dp = load(&lab);
+        provision(&mut dp, &dsr_config("{ encapsulation: ipip }"));
+        // No dsr.source: the FIB's preferred source toward B[0], be0's address.
+        let lb = Ipv4Addr::new(198, 18, 1, 1);
+        let syn = from_client(Frame::tcp((CLIENT, 41000), (VIP, 80), SYN));
+        let ack = from_client(Frame::tcp((CLIENT, 41000), (VIP, 80), ACK).seq_ack(1001, 5001));
+        let datagram = from_client(Frame::udp((CLIENT, 33300), (VIP, 53)).payload(b"query"));
+        let mut dscp =
+            from_client(Frame::tcp((CLIENT, 41000), (VIP, 80), ACK).seq_ack(1001, 5001)).build();
+        dscp[15] = 0xb8; // EF: the outer header must carry it too
+        packet::fix_ip_checksum(&mut dscp);
+        let df = |mut f: Frame| {
+            f.dont_fragment = true;
+            f
+        };
+        // 1390 bytes fit the 1400-byte egress bare, not with 20 bytes of IPIP in front.
+        let upload = from_client(df(Frame::tcp((CLIENT, 41000), (VIP, 80), ACK)
+            .seq_ack(1001, 5001)
+            .payload(&[0x5a; 1350])));
+        let upload_no_df = {
+            let mut f = upload.clone();
+            f.dont_fragment = false;
+            f
+        };
+        let upload_options = upload.clone().options(&[1, 1, 1, 0]);
+        // What a backend answers the client with: from the VIP, straight to the client.
+        // Should it cross the LB, it is not the LB's to touch.
+        let direct_reply = Frame::tcp((VIP, 80), (CLIENT, 41000), ACK)
+            .seq_ack(5001, 1001)
+            .macs(B_MAC[0], LB_BACKEND_MAC);
+        // A router on the client's path cannot pass that reply on: its error comes to the
+        // VIP, so to the LB, which tunnels it to the backend untouched.
+        let router = Ipv4Addr::new(198, 18, 0, 254);
+        let frag_needed_for_reply = from_client(icmp_error(
+            router,
+            VIP,
+            3,
+            4,
+            [0, 0, 0x05, 0x00],
+            &direct_reply.build(),
+            8,
+        ))
+        .build();
+        check(
+            &mut dp,
+            &[
+                lab.tunnelled("SYN: encapsulated whole, TTL kept", &syn, lb),
+                lab.tunnelled("the flow's next segment", &ack, lb),
+                lab.tunnelled("a UDP datagram", &datagram, lb),
+                Case {
+                    name: "the TOS byte is copied to the outer header",
+                    ingress: lab.client_if,
+                    output: Output::Exactly(encapsulated(
+                        &dscp,
+                        lb,
+                        B[0],
+                        None,
+                        (LB_BACKEND_MAC, B_MAC[0]),
+                    )),
+                    input: dscp.clone(),
+                    verdict: XDP_REDIRECT,
+                    reason: Reason::Encapsulated,
+                },
+                Case {
+                    name: "DF and too big once encapsulated: the client learns the MTU left \
+                           inside the tunnel, 1380",
+                    ingress: lab.client_if,
+                    input: upload.build(),
+                    verdict: XDP_TX,
+                    reason: Reason::IcmpFragNeededToClient,
+                    output: Output::Exactly(frag_needed(
+                        VIP,
+                        CLIENT,
+                        1380,
+                        &upload,
+                        (LB_CLIENT_MAC, CLIENT_MAC),
+                    )),
+                },
+                lab.dropped(
+                    "without DF it cannot be fragmented for the tunnel: dropped, counted",
+                    upload_no_df.build(),
+                    Reason::DropTooBigForTunnel,
+                ),
+                lab.dropped(
+                    "with IP options the answer cannot be built: dropped, not passed",
+                    upload_options.build(),
+                    Reason::DropTooBigForTunnel,
+                ),
+                Case {
+                    name: "an ICMP error about the backend's reply goes to it, tunnelled",
+                    ingress: lab.client_if,
+                    output: Output::Exactly(encapsulated(
+                        &frag_needed_for_reply,
+                        lb,
+                        B[0],
+                        None,
+                        (LB_BACKEND_MAC, B_MAC[0]),
+                    )),
+                    input: frag_needed_for_reply.clone(),
+                    verdict: XDP_REDIRECT,
+                    reason: Reason::IcmpToBackend,
+                },
+                Case {
+                    name: "the backend's own answer to the client is not the LB's",
+                    ingress: lab.backend_if,
+                    input: direct_reply.build(),
+                    verdict: XDP_PASS,
+                    reason: Reason::PassNotForUs,
+                    output: Output::Unchanged,
+                },
+            ],
+        );
+    });
+}
+
+#[test]
+fn dsr_gue_spreads_flows_over_outer_sources_and_ports() {
+    let Some(lab) = lab("fxgue") else { return };
+    lab.ns.enter(|| {
+        let mut dp = load(&lab);
+        provision(
+            &mut dp,
+            &dsr_config("{ encapsulation: gue, gue_port: 6080, source: 198.18.9.0/24 }"),
+        );
+        let mut cases = Vec::new();
+        let mut sources = std::collections::BTreeSet::new();
+        for sport in [42000, 42001, 42002, 42003] {
+            let frame = from_client(Frame::tcp((CLIENT, sport), (VIP, 80), SYN));
+            let hash = lb_common::hash::hash_tuple(be(CLIENT), be(VIP), port(sport), port(80));
+            let src = Ipv4Addr::new(198, 18, 9, hash as u8);
+            let gue_port = 0xc000 | (hash as u16 & 0x3fff);
+            sources.insert(src);
+            let input = frame.build();
+            cases.push(Case {
+                name: "a SYN in GUE: UDP to 6080 from a port and an address of the flow's hash",
+                ingress: lab.client_if,
+                output: Output::Exactly(encapsulated(
+                    &input,
+                    src,
+                    B[0],
+                    Some((gue_port, 6080)),
+                    (LB_BACKEND_MAC, B_MAC[0]),
+                )),
+                input,
+                verdict: XDP_REDIRECT,
+                reason: Reason::Encapsulated,
+            });
+        }
+        check(&mut dp, &cases);
+        assert!(
+            sources.len() > 1,
+            "four flows, one outer source: {sources:?}"
+        );
+    });
+}
+
+#[test]
+fn dsr_to_an_unknown_neighbour_hands_the_kernel_the_encapsulated_packet() {
+    let Some(lab) = lab("fxdsrn") else { return };
+    lab.ns.enter(|| {
+        let mut dp = load(&lab);
+        provision(
+            &mut dp,
+            "
+forwarding: dsr
+dsr: { source: 198.18.1.1 }
+default_server_group:
+  servers: [{ address: 198.18.1.13 }]
+listeners:
+  - { name: web, protocol: tcp, address: 198.19.0.100, port: 80, backend_port: 80 }
+",
+        );
+        let syn = from_client(Frame::tcp((CLIENT, 43000), (VIP, 80), SYN));
+        let input = syn.build();
+        check(
+            &mut dp,
+            &[Case {
+                name: "the kernel resolves the neighbour and forwards the outer packet; the \
+                       frame keeps the addresses it came with, which the kernel checks",
+                ingress: lab.client_if,
+                output: Output::Exactly(encapsulated(
+                    &input,
+                    Ipv4Addr::new(198, 18, 1, 1),
+                    NO_NEIGH,
+                    None,
+                    (CLIENT_MAC, LB_CLIENT_MAC),
+                )),
+                input,
+                verdict: XDP_PASS,
+                reason: Reason::PassNeighUnknown,
+            }],
+        );
+    });
+}

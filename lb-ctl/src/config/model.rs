@@ -51,6 +51,11 @@ pub mod limits {
     pub const DEFAULT_CHECK_INTERVAL: u32 = 2;
     pub const DEFAULT_CHECK_TIMEOUT: u32 = 5;
     pub const DEFAULT_CHECK_THRESHOLD: u32 = 3;
+    /// The GUE port backends decapsulate on when `dsr.gue_port` is not given.
+    pub const DEFAULT_GUE_PORT: u16 = 6080;
+    /// Longest `dsr.source` prefix span: at most this many host bits come from a flow's
+    /// hash, so the first two octets stay the operator's.
+    pub const DSR_SOURCE_PREFIX: RangeInclusive<u64> = 16..=32;
 }
 
 use limits::*;
@@ -81,6 +86,9 @@ pub struct Config {
     pub interfaces: Vec<String>,
     #[serde(skip_serializing_if = "is_default")]
     pub forwarding: Forwarding,
+    /// How `forwarding: dsr` carries packets to the backends.
+    #[serde(skip_serializing_if = "is_default")]
+    pub dsr: Dsr,
     /// What happens to ICMP echo requests to a VIP.
     #[serde(skip_serializing_if = "is_default")]
     pub vip_ping: VipPing,
@@ -127,6 +135,7 @@ impl Config {
             instance: instance.into(),
             interfaces,
             forwarding: Forwarding::default(),
+            dsr: Dsr::default(),
             vip_ping: VipPing::default(),
             flow_table_size: DEFAULT_FLOW_TABLE_SIZE,
             max_listeners: DEFAULT_MAX_LISTENERS,
@@ -178,6 +187,62 @@ pub enum Forwarding {
     /// rewritten to the VIP (LVS-NAT).
     #[default]
     Nat,
+    /// Direct server return: the client's packet goes to the backend whole, inside an
+    /// outer header (`dsr.encapsulation`); the backend answers the client directly.
+    Dsr,
+}
+
+impl Forwarding {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Nat => "nat",
+            Self::Dsr => "dsr",
+        }
+    }
+}
+
+/// The `dsr:` section: the encapsulation of `forwarding: dsr`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Dsr {
+    pub encapsulation: Tunnel,
+    /// UDP port backends decapsulate GUE on.
+    #[serde(skip_serializing_if = "eq_u16::<DEFAULT_GUE_PORT>")]
+    pub gue_port: u16,
+    /// Outer source: an address, or a prefix whose host bits each flow's hash picks
+    /// (at most 16 of them). Absent: the LB's address on the way to each backend.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<Ipv4Net>,
+}
+
+impl Default for Dsr {
+    fn default() -> Self {
+        Self {
+            encapsulation: Tunnel::Ipip,
+            gue_port: DEFAULT_GUE_PORT,
+            source: None,
+        }
+    }
+}
+
+/// The outer header of `forwarding: dsr`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tunnel {
+    /// IPv4 in IPv4 (IP protocol 4).
+    #[default]
+    Ipip,
+    /// IPv4 in UDP (GUE variant 1) to `gue_port`: backends' NICs spread it over their
+    /// queues by the UDP source port, which varies per flow.
+    Gue,
+}
+
+impl Tunnel {
+    pub const fn encapsulation(self) -> lb_common::Encapsulation {
+        match self {
+            Self::Ipip => lb_common::Encapsulation::Ipip,
+            Self::Gue => lb_common::Encapsulation::Gue,
+        }
+    }
 }
 
 /// What the data plane does with an ICMP echo request ("ping") to a VIP. Nothing else sent
@@ -654,6 +719,10 @@ fn is_default<T: Default + PartialEq>(value: &T) -> bool {
 }
 
 fn eq_u32<const N: u32>(value: &u32) -> bool {
+    *value == N
+}
+
+fn eq_u16<const N: u16>(value: &u16) -> bool {
     *value == N
 }
 

@@ -1123,3 +1123,82 @@ fn rule_wrr_group_fits_the_sequence_table() {
          listeners of at most 65536 servers, or use scheduler `sch` or `tch`)"
     );
 }
+
+// --- forwarding: dsr --------------------------------------------------------------------
+
+#[test]
+fn dsr_settings_round_trip_through_yaml() {
+    let c = ok(&with(
+        "forwarding: dsr\ndsr: { encapsulation: gue, gue_port: 9000, source: 198.18.9.0/24 }\n",
+    ));
+    let exported = c.to_yaml();
+    assert_eq!(ok(&exported), c, "exported:\n{exported}");
+    let c = ok(&with("forwarding: dsr\ndsr: { source: 198.18.9.7 }\n"));
+    assert_eq!(ok(&c.to_yaml()), c);
+}
+
+#[test]
+fn rule_dsr_backends_listen_on_the_listener_port() {
+    let yaml = "forwarding: dsr
+default_server_group:
+  servers: [{ address: 198.18.1.10 }]
+vserver_groups:
+  - name: api
+    servers: [{ address: 198.18.1.10, port: 443 }, { address: 198.18.1.11, port: 8443 }]
+primary_secondary_groups:
+  - { name: db, primary: { address: 198.18.1.20, port: 5432 }, secondary: { address: 198.18.1.21, port: 5433 } }
+listeners:
+  - { name: web, protocol: tcp, address: 198.18.0.100, port: 80, backend_port: 8080 }
+  - { name: api, protocol: tcp, address: 198.18.0.100, port: 443, server_group: api }
+  - { name: db, protocol: tcp, address: 198.18.0.100, port: 5432, server_group: db }
+  - { name: ok, protocol: udp, address: 198.18.0.100, port: 53, backend_port: 53 }
+";
+    let hint = "(with forwarding: dsr the backend receives the client's packet unchanged, so it \
+                must listen on the listener's port (the VIP too, on its loopback))";
+    assert_eq!(
+        errors(&with(yaml)),
+        [
+            format!(
+                "vserver_groups[0].servers[1].port: port 8443 differs from port 443 of listener \
+                 `api`, which forwarding: dsr cannot translate {hint}"
+            ),
+            format!(
+                "primary_secondary_groups[0].secondary.port: port 5433 differs from port 5432 of \
+                 listener `db`, which forwarding: dsr cannot translate {hint}"
+            ),
+            format!(
+                "listeners[0].backend_port: port 8080 differs from port 80 of listener `web`, \
+                 which forwarding: dsr cannot translate {hint}"
+            ),
+        ]
+    );
+    // The same config in NAT mode translates ports.
+    ok(&with(&yaml.replace("forwarding: dsr", "forwarding: nat")));
+}
+
+#[test]
+fn rule_dsr_settings_apply_to_dsr_only_and_within_their_ranges() {
+    assert_eq!(
+        errors(&with("dsr: { encapsulation: gue }\n")),
+        [
+            "dsr: the dsr section applies to `forwarding: dsr`; forwarding is nat (set `forwarding: \
+             dsr`, or remove the dsr section)"
+        ]
+    );
+    assert_eq!(
+        errors(&with("forwarding: dsr\ndsr: { gue_port: 7000 }\n")),
+        [
+            "dsr.gue_port: gue_port applies to `encapsulation: gue`; this is ipip (set \
+             `encapsulation: gue`, or remove gue_port)"
+        ]
+    );
+    assert_eq!(
+        errors(&with("forwarding: dsr\ndsr: { source: 198.18.0.0/15 }\n")),
+        [
+            "dsr.source: a /15 spans more than 16 bits of flow hash (give an address, or a \
+             prefix from /16 to /32 routed back to the LB hosts (ICMP errors about the tunnel \
+             come back to it))"
+        ]
+    );
+    ok(&with("forwarding: dsr\ndsr: { source: 198.18.0.0/16 }\n"));
+}

@@ -38,6 +38,7 @@ pub(crate) fn check(config: &Config, taint: &Taint) -> Vec<ConfigError> {
     checker.default_group(config);
     checker.groups(config);
     checker.listeners(config);
+    checker.dsr(config);
     checker.errors
 }
 
@@ -190,6 +191,102 @@ impl Checker<'_> {
                             .to_owned(),
                     ),
                 );
+            }
+        }
+    }
+
+    /// The `dsr` section applies to `forwarding: dsr` only, and in that mode a packet
+    /// reaches its backend unchanged, so every backend listens on its listener's port.
+    fn dsr(&mut self, c: &Config) {
+        if c.forwarding != Forwarding::Dsr {
+            if c.dsr != Dsr::default() {
+                self.report(
+                    "dsr",
+                    &["forwarding"],
+                    "the dsr section applies to `forwarding: dsr`; forwarding is nat".to_owned(),
+                    Some("set `forwarding: dsr`, or remove the dsr section".to_owned()),
+                );
+            }
+            return;
+        }
+        if c.dsr.encapsulation != Tunnel::Gue && c.dsr.gue_port != DEFAULT_GUE_PORT {
+            self.report(
+                "dsr.gue_port",
+                &["dsr.encapsulation"],
+                "gue_port applies to `encapsulation: gue`; this is ipip".to_owned(),
+                Some("set `encapsulation: gue`, or remove gue_port".to_owned()),
+            );
+        }
+        if let Some(source) = c.dsr.source {
+            self.unicast("dsr.source", source.addr(), "the outer source");
+            if !DSR_SOURCE_PREFIX.contains(&u64::from(source.prefix_len())) {
+                self.report(
+                    "dsr.source",
+                    &[],
+                    format!(
+                        "a /{} spans more than 16 bits of flow hash",
+                        source.prefix_len()
+                    ),
+                    Some(
+                        "give an address, or a prefix from /16 to /32 routed back to the LB \
+                         hosts (ICMP errors about the tunnel come back to it)"
+                            .to_owned(),
+                    ),
+                );
+            }
+        }
+        for (i, l) in c.listeners.iter().enumerate() {
+            let path = index("listeners", i);
+            let hint = || {
+                Some(
+                    "with forwarding: dsr the backend receives the client's packet unchanged, \
+                     so it must listen on the listener's port (the VIP too, on its loopback)"
+                        .to_owned(),
+                )
+            };
+            let mismatch = |port: u16| {
+                format!(
+                    "port {port} differs from port {} of listener `{}`, which forwarding: dsr \
+                     cannot translate",
+                    l.port, l.name
+                )
+            };
+            match l.named_group() {
+                None => {
+                    if let Some(port) = l.backend_port
+                        && port != l.port
+                    {
+                        let path = field(&path, "backend_port");
+                        self.report(&path, &[], mismatch(port), hint());
+                    }
+                }
+                Some(name) => {
+                    if let Some(g) = c.vserver_groups.iter().position(|g| g.name == name) {
+                        let servers = field(&index("vserver_groups", g), "servers");
+                        for (j, m) in c.vserver_groups[g].servers.iter().enumerate() {
+                            if m.port != l.port {
+                                let at = field(&index(&servers, j), "port");
+                                self.report(&at, &[], mismatch(m.port), hint());
+                            }
+                        }
+                    }
+                    if let Some(g) = c
+                        .primary_secondary_groups
+                        .iter()
+                        .position(|g| g.name == name)
+                    {
+                        let group = &c.primary_secondary_groups[g];
+                        let base = index("primary_secondary_groups", g);
+                        for (role, endpoint) in
+                            [("primary", group.primary), ("secondary", group.secondary)]
+                        {
+                            if endpoint.port != l.port {
+                                let at = field(&field(&base, role), "port");
+                                self.report(&at, &[], mismatch(endpoint.port), hint());
+                            }
+                        }
+                    }
+                }
             }
         }
     }

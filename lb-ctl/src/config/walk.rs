@@ -26,6 +26,7 @@ pub(crate) const TOP_FIELDS: &[&str] = &[
     "instance",
     "interfaces",
     "forwarding",
+    "dsr",
     "vip_ping",
     "flow_table_size",
     "max_listeners",
@@ -40,6 +41,7 @@ pub(crate) const TOP_FIELDS: &[&str] = &[
     "primary_secondary_groups",
     "listeners",
 ];
+const DSR_FIELDS: &[&str] = &["encapsulation", "gue_port", "source"];
 const ACL_FIELDS: &[&str] = &["name", "entries"];
 const DEFAULT_GROUP_FIELDS: &[&str] = &["servers"];
 const DEFAULT_SERVER_FIELDS: &[&str] = &["address", "weight"];
@@ -422,6 +424,9 @@ impl Reader {
         if let Some(v) = self.optional(map, "", "forwarding", Self::forwarding) {
             c.forwarding = v;
         }
+        if let Some(v) = self.optional(map, "", "dsr", |r, p, v| Some(r.dsr(p, v))) {
+            c.dsr = v;
+        }
         if let Some(v) = self.optional(map, "", "vip_ping", |r, p, v| {
             r.choice(
                 p,
@@ -489,21 +494,40 @@ impl Reader {
     }
 
     fn forwarding(&mut self, path: &str, value: &Value) -> Option<Forwarding> {
-        let later = Some("use `nat`");
         self.choice(
             path,
             value,
             "forwarding mode",
-            &[("nat", Forwarding::Nat)],
-            &[
-                ("dsr", "`dsr` forwarding is not supported yet", later),
-                (
-                    "fullnat",
-                    "`fullnat` forwarding is not supported yet",
-                    later,
-                ),
-            ],
+            &[("nat", Forwarding::Nat), ("dsr", Forwarding::Dsr)],
+            &[(
+                "fullnat",
+                "`fullnat` forwarding is not supported yet",
+                Some("use `nat` or `dsr`"),
+            )],
         )
+    }
+
+    fn dsr(&mut self, path: &str, value: &Value) -> Dsr {
+        let mut dsr = Dsr::default();
+        let Some(m) = self.mapping(path, value, DSR_FIELDS, generic) else {
+            return dsr;
+        };
+        if let Some(v) = self.optional(m, path, "encapsulation", |r, p, v| {
+            r.choice(
+                p,
+                v,
+                "encapsulation",
+                &[("ipip", Tunnel::Ipip), ("gue", Tunnel::Gue)],
+                &[],
+            )
+        }) {
+            dsr.encapsulation = v;
+        }
+        if let Some(v) = self.optional(m, path, "gue_port", |r, p, v| r.uint(p, v, &PORT)) {
+            dsr.gue_port = v;
+        }
+        dsr.source = self.optional(m, path, "source", Self::prefix);
+        dsr
     }
 
     fn acl(&mut self, path: &str, value: &Value) -> Acl {
@@ -1051,23 +1075,42 @@ mod tests {
     }
 
     #[test]
-    fn forwarding_modes_other_than_nat_are_not_supported_yet() {
+    fn forwarding_is_nat_or_dsr() {
         assert_eq!(
             read_ok(&format!("{BASE}forwarding: nat\n")).forwarding,
             Forwarding::Nat
         );
-        assert_eq!(
-            read_errors(&format!("{BASE}forwarding: dsr\n")),
-            ["forwarding: `dsr` forwarding is not supported yet (use `nat`)"]
-        );
+        let c = read_ok(&format!("{BASE}forwarding: dsr\n"));
+        assert_eq!((c.forwarding, c.dsr), (Forwarding::Dsr, Dsr::default()));
         assert_eq!(
             read_errors(&format!("{BASE}forwarding: fullnat\n")),
-            ["forwarding: `fullnat` forwarding is not supported yet (use `nat`)"]
+            ["forwarding: `fullnat` forwarding is not supported yet (use `nat` or `dsr`)"]
         );
         assert_eq!(
             read_errors(&format!("{BASE}forwarding: nta\n")),
             [
-                "forwarding: unknown forwarding mode `nta`; expected one of nat (did you mean `nat`?)"
+                "forwarding: unknown forwarding mode `nta`; expected one of nat, dsr (did you mean `nat`?)"
+            ]
+        );
+    }
+
+    #[test]
+    fn the_dsr_section_names_each_bad_field() {
+        let c = read_ok(&format!(
+            "{BASE}forwarding: dsr\ndsr: {{ encapsulation: gue, gue_port: 9000, source: 198.18.9.0/24 }}\n"
+        ));
+        assert_eq!(c.dsr.encapsulation, Tunnel::Gue);
+        assert_eq!(c.dsr.gue_port, 9000);
+        assert_eq!(c.dsr.source, Some("198.18.9.0/24".parse().unwrap()));
+        assert_eq!(
+            read_errors(&format!(
+                "{BASE}forwarding: dsr\ndsr: {{ encapsulation: gre, gue_port: 0, source: 198.18.9.1/24, mtu: 9000 }}\n"
+            )),
+            [
+                "dsr.mtu: unknown field `mtu`",
+                "dsr.encapsulation: unknown encapsulation `gre`; expected one of ipip, gue (did you mean `gue`?)",
+                "dsr.gue_port: 0 is not in 1..=65535",
+                "dsr.source: 198.18.9.1/24 has host bits set (did you mean `198.18.9.0/24`?)",
             ]
         );
     }

@@ -164,6 +164,12 @@ impl<P: Platform> Controller<P> {
         if sizes(&base) != sizes(&self.base) {
             return Err(ControllerError::MapSizesChanged);
         }
+        if base.forwarding != self.base.forwarding {
+            return Err(ControllerError::ForwardingChanged {
+                from: self.base.forwarding.name().to_owned(),
+                to: base.forwarding.name().to_owned(),
+            });
+        }
         let (next, kept, conflicts) = overlay::replay(&base, &self.overlay);
         let violations = overlay::check_transition(&self.effective, &next);
         if !violations.is_empty() {

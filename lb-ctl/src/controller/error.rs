@@ -74,6 +74,12 @@ pub enum ControllerError {
          needs `lb-ctl teardown` and a restart; nothing was changed"
     )]
     MapSizesChanged,
+    #[error(
+        "forwarding changes from {from} to {to}: every established connection would break \
+         (its backend would get packets it cannot match); nothing was changed. Switch at a \
+         quiet time: stop the daemon, `lb-ctl teardown`, start it with the new config"
+    )]
+    ForwardingChanged { from: String, to: String },
     /// Drain: no such server serves a listener.
     #[error(
         "no server {server} in group {group} serves a listener; `lb-ctl group show {group}` \
@@ -116,6 +122,7 @@ impl ControllerError {
             | Self::ReloadNoIds(_)
             | Self::InstanceRenamed { .. }
             | Self::MapSizesChanged
+            | Self::ForwardingChanged { .. }
             | Self::NoSuchServer { .. }
             | Self::NotDraining { .. } => exit::REFUSED,
             Self::State(_) | Self::DataPlane(_) | Self::Failed(_) | Self::ChangeFailed { .. } => {

@@ -99,6 +99,7 @@ impl Platform for Kernel {
 
     fn load(&mut self, config: &Config, sizes: MapSizes) -> anyhow::Result<(DataPlane, bool)> {
         pins::check_bpffs(&self.bpffs)?;
+        check_kernel_for(config)?;
         let layout = Layout::new(&self.bpffs, &config.instance);
         let adopting = layout.exists();
         if adopting {
@@ -155,4 +156,24 @@ impl Platform for Kernel {
     fn maps_dir(&self) -> PathBuf {
         self.layout.as_ref().map_or_else(PathBuf::new, Layout::maps)
     }
+}
+
+/// Kernel 6.7 is the first whose `bpf_fib_lookup` tells the route's source address
+/// (`BPF_FIB_LOOKUP_SRC`): `forwarding: dsr` without `dsr.source` needs it, and on an
+/// older kernel every encapsulated packet would be dropped.
+fn check_kernel_for(config: &Config) -> anyhow::Result<()> {
+    if config.forwarding != crate::config::Forwarding::Dsr || config.dsr.source.is_some() {
+        return Ok(());
+    }
+    let Ok(kernel) = aya::util::KernelVersion::current() else {
+        return Ok(());
+    };
+    if kernel < aya::util::KernelVersion::new(6, 7, 0) {
+        anyhow::bail!(
+            "forwarding: dsr without dsr.source needs Linux 6.7 or later to find the outer \
+             source address (this kernel is {kernel}); set dsr.source to the LB's address on \
+             the backend side"
+        );
+    }
+    Ok(())
 }

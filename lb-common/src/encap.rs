@@ -1,0 +1,189 @@
+//! The outer headers of direct server return (`forwarding: dsr`): the client's IPv4 packet
+//! is carried whole to its backend inside an outer IPv4 header (IPIP), or an outer IPv4 and
+//! UDP header (GUE variant 1, RFC 8086 §4.2: the inner IP header right after UDP, no GUE
+//! header). The backend strips them (`lb-ctl decap`) and answers the client itself.
+//!
+//! Built here, once, for the XDP program and for the tests that check every byte of what
+//! it sends. Addresses and ports are network byte order as they sit in memory; the header
+//! arrays are the bytes on the wire.
+
+use crate::{
+    ENCAP_TTL, Encapsulation, IPV4_HEADER_LEN, MAX_ENCAP_SOURCE_BITS, PROTO_IPIP, PROTO_UDP,
+    UDP_HEADER_LEN, csum::fold,
+};
+
+/// The IPv4 "don't fragment" bit in the flags and fragment offset word (host order).
+const DONT_FRAGMENT: u16 = 0x4000;
+
+/// What the outer headers of one packet are made of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Outer {
+    pub encapsulation: Encapsulation,
+    /// Network byte order.
+    pub src_addr: u32,
+    /// The backend. Network byte order.
+    pub dst_addr: u32,
+    /// The inner packet's IPv4 total length, host order.
+    pub inner_len: u16,
+    /// The inner packet's TOS byte, copied so queueing along the way treats both alike.
+    pub tos: u8,
+    /// The inner packet's DF: a client that asked for path MTU discovery gets it through
+    /// the tunnel too; one that did not lets routers fragment the outer packet.
+    pub dont_fragment: bool,
+    /// GUE: source port (network byte order), from the flow's hash.
+    pub src_port: u16,
+    /// GUE: destination port, network byte order.
+    pub dst_port: u16,
+}
+
+impl Outer {
+    /// The outer IPv4 header, checksum included. Identification 0 (RFC 6864 allows it
+    /// for atomic datagrams; a fragmentable one gets fragments the kernel numbers).
+    #[inline(always)]
+    pub const fn ipv4_header(&self) -> [u8; IPV4_HEADER_LEN as usize] {
+        let total = self.inner_len + self.encapsulation.overhead();
+        let protocol = match self.encapsulation {
+            Encapsulation::Gue => PROTO_UDP,
+            _ => PROTO_IPIP,
+        };
+        let flags: u16 = if self.dont_fragment { DONT_FRAGMENT } else { 0 };
+        let t = total.to_be_bytes();
+        let f = flags.to_be_bytes();
+        let s = self.src_addr.to_ne_bytes();
+        let d = self.dst_addr.to_ne_bytes();
+        let mut h = [
+            0x45, self.tos, t[0], t[1], 0, 0, f[0], f[1], ENCAP_TTL, protocol, 0, 0, s[0], s[1],
+            s[2], s[3], d[0], d[1], d[2], d[3],
+        ];
+        let mut sum = 0u32;
+        let mut i = 0;
+        while i < h.len() {
+            sum += u16::from_ne_bytes([h[i], h[i + 1]]) as u32;
+            i += 2;
+        }
+        let check = (!fold(sum)).to_ne_bytes();
+        h[10] = check[0];
+        h[11] = check[1];
+        h
+    }
+
+    /// The GUE UDP header. Checksum 0: IPv4 UDP allows none (RFC 768), the inner packet
+    /// carries its own, and computing one would read the whole packet.
+    #[inline(always)]
+    pub const fn udp_header(&self) -> [u8; UDP_HEADER_LEN as usize] {
+        let len = (self.inner_len + UDP_HEADER_LEN).to_be_bytes();
+        let s = self.src_port.to_ne_bytes();
+        let d = self.dst_port.to_ne_bytes();
+        [s[0], s[1], d[0], d[1], len[0], len[1], 0, 0]
+    }
+}
+
+/// The outer source of a flow: `base` with its low `bits` bits taken from the flow's hash,
+/// so a backend's NIC, which spreads packets over its queues by the outer header, spreads
+/// the flows too. `bits` 0: `base` itself.
+#[inline(always)]
+pub const fn outer_source(base: u32, bits: u8, flow_hash: u32) -> u32 {
+    if bits == 0 {
+        return base;
+    }
+    let bits = if bits > MAX_ENCAP_SOURCE_BITS {
+        MAX_ENCAP_SOURCE_BITS
+    } else {
+        bits
+    };
+    let mask = (1u32 << bits) - 1;
+    let host = u32::from_be(base) & !mask | (flow_hash & mask);
+    host.to_be()
+}
+
+/// The GUE source port of a flow, network byte order: from the flow's hash, in the
+/// dynamic range (49152–65535) as RFC 8086 §5.6.1 recommends for flow entropy.
+#[inline(always)]
+pub const fn gue_source_port(flow_hash: u32) -> u16 {
+    (0xc000 | (flow_hash as u16 & 0x3fff)).to_be()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::csum::checksum;
+
+    fn outer(encapsulation: Encapsulation) -> Outer {
+        Outer {
+            encapsulation,
+            src_addr: u32::from_ne_bytes([198, 18, 1, 2]),
+            dst_addr: u32::from_ne_bytes([198, 18, 2, 10]),
+            inner_len: 60,
+            tos: 0x10,
+            dont_fragment: true,
+            src_port: 50000u16.to_be(),
+            dst_port: 6080u16.to_be(),
+        }
+    }
+
+    #[test]
+    fn an_ipip_header_has_every_field_and_a_valid_checksum() {
+        let h = outer(Encapsulation::Ipip).ipv4_header();
+        assert_eq!(
+            h[..10],
+            [0x45, 0x10, 0, 80, 0, 0, 0x40, 0, ENCAP_TTL, PROTO_IPIP]
+        );
+        assert_eq!(h[12..], [198, 18, 1, 2, 198, 18, 2, 10]);
+        // A header with its checksum sums to 0xffff: its checksum recomputed is 0.
+        assert_eq!(checksum(&h), 0);
+        let mut zeroed = h;
+        zeroed[10..12].copy_from_slice(&[0, 0]);
+        assert_eq!(checksum(&zeroed).to_ne_bytes(), [h[10], h[11]]);
+    }
+
+    #[test]
+    fn a_gue_header_is_udp_to_the_port_with_the_length_of_what_it_carries() {
+        let o = outer(Encapsulation::Gue);
+        let h = o.ipv4_header();
+        assert_eq!(h[2..4], 88u16.to_be_bytes());
+        assert_eq!(h[9], PROTO_UDP);
+        assert_eq!(checksum(&h), 0);
+        assert_eq!(
+            o.udp_header(),
+            [0xc3, 0x50, 0x17, 0xc0, 0, 68, 0, 0],
+            "50000 → 6080, length 8 + 60, no checksum"
+        );
+    }
+
+    #[test]
+    fn without_df_the_outer_packet_may_be_fragmented() {
+        let mut o = outer(Encapsulation::Ipip);
+        o.dont_fragment = false;
+        let h = o.ipv4_header();
+        assert_eq!(h[6..8], [0, 0]);
+        assert_eq!(checksum(&h), 0);
+    }
+
+    #[test]
+    fn the_outer_source_keeps_the_prefix_and_takes_the_low_bits_from_the_hash() {
+        let base = u32::from_ne_bytes([198, 18, 9, 0]);
+        assert_eq!(outer_source(base, 0, 0xdead_beef), base);
+        assert_eq!(
+            outer_source(base, 8, 0x1234_56ab).to_ne_bytes(),
+            [198, 18, 9, 0xab]
+        );
+        assert_eq!(
+            outer_source(base, 12, 0x1234_5fab).to_ne_bytes(),
+            [198, 18, 0xf, 0xab]
+        );
+        // More than a /16's worth is capped: the first two octets always stay.
+        assert_eq!(
+            outer_source(base, 24, 0xffff_ffff).to_ne_bytes(),
+            [198, 18, 0xff, 0xff]
+        );
+    }
+
+    #[test]
+    fn gue_source_ports_stay_in_the_dynamic_range() {
+        for hash in [0, 1, 0x3fff, 0x4000, 0xffff, 0xdead_beef] {
+            let port = u16::from_be(gue_source_port(hash));
+            assert!(port >= 49152, "{port}");
+        }
+        assert_ne!(gue_source_port(1), gue_source_port(2));
+    }
+}
