@@ -12,6 +12,7 @@
 #![cfg_attr(not(any(test, feature = "std")), no_std)]
 
 pub mod csum;
+pub mod decap;
 pub mod decide;
 pub mod encap;
 pub mod hash;

@@ -120,6 +120,12 @@ pub enum Command {
         #[arg(long, default_value = crate::pins::BPFFS)]
         bpffs: PathBuf,
     },
+    /// On a backend of a `forwarding: dsr` load balancer: strip the LBs' outer headers
+    /// (IPIP, GUE) in XDP and hand the client's packet to the kernel, for kernels without
+    /// the `ipip` or `fou` module. The program stays attached when the command exits
+    /// (pinned under <bpffs>/<instance>).
+    #[command(subcommand)]
+    Decap(DecapCommand),
     /// Print a shell completion script, e.g. `lb-ctl completions bash >
     /// /etc/bash_completion.d/lb-ctl`.
     Completions {
@@ -128,6 +134,65 @@ pub enum Command {
     },
     /// Print the man page (roff), e.g. `lb-ctl man | man -l -`.
     Man,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DecapCommand {
+    /// Attach the decapsulation program to IFACE (again: apply new settings), and warn
+    /// about host settings that would break DSR (arp_ignore, arp_announce, rp_filter, the
+    /// VIP on lo).
+    Attach {
+        /// The backend's interface the LBs' packets arrive on.
+        iface: String,
+        #[command(flatten)]
+        pin: DecapPin,
+        /// Also strip GUE: IPv4 in UDP to this port (the LBs' `dsr.gue_port`, 6080 by
+        /// default). IPIP is always stripped.
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+        gue_port: Option<u16>,
+        /// Accept tunnelled packets only from this source prefix (the LB hosts'; ADDR or
+        /// ADDR/LEN, repeatable). Without it any host can hand this backend a packet from
+        /// any "client".
+        #[arg(long = "allow-source", value_parser = parse_prefix)]
+        allow_sources: Vec<crate::config::Ipv4Net>,
+        /// A VIP this backend serves, checked to be on lo (repeatable).
+        #[arg(long = "vip")]
+        vips: Vec<Ipv4Addr>,
+    },
+    /// Detach it from IFACE; the last interface removes the pins and counters.
+    Detach {
+        iface: String,
+        #[command(flatten)]
+        pin: DecapPin,
+    },
+    /// Interfaces, settings and counters (decapsulated, passed, dropped).
+    Status {
+        #[command(flatten)]
+        pin: DecapPin,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Where `lb-ctl decap` pins its program.
+#[derive(Debug, Args)]
+pub struct DecapPin {
+    /// Pin folder name under bpffs: one per set of settings (each network namespace of a
+    /// test host gets its own).
+    #[arg(long, default_value = crate::decap::DEFAULT_NAME)]
+    pub instance: String,
+    /// Where bpffs is mounted.
+    #[arg(long, default_value = crate::pins::BPFFS)]
+    pub bpffs: PathBuf,
+}
+
+/// An IPv4 prefix (ADDR/LEN) or address.
+pub fn parse_prefix(s: &str) -> Result<crate::config::Ipv4Net, String> {
+    s.parse::<crate::config::Ipv4Net>()
+        .map_err(|e| match e.hint() {
+            Some(hint) => format!("{e} ({hint})"),
+            None => e.to_string(),
+        })
 }
 
 #[derive(Debug, Args)]

@@ -78,7 +78,7 @@ fn effective(socket: &Path) -> Result<Config, i32> {
     }
 }
 
-fn print_json(value: &impl serde::Serialize) {
+pub(crate) fn print_json(value: &impl serde::Serialize) {
     println!(
         "{}",
         serde_json::to_string_pretty(value).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
@@ -640,6 +640,7 @@ fn acl_command(socket: &Path, cmd: AclCommand) -> i32 {
 pub fn run(socket: &Path, command: Command) -> i32 {
     match command {
         Command::Daemon(_) => unreachable!("main runs the daemon"),
+        Command::Decap(cmd) => crate::decap::command::run(cmd),
         Command::Completions { shell } => {
             crate::cli::write_completions(shell, &mut std::io::stdout());
             exit::OK

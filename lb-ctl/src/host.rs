@@ -121,10 +121,13 @@ impl Ipv4Conf {
 
     /// The reverse-path filtering in force on `iface`.
     pub fn rp_filter(&self, iface: &str) -> Result<RpFilter> {
-        let value = self
-            .read(iface, "rp_filter")?
-            .max(self.read("all", "rp_filter")?);
-        Ok(RpFilter::of(value))
+        Ok(RpFilter::of(self.effective(iface, "rp_filter")?))
+    }
+
+    /// The value of `key` the kernel applies on `iface` where it takes the higher of the
+    /// `all` value and the interface's own (`rp_filter`, `arp_ignore`, `arp_announce`).
+    pub fn effective(&self, iface: &str, key: &str) -> Result<u32> {
+        Ok(self.read(iface, key)?.max(self.read("all", key)?))
     }
 }
 

@@ -8,6 +8,7 @@ pub mod config;
 pub mod controller;
 pub(crate) mod daemon;
 pub mod dataplane;
+pub mod decap;
 pub(crate) mod explain;
 pub(crate) mod flow_walk;
 pub mod health;

@@ -34,6 +34,8 @@ mod encap;
 #[cfg(target_arch = "bpf")]
 mod flow;
 #[cfg(target_arch = "bpf")]
+mod frame;
+#[cfg(target_arch = "bpf")]
 mod fwd;
 #[cfg(target_arch = "bpf")]
 mod icmp;

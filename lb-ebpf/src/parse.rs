@@ -10,7 +10,7 @@ use network_types::{
     udp::UdpHdr,
 };
 
-pub const ETH_LEN: usize = EthHdr::LEN;
+pub use crate::frame::{ETH_LEN, ptr_at};
 const IPV4_MIN_LEN: usize = Ipv4Hdr::LEN;
 /// More-fragments flag and fragment offset, in the 16-bit `frags` field (host order).
 const IP_MF: u16 = 0x2000;
@@ -19,17 +19,6 @@ const IP_DF: u16 = 0x4000;
 
 /// Offset of the flags byte in the TCP header.
 const TCP_FLAGS: usize = 13;
-
-/// Pointer to a `T` at `offset` from the start of the frame, if it lies inside the frame.
-#[inline(always)]
-pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
-    let start = ctx.data();
-    let end = ctx.data_end();
-    if start + offset + size_of::<T>() > end {
-        return None;
-    }
-    Some((start + offset) as *mut T)
-}
 
 /// A parsed IPv4 packet. Addresses and ports are network byte order, as in the packet.
 pub struct Ipv4 {

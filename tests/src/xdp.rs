@@ -32,17 +32,23 @@ pub fn test_run(
     ingress: u32,
     frame: &[u8],
 ) -> anyhow::Result<(u32, Vec<u8>)> {
+    let xdp: &mut Xdp = dp
+        .ebpf_mut()
+        .program_mut(program)
+        .with_context(|| format!("no program {program} in the object"))?
+        .try_into()?;
+    run_program(xdp, ingress, frame)
+}
+
+/// Runs `frame` once through a loaded XDP program (one opened from its pin, say) as if
+/// it arrived on `ingress`.
+pub fn run_program(xdp: &Xdp, ingress: u32, frame: &[u8]) -> anyhow::Result<(u32, Vec<u8>)> {
     // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex
     let mut ctx = [0u8; 24];
     ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
     ctx[12..16].copy_from_slice(&ingress.to_ne_bytes());
     // Room for what the program may add (an ICMP error quoting the frame).
     let mut out = vec![0u8; frame.len() + 256];
-    let xdp: &mut Xdp = dp
-        .ebpf_mut()
-        .program_mut(program)
-        .with_context(|| format!("no program {program} in the object"))?
-        .try_into()?;
     let result = xdp.test_run(TestRunOptions {
         data_in: Some(frame),
         data_out: Some(&mut out),

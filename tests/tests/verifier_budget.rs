@@ -40,6 +40,12 @@ fn check(build: &str, figures: &[ProgramFigures]) -> Vec<String> {
             ));
         }
     }
+    problems
+}
+
+/// `check`, and every production program of the load balancer's object must be there.
+fn check_all(build: &str, figures: &[ProgramFigures]) -> Vec<String> {
+    let mut problems = check(build, figures);
     for name in production_programs() {
         if !figures.iter().any(|f| f.name == name) {
             problems.push(format!("{build}: program {name} was not loaded"));
@@ -48,14 +54,39 @@ fn check(build: &str, figures: &[ProgramFigures]) -> Vec<String> {
     problems
 }
 
+/// The backends' decapsulation program, an object of its own (`lb-ctl decap`).
+fn check_decap() -> Vec<String> {
+    use lb_common::decap::names;
+    let mut ebpf = aya::EbpfLoader::new()
+        .load(lb_ctl::decap::DECAP_OBJECT)
+        .expect("the decapsulation object parses");
+    let program: &mut aya::programs::Xdp = ebpf
+        .program_mut(names::PROGRAM)
+        .expect("the object has its program")
+        .try_into()
+        .expect("an XDP program");
+    let started = std::time::Instant::now();
+    lb_ctl::verifier::load_checked(program, names::PROGRAM, None).unwrap_or_else(|e| panic!("{e}"));
+    let load_time = started.elapsed();
+    let info = program.info().expect("program info");
+    let figures = ProgramFigures {
+        name: names::PROGRAM,
+        verified_insns: info.verified_instruction_count().unwrap_or(0),
+        jited_bytes: info.size_jitted(),
+        load_time,
+    };
+    check("release", &[figures])
+}
+
 #[test]
 fn every_program_verifies_within_budget() {
     if !require_root_and_bpf("every_program_verifies_within_budget") {
         return;
     }
     let release = DataPlane::load(&LoadOptions::default()).expect("the XDP programs load");
-    let mut problems = check("release", release.program_figures());
+    let mut problems = check_all("release", release.program_figures());
     drop(release);
+    problems.extend(check_decap());
 
     match env::var_os(DEBUG_LOG_OBJECT_VAR) {
         Some(path) => {
@@ -63,7 +94,7 @@ fn every_program_verifies_within_budget() {
                 .unwrap_or_else(|e| panic!("reading {}: {e}", path.to_string_lossy()));
             let debug = DataPlane::load_object(&object, &LoadOptions::default())
                 .expect("the per-packet-logging build of the XDP programs loads");
-            problems.extend(check("debug-log", debug.program_figures()));
+            problems.extend(check_all("debug-log", debug.program_figures()));
         }
         None if in_ci() => panic!(
             "{DEBUG_LOG_OBJECT_VAR} is not set: `cargo xtask test` builds the per-packet-logging \

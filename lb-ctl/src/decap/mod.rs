@@ -1,0 +1,216 @@
+//! `lb-ctl decap`: the backends' side of `forwarding: dsr`. Loads the decapsulation
+//! program (`lb-ebpf/src/decap/main.rs`, an object of its own embedded in this binary)
+//! on a backend's interface, pinned under `<bpffs>/<name>` (default `decap`) so it stays
+//! when the command exits, and reads its counters back.
+//!
+//! One pin folder is one set of settings (GUE port, allowed sources) for every interface
+//! attached under it; two network namespaces of one host each have their own bpffs view
+//! of the folder only if they mount their own, so tests give each backend its own name.
+
+mod checks;
+pub(crate) mod command;
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, Result, bail};
+use aya::{
+    EbpfLoader,
+    maps::{Array, LpmTrie, MapData, PerCpuArray, lpm_trie::Key},
+    programs::Xdp,
+};
+use lb_common::decap::{DecapReason, DecapSettings, MAX_DECAP_SOURCES, names};
+
+pub use self::checks::{HostFacts, Warning, check_host};
+use crate::{config::Ipv4Net, pins, verifier};
+
+/// The decapsulation object, built with the load balancer's by `build.rs`.
+pub static DECAP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-decap"));
+
+/// The pin folder name when `--instance` is not given.
+pub const DEFAULT_NAME: &str = "decap";
+
+/// What `lb-ctl decap attach` sets up.
+#[derive(Clone, Debug)]
+pub struct AttachOptions {
+    pub bpffs: PathBuf,
+    pub name: String,
+    /// GUE's UDP port; `None`: IPIP only.
+    pub gue_port: Option<u16>,
+    /// Outer sources allowed to tunnel; empty: any.
+    pub allow_sources: Vec<Ipv4Net>,
+    /// VIPs that must be on `lo`.
+    pub vips: Vec<Ipv4Addr>,
+}
+
+/// What an attach did.
+#[derive(Debug)]
+pub struct Attached {
+    /// `native` or `generic` (or `re-adopted` for an interface attached before).
+    pub mode: &'static str,
+    pub warnings: Vec<Warning>,
+}
+
+/// Loads the program (or reuses the pinned maps), applies the settings, and attaches it
+/// to `iface`, keeping the other interfaces of the same folder attached.
+pub fn attach(iface: &str, options: &AttachOptions) -> Result<Attached> {
+    pins::check_bpffs(&options.bpffs)?;
+    let ifindex = pins::ifindex(iface)?;
+    if options.allow_sources.len() > MAX_DECAP_SOURCES as usize {
+        bail!(
+            "{} --allow-source prefixes; at most {MAX_DECAP_SOURCES}",
+            options.allow_sources.len()
+        );
+    }
+    let layout = pins::Layout::new(&options.bpffs, &options.name);
+    fs::create_dir_all(layout.maps())
+        .with_context(|| format!("creating {}", layout.maps().display()))?;
+    let mut loader = EbpfLoader::new();
+    loader.verifier_log_level(verifier::log_level());
+    let pins: Vec<(&str, PathBuf)> = names::ALL_MAPS
+        .iter()
+        .map(|n| (*n, layout.maps().join(n)))
+        .collect();
+    for (name, path) in &pins {
+        loader.map_pin_path(name, path.as_path());
+    }
+    let mut ebpf = loader
+        .load(DECAP_OBJECT)
+        .context("loading the decapsulation object")?;
+
+    let mut settings: Array<_, DecapSettings> = ebpf
+        .map_mut(names::SETTINGS)
+        .context("no settings map")?
+        .try_into()?;
+    settings.set(
+        0,
+        DecapSettings {
+            gue_port: options.gue_port.unwrap_or(0).to_be(),
+            restrict_sources: u8::from(!options.allow_sources.is_empty()),
+            _pad: [0; 5],
+        },
+        0,
+    )?;
+    let mut sources: LpmTrie<_, u32, u8> = ebpf
+        .map_mut(names::SOURCES)
+        .context("no sources map")?
+        .try_into()?;
+    let old: Vec<Key<u32>> = sources.keys().collect::<Result<_, _>>()?;
+    for key in &old {
+        sources.remove(key)?;
+    }
+    for net in &options.allow_sources {
+        let key = Key::new(
+            u32::from(net.prefix_len()),
+            u32::from_ne_bytes(net.addr().octets()),
+        );
+        sources.insert(&key, 1, 0)?;
+    }
+
+    let program: &mut Xdp = ebpf
+        .program_mut(names::PROGRAM)
+        .context("no decapsulation program in the object")?
+        .try_into()?;
+    verifier::load_checked(program, names::PROGRAM, None)?;
+    let mut interfaces = layout.linked_interfaces();
+    if !interfaces.iter().any(|i| i == iface) {
+        interfaces.push(iface.to_owned());
+    }
+    let attached = pins::attach(program, &layout, &interfaces, false)?;
+    let mode = attached
+        .iter()
+        .find(|(name, index, _)| name == iface && *index == ifindex)
+        .map_or("attached", |(_, _, mode)| *mode);
+    let facts = HostFacts::read(iface);
+    Ok(Attached {
+        mode,
+        warnings: check_host(iface, &facts, &options.vips),
+    })
+}
+
+/// Detaches the program from `iface`; the last interface takes the folder (maps,
+/// counters) with it. Returns the interfaces still attached.
+pub fn detach(iface: &str, bpffs: &Path, name: &str) -> Result<Vec<String>> {
+    let layout = pins::Layout::new(bpffs, name);
+    let attached = layout.linked_interfaces();
+    if !attached.iter().any(|i| i == iface) {
+        if attached.is_empty() {
+            bail!(
+                "no decapsulation program is attached under {}",
+                layout.root.display()
+            );
+        }
+        bail!(
+            "{iface} has no decapsulation program of {name}; attached: {}",
+            attached.join(", ")
+        );
+    }
+    let link = layout.link(iface);
+    fs::remove_file(&link).with_context(|| format!("removing {}", link.display()))?;
+    let left = layout.linked_interfaces();
+    if left.is_empty() {
+        pins::teardown(&layout)?;
+    }
+    Ok(left)
+}
+
+/// What `lb-ctl decap status` shows.
+#[derive(Debug, serde::Serialize)]
+pub struct Status {
+    pub name: String,
+    pub interfaces: Vec<String>,
+    /// `None`: IPIP only.
+    pub gue_port: Option<u16>,
+    /// Empty: any source.
+    pub allowed_sources: Vec<String>,
+    /// Every counter, by `DecapReason` name, summed over the CPUs.
+    pub counters: BTreeMap<&'static str, u64>,
+}
+
+pub fn status(bpffs: &Path, name: &str) -> Result<Status> {
+    let layout = pins::Layout::new(bpffs, name);
+    if !layout.exists() {
+        bail!(
+            "no decapsulation program under {}: `lb-ctl decap attach IFACE` loads one",
+            layout.root.display()
+        );
+    }
+    let open = |map: &str| {
+        let path = layout.maps().join(map);
+        MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))
+    };
+    let settings: Array<_, DecapSettings> =
+        Array::try_from(aya::maps::Map::Array(open(names::SETTINGS)?))?;
+    let settings = settings.get(&0, 0)?;
+    let counters: PerCpuArray<_, u64> =
+        PerCpuArray::try_from(aya::maps::Map::PerCpuArray(open(names::COUNTERS)?))?;
+    let mut totals = BTreeMap::new();
+    for reason in DecapReason::ALL {
+        let per_cpu = counters.get(&(reason as u32), 0)?;
+        totals.insert(reason.name(), per_cpu.iter().sum());
+    }
+    let sources: LpmTrie<_, u32, u8> =
+        LpmTrie::try_from(aya::maps::Map::LpmTrie(open(names::SOURCES)?))?;
+    let mut allowed = Vec::new();
+    for key in sources.keys() {
+        let key = key?;
+        let addr = Ipv4Addr::from(key.data().to_ne_bytes());
+        allowed.push(format!("{addr}/{}", key.prefix_len()));
+    }
+    allowed.sort();
+    Ok(Status {
+        name: name.to_owned(),
+        interfaces: layout.linked_interfaces(),
+        gue_port: (settings.gue_port != 0).then(|| u16::from_be(settings.gue_port)),
+        allowed_sources: if settings.restrict_sources != 0 {
+            allowed
+        } else {
+            Vec::new()
+        },
+        counters: totals,
+    })
+}

@@ -1,0 +1,304 @@
+//! The backends' decapsulation program, as `lb-ctl decap attach` leaves it: attached in a
+//! namespace the test made, its pinned program run on frames with BPF_PROG_TEST_RUN, every
+//! output byte and the counter each frame moves checked; then detached, pins gone.
+
+use std::{net::Ipv4Addr, path::Path};
+
+use aya::programs::Xdp;
+use aya_obj::programs::XdpAttachType;
+use lb_tests::{
+    Netns, bin_path,
+    packet::{Frame, SYN},
+    require_root_and_bpf, unique_prefix, veth,
+    xdp::{self, XDP_DROP, XDP_PASS},
+};
+
+const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+const VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 100);
+const LB: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
+const BACKEND: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 10);
+const LB_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x0b, 0x01];
+const BACKEND_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xb0];
+
+/// `lb-ctl ARGS` inside `ns` (joined with setns, so the root bpffs stays in view, as on
+/// a backend host); its status, stdout and stderr.
+fn lb_ctl_in(ns: &Netns, args: &[&str]) -> (bool, String, String) {
+    let out = ns
+        .command(bin_path("lb-ctl"))
+        .args(args)
+        .output()
+        .expect("running lb-ctl");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// An outer IPv4 header (+ UDP for GUE) around `inner`'s IP packet, from the LB to the
+/// backend, as the LB's encapsulation writes it, with `mutate` applied to the outer
+/// header bytes before the checksum.
+fn tunnelled(
+    inner: &Frame,
+    gue_port: Option<u16>,
+    src: Ipv4Addr,
+    mutate: impl Fn(&mut [u8]),
+) -> Vec<u8> {
+    let inner = inner.build();
+    let packet = &inner[14..];
+    let extra = if gue_port.is_some() { 28 } else { 20 };
+    let mut ip = vec![0x45, 0];
+    ip.extend_from_slice(&((packet.len() + extra) as u16).to_be_bytes());
+    ip.extend_from_slice(&[
+        0,
+        0,
+        0x40,
+        0,
+        64,
+        if gue_port.is_some() { 17 } else { 4 },
+        0,
+        0,
+    ]);
+    ip.extend_from_slice(&src.octets());
+    ip.extend_from_slice(&BACKEND.octets());
+    mutate(&mut ip);
+    let c = lb_common::csum::checksum(&ip);
+    ip[10..12].copy_from_slice(&c.to_ne_bytes());
+    let mut out = Vec::new();
+    out.extend_from_slice(&BACKEND_MAC);
+    out.extend_from_slice(&LB_MAC);
+    out.extend_from_slice(&[0x08, 0x00]);
+    out.extend_from_slice(&ip);
+    if let Some(port) = gue_port {
+        out.extend_from_slice(&50000u16.to_be_bytes());
+        out.extend_from_slice(&port.to_be_bytes());
+        out.extend_from_slice(&((packet.len() + 8) as u16).to_be_bytes());
+        out.extend_from_slice(&[0, 0]);
+    }
+    out.extend_from_slice(packet);
+    out
+}
+
+/// The client's packet as the backend's kernel must get it: the frame's own MACs, then
+/// the inner IP packet, byte for byte.
+fn decapsulated(inner: &Frame) -> Vec<u8> {
+    let mut f = inner.build();
+    f[..6].copy_from_slice(&BACKEND_MAC);
+    f[6..12].copy_from_slice(&LB_MAC);
+    f
+}
+
+/// One frame through the program: what it is, the frame, the verdict, the frame out
+/// (`None`: unchanged), and the counter it moves.
+type Row = (&'static str, Vec<u8>, u32, Option<Vec<u8>>, &'static str);
+
+fn counters(ns: &Netns, name: &str) -> serde_json::Value {
+    let (ok, out, err) = lb_ctl_in(ns, &["decap", "status", "--instance", name, "--json"]);
+    assert!(ok, "decap status: {err}");
+    let status: serde_json::Value = serde_json::from_str(&out).expect("status JSON");
+    status["counters"].clone()
+}
+
+#[test]
+fn decap_strips_ipip_and_gue_and_counts_the_rest() {
+    if !require_root_and_bpf("decap_strips_ipip_and_gue_and_counts_the_rest") {
+        return;
+    }
+    let prefix = unique_prefix("dcp");
+    let ns = Netns::create(&format!("{prefix}b"));
+    let peer = Netns::create(&format!("{prefix}p"));
+    veth(&ns, "eth0", &peer, "sw0");
+    ns.link_up("eth0");
+    ns.addr_add("eth0", format!("{BACKEND}/24"));
+    ns.addr_add("lo", format!("{VIP}/32"));
+    ns.sysctls(&[
+        ("net.ipv4.conf.all.arp_ignore", 1),
+        ("net.ipv4.conf.all.arp_announce", 2),
+    ]);
+    let name = format!("{prefix}d");
+    let (ok, out, err) = lb_ctl_in(
+        &ns,
+        &[
+            "decap",
+            "attach",
+            "eth0",
+            "--instance",
+            &name,
+            "--gue-port",
+            "6080",
+            "--vip",
+            &VIP.to_string(),
+        ],
+    );
+    assert!(ok, "decap attach: {err}");
+    assert!(
+        out.contains("IPIP and GUE on UDP port 6080 decapsulated on eth0"),
+        "{out}"
+    );
+    assert!(
+        !err.contains("warning"),
+        "a well-set backend gets no warning: {err}"
+    );
+    let pin = Path::new("/sys/fs/bpf").join(&name);
+    let program = Xdp::from_pin(pin.join("prog"), XdpAttachType::Interface)
+        .expect("the attached program is pinned");
+    let ingress = ns.ifindex("eth0");
+
+    let syn = Frame::tcp((CLIENT, 40000), (VIP, 80), SYN);
+    let other_udp = Frame::udp((LB, 50000), (BACKEND, 53)).payload(b"not a tunnel");
+    let cases: Vec<Row> = vec![
+        (
+            "IPIP to this backend: stripped, the client's packet passed",
+            tunnelled(&syn, None, LB, |_| {}),
+            XDP_PASS,
+            Some(decapsulated(&syn)),
+            "decapsulated_ipip",
+        ),
+        (
+            "GUE to the GUE port: stripped likewise",
+            tunnelled(&syn, Some(6080), LB, |_| {}),
+            XDP_PASS,
+            Some(decapsulated(&syn)),
+            "decapsulated_gue",
+        ),
+        (
+            "UDP to another port is no tunnel",
+            tunnelled(&syn, Some(6081), LB, |_| {}),
+            XDP_PASS,
+            None,
+            "pass_not_encapsulated",
+        ),
+        (
+            "plain traffic is not touched",
+            other_udp.build(),
+            XDP_PASS,
+            None,
+            "pass_not_encapsulated",
+        ),
+        (
+            "an outer fragment goes to the kernel as it is",
+            tunnelled(&syn, None, LB, |ip| ip[6] = 0x20),
+            XDP_PASS,
+            None,
+            "pass_outer_unusual",
+        ),
+        (
+            "an inner packet whose length disagrees with the outer one is dropped",
+            tunnelled(&syn, None, LB, |ip| {
+                let len = u16::from_be_bytes([ip[2], ip[3]]) + 4;
+                ip[2..4].copy_from_slice(&len.to_be_bytes());
+            }),
+            XDP_DROP,
+            None,
+            "drop_malformed_inner",
+        ),
+    ];
+    for (what, input, verdict, output, counter) in &cases {
+        let before = counters(&ns, &name);
+        let (got, out) = xdp::run_program(&program, ingress, input).expect("test run");
+        assert_eq!(got, *verdict, "{what}: verdict");
+        let want = output.as_ref().unwrap_or(input);
+        assert!(
+            out == *want,
+            "{what}: output differs:\n{}",
+            lb_tests::packet::diff(&out, want)
+        );
+        let after = counters(&ns, &name);
+        let moved: Vec<String> = after
+            .as_object()
+            .unwrap()
+            .iter()
+            .filter(|(k, v)| before[k.as_str()] != **v)
+            .map(|(k, _)| k.clone())
+            .collect();
+        assert_eq!(moved, [counter.to_string()], "{what}: counters that moved");
+    }
+
+    // Only the LB hosts may tunnel once --allow-source says who they are.
+    let (ok, _, err) = lb_ctl_in(
+        &ns,
+        &[
+            "decap",
+            "attach",
+            "eth0",
+            "--instance",
+            &name,
+            "--allow-source",
+            "198.18.1.0/29",
+        ],
+    );
+    assert!(ok, "re-attach: {err}");
+    let forged = tunnelled(&syn, None, Ipv4Addr::new(198, 18, 5, 5), |_| {});
+    let (got, _) = xdp::run_program(&program, ingress, &forged).expect("test run");
+    // The pinned program object is the one attached before; the settings are shared maps.
+    assert_eq!(got, XDP_DROP, "a tunnel from outside the allowed prefixes");
+    let (got, out) =
+        xdp::run_program(&program, ingress, &tunnelled(&syn, None, LB, |_| {})).expect("run");
+    assert_eq!(
+        (got, out),
+        (XDP_PASS, decapsulated(&syn)),
+        "from an LB host"
+    );
+    let c = counters(&ns, &name);
+    assert_eq!(c["drop_source_refused"], 1, "{c}");
+
+    let (ok, out, _) = lb_ctl_in(&ns, &["decap", "status", "--instance", &name]);
+    assert!(ok);
+    assert!(
+        out.contains("on eth0") && out.contains("198.18.1.0/29"),
+        "{out}"
+    );
+    assert!(
+        out.contains("GUE port: none (IPIP only)"),
+        "re-attached without --gue-port: {out}"
+    );
+
+    let (ok, _, err) = lb_ctl_in(&ns, &["decap", "detach", "eth1", "--instance", &name]);
+    assert!(
+        !ok && err.contains("eth1 has no decapsulation program") && err.contains("attached: eth0"),
+        "{err}"
+    );
+    let (ok, out, err) = lb_ctl_in(&ns, &["decap", "detach", "eth0", "--instance", &name]);
+    assert!(ok, "{err}");
+    assert!(out.contains("nothing left attached, pins removed"), "{out}");
+    assert!(!pin.exists(), "the pins are gone");
+    let link = ns.ip(["link", "show", "eth0"]);
+    assert!(!link.contains("xdp"), "nothing attached any more: {link}");
+    drop(peer);
+}
+
+#[test]
+fn decap_attach_warns_about_each_wrong_host_setting() {
+    if !require_root_and_bpf("decap_attach_warns_about_each_wrong_host_setting") {
+        return;
+    }
+    let prefix = unique_prefix("dcw");
+    let ns = Netns::create(&format!("{prefix}b"));
+    let peer = Netns::create(&format!("{prefix}p"));
+    veth(&ns, "eth0", &peer, "sw0");
+    ns.link_up("eth0");
+    ns.sysctls(&[
+        ("net.ipv4.conf.all.arp_ignore", 0),
+        ("net.ipv4.conf.all.arp_announce", 0),
+        ("net.ipv4.conf.all.rp_filter", 1),
+    ]);
+    let name = format!("{prefix}d");
+    let (ok, _, err) = lb_ctl_in(&ns, &["decap", "attach", "eth0", "--instance", &name]);
+    assert!(ok, "attached all the same: {err}");
+    for fix in [
+        "net.ipv4.conf.eth0.arp_ignore=1",
+        "net.ipv4.conf.eth0.arp_announce=2",
+        "net.ipv4.conf.eth0.rp_filter=2",
+        "ip addr add VIP/32 dev lo",
+    ] {
+        assert!(err.contains(fix), "a warning with `{fix}`:\n{err}");
+    }
+    let (ok, _, err) = lb_ctl_in(&ns, &["decap", "detach", "eth0", "--instance", &name]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = lb_ctl_in(&ns, &["decap", "status", "--instance", &name]);
+    assert!(
+        !ok && err.contains("`lb-ctl decap attach IFACE` loads one"),
+        "{err}"
+    );
+    drop(peer);
+}
