@@ -8,7 +8,8 @@
 //! no static route to the VIP range: it reaches the VIP only while the LB announces it.
 //! The LB (198.18.0.1, AS 65001) peers with it (198.18.0.2, AS 65000) and balances
 //! 198.19.0.100:80 over two backends (198.18.1.11, .12) serving HTTP on 8080, checked
-//! every second (2 failures down, 2 successes up).
+//! every second (2 failures down, 2 successes up). The ECMP test adds a second LB host
+//! (198.18.3.1) on a link of its own to the router (198.18.3.2).
 
 use std::{
     net::Ipv4Addr,
@@ -19,7 +20,7 @@ use std::{
 
 use lb_tests::{
     Backend, ChildGuard, LbDaemon, Netns, Topology, TopologyOptions, VIP, client::TempDir,
-    http_get, privilege::in_ci, require_root_and_bpf, topology::LB_CLIENT_ADDR,
+    http_get, privilege::in_ci, require_root_and_bpf, topology::LB_CLIENT_ADDR, veth,
 };
 use serde_json::Value;
 
@@ -27,6 +28,9 @@ const HTTP_PORT: u16 = 8080;
 const ROUTER_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 const ROUTER_AS: u32 = 65000;
 const LB_AS: u32 = 65001;
+/// A second LB host, for the ECMP test, on a link of its own to the router.
+const LB2_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 3, 1);
+const ROUTER_LB2_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 3, 2);
 
 /// A first session: BIRD's start, a connect delay of 1 s, the OPEN exchange, the update;
 /// generous for a loaded machine.
@@ -46,7 +50,8 @@ struct Router {
 }
 
 impl Router {
-    fn start(ns: &Netns, bfd: bool) -> Router {
+    /// A router peering with the LB hosts at `neighbors` (sessions `lb1`, `lb2`, …).
+    fn start(ns: &Netns, bfd: bool, neighbors: &[Ipv4Addr]) -> Router {
         let dir = TempDir::new("bgp-router");
         let config = dir.path().join("bird.conf");
         let socket = dir.path().join("bird.ctl");
@@ -61,19 +66,21 @@ impl Router {
         };
         // As docs/operations.md's router example: ECMP over the LB hosts, short timers so
         // that a restarted LB is back in seconds.
-        std::fs::write(
-            &config,
-            format!(
-                "router id {ROUTER_ADDR};\n\
-                 protocol device {{}}\n\
-                 {bfd_protocol}\
-                 protocol kernel {{ merge paths on; ipv4 {{ import none; export all; }}; }}\n\
-                 protocol bgp lb1 {{ local as {ROUTER_AS}; neighbor {LB_CLIENT_ADDR} as {LB_AS}; \
+        let mut text = format!(
+            "router id {ROUTER_ADDR};\n\
+             protocol device {{}}\n\
+             {bfd_protocol}\
+             protocol kernel {{ merge paths on; ipv4 {{ import none; export all; }}; }}\n"
+        );
+        for (i, neighbor) in neighbors.iter().enumerate() {
+            text.push_str(&format!(
+                "protocol bgp lb{} {{ local as {ROUTER_AS}; neighbor {neighbor} as {LB_AS}; \
                  hold time 3; connect retry time 1; error wait time 1, 5; {bfd_on}\
-                 ipv4 {{ import all; export none; }}; }}\n"
-            ),
-        )
-        .unwrap();
+                 ipv4 {{ import all; export none; }}; }}\n",
+                i + 1
+            ));
+        }
+        std::fs::write(&config, text).unwrap();
         let bird = ns.spawn([
             "bird".as_ref(),
             "-f".as_ref(),
@@ -180,7 +187,7 @@ fn setup(tag: &str, bfd: bool, bgp_extra: &str) -> Option<Setup> {
     topo.pin_neighbors();
     // The router reaches the VIPs only through what it learns over BGP.
     topo.client().ip(["route", "del", "198.19.0.0/16"]);
-    let router = Router::start(topo.client(), bfd);
+    let router = Router::start(topo.client(), bfd, &[LB_CLIENT_ADDR, LB2_ADDR]);
     let backends = topo.start_backends(Some(HTTP_PORT), None);
     let instance = format!("{}i", topo.prefix());
     let config = format!(
@@ -262,6 +269,7 @@ fn a_vip_is_announced_while_a_backend_is_healthy() {
     assert_eq!(session["neighbor"], ROUTER_ADDR.to_string(), "{status:#}");
     assert_eq!(session["state"], "established", "{status:#}");
     let text = s.daemon.ctl_ok(&["status"]);
+    eprintln!("{text}");
     assert!(text.contains(&format!("announced: {VIP}")), "{text}");
     assert!(
         text.lines()
@@ -427,5 +435,74 @@ fn with_bfd_a_frozen_lb_is_routed_around_in_under_a_second() {
     );
     wait_until("the route is back", SESSION_UP, || {
         announced(s.topo.client())
+    });
+}
+
+/// A second LB host in a namespace of its own, linked to the router, announcing the same
+/// VIP (its backend is not reachable from there, so its listener checks nothing: this
+/// test is about routes, not traffic).
+struct SecondLb {
+    // Stopped (and its data plane torn down) before its namespace goes.
+    daemon: LbDaemon,
+    _ns: Netns,
+}
+
+impl SecondLb {
+    fn start(topo: &Topology) -> SecondLb {
+        let ns = Netns::create(&format!("{}lb2", topo.prefix()));
+        veth(topo.client(), "to-lb2", &ns, "up0");
+        topo.client()
+            .addr_add("to-lb2", format!("{ROUTER_LB2_ADDR}/24"));
+        topo.client().link_up("to-lb2");
+        ns.addr_add("up0", format!("{LB2_ADDR}/24"));
+        ns.link_up("up0");
+        let instance = format!("{}j", topo.prefix());
+        let config = format!(
+            "instance: {instance}
+interfaces: [up0]
+flow_table_size: 65536
+max_listeners: 8
+max_backends: 64
+bgp:
+  router_id: {LB2_ADDR}
+  local_as: {LB_AS}
+  hold_time: 3
+  neighbors: [{{ address: {ROUTER_LB2_ADDR}, remote_as: {ROUTER_AS} }}]
+default_server_group:
+  servers: [{{ address: 198.18.1.11 }}]
+listeners:
+  - {{ name: web, protocol: tcp, address: {VIP}, port: 80, backend_port: {HTTP_PORT}, health_check: {{ type: none }} }}
+"
+        );
+        let daemon = LbDaemon::start(&ns, &instance, &config);
+        SecondLb { daemon, _ns: ns }
+    }
+}
+
+#[test]
+fn two_lb_hosts_announcing_a_vip_give_the_router_a_multipath_route() {
+    let Some(s) = setup("bgp-ecmp", false, "") else {
+        return;
+    };
+    let second = SecondLb::start(&s.topo);
+    let both = |route: &str| {
+        route.contains(&format!("nexthop via {LB_CLIENT_ADDR} "))
+            && route.contains(&format!("nexthop via {LB2_ADDR} "))
+    };
+    wait_until(
+        "the router spreads the VIP over both hosts",
+        SESSION_UP,
+        || both(&vip_route(s.topo.client())),
+    );
+
+    // One host drained: the router keeps the other.
+    second.daemon.ctl_ok(&["drain-host"]);
+    wait_until("the drained host leaves the route", UPDATE, || {
+        let route = vip_route(s.topo.client());
+        !route.contains("nexthop") && announced(s.topo.client())
+    });
+    second.daemon.ctl_ok(&["drain-host", "--undo"]);
+    wait_until("it comes back", UPDATE, || {
+        both(&vip_route(s.topo.client()))
     });
 }
