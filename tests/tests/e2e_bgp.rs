@@ -175,6 +175,8 @@ struct Setup {
     router: Router,
     daemon: LbDaemon,
     backends: Vec<Backend>,
+    /// The daemon's config file as written.
+    config: String,
 }
 
 /// The topology with the router's BIRD, the backends serving, and the daemon announcing
@@ -225,6 +227,7 @@ listeners:
         router,
         daemon,
         backends,
+        config,
     })
 }
 
@@ -342,6 +345,62 @@ fn drain_host_withdraws_while_forwarding_goes_on() {
         announced(s.topo.client())
     });
     assert_eq!(bgp_status(&s.daemon)["host_drained"], false);
+}
+
+#[test]
+fn a_reload_applies_a_removed_changed_or_added_bgp_section() {
+    let Some(s) = setup("bgp-reload", false, "") else {
+        return;
+    };
+    let bgp_start = s.config.find("bgp:").unwrap();
+    let bgp_end = s.config.find("default_server_group:").unwrap();
+    let without = format!("{}{}", &s.config[..bgp_start], &s.config[bgp_end..]);
+
+    // Removed: BIRD stops, the router loses the route, the status has no bgp.
+    let bird = bgp_status(&s.daemon)["bird_pid"].as_i64().unwrap() as i32;
+    s.daemon.write_config(&without);
+    s.daemon.ctl_ok(&["reload"]);
+    wait_until("the VIP is withdrawn", UPDATE, || {
+        !announced(s.topo.client())
+    });
+    assert!(s.daemon.status().get("bgp").is_none());
+    wait_until("BIRD stops", UPDATE, || !pid_alive(bird));
+    assert_eq!(
+        s.daemon.ctl(&["drain-host"]).status.code(),
+        Some(2),
+        "drain-host without a bgp section is refused"
+    );
+
+    // Added back: announced again.
+    s.daemon.write_config(&s.config);
+    s.daemon.ctl_ok(&["reload"]);
+    wait_until("the VIP is announced again", SESSION_UP, || {
+        announced(s.topo.client())
+    });
+
+    // Changed: a second neighbor gets a session of its own, and the first session is
+    // not restarted for it (BIRD re-reads its config, it does not start again).
+    let since = bgp_status(&s.daemon)["sessions"][0]["since"].clone();
+    let neighbor = format!("- {{ address: {ROUTER_ADDR}, remote_as: {ROUTER_AS}, bfd: false }}");
+    let two = s.config.replace(
+        &neighbor,
+        &format!("{neighbor}\n    - {{ address: {ROUTER_LB2_ADDR}, remote_as: {ROUTER_AS} }}"),
+    );
+    assert_ne!(two, s.config);
+    s.daemon.write_config(&two);
+    s.daemon.ctl_ok(&["reload"]);
+    wait_until("status shows both sessions", UPDATE, || {
+        bgp_status(&s.daemon)["sessions"]
+            .as_array()
+            .is_some_and(|a| a.len() == 2)
+    });
+    let status = bgp_status(&s.daemon);
+    let sessions = status["sessions"].as_array().unwrap();
+    assert_eq!(sessions[0]["state"], "established", "{status:#}");
+    assert_eq!(sessions[0]["since"], since, "{status:#}");
+    assert_eq!(sessions[1]["neighbor"], ROUTER_LB2_ADDR.to_string());
+    assert_ne!(sessions[1]["state"], "established", "{status:#}");
+    assert!(announced(s.topo.client()));
 }
 
 #[test]
