@@ -212,7 +212,7 @@ impl Supervisor {
             .arg("-s")
             .arg(&self.files.socket)
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
+            .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
         // SAFETY: between fork and exec the closure makes one system call (prctl), which
@@ -239,21 +239,10 @@ impl Supervisor {
             self.files.socket.display()
         );
         self.note(|r| r.pid = pid);
-        for out in [
-            child
-                .stdout
-                .take()
-                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
-            child
-                .stderr
-                .take()
-                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
-        ]
-        .into_iter()
-        .flatten()
-        {
+        // BIRD logs to stderr (`log stderr` in its config): its lines join the daemon's.
+        if let Some(stderr) = child.stderr.take() {
             tokio::spawn(async move {
-                let mut lines = BufReader::new(out).lines();
+                let mut lines = BufReader::new(stderr).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
                     info!(target: "bird", "{line}");
                 }
