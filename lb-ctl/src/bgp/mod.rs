@@ -24,11 +24,16 @@ use serde::{Deserialize, Serialize};
 use tokio::{sync::watch, task::JoinHandle};
 use tracing::{info, warn};
 
+use self::{
+    bird::Files,
+    render::{VIPS_PROTOCOL, session_name},
+    show::{parse_protocols, parse_routes},
+    supervisor::Report,
+};
 pub use self::{
-    bird::{BirdError, Files, Programs},
-    render::{BFD_INTERVAL_MS, BFD_MULTIPLIER, VIPS_PROTOCOL, render, session_name},
-    show::{Session, SessionState, parse_protocols, parse_routes},
-    supervisor::{Report, Wanted},
+    bird::{BirdError, Programs},
+    show::{Session, SessionState},
+    supervisor::Wanted,
 };
 use crate::config::Bgp;
 
@@ -157,10 +162,6 @@ impl Speaker {
 
     pub fn is_configured(&self) -> bool {
         self.bgp.is_some()
-    }
-
-    pub fn host_drained(&self) -> bool {
-        self.host_drained
     }
 
     /// `lb-ctl drain-host`: withdraws every VIP (`drained`) or announces the healthy ones

@@ -48,8 +48,6 @@ pub struct Report {
     pub restarts: u32,
     /// The last failure (start, reconfigure, death), cleared by a success.
     pub problem: Option<String>,
-    /// What BIRD runs with: set once it started with, or re-read, the config of it.
-    pub applied: Option<Wanted>,
 }
 
 pub(super) struct Supervisor {
@@ -57,6 +55,8 @@ pub(super) struct Supervisor {
     pub files: Files,
     pub programs: Option<Programs>,
     pub wanted: watch::Receiver<Wanted>,
+    /// What BIRD runs with: the `Wanted` it started with or last re-read; `None` while it
+    /// does not run.
     pub applied: watch::Sender<Option<Wanted>>,
     pub report: Arc<Mutex<Report>>,
 }
@@ -72,7 +72,6 @@ impl Supervisor {
     }
 
     fn applied(&self, wanted: Option<Wanted>) {
-        self.note(|r| r.applied.clone_from(&wanted));
         self.applied.send_replace(wanted);
     }
 
