@@ -65,6 +65,11 @@ pub enum Request {
         #[serde(default)]
         port: Option<u16>,
     },
+    /// Withdraw every VIP from BGP, forwarding on (`undo`: announce them again).
+    DrainHost {
+        #[serde(default)]
+        undo: bool,
+    },
 }
 
 /// The daemon's answer.
@@ -171,6 +176,10 @@ pub struct Status {
     pub conflicts: Vec<String>,
     #[serde(default)]
     pub flow_table: FlowTableStatus,
+    /// BGP sessions and announced VIPs; absent without a `bgp` section. Filled by the
+    /// daemon, which asks BIRD.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bgp: Option<crate::bgp::BgpStatus>,
 }
 
 /// The flow table as the last sweep (every second) saw it.

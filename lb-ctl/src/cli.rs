@@ -104,6 +104,16 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Withdraw every VIP from BGP while this host keeps forwarding, so routers move new
+    /// traffic away and established flows finish here; before maintenance or a stop.
+    ///
+    /// Needs a `bgp` section. It lasts until `lb-ctl drain-host --undo` or the daemon's
+    /// next start (a reload keeps it). `lb-ctl status` shows it.
+    DrainHost {
+        /// Announce the VIPs with a healthy backend again.
+        #[arg(long)]
+        undo: bool,
+    },
     /// Re-read the config file and apply the difference (also SIGHUP).
     Reload,
     /// Print the effective state (config + runtime changes) as a config file.

@@ -142,6 +142,9 @@ pub fn render_status(s: &Status) -> String {
         "flow table: {} of {} entries, {} evicted",
         s.flow_table.entries, s.flow_table.capacity, s.flow_table.evicted
     );
+    if let Some(bgp) = &s.bgp {
+        render_bgp(bgp, &mut out);
+    }
     for l in &s.listeners {
         let _ = writeln!(
             out,
@@ -198,6 +201,60 @@ pub fn render_status(s: &Status) -> String {
         ));
     }
     out
+}
+
+fn render_bgp(bgp: &crate::bgp::BgpStatus, out: &mut String) {
+    let list = |vips: &[Ipv4Addr]| {
+        if vips.is_empty() {
+            "none".to_owned()
+        } else {
+            vips.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    };
+    let bird = match bgp.bird_pid {
+        Some(pid) => format!("BIRD pid {pid}"),
+        None => "BIRD not running".to_owned(),
+    };
+    let restarts = if bgp.bird_restarts > 0 {
+        format!(", restarted {} time(s)", bgp.bird_restarts)
+    } else {
+        String::new()
+    };
+    let _ = writeln!(out, "\nbgp: {bird}{restarts}");
+    if bgp.host_drained {
+        let _ = writeln!(
+            out,
+            "  host drained: nothing announced (`lb-ctl drain-host --undo` ends it)"
+        );
+    }
+    let _ = writeln!(out, "  announced: {}", list(&bgp.announced));
+    let _ = writeln!(
+        out,
+        "  VIPs with a healthy backend: {}",
+        list(&bgp.healthy_vips)
+    );
+    if let Some(problem) = &bgp.problem {
+        let _ = writeln!(out, "  problem: {problem}");
+    }
+    let rows: Vec<Vec<String>> = bgp
+        .sessions
+        .iter()
+        .map(|s| {
+            vec![
+                format!(
+                    "  {}",
+                    s.neighbor.map_or_else(|| s.name.clone(), |n| n.to_string())
+                ),
+                s.state.to_string(),
+                s.since.clone(),
+                s.info.clone(),
+            ]
+        })
+        .collect();
+    out.push_str(&table(&["  NEIGHBOR", "STATE", "SINCE", "INFO"], &rows));
 }
 
 fn status(socket: &Path, json: bool) -> i32 {
@@ -780,6 +837,7 @@ pub fn run(socket: &Path, command: Command) -> i32 {
                 Err(code) => code,
             }
         }
+        Command::DrainHost { undo } => simple(socket, &Request::DrainHost { undo }, false),
         Command::Reload => simple(socket, &Request::Reload, false),
         Command::Export => simple(socket, &Request::Export, true),
         Command::Teardown {

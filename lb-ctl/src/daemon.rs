@@ -24,6 +24,7 @@ use tracing::{error, info, warn};
 
 use crate::{
     api::{Request, Response},
+    bgp,
     controller::{self, Controller},
     health::{Checker, CheckerOptions},
     web::WebServer,
@@ -160,12 +161,42 @@ fn bind_socket(path: &Path, group: Option<&str>) -> anyhow::Result<UnixListener>
     Ok(listener)
 }
 
-async fn handle(controller: &Mutex<Controller>, request: Request) -> Response {
-    let mut c = controller.lock().await;
-    match request {
-        Request::Status => c
-            .status()
-            .map_or_else(Response::from, |s| Response::ok("", s)),
+/// What the control socket's connections share with the daemon's loop. Lock order: the
+/// controller before the speaker.
+#[derive(Clone)]
+struct Shared {
+    controller: Arc<Mutex<Controller>>,
+    speaker: Arc<Mutex<bgp::Speaker>>,
+}
+
+impl Shared {
+    /// Tells BGP the section and healthy VIPs after whatever just changed.
+    fn publish(&self, c: &Controller) -> impl Future<Output = ()> + Send + '_ {
+        // Read before the first await: the controller is not `Sync`.
+        let bgp = c.effective().bgp.clone();
+        let vips = c.healthy_vips();
+        async move { self.speaker.lock().await.publish(bgp.as_ref(), vips) }
+    }
+}
+
+async fn handle(shared: &Shared, request: Request) -> Response {
+    if let Request::DrainHost { undo } = request {
+        return drain_host(shared, undo).await;
+    }
+    let mut c = shared.controller.lock().await;
+    let response = match request {
+        Request::Status => match c.status() {
+            Err(e) => Response::from(e),
+            Ok(mut status) => {
+                // BIRD is asked off the controller's lock.
+                let probe = shared.speaker.lock().await.status_probe();
+                drop(c);
+                if let Some(probe) = probe {
+                    status.bgp = Some(probe.run().await);
+                }
+                return Response::ok("", status);
+            }
+        },
         Request::Stats => c
             .stats()
             .map_or_else(Response::from, |s| Response::ok("", s)),
@@ -194,8 +225,54 @@ async fn handle(controller: &Mutex<Controller>, request: Request) -> Response {
             address,
             port,
         } => controller::respond(c.active_flows(&group, address, port)),
-    }
+        Request::DrainHost { .. } => unreachable!("answered above"),
+    };
+    shared.publish(&c).await;
+    response
 }
+
+/// `lb-ctl drain-host`: withdraws every VIP (or, with `undo`, announces the healthy ones
+/// again) and answers once BIRD has the new routes.
+async fn drain_host(shared: &Shared, undo: bool) -> Response {
+    let (applied, target, vips) = {
+        let mut speaker = shared.speaker.lock().await;
+        if !speaker.is_configured() {
+            return Response::refused(
+                "this instance has no `bgp` section: it announces nothing, so there is \
+                 nothing to withdraw",
+            );
+        }
+        speaker.drain_host(!undo);
+        let vips = speaker.status_probe().map_or(0, |p| p.healthy_vips());
+        (speaker.applied(), speaker.wanted(), vips)
+    };
+    let confirmed = bgp::confirm(applied, target, DRAIN_HOST_CONFIRM).await;
+    let pending = if confirmed {
+        ""
+    } else {
+        " (BIRD has not confirmed yet; `lb-ctl status` shows what it announces)"
+    };
+    let (message, drained) = if undo {
+        (
+            format!("host undrained: announcing the {vips} VIP(s) with a healthy backend{pending}"),
+            false,
+        )
+    } else {
+        info!("drain-host: every VIP withdrawn from BGP; forwarding goes on");
+        (
+            format!(
+                "host drained: every VIP withdrawn from BGP{pending}; this host keeps \
+                 forwarding what still reaches it. `lb-ctl drain-host --undo` announces the \
+                 VIPs again"
+            ),
+            true,
+        )
+    };
+    Response::ok(message, serde_json::json!({ "host_drained": drained }))
+}
+
+/// Longest `drain-host` waits for BIRD to take the new routes before answering.
+const DRAIN_HOST_CONFIRM: Duration = Duration::from_secs(5);
 
 /// Longest request line the control socket reads. Requests are a few hundred bytes; the
 /// bound keeps a client that never sends a newline from growing the daemon's memory.
@@ -204,10 +281,10 @@ pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 /// Time a client has to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-async fn serve_connection(controller: Arc<Mutex<Controller>>, stream: tokio::net::UnixStream) {
+async fn serve_connection(shared: Shared, stream: tokio::net::UnixStream) {
     let (read, mut write) = stream.into_split();
     let response = match read_request(read).await {
-        Ok(Some(request)) => handle(&controller, request).await,
+        Ok(Some(request)) => handle(&shared, request).await,
         Ok(None) => return,
         Err(refusal) => refusal,
     };
@@ -314,8 +391,18 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         info!("the XDP program logs every packet (built with LB_EBPF_DEBUG_LOG=1)");
         tokio::spawn(forward_xdp_log(logger));
     }
+    let speaker = bgp::Speaker::start(
+        &options.controller.state_dir,
+        &instance,
+        controller.effective().bgp.as_ref(),
+    )?;
     let listener = bind_socket(&options.socket, options.socket_group.as_deref())?;
     let controller = Arc::new(Mutex::new(controller));
+    let shared = Shared {
+        controller: Arc::clone(&controller),
+        speaker: Arc::new(Mutex::new(speaker)),
+    };
+    shared.publish(&*controller.lock().await).await;
     // /metrics and the status page, when the config asks for them (`metrics_listen`).
     let mut web = WebServer::new();
     let (metrics_listen, metrics_hosts) = {
@@ -345,7 +432,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    tokio::spawn(serve_connection(Arc::clone(&controller), stream));
+                    tokio::spawn(serve_connection(shared.clone(), stream));
                 }
                 Err(e) => warn!("control socket: accept failed: {e}"),
             },
@@ -425,7 +512,12 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
         }
+        // Whatever happened may have changed which VIPs have a healthy backend (or the
+        // bgp section): BGP follows.
+        shared.publish(&*controller.lock().await).await;
     }
+    // Withdraw, wait, stop BIRD; the data plane keeps forwarding what still arrives.
+    shared.speaker.lock().await.stop().await;
     let _ = fs::remove_file(&options.socket);
     info!(
         "stopped; the data plane of instance {instance} stays attached and keeps forwarding \

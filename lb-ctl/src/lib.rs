@@ -2,6 +2,7 @@
 //! loaded data plane, the daemon and its control API.
 
 pub(crate) mod api;
+pub mod bgp;
 pub(crate) mod cli;
 pub(crate) mod client;
 pub mod config;

@@ -211,6 +211,11 @@ impl LbDaemon {
             .unwrap_or_default()
     }
 
+    /// The daemon's process, to signal or wait for it by hand; `None` once stopped.
+    pub fn child(&mut self) -> Option<&mut ChildGuard> {
+        self.child.as_mut()
+    }
+
     /// SIGKILL: the daemon dies without any cleanup, as in a crash.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

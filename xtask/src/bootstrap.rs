@@ -98,6 +98,14 @@ const PACKAGES: &[PackageSet] = &[
         ],
         deb_web_only: false,
     },
+    // Test, and running with a `bgp` section: the daemon runs BIRD 2 to announce the VIPs,
+    // and the BGP end-to-end test runs a router's BIRD too.
+    PackageSet {
+        group: Group::Test,
+        what: "BGP speaker (BIRD 2)",
+        packages: &["bird2"],
+        deb_web_only: false,
+    },
     // Bench: the baselines the XDP forwarder is measured against.
     PackageSet {
         group: Group::Bench,

@@ -34,6 +34,14 @@ pub mod limits {
     pub const FLAP_MAX_FLAPS: RangeInclusive<u64> = 1..=100;
     pub const FLAP_WINDOW: RangeInclusive<u64> = 1..=3600;
     pub const FLAP_HOLD: RangeInclusive<u64> = 1..=86_400;
+    /// 4-byte AS numbers (RFC 6793); AS 0 is reserved (RFC 7607).
+    pub const AS_NUMBER: RangeInclusive<u64> = 1..=4_294_967_295;
+    /// BGP's hold time field: 0 (no keepalives) or at least 3 s (RFC 4271, 4.2). The
+    /// reader takes 0..=65535; `validate` refuses 1 and 2 with the reason.
+    pub const HOLD_TIME: RangeInclusive<u64> = 0..=65535;
+    pub const WITHDRAW_WAIT: RangeInclusive<u64> = 0..=300;
+    /// BIRD sends TCP-MD5 keys of up to 80 bytes (TCP_MD5SIG_MAXKEYLEN).
+    pub const BGP_PASSWORD_MAX: usize = 80;
     /// Longest instance name: it becomes a bpffs folder and prefixes pinned map names.
     pub const INSTANCE_NAME_MAX: usize = 32;
     /// Longest name of a group, listener or ACL.
@@ -56,6 +64,9 @@ pub mod limits {
     /// Longest `dsr.source` prefix span: at most this many host bits come from a flow's
     /// hash, so the first two octets stay the operator's.
     pub const DSR_SOURCE_PREFIX: RangeInclusive<u64> = 16..=32;
+    pub const DEFAULT_HOLD_TIME: u16 = 9;
+    pub const DEFAULT_WITHDRAW_WAIT: u32 = 2;
+    pub const DEFAULT_BGP_PORT: u16 = 179;
 }
 
 use limits::*;
@@ -115,6 +126,10 @@ pub struct Config {
     /// naming any other host in `Host` is refused (DNS rebinding).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub metrics_hosts: Vec<String>,
+    /// Announce the VIPs to routers over BGP (through a BIRD the daemon runs); off when
+    /// absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bgp: Option<Bgp>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub acls: Vec<Acl>,
     /// Exactly one per instance; absent in the file means an empty group.
@@ -144,6 +159,7 @@ impl Config {
             metrics_listen: None,
             refused_client_sources: Vec::new(),
             metrics_hosts: Vec::new(),
+            bgp: None,
             acls: Vec::new(),
             default_server_group: DefaultGroup::default(),
             vserver_groups: Vec::new(),
@@ -255,6 +271,65 @@ pub enum VipPing {
     Answer,
     /// Dropped (counted as `drop_vip_other_protocol`).
     Drop,
+}
+
+/// The BGP speaker of the host: it announces each VIP that has a backend taking new flows
+/// as a /32 to every neighbor, with this host as the next hop.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Bgp {
+    /// BGP identifier of this host; usually one of its addresses.
+    pub router_id: Ipv4Addr,
+    pub local_as: u32,
+    /// Seconds without a message from a neighbor before its session is torn down and its
+    /// routes withdrawn; keepalives go every third of it. 0 turns keepalives off. The
+    /// session uses the smaller of the two sides' values.
+    #[serde(skip_serializing_if = "eq_u16::<DEFAULT_HOLD_TIME>")]
+    pub hold_time: u16,
+    /// Seconds a graceful stop waits between withdrawing the VIPs and closing the
+    /// sessions, so routers move traffic away while this host still forwards it.
+    #[serde(skip_serializing_if = "eq_u32::<DEFAULT_WITHDRAW_WAIT>")]
+    pub withdraw_wait: u32,
+    pub neighbors: Vec<BgpNeighbor>,
+}
+
+impl Bgp {
+    pub fn new(router_id: Ipv4Addr, local_as: u32, neighbors: Vec<BgpNeighbor>) -> Self {
+        Self {
+            router_id,
+            local_as,
+            hold_time: DEFAULT_HOLD_TIME,
+            withdraw_wait: DEFAULT_WITHDRAW_WAIT,
+            neighbors,
+        }
+    }
+}
+
+/// One router this host holds a BGP session with.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct BgpNeighbor {
+    pub address: Ipv4Addr,
+    pub remote_as: u32,
+    /// TCP port of the neighbor's BGP.
+    #[serde(skip_serializing_if = "eq_u16::<DEFAULT_BGP_PORT>")]
+    pub port: u16,
+    /// Run BFD on the session: a dead peer is noticed in under a second, not a hold time.
+    #[serde(skip_serializing_if = "is_default")]
+    pub bfd: bool,
+    /// TCP MD5 signature key (RFC 2385) shared with the neighbor.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+}
+
+impl BgpNeighbor {
+    pub fn new(address: Ipv4Addr, remote_as: u32) -> Self {
+        Self {
+            address,
+            remote_as,
+            port: DEFAULT_BGP_PORT,
+            bfd: false,
+            password: None,
+        }
+    }
 }
 
 /// A named list of source prefixes that listeners allow or deny.

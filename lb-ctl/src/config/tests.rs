@@ -1202,3 +1202,127 @@ fn rule_dsr_settings_apply_to_dsr_only_and_within_their_ranges() {
     );
     ok(&with("forwarding: dsr\ndsr: { source: 198.18.0.0/16 }\n"));
 }
+
+// --- bgp ------------------------------------------------------------------------------
+
+const BGP_EXAMPLE: &str = "bgp:
+  router_id: 198.18.2.11
+  local_as: 65001
+  hold_time: 3
+  neighbors:
+    - { address: 198.18.2.1, remote_as: 65000, bfd: true }
+";
+
+#[test]
+fn the_issue_bgp_example_parses_with_defaults_filled() {
+    let c = ok(&with(BGP_EXAMPLE));
+    let bgp = c.bgp.expect("a bgp section");
+    assert_eq!(bgp.router_id, Ipv4Addr::new(198, 18, 2, 11));
+    assert_eq!(bgp.local_as, 65001);
+    assert_eq!(bgp.hold_time, 3);
+    assert_eq!(bgp.withdraw_wait, 2);
+    assert_eq!(bgp.neighbors.len(), 1);
+    let n = &bgp.neighbors[0];
+    assert_eq!(n.address, Ipv4Addr::new(198, 18, 2, 1));
+    assert_eq!(n.remote_as, 65000);
+    assert_eq!(n.port, 179);
+    assert!(n.bfd);
+    assert_eq!(n.password, None);
+}
+
+#[test]
+fn bgp_defaults_and_absence() {
+    assert_eq!(ok(BASE).bgp, None);
+    let c = ok(&with(
+        "bgp: { router_id: 198.18.2.11, local_as: 4200000000, neighbors: \
+         [{ address: 198.18.2.1, remote_as: 65000 }] }\n",
+    ));
+    let bgp = c.bgp.unwrap();
+    assert_eq!(bgp.hold_time, 9);
+    assert_eq!(bgp.local_as, 4_200_000_000);
+    assert!(!bgp.neighbors[0].bfd);
+}
+
+#[test]
+fn every_bgp_setting_round_trips_through_yaml() {
+    let c = ok(&with(
+        "bgp:
+  router_id: 198.18.2.11
+  local_as: 65001
+  hold_time: 0
+  withdraw_wait: 0
+  neighbors:
+    - { address: 198.18.2.1, remote_as: 65000, port: 1179, bfd: true, password: s3cret }
+    - { address: 198.18.2.2, remote_as: 65002 }
+",
+    ));
+    let yaml = c.to_yaml();
+    assert_eq!(ok(&yaml), c, "{yaml}");
+    assert!(!with(BGP_EXAMPLE).is_empty());
+    let defaults = ok(&with(
+        BGP_EXAMPLE.replace("hold_time: 3", "hold_time: 9").as_str(),
+    ));
+    let exported = defaults.to_yaml();
+    for absent in ["hold_time", "withdraw_wait", "port:"] {
+        assert!(!exported.contains(absent), "{absent} in\n{exported}");
+    }
+}
+
+#[test]
+fn bgp_errors_name_their_path() {
+    let found = errors(&with(
+        "bgp:
+  router_id: 2001:db8::1
+  local_as: 0
+  hold_time: 2
+  withdraw_wait: 301
+  neighbors:
+    - { address: 198.18.2.1, remote_as: 4294967296, bfd: yes }
+    - { address: 198.18.2.1, remote_as: 65000, port: 0, password: 'a\"b' }
+    - { address: 0.0.0.0, remote_as: 65000, multihop: 2 }
+",
+    ));
+    let expected = [
+        "bgp.router_id: IPv6 is not supported yet",
+        "bgp.local_as: 0 is not in 1..=4294967295",
+        "bgp.hold_time: a hold time of 2 s is not allowed",
+        "bgp.withdraw_wait: 301 is not in 0..=300",
+        "bgp.neighbors[0].remote_as: 4294967296 is not in 1..=4294967295",
+        "bgp.neighbors[0].bfd: expected true or false",
+        "bgp.neighbors[1].address: neighbor 198.18.2.1 is listed twice",
+        "bgp.neighbors[1].port: 0 is not in 1..=65535",
+        "bgp.neighbors[1].password: the TCP MD5 password may hold only printable ASCII",
+        "bgp.neighbors[2].address: 0.0.0.0 is the unspecified address",
+        "bgp.neighbors[2].multihop: unknown field `multihop`",
+    ];
+    for e in expected {
+        assert!(
+            found.iter().any(|f| f.starts_with(e)),
+            "missing `{e}` in:\n{}",
+            found.join("\n")
+        );
+    }
+    assert_eq!(found.len(), expected.len(), "{}", found.join("\n"));
+}
+
+#[test]
+fn bgp_needs_its_required_fields_and_a_neighbor() {
+    let found = errors(&with("bgp: {}\n"));
+    for e in [
+        "bgp.router_id: required field is missing",
+        "bgp.local_as: required field is missing",
+        "bgp.neighbors: required field is missing",
+    ] {
+        assert!(found.iter().any(|f| f.starts_with(e)), "{e} in {found:?}");
+    }
+    let found = errors(&with(
+        "bgp: { router_id: 198.18.2.11, local_as: 65001, neighbors: [] }\n",
+    ));
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(
+        found[0].starts_with("bgp.neighbors: at least one neighbor is required"),
+        "{found:?}"
+    );
+    let found = errors(&with("bgp: [198.18.2.1]\n"));
+    assert!(found[0].starts_with("bgp: expected a mapping"), "{found:?}");
+}

@@ -34,6 +34,7 @@ pub(crate) fn check(config: &Config, taint: &Taint) -> Vec<ConfigError> {
         errors: Vec::new(),
     };
     checker.top_level(config);
+    checker.bgp(config);
     checker.acls(config);
     checker.default_group(config);
     checker.groups(config);
@@ -317,6 +318,85 @@ impl Checker<'_> {
                 )),
             );
         }
+    }
+
+    fn bgp(&mut self, c: &Config) {
+        let Some(bgp) = &c.bgp else {
+            return;
+        };
+        self.unicast("bgp.router_id", bgp.router_id, "the router id");
+        self.range("bgp.local_as", bgp.local_as, &AS_NUMBER);
+        self.range("bgp.hold_time", bgp.hold_time, &HOLD_TIME);
+        if matches!(bgp.hold_time, 1 | 2) {
+            self.report(
+                "bgp.hold_time",
+                &[],
+                format!("a hold time of {} s is not allowed", bgp.hold_time),
+                Some(
+                    "BGP takes 0 (no keepalives) or 3 to 65535 seconds; turn `bfd` on for \
+                     faster failure detection"
+                        .to_owned(),
+                ),
+            );
+        }
+        self.range("bgp.withdraw_wait", bgp.withdraw_wait, &WITHDRAW_WAIT);
+        if bgp.neighbors.is_empty() {
+            self.report(
+                "bgp.neighbors",
+                &[],
+                "at least one neighbor is required".to_owned(),
+                Some(
+                    "name the routers the VIPs are announced to, e.g. \
+                     [{ address: 198.18.2.1, remote_as: 65000 }]"
+                        .to_owned(),
+                ),
+            );
+        }
+        for (i, n) in bgp.neighbors.iter().enumerate() {
+            let path = index("bgp.neighbors", i);
+            self.unicast(&field(&path, "address"), n.address, "a neighbor");
+            self.range(&field(&path, "remote_as"), n.remote_as, &AS_NUMBER);
+            self.range(&field(&path, "port"), n.port, &PORT);
+            if let Some(password) = &n.password {
+                let printable = password.chars().all(|c| c.is_ascii_graphic() || c == ' ');
+                let problem = if password.is_empty() {
+                    Some("must not be empty".to_owned())
+                } else if password.len() > BGP_PASSWORD_MAX {
+                    Some(format!("is longer than {BGP_PASSWORD_MAX} bytes"))
+                } else if !printable || password.contains(['"', '\\']) {
+                    Some("may hold only printable ASCII without `\"` and `\\`".to_owned())
+                } else {
+                    None
+                };
+                if let Some(problem) = problem {
+                    self.report(
+                        &field(&path, "password"),
+                        &[],
+                        format!("the TCP MD5 password {problem}"),
+                        Some(format!(
+                            "1 to {BGP_PASSWORD_MAX} printable ASCII characters, the same on \
+                             the router"
+                        )),
+                    );
+                }
+            }
+        }
+        self.unique(
+            bgp.neighbors
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (field(&index("bgp.neighbors", i), "address"), n.address)),
+            |addr, first, again| {
+                (
+                    format!(
+                        "neighbor {addr} is listed twice: {} and {}",
+                        parent(first),
+                        parent(again)
+                    ),
+                    Some("one session per router: merge the two entries".to_owned()),
+                )
+            },
+        );
     }
 
     fn acls(&mut self, c: &Config) {

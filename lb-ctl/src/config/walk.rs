@@ -35,6 +35,7 @@ pub(crate) const TOP_FIELDS: &[&str] = &[
     "metrics_listen",
     "refused_client_sources",
     "metrics_hosts",
+    "bgp",
     "acls",
     "default_server_group",
     "vserver_groups",
@@ -42,6 +43,14 @@ pub(crate) const TOP_FIELDS: &[&str] = &[
     "listeners",
 ];
 const DSR_FIELDS: &[&str] = &["encapsulation", "gue_port", "source"];
+const BGP_FIELDS: &[&str] = &[
+    "router_id",
+    "local_as",
+    "hold_time",
+    "withdraw_wait",
+    "neighbors",
+];
+const BGP_NEIGHBOR_FIELDS: &[&str] = &["address", "remote_as", "port", "bfd", "password"];
 const ACL_FIELDS: &[&str] = &["name", "entries"];
 const DEFAULT_GROUP_FIELDS: &[&str] = &["servers"];
 const DEFAULT_SERVER_FIELDS: &[&str] = &["address", "weight"];
@@ -465,6 +474,7 @@ impl Reader {
         }) {
             c.metrics_hosts = v;
         }
+        c.bgp = self.optional(map, "", "bgp", Self::bgp);
         if let Some(v) = self.optional(map, "", "acls", |r, p, v| {
             r.list(p, v, |r, p, v| Some(r.acl(p, v)))
         }) {
@@ -528,6 +538,52 @@ impl Reader {
         }
         dsr.source = self.optional(m, path, "source", Self::prefix);
         dsr
+    }
+
+    fn bgp(&mut self, path: &str, value: &Value) -> Option<Bgp> {
+        let m = self.mapping(path, value, BGP_FIELDS, generic)?;
+        let mut bgp = Bgp::new(Ipv4Addr::UNSPECIFIED, 0, Vec::new());
+        if let Some(v) = self.required(m, path, "router_id", Self::ipv4) {
+            bgp.router_id = v;
+        }
+        if let Some(v) = self.required(m, path, "local_as", |r, p, v| r.uint(p, v, &AS_NUMBER)) {
+            bgp.local_as = v;
+        }
+        if let Some(v) = self.optional(m, path, "hold_time", |r, p, v| r.uint(p, v, &HOLD_TIME)) {
+            bgp.hold_time = v;
+        }
+        if let Some(v) = self.optional(m, path, "withdraw_wait", |r, p, v| {
+            r.uint(p, v, &WITHDRAW_WAIT)
+        }) {
+            bgp.withdraw_wait = v;
+        }
+        if let Some(v) = self.required(m, path, "neighbors", |r, p, v| {
+            r.list(p, v, |r, p, v| Some(r.bgp_neighbor(p, v)))
+        }) {
+            bgp.neighbors = v;
+        }
+        Some(bgp)
+    }
+
+    fn bgp_neighbor(&mut self, path: &str, value: &Value) -> BgpNeighbor {
+        let mut n = BgpNeighbor::new(Ipv4Addr::UNSPECIFIED, 0);
+        let Some(m) = self.mapping(path, value, BGP_NEIGHBOR_FIELDS, generic) else {
+            return n;
+        };
+        if let Some(v) = self.required(m, path, "address", Self::ipv4) {
+            n.address = v;
+        }
+        if let Some(v) = self.required(m, path, "remote_as", |r, p, v| r.uint(p, v, &AS_NUMBER)) {
+            n.remote_as = v;
+        }
+        if let Some(v) = self.optional(m, path, "port", Self::port) {
+            n.port = v;
+        }
+        if let Some(v) = self.optional(m, path, "bfd", Self::boolean) {
+            n.bfd = v;
+        }
+        n.password = self.optional(m, path, "password", Self::string);
+        n
     }
 
     fn acl(&mut self, path: &str, value: &Value) -> Acl {
@@ -895,6 +951,9 @@ pub fn field_paths() -> Vec<String> {
         fields.iter().map(|f| format!("{prefix}.{f}")).collect()
     };
     let mut paths: Vec<String> = TOP_FIELDS.iter().map(|f| (*f).to_owned()).collect();
+    paths.extend(nest("dsr", DSR_FIELDS));
+    paths.extend(nest("bgp", BGP_FIELDS));
+    paths.extend(nest("bgp.neighbors[]", BGP_NEIGHBOR_FIELDS));
     paths.extend(nest("acls[]", ACL_FIELDS));
     paths.extend(nest("default_server_group", DEFAULT_GROUP_FIELDS));
     paths.extend(nest(

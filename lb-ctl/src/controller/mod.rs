@@ -109,6 +109,19 @@ impl<P: Platform> Controller<P> {
     pub fn export(&self) -> String {
         self.effective.to_yaml()
     }
+
+    /// VIPs where a new flow finds a backend: some listener on the VIP has a backend in
+    /// its selection tables (healthy, weight above 0, not draining). These are what BGP
+    /// announces; a VIP without one is withdrawn so routers send its clients to a host
+    /// that can serve them.
+    pub fn healthy_vips(&self) -> std::collections::BTreeSet<std::net::Ipv4Addr> {
+        self.desired
+            .listeners
+            .values()
+            .filter(|l| l.backends.iter().any(|b| b.in_table))
+            .map(|l| l.frontend.address)
+            .collect()
+    }
 }
 
 impl Controller<Kernel> {

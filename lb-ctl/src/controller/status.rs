@@ -204,6 +204,7 @@ impl<P: Platform> Controller<P> {
                 entries: self.flow_entries,
                 evicted: 0,
             },
+            bgp: None,
         };
         StatusDraft {
             status,

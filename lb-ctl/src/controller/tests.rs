@@ -636,3 +636,46 @@ fn interfaces_and_host_addresses_are_followed() {
         "refused as a client source"
     );
 }
+
+#[test]
+fn a_vip_is_healthy_while_a_backend_takes_new_flows() {
+    let config = format!(
+        "{CONFIG}  - name: dns
+    protocol: udp
+    address: 198.19.0.101
+    port: 53
+    server_group: app
+    health_check: {{ type: none }}
+"
+    );
+    let s = Setup::new("healthy-vips", &config);
+    let mut c = s.start();
+    let both = [ip("198.19.0.100"), ip("198.19.0.101")];
+    assert_eq!(c.healthy_vips().into_iter().collect::<Vec<_>>(), both);
+    // Every backend of `web` down: its VIP goes, the other stays.
+    c.runtime.unhealthy = c.desired().listeners["web"]
+        .backends
+        .iter()
+        .map(|b| b.key)
+        .collect();
+    c.apply().unwrap();
+    assert_eq!(
+        c.healthy_vips().into_iter().collect::<Vec<_>>(),
+        [ip("198.19.0.101")]
+    );
+    // One back: announced again.
+    let first = c.desired().listeners["web"].backends[0].key;
+    c.runtime.unhealthy.remove(&first);
+    c.apply().unwrap();
+    assert_eq!(c.healthy_vips().into_iter().collect::<Vec<_>>(), both);
+    // Weight 0 everywhere takes no new flows either.
+    for address in ["198.18.1.10", "198.18.1.11"] {
+        ok(c.change(Change::ServerSet {
+            group: "app".into(),
+            address: ip(address),
+            port: Some(8080),
+            weight: 0,
+        }));
+    }
+    assert!(c.healthy_vips().is_empty());
+}

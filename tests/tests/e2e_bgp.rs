@@ -1,0 +1,567 @@
+//! End to end: the daemon announces its VIPs over BGP through the BIRD it runs, and a
+//! router learns them. What is asserted is what the router's operator sees: the kernel
+//! routing table of the router (`ip route`), and whether a client behind it reaches the
+//! VIP.
+//!
+//! Topology (see `lb_tests::topology`): the client namespace is the router. It runs a BIRD
+//! of its own (one session to the LB, a kernel protocol exporting what it learns) and has
+//! no static route to the VIP range: it reaches the VIP only while the LB announces it.
+//! The LB (198.18.0.1, AS 65001) peers with it (198.18.0.2, AS 65000) and balances
+//! 198.19.0.100:80 over two backends (198.18.1.11, .12) serving HTTP on 8080, checked
+//! every second (2 failures down, 2 successes up). The ECMP test adds a second LB host
+//! (198.18.3.1) on a link of its own to the router (198.18.3.2).
+
+use std::{
+    net::Ipv4Addr,
+    path::PathBuf,
+    thread,
+    time::{Duration, Instant},
+};
+
+use lb_tests::{
+    Backend, ChildGuard, LbDaemon, Netns, Topology, TopologyOptions, VIP, client::TempDir,
+    http_get, privilege::in_ci, require_root_and_bpf, topology::LB_CLIENT_ADDR, veth,
+};
+use serde_json::Value;
+
+const HTTP_PORT: u16 = 8080;
+const ROUTER_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+const ROUTER_AS: u32 = 65000;
+const LB_AS: u32 = 65001;
+/// A second LB host, for the ECMP test, on a link of its own to the router.
+const LB2_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 3, 1);
+const ROUTER_LB2_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 3, 2);
+
+/// A first session: BIRD's start, a connect delay of 1 s, the OPEN exchange, the update;
+/// generous for a loaded machine.
+const SESSION_UP: Duration = Duration::from_secs(20);
+/// Health-check detection (interval 1 s, 2 failures, plus jitter) and the withdrawal's
+/// trip to the router's kernel.
+const HEALTH_CHANGE: Duration = Duration::from_secs(8);
+/// An update to the router once BIRD has it.
+const UPDATE: Duration = Duration::from_secs(3);
+
+/// The router: a BIRD in the client namespace, with its config and socket in a scratch
+/// folder. Stopped with the namespace's processes on drop.
+struct Router {
+    _dir: TempDir,
+    socket: PathBuf,
+    _bird: ChildGuard,
+}
+
+impl Router {
+    /// A router peering with the LB hosts at `neighbors` (sessions `lb1`, `lb2`, …).
+    fn start(ns: &Netns, bfd: bool, neighbors: &[Ipv4Addr]) -> Router {
+        let dir = TempDir::new("bgp-router");
+        let config = dir.path().join("bird.conf");
+        let socket = dir.path().join("bird.ctl");
+        let (bfd_protocol, bfd_on) = if bfd {
+            (
+                "protocol bfd { interface \"*\" { min rx interval 100 ms; min tx interval 100 \
+                 ms; multiplier 3; }; }\n",
+                "bfd on; ",
+            )
+        } else {
+            ("", "")
+        };
+        // As docs/operations.md's router example: ECMP over the LB hosts, short timers so
+        // that a restarted LB is back in seconds.
+        let mut text = format!(
+            "router id {ROUTER_ADDR};\n\
+             protocol device {{}}\n\
+             {bfd_protocol}\
+             protocol kernel {{ merge paths on; ipv4 {{ import none; export all; }}; }}\n"
+        );
+        for (i, neighbor) in neighbors.iter().enumerate() {
+            text.push_str(&format!(
+                "protocol bgp lb{} {{ local as {ROUTER_AS}; neighbor {neighbor} as {LB_AS}; \
+                 hold time 3; connect retry time 1; error wait time 1, 5; {bfd_on}\
+                 ipv4 {{ import all; export none; }}; }}\n",
+                i + 1
+            ));
+        }
+        std::fs::write(&config, text).unwrap();
+        let bird = ns.spawn([
+            "bird".as_ref(),
+            "-f".as_ref(),
+            "-c".as_ref(),
+            config.as_os_str(),
+            "-s".as_ref(),
+            socket.as_os_str(),
+        ]);
+        let router = Router {
+            _dir: dir,
+            socket,
+            _bird: bird,
+        };
+        wait_until("the router's BIRD answers", Duration::from_secs(10), || {
+            router.birdc(&["show", "status"]).contains("Daemon is up")
+        });
+        router
+    }
+
+    fn birdc(&self, words: &[&str]) -> String {
+        let out = std::process::Command::new("birdc")
+            .arg("-s")
+            .arg(&self.socket)
+            .args(words)
+            .output()
+            .unwrap_or_else(|e| panic!("running birdc: {e}"));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The router's side of the session as `show protocols` puts it (`Established`, …).
+    fn session(&self) -> String {
+        self.birdc(&["show", "protocols", "lb1"])
+            .lines()
+            .find(|l| l.starts_with("lb1"))
+            .map(|l| l.split_whitespace().skip(5).collect::<Vec<_>>().join(" "))
+            .unwrap_or_default()
+    }
+}
+
+/// The router's kernel route to the VIP learnt over BGP, as `ip route` prints it; empty
+/// when there is none.
+fn vip_route(router: &Netns) -> String {
+    router
+        .ip(["route", "show", &format!("{VIP}/32"), "proto", "bird"])
+        .trim()
+        .to_owned()
+}
+
+fn announced(router: &Netns) -> bool {
+    vip_route(router).contains(&format!("via {LB_CLIENT_ADDR}"))
+}
+
+/// Polls `done` every 50 ms until it holds; panics naming `what` after `limit`. Returns
+/// how long it took.
+fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    loop {
+        if done() {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < limit,
+            "{what}: not within {} s",
+            limit.as_secs_f64()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// BIRD present, as the project's setup installs it; a test without it skips (fails in
+/// CI).
+fn require_bird(tag: &str) -> bool {
+    let present = ["bird", "birdc"].iter().all(|p| {
+        std::process::Command::new(p)
+            .arg("--version")
+            .output()
+            .is_ok()
+    });
+    if !present {
+        assert!(
+            !in_ci(),
+            "{tag}: bird2 is not installed (`cargo xtask setup`), and skipping is not allowed \
+             in CI"
+        );
+        eprintln!("SKIP: {tag}: bird2 is not installed (`cargo xtask setup` installs it)");
+    }
+    present
+}
+
+struct Setup {
+    topo: Topology,
+    router: Router,
+    daemon: LbDaemon,
+    backends: Vec<Backend>,
+    /// The daemon's config file as written.
+    config: String,
+}
+
+/// The topology with the router's BIRD, the backends serving, and the daemon announcing
+/// the VIP with `bgp_extra` added to its `bgp` section.
+fn setup(tag: &str, bfd: bool, bgp_extra: &str) -> Option<Setup> {
+    if !require_root_and_bpf(tag) || !require_bird(tag) {
+        return None;
+    }
+    let topo = Topology::build(tag, 2, TopologyOptions::default());
+    topo.pin_neighbors();
+    // The router reaches the VIPs only through what it learns over BGP.
+    topo.client().ip(["route", "del", "198.19.0.0/16"]);
+    let router = Router::start(topo.client(), bfd, &[LB_CLIENT_ADDR, LB2_ADDR]);
+    let backends = topo.start_backends(Some(HTTP_PORT), None);
+    let instance = format!("{}i", topo.prefix());
+    let config = format!(
+        "instance: {instance}
+interfaces: [{}, {}]
+flow_table_size: 65536
+max_listeners: 8
+max_backends: 64
+bgp:
+  router_id: {LB_CLIENT_ADDR}
+  local_as: {LB_AS}
+  hold_time: 3
+  {bgp_extra}
+  neighbors:
+    - {{ address: {ROUTER_ADDR}, remote_as: {ROUTER_AS}, bfd: {bfd} }}
+default_server_group:
+  servers: [{{ address: 198.18.1.11 }}, {{ address: 198.18.1.12 }}]
+listeners:
+  - name: web
+    protocol: tcp
+    address: {VIP}
+    port: 80
+    backend_port: {HTTP_PORT}
+    health_check: {{ interval: 1, timeout: 1, healthy_threshold: 2, unhealthy_threshold: 2 }}
+",
+        topo.lb_client_if(),
+        topo.lb_backend_if()
+    );
+    let daemon = LbDaemon::start(topo.lb(), &instance, &config);
+    wait_until("the router learns the VIP", SESSION_UP, || {
+        announced(topo.client())
+    });
+    Some(Setup {
+        topo,
+        router,
+        daemon,
+        backends,
+        config,
+    })
+}
+
+fn http_ok(topo: &Topology) -> bool {
+    http_get(
+        topo.client(),
+        &format!("http://{VIP}/"),
+        None,
+        Duration::from_secs(2),
+    )
+    .is_ok()
+}
+
+fn bgp_status(daemon: &LbDaemon) -> Value {
+    daemon.status()["bgp"].clone()
+}
+
+fn pid_alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    unsafe { libc::kill(pid, 0) == 0 }
+}
+
+#[test]
+fn a_vip_is_announced_while_a_backend_is_healthy() {
+    let Some(mut s) = setup("bgp-health", false, "") else {
+        return;
+    };
+    let route = vip_route(s.topo.client());
+    assert_eq!(
+        route,
+        format!("{VIP} via {LB_CLIENT_ADDR} dev eth0 metric 32"),
+        "the router's route to the VIP"
+    );
+    assert!(
+        http_ok(&s.topo),
+        "the client reaches the VIP through the route"
+    );
+
+    let status = bgp_status(&s.daemon);
+    assert_eq!(status["announced"], serde_json::json!([VIP.to_string()]));
+    let session = &status["sessions"][0];
+    assert_eq!(session["neighbor"], ROUTER_ADDR.to_string(), "{status:#}");
+    assert_eq!(session["state"], "established", "{status:#}");
+    let text = s.daemon.ctl_ok(&["status"]);
+    eprintln!("{text}");
+    assert!(text.contains(&format!("announced: {VIP}")), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.contains(&ROUTER_ADDR.to_string()) && l.contains("established")),
+        "{text}"
+    );
+
+    // Both backends down: nothing behind the VIP, so it is withdrawn.
+    for b in &mut s.backends {
+        b.stop();
+    }
+    let took = wait_until("the VIP is withdrawn", HEALTH_CHANGE, || {
+        !announced(s.topo.client())
+    });
+    eprintln!("withdrawn {took:?} after the backends stopped");
+    assert!(!http_ok(&s.topo), "no route to the VIP any more");
+    let status = bgp_status(&s.daemon);
+    assert_eq!(status["announced"], serde_json::json!([]), "{status:#}");
+    assert_eq!(status["sessions"][0]["state"], "established", "{status:#}");
+
+    // One back: announced again, and served.
+    s.backends[0] = Backend::start(
+        s.topo.backend(1),
+        "b1",
+        &[(Ipv4Addr::UNSPECIFIED, HTTP_PORT).into()],
+        &[],
+    );
+    wait_until("the VIP is announced again", HEALTH_CHANGE, || {
+        announced(s.topo.client())
+    });
+    assert!(http_ok(&s.topo));
+}
+
+#[test]
+fn drain_host_withdraws_while_forwarding_goes_on() {
+    let Some(s) = setup("bgp-drain", false, "") else {
+        return;
+    };
+    let said = s.daemon.ctl_ok(&["drain-host"]);
+    assert!(said.contains("lb-ctl drain-host --undo"), "{said}");
+    wait_until("drain-host withdraws the VIP", UPDATE, || {
+        !announced(s.topo.client())
+    });
+    let status = bgp_status(&s.daemon);
+    assert_eq!(status["host_drained"], true, "{status:#}");
+    assert_eq!(status["announced"], serde_json::json!([]), "{status:#}");
+    assert!(s.daemon.ctl_ok(&["status"]).contains("host drained"));
+
+    // Traffic a router still sends (a static route here) is served: the host forwards.
+    let via = LB_CLIENT_ADDR.to_string();
+    let vip = format!("{VIP}/32");
+    s.topo
+        .client()
+        .ip(["route", "add", &vip, "via", &via, "metric", "500"]);
+    assert!(http_ok(&s.topo), "a drained host still forwards");
+    s.topo
+        .client()
+        .ip(["route", "del", &vip, "via", &via, "metric", "500"]);
+
+    // A reload keeps the drain.
+    s.daemon.ctl_ok(&["reload"]);
+    thread::sleep(Duration::from_secs(1));
+    assert!(
+        !announced(s.topo.client()),
+        "a reload announced a drained host"
+    );
+
+    s.daemon.ctl_ok(&["drain-host", "--undo"]);
+    wait_until("drain-host --undo announces again", UPDATE, || {
+        announced(s.topo.client())
+    });
+    assert_eq!(bgp_status(&s.daemon)["host_drained"], false);
+}
+
+#[test]
+fn a_reload_applies_a_removed_changed_or_added_bgp_section() {
+    let Some(s) = setup("bgp-reload", false, "") else {
+        return;
+    };
+    let bgp_start = s.config.find("bgp:").unwrap();
+    let bgp_end = s.config.find("default_server_group:").unwrap();
+    let without = format!("{}{}", &s.config[..bgp_start], &s.config[bgp_end..]);
+
+    // Removed: BIRD stops, the router loses the route, the status has no bgp.
+    let bird = bgp_status(&s.daemon)["bird_pid"].as_i64().unwrap() as i32;
+    s.daemon.write_config(&without);
+    s.daemon.ctl_ok(&["reload"]);
+    wait_until("the VIP is withdrawn", UPDATE, || {
+        !announced(s.topo.client())
+    });
+    assert!(s.daemon.status().get("bgp").is_none());
+    wait_until("BIRD stops", UPDATE, || !pid_alive(bird));
+    assert_eq!(
+        s.daemon.ctl(&["drain-host"]).status.code(),
+        Some(2),
+        "drain-host without a bgp section is refused"
+    );
+
+    // Added back: announced again.
+    s.daemon.write_config(&s.config);
+    s.daemon.ctl_ok(&["reload"]);
+    wait_until("the VIP is announced again", SESSION_UP, || {
+        announced(s.topo.client())
+    });
+
+    // Changed: a second neighbor gets a session of its own, and the first session is
+    // not restarted for it (BIRD re-reads its config, it does not start again).
+    let since = bgp_status(&s.daemon)["sessions"][0]["since"].clone();
+    let neighbor = format!("- {{ address: {ROUTER_ADDR}, remote_as: {ROUTER_AS}, bfd: false }}");
+    let two = s.config.replace(
+        &neighbor,
+        &format!("{neighbor}\n    - {{ address: {ROUTER_LB2_ADDR}, remote_as: {ROUTER_AS} }}"),
+    );
+    assert_ne!(two, s.config);
+    s.daemon.write_config(&two);
+    s.daemon.ctl_ok(&["reload"]);
+    wait_until("status shows both sessions", UPDATE, || {
+        bgp_status(&s.daemon)["sessions"]
+            .as_array()
+            .is_some_and(|a| a.len() == 2)
+    });
+    let status = bgp_status(&s.daemon);
+    let sessions = status["sessions"].as_array().unwrap();
+    assert_eq!(sessions[0]["state"], "established", "{status:#}");
+    assert_eq!(sessions[0]["since"], since, "{status:#}");
+    assert_eq!(sessions[1]["neighbor"], ROUTER_LB2_ADDR.to_string());
+    assert_ne!(sessions[1]["state"], "established", "{status:#}");
+    assert!(announced(s.topo.client()));
+}
+
+#[test]
+fn sigterm_withdraws_before_the_daemon_exits() {
+    let Some(mut s) = setup("bgp-term", false, "withdraw_wait: 3") else {
+        return;
+    };
+    let bird = bgp_status(&s.daemon)["bird_pid"]
+        .as_i64()
+        .expect("BIRD's pid in the status") as i32;
+    let daemon = s.daemon.child().expect("the daemon runs");
+    daemon.signal(libc::SIGTERM);
+    wait_until("SIGTERM withdraws the VIP", UPDATE, || {
+        !announced(s.topo.client())
+    });
+    assert!(
+        daemon.try_status().is_none(),
+        "the VIP was withdrawn by the daemon's exit, not before it"
+    );
+    assert_eq!(
+        s.router.session(),
+        "Established",
+        "the session stays up during withdraw_wait"
+    );
+    let status = daemon
+        .wait_timeout(Duration::from_secs(10))
+        .expect("the daemon exits after withdraw_wait");
+    assert!(status.success(), "{status}");
+    assert!(!pid_alive(bird), "BIRD is stopped with the daemon");
+    wait_until("the router sees the session closed", UPDATE, || {
+        !s.router.session().starts_with("Established")
+    });
+}
+
+#[test]
+fn a_killed_bird_is_started_again_and_announces_again() {
+    let Some(s) = setup("bgp-restart", false, "") else {
+        return;
+    };
+    let first = bgp_status(&s.daemon)["bird_pid"]
+        .as_i64()
+        .expect("BIRD's pid in the status") as i32;
+    // SAFETY: a plain kill(2) of the BIRD this test's daemon started.
+    assert_eq!(unsafe { libc::kill(first, libc::SIGKILL) }, 0);
+    wait_until("the router drops the dead session's route", UPDATE, || {
+        !announced(s.topo.client())
+    });
+    wait_until("the route is back", SESSION_UP, || {
+        announced(s.topo.client())
+    });
+    let status = bgp_status(&s.daemon);
+    assert_eq!(status["bird_restarts"], 1, "{status:#}");
+    let second = status["bird_pid"].as_i64().expect("BIRD runs again") as i32;
+    assert_ne!(second, first);
+    assert!(
+        s.daemon.log().contains("BIRD died"),
+        "the daemon logs the death"
+    );
+    assert!(http_ok(&s.topo));
+}
+
+#[test]
+fn with_bfd_a_frozen_lb_is_routed_around_in_under_a_second() {
+    let Some(s) = setup("bgp-bfd", true, "") else {
+        return;
+    };
+    wait_until("BFD is up on the router", UPDATE, || {
+        s.router
+            .birdc(&["show", "bfd", "sessions"])
+            .lines()
+            .any(|l| l.starts_with(&LB_CLIENT_ADDR.to_string()) && l.contains(" Up "))
+    });
+    let bird = bgp_status(&s.daemon)["bird_pid"]
+        .as_i64()
+        .expect("BIRD's pid in the status") as i32;
+    // A host that stops answering (hung, or its link cut): BIRD frozen sends nothing, and
+    // the TCP session stays open, so only BFD can tell. The hold time (3 s) would take
+    // three times longer.
+    // SAFETY: plain kill(2)s of the BIRD this test's daemon started.
+    assert_eq!(unsafe { libc::kill(bird, libc::SIGSTOP) }, 0);
+    let took = wait_until(
+        "the router routes around the frozen LB",
+        Duration::from_secs(3),
+        || !announced(s.topo.client()),
+    );
+    assert_eq!(unsafe { libc::kill(bird, libc::SIGCONT) }, 0);
+    eprintln!("routed around in {took:?}");
+    assert!(
+        took < Duration::from_secs(1),
+        "BFD took {took:?} to withdraw the route"
+    );
+    wait_until("the route is back", SESSION_UP, || {
+        announced(s.topo.client())
+    });
+}
+
+/// A second LB host in a namespace of its own, linked to the router, announcing the same
+/// VIP (its backend is not reachable from there, so its listener checks nothing: this
+/// test is about routes, not traffic).
+struct SecondLb {
+    // Stopped (and its data plane torn down) before its namespace goes.
+    daemon: LbDaemon,
+    _ns: Netns,
+}
+
+impl SecondLb {
+    fn start(topo: &Topology) -> SecondLb {
+        let ns = Netns::create(&format!("{}lb2", topo.prefix()));
+        veth(topo.client(), "to-lb2", &ns, "up0");
+        topo.client()
+            .addr_add("to-lb2", format!("{ROUTER_LB2_ADDR}/24"));
+        topo.client().link_up("to-lb2");
+        ns.addr_add("up0", format!("{LB2_ADDR}/24"));
+        ns.link_up("up0");
+        let instance = format!("{}j", topo.prefix());
+        let config = format!(
+            "instance: {instance}
+interfaces: [up0]
+flow_table_size: 65536
+max_listeners: 8
+max_backends: 64
+bgp:
+  router_id: {LB2_ADDR}
+  local_as: {LB_AS}
+  hold_time: 3
+  neighbors: [{{ address: {ROUTER_LB2_ADDR}, remote_as: {ROUTER_AS} }}]
+default_server_group:
+  servers: [{{ address: 198.18.1.11 }}]
+listeners:
+  - {{ name: web, protocol: tcp, address: {VIP}, port: 80, backend_port: {HTTP_PORT}, health_check: {{ type: none }} }}
+"
+        );
+        let daemon = LbDaemon::start(&ns, &instance, &config);
+        SecondLb { daemon, _ns: ns }
+    }
+}
+
+#[test]
+fn two_lb_hosts_announcing_a_vip_give_the_router_a_multipath_route() {
+    let Some(s) = setup("bgp-ecmp", false, "") else {
+        return;
+    };
+    let second = SecondLb::start(&s.topo);
+    let both = |route: &str| {
+        route.contains(&format!("nexthop via {LB_CLIENT_ADDR} "))
+            && route.contains(&format!("nexthop via {LB2_ADDR} "))
+    };
+    wait_until(
+        "the router spreads the VIP over both hosts",
+        SESSION_UP,
+        || both(&vip_route(s.topo.client())),
+    );
+
+    // One host drained: the router keeps the other.
+    second.daemon.ctl_ok(&["drain-host"]);
+    wait_until("the drained host leaves the route", UPDATE, || {
+        let route = vip_route(s.topo.client());
+        !route.contains("nexthop") && announced(s.topo.client())
+    });
+    second.daemon.ctl_ok(&["drain-host", "--undo"]);
+    wait_until("it comes back", UPDATE, || {
+        both(&vip_route(s.topo.client()))
+    });
+}
