@@ -555,3 +555,58 @@ impl Drop for TempDir {
         }
     }
 }
+
+/// One long-lived HTTP/1.1 connection with keep-alive, opened from inside a namespace and
+/// used from the test thread: a client that stays connected while the network under it
+/// changes (an LB host removed, say).
+pub struct KeepAlive {
+    stream: std::net::TcpStream,
+    buffer: Vec<u8>,
+}
+
+impl KeepAlive {
+    /// Connects to `to` from namespace `ns`, each read and write bounded by `timeout`.
+    pub fn open(ns: &Netns, to: SocketAddr, timeout: Duration) -> anyhow::Result<Self> {
+        let stream = ns.enter(|| std::net::TcpStream::connect_timeout(&to, timeout))?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        Ok(Self {
+            stream,
+            buffer: Vec::new(),
+        })
+    }
+
+    /// One `GET /` on the connection: the body of a 200 answer (the backend's name), or
+    /// what went wrong.
+    pub fn get(&mut self) -> anyhow::Result<String> {
+        use std::io::{Read as _, Write as _};
+        self.stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: lb-test\r\nConnection: keep-alive\r\n\r\n")?;
+        let mut chunk = [0u8; 4096];
+        loop {
+            if let Some(end) = self.buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&self.buffer[..end]).into_owned();
+                let length: usize = head
+                    .lines()
+                    .filter_map(|l| l.split_once(':'))
+                    .find(|(n, _)| n.trim().eq_ignore_ascii_case("content-length"))
+                    .and_then(|(_, v)| v.trim().parse().ok())
+                    .with_context(|| format!("an answer without Content-Length: {head:?}"))?;
+                if self.buffer.len() >= end + 4 + length {
+                    let body = String::from_utf8_lossy(&self.buffer[end + 4..end + 4 + length])
+                        .into_owned();
+                    self.buffer.drain(..end + 4 + length);
+                    if !head.starts_with("HTTP/1.1 200") {
+                        bail!("{}: {body}", head.lines().next().unwrap_or_default());
+                    }
+                    return Ok(body.trim().to_owned());
+                }
+            }
+            let n = self.stream.read(&mut chunk)?;
+            if n == 0 {
+                bail!("the connection was closed");
+            }
+            self.buffer.extend_from_slice(&chunk[..n]);
+        }
+    }
+}

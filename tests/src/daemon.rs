@@ -203,6 +203,17 @@ impl LbDaemon {
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("status JSON: {e}\n{text}"))
     }
 
+    /// `lb-ctl stats --json`.
+    pub fn stats(&self) -> serde_json::Value {
+        let text = self.ctl_ok(&["stats", "--json"]);
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("stats JSON: {e}\n{text}"))
+    }
+
+    /// The data plane's counter of `reason` (`encapsulated`, `drop_no_backend`, …).
+    pub fn reason_count(&self, reason: &str) -> u64 {
+        self.stats()["reasons"][reason].as_u64().unwrap_or(0)
+    }
+
     /// The daemon's log so far.
     pub fn log(&self) -> String {
         self.child

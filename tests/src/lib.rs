@@ -24,6 +24,7 @@ pub mod backend;
 pub mod bench;
 pub mod client;
 pub mod daemon;
+pub mod fabric;
 pub mod flood;
 pub mod fuzz;
 pub mod netns;
@@ -44,7 +45,7 @@ pub use client::{
 pub use daemon::LbDaemon;
 pub use netns::{ChildGuard, Netns, unique_prefix, veth};
 pub use privilege::{require_root, require_root_and_bpf};
-pub use topology::{Topology, TopologyOptions, VIP, VipPlacement};
+pub use topology::{Topology, TopologyOptions, VIP, VipPlacement, XdpPass};
 
 /// Path of the workspace binary `name` (`lb-ctl`, `lb-test-backend`, …), built into the
 /// same target directory as the running test executable.

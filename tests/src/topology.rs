@@ -176,9 +176,6 @@ impl Topology {
             switch.ip(["link", "set", &port, "master", SWITCH_BRIDGE]);
         }
 
-        // Every veth end: GRO on (XDP_TX/REDIRECT frames into a veth are dropped silently
-        // unless the receiving end has it) and checksum offload off (real checksums on
-        // the wire). Per-interface rp_filter too, although "all" already rules.
         let mut veth_ends: Vec<(&Netns, String)> = vec![
             (&client, CLIENT_IF.into()),
             (&lb, LB_CLIENT_IF.into()),
@@ -189,16 +186,9 @@ impl Topology {
             veth_ends.push((&switch, switch_backend_port(i + 1)));
             veth_ends.push((backend, BACKEND_IF.into()));
         }
-        for (ns, dev) in &veth_ends {
-            ns.checksum_offload_off(dev);
-            ns.sysctl(&format!("net.ipv4.conf.{dev}.rp_filter"), 0);
-            ns.link_up(dev);
-        }
+        prepare_veth_ends(&veth_ends);
         switch.link_up(SWITCH_BRIDGE);
-        // After every end is up: see `Netns::gro_on`.
-        for (ns, dev) in &veth_ends {
-            ns.gro_on(dev);
-        }
+        gro_on_every_end(&veth_ends);
 
         let mut client_addrs = vec![CLIENT_ADDR];
         client_addrs
@@ -369,7 +359,6 @@ impl Topology {
 
     /// Starts `lb-test-backend` in every backend namespace, named `b1`, `b2`, …, serving
     /// HTTP on `0.0.0.0:http_port` and UDP echo on `0.0.0.0:udp_port` (either optional).
-    /// The wildcard address also covers a VIP a DSR test configures on a backend's `lo`.
     pub fn start_backends(&self, http_port: Option<u16>, udp_port: Option<u16>) -> Vec<Backend> {
         let any = |port: u16| (Ipv4Addr::UNSPECIFIED, port).into();
         let http: Vec<_> = http_port.into_iter().map(any).collect();
@@ -379,6 +368,24 @@ impl Topology {
             .enumerate()
             .map(|(i, ns)| Backend::start(ns, &format!("b{}", i + 1), &http, &udp))
             .collect()
+    }
+}
+
+/// Every veth end of a test network: checksum offload off (real checksums on the wire),
+/// `rp_filter` off on the interface too (although "all" already rules), up.
+pub(crate) fn prepare_veth_ends(ends: &[(&Netns, String)]) {
+    for (ns, dev) in ends {
+        ns.checksum_offload_off(dev);
+        ns.sysctl(&format!("net.ipv4.conf.{dev}.rp_filter"), 0);
+        ns.link_up(dev);
+    }
+}
+
+/// GRO on every veth end, once all are up (see `Netns::gro_on`): XDP_TX and redirected
+/// frames into a veth are dropped silently unless the receiving end has it.
+pub(crate) fn gro_on_every_end(ends: &[(&Netns, String)]) {
+    for (ns, dev) in ends {
+        ns.gro_on(dev);
     }
 }
 
@@ -409,7 +416,9 @@ impl Topology {
     }
 }
 
-fn xdp_pass(ns: &Netns, dev: &str) -> XdpPass {
+/// Attaches an XDP_PASS program to `dev` of `ns` in driver mode, for as long as the
+/// guard lives.
+pub(crate) fn xdp_pass(ns: &Netns, dev: &str) -> XdpPass {
     use aya::programs::{Xdp, XdpMode};
     use lb_ctl::dataplane::{DataPlane, LoadOptions, MapSizes};
     ns.enter(|| {

@@ -68,11 +68,6 @@ fn url() -> String {
     format!("http://{VIP}:80/")
 }
 
-fn stats(daemon: &LbDaemon) -> Value {
-    let text = daemon.ctl_ok(&["stats", "--json"]);
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("stats JSON: {e}\n{text}"))
-}
-
 fn reason(stats: &Value, name: &str) -> u64 {
     stats["reasons"][name].as_u64().unwrap_or(0)
 }
@@ -115,10 +110,10 @@ fn unknown_client_gets_every_answer(topo: &Topology, daemon: &LbDaemon) {
         "the LB has never heard of {client}"
     );
 
-    let before = stats(daemon);
+    let before = daemon.stats();
     let results = curl_many(topo.client(), &url(), REQUESTS, Some(client), 1);
     let tally = Tally::of(&results);
-    let after = stats(daemon);
+    let after = daemon.stats();
     println!("HTTP from {client}: {tally}");
     assert_eq!(
         tally.count("b1") + tally.count("b2"),
@@ -138,7 +133,7 @@ fn unknown_client_gets_every_answer(topo: &Topology, daemon: &LbDaemon) {
     );
 
     forget_neighbour(topo, client);
-    let before = stats(daemon);
+    let before = daemon.stats();
     let vip = SocketAddr::from((VIP, 53));
     let results = udp_many(
         topo.client(),
@@ -149,7 +144,7 @@ fn unknown_client_gets_every_answer(topo: &Topology, daemon: &LbDaemon) {
         Duration::from_secs(2),
     );
     let tally = Tally::of(&results);
-    let after = stats(daemon);
+    let after = daemon.stats();
     println!("UDP from {client}: {tally}");
     assert_eq!(
         tally.count("b1") + tally.count("b2"),
@@ -326,7 +321,7 @@ fn traffic_to_a_routed_vip_outside_its_listeners_does_not_loop() {
     };
     const DATAGRAMS: u64 = 100;
     let before_rx = lb_client_rx_packets(&topo);
-    let before = stats(&daemon);
+    let before = daemon.stats();
     topo.client().enter(|| {
         let socket = std::net::UdpSocket::bind("0.0.0.0:0").expect("UDP socket");
         for _ in 0..DATAGRAMS {
@@ -338,7 +333,7 @@ fn traffic_to_a_routed_vip_outside_its_listeners_does_not_loop() {
     // Long enough for a looping packet to go around its 64 hops many times over.
     std::thread::sleep(Duration::from_secs(1));
     let crossed = lb_client_rx_packets(&topo) - before_rx;
-    let after = stats(&daemon);
+    let after = daemon.stats();
     let dropped = reason(&after, "drop_vip_no_listener") - reason(&before, "drop_vip_no_listener");
     println!(
         "{DATAGRAMS} datagrams to {VIP}:5999: {crossed} packets in on the client side, {dropped} dropped"
@@ -357,17 +352,17 @@ fn traffic_to_a_routed_vip_outside_its_listeners_does_not_loop() {
         pings_answered(&topo, 3),
         3,
         "vip_ping: answer (the default): {:#}",
-        stats(&daemon)["reasons"]
+        daemon.stats()["reasons"]
     );
-    assert!(reason(&stats(&daemon), "icmp_echo_reply") >= 3);
+    assert!(reason(&daemon.stats(), "icmp_echo_reply") >= 3);
 
     let config = std::fs::read_to_string(daemon.config_path()).expect("the daemon's config");
     daemon.write_config(&config.replacen("flow_table_size", "vip_ping: drop\nflow_table_size", 1));
     daemon.ctl_ok(&["reload"]);
-    let before = stats(&daemon);
+    let before = daemon.stats();
     let before_rx = lb_client_rx_packets(&topo);
     assert_eq!(pings_answered(&topo, 3), 0, "vip_ping: drop");
-    let after = stats(&daemon);
+    let after = daemon.stats();
     assert_eq!(
         reason(&after, "drop_vip_other_protocol") - reason(&before, "drop_vip_other_protocol"),
         3,

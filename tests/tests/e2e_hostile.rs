@@ -26,11 +26,6 @@ fn reason(stats: &Value, name: &str) -> u64 {
     stats["reasons"][name].as_u64().unwrap_or(0)
 }
 
-fn stats(daemon: &LbDaemon) -> Value {
-    let text = daemon.ctl_ok(&["stats", "--json"]);
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("stats JSON: {e}\n{text}"))
-}
-
 /// (address, health) of every backend of listener `web`.
 fn health(daemon: &LbDaemon) -> Vec<(String, String)> {
     let status = daemon.status();
@@ -100,7 +95,7 @@ fn syns_forged_from_the_lbs_own_address_cannot_blind_health_checks() {
     }
 
     let ports = ephemeral_ports(&topo);
-    let before = stats(&daemon);
+    let before = daemon.stats();
     let sent = syn_flood(
         topo.client(),
         LB_BACKEND_ADDR,
@@ -109,7 +104,7 @@ fn syns_forged_from_the_lbs_own_address_cannot_blind_health_checks() {
         20,
     );
     thread::sleep(Duration::from_millis(500));
-    let after = stats(&daemon);
+    let after = daemon.stats();
     let dropped = reason(&after, "drop_spoofed_source") - reason(&before, "drop_spoofed_source");
     println!(
         "{sent} SYNs from {LB_BACKEND_ADDR} over ports {ports:?}: {dropped} dropped as forged"
@@ -290,7 +285,7 @@ fn a_syn_flood_neither_evicts_idle_connections_nor_starves_new_ones() {
             Err(e) => stalled.push(format!("connection {i} ({backend}): {e}")),
         }
     }
-    let s = stats(&daemon);
+    let s = daemon.stats();
     assert!(
         stalled.is_empty(),
         "{} of {IDLE} idle connections broke after the flood: {stalled:#?}\nreasons: {:#}",

@@ -1,0 +1,245 @@
+//! The scale-out test network: a router in front, LB hosts and backends side by side on
+//! one switch, as direct server return is deployed.
+//!
+//! ```text
+//!  client ns (<p>c)                 router ns (<p>r)                switch ns (<p>sw)
+//!  eth0 198.18.0.2/24 ──veth── r-client 198.18.0.1/24
+//!  default via .0.1                 r-fabric 198.18.1.1/24 ──veth── sw-r ┐
+//!                                                                        br0 ─ sw-lK ──veth── LB K (<p>lK)    eth0 198.18.1.(1+K)/24
+//!                                                                            ─ sw-bK ──veth── backend K (<p>bK) eth0 198.18.1.(10+K)/24, VIP on lo
+//! ```
+//!
+//! Everything on the switch routes through the router (default via 198.18.1.1). The
+//! router reaches the VIP through the LB hosts: equal-cost static routes
+//! ([`Fabric::route_vip_via`]) or what BGP teaches it. An LB host is one-armed: packets
+//! for the VIP come in and go out, encapsulated, on its one interface; the backends answer
+//! clients through the router, never through an LB.
+
+use std::net::Ipv4Addr;
+
+use crate::{Backend, Netns, VIP, XdpPass, topology::xdp_pass, unique_prefix, veth};
+
+/// The client's address.
+pub const CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+/// The router's address on the switch: every host's gateway there.
+pub const ROUTER_FABRIC_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
+const ROUTER_CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+const PREFIX_LEN: u8 = 24;
+/// Every host's one interface.
+pub const HOST_IF: &str = "eth0";
+const ROUTER_CLIENT_IF: &str = "r-client";
+const ROUTER_FABRIC_IF: &str = "r-fabric";
+const BRIDGE: &str = "br0";
+/// Most LB hosts: 198.18.1.2 up to .9, below the backends.
+pub const MAX_LBS: usize = 8;
+/// Most backends: 198.18.1.11 upwards.
+pub const MAX_BACKENDS: usize = 40;
+
+/// Address of LB host `k` (1-based): 198.18.1.(1+k).
+pub fn lb_addr(k: usize) -> Ipv4Addr {
+    assert!((1..=MAX_LBS).contains(&k), "LB host {k} of 1..={MAX_LBS}");
+    Ipv4Addr::new(198, 18, 1, 1 + k as u8)
+}
+
+/// Address of backend `k` (1-based): 198.18.1.(10+k), as in the standard topology.
+pub fn backend_addr(k: usize) -> Ipv4Addr {
+    crate::topology::backend_addr(k)
+}
+
+/// The namespaces and links; all removed on drop (also when a test panics).
+pub struct Fabric {
+    prefix: String,
+    client: Netns,
+    router: Netns,
+    lbs: Vec<Netns>,
+    backends: Vec<Netns>,
+    /// XDP_PASS on the switch's ports towards the LB hosts: a veth end wakes its reader
+    /// for frames the other end sends back out (XDP_TX) only when it runs an XDP program.
+    _switch_xdp: Vec<XdpPass>,
+    // Dropped last: the other namespaces' veths go with their own namespace.
+    _switch: Netns,
+}
+
+impl Fabric {
+    /// Builds the network with `n_lbs` LB hosts and `n_backends` backends, each backend
+    /// holding the VIP on `lo` with `arp_ignore` 1 and `arp_announce` 2.
+    pub fn build(tag: &str, n_lbs: usize, n_backends: usize) -> Fabric {
+        assert!((1..=MAX_LBS).contains(&n_lbs), "n_lbs {n_lbs}");
+        assert!(
+            (1..=MAX_BACKENDS).contains(&n_backends),
+            "n_backends {n_backends}"
+        );
+        let prefix = unique_prefix(tag);
+        let client = Netns::create(&format!("{prefix}c"));
+        let router = Netns::create(&format!("{prefix}r"));
+        let switch = Netns::create(&format!("{prefix}sw"));
+        let lbs: Vec<Netns> = (1..=n_lbs)
+            .map(|k| Netns::create(&format!("{prefix}l{k}")))
+            .collect();
+        let backends: Vec<Netns> = (1..=n_backends)
+            .map(|k| Netns::create(&format!("{prefix}b{k}")))
+            .collect();
+
+        for ns in [&client, &router, &switch]
+            .into_iter()
+            .chain(&lbs)
+            .chain(&backends)
+        {
+            ns.sysctls(&[
+                ("net.ipv4.conf.all.rp_filter", "0"),
+                ("net.ipv4.conf.default.rp_filter", "0"),
+                ("net.ipv6.conf.all.disable_ipv6", "1"),
+                ("net.ipv6.conf.default.disable_ipv6", "1"),
+            ]);
+        }
+        // The LB hosts forward too: XDP's FIB lookup answers only where forwarding is on.
+        for ns in std::iter::once(&router).chain(&lbs) {
+            ns.sysctl("net.ipv4.ip_forward", 1);
+        }
+        // Flows spread over equal-cost next hops by their 4-tuple, not their addresses.
+        router.sysctl("net.ipv4.fib_multipath_hash_policy", 1);
+        for ns in &backends {
+            ns.sysctls(&[
+                ("net.ipv4.conf.all.arp_ignore", 1),
+                ("net.ipv4.conf.all.arp_announce", 2),
+            ]);
+        }
+
+        veth(&client, HOST_IF, &router, ROUTER_CLIENT_IF);
+        veth(&router, ROUTER_FABRIC_IF, &switch, "sw-r");
+        switch.ip([
+            "link",
+            "add",
+            BRIDGE,
+            "type",
+            "bridge",
+            "stp_state",
+            "0",
+            "forward_delay",
+            "0",
+        ]);
+        let mut ends: Vec<(&Netns, String)> = vec![
+            (&client, HOST_IF.into()),
+            (&router, ROUTER_CLIENT_IF.into()),
+            (&router, ROUTER_FABRIC_IF.into()),
+            (&switch, "sw-r".into()),
+        ];
+        let mut ports = vec!["sw-r".to_owned()];
+        for (role, hosts) in [("l", &lbs), ("b", &backends)] {
+            for (i, host) in hosts.iter().enumerate() {
+                let port = format!("sw-{role}{}", i + 1);
+                veth(&switch, &port, host, HOST_IF);
+                ends.push((&switch, port.clone()));
+                ends.push((host, HOST_IF.into()));
+                ports.push(port);
+            }
+        }
+        for port in &ports {
+            switch.ip(["link", "set", port, "master", BRIDGE]);
+        }
+        crate::topology::prepare_veth_ends(&ends);
+        switch.link_up(BRIDGE);
+        crate::topology::gro_on_every_end(&ends);
+
+        client.addr_add(HOST_IF, format!("{CLIENT_ADDR}/{PREFIX_LEN}"));
+        client.route_add("default", ROUTER_CLIENT_ADDR);
+        router.addr_add(
+            ROUTER_CLIENT_IF,
+            format!("{ROUTER_CLIENT_ADDR}/{PREFIX_LEN}"),
+        );
+        router.addr_add(
+            ROUTER_FABRIC_IF,
+            format!("{ROUTER_FABRIC_ADDR}/{PREFIX_LEN}"),
+        );
+        for (i, lb) in lbs.iter().enumerate() {
+            lb.addr_add(HOST_IF, format!("{}/{PREFIX_LEN}", lb_addr(i + 1)));
+            lb.route_add("default", ROUTER_FABRIC_ADDR);
+        }
+        for (i, backend) in backends.iter().enumerate() {
+            backend.addr_add(HOST_IF, format!("{}/{PREFIX_LEN}", backend_addr(i + 1)));
+            backend.addr_add("lo", format!("{VIP}/32"));
+            backend.route_add("default", ROUTER_FABRIC_ADDR);
+        }
+        let switch_xdp = (1..=n_lbs)
+            .map(|k| xdp_pass(&switch, &format!("sw-l{k}")))
+            .collect();
+        Fabric {
+            prefix,
+            client,
+            router,
+            lbs,
+            backends,
+            _switch_xdp: switch_xdp,
+            _switch: switch,
+        }
+    }
+
+    /// The namespace-name prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub fn client(&self) -> &Netns {
+        &self.client
+    }
+
+    pub fn router(&self) -> &Netns {
+        &self.router
+    }
+
+    /// LB host `k` (1-based).
+    pub fn lb(&self, k: usize) -> &Netns {
+        &self.lbs[k - 1]
+    }
+
+    /// Backend `k` (1-based).
+    pub fn backend(&self, k: usize) -> &Netns {
+        &self.backends[k - 1]
+    }
+
+    pub fn backends(&self) -> &[Netns] {
+        &self.backends
+    }
+
+    /// The router's route to the VIP: equal-cost through LB hosts `lbs` (1-based).
+    pub fn route_vip_via(&self, lbs: &[usize]) {
+        let mut args = vec![
+            "route".to_owned(),
+            "replace".to_owned(),
+            format!("{VIP}/32"),
+        ];
+        for k in lbs {
+            args.extend(["nexthop".into(), "via".into(), lb_addr(*k).to_string()]);
+        }
+        self.router.ip(&args);
+    }
+
+    /// The LB hosts know every backend's MAC from the start, so the first packets take
+    /// XDP's fast path rather than the kernel's neighbour resolution.
+    pub fn pin_neighbors(&self) {
+        for (i, backend) in self.backends.iter().enumerate() {
+            let mac = backend.mac(HOST_IF);
+            for lb in &self.lbs {
+                lb.neigh_permanent(HOST_IF, backend_addr(i + 1), &mac);
+            }
+        }
+    }
+
+    /// Starts `lb-test-backend` in every backend, named `b1`, `b2`, …: HTTP on the
+    /// wildcard address (the VIP on `lo` included), UDP on the VIP itself. A UDP server on
+    /// the wildcard address would answer from the backend's own address (the kernel takes
+    /// an unconnected socket's source from the route), which the client, talking to the
+    /// VIP, drops; TCP answers from the address the connection was made to.
+    pub fn start_backends(&self, http_port: Option<u16>, udp_port: Option<u16>) -> Vec<Backend> {
+        let http: Vec<_> = http_port
+            .into_iter()
+            .map(|p| (Ipv4Addr::UNSPECIFIED, p).into())
+            .collect();
+        let udp: Vec<_> = udp_port.into_iter().map(|p| (VIP, p).into()).collect();
+        self.backends
+            .iter()
+            .enumerate()
+            .map(|(i, ns)| Backend::start(ns, &format!("b{}", i + 1), &http, &udp))
+            .collect()
+    }
+}

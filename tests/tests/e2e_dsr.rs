@@ -1,0 +1,271 @@
+//! Direct server return end to end, as it is deployed: a router in front, LB hosts and
+//! backends on one switch (`lb_tests::fabric`), `lb-ctl daemon` with `forwarding: dsr` on
+//! each LB host, `lb-ctl decap attach` on each backend, real curl and UDP traffic from a
+//! client behind the router. The backends answer through the router, never an LB host.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use lb_tests::{
+    LbDaemon, Netns, Tally, VIP, bin_path,
+    client::KeepAlive,
+    curl_many,
+    fabric::{Fabric, HOST_IF},
+    require_root_and_bpf, udp_request,
+};
+
+const HTTP_PORT: u16 = 80;
+const UDP_PORT: u16 = 53;
+
+/// `lb-ctl decap` attached on a backend, its pins removed on drop (the namespace going
+/// away takes the interface, not the bpffs pins).
+struct Decap {
+    name: String,
+}
+
+impl Decap {
+    fn attach(ns: &Netns, name: String, args: &[&str]) -> Decap {
+        let out = ns
+            .command(bin_path("lb-ctl"))
+            .args([
+                "decap",
+                "attach",
+                HOST_IF,
+                "--instance",
+                &name,
+                "--vip",
+                &VIP.to_string(),
+            ])
+            .args(args)
+            .output()
+            .expect("running lb-ctl decap attach");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "decap attach: {stderr}");
+        assert!(
+            !stderr.contains("warning"),
+            "the fabric's backends are set up as the docs say: {stderr}"
+        );
+        Decap { name }
+    }
+
+    /// `decap status --json` counters.
+    fn counters(&self, ns: &Netns) -> serde_json::Value {
+        let out = ns
+            .command(bin_path("lb-ctl"))
+            .args(["decap", "status", "--instance", &self.name, "--json"])
+            .output()
+            .expect("running lb-ctl decap status");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let status: serde_json::Value =
+            serde_json::from_slice(&out.stdout).expect("decap status JSON");
+        status["counters"].clone()
+    }
+}
+
+impl Drop for Decap {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(PathBuf::from("/sys/fs/bpf").join(&self.name));
+    }
+}
+
+/// A fabric of `n_lbs` LB hosts (the router's VIP route through all of them) and
+/// `n_backends` backends running decap (with `decap_args`) and a server; a daemon with
+/// `dsr` settings and a `scheduler` on each LB host.
+struct Dsr {
+    fabric: Fabric,
+    daemons: Vec<LbDaemon>,
+    decaps: Vec<Decap>,
+    _servers: Vec<lb_tests::Backend>,
+}
+
+fn setup(
+    tag: &str,
+    n_lbs: usize,
+    n_backends: usize,
+    dsr: &str,
+    scheduler: &str,
+    decap_args: &[&str],
+) -> Option<Dsr> {
+    if !require_root_and_bpf(tag) {
+        return None;
+    }
+    let fabric = Fabric::build(tag, n_lbs, n_backends);
+    fabric.pin_neighbors();
+    let servers = fabric.start_backends(Some(HTTP_PORT), Some(UDP_PORT));
+    let decaps = (1..=n_backends)
+        .map(|k| {
+            Decap::attach(
+                fabric.backend(k),
+                format!("{}d{k}", fabric.prefix()),
+                decap_args,
+            )
+        })
+        .collect();
+    let servers_yaml: String = (1..=n_backends)
+        .map(|k| {
+            format!(
+                "    - {{ address: {} }}\n",
+                lb_tests::fabric::backend_addr(k)
+            )
+        })
+        .collect();
+    let daemons = (1..=n_lbs)
+        .map(|k| {
+            let instance = format!("{}i{k}", fabric.prefix());
+            let config = format!(
+                "instance: {instance}\ninterfaces: [{HOST_IF}]\nflow_table_size: 65536\n\
+                 forwarding: dsr\ndsr: {dsr}\ndefault_server_group:\n  servers:\n{servers_yaml}\
+                 listeners:\n  - {{ name: web, protocol: tcp, address: {VIP}, port: {HTTP_PORT}, \
+                 backend_port: {HTTP_PORT}, scheduler: {scheduler} }}\n  - {{ name: dns, protocol: \
+                 udp, address: {VIP}, port: {UDP_PORT}, backend_port: {UDP_PORT} }}\n"
+            );
+            LbDaemon::start(fabric.lb(k), &instance, &config)
+        })
+        .collect();
+    fabric.route_vip_via(&(1..=n_lbs).collect::<Vec<_>>());
+    Some(Dsr {
+        fabric,
+        daemons,
+        decaps,
+        _servers: servers,
+    })
+}
+
+fn url() -> String {
+    format!("http://{VIP}:{HTTP_PORT}/")
+}
+
+#[test]
+fn dsr_ipip_backends_answer_clients_directly_and_none_fails() {
+    let Some(dsr) = setup("dsr", 1, 2, "{ encapsulation: ipip }", "wrr", &[]) else {
+        return;
+    };
+    let client = dsr.fabric.client();
+    let results = curl_many(client, &url(), 400, None, 8);
+    let tally = Tally::of(&results);
+    assert_eq!(tally.failed(), 0, "every request answered: {tally}");
+    for name in ["b1", "b2"] {
+        assert!(tally.count(name) >= 150, "{name} served its share: {tally}");
+    }
+    let answer = udp_request(
+        client,
+        SocketAddr::from((VIP, UDP_PORT)),
+        "hello",
+        None,
+        Duration::from_secs(2),
+    )
+    .expect("a UDP answer");
+    assert!(answer.ends_with("hello"), "{answer}");
+
+    let lb = &dsr.daemons[0];
+    // Each connection's client packets went through the tunnel; no reply through the LB.
+    assert!(
+        lb.reason_count("encapsulated") >= 400 * 3,
+        "SYN, request and FIN of each"
+    );
+    assert_eq!(lb.reason_count("reply_forwarded"), 0);
+    let decapsulated: u64 = dsr
+        .decaps
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            d.counters(dsr.fabric.backend(i + 1))["decapsulated_ipip"]
+                .as_u64()
+                .unwrap()
+        })
+        .sum();
+    assert!(
+        decapsulated >= 400 * 3,
+        "the backends stripped them: {decapsulated}"
+    );
+}
+
+#[test]
+fn dsr_gue_from_a_source_prefix_is_decapsulated_on_its_port() {
+    let Some(dsr) = setup(
+        "gue",
+        1,
+        2,
+        "{ encapsulation: gue, gue_port: 6080, source: 198.18.9.0/24 }",
+        "tch",
+        &["--gue-port", "6080", "--allow-source", "198.18.9.0/24"],
+    ) else {
+        return;
+    };
+    let results = curl_many(dsr.fabric.client(), &url(), 200, None, 8);
+    let tally = Tally::of(&results);
+    assert_eq!(tally.failed(), 0, "every request answered: {tally}");
+    assert_eq!(tally.backends().len(), 2, "{tally}");
+    for (i, d) in dsr.decaps.iter().enumerate() {
+        let c = d.counters(dsr.fabric.backend(i + 1));
+        assert!(c["decapsulated_gue"].as_u64().unwrap() > 0, "{c}");
+        assert_eq!(c["drop_source_refused"], 0, "{c}");
+    }
+}
+
+/// The reason several LB hosts can serve one VIP: with `tch` every host picks the same
+/// backend for a 4-tuple, so a connection whose packets move to another LB host (the
+/// router's ECMP set changed) goes on. 50 long-lived connections, a request on each
+/// every 100 ms; the router's route loses one LB host, then gets it back.
+#[test]
+fn dsr_connections_survive_moving_between_lb_hosts_with_tch() {
+    let Some(dsr) = setup("mov", 2, 3, "{ encapsulation: ipip }", "tch", &[]) else {
+        return;
+    };
+    let to = SocketAddr::from((VIP, HTTP_PORT));
+    let mut connections: Vec<KeepAlive> = (0..50)
+        .map(|i| {
+            KeepAlive::open(dsr.fabric.client(), to, Duration::from_secs(3))
+                .unwrap_or_else(|e| panic!("connection {i}: {e}"))
+        })
+        .collect();
+    let mut first_backend = Vec::new();
+    for c in &mut connections {
+        first_backend.push(c.get().expect("first request"));
+    }
+    // Five requests on every connection, 100 ms apart; a connection fails once.
+    let mut round = |label: &str| {
+        let mut failed = std::collections::BTreeMap::new();
+        for _ in 0..5 {
+            for (i, c) in connections.iter_mut().enumerate() {
+                if failed.contains_key(&i) {
+                    continue;
+                }
+                match c.get() {
+                    Ok(name) if name == first_backend[i] => {}
+                    Ok(name) => {
+                        failed.insert(i, format!("answered by {name}, not {}", first_backend[i]));
+                    }
+                    Err(e) => {
+                        failed.insert(i, e.to_string());
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(
+            failed.is_empty(),
+            "{label}: {} of 50 connections failed: {failed:?}",
+            failed.len()
+        );
+    };
+    round("through both LB hosts");
+    let before: Vec<u64> = dsr
+        .daemons
+        .iter()
+        .map(|d| d.reason_count("encapsulated"))
+        .collect();
+    assert!(
+        before.iter().all(|n| *n > 0),
+        "ECMP used both LB hosts: {before:?}"
+    );
+    dsr.fabric.route_vip_via(&[2]);
+    round("after LB host 1 left the route");
+    let picked_up = dsr.daemons[1].reason_count("event_pickup");
+    assert!(picked_up > 0, "LB host 2 picked up LB host 1's connections");
+    dsr.fabric.route_vip_via(&[1, 2]);
+    round("after LB host 1 came back");
+}
