@@ -933,11 +933,11 @@ fn control_section(o: &mut String, r: &Report) {
     }
     let _ = writeln!(
         o,
-        "**Prober capacity**: `lb_ctl::health::capacity_probe(10_000, 1 s, {} s, {})` on a \
-         tokio `current_thread` runtime pinned to one CPU: every probe a real TCP \
-         handshake to a local listener, closed with a RST; it keeps up when it completes \
-         ≥ 95 % of the scheduled rate with no failure and 99 % of probes start within \
-         100 ms of their due time.\n",
+        "**Prober capacity**: `lb_tests::bench::prober::capacity_probe(10_000, 1 s, {} s, {})`, \
+         the controller's health checker, on a tokio `current_thread` runtime pinned to one \
+         CPU: every probe a real TCP handshake to a local listener, closed with a RST; it \
+         keeps up when it completes ≥ 95 % of the scheduled rate with no failure and 99 % of \
+         probes start within 100 ms of their due time.\n",
         p.probe_seconds,
         lb_ctl::health::DEFAULT_MAX_IN_FLIGHT
     );
