@@ -30,7 +30,8 @@ use thiserror::Error;
 
 use crate::reconcile::MapWriter;
 
-/// The XDP object built by build.rs from the `lb-ebpf` crate.
+/// The XDP object built by build.rs from the `lb-ebpf` crate: the shipped one, production
+/// programs only (no `testing` feature).
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
 
 #[derive(Debug, Error)]
