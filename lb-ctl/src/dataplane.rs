@@ -30,7 +30,8 @@ use thiserror::Error;
 
 use crate::reconcile::MapWriter;
 
-/// The XDP object built by build.rs from the `lb-ebpf` crate.
+/// The XDP object built by build.rs from the `lb-ebpf` crate: the shipped one, production
+/// programs only (no `testing` feature).
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
 
 #[derive(Debug, Error)]
@@ -318,8 +319,9 @@ impl DataPlane {
         Self::load_object(EBPF_OBJECT, options)
     }
 
-    /// Like `load`, with another build of the XDP object (the verifier budget test loads
-    /// the per-packet-logging build this way).
+    /// Like `load`, with another build of the XDP object: the verifier budget test loads
+    /// the per-packet-logging build this way, the benchmarks and some tests the tests
+    /// crate's build with the measuring programs (`lb_tests::TEST_OBJECT`).
     pub fn load_object(object: &[u8], options: &LoadOptions) -> Result<Self> {
         let mut loader = EbpfLoader::new();
         loader.verifier_log_level(crate::verifier::log_level());
@@ -1033,4 +1035,34 @@ impl ReadCounters for CounterReader {
 /// The pin folder of an instance's maps under a bpffs mount.
 pub fn map_pin_dir(bpffs: &Path, instance: &str) -> PathBuf {
     bpffs.join(instance).join("maps")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    /// The shipped object holds the production programs and nothing else: the measuring
+    /// and test-helper programs and their `BENCH_*` maps only exist in the tests crate's
+    /// build (lb-ebpf's `testing` feature). Parsed, not loaded: no privileges needed.
+    #[test]
+    fn the_shipped_object_holds_only_production_programs() {
+        let object = aya_obj::Object::parse(EBPF_OBJECT).expect("the embedded object parses");
+        let programs: BTreeSet<&str> = object.programs.keys().map(String::as_str).collect();
+        assert_eq!(programs, production_programs().collect::<BTreeSet<_>>());
+        let bench_maps: Vec<&str> = object
+            .maps
+            .keys()
+            .map(String::as_str)
+            .filter(|name| name.starts_with("BENCH_"))
+            .collect();
+        assert!(
+            bench_maps.is_empty(),
+            "measuring maps shipped: {bench_maps:?}"
+        );
+        for name in ALL_MAPS.iter().chain([&names::STAGES]) {
+            assert!(object.maps.contains_key(*name), "no map {name}");
+        }
+    }
 }

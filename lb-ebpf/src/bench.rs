@@ -1,10 +1,13 @@
-//! Programs for measuring, never attached by the daemon (`cargo xtask bench` loads them):
+//! Programs for measuring and for tests, compiled only with the `testing` feature: the
+//! tests crate builds that object (`lb_tests::TEST_OBJECT`) for the benchmarks, fixtures and
+//! end-to-end tests; the object lb-ctl ships never holds them.
 //!
 //! - `lb_bench`: the fair in-kernel loop of docs/benchmarks.md. BPF_PROG_TEST_RUN with
 //!   `repeat` runs a program again on the buffer it already rewrote; this wrapper puts the
 //!   original packet back at the start of every run (and optionally makes every run a new
 //!   flow), then tail-calls the program under test.
-//! - `lb_empty`: the floor: the same machinery with nothing behind it.
+//! - `lb_empty`: the floor: the same machinery with nothing behind it. The end-to-end
+//!   tests also attach it as an XDP_PASS program on veths that need one.
 //! - `lb_gen`: a traffic generator for XDP live frames: every frame gets a new source
 //!   address and port, then goes out (XDP_TX becomes a transmit in live-frames mode).
 //! - `lb_sink`: counts and drops, the receiving end of the forwarding benchmark.

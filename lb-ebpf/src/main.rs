@@ -27,7 +27,7 @@
     )
 )]
 
-#[cfg(target_arch = "bpf")]
+#[cfg(all(target_arch = "bpf", feature = "testing"))]
 mod bench;
 #[cfg(target_arch = "bpf")]
 mod encap;

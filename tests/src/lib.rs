@@ -14,6 +14,7 @@
 //! - [`require_root`], [`require_root_and_bpf`]: skip privileged tests where they cannot
 //!   run, but fail them in CI.
 //! - [`bin_path`]: where the workspace's binaries were built.
+//! - [`TEST_OBJECT`]: the XDP object with the measuring and test-helper programs.
 //!
 //! Rules every test keeps (and this crate helps to keep): addresses only from
 //! 198.18.0.0/15 and only inside namespaces the test made, traffic never leaves the
@@ -46,6 +47,13 @@ pub use daemon::LbDaemon;
 pub use netns::{ChildGuard, Netns, unique_prefix, veth};
 pub use privilege::{require_root, require_root_and_bpf};
 pub use topology::{Topology, TopologyOptions, VIP, VipPlacement, XdpPass};
+
+/// The XDP object the tests load when they need a measuring or test-helper program
+/// (`lb_bench`, `lb_empty`, …), built by build.rs with lb-ebpf's `testing` feature. Its
+/// production programs are the shipped object's: same source, same build settings, the
+/// testing programs only added beside them. Load it with `DataPlane::load_object`; tests of
+/// the production programs alone load the shipped object (`DataPlane::load`).
+pub static TEST_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
 
 /// Path of the workspace binary `name` (`lb-ctl`, `lb-test-backend`, …), built into the
 /// same target directory as the running test executable.
@@ -83,4 +91,81 @@ pub fn bin_path(name: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeSet, HashMap};
+
+    use aya_obj::{Function, Object};
+    use lb_ctl::dataplane::{EBPF_OBJECT, production_programs};
+
+    use super::TEST_OBJECT;
+
+    /// The programs lb-ebpf's `testing` feature adds.
+    const TESTING_PROGRAMS: [&str; 5] =
+        ["lb_bench", "lb_empty", "lb_gen", "lb_sink", "lb_redirect"];
+
+    fn parse(object: &[u8]) -> Object {
+        Object::parse(object).expect("the embedded object parses")
+    }
+
+    fn names<T>(map: &HashMap<String, T>) -> BTreeSet<&str> {
+        map.keys().map(String::as_str).collect()
+    }
+
+    /// The test object is the shipped object plus the testing programs and their `BENCH_*`
+    /// maps: nothing the production programs use is missing.
+    #[test]
+    fn the_test_object_adds_the_testing_programs_to_the_shipped_ones() {
+        let test = parse(TEST_OBJECT);
+        let shipped = parse(EBPF_OBJECT);
+        let expected: BTreeSet<&str> = production_programs().chain(TESTING_PROGRAMS).collect();
+        assert_eq!(names(&test.programs), expected);
+
+        let added: BTreeSet<&str> = names(&test.maps)
+            .difference(&names(&shipped.maps))
+            .copied()
+            .collect();
+        assert!(
+            added.iter().all(|name| name.starts_with("BENCH_")),
+            "maps only the test object has: {added:?}"
+        );
+        let missing: Vec<_> = names(&shipped.maps)
+            .difference(&names(&test.maps))
+            .copied()
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "shipped maps missing from the test object: {missing:?}"
+        );
+    }
+
+    /// What the benchmarks measure through the wrapper is the shipped code: every function
+    /// of the shipped object (each program and what it calls) is in the test object,
+    /// instruction for instruction. Map references are relocations resolved at load, so the
+    /// added maps change no instruction. Should the added programs ever sway the compiler's
+    /// choices for the shared code, this fails, and the benchmark figures no longer describe
+    /// what ships.
+    #[test]
+    fn the_test_object_carries_the_shipped_code_unchanged() {
+        let test = parse(TEST_OBJECT);
+        let shipped = parse(EBPF_OBJECT);
+        let code = |f: &Function| -> Vec<_> {
+            f.instructions
+                .iter()
+                .map(|i| (i.code, i.dst_reg(), i.src_reg(), i.off, i.imm))
+                .collect()
+        };
+        // Matched by code, not by symbol: lb-ebpf's crate hash, part of every symbol of its
+        // own functions, differs between the two builds because their features differ.
+        let test_code: BTreeSet<_> = test.functions.values().map(code).collect();
+        for f in shipped.functions.values() {
+            assert!(
+                test_code.contains(&code(f)),
+                "{} differs between the shipped and the test object",
+                f.name
+            );
+        }
+    }
 }

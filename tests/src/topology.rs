@@ -422,16 +422,19 @@ pub(crate) fn xdp_pass(ns: &Netns, dev: &str) -> XdpPass {
     use aya::programs::{Xdp, XdpMode};
     use lb_ctl::dataplane::{DataPlane, LoadOptions, MapSizes};
     ns.enter(|| {
-        let mut dataplane = DataPlane::load(&LoadOptions {
-            sizes: MapSizes {
-                flow_table_size: 1024,
-                max_listeners: 1,
-                max_backends: 1,
+        let mut dataplane = DataPlane::load_object(
+            crate::TEST_OBJECT,
+            &LoadOptions {
+                sizes: MapSizes {
+                    flow_table_size: 1024,
+                    max_listeners: 1,
+                    max_backends: 1,
+                },
+                map_pin_dir: None,
+                verifier_log_dir: None,
             },
-            map_pin_dir: None,
-            verifier_log_dir: None,
-        })
-        .expect("the XDP object loads");
+        )
+        .expect("the test XDP object loads");
         let program: &mut Xdp = dataplane
             .ebpf_mut()
             .program_mut("lb_empty")

@@ -15,11 +15,11 @@ use std::net::Ipv4Addr;
 use lb_common::{FLOW_F_PICKUP, Flow, FlowKey, MAGLEV_TABLE_SIZE, Reason, select};
 use lb_ctl::{
     config::VipPing,
-    dataplane::{DataPlane, LoadOptions, MapSizes},
+    dataplane::{DataPlane, EBPF_OBJECT, LoadOptions, MapSizes},
     plan::Runtime,
 };
 use lb_tests::{
-    Netns,
+    Netns, TEST_OBJECT,
     bench::{
         kit::{self, Kit},
         util::pin_to_cpu,
@@ -190,16 +190,24 @@ fn maglev_pick(dp: &DataPlane, fx: &Provisioned, name: &str, client: (Ipv4Addr, 
     dp.maglev_table(slot).unwrap()[(index - slot * MAGLEV_TABLE_SIZE) as usize]
 }
 
+/// The shipped object: the fixtures test the production programs.
 fn load(lab: &Lab) -> DataPlane {
-    let mut dp = DataPlane::load(&LoadOptions {
-        sizes: MapSizes {
-            flow_table_size: 4096,
-            max_listeners: 4,
-            max_backends: 64,
+    load_object(lab, EBPF_OBJECT)
+}
+
+fn load_object(lab: &Lab, object: &[u8]) -> DataPlane {
+    let mut dp = DataPlane::load_object(
+        object,
+        &LoadOptions {
+            sizes: MapSizes {
+                flow_table_size: 4096,
+                max_listeners: 4,
+                max_backends: 64,
+            },
+            map_pin_dir: None,
+            verifier_log_dir: None,
         },
-        map_pin_dir: None,
-        verifier_log_dir: None,
-    })
+    )
     .expect("the XDP program loads and verifies");
     // The round-robin cursors are per CPU: a test that predicts the next backend must not
     // migrate between runs.
@@ -2013,12 +2021,13 @@ fn a_backend_closing_or_refusing_ends_the_flow() {
 
 /// The in-kernel benchmark loop (`lb_bench`, docs/benchmarks.md) is only fair if every
 /// repetition sees the original packet: 1000 repetitions must be 1000 forwards of one
-/// established flow, and in new-flow mode 1000 new flows.
+/// established flow, and in new-flow mode 1000 new flows. The wrapper is only in the test
+/// object, whose lb_xdp is the shipped one.
 #[test]
 fn benchmark_wrapper_restores_the_packet_on_every_run() {
     let Some(lab) = lab("fxbench") else { return };
     lab.ns.enter(|| {
-        let mut dp = load(&lab);
+        let mut dp = load_object(&lab, TEST_OBJECT);
         let web = provision(&mut dp, ONE_BACKEND).listener_id("web");
         let mut syn = from_client(Frame::tcp((CLIENT, 40900), (VIP, 80), SYN)).payload(b"");
         syn.payload = vec![0; 64 - 54];

@@ -19,7 +19,8 @@ use crate::{
     process::{Cmd, fmt_duration, is_root},
 };
 
-/// Names the rustup toolchain that compiles `lb-ebpf`; read by `lb-ctl/build.rs` too.
+/// Names the rustup toolchain that compiles `lb-ebpf`; read by `lb-build` (the build scripts
+/// of lb-ctl and tests) too.
 pub const TOOLCHAIN_VAR: &str = "LB_EBPF_TOOLCHAIN";
 /// Debian's rustc 1.96 (LLVM 22) with its own library source, linked into rustup.
 pub const DEFAULT_TOOLCHAIN: &str = "deb-web";

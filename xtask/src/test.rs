@@ -148,14 +148,20 @@ pub fn test(args: &TestArgs) -> anyhow::Result<()> {
             Box::new(|_| {
                 // Its own target dir: the BPF target and another toolchain would otherwise
                 // contend for the main target dir's lock and invalidate its fingerprints.
-                Cmd::cargo()
-                    .env("RUSTC_BOOTSTRAP", "1")
-                    .arg(format!("+{toolchain}"))
-                    .args(["clippy", "-p", "lb-ebpf", "--target", "bpfel-unknown-none"])
-                    .args(["-Z", "build-std=core", "--target-dir"])
-                    .arg(target_dir().join("ebpf-clippy"))
-                    .args(["--", "-D", "warnings", "-C", "panic=abort"])
-                    .run()
+                // Twice: the shipped programs alone, and with the measuring and test-helper
+                // programs the tests crate builds in (`testing`).
+                for features in ["", "testing"] {
+                    Cmd::cargo()
+                        .env("RUSTC_BOOTSTRAP", "1")
+                        .arg(format!("+{toolchain}"))
+                        .args(["clippy", "-p", "lb-ebpf", "--target", "bpfel-unknown-none"])
+                        .args(["-Z", "build-std=core", "--features", features])
+                        .arg("--target-dir")
+                        .arg(target_dir().join("ebpf-clippy"))
+                        .args(["--", "-D", "warnings", "-C", "panic=abort"])
+                        .run()?;
+                }
+                Ok(())
             }),
         ),
         ("build", None, Box::new(|_| build::cargo_build(false))),

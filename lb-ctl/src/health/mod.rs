@@ -19,10 +19,12 @@
 //! and `Checker::ramping` into `Runtime.effective_weight`.
 //!
 //! Layout: `machine` (thresholds and flap damping, pure), `slow_start` (pure), `probe`
-//! (the network probes), `histogram`, `checker` (the scheduler), `capacity` (the
-//! benchmark driver).
+//! (the network probes), `histogram`, `checker` (the scheduler).
+//!
+//! `Checker`, its options, `Target` and `Histogram` are public for the prober capacity
+//! benchmark of the tests crate, which drives the controller's own checker (and so is
+//! `Transition`, which `Checker::new` hands out).
 
-mod capacity;
 mod checker;
 mod histogram;
 mod machine;
@@ -31,10 +33,9 @@ mod slow_start;
 
 use std::{net::Ipv4Addr, time::SystemTime};
 
-pub use capacity::{CapacityReport, capacity_probe};
-pub use checker::DEFAULT_MAX_IN_FLIGHT;
-pub(crate) use checker::{BackendHealth, Checker, CheckerOptions, HealthState, Snapshot};
-pub(crate) use histogram::Histogram;
+pub(crate) use checker::{BackendHealth, HealthState, Snapshot};
+pub use checker::{Checker, CheckerOptions, DEFAULT_MAX_IN_FLIGHT};
+pub use histogram::Histogram;
 
 use crate::{
     config::{Config, HealthCheck, HealthCheckKind},
@@ -43,7 +44,7 @@ use crate::{
 
 /// One backend to watch, as the config describes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Target {
+pub struct Target {
     pub key: BackendKey,
     /// Name of the listener, for logs and status.
     pub listener: String,
@@ -78,7 +79,7 @@ impl Target {
 
 /// A change of a backend's health, sent once per change (never for steady state).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Transition {
+pub struct Transition {
     pub key: BackendKey,
     pub listener: String,
     pub healthy: bool,

@@ -10,8 +10,9 @@
 //!   moment the `lb-ctl` process returned (both read from this process's monotonic
 //!   clock). Its resolution is the gap between new flows the client manages; a negative
 //!   value means the change was live before the command had returned.
-//! - Prober capacity: `lb_ctl::health::capacity_probe` with 10,000 TCP targets at a 1 s
-//!   interval, on a tokio current_thread runtime pinned to one CPU.
+//! - Prober capacity: [`prober::capacity_probe`], the controller's health checker with
+//!   10,000 TCP targets at a 1 s interval, on a tokio current_thread runtime pinned to one
+//!   CPU.
 
 use std::{
     io,
@@ -30,7 +31,10 @@ use lb_common::{
     maglev::{MaglevBackend, build_table},
 };
 
-use super::util::{Summary, bench_cpu, pin_to_cpu, quantile, say, spawn_in};
+use super::{
+    prober::{self, CapacityReport},
+    util::{Summary, bench_cpu, pin_to_cpu, quantile, say, spawn_in},
+};
 use crate::{LbDaemon, Topology, TopologyOptions, VIP};
 
 const UDP_PORT: u16 = 5300;
@@ -367,13 +371,13 @@ pub fn probe_capacity(seconds: u64) -> anyhow::Result<ProbeCapacity> {
         "the open-file limit ({limit}) is too small for the prober benchmark"
     );
     let handle = thread::Builder::new().name("bench-prober".into()).spawn(
-        move || -> anyhow::Result<lb_ctl::health::CapacityReport> {
+        move || -> anyhow::Result<CapacityReport> {
             // One core: the runtime's only thread, pinned.
             pin_to_cpu(bench_cpu())?;
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            Ok(rt.block_on(lb_ctl::health::capacity_probe(
+            Ok(rt.block_on(prober::capacity_probe(
                 10_000,
                 1,
                 Duration::from_secs(seconds),

@@ -28,7 +28,7 @@ use super::{
     util::{Summary, bench_cpu, pin_to_cpu, say},
 };
 use crate::{
-    Netns,
+    Netns, TEST_OBJECT,
     packet::{ACK, Frame, SYN},
     unique_prefix, veth,
     xdp::{XDP_PASS, XDP_REDIRECT},
@@ -325,15 +325,19 @@ fn run_backends(
 ) -> anyhow::Result<Vec<CaseResult>> {
     pin_to_cpu(bench_cpu())?;
     let load_started = Instant::now();
-    let mut dp = DataPlane::load(&LoadOptions {
-        sizes: MapSizes {
-            flow_table_size: FLOW_TABLE,
-            max_listeners: 8,
-            max_backends: 16384,
+    // The test object, for the wrapper and the floor; its lb_xdp is the shipped one.
+    let mut dp = DataPlane::load_object(
+        TEST_OBJECT,
+        &LoadOptions {
+            sizes: MapSizes {
+                flow_table_size: FLOW_TABLE,
+                max_listeners: 8,
+                max_backends: 16384,
+            },
+            map_pin_dir: None,
+            verifier_log_dir: None,
         },
-        map_pin_dir: None,
-        verifier_log_dir: None,
-    })
+    )
     .context("loading the data plane")?;
     say(format!(
         "cost: data plane with a {FLOW_TABLE}-entry flow table loaded in {:.1} s",

@@ -50,7 +50,7 @@ use super::{
     util::{KnobGuard, Summary, bench_cpu, conntrack_flush, pin_to_cpu, say},
 };
 use crate::{
-    Netns,
+    Netns, TEST_OBJECT,
     packet::{Frame, Mac, parse_mac},
     unique_prefix, veth,
 };
@@ -232,16 +232,20 @@ fn udp_frame(rig: &Rig, src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -> Vec<u8> {
     f.build()
 }
 
+/// The generator's and the sink's data plane: only their measuring programs run.
 fn small_dataplane() -> anyhow::Result<DataPlane> {
-    Ok(DataPlane::load(&LoadOptions {
-        sizes: MapSizes {
-            flow_table_size: 1024,
-            max_listeners: 1,
-            max_backends: 16,
+    Ok(DataPlane::load_object(
+        TEST_OBJECT,
+        &LoadOptions {
+            sizes: MapSizes {
+                flow_table_size: 1024,
+                max_listeners: 1,
+                max_backends: 16,
+            },
+            map_pin_dir: None,
+            verifier_log_dir: None,
         },
-        map_pin_dir: None,
-        verifier_log_dir: None,
-    })?)
+    )?)
 }
 
 /// One path's measurements over the rounds.
@@ -489,16 +493,20 @@ pub fn run(options: &ForwardOptions) -> anyhow::Result<ForwardReport> {
     ));
 
     // The LB: its own object with a 4M-entry flow table, wrr over four backends (nftables
-    // uses `numgen inc`, round robin, over the same four).
-    let mut lb_dp = DataPlane::load(&LoadOptions {
-        sizes: MapSizes {
-            flow_table_size: FLOW_TABLE,
-            max_listeners: 4,
-            max_backends: 64,
+    // uses `numgen inc`, round robin, over the same four). The test object, for the bare
+    // redirect of the ceiling; its lb_xdp is the shipped one.
+    let mut lb_dp = DataPlane::load_object(
+        TEST_OBJECT,
+        &LoadOptions {
+            sizes: MapSizes {
+                flow_table_size: FLOW_TABLE,
+                max_listeners: 4,
+                max_backends: 64,
+            },
+            map_pin_dir: None,
+            verifier_log_dir: None,
         },
-        map_pin_dir: None,
-        verifier_log_dir: None,
-    })
+    )
     .context("loading the LB data plane")?;
     let config = kit::one_listener(
         lb_dp.sizes(),

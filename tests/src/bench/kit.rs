@@ -1,6 +1,11 @@
 //! Handles on the measuring programs of `lb-ebpf/src/bench.rs` and the listener set-up the
 //! per-packet and forwarding benchmarks share.
 //!
+//! The measuring programs exist only in the test object ([`crate::TEST_OBJECT`]), so every
+//! data plane handed to [`Kit::new`] is loaded from it. What the wrapper measures (`lb_xdp`
+//! and its stages) is still the shipped code: the test object is the production object,
+//! built from the same source with the same settings, with the measuring programs added.
+//!
 //! The wrapper `lb_bench` makes every run a new flow by writing a per-CPU counter `n` into
 //! the source: address low half `[(n >> 24) as u8, (n >> 16) as u8 | 1]`, port
 //! `(n as u16) | 0x0400`. Those two ORs alias counters: `n` and `n ^ 0x400` give the same
@@ -50,7 +55,9 @@ impl Kit {
         for name in programs {
             let p: &mut Xdp = ebpf
                 .program_mut(name)
-                .with_context(|| format!("no program {name} in the object"))?
+                .with_context(|| {
+                    format!("no program {name} in the object (load lb_tests::TEST_OBJECT)")
+                })?
                 .try_into()?;
             p.load().with_context(|| format!("loading {name}"))?;
         }

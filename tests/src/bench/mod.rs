@@ -13,6 +13,7 @@ pub mod control;
 pub mod cost;
 pub mod forward;
 pub mod kit;
+pub mod prober;
 pub mod report;
 pub mod util;
 

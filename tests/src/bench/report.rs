@@ -635,6 +635,10 @@ fn cost_section(o: &mut String, r: &Report) {
          the median over {} rounds with the min–max. `lb_bench` is kept attached to an idle \
          interface: a `repeat > 1` run of a program that is attached nowhere rebuilds the \
          kernel's XDP dispatcher twice (10–25 ms of RCU waits per call here).\n\
+         - `lb_bench`, `lb_empty` and the forwarding benchmark's programs are built only \
+         into the tests crate's XDP object (lb-ebpf's `testing` feature), never into the one \
+         `lb-ctl` ships. That object's `lb_xdp` and stages are the shipped ones, instruction \
+         for instruction (checked by a unit test of `lb-tests`).\n\
          - The wrapper's counter → tuple mapping repeats after 1024 values (port \
          `n | 0x400`, address byte `n >> 16 | 1`), so new-flow runs go in calls of at most \
          1024 repetitions, each starting at a counter value chosen to give tuples never \
@@ -929,11 +933,11 @@ fn control_section(o: &mut String, r: &Report) {
     }
     let _ = writeln!(
         o,
-        "**Prober capacity**: `lb_ctl::health::capacity_probe(10_000, 1 s, {} s, {})` on a \
-         tokio `current_thread` runtime pinned to one CPU: every probe a real TCP \
-         handshake to a local listener, closed with a RST; it keeps up when it completes \
-         ≥ 95 % of the scheduled rate with no failure and 99 % of probes start within \
-         100 ms of their due time.\n",
+        "**Prober capacity**: `lb_tests::bench::prober::capacity_probe(10_000, 1 s, {} s, {})`, \
+         the controller's health checker, on a tokio `current_thread` runtime pinned to one \
+         CPU: every probe a real TCP handshake to a local listener, closed with a RST; it \
+         keeps up when it completes ≥ 95 % of the scheduled rate with no failure and 99 % of \
+         probes start within 100 ms of their due time.\n",
         p.probe_seconds,
         lb_ctl::health::DEFAULT_MAX_IN_FLIGHT
     );

@@ -1,18 +1,7 @@
-//! The benchmark driver for the checker's capacity promise (10,000 backends at a 1 s
-//! interval on one core). The benchmark suite calls `capacity_probe` on a tokio
-//! `current_thread` runtime, so everything (scheduler, probes, the local server) shares
-//! one core:
-//!
-//! ```no_run
-//! # fn main() -> std::io::Result<()> {
-//! use std::time::Duration;
-//! let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-//! let report = rt.block_on(lb_ctl::health::capacity_probe(10_000, 1, Duration::from_secs(10), 1024))?;
-//! println!("{report}");
-//! assert!(report.keeps_up());
-//! # Ok(())
-//! # }
-//! ```
+//! The benchmark driver for the health checker's capacity promise (10,000 backends at a
+//! 1 s interval on one core): the controller's own `Checker`, probing targets on a local
+//! listener. [`super::control`] runs [`capacity_probe`] on a tokio `current_thread` runtime
+//! pinned to one CPU, so everything (scheduler, probes, the local server) shares one core.
 //!
 //! Every probe is a real TCP handshake over loopback, closed with a RST as in
 //! production. The open-file limit must exceed `max_in_flight` plus the sockets the
@@ -24,13 +13,12 @@ use std::{
     time::Duration,
 };
 
-use tokio::net::TcpSocket;
-
-use super::{Checker, CheckerOptions, Histogram, Target};
-use crate::{
+use lb_ctl::{
     config::{HealthCheck, HealthCheckKind, Protocol},
+    health::{Checker, CheckerOptions, Histogram, Target},
     plan::{BackendKey, Frontend},
 };
+use tokio::net::TcpSocket;
 
 /// What `capacity_probe` measured.
 #[derive(Clone, Debug)]
