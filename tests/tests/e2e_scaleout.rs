@@ -354,6 +354,7 @@ fn long_lived_connections_survive_an_lb_host_dying_and_coming_back() {
     s.fabric.set_lb_link(1, true);
     let back = Instant::now();
     s.daemons[0].restart();
+    let carried_before_return = s.daemons[0].reason_count("encapsulated");
     let stop = AtomicBool::new(false);
     let (failed, returned) = thread::scope(|scope| {
         let traffic = scope.spawn(|| {
@@ -375,6 +376,10 @@ fn long_lived_connections_survive_an_lb_host_dying_and_coming_back() {
         failed.is_empty(),
         "LB host 1 came back: {} of 50 failed: {failed:?}",
         failed.len()
+    );
+    assert!(
+        s.daemons[0].reason_count("encapsulated") > carried_before_return,
+        "the router sends some of the connections through LB host 1 again"
     );
     assert_no_reply_through_an_lb(&s);
 }
