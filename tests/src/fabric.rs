@@ -15,9 +15,9 @@
 //! for the VIP come in and go out, encapsulated, on its one interface; the backends answer
 //! clients through the router, never through an LB.
 
-use std::net::Ipv4Addr;
+use std::{net::Ipv4Addr, path::PathBuf};
 
-use crate::{Backend, Netns, VIP, XdpPass, topology::xdp_pass, unique_prefix, veth};
+use crate::{Backend, Netns, VIP, XdpPass, bin_path, topology::xdp_pass, unique_prefix, veth};
 
 /// The client's address.
 pub const CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
@@ -51,13 +51,14 @@ pub struct Fabric {
     prefix: String,
     client: Netns,
     router: Netns,
+    switch_ports: Vec<String>,
     lbs: Vec<Netns>,
     backends: Vec<Netns>,
     /// XDP_PASS on the switch's ports towards the LB hosts: a veth end wakes its reader
     /// for frames the other end sends back out (XDP_TX) only when it runs an XDP program.
     _switch_xdp: Vec<XdpPass>,
     // Dropped last: the other namespaces' veths go with their own namespace.
-    _switch: Netns,
+    switch: Netns,
 }
 
 impl Fabric {
@@ -167,10 +168,11 @@ impl Fabric {
             prefix,
             client,
             router,
+            switch_ports: (1..=n_lbs).map(|k| format!("sw-l{k}")).collect(),
             lbs,
             backends,
             _switch_xdp: switch_xdp,
-            _switch: switch,
+            switch,
         }
     }
 
@@ -225,21 +227,105 @@ impl Fabric {
         }
     }
 
-    /// Starts `lb-test-backend` in every backend, named `b1`, `b2`, …: HTTP on the
-    /// wildcard address (the VIP on `lo` included), UDP on the VIP itself. A UDP server on
-    /// the wildcard address would answer from the backend's own address (the kernel takes
-    /// an unconnected socket's source from the route), which the client, talking to the
-    /// VIP, drops; TCP answers from the address the connection was made to.
+    /// Cuts LB host `k`'s link at the switch (`up` false), as a pulled cable or a dead
+    /// switch port: the host keeps its addresses, routes and neighbours, it is just no
+    /// longer heard; or restores it.
+    pub fn set_lb_link(&self, k: usize, up: bool) {
+        let state = if up { "up" } else { "down" };
+        self.switch
+            .ip(["link", "set", &self.switch_ports[k - 1], state]);
+    }
+
+    /// Starts `lb-test-backend` in every backend, named `b1`, `b2`, …; see
+    /// [`Fabric::start_backend`].
     pub fn start_backends(&self, http_port: Option<u16>, udp_port: Option<u16>) -> Vec<Backend> {
+        (1..=self.backends.len())
+            .map(|k| self.start_backend(k, http_port, udp_port))
+            .collect()
+    }
+
+    /// Starts `lb-test-backend` in backend `k`, named `bK`: HTTP on the wildcard address
+    /// (the VIP on `lo` included), UDP on the VIP and on the backend's own address. A UDP
+    /// server on the wildcard address would answer from the backend's own address (the
+    /// kernel takes an unconnected socket's source from the route), which the client,
+    /// talking to the VIP, drops; TCP answers from the address the connection was made
+    /// to. The LB hosts' UDP health probes go to the backend's own address.
+    pub fn start_backend(
+        &self,
+        k: usize,
+        http_port: Option<u16>,
+        udp_port: Option<u16>,
+    ) -> Backend {
         let http: Vec<_> = http_port
             .into_iter()
             .map(|p| (Ipv4Addr::UNSPECIFIED, p).into())
             .collect();
-        let udp: Vec<_> = udp_port.into_iter().map(|p| (VIP, p).into()).collect();
-        self.backends
-            .iter()
-            .enumerate()
-            .map(|(i, ns)| Backend::start(ns, &format!("b{}", i + 1), &http, &udp))
-            .collect()
+        let udp: Vec<_> = udp_port
+            .into_iter()
+            .flat_map(|p| [(VIP, p).into(), (backend_addr(k), p).into()])
+            .collect();
+        Backend::start(&self.backends[k - 1], &format!("b{k}"), &http, &udp)
+    }
+
+    /// `lb-ctl decap attach` on backend `k` for the VIP, with `args` added (`--gue-port`,
+    /// …); asserts that it warns of nothing, as the fabric's backends are set up as the
+    /// docs say. Its pins are removed when the guard drops.
+    pub fn attach_decap(&self, k: usize, args: &[&str]) -> Decap {
+        let name = format!("{}d{k}", self.prefix);
+        let out = self
+            .backend(k)
+            .command(bin_path("lb-ctl"))
+            .args([
+                "decap",
+                "attach",
+                HOST_IF,
+                "--instance",
+                &name,
+                "--vip",
+                &VIP.to_string(),
+            ])
+            .args(args)
+            .output()
+            .expect("running lb-ctl decap attach");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "decap attach: {stderr}");
+        assert!(
+            !stderr.contains("warning"),
+            "the fabric's backends are set up as the docs say: {stderr}"
+        );
+        Decap { name, backend: k }
+    }
+}
+
+/// `lb-ctl decap` attached on a backend ([`Fabric::attach_decap`]), its pins removed on
+/// drop: the namespace going away takes the interface, not the bpffs pins.
+pub struct Decap {
+    name: String,
+    backend: usize,
+}
+
+impl Decap {
+    /// `lb-ctl decap status --json` counters (`decapsulated_ipip`, …).
+    pub fn counters(&self, fabric: &Fabric) -> serde_json::Value {
+        let out = fabric
+            .backend(self.backend)
+            .command(bin_path("lb-ctl"))
+            .args(["decap", "status", "--instance", &self.name, "--json"])
+            .output()
+            .expect("running lb-ctl decap status");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let status: serde_json::Value =
+            serde_json::from_slice(&out.stdout).expect("decap status JSON");
+        status["counters"].clone()
+    }
+}
+
+impl Drop for Decap {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(PathBuf::from("/sys/fs/bpf").join(&self.name));
     }
 }

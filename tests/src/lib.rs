@@ -3,6 +3,7 @@
 //! - [`netns`]: network namespaces owned by a test ([`Netns`]), processes inside them
 //!   ([`ChildGuard`]), veth pairs and the usual `ip`/`sysctl`/`ethtool` chores.
 //! - [`topology`]: the standard client / load balancer / switch / backends network.
+//! - [`bird`]: a router's own BIRD learning the VIPs over BGP, and its routes.
 //! - [`backend`]: a handle on the `lb-test-backend` server started inside a namespace.
 //! - [`client`]: HTTP (curl) and UDP clients run from a namespace, and tallies of answers.
 //! - [`flood`]: forged SYNs from a raw socket, with any source address.
@@ -23,6 +24,7 @@
 
 pub mod backend;
 pub mod bench;
+pub mod bird;
 pub mod client;
 pub mod daemon;
 pub mod fabric;

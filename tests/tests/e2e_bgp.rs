@@ -11,23 +11,19 @@
 //! every second (2 failures down, 2 successes up). The ECMP test adds a second LB host
 //! (198.18.3.1) on a link of its own to the router (198.18.3.2).
 
-use std::{
-    net::Ipv4Addr,
-    path::PathBuf,
-    thread,
-    time::{Duration, Instant},
-};
+use std::{net::Ipv4Addr, thread, time::Duration};
 
 use lb_tests::{
-    Backend, ChildGuard, LbDaemon, Netns, Topology, TopologyOptions, VIP, client::TempDir,
-    http_get, privilege::in_ci, require_root_and_bpf, topology::LB_CLIENT_ADDR, veth,
+    Backend, LbDaemon, Netns, Topology, TopologyOptions, VIP,
+    bird::{LB_AS, ROUTER_AS, Router, require_bird, vip_route, wait_until},
+    http_get, require_root_and_bpf,
+    topology::LB_CLIENT_ADDR,
+    veth,
 };
 use serde_json::Value;
 
 const HTTP_PORT: u16 = 8080;
 const ROUTER_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
-const ROUTER_AS: u32 = 65000;
-const LB_AS: u32 = 65001;
 /// A second LB host, for the ECMP test, on a link of its own to the router.
 const LB2_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 3, 1);
 const ROUTER_LB2_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 3, 2);
@@ -41,133 +37,8 @@ const HEALTH_CHANGE: Duration = Duration::from_secs(8);
 /// An update to the router once BIRD has it.
 const UPDATE: Duration = Duration::from_secs(3);
 
-/// The router: a BIRD in the client namespace, with its config and socket in a scratch
-/// folder. Stopped with the namespace's processes on drop.
-struct Router {
-    _dir: TempDir,
-    socket: PathBuf,
-    _bird: ChildGuard,
-}
-
-impl Router {
-    /// A router peering with the LB hosts at `neighbors` (sessions `lb1`, `lb2`, …).
-    fn start(ns: &Netns, bfd: bool, neighbors: &[Ipv4Addr]) -> Router {
-        let dir = TempDir::new("bgp-router");
-        let config = dir.path().join("bird.conf");
-        let socket = dir.path().join("bird.ctl");
-        let (bfd_protocol, bfd_on) = if bfd {
-            (
-                "protocol bfd { interface \"*\" { min rx interval 100 ms; min tx interval 100 \
-                 ms; multiplier 3; }; }\n",
-                "bfd on; ",
-            )
-        } else {
-            ("", "")
-        };
-        // As docs/operations.md's router example: ECMP over the LB hosts, short timers so
-        // that a restarted LB is back in seconds.
-        let mut text = format!(
-            "router id {ROUTER_ADDR};\n\
-             protocol device {{}}\n\
-             {bfd_protocol}\
-             protocol kernel {{ merge paths on; ipv4 {{ import none; export all; }}; }}\n"
-        );
-        for (i, neighbor) in neighbors.iter().enumerate() {
-            text.push_str(&format!(
-                "protocol bgp lb{} {{ local as {ROUTER_AS}; neighbor {neighbor} as {LB_AS}; \
-                 hold time 3; connect retry time 1; error wait time 1, 5; {bfd_on}\
-                 ipv4 {{ import all; export none; }}; }}\n",
-                i + 1
-            ));
-        }
-        std::fs::write(&config, text).unwrap();
-        let bird = ns.spawn([
-            "bird".as_ref(),
-            "-f".as_ref(),
-            "-c".as_ref(),
-            config.as_os_str(),
-            "-s".as_ref(),
-            socket.as_os_str(),
-        ]);
-        let router = Router {
-            _dir: dir,
-            socket,
-            _bird: bird,
-        };
-        wait_until("the router's BIRD answers", Duration::from_secs(10), || {
-            router.birdc(&["show", "status"]).contains("Daemon is up")
-        });
-        router
-    }
-
-    fn birdc(&self, words: &[&str]) -> String {
-        let out = std::process::Command::new("birdc")
-            .arg("-s")
-            .arg(&self.socket)
-            .args(words)
-            .output()
-            .unwrap_or_else(|e| panic!("running birdc: {e}"));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// The router's side of the session as `show protocols` puts it (`Established`, …).
-    fn session(&self) -> String {
-        self.birdc(&["show", "protocols", "lb1"])
-            .lines()
-            .find(|l| l.starts_with("lb1"))
-            .map(|l| l.split_whitespace().skip(5).collect::<Vec<_>>().join(" "))
-            .unwrap_or_default()
-    }
-}
-
-/// The router's kernel route to the VIP learnt over BGP, as `ip route` prints it; empty
-/// when there is none.
-fn vip_route(router: &Netns) -> String {
-    router
-        .ip(["route", "show", &format!("{VIP}/32"), "proto", "bird"])
-        .trim()
-        .to_owned()
-}
-
 fn announced(router: &Netns) -> bool {
     vip_route(router).contains(&format!("via {LB_CLIENT_ADDR}"))
-}
-
-/// Polls `done` every 50 ms until it holds; panics naming `what` after `limit`. Returns
-/// how long it took.
-fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    loop {
-        if done() {
-            return start.elapsed();
-        }
-        assert!(
-            start.elapsed() < limit,
-            "{what}: not within {} s",
-            limit.as_secs_f64()
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// BIRD present, as the project's setup installs it; a test without it skips (fails in
-/// CI).
-fn require_bird(tag: &str) -> bool {
-    let present = ["bird", "birdc"].iter().all(|p| {
-        std::process::Command::new(p)
-            .arg("--version")
-            .output()
-            .is_ok()
-    });
-    if !present {
-        assert!(
-            !in_ci(),
-            "{tag}: bird2 is not installed (`cargo xtask setup`), and skipping is not allowed \
-             in CI"
-        );
-        eprintln!("SKIP: {tag}: bird2 is not installed (`cargo xtask setup` installs it)");
-    }
-    present
 }
 
 struct Setup {
@@ -189,7 +60,7 @@ fn setup(tag: &str, bfd: bool, bgp_extra: &str) -> Option<Setup> {
     topo.pin_neighbors();
     // The router reaches the VIPs only through what it learns over BGP.
     topo.client().ip(["route", "del", "198.19.0.0/16"]);
-    let router = Router::start(topo.client(), bfd, &[LB_CLIENT_ADDR, LB2_ADDR]);
+    let router = Router::start(topo.client(), ROUTER_ADDR, bfd, &[LB_CLIENT_ADDR, LB2_ADDR]);
     let backends = topo.start_backends(Some(HTTP_PORT), None);
     let instance = format!("{}i", topo.prefix());
     let config = format!(
@@ -468,10 +339,7 @@ fn with_bfd_a_frozen_lb_is_routed_around_in_under_a_second() {
         return;
     };
     wait_until("BFD is up on the router", UPDATE, || {
-        s.router
-            .birdc(&["show", "bfd", "sessions"])
-            .lines()
-            .any(|l| l.starts_with(&LB_CLIENT_ADDR.to_string()) && l.contains(" Up "))
+        s.router.bfd_up(LB_CLIENT_ADDR)
     });
     let bird = bgp_status(&s.daemon)["bird_pid"]
         .as_i64()

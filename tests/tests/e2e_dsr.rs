@@ -3,73 +3,18 @@
 //! each LB host, `lb-ctl decap attach` on each backend, real curl and UDP traffic from a
 //! client behind the router. The backends answer through the router, never an LB host.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
 use lb_tests::{
-    LbDaemon, Netns, Tally, VIP, bin_path,
+    LbDaemon, Tally, VIP,
     client::KeepAlive,
     curl_many,
-    fabric::{Fabric, HOST_IF},
+    fabric::{Decap, Fabric, HOST_IF},
     require_root_and_bpf, udp_request,
 };
 
 const HTTP_PORT: u16 = 80;
 const UDP_PORT: u16 = 53;
-
-/// `lb-ctl decap` attached on a backend, its pins removed on drop (the namespace going
-/// away takes the interface, not the bpffs pins).
-struct Decap {
-    name: String,
-}
-
-impl Decap {
-    fn attach(ns: &Netns, name: String, args: &[&str]) -> Decap {
-        let out = ns
-            .command(bin_path("lb-ctl"))
-            .args([
-                "decap",
-                "attach",
-                HOST_IF,
-                "--instance",
-                &name,
-                "--vip",
-                &VIP.to_string(),
-            ])
-            .args(args)
-            .output()
-            .expect("running lb-ctl decap attach");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "decap attach: {stderr}");
-        assert!(
-            !stderr.contains("warning"),
-            "the fabric's backends are set up as the docs say: {stderr}"
-        );
-        Decap { name }
-    }
-
-    /// `decap status --json` counters.
-    fn counters(&self, ns: &Netns) -> serde_json::Value {
-        let out = ns
-            .command(bin_path("lb-ctl"))
-            .args(["decap", "status", "--instance", &self.name, "--json"])
-            .output()
-            .expect("running lb-ctl decap status");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let status: serde_json::Value =
-            serde_json::from_slice(&out.stdout).expect("decap status JSON");
-        status["counters"].clone()
-    }
-}
-
-impl Drop for Decap {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(PathBuf::from("/sys/fs/bpf").join(&self.name));
-    }
-}
 
 /// A fabric of `n_lbs` LB hosts (the router's VIP route through all of them) and
 /// `n_backends` backends running decap (with `decap_args`) and a server; a daemon with
@@ -96,13 +41,7 @@ fn setup(
     fabric.pin_neighbors();
     let servers = fabric.start_backends(Some(HTTP_PORT), Some(UDP_PORT));
     let decaps = (1..=n_backends)
-        .map(|k| {
-            Decap::attach(
-                fabric.backend(k),
-                format!("{}d{k}", fabric.prefix()),
-                decap_args,
-            )
-        })
+        .map(|k| fabric.attach_decap(k, decap_args))
         .collect();
     let servers_yaml: String = (1..=n_backends)
         .map(|k| {
@@ -170,9 +109,8 @@ fn dsr_ipip_backends_answer_clients_directly_and_none_fails() {
     let decapsulated: u64 = dsr
         .decaps
         .iter()
-        .enumerate()
-        .map(|(i, d)| {
-            d.counters(dsr.fabric.backend(i + 1))["decapsulated_ipip"]
+        .map(|d| {
+            d.counters(&dsr.fabric)["decapsulated_ipip"]
                 .as_u64()
                 .unwrap()
         })
@@ -199,8 +137,8 @@ fn dsr_gue_from_a_source_prefix_is_decapsulated_on_its_port() {
     let tally = Tally::of(&results);
     assert_eq!(tally.failed(), 0, "every request answered: {tally}");
     assert_eq!(tally.backends().len(), 2, "{tally}");
-    for (i, d) in dsr.decaps.iter().enumerate() {
-        let c = d.counters(dsr.fabric.backend(i + 1));
+    for d in &dsr.decaps {
+        let c = d.counters(&dsr.fabric);
         assert!(c["decapsulated_gue"].as_u64().unwrap() > 0, "{c}");
         assert_eq!(c["drop_source_refused"], 0, "{c}");
     }
