@@ -108,6 +108,8 @@ pub mod names {
     pub const PROGRAM_WLC: &str = "lb_wlc";
     pub const PROGRAM_ICMP: &str = "lb_icmp";
     pub const PROGRAM_TOO_BIG: &str = "lb_too_big";
+    /// The TC egress program that tunnels DSR health probes (not an XDP stage).
+    pub const PROGRAM_PROBE_TUNNEL: &str = "lb_probe_tunnel";
 }
 
 /// The XDP program is split into separately verified programs: the entry program `lb_xdp`
@@ -363,6 +365,18 @@ impl Encapsulation {
             Self::Gue => "gue",
         }
     }
+}
+
+/// `SO_MARK` of the daemon's health probes in DSR mode: the tag in the top byte, the
+/// backend id below it. `lb_probe_tunnel` sends a packet so marked, to a VIP, through the
+/// backend's tunnel, as client packets go; anything else it leaves alone. Backend ids stay
+/// below 2^24 (`max_backends` is at most 2^20).
+pub const PROBE_MARK_TAG: u32 = 0x4c00_0000;
+pub const PROBE_MARK_MASK: u32 = 0xff00_0000;
+
+/// The mark of the probes of backend `id`.
+pub const fn probe_mark(id: u32) -> u32 {
+    PROBE_MARK_TAG | (id & !PROBE_MARK_MASK)
 }
 
 /// An IPv4 header without options.

@@ -18,7 +18,7 @@ use aya::{
         lpm_trie::{Key as LpmKey, LpmTrie},
         xdp::DevMapHash,
     },
-    programs::Xdp,
+    programs::{SchedClassifier, Xdp},
 };
 use lb_common::{
     AclKey, Affinity, AffinityKey, Backend, Endpoint, EndpointKey, EndpointListener, Flow, FlowKey,
@@ -251,6 +251,8 @@ pub struct DataPlane {
     /// array when its last open file or pin goes.
     stages: MapData,
     programs: Vec<ProgramFigures>,
+    /// Where `lb_probe_tunnel` is attached, by interface.
+    probe_links: BTreeMap<String, aya::programs::tc::SchedClassifierLinkId>,
 }
 
 /// One loaded program as the kernel reports it: the verifier's cost and the native size.
@@ -270,9 +272,63 @@ pub struct ProgramFigures {
 /// limit, so toolchain and kernel differences, and features to come, stay far from it.
 pub const VERIFIER_BUDGET: u32 = 100_000;
 
-/// Every production program: the entry program first, then the stages.
-pub fn production_programs() -> impl Iterator<Item = &'static str> {
+/// Every XDP program: the entry program first, then the stages.
+pub fn xdp_programs() -> impl Iterator<Item = &'static str> {
     std::iter::once(names::PROGRAM).chain(lb_common::STAGE_PROGRAMS.iter().map(|(_, n)| *n))
+}
+
+/// Every production program: the XDP programs, then the TC program that tunnels DSR
+/// health probes.
+pub fn production_programs() -> impl Iterator<Item = &'static str> {
+    xdp_programs().chain(std::iter::once(names::PROGRAM_PROBE_TUNNEL))
+}
+
+/// The two program types the object holds, as `load_measured` uses them.
+trait Program {
+    fn load_program(&mut self) -> std::result::Result<(), aya::programs::ProgramError>;
+    fn program_info(
+        &self,
+    ) -> std::result::Result<aya::programs::ProgramInfo, aya::programs::ProgramError>;
+}
+
+impl Program for Xdp {
+    fn load_program(&mut self) -> std::result::Result<(), aya::programs::ProgramError> {
+        self.load()
+    }
+    fn program_info(
+        &self,
+    ) -> std::result::Result<aya::programs::ProgramInfo, aya::programs::ProgramError> {
+        self.info()
+    }
+}
+
+impl Program for SchedClassifier {
+    fn load_program(&mut self) -> std::result::Result<(), aya::programs::ProgramError> {
+        self.load()
+    }
+    fn program_info(
+        &self,
+    ) -> std::result::Result<aya::programs::ProgramInfo, aya::programs::ProgramError> {
+        self.info()
+    }
+}
+
+/// Loads (verifies) `program`, timing it, and reads the kernel's figures of it.
+fn load_measured(
+    program: &mut impl Program,
+    name: &'static str,
+    verifier_log_dir: Option<&Path>,
+) -> Result<ProgramFigures> {
+    let started = std::time::Instant::now();
+    crate::verifier::load_checked_with(name, verifier_log_dir, || program.load_program())?;
+    let load_time = started.elapsed();
+    let info = program.program_info()?;
+    Ok(ProgramFigures {
+        name,
+        verified_insns: info.verified_instruction_count().unwrap_or(0),
+        jited_bytes: info.size_jitted(),
+        load_time,
+    })
 }
 
 /// Loads (verifies) the entry program and every stage, and fills the stage table.
@@ -285,27 +341,24 @@ fn load_programs(
         .ok_or(DataPlaneError::Missing(names::STAGES))?;
     let mut stages = ProgramArray::try_from(&mut map).map_err(map_err(names::STAGES))?;
     let mut figures = Vec::new();
-    for name in production_programs() {
+    for name in xdp_programs() {
         let program: &mut Xdp = ebpf
             .program_mut(name)
             .ok_or(DataPlaneError::Missing(name))?
             .try_into()?;
-        let started = std::time::Instant::now();
-        crate::verifier::load_checked(program, name, verifier_log_dir)?;
-        let load_time = started.elapsed();
-        let info = program.info()?;
-        figures.push(ProgramFigures {
-            name,
-            verified_insns: info.verified_instruction_count().unwrap_or(0),
-            jited_bytes: info.size_jitted(),
-            load_time,
-        });
+        figures.push(load_measured(program, name, verifier_log_dir)?);
         if let Some((slot, _)) = lb_common::STAGE_PROGRAMS.iter().find(|(_, n)| *n == name) {
             stages
                 .set(*slot, program.fd()?, 0)
                 .map_err(map_err(names::STAGES))?;
         }
     }
+    let name = names::PROGRAM_PROBE_TUNNEL;
+    let tunnel: &mut SchedClassifier = ebpf
+        .program_mut(name)
+        .ok_or(DataPlaneError::Missing(name))?
+        .try_into()?;
+    figures.push(load_measured(tunnel, name, verifier_log_dir)?);
     match map {
         aya::maps::Map::ProgramArray(data) => Ok((data, figures)),
         _ => Err(DataPlaneError::Missing(names::STAGES)),
@@ -414,6 +467,7 @@ impl DataPlane {
             sizes,
             stages,
             programs,
+            probe_links: BTreeMap::new(),
         })
     }
 
@@ -441,6 +495,46 @@ impl DataPlane {
 
     pub const fn sizes(&self) -> MapSizes {
         self.sizes
+    }
+
+    /// Attaches `lb_probe_tunnel` to the egress of each of `interfaces` it is not on yet,
+    /// and takes it off interfaces no longer listed; an interface that does not exist (now)
+    /// is skipped. It touches only the daemon's marked DSR probes. On kernels with TCX
+    /// (6.6 and later) the attachment lives as long as this process; older ones get a
+    /// `clsact` qdisc and a filter.
+    pub fn attach_probe_tunnel(&mut self, interfaces: &[String]) -> Result<()> {
+        use aya::programs::tc::{self, TcAttachType};
+        let program: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(names::PROGRAM_PROBE_TUNNEL)
+            .ok_or(DataPlaneError::Missing(names::PROGRAM_PROBE_TUNNEL))?
+            .try_into()?;
+        let gone: Vec<String> = self
+            .probe_links
+            .keys()
+            .filter(|i| !interfaces.contains(i))
+            .cloned()
+            .collect();
+        for iface in gone {
+            if let Some(link) = self.probe_links.remove(&iface) {
+                // The interface may be gone with its attachment already.
+                let _ = program.detach(link);
+            }
+        }
+        let tcx = aya::util::KernelVersion::current()
+            .is_ok_and(|k| k >= aya::util::KernelVersion::new(6, 6, 0));
+        for iface in interfaces {
+            if self.probe_links.contains_key(iface) || crate::pins::ifindex(iface).is_err() {
+                continue;
+            }
+            if !tcx {
+                // Already there is fine: another program may use it too.
+                let _ = tc::qdisc_add_clsact(iface);
+            }
+            let link = program.attach(iface, TcAttachType::Egress)?;
+            self.probe_links.insert(iface.clone(), link);
+        }
+        Ok(())
     }
 
     /// The XDP program, for attaching or BPF_PROG_TEST_RUN.

@@ -63,9 +63,18 @@ pub fn load_checked(
     name: &str,
     log_dir: Option<&Path>,
 ) -> Result<(), DataPlaneError> {
+    load_checked_with(name, log_dir, || program.load())
+}
+
+/// [`load_checked`] for a program of any type: `load` is its `load()`.
+pub fn load_checked_with(
+    name: &str,
+    log_dir: Option<&Path>,
+    mut load: impl FnMut() -> Result<(), ProgramError>,
+) -> Result<(), DataPlaneError> {
     let mut attempt = 1;
     let result = loop {
-        match program.load() {
+        match load() {
             Err(ProgramError::LoadError { io_error, .. })
                 if io_error.raw_os_error() == Some(libc::EAGAIN) && attempt < LOAD_ATTEMPTS =>
             {

@@ -15,6 +15,8 @@ use lb_tests::{
 
 const HTTP_PORT: u16 = 80;
 const UDP_PORT: u16 = 53;
+/// The web listener's checks: a backend is down within about two seconds.
+const CHECKS: &str = "{ interval: 1, timeout: 1, unhealthy_threshold: 2, healthy_threshold: 2 }";
 
 /// A fabric of `n_lbs` LB hosts (the router's VIP route through all of them) and
 /// `n_backends` backends running decap (with `decap_args`) and a server; a daemon with
@@ -58,8 +60,9 @@ fn setup(
                 "instance: {instance}\ninterfaces: [{HOST_IF}]\nflow_table_size: 65536\n\
                  forwarding: dsr\ndsr: {dsr}\ndefault_server_group:\n  servers:\n{servers_yaml}\
                  listeners:\n  - {{ name: web, protocol: tcp, address: {VIP}, port: {HTTP_PORT}, \
-                 backend_port: {HTTP_PORT}, scheduler: {scheduler} }}\n  - {{ name: dns, protocol: \
-                 udp, address: {VIP}, port: {UDP_PORT}, backend_port: {UDP_PORT} }}\n"
+                 backend_port: {HTTP_PORT}, scheduler: {scheduler}, health_check: {CHECKS} }}\n  \
+                 - {{ name: dns, protocol: udp, address: {VIP}, port: {UDP_PORT}, backend_port: \
+                 {UDP_PORT} }}\n"
             );
             LbDaemon::start(fabric.lb(k), &instance, &config)
         })
@@ -206,4 +209,58 @@ fn dsr_connections_survive_moving_between_lb_hosts_with_tch() {
     assert!(picked_up > 0, "LB host 2 picked up LB host 1's connections");
     dsr.fabric.route_vip_via(&[1, 2]);
     round("after LB host 1 came back");
+}
+
+/// The health of backend `address` of listener `web`, as `lb-ctl status` shows it.
+fn web_health(daemon: &LbDaemon, address: std::net::Ipv4Addr) -> String {
+    let status = daemon.status();
+    status["listeners"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|l| l["name"] == "web")
+        .flat_map(|l| l["backends"].as_array().into_iter().flatten())
+        .find(|b| b["address"] == address.to_string())
+        .map(|b| b["health"].as_str().unwrap_or_default().to_owned())
+        .unwrap_or_default()
+}
+
+/// A backend that answers on its own address but lost its decapsulation black-holes the
+/// VIP's traffic. Probes travel the tunnel as client packets do, so it is marked down and
+/// gets none; a direct probe would have kept it up.
+#[test]
+fn a_backend_without_decap_fails_its_dsr_health_check_and_gets_no_traffic() {
+    let Some(mut dsr) = setup("nod", 1, 2, "{ encapsulation: ipip }", "wrr", &[]) else {
+        return;
+    };
+    let lb = &dsr.daemons[0];
+    let b2 = lb_tests::fabric::backend_addr(2);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while web_health(lb, b2) != "up" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "b2 up through its tunnel"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Backend 2 loses its decapsulation; its VIP on lo and its server stay.
+    drop(dsr.decaps.pop());
+    let started = std::time::Instant::now();
+    while web_health(lb, b2) != "down" {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "b2 marked down without its decapsulation; it is {}",
+            web_health(lb, b2)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!(
+        "b2 down {:?} after its decapsulation went",
+        started.elapsed()
+    );
+    assert_eq!(web_health(lb, lb_tests::fabric::backend_addr(1)), "up");
+    let results = curl_many(dsr.fabric.client(), &url(), 100, None, 4);
+    let tally = Tally::of(&results);
+    assert_eq!(tally.failed(), 0, "{tally}");
+    assert_eq!(tally.count("b1"), 100, "{tally}");
 }

@@ -19,7 +19,7 @@ fn check(build: &str, figures: &[ProgramFigures]) -> Vec<String> {
     let mut problems = Vec::new();
     for f in figures {
         println!(
-            "verifier: {build:<9} {:<12} {:>7} processed insns ({:>4.1}% of the {VERIFIER_BUDGET} \
+            "verifier: {build:<9} {:<15} {:>7} processed insns ({:>4.1}% of the {VERIFIER_BUDGET} \
              budget), {:>6} B jited, loaded in {:.1} ms",
             f.name,
             f.verified_insns,

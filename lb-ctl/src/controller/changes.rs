@@ -29,7 +29,16 @@ impl<P: Platform> Controller<P> {
     fn refresh_health_targets(&self) {
         if let Some(checker) = &self.health {
             checker.set_source(self.effective.health_check_source);
-            checker.set_targets(health::targets(&self.effective));
+            // In DSR a probe is marked with its backend's id: the ids of the last apply.
+            let id = |key: &plan::BackendKey| {
+                self.desired
+                    .listeners
+                    .values()
+                    .flat_map(|l| &l.backends)
+                    .find(|b| b.key == *key)
+                    .map(|b| b.id)
+            };
+            checker.set_targets(health::targets(&self.effective, id));
         }
     }
 

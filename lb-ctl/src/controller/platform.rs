@@ -124,6 +124,7 @@ impl Platform for Kernel {
     ) -> anyhow::Result<Vec<Attachment>> {
         let layout = self.layout()?;
         let attached = pins::attach(dataplane.program()?, layout, interfaces, running)?;
+        dataplane.attach_probe_tunnel(interfaces)?;
         if !running {
             // The first attachment of this daemon: its stages become the pinned ones.
             self.replaced_stages = pins::pin_stages(dataplane.stages(), layout)?;

@@ -360,7 +360,14 @@ impl Inner {
             let slot = self.next_slot;
             self.next_slot += 1;
             let probe = if target.probe {
-                Probe::new(target.kind, &target.check, target.address, target.port).map(Arc::new)
+                Probe::new(
+                    target.kind,
+                    &target.check,
+                    target.address,
+                    target.port,
+                    target.tunnel,
+                )
+                .map(Arc::new)
             } else {
                 None
             };

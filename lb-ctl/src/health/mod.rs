@@ -62,6 +62,18 @@ pub struct Target {
     pub weight: u32,
     /// The listener's `slow_start` seconds; 0 = off.
     pub slow_start: u32,
+    /// `forwarding: dsr`: the probe goes to the VIP through the backend's tunnel, as
+    /// client packets do; `None`: straight to the backend's address.
+    pub tunnel: Option<ProbeTunnel>,
+}
+
+/// How a DSR probe reaches its backend: addressed to the listener's VIP, its socket
+/// marked so that `lb_probe_tunnel` encapsulates it for this backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProbeTunnel {
+    pub vip: Ipv4Addr,
+    /// `lb_common::probe_mark` of the backend's id.
+    pub mark: u32,
 }
 
 impl Target {
@@ -74,6 +86,7 @@ impl Target {
             && self.check == other.check
             && self.kind == other.kind
             && self.probe == other.probe
+            && self.tunnel == other.tunnel
     }
 }
 
@@ -93,18 +106,33 @@ pub struct Transition {
 ///
 /// Members of the default and vServer groups are probed; of a primary/secondary group,
 /// the primary always and the secondary when the group says `probe_secondary`. Weight-0
-/// (drained) backends are probed too: a drain is not a failure.
-pub(crate) fn targets(config: &Config) -> Vec<Target> {
+/// (drained) backends are probed too: a drain is not a failure. With `forwarding: dsr`
+/// a backend that has an id in the data plane (`backend_id`) is probed through its
+/// tunnel.
+pub(crate) fn targets(
+    config: &Config,
+    backend_id: impl Fn(&BackendKey) -> Option<u32>,
+) -> Vec<Target> {
+    let dsr = config.forwarding == crate::config::Forwarding::Dsr;
     let mut out = Vec::new();
     for listener in &config.listeners {
         let frontend = Frontend::of(listener);
         for m in crate::plan::members(config, listener) {
+            let key = BackendKey {
+                frontend,
+                address: m.address,
+                port: m.port,
+            };
+            let tunnel = if dsr {
+                backend_id(&key).map(|id| ProbeTunnel {
+                    vip: listener.address,
+                    mark: lb_common::probe_mark(id),
+                })
+            } else {
+                None
+            };
             out.push(Target {
-                key: BackendKey {
-                    frontend,
-                    address: m.address,
-                    port: m.port,
-                },
+                key,
                 listener: listener.name.clone(),
                 address: m.address,
                 port: m.port,
@@ -113,6 +141,7 @@ pub(crate) fn targets(config: &Config) -> Vec<Target> {
                 probe: m.probed,
                 weight: m.weight,
                 slow_start: listener.slow_start,
+                tunnel,
             });
         }
     }
@@ -163,7 +192,7 @@ listeners:
 ",
         )
         .unwrap_or_else(|e| panic!("{e}"));
-        let t = targets(&cfg);
+        let t = targets(&cfg, |_| None);
         let summary: Vec<(&str, String, bool, u32)> = t
             .iter()
             .map(|t| {
@@ -197,7 +226,7 @@ listeners:
         assert!(kinds.contains(&("db", HealthCheckKind::Udp)), "{kinds:?}");
         assert!(kinds.contains(&("db2", HealthCheckKind::Udp)), "{kinds:?}");
         let db = t.iter().find(|t| t.listener == "db").unwrap();
-        let probe = Probe::new(db.kind, &db.check, db.address, db.port).unwrap();
+        let probe = Probe::new(db.kind, &db.check, db.address, db.port, None).unwrap();
         assert_eq!(
             probe.kind,
             ProbeKind::Udp {

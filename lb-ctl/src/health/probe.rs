@@ -68,8 +68,11 @@ impl ProbeError {
 /// A probe ready to run against one backend.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Probe {
-    /// Backend address and the port probed (the check's `port`, else the backend's).
+    /// The address probed (the backend's, or in DSR the VIP) and the port (the check's
+    /// `port`, else the backend's).
     pub target: SocketAddrV4,
+    /// `SO_MARK` of the probe's socket: in DSR, what sends it through the backend's tunnel.
+    pub mark: Option<u32>,
     pub timeout: Duration,
     pub kind: ProbeKind,
 }
@@ -99,7 +102,9 @@ impl Probe {
         check: &HealthCheck,
         address: Ipv4Addr,
         backend_port: u16,
+        tunnel: Option<super::ProbeTunnel>,
     ) -> Option<Self> {
+        let address = tunnel.map_or(address, |t| t.vip);
         let target = SocketAddrV4::new(address, check.port.unwrap_or(backend_port));
         let kind = match kind {
             HealthCheckKind::None => return None,
@@ -137,6 +142,7 @@ impl Probe {
         };
         Some(Self {
             target,
+            mark: tunnel.map(|t| t.mark),
             timeout: Duration::from_secs(check.timeout.max(1).into()),
             kind,
         })
@@ -147,23 +153,52 @@ impl Probe {
     pub async fn run(&self, source: Option<Ipv4Addr>) -> Result<(), ProbeError> {
         let deadline = tokio::time::Instant::now() + self.timeout;
         let result = match &self.kind {
-            ProbeKind::Tcp => tokio::time::timeout_at(deadline, tcp(self.target, source)).await,
+            ProbeKind::Tcp => {
+                tokio::time::timeout_at(deadline, tcp(self.target, source, self.mark)).await
+            }
             ProbeKind::Http { request, codes } => {
-                tokio::time::timeout_at(deadline, http(self.target, source, request, codes)).await
+                tokio::time::timeout_at(
+                    deadline,
+                    http(self.target, source, self.mark, request, codes),
+                )
+                .await
             }
             // UDP reads the end of the timeout as a result of its own (no ICMP error
             // means healthy when no reply is expected), so it watches the deadline
             // itself; its other steps do not wait on the network.
             ProbeKind::Udp { request, expect } => {
-                return udp(self.target, source, request, expect.as_deref(), deadline).await;
+                return udp(
+                    self.target,
+                    source,
+                    self.mark,
+                    request,
+                    expect.as_deref(),
+                    deadline,
+                )
+                .await;
             }
         };
         result.unwrap_or(Err(ProbeError::Timeout))
     }
 }
 
-async fn connect(target: SocketAddrV4, source: Option<Ipv4Addr>) -> Result<TcpStream, ProbeError> {
+/// Marks a probe's socket for `lb_probe_tunnel` (DSR).
+fn set_mark(socket: &impl std::os::fd::AsFd, mark: Option<u32>) -> Result<(), ProbeError> {
+    match mark {
+        Some(mark) => socket2::SockRef::from(socket)
+            .set_mark(mark)
+            .map_err(|e| ProbeError::Io(e.kind())),
+        None => Ok(()),
+    }
+}
+
+async fn connect(
+    target: SocketAddrV4,
+    source: Option<Ipv4Addr>,
+    mark: Option<u32>,
+) -> Result<TcpStream, ProbeError> {
     let socket = TcpSocket::new_v4().map_err(|e| ProbeError::Io(e.kind()))?;
+    set_mark(&socket, mark)?;
     if let Some(source) = source {
         socket
             .bind(SocketAddr::from((source, 0)))
@@ -184,17 +219,22 @@ async fn connect(target: SocketAddrV4, source: Option<Ipv4Addr>) -> Result<TcpSt
         .map_err(|e| ProbeError::from_io(&e))
 }
 
-async fn tcp(target: SocketAddrV4, source: Option<Ipv4Addr>) -> Result<(), ProbeError> {
-    connect(target, source).await.map(drop)
+async fn tcp(
+    target: SocketAddrV4,
+    source: Option<Ipv4Addr>,
+    mark: Option<u32>,
+) -> Result<(), ProbeError> {
+    connect(target, source, mark).await.map(drop)
 }
 
 async fn http(
     target: SocketAddrV4,
     source: Option<Ipv4Addr>,
+    mark: Option<u32>,
     request: &[u8],
     codes: &[HttpCodeClass],
 ) -> Result<(), ProbeError> {
-    let mut stream = connect(target, source).await?;
+    let mut stream = connect(target, source, mark).await?;
     stream
         .write_all(request)
         .await
@@ -264,6 +304,7 @@ pub fn status_accepted(status: u16, codes: &[HttpCodeClass]) -> bool {
 async fn udp(
     target: SocketAddrV4,
     source: Option<Ipv4Addr>,
+    mark: Option<u32>,
     request: &[u8],
     expect: Option<&[u8]>,
     deadline: tokio::time::Instant,
@@ -273,6 +314,7 @@ async fn udp(
         Some(_) => ProbeError::Source(e.kind()),
         None => ProbeError::Io(e.kind()),
     })?;
+    set_mark(&socket, mark)?;
     // A connected socket is what makes the kernel report an ICMP port unreachable from
     // the backend as ECONNREFUSED on the next receive; it also filters out datagrams
     // from anyone else.

@@ -129,6 +129,7 @@ pub async fn capacity_probe(
                 probe: true,
                 weight: 100,
                 slow_start: 0,
+                tunnel: None,
             }
         })
         .collect();

@@ -35,6 +35,7 @@ fn target(listener_port: u16, address: Ipv4Addr, port: u16) -> Target {
         probe: true,
         weight: 100,
         slow_start: 0,
+        tunnel: None,
     }
 }
 

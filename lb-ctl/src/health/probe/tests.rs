@@ -45,7 +45,7 @@ fn udp_check(request: &str, expect: Option<&str>) -> HealthCheck {
 /// The probe of `check`, whose type every test names.
 fn probe(check: &HealthCheck, address: Ipv4Addr, port: u16) -> Option<Probe> {
     let kind = check.kind.expect("the test's check names its type");
-    Probe::new(kind, check, address, port)
+    Probe::new(kind, check, address, port, None)
 }
 
 fn port_of(addr: SocketAddr) -> u16 {
@@ -340,4 +340,37 @@ async fn udp_probe_without_expect() {
     let started = tokio::time::Instant::now();
     assert_eq!(run(&no_expect, silent).await, Ok(()));
     assert!(started.elapsed() >= Duration::from_secs(1));
+}
+
+/// In DSR the probe goes to the VIP, marked for the tunnel of its backend; an HTTP check
+/// names the VIP as its host, as clients do.
+#[test]
+fn a_dsr_probe_is_addressed_to_the_vip_and_marked() {
+    let check = HealthCheck {
+        kind: Some(HealthCheckKind::Http),
+        ..HealthCheck::default()
+    };
+    let vip = Ipv4Addr::new(198, 19, 0, 100);
+    let tunnel = crate::health::ProbeTunnel {
+        vip,
+        mark: lb_common::probe_mark(7),
+    };
+    let p = Probe::new(
+        HealthCheckKind::Http,
+        &check,
+        Ipv4Addr::new(198, 18, 1, 11),
+        80,
+        Some(tunnel),
+    )
+    .unwrap();
+    assert_eq!(p.target, SocketAddrV4::new(vip, 80));
+    assert_eq!(p.mark, Some(0x4c00_0007));
+    let ProbeKind::Http { request, .. } = &p.kind else {
+        panic!("an HTTP probe");
+    };
+    assert!(
+        String::from_utf8_lossy(request).contains("Host: 198.19.0.100\r\n"),
+        "{}",
+        String::from_utf8_lossy(request)
+    );
 }

@@ -1,0 +1,142 @@
+//! `lb_probe_tunnel`, a TC egress program: the daemon's health probes in DSR mode go to
+//! VIP:port through the backend's tunnel, as client packets do, so a backend whose
+//! decapsulation or VIP is missing fails its check instead of passing it while it
+//! black-holes real traffic (Katran does the same with a TC program and marked probes).
+//!
+//! The prober marks each probe socket with `probe_mark(backend id)`; the program finds
+//! the backend in `BACKENDS` and the tunnel in the listener the packet is addressed to,
+//! puts the outer header in front (the kernel keeps the inner offsets, so checksum
+//! offload still applies to the probe), and redirects it to the backend's next hop.
+//! Unmarked packets pass untouched; a marked one that cannot be tunnelled is dropped, so
+//! the probe fails rather than reaching the VIP some other way.
+
+use aya_ebpf::{
+    bindings::{
+        BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L4_UDP, BPF_FIB_LKUP_RET_NO_NEIGH,
+        BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK, TC_ACT_SHOT, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
+        bpf_fib_lookup as FibParams,
+    },
+    helpers::generated::{bpf_fib_lookup, bpf_redirect_neigh},
+    macros::classifier,
+    programs::TcContext,
+};
+use lb_common::{
+    Encapsulation, ListenerKey, PROBE_MARK_MASK, PROBE_MARK_TAG, PROTO_TCP, PROTO_UDP,
+    encap::{Outer, gue_source_port, outer_source},
+    hash::hash_tuple,
+};
+use network_types::{eth::EtherType, ip::Ipv4Hdr};
+
+use crate::{
+    frame::ETH_LEN,
+    maps::{BACKENDS, LISTENERS},
+};
+
+const AF_INET: u8 = 2;
+
+#[classifier]
+pub fn lb_probe_tunnel(ctx: TcContext) -> i32 {
+    // SAFETY: the context's sk_buff is valid for the program run.
+    let mark = unsafe { (*ctx.skb.skb).mark };
+    if mark & PROBE_MARK_MASK != PROBE_MARK_TAG {
+        return TC_ACT_OK;
+    }
+    tunnel(&ctx, mark & !PROBE_MARK_MASK).unwrap_or(TC_ACT_SHOT)
+}
+
+#[inline(always)]
+fn tunnel(ctx: &TcContext, backend_id: u32) -> Option<i32> {
+    let ether_type: u16 = ctx.load(12).ok()?;
+    if ether_type != EtherType::Ipv4 as u16 {
+        return None;
+    }
+    let ip: Ipv4Hdr = ctx.load(ETH_LEN).ok()?;
+    if ip.vihl != 0x45 || !(ip.proto == PROTO_TCP || ip.proto == PROTO_UDP) {
+        return None;
+    }
+    let ports: [u16; 2] = ctx.load(ETH_LEN + Ipv4Hdr::LEN).ok()?;
+    let (src, dst) = (
+        u32::from_ne_bytes(ip.src_addr),
+        u32::from_ne_bytes(ip.dst_addr),
+    );
+    let backend = BACKENDS.get(backend_id)?;
+    let listener = LISTENERS.get_ptr(ListenerKey {
+        addr: dst,
+        port: ports[1],
+        protocol: ip.proto,
+        _pad: 0,
+    })?;
+    // SAFETY: a map value pointer stays valid for the program run.
+    let listener = unsafe { &*listener };
+    let encapsulation = Encapsulation::from_u8(listener.encapsulation)?;
+    if encapsulation == Encapsulation::None {
+        return None;
+    }
+    let base = if listener.encap_source != 0 {
+        listener.encap_source
+    } else {
+        src
+    };
+    let hash = hash_tuple(src, dst, ports[0], ports[1]);
+    let outer = Outer {
+        encapsulation,
+        src_addr: outer_source(base, listener.encap_source_bits, hash),
+        dst_addr: backend.addr,
+        inner_len: u16::from_be_bytes(ip.tot_len),
+        tos: ip.tos,
+        dont_fragment: u16::from_be_bytes(ip.frags) & 0x4000 != 0,
+        src_port: gue_source_port(hash),
+        dst_port: listener.encap_port,
+    };
+    let gue = encapsulation == Encapsulation::Gue;
+    let flags = if gue {
+        BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 | BPF_F_ADJ_ROOM_ENCAP_L4_UDP
+    } else {
+        BPF_F_ADJ_ROOM_ENCAP_L3_IPV4
+    };
+    ctx.adjust_room(
+        i32::from(encapsulation.overhead()),
+        BPF_ADJ_ROOM_MAC,
+        u64::from(flags),
+    )
+    .ok()?;
+    ctx.store(ETH_LEN, &outer.ipv4_header(), 0).ok()?;
+    if gue {
+        ctx.store(ETH_LEN + Ipv4Hdr::LEN, &outer.udp_header(), 0)
+            .ok()?;
+    }
+
+    // The redirect sends the packet through this egress hook again: unmarked, it passes.
+    // SAFETY: the context's sk_buff is valid for the program run, and `mark` is a field
+    // TC programs may write.
+    unsafe { (*ctx.skb.skb).mark = 0 };
+
+    // Out through the interface of the route to the backend; the kernel fills in the
+    // MACs of its next hop, resolving it if need be.
+    // SAFETY: bpf_fib_lookup is plain data; all-zero is a valid value.
+    let mut fib: FibParams = unsafe { core::mem::zeroed() };
+    fib.family = AF_INET;
+    fib.l4_protocol = if gue {
+        PROTO_UDP
+    } else {
+        lb_common::PROTO_IPIP
+    };
+    // SAFETY: as above.
+    fib.ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    fib.__bindgen_anon_3.ipv4_src = outer.src_addr;
+    fib.__bindgen_anon_4.ipv4_dst = backend.addr;
+    // SAFETY: the context and a valid, sized parameter block.
+    let rc = unsafe {
+        bpf_fib_lookup(
+            ctx.skb.skb.cast(),
+            &mut fib,
+            size_of::<FibParams>() as i32,
+            0,
+        )
+    };
+    if !(rc as u32 == BPF_FIB_LKUP_RET_SUCCESS || rc as u32 == BPF_FIB_LKUP_RET_NO_NEIGH) {
+        return None;
+    }
+    // SAFETY: no parameters: the kernel resolves the next hop of the packet's destination.
+    Some(unsafe { bpf_redirect_neigh(fib.ifindex, core::ptr::null_mut(), 0, 0) } as i32)
+}
