@@ -57,7 +57,8 @@ pub enum Command {
     /// host unless it accepts local sources there. It warns about a strict `rp_filter`
     /// that would drop them all the same.
     Daemon(DaemonArgs),
-    /// Check a config file offline; lists every error with its path.
+    /// Check a config file offline; lists every error with its path, and warnings about
+    /// settings that work but probably not as meant (exit 0 with warnings).
     Validate {
         /// The config file.
         file: PathBuf,

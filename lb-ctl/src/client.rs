@@ -711,6 +711,9 @@ pub fn run(socket: &Path, command: Command) -> i32 {
         },
         Command::Validate { file } => match config::load(&file) {
             Ok(c) => {
+                for w in c.warnings() {
+                    eprintln!("{}: warning: {w}", file.display());
+                }
                 println!(
                     "{}: valid (instance {}, {} listener(s))",
                     file.display(),

@@ -8,6 +8,7 @@
 //! rule) on the typed config. `Config::validate` runs that second step alone, for configs
 //! the runtime API builds in code. Nothing partial is returned: `Ok` means no error at all.
 
+mod advice;
 mod error;
 mod model;
 mod net;
@@ -18,6 +19,7 @@ use std::path::Path;
 
 use serde_yaml::Value;
 
+pub use advice::ConfigWarning;
 pub use error::{ConfigError, ConfigErrors, Location};
 pub use model::*;
 pub use walk::field_paths;

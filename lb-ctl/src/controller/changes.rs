@@ -202,6 +202,9 @@ impl<P: Platform> Controller<P> {
         for c in &conflicts {
             warn!("runtime change dropped, it no longer fits the config: {c}");
         }
+        for w in self.effective.warnings() {
+            warn!("config: {w}");
+        }
         if interfaces_changed {
             self.reattach()?;
         }

@@ -40,6 +40,9 @@ impl<P: Platform> Controller<P> {
         for c in &conflicts {
             warn!("runtime change dropped, it no longer fits the config: {c}");
         }
+        for w in effective.warnings() {
+            warn!("config: {w}");
+        }
         if overlay != saved {
             overlay::save_state_with_drains(&state_path, &base.instance, &overlay, &drains)?;
         }
