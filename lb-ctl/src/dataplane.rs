@@ -291,27 +291,23 @@ trait Program {
     ) -> std::result::Result<aya::programs::ProgramInfo, aya::programs::ProgramError>;
 }
 
-impl Program for Xdp {
-    fn load_program(&mut self) -> std::result::Result<(), aya::programs::ProgramError> {
-        self.load()
-    }
-    fn program_info(
-        &self,
-    ) -> std::result::Result<aya::programs::ProgramInfo, aya::programs::ProgramError> {
-        self.info()
-    }
+/// Both types have the same two methods under the same names, but no trait of aya's
+/// holds them.
+macro_rules! program {
+    ($($t:ty),*) => {$(
+        impl Program for $t {
+            fn load_program(&mut self) -> std::result::Result<(), aya::programs::ProgramError> {
+                self.load()
+            }
+            fn program_info(
+                &self,
+            ) -> std::result::Result<aya::programs::ProgramInfo, aya::programs::ProgramError> {
+                self.info()
+            }
+        }
+    )*};
 }
-
-impl Program for SchedClassifier {
-    fn load_program(&mut self) -> std::result::Result<(), aya::programs::ProgramError> {
-        self.load()
-    }
-    fn program_info(
-        &self,
-    ) -> std::result::Result<aya::programs::ProgramInfo, aya::programs::ProgramError> {
-        self.info()
-    }
-}
+program!(Xdp, SchedClassifier);
 
 /// Loads (verifies) `program`, timing it, and reads the kernel's figures of it.
 fn load_measured(

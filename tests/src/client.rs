@@ -610,3 +610,47 @@ impl KeepAlive {
         }
     }
 }
+
+/// Requests on every connection, a round every 100 ms, until `done` (which bounds it);
+/// the connections that failed, each once, with why. A connection fails when a request
+/// gets no answer or the answer comes from another backend than its first.
+pub fn exchange(
+    connections: &mut [KeepAlive],
+    first_backend: &[String],
+    mut done: impl FnMut() -> bool,
+) -> BTreeMap<usize, String> {
+    let mut failed = BTreeMap::new();
+    while !done() {
+        for (i, c) in connections.iter_mut().enumerate() {
+            if failed.contains_key(&i) {
+                continue;
+            }
+            match c.get() {
+                Ok(name) if name == first_backend[i] => {}
+                Ok(name) => {
+                    failed.insert(i, format!("answered by {name}, not {}", first_backend[i]));
+                }
+                Err(e) => {
+                    failed.insert(i, e.to_string());
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    failed
+}
+
+/// A `done` for [`exchange`]: true once `limit` has passed.
+pub fn for_at_most(limit: Duration) -> impl FnMut() -> bool {
+    let start = std::time::Instant::now();
+    move || start.elapsed() >= limit
+}
+
+/// A `done` for [`exchange`]: true after `n` rounds.
+pub fn rounds(n: usize) -> impl FnMut() -> bool {
+    let mut done = 0;
+    move || {
+        done += 1;
+        done > n
+    }
+}

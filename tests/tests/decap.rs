@@ -92,6 +92,17 @@ fn decapsulated(inner: &Frame) -> Vec<u8> {
 /// (`None`: unchanged), and the counter it moves.
 type Row = (&'static str, Vec<u8>, u32, Option<Vec<u8>>, &'static str);
 
+/// A backend namespace with `eth0` up, its peer in another namespace, and the name
+/// prefix of both.
+fn backend(tag: &str) -> (String, Netns, Netns) {
+    let prefix = unique_prefix(tag);
+    let ns = Netns::create(&format!("{prefix}b"));
+    let peer = Netns::create(&format!("{prefix}p"));
+    veth(&ns, "eth0", &peer, "sw0");
+    ns.link_up("eth0");
+    (prefix, ns, peer)
+}
+
 fn counters(ns: &Netns, name: &str) -> serde_json::Value {
     let (ok, out, err) = lb_ctl_in(ns, &["decap", "status", "--instance", name, "--json"]);
     assert!(ok, "decap status: {err}");
@@ -104,11 +115,7 @@ fn decap_strips_ipip_and_gue_and_counts_the_rest() {
     if !require_root_and_bpf("decap_strips_ipip_and_gue_and_counts_the_rest") {
         return;
     }
-    let prefix = unique_prefix("dcp");
-    let ns = Netns::create(&format!("{prefix}b"));
-    let peer = Netns::create(&format!("{prefix}p"));
-    veth(&ns, "eth0", &peer, "sw0");
-    ns.link_up("eth0");
+    let (prefix, ns, peer) = backend("dcp");
     ns.addr_add("eth0", format!("{BACKEND}/24"));
     ns.addr_add("lo", format!("{VIP}/32"));
     ns.sysctls(&[
@@ -272,11 +279,7 @@ fn decap_attach_warns_about_each_wrong_host_setting() {
     if !require_root_and_bpf("decap_attach_warns_about_each_wrong_host_setting") {
         return;
     }
-    let prefix = unique_prefix("dcw");
-    let ns = Netns::create(&format!("{prefix}b"));
-    let peer = Netns::create(&format!("{prefix}p"));
-    veth(&ns, "eth0", &peer, "sw0");
-    ns.link_up("eth0");
+    let (prefix, ns, peer) = backend("dcw");
     ns.sysctls(&[
         ("net.ipv4.conf.all.arp_ignore", 0),
         ("net.ipv4.conf.all.arp_announce", 0),

@@ -7,7 +7,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use lb_tests::{
     LbDaemon, Tally, VIP,
-    client::KeepAlive,
+    client::{KeepAlive, exchange, rounds},
     curl_many,
     fabric::{Decap, Fabric, HOST_IF},
     require_root_and_bpf, udp_request,
@@ -169,24 +169,7 @@ fn dsr_connections_survive_moving_between_lb_hosts_with_tch() {
     }
     // Five requests on every connection, 100 ms apart; a connection fails once.
     let mut round = |label: &str| {
-        let mut failed = std::collections::BTreeMap::new();
-        for _ in 0..5 {
-            for (i, c) in connections.iter_mut().enumerate() {
-                if failed.contains_key(&i) {
-                    continue;
-                }
-                match c.get() {
-                    Ok(name) if name == first_backend[i] => {}
-                    Ok(name) => {
-                        failed.insert(i, format!("answered by {name}, not {}", first_backend[i]));
-                    }
-                    Err(e) => {
-                        failed.insert(i, e.to_string());
-                    }
-                }
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let failed = exchange(&mut connections, &first_backend, rounds(5));
         assert!(
             failed.is_empty(),
             "{label}: {} of 50 connections failed: {failed:?}",

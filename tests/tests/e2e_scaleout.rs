@@ -10,7 +10,6 @@
 //! while LB hosts die, come back, or have nothing healthy behind the VIP.
 
 use std::{
-    collections::BTreeMap,
     net::{Ipv4Addr, SocketAddr},
     sync::atomic::{AtomicBool, Ordering},
     thread,
@@ -20,7 +19,7 @@ use std::{
 use lb_tests::{
     Backend, LbDaemon, Tally, VIP,
     bird::{LB_AS, ROUTER_AS, Router, next_hops, require_bird, vip_route, wait_until},
-    client::KeepAlive,
+    client::{KeepAlive, exchange, for_at_most},
     curl_many,
     fabric::{Decap, Fabric, HOST_IF, ROUTER_FABRIC_ADDR, backend_addr, lb_addr},
     http_get, require_root_and_bpf, udp_request,
@@ -149,40 +148,6 @@ fn assert_no_reply_through_an_lb(s: &ScaleOut) {
             i + 1
         );
     }
-}
-
-/// Requests on every connection, a round every 100 ms, until `done` (which bounds it);
-/// the connections that failed, each once, with why. A connection fails when a request
-/// gets no answer or the answer comes from another backend than its first.
-fn exchange(
-    connections: &mut [KeepAlive],
-    first_backend: &[String],
-    mut done: impl FnMut() -> bool,
-) -> BTreeMap<usize, String> {
-    let mut failed = BTreeMap::new();
-    while !done() {
-        for (i, c) in connections.iter_mut().enumerate() {
-            if failed.contains_key(&i) {
-                continue;
-            }
-            match c.get() {
-                Ok(name) if name == first_backend[i] => {}
-                Ok(name) => {
-                    failed.insert(i, format!("answered by {name}, not {}", first_backend[i]));
-                }
-                Err(e) => {
-                    failed.insert(i, e.to_string());
-                }
-            }
-        }
-        thread::sleep(Duration::from_millis(100));
-    }
-    failed
-}
-
-fn for_at_most(limit: Duration) -> impl FnMut() -> bool {
-    let start = Instant::now();
-    move || start.elapsed() >= limit
 }
 
 /// A process that has exited, whoever reaps it (BIRD outlives the killed daemon, its
