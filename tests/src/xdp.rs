@@ -58,3 +58,27 @@ pub fn run_program(xdp: &Xdp, ingress: u32, frame: &[u8]) -> anyhow::Result<(u32
     out.truncate(result.data_size_out as usize);
     Ok((result.return_value, out))
 }
+
+/// Runs `frame` once through a loaded TC program as a packet leaving by `ifindex` with
+/// socket mark `mark`; returns the TC action and the packet as it left.
+pub fn run_tc_program(
+    program: &aya::programs::SchedClassifier,
+    ifindex: u32,
+    mark: u32,
+    frame: &[u8],
+) -> anyhow::Result<(i32, Vec<u8>)> {
+    // struct __sk_buff: mark at byte 8, ifindex at byte 40; the kernel lets a test run
+    // set these and wants the rest zero.
+    let mut ctx = [0u8; 192];
+    ctx[8..12].copy_from_slice(&mark.to_ne_bytes());
+    ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+    let mut out = vec![0u8; frame.len() + 256];
+    let result = program.test_run(TestRunOptions {
+        data_in: Some(frame),
+        data_out: Some(&mut out),
+        ctx_in: Some(&ctx),
+        ..TestRunOptions::new()
+    })?;
+    out.truncate(result.data_size_out as usize);
+    Ok((result.return_value as i32, out))
+}

@@ -2411,3 +2411,60 @@ listeners:
         );
     });
 }
+
+/// The TC program that sends `dsr` health probes through the tunnel: a packet marked with
+/// a backend's probe mark, to a listener's VIP:port, gets that backend's outer header (from
+/// the probe's own source, no `dsr.source` here) and is redirected (TC_ACT_REDIRECT, 7);
+/// an unmarked packet passes untouched (TC_ACT_OK, 0); a marked one that cannot be
+/// tunnelled (no such backend, no such listener) is dropped (TC_ACT_SHOT, 2), so the probe
+/// fails rather than reaching the VIP another way.
+#[test]
+fn dsr_probes_are_tunnelled_to_their_backend_and_nothing_else_is_touched() {
+    let Some(lab) = lab("fxprb") else { return };
+    lab.ns.enter(|| {
+        let mut dp = load(&lab);
+        let fx = provision(&mut dp, &dsr_config("{ encapsulation: ipip }"));
+        let id = fx.backend("web", B[0], 80).id;
+        let mark = lb_common::probe_mark(id);
+        let lb = Ipv4Addr::new(198, 18, 1, 1);
+        let probe = Frame::tcp((lb, 45000), (VIP, 80), SYN)
+            .macs(LB_BACKEND_MAC, B_MAC[1])
+            .build();
+        let elsewhere = Frame::tcp((lb, 45000), (VIP, 81), SYN)
+            .macs(LB_BACKEND_MAC, B_MAC[1])
+            .build();
+        let program: &mut aya::programs::SchedClassifier = dp
+            .ebpf_mut()
+            .program_mut(lb_common::names::PROGRAM_PROBE_TUNNEL)
+            .expect("the object has the probe tunnel")
+            .try_into()
+            .expect("a TC program");
+        let run = |mark: u32, frame: &[u8]| {
+            xdp::run_tc_program(program, lab.backend_if, mark, frame).expect("test run")
+        };
+
+        let (action, out) = run(mark, &probe);
+        let mut want = encapsulated(&probe, lb, B[0], None, (LB_BACKEND_MAC, B_MAC[1]));
+        // The Ethernet header is the probe's own: the redirect fills in the next hop's.
+        want[..12].copy_from_slice(&probe[..12]);
+        assert_eq!(action, 7, "a marked probe is redirected");
+        assert!(
+            out == want,
+            "the tunnelled probe:\n{}",
+            packet::diff(&out, &want)
+        );
+
+        assert_eq!(run(0, &probe), (0, probe.clone()), "unmarked: untouched");
+        assert_eq!(
+            run(0x1234, &probe),
+            (0, probe.clone()),
+            "another mark: untouched"
+        );
+        assert_eq!(
+            run(lb_common::probe_mark(63), &probe).0,
+            2,
+            "no such backend"
+        );
+        assert_eq!(run(mark, &elsewhere).0, 2, "no listener on VIP:81");
+    });
+}
