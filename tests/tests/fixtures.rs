@@ -2448,11 +2448,7 @@ fn dsr_probes_are_tunnelled_to_their_backend_and_nothing_else_is_touched() {
         // The Ethernet header is the probe's own: the redirect fills in the next hop's.
         want[..12].copy_from_slice(&probe[..12]);
         assert_eq!(action, 7, "a marked probe is redirected");
-        assert!(
-            out == want,
-            "the tunnelled probe:\n{}",
-            packet::diff(&out, &want)
-        );
+        assert!(out == want, "the tunnelled probe:\n{}", diff(&out, &want));
 
         assert_eq!(run(0, &probe), (0, probe.clone()), "unmarked: untouched");
         assert_eq!(
