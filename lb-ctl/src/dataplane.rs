@@ -21,10 +21,9 @@ use aya::{
     programs::{SchedClassifier, Xdp},
 };
 use lb_common::{
-    AclKey, Affinity, AffinityKey, Backend, Endpoint, EndpointKey, EndpointListener, Flow, FlowKey,
-    Listener, ListenerKey, MAGLEV_TABLE_SIZE, REASON_COUNT, Reason, SEQUENCE_TABLE_SIZE,
-    TABLES_PER_LISTENER, TableMeta, TrafficCounters, acl_prefix_len, half_open_table_size,
-    id_pair_entries, names,
+    AclKey, Affinity, AffinityKey, Backend, Endpoint, EndpointKey, Flow, FlowKey, Listener,
+    ListenerKey, MAGLEV_TABLE_SIZE, REASON_COUNT, Reason, SEQUENCE_TABLE_SIZE, TABLES_PER_LISTENER,
+    TableMeta, TrafficCounters, acl_prefix_len, half_open_table_size, id_pair_entries, names,
 };
 use thiserror::Error;
 
@@ -898,44 +897,6 @@ impl DataPlane {
             Err(aya::maps::MapError::KeyNotFound) => Ok(None),
             Err(e) => Err(map_err(names::ENDPOINTS)(e)),
         }
-    }
-
-    /// What the data plane makes of a backend's packet with (backend-side) key `reply`:
-    /// the flow it answers and the listener entry of the endpoint that found it, as the
-    /// XDP program's `reply_flow` matches them (of the flows naming this backend, the one
-    /// with the latest client packet).
-    pub fn reply_flow(&self, reply: &FlowKey) -> Result<Option<(FlowKey, Flow, EndpointListener)>> {
-        let Some(endpoint) = self.endpoint(&EndpointKey {
-            addr: reply.src_addr,
-            port: reply.src_port,
-            protocol: reply.protocol,
-            _pad: 0,
-        })?
-        else {
-            return Ok(None);
-        };
-        let mut found: Option<(FlowKey, Flow, EndpointListener)> = None;
-        for l in endpoint.served() {
-            let key = FlowKey {
-                src_addr: reply.dst_addr,
-                dst_addr: l.vip,
-                src_port: reply.dst_port,
-                dst_port: l.vport,
-                protocol: reply.protocol,
-                _pad: [0; 3],
-            };
-            let Some(flow) = self.flow(&key)? else {
-                continue;
-            };
-            let b = self.backend(flow.backend)?;
-            if b.addr != reply.src_addr || b.port != reply.src_port {
-                continue;
-            }
-            if found.is_none_or(|(_, f, _)| flow.last_seen_ns > f.last_seen_ns) {
-                found = Some((key, flow, *l));
-            }
-        }
-        Ok(found)
     }
 
     /// Every backend endpoint entry (adoption after a restart).

@@ -3,7 +3,10 @@
 
 use std::{collections::HashMap, fmt::Write as _, time::Instant};
 
-use lb_common::{FLOW_F_BACKEND_ACKED, PROTO_TCP, PROTO_UDP, Reason, Verdict};
+use lb_common::{
+    EndpointKey, EndpointListener, FLOW_F_BACKEND_ACKED, Flow, FlowKey, PROTO_TCP, PROTO_UDP,
+    Reason, Verdict,
+};
 use lb_ctl::dataplane::{DataPlane, LoadOptions};
 
 use super::{
@@ -417,7 +420,7 @@ impl Fuzzer<'_> {
                 max,
             );
         }
-        let kernel: HashMap<Tuple, lb_common::Flow> = dp
+        let kernel: HashMap<Tuple, Flow> = dp
             .flows()
             .expect("reading the flow table")
             .into_iter()
@@ -463,7 +466,7 @@ impl Fuzzer<'_> {
         self.report.contested_replies = self.model.contested.get();
         for r in replies {
             let allowed = self.model.reply_flows(&self.setup, &r);
-            let found = dp.reply_flow(&r.key())?;
+            let found = reply_flow(dp, &r.key())?;
             let same = match found {
                 Some((key, _, l)) => allowed.iter().any(|a| {
                     a.key == Tuple::from_key(&key)
@@ -473,7 +476,7 @@ impl Fuzzer<'_> {
             };
             if !same {
                 let e = format!(
-                    "{r}: DataPlane::reply_flow {:?}, model {:?}",
+                    "{r}: the maps' reply flow {:?}, model {:?}",
                     found.map(|(k, _, l)| (Tuple::from_key(&k), l.listener)),
                     allowed
                         .iter()
@@ -492,7 +495,7 @@ impl Fuzzer<'_> {
 }
 
 /// What the backend last acknowledged, as the flow entry says it.
-fn backend_acked(f: &lb_common::Flow) -> Option<u32> {
+fn backend_acked(f: &Flow) -> Option<u32> {
     (f.flags & FLOW_F_BACKEND_ACKED != 0).then_some(f.backend_acked)
 }
 
@@ -521,4 +524,46 @@ fn tuple_of(f: &[u8]) -> Option<Tuple> {
         dport: be16(f, off + 2),
         proto: f[23],
     })
+}
+
+/// What the maps make of a backend's packet with (backend-side) key `reply`, read the way
+/// the XDP program's `flow::reply_flow` reads them: for each listener its endpoint serves,
+/// the client side's flow entry if it names this backend; of several, the one with the
+/// latest client packet. The fuzzer checks the model against it, so the maps the program
+/// reads hold the model's answer.
+fn reply_flow(
+    dp: &DataPlane,
+    reply: &FlowKey,
+) -> anyhow::Result<Option<(FlowKey, Flow, EndpointListener)>> {
+    let Some(endpoint) = dp.endpoint(&EndpointKey {
+        addr: reply.src_addr,
+        port: reply.src_port,
+        protocol: reply.protocol,
+        _pad: 0,
+    })?
+    else {
+        return Ok(None);
+    };
+    let mut found: Option<(FlowKey, Flow, EndpointListener)> = None;
+    for l in endpoint.served() {
+        let key = FlowKey {
+            src_addr: reply.dst_addr,
+            dst_addr: l.vip,
+            src_port: reply.dst_port,
+            dst_port: l.vport,
+            protocol: reply.protocol,
+            _pad: [0; 3],
+        };
+        let Some(flow) = dp.flow(&key)? else {
+            continue;
+        };
+        let b = dp.backend(flow.backend)?;
+        if b.addr != reply.src_addr || b.port != reply.src_port {
+            continue;
+        }
+        if found.is_none_or(|(_, f, _)| flow.last_seen_ns > f.last_seen_ns) {
+            found = Some((key, flow, *l));
+        }
+    }
+    Ok(found)
 }
