@@ -92,6 +92,16 @@ fn decapsulated(inner: &Frame) -> Vec<u8> {
 /// (`None`: unchanged), and the counter it moves.
 type Row = (&'static str, Vec<u8>, u32, Option<Vec<u8>>, &'static str);
 
+/// Removes a decap pin folder when the test ends, also when it fails half-way (the
+/// namespace going away takes the interface, not the bpffs pins).
+struct Unpin(std::path::PathBuf);
+
+impl Drop for Unpin {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// A backend namespace with `eth0` up, its peer in another namespace, and the name
 /// prefix of both.
 fn backend(tag: &str) -> (String, Netns, Netns) {
@@ -123,6 +133,7 @@ fn decap_strips_ipip_and_gue_and_counts_the_rest() {
         ("net.ipv4.conf.all.arp_announce", 2),
     ]);
     let name = format!("{prefix}d");
+    let _pins = Unpin(Path::new("/sys/fs/bpf").join(&name));
     let (ok, out, err) = lb_ctl_in(
         &ns,
         &[
@@ -286,6 +297,7 @@ fn decap_attach_warns_about_each_wrong_host_setting() {
         ("net.ipv4.conf.all.rp_filter", 1),
     ]);
     let name = format!("{prefix}d");
+    let _pins = Unpin(Path::new("/sys/fs/bpf").join(&name));
     let (ok, _, err) = lb_ctl_in(&ns, &["decap", "attach", "eth0", "--instance", &name]);
     assert!(ok, "attached all the same: {err}");
     for fix in [
