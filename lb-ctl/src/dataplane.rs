@@ -250,8 +250,8 @@ pub struct DataPlane {
     /// array when its last open file or pin goes.
     stages: MapData,
     programs: Vec<ProgramFigures>,
-    /// Where `lb_probe_tunnel` is attached, by interface.
-    probe_links: BTreeMap<String, aya::programs::tc::SchedClassifierLinkId>,
+    /// Where `lb_probe_tunnel` is attached: interface → (its index then, the link).
+    probe_links: BTreeMap<String, (u32, aya::programs::tc::SchedClassifierLinkId)>,
 }
 
 /// One loaded program as the kernel reports it: the verifier's cost and the native size.
@@ -504,14 +504,18 @@ impl DataPlane {
             .program_mut(names::PROGRAM_PROBE_TUNNEL)
             .ok_or(DataPlaneError::Missing(names::PROGRAM_PROBE_TUNNEL))?
             .try_into()?;
-        let gone: Vec<String> = self
+        // Off the interfaces no longer listed, and off those that were removed and made
+        // again (another index): their attachment went with the old interface.
+        let stale: Vec<String> = self
             .probe_links
-            .keys()
-            .filter(|i| !interfaces.contains(i))
-            .cloned()
+            .iter()
+            .filter(|(iface, (ifindex, _))| {
+                !interfaces.contains(iface) || crate::pins::ifindex(iface).ok() != Some(*ifindex)
+            })
+            .map(|(iface, _)| iface.clone())
             .collect();
-        for iface in gone {
-            if let Some(link) = self.probe_links.remove(&iface) {
+        for iface in stale {
+            if let Some((_, link)) = self.probe_links.remove(&iface) {
                 // The interface may be gone with its attachment already.
                 let _ = program.detach(link);
             }
@@ -519,7 +523,10 @@ impl DataPlane {
         let tcx = aya::util::KernelVersion::current()
             .is_ok_and(|k| k >= aya::util::KernelVersion::new(6, 6, 0));
         for iface in interfaces {
-            if self.probe_links.contains_key(iface) || crate::pins::ifindex(iface).is_err() {
+            let Ok(ifindex) = crate::pins::ifindex(iface) else {
+                continue;
+            };
+            if self.probe_links.contains_key(iface) {
                 continue;
             }
             if !tcx {
@@ -527,7 +534,7 @@ impl DataPlane {
                 let _ = tc::qdisc_add_clsact(iface);
             }
             let link = program.attach(iface, TcAttachType::Egress)?;
-            self.probe_links.insert(iface.clone(), link);
+            self.probe_links.insert(iface.clone(), (ifindex, link));
         }
         Ok(())
     }
