@@ -500,6 +500,10 @@ impl<'a> Bench<'a> {
                 super::util::show(result.method2, 0),
                 started.elapsed().as_secs_f64()
             ));
+            // A failed check is in the report's notes, which a partial run does not write.
+            for note in result.notes.iter().filter(|n| n.contains("CHECK FAILED")) {
+                say(format!("cost: {n} backends, {}: {note}", case.name()));
+            }
             results.push(result);
         }
         Ok(())
