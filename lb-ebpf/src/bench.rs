@@ -16,7 +16,7 @@
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX},
-    helpers::generated::bpf_xdp_adjust_tail,
+    helpers::generated::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
     macros::{map, xdp},
     maps::{Array, DevMap, PerCpuArray, ProgramArray},
     programs::XdpContext,
@@ -84,8 +84,18 @@ fn vary_source(ctx: &XdpContext, n: u64) {
 #[xdp]
 pub fn lb_bench(ctx: XdpContext) -> u32 {
     let len = ctx.data_end() - ctx.data();
-    if len != BENCH_LEN {
-        // SAFETY: ctx is the program's context; the frame grows or shrinks back to size.
+    if len > BENCH_LEN {
+        // Only encapsulation (`forwarding: dsr`) grows a frame, and it grows it at the
+        // front: moving the head back puts the frame where the first run had it. Trimming
+        // the tail instead would leave the head moved, and after a dozen runs the
+        // headroom would be gone.
+        // SAFETY: ctx is the program's context; the kernel checks the new head.
+        if unsafe { bpf_xdp_adjust_head(ctx.ctx, (len - BENCH_LEN) as i32) } != 0 {
+            return XDP_ABORTED;
+        }
+    } else if len < BENCH_LEN {
+        // What shrinks a frame (a reset, an ICMP error) cuts its tail.
+        // SAFETY: ctx is the program's context; the frame grows back to size.
         if unsafe { bpf_xdp_adjust_tail(ctx.ctx, BENCH_LEN as i32 - len as i32) } != 0 {
             return XDP_ABORTED;
         }

@@ -18,7 +18,7 @@ use std::{net::Ipv4Addr, time::Instant};
 use anyhow::{Context as _, ensure};
 use lb_common::{FlowKey, PROTO_TCP, Reason, Scheduler};
 use lb_ctl::{
-    config::Protocol,
+    config::{Dsr, Forwarding, Protocol, Tunnel},
     dataplane::{DataPlane, LoadOptions, MapSizes},
     plan::Runtime,
 };
@@ -29,9 +29,9 @@ use super::{
 };
 use crate::{
     Netns, TEST_OBJECT,
-    packet::{ACK, Frame, SYN},
+    packet::{ACK, Frame, Mac, SYN, parse_mac},
     unique_prefix, veth,
-    xdp::{XDP_PASS, XDP_REDIRECT},
+    xdp::{XDP_PASS, XDP_REDIRECT, action_name},
 };
 
 /// The flow table of the benchmark: 4M entries (`flow_table_size: 4194304`).
@@ -43,6 +43,8 @@ const CLIENT_PORT: u16 = 40000;
 const OTHER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 77);
 /// The next hop behind which the backends (198.18.64.0/18) sit.
 const GATEWAY: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 2);
+/// The LB's address on the backend side: the outer source of DSR packets.
+const BACKEND_SIDE: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
 const BACKEND_PORT: u16 = 8080;
 /// Flows of the "cycled" case.
 const CYCLED_FLOWS: u32 = 100_000;
@@ -54,8 +56,13 @@ pub enum Case {
     Established,
     /// The same path through a listener of another scheduler (100 backends only).
     EstablishedWith(Scheduler),
+    /// `Established` with `forwarding: dsr` (100 backends only): the packet leaves
+    /// encapsulated whole instead of rewritten, the peer's own work for IPIP.
+    DsrEstablished(Tunnel),
     Cycled,
     NewEmpty,
+    /// `NewEmpty` with `forwarding: dsr` (100 backends only).
+    DsrNewEmpty(Tunnel),
     NewFull,
     Reply,
     NonVip,
@@ -71,18 +78,27 @@ pub const OTHER_SCHEDULERS: [Scheduler; 4] = [
     Scheduler::Wlc,
 ];
 
-/// The backend count at which the other schedulers are measured.
+/// The backend count at which the other schedulers and the DSR path are measured.
 pub const SCHEDULERS_AT: usize = 100;
 
+/// The encapsulations of `forwarding: dsr` whose path is measured, each on a data plane
+/// of its own (forwarding and encapsulation are settings of the whole config).
+pub const DSR_TUNNELS: [Tunnel; 2] = [Tunnel::Ipip, Tunnel::Gue];
+
 impl Case {
-    pub const ALL: [Case; 10] = [
+    /// In the report's order: each DSR case right after its NAT counterpart.
+    pub const ALL: [Case; 14] = [
         Case::Established,
+        Case::DsrEstablished(Tunnel::Ipip),
+        Case::DsrEstablished(Tunnel::Gue),
         Case::EstablishedWith(Scheduler::Sch),
         Case::EstablishedWith(Scheduler::Wrr),
         Case::EstablishedWith(Scheduler::Rr),
         Case::EstablishedWith(Scheduler::Wlc),
         Case::Cycled,
         Case::NewEmpty,
+        Case::DsrNewEmpty(Tunnel::Ipip),
+        Case::DsrNewEmpty(Tunnel::Gue),
         Case::NewFull,
         Case::Reply,
         Case::NonVip,
@@ -96,8 +112,12 @@ impl Case {
             Case::EstablishedWith(Scheduler::Rr) => "established flow, table hit (rr)",
             Case::EstablishedWith(Scheduler::Wlc) => "established flow, table hit (wlc)",
             Case::EstablishedWith(Scheduler::Tch) => "established flow, table hit (tch)",
+            Case::DsrEstablished(Tunnel::Ipip) => "established flow, table hit, DSR ipip (tch)",
+            Case::DsrEstablished(Tunnel::Gue) => "established flow, table hit, DSR gue (tch)",
             Case::Cycled => "100k flows cycled (hits, cache-cold)",
             Case::NewEmpty => "new flow each packet, table nearly empty",
+            Case::DsrNewEmpty(Tunnel::Ipip) => "new flow each packet, table nearly empty, DSR ipip",
+            Case::DsrNewEmpty(Tunnel::Gue) => "new flow each packet, table nearly empty, DSR gue",
             Case::NewFull => "new flow each packet, table full",
             Case::Reply => "reply (backend → client)",
             Case::NonVip => "packet not for a VIP",
@@ -106,11 +126,16 @@ impl Case {
 
     /// The peer's figures: (method 2, method 1) ns, floor subtracted, from `PEER_SOURCE`.
     /// The peer has one established path whatever its ring; every scheduler's is held to it.
+    /// The peer encapsulates in IPIP, so its figures are those of our DSR ipip path as much
+    /// as of NAT; it has no GUE.
     pub fn peer(self) -> Option<(f64, f64)> {
         match self {
-            Case::Established | Case::EstablishedWith(_) => Some((105.0, 153.0)),
+            Case::Established | Case::EstablishedWith(_) | Case::DsrEstablished(Tunnel::Ipip) => {
+                Some((105.0, 153.0))
+            }
             Case::Cycled => Some((259.0, 373.0)),
-            Case::NewEmpty => Some((508.0, 650.0)),
+            Case::NewEmpty | Case::DsrNewEmpty(Tunnel::Ipip) => Some((508.0, 650.0)),
+            Case::DsrEstablished(Tunnel::Gue) | Case::DsrNewEmpty(Tunnel::Gue) => None,
             Case::NewFull => Some((1089.0, 1375.0)),
             Case::NonVip => Some((55.0, 59.0)),
             Case::Reply => None,
@@ -124,6 +149,8 @@ impl Case {
                 let i = OTHER_SCHEDULERS.iter().position(|o| *o == s).unwrap_or(0) as u16;
                 (81 + i, BACKEND_PORT + 1 + i)
             }
+            // The backend gets the client's packet unchanged: it listens on the VIP's port.
+            Case::DsrEstablished(_) | Case::DsrNewEmpty(_) => (80, 80),
             _ => (80, BACKEND_PORT),
         }
     }
@@ -209,6 +236,10 @@ struct Lab {
     _peer: Netns,
     client_if: u32,
     backend_if: u32,
+    /// be0's MAC and the gateway's: the Ethernet header an encapsulated packet must leave
+    /// with.
+    backend_mac: Mac,
+    gateway_mac: Mac,
     /// A veth end that stays down: `lb_bench` is attached to it to keep it in the XDP
     /// dispatcher (see `kit::hold_in_dispatcher`).
     idle_if: u32,
@@ -228,7 +259,9 @@ fn lab() -> Lab {
         peer.link_up(dev);
     }
     ns.addr_add("cl0", "198.18.0.1/24");
-    ns.addr_add("be0", "198.18.1.1/24");
+    // Being on be0, this address is also the source the route to the backends prefers,
+    // which `forwarding: dsr` without `dsr.source` sends from.
+    ns.addr_add("be0", format!("{BACKEND_SIDE}/24"));
     ns.sysctl("net.ipv4.ip_forward", 1);
     ns.neigh_permanent("cl0", CLIENT, &peer.mac("pcl0"));
     ns.neigh_permanent("be0", GATEWAY, &peer.mac("pbe0"));
@@ -237,6 +270,8 @@ fn lab() -> Lab {
     Lab {
         client_if: ns.ifindex("cl0"),
         backend_if: ns.ifindex("be0"),
+        backend_mac: parse_mac(&ns.mac("be0")),
+        gateway_mac: parse_mac(&peer.mac("pbe0")),
         idle_if: ns.ifindex("idle0"),
         ns,
         _peer: peer,
@@ -324,68 +359,7 @@ fn run_backends(
     floors: &mut Floors,
 ) -> anyhow::Result<Vec<CaseResult>> {
     pin_to_cpu(bench_cpu())?;
-    let load_started = Instant::now();
-    // The test object, for the wrapper and the floor; its lb_xdp is the shipped one.
-    let mut dp = DataPlane::load_object(
-        TEST_OBJECT,
-        &LoadOptions {
-            sizes: MapSizes {
-                flow_table_size: FLOW_TABLE,
-                max_listeners: 8,
-                max_backends: 16384,
-            },
-            map_pin_dir: None,
-            verifier_log_dir: None,
-        },
-    )
-    .context("loading the data plane")?;
-    say(format!(
-        "cost: data plane with a {FLOW_TABLE}-entry flow table loaded in {:.1} s",
-        load_started.elapsed().as_secs_f64()
-    ));
-    dp.add_tx_port(lab.client_if)?;
-    dp.add_tx_port(lab.backend_if)?;
-    let mut config = kit::one_listener(
-        dp.sizes(),
-        (Protocol::Tcp, VIP, 80),
-        // The peer balances with a 65537-slot Maglev ring; tch is ours.
-        Scheduler::Tch,
-        (0..n).map(|i| (backend_addr(i), BACKEND_PORT)),
-    );
-    if n == SCHEDULERS_AT {
-        for scheduler in OTHER_SCHEDULERS {
-            let (port, backend_port) = Case::EstablishedWith(scheduler).ports();
-            kit::add_listener(
-                &mut config,
-                (Protocol::Tcp, VIP, port),
-                scheduler,
-                (0..n).map(|i| (backend_addr(i), backend_port)),
-            );
-        }
-    }
-    // As in production: the host's own addresses are refused as client sources, so a new
-    // flow pays that lookup here too.
-    let runtime = Runtime {
-        local_addresses: crate::provision::host_addresses()?,
-        ..Runtime::default()
-    };
-    kit::provision_with(&mut dp, config, runtime)?;
-    let mut kit = Kit::new(&mut dp, &["lb_bench", "lb_empty"])?;
-    kit::hold_in_dispatcher(&mut dp, "lb_bench", lab.idle_if)?;
-    let lb_fd = kit::prog_fd(&mut dp, lb_common::names::PROGRAM)?;
-    let empty_fd = kit::prog_fd(&mut dp, "lb_empty")?;
-    kit.set_target(&lb_fd)?;
-    let mut bench = Bench {
-        dp,
-        kit,
-        lab,
-        options,
-        space: FlowSpace::new(),
-        lb_fd,
-        empty_fd,
-        first_new: None,
-    };
-
+    let mut results = Vec::new();
     // Order matters: the nearly-empty new-flow case runs before anything fills the table,
     // the full case last.
     let mut order = vec![Case::Established];
@@ -399,22 +373,141 @@ fn run_backends(
         Case::Cycled,
         Case::NewFull,
     ]);
-    let mut results = Vec::new();
-    for case in order {
-        let started = Instant::now();
-        let result = bench.case(case, n, floors)?;
-        say(format!(
-            "cost: {n} backends, {}: m1 {} ns, m2 {} ns ({:.1} s)",
-            case.name(),
-            super::util::show(result.method1, 0),
-            super::util::show(result.method2, 0),
-            started.elapsed().as_secs_f64()
-        ));
-        results.push(result);
+    Bench::load(lab, options, n, None)?.run(&order, n, floors, &mut results)?;
+    if n == SCHEDULERS_AT {
+        // Each DSR data plane is loaded only once the previous one is gone: `lb_bench`
+        // holds the idle interface, and the new one starts from the same fresh table
+        // the NAT cases did.
+        for tunnel in DSR_TUNNELS {
+            Bench::load(lab, options, n, Some(tunnel))?.run(
+                &[Case::DsrEstablished(tunnel), Case::DsrNewEmpty(tunnel)],
+                n,
+                floors,
+                &mut results,
+            )?;
+        }
     }
     // Back in the table's order.
     results.sort_by_key(|r| Case::ALL.iter().position(|c| *c == r.case));
     Ok(results)
+}
+
+impl<'a> Bench<'a> {
+    /// A freshly loaded data plane with `n` backends behind the `tch` listener (and, for
+    /// NAT at [`SCHEDULERS_AT`] backends, the other schedulers' listeners), forwarding by
+    /// NAT or, given a tunnel, by `forwarding: dsr`; provisioned as the controller does.
+    fn load(
+        lab: &'a Lab,
+        options: &'a CostOptions,
+        n: usize,
+        dsr: Option<Tunnel>,
+    ) -> anyhow::Result<Bench<'a>> {
+        let load_started = Instant::now();
+        // The test object, for the wrapper and the floor; its lb_xdp is the shipped one.
+        let mut dp = DataPlane::load_object(
+            TEST_OBJECT,
+            &LoadOptions {
+                sizes: MapSizes {
+                    flow_table_size: FLOW_TABLE,
+                    max_listeners: 8,
+                    max_backends: 16384,
+                },
+                map_pin_dir: None,
+                verifier_log_dir: None,
+            },
+        )
+        .context("loading the data plane")?;
+        say(format!(
+            "cost: data plane with a {FLOW_TABLE}-entry flow table loaded in {:.1} s",
+            load_started.elapsed().as_secs_f64()
+        ));
+        dp.add_tx_port(lab.client_if)?;
+        dp.add_tx_port(lab.backend_if)?;
+        let backend_port = match dsr {
+            Some(tunnel) => Case::DsrEstablished(tunnel).ports().1,
+            None => Case::Established.ports().1,
+        };
+        let mut config = kit::one_listener(
+            dp.sizes(),
+            (Protocol::Tcp, VIP, 80),
+            // The peer balances with a 65537-slot Maglev ring; tch is ours.
+            Scheduler::Tch,
+            (0..n).map(|i| (backend_addr(i), backend_port)),
+        );
+        match dsr {
+            Some(tunnel) => {
+                config.forwarding = Forwarding::Dsr;
+                // No `source`: the outer source is the one the route to the backends
+                // prefers (be0's address), the default an operator gets, looked up with
+                // the next hop and cached with it per backend.
+                config.dsr = Dsr {
+                    encapsulation: tunnel,
+                    ..Dsr::default()
+                };
+            }
+            None if n == SCHEDULERS_AT => {
+                for scheduler in OTHER_SCHEDULERS {
+                    let (port, backend_port) = Case::EstablishedWith(scheduler).ports();
+                    kit::add_listener(
+                        &mut config,
+                        (Protocol::Tcp, VIP, port),
+                        scheduler,
+                        (0..n).map(|i| (backend_addr(i), backend_port)),
+                    );
+                }
+            }
+            None => {}
+        }
+        // As in production: the host's own addresses are refused as client sources, so a
+        // new flow pays that lookup here too.
+        let runtime = Runtime {
+            local_addresses: crate::provision::host_addresses()?,
+            ..Runtime::default()
+        };
+        kit::provision_with(&mut dp, config, runtime)?;
+        let mut kit = Kit::new(&mut dp, &["lb_bench", "lb_empty"])?;
+        kit::hold_in_dispatcher(&mut dp, "lb_bench", lab.idle_if)?;
+        let lb_fd = kit::prog_fd(&mut dp, lb_common::names::PROGRAM)?;
+        let empty_fd = kit::prog_fd(&mut dp, "lb_empty")?;
+        kit.set_target(&lb_fd)?;
+        Ok(Bench {
+            dp,
+            kit,
+            lab,
+            options,
+            space: FlowSpace::new(),
+            lb_fd,
+            empty_fd,
+            first_new: None,
+        })
+    }
+
+    /// Measures `cases` in this order, appending their results.
+    fn run(
+        mut self,
+        cases: &[Case],
+        n: usize,
+        floors: &mut Floors,
+        results: &mut Vec<CaseResult>,
+    ) -> anyhow::Result<()> {
+        for &case in cases {
+            let started = Instant::now();
+            let result = self.case(case, n, floors)?;
+            say(format!(
+                "cost: {n} backends, {}: m1 {} ns, m2 {} ns ({:.1} s)",
+                case.name(),
+                super::util::show(result.method1, 0),
+                super::util::show(result.method2, 0),
+                started.elapsed().as_secs_f64()
+            ));
+            // A failed check is in the report's notes, which a partial run does not write.
+            for note in result.notes.iter().filter(|n| n.contains("CHECK FAILED")) {
+                say(format!("cost: {n} backends, {}: {note}", case.name()));
+            }
+            results.push(result);
+        }
+        Ok(())
+    }
 }
 
 impl Bench<'_> {
@@ -528,14 +621,25 @@ impl Bench<'_> {
         let syn = tcp_frame((CLIENT, CLIENT_PORT), (VIP, port), SYN);
         let ack = tcp_frame((CLIENT, CLIENT_PORT), (VIP, port), ACK);
         match case {
-            Case::Established | Case::EstablishedWith(_) | Case::Reply | Case::NonVip => {
-                // The flow all three use: created once by a SYN.
-                let (verdict, _) =
-                    kit::test_run(&mut self.dp, lb_common::names::PROGRAM, &syn, client, 1)?;
-                ensure!(verdict == XDP_REDIRECT, "the SYN returned {verdict}");
+            Case::Established
+            | Case::EstablishedWith(_)
+            | Case::DsrEstablished(_)
+            | Case::Reply
+            | Case::NonVip => {
+                // The flow all of them use: created once by a SYN.
+                if let Case::DsrEstablished(tunnel) = case {
+                    notes.push(self.check_encapsulated(&syn, tunnel)?);
+                } else {
+                    let (verdict, _) =
+                        kit::test_run(&mut self.dp, lb_common::names::PROGRAM, &syn, client, 1)?;
+                    ensure!(verdict == XDP_REDIRECT, "the SYN returned {verdict}");
+                }
                 let (frame, ingress, expect, reason) = match case {
                     Case::Established | Case::EstablishedWith(_) => {
                         (ack.clone(), client, XDP_REDIRECT, Reason::Forwarded)
+                    }
+                    Case::DsrEstablished(_) => {
+                        (ack.clone(), client, XDP_REDIRECT, Reason::Encapsulated)
                     }
                     Case::Reply => {
                         let backend = self.flow_backend()?;
@@ -582,7 +686,14 @@ impl Bench<'_> {
                     notes.push("CHECK FAILED: not every run took the path measured".into());
                 }
             }
-            Case::NewEmpty | Case::NewFull => {
+            Case::NewEmpty | Case::DsrNewEmpty(_) | Case::NewFull => {
+                let nearly_empty = matches!(case, Case::NewEmpty | Case::DsrNewEmpty(_));
+                if let Case::DsrNewEmpty(tunnel) = case {
+                    // One flow of the case's kind, outside the measured runs.
+                    let mut probe = syn.clone();
+                    patch_source(&mut probe, self.space.segment());
+                    notes.push(self.check_encapsulated(&probe, tunnel)?);
+                }
                 if case == Case::NewFull {
                     let prefill = (f64::from(FLOW_TABLE) * o.prefill_factor) as u32;
                     let started = Instant::now();
@@ -611,6 +722,7 @@ impl Bench<'_> {
                     }
                 }
                 let before = self.counter(Reason::EventNewFlow)?;
+                let sent_before = self.counter(Reason::Encapsulated)?;
                 let mut runs = 0u64;
                 for _ in 0..o.rounds {
                     let segments = self.fresh_segments(o.new_flow_samples);
@@ -648,7 +760,17 @@ impl Bench<'_> {
                 if new_flows != runs {
                     notes.push("CHECK FAILED: not every run made a new flow".into());
                 }
-                if case == Case::NewEmpty {
+                if let Case::DsrNewEmpty(_) = case {
+                    let sent = self.counter(Reason::Encapsulated)? - sent_before;
+                    notes.push(format!(
+                        "{sent} of {runs} runs counted as {}",
+                        Reason::Encapsulated.name()
+                    ));
+                    if sent != runs {
+                        notes.push("CHECK FAILED: not every run was encapsulated".into());
+                    }
+                }
+                if nearly_empty {
                     // Every flow this data plane has made so far is still in the table.
                     let fill = self.counter(Reason::EventNewFlow)? as f64 / f64::from(FLOW_TABLE);
                     notes.push(format!(
@@ -712,13 +834,90 @@ impl Bench<'_> {
 
     /// The backend the SYN's flow was given.
     fn flow_backend(&self) -> anyhow::Result<Ipv4Addr> {
-        let key = self.flow_key(tcp_frame((CLIENT, CLIENT_PORT), (VIP, 80), SYN));
+        self.backend_of(tcp_frame((CLIENT, CLIENT_PORT), (VIP, 80), SYN))
+    }
+
+    /// The backend the flow of a client → VIP frame was given.
+    fn backend_of(&self, frame: Vec<u8>) -> anyhow::Result<Ipv4Addr> {
         let flow = self
             .dp
-            .flow(&key)?
-            .context("the established flow is not in the flow table")?;
+            .flow(&self.flow_key(frame))?
+            .context("the flow is not in the flow table")?;
         let b = self.dp.backend(flow.backend)?;
         Ok(Ipv4Addr::from(b.addr.to_ne_bytes()))
+    }
+
+    /// Runs a client's `frame` once through the program and checks the frame that left:
+    /// the client's packet unchanged behind an outer header of `tunnel`, from be0's address
+    /// to the flow's backend, addressed to the gateway. The counters then show that every
+    /// measured run took the same path; this shows the path is the one meant.
+    fn check_encapsulated(&mut self, frame: &[u8], tunnel: Tunnel) -> anyhow::Result<String> {
+        let (verdict, out) = crate::xdp::test_run(
+            &mut self.dp,
+            lb_common::names::PROGRAM,
+            self.lab.client_if,
+            frame,
+        )?;
+        ensure!(
+            verdict == XDP_REDIRECT,
+            "the DSR SYN returned {}",
+            action_name(verdict)
+        );
+        let backend = self.backend_of(frame.to_vec())?;
+        let protocol = match tunnel {
+            Tunnel::Ipip => 4,
+            Tunnel::Gue => 17,
+        };
+        let inner = 14 + usize::from(tunnel.encapsulation().overhead());
+        ensure!(
+            out.len() == inner + frame.len() - 14,
+            "the DSR SYN left as {} bytes, {} expected",
+            out.len(),
+            inner + frame.len() - 14
+        );
+        ensure!(
+            out[..6] == self.lab.gateway_mac && out[6..12] == self.lab.backend_mac,
+            "the encapsulated SYN is not addressed from be0 to the gateway"
+        );
+        ensure!(
+            out[12..14] == [0x08, 0x00] && out[14] == 0x45 && out[23] == protocol,
+            "the outer header is not IPv4 with protocol {protocol}"
+        );
+        let sum = out[14..34]
+            .chunks(2)
+            .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+            .sum::<u32>();
+        ensure!(
+            (sum & 0xffff) + (sum >> 16) == 0xffff,
+            "the outer IPv4 checksum is wrong"
+        );
+        let (src, dst) = (
+            Ipv4Addr::new(out[26], out[27], out[28], out[29]),
+            Ipv4Addr::new(out[30], out[31], out[32], out[33]),
+        );
+        ensure!(
+            (src, dst) == (BACKEND_SIDE, backend),
+            "outer {src} → {dst}, expected {BACKEND_SIDE} → {backend}"
+        );
+        if tunnel == Tunnel::Gue {
+            let port = u16::from_be_bytes([out[36], out[37]]);
+            ensure!(
+                port == Dsr::default().gue_port,
+                "the GUE packet goes to port {port}"
+            );
+        }
+        ensure!(
+            out[inner..] == frame[14..],
+            "the inner packet is not the client's, unchanged"
+        );
+        Ok(format!(
+            "checked once: a SYN left encapsulated ({}, {src} → {dst}, inner packet \
+             unchanged)",
+            match tunnel {
+                Tunnel::Ipip => "IPIP",
+                Tunnel::Gue => "GUE",
+            }
+        ))
     }
 
     /// The flow-table key of a client → VIP frame.

@@ -11,8 +11,8 @@ use super::{
     conn::{Balancer, ConnReport},
     control::ControlReport,
     cost::{
-        Case, CaseResult, CostReport, NOISY, OTHER_SCHEDULERS, PEER_FLOOR, PEER_SOURCE,
-        PEER_SOURCE_LONG, SCHEDULERS_AT,
+        Case, CaseResult, CostReport, DSR_TUNNELS, NOISY, OTHER_SCHEDULERS, PEER_FLOOR,
+        PEER_SOURCE, PEER_SOURCE_LONG, SCHEDULERS_AT,
     },
     forward::{ForwardReport, Path},
     util::{Summary, Table, quantile, show},
@@ -607,8 +607,11 @@ fn cost_section(o: &mut String, r: &Report) {
          LRU map with one list per CPU; the peer's is 4M entries per CPU. The host's own \
          addresses are refused as client sources, as the daemon sets it up. At {} \
          backends the same established path is also measured through listeners of the \
-         other schedulers ({}), each with a backend port of its own. The thread running \
-         the programs is pinned to one CPU.\n",
+         other schedulers ({}), each with a backend port of its own, and, on data planes \
+         of their own provisioned with `forwarding: dsr` (one per encapsulation: {}), the \
+         established and nearly-empty new-flow paths of the same `tch` listener and \
+         backends (backend port 80, as DSR requires). The thread running the programs is \
+         pinned to one CPU.\n",
         p.backend_counts
             .iter()
             .map(|n| n.to_string())
@@ -618,6 +621,11 @@ fn cost_section(o: &mut String, r: &Report) {
         OTHER_SCHEDULERS
             .iter()
             .map(|s| s.name())
+            .collect::<Vec<_>>()
+            .join(", "),
+        DSR_TUNNELS
+            .iter()
+            .map(|t| t.encapsulation().name())
             .collect::<Vec<_>>()
             .join(", ")
     );
@@ -654,7 +662,21 @@ fn cost_section(o: &mut String, r: &Report) {
          of the established flow, found through its backend endpoint and the flow table. \
          Not for a VIP: an ACK to an address that is no VIP (passed to the kernel). A case \
          whose rounds spread more than {NOISY}× (largest / smallest) is marked noisy \
-         instead of compared.\n",
+         instead of compared.\n\
+         - **DSR rows** (`forwarding: dsr`, no `dsr.source`): the same frames, flow-table \
+         state, methods and floors as the NAT row above them, but the client's packet \
+         leaves whole behind an outer IPv4 header (IPIP) or IPv4 + UDP header (GUE, \
+         `dsr.gue_port`), from the LB's address on the backend side (the source the route \
+         to the backends prefers; `bpf_fib_lookup` finds it with the next hop, and both \
+         are cached per backend, warm when measured, as the NAT next hop is) to the \
+         backend. The peer encapsulates in IPIP too, so its established and new-flow \
+         figures compare directly with the DSR ipip rows; it has no GUE, so the GUE rows \
+         have no peer figure. Each DSR case runs one frame through the program first and \
+         checks what left (outer header, addresses, checksum, the inner packet \
+         unchanged), then that every measured run was counted as `encapsulated`. The \
+         wrapper moves the head of a frame that encapsulation grew back where it was \
+         (`bpf_xdp_adjust_head`, as the peer's wrapper does), a helper call the NAT rows \
+         and the floor do not make; it is in the DSR method-2 figures.\n",
         p.samples, p.new_flow_samples, p.repeat, p.new_flow_repeat, p.rounds, p.prefill_factor
     );
     if let Some(line) = outcome_line("Per-packet cost", &r.cost) {
@@ -985,6 +1007,9 @@ fn reading_section(o: &mut String) {
          The cases that also stream through the flow table (100k cycled, new flows) pay \
          those misses from memory, hence the step; the established and non-VIP cases do \
          not.\n\
+         - **DSR has no reply row.** With `forwarding: dsr` the backends answer the \
+         clients directly, so the LB never sees a reply: a connection costs the LB its \
+         client packets only, where NAT adds the reply row's cost for every reply.\n\
          - **veth is not a NIC.** The forwarding figures are a whole chain on one vCPU: the \
          generator's cost and the sink's are in every path, so the ratio to the ceiling is \
          compressed towards 1 compared with what the LB alone would show, and ratios to the \
