@@ -755,6 +755,17 @@ fn forward_section(o: &mut String, r: &Report) {
          backends, port 80 → 8080), `lb_xdp` attached natively on the ingress; an \
          established flow (one tuple), and a new flow each packet (a never-used tuple per \
          frame; the table is not flushed between rounds, and never fills: see the notes).\n\
+         - **This LB, DSR ipip**: a second data plane loaded the same way, provisioned with \
+         `forwarding: dsr`, `encapsulation: ipip` and no `dsr.source` (listener port 80 \
+         over the same four backends on port 80, as DSR requires), `lb_xdp` attached \
+         natively on the ingress in place of the NAT one; the same established-flow frames, \
+         which leave whole behind a 20-byte outer IPv4 header (84 bytes on the wire) from \
+         lb-out's address, the source the route to the backends prefers. Every round checks \
+         that the LB counted each frame sent as encapsulated (and, for NAT, as forwarded). \
+         The peer encapsulates in IPIP as well, but its figures on this chain are those of \
+         the ceiling, nftables and routing only (the peer column): the DSR row, like the NAT \
+         one, compares with the peer through them, best through its ratio to the ceiling, \
+         measured in the same rounds.\n\
          - **nftables**: `dnat ip addr . port to numgen inc mod 4 map {{ … }}` in a \
          `prerouting` nat chain, the same four backends; conntrack sized first \
          (nf_conntrack_max and the hash size raised machine-wide, restored after) and \
@@ -772,9 +783,10 @@ fn forward_section(o: &mut String, r: &Report) {
     o.push_str(&forward_table(f).markdown());
     let _ = writeln!(
         o,
-        "\nRatios, per round then median (min–max): LB / ceiling {}, LB / nftables \
-         (established) {}, LB / nftables (new flows) {}.\n",
+        "\nRatios, per round then median (min–max): LB / ceiling {} (DSR ipip: {}), LB / \
+         nftables (established) {}, LB / nftables (new flows) {}.\n",
         show(f.lb_over_ceiling, 2),
+        show(f.lb_dsr_over_ceiling, 2),
         show(f.lb_over_nft, 2),
         show(f.lb_new_over_nft_new, 2)
     );
