@@ -759,7 +759,7 @@ fn forward_section(o: &mut String, r: &Report) {
          `forwarding: dsr`, `encapsulation: ipip` and no `dsr.source` (listener port 80 \
          over the same four backends on port 80, as DSR requires), `lb_xdp` attached \
          natively on the ingress in place of the NAT one; the same established-flow frames, \
-         which leave whole behind a 20-byte outer IPv4 header (84 bytes on the wire) from \
+         which leave whole behind a 20-byte outer IPv4 header (84-byte frames) from \
          lb-out's address, the source the route to the backends prefers. Every round checks \
          that the LB counted each frame sent as encapsulated (and, for NAT, as forwarded). \
          The peer encapsulates in IPIP as well, but its figures on this chain are those of \
