@@ -575,7 +575,7 @@ range_parser!(parse_threshold, limits::CHECK_THRESHOLD);
 /// config's default (add) or the listener's value (set).
 #[derive(Clone, Debug, Default, Args)]
 pub struct ListenerOptions {
-    /// Scheduler (default: wrr).
+    /// Scheduler (a new listener's default: wrr).
     #[arg(long, value_parser = scheduler_parser())]
     pub scheduler: Option<Scheduler>,
     /// Seconds of source-IP affinity, 0..=3600 (0 = off; TCP only).

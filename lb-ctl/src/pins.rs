@@ -326,15 +326,15 @@ pub fn attach(
                     Ok(()) => {
                         let now = attached_mode(ifindex);
                         match (mode.wanted(), now) {
-                            (Some(wanted), Some(now)) if wanted != now => {
+                            (Some(wanted), Some(now))
+                                if wanted != now && (now == NATIVE || now == GENERIC) =>
+                            {
                                 tracing::warn!(
                                     "XDP on {iface} runs in {now} mode, xdp_mode asks for \
                                      {wanted}: attaching again (packets in between reach the \
                                      kernel's stack without balancing)"
                                 );
-                                detach_pinned(&pin, iface, wanted)?;
-                                created.push(pin.clone());
-                                attach_fresh(program, iface, &pin, mode)?
+                                switch_mode(program, iface, &pin, mode, now)?
                             }
                             (_, Some(now)) => now,
                             // The kernel did not tell (an old kernel, a netlink error): the
@@ -490,6 +490,30 @@ fn detach_pinned(pin: &Path, iface: &str, mode: &'static str) -> Result<()> {
     })?;
     drop(pinned.unpin().map_err(switch_err)?);
     Ok(())
+}
+
+/// Detaches the pinned link of `iface`, running in mode `now`, and attaches `program` in
+/// `mode`. A device cannot run native and generic XDP at once, so the old link goes
+/// first; when the new mode is refused the old one is attached again, so a refused start
+/// or reload leaves the interface running as before.
+fn switch_mode(
+    program: &mut Xdp,
+    iface: &str,
+    pin: &Path,
+    mode: XdpAttach,
+    now: &'static str,
+) -> Result<&'static str> {
+    detach_pinned(pin, iface, mode.wanted().unwrap_or(now))?;
+    attach_fresh(program, iface, pin, mode).inspect_err(|_| {
+        let back = if now == NATIVE {
+            XdpAttach::Native
+        } else {
+            XdpAttach::Generic
+        };
+        if let Err(again) = attach_fresh(program, iface, pin, back) {
+            tracing::error!("attaching XDP to {iface} in {now} mode again: {again}");
+        }
+    })
 }
 
 /// Attaches `program` to `iface` in `mode` and pins the link; returns the mode in force.
