@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum, builder::TypedValueParser as _};
 use lb_common::Scheduler;
 
 use crate::{
-    config::{Protocol, SCHEDULERS, scheduler_from_name},
+    config::{Protocol, SCHEDULERS, limits, scheduler_from_name},
     overlay::ListenerSetting,
 };
 
@@ -553,6 +553,8 @@ fn seconds_in(s: &str, range: std::ops::RangeInclusive<u64>) -> Result<u32, Stri
     }
 }
 
+/// A clap value parser of seconds (or counts) in one of the config's ranges: the same
+/// limits as the file, refused before anything reaches the daemon, naming the option.
 macro_rules! range_parser {
     ($name:ident, $range:expr) => {
         fn $name(s: &str) -> Result<u32, String> {
@@ -560,7 +562,6 @@ macro_rules! range_parser {
         }
     };
 }
-use crate::config::limits;
 range_parser!(parse_persistence, limits::PERSISTENCE_TIMEOUT);
 range_parser!(parse_established, limits::ESTABLISHED_TIMEOUT);
 range_parser!(parse_udp_timeout, limits::UDP_TIMEOUT);

@@ -279,10 +279,6 @@ fn status(socket: &Path, args: &StatusArgs) -> i32 {
         if !args.watch {
             return exit::OK;
         }
-        // The pipe may be a `head`: stop when stdout is gone rather than spin.
-        if std::io::Write::flush(&mut std::io::stdout()).is_err() {
-            return exit::OK;
-        }
         std::thread::sleep(Duration::from_secs(1));
     }
 }
