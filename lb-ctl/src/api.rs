@@ -65,6 +65,16 @@ pub enum Request {
         #[serde(default)]
         port: Option<u16>,
     },
+    /// Flow table entries, the first `limit` (0: all) matching the filter.
+    Flows {
+        #[serde(default)]
+        listener: Option<String>,
+        #[serde(default)]
+        backend: Option<Ipv4Addr>,
+        #[serde(default)]
+        backend_port: Option<u16>,
+        limit: usize,
+    },
     /// Withdraw every VIP from BGP, forwarding on (`undo`: announce them again).
     DrainHost {
         #[serde(default)]
@@ -198,7 +208,8 @@ pub struct FlowTableStatus {
 pub struct InterfaceStatus {
     pub name: String,
     pub ifindex: u32,
-    /// native, generic or re-adopted.
+    /// The XDP mode in force as the kernel reports it, also for a link a restarted daemon
+    /// re-adopted: native or generic (`missing` while the interface does not exist).
     pub mode: String,
 }
 

@@ -9,7 +9,10 @@ use std::{
 use clap::{Args, Parser, Subcommand, ValueEnum, builder::TypedValueParser as _};
 use lb_common::Scheduler;
 
-use crate::config::{Protocol, SCHEDULERS, scheduler_from_name};
+use crate::{
+    config::{Protocol, SCHEDULERS, limits, scheduler_from_name},
+    overlay::ListenerSetting,
+};
 
 /// Default control socket.
 pub const DEFAULT_SOCKET: &str = "/run/lb-ctl.sock";
@@ -40,11 +43,39 @@ fn scheduler_parser() -> impl clap::builder::TypedValueParser<Value = Scheduler>
     after_help = EXIT_CODES
 )]
 pub struct Cli {
-    /// Control socket of the daemon.
-    #[arg(long, global = true, env = "LB_SOCKET", default_value = DEFAULT_SOCKET)]
+    /// Control socket of the daemon, for the commands that talk to it (each of them also
+    /// takes `--socket` after its name, which wins).
+    #[arg(long, env = "LB_SOCKET", default_value = DEFAULT_SOCKET)]
     pub socket: PathBuf,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// The `--socket` of a command that talks to the daemon. Only those commands have it, so
+/// `validate --help` does not suggest a daemon is involved.
+#[derive(Clone, Debug, Default, Args)]
+pub struct Connect {
+    /// Control socket of the daemon (default: `--socket` before the command, $LB_SOCKET,
+    /// else /run/lb-ctl.sock).
+    #[arg(long = "socket", value_name = "SOCKET", global = true)]
+    pub socket: Option<PathBuf>,
+}
+
+impl Connect {
+    /// This command's socket, else the one given before the command (or its default).
+    pub fn or(&self, before: &std::path::Path) -> PathBuf {
+        self.socket.clone().unwrap_or_else(|| before.to_owned())
+    }
+}
+
+/// A command group whose every subcommand talks to the daemon: `--socket` is accepted
+/// after any of them.
+#[derive(Debug, Args)]
+pub struct Nested<T: Subcommand> {
+    #[command(flatten)]
+    pub connect: Connect,
+    #[command(subcommand)]
+    pub command: T,
 }
 
 #[derive(Debug, Subcommand)]
@@ -63,45 +94,51 @@ pub enum Command {
         /// The config file.
         file: PathBuf,
     },
-    /// Listeners, groups and backends with weight, state and active flows.
-    Status(ReadArgs),
+    /// Listeners, groups and backends with weight, state and active flows; the
+    /// interfaces with the XDP mode in force.
+    Status(StatusArgs),
     /// Packet, byte and new-flow counters and rates per listener and backend.
     Stats {
+        #[command(flatten)]
+        connect: Connect,
         /// Refresh every second until interrupted.
         #[arg(long)]
         watch: bool,
+        /// Machine-readable output.
         #[arg(long)]
         json: bool,
     },
+    /// Entries of the flow table: client, VIP:port, backend, state, idle time (like
+    /// `ipvsadm -Lnc`).
+    Flows(FlowsArgs),
     /// Add, change or remove servers of a group.
-    #[command(subcommand)]
-    Server(ServerCommand),
+    Server(Nested<ServerCommand>),
     /// Wait for a condition.
-    #[command(subcommand)]
-    Wait(WaitCommand),
+    Wait(Nested<WaitCommand>),
     /// Create, delete and inspect server groups.
-    #[command(subcommand)]
-    Group(GroupCommand),
+    Group(Nested<GroupCommand>),
     /// Add, change, remove and list listeners.
-    #[command(subcommand)]
-    Listener(ListenerCommand),
+    Listener(Nested<ListenerCommand>),
     /// Edit source access lists.
-    #[command(subcommand)]
-    Acl(AclCommand),
+    Acl(Nested<AclCommand>),
     /// Why a packet from SRC to VIP lands where it does: listener, access list, flow
     /// entry, scheduler, table slot, backend — computed from the live maps.
     Explain {
+        #[command(flatten)]
+        connect: Connect,
         /// Client IP:PORT.
         #[arg(long, value_parser = parse_endpoint)]
         src: SocketAddrV4,
         /// VIP:PORT.
         #[arg(long, value_parser = parse_endpoint)]
         dst: SocketAddrV4,
-        #[arg(long, value_enum)]
-        proto: Protocol,
+        /// The packet's protocol.
+        #[arg(long, alias = "proto", value_enum)]
+        protocol: Protocol,
         /// Explain a packet of an established connection (an ACK) instead of a SYN.
         #[arg(long)]
         established: bool,
+        /// Machine-readable output.
         #[arg(long)]
         json: bool,
     },
@@ -111,14 +148,16 @@ pub enum Command {
     /// Needs a `bgp` section. It lasts until `lb-ctl drain-host --undo` or the daemon's
     /// next start (a reload keeps it). `lb-ctl status` shows it.
     DrainHost {
+        #[command(flatten)]
+        connect: Connect,
         /// Announce the VIPs with a healthy backend again.
         #[arg(long)]
         undo: bool,
     },
     /// Re-read the config file and apply the difference (also SIGHUP).
-    Reload,
+    Reload(Connect),
     /// Print the effective state (config + runtime changes) as a config file.
-    Export,
+    Export(Connect),
     /// Detach and unpin an instance's data plane (stopping the daemon does not).
     Teardown {
         /// Instance name (default: the one named in --config).
@@ -140,11 +179,71 @@ pub enum Command {
     /// Print a shell completion script, e.g. `lb-ctl completions bash >
     /// /etc/bash_completion.d/lb-ctl`.
     Completions {
+        /// The shell to complete for.
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
     /// Print the man page (roff), e.g. `lb-ctl man | man -l -`.
     Man,
+}
+
+impl Command {
+    /// The socket of a command that talks to the daemon, `None` for the others.
+    pub fn connect(&self) -> Option<&Connect> {
+        match self {
+            Self::Daemon(a) => Some(&a.connect),
+            Self::Status(a) => Some(&a.connect),
+            Self::Flows(a) => Some(&a.connect),
+            Self::Server(Nested { connect, .. })
+            | Self::Wait(Nested { connect, .. })
+            | Self::Group(Nested { connect, .. })
+            | Self::Listener(Nested { connect, .. })
+            | Self::Acl(Nested { connect, .. })
+            | Self::Stats { connect, .. }
+            | Self::Explain { connect, .. }
+            | Self::DrainHost { connect, .. }
+            | Self::Reload(connect)
+            | Self::Export(connect) => Some(connect),
+            Self::Validate { .. }
+            | Self::Teardown { .. }
+            | Self::Decap(_)
+            | Self::Completions { .. }
+            | Self::Man => None,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub connect: Connect,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+    /// Redraw every second until interrupted (with --json: one document a second).
+    #[arg(long)]
+    pub watch: bool,
+}
+
+/// Default of `flows --limit`: a screenful of pages, not a million lines.
+pub const DEFAULT_FLOW_LIMIT: usize = 1000;
+
+#[derive(Debug, Args)]
+pub struct FlowsArgs {
+    #[command(flatten)]
+    pub connect: Connect,
+    /// Only the flows of this listener.
+    #[arg(long)]
+    pub listener: Option<String>,
+    /// Only the flows to this backend: ADDR or ADDR:PORT.
+    #[arg(long, value_parser = parse_server)]
+    pub backend: Option<(Ipv4Addr, Option<u16>)>,
+    /// Show at most N flows (0: all); a last line counts those left out.
+    #[arg(long, default_value_t = DEFAULT_FLOW_LIMIT)]
+    pub limit: usize,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -172,6 +271,7 @@ pub enum DecapCommand {
     },
     /// Detach it from IFACE; the last interface removes the pins and counters.
     Detach {
+        /// The interface to detach from.
         iface: String,
         #[command(flatten)]
         pin: DecapPin,
@@ -180,6 +280,7 @@ pub enum DecapCommand {
     Status {
         #[command(flatten)]
         pin: DecapPin,
+        /// Machine-readable output.
         #[arg(long)]
         json: bool,
     },
@@ -208,6 +309,9 @@ pub fn parse_prefix(s: &str) -> Result<crate::config::Ipv4Net, String> {
 
 #[derive(Debug, Args)]
 pub struct DaemonArgs {
+    // The socket it serves the API on.
+    #[command(flatten)]
+    pub connect: Connect,
     /// The config file (YAML).
     #[arg(long)]
     pub config: PathBuf,
@@ -271,6 +375,7 @@ pub enum ServerCommand {
     Set {
         #[command(flatten)]
         server: ServerRef,
+        /// 0..=100; 0 = no new flows, established ones continue.
         #[arg(long, allow_negative_numbers = true, value_parser = parse_weight)]
         weight: u8,
     },
@@ -318,7 +423,9 @@ pub enum WaitCommand {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum GroupType {
+    /// Servers as ADDR:PORT with weights, any number.
     Vserver,
+    /// Exactly two servers: the secondary takes over while the primary is down.
     PrimarySecondary,
 }
 
@@ -326,7 +433,9 @@ pub enum GroupType {
 pub enum GroupCommand {
     /// Create a vServer or primary/secondary group.
     Create {
+        /// Name of the new group.
         name: String,
+        /// Kind of group.
         #[arg(long = "type", value_enum)]
         kind: GroupType,
         /// Primary server (primary-secondary groups).
@@ -340,9 +449,13 @@ pub enum GroupCommand {
         probe_secondary: bool,
     },
     /// Delete a group no listener uses.
-    Delete { name: String },
+    Delete {
+        /// The group.
+        name: String,
+    },
     /// One group and its servers.
     Show {
+        /// The group.
         name: String,
         #[command(flatten)]
         read: ReadArgs,
@@ -351,16 +464,308 @@ pub enum GroupCommand {
     List(ReadArgs),
 }
 
+/// On or off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
+}
+
+/// A listener's health check type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum CheckType {
+    /// A TCP handshake to the backend port.
+    Tcp,
+    /// An HTTP request whose status must be in --http-codes.
+    Http,
+    /// A datagram (--udp-request), optionally expecting a reply (--udp-expect).
+    Udp,
+    /// No probing: every backend counts as healthy.
+    None,
+}
+
+/// An HTTP check's method.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum HttpMethodArg {
+    Get,
+    Head,
+}
+
+/// A listener's access list: `allow:NAME`, `deny:NAME`, or `none`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AclRef {
+    Allow(String),
+    Deny(String),
+    None,
+}
+
+/// `allow:NAME`, `deny:NAME` or `none`.
+pub fn parse_acl_ref(s: &str) -> Result<AclRef, String> {
+    let hint = "expected allow:NAME, deny:NAME or none";
+    match s.split_once(':') {
+        _ if s == "none" => Ok(AclRef::None),
+        Some(("allow", name)) if !name.is_empty() => Ok(AclRef::Allow(name.to_owned())),
+        Some(("deny", name)) if !name.is_empty() => Ok(AclRef::Deny(name.to_owned())),
+        _ => Err(format!("`{s}`: {hint}")),
+    }
+}
+
+/// Flap damping: `MAX_FLAPS/WINDOW/HOLD` or `none`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlapArg {
+    Set {
+        max_flaps: u32,
+        window: u32,
+        hold: u32,
+    },
+    None,
+}
+
+/// `MAX_FLAPS/WINDOW/HOLD` (e.g. `4/60/300`) or `none`.
+pub fn parse_flap(s: &str) -> Result<FlapArg, String> {
+    if s == "none" {
+        return Ok(FlapArg::None);
+    }
+    let parts: Vec<&str> = s.split('/').collect();
+    let numbers: Option<Vec<u32>> = parts.iter().map(|p| p.parse().ok()).collect();
+    match numbers.as_deref() {
+        Some(&[max_flaps, window, hold]) => Ok(FlapArg::Set {
+            max_flaps,
+            window,
+            hold,
+        }),
+        _ => Err(format!(
+            "`{s}`: expected MAX_FLAPS/WINDOW/HOLD (three integers, e.g. 4/60/300) or none"
+        )),
+    }
+}
+
+/// A number of seconds in `range`, or why not.
+fn seconds_in(s: &str, range: std::ops::RangeInclusive<u64>) -> Result<u32, String> {
+    match s.parse::<u64>() {
+        Ok(v) if range.contains(&v) => Ok(v as u32),
+        Ok(v) => Err(format!("{v} is not in {}..={}", range.start(), range.end())),
+        Err(_) => Err(format!(
+            "`{s}` is not a whole number ({}..={})",
+            range.start(),
+            range.end()
+        )),
+    }
+}
+
+/// A clap value parser of seconds (or counts) in one of the config's ranges: the same
+/// limits as the file, refused before anything reaches the daemon, naming the option.
+macro_rules! range_parser {
+    ($name:ident, $range:expr) => {
+        fn $name(s: &str) -> Result<u32, String> {
+            seconds_in(s, $range)
+        }
+    };
+}
+range_parser!(parse_persistence, limits::PERSISTENCE_TIMEOUT);
+range_parser!(parse_established, limits::ESTABLISHED_TIMEOUT);
+range_parser!(parse_udp_timeout, limits::UDP_TIMEOUT);
+range_parser!(parse_drain_timeout, limits::DRAIN_TIMEOUT);
+range_parser!(parse_slow_start, limits::SLOW_START);
+range_parser!(parse_check_interval, limits::CHECK_INTERVAL);
+range_parser!(parse_check_timeout, limits::CHECK_TIMEOUT);
+range_parser!(parse_threshold, limits::CHECK_THRESHOLD);
+
+/// The listener options `listener add` and `listener set` share: every per-listener
+/// setting of the config file besides the frontend and the group. Unset options keep the
+/// config's default (add) or the listener's value (set).
+#[derive(Clone, Debug, Default, Args)]
+pub struct ListenerOptions {
+    /// Scheduler (a new listener's default: wrr).
+    #[arg(long, value_parser = scheduler_parser())]
+    pub scheduler: Option<Scheduler>,
+    /// Seconds of source-IP affinity, 0..=3600 (0 = off; TCP only).
+    #[arg(long, value_name = "SECONDS", value_parser = parse_persistence)]
+    pub persistence_timeout: Option<u32>,
+    /// Seconds an established TCP flow may idle, 10..=900 (default 900).
+    #[arg(long, value_name = "SECONDS", value_parser = parse_established)]
+    pub established_timeout: Option<u32>,
+    /// Seconds a UDP flow may idle, 10..=900 (default 30).
+    #[arg(long, value_name = "SECONDS", value_parser = parse_udp_timeout)]
+    pub udp_timeout: Option<u32>,
+    /// Connection drain: a removed server's established flows continue until
+    /// --drain-timeout (off: they are cut at once).
+    #[arg(long, value_enum)]
+    pub connection_drain: Option<Switch>,
+    /// Seconds of connection drain, 10..=900 (default 300).
+    #[arg(long, value_name = "SECONDS", value_parser = parse_drain_timeout)]
+    pub drain_timeout: Option<u32>,
+    /// Access list: allow:NAME (only its sources), deny:NAME (all but its sources), or
+    /// none.
+    #[arg(long, value_name = "allow:NAME|deny:NAME|none", value_parser = parse_acl_ref)]
+    pub acl: Option<AclRef>,
+    /// Seconds over which a recovered or added backend's weight ramps up, 0..=600 (0 =
+    /// off).
+    #[arg(long, value_name = "SECONDS", value_parser = parse_slow_start)]
+    pub slow_start: Option<u32>,
+    /// Health check type (default: the listener's protocol).
+    #[arg(long, value_enum)]
+    pub check_type: Option<CheckType>,
+    /// Seconds between probes of a backend, 1..=50 (default 2).
+    #[arg(long, value_name = "SECONDS", value_parser = parse_check_interval)]
+    pub check_interval: Option<u32>,
+    /// Seconds a probe may take, 1..=300 (default 5).
+    #[arg(long, value_name = "SECONDS", value_parser = parse_check_timeout)]
+    pub check_timeout: Option<u32>,
+    /// Probe this port instead of the backend's.
+    #[arg(long, value_name = "PORT", value_parser = parse_port)]
+    pub check_port: Option<u16>,
+    /// Consecutive successes that bring a backend up, 2..=10 (default 3).
+    #[arg(long, value_name = "N", value_parser = parse_threshold)]
+    pub healthy_threshold: Option<u32>,
+    /// Consecutive failures that take a backend down, 2..=10 (default 3).
+    #[arg(long, value_name = "N", value_parser = parse_threshold)]
+    pub unhealthy_threshold: Option<u32>,
+    /// HTTP check: request method.
+    #[arg(long, value_enum)]
+    pub http_method: Option<HttpMethodArg>,
+    /// HTTP check: Host header (default: the backend's address).
+    #[arg(long, value_name = "HOST")]
+    pub http_host: Option<String>,
+    /// HTTP check: request path (default /).
+    #[arg(long, value_name = "PATH")]
+    pub http_path: Option<String>,
+    /// HTTP check: status classes that count as healthy, comma-separated: http_2xx,
+    /// http_3xx, http_4xx, http_5xx (default http_2xx,http_3xx).
+    #[arg(long, value_name = "CLASSES", value_delimiter = ',')]
+    pub http_codes: Option<Vec<String>>,
+    /// UDP check: payload of the probe datagram.
+    #[arg(long, value_name = "TEXT")]
+    pub udp_request: Option<String>,
+    /// UDP check: a text the reply must contain (without it, no ICMP error within the
+    /// timeout is success).
+    #[arg(long, value_name = "TEXT")]
+    pub udp_expect: Option<String>,
+    /// Hold down a backend that changes state more than MAX_FLAPS times in WINDOW
+    /// seconds, for HOLD seconds: MAX_FLAPS/WINDOW/HOLD, or none.
+    #[arg(long, value_name = "MAX_FLAPS/WINDOW/HOLD|none", value_parser = parse_flap)]
+    pub flap_damping: Option<FlapArg>,
+}
+
+impl ListenerOptions {
+    /// The options given, as config fields of the listener (the scheduler apart: a change
+    /// carries it as its own field).
+    pub fn settings(&self) -> Vec<ListenerSetting> {
+        use serde_json::json;
+        let mut out = Vec::new();
+        let mut put = |field: &str, value: Option<serde_json::Value>| {
+            if let Some(value) = value {
+                out.push(ListenerSetting::new(field, value));
+            }
+        };
+        put(
+            "persistence_timeout",
+            self.persistence_timeout.map(|v| json!(v)),
+        );
+        put(
+            "established_timeout",
+            self.established_timeout.map(|v| json!(v)),
+        );
+        put("udp_timeout", self.udp_timeout.map(|v| json!(v)));
+        put(
+            "connection_drain.enabled",
+            self.connection_drain.map(|v| json!(v == Switch::On)),
+        );
+        put(
+            "connection_drain.timeout",
+            self.drain_timeout.map(|v| json!(v)),
+        );
+        put(
+            "acl",
+            self.acl.as_ref().map(|acl| match acl {
+                AclRef::Allow(name) => json!({ "type": "allow", "name": name }),
+                AclRef::Deny(name) => json!({ "type": "deny", "name": name }),
+                AclRef::None => serde_json::Value::Null,
+            }),
+        );
+        put("slow_start", self.slow_start.map(|v| json!(v)));
+        put(
+            "health_check.type",
+            self.check_type.map(|t| {
+                json!(match t {
+                    CheckType::Tcp => "tcp",
+                    CheckType::Http => "http",
+                    CheckType::Udp => "udp",
+                    CheckType::None => "none",
+                })
+            }),
+        );
+        put(
+            "health_check.interval",
+            self.check_interval.map(|v| json!(v)),
+        );
+        put("health_check.timeout", self.check_timeout.map(|v| json!(v)));
+        put("health_check.port", self.check_port.map(|v| json!(v)));
+        put(
+            "health_check.healthy_threshold",
+            self.healthy_threshold.map(|v| json!(v)),
+        );
+        put(
+            "health_check.unhealthy_threshold",
+            self.unhealthy_threshold.map(|v| json!(v)),
+        );
+        put(
+            "health_check.http.method",
+            self.http_method.map(|m| {
+                json!(match m {
+                    HttpMethodArg::Get => "get",
+                    HttpMethodArg::Head => "head",
+                })
+            }),
+        );
+        put(
+            "health_check.http.host",
+            self.http_host.as_ref().map(|v| json!(v)),
+        );
+        put(
+            "health_check.http.path",
+            self.http_path.as_ref().map(|v| json!(v)),
+        );
+        put(
+            "health_check.http.codes",
+            self.http_codes.as_ref().map(|v| json!(v)),
+        );
+        put(
+            "health_check.udp.request",
+            self.udp_request.as_ref().map(|v| json!(v)),
+        );
+        put(
+            "health_check.udp.expect",
+            self.udp_expect.as_ref().map(|v| json!(v)),
+        );
+        put(
+            "health_check.flap_damping",
+            self.flap_damping.map(|f| match f {
+                FlapArg::Set {
+                    max_flaps,
+                    window,
+                    hold,
+                } => json!({ "max_flaps": max_flaps, "window": window, "hold": hold }),
+                FlapArg::None => serde_json::Value::Null,
+            }),
+        );
+        out
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum ListenerCommand {
     /// Add a listener.
     Add {
+        /// Name of the new listener.
         name: String,
+        /// Its protocol.
         #[arg(long, value_enum)]
         protocol: Protocol,
         /// The VIP.
         #[arg(long)]
         address: Ipv4Addr,
+        /// The VIP's port.
         #[arg(long, value_parser = parse_port)]
         port: u16,
         /// Server group (default: the default group).
@@ -369,33 +774,51 @@ pub enum ListenerCommand {
         /// Port of the default group's servers (required with the default group).
         #[arg(long, value_parser = parse_port)]
         backend_port: Option<u16>,
-        /// Default: wrr.
-        #[arg(long, value_parser = scheduler_parser())]
-        scheduler: Option<Scheduler>,
+        #[command(flatten)]
+        options: ListenerOptions,
     },
-    /// Change a listener's group or scheduler.
+    /// Change a listener's group or options.
     Set {
+        /// The listener.
         name: String,
+        /// Move it to this server group.
         #[arg(long)]
         group: Option<String>,
         /// With `--group default` when moving a listener onto the default group.
         #[arg(long, value_parser = parse_port)]
         backend_port: Option<u16>,
-        #[arg(long, value_parser = scheduler_parser())]
-        scheduler: Option<Scheduler>,
+        #[command(flatten)]
+        options: ListenerOptions,
     },
     /// Remove a listener.
-    Remove { name: String },
+    Remove {
+        /// The listener.
+        name: String,
+    },
     /// Every listener.
     List(ReadArgs),
 }
 
 #[derive(Debug, Subcommand)]
 pub enum AclCommand {
-    /// Add a CIDR to an access list (the list is created if needed).
-    Add { name: String, cidr: String },
+    /// Add a CIDR to an existing access list (with --create: to a new one).
+    Add {
+        /// The access list.
+        name: String,
+        /// ADDR/LEN or ADDR.
+        cidr: String,
+        /// Create the list when there is none of that name (without it, an unknown name
+        /// is an error: a typo must not make a new list).
+        #[arg(long)]
+        create: bool,
+    },
     /// Remove a CIDR from an access list.
-    Remove { name: String, cidr: String },
+    Remove {
+        /// The access list.
+        name: String,
+        /// ADDR/LEN or ADDR.
+        cidr: String,
+    },
     /// Every access list.
     List(ReadArgs),
 }
@@ -559,6 +982,242 @@ mod tests {
                 "the man page lacks {needle:?}:\n{page}"
             );
         }
+    }
+
+    /// Every argument of every command, with the command's path.
+    fn all_args(command: &clap::Command, path: &str, out: &mut Vec<(String, clap::Arg)>) {
+        for arg in command.get_arguments() {
+            out.push((path.to_owned(), arg.clone()));
+        }
+        for sub in command.get_subcommands() {
+            all_args(sub, &format!("{path} {}", sub.get_name()), out);
+        }
+    }
+
+    fn find<'a>(command: &'a clap::Command, path: &[&str]) -> &'a clap::Command {
+        path.iter().fold(command, |c, name| {
+            c.find_subcommand(name)
+                .unwrap_or_else(|| panic!("no subcommand {name}"))
+        })
+    }
+
+    #[test]
+    fn every_option_and_argument_has_a_help_text() {
+        let mut command = Cli::command();
+        command.build();
+        let mut args = Vec::new();
+        all_args(&command, "lb-ctl", &mut args);
+        let missing: Vec<String> = args
+            .iter()
+            .filter(|(_, a)| !matches!(a.get_id().as_str(), "help" | "version"))
+            .filter(|(_, a)| a.get_help().is_none_or(|h| h.to_string().trim().is_empty()))
+            .map(|(path, a)| format!("{path}: {}", a.get_id()))
+            .collect();
+        assert!(missing.is_empty(), "arguments without help: {missing:#?}");
+        assert!(
+            args.len() > 80,
+            "the walk reached the subcommands: {}",
+            args.len()
+        );
+    }
+
+    #[test]
+    fn only_commands_that_talk_to_the_daemon_take_a_socket() {
+        let mut command = Cli::command();
+        command.build();
+        let has_socket = |path: &[&str]| {
+            find(&command, path)
+                .get_arguments()
+                .any(|a| a.get_long() == Some("socket") && !a.is_hide_set())
+        };
+        for path in [
+            &["validate"][..],
+            &["teardown"],
+            &["completions"],
+            &["man"],
+            &["decap", "attach"],
+            &["decap", "detach"],
+            &["decap", "status"],
+        ] {
+            assert!(!has_socket(path), "{path:?} shows --socket");
+        }
+        for path in [
+            &["daemon"][..],
+            &["status"],
+            &["stats"],
+            &["flows"],
+            &["server", "add"],
+            &["server", "drain"],
+            &["wait", "drained"],
+            &["group", "list"],
+            &["listener", "add"],
+            &["acl", "add"],
+            &["explain"],
+            &["drain-host"],
+            &["reload"],
+            &["export"],
+        ] {
+            assert!(has_socket(path), "{path:?} lacks --socket");
+        }
+    }
+
+    #[test]
+    fn the_socket_after_the_command_wins_over_the_one_before() {
+        let cli =
+            Cli::try_parse_from(["lb-ctl", "--socket", "/a", "status", "--socket", "/b"]).unwrap();
+        let before = cli.socket.clone();
+        let connect = cli.command.connect().unwrap();
+        assert_eq!(connect.or(&before), PathBuf::from("/b"));
+        let cli = Cli::try_parse_from([
+            "lb-ctl",
+            "--socket",
+            "/a",
+            "server",
+            "add",
+            "--group",
+            "default",
+            "198.18.1.10",
+            "--socket",
+            "/c",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.command.connect().unwrap().or(&cli.socket),
+            PathBuf::from("/c")
+        );
+        let cli = Cli::try_parse_from(["lb-ctl", "--socket", "/a", "reload"]).unwrap();
+        assert_eq!(
+            cli.command.connect().unwrap().or(&cli.socket),
+            PathBuf::from("/a")
+        );
+        let err =
+            Cli::try_parse_from(["lb-ctl", "validate", "f.yaml", "--socket", "/a"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::UnknownArgument);
+    }
+
+    #[test]
+    fn explain_takes_protocol_and_the_old_proto() {
+        for flag in ["--protocol", "--proto"] {
+            let cli = Cli::try_parse_from([
+                "lb-ctl",
+                "explain",
+                "--src",
+                "198.18.0.2:4000",
+                "--dst",
+                "198.18.0.100:80",
+                flag,
+                "udp",
+            ])
+            .unwrap();
+            assert!(
+                matches!(
+                    cli.command,
+                    Command::Explain {
+                        protocol: Protocol::Udp,
+                        ..
+                    }
+                ),
+                "{flag}"
+            );
+        }
+        let help = find(&Cli::command(), &["explain"])
+            .clone()
+            .render_help()
+            .to_string();
+        assert!(help.contains("--protocol <PROTOCOL>"), "{help}");
+        assert!(!help.contains("--proto "), "the alias stays hidden: {help}");
+        assert!(help.contains("possible values: tcp, udp"), "{help}");
+        let help = find(&Cli::command(), &["listener", "add"])
+            .clone()
+            .render_help()
+            .to_string();
+        assert!(help.contains("possible values: tcp, udp"), "{help}");
+    }
+
+    #[test]
+    fn listener_options_become_config_fields() {
+        let cli = Cli::try_parse_from([
+            "lb-ctl",
+            "listener",
+            "set",
+            "web",
+            "--established-timeout",
+            "60",
+            "--connection-drain",
+            "on",
+            "--drain-timeout",
+            "30",
+            "--acl",
+            "deny:bad",
+            "--check-type",
+            "http",
+            "--http-path",
+            "/health",
+            "--http-codes",
+            "http_2xx,http_4xx",
+            "--flap-damping",
+            "4/60/300",
+            "--check-port",
+            "8081",
+        ])
+        .unwrap();
+        let Command::Listener(Nested {
+            command: ListenerCommand::Set { options, .. },
+            ..
+        }) = cli.command
+        else {
+            panic!("parsed as listener set");
+        };
+        let settings: Vec<(String, String)> = options
+            .settings()
+            .into_iter()
+            .map(|s| (s.field, s.value.to_string()))
+            .collect();
+        let expected = [
+            ("established_timeout", "60"),
+            ("connection_drain.enabled", "true"),
+            ("connection_drain.timeout", "30"),
+            ("acl", r#"{"name":"bad","type":"deny"}"#),
+            ("health_check.type", r#""http""#),
+            ("health_check.port", "8081"),
+            ("health_check.http.path", r#""/health""#),
+            ("health_check.http.codes", r#"["http_2xx","http_4xx"]"#),
+            (
+                "health_check.flap_damping",
+                r#"{"hold":300,"max_flaps":4,"window":60}"#,
+            ),
+        ];
+        assert_eq!(
+            settings,
+            expected.map(|(f, v)| (f.to_owned(), v.to_owned())).to_vec()
+        );
+    }
+
+    #[test]
+    fn listener_option_values_are_checked_naming_the_option() {
+        for (args, needle) in [
+            (&["--established-timeout", "5"][..], "--established-timeout"),
+            (&["--check-interval", "51"], "51 is not in 1..=50"),
+            (
+                &["--acl", "maybe:x"],
+                "expected allow:NAME, deny:NAME or none",
+            ),
+            (&["--flap-damping", "4/60"], "MAX_FLAPS/WINDOW/HOLD"),
+            (&["--connection-drain", "yes"], "possible values: on, off"),
+        ] {
+            let mut argv = vec!["lb-ctl", "listener", "set", "web"];
+            argv.extend_from_slice(args);
+            let err = Cli::try_parse_from(argv).unwrap_err().to_string();
+            assert!(err.contains(needle), "{args:?}: {err}");
+            assert!(err.contains(args[0]), "{args:?} names the option: {err}");
+        }
+        assert_eq!(parse_acl_ref("none"), Ok(AclRef::None));
+        assert_eq!(
+            parse_acl_ref("allow:office"),
+            Ok(AclRef::Allow("office".into()))
+        );
+        assert!(parse_acl_ref("allow:").is_err());
+        assert_eq!(parse_flap("none"), Ok(FlapArg::None));
     }
 
     #[test]

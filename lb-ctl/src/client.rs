@@ -11,7 +11,8 @@ use std::{
 use crate::{
     api::{self, Request, Response, Status, exit},
     cli::{
-        AclCommand, Command, GroupCommand, GroupType, ListenerCommand, ServerCommand, WaitCommand,
+        AclCommand, Command, FlowsArgs, GroupCommand, GroupType, ListenerCommand, Nested,
+        ServerCommand, StatusArgs, WaitCommand,
     },
     config::{self, Config, Endpoint},
     overlay::Change,
@@ -257,25 +258,103 @@ fn render_bgp(bgp: &crate::bgp::BgpStatus, out: &mut String) {
     out.push_str(&table(&["  NEIGHBOR", "STATE", "SINCE", "INFO"], &rows));
 }
 
-fn status(socket: &Path, json: bool) -> i32 {
-    let data = match call_ok(socket, &Request::Status) {
+fn status(socket: &Path, args: &StatusArgs) -> i32 {
+    loop {
+        let data = match call_ok(socket, &Request::Status) {
+            Ok(d) => d,
+            Err(code) => return code,
+        };
+        if args.json {
+            print_json(&data);
+        } else {
+            match serde_json::from_value::<Status>(data) {
+                Ok(s) if args.watch => print!("\x1b[H\x1b[2J{}", render_status(&s)),
+                Ok(s) => print!("{}", render_status(&s)),
+                Err(e) => {
+                    eprintln!("lb-ctl: unexpected status from the daemon: {e}");
+                    return exit::FAILED;
+                }
+            }
+        }
+        if !args.watch {
+            return exit::OK;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+fn flows(socket: &Path, args: &FlowsArgs) -> i32 {
+    let request = Request::Flows {
+        listener: args.listener.clone(),
+        backend: args.backend.map(|b| b.0),
+        backend_port: args.backend.and_then(|b| b.1),
+        limit: args.limit,
+    };
+    let data = match call_ok(socket, &request) {
         Ok(d) => d,
         Err(code) => return code,
     };
-    if json {
+    if args.json {
         print_json(&data);
         return exit::OK;
     }
-    match serde_json::from_value::<Status>(data) {
-        Ok(s) => {
-            print!("{}", render_status(&s));
+    match serde_json::from_value::<crate::controller::FlowList>(data) {
+        Ok(list) => {
+            print!("{}", render_flows(&list));
             exit::OK
         }
         Err(e) => {
-            eprintln!("lb-ctl: unexpected status from the daemon: {e}");
+            eprintln!("lb-ctl: unexpected flow list from the daemon: {e}");
             exit::FAILED
         }
     }
+}
+
+pub fn render_flows(list: &crate::controller::FlowList) -> String {
+    let rows: Vec<Vec<String>> = list
+        .flows
+        .iter()
+        .map(|f| {
+            vec![
+                f.protocol.to_uppercase(),
+                f.client.to_string(),
+                f.vip.to_string(),
+                f.backend.clone(),
+                f.listener.clone(),
+                f.state.clone(),
+                f.idle_s.to_string(),
+                f.expires_in_s.to_string(),
+            ]
+        })
+        .collect();
+    let mut out = table(
+        &[
+            "PRO",
+            "CLIENT",
+            "VIP",
+            "BACKEND",
+            "LISTENER",
+            "STATE",
+            "IDLE S",
+            "EXPIRES S",
+        ],
+        &rows,
+    );
+    let shown = list.flows.len() as u64;
+    if list.matched > shown {
+        let _ = writeln!(
+            out,
+            "... {} more flow(s) not shown (--limit N, 0 for all; --listener or --backend to \
+             narrow)",
+            list.matched - shown
+        );
+    }
+    let _ = writeln!(
+        out,
+        "{} flow(s) matched of {} entries in the flow tables",
+        list.matched, list.entries
+    );
+    out
 }
 
 fn stats(socket: &Path, watch: bool, json: bool) -> i32 {
@@ -590,7 +669,7 @@ fn listener_command(socket: &Path, cmd: ListenerCommand) -> i32 {
             port,
             group,
             backend_port,
-            scheduler,
+            options,
         } => change(
             socket,
             Change::ListenerAdd {
@@ -600,23 +679,39 @@ fn listener_command(socket: &Path, cmd: ListenerCommand) -> i32 {
                 port,
                 group,
                 backend_port,
-                scheduler,
+                scheduler: options.scheduler,
+                settings: options.settings(),
             },
         ),
         ListenerCommand::Set {
             name,
             group,
             backend_port,
-            scheduler,
-        } => change(
-            socket,
-            Change::ListenerSet {
-                name,
-                group,
-                backend_port,
-                scheduler,
-            },
-        ),
+            options,
+        } => {
+            let settings = options.settings();
+            if group.is_none()
+                && backend_port.is_none()
+                && options.scheduler.is_none()
+                && settings.is_empty()
+            {
+                eprintln!(
+                    "lb-ctl: listener set {name}: nothing to change; give --group, \
+                     --scheduler or a listener option (lb-ctl listener set --help lists them)"
+                );
+                return exit::REFUSED;
+            }
+            change(
+                socket,
+                Change::ListenerSet {
+                    name,
+                    group,
+                    backend_port,
+                    scheduler: options.scheduler,
+                    settings,
+                },
+            )
+        }
         ListenerCommand::Remove { name } => change(socket, Change::ListenerRemove { name }),
         ListenerCommand::List(read) => {
             let cfg = match effective(socket) {
@@ -662,7 +757,14 @@ fn listener_command(socket: &Path, cmd: ListenerCommand) -> i32 {
 
 fn acl_command(socket: &Path, cmd: AclCommand) -> i32 {
     match cmd {
-        AclCommand::Add { name, cidr } => change(socket, Change::AclAdd { name, cidr }),
+        AclCommand::Add { name, cidr, create } => change(
+            socket,
+            Change::AclAdd {
+                name,
+                cidr,
+                existing: !create,
+            },
+        ),
         AclCommand::Remove { name, cidr } => change(socket, Change::AclRemove { name, cidr }),
         AclCommand::List(read) => {
             let cfg = match effective(socket) {
@@ -693,8 +795,13 @@ fn acl_command(socket: &Path, cmd: AclCommand) -> i32 {
     }
 }
 
-/// Runs every command except `daemon` (which main starts itself).
-pub fn run(socket: &Path, command: Command) -> i32 {
+/// Runs every command except `daemon` (which main starts itself). `before`: the socket
+/// given before the command (or its default), for commands that do not name their own.
+pub fn run(before: &Path, command: Command) -> i32 {
+    let socket_path = command
+        .connect()
+        .map_or_else(|| before.to_owned(), |c| c.or(before));
+    let socket = socket_path.as_path();
     match command {
         Command::Daemon(_) => unreachable!("main runs the daemon"),
         Command::Decap(cmd) => crate::decap::command::run(cmd),
@@ -727,9 +834,10 @@ pub fn run(socket: &Path, command: Command) -> i32 {
                 exit::REFUSED
             }
         },
-        Command::Status(read) => status(socket, read.json),
-        Command::Stats { watch, json } => stats(socket, watch, json),
-        Command::Server(cmd) => match cmd {
+        Command::Status(args) => status(socket, &args),
+        Command::Stats { watch, json, .. } => stats(socket, watch, json),
+        Command::Flows(args) => flows(socket, &args),
+        Command::Server(Nested { command: cmd, .. }) => match cmd {
             ServerCommand::Add { server, weight } => change(
                 socket,
                 Change::ServerAdd {
@@ -795,27 +903,31 @@ pub fn run(socket: &Path, command: Command) -> i32 {
                 false,
             ),
         },
-        Command::Wait(WaitCommand::Drained { server, timeout }) => wait_drained(
+        Command::Wait(Nested {
+            command: WaitCommand::Drained { server, timeout },
+            ..
+        }) => wait_drained(
             socket,
             &server.group,
             server.server.0,
             server.server.1,
             timeout,
         ),
-        Command::Group(cmd) => group_command(socket, cmd),
-        Command::Listener(cmd) => listener_command(socket, cmd),
-        Command::Acl(cmd) => acl_command(socket, cmd),
+        Command::Group(Nested { command, .. }) => group_command(socket, command),
+        Command::Listener(Nested { command, .. }) => listener_command(socket, command),
+        Command::Acl(Nested { command, .. }) => acl_command(socket, command),
         Command::Explain {
             src,
             dst,
-            proto,
+            protocol,
             established,
             json,
+            ..
         } => {
             let request = Request::Explain {
                 src,
                 dst,
-                protocol: proto,
+                protocol,
                 tcp_flags: Some(if established {
                     lb_common::select::TCP_ACK
                 } else {
@@ -840,9 +952,9 @@ pub fn run(socket: &Path, command: Command) -> i32 {
                 Err(code) => code,
             }
         }
-        Command::DrainHost { undo } => simple(socket, &Request::DrainHost { undo }, false),
-        Command::Reload => simple(socket, &Request::Reload, false),
-        Command::Export => simple(socket, &Request::Export, true),
+        Command::DrainHost { undo, .. } => simple(socket, &Request::DrainHost { undo }, false),
+        Command::Reload(_) => simple(socket, &Request::Reload, false),
+        Command::Export(_) => simple(socket, &Request::Export, true),
         Command::Teardown {
             instance,
             config: config_path,

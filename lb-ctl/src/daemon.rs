@@ -183,6 +183,34 @@ async fn handle(shared: &Shared, request: Request) -> Response {
     if let Request::DrainHost { undo } = request {
         return drain_host(shared, undo).await;
     }
+    if let Request::Flows {
+        listener,
+        backend,
+        backend_port,
+        limit,
+    } = request
+    {
+        let job = shared.controller.lock().await.flows_job(
+            listener.as_deref(),
+            backend.map(|b| (b, backend_port)),
+            limit,
+        );
+        return match job {
+            Err(e) => Response::from(e),
+            Ok(job) => match tokio::task::spawn_blocking(move || controller::run_flows(&job)).await
+            {
+                Ok(Ok(list)) => Response::ok("", list),
+                Ok(Err(e)) => Response::Error {
+                    message: format!("{e:#}"),
+                    code: crate::api::exit::FAILED,
+                },
+                Err(e) => Response::Error {
+                    message: format!("reading the flow table: {e}"),
+                    code: crate::api::exit::FAILED,
+                },
+            },
+        };
+    }
     let mut c = shared.controller.lock().await;
     let response = match request {
         Request::Status => match c.status() {
@@ -225,7 +253,7 @@ async fn handle(shared: &Shared, request: Request) -> Response {
             address,
             port,
         } => controller::respond(c.active_flows(&group, address, port)),
-        Request::DrainHost { .. } => unreachable!("answered above"),
+        Request::DrainHost { .. } | Request::Flows { .. } => unreachable!("answered above"),
     };
     shared.publish(&c).await;
     response

@@ -15,6 +15,7 @@ pub(crate) mod flow_walk;
 pub mod health;
 pub mod host;
 pub(crate) mod metrics;
+pub(crate) mod netlink;
 pub(crate) mod overlay;
 pub(crate) mod pins;
 pub mod plan;

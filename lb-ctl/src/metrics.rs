@@ -214,7 +214,7 @@ impl Collector for SampleCollector {
         info_family(
             e,
             "lb_interface",
-            "Interfaces the XDP program is attached to, and how (native, generic, re-adopted).",
+            "Interfaces the XDP program is attached to, and the XDP mode in force (native, generic; missing while the interface does not exist).",
             s.status
                 .interfaces
                 .iter()

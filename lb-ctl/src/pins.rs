@@ -70,6 +70,19 @@ pub enum PinError {
         source: aya::programs::ProgramError,
     },
     #[error(
+        "xdp_mode: native, but the driver of {iface} cannot run XDP in native mode ({reason}); \
+         set `xdp_mode: generic` (works on every interface, slower) or `xdp_mode: auto` \
+         (native where the driver can, else generic)"
+    )]
+    NativeRefused { iface: String, reason: String },
+    #[error("switching XDP on {iface} to {mode} mode: {source}")]
+    Switch {
+        iface: String,
+        mode: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
         "XDP on {0} was attached through netlink, which cannot be pinned; the data plane of \
          this interface would stop with the daemon"
     )]
@@ -270,17 +283,24 @@ pub fn check_pinned_layout(layout: &Layout, sizes: &MapSizes) -> Result<()> {
     Ok(())
 }
 
-/// Attaches (or re-attaches) `program` to every interface, pinning each link, and pins the
-/// program. Links of interfaces no longer configured are removed (detached).
-/// Returns (interface, ifindex, mode) for each attachment.
+/// Attaches (or re-attaches) `program` to every interface in `mode`, pinning each link,
+/// and pins the program. Links of interfaces no longer configured are removed (detached).
+/// Returns (interface, ifindex, mode in force) for each attachment: `native` or `generic`
+/// as the kernel reports it, also for a re-adopted link.
 ///
 /// `allow_missing`: an interface that does not exist is reported as `(name, 0, "missing")`
 /// instead of failing (a running daemon re-attaches when it comes back; at start a
 /// missing interface is an error).
+///
+/// A pinned link in another mode than `mode` asks for (not `auto`) is detached and the
+/// program attached afresh: the config says how XDP runs, also across restarts. When an
+/// attachment fails, the links this call created are removed again, so a refused start or
+/// reload leaves the interfaces as they were.
 pub fn attach(
     program: &mut Xdp,
     layout: &Layout,
     interfaces: &[String],
+    mode: XdpAttach,
     allow_missing: bool,
 ) -> Result<Vec<(String, u32, &'static str)>> {
     let io = |what, path: &Path| {
@@ -289,31 +309,62 @@ pub fn attach(
     };
     fs::create_dir_all(layout.links()).map_err(io("creating", &layout.links()))?;
     let mut attached = Vec::new();
-    for iface in interfaces {
-        let ifindex = match ifindex(iface) {
-            Ok(i) => i,
-            Err(_) if allow_missing => {
-                attached.push((iface.clone(), 0, MISSING));
-                continue;
-            }
-            Err(e) => return Err(e),
-        };
-        let pin = layout.link(iface);
-        let mode = if pin.exists() {
-            match reattach_pinned(program, &pin, iface) {
-                Ok(()) => "re-adopted",
-                Err(e) => {
-                    // The link died with its interface (removed, or removed and made
-                    // again): nothing is attached there now, so attach afresh.
-                    tracing::warn!("{e}; attaching XDP to {iface} afresh");
-                    fs::remove_file(&pin).map_err(io("removing", &pin))?;
-                    attach_fresh(program, iface, &pin)?
+    let mut created = Vec::new();
+    let result = (|| {
+        for iface in interfaces {
+            let ifindex = match ifindex(iface) {
+                Ok(i) => i,
+                Err(_) if allow_missing => {
+                    attached.push((iface.clone(), 0, MISSING));
+                    continue;
                 }
-            }
-        } else {
-            attach_fresh(program, iface, &pin)?
-        };
-        attached.push((iface.clone(), ifindex, mode));
+                Err(e) => return Err(e),
+            };
+            let pin = layout.link(iface);
+            let in_force = if pin.exists() {
+                match reattach_pinned(program, &pin, iface) {
+                    Ok(()) => {
+                        let now = attached_mode(ifindex);
+                        match (mode.wanted(), now) {
+                            (Some(wanted), Some(now))
+                                if wanted != now && (now == NATIVE || now == GENERIC) =>
+                            {
+                                tracing::warn!(
+                                    "XDP on {iface} runs in {now} mode, xdp_mode asks for \
+                                     {wanted}: attaching again (packets in between reach the \
+                                     kernel's stack without balancing)"
+                                );
+                                switch_mode(program, iface, &pin, mode, now)?
+                            }
+                            (_, Some(now)) => now,
+                            // The kernel did not tell (an old kernel, a netlink error): the
+                            // link is in the mode it was attached in, which is unknown here.
+                            (_, None) => "unknown",
+                        }
+                    }
+                    Err(e) => {
+                        // The link died with its interface (removed, or removed and made
+                        // again): nothing is attached there now, so attach afresh.
+                        tracing::warn!("{e}; attaching XDP to {iface} afresh");
+                        fs::remove_file(&pin).map_err(io("removing", &pin))?;
+                        created.push(pin.clone());
+                        attach_fresh(program, iface, &pin, mode)?
+                    }
+                }
+            } else {
+                created.push(pin.clone());
+                attach_fresh(program, iface, &pin, mode)?
+            };
+            attached.push((iface.clone(), ifindex, in_force));
+        }
+        Ok(())
+    })();
+    if let Err(e) = result {
+        for pin in created {
+            // Best effort: the error that stopped the attachment is the one to report.
+            let _ = fs::remove_file(pin);
+        }
+        return Err(e);
     }
     for stale in layout.linked_interfaces() {
         if !interfaces.contains(&stale) {
@@ -331,6 +382,41 @@ pub fn attach(
     })?;
     Ok(attached)
 }
+
+/// The XDP mode to attach in: the config's `xdp_mode` (which lb-common's config model
+/// does not depend on aya, so the mapping lives here).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XdpAttach {
+    /// Native, else generic.
+    Auto,
+    Native,
+    Generic,
+}
+
+impl XdpAttach {
+    /// The mode an attachment must be in, `None` for any.
+    fn wanted(self) -> Option<&'static str> {
+        match self {
+            Self::Auto => None,
+            Self::Native => Some(NATIVE),
+            Self::Generic => Some(GENERIC),
+        }
+    }
+}
+
+impl From<crate::config::XdpMode> for XdpAttach {
+    fn from(mode: crate::config::XdpMode) -> Self {
+        match mode {
+            crate::config::XdpMode::Auto => Self::Auto,
+            crate::config::XdpMode::Native => Self::Native,
+            crate::config::XdpMode::Generic => Self::Generic,
+        }
+    }
+}
+
+/// The mode names shown by `status`, `/metrics` and the status page.
+pub const NATIVE: &str = "native";
+pub const GENERIC: &str = "generic";
 
 /// Pins the stage table of the program just attached at `<instance>/stages`, in place of
 /// an earlier daemon's. The kernel empties a program array when its last open file and pin
@@ -388,17 +474,80 @@ fn reattach_pinned(program: &mut Xdp, pin: &Path, iface: &str) -> Result<()> {
     Ok(())
 }
 
-/// Attaches `program` to `iface` (native mode, else generic) and pins the link.
-fn attach_fresh(program: &mut Xdp, iface: &str, pin: &Path) -> Result<&'static str> {
+/// Detaches the pinned link of `iface` now: unpinning alone would let the kernel free the
+/// link later (deferred work), and attaching in the other mode before that fails, as a
+/// device cannot run native and generic XDP at once. Holding the link open while
+/// unpinning and then closing it frees it synchronously.
+fn detach_pinned(pin: &Path, iface: &str, mode: &'static str) -> Result<()> {
+    let switch_err = |source| PinError::Switch {
+        iface: iface.to_owned(),
+        mode,
+        source,
+    };
+    let pinned = PinnedLink::from_pin(pin).map_err(|source| PinError::Link {
+        path: pin.to_owned(),
+        source,
+    })?;
+    drop(pinned.unpin().map_err(switch_err)?);
+    Ok(())
+}
+
+/// Detaches the pinned link of `iface`, running in mode `now`, and attaches `program` in
+/// `mode`. A device cannot run native and generic XDP at once, so the old link goes
+/// first; when the new mode is refused the old one is attached again, so a refused start
+/// or reload leaves the interface running as before.
+fn switch_mode(
+    program: &mut Xdp,
+    iface: &str,
+    pin: &Path,
+    mode: XdpAttach,
+    now: &'static str,
+) -> Result<&'static str> {
+    detach_pinned(pin, iface, mode.wanted().unwrap_or(now))?;
+    attach_fresh(program, iface, pin, mode).inspect_err(|_| {
+        let back = if now == NATIVE {
+            XdpAttach::Native
+        } else {
+            XdpAttach::Generic
+        };
+        if let Err(again) = attach_fresh(program, iface, pin, back) {
+            tracing::error!("attaching XDP to {iface} in {now} mode again: {again}");
+        }
+    })
+}
+
+/// Attaches `program` to `iface` in `mode` and pins the link; returns the mode in force.
+fn attach_fresh(
+    program: &mut Xdp,
+    iface: &str,
+    pin: &Path,
+    mode: XdpAttach,
+) -> Result<&'static str> {
     let attach_err = |source| PinError::Attach {
         iface: iface.to_owned(),
         source,
     };
-    let (id, mode) = match program.attach(iface, XdpMode::Driver) {
-        Ok(id) => (id, "native"),
-        Err(_) => (
+    let (id, in_force) = match mode {
+        XdpAttach::Auto => match program.attach(iface, XdpMode::Driver) {
+            Ok(id) => (id, NATIVE),
+            Err(_) => (
+                program.attach(iface, XdpMode::Skb).map_err(attach_err)?,
+                GENERIC,
+            ),
+        },
+        XdpAttach::Native => {
+            let id =
+                program
+                    .attach(iface, XdpMode::Driver)
+                    .map_err(|e| PinError::NativeRefused {
+                        iface: iface.to_owned(),
+                        reason: error_chain(&e),
+                    })?;
+            (id, NATIVE)
+        }
+        XdpAttach::Generic => (
             program.attach(iface, XdpMode::Skb).map_err(attach_err)?,
-            "generic",
+            GENERIC,
         ),
     };
     let link = program.take_link(id).map_err(attach_err)?;
@@ -407,7 +556,44 @@ fn attach_fresh(program: &mut Xdp, iface: &str, pin: &Path) -> Result<&'static s
         path: pin.to_owned(),
         source,
     })?;
-    Ok(mode)
+    Ok(in_force)
+}
+
+/// An error and its sources on one line: aya's attach errors name the system call and
+/// keep the kernel's answer (`Operation not supported`) in the source.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let part = s.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = s.source();
+    }
+    text
+}
+
+/// The XDP mode of the program attached to `ifindex` as the kernel reports it: `native`,
+/// `generic`, `offloaded`, `several`; `None` when nothing is attached or netlink does
+/// not answer.
+///
+/// A link's own information (`bpf_link_info`) has only the interface index for XDP; the
+/// mode is in the interface's attributes (`IFLA_XDP_ATTACHED`, what `ip link` shows as
+/// `xdp` or `xdpgeneric`), read here with one RTM_GETLINK request.
+pub fn attached_mode(ifindex: u32) -> Option<&'static str> {
+    match crate::netlink::xdp_attached(ifindex) {
+        Ok(crate::netlink::XDP_ATTACHED_DRV) => Some(NATIVE),
+        Ok(crate::netlink::XDP_ATTACHED_SKB) => Some(GENERIC),
+        Ok(crate::netlink::XDP_ATTACHED_HW) => Some("offloaded"),
+        Ok(crate::netlink::XDP_ATTACHED_MULTI) => Some("several"),
+        Ok(_) => None,
+        Err(e) => {
+            tracing::warn!("reading the XDP mode of ifindex {ifindex}: {e}");
+            None
+        }
+    }
 }
 
 /// Interface index by name, in the current network namespace: the SIOCGIFINDEX ioctl (what

@@ -71,7 +71,7 @@ fn run_daemon(socket: std::path::PathBuf, args: DaemonArgs) -> anyhow::Result<()
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
     let code = match cli.command {
-        Command::Daemon(args) => match run_daemon(cli.socket, args) {
+        Command::Daemon(args) => match run_daemon(args.connect.or(&cli.socket), args) {
             Ok(()) => exit::OK,
             Err(e) => {
                 eprintln!("lb-ctl daemon: {e:#}");

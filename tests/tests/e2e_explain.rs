@@ -37,7 +37,14 @@ fn setup(tag: &str, listeners: &str) -> Option<(Topology, LbDaemon, Vec<lb_tests
 /// `lb-ctl explain --json` for a TCP packet.
 fn explain_json(daemon: &LbDaemon, src: &str, dst: &str, established: bool) -> serde_json::Value {
     let mut args = vec![
-        "explain", "--src", src, "--dst", dst, "--proto", "tcp", "--json",
+        "explain",
+        "--src",
+        src,
+        "--dst",
+        dst,
+        "--protocol",
+        "tcp",
+        "--json",
     ];
     if established {
         args.push("--established");

@@ -238,6 +238,18 @@ fn metrics_are_prometheus_text_and_count_the_traffic() {
         );
     }
     assert_eq!(before.value("lb_flow_table_capacity", &[]), 65536.0);
+    // The XDP mode in force on each interface (veth runs XDP natively).
+    for iface in [topo.lb_client_if(), topo.lb_backend_if()] {
+        assert_eq!(
+            before.value(
+                "lb_interface_info",
+                &[("interface", iface), ("mode", "native")]
+            ),
+            1.0,
+            "{iface}\n{}",
+            before.text
+        );
+    }
 
     // The probe latency histogram: cumulative buckets ending in +Inf = count.
     let histogram = before

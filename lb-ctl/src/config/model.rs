@@ -95,6 +95,9 @@ pub struct Config {
     pub instance: String,
     /// Where the XDP program attaches (client and backend side).
     pub interfaces: Vec<String>,
+    /// How the XDP program attaches to `interfaces`.
+    #[serde(skip_serializing_if = "is_default")]
+    pub xdp_mode: XdpMode,
     #[serde(skip_serializing_if = "is_default")]
     pub forwarding: Forwarding,
     /// How `forwarding: dsr` carries packets to the backends.
@@ -149,6 +152,7 @@ impl Config {
         Self {
             instance: instance.into(),
             interfaces,
+            xdp_mode: XdpMode::default(),
             forwarding: Forwarding::default(),
             dsr: Dsr::default(),
             vip_ping: VipPing::default(),
@@ -192,6 +196,32 @@ impl Config {
 
     pub fn acl(&self, name: &str) -> Option<&Acl> {
         self.acls.iter().find(|a| a.name == name)
+    }
+}
+
+/// How the XDP program attaches to an interface.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpMode {
+    /// Native (driver) mode where the driver supports it, else generic: the daemon starts
+    /// on any interface, possibly at a fraction of native speed.
+    #[default]
+    Auto,
+    /// Native (driver) mode only: an interface whose driver refuses it is an error, so a
+    /// host never runs at generic speed by accident.
+    Native,
+    /// Generic (skb) mode: after the kernel has built a socket buffer; works on every
+    /// interface.
+    Generic,
+}
+
+impl XdpMode {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Native => "native",
+            Self::Generic => "generic",
+        }
     }
 }
 
@@ -846,6 +876,7 @@ mod tests {
             .push(DefaultServer::new(Ipv4Addr::new(198, 18, 1, 10)));
         let yaml = config.to_yaml();
         for absent in [
+            "xdp_mode",
             "forwarding",
             "flow_table_size",
             "max_listeners",

@@ -25,6 +25,7 @@ use super::{
 pub(crate) const TOP_FIELDS: &[&str] = &[
     "instance",
     "interfaces",
+    "xdp_mode",
     "forwarding",
     "dsr",
     "vip_ping",
@@ -429,6 +430,37 @@ impl Reader {
             r.list(p, v, |r, p, v| Some(r.string(p, v).unwrap_or_default()))
         }) {
             c.interfaces = v;
+        }
+        if let Some(v) = self.optional(map, "", "xdp_mode", |r, p, v| {
+            r.choice(
+                p,
+                v,
+                "XDP mode",
+                &[
+                    ("auto", XdpMode::Auto),
+                    ("native", XdpMode::Native),
+                    ("generic", XdpMode::Generic),
+                ],
+                &[
+                    (
+                        "driver",
+                        "`driver` is called `native` here",
+                        Some("use `native`"),
+                    ),
+                    (
+                        "skb",
+                        "`skb` is called `generic` here",
+                        Some("use `generic`"),
+                    ),
+                    (
+                        "offload",
+                        "hardware offload is not supported",
+                        Some("use `native`"),
+                    ),
+                ],
+            )
+        }) {
+            c.xdp_mode = v;
         }
         if let Some(v) = self.optional(map, "", "forwarding", Self::forwarding) {
             c.forwarding = v;
@@ -1131,6 +1163,40 @@ mod tests {
             "{BASE}acls: [{{ name: empty }}, {{ name: also, entries: [] }}]\n"
         ));
         assert!(c.acls.iter().all(|a| a.entries.is_empty()));
+    }
+
+    #[test]
+    fn xdp_mode_is_auto_native_or_generic() {
+        assert_eq!(read_ok(BASE).xdp_mode, XdpMode::Auto);
+        for (text, mode) in [
+            ("auto", XdpMode::Auto),
+            ("native", XdpMode::Native),
+            ("generic", XdpMode::Generic),
+        ] {
+            let c = read_ok(&format!("{BASE}xdp_mode: {text}\n"));
+            assert_eq!(c.xdp_mode, mode);
+            // Written back by `lb-ctl export` (auto, the default, left out).
+            assert_eq!(
+                c.to_yaml().contains(&format!("xdp_mode: {text}")),
+                mode != XdpMode::Auto
+            );
+            assert_eq!(crate::config::parse(&c.to_yaml()).unwrap(), c);
+        }
+        assert_eq!(
+            read_errors(&format!("{BASE}xdp_mode: skb\n")),
+            ["xdp_mode: `skb` is called `generic` here (use `generic`)"]
+        );
+        assert_eq!(
+            read_errors(&format!("{BASE}xdp_mode: nativ\n")),
+            [
+                "xdp_mode: unknown XDP mode `nativ`; expected one of auto, native, generic (did you mean `native`?)"
+            ]
+        );
+        assert_eq!(
+            read_errors(&format!("{BASE}xdp_mode: 1\n")).len(),
+            1,
+            "a number is a type error"
+        );
     }
 
     #[test]

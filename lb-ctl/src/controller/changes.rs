@@ -186,6 +186,14 @@ impl<P: Platform> Controller<P> {
         }
         plan::plan(&next, &self.runtime, &mut self.ids.clone())
             .map_err(ControllerError::ReloadNoIds)?;
+        // New interfaces, or another xdp_mode (a link in another mode is attached again in
+        // the new one): attached before anything is committed, so an interface whose
+        // driver refuses native mode refuses the reload.
+        let attach_changed = next.interfaces != self.effective.interfaces
+            || next.xdp_mode != self.effective.xdp_mode;
+        if attach_changed {
+            self.reattach_to(&next.interfaces, next.xdp_mode)?;
+        }
         if kept != self.overlay {
             overlay::save_state_with_drains(
                 &self.state_path,
@@ -194,7 +202,6 @@ impl<P: Platform> Controller<P> {
                 &self.drains,
             )?;
         }
-        let interfaces_changed = next.interfaces != self.effective.interfaces;
         self.base = base;
         self.effective = next;
         self.overlay = kept;
@@ -204,9 +211,6 @@ impl<P: Platform> Controller<P> {
         }
         for w in self.effective.warnings() {
             warn!("config: {w}");
-        }
-        if interfaces_changed {
-            self.reattach()?;
         }
         // Also without new interfaces: the VIPs, and so which of them are local, may
         // have changed.

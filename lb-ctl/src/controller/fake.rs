@@ -18,7 +18,7 @@ use lb_common::{
 
 use super::{Attachment, NS_PER_S, Platform};
 use crate::{
-    config::Config,
+    config::{Config, XdpMode},
     dataplane::{DataPlaneAccess, DataPlaneError, MapSizes, ReadCounters},
     pins,
     reconcile::{MapOp, MapWriter},
@@ -329,13 +329,18 @@ impl Platform for FakeHost {
         &mut self,
         _: &mut FakeDataPlane,
         interfaces: &[String],
+        mode: XdpMode,
         running: bool,
     ) -> anyhow::Result<Vec<Attachment>> {
         let s = self.0.borrow();
+        let in_force = match mode {
+            XdpMode::Generic => pins::GENERIC,
+            XdpMode::Auto | XdpMode::Native => pins::NATIVE,
+        };
         interfaces
             .iter()
             .map(|name| match s.interfaces.get(name) {
-                Some(index) => Ok((name.clone(), *index, "native")),
+                Some(index) => Ok((name.clone(), *index, in_force)),
                 None if running => Ok((name.clone(), 0, pins::MISSING)),
                 None => Err(anyhow::anyhow!("no interface {name}")),
             })

@@ -59,7 +59,12 @@ impl<P: Platform> Controller<P> {
         if adopting {
             runtime.unhealthy = adopt(&dataplane, &effective, &mut ids, &mut reconciler)?;
         }
-        let attached = platform.attach(&mut dataplane, &effective.interfaces, false)?;
+        let attached = platform.attach(
+            &mut dataplane,
+            &effective.interfaces,
+            effective.xdp_mode,
+            false,
+        )?;
         for (iface, ifindex, mode) in &attached {
             dataplane.add_tx_port(*ifindex)?;
             info!("XDP on {iface} (ifindex {ifindex}): {mode}");
@@ -107,10 +112,21 @@ impl<P: Platform> Controller<P> {
     }
 
     pub(super) fn reattach(&mut self) -> anyhow::Result<()> {
+        let interfaces = self.effective.interfaces.clone();
+        self.reattach_to(&interfaces, self.effective.xdp_mode)
+    }
+
+    /// Attaches to `interfaces` in `mode` (a reload's, before it is committed: a refused
+    /// attachment refuses the reload).
+    pub(super) fn reattach_to(
+        &mut self,
+        interfaces: &[String],
+        mode: config::XdpMode,
+    ) -> anyhow::Result<()> {
         let old: Vec<u32> = self.attached.iter().map(|a| a.1).collect();
-        self.attached =
-            self.platform
-                .attach(&mut self.dataplane, &self.effective.interfaces, true)?;
+        self.attached = self
+            .platform
+            .attach(&mut self.dataplane, interfaces, mode, true)?;
         for ifindex in old {
             if !self.attached.iter().any(|a| a.1 == ifindex) {
                 self.dataplane.remove_tx_port(ifindex)?;

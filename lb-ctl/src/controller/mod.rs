@@ -7,6 +7,7 @@ mod drains;
 mod error;
 #[cfg(test)]
 mod fake;
+mod flows;
 mod lifecycle;
 mod platform;
 mod status;
@@ -27,6 +28,7 @@ use crate::{
 
 pub(crate) use self::{
     error::{ControllerError, Done, StartError, respond},
+    flows::{FlowList, run_flows},
     platform::{Attachment, Kernel, Platform},
     status::{StatusDraft, stats_of},
     sweep::run_sweep,

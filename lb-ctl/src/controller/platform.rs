@@ -10,14 +10,15 @@ use tracing::warn;
 
 use super::Options;
 use crate::{
-    config::Config,
+    config::{Config, XdpMode},
     dataplane::{DataPlane, DataPlaneAccess, LoadOptions, MapSizes},
     host,
     pins::{self, Layout},
 };
 
-/// XDP on one configured interface: its name, its index (0 while missing) and the mode
-/// (native, generic, re-adopted or `pins::MISSING`).
+/// XDP on one configured interface: its name, its index (0 while missing) and the mode in
+/// force (native, generic, as the kernel reports it also for a re-adopted link; or
+/// `pins::MISSING`).
 pub type Attachment = (String, u32, &'static str);
 
 /// The host side of the controller.
@@ -29,13 +30,14 @@ pub trait Platform {
     fn load(&mut self, config: &Config, sizes: MapSizes)
     -> anyhow::Result<(Self::DataPlane, bool)>;
 
-    /// Attaches the program to `interfaces`. `running`: the daemon is already running, so
-    /// an interface that does not exist is reported as missing instead of failing, and
-    /// interfaces already attached get the program swapped in.
+    /// Attaches the program to `interfaces` in `mode`. `running`: the daemon is already
+    /// running, so an interface that does not exist is reported as missing instead of
+    /// failing, and interfaces already attached get the program swapped in.
     fn attach(
         &mut self,
         dataplane: &mut Self::DataPlane,
         interfaces: &[String],
+        mode: XdpMode,
         running: bool,
     ) -> anyhow::Result<Vec<Attachment>>;
 
@@ -120,10 +122,17 @@ impl Platform for Kernel {
         &mut self,
         dataplane: &mut DataPlane,
         interfaces: &[String],
+        mode: XdpMode,
         running: bool,
     ) -> anyhow::Result<Vec<Attachment>> {
         let layout = self.layout()?;
-        let attached = pins::attach(dataplane.program()?, layout, interfaces, running)?;
+        let attached = pins::attach(
+            dataplane.program()?,
+            layout,
+            interfaces,
+            mode.into(),
+            running,
+        )?;
         dataplane.attach_probe_tunnel(interfaces)?;
         if !running {
             // The first attachment of this daemon: its stages become the pinned ones.

@@ -679,3 +679,21 @@ fn a_vip_is_healthy_while_a_backend_takes_new_flows() {
     }
     assert!(c.healthy_vips().is_empty());
 }
+
+#[test]
+fn xdp_mode_is_applied_at_start_and_on_reload() {
+    let s = Setup::new(
+        "xdpmode",
+        &CONFIG.replace(
+            "interfaces: [eth0]\n",
+            "interfaces: [eth0]\nxdp_mode: generic\n",
+        ),
+    );
+    let mut c = s.start();
+    assert_eq!(c.status().unwrap().interfaces[0].mode, "generic");
+    // Another mode is a reason to attach again, without new interfaces.
+    s.write_config(CONFIG);
+    ok(c.reload());
+    assert_eq!(c.status().unwrap().interfaces[0].mode, "native");
+    assert_eq!(c.effective().xdp_mode, crate::config::XdpMode::Auto);
+}

@@ -50,7 +50,8 @@ pub struct AttachOptions {
 /// What an attach did.
 #[derive(Debug)]
 pub struct Attached {
-    /// `native` or `generic` (or `re-adopted` for an interface attached before).
+    /// `native` or `generic`, as the kernel reports it (also for an interface attached
+    /// before).
     pub mode: &'static str,
     pub warnings: Vec<Warning>,
 }
@@ -120,7 +121,7 @@ pub fn attach(iface: &str, options: &AttachOptions) -> Result<Attached> {
     if !interfaces.iter().any(|i| i == iface) {
         interfaces.push(iface.to_owned());
     }
-    let attached = pins::attach(program, &layout, &interfaces, false)?;
+    let attached = pins::attach(program, &layout, &interfaces, pins::XdpAttach::Auto, false)?;
     let mode = attached
         .iter()
         .find(|(name, index, _)| name == iface && *index == ifindex)

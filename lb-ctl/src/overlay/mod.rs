@@ -16,7 +16,7 @@ use crate::config::Config;
 #[cfg(test)]
 pub use self::state_file::load_state;
 pub use self::{
-    rules::{Change, Refusal},
+    rules::{Change, ListenerSetting, Refusal},
     state_file::{
         DrainRecord, StateError, load_state_with_drains, save_state_with_drains, state_path,
     },

@@ -63,6 +63,8 @@ pub enum Change {
         backend_port: Option<u16>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         scheduler: Option<Scheduler>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        settings: Vec<ListenerSetting>,
     },
     ListenerSet {
         name: String,
@@ -72,6 +74,8 @@ pub enum Change {
         backend_port: Option<u16>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         scheduler: Option<Scheduler>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        settings: Vec<ListenerSetting>,
     },
     ListenerRemove {
         name: String,
@@ -79,11 +83,104 @@ pub enum Change {
     AclAdd {
         name: String,
         cidr: String,
+        /// The list must exist already (`lb-ctl acl add` without `--create`). False in
+        /// state files written before the flag existed, where adding always created.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        existing: bool,
     },
     AclRemove {
         name: String,
         cidr: String,
     },
+}
+
+/// A listener option of a runtime change, spelled as in the config file: `field` is the
+/// path under the listener (`health_check.interval`), `value` its value there; `null`
+/// removes the field (back to its default). Applied through the config reader, so a
+/// runtime change accepts exactly what the file does, with the same errors.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerSetting {
+    pub field: String,
+    pub value: serde_json::Value,
+}
+
+impl ListenerSetting {
+    pub fn new(field: &str, value: impl Into<serde_json::Value>) -> Self {
+        Self {
+            field: field.to_owned(),
+            value: value.into(),
+        }
+    }
+}
+
+/// `listener` with `settings` applied, read back through the config reader against the
+/// rest of `config` (so an access list must exist, a threshold be in range, ...).
+fn with_settings(
+    config: &Config,
+    listener: config::Listener,
+    settings: &[ListenerSetting],
+) -> Result<config::Listener, Refusal> {
+    if settings.is_empty() {
+        return Ok(listener);
+    }
+    let name = listener.name.clone();
+    let mut probe = config.clone();
+    let index = match probe.listeners.iter().position(|l| l.name == name) {
+        Some(i) => {
+            probe.listeners[i] = listener;
+            i
+        }
+        None => {
+            probe.listeners.push(listener);
+            probe.listeners.len() - 1
+        }
+    };
+    let mut tree = serde_yaml::to_value(&probe).map_err(|e| Refusal {
+        message: format!("listener {name}: {e}"),
+    })?;
+    let entry = tree
+        .get_mut("listeners")
+        .and_then(|l| l.get_mut(index))
+        .expect("the serialized config has the listener just put there");
+    for setting in settings {
+        let value = serde_yaml::to_value(&setting.value).map_err(|e| Refusal {
+            message: format!("listener {name}: {}: {e}", setting.field),
+        })?;
+        set_path(entry, &setting.field, value);
+    }
+    match config::parse_value(&tree) {
+        Ok(mut parsed) => Ok(parsed.listeners.swap_remove(index)),
+        Err(errors) => refuse(format!("listener {name}: {errors}")),
+    }
+}
+
+/// Sets `path` (fields joined by `.`) in a YAML mapping, making the mappings on the way;
+/// a null value removes the field.
+fn set_path(node: &mut serde_yaml::Value, path: &str, value: serde_yaml::Value) {
+    let (head, rest) = match path.split_once('.') {
+        Some((head, rest)) => (head, Some(rest)),
+        None => (path, None),
+    };
+    if !node.is_mapping() {
+        *node = serde_yaml::Value::Mapping(serde_yaml::Mapping::new());
+    }
+    let serde_yaml::Value::Mapping(map) = node else {
+        unreachable!("made a mapping just above")
+    };
+    let key = serde_yaml::Value::String(head.to_owned());
+    match rest {
+        None if value.is_null() => {
+            map.remove(&key);
+        }
+        None => {
+            map.insert(key, value);
+        }
+        Some(rest) => {
+            let child = map.entry(key).or_insert(serde_yaml::Value::Null);
+            set_path(child, rest, value);
+        }
+    }
 }
 
 /// A change that cannot be made, with the rule it breaks.
@@ -185,7 +282,7 @@ impl Change {
             Self::ListenerAdd { name, .. } => format!("listener add {name}"),
             Self::ListenerSet { name, .. } => format!("listener set {name}"),
             Self::ListenerRemove { name } => format!("listener remove {name}"),
-            Self::AclAdd { name, cidr } => format!("acl add {name} {cidr}"),
+            Self::AclAdd { name, cidr, .. } => format!("acl add {name} {cidr}"),
             Self::AclRemove { name, cidr } => format!("acl remove {name} {cidr}"),
         }
     }
@@ -364,6 +461,7 @@ impl Change {
                 group,
                 backend_port,
                 scheduler: sched,
+                settings,
             } => {
                 if config.listener(name).is_some() {
                     return refuse(format!("listener {name} already exists"));
@@ -375,6 +473,7 @@ impl Change {
                     listener.scheduler = *s;
                 }
                 check_group_port(config, &listener)?;
+                let listener = with_settings(config, listener, settings)?;
                 config.listeners.push(listener);
             }
             Self::ListenerSet {
@@ -382,6 +481,7 @@ impl Change {
                 group,
                 backend_port,
                 scheduler: sched,
+                settings,
             } => {
                 let Some(i) = config.listeners.iter().position(|l| l.name == *name) else {
                     return refuse(format!(
@@ -432,7 +532,7 @@ impl Change {
                     listener.scheduler = *s;
                 }
                 check_group_port(config, &listener)?;
-                config.listeners[i] = listener;
+                config.listeners[i] = with_settings(config, listener, settings)?;
             }
             Self::ListenerRemove { name } => {
                 let before = config.listeners.len();
@@ -444,8 +544,19 @@ impl Change {
                     ));
                 }
             }
-            Self::AclAdd { name, cidr } => {
+            Self::AclAdd {
+                name,
+                cidr,
+                existing,
+            } => {
                 let net = parse_cidr(cidr)?;
+                if *existing && config.acl(name).is_none() {
+                    return refuse(format!(
+                        "no access list `{name}`; access lists: {} (`lb-ctl acl add --create \
+                         {name} {cidr}` makes a new one)",
+                        acl_names(config)
+                    ));
+                }
                 match config.acls.iter_mut().find(|a| a.name == *name) {
                     Some(acl) => {
                         if acl.entries.contains(&net) {
@@ -461,8 +572,9 @@ impl Change {
             }
             Self::AclRemove { name, cidr } => {
                 let net = parse_cidr(cidr)?;
+                let known = acl_names(config);
                 let Some(acl) = config.acls.iter_mut().find(|a| a.name == *name) else {
-                    return refuse(format!("no access list {name}"));
+                    return refuse(format!("no access list `{name}`; access lists: {known}"));
                 };
                 let before = acl.entries.len();
                 acl.entries.retain(|e| *e != net);
@@ -473,6 +585,18 @@ impl Change {
         }
         Ok(())
     }
+}
+
+fn acl_names(config: &Config) -> String {
+    if config.acls.is_empty() {
+        return "none".to_owned();
+    }
+    config
+        .acls
+        .iter()
+        .map(|a| a.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn listener_names(config: &Config) -> String {
@@ -809,6 +933,7 @@ mod tests {
                 group: None,
                 backend_port: None,
                 scheduler: None,
+                settings: vec![],
             },
             "must set a backend port",
         );
@@ -822,6 +947,7 @@ mod tests {
                 group: Some("api".into()),
                 backend_port: Some(1),
                 scheduler: None,
+                settings: vec![],
             },
             "only for the default group",
         );
@@ -860,6 +986,7 @@ mod tests {
                 group: Some("api".into()),
                 backend_port: None,
                 scheduler: None,
+                settings: vec![],
             },
             "two listeners on 198.19.0.100:80/tcp",
         );
@@ -871,6 +998,7 @@ mod tests {
                 group: Some("api".into()),
                 backend_port: None,
                 scheduler: Some(Scheduler::Sch),
+                settings: vec![],
             },
         )
         .unwrap();
@@ -883,6 +1011,7 @@ mod tests {
                 group: None,
                 backend_port: Some(9090),
                 scheduler: None,
+                settings: vec![],
             },
             "fixed once its listener exists",
         );
@@ -893,8 +1022,138 @@ mod tests {
                 group: Some("default".into()),
                 backend_port: None,
                 scheduler: None,
+                settings: vec![],
             },
             "must set a backend port",
         );
+    }
+
+    #[test]
+    fn acl_add_needs_an_existing_list_unless_it_may_create() {
+        let mut c = base();
+        for name in ["office", "partners"] {
+            c.acls.push(config::Acl {
+                name: name.into(),
+                entries: vec!["198.18.0.0/24".parse().unwrap()],
+            });
+        }
+        let add = |name: &str, existing: bool| Change::AclAdd {
+            name: name.into(),
+            cidr: "198.51.100.0/24".into(),
+            existing,
+        };
+        let known = ["office", "partners"];
+        let err = attempt(&c, add("ofice", true)).unwrap_err();
+        assert!(
+            err.contains("no access list `ofice`; access lists: ")
+                && known.iter().all(|k| err.contains(k))
+                && err.contains("acl add --create ofice 198.51.100.0/24"),
+            "{err}"
+        );
+        let next = attempt(&c, add("office", true)).unwrap();
+        assert!(
+            next.acl("office")
+                .unwrap()
+                .entries
+                .iter()
+                .any(|e| e.to_string() == "198.51.100.0/24")
+        );
+        // `--create`, and a state file written before the flag (no `existing`): created.
+        assert!(attempt(&c, add("new", false)).unwrap().acl("new").is_some());
+        let old: Change = serde_json::from_value(serde_json::json!({
+            "change": "acl_add", "name": "new", "cidr": "198.51.100.0/24",
+        }))
+        .unwrap();
+        assert_eq!(old, add("new", false));
+        refused(
+            &c,
+            Change::AclRemove {
+                name: "ofice".into(),
+                cidr: "198.51.100.0/24".into(),
+            },
+            "access lists: ",
+        );
+    }
+
+    #[test]
+    fn listener_settings_go_through_the_config_reader() {
+        let c = base();
+        let set = |settings: Vec<ListenerSetting>| Change::ListenerSet {
+            name: "web".into(),
+            group: None,
+            backend_port: None,
+            scheduler: None,
+            settings,
+        };
+        let next = attempt(
+            &c,
+            set(vec![
+                ListenerSetting::new("established_timeout", 60),
+                ListenerSetting::new("connection_drain.enabled", true),
+                ListenerSetting::new("health_check.type", "http"),
+                ListenerSetting::new("health_check.http.path", "/health"),
+                ListenerSetting::new(
+                    "health_check.flap_damping",
+                    serde_json::json!({ "max_flaps": 4, "window": 60, "hold": 300 }),
+                ),
+            ]),
+        )
+        .unwrap();
+        let web = next.listener("web").unwrap();
+        assert_eq!(web.established_timeout, 60);
+        assert!(web.connection_drain.enabled);
+        assert_eq!(web.health_check.http.as_ref().unwrap().path, "/health");
+        assert_eq!(web.health_check.flap_damping.unwrap().hold, 300);
+        // Null removes a setting: back to the default.
+        let back = attempt(
+            &next,
+            set(vec![ListenerSetting::new(
+                "health_check.flap_damping",
+                serde_json::Value::Null,
+            )]),
+        )
+        .unwrap();
+        assert_eq!(
+            back.listener("web").unwrap().health_check.flap_damping,
+            None
+        );
+        // The reader's errors, with the field's path.
+        refused(
+            &c,
+            set(vec![ListenerSetting::new("health_check.interval", 99)]),
+            "health_check.interval",
+        );
+        refused(
+            &c,
+            set(vec![ListenerSetting::new(
+                "acl",
+                serde_json::json!({ "type": "allow", "name": "nosuch" }),
+            )]),
+            "nosuch",
+        );
+        refused(
+            &c,
+            set(vec![ListenerSetting::new(
+                "health_check.http.codes",
+                vec!["2xx"],
+            )]),
+            "health_check.http.codes",
+        );
+        // A new listener takes them too.
+        let added = attempt(
+            &c,
+            Change::ListenerAdd {
+                name: "x".into(),
+                protocol: Protocol::Udp,
+                address: ip("198.19.0.100"),
+                port: 5353,
+                group: Some("api".into()),
+                backend_port: None,
+                scheduler: None,
+                settings: vec![ListenerSetting::new("udp_timeout", 120)],
+            },
+        )
+        .unwrap();
+        assert_eq!(added.listener("x").unwrap().udp_timeout, 120);
     }
 }

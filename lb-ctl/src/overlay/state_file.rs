@@ -206,6 +206,12 @@ mod tests {
             Change::AclAdd {
                 name: "office".into(),
                 cidr: "198.18.0.0/24".into(),
+                existing: false,
+            },
+            Change::AclAdd {
+                name: "office".into(),
+                cidr: "198.18.1.0/24".into(),
+                existing: true,
             },
         ];
         assert_eq!(
@@ -246,6 +252,7 @@ mod tests {
         let changes = vec![Change::AclAdd {
             name: "office".into(),
             cidr: "198.18.0.0/24".into(),
+            existing: false,
         }];
         let err = save_state(&path, "t", &changes).unwrap_err();
         assert!(matches!(err, StateError::Symlink { .. }), "{err:?}");
