@@ -67,6 +67,16 @@ fn run_daemon(socket: std::path::PathBuf, args: DaemonArgs) -> anyhow::Result<()
         .block_on(daemon::run(options))
 }
 
+/// A command's output piped into `head` (or a pager that quits) ends as Unix tools end:
+/// killed quietly by SIGPIPE. Rust ignores the signal, so a write to the closed pipe would
+/// fail and `print!` panic. The daemon keeps it ignored: a client that goes away must
+/// not end it.
+fn restore_sigpipe() {
+    // SAFETY: setting a signal's disposition to its default has no preconditions; the
+    // command runs on this one thread.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+}
+
 /// Parses the command line and runs what it asks for.
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
@@ -80,7 +90,10 @@ pub fn run() -> ExitCode {
                     .map_or(exit::FAILED, controller::StartError::exit_code)
             }
         },
-        command => client::run(&cli.socket, command),
+        command => {
+            restore_sigpipe();
+            client::run(&cli.socket, command)
+        }
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
