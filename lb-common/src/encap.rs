@@ -8,8 +8,8 @@
 //! arrays are the bytes on the wire.
 
 use crate::{
-    ENCAP_TTL, Encapsulation, IPV4_HEADER_LEN, MAX_ENCAP_SOURCE_BITS, PROTO_IPIP, PROTO_UDP,
-    UDP_HEADER_LEN, csum::fold,
+    ENCAP_TTL, Encapsulation, FlowKey, IPV4_HEADER_LEN, Listener, MAX_ENCAP_SOURCE_BITS,
+    PROTO_IPIP, PROTO_UDP, UDP_HEADER_LEN, csum::fold, hash::hash_tuple,
 };
 
 /// The IPv4 "don't fragment" bit in the flags and fragment offset word (host order).
@@ -36,7 +36,49 @@ pub struct Outer {
     pub dst_port: u16,
 }
 
+/// What an outer header copies of the packet it carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Inner {
+    /// IPv4 total length, host order.
+    pub len: u16,
+    pub tos: u8,
+    pub dont_fragment: bool,
+}
+
 impl Outer {
+    /// The outer headers of a packet of `flow` (client → VIP, as the flow table keys it)
+    /// sent through `listener`'s tunnel to `backend_addr`. The source is the listener's
+    /// `encap_source`, or where it sets none `route_source` (the address the route to the
+    /// backend prefers); the flow's hash picks its host bits and GUE's source port, so a
+    /// flow always looks the same and flows spread over a backend's receive queues. The
+    /// XDP program and the probe tunnel both build theirs here.
+    #[inline(always)]
+    pub const fn for_flow(
+        encapsulation: Encapsulation,
+        listener: &Listener,
+        route_source: u32,
+        backend_addr: u32,
+        flow: &FlowKey,
+        inner: Inner,
+    ) -> Self {
+        let base = if listener.encap_source != 0 {
+            listener.encap_source
+        } else {
+            route_source
+        };
+        let hash = hash_tuple(flow.src_addr, flow.dst_addr, flow.src_port, flow.dst_port);
+        Self {
+            encapsulation,
+            src_addr: outer_source(base, listener.encap_source_bits, hash),
+            dst_addr: backend_addr,
+            inner_len: inner.len,
+            tos: inner.tos,
+            dont_fragment: inner.dont_fragment,
+            src_port: gue_source_port(hash),
+            dst_port: listener.encap_port,
+        }
+    }
+
     /// The outer IPv4 header, checksum included. Identification 0 (RFC 6864 allows it
     /// for atomic datagrams; a fragmentable one gets fragments the kernel numbers).
     #[inline(always)]

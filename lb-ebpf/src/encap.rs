@@ -16,9 +16,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    Backend, Encapsulation, Listener, Reason,
-    encap::{Outer, gue_source_port, outer_source},
-    hash::hash_tuple,
+    Backend, Encapsulation, FlowKey, Listener, Reason,
+    encap::{Inner, Outer},
 };
 use network_types::eth::{EthHdr, EtherType};
 
@@ -101,25 +100,30 @@ pub fn send(ctx: &XdpContext, ip: &Ipv4, d: &Delivery) -> (u32, Reason) {
         Ok(hop) => hop,
         Err(verdict) => return verdict,
     };
-    let base = if listener.encap_source != 0 {
-        listener.encap_source
-    } else {
-        hop.src_addr
-    };
-    if base == 0 {
+    if listener.encap_source == 0 && hop.src_addr == 0 {
         return (XDP_DROP, Reason::DropNoSourceAddress);
     }
-    let hash = hash_tuple(ip.src_addr, ip.dst_addr, d.src_port, d.dst_port);
-    let outer = Outer {
-        encapsulation,
-        src_addr: outer_source(base, listener.encap_source_bits, hash),
-        dst_addr: backend.addr,
-        inner_len: ip.tot_len,
+    let flow = FlowKey {
+        src_addr: ip.src_addr,
+        dst_addr: ip.dst_addr,
+        src_port: d.src_port,
+        dst_port: d.dst_port,
+        protocol: ip.protocol,
+        _pad: [0; 3],
+    };
+    let inner = Inner {
+        len: ip.tot_len,
         tos: ip.tos,
         dont_fragment: ip.dont_fragment,
-        src_port: gue_source_port(hash),
-        dst_port: listener.encap_port,
     };
+    let outer = Outer::for_flow(
+        encapsulation,
+        listener,
+        hop.src_addr,
+        backend.addr,
+        &flow,
+        inner,
+    );
 
     // The kernel path needs the frame's own Ethernet addresses (it drops a frame not
     // addressed to the interface); read them before the header moves.

@@ -21,9 +21,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use lb_common::{
-    Encapsulation, ListenerKey, PROBE_MARK_MASK, PROBE_MARK_TAG, PROTO_TCP, PROTO_UDP,
-    encap::{Outer, gue_source_port, outer_source},
-    hash::hash_tuple,
+    Encapsulation, FlowKey, ListenerKey, PROBE_MARK_MASK, PROBE_MARK_TAG, PROTO_TCP, PROTO_UDP,
+    encap::{Inner, Outer},
 };
 use network_types::{eth::EtherType, ip::Ipv4Hdr};
 
@@ -72,22 +71,22 @@ fn tunnel(ctx: &TcContext, backend_id: u32) -> Option<i32> {
     if encapsulation == Encapsulation::None {
         return None;
     }
-    let base = if listener.encap_source != 0 {
-        listener.encap_source
-    } else {
-        src
+    let flow = FlowKey {
+        src_addr: src,
+        dst_addr: dst,
+        src_port: ports[0],
+        dst_port: ports[1],
+        protocol: ip.proto,
+        _pad: [0; 3],
     };
-    let hash = hash_tuple(src, dst, ports[0], ports[1]);
-    let outer = Outer {
-        encapsulation,
-        src_addr: outer_source(base, listener.encap_source_bits, hash),
-        dst_addr: backend.addr,
-        inner_len: u16::from_be_bytes(ip.tot_len),
+    let inner = Inner {
+        len: u16::from_be_bytes(ip.tot_len),
         tos: ip.tos,
         dont_fragment: u16::from_be_bytes(ip.frags) & 0x4000 != 0,
-        src_port: gue_source_port(hash),
-        dst_port: listener.encap_port,
     };
+    // The probe's own source (this host's address on the way to the VIP) where the
+    // listener sets none.
+    let outer = Outer::for_flow(encapsulation, listener, src, backend.addr, &flow, inner);
     let gue = encapsulation == Encapsulation::Gue;
     let flags = if gue {
         BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 | BPF_F_ADJ_ROOM_ENCAP_L4_UDP
