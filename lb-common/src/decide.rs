@@ -39,25 +39,19 @@ impl Packet {
     /// The flow table key (client → VIP).
     #[inline(always)]
     pub const fn flow_key(&self) -> FlowKey {
-        FlowKey {
-            src_addr: self.src_addr,
-            dst_addr: self.dst_addr,
-            src_port: self.src_port,
-            dst_port: self.dst_port,
-            protocol: self.protocol,
-            _pad: [0; 3],
-        }
+        FlowKey::new(
+            self.src_addr,
+            self.dst_addr,
+            self.src_port,
+            self.dst_port,
+            self.protocol,
+        )
     }
 
     /// The listener key of the packet's destination.
     #[inline(always)]
     pub const fn listener_key(&self) -> ListenerKey {
-        ListenerKey {
-            addr: self.dst_addr,
-            port: self.dst_port,
-            protocol: self.protocol,
-            _pad: 0,
-        }
+        ListenerKey::new(self.dst_addr, self.dst_port, self.protocol)
     }
 }
 

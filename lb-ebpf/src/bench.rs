@@ -105,9 +105,15 @@ pub fn lb_bench(ctx: XdpContext) -> u32 {
     else {
         return XDP_ABORTED;
     };
-    // SAFETY: bounds checked by ptr_at. The frame starts 8-byte aligned (after the
-    // headroom), and unaligned packet access is allowed on the architectures XDP runs on.
-    unsafe { *packet = *original };
+    // One 64-bit store per word. A plain `*packet = *original` compiles to a call of a
+    // byte-by-byte `memmove`, which made this wrapper (and so the floor every method-2
+    // figure subtracts) 30 ns dearer than the peer's.
+    for (i, word) in original.iter().enumerate() {
+        // SAFETY: bounds checked by ptr_at. The frame starts 8-byte aligned (after the
+        // headroom), and unaligned packet access is allowed on the architectures XDP runs
+        // on. Volatile, so the compiler cannot fold the stores back into a `memmove`.
+        unsafe { core::ptr::write_volatile(packet.cast::<u64>().add(i), *word) };
+    }
     if BENCH_CONFIG.get(0).copied() == Some(1) {
         vary_source(&ctx, next_count(0));
     }

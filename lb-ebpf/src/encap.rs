@@ -103,14 +103,7 @@ pub fn send(ctx: &XdpContext, ip: &Ipv4, d: &Delivery) -> (u32, Reason) {
     if listener.encap_source == 0 && hop.src_addr == 0 {
         return (XDP_DROP, Reason::DropNoSourceAddress);
     }
-    let flow = FlowKey {
-        src_addr: ip.src_addr,
-        dst_addr: ip.dst_addr,
-        src_port: d.src_port,
-        dst_port: d.dst_port,
-        protocol: ip.protocol,
-        _pad: [0; 3],
-    };
+    let flow = FlowKey::new(ip.src_addr, ip.dst_addr, d.src_port, d.dst_port, ip.protocol);
     let inner = Inner {
         len: ip.tot_len,
         tos: ip.tos,

@@ -113,14 +113,7 @@ fn candidate(
     client_port: u16,
     l: &EndpointListener,
 ) -> Option<*mut Flow> {
-    let f = lookup(&FlowKey {
-        src_addr: client_addr,
-        dst_addr: l.vip,
-        src_port: client_port,
-        dst_port: l.vport,
-        protocol: endpoint.protocol,
-        _pad: [0; 3],
-    })?;
+    let f = lookup(&FlowKey::new(client_addr, l.vip, client_port, l.vport, endpoint.protocol))?;
     // SAFETY: a map value pointer stays valid for the program run.
     let b = BACKENDS.get(unsafe { (*f).backend })?;
     (b.addr == endpoint.addr && b.port == endpoint.port).then_some(f)
@@ -255,12 +248,7 @@ extern "C" fn collision_step(index: u64, ctx: *mut c_void) -> i64 {
     {
         return 0;
     }
-    let owner_listener = ListenerKey {
-        addr: l.vip,
-        port: l.vport,
-        protocol: search.key.protocol,
-        _pad: 0,
-    };
+    let owner_listener = ListenerKey::new(l.vip, l.vport, search.key.protocol);
     if let Some(ol) = LISTENERS.get_ptr(owner_listener)
         // SAFETY: as above.
         && is_active(search.now, owner, search.key.protocol, unsafe { &*ol })

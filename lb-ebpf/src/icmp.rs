@@ -23,7 +23,6 @@
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
-    helpers::generated::bpf_ktime_get_coarse_ns,
     macros::xdp,
     programs::XdpContext,
 };
@@ -34,6 +33,7 @@ use lb_common::{
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 use crate::{
+    clock,
     encap, flow, fwd,
     maps::{BACKENDS, LISTENERS},
     parse,
@@ -180,14 +180,7 @@ fn handle(ctx: &XdpContext, ip: &Ipv4) -> Option<(u32, Reason)> {
 
     // The quoted packet seen from the other end: for a reply we sent (VIP → client), the
     // client side of its flow, as FLOWS keys it.
-    let key = FlowKey {
-        src_addr: inner_dst,
-        dst_addr: inner_src,
-        src_port: dst_port,
-        dst_port: src_port,
-        protocol,
-        _pad: [0; 3],
-    };
+    let key = FlowKey::new(inner_dst, inner_src, dst_port, src_port, protocol);
 
     // A reply we sent (VIP → client), reported back to the VIP, quotes a flow of the flow
     // table.
@@ -203,12 +196,7 @@ fn handle(ctx: &XdpContext, ip: &Ipv4) -> Option<(u32, Reason)> {
             }
             // In DSR the backend sent the reply from the VIP itself: the error goes to it
             // as it is, in the flow's tunnel, and its stack matches the quote.
-            let listener = ListenerKey {
-                addr: inner_src,
-                port: src_port,
-                protocol,
-                _pad: 0,
-            };
+            let listener = ListenerKey::new(inner_src, src_port, protocol);
             if let Some(l) = LISTENERS.get_ptr(listener)
                 // SAFETY: a map value pointer stays valid for the program run.
                 && unsafe { (*l).encapsulation } != Encapsulation::None as u8
@@ -218,8 +206,7 @@ fn handle(ctx: &XdpContext, ip: &Ipv4) -> Option<(u32, Reason)> {
                     listener: unsafe { &*l },
                     backend_id: flow.backend,
                     backend: b,
-                    // SAFETY: helper without arguments.
-                    now: unsafe { bpf_ktime_get_coarse_ns() },
+                    now: clock::now(),
                     src_port: dst_port,
                     dst_port: src_port,
                     side: 0,

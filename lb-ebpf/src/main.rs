@@ -30,6 +30,8 @@
 #[cfg(all(target_arch = "bpf", feature = "testing"))]
 mod bench;
 #[cfg(target_arch = "bpf")]
+mod clock;
+#[cfg(target_arch = "bpf")]
 mod encap;
 #[cfg(target_arch = "bpf")]
 mod flow;

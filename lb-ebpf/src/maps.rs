@@ -135,3 +135,13 @@ pub static PENDING: PerCpuArray<PendingFlow> = PerCpuArray::with_max_entries(1, 
 /// `TooBig`). Scratch space of one packet, like `PENDING`.
 #[map(name = "TOO_BIG")]
 pub static TOO_BIG: PerCpuArray<TooBig> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per CPU: the coarse time last read and the jiffies value it was read at (`clock`).
+#[repr(C)]
+pub struct ClockReading {
+    pub jiffies: u64,
+    pub ns: u64,
+}
+
+#[map(name = "CLOCK")]
+pub static CLOCK: PerCpuArray<ClockReading> = PerCpuArray::with_max_entries(1, 0);

@@ -59,26 +59,14 @@ fn tunnel(ctx: &TcContext, backend_id: u32) -> Option<i32> {
         u32::from_ne_bytes(ip.dst_addr),
     );
     let backend = BACKENDS.get(backend_id)?;
-    let listener = LISTENERS.get_ptr(ListenerKey {
-        addr: dst,
-        port: ports[1],
-        protocol: ip.proto,
-        _pad: 0,
-    })?;
+    let listener = LISTENERS.get_ptr(ListenerKey::new(dst, ports[1], ip.proto))?;
     // SAFETY: a map value pointer stays valid for the program run.
     let listener = unsafe { &*listener };
     let encapsulation = Encapsulation::from_u8(listener.encapsulation)?;
     if encapsulation == Encapsulation::None {
         return None;
     }
-    let flow = FlowKey {
-        src_addr: src,
-        dst_addr: dst,
-        src_port: ports[0],
-        dst_port: ports[1],
-        protocol: ip.proto,
-        _pad: [0; 3],
-    };
+    let flow = FlowKey::new(src, dst, ports[0], ports[1], ip.proto);
     let inner = Inner {
         len: u16::from_be_bytes(ip.tot_len),
         tos: ip.tos,

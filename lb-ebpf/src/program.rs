@@ -4,7 +4,6 @@
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
-    helpers::generated::bpf_ktime_get_coarse_ns,
     macros::xdp,
     programs::XdpContext,
 };
@@ -16,7 +15,7 @@ use lb_common::{
 };
 
 use crate::{
-    flow, fwd,
+    clock, flow, fwd,
     maps::PENDING,
     nat,
     nat::Side,
@@ -103,8 +102,7 @@ fn is_vip(addr: u32) -> bool {
 /// handed to the new-flow stage.
 #[inline(always)]
 fn forward(ctx: &XdpContext, ip: &Ipv4, l4: &L4, listener: &Listener) -> (u32, Reason) {
-    // SAFETY: helper without arguments.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let now = clock::now();
     let packet = parse::packet(ip, l4);
     let opening = match decide::listener_packet(&Maps, &mut (), listener, &packet, now) {
         Decision::Established { flow, backend } => {

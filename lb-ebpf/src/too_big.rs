@@ -132,14 +132,13 @@ fn run(ctx: &XdpContext) -> (u32, Reason) {
     let mut q = head.quote;
     // The hand-off must be this packet's: a stage run on its own (a test run) finds
     // whatever the last packet on this CPU left.
-    let packet = FlowKey {
-        src_addr: ip.src_addr,
-        dst_addr: ip.dst_addr,
-        src_port: word(&q, 20),
-        dst_port: word(&q, 22),
-        protocol: ip.protocol,
-        _pad: [0; 3],
-    };
+    let packet = FlowKey::new(
+        ip.src_addr,
+        ip.dst_addr,
+        word(&q, 20),
+        word(&q, 22),
+        ip.protocol,
+    );
     if packet != key || !(side == TOO_BIG_DESTINATION || side == TOO_BIG_SOURCE) {
         return (XDP_DROP, Reason::DropStageFailed);
     }
