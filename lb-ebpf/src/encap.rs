@@ -103,7 +103,13 @@ pub fn send(ctx: &XdpContext, ip: &Ipv4, d: &Delivery) -> (u32, Reason) {
     if listener.encap_source == 0 && hop.src_addr == 0 {
         return (XDP_DROP, Reason::DropNoSourceAddress);
     }
-    let flow = FlowKey::new(ip.src_addr, ip.dst_addr, d.src_port, d.dst_port, ip.protocol);
+    let flow = FlowKey::new(
+        ip.src_addr,
+        ip.dst_addr,
+        d.src_port,
+        d.dst_port,
+        ip.protocol,
+    );
     let inner = Inner {
         len: ip.tot_len,
         tos: ip.tos,

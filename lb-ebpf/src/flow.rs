@@ -113,7 +113,13 @@ fn candidate(
     client_port: u16,
     l: &EndpointListener,
 ) -> Option<*mut Flow> {
-    let f = lookup(&FlowKey::new(client_addr, l.vip, client_port, l.vport, endpoint.protocol))?;
+    let f = lookup(&FlowKey::new(
+        client_addr,
+        l.vip,
+        client_port,
+        l.vport,
+        endpoint.protocol,
+    ))?;
     // SAFETY: a map value pointer stays valid for the program run.
     let b = BACKENDS.get(unsafe { (*f).backend })?;
     (b.addr == endpoint.addr && b.port == endpoint.port).then_some(f)

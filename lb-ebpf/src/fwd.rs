@@ -230,7 +230,13 @@ fn too_big(ctx: &XdpContext, ip: &Ipv4, route: &Route, mtu: u16) -> (u32, Reason
     // SAFETY: per-CPU value, only this CPU touches it while the packet runs.
     unsafe {
         *handoff = TooBig {
-            key: FlowKey::new(route.src_addr, dst_addr, route.src_port, route.dst_port, ip.protocol),
+            key: FlowKey::new(
+                route.src_addr,
+                dst_addr,
+                route.src_port,
+                route.dst_port,
+                ip.protocol,
+            ),
             addr: route.original_addr,
             port: route.original_port,
             mtu,

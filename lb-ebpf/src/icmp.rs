@@ -33,8 +33,7 @@ use lb_common::{
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 use crate::{
-    clock,
-    encap, flow, fwd,
+    clock, encap, flow, fwd,
     maps::{BACKENDS, LISTENERS},
     parse,
     parse::{ETH_LEN, Ipv4, Parsed, ptr_at},
