@@ -66,7 +66,13 @@ impl Outer {
         } else {
             route_source
         };
-        let hash = hash_tuple(flow.src_addr, flow.dst_addr, flow.src_port, flow.dst_port);
+        // Only a source prefix and GUE's port take anything from the hash.
+        let hash = if listener.encap_source_bits != 0 || matches!(encapsulation, Encapsulation::Gue)
+        {
+            hash_tuple(flow.src_addr, flow.dst_addr, flow.src_port, flow.dst_port)
+        } else {
+            0
+        };
         Self {
             encapsulation,
             src_addr: outer_source(base, listener.encap_source_bits, hash),
@@ -79,45 +85,93 @@ impl Outer {
         }
     }
 
-    /// The outer IPv4 header, checksum included. Identification 0 (RFC 6864 allows it
-    /// for atomic datagrams; a fragmentable one gets fragments the kernel numbers).
+    /// The outer IPv4 header, checksum included, as ten 16-bit words in wire order (each
+    /// the two bytes the packet holds, read as a native `u16`). Identification 0 (RFC 6864
+    /// allows it for atomic datagrams; a fragmentable one gets fragments the kernel
+    /// numbers). Words, not bytes: the XDP program writes them with ten stores, and the
+    /// checksum is a sum of values already in registers.
     #[inline(always)]
-    pub const fn ipv4_header(&self) -> [u8; IPV4_HEADER_LEN as usize] {
+    pub const fn ipv4_words(&self) -> [u16; IPV4_HEADER_LEN as usize / 2] {
         let total = self.inner_len + self.encapsulation.overhead();
         let protocol = match self.encapsulation {
             Encapsulation::Gue => PROTO_UDP,
             _ => PROTO_IPIP,
         };
         let flags: u16 = if self.dont_fragment { DONT_FRAGMENT } else { 0 };
-        let t = total.to_be_bytes();
-        let f = flags.to_be_bytes();
-        let s = self.src_addr.to_ne_bytes();
-        let d = self.dst_addr.to_ne_bytes();
-        let mut h = [
-            0x45, self.tos, t[0], t[1], 0, 0, f[0], f[1], ENCAP_TTL, protocol, 0, 0, s[0], s[1],
-            s[2], s[3], d[0], d[1], d[2], d[3],
+        let [s0, s1] = halves(self.src_addr);
+        let [d0, d1] = halves(self.dst_addr);
+        let mut w = [
+            u16::from_ne_bytes([0x45, self.tos]),
+            total.to_be(),
+            0,
+            flags.to_be(),
+            u16::from_ne_bytes([ENCAP_TTL, protocol]),
+            0,
+            s0,
+            s1,
+            d0,
+            d1,
         ];
-        let mut sum = 0u32;
+        let sum = w[0] as u32
+            + w[1] as u32
+            + w[3] as u32
+            + w[4] as u32
+            + s0 as u32
+            + s1 as u32
+            + d0 as u32
+            + d1 as u32;
+        w[5] = !fold(sum);
+        w
+    }
+
+    /// `ipv4_words` as the bytes on the wire.
+    pub const fn ipv4_header(&self) -> [u8; IPV4_HEADER_LEN as usize] {
+        let w = self.ipv4_words();
+        let mut h = [0; IPV4_HEADER_LEN as usize];
         let mut i = 0;
-        while i < h.len() {
-            sum += u16::from_ne_bytes([h[i], h[i + 1]]) as u32;
-            i += 2;
+        while i < w.len() {
+            let b = w[i].to_ne_bytes();
+            h[2 * i] = b[0];
+            h[2 * i + 1] = b[1];
+            i += 1;
         }
-        let check = (!fold(sum)).to_ne_bytes();
-        h[10] = check[0];
-        h[11] = check[1];
         h
     }
 
-    /// The GUE UDP header. Checksum 0: IPv4 UDP allows none (RFC 768), the inner packet
-    /// carries its own, and computing one would read the whole packet.
+    /// The GUE UDP header in wire-order words, as `ipv4_words`. Checksum 0: IPv4 UDP
+    /// allows none (RFC 768), the inner packet carries its own, and computing one would
+    /// read the whole packet.
     #[inline(always)]
-    pub const fn udp_header(&self) -> [u8; UDP_HEADER_LEN as usize] {
-        let len = (self.inner_len + UDP_HEADER_LEN).to_be_bytes();
-        let s = self.src_port.to_ne_bytes();
-        let d = self.dst_port.to_ne_bytes();
-        [s[0], s[1], d[0], d[1], len[0], len[1], 0, 0]
+    pub const fn udp_words(&self) -> [u16; UDP_HEADER_LEN as usize / 2] {
+        [
+            self.src_port,
+            self.dst_port,
+            (self.inner_len + UDP_HEADER_LEN).to_be(),
+            0,
+        ]
     }
+
+    /// `udp_words` as the bytes on the wire.
+    pub const fn udp_header(&self) -> [u8; UDP_HEADER_LEN as usize] {
+        let [s, d, l, c] = self.udp_words();
+        let (s, d, l, c) = (
+            s.to_ne_bytes(),
+            d.to_ne_bytes(),
+            l.to_ne_bytes(),
+            c.to_ne_bytes(),
+        );
+        [s[0], s[1], d[0], d[1], l[0], l[1], c[0], c[1]]
+    }
+}
+
+/// The two wire-order 16-bit words of an address held in network byte order.
+#[inline(always)]
+const fn halves(addr: u32) -> [u16; 2] {
+    let b = addr.to_ne_bytes();
+    [
+        u16::from_ne_bytes([b[0], b[1]]),
+        u16::from_ne_bytes([b[2], b[3]]),
+    ]
 }
 
 /// The outer source of a flow: `base` with its low `bits` bits taken from the flow's hash,

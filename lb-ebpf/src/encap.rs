@@ -29,19 +29,25 @@ use crate::{
 const IPV4_LEN: usize = lb_common::IPV4_HEADER_LEN as usize;
 const UDP_LEN: usize = lb_common::UDP_HEADER_LEN as usize;
 
-/// The front of an IPIP frame, as it is laid out.
+/// The front of an IPIP frame, as it is laid out. The headers are 16-bit words: frames
+/// start at an even address (the Ethernet header's own `ether_type` already counts on it),
+/// so each word is one store.
 #[repr(C)]
 struct IpipFront {
-    eth: EthHdr,
-    ip: [u8; IPV4_LEN],
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+    ether_type: u16,
+    ip: [u16; IPV4_LEN / 2],
 }
 
 /// The front of a GUE frame.
 #[repr(C)]
 struct GueFront {
-    eth: EthHdr,
-    ip: [u8; IPV4_LEN],
-    udp: [u8; UDP_LEN],
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+    ether_type: u16,
+    ip: [u16; IPV4_LEN / 2],
+    udp: [u16; UDP_LEN / 2],
 }
 
 /// What to encapsulate a packet for, and how to count it.
@@ -126,13 +132,12 @@ pub fn send(ctx: &XdpContext, ip: &Ipv4, d: &Delivery) -> (u32, Reason) {
 
     // The kernel path needs the frame's own Ethernet addresses (it drops a frame not
     // addressed to the interface); read them before the header moves.
-    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
-        return (XDP_DROP, Reason::DropMalformedEthernet);
-    };
-    // SAFETY: bounds checked by ptr_at; EthHdr has alignment 1.
-    let (dst_mac, src_mac) = unsafe { ((*eth).dst_addr, (*eth).src_addr) };
     let (dst_mac, src_mac) = if hop.egress == 0 {
-        (dst_mac, src_mac)
+        let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+            return (XDP_DROP, Reason::DropMalformedEthernet);
+        };
+        // SAFETY: bounds checked by ptr_at.
+        unsafe { ((*eth).dst_addr, (*eth).src_addr) }
     } else {
         (hop.dst_mac, hop.src_mac)
     };
@@ -141,29 +146,29 @@ pub fn send(ctx: &XdpContext, ip: &Ipv4, d: &Delivery) -> (u32, Reason) {
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, grow) } != 0 {
         return (XDP_DROP, Reason::DropNoHeadroom);
     }
-    let front = EthHdr {
-        dst_addr: dst_mac,
-        src_addr: src_mac,
-        ether_type: EtherType::Ipv4 as u16,
-    };
+    let ether_type = EtherType::Ipv4 as u16;
     if gue {
         let Some(f) = ptr_at::<GueFront>(ctx, 0) else {
             return (XDP_DROP, Reason::DropNoHeadroom);
         };
-        // SAFETY: bounds checked by ptr_at; GueFront has alignment 1.
+        // SAFETY: bounds checked by ptr_at; the frame starts at an even address.
         unsafe {
-            (*f).eth = front;
-            (*f).ip = outer.ipv4_header();
-            (*f).udp = outer.udp_header();
+            (*f).dst_mac = dst_mac;
+            (*f).src_mac = src_mac;
+            (*f).ether_type = ether_type;
+            (*f).ip = outer.ipv4_words();
+            (*f).udp = outer.udp_words();
         }
     } else {
         let Some(f) = ptr_at::<IpipFront>(ctx, 0) else {
             return (XDP_DROP, Reason::DropNoHeadroom);
         };
-        // SAFETY: bounds checked by ptr_at; IpipFront has alignment 1.
+        // SAFETY: as above.
         unsafe {
-            (*f).eth = front;
-            (*f).ip = outer.ipv4_header();
+            (*f).dst_mac = dst_mac;
+            (*f).src_mac = src_mac;
+            (*f).ether_type = ether_type;
+            (*f).ip = outer.ipv4_words();
         }
     }
     if hop.egress == 0 {
