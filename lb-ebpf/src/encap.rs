@@ -174,5 +174,5 @@ pub fn send(ctx: &XdpContext, ip: &Ipv4, d: &Delivery) -> (u32, Reason) {
     if hop.egress == 0 {
         return (XDP_PASS, hop.kernel_reason);
     }
-    fwd::send(ctx, hop.egress, d.sent)
+    fwd::send(&hop, d.sent)
 }

@@ -66,6 +66,9 @@ pub struct Route {
 pub struct Hop {
     /// Egress ifindex; 0 when the kernel must forward the packet (`kernel_reason`).
     pub egress: u32,
+    /// The ifindex the packet came in on. Kept here because reading it from the context
+    /// is three dependent loads (the frame's receive queue, its device, the index).
+    pub ingress: u32,
     pub dst_mac: [u8; 6],
     pub src_mac: [u8; 6],
     /// The route's preferred source when `Route::want_source`, else 0. Network order.
@@ -98,7 +101,7 @@ pub fn transmit(ctx: &XdpContext, ip: &Ipv4, route: &Route, sent: Reason) -> (u3
         return (XDP_DROP, Reason::DropMalformedEthernet);
     }
     decrement_ttl(ctx);
-    send(ctx, hop.egress, sent)
+    send(&hop, sent)
 }
 
 /// The next hop of `route` from the per-backend cache or the FIB. `Err` is a verdict
@@ -119,6 +122,7 @@ pub fn next_hop(ctx: &XdpContext, ip: &Ipv4, route: &Route) -> Result<Hop, (u32,
     {
         return Ok(Hop {
             egress: hop.egress,
+            ingress,
             dst_mac: hop.dst_mac,
             src_mac: hop.src_mac,
             src_addr: hop.src_addr,
@@ -160,6 +164,7 @@ pub fn next_hop(ctx: &XdpContext, ip: &Ipv4, route: &Route) -> Result<Hop, (u32,
     };
     let kernel = |reason| Hop {
         egress: 0,
+        ingress,
         dst_mac: [0; 6],
         src_mac: [0; 6],
         src_addr,
@@ -200,6 +205,7 @@ pub fn next_hop(ctx: &XdpContext, ip: &Ipv4, route: &Route) -> Result<Hop, (u32,
     }
     Ok(Hop {
         egress: fib.ifindex,
+        ingress,
         dst_mac: fib.dmac,
         src_mac: fib.smac,
         src_addr,
@@ -263,13 +269,14 @@ pub fn set_macs(ctx: &XdpContext, hop: &Hop) -> bool {
     true
 }
 
-/// Out by XDP_TX (the interface it came in on) or a devmap redirect.
+/// Out through `hop.egress`: XDP_TX when it is the interface the packet came in on,
+/// otherwise a devmap redirect.
 #[inline(always)]
-pub fn send(ctx: &XdpContext, egress: u32, sent: Reason) -> (u32, Reason) {
-    if egress == ctx.ingress_ifindex() as u32 {
+pub fn send(hop: &Hop, sent: Reason) -> (u32, Reason) {
+    if hop.egress == hop.ingress {
         return (XDP_TX, sent);
     }
-    match TX_PORTS.redirect(egress, u64::from(XDP_PASS)) {
+    match TX_PORTS.redirect(hop.egress, u64::from(XDP_PASS)) {
         Ok(action) => (action, sent),
         Err(action) => (action, Reason::PassNoTxPort),
     }

@@ -55,22 +55,28 @@ fn noisy(s: &Summary) -> Option<f64> {
     (spread > NOISY).then_some(spread)
 }
 
-/// Why our method-2 floor differs from the peer's, when it differs by more than 20 ns:
-/// the kernel's test-run loop alone is measured, so the rest is the wrapper's own.
+/// How our method-2 floor compares with the peer's; when they differ by more than 20 ns,
+/// where the difference is: the kernel's test-run loop alone is measured, so the rest is
+/// the wrapper's own.
 fn floor_difference(c: &CostReport) -> Option<String> {
     let floor = c.floor_m2?.median;
-    if (floor - PEER_FLOOR.0).abs() <= 20.0 {
-        return None;
+    let difference = floor - PEER_FLOOR.0;
+    if difference.abs() <= 20.0 {
+        return Some(format!(
+            "Our method-2 floor ({floor:.0} ns) is within 20 ns of the {PEER_SOURCE}'s ({:.0} \
+             ns): the two wrappers cost about the same.",
+            PEER_FLOOR.0
+        ));
     }
     let test_loop = c.test_loop?.median;
     Some(format!(
-        "Our method-2 floor ({floor:.0} ns) is {:.0} ns above the {PEER_SOURCE}'s ({:.0} ns). \
+        "Our method-2 floor ({floor:.0} ns) is {:.0} ns {} the {PEER_SOURCE}'s ({:.0} ns). \
          The kernel's test-run loop alone (`lb_empty` with `repeat`, no wrapper) costs \
          {test_loop:.0} ns per run here, so our wrapper and its tail call add {:.0} ns, the \
          peer's about {:.0} ns. Each side subtracts its own floor, so the difference does \
-         not enter the comparison; which instruction of the wrapper costs it is not traced \
-         yet (restoring the frame is eight 64-bit copies).",
-        floor - PEER_FLOOR.0,
+         not enter the comparison.",
+        difference.abs(),
+        if difference > 0.0 { "above" } else { "below" },
         PEER_FLOOR.0,
         floor - test_loop,
         (PEER_FLOOR.0 - test_loop).max(0.0)
@@ -635,7 +641,7 @@ fn cost_section(o: &mut String, r: &Report) {
          duration; {} syscalls per round ({} for the new-flow cases), the round's figure is \
          their mean. Floor: `lb_empty` on the same frames, interleaved one for one.\n\
          - **Method 2** (in-kernel loop): `lb_bench` restores the 64-byte frame at the \
-         start of every run (and in new-flow mode writes a fresh source address and port \
+         start of every run with eight 64-bit stores (and in new-flow mode writes a fresh source address and port \
          from a per-CPU counter), then tail-calls `lb_xdp`; {} runs per round for fixed \
          frames, {} for the new-flow cases. Floor: the same wrapper in the same mode \
          tail-calling `lb_empty`.\n\
