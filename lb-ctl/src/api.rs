@@ -186,10 +186,33 @@ pub struct Status {
     pub conflicts: Vec<String>,
     #[serde(default)]
     pub flow_table: FlowTableStatus,
+    /// Config reloads (SIGHUP, `lb-ctl reload`) since the daemon started.
+    #[serde(default)]
+    pub reloads: ReloadStatus,
     /// BGP sessions and announced VIPs; absent without a `bgp` section. Filled by the
     /// daemon, which asks BIRD.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bgp: Option<crate::bgp::BgpStatus>,
+}
+
+/// Config reloads since the daemon started: applied ones, refused ones (the config file
+/// had an error or broke a rule; nothing of it was applied), and whether the last one
+/// succeeded (true before any).
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+pub struct ReloadStatus {
+    pub applied: u64,
+    pub refused: u64,
+    pub last_successful: bool,
+}
+
+impl Default for ReloadStatus {
+    fn default() -> Self {
+        Self {
+            applied: 0,
+            refused: 0,
+            last_successful: true,
+        }
+    }
 }
 
 /// The flow table as the last sweep (every second) saw it.

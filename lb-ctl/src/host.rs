@@ -119,6 +119,13 @@ impl Ipv4Conf {
         Ok(true)
     }
 
+    /// Whether the kernel forwards packets that arrive on `iface` (`forwarding`, which
+    /// `net.ipv4.ip_forward` sets on every interface). The FIB lookup of the XDP program
+    /// answers only for such an ingress.
+    pub fn forwarding(&self, iface: &str) -> Result<bool> {
+        Ok(self.read(iface, "forwarding")? != 0)
+    }
+
     /// The reverse-path filtering in force on `iface`.
     pub fn rp_filter(&self, iface: &str) -> Result<RpFilter> {
         Ok(RpFilter::of(self.effective(iface, "rp_filter")?))
@@ -219,6 +226,11 @@ pub(crate) fn strict_rp_filter_conflicts(
 /// setting that cannot be read or written is a warning with the command that fixes it.
 pub(crate) fn prepare(conf: &Ipv4Conf, interfaces: &[&str], vips: &BTreeSet<Ipv4Addr>) {
     for iface in interfaces {
+        match conf.forwarding(iface) {
+            Ok(true) => {}
+            Ok(false) => warn!("{}", forwarding_off(iface)),
+            Err(e) => warn!("cannot read the forwarding setting of {iface}: {e}"),
+        }
         match conf.enable_accept_local(iface) {
             Ok(true) => info!(
                 "net.ipv4.conf.{iface}.accept_local set to 1: replies that XDP hands to the \
@@ -271,6 +283,17 @@ pub(crate) fn prepare(conf: &Ipv4Conf, interfaces: &[&str], vips: &BTreeSet<Ipv4
     }
 }
 
+/// The warning for an interface the kernel does not forward from. Not fixed by the
+/// daemon: turning a host into a router is its operator's decision.
+fn forwarding_off(iface: &str) -> String {
+    format!(
+        "net.ipv4.conf.{iface}.forwarding is 0: the kernel's FIB gives the XDP program no \
+         next hop for packets that arrive on {iface}, so every packet it would forward from \
+         there is dropped (drop_no_route). Run `sysctl -w net.ipv4.ip_forward=1` (all \
+         interfaces) and persist it in /etc/sysctl.d/"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -287,7 +310,7 @@ mod tests {
             let _ = fs::remove_dir_all(&root);
             for scope in interfaces.iter().chain(&["all"]) {
                 fs::create_dir_all(root.join(scope)).unwrap();
-                for key in ["accept_local", "rp_filter"] {
+                for key in ["accept_local", "rp_filter", "forwarding"] {
                     fs::write(root.join(scope).join(key), "0\n").unwrap();
                 }
             }
@@ -321,6 +344,21 @@ mod tests {
             address: Ipv4Addr::from(address),
             iface: iface.to_owned(),
         }
+    }
+
+    #[test]
+    fn forwarding_is_read_per_interface_and_its_warning_says_how_to_turn_it_on() {
+        let fake = FakeConf::new("forwarding", &["lb-front", "lb-back"]);
+        let conf = fake.conf();
+        fake.set("lb-front", "forwarding", "1");
+        assert!(conf.forwarding("lb-front").unwrap());
+        assert!(!conf.forwarding("lb-back").unwrap());
+        let warning = forwarding_off("lb-back");
+        assert!(warning.contains("drop_no_route"), "{warning}");
+        assert!(
+            warning.contains("sysctl -w net.ipv4.ip_forward=1"),
+            "{warning}"
+        );
     }
 
     #[test]

@@ -221,6 +221,30 @@ impl Collector for SampleCollector {
                 .map(|i| vec![("interface", i.name.clone()), ("mode", i.mode.clone())]),
         )?;
 
+        counter_family(
+            e,
+            "lb_config_reloads",
+            "Config reloads (SIGHUP, lb-ctl reload) since the daemon started: applied, or \
+             refused (nothing of that config was applied).",
+            None,
+            [
+                (
+                    vec![("result", "applied".to_owned())],
+                    s.status.reloads.applied,
+                ),
+                (
+                    vec![("result", "refused".to_owned())],
+                    s.status.reloads.refused,
+                ),
+            ],
+        )?;
+        gauge(
+            e,
+            "lb_config_last_reload_successful",
+            "1 if the last config reload was applied (or none was tried), 0 if it was refused.",
+            u64::from(s.status.reloads.last_successful),
+        )?;
+
         // Listeners.
         let listeners: Vec<(Labels, &crate::api::ListenerStatus)> = s
             .status

@@ -265,6 +265,52 @@ fn strict_rp_filter_with_a_local_vip_is_reported_and_loose_mode_works() {
     unknown_client_gets_every_answer(&topo, &daemon);
 }
 
+/// Forwarding off on the LB (`net.ipv4.ip_forward=0`): the kernel's FIB gives the
+/// program no next hop, so nothing is balanced. The daemon says so at start, naming each
+/// interface and the fix, and the fix works without a restart.
+#[test]
+fn forwarding_off_is_reported_and_turning_it_on_works() {
+    let Some((topo, daemon, _backends)) = setup("dfw", VipPlacement::RoutedToLb, |topo| {
+        topo.lb().sysctl("net.ipv4.ip_forward", 0);
+    }) else {
+        return;
+    };
+    let log = daemon.log();
+    for iface in [topo.lb_client_if(), topo.lb_backend_if()] {
+        let needle = format!("net.ipv4.conf.{iface}.forwarding is 0");
+        let warning = log
+            .lines()
+            .find(|l| l.contains("WARN") && l.contains(&needle))
+            .unwrap_or_else(|| panic!("no warning {needle:?} in the log:\n{log}"));
+        assert!(
+            warning.contains("sysctl -w net.ipv4.ip_forward=1"),
+            "the fix in {warning}"
+        );
+    }
+
+    let short = BulkOptions {
+        max_time: Duration::from_secs(2),
+        connect_timeout: Duration::from_secs(2),
+        deadline: Duration::from_secs(20),
+    };
+    let before = daemon.stats();
+    let tally = Tally::of(&curl_many_with(topo.client(), &url(), 3, None, 1, &short));
+    assert_eq!(tally.answered(), 0, "nothing is forwarded: {tally}");
+    let after = daemon.stats();
+    assert!(
+        reason(&after, "drop_no_route") > reason(&before, "drop_no_route"),
+        "the requests were dropped as drop_no_route: {after:#}"
+    );
+
+    topo.lb().sysctl("net.ipv4.ip_forward", 1);
+    let tally = Tally::of(&curl_many(topo.client(), &url(), REQUESTS, None, 1));
+    assert_eq!(
+        tally.failed(),
+        0,
+        "every request answered once forwarding is on: {tally}"
+    );
+}
+
 /// Packets read on the LB's client-side interface so far.
 fn lb_client_rx_packets(topo: &Topology) -> u64 {
     let path = format!(

@@ -136,6 +136,29 @@ impl Metrics {
     }
 }
 
+impl Metrics {
+    /// Whether a sample line of the exposition is named `name` (histogram series included:
+    /// `_bucket`, `_sum`, `_count`).
+    fn exports(&self, name: &str) -> bool {
+        self.text.lines().any(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+    }
+}
+
+/// The names of this project's metrics (`lb_…`) a text of queries uses, once each.
+fn metric_names(text: &str) -> Vec<String> {
+    let mut names: Vec<String> = text
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+        .filter(|word| word.starts_with("lb_"))
+        .map(str::to_owned)
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
 /// Polls the metrics until `check` passes (it returns why not), at most `timeout`.
 fn wait_for(
     topo: &Topology,
@@ -192,6 +215,8 @@ fn metrics_are_prometheus_text_and_count_the_traffic() {
         ("lb_flow_table_evictions_estimate", SampleType::Gauge),
         ("lb_health_probe_duration_seconds", SampleType::Histogram),
         ("lb_health_probes", SampleType::Counter),
+        ("lb_config_reloads", SampleType::Counter),
+        ("lb_config_last_reload_successful", SampleType::Gauge),
     ] {
         assert!(
             before.scrape.docs.contains_key(family),
@@ -210,6 +235,24 @@ fn metrics_are_prometheus_text_and_count_the_traffic() {
         "no # EOF\n{}",
         before.text
     );
+
+    // The dashboard and the alert rules in deploy/ query only what this exports.
+    let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+    let dashboard = std::fs::read_to_string(deploy.join("grafana/lb-dashboard.json"))
+        .expect("deploy/grafana/lb-dashboard.json");
+    let rules = std::fs::read_to_string(deploy.join("prometheus/lb-alerts.yml"))
+        .expect("deploy/prometheus/lb-alerts.yml");
+    for (file, text) in [("the dashboard", &dashboard), ("the alert rules", &rules)] {
+        let names = metric_names(text);
+        assert!(names.len() >= 6, "{file} names {names:?}");
+        for name in names {
+            assert!(
+                before.exports(&name),
+                "{file} queries {name}, which /metrics does not export:\n{}",
+                before.text
+            );
+        }
+    }
 
     // Every reason of the data plane is exported, once, with a `reason` label.
     for r in Reason::ALL {
@@ -482,6 +525,24 @@ fn the_listener_answers_only_reads_and_follows_reloads() {
     got.sort();
     assert_eq!(got, expected);
 
+    // A refused reload is counted and turns the last-reload gauge to 0 (what an alert
+    // watches); the next good one turns it back.
+    let fresh = scrape(&topo, METRICS_PORT);
+    assert_eq!(
+        fresh.value("lb_config_reloads_total", &[("result", "refused")]),
+        0.0
+    );
+    assert_eq!(fresh.value("lb_config_last_reload_successful", &[]), 1.0);
+    daemon.write_config("instance: [this is not a config\n");
+    let refused = daemon.ctl(&["reload"]);
+    assert!(!refused.status.success(), "a broken config is refused");
+    let after = scrape(&topo, METRICS_PORT);
+    assert_eq!(
+        after.value("lb_config_reloads_total", &[("result", "refused")]),
+        1.0
+    );
+    assert_eq!(after.value("lb_config_last_reload_successful", &[]), 0.0);
+
     // A reload moves the listener (within a sweep interval), and removing the setting
     // stops it.
     daemon.write_config(&config(&topo, METRICS_PORT + 1));
@@ -499,6 +560,12 @@ fn the_listener_answers_only_reads_and_follows_reloads() {
         .lb()
         .exec(["curl", "-sS", "--max-time", "2", &format!("{base}/metrics")]);
     assert!(!old.status.success(), "the old address still answers");
+    let applied = scrape(&topo, METRICS_PORT + 1);
+    assert_eq!(
+        applied.value("lb_config_reloads_total", &[("result", "applied")]),
+        1.0
+    );
+    assert_eq!(applied.value("lb_config_last_reload_successful", &[]), 1.0);
     let without = config(&topo, METRICS_PORT + 1).replace(
         &format!("metrics_listen: 127.0.0.1:{}\n", METRICS_PORT + 1),
         "",

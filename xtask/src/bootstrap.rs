@@ -107,6 +107,15 @@ const PACKAGES: &[PackageSet] = &[
         packages: &["bird2"],
         deb_web_only: false,
     },
+    // Test: promtool, which checks the alert rules in deploy/prometheus and runs their
+    // unit tests. Debian ships it only with the server; on a host that runs systemd the
+    // package also starts a Prometheus (`systemctl disable --now prometheus` stops it).
+    PackageSet {
+        group: Group::Test,
+        what: "alert rules checker (promtool, from prometheus)",
+        packages: &["prometheus"],
+        deb_web_only: false,
+    },
     // Bench: the baselines the XDP forwarder is measured against.
     PackageSet {
         group: Group::Bench,

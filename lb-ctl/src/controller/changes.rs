@@ -157,7 +157,20 @@ impl<P: Platform> Controller<P> {
     }
 
     /// Re-reads the config file; applies only the difference, with the overlay replayed.
+    /// Counts the outcome for `/metrics`.
     pub fn reload(&mut self) -> Result<Done, ControllerError> {
+        let outcome = self.reload_config();
+        let ok = outcome.is_ok();
+        if ok {
+            self.reloads.applied += 1;
+        } else {
+            self.reloads.refused += 1;
+        }
+        self.reloads.last_successful = ok;
+        outcome
+    }
+
+    fn reload_config(&mut self) -> Result<Done, ControllerError> {
         let base = config::load(&self.options.config_path).map_err(|errors| {
             ControllerError::BadConfig {
                 path: self.options.config_path.clone(),

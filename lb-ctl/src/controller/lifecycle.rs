@@ -78,6 +78,7 @@ impl<P: Platform> Controller<P> {
             overlay,
             effective,
             conflicts,
+            reloads: crate::api::ReloadStatus::default(),
             departed_at: HashMap::new(),
             initially_down: runtime.unhealthy.clone(),
             runtime,

@@ -58,6 +58,8 @@ pub(crate) struct Controller<P: Platform = Kernel> {
     overlay: Vec<Change>,
     effective: Config,
     conflicts: Vec<String>,
+    /// Reloads applied and refused so far (`/metrics`).
+    reloads: crate::api::ReloadStatus,
     pub runtime: Runtime,
     ids: Ids,
     reconciler: Reconciler,

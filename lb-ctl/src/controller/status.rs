@@ -199,6 +199,7 @@ impl<P: Platform> Controller<P> {
             listeners,
             overlay_changes: self.overlay.len(),
             conflicts: self.conflicts.clone(),
+            reloads: self.reloads,
             flow_table: api::FlowTableStatus {
                 capacity: self.effective.flow_table_size,
                 entries: self.flow_entries,
