@@ -154,6 +154,16 @@ pub enum Command {
         #[arg(long)]
         undo: bool,
     },
+    /// Exit 0 when the daemon answers and its XDP program is attached to every interface
+    /// of its config; 1 (with the reason) when an interface is missing, 3 when no daemon
+    /// answers. For keepalived's `vrrp_script` and other health checkers of the LB host.
+    Check {
+        #[command(flatten)]
+        connect: Connect,
+        /// Seconds to wait for the daemon's answer before calling it not serving.
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=60))]
+        timeout: u64,
+    },
     /// Re-read the config file and apply the difference (also SIGHUP).
     Reload(Connect),
     /// Print the effective state (config + runtime changes) as a config file.
@@ -202,6 +212,7 @@ impl Command {
             | Self::Stats { connect, .. }
             | Self::Explain { connect, .. }
             | Self::DrainHost { connect, .. }
+            | Self::Check { connect, .. }
             | Self::Reload(connect)
             | Self::Export(connect) => Some(connect),
             Self::Validate { .. }

@@ -283,6 +283,79 @@ fn status(socket: &Path, args: &StatusArgs) -> i32 {
     }
 }
 
+/// `lb-ctl check`: whether this host serves (the daemon answers within `timeout`, its
+/// program is attached to every interface of its config), said in one line.
+fn check(socket: &Path, timeout: Duration) -> i32 {
+    let data = match api::call(socket, &Request::Status, timeout) {
+        Ok(Response::Ok { data, .. }) => data,
+        Ok(Response::Error { message, .. }) => {
+            println!("not serving: the daemon answers with an error: {message}");
+            return exit::FAILED;
+        }
+        Err(e @ api::ClientError::Connect { .. }) => {
+            println!("not serving: {e}");
+            return exit::NO_DAEMON;
+        }
+        Err(e) => {
+            println!("not serving: {e}");
+            return exit::FAILED;
+        }
+    };
+    let status: Status = match serde_json::from_value(data) {
+        Ok(s) => s,
+        Err(e) => {
+            println!("not serving: unexpected status from the daemon: {e}");
+            return exit::FAILED;
+        }
+    };
+    match check_status(&status) {
+        Ok(summary) => {
+            println!("serving: {summary}");
+            exit::OK
+        }
+        Err(why) => {
+            println!("not serving: {why}");
+            exit::FAILED
+        }
+    }
+}
+
+/// What `check` concludes from a status: a summary when every interface has the program
+/// attached, else why not.
+fn check_status(status: &Status) -> Result<String, String> {
+    if status.interfaces.is_empty() {
+        return Err(format!(
+            "instance {}: the program is attached to no interface",
+            status.instance
+        ));
+    }
+    let missing: Vec<&str> = status
+        .interfaces
+        .iter()
+        .filter(|i| i.mode == "missing")
+        .map(|i| i.name.as_str())
+        .collect();
+    if !missing.is_empty() {
+        return Err(format!(
+            "instance {}: interface(s) {} of the config do not exist, nothing arriving \
+             there is balanced",
+            status.instance,
+            missing.join(", ")
+        ));
+    }
+    let interfaces: Vec<String> = status
+        .interfaces
+        .iter()
+        .map(|i| format!("{} ({})", i.name, i.mode))
+        .collect();
+    Ok(format!(
+        "instance {}, {} listener(s), XDP on {}",
+        status.instance,
+        status.listeners.len(),
+        interfaces.join(", ")
+    ))
+}
+
 fn flows(socket: &Path, args: &FlowsArgs) -> i32 {
     let request = Request::Flows {
         listener: args.listener.clone(),
@@ -953,6 +1026,7 @@ pub fn run(before: &Path, command: Command) -> i32 {
             }
         }
         Command::DrainHost { undo, .. } => simple(socket, &Request::DrainHost { undo }, false),
+        Command::Check { timeout, .. } => check(socket, Duration::from_secs(timeout)),
         Command::Reload(_) => simple(socket, &Request::Reload, false),
         Command::Export(_) => simple(socket, &Request::Export, true),
         Command::Teardown {
@@ -992,5 +1066,43 @@ pub fn run(before: &Path, command: Command) -> i32 {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::InterfaceStatus;
+
+    fn status(modes: &[(&str, &str)]) -> Status {
+        Status {
+            instance: "edge".into(),
+            interfaces: modes
+                .iter()
+                .enumerate()
+                .map(|(i, (name, mode))| InterfaceStatus {
+                    name: (*name).into(),
+                    ifindex: i as u32 + 2,
+                    mode: (*mode).into(),
+                })
+                .collect(),
+            ..Status::default()
+        }
+    }
+
+    #[test]
+    fn check_passes_only_with_the_program_on_every_interface() {
+        let ok = check_status(&status(&[("eth0", "native"), ("eth1", "generic")])).unwrap();
+        assert_eq!(
+            ok,
+            "instance edge, 0 listener(s), XDP on eth0 (native), eth1 (generic)"
+        );
+        let why = check_status(&status(&[("eth0", "native"), ("eth1", "missing")])).unwrap_err();
+        assert!(
+            why.contains("interface(s) eth1 of the config do not exist"),
+            "{why}"
+        );
+        let why = check_status(&status(&[])).unwrap_err();
+        assert!(why.contains("attached to no interface"), "{why}");
     }
 }

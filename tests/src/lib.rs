@@ -32,6 +32,7 @@ pub mod flood;
 pub mod fuzz;
 pub mod netns;
 pub mod packet;
+pub mod pair;
 pub mod privilege;
 pub mod provision;
 pub mod steady;

@@ -116,6 +116,13 @@ const PACKAGES: &[PackageSet] = &[
         packages: &["prometheus"],
         deb_web_only: false,
     },
+    // Test: the active/standby test runs keepalived in each LB namespace.
+    PackageSet {
+        group: Group::Test,
+        what: "VRRP (keepalived)",
+        packages: &["keepalived"],
+        deb_web_only: false,
+    },
     // Bench: the baselines the XDP forwarder is measured against.
     PackageSet {
         group: Group::Bench,
