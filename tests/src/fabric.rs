@@ -86,12 +86,7 @@ impl Fabric {
             .chain(&lbs)
             .chain(&backends)
         {
-            ns.sysctls(&[
-                ("net.ipv4.conf.all.rp_filter", "0"),
-                ("net.ipv4.conf.default.rp_filter", "0"),
-                ("net.ipv6.conf.all.disable_ipv6", "1"),
-                ("net.ipv6.conf.default.disable_ipv6", "1"),
-            ]);
+            crate::topology::ipv4_only_host(ns);
         }
         // The LB hosts forward too: XDP's FIB lookup answers only where forwarding is on.
         for ns in std::iter::once(&router).chain(&lbs) {
@@ -108,17 +103,7 @@ impl Fabric {
 
         veth(&client, HOST_IF, &router, ROUTER_CLIENT_IF);
         veth(&router, ROUTER_FABRIC_IF, &switch, "sw-r");
-        switch.ip([
-            "link",
-            "add",
-            BRIDGE,
-            "type",
-            "bridge",
-            "stp_state",
-            "0",
-            "forward_delay",
-            "0",
-        ]);
+        crate::topology::add_bridge(&switch, BRIDGE);
         let mut ends: Vec<(&Netns, String)> = vec![
             (&client, HOST_IF.into()),
             (&router, ROUTER_CLIENT_IF.into()),

@@ -70,28 +70,13 @@ impl Pair {
             .map(|k| Netns::create(&format!("{prefix}b{k}")))
             .collect();
         for ns in [&client, &switch].into_iter().chain(&lbs).chain(&backends) {
-            ns.sysctls(&[
-                ("net.ipv4.conf.all.rp_filter", "0"),
-                ("net.ipv4.conf.default.rp_filter", "0"),
-                ("net.ipv6.conf.all.disable_ipv6", "1"),
-                ("net.ipv6.conf.default.disable_ipv6", "1"),
-            ]);
+            crate::topology::ipv4_only_host(ns);
         }
         for lb in &lbs {
             lb.sysctl("net.ipv4.ip_forward", 1);
         }
         for bridge in ["brc", "brb"] {
-            switch.ip([
-                "link",
-                "add",
-                bridge,
-                "type",
-                "bridge",
-                "stp_state",
-                "0",
-                "forward_delay",
-                "0",
-            ]);
+            crate::topology::add_bridge(&switch, bridge);
         }
         let mut ends: Vec<(&Netns, String)> = Vec::new();
         let mut ports: Vec<(String, &str)> = Vec::new();

@@ -158,17 +158,7 @@ impl Topology {
 
         veth(&client, CLIENT_IF, &lb, LB_CLIENT_IF);
         veth(&lb, LB_BACKEND_IF, &switch, SWITCH_LB_PORT);
-        switch.ip([
-            "link",
-            "add",
-            SWITCH_BRIDGE,
-            "type",
-            "bridge",
-            "stp_state",
-            "0",
-            "forward_delay",
-            "0",
-        ]);
+        add_bridge(&switch, SWITCH_BRIDGE);
         switch.ip(["link", "set", SWITCH_LB_PORT, "master", SWITCH_BRIDGE]);
         for (i, backend) in backends.iter().enumerate() {
             let port = switch_backend_port(i + 1);
@@ -369,6 +359,32 @@ impl Topology {
             .map(|(i, ns)| Backend::start(ns, &format!("b{}", i + 1), &http, &udp))
             .collect()
     }
+}
+
+/// A bridge in `ns` that forwards at once: no spanning tree, no forwarding delay.
+pub(crate) fn add_bridge(ns: &Netns, name: &str) {
+    ns.ip([
+        "link",
+        "add",
+        name,
+        "type",
+        "bridge",
+        "stp_state",
+        "0",
+        "forward_delay",
+        "0",
+    ]);
+}
+
+/// The settings of every namespace of a test network without IPv6: no reverse-path
+/// filtering (the tests pick their sources), IPv6 off.
+pub(crate) fn ipv4_only_host(ns: &Netns) {
+    ns.sysctls(&[
+        ("net.ipv4.conf.all.rp_filter", "0"),
+        ("net.ipv4.conf.default.rp_filter", "0"),
+        ("net.ipv6.conf.all.disable_ipv6", "1"),
+        ("net.ipv6.conf.default.disable_ipv6", "1"),
+    ]);
 }
 
 /// Every veth end of a test network: checksum offload off (real checksums on the wire),

@@ -98,6 +98,18 @@ fn assert_same_backends(
     );
 }
 
+/// 20 new connections to the VIP, four at a time: none may fail.
+fn new_connections_succeed(pair: &Pair, what: &str) {
+    let tally = Tally::of(&curl_many(
+        pair.client(),
+        &format!("http://{VIP}:80/"),
+        20,
+        None,
+        4,
+    ));
+    assert_eq!(tally.failed(), 0, "new connections {what}: {tally}");
+}
+
 #[test]
 fn the_standby_takes_over_and_live_tch_connections_survive() {
     if !require_root_and_bpf("e2e_keepalived") {
@@ -167,18 +179,7 @@ fn the_standby_takes_over_and_live_tch_connections_survive() {
     let took = wait_master(&pair, 2, TAKEOVER_BOUND, "the master's daemon killed");
     println!("host 2 master {took:?} after host 1's daemon was killed");
     assert_same_backends(&first, &round(&mut connections), "on the standby");
-    let tally = Tally::of(&curl_many(
-        pair.client(),
-        &format!("http://{VIP}:80/"),
-        20,
-        None,
-        4,
-    ));
-    assert_eq!(
-        tally.failed(),
-        0,
-        "new connections through the standby: {tally}"
-    );
+    new_connections_succeed(&pair, "through the standby");
 
     // 3. The daemon comes back (re-adopting its pinned data plane): host 1, of higher
     // priority, takes the addresses back; its flow table still has the 50 flows.
@@ -193,18 +194,7 @@ fn the_standby_takes_over_and_live_tch_connections_survive() {
     daemons[0].kill();
     let took = wait_master(&pair, 2, TAKEOVER_BOUND, "host 1 cut off");
     println!("host 2 master {took:?} after host 1 was cut off");
-    let tally = Tally::of(&curl_many(
-        pair.client(),
-        &format!("http://{VIP}:80/"),
-        20,
-        None,
-        4,
-    ));
-    assert_eq!(
-        tally.failed(),
-        0,
-        "new connections after the takeover: {tally}"
-    );
+    new_connections_succeed(&pair, "after the takeover");
     assert_same_backends(&first, &round(&mut connections), "after host 1 died");
     drop(keepalived);
 }
