@@ -900,6 +900,22 @@ pub fn run(before: &Path, command: Command) -> i32 {
                     c.instance,
                     c.listeners.len()
                 );
+                if let Some(cpus) = crate::sizing::possible_cpus() {
+                    let maps = crate::sizing::data_plane(
+                        &crate::dataplane::MapSizes {
+                            flow_table_size: c.flow_table_size,
+                            max_listeners: c.max_listeners,
+                            max_backends: c.max_backends,
+                        },
+                        cpus,
+                    );
+                    println!(
+                        "{}: the data plane's maps take up to {} of kernel memory on this \
+                         host's {cpus} CPUs (docs/config.md, \"Sizing\")",
+                        file.display(),
+                        crate::sizing::human(crate::sizing::total(&maps))
+                    );
+                }
                 exit::OK
             }
             Err(errors) => {

@@ -21,6 +21,7 @@ pub(crate) mod pins;
 pub mod plan;
 pub mod reconcile;
 mod run;
+pub mod sizing;
 pub mod verifier;
 pub(crate) mod web;
 

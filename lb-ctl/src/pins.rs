@@ -172,8 +172,8 @@ pub fn check_bpffs(path: &Path) -> Result<()> {
     }
 }
 
-/// The layout every map must have: (name, type, key size, value size, max entries).
-fn expected_layout(sizes: &MapSizes) -> Vec<(&'static str, u32, u32, u32)> {
+/// The layout every pinned map must have: (name, key size, value size, max entries).
+pub(crate) fn expected_layout(sizes: &MapSizes) -> Vec<(&'static str, u32, u32, u32)> {
     let entries: std::collections::HashMap<&str, u32> = sizes.entries().into_iter().collect();
     let e = |n: &str| entries.get(n).copied().unwrap_or(0);
     let pair = size_of::<lb_common::IdPair>() as u32;
