@@ -49,7 +49,7 @@ pub use client::{
 pub use daemon::LbDaemon;
 pub use netns::{ChildGuard, Netns, unique_prefix, veth};
 pub use privilege::{require_root, require_root_and_bpf};
-pub use topology::{Topology, TopologyOptions, VIP, VipPlacement, XdpPass};
+pub use topology::{Topology, TopologyOptions, VIP, VipPlacement, XdpPass, web_config};
 
 /// The XDP object the tests load when they need a measuring or test-helper program
 /// (`lb_bench`, `lb_empty`, …), built by build.rs with lb-ebpf's `testing` feature. Its

@@ -27,6 +27,20 @@ use crate::{
 pub const VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 100);
 /// The range the client routes to the LB (all VIPs of the tests).
 pub const VIP_RANGE: &str = "198.19.0.0/16";
+
+/// The config body most end-to-end tests start from: a vServer group `app` of the first
+/// `n` backends of the standard topology (198.18.1.11, .12, …) on `port`, and a TCP
+/// listener `web` on the VIP's port 80 for it, with `listener_options` (`, scheduler:
+/// tch` …) appended inside its braces.
+pub fn web_config(n: usize, port: u16, listener_options: &str) -> String {
+    let servers: String = (1..=n)
+        .map(|k| format!("      - {{ address: 198.18.1.{}, port: {port} }}\n", 10 + k))
+        .collect();
+    format!(
+        "vserver_groups:\n  - name: app\n    servers:\n{servers}listeners:\n  - {{ name: web, \
+         protocol: tcp, address: {VIP}, port: 80, server_group: app{listener_options} }}\n"
+    )
+}
 /// The client's primary address.
 pub const CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 /// The LB's address on the client side (the client's next hop for the VIP range).

@@ -14,6 +14,7 @@ use std::{
 
 use lb_tests::{
     LbDaemon, Tally, Topology, TopologyOptions, VIP, bin_path, curl_many, require_root_and_bpf,
+    web_config,
 };
 use serde_json::Value;
 
@@ -37,17 +38,11 @@ fn header(topo: &Topology, extra: &str) -> String {
 }
 
 /// A vServer group `app` of backends b1..b`n` on 8080, a TCP listener `web` on VIP:80.
+/// `n` backends behind the listener `web`, and the access list `office`.
 fn web(n: usize) -> String {
-    let servers: String = (1..=n)
-        .map(|k| {
-            format!(
-                "      - {{ address: 198.18.1.{}, port: {HTTP_PORT} }}\n",
-                10 + k
-            )
-        })
-        .collect();
     format!(
-        "acls:\n  - {{ name: office, entries: [198.18.0.0/24] }}\nvserver_groups:\n  - name: app\n    servers:\n{servers}listeners:\n  - {{ name: web, protocol: tcp, address: {VIP}, port: 80, server_group: app }}\n"
+        "acls:\n  - {{ name: office, entries: [198.18.0.0/24] }}\n{}",
+        web_config(n, HTTP_PORT, "")
     )
 }
 

@@ -57,20 +57,8 @@ fn instance(topo: &Topology) -> String {
     format!("{}i", topo.prefix())
 }
 
-/// One vServer group `app` of backends b1..b`n` on 8080, and a TCP listener `web` on
-/// VIP:80 using it.
 fn web_config(n: usize, extra_listener_options: &str) -> String {
-    let servers: String = (1..=n)
-        .map(|k| {
-            format!(
-                "      - {{ address: 198.18.1.{}, port: {HTTP_PORT} }}\n",
-                10 + k
-            )
-        })
-        .collect();
-    format!(
-        "vserver_groups:\n  - name: app\n    servers:\n{servers}listeners:\n  - {{ name: web, protocol: tcp, address: {VIP}, port: 80, server_group: app{extra_listener_options} }}\n"
-    )
+    lb_tests::web_config(n, HTTP_PORT, extra_listener_options)
 }
 
 /// A topology of `n` backends serving HTTP, neighbours pinned, and a daemon.
