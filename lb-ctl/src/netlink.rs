@@ -2,9 +2,11 @@
 //! A link's `bpf_link_info` has only the interface index for XDP links; the attach mode
 //! is an attribute of the interface (`IFLA_XDP` / `IFLA_XDP_ATTACHED`).
 
-use std::{
-    io,
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+use std::{io, time::Duration};
+
+use rustix::net::{
+    AddressFamily, RecvFlags, SendFlags, SocketFlags, SocketType, recv, send, socket_with,
+    sockopt::{Timeout, set_socket_timeout},
 };
 
 /// `IFLA_XDP_ATTACHED` values (linux/if_link.h).
@@ -22,33 +24,15 @@ const IFINFOMSG_LEN: usize = 16;
 
 /// The `IFLA_XDP_ATTACHED` value of interface `ifindex` in the current network namespace.
 pub fn xdp_attached(ifindex: u32) -> io::Result<u8> {
-    // SAFETY: socket(2) with constant arguments; the descriptor is owned right after.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_ROUTE,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a fresh descriptor nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let timeout = libc::timeval {
-        tv_sec: 2,
-        tv_usec: 0,
-    };
-    // SAFETY: a timeval of the size given; a hung kernel answer must not stop the daemon.
-    unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&raw const timeout).cast(),
-            size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
+    // `None`: the netlink protocol 0, NETLINK_ROUTE.
+    let fd = socket_with(
+        AddressFamily::NETLINK,
+        SocketType::RAW,
+        SocketFlags::CLOEXEC,
+        None,
+    )?;
+    // A hung kernel answer must not stop the daemon.
+    set_socket_timeout(&fd, Timeout::Recv, Some(Duration::from_secs(2)))?;
 
     let mut request = [0u8; NLMSG_HDRLEN + IFINFOMSG_LEN];
     let len = request.len() as u32;
@@ -59,17 +43,10 @@ pub fn xdp_attached(ifindex: u32) -> io::Result<u8> {
     request[NLMSG_HDRLEN] = libc::AF_UNSPEC as u8;
     request[NLMSG_HDRLEN + 4..NLMSG_HDRLEN + 8].copy_from_slice(&(ifindex as i32).to_ne_bytes());
     // An unconnected netlink socket sends to the kernel.
-    // SAFETY: the buffer is valid for its length.
-    if unsafe { libc::send(fd.as_raw_fd(), request.as_ptr().cast(), request.len(), 0) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    send(&fd, &request, SendFlags::empty())?;
     let mut buf = vec![0u8; 64 * 1024];
-    // SAFETY: the buffer is valid for its length.
-    let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    parse_reply(&buf[..n as usize])
+    let (n, _) = recv(&fd, &mut buf[..], RecvFlags::empty())?;
+    parse_reply(&buf[..n])
 }
 
 fn u16_at(b: &[u8], at: usize) -> Option<u16> {
