@@ -478,7 +478,8 @@ impl FlowKey {
     /// right after the program stores it; a struct literal compiles to byte and half-word
     /// stores (and a call to `memset` for the padding), and each 32-bit load that spans
     /// several of them waits for them to retire instead of being forwarded from the store
-    /// buffer: measured, a tenth of an established packet's cost.
+    /// buffer. This and the clock read once per tick (`lb-ebpf/src/clock.rs`) took a fifth
+    /// off an established packet's cost, measured together (docs/benchmarks.md).
     #[inline(always)]
     pub const fn new(
         src_addr: u32,

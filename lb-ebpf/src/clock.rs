@@ -2,8 +2,8 @@
 //! maps is in and the controller compares them with (`CLOCK_MONOTONIC_COARSE`).
 //!
 //! That clock only moves on a timer tick, yet reading it is a helper call through the
-//! kernel's timekeeping (a seqlock, a conversion): measured, a tenth of an established
-//! packet's cost. The jiffies counter moves on the same tick and the verifier inlines
+//! kernel's timekeeping (a seqlock, a conversion): in a profile of an established
+//! packet, about a tenth of its time. The jiffies counter moves on the same tick and the verifier inlines
 //! `bpf_jiffies64` to one load. So each CPU keeps the coarse time it last read with the
 //! jiffies value it read it at, and reads the clock again only when jiffies have moved:
 //! once per tick instead of once per packet. A CPU that reads in the instant between the
