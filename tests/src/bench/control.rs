@@ -48,8 +48,15 @@ pub struct ControlOptions {
     pub probe_seconds: u64,
 }
 
+/// A larger prime table size, for listeners with thousands of backends, where a removal
+/// at the default size moves several times the ideal share of slots: measured beside the
+/// default before the size becomes a listener option.
+pub const LARGE_MAGLEV_TABLE_SIZE: u32 = 655_373;
+
 #[derive(Clone, Debug)]
 pub struct MaglevRow {
+    /// Table size M (a prime).
+    pub size: u32,
     pub backends: usize,
     /// Build time, ms.
     pub build_ms: Summary,
@@ -115,14 +122,18 @@ fn members(n: usize) -> Vec<MaglevBackend> {
 
 pub fn maglev(rounds: usize) -> Vec<MaglevRow> {
     let mut rows = Vec::new();
-    for n in [10usize, 100, 1000, 10_000] {
+    for (size, n) in [10usize, 100, 1000, 10_000]
+        .map(|n| (MAGLEV_TABLE_SIZE, n))
+        .into_iter()
+        .chain([1000, 10_000].map(|n| (LARGE_MAGLEV_TABLE_SIZE, n)))
+    {
         let set = members(n);
         // One untimed build first: page faults of the table and allocator warm-up.
-        let before = build_table(&set, MAGLEV_TABLE_SIZE);
+        let before = build_table(&set, size);
         let times: Vec<f64> = (0..rounds)
             .map(|_| {
                 let started = Instant::now();
-                let table = build_table(&set, MAGLEV_TABLE_SIZE);
+                let table = build_table(&set, size);
                 let ms = started.elapsed().as_secs_f64() * 1e3;
                 std::hint::black_box(table);
                 ms
@@ -134,9 +145,10 @@ pub fn maglev(rounds: usize) -> Vec<MaglevRow> {
             .copied()
             .filter(|b| b.id != removed as u32)
             .collect();
-        let after = build_table(&rest, MAGLEV_TABLE_SIZE);
+        let after = build_table(&rest, size);
         let moved = before.iter().zip(&after).filter(|(a, b)| a != b).count();
         let row = MaglevRow {
+            size,
             backends: n,
             build_ms: Summary::of(&times).unwrap_or(Summary {
                 median: f64::NAN,
@@ -145,10 +157,10 @@ pub fn maglev(rounds: usize) -> Vec<MaglevRow> {
                 rounds: 0,
             }),
             moved,
-            ideal: f64::from(MAGLEV_TABLE_SIZE) / n as f64,
+            ideal: f64::from(size) / n as f64,
         };
         say(format!(
-            "maglev N={n}: {} ms, {moved} slots moved (ideal {:.0})",
+            "maglev M={size} N={n}: {} ms, {moved} slots moved (ideal {:.0})",
             row.build_ms.show(3),
             row.ideal
         ));
