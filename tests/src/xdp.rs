@@ -2,7 +2,7 @@
 //! actions they return (`enum xdp_action` of the kernel's UAPI, which aya does not export).
 
 use anyhow::Context as _;
-use aya::programs::{TestRun as _, TestRunOptions, Xdp};
+use aya::programs::{ProgramError, TestRun as _, TestRunOptions, TestRunResult, Xdp};
 use lb_ctl::dataplane::DataPlane;
 
 pub const XDP_ABORTED: u32 = 0;
@@ -47,16 +47,7 @@ pub fn run_program(xdp: &Xdp, ingress: u32, frame: &[u8]) -> anyhow::Result<(u32
     let mut ctx = [0u8; 24];
     ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
     ctx[12..16].copy_from_slice(&ingress.to_ne_bytes());
-    // Room for what the program may add (an ICMP error quoting the frame).
-    let mut out = vec![0u8; frame.len() + 256];
-    let result = xdp.test_run(TestRunOptions {
-        data_in: Some(frame),
-        data_out: Some(&mut out),
-        ctx_in: Some(&ctx),
-        ..TestRunOptions::new()
-    })?;
-    out.truncate(result.data_size_out as usize);
-    Ok((result.return_value, out))
+    test_run_frame(frame, &ctx, |options| xdp.test_run(options))
 }
 
 /// Runs `frame` once through a loaded TC program as a packet leaving by `ifindex` with
@@ -72,13 +63,25 @@ pub fn run_tc_program(
     let mut ctx = [0u8; 192];
     ctx[8..12].copy_from_slice(&mark.to_ne_bytes());
     ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+    let (action, out) = test_run_frame(frame, &ctx, |options| program.test_run(options))?;
+    Ok((action as i32, out))
+}
+
+/// One test run of `frame` with context `ctx`, by either program type: its return value
+/// and the packet as it left, with room for what the program may add (an ICMP error
+/// quoting the frame, an outer header).
+fn test_run_frame(
+    frame: &[u8],
+    ctx: &[u8],
+    run: impl FnOnce(TestRunOptions<'_>) -> Result<TestRunResult, ProgramError>,
+) -> anyhow::Result<(u32, Vec<u8>)> {
     let mut out = vec![0u8; frame.len() + 256];
-    let result = program.test_run(TestRunOptions {
+    let result = run(TestRunOptions {
         data_in: Some(frame),
         data_out: Some(&mut out),
-        ctx_in: Some(&ctx),
+        ctx_in: Some(ctx),
         ..TestRunOptions::new()
     })?;
     out.truncate(result.data_size_out as usize);
-    Ok((result.return_value as i32, out))
+    Ok((result.return_value, out))
 }

@@ -2019,6 +2019,26 @@ fn a_backend_closing_or_refusing_ends_the_flow() {
     });
 }
 
+/// The benchmark wrapper set up as the benchmarks do (`lb_tests::bench::kit`): a 64-byte
+/// SYN from the client's port `port` to restore before every run of `lb_xdp`.
+fn wrapper_on_a_syn(dp: &mut DataPlane, port: u16) -> (Kit, Vec<u8>) {
+    let mut syn = from_client(Frame::tcp((CLIENT, port), (VIP, 80), SYN)).payload(b"");
+    syn.payload = vec![0; 64 - 54];
+    let frame = syn.build();
+    assert_eq!(frame.len(), 64);
+    let mut kit = Kit::new(dp, &["lb_bench", "lb_empty"]).unwrap();
+    kit.set_target(&kit::prog_fd(dp, lb_common::names::PROGRAM).unwrap())
+        .unwrap();
+    kit.set_packet(&frame).unwrap();
+    (kit, frame)
+}
+
+/// 1000 runs of the wrapper over `frame` arriving on `ingress`: the verdict of the last.
+fn run_wrapper(dp: &mut DataPlane, frame: &[u8], ingress: u32) -> u32 {
+    let (verdict, _) = kit::test_run(dp, "lb_bench", frame, ingress, 1000).unwrap();
+    verdict
+}
+
 /// The in-kernel benchmark loop (`lb_bench`, docs/benchmarks.md) is only fair if every
 /// repetition sees the original packet: 1000 repetitions must be 1000 forwards of one
 /// established flow, and in new-flow mode 1000 new flows. The wrapper is only in the test
@@ -2029,19 +2049,8 @@ fn benchmark_wrapper_restores_the_packet_on_every_run() {
     lab.ns.enter(|| {
         let mut dp = load_object(&lab, TEST_OBJECT);
         let web = provision(&mut dp, ONE_BACKEND).listener_id("web");
-        let mut syn = from_client(Frame::tcp((CLIENT, 40900), (VIP, 80), SYN)).payload(b"");
-        syn.payload = vec![0; 64 - 54];
-        let frame = syn.build();
-        assert_eq!(frame.len(), 64);
-        // The benchmarks' own handles on the wrapper (`lb_tests::bench::kit`).
-        let mut kit = Kit::new(&mut dp, &["lb_bench", "lb_empty"]).unwrap();
-        kit.set_target(&kit::prog_fd(&mut dp, lb_common::names::PROGRAM).unwrap())
-            .unwrap();
-        kit.set_packet(&frame).unwrap();
-        let run_bench = |dp: &mut DataPlane| {
-            let (verdict, _) = kit::test_run(dp, "lb_bench", &frame, lab.client_if, 1000).unwrap();
-            verdict
-        };
+        let (mut kit, frame) = wrapper_on_a_syn(&mut dp, 40900);
+        let run_bench = |dp: &mut DataPlane| run_wrapper(dp, &frame, lab.client_if);
         assert_eq!(run_bench(&mut dp), XDP_REDIRECT);
         let s = dp.listener_stats(web).unwrap();
         assert_eq!(
@@ -2070,17 +2079,8 @@ fn benchmark_wrapper_restores_an_encapsulated_packet_on_every_run() {
     lab.ns.enter(|| {
         let mut dp = load_object(&lab, TEST_OBJECT);
         provision(&mut dp, &dsr_config("{ encapsulation: gue }"));
-        let mut syn = from_client(Frame::tcp((CLIENT, 40901), (VIP, 80), SYN)).payload(b"");
-        syn.payload = vec![0; 64 - 54];
-        let frame = syn.build();
-        let mut kit = Kit::new(&mut dp, &["lb_bench", "lb_empty"]).unwrap();
-        kit.set_target(&kit::prog_fd(&mut dp, lb_common::names::PROGRAM).unwrap())
-            .unwrap();
-        kit.set_packet(&frame).unwrap();
-        let run_bench = |dp: &mut DataPlane| {
-            let (verdict, _) = kit::test_run(dp, "lb_bench", &frame, lab.client_if, 1000).unwrap();
-            verdict
-        };
+        let (mut kit, frame) = wrapper_on_a_syn(&mut dp, 40901);
+        let run_bench = |dp: &mut DataPlane| run_wrapper(dp, &frame, lab.client_if);
         let new_flows = |dp: &DataPlane| dp.counter(Reason::EventNewFlow).unwrap();
         let sent = |dp: &DataPlane| dp.counter(Reason::Encapsulated).unwrap();
         assert_eq!(run_bench(&mut dp), XDP_REDIRECT);
