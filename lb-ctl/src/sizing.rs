@@ -111,17 +111,12 @@ pub fn data_plane(sizes: &MapSizes, cpus: u32) -> Vec<MapMemory> {
         .collect()
 }
 
-/// The CPUs the kernel allocates per-CPU values for: every possible one
-/// (`/sys/devices/system/cpu/possible`, "0-63" or "0,2-5"), not only those online.
+/// The CPUs the kernel allocates per-CPU values for: every possible one, not only those
+/// online (aya reads `/sys/devices/system/cpu/possible`).
 pub fn possible_cpus() -> Option<u32> {
-    let text = std::fs::read_to_string("/sys/devices/system/cpu/possible").ok()?;
-    text.trim()
-        .split(',')
-        .map(|range| match range.split_once('-') {
-            Some((a, b)) => Some(b.parse::<u32>().ok()? - a.parse::<u32>().ok()? + 1),
-            None => range.parse::<u32>().ok().map(|_| 1),
-        })
-        .sum()
+    aya::util::nr_cpus()
+        .ok()
+        .and_then(|n| u32::try_from(n).ok())
 }
 
 /// Their sum.
@@ -152,26 +147,24 @@ pub fn sizing_tables() -> String {
         max_listeners: lb_common::DEFAULT_MAX_LISTENERS,
         max_backends: 1000,
     };
-    for m in data_plane(&reference, 1) {
-        let two = map_memory(
-            m.name,
-            layout_of(&reference, m.name).0,
-            layout_of(&reference, m.name).1,
-            m.entries,
-            2,
-        );
+    // What a second CPU adds is the per-CPU part.
+    for (m, two) in data_plane(&reference, 1)
+        .into_iter()
+        .zip(data_plane(&reference, 2))
+    {
+        let entries = u64::from(m.entries.max(1));
         let per_cpu = two.bytes - m.bytes;
-        let entries = entries_rule(m.name);
-        let per_entry = (m.bytes - per_cpu) as f64 / f64::from(m.entries.max(1));
+        let per_entry = (m.bytes - per_cpu) as f64 / entries as f64;
         let _ = writeln!(
             o,
-            "| `{}` | {} | {entries} | {per_entry:.0} | {} |",
+            "| `{}` | {} | {} | {per_entry:.0} | {} |",
             m.name,
             kind_name(m.kind),
+            entries_rule(m.name),
             if per_cpu == 0 {
                 "–".to_owned()
             } else {
-                format!("{} B per entry", per_cpu / u64::from(m.entries.max(1)))
+                format!("{} B per entry", per_cpu / entries)
             }
         );
     }
@@ -207,14 +200,6 @@ pub fn sizing_tables() -> String {
         }
     }
     o
-}
-
-fn layout_of(sizes: &MapSizes, name: &str) -> (u32, u32) {
-    pins::expected_layout(sizes)
-        .into_iter()
-        .find(|(n, ..)| *n == name)
-        .map(|(_, key, value, _)| (key, value))
-        .unwrap_or((0, 0))
 }
 
 fn entries_label(n: u32) -> String {
