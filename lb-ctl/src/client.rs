@@ -901,14 +901,7 @@ pub fn run(before: &Path, command: Command) -> i32 {
                     c.listeners.len()
                 );
                 if let Some(cpus) = crate::sizing::possible_cpus() {
-                    let maps = crate::sizing::data_plane(
-                        &crate::dataplane::MapSizes {
-                            flow_table_size: c.flow_table_size,
-                            max_listeners: c.max_listeners,
-                            max_backends: c.max_backends,
-                        },
-                        cpus,
-                    );
+                    let maps = crate::sizing::data_plane(&crate::dataplane::MapSizes::of(&c), cpus);
                     println!(
                         "{}: the data plane's maps take up to {} of kernel memory on this \
                          host's {cpus} CPUs (docs/config.md, \"Sizing\")",

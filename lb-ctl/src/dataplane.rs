@@ -97,6 +97,15 @@ impl Default for MapSizes {
 }
 
 impl MapSizes {
+    /// The sizes a config asks for.
+    pub const fn of(config: &crate::config::Config) -> Self {
+        Self {
+            flow_table_size: config.flow_table_size,
+            max_listeners: config.max_listeners,
+            max_backends: config.max_backends,
+        }
+    }
+
     pub const fn table_slots(&self) -> u32 {
         self.max_listeners * TABLES_PER_LISTENER
     }

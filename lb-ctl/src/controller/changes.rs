@@ -5,7 +5,8 @@ use std::time::Instant;
 
 use tracing::{info, warn};
 
-use super::{Controller, ControllerError, Done, NS_PER_S, Platform, sizes};
+use super::{Controller, ControllerError, Done, NS_PER_S, Platform};
+use crate::dataplane::MapSizes;
 use crate::{
     config,
     health::{self, Checker},
@@ -183,7 +184,7 @@ impl<P: Platform> Controller<P> {
                 running: self.base.instance.clone(),
             });
         }
-        if sizes(&base) != sizes(&self.base) {
+        if MapSizes::of(&base) != MapSizes::of(&self.base) {
             return Err(ControllerError::MapSizesChanged);
         }
         if base.forwarding != self.base.forwarding {

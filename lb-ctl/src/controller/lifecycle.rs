@@ -9,9 +9,10 @@ use std::{
 use lb_common::LISTENER_F_VIP_MARKER;
 use tracing::{info, warn};
 
-use super::{Controller, Kernel, Options, Platform, StartError, sizes};
+use super::{Controller, Kernel, Options, Platform, StartError};
 use crate::{
     config::{self, Config},
+    dataplane::MapSizes,
     dataplane::{DataPlaneAccess, DataPlaneError},
     overlay, pins,
     plan::{BackendKey, Desired, Frontend, Ids, Runtime},
@@ -47,7 +48,7 @@ impl<P: Platform> Controller<P> {
             overlay::save_state_with_drains(&state_path, &base.instance, &overlay, &drains)?;
         }
 
-        let sizes = sizes(&effective);
+        let sizes = MapSizes::of(&effective);
         let (mut dataplane, adopting) = platform.load(&effective, sizes)?;
 
         let mut ids = Ids::new(sizes.max_listeners, sizes.max_backends);

@@ -19,7 +19,6 @@ use std::{collections::HashMap, path::PathBuf, time::Instant};
 
 use crate::{
     config::Config,
-    dataplane::MapSizes,
     health::Checker,
     overlay::{self, Change},
     plan::{BackendKey, Desired, Ids, Runtime},
@@ -87,14 +86,6 @@ pub(crate) struct Controller<P: Platform = Kernel> {
 }
 
 const NS_PER_S: u64 = 1_000_000_000;
-
-fn sizes(config: &Config) -> MapSizes {
-    MapSizes {
-        flow_table_size: config.flow_table_size,
-        max_listeners: config.max_listeners,
-        max_backends: config.max_backends,
-    }
-}
 
 impl<P: Platform> Controller<P> {
     pub fn instance(&self) -> &str {
