@@ -6,9 +6,9 @@ use std::time::Instant;
 use tracing::{info, warn};
 
 use super::{Controller, ControllerError, Done, NS_PER_S, Platform};
-use crate::dataplane::MapSizes;
 use crate::{
     config,
+    dataplane::MapSizes,
     health::{self, Checker},
     overlay::{self, Change},
     plan,
