@@ -142,15 +142,18 @@ pub enum Event {
     Affinity {
         backend: u32,
     },
-    /// A pickup through the Maglev table on the 4-tuple (`slot` within the table).
+    /// A pickup through the Maglev table on the 4-tuple (`slot` within the table of
+    /// `size` slots).
     Pickup {
         slot: u32,
+        size: u32,
         backend: u32,
     },
     /// `sch` (`source`) or `tch`: a Maglev slot.
     Maglev {
         source: bool,
         slot: u32,
+        size: u32,
         backend: u32,
     },
     /// `wrr` or `rr`: position in the sequence.
@@ -417,10 +420,11 @@ pub fn pick<'a, T: Tables, R: Trace>(
         id = if let Some(scanned) = scanned {
             scanned
         } else if opening.step == Step::Pickup {
-            let index = tuple_index(listener, packet);
+            let index = tuple_index(&meta, packet);
             let id = tables.maglev(index);
             trace.event(Event::Pickup {
-                slot: index - listener.table * crate::MAGLEV_TABLE_SIZE,
+                slot: index - meta.maglev_base,
+                size: meta.maglev_size,
                 backend: id,
             });
             id
@@ -431,21 +435,23 @@ pub fn pick<'a, T: Tables, R: Trace>(
                     return Pick::Scan;
                 }
                 Some(Scheduler::Sch) => {
-                    let index = maglev_index_source(listener.table, packet.src_addr);
+                    let index = maglev_index_source(&meta, packet.src_addr);
                     let id = tables.maglev(index);
                     trace.event(Event::Maglev {
                         source: true,
-                        slot: index - listener.table * crate::MAGLEV_TABLE_SIZE,
+                        slot: index - meta.maglev_base,
+                        size: meta.maglev_size,
                         backend: id,
                     });
                     id
                 }
                 Some(Scheduler::Tch) => {
-                    let index = tuple_index(listener, packet);
+                    let index = tuple_index(&meta, packet);
                     let id = tables.maglev(index);
                     trace.event(Event::Maglev {
                         source: false,
-                        slot: index - listener.table * crate::MAGLEV_TABLE_SIZE,
+                        slot: index - meta.maglev_base,
+                        size: meta.maglev_size,
                         backend: id,
                     });
                     id
@@ -484,9 +490,9 @@ pub fn pick<'a, T: Tables, R: Trace>(
 }
 
 #[inline(always)]
-fn tuple_index(listener: &Listener, packet: &Packet) -> u32 {
+fn tuple_index(meta: &TableMeta, packet: &Packet) -> u32 {
     maglev_index_tuple(
-        listener.table,
+        meta,
         packet.src_addr,
         packet.dst_addr,
         packet.src_port,

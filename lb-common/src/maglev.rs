@@ -183,6 +183,21 @@ fn free_slots(taken: &[u64], m: u32) -> Vec<u32> {
     free
 }
 
+/// Whether `n` is prime (trial division: table sizes are checked once, at config time).
+pub const fn is_prime(n: u32) -> bool {
+    if n < 2 {
+        return false;
+    }
+    let mut d = 2u32;
+    while d as u64 * d as u64 <= n as u64 {
+        if n.is_multiple_of(d) {
+            return false;
+        }
+        d += 1;
+    }
+    true
+}
+
 /// `a`'s multiplicative inverse modulo the prime `m` (`a` in 1..m), by extended Euclid.
 fn inverse_mod(a: u32, m: u32) -> u32 {
     let (mut r0, mut r1) = (i64::from(m), i64::from(a));
@@ -357,6 +372,21 @@ mod tests {
                 assert_eq!(build_table(&set, m), probing_only(&set, m), "n={n} m={m}");
             }
         }
+    }
+
+    #[test]
+    fn primes() {
+        let small: Vec<u32> = (0..30).filter(|&n| is_prime(n)).collect();
+        assert_eq!(small, [2, 3, 5, 7, 11, 13, 17, 19, 23, 29]);
+        for p in [
+            crate::MAGLEV_TABLE_SIZE_MIN,
+            MAGLEV_TABLE_SIZE,
+            655_373,
+            crate::MAGLEV_TABLE_SIZE_MAX,
+        ] {
+            assert!(is_prime(p), "{p}");
+        }
+        assert!(!is_prime(655_370) && !is_prime(65_535) && !is_prime(1021 * 1021));
     }
 
     #[test]

@@ -10,9 +10,19 @@ pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 
-/// Slots in one Maglev table. A prime, as Maglev needs; 65537 keeps each backend's share
-/// within 0.01 point of its weight share up to a few thousand backends.
+/// Slots in a listener's Maglev table unless its config says otherwise. A prime, as Maglev
+/// needs; 65537 keeps each backend's share within 0.01 point of its weight share up to a
+/// few thousand backends. Removing one of many backends moves several times its share of
+/// slots; a larger prime (a listener's `maglev_table_size`) moves fewer.
 pub const MAGLEV_TABLE_SIZE: u32 = 65537;
+/// Slots of `MAGLEV` unless the config says otherwise: two tables of the default size for
+/// every listener.
+pub const fn default_maglev_slots(max_listeners: u32) -> u32 {
+    max_listeners.saturating_mul(TABLES_PER_LISTENER * MAGLEV_TABLE_SIZE)
+}
+/// Bounds of a listener's `maglev_table_size`.
+pub const MAGLEV_TABLE_SIZE_MIN: u32 = 1021;
+pub const MAGLEV_TABLE_SIZE_MAX: u32 = 4_194_301;
 /// Longest weighted round-robin sequence. Larger weight sums are scaled down to fit.
 pub const SEQUENCE_TABLE_SIZE: u32 = 65536;
 /// `wlc` compares at most this many backends per new flow (the verifier needs a bound; a
@@ -293,8 +303,8 @@ pub const ACL_DENY: u8 = 2;
 pub struct Listener {
     /// Index into the per-listener arrays (`CURSORS`, `LISTENER_STATS`).
     pub id: u32,
-    /// The live table slot: index into `TABLE_META`, and `table * MAGLEV_TABLE_SIZE` /
-    /// `table * SEQUENCE_TABLE_SIZE` into `MAGLEV` / `SEQUENCE`.
+    /// The live table slot: index into `TABLE_META` (which says where the slot's Maglev
+    /// table lies in `MAGLEV`), and `table * SEQUENCE_TABLE_SIZE` into `SEQUENCE`.
     pub table: u32,
     /// A `Scheduler` value.
     pub scheduler: u8,
@@ -453,8 +463,13 @@ pub struct TableMeta {
     /// Entries used in the slot's `SEQUENCE` region (wrr: the sequence; rr and wlc: each
     /// backend once).
     pub sequence_len: u32,
+    /// First entry of the slot's Maglev table in `MAGLEV`. Listeners' tables differ in
+    /// size, so the controller places each one and says where here.
+    pub maglev_base: u32,
+    /// Slots of the slot's Maglev table (a prime).
+    pub maglev_size: u32,
 }
-const _: () = assert!(size_of::<TableMeta>() == 8);
+const _: () = assert!(size_of::<TableMeta>() == 16);
 
 /// Key of `FLOWS` and `HALF_OPEN`: the client side of a flow (client → VIP).
 #[repr(C, align(8))]

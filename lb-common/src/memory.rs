@@ -84,8 +84,8 @@ impl Tables for MemoryTables {
 pub mod example {
     use super::MemoryTables;
     use crate::{
-        BACKEND_F_USABLE, Backend, Flow, Listener, ListenerKey, SEQUENCE_TABLE_SIZE, Scheduler,
-        TableMeta,
+        BACKEND_F_USABLE, Backend, Flow, Listener, ListenerKey, MAGLEV_TABLE_SIZE,
+        SEQUENCE_TABLE_SIZE, Scheduler, TableMeta,
         decide::Packet,
         select::{maglev_index_source, maglev_index_tuple},
     };
@@ -153,16 +153,16 @@ pub mod example {
             t.backends.insert(id, backend(id));
             t.sequence.insert(2 * SEQUENCE_TABLE_SIZE + id, id);
         }
-        t.table_meta.insert(
-            2,
-            TableMeta {
-                backends: 3,
-                sequence_len: 3,
-            },
-        );
-        t.maglev.insert(maglev_index_source(2, p.src_addr), 1);
+        let meta = TableMeta {
+            backends: 3,
+            sequence_len: 3,
+            maglev_base: 2 * MAGLEV_TABLE_SIZE,
+            maglev_size: MAGLEV_TABLE_SIZE,
+        };
+        t.table_meta.insert(2, meta);
+        t.maglev.insert(maglev_index_source(&meta, p.src_addr), 1);
         t.maglev.insert(
-            maglev_index_tuple(2, p.src_addr, p.dst_addr, p.src_port, p.dst_port),
+            maglev_index_tuple(&meta, p.src_addr, p.dst_addr, p.src_port, p.dst_port),
             2,
         );
         t

@@ -6,7 +6,7 @@
 
 use crate::{
     CLOSE_WINDOW, FIN_TIMEOUT_S, FLOW_F_FIN, FLOW_F_OPENING, FLOW_F_RST, Flow, HALF_OPEN_TIMEOUT_S,
-    Listener, MAGLEV_TABLE_SIZE, PROTO_TCP, RST_TIMEOUT_S, SEQUENCE_TABLE_SIZE, hash,
+    Listener, MAGLEV_TABLE_SIZE, PROTO_TCP, RST_TIMEOUT_S, SEQUENCE_TABLE_SIZE, TableMeta, hash,
 };
 
 /// What the flow table says about a packet's flow.
@@ -223,23 +223,42 @@ pub const fn affinity_fresh(
             <= persistence_timeout_s as u64 * 1_000_000_000
 }
 
-/// Index into `MAGLEV` for a `sch` flow (hash of the client address).
+/// Slot `hash` falls in of a Maglev table of `size` slots (`hash % size`). The default
+/// size divides by a constant, which compiles to a multiplication; other sizes pay a
+/// division. A size of 0 (no table) gives slot 0.
 #[inline(always)]
-pub const fn maglev_index_source(table: u32, src_addr: u32) -> u32 {
-    table * MAGLEV_TABLE_SIZE + hash::hash_source(src_addr) % MAGLEV_TABLE_SIZE
+pub const fn maglev_slot(hash: u32, size: u32) -> u32 {
+    if size == MAGLEV_TABLE_SIZE {
+        hash % MAGLEV_TABLE_SIZE
+    } else {
+        match hash.checked_rem(size) {
+            Some(slot) => slot,
+            None => 0,
+        }
+    }
+}
+
+/// Index into `MAGLEV` for a `sch` flow (hash of the client address), in the table
+/// `meta` describes.
+#[inline(always)]
+pub const fn maglev_index_source(meta: &TableMeta, src_addr: u32) -> u32 {
+    meta.maglev_base + maglev_slot(hash::hash_source(src_addr), meta.maglev_size)
 }
 
 /// Index into `MAGLEV` for a `tch` flow or a pickup (hash of the 4-tuple).
 #[inline(always)]
 pub const fn maglev_index_tuple(
-    table: u32,
+    meta: &TableMeta,
     src_addr: u32,
     dst_addr: u32,
     src_port: u16,
     dst_port: u16,
 ) -> u32 {
-    table * MAGLEV_TABLE_SIZE
-        + hash::hash_tuple(src_addr, dst_addr, src_port, dst_port) % MAGLEV_TABLE_SIZE
+    meta.maglev_base
+        + maglev_slot(
+            hash::hash_tuple(src_addr, dst_addr, src_port, dst_port),
+            meta.maglev_size,
+        )
 }
 
 /// Index into `SEQUENCE` of position `cursor` of a sequence of `len` entries.
@@ -448,9 +467,22 @@ mod tests {
 
     #[test]
     fn indices_stay_in_their_table() {
+        for (base, size) in [(0, MAGLEV_TABLE_SIZE), (7, 1021), (131_074, 655_373)] {
+            let meta = TableMeta {
+                maglev_base: base,
+                maglev_size: size,
+                ..Default::default()
+            };
+            for src in [0, 1, 0xdead_beef, u32::MAX] {
+                let i = maglev_index_source(&meta, src);
+                assert!((base..base + size).contains(&i));
+                assert_eq!(i - base, hash::hash_source(src) % size);
+                let j = maglev_index_tuple(&meta, src, 5, 6, 7);
+                assert!((base..base + size).contains(&j));
+            }
+        }
+        assert_eq!(maglev_slot(12345, 0), 0);
         for t in 0..4 {
-            let i = maglev_index_source(t, 0xdead_beef);
-            assert!((t * MAGLEV_TABLE_SIZE..(t + 1) * MAGLEV_TABLE_SIZE).contains(&i));
             let j = sequence_index(t, u32::MAX, 7);
             assert_eq!(j, t * SEQUENCE_TABLE_SIZE + u32::MAX % 7);
         }

@@ -582,6 +582,18 @@ range_parser!(parse_check_interval, limits::CHECK_INTERVAL);
 range_parser!(parse_check_timeout, limits::CHECK_TIMEOUT);
 range_parser!(parse_threshold, limits::CHECK_THRESHOLD);
 
+/// A Maglev table size: a prime in its range, refused here with the primes around it.
+fn parse_maglev_table_size(s: &str) -> Result<u32, String> {
+    let size = seconds_in(s, limits::MAGLEV_TABLE_SIZE)?;
+    if lb_common::maglev::is_prime(size) {
+        return Ok(size);
+    }
+    Err(format!(
+        "{size} is not a prime, and a Maglev table needs a prime size (the nearest: {})",
+        limits::maglev_primes_around(size)
+    ))
+}
+
 /// The listener options `listener add` and `listener set` share: every per-listener
 /// setting of the config file besides the frontend and the group. Unset options keep the
 /// config's default (add) or the listener's value (set).
@@ -614,6 +626,11 @@ pub struct ListenerOptions {
     /// off).
     #[arg(long, value_name = "SECONDS", value_parser = parse_slow_start)]
     pub slow_start: Option<u32>,
+    /// Slots of the listener's Maglev table: a prime, 1021..=4194301 (default 65537). A
+    /// larger table moves fewer flows when one of many backends leaves; 655373 suits a
+    /// thousand backends or more (raise maglev_slots to make room).
+    #[arg(long, value_name = "PRIME", value_parser = parse_maglev_table_size)]
+    pub maglev_table_size: Option<u32>,
     /// Health check type (default: the listener's protocol).
     #[arg(long, value_enum)]
     pub check_type: Option<CheckType>,
@@ -695,6 +712,10 @@ impl ListenerOptions {
             }),
         );
         put("slow_start", self.slow_start.map(|v| json!(v)));
+        put(
+            "maglev_table_size",
+            self.maglev_table_size.map(|v| json!(v)),
+        );
         put(
             "health_check.type",
             self.check_type.map(|t| {

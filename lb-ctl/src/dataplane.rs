@@ -22,8 +22,8 @@ use aya::{
 };
 use lb_common::{
     AclKey, Affinity, AffinityKey, Backend, Endpoint, EndpointKey, Flow, FlowKey, Listener,
-    ListenerKey, MAGLEV_TABLE_SIZE, REASON_COUNT, Reason, SEQUENCE_TABLE_SIZE, TABLES_PER_LISTENER,
-    TableMeta, TrafficCounters, acl_prefix_len, half_open_table_size, id_pair_entries, names,
+    ListenerKey, REASON_COUNT, Reason, SEQUENCE_TABLE_SIZE, TABLES_PER_LISTENER, TableMeta,
+    TrafficCounters, acl_prefix_len, half_open_table_size, id_pair_entries, names,
 };
 use thiserror::Error;
 
@@ -64,6 +64,8 @@ pub enum DataPlaneError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    NoMaglevRoom(#[from] crate::reconcile::NoMaglevRoom),
     #[error("{what} {index} is outside the map ({limit} entries)")]
     OutOfRange {
         what: &'static str,
@@ -84,25 +86,38 @@ pub struct MapSizes {
     pub flow_table_size: u32,
     pub max_listeners: u32,
     pub max_backends: u32,
+    /// Slots of `MAGLEV`, shared by every listener's tables.
+    pub maglev_slots: u32,
 }
 
 impl Default for MapSizes {
     fn default() -> Self {
-        Self {
-            flow_table_size: lb_common::DEFAULT_FLOW_TABLE_SIZE,
-            max_listeners: lb_common::DEFAULT_MAX_LISTENERS,
-            max_backends: lb_common::DEFAULT_MAX_BACKENDS,
-        }
+        Self::new(
+            lb_common::DEFAULT_FLOW_TABLE_SIZE,
+            lb_common::DEFAULT_MAX_LISTENERS,
+            lb_common::DEFAULT_MAX_BACKENDS,
+        )
     }
 }
 
 impl MapSizes {
+    /// Sizes with the Maglev array's default room (two default tables per listener).
+    pub const fn new(flow_table_size: u32, max_listeners: u32, max_backends: u32) -> Self {
+        Self {
+            flow_table_size,
+            max_listeners,
+            max_backends,
+            maglev_slots: lb_common::default_maglev_slots(max_listeners),
+        }
+    }
+
     /// The sizes a config asks for.
     pub const fn of(config: &crate::config::Config) -> Self {
         Self {
             flow_table_size: config.flow_table_size,
             max_listeners: config.max_listeners,
             max_backends: config.max_backends,
+            maglev_slots: config.maglev_slots(),
         }
     }
 
@@ -117,7 +132,7 @@ impl MapSizes {
         [
             (names::LISTENERS, 2 * self.max_listeners),
             (names::BACKENDS, self.max_backends),
-            (names::MAGLEV, id_pair_entries(slots * MAGLEV_TABLE_SIZE)),
+            (names::MAGLEV, id_pair_entries(self.maglev_slots)),
             (
                 names::SEQUENCE,
                 id_pair_entries(slots * SEQUENCE_TABLE_SIZE),
@@ -425,7 +440,7 @@ impl DataPlane {
             backends: take(&mut ebpf, names::BACKENDS)?
                 .try_into()
                 .map_err(map_err(names::BACKENDS))?,
-            maglev: MappedArray::new(names::MAGLEV, &maglev, slots * MAGLEV_TABLE_SIZE)?,
+            maglev: MappedArray::new(names::MAGLEV, &maglev, sizes.maglev_slots)?,
             sequence: MappedArray::new(names::SEQUENCE, &sequence, slots * SEQUENCE_TABLE_SIZE)?,
             table_meta: take(&mut ebpf, names::TABLE_META)?
                 .try_into()
@@ -608,8 +623,9 @@ impl DataPlane {
         Ok(())
     }
 
-    /// Writes a table slot: the Maglev table, the sequence, then the metadata. The slot
-    /// must not be the live one of any listener (the caller flips `Listener::table` after).
+    /// Writes a table slot: the Maglev table (where `meta` places it), the sequence, then
+    /// the metadata. Neither the slot nor the Maglev place may be live for any listener
+    /// (the caller flips `Listener::table` after).
     pub fn write_table(
         &mut self,
         slot: u32,
@@ -618,17 +634,13 @@ impl DataPlane {
         meta: TableMeta,
     ) -> Result<()> {
         self.check_slot(slot)?;
-        assert_eq!(
-            maglev.len(),
-            MAGLEV_TABLE_SIZE as usize,
-            "Maglev table size"
-        );
+        assert_eq!(maglev.len(), meta.maglev_size as usize, "Maglev table size");
         assert!(
             sequence.len() <= SEQUENCE_TABLE_SIZE as usize,
             "sequence too long"
         );
-        let m = slot as usize * MAGLEV_TABLE_SIZE as usize;
-        let dst = &mut self.maglev.slice_mut()[m..m + maglev.len()];
+        let m = self.maglev_range(&meta)?;
+        let dst = &mut self.maglev.slice_mut()[m];
         // Only the slots that differ: a small change touches few cache lines.
         for (d, s) in dst.iter_mut().zip(maglev) {
             if d != s {
@@ -644,9 +656,21 @@ impl DataPlane {
 
     /// The Maglev table of a slot, as the data plane sees it.
     pub fn maglev_table(&self, slot: u32) -> Result<&[u32]> {
-        self.check_slot(slot)?;
-        let m = slot as usize * MAGLEV_TABLE_SIZE as usize;
-        Ok(&self.maglev.slice()[m..m + MAGLEV_TABLE_SIZE as usize])
+        let m = self.maglev_range(&self.table_meta(slot)?)?;
+        Ok(&self.maglev.slice()[m])
+    }
+
+    /// The stretch of `MAGLEV` a slot's metadata places its table in.
+    fn maglev_range(&self, meta: &TableMeta) -> Result<std::ops::Range<usize>> {
+        let end = u64::from(meta.maglev_base) + u64::from(meta.maglev_size);
+        if end > u64::from(self.sizes.maglev_slots) {
+            return Err(DataPlaneError::OutOfRange {
+                what: "Maglev table end",
+                index: end.min(u64::from(u32::MAX)) as u32,
+                limit: self.sizes.maglev_slots,
+            });
+        }
+        Ok(meta.maglev_base as usize..end as usize)
     }
 
     /// Backend id at `index` of the whole `MAGLEV` array, as the XDP program reads it
@@ -995,6 +1019,8 @@ pub trait DataPlaneAccess: MapWriter + ReadCounters {
     fn listener_entries(&self) -> Result<Vec<(ListenerKey, Listener)>>;
     /// The backend entry of an id below `max_backends` (adoption).
     fn backend(&self, id: u32) -> Result<Backend>;
+    /// A table slot's metadata (adoption: where live Maglev tables lie).
+    fn table_meta(&self, slot: u32) -> Result<TableMeta>;
     /// Every (access list, address, prefix length) entry (adoption).
     fn acl_entries(&self) -> Vec<(u32, std::net::Ipv4Addr, u8)>;
     /// The address filter's words, VIPs and refused sources (adoption).
@@ -1020,6 +1046,9 @@ impl DataPlaneAccess for DataPlane {
     }
     fn backend(&self, id: u32) -> Result<Backend> {
         Self::backend(self, id)
+    }
+    fn table_meta(&self, slot: u32) -> Result<TableMeta> {
+        Self::table_meta(self, slot)
     }
     fn acl_entries(&self) -> Vec<(u32, std::net::Ipv4Addr, u8)> {
         Self::acl_entries(self)

@@ -13,7 +13,7 @@ use std::{
 
 use lb_common::{
     ACL_ALLOW, AclKey, Affinity, AffinityKey, Backend, Flow, FlowKey, Listener, ListenerKey,
-    MAGLEV_TABLE_SIZE, NO_BACKEND, PROTO_TCP, PROTO_UDP, Reason, Scheduler, TableMeta,
+    NO_BACKEND, PROTO_TCP, PROTO_UDP, Reason, Scheduler, TableMeta,
     decide::{self, Event, Outcome, Packet, Tables, Trace},
     select::{self, EntryState, Step},
 };
@@ -459,16 +459,18 @@ impl<T: Tables> Words<'_, T> {
                 self.src(),
                 self.name(backend)
             ),
-            Event::Pickup { slot, backend } => format!(
-                "Maglev slot {slot} of {MAGLEV_TABLE_SIZE} → {}",
-                self.name(backend)
-            ),
+            Event::Pickup {
+                slot,
+                size,
+                backend,
+            } => format!("Maglev slot {slot} of {size} → {}", self.name(backend)),
             Event::Maglev {
                 source,
                 slot,
+                size,
                 backend,
             } => format!(
-                "{}: hash of the {} → Maglev slot {slot} of {MAGLEV_TABLE_SIZE} → {}",
+                "{}: hash of the {} → Maglev slot {slot} of {size} → {}",
                 self.scheduler_name(),
                 if source { "source address" } else { "4-tuple" },
                 self.name(backend)

@@ -142,6 +142,8 @@ pub struct DesiredListener {
     pub established_timeout: u32,
     pub udp_timeout: u32,
     pub persistence_timeout: u32,
+    /// Slots of each of the listener's Maglev tables.
+    pub maglev_table_size: u32,
     /// `lb_common::ACL_*` and the access list's id (0 without one).
     pub acl_mode: u8,
     pub acl_id: u32,
@@ -505,6 +507,7 @@ pub fn plan(config: &Config, runtime: &Runtime, ids: &mut Ids) -> Result<Desired
                 established_timeout: listener.established_timeout,
                 udp_timeout: listener.udp_timeout,
                 persistence_timeout: listener.persistence_timeout,
+                maglev_table_size: listener.maglev_table_size,
                 acl_mode,
                 acl_id,
                 drain_timeout: listener

@@ -9,6 +9,12 @@
 //!    (their flows then move, see docs/architecture.md).
 //!
 //! Listeners whose inputs did not change see no operation at all.
+//!
+//! Listeners' Maglev tables differ in size, so the reconciler also places each table slot's
+//! table in the shared `MAGLEV` array: a rebuild reuses its slot's previous place when the
+//! size is unchanged and no live table sits there, else takes the first free stretch.
+//! Places of live tables (including those of listeners about to be removed) are never
+//! handed out, so no packet reads a table being overwritten.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -18,7 +24,7 @@ use std::{
 
 use lb_common::{
     BACKEND_F_DRAINING, BACKEND_F_SHARED_ENDPOINT, BACKEND_F_USABLE, Backend, Endpoint,
-    EndpointKey, EndpointListener, Listener, ListenerKey, MAGLEV_TABLE_SIZE, REFUSED_FILTER_BASE,
+    EndpointKey, EndpointListener, Listener, ListenerKey, REFUSED_FILTER_BASE,
     REFUSED_PREFIXES_WORD, REFUSED_SOURCES_ACL, SEQUENCE_TABLE_SIZE, Scheduler,
     TABLES_PER_LISTENER, TableMeta, VIP_FILTER_BASE, address_filter_bit,
     maglev::{self, MaglevBackend},
@@ -148,10 +154,66 @@ impl MapWriter for DataPlane {
     }
 }
 
+/// Where a table slot's Maglev table lies in `MAGLEV`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Region {
+    base: u32,
+    size: u32,
+}
+
+impl Region {
+    fn of(meta: &TableMeta) -> Self {
+        Self {
+            base: meta.maglev_base,
+            size: meta.maglev_size,
+        }
+    }
+
+    const fn end(&self) -> u64 {
+        self.base as u64 + self.size as u64
+    }
+
+    const fn overlaps(&self, other: &Region) -> bool {
+        (self.base as u64) < other.end() && (other.base as u64) < self.end()
+    }
+}
+
+/// The first stretch of `size` slots below `capacity` that overlaps none of `taken`.
+fn first_fit(size: u32, capacity: u32, taken: &[Region]) -> Option<Region> {
+    let mut taken = taken.to_vec();
+    taken.sort_by_key(|r| r.base);
+    let mut start = 0u64;
+    for r in &taken {
+        if u64::from(r.base) >= start + u64::from(size) {
+            break;
+        }
+        start = start.max(r.end());
+    }
+    (start + u64::from(size) <= u64::from(capacity)).then_some(Region {
+        base: start as u32,
+        size,
+    })
+}
+
+/// A listener's new Maglev table has no free stretch of the array to go to.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "listener {listener}: no free stretch of {size} slots in the Maglev array for its new \
+     table ({free} of maglev_slots {capacity} are free; live tables stay in place while \
+     new ones are written): raise maglev_slots"
+)]
+pub struct NoMaglevRoom {
+    pub listener: String,
+    pub size: u32,
+    pub free: u64,
+    pub capacity: u32,
+}
+
 /// What a listener's tables are built from: if these are equal, so are the tables.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct TableInputs {
     scheduler: Scheduler,
+    maglev_size: u32,
     /// (id, address, port (network order), effective weight) of the backends in the table.
     members: Vec<(u32, u32, u16, u32)>,
 }
@@ -160,6 +222,7 @@ impl TableInputs {
     fn of(listener: &DesiredListener) -> Self {
         Self {
             scheduler: listener.scheduler,
+            maglev_size: listener.maglev_table_size,
             members: listener
                 .backends
                 .iter()
@@ -176,7 +239,8 @@ impl TableInputs {
         }
     }
 
-    fn build(&self) -> (Vec<u32>, Vec<u32>, TableMeta) {
+    fn build(&self, region: Region) -> (Vec<u32>, Vec<u32>, TableMeta) {
+        debug_assert_eq!(region.size, self.maglev_size);
         let maglev_members: Vec<MaglevBackend> = self
             .members
             .iter()
@@ -187,7 +251,7 @@ impl TableInputs {
                 weight,
             })
             .collect();
-        let table = maglev::build_table(&maglev_members, MAGLEV_TABLE_SIZE);
+        let table = maglev::build_table(&maglev_members, region.size);
         let weighted: Vec<wrr::Weighted> =
             self.members.iter().map(|&(id, _, _, w)| (id, w)).collect();
         let sequence = match self.scheduler {
@@ -200,6 +264,8 @@ impl TableInputs {
         let meta = TableMeta {
             backends: self.members.iter().filter(|m| m.3 > 0).count() as u32,
             sequence_len: sequence.len() as u32,
+            maglev_base: region.base,
+            maglev_size: region.size,
         };
         (table, sequence, meta)
     }
@@ -214,8 +280,12 @@ struct AppliedListener {
 }
 
 /// The data plane's contents as this controller last wrote them.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Reconciler {
+    /// Slots of the `MAGLEV` array.
+    maglev_slots: u32,
+    /// Where each table slot's Maglev table was last written.
+    regions: BTreeMap<u32, Region>,
     listeners: BTreeMap<String, AppliedListener>,
     backends: BTreeMap<u32, Backend>,
     /// VIP → its marker's flags.
@@ -302,16 +372,31 @@ fn encapsulation_fields(dsr: Option<crate::config::Dsr>) -> Listener {
 }
 
 impl Reconciler {
-    pub fn new() -> Self {
-        Self::default()
+    /// A reconciler for a data plane whose `MAGLEV` array has `maglev_slots` slots.
+    pub fn new(maglev_slots: u32) -> Self {
+        Self {
+            maglev_slots,
+            regions: BTreeMap::new(),
+            listeners: BTreeMap::new(),
+            backends: BTreeMap::new(),
+            vips: BTreeMap::new(),
+            acl_entries: BTreeSet::new(),
+            address_filter: BTreeMap::new(),
+            endpoints: BTreeMap::new(),
+        }
     }
 
     /// Starts from what a pinned data plane already holds (a restarted daemon): listener
     /// entries keep their live table slot, so the first reconcile writes the other one.
-    /// `listeners` are (name, key, value); a name no desired listener has gets removed.
-    /// `vips` are (address, marker flags).
-    pub fn adopt(&mut self, listeners: &[(String, ListenerKey, Listener)], vips: &[(u32, u8)]) {
-        for (name, key, value) in listeners {
+    /// `listeners` are (name, key, value, the live slot's metadata); a name no desired
+    /// listener has gets removed. `vips` are (address, marker flags).
+    pub fn adopt(
+        &mut self,
+        listeners: &[(String, ListenerKey, Listener, TableMeta)],
+        vips: &[(u32, u8)],
+    ) {
+        for (name, key, value, meta) in listeners {
+            self.regions.insert(value.table, Region::of(meta));
             self.listeners.insert(
                 name.clone(),
                 AppliedListener {
@@ -320,6 +405,7 @@ impl Reconciler {
                     // Unknown inputs: force one rebuild, which also proves the tables.
                     inputs: TableInputs {
                         scheduler: Scheduler::Wrr,
+                        maglev_size: 0,
                         members: vec![(u32::MAX, 0, 0, 0)],
                     },
                 },
@@ -353,8 +439,65 @@ impl Reconciler {
         self.endpoints.extend(entries);
     }
 
+    /// The applied record of a desired listener, if it is the same listener (same key and
+    /// id; a listener whose VIP, port or protocol changed is a new one).
+    fn applied(&self, l: &DesiredListener) -> Option<&AppliedListener> {
+        self.listeners
+            .get(&l.name)
+            .filter(|a| a.key == l.frontend.key() && a.value.id == l.id)
+    }
+
+    /// The slot and Maglev place of every listener whose tables must be (re)built.
+    fn place_tables<'d>(
+        &self,
+        desired: &'d Desired,
+    ) -> Result<BTreeMap<&'d str, (u32, Region)>, NoMaglevRoom> {
+        let mut taken: Vec<Region> = self
+            .listeners
+            .values()
+            .filter_map(|a| self.regions.get(&a.value.table))
+            .copied()
+            .collect();
+        let mut places = BTreeMap::new();
+        for l in desired.listeners.values() {
+            let applied = self.applied(l);
+            if applied.is_some_and(|a| a.inputs == TableInputs::of(l)) {
+                continue;
+            }
+            let base = l.id * TABLES_PER_LISTENER;
+            let slot = if applied.map(|a| a.value.table) == Some(base) {
+                base + 1
+            } else {
+                base
+            };
+            let size = l.maglev_table_size;
+            let region = match self.regions.get(&slot) {
+                Some(r) if r.size == size && !taken.iter().any(|t| t.overlaps(r)) => *r,
+                _ => first_fit(size, self.maglev_slots, &taken).ok_or_else(|| {
+                    let used: u64 = taken.iter().map(|t| u64::from(t.size)).sum();
+                    NoMaglevRoom {
+                        listener: l.name.clone(),
+                        size,
+                        free: u64::from(self.maglev_slots).saturating_sub(used),
+                        capacity: self.maglev_slots,
+                    }
+                })?,
+            };
+            taken.push(region);
+            places.insert(l.name.as_str(), (slot, region));
+        }
+        Ok(places)
+    }
+
+    /// Whether every table `desired` needs rebuilt has room in the Maglev array: checked
+    /// before a change is persisted, so a change that cannot be applied is refused whole.
+    pub fn check_room(&self, desired: &Desired) -> Result<(), NoMaglevRoom> {
+        self.place_tables(desired).map(|_| ())
+    }
+
     /// Computes the operations that take the maps from their applied state to `desired`.
-    pub fn diff(&self, desired: &Desired) -> Vec<MapOp> {
+    pub fn diff(&self, desired: &Desired) -> Result<Vec<MapOp>, NoMaglevRoom> {
+        let places = self.place_tables(desired)?;
         let mut backends = Vec::new();
         let mut tables = Vec::new();
         let mut markers = Vec::new();
@@ -423,23 +566,18 @@ impl Reconciler {
             }
 
             let key = l.frontend.key();
-            let inputs = TableInputs::of(l);
-            let applied = self
-                .listeners
-                .get(&l.name)
-                .filter(|a| a.key == key && a.value.id == l.id);
-            let base = l.id * TABLES_PER_LISTENER;
-            match applied {
-                Some(a) if a.inputs == inputs => {
+            let applied = self.applied(l);
+            match (applied, places.get(l.name.as_str())) {
+                (Some(a), None) => {
                     let value = listener_value(l, a.value.table);
                     if value != a.value {
                         tables.push(MapOp::SetListener { key, value });
                     }
                 }
-                _ => {
-                    let live = applied.map(|a| a.value.table);
-                    let slot = if live == Some(base) { base + 1 } else { base };
-                    let (maglev, sequence, meta) = inputs.build();
+                (_, place) => {
+                    // place_tables places every listener with no applied record.
+                    let &(slot, region) = place.expect("a placed table");
+                    let (maglev, sequence, meta) = TableInputs::of(l).build(region);
                     tables.push(MapOp::WriteTable {
                         slot,
                         maglev: Arc::new(maglev),
@@ -550,12 +688,12 @@ impl Reconciler {
 
         removals.extend(acl_removes);
         removals.extend(filter_last);
-        backends
+        Ok(backends
             .into_iter()
             .chain(tables)
             .chain(markers)
             .chain(removals)
-            .collect()
+            .collect())
     }
 
     /// Applies `diff(desired)` in order, recording each operation as it succeeds, so a
@@ -565,7 +703,7 @@ impl Reconciler {
         desired: &Desired,
         writer: &mut impl MapWriter,
     ) -> Result<Vec<MapOp>, DataPlaneError> {
-        let ops = self.diff(desired);
+        let ops = self.diff(desired)?;
         let by_key: BTreeMap<ListenerKey, &DesiredListener> = desired
             .listeners
             .values()
@@ -623,7 +761,10 @@ impl Reconciler {
                 MapOp::RemoveEndpoint { key } => {
                     self.endpoints.remove(key);
                 }
-                MapOp::WriteTable { .. } | MapOp::ResetCursor { .. } => {}
+                MapOp::WriteTable { slot, meta, .. } => {
+                    self.regions.insert(*slot, Region::of(meta));
+                }
+                MapOp::ResetCursor { .. } => {}
             }
         }
         // A listener renamed in place keeps its key; drop records no longer desired.
@@ -638,6 +779,7 @@ mod tests {
     use super::*;
     use crate::{
         config,
+        dataplane::MapSizes,
         plan::{Ids, Runtime, plan},
     };
 
@@ -680,7 +822,7 @@ listeners:
                 config: config::parse(BASE).unwrap(),
                 runtime: Runtime::default(),
                 ids: Ids::new(8, 64),
-                reconciler: Reconciler::new(),
+                reconciler: Reconciler::new(MapSizes::default().maglev_slots),
             }
         }
 
@@ -866,6 +1008,106 @@ listeners:
                 "listener 0 slot=0"
             ]
         );
+    }
+
+    /// (slot, Maglev base, Maglev size) of every table an op list writes.
+    fn placed(ops: &[MapOp]) -> Vec<(u32, u32, u32)> {
+        ops.iter()
+            .filter_map(|op| match op {
+                MapOp::WriteTable {
+                    slot, maglev, meta, ..
+                } => {
+                    assert_eq!(maglev.len(), meta.maglev_size as usize);
+                    Some((*slot, meta.maglev_base, meta.maglev_size))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    const M: u32 = lb_common::MAGLEV_TABLE_SIZE;
+
+    /// A listener's two slots ping-pong between two places; a new size takes a free
+    /// stretch away from every live table, and the place it left is reused.
+    #[test]
+    fn maglev_tables_are_placed_apart_from_live_ones_and_reused() {
+        let mut h = Harness::new();
+        assert_eq!(placed(&h.step()), [(0, 0, M), (2, M, M)]);
+        h.config.vserver_groups[0].servers[0].weight = 50;
+        assert_eq!(placed(&h.step()), [(1, 2 * M, M)]);
+        h.config.vserver_groups[0].servers[0].weight = 40;
+        assert_eq!(placed(&h.step()), [(0, 0, M)], "slot 0's place, free again");
+
+        // 655373 slots: live tables sit at 0 and M, so it goes after them.
+        h.config.listeners[0].maglev_table_size = 655_373;
+        assert_eq!(placed(&h.step()), [(1, 2 * M, 655_373)]);
+        h.config.vserver_groups[0].servers[0].weight = 30;
+        // Slot 0's old place is too small: the first stretch that fits follows slot 1's.
+        assert_eq!(placed(&h.step()), [(0, 2 * M + 655_373, 655_373)]);
+        h.config.vserver_groups[0].servers[0].weight = 20;
+        assert_eq!(placed(&h.step()), [(1, 2 * M, 655_373)]);
+        // Back to the default: the stretch before the other listener's table is free.
+        h.config.listeners[0].maglev_table_size = M;
+        assert_eq!(placed(&h.step()), [(0, 0, M)]);
+    }
+
+    /// A table that finds no room is an error before any operation is written, and the
+    /// check a change runs first says so too.
+    #[test]
+    fn no_room_for_a_table_fails_before_anything_is_written() {
+        let mut h = Harness::new();
+        h.reconciler = Reconciler::new(3 * M);
+        h.step();
+        h.config.listeners[0].maglev_table_size = 131_071;
+        h.config.validate().unwrap();
+        let desired = plan(&h.config, &h.runtime, &mut h.ids).unwrap();
+        let err = h.reconciler.check_room(&desired).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "listener api: no free stretch of 131071 slots in the Maglev array for its new \
+             table (65537 of maglev_slots 196611 are free; live tables stay in place while \
+             new ones are written): raise maglev_slots"
+        );
+        let mut rec = Recorder::default();
+        assert!(matches!(
+            h.reconciler.apply(&desired, &mut rec),
+            Err(DataPlaneError::NoMaglevRoom(_))
+        ));
+        assert!(rec.0.is_empty(), "nothing written: {:?}", shape(&rec.0));
+        // With room for it, the same change goes through.
+        h.reconciler.maglev_slots = 5 * M;
+        assert_eq!(placed(&h.step()), [(1, 2 * M, 131_071)]);
+    }
+
+    /// A restarted daemon adopts the live tables' places: its first rebuild writes
+    /// around them.
+    #[test]
+    fn adopted_live_tables_keep_their_place() {
+        let mut h = Harness::new();
+        let ops = h.step();
+        let listeners: Vec<(String, ListenerKey, Listener, TableMeta)> = ops
+            .iter()
+            .filter_map(|op| match op {
+                MapOp::SetListener { key, value } => Some((*key, *value)),
+                _ => None,
+            })
+            .map(|(key, value)| {
+                let meta = ops
+                    .iter()
+                    .find_map(|op| match op {
+                        MapOp::WriteTable { slot, meta, .. } if *slot == value.table => Some(*meta),
+                        _ => None,
+                    })
+                    .unwrap();
+                let name = if value.id == 0 { "api" } else { "other" };
+                (name.to_owned(), key, value, meta)
+            })
+            .collect();
+        h.reconciler = Reconciler::new(MapSizes::default().maglev_slots);
+        h.reconciler.adopt(&listeners, &[]);
+        // Both listeners are rebuilt (their inputs are unknown) into their other slots,
+        // away from the live tables at 0 and M.
+        assert_eq!(placed(&h.step()), [(1, 2 * M, M), (3, 3 * M, M)]);
     }
 
     #[test]

@@ -142,11 +142,7 @@ pub fn sizing_tables() -> String {
         o,
         "| map | kind | entries | bytes per entry (hash maps: with their bucket) | per CPU |\n|---|---|---|---|---|"
     );
-    let reference = MapSizes {
-        flow_table_size: 1 << 20,
-        max_listeners: lb_common::DEFAULT_MAX_LISTENERS,
-        max_backends: 1000,
-    };
+    let reference = MapSizes::new(1 << 20, lb_common::DEFAULT_MAX_LISTENERS, 1000);
     // What a second CPU adds is the per-CPU part.
     for (m, two) in data_plane(&reference, 1)
         .into_iter()
@@ -175,11 +171,7 @@ pub fn sizing_tables() -> String {
     for flows in [1u32 << 20, 16 << 20] {
         for backends in [1000u32, 65536] {
             for cpus in [2u32, 64] {
-                let sizes = MapSizes {
-                    flow_table_size: flows,
-                    max_listeners: lb_common::DEFAULT_MAX_LISTENERS,
-                    max_backends: backends,
-                };
+                let sizes = MapSizes::new(flows, lb_common::DEFAULT_MAX_LISTENERS, backends);
                 let maps = data_plane(&sizes, cpus);
                 let flow_tables: u64 = maps
                     .iter()
@@ -240,8 +232,9 @@ fn entries_rule(name: &str) -> &'static str {
         names::FLOWS | names::AFFINITY => "`flow_table_size`",
         names::HALF_OPEN => "`flow_table_size` / 4, at least 262,144",
         names::LISTENERS => "2 × `max_listeners`",
-        names::MAGLEV => "`max_listeners` × 2 × 65,537",
-        names::SEQUENCE => "`max_listeners` × 2 × 65,536",
+        // Two backend ids an entry.
+        names::MAGLEV => "`maglev_slots` / 2 (default: `max_listeners` × 65,537)",
+        names::SEQUENCE => "`max_listeners` × 65,536",
         names::TABLE_META => "`max_listeners` × 2",
         names::CURSORS | names::LISTENER_STATS => "`max_listeners`",
         names::BACKENDS

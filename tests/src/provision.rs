@@ -58,7 +58,7 @@ impl Provisioned {
             config,
             runtime,
             ids,
-            reconciler: Reconciler::new(),
+            reconciler: Reconciler::new(sizes.maglev_slots),
             desired,
         })
     }
@@ -134,11 +134,7 @@ impl Provisioned {
 mod tests {
     use super::*;
 
-    const SIZES: MapSizes = MapSizes {
-        flow_table_size: 1024,
-        max_listeners: 4,
-        max_backends: 16,
-    };
+    const SIZES: MapSizes = MapSizes::new(1024, 4, 16);
 
     const TWO_LISTENERS: &str = "
 instance: t

@@ -455,11 +455,7 @@ pub(crate) fn xdp_pass(ns: &Netns, dev: &str) -> XdpPass {
         let mut dataplane = DataPlane::load_object(
             crate::TEST_OBJECT,
             &LoadOptions {
-                sizes: MapSizes {
-                    flow_table_size: 1024,
-                    max_listeners: 1,
-                    max_backends: 1,
-                },
+                sizes: MapSizes::new(1024, 1, 1),
                 map_pin_dir: None,
                 verifier_log_dir: None,
             },

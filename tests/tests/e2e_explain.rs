@@ -26,7 +26,8 @@ fn setup(tag: &str, listeners: &str) -> Option<(Topology, LbDaemon, Vec<lb_tests
     let backends = topo.start_backends(Some(8080), None);
     let instance = format!("{}i", topo.prefix());
     let config = format!(
-        "instance: {instance}\ninterfaces: [{}, {}]\nflow_table_size: 65536\nmax_listeners: 8\nmax_backends: 256\n{GROUP}listeners:\n{listeners}",
+        // maglev_slots: room for one listener with 655373-slot tables besides the others.
+        "instance: {instance}\ninterfaces: [{}, {}]\nflow_table_size: 65536\nmax_listeners: 8\nmax_backends: 256\nmaglev_slots: 1441820\n{GROUP}listeners:\n{listeners}",
         topo.lb_client_if(),
         topo.lb_backend_if()
     );
@@ -201,6 +202,47 @@ fn explain_predicts_new_flows_under_sch_and_tch() {
         }
     }
     assert!(checked >= 12);
+
+    // A larger table for the tch listener, at run time: a size that does not fit the
+    // Maglev array is refused whole, one that fits is used by the data plane and
+    // `explain` alike.
+    let refused = daemon.ctl(&[
+        "listener",
+        "set",
+        "spread",
+        "--maglev-table-size",
+        "1000003",
+    ]);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("maglev_slots: the listeners' Maglev tables need 2131080 slots"),
+        "{stderr}"
+    );
+    let not_prime = daemon.ctl(&["listener", "set", "spread", "--maglev-table-size", "655370"]);
+    assert!(
+        String::from_utf8_lossy(&not_prime.stderr)
+            .contains("655370 is not a prime, and a Maglev table needs a prime size (the nearest: 655357 and 655373)"),
+        "{}",
+        String::from_utf8_lossy(&not_prime.stderr)
+    );
+    daemon.ctl_ok(&["listener", "set", "spread", "--maglev-table-size", "655373"]);
+    for (i, client) in topo.client_addrs().iter().enumerate() {
+        let src = client.to_string();
+        let p = 43000 + i as u16;
+        let v = explain_json(&daemon, &format!("{src}:{p}"), "198.19.0.100:81", false);
+        let steps = v["steps"].to_string();
+        assert!(steps.contains(" of 655373 → "), "{steps}");
+        let predicted = v["backend"]
+            .as_str()
+            .map(backend_name)
+            .expect("tch names a backend");
+        assert_eq!(
+            get_from(&topo, &src, p, 81),
+            predicted,
+            "tch (655373) from {src}:{p}"
+        );
+    }
 }
 
 #[test]

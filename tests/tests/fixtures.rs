@@ -179,15 +179,15 @@ fn live_sequence(dp: &DataPlane, fx: &Provisioned, name: &str) -> Vec<u32> {
 /// gets, and `tch`).
 fn maglev_pick(dp: &DataPlane, fx: &Provisioned, name: &str, client: (Ipv4Addr, u16)) -> u32 {
     let frontend = fx.listener(name).frontend;
-    let slot = live_slot(dp, fx, name);
+    let meta = dp.table_meta(live_slot(dp, fx, name)).unwrap();
     let index = select::maglev_index_tuple(
-        slot,
+        &meta,
         be(client.0),
         be(frontend.address),
         port(client.1),
         port(frontend.port),
     );
-    dp.maglev_table(slot).unwrap()[(index - slot * MAGLEV_TABLE_SIZE) as usize]
+    dp.maglev_entry(index)
 }
 
 /// The shipped object: the fixtures test the production programs.
@@ -196,14 +196,14 @@ fn load(lab: &Lab) -> DataPlane {
 }
 
 fn load_object(lab: &Lab, object: &[u8]) -> DataPlane {
+    load_sized(lab, object, MapSizes::new(4096, 4, 64))
+}
+
+fn load_sized(lab: &Lab, object: &[u8], sizes: MapSizes) -> DataPlane {
     let mut dp = DataPlane::load_object(
         object,
         &LoadOptions {
-            sizes: MapSizes {
-                flow_table_size: 4096,
-                max_listeners: 4,
-                max_backends: 64,
-            },
+            sizes,
             map_pin_dir: None,
             verifier_log_dir: None,
         },
@@ -784,6 +784,45 @@ fn mid_flow_pickup_uses_the_maglev_table_on_the_4_tuple() {
     });
 }
 
+/// A listener's own table size: its table lies where the controller placed it, and the
+/// data plane hashes into all of it (not into the default size's first slots).
+#[test]
+fn a_listener_with_a_larger_maglev_table_schedules_from_all_of_it() {
+    let Some(lab) = lab("fxmagsz") else { return };
+    lab.ns.enter(|| {
+        let sizes = MapSizes {
+            maglev_slots: 2 * 655_373 + 2 * MAGLEV_TABLE_SIZE,
+            ..MapSizes::new(4096, 4, 64)
+        };
+        let mut dp = load_sized(&lab, EBPF_OBJECT, sizes);
+        let fx = provision(&mut dp, &three_backends("tch", "maglev_table_size: 655373"));
+        let meta = dp.table_meta(live_slot(&dp, &fx, "web")).unwrap();
+        assert_eq!(meta.maglev_size, 655_373);
+        let frontend = fx.listener("web").frontend;
+        let mut differs = 0;
+        for sport in 42_000u16..42_012 {
+            let syn = from_client(Frame::tcp((CLIENT, sport), (VIP, 80), SYN));
+            let expected = index_of_id(&fx, maglev_pick(&dp, &fx, "web", (CLIENT, sport)));
+            // What a data plane hashing into the default size would pick instead.
+            let hash = lb_common::hash::hash_tuple(
+                be(CLIENT),
+                be(frontend.address),
+                port(sport),
+                port(frontend.port),
+            );
+            let short = dp.maglev_entry(meta.maglev_base + hash % MAGLEV_TABLE_SIZE);
+            if index_of_id(&fx, short) != expected {
+                differs += 1;
+            }
+            check(
+                &mut dp,
+                &[lab.forwarded("a SYN to the 655373-slot listener", &syn, expected, 8080)],
+            );
+        }
+        assert!(differs > 0, "the ports chosen tell the two sizes apart");
+    });
+}
+
 #[test]
 fn udp_with_and_without_checksum() {
     let Some(lab) = lab("fxudp") else { return };
@@ -1233,8 +1272,8 @@ fn unhealthy_backend_gets_no_new_flows_and_its_flows_move() {
         assert_ne!(moved_to, down);
         let before = dp.counter(Reason::EventReselected).unwrap();
         let syn2 = from_client(Frame::tcp((CLIENT, 44001), (VIP, 80), SYN));
-        let src_slot = select::maglev_index_source(live, be(CLIENT));
-        let sch_pick = index_of_id(&fx, table[(src_slot - live * MAGLEV_TABLE_SIZE) as usize]);
+        let src_slot = select::maglev_index_source(&dp.table_meta(live).unwrap(), be(CLIENT));
+        let sch_pick = index_of_id(&fx, dp.maglev_entry(src_slot));
         check(
             &mut dp,
             &[
@@ -2109,11 +2148,7 @@ fn flow_table_walk_reads_every_entry_once_in_batches() {
     lab.ns.enter(|| {
         const ENTRIES: u32 = 100_000;
         let mut dp = DataPlane::load(&LoadOptions {
-            sizes: MapSizes {
-                flow_table_size: 262_144,
-                max_listeners: 4,
-                max_backends: 64,
-            },
+            sizes: MapSizes::new(262_144, 4, 64),
             map_pin_dir: None,
             verifier_log_dir: None,
         })

@@ -23,6 +23,30 @@ pub mod limits {
     pub const FLOW_TABLE_SIZE: RangeInclusive<u64> = 1024..=67_108_864;
     pub const MAX_LISTENERS: RangeInclusive<u64> = 1..=4096;
     pub const MAX_BACKENDS: RangeInclusive<u64> = 1..=1_048_576;
+    /// A listener's Maglev table: a prime in this range (`validate` checks primality).
+    pub const MAGLEV_TABLE_SIZE: RangeInclusive<u64> =
+        lb_common::MAGLEV_TABLE_SIZE_MIN as u64..=lb_common::MAGLEV_TABLE_SIZE_MAX as u64;
+    /// The primes of `MAGLEV_TABLE_SIZE` nearest below and above `size`, for an error
+    /// about a size that is not one: "655357 and 655373".
+    pub fn maglev_primes_around(size: u32) -> String {
+        let prime = |n: &u32| lb_common::maglev::is_prime(*n);
+        let (min, max) = (
+            lb_common::MAGLEV_TABLE_SIZE_MIN,
+            lb_common::MAGLEV_TABLE_SIZE_MAX,
+        );
+        let below = (min..size.clamp(min, max)).rev().find(prime);
+        let above = (size.clamp(min, max)..=max).find(prime);
+        below
+            .into_iter()
+            .chain(above)
+            .map(|n| n.to_string())
+            .collect::<Vec<_>>()
+            .join(" and ")
+    }
+
+    /// Slots of the array every listener's two Maglev tables share (4 bytes each).
+    pub const MAGLEV_SLOTS: RangeInclusive<u64> =
+        2 * lb_common::MAGLEV_TABLE_SIZE_MIN as u64..=1 << 30;
     pub const PERSISTENCE_TIMEOUT: RangeInclusive<u64> = 0..=3600;
     pub const ESTABLISHED_TIMEOUT: RangeInclusive<u64> = 10..=900;
     pub const UDP_TIMEOUT: RangeInclusive<u64> = 10..=900;
@@ -53,6 +77,7 @@ pub mod limits {
     pub const DEFAULT_FLOW_TABLE_SIZE: u32 = lb_common::DEFAULT_FLOW_TABLE_SIZE;
     pub const DEFAULT_MAX_LISTENERS: u32 = lb_common::DEFAULT_MAX_LISTENERS;
     pub const DEFAULT_MAX_BACKENDS: u32 = lb_common::DEFAULT_MAX_BACKENDS;
+    pub const DEFAULT_MAGLEV_TABLE_SIZE: u32 = lb_common::MAGLEV_TABLE_SIZE;
     pub const DEFAULT_ESTABLISHED_TIMEOUT: u32 = 900;
     pub const DEFAULT_UDP_TIMEOUT: u32 = 30;
     pub const DEFAULT_DRAIN_TIMEOUT: u32 = 300;
@@ -115,6 +140,11 @@ pub struct Config {
     /// Size of the backend map: one entry per (listener, group member).
     #[serde(skip_serializing_if = "eq_u32::<DEFAULT_MAX_BACKENDS>")]
     pub max_backends: u32,
+    /// Slots of the Maglev array all listeners' tables share: each listener takes twice
+    /// its `maglev_table_size` (the live table and the one being rebuilt). Absent:
+    /// `max_listeners` × 2 × 65537, room for every listener at the default size.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub maglev_slots: Option<u32>,
     /// Source address of health probes; the kernel picks one when absent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub health_check_source: Option<Ipv4Addr>,
@@ -159,6 +189,7 @@ impl Config {
             flow_table_size: DEFAULT_FLOW_TABLE_SIZE,
             max_listeners: DEFAULT_MAX_LISTENERS,
             max_backends: DEFAULT_MAX_BACKENDS,
+            maglev_slots: None,
             health_check_source: None,
             metrics_listen: None,
             refused_client_sources: Vec::new(),
@@ -169,6 +200,15 @@ impl Config {
             vserver_groups: Vec::new(),
             primary_secondary_groups: Vec::new(),
             listeners: Vec::new(),
+        }
+    }
+
+    /// Slots of the shared Maglev array: `maglev_slots`, or room for `max_listeners`
+    /// listeners at the default table size.
+    pub const fn maglev_slots(&self) -> u32 {
+        match self.maglev_slots {
+            Some(slots) => slots,
+            None => lb_common::default_maglev_slots(self.max_listeners),
         }
     }
 
@@ -541,6 +581,10 @@ pub struct Listener {
     /// Seconds over which a recovered or added backend's weight ramps up; 0 = off.
     #[serde(skip_serializing_if = "is_default")]
     pub slow_start: u32,
+    /// Slots of the listener's Maglev table (a prime). A larger table moves fewer flows
+    /// when one of many backends leaves.
+    #[serde(skip_serializing_if = "eq_u32::<DEFAULT_MAGLEV_TABLE_SIZE>")]
+    pub maglev_table_size: u32,
     #[serde(skip_serializing_if = "is_default")]
     pub health_check: HealthCheck,
 }
@@ -563,6 +607,7 @@ impl Listener {
             connection_drain: ConnectionDrain::default(),
             acl: None,
             slow_start: 0,
+            maglev_table_size: DEFAULT_MAGLEV_TABLE_SIZE,
             health_check: HealthCheck::default(),
         }
     }

@@ -872,6 +872,58 @@ fn rule_persistence_is_for_tcp_listeners() {
 }
 
 #[test]
+fn rule_maglev_table_size_is_a_prime_that_fits_maglev_slots() {
+    let line = |size: u32| {
+        format!(
+            "name: a, protocol: tcp, address: 198.18.0.1, port: 80, backend_port: 80, scheduler: tch, maglev_table_size: {size}"
+        )
+    };
+    let c = ok(&listeners(&[&line(655_373)]));
+    assert_eq!(c.listeners[0].maglev_table_size, 655_373);
+    assert!(c.to_yaml().contains("maglev_table_size: 655373"));
+    assert!(
+        !ok(&listeners(&[&line(65_537)]))
+            .to_yaml()
+            .contains("maglev_table_size")
+    );
+    assert_eq!(
+        errors(&listeners(&[&line(655_370)])),
+        [
+            "listeners[0].maglev_table_size: 655370 is not a prime, and a Maglev table needs a prime size (the nearest primes: 655357 and 655373)"
+        ]
+    );
+    assert_eq!(
+        errors(&listeners(&[&line(1000)])),
+        ["listeners[0].maglev_table_size: 1000 is not in 1021..=4194301"]
+    );
+    // Two tables of each listener must fit the shared array.
+    let two = [
+        line(655_373),
+        line(65_537)
+            .replace("name: a", "name: b")
+            .replace("port: 80,", "port: 81,"),
+    ];
+    let two: Vec<&str> = two.iter().map(String::as_str).collect();
+    let c = ok(&listeners(&two).replace("listeners:", "maglev_slots: 1441820\nlisteners:"));
+    assert_eq!(c.maglev_slots(), 1_441_820);
+    assert_eq!(
+        errors(&listeners(&two).replace("listeners:", "maglev_slots: 1441819\nlisteners:")),
+        [
+            "maglev_slots: the listeners' Maglev tables need 1441820 slots (2 × maglev_table_size each), but maglev_slots is 1441819 (raise maglev_slots (4 bytes a slot); at most 1073741824)"
+        ]
+    );
+    // By default, room for max_listeners listeners at the default size.
+    let c = ok(&listeners(&two).replace("listeners:", "max_listeners: 12\nlisteners:"));
+    assert_eq!(c.maglev_slots(), 12 * 2 * 65_537);
+    assert_eq!(
+        errors(&listeners(&two).replace("listeners:", "max_listeners: 5\nlisteners:")),
+        [
+            "maglev_slots: the listeners' Maglev tables need 1441820 slots (2 × maglev_table_size each), but maglev_slots is 655370 (raise maglev_slots (4 bytes a slot); at most 1073741824)"
+        ]
+    );
+}
+
+#[test]
 fn rule_listener_timeouts() {
     let l = "name: a, protocol: tcp, address: 198.18.0.1, port: 80, backend_port: 80";
     ok(&listeners(&[&format!(

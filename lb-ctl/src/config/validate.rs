@@ -7,7 +7,7 @@
 
 use std::{collections::HashMap, hash::Hash, net::Ipv4Addr, ops::RangeInclusive};
 
-use lb_common::Scheduler;
+use lb_common::{Scheduler, TABLES_PER_LISTENER};
 
 use super::{
     error::{
@@ -167,6 +167,9 @@ impl Checker<'_> {
         self.range("flow_table_size", c.flow_table_size, &FLOW_TABLE_SIZE);
         self.range("max_listeners", c.max_listeners, &MAX_LISTENERS);
         self.range("max_backends", c.max_backends, &MAX_BACKENDS);
+        if let Some(slots) = c.maglev_slots {
+            self.range("maglev_slots", slots, &MAGLEV_SLOTS);
+        }
         if let Some(source) = c.health_check_source {
             self.unicast("health_check_source", source, "the probe source");
         }
@@ -590,6 +593,28 @@ impl Checker<'_> {
         for (i, listener) in c.listeners.iter().enumerate() {
             self.listener(c, &index("listeners", i), listener);
         }
+        // Each listener holds two tables: the live one and the one a change rebuilds.
+        let needed: u64 = c
+            .listeners
+            .iter()
+            .map(|l| u64::from(l.maglev_table_size) * u64::from(TABLES_PER_LISTENER))
+            .sum();
+        // Too many listeners is reported above, and is the cause to fix first.
+        if count <= c.max_listeners as usize && needed > u64::from(c.maglev_slots()) {
+            self.report(
+                "maglev_slots",
+                &["listeners"],
+                format!(
+                    "the listeners' Maglev tables need {needed} slots (2 × maglev_table_size \
+                     each), but maglev_slots is {}",
+                    c.maglev_slots()
+                ),
+                Some(format!(
+                    "raise maglev_slots (4 bytes a slot); at most {}",
+                    MAGLEV_SLOTS.end()
+                )),
+            );
+        }
         self.unique(
             c.listeners
                 .iter()
@@ -681,7 +706,27 @@ impl Checker<'_> {
             &DRAIN_TIMEOUT,
         );
         self.range(&at("slow_start"), l.slow_start, &SLOW_START);
+        self.maglev_table_size(&at("maglev_table_size"), l.maglev_table_size);
         self.health_check(&at("health_check"), &l.health_check, l.protocol);
+    }
+
+    /// Maglev needs a prime table size; a wrong one is told the primes around it.
+    fn maglev_table_size(&mut self, path: &str, size: u32) {
+        if !MAGLEV_TABLE_SIZE.contains(&u64::from(size)) {
+            self.range(path, size, &MAGLEV_TABLE_SIZE);
+            return;
+        }
+        if !lb_common::maglev::is_prime(size) {
+            self.report(
+                path,
+                &[],
+                format!("{size} is not a prime, and a Maglev table needs a prime size"),
+                Some(format!(
+                    "the nearest primes: {}",
+                    maglev_primes_around(size)
+                )),
+            );
+        }
     }
 
     /// A listener uses exactly one group: the default one, which needs `backend_port`

@@ -32,6 +32,7 @@ pub(crate) const TOP_FIELDS: &[&str] = &[
     "flow_table_size",
     "max_listeners",
     "max_backends",
+    "maglev_slots",
     "health_check_source",
     "metrics_listen",
     "refused_client_sources",
@@ -73,6 +74,7 @@ const LISTENER_FIELDS: &[&str] = &[
     "connection_drain",
     "acl",
     "slow_start",
+    "maglev_table_size",
     "health_check",
 ];
 const DRAIN_FIELDS: &[&str] = &["enabled", "timeout"];
@@ -494,6 +496,9 @@ impl Reader {
         }) {
             c.max_backends = v;
         }
+        c.maglev_slots = self.optional(map, "", "maglev_slots", |r, p, v| {
+            r.uint(p, v, &MAGLEV_SLOTS)
+        });
         c.health_check_source = self.optional(map, "", "health_check_source", Self::ipv4);
         c.metrics_listen = self.optional(map, "", "metrics_listen", Self::socket_addr);
         if let Some(v) = self.optional(map, "", "refused_client_sources", |r, p, v| {
@@ -788,6 +793,11 @@ impl Reader {
         l.acl = self.optional(m, path, "acl", Self::listener_acl);
         if let Some(v) = self.optional(m, path, "slow_start", |r, p, v| r.uint(p, v, &SLOW_START)) {
             l.slow_start = v;
+        }
+        if let Some(v) = self.optional(m, path, "maglev_table_size", |r, p, v| {
+            r.uint(p, v, &MAGLEV_TABLE_SIZE)
+        }) {
+            l.maglev_table_size = v;
         }
         if let Some(v) = self.optional(m, path, "health_check", Self::health_check) {
             l.health_check = v;

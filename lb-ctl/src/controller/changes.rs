@@ -125,8 +125,12 @@ impl<P: Platform> Controller<P> {
         if !violations.is_empty() {
             return Err(ControllerError::BreaksRules(violations));
         }
-        // Ids must be available before anything is persisted.
-        plan::plan(&next, &self.runtime, &mut self.ids.clone()).map_err(ControllerError::NoIds)?;
+        // Ids and room for the tables must be there before anything is persisted.
+        let desired = plan::plan(&next, &self.runtime, &mut self.ids.clone())
+            .map_err(ControllerError::NoIds)?;
+        self.reconciler
+            .check_room(&desired)
+            .map_err(ControllerError::NoMaglevRoom)?;
         let mut overlay = self.overlay.clone();
         overlay.push(change.clone());
         overlay::save_state_with_drains(&self.state_path, self.instance(), &overlay, &self.drains)?;
@@ -198,8 +202,11 @@ impl<P: Platform> Controller<P> {
         if !violations.is_empty() {
             return Err(ControllerError::ReloadBreaksRules(violations));
         }
-        plan::plan(&next, &self.runtime, &mut self.ids.clone())
+        let desired = plan::plan(&next, &self.runtime, &mut self.ids.clone())
             .map_err(ControllerError::ReloadNoIds)?;
+        self.reconciler
+            .check_room(&desired)
+            .map_err(ControllerError::NoMaglevRoom)?;
         // New interfaces, or another xdp_mode (a link in another mode is attached again in
         // the new one): attached before anything is committed, so an interface whose
         // driver refuses native mode refuses the reload.

@@ -69,9 +69,12 @@ pub enum ControllerError {
          changed (an instance is renamed by a restart)"
     )]
     InstanceRenamed { found: String, running: String },
+    /// A change's new Maglev tables do not fit the shared array.
+    #[error("{0}; nothing was changed")]
+    NoMaglevRoom(crate::reconcile::NoMaglevRoom),
     #[error(
-        "flow_table_size, max_listeners and max_backends size the pinned maps; changing them \
-         needs `lb-ctl teardown` and a restart; nothing was changed"
+        "flow_table_size, max_listeners, max_backends and maglev_slots size the pinned maps; \
+         changing them needs `lb-ctl teardown` and a restart; nothing was changed"
     )]
     MapSizesChanged,
     #[error(
@@ -120,6 +123,7 @@ impl ControllerError {
             | Self::ReloadBreaksRules(_)
             | Self::NoIds(_)
             | Self::ReloadNoIds(_)
+            | Self::NoMaglevRoom(_)
             | Self::InstanceRenamed { .. }
             | Self::MapSizesChanged
             | Self::ForwardingChanged { .. }

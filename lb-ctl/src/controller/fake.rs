@@ -13,7 +13,7 @@ use std::{
 
 use lb_common::{
     ADDRESS_FILTER_WORDS, Backend, Endpoint, EndpointKey, Flow, FlowKey, Listener, ListenerKey,
-    MAGLEV_TABLE_SIZE, Reason, SEQUENCE_TABLE_SIZE, TrafficCounters, memory::MemoryTables,
+    Reason, SEQUENCE_TABLE_SIZE, TableMeta, TrafficCounters, memory::MemoryTables,
 };
 
 use super::{Attachment, NS_PER_S, Platform};
@@ -74,7 +74,7 @@ impl MapWriter for FakeDataPlane {
                 meta,
             } => {
                 for (i, id) in maglev.iter().enumerate() {
-                    t.maglev.insert(slot * MAGLEV_TABLE_SIZE + i as u32, *id);
+                    t.maglev.insert(meta.maglev_base + i as u32, *id);
                 }
                 for (i, id) in sequence.iter().enumerate() {
                     t.sequence
@@ -192,6 +192,17 @@ impl DataPlaneAccess for FakeDataPlane {
             .iter()
             .map(|(k, v)| (*k, *v))
             .collect())
+    }
+
+    fn table_meta(&self, slot: u32) -> Result<TableMeta, DataPlaneError> {
+        Ok(self
+            .maps
+            .borrow()
+            .tables
+            .table_meta
+            .get(&slot)
+            .copied()
+            .unwrap_or_default())
     }
 
     fn backend(&self, id: u32) -> Result<Backend, DataPlaneError> {

@@ -52,7 +52,7 @@ impl<P: Platform> Controller<P> {
         let (mut dataplane, adopting) = platform.load(&effective, sizes)?;
 
         let mut ids = Ids::new(sizes.max_listeners, sizes.max_backends);
-        let mut reconciler = Reconciler::new();
+        let mut reconciler = Reconciler::new(sizes.maglev_slots);
         let mut runtime = Runtime {
             local_addresses: platform.local_addresses(),
             ..Runtime::default()
@@ -231,6 +231,8 @@ fn adopt(
             vips.push((key.addr, value.flags));
             continue;
         }
+        // Where its live table lies in MAGLEV: no rebuild may write there.
+        let meta = dataplane.table_meta(value.table)?;
         match frontends.get(&key) {
             Some((name, frontend)) => {
                 ids.adopt_listener(*frontend, value.id);
@@ -240,11 +242,11 @@ fn adopt(
                     ids.adopt_acl(acl.name.clone(), value.acl_id);
                 }
                 by_id.insert(value.id, *frontend);
-                adopted.push(((*name).to_owned(), key, value));
+                adopted.push(((*name).to_owned(), key, value, meta));
             }
             // A listener no longer in the config: recorded under a name no config
             // uses, so the first apply removes it.
-            None => adopted.push((format!("stale listener {}", value.id), key, value)),
+            None => adopted.push((format!("stale listener {}", value.id), key, value, meta)),
         }
     }
     reconciler.adopt(&adopted, &vips);

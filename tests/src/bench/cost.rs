@@ -407,11 +407,7 @@ impl<'a> Bench<'a> {
         let mut dp = DataPlane::load_object(
             TEST_OBJECT,
             &LoadOptions {
-                sizes: MapSizes {
-                    flow_table_size: FLOW_TABLE,
-                    max_listeners: 8,
-                    max_backends: 16384,
-                },
+                sizes: MapSizes::new(FLOW_TABLE, 8, 16384),
                 map_pin_dir: None,
                 verifier_log_dir: None,
             },

@@ -257,11 +257,7 @@ fn small_dataplane() -> anyhow::Result<DataPlane> {
     Ok(DataPlane::load_object(
         TEST_OBJECT,
         &LoadOptions {
-            sizes: MapSizes {
-                flow_table_size: 1024,
-                max_listeners: 1,
-                max_backends: 16,
-            },
+            sizes: MapSizes::new(1024, 1, 16),
             map_pin_dir: None,
             verifier_log_dir: None,
         },
@@ -275,11 +271,7 @@ fn lb_dataplane(rig: &Rig, lb_out: u32, dsr: Option<Tunnel>) -> anyhow::Result<D
     let mut dp = DataPlane::load_object(
         TEST_OBJECT,
         &LoadOptions {
-            sizes: MapSizes {
-                flow_table_size: FLOW_TABLE,
-                max_listeners: 4,
-                max_backends: 64,
-            },
+            sizes: MapSizes::new(FLOW_TABLE, 4, 64),
             map_pin_dir: None,
             verifier_log_dir: None,
         },

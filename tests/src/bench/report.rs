@@ -930,11 +930,11 @@ fn control_section(o: &mut String, r: &Report) {
         o,
         "**Maglev table build** (`lb_common::maglev::build_table`, release build, equal \
          weights, median (min–max) of {} builds after one untimed build), and the slots \
-         that change owner when the middle backend is removed, for the table size every \
-         listener has (M = 65537) and for a prime ten times larger (M = 655373): with \
-         thousands of backends a removal moves several times the ideal share M/N at the \
-         smaller size. The size is not yet a listener option; these rows are the \
-         measurement for that choice.\n",
+         that change owner when the middle backend is removed, for a listener's default \
+         table size (M = 65537) and for a prime ten times larger (M = 655373, a \
+         listener's `maglev_table_size`): a removal moves more than the ideal share M/N, \
+         the more so the more backends share the table, and fewer flows in all at the \
+         larger size.\n",
         p.maglev_rounds
     );
     o.push_str(&maglev_table(c).markdown());

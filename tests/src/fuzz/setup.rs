@@ -22,11 +22,7 @@ const MAX_LISTENERS: u32 = 8;
 const MAX_BACKENDS: u32 = 64;
 
 pub(super) fn sizes(flow_table_size: u32) -> MapSizes {
-    MapSizes {
-        flow_table_size,
-        max_listeners: MAX_LISTENERS,
-        max_backends: MAX_BACKENDS,
-    }
+    MapSizes::new(flow_table_size, MAX_LISTENERS, MAX_BACKENDS)
 }
 
 /// The fuzzing config: eight listeners on three VIPs; every forwarding outcome (redirect,
