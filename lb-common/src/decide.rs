@@ -66,6 +66,11 @@ pub trait Tables {
     /// Whether access list `acl` has an entry covering `addr`.
     fn acl_matches(&self, key: &AclKey) -> bool;
     fn flow(&self, key: &FlowKey) -> Option<Self::Ref<'_, Flow>>;
+    /// `flow` for a connection opener (a SYN), whose key is rarely in the table: the data
+    /// plane asks its filter of established keys first (`flow_filter`). Same answer.
+    fn opening_flow(&self, key: &FlowKey) -> Option<Self::Ref<'_, Flow>> {
+        self.flow(key)
+    }
     fn backend(&self, id: u32) -> Option<Self::Ref<'_, Backend>>;
     fn table_meta(&self, table: u32) -> Option<Self::Ref<'_, TableMeta>>;
     fn affinity(&self, key: &AffinityKey) -> Option<Self::Ref<'_, Affinity>>;
@@ -290,7 +295,14 @@ pub fn listener_packet<'a, T: Tables, R: Trace>(
     let mut previous_backend = NO_BACKEND;
     let mut previous_flags = 0;
     let mut live = None;
-    match tables.flow(&packet.flow_key()) {
+    let key = packet.flow_key();
+    let entry =
+        if packet.protocol == crate::PROTO_TCP && crate::select::is_tcp_open(packet.tcp_flags) {
+            tables.opening_flow(&key)
+        } else {
+            tables.flow(&key)
+        };
+    match entry {
         Some(flow) => {
             previous_backend = flow.backend;
             previous_flags = flow.flags;

@@ -15,6 +15,7 @@ pub mod csum;
 pub mod decap;
 pub mod decide;
 pub mod encap;
+pub mod flow_filter;
 pub mod hash;
 pub mod maps;
 pub mod select;

@@ -107,6 +107,7 @@ pub mod names {
     pub const ACLS: &str = "ACLS";
     pub const NEXT_HOPS: &str = "NEXT_HOPS";
     pub const ADDRESS_FILTER: &str = "ADDRESS_FILTER";
+    pub const FLOW_FILTER: &str = "FLOW_FILTER";
     pub const AFFINITY: &str = "AFFINITY";
     pub const STAGES: &str = "STAGES";
     pub const PENDING: &str = "PENDING";
@@ -516,6 +517,13 @@ impl FlowKey {
         };
         // SAFETY: 16 bytes of plain integers either way, laid out as the fields are.
         unsafe { core::mem::transmute::<[u64; 2], FlowKey>(words) }
+    }
+
+    /// The key's two 64-bit words, as `new` builds them.
+    #[inline(always)]
+    pub const fn words(&self) -> [u64; 2] {
+        // SAFETY: 16 bytes of plain integers with explicit padding, 8-byte aligned.
+        unsafe { core::mem::transmute::<FlowKey, [u64; 2]>(*self) }
     }
 }
 

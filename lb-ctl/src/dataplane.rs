@@ -126,7 +126,7 @@ impl MapSizes {
     }
 
     /// max_entries of every sized map, by name.
-    pub fn entries(&self) -> [(&'static str, u32); 14] {
+    pub fn entries(&self) -> [(&'static str, u32); 15] {
         // ADDRESS_FILTER has a fixed size.
         let slots = self.table_slots();
         [
@@ -148,12 +148,16 @@ impl MapSizes {
             (names::BACKEND_STATS, self.max_backends),
             (names::AFFINITY, self.flow_table_size),
             (names::NEXT_HOPS, self.max_backends),
+            (
+                names::FLOW_FILTER,
+                lb_common::flow_filter::flow_filter_entries(self.flow_table_size),
+            ),
         ]
     }
 }
 
 /// Every map of the program, by name (pin files carry these names).
-pub const ALL_MAPS: [&str; 18] = [
+pub const ALL_MAPS: [&str; 19] = [
     names::LISTENERS,
     names::BACKENDS,
     names::MAGLEV,
@@ -172,26 +176,48 @@ pub const ALL_MAPS: [&str; 18] = [
     names::AFFINITY,
     names::NEXT_HOPS,
     names::ADDRESS_FILTER,
+    names::FLOW_FILTER,
 ];
 
-/// A `BPF_F_MMAPABLE` array of `IdPair`s mapped into this process as a dense `u32` array:
-/// the controller writes a 65537-slot Maglev table with a memory copy instead of 65537
-/// syscalls.
-struct MappedArray {
-    ptr: NonNull<u32>,
+/// A `BPF_F_MMAPABLE` array mapped into this process: `IdPair` arrays as a dense `u32`
+/// array (the controller writes a 65537-slot Maglev table with a memory copy instead of
+/// 65537 syscalls), the flow filter as `AtomicU64` words.
+pub(crate) struct MappedArray<T = u32> {
+    ptr: NonNull<T>,
     len: usize,
     bytes: usize,
 }
 
-// SAFETY: the mapping is shared memory owned by this struct; access goes through &mut self.
-unsafe impl Send for MappedArray {}
+// SAFETY: the mapping is shared memory owned by this struct; plain access goes through
+// &mut self, shared access only to atomics.
+unsafe impl<T> Send for MappedArray<T> {}
 
-impl MappedArray {
+impl MappedArray<u32> {
+    /// The array of `IdPair`s holding `ids` backend ids.
     fn new(name: &'static str, map: &MapData, ids: u32) -> Result<Self> {
-        let len = id_pair_entries(ids) as usize * 2;
+        Self::map(name, map, id_pair_entries(ids) as usize * 2)
+    }
+}
+
+impl MappedArray<std::sync::atomic::AtomicU64> {
+    /// The flow filter of a flow table of `flow_table_size` entries.
+    pub(crate) fn flow_filter(map: &MapData, flow_table_size: u32) -> Result<Self> {
+        let len = lb_common::flow_filter::flow_filter_entries(flow_table_size) as usize;
+        Self::map(names::FLOW_FILTER, map, len)
+    }
+
+    pub(crate) fn words(&self) -> &[std::sync::atomic::AtomicU64] {
+        // SAFETY: ptr/len describe the live mapping; atomics allow shared access.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl<T> MappedArray<T> {
+    /// Maps the first `len` elements of `map`.
+    fn map(name: &'static str, map: &MapData, len: usize) -> Result<Self> {
         // SAFETY: sysconf has no preconditions.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
-        let bytes = (len * 4).div_ceil(page) * page;
+        let bytes = (len * size_of::<T>()).div_ceil(page) * page;
         // SAFETY: mapping a BPF array fd with the size the kernel expects; checked below.
         let ptr = unsafe {
             libc::mmap(
@@ -209,25 +235,25 @@ impl MappedArray {
                 source: std::io::Error::last_os_error(),
             });
         }
-        let ptr = NonNull::new(ptr.cast::<u32>()).ok_or(DataPlaneError::Mmap {
+        let ptr = NonNull::new(ptr.cast::<T>()).ok_or(DataPlaneError::Mmap {
             name,
             source: std::io::Error::other("mmap returned NULL"),
         })?;
         Ok(Self { ptr, len, bytes })
     }
 
-    fn slice(&self) -> &[u32] {
+    fn slice(&self) -> &[T] {
         // SAFETY: ptr/len describe the live mapping.
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
 
-    fn slice_mut(&mut self) -> &mut [u32] {
+    fn slice_mut(&mut self) -> &mut [T] {
         // SAFETY: ptr/len describe the live mapping; &mut self makes this the only view.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
     }
 }
 
-impl Drop for MappedArray {
+impl<T> Drop for MappedArray<T> {
     fn drop(&mut self) {
         // SAFETY: unmapping exactly what new() mapped.
         unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.bytes) };
@@ -270,6 +296,7 @@ pub struct DataPlane {
     acls: LpmTrie<MapData, AclKey, u32>,
     affinity: HashMap<MapData, AffinityKey, Affinity>,
     address_filter: Array<MapData, u64>,
+    flow_filter: MappedArray<std::sync::atomic::AtomicU64>,
     /// The tail-call table of this load's stages. Held open: the kernel empties a program
     /// array when its last open file or pin goes.
     stages: MapData,
@@ -431,6 +458,11 @@ impl DataPlane {
             }
         }
         let maglev = data(take(&mut ebpf, names::MAGLEV)?, names::MAGLEV)?;
+        let flow_filter = MappedArray::flow_filter(
+            &data(take(&mut ebpf, names::FLOW_FILTER)?, names::FLOW_FILTER)?,
+            sizes.flow_table_size,
+        )?;
+        crate::flow_filter::size(flow_filter.words(), sizes.flow_table_size);
         let sequence = data(take(&mut ebpf, names::SEQUENCE)?, names::SEQUENCE)?;
         let slots = sizes.table_slots();
         Ok(Self {
@@ -481,6 +513,7 @@ impl DataPlane {
             address_filter: take(&mut ebpf, names::ADDRESS_FILTER)?
                 .try_into()
                 .map_err(map_err(names::ADDRESS_FILTER))?,
+            flow_filter,
             ebpf,
             logger,
             sizes,
@@ -825,6 +858,26 @@ impl DataPlane {
         self.walk(&[&self.flows])
     }
 
+    /// The flow filter's words (`lb_common::flow_filter`).
+    pub fn flow_filter(&self) -> &[std::sync::atomic::AtomicU64] {
+        self.flow_filter.words()
+    }
+
+    /// The entries of established flows, read the way a sweep reads them: the flow
+    /// filter's idle bitmap is rebuilt from their keys and becomes the one the data plane
+    /// reads.
+    pub fn sweep_flows(&self) -> Result<Vec<(FlowKey, Flow)>> {
+        let rebuild = crate::flow_filter::Rebuild::start(self.flow_filter());
+        let flows = self.established_flows()?;
+        if let Some(rebuild) = rebuild {
+            for (key, _) in &flows {
+                rebuild.add(key);
+            }
+            rebuild.finish();
+        }
+        Ok(flows)
+    }
+
     fn walk(&self, tables: &[&HashMap<MapData, FlowKey, Flow>]) -> Result<Vec<(FlowKey, Flow)>> {
         let mut all = Vec::new();
         for table in tables {
@@ -1029,6 +1082,8 @@ pub trait DataPlaneAccess: MapWriter + ReadCounters {
     fn endpoint_entries(&self) -> Result<Vec<(EndpointKey, Endpoint)>>;
     /// The entries of established flows: what the sweep counts.
     fn established_flows(&self) -> Result<Vec<(FlowKey, Flow)>>;
+    /// `established_flows` for a sweep: also rebuilds the flow filter from the keys.
+    fn sweep_flows(&self) -> Result<Vec<(FlowKey, Flow)>>;
     /// The active-flow count `wlc` weighs a backend by.
     fn set_active_flows(&mut self, id: u32, value: u32) -> Result<()>;
     /// Makes `ifindex` a redirect target of the program.
@@ -1061,6 +1116,9 @@ impl DataPlaneAccess for DataPlane {
     }
     fn established_flows(&self) -> Result<Vec<(FlowKey, Flow)>> {
         Self::established_flows(self)
+    }
+    fn sweep_flows(&self) -> Result<Vec<(FlowKey, Flow)>> {
+        Self::sweep_flows(self)
     }
     fn set_active_flows(&mut self, id: u32, value: u32) -> Result<()> {
         Self::set_active_flows(self, id, value)

@@ -251,6 +251,7 @@ pub(crate) fn expected_layout(sizes: &MapSizes) -> Vec<(&'static str, u32, u32, 
             e(names::NEXT_HOPS),
         ),
         (names::ADDRESS_FILTER, 4, 8, lb_common::ADDRESS_FILTER_WORDS),
+        (names::FLOW_FILTER, 4, 8, e(names::FLOW_FILTER)),
     ]
 }
 

@@ -34,7 +34,7 @@ pub enum Kind {
 /// The kind of each map of the program.
 fn kind(name: &str) -> Kind {
     match name {
-        names::MAGLEV | names::SEQUENCE => Kind::MmapableArray,
+        names::MAGLEV | names::SEQUENCE | names::FLOW_FILTER => Kind::MmapableArray,
         names::BACKENDS | names::TABLE_META | names::ACTIVE_FLOWS | names::ADDRESS_FILTER => {
             Kind::Array
         }
@@ -166,7 +166,7 @@ pub fn sizing_tables() -> String {
     }
     let _ = writeln!(
         o,
-        "\n| flow_table_size | max_backends | CPUs | flow tables (`FLOWS`, `HALF_OPEN`, `AFFINITY`) | everything else | total |\n|---|---|---|---|---|---|"
+        "\n| flow_table_size | max_backends | CPUs | flow tables (`FLOWS`, `HALF_OPEN`, `AFFINITY`, `FLOW_FILTER`) | everything else | total |\n|---|---|---|---|---|---|"
     );
     for flows in [1u32 << 20, 16 << 20] {
         for backends in [1000u32, 65536] {
@@ -175,7 +175,15 @@ pub fn sizing_tables() -> String {
                 let maps = data_plane(&sizes, cpus);
                 let flow_tables: u64 = maps
                     .iter()
-                    .filter(|m| [names::FLOWS, names::HALF_OPEN, names::AFFINITY].contains(&m.name))
+                    .filter(|m| {
+                        [
+                            names::FLOWS,
+                            names::HALF_OPEN,
+                            names::AFFINITY,
+                            names::FLOW_FILTER,
+                        ]
+                        .contains(&m.name)
+                    })
                     .map(|m| m.bytes)
                     .sum();
                 let all = total(&maps);
@@ -245,6 +253,9 @@ fn entries_rule(name: &str) -> &'static str {
         names::COUNTERS => "64",
         names::ACLS => "16,384 access-list entries",
         names::ADDRESS_FILTER => "2,049 words",
+        names::FLOW_FILTER => {
+            "`flow_table_size` rounded up to a power of two, / 4, + 8 (two bitmaps of 8 bits per flow entry)"
+        }
         names::TX_PORTS => "one per interface",
         _ => "fixed",
     }

@@ -277,6 +277,7 @@ pub fn promote(ip: &Ipv4, l4: &L4, f: &Flow) {
     if FLOWS.insert(key, established, u64::from(BPF_ANY)).is_err() {
         return;
     }
+    crate::flow_filter::note_insert(&key);
     if new_key {
         stats::count(Reason::EventFlowInserted);
     }

@@ -23,7 +23,8 @@
     target_arch = "bpf",
     expect(
         internal_features,
-        reason = "atomic_xadd is the only atomic add the BPF target offers"
+        reason = "atomic_xadd and atomic_or are the BPF target's atomics (core's Atomic* \
+                  types are not available on it)"
     )
 )]
 
@@ -35,6 +36,8 @@ mod clock;
 mod encap;
 #[cfg(target_arch = "bpf")]
 mod flow;
+#[cfg(target_arch = "bpf")]
+mod flow_filter;
 #[cfg(target_arch = "bpf")]
 mod frame;
 #[cfg(target_arch = "bpf")]

@@ -12,7 +12,8 @@ use lb_common::{
     DEFAULT_FLOW_TABLE_SIZE, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_LISTENERS, Endpoint, EndpointKey,
     Flow, FlowKey, IdPair, Listener, ListenerKey, MAGLEV_TABLE_SIZE, MAX_ACL_ENTRIES,
     MAX_INTERFACES, NextHop, PendingFlow, SEQUENCE_TABLE_SIZE, STAGE_SLOTS, TABLES_PER_LISTENER,
-    TableMeta, TooBig, TrafficCounters, half_open_table_size, id_pair_entries,
+    TableMeta, TooBig, TrafficCounters, flow_filter::flow_filter_entries, half_open_table_size,
+    id_pair_entries,
 };
 
 const TABLE_SLOTS: u32 = DEFAULT_MAX_LISTENERS * TABLES_PER_LISTENER;
@@ -97,6 +98,12 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SL
 pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_INTERFACES, 0);
 
 /// (access list id, source prefix) → 1: the sources each listener's access list names.
+/// Which keys `FLOWS` may hold (`lb_common::flow_filter`): a header line and two bitmaps.
+/// Mmapable: the controller's sweep rebuilds a bitmap in memory, with no syscall per word.
+#[map(name = "FLOW_FILTER")]
+pub static FLOW_FILTER: Array<u64> =
+    Array::with_max_entries(flow_filter_entries(DEFAULT_FLOW_TABLE_SIZE), BPF_F_MMAPABLE);
+
 /// An LPM trie, so one lookup finds the longest matching prefix.
 #[map(name = "ACLS")]
 pub static ACLS: LpmTrie<AclKey, u32> =

@@ -168,6 +168,9 @@ fn open(
     if table.insert(key, entry, u64::from(BPF_ANY)).is_err() {
         return Err(Reason::DropFlowInsertFailed);
     }
+    if !half_open {
+        crate::flow_filter::note_insert(key);
+    }
     // A key lives in one table: the entry this flow replaces may be in the other (a
     // reopened connection's closing entry, an expired half-open one).
     let previous = opening.previous_backend != NO_BACKEND;

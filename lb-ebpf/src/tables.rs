@@ -12,8 +12,8 @@ use lb_common::{
 };
 
 use crate::maps::{
-    ACLS, ACTIVE_FLOWS, ADDRESS_FILTER, AFFINITY, BACKENDS, CURSORS, LISTENERS, MAGLEV, SEQUENCE,
-    TABLE_META,
+    ACLS, ACTIVE_FLOWS, ADDRESS_FILTER, AFFINITY, BACKENDS, CURSORS, HALF_OPEN, LISTENERS, MAGLEV,
+    SEQUENCE, TABLE_META,
 };
 
 /// A map value. Valid for the rest of the program run (map values are freed after an RCU
@@ -73,6 +73,14 @@ impl Tables for Maps {
     #[inline(always)]
     fn flow(&self, key: &FlowKey) -> Option<MapRef<Flow>> {
         crate::flow::lookup(key).map(MapRef)
+    }
+
+    #[inline(always)]
+    fn opening_flow(&self, key: &FlowKey) -> Option<MapRef<Flow>> {
+        if crate::flow_filter::may_hold(key) {
+            return self.flow(key);
+        }
+        HALF_OPEN.get_ptr_mut(key).map(MapRef)
     }
 
     #[inline(always)]

@@ -537,6 +537,56 @@ fn forged_rst_and_syn_cannot_move_or_close_a_connection() {
     });
 }
 
+/// The filter of established keys (`lb_common::flow_filter`) lets a SYN whose key's bit
+/// is clear skip the flow-table lookup. So the handshake's promotion must set the bit, and
+/// a sweep's rebuilds (two: both bitmaps rebuilt) must keep it while the flow is in the
+/// table: a forged RST and SYN after them still find the connection. Under `wrr` a SYN that
+/// missed the entry would be scheduled to the sequence's next backend, another one.
+#[test]
+fn the_flow_filter_keeps_every_established_key_across_sweeps() {
+    let Some(lab) = lab("fxfilter") else { return };
+    lab.ns.enter(|| {
+        let mut dp = load(&lab);
+        let _fx = provision(&mut dp, &three_backends("wrr", ""));
+        let sport = 44_500;
+        let client = |flags: u8, seq: u32, ack: u32| {
+            from_client(Frame::tcp((CLIENT, sport), (VIP, 80), flags).seq_ack(seq, ack))
+        };
+        let syn = client(SYN, 1000, 0);
+        let key = flow_of(&syn);
+        let held = |dp: &DataPlane| lb_ctl::flow_filter::may_hold(dp.flow_filter(), &key);
+        assert!(!held(&dp), "a fresh filter holds no key");
+        let (_, out) = run(&mut dp, lab.client_if, &syn.build());
+        let first = index_of(Ipv4Addr::new(out[30], out[31], out[32], out[33]));
+        assert!(
+            !held(&dp),
+            "a half-open flow is not in the table of established ones"
+        );
+        let ack = client(ACK, 1001, 5001);
+        check(
+            &mut dp,
+            &[lab.forwarded("the client's ACK", &ack, first, 8080)],
+        );
+        assert!(held(&dp), "the promotion set the key's bit");
+        for sweep in 0..2 {
+            let flows = dp.sweep_flows().unwrap();
+            assert_eq!(flows.len(), 1, "sweep {sweep}");
+            assert!(held(&dp), "sweep {sweep} kept the key");
+        }
+        let forged_rst = client(RST | ACK, 0x5eed_1234, 0);
+        let to_first = |name, frame: &Frame| lab.forwarded(name, frame, first, 8080);
+        check(
+            &mut dp,
+            &[
+                to_first("a forged RST after the sweeps", &forged_rst),
+                to_first("a SYN after it stays with the connection's backend", &syn),
+                to_first("the client's next ACK", &ack),
+            ],
+        );
+        assert!(held(&dp));
+    });
+}
+
 /// Nothing addressed to a VIP goes to the kernel, which would route it back toward the
 /// router when the VIP is not one of its addresses (a loop until the TTL runs out): ports
 /// and protocols without a listener are dropped and counted; a ping is answered from XDP

@@ -256,6 +256,11 @@ impl DataPlaneAccess for FakeDataPlane {
         Ok(maps.tables.flows.iter().map(|(k, v)| (*k, *v)).collect())
     }
 
+    /// No flow filter here: the decision's tables look every key up.
+    fn sweep_flows(&self) -> Result<Vec<(FlowKey, Flow)>, DataPlaneError> {
+        self.established_flows()
+    }
+
     fn set_active_flows(&mut self, id: u32, value: u32) -> Result<(), DataPlaneError> {
         self.maps.borrow_mut().tables.active_flows.insert(id, value);
         Ok(())

@@ -16,9 +16,12 @@ const IDLE_SWEEP_EVERY: u64 = 10;
 /// Up to this many flow entries a request sweeps the table itself (a few ms per 10k).
 const SWEEP_IN_PLACE_MAX: u64 = 50_000;
 
-/// Input of a flow-table sweep: where the table is pinned, the listeners' timeouts.
+/// Input of a flow-table sweep: where the table and its filter are pinned, the
+/// listeners' timeouts.
 pub struct SweepJob {
     flows_pin: PathBuf,
+    filter_pin: PathBuf,
+    flow_table_size: u32,
     listeners: HashMap<u32, lb_common::Listener>,
     now: u64,
 }
@@ -49,15 +52,28 @@ impl SweepResult {
     }
 }
 
-/// Walks the pinned flow table through its own handle: no lock on the controller.
+/// Walks the pinned flow table through its own handle, no lock on the controller, and
+/// rebuilds the flow filter from the keys it finds (`crate::flow_filter`).
 pub fn run_sweep(job: SweepJob) -> anyhow::Result<SweepResult> {
     let map = aya::maps::MapData::from_pin(&job.flows_pin)
         .with_context(|| format!("opening {}", job.flows_pin.display()))?;
     let flows: aya::maps::HashMap<_, FlowKey, Flow> =
         aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(map))?;
+    let filter_map = aya::maps::MapData::from_pin(&job.filter_pin)
+        .with_context(|| format!("opening {}", job.filter_pin.display()))?;
+    let filter = crate::dataplane::MappedArray::flow_filter(&filter_map, job.flow_table_size)?;
+    let rebuild = crate::flow_filter::Rebuild::start(filter.words());
     let mut result = SweepResult::empty();
-    crate::flow_walk::for_each_flow(&flows, |k, v| result.add(&k, &v, &job))
-        .context("reading the flow table")?;
+    crate::flow_walk::for_each_flow(&flows, |k, v| {
+        if let Some(r) = &rebuild {
+            r.add(&k);
+        }
+        result.add(&k, &v, &job);
+    })
+    .context("reading the flow table")?;
+    if let Some(r) = rebuild {
+        r.finish();
+    }
     Ok(result)
 }
 
@@ -71,7 +87,7 @@ impl<P: Platform> Controller<P> {
         let mut result = SweepResult::empty();
         // Half-open flows are not counted, as in the background sweep: they become
         // active with the client's ACK (IPVS too counts SYN_RECV as inactive).
-        for (key, flow) in self.dataplane.established_flows()? {
+        for (key, flow) in self.dataplane.sweep_flows()? {
             result.add(&key, &flow, &job);
         }
         self.finish_sweep(result)
@@ -106,6 +122,8 @@ impl<P: Platform> Controller<P> {
     pub fn sweep_job(&self) -> Result<SweepJob, ControllerError> {
         Ok(SweepJob {
             flows_pin: self.platform.maps_dir().join(lb_common::names::FLOWS),
+            filter_pin: self.platform.maps_dir().join(lb_common::names::FLOW_FILTER),
+            flow_table_size: self.effective.flow_table_size,
             listeners: self
                 .dataplane
                 .listener_entries()?

@@ -1,0 +1,93 @@
+//! A filter of the keys the table of established flows (`FLOWS`) may hold.
+//!
+//! A SYN almost never has an entry there, yet it must be looked up: a forged RST and SYN
+//! must not move a live connection (docs/packet-policy.md). That miss was the one lookup
+//! a new flow made beyond what a balancer without that guarantee makes; the filter tells
+//! most SYNs that their key is not in the table, for one load of a word.
+//!
+//! `FLOW_FILTER` holds a header line and two bitmaps. The data plane sets a key's bit in
+//! both bitmaps whenever it inserts the key into `FLOWS`, and reads the one the header
+//! names. The controller's flow-table sweep rebuilds the other: it clears it, sets the
+//! bit of every key it walks (a key inserted meanwhile has its bit set by the data plane),
+//! then names it in the header. So a clear bit always means "not in `FLOWS`"; a set bit
+//! may be a key since evicted, or another key's, and costs only the lookup.
+
+use crate::FlowKey;
+
+/// Words before the bitmaps: `FLOW_FILTER_ACTIVE` (which bitmap the data plane reads, 0
+/// or 1) and `FLOW_FILTER_WORDS` (words per bitmap, a power of two; 0: no filter, every
+/// key may be there). The rest pads the header to a cache line of its own, away from the
+/// bitmaps' writes.
+pub const FLOW_FILTER_HEADER_WORDS: u32 = 8;
+pub const FLOW_FILTER_ACTIVE: u32 = 0;
+pub const FLOW_FILTER_WORDS: u32 = 1;
+
+/// Words of each bitmap for a flow table of `flow_table_size` entries: eight bits per
+/// entry, rounded up to a power of two, so a full table sets at most an eighth of them.
+pub const fn flow_filter_bitmap_words(flow_table_size: u32) -> u32 {
+    let bits = flow_table_size.next_power_of_two() as u64 * 8;
+    (bits / 64) as u32
+}
+
+/// Entries of `FLOW_FILTER`: the header and two bitmaps.
+pub const fn flow_filter_entries(flow_table_size: u32) -> u32 {
+    FLOW_FILTER_HEADER_WORDS + 2 * flow_filter_bitmap_words(flow_table_size)
+}
+
+/// Where a key's bit lies in bitmap `which` (0 or 1) of `words` words (a power of two,
+/// not 0): the map entry and the bit within it. Multiplicative hashing of both halves of
+/// the key, cheap enough for every SYN.
+#[inline(always)]
+pub const fn flow_filter_slot(key: &FlowKey, which: u64, words: u64) -> (u32, u64) {
+    let [a, b] = key.words();
+    let h = (a ^ b.rotate_left(32)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    // The product's high bits are the well-mixed ones.
+    let bit = (h >> 32) & (words * 64 - 1);
+    let word = FLOW_FILTER_HEADER_WORDS as u64 + (which & 1) * words + bit / 64;
+    (word as u32, 1 << (bit % 64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(flow_filter_bitmap_words(1024), 128);
+        assert_eq!(flow_filter_bitmap_words(1000), 128);
+        assert_eq!(flow_filter_bitmap_words(1 << 20), 1 << 17);
+        assert_eq!(flow_filter_bitmap_words(67_108_864), 1 << 23);
+        assert_eq!(flow_filter_entries(1024), 8 + 256);
+    }
+
+    #[test]
+    fn slots_stay_in_their_bitmap_and_spread() {
+        let words = flow_filter_bitmap_words(1 << 16) as u64;
+        let mut seen = std::collections::HashSet::new();
+        let n = 1u32 << 16;
+        for i in 0..n {
+            // Sources and ports as the bench's new flows vary them.
+            let key = FlowKey::new(
+                0xc612_0001 + (i >> 10),
+                0xc613_0064,
+                (i & 1023) as u16,
+                80,
+                6,
+            );
+            for which in 0..2 {
+                let (word, bit) = flow_filter_slot(&key, which, words);
+                let first = u64::from(FLOW_FILTER_HEADER_WORDS) + which * words;
+                assert!((first..first + words).contains(&u64::from(word)));
+                assert_eq!(bit.count_ones(), 1);
+            }
+            let (word, bit) = flow_filter_slot(&key, 0, words);
+            seen.insert((word, bit.trailing_zeros()));
+        }
+        // 65536 keys into 524288 bits: a uniform hash leaves about 6 % of them sharing.
+        assert!(
+            seen.len() as f64 > 0.9 * f64::from(n),
+            "{} distinct bits",
+            seen.len()
+        );
+    }
+}
