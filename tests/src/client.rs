@@ -236,6 +236,26 @@ pub fn curl_many(
     curl_many_with(ns, url, count, source, parallelism, &BulkOptions::default())
 }
 
+/// [`curl_many`] where every request must be answered: a failure fails the test with
+/// `what` and the tally (who answered, what failed). Returns the tally.
+pub fn all_answered(
+    ns: &Netns,
+    url: &str,
+    count: usize,
+    source: Option<Ipv4Addr>,
+    parallelism: usize,
+    what: &str,
+) -> Tally {
+    let tally = Tally::of(&curl_many(ns, url, count, source, parallelism));
+    assert_eq!(
+        tally.failed(),
+        0,
+        "{what}: {} of {count} requests to {url} failed: {tally}",
+        tally.failed()
+    );
+    tally
+}
+
 /// `count` GETs of `url` from `ns`, at most `parallelism` at a time, each on a NEW TCP
 /// connection (so each is a new flow for the load balancer), all in one curl process.
 ///

@@ -43,8 +43,8 @@ use std::{env, path::PathBuf};
 
 pub use backend::{Backend, BackendStats};
 pub use client::{
-    BulkOptions, HttpReply, Tally, curl_many, curl_many_with, http_get, http_request, udp_many,
-    udp_request,
+    BulkOptions, HttpReply, Tally, all_answered, curl_many, curl_many_with, http_get, http_request,
+    udp_many, udp_request,
 };
 pub use daemon::LbDaemon;
 pub use netns::{ChildGuard, Netns, unique_prefix, veth};

@@ -19,9 +19,8 @@ use std::{
 use rustix::process::{Resource, getrlimit};
 
 use lb_tests::{
-    BulkOptions, Tally, Topology, TopologyOptions, VIP, bin_path,
+    BulkOptions, Tally, Topology, TopologyOptions, VIP, all_answered, bin_path,
     client::TempDir,
-    curl_many,
     privilege::in_ci,
     require_root_and_bpf,
     steady::{Steady, SteadyOptions, merged},
@@ -264,8 +263,7 @@ fn container_serves_is_replaced_under_traffic_and_reloads_on_sighup() {
 
     let first = run(1);
     let web = format!("http://{VIP}:80/");
-    let tcp = Tally::of(&curl_many(topo.client(), &web, 40, None, 4));
-    assert_eq!(tcp.failed(), 0, "TCP through the VIP: {tcp}");
+    let tcp = all_answered(topo.client(), &web, 40, None, 4, "TCP through the VIP");
     assert!(
         tcp.count("b1") > 0 && tcp.count("b2") > 0,
         "both backends answer TCP: {tcp}"
@@ -359,8 +357,7 @@ fn container_serves_is_replaced_under_traffic_and_reloads_on_sighup() {
         );
         thread::sleep(Duration::from_millis(200));
     }
-    let after = Tally::of(&curl_many(topo.client(), &web, 30, None, 4));
-    assert_eq!(after.failed(), 0, "TCP after the reload: {after}");
+    let after = all_answered(topo.client(), &web, 30, None, 4, "TCP after the reload");
     assert_eq!(
         after.count("b1"),
         0,

@@ -15,8 +15,8 @@ use std::{
 };
 
 use lb_tests::{
-    BulkOptions, ChildGuard, LbDaemon, Netns, Tally, Topology, TopologyOptions, VIP, curl_many,
-    require_root_and_bpf,
+    BulkOptions, ChildGuard, LbDaemon, Netns, Tally, Topology, TopologyOptions, VIP, all_answered,
+    curl_many, require_root_and_bpf,
     steady::{Steady, SteadyOptions, merged},
 };
 use serde_json::Value;
@@ -680,8 +680,14 @@ fn config_with_five_errors_is_listed_in_full_and_reload_changes_nothing() {
     // Before: status, export and traffic.
     let shape_before = status_shape(&daemon.status());
     let export_before = daemon.ctl_ok(&["export"]);
-    let before = Tally::of(&curl_many(topo.client(), &url(80), 100, None, 4));
-    assert_eq!(before.failed(), 0, "{before}");
+    let before = all_answered(
+        topo.client(),
+        &url(80),
+        100,
+        None,
+        4,
+        "every request answered",
+    );
     assert_eq!(before.backends(), ["b1", "b2"], "{before}");
 
     // reload with the bad config in place: refused with the same five errors.
@@ -713,8 +719,14 @@ fn config_with_five_errors_is_listed_in_full_and_reload_changes_nothing() {
         export_before,
         "export unchanged"
     );
-    let after = Tally::of(&curl_many(topo.client(), &url(80), 100, None, 4));
-    assert_eq!(after.failed(), 0, "{after}");
+    let after = all_answered(
+        topo.client(),
+        &url(80),
+        100,
+        None,
+        4,
+        "every request answered",
+    );
     assert_eq!(
         after.backends(),
         ["b1", "b2"],

@@ -21,7 +21,7 @@ use std::{
 
 use lb_tests::{
     Backend, BulkOptions, LbDaemon, Netns, Tally, Topology, TopologyOptions, VIP, VipPlacement,
-    curl_many, curl_many_with, require_root_and_bpf, udp_many,
+    all_answered, curl_many, curl_many_with, require_root_and_bpf, udp_many,
 };
 use serde_json::Value;
 
@@ -164,8 +164,14 @@ fn vip_routed_to_the_lb_answers_a_client_it_has_no_neighbour_for() {
         return;
     };
     // The known client, for comparison: the fast path all along.
-    let tally = Tally::of(&curl_many(topo.client(), &url(), REQUESTS, None, 1));
-    assert_eq!(tally.failed(), 0, "{tally}");
+    all_answered(
+        topo.client(),
+        &url(),
+        REQUESTS,
+        None,
+        1,
+        "every request answered",
+    );
     unknown_client_gets_every_answer(&topo, &daemon);
 }
 
@@ -180,8 +186,14 @@ fn vip_local_on_the_lb_answers_a_client_it_has_no_neighbour_for() {
         .lb()
         .ip(["-4", "addr", "show", "dev", topo.lb_client_if()]);
     assert!(local.contains(&format!("{VIP}/32")), "{local}");
-    let tally = Tally::of(&curl_many(topo.client(), &url(), REQUESTS, None, 1));
-    assert_eq!(tally.failed(), 0, "{tally}");
+    all_answered(
+        topo.client(),
+        &url(),
+        REQUESTS,
+        None,
+        1,
+        "every request answered",
+    );
     unknown_client_gets_every_answer(&topo, &daemon);
 
     // The daemon set accept_local where XDP runs, inside its own namespace, and said so.
@@ -303,11 +315,13 @@ fn forwarding_off_is_reported_and_turning_it_on_works() {
     );
 
     topo.lb().sysctl("net.ipv4.ip_forward", 1);
-    let tally = Tally::of(&curl_many(topo.client(), &url(), REQUESTS, None, 1));
-    assert_eq!(
-        tally.failed(),
-        0,
-        "every request answered once forwarding is on: {tally}"
+    all_answered(
+        topo.client(),
+        &url(),
+        REQUESTS,
+        None,
+        1,
+        "every request answered once forwarding is on",
     );
 }
 

@@ -22,7 +22,7 @@ use std::{
 
 use lb_tests::{
     Backend, BulkOptions, ChildGuard, LbDaemon, Netns, Tally, Topology, TopologyOptions, VIP,
-    curl_many, curl_many_with, require_root_and_bpf,
+    all_answered, curl_many, curl_many_with, require_root_and_bpf,
     steady::{Steady, SteadyOptions, last_failing_batch, merged},
     topology::LB_BACKEND_ADDR,
     udp_many, udp_request,
@@ -471,8 +471,7 @@ fn http_backend_answering_503_is_marked_down_and_200_brings_it_back() {
     );
 
     // Users: every request answered 200, none by b1 (which would answer 503).
-    let tally = Tally::of(&curl_many(topo.client(), &url(80), 90, None, 4));
-    assert_eq!(tally.failed(), 0, "no request fails: {tally}");
+    let tally = all_answered(topo.client(), &url(80), 90, None, 4, "no request fails");
     assert_eq!(tally.count("b1"), 0, "b1 gets no request: {tally}");
 
     backends[0].set_status(200);
@@ -485,8 +484,14 @@ fn http_backend_answering_503_is_marked_down_and_200_brings_it_back() {
         up_bound()
     );
     assert_eq!(b1["last_probe"], "ok", "{b1}");
-    let tally = Tally::of(&curl_many(topo.client(), &url(80), 90, None, 4));
-    assert_eq!(tally.failed(), 0, "{tally}");
+    let tally = all_answered(
+        topo.client(),
+        &url(80),
+        90,
+        None,
+        4,
+        "every request answered",
+    );
     assert!(tally.count("b1") >= 20, "b1 takes its share again: {tally}");
     let log = plain_log(&daemon);
     let down = format!("backend {B1}:8080 of listener web is down");
@@ -953,8 +958,14 @@ fn flapping_backend_is_held_down_and_status_shows_it() {
     let b1 = backend_status(&daemon.status(), "web", B1, 8080);
     assert!(is_down(&b1), "held down while its probes pass: {b1}");
     assert_eq!(b1["last_probe"], "ok", "{b1}");
-    let tally = Tally::of(&curl_many(topo.client(), &url(80), 40, None, 4));
-    assert_eq!(tally.failed(), 0, "{tally}");
+    let tally = all_answered(
+        topo.client(),
+        &url(80),
+        40,
+        None,
+        4,
+        "every request answered",
+    );
     assert_eq!(
         tally.count("b1"),
         0,
@@ -992,8 +1003,14 @@ fn recovered_backend_ramps_up_with_slow_start() {
         (1..=10).contains(&first),
         "right after recovery the effective weight is low (1..=10 of 100): {b1}"
     );
-    let tally = Tally::of(&curl_many(topo.client(), &url(80), 150, None, 4));
-    assert_eq!(tally.failed(), 0, "{tally}");
+    let tally = all_answered(
+        topo.client(),
+        &url(80),
+        150,
+        None,
+        4,
+        "every request answered",
+    );
     assert!(
         tally.count("b1") <= 15,
         "the ramping backend takes a small share (≤ 10 %): {tally}"

@@ -17,8 +17,8 @@ use std::{
 };
 
 use lb_tests::{
-    Backend, ChildGuard, LbDaemon, Netns, Tally, Topology, TopologyOptions, VIP, curl_many,
-    http_get, require_root_and_bpf,
+    Backend, ChildGuard, LbDaemon, Netns, Tally, Topology, TopologyOptions, VIP, all_answered,
+    curl_many, http_get, require_root_and_bpf,
 };
 use serde_json::Value;
 
@@ -279,8 +279,14 @@ fn persistence_keeps_each_client_on_one_backend_while_wrr_spreads() {
         );
         sticky_to.push(tally.backends()[0].to_owned());
 
-        let plain = Tally::of(&curl_many(client, &url(81), 99, Some(source), 4));
-        assert_eq!(plain.failed(), 0, "{source} on the plain listener: {plain}");
+        let plain = all_answered(
+            client,
+            &url(81),
+            99,
+            Some(source),
+            4,
+            &format!("{source} on the plain listener"),
+        );
         for name in ["b1", "b2", "b3"] {
             assert!(
                 plain.count(name) >= 20,
@@ -308,8 +314,14 @@ fn persistence_keeps_each_client_on_one_backend_while_wrr_spreads() {
         "app",
         &format!("{}:8080", addr_of(&gone)),
     ]);
-    let tally = Tally::of(&curl_many(client, &url(80), 50, Some(CLIENT_A), 4));
-    assert_eq!(tally.failed(), 0, "after removing {gone}: {tally}");
+    let tally = all_answered(
+        client,
+        &url(80),
+        50,
+        Some(CLIENT_A),
+        4,
+        &format!("after removing {gone}"),
+    );
     assert_eq!(tally.count(&gone), 0, "{gone} was removed: {tally}");
     assert_eq!(
         tally.backends().len(),
@@ -331,8 +343,14 @@ fn drain_config(extra: &str) -> String {
 
 /// 100 new connections: none fails, none reaches `avoid`.
 fn new_connections_avoid(topo: &Topology, daemon: &LbDaemon, avoid: &str, when: &str) {
-    let tally = Tally::of(&curl_many(topo.client(), &url(80), 100, None, 4));
-    assert_eq!(tally.failed(), 0, "{when}: {tally}\n{}", daemon.log());
+    let tally = all_answered(
+        topo.client(),
+        &url(80),
+        100,
+        None,
+        4,
+        &format!("{when}\n{}", daemon.log()),
+    );
     assert_eq!(
         tally.count(avoid),
         0,

@@ -23,8 +23,8 @@ use std::{
 };
 
 use lb_tests::{
-    ChildGuard, LbDaemon, Netns, Tally, Topology, TopologyOptions, VIP, bin_path, client::TempDir,
-    curl_many, flood::syn_flood, require_root_and_bpf,
+    ChildGuard, LbDaemon, Netns, Tally, Topology, TopologyOptions, VIP, all_answered, bin_path,
+    client::TempDir, curl_many, flood::syn_flood, require_root_and_bpf,
 };
 use serde_json::Value;
 
@@ -347,8 +347,7 @@ fn flow_table_exhaustion_keeps_active_streams_and_forwarding() {
         return;
     };
     let _backends = start_backends(&topo);
-    let before = Tally::of(&curl_many(topo.client(), &url(), 20, None, 4));
-    assert_eq!(before.failed(), 0, "before the flood: {before}");
+    all_answered(topo.client(), &url(), 20, None, 4, "before the flood");
 
     const STREAMS: usize = 4;
     const SECONDS: u64 = 14;
@@ -1197,8 +1196,7 @@ fn state_file_survives_a_crash_mid_write_and_corruption_is_refused() {
         "the last complete state is back"
     );
     assert_eq!(daemon.status()["overlay_changes"], 1);
-    let tally = Tally::of(&curl_many(topo.client(), &url(), 40, None, 4));
-    assert_eq!(tally.failed(), 0, "{tally}");
+    let tally = all_answered(topo.client(), &url(), 40, None, 4, "every request answered");
     assert!(tally.count("b2") > 0, "the runtime change is live: {tally}");
     daemon.stop();
 
@@ -1223,11 +1221,13 @@ fn state_file_survives_a_crash_mid_write_and_corruption_is_refused() {
         "no control socket from the refused start"
     );
     // The pinned data plane kept forwarding meanwhile.
-    let tally = Tally::of(&curl_many(topo.client(), &url(), 20, None, 4));
-    assert_eq!(
-        tally.failed(),
-        0,
-        "the data plane outlives the daemon: {tally}"
+    all_answered(
+        topo.client(),
+        &url(),
+        20,
+        None,
+        4,
+        "the data plane outlives the daemon",
     );
 
     fs::write(&state, &saved).expect("restoring the state file");
@@ -1247,8 +1247,7 @@ fn interface_removed_under_the_daemon() {
         return;
     };
     let _backends = start_backends(&topo);
-    let tally = Tally::of(&curl_many(topo.client(), &url(), 10, None, 2));
-    assert_eq!(tally.failed(), 0, "{tally}");
+    all_answered(topo.client(), &url(), 10, None, 2, "every request answered");
     let lb_if = topo.lb_client_if();
     topo.lb().ip(["link", "del", lb_if]);
     // Give the sweep and the health checks a few rounds.
@@ -1405,19 +1404,27 @@ fn pinned_maps_of_another_layout_are_refused_until_teardown() {
         "{what}"
     );
     // The old data plane still forwards.
-    let tally = Tally::of(&curl_many(topo.client(), &url(), 10, None, 2));
-    assert_eq!(
-        tally.failed(),
-        0,
-        "the pinned data plane is untouched: {tally}"
+    all_answered(
+        topo.client(),
+        &url(),
+        10,
+        None,
+        2,
+        "the pinned data plane is untouched",
     );
 
     let out = daemon.teardown();
     assert!(out.status.success(), "{}", describe("teardown", &out));
     assert!(!daemon.pin_dir().exists(), "teardown removed the pins");
     daemon.restart();
-    let tally = Tally::of(&curl_many(topo.client(), &url(), 20, None, 4));
-    assert_eq!(tally.failed(), 0, "the new data plane forwards: {tally}");
+    all_answered(
+        topo.client(),
+        &url(),
+        20,
+        None,
+        4,
+        "the new data plane forwards",
+    );
 }
 
 /// 9. The LB does not know the backend's MAC (neighbour table flushed, no health checks
