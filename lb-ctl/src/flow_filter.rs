@@ -2,7 +2,10 @@
 //! bitmap the data plane does not read from the keys it walks, then makes it the one read.
 //! Keys evicted or expired since the last rebuild stop costing their SYN-time lookup.
 
-use std::sync::atomic::{AtomicU64, Ordering, fence};
+use std::sync::{
+    Mutex, MutexGuard,
+    atomic::{AtomicU64, Ordering, fence},
+};
 
 use lb_common::{
     FlowKey,
@@ -13,6 +16,11 @@ use lb_common::{
 };
 
 const HEADER: usize = FLOW_FILTER_HEADER_WORDS as usize;
+
+/// One rebuild at a time: a second one clearing the idle bitmap while the first is about
+/// to swap it in would leave keys out of the bitmap read (the background sweep and one
+/// run in place for a request may overlap).
+static REBUILDING: Mutex<()> = Mutex::new(());
 
 /// Sizes a freshly created filter for a flow table of `flow_table_size` entries; one
 /// already sized (a pinned filter, re-adopted) is left as it is.
@@ -30,6 +38,7 @@ pub struct Rebuild<'a> {
     words: &'a [AtomicU64],
     per_bitmap: u64,
     idle: u64,
+    _one_at_a_time: MutexGuard<'static, ()>,
 }
 
 impl<'a> Rebuild<'a> {
@@ -43,6 +52,9 @@ impl<'a> Rebuild<'a> {
         if per_bitmap == 0 || words.len() < HEADER + 2 * per_bitmap as usize {
             return None;
         }
+        // A rebuild that panicked left the idle bitmap half-built, which the next one
+        // clears anyway: the lock's poison carries nothing.
+        let guard = REBUILDING.lock().unwrap_or_else(|p| p.into_inner());
         let active = words[FLOW_FILTER_ACTIVE as usize].load(Ordering::Acquire) & 1;
         let idle = 1 - active;
         let first = HEADER + (idle * per_bitmap) as usize;
@@ -54,6 +66,7 @@ impl<'a> Rebuild<'a> {
             words,
             per_bitmap,
             idle,
+            _one_at_a_time: guard,
         })
     }
 

@@ -157,21 +157,18 @@ fn unknown_client_gets_every_answer(topo: &Topology, daemon: &LbDaemon) {
     );
 }
 
+/// The known client (its neighbour entry present): the fast path all along.
+fn known_client_gets_every_answer(topo: &Topology) {
+    all_answered(topo.client(), &url(), REQUESTS, None, 1, "the known client");
+}
+
 /// (a) The VIP routed to the LB.
 #[test]
 fn vip_routed_to_the_lb_answers_a_client_it_has_no_neighbour_for() {
     let Some((topo, daemon, _backends)) = setup("dra", VipPlacement::RoutedToLb, |_| {}) else {
         return;
     };
-    // The known client, for comparison: the fast path all along.
-    all_answered(
-        topo.client(),
-        &url(),
-        REQUESTS,
-        None,
-        1,
-        "every request answered",
-    );
+    known_client_gets_every_answer(&topo);
     unknown_client_gets_every_answer(&topo, &daemon);
 }
 
@@ -186,14 +183,7 @@ fn vip_local_on_the_lb_answers_a_client_it_has_no_neighbour_for() {
         .lb()
         .ip(["-4", "addr", "show", "dev", topo.lb_client_if()]);
     assert!(local.contains(&format!("{VIP}/32")), "{local}");
-    all_answered(
-        topo.client(),
-        &url(),
-        REQUESTS,
-        None,
-        1,
-        "every request answered",
-    );
+    known_client_gets_every_answer(&topo);
     unknown_client_gets_every_answer(&topo, &daemon);
 
     // The daemon set accept_local where XDP runs, inside its own namespace, and said so.
