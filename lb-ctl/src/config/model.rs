@@ -212,6 +212,18 @@ impl Config {
         }
     }
 
+    /// Members of the group `l` uses (0 for a group that does not exist).
+    pub fn group_size(&self, l: &Listener) -> usize {
+        match l.named_group() {
+            None => self.default_server_group.servers.len(),
+            Some(name) => self
+                .vserver_group(name)
+                .map(|g| g.servers.len())
+                .or_else(|| self.primary_secondary_group(name).map(|_| 2))
+                .unwrap_or(0),
+        }
+    }
+
     /// The config as a YAML file that `parse` reads back to an equal `Config`.
     pub fn to_yaml(&self) -> String {
         // Every map key here is a fixed field name and every value a string, number, bool

@@ -896,18 +896,7 @@ impl Checker<'_> {
 
     /// Each listener takes one backend entry per member of its group.
     fn backend_capacity(&mut self, c: &Config) {
-        let needed: usize = c
-            .listeners
-            .iter()
-            .map(|l| match l.named_group() {
-                None => c.default_server_group.servers.len(),
-                Some(name) => c
-                    .vserver_group(name)
-                    .map(|g| g.servers.len())
-                    .or_else(|| c.primary_secondary_group(name).map(|_| 2))
-                    .unwrap_or(0),
-            })
-            .sum();
+        let needed: usize = c.listeners.iter().map(|l| c.group_size(l)).sum();
         if needed > c.max_backends as usize {
             self.report(
                 "max_backends",
