@@ -670,7 +670,11 @@ fn cost_section(o: &mut String, r: &Report) {
          once per 100,000 runs (method 1 walks the same 100,000 tuples). New flow, nearly empty: \
          a SYN with a never-seen tuple each run, while the table holds under 10 %. New \
          flow, full: the same after {:.2}× the table's size in new flows (checked: the \
-         first flow of the nearly-empty case was evicted). Reply: a backend → client ACK \
+         first flow of the nearly-empty case was evicted). A SYN first asks `FLOW_FILTER`, \
+         the bitmap of the keys the table of established flows may hold: that table holds \
+         at most the 100,000 cycled flows here, so almost every SYN skips its lookup, as \
+         in production unless the key's bit is set (at most an eighth of the bits are when \
+         that table is full). Reply: a backend → client ACK \
          of the established flow, found through its backend endpoint and the flow table. \
          Not for a VIP: an ACK to an address that is no VIP (passed to the kernel). A case \
          whose rounds spread more than {NOISY}× (largest / smallest) is marked noisy \
