@@ -186,6 +186,8 @@ pub struct Status {
     pub conflicts: Vec<String>,
     #[serde(default)]
     pub flow_table: FlowTableStatus,
+    #[serde(default)]
+    pub maglev: MaglevStatus,
     /// Config reloads (SIGHUP, `lb-ctl reload`) since the daemon started.
     #[serde(default)]
     pub reloads: ReloadStatus,
@@ -225,6 +227,15 @@ pub struct FlowTableStatus {
     /// Entries the LRU evicted to make room: entries added under a new 5-tuple minus
     /// entries present. Exact as long as nothing else deletes entries (nothing does).
     pub evicted: u64,
+}
+
+/// The Maglev array all listeners' tables share: its slots (`maglev_slots`), and those the
+/// listeners reserve, two tables of their `maglev_table_size` each. A listener whose
+/// tables would not fit is refused.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub struct MaglevStatus {
+    pub capacity: u32,
+    pub reserved: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

@@ -143,6 +143,11 @@ pub fn render_status(s: &Status) -> String {
         "flow table: {} of {} entries, {} evicted",
         s.flow_table.entries, s.flow_table.capacity, s.flow_table.evicted
     );
+    let _ = writeln!(
+        out,
+        "maglev array: {} of {} slots reserved by the listeners' tables",
+        s.maglev.reserved, s.maglev.capacity
+    );
     if let Some(bgp) = &s.bgp {
         render_bgp(bgp, &mut out);
     }

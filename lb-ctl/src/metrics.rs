@@ -531,6 +531,21 @@ impl Collector for SampleCollector {
             ft.evicted,
         )?;
 
+        // The Maglev array.
+        gauge(
+            e,
+            "lb_maglev_slots_capacity",
+            "Slots of the Maglev array all listeners' tables share (maglev_slots).",
+            u64::from(s.status.maglev.capacity),
+        )?;
+        gauge(
+            e,
+            "lb_maglev_slots_reserved",
+            "Slots of the Maglev array the listeners reserve: two tables of each one's \
+             maglev_table_size. A listener whose tables would not fit is refused.",
+            s.status.maglev.reserved,
+        )?;
+
         // Health probes.
         if let Some(p) = &s.probes {
             histogram(

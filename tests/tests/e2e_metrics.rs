@@ -213,6 +213,8 @@ fn metrics_are_prometheus_text_and_count_the_traffic() {
         ("lb_flow_table_entries", SampleType::Gauge),
         ("lb_flow_table_capacity", SampleType::Gauge),
         ("lb_flow_table_evictions_estimate", SampleType::Gauge),
+        ("lb_maglev_slots_capacity", SampleType::Gauge),
+        ("lb_maglev_slots_reserved", SampleType::Gauge),
         ("lb_health_probe_duration_seconds", SampleType::Histogram),
         ("lb_health_probes", SampleType::Counter),
         ("lb_config_reloads", SampleType::Counter),
@@ -281,6 +283,13 @@ fn metrics_are_prometheus_text_and_count_the_traffic() {
         );
     }
     assert_eq!(before.value("lb_flow_table_capacity", &[]), 65536.0);
+    // One listener at the default table size: two tables of 65537 slots, of the default
+    // array's room for max_listeners (8) of them.
+    assert_eq!(before.value("lb_maglev_slots_reserved", &[]), 131_074.0);
+    assert_eq!(
+        before.value("lb_maglev_slots_capacity", &[]),
+        8.0 * 131_074.0
+    );
     // The XDP mode in force on each interface (veth runs XDP natively).
     for iface in [topo.lb_client_if(), topo.lb_backend_if()] {
         assert_eq!(

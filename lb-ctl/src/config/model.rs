@@ -212,6 +212,15 @@ impl Config {
         }
     }
 
+    /// Slots of the Maglev array the listeners take: two tables of each one's size (the
+    /// live one and the one a change writes).
+    pub fn maglev_slots_reserved(&self) -> u64 {
+        self.listeners
+            .iter()
+            .map(|l| u64::from(l.maglev_table_size) * u64::from(lb_common::TABLES_PER_LISTENER))
+            .sum()
+    }
+
     /// Members of the group `l` uses (0 for a group that does not exist).
     pub fn group_size(&self, l: &Listener) -> usize {
         match l.named_group() {

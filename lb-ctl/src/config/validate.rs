@@ -7,7 +7,7 @@
 
 use std::{collections::HashMap, hash::Hash, net::Ipv4Addr, ops::RangeInclusive};
 
-use lb_common::{Scheduler, TABLES_PER_LISTENER};
+use lb_common::Scheduler;
 
 use super::{
     error::{
@@ -594,11 +594,7 @@ impl Checker<'_> {
             self.listener(c, &index("listeners", i), listener);
         }
         // Each listener holds two tables: the live one and the one a change rebuilds.
-        let needed: u64 = c
-            .listeners
-            .iter()
-            .map(|l| u64::from(l.maglev_table_size) * u64::from(TABLES_PER_LISTENER))
-            .sum();
+        let needed = c.maglev_slots_reserved();
         // Too many listeners is reported above, and is the cause to fix first.
         if count <= c.max_listeners as usize && needed > u64::from(c.maglev_slots()) {
             self.report(

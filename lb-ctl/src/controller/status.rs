@@ -205,6 +205,10 @@ impl<P: Platform> Controller<P> {
                 entries: self.flow_entries,
                 evicted: 0,
             },
+            maglev: api::MaglevStatus {
+                capacity: self.effective.maglev_slots(),
+                reserved: self.effective.maglev_slots_reserved(),
+            },
             bgp: None,
         };
         StatusDraft {
