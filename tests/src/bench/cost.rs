@@ -80,6 +80,9 @@ pub const OTHER_SCHEDULERS: [Scheduler; 4] = [
 
 /// The backend count at which the other schedulers and the DSR path are measured.
 pub const SCHEDULERS_AT: usize = 100;
+/// The largest backend count measured; the flatness criterion compares it with
+/// `SCHEDULERS_AT`.
+pub const MOST_BACKENDS: usize = 10_000;
 
 /// The encapsulations of `forwarding: dsr` whose path is measured, each on a data plane
 /// of its own (forwarding and encapsulation are settings of the whole config).

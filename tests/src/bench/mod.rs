@@ -80,7 +80,7 @@ impl Plan {
                     repeat: 200_000,
                     new_flow_repeat: 16_384,
                     prefill_factor: 1.1,
-                    backend_counts: vec![1, 100, 10_000],
+                    backend_counts: vec![1, cost::SCHEDULERS_AT, cost::MOST_BACKENDS],
                 },
                 forward: ForwardOptions {
                     rounds: 3,
@@ -108,7 +108,7 @@ impl Plan {
                     repeat: 1_000_000,
                     new_flow_repeat: 32_768,
                     prefill_factor: 1.25,
-                    backend_counts: vec![1, 100, 10_000],
+                    backend_counts: vec![1, cost::SCHEDULERS_AT, cost::MOST_BACKENDS],
                 },
                 forward: ForwardOptions {
                     rounds: 9,

@@ -11,8 +11,8 @@ use super::{
     conn::{Balancer, ConnReport},
     control::ControlReport,
     cost::{
-        Case, CaseResult, CostReport, DSR_TUNNELS, NOISY, OTHER_SCHEDULERS, PEER_FLOOR,
-        PEER_SOURCE, PEER_SOURCE_LONG, SCHEDULERS_AT,
+        Case, CaseResult, CostReport, DSR_TUNNELS, MOST_BACKENDS, NOISY, OTHER_SCHEDULERS,
+        PEER_FLOOR, PEER_SOURCE, PEER_SOURCE_LONG, SCHEDULERS_AT,
     },
     forward::{ForwardReport, Path},
     util::{Summary, Table, quantile, show},
@@ -171,6 +171,34 @@ pub fn targets(r: &Report) -> Vec<Target> {
                 target: format!("largest / smallest median ≤ {FLAT}"),
                 measured: format!("worst {:.2} ({})", worst_spread.0, worst_spread.1),
                 met: (worst_spread.0 > 0.0).then_some(worst_spread.0 <= FLAT),
+            });
+            // The per-packet-cost issue's own criterion: each case at 10,000 backends
+            // against its 100-backend figure (the one compared with the peer).
+            let median = |case: Case, n: usize, m2: bool| {
+                cost.results
+                    .iter()
+                    .find(|x| x.case == case && x.backends == n)
+                    .and_then(|x| if m2 { x.method2 } else { x.method1 })
+                    .map(|s| s.median)
+            };
+            let mut worst_growth = (0.0f64, String::new());
+            for case in Case::ALL {
+                for (m2, label) in [(true, "method 2"), (false, "method 1")] {
+                    if let (Some(many), Some(hundred)) = (
+                        median(case, MOST_BACKENDS, m2),
+                        median(case, SCHEDULERS_AT, m2),
+                    ) && hundred > 0.0
+                        && many / hundred > worst_growth.0
+                    {
+                        worst_growth = (many / hundred, format!("{}, {label}", case.name()));
+                    }
+                }
+            }
+            out.push(Target {
+                what: "10,000 backends against 100 (every case, both methods)".into(),
+                target: format!("median ≤ {FLAT}× the 100-backend one"),
+                measured: format!("worst {:.2} ({})", worst_growth.0, worst_growth.1),
+                met: (worst_growth.0 > 0.0).then_some(worst_growth.0 <= FLAT),
             });
         }
         None => out.push(Target {
