@@ -447,11 +447,11 @@ impl Reconciler {
             .filter(|a| a.key == l.frontend.key() && a.value.id == l.id)
     }
 
-    /// The slot and Maglev place of every listener whose tables must be (re)built.
+    /// The slot, Maglev place and inputs of every listener whose tables must be (re)built.
     fn place_tables<'d>(
         &self,
         desired: &'d Desired,
-    ) -> Result<BTreeMap<&'d str, (u32, Region)>, NoMaglevRoom> {
+    ) -> Result<BTreeMap<&'d str, (u32, Region, TableInputs)>, NoMaglevRoom> {
         let mut taken: Vec<Region> = self
             .listeners
             .values()
@@ -461,7 +461,8 @@ impl Reconciler {
         let mut places = BTreeMap::new();
         for l in desired.listeners.values() {
             let applied = self.applied(l);
-            if applied.is_some_and(|a| a.inputs == TableInputs::of(l)) {
+            let inputs = TableInputs::of(l);
+            if applied.is_some_and(|a| a.inputs == inputs) {
                 continue;
             }
             let base = l.id * TABLES_PER_LISTENER;
@@ -484,7 +485,7 @@ impl Reconciler {
                 })?,
             };
             taken.push(region);
-            places.insert(l.name.as_str(), (slot, region));
+            places.insert(l.name.as_str(), (slot, region, inputs));
         }
         Ok(places)
     }
@@ -576,8 +577,9 @@ impl Reconciler {
                 }
                 (_, place) => {
                     // place_tables places every listener with no applied record.
-                    let &(slot, region) = place.expect("a placed table");
-                    let (maglev, sequence, meta) = TableInputs::of(l).build(region);
+                    let (slot, region, inputs) = place.expect("a placed table");
+                    let slot = *slot;
+                    let (maglev, sequence, meta) = inputs.build(*region);
                     tables.push(MapOp::WriteTable {
                         slot,
                         maglev: Arc::new(maglev),
