@@ -47,6 +47,25 @@ pub const fn replace_addr_port(
     !fold(sum)
 }
 
+/// `replace_addr_port` for an IPv6 address (four words).
+#[inline(always)]
+pub const fn replace_addr6_port(
+    check: u16,
+    old_addr: [u32; 4],
+    new_addr: [u32; 4],
+    old_port: u16,
+    new_port: u16,
+) -> u16 {
+    let mut sum = !check as u32 + !old_port as u32 + new_port as u32;
+    let mut i = 0;
+    while i < 4 {
+        sum += (!old_addr[i] & 0xffff) + (!old_addr[i] >> 16);
+        sum += (new_addr[i] & 0xffff) + (new_addr[i] >> 16);
+        i += 1;
+    }
+    !fold(sum)
+}
+
 /// UDP's rule: a computed checksum of 0 is sent as 0xffff, because 0 means "no checksum".
 #[inline(always)]
 pub const fn udp_nonzero(check: u16) -> u16 {
@@ -80,6 +99,17 @@ pub fn l4_checksum(src: [u8; 4], dst: [u8; 4], protocol: u8, segment: &[u8]) -> 
     pseudo[4..8].copy_from_slice(&dst);
     pseudo[9] = protocol;
     pseudo[10..].copy_from_slice(&(segment.len() as u16).to_be_bytes());
+    !fold(sum_bytes(segment, sum_bytes(&pseudo, 0)))
+}
+
+/// Full TCP/UDP/ICMPv6 checksum over the IPv6 pseudo-header (RFC 8200 section 8.1) and
+/// `segment` (whose checksum field must be zero).
+pub fn l4_checksum6(src: [u8; 16], dst: [u8; 16], next_header: u8, segment: &[u8]) -> u16 {
+    let mut pseudo = [0u8; 40];
+    pseudo[..16].copy_from_slice(&src);
+    pseudo[16..32].copy_from_slice(&dst);
+    pseudo[32..36].copy_from_slice(&(segment.len() as u32).to_be_bytes());
+    pseudo[39] = next_header;
     !fold(sum_bytes(segment, sum_bytes(&pseudo, 0)))
 }
 
@@ -171,5 +201,32 @@ mod tests {
     fn udp_zero_is_sent_as_ffff() {
         assert_eq!(udp_nonzero(0), 0xffff);
         assert_eq!(udp_nonzero(0x1234), 0x1234);
+    }
+
+    #[test]
+    fn incremental_ipv6_address_and_port_update_matches_full_recompute() {
+        let src = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7];
+        let vip = [
+            0x20, 0x01, 0x0d, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x64,
+        ];
+        let backend = [
+            0x20, 0x01, 0x0d, 0xb8, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0xab, 0xcd, 0, 9,
+        ];
+        let mut segment = vec![0u8; 20];
+        segment[..2].copy_from_slice(&40000u16.to_be_bytes());
+        segment[2..4].copy_from_slice(&80u16.to_be_bytes());
+        segment.extend_from_slice(b"payload");
+        let before = l4_checksum6(src, vip, 6, &segment);
+        segment[2..4].copy_from_slice(&8080u16.to_be_bytes());
+        let after = l4_checksum6(src, backend, 6, &segment);
+        let words = crate::family::addr6;
+        let updated = replace_addr6_port(
+            before,
+            words(vip),
+            words(backend),
+            u16::from_ne_bytes(80u16.to_be_bytes()),
+            u16::from_ne_bytes(8080u16.to_be_bytes()),
+        );
+        assert_eq!(updated, after);
     }
 }

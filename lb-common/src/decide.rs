@@ -14,19 +14,21 @@
 use core::ops::Deref;
 
 use crate::{
-    ACL_NONE, AclKey, Affinity, AffinityKey, BACKEND_F_DRAINING, Backend, Flow, FlowKey, Listener,
-    ListenerKey, NO_BACKEND, REFUSED_SOURCES_ACL, Reason, Scheduler, TableMeta, WLC_SCAN_MAX,
+    ACL_NONE, Affinity, BACKEND_F_DRAINING, Backend, Flow, Listener, NO_BACKEND,
+    REFUSED_SOURCES_ACL, Reason, Scheduler, TableMeta, WLC_SCAN_MAX,
+    family::{Family, V4},
     select::{
-        EntryState, Step, TCP_RST, acl_denies, affinity_fresh, entry_state, maglev_index_source,
-        maglev_index_tuple, next_step, sequence_index, wlc_prefers,
+        EntryState, Step, TCP_RST, acl_denies, affinity_fresh, entry_state, maglev_index,
+        next_step, sequence_index, wlc_prefers,
     },
 };
 
-/// The packet as the decision sees it. Addresses and ports in network byte order.
+/// The packet as the decision sees it, of either family. Addresses and ports in network
+/// byte order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct Packet {
-    pub src_addr: u32,
-    pub dst_addr: u32,
+pub struct Packet<F: Family = V4> {
+    pub src_addr: F::Addr,
+    pub dst_addr: F::Addr,
     pub src_port: u16,
     pub dst_port: u16,
     pub protocol: u8,
@@ -35,11 +37,11 @@ pub struct Packet {
     pub ttl: u8,
 }
 
-impl Packet {
+impl<F: Family> Packet<F> {
     /// The flow table key (client → VIP).
     #[inline(always)]
-    pub const fn flow_key(&self) -> FlowKey {
-        FlowKey::new(
+    pub fn flow_key(&self) -> F::FlowKey {
+        F::flow_key(
             self.src_addr,
             self.dst_addr,
             self.src_port,
@@ -50,30 +52,33 @@ impl Packet {
 
     /// The listener key of the packet's destination.
     #[inline(always)]
-    pub const fn listener_key(&self) -> ListenerKey {
-        ListenerKey::new(self.dst_addr, self.dst_port, self.protocol)
+    pub fn listener_key(&self) -> F::ListenerKey {
+        F::listener_key(self.dst_addr, self.dst_port, self.protocol)
     }
 }
 
 /// What the decision reads. `Ref` is how an entry comes back: in XDP a pointer into the
 /// map value (which the caller then updates in place), elsewhere a reference or a copy.
 pub trait Tables {
+    /// The address family of the tables (each family has tables of its own).
+    type Family: Family;
     type Ref<'a, T: 'a>: Deref<Target = T>
     where
         Self: 'a;
 
-    fn listener(&self, key: &ListenerKey) -> Option<Self::Ref<'_, Listener>>;
+    fn listener(&self, key: &ListenerKeyOf<Self>) -> Option<Self::Ref<'_, Listener>>;
     /// Whether access list `acl` has an entry covering `addr`.
-    fn acl_matches(&self, key: &AclKey) -> bool;
-    fn flow(&self, key: &FlowKey) -> Option<Self::Ref<'_, Flow>>;
+    fn acl_matches(&self, acl: u32, addr: AddrOf<Self>) -> bool;
+    fn flow(&self, key: &FlowKeyOf<Self>) -> Option<Self::Ref<'_, Flow>>;
     /// `flow` for a connection opener (a SYN), whose key is rarely in the table: the data
     /// plane asks its filter of established keys first (`flow_filter`). Same answer.
-    fn opening_flow(&self, key: &FlowKey) -> Option<Self::Ref<'_, Flow>> {
+    fn opening_flow(&self, key: &FlowKeyOf<Self>) -> Option<Self::Ref<'_, Flow>> {
         self.flow(key)
     }
     fn backend(&self, id: u32) -> Option<Self::Ref<'_, Backend>>;
     fn table_meta(&self, table: u32) -> Option<Self::Ref<'_, TableMeta>>;
-    fn affinity(&self, key: &AffinityKey) -> Option<Self::Ref<'_, Affinity>>;
+    /// The affinity entry of client `addr` of listener `listener`.
+    fn affinity(&self, listener: u32, addr: AddrOf<Self>) -> Option<Self::Ref<'_, Affinity>>;
     /// Backend id at `index` of `MAGLEV` (`NO_BACKEND` past its end).
     fn maglev(&self, index: u32) -> u32;
     /// Backend id at `index` of `SEQUENCE` (`NO_BACKEND` past its end).
@@ -87,17 +92,26 @@ pub trait Tables {
     /// data plane answers from its VIP filter (in `ADDRESS_FILTER`), one array read instead of a
     /// hash lookup for most addresses.
     #[inline(always)]
-    fn may_be_vip(&self, _addr: u32) -> bool {
+    fn may_be_vip(&self, _addr: AddrOf<Self>) -> bool {
         true
     }
     /// Whether `addr` may be a refused source (`REFUSED_SOURCES_ACL`): false is certain,
     /// true needs the access-list lookup. The data plane answers from its filter of the
     /// refused single addresses, unless prefixes are refused too.
     #[inline(always)]
-    fn may_be_refused(&self, _addr: u32) -> bool {
+    fn may_be_refused(&self, _addr: AddrOf<Self>) -> bool {
         true
     }
 }
+
+/// An address of the tables' family.
+pub type AddrOf<T> = <<T as Tables>::Family as Family>::Addr;
+/// A flow key of the tables' family.
+pub type FlowKeyOf<T> = <<T as Tables>::Family as Family>::FlowKey;
+/// A listener key of the tables' family.
+pub type ListenerKeyOf<T> = <<T as Tables>::Family as Family>::ListenerKey;
+/// A packet of the tables' family.
+pub type PacketOf<T> = Packet<<T as Tables>::Family>;
 
 /// What the decision saw, step by step: `explain` renders these, the data plane passes
 /// `()` and they compile to nothing.
@@ -235,25 +249,27 @@ pub struct Opening {
 
 /// The listener a packet is for, if any.
 #[inline(always)]
-pub fn listener_for<'a, T: Tables>(tables: &'a T, packet: &Packet) -> Option<T::Ref<'a, Listener>> {
+pub fn listener_for<'a, T: Tables>(
+    tables: &'a T,
+    packet: &PacketOf<T>,
+) -> Option<T::Ref<'a, Listener>> {
     tables.listener(&packet.listener_key())
 }
 
 /// Whether `addr` is a VIP (has a VIP marker).
 #[inline(always)]
-pub fn is_vip<T: Tables>(tables: &T, addr: u32) -> bool {
-    tables.may_be_vip(addr) && tables.listener(&ListenerKey::vip_marker(addr)).is_some()
+pub fn is_vip<T: Tables>(tables: &T, addr: AddrOf<T>) -> bool {
+    tables.may_be_vip(addr)
+        && tables
+            .listener(&T::Family::listener_key(addr, 0, 0))
+            .is_some()
 }
 
 /// Whether `addr` is a source no client can have: an address of the LB host or a refused
 /// network (`REFUSED_SOURCES_ACL`), or a VIP.
 #[inline(always)]
-pub fn is_refused_source<T: Tables>(tables: &T, addr: u32) -> bool {
-    (tables.may_be_refused(addr)
-        && tables.acl_matches(&AclKey {
-            acl: REFUSED_SOURCES_ACL,
-            addr,
-        }))
+pub fn is_refused_source<T: Tables>(tables: &T, addr: AddrOf<T>) -> bool {
+    (tables.may_be_refused(addr) && tables.acl_matches(REFUSED_SOURCES_ACL, addr))
         || is_vip(tables, addr)
 }
 
@@ -270,14 +286,11 @@ pub fn listener_packet<'a, T: Tables, R: Trace>(
     tables: &'a T,
     trace: &mut R,
     listener: &Listener,
-    packet: &Packet,
+    packet: &PacketOf<T>,
     now: u64,
 ) -> Decision<T::Ref<'a, Flow>, T::Ref<'a, Backend>> {
     if listener.acl_mode != ACL_NONE {
-        let matched = tables.acl_matches(&AclKey {
-            acl: listener.acl_id,
-            addr: packet.src_addr,
-        });
+        let matched = tables.acl_matches(listener.acl_id, packet.src_addr);
         let denied = acl_denies(listener.acl_mode, matched);
         trace.event(Event::Acl { matched, denied });
         if denied {
@@ -389,7 +402,7 @@ pub fn pick<'a, T: Tables, R: Trace>(
     tables: &'a T,
     trace: &mut R,
     listener: &Listener,
-    packet: &Packet,
+    packet: &PacketOf<T>,
     opening: &Opening,
     scanned: Option<u32>,
     now: u64,
@@ -447,7 +460,7 @@ pub fn pick<'a, T: Tables, R: Trace>(
                     return Pick::Scan;
                 }
                 Some(Scheduler::Sch) => {
-                    let index = maglev_index_source(&meta, packet.src_addr);
+                    let index = maglev_index(&meta, T::Family::hash_source(packet.src_addr));
                     let id = tables.maglev(index);
                     trace.event(Event::Maglev {
                         source: true,
@@ -502,13 +515,15 @@ pub fn pick<'a, T: Tables, R: Trace>(
 }
 
 #[inline(always)]
-fn tuple_index(meta: &TableMeta, packet: &Packet) -> u32 {
-    maglev_index_tuple(
+fn tuple_index<F: Family>(meta: &TableMeta, packet: &Packet<F>) -> u32 {
+    maglev_index(
         meta,
-        packet.src_addr,
-        packet.dst_addr,
-        packet.src_port,
-        packet.dst_port,
+        F::hash_tuple(
+            packet.src_addr,
+            packet.dst_addr,
+            packet.src_port,
+            packet.dst_port,
+        ),
     )
 }
 
@@ -519,14 +534,10 @@ fn affinity_backend<T: Tables, R: Trace>(
     tables: &T,
     trace: &mut R,
     listener: &Listener,
-    client: u32,
+    client: AddrOf<T>,
     now: u64,
 ) -> u32 {
-    let key = AffinityKey {
-        listener: listener.id,
-        addr: client,
-    };
-    let Some(a) = tables.affinity(&key) else {
+    let Some(a) = tables.affinity(listener.id, client) else {
         trace.event(Event::NoAffinity);
         return NO_BACKEND;
     };
@@ -649,7 +660,7 @@ pub enum Outcome {
 pub fn decide_packet<T: Tables, R: Trace>(
     tables: &T,
     trace: &mut R,
-    packet: &Packet,
+    packet: &PacketOf<T>,
     now: u64,
 ) -> Outcome {
     let Some(listener) = listener_for(tables, packet) else {
@@ -870,10 +881,7 @@ mod tests {
             .get_mut(&syn.listener_key())
             .unwrap()
             .persistence_timeout_s = 60;
-        let akey = AffinityKey {
-            listener: 1,
-            addr: CLIENT,
-        };
+        let akey = (1, CLIENT);
         t.affinity.insert(
             akey,
             Affinity {
@@ -906,5 +914,88 @@ mod tests {
         let mut t = tables(Scheduler::Sch, PROTO_TCP);
         t.table_meta.get_mut(&2).unwrap().backends = 0;
         assert_eq!(decide(&t, &syn).0, Outcome::Drop(Reason::DropNoBackend));
+    }
+
+    /// The same procedure over IPv6 tables: a listener, its access list, `sch` through
+    /// the Maglev slot of the IPv6 source hash, and the established flow afterwards.
+    #[test]
+    fn ipv6_packets_take_the_same_decision() {
+        use crate::{
+            ACL_DENY, MAGLEV_TABLE_SIZE, SEQUENCE_TABLE_SIZE, V6,
+            family::{Family, addr6},
+            memory::example::backend,
+        };
+        let client = addr6([0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7]);
+        let vip = addr6([
+            0x20, 0x01, 0x0d, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x64,
+        ]);
+        let p = Packet::<V6> {
+            src_addr: client,
+            dst_addr: vip,
+            src_port: 40000u16.to_be(),
+            dst_port: 80u16.to_be(),
+            protocol: PROTO_TCP,
+            tcp_flags: TCP_SYN,
+            ttl: 64,
+        };
+        let mut t = MemoryTables::<V6>::default();
+        let listener = Listener {
+            id: 1,
+            table: 2,
+            scheduler: Scheduler::Sch as u8,
+            established_timeout_s: 900,
+            ..Default::default()
+        };
+        t.listeners.insert(p.listener_key(), listener);
+        t.listeners
+            .insert(V6::listener_key(vip, 0, 0), Listener::default());
+        let meta = TableMeta {
+            backends: 3,
+            sequence_len: 3,
+            maglev_base: 2 * MAGLEV_TABLE_SIZE,
+            maglev_size: MAGLEV_TABLE_SIZE,
+        };
+        t.table_meta.insert(2, meta);
+        for id in 0..3 {
+            t.backends.insert(id, backend(id));
+            t.sequence.insert(2 * SEQUENCE_TABLE_SIZE + id, id);
+        }
+        let slot = maglev_index(&meta, V6::hash_source(client));
+        t.maglev.insert(slot, 2);
+        let mut events = Vec::new();
+        let outcome = decide_packet(&t, &mut Recorder(&mut events), &p, NOW);
+        assert_eq!(outcome, Outcome::Forward(2));
+        assert!(events.contains(&Event::Maglev {
+            source: true,
+            slot: slot - meta.maglev_base,
+            size: MAGLEV_TABLE_SIZE,
+            backend: 2,
+        }));
+
+        // An established flow goes on to its backend whatever the scheduler says.
+        t.flows.insert(p.flow_key(), flow(0, 0, 1));
+        let ack = Packet {
+            tcp_flags: TCP_ACK,
+            ..p
+        };
+        let mut events = Vec::new();
+        assert_eq!(
+            decide_packet(&t, &mut Recorder(&mut events), &ack, NOW),
+            Outcome::Forward(0)
+        );
+
+        // The access list matches IPv6 prefixes.
+        t.listeners.get_mut(&p.listener_key()).unwrap().acl_mode = ACL_DENY;
+        t.listeners.get_mut(&p.listener_key()).unwrap().acl_id = 5;
+        t.acls.push((
+            5,
+            addr6([0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+            48,
+        ));
+        let mut events = Vec::new();
+        assert_eq!(
+            decide_packet(&t, &mut Recorder(&mut events), &p, NOW),
+            Outcome::Drop(Reason::DropAclDenied)
+        );
     }
 }

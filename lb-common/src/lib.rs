@@ -15,9 +15,11 @@ pub mod csum;
 pub mod decap;
 pub mod decide;
 pub mod encap;
+pub mod family;
 pub mod flow_filter;
 pub mod hash;
 pub mod maps;
+pub mod maps6;
 pub mod select;
 
 #[cfg(feature = "user")]
@@ -27,4 +29,6 @@ pub mod memory;
 #[cfg(feature = "user")]
 pub mod wrr;
 
+pub use family::{Addr6, Family, V4, V6};
 pub use maps::*;
+pub use maps6::*;

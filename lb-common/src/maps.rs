@@ -112,10 +112,21 @@ pub mod names {
     pub const STAGES: &str = "STAGES";
     pub const PENDING: &str = "PENDING";
     pub const TOO_BIG: &str = "TOO_BIG";
+    pub const LISTENERS6: &str = "LISTENERS6";
+    pub const BACKENDS6: &str = "BACKENDS6";
+    pub const FLOWS6: &str = "FLOWS6";
+    pub const HALF_OPEN6: &str = "HALF_OPEN6";
+    pub const ENDPOINTS6: &str = "ENDPOINTS6";
+    pub const ACLS6: &str = "ACLS6";
+    pub const AFFINITY6: &str = "AFFINITY6";
+    pub const NEXT_HOPS6: &str = "NEXT_HOPS6";
+    pub const PENDING6: &str = "PENDING6";
     /// The entry program, attached to every interface.
     pub const PROGRAM: &str = "lb_xdp";
     /// The programs behind `STAGES`, entered by tail call.
     pub const PROGRAM_NEW_FLOW: &str = "lb_new_flow";
+    pub const PROGRAM_NEW_FLOW6: &str = "lb_new_flow6";
+    pub const PROGRAM_IPV6: &str = "lb_ipv6";
     pub const PROGRAM_WLC: &str = "lb_wlc";
     pub const PROGRAM_ICMP: &str = "lb_icmp";
     pub const PROGRAM_TOO_BIG: &str = "lb_too_big";
@@ -138,11 +149,18 @@ pub const STAGE_ICMP: u32 = 2;
 /// `STAGES` slot of `lb_too_big`: a translated packet too big for its egress, with DF,
 /// answered with ICMP "fragmentation needed" to its sender.
 pub const STAGE_TOO_BIG: u32 = 3;
+/// `STAGES` slot of `lb_new_flow6`: `lb_new_flow` for an IPv6 packet.
+pub const STAGE_NEW_FLOW6: u32 = 4;
+/// `STAGES` slot of `lb_ipv6`: every IPv6 frame, after `lb_xdp` has seen its ethertype
+/// (IPv6 keys and headers would take `lb_xdp` past the BPF stack limit).
+pub const STAGE_IPV6: u32 = 5;
 /// Slots of `STAGES` (room for stages to come without a new map layout).
 pub const STAGE_SLOTS: u32 = 8;
 /// Every stage: (slot, program name), in the order the controller loads them.
-pub const STAGE_PROGRAMS: [(u32, &str); 4] = [
+pub const STAGE_PROGRAMS: [(u32, &str); 6] = [
     (STAGE_NEW_FLOW, names::PROGRAM_NEW_FLOW),
+    (STAGE_IPV6, names::PROGRAM_IPV6),
+    (STAGE_NEW_FLOW6, names::PROGRAM_NEW_FLOW6),
     (STAGE_WLC, names::PROGRAM_WLC),
     (STAGE_ICMP, names::PROGRAM_ICMP),
     (STAGE_TOO_BIG, names::PROGRAM_TOO_BIG),
@@ -627,25 +645,25 @@ const _: () = assert!(size_of::<EndpointListener>() == 12);
 /// must name this backend. One flow-table insert per new flow, not two.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct Endpoint {
+pub struct Endpoint<L = EndpointListener> {
     /// Entries of `listeners` in use, at most `MAX_ENDPOINT_LISTENERS`.
     pub count: u32,
-    pub listeners: [EndpointListener; MAX_ENDPOINT_LISTENERS],
+    pub listeners: [L; MAX_ENDPOINT_LISTENERS],
 }
 const _: () = assert!(size_of::<Endpoint>() == 4 + 12 * MAX_ENDPOINT_LISTENERS);
 
-impl Endpoint {
+impl<L: Copy + Default> Endpoint<L> {
     /// The listeners in use (`count` of them, at most `MAX_ENDPOINT_LISTENERS`).
     #[inline(always)]
-    pub fn served(&self) -> &[EndpointListener] {
+    pub fn served(&self) -> &[L] {
         let n = (self.count as usize).min(MAX_ENDPOINT_LISTENERS);
         &self.listeners[..n]
     }
 
     /// An endpoint serving `listeners`, in that order; `None` when there are more than
     /// `MAX_ENDPOINT_LISTENERS`.
-    pub fn of(listeners: impl IntoIterator<Item = EndpointListener>) -> Option<Endpoint> {
-        let mut out = Endpoint::default();
+    pub fn of(listeners: impl IntoIterator<Item = L>) -> Option<Self> {
+        let mut out = Self::default();
         for l in listeners {
             *out.listeners.get_mut(out.count as usize)? = l;
             out.count += 1;
@@ -775,8 +793,8 @@ pub enum Reason {
     Forwarded = 0,
     /// Backend reply translated back to the VIP and sent to the client.
     ReplyForwarded = 1,
-    /// Not IPv4 (ARP, IPv6, VLAN-tagged, …): XDP_PASS.
-    PassNotIpv4 = 2,
+    /// Neither IPv4 nor IPv6 (ARP, VLAN-tagged, …): XDP_PASS.
+    PassNotIp = 2,
     /// IPv4 but neither TCP nor UDP, nor an ICMP error about a known flow, and not
     /// addressed to a VIP: XDP_PASS.
     PassOtherProtocol = 3,
@@ -879,10 +897,20 @@ pub enum Reason {
     /// fragments of the outer packet). With DF the client is told the MTU instead
     /// (`IcmpFragNeededToClient`).
     DropTooBigForTunnel = 37,
+    /// Bad IPv6 header (truncated, version ≠ 6, payload length past the frame) or a
+    /// truncated extension header: XDP_DROP.
+    DropMalformedIpv6 = 38,
+    /// IPv6 to a VIP with extension headers the policy refuses (docs/packet-policy.md): a
+    /// routing header with segments left, a hop-by-hop header that is not first, more
+    /// than `MAX_EXTENSION_HEADERS` of them or more than `MAX_EXTENSION_BYTES`: XDP_DROP.
+    DropExtensionHeader = 39,
+    /// ICMPv6 neighbour discovery (router and neighbour solicitations and advertisements,
+    /// redirects): always the kernel's, whatever the address: XDP_PASS.
+    PassNeighbourDiscovery = 40,
 }
 
 /// Number of `Reason` values (size of `COUNTERS`).
-pub const REASON_COUNT: u32 = 38;
+pub const REASON_COUNT: u32 = 41;
 /// Entries of `COUNTERS`: more than `REASON_COUNT`, so reasons can be added without a new
 /// pinned map layout.
 pub const COUNTER_SLOTS: u32 = 64;
@@ -892,7 +920,7 @@ impl Reason {
     pub const ALL: [Self; REASON_COUNT as usize] = [
         Self::Forwarded,
         Self::ReplyForwarded,
-        Self::PassNotIpv4,
+        Self::PassNotIp,
         Self::PassOtherProtocol,
         Self::PassNotForUs,
         Self::DropVipNoListener,
@@ -928,6 +956,9 @@ impl Reason {
         Self::DropNoSourceAddress,
         Self::DropNoHeadroom,
         Self::DropTooBigForTunnel,
+        Self::DropMalformedIpv6,
+        Self::DropExtensionHeader,
+        Self::PassNeighbourDiscovery,
     ];
 
     /// Name used in metrics and `lb-ctl stats`.
@@ -935,7 +966,7 @@ impl Reason {
         match self {
             Self::Forwarded => "forwarded",
             Self::ReplyForwarded => "reply_forwarded",
-            Self::PassNotIpv4 => "pass_not_ipv4",
+            Self::PassNotIp => "pass_not_ip",
             Self::PassOtherProtocol => "pass_other_protocol",
             Self::PassNotForUs => "pass_not_for_us",
             Self::DropVipNoListener => "drop_vip_no_listener",
@@ -971,6 +1002,9 @@ impl Reason {
             Self::DropNoSourceAddress => "drop_no_source_address",
             Self::DropNoHeadroom => "drop_no_headroom",
             Self::DropTooBigForTunnel => "drop_too_big_for_tunnel",
+            Self::DropMalformedIpv6 => "drop_malformed_ipv6",
+            Self::DropExtensionHeader => "drop_extension_header",
+            Self::PassNeighbourDiscovery => "pass_neighbour_discovery",
         }
     }
 
@@ -986,7 +1020,8 @@ impl Reason {
             | Self::IcmpFragNeededToClient
             | Self::IcmpFragNeededToBackend
             | Self::Encapsulated => Some(Verdict::Transmit),
-            Self::PassNotIpv4
+            Self::PassNotIp
+            | Self::PassNeighbourDiscovery
             | Self::PassOtherProtocol
             | Self::PassNotForUs
             | Self::PassTtlExpired
@@ -1009,7 +1044,9 @@ impl Reason {
             | Self::DropSpoofedSource
             | Self::DropNoSourceAddress
             | Self::DropNoHeadroom
-            | Self::DropTooBigForTunnel => Some(Verdict::Drop),
+            | Self::DropTooBigForTunnel
+            | Self::DropMalformedIpv6
+            | Self::DropExtensionHeader => Some(Verdict::Drop),
             Self::EventPickup
             | Self::EventReselected
             | Self::EventNewFlow

@@ -5,19 +5,22 @@
 use std::collections::HashMap;
 
 use crate::{
-    AclKey, Affinity, AffinityKey, Backend, Flow, FlowKey, Listener, ListenerKey, NO_BACKEND,
-    TableMeta, decide::Tables,
+    Affinity, Backend, Flow, Listener, NO_BACKEND, TableMeta,
+    decide::Tables,
+    family::{Family, V4},
 };
 
-#[derive(Clone, Debug, Default)]
-pub struct MemoryTables {
-    pub listeners: HashMap<ListenerKey, Listener>,
+/// The tables of one address family.
+#[derive(Clone, Debug)]
+pub struct MemoryTables<F: Family = V4> {
+    pub listeners: HashMap<F::ListenerKey, Listener>,
     /// (access list id, address in network byte order, prefix length).
-    pub acls: Vec<(u32, u32, u8)>,
-    pub flows: HashMap<FlowKey, Flow>,
+    pub acls: Vec<(u32, F::Addr, u8)>,
+    pub flows: HashMap<F::FlowKey, Flow>,
     pub backends: HashMap<u32, Backend>,
     pub table_meta: HashMap<u32, TableMeta>,
-    pub affinity: HashMap<AffinityKey, Affinity>,
+    /// By (listener id, client address).
+    pub affinity: HashMap<(u32, F::Addr), Affinity>,
     /// `MAGLEV` and `SEQUENCE` by index (absent: `NO_BACKEND`).
     pub maglev: HashMap<u32, u32>,
     pub sequence: HashMap<u32, u32>,
@@ -26,26 +29,38 @@ pub struct MemoryTables {
     pub active_flows: HashMap<u32, u32>,
 }
 
-impl Tables for MemoryTables {
+impl<F: Family> Default for MemoryTables<F> {
+    fn default() -> Self {
+        Self {
+            listeners: HashMap::new(),
+            acls: Vec::new(),
+            flows: HashMap::new(),
+            backends: HashMap::new(),
+            table_meta: HashMap::new(),
+            affinity: HashMap::new(),
+            maglev: HashMap::new(),
+            sequence: HashMap::new(),
+            cursors: HashMap::new(),
+            active_flows: HashMap::new(),
+        }
+    }
+}
+
+impl<F: Family> Tables for MemoryTables<F> {
+    type Family = F;
     type Ref<'a, T: 'a> = &'a T;
 
-    fn listener(&self, key: &ListenerKey) -> Option<&Listener> {
+    fn listener(&self, key: &F::ListenerKey) -> Option<&Listener> {
         self.listeners.get(key)
     }
 
-    fn acl_matches(&self, key: &AclKey) -> bool {
-        let addr = u32::from_be(key.addr);
-        self.acls.iter().any(|&(acl, prefix, len)| {
-            let mask = if len == 0 {
-                0
-            } else {
-                u32::MAX << (32 - u32::from(len.min(32)))
-            };
-            acl == key.acl && addr & mask == u32::from_be(prefix) & mask
-        })
+    fn acl_matches(&self, acl: u32, addr: F::Addr) -> bool {
+        self.acls
+            .iter()
+            .any(|&(list, prefix, len)| list == acl && F::prefix_contains(prefix, len, addr))
     }
 
-    fn flow(&self, key: &FlowKey) -> Option<&Flow> {
+    fn flow(&self, key: &F::FlowKey) -> Option<&Flow> {
         self.flows.get(key)
     }
 
@@ -57,8 +72,8 @@ impl Tables for MemoryTables {
         self.table_meta.get(&table)
     }
 
-    fn affinity(&self, key: &AffinityKey) -> Option<&Affinity> {
-        self.affinity.get(key)
+    fn affinity(&self, listener: u32, addr: F::Addr) -> Option<&Affinity> {
+        self.affinity.get(&(listener, addr))
     }
 
     fn maglev(&self, index: u32) -> u32 {

@@ -238,11 +238,17 @@ pub const fn maglev_slot(hash: u32, size: u32) -> u32 {
     }
 }
 
-/// Index into `MAGLEV` for a `sch` flow (hash of the client address), in the table
+/// Index into `MAGLEV` of the slot `hash` falls in, in the table `meta` describes.
+#[inline(always)]
+pub const fn maglev_index(meta: &TableMeta, hash: u32) -> u32 {
+    meta.maglev_base + maglev_slot(hash, meta.maglev_size)
+}
+
+/// Index into `MAGLEV` for an IPv4 `sch` flow (hash of the client address), in the table
 /// `meta` describes.
 #[inline(always)]
 pub const fn maglev_index_source(meta: &TableMeta, src_addr: u32) -> u32 {
-    meta.maglev_base + maglev_slot(hash::hash_source(src_addr), meta.maglev_size)
+    maglev_index(meta, hash::hash_source(src_addr))
 }
 
 /// Index into `MAGLEV` for a `tch` flow or a pickup (hash of the 4-tuple).

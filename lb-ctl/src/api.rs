@@ -4,7 +4,7 @@
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
-    net::Ipv4Addr,
+    net::{IpAddr, SocketAddr},
     os::unix::net::UnixStream,
     path::Path,
     time::Duration,
@@ -35,7 +35,7 @@ pub enum Request {
     /// Drain a server: no new flows, established ones until they end or the timeout.
     Drain {
         group: String,
-        address: Ipv4Addr,
+        address: IpAddr,
         #[serde(default)]
         port: Option<u16>,
         /// Seconds; default: the listener's `connection_drain.timeout`.
@@ -45,14 +45,14 @@ pub enum Request {
     /// End a drain.
     Undrain {
         group: String,
-        address: Ipv4Addr,
+        address: IpAddr,
         #[serde(default)]
         port: Option<u16>,
     },
     /// Why a packet lands where it does.
     Explain {
-        src: std::net::SocketAddrV4,
-        dst: std::net::SocketAddrV4,
+        src: SocketAddr,
+        dst: SocketAddr,
         protocol: Protocol,
         /// TCP flags of the packet (default: a SYN).
         #[serde(default)]
@@ -61,7 +61,7 @@ pub enum Request {
     /// Active flows of one backend (for `wait drained`).
     ActiveFlows {
         group: String,
-        address: Ipv4Addr,
+        address: IpAddr,
         #[serde(default)]
         port: Option<u16>,
     },
@@ -70,7 +70,7 @@ pub enum Request {
         #[serde(default)]
         listener: Option<String>,
         #[serde(default)]
-        backend: Option<Ipv4Addr>,
+        backend: Option<IpAddr>,
         #[serde(default)]
         backend_port: Option<u16>,
         limit: usize,
@@ -251,7 +251,7 @@ pub struct InterfaceStatus {
 pub struct ListenerStatus {
     pub name: String,
     pub protocol: Protocol,
-    pub address: Ipv4Addr,
+    pub address: IpAddr,
     pub port: u16,
     pub group: String,
     pub scheduler: Scheduler,
@@ -259,9 +259,16 @@ pub struct ListenerStatus {
     pub stats: Counters,
 }
 
+impl ListenerStatus {
+    /// VIP and port, as every view shows them (IPv6 in brackets).
+    pub fn endpoint(&self) -> SocketAddr {
+        SocketAddr::new(self.address, self.port)
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct BackendStatus {
-    pub address: Ipv4Addr,
+    pub address: IpAddr,
     pub port: u16,
     /// member, primary or secondary.
     pub role: String,
@@ -301,6 +308,13 @@ pub struct BackendStatus {
     pub origin: String,
     pub backend_id: u32,
     pub stats: Counters,
+}
+
+impl BackendStatus {
+    /// Address and port, as every view shows them (IPv6 in brackets).
+    pub fn endpoint(&self) -> SocketAddr {
+        SocketAddr::new(self.address, self.port)
+    }
 }
 
 /// Traffic counters (sums over CPUs), as the data plane keeps them per listener and

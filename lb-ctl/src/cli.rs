@@ -2,7 +2,7 @@
 //! man page) and the parsing of operator input such as `ADDR[:PORT]`.
 
 use std::{
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::PathBuf,
 };
 
@@ -18,6 +18,11 @@ use crate::{
 pub const DEFAULT_SOCKET: &str = "/run/lb-ctl.sock";
 /// Default folder of state files and instance locks.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/lb-ctl";
+
+/// How addresses are written on the command line (the `--help` epilogue).
+const ENDPOINT_SYNTAX: &str = "\
+Addresses: ADDR is 198.18.1.10 or 2001:db8::10; an endpoint with a port is
+ADDR:PORT, with an IPv6 address in brackets: 198.18.1.10:8080, [2001:db8::10]:8080.";
 
 const EXIT_CODES: &str = "\
 Exit codes:
@@ -40,7 +45,7 @@ fn scheduler_parser() -> impl clap::builder::TypedValueParser<Value = Scheduler>
     name = "lb-ctl",
     version,
     about = "XDP Layer-4 load balancer with CLB-style server groups: daemon and control CLI",
-    after_help = EXIT_CODES
+    after_help = format!("{ENDPOINT_SYNTAX}\n\n{EXIT_CODES}")
 )]
 pub struct Cli {
     /// Control socket of the daemon, for the commands that talk to it (each of them also
@@ -126,12 +131,12 @@ pub enum Command {
     Explain {
         #[command(flatten)]
         connect: Connect,
-        /// Client IP:PORT.
+        /// Client ADDR:PORT ([ADDR]:PORT for IPv6).
         #[arg(long, value_parser = parse_endpoint)]
-        src: SocketAddrV4,
-        /// VIP:PORT.
+        src: SocketAddr,
+        /// VIP:PORT ([VIP]:PORT for IPv6).
         #[arg(long, value_parser = parse_endpoint)]
-        dst: SocketAddrV4,
+        dst: SocketAddr,
         /// The packet's protocol.
         #[arg(long, alias = "proto", value_enum)]
         protocol: Protocol,
@@ -246,9 +251,9 @@ pub struct FlowsArgs {
     /// Only the flows of this listener.
     #[arg(long)]
     pub listener: Option<String>,
-    /// Only the flows to this backend: ADDR or ADDR:PORT.
+    /// Only the flows to this backend: ADDR or ADDR:PORT ([ADDR]:PORT for IPv6).
     #[arg(long, value_parser = parse_server)]
-    pub backend: Option<(Ipv4Addr, Option<u16>)>,
+    pub backend: Option<(IpAddr, Option<u16>)>,
     /// Show at most N flows (0: all); a last line counts those left out.
     #[arg(long, default_value_t = DEFAULT_FLOW_LIMIT)]
     pub limit: usize,
@@ -367,9 +372,10 @@ pub struct ServerRef {
     /// Group name: `default` or a vServer / primary-secondary group.
     #[arg(long)]
     pub group: String,
-    /// ADDR (default group) or ADDR:PORT.
+    /// ADDR (default group) or ADDR:PORT; an IPv6 address with a port in brackets,
+    /// [2001:db8::10]:8080.
     #[arg(value_parser = parse_server)]
-    pub server: (Ipv4Addr, Option<u16>),
+    pub server: (IpAddr, Option<u16>),
 }
 
 #[derive(Debug, Subcommand)]
@@ -449,12 +455,12 @@ pub enum GroupCommand {
         /// Kind of group.
         #[arg(long = "type", value_enum)]
         kind: GroupType,
-        /// Primary server (primary-secondary groups).
+        /// Primary server, ADDR:PORT or [ADDR]:PORT (primary-secondary groups).
         #[arg(long, value_parser = parse_endpoint)]
-        primary: Option<SocketAddrV4>,
-        /// Secondary server (primary-secondary groups).
+        primary: Option<SocketAddr>,
+        /// Secondary server, ADDR:PORT or [ADDR]:PORT (primary-secondary groups).
         #[arg(long, value_parser = parse_endpoint)]
-        secondary: Option<SocketAddrV4>,
+        secondary: Option<SocketAddr>,
         /// Health-check the secondary too (default: only the primary, as in CLB).
         #[arg(long)]
         probe_secondary: bool,
@@ -794,9 +800,9 @@ pub enum ListenerCommand {
         /// Its protocol.
         #[arg(long, value_enum)]
         protocol: Protocol,
-        /// The VIP.
-        #[arg(long)]
-        address: Ipv4Addr,
+        /// The VIP, IPv4 or IPv6 (without brackets: its port is --port).
+        #[arg(long, value_parser = parse_address)]
+        address: IpAddr,
         /// The VIP's port.
         #[arg(long, value_parser = parse_port)]
         port: u16,
@@ -837,7 +843,7 @@ pub enum AclCommand {
     Add {
         /// The access list.
         name: String,
-        /// ADDR/LEN or ADDR.
+        /// ADDR/LEN or ADDR, IPv4 or IPv6 (a list may hold both).
         cidr: String,
         /// Create the list when there is none of that name (without it, an unknown name
         /// is an error: a typo must not make a new list).
@@ -848,7 +854,7 @@ pub enum AclCommand {
     Remove {
         /// The access list.
         name: String,
-        /// ADDR/LEN or ADDR.
+        /// ADDR/LEN or ADDR, IPv4 or IPv6.
         cidr: String,
     },
     /// Every access list.
@@ -926,23 +932,58 @@ fn roff_text(text: &str) -> String {
     }
 }
 
-/// `ADDR` or `ADDR:PORT`.
-pub fn parse_server(s: &str) -> Result<(Ipv4Addr, Option<u16>), String> {
-    let hint = "expected ADDR or ADDR:PORT, e.g. 198.18.1.10 or 198.18.1.10:8080";
-    if let Some((addr, port)) = s.rsplit_once(':') {
-        if addr.contains(':') || s.starts_with('[') {
-            return Err(format!("`{s}`: IPv6 is not supported yet; {hint}"));
+/// `ADDR` or `ADDR:PORT`. An IPv6 address with a port goes in brackets,
+/// `[2001:db8::10]:8080`; alone it may go without (`2001:db8::10`), since the colons of an
+/// unbracketed one cannot tell a port from the last group.
+pub fn parse_server(s: &str) -> Result<(IpAddr, Option<u16>), String> {
+    let hint = "expected ADDR or ADDR:PORT, e.g. 198.18.1.10, 198.18.1.10:8080, 2001:db8::10 or \
+                [2001:db8::10]:8080";
+    if let Ok(addr) = s.parse::<IpAddr>() {
+        return Ok((addr, None));
+    }
+    if let Some(rest) = s.strip_prefix('[') {
+        let Some((inner, after)) = rest.split_once(']') else {
+            return Err(format!("`{s}` has no closing `]`; {hint}"));
+        };
+        let addr: Ipv6Addr = inner
+            .parse()
+            .map_err(|_| format!("`{inner}` is not an IPv6 address; {hint}"))?;
+        return match after.strip_prefix(':') {
+            None if after.is_empty() => Ok((addr.into(), None)),
+            None => Err(format!("`{s}`: expected `:PORT` after `]`; {hint}")),
+            Some(port) => Ok((addr.into(), Some(parse_port(port)?))),
+        };
+    }
+    match s.rsplit_once(':') {
+        Some((addr, port)) if !addr.contains(':') => {
+            let addr: Ipv4Addr = addr
+                .parse()
+                .map_err(|_| format!("`{addr}` is not an IPv4 address; {hint}"))?;
+            Ok((addr.into(), Some(parse_port(port)?)))
         }
-        let addr: Ipv4Addr = addr
-            .parse()
-            .map_err(|_| format!("`{addr}` is not an IPv4 address; {hint}"))?;
-        let port = parse_port(port)?;
-        Ok((addr, Some(port)))
-    } else {
-        let addr: Ipv4Addr = s
-            .parse()
-            .map_err(|_| format!("`{s}` is not an IPv4 address; {hint}"))?;
-        Ok((addr, None))
+        // Only reached when the whole is not an address itself, e.g. nine groups.
+        Some((addr, port))
+            if addr.parse::<Ipv6Addr>().is_ok() && port.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            Err(format!(
+                "`{s}`: write an IPv6 address with a port as [ADDR]:PORT, e.g. [{addr}]:{port}"
+            ))
+        }
+        Some(_) => Err(format!("`{s}` is not an IPv6 address; {hint}")),
+        None => Err(format!("`{s}` is not an IPv4 address; {hint}")),
+    }
+}
+
+/// An address alone (a listener's VIP: its port is an option of its own).
+pub fn parse_address(s: &str) -> Result<IpAddr, String> {
+    let hint = "e.g. 198.19.0.100 or 2001:db8::100";
+    match parse_server(s) {
+        Ok((address, None)) => Ok(address),
+        Ok((address, Some(_))) => Err(format!(
+            "`{s}` has a port; give the address alone ({address}) and the port with --port"
+        )),
+        Err(_) if s.contains(':') => Err(format!("`{s}` is not an IPv6 address; {hint}")),
+        Err(_) => Err(format!("`{s}` is not an IPv4 address; {hint}")),
     }
 }
 
@@ -955,11 +996,15 @@ pub fn parse_port(s: &str) -> Result<u16, String> {
     }
 }
 
-/// `ADDR:PORT`.
-pub fn parse_endpoint(s: &str) -> Result<SocketAddrV4, String> {
+/// `ADDR:PORT`, `[ADDR]:PORT` for IPv6.
+pub fn parse_endpoint(s: &str) -> Result<SocketAddr, String> {
     match parse_server(s)? {
-        (addr, Some(port)) => Ok(SocketAddrV4::new(addr, port)),
-        (_, None) => Err(format!("`{s}` has no port; expected ADDR:PORT")),
+        (addr, Some(port)) => Ok(SocketAddr::new(addr, port)),
+        (IpAddr::V6(addr), None) if !s.starts_with('[') => Err(format!(
+            "`{s}` has no port: an IPv6 endpoint is written [ADDR]:PORT, e.g. [{addr}]:8080"
+        )),
+        (IpAddr::V6(_), None) => Err(format!("`{s}` has no port; expected [ADDR]:PORT")),
+        (IpAddr::V4(_), None) => Err(format!("`{s}` has no port; expected ADDR:PORT")),
     }
 }
 
@@ -1277,12 +1322,151 @@ mod tests {
                 .unwrap_err()
                 .contains("not in 1..=65535")
         );
-        assert!(parse_server("2001:db8::1").unwrap_err().contains("IPv6"));
         assert!(
             parse_endpoint("198.18.1.1")
                 .unwrap_err()
                 .contains("no port")
         );
+    }
+
+    #[test]
+    fn ipv6_endpoints_are_bracketed() {
+        let v6 = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            parse_server("[2001:db8::10]:8080"),
+            Ok((v6("2001:db8::10"), Some(8080)))
+        );
+        // Alone, an IPv6 address needs no brackets (but may have them).
+        assert_eq!(parse_server("2001:db8::10"), Ok((v6("2001:db8::10"), None)));
+        assert_eq!(
+            parse_server("[2001:db8::10]"),
+            Ok((v6("2001:db8::10"), None))
+        );
+        assert_eq!(
+            parse_endpoint("[2001:db8::10]:443"),
+            Ok("[2001:db8::10]:443".parse().unwrap())
+        );
+        assert_eq!(
+            parse_endpoint("[2001:db8::10]:443").unwrap().to_string(),
+            "[2001:db8::10]:443"
+        );
+        // Unbracketed, the last group reads as part of the address, never as a port.
+        assert_eq!(
+            parse_endpoint("2001:db8::10:8080"),
+            Err(
+                "`2001:db8::10:8080` has no port: an IPv6 endpoint is written [ADDR]:PORT, \
+                 e.g. [2001:db8::10:8080]:8080"
+                    .to_owned()
+            )
+        );
+        assert_eq!(
+            parse_server("2001:db8:1:2:3:4:5:6:8080"),
+            Err(
+                "`2001:db8:1:2:3:4:5:6:8080`: write an IPv6 address with a port as \
+                 [ADDR]:PORT, e.g. [2001:db8:1:2:3:4:5:6]:8080"
+                    .to_owned()
+            )
+        );
+        for (bad, needle) in [
+            ("[2001:db8::10", "no closing `]`"),
+            ("[198.18.1.10]:80", "`198.18.1.10` is not an IPv6 address"),
+            ("[2001:db8::10]8080", "expected `:PORT` after `]`"),
+            ("[2001:db8::10]:0", "port 0 is not in 1..=65535"),
+            ("2001:db8::g", "`2001:db8::g` is not an IPv6 address"),
+            ("[2001:db8::10]", "no port; expected [ADDR]:PORT"),
+        ] {
+            let err = parse_endpoint(bad).unwrap_err();
+            assert!(err.contains(needle), "{bad}: {err}");
+        }
+        assert_eq!(parse_address("2001:db8::100"), Ok(v6("2001:db8::100")));
+        assert!(
+            parse_address("[2001:db8::100]:80")
+                .unwrap_err()
+                .contains("give the address alone (2001:db8::100) and the port with --port")
+        );
+        // Everywhere the CLI takes ADDR:PORT.
+        let cli = Cli::try_parse_from([
+            "lb-ctl",
+            "explain",
+            "--src",
+            "[2001:db8::7]:40000",
+            "--dst",
+            "[2001:db8::100]:80",
+            "--protocol",
+            "tcp",
+        ])
+        .unwrap();
+        let Command::Explain { src, dst, .. } = cli.command else {
+            panic!("parsed as explain");
+        };
+        assert_eq!((src.port(), dst.ip()), (40000, v6("2001:db8::100")));
+        for argv in [
+            &[
+                "lb-ctl",
+                "server",
+                "add",
+                "--group",
+                "api",
+                "[2001:db8::10]:8080",
+            ][..],
+            &[
+                "lb-ctl",
+                "server",
+                "drain",
+                "--group",
+                "default",
+                "2001:db8::10",
+            ],
+            &[
+                "lb-ctl",
+                "wait",
+                "drained",
+                "--group",
+                "api",
+                "[2001:db8::10]:8080",
+            ],
+            &["lb-ctl", "flows", "--backend", "[2001:db8::10]:8080"],
+            &[
+                "lb-ctl",
+                "group",
+                "create",
+                "db",
+                "--type",
+                "primary-secondary",
+                "--primary",
+                "[2001:db8::20]:5432",
+                "--secondary",
+                "[2001:db8::21]:5432",
+            ],
+            &[
+                "lb-ctl",
+                "listener",
+                "add",
+                "web6",
+                "--protocol",
+                "tcp",
+                "--address",
+                "2001:db8::100",
+                "--port",
+                "80",
+                "--backend-port",
+                "8080",
+            ],
+        ] {
+            Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+        }
+    }
+
+    #[test]
+    fn the_help_says_ipv6_endpoints_are_bracketed() {
+        let help = Cli::command().render_long_help().to_string();
+        assert!(help.contains("[2001:db8::10]:8080"), "{help}");
+        assert!(help.contains("with an IPv6 address in brackets"), "{help}");
+        let help = find(&Cli::command(), &["explain"])
+            .clone()
+            .render_help()
+            .to_string();
+        assert!(help.contains("[ADDR]:PORT for IPv6"), "{help}");
     }
 
     #[test]

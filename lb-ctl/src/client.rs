@@ -3,7 +3,7 @@
 
 use std::{
     fmt::Write as _,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     path::Path,
     time::{Duration, Instant},
 };
@@ -154,11 +154,10 @@ pub fn render_status(s: &Status) -> String {
     for l in &s.listeners {
         let _ = writeln!(
             out,
-            "\nlistener {}  {} {}:{}  group {}  scheduler {}  packets {}  new flows {}",
+            "\nlistener {}  {} {}  group {}  scheduler {}  packets {}  new flows {}",
             l.name,
             l.protocol,
-            l.address,
-            l.port,
+            l.endpoint(),
             l.group,
             l.scheduler.name(),
             l.stats.packets,
@@ -169,7 +168,7 @@ pub fn render_status(s: &Status) -> String {
             .iter()
             .map(|b| {
                 vec![
-                    format!("{}:{}", b.address, b.port),
+                    b.endpoint().to_string(),
                     b.role.clone(),
                     if b.effective_weight != b.weight {
                         format!("{} ({})", b.weight, b.effective_weight)
@@ -531,7 +530,7 @@ pub fn render_stats(now: &api::Stats, before: Option<&api::Stats>) -> String {
 fn wait_drained(
     socket: &Path,
     group: &str,
-    address: Ipv4Addr,
+    address: IpAddr,
     port: Option<u16>,
     timeout: u64,
 ) -> i32 {
@@ -565,11 +564,8 @@ fn wait_drained(
     }
 }
 
-fn endpoint(e: std::net::SocketAddrV4) -> Endpoint {
-    Endpoint {
-        address: *e.ip(),
-        port: e.port(),
-    }
+fn endpoint(e: SocketAddr) -> Endpoint {
+    Endpoint::new(e.ip(), e.port())
 }
 
 fn group_command(socket: &Path, cmd: GroupCommand) -> i32 {
@@ -708,7 +704,7 @@ fn groups(cfg: &Config) -> Vec<GroupView> {
                 .servers
                 .iter()
                 .map(|m| ServerView {
-                    server: format!("{}:{}", m.address, m.port),
+                    server: m.endpoint().to_string(),
                     role: "member".into(),
                     weight: m.weight.to_string(),
                 })
@@ -806,7 +802,7 @@ fn listener_command(socket: &Path, cmd: ListenerCommand) -> i32 {
                         vec![
                             l.name.clone(),
                             l.protocol.name().into(),
-                            format!("{}:{}", l.address, l.port),
+                            l.endpoint().to_string(),
                             l.named_group().unwrap_or(config::DEFAULT_GROUP_NAME).into(),
                             l.backend_port.map_or("-".into(), |p| p.to_string()),
                             l.scheduler.name().into(),
@@ -1118,5 +1114,40 @@ mod tests {
         );
         let why = check_status(&status(&[])).unwrap_err();
         assert!(why.contains("attached to no interface"), "{why}");
+    }
+
+    #[test]
+    fn status_and_stats_bracket_ipv6_endpoints() {
+        let backend = |address: &str| {
+            serde_json::json!({
+                "address": address, "port": 8080, "role": "member", "weight": 100,
+                "effective_weight": 100, "state": "up", "health": "up", "active_flows": 0,
+                "origin": "config", "backend_id": 1, "stats": api::Counters::default(),
+            })
+        };
+        let status: Status = serde_json::from_value(serde_json::json!({
+            "instance": "edge", "config": "lb.yaml", "interfaces": [], "overlay_changes": 0,
+            "conflicts": [],
+            "listeners": [{
+                "name": "web6", "protocol": "tcp", "address": "2001:db8::100", "port": 80,
+                "group": "app", "scheduler": "wrr", "stats": api::Counters::default(),
+                "backends": [backend("2001:db8::11"), backend("198.18.1.11")],
+            }],
+        }))
+        .unwrap();
+        let text = render_status(&status);
+        assert!(
+            text.contains("listener web6  tcp [2001:db8::100]:80  group app"),
+            "{text}"
+        );
+        assert!(text.contains("  [2001:db8::11]:8080"), "{text}");
+        assert!(text.contains("  198.18.1.11:8080"), "{text}");
+        let stats = crate::controller::stats_of(&status, 0.0, &Default::default());
+        let names: Vec<&str> = stats.listeners[0]
+            .backends
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect();
+        assert_eq!(names, ["[2001:db8::11]:8080", "198.18.1.11:8080"]);
     }
 }

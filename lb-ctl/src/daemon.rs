@@ -190,11 +190,22 @@ async fn handle(shared: &Shared, request: Request) -> Response {
         limit,
     } = request
     {
-        let job = shared.controller.lock().await.flows_job(
-            listener.as_deref(),
-            backend.map(|b| (b, backend_port)),
-            limit,
-        );
+        // The flow table holds IPv4 flows only while the data plane balances IPv4.
+        let backend = match backend {
+            None => None,
+            Some(std::net::IpAddr::V4(b)) => Some((b, backend_port)),
+            Some(b @ std::net::IpAddr::V6(_)) => {
+                return Response::refused(format!(
+                    "flows --backend {b}: IPv6 backends are not served by this build's data \
+                     plane yet"
+                ));
+            }
+        };
+        let job = shared
+            .controller
+            .lock()
+            .await
+            .flows_job(listener.as_deref(), backend, limit);
         return match job {
             Err(e) => Response::from(e),
             Ok(job) => match tokio::task::spawn_blocking(move || controller::run_flows(&job)).await
@@ -385,7 +396,7 @@ async fn forward_xdp_log(logger: crate::dataplane::XdpLogger) {
 /// their schedule and their timeouts stay honest while the controller is busy (a reload,
 /// a large table rebuild), so a slow controller never marks a healthy backend down.
 fn start_checker(
-    source: Option<std::net::Ipv4Addr>,
+    source: Option<crate::config::HealthCheckSource>,
 ) -> anyhow::Result<(
     Checker,
     tokio::sync::mpsc::UnboundedReceiver<crate::health::Transition>,

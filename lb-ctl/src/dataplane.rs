@@ -125,8 +125,28 @@ impl MapSizes {
         self.max_listeners * TABLES_PER_LISTENER
     }
 
+    /// Entries of the IPv6 half-open table: a quarter of the IPv6 flow table, at least
+    /// 65,536 (IPv4's floor is 262,144; IPv6 entries are larger, and rarer).
+    pub const fn ipv6_half_open_table_size(&self) -> u32 {
+        let quarter = self.ipv6_flow_table_size() / 4;
+        if quarter < 65_536 { 65_536 } else { quarter }
+    }
+
+    /// Entries of the IPv6 flow and affinity tables: a quarter of IPv4's (their keys are
+    /// 40 bytes, not 16, and most deployments carry less IPv6), at least 1024 and at most
+    /// `flow_table_size`.
+    pub const fn ipv6_flow_table_size(&self) -> u32 {
+        let quarter = self.flow_table_size / 4;
+        let at_least = if quarter < 1024 { 1024 } else { quarter };
+        if at_least > self.flow_table_size {
+            self.flow_table_size
+        } else {
+            at_least
+        }
+    }
+
     /// max_entries of every sized map, by name.
-    pub fn entries(&self) -> [(&'static str, u32); 15] {
+    pub fn entries(&self) -> [(&'static str, u32); 22] {
         // ADDRESS_FILTER has a fixed size.
         let slots = self.table_slots();
         [
@@ -152,12 +172,19 @@ impl MapSizes {
                 names::FLOW_FILTER,
                 lb_common::flow_filter::flow_filter_entries(self.flow_table_size),
             ),
+            (names::LISTENERS6, 2 * self.max_listeners),
+            (names::BACKENDS6, self.max_backends),
+            (names::FLOWS6, self.ipv6_flow_table_size()),
+            (names::HALF_OPEN6, self.ipv6_half_open_table_size()),
+            (names::ENDPOINTS6, self.max_backends),
+            (names::AFFINITY6, self.ipv6_flow_table_size()),
+            (names::NEXT_HOPS6, self.max_backends),
         ]
     }
 }
 
 /// Every map of the program, by name (pin files carry these names).
-pub const ALL_MAPS: [&str; 19] = [
+pub const ALL_MAPS: [&str; 27] = [
     names::LISTENERS,
     names::BACKENDS,
     names::MAGLEV,
@@ -177,6 +204,14 @@ pub const ALL_MAPS: [&str; 19] = [
     names::NEXT_HOPS,
     names::ADDRESS_FILTER,
     names::FLOW_FILTER,
+    names::LISTENERS6,
+    names::BACKENDS6,
+    names::FLOWS6,
+    names::HALF_OPEN6,
+    names::ENDPOINTS6,
+    names::ACLS6,
+    names::AFFINITY6,
+    names::NEXT_HOPS6,
 ];
 
 /// A `BPF_F_MMAPABLE` array mapped into this process: `IdPair` arrays as a dense `u32`
@@ -1064,7 +1099,7 @@ impl ReadCounters for DataPlane {
 /// status run without a kernel.
 pub trait DataPlaneAccess: MapWriter + ReadCounters {
     /// The decision's tables as one CPU's program sees them (`explain`).
-    type Tables<'a>: lb_common::decide::Tables + crate::explain::ReadErrors
+    type Tables<'a>: lb_common::decide::Tables<Family = lb_common::V4> + crate::explain::ReadErrors
     where
         Self: 'a;
 

@@ -12,8 +12,8 @@ use std::{
 };
 
 use lb_common::{
-    ACL_ALLOW, AclKey, Affinity, AffinityKey, Backend, Flow, FlowKey, Listener, ListenerKey,
-    NO_BACKEND, PROTO_TCP, PROTO_UDP, Reason, Scheduler, TableMeta,
+    ACL_ALLOW, Affinity, AffinityKey, Backend, Flow, FlowKey, Listener, ListenerKey, NO_BACKEND,
+    PROTO_TCP, PROTO_UDP, Reason, Scheduler, TableMeta, V4,
     decide::{self, Event, Outcome, Packet, Tables, Trace},
     select::{self, EntryState, Step},
 };
@@ -36,7 +36,7 @@ pub struct Explanation {
 /// (`tables`, CPU 0 first: the live maps, or the in-memory data plane of the controller's
 /// tests). `tcp_flags`: the packet's TCP flags (a SYN unless told otherwise), ignored for
 /// UDP.
-pub(crate) fn explain<T: Tables + ReadErrors>(
+pub(crate) fn explain<T: Tables<Family = V4> + ReadErrors>(
     tables: Vec<T>,
     desired: &Desired,
     src: SocketAddrV4,
@@ -106,6 +106,7 @@ impl<T> std::ops::Deref for Read<T> {
 }
 
 impl Tables for LiveTables<'_> {
+    type Family = V4;
     type Ref<'a, T: 'a>
         = Read<T>
     where
@@ -117,9 +118,9 @@ impl Tables for LiveTables<'_> {
             .map(Read)
     }
 
-    fn acl_matches(&self, key: &AclKey) -> bool {
-        let addr = Ipv4Addr::from(key.addr.to_ne_bytes());
-        self.read("ACLS", self.dp.acl_matches(key.acl, addr))
+    fn acl_matches(&self, acl: u32, addr: u32) -> bool {
+        let addr = Ipv4Addr::from(addr.to_ne_bytes());
+        self.read("ACLS", self.dp.acl_matches(acl, addr))
             .unwrap_or(false)
     }
 
@@ -139,8 +140,9 @@ impl Tables for LiveTables<'_> {
         self.read("TABLE_META", self.dp.table_meta(table)).map(Read)
     }
 
-    fn affinity(&self, key: &AffinityKey) -> Option<Read<Affinity>> {
-        self.read("AFFINITY", self.dp.affinity(key))
+    fn affinity(&self, listener: u32, addr: u32) -> Option<Read<Affinity>> {
+        let key = AffinityKey { listener, addr };
+        self.read("AFFINITY", self.dp.affinity(&key))
             .flatten()
             .map(Read)
     }
@@ -203,7 +205,7 @@ const fn per_cpu(event: &Event) -> bool {
 
 /// The decision for `packet` on each CPU's view of the tables (`tables` yields one per
 /// CPU, CPU 0 first), in words.
-fn explain_with<T: Tables + ReadErrors>(
+fn explain_with<T: Tables<Family = V4> + ReadErrors>(
     tables: &mut dyn Iterator<Item = T>,
     listener_name: &dyn Fn(u32) -> String,
     packet: &Packet,
@@ -273,7 +275,11 @@ fn explain_with<T: Tables + ReadErrors>(
 }
 
 /// One CPU's pick in one line.
-fn cpu_line<T: Tables>(words: &Words<'_, T>, events: &[Event], outcome: Outcome) -> String {
+fn cpu_line<T: Tables<Family = V4>>(
+    words: &Words<'_, T>,
+    events: &[Event],
+    outcome: Outcome,
+) -> String {
     let mut parts: Vec<String> = Vec::new();
     let candidates: Vec<String> = events
         .iter()
@@ -306,13 +312,13 @@ fn cpu_line<T: Tables>(words: &Words<'_, T>, events: &[Event], outcome: Outcome)
 }
 
 /// Puts the decision into words.
-struct Words<'a, T: Tables> {
+struct Words<'a, T: Tables<Family = V4>> {
     tables: &'a T,
     packet: &'a Packet,
     now: u64,
 }
 
-impl<T: Tables> Words<'_, T> {
+impl<T: Tables<Family = V4>> Words<'_, T> {
     fn listener(&self) -> Option<Listener> {
         decide::listener_for(self.tables, self.packet).map(|l| *l)
     }
@@ -680,10 +686,7 @@ mod tests {
             );
             // A fresh entry binds the client to its backend, whatever the scheduler
             // would pick and on every CPU alike.
-            let key = AffinityKey {
-                listener: 1,
-                addr: CLIENT,
-            };
+            let key = (1, CLIENT);
             t.affinity.insert(
                 key,
                 Affinity {

@@ -254,7 +254,7 @@ impl Collector for SampleCollector {
                 (
                     vec![
                         ("listener", l.name.clone()),
-                        ("vip", format!("{}:{}", l.address, l.port)),
+                        ("vip", l.endpoint().to_string()),
                         ("protocol", l.protocol.name().to_owned()),
                     ],
                     l,
@@ -350,7 +350,7 @@ impl Collector for SampleCollector {
                     (
                         vec![
                             ("listener", l.name.clone()),
-                            ("backend", format!("{}:{}", b.address, b.port)),
+                            ("backend", b.endpoint().to_string()),
                         ],
                         b,
                     )
@@ -591,7 +591,7 @@ mod tests {
 
     fn sample() -> Sample {
         let backend = |last: u8, state: &str, health: &str| BackendStatus {
-            address: std::net::Ipv4Addr::new(198, 18, 1, last),
+            address: std::net::Ipv4Addr::new(198, 18, 1, last).into(),
             port: 8080,
             role: "member".into(),
             weight: 100,
@@ -633,7 +633,7 @@ mod tests {
                 listeners: vec![ListenerStatus {
                     name: "web".into(),
                     protocol: crate::config::Protocol::Tcp,
-                    address: std::net::Ipv4Addr::new(198, 19, 0, 100),
+                    address: std::net::Ipv4Addr::new(198, 19, 0, 100).into(),
                     port: 80,
                     group: "default".into(),
                     scheduler: lb_common::Scheduler::Wrr,
@@ -699,6 +699,26 @@ mod tests {
                 1,
                 "reason {} in:\n{text}",
                 r.name()
+            );
+        }
+    }
+
+    /// Labels name an IPv6 VIP or backend as `lb-ctl status` shows it, in brackets, so a
+    /// label never reads as an address whose last group is the port.
+    #[test]
+    fn ipv6_endpoints_are_bracketed_in_labels() {
+        let mut s = sample();
+        let web = &mut s.status.listeners[0];
+        web.address = "2001:db8::100".parse().unwrap();
+        web.backends[0].address = "2001:db8::11".parse().unwrap();
+        let text = encode(s).unwrap();
+        for line in [
+            "lb_backend_up{listener=\"web\",backend=\"[2001:db8::11]:8080\"} 1",
+            "lb_listener_active_flows{listener=\"web\",vip=\"[2001:db8::100]:80\",protocol=\"tcp\"} 6",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing line {line:?} in:\n{text}"
             );
         }
     }

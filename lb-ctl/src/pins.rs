@@ -252,6 +252,54 @@ pub(crate) fn expected_layout(sizes: &MapSizes) -> Vec<(&'static str, u32, u32, 
         ),
         (names::ADDRESS_FILTER, 4, 8, lb_common::ADDRESS_FILTER_WORDS),
         (names::FLOW_FILTER, 4, 8, e(names::FLOW_FILTER)),
+        (
+            names::LISTENERS6,
+            size_of::<lb_common::ListenerKey6>() as u32,
+            size_of::<Listener>() as u32,
+            e(names::LISTENERS6),
+        ),
+        (
+            names::BACKENDS6,
+            4,
+            size_of::<lb_common::BackendAddr6>() as u32,
+            e(names::BACKENDS6),
+        ),
+        (
+            names::FLOWS6,
+            size_of::<lb_common::FlowKey6>() as u32,
+            size_of::<Flow>() as u32,
+            e(names::FLOWS6),
+        ),
+        (
+            names::HALF_OPEN6,
+            size_of::<lb_common::FlowKey6>() as u32,
+            size_of::<Flow>() as u32,
+            e(names::HALF_OPEN6),
+        ),
+        (
+            names::ENDPOINTS6,
+            size_of::<lb_common::EndpointKey6>() as u32,
+            size_of::<lb_common::Endpoint6>() as u32,
+            e(names::ENDPOINTS6),
+        ),
+        (
+            names::ACLS6,
+            4 + size_of::<lb_common::AclKey6>() as u32,
+            4,
+            lb_common::MAX_ACL_ENTRIES,
+        ),
+        (
+            names::AFFINITY6,
+            size_of::<lb_common::AffinityKey6>() as u32,
+            size_of::<lb_common::Affinity>() as u32,
+            e(names::AFFINITY6),
+        ),
+        (
+            names::NEXT_HOPS6,
+            4,
+            size_of::<lb_common::NextHop6>() as u32,
+            e(names::NEXT_HOPS6),
+        ),
     ]
 }
 

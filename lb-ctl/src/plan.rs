@@ -6,7 +6,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
 };
 
 use lb_common::{
@@ -26,12 +26,13 @@ pub struct Frontend {
 }
 
 impl Frontend {
-    pub fn of(listener: &config::Listener) -> Self {
-        Self {
-            address: listener.address,
+    /// The listener's frontend, or why the data plane cannot hold it (an IPv6 VIP).
+    pub fn of(listener: &config::Listener) -> Result<Self, PlanError> {
+        Ok(Self {
+            address: served_ipv4(listener, listener.address)?,
             port: listener.port,
             protocol: listener.protocol,
-        }
+        })
     }
 
     pub fn key(&self) -> ListenerKey {
@@ -184,6 +185,22 @@ pub enum PlanError {
         endpoint: String,
         listeners: Vec<String>,
     },
+    /// Config validation refuses IPv6 listeners while the data plane serves IPv4 only
+    /// (and a listener's servers share its family), so this is a safety net.
+    #[error("listener {listener}: {address} is IPv6, which this build's data plane does not serve")]
+    Ipv6NotServed { listener: String, address: IpAddr },
+}
+
+/// Where the config (IPv4 or IPv6) meets the data plane (IPv4 only for now): an address of
+/// `listener` or of its servers, as the data plane holds it.
+fn served_ipv4(listener: &config::Listener, address: IpAddr) -> Result<Ipv4Addr, PlanError> {
+    match address {
+        IpAddr::V4(address) => Ok(address),
+        IpAddr::V6(_) => Err(PlanError::Ipv6NotServed {
+            listener: listener.name.clone(),
+            address,
+        }),
+    }
 }
 
 /// Stable ids for listeners and backends. A listener keeps its id (and so its table
@@ -312,7 +329,11 @@ pub struct GroupMember {
 
 /// The members of a listener's group, with the listener's backend port for the default
 /// group. `config` must be validated (no dangling reference).
-pub fn members(config: &Config, listener: &config::Listener) -> Vec<GroupMember> {
+pub fn members(
+    config: &Config,
+    listener: &config::Listener,
+) -> Result<Vec<GroupMember>, PlanError> {
+    let address = |a| served_ipv4(listener, a);
     match listener.named_group() {
         None => {
             let port = listener.backend_port.unwrap_or(0);
@@ -320,12 +341,14 @@ pub fn members(config: &Config, listener: &config::Listener) -> Vec<GroupMember>
                 .default_server_group
                 .servers
                 .iter()
-                .map(|s| GroupMember {
-                    address: s.address,
-                    port,
-                    weight: u32::from(s.weight),
-                    role: Role::Member,
-                    probed: true,
+                .map(|s| {
+                    Ok(GroupMember {
+                        address: address(s.address)?,
+                        port,
+                        weight: u32::from(s.weight),
+                        role: Role::Member,
+                        probed: true,
+                    })
                 })
                 .collect()
         }
@@ -333,31 +356,35 @@ pub fn members(config: &Config, listener: &config::Listener) -> Vec<GroupMember>
             if let Some(g) = config.vserver_group(name) {
                 g.servers
                     .iter()
-                    .map(|m| GroupMember {
-                        address: m.address,
-                        port: m.port,
-                        weight: u32::from(m.weight),
-                        role: Role::Member,
-                        probed: true,
+                    .map(|m| {
+                        Ok(GroupMember {
+                            address: address(m.address)?,
+                            port: m.port,
+                            weight: u32::from(m.weight),
+                            role: Role::Member,
+                            probed: true,
+                        })
                     })
                     .collect()
             } else if let Some(g) = config.primary_secondary_group(name) {
                 [(g.primary, Role::Primary), (g.secondary, Role::Secondary)]
                     .into_iter()
-                    .map(|(e, role)| GroupMember {
-                        address: e.address,
-                        port: e.port,
-                        // Weights do not apply to primary/secondary groups; one backend
-                        // takes the new flows at a time.
-                        weight: 100,
-                        role,
-                        // As in CLB, the secondary is not probed unless asked for.
-                        probed: role == Role::Primary || g.probe_secondary,
+                    .map(|(e, role)| {
+                        Ok(GroupMember {
+                            address: address(e.address)?,
+                            port: e.port,
+                            // Weights do not apply to primary/secondary groups; one backend
+                            // takes the new flows at a time.
+                            weight: 100,
+                            role,
+                            // As in CLB, the secondary is not probed unless asked for.
+                            probed: role == Role::Primary || g.probe_secondary,
+                        })
                     })
                     .collect()
             } else {
                 // A validated config has no dangling reference.
-                Vec::new()
+                Ok(Vec::new())
             }
         }
     }
@@ -376,11 +403,8 @@ pub fn plan(config: &Config, runtime: &Runtime, ids: &mut Ids) -> Result<Desired
     let mut entries = 0;
     for acl in &config.acls {
         let id = ids.acl_id(&acl.name);
-        let prefixes: BTreeSet<(Ipv4Addr, u8)> = acl
-            .entries
-            .iter()
-            .map(|n| (n.addr(), n.prefix_len()))
-            .collect();
+        let prefixes: BTreeSet<(Ipv4Addr, u8)> =
+            acl.entries.iter().filter_map(ipv4_prefix).collect();
         entries += prefixes.len();
         desired.acls.insert(id, prefixes);
     }
@@ -388,12 +412,7 @@ pub fn plan(config: &Config, runtime: &Runtime, ids: &mut Ids) -> Result<Desired
         .local_addresses
         .iter()
         .map(|a| (*a, 32))
-        .chain(
-            config
-                .refused_client_sources
-                .iter()
-                .map(|n| (n.addr(), n.prefix_len())),
-        )
+        .chain(config.refused_client_sources.iter().filter_map(ipv4_prefix))
         .collect();
     if !refused.is_empty() {
         entries += refused.len();
@@ -403,13 +422,13 @@ pub fn plan(config: &Config, runtime: &Runtime, ids: &mut Ids) -> Result<Desired
         return Err(PlanError::AclEntriesExhausted(entries));
     }
     for listener in &config.listeners {
-        let frontend = Frontend::of(listener);
+        let frontend = Frontend::of(listener)?;
         let id = ids.listener_id(frontend)?;
         let group = listener
             .named_group()
             .unwrap_or(config::DEFAULT_GROUP_NAME)
             .to_owned();
-        let members = members(config, listener);
+        let members = members(config, listener)?;
         let healthy = |address, port| {
             !runtime.unhealthy.contains(&BackendKey {
                 frontend,
@@ -522,6 +541,16 @@ pub fn plan(config: &Config, runtime: &Runtime, ids: &mut Ids) -> Result<Desired
     desired.endpoints = endpoints(&desired)?;
     ids.release_unused(&desired);
     Ok(desired)
+}
+
+/// An access-list prefix as the data plane's IPv4 trie holds it. IPv6 prefixes are left
+/// out: an access list may mix families, and while only IPv4 packets are balanced an IPv6
+/// prefix matches none of them.
+fn ipv4_prefix(net: &config::IpNet) -> Option<(Ipv4Addr, u8)> {
+    match net {
+        config::IpNet::V4(n) => Some((n.addr(), n.prefix_len())),
+        config::IpNet::V6(_) => None,
+    }
 }
 
 /// The backend endpoints of `desired` (every backend of every listener, departing ones
@@ -679,9 +708,10 @@ listeners:
         let old = d1.listeners["api"].backends[1].clone();
         cfg.vserver_groups[0].servers.pop();
         plan(&cfg, &Runtime::default(), &mut ids).unwrap();
-        cfg.vserver_groups[0]
-            .servers
-            .push(config::Member::new("198.18.1.12".parse().unwrap(), 9000));
+        cfg.vserver_groups[0].servers.push(config::Member::new(
+            "198.18.1.12".parse::<IpAddr>().unwrap(),
+            9000,
+        ));
         let d3 = plan(&cfg, &Runtime::default(), &mut ids).unwrap();
         let new = &d3.listeners["api"].backends[1];
         assert_eq!(new.id, old.id, "the freed id is reused");
@@ -774,5 +804,42 @@ listeners:
             l.dsr.map(|dsr| (dsr.encapsulation, dsr.gue_port)),
             Some((config::Tunnel::Gue, 6080))
         );
+    }
+
+    /// The config refuses IPv6 listeners while the data plane is IPv4 only; a config built
+    /// in code without validation gets a plan error, never a panic or a wrong key.
+    #[test]
+    fn an_ipv6_listener_is_refused_at_the_boundary() {
+        let mut cfg = config(BASE);
+        cfg.listeners[0].address = "2001:db8::100".parse().unwrap();
+        assert_eq!(
+            plan(&cfg, &Runtime::default(), &mut Ids::new(8, 64)),
+            Err(PlanError::Ipv6NotServed {
+                listener: "web".to_owned(),
+                address: "2001:db8::100".parse().unwrap(),
+            })
+        );
+        let mut cfg = config(BASE);
+        cfg.vserver_groups[0].servers[0].address = "2001:db8::10".parse().unwrap();
+        let err = plan(&cfg, &Runtime::default(), &mut Ids::new(8, 64)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "listener api: 2001:db8::10 is IPv6, which this build's data plane does not serve"
+        );
+    }
+
+    /// An access list may mix families; the IPv4 data plane gets its IPv4 prefixes, which
+    /// are all an IPv4 packet can match.
+    #[test]
+    fn ipv6_access_list_entries_stay_out_of_the_ipv4_trie() {
+        let yaml = format!(
+            "{BASE}acls: [{{ name: office, entries: [198.18.0.0/24, 2001:db8::/32] }}]\n\
+             refused_client_sources: [198.18.9.0/24, 2001:db8:9::/48]\n"
+        );
+        let d = plan(&config(&yaml), &Runtime::default(), &mut Ids::new(8, 64)).unwrap();
+        let office: Vec<_> = d.acls[&1].iter().copied().collect();
+        assert_eq!(office, [(Ipv4Addr::new(198, 18, 0, 0), 24)]);
+        let refused: Vec<_> = d.acls[&REFUSED_SOURCES_ACL].iter().copied().collect();
+        assert_eq!(refused, [(Ipv4Addr::new(198, 18, 9, 0), 24)]);
     }
 }

@@ -988,9 +988,10 @@ listeners:
     fn adding_a_server_touches_only_its_listener_and_flips_slots() {
         let mut h = Harness::new();
         h.step();
-        h.config.vserver_groups[0]
-            .servers
-            .push(config::Member::new("198.18.1.12".parse().unwrap(), 8080));
+        h.config.vserver_groups[0].servers.push(config::Member::new(
+            "198.18.1.12".parse::<std::net::IpAddr>().unwrap(),
+            8080,
+        ));
         assert_eq!(
             shape(&h.step()),
             [
@@ -1149,7 +1150,7 @@ listeners:
         let mut h = Harness::new();
         h.step();
         let key = crate::plan::BackendKey {
-            frontend: crate::plan::Frontend::of(&h.config.listeners[0]),
+            frontend: crate::plan::Frontend::of(&h.config.listeners[0]).expect("an IPv4 VIP"),
             address: "198.18.1.11".parse().unwrap(),
             port: 8080,
         };

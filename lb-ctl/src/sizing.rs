@@ -35,17 +35,27 @@ pub enum Kind {
 fn kind(name: &str) -> Kind {
     match name {
         names::MAGLEV | names::SEQUENCE | names::FLOW_FILTER => Kind::MmapableArray,
-        names::BACKENDS | names::TABLE_META | names::ACTIVE_FLOWS | names::ADDRESS_FILTER => {
-            Kind::Array
-        }
+        names::BACKENDS
+        | names::BACKENDS6
+        | names::TABLE_META
+        | names::ACTIVE_FLOWS
+        | names::ADDRESS_FILTER => Kind::Array,
         names::CURSORS
         | names::LISTENER_STATS
         | names::BACKEND_STATS
         | names::COUNTERS
-        | names::NEXT_HOPS => Kind::PerCpuArray,
-        names::FLOWS | names::HALF_OPEN | names::AFFINITY => Kind::LruHash,
-        names::LISTENERS | names::ENDPOINTS => Kind::HashNoPrealloc,
-        names::ACLS => Kind::LpmTrie,
+        | names::NEXT_HOPS
+        | names::NEXT_HOPS6 => Kind::PerCpuArray,
+        names::FLOWS
+        | names::HALF_OPEN
+        | names::AFFINITY
+        | names::FLOWS6
+        | names::HALF_OPEN6
+        | names::AFFINITY6 => Kind::LruHash,
+        names::LISTENERS | names::ENDPOINTS | names::LISTENERS6 | names::ENDPOINTS6 => {
+            Kind::HashNoPrealloc
+        }
+        names::ACLS | names::ACLS6 => Kind::LpmTrie,
         _ => Kind::Small,
     }
 }
@@ -166,7 +176,7 @@ pub fn sizing_tables() -> String {
     }
     let _ = writeln!(
         o,
-        "\n| flow_table_size | max_backends | CPUs | flow tables (`FLOWS`, `HALF_OPEN`, `AFFINITY`, `FLOW_FILTER`) | everything else | total |\n|---|---|---|---|---|---|"
+        "\n| flow_table_size | max_backends | CPUs | flow tables (`FLOWS`, `HALF_OPEN`, `AFFINITY`, `FLOW_FILTER` and their IPv6 namesakes) | everything else | total |\n|---|---|---|---|---|---|"
     );
     for flows in [1u32 << 20, 16 << 20] {
         for backends in [1000u32, 65536] {
@@ -181,6 +191,9 @@ pub fn sizing_tables() -> String {
                             names::HALF_OPEN,
                             names::AFFINITY,
                             names::FLOW_FILTER,
+                            names::FLOWS6,
+                            names::HALF_OPEN6,
+                            names::AFFINITY6,
                         ]
                         .contains(&m.name)
                     })
@@ -257,6 +270,13 @@ fn entries_rule(name: &str) -> &'static str {
             "`flow_table_size` rounded up to a power of two, / 4, + 8 (two bitmaps of 8 bits per flow entry)"
         }
         names::TX_PORTS => "one per interface",
+        names::LISTENERS6 => "2 × `max_listeners`",
+        names::FLOWS6 | names::AFFINITY6 => {
+            "`flow_table_size` / 4, at least 1,024 (at most `flow_table_size`)"
+        }
+        names::HALF_OPEN6 => "`FLOWS6` / 4, at least 65,536",
+        names::BACKENDS6 | names::ENDPOINTS6 | names::NEXT_HOPS6 => "`max_backends`",
+        names::ACLS6 => "16,384 access-list entries",
         _ => "fixed",
     }
 }

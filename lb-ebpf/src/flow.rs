@@ -1,5 +1,6 @@
-//! What the entry program and the new-flow stage both do with a flow: finding it from a
-//! backend's reply, its close, its affinity, and sending its packet to the backend.
+//! What the entry program and the new-flow stage both do with a flow, for either address
+//! family (`family::Tables`): finding it from a backend's reply, its close, its affinity;
+//! and for IPv4, sending its packet to the backend (`flow6` does it for IPv6).
 
 use core::ffi::c_void;
 
@@ -9,37 +10,39 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    Affinity, AffinityKey, BACKEND_F_SHARED_ENDPOINT, Backend, Encapsulation, EndpointKey,
-    EndpointListener, FLOW_F_BACKEND_ACKED, FLOW_F_COUNTED, FLOW_F_FIN, FLOW_F_OPENING,
-    FLOW_F_REOPENED, FLOW_F_RST, Flow, FlowKey, Listener, ListenerKey, MAX_ENDPOINT_LISTENERS,
-    Reason, TOO_BIG_DESTINATION,
-    select::{TCP_ACK, TCP_FIN, TCP_RST, close_is_credible, is_active},
+    Affinity, BACKEND_F_SHARED_ENDPOINT, Backend, Encapsulation, FLOW_F_BACKEND_ACKED,
+    FLOW_F_COUNTED, FLOW_F_FIN, FLOW_F_OPENING, FLOW_F_REOPENED, FLOW_F_RST, Flow, Listener,
+    MAX_ENDPOINT_LISTENERS, PROTO_TCP, Reason, TOO_BIG_DESTINATION,
+    decide::Packet,
+    select::{TCP_ACK, TCP_FIN, TCP_RST, backend_close_is_credible, close_is_credible, is_active},
 };
 
 use crate::{
-    encap, fwd,
-    maps::{AFFINITY, BACKENDS, ENDPOINTS, FLOWS, HALF_OPEN, LISTENERS},
+    encap,
+    family::{Served, Tables},
+    fwd,
+    maps::BACKENDS,
     nat,
     nat::Side,
     parse::{Ipv4, L4},
     sched, stats,
 };
 
-/// A flow's entry: established flows in `FLOWS`, half-open ones in `HALF_OPEN`. A key is
-/// in one of them at a time (opening and promotion move it).
+/// A flow's entry: established flows in `FLOWS`, half-open ones in `HALF_OPEN` (their
+/// family's). A key is in one of them at a time (opening and promotion move it).
 #[inline(always)]
-pub fn lookup(key: &FlowKey) -> Option<*mut Flow> {
-    FLOWS
+pub fn lookup<F: Tables>(key: &F::FlowKey) -> Option<*mut Flow> {
+    F::flows()
         .get_ptr_mut(key)
-        .or_else(|| HALF_OPEN.get_ptr_mut(key))
+        .or_else(|| F::half_open().get_ptr_mut(key))
 }
 
 /// The flow a backend's packet belongs to, found from the backend endpoint it comes from
 /// (`ENDPOINTS`) and the client it goes to.
-pub struct Reply {
+pub struct Reply<A> {
     pub flow: *mut Flow,
     /// What the packet's source becomes: the VIP and port the client talks to.
-    pub vip: u32,
+    pub vip: A,
     pub vport: u16,
     pub listener: u32,
 }
@@ -56,26 +59,21 @@ pub struct Reply {
 /// searched in a `bpf_loop`, verified once: an unrolled search of eight listeners with two
 /// tables each multiplies the verifier's paths past its budget.
 #[inline(always)]
-pub fn reply_flow(
-    backend_addr: u32,
+pub fn reply_flow<F: Tables>(
+    backend_addr: F::Addr,
     backend_port: u16,
-    client_addr: u32,
+    client_addr: F::Addr,
     client_port: u16,
     protocol: u8,
-) -> Option<Reply> {
-    let key = EndpointKey {
-        addr: backend_addr,
-        port: backend_port,
-        protocol,
-        _pad: 0,
-    };
-    let endpoint = ENDPOINTS.get_ptr(key)?;
+) -> Option<Reply<F::Addr>> {
+    let key = F::endpoint_key(backend_addr, backend_port, protocol);
+    let endpoint = F::endpoints().get_ptr(key)?;
     // SAFETY: a map value pointer stays valid for the program run.
     let count = unsafe { (*endpoint).count };
     let index = if count == 1 {
         0
     } else {
-        let mut search = EndpointSearch {
+        let mut search = EndpointSearch::<F> {
             key,
             client_addr,
             client_port,
@@ -87,7 +85,7 @@ pub fn reply_flow(
         unsafe {
             bpf_loop(
                 count.min(MAX_ENDPOINT_LISTENERS as u32),
-                search_step as *mut c_void,
+                search_step::<F> as *mut c_void,
                 (&raw mut search).cast::<c_void>(),
                 0,
             )
@@ -96,40 +94,41 @@ pub fn reply_flow(
     };
     // SAFETY: as above.
     let l = unsafe { (*endpoint).listeners.get(index as usize)? };
-    let flow = candidate(&key, client_addr, client_port, l)?;
+    let flow = candidate::<F>(&key, client_addr, client_port, l)?;
     Some(Reply {
         flow,
-        vip: l.vip,
-        vport: l.vport,
-        listener: l.listener,
+        vip: l.vip(),
+        vport: l.vport(),
+        listener: l.listener(),
     })
 }
 
 /// The flow of endpoint listener `l` for this client, if it names the endpoint's backend.
 #[inline(always)]
-fn candidate(
-    endpoint: &EndpointKey,
-    client_addr: u32,
+fn candidate<F: Tables>(
+    endpoint: &F::EndpointKey,
+    client_addr: F::Addr,
     client_port: u16,
-    l: &EndpointListener,
+    l: &F::Served,
 ) -> Option<*mut Flow> {
-    let f = lookup(&FlowKey::new(
+    let f = lookup::<F>(&F::flow_key(
         client_addr,
-        l.vip,
+        l.vip(),
         client_port,
-        l.vport,
-        endpoint.protocol,
+        l.vport(),
+        F::endpoint_protocol(endpoint),
     ))?;
     // SAFETY: a map value pointer stays valid for the program run.
-    let b = BACKENDS.get(unsafe { (*f).backend })?;
-    (b.addr == endpoint.addr && b.port == endpoint.port).then_some(f)
+    let id = unsafe { (*f).backend };
+    let b = BACKENDS.get(id)?;
+    F::backend_is(id, b, endpoint).then_some(f)
 }
 
 /// Listener `index` of endpoint `key`, looked up again inside a `bpf_loop` callback (its
 /// context holds plain values, not map pointers).
 #[inline(always)]
-fn endpoint_listener(key: &EndpointKey, index: u64) -> Option<&'static EndpointListener> {
-    let endpoint = ENDPOINTS.get_ptr(key)?;
+fn endpoint_listener<F: Tables>(key: &F::EndpointKey, index: u64) -> Option<&'static F::Served> {
+    let endpoint = F::endpoints().get_ptr(key)?;
     // SAFETY: a map value pointer stays valid for the program run.
     unsafe { (*endpoint).listeners.get(index as usize) }
 }
@@ -137,9 +136,9 @@ fn endpoint_listener(key: &EndpointKey, index: u64) -> Option<&'static EndpointL
 /// The state of a search over an endpoint's listeners: plain values only, the callback
 /// looks the endpoint up again.
 #[repr(C)]
-struct EndpointSearch {
-    key: EndpointKey,
-    client_addr: u32,
+struct EndpointSearch<F: Tables> {
+    key: F::EndpointKey,
+    client_addr: F::Addr,
     client_port: u16,
     _pad: u16,
     /// Index of the best candidate so far (`u32::MAX`: none).
@@ -148,13 +147,13 @@ struct EndpointSearch {
 }
 
 /// One listener of the endpoint: the body of the `bpf_loop`.
-extern "C" fn search_step(index: u64, ctx: *mut c_void) -> i64 {
+extern "C" fn search_step<F: Tables>(index: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: bpf_loop passes back the pointer `reply_flow` gave it, to a live stack value.
-    let search = unsafe { &mut *ctx.cast::<EndpointSearch>() };
-    let Some(l) = endpoint_listener(&search.key, index) else {
+    let search = unsafe { &mut *ctx.cast::<EndpointSearch<F>>() };
+    let Some(l) = endpoint_listener::<F>(&search.key, index) else {
         return 1;
     };
-    if let Some(f) = candidate(&search.key, search.client_addr, search.client_port, l) {
+    if let Some(f) = candidate::<F>(&search.key, search.client_addr, search.client_port, l) {
         // SAFETY: as above.
         let seen = unsafe { (*f).last_seen_ns };
         if search.best == u32::MAX || seen > search.best_seen {
@@ -165,28 +164,27 @@ extern "C" fn search_step(index: u64, ctx: *mut c_void) -> i64 {
     0
 }
 
-/// Whether a new flow of `listener` from this client address and port to `backend` would
-/// share its backend-side 5-tuple with a live flow of another listener served by the same
-/// backend endpoint: the backend could not tell their packets apart, so the newcomer is
-/// refused. Only endpoints serving several listeners need the search.
+/// Whether a new flow of `listener` from this client address and port to backend `id`
+/// would share its backend-side 5-tuple with a live flow of another listener served by the
+/// same backend endpoint: the backend could not tell their packets apart, so the newcomer
+/// is refused. Only endpoints serving several listeners need the search.
 #[inline(always)]
-pub fn shared_endpoint_collision(
-    ip: &Ipv4,
-    l4: &L4,
+pub fn shared_endpoint_collision<F: Tables>(
+    protocol: u8,
+    client_addr: F::Addr,
+    client_port: u16,
     listener: &Listener,
+    id: u32,
     backend: &Backend,
     now: u64,
 ) -> bool {
     if backend.flags & BACKEND_F_SHARED_ENDPOINT == 0 {
         return false;
     }
-    let key = EndpointKey {
-        addr: backend.addr,
-        port: backend.port,
-        protocol: ip.protocol,
-        _pad: 0,
+    let Some(key) = F::backend_endpoint(id, backend, protocol) else {
+        return false;
     };
-    let Some(endpoint) = ENDPOINTS.get_ptr(key) else {
+    let Some(endpoint) = F::endpoints().get_ptr(key) else {
         return false;
     };
     // SAFETY: a map value pointer stays valid for the program run.
@@ -194,10 +192,10 @@ pub fn shared_endpoint_collision(
     if count <= 1 {
         return false;
     }
-    let mut search = CollisionSearch {
+    let mut search = CollisionSearch::<F> {
         key,
-        client_addr: ip.src_addr,
-        client_port: l4.src_port,
+        client_addr,
+        client_port,
         _pad: 0,
         listener: listener.id,
         _pad1: 0,
@@ -209,7 +207,7 @@ pub fn shared_endpoint_collision(
     unsafe {
         bpf_loop(
             count.min(MAX_ENDPOINT_LISTENERS as u32),
-            collision_step as *mut c_void,
+            collision_step::<F> as *mut c_void,
             (&raw mut search).cast::<c_void>(),
             0,
         )
@@ -218,9 +216,9 @@ pub fn shared_endpoint_collision(
 }
 
 #[repr(C)]
-struct CollisionSearch {
-    key: EndpointKey,
-    client_addr: u32,
+struct CollisionSearch<F: Tables> {
+    key: F::EndpointKey,
+    client_addr: F::Addr,
     client_port: u16,
     _pad: u16,
     /// The new flow's listener, skipped.
@@ -232,16 +230,16 @@ struct CollisionSearch {
 }
 
 /// One listener of the endpoint: does it hold a live flow of this client on this backend?
-extern "C" fn collision_step(index: u64, ctx: *mut c_void) -> i64 {
+extern "C" fn collision_step<F: Tables>(index: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: bpf_loop passes back the pointer `shared_endpoint_collision` gave it.
-    let search = unsafe { &mut *ctx.cast::<CollisionSearch>() };
-    let Some(l) = endpoint_listener(&search.key, index) else {
+    let search = unsafe { &mut *ctx.cast::<CollisionSearch<F>>() };
+    let Some(l) = endpoint_listener::<F>(&search.key, index) else {
         return 1;
     };
-    if l.listener == search.listener {
+    if l.listener() == search.listener {
         return 0;
     }
-    let Some(f) = candidate(&search.key, search.client_addr, search.client_port, l) else {
+    let Some(f) = candidate::<F>(&search.key, search.client_addr, search.client_port, l) else {
         return 0;
     };
     // SAFETY: as above.
@@ -254,10 +252,11 @@ extern "C" fn collision_step(index: u64, ctx: *mut c_void) -> i64 {
     {
         return 0;
     }
-    let owner_listener = ListenerKey::new(l.vip, l.vport, search.key.protocol);
-    if let Some(ol) = LISTENERS.get_ptr(owner_listener)
+    let protocol = F::endpoint_protocol(&search.key);
+    let owner_listener = F::listener_key(l.vip(), l.vport(), protocol);
+    if let Some(ol) = F::listeners().get_ptr(owner_listener)
         // SAFETY: as above.
-        && is_active(search.now, owner, search.key.protocol, unsafe { &*ol })
+        && is_active(search.now, owner, protocol, unsafe { &*ol })
     {
         search.found = 1;
         return 1;
@@ -265,23 +264,74 @@ extern "C" fn collision_step(index: u64, ctx: *mut c_void) -> i64 {
     0
 }
 
-/// The client has acknowledged: its half-open flow (`f`, in `HALF_OPEN`) moves to the
-/// table of established flows. `f` must not be used afterwards: its memory goes back to
-/// the half-open table.
+/// The client has acknowledged: its half-open flow (`f`, in `HALF_OPEN`, under `key`)
+/// moves to the table of established flows. `f` must not be used afterwards: its memory
+/// goes back to the half-open table.
 #[inline(always)]
-pub fn promote(ip: &Ipv4, l4: &L4, f: &Flow) {
+pub fn promote<F: Tables>(key: &F::FlowKey, f: &Flow) {
     let mut established = *f;
     let new_key = established.flags & FLOW_F_REOPENED == 0;
     established.flags &= !FLOW_F_REOPENED;
-    let key = crate::parse::packet(ip, l4).flow_key();
-    if FLOWS.insert(key, established, u64::from(BPF_ANY)).is_err() {
+    if F::flows()
+        .insert(key, established, u64::from(BPF_ANY))
+        .is_err()
+    {
         return;
     }
-    crate::flow_filter::note_insert(&key);
+    F::note_insert(key);
     if new_key {
         stats::count(Reason::EventFlowInserted);
     }
-    let _ = HALF_OPEN.remove(key);
+    let _ = F::half_open().remove(key);
+}
+
+/// What a client packet of an established flow does to its entry, in either family: the
+/// entry's clock, the client's acknowledgement and close, the client's affinity, and the
+/// end of the half-open state (the entry moves to `FLOWS`: `f` must not be used after).
+#[inline(always)]
+pub fn client_packet<F: Tables>(
+    listener: &Listener,
+    packet: &Packet<F>,
+    l4: &L4,
+    f: &mut Flow,
+    generation: u32,
+    now: u64,
+) {
+    // The coarse clock moves once per tick: most packets of a busy flow find the entry
+    // already up to date and leave its cache line clean.
+    if f.last_seen_ns != now {
+        f.last_seen_ns = now;
+    }
+    let opening = f.flags & FLOW_F_OPENING != 0;
+    if packet.protocol == PROTO_TCP {
+        note_client_ack(f, l4);
+        client_close(l4, f);
+    }
+    if listener.persistence_timeout_s > 0 {
+        touch_affinity::<F>(listener, packet.src_addr, f.backend, generation, now);
+    }
+    // The handshake's last step: the flow leaves the half-open table (and `f` with it).
+    if opening && f.flags & FLOW_F_OPENING == 0 {
+        promote::<F>(&packet.flow_key(), f);
+    }
+}
+
+/// What a backend's packet does to its flow's entry, in either family.
+#[inline(always)]
+pub fn backend_packet(f: &mut Flow, l4: &L4, protocol: u8) {
+    if protocol != PROTO_TCP {
+        return;
+    }
+    // What the backend acknowledged makes the client's FIN or RST credible or not.
+    note_backend_ack(f, l4);
+    // The backend closes or refuses: the flow stops being active (for wlc, status and
+    // wait drained) even if the client never answers, provided the FIN or RST fits what
+    // the client last acknowledged.
+    if l4.tcp_flags & (TCP_FIN | TCP_RST) != 0
+        && backend_close_is_credible(f, l4.seq, l4.ack, l4.tcp_flags)
+    {
+        note_close(f, l4.tcp_flags);
+    }
 }
 
 /// Keeps what the client last acknowledged (for the credibility of the backend's FIN or
@@ -354,12 +404,15 @@ pub fn note_close(f: &mut Flow, tcp_flags: u8) {
 /// Records or refreshes a client's affinity. Writes at most once a second per client, so
 /// a busy flow does not rewrite a shared entry on every packet.
 #[inline(always)]
-pub fn touch_affinity(listener: &Listener, client: u32, backend: u32, generation: u32, now: u64) {
-    let key = AffinityKey {
-        listener: listener.id,
-        addr: client,
-    };
-    if let Some(a) = AFFINITY.get_ptr_mut(key) {
+pub fn touch_affinity<F: Tables>(
+    listener: &Listener,
+    client: F::Addr,
+    backend: u32,
+    generation: u32,
+    now: u64,
+) {
+    let key = F::affinity_key(listener.id, client);
+    if let Some(a) = F::affinity().get_ptr_mut(key) {
         // SAFETY: a map value pointer stays valid for the program run.
         let a = unsafe { &mut *a };
         if a.backend == backend && a.generation == generation {
@@ -369,7 +422,7 @@ pub fn touch_affinity(listener: &Listener, client: u32, backend: u32, generation
             return;
         }
     }
-    let _ = AFFINITY.insert(
+    let _ = F::affinity().insert(
         key,
         Affinity {
             backend,

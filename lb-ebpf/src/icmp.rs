@@ -28,7 +28,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     Encapsulation, FlowKey, LISTENER_F_ANSWER_PING, ListenerKey, NO_BACKEND, PROTO_TCP, PROTO_UDP,
-    Reason, csum,
+    Reason, V4, csum,
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
@@ -183,7 +183,7 @@ fn handle(ctx: &XdpContext, ip: &Ipv4) -> Option<(u32, Reason)> {
 
     // A reply we sent (VIP → client), reported back to the VIP, quotes a flow of the flow
     // table.
-    if let Some(flow) = flow::lookup(&key) {
+    if let Some(flow) = flow::lookup::<V4>(&key) {
         // SAFETY: a map value pointer stays valid for the program run.
         let flow = unsafe { &*flow };
         if let Some(b) = BACKENDS.get(flow.backend)
@@ -236,7 +236,7 @@ fn handle(ctx: &XdpContext, ip: &Ipv4) -> Option<(u32, Reason)> {
 
     // A packet we sent to a backend (client → backend), reported towards the client: the
     // backend endpoint it went to and the client find its flow, as for a reply.
-    let to = flow::reply_flow(inner_dst, dst_port, inner_src, src_port, protocol)?;
+    let to = flow::reply_flow::<V4>(inner_dst, dst_port, inner_src, src_port, protocol)?;
     if ip.ttl <= 1 {
         return Some((XDP_PASS, Reason::PassTtlExpired));
     }

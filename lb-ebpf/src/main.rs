@@ -35,6 +35,8 @@ mod clock;
 #[cfg(target_arch = "bpf")]
 mod encap;
 #[cfg(target_arch = "bpf")]
+mod family;
+#[cfg(target_arch = "bpf")]
 mod flow;
 #[cfg(target_arch = "bpf")]
 mod flow_filter;
@@ -43,15 +45,23 @@ mod frame;
 #[cfg(target_arch = "bpf")]
 mod fwd;
 #[cfg(target_arch = "bpf")]
+mod fwd6;
+#[cfg(target_arch = "bpf")]
 mod icmp;
+#[cfg(target_arch = "bpf")]
+mod ipv6;
 #[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
 mod nat;
 #[cfg(target_arch = "bpf")]
+mod nat6;
+#[cfg(target_arch = "bpf")]
 mod new_flow;
 #[cfg(target_arch = "bpf")]
 mod parse;
+#[cfg(target_arch = "bpf")]
+mod parse6;
 #[cfg(target_arch = "bpf")]
 mod probe_tunnel;
 #[cfg(target_arch = "bpf")]

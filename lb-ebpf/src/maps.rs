@@ -15,6 +15,10 @@ use lb_common::{
     TableMeta, TooBig, TrafficCounters, flow_filter::flow_filter_entries, half_open_table_size,
     id_pair_entries,
 };
+use lb_common::{
+    AclKey6, AffinityKey6, BackendAddr6, Endpoint6, EndpointKey6, FlowKey6, ListenerKey6, NextHop6,
+    PendingFlow6,
+};
 
 const TABLE_SLOTS: u32 = DEFAULT_MAX_LISTENERS * TABLES_PER_LISTENER;
 
@@ -142,6 +146,46 @@ pub static PENDING: PerCpuArray<PendingFlow> = PerCpuArray::with_max_entries(1, 
 /// `TooBig`). Scratch space of one packet, like `PENDING`.
 #[map(name = "TOO_BIG")]
 pub static TOO_BIG: PerCpuArray<TooBig> = PerCpuArray::with_max_entries(1, 0);
+
+// IPv6: a table of its own for each table keyed or valued by an address, with the same
+// meaning, flags and sizes as its IPv4 namesake (whose comment holds), so IPv4's keys stay
+// small. Tables without an address (`BACKENDS` but for the address, `TABLE_META`,
+// `MAGLEV`, `SEQUENCE`, the counters) are shared by both families.
+
+#[map(name = "LISTENERS6")]
+pub static LISTENERS6: HashMap<ListenerKey6, Listener> =
+    HashMap::with_max_entries(2 * DEFAULT_MAX_LISTENERS, BPF_F_NO_PREALLOC);
+
+/// Backend id → the address of an IPv6 backend (its other fields are in `BACKENDS`).
+#[map(name = "BACKENDS6")]
+pub static BACKENDS6: Array<BackendAddr6> = Array::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
+
+#[map(name = "FLOWS6")]
+pub static FLOWS6: LruHashMap<FlowKey6, Flow> =
+    LruHashMap::with_max_entries(DEFAULT_FLOW_TABLE_SIZE, BPF_F_NO_COMMON_LRU);
+
+#[map(name = "HALF_OPEN6")]
+pub static HALF_OPEN6: LruHashMap<FlowKey6, Flow> =
+    LruHashMap::with_max_entries(half_open_table_size(DEFAULT_FLOW_TABLE_SIZE), 0);
+
+#[map(name = "ENDPOINTS6")]
+pub static ENDPOINTS6: HashMap<EndpointKey6, Endpoint6> =
+    HashMap::with_max_entries(DEFAULT_MAX_BACKENDS, BPF_F_NO_PREALLOC);
+
+#[map(name = "ACLS6")]
+pub static ACLS6: LpmTrie<AclKey6, u32> =
+    LpmTrie::with_max_entries(MAX_ACL_ENTRIES, BPF_F_NO_PREALLOC);
+
+#[map(name = "AFFINITY6")]
+pub static AFFINITY6: LruHashMap<AffinityKey6, Affinity> =
+    LruHashMap::with_max_entries(DEFAULT_FLOW_TABLE_SIZE, 0);
+
+#[map(name = "NEXT_HOPS6")]
+pub static NEXT_HOPS6: PerCpuArray<NextHop6> =
+    PerCpuArray::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
+
+#[map(name = "PENDING6")]
+pub static PENDING6: PerCpuArray<PendingFlow6> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per CPU: the coarse time last read and the jiffies value it was read at (`clock`).
 #[repr(C)]

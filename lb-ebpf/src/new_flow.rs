@@ -12,17 +12,17 @@ use aya_ebpf::{
 };
 use lb_common::{
     Backend, FLOW_F_COUNTED, FLOW_F_FIN, FLOW_F_OPENING, FLOW_F_PICKUP, FLOW_F_REOPENED,
-    FLOW_F_RST, Flow, FlowKey, Listener, NO_BACKEND, PENDING_F_SCANNED, Reason, STAGE_WLC,
-    Scheduler,
+    FLOW_F_RST, Flow, Listener, NO_BACKEND, PENDING_F_SCANNED, Reason, STAGE_WLC, Scheduler, V4,
     decide::{self, Opening, Pick},
     select::{EntryState, Step, TCP_ACK, TCP_FIN, TCP_RST},
 };
 
 use crate::{
+    family::Tables,
     flow,
-    maps::{FLOWS, HALF_OPEN, PENDING},
+    maps::PENDING,
     parse,
-    parse::{Ipv4, L4, Parsed},
+    parse::{L4, Parsed},
     sched, stage, stats,
     tables::Maps,
 };
@@ -53,7 +53,8 @@ fn run(ctx: &XdpContext) -> (u32, Reason) {
     if pending.key != packet.flow_key() {
         return (XDP_DROP, Reason::DropStageFailed);
     }
-    let listener = pending.listener;
+    // By reference: a copy would take 40 of the stack's 512 bytes.
+    let listener = &pending.listener;
     let opening = Opening {
         step: Step::from_code(pending.step),
         state: EntryState::from_code(pending.state),
@@ -67,19 +68,23 @@ fn run(ctx: &XdpContext) -> (u32, Reason) {
     };
     let now = pending.now_ns;
     let (id, backend, persisted) =
-        match decide::pick(&Maps, &mut (), &listener, &packet, &opening, scanned, now) {
+        match decide::pick(&Maps, &mut (), listener, &packet, &opening, scanned, now) {
             Pick::Backend {
                 id,
                 backend,
                 persisted,
             } => (id, backend, persisted),
             Pick::Scan => return stage::enter(ctx, STAGE_WLC),
-            Pick::Fail(reason) => return refuse(&listener, reason),
+            Pick::Fail(reason) => return refuse(listener, reason),
         };
-    if let Err(reason) = open(
-        &ip,
-        &l4,
-        &listener,
+    let client = Client {
+        addr: ip.src_addr,
+        l4: &l4,
+        protocol: ip.protocol,
+    };
+    if let Err(reason) = open::<V4>(
+        &client,
+        listener,
         &opening,
         &pending.key,
         id,
@@ -87,38 +92,45 @@ fn run(ctx: &XdpContext) -> (u32, Reason) {
         persisted,
         now,
     ) {
-        return refuse(&listener, reason);
+        return refuse(listener, reason);
     }
-    flow::send_to_backend(ctx, &ip, &l4, &listener, id, &backend, now)
+    flow::send_to_backend(ctx, &ip, &l4, listener, id, &backend, now)
 }
 
 #[inline(always)]
-fn refuse(listener: &Listener, reason: Reason) -> (u32, Reason) {
+pub fn refuse(listener: &Listener, reason: Reason) -> (u32, Reason) {
     stats::listener(listener.id, |c| c.dropped += 1);
     (XDP_DROP, reason)
 }
 
-/// Records a new flow with its picked backend: the client's affinity, the flow entry and
-/// the counters.
+/// The client side of a new flow's packet, of either family.
+pub struct Client<'a, A> {
+    pub addr: A,
+    pub l4: &'a L4,
+    pub protocol: u8,
+}
+
+/// Records a new flow with its picked backend, in its family's tables: the client's
+/// affinity, the flow entry and the counters.
 #[inline(always)]
 #[allow(
     clippy::too_many_arguments,
-    reason = "one call site; a struct would only rename the arguments"
+    reason = "one call site per family; a struct would only rename the arguments"
 )]
-fn open(
-    ip: &Ipv4,
-    l4: &L4,
+pub fn open<F: Tables>(
+    client: &Client<'_, F::Addr>,
     listener: &Listener,
     opening: &Opening,
-    key: &FlowKey,
+    key: &F::FlowKey,
     id: u32,
     backend: &Backend,
     persisted: bool,
     now: u64,
 ) -> Result<(), Reason> {
+    let l4 = client.l4;
     let pickup = opening.step == Step::Pickup;
     if listener.persistence_timeout_s > 0 && !pickup {
-        flow::touch_affinity(listener, ip.src_addr, id, backend.generation, now);
+        flow::touch_affinity::<F>(listener, client.addr, id, backend.generation, now);
     }
     if persisted {
         stats::count(Reason::EventPersisted);
@@ -127,9 +139,17 @@ fn open(
     // Until the client acknowledges, the flow is half-open: it may be a forged SYN. It
     // lives in the half-open tables. It counts for `wlc` at once, so a burst of new
     // connections spreads; the sweep's recount leaves it out until its ACK.
-    let tcp = ip.protocol == lb_common::PROTO_TCP;
+    let tcp = client.protocol == lb_common::PROTO_TCP;
     let half_open = tcp && l4.tcp_flags & TCP_ACK == 0;
-    if flow::shared_endpoint_collision(ip, l4, listener, backend, now) {
+    if flow::shared_endpoint_collision::<F>(
+        client.protocol,
+        client.addr,
+        l4.src_port,
+        listener,
+        id,
+        backend,
+        now,
+    ) {
         return Err(Reason::DropReverseCollision);
     }
 
@@ -164,21 +184,25 @@ fn open(
         },
         backend_acked: 0,
     };
-    let table = if half_open { &HALF_OPEN } else { &FLOWS };
+    let table = if half_open {
+        F::half_open()
+    } else {
+        F::flows()
+    };
     if table.insert(key, entry, u64::from(BPF_ANY)).is_err() {
         return Err(Reason::DropFlowInsertFailed);
     }
     if !half_open {
-        crate::flow_filter::note_insert(key);
+        F::note_insert(key);
     }
     // A key lives in one table: the entry this flow replaces may be in the other (a
     // reopened connection's closing entry, an expired half-open one).
     let previous = opening.previous_backend != NO_BACKEND;
     if previous {
         let _ = if half_open {
-            FLOWS.remove(key)
+            F::flows().remove(key)
         } else {
-            HALF_OPEN.remove(key)
+            F::half_open().remove(key)
         };
     }
     // Inserts into `FLOWS` of a key it did not hold: with the entries present, they tell

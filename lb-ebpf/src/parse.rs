@@ -54,6 +54,14 @@ pub enum Parsed {
     Done(u32, Reason),
 }
 
+/// Whether the frame is IPv6 (`lb_xdp` asks only of frames `ipv4` found not IPv4).
+#[inline(always)]
+pub fn is_ipv6(ctx: &XdpContext) -> bool {
+    ptr_at::<EthHdr>(ctx, 0)
+        // SAFETY: bounds checked by ptr_at.
+        .is_some_and(|eth| unsafe { (*eth).ether_type } == EtherType::Ipv6 as u16)
+}
+
 /// Parses Ethernet and the IPv4 header. Anything that is not IPv4 is passed; an IPv4
 /// header that is truncated, has IHL < 5, a version other than 4, or a total length that
 /// does not fit the frame is dropped (the kernel would drop it too; here it is counted).
@@ -66,7 +74,7 @@ pub fn ipv4(ctx: &XdpContext) -> Parsed {
     };
     // SAFETY: bounds checked by ptr_at.
     if unsafe { (*eth).ether_type } != EtherType::Ipv4 as u16 {
-        return Parsed::Done(XDP_PASS, Reason::PassNotIpv4);
+        return Parsed::Done(XDP_PASS, Reason::PassNotIp);
     }
     let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, ETH_LEN) else {
         return Parsed::Done(XDP_DROP, Reason::DropMalformedIpv4);
@@ -108,7 +116,14 @@ pub fn l4(ctx: &XdpContext, ip: &Ipv4) -> Option<L4> {
     if off > ETH_LEN + 60 {
         return None;
     }
-    match ip.protocol {
+    l4_at(ctx, off, payload, ip.protocol)
+}
+
+/// The TCP or UDP header at `off` (which the caller has bounded for the verifier), with
+/// `payload` bytes from there to the end of the IP packet.
+#[inline(always)]
+pub fn l4_at(ctx: &XdpContext, off: usize, payload: usize, protocol: u8) -> Option<L4> {
+    match protocol {
         PROTO_TCP => {
             let tcp = ptr_at::<TcpHdr>(ctx, off)?;
             if payload < TcpHdr::LEN {

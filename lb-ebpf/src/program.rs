@@ -8,10 +8,10 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    Backend, FLOW_F_OPENING, Flow, Listener, NO_BACKEND, PROTO_ICMP, PROTO_TCP, PendingFlow,
-    Reason, STAGE_ICMP, STAGE_NEW_FLOW, TOO_BIG_SOURCE,
+    Backend, Flow, Listener, NO_BACKEND, PROTO_ICMP, PROTO_TCP, PendingFlow, Reason, STAGE_ICMP,
+    STAGE_IPV6, STAGE_NEW_FLOW, TOO_BIG_SOURCE, V4,
     decide::{self, Decision, Tables as _},
-    select::{TCP_FIN, TCP_RST, backend_close_is_credible},
+    select::TCP_RST,
 };
 
 use crate::{
@@ -40,6 +40,11 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
 fn process(ctx: &XdpContext) -> (u32, Reason) {
     let ip = match parse::ipv4(ctx) {
         Parsed::Ipv4(ip) => ip,
+        // Asked only of frames that are not IPv4: IPv4's cost does not change. IPv6 runs
+        // in a program of its own, with a stack and a verifier budget of its own.
+        Parsed::Done(_, Reason::PassNotIp) if parse::is_ipv6(ctx) => {
+            return stage::enter(ctx, STAGE_IPV6);
+        }
         Parsed::Done(action, reason) => return (action, reason),
     };
     if ip.protocol == PROTO_ICMP {
@@ -76,7 +81,7 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
         return forward(ctx, &ip, &l4, &listener);
     }
     // A backend's reply: its source is a backend endpoint, its destination the client.
-    if let Some(to) = flow::reply_flow(
+    if let Some(to) = flow::reply_flow::<V4>(
         ip.src_addr,
         l4.src_port,
         ip.dst_addr,
@@ -152,24 +157,8 @@ fn established(
     b: &Backend,
     now: u64,
 ) -> (u32, Reason) {
-    // The coarse clock moves once per tick: most packets of a busy flow find the entry
-    // already up to date and leave its cache line clean.
-    if f.last_seen_ns != now {
-        f.last_seen_ns = now;
-    }
-    let opening = f.flags & FLOW_F_OPENING != 0;
-    if ip.protocol == PROTO_TCP {
-        flow::note_client_ack(f, l4);
-        flow::client_close(l4, f);
-    }
     let backend_id = f.backend;
-    if listener.persistence_timeout_s > 0 {
-        flow::touch_affinity(listener, ip.src_addr, backend_id, b.generation, now);
-    }
-    // The handshake's last step: the flow leaves the half-open table (and `f` with it).
-    if opening && f.flags & FLOW_F_OPENING == 0 {
-        flow::promote(ip, l4, f);
-    }
+    flow::client_packet::<V4>(listener, &parse::packet(ip, l4), l4, f, b.generation, now);
     flow::send_to_backend(ctx, ip, l4, listener, backend_id, b, now)
 }
 
@@ -187,7 +176,7 @@ fn cut_drained(ctx: &XdpContext, ip: &Ipv4, listener: &Listener) -> (u32, Reason
 
 /// Backend → client of a known flow: put the VIP back as the source, send.
 #[inline(always)]
-fn reply(ctx: &XdpContext, ip: &Ipv4, l4: &L4, to: &flow::Reply) -> (u32, Reason) {
+fn reply(ctx: &XdpContext, ip: &Ipv4, l4: &L4, to: &flow::Reply<u32>) -> (u32, Reason) {
     if ip.ttl <= 1 {
         return (XDP_PASS, Reason::PassTtlExpired);
     }
@@ -195,18 +184,7 @@ fn reply(ctx: &XdpContext, ip: &Ipv4, l4: &L4, to: &flow::Reply) -> (u32, Reason
     // an acknowledgement number and flag bits, where the last writer winning is harmless.
     let f = unsafe { &mut *to.flow };
     let backend = f.backend;
-    if ip.protocol == PROTO_TCP {
-        // What the backend acknowledged makes the client's FIN or RST credible or not.
-        flow::note_backend_ack(f, l4);
-        // The backend closes or refuses: the flow stops being active (for wlc, status and
-        // wait drained) even if the client never answers, provided the FIN or RST fits
-        // what the client last acknowledged.
-        if l4.tcp_flags & (TCP_FIN | TCP_RST) != 0
-            && backend_close_is_credible(f, l4.seq, l4.ack, l4.tcp_flags)
-        {
-            flow::note_close(f, l4.tcp_flags);
-        }
-    }
+    flow::backend_packet(f, l4, ip.protocol);
     if !nat::translate(ctx, ip, l4, Side::Source, to.vip, to.vport) {
         return (XDP_DROP, Reason::DropMalformedL4);
     }

@@ -14,13 +14,13 @@ use aya_ebpf::{
     bindings::xdp_action::XDP_DROP, helpers::generated::bpf_loop, macros::xdp, programs::XdpContext,
 };
 use lb_common::{
-    PENDING_F_SCANNED, Reason, STAGE_NEW_FLOW,
+    Listener, PENDING_F_SCANNED, Reason, STAGE_NEW_FLOW, STAGE_NEW_FLOW6,
     decide::{Tables as _, WlcScan},
 };
 
 use crate::{
-    maps::{ACTIVE_FLOWS, PENDING},
-    stage, stats,
+    maps::{ACTIVE_FLOWS, PENDING, PENDING6},
+    parse, stage, stats,
     tables::Maps,
 };
 
@@ -32,21 +32,41 @@ pub fn lb_wlc(ctx: XdpContext) -> u32 {
     stats::finish(&ctx, verdict)
 }
 
+/// Either family's hand-off names the listener and takes the pick; the frame tells which.
 #[inline(always)]
 fn scan_stage(ctx: &XdpContext) -> (u32, Reason) {
+    if parse::is_ipv6(ctx) {
+        let Some(pending) = PENDING6.get_ptr_mut(0) else {
+            return (XDP_DROP, Reason::DropStageFailed);
+        };
+        // SAFETY: per-CPU value, only this CPU touches it while the packet runs.
+        let pending = unsafe { &mut *pending };
+        let Some(best) = scan(&pending.listener) else {
+            return (XDP_DROP, Reason::DropNoBackend);
+        };
+        pending.picked = best;
+        pending.flags |= PENDING_F_SCANNED;
+        return stage::enter(ctx, STAGE_NEW_FLOW6);
+    }
     let Some(pending) = PENDING.get_ptr_mut(0) else {
         return (XDP_DROP, Reason::DropStageFailed);
     };
     // SAFETY: per-CPU value, only this CPU touches it while the packet runs.
     let pending = unsafe { &mut *pending };
-    let Some(meta) = Maps.table_meta(pending.listener.table) else {
+    let Some(best) = scan(&pending.listener) else {
         return (XDP_DROP, Reason::DropNoBackend);
     };
-    let mut scan = WlcScan::new(
-        &pending.listener,
-        &meta,
-        Maps.take_cursor(pending.listener.id),
-    );
+    pending.picked = best;
+    pending.flags |= PENDING_F_SCANNED;
+    stage::enter(ctx, STAGE_NEW_FLOW)
+}
+
+/// The scan of `listener`'s backends: its pick (`NO_BACKEND`: none has a weight), or
+/// `None` when the listener has no table.
+#[inline(always)]
+fn scan(listener: &Listener) -> Option<u32> {
+    let meta = Maps.table_meta(listener.table)?;
+    let mut scan = WlcScan::new(listener, &meta, Maps.take_cursor(listener.id));
     // SAFETY: the callback and its context follow bpf_loop's contract (kernel ≥ 5.17).
     unsafe {
         bpf_loop(
@@ -56,9 +76,7 @@ fn scan_stage(ctx: &XdpContext) -> (u32, Reason) {
             0,
         )
     };
-    pending.picked = scan.best;
-    pending.flags |= PENDING_F_SCANNED;
-    stage::enter(ctx, STAGE_NEW_FLOW)
+    Some(scan.best)
 }
 
 /// One candidate of the scan: the body of the `bpf_loop`, verified once.

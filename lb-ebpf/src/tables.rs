@@ -7,13 +7,15 @@ use core::ops::Deref;
 use aya_ebpf::maps::{Array, lpm_trie::Key as LpmKey};
 use lb_common::{
     AclKey, Affinity, AffinityKey, Backend, Flow, FlowKey, IdPair, Listener, ListenerKey,
-    NO_BACKEND, REFUSED_FILTER_BASE, REFUSED_PREFIXES_WORD, TableMeta, VIP_FILTER_BASE,
+    NO_BACKEND, REFUSED_FILTER_BASE, REFUSED_PREFIXES_WORD, TableMeta, V4, VIP_FILTER_BASE,
     acl_prefix_len, address_filter_bit, decide::Tables,
 };
 
+use lb_common::{AclKey6, Addr6, AffinityKey6, FlowKey6, ListenerKey6, V6, acl_prefix_len6};
+
 use crate::maps::{
-    ACLS, ACTIVE_FLOWS, ADDRESS_FILTER, AFFINITY, BACKENDS, CURSORS, HALF_OPEN, LISTENERS, MAGLEV,
-    SEQUENCE, TABLE_META,
+    ACLS, ACLS6, ACTIVE_FLOWS, ADDRESS_FILTER, AFFINITY, AFFINITY6, BACKENDS, CURSORS, HALF_OPEN,
+    LISTENERS, LISTENERS6, MAGLEV, SEQUENCE, TABLE_META,
 };
 
 /// A map value. Valid for the rest of the program run (map values are freed after an RCU
@@ -58,6 +60,7 @@ fn table_entry(map: &Array<IdPair>, index: u32) -> u32 {
 }
 
 impl Tables for Maps {
+    type Family = V4;
     type Ref<'a, T: 'a> = MapRef<T>;
 
     #[inline(always)]
@@ -66,13 +69,14 @@ impl Tables for Maps {
     }
 
     #[inline(always)]
-    fn acl_matches(&self, key: &AclKey) -> bool {
-        ACLS.get(LpmKey::new(acl_prefix_len(32), *key)).is_some()
+    fn acl_matches(&self, acl: u32, addr: u32) -> bool {
+        ACLS.get(LpmKey::new(acl_prefix_len(32), AclKey { acl, addr }))
+            .is_some()
     }
 
     #[inline(always)]
     fn flow(&self, key: &FlowKey) -> Option<MapRef<Flow>> {
-        crate::flow::lookup(key).map(MapRef)
+        crate::flow::lookup::<V4>(key).map(MapRef)
     }
 
     #[inline(always)]
@@ -94,8 +98,10 @@ impl Tables for Maps {
     }
 
     #[inline(always)]
-    fn affinity(&self, key: &AffinityKey) -> Option<MapRef<Affinity>> {
-        AFFINITY.get_ptr_mut(key).map(MapRef)
+    fn affinity(&self, listener: u32, addr: u32) -> Option<MapRef<Affinity>> {
+        AFFINITY
+            .get_ptr_mut(AffinityKey { listener, addr })
+            .map(MapRef)
     }
 
     #[inline(always)]
@@ -148,5 +154,69 @@ fn filter_has(base: u32, addr: u32) -> bool {
     match ADDRESS_FILTER.get(base + bit / 64) {
         Some(word) => word & (1 << (bit % 64)) != 0,
         None => true,
+    }
+}
+
+/// The IPv6 maps the decision reads, and those both families share (read through `Maps`).
+/// No address filter: every IPv6 destination that is not a listener's is asked for a VIP
+/// marker.
+pub struct Maps6;
+
+impl Tables for Maps6 {
+    type Family = V6;
+    type Ref<'a, T: 'a> = MapRef<T>;
+
+    #[inline(always)]
+    fn listener(&self, key: &ListenerKey6) -> Option<MapRef<Listener>> {
+        LISTENERS6.get_ptr_mut(key).map(MapRef)
+    }
+
+    #[inline(always)]
+    fn acl_matches(&self, acl: u32, addr: Addr6) -> bool {
+        ACLS6
+            .get(LpmKey::new(acl_prefix_len6(128), AclKey6 { acl, addr }))
+            .is_some()
+    }
+
+    #[inline(always)]
+    fn flow(&self, key: &FlowKey6) -> Option<MapRef<Flow>> {
+        crate::flow::lookup::<V6>(key).map(MapRef)
+    }
+
+    #[inline(always)]
+    fn backend(&self, id: u32) -> Option<MapRef<Backend>> {
+        Maps.backend(id)
+    }
+
+    #[inline(always)]
+    fn table_meta(&self, table: u32) -> Option<MapRef<TableMeta>> {
+        Maps.table_meta(table)
+    }
+
+    #[inline(always)]
+    fn affinity(&self, listener: u32, addr: Addr6) -> Option<MapRef<Affinity>> {
+        AFFINITY6
+            .get_ptr_mut(AffinityKey6 { listener, addr })
+            .map(MapRef)
+    }
+
+    #[inline(always)]
+    fn maglev(&self, index: u32) -> u32 {
+        Maps.maglev(index)
+    }
+
+    #[inline(always)]
+    fn sequence(&self, index: u32) -> u32 {
+        Maps.sequence(index)
+    }
+
+    #[inline(always)]
+    fn take_cursor(&self, listener: u32) -> u32 {
+        Maps.take_cursor(listener)
+    }
+
+    #[inline(always)]
+    fn active_flows(&self, id: u32) -> u32 {
+        Maps.active_flows(id)
     }
 }

@@ -3,6 +3,11 @@
 //!
 //! Every request is bounded in time (curl's `--max-time`, socket timeouts, an overall
 //! deadline for bulk runs), and bulk runs are bounded in count by their callers.
+//!
+//! Destinations may be of either family: an IPv6 URL has its address in brackets
+//! ([`http_url`] writes one), a UDP destination is a `SocketAddr`. The functions taking
+//! `source: Option<Ipv4Addr>` pick an IPv4 source; each has a `…_from` twin taking a
+//! source of either family (`http_get_from(ns, url, client6, timeout)`).
 
 use std::{
     collections::BTreeMap,
@@ -10,7 +15,7 @@ use std::{
     fmt::{self, Display},
     fs,
     io::{self, ErrorKind},
-    net::{Ipv4Addr, SocketAddr, UdpSocket},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
     path::{Path, PathBuf},
     process,
     sync::atomic::{AtomicU32, Ordering},
@@ -63,6 +68,31 @@ pub fn http_request(
     ns: &Netns,
     url: &str,
     source: Option<Ipv4Addr>,
+    timeout: Duration,
+) -> anyhow::Result<HttpReply> {
+    request(ns, url, source.map(IpAddr::V4), timeout)
+}
+
+/// [`http_request`] from `source`, an address of either family.
+pub fn http_request_from(
+    ns: &Netns,
+    url: &str,
+    source: impl Into<IpAddr>,
+    timeout: Duration,
+) -> anyhow::Result<HttpReply> {
+    request(ns, url, Some(source.into()), timeout)
+}
+
+/// `http://ADDR:PORT/PATH` with an IPv6 address in brackets (`http://[2001:db8::1]:80/`);
+/// `path` starts with `/` (or is empty).
+pub fn http_url(addr: impl Into<IpAddr>, port: u16, path: &str) -> String {
+    format!("http://{}{path}", SocketAddr::new(addr.into(), port))
+}
+
+fn request(
+    ns: &Netns,
+    url: &str,
+    source: Option<IpAddr>,
     timeout: Duration,
 ) -> anyhow::Result<HttpReply> {
     let mut args = vec![
@@ -126,7 +156,21 @@ pub fn http_get(
     source: Option<Ipv4Addr>,
     timeout: Duration,
 ) -> anyhow::Result<String> {
-    let reply = http_request(ns, url, source, timeout)?;
+    get(ns, url, source.map(IpAddr::V4), timeout)
+}
+
+/// [`http_get`] from `source`, an address of either family.
+pub fn http_get_from(
+    ns: &Netns,
+    url: &str,
+    source: impl Into<IpAddr>,
+    timeout: Duration,
+) -> anyhow::Result<String> {
+    get(ns, url, Some(source.into()), timeout)
+}
+
+fn get(ns: &Netns, url: &str, source: Option<IpAddr>, timeout: Duration) -> anyhow::Result<String> {
+    let reply = request(ns, url, source, timeout)?;
     if !(200..300).contains(&reply.status) {
         bail!(
             "HTTP {} from {url}: {:?}",
@@ -236,6 +280,18 @@ pub fn curl_many(
     curl_many_with(ns, url, count, source, parallelism, &BulkOptions::default())
 }
 
+/// [`curl_many`] from `source`, an address of either family.
+pub fn curl_many_from(
+    ns: &Netns,
+    url: &str,
+    count: usize,
+    source: impl Into<IpAddr>,
+    parallelism: usize,
+) -> Vec<Result<String, String>> {
+    let source = Some(source.into());
+    bulk(ns, url, count, source, parallelism, &BulkOptions::default())
+}
+
 /// [`curl_many`] where every request must be answered: a failure fails the test with
 /// `what` and the tally (who answered, what failed). Returns the tally.
 pub fn all_answered(
@@ -246,7 +302,31 @@ pub fn all_answered(
     parallelism: usize,
     what: &str,
 ) -> Tally {
-    let tally = Tally::of(&curl_many(ns, url, count, source, parallelism));
+    answered(ns, url, count, source.map(IpAddr::V4), parallelism, what)
+}
+
+/// [`all_answered`] from `source`, an address of either family.
+pub fn all_answered_from(
+    ns: &Netns,
+    url: &str,
+    count: usize,
+    source: impl Into<IpAddr>,
+    parallelism: usize,
+    what: &str,
+) -> Tally {
+    answered(ns, url, count, Some(source.into()), parallelism, what)
+}
+
+fn answered(
+    ns: &Netns,
+    url: &str,
+    count: usize,
+    source: Option<IpAddr>,
+    parallelism: usize,
+    what: &str,
+) -> Tally {
+    let options = BulkOptions::default();
+    let tally = Tally::of(&bulk(ns, url, count, source, parallelism, &options));
     assert_eq!(
         tally.failed(),
         0,
@@ -269,6 +349,29 @@ pub fn curl_many_with(
     url: &str,
     count: usize,
     source: Option<Ipv4Addr>,
+    parallelism: usize,
+    options: &BulkOptions,
+) -> Vec<Result<String, String>> {
+    bulk(ns, url, count, source.map(IpAddr::V4), parallelism, options)
+}
+
+/// [`curl_many_with`] from `source`, an address of either family.
+pub fn curl_many_with_from(
+    ns: &Netns,
+    url: &str,
+    count: usize,
+    source: impl Into<IpAddr>,
+    parallelism: usize,
+    options: &BulkOptions,
+) -> Vec<Result<String, String>> {
+    bulk(ns, url, count, Some(source.into()), parallelism, options)
+}
+
+fn bulk(
+    ns: &Netns,
+    url: &str,
+    count: usize,
+    source: Option<IpAddr>,
     parallelism: usize,
     options: &BulkOptions,
 ) -> Vec<Result<String, String>> {
@@ -393,8 +496,8 @@ pub fn curl_many_with(
         .collect()
 }
 
-/// One UDP request from `ns`: sends `payload` to `addr` from a fresh socket (bound to
-/// `source` if given, on a new ephemeral port) and returns the reply (for
+/// One UDP request from `ns`: sends `payload` to `addr` (of either family) from a fresh
+/// socket (bound to `source` if given, on a new ephemeral port) and returns the reply (for
 /// `lb-test-backend`, `NAME <payload>`). `Err` on timeout or a reply from another
 /// address than `addr` (which a real client would not accept either).
 pub fn udp_request(
@@ -402,6 +505,27 @@ pub fn udp_request(
     addr: SocketAddr,
     payload: &str,
     source: Option<Ipv4Addr>,
+    timeout: Duration,
+) -> anyhow::Result<String> {
+    udp_one(ns, addr, payload, source.map(IpAddr::V4), timeout)
+}
+
+/// [`udp_request`] from `source`, an address of `addr`'s family.
+pub fn udp_request_from(
+    ns: &Netns,
+    addr: SocketAddr,
+    payload: &str,
+    source: impl Into<IpAddr>,
+    timeout: Duration,
+) -> anyhow::Result<String> {
+    udp_one(ns, addr, payload, Some(source.into()), timeout)
+}
+
+fn udp_one(
+    ns: &Netns,
+    addr: SocketAddr,
+    payload: &str,
+    source: Option<IpAddr>,
     timeout: Duration,
 ) -> anyhow::Result<String> {
     ns.enter(|| udp_exchange(addr, payload.as_bytes(), source, timeout))
@@ -416,6 +540,29 @@ pub fn udp_many(
     payload: &str,
     count: usize,
     source: Option<Ipv4Addr>,
+    timeout: Duration,
+) -> Vec<Result<String, String>> {
+    udp_bulk(ns, addr, payload, count, source.map(IpAddr::V4), timeout)
+}
+
+/// [`udp_many`] from `source`, an address of `addr`'s family.
+pub fn udp_many_from(
+    ns: &Netns,
+    addr: SocketAddr,
+    payload: &str,
+    count: usize,
+    source: impl Into<IpAddr>,
+    timeout: Duration,
+) -> Vec<Result<String, String>> {
+    udp_bulk(ns, addr, payload, count, Some(source.into()), timeout)
+}
+
+fn udp_bulk(
+    ns: &Netns,
+    addr: SocketAddr,
+    payload: &str,
+    count: usize,
+    source: Option<IpAddr>,
     timeout: Duration,
 ) -> Vec<Result<String, String>> {
     assert!(
@@ -434,10 +581,21 @@ pub fn udp_many(
 fn udp_exchange(
     addr: SocketAddr,
     payload: &[u8],
-    source: Option<Ipv4Addr>,
+    source: Option<IpAddr>,
     timeout: Duration,
 ) -> io::Result<String> {
-    let socket = UdpSocket::bind((source.unwrap_or(Ipv4Addr::UNSPECIFIED), 0))?;
+    let unspecified = match addr {
+        SocketAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        SocketAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    };
+    let source = source.unwrap_or(unspecified);
+    if source.is_ipv4() != addr.is_ipv4() {
+        return Err(io::Error::new(
+            ErrorKind::InvalidInput,
+            format!("source {source} and destination {addr} are of different families"),
+        ));
+    }
+    let socket = UdpSocket::bind((source, 0))?;
     // Unconnected on purpose: a reply from the wrong address is reported as such instead
     // of being filtered out by the kernel and showing up as a timeout.
     socket.send_to(payload, addr)?;

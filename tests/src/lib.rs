@@ -2,10 +2,12 @@
 //!
 //! - [`netns`]: network namespaces owned by a test ([`Netns`]), processes inside them
 //!   ([`ChildGuard`]), veth pairs and the usual `ip`/`sysctl`/`ethtool` chores.
-//! - [`topology`]: the standard client / load balancer / switch / backends network.
+//! - [`topology`]: the standard client / load balancer / switch / backends network, over
+//!   IPv4, IPv6 or both ([`Family`]).
 //! - [`bird`]: a router's own BIRD learning the VIPs over BGP, and its routes.
 //! - [`backend`]: a handle on the `lb-test-backend` server started inside a namespace.
-//! - [`client`]: HTTP (curl) and UDP clients run from a namespace, and tallies of answers.
+//! - [`client`]: HTTP (curl) and UDP clients run from a namespace, to and from addresses
+//!   of either family, and tallies of answers.
 //! - [`flood`]: forged SYNs from a raw socket, with any source address.
 //! - [`steady`]: steady traffic of new connections in a thread, in timed batches, while a
 //!   test changes something.
@@ -15,12 +17,14 @@
 //! - [`require_root`], [`require_root_and_bpf`]: skip privileged tests where they cannot
 //!   run, but fail them in CI.
 //! - [`bin_path`]: where the workspace's binaries were built.
+//! - [`packet`]: IPv4 and IPv6 frames built byte by byte for fixtures, and a checksum
+//!   verifier for IPv6 frames.
 //! - [`TEST_OBJECT`]: the XDP object with the measuring and test-helper programs.
 //!
 //! Rules every test keeps (and this crate helps to keep): addresses only from
-//! 198.18.0.0/15 and only inside namespaces the test made, traffic never leaves the
-//! machine, every traffic loop is bounded in count and time, and namespaces are removed
-//! even when a test panics (the guards' `Drop`).
+//! 198.18.0.0/15 (IPv4) and 2001:db8::/32 (IPv6), and only inside namespaces the test
+//! made, traffic never leaves the machine, every traffic loop is bounded in count and
+//! time, and namespaces are removed even when a test panics (the guards' `Drop`).
 
 pub mod backend;
 pub mod bench;
@@ -43,13 +47,16 @@ use std::{env, path::PathBuf};
 
 pub use backend::{Backend, BackendStats};
 pub use client::{
-    BulkOptions, HttpReply, Tally, all_answered, curl_many, curl_many_with, http_get, http_request,
-    udp_many, udp_request,
+    BulkOptions, HttpReply, Tally, all_answered, all_answered_from, curl_many, curl_many_from,
+    curl_many_with, curl_many_with_from, http_get, http_get_from, http_request, http_request_from,
+    http_url, udp_many, udp_many_from, udp_request, udp_request_from,
 };
 pub use daemon::LbDaemon;
 pub use netns::{ChildGuard, Netns, unique_prefix, veth};
 pub use privilege::{require_root, require_root_and_bpf};
-pub use topology::{Topology, TopologyOptions, VIP, VipPlacement, XdpPass, web_config};
+pub use topology::{
+    Family, Topology, TopologyOptions, VIP, VIP6, VipPlacement, XdpPass, web_config, web_config6,
+};
 
 /// The XDP object the tests load when they need a measuring or test-helper program
 /// (`lb_bench`, `lb_empty`, …), built by build.rs with lb-ebpf's `testing` feature. Its

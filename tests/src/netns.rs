@@ -264,18 +264,27 @@ impl Netns {
         self.ip(["addr", "add", &cidr.to_string(), "dev", dev]);
     }
 
+    /// `ip addr add CIDR dev DEV nodad`: an IPv6 address usable at once, without the
+    /// second or so of duplicate address detection during which it is "tentative" and
+    /// neither binds nor sources packets.
+    pub fn addr_add_nodad(&self, dev: &str, cidr: impl Display) {
+        self.ip(["addr", "add", &cidr.to_string(), "dev", dev, "nodad"]);
+    }
+
     /// `ip link set DEV up`.
     pub fn link_up(&self, dev: &str) {
         self.ip(["link", "set", dev, "up"]);
     }
 
-    /// `ip route add DEST via VIA` (`DEST` may be `default`).
+    /// `ip route add DEST via VIA` (`DEST` may be `default`; the family is VIA's, so
+    /// `route_add("default", ipv6_gateway)` adds the IPv6 default route).
     pub fn route_add(&self, dest: impl Display, via: impl Display) {
         self.ip(["route", "add", &dest.to_string(), "via", &via.to_string()]);
     }
 
     /// A permanent neighbour entry: the kernel (and `bpf_fib_lookup`) then knows `ip`'s MAC
-    /// without ARP, so the first packet of a test is not lost to neighbour resolution.
+    /// without ARP (IPv4) or neighbour discovery (IPv6, `ip` infers the family), so the
+    /// first packet of a test is not lost to neighbour resolution.
     pub fn neigh_permanent(&self, dev: &str, ip: impl Display, mac: &str) {
         self.ip([
             "neigh",

@@ -1011,9 +1011,13 @@ fn malformed_fragmented_and_foreign_packets() {
                 doff15,
                 Reason::DropMalformedL4,
             ),
-            lab.passed("ARP", arp, Reason::PassNotIpv4),
-            lab.passed("IPv6", ipv6, Reason::PassNotIpv4),
-            lab.passed("VLAN tag", vlan, Reason::PassNotIpv4),
+            lab.passed("ARP", arp, Reason::PassNotIp),
+            lab.dropped(
+                "an IPv4 packet under the IPv6 ethertype",
+                ipv6,
+                Reason::DropMalformedIpv6,
+            ),
+            lab.passed("VLAN tag", vlan, Reason::PassNotIp),
             lab.dropped(
                 "first fragment to a VIP",
                 frag_first.build(),

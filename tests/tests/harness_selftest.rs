@@ -1,18 +1,19 @@
 //! Self-test of the test-support library, without the load balancer: the LB namespace
-//! forwards by plain kernel routing (ip_forward=1), and the client gets a route to the
-//! backend subnet through it.
+//! forwards by plain kernel routing (ip_forward=1, and IPv6 forwarding with IPv6), and
+//! the client gets a route to the backend subnet through it.
 
 use std::{
-    net::{Ipv4Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     panic,
     process::Command,
     time::{Duration, Instant},
 };
 
 use lb_tests::{
-    Backend, BulkOptions, Netns, Tally, Topology, TopologyOptions, curl_many, curl_many_with,
-    http_get, http_request, require_root, require_root_and_bpf, topology, udp_many, udp_request,
-    unique_prefix,
+    Backend, BulkOptions, Family, Netns, Tally, Topology, TopologyOptions, VIP, VIP6, VipPlacement,
+    all_answered_from, curl_many, curl_many_from, curl_many_with, curl_many_with_from, http_get,
+    http_get_from, http_request, http_request_from, http_url, require_root, require_root_and_bpf,
+    topology, udp_many, udp_many_from, udp_request, udp_request_from, unique_prefix,
 };
 
 const HTTP_PORT: u16 = 8080;
@@ -39,11 +40,18 @@ fn assert_no_namespace_left(prefix: &str) {
     assert!(left.is_empty(), "namespaces left behind: {left:?}");
 }
 
-/// The topology with a route from the client to the backends through the LB namespace.
+/// The topology with a route from the client to the backends through the LB namespace,
+/// in each family it has.
 fn routed_topology(tag: &str, backends: usize, options: TopologyOptions) -> Topology {
     let topo = Topology::build(tag, backends, options);
-    topo.client()
-        .route_add("198.18.1.0/24", topology::LB_CLIENT_ADDR);
+    if topo.family().has_ipv4() {
+        topo.client()
+            .route_add("198.18.1.0/24", topology::LB_CLIENT_ADDR);
+    }
+    if topo.family().has_ipv6() {
+        topo.client()
+            .route_add(topology::BACKEND_NET6, topology::LB_CLIENT_ADDR6);
+    }
     topo
 }
 
@@ -135,7 +143,7 @@ fn topology_reaches_backends_by_http_and_udp() {
     );
     assert!(
         b1.peers()
-            .contains_key(&"198.18.0.11".parse::<std::net::IpAddr>().unwrap())
+            .contains_key(&"198.18.0.11".parse::<IpAddr>().unwrap())
     );
 
     // 503 mode through the control socket, and back.
@@ -436,4 +444,276 @@ fn bin_path_finds_the_backend_and_explains_a_missing_binary() {
         .downcast_ref::<String>()
         .expect("a formatted message");
     assert!(message.contains("cargo build --workspace"), "{message}");
+}
+
+/// `ip -6 addr` lines still tentative (duplicate address detection running) in `ns`.
+fn tentative(ns: &Netns) -> String {
+    ns.ip(["-6", "addr", "show", "tentative"])
+}
+
+/// The IPv6-only topology: addresses from 2001:db8::/32 usable at once, IPv6 forwarding
+/// in the LB, no IPv4 anywhere, neighbours pinned, and HTTP and UDP from the client (from
+/// its primary and its extra addresses) reaching each backend's IPv6 address.
+#[test]
+fn ipv6_topology_reaches_backends_by_http_and_udp() {
+    if !require_root("ipv6_topology_reaches_backends_by_http_and_udp") {
+        return;
+    }
+    let started = Instant::now();
+    let topo = routed_topology(
+        "v6",
+        2,
+        TopologyOptions {
+            client_addresses: 2,
+            family: Family::Ipv6,
+            ..Default::default()
+        },
+    );
+    eprintln!(
+        "IPv6 topology with 2 backends built in {:?}",
+        started.elapsed()
+    );
+    let prefix = topo.prefix().to_owned();
+    assert_eq!(topo.namespace_names().len(), 5);
+
+    // The addressing plan.
+    let v6 = |s: &str| s.parse::<Ipv6Addr>().unwrap();
+    assert_eq!(
+        topo.client_addrs6(),
+        [
+            v6("2001:db8:18::2"),
+            v6("2001:db8:18::10"),
+            v6("2001:db8:18::11")
+        ]
+    );
+    assert_eq!(topo.backend_addr6(1), v6("2001:db8:18:1::11"));
+    assert_eq!(topo.backend_addr6(2), v6("2001:db8:18:1::12"));
+    assert_eq!(topo.vip6(), v6("2001:db8:19::100"));
+    assert_eq!(topo.vips(), [IpAddr::V6(VIP6)]);
+    assert_eq!(topo.backend_ips(2), [IpAddr::V6(v6("2001:db8:18:1::12"))]);
+    let ipv4_asked = panic::catch_unwind(panic::AssertUnwindSafe(|| topo.backend_addr(1)));
+    assert!(
+        ipv4_asked.is_err(),
+        "an IPv6-only topology has no IPv4 address"
+    );
+
+    // What the tests rely on: no IPv4, no tentative address, forwarding, DAD off.
+    let client = topo.client();
+    assert_eq!(client.ip(["-4", "addr", "show", "dev", "eth0"]).trim(), "");
+    let mut interfaces = vec![
+        (topo.client(), "eth0"),
+        (topo.lb(), topology::LB_CLIENT_IF),
+        (topo.lb(), topology::LB_BACKEND_IF),
+    ];
+    interfaces.extend(topo.backends().iter().map(|b| (b, topology::BACKEND_IF)));
+    for (ns, dev) in interfaces {
+        assert_eq!(tentative(ns).trim(), "", "tentative addresses in {ns}");
+        let dad = ns.run_ok(["sysctl", "-n", &format!("net.ipv6.conf.{dev}.accept_dad")]);
+        assert_eq!(dad.trim(), "0", "accept_dad of {dev} in {ns}");
+    }
+    let forwarding = topo
+        .lb()
+        .run_ok(["sysctl", "-n", "net.ipv6.conf.lb-back.forwarding"]);
+    assert_eq!(forwarding.trim(), "1");
+    let backend_routes = topo.backend(1).ip(["-6", "route", "show", "default"]);
+    assert!(
+        backend_routes.contains("via 2001:db8:18:1::1"),
+        "{backend_routes}"
+    );
+
+    topo.pin_neighbors();
+    let neighbours = topo.lb().ip(["-6", "neigh", "show", "dev", "lb-back"]);
+    for k in 1..=2 {
+        let line = neighbours
+            .lines()
+            .find(|l| l.starts_with(&format!("{} ", topo.backend_addr6(k))))
+            .unwrap_or_else(|| panic!("no neighbour entry for b{k}: {neighbours}"));
+        assert!(line.contains("PERMANENT"), "{line}");
+    }
+    let to_lb = client.ip(["-6", "neigh", "show", "dev", "eth0"]);
+    assert!(
+        to_lb.contains("2001:db8:18::1 ") && to_lb.contains("PERMANENT"),
+        "{to_lb}"
+    );
+
+    // Every backend answers on its IPv6 address, by TCP and by UDP.
+    let backends = topo.start_backends(Some(HTTP_PORT), Some(UDP_PORT));
+    for (k, backend) in backends.iter().enumerate() {
+        let addr = topo.backend_addr6(k + 1);
+        let body = http_get(client, &http_url(addr, HTTP_PORT, "/"), None, TIMEOUT).unwrap();
+        assert_eq!(body, format!("{}\n", backend.name()));
+        let reply = udp_request(
+            client,
+            SocketAddr::new(addr.into(), UDP_PORT),
+            "ping",
+            None,
+            TIMEOUT,
+        )
+        .unwrap();
+        assert_eq!(reply, format!("{} ping", backend.name()));
+    }
+
+    // The primary address is the default source; from an extra IPv6 address, the
+    // backend sees that one, bracketed, and counts it.
+    let b1_url = http_url(topo.backend_addr6(1), HTTP_PORT, "/");
+    let reply = http_request(client, &b1_url, None, TIMEOUT).unwrap();
+    let seen = reply.header("x-client-addr").unwrap_or_default();
+    assert!(seen.starts_with("[2001:db8:18::2]:"), "{reply:?}");
+    let source = topo.client_addrs6()[2];
+    let reply = http_request_from(client, &b1_url, source, TIMEOUT).unwrap();
+    assert_eq!((reply.status, reply.header("x-backend")), (200, Some("b1")));
+    let seen = reply.header("x-client-addr").unwrap_or_default();
+    assert!(seen.starts_with("[2001:db8:18::11]:"), "{reply:?}");
+    assert!(backends[0].peers().contains_key(&IpAddr::V6(source)));
+    assert_eq!(
+        http_get_from(client, &b1_url, source, TIMEOUT).unwrap(),
+        "b1\n"
+    );
+
+    // Bulk runs, bounded: 40 new connections and 30 UDP flows, each from a given source.
+    let b2_url = http_url(topo.backend_addr6(2), HTTP_PORT, "/");
+    let tally = Tally::of(&curl_many_from(
+        client,
+        &b2_url,
+        40,
+        topo.client_addrs6()[1],
+        4,
+    ));
+    assert_eq!((tally.count("b2"), tally.failed()), (40, 0), "{tally}");
+    assert_eq!(backends[1].stats().connections, 41);
+    let options = BulkOptions {
+        deadline: Duration::from_secs(30),
+        ..Default::default()
+    };
+    let results = curl_many_with_from(client, &b2_url, 5, source, 1, &options);
+    assert!(
+        results.iter().all(|r| r.as_deref() == Ok("b2\n")),
+        "{results:?}"
+    );
+    let tally = all_answered_from(client, &b1_url, 10, source, 2, "IPv6 from an extra address");
+    assert_eq!(tally.count("b1"), 10, "{tally}");
+    assert_eq!(backends[0].peers().get(&IpAddr::V6(source)), Some(&12));
+    let b1_udp = SocketAddr::new(topo.backend_addr6(1).into(), UDP_PORT);
+    let replies = udp_many_from(client, b1_udp, "hello", 30, topo.client_addr6(), TIMEOUT);
+    let tally = Tally::of(&replies);
+    assert_eq!((tally.count("b1"), tally.failed()), (30, 0), "{tally}");
+    let reply = udp_request_from(client, b1_udp, "v6", source, TIMEOUT).unwrap();
+    assert_eq!(reply, "b1 v6");
+
+    // The checks can fail: a silent UDP service times out, a family mismatch is refused.
+    backends[0].set_udp(false);
+    let dead = udp_request(client, b1_udp, "x", None, Duration::from_millis(300));
+    assert!(dead.is_err(), "{dead:?}");
+    backends[0].set_udp(true);
+    let mixed = udp_request_from(client, b1_udp, "x", Ipv4Addr::new(198, 18, 0, 2), TIMEOUT);
+    assert!(
+        mixed
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("different families")),
+        "{mixed:?}"
+    );
+
+    drop(backends);
+    drop(topo);
+    assert_no_namespace_left(&prefix);
+    eprintln!("IPv6 self-test done in {:?}", started.elapsed());
+}
+
+/// Dual stack: each backend answers on both its addresses, and sees the client's IPv4
+/// and IPv6 addresses as they are (IPv6-only sockets, no `::ffff:` mapping). With the VIP
+/// local on the LB, the client reaches both VIPs on its link; the unknown client
+/// addresses exist on the client but not in the LB's neighbour table.
+#[test]
+fn dual_stack_topology_serves_both_families() {
+    if !require_root("dual_stack_topology_serves_both_families") {
+        return;
+    }
+    let topo = routed_topology(
+        "ds",
+        2,
+        TopologyOptions {
+            family: Family::DualStack,
+            vip: VipPlacement::LocalOnLb,
+            unknown_client: true,
+            ..Default::default()
+        },
+    );
+    let prefix = topo.prefix().to_owned();
+    assert_eq!(topo.vips(), [IpAddr::V4(VIP), IpAddr::V6(VIP6)]);
+    assert_eq!(topo.client_addrs(), [topology::CLIENT_ADDR]);
+    assert_eq!(topo.client_addrs6(), [topology::CLIENT_ADDR6]);
+    for key in ["net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding"] {
+        assert_eq!(topo.lb().run_ok(["sysctl", "-n", key]).trim(), "1", "{key}");
+    }
+    // The switch only bridges: no IPv6 there.
+    let switch_v6 = topo.switch().ip(["-6", "addr"]);
+    assert_eq!(switch_v6.trim(), "", "{switch_v6}");
+    topo.pin_neighbors();
+    let client = topo.client();
+    let addrs = client.ip(["addr", "show", "dev", "eth0"]);
+    assert!(
+        addrs.contains("198.18.0.3/24") && addrs.contains("2001:db8:18::3/64"),
+        "{addrs}"
+    );
+    assert_eq!(topo.unknown_client_addr6(), topology::UNKNOWN_CLIENT_ADDR6);
+    let lb_neighbours = topo.lb().ip(["neigh", "show", "dev", "lb-client"]);
+    assert!(
+        !lb_neighbours.contains("198.18.0.3 ") && !lb_neighbours.contains("2001:db8:18::3 "),
+        "{lb_neighbours}"
+    );
+    assert!(lb_neighbours.contains("2001:db8:18::2 "), "{lb_neighbours}");
+
+    let backends = topo.start_backends(Some(HTTP_PORT), Some(UDP_PORT));
+    for (k, backend) in backends.iter().enumerate() {
+        for ip in topo.backend_ips(k + 1) {
+            let url = http_url(ip, HTTP_PORT, "/");
+            let results = curl_many(client, &url, 10, None, 2);
+            let tally = Tally::of(&results);
+            assert_eq!(
+                (tally.count(backend.name()), tally.failed()),
+                (10, 0),
+                "{url}: {tally}"
+            );
+            let replies = udp_many(
+                client,
+                SocketAddr::new(ip, UDP_PORT),
+                "hi",
+                10,
+                None,
+                TIMEOUT,
+            );
+            let tally = Tally::of(&replies);
+            assert_eq!(
+                (tally.count(backend.name()), tally.failed()),
+                (10, 0),
+                "{ip}: {tally}"
+            );
+        }
+        let peers = backend.peers();
+        let expected = [
+            (IpAddr::V4(topology::CLIENT_ADDR), 20),
+            (IpAddr::V6(topology::CLIENT_ADDR6), 20),
+        ];
+        assert_eq!(peers.into_iter().collect::<Vec<_>>(), expected);
+    }
+
+    // Both VIPs are the LB's own addresses here: a server in the LB namespace answers.
+    let on_lb = Backend::start(
+        topo.lb(),
+        "lb",
+        &[
+            SocketAddr::new(VIP.into(), HTTP_PORT),
+            SocketAddr::new(VIP6.into(), HTTP_PORT),
+        ],
+        &[],
+    );
+    for vip in topo.vips() {
+        let body = http_get(client, &http_url(vip, HTTP_PORT, "/"), None, TIMEOUT).unwrap();
+        assert_eq!(body, "lb\n", "{vip}");
+    }
+
+    drop(on_lb);
+    drop(backends);
+    drop(topo);
+    assert_no_namespace_left(&prefix);
 }

@@ -107,3 +107,93 @@ fn every_program_verifies_within_budget() {
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
+
+/// BPF's other limit: 512 bytes of stack along any chain of calls (a program, and a
+/// `bpf_loop` callback or subprogram it calls). A program near it is rejected when a
+/// toolchain lays its stack out less tightly, as one near the instruction limit is.
+const STACK_LIMIT: u32 = 512;
+/// What the programs may use of it.
+const STACK_BUDGET: u32 = 448;
+
+/// Bytes of stack a function's instructions reach below the frame pointer (r10): its
+/// loads and stores there, and stack buffers whose address it takes (`rX = r10; rX += -N`).
+fn frame(insns: &[aya_obj::generated::bpf_insn]) -> u32 {
+    const LDX: u8 = 0x01;
+    const ST: u8 = 0x02;
+    const STX: u8 = 0x03;
+    const ADD64_IMM: u8 = 0x07;
+    const MOV64_REG: u8 = 0xbf;
+    const FP: u8 = 10;
+    let mut deepest = 0i32;
+    for (i, insn) in insns.iter().enumerate() {
+        let class = insn.code & 0x07;
+        let on_stack = match class {
+            LDX => insn.src_reg() == FP,
+            ST | STX => insn.dst_reg() == FP,
+            _ => false,
+        };
+        if on_stack {
+            deepest = deepest.max(-i32::from(insn.off));
+        }
+        if insn.code == ADD64_IMM
+            && insn.imm < 0
+            && let Some(prev) = i.checked_sub(1).map(|p| &insns[p])
+            && prev.code == MOV64_REG
+            && prev.src_reg() == FP
+            && prev.dst_reg() == insn.dst_reg()
+        {
+            deepest = deepest.max(-insn.imm);
+        }
+    }
+    (deepest.max(0) as u32).next_multiple_of(8)
+}
+
+/// Each program's stack, with the deepest function it may call (every function outside
+/// the programs: callbacks and the compiler's helpers), against `STACK_BUDGET`.
+fn check_stack(build: &str, object: &[u8]) -> Vec<String> {
+    let obj = aya_obj::Object::parse(object).expect("the object parses");
+    let program_keys: Vec<_> = obj.programs.values().map(|p| p.function_key()).collect();
+    let callee = obj
+        .functions
+        .iter()
+        .filter(|(key, _)| !program_keys.contains(key))
+        .map(|(_, f)| frame(&f.instructions))
+        .max()
+        .unwrap_or(0);
+    let mut problems = Vec::new();
+    let mut names: Vec<_> = obj.programs.keys().collect();
+    names.sort();
+    for name in names {
+        let key = obj.programs[name].function_key();
+        let own = frame(&obj.functions[&key].instructions);
+        let total = own + callee;
+        println!(
+            "stack: {build:<9} {name:<15} {own:>3} B + {callee} B in a callee = {total:>3} B of \
+             {STACK_LIMIT} (budget {STACK_BUDGET})"
+        );
+        if total > STACK_BUDGET {
+            problems.push(format!(
+                "{build} {name}: {total} B of stack with its deepest callee, over the budget of \
+                 {STACK_BUDGET} (the kernel's limit is {STACK_LIMIT})"
+            ));
+        }
+    }
+    problems
+}
+
+/// Needs no privilege: the object is read, not loaded.
+#[test]
+fn every_program_stays_within_the_stack_budget() {
+    let mut problems = check_stack("release", lb_ctl::dataplane::EBPF_OBJECT);
+    problems.extend(check_stack("decap", lb_ctl::decap::DECAP_OBJECT));
+    match env::var_os(DEBUG_LOG_OBJECT_VAR) {
+        Some(path) => {
+            let object = fs::read(&path)
+                .unwrap_or_else(|e| panic!("reading {}: {e}", path.to_string_lossy()));
+            problems.extend(check_stack("debug-log", &object));
+        }
+        None if in_ci() => panic!("{DEBUG_LOG_OBJECT_VAR} is not set; `cargo xtask test` sets it"),
+        None => println!("SKIP: the per-packet-logging build ({DEBUG_LOG_OBJECT_VAR} is not set)"),
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}

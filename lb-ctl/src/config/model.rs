@@ -5,13 +5,13 @@
 
 use std::{
     fmt,
-    net::{Ipv4Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
 };
 
 use lb_common::Scheduler;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-pub use super::net::{Ipv4Net, Ipv4NetError};
+pub use super::net::{IpNet, IpNetError, Ipv4Net, Ipv4NetError, Ipv6Net};
 
 /// Accepted ranges and defaults. Both the YAML reader and `Config::validate` check against
 /// these, so a range is stated once.
@@ -145,16 +145,17 @@ pub struct Config {
     /// `max_listeners` × 2 × 65537, room for every listener at the default size.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub maglev_slots: Option<u32>,
-    /// Source address of health probes; the kernel picks one when absent.
+    /// Source addresses of health probes, one per family at most; the kernel picks one
+    /// when absent (or absent for the backend's family).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub health_check_source: Option<Ipv4Addr>,
+    pub health_check_source: Option<HealthCheckSource>,
     /// Where /metrics and the status page listen; off when absent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<SocketAddr>,
     /// Source prefixes no client has (the backends' networks, say): new flows from them
     /// are dropped as forged, like those from the host's own addresses and the VIPs.
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub refused_client_sources: Vec<Ipv4Net>,
+    pub refused_client_sources: Vec<IpNet>,
     /// Host names the metrics listener answers to besides its own address: a request
     /// naming any other host in `Host` is refused (DNS rebinding).
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -364,6 +365,85 @@ pub enum VipPing {
     Drop,
 }
 
+/// `health_check_source`: where health probes come from, at most one address per family.
+/// IPv4 backends are probed from the IPv4 address, IPv6 backends from the IPv6 one; for a
+/// family without one the kernel picks the source. Written as one address, or a list of
+/// one address of each family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HealthCheckSource {
+    ipv4: Option<Ipv4Addr>,
+    ipv6: Option<Ipv6Addr>,
+}
+
+impl HealthCheckSource {
+    /// `None` when both are absent: no source is the same as no `health_check_source`.
+    pub fn new(ipv4: Option<Ipv4Addr>, ipv6: Option<Ipv6Addr>) -> Option<Self> {
+        (ipv4.is_some() || ipv6.is_some()).then_some(Self { ipv4, ipv6 })
+    }
+
+    pub fn ipv4(&self) -> Option<Ipv4Addr> {
+        self.ipv4
+    }
+
+    pub fn ipv6(&self) -> Option<Ipv6Addr> {
+        self.ipv6
+    }
+
+    /// The source of a probe to `backend`: the address of its family, if one is set.
+    pub fn for_backend(&self, backend: IpAddr) -> Option<IpAddr> {
+        match backend {
+            IpAddr::V4(_) => self.ipv4.map(IpAddr::V4),
+            IpAddr::V6(_) => self.ipv6.map(IpAddr::V6),
+        }
+    }
+
+    /// The addresses set, IPv4 first.
+    pub fn addresses(&self) -> impl Iterator<Item = IpAddr> {
+        self.ipv4
+            .map(IpAddr::V4)
+            .into_iter()
+            .chain(self.ipv6.map(IpAddr::V6))
+    }
+}
+
+impl From<IpAddr> for HealthCheckSource {
+    fn from(address: IpAddr) -> Self {
+        match address {
+            IpAddr::V4(a) => Self {
+                ipv4: Some(a),
+                ipv6: None,
+            },
+            IpAddr::V6(a) => Self {
+                ipv4: None,
+                ipv6: Some(a),
+            },
+        }
+    }
+}
+
+impl From<Ipv4Addr> for HealthCheckSource {
+    fn from(address: Ipv4Addr) -> Self {
+        IpAddr::V4(address).into()
+    }
+}
+
+impl From<Ipv6Addr> for HealthCheckSource {
+    fn from(address: Ipv6Addr) -> Self {
+        IpAddr::V6(address).into()
+    }
+}
+
+/// One address as a scalar, two as a list: what the file said reads back the same.
+impl Serialize for HealthCheckSource {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let addresses: Vec<IpAddr> = self.addresses().collect();
+        match addresses.as_slice() {
+            [one] => one.serialize(s),
+            all => all.serialize(s),
+        }
+    }
+}
+
 /// The BGP speaker of the host: it announces each VIP that has a backend taking new flows
 /// as a /32 to every neighbor, with this host as the next hop.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -427,7 +507,8 @@ impl BgpNeighbor {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Acl {
     pub name: String,
-    pub entries: Vec<Ipv4Net>,
+    /// Either family: a prefix of the other family than a packet's never matches it.
+    pub entries: Vec<IpNet>,
 }
 
 /// The instance's default server group. Its servers carry no port: each listener on this
@@ -445,15 +526,15 @@ impl DefaultGroup {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct DefaultServer {
-    pub address: Ipv4Addr,
+    pub address: IpAddr,
     #[serde(skip_serializing_if = "eq_u8::<DEFAULT_WEIGHT>")]
     pub weight: u8,
 }
 
 impl DefaultServer {
-    pub fn new(address: Ipv4Addr) -> Self {
+    pub fn new(address: impl Into<IpAddr>) -> Self {
         Self {
-            address,
+            address: address.into(),
             weight: DEFAULT_WEIGHT,
         }
     }
@@ -469,16 +550,16 @@ pub struct VServerGroup {
 /// One member of a vServer group; a server may be a member several times on other ports.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Member {
-    pub address: Ipv4Addr,
+    pub address: IpAddr,
     pub port: u16,
     #[serde(skip_serializing_if = "eq_u8::<DEFAULT_WEIGHT>")]
     pub weight: u8,
 }
 
 impl Member {
-    pub fn new(address: Ipv4Addr, port: u16) -> Self {
+    pub fn new(address: impl Into<IpAddr>, port: u16) -> Self {
         Self {
-            address,
+            address: address.into(),
             port,
             weight: DEFAULT_WEIGHT,
         }
@@ -506,13 +587,28 @@ pub struct PrimarySecondaryGroup {
 /// A server and port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 pub struct Endpoint {
-    pub address: Ipv4Addr,
+    pub address: IpAddr,
     pub port: u16,
 }
 
+impl Endpoint {
+    pub fn new(address: impl Into<IpAddr>, port: u16) -> Self {
+        Self {
+            address: address.into(),
+            port,
+        }
+    }
+
+    pub fn socket_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.address, self.port)
+    }
+}
+
+/// `198.18.1.10:8080`, `[2001:db8::10]:8080`: IPv6 in brackets, as everywhere an
+/// endpoint is shown.
 impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.address, self.port)
+        self.socket_addr().fmt(f)
     }
 }
 
@@ -573,8 +669,8 @@ impl fmt::Display for Protocol {
 pub struct Listener {
     pub name: String,
     pub protocol: Protocol,
-    /// The VIP.
-    pub address: Ipv4Addr,
+    /// The VIP. Its servers are of its family (`validate`).
+    pub address: IpAddr,
     pub port: u16,
     /// Port of the default group's servers for this listener; set exactly when the
     /// listener uses the default group.
@@ -613,11 +709,16 @@ pub struct Listener {
 impl Listener {
     /// A listener on the default group with every option at its default. Set
     /// `backend_port` or `server_group` before validating.
-    pub fn new(name: impl Into<String>, protocol: Protocol, address: Ipv4Addr, port: u16) -> Self {
+    pub fn new(
+        name: impl Into<String>,
+        protocol: Protocol,
+        address: impl Into<IpAddr>,
+        port: u16,
+    ) -> Self {
         Self {
             name: name.into(),
             protocol,
-            address,
+            address: address.into(),
             port,
             backend_port: None,
             server_group: None,
@@ -647,9 +748,15 @@ impl Listener {
             .filter(|name| *name != DEFAULT_GROUP_NAME)
     }
 
-    /// What the data plane keys the listener on.
-    pub fn frontend(&self) -> (Ipv4Addr, u16, Protocol) {
+    /// What the data plane keys the listener on. The address is compared as a value,
+    /// so `2001:db8::1` and `2001:db8:0::1` are one VIP.
+    pub fn frontend(&self) -> (IpAddr, u16, Protocol) {
         (self.address, self.port, self.protocol)
+    }
+
+    /// The VIP and port: `198.19.0.100:80`, `[2001:db8::100]:80`.
+    pub fn endpoint(&self) -> Endpoint {
+        Endpoint::new(self.address, self.port)
     }
 }
 

@@ -107,7 +107,10 @@ fn design_example_parses() {
     assert_eq!(c.forwarding, Forwarding::Nat);
     assert_eq!(c.flow_table_size, 1 << 20);
     assert_eq!(c.max_listeners, lb_common::DEFAULT_MAX_LISTENERS);
-    assert_eq!(c.health_check_source, Some(Ipv4Addr::new(198, 18, 1, 1)));
+    assert_eq!(
+        c.health_check_source,
+        Some(Ipv4Addr::new(198, 18, 1, 1).into())
+    );
     assert_eq!(c.metrics_listen, Some("127.0.0.1:9100".parse().unwrap()));
     assert_eq!(c.acls[0].entries.len(), 2);
     assert_eq!(c.default_server_group.servers[1].weight, 100);
@@ -1335,7 +1338,7 @@ fn bgp_errors_name_their_path() {
 ",
     ));
     let expected = [
-        "bgp.router_id: IPv6 is not supported yet",
+        "bgp.router_id: IPv6 is not supported in this field",
         "bgp.local_as: 0 is not in 1..=4294967295",
         "bgp.hold_time: a hold time of 2 s is not allowed",
         "bgp.withdraw_wait: 301 is not in 0..=300",
@@ -1377,4 +1380,266 @@ fn bgp_needs_its_required_fields_and_a_neighbor() {
     );
     let found = errors(&with("bgp: [198.18.2.1]\n"));
     assert!(found[0].starts_with("bgp: expected a mapping"), "{found:?}");
+}
+
+// --- IPv6 -------------------------------------------------------------------------------
+
+/// The one error a sound IPv6 listener gets while the data plane serves IPv4 only.
+const IPV6_GATE: &str = "IPv6 listeners are not served by this build's data plane yet";
+
+#[test]
+fn ipv6_is_accepted_wherever_the_issue_says() {
+    let c = ok(&with(
+        "health_check_source: [198.18.1.1, 2001:db8:1::1]
+refused_client_sources: [198.18.1.0/24, 2001:db8:1::/48]
+acls:
+  - { name: office, entries: [198.18.0.0/24, 2001:db8:a::/48, 2001:db8:b::7] }
+default_server_group:
+  servers: [{ address: 198.18.1.10 }]
+vserver_groups:
+  - name: api6
+    servers:
+      - { address: 2001:db8:1::10, port: 8080 }
+      - { address: 2001:db8:1::10, port: 8081, weight: 50 }
+primary_secondary_groups:
+  - name: db6
+    primary: { address: 2001:db8:1::20, port: 5432 }
+    secondary: { address: 2001:db8:1::21, port: 5432 }
+listeners:
+  - { name: web, protocol: tcp, address: 198.19.0.100, port: 80, backend_port: 8080, acl: { type: allow, name: office } }
+",
+    ));
+    assert_eq!(c.acls[0].entries[2].to_string(), "2001:db8:b::7/128");
+    assert_eq!(
+        c.primary_secondary_group("db6")
+            .unwrap()
+            .primary
+            .to_string(),
+        "[2001:db8:1::20]:5432"
+    );
+    assert_eq!(ok(&c.to_yaml()), c, "exported:\n{}", c.to_yaml());
+}
+
+#[test]
+fn the_ipv6_data_plane_gate_refuses_ipv6_listeners_by_path() {
+    let found = errors(&with(
+        "vserver_groups:
+  - name: api6
+    servers: [{ address: 2001:db8:1::10, port: 8080 }]
+listeners:
+  - { name: web, protocol: tcp, address: 198.19.0.100, port: 80, server_group: api6x }
+  - { name: web6, protocol: tcp, address: 2001:db8::100, port: 80, server_group: api6 }
+",
+    ));
+    assert_eq!(
+        found,
+        [
+            "listeners[0].server_group: no server group named `api6x`; known: api6 (did you mean `api6`?)",
+            &format!("listeners[1].address: {IPV6_GATE}"),
+        ]
+    );
+    // Built in code, the same.
+    let mut c = Config::new("demo", vec!["eth0".to_owned()]);
+    c.vserver_groups.push(VServerGroup {
+        name: "api6".to_owned(),
+        servers: vec![Member::new(
+            "2001:db8:1::10".parse::<std::net::IpAddr>().unwrap(),
+            8080,
+        )],
+    });
+    let mut l = Listener::new(
+        "web6",
+        Protocol::Tcp,
+        "2001:db8::100".parse::<std::net::IpAddr>().unwrap(),
+        80,
+    );
+    l.server_group = Some("api6".to_owned());
+    c.listeners.push(l);
+    let err = c.validate().unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!("listeners[0].address: {IPV6_GATE}")
+    );
+}
+
+#[test]
+fn rule_a_listener_and_its_servers_are_of_one_family() {
+    let hint = "(a listener and its servers are of one family: forwarding: nat rewrites \
+                addresses, not the address family)";
+    // An IPv6 listener on a group of IPv4 servers: the listener is the odd one out.
+    assert_eq!(
+        errors(&listeners(&[
+            "name: web6, protocol: tcp, address: 2001:db8::100, port: 80, backend_port: 8080",
+        ])
+        .replace(
+            "listeners:",
+            "default_server_group: { servers: [{ address: 198.18.1.10 }, { address: 198.18.1.11 }] }\nlisteners:"
+        )),
+        [
+            format!(
+                "listeners[0].address: 2001:db8::100 is IPv6, but every server of group \
+                 `default` is IPv4 {hint}"
+            ),
+            format!("listeners[0].address: {IPV6_GATE}"),
+        ]
+    );
+    // An IPv6 server in a group IPv4 listeners use: the server is, named once.
+    assert_eq!(
+        errors(&with(
+            "vserver_groups:
+  - name: api
+    servers:
+      - { address: 198.18.1.10, port: 8080 }
+      - { address: 2001:db8::10, port: 8080 }
+primary_secondary_groups:
+  - name: db
+    primary: { address: 198.18.1.20, port: 5432 }
+    secondary: { address: 2001:db8::21, port: 5432 }
+listeners:
+  - { name: api, protocol: tcp, address: 198.19.0.100, port: 443, server_group: api }
+  - { name: api2, protocol: tcp, address: 198.19.0.101, port: 443, server_group: api }
+  - { name: db, protocol: tcp, address: 198.19.0.100, port: 5432, server_group: db }
+"
+        )),
+        [
+            format!(
+                "vserver_groups[0].servers[1].address: 2001:db8::10 is IPv6, but listeners \
+                 `api`, `api2` using its group are IPv4 {hint}"
+            ),
+            format!(
+                "primary_secondary_groups[0].secondary.address: 2001:db8::21 is IPv6, but \
+                 listener `db` using its group is IPv4 {hint}"
+            ),
+        ]
+    );
+    // A group no listener uses may hold either family; an empty group fits any listener.
+    ok(&with(
+        "vserver_groups:
+  - { name: mixed, servers: [{ address: 198.18.1.10, port: 80 }, { address: 2001:db8::10, port: 80 }] }
+  - { name: empty }
+listeners:
+  - { name: a, protocol: tcp, address: 198.19.0.100, port: 80, server_group: empty }
+",
+    ));
+}
+
+#[test]
+fn rule_ipv6_listeners_forward_with_nat_only() {
+    let found = errors(&with(
+        "forwarding: dsr
+vserver_groups:
+  - name: api6
+    servers: [{ address: 2001:db8::10, port: 80 }]
+listeners:
+  - { name: web6, protocol: tcp, address: 2001:db8::100, port: 80, server_group: api6 }
+",
+    ));
+    assert_eq!(
+        found,
+        [
+            "listeners[0].address: IPv6 listeners support forwarding: nat only (the DSR tunnel \
+             carries IPv4 packets in this build)"
+                .to_owned(),
+            format!("listeners[0].address: {IPV6_GATE}"),
+        ]
+    );
+}
+
+#[test]
+fn rule_listener_frontends_compare_addresses_not_their_spelling() {
+    let found = errors(&with(
+        "vserver_groups:
+  - name: api6
+    servers: [{ address: 2001:db8::10, port: 80 }]
+listeners:
+  - { name: a, protocol: tcp, address: '2001:db8::1', port: 80, server_group: api6 }
+  - { name: b, protocol: tcp, address: '2001:db8:0::1', port: 80, server_group: api6 }
+  - { name: c, protocol: tcp, address: '2001:0DB8::1', port: 80, server_group: api6 }
+",
+    ));
+    assert_eq!(
+        found,
+        [
+            format!("listeners[0].address: {IPV6_GATE}"),
+            "listeners[1]: two listeners on [2001:db8::1]:80/tcp: listeners[0] and listeners[1]"
+                .to_owned(),
+            format!("listeners[1].address: {IPV6_GATE}"),
+            "listeners[2]: two listeners on [2001:db8::1]:80/tcp: listeners[0] and listeners[2]"
+                .to_owned(),
+            format!("listeners[2].address: {IPV6_GATE}"),
+        ]
+    );
+}
+
+#[test]
+fn rule_ipv6_addresses_must_be_unicast() {
+    assert_eq!(
+        errors(&with(
+            "health_check_source: ['::']
+vserver_groups:
+  - name: g
+    servers:
+      - { address: '::1', port: 80 }
+      - { address: 'ff02::1', port: 80 }
+      - { address: '::ffff:198.18.1.10', port: 80 }
+      - { address: 'fe80::1', port: 80 }
+      - { address: 'fd00::1', port: 80 }
+"
+        )),
+        [
+            "health_check_source: :: is the unspecified address; the probe source must be a \
+             unicast address",
+            "vserver_groups[0].servers[0].address: ::1 is a loopback address; a server must be \
+             a unicast address",
+            "vserver_groups[0].servers[1].address: ff02::1 is a multicast address; a server must \
+             be a unicast address",
+            "vserver_groups[0].servers[2].address: ::ffff:198.18.1.10 is an IPv4-mapped IPv6 \
+             address; a server must be a unicast address (write it as 198.18.1.10)",
+            "vserver_groups[0].servers[3].address: fe80::1 is a link-local address; a server \
+             must be a unicast address (use a global or unique local address: a link-local one \
+             needs an interface)",
+        ]
+    );
+}
+
+#[test]
+fn default_group_and_vserver_members_compare_addresses_as_values() {
+    assert_eq!(
+        errors(&with(
+            "default_server_group:
+  servers: [{ address: '2001:db8::10' }, { address: '2001:db8:0:0::10' }]
+vserver_groups:
+  - name: g
+    servers: [{ address: '2001:db8::20', port: 80 }, { address: '2001:DB8::20', port: 80 }]
+"
+        )),
+        [
+            "default_server_group.servers[1].address: 2001:db8::10 is listed twice: \
+             default_server_group.servers[0] and default_server_group.servers[1] (a server of \
+             the default group is its address alone; each listener's backend_port gives the \
+             port)",
+            "vserver_groups[0].servers[1]: [2001:db8::20]:80 is listed twice in group `g`: \
+             vserver_groups[0].servers[0] and vserver_groups[0].servers[1] (a server may appear \
+             again only with another port)",
+        ]
+    );
+}
+
+#[test]
+fn an_unreadable_address_causes_no_family_error() {
+    let found = errors(&with(
+        "vserver_groups:
+  - name: api6
+    servers: [{ address: 2001:db8::10, port: 80 }, { address: 2001:db8::zz, port: 80 }]
+listeners:
+  - { name: web, protocol: tcp, address: 198.19.0.300, port: 80, server_group: api6 }
+",
+    ));
+    assert_eq!(
+        found,
+        [
+            "vserver_groups[0].servers[1].address: `2001:db8::zz` is not an IPv6 address",
+            "listeners[0].address: `198.19.0.300` is not an IPv4 address",
+        ]
+    );
 }

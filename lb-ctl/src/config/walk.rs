@@ -8,7 +8,7 @@
 //! with a placeholder and marking its path in the `Taint`.
 
 use std::{
-    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     ops::RangeInclusive,
 };
 
@@ -326,12 +326,26 @@ impl Reader {
         self.uint(path, value, &WEIGHT)
     }
 
-    fn ipv4(&mut self, path: &str, value: &Value) -> Option<Ipv4Addr> {
-        let text = self.string_of(path, value, "an IPv4 address")?;
-        match text.parse::<Ipv4Addr>() {
+    /// An address of either family.
+    fn ip(&mut self, path: &str, value: &Value) -> Option<IpAddr> {
+        let text = self.string_of(path, value, "an IP address")?;
+        match text.parse::<IpAddr>() {
             Ok(addr) => Some(addr),
-            Err(_) if text.parse::<Ipv6Addr>().is_ok() => {
-                self.fail(path, "IPv6 is not supported yet", None);
+            Err(_) => {
+                let (message, hint) = bad_address(text);
+                self.fail(path, message, hint);
+                None
+            }
+        }
+    }
+
+    /// An address of a field that stays IPv4; `why` says so for an IPv6 one.
+    fn ipv4(&mut self, path: &str, value: &Value, why: &str) -> Option<Ipv4Addr> {
+        let text = self.string_of(path, value, "an IPv4 address")?;
+        match text.parse::<IpAddr>() {
+            Ok(IpAddr::V4(addr)) => Some(addr),
+            Ok(IpAddr::V6(_)) => {
+                self.fail(path, IPV6_NOT_IN_FIELD, Some(why.to_owned()));
                 None
             }
             Err(_) => {
@@ -339,6 +353,71 @@ impl Reader {
                 None
             }
         }
+    }
+
+    fn router_id(&mut self, path: &str, value: &Value) -> Option<Ipv4Addr> {
+        self.ipv4(
+            path,
+            value,
+            "a BGP router id is a 32-bit number written as an IPv4 address",
+        )
+    }
+
+    fn bgp_neighbor_address(&mut self, path: &str, value: &Value) -> Option<Ipv4Addr> {
+        self.ipv4(path, value, "BGP sessions run over IPv4 here")
+    }
+
+    /// `health_check_source`: one address, or a list of one address of each family.
+    fn probe_source(&mut self, path: &str, value: &Value) -> Option<HealthCheckSource> {
+        let Value::Sequence(entries) = value else {
+            return self.ip(path, value).map(HealthCheckSource::from);
+        };
+        if entries.is_empty() {
+            self.fail(
+                path,
+                "the list is empty",
+                Some(
+                    "give one address, or one IPv4 and one IPv6 address; leave the field out \
+                     to let the kernel pick the source"
+                        .to_owned(),
+                ),
+            );
+            return None;
+        }
+        // Each family's address with the path it was given at.
+        let mut ipv4: Option<(Ipv4Addr, String)> = None;
+        let mut ipv6: Option<(Ipv6Addr, String)> = None;
+        let mut failed = false;
+        for (i, entry) in entries.iter().enumerate() {
+            let entry_path = index(path, i);
+            let Some(addr) = self.ip(&entry_path, entry) else {
+                failed = true;
+                continue;
+            };
+            let (family, first) = match addr {
+                IpAddr::V4(a) => ("IPv4", &ipv4.get_or_insert((a, entry_path.clone())).1),
+                IpAddr::V6(a) => ("IPv6", &ipv6.get_or_insert((a, entry_path.clone())).1),
+            };
+            if *first != entry_path {
+                let message = format!("a second {family} source: {first} is one already");
+                failed = true;
+                self.fail(
+                    &entry_path,
+                    message,
+                    Some(
+                        "give at most one address per family: IPv4 backends are probed from \
+                         the IPv4 one, IPv6 backends from the IPv6 one"
+                            .to_owned(),
+                    ),
+                );
+            }
+        }
+        if failed {
+            // Rules about the sources must not run on the half that was read.
+            self.taint.add(path);
+            return None;
+        }
+        HealthCheckSource::new(ipv4.map(|(a, _)| a), ipv6.map(|(a, _)| a))
     }
 
     fn socket_addr(&mut self, path: &str, value: &Value) -> Option<SocketAddr> {
@@ -354,12 +433,31 @@ impl Reader {
         parsed.ok()
     }
 
-    fn prefix(&mut self, path: &str, value: &Value) -> Option<Ipv4Net> {
+    /// A prefix of either family, or an address (a /32 or /128).
+    fn prefix(&mut self, path: &str, value: &Value) -> Option<IpNet> {
+        let text = self.string_of(path, value, "an IP prefix (a.b.c.d/len or x:x::/len)")?;
+        match text.parse::<IpNet>() {
+            Ok(net) => Some(net),
+            Err(e) => {
+                let hint = e.hint();
+                self.fail(path, e.to_string(), hint);
+                None
+            }
+        }
+    }
+
+    /// `dsr.source`: the outer header of the tunnel is IPv4.
+    fn dsr_source(&mut self, path: &str, value: &Value) -> Option<Ipv4Net> {
         let text = self.string_of(path, value, "an IPv4 prefix (a.b.c.d/len)")?;
         match text.parse::<Ipv4Net>() {
             Ok(net) => Some(net),
             Err(e) => {
-                let hint = e.hint();
+                let hint = match e {
+                    Ipv4NetError::Ipv6 => {
+                        Some("the DSR tunnel's outer header is IPv4 in this build".to_owned())
+                    }
+                    _ => e.hint(),
+                };
                 self.fail(path, e.to_string(), hint);
                 None
             }
@@ -499,7 +597,7 @@ impl Reader {
         c.maglev_slots = self.optional(map, "", "maglev_slots", |r, p, v| {
             r.uint(p, v, &MAGLEV_SLOTS)
         });
-        c.health_check_source = self.optional(map, "", "health_check_source", Self::ipv4);
+        c.health_check_source = self.optional(map, "", "health_check_source", Self::probe_source);
         c.metrics_listen = self.optional(map, "", "metrics_listen", Self::socket_addr);
         if let Some(v) = self.optional(map, "", "refused_client_sources", |r, p, v| {
             r.list(p, v, Self::prefix)
@@ -573,14 +671,14 @@ impl Reader {
         if let Some(v) = self.optional(m, path, "gue_port", |r, p, v| r.uint(p, v, &PORT)) {
             dsr.gue_port = v;
         }
-        dsr.source = self.optional(m, path, "source", Self::prefix);
+        dsr.source = self.optional(m, path, "source", Self::dsr_source);
         dsr
     }
 
     fn bgp(&mut self, path: &str, value: &Value) -> Option<Bgp> {
         let m = self.mapping(path, value, BGP_FIELDS, generic)?;
         let mut bgp = Bgp::new(Ipv4Addr::UNSPECIFIED, 0, Vec::new());
-        if let Some(v) = self.required(m, path, "router_id", Self::ipv4) {
+        if let Some(v) = self.required(m, path, "router_id", Self::router_id) {
             bgp.router_id = v;
         }
         if let Some(v) = self.required(m, path, "local_as", |r, p, v| r.uint(p, v, &AS_NUMBER)) {
@@ -607,7 +705,7 @@ impl Reader {
         let Some(m) = self.mapping(path, value, BGP_NEIGHBOR_FIELDS, generic) else {
             return n;
         };
-        if let Some(v) = self.required(m, path, "address", Self::ipv4) {
+        if let Some(v) = self.required(m, path, "address", Self::bgp_neighbor_address) {
             n.address = v;
         }
         if let Some(v) = self.required(m, path, "remote_as", |r, p, v| r.uint(p, v, &AS_NUMBER)) {
@@ -659,7 +757,7 @@ impl Reader {
         else {
             return server;
         };
-        if let Some(v) = self.required(m, path, "address", Self::ipv4) {
+        if let Some(v) = self.required(m, path, "address", Self::ip) {
             server.address = v;
         }
         if let Some(v) = self.optional(m, path, "weight", Self::weight) {
@@ -692,7 +790,7 @@ impl Reader {
         let Some(m) = self.mapping(path, value, MEMBER_FIELDS, generic) else {
             return member;
         };
-        if let Some(v) = self.required(m, path, "address", Self::ipv4) {
+        if let Some(v) = self.required(m, path, "address", Self::ip) {
             member.address = v;
         }
         if let Some(v) = self.required(m, path, "port", Self::port) {
@@ -705,10 +803,7 @@ impl Reader {
     }
 
     fn primary_secondary_group(&mut self, path: &str, value: &Value) -> PrimarySecondaryGroup {
-        let unset = Endpoint {
-            address: Ipv4Addr::UNSPECIFIED,
-            port: 0,
-        };
+        let unset = Endpoint::new(Ipv4Addr::UNSPECIFIED, 0);
         let mut group = PrimarySecondaryGroup {
             name: String::new(),
             primary: unset,
@@ -740,10 +835,10 @@ impl Reader {
 
     fn endpoint(&mut self, path: &str, value: &Value) -> Option<Endpoint> {
         let m = self.mapping(path, value, ENDPOINT_FIELDS, endpoint_unknown)?;
-        let address = self.required(m, path, "address", Self::ipv4);
+        let address = self.required(m, path, "address", Self::ip);
         let port = self.required(m, path, "port", Self::port);
         Some(Endpoint {
-            address: address.unwrap_or(Ipv4Addr::UNSPECIFIED),
+            address: address.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
             port: port.unwrap_or(0),
         })
     }
@@ -759,7 +854,7 @@ impl Reader {
         if let Some(v) = self.required(m, path, "protocol", Self::protocol) {
             l.protocol = v;
         }
-        if let Some(v) = self.required(m, path, "address", Self::ipv4) {
+        if let Some(v) = self.required(m, path, "address", Self::ip) {
             l.address = v;
         }
         if let Some(v) = self.required(m, path, "port", Self::port) {
@@ -959,6 +1054,31 @@ impl Reader {
     }
 }
 
+/// Why a field that stays IPv4 refuses an IPv6 address; the hint says why it does.
+const IPV6_NOT_IN_FIELD: &str = "IPv6 is not supported in this field";
+
+/// Message and hint for text that is not an address, in the family it looks like.
+fn bad_address(text: &str) -> (String, Option<String>) {
+    let family = if text.contains(':') { "IPv6" } else { "IPv4" };
+    let hint = if let Ok(endpoint) = text.parse::<SocketAddr>() {
+        Some(format!(
+            "write the address alone, {}: the port has a field of its own",
+            endpoint.ip()
+        ))
+    } else if let Some(inner) = text.strip_prefix('[').and_then(|t| t.strip_suffix(']'))
+        && inner.parse::<Ipv6Addr>().is_ok()
+    {
+        Some(format!("write it without brackets: {inner}"))
+    } else {
+        None
+    };
+    let family = match hint {
+        Some(_) => "IP",
+        None => family,
+    };
+    (format!("`{text}` is not an {family} address"), hint)
+}
+
 /// The value of `key`, treating an explicit null (`key:` with nothing after it) as absent.
 fn present<'v>(map: &'v Mapping, key: &str) -> Option<&'v Value> {
     map.get(key).filter(|v| !v.is_null())
@@ -1131,17 +1251,103 @@ mod tests {
     }
 
     #[test]
-    fn ipv6_is_refused_as_not_yet_supported() {
+    fn addresses_of_either_family_are_read() {
+        let c = read_ok(&format!(
+            "{BASE}health_check_source: 2001:db8::1\ndefault_server_group:\n  servers: [{{ address: 2001:db8::10 }}, {{ address: '2001:db8::11' }}, {{ address: 198.18.1.10 }}]\nacls: [{{ name: x, entries: [2001:db8::/32, 198.18.0.0/24, '::1'] }}]\nrefused_client_sources: [2001:db8:ffff::/48]\n"
+        ));
+        let v6 = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            c.health_check_source,
+            Some(HealthCheckSource::from(v6("2001:db8::1")))
+        );
+        let servers: Vec<IpAddr> = c
+            .default_server_group
+            .servers
+            .iter()
+            .map(|s| s.address)
+            .collect();
+        assert_eq!(
+            servers,
+            [v6("2001:db8::10"), v6("2001:db8::11"), v6("198.18.1.10")]
+        );
+        let entries: Vec<String> = c.acls[0].entries.iter().map(ToString::to_string).collect();
+        assert_eq!(entries, ["2001:db8::/32", "198.18.0.0/24", "::1/128"]);
+        assert_eq!(
+            c.refused_client_sources[0].to_string(),
+            "2001:db8:ffff::/48"
+        );
+    }
+
+    #[test]
+    fn malformed_ipv6_addresses_and_prefixes_name_their_path() {
         let errors = read_errors(&format!(
-            "{BASE}health_check_source: '2001:db8::1'\ndefault_server_group:\n  servers: [{{ address: '::1' }}, {{ address: 198.18.1.300 }}]\nacls: [{{ name: x, entries: ['2001:db8::/32'] }}]\n"
+            "{BASE}health_check_source: '2001:db8:::1'\ndefault_server_group:\n  servers: [{{ address: '2001:db8::g' }}, {{ address: 198.18.1.300 }}, {{ address: '[2001:db8::10]' }}, {{ address: '[2001:db8::10]:80' }}]\nacls: [{{ name: x, entries: ['2001:db8::1/32', '2001:db8::/129', '2001:db8:::/32'] }}]\n"
         ));
         assert_eq!(
             errors,
             [
-                "health_check_source: IPv6 is not supported yet",
-                "acls[0].entries[0]: IPv6 is not supported yet",
-                "default_server_group.servers[0].address: IPv6 is not supported yet",
+                "health_check_source: `2001:db8:::1` is not an IPv6 address",
+                "acls[0].entries[0]: 2001:db8::1/32 has host bits set (did you mean `2001:db8::/32`?)",
+                "acls[0].entries[1]: prefix length 129 is longer than 128 (an IPv6 prefix length is 0..=128)",
+                "acls[0].entries[2]: `2001:db8:::/32` is not an IPv6 address or prefix (e.g. 2001:db8::1 or 2001:db8::/32)",
+                "default_server_group.servers[0].address: `2001:db8::g` is not an IPv6 address",
                 "default_server_group.servers[1].address: `198.18.1.300` is not an IPv4 address",
+                "default_server_group.servers[2].address: `[2001:db8::10]` is not an IP address (write it without brackets: 2001:db8::10)",
+                "default_server_group.servers[3].address: `[2001:db8::10]:80` is not an IP address (write the address alone, 2001:db8::10: the port has a field of its own)",
+            ]
+        );
+    }
+
+    #[test]
+    fn the_probe_source_is_one_address_or_one_of_each_family() {
+        let c = read_ok(&format!(
+            "{BASE}health_check_source: [2001:db8::1, 198.18.1.1]\n"
+        ));
+        let source = c.health_check_source.unwrap();
+        assert_eq!(source.ipv4(), Some(Ipv4Addr::new(198, 18, 1, 1)));
+        assert_eq!(source.ipv6(), Some("2001:db8::1".parse().unwrap()));
+        // Exported as read back: a list of both, IPv4 first.
+        assert!(
+            c.to_yaml()
+                .contains("health_check_source:\n- 198.18.1.1\n- 2001:db8::1\n"),
+            "{}",
+            c.to_yaml()
+        );
+        assert_eq!(crate::config::parse(&c.to_yaml()).unwrap(), c);
+        let one = read_ok(&format!("{BASE}health_check_source: [198.18.1.1]\n"));
+        assert_eq!(
+            one.health_check_source,
+            Some(Ipv4Addr::new(198, 18, 1, 1).into())
+        );
+        assert!(one.to_yaml().contains("health_check_source: 198.18.1.1\n"));
+        assert_eq!(
+            read_errors(&format!(
+                "{BASE}health_check_source: [198.18.1.1, 2001:db8::1, 198.18.1.2, x]\n"
+            )),
+            [
+                "health_check_source[2]: a second IPv4 source: health_check_source[0] is one already (give at most one address per family: IPv4 backends are probed from the IPv4 one, IPv6 backends from the IPv6 one)",
+                "health_check_source[3]: `x` is not an IPv4 address",
+            ]
+        );
+        assert_eq!(
+            read_errors(&format!("{BASE}health_check_source: []\n")),
+            [
+                "health_check_source: the list is empty (give one address, or one IPv4 and one IPv6 address; leave the field out to let the kernel pick the source)"
+            ]
+        );
+    }
+
+    #[test]
+    fn fields_that_stay_ipv4_refuse_ipv6_saying_why() {
+        let errors = read_errors(&format!(
+            "{BASE}forwarding: dsr\ndsr: {{ source: '2001:db8::/64' }}\nbgp: {{ router_id: '2001:db8::1', local_as: 65001, neighbors: [{{ address: '2001:db8::2', remote_as: 65000 }}] }}\n"
+        ));
+        assert_eq!(
+            errors,
+            [
+                "dsr.source: IPv6 is not supported in this field (the DSR tunnel's outer header is IPv4 in this build)",
+                "bgp.router_id: IPv6 is not supported in this field (a BGP router id is a 32-bit number written as an IPv4 address)",
+                "bgp.neighbors[0].address: IPv6 is not supported in this field (BGP sessions run over IPv4 here)",
             ]
         );
     }

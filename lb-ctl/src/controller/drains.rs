@@ -1,6 +1,8 @@
 //! Draining servers by hand, departing backends after a removal, and keeping both in
 //! the state file across restarts.
 
+use std::net::{IpAddr, SocketAddr};
+
 use tracing::{info, warn};
 
 use super::{Controller, ControllerError, Done, NS_PER_S, Platform};
@@ -80,7 +82,7 @@ impl<P: Platform> Controller<P> {
     pub fn drain(
         &mut self,
         group: &str,
-        address: std::net::Ipv4Addr,
+        address: IpAddr,
         port: Option<u16>,
         timeout: Option<u32>,
     ) -> Result<Done, ControllerError> {
@@ -95,7 +97,9 @@ impl<P: Platform> Controller<P> {
                 });
             let seconds = timeout.unwrap_or(configured);
             for b in l.backends.iter().filter(|b| {
-                !b.departing && b.key.address == address && port.is_none_or(|p| b.key.port == p)
+                !b.departing
+                    && IpAddr::V4(b.key.address) == address
+                    && port.is_none_or(|p| b.key.port == p)
             }) {
                 keys.push((
                     b.key,
@@ -109,7 +113,7 @@ impl<P: Platform> Controller<P> {
             return Err(ControllerError::NoSuchServer {
                 group: group.to_owned(),
                 server: match port {
-                    Some(p) => format!("{address}:{p}"),
+                    Some(p) => SocketAddr::new(address, p).to_string(),
                     None => address.to_string(),
                 },
             });
@@ -118,8 +122,8 @@ impl<P: Platform> Controller<P> {
         for (key, deadline, listener, seconds) in keys {
             self.runtime.draining.entry(key).or_insert(deadline);
             lines.push(format!(
-                "{}:{} of listener {listener}: draining, flows cut after {seconds} s",
-                key.address, key.port
+                "{} of listener {listener}: draining, flows cut after {seconds} s",
+                SocketAddr::new(key.address.into(), key.port)
             ));
         }
         self.persist_drains();
@@ -132,7 +136,7 @@ impl<P: Platform> Controller<P> {
     pub fn undrain(
         &mut self,
         group: &str,
-        address: std::net::Ipv4Addr,
+        address: IpAddr,
         port: Option<u16>,
     ) -> Result<Done, ControllerError> {
         let keys: Vec<BackendKey> = self
@@ -141,7 +145,9 @@ impl<P: Platform> Controller<P> {
             .values()
             .filter(|l| l.group == group)
             .flat_map(|l| l.backends.iter())
-            .filter(|b| b.key.address == address && port.is_none_or(|p| b.key.port == p))
+            .filter(|b| {
+                IpAddr::V4(b.key.address) == address && port.is_none_or(|p| b.key.port == p)
+            })
             .map(|b| b.key)
             .collect();
         let removed = keys

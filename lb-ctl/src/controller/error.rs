@@ -93,7 +93,7 @@ pub enum ControllerError {
     #[error("no drain of {address} in group {group} to end")]
     NotDraining {
         group: String,
-        address: std::net::Ipv4Addr,
+        address: std::net::IpAddr,
     },
     /// The state file could not be written: the change was not made.
     #[error(transparent)]

@@ -185,7 +185,17 @@ impl<P: Platform> Controller<P> {
             .filter(|(_, _, mode)| *mode != pins::MISSING)
             .map(|(name, _, _)| name.as_str())
             .collect();
-        let vips = self.effective.listeners.iter().map(|l| l.address).collect();
+        // The settings checked are IPv4 ones (`net.ipv4.conf`), and IPv4 VIPs are the
+        // only ones the data plane serves for now.
+        let vips = self
+            .effective
+            .listeners
+            .iter()
+            .filter_map(|l| match l.address {
+                std::net::IpAddr::V4(vip) => Some(vip),
+                std::net::IpAddr::V6(_) => None,
+            })
+            .collect();
         self.platform.prepare_host(&interfaces, &vips);
     }
 
@@ -218,9 +228,11 @@ fn adopt(
     let frontends: BTreeMap<lb_common::ListenerKey, (&str, Frontend)> = config
         .listeners
         .iter()
-        .map(|l| {
-            let f = Frontend::of(l);
-            (f.key(), (l.name.as_str(), f))
+        // A listener the data plane cannot hold has nothing pinned to adopt; the plan
+        // that follows reports it.
+        .filter_map(|l| {
+            let f = Frontend::of(l).ok()?;
+            Some((f.key(), (l.name.as_str(), f)))
         })
         .collect();
     let mut adopted = Vec::new();

@@ -2,6 +2,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
+    net::{IpAddr, SocketAddr},
     path::PathBuf,
 };
 
@@ -13,6 +14,7 @@ use crate::{
     config,
     dataplane::{DataPlaneAccess, DataPlaneError, ReadCounters},
     health::{self, Checker},
+    overlay::Refusal,
     plan::{BackendKey, Role},
 };
 
@@ -60,7 +62,7 @@ pub fn stats_of(status: &Status, at_s: f64, reasons: &BTreeMap<&str, u64>) -> ap
             backends: l
                 .backends
                 .iter()
-                .map(|b| (format!("{}:{}", b.address, b.port), b.stats))
+                .map(|b| (b.endpoint().to_string(), b.stats))
                 .collect(),
         })
         .collect();
@@ -80,11 +82,11 @@ impl<P: Platform> Controller<P> {
                 .default_server_group
                 .servers
                 .iter()
-                .any(|s| s.address == key.address)
+                .any(|s| s.address == IpAddr::V4(key.address))
         } else if let Some(g) = self.base.vserver_group(group) {
             g.servers
                 .iter()
-                .any(|m| m.address == key.address && m.port == key.port)
+                .any(|m| m.address == IpAddr::V4(key.address) && m.port == key.port)
         } else {
             self.base.primary_secondary_group(group).is_some()
         };
@@ -145,7 +147,7 @@ impl<P: Platform> Controller<P> {
                     _ => None,
                 });
                 backends.push(BackendStatus {
-                    address: b.key.address,
+                    address: b.key.address.into(),
                     port: b.key.port,
                     role: b.role.name().to_owned(),
                     weight: b.weight,
@@ -232,7 +234,7 @@ impl<P: Platform> Controller<P> {
             let mut backends = Vec::new();
             for b in &d.backends {
                 backends.push((
-                    format!("{}:{}", b.key.address, b.key.port),
+                    SocketAddr::new(b.key.address.into(), b.key.port).to_string(),
                     self.dataplane.backend_totals(b.id)?,
                 ));
             }
@@ -257,11 +259,22 @@ impl<P: Platform> Controller<P> {
     /// `lb-ctl explain`.
     pub fn explain(
         &self,
-        src: std::net::SocketAddrV4,
-        dst: std::net::SocketAddrV4,
+        src: SocketAddr,
+        dst: SocketAddr,
         protocol: config::Protocol,
         tcp_flags: Option<u8>,
     ) -> Result<Done, ControllerError> {
+        // The data plane balances IPv4 only for now: an IPv6 packet never reaches a
+        // listener, and the walk below reads the IPv4 maps.
+        let (SocketAddr::V4(src), SocketAddr::V4(dst)) = (src, dst) else {
+            return Err(Refusal {
+                message: format!(
+                    "explain {src} -> {dst}: IPv6 packets are not served by this build's data \
+                     plane yet"
+                ),
+            }
+            .into());
+        };
         let proto = protocol.number();
         let flags = tcp_flags.unwrap_or(select::TCP_SYN);
         let explained = self

@@ -153,13 +153,16 @@ impl<P: Platform> Controller<P> {
 
     /// Finds a backend of a group by address and optional port, across the listeners
     /// using that group.
-    fn backends_of(&self, group: &str, address: std::net::Ipv4Addr, port: Option<u16>) -> Vec<u32> {
+    fn backends_of(&self, group: &str, address: std::net::IpAddr, port: Option<u16>) -> Vec<u32> {
         self.desired
             .listeners
             .values()
             .filter(|l| l.group == group)
             .flat_map(|l| l.backends.iter())
-            .filter(|b| b.key.address == address && port.is_none_or(|p| b.key.port == p))
+            .filter(|b| {
+                std::net::IpAddr::V4(b.key.address) == address
+                    && port.is_none_or(|p| b.key.port == p)
+            })
             .map(|b| b.id)
             .collect()
     }
@@ -176,7 +179,7 @@ impl<P: Platform> Controller<P> {
     pub fn active_flows(
         &mut self,
         group: &str,
-        address: std::net::Ipv4Addr,
+        address: std::net::IpAddr,
         port: Option<u16>,
     ) -> Result<Done, ControllerError> {
         self.fresh_counts()?;

@@ -195,6 +195,20 @@ fn start_on_an_empty_data_plane_fills_the_maps_and_attaches() {
         .expect("explained")
         .data;
     assert_eq!(data["outcome"], "forward", "{data}");
+    let v6 = |s: &str| s.parse().unwrap();
+    assert_eq!(
+        error(
+            c.explain(
+                v6("[2001:db8::7]:40000"),
+                v6("[2001:db8::100]:80"),
+                crate::config::Protocol::Tcp,
+                None
+            ),
+            exit::REFUSED
+        ),
+        "explain [2001:db8::7]:40000 -> [2001:db8::100]:80: IPv6 packets are not served by \
+         this build's data plane yet"
+    );
     let backend = data["backend"].as_str().unwrap();
     assert!(
         ["198.18.1.10:8080", "198.18.1.11:8080"].contains(&backend),
@@ -290,7 +304,7 @@ fn changes_add_reweigh_and_remove_servers_and_are_saved() {
     let mut c = s.start();
     ok(c.change(Change::ServerAdd {
         group: "app".into(),
-        address: ip("198.18.1.12"),
+        address: ip("198.18.1.12").into(),
         port: Some(8080),
         weight: None,
     }));
@@ -300,7 +314,7 @@ fn changes_add_reweigh_and_remove_servers_and_are_saved() {
 
     ok(c.change(Change::ServerSet {
         group: "app".into(),
-        address: ip("198.18.1.12"),
+        address: ip("198.18.1.12").into(),
         port: Some(8080),
         weight: 0,
     }));
@@ -314,7 +328,7 @@ fn changes_add_reweigh_and_remove_servers_and_are_saved() {
     // Connection drain is on: a removed server departs with its flows...
     ok(c.change(Change::ServerRemove {
         group: "app".into(),
-        address: ip("198.18.1.11"),
+        address: ip("198.18.1.11").into(),
         port: Some(8080),
         now: false,
     }));
@@ -330,7 +344,7 @@ fn changes_add_reweigh_and_remove_servers_and_are_saved() {
     // ...unless cut at once.
     ok(c.change(Change::ServerRemove {
         group: "app".into(),
-        address: ip("198.18.1.12"),
+        address: ip("198.18.1.12").into(),
         port: Some(8080),
         now: true,
     }));
@@ -342,7 +356,7 @@ fn changes_add_reweigh_and_remove_servers_and_are_saved() {
     let message = error(
         c.change(Change::ServerAdd {
             group: "nope".into(),
-            address: ip("198.18.1.13"),
+            address: ip("198.18.1.13").into(),
             port: Some(8080),
             weight: None,
         }),
@@ -357,7 +371,7 @@ fn changes_add_reweigh_and_remove_servers_and_are_saved() {
     std::fs::create_dir_all(state.with_extension("json.tmp")).unwrap();
     let result = c.change(Change::ServerAdd {
         group: "app".into(),
-        address: ip("198.18.1.13"),
+        address: ip("198.18.1.13").into(),
         port: Some(8080),
         weight: None,
     });
@@ -423,7 +437,7 @@ fn drain_and_undrain_mark_the_backend_and_persist() {
     let mut c = s.start();
     let id = backend_id(&c, "198.18.1.10");
     let now = s.host.0.borrow().monotonic_ns;
-    let message = ok(c.drain("app", ip("198.18.1.10"), None, Some(10)));
+    let message = ok(c.drain("app", ip("198.18.1.10").into(), None, Some(10)));
     assert!(message.contains("flows cut after 10 s"), "{message}");
     let b = s.maps().borrow().tables.backends[&id];
     assert_eq!(b.flags & BACKEND_F_DRAINING, BACKEND_F_DRAINING);
@@ -464,14 +478,26 @@ fn drain_and_undrain_mark_the_backend_and_persist() {
         ("draining", Some(0))
     );
 
-    error(c.drain("app", ip("198.18.9.9"), None, None), exit::REFUSED);
-    ok(c.undrain("app", ip("198.18.1.10"), None));
+    error(
+        c.drain("app", ip("198.18.9.9").into(), None, None),
+        exit::REFUSED,
+    );
+    // An IPv6 server is named as the CLI takes it, and has no backend to drain yet.
+    let v6 = "2001:db8::10".parse().unwrap();
+    assert!(
+        error(c.drain("app", v6, Some(8080), None), exit::REFUSED)
+            .starts_with("no server [2001:db8::10]:8080 in group app serves a listener")
+    );
+    ok(c.undrain("app", ip("198.18.1.10").into(), None));
     assert_eq!(
         s.maps().borrow().tables.backends[&id].flags & BACKEND_F_DRAINING,
         0
     );
     assert!(s.saved_drains().is_empty());
-    error(c.undrain("app", ip("198.18.1.10"), None), exit::REFUSED);
+    error(
+        c.undrain("app", ip("198.18.1.10").into(), None),
+        exit::REFUSED,
+    );
 }
 
 #[test]
@@ -486,7 +512,7 @@ fn a_departing_backend_is_retired_after_its_deadline_or_once_idle() {
     for address in ["198.18.1.10", "198.18.1.11"] {
         ok(c.change(Change::ServerRemove {
             group: "app".into(),
-            address: ip(address),
+            address: ip(address).into(),
             port: Some(8080),
             now: false,
         }));
@@ -541,7 +567,7 @@ fn the_sweep_counts_active_flows_and_feeds_wlc() {
         assert_eq!(m.tables.active_flows[&b], 1);
     }
     let data = c
-        .active_flows("app", ip("198.18.1.10"), None)
+        .active_flows("app", ip("198.18.1.10").into(), None)
         .expect("counted")
         .data;
     assert_eq!(data["active_flows"], 3);
@@ -672,7 +698,7 @@ fn a_vip_is_healthy_while_a_backend_takes_new_flows() {
     for address in ["198.18.1.10", "198.18.1.11"] {
         ok(c.change(Change::ServerSet {
             group: "app".into(),
-            address: ip(address),
+            address: ip(address).into(),
             port: Some(8080),
             weight: 0,
         }));

@@ -23,7 +23,7 @@ use std::{
     cmp::Reverse,
     collections::{BTreeSet, BinaryHeap, HashMap, hash_map::RandomState},
     hash::BuildHasher,
-    net::Ipv4Addr,
+    net::IpAddr,
     sync::{Arc, Mutex, MutexGuard},
     time::{Duration, Instant, SystemTime},
 };
@@ -41,7 +41,10 @@ use super::{
     probe::{Probe, ProbeError},
     slow_start::slow_start_weight,
 };
-use crate::{config::HealthCheckKind, plan::BackendKey};
+use crate::{
+    config::{HealthCheckKind, HealthCheckSource},
+    plan::BackendKey,
+};
 
 /// Probes in flight at most, by default. Each holds one socket: the daemon's open-file
 /// limit must leave room for them.
@@ -56,9 +59,9 @@ const IDLE_SLEEP: Duration = Duration::from_secs(3600);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CheckerOptions {
-    /// Source address of every probe (`health_check_source`); the kernel picks one when
-    /// `None`.
-    pub source: Option<Ipv4Addr>,
+    /// Source addresses of the probes (`health_check_source`), one per family; the
+    /// kernel picks one when `None`, or for a family without one.
+    pub source: Option<HealthCheckSource>,
     /// Probes in flight at most; further due probes wait for a slot (each in its own task:
     /// the scheduler never waits for one).
     pub max_in_flight: usize,
@@ -140,8 +143,8 @@ impl Checker {
         }
     }
 
-    /// Changes the probes' source address, from the next probe on.
-    pub fn set_source(&self, source: Option<Ipv4Addr>) {
+    /// Changes the probes' source addresses, from the next probe on.
+    pub fn set_source(&self, source: Option<HealthCheckSource>) {
         self.shared.lock().source = source;
     }
 
@@ -269,7 +272,8 @@ struct Dispatch {
     seq: u64,
     due: Instant,
     probe: Arc<Probe>,
-    source: Option<Ipv4Addr>,
+    /// The source of the probe's family, if `health_check_source` gives one.
+    source: Option<IpAddr>,
 }
 
 #[derive(Debug)]
@@ -303,7 +307,7 @@ struct Inner {
     /// Due time of each probed target's next probe, earliest first. Entries of removed
     /// or replaced targets are left in and skipped when they come up.
     queue: BinaryHeap<Reverse<(Instant, u64, BackendKey)>>,
-    source: Option<Ipv4Addr>,
+    source: Option<HealthCheckSource>,
     next_slot: u64,
     /// The first `set_targets` describes what was already serving (the initial config,
     /// or a restarted daemon's): nothing is "added", so nothing ramps.
@@ -316,7 +320,7 @@ struct Inner {
 }
 
 impl Inner {
-    fn new(source: Option<Ipv4Addr>) -> Self {
+    fn new(source: Option<HealthCheckSource>) -> Self {
         Self {
             entries: HashMap::new(),
             queue: BinaryHeap::new(),
@@ -363,7 +367,7 @@ impl Inner {
                 Probe::new(
                     target.kind,
                     &target.check,
-                    target.address,
+                    target.endpoint().ip(),
                     target.port,
                     target.tunnel,
                 )
@@ -445,7 +449,7 @@ impl Inner {
                 seq: entry.next_seq,
                 due: at,
                 probe: Arc::clone(probe),
-                source: self.source,
+                source: self.source.and_then(|s| s.for_backend(probe.target.ip())),
             });
             entry.in_flight = true;
             entry.next_seq += 1;
@@ -499,7 +503,7 @@ impl Inner {
         entry.applied_seq = dispatch.seq;
         let target = &entry.target;
         debug!(
-            backend = %format_args!("{}:{}", target.address, target.port),
+            backend = %target.endpoint(),
             listener = %target.listener,
             result = %result.as_ref().err().map_or_else(|| "ok".to_owned(), ToString::to_string),
             latency_ms = latency.as_secs_f64() * 1000.0,
@@ -523,9 +527,13 @@ impl Inner {
             // down and its probes brought it up): nothing for the data plane, but worth
             // one line, since the backend now stays down whatever its probes say.
             info!(
-                "backend {}:{} of listener {} is held down for {} s: more than {} state \
-                 changes within {} s",
-                target.address, target.port, target.listener, d.hold, d.max_flaps, d.window
+                "backend {} of listener {} is held down for {} s: more than {} state changes \
+                 within {} s",
+                target.endpoint(),
+                target.listener,
+                d.hold,
+                d.max_flaps,
+                d.window
             );
         }
         let Change { up, cause } = change?;
@@ -620,9 +628,8 @@ impl Entry {
 /// A transition of `target`, logged once here at info level.
 fn transition(target: &Target, healthy: bool, reason: String) -> Transition {
     info!(
-        "backend {}:{} of listener {} is {}: {reason}",
-        target.address,
-        target.port,
+        "backend {} of listener {} is {}: {reason}",
+        target.endpoint(),
         target.listener,
         if healthy { "up" } else { "down" }
     );

@@ -31,7 +31,10 @@ mod machine;
 mod probe;
 mod slow_start;
 
-use std::{net::Ipv4Addr, time::SystemTime};
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    time::SystemTime,
+};
 
 pub(crate) use checker::{BackendHealth, HealthState, Snapshot};
 pub use checker::{Checker, CheckerOptions, DEFAULT_MAX_IN_FLIGHT};
@@ -49,7 +52,8 @@ pub struct Target {
     /// Name of the listener, for logs and status.
     pub listener: String,
     /// The backend's address and port (the key's; the check's `port` may override the
-    /// port probed).
+    /// port probed). Of the key's type, IPv4 while the data plane is; the probes
+    /// themselves take either family (`endpoint`).
     pub address: Ipv4Addr,
     pub port: u16,
     pub check: HealthCheck,
@@ -77,6 +81,11 @@ pub struct ProbeTunnel {
 }
 
 impl Target {
+    /// The backend's address and port, as probes (outside DSR) and logs use them.
+    pub fn endpoint(&self) -> SocketAddr {
+        SocketAddr::new(self.address.into(), self.port)
+    }
+
     /// Whether `other` is the same probe of the same backend, so health state carries
     /// over from one to the other. Weight, slow start and the listener's name may differ.
     fn same_check(&self, other: &Self) -> bool {
@@ -116,8 +125,15 @@ pub(crate) fn targets(
     let dsr = config.forwarding == crate::config::Forwarding::Dsr;
     let mut out = Vec::new();
     for listener in &config.listeners {
-        let frontend = Frontend::of(listener);
-        for m in crate::plan::members(config, listener) {
+        // A listener the plan cannot hold (an IPv6 one, which validation refuses for
+        // now) has no backends in the data plane to take out of it: nothing to probe.
+        let (Ok(frontend), Ok(members)) = (
+            Frontend::of(listener),
+            crate::plan::members(config, listener),
+        ) else {
+            continue;
+        };
+        for m in members {
             let key = BackendKey {
                 frontend,
                 address: m.address,
@@ -125,7 +141,7 @@ pub(crate) fn targets(
             };
             let tunnel = if dsr {
                 backend_id(&key).map(|id| ProbeTunnel {
-                    vip: listener.address,
+                    vip: frontend.address,
                     mark: lb_common::probe_mark(id),
                 })
             } else {
@@ -226,7 +242,7 @@ listeners:
         assert!(kinds.contains(&("db", HealthCheckKind::Udp)), "{kinds:?}");
         assert!(kinds.contains(&("db2", HealthCheckKind::Udp)), "{kinds:?}");
         let db = t.iter().find(|t| t.listener == "db").unwrap();
-        let probe = Probe::new(db.kind, &db.check, db.address, db.port, None).unwrap();
+        let probe = Probe::new(db.kind, &db.check, db.address.into(), db.port, None).unwrap();
         assert_eq!(
             probe.kind,
             ProbeKind::Udp {

@@ -4,7 +4,7 @@
 
 use std::{
     io,
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::Arc,
     time::Duration,
 };
@@ -69,8 +69,8 @@ impl ProbeError {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Probe {
     /// The address probed (the backend's, or in DSR the VIP) and the port (the check's
-    /// `port`, else the backend's).
-    pub target: SocketAddrV4,
+    /// `port`, else the backend's). Its family is the probe socket's.
+    pub target: SocketAddr,
     /// `SO_MARK` of the probe's socket: in DSR, what sends it through the backend's tunnel.
     pub mark: Option<u32>,
     pub timeout: Duration,
@@ -100,23 +100,25 @@ impl Probe {
     pub fn new(
         kind: HealthCheckKind,
         check: &HealthCheck,
-        address: Ipv4Addr,
+        address: IpAddr,
         backend_port: u16,
         tunnel: Option<super::ProbeTunnel>,
     ) -> Option<Self> {
-        let address = tunnel.map_or(address, |t| t.vip);
-        let target = SocketAddrV4::new(address, check.port.unwrap_or(backend_port));
+        let address = tunnel.map_or(address, |t| IpAddr::V4(t.vip));
+        let target = SocketAddr::new(address, check.port.unwrap_or(backend_port));
         let kind = match kind {
             HealthCheckKind::None => return None,
             HealthCheckKind::Tcp => ProbeKind::Tcp,
             HealthCheckKind::Http => {
                 let http = check.http_settings();
                 // Host names the backend when the check names no virtual host; the port
-                // goes with it unless it is HTTP's default (RFC 9110, 7.2).
-                let host = match http.host {
-                    Some(host) => host,
-                    None if target.port() == 80 => address.to_string(),
-                    None => target.to_string(),
+                // goes with it unless it is HTTP's default (RFC 9110, 7.2). An IPv6
+                // address goes in brackets either way (RFC 3986, IP-literal).
+                let host = match (http.host, address) {
+                    (Some(host), _) => host,
+                    (None, IpAddr::V4(a)) if target.port() == 80 => a.to_string(),
+                    (None, IpAddr::V6(a)) if target.port() == 80 => format!("[{a}]"),
+                    (None, _) => target.to_string(),
                 };
                 let request = format!(
                     "{} {} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: lb-ctl-health\r\n\
@@ -148,9 +150,14 @@ impl Probe {
         })
     }
 
-    /// Runs the probe once, from `source` when given, and says whether the backend
-    /// passed. The whole exchange (connect, request, reply) shares one timeout.
-    pub async fn run(&self, source: Option<Ipv4Addr>) -> Result<(), ProbeError> {
+    /// Runs the probe once, from `source` when given (an address of the target's family),
+    /// and says whether the backend passed. The whole exchange (connect, request, reply)
+    /// shares one timeout.
+    pub async fn run(&self, source: Option<IpAddr>) -> Result<(), ProbeError> {
+        if source.is_some_and(|s| s.is_ipv4() != self.target.is_ipv4()) {
+            // A socket has one family: no packet could leave from this source.
+            return Err(ProbeError::Source(io::ErrorKind::InvalidInput));
+        }
         let deadline = tokio::time::Instant::now() + self.timeout;
         let result = match &self.kind {
             ProbeKind::Tcp => {
@@ -193,15 +200,19 @@ fn set_mark(socket: &impl std::os::fd::AsFd, mark: Option<u32>) -> Result<(), Pr
 }
 
 async fn connect(
-    target: SocketAddrV4,
-    source: Option<Ipv4Addr>,
+    target: SocketAddr,
+    source: Option<IpAddr>,
     mark: Option<u32>,
 ) -> Result<TcpStream, ProbeError> {
-    let socket = TcpSocket::new_v4().map_err(|e| ProbeError::Io(e.kind()))?;
+    let socket = match target {
+        SocketAddr::V4(_) => TcpSocket::new_v4(),
+        SocketAddr::V6(_) => TcpSocket::new_v6(),
+    }
+    .map_err(|e| ProbeError::Io(e.kind()))?;
     set_mark(&socket, mark)?;
     if let Some(source) = source {
         socket
-            .bind(SocketAddr::from((source, 0)))
+            .bind(SocketAddr::new(source, 0))
             .map_err(|e| ProbeError::Source(e.kind()))?;
     }
     // Close probe connections with a RST instead of a FIN: the prober then keeps no
@@ -214,22 +225,22 @@ async fn connect(
         .set_linger(Some(Duration::ZERO))
         .map_err(|e| ProbeError::Io(e.kind()))?;
     socket
-        .connect(SocketAddr::V4(target))
+        .connect(target)
         .await
         .map_err(|e| ProbeError::from_io(&e))
 }
 
 async fn tcp(
-    target: SocketAddrV4,
-    source: Option<Ipv4Addr>,
+    target: SocketAddr,
+    source: Option<IpAddr>,
     mark: Option<u32>,
 ) -> Result<(), ProbeError> {
     connect(target, source, mark).await.map(drop)
 }
 
 async fn http(
-    target: SocketAddrV4,
-    source: Option<Ipv4Addr>,
+    target: SocketAddr,
+    source: Option<IpAddr>,
     mark: Option<u32>,
     request: &[u8],
     codes: &[HttpCodeClass],
@@ -302,14 +313,19 @@ pub fn status_accepted(status: u16, codes: &[HttpCodeClass]) -> bool {
 }
 
 async fn udp(
-    target: SocketAddrV4,
-    source: Option<Ipv4Addr>,
+    target: SocketAddr,
+    source: Option<IpAddr>,
     mark: Option<u32>,
     request: &[u8],
     expect: Option<&[u8]>,
     deadline: tokio::time::Instant,
 ) -> Result<(), ProbeError> {
-    let local = SocketAddr::from((source.unwrap_or(Ipv4Addr::UNSPECIFIED), 0));
+    // Without a source, the kernel picks one of the target's family at connect.
+    let any = match target {
+        SocketAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        SocketAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    };
+    let local = SocketAddr::new(source.unwrap_or(any), 0);
     let socket = UdpSocket::bind(local).await.map_err(|e| match source {
         Some(_) => ProbeError::Source(e.kind()),
         None => ProbeError::Io(e.kind()),
@@ -319,7 +335,7 @@ async fn udp(
     // the backend as ECONNREFUSED on the next receive; it also filters out datagrams
     // from anyone else.
     socket
-        .connect(SocketAddr::V4(target))
+        .connect(target)
         .await
         .map_err(|e| ProbeError::from_io(&e))?;
     socket

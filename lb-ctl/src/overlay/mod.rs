@@ -56,7 +56,7 @@ pub fn replay(base: &Config, changes: &[Change]) -> (Config, Vec<Change>, Vec<St
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
+    use std::net::IpAddr;
 
     use super::*;
     use crate::config;
@@ -87,7 +87,7 @@ listeners:
         config::parse(BASE).unwrap()
     }
 
-    pub(super) fn ip(s: &str) -> Ipv4Addr {
+    pub(super) fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
     }
 

@@ -1,13 +1,13 @@
 //! The rules a runtime change is checked against, and how it applies to a config.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, SocketAddr};
 
 use lb_common::Scheduler;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::config::{
-    self, Config, DEFAULT_GROUP_NAME, DefaultServer, Endpoint, Ipv4Net, Member,
+    self, Config, DEFAULT_GROUP_NAME, DefaultServer, Endpoint, IpNet, Member,
     PrimarySecondaryGroup, Protocol, VServerGroup,
 };
 
@@ -17,7 +17,7 @@ use crate::config::{
 pub enum Change {
     ServerAdd {
         group: String,
-        address: Ipv4Addr,
+        address: IpAddr,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         port: Option<u16>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -25,14 +25,14 @@ pub enum Change {
     },
     ServerSet {
         group: String,
-        address: Ipv4Addr,
+        address: IpAddr,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         port: Option<u16>,
         weight: u8,
     },
     ServerRemove {
         group: String,
-        address: Ipv4Addr,
+        address: IpAddr,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         port: Option<u16>,
         /// Cut its flows at once even when the listener has connection drain on.
@@ -55,7 +55,7 @@ pub enum Change {
     ListenerAdd {
         name: String,
         protocol: Protocol,
-        address: Ipv4Addr,
+        address: IpAddr,
         port: u16,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         group: Option<String>,
@@ -208,10 +208,19 @@ fn group_names(config: &Config) -> String {
     names.join(", ")
 }
 
-fn endpoint(address: Ipv4Addr, port: Option<u16>) -> String {
+/// `ADDR` or `ADDR:PORT` as the CLI takes it: `[2001:db8::10]:8080` for IPv6.
+fn endpoint(address: IpAddr, port: Option<u16>) -> String {
     match port {
-        Some(p) => format!("{address}:{p}"),
+        Some(p) => SocketAddr::new(address, p).to_string(),
         None => address.to_string(),
+    }
+}
+
+/// `ADDR:PORT` with the port left for the user to fill in.
+fn with_any_port(address: IpAddr) -> String {
+    match address {
+        IpAddr::V4(a) => format!("{a}:PORT"),
+        IpAddr::V6(a) => format!("[{a}]:PORT"),
     }
 }
 
@@ -301,10 +310,11 @@ impl Change {
                 check_weight(weight)?;
                 match group_mut(config, group)? {
                     GroupRef::Default => {
-                        if let Some(p) = port {
+                        if port.is_some() {
                             return refuse(format!(
-                                "servers of the default group carry no port ({address}:{p}): the \
-                                 listener's backend_port gives it; use {address}"
+                                "servers of the default group carry no port ({}): the \
+                                 listener's backend_port gives it; use {address}",
+                                endpoint(*address, *port)
                             ));
                         }
                         let servers = &mut config.default_server_group.servers;
@@ -319,15 +329,18 @@ impl Change {
                     GroupRef::VServer(g) => {
                         let Some(p) = port else {
                             return refuse(format!(
-                                "members of vServer group {group} each name their port: use \
-                                 {address}:PORT"
+                                "members of vServer group {group} each name their port: use {}",
+                                with_any_port(*address)
                             ));
                         };
                         if g.servers
                             .iter()
                             .any(|m| m.address == *address && m.port == *p)
                         {
-                            return refuse(format!("{address}:{p} is already in group {group}"));
+                            return refuse(format!(
+                                "{} is already in group {group}",
+                                endpoint(*address, *port)
+                            ));
                         }
                         g.servers.push(Member {
                             address: *address,
@@ -611,8 +624,8 @@ fn listener_names(config: &Config) -> String {
         .join(", ")
 }
 
-fn parse_cidr(cidr: &str) -> Result<Ipv4Net, Refusal> {
-    cidr.parse::<Ipv4Net>().map_err(|e| Refusal {
+fn parse_cidr(cidr: &str) -> Result<IpNet, Refusal> {
+    cidr.parse::<IpNet>().map_err(|e| Refusal {
         message: match e.hint() {
             Some(h) => format!("{e} ({h})"),
             None => e.to_string(),
@@ -620,10 +633,11 @@ fn parse_cidr(cidr: &str) -> Result<Ipv4Net, Refusal> {
     })
 }
 
-fn not_in_default(config: &Config, address: Ipv4Addr, port: Option<u16>) -> String {
-    if let Some(p) = port {
+fn not_in_default(config: &Config, address: IpAddr, port: Option<u16>) -> String {
+    if port.is_some() {
         return format!(
-            "servers of the default group carry no port ({address}:{p}); name the server as {address}"
+            "servers of the default group carry no port ({}); name the server as {address}",
+            endpoint(address, port)
         );
     }
     let listed: Vec<String> = config
@@ -648,7 +662,7 @@ fn members_of(g: &VServerGroup) -> String {
     }
     g.servers
         .iter()
-        .map(|m| format!("{}:{}", m.address, m.port))
+        .map(|m| m.endpoint().to_string())
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -656,7 +670,7 @@ fn members_of(g: &VServerGroup) -> String {
 /// The member at address[:port]; without a port the address must be unambiguous.
 fn find_member(
     g: &mut VServerGroup,
-    address: Ipv4Addr,
+    address: IpAddr,
     port: Option<u16>,
 ) -> Result<Option<&mut Member>, Refusal> {
     let matching: Vec<usize> = g
@@ -670,8 +684,9 @@ fn find_member(
         [] => Ok(None),
         [i] => Ok(Some(&mut g.servers[*i])),
         _ => refuse(format!(
-            "{address} is in group {} with several ports; say which: ADDR:PORT",
-            g.name
+            "{address} is in group {} with several ports; say which: {}",
+            g.name,
+            with_any_port(address)
         )),
     }
 }
@@ -901,14 +916,8 @@ mod tests {
             &c,
             Change::GroupCreatePrimarySecondary {
                 name: "cache".into(),
-                primary: Endpoint {
-                    address: ip("198.18.1.30"),
-                    port: 11211,
-                },
-                secondary: Endpoint {
-                    address: ip("198.18.1.31"),
-                    port: 11211,
-                },
+                primary: Endpoint::new(ip("198.18.1.30"), 11211),
+                secondary: Endpoint::new(ip("198.18.1.31"), 11211),
                 probe_secondary: true,
             },
         )
@@ -1155,5 +1164,104 @@ mod tests {
         )
         .unwrap();
         assert_eq!(added.listener("x").unwrap().udp_timeout, 120);
+    }
+
+    /// Runtime changes take IPv6 where the file does, under the same rules: the family
+    /// of a group's listeners, and the gate while the data plane is IPv4 only.
+    #[test]
+    fn ipv6_changes_follow_the_config_rules() {
+        let c = base();
+        let v6 = |s: &str| s.parse::<IpAddr>().unwrap();
+        refused(
+            &c,
+            Change::ServerAdd {
+                group: "api".into(),
+                address: v6("2001:db8::10"),
+                port: Some(8080),
+                weight: None,
+            },
+            "2001:db8::10 is IPv6, but listener `api` using its group is IPv4",
+        );
+        let spare = attempt(
+            &c,
+            Change::ServerAdd {
+                group: "spare".into(),
+                address: v6("2001:db8::10"),
+                port: Some(8080),
+                weight: None,
+            },
+        )
+        .unwrap();
+        refused(
+            &spare,
+            Change::ServerAdd {
+                group: "spare".into(),
+                address: v6("2001:db8:0::10"),
+                port: Some(8080),
+                weight: None,
+            },
+            "[2001:db8::10]:8080 is already in group spare",
+        );
+        refused(
+            &spare,
+            Change::ServerAdd {
+                group: "spare".into(),
+                address: v6("2001:db8::11"),
+                port: None,
+                weight: None,
+            },
+            "each name their port: use [2001:db8::11]:PORT",
+        );
+        refused(
+            &c,
+            Change::ServerAdd {
+                group: "default".into(),
+                address: v6("2001:db8::10"),
+                port: Some(80),
+                weight: None,
+            },
+            "carry no port ([2001:db8::10]:80)",
+        );
+        refused(
+            &spare,
+            Change::ListenerAdd {
+                name: "web6".into(),
+                protocol: Protocol::Tcp,
+                address: v6("2001:db8::100"),
+                port: 80,
+                group: Some("spare".into()),
+                backend_port: None,
+                scheduler: None,
+                settings: vec![],
+            },
+            "listeners[3].address: IPv6 listeners are not served by this build's data plane yet",
+        );
+        let mut with_acl = c.clone();
+        with_acl.acls.push(config::Acl {
+            name: "office".into(),
+            entries: vec!["198.18.0.0/24".parse().unwrap()],
+        });
+        let next = attempt(
+            &with_acl,
+            Change::AclAdd {
+                name: "office".into(),
+                cidr: "2001:db8::/32".into(),
+                existing: true,
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            next.acl("office").unwrap().entries[1].to_string(),
+            "2001:db8::/32"
+        );
+        refused(
+            &with_acl,
+            Change::AclAdd {
+                name: "office".into(),
+                cidr: "2001:db8::1/32".into(),
+                existing: true,
+            },
+            "2001:db8::1/32 has host bits set (did you mean `2001:db8::/32`?)",
+        );
     }
 }

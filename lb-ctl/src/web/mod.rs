@@ -690,6 +690,12 @@ mod tests {
         for needle in ["data-backend", "data-state", "status.json"] {
             assert!(PAGE.contains(needle), "the page lacks {needle}");
         }
+        // Endpoints are shown through one function, which brackets IPv6 as lb-ctl does.
+        assert!(PAGE.contains("function endpoint(address, port)"));
+        assert!(
+            !PAGE.contains(".address + \":\""),
+            "an endpoint formatted by hand"
+        );
     }
 
     #[tokio::test]

@@ -22,6 +22,8 @@
 //!   `stats` (→ `connections=N active=N requests=N udp=N status=N`), `peers`
 //!   (→ `peers IP=N IP=N …`, source addresses seen), `reset` (zero the counters), `ping`
 //!   (→ `pong`). Anything else → `error …`.
+//! - An IPv6 address binds an IPv6-only socket: `--http [::]:80` serves IPv6 beside
+//!   `--http 0.0.0.0:80`, and peers are reported as the address family they came in.
 //! - Prints `lb-test-backend ready` on stdout once every socket is bound; with `--verbose`
 //!   logs one line per connection or datagram to stderr. Exits 0 on SIGTERM or SIGINT.
 //!
@@ -149,14 +151,12 @@ fn main() {
 
     // Bind everything before reporting ready, so a test never races the listeners.
     for addr in &config.http {
-        let listener =
-            TcpListener::bind(addr).unwrap_or_else(|e| die(&format!("bind tcp {addr}: {e}")));
+        let listener = bind_tcp(*addr).unwrap_or_else(|e| die(&format!("bind tcp {addr}: {e}")));
         let state = Arc::clone(&state);
         spawn(move || accept_http(listener, state));
     }
     for addr in &config.udp {
-        let socket =
-            UdpSocket::bind(addr).unwrap_or_else(|e| die(&format!("bind udp {addr}: {e}")));
+        let socket = bind_udp(*addr).unwrap_or_else(|e| die(&format!("bind udp {addr}: {e}")));
         let state = Arc::clone(&state);
         spawn(move || serve_udp(socket, state));
     }
@@ -204,6 +204,41 @@ fn signal_set(signals: &[libc::c_int]) -> libc::sigset_t {
         }
         set
     }
+}
+
+/// What std's `TcpListener::bind` does (SO_REUSEADDR, a backlog of 128), except that an
+/// IPv6 socket is IPv6-only: `[::]:80` then sits beside `0.0.0.0:80` instead of taking
+/// IPv4 too, and IPv4 peers are never reported as `::ffff:…` addresses.
+fn bind_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
+    if addr.is_ipv4() {
+        return TcpListener::bind(addr);
+    }
+    let fd = ipv6_only_socket(rustix::net::SocketType::STREAM)?;
+    rustix::net::sockopt::set_socket_reuseaddr(&fd, true)?;
+    rustix::net::bind(&fd, &addr)?;
+    rustix::net::listen(&fd, 128)?;
+    Ok(TcpListener::from(fd))
+}
+
+/// `UdpSocket::bind`, IPv6-only for an IPv6 address (see [`bind_tcp`]).
+fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
+    if addr.is_ipv4() {
+        return UdpSocket::bind(addr);
+    }
+    let fd = ipv6_only_socket(rustix::net::SocketType::DGRAM)?;
+    rustix::net::bind(&fd, &addr)?;
+    Ok(UdpSocket::from(fd))
+}
+
+fn ipv6_only_socket(kind: rustix::net::SocketType) -> io::Result<std::os::fd::OwnedFd> {
+    let fd = rustix::net::socket_with(
+        rustix::net::AddressFamily::INET6,
+        kind,
+        rustix::net::SocketFlags::CLOEXEC,
+        None,
+    )?;
+    rustix::net::sockopt::set_ipv6_v6only(&fd, true)?;
+    Ok(fd)
 }
 
 fn die(msg: &str) -> ! {

@@ -594,8 +594,11 @@ impl Model {
         ingress: u32,
         now: (u64, u64),
     ) -> Vec<Outcome> {
+        if be16(f, 12) == 0x86dd {
+            return ipv6(f);
+        }
         if be16(f, 12) != 0x0800 {
-            return pass(Reason::PassNotIpv4);
+            return pass(Reason::PassNotIp);
         }
         if f.len() < 34 {
             return drop_(Reason::DropMalformedIpv4);
@@ -1215,6 +1218,64 @@ fn transmit(
             vec![with(action, sent, Out::Expect(e))]
         }
     }
+}
+
+/// An IPv6 frame, with no IPv6 listener provisioned: the parser's verdicts and its
+/// extension-header walk (docs/packet-policy.md), then "not for us" for whatever parses,
+/// since no IPv6 address is a VIP or a backend's.
+fn ipv6(f: &[u8]) -> Vec<Outcome> {
+    const FIRST: usize = 54;
+    const MAX_L4_OFFSET: usize = FIRST + lb_common::MAX_EXTENSION_BYTES;
+    let is_extension = |next: u8| matches!(next, 0 | 43 | 44 | 60);
+    if f.len() < FIRST || f[14] >> 4 != 6 {
+        return drop_(Reason::DropMalformedIpv6);
+    }
+    let end = FIRST + usize::from(be16(f, 18));
+    if end > f.len() {
+        return drop_(Reason::DropMalformedIpv6);
+    }
+    let (mut next, mut off, mut fragment) = (f[20], FIRST, false);
+    for _ in 0..lb_common::MAX_EXTENSION_HEADERS {
+        if !is_extension(next) || off > MAX_L4_OFFSET {
+            break;
+        }
+        if off + 8 > f.len() {
+            return drop_(Reason::DropMalformedIpv6);
+        }
+        let len = if next == 44 {
+            8
+        } else {
+            (usize::from(f[off + 1]) + 1) * 8
+        };
+        if off + len > end {
+            return drop_(Reason::DropMalformedIpv6);
+        }
+        if next == 44 {
+            fragment = be16(f, off + 2) & 0xfff9 != 0;
+        }
+        next = f[off];
+        off += len;
+        if fragment {
+            break;
+        }
+    }
+    if next == 58 {
+        let neighbour_discovery = !fragment
+            && off <= MAX_L4_OFFSET
+            && off + 4 <= f.len()
+            && (133..=137).contains(&f[off]);
+        return pass(if neighbour_discovery {
+            Reason::PassNeighbourDiscovery
+        } else {
+            Reason::PassOtherProtocol
+        });
+    }
+    if next != PROTO_TCP && next != PROTO_UDP {
+        return pass(Reason::PassOtherProtocol);
+    }
+    // A refused chain, a fragment or a malformed TCP/UDP header is the kernel's when the
+    // destination is no VIP, as is a well-formed packet for no listener.
+    pass(Reason::PassNotForUs)
 }
 
 #[cfg(test)]

@@ -1,4 +1,4 @@
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use tokio::net::TcpListener;
 
@@ -380,7 +380,7 @@ async fn checker_takes_a_dead_backend_out_and_back_in() {
     };
     let server = accept(listener);
     let (checker, mut rx) = Checker::new(CheckerOptions {
-        source: Some(LOCALHOST),
+        source: Some(LOCALHOST.into()),
         max_in_flight: 4,
     });
     let t = target(80, LOCALHOST, addr.port());
@@ -454,7 +454,7 @@ async fn backends_that_never_answer_do_not_delay_another_backends_failure() {
         t
     };
     let (checker, mut rx) = Checker::new(CheckerOptions {
-        source: Some(LOCALHOST),
+        source: Some(LOCALHOST.into()),
         max_in_flight: 2 * HUNG,
     });
     let mut targets: Vec<Target> = hung.iter().map(|&p| http(p)).collect();
@@ -490,4 +490,23 @@ fn checker_can_be_shared_between_tasks() {
     fn shareable<T: Send + Sync + 'static>() {}
     shareable::<Checker>();
     shareable::<Snapshot>();
+}
+
+/// `health_check_source` gives one address per family: a probe goes out from the one of
+/// its backend's family, and the kernel picks when the family has none.
+#[test]
+fn probes_take_the_source_of_their_family() {
+    let v4 = Ipv4Addr::new(198, 18, 1, 1);
+    let v6: Ipv6Addr = "2001:db8::1".parse().unwrap();
+    let t0 = Instant::now();
+    let source_of_a_probe = |source| {
+        let mut inner = Inner::new(source);
+        inner.replace_targets(vec![backend(1)], t0);
+        let (batch, _) = inner.pop_due(t0 + Duration::from_secs(10), 8);
+        batch[0].source
+    };
+    let both = HealthCheckSource::new(Some(v4), Some(v6));
+    assert_eq!(source_of_a_probe(both), Some(v4.into()));
+    assert_eq!(source_of_a_probe(Some(v6.into())), None);
+    assert_eq!(source_of_a_probe(None), None);
 }

@@ -1,13 +1,14 @@
-//! Probes against servers made by the test on 127.0.0.1; nothing leaves the host.
+//! Probes against servers made by the test on 127.0.0.1 and ::1; nothing leaves the host.
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, SocketAddrV4};
 
 use tokio::net::TcpListener;
 
 use super::*;
 use crate::config::{HttpCheck, HttpMethod, UdpCheck};
 
-const LOCALHOST: Ipv4Addr = Ipv4Addr::LOCALHOST;
+const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+const LOCALHOST6: IpAddr = IpAddr::V6(Ipv6Addr::LOCALHOST);
 
 fn check(kind: HealthCheckKind) -> HealthCheck {
     HealthCheck {
@@ -43,7 +44,7 @@ fn udp_check(request: &str, expect: Option<&str>) -> HealthCheck {
 }
 
 /// The probe of `check`, whose type every test names.
-fn probe(check: &HealthCheck, address: Ipv4Addr, port: u16) -> Option<Probe> {
+fn probe(check: &HealthCheck, address: IpAddr, port: u16) -> Option<Probe> {
     let kind = check.kind.expect("the test's check names its type");
     Probe::new(kind, check, address, port, None)
 }
@@ -52,25 +53,45 @@ fn port_of(addr: SocketAddr) -> u16 {
     addr.port()
 }
 
-/// A port on 127.0.0.1 where nothing listens (bound, then released).
-async fn closed_tcp_port() -> u16 {
-    let l = TcpListener::bind((LOCALHOST, 0)).await.unwrap();
+/// A port on `host` where nothing listens (bound, then released).
+async fn closed_tcp_port_on(host: IpAddr) -> u16 {
+    let l = TcpListener::bind((host, 0)).await.unwrap();
     port_of(l.local_addr().unwrap())
 }
 
-async fn closed_udp_port() -> u16 {
-    let s = UdpSocket::bind((LOCALHOST, 0)).await.unwrap();
+async fn closed_tcp_port() -> u16 {
+    closed_tcp_port_on(LOCALHOST).await
+}
+
+async fn closed_udp_port_on(host: IpAddr) -> u16 {
+    let s = UdpSocket::bind((host, 0)).await.unwrap();
     port_of(s.local_addr().unwrap())
 }
 
-async fn run(check: &HealthCheck, port: u16) -> Result<(), ProbeError> {
-    probe(check, LOCALHOST, port).unwrap().run(None).await
+async fn closed_udp_port() -> u16 {
+    closed_udp_port_on(LOCALHOST).await
 }
 
-/// An HTTP server answering each connection with `response` once it has read the
-/// request head; sends each request head it read on the returned channel.
+/// Runs the probe of `check` against `host`:`port`, the kernel picking the source.
+async fn run_at(check: &HealthCheck, host: IpAddr, port: u16) -> Result<(), ProbeError> {
+    probe(check, host, port).unwrap().run(None).await
+}
+
+async fn run(check: &HealthCheck, port: u16) -> Result<(), ProbeError> {
+    run_at(check, LOCALHOST, port).await
+}
+
 async fn http_server(response: &'static str) -> (u16, mpsc::UnboundedReceiver<String>) {
-    let listener = TcpListener::bind((LOCALHOST, 0)).await.unwrap();
+    http_server_on(LOCALHOST, response).await
+}
+
+/// An HTTP server on `host` answering each connection with `response` once it has read
+/// the request head; sends each request head it read on the returned channel.
+async fn http_server_on(
+    host: IpAddr,
+    response: &'static str,
+) -> (u16, mpsc::UnboundedReceiver<String>) {
+    let listener = TcpListener::bind((host, 0)).await.unwrap();
     let port = port_of(listener.local_addr().unwrap());
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
@@ -142,10 +163,10 @@ fn status_lines() {
 fn probe_settings() {
     let mut c = http_check(None, HttpMethod::Head);
     c.port = Some(9000);
-    let p = probe(&c, Ipv4Addr::new(198, 18, 1, 10), 8080).unwrap();
+    let p = probe(&c, Ipv4Addr::new(198, 18, 1, 10).into(), 8080).unwrap();
     assert_eq!(
         p.target,
-        SocketAddrV4::new(Ipv4Addr::new(198, 18, 1, 10), 9000)
+        SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(198, 18, 1, 10), 9000))
     );
     assert_eq!(p.timeout, Duration::from_secs(1));
     let ProbeKind::Http { request, codes } = &p.kind else {
@@ -261,7 +282,7 @@ async fn probes_bind_the_source_address() {
     assert_eq!(peer.ip(), LOCALHOST);
     // An address this host does not have cannot be bound: the probe fails at once,
     // without a packet sent.
-    let foreign = Some(Ipv4Addr::new(198, 18, 255, 254));
+    let foreign = Some(Ipv4Addr::new(198, 18, 255, 254).into());
     assert_eq!(
         tcp.run(foreign).await,
         Err(ProbeError::Source(io::ErrorKind::AddrNotAvailable))
@@ -293,9 +314,14 @@ async fn timeout_when_the_server_never_answers() {
     server.abort();
 }
 
-/// A UDP server that answers every datagram with `reply` (or stays silent on `None`).
 async fn udp_server(reply: Option<&'static str>) -> u16 {
-    let socket = UdpSocket::bind((LOCALHOST, 0)).await.unwrap();
+    udp_server_on(LOCALHOST, reply).await
+}
+
+/// A UDP server on `host` that answers every datagram with `reply` (or stays silent on
+/// `None`).
+async fn udp_server_on(host: IpAddr, reply: Option<&'static str>) -> u16 {
+    let socket = UdpSocket::bind((host, 0)).await.unwrap();
     let port = port_of(socket.local_addr().unwrap());
     tokio::spawn(async move {
         let mut buf = [0u8; 512];
@@ -358,12 +384,12 @@ fn a_dsr_probe_is_addressed_to_the_vip_and_marked() {
     let p = Probe::new(
         HealthCheckKind::Http,
         &check,
-        Ipv4Addr::new(198, 18, 1, 11),
+        Ipv4Addr::new(198, 18, 1, 11).into(),
         80,
         Some(tunnel),
     )
     .unwrap();
-    assert_eq!(p.target, SocketAddrV4::new(vip, 80));
+    assert_eq!(p.target, SocketAddr::V4(SocketAddrV4::new(vip, 80)));
     assert_eq!(p.mark, Some(0x4c00_0007));
     let ProbeKind::Http { request, .. } = &p.kind else {
         panic!("an HTTP probe");
@@ -373,4 +399,104 @@ fn a_dsr_probe_is_addressed_to_the_vip_and_marked() {
         "{}",
         String::from_utf8_lossy(request)
     );
+}
+
+// --- IPv6 backends: the same probes over ::1 ----------------------------------------
+
+#[tokio::test]
+async fn tcp_probe_of_an_ipv6_backend() {
+    let listener = TcpListener::bind((LOCALHOST6, 0)).await.unwrap();
+    let port = port_of(listener.local_addr().unwrap());
+    let (peers, mut accepted) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((_, peer)) = listener.accept().await {
+            let _ = peers.send(peer);
+        }
+    });
+    let tcp = check(HealthCheckKind::Tcp);
+    assert_eq!(run_at(&tcp, LOCALHOST6, port).await, Ok(()));
+    assert!(accepted.recv().await.unwrap().is_ipv6());
+    // From a source of the backend's family, as the checker picks it.
+    let p = probe(&tcp, LOCALHOST6, port).unwrap();
+    assert_eq!(p.run(Some(LOCALHOST6)).await, Ok(()));
+    assert_eq!(accepted.recv().await.unwrap().ip(), LOCALHOST6);
+}
+
+#[tokio::test]
+async fn a_closed_ipv6_port_is_down() {
+    let tcp = run_at(
+        &check(HealthCheckKind::Tcp),
+        LOCALHOST6,
+        closed_tcp_port_on(LOCALHOST6).await,
+    )
+    .await;
+    assert_eq!(tcp, Err(ProbeError::Refused));
+    // UDP: the ICMPv6 port unreachable, long before the timeout.
+    let started = tokio::time::Instant::now();
+    let udp = run_at(
+        &udp_check("ping", None),
+        LOCALHOST6,
+        closed_udp_port_on(LOCALHOST6).await,
+    )
+    .await;
+    assert_eq!(udp, Err(ProbeError::Refused));
+    assert!(started.elapsed() < Duration::from_secs(1));
+}
+
+#[tokio::test]
+async fn http_probe_of_an_ipv6_backend_names_it_in_brackets() {
+    let (port, mut requests) =
+        http_server_on(LOCALHOST6, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").await;
+    let get = http_check(None, HttpMethod::Get);
+    assert_eq!(run_at(&get, LOCALHOST6, port).await, Ok(()));
+    let head = requests.recv().await.unwrap();
+    assert!(head.starts_with("GET /healthz HTTP/1.1\r\n"), "{head}");
+    assert!(
+        head.contains(&format!("\r\nHost: [::1]:{port}\r\n")),
+        "{head}"
+    );
+    let (failing, _requests) = http_server_on(LOCALHOST6, "HTTP/1.1 503 Busy\r\n\r\n").await;
+    assert_eq!(
+        run_at(&get, LOCALHOST6, failing).await,
+        Err(ProbeError::Status(503))
+    );
+    // On port 80 the Host header carries no port, the brackets stay (RFC 3986).
+    let ProbeKind::Http { request, .. } = probe(&get, LOCALHOST6, 80).unwrap().kind else {
+        panic!("an HTTP probe");
+    };
+    assert!(
+        String::from_utf8_lossy(&request).contains("\r\nHost: [::1]\r\n"),
+        "{}",
+        String::from_utf8_lossy(&request)
+    );
+}
+
+#[tokio::test]
+async fn udp_probe_of_an_ipv6_backend() {
+    let pong = udp_server_on(LOCALHOST6, Some("+PONG\r\n")).await;
+    let other = udp_server_on(LOCALHOST6, Some("-ERR\r\n")).await;
+    let expect = udp_check("PING\r\n", Some("PONG"));
+    assert_eq!(run_at(&expect, LOCALHOST6, pong).await, Ok(()));
+    assert_eq!(
+        run_at(&expect, LOCALHOST6, other).await,
+        Err(ProbeError::UnexpectedReply)
+    );
+    assert_eq!(
+        run_at(&udp_check("ping", None), LOCALHOST6, pong).await,
+        Ok(())
+    );
+}
+
+/// A socket has one family: a source of the other one fails the probe before any packet
+/// leaves. The checker never hands one (`HealthCheckSource::for_backend`).
+#[tokio::test]
+async fn a_source_of_the_other_family_fails_the_probe() {
+    let port = closed_tcp_port_on(LOCALHOST6).await;
+    let mismatch = Err(ProbeError::Source(io::ErrorKind::InvalidInput));
+    for check in [check(HealthCheckKind::Tcp), udp_check("ping", None)] {
+        let p = probe(&check, LOCALHOST6, port).unwrap();
+        assert_eq!(p.run(Some(LOCALHOST)).await, mismatch);
+        let p = probe(&check, LOCALHOST, port).unwrap();
+        assert_eq!(p.run(Some(LOCALHOST6)).await, mismatch);
+    }
 }

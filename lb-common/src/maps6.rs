@@ -1,0 +1,159 @@
+//! The IPv6 tables' keys and values: the same meaning as their IPv4 namesakes in `maps`
+//! (whose comments hold), with 16-byte addresses. Values without an address (`Flow`,
+//! `Listener`, `Backend`, `Affinity`, the counters) are shared by both families.
+
+use crate::{Listener, family::Addr6};
+
+/// Extension headers an IPv6 packet to a VIP may carry before its TCP or UDP header; a
+/// longer chain is refused (`DropExtensionHeader`). Hop-by-hop, destination options
+/// twice (before and after a routing header), routing and fragment make five.
+pub const MAX_EXTENSION_HEADERS: usize = 5;
+/// Bytes of extension headers an IPv6 packet to a VIP may carry in all.
+pub const MAX_EXTENSION_BYTES: usize = 256;
+
+/// Key of `FLOWS6` and `HALF_OPEN6`: the client side of a flow (client → VIP).
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FlowKey6 {
+    pub src_addr: Addr6,
+    pub dst_addr: Addr6,
+    /// Network byte order.
+    pub src_port: u16,
+    /// Network byte order.
+    pub dst_port: u16,
+    pub protocol: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(size_of::<FlowKey6>() == 40);
+
+/// Key of `LISTENERS6`; `port == 0` and `protocol == 0` is a VIP marker.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct ListenerKey6 {
+    pub addr: Addr6,
+    /// Network byte order.
+    pub port: u16,
+    pub protocol: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(size_of::<ListenerKey6>() == 20);
+
+/// Key data of `ACLS6`, an LPM trie: the list (matched whole), then the source address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct AclKey6 {
+    /// Access list id, host order.
+    pub acl: u32,
+    pub addr: Addr6,
+}
+const _: () = assert!(size_of::<AclKey6>() == 20);
+
+/// Prefix bits of an `ACLS6` key for a prefix of `len` bits (the list id is always matched).
+pub const fn acl_prefix_len6(len: u8) -> u32 {
+    32 + len as u32
+}
+
+/// Key of `AFFINITY6`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct AffinityKey6 {
+    /// Listener id, host order.
+    pub listener: u32,
+    pub addr: Addr6,
+}
+const _: () = assert!(size_of::<AffinityKey6>() == 20);
+
+/// Key of `ENDPOINTS6`: an IPv6 backend endpoint as its replies show it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct EndpointKey6 {
+    pub addr: Addr6,
+    /// Network byte order.
+    pub port: u16,
+    pub protocol: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(size_of::<EndpointKey6>() == 20);
+
+/// One listener an IPv6 backend endpoint serves (`EndpointListener` with an IPv6 VIP).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct EndpointListener6 {
+    pub vip: Addr6,
+    /// Network byte order.
+    pub vport: u16,
+    pub _pad: u16,
+    /// Listener id, host order.
+    pub listener: u32,
+}
+const _: () = assert!(size_of::<EndpointListener6>() == 24);
+
+/// Value of `ENDPOINTS6`.
+pub type Endpoint6 = crate::Endpoint<EndpointListener6>;
+const _: () = assert!(size_of::<Endpoint6>() == 4 + 24 * crate::MAX_ENDPOINT_LISTENERS);
+
+/// Value of `BACKENDS6`, indexed by backend id like `BACKENDS`: the address of an IPv6
+/// backend (its other fields are in `BACKENDS`, whose `addr` is 0 for it). Only IPv6
+/// packets read it, so an IPv4 packet's backend stays one 32-byte entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct BackendAddr6 {
+    pub addr: Addr6,
+}
+const _: () = assert!(size_of::<BackendAddr6>() == 16);
+
+/// Value of `NEXT_HOPS6` (per CPU, by backend id): `NextHop` for an IPv6 backend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NextHop6 {
+    /// `bpf_ktime_get_coarse_ns` of the FIB lookup; 0 = empty.
+    pub stamp_ns: u64,
+    /// Ingress ifindex the answer was for, host order.
+    pub ingress: u32,
+    /// Egress ifindex, host order.
+    pub egress: u32,
+    /// The destination it was looked up for.
+    pub addr: Addr6,
+    /// Egress MTU, host order.
+    pub mtu: u16,
+    pub dst_mac: [u8; 6],
+    pub src_mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(size_of::<NextHop6>() == 48);
+
+/// `PendingFlow` of an IPv6 packet (`PENDING6`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PendingFlow6 {
+    pub key: FlowKey6,
+    pub listener: Listener,
+    pub now_ns: u64,
+    pub previous_backend: u32,
+    pub previous_flags: u32,
+    pub picked: u32,
+    pub state: u8,
+    pub step: u8,
+    pub flags: u8,
+    pub _pad: u8,
+    /// Where the TCP or UDP header starts (after the extension headers), from the start
+    /// of the frame: the stage does not walk the extension headers again.
+    pub l4_offset: u16,
+    pub _pad2: [u8; 6],
+}
+const _: () = assert!(size_of::<PendingFlow6>() == 112);
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are repr(C), made of integers only, with explicit padding.
+    unsafe impl aya::Pod for FlowKey6 {}
+    unsafe impl aya::Pod for ListenerKey6 {}
+    unsafe impl aya::Pod for AclKey6 {}
+    unsafe impl aya::Pod for AffinityKey6 {}
+    unsafe impl aya::Pod for EndpointKey6 {}
+    unsafe impl aya::Pod for Endpoint6 {}
+    unsafe impl aya::Pod for BackendAddr6 {}
+    unsafe impl aya::Pod for NextHop6 {}
+    unsafe impl aya::Pod for PendingFlow6 {}
+}

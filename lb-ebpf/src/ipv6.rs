@@ -1,0 +1,324 @@
+//! IPv6: the stage `lb_ipv6`, which `lb_xdp` enters for every IPv6 frame, and its new-flow
+//! stage `lb_new_flow6`: the IPv4 path's steps over the IPv6 tables, with the
+//! same decision (`lb_common::decide`, over `Maps6`) and the same flow bookkeeping
+//! (`flow`, `new_flow::open`, generic over the family). What differs is the header: the
+//! extension-header policy (`parse6`), NAT66 without a header checksum (`nat6`) and the
+//! IPv6 FIB lookup (`fwd6`).
+//!
+//! Not yet for IPv6 (docs/packet-policy.md): ICMPv6 errors about a flow (dropped when
+//! addressed to a VIP), Packet Too Big for a translated packet (passed), the RST that
+//! cuts a drained flow (the packet is dropped instead), `forwarding: dsr`.
+
+use aya_ebpf::{
+    bindings::xdp_action::{XDP_DROP, XDP_PASS},
+    macros::xdp,
+    programs::XdpContext,
+};
+use lb_common::{
+    Addr6, Backend, Encapsulation, Listener, NO_BACKEND, PENDING_F_SCANNED, Reason,
+    STAGE_NEW_FLOW6, STAGE_WLC, V6,
+    decide::{self, Decision, Opening, Pick},
+    select::{EntryState, Step, TCP_RST},
+};
+
+use crate::{
+    clock, flow,
+    fwd6::{self, Route6},
+    maps::{BACKENDS6, PENDING6},
+    nat::Side,
+    nat6,
+    new_flow::{self, Client},
+    parse::{self, L4},
+    parse6::{self, Ipv6, PROTO_ICMPV6, Parsed6, refuse_for_vip},
+    stage, stats,
+    tables::Maps6,
+};
+
+#[inline(always)]
+fn is_vip(addr: Addr6) -> bool {
+    decide::is_vip(&Maps6, addr)
+}
+
+/// An IPv6 frame, entered from `lb_xdp`.
+#[xdp]
+pub fn lb_ipv6(ctx: XdpContext) -> u32 {
+    let verdict = process(&ctx);
+    stats::finish(&ctx, verdict)
+}
+
+#[inline(always)]
+fn process(ctx: &XdpContext) -> (u32, Reason) {
+    let ip = match parse6::ipv6(ctx) {
+        Parsed6::Ipv6(ip) => ip,
+        Parsed6::Done(action, reason) => return (action, reason),
+    };
+    if ip.protocol == PROTO_ICMPV6 {
+        if !ip.fragment && parse6::is_neighbour_discovery(ctx, &ip) {
+            return (XDP_PASS, Reason::PassNeighbourDiscovery);
+        }
+        return refuse_for_vip(
+            is_vip(ip.dst_addr),
+            Reason::DropVipOtherProtocol,
+            Reason::PassOtherProtocol,
+        );
+    }
+    if !parse::is_tcp_or_udp(ip.protocol) {
+        return refuse_for_vip(
+            is_vip(ip.dst_addr),
+            Reason::DropVipOtherProtocol,
+            Reason::PassOtherProtocol,
+        );
+    }
+    if ip.refused_extensions {
+        return refuse_for_vip(
+            is_vip(ip.dst_addr),
+            Reason::DropExtensionHeader,
+            Reason::PassNotForUs,
+        );
+    }
+    if ip.fragment {
+        return refuse_for_vip(
+            is_vip(ip.dst_addr),
+            Reason::DropFragment,
+            Reason::PassNotForUs,
+        );
+    }
+    let Some(l4) = parse6::l4(ctx, &ip) else {
+        return refuse_for_vip(
+            is_vip(ip.dst_addr),
+            Reason::DropMalformedL4,
+            Reason::PassNotForUs,
+        );
+    };
+    let packet = parse6::packet(&ip, &l4);
+    if let Some(listener) = decide::listener_for(&Maps6, &packet) {
+        return forward(ctx, &ip, &l4, &listener);
+    }
+    if let Some(to) = flow::reply_flow::<V6>(
+        ip.src_addr,
+        l4.src_port,
+        ip.dst_addr,
+        l4.dst_port,
+        ip.protocol,
+    ) {
+        return reply(ctx, &ip, &l4, &to);
+    }
+    refuse_for_vip(
+        is_vip(ip.dst_addr),
+        Reason::DropVipNoListener,
+        Reason::PassNotForUs,
+    )
+}
+
+/// Client → VIP (see `program::forward`).
+#[inline(always)]
+fn forward(ctx: &XdpContext, ip: &Ipv6, l4: &L4, listener: &Listener) -> (u32, Reason) {
+    let now = clock::now();
+    let packet = parse6::packet(ip, l4);
+    let opening = match decide::listener_packet(&Maps6, &mut (), listener, &packet, now) {
+        Decision::Established { flow, backend } => {
+            let f = flow.get_mut();
+            let backend_id = f.backend;
+            flow::client_packet::<V6>(listener, &packet, l4, f, backend.generation, now);
+            let Some(ip) = reread(ctx, ip) else {
+                return (XDP_DROP, Reason::DropMalformedIpv6);
+            };
+            let delivery = Delivery {
+                ip: &ip,
+                l4,
+                listener,
+                backend: &backend,
+                backend_id,
+                now,
+            };
+            return send_to_backend(ctx, &delivery);
+        }
+        Decision::DrainCut { flow } => {
+            flow::note_close(flow.get_mut(), TCP_RST);
+            stats::listener(listener.id, |c| c.dropped += 1);
+            return (XDP_DROP, Reason::DropDrainExpired);
+        }
+        Decision::Drop(reason) => {
+            stats::listener(listener.id, |c| c.dropped += 1);
+            return (XDP_DROP, reason);
+        }
+        Decision::Pass(reason) => return (XDP_PASS, reason),
+        Decision::Open(opening) => opening,
+    };
+    let Some(pending) = PENDING6.get_ptr_mut(0) else {
+        return (XDP_DROP, Reason::DropStageFailed);
+    };
+    // SAFETY: per-CPU value, only this CPU touches it while the packet runs.
+    let p = unsafe { &mut *pending };
+    // Field by field: a whole `PendingFlow6` built first would take 112 bytes of the
+    // program's 512-byte stack.
+    p.key = packet.flow_key();
+    p.listener = *listener;
+    p.now_ns = now;
+    p.previous_backend = opening.previous_backend;
+    p.previous_flags = opening.previous_flags;
+    p.picked = NO_BACKEND;
+    p.state = opening.state.code();
+    p.step = opening.step.code();
+    p.flags = 0;
+    p.l4_offset = ip.l4_offset as u16;
+    stage::enter(ctx, STAGE_NEW_FLOW6)
+}
+
+/// The fixed header read again before the packet is sent, with what the walk found: the
+/// addresses read at the start would otherwise be kept (spilled to the stack) across the
+/// lookups in between, and the stack is 512 bytes.
+#[inline(always)]
+fn reread(ctx: &XdpContext, walked: &Ipv6) -> Option<Ipv6> {
+    let mut ip = parse6::header(ctx).ok()?;
+    ip.l4_offset = walked.l4_offset;
+    ip.protocol = walked.protocol;
+    Some(ip)
+}
+
+/// A client packet on its way to its backend.
+struct Delivery<'a> {
+    ip: &'a Ipv6,
+    l4: &'a L4,
+    listener: &'a Listener,
+    backend: &'a Backend,
+    backend_id: u32,
+    now: u64,
+}
+
+/// Client → backend: NAT66 to the backend, sent, counted. IPv6 listeners translate
+/// (`forwarding: nat`); the controller refuses any other forwarding for them.
+#[inline(always)]
+fn send_to_backend(ctx: &XdpContext, d: &Delivery<'_>) -> (u32, Reason) {
+    let (ip, l4) = (d.ip, d.l4);
+    if d.listener.encapsulation != Encapsulation::None as u8 {
+        return (XDP_DROP, Reason::DropNoRoute);
+    }
+    let Some(addr) = BACKENDS6.get(d.backend_id) else {
+        return (XDP_DROP, Reason::DropNoBackend);
+    };
+    let addr = addr.addr;
+    if !nat6::translate(ctx, ip, l4, Side::Destination, addr, d.backend.port) {
+        return (XDP_DROP, Reason::DropMalformedL4);
+    }
+    let route = Route6 {
+        src_addr: ip.src_addr,
+        dst_addr: addr,
+        src_port: l4.src_port,
+        dst_port: d.backend.port,
+        backend: d.backend_id,
+        now: d.now,
+    };
+    let out = fwd6::transmit(ctx, ip, &route, Reason::Forwarded);
+    if out.0 != XDP_DROP {
+        stats::forwarded(d.listener.id, d.backend_id, u64::from(ip.ip_len), false);
+    }
+    out
+}
+
+/// Backend → client of a known flow: the VIP back as the source, sent.
+#[inline(always)]
+fn reply(ctx: &XdpContext, ip: &Ipv6, l4: &L4, to: &flow::Reply<Addr6>) -> (u32, Reason) {
+    if ip.hop_limit <= 1 {
+        return (XDP_PASS, Reason::PassTtlExpired);
+    }
+    // SAFETY: a map value pointer stays valid for the program run; see `program::reply`.
+    let f = unsafe { &mut *to.flow };
+    let backend = f.backend;
+    flow::backend_packet(f, l4, ip.protocol);
+    if !nat6::translate(ctx, ip, l4, Side::Source, to.vip, to.vport) {
+        return (XDP_DROP, Reason::DropMalformedL4);
+    }
+    let route = Route6 {
+        src_addr: to.vip,
+        dst_addr: ip.dst_addr,
+        src_port: to.vport,
+        dst_port: l4.dst_port,
+        backend: NO_BACKEND,
+        now: 0,
+    };
+    let out = fwd6::transmit(ctx, ip, &route, Reason::ReplyForwarded);
+    if out.0 != XDP_DROP {
+        stats::forwarded(to.listener, backend, u64::from(ip.ip_len), true);
+    }
+    out
+}
+
+/// The new-flow stage for IPv6 (see `new_flow::lb_new_flow`).
+#[xdp]
+pub fn lb_new_flow6(ctx: XdpContext) -> u32 {
+    let verdict = new_flow(&ctx);
+    stats::finish(&ctx, verdict)
+}
+
+#[inline(always)]
+fn new_flow(ctx: &XdpContext) -> (u32, Reason) {
+    let Some(pending) = PENDING6.get_ptr_mut(0) else {
+        return (XDP_DROP, Reason::DropStageFailed);
+    };
+    // SAFETY: per-CPU value, only this CPU touches it while the packet runs.
+    let pending = unsafe { &mut *pending };
+    // The entry stage walked the extension headers; the hand-off says where they end.
+    let mut ip = match parse6::header(ctx) {
+        Ok(ip) => ip,
+        Err(reason) => return (XDP_DROP, reason),
+    };
+    ip.l4_offset = usize::from(pending.l4_offset);
+    ip.protocol = pending.key.protocol;
+    let Some(l4) = parse6::l4(ctx, &ip) else {
+        return (XDP_DROP, Reason::DropMalformedL4);
+    };
+    // The hand-off must be this packet's (see `new_flow::lb_new_flow`). Field by field,
+    // and the listener by reference: copies of 40-byte keys and listeners would each take
+    // their share of the 512-byte stack.
+    let key = &pending.key;
+    if key.src_addr != ip.src_addr
+        || key.dst_addr != ip.dst_addr
+        || key.src_port != l4.src_port
+        || key.dst_port != l4.dst_port
+    {
+        return (XDP_DROP, Reason::DropStageFailed);
+    }
+    let packet = parse6::packet(&ip, &l4);
+    let listener = &pending.listener;
+    let opening = Opening {
+        step: Step::from_code(pending.step),
+        state: EntryState::from_code(pending.state),
+        previous_backend: pending.previous_backend,
+        previous_flags: pending.previous_flags,
+    };
+    let scanned = (pending.flags & PENDING_F_SCANNED != 0).then_some(pending.picked);
+    let now = pending.now_ns;
+    let (id, backend, persisted) =
+        match decide::pick(&Maps6, &mut (), listener, &packet, &opening, scanned, now) {
+            Pick::Backend {
+                id,
+                backend,
+                persisted,
+            } => (id, backend, persisted),
+            Pick::Scan => return stage::enter(ctx, STAGE_WLC),
+            Pick::Fail(reason) => return new_flow::refuse(listener, reason),
+        };
+    let client = Client {
+        addr: ip.src_addr,
+        l4: &l4,
+        protocol: ip.protocol,
+    };
+    if let Err(reason) = new_flow::open::<V6>(
+        &client, listener, &opening, key, id, &backend, persisted, now,
+    ) {
+        return new_flow::refuse(listener, reason);
+    }
+    let Some(ip) = reread(ctx, &ip) else {
+        return (XDP_DROP, Reason::DropMalformedIpv6);
+    };
+    let delivery = Delivery {
+        ip: &ip,
+        l4: &l4,
+        listener,
+        backend: &backend,
+        backend_id: id,
+        now,
+    };
+    send_to_backend(ctx, &delivery)
+}
