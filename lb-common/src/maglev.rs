@@ -13,17 +13,40 @@ use crate::{NO_BACKEND, hash::mix64};
 pub struct MaglevBackend {
     /// Written into the table (the backend id).
     pub id: u32,
-    /// Address, network byte order (as in `Backend::addr`).
-    pub addr: u32,
-    /// Port, network byte order.
-    pub port: u16,
+    /// What its permutation is drawn from: its address and port (`ipv4`, `ipv6`).
+    pub identity: u64,
     /// Weight; 0 takes no slots.
     pub weight: u32,
 }
 
 impl MaglevBackend {
-    fn identity(&self) -> u64 {
-        (u64::from(u32::from_be(self.addr)) << 16) | u64::from(u16::from_be(self.port))
+    /// An IPv4 backend; address and port in network byte order (as in `Backend`). The
+    /// identity is the address and port side by side, as it has always been, so every
+    /// LB host of a cluster builds the same table across versions.
+    pub const fn ipv4(id: u32, addr: u32, port: u16, weight: u32) -> Self {
+        Self {
+            id,
+            identity: ((u32::from_be(addr) as u64) << 16) | u16::from_be(port) as u64,
+            weight,
+        }
+    }
+
+    /// An IPv6 backend; port in network byte order. Its 128-bit address and the port are
+    /// mixed into 64 bits (a listener's backends are all of its family, so IPv4 and IPv6
+    /// identities never meet in one table).
+    pub const fn ipv6(id: u32, addr: [u8; 16], port: u16, weight: u32) -> Self {
+        let bits = u128::from_be_bytes(addr);
+        let identity =
+            mix64((bits >> 64) as u64 ^ mix64(bits as u64 ^ ((u16::from_be(port) as u64) << 48)));
+        Self {
+            id,
+            identity,
+            weight,
+        }
+    }
+
+    const fn identity(&self) -> u64 {
+        self.identity
     }
 }
 
@@ -225,12 +248,12 @@ mod tests {
     use crate::MAGLEV_TABLE_SIZE;
 
     fn backend(id: u32, last_octet: u8, weight: u32) -> MaglevBackend {
-        MaglevBackend {
+        MaglevBackend::ipv4(
             id,
-            addr: u32::from_ne_bytes([198, 18, 1, last_octet]),
-            port: 8080u16.to_be(),
+            u32::from_ne_bytes([198, 18, 1, last_octet]),
+            8080u16.to_be(),
             weight,
-        }
+        )
     }
 
     fn shares(table: &[u32]) -> HashMap<u32, f64> {
@@ -361,11 +384,8 @@ mod tests {
     fn the_tail_search_builds_the_table_probing_would() {
         for n in [1u32, 2, 7, 100, 1500] {
             let set: Vec<_> = (0..n)
-                .map(|i| MaglevBackend {
-                    id: i,
-                    addr: (0xc612_0000 + i).to_be(),
-                    port: 80u16.to_be(),
-                    weight: (i * 37) % 101,
+                .map(|i| {
+                    MaglevBackend::ipv4(i, (0xc612_0000 + i).to_be(), 80u16.to_be(), (i * 37) % 101)
                 })
                 .collect();
             for m in [2u32, 3, 251, 257, 4099, MAGLEV_TABLE_SIZE] {

@@ -190,17 +190,7 @@ async fn handle(shared: &Shared, request: Request) -> Response {
         limit,
     } = request
     {
-        // The flow table holds IPv4 flows only while the data plane balances IPv4.
-        let backend = match backend {
-            None => None,
-            Some(std::net::IpAddr::V4(b)) => Some((b, backend_port)),
-            Some(b @ std::net::IpAddr::V6(_)) => {
-                return Response::refused(format!(
-                    "flows --backend {b}: IPv6 backends are not served by this build's data \
-                     plane yet"
-                ));
-            }
-        };
+        let backend = backend.map(|b| (b, backend_port));
         let job = shared
             .controller
             .lock()

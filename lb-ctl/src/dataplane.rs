@@ -6,6 +6,7 @@
 
 use std::{
     collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::{AsFd as _, AsRawFd as _},
     path::{Path, PathBuf},
     ptr::NonNull,
@@ -21,13 +22,17 @@ use aya::{
     programs::{SchedClassifier, Xdp},
 };
 use lb_common::{
-    AclKey, Affinity, AffinityKey, Backend, Endpoint, EndpointKey, Flow, FlowKey, Listener,
-    ListenerKey, REASON_COUNT, Reason, SEQUENCE_TABLE_SIZE, TABLES_PER_LISTENER, TableMeta,
-    TrafficCounters, acl_prefix_len, half_open_table_size, id_pair_entries, names,
+    AclKey, AclKey6, Affinity, AffinityKey, AffinityKey6, Backend, BackendAddr6, Endpoint,
+    Endpoint6, EndpointKey, EndpointKey6, Flow, FlowKey, FlowKey6, Listener, ListenerKey,
+    ListenerKey6, REASON_COUNT, Reason, SEQUENCE_TABLE_SIZE, TABLES_PER_LISTENER, TableMeta,
+    TrafficCounters, acl_prefix_len, acl_prefix_len6, half_open_table_size, id_pair_entries, names,
 };
 use thiserror::Error;
 
-use crate::reconcile::MapWriter;
+use crate::{
+    family::{EndpointEntry, EndpointMapKey, FlowMapKey, ListenerMapKey},
+    reconcile::MapWriter,
+};
 
 /// The XDP object built by build.rs from the `lb-ebpf` crate: the shipped one, production
 /// programs only (no `testing` feature).
@@ -52,6 +57,9 @@ pub enum DataPlaneError {
     TxPort(String),
     #[error("the XDP object has no map or program named {0}")]
     Missing(&'static str),
+    /// A key of one address family with a value of the other (a controller bug).
+    #[error("map {0}: a key and value of different address families")]
+    FamilyMismatch(&'static str),
     #[error("{name}: {source}")]
     Io {
         name: &'static str,
@@ -332,12 +340,25 @@ pub struct DataPlane {
     affinity: HashMap<MapData, AffinityKey, Affinity>,
     address_filter: Array<MapData, u64>,
     flow_filter: MappedArray<std::sync::atomic::AtomicU64>,
+    v6: Maps6,
     /// The tail-call table of this load's stages. Held open: the kernel empties a program
     /// array when its last open file or pin goes.
     stages: MapData,
     programs: Vec<ProgramFigures>,
     /// Where `lb_probe_tunnel` is attached: interface → (its index then, the link).
     probe_links: BTreeMap<String, (u32, aya::programs::tc::SchedClassifierLinkId)>,
+}
+
+/// The IPv6 tables (`crate::family`): the IPv4 ones' namesakes with IPv6 keys.
+struct Maps6 {
+    listeners: HashMap<MapData, ListenerKey6, Listener>,
+    /// The address of an IPv6 backend, by backend id (its entry is in `BACKENDS`).
+    backends: Array<MapData, BackendAddr6>,
+    flows: HashMap<MapData, FlowKey6, Flow>,
+    half_open: HashMap<MapData, FlowKey6, Flow>,
+    endpoints: HashMap<MapData, EndpointKey6, Endpoint6>,
+    acls: LpmTrie<MapData, AclKey6, u32>,
+    affinity: HashMap<MapData, AffinityKey6, Affinity>,
 }
 
 /// One loaded program as the kernel reports it: the verifier's cost and the native size.
@@ -549,6 +570,29 @@ impl DataPlane {
                 .try_into()
                 .map_err(map_err(names::ADDRESS_FILTER))?,
             flow_filter,
+            v6: Maps6 {
+                listeners: take(&mut ebpf, names::LISTENERS6)?
+                    .try_into()
+                    .map_err(map_err(names::LISTENERS6))?,
+                backends: take(&mut ebpf, names::BACKENDS6)?
+                    .try_into()
+                    .map_err(map_err(names::BACKENDS6))?,
+                flows: take(&mut ebpf, names::FLOWS6)?
+                    .try_into()
+                    .map_err(map_err(names::FLOWS6))?,
+                half_open: take(&mut ebpf, names::HALF_OPEN6)?
+                    .try_into()
+                    .map_err(map_err(names::HALF_OPEN6))?,
+                endpoints: take(&mut ebpf, names::ENDPOINTS6)?
+                    .try_into()
+                    .map_err(map_err(names::ENDPOINTS6))?,
+                acls: take(&mut ebpf, names::ACLS6)?
+                    .try_into()
+                    .map_err(map_err(names::ACLS6))?,
+                affinity: take(&mut ebpf, names::AFFINITY6)?
+                    .try_into()
+                    .map_err(map_err(names::AFFINITY6))?,
+            },
             ebpf,
             logger,
             sizes,
@@ -640,33 +684,81 @@ impl DataPlane {
             .try_into()?)
     }
 
-    pub fn set_listener(&mut self, key: ListenerKey, listener: Listener) -> Result<()> {
-        self.listeners
-            .insert(key, listener, 0)
-            .map_err(map_err(names::LISTENERS))
+    pub fn set_listener(&mut self, key: ListenerMapKey, listener: Listener) -> Result<()> {
+        match key {
+            ListenerMapKey::V4(k) => self
+                .listeners
+                .insert(k, listener, 0)
+                .map_err(map_err(names::LISTENERS)),
+            ListenerMapKey::V6(k) => self
+                .v6
+                .listeners
+                .insert(k, listener, 0)
+                .map_err(map_err(names::LISTENERS6)),
+        }
     }
 
     /// Removes a listener or VIP marker; a key that is not there is not an error.
-    pub fn remove_listener(&mut self, key: &ListenerKey) -> Result<()> {
-        match self.listeners.remove(key) {
+    pub fn remove_listener(&mut self, key: &ListenerMapKey) -> Result<()> {
+        let (removed, name) = match key {
+            ListenerMapKey::V4(k) => (self.listeners.remove(k), names::LISTENERS),
+            ListenerMapKey::V6(k) => (self.v6.listeners.remove(k), names::LISTENERS6),
+        };
+        match removed {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(map_err(names::LISTENERS)(e)),
+            Err(e) => Err(map_err(name)(e)),
         }
     }
 
-    pub fn listener(&self, key: &ListenerKey) -> Result<Option<Listener>> {
-        match self.listeners.get(key, 0) {
+    pub fn listener(&self, key: &ListenerMapKey) -> Result<Option<Listener>> {
+        let (found, name) = match key {
+            ListenerMapKey::V4(k) => (self.listeners.get(k, 0), names::LISTENERS),
+            ListenerMapKey::V6(k) => (self.v6.listeners.get(k, 0), names::LISTENERS6),
+        };
+        match found {
             Ok(v) => Ok(Some(v)),
             Err(aya::maps::MapError::KeyNotFound) => Ok(None),
-            Err(e) => Err(map_err(names::LISTENERS)(e)),
+            Err(e) => Err(map_err(name)(e)),
         }
     }
 
-    pub fn listener_entries(&self) -> Result<Vec<(ListenerKey, Listener)>> {
-        self.listeners
+    /// Every listener and VIP marker entry of both families.
+    pub fn listener_entries(&self) -> Result<Vec<(ListenerMapKey, Listener)>> {
+        let v4 = self
+            .listeners
             .iter()
+            .map(|r| r.map(|(k, v)| (ListenerMapKey::V4(k), v)))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(map_err(names::LISTENERS))
+            .map_err(map_err(names::LISTENERS))?;
+        let v6 = self
+            .v6
+            .listeners
+            .iter()
+            .map(|r| r.map(|(k, v)| (ListenerMapKey::V6(k), v)))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(map_err(names::LISTENERS6))?;
+        Ok(v4.into_iter().chain(v6).collect())
+    }
+
+    /// Writes an IPv6 backend's address (before its entry in `BACKENDS`).
+    pub fn set_backend_address6(&mut self, id: u32, address: Ipv6Addr) -> Result<()> {
+        let value = BackendAddr6 {
+            addr: lb_common::family::addr6(address.octets()),
+        };
+        self.v6
+            .backends
+            .set(id, value, 0)
+            .map_err(map_err(names::BACKENDS6))
+    }
+
+    /// The address `BACKENDS6` holds for backend `id` (`::` for an IPv4 one).
+    pub fn backend_address6(&self, id: u32) -> Result<Ipv6Addr> {
+        let value = self
+            .v6
+            .backends
+            .get(&id, 0)
+            .map_err(map_err(names::BACKENDS6))?;
+        Ok(crate::family::ipv6_of(value.addr))
     }
 
     pub fn set_backend(&mut self, id: u32, backend: Backend) -> Result<()> {
@@ -869,6 +961,19 @@ impl DataPlane {
         }
     }
 
+    /// An IPv6 flow's entry, established (`FLOWS6`) or half-open (`HALF_OPEN6`).
+    pub fn flow6(&self, key: &FlowKey6) -> Result<Option<Flow>> {
+        match self.v6.flows.get(key, 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(aya::maps::MapError::KeyNotFound) => match self.v6.half_open.get(key, 0) {
+                Ok(v) => Ok(Some(v)),
+                Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+                Err(e) => Err(map_err(names::HALF_OPEN6)(e)),
+            },
+            Err(e) => Err(map_err(names::FLOWS6)(e)),
+        }
+    }
+
     /// Rewrites a flow's entry in the table that holds it (`FLOWS` for a new key).
     pub fn set_flow(&mut self, key: FlowKey, flow: Flow) -> Result<()> {
         if self.half_open.get(&key, 0).is_ok() {
@@ -882,15 +987,20 @@ impl DataPlane {
             .map_err(map_err(names::FLOWS))
     }
 
-    /// Every flow entry, established and half-open, read in batches (`flow_walk`).
-    /// Entries evicted during the walk may be missing.
-    pub fn flows(&self) -> Result<Vec<(FlowKey, Flow)>> {
-        self.walk(&[&self.flows, &self.half_open])
+    /// Every flow entry of both families, established and half-open, read in batches
+    /// (`flow_walk`). Entries evicted during the walk may be missing.
+    pub fn flows(&self) -> Result<Vec<(FlowMapKey, Flow)>> {
+        let mut all = walk(&[&self.flows, &self.half_open], FlowMapKey::V4)?;
+        all.extend(walk(&[&self.v6.flows, &self.v6.half_open], FlowMapKey::V6)?);
+        Ok(all)
     }
 
-    /// The entries of established flows (`FLOWS`): what the sweep counts.
-    pub fn established_flows(&self) -> Result<Vec<(FlowKey, Flow)>> {
-        self.walk(&[&self.flows])
+    /// The entries of established flows of both families (`FLOWS`, `FLOWS6`): what the
+    /// sweep counts.
+    pub fn established_flows(&self) -> Result<Vec<(FlowMapKey, Flow)>> {
+        let mut all = walk(&[&self.flows], FlowMapKey::V4)?;
+        all.extend(walk(&[&self.v6.flows], FlowMapKey::V6)?);
+        Ok(all)
     }
 
     /// The flow filter's words (`lb_common::flow_filter`).
@@ -899,31 +1009,20 @@ impl DataPlane {
     }
 
     /// The entries of established flows, read the way a sweep reads them: the flow
-    /// filter's idle bitmap is rebuilt from their keys and becomes the one the data plane
-    /// reads.
-    pub fn sweep_flows(&self) -> Result<Vec<(FlowKey, Flow)>> {
+    /// filter's idle bitmap is rebuilt from their keys (IPv4's: IPv6 has no filter) and
+    /// becomes the one the data plane reads.
+    pub fn sweep_flows(&self) -> Result<Vec<(FlowMapKey, Flow)>> {
         let rebuild = crate::flow_filter::Rebuild::start(self.flow_filter());
         let flows = self.established_flows()?;
         if let Some(rebuild) = rebuild {
             for (key, _) in &flows {
-                rebuild.add(key);
+                if let FlowMapKey::V4(key) = key {
+                    rebuild.add(key);
+                }
             }
             rebuild.finish();
         }
         Ok(flows)
-    }
-
-    fn walk(&self, tables: &[&HashMap<MapData, FlowKey, Flow>]) -> Result<Vec<(FlowKey, Flow)>> {
-        let mut all = Vec::new();
-        for table in tables {
-            crate::flow_walk::for_each_flow(table, |k, v| all.push((k, v))).map_err(|source| {
-                DataPlaneError::Io {
-                    name: "reading the flow table (BPF_MAP_LOOKUP_BATCH)",
-                    source,
-                }
-            })?;
-        }
-        Ok(all)
     }
 
     /// Writes one word of the VIP filter.
@@ -941,53 +1040,67 @@ impl DataPlane {
             .map_err(map_err(names::ADDRESS_FILTER))
     }
 
-    /// Adds `addr/prefix_len` to access list `acl`.
-    pub fn add_acl_entry(
-        &mut self,
-        acl: u32,
-        addr: std::net::Ipv4Addr,
-        prefix_len: u8,
-    ) -> Result<()> {
-        self.acls
-            .insert(&acl_key(acl, addr, prefix_len), 1, 0)
-            .map_err(map_err(names::ACLS))
+    /// Adds `addr/prefix_len` to access list `acl`, in its family's trie.
+    pub fn add_acl_entry(&mut self, acl: u32, addr: IpAddr, prefix_len: u8) -> Result<()> {
+        match addr {
+            IpAddr::V4(a) => self
+                .acls
+                .insert(&acl_key(acl, a, prefix_len), 1, 0)
+                .map_err(map_err(names::ACLS)),
+            IpAddr::V6(a) => self
+                .v6
+                .acls
+                .insert(&acl_key6(acl, a, prefix_len), 1, 0)
+                .map_err(map_err(names::ACLS6)),
+        }
     }
 
-    pub fn remove_acl_entry(
-        &mut self,
-        acl: u32,
-        addr: std::net::Ipv4Addr,
-        prefix_len: u8,
-    ) -> Result<()> {
-        match self.acls.remove(&acl_key(acl, addr, prefix_len)) {
+    pub fn remove_acl_entry(&mut self, acl: u32, addr: IpAddr, prefix_len: u8) -> Result<()> {
+        let (removed, name) = match addr {
+            IpAddr::V4(a) => (self.acls.remove(&acl_key(acl, a, prefix_len)), names::ACLS),
+            IpAddr::V6(a) => (
+                self.v6.acls.remove(&acl_key6(acl, a, prefix_len)),
+                names::ACLS6,
+            ),
+        };
+        match removed {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(map_err(names::ACLS)(e)),
+            Err(e) => Err(map_err(name)(e)),
         }
     }
 
     /// Whether `addr` matches an entry of access list `acl` (longest prefix).
-    pub fn acl_matches(&self, acl: u32, addr: std::net::Ipv4Addr) -> Result<bool> {
-        match self.acls.get(&acl_key(acl, addr, 32), 0) {
+    pub fn acl_matches(&self, acl: u32, addr: IpAddr) -> Result<bool> {
+        let (found, name) = match addr {
+            IpAddr::V4(a) => (self.acls.get(&acl_key(acl, a, 32), 0), names::ACLS),
+            IpAddr::V6(a) => (self.v6.acls.get(&acl_key6(acl, a, 128), 0), names::ACLS6),
+        };
+        match found {
             Ok(_) => Ok(true),
             Err(aya::maps::MapError::KeyNotFound) => Ok(false),
-            Err(e) => Err(map_err(names::ACLS)(e)),
+            Err(e) => Err(map_err(name)(e)),
         }
     }
 
-    /// Every (acl, prefix) entry.
-    pub fn acl_entries(&self) -> Vec<(u32, std::net::Ipv4Addr, u8)> {
-        self.acls
-            .keys()
-            .filter_map(Result::ok)
-            .map(|k| {
-                let d = k.data();
-                (
-                    d.acl,
-                    std::net::Ipv4Addr::from(d.addr.to_ne_bytes()),
-                    (k.prefix_len() - acl_prefix_len(0)) as u8,
-                )
-            })
-            .collect()
+    /// Every (acl, prefix) entry of both families.
+    pub fn acl_entries(&self) -> Vec<(u32, IpAddr, u8)> {
+        let v4 = self.acls.keys().filter_map(Result::ok).map(|k| {
+            let d = k.data();
+            (
+                d.acl,
+                IpAddr::V4(crate::family::ipv4_of(d.addr)),
+                (k.prefix_len() - acl_prefix_len(0)) as u8,
+            )
+        });
+        let v6 = self.v6.acls.keys().filter_map(Result::ok).map(|k| {
+            let d = k.data();
+            (
+                d.acl,
+                IpAddr::V6(crate::family::ipv6_of(d.addr)),
+                (k.prefix_len() - acl_prefix_len6(0)) as u8,
+            )
+        });
+        v4.chain(v6).collect()
     }
 
     pub fn affinity(&self, key: &AffinityKey) -> Result<Option<Affinity>> {
@@ -1004,44 +1117,115 @@ impl DataPlane {
             .map_err(map_err(names::AFFINITY))
     }
 
-    /// Writes the listeners a backend endpoint serves (one RCU swap of the whole value).
-    pub fn set_endpoint(&mut self, key: EndpointKey, value: Endpoint) -> Result<()> {
-        self.endpoints
-            .insert(key, value, 0)
-            .map_err(map_err(names::ENDPOINTS))
+    /// The affinity entry of an IPv6 client.
+    pub fn affinity6(&self, key: &AffinityKey6) -> Result<Option<Affinity>> {
+        match self.v6.affinity.get(key, 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_err(names::AFFINITY6)(e)),
+        }
     }
 
-    pub fn remove_endpoint(&mut self, key: &EndpointKey) -> Result<()> {
-        match self.endpoints.remove(key) {
+    /// Writes the listeners a backend endpoint serves (one RCU swap of the whole value).
+    pub fn set_endpoint(&mut self, key: EndpointMapKey, value: EndpointEntry) -> Result<()> {
+        match (key, value) {
+            (EndpointMapKey::V4(k), EndpointEntry::V4(v)) => self
+                .endpoints
+                .insert(k, v, 0)
+                .map_err(map_err(names::ENDPOINTS)),
+            (EndpointMapKey::V6(k), EndpointEntry::V6(v)) => self
+                .v6
+                .endpoints
+                .insert(k, v, 0)
+                .map_err(map_err(names::ENDPOINTS6)),
+            // `EndpointEntry::of` makes entries of their key's family only.
+            _ => Err(DataPlaneError::FamilyMismatch(names::ENDPOINTS)),
+        }
+    }
+
+    pub fn remove_endpoint(&mut self, key: &EndpointMapKey) -> Result<()> {
+        let (removed, name) = match key {
+            EndpointMapKey::V4(k) => (self.endpoints.remove(k), names::ENDPOINTS),
+            EndpointMapKey::V6(k) => (self.v6.endpoints.remove(k), names::ENDPOINTS6),
+        };
+        match removed {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(map_err(names::ENDPOINTS)(e)),
+            Err(e) => Err(map_err(name)(e)),
         }
     }
 
     /// The listeners a backend endpoint serves.
-    pub fn endpoint(&self, key: &EndpointKey) -> Result<Option<Endpoint>> {
-        match self.endpoints.get(key, 0) {
+    pub fn endpoint(&self, key: &EndpointMapKey) -> Result<Option<EndpointEntry>> {
+        let found = match key {
+            EndpointMapKey::V4(k) => self.endpoints.get(k, 0).map(EndpointEntry::V4),
+            EndpointMapKey::V6(k) => self.v6.endpoints.get(k, 0).map(EndpointEntry::V6),
+        };
+        match found {
             Ok(v) => Ok(Some(v)),
             Err(aya::maps::MapError::KeyNotFound) => Ok(None),
             Err(e) => Err(map_err(names::ENDPOINTS)(e)),
         }
     }
 
-    /// Every backend endpoint entry (adoption after a restart).
-    pub fn endpoint_entries(&self) -> Result<Vec<(EndpointKey, Endpoint)>> {
-        self.endpoints
+    /// Every backend endpoint entry of both families (adoption after a restart).
+    pub fn endpoint_entries(&self) -> Result<Vec<(EndpointMapKey, EndpointEntry)>> {
+        let v4 = self
+            .endpoints
             .iter()
+            .map(|r| r.map(|(k, v)| (EndpointMapKey::V4(k), EndpointEntry::V4(v))))
             .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(map_err(names::ENDPOINTS))
+            .map_err(map_err(names::ENDPOINTS))?;
+        let v6 = self
+            .v6
+            .endpoints
+            .iter()
+            .map(|r| r.map(|(k, v)| (EndpointMapKey::V6(k), EndpointEntry::V6(v))))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(map_err(names::ENDPOINTS6))?;
+        Ok(v4.into_iter().chain(v6).collect())
     }
 }
 
-fn acl_key(acl: u32, addr: std::net::Ipv4Addr, prefix_len: u8) -> LpmKey<AclKey> {
+fn cpu_count() -> Result<usize> {
+    aya::util::nr_cpus().map_err(|(_, source)| DataPlaneError::Io {
+        name: "counting CPUs",
+        source,
+    })
+}
+
+/// Every entry of `tables`, keys wrapped by `wrap`.
+fn walk<K: aya::Pod + Default>(
+    tables: &[&HashMap<MapData, K, Flow>],
+    wrap: impl Fn(K) -> FlowMapKey,
+) -> Result<Vec<(FlowMapKey, Flow)>> {
+    let mut all = Vec::new();
+    for table in tables {
+        crate::flow_walk::for_each_flow(table, |k, v| all.push((wrap(k), v))).map_err(
+            |source| DataPlaneError::Io {
+                name: "reading the flow table (BPF_MAP_LOOKUP_BATCH)",
+                source,
+            },
+        )?;
+    }
+    Ok(all)
+}
+
+fn acl_key(acl: u32, addr: Ipv4Addr, prefix_len: u8) -> LpmKey<AclKey> {
     LpmKey::new(
         acl_prefix_len(prefix_len),
         AclKey {
             acl,
-            addr: u32::from_ne_bytes(addr.octets()),
+            addr: crate::family::ipv4_word(addr),
+        },
+    )
+}
+
+fn acl_key6(acl: u32, addr: Ipv6Addr, prefix_len: u8) -> LpmKey<AclKey6> {
+    LpmKey::new(
+        acl_prefix_len6(prefix_len),
+        AclKey6 {
+            acl,
+            addr: lb_common::family::addr6(addr.octets()),
         },
     )
 }
@@ -1098,27 +1282,32 @@ impl ReadCounters for DataPlane {
 /// controller's unit tests over memory, so start, adoption, changes, drains, the sweep and
 /// status run without a kernel.
 pub trait DataPlaneAccess: MapWriter + ReadCounters {
-    /// The decision's tables as one CPU's program sees them (`explain`).
-    type Tables<'a>: lb_common::decide::Tables<Family = lb_common::V4> + crate::explain::ReadErrors
+    /// The decision's tables as one CPU's program sees them (`explain`), per family.
+    type Tables<'a>: crate::explain::ExplainTables<Family = lb_common::V4>
+    where
+        Self: 'a;
+    type Tables6<'a>: crate::explain::ExplainTables<Family = lb_common::V6>
     where
         Self: 'a;
 
     /// Every listener entry and VIP marker (adoption, the sweep's timeouts).
-    fn listener_entries(&self) -> Result<Vec<(ListenerKey, Listener)>>;
+    fn listener_entries(&self) -> Result<Vec<(ListenerMapKey, Listener)>>;
     /// The backend entry of an id below `max_backends` (adoption).
     fn backend(&self, id: u32) -> Result<Backend>;
+    /// The address of IPv6 backend `id` (`BACKENDS6`).
+    fn backend_address6(&self, id: u32) -> Result<Ipv6Addr>;
     /// A table slot's metadata (adoption: where live Maglev tables lie).
     fn table_meta(&self, slot: u32) -> Result<TableMeta>;
     /// Every (access list, address, prefix length) entry (adoption).
-    fn acl_entries(&self) -> Vec<(u32, std::net::Ipv4Addr, u8)>;
+    fn acl_entries(&self) -> Vec<(u32, IpAddr, u8)>;
     /// The address filter's words, VIPs and refused sources (adoption).
     fn address_filter(&self) -> Result<Vec<u64>>;
     /// Every backend endpoint with the listeners it serves (adoption).
-    fn endpoint_entries(&self) -> Result<Vec<(EndpointKey, Endpoint)>>;
-    /// The entries of established flows: what the sweep counts.
-    fn established_flows(&self) -> Result<Vec<(FlowKey, Flow)>>;
+    fn endpoint_entries(&self) -> Result<Vec<(EndpointMapKey, EndpointEntry)>>;
+    /// The entries of established flows of both families: what the sweep counts.
+    fn established_flows(&self) -> Result<Vec<(FlowMapKey, Flow)>>;
     /// `established_flows` for a sweep: also rebuilds the flow filter from the keys.
-    fn sweep_flows(&self) -> Result<Vec<(FlowKey, Flow)>>;
+    fn sweep_flows(&self) -> Result<Vec<(FlowMapKey, Flow)>>;
     /// The active-flow count `wlc` weighs a backend by.
     fn set_active_flows(&mut self, id: u32, value: u32) -> Result<()>;
     /// Makes `ifindex` a redirect target of the program.
@@ -1126,33 +1315,39 @@ pub trait DataPlaneAccess: MapWriter + ReadCounters {
     fn remove_tx_port(&mut self, ifindex: u32) -> Result<()>;
     /// The decision's tables, one per CPU, CPU 0 first.
     fn decision_tables(&self) -> Result<Vec<Self::Tables<'_>>>;
+    /// The same for IPv6.
+    fn decision_tables6(&self) -> Result<Vec<Self::Tables6<'_>>>;
 }
 
 impl DataPlaneAccess for DataPlane {
-    type Tables<'a> = crate::explain::LiveTables<'a>;
+    type Tables<'a> = crate::explain::LiveTables<'a, lb_common::V4>;
+    type Tables6<'a> = crate::explain::LiveTables<'a, lb_common::V6>;
 
-    fn listener_entries(&self) -> Result<Vec<(ListenerKey, Listener)>> {
+    fn listener_entries(&self) -> Result<Vec<(ListenerMapKey, Listener)>> {
         Self::listener_entries(self)
     }
     fn backend(&self, id: u32) -> Result<Backend> {
         Self::backend(self, id)
     }
+    fn backend_address6(&self, id: u32) -> Result<Ipv6Addr> {
+        Self::backend_address6(self, id)
+    }
     fn table_meta(&self, slot: u32) -> Result<TableMeta> {
         Self::table_meta(self, slot)
     }
-    fn acl_entries(&self) -> Vec<(u32, std::net::Ipv4Addr, u8)> {
+    fn acl_entries(&self) -> Vec<(u32, IpAddr, u8)> {
         Self::acl_entries(self)
     }
     fn address_filter(&self) -> Result<Vec<u64>> {
         Self::address_filter(self)
     }
-    fn endpoint_entries(&self) -> Result<Vec<(EndpointKey, Endpoint)>> {
+    fn endpoint_entries(&self) -> Result<Vec<(EndpointMapKey, EndpointEntry)>> {
         Self::endpoint_entries(self)
     }
-    fn established_flows(&self) -> Result<Vec<(FlowKey, Flow)>> {
+    fn established_flows(&self) -> Result<Vec<(FlowMapKey, Flow)>> {
         Self::established_flows(self)
     }
-    fn sweep_flows(&self) -> Result<Vec<(FlowKey, Flow)>> {
+    fn sweep_flows(&self) -> Result<Vec<(FlowMapKey, Flow)>> {
         Self::sweep_flows(self)
     }
     fn set_active_flows(&mut self, id: u32, value: u32) -> Result<()> {
@@ -1165,11 +1360,12 @@ impl DataPlaneAccess for DataPlane {
         Self::remove_tx_port(self, ifindex)
     }
     fn decision_tables(&self) -> Result<Vec<Self::Tables<'_>>> {
-        let cpus = aya::util::nr_cpus().map_err(|(_, source)| DataPlaneError::Io {
-            name: "counting CPUs",
-            source,
-        })?;
-        Ok((0..cpus)
+        Ok((0..cpu_count()?)
+            .map(|cpu| crate::explain::LiveTables::new(self, cpu))
+            .collect())
+    }
+    fn decision_tables6(&self) -> Result<Vec<Self::Tables6<'_>>> {
+        Ok((0..cpu_count()?)
             .map(|cpu| crate::explain::LiveTables::new(self, cpu))
             .collect())
     }

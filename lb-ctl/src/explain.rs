@@ -8,18 +8,25 @@
 
 use std::{
     cell::RefCell,
-    net::{Ipv4Addr, SocketAddrV4},
+    marker::PhantomData,
+    net::{IpAddr, SocketAddr},
 };
 
 use lb_common::{
-    ACL_ALLOW, Affinity, AffinityKey, Backend, Flow, FlowKey, Listener, ListenerKey, NO_BACKEND,
-    PROTO_TCP, PROTO_UDP, Reason, Scheduler, TableMeta, V4,
+    ACL_ALLOW, Addr6, Affinity, AffinityKey, AffinityKey6, Backend, Family, Flow, FlowKey,
+    FlowKey6, Listener, ListenerKey, ListenerKey6, NO_BACKEND, PROTO_TCP, PROTO_UDP, Reason,
+    Scheduler, TableMeta, V4, V6,
     decide::{self, Event, Outcome, Packet, Tables, Trace},
+    family::addr6,
     select::{self, EntryState, Step},
 };
 use serde::{Deserialize, Serialize};
 
-use crate::{dataplane::DataPlane, plan::Desired};
+use crate::{
+    dataplane::DataPlane,
+    family::{ListenerMapKey, ipv4_of, ipv4_word, ipv6_of},
+    plan::Desired,
+};
 
 /// The answer: each step in words, and the backend the packet goes to (if any).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -32,22 +39,68 @@ pub struct Explanation {
     pub outcome: String,
 }
 
+/// An address family's addresses as the standard library's, for the explanation.
+pub trait Shown: Family {
+    fn ip(addr: Self::Addr) -> IpAddr;
+    /// `None` for an address of the other family.
+    fn word(ip: IpAddr) -> Option<Self::Addr>;
+}
+
+impl Shown for V4 {
+    fn ip(addr: u32) -> IpAddr {
+        IpAddr::V4(ipv4_of(addr))
+    }
+
+    fn word(ip: IpAddr) -> Option<u32> {
+        match ip {
+            IpAddr::V4(a) => Some(ipv4_word(a)),
+            IpAddr::V6(_) => None,
+        }
+    }
+}
+
+impl Shown for V6 {
+    fn ip(addr: Addr6) -> IpAddr {
+        IpAddr::V6(ipv6_of(addr))
+    }
+
+    fn word(ip: IpAddr) -> Option<Addr6> {
+        match ip {
+            IpAddr::V6(a) => Some(addr6(a.octets())),
+            IpAddr::V4(_) => None,
+        }
+    }
+}
+
+/// The decision's tables of one family as `explain` reads them: a failed read is kept
+/// (it would otherwise read as "no entry"), and a backend's address comes from where the
+/// family keeps it.
+pub trait ExplainTables: Tables<Family: Shown> {
+    fn read_error(&self) -> Option<String>;
+    /// Backend `id`'s address (`b`, its `BACKENDS` entry).
+    fn backend_ip(&self, id: u32, b: &Backend) -> Option<IpAddr>;
+}
+
 /// Explains a packet from `src` to `dst` over the decision's tables as each CPU sees them
 /// (`tables`, CPU 0 first: the live maps, or the in-memory data plane of the controller's
-/// tests). `tcp_flags`: the packet's TCP flags (a SYN unless told otherwise), ignored for
-/// UDP.
-pub(crate) fn explain<T: Tables<Family = V4> + ReadErrors>(
+/// tests), of the packet's family. `tcp_flags`: the packet's TCP flags (a SYN unless told
+/// otherwise), ignored for UDP.
+pub(crate) fn explain<T: ExplainTables>(
     tables: Vec<T>,
     desired: &Desired,
-    src: SocketAddrV4,
-    dst: SocketAddrV4,
+    src: SocketAddr,
+    dst: SocketAddr,
     protocol: u8,
     tcp_flags: u8,
     now: u64,
 ) -> anyhow::Result<Explanation> {
+    let (Some(src_addr), Some(dst_addr)) = (T::Family::word(src.ip()), T::Family::word(dst.ip()))
+    else {
+        anyhow::bail!("{src} and {dst} are of different address families: no packet has both");
+    };
     let packet = Packet {
-        src_addr: u32::from_ne_bytes(src.ip().octets()),
-        dst_addr: u32::from_ne_bytes(dst.ip().octets()),
+        src_addr,
+        dst_addr,
         src_port: src.port().to_be(),
         dst_port: dst.port().to_be(),
         protocol,
@@ -65,19 +118,22 @@ pub(crate) fn explain<T: Tables<Family = V4> + ReadErrors>(
 }
 
 /// The decision's tables read from the pinned maps, as the program running on `cpu` sees
-/// them. A failed read is kept and turned into an error after the decision.
-pub struct LiveTables<'a> {
+/// them, for the family `F`. A failed read is kept and turned into an error after the
+/// decision.
+pub struct LiveTables<'a, F> {
     dp: &'a DataPlane,
     cpu: usize,
     error: RefCell<Option<String>>,
+    family: PhantomData<F>,
 }
 
-impl<'a> LiveTables<'a> {
+impl<'a, F> LiveTables<'a, F> {
     pub fn new(dp: &'a DataPlane, cpu: usize) -> Self {
         Self {
             dp,
             cpu,
             error: RefCell::new(None),
+            family: PhantomData,
         }
     }
 
@@ -92,6 +148,37 @@ impl<'a> LiveTables<'a> {
             }
         }
     }
+
+    // What both families share: the backends, the tables, the cursors and counts.
+
+    fn shared_backend(&self, id: u32) -> Option<Read<Backend>> {
+        // An id past the array's end is no backend, as in XDP.
+        if id >= self.dp.sizes().max_backends {
+            return None;
+        }
+        self.read("BACKENDS", self.dp.backend(id)).map(Read)
+    }
+
+    fn shared_table_meta(&self, table: u32) -> Option<Read<TableMeta>> {
+        self.read("TABLE_META", self.dp.table_meta(table)).map(Read)
+    }
+
+    fn shared_cursor(&self, listener: u32) -> u32 {
+        self.read("CURSORS", self.dp.cursors(listener))
+            .and_then(|c| c.get(self.cpu).copied())
+            .unwrap_or(0)
+    }
+
+    fn shared_active_flows(&self, id: u32) -> u32 {
+        self.read("ACTIVE_FLOWS", self.dp.active_flows(id))
+            .unwrap_or(0)
+    }
+
+    fn listener_at(&self, key: ListenerMapKey) -> Option<Read<Listener>> {
+        self.read("LISTENERS", self.dp.listener(&key))
+            .flatten()
+            .map(Read)
+    }
 }
 
 /// An entry read out of a map: the decision reads it through `Deref`.
@@ -105,39 +192,55 @@ impl<T> std::ops::Deref for Read<T> {
     }
 }
 
-impl Tables for LiveTables<'_> {
+/// The methods both families' live tables answer alike.
+macro_rules! shared_tables {
+    () => {
+        fn backend(&self, id: u32) -> Option<Read<Backend>> {
+            self.shared_backend(id)
+        }
+
+        fn table_meta(&self, table: u32) -> Option<Read<TableMeta>> {
+            self.shared_table_meta(table)
+        }
+
+        fn maglev(&self, index: u32) -> u32 {
+            self.dp.maglev_entry(index)
+        }
+
+        fn sequence(&self, index: u32) -> u32 {
+            self.dp.sequence_entry(index)
+        }
+
+        fn take_cursor(&self, listener: u32) -> u32 {
+            self.shared_cursor(listener)
+        }
+
+        fn active_flows(&self, id: u32) -> u32 {
+            self.shared_active_flows(id)
+        }
+    };
+}
+
+impl Tables for LiveTables<'_, V4> {
     type Family = V4;
     type Ref<'a, T: 'a>
         = Read<T>
     where
         Self: 'a;
 
+    shared_tables!();
+
     fn listener(&self, key: &ListenerKey) -> Option<Read<Listener>> {
-        self.read("LISTENERS", self.dp.listener(key))
-            .flatten()
-            .map(Read)
+        self.listener_at(ListenerMapKey::V4(*key))
     }
 
     fn acl_matches(&self, acl: u32, addr: u32) -> bool {
-        let addr = Ipv4Addr::from(addr.to_ne_bytes());
-        self.read("ACLS", self.dp.acl_matches(acl, addr))
+        self.read("ACLS", self.dp.acl_matches(acl, V4::ip(addr)))
             .unwrap_or(false)
     }
 
     fn flow(&self, key: &FlowKey) -> Option<Read<Flow>> {
         self.read("FLOWS", self.dp.flow(key)).flatten().map(Read)
-    }
-
-    fn backend(&self, id: u32) -> Option<Read<Backend>> {
-        // An id past the array's end is no backend, as in XDP.
-        if id >= self.dp.sizes().max_backends {
-            return None;
-        }
-        self.read("BACKENDS", self.dp.backend(id)).map(Read)
-    }
-
-    fn table_meta(&self, table: u32) -> Option<Read<TableMeta>> {
-        self.read("TABLE_META", self.dp.table_meta(table)).map(Read)
     }
 
     fn affinity(&self, listener: u32, addr: u32) -> Option<Read<Affinity>> {
@@ -146,24 +249,78 @@ impl Tables for LiveTables<'_> {
             .flatten()
             .map(Read)
     }
+}
 
-    fn maglev(&self, index: u32) -> u32 {
-        self.dp.maglev_entry(index)
+impl Tables for LiveTables<'_, V6> {
+    type Family = V6;
+    type Ref<'a, T: 'a>
+        = Read<T>
+    where
+        Self: 'a;
+
+    shared_tables!();
+
+    fn listener(&self, key: &ListenerKey6) -> Option<Read<Listener>> {
+        self.listener_at(ListenerMapKey::V6(*key))
     }
 
-    fn sequence(&self, index: u32) -> u32 {
-        self.dp.sequence_entry(index)
+    fn acl_matches(&self, acl: u32, addr: Addr6) -> bool {
+        self.read("ACLS6", self.dp.acl_matches(acl, V6::ip(addr)))
+            .unwrap_or(false)
     }
 
-    fn take_cursor(&self, listener: u32) -> u32 {
-        self.read("CURSORS", self.dp.cursors(listener))
-            .and_then(|c| c.get(self.cpu).copied())
-            .unwrap_or(0)
+    fn flow(&self, key: &FlowKey6) -> Option<Read<Flow>> {
+        self.read("FLOWS6", self.dp.flow6(key)).flatten().map(Read)
     }
 
-    fn active_flows(&self, id: u32) -> u32 {
-        self.read("ACTIVE_FLOWS", self.dp.active_flows(id))
-            .unwrap_or(0)
+    fn affinity(&self, listener: u32, addr: Addr6) -> Option<Read<Affinity>> {
+        let key = AffinityKey6 { listener, addr };
+        self.read("AFFINITY6", self.dp.affinity6(&key))
+            .flatten()
+            .map(Read)
+    }
+}
+
+impl ExplainTables for LiveTables<'_, V4> {
+    fn read_error(&self) -> Option<String> {
+        self.error.borrow().clone()
+    }
+
+    fn backend_ip(&self, _id: u32, b: &Backend) -> Option<IpAddr> {
+        Some(V4::ip(b.addr))
+    }
+}
+
+impl ExplainTables for LiveTables<'_, V6> {
+    fn read_error(&self) -> Option<String> {
+        self.error.borrow().clone()
+    }
+
+    fn backend_ip(&self, id: u32, _b: &Backend) -> Option<IpAddr> {
+        self.read("BACKENDS6", self.dp.backend_address6(id))
+            .map(IpAddr::V6)
+    }
+}
+
+/// In-memory IPv4 tables (the controller's tests) read without failing.
+impl ExplainTables for lb_common::memory::MemoryTables<V4> {
+    fn read_error(&self) -> Option<String> {
+        None
+    }
+
+    fn backend_ip(&self, _id: u32, b: &Backend) -> Option<IpAddr> {
+        Some(V4::ip(b.addr))
+    }
+}
+
+/// In-memory IPv6 tables: `BACKENDS6` is not among them, so a backend shows as its id.
+impl ExplainTables for lb_common::memory::MemoryTables<V6> {
+    fn read_error(&self) -> Option<String> {
+        None
+    }
+
+    fn backend_ip(&self, _id: u32, _b: &Backend) -> Option<IpAddr> {
+        None
     }
 }
 
@@ -173,25 +330,6 @@ struct Recorder(Vec<Event>);
 impl Trace for Recorder {
     fn event(&mut self, event: Event) {
         self.0.push(event);
-    }
-}
-
-/// A read that failed while deciding (it would otherwise read as "no entry").
-pub trait ReadErrors {
-    fn read_error(&self) -> Option<String>;
-}
-
-/// In-memory tables (unit tests) read without failing.
-#[cfg(test)]
-impl ReadErrors for lb_common::memory::MemoryTables {
-    fn read_error(&self) -> Option<String> {
-        None
-    }
-}
-
-impl ReadErrors for LiveTables<'_> {
-    fn read_error(&self) -> Option<String> {
-        self.error.borrow().clone()
     }
 }
 
@@ -205,10 +343,10 @@ const fn per_cpu(event: &Event) -> bool {
 
 /// The decision for `packet` on each CPU's view of the tables (`tables` yields one per
 /// CPU, CPU 0 first), in words.
-fn explain_with<T: Tables<Family = V4> + ReadErrors>(
+fn explain_with<T: ExplainTables>(
     tables: &mut dyn Iterator<Item = T>,
     listener_name: &dyn Fn(u32) -> String,
-    packet: &Packet,
+    packet: &Packet<T::Family>,
     now: u64,
 ) -> anyhow::Result<Explanation> {
     let first = tables
@@ -275,11 +413,7 @@ fn explain_with<T: Tables<Family = V4> + ReadErrors>(
 }
 
 /// One CPU's pick in one line.
-fn cpu_line<T: Tables<Family = V4>>(
-    words: &Words<'_, T>,
-    events: &[Event],
-    outcome: Outcome,
-) -> String {
+fn cpu_line<T: ExplainTables>(words: &Words<'_, T>, events: &[Event], outcome: Outcome) -> String {
     let mut parts: Vec<String> = Vec::new();
     let candidates: Vec<String> = events
         .iter()
@@ -312,13 +446,13 @@ fn cpu_line<T: Tables<Family = V4>>(
 }
 
 /// Puts the decision into words.
-struct Words<'a, T: Tables<Family = V4>> {
+struct Words<'a, T: ExplainTables> {
     tables: &'a T,
-    packet: &'a Packet,
+    packet: &'a Packet<T::Family>,
     now: u64,
 }
 
-impl<T: Tables<Family = V4>> Words<'_, T> {
+impl<T: ExplainTables> Words<'_, T> {
     fn listener(&self) -> Option<Listener> {
         decide::listener_for(self.tables, self.packet).map(|l| *l)
     }
@@ -331,15 +465,15 @@ impl<T: Tables<Family = V4>> Words<'_, T> {
         }
     }
 
-    fn dst(&self) -> SocketAddrV4 {
-        SocketAddrV4::new(
-            Ipv4Addr::from(self.packet.dst_addr.to_ne_bytes()),
+    fn dst(&self) -> SocketAddr {
+        SocketAddr::new(
+            T::Family::ip(self.packet.dst_addr),
             u16::from_be(self.packet.dst_port),
         )
     }
 
-    fn src(&self) -> Ipv4Addr {
-        Ipv4Addr::from(self.packet.src_addr.to_ne_bytes())
+    fn src(&self) -> IpAddr {
+        T::Family::ip(self.packet.src_addr)
     }
 
     fn scheduler_name(&self) -> &'static str {
@@ -349,16 +483,9 @@ impl<T: Tables<Family = V4>> Words<'_, T> {
     }
 
     fn address(&self, id: u32) -> Option<String> {
-        self.tables
-            .backend(id)
-            .filter(|b| b.generation != 0)
-            .map(|b| {
-                format!(
-                    "{}:{}",
-                    Ipv4Addr::from(b.addr.to_ne_bytes()),
-                    u16::from_be(b.port)
-                )
-            })
+        let b = self.tables.backend(id).filter(|b| b.generation != 0)?;
+        let ip = self.tables.backend_ip(id, &b)?;
+        Some(SocketAddr::new(ip, u16::from_be(b.port)).to_string())
     }
 
     fn name(&self, id: u32) -> String {

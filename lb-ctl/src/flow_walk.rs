@@ -13,10 +13,14 @@ use std::{
     os::fd::{AsFd, AsRawFd},
 };
 
-use aya::maps::{HashMap, IterableMap, MapData};
-use lb_common::{Flow, FlowKey};
+use aya::{
+    Pod,
+    maps::{HashMap, IterableMap, MapData},
+};
+use lb_common::Flow;
 
-/// Entries asked for per syscall: 4096 × 36 bytes of keys and values.
+/// Entries asked for per syscall: 4096 keys and values (48 bytes each for IPv4, 72 for
+/// IPv6).
 const BATCH: usize = 4096;
 
 /// `BPF_MAP_LOOKUP_BATCH` from `enum bpf_cmd` (linux/bpf.h).
@@ -44,15 +48,16 @@ struct BatchAttr {
 }
 const _: () = assert!(size_of::<BatchAttr>() == 56);
 
-/// Calls `visit` with every entry of the flow table. An entry present for the whole walk
-/// is seen exactly once; one added or evicted meanwhile may or may not be. On a kernel
-/// without batch lookups for this map type it falls back to key-by-key iteration.
-pub fn for_each_flow(
-    flows: &HashMap<MapData, FlowKey, Flow>,
-    mut visit: impl FnMut(FlowKey, Flow),
+/// Calls `visit` with every entry of a flow table of either family (`FlowKey` or
+/// `FlowKey6` keys). An entry present for the whole walk is seen exactly once; one added
+/// or evicted meanwhile may or may not be. On a kernel without batch lookups for this map
+/// type it falls back to key-by-key iteration.
+pub fn for_each_flow<K: Pod + Default>(
+    flows: &HashMap<MapData, K, Flow>,
+    mut visit: impl FnMut(K, Flow),
 ) -> io::Result<()> {
     let fd = flows.map().fd().as_fd().as_raw_fd();
-    let mut keys = vec![FlowKey::default(); BATCH];
+    let mut keys = vec![K::default(); BATCH];
     let mut values = vec![Flow::default(); BATCH];
     // The kernel's resume position for a hash map is a bucket index (4 bytes); 8 aligned
     // bytes leave room for any map type's.
@@ -70,7 +75,7 @@ pub fn for_each_flow(
             ..BatchAttr::default()
         };
         // SAFETY: `attr` describes buffers that live across the call and hold `count`
-        // keys and values of the map's key and value sizes (`FlowKey`, `Flow`); the
+        // keys and values of the map's key and value sizes (`K`, `Flow`); the
         // kernel writes at most that many, plus `count` and the resume position.
         let ret = unsafe {
             libc::syscall(
@@ -94,7 +99,7 @@ pub fn for_each_flow(
             }
             // One hash bucket holds more entries than the buffers: grow them and ask again.
             Some(libc::ENOSPC) if keys.len() < BATCH * 64 => {
-                keys.resize(keys.len() * 2, FlowKey::default());
+                keys.resize(keys.len() * 2, K::default());
                 values.resize(values.len() * 2, Flow::default());
                 continue;
             }

@@ -25,6 +25,8 @@ use tracing::{debug, info, warn};
 /// mounted in, so a daemon that joined a namespace with setns(2) (`--netns`) reads and
 /// writes that namespace's settings.
 pub(crate) const IPV4_CONF: &str = "/proc/sys/net/ipv4/conf";
+/// Where IPv6's per-interface settings live.
+pub(crate) const IPV6_CONF: &str = "/proc/sys/net/ipv6/conf";
 
 #[derive(Debug, Error)]
 pub enum HostError {
@@ -70,19 +72,20 @@ impl RpFilter {
     }
 }
 
-/// `net.ipv4.conf.<scope>.<key>` of the current network namespace.
+/// `net.ipv4.conf.<scope>.<key>` (or, at `IPV6_CONF`, `net.ipv6.conf`'s) of the current
+/// network namespace.
 #[derive(Clone, Debug)]
-pub(crate) struct Ipv4Conf {
+pub(crate) struct IpConf {
     root: PathBuf,
 }
 
-impl Default for Ipv4Conf {
+impl Default for IpConf {
     fn default() -> Self {
         Self::at(IPV4_CONF)
     }
 }
 
-impl Ipv4Conf {
+impl IpConf {
     /// The settings under `root` instead of [`IPV4_CONF`].
     pub fn at(root: impl Into<PathBuf>) -> Self {
         Self { root: root.into() }
@@ -224,7 +227,7 @@ pub(crate) fn strict_rp_filter_conflicts(
 /// ones) for listeners on `vips`, and logs what it cannot fix. Never fails: the balancer
 /// works without these settings for clients and backends the kernel has resolved, so a
 /// setting that cannot be read or written is a warning with the command that fixes it.
-pub(crate) fn prepare(conf: &Ipv4Conf, interfaces: &[&str], vips: &BTreeSet<Ipv4Addr>) {
+pub(crate) fn prepare(conf: &IpConf, interfaces: &[&str], vips: &BTreeSet<Ipv4Addr>) {
     for iface in interfaces {
         match conf.forwarding(iface) {
             Ok(true) => {}
@@ -283,6 +286,23 @@ pub(crate) fn prepare(conf: &Ipv4Conf, interfaces: &[&str], vips: &BTreeSet<Ipv4
     }
 }
 
+/// For IPv6 VIPs: the FIB answers the XDP program's IPv6 lookups only while IPv6
+/// forwarding is on (`net.ipv6.conf.all.forwarding`, which `bpf_fib_lookup` checks), so
+/// every IPv6 packet would be dropped (`drop_no_route`) without it. Warns, as for IPv4:
+/// turning a host into a router is its operator's decision.
+pub(crate) fn prepare_ipv6(conf: &IpConf) {
+    match conf.forwarding("all") {
+        Ok(true) => {}
+        Ok(false) => warn!(
+            "net.ipv6.conf.all.forwarding is 0 while listeners have IPv6 VIPs: the kernel's \
+             FIB gives the XDP program no next hop for IPv6, so every IPv6 packet it would \
+             forward is dropped (drop_no_route). Run `sysctl -w \
+             net.ipv6.conf.all.forwarding=1` and persist it in /etc/sysctl.d/"
+        ),
+        Err(e) => warn!("cannot read net.ipv6.conf.all.forwarding: {e}"),
+    }
+}
+
 /// The warning for an interface the kernel does not forward from. Not fixed by the
 /// daemon: turning a host into a router is its operator's decision.
 fn forwarding_off(iface: &str) -> String {
@@ -328,8 +348,8 @@ mod tests {
                 .to_owned()
         }
 
-        fn conf(&self) -> Ipv4Conf {
-            Ipv4Conf::at(&self.root)
+        fn conf(&self) -> IpConf {
+            IpConf::at(&self.root)
         }
     }
 

@@ -11,6 +11,7 @@ pub(crate) mod daemon;
 pub mod dataplane;
 pub mod decap;
 pub(crate) mod explain;
+pub mod family;
 pub mod flow_filter;
 pub(crate) mod flow_walk;
 pub mod health;

@@ -6,48 +6,47 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, SocketAddr},
 };
 
 use lb_common::{
-    Endpoint, EndpointKey, EndpointListener, LISTENER_F_ANSWER_PING, LISTENER_F_VIP_MARKER,
-    ListenerKey, MAX_ENDPOINT_LISTENERS, REFUSED_SOURCES_ACL, Scheduler,
+    LISTENER_F_ANSWER_PING, LISTENER_F_VIP_MARKER, MAX_ENDPOINT_LISTENERS, REFUSED_SOURCES_ACL,
+    Scheduler,
 };
 use thiserror::Error;
 
-use crate::config::{self, Config, Protocol, VipPing};
+use crate::{
+    config::{self, Config, Protocol, VipPing},
+    family::{EndpointEntry, EndpointMapKey, ListenerMapKey, Served},
+};
 
 /// A listener as the data plane knows it: VIP, port, protocol.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Frontend {
-    pub address: Ipv4Addr,
+    pub address: IpAddr,
     pub port: u16,
     pub protocol: Protocol,
 }
 
 impl Frontend {
-    /// The listener's frontend, or why the data plane cannot hold it (an IPv6 VIP).
-    pub fn of(listener: &config::Listener) -> Result<Self, PlanError> {
-        Ok(Self {
-            address: served_ipv4(listener, listener.address)?,
+    pub fn of(listener: &config::Listener) -> Self {
+        Self {
+            address: listener.address,
             port: listener.port,
             protocol: listener.protocol,
-        })
+        }
     }
 
-    pub fn key(&self) -> ListenerKey {
-        ListenerKey {
-            addr: u32::from_ne_bytes(self.address.octets()),
-            port: self.port.to_be(),
-            protocol: self.protocol.number(),
-            _pad: 0,
-        }
+    /// Its key in its family's listener table.
+    pub fn key(&self) -> ListenerMapKey {
+        ListenerMapKey::new(self.address, self.port, self.protocol.number())
     }
 }
 
 impl std::fmt::Display for Frontend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}/{}", self.address, self.port, self.protocol)
+        let endpoint = SocketAddr::new(self.address, self.port);
+        write!(f, "{endpoint}/{}", self.protocol)
     }
 }
 
@@ -56,7 +55,7 @@ impl std::fmt::Display for Frontend {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct BackendKey {
     pub frontend: Frontend,
-    pub address: Ipv4Addr,
+    pub address: IpAddr,
     pub port: u16,
 }
 
@@ -93,9 +92,9 @@ pub struct Runtime {
     /// Backends removed from their listener's group with connection drain on: still in
     /// the data plane, draining, until the deadline.
     pub departing: BTreeMap<BackendKey, u64>,
-    /// The host's IPv4 addresses: no client has them, so new flows from them are refused
+    /// The host's addresses: no client has them, so new flows from them are refused
     /// (`REFUSED_SOURCES_ACL`).
-    pub local_addresses: BTreeSet<Ipv4Addr>,
+    pub local_addresses: BTreeSet<IpAddr>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -122,13 +121,8 @@ pub struct DesiredBackend {
 
 impl DesiredBackend {
     /// Its endpoint as its replies show it, for a listener of `protocol`.
-    pub fn endpoint(&self, protocol: u8) -> EndpointKey {
-        EndpointKey {
-            addr: u32::from_ne_bytes(self.key.address.octets()),
-            port: self.key.port.to_be(),
-            protocol,
-            _pad: 0,
-        }
+    pub fn endpoint(&self, protocol: u8) -> EndpointMapKey {
+        EndpointMapKey::new(self.key.address, self.key.port, protocol)
     }
 }
 
@@ -159,12 +153,12 @@ pub struct DesiredListener {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Desired {
     pub listeners: BTreeMap<String, DesiredListener>,
-    /// Access list id → its prefixes (address, length).
-    pub acls: BTreeMap<u32, BTreeSet<(Ipv4Addr, u8)>>,
+    /// Access list id → its prefixes (address, length), of both families.
+    pub acls: BTreeMap<u32, BTreeSet<(IpAddr, u8)>>,
     /// `Listener::flags` of every VIP's marker.
     pub vip_marker_flags: u8,
     /// Every backend endpoint with the listeners it serves: how replies find their flow.
-    pub endpoints: BTreeMap<EndpointKey, Endpoint>,
+    pub endpoints: BTreeMap<EndpointMapKey, EndpointEntry>,
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -185,22 +179,6 @@ pub enum PlanError {
         endpoint: String,
         listeners: Vec<String>,
     },
-    /// Config validation refuses IPv6 listeners while the data plane serves IPv4 only
-    /// (and a listener's servers share its family), so this is a safety net.
-    #[error("listener {listener}: {address} is IPv6, which this build's data plane does not serve")]
-    Ipv6NotServed { listener: String, address: IpAddr },
-}
-
-/// Where the config (IPv4 or IPv6) meets the data plane (IPv4 only for now): an address of
-/// `listener` or of its servers, as the data plane holds it.
-fn served_ipv4(listener: &config::Listener, address: IpAddr) -> Result<Ipv4Addr, PlanError> {
-    match address {
-        IpAddr::V4(address) => Ok(address),
-        IpAddr::V6(_) => Err(PlanError::Ipv6NotServed {
-            listener: listener.name.clone(),
-            address,
-        }),
-    }
 }
 
 /// Stable ids for listeners and backends. A listener keeps its id (and so its table
@@ -318,7 +296,7 @@ impl Runtime {
 
 /// One member of a listener's group before ids and health are applied.
 pub struct GroupMember {
-    pub address: Ipv4Addr,
+    pub address: IpAddr,
     pub port: u16,
     /// Configured weight (100 on primary/secondary groups, where weights do not apply).
     pub weight: u32,
@@ -329,11 +307,7 @@ pub struct GroupMember {
 
 /// The members of a listener's group, with the listener's backend port for the default
 /// group. `config` must be validated (no dangling reference).
-pub fn members(
-    config: &Config,
-    listener: &config::Listener,
-) -> Result<Vec<GroupMember>, PlanError> {
-    let address = |a| served_ipv4(listener, a);
+pub fn members(config: &Config, listener: &config::Listener) -> Vec<GroupMember> {
     match listener.named_group() {
         None => {
             let port = listener.backend_port.unwrap_or(0);
@@ -341,14 +315,12 @@ pub fn members(
                 .default_server_group
                 .servers
                 .iter()
-                .map(|s| {
-                    Ok(GroupMember {
-                        address: address(s.address)?,
-                        port,
-                        weight: u32::from(s.weight),
-                        role: Role::Member,
-                        probed: true,
-                    })
+                .map(|s| GroupMember {
+                    address: s.address,
+                    port,
+                    weight: u32::from(s.weight),
+                    role: Role::Member,
+                    probed: true,
                 })
                 .collect()
         }
@@ -356,35 +328,31 @@ pub fn members(
             if let Some(g) = config.vserver_group(name) {
                 g.servers
                     .iter()
-                    .map(|m| {
-                        Ok(GroupMember {
-                            address: address(m.address)?,
-                            port: m.port,
-                            weight: u32::from(m.weight),
-                            role: Role::Member,
-                            probed: true,
-                        })
+                    .map(|m| GroupMember {
+                        address: m.address,
+                        port: m.port,
+                        weight: u32::from(m.weight),
+                        role: Role::Member,
+                        probed: true,
                     })
                     .collect()
             } else if let Some(g) = config.primary_secondary_group(name) {
                 [(g.primary, Role::Primary), (g.secondary, Role::Secondary)]
                     .into_iter()
-                    .map(|(e, role)| {
-                        Ok(GroupMember {
-                            address: address(e.address)?,
-                            port: e.port,
-                            // Weights do not apply to primary/secondary groups; one backend
-                            // takes the new flows at a time.
-                            weight: 100,
-                            role,
-                            // As in CLB, the secondary is not probed unless asked for.
-                            probed: role == Role::Primary || g.probe_secondary,
-                        })
+                    .map(|(e, role)| GroupMember {
+                        address: e.address,
+                        port: e.port,
+                        // Weights do not apply to primary/secondary groups; one backend
+                        // takes the new flows at a time.
+                        weight: 100,
+                        role,
+                        // As in CLB, the secondary is not probed unless asked for.
+                        probed: role == Role::Primary || g.probe_secondary,
                     })
                     .collect()
             } else {
                 // A validated config has no dangling reference.
-                Ok(Vec::new())
+                Vec::new()
             }
         }
     }
@@ -403,16 +371,15 @@ pub fn plan(config: &Config, runtime: &Runtime, ids: &mut Ids) -> Result<Desired
     let mut entries = 0;
     for acl in &config.acls {
         let id = ids.acl_id(&acl.name);
-        let prefixes: BTreeSet<(Ipv4Addr, u8)> =
-            acl.entries.iter().filter_map(ipv4_prefix).collect();
+        let prefixes: BTreeSet<(IpAddr, u8)> = acl.entries.iter().map(prefix).collect();
         entries += prefixes.len();
         desired.acls.insert(id, prefixes);
     }
-    let refused: BTreeSet<(Ipv4Addr, u8)> = runtime
+    let refused: BTreeSet<(IpAddr, u8)> = runtime
         .local_addresses
         .iter()
-        .map(|a| (*a, 32))
-        .chain(config.refused_client_sources.iter().filter_map(ipv4_prefix))
+        .map(|a| (*a, if a.is_ipv4() { 32 } else { 128 }))
+        .chain(config.refused_client_sources.iter().map(prefix))
         .collect();
     if !refused.is_empty() {
         entries += refused.len();
@@ -422,13 +389,13 @@ pub fn plan(config: &Config, runtime: &Runtime, ids: &mut Ids) -> Result<Desired
         return Err(PlanError::AclEntriesExhausted(entries));
     }
     for listener in &config.listeners {
-        let frontend = Frontend::of(listener)?;
+        let frontend = Frontend::of(listener);
         let id = ids.listener_id(frontend)?;
         let group = listener
             .named_group()
             .unwrap_or(config::DEFAULT_GROUP_NAME)
             .to_owned();
-        let members = members(config, listener)?;
+        let members = members(config, listener);
         let healthy = |address, port| {
             !runtime.unhealthy.contains(&BackendKey {
                 frontend,
@@ -543,33 +510,29 @@ pub fn plan(config: &Config, runtime: &Runtime, ids: &mut Ids) -> Result<Desired
     Ok(desired)
 }
 
-/// An access-list prefix as the data plane's IPv4 trie holds it. IPv6 prefixes are left
-/// out: an access list may mix families, and while only IPv4 packets are balanced an IPv6
-/// prefix matches none of them.
-fn ipv4_prefix(net: &config::IpNet) -> Option<(Ipv4Addr, u8)> {
+/// An access-list prefix: its address and length. Each family's prefixes go to that
+/// family's trie, where only packets of the family look.
+fn prefix(net: &config::IpNet) -> (IpAddr, u8) {
     match net {
-        config::IpNet::V4(n) => Some((n.addr(), n.prefix_len())),
-        config::IpNet::V6(_) => None,
+        config::IpNet::V4(n) => (IpAddr::V4(n.addr()), n.prefix_len()),
+        config::IpNet::V6(n) => (IpAddr::V6(n.addr()), n.prefix_len()),
     }
 }
 
 /// The backend endpoints of `desired` (every backend of every listener, departing ones
 /// included: their flows still get replies), each with the listeners it serves, by
 /// listener id.
-fn endpoints(desired: &Desired) -> Result<BTreeMap<EndpointKey, Endpoint>, PlanError> {
-    let mut served: BTreeMap<EndpointKey, BTreeMap<u32, (EndpointListener, &str)>> =
-        BTreeMap::new();
+fn endpoints(desired: &Desired) -> Result<BTreeMap<EndpointMapKey, EndpointEntry>, PlanError> {
+    let mut served: BTreeMap<EndpointMapKey, BTreeMap<u32, (Served, &str)>> = BTreeMap::new();
     // Backends of a DSR listener answer clients directly: no reply of theirs comes
     // through the LB, and the backend sees each flow's VIP, so two listeners' flows on
     // one endpoint never look alike to it.
     for l in desired.listeners.values().filter(|l| l.dsr.is_none()) {
-        let key = l.frontend.key();
         for b in &l.backends {
-            let endpoint = b.endpoint(key.protocol);
-            let listener = EndpointListener {
-                vip: key.addr,
-                vport: key.port,
-                _pad: 0,
+            let endpoint = b.endpoint(l.frontend.protocol.number());
+            let listener = Served {
+                vip: l.frontend.address,
+                port: l.frontend.port,
                 listener: l.id,
             };
             served
@@ -580,17 +543,16 @@ fn endpoints(desired: &Desired) -> Result<BTreeMap<EndpointKey, Endpoint>, PlanE
     }
     let mut out = BTreeMap::new();
     for (key, listeners) in served {
-        let Some(value) = Endpoint::of(listeners.values().map(|(l, _)| *l)) else {
-            let protocol = if key.protocol == lb_common::PROTO_UDP {
+        let Some(value) = EndpointEntry::of(&key, listeners.values().map(|(l, _)| *l)) else {
+            let protocol = if key.protocol() == lb_common::PROTO_UDP {
                 "udp"
             } else {
                 "tcp"
             };
             return Err(PlanError::EndpointShared {
                 endpoint: format!(
-                    "{}:{} ({protocol})",
-                    Ipv4Addr::from(key.addr.to_ne_bytes()),
-                    u16::from_be(key.port)
+                    "{} ({protocol})",
+                    SocketAddr::new(key.address(), key.port())
                 ),
                 listeners: listeners.values().map(|(_, n)| (*n).to_owned()).collect(),
             });
@@ -761,8 +723,8 @@ listeners:
         .unwrap();
         assert_eq!(d.endpoints.len(), 1);
         let endpoint = d.endpoints.values().next().unwrap();
-        assert_eq!(endpoint.count, 8);
-        let ids: Vec<u32> = endpoint.listeners.iter().map(|l| l.listener).collect();
+        assert_eq!(endpoint.count(), 8);
+        let ids: Vec<u32> = endpoint.served().iter().map(|l| l.listener).collect();
         assert_eq!(ids, [0, 1, 2, 3, 4, 5, 6, 7], "by listener id");
 
         let err = plan(
@@ -806,40 +768,48 @@ listeners:
         );
     }
 
-    /// The config refuses IPv6 listeners while the data plane is IPv4 only; a config built
-    /// in code without validation gets a plan error, never a panic or a wrong key.
+    /// An IPv6 listener's backends and endpoints are keyed for the IPv6 tables, with the
+    /// same ids, tables and rules as IPv4's.
     #[test]
-    fn an_ipv6_listener_is_refused_at_the_boundary() {
+    fn an_ipv6_listener_is_planned_like_an_ipv4_one() {
         let mut cfg = config(BASE);
         cfg.listeners[0].address = "2001:db8::100".parse().unwrap();
+        cfg.default_server_group.servers[0].address = "2001:db8:1::10".parse().unwrap();
+        cfg.default_server_group.servers[1].address = "2001:db8:1::11".parse().unwrap();
+        let d = plan(&cfg, &Runtime::default(), &mut Ids::new(8, 64)).unwrap();
+        let web = &d.listeners["web"];
+        assert!(matches!(web.frontend.key(), ListenerMapKey::V6(_)));
+        assert_eq!(web.frontend.to_string(), "[2001:db8::100]:80/tcp");
+        assert_eq!(web.backends.len(), 2);
+        let endpoint = web.backends[0].endpoint(lb_common::PROTO_TCP);
         assert_eq!(
-            plan(&cfg, &Runtime::default(), &mut Ids::new(8, 64)),
-            Err(PlanError::Ipv6NotServed {
-                listener: "web".to_owned(),
-                address: "2001:db8::100".parse().unwrap(),
-            })
+            endpoint.address(),
+            "2001:db8:1::10".parse::<IpAddr>().unwrap()
         );
-        let mut cfg = config(BASE);
-        cfg.vserver_groups[0].servers[0].address = "2001:db8::10".parse().unwrap();
-        let err = plan(&cfg, &Runtime::default(), &mut Ids::new(8, 64)).unwrap_err();
+        let entry = &d.endpoints[&endpoint];
         assert_eq!(
-            err.to_string(),
-            "listener api: 2001:db8::10 is IPv6, which this build's data plane does not serve"
+            entry.served(),
+            vec![Served {
+                vip: "2001:db8::100".parse().unwrap(),
+                port: 80,
+                listener: web.id,
+            }]
         );
     }
 
     /// An access list may mix families; the IPv4 data plane gets its IPv4 prefixes, which
     /// are all an IPv4 packet can match.
     #[test]
-    fn ipv6_access_list_entries_stay_out_of_the_ipv4_trie() {
+    fn access_lists_hold_prefixes_of_both_families() {
         let yaml = format!(
             "{BASE}acls: [{{ name: office, entries: [198.18.0.0/24, 2001:db8::/32] }}]\n\
              refused_client_sources: [198.18.9.0/24, 2001:db8:9::/48]\n"
         );
         let d = plan(&config(&yaml), &Runtime::default(), &mut Ids::new(8, 64)).unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         let office: Vec<_> = d.acls[&1].iter().copied().collect();
-        assert_eq!(office, [(Ipv4Addr::new(198, 18, 0, 0), 24)]);
+        assert_eq!(office, [(ip("198.18.0.0"), 24), (ip("2001:db8::"), 32)]);
         let refused: Vec<_> = d.acls[&REFUSED_SOURCES_ACL].iter().copied().collect();
-        assert_eq!(refused, [(Ipv4Addr::new(198, 18, 9, 0), 24)]);
+        assert_eq!(refused, [(ip("198.18.9.0"), 24), (ip("2001:db8:9::"), 48)]);
     }
 }

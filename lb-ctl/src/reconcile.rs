@@ -18,21 +18,21 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv6Addr},
     sync::Arc,
 };
 
 use lb_common::{
-    BACKEND_F_DRAINING, BACKEND_F_SHARED_ENDPOINT, BACKEND_F_USABLE, Backend, Endpoint,
-    EndpointKey, EndpointListener, Listener, ListenerKey, REFUSED_FILTER_BASE,
-    REFUSED_PREFIXES_WORD, REFUSED_SOURCES_ACL, SEQUENCE_TABLE_SIZE, Scheduler,
-    TABLES_PER_LISTENER, TableMeta, VIP_FILTER_BASE, address_filter_bit,
+    BACKEND_F_DRAINING, BACKEND_F_SHARED_ENDPOINT, BACKEND_F_USABLE, Backend, Listener,
+    REFUSED_FILTER_BASE, REFUSED_PREFIXES_WORD, REFUSED_SOURCES_ACL, SEQUENCE_TABLE_SIZE,
+    Scheduler, TABLES_PER_LISTENER, TableMeta, VIP_FILTER_BASE, address_filter_bit,
     maglev::{self, MaglevBackend},
     wrr,
 };
 
 use crate::{
     dataplane::{DataPlane, DataPlaneError},
+    family::{EndpointEntry, EndpointMapKey, ListenerMapKey, ipv4_word},
     plan::{Desired, DesiredListener},
 };
 
@@ -40,10 +40,13 @@ use crate::{
 #[derive(Clone, Debug, PartialEq)]
 pub enum MapOp {
     /// Write a backend entry; `fresh`: the id was just (re)assigned, zero its counters.
+    /// An IPv6 backend's address (`BACKENDS6`) is written first: its entry in `BACKENDS`,
+    /// whose `addr` is 0, makes it usable.
     SetBackend {
         id: u32,
         value: Backend,
         fresh: bool,
+        address6: Option<Ipv6Addr>,
     },
     /// Fill an idle table slot.
     WriteTable {
@@ -58,30 +61,30 @@ pub enum MapOp {
     },
     /// Write a listener entry (also how a listener flips to a new table slot).
     SetListener {
-        key: ListenerKey,
+        key: ListenerMapKey,
         value: Listener,
     },
     RemoveListener {
-        key: ListenerKey,
+        key: ListenerMapKey,
     },
     /// A VIP's marker with its `LISTENER_F_*` flags.
     SetVipMarker {
-        addr: u32,
+        addr: IpAddr,
         flags: u8,
     },
     RemoveVipMarker {
-        addr: u32,
+        addr: IpAddr,
     },
-    /// Add a prefix to an access list.
+    /// Add a prefix to an access list (in its family's trie).
     AddAclEntry {
         acl: u32,
-        addr: Ipv4Addr,
+        addr: IpAddr,
         prefix_len: u8,
     },
     /// Remove a prefix from an access list.
     RemoveAclEntry {
         acl: u32,
-        addr: Ipv4Addr,
+        addr: IpAddr,
         prefix_len: u8,
     },
     /// Write one word of the VIP filter (bits are set before a VIP's listeners exist and
@@ -93,11 +96,11 @@ pub enum MapOp {
     /// Write the listeners a backend endpoint serves (with the backends: before a flow can
     /// reach it, so its first reply finds its way back).
     SetEndpoint {
-        key: EndpointKey,
-        value: Endpoint,
+        key: EndpointMapKey,
+        value: EndpointEntry,
     },
     RemoveEndpoint {
-        key: EndpointKey,
+        key: EndpointMapKey,
     },
 }
 
@@ -109,10 +112,18 @@ pub trait MapWriter {
 impl MapWriter for DataPlane {
     fn apply(&mut self, op: &MapOp) -> Result<(), DataPlaneError> {
         match op {
-            MapOp::SetBackend { id, value, fresh } => {
+            MapOp::SetBackend {
+                id,
+                value,
+                fresh,
+                address6,
+            } => {
                 if *fresh {
                     self.reset_backend_stats(*id)?;
                     self.set_active_flows(*id, 0)?;
+                }
+                if let Some(address) = address6 {
+                    self.set_backend_address6(*id, *address)?;
                 }
                 self.set_backend(*id, *value)
             }
@@ -126,14 +137,14 @@ impl MapWriter for DataPlane {
             MapOp::SetListener { key, value } => self.set_listener(*key, *value),
             MapOp::RemoveListener { key } => self.remove_listener(key),
             MapOp::SetVipMarker { addr, flags } => self.set_listener(
-                ListenerKey::vip_marker(*addr),
+                ListenerMapKey::vip_marker(*addr),
                 Listener {
                     flags: *flags,
                     ..Default::default()
                 },
             ),
             MapOp::RemoveVipMarker { addr } => {
-                self.remove_listener(&ListenerKey::vip_marker(*addr))
+                self.remove_listener(&ListenerMapKey::vip_marker(*addr))
             }
             MapOp::AddAclEntry {
                 acl,
@@ -214,8 +225,9 @@ pub struct NoMaglevRoom {
 struct TableInputs {
     scheduler: Scheduler,
     maglev_size: u32,
-    /// (id, address, port (network order), effective weight) of the backends in the table.
-    members: Vec<(u32, u32, u16, u32)>,
+    /// (id, identity (address and port, `MaglevBackend`), effective weight) of the
+    /// backends in the table.
+    members: Vec<(u32, u64, u32)>,
 }
 
 impl TableInputs {
@@ -228,12 +240,12 @@ impl TableInputs {
                 .iter()
                 .filter(|b| b.in_table)
                 .map(|b| {
-                    (
-                        b.id,
-                        u32::from_ne_bytes(b.key.address.octets()),
-                        b.key.port.to_be(),
-                        b.effective_weight,
-                    )
+                    let port = b.key.port.to_be();
+                    let member = match b.key.address {
+                        IpAddr::V4(a) => MaglevBackend::ipv4(b.id, ipv4_word(a), port, 0),
+                        IpAddr::V6(a) => MaglevBackend::ipv6(b.id, a.octets(), port, 0),
+                    };
+                    (b.id, member.identity, b.effective_weight)
                 })
                 .collect(),
         }
@@ -244,16 +256,14 @@ impl TableInputs {
         let maglev_members: Vec<MaglevBackend> = self
             .members
             .iter()
-            .map(|&(id, addr, port, weight)| MaglevBackend {
+            .map(|&(id, identity, weight)| MaglevBackend {
                 id,
-                addr,
-                port,
+                identity,
                 weight,
             })
             .collect();
         let table = maglev::build_table(&maglev_members, region.size);
-        let weighted: Vec<wrr::Weighted> =
-            self.members.iter().map(|&(id, _, _, w)| (id, w)).collect();
+        let weighted: Vec<wrr::Weighted> = self.members.iter().map(|&(id, _, w)| (id, w)).collect();
         let sequence = match self.scheduler {
             Scheduler::Wrr => wrr::weighted_sequence(&weighted, SEQUENCE_TABLE_SIZE),
             // rr ignores weights and wlc weighs by active flows: each backend once.
@@ -262,7 +272,7 @@ impl TableInputs {
             }
         };
         let meta = TableMeta {
-            backends: self.members.iter().filter(|m| m.3 > 0).count() as u32,
+            backends: self.members.iter().filter(|m| m.2 > 0).count() as u32,
             sequence_len: sequence.len() as u32,
             maglev_base: region.base,
             maglev_size: region.size,
@@ -274,7 +284,7 @@ impl TableInputs {
 /// What the maps hold for one listener.
 #[derive(Clone, Debug)]
 struct AppliedListener {
-    key: ListenerKey,
+    key: ListenerMapKey,
     value: Listener,
     inputs: TableInputs,
 }
@@ -289,19 +299,20 @@ pub struct Reconciler {
     listeners: BTreeMap<String, AppliedListener>,
     backends: BTreeMap<u32, Backend>,
     /// VIP → its marker's flags.
-    vips: BTreeMap<u32, u8>,
-    acl_entries: BTreeSet<(u32, Ipv4Addr, u8)>,
+    vips: BTreeMap<IpAddr, u8>,
+    acl_entries: BTreeSet<(u32, IpAddr, u8)>,
     /// The address filter's words as written (absent = 0).
     address_filter: BTreeMap<u32, u64>,
-    endpoints: BTreeMap<EndpointKey, Endpoint>,
+    endpoints: BTreeMap<EndpointMapKey, EndpointEntry>,
 }
 
 /// The words of `ADDRESS_FILTER` (index → word) for a set of VIPs and the refused client
 /// sources: single addresses get a bit of the refused filter, any wider prefix sets the
-/// prefix word (every new flow then asks the access list).
+/// prefix word (every new flow then asks the access list). The filter is IPv4's: IPv6
+/// packets ask the tables themselves.
 fn address_filter_words(
-    vips: &BTreeSet<u32>,
-    refused: Option<&BTreeSet<(Ipv4Addr, u8)>>,
+    vips: &BTreeSet<IpAddr>,
+    refused: Option<&BTreeSet<(IpAddr, u8)>>,
 ) -> BTreeMap<u32, u64> {
     let mut words = BTreeMap::new();
     let mut set = |base: u32, addr: u32| {
@@ -309,14 +320,16 @@ fn address_filter_words(
         *words.entry(base + bit / 64).or_insert(0) |= 1u64 << (bit % 64);
     };
     for addr in vips {
-        set(VIP_FILTER_BASE, *addr);
+        if let IpAddr::V4(a) = addr {
+            set(VIP_FILTER_BASE, ipv4_word(*a));
+        }
     }
     let mut prefixes = false;
     for (addr, len) in refused.into_iter().flatten() {
-        if *len == 32 {
-            set(REFUSED_FILTER_BASE, u32::from_ne_bytes(addr.octets()));
-        } else {
-            prefixes = true;
+        match addr {
+            IpAddr::V4(a) if *len == 32 => set(REFUSED_FILTER_BASE, ipv4_word(*a)),
+            IpAddr::V4(_) => prefixes = true,
+            IpAddr::V6(_) => {}
         }
     }
     if prefixes {
@@ -326,14 +339,14 @@ fn address_filter_words(
 }
 
 /// The listeners of `old` and of `new` (by listener id), or `new` when they do not fit.
-fn endpoint_union(old: &Endpoint, new: &Endpoint) -> Endpoint {
-    let all: BTreeMap<u32, EndpointListener> = old
+fn endpoint_union(key: &EndpointMapKey, old: &EndpointEntry, new: &EndpointEntry) -> EndpointEntry {
+    let all: BTreeMap<u32, crate::family::Served> = old
         .served()
-        .iter()
+        .into_iter()
         .chain(new.served())
-        .map(|l| (l.listener, *l))
+        .map(|l| (l.listener, l))
         .collect();
-    Endpoint::of(all.into_values()).unwrap_or(*new)
+    EndpointEntry::of(key, all.into_values()).unwrap_or(*new)
 }
 
 fn listener_value(l: &DesiredListener, table: u32) -> Listener {
@@ -358,9 +371,7 @@ fn encapsulation_fields(dsr: Option<crate::config::Dsr>) -> Listener {
     let encapsulation = dsr.encapsulation.encapsulation();
     Listener {
         encapsulation: encapsulation as u8,
-        encap_source: dsr
-            .source
-            .map_or(0, |s| u32::from_ne_bytes(s.addr().octets())),
+        encap_source: dsr.source.map_or(0, |s| ipv4_word(s.addr())),
         encap_source_bits: dsr.source.map_or(0, |s| 32 - s.prefix_len()),
         encap_port: if encapsulation == lb_common::Encapsulation::Gue {
             dsr.gue_port.to_be()
@@ -392,8 +403,8 @@ impl Reconciler {
     /// listener has gets removed. `vips` are (address, marker flags).
     pub fn adopt(
         &mut self,
-        listeners: &[(String, ListenerKey, Listener, TableMeta)],
-        vips: &[(u32, u8)],
+        listeners: &[(String, ListenerMapKey, Listener, TableMeta)],
+        vips: &[(IpAddr, u8)],
     ) {
         for (name, key, value, meta) in listeners {
             self.regions.insert(value.table, Region::of(meta));
@@ -406,7 +417,7 @@ impl Reconciler {
                     inputs: TableInputs {
                         scheduler: Scheduler::Wrr,
                         maglev_size: 0,
-                        members: vec![(u32::MAX, 0, 0, 0)],
+                        members: vec![(u32::MAX, 0, 0)],
                     },
                 },
             );
@@ -425,7 +436,7 @@ impl Reconciler {
     }
 
     /// Records the access list entries found in a pinned data plane.
-    pub fn adopt_acl_entries(&mut self, entries: impl IntoIterator<Item = (u32, Ipv4Addr, u8)>) {
+    pub fn adopt_acl_entries(&mut self, entries: impl IntoIterator<Item = (u32, IpAddr, u8)>) {
         self.acl_entries.extend(entries);
     }
 
@@ -435,7 +446,10 @@ impl Reconciler {
     }
 
     /// Records the backend endpoint entries found in a pinned data plane.
-    pub fn adopt_endpoints(&mut self, entries: impl IntoIterator<Item = (EndpointKey, Endpoint)>) {
+    pub fn adopt_endpoints(
+        &mut self,
+        entries: impl IntoIterator<Item = (EndpointMapKey, EndpointEntry)>,
+    ) {
         self.endpoints.extend(entries);
     }
 
@@ -504,7 +518,7 @@ impl Reconciler {
         let mut markers = Vec::new();
         let mut removals = Vec::new();
 
-        let desired_acl: BTreeSet<(u32, Ipv4Addr, u8)> = desired
+        let desired_acl: BTreeSet<(u32, IpAddr, u8)> = desired
             .acls
             .iter()
             .flat_map(|(id, prefixes)| prefixes.iter().map(move |(a, l)| (*id, *a, *l)))
@@ -537,13 +551,18 @@ impl Reconciler {
                 }
                 if desired
                     .endpoints
-                    .get(&b.endpoint(l.frontend.key().protocol))
-                    .is_some_and(|e| e.count > 1)
+                    .get(&b.endpoint(l.frontend.protocol.number()))
+                    .is_some_and(|e| e.count() > 1)
                 {
                     flags |= BACKEND_F_SHARED_ENDPOINT;
                 }
+                // An IPv6 backend's address is in `BACKENDS6`.
+                let (addr, address6) = match b.key.address {
+                    IpAddr::V4(a) => (ipv4_word(a), None),
+                    IpAddr::V6(a) => (0, Some(a)),
+                };
                 let value = Backend {
-                    addr: u32::from_ne_bytes(b.key.address.octets()),
+                    addr,
                     port: b.key.port.to_be(),
                     flags,
                     // Out of the tables (a secondary after failback, a drained or down
@@ -562,6 +581,7 @@ impl Reconciler {
                         id: b.id,
                         value,
                         fresh,
+                        address6,
                     });
                 }
             }
@@ -597,12 +617,12 @@ impl Reconciler {
             }
         }
 
-        let desired_keys: BTreeSet<ListenerKey> = desired
+        let desired_keys: BTreeSet<ListenerMapKey> = desired
             .listeners
             .values()
             .map(|l| l.frontend.key())
             .collect();
-        let desired_vips: BTreeSet<u32> = desired_keys.iter().map(|k| k.addr).collect();
+        let desired_vips: BTreeSet<IpAddr> = desired_keys.iter().map(|k| k.address()).collect();
         // Filter bits: the union first (with the backends, before any listener exists or
         // any refused source is listed), the exact set last (after the removals).
         let wanted = address_filter_words(&desired_vips, desired.acls.get(&REFUSED_SOURCES_ACL));
@@ -655,6 +675,7 @@ impl Reconciler {
                     id: *id,
                     value: Backend { flags: 0, ..*b },
                     fresh: false,
+                    address6: None,
                 });
             }
         }
@@ -667,7 +688,7 @@ impl Reconciler {
             if old == Some(value) {
                 continue;
             }
-            let first = old.map_or(*value, |old| endpoint_union(old, value));
+            let first = old.map_or(*value, |old| endpoint_union(key, old, value));
             if old != Some(&first) {
                 backends.push(MapOp::SetEndpoint {
                     key: *key,
@@ -706,7 +727,7 @@ impl Reconciler {
         writer: &mut impl MapWriter,
     ) -> Result<Vec<MapOp>, DataPlaneError> {
         let ops = self.diff(desired)?;
-        let by_key: BTreeMap<ListenerKey, &DesiredListener> = desired
+        let by_key: BTreeMap<ListenerMapKey, &DesiredListener> = desired
             .listeners
             .values()
             .map(|l| (l.frontend.key(), l))
@@ -841,7 +862,9 @@ listeners:
     fn shape(ops: &[MapOp]) -> Vec<String> {
         ops.iter()
             .map(|op| match op {
-                MapOp::SetBackend { id, value, fresh } => format!(
+                MapOp::SetBackend {
+                    id, value, fresh, ..
+                } => format!(
                     "backend {id} flags={} weight={}{}",
                     value.flags,
                     value.weight,
@@ -855,7 +878,7 @@ listeners:
                     format!("listener {} slot={}", value.id, value.table)
                 }
                 MapOp::RemoveListener { key } => {
-                    format!("remove listener port={}", u16::from_be(key.port))
+                    format!("remove listener port={}", key.port())
                 }
                 MapOp::SetVipMarker { flags, .. } => format!("vip flags={flags}"),
                 MapOp::RemoveVipMarker { .. } => "vip -".into(),
@@ -872,19 +895,17 @@ listeners:
                 MapOp::SetAddressFilterWord { .. } => "vip filter".into(),
                 MapOp::SetEndpoint { key, value } => format!(
                     "endpoint {}:{} listeners={:?}",
-                    Ipv4Addr::from(key.addr.to_ne_bytes()),
-                    u16::from_be(key.port),
+                    key.address(),
+                    key.port(),
                     value
                         .served()
                         .iter()
                         .map(|l| l.listener)
                         .collect::<Vec<_>>()
                 ),
-                MapOp::RemoveEndpoint { key } => format!(
-                    "remove endpoint {}:{}",
-                    Ipv4Addr::from(key.addr.to_ne_bytes()),
-                    u16::from_be(key.port)
-                ),
+                MapOp::RemoveEndpoint { key } => {
+                    format!("remove endpoint {}:{}", key.address(), key.port())
+                }
             })
             .collect()
     }
@@ -930,10 +951,10 @@ listeners:
     fn refused_sources_fill_the_refused_filter() {
         let mut h = Harness::new();
         h.step();
-        let host: Ipv4Addr = "198.18.0.1".parse().unwrap();
-        h.runtime.local_addresses.insert(host);
+        let host: std::net::Ipv4Addr = "198.18.0.1".parse().unwrap();
+        h.runtime.local_addresses.insert(host.into());
         let ops = h.step();
-        let bit = address_filter_bit(u32::from_ne_bytes(host.octets()));
+        let bit = address_filter_bit(ipv4_word(host));
         let word = |ops: &[MapOp], index: u32| {
             ops.iter().position(
                 |op| matches!(op, MapOp::SetAddressFilterWord { index: i, .. } if *i == index),
@@ -989,7 +1010,7 @@ listeners:
         let mut h = Harness::new();
         h.step();
         h.config.vserver_groups[0].servers.push(config::Member::new(
-            "198.18.1.12".parse::<std::net::IpAddr>().unwrap(),
+            "198.18.1.12".parse::<IpAddr>().unwrap(),
             8080,
         ));
         assert_eq!(
@@ -1088,7 +1109,7 @@ listeners:
     fn adopted_live_tables_keep_their_place() {
         let mut h = Harness::new();
         let ops = h.step();
-        let listeners: Vec<(String, ListenerKey, Listener, TableMeta)> = ops
+        let listeners: Vec<(String, ListenerMapKey, Listener, TableMeta)> = ops
             .iter()
             .filter_map(|op| match op {
                 MapOp::SetListener { key, value } => Some((*key, *value)),
@@ -1150,7 +1171,7 @@ listeners:
         let mut h = Harness::new();
         h.step();
         let key = crate::plan::BackendKey {
-            frontend: crate::plan::Frontend::of(&h.config.listeners[0]).expect("an IPv4 VIP"),
+            frontend: crate::plan::Frontend::of(&h.config.listeners[0]),
             address: "198.18.1.11".parse().unwrap(),
             port: 8080,
         };

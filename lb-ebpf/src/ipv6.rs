@@ -6,16 +6,16 @@
 //! IPv6 FIB lookup (`fwd6`).
 //!
 //! Not yet for IPv6 (docs/packet-policy.md): ICMPv6 errors about a flow (dropped when
-//! addressed to a VIP), Packet Too Big for a translated packet (passed), the RST that
-//! cuts a drained flow (the packet is dropped instead), `forwarding: dsr`.
+//! addressed to a VIP), Packet Too Big for a translated packet (passed), `forwarding:
+//! dsr`.
 
 use aya_ebpf::{
-    bindings::xdp_action::{XDP_DROP, XDP_PASS},
+    bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
     macros::xdp,
     programs::XdpContext,
 };
 use lb_common::{
-    Addr6, Backend, Encapsulation, Listener, NO_BACKEND, PENDING_F_SCANNED, Reason,
+    Addr6, Backend, Encapsulation, Listener, NO_BACKEND, PENDING_F_SCANNED, PROTO_TCP, Reason,
     STAGE_NEW_FLOW6, STAGE_WLC, V6,
     decide::{self, Decision, Opening, Pick},
     select::{EntryState, Step, TCP_RST},
@@ -30,7 +30,7 @@ use crate::{
     new_flow::{self, Client},
     parse::{self, L4},
     parse6::{self, Ipv6, PROTO_ICMPV6, Parsed6, refuse_for_vip},
-    stage, stats,
+    reset, stage, stats,
     tables::Maps6,
 };
 
@@ -52,23 +52,7 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
         Parsed6::Ipv6(ip) => ip,
         Parsed6::Done(action, reason) => return (action, reason),
     };
-    if ip.protocol == PROTO_ICMPV6 {
-        if !ip.fragment && parse6::is_neighbour_discovery(ctx, &ip) {
-            return (XDP_PASS, Reason::PassNeighbourDiscovery);
-        }
-        return refuse_for_vip(
-            is_vip(ip.dst_addr),
-            Reason::DropVipOtherProtocol,
-            Reason::PassOtherProtocol,
-        );
-    }
-    if !parse::is_tcp_or_udp(ip.protocol) {
-        return refuse_for_vip(
-            is_vip(ip.dst_addr),
-            Reason::DropVipOtherProtocol,
-            Reason::PassOtherProtocol,
-        );
-    }
+    // The walk stopped at what it refuses or at a fragment: the protocol is unknown then.
     if ip.refused_extensions {
         return refuse_for_vip(
             is_vip(ip.dst_addr),
@@ -81,6 +65,16 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
             is_vip(ip.dst_addr),
             Reason::DropFragment,
             Reason::PassNotForUs,
+        );
+    }
+    if ip.protocol == PROTO_ICMPV6 && parse6::is_neighbour_discovery(ctx, &ip) {
+        return (XDP_PASS, Reason::PassNeighbourDiscovery);
+    }
+    if !parse::is_tcp_or_udp(ip.protocol) {
+        return refuse_for_vip(
+            is_vip(ip.dst_addr),
+            Reason::DropVipOtherProtocol,
+            Reason::PassOtherProtocol,
         );
     }
     let Some(l4) = parse6::l4(ctx, &ip) else {
@@ -136,6 +130,9 @@ fn forward(ctx: &XdpContext, ip: &Ipv6, l4: &L4, listener: &Listener) -> (u32, R
         Decision::DrainCut { flow } => {
             flow::note_close(flow.get_mut(), TCP_RST);
             stats::listener(listener.id, |c| c.dropped += 1);
+            if ip.protocol == PROTO_TCP && reset::answer_with_rst6(ctx, ip) {
+                return (XDP_TX, Reason::ResetDrainExpired);
+            }
             return (XDP_DROP, Reason::DropDrainExpired);
         }
         Decision::Drop(reason) => {

@@ -26,10 +26,10 @@ pub fn config(yaml: &str) -> Config {
 
 /// The addresses of the current network namespace, as the controller lists them to refuse
 /// them as client sources (`Runtime::local_addresses`).
-pub fn host_addresses() -> anyhow::Result<BTreeSet<Ipv4Addr>> {
+pub fn host_addresses() -> anyhow::Result<BTreeSet<std::net::IpAddr>> {
     Ok(lb_ctl::host::local_addresses()?
         .into_iter()
-        .map(|a| a.address)
+        .map(|a| a.address.into())
         .collect())
 }
 

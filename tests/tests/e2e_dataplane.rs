@@ -89,27 +89,30 @@ fn sch_keeps_each_client_address_on_the_backend_lb_common_predicts() {
     };
     // The listener's table as lb-common builds it, from the ids the daemon reports.
     let status = daemon.status();
-    let members: Vec<MaglevBackend> = status["listeners"][0]["backends"]
-        .as_array()
-        .expect("backends")
-        .iter()
-        .map(|b| {
-            let addr: std::net::Ipv4Addr = b["address"].as_str().unwrap().parse().unwrap();
-            MaglevBackend {
-                id: b["backend_id"].as_u64().unwrap() as u32,
-                addr: u32::from_ne_bytes(addr.octets()),
-                port: (b["port"].as_u64().unwrap() as u16).to_be(),
-                weight: b["weight"].as_u64().unwrap() as u32,
-            }
-        })
-        .collect();
+    let (members, addresses): (Vec<MaglevBackend>, Vec<(u32, std::net::Ipv4Addr)>) =
+        status["listeners"][0]["backends"]
+            .as_array()
+            .expect("backends")
+            .iter()
+            .map(|b| {
+                let addr: std::net::Ipv4Addr = b["address"].as_str().unwrap().parse().unwrap();
+                let id = b["backend_id"].as_u64().unwrap() as u32;
+                let member = MaglevBackend::ipv4(
+                    id,
+                    u32::from_ne_bytes(addr.octets()),
+                    (b["port"].as_u64().unwrap() as u16).to_be(),
+                    b["weight"].as_u64().unwrap() as u32,
+                );
+                (member, (id, addr))
+            })
+            .unzip();
     let table = build_table(&members, MAGLEV_TABLE_SIZE);
     let name_of = |id: u32| -> String {
-        let m = members.iter().find(|m| m.id == id).expect("id in table");
-        format!(
-            "b{}",
-            std::net::Ipv4Addr::from(m.addr.to_ne_bytes()).octets()[3] - 10
-        )
+        let (_, addr) = addresses
+            .iter()
+            .find(|(i, _)| *i == id)
+            .expect("id in table");
+        format!("b{}", addr.octets()[3] - 10)
     };
 
     let mut used = std::collections::BTreeSet::new();

@@ -10,7 +10,7 @@
 //! YAML and installs it through `plan` and the reconciler (`lb_tests::provision`); health,
 //! drains and the host's addresses go through the controller's runtime facts.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use lb_common::{FLOW_F_PICKUP, Flow, FlowKey, MAGLEV_TABLE_SIZE, Reason, select};
 use lb_ctl::{
@@ -91,8 +91,11 @@ fn lab(tag: &str) -> Option<Lab> {
     })
 }
 
-fn be(a: Ipv4Addr) -> u32 {
-    u32::from_ne_bytes(a.octets())
+fn be(a: impl Into<IpAddr>) -> u32 {
+    match a.into() {
+        IpAddr::V4(a) => u32::from_ne_bytes(a.octets()),
+        IpAddr::V6(a) => panic!("{a} is not an IPv4 fixture address"),
+    }
 }
 
 fn port(p: u16) -> u16 {
@@ -383,9 +386,10 @@ fn backend_segment(index: usize, sport: u16, flags: u8, seq: u32, ack: u32) -> (
     (input, out)
 }
 
-fn index_of(addr: Ipv4Addr) -> usize {
+fn index_of(addr: impl Into<IpAddr>) -> usize {
+    let addr = addr.into();
     B.iter()
-        .position(|b| *b == addr)
+        .position(|b| IpAddr::V4(*b) == addr)
         .unwrap_or_else(|| panic!("{addr} is not a fixture backend"))
 }
 
@@ -712,7 +716,7 @@ fn forged_sources_plant_no_state_and_cannot_capture_health_probes() {
             local_addresses: provision::host_addresses().unwrap(),
             ..Runtime::default()
         };
-        assert!(runtime.local_addresses.contains(&lb_backend_addr));
+        assert!(runtime.local_addresses.contains(&lb_backend_addr.into()));
         let fx = provision_with(
             &mut dp,
             "
@@ -2230,6 +2234,9 @@ fn flow_table_walk_reads_every_entry_once_in_batches() {
         let batch_time = started.elapsed();
         let mut seen = std::collections::HashMap::new();
         for (k, f) in &walked {
+            let lb_ctl::family::FlowMapKey::V4(k) = k else {
+                panic!("{k:?}: an IPv6 entry in an IPv4 table's walk");
+            };
             assert!(seen.insert(*k, *f).is_none(), "{k:?} seen twice");
         }
         assert_eq!(seen.len(), ENTRIES as usize, "every entry, once");
@@ -2590,5 +2597,274 @@ fn dsr_probes_are_tunnelled_to_their_backend_and_nothing_else_is_touched() {
             "no such backend"
         );
         assert_eq!(run(mark, &elsewhere).0, 2, "no listener on VIP:81");
+    });
+}
+
+// ---------------------------------------------------------------------------------------
+// IPv6
+
+const CLIENT6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0x2001, 0xdb8, 0x18, 0, 0, 0, 0, 2);
+const VIP6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0x2001, 0xdb8, 0x19, 0, 0, 0, 0, 0x100);
+/// Not a VIP, not a backend.
+const OTHER6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0x2001, 0xdb8, 0x18, 0, 0, 0, 0, 0x77);
+const B6: [std::net::Ipv6Addr; 2] = [
+    std::net::Ipv6Addr::new(0x2001, 0xdb8, 0x18, 1, 0, 0, 0, 0x10),
+    std::net::Ipv6Addr::new(0x2001, 0xdb8, 0x18, 1, 0, 0, 0, 0x11),
+];
+
+/// The lab with IPv6 addresses and permanent IPv6 neighbours (client and `B6`), IPv6
+/// forwarding on: `bpf_fib_lookup` answers IPv6 lookups only then.
+fn lab6(tag: &str) -> Option<Lab> {
+    let lab = lab(tag)?;
+    lab.ns.sysctls(&[
+        ("net.ipv6.conf.all.forwarding", "1"),
+        ("net.ipv6.conf.all.accept_dad", "0"),
+        ("net.ipv6.conf.default.accept_dad", "0"),
+    ]);
+    lab.ns.addr_add_nodad("cl0", "2001:db8:18::1/64");
+    lab.ns.addr_add_nodad("be0", "2001:db8:18:1::1/64");
+    lab.ns
+        .neigh_permanent("cl0", CLIENT6, &mac_string(CLIENT_MAC));
+    for (addr, mac) in B6.iter().zip(B_MAC) {
+        lab.ns.neigh_permanent("be0", addr, &mac_string(mac));
+    }
+    Some(lab)
+}
+
+/// B6[0] and B6[1] behind VIP6:80 (`web6`, tcp, wrr) and VIP6:53 (`dns6`, udp).
+const IPV6_WEB_AND_DNS: &str = "
+vserver_groups:
+  - name: web
+    servers:
+      - { address: 2001:db8:18:1::10, port: 8080 }
+  - name: dns
+    servers:
+      - { address: 2001:db8:18:1::10, port: 5353 }
+listeners:
+  - { name: web6, protocol: tcp, address: 2001:db8:19::100, port: 80, server_group: web }
+  - { name: dns6, protocol: udp, address: 2001:db8:19::100, port: 53, server_group: dns }
+";
+
+impl Lab {
+    fn case6(
+        &self,
+        name: &'static str,
+        ingress: u32,
+        input: Vec<u8>,
+        verdict: u32,
+        reason: Reason,
+        output: Output,
+    ) -> Case {
+        Case {
+            name,
+            ingress,
+            input,
+            verdict,
+            reason,
+            output,
+        }
+    }
+}
+
+/// A client frame as it reaches the LB.
+fn from_client6(frame: packet::Frame6) -> packet::Frame6 {
+    frame.macs(CLIENT_MAC, LB_CLIENT_MAC)
+}
+
+/// `frame` translated to B6[0]:`port`: destination and port rewritten, hop limit − 1, out
+/// of the backend side. Built from scratch, so its checksum is the one a correct
+/// incremental update must reach.
+fn to_backend6(frame: &packet::Frame6, port: u16) -> Vec<u8> {
+    let mut f = frame.clone();
+    f.dst = B6[0];
+    f.dst_port = port;
+    f.hop_limit -= 1;
+    f.macs(LB_BACKEND_MAC, B_MAC[0]).build()
+}
+
+/// NAT66 both ways, TCP and UDP, every byte, with and without extension headers the
+/// policy skips; the checksums of every output frame are checked from scratch too.
+#[test]
+fn ipv6_flows_are_translated_both_ways_with_their_checksums() {
+    use packet::{ExtHeader, Frame6};
+    let Some(lab) = lab6("fx6nat") else { return };
+    lab.ns.enter(|| {
+        let mut dp = load(&lab);
+        provision(&mut dp, IPV6_WEB_AND_DNS);
+        let syn = from_client6(Frame6::tcp((CLIENT6, 40000), (VIP6, 80), SYN).seq_ack(1000, 0));
+        let ack = from_client6(
+            Frame6::tcp((CLIENT6, 40000), (VIP6, 80), ACK)
+                .seq_ack(1001, 5001)
+                .payload(b"GET / HTTP/1.1\r\n\r\n"),
+        );
+        let reply_in = Frame6::tcp((B6[0], 8080), (CLIENT6, 40000), SYN | ACK)
+            .seq_ack(5000, 1001)
+            .macs(B_MAC[0], LB_BACKEND_MAC);
+        let mut reply_out = reply_in.clone();
+        reply_out.src = VIP6;
+        reply_out.src_port = 80;
+        reply_out.hop_limit -= 1;
+        let reply_out = reply_out.macs(LB_CLIENT_MAC, CLIENT_MAC).build();
+        // Hop-by-hop (first), destination options, a routing header with no segment left
+        // and an atomic fragment: all skipped, and kept in the translated packet.
+        let with_ext = from_client6(
+            Frame6::tcp((CLIENT6, 40001), (VIP6, 80), SYN)
+                .ext(ExtHeader::HopByHop(vec![]))
+                .ext(ExtHeader::DestOpts(vec![]))
+                .ext(ExtHeader::srh(0, &[VIP6, OTHER6]))
+                .ext(ExtHeader::Fragment {
+                    offset: 0,
+                    more: false,
+                    id: 7,
+                }),
+        );
+        let udp = from_client6(Frame6::udp((CLIENT6, 40002), (VIP6, 53)).payload(b"query"));
+        let udp_reply_in = Frame6::udp((B6[0], 5353), (CLIENT6, 40002))
+            .payload(b"answer")
+            .macs(B_MAC[0], LB_BACKEND_MAC);
+        let mut udp_reply_out = udp_reply_in.clone();
+        udp_reply_out.src = VIP6;
+        udp_reply_out.src_port = 53;
+        udp_reply_out.hop_limit -= 1;
+        let udp_reply_out = udp_reply_out.macs(LB_CLIENT_MAC, CLIENT_MAC).build();
+        let fwd = |name, f: &Frame6, port| {
+            lab.case6(
+                name,
+                lab.client_if,
+                f.build(),
+                XDP_REDIRECT,
+                Reason::Forwarded,
+                Output::Exactly(to_backend6(f, port)),
+            )
+        };
+        let cases = vec![
+            fwd("SYN to the IPv6 VIP", &syn, 8080),
+            lab.case6(
+                "SYN-ACK from the backend",
+                lab.backend_if,
+                reply_in.build(),
+                XDP_REDIRECT,
+                Reason::ReplyForwarded,
+                Output::Exactly(reply_out.clone()),
+            ),
+            fwd("ACK with data", &ack, 8080),
+            fwd("SYN through skipped extension headers", &with_ext, 8080),
+            fwd("UDP datagram", &udp, 5353),
+            lab.case6(
+                "UDP answer",
+                lab.backend_if,
+                udp_reply_in.build(),
+                XDP_REDIRECT,
+                Reason::ReplyForwarded,
+                Output::Exactly(udp_reply_out.clone()),
+            ),
+        ];
+        for case in &cases {
+            if let Output::Exactly(out) = &case.output {
+                packet::verify6(out).unwrap_or_else(|e| panic!("{}: {e}", case.name));
+            }
+        }
+        check(&mut dp, &cases);
+    });
+}
+
+/// The extension-header policy, fragments, hop limit, neighbour discovery and malformed
+/// headers, each with its verdict and counter (docs/packet-policy.md, "IPv6").
+#[test]
+fn ipv6_policy_refuses_what_it_does_not_serve_and_leaves_the_rest_to_the_kernel() {
+    use packet::{ExtHeader, Frame6};
+    let Some(lab) = lab6("fx6pol") else { return };
+    lab.ns.enter(|| {
+        let mut dp = load(&lab);
+        provision(&mut dp, IPV6_WEB_AND_DNS);
+        let syn = |sport| from_client6(Frame6::tcp((CLIENT6, sport), (VIP6, 80), SYN));
+        let routed = syn(41000).ext(ExtHeader::srh(1, &[OTHER6, VIP6])).build();
+        let hbh_second = syn(41001)
+            .ext(ExtHeader::DestOpts(vec![]))
+            .ext(ExtHeader::HopByHop(vec![]))
+            .build();
+        let mut long_chain = syn(41002);
+        for _ in 0..6 {
+            long_chain = long_chain.ext(ExtHeader::DestOpts(vec![]));
+        }
+        let fragment = syn(41003).fragment(0, true, 9).build();
+        let later_fragment = syn(41004).fragment(8, false, 9).build();
+        let hop_limit_1 = syn(41005).hop_limit(1).build();
+        let mut truncated_ext = syn(41006)
+            .ext(ExtHeader::Raw {
+                kind: packet::NH_DEST_OPTS,
+                bytes: vec![200, 0, 0, 0, 0, 0],
+            })
+            .build();
+        truncated_ext.truncate(14 + 40 + 8);
+        packet::set_payload_length6(&mut truncated_ext, 8);
+        let no_udp_checksum = from_client6(
+            Frame6::udp((CLIENT6, 41007), (VIP6, 53))
+                .payload(b"q")
+                .no_udp_checksum(),
+        )
+        .build();
+        let not_ours = from_client6(Frame6::tcp((CLIENT6, 41008), (OTHER6, 80), SYN)).build();
+        // Neighbour solicitation for the VIP: the kernel's, even though it is a VIP.
+        let solicitation = from_client6(Frame6::icmp6(CLIENT6, VIP6, 135, 0, [0; 4])).build();
+        let echo = from_client6(Frame6::icmp6(CLIENT6, VIP6, 128, 0, [0, 1, 0, 1])).build();
+        let mut version4 = syn(41009).build();
+        version4[14] = 0x45;
+        let cases = vec![
+            lab.dropped(
+                "routing header with a segment left",
+                routed,
+                Reason::DropExtensionHeader,
+            ),
+            lab.dropped(
+                "hop-by-hop header not first",
+                hbh_second,
+                Reason::DropExtensionHeader,
+            ),
+            lab.dropped(
+                "six extension headers",
+                long_chain.build(),
+                Reason::DropExtensionHeader,
+            ),
+            lab.dropped("first fragment to a VIP", fragment, Reason::DropFragment),
+            lab.dropped(
+                "later fragment to a VIP",
+                later_fragment,
+                Reason::DropFragment,
+            ),
+            lab.passed("hop limit 1", hop_limit_1, Reason::PassTtlExpired),
+            lab.dropped(
+                "extension header past the payload",
+                truncated_ext,
+                Reason::DropMalformedIpv6,
+            ),
+            lab.dropped(
+                "UDP without a checksum",
+                no_udp_checksum,
+                Reason::DropMalformedL4,
+            ),
+            lab.passed("not for a VIP", not_ours, Reason::PassNotForUs),
+            lab.passed(
+                "neighbour solicitation for the VIP",
+                solicitation,
+                Reason::PassNeighbourDiscovery,
+            ),
+            lab.dropped(
+                "echo request to the VIP",
+                echo,
+                Reason::DropVipOtherProtocol,
+            ),
+            lab.dropped(
+                "version 4 under the IPv6 ethertype",
+                version4,
+                Reason::DropMalformedIpv6,
+            ),
+        ];
+        check(&mut dp, &cases);
+        // None of it made a flow.
+        assert!(
+            dp.flows().unwrap().is_empty(),
+            "no state from refused packets"
+        );
     });
 }

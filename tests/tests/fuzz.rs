@@ -193,7 +193,7 @@ fn reply_path_of_a_live_flow_survives_flow_table_churn() {
             .flows()
             .expect("reading the flow table")
             .into_iter()
-            .any(|(k, _)| k.src_port == sport.to_be() && k.dst_port == 80u16.to_be());
+            .any(|(k, _)| k.client().port() == sport && k.vip().port() == 80);
         println!(
             "{churn} new flows into a 1024-entry table, the client sending every {every}: \
              {kept}/{} client packets to {backend}; flow entry present afterwards: {flow}; \

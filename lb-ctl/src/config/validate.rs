@@ -41,8 +41,7 @@ pub(crate) fn check(config: &Config, taint: &Taint) -> Vec<ConfigError> {
     checker.listeners(config);
     checker.families(config);
     checker.dsr(config);
-    // Last, so that a config with an IPv6 listener still hears about everything else.
-    checker.ipv6_data_plane_gate(config);
+    checker.ipv6_vips_and_bgp(config);
     checker.errors
 }
 
@@ -385,18 +384,23 @@ impl Checker<'_> {
         }
     }
 
-    /// TEMPORARY, until the data plane serves IPv6 (issue 14): every IPv6 listener is
-    /// refused, after every other rule has had its say. Delete this function and its call
-    /// in `check` when the XDP program parses IPv6; nothing else in the config refuses an
-    /// IPv6 listener for that reason.
-    fn ipv6_data_plane_gate(&mut self, c: &Config) {
+    /// BGP sessions carry IPv4 routes only (`bgp`): an IPv6 VIP could not be announced,
+    /// and routers would never send its clients here.
+    fn ipv6_vips_and_bgp(&mut self, c: &Config) {
+        if c.bgp.is_none() {
+            return;
+        }
         for (i, l) in c.listeners.iter().enumerate() {
             if l.address.is_ipv6() {
                 self.report(
                     &field(&index("listeners", i), "address"),
                     &[],
-                    IPV6_NOT_SERVED_YET.to_owned(),
-                    None,
+                    IPV6_NOT_ANNOUNCED.to_owned(),
+                    Some(
+                        "route the IPv6 VIP to this host another way (a static route, \
+                         another speaker), or run it on hosts without `bgp`"
+                            .to_owned(),
+                    ),
                 );
             }
         }
@@ -1042,8 +1046,9 @@ fn is_host_name(name: &str) -> bool {
             .is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit()))
 }
 
-/// The message of the temporary IPv6 gate (`ipv6_data_plane_gate`).
-const IPV6_NOT_SERVED_YET: &str = "IPv6 listeners are not served by this build's data plane yet";
+/// Why an IPv6 listener cannot be on a host with `bgp` (`ipv6_vips_and_bgp`).
+const IPV6_NOT_ANNOUNCED: &str =
+    "an IPv6 VIP cannot be announced: the `bgp` section's sessions carry IPv4 routes only";
 
 const FAMILY_RULE: &str = "a listener and its servers are of one family: forwarding: nat \
      rewrites addresses, not the address family";

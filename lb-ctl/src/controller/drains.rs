@@ -97,9 +97,7 @@ impl<P: Platform> Controller<P> {
                 });
             let seconds = timeout.unwrap_or(configured);
             for b in l.backends.iter().filter(|b| {
-                !b.departing
-                    && IpAddr::V4(b.key.address) == address
-                    && port.is_none_or(|p| b.key.port == p)
+                !b.departing && b.key.address == address && port.is_none_or(|p| b.key.port == p)
             }) {
                 keys.push((
                     b.key,
@@ -123,7 +121,7 @@ impl<P: Platform> Controller<P> {
             self.runtime.draining.entry(key).or_insert(deadline);
             lines.push(format!(
                 "{} of listener {listener}: draining, flows cut after {seconds} s",
-                SocketAddr::new(key.address.into(), key.port)
+                SocketAddr::new(key.address, key.port)
             ));
         }
         self.persist_drains();
@@ -145,9 +143,7 @@ impl<P: Platform> Controller<P> {
             .values()
             .filter(|l| l.group == group)
             .flat_map(|l| l.backends.iter())
-            .filter(|b| {
-                IpAddr::V4(b.key.address) == address && port.is_none_or(|p| b.key.port == p)
-            })
+            .filter(|b| b.key.address == address && port.is_none_or(|p| b.key.port == p))
             .map(|b| b.key)
             .collect();
         let removed = keys

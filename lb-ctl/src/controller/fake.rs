@@ -6,20 +6,22 @@
 use std::{
     cell::RefCell,
     collections::{BTreeMap, BTreeSet, HashMap},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::PathBuf,
     rc::Rc,
 };
 
 use lb_common::{
-    ADDRESS_FILTER_WORDS, Backend, Endpoint, EndpointKey, Flow, FlowKey, Listener, ListenerKey,
-    Reason, SEQUENCE_TABLE_SIZE, TableMeta, TrafficCounters, memory::MemoryTables,
+    ADDRESS_FILTER_WORDS, Backend, Flow, Listener, Reason, SEQUENCE_TABLE_SIZE, TableMeta,
+    TrafficCounters, V6, memory::MemoryTables,
 };
 
 use super::{Attachment, NS_PER_S, Platform};
 use crate::{
     config::{Config, XdpMode},
     dataplane::{DataPlaneAccess, DataPlaneError, MapSizes, ReadCounters},
+    explain::Shown,
+    family::{EndpointEntry, EndpointMapKey, FlowMapKey, ListenerMapKey},
     pins,
     reconcile::{MapOp, MapWriter},
 };
@@ -29,8 +31,12 @@ use crate::{
 pub(super) struct Maps {
     /// Listeners, backends, tables, access lists, flows (all established), active flows.
     pub tables: MemoryTables,
+    /// The IPv6 listeners, access lists and flows (backends and tables are in `tables`).
+    pub tables6: MemoryTables<V6>,
+    /// IPv6 backends' addresses (`BACKENDS6`).
+    pub backends6: HashMap<u32, Ipv6Addr>,
     pub address_filter: BTreeMap<u32, u64>,
-    pub endpoints: BTreeMap<EndpointKey, Endpoint>,
+    pub endpoints: BTreeMap<EndpointMapKey, EndpointEntry>,
     pub tx_ports: BTreeSet<u32>,
     pub counters: BTreeMap<u32, u64>,
     pub listener_stats: HashMap<u32, TrafficCounters>,
@@ -52,8 +58,14 @@ impl MapWriter for FakeDataPlane {
         let mut maps = self.maps.borrow_mut();
         let m = &mut *maps;
         let t = &mut m.tables;
+        let t6 = &mut m.tables6;
         match op {
-            MapOp::SetBackend { id, value, fresh } => {
+            MapOp::SetBackend {
+                id,
+                value,
+                fresh,
+                address6,
+            } => {
                 if *id >= self.sizes.max_backends {
                     return Err(DataPlaneError::OutOfRange {
                         what: "backend",
@@ -65,7 +77,11 @@ impl MapWriter for FakeDataPlane {
                     m.backend_stats.remove(id);
                     t.active_flows.insert(*id, 0);
                 }
+                if let Some(address) = address6 {
+                    m.backends6.insert(*id, *address);
+                }
                 t.backends.insert(*id, *value);
+                t6.backends.insert(*id, *value);
             }
             MapOp::WriteTable {
                 slot,
@@ -81,46 +97,58 @@ impl MapWriter for FakeDataPlane {
                         .insert(slot * SEQUENCE_TABLE_SIZE + i as u32, *id);
                 }
                 t.table_meta.insert(*slot, *meta);
+                t6.maglev.clone_from(&t.maglev);
+                t6.sequence.clone_from(&t.sequence);
+                t6.table_meta.clone_from(&t.table_meta);
             }
             MapOp::ResetCursor { listener } => {
                 t.cursors.insert(*listener, 0);
+                t6.cursors.insert(*listener, 0);
             }
-            MapOp::SetListener { key, value } => {
-                t.listeners.insert(*key, *value);
-            }
-            MapOp::RemoveListener { key } => {
-                t.listeners.remove(key);
-            }
+            MapOp::SetListener { key, value } => set_listener(t, t6, *key, Some(*value)),
+            MapOp::RemoveListener { key } => set_listener(t, t6, *key, None),
             MapOp::SetVipMarker { addr, flags } => {
-                t.listeners.insert(
-                    ListenerKey::vip_marker(*addr),
-                    Listener {
-                        flags: *flags,
-                        ..Default::default()
-                    },
-                );
+                let marker = Listener {
+                    flags: *flags,
+                    ..Default::default()
+                };
+                set_listener(t, t6, ListenerMapKey::vip_marker(*addr), Some(marker));
             }
             MapOp::RemoveVipMarker { addr } => {
-                t.listeners.remove(&ListenerKey::vip_marker(*addr));
+                set_listener(t, t6, ListenerMapKey::vip_marker(*addr), None);
             }
             MapOp::AddAclEntry {
                 acl,
                 addr,
                 prefix_len,
-            } => {
-                let entry = (*acl, u32::from_ne_bytes(addr.octets()), *prefix_len);
-                if !t.acls.contains(&entry) {
-                    t.acls.push(entry);
+            } => match addr {
+                IpAddr::V4(a) => {
+                    let entry = (*acl, crate::family::ipv4_word(*a), *prefix_len);
+                    if !t.acls.contains(&entry) {
+                        t.acls.push(entry);
+                    }
                 }
-            }
+                IpAddr::V6(a) => {
+                    let entry = (*acl, lb_common::family::addr6(a.octets()), *prefix_len);
+                    if !t6.acls.contains(&entry) {
+                        t6.acls.push(entry);
+                    }
+                }
+            },
             MapOp::RemoveAclEntry {
                 acl,
                 addr,
                 prefix_len,
-            } => {
-                let entry = (*acl, u32::from_ne_bytes(addr.octets()), *prefix_len);
-                t.acls.retain(|e| *e != entry);
-            }
+            } => match addr {
+                IpAddr::V4(a) => {
+                    let entry = (*acl, crate::family::ipv4_word(*a), *prefix_len);
+                    t.acls.retain(|e| *e != entry);
+                }
+                IpAddr::V6(a) => {
+                    let entry = (*acl, lb_common::family::addr6(a.octets()), *prefix_len);
+                    t6.acls.retain(|e| *e != entry);
+                }
+            },
             MapOp::SetAddressFilterWord { index, word } => {
                 m.address_filter.insert(*index, *word);
             }
@@ -133,6 +161,29 @@ impl MapWriter for FakeDataPlane {
         }
         m.written.push(op.clone());
         Ok(())
+    }
+}
+
+/// Writes (`Some`) or removes a listener entry in its family's table.
+fn set_listener(
+    t: &mut MemoryTables,
+    t6: &mut MemoryTables<V6>,
+    key: ListenerMapKey,
+    value: Option<Listener>,
+) {
+    match (key, value) {
+        (ListenerMapKey::V4(k), Some(v)) => {
+            t.listeners.insert(k, v);
+        }
+        (ListenerMapKey::V4(k), None) => {
+            t.listeners.remove(&k);
+        }
+        (ListenerMapKey::V6(k), Some(v)) => {
+            t6.listeners.insert(k, v);
+        }
+        (ListenerMapKey::V6(k), None) => {
+            t6.listeners.remove(&k);
+        }
     }
 }
 
@@ -183,15 +234,31 @@ impl ReadCounters for FakeDataPlane {
 
 impl DataPlaneAccess for FakeDataPlane {
     type Tables<'a> = MemoryTables;
+    type Tables6<'a> = MemoryTables<V6>;
 
-    fn listener_entries(&self) -> Result<Vec<(ListenerKey, Listener)>, DataPlaneError> {
+    fn listener_entries(&self) -> Result<Vec<(ListenerMapKey, Listener)>, DataPlaneError> {
         let maps = self.maps.borrow();
-        Ok(maps
+        let v4 = maps
             .tables
             .listeners
             .iter()
-            .map(|(k, v)| (*k, *v))
-            .collect())
+            .map(|(k, v)| (ListenerMapKey::V4(*k), *v));
+        let v6 = maps
+            .tables6
+            .listeners
+            .iter()
+            .map(|(k, v)| (ListenerMapKey::V6(*k), *v));
+        Ok(v4.chain(v6).collect())
+    }
+
+    fn backend_address6(&self, id: u32) -> Result<Ipv6Addr, DataPlaneError> {
+        Ok(self
+            .maps
+            .borrow()
+            .backends6
+            .get(&id)
+            .copied()
+            .unwrap_or(Ipv6Addr::UNSPECIFIED))
     }
 
     fn table_meta(&self, slot: u32) -> Result<TableMeta, DataPlaneError> {
@@ -224,14 +291,19 @@ impl DataPlaneAccess for FakeDataPlane {
             .unwrap_or_default())
     }
 
-    fn acl_entries(&self) -> Vec<(u32, Ipv4Addr, u8)> {
-        self.maps
-            .borrow()
+    fn acl_entries(&self) -> Vec<(u32, IpAddr, u8)> {
+        let maps = self.maps.borrow();
+        let v4 = maps
             .tables
             .acls
             .iter()
-            .map(|&(acl, addr, len)| (acl, Ipv4Addr::from(addr.to_ne_bytes()), len))
-            .collect()
+            .map(|&(acl, addr, len)| (acl, lb_common::V4::ip(addr), len));
+        let v6 = maps
+            .tables6
+            .acls
+            .iter()
+            .map(|&(acl, addr, len)| (acl, V6::ip(addr), len));
+        v4.chain(v6).collect()
     }
 
     fn address_filter(&self) -> Result<Vec<u64>, DataPlaneError> {
@@ -241,7 +313,7 @@ impl DataPlaneAccess for FakeDataPlane {
             .collect())
     }
 
-    fn endpoint_entries(&self) -> Result<Vec<(EndpointKey, Endpoint)>, DataPlaneError> {
+    fn endpoint_entries(&self) -> Result<Vec<(EndpointMapKey, EndpointEntry)>, DataPlaneError> {
         Ok(self
             .maps
             .borrow()
@@ -251,13 +323,23 @@ impl DataPlaneAccess for FakeDataPlane {
             .collect())
     }
 
-    fn established_flows(&self) -> Result<Vec<(FlowKey, Flow)>, DataPlaneError> {
+    fn established_flows(&self) -> Result<Vec<(FlowMapKey, Flow)>, DataPlaneError> {
         let maps = self.maps.borrow();
-        Ok(maps.tables.flows.iter().map(|(k, v)| (*k, *v)).collect())
+        let v4 = maps
+            .tables
+            .flows
+            .iter()
+            .map(|(k, v)| (FlowMapKey::V4(*k), *v));
+        let v6 = maps
+            .tables6
+            .flows
+            .iter()
+            .map(|(k, v)| (FlowMapKey::V6(*k), *v));
+        Ok(v4.chain(v6).collect())
     }
 
     /// No flow filter here: the decision's tables look every key up.
-    fn sweep_flows(&self) -> Result<Vec<(FlowKey, Flow)>, DataPlaneError> {
+    fn sweep_flows(&self) -> Result<Vec<(FlowMapKey, Flow)>, DataPlaneError> {
         self.established_flows()
     }
 
@@ -278,6 +360,10 @@ impl DataPlaneAccess for FakeDataPlane {
 
     fn decision_tables(&self) -> Result<Vec<MemoryTables>, DataPlaneError> {
         Ok(vec![self.maps.borrow().tables.clone()])
+    }
+
+    fn decision_tables6(&self) -> Result<Vec<MemoryTables<V6>>, DataPlaneError> {
+        Ok(vec![self.maps.borrow().tables6.clone()])
     }
 }
 
@@ -367,11 +453,16 @@ impl Platform for FakeHost {
         self.0.borrow().interfaces.get(name).copied()
     }
 
-    fn local_addresses(&self) -> BTreeSet<Ipv4Addr> {
-        self.0.borrow().addresses.clone()
+    fn local_addresses(&self) -> BTreeSet<IpAddr> {
+        self.0
+            .borrow()
+            .addresses
+            .iter()
+            .map(|a| IpAddr::V4(*a))
+            .collect()
     }
 
-    fn prepare_host(&self, interfaces: &[&str], _: &BTreeSet<Ipv4Addr>) {
+    fn prepare_host(&self, interfaces: &[&str], _: &BTreeSet<IpAddr>) {
         self.0
             .borrow_mut()
             .prepared

@@ -3,27 +3,27 @@
 
 use std::{
     collections::HashMap,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, SocketAddr},
     path::PathBuf,
 };
 
 use anyhow::Context as _;
 use lb_common::{
-    FLOW_F_FIN, FLOW_F_OPENING, FLOW_F_PICKUP, FLOW_F_RST, Flow, FlowKey, LISTENER_F_VIP_MARKER,
-    PROTO_TCP, select,
+    FLOW_F_FIN, FLOW_F_OPENING, FLOW_F_PICKUP, FLOW_F_RST, Flow, FlowKey, FlowKey6,
+    LISTENER_F_VIP_MARKER, PROTO_TCP, select,
 };
 use serde::{Deserialize, Serialize};
 
 use super::{Controller, ControllerError, Platform};
-use crate::{dataplane::DataPlaneAccess as _, overlay::Refusal};
+use crate::{dataplane::DataPlaneAccess as _, family::FlowMapKey, overlay::Refusal};
 
 /// One flow entry as `lb-ctl flows` shows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FlowEntry {
     pub protocol: String,
-    pub client: SocketAddrV4,
+    pub client: SocketAddr,
     /// VIP:port.
-    pub vip: SocketAddrV4,
+    pub vip: SocketAddr,
     pub listener: String,
     /// ADDR:PORT; `-` for a backend no longer in the desired state.
     pub backend: String,
@@ -48,30 +48,32 @@ pub struct FlowList {
 
 /// What a flow listing needs, taken under the lock.
 pub struct FlowsJob {
+    /// The IPv4 tables' pins, then the IPv6 ones'.
     pins: Vec<PathBuf>,
+    pins6: Vec<PathBuf>,
     /// Listener id → name and its data-plane entry (for the idle timeouts).
     listeners: HashMap<u32, (String, lb_common::Listener)>,
-    backends: HashMap<u32, SocketAddrV4>,
+    backends: HashMap<u32, SocketAddr>,
     listener: Option<u32>,
-    backend: Option<(Ipv4Addr, Option<u16>)>,
+    backend: Option<(IpAddr, Option<u16>)>,
     limit: usize,
     now: u64,
 }
 
 impl FlowsJob {
-    fn entry(&self, key: &FlowKey, flow: &Flow) -> Option<FlowEntry> {
+    fn entry(&self, key: &FlowMapKey, flow: &Flow) -> Option<FlowEntry> {
         if self.listener.is_some_and(|id| id != flow.listener) {
             return None;
         }
         let backend = self.backends.get(&flow.backend);
         if let Some((address, port)) = self.backend {
             let b = backend?;
-            if *b.ip() != address || port.is_some_and(|p| p != b.port()) {
+            if b.ip() != address || port.is_some_and(|p| p != b.port()) {
                 return None;
             }
         }
         let (name, listener) = self.listeners.get(&flow.listener)?;
-        let tcp = key.protocol == PROTO_TCP;
+        let tcp = key.protocol() == PROTO_TCP;
         let mut state = if !tcp {
             "udp"
         } else if flow.flags & FLOW_F_RST != 0 {
@@ -88,17 +90,11 @@ impl FlowsJob {
             state.push_str("+pickup");
         }
         let idle_ns = self.now.saturating_sub(flow.last_seen_ns);
-        let timeout_s = u64::from(select::idle_timeout_s(key.protocol, flow.flags, listener));
+        let timeout_s = u64::from(select::idle_timeout_s(key.protocol(), flow.flags, listener));
         Some(FlowEntry {
             protocol: if tcp { "tcp" } else { "udp" }.to_owned(),
-            client: SocketAddrV4::new(
-                Ipv4Addr::from(u32::from_be(key.src_addr)),
-                u16::from_be(key.src_port),
-            ),
-            vip: SocketAddrV4::new(
-                Ipv4Addr::from(u32::from_be(key.dst_addr)),
-                u16::from_be(key.dst_port),
-            ),
+            client: key.client(),
+            vip: key.vip(),
             listener: name.clone(),
             backend: backend.map_or_else(|| "-".to_owned(), ToString::to_string),
             state,
@@ -108,24 +104,38 @@ impl FlowsJob {
     }
 }
 
+/// A pinned flow table of either family, through a handle of its own.
+pub(crate) fn open_flow_table<K: aya::Pod>(
+    pin: &std::path::Path,
+) -> anyhow::Result<aya::maps::HashMap<aya::maps::MapData, K, Flow>> {
+    let map =
+        aya::maps::MapData::from_pin(pin).with_context(|| format!("opening {}", pin.display()))?;
+    Ok(aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(
+        map,
+    ))?)
+}
+
 /// Walks the pinned flow tables through their own handles: no lock on the controller.
 pub fn run_flows(job: &FlowsJob) -> anyhow::Result<FlowList> {
     let mut list = FlowList::default();
-    for pin in &job.pins {
-        let map = aya::maps::MapData::from_pin(pin)
-            .with_context(|| format!("opening {}", pin.display()))?;
-        let table: aya::maps::HashMap<_, FlowKey, Flow> =
-            aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(map))?;
-        crate::flow_walk::for_each_flow(&table, |key, flow| {
-            list.entries += 1;
-            if let Some(entry) = job.entry(&key, &flow) {
-                list.matched += 1;
-                if job.limit == 0 || list.flows.len() < job.limit {
-                    list.flows.push(entry);
-                }
+    let mut visit = |key: FlowMapKey, flow: Flow| {
+        list.entries += 1;
+        if let Some(entry) = job.entry(&key, &flow) {
+            list.matched += 1;
+            if job.limit == 0 || list.flows.len() < job.limit {
+                list.flows.push(entry);
             }
-        })
-        .context("reading the flow table")?;
+        }
+    };
+    for pin in &job.pins {
+        let table = open_flow_table::<FlowKey>(pin)?;
+        crate::flow_walk::for_each_flow(&table, |k, f| visit(FlowMapKey::V4(k), f))
+            .context("reading the flow table")?;
+    }
+    for pin in &job.pins6 {
+        let table = open_flow_table::<FlowKey6>(pin)?;
+        crate::flow_walk::for_each_flow(&table, |k, f| visit(FlowMapKey::V6(k), f))
+            .context("reading the IPv6 flow table")?;
     }
     list.flows.sort_by(|a, b| {
         (&a.listener, a.client.ip(), a.client.port()).cmp(&(
@@ -143,7 +153,7 @@ impl<P: Platform> Controller<P> {
     pub fn flows_job(
         &self,
         listener: Option<&str>,
-        backend: Option<(Ipv4Addr, Option<u16>)>,
+        backend: Option<(IpAddr, Option<u16>)>,
         limit: usize,
     ) -> Result<FlowsJob, ControllerError> {
         let listener = match listener {
@@ -185,13 +195,17 @@ impl<P: Platform> Controller<P> {
             .listeners
             .values()
             .flat_map(|l| &l.backends)
-            .map(|b| (b.id, SocketAddrV4::new(b.key.address, b.key.port)))
+            .map(|b| (b.id, SocketAddr::new(b.key.address, b.key.port)))
             .collect();
         let maps = self.platform.maps_dir();
         Ok(FlowsJob {
             pins: vec![
                 maps.join(lb_common::names::FLOWS),
                 maps.join(lb_common::names::HALF_OPEN),
+            ],
+            pins6: vec![
+                maps.join(lb_common::names::FLOWS6),
+                maps.join(lb_common::names::HALF_OPEN6),
             ],
             listeners,
             backends,
@@ -215,6 +229,7 @@ mod tests {
         };
         FlowsJob {
             pins: Vec::new(),
+            pins6: Vec::new(),
             listeners: [(1, ("web".to_owned(), listener))].into(),
             backends: [
                 (7, "198.18.1.10:8080".parse().unwrap()),
@@ -228,15 +243,15 @@ mod tests {
         }
     }
 
-    fn key(port: u16) -> FlowKey {
-        FlowKey {
-            src_addr: u32::from(Ipv4Addr::new(198, 18, 0, 2)).to_be(),
-            dst_addr: u32::from(Ipv4Addr::new(198, 18, 0, 100)).to_be(),
+    fn key(port: u16) -> FlowMapKey {
+        FlowMapKey::V4(FlowKey {
+            src_addr: u32::from(std::net::Ipv4Addr::new(198, 18, 0, 2)).to_be(),
+            dst_addr: u32::from(std::net::Ipv4Addr::new(198, 18, 0, 100)).to_be(),
             src_port: port.to_be(),
             dst_port: 80u16.to_be(),
             protocol: PROTO_TCP,
             ..Default::default()
-        }
+        })
     }
 
     fn flow(backend: u32, flags: u32, idle_s: u64) -> Flow {
@@ -276,13 +291,44 @@ mod tests {
     #[test]
     fn filters_by_listener_and_backend() {
         let mut j = job();
-        j.backend = Some((Ipv4Addr::new(198, 18, 1, 11), None));
+        j.backend = Some(("198.18.1.11".parse().unwrap(), None));
         assert!(j.entry(&key(1), &flow(7, 0, 0)).is_none());
         assert!(j.entry(&key(1), &flow(8, 0, 0)).is_some());
-        j.backend = Some((Ipv4Addr::new(198, 18, 1, 11), Some(9090)));
+        j.backend = Some(("198.18.1.11".parse().unwrap(), Some(9090)));
         assert!(j.entry(&key(1), &flow(8, 0, 0)).is_none());
         j.backend = None;
         j.listener = Some(2);
         assert!(j.entry(&key(1), &flow(7, 0, 0)).is_none());
+    }
+
+    #[test]
+    fn an_ipv6_entry_shows_bracketed_endpoints() {
+        let mut j = job();
+        j.backends
+            .insert(9, "[2001:db8:1::10]:8080".parse().unwrap());
+        let key = FlowMapKey::V6(FlowKey6 {
+            src_addr: lb_common::family::addr6(
+                "2001:db8::7"
+                    .parse::<std::net::Ipv6Addr>()
+                    .unwrap()
+                    .octets(),
+            ),
+            dst_addr: lb_common::family::addr6(
+                "2001:db8::100"
+                    .parse::<std::net::Ipv6Addr>()
+                    .unwrap()
+                    .octets(),
+            ),
+            src_port: 40000u16.to_be(),
+            dst_port: 80u16.to_be(),
+            protocol: PROTO_TCP,
+            _pad: [0; 3],
+        });
+        let e = j.entry(&key, &flow(9, 0, 0)).unwrap();
+        assert_eq!(e.client.to_string(), "[2001:db8::7]:40000");
+        assert_eq!(e.vip.to_string(), "[2001:db8::100]:80");
+        assert_eq!(e.backend, "[2001:db8:1::10]:8080");
+        j.backend = Some(("2001:db8:1::10".parse().unwrap(), None));
+        assert!(j.entry(&key, &flow(9, 0, 0)).is_some());
     }
 }

@@ -14,6 +14,7 @@ use crate::{
     config::{self, Config},
     dataplane::MapSizes,
     dataplane::{DataPlaneAccess, DataPlaneError},
+    family::ListenerMapKey,
     overlay, pins,
     plan::{BackendKey, Desired, Frontend, Ids, Runtime},
     reconcile::Reconciler,
@@ -185,17 +186,7 @@ impl<P: Platform> Controller<P> {
             .filter(|(_, _, mode)| *mode != pins::MISSING)
             .map(|(name, _, _)| name.as_str())
             .collect();
-        // The settings checked are IPv4 ones (`net.ipv4.conf`), and IPv4 VIPs are the
-        // only ones the data plane serves for now.
-        let vips = self
-            .effective
-            .listeners
-            .iter()
-            .filter_map(|l| match l.address {
-                std::net::IpAddr::V4(vip) => Some(vip),
-                std::net::IpAddr::V6(_) => None,
-            })
-            .collect();
+        let vips = self.effective.listeners.iter().map(|l| l.address).collect();
         self.platform.prepare_host(&interfaces, &vips);
     }
 
@@ -225,14 +216,12 @@ fn adopt(
     reconciler: &mut Reconciler,
 ) -> Result<std::collections::BTreeSet<BackendKey>, DataPlaneError> {
     let mut down = std::collections::BTreeSet::new();
-    let frontends: BTreeMap<lb_common::ListenerKey, (&str, Frontend)> = config
+    let frontends: BTreeMap<ListenerMapKey, (&str, Frontend)> = config
         .listeners
         .iter()
-        // A listener the data plane cannot hold has nothing pinned to adopt; the plan
-        // that follows reports it.
-        .filter_map(|l| {
-            let f = Frontend::of(l).ok()?;
-            Some((f.key(), (l.name.as_str(), f)))
+        .map(|l| {
+            let f = Frontend::of(l);
+            (f.key(), (l.name.as_str(), f))
         })
         .collect();
     let mut adopted = Vec::new();
@@ -240,7 +229,7 @@ fn adopt(
     let mut by_id: HashMap<u32, Frontend> = HashMap::new();
     for (key, value) in dataplane.listener_entries()? {
         if value.flags & LISTENER_F_VIP_MARKER != 0 {
-            vips.push((key.addr, value.flags));
+            vips.push((key.address(), value.flags));
             continue;
         }
         // Where its live table lies in MAGLEV: no rebuild may write there.
@@ -271,9 +260,14 @@ fn adopt(
             continue;
         }
         if let Some(frontend) = by_id.get(&b.listener) {
+            // An IPv6 backend's address is in `BACKENDS6`; its listener says which.
+            let address = match frontend.address {
+                std::net::IpAddr::V4(_) => crate::family::ipv4_of(b.addr).into(),
+                std::net::IpAddr::V6(_) => dataplane.backend_address6(id)?.into(),
+            };
             let key = BackendKey {
                 frontend: *frontend,
-                address: std::net::Ipv4Addr::from(b.addr.to_ne_bytes()),
+                address,
                 port: u16::from_be(b.port),
             };
             ids.adopt_backend(key, id, b.generation);

@@ -3,7 +3,11 @@
 //! addresses and set the kernel knobs forwarding needs, and read the clocks. `Kernel` does
 //! it for real; the controller's unit tests use a stand-in that needs no root.
 
-use std::{collections::BTreeSet, net::Ipv4Addr, path::PathBuf};
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, Ipv4Addr},
+    path::PathBuf,
+};
 
 use anyhow::Context as _;
 use tracing::warn;
@@ -45,10 +49,10 @@ pub trait Platform {
     fn ifindex(&self, name: &str) -> Option<u32>;
 
     /// The host's IPv4 addresses: the data plane refuses new flows from each of them.
-    fn local_addresses(&self) -> BTreeSet<Ipv4Addr>;
+    fn local_addresses(&self) -> BTreeSet<IpAddr>;
 
     /// The kernel settings the data plane needs on the attached interfaces (see `host`).
-    fn prepare_host(&self, interfaces: &[&str], vips: &BTreeSet<Ipv4Addr>);
+    fn prepare_host(&self, interfaces: &[&str], vips: &BTreeSet<IpAddr>);
 
     /// Where the maps are pinned: the background sweep and the counter readers open them
     /// there.
@@ -147,9 +151,9 @@ impl Platform for Kernel {
 
     /// None when they cannot be read (logged), as then nothing is refused that a client
     /// could legitimately have.
-    fn local_addresses(&self) -> BTreeSet<Ipv4Addr> {
+    fn local_addresses(&self) -> BTreeSet<IpAddr> {
         match host::local_addresses() {
-            Ok(addresses) => addresses.into_iter().map(|a| a.address).collect(),
+            Ok(addresses) => addresses.into_iter().map(|a| a.address.into()).collect(),
             Err(e) => {
                 warn!(
                     "cannot list the host's addresses, so none is refused as a client source: {e}"
@@ -159,8 +163,18 @@ impl Platform for Kernel {
         }
     }
 
-    fn prepare_host(&self, interfaces: &[&str], vips: &BTreeSet<Ipv4Addr>) {
-        host::prepare(&host::Ipv4Conf::default(), interfaces, vips);
+    fn prepare_host(&self, interfaces: &[&str], vips: &BTreeSet<IpAddr>) {
+        let vips4: BTreeSet<Ipv4Addr> = vips
+            .iter()
+            .filter_map(|v| match v {
+                IpAddr::V4(v) => Some(*v),
+                IpAddr::V6(_) => None,
+            })
+            .collect();
+        host::prepare(&host::IpConf::default(), interfaces, &vips4);
+        if vips.iter().any(IpAddr::is_ipv6) {
+            host::prepare_ipv6(&host::IpConf::at(host::IPV6_CONF));
+        }
     }
 
     fn maps_dir(&self) -> PathBuf {

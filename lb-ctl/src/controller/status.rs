@@ -2,7 +2,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    net::{IpAddr, SocketAddr},
+    net::SocketAddr,
     path::PathBuf,
 };
 
@@ -82,11 +82,11 @@ impl<P: Platform> Controller<P> {
                 .default_server_group
                 .servers
                 .iter()
-                .any(|s| s.address == IpAddr::V4(key.address))
+                .any(|s| s.address == key.address)
         } else if let Some(g) = self.base.vserver_group(group) {
             g.servers
                 .iter()
-                .any(|m| m.address == IpAddr::V4(key.address) && m.port == key.port)
+                .any(|m| m.address == key.address && m.port == key.port)
         } else {
             self.base.primary_secondary_group(group).is_some()
         };
@@ -147,7 +147,7 @@ impl<P: Platform> Controller<P> {
                     _ => None,
                 });
                 backends.push(BackendStatus {
-                    address: b.key.address.into(),
+                    address: b.key.address,
                     port: b.key.port,
                     role: b.role.name().to_owned(),
                     weight: b.weight,
@@ -234,7 +234,7 @@ impl<P: Platform> Controller<P> {
             let mut backends = Vec::new();
             for b in &d.backends {
                 backends.push((
-                    SocketAddr::new(b.key.address.into(), b.key.port).to_string(),
+                    SocketAddr::new(b.key.address, b.key.port).to_string(),
                     self.dataplane.backend_totals(b.id)?,
                 ));
             }
@@ -264,34 +264,34 @@ impl<P: Platform> Controller<P> {
         protocol: config::Protocol,
         tcp_flags: Option<u8>,
     ) -> Result<Done, ControllerError> {
-        // The data plane balances IPv4 only for now: an IPv6 packet never reaches a
-        // listener, and the walk below reads the IPv4 maps.
-        let (SocketAddr::V4(src), SocketAddr::V4(dst)) = (src, dst) else {
-            return Err(Refusal {
-                message: format!(
-                    "explain {src} -> {dst}: IPv6 packets are not served by this build's data \
-                     plane yet"
-                ),
-            }
-            .into());
-        };
         let proto = protocol.number();
         let flags = tcp_flags.unwrap_or(select::TCP_SYN);
-        let explained = self
-            .dataplane
-            .decision_tables()
-            .map_err(anyhow::Error::from)
-            .and_then(|tables| {
-                crate::explain::explain(
-                    tables,
-                    &self.desired,
-                    src,
-                    dst,
-                    proto,
-                    flags,
-                    self.platform.monotonic_ns(),
-                )
-            });
+        let now = self.platform.monotonic_ns();
+        let explained = match (src, dst) {
+            (SocketAddr::V4(_), SocketAddr::V4(_)) => self
+                .dataplane
+                .decision_tables()
+                .map_err(anyhow::Error::from)
+                .and_then(|t| {
+                    crate::explain::explain(t, &self.desired, src, dst, proto, flags, now)
+                }),
+            (SocketAddr::V6(_), SocketAddr::V6(_)) => self
+                .dataplane
+                .decision_tables6()
+                .map_err(anyhow::Error::from)
+                .and_then(|t| {
+                    crate::explain::explain(t, &self.desired, src, dst, proto, flags, now)
+                }),
+            _ => {
+                return Err(Refusal {
+                    message: format!(
+                        "explain {src} -> {dst}: the source and destination are of different \
+                         address families"
+                    ),
+                }
+                .into());
+            }
+        };
         let explanation = explained?;
         Ok(Done::new(explanation.steps.join("\n"), explanation))
     }

@@ -4,7 +4,7 @@
 use std::{collections::HashMap, path::PathBuf};
 
 use anyhow::Context as _;
-use lb_common::{Flow, FlowKey, LISTENER_F_VIP_MARKER, select};
+use lb_common::{Flow, FlowKey, FlowKey6, LISTENER_F_VIP_MARKER, select};
 
 use super::{Controller, ControllerError, Done, Platform};
 use crate::dataplane::DataPlaneAccess as _;
@@ -20,6 +20,8 @@ const SWEEP_IN_PLACE_MAX: u64 = 50_000;
 /// listeners' timeouts.
 pub struct SweepJob {
     flows_pin: PathBuf,
+    /// IPv6's established flows (`FLOWS6`): counted alike, no filter to rebuild.
+    flows6_pin: PathBuf,
     filter_pin: PathBuf,
     flow_table_size: u32,
     listeners: HashMap<u32, lb_common::Listener>,
@@ -40,13 +42,13 @@ impl SweepResult {
         }
     }
 
-    /// Counts one flow entry.
-    fn add(&mut self, key: &FlowKey, flow: &Flow, job: &SweepJob) {
+    /// Counts one flow entry of either family (`protocol`: its key's).
+    fn add(&mut self, protocol: u8, flow: &Flow, job: &SweepJob) {
         self.entries += 1;
         let Some(listener) = job.listeners.get(&flow.listener) else {
             return;
         };
-        if select::is_active(job.now, flow, key.protocol, listener) {
+        if select::is_active(job.now, flow, protocol, listener) {
             *self.active.entry(flow.backend).or_default() += 1;
         }
     }
@@ -55,10 +57,7 @@ impl SweepResult {
 /// Walks the pinned flow table through its own handle, no lock on the controller, and
 /// rebuilds the flow filter from the keys it finds (`crate::flow_filter`).
 pub fn run_sweep(job: SweepJob) -> anyhow::Result<SweepResult> {
-    let map = aya::maps::MapData::from_pin(&job.flows_pin)
-        .with_context(|| format!("opening {}", job.flows_pin.display()))?;
-    let flows: aya::maps::HashMap<_, FlowKey, Flow> =
-        aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(map))?;
+    let flows = super::flows::open_flow_table::<FlowKey>(&job.flows_pin)?;
     let filter_map = aya::maps::MapData::from_pin(&job.filter_pin)
         .with_context(|| format!("opening {}", job.filter_pin.display()))?;
     let filter = crate::dataplane::MappedArray::flow_filter(&filter_map, job.flow_table_size)?;
@@ -68,12 +67,15 @@ pub fn run_sweep(job: SweepJob) -> anyhow::Result<SweepResult> {
         if let Some(r) = &rebuild {
             r.add(&k);
         }
-        result.add(&k, &v, &job);
+        result.add(k.protocol, &v, &job);
     })
     .context("reading the flow table")?;
     if let Some(r) = rebuild {
         r.finish();
     }
+    let flows6 = super::flows::open_flow_table::<FlowKey6>(&job.flows6_pin)?;
+    crate::flow_walk::for_each_flow(&flows6, |k, v| result.add(k.protocol, &v, &job))
+        .context("reading the IPv6 flow table")?;
     Ok(result)
 }
 
@@ -88,7 +90,7 @@ impl<P: Platform> Controller<P> {
         // Half-open flows are not counted, as in the background sweep: they become
         // active with the client's ACK (IPVS too counts SYN_RECV as inactive).
         for (key, flow) in self.dataplane.sweep_flows()? {
-            result.add(&key, &flow, &job);
+            result.add(key.protocol(), &flow, &job);
         }
         self.finish_sweep(result)
     }
@@ -122,6 +124,7 @@ impl<P: Platform> Controller<P> {
     pub fn sweep_job(&self) -> Result<SweepJob, ControllerError> {
         Ok(SweepJob {
             flows_pin: self.platform.maps_dir().join(lb_common::names::FLOWS),
+            flows6_pin: self.platform.maps_dir().join(lb_common::names::FLOWS6),
             filter_pin: self.platform.maps_dir().join(lb_common::names::FLOW_FILTER),
             flow_table_size: self.effective.flow_table_size,
             listeners: self
@@ -159,10 +162,7 @@ impl<P: Platform> Controller<P> {
             .values()
             .filter(|l| l.group == group)
             .flat_map(|l| l.backends.iter())
-            .filter(|b| {
-                std::net::IpAddr::V4(b.key.address) == address
-                    && port.is_none_or(|p| b.key.port == p)
-            })
+            .filter(|b| b.key.address == address && port.is_none_or(|p| b.key.port == p))
             .map(|b| b.id)
             .collect()
     }

@@ -1,7 +1,10 @@
 //! The controller against an in-memory data plane and host (`fake`): start, re-adoption,
 //! changes, reloads, drains, the sweep and status, without a kernel or root.
 
-use std::{net::Ipv4Addr, path::PathBuf};
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    path::PathBuf,
+};
 
 use lb_common::{
     BACKEND_F_DRAINING, BACKEND_F_USABLE, Flow, FlowKey, ListenerKey, PROTO_TCP, Reason,
@@ -174,7 +177,7 @@ fn start_on_an_empty_data_plane_fills_the_maps_and_attaches() {
         assert_eq!(m.tx_ports, [2].into(), "eth0 is a redirect target");
     }
     assert_eq!(s.host.0.borrow().prepared, vec![vec!["eth0".to_owned()]]);
-    assert!(c.runtime.local_addresses.contains(&ip("198.18.0.1")));
+    assert!(c.runtime.local_addresses.contains(&ip("198.18.0.1").into()));
 
     let status = c.status().unwrap();
     assert_eq!(status.instance, "t");
@@ -195,19 +198,31 @@ fn start_on_an_empty_data_plane_fills_the_maps_and_attaches() {
         .expect("explained")
         .data;
     assert_eq!(data["outcome"], "forward", "{data}");
+    // An IPv6 packet runs over the IPv6 tables (no IPv6 listener here), and a packet of
+    // two families is refused.
     let v6 = |s: &str| s.parse().unwrap();
+    let data6 = c
+        .explain(
+            v6("[2001:db8::7]:40000"),
+            v6("[2001:db8::100]:80"),
+            crate::config::Protocol::Tcp,
+            None,
+        )
+        .expect("explained")
+        .data;
+    assert_eq!(data6["outcome"], "pass", "{data6}");
     assert_eq!(
         error(
             c.explain(
                 v6("[2001:db8::7]:40000"),
-                v6("[2001:db8::100]:80"),
+                vip,
                 crate::config::Protocol::Tcp,
                 None
             ),
             exit::REFUSED
         ),
-        "explain [2001:db8::7]:40000 -> [2001:db8::100]:80: IPv6 packets are not served by \
-         this build's data plane yet"
+        "explain [2001:db8::7]:40000 -> 198.19.0.100:80: the source and destination are of \
+         different address families"
     );
     let backend = data["backend"].as_str().unwrap();
     assert!(
@@ -526,8 +541,8 @@ fn a_departing_backend_is_retired_after_its_deadline_or_once_idle() {
     add_flow(&s.maps(), 40000, a, listener, now + 3 * super::NS_PER_S);
     c.sweep().unwrap();
     c.expire_drains().unwrap();
-    let left: Vec<Ipv4Addr> = c.runtime.departing.keys().map(|k| k.address).collect();
-    assert_eq!(left, [ip("198.18.1.10")]);
+    let left: Vec<IpAddr> = c.runtime.departing.keys().map(|k| k.address).collect();
+    assert_eq!(left, [IpAddr::from(ip("198.18.1.10"))]);
     assert_eq!(s.maps().borrow().tables.backends[&b].flags, 0, "retired");
 
     // Past the 30 s deadline the data plane cuts its flows; 5 s later it is retired.
@@ -650,7 +665,7 @@ fn interfaces_and_host_addresses_are_followed() {
 
     s.host.0.borrow_mut().addresses.insert(ip("198.18.0.9"));
     c.refresh_local_addresses().unwrap();
-    assert!(c.runtime.local_addresses.contains(&ip("198.18.0.9")));
+    assert!(c.runtime.local_addresses.contains(&ip("198.18.0.9").into()));
     let refused = u32::from_ne_bytes([198, 18, 0, 9]);
     assert!(
         s.maps()

@@ -5,7 +5,7 @@
 
 use std::{collections::BTreeSet, fmt, net::Ipv4Addr};
 
-use crate::host::{self, Ipv4Conf};
+use crate::host::{self, IpConf};
 
 /// What the checks read from the host.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -22,7 +22,7 @@ pub struct HostFacts {
 impl HostFacts {
     /// Reads the facts of the current network namespace.
     pub fn read(iface: &str) -> Self {
-        let conf = Ipv4Conf::default();
+        let conf = IpConf::default();
         let effective = |key| conf.effective(iface, key).ok();
         let loopback_addresses = host::local_addresses()
             .map(|all| {

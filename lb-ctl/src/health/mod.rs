@@ -32,7 +32,7 @@ mod probe;
 mod slow_start;
 
 use std::{
-    net::{Ipv4Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     time::SystemTime,
 };
 
@@ -52,9 +52,8 @@ pub struct Target {
     /// Name of the listener, for logs and status.
     pub listener: String,
     /// The backend's address and port (the key's; the check's `port` may override the
-    /// port probed). Of the key's type, IPv4 while the data plane is; the probes
-    /// themselves take either family (`endpoint`).
-    pub address: Ipv4Addr,
+    /// port probed).
+    pub address: IpAddr,
     pub port: u16,
     pub check: HealthCheck,
     /// The check to run: `check`'s type, else the listener protocol's.
@@ -83,7 +82,7 @@ pub struct ProbeTunnel {
 impl Target {
     /// The backend's address and port, as probes (outside DSR) and logs use them.
     pub fn endpoint(&self) -> SocketAddr {
-        SocketAddr::new(self.address.into(), self.port)
+        SocketAddr::new(self.address, self.port)
     }
 
     /// Whether `other` is the same probe of the same backend, so health state carries
@@ -125,27 +124,20 @@ pub(crate) fn targets(
     let dsr = config.forwarding == crate::config::Forwarding::Dsr;
     let mut out = Vec::new();
     for listener in &config.listeners {
-        // A listener the plan cannot hold (an IPv6 one, which validation refuses for
-        // now) has no backends in the data plane to take out of it: nothing to probe.
-        let (Ok(frontend), Ok(members)) = (
-            Frontend::of(listener),
-            crate::plan::members(config, listener),
-        ) else {
-            continue;
-        };
-        for m in members {
+        let frontend = Frontend::of(listener);
+        for m in crate::plan::members(config, listener) {
             let key = BackendKey {
                 frontend,
                 address: m.address,
                 port: m.port,
             };
-            let tunnel = if dsr {
-                backend_id(&key).map(|id| ProbeTunnel {
-                    vip: frontend.address,
+            // DSR listeners are IPv4 (the config refuses IPv6 ones).
+            let tunnel = match (dsr, frontend.address) {
+                (true, IpAddr::V4(vip)) => backend_id(&key).map(|id| ProbeTunnel {
+                    vip,
                     mark: lb_common::probe_mark(id),
-                })
-            } else {
-                None
+                }),
+                _ => None,
             };
             out.push(Target {
                 key,
@@ -242,7 +234,7 @@ listeners:
         assert!(kinds.contains(&("db", HealthCheckKind::Udp)), "{kinds:?}");
         assert!(kinds.contains(&("db2", HealthCheckKind::Udp)), "{kinds:?}");
         let db = t.iter().find(|t| t.listener == "db").unwrap();
-        let probe = Probe::new(db.kind, &db.check, db.address.into(), db.port, None).unwrap();
+        let probe = Probe::new(db.kind, &db.check, db.address, db.port, None).unwrap();
         assert_eq!(
             probe.kind,
             ProbeKind::Udp {

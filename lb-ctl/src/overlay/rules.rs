@@ -1222,7 +1222,7 @@ mod tests {
             },
             "carry no port ([2001:db8::10]:80)",
         );
-        refused(
+        let with_web6 = attempt(
             &spare,
             Change::ListenerAdd {
                 name: "web6".into(),
@@ -1234,7 +1234,11 @@ mod tests {
                 scheduler: None,
                 settings: vec![],
             },
-            "listeners[3].address: IPv6 listeners are not served by this build's data plane yet",
+        )
+        .expect("an IPv6 listener on a group of IPv6 servers");
+        assert_eq!(
+            with_web6.listener("web6").unwrap().address,
+            v6("2001:db8::100")
         );
         let mut with_acl = c.clone();
         with_acl.acls.push(config::Acl {

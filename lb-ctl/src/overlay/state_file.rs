@@ -3,7 +3,7 @@
 use std::{
     fs,
     io::Write as _,
-    net::Ipv4Addr,
+    net::IpAddr,
     os::unix::fs::OpenOptionsExt as _,
     path::{Path, PathBuf},
 };
@@ -30,10 +30,10 @@ pub struct StateFile {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DrainRecord {
-    pub vip: Ipv4Addr,
+    pub vip: IpAddr,
     pub vip_port: u16,
     pub protocol: Protocol,
-    pub address: Ipv4Addr,
+    pub address: IpAddr,
     pub port: u16,
     /// Removed from its group (true) or drained in place (false).
     pub departing: bool,

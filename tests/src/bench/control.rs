@@ -109,13 +109,15 @@ pub struct ControlReport {
 
 fn members(n: usize) -> Vec<MaglevBackend> {
     (0..n)
-        .map(|i| MaglevBackend {
-            id: i as u32,
-            addr: u32::from_ne_bytes(
-                Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 64, 1)) + i as u32).octets(),
-            ),
-            port: 8080u16.to_be(),
-            weight: 100,
+        .map(|i| {
+            MaglevBackend::ipv4(
+                i as u32,
+                u32::from_ne_bytes(
+                    Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 64, 1)) + i as u32).octets(),
+                ),
+                8080u16.to_be(),
+                100,
+            )
         })
         .collect()
 }

@@ -111,18 +111,19 @@ pub async fn capacity_probe(
         .map(|i| {
             // Distinct keys: one listener (frontend) per target, all on the same backend.
             let frontend = Frontend {
-                address: Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 0)) + (i as u32 >> 16)),
+                address: Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 0)) + (i as u32 >> 16))
+                    .into(),
                 port: (i & 0xffff) as u16,
                 protocol: Protocol::Tcp,
             };
             Target {
                 key: BackendKey {
                     frontend,
-                    address: Ipv4Addr::LOCALHOST,
+                    address: Ipv4Addr::LOCALHOST.into(),
                     port,
                 },
                 listener: format!("bench{i}"),
-                address: Ipv4Addr::LOCALHOST,
+                address: Ipv4Addr::LOCALHOST.into(),
                 port,
                 check: check.clone(),
                 kind: HealthCheckKind::Tcp,

@@ -1234,11 +1234,10 @@ fn ipv6(f: &[u8]) -> Vec<Outcome> {
     if end > f.len() {
         return drop_(Reason::DropMalformedIpv6);
     }
-    let (mut next, mut off, mut fragment) = (f[20], FIRST, false);
-    for _ in 0..lb_common::MAX_EXTENSION_HEADERS {
-        if !is_extension(next) || off > MAX_L4_OFFSET {
-            break;
-        }
+    // A refused chain or a fragment is the kernel's when the destination is no VIP.
+    let (mut next, mut off) = (f[20], FIRST);
+    let mut walked = 0;
+    while walked < lb_common::MAX_EXTENSION_HEADERS && is_extension(next) {
         if off + 8 > f.len() {
             return drop_(Reason::DropMalformedIpv6);
         }
@@ -1250,31 +1249,26 @@ fn ipv6(f: &[u8]) -> Vec<Outcome> {
         if off + len > end {
             return drop_(Reason::DropMalformedIpv6);
         }
-        if next == 44 {
-            fragment = be16(f, off + 2) & 0xfff9 != 0;
-        }
+        let refused = (next == 0 && walked != 0) || (next == 43 && f[off + 3] != 0);
+        let fragment = next == 44 && be16(f, off + 2) & 0xfff9 != 0;
         next = f[off];
         off += len;
-        if fragment {
-            break;
+        walked += 1;
+        if refused || off > MAX_L4_OFFSET || fragment {
+            return pass(Reason::PassNotForUs);
         }
     }
-    if next == 58 {
-        let neighbour_discovery = !fragment
-            && off <= MAX_L4_OFFSET
-            && off + 4 <= f.len()
-            && (133..=137).contains(&f[off]);
-        return pass(if neighbour_discovery {
-            Reason::PassNeighbourDiscovery
-        } else {
-            Reason::PassOtherProtocol
-        });
+    if is_extension(next) {
+        return pass(Reason::PassNotForUs);
+    }
+    if next == 58 && off + 4 <= f.len() && (133..=137).contains(&f[off]) {
+        return pass(Reason::PassNeighbourDiscovery);
     }
     if next != PROTO_TCP && next != PROTO_UDP {
         return pass(Reason::PassOtherProtocol);
     }
-    // A refused chain, a fragment or a malformed TCP/UDP header is the kernel's when the
-    // destination is no VIP, as is a well-formed packet for no listener.
+    // A malformed TCP/UDP header is the kernel's too, as is a well-formed packet for no
+    // listener.
     pass(Reason::PassNotForUs)
 }
 

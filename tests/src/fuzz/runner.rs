@@ -3,11 +3,11 @@
 
 use std::{collections::HashMap, fmt::Write as _, time::Instant};
 
-use lb_common::{
-    EndpointKey, EndpointListener, FLOW_F_BACKEND_ACKED, Flow, FlowKey, PROTO_TCP, PROTO_UDP,
-    Reason, Verdict,
+use lb_common::{FLOW_F_BACKEND_ACKED, Flow, FlowKey, PROTO_TCP, PROTO_UDP, Reason, Verdict};
+use lb_ctl::{
+    dataplane::{DataPlane, LoadOptions},
+    family::{EndpointMapKey, FlowMapKey, Served, ipv4_of, ipv4_word},
 };
-use lb_ctl::dataplane::{DataPlane, LoadOptions};
 
 use super::{
     generator::Generator,
@@ -424,7 +424,11 @@ impl Fuzzer<'_> {
             .flows()
             .expect("reading the flow table")
             .into_iter()
-            .map(|(k, f)| (Tuple::from_key(&k), f))
+            .filter_map(|(k, f)| match k {
+                FlowMapKey::V4(k) => Some((Tuple::from_key(&k), f)),
+                // The fuzzing config has no IPv6 listener: no IPv6 flow can be made.
+                FlowMapKey::V6(_) => None,
+            })
             .collect();
         self.report.flows = kernel.len();
         let mut keys: Vec<&Tuple> = kernel.keys().chain(self.model.flows.keys()).collect();
@@ -531,26 +535,25 @@ fn tuple_of(f: &[u8]) -> Option<Tuple> {
 /// the client side's flow entry if it names this backend; of several, the one with the
 /// latest client packet. The fuzzer checks the model against it, so the maps the program
 /// reads hold the model's answer.
-fn reply_flow(
-    dp: &DataPlane,
-    reply: &FlowKey,
-) -> anyhow::Result<Option<(FlowKey, Flow, EndpointListener)>> {
-    let Some(endpoint) = dp.endpoint(&EndpointKey {
-        addr: reply.src_addr,
-        port: reply.src_port,
-        protocol: reply.protocol,
-        _pad: 0,
-    })?
-    else {
+fn reply_flow(dp: &DataPlane, reply: &FlowKey) -> anyhow::Result<Option<(FlowKey, Flow, Served)>> {
+    let endpoint = EndpointMapKey::new(
+        ipv4_of(reply.src_addr).into(),
+        u16::from_be(reply.src_port),
+        reply.protocol,
+    );
+    let Some(endpoint) = dp.endpoint(&endpoint)? else {
         return Ok(None);
     };
-    let mut found: Option<(FlowKey, Flow, EndpointListener)> = None;
+    let mut found: Option<(FlowKey, Flow, Served)> = None;
     for l in endpoint.served() {
+        let std::net::IpAddr::V4(vip) = l.vip else {
+            continue;
+        };
         let key = FlowKey {
             src_addr: reply.dst_addr,
-            dst_addr: l.vip,
+            dst_addr: ipv4_word(vip),
             src_port: reply.dst_port,
-            dst_port: l.vport,
+            dst_port: l.port.to_be(),
             protocol: reply.protocol,
             _pad: [0; 3],
         };
@@ -562,7 +565,7 @@ fn reply_flow(
             continue;
         }
         if found.is_none_or(|(_, f, _)| flow.last_seen_ns > f.last_seen_ns) {
-            found = Some((key, flow, *l));
+            found = Some((key, flow, l));
         }
     }
     Ok(found)

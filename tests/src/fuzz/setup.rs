@@ -157,7 +157,7 @@ impl Setup {
             .flat_map(|l| &l.backends)
             .map(|b| BackendSpec {
                 id: b.id,
-                addr: b.key.address,
+                addr: ipv4(b.key.address),
                 port: b.key.port,
             })
             .collect();
@@ -187,23 +187,28 @@ impl Setup {
                 );
                 let deny = match l.acl_mode {
                     ACL_NONE => Vec::new(),
-                    ACL_DENY => desired.acls[&l.acl_id].iter().copied().collect(),
+                    ACL_DENY => desired.acls[&l.acl_id]
+                        .iter()
+                        .map(|&(net, len)| (ipv4(net), len))
+                        .collect(),
                     _ => panic!("{}: the model knows deny lists only", l.name),
                 };
                 let members: Vec<u32> = l.backends.iter().map(|b| b.id).collect();
                 let maglev_members: Vec<MaglevBackend> = l
                     .backends
                     .iter()
-                    .map(|b| MaglevBackend {
-                        id: b.id,
-                        addr: u32::from_ne_bytes(b.key.address.octets()),
-                        port: b.key.port.to_be(),
-                        weight: b.effective_weight,
+                    .map(|b| {
+                        MaglevBackend::ipv4(
+                            b.id,
+                            u32::from_ne_bytes(ipv4(b.key.address).octets()),
+                            b.key.port.to_be(),
+                            b.effective_weight,
+                        )
                     })
                     .collect();
                 ListenerSpec {
                     id: l.id,
-                    vip: l.frontend.address,
+                    vip: ipv4(l.frontend.address),
                     port: l.frontend.port,
                     protocol: l.frontend.protocol.number(),
                     scheduler: l.scheduler,
@@ -234,11 +239,7 @@ impl Setup {
             .iter()
             .map(|(k, e)| {
                 (
-                    (
-                        Ipv4Addr::from(k.addr.to_ne_bytes()),
-                        u16::from_be(k.port),
-                        k.protocol,
-                    ),
+                    (ipv4(k.address()), k.port(), k.protocol()),
                     e.served().iter().map(|l| l.listener).collect(),
                 )
             })
@@ -312,6 +313,14 @@ impl Setup {
             "the data plane's maps are planned differently from the model's"
         );
         Ok(())
+    }
+}
+
+/// An address of the fuzzing config, which is IPv4 (the model's IPv6 is the parser's).
+fn ipv4(addr: std::net::IpAddr) -> Ipv4Addr {
+    match addr {
+        std::net::IpAddr::V4(a) => a,
+        std::net::IpAddr::V6(a) => panic!("{a}: the fuzzing config is IPv4"),
     }
 }
 

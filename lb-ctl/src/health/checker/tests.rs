@@ -14,15 +14,15 @@ fn target(listener_port: u16, address: Ipv4Addr, port: u16) -> Target {
     Target {
         key: BackendKey {
             frontend: Frontend {
-                address: Ipv4Addr::new(198, 19, 0, 100),
+                address: Ipv4Addr::new(198, 19, 0, 100).into(),
                 port: listener_port,
                 protocol: Protocol::Tcp,
             },
-            address,
+            address: address.into(),
             port,
         },
         listener: format!("l{listener_port}"),
-        address,
+        address: address.into(),
         port,
         check: HealthCheck {
             interval: 1,
