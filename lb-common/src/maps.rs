@@ -121,12 +121,15 @@ pub mod names {
     pub const AFFINITY6: &str = "AFFINITY6";
     pub const NEXT_HOPS6: &str = "NEXT_HOPS6";
     pub const PENDING6: &str = "PENDING6";
+    pub const TOO_BIG6: &str = "TOO_BIG6";
     /// The entry program, attached to every interface.
     pub const PROGRAM: &str = "lb_xdp";
     /// The programs behind `STAGES`, entered by tail call.
     pub const PROGRAM_NEW_FLOW: &str = "lb_new_flow";
     pub const PROGRAM_NEW_FLOW6: &str = "lb_new_flow6";
     pub const PROGRAM_IPV6: &str = "lb_ipv6";
+    pub const PROGRAM_ICMP6: &str = "lb_icmp6";
+    pub const PROGRAM_TOO_BIG6: &str = "lb_too_big6";
     pub const PROGRAM_WLC: &str = "lb_wlc";
     pub const PROGRAM_ICMP: &str = "lb_icmp";
     pub const PROGRAM_TOO_BIG: &str = "lb_too_big";
@@ -154,12 +157,20 @@ pub const STAGE_NEW_FLOW6: u32 = 4;
 /// `STAGES` slot of `lb_ipv6`: every IPv6 frame, after `lb_xdp` has seen its ethertype
 /// (IPv6 keys and headers would take `lb_xdp` past the BPF stack limit).
 pub const STAGE_IPV6: u32 = 5;
+/// `STAGES` slot of `lb_icmp6`: ICMPv6 errors about translated flows, echo requests to an
+/// IPv6 VIP.
+pub const STAGE_ICMP6: u32 = 6;
+/// `STAGES` slot of `lb_too_big6`: a translated IPv6 packet too big for its egress,
+/// answered with ICMPv6 Packet Too Big to its sender.
+pub const STAGE_TOO_BIG6: u32 = 7;
 /// Slots of `STAGES` (room for stages to come without a new map layout).
 pub const STAGE_SLOTS: u32 = 8;
 /// Every stage: (slot, program name), in the order the controller loads them.
-pub const STAGE_PROGRAMS: [(u32, &str); 6] = [
+pub const STAGE_PROGRAMS: [(u32, &str); 8] = [
     (STAGE_NEW_FLOW, names::PROGRAM_NEW_FLOW),
     (STAGE_IPV6, names::PROGRAM_IPV6),
+    (STAGE_ICMP6, names::PROGRAM_ICMP6),
+    (STAGE_TOO_BIG6, names::PROGRAM_TOO_BIG6),
     (STAGE_NEW_FLOW6, names::PROGRAM_NEW_FLOW6),
     (STAGE_WLC, names::PROGRAM_WLC),
     (STAGE_ICMP, names::PROGRAM_ICMP),

@@ -143,6 +143,24 @@ pub struct PendingFlow6 {
 }
 const _: () = assert!(size_of::<PendingFlow6>() == 112);
 
+/// `TooBig` for IPv6 (`TOO_BIG6`): the translated packet too big for its egress, handed
+/// to `lb_too_big6`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct TooBig6 {
+    /// The translated packet's 5-tuple; the stage checks it against its packet.
+    pub key: FlowKey6,
+    /// The address and port the translation replaced, network byte order.
+    pub addr: Addr6,
+    pub port: u16,
+    /// The egress MTU the FIB reported, host order.
+    pub mtu: u16,
+    /// `TOO_BIG_DESTINATION` or `TOO_BIG_SOURCE`.
+    pub side: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(size_of::<TooBig6>() == 64);
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -156,4 +174,5 @@ mod pod {
     unsafe impl aya::Pod for BackendAddr6 {}
     unsafe impl aya::Pod for NextHop6 {}
     unsafe impl aya::Pod for PendingFlow6 {}
+    unsafe impl aya::Pod for TooBig6 {}
 }

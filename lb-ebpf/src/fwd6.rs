@@ -10,13 +10,17 @@ use aya_ebpf::{
     helpers::generated::bpf_fib_lookup,
     programs::XdpContext,
 };
-use lb_common::{Addr6, NEXT_HOP_TTL_NS, NO_BACKEND, Reason};
+use lb_common::{
+    Addr6, FlowKey6, NEXT_HOP_TTL_NS, NO_BACKEND, Reason, STAGE_TOO_BIG6, TOO_BIG_DESTINATION,
+    TOO_BIG_SOURCE,
+};
 
 use crate::{
     fwd::{Hop, send, set_macs},
-    maps::{NEXT_HOPS6, TX_PORTS},
+    maps::{NEXT_HOPS6, TOO_BIG6, TX_PORTS},
     nat6::decrement_hop_limit,
     parse6::Ipv6,
+    stage,
 };
 
 const AF_INET6: u8 = 10;
@@ -30,11 +34,35 @@ pub struct Route6 {
     /// Backend id whose next hop this is (client → backend: cacheable), or `NO_BACKEND`.
     pub backend: u32,
     pub now: u64,
+    /// What the translation replaced (`TOO_BIG_DESTINATION` or `TOO_BIG_SOURCE`, with the
+    /// address and port), so a packet too big for the egress is answered quoting it as its
+    /// sender sent it; 0 for packets not answered (ICMPv6 errors).
+    pub side: u8,
+    pub original_addr: Addr6,
+    pub original_port: u16,
 }
 
-/// Looks up the next hop and sends the packet, with `fwd::transmit`'s verdicts. A packet
-/// too big for its egress is passed: the ICMPv6 Packet Too Big the program should send in
-/// its place is not built yet (docs/packet-policy.md).
+impl Route6 {
+    /// The route of an ICMPv6 error the program translated: never cached, never answered
+    /// when too big (an error about an error is never sent, RFC 4443 2.4).
+    pub const fn icmp(src_addr: Addr6, dst_addr: Addr6) -> Self {
+        Self {
+            src_addr,
+            dst_addr,
+            src_port: 0,
+            dst_port: 0,
+            backend: NO_BACKEND,
+            now: 0,
+            side: 0,
+            original_addr: [0; 4],
+            original_port: 0,
+        }
+    }
+}
+
+/// Looks up the next hop and sends the packet, with `fwd::transmit`'s verdicts. A
+/// TCP/UDP packet too big for its egress goes to `lb_too_big6`, which answers its sender
+/// with Packet Too Big (a router never fragments IPv6); an ICMPv6 error is passed.
 #[inline(always)]
 pub fn transmit(ctx: &XdpContext, ip: &Ipv6, route: &Route6, sent: Reason) -> (u32, Reason) {
     let hop = match next_hop(ctx, ip, route) {
@@ -97,7 +125,12 @@ fn next_hop(ctx: &XdpContext, ip: &Ipv6, route: &Route6) -> Result<Hop, (u32, Re
     match rc as u32 {
         BPF_FIB_LKUP_RET_SUCCESS => {}
         BPF_FIB_LKUP_RET_NO_NEIGH => return Ok(kernel(Reason::PassNeighUnknown)),
-        BPF_FIB_LKUP_RET_FRAG_NEEDED => return Err((XDP_PASS, Reason::PassFragNeeded)),
+        // SAFETY: on FRAG_NEEDED the kernel leaves the egress MTU here.
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => {
+            return Err(too_big(ctx, ip, route, unsafe {
+                fib.__bindgen_anon_1.mtu_result
+            }));
+        }
         _ => return Err((XDP_DROP, Reason::DropNoRoute)),
     }
     if fib.ifindex != ingress && TX_PORTS.get_ifindex(fib.ifindex).is_none() {
@@ -125,4 +158,32 @@ fn next_hop(ctx: &XdpContext, ip: &Ipv6, route: &Route6) -> Result<Hop, (u32, Re
         src_addr: 0,
         kernel_reason: Reason::Forwarded,
     })
+}
+
+/// A translated TCP/UDP packet larger than the egress MTU: its sender is told, by
+/// `lb_too_big6`, from the hand-off in `TOO_BIG6`.
+#[inline(always)]
+fn too_big(ctx: &XdpContext, ip: &Ipv6, route: &Route6, mtu: u16) -> (u32, Reason) {
+    if !(route.side == TOO_BIG_DESTINATION || route.side == TOO_BIG_SOURCE) {
+        return (XDP_PASS, Reason::PassFragNeeded);
+    }
+    let Some(handoff) = TOO_BIG6.get_ptr_mut(0) else {
+        return (XDP_PASS, Reason::PassFragNeeded);
+    };
+    // SAFETY: per-CPU value, only this CPU touches it while the packet runs.
+    let h = unsafe { &mut *handoff };
+    // Field by field, for the stack (see `ipv6::forward`).
+    h.key = FlowKey6 {
+        src_addr: route.src_addr,
+        dst_addr: route.dst_addr,
+        src_port: route.src_port,
+        dst_port: route.dst_port,
+        protocol: ip.protocol,
+        _pad: [0; 3],
+    };
+    h.addr = route.original_addr;
+    h.port = route.original_port;
+    h.mtu = mtu;
+    h.side = route.side;
+    stage::enter(ctx, STAGE_TOO_BIG6)
 }

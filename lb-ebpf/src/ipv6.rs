@@ -5,9 +5,9 @@
 //! extension-header policy (`parse6`), NAT66 without a header checksum (`nat6`) and the
 //! IPv6 FIB lookup (`fwd6`).
 //!
-//! Not yet for IPv6 (docs/packet-policy.md): ICMPv6 errors about a flow (dropped when
-//! addressed to a VIP), Packet Too Big for a translated packet (passed), `forwarding:
-//! dsr`.
+//! ICMPv6 other than neighbour discovery goes on in `lb_icmp6` (`icmp6`). Not yet for
+//! IPv6 (docs/packet-policy.md): Packet Too Big for a translated packet (passed),
+//! `forwarding: dsr`.
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
@@ -16,7 +16,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     Addr6, Backend, Encapsulation, Listener, NO_BACKEND, PENDING_F_SCANNED, PROTO_TCP, Reason,
-    STAGE_NEW_FLOW6, STAGE_WLC, V6,
+    STAGE_ICMP6, STAGE_NEW_FLOW6, STAGE_WLC, TOO_BIG_DESTINATION, TOO_BIG_SOURCE, V6,
     decide::{self, Decision, Opening, Pick},
     select::{EntryState, Step, TCP_RST},
 };
@@ -67,8 +67,11 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
             Reason::PassNotForUs,
         );
     }
-    if ip.protocol == PROTO_ICMPV6 && parse6::is_neighbour_discovery(ctx, &ip) {
-        return (XDP_PASS, Reason::PassNeighbourDiscovery);
+    if ip.protocol == PROTO_ICMPV6 {
+        if parse6::is_neighbour_discovery(ctx, &ip) {
+            return (XDP_PASS, Reason::PassNeighbourDiscovery);
+        }
+        return stage::enter(ctx, STAGE_ICMP6);
     }
     if !parse::is_tcp_or_udp(ip.protocol) {
         return refuse_for_vip(
@@ -205,6 +208,9 @@ fn send_to_backend(ctx: &XdpContext, d: &Delivery<'_>) -> (u32, Reason) {
         dst_port: d.backend.port,
         backend: d.backend_id,
         now: d.now,
+        side: TOO_BIG_DESTINATION,
+        original_addr: ip.dst_addr,
+        original_port: l4.dst_port,
     };
     let out = fwd6::transmit(ctx, ip, &route, Reason::Forwarded);
     if out.0 != XDP_DROP {
@@ -233,6 +239,9 @@ fn reply(ctx: &XdpContext, ip: &Ipv6, l4: &L4, to: &flow::Reply<Addr6>) -> (u32,
         dst_port: l4.dst_port,
         backend: NO_BACKEND,
         now: 0,
+        side: TOO_BIG_SOURCE,
+        original_addr: ip.src_addr,
+        original_port: l4.src_port,
     };
     let out = fwd6::transmit(ctx, ip, &route, Reason::ReplyForwarded);
     if out.0 != XDP_DROP {

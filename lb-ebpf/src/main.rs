@@ -49,6 +49,8 @@ mod fwd6;
 #[cfg(target_arch = "bpf")]
 mod icmp;
 #[cfg(target_arch = "bpf")]
+mod icmp6;
+#[cfg(target_arch = "bpf")]
 mod ipv6;
 #[cfg(target_arch = "bpf")]
 mod maps;
@@ -78,6 +80,8 @@ mod stats;
 mod tables;
 #[cfg(target_arch = "bpf")]
 mod too_big;
+#[cfg(target_arch = "bpf")]
+mod too_big6;
 
 /// On the host (`cargo build --workspace`), the crate is an empty binary: the program
 /// only exists for the BPF target, which lb-ctl's build script compiles.

@@ -17,7 +17,7 @@ use lb_common::{
 };
 use lb_common::{
     AclKey6, AffinityKey6, BackendAddr6, Endpoint6, EndpointKey6, FlowKey6, ListenerKey6, NextHop6,
-    PendingFlow6,
+    PendingFlow6, TooBig6,
 };
 
 const TABLE_SLOTS: u32 = DEFAULT_MAX_LISTENERS * TABLES_PER_LISTENER;
@@ -186,6 +186,9 @@ pub static NEXT_HOPS6: PerCpuArray<NextHop6> =
 
 #[map(name = "PENDING6")]
 pub static PENDING6: PerCpuArray<PendingFlow6> = PerCpuArray::with_max_entries(1, 0);
+
+#[map(name = "TOO_BIG6")]
+pub static TOO_BIG6: PerCpuArray<TooBig6> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per CPU: the coarse time last read and the jiffies value it was read at (`clock`).
 #[repr(C)]

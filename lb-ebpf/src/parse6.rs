@@ -67,7 +67,7 @@ pub enum Parsed6 {
 /// every architecture with efficient unaligned access (x86-64 and arm64 among them), as
 /// C programs reading `struct ipv6hdr` rely on. Volatile keeps each load one instruction.
 #[inline(always)]
-fn words(bytes: &[u8; 16]) -> Addr6 {
+pub fn words(bytes: &[u8; 16]) -> Addr6 {
     let p = bytes.as_ptr().cast::<u32>();
     // SAFETY: 16 readable bytes (a field of a bounds-checked header); see above for the
     // alignment.

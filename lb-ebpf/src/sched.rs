@@ -35,30 +35,28 @@ pub fn lb_wlc(ctx: XdpContext) -> u32 {
 /// Either family's hand-off names the listener and takes the pick; the frame tells which.
 #[inline(always)]
 fn scan_stage(ctx: &XdpContext) -> (u32, Reason) {
-    if parse::is_ipv6(ctx) {
-        let Some(pending) = PENDING6.get_ptr_mut(0) else {
+    // The hand-off's listener, its pick and flags, and the stage to go back to.
+    let (listener, picked, flags, next) = if parse::is_ipv6(ctx) {
+        let Some(p) = PENDING6.get_ptr_mut(0) else {
             return (XDP_DROP, Reason::DropStageFailed);
         };
         // SAFETY: per-CPU value, only this CPU touches it while the packet runs.
-        let pending = unsafe { &mut *pending };
-        let Some(best) = scan(&pending.listener) else {
-            return (XDP_DROP, Reason::DropNoBackend);
+        let p = unsafe { &mut *p };
+        (&p.listener, &mut p.picked, &mut p.flags, STAGE_NEW_FLOW6)
+    } else {
+        let Some(p) = PENDING.get_ptr_mut(0) else {
+            return (XDP_DROP, Reason::DropStageFailed);
         };
-        pending.picked = best;
-        pending.flags |= PENDING_F_SCANNED;
-        return stage::enter(ctx, STAGE_NEW_FLOW6);
-    }
-    let Some(pending) = PENDING.get_ptr_mut(0) else {
-        return (XDP_DROP, Reason::DropStageFailed);
+        // SAFETY: as above.
+        let p = unsafe { &mut *p };
+        (&p.listener, &mut p.picked, &mut p.flags, STAGE_NEW_FLOW)
     };
-    // SAFETY: per-CPU value, only this CPU touches it while the packet runs.
-    let pending = unsafe { &mut *pending };
-    let Some(best) = scan(&pending.listener) else {
+    let Some(best) = scan(listener) else {
         return (XDP_DROP, Reason::DropNoBackend);
     };
-    pending.picked = best;
-    pending.flags |= PENDING_F_SCANNED;
-    stage::enter(ctx, STAGE_NEW_FLOW)
+    *picked = best;
+    *flags |= PENDING_F_SCANNED;
+    stage::enter(ctx, next)
 }
 
 /// The scan of `listener`'s backends: its pick (`NO_BACKEND`: none has a weight), or

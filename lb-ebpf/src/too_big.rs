@@ -75,7 +75,7 @@ pub fn lb_too_big(ctx: XdpContext) -> u32 {
 /// Sum of the 16-bit words of `bytes` as they sit in memory (N even, known at compile time,
 /// so the loop unrolls and the verifier sees no loop).
 #[inline(always)]
-fn sum<const N: usize>(bytes: &[u8; N]) -> u32 {
+pub fn sum<const N: usize>(bytes: &[u8; N]) -> u32 {
     let mut s = 0u32;
     let mut i = 0;
     while i < N {
@@ -85,8 +85,9 @@ fn sum<const N: usize>(bytes: &[u8; N]) -> u32 {
     s
 }
 
+/// The 16-bit word at `at`, as it sits in memory.
 #[inline(always)]
-fn word(b: &[u8], at: usize) -> u16 {
+pub fn word(b: &[u8], at: usize) -> u16 {
     u16::from_ne_bytes([b[at], b[at + 1]])
 }
 

@@ -2849,10 +2849,17 @@ fn ipv6_policy_refuses_what_it_does_not_serve_and_leaves_the_rest_to_the_kernel(
                 solicitation,
                 Reason::PassNeighbourDiscovery,
             ),
-            lab.dropped(
-                "echo request to the VIP",
+            lab.case6(
+                "echo request to the VIP, answered",
+                lab.client_if,
                 echo,
-                Reason::DropVipOtherProtocol,
+                XDP_TX,
+                Reason::IcmpEchoReply,
+                Output::Exactly(
+                    Frame6::icmp6(VIP6, CLIENT6, 129, 0, [0, 1, 0, 1])
+                        .macs(LB_CLIENT_MAC, CLIENT_MAC)
+                        .build(),
+                ),
             ),
             lab.dropped(
                 "version 4 under the IPv6 ethertype",
@@ -2866,5 +2873,173 @@ fn ipv6_policy_refuses_what_it_does_not_serve_and_leaves_the_rest_to_the_kernel(
             dp.flows().unwrap().is_empty(),
             "no state from refused packets"
         );
+    });
+}
+
+/// Packet Too Big both ways: a translated packet too big for its egress is answered by the
+/// program (a router never fragments IPv6), quoting the packet as its sender sent it; a
+/// Packet Too Big from the path about a reply reaches the backend, and a port unreachable
+/// from the backend reaches the client, each translated like the flow they quote.
+#[test]
+fn ipv6_packet_too_big_is_answered_and_icmpv6_errors_are_translated() {
+    use packet::Frame6;
+    const ROUTER6: std::net::Ipv6Addr =
+        std::net::Ipv6Addr::new(0x2001, 0xdb8, 0x18, 0, 0, 0, 0, 0xfe);
+    let Some(lab) = lab6("fx6ptb") else { return };
+    lab.ns.ip(["link", "set", "be0", "mtu", "1400"]);
+    lab.ns.ip(["link", "set", "cl0", "mtu", "1300"]);
+    lab.ns.enter(|| {
+        let mut dp = load(&lab);
+        provision(&mut dp, IPV6_WEB_AND_DNS);
+        let syn = from_client6(Frame6::tcp((CLIENT6, 40000), (VIP6, 80), SYN).seq_ack(1000, 0));
+        let big = from_client6(
+            Frame6::tcp((CLIENT6, 40000), (VIP6, 80), ACK)
+                .seq_ack(1001, 5001)
+                .payload(&[7; 1400]),
+        );
+        // To the client, from the VIP, quoting the IPv6 header and 8 bytes of TCP as sent.
+        let big_packet = big.packet();
+        let ptb_to_client = Frame6::packet_too_big(VIP6, CLIENT6, 1400, &big_packet[..48])
+            .macs(LB_CLIENT_MAC, CLIENT_MAC)
+            .build();
+        // A large reply from the backend, too big for the client side (1300).
+        let big_reply = Frame6::tcp((B6[0], 8080), (CLIENT6, 40000), ACK)
+            .seq_ack(5001, 2401)
+            .payload(&[9; 1300])
+            .macs(B_MAC[0], LB_BACKEND_MAC);
+        let reply_packet = big_reply.packet();
+        let ptb_to_backend = Frame6::packet_too_big(CLIENT6, B6[0], 1300, &reply_packet[..48])
+            .macs(LB_BACKEND_MAC, B_MAC[0])
+            .build();
+        // A router on the client's path says a reply (as the LB sent it, from the VIP) was
+        // too big; the backend gets it about its own packet.
+        let reply_as_sent = Frame6::tcp((VIP6, 80), (CLIENT6, 40000), ACK)
+            .seq_ack(5001, 2401)
+            .payload(&[9; 100]);
+        let reply_as_backend_sent = Frame6::tcp((B6[0], 8080), (CLIENT6, 40000), ACK)
+            .seq_ack(5001, 2401)
+            .payload(&[9; 100]);
+        let path_ptb = from_client6(Frame6::packet_too_big(
+            ROUTER6,
+            VIP6,
+            1280,
+            &reply_as_sent.packet(),
+        ));
+        let mut to_backend =
+            Frame6::packet_too_big(ROUTER6, B6[0], 1280, &reply_as_backend_sent.packet());
+        to_backend.hop_limit -= 1;
+        let to_backend = to_backend.macs(LB_BACKEND_MAC, B_MAC[0]).build();
+        // The backend's port unreachable about the client's packet it got.
+        let as_backend_got = Frame6::udp((CLIENT6, 40002), (B6[0], 5353)).payload(b"query");
+        let as_client_sent = Frame6::udp((CLIENT6, 40002), (VIP6, 53)).payload(b"query");
+        let unreachable =
+            Frame6::icmp6_error(B6[0], CLIENT6, 1, 4, [0; 4], &as_backend_got.packet())
+                .macs(B_MAC[0], LB_BACKEND_MAC);
+        let mut to_client =
+            Frame6::icmp6_error(VIP6, CLIENT6, 1, 4, [0; 4], &as_client_sent.packet());
+        to_client.hop_limit -= 1;
+        let to_client = to_client.macs(LB_CLIENT_MAC, CLIENT_MAC).build();
+        let udp = from_client6(Frame6::udp((CLIENT6, 40002), (VIP6, 53)).payload(b"query"));
+        let cases = vec![
+            lab.case6(
+                "SYN",
+                lab.client_if,
+                syn.build(),
+                XDP_REDIRECT,
+                Reason::Forwarded,
+                Output::Exactly(to_backend6(&syn, 8080)),
+            ),
+            lab.case6(
+                "a client packet too big for the backend side",
+                lab.client_if,
+                big.build(),
+                XDP_TX,
+                Reason::IcmpFragNeededToClient,
+                Output::Exactly(ptb_to_client.clone()),
+            ),
+            lab.case6(
+                "a backend's reply too big for the client side",
+                lab.backend_if,
+                big_reply.build(),
+                XDP_TX,
+                Reason::IcmpFragNeededToBackend,
+                Output::Exactly(ptb_to_backend.clone()),
+            ),
+            lab.case6(
+                "Packet Too Big from the client's path, about a reply",
+                lab.client_if,
+                path_ptb.build(),
+                XDP_REDIRECT,
+                Reason::IcmpToBackend,
+                Output::Exactly(to_backend.clone()),
+            ),
+            lab.case6(
+                "UDP datagram (its flow)",
+                lab.client_if,
+                udp.build(),
+                XDP_REDIRECT,
+                Reason::Forwarded,
+                Output::Exactly(to_backend6(&udp, 5353)),
+            ),
+            lab.case6(
+                "port unreachable from the backend",
+                lab.backend_if,
+                unreachable.build(),
+                XDP_REDIRECT,
+                Reason::IcmpToClient,
+                Output::Exactly(to_client.clone()),
+            ),
+        ];
+        for out in [&ptb_to_client, &ptb_to_backend, &to_backend, &to_client] {
+            packet::verify6(out).unwrap_or_else(|e| panic!("expected frame: {e}"));
+        }
+        check(&mut dp, &cases);
+    });
+}
+
+/// The access list and persistence over IPv6: an IPv6 prefix of a deny list drops its
+/// sources before any state; a persistent listener sends a client's next connection to
+/// the backend of its first, whatever the scheduler would pick.
+#[test]
+fn ipv6_access_lists_and_persistence_work_as_over_ipv4() {
+    use packet::Frame6;
+    const DENIED6: std::net::Ipv6Addr =
+        std::net::Ipv6Addr::new(0x2001, 0xdb8, 0x18, 0, 0, 0, 0xbad, 1);
+    let Some(lab) = lab6("fx6acl") else { return };
+    lab.ns
+        .neigh_permanent("cl0", DENIED6, &mac_string(CLIENT_MAC));
+    lab.ns.enter(|| {
+        let mut dp = load(&lab);
+        provision(
+            &mut dp,
+            "
+acls:
+  - { name: blocked, entries: ['2001:db8:18::bad:0/112', 198.18.9.0/24] }
+vserver_groups:
+  - name: web
+    servers:
+      - { address: 2001:db8:18:1::10, port: 8080 }
+      - { address: 2001:db8:18:1::11, port: 8080 }
+listeners:
+  - { name: web6, protocol: tcp, address: 2001:db8:19::100, port: 80, server_group: web, scheduler: rr, persistence_timeout: 60, acl: { type: deny, name: blocked } }
+",
+        );
+        let denied = from_client6(Frame6::tcp((DENIED6, 40000), (VIP6, 80), SYN)).build();
+        let (verdict, _) = run(&mut dp, lab.client_if, &denied);
+        assert_eq!(verdict, XDP_DROP, "a denied IPv6 source");
+        assert_eq!(dp.counters().unwrap()["drop_acl_denied"], 1);
+        assert!(dp.flows().unwrap().is_empty(), "nothing recorded for it");
+
+        // rr alternates; persistence keeps the client on its first backend.
+        let mut first = None;
+        for sport in 41000..41006 {
+            let syn = from_client6(Frame6::tcp((CLIENT6, sport), (VIP6, 80), SYN)).build();
+            let (verdict, out) = run(&mut dp, lab.client_if, &syn);
+            assert_eq!(verdict, XDP_REDIRECT, "SYN from port {sport}");
+            packet::verify6(&out).unwrap_or_else(|e| panic!("{e}"));
+            let backend = std::net::Ipv6Addr::from(<[u8; 16]>::try_from(&out[14 + 24..14 + 40]).unwrap());
+            assert!(B6.contains(&backend), "{backend}");
+            assert_eq!(*first.get_or_insert(backend), backend, "port {sport} stays on {backend}");
+        }
     });
 }

@@ -12,8 +12,17 @@
 //! the median over rounds and the range. Each case checks the program's own counters
 //! afterwards (a "new flow" case that inserted fewer flows than it ran is reported as
 //! such, not quietly measured).
+//!
+//! The IPv6 cases (established, new flow, not for a VIP) run on a data plane of their own
+//! with one IPv6 `tch` listener, on the same TCP segment behind an IPv6 header: 84-byte
+//! frames. `lb_bench` restores 64-byte frames only, so they have method 1 and no wrapper
+//! loop; the non-VIP frame, which the program passes unchanged, also gets the in-kernel
+//! loop without the wrapper (`lb_xdp` itself with `repeat`, floor `lb_empty` the same way).
 
-use std::{net::Ipv4Addr, time::Instant};
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    time::Instant,
+};
 
 use anyhow::{Context as _, ensure};
 use lb_common::{FlowKey, PROTO_TCP, Reason, Scheduler};
@@ -29,7 +38,7 @@ use super::{
 };
 use crate::{
     Netns, TEST_OBJECT,
-    packet::{ACK, Frame, Mac, SYN, parse_mac},
+    packet::{ACK, Frame, Frame6, Mac, SYN, parse_mac},
     unique_prefix, veth,
     xdp::{XDP_PASS, XDP_REDIRECT, action_name},
 };
@@ -49,6 +58,23 @@ const BACKEND_PORT: u16 = 8080;
 /// Flows of the "cycled" case.
 const CYCLED_FLOWS: u32 = 100_000;
 
+// The IPv6 data plane's addresses, all in 2001:db8::/32: clients on cl0's prefix
+// (2001:db8:18::/64), the VIP in 2001:db8:19::/64, the backends behind one next hop as for
+// IPv4 (2001:db8:18:40::/64 via a router on be0's prefix, 2001:db8:18:1::/64).
+const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x19, 0, 0, 0, 0, 0x100);
+const CLIENT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x18, 0, 0, 0, 0, 2);
+/// cl0's address, on the clients' prefix.
+const CLIENT_SIDE6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x18, 0, 0, 0, 0, 1);
+/// Not a VIP: the IPv6 pass-through case.
+const OTHER6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x18, 0, 0, 0, 0, 0x77);
+const GATEWAY6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x18, 1, 0, 0, 0, 2);
+const BACKEND_SIDE6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x18, 1, 0, 0, 0, 1);
+/// The /64 of the IPv6 backends (`backend_addr6`).
+const BACKENDS6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x18, 0x40, 0, 0, 0, 0);
+/// Bytes of the IPv6 frames: [`FRAME_LEN`]'s TCP segment (10 bytes of payload) behind a
+/// 40-byte IPv6 header instead of a 20-byte IPv4 one.
+pub const FRAME6_LEN: usize = FRAME_LEN + 20;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Case {
     /// An established flow of the `tch` listener (the peer's own scheduling: a Maglev
@@ -66,7 +92,18 @@ pub enum Case {
     NewFull,
     Reply,
     NonVip,
+    /// `Established` on the IPv6 data plane (every backend count).
+    Ipv6Established,
+    /// `NewEmpty` on the IPv6 data plane: a never-seen source address each packet.
+    Ipv6NewEmpty,
+    /// `NonVip` on the IPv6 data plane; its method 2 is the in-kernel loop without the
+    /// wrapper (the frame passes unchanged, so nothing needs restoring).
+    Ipv6NonVip,
 }
+
+/// The note of an IPv6 case without method 2.
+const NO_WRAPPER6: &str = "no method 2: `lb_bench` restores 64-byte frames only, and an \
+    IPv6 TCP frame is at least 74 bytes (this one 84)";
 
 /// The schedulers whose established path is measured besides `tch`, each on a listener of
 /// its own (port 81.., backend port 8081..: endpoints of their own, so no listener shares
@@ -89,11 +126,13 @@ pub const MOST_BACKENDS: usize = 10_000;
 pub const DSR_TUNNELS: [Tunnel; 2] = [Tunnel::Ipip, Tunnel::Gue];
 
 impl Case {
-    /// In the report's order: each DSR case right after its NAT counterpart.
-    pub const ALL: [Case; 14] = [
+    /// In the report's order: each DSR case right after its NAT counterpart, then the
+    /// IPv6 one.
+    pub const ALL: [Case; 17] = [
         Case::Established,
         Case::DsrEstablished(Tunnel::Ipip),
         Case::DsrEstablished(Tunnel::Gue),
+        Case::Ipv6Established,
         Case::EstablishedWith(Scheduler::Sch),
         Case::EstablishedWith(Scheduler::Wrr),
         Case::EstablishedWith(Scheduler::Rr),
@@ -102,10 +141,30 @@ impl Case {
         Case::NewEmpty,
         Case::DsrNewEmpty(Tunnel::Ipip),
         Case::DsrNewEmpty(Tunnel::Gue),
+        Case::Ipv6NewEmpty,
         Case::NewFull,
         Case::Reply,
         Case::NonVip,
+        Case::Ipv6NonVip,
     ];
+
+    /// The IPv6 cases, in the order they run (established and non-VIP before anything
+    /// fills the table, as for IPv4).
+    pub const IPV6: [Case; 3] = [Case::Ipv6Established, Case::Ipv6NonVip, Case::Ipv6NewEmpty];
+
+    pub fn is_ipv6(self) -> bool {
+        Case::IPV6.contains(&self)
+    }
+
+    /// The IPv4 case an IPv6 one is compared with.
+    pub fn ipv4_counterpart(self) -> Option<Case> {
+        match self {
+            Case::Ipv6Established => Some(Case::Established),
+            Case::Ipv6NewEmpty => Some(Case::NewEmpty),
+            Case::Ipv6NonVip => Some(Case::NonVip),
+            _ => None,
+        }
+    }
 
     pub fn name(self) -> &'static str {
         match self {
@@ -124,13 +183,16 @@ impl Case {
             Case::NewFull => "new flow each packet, table full",
             Case::Reply => "reply (backend → client)",
             Case::NonVip => "packet not for a VIP",
+            Case::Ipv6Established => "established flow, table hit, IPv6 (tch)",
+            Case::Ipv6NewEmpty => "new flow each packet, table nearly empty, IPv6",
+            Case::Ipv6NonVip => "packet not for a VIP, IPv6",
         }
     }
 
     /// The peer's figures: (method 2, method 1) ns, floor subtracted, from `PEER_SOURCE`.
     /// The peer has one established path whatever its ring; every scheduler's is held to it.
     /// The peer encapsulates in IPIP, so its figures are those of our DSR ipip path as much
-    /// as of NAT; it has no GUE.
+    /// as of NAT; it has no GUE, and no IPv6 figures.
     pub fn peer(self) -> Option<(f64, f64)> {
         match self {
             Case::Established | Case::EstablishedWith(_) | Case::DsrEstablished(Tunnel::Ipip) => {
@@ -141,7 +203,7 @@ impl Case {
             Case::DsrEstablished(Tunnel::Gue) | Case::DsrNewEmpty(Tunnel::Gue) => None,
             Case::NewFull => Some((1089.0, 1375.0)),
             Case::NonVip => Some((55.0, 59.0)),
-            Case::Reply => None,
+            Case::Reply | Case::Ipv6Established | Case::Ipv6NewEmpty | Case::Ipv6NonVip => None,
         }
     }
 
@@ -204,6 +266,9 @@ pub struct CaseResult {
     /// Before subtraction, ns.
     pub method1_raw: Option<Summary>,
     pub method2_raw: Option<Summary>,
+    /// Only for [`Case::Ipv6NonVip`]: the IPv4 non-VIP frame through the same loop
+    /// without the wrapper as its method 2, in the same rounds, floor subtracted, ns.
+    pub loop_ipv4: Option<Summary>,
     /// What the case checked about itself (and anything that went wrong).
     pub notes: Vec<String>,
 }
@@ -218,6 +283,10 @@ pub struct CostReport {
     pub floor_m2_vary: Option<Summary>,
     /// The kernel's test-run loop alone (`lb_empty`, `repeat`, no wrapper).
     pub test_loop: Option<Summary>,
+    /// The floors of the IPv6 cases, on their 84-byte frames: method 1, and the loop
+    /// without the wrapper of the non-VIP case.
+    pub floor_m1_v6: Option<Summary>,
+    pub floor_loop_v6: Option<Summary>,
     pub notes: Vec<String>,
 }
 
@@ -230,10 +299,15 @@ struct Floors {
     /// `lb_empty` run with `repeat` and no wrapper: what the kernel's test-run loop alone
     /// costs per run, so the report can tell it from what the wrapper adds.
     test_loop: Vec<f64>,
+    /// The IPv6 cases' floors, kept apart so the IPv4 ones stay those of 64-byte frames.
+    m1_v6: Vec<f64>,
+    loop_v6: Vec<f64>,
 }
 
-/// The namespace the program runs in: a client side (cl0, 198.18.0.1/24) and a backend
-/// side (be0, 198.18.1.1/24) with permanent neighbours, backends routed via a gateway.
+/// The namespace the program runs in: a client side (cl0, 198.18.0.1/24 and
+/// 2001:db8:18::1/64) and a backend side (be0, 198.18.1.1/24 and 2001:db8:18:1::1/64) with
+/// permanent neighbours, backends of either family routed via a gateway; IPv6 forwarding
+/// on, no duplicate address detection.
 struct Lab {
     ns: Netns,
     _peer: Netns,
@@ -252,6 +326,14 @@ fn lab() -> Lab {
     let prefix = unique_prefix("bco");
     let ns = Netns::create(&format!("{prefix}x"));
     let peer = Netns::create(&format!("{prefix}p"));
+    // Before the interfaces exist, so that each starts from `default`: no duplicate address
+    // detection (no address stays tentative), and IPv6 forwarding, without which
+    // `bpf_fib_lookup` refuses to forward (setting `all` sets `default` too).
+    ns.sysctls(&[
+        ("net.ipv6.conf.all.forwarding", "1"),
+        ("net.ipv6.conf.all.accept_dad", "0"),
+        ("net.ipv6.conf.default.accept_dad", "0"),
+    ]);
     veth(&ns, "cl0", &peer, "pcl0");
     veth(&ns, "be0", &peer, "pbe0");
     veth(&ns, "idle0", &peer, "pidle0");
@@ -270,6 +352,13 @@ fn lab() -> Lab {
     ns.neigh_permanent("be0", GATEWAY, &peer.mac("pbe0"));
     // 10,000 backends need no 10,000 neighbour entries: they sit behind one router.
     ns.route_add("198.18.64.0/18", GATEWAY);
+    // The same for IPv6: the router is be0's peer, a permanent neighbour like the IPv4 one,
+    // so both families' next hops are found the same way.
+    ns.addr_add_nodad("cl0", format!("{CLIENT_SIDE6}/64"));
+    ns.addr_add_nodad("be0", format!("{BACKEND_SIDE6}/64"));
+    ns.neigh_permanent("cl0", CLIENT6, &peer.mac("pcl0"));
+    ns.neigh_permanent("be0", GATEWAY6, &peer.mac("pbe0"));
+    ns.route_add(format!("{BACKENDS6}/64"), GATEWAY6);
     Lab {
         client_if: ns.ifindex("cl0"),
         backend_if: ns.ifindex("be0"),
@@ -285,6 +374,11 @@ fn backend_addr(i: usize) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 64, 1)) + i as u32)
 }
 
+/// The `i`th IPv6 backend: 2001:db8:18:40::1 and up.
+fn backend_addr6(i: usize) -> Ipv6Addr {
+    Ipv6Addr::from(u128::from(BACKENDS6) + 1 + i as u128)
+}
+
 /// A 64-byte TCP frame (54 bytes of headers, 10 of payload).
 fn tcp_frame(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), flags: u8) -> Vec<u8> {
     let mut f = Frame::tcp(src, dst, flags);
@@ -292,6 +386,29 @@ fn tcp_frame(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), flags: u8) -> Vec<u8> {
     let bytes = f.build();
     debug_assert_eq!(bytes.len(), FRAME_LEN);
     bytes
+}
+
+/// The IPv6 counterpart of [`tcp_frame`]: the same TCP segment, 10 bytes of payload, behind
+/// an IPv6 header (84 bytes).
+fn tcp_frame6(src: (Ipv6Addr, u16), dst: (Ipv6Addr, u16), flags: u8) -> Vec<u8> {
+    let bytes = Frame6::tcp(src, dst, flags)
+        .payload(&[0; FRAME_LEN - 54])
+        .build();
+    debug_assert_eq!(bytes.len(), FRAME6_LEN);
+    bytes
+}
+
+/// The source of the `n`th IPv6 new flow: 2001:db8:18:0:8000:: + `n`, on the clients'
+/// prefix, never CLIENT6, never the same for two values of `n`.
+fn source6(n: u64) -> Ipv6Addr {
+    Ipv6Addr::from(u128::from(CLIENT6) & !u128::from(u64::MAX) | u128::from((1u64 << 63) | n))
+}
+
+/// Gives an IPv6 frame the source [`source6`]`(n)` (bytes 30..38, the interface
+/// identifier); checksums untouched, as the wrapper leaves them for IPv4 (the program does
+/// not verify them).
+fn patch_source6(frame: &mut [u8], n: u64) {
+    frame[30..38].copy_from_slice(&source6(n).octets()[8..]);
 }
 
 pub fn run(options: &CostOptions) -> anyhow::Result<CostReport> {
@@ -314,6 +431,8 @@ pub fn run(options: &CostOptions) -> anyhow::Result<CostReport> {
     report.floor_m2 = Summary::of(&floors.m2);
     report.floor_m2_vary = Summary::of(&floors.m2_vary);
     report.test_loop = Summary::of(&floors.test_loop);
+    report.floor_m1_v6 = Summary::of(&floors.m1_v6);
+    report.floor_loop_v6 = Summary::of(&floors.loop_v6);
     Ok(report)
 }
 
@@ -324,6 +443,7 @@ struct Rounds {
     m2: Vec<f64>,
     m1_raw: Vec<f64>,
     m2_raw: Vec<f64>,
+    loop_ipv4: Vec<f64>,
 }
 
 impl Rounds {
@@ -335,9 +455,19 @@ impl Rounds {
             method2: Summary::of(&self.m2),
             method1_raw: Summary::of(&self.m1_raw),
             method2_raw: Summary::of(&self.m2_raw),
+            loop_ipv4: Summary::of(&self.loop_ipv4),
             notes,
         }
     }
+}
+
+/// What a data plane of the benchmark serves: the IPv4 listener(s) forwarding by NAT or by
+/// `forwarding: dsr`, or one IPv6 listener (NAT66).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Plane {
+    Nat,
+    Dsr(Tunnel),
+    Ipv6,
 }
 
 /// Everything measured at one backend count, on a freshly loaded data plane (a fresh,
@@ -353,6 +483,8 @@ struct Bench<'a> {
     /// Counter value of the first flow the nearly-empty case made: never touched again,
     /// so it must be gone once the table has been filled past its size.
     first_new: Option<u64>,
+    /// The next value for [`patch_source6`]: IPv6 new flows never reuse a source.
+    next_source6: u64,
 }
 
 fn run_backends(
@@ -376,13 +508,13 @@ fn run_backends(
         Case::Cycled,
         Case::NewFull,
     ]);
-    Bench::load(lab, options, n, None)?.run(&order, n, floors, &mut results)?;
+    Bench::load(lab, options, n, Plane::Nat)?.run(&order, n, floors, &mut results)?;
     if n == SCHEDULERS_AT {
         // Each DSR data plane is loaded only once the previous one is gone: `lb_bench`
         // holds the idle interface, and the new one starts from the same fresh table
         // the NAT cases did.
         for tunnel in DSR_TUNNELS {
-            Bench::load(lab, options, n, Some(tunnel))?.run(
+            Bench::load(lab, options, n, Plane::Dsr(tunnel))?.run(
                 &[Case::DsrEstablished(tunnel), Case::DsrNewEmpty(tunnel)],
                 n,
                 floors,
@@ -390,6 +522,10 @@ fn run_backends(
             )?;
         }
     }
+    // IPv6 on a data plane of its own, loaded the same way once the others are gone: the
+    // IPv4 rows are measured without an IPv6 listener, and the IPv6 new flows start from
+    // a fresh table too.
+    Bench::load(lab, options, n, Plane::Ipv6)?.run(&Case::IPV6, n, floors, &mut results)?;
     // Back in the table's order.
     results.sort_by_key(|r| Case::ALL.iter().position(|c| *c == r.case));
     Ok(results)
@@ -398,12 +534,13 @@ fn run_backends(
 impl<'a> Bench<'a> {
     /// A freshly loaded data plane with `n` backends behind the `tch` listener (and, for
     /// NAT at [`SCHEDULERS_AT`] backends, the other schedulers' listeners), forwarding by
-    /// NAT or, given a tunnel, by `forwarding: dsr`; provisioned as the controller does.
+    /// NAT or by `forwarding: dsr`, or `n` IPv6 backends behind an IPv6 `tch` listener;
+    /// provisioned as the controller does.
     fn load(
         lab: &'a Lab,
         options: &'a CostOptions,
         n: usize,
-        dsr: Option<Tunnel>,
+        plane: Plane,
     ) -> anyhow::Result<Bench<'a>> {
         let load_started = Instant::now();
         // The test object, for the wrapper and the floor; its lb_xdp is the shipped one.
@@ -422,19 +559,27 @@ impl<'a> Bench<'a> {
         ));
         dp.add_tx_port(lab.client_if)?;
         dp.add_tx_port(lab.backend_if)?;
-        let backend_port = match dsr {
-            Some(tunnel) => Case::DsrEstablished(tunnel).ports().1,
-            None => Case::Established.ports().1,
+        let backend_port = match plane {
+            Plane::Dsr(tunnel) => Case::DsrEstablished(tunnel).ports().1,
+            Plane::Nat | Plane::Ipv6 => Case::Established.ports().1,
         };
-        let mut config = kit::one_listener(
-            dp.sizes(),
-            (Protocol::Tcp, VIP, 80),
-            // The peer balances with a 65537-slot Maglev ring; tch is ours.
-            Scheduler::Tch,
-            (0..n).map(|i| (backend_addr(i), backend_port)),
-        );
-        match dsr {
-            Some(tunnel) => {
+        // The peer balances with a 65537-slot Maglev ring; tch is ours.
+        let mut config = match plane {
+            Plane::Ipv6 => kit::one_listener(
+                dp.sizes(),
+                (Protocol::Tcp, VIP6, 80),
+                Scheduler::Tch,
+                (0..n).map(|i| (backend_addr6(i), backend_port)),
+            ),
+            Plane::Nat | Plane::Dsr(_) => kit::one_listener(
+                dp.sizes(),
+                (Protocol::Tcp, VIP, 80),
+                Scheduler::Tch,
+                (0..n).map(|i| (backend_addr(i), backend_port)),
+            ),
+        };
+        match plane {
+            Plane::Dsr(tunnel) => {
                 config.forwarding = Forwarding::Dsr;
                 // No `source`: the outer source is the one the route to the backends
                 // prefers (be0's address), the default an operator gets, looked up with
@@ -444,7 +589,7 @@ impl<'a> Bench<'a> {
                     ..Dsr::default()
                 };
             }
-            None if n == SCHEDULERS_AT => {
+            Plane::Nat if n == SCHEDULERS_AT => {
                 for scheduler in OTHER_SCHEDULERS {
                     let (port, backend_port) = Case::EstablishedWith(scheduler).ports();
                     kit::add_listener(
@@ -455,7 +600,7 @@ impl<'a> Bench<'a> {
                     );
                 }
             }
-            None => {}
+            Plane::Nat | Plane::Ipv6 => {}
         }
         // As in production: the host's own addresses are refused as client sources, so a
         // new flow pays that lookup here too.
@@ -478,6 +623,7 @@ impl<'a> Bench<'a> {
             lb_fd,
             empty_fd,
             first_new: None,
+            next_source6: 0,
         })
     }
 
@@ -620,6 +766,9 @@ impl Bench<'_> {
         let syn = tcp_frame((CLIENT, CLIENT_PORT), (VIP, port), SYN);
         let ack = tcp_frame((CLIENT, CLIENT_PORT), (VIP, port), ACK);
         match case {
+            Case::Ipv6Established | Case::Ipv6NewEmpty | Case::Ipv6NonVip => {
+                return self.case6(case, n, floors);
+            }
             Case::Established
             | Case::EstablishedWith(_)
             | Case::DsrEstablished(_)
@@ -829,6 +978,210 @@ impl Bench<'_> {
             }
         }
         Ok(rounds.result(case, n, notes))
+    }
+
+    /// An IPv6 case: method 1 as for IPv4, on 84-byte frames, with its floor (`lb_empty` on
+    /// the same frames); method 2 only for the non-VIP frame, as a loop without the
+    /// wrapper (see the module documentation).
+    fn case6(&mut self, case: Case, n: usize, floors: &mut Floors) -> anyhow::Result<CaseResult> {
+        let o = self.options.clone();
+        let client = self.lab.client_if;
+        let mut rounds = Rounds::default();
+        let mut notes = Vec::new();
+        let syn = tcp_frame6((CLIENT6, CLIENT_PORT), (VIP6, 80), SYN);
+        let ack = tcp_frame6((CLIENT6, CLIENT_PORT), (VIP6, 80), ACK);
+        match case {
+            Case::Ipv6Established | Case::Ipv6NonVip => {
+                // The flow both use, created once by a SYN, as for IPv4.
+                let (verdict, _) =
+                    kit::test_run(&mut self.dp, lb_common::names::PROGRAM, &syn, client, 1)?;
+                ensure!(verdict == XDP_REDIRECT, "the IPv6 SYN returned {verdict}");
+                let (frame, expect, reason) = if case == Case::Ipv6Established {
+                    (ack, XDP_REDIRECT, Reason::Forwarded)
+                } else {
+                    (
+                        tcp_frame6((CLIENT6, CLIENT_PORT), (OTHER6, 80), ACK),
+                        XDP_PASS,
+                        Reason::PassNotForUs,
+                    )
+                };
+                // Once, outside the counted runs: the frame takes the path meant (and the
+                // established flow's first ACK completes its handshake).
+                notes.push(self.check6(&frame, case, n)?);
+                // The IPv4 non-VIP frame through the same loop, for the comparison the
+                // wrapper cannot give.
+                let frame4 = tcp_frame((CLIENT, CLIENT_PORT), (OTHER, 80), ACK);
+                let new_before = self.counter(Reason::EventNewFlow)?;
+                let before = self.counter(reason)?;
+                let mut runs = 0u64;
+                for _ in 0..o.rounds {
+                    let (total, floor) =
+                        self.method1(&mut |_| frame.clone(), o.samples, client, expect)?;
+                    rounds.m1_raw.push(total);
+                    rounds.m1.push(total - floor);
+                    floors.m1_v6.push(floor);
+                    runs += u64::from(o.samples);
+                    if case == Case::Ipv6NonVip {
+                        let (total, floor) = self.direct_loop(&frame, o.repeat, expect)?;
+                        rounds.m2_raw.push(total);
+                        rounds.m2.push(total - floor);
+                        floors.loop_v6.push(floor);
+                        let (total, floor) = self.direct_loop(&frame4, o.repeat, expect)?;
+                        rounds.loop_ipv4.push(total - floor);
+                        runs += 2 * u64::from(o.repeat);
+                    }
+                }
+                let counted = self.counter(reason)? - before;
+                let new_flows = self.counter(Reason::EventNewFlow)? - new_before;
+                notes.push(format!(
+                    "{counted} of {runs} runs counted as {}; {new_flows} new flows",
+                    reason.name()
+                ));
+                if counted != runs || new_flows != 0 {
+                    notes.push("CHECK FAILED: not every run took the path measured".into());
+                }
+                if let Some(four) = Summary::of(&rounds.loop_ipv4) {
+                    notes.push(format!(
+                        "method 2 without the wrapper: `lb_xdp` itself with repeat = {} (the \
+                         frame passes unchanged), floor `lb_empty` the same way; the IPv4 \
+                         non-VIP frame measured the same way, in the same rounds: {} ns",
+                        o.repeat,
+                        four.show(0)
+                    ));
+                } else {
+                    notes.push(NO_WRAPPER6.into());
+                }
+            }
+            Case::Ipv6NewEmpty => {
+                // One flow of the case's kind first, outside the counted runs (built whole,
+                // its checksum right, as the check wants).
+                let probe = tcp_frame6((source6(self.next_source6), CLIENT_PORT), (VIP6, 80), SYN);
+                let mut patched = syn.clone();
+                patch_source6(&mut patched, self.next_source6);
+                ensure!(
+                    patched[..38] == probe[..38],
+                    "patch_source6 does not write source6"
+                );
+                self.next_source6 += 1;
+                notes.push(self.check6(&probe, case, n)?);
+                let before = self.counter(Reason::EventNewFlow)?;
+                let mut runs = 0u64;
+                for _ in 0..o.rounds {
+                    let mut next = self.next_source6;
+                    self.next_source6 += u64::from(o.new_flow_samples);
+                    let template = syn.clone();
+                    let (total, floor) = self.method1(
+                        &mut |_| {
+                            let mut f = template.clone();
+                            patch_source6(&mut f, next);
+                            next += 1;
+                            f
+                        },
+                        o.new_flow_samples,
+                        client,
+                        XDP_REDIRECT,
+                    )?;
+                    rounds.m1_raw.push(total);
+                    rounds.m1.push(total - floor);
+                    floors.m1_v6.push(floor);
+                    runs += u64::from(o.new_flow_samples);
+                }
+                let new_flows = self.counter(Reason::EventNewFlow)? - before;
+                notes.push(format!("{new_flows} new flows in {runs} runs"));
+                if new_flows != runs {
+                    notes.push("CHECK FAILED: not every run made a new flow".into());
+                }
+                let fill = self.counter(Reason::EventNewFlow)? as f64 / f64::from(FLOW_TABLE);
+                notes.push(format!(
+                    "the table was {:.1} % full at the end",
+                    fill * 100.0
+                ));
+                notes.push(NO_WRAPPER6.into());
+            }
+            _ => unreachable!("{case:?} is no IPv6 case"),
+        }
+        Ok(rounds.result(case, n, notes))
+    }
+
+    /// `lb_xdp` run `repeat` times on `frame` by the kernel's test loop, no wrapper, then
+    /// `lb_empty` the same way: mean ns of each. Valid only for a frame the program leaves
+    /// as it found it.
+    fn direct_loop(
+        &mut self,
+        frame: &[u8],
+        repeat: u32,
+        expect: u32,
+    ) -> anyhow::Result<(f64, f64)> {
+        let client = self.lab.client_if;
+        let (verdict, total) = kit::test_run(
+            &mut self.dp,
+            lb_common::names::PROGRAM,
+            frame,
+            client,
+            repeat,
+        )?;
+        ensure!(
+            verdict == expect,
+            "lb_xdp with repeat returned {verdict}, expected {expect}"
+        );
+        let (verdict, floor) = kit::test_run(&mut self.dp, "lb_empty", frame, client, repeat)?;
+        ensure!(verdict == XDP_PASS, "lb_empty returned {verdict}");
+        Ok((total as f64, floor as f64))
+    }
+
+    /// Runs an IPv6 client frame once through the program and checks what left: for the
+    /// non-VIP case the frame unchanged and passed; otherwise the frame translated to one
+    /// of the `n` backends (port 8080, hop limit − 1, checksums right), addressed from be0
+    /// to the gateway.
+    fn check6(&mut self, frame: &[u8], case: Case, n: usize) -> anyhow::Result<String> {
+        let (verdict, out) = crate::xdp::test_run(
+            &mut self.dp,
+            lb_common::names::PROGRAM,
+            self.lab.client_if,
+            frame,
+        )?;
+        if case == Case::Ipv6NonVip {
+            ensure!(
+                verdict == XDP_PASS && out == frame,
+                "the IPv6 non-VIP frame returned {} and {}",
+                action_name(verdict),
+                if out == frame { "unchanged" } else { "changed" }
+            );
+            return Ok("checked once: passed unchanged".into());
+        }
+        ensure!(
+            verdict == XDP_REDIRECT,
+            "the IPv6 frame returned {}",
+            action_name(verdict)
+        );
+        let parse = |f: &[u8]| {
+            crate::packet::verify6(f)
+                .and_then(|()| crate::packet::parse6(f))
+                .map_err(|e| anyhow::anyhow!("the IPv6 frame: {e}"))
+        };
+        let (sent, given) = (parse(&out)?, parse(frame)?);
+        let dst_port = u16::from_be_bytes([out[sent.l4_offset + 2], out[sent.l4_offset + 3]]);
+        let index = u128::from(sent.dst).wrapping_sub(u128::from(backend_addr6(0)));
+        ensure!(
+            out.len() == frame.len() && index < n as u128 && dst_port == BACKEND_PORT,
+            "the IPv6 frame left for [{}]:{dst_port} ({} bytes), not for one of the {n} \
+             backends",
+            sent.dst,
+            out.len()
+        );
+        ensure!(
+            out[..6] == self.lab.gateway_mac && out[6..12] == self.lab.backend_mac,
+            "the translated frame is not addressed from be0 to the gateway"
+        );
+        ensure!(
+            sent.src == given.src && sent.hop_limit + 1 == given.hop_limit,
+            "the translated frame's source or hop limit is wrong"
+        );
+        Ok(format!(
+            "checked once: left translated to [{}]:{dst_port}, hop limit {}, checksums right, \
+             from be0 to the gateway",
+            sent.dst, sent.hop_limit
+        ))
     }
 
     /// The backend the SYN's flow was given.

@@ -15,7 +15,7 @@
 //! start `(k << 16) | (j << 11)` with `k` even and `j < 32`; the caller sets the counter
 //! to the start before each run of at most 1024 repetitions.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use anyhow::{Context as _, anyhow};
 use aya::{
@@ -271,11 +271,12 @@ pub fn patch_source(frame: &mut [u8], n: u64) {
 
 /// A config with one listener, `frontend`, over a vServer group of `backends`, for maps of
 /// `sizes` (the benchmarks measure with many more backends than the default allows).
-pub fn one_listener(
+/// Either family: an IPv6 `frontend` and IPv6 backends make an IPv6 listener.
+pub fn one_listener<V: Into<IpAddr>, B: Into<IpAddr>>(
     sizes: MapSizes,
-    frontend: (Protocol, Ipv4Addr, u16),
+    frontend: (Protocol, V, u16),
     scheduler: Scheduler,
-    backends: impl IntoIterator<Item = (Ipv4Addr, u16)>,
+    backends: impl IntoIterator<Item = (B, u16)>,
 ) -> Config {
     let mut config = Config::new("bench", vec!["lb0".to_owned()]);
     config.flow_table_size = sizes.flow_table_size;
@@ -286,11 +287,11 @@ pub fn one_listener(
 }
 
 /// Adds a listener with a vServer group of its own (named after its port) to `config`.
-pub fn add_listener(
+pub fn add_listener<V: Into<IpAddr>, B: Into<IpAddr>>(
     config: &mut Config,
-    frontend: (Protocol, Ipv4Addr, u16),
+    frontend: (Protocol, V, u16),
     scheduler: Scheduler,
-    backends: impl IntoIterator<Item = (Ipv4Addr, u16)>,
+    backends: impl IntoIterator<Item = (B, u16)>,
 ) {
     let (protocol, vip, port) = frontend;
     let name = if config.listeners.is_empty() {

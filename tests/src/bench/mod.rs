@@ -4,9 +4,9 @@
 //! ([`control`]). It reports; it never fails on a number. [`report`] turns the results
 //! into the table printed at the end and into docs/benchmarks.md.
 //!
-//! Every part builds its own namespaces (addresses from 198.18.0.0/15 only) and removes
-//! them when it ends, also when it fails: a failed part is recorded in the report and
-//! the next one runs.
+//! Every part builds its own namespaces (addresses from 198.18.0.0/15 and 2001:db8::/32
+//! only) and removes them when it ends, also when it fails: a failed part is recorded in
+//! the report and the next one runs.
 
 pub mod conn;
 pub mod control;

@@ -11,8 +11,8 @@ use super::{
     conn::{Balancer, ConnReport},
     control::ControlReport,
     cost::{
-        Case, CaseResult, CostReport, DSR_TUNNELS, MOST_BACKENDS, NOISY, OTHER_SCHEDULERS,
-        PEER_FLOOR, PEER_SOURCE, PEER_SOURCE_LONG, SCHEDULERS_AT,
+        Case, CaseResult, CostReport, DSR_TUNNELS, FRAME6_LEN, MOST_BACKENDS, NOISY,
+        OTHER_SCHEDULERS, PEER_FLOOR, PEER_SOURCE, PEER_SOURCE_LONG, SCHEDULERS_AT,
     },
     forward::{ForwardReport, Path},
     util::{Summary, Table, quantile, show},
@@ -320,8 +320,11 @@ fn cost_table(c: &CostReport) -> Table {
                 },
             )
         };
-        let (m2, p2, r2) = cell(r.method2, peer.map(|p| p.0));
+        let (mut m2, p2, r2) = cell(r.method2, peer.map(|p| p.0));
         let (m1, p1, r1) = cell(r.method1, peer.map(|p| p.1));
+        if r.case == Case::Ipv6NonVip && r.method2.is_some() {
+            m2.push_str(", no wrapper");
+        }
         t.row(vec![
             r.case.name().into(),
             r.backends.to_string(),
@@ -333,12 +336,71 @@ fn cost_table(c: &CostReport) -> Table {
             r1,
             if peer.is_some() {
                 PEER_SOURCE.into()
+            } else if r.case.is_ipv6() {
+                "no peer figure (IPv4 only)".into()
             } else {
                 "–".into()
             },
         ]);
     }
     t
+}
+
+/// Each IPv6 row beside its IPv4 counterpart at the same backend count (medians, ns):
+/// method 1 with method 1; the non-VIP case's loop without the wrapper with the IPv4
+/// non-VIP frame through the same loop.
+fn ipv6_table(c: &CostReport) -> Table {
+    let mut t = Table::new(&[
+        "case",
+        "backends",
+        "method",
+        "IPv4",
+        "IPv6",
+        "IPv6 − IPv4",
+        "IPv6 / IPv4",
+    ]);
+    for r in c.results.iter().filter(|r| r.case.is_ipv6()) {
+        let four = r.case.ipv4_counterpart().and_then(|case| {
+            c.results
+                .iter()
+                .find(|x| x.case == case && x.backends == r.backends)
+        });
+        let mut pairs = vec![("1", four.and_then(|f| f.method1), r.method1)];
+        if r.method2.is_some() {
+            pairs.push(("2, no wrapper (both)", r.loop_ipv4, r.method2));
+        }
+        for (method, v4, v6) in pairs {
+            let median = |s: Option<Summary>| s.map(|s| s.median);
+            let (v4, v6) = (median(v4), median(v6));
+            let ns = |x: Option<f64>| x.map_or_else(|| "–".into(), |x| format!("{x:.0}"));
+            t.row(vec![
+                r.case.name().into(),
+                r.backends.to_string(),
+                method.into(),
+                ns(v4),
+                ns(v6),
+                match (v4, v6) {
+                    (Some(a), Some(b)) => format!("{:+.0}", b - a),
+                    _ => "–".into(),
+                },
+                match (v4, v6) {
+                    (Some(a), Some(b)) => ratio(b, a),
+                    _ => "–".into(),
+                },
+            ]);
+        }
+    }
+    t
+}
+
+/// The IPv6 rows' floors, on their own frames.
+fn ipv6_floors(c: &CostReport) -> String {
+    format!(
+        "IPv6 rows ({FRAME6_LEN}-byte frames): method 1 floor {} ns, floor of the loop without \
+         the wrapper {} ns",
+        show(c.floor_m1_v6, 0),
+        show(c.floor_loop_v6, 0)
+    )
 }
 
 fn cost_raw_table(c: &CostReport) -> Table {
@@ -534,6 +596,11 @@ pub fn terminal(r: &Report) -> String {
         if let Some(line) = floor_difference(c) {
             let _ = writeln!(out, "  {line}");
         }
+        if c.results.iter().any(|r| r.case.is_ipv6()) {
+            let _ = writeln!(out, "  {}", ipv6_floors(c));
+            let _ = writeln!(out, "\nIPv6 beside IPv4, medians, ns, floor subtracted:");
+            out.push_str(&ipv6_table(c).text());
+        }
     }
     if let Some(f) = r.forward.done() {
         let _ = writeln!(out, "\nForwarding on veth, one vCPU:");
@@ -720,8 +787,38 @@ fn cost_section(o: &mut String, r: &Report) {
          unchanged), then that every measured run was counted as `encapsulated`. The \
          wrapper moves the head of a frame that encapsulation grew back where it was \
          (`bpf_xdp_adjust_head`, as the peer's wrapper does), a helper call the NAT rows \
-         and the floor do not make; it is in the DSR method-2 figures.\n",
-        p.samples, p.new_flow_samples, p.repeat, p.new_flow_repeat, p.rounds, p.prefill_factor
+         and the floor do not make; it is in the DSR method-2 figures.\n\
+         - **IPv6 rows** (every backend count): a data plane of their own, loaded and \
+         provisioned the same way once the IPv4 ones are gone (a fresh flow table; the IPv4 \
+         rows are measured without an IPv6 listener), with one IPv6 `tch` listener, \
+         `[2001:db8:19::100]:80`, over as many IPv6 backends (2001:db8:18:40::/64, port \
+         8080) behind one next hop, as for IPv4: the LB namespace has IPv6 addresses without \
+         duplicate address detection (`nodad`, `accept_dad = 0`), \
+         `net.ipv6.conf.all.forwarding = 1` (without it `bpf_fib_lookup` does not forward) \
+         and the router as a permanent neighbour. The frames are the IPv4 rows' TCP segment \
+         behind a 40-byte IPv6 header: {FRAME6_LEN} bytes. Established: an ACK of a flow a \
+         SYN created, checked once to leave translated (NAT66: one of the backends, port \
+         8080, hop limit − 1, checksums verified from scratch) from be0 to the router. New \
+         flow, nearly empty: a SYN from a never-seen source address each run \
+         (2001:db8:18:0:8000:: plus a counter); an IPv6 SYN always looks `FLOWS6` up \
+         (`FLOW_FILTER` is IPv4's). Not for a VIP: an ACK to an IPv6 address that is no VIP, \
+         checked to pass unchanged. Method 1 and its floor as for IPv4, on the \
+         {FRAME6_LEN}-byte frames (their floors are given apart). `lb_bench` restores \
+         64-byte frames only, too short for an IPv6 TCP frame (74 bytes at least), so the \
+         established and new-flow rows have no method-2 figure. The non-VIP frame passes \
+         unchanged, so nothing needs restoring: its method 2 is the kernel's loop on \
+         `lb_xdp` itself ({} runs per round, floor `lb_empty` the same way, marked \
+         \"no wrapper\"), and the IPv4 non-VIP frame goes through the same loop in the same \
+         rounds, the figure it is compared with. Each case checks its counters as the IPv4 \
+         ones do. The peer has no IPv6 figures; a table after the floors sets each IPv6 row \
+         beside its IPv4 counterpart.\n",
+        p.samples,
+        p.new_flow_samples,
+        p.repeat,
+        p.new_flow_repeat,
+        p.rounds,
+        p.prefill_factor,
+        p.repeat
     );
     if let Some(line) = outcome_line("Per-packet cost", &r.cost) {
         o.push_str(&line);
@@ -746,6 +843,16 @@ fn cost_section(o: &mut String, r: &Report) {
     );
     if let Some(line) = floor_difference(c) {
         let _ = writeln!(o, "{line}\n");
+    }
+    if c.results.iter().any(|r| r.case.is_ipv6()) {
+        let _ = writeln!(o, "{}.\n", ipv6_floors(c));
+        let _ = writeln!(
+            o,
+            "IPv6 beside IPv4 (medians, ns, floor subtracted; the same case at the same \
+             backend count, by the same method):\n"
+        );
+        o.push_str(&ipv6_table(c).markdown());
+        o.push('\n');
     }
     let _ = writeln!(o, "Across backend counts (medians, ns):\n");
     o.push_str(&flatness_table(c).markdown());
@@ -1067,6 +1174,14 @@ fn reading_section(o: &mut String) {
          The cases that also stream through the flow table (100k cycled, new flows) pay \
          those misses from memory, hence the step; the established and non-VIP cases do \
          not.\n\
+         - **What IPv6 adds.** An IPv6 packet runs in stages of its own (`lb_xdp` reads \
+         the ethertype and tail-calls `lb_ipv6`, which walks the extension headers; a new \
+         flow goes on to `lb_new_flow6`), its flow keys are 40 bytes where IPv4's are 16, \
+         there is no address filter (an IPv6 packet not for a VIP looks the listener table up \
+         twice, for its listener and for a VIP marker, two lookups the filter spares most IPv4 \
+         ones), and an IPv6 SYN always looks the flow table up (docs/architecture.md and \
+         docs/packet-policy.md, \"IPv6\"). The IPv4 rows are measured on data planes without \
+         an IPv6 listener; the IPv4 path reads no IPv6 table.\n\
          - **DSR has no reply row.** With `forwarding: dsr` the backends answer the \
          clients directly, so the LB never sees a reply: a connection costs the LB its \
          client packets only, where NAT adds the reply row's cost for every reply.\n\
