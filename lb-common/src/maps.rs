@@ -65,14 +65,24 @@ pub const REFUSED_FILTER_BASE: u32 = FILTER_WORDS;
 /// (`refused_client_sources` wider than one address): the filter cannot answer for those,
 /// and every new flow looks its source up in the access list.
 pub const REFUSED_PREFIXES_WORD: u32 = 2 * FILTER_WORDS;
-/// `u64` words of `ADDRESS_FILTER`: both filters and the prefix word.
-pub const ADDRESS_FILTER_WORDS: u32 = 2 * FILTER_WORDS + 1;
+/// First word of the IPv6 VIP filter in `ADDRESS_FILTER` (an IPv6 address's bit is its
+/// four words folded into one, `address_filter_bit6`).
+pub const VIP6_FILTER_BASE: u32 = 2 * FILTER_WORDS + 1;
+/// `u64` words of `ADDRESS_FILTER`: the three filters and the prefix word.
+pub const ADDRESS_FILTER_WORDS: u32 = 3 * FILTER_WORDS + 1;
 
 /// The bit of an address (network byte order) in either filter of `ADDRESS_FILTER`:
 /// Fibonacci hashing, cheap enough for every packet.
 #[inline(always)]
 pub const fn address_filter_bit(addr: u32) -> u32 {
     addr.wrapping_mul(0x9e37_79b9) >> 16
+}
+
+/// The bit of an IPv6 address in the IPv6 VIP filter: its words folded into one (VIPs of
+/// one prefix differ in their last words, which the fold keeps), then as IPv4's.
+#[inline(always)]
+pub const fn address_filter_bit6(addr: [u32; 4]) -> u32 {
+    address_filter_bit(addr[0] ^ addr[1] ^ addr[2] ^ addr[3].rotate_left(16))
 }
 
 /// Entries of the half-open table (`HALF_OPEN`) for a flow table of `flow_table_size`: a

@@ -25,7 +25,8 @@ use std::{
 use lb_common::{
     BACKEND_F_DRAINING, BACKEND_F_SHARED_ENDPOINT, BACKEND_F_USABLE, Backend, Listener,
     REFUSED_FILTER_BASE, REFUSED_PREFIXES_WORD, REFUSED_SOURCES_ACL, SEQUENCE_TABLE_SIZE,
-    Scheduler, TABLES_PER_LISTENER, TableMeta, VIP_FILTER_BASE, address_filter_bit,
+    Scheduler, TABLES_PER_LISTENER, TableMeta, VIP_FILTER_BASE, VIP6_FILTER_BASE,
+    address_filter_bit, address_filter_bit6,
     maglev::{self, MaglevBackend},
     wrr,
 };
@@ -308,26 +309,31 @@ pub struct Reconciler {
 
 /// The words of `ADDRESS_FILTER` (index → word) for a set of VIPs and the refused client
 /// sources: single addresses get a bit of the refused filter, any wider prefix sets the
-/// prefix word (every new flow then asks the access list). The filter is IPv4's: IPv6
-/// packets ask the tables themselves.
+/// prefix word (every new flow then asks the access list). IPv6 VIPs have a filter of
+/// their own; IPv6 refused sources have none (an IPv6 new flow asks the access list).
 fn address_filter_words(
     vips: &BTreeSet<IpAddr>,
     refused: Option<&BTreeSet<(IpAddr, u8)>>,
 ) -> BTreeMap<u32, u64> {
     let mut words = BTreeMap::new();
-    let mut set = |base: u32, addr: u32| {
-        let bit = address_filter_bit(addr);
+    let mut set = |base: u32, bit: u32| {
         *words.entry(base + bit / 64).or_insert(0) |= 1u64 << (bit % 64);
     };
     for addr in vips {
-        if let IpAddr::V4(a) = addr {
-            set(VIP_FILTER_BASE, ipv4_word(*a));
+        match addr {
+            IpAddr::V4(a) => set(VIP_FILTER_BASE, address_filter_bit(ipv4_word(*a))),
+            IpAddr::V6(a) => set(
+                VIP6_FILTER_BASE,
+                address_filter_bit6(lb_common::family::addr6(a.octets())),
+            ),
         }
     }
     let mut prefixes = false;
     for (addr, len) in refused.into_iter().flatten() {
         match addr {
-            IpAddr::V4(a) if *len == 32 => set(REFUSED_FILTER_BASE, ipv4_word(*a)),
+            IpAddr::V4(a) if *len == 32 => {
+                set(REFUSED_FILTER_BASE, address_filter_bit(ipv4_word(*a)));
+            }
             IpAddr::V4(_) => prefixes = true,
             IpAddr::V6(_) => {}
         }

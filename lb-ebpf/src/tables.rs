@@ -6,12 +6,11 @@ use core::ops::Deref;
 
 use aya_ebpf::maps::{Array, lpm_trie::Key as LpmKey};
 use lb_common::{
-    AclKey, Affinity, AffinityKey, Backend, Flow, FlowKey, IdPair, Listener, ListenerKey,
-    NO_BACKEND, REFUSED_FILTER_BASE, REFUSED_PREFIXES_WORD, TableMeta, V4, VIP_FILTER_BASE,
-    acl_prefix_len, address_filter_bit, decide::Tables,
+    AclKey, AclKey6, Addr6, Affinity, AffinityKey, AffinityKey6, Backend, Flow, FlowKey, FlowKey6,
+    IdPair, Listener, ListenerKey, ListenerKey6, NO_BACKEND, REFUSED_FILTER_BASE,
+    REFUSED_PREFIXES_WORD, TableMeta, V4, V6, VIP_FILTER_BASE, VIP6_FILTER_BASE, acl_prefix_len,
+    acl_prefix_len6, address_filter_bit, address_filter_bit6, decide::Tables,
 };
-
-use lb_common::{AclKey6, Addr6, AffinityKey6, FlowKey6, ListenerKey6, V6, acl_prefix_len6};
 
 use crate::maps::{
     ACLS, ACLS6, ACTIVE_FLOWS, ADDRESS_FILTER, AFFINITY, AFFINITY6, BACKENDS, CURSORS, HALF_OPEN,
@@ -158,8 +157,6 @@ fn filter_has(base: u32, addr: u32) -> bool {
 }
 
 /// The IPv6 maps the decision reads, and those both families share (read through `Maps`).
-/// No address filter: every IPv6 destination that is not a listener's is asked for a VIP
-/// marker.
 pub struct Maps6;
 
 impl Tables for Maps6 {
@@ -218,5 +215,14 @@ impl Tables for Maps6 {
     #[inline(always)]
     fn active_flows(&self, id: u32) -> u32 {
         Maps.active_flows(id)
+    }
+
+    #[inline(always)]
+    fn may_be_vip(&self, addr: Addr6) -> bool {
+        let bit = address_filter_bit6(addr);
+        match ADDRESS_FILTER.get(VIP6_FILTER_BASE + bit / 64) {
+            Some(word) => word & (1 << (bit % 64)) != 0,
+            None => true,
+        }
     }
 }

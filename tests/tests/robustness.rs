@@ -650,7 +650,7 @@ fn bad_configs() -> Vec<BadConfig> {
         BadConfig {
             name: "IPv6 listener with forwarding: dsr",
             flow_table_size: None,
-            body: "forwarding: dsr\nvserver_groups:\n  - name: app\n    servers:\n      - { address: \"2001:db8::11\", port: 8080 }\nlisteners:\n  - { name: web, protocol: tcp, address: \"2001:db8::100\", port: 80, server_group: app }\n",
+            body: "forwarding: dsr\nvserver_groups:\n  - name: app\n    servers:\n      - { address: \"2001:db8::11\", port: 80 }\nlisteners:\n  - { name: web, protocol: tcp, address: \"2001:db8::100\", port: 80, server_group: app }\n",
             // Read and checked like IPv4; the DSR tunnel carries IPv4 only.
             errors: &[(
                 "listeners[0].address",
