@@ -140,6 +140,7 @@ pub mod names {
     pub const PROGRAM_IPV6: &str = "lb_ipv6";
     pub const PROGRAM_ICMP6: &str = "lb_icmp6";
     pub const PROGRAM_TOO_BIG6: &str = "lb_too_big6";
+    pub const PROGRAM_ICMP6_CLIENT: &str = "lb_icmp6_client";
     pub const PROGRAM_WLC: &str = "lb_wlc";
     pub const PROGRAM_ICMP: &str = "lb_icmp";
     pub const PROGRAM_TOO_BIG: &str = "lb_too_big";
@@ -173,14 +174,18 @@ pub const STAGE_ICMP6: u32 = 6;
 /// `STAGES` slot of `lb_too_big6`: a translated IPv6 packet too big for its egress,
 /// answered with ICMPv6 Packet Too Big to its sender.
 pub const STAGE_TOO_BIG6: u32 = 7;
-/// Slots of `STAGES` (room for stages to come without a new map layout).
-pub const STAGE_SLOTS: u32 = 8;
+/// `STAGES` slot of `lb_icmp6_client`: an ICMPv6 error about a packet sent to a backend,
+/// towards the client (`lb_icmp6`'s second half).
+pub const STAGE_ICMP6_CLIENT: u32 = 8;
+/// Slots of `STAGES` (room for stages to come; the map is per load, never pinned).
+pub const STAGE_SLOTS: u32 = 16;
 /// Every stage: (slot, program name), in the order the controller loads them.
-pub const STAGE_PROGRAMS: [(u32, &str); 8] = [
+pub const STAGE_PROGRAMS: [(u32, &str); 9] = [
     (STAGE_NEW_FLOW, names::PROGRAM_NEW_FLOW),
     (STAGE_IPV6, names::PROGRAM_IPV6),
     (STAGE_ICMP6, names::PROGRAM_ICMP6),
     (STAGE_TOO_BIG6, names::PROGRAM_TOO_BIG6),
+    (STAGE_ICMP6_CLIENT, names::PROGRAM_ICMP6_CLIENT),
     (STAGE_NEW_FLOW6, names::PROGRAM_NEW_FLOW6),
     (STAGE_WLC, names::PROGRAM_WLC),
     (STAGE_ICMP, names::PROGRAM_ICMP),

@@ -6,6 +6,8 @@
 //!   `repeat` runs a program again on the buffer it already rewrote; this wrapper puts the
 //!   original packet back at the start of every run (and optionally makes every run a new
 //!   flow), then tail-calls the program under test.
+//! - `lb_bench6`: the same for the IPv6 cases' 84-byte frames (new flows vary the source's
+//!   interface identifier).
 //! - `lb_empty`: the floor: the same machinery with nothing behind it. The end-to-end
 //!   tests also attach it as an XDP_PASS program on veths that need one.
 //! - `lb_gen`: a traffic generator for XDP live frames: every frame gets a new source
@@ -32,6 +34,22 @@ pub const BENCH_LEN: usize = 64;
 /// 64-bit copies, not 64 byte copies, so the floor the measurements subtract stays small.
 #[map(name = "BENCH_PACKET")]
 static BENCH_PACKET: Array<[u64; BENCH_LEN / 8]> = Array::with_max_entries(1, 0);
+
+/// Bytes of the IPv6 benchmark packet: the 64-byte frame's TCP segment behind an IPv6
+/// header (20 bytes more than IPv4's).
+pub const BENCH6_LEN: usize = 84;
+
+/// The packet every `lb_bench6` run starts from: ten eight-byte words and the last four
+/// bytes (88 bytes as the test writes them, the last four unused).
+#[repr(C)]
+struct Packet6 {
+    words: [u64; 10],
+    tail: u32,
+    _unused: u32,
+}
+
+#[map(name = "BENCH_PACKET6")]
+static BENCH_PACKET6: Array<Packet6> = Array::with_max_entries(1, 0);
 
 /// `lb_bench` and `lb_gen` settings: [0] = 1 to give every run a new source address
 /// and port (a new flow each run).
@@ -116,6 +134,53 @@ pub fn lb_bench(ctx: XdpContext) -> u32 {
     }
     if BENCH_CONFIG.get(0).copied() == Some(1) {
         vary_source(&ctx, next_count(0));
+    }
+    // SAFETY: a tail call replaces this program; on failure control returns here.
+    unsafe { BENCH_TARGET.tail_call(&ctx, 0) };
+    XDP_ABORTED
+}
+
+/// Brings the frame back to `len` bytes after a run that grew or cut it. False when the
+/// kernel refuses.
+#[inline(always)]
+fn restore_length(ctx: &XdpContext, len: usize) -> bool {
+    let now = ctx.data_end() - ctx.data();
+    if now > len {
+        // SAFETY: ctx is the program's context; the kernel checks the new head.
+        return unsafe { bpf_xdp_adjust_head(ctx.ctx, (now - len) as i32) } == 0;
+    }
+    if now < len {
+        // SAFETY: ctx is the program's context; the frame grows back to size.
+        return unsafe { bpf_xdp_adjust_tail(ctx.ctx, len as i32 - now as i32) } == 0;
+    }
+    true
+}
+
+/// `lb_bench` for the IPv6 frames. In new-flow mode each run's source is
+/// 2001:db8:18:0:8000:: plus the run counter (the interface identifier, bytes 30..38), as
+/// the benchmark's own new flows are numbered.
+#[xdp]
+pub fn lb_bench6(ctx: XdpContext) -> u32 {
+    if !restore_length(&ctx, BENCH6_LEN) {
+        return XDP_ABORTED;
+    }
+    let (Some(original), Some(packet)) =
+        (BENCH_PACKET6.get(0), ptr_at::<[u8; BENCH6_LEN]>(&ctx, 0))
+    else {
+        return XDP_ABORTED;
+    };
+    for (i, word) in original.words.iter().enumerate() {
+        // SAFETY: bounds checked by ptr_at; see `lb_bench`.
+        unsafe { core::ptr::write_volatile(packet.cast::<u64>().add(i), *word) };
+    }
+    // SAFETY: as above; bytes 80..84.
+    unsafe { core::ptr::write_volatile(packet.cast::<u32>().add(20), original.tail) };
+    if BENCH_CONFIG.get(0).copied() == Some(1)
+        && let Some(id) = ptr_at::<[u8; 8]>(&ctx, 30)
+    {
+        let n = next_count(0) | 1 << 63;
+        // SAFETY: bounds checked by ptr_at.
+        unsafe { *id = n.to_be_bytes() };
     }
     // SAFETY: a tail call replaces this program; on failure control returns here.
     unsafe { BENCH_TARGET.tail_call(&ctx, 0) };

@@ -1,6 +1,8 @@
 //! ICMPv6 errors about a translated flow, and echo requests to an IPv6 VIP: `icmp` for
 //! IPv6, in a stage of its own (`lb_icmp6`, entered from `lb_ipv6` for every ICMPv6
-//! packet but neighbour discovery).
+//! packet but neighbour discovery), whose errors towards clients go on in a second stage
+//! (`lb_icmp6_client`): its search of the endpoint's flows and the transmission took one
+//! stage near the 512-byte stack limit.
 //!
 //! - to a VIP, quoting a reply the LB sent (VIP:port → client): Packet Too Big from a
 //!   router on the client's path above all (a router never fragments IPv6, so without it
@@ -23,7 +25,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    Addr6, LISTENER_F_ANSWER_PING, PROTO_TCP, PROTO_UDP, Reason, V6, csum,
+    Addr6, LISTENER_F_ANSWER_PING, PROTO_TCP, PROTO_UDP, Reason, STAGE_ICMP6_CLIENT, V6, csum,
     decide::Tables as _,
     family::{Family, octets6},
 };
@@ -35,7 +37,7 @@ use crate::{
     maps::{BACKENDS, BACKENDS6},
     parse::{ETH_LEN, ptr_at},
     parse6::{self, IPV6_LEN, Ipv6, PROTO_ICMPV6, words},
-    stats,
+    stage, stats,
     tables::Maps6,
 };
 
@@ -70,8 +72,32 @@ pub fn lb_icmp6(ctx: XdpContext) -> u32 {
     // (the walk, done again here, would cost the stage a third of its stack), and goes
     // where other ICMPv6 goes.
     let verdict = match parse6::header(&ctx) {
-        Ok(ip) => match handle(&ctx, &ip) {
-            Some(verdict) => verdict,
+        Ok(ip) => match error_of(&ctx, &ip) {
+            Some((e, off)) => match towards_backend(&ctx, &ip, e, off) {
+                Some(Ok(route)) => fwd6::transmit(&ctx, &ip, &route, Reason::IcmpToBackend),
+                Some(Err(verdict)) => verdict,
+                // Perhaps about a packet we sent to a backend: the stage that searches
+                // the endpoint's flows (a stage of its own, for its stack).
+                None => stage::enter(&ctx, STAGE_ICMP6_CLIENT),
+            },
+            None => not_about_a_flow(&ctx, &ip),
+        },
+        Err(reason) => (XDP_DROP, reason),
+    };
+    stats::finish(&ctx, verdict)
+}
+
+/// `lb_icmp6`'s second half: an ICMPv6 error about a packet the LB sent to a backend
+/// (client → backend), reported towards the client.
+#[xdp]
+pub fn lb_icmp6_client(ctx: XdpContext) -> u32 {
+    let verdict = match parse6::header(&ctx) {
+        Ok(ip) => match error_of(&ctx, &ip) {
+            Some((e, off)) => match towards_client(&ctx, &ip, e, off) {
+                Some(Ok(route)) => fwd6::transmit(&ctx, &ip, &route, Reason::IcmpToClient),
+                Some(Err(verdict)) => verdict,
+                None => not_about_a_flow(&ctx, &ip),
+            },
             None => not_about_a_flow(&ctx, &ip),
         },
         Err(reason) => (XDP_DROP, reason),
@@ -136,9 +162,11 @@ fn answer_echo(ctx: &XdpContext, ip: &Ipv6) -> bool {
     true
 }
 
-/// The verdict for an ICMPv6 error about a flow of ours; `None` for anything else.
+/// The ICMPv6 error of this packet and where it starts, if it is an error the program
+/// translates: one of the four kinds, no extension headers, quoting an IPv6 TCP or UDP
+/// packet without extension headers, to the sender of the quoted packet.
 #[inline(always)]
-fn handle(ctx: &XdpContext, ip: &Ipv6) -> Option<(u32, Reason)> {
+fn error_of<'a>(ctx: &XdpContext, ip: &Ipv6) -> Option<(&'a mut IcmpError6, usize)> {
     let off = ip.l4_offset;
     if ip.protocol != PROTO_ICMPV6 || off != ETH_LEN + IPV6_LEN {
         return None;
@@ -149,37 +177,26 @@ fn handle(ctx: &XdpContext, ip: &Ipv6) -> Option<(u32, Reason)> {
         return None;
     }
     let e = ptr_at::<IcmpError6>(ctx, off)?;
-    // SAFETY: bounds checked by ptr_at; every field has alignment 1.
+    // SAFETY: bounds checked by ptr_at; every field has alignment 1; the frame lives for
+    // the program run.
     let e = unsafe { &mut *e };
     if !matches!(
         e.kind,
         DEST_UNREACHABLE | PACKET_TOO_BIG | TIME_EXCEEDED | PARAMETER_PROBLEM
     ) || e.inner.vcf[0] >> 4 != 6
         || !(e.inner.next_hdr == PROTO_TCP || e.inner.next_hdr == PROTO_UDP)
+        // An error goes to the sender of the quoted packet.
+        || ip.dst_addr != words(&e.inner.src_addr)
     {
         return None;
     }
-    let protocol = e.inner.next_hdr;
-    // An error goes to the sender of the quoted packet.
-    if ip.dst_addr != words(&e.inner.src_addr) {
-        return None;
-    }
-    let tcp_check_quoted = ip_payload >= INNER_TCP_CHECK + 2;
+    Some((e, off))
+}
 
-    // One transmission for both directions below: inlined twice, its FIB parameters
-    // would take their stack space twice.
-    let (route, sent) = match towards_backend(ctx, ip, e, off, tcp_check_quoted, protocol) {
-        Some(Ok(route)) => (route, Reason::IcmpToBackend),
-        Some(Err(verdict)) => return Some(verdict),
-        None => {
-            let route = towards_client(ctx, ip, e, off, tcp_check_quoted, protocol)?;
-            if ip.hop_limit <= 1 {
-                return Some((XDP_PASS, Reason::PassTtlExpired));
-            }
-            (route, Reason::IcmpToClient)
-        }
-    };
-    Some(fwd6::transmit(ctx, ip, &route, sent))
+/// Whether the error quotes the TCP checksum (it rewrites it then).
+#[inline(always)]
+fn tcp_check_quoted(ip: &Ipv6, off: usize) -> bool {
+    (ip.ip_len as usize + ETH_LEN).saturating_sub(off) >= INNER_TCP_CHECK + 2
 }
 
 /// An error about a reply we sent (VIP → client), reported back to the VIP: the quoted
@@ -191,9 +208,9 @@ fn towards_backend(
     ip: &Ipv6,
     e: &mut IcmpError6,
     off: usize,
-    tcp_check_quoted: bool,
-    protocol: u8,
 ) -> Option<Result<Route6, (u32, Reason)>> {
+    let protocol = e.inner.next_hdr;
+    let tcp_check_quoted = tcp_check_quoted(ip, off);
     let (inner_src, inner_dst) = (words(&e.inner.src_addr), words(&e.inner.dst_addr));
     let (src_port, dst_port) = (
         u16::from_ne_bytes(e.src_port),
@@ -222,22 +239,26 @@ fn towards_backend(
 
 /// An error about a packet we sent to a backend (client → backend), reported towards the
 /// client: the quoted destination becomes the VIP, and the outer source too when the
-/// backend itself sent the error. `None` when it is not about a flow of ours.
+/// backend itself sent the error. `None` when it is not about a flow of ours; an error
+/// whose hop limit would run out goes to the kernel untouched, as towards a backend.
 #[inline(always)]
 fn towards_client(
     ctx: &XdpContext,
     ip: &Ipv6,
     e: &mut IcmpError6,
     off: usize,
-    tcp_check_quoted: bool,
-    protocol: u8,
-) -> Option<Route6> {
+) -> Option<Result<Route6, (u32, Reason)>> {
+    let protocol = e.inner.next_hdr;
+    let tcp_check_quoted = tcp_check_quoted(ip, off);
     let (inner_src, inner_dst) = (words(&e.inner.src_addr), words(&e.inner.dst_addr));
     let (src_port, dst_port) = (
         u16::from_ne_bytes(e.src_port),
         u16::from_ne_bytes(e.dst_port),
     );
     let to = flow::reply_flow::<V6>(inner_dst, dst_port, inner_src, src_port, protocol)?;
+    if ip.hop_limit <= 1 {
+        return Some(Err((XDP_PASS, Reason::PassTtlExpired)));
+    }
     let (vip, vport) = (to.vip, to.vport);
     let mut check = rewrite_quoted(ctx, e, off, tcp_check_quoted, false, vip, vport);
     let mut src = ip.src_addr;
@@ -248,7 +269,7 @@ fn towards_client(
         src = vip;
     }
     e.check = check.to_ne_bytes();
-    Some(Route6::icmp(src, ip.dst_addr))
+    Some(Ok(Route6::icmp(src, ip.dst_addr)))
 }
 
 /// Rewrites the quoted source (`source`) or destination address and port, with the

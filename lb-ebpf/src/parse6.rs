@@ -238,7 +238,8 @@ pub const fn packet(ip: &Ipv6, l4: &L4) -> Packet<V6> {
 #[inline(always)]
 pub fn is_neighbour_discovery(ctx: &XdpContext, ip: &Ipv6) -> bool {
     let off = ip.l4_offset;
-    if off > MAX_L4_OFFSET {
+    // Inside the payload: bytes past the payload length are padding, not a message.
+    if off > MAX_L4_OFFSET || off + 4 > ETH_LEN + usize::from(ip.ip_len) {
         return false;
     }
     let Some(icmp) = ptr_at::<[u8; 4]>(ctx, off) else {

@@ -18,8 +18,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    FlowKey6, PROTO_TCP, PROTO_UDP, Reason, TOO_BIG_DESTINATION, TOO_BIG_SOURCE, csum,
-    family::octets6,
+    PROTO_TCP, PROTO_UDP, Reason, TOO_BIG_DESTINATION, TOO_BIG_SOURCE, csum, family::octets6,
 };
 use network_types::eth::EthHdr;
 
@@ -69,13 +68,9 @@ fn run(ctx: &XdpContext) -> (u32, Reason) {
     let Some(handoff) = TOO_BIG6.get(0) else {
         return (XDP_DROP, Reason::DropStageFailed);
     };
-    let (key, orig_addr, orig_port, mtu, side) = (
-        handoff.key,
-        handoff.addr,
-        handoff.port,
-        handoff.mtu,
-        handoff.side,
-    );
+    // Read from the hand-off where used: copies of its 40-byte key and 16-byte address
+    // would each take their room on the stack.
+    let (orig_port, mtu, side) = (handoff.port, handoff.mtu, handoff.side);
     let frame_len = ctx.data_end() - ctx.data();
     if frame_len <= ANSWER_LEN {
         return unanswered;
@@ -92,31 +87,35 @@ fn run(ctx: &XdpContext) -> (u32, Reason) {
         u16::from_ne_bytes([a.icmp[2], a.icmp[3]]),
     );
     // The hand-off must be this packet's (a stage run on its own finds another's).
-    let packet = FlowKey6 {
-        src_addr: ip.src_addr,
-        dst_addr: ip.dst_addr,
-        src_port: sport,
-        dst_port: dport,
-        protocol: ip.protocol,
-        _pad: [0; 3],
-    };
-    if packet != key || !(side == TOO_BIG_DESTINATION || side == TOO_BIG_SOURCE) {
+    let key = &handoff.key;
+    if key.src_addr != ip.src_addr
+        || key.dst_addr != ip.dst_addr
+        || key.src_port != sport
+        || key.dst_port != dport
+        || key.protocol != ip.protocol
+        || !(side == TOO_BIG_DESTINATION || side == TOO_BIG_SOURCE)
+    {
         return (XDP_DROP, Reason::DropStageFailed);
     }
 
     // The quote: the header and 8 bytes of L4, moved behind where the answer's headers
     // go (in the frame: no copy of 48 bytes on the stack), then the translation undone
     // in it, with UDP's checksum (TCP's is not quoted).
-    let mut moved = [0u8; QUOTE_LEN];
-    moved[..IPV6_LEN].copy_from_slice(&a.ip);
-    moved[IPV6_LEN..].copy_from_slice(&a.icmp);
-    a.quote = moved;
+    let from = (&raw const a.ip).cast::<u64>();
+    let to = (&raw mut a.quote).cast::<u64>();
+    for i in 0..QUOTE_LEN / 8 {
+        // SAFETY: both inside the bounds-checked frame, not overlapping (14..62 and
+        // 62..110); unaligned packet access is allowed where XDP runs, and volatile keeps
+        // each copy one 8-byte load and store instead of 48 bytes held on the stack.
+        unsafe { core::ptr::write_volatile(to.add(i), core::ptr::read_volatile(from.add(i))) };
+    }
     let q = &mut a.quote;
     let (addr_at, port_at, old_addr, old_port) = if side == TOO_BIG_DESTINATION {
         (24, 42, ip.dst_addr, dport)
     } else {
         (8, 40, ip.src_addr, sport)
     };
+    let orig_addr = handoff.addr;
     q[addr_at..addr_at + 16].copy_from_slice(&octets6(orig_addr));
     q[port_at..port_at + 2].copy_from_slice(&orig_port.to_ne_bytes());
     if ip.protocol == PROTO_UDP {

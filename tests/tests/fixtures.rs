@@ -2807,6 +2807,10 @@ fn ipv6_policy_refuses_what_it_does_not_serve_and_leaves_the_rest_to_the_kernel(
         let not_ours = from_client6(Frame6::tcp((CLIENT6, 41008), (OTHER6, 80), SYN)).build();
         // Neighbour solicitation for the VIP: the kernel's, even though it is a VIP.
         let solicitation = from_client6(Frame6::icmp6(CLIENT6, VIP6, 135, 0, [0; 4])).build();
+        // The same bytes behind a payload length of 0: padding, not a message, so other
+        // ICMPv6 to a VIP.
+        let mut padded_solicitation = solicitation.clone();
+        padded_solicitation[18..20].copy_from_slice(&[0, 0]);
         let echo = from_client6(Frame6::icmp6(CLIENT6, VIP6, 128, 0, [0, 1, 0, 1])).build();
         let mut version4 = syn(41009).build();
         version4[14] = 0x45;
@@ -2848,6 +2852,11 @@ fn ipv6_policy_refuses_what_it_does_not_serve_and_leaves_the_rest_to_the_kernel(
                 "neighbour solicitation for the VIP",
                 solicitation,
                 Reason::PassNeighbourDiscovery,
+            ),
+            lab.dropped(
+                "a solicitation's bytes past the payload length",
+                padded_solicitation,
+                Reason::DropVipOtherProtocol,
             ),
             lab.case6(
                 "echo request to the VIP, answered",
@@ -2935,6 +2944,9 @@ fn ipv6_packet_too_big_is_answered_and_icmpv6_errors_are_translated() {
         let unreachable =
             Frame6::icmp6_error(B6[0], CLIENT6, 1, 4, [0; 4], &as_backend_got.packet())
                 .macs(B_MAC[0], LB_BACKEND_MAC);
+        // The same with its hop limit spent: the kernel's, untouched (as towards a backend).
+        let mut last_hop = unreachable.clone();
+        last_hop.hop_limit = 1;
         let mut to_client =
             Frame6::icmp6_error(VIP6, CLIENT6, 1, 4, [0; 4], &as_client_sent.packet());
         to_client.hop_limit -= 1;
@@ -2988,6 +3000,14 @@ fn ipv6_packet_too_big_is_answered_and_icmpv6_errors_are_translated() {
                 XDP_REDIRECT,
                 Reason::IcmpToClient,
                 Output::Exactly(to_client.clone()),
+            ),
+            lab.case6(
+                "port unreachable from the backend, hop limit 1",
+                lab.backend_if,
+                last_hop.build(),
+                XDP_PASS,
+                Reason::PassTtlExpired,
+                Output::Unchanged,
             ),
         ];
         for out in [&ptb_to_client, &ptb_to_backend, &to_backend, &to_client] {

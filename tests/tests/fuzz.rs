@@ -1,5 +1,5 @@
-//! The packet fuzzer's CI slice: 20,000 seeded frames through the XDP program with
-//! BPF_PROG_TEST_RUN, each checked against the packet policy's model (see
+//! The packet fuzzer's CI slice: 20,000 seeded frames, IPv4 and IPv6, through the XDP
+//! program with BPF_PROG_TEST_RUN, each checked against the packet policy's model (see
 //! `lb_tests::fuzz`). `lb-fuzz --packets N --seed S` runs the long version.
 //!
 //! `LB_FUZZ_SEED` (decimal or 0x-hex) and `LB_FUZZ_PACKETS` override the seed and count.
@@ -65,6 +65,8 @@ fn fuzzed_frames_follow_the_packet_policy() {
         "pass_no_tx_port",
         "drop_malformed_ipv4",
         "drop_malformed_ipv6",
+        "drop_extension_header",
+        "pass_neighbour_discovery",
         "drop_malformed_l4",
         "drop_fragment",
         "drop_no_backend",
@@ -75,6 +77,41 @@ fn fuzzed_frames_follow_the_packet_policy() {
         assert!(
             report.reasons.get(reason).copied().unwrap_or(0) > 0,
             "the generator reaches {reason}: {report}"
+        );
+    }
+    // IPv6 frames reach every verdict of the IPv6 policy an IPv6 listener makes
+    // reachable: forwarded both ways (counted under `forwarded` and `reply_forwarded`
+    // with IPv4's), ICMPv6 errors translated both ways, echo answered, Packet Too Big
+    // sent both ways (counted with IPv4's fragmentation needed), and each way of refusing
+    // or passing.
+    for reason in [
+        "forwarded",
+        "reply_forwarded",
+        "icmp_to_backend",
+        "icmp_to_client",
+        "icmp_echo_reply",
+        "icmp_frag_needed_to_client",
+        "icmp_frag_needed_to_backend",
+        "drop_malformed_ipv6",
+        "drop_extension_header",
+        "drop_fragment",
+        "drop_malformed_l4",
+        "pass_neighbour_discovery",
+        "drop_vip_other_protocol",
+        "pass_other_protocol",
+        "drop_vip_no_listener",
+        "pass_not_for_us",
+        "pass_ttl_expired",
+        "pass_neighbour_unknown",
+        "pass_frag_needed",
+        "pass_no_tx_port",
+        "drop_no_route",
+        "drop_acl_denied",
+        "drop_reverse_collision",
+    ] {
+        assert!(
+            report.reasons6.get(reason).copied().unwrap_or(0) > 0,
+            "the generator reaches {reason} with IPv6 frames: {report}"
         );
     }
     assert!(

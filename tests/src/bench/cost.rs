@@ -15,9 +15,9 @@
 //!
 //! The IPv6 cases (established, new flow, not for a VIP) run on a data plane of their own
 //! with one IPv6 `tch` listener, on the same TCP segment behind an IPv6 header: 84-byte
-//! frames. `lb_bench` restores 64-byte frames only, so they have method 1 and no wrapper
-//! loop; the non-VIP frame, which the program passes unchanged, also gets the in-kernel
-//! loop without the wrapper (`lb_xdp` itself with `repeat`, floor `lb_empty` the same way).
+//! frames, restored by `lb_bench6` for method 2; the non-VIP frame, which the program
+//! passes unchanged, gets the in-kernel loop without the wrapper instead (`lb_xdp` itself
+//! with `repeat`, floor `lb_empty` the same way), as does IPv4's for the comparison.
 
 use std::{
     net::{Ipv4Addr, Ipv6Addr},
@@ -73,7 +73,7 @@ const BACKEND_SIDE6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x18, 1, 0, 0, 0, 1
 const BACKENDS6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x18, 0x40, 0, 0, 0, 0);
 /// Bytes of the IPv6 frames: [`FRAME_LEN`]'s TCP segment (10 bytes of payload) behind a
 /// 40-byte IPv6 header instead of a 20-byte IPv4 one.
-pub const FRAME6_LEN: usize = FRAME_LEN + 20;
+pub use super::kit::FRAME6_LEN;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Case {
@@ -100,10 +100,6 @@ pub enum Case {
     /// wrapper (the frame passes unchanged, so nothing needs restoring).
     Ipv6NonVip,
 }
-
-/// The note of an IPv6 case without method 2.
-const NO_WRAPPER6: &str = "no method 2: `lb_bench` restores 64-byte frames only, and an \
-    IPv6 TCP frame is at least 74 bytes (this one 84)";
 
 /// The schedulers whose established path is measured besides `tch`, each on a listener of
 /// its own (port 81.., backend port 8081..: endpoints of their own, so no listener shares
@@ -287,6 +283,9 @@ pub struct CostReport {
     /// without the wrapper of the non-VIP case.
     pub floor_m1_v6: Option<Summary>,
     pub floor_loop_v6: Option<Summary>,
+    /// `lb_bench6` into `lb_empty`: fixed frame, and new-flow mode.
+    pub floor_m2_v6: Option<Summary>,
+    pub floor_m2_vary_v6: Option<Summary>,
     pub notes: Vec<String>,
 }
 
@@ -301,6 +300,8 @@ struct Floors {
     test_loop: Vec<f64>,
     /// The IPv6 cases' floors, kept apart so the IPv4 ones stay those of 64-byte frames.
     m1_v6: Vec<f64>,
+    m2_v6: Vec<f64>,
+    m2_vary_v6: Vec<f64>,
     loop_v6: Vec<f64>,
 }
 
@@ -320,6 +321,8 @@ struct Lab {
     /// A veth end that stays down: `lb_bench` is attached to it to keep it in the XDP
     /// dispatcher (see `kit::hold_in_dispatcher`).
     idle_if: u32,
+    /// The same for `lb_bench6`.
+    idle6_if: u32,
 }
 
 fn lab() -> Lab {
@@ -337,6 +340,7 @@ fn lab() -> Lab {
     veth(&ns, "cl0", &peer, "pcl0");
     veth(&ns, "be0", &peer, "pbe0");
     veth(&ns, "idle0", &peer, "pidle0");
+    veth(&ns, "idle1", &peer, "pidle1");
     for dev in ["cl0", "be0"] {
         ns.link_up(dev);
     }
@@ -365,6 +369,7 @@ fn lab() -> Lab {
         backend_mac: parse_mac(&ns.mac("be0")),
         gateway_mac: parse_mac(&peer.mac("pbe0")),
         idle_if: ns.ifindex("idle0"),
+        idle6_if: ns.ifindex("idle1"),
         ns,
         _peer: peer,
     }
@@ -433,6 +438,8 @@ pub fn run(options: &CostOptions) -> anyhow::Result<CostReport> {
     report.test_loop = Summary::of(&floors.test_loop);
     report.floor_m1_v6 = Summary::of(&floors.m1_v6);
     report.floor_loop_v6 = Summary::of(&floors.loop_v6);
+    report.floor_m2_v6 = Summary::of(&floors.m2_v6);
+    report.floor_m2_vary_v6 = Summary::of(&floors.m2_vary_v6);
     Ok(report)
 }
 
@@ -609,8 +616,9 @@ impl<'a> Bench<'a> {
             ..Runtime::default()
         };
         kit::provision_with(&mut dp, config, runtime)?;
-        let mut kit = Kit::new(&mut dp, &["lb_bench", "lb_empty"])?;
+        let mut kit = Kit::new(&mut dp, &["lb_bench", "lb_bench6", "lb_empty"])?;
         kit::hold_in_dispatcher(&mut dp, "lb_bench", lab.idle_if)?;
+        kit::hold_in_dispatcher(&mut dp, "lb_bench6", lab.idle6_if)?;
         let lb_fd = kit::prog_fd(&mut dp, lb_common::names::PROGRAM)?;
         let empty_fd = kit::prog_fd(&mut dp, "lb_empty")?;
         kit.set_target(&lb_fd)?;
@@ -711,6 +719,54 @@ impl Bench<'_> {
             "lb_bench → lb_xdp returned {verdict}, expected {expect}"
         );
         Ok((total as f64, floor as f64))
+    }
+
+    /// `method2_fixed` for an IPv6 frame, through `lb_bench6`.
+    fn method2_fixed6(
+        &mut self,
+        frame: &[u8],
+        repeat: u32,
+        expect: u32,
+    ) -> anyhow::Result<(f64, f64)> {
+        let ingress = self.lab.client_if;
+        self.kit.set_vary(false)?;
+        self.kit.set_packet6(frame)?;
+        self.kit.set_target(&self.empty_fd)?;
+        let (verdict, floor) = kit::test_run(&mut self.dp, "lb_bench6", frame, ingress, repeat)?;
+        ensure!(
+            verdict == XDP_PASS,
+            "lb_bench6 → lb_empty returned {verdict}"
+        );
+        self.kit.set_target(&self.lb_fd)?;
+        let (verdict, total) = kit::test_run(&mut self.dp, "lb_bench6", frame, ingress, repeat)?;
+        ensure!(
+            verdict == expect,
+            "lb_bench6 → lb_xdp returned {verdict}, expected {expect}"
+        );
+        Ok((total as f64, floor as f64))
+    }
+
+    /// Method 2 for IPv6 new flows: `runs` runs of `lb_bench6` in new-flow mode into
+    /// `lb_xdp` (`program`) or `lb_empty`, each from a source not used before; mean ns.
+    fn method2_new6(&mut self, frame: &[u8], runs: u32, program: bool) -> anyhow::Result<f64> {
+        self.kit.set_vary(true)?;
+        self.kit.set_packet6(frame)?;
+        let (fd, expect) = if program {
+            (&self.lb_fd, XDP_REDIRECT)
+        } else {
+            (&self.empty_fd, XDP_PASS)
+        };
+        self.kit.set_target(fd)?;
+        self.kit.set_counter(0, self.next_source6)?;
+        self.next_source6 += u64::from(runs);
+        let (verdict, mean) =
+            kit::test_run(&mut self.dp, "lb_bench6", frame, self.lab.client_if, runs)?;
+        self.kit.set_vary(false)?;
+        ensure!(
+            verdict == expect,
+            "lb_bench6 in new-flow mode returned {verdict}, expected {expect}"
+        );
+        Ok(mean as f64)
     }
 
     /// Method 2 in new-flow mode over the given counter segments (each run a tuple of its
@@ -1021,6 +1077,13 @@ impl Bench<'_> {
                     rounds.m1.push(total - floor);
                     floors.m1_v6.push(floor);
                     runs += u64::from(o.samples);
+                    if case == Case::Ipv6Established {
+                        let (total, floor) = self.method2_fixed6(&frame, o.repeat, expect)?;
+                        rounds.m2_raw.push(total);
+                        rounds.m2.push(total - floor);
+                        floors.m2_v6.push(floor);
+                        runs += u64::from(o.repeat);
+                    }
                     if case == Case::Ipv6NonVip {
                         let (total, floor) = self.direct_loop(&frame, o.repeat, expect)?;
                         rounds.m2_raw.push(total);
@@ -1040,7 +1103,12 @@ impl Bench<'_> {
                 if counted != runs || new_flows != 0 {
                     notes.push("CHECK FAILED: not every run took the path measured".into());
                 }
-                if let Some(four) = Summary::of(&rounds.loop_ipv4) {
+                if case == Case::Ipv6Established {
+                    notes.push(
+                        "method 2 through `lb_bench6`, `lb_bench` for the 84-byte IPv6 frames"
+                            .into(),
+                    );
+                } else if let Some(four) = Summary::of(&rounds.loop_ipv4) {
                     notes.push(format!(
                         "method 2 without the wrapper: `lb_xdp` itself with repeat = {} (the \
                          frame passes unchanged), floor `lb_empty` the same way; the IPv4 \
@@ -1048,8 +1116,6 @@ impl Bench<'_> {
                         o.repeat,
                         four.show(0)
                     ));
-                } else {
-                    notes.push(NO_WRAPPER6.into());
                 }
             }
             Case::Ipv6NewEmpty => {
@@ -1085,6 +1151,14 @@ impl Bench<'_> {
                     rounds.m1.push(total - floor);
                     floors.m1_v6.push(floor);
                     runs += u64::from(o.new_flow_samples);
+                    // Method 2: `lb_bench6` in new-flow mode numbers each run's source as
+                    // `source6` does, from the counter set here.
+                    let floor = self.method2_new6(&syn, o.new_flow_repeat, false)?;
+                    let total = self.method2_new6(&syn, o.new_flow_repeat, true)?;
+                    rounds.m2_raw.push(total);
+                    rounds.m2.push(total - floor);
+                    floors.m2_vary_v6.push(floor);
+                    runs += u64::from(o.new_flow_repeat);
                 }
                 let new_flows = self.counter(Reason::EventNewFlow)? - before;
                 notes.push(format!("{new_flows} new flows in {runs} runs"));
@@ -1096,7 +1170,9 @@ impl Bench<'_> {
                     "the table was {:.1} % full at the end",
                     fill * 100.0
                 ));
-                notes.push(NO_WRAPPER6.into());
+                notes.push(
+                    "method 2 through `lb_bench6` in new-flow mode (each run a new source)".into(),
+                );
             }
             _ => unreachable!("{case:?} is no IPv6 case"),
         }

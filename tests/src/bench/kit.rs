@@ -17,7 +17,7 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use anyhow::{Context as _, anyhow};
+use anyhow::{Context as _, anyhow, ensure};
 use aya::{
     maps::{Array, MapData, PerCpuArray, PerCpuValues, ProgramArray, xdp::DevMap},
     programs::{ProgramFd, TestRun as _, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
@@ -33,6 +33,10 @@ use crate::provision::Provisioned;
 
 /// Bytes of every benchmark frame (the wrapper restores exactly this many).
 pub const FRAME_LEN: usize = 64;
+/// Bytes of the IPv6 benchmark frames: `FRAME_LEN`'s TCP segment behind an IPv6 header.
+pub const FRAME6_LEN: usize = FRAME_LEN + 20;
+/// `BENCH_PACKET6`'s value: the frame in eight-byte words, rounded up.
+const FRAME6_BUFFER: usize = FRAME6_LEN.next_multiple_of(8);
 /// Repetitions of one wrapper run in new-flow mode: the longest stretch of counter values
 /// without a repeated tuple.
 pub const SEGMENT: u32 = 1024;
@@ -41,6 +45,7 @@ pub const SEGMENT: u32 = 1024;
 pub struct Kit {
     target: ProgramArray<MapData>,
     packet: Array<MapData, [u8; FRAME_LEN]>,
+    packet6: Array<MapData, [u8; FRAME6_BUFFER]>,
     config: Array<MapData, u32>,
     counter: PerCpuArray<MapData, u64>,
     port: DevMap<MapData>,
@@ -68,6 +73,7 @@ impl Kit {
         Ok(Kit {
             target: take("BENCH_TARGET")?.try_into()?,
             packet: take("BENCH_PACKET")?.try_into()?,
+            packet6: take("BENCH_PACKET6")?.try_into()?,
             config: take("BENCH_CONFIG")?.try_into()?,
             counter: take("BENCH_COUNTER")?.try_into()?,
             port: take("BENCH_PORT")?.try_into()?,
@@ -89,6 +95,18 @@ impl Kit {
             )
         })?;
         Ok(self.packet.set(0, frame, 0)?)
+    }
+
+    /// The frame every `lb_bench6` run starts from (`FRAME6_LEN` bytes).
+    pub fn set_packet6(&mut self, frame: &[u8]) -> anyhow::Result<()> {
+        let mut value = [0u8; FRAME6_BUFFER];
+        ensure!(
+            frame.len() == FRAME6_LEN,
+            "IPv6 benchmark frames are {FRAME6_LEN} bytes, not {}",
+            frame.len()
+        );
+        value[..FRAME6_LEN].copy_from_slice(frame);
+        Ok(self.packet6.set(0, value, 0)?)
     }
 
     /// New-flow mode of the wrapper (and of `lb_gen`) on or off.

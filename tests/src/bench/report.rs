@@ -366,8 +366,13 @@ fn ipv6_table(c: &CostReport) -> Table {
                 .find(|x| x.case == case && x.backends == r.backends)
         });
         let mut pairs = vec![("1", four.and_then(|f| f.method1), r.method1)];
-        if r.method2.is_some() {
+        if r.loop_ipv4.is_some() {
+            // The non-VIP frame passes unchanged: both families through the kernel's loop
+            // alone.
             pairs.push(("2, no wrapper (both)", r.loop_ipv4, r.method2));
+        } else if r.method2.is_some() {
+            // Through the wrappers, `lb_bench` and `lb_bench6`, each on its own frames.
+            pairs.push(("2", four.and_then(|f| f.method2), r.method2));
         }
         for (method, v4, v6) in pairs {
             let median = |s: Option<Summary>| s.map(|s| s.median);
@@ -396,9 +401,11 @@ fn ipv6_table(c: &CostReport) -> Table {
 /// The IPv6 rows' floors, on their own frames.
 fn ipv6_floors(c: &CostReport) -> String {
     format!(
-        "IPv6 rows ({FRAME6_LEN}-byte frames): method 1 floor {} ns, floor of the loop without \
-         the wrapper {} ns",
+        "IPv6 rows ({FRAME6_LEN}-byte frames): method 1 floor {} ns, method 2 floor \
+         (`lb_bench6`) {} ns (new-flow mode {} ns), floor of the loop without the wrapper {} ns",
         show(c.floor_m1_v6, 0),
+        show(c.floor_m2_v6, 0),
+        show(c.floor_m2_vary_v6, 0),
         show(c.floor_loop_v6, 0)
     )
 }
@@ -803,13 +810,14 @@ fn cost_section(o: &mut String, r: &Report) {
          (2001:db8:18:0:8000:: plus a counter); an IPv6 SYN always looks `FLOWS6` up \
          (`FLOW_FILTER` is IPv4's). Not for a VIP: an ACK to an IPv6 address that is no VIP, \
          checked to pass unchanged. Method 1 and its floor as for IPv4, on the \
-         {FRAME6_LEN}-byte frames (their floors are given apart). `lb_bench` restores \
-         64-byte frames only, too short for an IPv6 TCP frame (74 bytes at least), so the \
-         established and new-flow rows have no method-2 figure. The non-VIP frame passes \
-         unchanged, so nothing needs restoring: its method 2 is the kernel's loop on \
-         `lb_xdp` itself ({} runs per round, floor `lb_empty` the same way, marked \
-         \"no wrapper\"), and the IPv4 non-VIP frame goes through the same loop in the same \
-         rounds, the figure it is compared with. Each case checks its counters as the IPv4 \
+         {FRAME6_LEN}-byte frames (their floors are given apart). Method 2 of the \
+         established and new-flow rows goes through `lb_bench6`, `lb_bench` for the \
+         {FRAME6_LEN}-byte frames (in new-flow mode each run's source is the next of those \
+         addresses), with its own floors. The non-VIP frame passes unchanged, so nothing \
+         needs restoring: its method 2 is the kernel's loop on `lb_xdp` itself ({} runs per \
+         round, floor `lb_empty` the same way, marked \"no wrapper\"), and the IPv4 non-VIP \
+         frame goes through the same loop in the same rounds, the figure it is compared \
+         with. Each case checks its counters as the IPv4 \
          ones do. The peer has no IPv6 figures; a table after the floors sets each IPv6 row \
          beside its IPv4 counterpart.\n",
         p.samples,
@@ -1177,9 +1185,8 @@ fn reading_section(o: &mut String) {
          - **What IPv6 adds.** An IPv6 packet runs in stages of its own (`lb_xdp` reads \
          the ethertype and tail-calls `lb_ipv6`, which walks the extension headers; a new \
          flow goes on to `lb_new_flow6`), its flow keys are 40 bytes where IPv4's are 16, \
-         there is no address filter (an IPv6 packet not for a VIP looks the listener table up \
-         twice, for its listener and for a VIP marker, two lookups the filter spares most IPv4 \
-         ones), and an IPv6 SYN always looks the flow table up (docs/architecture.md and \
+         a packet not for a VIP asks the IPv6 VIP filter and then the backend endpoints \
+         (a reply's path), and an IPv6 SYN always looks the flow table up (docs/architecture.md and \
          docs/packet-policy.md, \"IPv6\"). The IPv4 rows are measured on data planes without \
          an IPv6 listener; the IPv4 path reads no IPv6 table.\n\
          - **DSR has no reply row.** With `forwarding: dsr` the backends answer the \

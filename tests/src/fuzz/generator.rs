@@ -1,7 +1,7 @@
 //! The generator: structured frames (flows, replies, ICMP errors, hostile variants)
-//! and a deterministic sweep of malformed ones.
+//! and a deterministic sweep of malformed ones; IPv6's are in `generator6.rs`.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use lb_common::{PROTO_ICMP, PROTO_TCP, PROTO_UDP, csum};
 
@@ -74,9 +74,17 @@ const ADDRESSES: [Ipv4Addr; 16] = [
 ];
 
 pub(super) struct Generator {
-    rng: Rng,
+    pub(super) rng: Rng,
     /// Deterministic cases run first: truncations, every IHL, every data offset, ….
     sweep: Vec<(Vec<u8>, u32, &'static str)>,
+}
+
+/// An IPv4 address of an IPv4 flow or listener.
+fn v4(a: IpAddr) -> Ipv4Addr {
+    match a {
+        IpAddr::V4(a) => a,
+        IpAddr::V6(a) => panic!("{a}: an IPv6 address where IPv4 is generated"),
+    }
 }
 
 fn client_frame(f: Frame) -> Frame {
@@ -256,18 +264,18 @@ impl Generator {
             let tcp: Vec<&ListenerSpec> = setup
                 .listeners
                 .iter()
-                .filter(|l| l.protocol == PROTO_TCP && l.vip != VIP3)
+                .filter(|l| l.protocol == PROTO_TCP && l.vip.is_ipv4() && l.vip != VIP3)
                 .collect();
             let l = self.rng.pick(&tcp);
-            (l.vip, l.port)
+            (v4(l.vip), l.port)
         } else {
             (*self.rng.pick(&[VIP, VIP2, VIP3]), self.rng.u16())
         };
         let flags = self.flags();
         let mut f = self.tcp(src, dst, flags);
         let t = Tuple {
-            src: src.0,
-            dst: dst.0,
+            src: src.0.into(),
+            dst: dst.0.into(),
             sport: src.1,
             dport: dst.1,
             proto: PROTO_TCP,
@@ -282,10 +290,10 @@ impl Generator {
             let udp: Vec<&ListenerSpec> = setup
                 .listeners
                 .iter()
-                .filter(|l| l.protocol == PROTO_UDP && l.vip != VIP3)
+                .filter(|l| l.protocol == PROTO_UDP && l.vip.is_ipv4() && l.vip != VIP3)
                 .collect();
             let l = self.rng.pick(&udp);
-            (l.vip, l.port)
+            (v4(l.vip), l.port)
         } else {
             (*self.rng.pick(&[VIP, VIP2, VIP3]), self.rng.u16())
         };
@@ -294,14 +302,15 @@ impl Generator {
 
     /// A backend's answer to a flow the model knows (or to a made-up one).
     pub(super) fn reply(&mut self, setup: &Setup, model: &Model) -> Vec<u8> {
-        let known = if !model.flow_keys.is_empty() && self.rng.chance(90) {
-            model.reply_tuple(setup, self.rng.pick(&model.flow_keys))
+        let keys = model.keys(false);
+        let known = if !keys.is_empty() && self.rng.chance(90) {
+            model.reply_tuple(setup, self.rng.pick(&keys))
         } else {
             None
         };
         let t = known.unwrap_or_else(|| Tuple {
-            src: *self.rng.pick(&[B0, B1, B_NO_NEIGH]),
-            dst: *self.rng.pick(&CLIENTS),
+            src: (*self.rng.pick(&[B0, B1, B_NO_NEIGH])).into(),
+            dst: (*self.rng.pick(&CLIENTS)).into(),
             sport: *self.rng.pick(&[8080, 5353, 5000, 443]),
             dport: self.sport(),
             proto: *self.rng.pick(&[PROTO_TCP, PROTO_UDP]),
@@ -310,11 +319,11 @@ impl Generator {
             let flags = *self
                 .rng
                 .pick(&[SYN | ACK, ACK, ACK | PSH, FIN | ACK, RST, RST | ACK]);
-            let mut f = self.tcp((t.src, t.sport), (t.dst, t.dport), flags);
+            let mut f = self.tcp((v4(t.src), t.sport), (v4(t.dst), t.dport), flags);
             self.fit_numbers(&mut f, model.backend_numbers(setup, &t));
             f
         } else {
-            self.udp((t.src, t.sport), (t.dst, t.dport))
+            self.udp((v4(t.src), t.sport), (v4(t.dst), t.dport))
         };
         backend_frame(f).build()
     }
@@ -349,9 +358,9 @@ impl Generator {
     /// `l4_len` bytes of its TCP or UDP header.
     fn quote(&mut self, t: &Tuple, l4_len: usize, vihl: u8) -> Vec<u8> {
         let mut f = if t.proto == PROTO_TCP {
-            Frame::tcp((t.src, t.sport), (t.dst, t.dport), ACK)
+            Frame::tcp((v4(t.src), t.sport), (v4(t.dst), t.dport), ACK)
         } else {
-            let mut f = Frame::udp((t.src, t.sport), (t.dst, t.dport));
+            let mut f = Frame::udp((v4(t.src), t.sport), (v4(t.dst), t.dport));
             if self.rng.chance(10) {
                 f = f.no_udp_checksum();
             }
@@ -415,9 +424,10 @@ impl Generator {
             };
             let mtu = (self.rng.range(500, 1500) as u16).to_be_bytes();
             let rest = [0, 0, mtu[0], mtu[1]];
-            if choice < 50 && !model.flow_keys.is_empty() {
+            let keys = model.keys(false);
+            if choice < 50 && !keys.is_empty() {
                 // About a reply the LB sent: VIP:port → client:port, reported to the VIP.
-                let k = *self.rng.pick(&model.flow_keys);
+                let k = *self.rng.pick(&keys);
                 let quoted = Tuple {
                     src: k.dst,
                     dst: k.src,
@@ -433,16 +443,15 @@ impl Generator {
                     });
                 }
                 let dst = if self.rng.chance(90) {
-                    k.dst
+                    v4(k.dst)
                 } else {
                     *self.rng.pick(&ADDRESSES)
                 };
-                let src = *self.rng.pick(&[ip(198, 18, 0, 254), k.src, OTHER]);
+                let src = *self.rng.pick(&[ip(198, 18, 0, 254), v4(k.src), OTHER]);
                 (src, dst, body, kind, code, rest, true, "icmp-error-to-vip")
             } else if choice < 85
-                && let Some(r) = model
-                    .flow_keys
-                    .get(self.rng.below(model.flow_keys.len() as u64) as usize)
+                && let Some(r) = keys
+                    .get(self.rng.below(keys.len() as u64) as usize)
                     .and_then(|k| model.reply_tuple(setup, k))
             {
                 // About a packet the LB sent to a backend: client → backend.
@@ -461,12 +470,12 @@ impl Generator {
                     });
                 }
                 let src = if self.rng.chance(60) {
-                    r.src
+                    v4(r.src)
                 } else {
                     ip(198, 18, 1, 254)
                 };
                 let dst = if self.rng.chance(85) {
-                    r.dst
+                    v4(r.dst)
                 } else {
                     *self.rng.pick(&ADDRESSES)
                 };
@@ -482,8 +491,8 @@ impl Generator {
                 )
             } else {
                 let quoted = Tuple {
-                    src: *self.rng.pick(&ADDRESSES),
-                    dst: *self.rng.pick(&ADDRESSES),
+                    src: (*self.rng.pick(&ADDRESSES)).into(),
+                    dst: (*self.rng.pick(&ADDRESSES)).into(),
                     sport: self.rng.u16(),
                     dport: *self.rng.pick(&[80, 53, 8080, 5353, 443, 5000]),
                     proto: *self.rng.pick(&[PROTO_TCP, PROTO_UDP, PROTO_ICMP, 47]),
@@ -679,40 +688,69 @@ impl Generator {
         if let Some(case) = self.sweep.pop() {
             return case;
         }
+        let side = |client: bool| {
+            if client {
+                lab.client_if
+            } else {
+                lab.backend_if
+            }
+        };
         let k = self.rng.below(100);
         let (mut f, ingress, kind) = match k {
-            0..=7 => (self.random_bytes(), lab.client_if, "random-bytes"),
-            8..=29 => (self.client_tcp(setup, model), lab.client_if, "tcp-to-vip"),
-            30..=43 => (self.client_udp(setup), lab.client_if, "udp-to-vip"),
-            44..=59 => (
+            0..=5 => (self.random_bytes(), lab.client_if, "random-bytes"),
+            6..=21 => (self.client_tcp(setup, model), lab.client_if, "tcp-to-vip"),
+            22..=32 => (self.client_udp(setup), lab.client_if, "udp-to-vip"),
+            33..=44 => (
                 self.reply(setup, model),
                 lab.backend_if,
                 "reply-from-backend",
             ),
-            60..=66 => (self.not_for_us(), lab.client_if, "not-for-us"),
-            67..=70 => (self.other_protocol(), lab.client_if, "other-protocol"),
-            71..=89 => {
+            45..=49 => (self.not_for_us(), lab.client_if, "not-for-us"),
+            50..=52 => (self.other_protocol(), lab.client_if, "other-protocol"),
+            53..=66 => {
                 let (f, client, kind) = self.icmp(setup, model);
-                let ingress = if client {
-                    lab.client_if
-                } else {
-                    lab.backend_if
-                };
-                (f, ingress, kind)
+                (f, side(client), kind)
             }
-            _ => (self.not_ipv4(), lab.client_if, "not-ipv4"),
+            67..=70 => (self.not_ipv4(), lab.client_if, "not-ipv4"),
+            71 => (self.random_bytes6(), lab.client_if, "random-bytes6"),
+            72..=80 => (self.client_tcp6(setup, model), lab.client_if, "tcp6-to-vip"),
+            81..=85 => (self.client_udp6(setup), lab.client_if, "udp6-to-vip"),
+            86..=92 => (
+                self.reply6(setup, model),
+                lab.backend_if,
+                "reply6-from-backend",
+            ),
+            93..=95 => {
+                let (f, client, kind) = self.icmp6(setup, model);
+                (f, side(client), kind)
+            }
+            96..=97 => (self.not_for_us6(), lab.client_if, "not-for-us6"),
+            _ => (self.other_protocol6(), lab.client_if, "other-protocol6"),
         };
         let mut kind = kind;
-        if kind != "random-bytes" && kind != "not-ipv4" && self.rng.chance(30) {
-            self.mutate(&mut f);
-            kind = match kind {
-                "tcp-to-vip" => "tcp-to-vip-mutated",
-                "udp-to-vip" => "udp-to-vip-mutated",
-                "reply-from-backend" => "reply-mutated",
-                "not-for-us" => "not-for-us-mutated",
-                "other-protocol" => "other-protocol-mutated",
-                _ => "icmp-mutated",
-            };
+        let unstructured = ["random-bytes", "random-bytes6", "not-ipv4"];
+        if !unstructured.contains(&kind) && self.rng.chance(30) {
+            if k >= 71 {
+                self.mutate6(&mut f);
+                kind = match kind {
+                    "tcp6-to-vip" => "tcp6-to-vip-mutated",
+                    "udp6-to-vip" => "udp6-to-vip-mutated",
+                    "reply6-from-backend" => "reply6-mutated",
+                    "not-for-us6" => "not-for-us6-mutated",
+                    "other-protocol6" => "other-protocol6-mutated",
+                    _ => "icmp6-mutated",
+                };
+            } else {
+                self.mutate(&mut f);
+                kind = match kind {
+                    "tcp-to-vip" => "tcp-to-vip-mutated",
+                    "udp-to-vip" => "udp-to-vip-mutated",
+                    "reply-from-backend" => "reply-mutated",
+                    "not-for-us" => "not-for-us-mutated",
+                    "other-protocol" => "other-protocol-mutated",
+                    _ => "icmp-mutated",
+                };
+            }
         }
         // Now and then from another interface than usual.
         let ingress = match self.rng.below(40) {
@@ -807,6 +845,7 @@ impl Generator {
             f[38..40].copy_from_slice(&ulen.to_be_bytes());
             cases.push((f, c, "sweep-udp-length"));
         }
+        cases.extend(self.sweep_cases6(lab));
         cases.reverse();
         cases
     }

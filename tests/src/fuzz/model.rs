@@ -1,17 +1,23 @@
 //! The model: what the packet policy says about a frame, from its bytes, the setup and
-//! a shadow of the flow tables; and the output bytes it expects.
+//! a shadow of the flow tables; and the output bytes it expects. IPv4 and IPv6 frames go
+//! through one flow model (the data plane's decision is one procedure over both
+//! families' tables); what differs is the header: the IPv6 parser's extension-header
+//! walk, NAT66 without a header checksum, and the hop limit.
 
 use std::{
     cell::Cell,
     collections::HashMap,
     fmt::{self, Write as _},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
 use lb_common::{
-    CLOSE_WINDOW, FIN_TIMEOUT_S, FLOW_F_FIN, FLOW_F_OPENING, FLOW_F_RST, FlowKey,
-    HALF_OPEN_TIMEOUT_S, PROTO_ICMP, PROTO_TCP, PROTO_UDP, RST_TIMEOUT_S, Reason, csum,
+    CLOSE_WINDOW, FIN_TIMEOUT_S, FLOW_F_FIN, FLOW_F_OPENING, FLOW_F_RST, FlowKey, FlowKey6,
+    HALF_OPEN_TIMEOUT_S, MAX_EXTENSION_BYTES, MAX_EXTENSION_HEADERS, PROTO_ICMP, PROTO_TCP,
+    PROTO_UDP, RST_TIMEOUT_S, Reason, csum,
+    family::{addr6, octets6},
 };
+use lb_ctl::family::FlowMapKey;
 
 use super::{
     CLOCK_SLACK_NS, IDLE_TIMEOUT_S, MAX_FRAME, MIN_FRAME, MTU,
@@ -23,11 +29,12 @@ use crate::{
     xdp::{XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX},
 };
 
-/// A 5-tuple as it appears in a packet (host order here).
+/// A 5-tuple as it appears in a packet (host order here), of either family (both
+/// addresses of one).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Tuple {
-    pub src: Ipv4Addr,
-    pub dst: Ipv4Addr,
+    pub src: IpAddr,
+    pub dst: IpAddr,
     pub sport: u16,
     pub dport: u16,
     pub proto: u8,
@@ -58,25 +65,50 @@ impl Tuple {
         }
     }
 
-    pub(super) fn key(&self) -> FlowKey {
-        FlowKey {
-            src_addr: u32::from_ne_bytes(self.src.octets()),
-            dst_addr: u32::from_ne_bytes(self.dst.octets()),
-            src_port: self.sport.to_be(),
-            dst_port: self.dport.to_be(),
-            protocol: self.proto,
-            _pad: [0; 3],
+    /// The key of the flow table of the tuple's family.
+    pub(super) fn key(&self) -> FlowMapKey {
+        match (self.src, self.dst) {
+            (IpAddr::V4(src), IpAddr::V4(dst)) => FlowMapKey::V4(FlowKey {
+                src_addr: u32::from_ne_bytes(src.octets()),
+                dst_addr: u32::from_ne_bytes(dst.octets()),
+                src_port: self.sport.to_be(),
+                dst_port: self.dport.to_be(),
+                protocol: self.proto,
+                _pad: [0; 3],
+            }),
+            (IpAddr::V6(src), IpAddr::V6(dst)) => FlowMapKey::V6(FlowKey6 {
+                src_addr: addr6(src.octets()),
+                dst_addr: addr6(dst.octets()),
+                src_port: self.sport.to_be(),
+                dst_port: self.dport.to_be(),
+                protocol: self.proto,
+                _pad: [0; 3],
+            }),
+            _ => panic!("{self}: a tuple of two families"),
         }
     }
 
-    pub(super) fn from_key(k: &FlowKey) -> Tuple {
-        Tuple {
-            src: Ipv4Addr::from(k.src_addr.to_ne_bytes()),
-            dst: Ipv4Addr::from(k.dst_addr.to_ne_bytes()),
-            sport: u16::from_be(k.src_port),
-            dport: u16::from_be(k.dst_port),
-            proto: k.protocol,
+    pub(super) fn from_key(k: &FlowMapKey) -> Tuple {
+        match k {
+            FlowMapKey::V4(k) => Tuple {
+                src: Ipv4Addr::from(k.src_addr.to_ne_bytes()).into(),
+                dst: Ipv4Addr::from(k.dst_addr.to_ne_bytes()).into(),
+                sport: u16::from_be(k.src_port),
+                dport: u16::from_be(k.dst_port),
+                proto: k.protocol,
+            },
+            FlowMapKey::V6(k) => Tuple {
+                src: Ipv6Addr::from(octets6(k.src_addr)).into(),
+                dst: Ipv6Addr::from(octets6(k.dst_addr)).into(),
+                sport: u16::from_be(k.src_port),
+                dport: u16::from_be(k.dst_port),
+                proto: k.protocol,
+            },
         }
+    }
+
+    pub(super) fn is_v6(&self) -> bool {
+        self.src.is_ipv6()
     }
 }
 
@@ -89,8 +121,9 @@ impl fmt::Display for Tuple {
         };
         write!(
             f,
-            "{p} {}:{} → {}:{}",
-            self.src, self.sport, self.dst, self.dport
+            "{p} {} → {}",
+            std::net::SocketAddr::new(self.src, self.sport),
+            std::net::SocketAddr::new(self.dst, self.dport)
         )
     }
 }
@@ -177,8 +210,8 @@ enum Check {
         start: usize,
         end: usize,
     },
-    /// TCP or UDP checksum over the pseudo-header (addresses at `ip + 12`) and `len` bytes
-    /// from `l4` verifies (and, for UDP, is not 0).
+    /// TCP or UDP checksum over the pseudo-header (of the IP header at `ip`, IPv4 or IPv6
+    /// as its version says) and `len` bytes from `l4` verifies (and, for UDP, is not 0).
     L4 {
         what: &'static str,
         ip: usize,
@@ -208,15 +241,51 @@ pub(super) fn addr_at(f: &[u8], at: usize) -> Ipv4Addr {
     Ipv4Addr::new(f[at], f[at + 1], f[at + 2], f[at + 3])
 }
 
+pub(super) fn addr6_at(f: &[u8], at: usize) -> Ipv6Addr {
+    let octets: [u8; 16] = f[at..at + 16].try_into().expect("16 bytes");
+    Ipv6Addr::from(octets)
+}
+
+/// An address's bytes, either family.
+fn octets(a: IpAddr) -> Vec<u8> {
+    match a {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    }
+}
+
+/// An address as its 16-bit words (what a checksum sums).
+fn words(a: IpAddr) -> Vec<u16> {
+    match a {
+        IpAddr::V4(a) => addr_words(a).to_vec(),
+        IpAddr::V6(a) => a.segments().to_vec(),
+    }
+}
+
+/// An IPv4 address of an IPv4 packet's flow (its listener and backends are IPv4).
+fn v4(a: IpAddr) -> Ipv4Addr {
+    match a {
+        IpAddr::V4(a) => a,
+        IpAddr::V6(a) => panic!("{a}: an IPv6 address in an IPv4 packet's flow"),
+    }
+}
+
 fn sum_ok(data: &[u8]) -> bool {
     csum::checksum(data) == 0
 }
 
 fn l4_ok(f: &[u8], ip: usize, l4: usize, len: usize, proto: u8) -> bool {
-    let mut pseudo = Vec::with_capacity(12 + len);
-    pseudo.extend_from_slice(&f[ip + 12..ip + 20]);
-    pseudo.extend_from_slice(&[0, proto]);
-    pseudo.extend_from_slice(&(len as u16).to_be_bytes());
+    let mut pseudo = Vec::with_capacity(40 + len);
+    if f[ip] >> 4 == 6 {
+        // RFC 8200 section 8.1: addresses, upper-layer length (32 bits), next header.
+        pseudo.extend_from_slice(&f[ip + 8..ip + 40]);
+        pseudo.extend_from_slice(&(len as u32).to_be_bytes());
+        pseudo.extend_from_slice(&[0, 0, 0, proto]);
+    } else {
+        pseudo.extend_from_slice(&f[ip + 12..ip + 20]);
+        pseudo.extend_from_slice(&[0, proto]);
+        pseudo.extend_from_slice(&(len as u16).to_be_bytes());
+    }
     pseudo.extend_from_slice(&f[l4..l4 + len]);
     sum_ok(&pseudo)
 }
@@ -283,9 +352,10 @@ impl Expected {
         self.masked.extend([at, at + 1]);
     }
 
-    /// Router's TTL − 1 and the next hop's MACs.
-    fn hop(&mut self, smac: Mac, dmac: Mac) {
-        self.bytes[22] = self.bytes[22].wrapping_sub(1);
+    /// Router's TTL (IPv6: hop limit) − 1 and the next hop's MACs.
+    fn hop(&mut self, v6: bool, smac: Mac, dmac: Mac) {
+        let ttl = if v6 { 21 } else { 22 };
+        self.bytes[ttl] = self.bytes[ttl].wrapping_sub(1);
         self.set(0, &dmac);
         self.set(6, &smac);
     }
@@ -351,18 +421,23 @@ impl Expected {
     }
 }
 
-/// The parsed IPv4 part of a frame the program would parse.
+/// The parsed IP part (IPv4, or IPv6 with its extension headers walked) of a frame the
+/// program would parse.
 pub(super) struct Pkt<'a> {
     pub(super) f: &'a [u8],
+    pub(super) v6: bool,
+    /// IPv4 header length (IPv6: 40, the fixed header).
     pub(super) ihl: usize,
-    /// IP total length.
+    /// IP total length (IPv6: 40 + payload length).
     pub(super) tot: usize,
-    /// Offset of the L4 header.
+    /// Offset of the L4 header (IPv6: after the extension headers).
     pub(super) off: usize,
+    /// TTL or hop limit.
     pub(super) ttl: u8,
+    /// The upper-layer protocol (IPv6: after the extension headers).
     pub(super) proto: u8,
-    pub(super) src: Ipv4Addr,
-    pub(super) dst: Ipv4Addr,
+    pub(super) src: IpAddr,
+    pub(super) dst: IpAddr,
     pub(super) frag: bool,
     /// DF set.
     pub(super) df: bool,
@@ -500,6 +575,15 @@ impl Model {
         }
     }
 
+    /// The keys of the model's flows of one family (IPv6: `v6`), in insertion order.
+    pub(super) fn keys(&self, v6: bool) -> Vec<Tuple> {
+        self.flow_keys
+            .iter()
+            .filter(|k| k.is_v6() == v6)
+            .copied()
+            .collect()
+    }
+
     /// The backend-side tuple of the model's flow `key`: what its backend's replies
     /// carry.
     pub(super) fn reply_tuple(&self, setup: &Setup, key: &Tuple) -> Option<Tuple> {
@@ -595,7 +679,7 @@ impl Model {
         now: (u64, u64),
     ) -> Vec<Outcome> {
         if be16(f, 12) == 0x86dd {
-            return ipv6(f);
+            return self.ipv6(setup, lab, f, ingress, now);
         }
         if be16(f, 12) != 0x0800 {
             return pass(Reason::PassNotIp);
@@ -610,13 +694,14 @@ impl Model {
         }
         let p = Pkt {
             f,
+            v6: false,
             ihl,
             tot,
             off: 14 + ihl,
             ttl: f[22],
             proto: f[23],
-            src: addr_at(f, 26),
-            dst: addr_at(f, 30),
+            src: addr_at(f, 26).into(),
+            dst: addr_at(f, 30).into(),
             frag: be16(f, 20) & 0x3fff != 0,
             df: be16(f, 20) & 0x4000 != 0,
             ingress,
@@ -660,6 +745,107 @@ impl Model {
                 pass(Reason::PassNotForUs)
             };
         }
+        self.l4_packet(setup, lab, &p, now)
+    }
+
+    /// An IPv6 frame (`lb_ipv6`): the parser's verdicts and the extension-header walk
+    /// (docs/packet-policy.md, "IPv6"), then, for TCP and UDP, what IPv4 gets.
+    fn ipv6(
+        &self,
+        setup: &Setup,
+        lab: &Lab,
+        f: &[u8],
+        ingress: u32,
+        now: (u64, u64),
+    ) -> Vec<Outcome> {
+        let Some(w) = walk6(f) else {
+            return drop_(Reason::DropMalformedIpv6);
+        };
+        let dst = IpAddr::V6(addr6_at(f, 38));
+        // What the program does not serve: dropped when addressed to a VIP, passed
+        // otherwise.
+        let refuse = |reason, otherwise| {
+            if setup.is_vip(dst) {
+                drop_(reason)
+            } else {
+                pass(otherwise)
+            }
+        };
+        // The walk stopped at what it refuses or at a fragment: the protocol is unknown.
+        match w.stop {
+            Stop::Refused => {
+                return refuse(Reason::DropExtensionHeader, Reason::PassNotForUs);
+            }
+            Stop::Fragment => return refuse(Reason::DropFragment, Reason::PassNotForUs),
+            Stop::Protocol => {}
+        }
+        // Neighbour discovery is the kernel's, whatever its addresses: a message whose
+        // first 4 bytes lie inside the payload (bytes past the payload length are
+        // padding; such a packet goes on as other ICMPv6).
+        if w.next == PROTO_ICMPV6 && w.off + 4 <= w.end && (133..=137).contains(&f[w.off]) {
+            return pass(Reason::PassNeighbourDiscovery);
+        }
+        // The rest of ICMPv6 goes on in `lb_icmp6`.
+        if w.next == PROTO_ICMPV6 {
+            let p = Pkt {
+                f,
+                v6: true,
+                ihl: 40,
+                tot: w.end - 14,
+                off: 54,
+                ttl: f[21],
+                proto: f[20],
+                src: IpAddr::V6(addr6_at(f, 22)),
+                dst,
+                frag: false,
+                df: false,
+                ingress,
+            };
+            return self.icmp6(setup, lab, &p);
+        }
+        if w.next != PROTO_TCP && w.next != PROTO_UDP {
+            return refuse(Reason::DropVipOtherProtocol, Reason::PassOtherProtocol);
+        }
+        let payload = w.end - w.off;
+        let l4_ok = match w.next {
+            PROTO_TCP => {
+                payload >= 20 && {
+                    let doff = usize::from(f[w.off + 12] >> 4) * 4;
+                    doff >= 20 && doff <= payload
+                }
+            }
+            // A UDP checksum of 0 is invalid over IPv6.
+            _ => {
+                payload >= 8 && {
+                    let len = usize::from(be16(f, w.off + 4));
+                    (8..=payload).contains(&len) && be16(f, w.off + 6) != 0
+                }
+            }
+        };
+        if !l4_ok {
+            return refuse(Reason::DropMalformedL4, Reason::PassNotForUs);
+        }
+        let p = Pkt {
+            f,
+            v6: true,
+            ihl: 40,
+            tot: w.end - 14,
+            off: w.off,
+            ttl: f[21],
+            proto: w.next,
+            src: IpAddr::V6(addr6_at(f, 22)),
+            dst,
+            frag: false,
+            df: false,
+            ingress,
+        };
+        self.l4_packet(setup, lab, &p, now)
+    }
+
+    /// A well-formed TCP/UDP packet of either family: to a listener, a reply of a known
+    /// flow, or neither.
+    fn l4_packet(&self, setup: &Setup, lab: &Lab, p: &Pkt<'_>, now: (u64, u64)) -> Vec<Outcome> {
+        let f = p.f;
         let t = Tuple {
             src: p.src,
             dst: p.dst,
@@ -673,13 +859,13 @@ impl Model {
             0
         };
         if let Some(l) = setup.listener(t.dst, t.dport, t.proto) {
-            return self.forward(setup, lab, &p, &t, tcp_flags, l, now);
+            return self.forward(setup, lab, p, &t, tcp_flags, l, now);
         }
         let replies = self.reply_lookup(setup, &t);
         if !replies.is_empty() {
             return replies
                 .iter()
-                .flat_map(|to| self.reply(setup, lab, &p, &t, to, tcp_flags, replies.len()))
+                .flat_map(|to| self.reply(setup, lab, p, &t, to, tcp_flags, replies.len()))
                 .collect();
         }
         if setup.is_vip(p.dst) {
@@ -849,7 +1035,14 @@ impl Model {
     /// The destination NAT of a client packet, then the next hop.
     fn to_backend(&self, lab: &Lab, p: &Pkt<'_>, b: BackendSpec, delta: Delta) -> Vec<Outcome> {
         let translated = nat_l4(p, true, b.addr, b.port);
-        transmit(lab, p, translated, b.addr, Reason::Forwarded, delta)
+        transmit(
+            lab,
+            p,
+            translated,
+            (p.src, b.addr),
+            Reason::Forwarded,
+            delta,
+        )
     }
 
     /// Backend → client of a known flow.
@@ -902,7 +1095,14 @@ impl Model {
         };
         let l = &setup.listeners[to.listener];
         let translated = nat_l4(p, false, l.vip, l.port);
-        let mut outs = transmit(lab, p, translated, t.dst, Reason::ReplyForwarded, delta);
+        let mut outs = transmit(
+            lab,
+            p,
+            translated,
+            (l.vip, t.dst),
+            Reason::ReplyForwarded,
+            delta,
+        );
         for o in &mut outs {
             o.why = why;
         }
@@ -945,8 +1145,8 @@ impl Model {
         {
             return other("not an ICMP error quoting TCP/UDP without IP options");
         }
-        let inner_src = addr_at(f, q + 12);
-        let inner_dst = addr_at(f, q + 16);
+        let inner_src = IpAddr::V4(addr_at(f, q + 12));
+        let inner_dst = IpAddr::V4(addr_at(f, q + 16));
         let sport = be16(f, q + 20);
         let dport = be16(f, q + 22);
         // The quoted packet reversed: the flow (or reverse) key it belongs to.
@@ -974,10 +1174,17 @@ impl Model {
                 return pass(Reason::PassTtlExpired);
             }
             let b = setup.backends[flow.backend as usize];
-            let mut e = icmp_nat(p, q, true, b.addr, b.port);
+            let mut e = icmp_nat(p, q, true, v4(b.addr), b.port);
             // Outer destination: the VIP becomes the backend.
-            e.set(30, &b.addr.octets());
-            return transmit(lab, p, e, b.addr, Reason::IcmpToBackend, Delta::default());
+            e.set(30, &octets(b.addr));
+            return transmit(
+                lab,
+                p,
+                e,
+                (p.src, b.addr),
+                Reason::IcmpToBackend,
+                Delta::default(),
+            );
         }
         // A packet the LB sent to a backend (client → backend), reported to the client:
         // the quoted packet's flow is found as a reply's would be.
@@ -989,11 +1196,18 @@ impl Model {
                 .iter()
                 .flat_map(|to| {
                     let l = &setup.listeners[to.listener];
-                    let mut e = icmp_nat(p, q, false, l.vip, l.port);
+                    let mut e = icmp_nat(p, q, false, v4(l.vip), l.port);
                     if p.src == inner_dst {
-                        e.set(26, &l.vip.octets());
+                        e.set(26, &octets(l.vip));
                     }
-                    transmit(lab, p, e, p.dst, Reason::IcmpToClient, Delta::default())
+                    transmit(
+                        lab,
+                        p,
+                        e,
+                        (p.src, p.dst),
+                        Reason::IcmpToClient,
+                        Delta::default(),
+                    )
                 })
                 .collect();
         }
@@ -1004,6 +1218,235 @@ impl Model {
             "an ICMP error about no known flow"
         })
     }
+}
+
+impl Model {
+    /// ICMPv6 other than neighbour discovery (`lb_icmp6`), which looks at the fixed header
+    /// only: `p.proto` is its next header (ICMPv6 only without extension headers) and
+    /// `p.off` 54. Errors about a flow are translated, as ICMP's are (`Model::icmp`);
+    /// anything else is dropped when addressed to a VIP, but for an echo request, which
+    /// is answered; the kernel's otherwise.
+    fn icmp6(&self, setup: &Setup, lab: &Lab, p: &Pkt<'_>) -> Vec<Outcome> {
+        let f = p.f;
+        let plain = p.proto == PROTO_ICMPV6;
+        // Not an error about a flow of ours: to a VIP, an echo request without extension
+        // headers is answered (every VIP of the setup answers pings) and the rest dropped;
+        // otherwise the kernel's.
+        let other = |why| {
+            let mut o = if !setup.is_vip(p.dst) {
+                outcome(XDP_PASS, Reason::PassOtherProtocol, Out::Unchanged)
+            } else if plain && f.len() >= 58 && f[54] == 128 && f[55] == 0 {
+                outcome(XDP_TX, Reason::IcmpEchoReply, Out::Expect(echo_reply6(p)))
+            } else {
+                outcome(XDP_DROP, Reason::DropVipOtherProtocol, Out::Unchanged)
+            };
+            o.why = why;
+            vec![o]
+        };
+        if !plain {
+            return other("ICMPv6 with extension headers is not translated");
+        }
+        // The error (8 bytes), the quoted IPv6 header and 8 bytes of TCP/UDP, inside the
+        // IP packet.
+        let payload = 14 + p.tot - 54;
+        if payload < 56 {
+            return other(
+                "the payload length ends before 8 bytes of quoted TCP/UDP header: the \
+                 packet quotes no flow",
+            );
+        }
+        let q = 62;
+        if !matches!(f[54], 1..=4)
+            || f[q] >> 4 != 6
+            || !(f[q + 6] == PROTO_TCP || f[q + 6] == PROTO_UDP)
+        {
+            return other("not an ICMPv6 error quoting TCP/UDP without extension headers");
+        }
+        let inner_src = IpAddr::V6(addr6_at(f, q + 8));
+        let inner_dst = IpAddr::V6(addr6_at(f, q + 24));
+        // The quoted packet reversed: the flow (or reverse) key it belongs to.
+        let reversed = Tuple {
+            src: inner_dst,
+            dst: inner_src,
+            sport: be16(f, q + 42),
+            dport: be16(f, q + 40),
+            proto: f[q + 6],
+        };
+        // Sent to the sender of the quoted packet, as every error is.
+        if p.dst != inner_src {
+            return other("an ICMPv6 error not addressed to the quoted packet's sender");
+        }
+        // A reply the LB sent (VIP → client), reported to the VIP: to the backend.
+        if let Some(flow) = self.flows.get(&reversed) {
+            if p.ttl <= 1 {
+                return pass(Reason::PassTtlExpired);
+            }
+            let b = setup.backends[flow.backend as usize];
+            let e = icmp6_nat(p, true, b.addr, b.port, Some(b.addr));
+            return transmit(
+                lab,
+                p,
+                e,
+                (p.src, b.addr),
+                Reason::IcmpToBackend,
+                Delta::default(),
+            );
+        }
+        // A packet the LB sent to a backend (client → backend), reported to the client:
+        // the quoted packet's flow is found as a reply's would be.
+        let replies = self.reply_lookup(setup, &reversed);
+        if replies.is_empty() {
+            return other("an ICMPv6 error about no known flow");
+        }
+        replies
+            .iter()
+            .flat_map(|to| {
+                let l = &setup.listeners[to.listener];
+                // Sent by the backend itself: the client only knows the VIP.
+                let from_backend = p.src == inner_dst;
+                let e = icmp6_nat(p, false, l.vip, l.port, from_backend.then_some(l.vip));
+                if p.ttl <= 1 {
+                    return vec![outcome(XDP_PASS, Reason::PassTtlExpired, Out::Unchanged)];
+                }
+                let src = if from_backend { l.vip } else { p.src };
+                transmit(
+                    lab,
+                    p,
+                    e,
+                    (src, p.dst),
+                    Reason::IcmpToClient,
+                    Delta::default(),
+                )
+            })
+            .collect()
+    }
+}
+
+/// The echo reply the program makes of IPv6 echo request `p`, in place: MACs and
+/// addresses swapped (which leaves the pseudo-header's sum as it was), hop limit 64, type
+/// 129, the ICMPv6 checksum updated for the type.
+fn echo_reply6(p: &Pkt<'_>) -> Expected {
+    let f = p.f;
+    let mut e = Expected::from(f);
+    e.set(0, &f[6..12]);
+    e.set(6, &f[0..6]);
+    e.set(22, &f[38..54]);
+    e.set(38, &f[22..38]);
+    e.set(21, &[64]);
+    e.set(54, &[129]);
+    e.mask(56);
+    e.checks.push(Check::Word {
+        what: "ICMPv6 checksum",
+        at: 56,
+        value: adjusted(be16(f, 56), &[0x8000], &[0x8100]),
+    });
+    icmp6_checksum(&mut e, f, 14 + p.tot);
+    e
+}
+
+/// The ICMPv6 checksum (at 56) of the expected frame, over the outer pseudo-header and
+/// the message to `end`: checked from scratch when the input's verified.
+fn icmp6_checksum(e: &mut Expected, f: &[u8], end: usize) {
+    if end >= 58 && l4_ok(f, 14, 54, end - 54, PROTO_ICMPV6) {
+        e.checks.push(Check::L4 {
+            what: "ICMPv6 checksum",
+            ip: 14,
+            l4: 54,
+            len: end - 54,
+            proto: PROTO_ICMPV6,
+        });
+    }
+}
+
+/// An ICMPv6 error (no extension headers, the quote at 62) with the quoted packet's
+/// source (`src`) or destination rewritten to `addr:port`, with the quoted L4 checksum
+/// (UDP's always, TCP's when quoted); `outer`: the outer destination (for a quoted
+/// source) or source rewritten too. The ICMPv6 checksum covers all of it and the outer
+/// addresses (its pseudo-header).
+fn icmp6_nat(p: &Pkt<'_>, src: bool, addr: IpAddr, port: u16, outer: Option<IpAddr>) -> Expected {
+    let f = p.f;
+    let q = 62;
+    let end = 14 + p.tot;
+    let mut e = Expected::from(f);
+    let addr_off = q + if src { 8 } else { 24 };
+    let port_off = q + if src { 40 } else { 42 };
+    let mut old = words(IpAddr::V6(addr6_at(f, addr_off)));
+    old.push(be16(f, port_off));
+    let mut new = words(addr);
+    new.push(port);
+    e.set(addr_off, &octets(addr));
+    e.set(port_off, &port.to_be_bytes());
+    // The quoted L4 checksum, and what it adds to the ICMPv6 checksum's change.
+    let (mut icmp_old, mut icmp_new) = (old.clone(), new.clone());
+    let l4_check = if f[q + 6] == PROTO_UDP {
+        Some(q + 46)
+    } else {
+        Some(q + 56).filter(|&at| at + 2 <= end)
+    };
+    if let Some(at) = l4_check {
+        let value = adjusted(be16(f, at), &old, &new);
+        e.mask(at);
+        e.checks.push(Check::Word {
+            what: "quoted L4 checksum",
+            at,
+            value,
+        });
+        // Which of the two zeros the program writes is its choice; either sums the same.
+        icmp_old.push(be16(f, at));
+        icmp_new.push(value);
+    }
+    if let Some(outer) = outer {
+        let at = if src { 38 } else { 22 };
+        icmp_old.extend(words(IpAddr::V6(addr6_at(f, at))));
+        icmp_new.extend(words(outer));
+        e.set(at, &octets(outer));
+    }
+    e.mask(56);
+    e.checks.push(Check::Word {
+        what: "ICMPv6 checksum",
+        at: 56,
+        value: adjusted(be16(f, 56), &icmp_old, &icmp_new),
+    });
+    icmp6_checksum(&mut e, f, end);
+    e
+}
+
+/// The ICMPv6 Packet Too Big (type 2) the program answers TCP/UDP packet `p` (no
+/// extension headers) with when its translation is too big for an egress of `mtu`: MACs
+/// swapped, from the packet's destination to its source, hop limit 64, traffic class and
+/// flow label 0, quoting the packet as it came in (its IPv6 header and 8 bytes of
+/// TCP/UDP); the frame cut to those 110 bytes. The translation is undone incrementally in
+/// the quote, so a quoted UDP checksum may come back as the other zero.
+fn packet_too_big6(p: &Pkt<'_>, mtu: u32) -> Expected {
+    let f = p.f;
+    let mut out = Vec::with_capacity(110);
+    out.extend_from_slice(&f[6..12]);
+    out.extend_from_slice(&f[0..6]);
+    out.extend_from_slice(&f[12..14]);
+    out.extend_from_slice(&[0x60, 0, 0, 0, 0, 56, PROTO_ICMPV6, 64]);
+    out.extend_from_slice(&f[38..54]);
+    out.extend_from_slice(&f[22..38]);
+    out.extend_from_slice(&[2, 0, 0, 0]);
+    out.extend_from_slice(&mtu.to_be_bytes());
+    out.extend_from_slice(&f[14..62]);
+    let mut e = Expected::from(&out);
+    e.mask(56);
+    e.checks.push(Check::L4 {
+        what: "ICMPv6 checksum",
+        ip: 14,
+        l4: 54,
+        len: 56,
+        proto: PROTO_ICMPV6,
+    });
+    if p.proto == PROTO_UDP {
+        e.mask(108);
+        e.checks.push(Check::Word {
+            what: "quoted UDP checksum",
+            at: 108,
+            value: be16(f, 60),
+        });
+    }
+    e
 }
 
 /// The IP header checksum of the expected frame: masked, and checked when the input's
@@ -1021,7 +1464,11 @@ fn ip_checksum(e: &mut Expected, f: &[u8], ihl: usize) {
 
 /// A TCP/UDP packet with its destination (`dst`) or source rewritten, checksums to
 /// match; TTL and MACs untouched (what the kernel gets when the program passes it).
-fn nat_l4(p: &Pkt<'_>, dst: bool, addr: Ipv4Addr, port: u16) -> Expected {
+fn nat_l4(p: &Pkt<'_>, dst: bool, addr: IpAddr, port: u16) -> Expected {
+    if p.v6 {
+        return nat66(p, dst, addr, port);
+    }
+    let addr = v4(addr);
     let f = p.f;
     let mut e = Expected::from(f);
     e.set(if dst { 30 } else { 26 }, &addr.octets());
@@ -1052,6 +1499,46 @@ fn nat_l4(p: &Pkt<'_>, dst: bool, addr: Ipv4Addr, port: u16) -> Expected {
                 proto: PROTO_UDP,
             });
         }
+    }
+    e
+}
+
+/// NAT66 of a TCP/UDP packet (`nat_l4` for IPv6): one address and one port rewritten,
+/// no header checksum, the TCP or UDP checksum updated through its pseudo-header (RFC
+/// 1624; a UDP result of 0 goes out as 0xffff, which `Check::Word` counts as equal).
+/// Extension headers stay as they were.
+fn nat66(p: &Pkt<'_>, dst: bool, addr: IpAddr, port: u16) -> Expected {
+    let f = p.f;
+    let mut e = Expected::from(f);
+    let addr_off = if dst { 38 } else { 22 };
+    let port_off = p.off + if dst { 2 } else { 0 };
+    let old_addr = IpAddr::V6(addr6_at(f, addr_off));
+    let old_port = be16(f, port_off);
+    e.set(addr_off, &octets(addr));
+    e.set(port_off, &port.to_be_bytes());
+    let (at, len, what) = if p.proto == PROTO_TCP {
+        (p.off + 16, 14 + p.tot - p.off, "TCP checksum")
+    } else {
+        (p.off + 6, usize::from(be16(f, p.off + 4)), "UDP checksum")
+    };
+    let mut old = words(old_addr);
+    old.push(old_port);
+    let mut new = words(addr);
+    new.push(port);
+    e.mask(at);
+    e.checks.push(Check::Word {
+        what,
+        at,
+        value: adjusted(be16(f, at), &old, &new),
+    });
+    if l4_ok(f, 14, p.off, len, p.proto) {
+        e.checks.push(Check::L4 {
+            what,
+            ip: 14,
+            l4: p.off,
+            len,
+            proto: p.proto,
+        });
     }
     e
 }
@@ -1152,15 +1639,27 @@ fn frag_needed(p: &Pkt<'_>, mtu: u16) -> Expected {
     e
 }
 
-/// `bpf_fib_lookup` towards `dst` for the translated packet, and what the program then
-/// does with it.
+/// `bpf_fib_lookup` from `src` towards `dst` (`route`) for the translated packet, and
+/// what the program then does with it.
 fn transmit(
     lab: &Lab,
     p: &Pkt<'_>,
     translated: Expected,
-    dst: Ipv4Addr,
+    (src, dst): (IpAddr, IpAddr),
     sent: Reason,
     delta: Delta,
+) -> Vec<Outcome> {
+    via(lab, p, &translated, lab.route_of(src, dst), sent, &delta)
+}
+
+/// What the program does with the translated packet given the FIB's answer `route`.
+fn via(
+    lab: &Lab,
+    p: &Pkt<'_>,
+    translated: &Expected,
+    route: Route,
+    sent: Reason,
+    delta: &Delta,
 ) -> Vec<Outcome> {
     let with = |action, reason, out| Outcome {
         action,
@@ -1170,9 +1669,10 @@ fn transmit(
         why: "",
     };
     let kernel = |reason| with(XDP_PASS, reason, Out::Expect(translated.clone()));
-    // Too big for the egress: a TCP/UDP packet with DF and no IP options is answered with
-    // fragmentation needed to its sender, out where it came in; anything else (no DF,
-    // options, a translated ICMP error) goes to the kernel, which fragments it.
+    // Too big for the egress: an IPv4 TCP/UDP packet with DF and no IP options is
+    // answered with fragmentation needed to its sender, out where it came in, an IPv6 one
+    // without extension headers with Packet Too Big; anything else (no DF, options,
+    // extension headers, a translated ICMP error) goes to the kernel.
     let too_big = || {
         let answered = match sent {
             Reason::Forwarded => Some(Reason::IcmpFragNeededToClient),
@@ -1180,13 +1680,16 @@ fn transmit(
             _ => None,
         };
         match answered {
-            Some(reason) if p.df && p.ihl == 20 => {
+            Some(reason) if !p.v6 && p.df && p.ihl == 20 => {
                 with(XDP_TX, reason, Out::Expect(frag_needed(p, MTU as u16)))
+            }
+            // IPv6: Packet Too Big, but for a packet with extension headers.
+            Some(reason) if p.v6 && p.off == 54 => {
+                with(XDP_TX, reason, Out::Expect(packet_too_big6(p, MTU as u32)))
             }
             _ => kernel(Reason::PassFragNeeded),
         }
     };
-    let route = lab.route(dst);
     match route {
         Route::Unreachable => vec![with(XDP_DROP, Reason::DropNoRoute, Out::Any)],
         Route::Unknown => {
@@ -1196,6 +1699,13 @@ fn transmit(
             ];
             if p.tot > MTU {
                 outcomes.push(too_big());
+            }
+            outcomes
+        }
+        Route::OrNotForwarded(route) => {
+            let mut outcomes = via(lab, p, translated, *route, sent, delta);
+            if !outcomes.iter().any(|o| o.reason == Reason::DropNoRoute) {
+                outcomes.push(with(XDP_DROP, Reason::DropNoRoute, Out::Any));
             }
             outcomes
         }
@@ -1214,32 +1724,67 @@ fn transmit(
                 return vec![kernel(Reason::PassNoTxPort)];
             };
             let mut e = translated.clone();
-            e.hop(smac, dmac);
+            e.hop(p.v6, smac, dmac);
             vec![with(action, sent, Out::Expect(e))]
         }
     }
 }
 
-/// An IPv6 frame, with no IPv6 listener provisioned: the parser's verdicts and its
-/// extension-header walk (docs/packet-policy.md), then "not for us" for whatever parses,
-/// since no IPv6 address is a VIP or a backend's.
-fn ipv6(f: &[u8]) -> Vec<Outcome> {
+/// ICMPv6's next-header number.
+const PROTO_ICMPV6: u8 = 58;
+
+/// Where the IPv6 parser's extension-header walk stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stop {
+    /// At the upper-layer protocol (`Walk6::next`, at `Walk6::off`).
+    Protocol,
+    /// At a header the policy refuses (a routing header with segments left, a hop-by-hop
+    /// header not first), or a chain longer than 5 headers or 256 bytes.
+    Refused,
+    /// At a fragment header other than an atomic fragment's.
+    Fragment,
+}
+
+/// The IPv6 header and its extension-header walk, as `parse6::ipv6` makes them.
+#[derive(Clone, Copy, Debug)]
+struct Walk6 {
+    /// End of the IP packet in the frame (14 + 40 + payload length).
+    end: usize,
+    /// The next header where the walk stopped.
+    next: u8,
+    /// Offset of the header after the last one walked.
+    off: usize,
+    stop: Stop,
+}
+
+/// `parse6::ipv6`: `None` when the packet is malformed (`drop_malformed_ipv6`): its fixed
+/// header truncated, a version other than 6, a payload length past the frame, an
+/// extension header truncated by the frame or running past the payload.
+fn walk6(f: &[u8]) -> Option<Walk6> {
     const FIRST: usize = 54;
-    const MAX_L4_OFFSET: usize = FIRST + lb_common::MAX_EXTENSION_BYTES;
+    const MAX_L4_OFFSET: usize = FIRST + MAX_EXTENSION_BYTES;
     let is_extension = |next: u8| matches!(next, 0 | 43 | 44 | 60);
     if f.len() < FIRST || f[14] >> 4 != 6 {
-        return drop_(Reason::DropMalformedIpv6);
+        return None;
     }
     let end = FIRST + usize::from(be16(f, 18));
     if end > f.len() {
-        return drop_(Reason::DropMalformedIpv6);
+        return None;
     }
-    // A refused chain or a fragment is the kernel's when the destination is no VIP.
     let (mut next, mut off) = (f[20], FIRST);
+    let stopped = |next, off, stop| {
+        Some(Walk6 {
+            end,
+            next,
+            off,
+            stop,
+        })
+    };
     let mut walked = 0;
-    while walked < lb_common::MAX_EXTENSION_HEADERS && is_extension(next) {
+    while walked < MAX_EXTENSION_HEADERS && is_extension(next) {
+        // Its first 8 bytes must be in the frame, all of it in the payload.
         if off + 8 > f.len() {
-            return drop_(Reason::DropMalformedIpv6);
+            return None;
         }
         let len = if next == 44 {
             8
@@ -1247,40 +1792,148 @@ fn ipv6(f: &[u8]) -> Vec<Outcome> {
             (usize::from(f[off + 1]) + 1) * 8
         };
         if off + len > end {
-            return drop_(Reason::DropMalformedIpv6);
+            return None;
         }
         let refused = (next == 0 && walked != 0) || (next == 43 && f[off + 3] != 0);
         let fragment = next == 44 && be16(f, off + 2) & 0xfff9 != 0;
         next = f[off];
         off += len;
         walked += 1;
-        if refused || off > MAX_L4_OFFSET || fragment {
-            return pass(Reason::PassNotForUs);
+        if refused || off > MAX_L4_OFFSET {
+            return stopped(next, off, Stop::Refused);
+        }
+        if fragment {
+            return stopped(next, off, Stop::Fragment);
         }
     }
+    // The chain goes on past the bound.
     if is_extension(next) {
-        return pass(Reason::PassNotForUs);
+        return stopped(next, off, Stop::Refused);
     }
-    if next == 58 && off + 4 <= f.len() && (133..=137).contains(&f[off]) {
-        return pass(Reason::PassNeighbourDiscovery);
+    stopped(next, off, Stop::Protocol)
+}
+
+/// The 5-tuple of a TCP/UDP frame of either family whose headers the program would parse
+/// that far (for reading its flow back).
+pub(super) fn tuple_of(f: &[u8]) -> Option<Tuple> {
+    if f.len() < 34 {
+        return None;
     }
-    if next != PROTO_TCP && next != PROTO_UDP {
-        return pass(Reason::PassOtherProtocol);
+    let (src, dst, off, proto): (IpAddr, IpAddr, usize, u8) = match be16(f, 12) {
+        0x0800 => {
+            let ihl = usize::from(f[14] & 0x0f) * 4;
+            if ihl < 20 {
+                return None;
+            }
+            (
+                addr_at(f, 26).into(),
+                addr_at(f, 30).into(),
+                14 + ihl,
+                f[23],
+            )
+        }
+        0x86dd => {
+            let w = walk6(f).filter(|w| w.stop == Stop::Protocol)?;
+            (
+                addr6_at(f, 22).into(),
+                addr6_at(f, 38).into(),
+                w.off,
+                w.next,
+            )
+        }
+        _ => return None,
+    };
+    if f.len() < off + 4 || !(proto == PROTO_TCP || proto == PROTO_UDP) {
+        return None;
     }
-    // A malformed TCP/UDP header is the kernel's too, as is a well-formed packet for no
-    // listener.
-    pass(Reason::PassNotForUs)
+    Some(Tuple {
+        src,
+        dst,
+        sport: be16(f, off),
+        dport: be16(f, off + 2),
+        proto,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::{
-        fuzz::lab::{B0, B1, CLIENT, VIP, VIP2},
-        packet::Frame,
+        fuzz::lab::{B0, B1, CLIENT, CLIENT6, OTHER6, VIP, VIP2, VIP6},
+        packet::{ExtHeader, Frame, Frame6, SYN},
     };
 
     const S: u64 = 1_000_000_000;
+
+    /// The walk of a SYN to the IPv6 VIP through `ext`: where it stops, and what it stops
+    /// at.
+    fn walked(ext: Vec<ExtHeader>) -> Option<(Stop, u8, usize)> {
+        let mut f = Frame6::tcp((CLIENT6, 40000), (VIP6, 80), SYN);
+        f.ext = ext;
+        walk6(&f.build()).map(|w| (w.stop, w.next, w.off))
+    }
+
+    #[test]
+    fn the_ipv6_walk_follows_the_extension_header_policy() {
+        let opts = |n| vec![ExtHeader::DestOpts(vec![]); n];
+        // At most 5 headers.
+        assert_eq!(walked(opts(5)), Some((Stop::Protocol, PROTO_TCP, 54 + 40)));
+        assert_eq!(walked(opts(6)).map(|w| w.0), Some(Stop::Refused));
+        // At most 256 bytes of them.
+        let bytes = |total: usize| {
+            vec![
+                ExtHeader::DestOpts(vec![0; 126]),
+                ExtHeader::DestOpts(vec![0; total - 130]),
+            ]
+        };
+        assert_eq!(
+            walked(bytes(256)),
+            Some((Stop::Protocol, PROTO_TCP, 54 + 256))
+        );
+        assert_eq!(walked(bytes(264)).map(|w| w.0), Some(Stop::Refused));
+        // Hop-by-hop first only; routing with no segment left; atomic fragments.
+        let hbh = || ExtHeader::HopByHop(vec![]);
+        assert_eq!(walked(vec![hbh()]).map(|w| w.0), Some(Stop::Protocol));
+        assert_eq!(
+            walked(vec![ExtHeader::DestOpts(vec![]), hbh()]).map(|w| w.0),
+            Some(Stop::Refused)
+        );
+        assert_eq!(
+            walked(vec![ExtHeader::srh(0, &[VIP6, OTHER6])]).map(|w| w.0),
+            Some(Stop::Protocol)
+        );
+        assert_eq!(
+            walked(vec![ExtHeader::srh(1, &[OTHER6, VIP6])]).map(|w| w.0),
+            Some(Stop::Refused)
+        );
+        let fragment = |offset, more| ExtHeader::Fragment {
+            offset,
+            more,
+            id: 1,
+        };
+        assert_eq!(
+            walked(vec![fragment(0, false)]).map(|w| w.0),
+            Some(Stop::Protocol)
+        );
+        assert_eq!(
+            walked(vec![fragment(0, true)]).map(|w| w.0),
+            Some(Stop::Fragment)
+        );
+        assert_eq!(
+            walked(vec![fragment(1, false)]).map(|w| w.0),
+            Some(Stop::Fragment)
+        );
+        // A header running past the payload, or cut by the frame: malformed.
+        let past = ExtHeader::Raw {
+            kind: 60,
+            bytes: vec![40, 0, 0, 0, 0, 0, 0],
+        };
+        assert_eq!(walked(vec![past]), None);
+        let f = Frame6::tcp((CLIENT6, 40000), (VIP6, 80), SYN)
+            .ext(ExtHeader::DestOpts(vec![]))
+            .build();
+        assert!(walk6(&f[..58]).is_none());
+    }
 
     /// The setup and its listeners VIP:80 and VIP2:80, which share B0:8080.
     struct Shared {
@@ -1292,8 +1945,8 @@ mod tests {
     impl Shared {
         fn new() -> Self {
             let setup = Setup::standard();
-            let web = setup.listener(VIP, 80, PROTO_TCP).unwrap();
-            let web2 = setup.listener(VIP2, 80, PROTO_TCP).unwrap();
+            let web = setup.listener(VIP.into(), 80, PROTO_TCP).unwrap();
+            let web2 = setup.listener(VIP2.into(), 80, PROTO_TCP).unwrap();
             Self { setup, web, web2 }
         }
 
@@ -1303,15 +1956,15 @@ mod tests {
                 .members
                 .iter()
                 .map(|&id| self.setup.backends[id as usize])
-                .find(|b| b.addr == addr && b.port == 8080)
+                .find(|b| b.addr == IpAddr::V4(addr) && b.port == 8080)
                 .unwrap()
         }
 
         /// Client port 40000 to `vip`:80.
         fn key(vip: Ipv4Addr) -> Tuple {
             Tuple {
-                src: CLIENT,
-                dst: vip,
+                src: CLIENT.into(),
+                dst: vip.into(),
                 sport: 40000,
                 dport: 80,
                 proto: PROTO_TCP,
@@ -1332,8 +1985,8 @@ mod tests {
         /// A packet of `addr`:8080 to the client port.
         fn reply(addr: Ipv4Addr) -> Tuple {
             Tuple {
-                src: addr,
-                dst: CLIENT,
+                src: addr.into(),
+                dst: CLIENT.into(),
                 sport: 8080,
                 dport: 40000,
                 proto: PROTO_TCP,

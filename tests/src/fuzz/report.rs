@@ -9,7 +9,7 @@ use std::{
 
 use lb_common::{PROTO_ICMP, PROTO_TCP, PROTO_UDP};
 
-use super::model::{addr_at, be16};
+use super::model::{addr_at, addr6_at, be16};
 
 /// One kind of disagreement between the program and the model.
 #[derive(Clone, Debug, Default)]
@@ -28,11 +28,15 @@ pub struct Report {
     pub refused: u64,
     /// Verdicts by reason, as observed.
     pub reasons: BTreeMap<&'static str, u64>,
+    /// The verdicts of IPv6 frames (ethertype 0x86dd) among them.
+    pub reasons6: BTreeMap<&'static str, u64>,
     /// Frames by generator kind.
     pub kinds: BTreeMap<&'static str, u64>,
     /// Outcomes the model could not decide alone (clock window, unmodelled routes).
     pub ambiguous: u64,
     pub flows: usize,
+    /// The IPv6 ones among them.
+    pub flows6: usize,
     /// Backend-side tuples of the model's flows whose reply lookup was compared at the end.
     pub reply_tuples: usize,
     /// Backend packets that flows of two listeners could answer (the latest wins).
@@ -71,7 +75,7 @@ impl fmt::Display for Report {
             f,
             "lb-fuzz: seed {:#x}: {} frames ({} ran, {} refused by the kernel as shorter than \
              an Ethernet header) in {:.1} s ({:.0} frames/s); {} ambiguous; flow table {} \
-             entries, {} reply tuples; {} backend packets two flows could answer",
+             entries ({} IPv6), {} reply tuples; {} backend packets two flows could answer",
             self.seed,
             self.packets,
             self.run(),
@@ -80,11 +84,17 @@ impl fmt::Display for Report {
             self.packets as f64 / self.elapsed.as_secs_f64().max(1e-9),
             self.ambiguous,
             self.flows,
+            self.flows6,
             self.reply_tuples,
             self.contested_replies,
         )?;
         write!(f, "  verdicts:")?;
         for (reason, n) in &self.reasons {
+            write!(f, " {reason}={n}")?;
+        }
+        writeln!(f)?;
+        write!(f, "  of IPv6 frames:")?;
+        for (reason, n) in &self.reasons6 {
             write!(f, " {reason}={n}")?;
         }
         writeln!(f)?;
@@ -114,6 +124,9 @@ pub fn describe(f: &[u8]) -> String {
         return format!("{} bytes, no Ethernet header", f.len());
     }
     let ethertype = be16(f, 12);
+    if ethertype == 0x86dd {
+        return describe6(f);
+    }
     if ethertype != 0x0800 {
         return format!("ethertype {ethertype:#06x}");
     }
@@ -172,6 +185,77 @@ pub fn describe(f: &[u8]) -> String {
                     (14 + tot).saturating_sub(q)
                 );
             }
+        }
+        _ => {}
+    }
+    s
+}
+
+/// `describe` for an IPv6 frame: addresses, lengths, hop limit, the extension headers
+/// (as far as the frame holds them) and the upper layer.
+fn describe6(f: &[u8]) -> String {
+    if f.len() < 54 {
+        return format!("IPv6 header truncated at {} bytes", f.len() - 14);
+    }
+    let mut s = format!(
+        "IPv6 {} → {} version {} payload length {} (frame has {}) hop limit {}",
+        addr6_at(f, 22),
+        addr6_at(f, 38),
+        f[14] >> 4,
+        be16(f, 18),
+        f.len() - 54,
+        f[21]
+    );
+    let (mut next, mut off) = (f[20], 54);
+    let mut chain = Vec::new();
+    while matches!(next, 0 | 43 | 44 | 60) && chain.len() < 12 {
+        if off + 8 > f.len() {
+            chain.push(format!("{next} (truncated)"));
+            break;
+        }
+        let (len, what) = match next {
+            44 => {
+                let w = be16(f, off + 2);
+                (8, format!("44 (offset {} M={})", w >> 3, w & 1))
+            }
+            43 => (
+                (usize::from(f[off + 1]) + 1) * 8,
+                format!("43 (type {} segments left {})", f[off + 2], f[off + 3]),
+            ),
+            _ => ((usize::from(f[off + 1]) + 1) * 8, format!("{next}")),
+        };
+        chain.push(format!("{what} {len} bytes"));
+        next = f[off];
+        off += len;
+    }
+    if !chain.is_empty() {
+        let _ = write!(s, ", extension headers [{}]", chain.join(", "));
+    }
+    let _ = write!(s, ", next header {next}");
+    if f.len() < off + 4 {
+        return s;
+    }
+    match next {
+        PROTO_TCP | PROTO_UDP => {
+            let _ = write!(s, ", ports {} → {}", be16(f, off), be16(f, off + 2));
+            if next == PROTO_TCP && f.len() > off + 13 {
+                let _ = write!(
+                    s,
+                    " flags {:#04x} data offset {}",
+                    f[off + 13],
+                    usize::from(f[off + 12] >> 4) * 4
+                );
+            } else if next == PROTO_UDP && f.len() >= off + 8 {
+                let _ = write!(
+                    s,
+                    " length {} checksum {:#06x}",
+                    be16(f, off + 4),
+                    be16(f, off + 6)
+                );
+            }
+        }
+        58 => {
+            let _ = write!(s, ", ICMPv6 type {} code {}", f[off], f[off + 1]);
         }
         _ => {}
     }

@@ -1,18 +1,18 @@
 //! The run: frames through the program, each checked against the model, and the
 //! checks at the end (counters, the whole flow table).
 
-use std::{collections::HashMap, fmt::Write as _, time::Instant};
+use std::{collections::HashMap, fmt::Write as _, net::IpAddr, time::Instant};
 
-use lb_common::{FLOW_F_BACKEND_ACKED, Flow, FlowKey, PROTO_TCP, PROTO_UDP, Reason, Verdict};
+use lb_common::{FLOW_F_BACKEND_ACKED, Flow, Reason, Verdict};
 use lb_ctl::{
     dataplane::{DataPlane, LoadOptions},
-    family::{EndpointMapKey, FlowMapKey, Served, ipv4_of, ipv4_word},
+    family::{EndpointMapKey, FlowMapKey, Served, ipv4_of},
 };
 
 use super::{
     generator::Generator,
     lab::Lab,
-    model::{MODELLED_FLAGS, Model, Out, Outcome, Prediction, ShadowFlow, Tuple, addr_at, be16},
+    model::{MODELLED_FLAGS, Model, Out, Outcome, Prediction, ShadowFlow, Tuple, tuple_of},
     report::{Report, describe, hex},
     setup::{Setup, sizes},
 };
@@ -113,8 +113,9 @@ pub fn run(lab: &Lab, options: &FuzzOptions) -> anyhow::Result<Report> {
     lab.ns().enter(|| {
         let setup = Setup::standard();
         // Far larger than the flows a run makes (at most a few ten thousand), so the LRU
-        // never evicts and the model's shadow stays exact.
-        let mut dp = load(lab, &setup, 65536)?;
+        // never evicts and the model's shadow stays exact; the IPv6 tables hold a quarter
+        // (65,536), and each CPU's LRU list a share of that.
+        let mut dp = load(lab, &setup, 262_144)?;
         let mut fuzzer = Fuzzer {
             lab,
             setup,
@@ -242,6 +243,9 @@ impl Fuzzer<'_> {
         };
         if let Some(r) = reason {
             *self.report.reasons.entry(r.name()).or_default() += 1;
+            if frame.len() >= 14 && frame[12..14] == [0x86, 0xdd] {
+                *self.report.reasons6.entry(r.name()).or_default() += 1;
+            }
         }
         let expected = || {
             outcomes
@@ -373,7 +377,7 @@ impl Fuzzer<'_> {
     }
 
     fn reread(&mut self, dp: &DataPlane, t: Tuple, li: usize) {
-        match dp.flow(&t.key()) {
+        match flow_of(dp, &t) {
             Ok(Some(flow)) => self.model.insert_flow(
                 t,
                 ShadowFlow {
@@ -420,17 +424,15 @@ impl Fuzzer<'_> {
                 max,
             );
         }
+        // Both families' tables, established and half-open.
         let kernel: HashMap<Tuple, Flow> = dp
             .flows()
             .expect("reading the flow table")
             .into_iter()
-            .filter_map(|(k, f)| match k {
-                FlowMapKey::V4(k) => Some((Tuple::from_key(&k), f)),
-                // The fuzzing config has no IPv6 listener: no IPv6 flow can be made.
-                FlowMapKey::V6(_) => None,
-            })
+            .map(|(k, f)| (Tuple::from_key(&k), f))
             .collect();
         self.report.flows = kernel.len();
+        self.report.flows6 = kernel.keys().filter(|t| t.is_v6()).count();
         let mut keys: Vec<&Tuple> = kernel.keys().chain(self.model.flows.keys()).collect();
         keys.sort();
         keys.dedup();
@@ -470,18 +472,17 @@ impl Fuzzer<'_> {
         self.report.contested_replies = self.model.contested.get();
         for r in replies {
             let allowed = self.model.reply_flows(&self.setup, &r);
-            let found = reply_flow(dp, &r.key())?;
+            let found = reply_flow(dp, &r)?;
             let same = match found {
                 Some((key, _, l)) => allowed.iter().any(|a| {
-                    a.key == Tuple::from_key(&key)
-                        && self.setup.listener_by_id(l.listener) == Some(a.listener)
+                    a.key == key && self.setup.listener_by_id(l.listener) == Some(a.listener)
                 }),
                 None => allowed.is_empty(),
             };
             if !same {
                 let e = format!(
                     "{r}: the maps' reply flow {:?}, model {:?}",
-                    found.map(|(k, _, l)| (Tuple::from_key(&k), l.listener)),
+                    found.map(|(k, _, l)| (k, l.listener)),
                     allowed
                         .iter()
                         .map(|a| (a.key, self.setup.listeners[a.listener].id))
@@ -511,57 +512,45 @@ fn class(action: u32) -> Verdict {
     }
 }
 
-/// The 5-tuple of a TCP/UDP frame whose headers the program would parse.
-fn tuple_of(f: &[u8]) -> Option<Tuple> {
-    if f.len() < 34 || be16(f, 12) != 0x0800 {
-        return None;
+/// A flow's entry in the tables of its family (established or half-open).
+fn flow_of(dp: &DataPlane, t: &Tuple) -> anyhow::Result<Option<Flow>> {
+    match t.key() {
+        FlowMapKey::V4(k) => Ok(dp.flow(&k)?),
+        FlowMapKey::V6(k) => Ok(dp.flow6(&k)?),
     }
-    let ihl = usize::from(f[14] & 0x0f) * 4;
-    let off = 14 + ihl;
-    if ihl < 20 || f.len() < off + 4 || !(f[23] == PROTO_TCP || f[23] == PROTO_UDP) {
-        return None;
-    }
-    Some(Tuple {
-        src: addr_at(f, 26),
-        dst: addr_at(f, 30),
-        sport: be16(f, off),
-        dport: be16(f, off + 2),
-        proto: f[23],
-    })
 }
 
-/// What the maps make of a backend's packet with (backend-side) key `reply`, read the way
-/// the XDP program's `flow::reply_flow` reads them: for each listener its endpoint serves,
-/// the client side's flow entry if it names this backend; of several, the one with the
-/// latest client packet. The fuzzer checks the model against it, so the maps the program
-/// reads hold the model's answer.
-fn reply_flow(dp: &DataPlane, reply: &FlowKey) -> anyhow::Result<Option<(FlowKey, Flow, Served)>> {
-    let endpoint = EndpointMapKey::new(
-        ipv4_of(reply.src_addr).into(),
-        u16::from_be(reply.src_port),
-        reply.protocol,
-    );
+/// What the maps make of a backend's packet with (backend-side) tuple `reply`, of either
+/// family, read the way the XDP program's `flow::reply_flow` reads them: for each
+/// listener its endpoint serves, the client side's flow entry if it names this backend;
+/// of several, the one with the latest client packet. The fuzzer checks the model against
+/// it, so the maps the program reads hold the model's answer.
+fn reply_flow(dp: &DataPlane, reply: &Tuple) -> anyhow::Result<Option<(Tuple, Flow, Served)>> {
+    let endpoint = EndpointMapKey::new(reply.src, reply.sport, reply.proto);
     let Some(endpoint) = dp.endpoint(&endpoint)? else {
         return Ok(None);
     };
-    let mut found: Option<(FlowKey, Flow, Served)> = None;
+    let mut found: Option<(Tuple, Flow, Served)> = None;
     for l in endpoint.served() {
-        let std::net::IpAddr::V4(vip) = l.vip else {
+        if l.vip.is_ipv6() != reply.is_v6() {
             continue;
+        }
+        let key = Tuple {
+            src: reply.dst,
+            dst: l.vip,
+            sport: reply.dport,
+            dport: l.port,
+            proto: reply.proto,
         };
-        let key = FlowKey {
-            src_addr: reply.dst_addr,
-            dst_addr: ipv4_word(vip),
-            src_port: reply.dst_port,
-            dst_port: l.port.to_be(),
-            protocol: reply.protocol,
-            _pad: [0; 3],
-        };
-        let Some(flow) = dp.flow(&key)? else {
+        let Some(flow) = flow_of(dp, &key)? else {
             continue;
         };
         let b = dp.backend(flow.backend)?;
-        if b.addr != reply.src_addr || b.port != reply.src_port {
+        let addr = match reply.src {
+            IpAddr::V4(_) => IpAddr::V4(ipv4_of(b.addr)),
+            IpAddr::V6(_) => IpAddr::V6(dp.backend_address6(flow.backend)?),
+        };
+        if addr != reply.src || u16::from_be(b.port) != reply.sport {
             continue;
         }
         if found.is_none_or(|(_, f, _)| flow.last_seen_ns > f.last_seen_ns) {
