@@ -26,6 +26,15 @@ pub struct FlowKey6 {
 }
 const _: () = assert!(size_of::<FlowKey6>() == 40);
 
+impl FlowKey6 {
+    /// The key as five 64-bit words (what the flow filter hashes).
+    #[inline(always)]
+    pub const fn words(&self) -> [u64; 5] {
+        // SAFETY: 40 bytes of plain integers with explicit padding, 8-byte aligned.
+        unsafe { core::mem::transmute::<FlowKey6, [u64; 5]>(*self) }
+    }
+}
+
 /// Key of `LISTENERS6`; `port == 0` and `protocol == 0` is a VIP marker.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]

@@ -1009,15 +1009,16 @@ impl DataPlane {
     }
 
     /// The entries of established flows, read the way a sweep reads them: the flow
-    /// filter's idle bitmap is rebuilt from their keys (IPv4's: IPv6 has no filter) and
-    /// becomes the one the data plane reads.
+    /// filter's idle bitmap is rebuilt from their keys (both families') and becomes the
+    /// one the data plane reads.
     pub fn sweep_flows(&self) -> Result<Vec<(FlowMapKey, Flow)>> {
         let rebuild = crate::flow_filter::Rebuild::start(self.flow_filter());
         let flows = self.established_flows()?;
         if let Some(rebuild) = rebuild {
             for (key, _) in &flows {
-                if let FlowMapKey::V4(key) = key {
-                    rebuild.add(key);
+                match key {
+                    FlowMapKey::V4(key) => rebuild.add(key),
+                    FlowMapKey::V6(key) => rebuild.add(key),
                 }
             }
             rebuild.finish();

@@ -7,12 +7,9 @@ use std::sync::{
     atomic::{AtomicU64, Ordering, fence},
 };
 
-use lb_common::{
-    FlowKey,
-    flow_filter::{
-        FLOW_FILTER_ACTIVE, FLOW_FILTER_HEADER_WORDS, FLOW_FILTER_WORDS, flow_filter_bitmap_words,
-        flow_filter_slot,
-    },
+use lb_common::flow_filter::{
+    FLOW_FILTER_ACTIVE, FLOW_FILTER_HEADER_WORDS, FLOW_FILTER_WORDS, FilterKey,
+    flow_filter_bitmap_words, flow_filter_slot,
 };
 
 const HEADER: usize = FLOW_FILTER_HEADER_WORDS as usize;
@@ -70,8 +67,9 @@ impl<'a> Rebuild<'a> {
         })
     }
 
-    /// Sets `key`'s bit. Atomic: the data plane sets bits of the same words meanwhile.
-    pub fn add(&self, key: &FlowKey) {
+    /// Sets `key`'s bit (a key of either family). Atomic: the data plane sets bits of the
+    /// same words meanwhile.
+    pub fn add<K: FilterKey>(&self, key: &K) {
         let (index, bit) = flow_filter_slot(key, self.idle, self.per_bitmap);
         if let Some(w) = self.words.get(index as usize) {
             w.fetch_or(bit, Ordering::Relaxed);
@@ -85,7 +83,7 @@ impl<'a> Rebuild<'a> {
 }
 
 /// Whether the bitmap the data plane reads has `key`'s bit (what it asks for a SYN).
-pub fn may_hold(words: &[AtomicU64], key: &FlowKey) -> bool {
+pub fn may_hold<K: FilterKey>(words: &[AtomicU64], key: &K) -> bool {
     let per_bitmap = words
         .get(FLOW_FILTER_WORDS as usize)
         .map_or(0, |w| w.load(Ordering::Acquire));
@@ -102,14 +100,14 @@ pub fn may_hold(words: &[AtomicU64], key: &FlowKey) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lb_common::flow_filter::flow_filter_entries;
+    use lb_common::{FlowKey, FlowKey6, flow_filter::flow_filter_entries};
 
     fn key(i: u32) -> FlowKey {
         FlowKey::new(0xc612_0000 + i, 0xc613_0064, (40_000 + i) as u16, 80, 6)
     }
 
     /// What the data plane does on an insert (`lb-ebpf/src/flow_filter.rs`).
-    fn insert(words: &[AtomicU64], key: &FlowKey) {
+    fn insert<K: FilterKey>(words: &[AtomicU64], key: &K) {
         let per_bitmap = words[FLOW_FILTER_WORDS as usize].load(Ordering::Relaxed);
         for which in 0..2 {
             let (index, bit) = flow_filter_slot(key, which, per_bitmap);
@@ -162,6 +160,52 @@ mod tests {
         assert_eq!(
             words[FLOW_FILTER_WORDS as usize].load(Ordering::Relaxed),
             u64::from(flow_filter_bitmap_words(4096))
+        );
+    }
+
+    fn key6(i: u32) -> FlowKey6 {
+        let addr = |last: u32| {
+            [
+                0x2001_0db8u32.to_be(),
+                0x0018_0000u32.to_be(),
+                0,
+                last.to_be(),
+            ]
+        };
+        FlowKey6 {
+            src_addr: addr(0x8000_0000 + i),
+            dst_addr: addr(0x100),
+            src_port: (40_000 + i as u16).to_be(),
+            dst_port: 80u16.to_be(),
+            protocol: 6,
+            _pad: [0; 3],
+        }
+    }
+
+    /// Both families share the bitmaps: a rebuild that walked both tables keeps the keys
+    /// of both, and forgets gone keys of both.
+    #[test]
+    fn ipv6_keys_are_kept_and_forgotten_as_ipv4_ones() {
+        let words: Vec<AtomicU64> = (0..flow_filter_entries(4096))
+            .map(|_| AtomicU64::new(0))
+            .collect();
+        size(&words, 4096);
+        for i in 0..100 {
+            insert(&words, &key6(i));
+            insert(&words, &key(i));
+        }
+        assert!((0..100).all(|i| may_hold(&words, &key6(i)) && may_hold(&words, &key(i))));
+        let rebuild = Rebuild::start(&words).unwrap();
+        for i in 0..50 {
+            rebuild.add(&key(i));
+            rebuild.add(&key6(i));
+        }
+        rebuild.finish();
+        assert!((0..50).all(|i| may_hold(&words, &key6(i)) && may_hold(&words, &key(i))));
+        let forgotten = (50..100).filter(|&i| !may_hold(&words, &key6(i))).count();
+        assert!(
+            forgotten >= 45,
+            "{forgotten} of 50 gone IPv6 keys forgotten"
         );
     }
 }

@@ -209,7 +209,8 @@ impl Tables for V6 {
         Some(Self::endpoint_key(a.addr, b.port, protocol))
     }
 
-    /// IPv6 has no filter of established keys yet: a SYN always looks `FLOWS6` up.
     #[inline(always)]
-    fn note_insert(_key: &Self::FlowKey) {}
+    fn note_insert(key: &Self::FlowKey) {
+        crate::flow_filter::note_insert(key);
+    }
 }

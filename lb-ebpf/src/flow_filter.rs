@@ -1,12 +1,10 @@
 //! The data plane's side of `lb_common::flow_filter`: a SYN asks the filter before it
-//! looks up `FLOWS`, and every insert into `FLOWS` sets its key's bit in both bitmaps.
+//! looks up `FLOWS` (`FLOWS6`), and every insert into either sets its key's bit in both
+//! bitmaps.
 
 use core::intrinsics::{AtomicOrdering, atomic_or};
 
-use lb_common::{
-    FlowKey,
-    flow_filter::{FLOW_FILTER_ACTIVE, FLOW_FILTER_WORDS, flow_filter_slot},
-};
+use lb_common::flow_filter::{FLOW_FILTER_ACTIVE, FLOW_FILTER_WORDS, FilterKey, flow_filter_slot};
 
 use crate::maps::FLOW_FILTER;
 
@@ -18,7 +16,7 @@ fn words() -> u64 {
 
 /// False only when `key` is certainly not in `FLOWS`.
 #[inline(always)]
-pub fn may_hold(key: &FlowKey) -> bool {
+pub fn may_hold<K: FilterKey>(key: &K) -> bool {
     let words = words();
     if words == 0 {
         return true;
@@ -31,7 +29,7 @@ pub fn may_hold(key: &FlowKey) -> bool {
 /// Records that `key` was just inserted into `FLOWS`, in both bitmaps: the one being
 /// rebuilt must not miss it either.
 #[inline(always)]
-pub fn note_insert(key: &FlowKey) {
+pub fn note_insert<K: FilterKey>(key: &K) {
     let words = words();
     if words == 0 {
         return;

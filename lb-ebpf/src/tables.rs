@@ -14,7 +14,7 @@ use lb_common::{
 
 use crate::maps::{
     ACLS, ACLS6, ACTIVE_FLOWS, ADDRESS_FILTER, AFFINITY, AFFINITY6, BACKENDS, CURSORS, HALF_OPEN,
-    LISTENERS, LISTENERS6, MAGLEV, SEQUENCE, TABLE_META,
+    HALF_OPEN6, LISTENERS, LISTENERS6, MAGLEV, SEQUENCE, TABLE_META,
 };
 
 /// A map value. Valid for the rest of the program run (map values are freed after an RCU
@@ -178,6 +178,14 @@ impl Tables for Maps6 {
     #[inline(always)]
     fn flow(&self, key: &FlowKey6) -> Option<MapRef<Flow>> {
         crate::flow::lookup::<V6>(key).map(MapRef)
+    }
+
+    #[inline(always)]
+    fn opening_flow(&self, key: &FlowKey6) -> Option<MapRef<Flow>> {
+        if crate::flow_filter::may_hold(key) {
+            return self.flow(key);
+        }
+        HALF_OPEN6.get_ptr_mut(key).map(MapRef)
     }
 
     #[inline(always)]

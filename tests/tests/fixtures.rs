@@ -3017,6 +3017,82 @@ fn ipv6_packet_too_big_is_answered_and_icmpv6_errors_are_translated() {
     });
 }
 
+/// The filter of established keys holds IPv6 keys too (see
+/// `the_flow_filter_keeps_every_established_key_across_sweeps`): the promotion of an IPv6
+/// flow sets its bit, sweeps keep it, and a forged RST and SYN after them still reach the
+/// connection's backend under `wrr`, which would give a SYN that missed the entry to the
+/// other backend.
+#[test]
+fn the_flow_filter_keeps_established_ipv6_keys_across_sweeps() {
+    use packet::Frame6;
+    let Some(lab) = lab6("fx6filter") else { return };
+    lab.ns.enter(|| {
+        let mut dp = load(&lab);
+        provision(
+            &mut dp,
+            "
+vserver_groups:
+  - name: web
+    servers:
+      - { address: 2001:db8:18:1::10, port: 8080 }
+      - { address: 2001:db8:18:1::11, port: 8080 }
+listeners:
+  - { name: web6, protocol: tcp, address: 2001:db8:19::100, port: 80, server_group: web, scheduler: wrr }
+",
+        );
+        let client = |flags: u8, seq: u32, ack: u32| {
+            from_client6(Frame6::tcp((CLIENT6, 44_600), (VIP6, 80), flags).seq_ack(seq, ack))
+        };
+        let key = <lb_common::V6 as lb_common::Family>::flow_key(
+            lb_common::family::addr6(CLIENT6.octets()),
+            lb_common::family::addr6(VIP6.octets()),
+            44_600u16.to_be(),
+            80u16.to_be(),
+            6,
+        );
+        let held = |dp: &DataPlane| lb_ctl::flow_filter::may_hold(dp.flow_filter(), &key);
+        assert!(!held(&dp), "a fresh filter holds no key");
+        let syn = client(SYN, 1000, 0);
+        let (verdict, out) = run(&mut dp, lab.client_if, &syn.build());
+        assert_eq!(verdict, XDP_REDIRECT, "the SYN is forwarded");
+        let dst = std::net::Ipv6Addr::from(<[u8; 16]>::try_from(&out[38..54]).unwrap());
+        let first = B6.iter().position(|b| *b == dst).expect("sent to a backend");
+        assert!(!held(&dp), "a half-open flow is not in the table of established ones");
+        let to_first = |name, f: &Frame6| {
+            let mut out = f.clone();
+            out.dst = B6[first];
+            out.dst_port = 8080;
+            out.hop_limit -= 1;
+            lab.case6(
+                name,
+                lab.client_if,
+                f.build(),
+                XDP_REDIRECT,
+                Reason::Forwarded,
+                Output::Exactly(out.macs(LB_BACKEND_MAC, B_MAC[first]).build()),
+            )
+        };
+        let ack = client(ACK, 1001, 5001);
+        check(&mut dp, &[to_first("the client's ACK", &ack)]);
+        assert!(held(&dp), "the promotion set the key's bit");
+        for sweep in 0..2 {
+            let flows = dp.sweep_flows().unwrap();
+            assert_eq!(flows.len(), 1, "sweep {sweep}");
+            assert!(held(&dp), "sweep {sweep} kept the key");
+        }
+        let forged_rst = client(RST | ACK, 0x5eed_1234, 0);
+        check(
+            &mut dp,
+            &[
+                to_first("a forged RST after the sweeps", &forged_rst),
+                to_first("a SYN after it stays with the connection's backend", &syn),
+                to_first("the client's next ACK", &ack),
+            ],
+        );
+        assert!(held(&dp));
+    });
+}
+
 /// The access list and persistence over IPv6: an IPv6 prefix of a deny list drops its
 /// sources before any state; a persistent listener sends a client's next connection to
 /// the backend of its first, whatever the scheduler would pick.

@@ -70,12 +70,18 @@ pub fn run_sweep(job: SweepJob) -> anyhow::Result<SweepResult> {
         result.add(k.protocol, &v, &job);
     })
     .context("reading the flow table")?;
+    let flows6 = super::flows::open_flow_table::<FlowKey6>(&job.flows6_pin)?;
+    crate::flow_walk::for_each_flow(&flows6, |k, v| {
+        if let Some(r) = &rebuild {
+            r.add(&k);
+        }
+        result.add(k.protocol, &v, &job);
+    })
+    .context("reading the IPv6 flow table")?;
+    // Both tables walked: the rebuilt bitmap holds every key either table held.
     if let Some(r) = rebuild {
         r.finish();
     }
-    let flows6 = super::flows::open_flow_table::<FlowKey6>(&job.flows6_pin)?;
-    crate::flow_walk::for_each_flow(&flows6, |k, v| result.add(k.protocol, &v, &job))
-        .context("reading the IPv6 flow table")?;
     Ok(result)
 }
 

@@ -807,8 +807,8 @@ fn cost_section(o: &mut String, r: &Report) {
          SYN created, checked once to leave translated (NAT66: one of the backends, port \
          8080, hop limit − 1, checksums verified from scratch) from be0 to the router. New \
          flow, nearly empty: a SYN from a never-seen source address each run \
-         (2001:db8:18:0:8000:: plus a counter); an IPv6 SYN always looks `FLOWS6` up \
-         (`FLOW_FILTER` is IPv4's). Not for a VIP: an ACK to an IPv6 address that is no VIP, \
+         (2001:db8:18:0:8000:: plus a counter); an IPv6 SYN asks `FLOW_FILTER` first, as an \
+         IPv4 one does. Not for a VIP: an ACK to an IPv6 address that is no VIP, \
          checked to pass unchanged. Method 1 and its floor as for IPv4, on the \
          {FRAME6_LEN}-byte frames (their floors are given apart). Method 2 of the \
          established and new-flow rows goes through `lb_bench6`, `lb_bench` for the \
