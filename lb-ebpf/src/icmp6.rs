@@ -13,9 +13,10 @@
 //!   itself sent the error.
 //!
 //! Errors are destination unreachable, Packet Too Big, time exceeded and parameter
-//! problem, without extension headers, quoting an IPv6 header without extension headers
-//! and at least 8 bytes of TCP or UDP. ICMPv6 has no header of its own to fix but its checksum covers a pseudo-header
-//! with the outer addresses, so an outer rewrite updates it too. Anything else goes to the
+//! problem, behind the extension headers the policy skips (`lb_ipv6` walked them and says
+//! where they end), quoting an IPv6 header without extension headers and at least 8 bytes
+//! of TCP or UDP. ICMPv6 has no header of its own to fix but its checksum covers a
+//! pseudo-header with the outer addresses, so an outer rewrite updates it too. Anything else goes to the
 //! kernel unless addressed to a VIP, where an echo request is answered (`vip_ping:
 //! answer`) and the rest dropped, as for IPv4.
 
@@ -34,9 +35,9 @@ use network_types::{eth::EthHdr, ip::Ipv6Hdr};
 use crate::{
     flow,
     fwd6::{self, Route6},
-    maps::{BACKENDS, BACKENDS6},
+    maps::{BACKENDS, BACKENDS6, PENDING6},
     parse::{ETH_LEN, ptr_at},
-    parse6::{self, IPV6_LEN, Ipv6, PROTO_ICMPV6, words},
+    parse6::{self, IPV6_LEN, Ipv6, MAX_L4_OFFSET, PROTO_ICMPV6, words},
     stage, stats,
     tables::Maps6,
 };
@@ -66,12 +67,32 @@ struct IcmpError6 {
 /// Offset of the quoted TCP checksum from the start of `IcmpError6`, when quoted.
 const INNER_TCP_CHECK: usize = 8 + IPV6_LEN + 16;
 
+/// The packet's IPv6 header, with where its extension headers end from `lb_ipv6`'s
+/// hand-off (walking them again would cost the stage a third of its stack). The hand-off
+/// must be this packet's: a stage run on its own finds what the last packet left.
+#[inline(always)]
+fn header(ctx: &XdpContext) -> Result<Ipv6, Reason> {
+    let mut ip = parse6::header(ctx)?;
+    let pending = PENDING6.get(0).ok_or(Reason::DropStageFailed)?;
+    let key = &pending.key;
+    let off = usize::from(pending.l4_offset);
+    if key.protocol != PROTO_ICMPV6
+        || key.src_addr != ip.src_addr
+        || key.dst_addr != ip.dst_addr
+        // One comparison: a range check compiles to a subtraction whose bound the
+        // verifier does not carry back to the offset.
+        || off > MAX_L4_OFFSET
+    {
+        return Err(Reason::DropStageFailed);
+    }
+    ip.l4_offset = off;
+    ip.protocol = PROTO_ICMPV6;
+    Ok(ip)
+}
+
 #[xdp]
 pub fn lb_icmp6(ctx: XdpContext) -> u32 {
-    // The fixed header only: an ICMPv6 packet with extension headers is not translated
-    // (the walk, done again here, would cost the stage a third of its stack), and goes
-    // where other ICMPv6 goes.
-    let verdict = match parse6::header(&ctx) {
+    let verdict = match header(&ctx) {
         Ok(ip) => match error_of(&ctx, &ip) {
             Some((e, off)) => match towards_backend(&ctx, &ip, e, off) {
                 Some(Ok(route)) => fwd6::transmit(&ctx, &ip, &route, Reason::IcmpToBackend),
@@ -91,7 +112,7 @@ pub fn lb_icmp6(ctx: XdpContext) -> u32 {
 /// (client → backend), reported towards the client.
 #[xdp]
 pub fn lb_icmp6_client(ctx: XdpContext) -> u32 {
-    let verdict = match parse6::header(&ctx) {
+    let verdict = match header(&ctx) {
         Ok(ip) => match error_of(&ctx, &ip) {
             Some((e, off)) => match towards_client(&ctx, &ip, e, off) {
                 Some(Ok(route)) => fwd6::transmit(&ctx, &ip, &route, Reason::IcmpToClient),
@@ -162,13 +183,14 @@ fn answer_echo(ctx: &XdpContext, ip: &Ipv6) -> bool {
     true
 }
 
-/// The ICMPv6 error of this packet and where it starts, if it is an error the program
-/// translates: one of the four kinds, no extension headers, quoting an IPv6 TCP or UDP
-/// packet without extension headers, to the sender of the quoted packet.
+/// The ICMPv6 error of this packet and where it starts (after the extension headers the
+/// policy skips), if it is an error the program translates: one of the four kinds,
+/// quoting an IPv6 TCP or UDP packet without extension headers, to the sender of the
+/// quoted packet.
 #[inline(always)]
 fn error_of<'a>(ctx: &XdpContext, ip: &Ipv6) -> Option<(&'a mut IcmpError6, usize)> {
     let off = ip.l4_offset;
-    if ip.protocol != PROTO_ICMPV6 || off != ETH_LEN + IPV6_LEN {
+    if ip.protocol != PROTO_ICMPV6 || off > MAX_L4_OFFSET {
         return None;
     }
     // The error and its quote must lie inside the IP packet, not merely inside the frame.
@@ -250,19 +272,26 @@ fn towards_client(
 ) -> Option<Result<Route6, (u32, Reason)>> {
     let protocol = e.inner.next_hdr;
     let tcp_check_quoted = tcp_check_quoted(ip, off);
-    let (inner_src, inner_dst) = (words(&e.inner.src_addr), words(&e.inner.dst_addr));
     let (src_port, dst_port) = (
         u16::from_ne_bytes(e.src_port),
         u16::from_ne_bytes(e.dst_port),
     );
-    let to = flow::reply_flow::<V6>(inner_dst, dst_port, inner_src, src_port, protocol)?;
+    let to = flow::reply_flow::<V6>(
+        words(&e.inner.dst_addr),
+        dst_port,
+        words(&e.inner.src_addr),
+        src_port,
+        protocol,
+    )?;
     if ip.hop_limit <= 1 {
         return Some(Err((XDP_PASS, Reason::PassTtlExpired)));
     }
+    // Read from the packet again rather than kept across the search: 16 bytes of stack.
+    let from_backend = ip.src_addr == words(&e.inner.dst_addr);
     let (vip, vport) = (to.vip, to.vport);
     let mut check = rewrite_quoted(ctx, e, off, tcp_check_quoted, false, vip, vport);
     let mut src = ip.src_addr;
-    if src == inner_dst {
+    if from_backend {
         // Sent by the backend itself: the client only knows the VIP.
         check = csum::replace_addr6_port(check, src, vip, 0, 0);
         set_outer(ctx, true, vip);

@@ -71,6 +71,19 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
         if parse6::is_neighbour_discovery(ctx, &ip) {
             return (XDP_PASS, Reason::PassNeighbourDiscovery);
         }
+        // Where the extension headers end goes to the ICMPv6 stage in the hand-off:
+        // walking them again there would cost it a third of its stack.
+        let Some(pending) = PENDING6.get_ptr_mut(0) else {
+            return (XDP_DROP, Reason::DropStageFailed);
+        };
+        // SAFETY: per-CPU value, only this CPU touches it while the packet runs.
+        let p = unsafe { &mut *pending };
+        p.key.src_addr = ip.src_addr;
+        p.key.dst_addr = ip.dst_addr;
+        p.key.src_port = 0;
+        p.key.dst_port = 0;
+        p.key.protocol = PROTO_ICMPV6;
+        p.l4_offset = ip.l4_offset as u16;
         return stage::enter(ctx, STAGE_ICMP6);
     }
     if !parse::is_tcp_or_udp(ip.protocol) {

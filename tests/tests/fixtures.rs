@@ -2951,6 +2951,26 @@ fn ipv6_packet_too_big_is_answered_and_icmpv6_errors_are_translated() {
             Frame6::icmp6_error(VIP6, CLIENT6, 1, 4, [0; 4], &as_client_sent.packet());
         to_client.hop_limit -= 1;
         let to_client = to_client.macs(LB_CLIENT_MAC, CLIENT_MAC).build();
+        // The same errors behind extension headers the policy skips: translated alike,
+        // the headers kept.
+        let opts = || packet::ExtHeader::DestOpts(vec![]);
+        let hop_by_hop = || packet::ExtHeader::HopByHop(vec![]);
+        let path_ptb_ext = from_client6(
+            Frame6::packet_too_big(ROUTER6, VIP6, 1280, &reply_as_sent.packet()).ext(hop_by_hop()),
+        );
+        let mut to_backend_ext =
+            Frame6::packet_too_big(ROUTER6, B6[0], 1280, &reply_as_backend_sent.packet())
+                .ext(hop_by_hop());
+        to_backend_ext.hop_limit -= 1;
+        let to_backend_ext = to_backend_ext.macs(LB_BACKEND_MAC, B_MAC[0]).build();
+        let unreachable_ext =
+            Frame6::icmp6_error(B6[0], CLIENT6, 1, 4, [0; 4], &as_backend_got.packet())
+                .ext(opts())
+                .macs(B_MAC[0], LB_BACKEND_MAC);
+        let mut to_client_ext =
+            Frame6::icmp6_error(VIP6, CLIENT6, 1, 4, [0; 4], &as_client_sent.packet()).ext(opts());
+        to_client_ext.hop_limit -= 1;
+        let to_client_ext = to_client_ext.macs(LB_CLIENT_MAC, CLIENT_MAC).build();
         let udp = from_client6(Frame6::udp((CLIENT6, 40002), (VIP6, 53)).payload(b"query"));
         let cases = vec![
             lab.case6(
@@ -3002,6 +3022,22 @@ fn ipv6_packet_too_big_is_answered_and_icmpv6_errors_are_translated() {
                 Output::Exactly(to_client.clone()),
             ),
             lab.case6(
+                "Packet Too Big from the client's path, behind a hop-by-hop header",
+                lab.client_if,
+                path_ptb_ext.build(),
+                XDP_REDIRECT,
+                Reason::IcmpToBackend,
+                Output::Exactly(to_backend_ext.clone()),
+            ),
+            lab.case6(
+                "port unreachable from the backend, behind destination options",
+                lab.backend_if,
+                unreachable_ext.build(),
+                XDP_REDIRECT,
+                Reason::IcmpToClient,
+                Output::Exactly(to_client_ext.clone()),
+            ),
+            lab.case6(
                 "port unreachable from the backend, hop limit 1",
                 lab.backend_if,
                 last_hop.build(),
@@ -3010,7 +3046,14 @@ fn ipv6_packet_too_big_is_answered_and_icmpv6_errors_are_translated() {
                 Output::Unchanged,
             ),
         ];
-        for out in [&ptb_to_client, &ptb_to_backend, &to_backend, &to_client] {
+        for out in [
+            &ptb_to_client,
+            &ptb_to_backend,
+            &to_backend,
+            &to_client,
+            &to_backend_ext,
+            &to_client_ext,
+        ] {
             packet::verify6(out).unwrap_or_else(|e| panic!("expected frame: {e}"));
         }
         check(&mut dp, &cases);

@@ -792,9 +792,9 @@ impl Model {
                 v6: true,
                 ihl: 40,
                 tot: w.end - 14,
-                off: 54,
+                off: w.off,
                 ttl: f[21],
-                proto: f[20],
+                proto: PROTO_ICMPV6,
                 src: IpAddr::V6(addr6_at(f, 22)),
                 dst,
                 frag: false,
@@ -1221,14 +1221,15 @@ impl Model {
 }
 
 impl Model {
-    /// ICMPv6 other than neighbour discovery (`lb_icmp6`), which looks at the fixed header
-    /// only: `p.proto` is its next header (ICMPv6 only without extension headers) and
-    /// `p.off` 54. Errors about a flow are translated, as ICMP's are (`Model::icmp`);
-    /// anything else is dropped when addressed to a VIP, but for an echo request, which
-    /// is answered; the kernel's otherwise.
+    /// ICMPv6 other than neighbour discovery (`lb_icmp6`), at `p.off`, behind the
+    /// extension headers the policy skips (`lb_ipv6` walked them and hands the offset on).
+    /// Errors about a flow are translated, as ICMP's are (`Model::icmp`); anything else is
+    /// dropped when addressed to a VIP, but for an echo request without extension headers,
+    /// which is answered; the kernel's otherwise.
     fn icmp6(&self, setup: &Setup, lab: &Lab, p: &Pkt<'_>) -> Vec<Outcome> {
         let f = p.f;
-        let plain = p.proto == PROTO_ICMPV6;
+        let at = p.off;
+        let plain = at == 54;
         // Not an error about a flow of ours: to a VIP, an echo request without extension
         // headers is answered (every VIP of the setup answers pings) and the rest dropped;
         // otherwise the kernel's.
@@ -1243,20 +1244,17 @@ impl Model {
             o.why = why;
             vec![o]
         };
-        if !plain {
-            return other("ICMPv6 with extension headers is not translated");
-        }
         // The error (8 bytes), the quoted IPv6 header and 8 bytes of TCP/UDP, inside the
         // IP packet.
-        let payload = 14 + p.tot - 54;
+        let payload = (14 + p.tot).saturating_sub(at);
         if payload < 56 {
             return other(
                 "the payload length ends before 8 bytes of quoted TCP/UDP header: the \
                  packet quotes no flow",
             );
         }
-        let q = 62;
-        if !matches!(f[54], 1..=4)
+        let q = at + 8;
+        if !matches!(f[at], 1..=4)
             || f[q] >> 4 != 6
             || !(f[q + 6] == PROTO_TCP || f[q + 6] == PROTO_UDP)
         {
@@ -1340,32 +1338,32 @@ fn echo_reply6(p: &Pkt<'_>) -> Expected {
         at: 56,
         value: adjusted(be16(f, 56), &[0x8000], &[0x8100]),
     });
-    icmp6_checksum(&mut e, f, 14 + p.tot);
+    icmp6_checksum(&mut e, f, 54, 14 + p.tot);
     e
 }
 
 /// The ICMPv6 checksum (at 56) of the expected frame, over the outer pseudo-header and
 /// the message to `end`: checked from scratch when the input's verified.
-fn icmp6_checksum(e: &mut Expected, f: &[u8], end: usize) {
-    if end >= 58 && l4_ok(f, 14, 54, end - 54, PROTO_ICMPV6) {
+fn icmp6_checksum(e: &mut Expected, f: &[u8], l4: usize, end: usize) {
+    if end >= l4 + 4 && l4_ok(f, 14, l4, end - l4, PROTO_ICMPV6) {
         e.checks.push(Check::L4 {
             what: "ICMPv6 checksum",
             ip: 14,
-            l4: 54,
-            len: end - 54,
+            l4,
+            len: end - l4,
             proto: PROTO_ICMPV6,
         });
     }
 }
 
-/// An ICMPv6 error (no extension headers, the quote at 62) with the quoted packet's
+/// An ICMPv6 error (at `p.off`, its quote 8 bytes further) with the quoted packet's
 /// source (`src`) or destination rewritten to `addr:port`, with the quoted L4 checksum
 /// (UDP's always, TCP's when quoted); `outer`: the outer destination (for a quoted
 /// source) or source rewritten too. The ICMPv6 checksum covers all of it and the outer
 /// addresses (its pseudo-header).
 fn icmp6_nat(p: &Pkt<'_>, src: bool, addr: IpAddr, port: u16, outer: Option<IpAddr>) -> Expected {
     let f = p.f;
-    let q = 62;
+    let q = p.off + 8;
     let end = 14 + p.tot;
     let mut e = Expected::from(f);
     let addr_off = q + if src { 8 } else { 24 };
@@ -1401,13 +1399,14 @@ fn icmp6_nat(p: &Pkt<'_>, src: bool, addr: IpAddr, port: u16, outer: Option<IpAd
         icmp_new.extend(words(outer));
         e.set(at, &octets(outer));
     }
-    e.mask(56);
+    let check = p.off + 2;
+    e.mask(check);
     e.checks.push(Check::Word {
         what: "ICMPv6 checksum",
-        at: 56,
-        value: adjusted(be16(f, 56), &icmp_old, &icmp_new),
+        at: check,
+        value: adjusted(be16(f, check), &icmp_old, &icmp_new),
     });
-    icmp6_checksum(&mut e, f, end);
+    icmp6_checksum(&mut e, f, p.off, end);
     e
 }
 
