@@ -166,7 +166,9 @@ pub struct TooBig6 {
     pub mtu: u16,
     /// `TOO_BIG_DESTINATION` or `TOO_BIG_SOURCE`.
     pub side: u8,
-    pub _pad: [u8; 3],
+    pub _pad: u8,
+    /// Bytes of extension headers between the IPv6 header and the TCP/UDP header.
+    pub extension_len: u16,
 }
 const _: () = assert!(size_of::<TooBig6>() == 64);
 

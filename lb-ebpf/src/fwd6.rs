@@ -19,7 +19,8 @@ use crate::{
     fwd::{Hop, send, set_macs},
     maps::{NEXT_HOPS6, TOO_BIG6, TX_PORTS},
     nat6::decrement_hop_limit,
-    parse6::Ipv6,
+    parse::ETH_LEN,
+    parse6::{IPV6_LEN, Ipv6},
     stage,
 };
 
@@ -185,5 +186,6 @@ fn too_big(ctx: &XdpContext, ip: &Ipv6, route: &Route6, mtu: u16) -> (u32, Reaso
     h.port = route.original_port;
     h.mtu = mtu;
     h.side = route.side;
+    h.extension_len = ip.l4_offset.saturating_sub(ETH_LEN + IPV6_LEN) as u16;
     stage::enter(ctx, STAGE_TOO_BIG6)
 }

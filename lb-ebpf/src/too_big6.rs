@@ -6,21 +6,22 @@
 //! As for IPv4, the quote is the packet as its sender sent it (the translation undone
 //! from the hand-off in `TOO_BIG6`), and the answer comes from the quoted packet's
 //! destination: the VIP for a client's packet, the client's address for a backend's
-//! reply. The quote is the IPv6 header and the first 8 bytes of TCP/UDP (the ports and the
-//! TCP sequence number, what a receiver matches; RFC 4443 asks for "as much as possible",
-//! a SHOULD the receivers here do not need). A packet with extension headers is passed to
-//! the kernel (`pass_frag_needed`): its quote would be of a length known at run time only.
+//! reply. The quote is the IPv6 header, its extension headers and the first 8 bytes of
+//! TCP/UDP (the ports and the TCP sequence number: a receiver needs all of them to find
+//! the connection; RFC 4443 asks for "as much as possible", a SHOULD the receivers here do
+//! not need). The packet stays where it is and becomes the quote: the frame grows in front
+//! by the answer's IPv6 and ICMPv6 headers and is cut behind the quote.
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
-    helpers::generated::bpf_xdp_adjust_tail,
+    helpers::generated::{bpf_csum_diff, bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
     macros::xdp,
     programs::XdpContext,
 };
 use lb_common::{
-    PROTO_TCP, PROTO_UDP, Reason, TOO_BIG_DESTINATION, TOO_BIG_SOURCE, csum, family::octets6,
+    MAX_EXTENSION_BYTES, PROTO_TCP, PROTO_UDP, Reason, TOO_BIG_DESTINATION, TOO_BIG_SOURCE, csum,
+    family::octets6,
 };
-use network_types::eth::EthHdr;
 
 use crate::{
     maps::TOO_BIG6,
@@ -30,23 +31,30 @@ use crate::{
     too_big::{sum, word},
 };
 
-/// The quoted IPv6 header and 8 bytes of its TCP/UDP header.
-const QUOTE_LEN: usize = IPV6_LEN + 8;
 const ICMP_LEN: usize = 8;
+/// What the answer puts in front of the packet: its IPv6 and ICMPv6 headers.
+const GROWTH: usize = IPV6_LEN + ICMP_LEN;
+/// The quote without extension headers: the IPv6 header and 8 bytes of TCP/UDP.
+const QUOTE_BASE: usize = IPV6_LEN + 8;
+/// The longest quote: with the most extension headers the policy skips.
+const QUOTE_MAX: usize = QUOTE_BASE + MAX_EXTENSION_BYTES;
 const PACKET_TOO_BIG: u8 = 2;
 /// What a host sends its own packets with (Linux's default).
 const HOP_LIMIT: u8 = 64;
 
-/// The answer, as it is laid out in the frame.
+/// The answer's headers, as they are laid out in the frame, the quote behind them.
 #[repr(C)]
-struct Answer {
-    eth: EthHdr,
+struct Front {
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+    ether_type: [u8; 2],
     ip: [u8; IPV6_LEN],
     icmp: [u8; ICMP_LEN],
-    quote: [u8; QUOTE_LEN],
+    /// The quoted IPv6 header.
+    quote: [u8; IPV6_LEN],
 }
-const ANSWER_LEN: usize = size_of::<Answer>();
-const _: () = assert!(ANSWER_LEN == ETH_LEN + IPV6_LEN + ICMP_LEN + QUOTE_LEN);
+const QUOTE_AT: usize = ETH_LEN + GROWTH;
+const _: () = assert!(size_of::<Front>() == QUOTE_AT + IPV6_LEN);
 
 #[xdp]
 pub fn lb_too_big6(ctx: XdpContext) -> u32 {
@@ -61,30 +69,32 @@ fn run(ctx: &XdpContext) -> (u32, Reason) {
         Ok(ip) => ip,
         Err(reason) => return (XDP_DROP, reason),
     };
-    // Without extension headers only: the fixed header's next header is TCP or UDP.
-    if !(ip.protocol == PROTO_TCP || ip.protocol == PROTO_UDP) {
-        return unanswered;
-    }
     let Some(handoff) = TOO_BIG6.get(0) else {
         return (XDP_DROP, Reason::DropStageFailed);
     };
     // Read from the hand-off where used: copies of its 40-byte key and 16-byte address
     // would each take their room on the stack.
-    let (orig_port, mtu, side) = (handoff.port, handoff.mtu, handoff.side);
-    let frame_len = ctx.data_end() - ctx.data();
-    if frame_len <= ANSWER_LEN {
-        return unanswered;
+    let (orig_port, mtu, side, protocol) = (
+        handoff.port,
+        handoff.mtu,
+        handoff.side,
+        handoff.key.protocol,
+    );
+    // The extension headers' length, as loaded, bounded by one comparison: every offset
+    // below is a constant plus it (the verifier keeps the bound of the value compared
+    // only, not of a value the compiler derives it from).
+    let ext = usize::from(handoff.extension_len);
+    if ext > MAX_EXTENSION_BYTES || !(protocol == PROTO_TCP || protocol == PROTO_UDP) {
+        return (XDP_DROP, Reason::DropStageFailed);
     }
-    let Some(frame) = ptr_at::<Answer>(ctx, 0) else {
+    let Some(ports) = ptr_at::<[u8; 4]>(ctx, ETH_LEN + IPV6_LEN + ext) else {
         return (XDP_DROP, Reason::DropStageFailed);
     };
-    // SAFETY: bounds checked by ptr_at (the frame is longer than the answer); Answer has
-    // alignment 1. Until the tail is cut, its `ip`, `icmp` and the start of `quote` hold
-    // the translated packet's IPv6 header and first bytes of L4.
-    let a = unsafe { &mut *frame };
+    // SAFETY: bounds checked by ptr_at.
+    let ports = unsafe { *ports };
     let (sport, dport) = (
-        u16::from_ne_bytes([a.icmp[0], a.icmp[1]]),
-        u16::from_ne_bytes([a.icmp[2], a.icmp[3]]),
+        u16::from_ne_bytes([ports[0], ports[1]]),
+        u16::from_ne_bytes([ports[2], ports[3]]),
     );
     // The hand-off must be this packet's (a stage run on its own finds another's).
     let key = &handoff.key;
@@ -92,41 +102,60 @@ fn run(ctx: &XdpContext) -> (u32, Reason) {
         || key.dst_addr != ip.dst_addr
         || key.src_port != sport
         || key.dst_port != dport
-        || key.protocol != ip.protocol
         || !(side == TOO_BIG_DESTINATION || side == TOO_BIG_SOURCE)
     {
         return (XDP_DROP, Reason::DropStageFailed);
     }
-
-    // The quote: the header and 8 bytes of L4, moved behind where the answer's headers
-    // go (in the frame: no copy of 48 bytes on the stack), then the translation undone
-    // in it, with UDP's checksum (TCP's is not quoted).
-    let from = (&raw const a.ip).cast::<u64>();
-    let to = (&raw mut a.quote).cast::<u64>();
-    for i in 0..QUOTE_LEN / 8 {
-        // SAFETY: both inside the bounds-checked frame, not overlapping (14..62 and
-        // 62..110); unaligned packet access is allowed where XDP runs, and volatile keeps
-        // each copy one 8-byte load and store instead of 48 bytes held on the stack.
-        unsafe { core::ptr::write_volatile(to.add(i), core::ptr::read_volatile(from.add(i))) };
+    // A packet too big for an egress is longer than the longest quote (the smallest
+    // IPv6 MTU is 1280): the checksum below reads that much. Checked as a pointer, so the
+    // verifier knows it (a length compared as a number proves it nothing).
+    if ptr_at::<[u8; ETH_LEN + QUOTE_MAX]>(ctx, 0).is_none() {
+        return unanswered;
     }
-    let q = &mut a.quote;
+    let quote_len = QUOTE_BASE + ext;
+
+    // SAFETY: ctx is the program's context; the kernel checks the headroom.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(GROWTH as i32)) } != 0 {
+        return unanswered;
+    }
+    // From here on the frame is being rewritten: it cannot go on as it was.
+    let failed = (XDP_DROP, Reason::DropStageFailed);
+    let Some(front) = ptr_at::<Front>(ctx, 0) else {
+        return failed;
+    };
+    // SAFETY: bounds checked by ptr_at; Front has alignment 1.
+    let f = unsafe { &mut *front };
+    // The MACs swapped, first: the packet's Ethernet header now lies 48 bytes in, under
+    // the end of `ip` (its destination MAC) and `icmp` (its source MAC), about to be
+    // written over (copied from frame to frame, not through the stack).
+    const _: () = assert!(ETH_LEN + IPV6_LEN - 6 == GROWTH);
+    f.dst_mac.copy_from_slice(&f.icmp[0..6]);
+    f.src_mac.copy_from_slice(&f.ip[IPV6_LEN - 6..]);
+
+    // The translation undone in the quote: the address in its IPv6 header, the port and
+    // UDP's checksum in its TCP/UDP header (TCP's checksum is not quoted).
     let (addr_at, port_at, old_addr, old_port) = if side == TOO_BIG_DESTINATION {
-        (24, 42, ip.dst_addr, dport)
+        (24, 2, ip.dst_addr, dport)
     } else {
-        (8, 40, ip.src_addr, sport)
+        (8, 0, ip.src_addr, sport)
     };
     let orig_addr = handoff.addr;
-    q[addr_at..addr_at + 16].copy_from_slice(&octets6(orig_addr));
-    q[port_at..port_at + 2].copy_from_slice(&orig_port.to_ne_bytes());
-    if ip.protocol == PROTO_UDP {
+    f.quote[addr_at..addr_at + 16].copy_from_slice(&octets6(orig_addr));
+    let Some(quoted_l4) = ptr_at::<[u8; 8]>(ctx, QUOTE_AT + IPV6_LEN + ext) else {
+        return failed;
+    };
+    // SAFETY: bounds checked by ptr_at.
+    let q4 = unsafe { &mut *quoted_l4 };
+    q4[port_at..port_at + 2].copy_from_slice(&orig_port.to_ne_bytes());
+    if protocol == PROTO_UDP {
         let check = csum::udp_nonzero(csum::replace_addr6_port(
-            word(q, 46),
+            word(q4, 6),
             old_addr,
             orig_addr,
             old_port,
             orig_port,
         ));
-        q[46..48].copy_from_slice(&check.to_ne_bytes());
+        q4[6..8].copy_from_slice(&check.to_ne_bytes());
     }
 
     // From the address the packet was for, to its sender.
@@ -135,38 +164,64 @@ fn run(ctx: &XdpContext) -> (u32, Reason) {
     } else {
         (ip.dst_addr, orig_addr)
     };
-    let length = (ICMP_LEN + QUOTE_LEN) as u16;
-    a.ip[0..4].copy_from_slice(&[0x60, 0, 0, 0]);
-    a.ip[4..6].copy_from_slice(&length.to_be_bytes());
-    a.ip[6] = PROTO_ICMPV6;
-    a.ip[7] = HOP_LIMIT;
-    a.ip[8..24].copy_from_slice(&octets6(from));
-    a.ip[24..40].copy_from_slice(&octets6(to));
-    a.icmp = [PACKET_TOO_BIG, 0, 0, 0, 0, 0, 0, 0];
-    a.icmp[4..8].copy_from_slice(&u32::from(mtu).to_be_bytes());
-    // The pseudo-header: both addresses, the length, the next header.
-    let mut pseudo = u16::from_ne_bytes(length.to_be_bytes()) as u32
-        + u16::from_ne_bytes([0, PROTO_ICMPV6]) as u32;
+    let length = (ICMP_LEN + quote_len) as u16;
+    f.ether_type = [0x86, 0xdd];
+    f.ip[0..4].copy_from_slice(&[0x60, 0, 0, 0]);
+    f.ip[4..6].copy_from_slice(&length.to_be_bytes());
+    f.ip[6] = PROTO_ICMPV6;
+    f.ip[7] = HOP_LIMIT;
+    f.ip[8..24].copy_from_slice(&octets6(from));
+    f.ip[24..40].copy_from_slice(&octets6(to));
+    f.icmp = [PACKET_TOO_BIG, 0, 0, 0, 0, 0, 0, 0];
+    f.icmp[4..8].copy_from_slice(&u32::from(mtu).to_be_bytes());
+
+    // The checksum: the pseudo-header (both addresses, the length, the next header), the
+    // ICMPv6 header and the quote, its variable length summed by the kernel.
+    let Some(quote) = ptr_at::<[u8; QUOTE_MAX]>(ctx, QUOTE_AT) else {
+        return failed;
+    };
+    // SAFETY: the quote's bytes are inside the bounds-checked frame (quote_len ≤
+    // QUOTE_MAX, a multiple of 8: extension headers come in 8-byte units).
+    let quote_sum = unsafe {
+        bpf_csum_diff(
+            core::ptr::null_mut(),
+            0,
+            quote.cast::<u32>(),
+            quote_len as u32,
+            0,
+        )
+    };
+    if quote_sum < 0 {
+        return failed;
+    }
+    let mut total = u64::from(u16::from_ne_bytes(length.to_be_bytes()))
+        + u64::from(u16::from_ne_bytes([0, PROTO_ICMPV6]))
+        + u64::from(sum(&f.icmp))
+        + quote_sum as u64;
     let mut i = 0;
     while i < 4 {
         for w in [from[i], to[i]] {
-            pseudo += (w & 0xffff) + (w >> 16);
+            total += u64::from((w & 0xffff) + (w >> 16));
         }
         i += 1;
     }
-    let check = !csum::fold(csum::fold(pseudo) as u32 + sum(&a.icmp) + sum(&a.quote));
-    a.icmp[2..4].copy_from_slice(&check.to_ne_bytes());
-    a.eth = EthHdr {
-        dst_addr: a.eth.src_addr,
-        src_addr: a.eth.dst_addr,
-        ether_type: a.eth.ether_type,
-    };
+    // Folded to 32 bits twice: the first fold's carry fits the second.
+    let total = (total & 0xffff_ffff) + (total >> 32);
+    let total = (total & 0xffff_ffff) + (total >> 32);
+    let check = !csum::fold(total as u32);
+    f.icmp[2..4].copy_from_slice(&check.to_ne_bytes());
 
-    let shrink = ANSWER_LEN as i32 - frame_len as i32;
+    let answer_len = QUOTE_AT + quote_len;
+    // The frame's length through memory: computed from the two pointers, which the
+    // verifier allows, and not folded by the compiler into arithmetic on the end
+    // pointer, which it does not.
+    let frame_len = ctx.data_end() - ctx.data();
+    // SAFETY: a local read back.
+    let frame_len = unsafe { core::ptr::read_volatile(&raw const frame_len) };
+    let shrink = answer_len as i32 - frame_len as i32;
     // SAFETY: ctx is the program's context; shrinking the tail is always in bounds.
     if unsafe { bpf_xdp_adjust_tail(ctx.ctx, shrink) } != 0 {
-        // The frame is rewritten already: it cannot go on as it was.
-        return (XDP_DROP, Reason::DropStageFailed);
+        return failed;
     }
     if side == TOO_BIG_DESTINATION {
         (XDP_TX, Reason::IcmpFragNeededToClient)

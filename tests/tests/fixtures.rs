@@ -2911,6 +2911,22 @@ fn ipv6_packet_too_big_is_answered_and_icmpv6_errors_are_translated() {
         let ptb_to_client = Frame6::packet_too_big(VIP6, CLIENT6, 1400, &big_packet[..48])
             .macs(LB_CLIENT_MAC, CLIENT_MAC)
             .build();
+        // The same behind a hop-by-hop and a destination options header: the quote holds
+        // them, up to 8 bytes of TCP.
+        let big_ext = from_client6(
+            Frame6::tcp((CLIENT6, 40000), (VIP6, 80), ACK)
+                .seq_ack(1001, 5001)
+                .payload(&[7; 1400])
+                .ext(packet::ExtHeader::HopByHop(vec![]))
+                .ext(packet::ExtHeader::DestOpts(vec![0; 14])),
+        );
+        let big_ext_packet = big_ext.packet();
+        let ext_len = big_ext_packet.len() - big_packet.len();
+        assert_eq!(ext_len, 8 + 16, "the extension headers the case means");
+        let ptb_ext_to_client =
+            Frame6::packet_too_big(VIP6, CLIENT6, 1400, &big_ext_packet[..48 + ext_len])
+                .macs(LB_CLIENT_MAC, CLIENT_MAC)
+                .build();
         // A large reply from the backend, too big for the client side (1300).
         let big_reply = Frame6::tcp((B6[0], 8080), (CLIENT6, 40000), ACK)
             .seq_ack(5001, 2401)
@@ -2990,6 +3006,14 @@ fn ipv6_packet_too_big_is_answered_and_icmpv6_errors_are_translated() {
                 Output::Exactly(ptb_to_client.clone()),
             ),
             lab.case6(
+                "a client packet with extension headers too big for the backend side",
+                lab.client_if,
+                big_ext.build(),
+                XDP_TX,
+                Reason::IcmpFragNeededToClient,
+                Output::Exactly(ptb_ext_to_client.clone()),
+            ),
+            lab.case6(
                 "a backend's reply too big for the client side",
                 lab.backend_if,
                 big_reply.build(),
@@ -3048,6 +3072,7 @@ fn ipv6_packet_too_big_is_answered_and_icmpv6_errors_are_translated() {
         ];
         for out in [
             &ptb_to_client,
+            &ptb_ext_to_client,
             &ptb_to_backend,
             &to_backend,
             &to_client,

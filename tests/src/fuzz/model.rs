@@ -1410,39 +1410,46 @@ fn icmp6_nat(p: &Pkt<'_>, src: bool, addr: IpAddr, port: u16, outer: Option<IpAd
     e
 }
 
-/// The ICMPv6 Packet Too Big (type 2) the program answers TCP/UDP packet `p` (no
-/// extension headers) with when its translation is too big for an egress of `mtu`: MACs
-/// swapped, from the packet's destination to its source, hop limit 64, traffic class and
-/// flow label 0, quoting the packet as it came in (its IPv6 header and 8 bytes of
-/// TCP/UDP); the frame cut to those 110 bytes. The translation is undone incrementally in
-/// the quote, so a quoted UDP checksum may come back as the other zero.
+/// The ICMPv6 Packet Too Big (type 2) the program answers TCP/UDP packet `p` with when
+/// its translation is too big for an egress of `mtu`: MACs swapped, from the packet's
+/// destination to its source, hop limit 64, traffic class and flow label 0, quoting the
+/// packet as it came in (its IPv6 header, extension headers and 8 bytes of TCP/UDP); the
+/// frame cut behind the quote (110 bytes without extension headers). The translation is
+/// undone incrementally in the quote, so a quoted UDP checksum may come back as the other
+/// zero.
 fn packet_too_big6(p: &Pkt<'_>, mtu: u32) -> Expected {
     let f = p.f;
-    let mut out = Vec::with_capacity(110);
+    let quote = &f[14..p.off + 8];
+    let length = 8 + quote.len();
+    let mut out = Vec::with_capacity(62 + quote.len());
     out.extend_from_slice(&f[6..12]);
     out.extend_from_slice(&f[0..6]);
     out.extend_from_slice(&f[12..14]);
-    out.extend_from_slice(&[0x60, 0, 0, 0, 0, 56, PROTO_ICMPV6, 64]);
+    out.extend_from_slice(&[0x60, 0, 0, 0]);
+    out.extend_from_slice(&(length as u16).to_be_bytes());
+    out.extend_from_slice(&[PROTO_ICMPV6, 64]);
     out.extend_from_slice(&f[38..54]);
     out.extend_from_slice(&f[22..38]);
     out.extend_from_slice(&[2, 0, 0, 0]);
     out.extend_from_slice(&mtu.to_be_bytes());
-    out.extend_from_slice(&f[14..62]);
+    out.extend_from_slice(quote);
     let mut e = Expected::from(&out);
     e.mask(56);
     e.checks.push(Check::L4 {
         what: "ICMPv6 checksum",
         ip: 14,
         l4: 54,
-        len: 56,
+        len: length,
         proto: PROTO_ICMPV6,
     });
     if p.proto == PROTO_UDP {
-        e.mask(108);
+        // The quoted UDP checksum: 48 bytes further than in the packet.
+        let at = p.off + 6 + 48;
+        e.mask(at);
         e.checks.push(Check::Word {
             what: "quoted UDP checksum",
-            at: 108,
-            value: be16(f, 60),
+            at,
+            value: be16(f, p.off + 6),
         });
     }
     e
@@ -1670,8 +1677,8 @@ fn via(
     let kernel = |reason| with(XDP_PASS, reason, Out::Expect(translated.clone()));
     // Too big for the egress: an IPv4 TCP/UDP packet with DF and no IP options is
     // answered with fragmentation needed to its sender, out where it came in, an IPv6 one
-    // without extension headers with Packet Too Big; anything else (no DF, options,
-    // extension headers, a translated ICMP error) goes to the kernel.
+    // with Packet Too Big; anything else (no DF, options, a translated ICMP error) goes
+    // to the kernel.
     let too_big = || {
         let answered = match sent {
             Reason::Forwarded => Some(Reason::IcmpFragNeededToClient),
@@ -1682,8 +1689,8 @@ fn via(
             Some(reason) if !p.v6 && p.df && p.ihl == 20 => {
                 with(XDP_TX, reason, Out::Expect(frag_needed(p, MTU as u16)))
             }
-            // IPv6: Packet Too Big, but for a packet with extension headers.
-            Some(reason) if p.v6 && p.off == 54 => {
+            // IPv6: Packet Too Big, extension headers quoted.
+            Some(reason) if p.v6 => {
                 with(XDP_TX, reason, Out::Expect(packet_too_big6(p, MTU as u32)))
             }
             _ => kernel(Reason::PassFragNeeded),
