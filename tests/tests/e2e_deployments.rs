@@ -12,16 +12,19 @@
 //!
 //! Topology (see `lb_tests::topology`): a client with its usual address (pinned in the
 //! LB's neighbour table) and 198.18.0.3 (never told to the LB), the LB running `lb-ctl
-//! daemon`, two backends b1, b2 serving HTTP on 8080 and UDP on 5353.
+//! daemon`, two backends b1, b2 serving HTTP on 8080 and UDP on 5353. (a) and (b) run
+//! over IPv6 too (2001:db8:18::3 the unknown client): an IPv6 VIP that is a local address
+//! answers neighbour solicitations, which the program leaves to the kernel.
 
 use std::{
-    net::{Ipv4Addr, SocketAddr},
+    net::{IpAddr, SocketAddr},
     time::Duration,
 };
 
 use lb_tests::{
-    Backend, BulkOptions, LbDaemon, Netns, Tally, Topology, TopologyOptions, VIP, VipPlacement,
-    all_answered, curl_many, curl_many_with, require_root_and_bpf, udp_many,
+    Backend, BulkOptions, Family, LbDaemon, Netns, Tally, Topology, TopologyOptions, VIP, VIP6,
+    VipPlacement, all_answered, all_answered_from, curl_many_from, curl_many_with,
+    require_root_and_bpf, topology::backend_addr6, udp_many_from,
 };
 use serde_json::Value;
 
@@ -35,6 +38,33 @@ fn setup(
     vip: VipPlacement,
     before_daemon: impl FnOnce(&Topology),
 ) -> Option<(Topology, LbDaemon, Vec<Backend>)> {
+    setup_family(tag, vip, Family::Ipv4, before_daemon)
+}
+
+/// The VIP of the family's tests.
+fn vip(family: Family) -> IpAddr {
+    if family == Family::Ipv6 {
+        VIP6.into()
+    } else {
+        VIP.into()
+    }
+}
+
+/// Backend `k`'s address in the config, quoted.
+fn backend(family: Family, k: usize) -> String {
+    if family == Family::Ipv6 {
+        format!("\"{}\"", backend_addr6(k))
+    } else {
+        format!("198.18.1.{}", 10 + k)
+    }
+}
+
+fn setup_family(
+    tag: &str,
+    vip_placement: VipPlacement,
+    family: Family,
+    before_daemon: impl FnOnce(&Topology),
+) -> Option<(Topology, LbDaemon, Vec<Backend>)> {
     if !require_root_and_bpf(tag) {
         return None;
     }
@@ -42,8 +72,9 @@ fn setup(
         tag,
         2,
         TopologyOptions {
-            vip,
+            vip: vip_placement,
             unknown_client: true,
+            family,
             ..Default::default()
         },
     );
@@ -53,19 +84,26 @@ fn setup(
     let instance = format!("{}i", topo.prefix());
     let config = format!(
         "instance: {instance}\ninterfaces: [{}, {}]\nflow_table_size: 65536\nmax_listeners: 8\nmax_backends: 256\n\
-         vserver_groups:\n  - name: web\n    servers:\n      - {{ address: 198.18.1.11, port: {HTTP_PORT} }}\n      - {{ address: 198.18.1.12, port: {HTTP_PORT} }}\n\
-         \x20 - name: dns\n    servers:\n      - {{ address: 198.18.1.11, port: {UDP_PORT} }}\n      - {{ address: 198.18.1.12, port: {UDP_PORT} }}\n\
-         listeners:\n  - {{ name: web, protocol: tcp, address: {VIP}, port: 80, server_group: web }}\n\
-         \x20 - {{ name: dns, protocol: udp, address: {VIP}, port: 53, server_group: dns, health_check: {{ type: udp, udp: {{ request: ping, expect: ping }} }} }}\n",
+         vserver_groups:\n  - name: web\n    servers:\n      - {{ address: {b1}, port: {HTTP_PORT} }}\n      - {{ address: {b2}, port: {HTTP_PORT} }}\n\
+         \x20 - name: dns\n    servers:\n      - {{ address: {b1}, port: {UDP_PORT} }}\n      - {{ address: {b2}, port: {UDP_PORT} }}\n\
+         listeners:\n  - {{ name: web, protocol: tcp, address: \"{vip}\", port: 80, server_group: web }}\n\
+         \x20 - {{ name: dns, protocol: udp, address: \"{vip}\", port: 53, server_group: dns, health_check: {{ type: udp, udp: {{ request: ping, expect: ping }} }} }}\n",
         topo.lb_client_if(),
-        topo.lb_backend_if()
+        topo.lb_backend_if(),
+        b1 = backend(family, 1),
+        b2 = backend(family, 2),
+        vip = vip(family),
     );
     let daemon = LbDaemon::start(topo.lb(), &instance, &config);
     Some((topo, daemon, backends))
 }
 
 fn url() -> String {
-    format!("http://{VIP}:80/")
+    url_of(Family::Ipv4)
+}
+
+fn url_of(family: Family) -> String {
+    lb_tests::http_url(vip(family), 80, "/")
 }
 
 fn reason(stats: &Value, name: &str) -> u64 {
@@ -73,8 +111,11 @@ fn reason(stats: &Value, name: &str) -> u64 {
 }
 
 /// The LB's neighbour entry for `addr` on its client-side interface, if any.
-fn lb_neighbour(topo: &Topology, addr: Ipv4Addr) -> Option<String> {
-    let table = topo.lb().ip(["neigh", "show", "dev", topo.lb_client_if()]);
+fn lb_neighbour(topo: &Topology, addr: IpAddr) -> Option<String> {
+    let family = if addr.is_ipv6() { "-6" } else { "-4" };
+    let table = topo
+        .lb()
+        .ip([family, "neigh", "show", "dev", topo.lb_client_if()]);
     table
         .lines()
         .find(|l| l.split_whitespace().next() == Some(&addr.to_string()))
@@ -82,7 +123,7 @@ fn lb_neighbour(topo: &Topology, addr: Ipv4Addr) -> Option<String> {
 }
 
 /// Forgets the LB's neighbour entry for `addr` (the kernel resolved it earlier).
-fn forget_neighbour(topo: &Topology, addr: Ipv4Addr) {
+fn forget_neighbour(topo: &Topology, addr: IpAddr) {
     topo.lb().ip([
         "neigh",
         "flush",
@@ -102,8 +143,13 @@ fn sysctl(ns: &Netns, key: &str) -> String {
 /// flow) from the unknown client, with the LB's neighbour entry for it missing before
 /// each batch: every one answered by a backend, and the first replies of each batch took
 /// the kernel's path.
-fn unknown_client_gets_every_answer(topo: &Topology, daemon: &LbDaemon) {
-    let client = topo.unknown_client_addr();
+fn unknown_client_gets_every_answer(topo: &Topology, daemon: &LbDaemon, family: Family) {
+    let client: IpAddr = if family == Family::Ipv6 {
+        topo.unknown_client_addr6().into()
+    } else {
+        topo.unknown_client_addr().into()
+    };
+    let url = url_of(family);
     assert_eq!(
         lb_neighbour(topo, client),
         None,
@@ -111,7 +157,7 @@ fn unknown_client_gets_every_answer(topo: &Topology, daemon: &LbDaemon) {
     );
 
     let before = daemon.stats();
-    let results = curl_many(topo.client(), &url(), REQUESTS, Some(client), 1);
+    let results = curl_many_from(topo.client(), &url, REQUESTS, client, 1);
     let tally = Tally::of(&results);
     let after = daemon.stats();
     println!("HTTP from {client}: {tally}");
@@ -134,13 +180,12 @@ fn unknown_client_gets_every_answer(topo: &Topology, daemon: &LbDaemon) {
 
     forget_neighbour(topo, client);
     let before = daemon.stats();
-    let vip = SocketAddr::from((VIP, 53));
-    let results = udp_many(
+    let results = udp_many_from(
         topo.client(),
-        vip,
+        SocketAddr::new(vip(family), 53),
         "ping",
         REQUESTS,
-        Some(client),
+        client,
         Duration::from_secs(2),
     );
     let tally = Tally::of(&results);
@@ -158,8 +203,19 @@ fn unknown_client_gets_every_answer(topo: &Topology, daemon: &LbDaemon) {
 }
 
 /// The known client (its neighbour entry present): the fast path all along.
-fn known_client_gets_every_answer(topo: &Topology) {
-    all_answered(topo.client(), &url(), REQUESTS, None, 1, "the known client");
+fn known_client_gets_every_answer(topo: &Topology, family: Family) {
+    if family == Family::Ipv6 {
+        all_answered_from(
+            topo.client(),
+            &url_of(family),
+            REQUESTS,
+            topo.client_addr6(),
+            1,
+            "the known client",
+        );
+    } else {
+        all_answered(topo.client(), &url(), REQUESTS, None, 1, "the known client");
+    }
 }
 
 /// (a) The VIP routed to the LB.
@@ -168,8 +224,8 @@ fn vip_routed_to_the_lb_answers_a_client_it_has_no_neighbour_for() {
     let Some((topo, daemon, _backends)) = setup("dra", VipPlacement::RoutedToLb, |_| {}) else {
         return;
     };
-    known_client_gets_every_answer(&topo);
-    unknown_client_gets_every_answer(&topo, &daemon);
+    known_client_gets_every_answer(&topo, Family::Ipv4);
+    unknown_client_gets_every_answer(&topo, &daemon, Family::Ipv4);
 }
 
 /// (b) The VIP a local address of the LB: the replies the kernel forwards have one of
@@ -183,8 +239,8 @@ fn vip_local_on_the_lb_answers_a_client_it_has_no_neighbour_for() {
         .lb()
         .ip(["-4", "addr", "show", "dev", topo.lb_client_if()]);
     assert!(local.contains(&format!("{VIP}/32")), "{local}");
-    known_client_gets_every_answer(&topo);
-    unknown_client_gets_every_answer(&topo, &daemon);
+    known_client_gets_every_answer(&topo, Family::Ipv4);
+    unknown_client_gets_every_answer(&topo, &daemon, Family::Ipv4);
 
     // The daemon set accept_local where XDP runs, inside its own namespace, and said so.
     for iface in [topo.lb_client_if(), topo.lb_backend_if()] {
@@ -201,6 +257,41 @@ fn vip_local_on_the_lb_answers_a_client_it_has_no_neighbour_for() {
             daemon.log()
         );
     }
+}
+
+/// (a) over IPv6: the IPv6 VIP routed to the LB.
+#[test]
+fn ipv6_vip_routed_to_the_lb_answers_a_client_it_has_no_neighbour_for() {
+    let Some((topo, daemon, _backends)) =
+        setup_family("dra6", VipPlacement::RoutedToLb, Family::Ipv6, |_| {})
+    else {
+        return;
+    };
+    known_client_gets_every_answer(&topo, Family::Ipv6);
+    unknown_client_gets_every_answer(&topo, &daemon, Family::Ipv6);
+}
+
+/// (b) over IPv6: the IPv6 VIP a local address of the LB, resolved by the client's
+/// neighbour solicitations (the kernel's: the program passes neighbour discovery), and
+/// replies the kernel forwards carrying it as their source.
+#[test]
+fn ipv6_vip_local_on_the_lb_answers_a_client_it_has_no_neighbour_for() {
+    let Some((topo, daemon, _backends)) =
+        setup_family("drb6", VipPlacement::LocalOnLb, Family::Ipv6, |_| {})
+    else {
+        return;
+    };
+    let local = topo
+        .lb()
+        .ip(["-6", "addr", "show", "dev", topo.lb_client_if()]);
+    assert!(local.contains(&format!("{VIP6}/128")), "{local}");
+    known_client_gets_every_answer(&topo, Family::Ipv6);
+    unknown_client_gets_every_answer(&topo, &daemon, Family::Ipv6);
+    let stats = daemon.stats();
+    assert!(
+        reason(&stats, "pass_neighbour_discovery") > 0,
+        "the client's solicitations for the VIP went to the kernel: {stats:#}"
+    );
 }
 
 /// (b) with strict reverse-path filtering where the replies come in: the kernel drops
@@ -264,7 +355,7 @@ fn strict_rp_filter_with_a_local_vip_is_reported_and_loose_mode_works() {
         &format!("net.ipv4.conf.{}.rp_filter", topo.lb_backend_if()),
         2,
     );
-    unknown_client_gets_every_answer(&topo, &daemon);
+    unknown_client_gets_every_answer(&topo, &daemon, Family::Ipv4);
 }
 
 /// Forwarding off on the LB (`net.ipv4.ip_forward=0`): the kernel's FIB gives the
