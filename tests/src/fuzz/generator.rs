@@ -72,6 +72,20 @@ const ADDRESSES: [Ipv4Addr; 16] = [
     ip(198, 18, 0, 254),
     ip(198, 18, 1, 254),
 ];
+/// The mutations `Generator::mutate_upper` makes.
+#[derive(Clone, Copy)]
+pub(super) enum Upper {
+    /// TCP's data offset (the byte's high nibble).
+    DataOffset,
+    /// The byte after it: TCP's flags.
+    Flags,
+    /// UDP's length, anything up to a little past the frame.
+    UdpLength,
+    /// Up to 40 random bytes after the frame's end.
+    Append,
+    /// One bit anywhere in the frame.
+    FlipBit,
+}
 
 pub(super) struct Generator {
     pub(super) rng: Rng,
@@ -587,6 +601,38 @@ impl Generator {
     }
 
     /// One or two structural mutations of an IPv4 frame.
+    /// A mutation both families' mutators make, of the upper-layer header at `off` or of
+    /// the frame as a whole.
+    pub(super) fn mutate_upper(&mut self, f: &mut Vec<u8>, off: usize, what: Upper) {
+        match what {
+            Upper::DataOffset => {
+                if f.len() > off + 12 {
+                    f[off + 12] = (self.rng.below(16) as u8) << 4 | (f[off + 12] & 0x0f);
+                }
+            }
+            Upper::Flags => {
+                if f.len() > off + 13 {
+                    f[off + 13] = self.rng.byte();
+                }
+            }
+            Upper::UdpLength => {
+                if f.len() >= off + 6 {
+                    let payload = f.len() - off;
+                    let len = self.rng.below(payload as u64 + 6) as u16;
+                    f[off + 4..off + 6].copy_from_slice(&len.to_be_bytes());
+                }
+            }
+            Upper::Append => {
+                let n = self.rng.usize(1, 40);
+                f.extend(self.rng.bytes(n));
+            }
+            Upper::FlipBit => {
+                let i = self.rng.usize(0, f.len() - 1);
+                f[i] ^= 1 << self.rng.below(8);
+            }
+        }
+    }
+
     fn mutate(&mut self, f: &mut Vec<u8>) {
         for _ in 0..self.rng.usize(1, 2) {
             if f.len() < 34 {
@@ -627,32 +673,12 @@ impl Generator {
                     let df = if self.rng.chance(30) { 0x4000 } else { 0 };
                     f[20..22].copy_from_slice(&(offset | df).to_be_bytes());
                 }
-                6 => {
-                    if f.len() > off + 12 {
-                        f[off + 12] = (self.rng.below(16) as u8) << 4 | (f[off + 12] & 0x0f);
-                    }
-                }
-                7 => {
-                    if f.len() > off + 13 {
-                        f[off + 13] = self.rng.byte();
-                    }
-                }
-                8 => {
-                    if f.len() >= off + 6 {
-                        let payload = f.len() - off;
-                        let len = self.rng.below(payload as u64 + 6) as u16;
-                        f[off + 4..off + 6].copy_from_slice(&len.to_be_bytes());
-                    }
-                }
+                6 => self.mutate_upper(f, off, Upper::DataOffset),
+                7 => self.mutate_upper(f, off, Upper::Flags),
+                8 => self.mutate_upper(f, off, Upper::UdpLength),
                 9 => f[22] = *self.rng.pick(&[0, 1, 2]),
-                10 => {
-                    let n = self.rng.usize(1, 40);
-                    f.extend(self.rng.bytes(n));
-                }
-                11 => {
-                    let i = self.rng.usize(0, f.len() - 1);
-                    f[i] ^= 1 << self.rng.below(8);
-                }
+                10 => self.mutate_upper(f, off, Upper::Append),
+                11 => self.mutate_upper(f, off, Upper::FlipBit),
                 12 => {
                     let at = *self.rng.pick(&[24usize, off + 16, off + 6, off + 2]);
                     if at + 2 <= f.len() {

@@ -9,7 +9,7 @@ use std::net::Ipv6Addr;
 use lb_common::{PROTO_TCP, PROTO_UDP};
 
 use super::{
-    generator::Generator,
+    generator::{Generator, Upper},
     lab::{
         B0_MAC, B6_0, B6_1, B6_NO_NEIGH, B6_OTHER_SIDE, CLIENT_MAC, CLIENT6, CLIENT6_FAR,
         CLIENT6_NO_NEIGH, CLIENT6_OTHER_SIDE, LB_BACKEND_MAC, LB_CLIENT_MAC, Lab, OTHER6, VIP6,
@@ -648,31 +648,11 @@ impl Generator {
                         };
                     }
                 }
-                7 => {
-                    if f.len() > off + 12 {
-                        f[off + 12] = (self.rng.below(16) as u8) << 4 | (f[off + 12] & 0x0f);
-                    }
-                }
-                8 => {
-                    if f.len() > off + 13 {
-                        f[off + 13] = self.rng.byte();
-                    }
-                }
-                9 => {
-                    if f.len() >= off + 6 {
-                        let payload = f.len() - off;
-                        let len = self.rng.below(payload as u64 + 6) as u16;
-                        f[off + 4..off + 6].copy_from_slice(&len.to_be_bytes());
-                    }
-                }
-                10 => {
-                    let n = self.rng.usize(1, 40);
-                    f.extend(self.rng.bytes(n));
-                }
-                11 => {
-                    let i = self.rng.usize(0, f.len() - 1);
-                    f[i] ^= 1 << self.rng.below(8);
-                }
+                7 => self.mutate_upper(f, off, Upper::DataOffset),
+                8 => self.mutate_upper(f, off, Upper::Flags),
+                9 => self.mutate_upper(f, off, Upper::UdpLength),
+                10 => self.mutate_upper(f, off, Upper::Append),
+                11 => self.mutate_upper(f, off, Upper::FlipBit),
                 12 => {
                     // A checksum (TCP, UDP — to zero, sometimes — or ICMPv6) or a port.
                     let at = *self.rng.pick(&[off + 16, off + 6, off + 2, off]);
