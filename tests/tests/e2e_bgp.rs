@@ -25,7 +25,7 @@ use std::{
 use lb_tests::{
     Backend, Family, LbDaemon, Netns, Topology, TopologyOptions, VIP, VIP6,
     bird::{LB_AS, ROUTER_AS, Router, require_bird, vip_route, vip6_route, wait_until},
-    http_get, http_url, require_root_and_bpf,
+    http_get, http_request, http_url, require_root_and_bpf,
     topology::{
         CLIENT_ADDR6, LB_CLIENT_ADDR, LB_CLIENT_ADDR6, VIP_RANGE, VIP6_RANGE, backend_addr6,
     },
@@ -454,6 +454,17 @@ fn two_lb_hosts_announcing_a_vip_give_the_router_a_multipath_route() {
 
 /// The router's IPv6 address, the LB's IPv6 neighbor.
 const ROUTER_ADDR6: Ipv6Addr = CLIENT_ADDR6;
+/// `metrics_listen` of the IPv6 tests' daemon, on the LB namespace's loopback.
+const METRICS_PORT: u16 = 9100;
+
+/// GET `path` of the daemon's `metrics_listen`, from the LB namespace.
+fn get_local(topo: &Topology, path: &str) -> String {
+    let url = format!("http://127.0.0.1:{METRICS_PORT}{path}");
+    let reply = http_request(topo.lb(), &url, None, Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("GET {url}: {e:#}"));
+    assert_eq!(reply.status, 200, "GET {url}: {}", reply.body);
+    reply.body
+}
 
 /// The topology of `family` with the router's BIRD peering over IPv6 (and over IPv4 too
 /// when `family` is dual stack), the backends serving on both families, and the daemon
@@ -508,6 +519,7 @@ interfaces: [{}, {}]
 flow_table_size: 65536
 max_listeners: 8
 max_backends: 64
+metrics_listen: 127.0.0.1:{METRICS_PORT}
 bgp:
   router_id: {LB_CLIENT_ADDR}
   local_as: {LB_AS}
@@ -635,6 +647,13 @@ fn an_ipv6_vip_is_announced_to_an_ipv6_neighbor_while_a_backend_is_healthy() {
     let status = bgp_status(&s.daemon);
     assert_eq!(status["host_drained"], true, "{status:#}");
     assert_eq!(status["announced"], serde_json::json!([]), "{status:#}");
+    let metrics = get_local(&s.topo, "/metrics");
+    for line in [
+        format!("lb_bgp_vip_announced{{address=\"{VIP6}\"}} 0"),
+        "lb_bgp_host_drained 1".to_owned(),
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in:\n{metrics}");
+    }
     s.daemon.ctl_ok(&["drain-host", "--undo"]);
     wait_until(
         "drain-host --undo announces the IPv6 VIP again",
@@ -723,6 +742,24 @@ fn dual_stack_announces_each_vip_over_the_session_of_its_family() {
     assert!(
         text.contains(&format!("announced: {VIP}, {VIP6}\n")),
         "{text}"
+    );
+    // /metrics and the status page's status.json say the same.
+    let metrics = get_local(&s.topo, "/metrics");
+    for line in [
+        format!("lb_bgp_session_established{{neighbor=\"{ROUTER_ADDR}\"}} 1"),
+        format!("lb_bgp_session_established{{neighbor=\"{ROUTER_ADDR6}\"}} 1"),
+        format!("lb_bgp_vip_announced{{address=\"{VIP}\"}} 1"),
+        format!("lb_bgp_vip_announced{{address=\"{VIP6}\"}} 1"),
+        "lb_bgp_host_drained 0".to_owned(),
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in:\n{metrics}");
+    }
+    let page: Value = serde_json::from_str(&get_local(&s.topo, "/status.json")).unwrap();
+    assert_eq!(page["bgp"]["announced"], status["announced"], "{page:#}");
+    assert_eq!(
+        session_with(&page["bgp"], ROUTER_ADDR6)["state"],
+        "established",
+        "{page:#}"
     );
 
     // SIGTERM withdraws both before the daemon exits.
