@@ -3,7 +3,7 @@
 
 use std::{
     fmt::Write as _,
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::{IpAddr, SocketAddr},
     path::Path,
     time::{Duration, Instant},
 };
@@ -209,7 +209,7 @@ pub fn render_status(s: &Status) -> String {
 }
 
 fn render_bgp(bgp: &crate::bgp::BgpStatus, out: &mut String) {
-    let list = |vips: &[Ipv4Addr]| {
+    let list = |vips: &[IpAddr]| {
         if vips.is_empty() {
             "none".to_owned()
         } else {

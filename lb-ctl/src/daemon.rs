@@ -441,7 +441,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
             c.effective().metrics_hosts.clone(),
         )
     };
-    if let Err(e) = web.follow(metrics_listen, &metrics_hosts, &controller) {
+    if let Err(e) = web.follow(metrics_listen, &metrics_hosts, &controller, &shared.speaker) {
         let _ = fs::remove_file(&options.socket);
         return Err(e.into());
     }
@@ -532,9 +532,12 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
                 // A reload (SIGHUP or the API) may have moved or removed metrics_listen:
                 // followed here, once per sweep, rather than in every reload path.
                 let effective = c.effective();
-                if let Err(e) =
-                    web.follow(effective.metrics_listen, &effective.metrics_hosts, &controller)
-                {
+                if let Err(e) = web.follow(
+                    effective.metrics_listen,
+                    &effective.metrics_hosts,
+                    &controller,
+                    &shared.speaker,
+                ) {
                     error!("{e}");
                 }
             }

@@ -11,7 +11,11 @@
 //!
 //! Every name and label is listed in docs/operations.md ("Metrics").
 
-use std::{collections::BTreeMap, fmt};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+    net::IpAddr,
+};
 
 use lb_common::{Reason, Verdict};
 use prometheus_client::{
@@ -24,6 +28,7 @@ use thiserror::Error;
 
 use crate::{
     api::{Counters, Status},
+    bgp::SessionState,
     health::Histogram,
 };
 
@@ -578,6 +583,48 @@ impl Collector for SampleCollector {
                 p.in_flight as u64,
             )?;
         }
+
+        // BGP, with a `bgp` section only.
+        if let Some(bgp) = &s.status.bgp {
+            gauge_family(
+                e,
+                "lb_bgp_session_established",
+                "1 while the BGP session with the neighbor is established (the VIPs of the \
+                 neighbor's family are announced on it), 0 otherwise.",
+                bgp.sessions.iter().map(|x| {
+                    let neighbor = x.neighbor.map_or_else(|| x.name.clone(), |n| n.to_string());
+                    (
+                        vec![("neighbor", neighbor)],
+                        u64::from(x.state == SessionState::Established),
+                    )
+                }),
+            )?;
+            let vips: BTreeSet<IpAddr> = bgp
+                .healthy_vips
+                .iter()
+                .chain(&bgp.announced)
+                .copied()
+                .collect();
+            gauge_family(
+                e,
+                "lb_bgp_vip_announced",
+                "1 while BIRD offers the VIP to its neighbors of the VIP's family, 0 while it \
+                 has a healthy backend but is not offered (host drained, BIRD down or \
+                 reconfiguring).",
+                vips.into_iter().map(|vip| {
+                    (
+                        vec![("address", vip.to_string())],
+                        u64::from(bgp.announced.contains(&vip)),
+                    )
+                }),
+            )?;
+            gauge(
+                e,
+                "lb_bgp_host_drained",
+                "1 while `lb-ctl drain-host` withdraws every VIP.",
+                u64::from(bgp.host_drained),
+            )?;
+        }
         Ok(())
     }
 }
@@ -699,6 +746,55 @@ mod tests {
                 1,
                 "reason {} in:\n{text}",
                 r.name()
+            );
+        }
+    }
+
+    /// BGP's families only with a `bgp` section: sessions of both families by neighbor
+    /// address, and each VIP as an address (no port, so no brackets).
+    #[test]
+    fn bgp_sessions_and_vips_of_both_families() {
+        use crate::bgp::{BgpStatus, Session};
+        assert!(!encode(sample()).unwrap().contains("lb_bgp_"));
+        let session = |neighbor: Option<&str>, name: &str, state| Session {
+            name: name.to_owned(),
+            neighbor: neighbor.map(|n| n.parse().unwrap()),
+            state,
+            since: "2026-12-06 12:58:55".to_owned(),
+            info: String::new(),
+        };
+        let ip = |text: &str| text.parse::<IpAddr>().unwrap();
+        let mut s = sample();
+        s.status.bgp = Some(BgpStatus {
+            host_drained: false,
+            healthy_vips: vec![ip("198.19.0.100"), ip("2001:db8:19::100")],
+            announced: vec![ip("2001:db8:19::100")],
+            sessions: vec![
+                session(Some("198.18.2.1"), "bgp_198_18_2_1", SessionState::Active),
+                session(
+                    Some("2001:db8:2::1"),
+                    "bgp_2001_db8_2__1",
+                    SessionState::Established,
+                ),
+                session(None, "bgp_2001_db8_2__2", SessionState::Established),
+            ],
+            bird_pid: Some(42),
+            bird_restarts: 0,
+            problem: None,
+        });
+        let text = encode(s).unwrap();
+        for line in [
+            "# TYPE lb_bgp_session_established gauge",
+            "lb_bgp_session_established{neighbor=\"198.18.2.1\"} 0",
+            "lb_bgp_session_established{neighbor=\"2001:db8:2::1\"} 1",
+            "lb_bgp_session_established{neighbor=\"bgp_2001_db8_2__2\"} 1",
+            "lb_bgp_vip_announced{address=\"198.19.0.100\"} 0",
+            "lb_bgp_vip_announced{address=\"2001:db8:19::100\"} 1",
+            "lb_bgp_host_drained 0",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing line {line:?} in:\n{text}"
             );
         }
     }

@@ -3,13 +3,13 @@
 //! routing table, ECMP over equal routes; and what its operator looks at (`ip route`).
 
 use std::{
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
     path::PathBuf,
     thread,
     time::{Duration, Instant},
 };
 
-use crate::{ChildGuard, Netns, VIP, client::TempDir, privilege::in_ci};
+use crate::{ChildGuard, Netns, VIP, VIP6, client::TempDir, privilege::in_ci};
 
 /// The router's AS.
 pub const ROUTER_AS: u32 = 65000;
@@ -26,8 +26,16 @@ pub struct Router {
 
 impl Router {
     /// A router `router_id` in `ns` peering with the LB hosts at `neighbors` (sessions
-    /// `lb1`, `lb2`, …), with BFD on every session when `bfd`.
-    pub fn start(ns: &Netns, router_id: Ipv4Addr, bfd: bool, neighbors: &[Ipv4Addr]) -> Router {
+    /// `lb1`, `lb2`, …), with BFD on every session when `bfd`. A session carries the
+    /// routes of its neighbor's family, as the LB's do; with an IPv6 neighbor the router
+    /// installs IPv6 routes too.
+    pub fn start<A: Into<IpAddr> + Copy>(
+        ns: &Netns,
+        router_id: Ipv4Addr,
+        bfd: bool,
+        neighbors: &[A],
+    ) -> Router {
+        let neighbors: Vec<IpAddr> = neighbors.iter().map(|&n| n.into()).collect();
         let dir = TempDir::new("bgp-router");
         let config = dir.path().join("bird.conf");
         let socket = dir.path().join("bird.ctl");
@@ -48,11 +56,17 @@ impl Router {
              {bfd_protocol}\
              protocol kernel {{ merge paths on; ipv4 {{ import none; export all; }}; }}\n"
         );
+        if neighbors.iter().any(IpAddr::is_ipv6) {
+            text.push_str(
+                "protocol kernel { merge paths on; ipv6 { import none; export all; }; }\n",
+            );
+        }
         for (i, neighbor) in neighbors.iter().enumerate() {
+            let channel = if neighbor.is_ipv6() { "ipv6" } else { "ipv4" };
             text.push_str(&format!(
                 "protocol bgp lb{} {{ local as {ROUTER_AS}; neighbor {neighbor} as {LB_AS}; \
                  hold time 3; connect retry time 1; error wait time 1, 5; {bfd_on}\
-                 ipv4 {{ import all; export none; }}; }}\n",
+                 {channel} {{ import all; export none; }}; }}\n",
                 i + 1
             ));
         }
@@ -97,10 +111,11 @@ impl Router {
     }
 
     /// Whether the router's BFD session with `neighbor` is up.
-    pub fn bfd_up(&self, neighbor: Ipv4Addr) -> bool {
+    pub fn bfd_up(&self, neighbor: impl Into<IpAddr>) -> bool {
+        let neighbor = neighbor.into().to_string();
         self.birdc(&["show", "bfd", "sessions"])
             .lines()
-            .any(|l| l.starts_with(&neighbor.to_string()) && l.contains(" Up "))
+            .any(|l| l.split_whitespace().next() == Some(&neighbor) && l.contains(" Up "))
     }
 }
 
@@ -109,6 +124,22 @@ impl Router {
 pub fn vip_route(router: &Netns) -> String {
     router
         .ip(["route", "show", &format!("{VIP}/32"), "proto", "bird"])
+        .trim()
+        .to_owned()
+}
+
+/// The router's kernel route to the IPv6 VIP ([`VIP6`]) learnt over BGP, as `ip -6 route`
+/// prints it; empty when there is none.
+pub fn vip6_route(router: &Netns) -> String {
+    router
+        .ip([
+            "-6",
+            "route",
+            "show",
+            &format!("{VIP6}/128"),
+            "proto",
+            "bird",
+        ])
         .trim()
         .to_owned()
 }

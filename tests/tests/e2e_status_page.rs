@@ -11,6 +11,7 @@
 use std::{
     fs::File,
     io::{BufRead as _, BufReader, Write as _},
+    net::IpAddr,
     os::{
         fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
         unix::process::CommandExt as _,
@@ -22,8 +23,13 @@ use std::{
 };
 
 use lb_tests::{
-    ChildGuard, LbDaemon, Netns, Topology, TopologyOptions, VIP, client::TempDir, curl_many,
-    privilege::in_ci, require_root_and_bpf,
+    ChildGuard, Family, LbDaemon, Netns, Topology, TopologyOptions, VIP, VIP6,
+    bird::{LB_AS, ROUTER_AS, Router, require_bird},
+    client::TempDir,
+    curl_many,
+    privilege::in_ci,
+    require_root_and_bpf,
+    topology::{CLIENT_ADDR, CLIENT_ADDR6, LB_CLIENT_ADDR, LB_CLIENT_ADDR6, backend_addr6},
 };
 use serde_json::{Value, json};
 
@@ -460,4 +466,116 @@ listeners:
         "{up}"
     );
     assert_eq!(page["banner"], "", "the page reports a problem: {page:#}");
+}
+
+/// What a person sees of the page's BGP section (nothing while the page loads).
+const READ_BGP: &str = r##"JSON.stringify({
+  hidden: (document.getElementById("bgp") || {hidden: true}).hidden,
+  announced: (document.getElementById("bgp-announced") || {}).textContent || "",
+  sessions: Array.from(document.querySelectorAll("#bgp-sessions tr[data-neighbor]")).map(r => ({
+    neighbor: r.dataset.neighbor,
+    state: r.dataset.session,
+    text: r.innerText,
+    background: getComputedStyle(r).backgroundColor,
+  })),
+})"##;
+
+/// A dual-stack host announcing an IPv4 and an IPv6 VIP, each over the session of its
+/// family with a router: the page lists both sessions established and both VIPs
+/// announced, IPv6 ones as plain addresses (no port, so no brackets).
+#[test]
+fn bgp_sessions_and_vips_of_both_families_on_the_status_page() {
+    let test = "bgp_sessions_and_vips_of_both_families_on_the_status_page";
+    if !require_root_and_bpf(test) || !require_chromium(test) || !require_bird(test) {
+        return;
+    }
+    let topo = Topology::build(
+        "stb",
+        2,
+        TopologyOptions {
+            family: Family::DualStack,
+            ..Default::default()
+        },
+    );
+    topo.pin_neighbors();
+    let _router = Router::start(
+        topo.client(),
+        CLIENT_ADDR,
+        false,
+        &[IpAddr::from(LB_CLIENT_ADDR), LB_CLIENT_ADDR6.into()],
+    );
+    let _backends = topo.start_backends(Some(8080), None);
+    let instance = format!("{}i", topo.prefix());
+    let config = format!(
+        "instance: {instance}
+interfaces: [{}, {}]
+flow_table_size: 65536
+max_listeners: 8
+max_backends: 256
+metrics_listen: 127.0.0.1:{PAGE_PORT}
+bgp:
+  router_id: {LB_CLIENT_ADDR}
+  local_as: {LB_AS}
+  hold_time: 3
+  neighbors:
+    - {{ address: {CLIENT_ADDR}, remote_as: {ROUTER_AS} }}
+    - {{ address: \"{CLIENT_ADDR6}\", remote_as: {ROUTER_AS} }}
+vserver_groups:
+  - name: app4
+    servers: [{{ address: 198.18.1.11, port: 8080 }}]
+  - name: app6
+    servers: [{{ address: \"{}\", port: 8080 }}]
+listeners:
+  - {{ name: web, protocol: tcp, address: {VIP}, port: 80, server_group: app4 }}
+  - {{ name: web6, protocol: tcp, address: \"{VIP6}\", port: 80, server_group: app6 }}
+",
+        topo.lb_client_if(),
+        topo.lb_backend_if(),
+        backend_addr6(1),
+    );
+    let _daemon = LbDaemon::start(topo.lb(), &instance, &config);
+    let mut browser = Browser::start(topo.lb());
+    browser.open(&format!("http://127.0.0.1:{PAGE_PORT}/"));
+
+    let neighbors = [CLIENT_ADDR.to_string(), CLIENT_ADDR6.to_string()];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let page = loop {
+        let page = browser.eval_json(READ_BGP);
+        let sessions = page["sessions"].as_array().cloned().unwrap_or_default();
+        let established = neighbors.iter().all(|n| {
+            sessions
+                .iter()
+                .any(|s| s["neighbor"] == json!(n) && s["state"] == "established")
+        });
+        if established
+            && page["announced"]
+                .as_str()
+                .is_some_and(|a| a.contains(&VIP6.to_string()))
+        {
+            break page;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "both sessions established and both VIPs announced: not within 30 s\npage: {page:#}"
+        );
+        thread::sleep(Duration::from_millis(250));
+    };
+    browser.screenshot("status-page-bgp");
+    assert_eq!(page["hidden"], false, "{page:#}");
+    assert!(
+        page["announced"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with(&format!("Announced: {VIP}, {VIP6} · ")),
+        "{page:#}"
+    );
+    for s in page["sessions"].as_array().unwrap() {
+        let text = s["text"].as_str().unwrap_or_default();
+        assert!(text.contains("established"), "{s}");
+        assert!(!text.contains('['), "an address in brackets: {s}");
+        assert!(
+            !reddish(s["background"].as_str().unwrap_or_default()),
+            "an established session's row: {s}"
+        );
+    }
 }

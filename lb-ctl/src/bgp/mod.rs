@@ -14,7 +14,7 @@ mod supervisor;
 
 use std::{
     collections::BTreeSet,
-    net::Ipv4Addr,
+    net::IpAddr,
     path::Path,
     sync::{Arc, Mutex},
     time::Duration,
@@ -26,7 +26,7 @@ use tracing::{info, warn};
 
 use self::{
     bird::Files,
-    render::{VIPS_PROTOCOL, session_name},
+    render::{VIPS_PROTOCOL, VIPS6_PROTOCOL, has_ipv6_sessions, session_name},
     show::{parse_protocols, parse_routes},
     supervisor::Report,
 };
@@ -60,9 +60,10 @@ pub struct BgpStatus {
     /// `lb-ctl drain-host` is in force: nothing is announced.
     pub host_drained: bool,
     /// VIPs with a backend that takes new flows (announced unless the host is drained).
-    pub healthy_vips: Vec<Ipv4Addr>,
-    /// VIPs BIRD offers its neighbors right now (`show route protocol lb_vips`).
-    pub announced: Vec<Ipv4Addr>,
+    pub healthy_vips: Vec<IpAddr>,
+    /// VIPs BIRD offers its neighbors right now (`show route protocol lb_vips`, and
+    /// `lb_vips6` with an IPv6 session), IPv4 ones first.
+    pub announced: Vec<IpAddr>,
     pub sessions: Vec<Session>,
     /// BIRD's process id; absent while it is not running.
     pub bird_pid: Option<u32>,
@@ -82,7 +83,7 @@ pub struct Speaker {
     report: Arc<Mutex<Report>>,
     task: JoinHandle<()>,
     /// VIPs with a healthy backend, as last published.
-    healthy: BTreeSet<Ipv4Addr>,
+    healthy: BTreeSet<IpAddr>,
     bgp: Option<Bgp>,
     host_drained: bool,
     /// Set by `stop`: nothing is published after it.
@@ -130,7 +131,7 @@ impl Speaker {
 
     /// Tells BIRD the current section and healthy VIPs; nothing happens when neither
     /// changed.
-    pub fn publish(&mut self, bgp: Option<&Bgp>, healthy: BTreeSet<Ipv4Addr>) {
+    pub fn publish(&mut self, bgp: Option<&Bgp>, healthy: BTreeSet<IpAddr>) {
         self.bgp = bgp.cloned();
         self.healthy = healthy;
         self.send();
@@ -257,7 +258,7 @@ impl StatusProbe {
         self.status.healthy_vips.len()
     }
 
-    /// Asks BIRD (two `birdc` commands) when it runs.
+    /// Asks BIRD (two `birdc` commands, three with an IPv6 session) when it runs.
     pub async fn run(self) -> BgpStatus {
         let mut status = self.status;
         let (Some(birdc), Some(_)) = (&self.birdc, status.bird_pid) else {
@@ -276,16 +277,24 @@ impl StatusProbe {
             Ok(Err(e)) => status.problem = Some(e.to_string()),
             Err(e) => status.problem = Some(e.to_string()),
         }
-        let routes = bird::birdc(
-            birdc,
-            &self.socket,
-            &["show", "route", "protocol", VIPS_PROTOCOL],
-        )
-        .await;
-        match routes {
-            Ok(reply) => status.announced = parse_routes(&reply),
-            Err(e) => status.problem = Some(e.to_string()),
+        let mut statics = vec![VIPS_PROTOCOL];
+        if has_ipv6_sessions(&self.bgp) {
+            statics.push(VIPS6_PROTOCOL);
         }
+        let mut announced = Vec::new();
+        for protocol in statics {
+            match bird::birdc(
+                birdc,
+                &self.socket,
+                &["show", "route", "protocol", protocol],
+            )
+            .await
+            {
+                Ok(reply) => announced.extend(parse_routes(&reply)),
+                Err(e) => status.problem = Some(e.to_string()),
+            }
+        }
+        status.announced = announced;
         status
     }
 }

@@ -1,10 +1,10 @@
-//! Reading `birdc show protocols` and `birdc show route protocol lb_vips`: the sessions and
-//! what BIRD announces, for `lb-ctl status`.
+//! Reading `birdc show protocols` and `birdc show route protocol lb_vips` (and `lb_vips6`):
+//! the sessions and what BIRD announces, for `lb-ctl status`.
 //!
 //! The columns are BIRD 2's: `Name Proto Table State Since Info`, with `Since` one word
 //! because the rendered config sets `timeformat protocol "%F_%T"`.
 
-use std::{fmt, net::Ipv4Addr, str::FromStr};
+use std::{fmt, net::IpAddr, str::FromStr};
 
 use serde::{Deserialize, Serialize};
 
@@ -71,11 +71,11 @@ impl FromStr for SessionState {
 /// One BGP session as `birdc show protocols` lists it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Session {
-    /// BIRD's protocol name (`bgp_198_18_2_1`).
+    /// BIRD's protocol name (`bgp_198_18_2_1`, `bgp_2001_db8__1`).
     pub name: String,
     /// The neighbor of the config this session is with; `None` for a session the config
     /// no longer names (BIRD still reconfiguring).
-    pub neighbor: Option<Ipv4Addr>,
+    pub neighbor: Option<IpAddr>,
     pub state: SessionState,
     /// When the session entered its protocol state, local time (`2026-12-06 12:58:55`).
     pub since: String,
@@ -96,7 +96,7 @@ pub enum ShowError {
 /// to the neighbor address.
 pub fn parse_protocols(
     reply: &str,
-    neighbor_of: impl Fn(&str) -> Option<Ipv4Addr>,
+    neighbor_of: impl Fn(&str) -> Option<IpAddr>,
 ) -> Result<Vec<Session>, ShowError> {
     let mut lines = reply.lines().skip_while(|l| !l.starts_with("Name "));
     if lines.next().is_none() {
@@ -142,14 +142,18 @@ fn split_columns(line: &str, n: usize) -> (Vec<&str>, &str) {
     (words, rest.trim_end())
 }
 
-/// The /32 routes of a `show route protocol lb_vips` reply: the VIPs BIRD announces to
-/// every established session.
-pub fn parse_routes(reply: &str) -> Vec<Ipv4Addr> {
-    let mut vips: Vec<Ipv4Addr> = reply
+/// The host routes (IPv4 /32s, IPv6 /128s) of a `show route protocol lb_vips` or
+/// `lb_vips6` reply: the VIPs BIRD announces to every established session of their
+/// family.
+pub fn parse_routes(reply: &str) -> Vec<IpAddr> {
+    let mut vips: Vec<IpAddr> = reply
         .lines()
         .filter_map(|l| l.split_whitespace().next())
-        .filter_map(|prefix| prefix.strip_suffix("/32"))
-        .filter_map(|addr| addr.parse().ok())
+        .filter_map(|prefix| prefix.split_once('/'))
+        .filter_map(|(addr, len)| match (addr.parse::<IpAddr>().ok()?, len) {
+            (vip @ IpAddr::V4(_), "32") | (vip @ IpAddr::V6(_), "128") => Some(vip),
+            _ => None,
+        })
         .collect();
     vips.sort_unstable();
     vips
@@ -157,6 +161,8 @@ pub fn parse_routes(reply: &str) -> Vec<Ipv4Addr> {
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+
     use super::*;
 
     /// Captured from BIRD 2.0.12: one session up, one whose neighbor does not exist.
@@ -164,10 +170,16 @@ mod tests {
     /// The same a second after the up neighbor's BIRD was killed.
     const DOWN: &str = include_str!("testdata/show_protocols_down.txt");
     const ROUTES: &str = include_str!("testdata/show_route.txt");
+    /// Captured from BIRD 2.0.12 on a dual-stack host: the IPv4 neighbor refuses, one IPv6
+    /// session is up, the other IPv6 neighbor does not answer.
+    const UP6: &str = include_str!("testdata/show_protocols6.txt");
+    /// `show route protocol lb_vips6` of the same BIRD.
+    const ROUTES6: &str = include_str!("testdata/show_route6.txt");
 
-    fn neighbor_of(name: &str) -> Option<Ipv4Addr> {
+    fn neighbor_of(name: &str) -> Option<IpAddr> {
         match name {
-            "bgp_198_18_2_1" => Some(Ipv4Addr::new(198, 18, 2, 1)),
+            "bgp_198_18_2_1" => Some(Ipv4Addr::new(198, 18, 2, 1).into()),
+            "bgp_2001_db8_2__1" => Some("2001:db8:2::1".parse().unwrap()),
             _ => None,
         }
     }
@@ -180,7 +192,7 @@ mod tests {
             vec![
                 Session {
                     name: "bgp_198_18_2_1".to_owned(),
-                    neighbor: Some(Ipv4Addr::new(198, 18, 2, 1)),
+                    neighbor: Some(Ipv4Addr::new(198, 18, 2, 1).into()),
                     state: SessionState::Established,
                     since: "2026-12-06 12:58:55".to_owned(),
                     info: String::new(),
@@ -241,10 +253,54 @@ mod tests {
         assert_eq!(
             parse_routes(ROUTES),
             [
-                Ipv4Addr::new(198, 18, 0, 100),
-                Ipv4Addr::new(198, 18, 0, 101)
+                IpAddr::from(Ipv4Addr::new(198, 18, 0, 100)),
+                IpAddr::from(Ipv4Addr::new(198, 18, 0, 101))
             ]
         );
         assert!(parse_routes("BIRD 2.0.12 ready.\n").is_empty());
+    }
+
+    #[test]
+    fn ipv6_sessions_beside_an_ipv4_one() {
+        let sessions = parse_protocols(UP6, neighbor_of).unwrap();
+        let seen: Vec<_> = sessions
+            .iter()
+            .map(|s| (s.name.as_str(), s.neighbor, s.state, s.info.as_str()))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (
+                    "bgp_198_18_2_1",
+                    Some(Ipv4Addr::new(198, 18, 2, 1).into()),
+                    SessionState::Active,
+                    "Socket: Connection refused"
+                ),
+                (
+                    "bgp_2001_db8_2__1",
+                    Some("2001:db8:2::1".parse().unwrap()),
+                    SessionState::Established,
+                    ""
+                ),
+                ("bgp_2001_db8_2__2", None, SessionState::Connect, ""),
+            ]
+        );
+        assert_eq!(sessions[1].since, "2026-12-06 23:28:43");
+    }
+
+    #[test]
+    fn announced_ipv6_routes_are_host_routes_only() {
+        assert_eq!(
+            parse_routes(ROUTES6),
+            [
+                "2001:db8:19::100".parse::<IpAddr>().unwrap(),
+                "2001:db8:19::101".parse().unwrap()
+            ]
+        );
+        // A prefix that is not one address is no VIP, in either family.
+        let other = "Table master6:\n2001:db8:19::/64 blackhole [lb_vips6 12:58:51.921] * \
+                     (200)\n198.18.0.0/24 blackhole [lb_vips 12:58:51.921] * (200)\n\
+                     198.18.0.1/128 blackhole\n";
+        assert!(parse_routes(other).is_empty(), "{:?}", parse_routes(other));
     }
 }

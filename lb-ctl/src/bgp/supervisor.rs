@@ -4,7 +4,7 @@
 
 use std::{
     collections::BTreeSet,
-    net::Ipv4Addr,
+    net::IpAddr,
     process::Stdio,
     sync::{Arc, Mutex},
     time::Duration,
@@ -36,7 +36,7 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Wanted {
     pub bgp: Option<Bgp>,
-    pub vips: BTreeSet<Ipv4Addr>,
+    pub vips: BTreeSet<IpAddr>,
 }
 
 /// What the supervisor last did, for `lb-ctl status`.

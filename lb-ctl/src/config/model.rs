@@ -445,7 +445,8 @@ impl Serialize for HealthCheckSource {
 }
 
 /// The BGP speaker of the host: it announces each VIP that has a backend taking new flows
-/// as a /32 to every neighbor, with this host as the next hop.
+/// with this host as the next hop, an IPv4 VIP as a /32 to every IPv4 neighbor and an
+/// IPv6 VIP as a /128 to every IPv6 neighbor (each session carries its own family).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Bgp {
     /// BGP identifier of this host; usually one of its addresses.
@@ -478,7 +479,8 @@ impl Bgp {
 /// One router this host holds a BGP session with.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct BgpNeighbor {
-    pub address: Ipv4Addr,
+    /// Its family is the session's: the VIPs of that family are announced on it.
+    pub address: IpAddr,
     pub remote_as: u32,
     /// TCP port of the neighbor's BGP.
     #[serde(skip_serializing_if = "eq_u16::<DEFAULT_BGP_PORT>")]
@@ -492,9 +494,9 @@ pub struct BgpNeighbor {
 }
 
 impl BgpNeighbor {
-    pub fn new(address: Ipv4Addr, remote_as: u32) -> Self {
+    pub fn new(address: impl Into<IpAddr>, remote_as: u32) -> Self {
         Self {
-            address,
+            address: address.into(),
             remote_as,
             port: DEFAULT_BGP_PORT,
             bfd: false,

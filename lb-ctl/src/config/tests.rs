@@ -1382,11 +1382,123 @@ fn bgp_needs_its_required_fields_and_a_neighbor() {
     assert!(found[0].starts_with("bgp: expected a mapping"), "{found:?}");
 }
 
+#[test]
+fn ipv6_neighbors_are_sessions_of_their_own() {
+    let c = ok(&with(
+        "bgp:
+  router_id: 198.18.2.11
+  local_as: 65001
+  neighbors:
+    - { address: 198.18.2.1, remote_as: 65000 }
+    - { address: '2001:db8:2::1', remote_as: 65000, bfd: true, port: 1179, password: s3cret }
+listeners:
+  - { name: web, protocol: tcp, address: 198.19.0.100, port: 80, backend_port: 8080 }
+default_server_group:
+  servers: [{ address: 198.18.1.10 }]
+",
+    ));
+    let bgp = c.bgp.as_ref().unwrap();
+    assert_eq!(
+        bgp.neighbors[1].address,
+        "2001:db8:2::1".parse::<std::net::IpAddr>().unwrap()
+    );
+    assert!(bgp.neighbors[1].bfd);
+    let yaml = c.to_yaml();
+    assert_eq!(ok(&yaml), c, "{yaml}");
+    assert!(yaml.contains("2001:db8:2::1"), "{yaml}");
+}
+
+#[test]
+fn ipv6_neighbor_errors_name_their_path() {
+    let found = errors(&with(
+        "bgp:
+  router_id: 198.18.2.11
+  local_as: 65001
+  neighbors:
+    - { address: '2001:db8:::1', remote_as: 65000 }
+    - { address: 'fe80::1', remote_as: 65000 }
+    - { address: '::ffff:198.18.2.1', remote_as: 65000 }
+    - { address: '2001:db8:2::1', remote_as: 65000 }
+    - { address: '2001:db8:2:0::1', remote_as: 65000 }
+    - { address: 'ff02::2', remote_as: 65000 }
+",
+    ));
+    // The per-entry checks come first, the duplicates after them.
+    assert_eq!(
+        found,
+        [
+            "bgp.neighbors[0].address: `2001:db8:::1` is not an IPv6 address",
+            "bgp.neighbors[1].address: fe80::1 is a link-local address; a neighbor must be a \
+             unicast address (use a global or unique local address: a link-local one needs an \
+             interface)",
+            "bgp.neighbors[2].address: ::ffff:198.18.2.1 is an IPv4-mapped IPv6 address; a \
+             neighbor must be a unicast address (write it as 198.18.2.1)",
+            "bgp.neighbors[5].address: ff02::2 is a multicast address; a neighbor must be a \
+             unicast address",
+            "bgp.neighbors[4].address: neighbor 2001:db8:2::1 is listed twice: \
+             bgp.neighbors[3] and bgp.neighbors[4] (one session per router: merge the two \
+             entries)",
+        ],
+        "{}",
+        found.join("\n")
+    );
+}
+
+/// Each session carries its neighbor's family: VIPs of a family no neighbor has are
+/// refused at their address, whichever the family.
+#[test]
+fn a_vip_needs_a_neighbor_of_its_family() {
+    let config = |neighbors: &str| {
+        with(&format!(
+            "bgp: {{ router_id: 198.18.2.11, local_as: 65001, neighbors: [{neighbors}] }}
+vserver_groups:
+  - {{ name: four, servers: [{{ address: 198.18.1.10, port: 8080 }}] }}
+  - {{ name: six, servers: [{{ address: '2001:db8:1::10', port: 8080 }}] }}
+listeners:
+  - {{ name: web, protocol: tcp, address: 198.19.0.100, port: 80, server_group: four }}
+  - {{ name: web6, protocol: tcp, address: '2001:db8:19::100', port: 80, server_group: six }}
+  - {{ name: dns6, protocol: udp, address: '2001:db8:19::101', port: 53, server_group: six }}
+"
+        ))
+    };
+    let v4 = "{ address: 198.18.2.1, remote_as: 65000 }";
+    let v6 = "{ address: '2001:db8:2::1', remote_as: 65000 }";
+    let c = ok(&config(&format!("{v4}, {v6}")));
+    assert_eq!(c.bgp.unwrap().neighbors.len(), 2);
+
+    let found = errors(&config(v6));
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(
+        found[0].starts_with(
+            "listeners[0].address: an IPv4 VIP cannot be announced: no `bgp.neighbors` entry \
+             is an IPv4 address"
+        ),
+        "{found:?}"
+    );
+    let found = errors(&config(v4));
+    assert_eq!(
+        found,
+        [
+            format!("listeners[1].address: {IPV6_NOT_ANNOUNCED}"),
+            format!("listeners[2].address: {IPV6_NOT_ANNOUNCED}"),
+        ]
+    );
+    // A neighbor address the reader refused says nothing of its family: no second error.
+    let found = errors(&config("{ address: '2001:db8:2::x', remote_as: 65000 }"));
+    assert_eq!(
+        found,
+        ["bgp.neighbors[0].address: `2001:db8:2::x` is not an IPv6 address"],
+    );
+}
+
 // --- IPv6 -------------------------------------------------------------------------------
 
-/// The error an IPv6 listener gets on a host with `bgp`.
-const IPV6_NOT_ANNOUNCED: &str =
-    "an IPv6 VIP cannot be announced: the `bgp` section's sessions carry IPv4 routes only";
+/// The error an IPv6 listener gets on a host whose `bgp` has no IPv6 neighbor.
+const IPV6_NOT_ANNOUNCED: &str = "an IPv6 VIP cannot be announced: no `bgp.neighbors` entry \
+     is an IPv6 address, and a BGP session carries the routes of its neighbor's family only \
+     (add the router's IPv6 address to `bgp.neighbors` (a session of its own beside the \
+     other family's), route the VIP to this host another way (a static route, another \
+     speaker), or run it on hosts without `bgp`)";
 
 #[test]
 fn ipv6_is_accepted_wherever_the_issue_says() {
@@ -1422,7 +1534,7 @@ listeners:
 }
 
 #[test]
-fn an_ipv6_listener_is_served_but_not_with_bgp() {
+fn an_ipv6_listener_is_served_and_announced_over_an_ipv6_session() {
     let v6 = "vserver_groups:
   - name: api6
     servers: [{ address: 2001:db8:1::10, port: 8080 }]
@@ -1431,15 +1543,21 @@ listeners:
 ";
     let c = ok(&with(v6));
     assert_eq!(c.listeners[0].address.to_string(), "2001:db8::100");
+    // Only an IPv4 session: the IPv6 VIP could not be announced.
     let found = errors(&with(&format!(
         "{v6}bgp: {{ router_id: 198.18.0.1, local_as: 65001, neighbors: [{{ address: 198.18.0.254, remote_as: 65000 }}] }}\n"
     )));
     assert_eq!(
         found,
-        [format!(
-            "listeners[0].address: {IPV6_NOT_ANNOUNCED} (route the IPv6 VIP to this host \
-             another way (a static route, another speaker), or run it on hosts without `bgp`)"
-        )],
+        [format!("listeners[0].address: {IPV6_NOT_ANNOUNCED}")]
+    );
+    // An IPv6 session beside it carries it.
+    let c = ok(&with(&format!(
+        "{v6}bgp: {{ router_id: 198.18.0.1, local_as: 65001, neighbors: [{{ address: 198.18.0.254, remote_as: 65000 }}, {{ address: '2001:db8::fe', remote_as: 65000 }}] }}\n"
+    )));
+    assert_eq!(
+        c.bgp.unwrap().neighbors[1].address,
+        "2001:db8::fe".parse::<std::net::IpAddr>().unwrap()
     );
     // Built in code, the same.
     let mut c = Config::new("demo", vec!["eth0".to_owned()]);
@@ -1459,6 +1577,24 @@ listeners:
     l.server_group = Some("api6".to_owned());
     c.listeners.push(l);
     c.validate().expect("an IPv6 listener on IPv6 servers");
+    c.bgp = Some(Bgp::new(
+        Ipv4Addr::new(198, 18, 0, 1),
+        65001,
+        vec![BgpNeighbor::new(Ipv4Addr::new(198, 18, 0, 254), 65000)],
+    ));
+    let found: Vec<String> = c
+        .validate()
+        .unwrap_err()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        found,
+        [format!("listeners[0].address: {IPV6_NOT_ANNOUNCED}")]
+    );
+    c.bgp.as_mut().unwrap().neighbors[0] =
+        BgpNeighbor::new("2001:db8::fe".parse::<std::net::Ipv6Addr>().unwrap(), 65000);
+    c.validate().expect("an IPv6 VIP with an IPv6 session");
 }
 
 #[test]

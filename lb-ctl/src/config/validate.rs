@@ -384,23 +384,43 @@ impl Checker<'_> {
         }
     }
 
-    /// BGP sessions carry IPv4 routes only (`bgp`): an IPv6 VIP could not be announced,
-    /// and routers would never send its clients here.
+    /// An IPv6 VIP goes only over sessions with IPv6 neighbors (`bgp`): without one it
+    /// could not be announced, and routers would never send its clients here.
     fn ipv6_vips_and_bgp(&mut self, c: &Config) {
-        if c.bgp.is_none() {
+        self.vips_need_a_session(c, "IPv6");
+    }
+
+    /// The listeners of family `name` (`IPv4`, `IPv6`) on a host with `bgp` and no
+    /// neighbor of that family are refused at their address: each session carries the
+    /// routes of its own family only.
+    fn vips_need_a_session(&mut self, c: &Config, name: &str) {
+        let Some(bgp) = &c.bgp else {
+            return;
+        };
+        if bgp.neighbors.iter().any(|n| family(n.address) == name) {
             return;
         }
+        let neighbor_paths: Vec<String> = (0..bgp.neighbors.len())
+            .map(|i| field(&index("bgp.neighbors", i), "address"))
+            .chain(["bgp.neighbors".to_owned()])
+            .collect();
+        let inputs: Vec<&str> = neighbor_paths.iter().map(String::as_str).collect();
         for (i, l) in c.listeners.iter().enumerate() {
-            if l.address.is_ipv6() {
+            if family(l.address) == name {
                 self.report(
                     &field(&index("listeners", i), "address"),
-                    &[],
-                    IPV6_NOT_ANNOUNCED.to_owned(),
-                    Some(
-                        "route the IPv6 VIP to this host another way (a static route, \
-                         another speaker), or run it on hosts without `bgp`"
-                            .to_owned(),
+                    &inputs,
+                    format!(
+                        "an {name} VIP cannot be announced: no `bgp.neighbors` entry is an \
+                         {name} address, and a BGP session carries the routes of its \
+                         neighbor's family only"
                     ),
+                    Some(format!(
+                        "add the router's {name} address to `bgp.neighbors` (a session of its \
+                         own beside the other family's), route the VIP to this host another \
+                         way (a static route, another speaker), or run it on hosts without \
+                         `bgp`"
+                    )),
                 );
             }
         }
@@ -511,6 +531,7 @@ impl Checker<'_> {
                 )
             },
         );
+        self.vips_need_a_session(c, "IPv4");
     }
 
     fn acls(&mut self, c: &Config) {
@@ -1045,10 +1066,6 @@ fn is_host_name(name: &str) -> bool {
             .next()
             .is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit()))
 }
-
-/// Why an IPv6 listener cannot be on a host with `bgp` (`ipv6_vips_and_bgp`).
-const IPV6_NOT_ANNOUNCED: &str =
-    "an IPv6 VIP cannot be announced: the `bgp` section's sessions carry IPv4 routes only";
 
 const FAMILY_RULE: &str = "a listener and its servers are of one family: forwarding: nat \
      rewrites addresses, not the address family";

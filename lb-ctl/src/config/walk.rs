@@ -363,10 +363,6 @@ impl Reader {
         )
     }
 
-    fn bgp_neighbor_address(&mut self, path: &str, value: &Value) -> Option<Ipv4Addr> {
-        self.ipv4(path, value, "BGP sessions run over IPv4 here")
-    }
-
     /// `health_check_source`: one address, or a list of one address of each family.
     fn probe_source(&mut self, path: &str, value: &Value) -> Option<HealthCheckSource> {
         let Value::Sequence(entries) = value else {
@@ -705,7 +701,7 @@ impl Reader {
         let Some(m) = self.mapping(path, value, BGP_NEIGHBOR_FIELDS, generic) else {
             return n;
         };
-        if let Some(v) = self.required(m, path, "address", Self::bgp_neighbor_address) {
+        if let Some(v) = self.required(m, path, "address", Self::ip) {
             n.address = v;
         }
         if let Some(v) = self.required(m, path, "remote_as", |r, p, v| r.uint(p, v, &AS_NUMBER)) {
@@ -1347,7 +1343,6 @@ mod tests {
             [
                 "dsr.source: IPv6 is not supported in this field (the DSR tunnel's outer header is IPv4 in this build)",
                 "bgp.router_id: IPv6 is not supported in this field (a BGP router id is a 32-bit number written as an IPv4 address)",
-                "bgp.neighbors[0].address: IPv6 is not supported in this field (BGP sessions run over IPv4 here)",
             ]
         );
     }

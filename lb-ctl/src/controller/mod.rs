@@ -109,16 +109,13 @@ impl<P: Platform> Controller<P> {
     /// its selection tables (healthy, weight above 0, not draining). These are what BGP
     /// announces; a VIP without one is withdrawn so routers send its clients to a host
     /// that can serve them.
-    /// BGP sessions carry IPv4 routes only: the config refuses IPv6 listeners with `bgp`.
-    pub fn healthy_vips(&self) -> std::collections::BTreeSet<std::net::Ipv4Addr> {
+    /// Both families: BGP announces each over the sessions of its family.
+    pub fn healthy_vips(&self) -> std::collections::BTreeSet<std::net::IpAddr> {
         self.desired
             .listeners
             .values()
             .filter(|l| l.backends.iter().any(|b| b.in_table))
-            .filter_map(|l| match l.frontend.address {
-                std::net::IpAddr::V4(vip) => Some(vip),
-                std::net::IpAddr::V6(_) => None,
-            })
+            .map(|l| l.frontend.address)
             .collect()
     }
 }

@@ -691,7 +691,7 @@ fn a_vip_is_healthy_while_a_backend_takes_new_flows() {
     );
     let s = Setup::new("healthy-vips", &config);
     let mut c = s.start();
-    let both = [ip("198.19.0.100"), ip("198.19.0.101")];
+    let both = [ip("198.19.0.100"), ip("198.19.0.101")].map(IpAddr::from);
     assert_eq!(c.healthy_vips().into_iter().collect::<Vec<_>>(), both);
     // Every backend of `web` down: its VIP goes, the other stays.
     c.runtime.unhealthy = c.desired().listeners["web"]
@@ -702,7 +702,7 @@ fn a_vip_is_healthy_while_a_backend_takes_new_flows() {
     c.apply().unwrap();
     assert_eq!(
         c.healthy_vips().into_iter().collect::<Vec<_>>(),
-        [ip("198.19.0.101")]
+        [IpAddr::from(ip("198.19.0.101"))]
     );
     // One back: announced again.
     let first = c.desired().listeners["web"].backends[0].key;

@@ -35,6 +35,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     api::{Stats, Status},
+    bgp::{BgpStatus, Speaker},
     controller::{Controller, StatusDraft, stats_of},
     dataplane::{CounterReader, ReadCounters as _},
     metrics,
@@ -98,6 +99,7 @@ impl WebServer {
         want: Option<SocketAddr>,
         names: &[String],
         controller: &Arc<Mutex<Controller>>,
+        speaker: &Arc<Mutex<Speaker>>,
     ) -> Result<(), WebError> {
         // Unchanged: listening already, off, or listening on it failed before (not
         // retried until the config names another address).
@@ -122,7 +124,12 @@ impl WebServer {
         info!("metrics on http://{addr}/metrics, status page on http://{addr}/");
         let hosts = Arc::new(RwLock::new(HostPolicy::new(addr, names)));
         self.hosts = Some(Arc::clone(&hosts));
-        self.task = Some(tokio::spawn(serve(listener, hosts, Arc::clone(controller))));
+        self.task = Some(tokio::spawn(serve(
+            listener,
+            hosts,
+            Arc::clone(controller),
+            Arc::clone(speaker),
+        )));
         Ok(())
     }
 }
@@ -187,6 +194,7 @@ pub async fn serve(
     listener: TcpListener,
     hosts: Arc<RwLock<HostPolicy>>,
     controller: Arc<Mutex<Controller>>,
+    speaker: Arc<Mutex<Speaker>>,
 ) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let clients = Arc::new(Clients::default());
@@ -208,9 +216,10 @@ pub async fn serve(
                     continue;
                 };
                 let controller = Arc::clone(&controller);
+                let speaker = Arc::clone(&speaker);
                 let hosts = Arc::clone(&hosts);
                 tokio::spawn(async move {
-                    handle(stream, peer, &hosts, &controller).await;
+                    handle(stream, peer, &hosts, &controller, &speaker).await;
                     drop(client);
                     drop(slot);
                 });
@@ -469,12 +478,13 @@ async fn handle(
     peer: SocketAddr,
     hosts: &RwLock<HostPolicy>,
     controller: &Mutex<Controller>,
+    speaker: &Mutex<Speaker>,
 ) {
     let response = match tokio::time::timeout(READ_TIMEOUT, read_head(&mut stream)).await {
         Ok(Ok(head)) => {
             let route = route(&head, &hosts.read().unwrap_or_else(|e| e.into_inner()));
             match route {
-                Ok(route) => respond(route, controller).await,
+                Ok(route) => respond(route, controller, speaker).await,
                 Err(response) => response,
             }
         }
@@ -498,7 +508,11 @@ async fn handle(
     }
 }
 
-async fn respond(route: Route, controller: &Mutex<Controller>) -> Response {
+async fn respond(
+    route: Route,
+    controller: &Mutex<Controller>,
+    speaker: &Mutex<Speaker>,
+) -> Response {
     if route == Route::Page {
         return Response::new(200, "text/html; charset=utf-8", PAGE)
             .with_header(format!("Content-Security-Policy: {PAGE_CSP}"));
@@ -508,7 +522,13 @@ async fn respond(route: Route, controller: &Mutex<Controller>) -> Response {
     // thread, so a scrape of many backends never holds up the control API or health
     // transitions.
     let draft = controller.lock().await.status_draft();
-    let read = tokio::task::spawn_blocking(move || read_snapshot(route, draft)).await;
+    // BIRD is asked after the controller's lock is released, as for `lb-ctl status`.
+    let probe = speaker.lock().await.status_probe();
+    let bgp = match probe {
+        Some(probe) => Some(probe.run().await),
+        None => None,
+    };
+    let read = tokio::task::spawn_blocking(move || read_snapshot(route, draft, bgp)).await;
     match read.map_err(anyhow::Error::from).and_then(|r| r) {
         Ok(response) => response,
         Err(e) => {
@@ -524,11 +544,16 @@ async fn respond(route: Route, controller: &Mutex<Controller>) -> Response {
 }
 
 /// Reads the counters of `draft` through handles of its own on the pinned maps and
-/// renders `route`.
-fn read_snapshot(route: Route, draft: StatusDraft) -> anyhow::Result<Response> {
+/// renders `route`, with BGP's sessions and VIPs (`bgp`, absent without a `bgp` section).
+fn read_snapshot(
+    route: Route,
+    draft: StatusDraft,
+    bgp: Option<BgpStatus>,
+) -> anyhow::Result<Response> {
     let counters = CounterReader::open(&draft.maps_dir)?;
     let (at_s, probes) = (draft.at_s, draft.probes.clone());
-    let status = draft.fill(&counters)?;
+    let mut status = draft.fill(&counters)?;
+    status.bgp = bgp;
     let reasons = counters.all_counters()?;
     Ok(match route {
         Route::Metrics => {
