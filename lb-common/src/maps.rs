@@ -394,10 +394,11 @@ pub enum Encapsulation {
     /// `forwarding: nat`: no encapsulation, the packet is translated.
     #[default]
     None = 0,
-    /// IPv4 in IPv4 (IP protocol 4, RFC 2003).
+    /// IP in IP of the listener's family: IPv4 in IPv4 (IP protocol 4, RFC 2003), IPv6
+    /// in IPv6 (next header 41, RFC 2473).
     Ipip = 1,
     /// Generic UDP Encapsulation, variant 1 (the inner IP packet right after the UDP
-    /// header), to `encap_port`.
+    /// header), to `encap_port`, over the listener's family.
     Gue = 2,
 }
 
@@ -411,12 +412,21 @@ impl Encapsulation {
         }
     }
 
-    /// Bytes the encapsulation adds in front of the client's IP packet.
+    /// Bytes the encapsulation adds in front of the client's IPv4 packet.
     pub const fn overhead(self) -> u16 {
         match self {
             Self::None => 0,
             Self::Ipip => IPV4_HEADER_LEN,
             Self::Gue => IPV4_HEADER_LEN + UDP_HEADER_LEN,
+        }
+    }
+
+    /// Bytes the encapsulation adds in front of the client's IPv6 packet.
+    pub const fn overhead6(self) -> u16 {
+        match self {
+            Self::None => 0,
+            Self::Ipip => IPV6_HEADER_LEN,
+            Self::Gue => IPV6_HEADER_LEN + UDP_HEADER_LEN,
         }
     }
 
@@ -446,7 +456,12 @@ pub const IPV4_HEADER_LEN: u16 = 20;
 pub const UDP_HEADER_LEN: u16 = 8;
 /// IP protocol number of IPv4 in IPv4.
 pub const PROTO_IPIP: u8 = 4;
-/// The outer header's TTL: what a host sends its own packets with (Linux's default).
+/// An IPv6 header (without extension headers).
+pub const IPV6_HEADER_LEN: u16 = 40;
+/// IPv6 next header of IPv6 in IPv6 ("IPv6 encapsulation", RFC 2473).
+pub const PROTO_IPV6: u8 = 41;
+/// The outer header's TTL (IPv6: hop limit): what a host sends its own packets with
+/// (Linux's default).
 pub const ENCAP_TTL: u8 = 64;
 /// Most low bits of the outer source a flow's hash may choose (a /16).
 pub const MAX_ENCAP_SOURCE_BITS: u8 = 16;

@@ -161,6 +161,20 @@ pub struct TooBig6 {
 }
 const _: () = assert!(size_of::<TooBig6>() == 64);
 
+/// Value of `ENCAP_SOURCES6`, by listener id: the outer source of an IPv6 `forwarding:
+/// dsr` listener's tunnel (`dsr.source`'s IPv6 address or prefix). The listener entry,
+/// shared by both families, has room for an IPv4 source only.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct EncapSource6 {
+    /// Network byte order; all zero: the address the route to the backend prefers.
+    pub addr: Addr6,
+    /// How many low bits of `addr` come from the flow's hash (0..=16).
+    pub bits: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(size_of::<EncapSource6>() == 20);
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -175,4 +189,5 @@ mod pod {
     unsafe impl aya::Pod for NextHop6 {}
     unsafe impl aya::Pod for PendingFlow6 {}
     unsafe impl aya::Pod for TooBig6 {}
+    unsafe impl aya::Pod for EncapSource6 {}
 }
