@@ -13,20 +13,20 @@ pub(crate) mod command;
 use std::{
     collections::BTreeMap,
     fs,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
 };
 
 use anyhow::{Context as _, Result, bail};
 use aya::{
     EbpfLoader,
-    maps::{Array, LpmTrie, MapData, PerCpuArray, lpm_trie::Key},
+    maps::{Array, LpmTrie, MapData, MapInfo, PerCpuArray, lpm_trie::Key},
     programs::Xdp,
 };
-use lb_common::decap::{DecapReason, DecapSettings, MAX_DECAP_SOURCES, names};
+use lb_common::decap::{DECAP_REASON_COUNT, DecapReason, DecapSettings, MAX_DECAP_SOURCES, names};
 
 pub use self::checks::{HostFacts, Warning, check_host};
-use crate::{config::Ipv4Net, pins, verifier};
+use crate::{config::IpNet, pins, verifier};
 
 /// The decapsulation object, built with the load balancer's by `build.rs`.
 pub static DECAP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-decap"));
@@ -39,12 +39,12 @@ pub const DEFAULT_NAME: &str = "decap";
 pub struct AttachOptions {
     pub bpffs: PathBuf,
     pub name: String,
-    /// GUE's UDP port; `None`: IPIP only.
+    /// GUE's UDP port; `None`: IPIP (and ip6ip6) only.
     pub gue_port: Option<u16>,
-    /// Outer sources allowed to tunnel; empty: any.
-    pub allow_sources: Vec<Ipv4Net>,
+    /// Outer sources allowed to tunnel, of either family; empty: any.
+    pub allow_sources: Vec<IpNet>,
     /// VIPs that must be on `lo`.
-    pub vips: Vec<Ipv4Addr>,
+    pub vips: Vec<IpAddr>,
 }
 
 /// What an attach did.
@@ -70,6 +70,7 @@ pub fn attach(iface: &str, options: &AttachOptions) -> Result<Attached> {
     let layout = pins::Layout::new(&options.bpffs, &options.name);
     fs::create_dir_all(layout.maps())
         .with_context(|| format!("creating {}", layout.maps().display()))?;
+    drop_stale_pins(&layout)?;
     let mut loader = EbpfLoader::new();
     loader.verifier_log_level(verifier::log_level());
     let pins: Vec<(&str, PathBuf)> = names::ALL_MAPS
@@ -105,11 +106,27 @@ pub fn attach(iface: &str, options: &AttachOptions) -> Result<Attached> {
         sources.remove(key)?;
     }
     for net in &options.allow_sources {
-        let key = Key::new(
-            u32::from(net.prefix_len()),
-            u32::from_ne_bytes(net.addr().octets()),
-        );
-        sources.insert(&key, 1, 0)?;
+        if let IpNet::V4(net) = net {
+            let key = Key::new(
+                u32::from(net.prefix_len()),
+                u32::from_ne_bytes(net.addr().octets()),
+            );
+            sources.insert(&key, 1, 0)?;
+        }
+    }
+    let mut sources6: LpmTrie<_, [u8; 16], u8> = ebpf
+        .map_mut(names::SOURCES6)
+        .context("no IPv6 sources map")?
+        .try_into()?;
+    let old: Vec<Key<[u8; 16]>> = sources6.keys().collect::<Result<_, _>>()?;
+    for key in &old {
+        sources6.remove(key)?;
+    }
+    for net in &options.allow_sources {
+        if let IpNet::V6(net) = net {
+            let key = Key::new(u32::from(net.prefix_len()), net.addr().octets());
+            sources6.insert(&key, 1, 0)?;
+        }
     }
 
     let program: &mut Xdp = ebpf
@@ -131,6 +148,32 @@ pub fn attach(iface: &str, options: &AttachOptions) -> Result<Attached> {
         mode,
         warnings: check_host(iface, &facts, &options.vips),
     })
+}
+
+/// Each map's layout: name, key and value bytes, entries.
+const LAYOUT: [(&str, u32, u32, u32); 4] = [
+    (names::SETTINGS, 4, size_of::<DecapSettings>() as u32, 1),
+    (names::COUNTERS, 4, 8, DECAP_REASON_COUNT),
+    (names::SOURCES, 4 + 4, 1, MAX_DECAP_SOURCES),
+    (names::SOURCES6, 4 + 16, 1, MAX_DECAP_SOURCES),
+];
+
+/// Removes pinned maps of another layout (an earlier build's counters, say), which loading
+/// would reuse as they are: each is made again. Every attach rewrites all but the
+/// counters, which start again from 0.
+fn drop_stale_pins(layout: &pins::Layout) -> Result<()> {
+    for (name, key, value, entries) in LAYOUT {
+        let path = layout.maps().join(name);
+        if !path.exists() {
+            continue;
+        }
+        let info =
+            MapInfo::from_pin(&path).with_context(|| format!("reading {}", path.display()))?;
+        if (info.key_size(), info.value_size(), info.max_entries()) != (key, value, entries) {
+            fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+        }
+    }
+    Ok(())
 }
 
 /// Detaches the program from `iface`; the last interface takes the folder (maps,
@@ -164,7 +207,7 @@ pub fn detach(iface: &str, bpffs: &Path, name: &str) -> Result<Vec<String>> {
 pub struct Status {
     pub name: String,
     pub interfaces: Vec<String>,
-    /// `None`: IPIP only.
+    /// `None`: IPIP and ip6ip6 only.
     pub gue_port: Option<u16>,
     /// Empty: any source.
     pub allowed_sources: Vec<String>,
@@ -200,6 +243,13 @@ pub fn status(bpffs: &Path, name: &str) -> Result<Status> {
     for key in sources.keys() {
         let key = key?;
         let addr = Ipv4Addr::from(key.data().to_ne_bytes());
+        allowed.push(format!("{addr}/{}", key.prefix_len()));
+    }
+    let sources6: LpmTrie<_, [u8; 16], u8> =
+        LpmTrie::try_from(aya::maps::Map::LpmTrie(open(names::SOURCES6)?))?;
+    for key in sources6.keys() {
+        let key = key?;
+        let addr = Ipv6Addr::from(key.data());
         allowed.push(format!("{addr}/{}", key.prefix_len()));
     }
     allowed.sort();
