@@ -234,6 +234,18 @@ pub struct Inner6 {
     pub traffic_class: u8,
 }
 
+impl Inner6 {
+    /// From the packet's first two bytes (version, traffic class, the flow label's top)
+    /// and its length (header and payload).
+    #[inline(always)]
+    pub const fn of(first: [u8; 2], len: u16) -> Self {
+        Self {
+            len,
+            traffic_class: first[0] << 4 | first[1] >> 4,
+        }
+    }
+}
+
 impl Outer6 {
     /// The outer headers of a packet of `flow` (client → VIP, as `FLOWS6` keys it) sent
     /// through an IPv6 listener's tunnel (`encapsulation`, GUE to `gue_port`, network
@@ -580,6 +592,7 @@ mod tests {
 
     #[test]
     fn flow_labels_are_twenty_bits_and_never_zero() {
+        assert_eq!(Inner6::of([0x6b, 0x81], 60).traffic_class, 0xb8);
         assert_eq!(flow_label(0x1234_5678), 0x4_5678);
         assert_eq!(flow_label(0xfff0_0000), 1, "0 means unlabelled");
         let mut o = outer6(Encapsulation::Ipip);

@@ -1,7 +1,8 @@
 //! The `lb_too_big6` stage: `too_big` for IPv6. A translated TCP/UDP packet too big for
-//! its egress becomes the ICMPv6 Packet Too Big (type 2, RFC 4443) its sender needs, sent
-//! back out of the interface it came in on (XDP_TX). IPv6 routers never fragment: without
-//! it, the sender's large segments would vanish.
+//! its egress (or, with `forwarding: dsr`, a client's packet too big once encapsulated)
+//! becomes the ICMPv6 Packet Too Big (type 2, RFC 4443) its sender needs, sent back out of
+//! the interface it came in on (XDP_TX). IPv6 routers never fragment: without it, the
+//! sender's large segments would vanish.
 //!
 //! As for IPv4, the quote is the packet as its sender sent it (the translation undone
 //! from the hand-off in `TOO_BIG6`), and the answer comes from the quoted packet's
@@ -9,7 +10,9 @@
 //! reply. The quote is the IPv6 header and the first 8 bytes of TCP/UDP (the ports and the
 //! TCP sequence number, what a receiver matches; RFC 4443 asks for "as much as possible",
 //! a SHOULD the receivers here do not need). A packet with extension headers is passed to
-//! the kernel (`pass_frag_needed`): its quote would be of a length known at run time only.
+//! the kernel (`pass_frag_needed`): its quote would be of a length known at run time only;
+//! one for a tunnel is dropped (`drop_too_big_for_tunnel`), as the kernel would route it
+//! to the VIP.
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
@@ -56,21 +59,29 @@ pub fn lb_too_big6(ctx: XdpContext) -> u32 {
 
 #[inline(always)]
 fn run(ctx: &XdpContext) -> (u32, Reason) {
-    let unanswered = (XDP_PASS, Reason::PassFragNeeded);
     let ip = match parse6::header(ctx) {
         Ok(ip) => ip,
         Err(reason) => return (XDP_DROP, reason),
     };
-    // Without extension headers only: the fixed header's next header is TCP or UDP.
-    if !(ip.protocol == PROTO_TCP || ip.protocol == PROTO_UDP) {
-        return unanswered;
-    }
     let Some(handoff) = TOO_BIG6.get(0) else {
         return (XDP_DROP, Reason::DropStageFailed);
     };
     // Read from the hand-off where used: copies of its 40-byte key and 16-byte address
     // would each take their room on the stack.
     let (orig_port, mtu, side) = (handoff.port, handoff.mtu, handoff.side);
+    let encapsulated = handoff.encapsulated != 0;
+    // What becomes of a packet this stage cannot answer: a translated one goes to the
+    // kernel, which answers it (quoting it as translated); a client's packet for a tunnel
+    // is dropped, as passed the kernel would route it to the VIP.
+    let unanswered = if encapsulated {
+        (XDP_DROP, Reason::DropTooBigForTunnel)
+    } else {
+        (XDP_PASS, Reason::PassFragNeeded)
+    };
+    // Without extension headers only: the fixed header's next header is TCP or UDP.
+    if !(ip.protocol == PROTO_TCP || ip.protocol == PROTO_UDP) {
+        return unanswered;
+    }
     let frame_len = ctx.data_end() - ctx.data();
     if frame_len <= ANSWER_LEN {
         return unanswered;
@@ -118,7 +129,8 @@ fn run(ctx: &XdpContext) -> (u32, Reason) {
     let orig_addr = handoff.addr;
     q[addr_at..addr_at + 16].copy_from_slice(&octets6(orig_addr));
     q[port_at..port_at + 2].copy_from_slice(&orig_port.to_ne_bytes());
-    if ip.protocol == PROTO_UDP {
+    // An encapsulated packet was never translated: its UDP checksum stands as it came.
+    if ip.protocol == PROTO_UDP && !encapsulated {
         let check = csum::udp_nonzero(csum::replace_addr6_port(
             word(q, 46),
             old_addr,
