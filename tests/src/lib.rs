@@ -113,8 +113,14 @@ mod tests {
     use super::TEST_OBJECT;
 
     /// The programs lb-ebpf's `testing` feature adds.
-    const TESTING_PROGRAMS: [&str; 5] =
-        ["lb_bench", "lb_empty", "lb_gen", "lb_sink", "lb_redirect"];
+    const TESTING_PROGRAMS: [&str; 6] = [
+        "lb_bench",
+        "lb_bench6",
+        "lb_empty",
+        "lb_gen",
+        "lb_sink",
+        "lb_redirect",
+    ];
 
     fn parse(object: &[u8]) -> Object {
         Object::parse(object).expect("the embedded object parses")
