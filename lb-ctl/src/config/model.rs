@@ -11,7 +11,7 @@ use std::{
 use lb_common::Scheduler;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-pub use super::net::{IpNet, IpNetError, Ipv4Net, Ipv4NetError, Ipv6Net};
+pub use super::net::{IpNet, IpNetError, Ipv4Net, Ipv6Net};
 
 /// Accepted ranges and defaults. Both the YAML reader and `Config::validate` check against
 /// these, so a range is stated once.

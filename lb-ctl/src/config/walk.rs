@@ -373,41 +373,34 @@ impl Reader {
             path,
             value,
             Self::ip,
-            IpAddr::is_ipv4,
+            |a| match a {
+                IpAddr::V4(a) => Ok(a),
+                IpAddr::V6(a) => Err(a),
+            },
             "give one address, or one IPv4 and one IPv6 address; leave the field out to let \
              the kernel pick the source",
             "give at most one address per family: IPv4 backends are probed from the IPv4 \
              one, IPv6 backends from the IPv6 one",
         )?;
-        let v4 = |a: IpAddr| match a {
-            IpAddr::V4(a) => Some(a),
-            IpAddr::V6(_) => None,
-        };
-        let v6 = |a: IpAddr| match a {
-            IpAddr::V6(a) => Some(a),
-            IpAddr::V4(_) => None,
-        };
-        HealthCheckSource::new(ipv4.and_then(v4), ipv6.and_then(v6))
+        HealthCheckSource::new(ipv4, ipv6)
     }
 
-    /// A field of one value, or a list of at most one value of each family (`read` reads
-    /// one, `is_ipv4` tells its family): the IPv4 one and the IPv6 one. `None` after any
-    /// error (the field is then tainted: rules about it must not run on the half read).
-    fn one_per_family<T: Copy>(
+    /// A field of one value, or a list of at most one value of each family: `read` reads
+    /// one, `split` tells an IPv4 one (`Ok`) from an IPv6 one. `None` after any error (the
+    /// field is then tainted: rules about it must not run on the half that was read).
+    fn one_per_family<T, V4, V6>(
         &mut self,
         path: &str,
         value: &Value,
         read: fn(&mut Self, &str, &Value) -> Option<T>,
-        is_ipv4: fn(&T) -> bool,
+        split: fn(T) -> Result<V4, V6>,
         empty_hint: &str,
         second_hint: &str,
-    ) -> Option<(Option<T>, Option<T>)> {
+    ) -> Option<(Option<V4>, Option<V6>)> {
         let Value::Sequence(entries) = value else {
-            let one = read(self, path, value)?;
-            return Some(if is_ipv4(&one) {
-                (Some(one), None)
-            } else {
-                (None, Some(one))
+            return Some(match split(read(self, path, value)?) {
+                Ok(v4) => (Some(v4), None),
+                Err(v6) => (None, Some(v6)),
             });
         };
         if entries.is_empty() {
@@ -415,8 +408,8 @@ impl Reader {
             return None;
         }
         // Each family's value with the path it was given at.
-        let mut ipv4: Option<(T, String)> = None;
-        let mut ipv6: Option<(T, String)> = None;
+        let mut ipv4: Option<(V4, String)> = None;
+        let mut ipv6: Option<(V6, String)> = None;
         let mut failed = false;
         for (i, entry) in entries.iter().enumerate() {
             let entry_path = index(path, i);
@@ -424,10 +417,9 @@ impl Reader {
                 failed = true;
                 continue;
             };
-            let (family, first) = if is_ipv4(&one) {
-                ("IPv4", &ipv4.get_or_insert((one, entry_path.clone())).1)
-            } else {
-                ("IPv6", &ipv6.get_or_insert((one, entry_path.clone())).1)
+            let (family, first) = match split(one) {
+                Ok(v4) => ("IPv4", &ipv4.get_or_insert((v4, entry_path.clone())).1),
+                Err(v6) => ("IPv6", &ipv6.get_or_insert((v6, entry_path.clone())).1),
             };
             if *first != entry_path {
                 let message = format!("a second {family} source: {first} is one already");
@@ -475,21 +467,16 @@ impl Reader {
             path,
             value,
             Self::prefix,
-            |net| matches!(net, IpNet::V4(_)),
+            |n| match n {
+                IpNet::V4(n) => Ok(n),
+                IpNet::V6(n) => Err(n),
+            },
             "give one address or prefix, or one of each family; leave the field out to send \
              from the address the route to each backend prefers",
             "give at most one address or prefix per family: IPv4 listeners' tunnels leave \
              from the IPv4 one, IPv6 listeners' from the IPv6 one",
         )?;
-        let v4 = |n: IpNet| match n {
-            IpNet::V4(n) => Some(n),
-            IpNet::V6(_) => None,
-        };
-        let v6 = |n: IpNet| match n {
-            IpNet::V6(n) => Some(n),
-            IpNet::V4(_) => None,
-        };
-        DsrSource::new(ipv4.and_then(v4), ipv6.and_then(v6))
+        DsrSource::new(ipv4, ipv6)
     }
 
     /// The text of a string-valued field, with `expected` naming it in a type error.
@@ -1494,7 +1481,10 @@ mod tests {
             "{BASE}forwarding: dsr\ndsr: {{ source: [2001:db8:9::/112, 198.18.9.0/24] }}\n"
         ));
         let source = c.dsr.source.unwrap();
-        assert_eq!(source.ipv4(), Some("198.18.9.0/24".parse().unwrap()));
+        assert_eq!(
+            source.ipv4().map(|n| n.to_string()),
+            Some("198.18.9.0/24".to_owned())
+        );
         assert_eq!(
             source.ipv6().map(|n| n.to_string()),
             Some("2001:db8:9::/112".to_owned())

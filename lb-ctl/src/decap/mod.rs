@@ -97,37 +97,19 @@ pub fn attach(iface: &str, options: &AttachOptions) -> Result<Attached> {
         },
         0,
     )?;
-    let mut sources: LpmTrie<_, u32, u8> = ebpf
-        .map_mut(names::SOURCES)
-        .context("no sources map")?
-        .try_into()?;
-    let old: Vec<Key<u32>> = sources.keys().collect::<Result<_, _>>()?;
-    for key in &old {
-        sources.remove(key)?;
-    }
-    for net in &options.allow_sources {
-        if let IpNet::V4(net) = net {
-            let key = Key::new(
-                u32::from(net.prefix_len()),
-                u32::from_ne_bytes(net.addr().octets()),
-            );
-            sources.insert(&key, 1, 0)?;
-        }
-    }
-    let mut sources6: LpmTrie<_, [u8; 16], u8> = ebpf
-        .map_mut(names::SOURCES6)
-        .context("no IPv6 sources map")?
-        .try_into()?;
-    let old: Vec<Key<[u8; 16]>> = sources6.keys().collect::<Result<_, _>>()?;
-    for key in &old {
-        sources6.remove(key)?;
-    }
-    for net in &options.allow_sources {
-        if let IpNet::V6(net) = net {
-            let key = Key::new(u32::from(net.prefix_len()), net.addr().octets());
-            sources6.insert(&key, 1, 0)?;
-        }
-    }
+    let ipv4 = options.allow_sources.iter().filter_map(|net| match net {
+        IpNet::V4(n) => Some(Key::new(
+            u32::from(n.prefix_len()),
+            u32::from_ne_bytes(n.addr().octets()),
+        )),
+        IpNet::V6(_) => None,
+    });
+    set_prefixes(&mut ebpf, names::SOURCES, ipv4)?;
+    let ipv6 = options.allow_sources.iter().filter_map(|net| match net {
+        IpNet::V6(n) => Some(Key::new(u32::from(n.prefix_len()), n.addr().octets())),
+        IpNet::V4(_) => None,
+    });
+    set_prefixes(&mut ebpf, names::SOURCES6, ipv6)?;
 
     let program: &mut Xdp = ebpf
         .program_mut(names::PROGRAM)
@@ -148,6 +130,37 @@ pub fn attach(iface: &str, options: &AttachOptions) -> Result<Attached> {
         mode,
         warnings: check_host(iface, &facts, &options.vips),
     })
+}
+
+/// Replaces the prefixes the LPM trie `map` of the loaded object holds with `keys`.
+fn set_prefixes<K: aya::Pod>(
+    ebpf: &mut aya::Ebpf,
+    map: &str,
+    keys: impl Iterator<Item = Key<K>>,
+) -> Result<()> {
+    let mut trie: LpmTrie<_, K, u8> = ebpf
+        .map_mut(map)
+        .with_context(|| format!("no {map} map"))?
+        .try_into()?;
+    let old: Vec<Key<K>> = trie.keys().collect::<Result<_, _>>()?;
+    for key in &old {
+        trie.remove(key)?;
+    }
+    for key in keys {
+        trie.insert(&key, 1, 0)?;
+    }
+    Ok(())
+}
+
+/// The prefixes of an LPM trie of sources, written out with `address`.
+fn prefixes<K: aya::Pod>(data: MapData, address: fn(K) -> IpAddr) -> Result<Vec<String>> {
+    let trie: LpmTrie<_, K, u8> = LpmTrie::try_from(aya::maps::Map::LpmTrie(data))?;
+    trie.keys()
+        .map(|key| {
+            let key = key?;
+            Ok(format!("{}/{}", address(key.data()), key.prefix_len()))
+        })
+        .collect()
 }
 
 /// Each map's layout: name, key and value bytes, entries.
@@ -237,21 +250,12 @@ pub fn status(bpffs: &Path, name: &str) -> Result<Status> {
         let per_cpu = counters.get(&(reason as u32), 0)?;
         totals.insert(reason.name(), per_cpu.iter().sum());
     }
-    let sources: LpmTrie<_, u32, u8> =
-        LpmTrie::try_from(aya::maps::Map::LpmTrie(open(names::SOURCES)?))?;
-    let mut allowed = Vec::new();
-    for key in sources.keys() {
-        let key = key?;
-        let addr = Ipv4Addr::from(key.data().to_ne_bytes());
-        allowed.push(format!("{addr}/{}", key.prefix_len()));
-    }
-    let sources6: LpmTrie<_, [u8; 16], u8> =
-        LpmTrie::try_from(aya::maps::Map::LpmTrie(open(names::SOURCES6)?))?;
-    for key in sources6.keys() {
-        let key = key?;
-        let addr = Ipv6Addr::from(key.data());
-        allowed.push(format!("{addr}/{}", key.prefix_len()));
-    }
+    let mut allowed = prefixes(open(names::SOURCES)?, |a: u32| {
+        IpAddr::from(Ipv4Addr::from(a.to_ne_bytes()))
+    })?;
+    allowed.extend(prefixes(open(names::SOURCES6)?, |a: [u8; 16]| {
+        IpAddr::from(Ipv6Addr::from(a))
+    })?);
     allowed.sort();
     Ok(Status {
         name: name.to_owned(),
