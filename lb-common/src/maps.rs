@@ -132,6 +132,8 @@ pub mod names {
     pub const NEXT_HOPS6: &str = "NEXT_HOPS6";
     pub const PENDING6: &str = "PENDING6";
     pub const TOO_BIG6: &str = "TOO_BIG6";
+    pub const ENCAP_SOURCES6: &str = "ENCAP_SOURCES6";
+    pub const ENCAP6: &str = "ENCAP6";
     /// The entry program, attached to every interface.
     pub const PROGRAM: &str = "lb_xdp";
     /// The programs behind `STAGES`, entered by tail call.
@@ -141,6 +143,7 @@ pub mod names {
     pub const PROGRAM_ICMP6: &str = "lb_icmp6";
     pub const PROGRAM_TOO_BIG6: &str = "lb_too_big6";
     pub const PROGRAM_ICMP6_CLIENT: &str = "lb_icmp6_client";
+    pub const PROGRAM_ENCAP6: &str = "lb_encap6";
     pub const PROGRAM_WLC: &str = "lb_wlc";
     pub const PROGRAM_ICMP: &str = "lb_icmp";
     pub const PROGRAM_TOO_BIG: &str = "lb_too_big";
@@ -177,15 +180,19 @@ pub const STAGE_TOO_BIG6: u32 = 7;
 /// `STAGES` slot of `lb_icmp6_client`: an ICMPv6 error about a packet sent to a backend,
 /// towards the client (`lb_icmp6`'s second half).
 pub const STAGE_ICMP6_CLIENT: u32 = 8;
+/// `STAGES` slot of `lb_encap6`: an IPv6 packet to a `forwarding: dsr` listener's backend
+/// (or an ICMPv6 error about such a flow) put inside its outer IPv6 header and sent.
+pub const STAGE_ENCAP6: u32 = 9;
 /// Slots of `STAGES` (room for stages to come; the map is per load, never pinned).
 pub const STAGE_SLOTS: u32 = 16;
 /// Every stage: (slot, program name), in the order the controller loads them.
-pub const STAGE_PROGRAMS: [(u32, &str); 9] = [
+pub const STAGE_PROGRAMS: [(u32, &str); 10] = [
     (STAGE_NEW_FLOW, names::PROGRAM_NEW_FLOW),
     (STAGE_IPV6, names::PROGRAM_IPV6),
     (STAGE_ICMP6, names::PROGRAM_ICMP6),
     (STAGE_TOO_BIG6, names::PROGRAM_TOO_BIG6),
     (STAGE_ICMP6_CLIENT, names::PROGRAM_ICMP6_CLIENT),
+    (STAGE_ENCAP6, names::PROGRAM_ENCAP6),
     (STAGE_NEW_FLOW6, names::PROGRAM_NEW_FLOW6),
     (STAGE_WLC, names::PROGRAM_WLC),
     (STAGE_ICMP, names::PROGRAM_ICMP),
@@ -394,10 +401,11 @@ pub enum Encapsulation {
     /// `forwarding: nat`: no encapsulation, the packet is translated.
     #[default]
     None = 0,
-    /// IPv4 in IPv4 (IP protocol 4, RFC 2003).
+    /// IP in IP of the listener's family: IPv4 in IPv4 (IP protocol 4, RFC 2003), IPv6
+    /// in IPv6 (next header 41, RFC 2473).
     Ipip = 1,
     /// Generic UDP Encapsulation, variant 1 (the inner IP packet right after the UDP
-    /// header), to `encap_port`.
+    /// header), to `encap_port`, over the listener's family.
     Gue = 2,
 }
 
@@ -411,12 +419,21 @@ impl Encapsulation {
         }
     }
 
-    /// Bytes the encapsulation adds in front of the client's IP packet.
+    /// Bytes the encapsulation adds in front of the client's IPv4 packet.
     pub const fn overhead(self) -> u16 {
         match self {
             Self::None => 0,
             Self::Ipip => IPV4_HEADER_LEN,
             Self::Gue => IPV4_HEADER_LEN + UDP_HEADER_LEN,
+        }
+    }
+
+    /// Bytes the encapsulation adds in front of the client's IPv6 packet.
+    pub const fn overhead6(self) -> u16 {
+        match self {
+            Self::None => 0,
+            Self::Ipip => IPV6_HEADER_LEN,
+            Self::Gue => IPV6_HEADER_LEN + UDP_HEADER_LEN,
         }
     }
 
@@ -446,7 +463,12 @@ pub const IPV4_HEADER_LEN: u16 = 20;
 pub const UDP_HEADER_LEN: u16 = 8;
 /// IP protocol number of IPv4 in IPv4.
 pub const PROTO_IPIP: u8 = 4;
-/// The outer header's TTL: what a host sends its own packets with (Linux's default).
+/// An IPv6 header (without extension headers).
+pub const IPV6_HEADER_LEN: u16 = 40;
+/// IPv6 next header of IPv6 in IPv6 ("IPv6 encapsulation", RFC 2473).
+pub const PROTO_IPV6: u8 = 41;
+/// The outer header's TTL (IPv6: hop limit): what a host sends its own packets with
+/// (Linux's default).
 pub const ENCAP_TTL: u8 = 64;
 /// Most low bits of the outer source a flow's hash may choose (a /16).
 pub const MAX_ENCAP_SOURCE_BITS: u8 = 16;

@@ -128,8 +128,11 @@ pub struct NextHop6 {
     pub dst_mac: [u8; 6],
     pub src_mac: [u8; 6],
     pub _pad: [u8; 2],
+    /// The source address the route prefers, when the lookup asked for it (encapsulation
+    /// without a configured IPv6 source); all zero otherwise.
+    pub src_addr: Addr6,
 }
-const _: () = assert!(size_of::<NextHop6>() == 48);
+const _: () = assert!(size_of::<NextHop6>() == 64);
 
 /// `PendingFlow` of an IPv6 packet (`PENDING6`).
 #[repr(C)]
@@ -166,11 +169,60 @@ pub struct TooBig6 {
     pub mtu: u16,
     /// `TOO_BIG_DESTINATION` or `TOO_BIG_SOURCE`.
     pub side: u8,
-    pub _pad: u8,
+    /// 1: the packet was to be encapsulated (`forwarding: dsr`): it is the client's as it
+    /// came (nothing to undo), and one the stage cannot answer is dropped, not passed (see
+    /// `TooBig::encapsulated`).
+    pub encapsulated: u8,
     /// Bytes of extension headers between the IPv6 header and the TCP/UDP header.
     pub extension_len: u16,
 }
 const _: () = assert!(size_of::<TooBig6>() == 64);
+
+/// Value of `ENCAP_SOURCES6`, by listener id: the outer source of an IPv6 `forwarding:
+/// dsr` listener's tunnel (`dsr.source`'s IPv6 address or prefix). The listener entry,
+/// shared by both families, has room for an IPv4 source only.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct EncapSource6 {
+    /// Network byte order; all zero: the address the route to the backend prefers.
+    pub addr: Addr6,
+    /// How many low bits of `addr` come from the flow's hash (0..=16).
+    pub bits: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(size_of::<EncapSource6>() == 20);
+
+/// `Encap6::side` of an ICMPv6 error about a flow (never answered when too big).
+pub const ENCAP6_ICMP: u8 = 0;
+
+/// An IPv6 packet to be encapsulated for its backend, handed to `lb_encap6` (`ENCAP6`, one
+/// per CPU, like `PendingFlow6`): the stages that decide where a packet goes leave the
+/// tunnel to a stage of its own, so their stack and verifier cost do not grow with it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Encap6 {
+    /// The flow's client-side 5-tuple (client → VIP): the flow label, the GUE source port
+    /// and a source prefix's host bits come from its hash. The stage checks it against its
+    /// packet: the whole of it for a client's packet, the VIP for an ICMPv6 error.
+    pub key: FlowKey6,
+    /// `bpf_ktime_get_coarse_ns` of the packet (the next-hop cache).
+    pub now_ns: u64,
+    /// Listener id: its counters and its `ENCAP_SOURCES6` entry.
+    pub listener: u32,
+    pub backend: u32,
+    /// The listener's `encap_port`, network byte order.
+    pub encap_port: u16,
+    /// The listener's `Encapsulation` value.
+    pub encapsulation: u8,
+    /// `TOO_BIG_DESTINATION`: a client's packet (counted as forwarded, answered with
+    /// Packet Too Big when too big); `ENCAP6_ICMP`: an ICMPv6 error about the flow.
+    pub side: u8,
+    /// Where the packet's TCP or UDP header starts, from the start of the frame (a
+    /// client's packet: its ports are checked against the key).
+    pub l4_offset: u16,
+    pub _pad: [u8; 10],
+}
+const _: () = assert!(size_of::<Encap6>() == 72);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -186,4 +238,6 @@ mod pod {
     unsafe impl aya::Pod for NextHop6 {}
     unsafe impl aya::Pod for PendingFlow6 {}
     unsafe impl aya::Pod for TooBig6 {}
+    unsafe impl aya::Pod for EncapSource6 {}
+    unsafe impl aya::Pod for Encap6 {}
 }

@@ -272,18 +272,18 @@ pub enum DecapCommand {
         iface: String,
         #[command(flatten)]
         pin: DecapPin,
-        /// Also strip GUE: IPv4 in UDP to this port (the LBs' `dsr.gue_port`, 6080 by
-        /// default). IPIP is always stripped.
+        /// Also strip GUE: IPv4 in UDP, or IPv6 in UDP over IPv6, to this port (the LBs'
+        /// `dsr.gue_port`, 6080 by default). IPIP and ip6ip6 are always stripped.
         #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
         gue_port: Option<u16>,
         /// Accept tunnelled packets only from this source prefix (the LB hosts'; ADDR or
-        /// ADDR/LEN, repeatable). Without it any host can hand this backend a packet from
-        /// any "client".
+        /// ADDR/LEN, IPv4 or IPv6, repeatable; with any, a family without one accepts
+        /// none). Without it any host can hand this backend a packet from any "client".
         #[arg(long = "allow-source", value_parser = parse_prefix)]
-        allow_sources: Vec<crate::config::Ipv4Net>,
-        /// A VIP this backend serves, checked to be on lo (repeatable).
+        allow_sources: Vec<crate::config::IpNet>,
+        /// A VIP this backend serves, IPv4 or IPv6, checked to be on lo (repeatable).
         #[arg(long = "vip")]
-        vips: Vec<Ipv4Addr>,
+        vips: Vec<IpAddr>,
     },
     /// Detach it from IFACE; the last interface removes the pins and counters.
     Detach {
@@ -314,9 +314,9 @@ pub struct DecapPin {
     pub bpffs: PathBuf,
 }
 
-/// An IPv4 prefix (ADDR/LEN) or address.
-pub fn parse_prefix(s: &str) -> Result<crate::config::Ipv4Net, String> {
-    s.parse::<crate::config::Ipv4Net>()
+/// A prefix (ADDR/LEN) or address of either family.
+pub fn parse_prefix(s: &str) -> Result<crate::config::IpNet, String> {
+    s.parse::<crate::config::IpNet>()
         .map_err(|e| match e.hint() {
             Some(hint) => format!("{e} ({hint})"),
             None => e.to_string(),

@@ -22,8 +22,8 @@ use aya::{
     programs::{SchedClassifier, Xdp},
 };
 use lb_common::{
-    AclKey, AclKey6, Affinity, AffinityKey, AffinityKey6, Backend, BackendAddr6, Endpoint,
-    Endpoint6, EndpointKey, EndpointKey6, Flow, FlowKey, FlowKey6, Listener, ListenerKey,
+    AclKey, AclKey6, Affinity, AffinityKey, AffinityKey6, Backend, BackendAddr6, EncapSource6,
+    Endpoint, Endpoint6, EndpointKey, EndpointKey6, Flow, FlowKey, FlowKey6, Listener, ListenerKey,
     ListenerKey6, REASON_COUNT, Reason, SEQUENCE_TABLE_SIZE, TABLES_PER_LISTENER, TableMeta,
     TrafficCounters, acl_prefix_len, acl_prefix_len6, half_open_table_size, id_pair_entries, names,
 };
@@ -154,7 +154,7 @@ impl MapSizes {
     }
 
     /// max_entries of every sized map, by name.
-    pub fn entries(&self) -> [(&'static str, u32); 22] {
+    pub fn entries(&self) -> [(&'static str, u32); 23] {
         // ADDRESS_FILTER has a fixed size.
         let slots = self.table_slots();
         [
@@ -187,12 +187,13 @@ impl MapSizes {
             (names::ENDPOINTS6, self.max_backends),
             (names::AFFINITY6, self.ipv6_flow_table_size()),
             (names::NEXT_HOPS6, self.max_backends),
+            (names::ENCAP_SOURCES6, self.max_listeners),
         ]
     }
 }
 
 /// Every map of the program, by name (pin files carry these names).
-pub const ALL_MAPS: [&str; 27] = [
+pub const ALL_MAPS: [&str; 28] = [
     names::LISTENERS,
     names::BACKENDS,
     names::MAGLEV,
@@ -220,6 +221,7 @@ pub const ALL_MAPS: [&str; 27] = [
     names::ACLS6,
     names::AFFINITY6,
     names::NEXT_HOPS6,
+    names::ENCAP_SOURCES6,
 ];
 
 /// A `BPF_F_MMAPABLE` array mapped into this process: `IdPair` arrays as a dense `u32`
@@ -359,6 +361,8 @@ struct Maps6 {
     endpoints: HashMap<MapData, EndpointKey6, Endpoint6>,
     acls: LpmTrie<MapData, AclKey6, u32>,
     affinity: HashMap<MapData, AffinityKey6, Affinity>,
+    /// The outer source of an IPv6 DSR listener's tunnel, by listener id.
+    encap_sources: Array<MapData, EncapSource6>,
 }
 
 /// One loaded program as the kernel reports it: the verifier's cost and the native size.
@@ -592,6 +596,9 @@ impl DataPlane {
                 affinity: take(&mut ebpf, names::AFFINITY6)?
                     .try_into()
                     .map_err(map_err(names::AFFINITY6))?,
+                encap_sources: take(&mut ebpf, names::ENCAP_SOURCES6)?
+                    .try_into()
+                    .map_err(map_err(names::ENCAP_SOURCES6))?,
             },
             ebpf,
             logger,
@@ -696,6 +703,22 @@ impl DataPlane {
                 .insert(k, listener, 0)
                 .map_err(map_err(names::LISTENERS6)),
         }
+    }
+
+    /// Writes the outer source of IPv6 listener `id`'s tunnel (before its entry).
+    pub fn set_encap_source6(&mut self, id: u32, source: EncapSource6) -> Result<()> {
+        self.v6
+            .encap_sources
+            .set(id, source, 0)
+            .map_err(map_err(names::ENCAP_SOURCES6))
+    }
+
+    /// What `ENCAP_SOURCES6` holds for listener `id`.
+    pub fn encap_source6(&self, id: u32) -> Result<EncapSource6> {
+        self.v6
+            .encap_sources
+            .get(&id, 0)
+            .map_err(map_err(names::ENCAP_SOURCES6))
     }
 
     /// Removes a listener or VIP marker; a key that is not there is not an error.

@@ -15,7 +15,13 @@
 //! alone, as the host's own defence against spoofed sources is its operator's call, and
 //! says when strict mode is in the way.
 
-use std::{collections::BTreeSet, ffi::CStr, fmt, fs, io, net::Ipv4Addr, path::PathBuf};
+use std::{
+    collections::BTreeSet,
+    ffi::CStr,
+    fmt, fs, io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::PathBuf,
+};
 
 use thiserror::Error;
 use tracing::{debug, info, warn};
@@ -156,6 +162,18 @@ impl fmt::Display for LocalAddress {
 
 /// Every IPv4 address of the current network namespace, with its interface.
 pub fn local_addresses() -> Result<Vec<LocalAddress>> {
+    Ok(interface_addresses()?
+        .into_iter()
+        .filter_map(|(address, iface)| match address {
+            IpAddr::V4(address) => Some(LocalAddress { address, iface }),
+            IpAddr::V6(_) => None,
+        })
+        .collect())
+}
+
+/// Every address of either family of the current network namespace, with the name of
+/// its interface.
+pub fn interface_addresses() -> Result<Vec<(IpAddr, String)>> {
     // getifaddrs(3) through libc: rustix does not offer it, and std has no interface list.
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs writes the head of a list it allocates; freed below.
@@ -168,24 +186,30 @@ pub fn local_addresses() -> Result<Vec<LocalAddress>> {
         // SAFETY: `node` is an element of the list getifaddrs returned, not freed yet.
         let ifa = unsafe { &*node };
         node = ifa.ifa_next;
-        // SAFETY: a non-null ifa_addr points to a socket address whose family field is
-        // valid to read whatever the family.
-        if ifa.ifa_addr.is_null()
-            || i32::from(unsafe { (*ifa.ifa_addr).sa_family }) != libc::AF_INET
-        {
+        if ifa.ifa_addr.is_null() {
             continue;
         }
-        // SAFETY: an AF_INET address is a sockaddr_in.
-        let sin = unsafe { &*ifa.ifa_addr.cast::<libc::sockaddr_in>() };
+        // SAFETY: a non-null ifa_addr points to a socket address whose family field is
+        // valid to read whatever the family.
+        let address = match i32::from(unsafe { (*ifa.ifa_addr).sa_family }) {
+            libc::AF_INET => {
+                // SAFETY: an AF_INET address is a sockaddr_in.
+                let sin = unsafe { &*ifa.ifa_addr.cast::<libc::sockaddr_in>() };
+                IpAddr::V4(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)))
+            }
+            libc::AF_INET6 => {
+                // SAFETY: an AF_INET6 address is a sockaddr_in6.
+                let sin6 = unsafe { &*ifa.ifa_addr.cast::<libc::sockaddr_in6>() };
+                IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr))
+            }
+            _ => continue,
+        };
         // SAFETY: ifa_name is a NUL-terminated string owned by the list.
         let name = unsafe { CStr::from_ptr(ifa.ifa_name) }.to_string_lossy();
         // An address with a label (`eth0:vip`) is reported under the label; the interface
         // is what precedes the colon (interface names cannot contain one).
         let iface = name.split(':').next().unwrap_or_default().to_owned();
-        addresses.push(LocalAddress {
-            address: Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)),
-            iface,
-        });
+        addresses.push((address, iface));
     }
     // SAFETY: the list getifaddrs returned, freed once; nothing borrowed from it remains.
     unsafe { libc::freeifaddrs(head) };

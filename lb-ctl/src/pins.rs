@@ -300,6 +300,12 @@ pub(crate) fn expected_layout(sizes: &MapSizes) -> Vec<(&'static str, u32, u32, 
             size_of::<lb_common::NextHop6>() as u32,
             e(names::NEXT_HOPS6),
         ),
+        (
+            names::ENCAP_SOURCES6,
+            4,
+            size_of::<lb_common::EncapSource6>() as u32,
+            e(names::ENCAP_SOURCES6),
+        ),
     ]
 }
 

@@ -23,8 +23,8 @@ use std::{
 };
 
 use lb_common::{
-    BACKEND_F_DRAINING, BACKEND_F_SHARED_ENDPOINT, BACKEND_F_USABLE, Backend, Listener,
-    REFUSED_FILTER_BASE, REFUSED_PREFIXES_WORD, REFUSED_SOURCES_ACL, SEQUENCE_TABLE_SIZE,
+    BACKEND_F_DRAINING, BACKEND_F_SHARED_ENDPOINT, BACKEND_F_USABLE, Backend, EncapSource6,
+    Listener, REFUSED_FILTER_BASE, REFUSED_PREFIXES_WORD, REFUSED_SOURCES_ACL, SEQUENCE_TABLE_SIZE,
     Scheduler, TABLES_PER_LISTENER, TableMeta, VIP_FILTER_BASE, VIP6_FILTER_BASE,
     address_filter_bit, address_filter_bit6,
     maglev::{self, MaglevBackend},
@@ -60,10 +60,13 @@ pub enum MapOp {
     ResetCursor {
         listener: u32,
     },
-    /// Write a listener entry (also how a listener flips to a new table slot).
+    /// Write a listener entry (also how a listener flips to a new table slot). An IPv6
+    /// listener's tunnel source (`ENCAP_SOURCES6`, all zero but for an IPv6 `forwarding:
+    /// dsr` listener with an IPv6 `dsr.source`) is written first.
     SetListener {
         key: ListenerMapKey,
         value: Listener,
+        source6: EncapSource6,
     },
     RemoveListener {
         key: ListenerMapKey,
@@ -135,7 +138,16 @@ impl MapWriter for DataPlane {
                 meta,
             } => self.write_table(*slot, maglev, sequence, *meta),
             MapOp::ResetCursor { listener } => self.reset_cursor(*listener),
-            MapOp::SetListener { key, value } => self.set_listener(*key, *value),
+            MapOp::SetListener {
+                key,
+                value,
+                source6,
+            } => {
+                if matches!(key, ListenerMapKey::V6(_)) {
+                    self.set_encap_source6(value.id, *source6)?;
+                }
+                self.set_listener(*key, *value)
+            }
             MapOp::RemoveListener { key } => self.remove_listener(key),
             MapOp::SetVipMarker { addr, flags } => self.set_listener(
                 ListenerMapKey::vip_marker(*addr),
@@ -287,6 +299,7 @@ impl TableInputs {
 struct AppliedListener {
     key: ListenerMapKey,
     value: Listener,
+    source6: EncapSource6,
     inputs: TableInputs,
 }
 
@@ -365,20 +378,26 @@ fn listener_value(l: &DesiredListener, table: u32) -> Listener {
         persistence_timeout_s: l.persistence_timeout,
         acl_mode: l.acl_mode,
         acl_id: l.acl_id,
-        ..encapsulation_fields(l.dsr)
+        ..encapsulation_fields(l)
     }
 }
 
-/// The listener entry's encapsulation fields: all zero for NAT.
-fn encapsulation_fields(dsr: Option<crate::config::Dsr>) -> Listener {
-    let Some(dsr) = dsr else {
+/// The listener entry's encapsulation fields: all zero for NAT. The outer source is the
+/// IPv4 `dsr.source` for an IPv4 listener; an IPv6 one's is in `ENCAP_SOURCES6`
+/// (`encap_source6`).
+fn encapsulation_fields(l: &DesiredListener) -> Listener {
+    let Some(dsr) = l.dsr else {
         return Listener::default();
     };
     let encapsulation = dsr.encapsulation.encapsulation();
+    let source = match l.frontend.address {
+        IpAddr::V4(_) => dsr.source.and_then(|s| s.ipv4()),
+        IpAddr::V6(_) => None,
+    };
     Listener {
         encapsulation: encapsulation as u8,
-        encap_source: dsr.source.map_or(0, |s| ipv4_word(s.addr())),
-        encap_source_bits: dsr.source.map_or(0, |s| 32 - s.prefix_len()),
+        encap_source: source.map_or(0, |s| ipv4_word(s.addr())),
+        encap_source_bits: source.map_or(0, |s| 32 - s.prefix_len()),
         encap_port: if encapsulation == lb_common::Encapsulation::Gue {
             dsr.gue_port.to_be()
         } else {
@@ -386,6 +405,20 @@ fn encapsulation_fields(dsr: Option<crate::config::Dsr>) -> Listener {
         },
         ..Default::default()
     }
+}
+
+/// The `ENCAP_SOURCES6` entry of an IPv6 listener: its IPv6 `dsr.source`, all zero
+/// without one (and for any other listener).
+fn encap_source6(l: &DesiredListener) -> EncapSource6 {
+    let source = match l.frontend.address {
+        IpAddr::V6(_) => l.dsr.and_then(|d| d.source).and_then(|s| s.ipv6()),
+        IpAddr::V4(_) => None,
+    };
+    source.map_or_else(EncapSource6::default, |s| EncapSource6 {
+        addr: lb_common::family::addr6(s.addr().octets()),
+        bits: 128 - s.prefix_len(),
+        _pad: [0; 3],
+    })
 }
 
 impl Reconciler {
@@ -419,6 +452,8 @@ impl Reconciler {
                 AppliedListener {
                     key: *key,
                     value: *value,
+                    // Rewritten with the rebuild forced below.
+                    source6: EncapSource6::default(),
                     // Unknown inputs: force one rebuild, which also proves the tables.
                     inputs: TableInputs {
                         scheduler: Scheduler::Wrr,
@@ -597,8 +632,13 @@ impl Reconciler {
             match (applied, places.get(l.name.as_str())) {
                 (Some(a), None) => {
                     let value = listener_value(l, a.value.table);
-                    if value != a.value {
-                        tables.push(MapOp::SetListener { key, value });
+                    let source6 = encap_source6(l);
+                    if value != a.value || source6 != a.source6 {
+                        tables.push(MapOp::SetListener {
+                            key,
+                            value,
+                            source6,
+                        });
                     }
                 }
                 (_, place) => {
@@ -618,6 +658,7 @@ impl Reconciler {
                     tables.push(MapOp::SetListener {
                         key,
                         value: listener_value(l, slot),
+                        source6: encap_source6(l),
                     });
                 }
             }
@@ -744,13 +785,18 @@ impl Reconciler {
                 MapOp::SetBackend { id, value, .. } => {
                     self.backends.insert(*id, *value);
                 }
-                MapOp::SetListener { key, value } => {
+                MapOp::SetListener {
+                    key,
+                    value,
+                    source6,
+                } => {
                     if let Some(l) = by_key.get(key) {
                         self.listeners.insert(
                             l.name.clone(),
                             AppliedListener {
                                 key: *key,
                                 value: *value,
+                                source6: *source6,
                                 inputs: TableInputs::of(l),
                             },
                         );
@@ -1118,7 +1164,7 @@ listeners:
         let listeners: Vec<(String, ListenerMapKey, Listener, TableMeta)> = ops
             .iter()
             .filter_map(|op| match op {
-                MapOp::SetListener { key, value } => Some((*key, *value)),
+                MapOp::SetListener { key, value, .. } => Some((*key, *value)),
                 _ => None,
             })
             .map(|(key, value)| {
@@ -1244,5 +1290,74 @@ listeners:
         h.step();
         h.config.listeners[1].established_timeout = 60;
         assert_eq!(shape(&h.step()), ["listener 1 slot=2"]);
+    }
+
+    /// An IPv6 `forwarding: dsr` listener's tunnel source goes with its listener entry
+    /// (`ENCAP_SOURCES6`, its host bits counted from the prefix), IPv4 listeners keep the
+    /// IPv4 one in their entry; a change of the IPv6 source alone rewrites the listener.
+    #[test]
+    fn an_ipv6_dsr_listener_carries_its_ipv6_source_beside_its_entry() {
+        let mut h = Harness::new();
+        h.config = config::parse(
+            "
+instance: t
+interfaces: [eth0]
+forwarding: dsr
+dsr: { encapsulation: gue, source: [198.18.9.0/24, '2001:db8:9::/112'] }
+vserver_groups:
+  - name: v4
+    servers: [{ address: 198.18.1.10, port: 80 }]
+  - name: v6
+    servers: [{ address: 2001:db8:1::10, port: 80 }]
+listeners:
+  - { name: a4, protocol: tcp, address: 198.19.0.100, port: 80, server_group: v4 }
+  - { name: a6, protocol: tcp, address: 2001:db8:19::100, port: 80, server_group: v6 }
+",
+        )
+        .unwrap();
+        let sets = |ops: &[MapOp]| -> Vec<(bool, Listener, EncapSource6)> {
+            ops.iter()
+                .filter_map(|op| match op {
+                    MapOp::SetListener {
+                        key,
+                        value,
+                        source6,
+                    } => Some((matches!(key, ListenerMapKey::V6(_)), *value, *source6)),
+                    _ => None,
+                })
+                .collect()
+        };
+        let first = sets(&h.step());
+        let (_, v4, v4_source) = first.iter().find(|(v6, ..)| !v6).copied().unwrap();
+        assert_eq!(v4.encap_source.to_ne_bytes(), [198, 18, 9, 0]);
+        assert_eq!(v4.encap_source_bits, 8);
+        assert_eq!(v4_source, EncapSource6::default());
+        let (_, v6, v6_source) = first.iter().find(|(v6, ..)| *v6).copied().unwrap();
+        assert_eq!((v6.encap_source, v6.encap_source_bits), (0, 0));
+        assert_eq!(
+            v6.encapsulation,
+            lb_common::Encapsulation::Gue as u8,
+            "gue over IPv6"
+        );
+        assert_eq!(
+            crate::family::ipv6_of(v6_source.addr),
+            "2001:db8:9::".parse::<Ipv6Addr>().unwrap()
+        );
+        assert_eq!(v6_source.bits, 16);
+
+        let dsr = &mut h.config.dsr;
+        dsr.source = config::DsrSource::new(
+            dsr.source.and_then(|s| s.ipv4()),
+            Some(config::Ipv6Net::host("2001:db8:9::7".parse().unwrap())),
+        );
+        let changed = sets(&h.step());
+        assert_eq!(changed.len(), 1, "the IPv6 listener alone: {changed:?}");
+        let (is_v6, _, source) = changed[0];
+        assert!(is_v6);
+        assert_eq!(
+            (source.addr[3].to_ne_bytes(), source.bits),
+            ([0, 0, 0, 7], 0)
+        );
+        assert!(h.step().is_empty(), "nothing left to write");
     }
 }

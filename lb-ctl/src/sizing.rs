@@ -37,6 +37,7 @@ fn kind(name: &str) -> Kind {
         names::MAGLEV | names::SEQUENCE | names::FLOW_FILTER => Kind::MmapableArray,
         names::BACKENDS
         | names::BACKENDS6
+        | names::ENCAP_SOURCES6
         | names::TABLE_META
         | names::ACTIVE_FLOWS
         | names::ADDRESS_FILTER => Kind::Array,
@@ -257,7 +258,7 @@ fn entries_rule(name: &str) -> &'static str {
         names::MAGLEV => "`maglev_slots` / 2 (default: `max_listeners` × 65,537)",
         names::SEQUENCE => "`max_listeners` × 65,536",
         names::TABLE_META => "`max_listeners` × 2",
-        names::CURSORS | names::LISTENER_STATS => "`max_listeners`",
+        names::CURSORS | names::LISTENER_STATS | names::ENCAP_SOURCES6 => "`max_listeners`",
         names::BACKENDS
         | names::ENDPOINTS
         | names::ACTIVE_FLOWS

@@ -1,10 +1,11 @@
-//! Next hop and transmission of a translated IPv6 packet: `fwd` for IPv6, with its own
-//! per-CPU cache of backends' next hops (`NEXT_HOPS6`) and the same verdicts.
+//! Next hop and transmission of a translated (or to-be-encapsulated) IPv6 packet: `fwd`
+//! for IPv6, with its own per-CPU cache of backends' next hops (`NEXT_HOPS6`) and the
+//! same verdicts.
 
 use aya_ebpf::{
     bindings::{
-        BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
-        bpf_fib_lookup as FibParams,
+        BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_NO_SRC_ADDR,
+        BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_SRC, bpf_fib_lookup as FibParams,
         xdp_action::{XDP_DROP, XDP_PASS},
     },
     helpers::generated::bpf_fib_lookup,
@@ -41,6 +42,12 @@ pub struct Route6 {
     pub side: u8,
     pub original_addr: Addr6,
     pub original_port: u16,
+    /// Bytes an encapsulation will add in front of the packet (0: translated in place);
+    /// see `fwd::Route::overhead`.
+    pub overhead: u16,
+    /// Ask the FIB for the source address the route prefers (encapsulation without a
+    /// configured IPv6 source).
+    pub want_source: bool,
 }
 
 impl Route6 {
@@ -57,6 +64,8 @@ impl Route6 {
             side: 0,
             original_addr: [0; 4],
             original_port: 0,
+            overhead: 0,
+            want_source: false,
         }
     }
 }
@@ -66,7 +75,7 @@ impl Route6 {
 /// with Packet Too Big (a router never fragments IPv6); an ICMPv6 error is passed.
 #[inline(always)]
 pub fn transmit(ctx: &XdpContext, ip: &Ipv6, route: &Route6, sent: Reason) -> (u32, Reason) {
-    let hop = match next_hop(ctx, ip, route) {
+    let hop = match next_hop(ctx, ip, route, &mut [0; 4]) {
         Ok(hop) => hop,
         Err(verdict) => return verdict,
     };
@@ -80,11 +89,19 @@ pub fn transmit(ctx: &XdpContext, ip: &Ipv6, route: &Route6, sent: Reason) -> (u
     send(&hop, sent)
 }
 
+/// The next hop of `route` from the per-backend cache or the FIB (see `fwd::next_hop`);
+/// with `route.want_source`, the source the route prefers goes to `source` (all zero when
+/// the route has none).
 #[inline(always)]
-fn next_hop(ctx: &XdpContext, ip: &Ipv6, route: &Route6) -> Result<Hop, (u32, Reason)> {
+pub fn next_hop(
+    ctx: &XdpContext,
+    ip: &Ipv6,
+    route: &Route6,
+    source: &mut Addr6,
+) -> Result<Hop, (u32, Reason)> {
     let ingress = ctx.ingress_ifindex() as u32;
     let cacheable = route.backend != NO_BACKEND;
-    let len = ip.ip_len;
+    let len = ip.ip_len.saturating_add(route.overhead);
     if cacheable
         && let Some(hop) = NEXT_HOPS6.get(route.backend)
         && hop.stamp_ns != 0
@@ -92,7 +109,11 @@ fn next_hop(ctx: &XdpContext, ip: &Ipv6, route: &Route6) -> Result<Hop, (u32, Re
         && hop.ingress == ingress
         && hop.addr == route.dst_addr
         && len <= hop.mtu
+        && (!route.want_source || hop.src_addr != [0; 4])
     {
+        if route.want_source {
+            *source = hop.src_addr;
+        }
         return Ok(Hop {
             egress: hop.egress,
             ingress,
@@ -113,8 +134,25 @@ fn next_hop(ctx: &XdpContext, ip: &Ipv6, route: &Route6) -> Result<Hop, (u32, Re
     fib.ifindex = ingress;
     fib.__bindgen_anon_3.ipv6_src = route.src_addr;
     fib.__bindgen_anon_4.ipv6_dst = route.dst_addr;
+    let flags = if route.want_source {
+        BPF_FIB_LOOKUP_SRC
+    } else {
+        0
+    };
     // SAFETY: ctx is the program's context and fib a valid, sized parameter block.
-    let rc = unsafe { bpf_fib_lookup(ctx.ctx.cast(), &mut fib, size_of::<FibParams>() as i32, 0) };
+    let rc = unsafe {
+        bpf_fib_lookup(
+            ctx.ctx.cast(),
+            &mut fib,
+            size_of::<FibParams>() as i32,
+            flags,
+        )
+    };
+    if route.want_source {
+        // SAFETY: with BPF_FIB_LOOKUP_SRC the kernel sets the source before it looks for
+        // the neighbour, so a NO_NEIGH answer has it too.
+        *source = unsafe { fib.__bindgen_anon_3.ipv6_src };
+    }
     let kernel = |reason| Hop {
         egress: 0,
         ingress,
@@ -132,6 +170,7 @@ fn next_hop(ctx: &XdpContext, ip: &Ipv6, route: &Route6) -> Result<Hop, (u32, Re
                 fib.__bindgen_anon_1.mtu_result
             }));
         }
+        BPF_FIB_LKUP_RET_NO_SRC_ADDR => return Err((XDP_DROP, Reason::DropNoSourceAddress)),
         _ => return Err((XDP_DROP, Reason::DropNoRoute)),
     }
     if fib.ifindex != ingress && TX_PORTS.get_ifindex(fib.ifindex).is_none() {
@@ -150,6 +189,7 @@ fn next_hop(ctx: &XdpContext, ip: &Ipv6, route: &Route6) -> Result<Hop, (u32, Re
         hop.mtu = unsafe { fib.__bindgen_anon_1.mtu_result };
         hop.dst_mac = fib.dmac;
         hop.src_mac = fib.smac;
+        hop.src_addr = *source;
     }
     Ok(Hop {
         egress: fib.ifindex,
@@ -162,9 +202,16 @@ fn next_hop(ctx: &XdpContext, ip: &Ipv6, route: &Route6) -> Result<Hop, (u32, Re
 }
 
 /// A translated TCP/UDP packet larger than the egress MTU: its sender is told, by
-/// `lb_too_big6`, from the hand-off in `TOO_BIG6`.
+/// `lb_too_big6`, from the hand-off in `TOO_BIG6`. A client's packet for a tunnel is
+/// still the client's as it came, and its sender learns the egress MTU less the outer
+/// headers; an ICMPv6 error for a tunnel is dropped (it cannot be fragmented for the
+/// tunnel, and an error about an error is never sent).
 #[inline(always)]
 fn too_big(ctx: &XdpContext, ip: &Ipv6, route: &Route6, mtu: u16) -> (u32, Reason) {
+    let encapsulated = route.overhead != 0;
+    if encapsulated && route.side != TOO_BIG_DESTINATION {
+        return (XDP_DROP, Reason::DropTooBigForTunnel);
+    }
     if !(route.side == TOO_BIG_DESTINATION || route.side == TOO_BIG_SOURCE) {
         return (XDP_PASS, Reason::PassFragNeeded);
     }
@@ -173,10 +220,15 @@ fn too_big(ctx: &XdpContext, ip: &Ipv6, route: &Route6, mtu: u16) -> (u32, Reaso
     };
     // SAFETY: per-CPU value, only this CPU touches it while the packet runs.
     let h = unsafe { &mut *handoff };
-    // Field by field, for the stack (see `ipv6::forward`).
+    // Field by field, for the stack (see `ipv6::forward`). An encapsulated packet is the
+    // client's, to the VIP: the address it was for is the one it carries.
     h.key = FlowKey6 {
         src_addr: route.src_addr,
-        dst_addr: route.dst_addr,
+        dst_addr: if encapsulated {
+            ip.dst_addr
+        } else {
+            route.dst_addr
+        },
         src_port: route.src_port,
         dst_port: route.dst_port,
         protocol: ip.protocol,
@@ -184,8 +236,9 @@ fn too_big(ctx: &XdpContext, ip: &Ipv6, route: &Route6, mtu: u16) -> (u32, Reaso
     };
     h.addr = route.original_addr;
     h.port = route.original_port;
-    h.mtu = mtu;
+    h.mtu = mtu.saturating_sub(route.overhead);
     h.side = route.side;
+    h.encapsulated = u8::from(encapsulated);
     h.extension_len = ip.l4_offset.saturating_sub(ETH_LEN + IPV6_LEN) as u16;
     stage::enter(ctx, STAGE_TOO_BIG6)
 }

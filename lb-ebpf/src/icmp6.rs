@@ -7,7 +7,9 @@
 //! - to a VIP, quoting a reply the LB sent (VIP:port → client): Packet Too Big from a
 //!   router on the client's path above all (a router never fragments IPv6, so without it
 //!   the backend's large segments vanish). Sent on to the flow's backend with the quoted
-//!   source rewritten to the backend, so its TCP lowers the path MTU;
+//!   source rewritten to the backend, so its TCP lowers the path MTU. With `forwarding:
+//!   dsr` the backend sent that reply from the VIP itself: the error goes to it unchanged,
+//!   in the flow's tunnel (`lb_encap6`);
 //! - to a client, quoting a packet the LB sent to a backend (client → backend:port): the
 //!   quoted destination is rewritten to the VIP, and the outer source too when the backend
 //!   itself sent the error.
@@ -26,16 +28,17 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    Addr6, LISTENER_F_ANSWER_PING, PROTO_TCP, PROTO_UDP, Reason, STAGE_ICMP6_CLIENT, V6, csum,
+    Addr6, ENCAP6_ICMP, Encapsulation, FlowKey6, LISTENER_F_ANSWER_PING, Listener, PROTO_TCP,
+    PROTO_UDP, Reason, STAGE_ENCAP6, STAGE_ICMP6_CLIENT, V6, csum,
     decide::Tables as _,
     family::{Family, octets6},
 };
 use network_types::{eth::EthHdr, ip::Ipv6Hdr};
 
 use crate::{
-    flow,
+    clock, flow,
     fwd6::{self, Route6},
-    maps::{BACKENDS, BACKENDS6, PENDING6},
+    maps::{BACKENDS, BACKENDS6, ENCAP6, LISTENERS6, PENDING6},
     parse::{ETH_LEN, ptr_at},
     parse6::{self, IPV6_LEN, Ipv6, MAX_L4_OFFSET, PROTO_ICMPV6, words},
     stage, stats,
@@ -251,12 +254,41 @@ fn towards_backend(
     if ip.hop_limit <= 1 {
         return Some(Err((XDP_PASS, Reason::PassTtlExpired)));
     }
+    // In DSR the backend sent the reply from the VIP itself: the error goes to it as it
+    // is, in the flow's tunnel (`lb_encap6`), and its stack matches the quote.
+    if let Some(l) = LISTENERS6.get_ptr(V6::listener_key(inner_src, src_port, protocol)) {
+        // SAFETY: a map value pointer stays valid for the program run.
+        let l = unsafe { &*l };
+        if l.encapsulation != Encapsulation::None as u8 {
+            return Some(Err(encapsulate(ctx, &key, l, f.backend)));
+        }
+    }
     let mut check = rewrite_quoted(ctx, e, off, tcp_check_quoted, true, addr, b.port);
     // The outer destination is in the pseudo-header the checksum covers.
     check = csum::replace_addr6_port(check, ip.dst_addr, addr, 0, 0);
     e.check = check.to_ne_bytes();
     set_outer(ctx, false, addr);
     Some(Ok(Route6::icmp(ip.src_addr, addr)))
+}
+
+/// An ICMPv6 error about a reply of `flow` (client → VIP), a flow of a `forwarding: dsr`
+/// listener: handed to `lb_encap6`, which tunnels it to the flow's backend.
+#[inline(always)]
+fn encapsulate(ctx: &XdpContext, flow: &FlowKey6, l: &Listener, backend: u32) -> (u32, Reason) {
+    let Some(handoff) = ENCAP6.get_ptr_mut(0) else {
+        return (XDP_DROP, Reason::DropStageFailed);
+    };
+    // SAFETY: per-CPU value, only this CPU touches it while the packet runs.
+    let h = unsafe { &mut *handoff };
+    h.key = *flow;
+    h.now_ns = clock::now();
+    h.listener = l.id;
+    h.backend = backend;
+    h.encap_port = l.encap_port;
+    h.encapsulation = l.encapsulation;
+    h.side = ENCAP6_ICMP;
+    h.l4_offset = 0;
+    stage::enter(ctx, STAGE_ENCAP6)
 }
 
 /// An error about a packet we sent to a backend (client → backend), reported towards the

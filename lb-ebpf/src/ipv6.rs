@@ -5,9 +5,9 @@
 //! extension-header policy (`parse6`), NAT66 without a header checksum (`nat6`) and the
 //! IPv6 FIB lookup (`fwd6`).
 //!
-//! ICMPv6 other than neighbour discovery goes on in `lb_icmp6` (`icmp6`). Not yet for
-//! IPv6 (docs/packet-policy.md): Packet Too Big for a translated packet (passed),
-//! `forwarding: dsr`.
+//! ICMPv6 other than neighbour discovery goes on in `lb_icmp6` (`icmp6`); a packet for a
+//! `forwarding: dsr` listener's backend, in `lb_encap6` (`encap6`), which puts it in its
+//! tunnel.
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
@@ -16,7 +16,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     Addr6, Backend, Encapsulation, Listener, NO_BACKEND, PENDING_F_SCANNED, PROTO_TCP, Reason,
-    STAGE_ICMP6, STAGE_NEW_FLOW6, STAGE_WLC, TOO_BIG_DESTINATION, TOO_BIG_SOURCE, V6,
+    STAGE_ENCAP6, STAGE_ICMP6, STAGE_NEW_FLOW6, STAGE_WLC, TOO_BIG_DESTINATION, TOO_BIG_SOURCE, V6,
     decide::{self, Decision, Opening, Pick},
     select::{EntryState, Step, TCP_RST},
 };
@@ -24,7 +24,7 @@ use lb_common::{
 use crate::{
     clock, flow,
     fwd6::{self, Route6},
-    maps::{BACKENDS6, PENDING6},
+    maps::{BACKENDS6, ENCAP6, PENDING6},
     nat::Side,
     nat6,
     new_flow::{self, Client},
@@ -199,13 +199,13 @@ struct Delivery<'a> {
     now: u64,
 }
 
-/// Client → backend: NAT66 to the backend, sent, counted. IPv6 listeners translate
-/// (`forwarding: nat`); the controller refuses any other forwarding for them.
+/// Client → backend: NAT66 to the backend, sent, counted; with `forwarding: dsr`, on to
+/// the tunnel's stage (`lb_encap6`), which sends and counts it.
 #[inline(always)]
 fn send_to_backend(ctx: &XdpContext, d: &Delivery<'_>) -> (u32, Reason) {
     let (ip, l4) = (d.ip, d.l4);
     if d.listener.encapsulation != Encapsulation::None as u8 {
-        return (XDP_DROP, Reason::DropNoRoute);
+        return encapsulate(ctx, d);
     }
     let Some(addr) = BACKENDS6.get(d.backend_id) else {
         return (XDP_DROP, Reason::DropNoBackend);
@@ -224,12 +224,38 @@ fn send_to_backend(ctx: &XdpContext, d: &Delivery<'_>) -> (u32, Reason) {
         side: TOO_BIG_DESTINATION,
         original_addr: ip.dst_addr,
         original_port: l4.dst_port,
+        overhead: 0,
+        want_source: false,
     };
     let out = fwd6::transmit(ctx, ip, &route, Reason::Forwarded);
     if out.0 != XDP_DROP {
         stats::forwarded(d.listener.id, d.backend_id, u64::from(ip.ip_len), false);
     }
     out
+}
+
+/// A client's packet for a `forwarding: dsr` listener: handed to `lb_encap6`.
+#[inline(always)]
+fn encapsulate(ctx: &XdpContext, d: &Delivery<'_>) -> (u32, Reason) {
+    let Some(handoff) = ENCAP6.get_ptr_mut(0) else {
+        return (XDP_DROP, Reason::DropStageFailed);
+    };
+    // SAFETY: per-CPU value, only this CPU touches it while the packet runs.
+    let h = unsafe { &mut *handoff };
+    // Field by field, for the stack (see `forward`).
+    h.key.src_addr = d.ip.src_addr;
+    h.key.dst_addr = d.ip.dst_addr;
+    h.key.src_port = d.l4.src_port;
+    h.key.dst_port = d.l4.dst_port;
+    h.key.protocol = d.ip.protocol;
+    h.now_ns = d.now;
+    h.listener = d.listener.id;
+    h.backend = d.backend_id;
+    h.encap_port = d.listener.encap_port;
+    h.encapsulation = d.listener.encapsulation;
+    h.side = TOO_BIG_DESTINATION;
+    h.l4_offset = d.ip.l4_offset as u16;
+    stage::enter(ctx, STAGE_ENCAP6)
 }
 
 /// Backend → client of a known flow: the VIP back as the source, sent.
@@ -255,6 +281,8 @@ fn reply(ctx: &XdpContext, ip: &Ipv6, l4: &L4, to: &flow::Reply<Addr6>) -> (u32,
         side: TOO_BIG_SOURCE,
         original_addr: ip.src_addr,
         original_port: l4.src_port,
+        overhead: 0,
+        want_source: false,
     };
     let out = fwd6::transmit(ctx, ip, &route, Reason::ReplyForwarded);
     if out.0 != XDP_DROP {

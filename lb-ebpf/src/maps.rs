@@ -16,8 +16,8 @@ use lb_common::{
     id_pair_entries,
 };
 use lb_common::{
-    AclKey6, AffinityKey6, BackendAddr6, Endpoint6, EndpointKey6, FlowKey6, ListenerKey6, NextHop6,
-    PendingFlow6, TooBig6,
+    AclKey6, AffinityKey6, BackendAddr6, Encap6, EncapSource6, Endpoint6, EndpointKey6, FlowKey6,
+    ListenerKey6, NextHop6, PendingFlow6, TooBig6,
 };
 
 const TABLE_SLOTS: u32 = DEFAULT_MAX_LISTENERS * TABLES_PER_LISTENER;
@@ -189,6 +189,17 @@ pub static PENDING6: PerCpuArray<PendingFlow6> = PerCpuArray::with_max_entries(1
 
 #[map(name = "TOO_BIG6")]
 pub static TOO_BIG6: PerCpuArray<TooBig6> = PerCpuArray::with_max_entries(1, 0);
+
+/// Listener id → the outer source of an IPv6 `forwarding: dsr` listener's tunnel (see
+/// `EncapSource6`); all zero: the address the route to the backend prefers. Written by
+/// the controller with the listener entry.
+#[map(name = "ENCAP_SOURCES6")]
+pub static ENCAP_SOURCES6: Array<EncapSource6> = Array::with_max_entries(DEFAULT_MAX_LISTENERS, 0);
+
+/// Per CPU: the IPv6 packet `lb_encap6` puts in its tunnel (see `Encap6`). Scratch space
+/// of one packet, like `PENDING6`.
+#[map(name = "ENCAP6")]
+pub static ENCAP6: PerCpuArray<Encap6> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per CPU: the coarse time last read and the jiffies value it was read at (`clock`).
 #[repr(C)]

@@ -1,7 +1,8 @@
 //! The `lb_too_big6` stage: `too_big` for IPv6. A translated TCP/UDP packet too big for
-//! its egress becomes the ICMPv6 Packet Too Big (type 2, RFC 4443) its sender needs, sent
-//! back out of the interface it came in on (XDP_TX). IPv6 routers never fragment: without
-//! it, the sender's large segments would vanish.
+//! its egress (or, with `forwarding: dsr`, a client's packet too big once encapsulated)
+//! becomes the ICMPv6 Packet Too Big (type 2, RFC 4443) its sender needs, sent back out of
+//! the interface it came in on (XDP_TX). IPv6 routers never fragment: without it, the
+//! sender's large segments would vanish.
 //!
 //! As for IPv4, the quote is the packet as its sender sent it (the translation undone
 //! from the hand-off in `TOO_BIG6`), and the answer comes from the quoted packet's
@@ -10,7 +11,9 @@
 //! TCP/UDP (the ports and the TCP sequence number: a receiver needs all of them to find
 //! the connection; RFC 4443 asks for "as much as possible", a SHOULD the receivers here do
 //! not need). The packet stays where it is and becomes the quote: the frame grows in front
-//! by the answer's IPv6 and ICMPv6 headers and is cut behind the quote.
+//! by the answer's IPv6 and ICMPv6 headers and is cut behind the quote. A packet the stage
+//! cannot answer goes to the kernel (`pass_frag_needed`), or, one for a tunnel, is dropped
+//! (`drop_too_big_for_tunnel`), as the kernel would route it to the VIP.
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
@@ -64,7 +67,6 @@ pub fn lb_too_big6(ctx: XdpContext) -> u32 {
 
 #[inline(always)]
 fn run(ctx: &XdpContext) -> (u32, Reason) {
-    let unanswered = (XDP_PASS, Reason::PassFragNeeded);
     let ip = match parse6::header(ctx) {
         Ok(ip) => ip,
         Err(reason) => return (XDP_DROP, reason),
@@ -80,6 +82,15 @@ fn run(ctx: &XdpContext) -> (u32, Reason) {
         handoff.side,
         handoff.key.protocol,
     );
+    let encapsulated = handoff.encapsulated != 0;
+    // What becomes of a packet this stage cannot answer: a translated one goes to the
+    // kernel, which answers it (quoting it as translated); a client's packet for a tunnel
+    // is dropped, as passed the kernel would route it to the VIP.
+    let unanswered = if encapsulated {
+        (XDP_DROP, Reason::DropTooBigForTunnel)
+    } else {
+        (XDP_PASS, Reason::PassFragNeeded)
+    };
     // The extension headers' length, as loaded, bounded by one comparison: every offset
     // below is a constant plus it (the verifier keeps the bound of the value compared
     // only, not of a value the compiler derives it from).
@@ -147,7 +158,8 @@ fn run(ctx: &XdpContext) -> (u32, Reason) {
     // SAFETY: bounds checked by ptr_at.
     let q4 = unsafe { &mut *quoted_l4 };
     q4[port_at..port_at + 2].copy_from_slice(&orig_port.to_ne_bytes());
-    if protocol == PROTO_UDP {
+    // An encapsulated packet was never translated: its UDP checksum stands as it came.
+    if protocol == PROTO_UDP && !encapsulated {
         let check = csum::udp_nonzero(csum::replace_addr6_port(
             word(q4, 6),
             old_addr,

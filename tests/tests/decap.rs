@@ -2,13 +2,16 @@
 //! namespace the test made, its pinned program run on frames with BPF_PROG_TEST_RUN, every
 //! output byte and the counter each frame moves checked; then detached, pins gone.
 
-use std::{net::Ipv4Addr, path::Path};
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    path::Path,
+};
 
 use aya::programs::Xdp;
 use aya_obj::programs::XdpAttachType;
 use lb_tests::{
     Netns, bin_path,
-    packet::{Frame, SYN},
+    packet::{ExtHeader, Frame, Frame6, SYN},
     require_root_and_bpf, unique_prefix, veth,
     xdp::{self, XDP_DROP, XDP_PASS},
 };
@@ -120,6 +123,31 @@ fn counters(ns: &Netns, name: &str) -> serde_json::Value {
     status["counters"].clone()
 }
 
+/// Runs each row through the attached `program`: its verdict, every output byte, and
+/// exactly its counter moved.
+fn run_rows(ns: &Netns, name: &str, program: &Xdp, ingress: u32, rows: &[Row]) {
+    for (what, input, verdict, output, counter) in rows {
+        let before = counters(ns, name);
+        let (got, out) = xdp::run_program(program, ingress, input).expect("test run");
+        assert_eq!(got, *verdict, "{what}: verdict");
+        let want = output.as_ref().unwrap_or(input);
+        assert!(
+            out == *want,
+            "{what}: output differs:\n{}",
+            lb_tests::packet::diff(&out, want)
+        );
+        let after = counters(ns, name);
+        let moved: Vec<String> = after
+            .as_object()
+            .unwrap()
+            .iter()
+            .filter(|(k, v)| before[k.as_str()] != **v)
+            .map(|(k, _)| k.clone())
+            .collect();
+        assert_eq!(moved, [counter.to_string()], "{what}: counters that moved");
+    }
+}
+
 #[test]
 fn decap_strips_ipip_and_gue_and_counts_the_rest() {
     if !require_root_and_bpf("decap_strips_ipip_and_gue_and_counts_the_rest") {
@@ -150,7 +178,7 @@ fn decap_strips_ipip_and_gue_and_counts_the_rest() {
     );
     assert!(ok, "decap attach: {err}");
     assert!(
-        out.contains("IPIP and GUE on UDP port 6080 decapsulated on eth0"),
+        out.contains("IPIP, ip6ip6 and GUE on UDP port 6080 decapsulated on eth0"),
         "{out}"
     );
     assert!(
@@ -211,26 +239,7 @@ fn decap_strips_ipip_and_gue_and_counts_the_rest() {
             "drop_malformed_inner",
         ),
     ];
-    for (what, input, verdict, output, counter) in &cases {
-        let before = counters(&ns, &name);
-        let (got, out) = xdp::run_program(&program, ingress, input).expect("test run");
-        assert_eq!(got, *verdict, "{what}: verdict");
-        let want = output.as_ref().unwrap_or(input);
-        assert!(
-            out == *want,
-            "{what}: output differs:\n{}",
-            lb_tests::packet::diff(&out, want)
-        );
-        let after = counters(&ns, &name);
-        let moved: Vec<String> = after
-            .as_object()
-            .unwrap()
-            .iter()
-            .filter(|(k, v)| before[k.as_str()] != **v)
-            .map(|(k, _)| k.clone())
-            .collect();
-        assert_eq!(moved, [counter.to_string()], "{what}: counters that moved");
-    }
+    run_rows(&ns, &name, &program, ingress, &cases);
 
     // Only the LB hosts may tunnel once --allow-source says who they are.
     let (ok, _, err) = lb_ctl_in(
@@ -267,7 +276,7 @@ fn decap_strips_ipip_and_gue_and_counts_the_rest() {
         "{out}"
     );
     assert!(
-        out.contains("GUE port: none (IPIP only)"),
+        out.contains("GUE port: none (IPIP and ip6ip6 only)"),
         "re-attached without --gue-port: {out}"
     );
 
@@ -315,5 +324,243 @@ fn decap_attach_warns_about_each_wrong_host_setting() {
         !ok && err.contains("`lb-ctl decap attach IFACE` loads one"),
         "{err}"
     );
+    drop(peer);
+}
+
+const CLIENT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x18, 0, 0, 0, 0, 2);
+const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x19, 0, 0, 0, 0, 0x100);
+const LB6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x18, 1, 0, 0, 0, 1);
+const BACKEND6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x18, 1, 0, 0, 0, 0x10);
+
+/// An outer IPv6 header (+ UDP for GUE, checksum 0) around `inner`'s IPv6 packet, from
+/// `src` to the backend, as the LB's encapsulation writes it (flow label 0x12345), with
+/// `mutate` applied to the outer header bytes.
+fn tunnelled6(
+    inner: &Frame6,
+    gue_port: Option<u16>,
+    src: Ipv6Addr,
+    mutate: impl Fn(&mut [u8]),
+) -> Vec<u8> {
+    let inner = inner.build();
+    let packet = &inner[14..];
+    let udp = if gue_port.is_some() { 8 } else { 0 };
+    let mut ip = vec![0x60, 0x01, 0x23, 0x45];
+    ip.extend_from_slice(&((packet.len() + udp) as u16).to_be_bytes());
+    ip.push(if gue_port.is_some() { 17 } else { 41 });
+    ip.push(64);
+    ip.extend_from_slice(&src.octets());
+    ip.extend_from_slice(&BACKEND6.octets());
+    mutate(&mut ip);
+    let mut out = Vec::new();
+    out.extend_from_slice(&BACKEND_MAC);
+    out.extend_from_slice(&LB_MAC);
+    out.extend_from_slice(&[0x86, 0xdd]);
+    out.extend_from_slice(&ip);
+    if let Some(port) = gue_port {
+        out.extend_from_slice(&50000u16.to_be_bytes());
+        out.extend_from_slice(&port.to_be_bytes());
+        out.extend_from_slice(&((packet.len() + 8) as u16).to_be_bytes());
+        out.extend_from_slice(&[0, 0]);
+    }
+    out.extend_from_slice(packet);
+    out
+}
+
+/// The client's IPv6 packet as the backend's kernel must get it.
+fn decapsulated6(inner: &Frame6) -> Vec<u8> {
+    let mut f = inner.build();
+    f[..6].copy_from_slice(&BACKEND_MAC);
+    f[6..12].copy_from_slice(&LB_MAC);
+    f
+}
+
+/// The same program strips IPv6 tunnels: ip6ip6 (next header 41) and GUE over IPv6 to
+/// the GUE port, with the LB's zero UDP checksum; an outer extension header, an inner
+/// packet of the wrong length or family are dealt with as over IPv4; `--allow-source`
+/// takes IPv6 prefixes, and with only IPv4 ones given refuses every IPv6 tunnel.
+#[test]
+fn decap_strips_ip6ip6_and_gue6_and_counts_the_rest() {
+    if !require_root_and_bpf("decap_strips_ip6ip6_and_gue6_and_counts_the_rest") {
+        return;
+    }
+    let (prefix, ns, peer) = backend("dc6");
+    ns.sysctls(&[
+        ("net.ipv6.conf.all.disable_ipv6", "0"),
+        ("net.ipv6.conf.all.accept_dad", "0"),
+        ("net.ipv6.conf.lo.disable_ipv6", "0"),
+    ]);
+    ns.addr_add_nodad("lo", format!("{VIP6}/128"));
+    let name = format!("{prefix}d");
+    let _pins = Unpin(Path::new("/sys/fs/bpf").join(&name));
+    let vip6 = VIP6.to_string();
+    let (ok, out, err) = lb_ctl_in(
+        &ns,
+        &[
+            "decap",
+            "attach",
+            "eth0",
+            "--instance",
+            &name,
+            "--gue-port",
+            "6080",
+            "--vip",
+            &vip6,
+        ],
+    );
+    assert!(ok, "decap attach: {err}");
+    assert!(out.contains("decapsulated on eth0"), "{out}");
+    assert!(
+        !err.contains("warning"),
+        "an IPv6 VIP on lo needs no ARP setting: {err}"
+    );
+    let pin = Path::new("/sys/fs/bpf").join(&name);
+    let program = Xdp::from_pin(pin.join("prog"), XdpAttachType::Interface)
+        .expect("the attached program is pinned");
+    let ingress = ns.ifindex("eth0");
+
+    let syn = Frame6::tcp((CLIENT6, 40000), (VIP6, 80), SYN);
+    let udp = Frame6::udp((CLIENT6, 40001), (VIP6, 53)).payload(b"query");
+    let other_udp = Frame6::udp((LB6, 50000), (BACKEND6, 53)).payload(b"not a tunnel");
+    // RFC 2473's tunnel encapsulation limit: a destination options header before the
+    // inner packet, which the LB never sends.
+    let with_limit = {
+        let mut f = tunnelled6(&syn, None, LB6, |_| {});
+        let at = 14 + 40;
+        f[14 + 6] = 60;
+        let len = u16::from_be_bytes([f[18], f[19]]) + 8;
+        f[18..20].copy_from_slice(&len.to_be_bytes());
+        f.splice(at..at, [41, 0, 4, 1, 4, 1, 1, 0]);
+        f
+    };
+    let ipv4_inside = {
+        let inner = Frame::tcp((Ipv4Addr::new(198, 18, 0, 2), 40000), (VIP, 80), SYN).build();
+        let mut f = tunnelled6(&syn, None, LB6, |_| {});
+        f.truncate(14 + 40);
+        f.extend_from_slice(&inner[14..]);
+        let len = (inner.len() - 14) as u16;
+        f[18..20].copy_from_slice(&len.to_be_bytes());
+        f
+    };
+    let rows: Vec<Row> = vec![
+        (
+            "ip6ip6 to this backend: stripped, the client's packet passed",
+            tunnelled6(&syn, None, LB6, |_| {}),
+            XDP_PASS,
+            Some(decapsulated6(&syn)),
+            "decapsulated_ip6ip6",
+        ),
+        (
+            "GUE over IPv6 to the GUE port, UDP checksum 0: stripped likewise",
+            tunnelled6(&udp, Some(6080), LB6, |_| {}),
+            XDP_PASS,
+            Some(decapsulated6(&udp)),
+            "decapsulated_gue6",
+        ),
+        (
+            "UDP over IPv6 to another port is no tunnel",
+            tunnelled6(&syn, Some(6081), LB6, |_| {}),
+            XDP_PASS,
+            None,
+            "pass_not_encapsulated",
+        ),
+        (
+            "plain IPv6 traffic is not touched",
+            other_udp.build(),
+            XDP_PASS,
+            None,
+            "pass_not_encapsulated",
+        ),
+        (
+            "an extension header before the inner packet: the kernel's",
+            with_limit,
+            XDP_PASS,
+            None,
+            "pass_outer_unusual",
+        ),
+        (
+            "an inner packet whose length disagrees with the outer one is dropped",
+            tunnelled6(&syn, None, LB6, |ip| {
+                let len = u16::from_be_bytes([ip[4], ip[5]]) + 4;
+                ip[4..6].copy_from_slice(&len.to_be_bytes());
+            }),
+            XDP_DROP,
+            None,
+            "drop_malformed_inner",
+        ),
+        (
+            "an IPv4 packet inside ip6ip6 is no IPv6 packet: dropped",
+            ipv4_inside,
+            XDP_DROP,
+            None,
+            "drop_malformed_inner",
+        ),
+        (
+            "an IPv6 packet with extension headers of its own is carried whole",
+            tunnelled6(
+                &syn.clone().ext(ExtHeader::DestOpts(vec![1, 2, 0, 0])),
+                None,
+                LB6,
+                |_| {},
+            ),
+            XDP_PASS,
+            Some(decapsulated6(
+                &syn.clone().ext(ExtHeader::DestOpts(vec![1, 2, 0, 0])),
+            )),
+            "decapsulated_ip6ip6",
+        ),
+    ];
+    run_rows(&ns, &name, &program, ingress, &rows);
+
+    // The LB hosts' IPv6 prefix: other sources are refused; an IPv4 prefix alone
+    // refuses every IPv6 tunnel.
+    let forged = tunnelled6(
+        &syn,
+        None,
+        Ipv6Addr::new(0x2001, 0xdb8, 5, 0, 0, 0, 0, 5),
+        |_| {},
+    );
+    for (allowed, from_lb) in [
+        (vec!["--allow-source", "2001:db8:18:1::/64"], XDP_PASS),
+        (vec!["--allow-source", "198.18.1.0/29"], XDP_DROP),
+    ] {
+        let mut args = vec!["decap", "attach", "eth0", "--instance", &name];
+        args.extend(&allowed);
+        let (ok, _, err) = lb_ctl_in(&ns, &args);
+        assert!(ok, "re-attach: {err}");
+        let (got, _) = xdp::run_program(&program, ingress, &forged).expect("test run");
+        assert_eq!(
+            got, XDP_DROP,
+            "{allowed:?}: a tunnel from outside the allowed prefixes"
+        );
+        let (got, _) = xdp::run_program(&program, ingress, &tunnelled6(&syn, None, LB6, |_| {}))
+            .expect("test run");
+        assert_eq!(got, from_lb, "{allowed:?}: from an LB host");
+    }
+    let (ok, out, _) = lb_ctl_in(&ns, &["decap", "status", "--instance", &name]);
+    assert!(ok);
+    assert!(out.contains("198.18.1.0/29"), "{out}");
+    let (ok, _, err) = lb_ctl_in(
+        &ns,
+        &[
+            "decap",
+            "attach",
+            "eth0",
+            "--instance",
+            &name,
+            "--allow-source",
+            "2001:db8:18:1::/64",
+            "--allow-source",
+            "198.18.1.0/29",
+        ],
+    );
+    assert!(ok, "{err}");
+    let (ok, out, _) = lb_ctl_in(&ns, &["decap", "status", "--instance", &name]);
+    assert!(ok);
+    assert!(
+        out.contains("198.18.1.0/29") && out.contains("2001:db8:18:1::/64"),
+        "both families listed: {out}"
+    );
+    let (ok, _, err) = lb_ctl_in(&ns, &["decap", "detach", "eth0", "--instance", &name]);
+    assert!(ok, "{err}");
     drop(peer);
 }

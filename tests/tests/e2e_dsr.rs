@@ -2,15 +2,19 @@
 //! backends on one switch (`lb_tests::fabric`), `lb-ctl daemon` with `forwarding: dsr` on
 //! each LB host, `lb-ctl decap attach` on each backend, real curl and UDP traffic from a
 //! client behind the router. The backends answer through the router, never an LB host.
+//! The same over IPv6 only (`Fabric::build6`): ip6ip6 and GUE over IPv6.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
 
 use lb_tests::{
-    LbDaemon, Tally, VIP,
+    Family, LbDaemon, Tally,
     client::{KeepAlive, exchange, rounds},
     curl_many,
     fabric::{Decap, Fabric, HOST_IF},
-    require_root_and_bpf, udp_request,
+    http_url, require_root_and_bpf, udp_request,
 };
 
 const HTTP_PORT: u16 = 80;
@@ -36,22 +40,42 @@ fn setup(
     scheduler: &str,
     decap_args: &[&str],
 ) -> Option<Dsr> {
+    setup_family(
+        tag,
+        Family::Ipv4,
+        n_lbs,
+        n_backends,
+        dsr,
+        scheduler,
+        decap_args,
+    )
+}
+
+/// [`setup`] on a fabric of `family` (IPv4 or IPv6 only).
+fn setup_family(
+    tag: &str,
+    family: Family,
+    n_lbs: usize,
+    n_backends: usize,
+    dsr: &str,
+    scheduler: &str,
+    decap_args: &[&str],
+) -> Option<Dsr> {
     if !require_root_and_bpf(tag) {
         return None;
     }
-    let fabric = Fabric::build(tag, n_lbs, n_backends);
+    let fabric = match family {
+        Family::Ipv6 => Fabric::build6(tag, n_lbs, n_backends),
+        _ => Fabric::build(tag, n_lbs, n_backends),
+    };
+    let vip = fabric.vip();
     fabric.pin_neighbors();
     let servers = fabric.start_backends(Some(HTTP_PORT), Some(UDP_PORT));
     let decaps = (1..=n_backends)
         .map(|k| fabric.attach_decap(k, decap_args))
         .collect();
     let servers_yaml: String = (1..=n_backends)
-        .map(|k| {
-            format!(
-                "    - {{ address: {} }}\n",
-                lb_tests::fabric::backend_addr(k)
-            )
-        })
+        .map(|k| format!("    - {{ address: \"{}\" }}\n", fabric.backend_address(k)))
         .collect();
     let daemons = (1..=n_lbs)
         .map(|k| {
@@ -59,9 +83,9 @@ fn setup(
             let config = format!(
                 "instance: {instance}\ninterfaces: [{HOST_IF}]\nflow_table_size: 65536\n\
                  forwarding: dsr\ndsr: {dsr}\ndefault_server_group:\n  servers:\n{servers_yaml}\
-                 listeners:\n  - {{ name: web, protocol: tcp, address: {VIP}, port: {HTTP_PORT}, \
+                 listeners:\n  - {{ name: web, protocol: tcp, address: \"{vip}\", port: {HTTP_PORT}, \
                  backend_port: {HTTP_PORT}, scheduler: {scheduler}, health_check: {CHECKS} }}\n  \
-                 - {{ name: dns, protocol: udp, address: {VIP}, port: {UDP_PORT}, backend_port: \
+                 - {{ name: dns, protocol: udp, address: \"{vip}\", port: {UDP_PORT}, backend_port: \
                  {UDP_PORT} }}\n"
             );
             LbDaemon::start(fabric.lb(k), &instance, &config)
@@ -76,8 +100,10 @@ fn setup(
     })
 }
 
-fn url() -> String {
-    format!("http://{VIP}:{HTTP_PORT}/")
+impl Dsr {
+    fn url(&self) -> String {
+        http_url(self.fabric.vip(), HTTP_PORT, "/")
+    }
 }
 
 #[test]
@@ -86,7 +112,7 @@ fn dsr_ipip_backends_answer_clients_directly_and_none_fails() {
         return;
     };
     let client = dsr.fabric.client();
-    let results = curl_many(client, &url(), 400, None, 8);
+    let results = curl_many(client, &dsr.url(), 400, None, 8);
     let tally = Tally::of(&results);
     assert_eq!(tally.failed(), 0, "every request answered: {tally}");
     for name in ["b1", "b2"] {
@@ -94,7 +120,7 @@ fn dsr_ipip_backends_answer_clients_directly_and_none_fails() {
     }
     let answer = udp_request(
         client,
-        SocketAddr::from((VIP, UDP_PORT)),
+        SocketAddr::new(dsr.fabric.vip(), UDP_PORT),
         "hello",
         None,
         Duration::from_secs(2),
@@ -136,7 +162,7 @@ fn dsr_gue_from_a_source_prefix_is_decapsulated_on_its_port() {
     ) else {
         return;
     };
-    let results = curl_many(dsr.fabric.client(), &url(), 200, None, 8);
+    let results = curl_many(dsr.fabric.client(), &dsr.url(), 200, None, 8);
     let tally = Tally::of(&results);
     assert_eq!(tally.failed(), 0, "every request answered: {tally}");
     assert_eq!(tally.backends().len(), 2, "{tally}");
@@ -156,7 +182,7 @@ fn dsr_connections_survive_moving_between_lb_hosts_with_tch() {
     let Some(dsr) = setup("mov", 2, 3, "{ encapsulation: ipip }", "tch", &[]) else {
         return;
     };
-    let to = SocketAddr::from((VIP, HTTP_PORT));
+    let to = SocketAddr::new(dsr.fabric.vip(), HTTP_PORT);
     let mut connections: Vec<KeepAlive> = (0..50)
         .map(|i| {
             KeepAlive::open(dsr.fabric.client(), to, Duration::from_secs(3))
@@ -195,7 +221,7 @@ fn dsr_connections_survive_moving_between_lb_hosts_with_tch() {
 }
 
 /// The health of backend `address` of listener `web`, as `lb-ctl status` shows it.
-fn web_health(daemon: &LbDaemon, address: std::net::Ipv4Addr) -> String {
+fn web_health(daemon: &LbDaemon, address: IpAddr) -> String {
     let status = daemon.status();
     status["listeners"]
         .as_array()
@@ -213,11 +239,34 @@ fn web_health(daemon: &LbDaemon, address: std::net::Ipv4Addr) -> String {
 /// gets none; a direct probe would have kept it up.
 #[test]
 fn a_backend_without_decap_fails_its_dsr_health_check_and_gets_no_traffic() {
-    let Some(mut dsr) = setup("nod", 1, 2, "{ encapsulation: ipip }", "wrr", &[]) else {
+    let Some(dsr) = setup("nod", 1, 2, "{ encapsulation: ipip }", "wrr", &[]) else {
         return;
     };
+    loses_its_tunnel_and_goes_down(dsr);
+}
+
+/// The same over IPv6: the IPv6 probe travels the ip6ip6 tunnel (`lb_probe_tunnel`).
+#[test]
+fn an_ipv6_backend_without_decap_fails_its_dsr_health_check_and_gets_no_traffic() {
+    let Some(dsr) = setup_family(
+        "nod6",
+        Family::Ipv6,
+        1,
+        2,
+        "{ encapsulation: ipip }",
+        "wrr",
+        &[],
+    ) else {
+        return;
+    };
+    loses_its_tunnel_and_goes_down(dsr);
+}
+
+/// Backend 2 up through its tunnel, then without its decapsulation (its VIP on lo and its
+/// server kept): marked down within the checks' time, and backend 1 serves every request.
+fn loses_its_tunnel_and_goes_down(mut dsr: Dsr) {
     let lb = &dsr.daemons[0];
-    let b2 = lb_tests::fabric::backend_addr(2);
+    let b2 = dsr.fabric.backend_address(2);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while web_health(lb, b2) != "up" {
         assert!(
@@ -241,9 +290,89 @@ fn a_backend_without_decap_fails_its_dsr_health_check_and_gets_no_traffic() {
         "b2 down {:?} after its decapsulation went",
         started.elapsed()
     );
-    assert_eq!(web_health(lb, lb_tests::fabric::backend_addr(1)), "up");
-    let results = curl_many(dsr.fabric.client(), &url(), 100, None, 4);
+    assert_eq!(web_health(lb, dsr.fabric.backend_address(1)), "up");
+    let results = curl_many(dsr.fabric.client(), &dsr.url(), 100, None, 4);
     let tally = Tally::of(&results);
     assert_eq!(tally.failed(), 0, "{tally}");
     assert_eq!(tally.count("b1"), 100, "{tally}");
+}
+
+/// IPv6 end to end with ip6ip6 (no `dsr.source`: the LB host's own IPv6 address):
+/// TCP and UDP through an IPv6 VIP, the backends answering the client through the
+/// router, every client packet through the tunnel and stripped by `lb-ctl decap`.
+#[test]
+fn dsr6_ip6ip6_backends_answer_clients_directly_and_none_fails() {
+    let Some(dsr) = setup_family(
+        "ds6",
+        Family::Ipv6,
+        1,
+        2,
+        "{ encapsulation: ipip }",
+        "wrr",
+        &[],
+    ) else {
+        return;
+    };
+    answered_directly(&dsr, 300, "decapsulated_ip6ip6");
+}
+
+/// IPv6 end to end with GUE over IPv6 from an IPv6 source prefix (beside an IPv4 one,
+/// which IPv6 listeners do not use), the backends decapsulating on the GUE port and
+/// allowing that prefix only.
+#[test]
+fn dsr6_gue_from_an_ipv6_source_prefix_is_decapsulated_on_its_port() {
+    let Some(dsr) = setup_family(
+        "gu6",
+        Family::Ipv6,
+        1,
+        2,
+        "{ encapsulation: gue, gue_port: 6080, source: [198.18.9.0/24, '2001:db8:9::/112'] }",
+        "tch",
+        &["--gue-port", "6080", "--allow-source", "2001:db8:9::/112"],
+    ) else {
+        return;
+    };
+    answered_directly(&dsr, 200, "decapsulated_gue6");
+    for d in &dsr.decaps {
+        let c = d.counters(&dsr.fabric);
+        assert_eq!(c["drop_source_refused"], 0, "{c}");
+    }
+}
+
+/// `n` HTTP requests and a UDP exchange through the VIP, all answered by the backends
+/// directly; each connection's client packets went through the LB's tunnel (SYN, request
+/// and FIN at least), none of the replies did, and the backends stripped the tunnel
+/// (their `counter`).
+fn answered_directly(dsr: &Dsr, n: usize, counter: &str) {
+    let client = dsr.fabric.client();
+    let results = curl_many(client, &dsr.url(), n, None, 8);
+    let tally = Tally::of(&results);
+    assert_eq!(tally.failed(), 0, "every request answered: {tally}");
+    assert_eq!(tally.backends().len(), 2, "both backends served: {tally}");
+    let answer = udp_request(
+        client,
+        SocketAddr::new(dsr.fabric.vip(), UDP_PORT),
+        "hello",
+        None,
+        Duration::from_secs(2),
+    )
+    .expect("a UDP answer");
+    assert!(answer.ends_with("hello"), "{answer}");
+    let lb = &dsr.daemons[0];
+    let n = n as u64;
+    assert!(
+        lb.reason_count("encapsulated") >= n * 3,
+        "SYN, request and FIN of each: {}",
+        lb.reason_count("encapsulated")
+    );
+    assert_eq!(lb.reason_count("reply_forwarded"), 0);
+    let decapsulated: u64 = dsr
+        .decaps
+        .iter()
+        .map(|d| d.counters(&dsr.fabric)[counter].as_u64().unwrap())
+        .sum();
+    assert!(
+        decapsulated >= n * 3,
+        "the backends stripped them: {decapsulated}"
+    );
 }

@@ -3207,3 +3207,415 @@ listeners:
         }
     });
 }
+
+// ---------------------------------------------------------------------------------------
+// Direct server return over IPv6
+
+/// `forwarding: dsr` over IPv6: one backend, B6[0], for TCP VIP6:80 and UDP VIP6:53 (ports
+/// kept), and `dsr` settings.
+fn dsr6_config(dsr: &str) -> String {
+    format!(
+        "
+forwarding: dsr
+dsr: {dsr}
+vserver_groups:
+  - name: web
+    servers: [{{ address: 2001:db8:18:1::10, port: 80 }}]
+  - name: dns
+    servers: [{{ address: 2001:db8:18:1::10, port: 53 }}]
+listeners:
+  - {{ name: web6, protocol: tcp, address: 2001:db8:19::100, port: 80, server_group: web }}
+  - {{ name: dns6, protocol: udp, address: 2001:db8:19::100, port: 53, server_group: dns }}
+"
+    )
+}
+
+/// The LB's address on the backend side (`lab6`): the source the route to B6 prefers.
+const LB_BACKEND6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0x2001, 0xdb8, 0x18, 1, 0, 0, 0, 1);
+
+/// The outer flow label of a flow (RFC 6438): 20 bits of the 4-tuple's hash (the one the
+/// Maglev pickup uses), and 1 where those are 0 (0 means "not labelled", RFC 6437).
+fn flow_label6(client: (std::net::Ipv6Addr, u16), vip: (std::net::Ipv6Addr, u16)) -> u32 {
+    let w = |a: std::net::Ipv6Addr| lb_common::family::addr6(a.octets());
+    let hash = lb_common::hash::hash_tuple6(w(client.0), w(vip.0), port(client.1), port(vip.1));
+    match hash & 0xf_ffff {
+        0 => 1,
+        label => label,
+    }
+}
+
+/// The frame the LB sends toward a backend for `inner` (an IPv6 frame) in DSR, written
+/// out byte by byte from the RFCs rather than from the code under test: Ethernet `macs`
+/// (source, destination), an outer IPv6 header (version 6, the inner traffic class, flow
+/// label `label`, payload length, next header 41, or 17 with a UDP header to `gue` =
+/// (source port, port) whose checksum is 0, hop limit 64), then the client's IPv6
+/// packet exactly as it came (hop limit and all).
+fn encapsulated6(
+    inner: &[u8],
+    src: std::net::Ipv6Addr,
+    dst: std::net::Ipv6Addr,
+    label: u32,
+    gue: Option<(u16, u16)>,
+    macs: (Mac, Mac),
+) -> Vec<u8> {
+    let packet = &inner[14..];
+    let traffic_class = packet[0] << 4 | packet[1] >> 4;
+    let udp_len = if gue.is_some() { 8 } else { 0 };
+    let mut out = Vec::new();
+    out.extend_from_slice(&macs.1);
+    out.extend_from_slice(&macs.0);
+    out.extend_from_slice(&[0x86, 0xdd]);
+    let first = 6 << 28 | u32::from(traffic_class) << 20 | label;
+    out.extend_from_slice(&first.to_be_bytes());
+    out.extend_from_slice(&((packet.len() + udp_len) as u16).to_be_bytes());
+    out.push(if gue.is_some() { 17 } else { 41 });
+    out.push(64);
+    out.extend_from_slice(&src.octets());
+    out.extend_from_slice(&dst.octets());
+    if let Some((sport, dport)) = gue {
+        out.extend_from_slice(&sport.to_be_bytes());
+        out.extend_from_slice(&dport.to_be_bytes());
+        out.extend_from_slice(&((packet.len() + 8) as u16).to_be_bytes());
+        out.extend_from_slice(&[0, 0]);
+    }
+    out.extend_from_slice(packet);
+    out
+}
+
+impl Lab {
+    /// A client frame encapsulated in ip6ip6 to B6[0] from `src`, out of the backend side.
+    fn tunnelled6(
+        &self,
+        name: &'static str,
+        frame: &packet::Frame6,
+        src: std::net::Ipv6Addr,
+    ) -> Case {
+        let input = frame.build();
+        let label = flow_label6((frame.src, frame.src_port), (frame.dst, frame.dst_port));
+        Case {
+            name,
+            ingress: self.client_if,
+            output: Output::Exactly(encapsulated6(
+                &input,
+                src,
+                B6[0],
+                label,
+                None,
+                (LB_BACKEND_MAC, B_MAC[0]),
+            )),
+            input,
+            verdict: XDP_REDIRECT,
+            reason: Reason::Encapsulated,
+        }
+    }
+}
+
+/// ip6ip6: every client packet goes whole, hop limit untouched, inside an outer IPv6
+/// header from the route's source to the backend, its flow label from the flow's hash;
+/// one too big once encapsulated is answered with Packet Too Big carrying the MTU left
+/// inside the tunnel; an ICMPv6 error about the backend's own reply goes to it through
+/// the tunnel, untouched.
+#[test]
+fn dsr6_ip6ip6_carries_the_client_packet_whole_from_the_route_s_source() {
+    use packet::{ExtHeader, Frame6};
+    const ROUTER6: std::net::Ipv6Addr =
+        std::net::Ipv6Addr::new(0x2001, 0xdb8, 0x18, 0, 0, 0, 0, 0xfe);
+    let Some(lab) = lab6("fx6dsr") else { return };
+    lab.ns.ip(["link", "set", "be0", "mtu", "1400"]);
+    lab.ns.enter(|| {
+        let mut dp = load(&lab);
+        let fx = provision(&mut dp, &dsr6_config("{ encapsulation: ipip }"));
+        // No dsr.source: the FIB's preferred source toward B6[0], be0's address.
+        let lb = LB_BACKEND6;
+        let syn = from_client6(Frame6::tcp((CLIENT6, 41000), (VIP6, 80), SYN).seq_ack(1000, 0));
+        let ack = from_client6(
+            Frame6::tcp((CLIENT6, 41000), (VIP6, 80), ACK)
+                .seq_ack(1001, 5001)
+                .payload(b"GET / HTTP/1.1\r\n\r\n"),
+        );
+        let datagram = from_client6(Frame6::udp((CLIENT6, 33300), (VIP6, 53)).payload(b"query"));
+        // EF and a flow label of the client's own: the outer header copies the class and
+        // labels the flow itself.
+        let dscp = from_client6(
+            Frame6::tcp((CLIENT6, 41000), (VIP6, 80), ACK)
+                .seq_ack(1001, 5001)
+                .traffic_class(0xb8)
+                .flow_label(0x12345),
+        );
+        let options = from_client6(
+            Frame6::tcp((CLIENT6, 41000), (VIP6, 80), ACK)
+                .seq_ack(1001, 5001)
+                .ext(ExtHeader::DestOpts(vec![1, 2, 0, 0])),
+        );
+        // 1380 bytes fit the 1400-byte egress bare, not with 40 bytes of IPv6 in front.
+        let upload = from_client6(
+            Frame6::tcp((CLIENT6, 41000), (VIP6, 80), ACK)
+                .seq_ack(1001, 5001)
+                .payload(&[0x5a; 1320]),
+        );
+        let upload_packet = upload.packet();
+        let ptb = Frame6::packet_too_big(VIP6, CLIENT6, 1360, &upload_packet[..48])
+            .macs(LB_CLIENT_MAC, CLIENT_MAC)
+            .build();
+        let upload_options = upload.clone().ext(ExtHeader::DestOpts(vec![1, 2, 0, 0]));
+        // Its answer quotes the destination options (8 bytes) too.
+        let options_packet = upload_options.packet();
+        let ptb_options = Frame6::packet_too_big(VIP6, CLIENT6, 1360, &options_packet[..56])
+            .macs(LB_CLIENT_MAC, CLIENT_MAC)
+            .build();
+        // What the backend answers the client with: from the VIP, straight to the client.
+        // Should it cross the LB, it is not the LB's to touch.
+        let direct_reply = Frame6::tcp((VIP6, 80), (CLIENT6, 41000), ACK)
+            .seq_ack(5001, 1001)
+            .macs(B_MAC[0], LB_BACKEND_MAC);
+        // A router on the client's path cannot pass a reply on: its Packet Too Big comes
+        // to the VIP, so to the LB, which tunnels it to the backend untouched.
+        let reply = Frame6::tcp((VIP6, 80), (CLIENT6, 41000), ACK)
+            .seq_ack(5001, 1001)
+            .payload(&[9; 100]);
+        let path_ptb =
+            from_client6(Frame6::packet_too_big(ROUTER6, VIP6, 1280, &reply.packet())).build();
+        let path_label = flow_label6((CLIENT6, 41000), (VIP6, 80));
+        let cases = vec![
+            lab.tunnelled6("SYN: encapsulated whole, hop limit kept", &syn, lb),
+            lab.tunnelled6("the flow's next segment", &ack, lb),
+            lab.tunnelled6("a UDP datagram", &datagram, lb),
+            lab.tunnelled6(
+                "the traffic class is copied, the flow label is the tunnel's",
+                &dscp,
+                lb,
+            ),
+            lab.tunnelled6("extension headers travel inside, untouched", &options, lb),
+            lab.case6(
+                "too big once encapsulated: the client learns the MTU left inside the \
+                 tunnel, 1360",
+                lab.client_if,
+                upload.build(),
+                XDP_TX,
+                Reason::IcmpFragNeededToClient,
+                Output::Exactly(ptb.clone()),
+            ),
+            lab.case6(
+                "too big with extension headers: answered alike, the headers quoted",
+                lab.client_if,
+                upload_options.build(),
+                XDP_TX,
+                Reason::IcmpFragNeededToClient,
+                Output::Exactly(ptb_options.clone()),
+            ),
+            lab.case6(
+                "Packet Too Big about the backend's reply goes to it, tunnelled",
+                lab.client_if,
+                path_ptb.clone(),
+                XDP_REDIRECT,
+                Reason::IcmpToBackend,
+                Output::Exactly(encapsulated6(
+                    &path_ptb,
+                    lb,
+                    B6[0],
+                    path_label,
+                    None,
+                    (LB_BACKEND_MAC, B_MAC[0]),
+                )),
+            ),
+            lab.case6(
+                "the backend's own answer to the client is not the LB's",
+                lab.backend_if,
+                direct_reply.build(),
+                XDP_PASS,
+                Reason::PassNotForUs,
+                Output::Unchanged,
+            ),
+        ];
+        for out in [&ptb, &ptb_options] {
+            packet::verify6(out).unwrap_or_else(|e| panic!("expected frame: {e}"));
+        }
+        check(&mut dp, &cases);
+        // The listener counted the client's packets it sent, not the error nor the packet
+        // answered instead.
+        let stats = dp.listener_stats(fx.listener_id("web6")).unwrap();
+        assert_eq!(stats.packets, 4, "{stats:?}");
+    });
+}
+
+/// GUE over IPv6 from a `dsr.source` prefix: UDP to the GUE port (checksum 0, RFC
+/// 6935), the outer source's host bits, the UDP source port and the flow label all from
+/// the flow's hash, so flows spread over a backend's queues however its NIC hashes.
+#[test]
+fn dsr6_gue_spreads_flows_over_outer_sources_ports_and_labels() {
+    use packet::Frame6;
+    let Some(lab) = lab6("fx6gue") else { return };
+    lab.ns.enter(|| {
+        let mut dp = load(&lab);
+        provision(
+            &mut dp,
+            &dsr6_config(
+                "{ encapsulation: gue, gue_port: 6080, source: [198.18.9.0/24, '2001:db8:9::/112'] }",
+            ),
+        );
+        let mut cases = Vec::new();
+        let mut sources = std::collections::BTreeSet::new();
+        for sport in [42000, 42001, 42002, 42003] {
+            let frame = from_client6(Frame6::tcp((CLIENT6, sport), (VIP6, 80), SYN));
+            let w = |a: std::net::Ipv6Addr| lb_common::family::addr6(a.octets());
+            let hash =
+                lb_common::hash::hash_tuple6(w(CLIENT6), w(VIP6), port(sport), port(80));
+            let src = std::net::Ipv6Addr::new(0x2001, 0xdb8, 9, 0, 0, 0, 0, hash as u16);
+            let gue_port = 0xc000 | (hash as u16 & 0x3fff);
+            sources.insert(src);
+            let input = frame.build();
+            cases.push(Case {
+                name: "a SYN in GUE over IPv6: UDP to 6080 from a port, an address and a label \
+                       of the flow's hash",
+                ingress: lab.client_if,
+                output: Output::Exactly(encapsulated6(
+                    &input,
+                    src,
+                    B6[0],
+                    flow_label6((CLIENT6, sport), (VIP6, 80)),
+                    Some((gue_port, 6080)),
+                    (LB_BACKEND_MAC, B_MAC[0]),
+                )),
+                input,
+                verdict: XDP_REDIRECT,
+                reason: Reason::Encapsulated,
+            });
+        }
+        check(&mut dp, &cases);
+        assert!(
+            sources.len() > 1,
+            "four flows, one outer source: {sources:?}"
+        );
+    });
+}
+
+#[test]
+fn dsr6_to_an_unknown_neighbour_hands_the_kernel_the_encapsulated_packet() {
+    use packet::Frame6;
+    const NO_NEIGH6: std::net::Ipv6Addr =
+        std::net::Ipv6Addr::new(0x2001, 0xdb8, 0x18, 1, 0, 0, 0, 0x12);
+    let Some(lab) = lab6("fx6dsn") else { return };
+    lab.ns.enter(|| {
+        let mut dp = load(&lab);
+        provision(
+            &mut dp,
+            "
+forwarding: dsr
+dsr: { source: '2001:db8:18:1::1' }
+vserver_groups:
+  - name: web
+    servers: [{ address: 2001:db8:18:1::12, port: 80 }]
+listeners:
+  - { name: web6, protocol: tcp, address: 2001:db8:19::100, port: 80, server_group: web }
+",
+        );
+        let syn = from_client6(Frame6::tcp((CLIENT6, 43000), (VIP6, 80), SYN));
+        let input = syn.build();
+        check(
+            &mut dp,
+            &[Case {
+                name: "the kernel resolves the neighbour and forwards the outer packet; the \
+                       frame keeps the addresses it came with, which the kernel checks",
+                ingress: lab.client_if,
+                output: Output::Exactly(encapsulated6(
+                    &input,
+                    LB_BACKEND6,
+                    NO_NEIGH6,
+                    flow_label6((CLIENT6, 43000), (VIP6, 80)),
+                    None,
+                    (CLIENT_MAC, LB_CLIENT_MAC),
+                )),
+                input,
+                verdict: XDP_PASS,
+                reason: Reason::PassNeighUnknown,
+            }],
+        );
+    });
+}
+
+/// The tunnel's stage run on its own, with a packet that is not its hand-off's: nothing
+/// is sent, the packet is left as it was.
+#[test]
+fn the_ipv6_tunnel_stage_without_its_hand_off_drops() {
+    use packet::Frame6;
+    let Some(lab) = lab6("fx6enc") else { return };
+    lab.ns.enter(|| {
+        let mut dp = load(&lab);
+        provision(&mut dp, &dsr6_config("{ encapsulation: ipip }"));
+        let first = from_client6(Frame6::tcp((CLIENT6, 40700), (VIP6, 80), SYN));
+        let (verdict, _) = run(&mut dp, lab.client_if, &first.build());
+        assert_eq!(verdict, XDP_REDIRECT, "the first SYN is tunnelled");
+        let other = from_client6(Frame6::tcp((CLIENT6, 40701), (VIP6, 80), SYN));
+        let (verdict, out) = run_program(
+            &mut dp,
+            lb_common::names::PROGRAM_ENCAP6,
+            lab.client_if,
+            &other.build(),
+        );
+        assert_eq!(verdict, XDP_DROP);
+        assert_eq!(out, other.build(), "the packet is left as it was");
+    });
+}
+
+/// The probe tunnel over IPv6: a marked IPv6 probe to an IPv6 DSR listener's VIP:port
+/// gets its backend's outer IPv6 header, from the probe's own source (no IPv6 source in
+/// `dsr.source` here), and is redirected; unmarked or unknown, as over IPv4.
+#[test]
+fn dsr6_probes_are_tunnelled_to_their_backend_and_nothing_else_is_touched() {
+    use packet::Frame6;
+    let Some(lab) = lab6("fx6prb") else { return };
+    lab.ns.enter(|| {
+        let mut dp = load(&lab);
+        let fx = provision(
+            &mut dp,
+            &dsr6_config("{ encapsulation: gue, source: 198.18.9.1 }"),
+        );
+        let id = fx
+            .listener("web6")
+            .backends
+            .iter()
+            .find(|b| b.key.address == IpAddr::V6(B6[0]))
+            .expect("B6[0] serves web6")
+            .id;
+        let mark = lb_common::probe_mark(id);
+        let probe = Frame6::tcp((LB_BACKEND6, 45000), (VIP6, 80), SYN)
+            .macs(LB_BACKEND_MAC, B_MAC[1])
+            .build();
+        let elsewhere = Frame6::tcp((LB_BACKEND6, 45000), (VIP6, 81), SYN)
+            .macs(LB_BACKEND_MAC, B_MAC[1])
+            .build();
+        let program: &mut aya::programs::SchedClassifier = dp
+            .ebpf_mut()
+            .program_mut(lb_common::names::PROGRAM_PROBE_TUNNEL)
+            .expect("the object has the probe tunnel")
+            .try_into()
+            .expect("a TC program");
+        let run = |mark: u32, frame: &[u8]| {
+            xdp::run_tc_program(program, lab.backend_if, mark, frame).expect("test run")
+        };
+
+        let (action, out) = run(mark, &probe);
+        let w = |a: std::net::Ipv6Addr| lb_common::family::addr6(a.octets());
+        let hash = lb_common::hash::hash_tuple6(w(LB_BACKEND6), w(VIP6), port(45000), port(80));
+        let mut want = encapsulated6(
+            &probe,
+            LB_BACKEND6,
+            B6[0],
+            flow_label6((LB_BACKEND6, 45000), (VIP6, 80)),
+            Some((0xc000 | (hash as u16 & 0x3fff), 6080)),
+            (LB_BACKEND_MAC, B_MAC[1]),
+        );
+        // The Ethernet header is the probe's own: the redirect fills in the next hop's.
+        want[..12].copy_from_slice(&probe[..12]);
+        assert_eq!(action, 7, "a marked probe is redirected");
+        assert!(out == want, "the tunnelled probe:\n{}", diff(&out, &want));
+
+        assert_eq!(run(0, &probe), (0, probe.clone()), "unmarked: untouched");
+        assert_eq!(
+            run(lb_common::probe_mark(63), &probe).0,
+            2,
+            "no such backend"
+        );
+        assert_eq!(run(mark, &elsewhere).0, 2, "no listener on VIP6:81");
+    });
+}

@@ -648,13 +648,17 @@ fn bad_configs() -> Vec<BadConfig> {
             )],
         },
         BadConfig {
-            name: "IPv6 listener with forwarding: dsr",
+            name: "IPv4 server for an IPv6 listener with forwarding: dsr",
             flow_table_size: None,
-            body: "forwarding: dsr\nvserver_groups:\n  - name: app\n    servers:\n      - { address: \"2001:db8::11\", port: 80 }\nlisteners:\n  - { name: web, protocol: tcp, address: \"2001:db8::100\", port: 80, server_group: app }\n",
-            // Read and checked like IPv4; the DSR tunnel carries IPv4 only.
+            body: "forwarding: dsr\nvserver_groups:\n  - name: app\n    servers:\n      - { address: \"2001:db8::11\", port: 80 }\n      - { address: 198.18.1.12, port: 80 }\nlisteners:\n  - { name: web, protocol: tcp, address: \"2001:db8::100\", port: 80, server_group: app }\n",
+            // An IPv6 listener takes dsr, over IPv6 servers only: the tunnel carries the
+            // client's packet unchanged.
             errors: &[(
-                "listeners[0].address",
-                &["IPv6 listeners support forwarding: nat only"],
+                "vserver_groups[0].servers[1].address",
+                &[
+                    "198.18.1.12 is IPv4, but listener `web` using its group is IPv6",
+                    "forwarding: dsr carries the client's packet unchanged",
+                ],
             )],
         },
         BadConfig {

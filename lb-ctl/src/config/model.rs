@@ -11,7 +11,7 @@ use std::{
 use lb_common::Scheduler;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-pub use super::net::{IpNet, IpNetError, Ipv4Net, Ipv4NetError, Ipv6Net};
+pub use super::net::{IpNet, IpNetError, Ipv4Net, Ipv6Net};
 
 /// Accepted ranges and defaults. Both the YAML reader and `Config::validate` check against
 /// these, so a range is stated once.
@@ -89,6 +89,8 @@ pub mod limits {
     /// Longest `dsr.source` prefix span: at most this many host bits come from a flow's
     /// hash, so the first two octets stay the operator's.
     pub const DSR_SOURCE_PREFIX: RangeInclusive<u64> = 16..=32;
+    /// The same for an IPv6 `dsr.source`: at most 16 host bits, as for IPv4.
+    pub const DSR_SOURCE_PREFIX6: RangeInclusive<u64> = 112..=128;
     pub const DEFAULT_HOLD_TIME: u16 = 9;
     pub const DEFAULT_WITHDRAW_WAIT: u32 = 2;
     pub const DEFAULT_BGP_PORT: u16 = 179;
@@ -316,10 +318,69 @@ pub struct Dsr {
     /// UDP port backends decapsulate GUE on.
     #[serde(skip_serializing_if = "eq_u16::<DEFAULT_GUE_PORT>")]
     pub gue_port: u16,
-    /// Outer source: an address, or a prefix whose host bits each flow's hash picks
-    /// (at most 16 of them). Absent: the LB's address on the way to each backend.
+    /// Outer source per family: an address, or a prefix whose host bits each flow's hash
+    /// picks (at most 16 of them). A family without one (or no field): the LB's address on
+    /// the way to each backend.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub source: Option<Ipv4Net>,
+    pub source: Option<DsrSource>,
+}
+
+/// `dsr.source`: the outer source of IPv4 listeners' tunnels and of IPv6 listeners'
+/// tunnels, at most one address or prefix per family (each tunnel's outer header is of
+/// its listener's family). Written as one, or a list of one of each family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DsrSource {
+    ipv4: Option<Ipv4Net>,
+    ipv6: Option<Ipv6Net>,
+}
+
+impl DsrSource {
+    /// `None` when both are absent: no source is the same as no `dsr.source`.
+    pub fn new(ipv4: Option<Ipv4Net>, ipv6: Option<Ipv6Net>) -> Option<Self> {
+        (ipv4.is_some() || ipv6.is_some()).then_some(Self { ipv4, ipv6 })
+    }
+
+    pub fn ipv4(&self) -> Option<Ipv4Net> {
+        self.ipv4
+    }
+
+    pub fn ipv6(&self) -> Option<Ipv6Net> {
+        self.ipv6
+    }
+
+    /// The prefixes set, IPv4 first.
+    pub fn prefixes(&self) -> impl Iterator<Item = IpNet> {
+        self.ipv4
+            .map(IpNet::V4)
+            .into_iter()
+            .chain(self.ipv6.map(IpNet::V6))
+    }
+}
+
+impl From<IpNet> for DsrSource {
+    fn from(net: IpNet) -> Self {
+        match net {
+            IpNet::V4(n) => Self {
+                ipv4: Some(n),
+                ipv6: None,
+            },
+            IpNet::V6(n) => Self {
+                ipv4: None,
+                ipv6: Some(n),
+            },
+        }
+    }
+}
+
+/// One prefix as a scalar, two as a list: what the file said reads back the same.
+impl Serialize for DsrSource {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let prefixes: Vec<IpNet> = self.prefixes().collect();
+        match prefixes.as_slice() {
+            [one] => one.serialize(s),
+            all => all.serialize(s),
+        }
+    }
 }
 
 impl Default for Dsr {

@@ -1657,22 +1657,58 @@ listeners:
     ));
 }
 
+/// An IPv6 listener takes `forwarding: dsr` on IPv6 servers (the tunnel is IPv6 in
+/// IPv6); a server of the other family is refused at its path, in DSR's words; an IPv6
+/// `dsr.source` prefix spans at most 16 bits of hash, as an IPv4 one.
 #[test]
-fn rule_ipv6_listeners_forward_with_nat_only() {
-    let found = errors(&with(
-        "forwarding: dsr
+fn rule_ipv6_listeners_forward_with_dsr_over_ipv6_servers() {
+    let dsr6 = "forwarding: dsr
+dsr: { encapsulation: gue, source: [198.18.9.0/24, '2001:db8:9::/112'] }
 vserver_groups:
   - name: api6
-    servers: [{ address: 2001:db8::10, port: 80 }]
+    servers: [{ address: 2001:db8::10, port: 80 }, { address: 2001:db8::11, port: 80 }]
 listeners:
   - { name: web6, protocol: tcp, address: 2001:db8::100, port: 80, server_group: api6 }
-",
-    ));
+";
+    let c = ok(&with(dsr6));
     assert_eq!(
-        found,
+        c.dsr.source.and_then(|s| s.ipv6()).map(|n| n.to_string()),
+        Some("2001:db8:9::/112".to_owned())
+    );
+    let mixed = dsr6.replace(
+        "{ address: 2001:db8::11, port: 80 }",
+        "{ address: 198.18.1.11, port: 80 }",
+    );
+    assert_eq!(
+        errors(&with(&mixed)),
         [
-            "listeners[0].address: IPv6 listeners support forwarding: nat only (the DSR tunnel \
-             carries IPv4 packets in this build)"
+            "vserver_groups[0].servers[1].address: 198.18.1.11 is IPv4, but listener `web6` \
+             using its group is IPv6 (a listener and its servers are of one family: forwarding: \
+             dsr carries the client's packet unchanged, in a tunnel of its own family)"
+                .to_owned(),
+        ]
+    );
+    let wide = dsr6.replace("'2001:db8:9::/112'", "'2001:db8:9::/96'");
+    assert_eq!(
+        errors(&with(&wide)),
+        [
+            "dsr.source: a /96 spans more than 16 bits of flow hash (give an address, or a \
+             prefix from /112 to /128 routed back to the LB hosts (ICMP errors about the tunnel \
+             come back to it))"
+                .to_owned(),
+        ]
+    );
+    let port = dsr6.replace(
+        "{ address: 2001:db8::11, port: 80 }",
+        "{ address: 2001:db8::11, port: 8080 }",
+    );
+    assert_eq!(
+        errors(&with(&port)),
+        [
+            "vserver_groups[0].servers[1].port: port 8080 differs from port 80 of listener \
+             `web6`, which forwarding: dsr cannot translate (with forwarding: dsr the backend \
+             receives the client's packet unchanged, so it must listen on the listener's port \
+             (the VIP too, on its loopback))"
                 .to_owned(),
         ]
     );

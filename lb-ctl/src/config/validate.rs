@@ -235,31 +235,26 @@ impl Checker<'_> {
                 Some("set `encapsulation: gue`, or remove gue_port".to_owned()),
             );
         }
-        for (i, l) in c.listeners.iter().enumerate() {
-            if l.address.is_ipv6() {
-                self.report(
-                    &field(&index("listeners", i), "address"),
-                    &["forwarding"],
-                    "IPv6 listeners support forwarding: nat only".to_owned(),
-                    Some("the DSR tunnel carries IPv4 packets in this build".to_owned()),
-                );
-            }
-        }
-        if let Some(source) = c.dsr.source {
-            self.unicast("dsr.source", source.addr(), "the outer source");
-            if !DSR_SOURCE_PREFIX.contains(&u64::from(source.prefix_len())) {
+        for net in c.dsr.source.iter().flat_map(DsrSource::prefixes) {
+            self.unicast("dsr.source", net.addr(), "the outer source");
+            let range = match net {
+                IpNet::V4(_) => &DSR_SOURCE_PREFIX,
+                IpNet::V6(_) => &DSR_SOURCE_PREFIX6,
+            };
+            if !range.contains(&u64::from(net.prefix_len())) {
                 self.report(
                     "dsr.source",
                     &[],
                     format!(
                         "a /{} spans more than 16 bits of flow hash",
-                        source.prefix_len()
+                        net.prefix_len()
                     ),
-                    Some(
-                        "give an address, or a prefix from /16 to /32 routed back to the LB \
-                         hosts (ICMP errors about the tunnel come back to it)"
-                            .to_owned(),
-                    ),
+                    Some(format!(
+                        "give an address, or a prefix from /{} to /{} routed back to the LB \
+                         hosts (ICMP errors about the tunnel come back to it)",
+                        range.start(),
+                        range.end()
+                    )),
                 );
             }
         }
@@ -320,8 +315,8 @@ impl Checker<'_> {
     }
 
     /// A listener and its servers are of one family: `forwarding: nat` rewrites the
-    /// destination address, it cannot turn an IPv4 packet into an IPv6 one. The odd one
-    /// out is reported: a listener none of whose servers is of its family, else each
+    /// destination address, it cannot turn an IPv4 packet into an IPv6 one, and `forwarding:
+    /// dsr` delivers the client's packet as it is. The odd one out is reported: a listener none of whose servers is of its family, else each
     /// server of the other family (once, naming every listener it does not fit).
     fn families(&mut self, c: &Config) {
         // Per server of the other family: its address path, the address, and the names of
@@ -353,7 +348,7 @@ impl Checker<'_> {
                         family(l.address),
                         family(others[0].1)
                     ),
-                    Some(FAMILY_RULE.to_owned()),
+                    Some(family_rule(c.forwarding).to_owned()),
                 );
                 continue;
             }
@@ -379,7 +374,7 @@ impl Checker<'_> {
                     listeners.join(", "),
                     family_other(address)
                 ),
-                Some(FAMILY_RULE.to_owned()),
+                Some(family_rule(c.forwarding).to_owned()),
             );
         }
     }
@@ -1067,8 +1062,19 @@ fn is_host_name(name: &str) -> bool {
             .is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit()))
 }
 
-const FAMILY_RULE: &str = "a listener and its servers are of one family: forwarding: nat \
-     rewrites addresses, not the address family";
+/// Why a listener and its servers are of one family, in the words of the forwarding mode.
+const fn family_rule(forwarding: Forwarding) -> &'static str {
+    match forwarding {
+        Forwarding::Nat => {
+            "a listener and its servers are of one family: forwarding: nat rewrites addresses, \
+             not the address family"
+        }
+        Forwarding::Dsr => {
+            "a listener and its servers are of one family: forwarding: dsr carries the \
+             client's packet unchanged, in a tunnel of its own family"
+        }
+    }
+}
 
 fn family(address: IpAddr) -> &'static str {
     if address.is_ipv4() { "IPv4" } else { "IPv6" }

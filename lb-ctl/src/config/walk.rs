@@ -365,55 +365,69 @@ impl Reader {
 
     /// `health_check_source`: one address, or a list of one address of each family.
     fn probe_source(&mut self, path: &str, value: &Value) -> Option<HealthCheckSource> {
+        let (ipv4, ipv6) = self.one_per_family(
+            path,
+            value,
+            Self::ip,
+            |a| match a {
+                IpAddr::V4(a) => Ok(a),
+                IpAddr::V6(a) => Err(a),
+            },
+            "give one address, or one IPv4 and one IPv6 address; leave the field out to let \
+             the kernel pick the source",
+            "give at most one address per family: IPv4 backends are probed from the IPv4 \
+             one, IPv6 backends from the IPv6 one",
+        )?;
+        HealthCheckSource::new(ipv4, ipv6)
+    }
+
+    /// A field of one value, or a list of at most one value of each family: `read` reads
+    /// one, `split` tells an IPv4 one (`Ok`) from an IPv6 one. `None` after any error (the
+    /// field is then tainted: rules about it must not run on the half that was read).
+    fn one_per_family<T, V4, V6>(
+        &mut self,
+        path: &str,
+        value: &Value,
+        read: fn(&mut Self, &str, &Value) -> Option<T>,
+        split: fn(T) -> Result<V4, V6>,
+        empty_hint: &str,
+        second_hint: &str,
+    ) -> Option<(Option<V4>, Option<V6>)> {
         let Value::Sequence(entries) = value else {
-            return self.ip(path, value).map(HealthCheckSource::from);
+            return Some(match split(read(self, path, value)?) {
+                Ok(v4) => (Some(v4), None),
+                Err(v6) => (None, Some(v6)),
+            });
         };
         if entries.is_empty() {
-            self.fail(
-                path,
-                "the list is empty",
-                Some(
-                    "give one address, or one IPv4 and one IPv6 address; leave the field out \
-                     to let the kernel pick the source"
-                        .to_owned(),
-                ),
-            );
+            self.fail(path, "the list is empty", Some(empty_hint.to_owned()));
             return None;
         }
-        // Each family's address with the path it was given at.
-        let mut ipv4: Option<(Ipv4Addr, String)> = None;
-        let mut ipv6: Option<(Ipv6Addr, String)> = None;
+        // Each family's value with the path it was given at.
+        let mut ipv4: Option<(V4, String)> = None;
+        let mut ipv6: Option<(V6, String)> = None;
         let mut failed = false;
         for (i, entry) in entries.iter().enumerate() {
             let entry_path = index(path, i);
-            let Some(addr) = self.ip(&entry_path, entry) else {
+            let Some(one) = read(self, &entry_path, entry) else {
                 failed = true;
                 continue;
             };
-            let (family, first) = match addr {
-                IpAddr::V4(a) => ("IPv4", &ipv4.get_or_insert((a, entry_path.clone())).1),
-                IpAddr::V6(a) => ("IPv6", &ipv6.get_or_insert((a, entry_path.clone())).1),
+            let (family, first) = match split(one) {
+                Ok(v4) => ("IPv4", &ipv4.get_or_insert((v4, entry_path.clone())).1),
+                Err(v6) => ("IPv6", &ipv6.get_or_insert((v6, entry_path.clone())).1),
             };
             if *first != entry_path {
                 let message = format!("a second {family} source: {first} is one already");
                 failed = true;
-                self.fail(
-                    &entry_path,
-                    message,
-                    Some(
-                        "give at most one address per family: IPv4 backends are probed from \
-                         the IPv4 one, IPv6 backends from the IPv6 one"
-                            .to_owned(),
-                    ),
-                );
+                self.fail(&entry_path, message, Some(second_hint.to_owned()));
             }
         }
         if failed {
-            // Rules about the sources must not run on the half that was read.
             self.taint.add(path);
             return None;
         }
-        HealthCheckSource::new(ipv4.map(|(a, _)| a), ipv6.map(|(a, _)| a))
+        Some((ipv4.map(|(v, _)| v), ipv6.map(|(v, _)| v)))
     }
 
     fn socket_addr(&mut self, path: &str, value: &Value) -> Option<SocketAddr> {
@@ -442,22 +456,23 @@ impl Reader {
         }
     }
 
-    /// `dsr.source`: the outer header of the tunnel is IPv4.
-    fn dsr_source(&mut self, path: &str, value: &Value) -> Option<Ipv4Net> {
-        let text = self.string_of(path, value, "an IPv4 prefix (a.b.c.d/len)")?;
-        match text.parse::<Ipv4Net>() {
-            Ok(net) => Some(net),
-            Err(e) => {
-                let hint = match e {
-                    Ipv4NetError::Ipv6 => {
-                        Some("the DSR tunnel's outer header is IPv4 in this build".to_owned())
-                    }
-                    _ => e.hint(),
-                };
-                self.fail(path, e.to_string(), hint);
-                None
-            }
-        }
+    /// `dsr.source`: one address or prefix, or a list of one of each family (IPv4
+    /// listeners' tunnels leave from the IPv4 one, IPv6 listeners' from the IPv6 one).
+    fn dsr_source(&mut self, path: &str, value: &Value) -> Option<DsrSource> {
+        let (ipv4, ipv6) = self.one_per_family(
+            path,
+            value,
+            Self::prefix,
+            |n| match n {
+                IpNet::V4(n) => Ok(n),
+                IpNet::V6(n) => Err(n),
+            },
+            "give one address or prefix, or one of each family; leave the field out to send \
+             from the address the route to each backend prefers",
+            "give at most one address or prefix per family: IPv4 listeners' tunnels leave \
+             from the IPv4 one, IPv6 listeners' from the IPv6 one",
+        )?;
+        DsrSource::new(ipv4, ipv6)
     }
 
     /// The text of a string-valued field, with `expected` naming it in a type error.
@@ -1336,12 +1351,11 @@ mod tests {
     #[test]
     fn fields_that_stay_ipv4_refuse_ipv6_saying_why() {
         let errors = read_errors(&format!(
-            "{BASE}forwarding: dsr\ndsr: {{ source: '2001:db8::/64' }}\nbgp: {{ router_id: '2001:db8::1', local_as: 65001, neighbors: [{{ address: '2001:db8::2', remote_as: 65000 }}] }}\n"
+            "{BASE}bgp: {{ router_id: '2001:db8::1', local_as: 65001, neighbors: [{{ address: '2001:db8::2', remote_as: 65000 }}] }}\n"
         ));
         assert_eq!(
             errors,
             [
-                "dsr.source: IPv6 is not supported in this field (the DSR tunnel's outer header is IPv4 in this build)",
                 "bgp.router_id: IPv6 is not supported in this field (a BGP router id is a 32-bit number written as an IPv4 address)",
             ]
         );
@@ -1437,7 +1451,10 @@ mod tests {
         ));
         assert_eq!(c.dsr.encapsulation, Tunnel::Gue);
         assert_eq!(c.dsr.gue_port, 9000);
-        assert_eq!(c.dsr.source, Some("198.18.9.0/24".parse().unwrap()));
+        assert_eq!(
+            c.dsr.source,
+            Some("198.18.9.0/24".parse::<IpNet>().unwrap().into())
+        );
         assert_eq!(
             read_errors(&format!(
                 "{BASE}forwarding: dsr\ndsr: {{ encapsulation: gre, gue_port: 0, source: 198.18.9.1/24, mtu: 9000 }}\n"
@@ -1447,6 +1464,54 @@ mod tests {
                 "dsr.encapsulation: unknown encapsulation `gre`; expected one of ipip, gue (did you mean `gue`?)",
                 "dsr.gue_port: 0 is not in 1..=65535",
                 "dsr.source: 198.18.9.1/24 has host bits set (did you mean `198.18.9.0/24`?)",
+            ]
+        );
+    }
+
+    /// `dsr.source` is per family, as `health_check_source` is: one address or prefix, or
+    /// one of each family; what was read is written back the same way.
+    #[test]
+    fn the_dsr_source_is_one_prefix_or_one_of_each_family() {
+        let c = read_ok(&format!(
+            "{BASE}forwarding: dsr\ndsr: {{ source: [2001:db8:9::/112, 198.18.9.0/24] }}\n"
+        ));
+        let source = c.dsr.source.unwrap();
+        assert_eq!(
+            source.ipv4().map(|n| n.to_string()),
+            Some("198.18.9.0/24".to_owned())
+        );
+        assert_eq!(
+            source.ipv6().map(|n| n.to_string()),
+            Some("2001:db8:9::/112".to_owned())
+        );
+        assert!(
+            c.to_yaml()
+                .contains("source:\n  - 198.18.9.0/24\n  - 2001:db8:9::/112\n"),
+            "{}",
+            c.to_yaml()
+        );
+        let one = read_ok(&format!(
+            "{BASE}forwarding: dsr\ndsr: {{ source: '2001:db8:9::1' }}\n"
+        ));
+        let source = one.dsr.source.unwrap();
+        assert_eq!(source.ipv4(), None);
+        assert_eq!(
+            source.ipv6().map(|n| n.to_string()),
+            Some("2001:db8:9::1/128".to_owned())
+        );
+        assert_eq!(
+            read_errors(&format!(
+                "{BASE}forwarding: dsr\ndsr: {{ source: [198.18.9.0/24, 198.18.8.1, '2001:db8::/129'] }}\n"
+            )),
+            [
+                "dsr.source[1]: a second IPv4 source: dsr.source[0] is one already (give at most one address or prefix per family: IPv4 listeners' tunnels leave from the IPv4 one, IPv6 listeners' from the IPv6 one)",
+                "dsr.source[2]: prefix length 129 is longer than 128 (an IPv6 prefix length is 0..=128)",
+            ]
+        );
+        assert_eq!(
+            read_errors(&format!("{BASE}forwarding: dsr\ndsr: {{ source: [] }}\n")),
+            [
+                "dsr.source: the list is empty (give one address or prefix, or one of each family; leave the field out to send from the address the route to each backend prefers)"
             ]
         );
     }

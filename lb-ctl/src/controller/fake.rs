@@ -105,7 +105,7 @@ impl MapWriter for FakeDataPlane {
                 t.cursors.insert(*listener, 0);
                 t6.cursors.insert(*listener, 0);
             }
-            MapOp::SetListener { key, value } => set_listener(t, t6, *key, Some(*value)),
+            MapOp::SetListener { key, value, .. } => set_listener(t, t6, *key, Some(*value)),
             MapOp::RemoveListener { key } => set_listener(t, t6, *key, None),
             MapOp::SetVipMarker { addr, flags } => {
                 let marker = Listener {

@@ -183,20 +183,35 @@ impl Platform for Kernel {
 }
 
 /// Kernel 6.7 is the first whose `bpf_fib_lookup` tells the route's source address
-/// (`BPF_FIB_LOOKUP_SRC`): `forwarding: dsr` without `dsr.source` needs it, and on an
-/// older kernel every encapsulated packet would be dropped.
+/// (`BPF_FIB_LOOKUP_SRC`): a `forwarding: dsr` listener of a family `dsr.source` gives no
+/// address of needs it, and on an older kernel every packet encapsulated for it would be
+/// dropped.
 fn check_kernel_for(config: &Config) -> anyhow::Result<()> {
-    if config.forwarding != crate::config::Forwarding::Dsr || config.dsr.source.is_some() {
+    if config.forwarding != crate::config::Forwarding::Dsr {
         return Ok(());
     }
+    let source = config.dsr.source;
+    let unsourced = config.listeners.iter().find(|l| match l.address {
+        IpAddr::V4(_) => source.and_then(|s| s.ipv4()).is_none(),
+        IpAddr::V6(_) => source.and_then(|s| s.ipv6()).is_none(),
+    });
+    let Some(listener) = unsourced else {
+        return Ok(());
+    };
     let Ok(kernel) = aya::util::KernelVersion::current() else {
         return Ok(());
     };
     if kernel < aya::util::KernelVersion::new(6, 7, 0) {
+        let family = if listener.address.is_ipv4() {
+            "IPv4"
+        } else {
+            "IPv6"
+        };
         anyhow::bail!(
-            "forwarding: dsr without dsr.source needs Linux 6.7 or later to find the outer \
-             source address (this kernel is {kernel}); set dsr.source to the LB's address on \
-             the backend side"
+            "forwarding: dsr without an {family} dsr.source (listener `{}`) needs Linux 6.7 or \
+             later to find the outer source address (this kernel is {kernel}); set dsr.source \
+             to the LB's {family} address on the backend side",
+            listener.name
         );
     }
     Ok(())

@@ -24,11 +24,12 @@ pub(crate) fn run(cmd: DecapCommand) -> i32 {
             };
             match super::attach(&iface, &options) {
                 Ok(attached) => {
-                    let gue = options
-                        .gue_port
-                        .map_or_else(String::new, |p| format!(" and GUE on UDP port {p}"));
+                    let tunnels = options.gue_port.map_or_else(
+                        || "IPIP and ip6ip6".to_owned(),
+                        |p| format!("IPIP, ip6ip6 and GUE on UDP port {p}"),
+                    );
                     println!(
-                        "decap {}: IPIP{gue} decapsulated on {iface} ({})",
+                        "decap {}: {tunnels} decapsulated on {iface} ({})",
                         options.name, attached.mode
                     );
                     for w in &attached.warnings {
@@ -74,9 +75,10 @@ pub(crate) fn run(cmd: DecapCommand) -> i32 {
                 println!("decap {}: on {}", status.name, status.interfaces.join(", "));
                 println!(
                     "GUE port: {}",
-                    status
-                        .gue_port
-                        .map_or_else(|| "none (IPIP only)".to_owned(), |p| p.to_string())
+                    status.gue_port.map_or_else(
+                        || "none (IPIP and ip6ip6 only)".to_owned(),
+                        |p| p.to_string()
+                    )
                 );
                 println!(
                     "allowed sources: {}",

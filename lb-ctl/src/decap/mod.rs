@@ -13,20 +13,20 @@ pub(crate) mod command;
 use std::{
     collections::BTreeMap,
     fs,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
 };
 
 use anyhow::{Context as _, Result, bail};
 use aya::{
     EbpfLoader,
-    maps::{Array, LpmTrie, MapData, PerCpuArray, lpm_trie::Key},
+    maps::{Array, LpmTrie, MapData, MapInfo, PerCpuArray, lpm_trie::Key},
     programs::Xdp,
 };
-use lb_common::decap::{DecapReason, DecapSettings, MAX_DECAP_SOURCES, names};
+use lb_common::decap::{DECAP_REASON_COUNT, DecapReason, DecapSettings, MAX_DECAP_SOURCES, names};
 
 pub use self::checks::{HostFacts, Warning, check_host};
-use crate::{config::Ipv4Net, pins, verifier};
+use crate::{config::IpNet, pins, verifier};
 
 /// The decapsulation object, built with the load balancer's by `build.rs`.
 pub static DECAP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-decap"));
@@ -39,12 +39,12 @@ pub const DEFAULT_NAME: &str = "decap";
 pub struct AttachOptions {
     pub bpffs: PathBuf,
     pub name: String,
-    /// GUE's UDP port; `None`: IPIP only.
+    /// GUE's UDP port; `None`: IPIP (and ip6ip6) only.
     pub gue_port: Option<u16>,
-    /// Outer sources allowed to tunnel; empty: any.
-    pub allow_sources: Vec<Ipv4Net>,
+    /// Outer sources allowed to tunnel, of either family; empty: any.
+    pub allow_sources: Vec<IpNet>,
     /// VIPs that must be on `lo`.
-    pub vips: Vec<Ipv4Addr>,
+    pub vips: Vec<IpAddr>,
 }
 
 /// What an attach did.
@@ -70,6 +70,7 @@ pub fn attach(iface: &str, options: &AttachOptions) -> Result<Attached> {
     let layout = pins::Layout::new(&options.bpffs, &options.name);
     fs::create_dir_all(layout.maps())
         .with_context(|| format!("creating {}", layout.maps().display()))?;
+    drop_stale_pins(&layout)?;
     let mut loader = EbpfLoader::new();
     loader.verifier_log_level(verifier::log_level());
     let pins: Vec<(&str, PathBuf)> = names::ALL_MAPS
@@ -96,21 +97,19 @@ pub fn attach(iface: &str, options: &AttachOptions) -> Result<Attached> {
         },
         0,
     )?;
-    let mut sources: LpmTrie<_, u32, u8> = ebpf
-        .map_mut(names::SOURCES)
-        .context("no sources map")?
-        .try_into()?;
-    let old: Vec<Key<u32>> = sources.keys().collect::<Result<_, _>>()?;
-    for key in &old {
-        sources.remove(key)?;
-    }
-    for net in &options.allow_sources {
-        let key = Key::new(
-            u32::from(net.prefix_len()),
-            u32::from_ne_bytes(net.addr().octets()),
-        );
-        sources.insert(&key, 1, 0)?;
-    }
+    let ipv4 = options.allow_sources.iter().filter_map(|net| match net {
+        IpNet::V4(n) => Some(Key::new(
+            u32::from(n.prefix_len()),
+            u32::from_ne_bytes(n.addr().octets()),
+        )),
+        IpNet::V6(_) => None,
+    });
+    set_prefixes(&mut ebpf, names::SOURCES, ipv4)?;
+    let ipv6 = options.allow_sources.iter().filter_map(|net| match net {
+        IpNet::V6(n) => Some(Key::new(u32::from(n.prefix_len()), n.addr().octets())),
+        IpNet::V4(_) => None,
+    });
+    set_prefixes(&mut ebpf, names::SOURCES6, ipv6)?;
 
     let program: &mut Xdp = ebpf
         .program_mut(names::PROGRAM)
@@ -131,6 +130,63 @@ pub fn attach(iface: &str, options: &AttachOptions) -> Result<Attached> {
         mode,
         warnings: check_host(iface, &facts, &options.vips),
     })
+}
+
+/// Replaces the prefixes the LPM trie `map` of the loaded object holds with `keys`.
+fn set_prefixes<K: aya::Pod>(
+    ebpf: &mut aya::Ebpf,
+    map: &str,
+    keys: impl Iterator<Item = Key<K>>,
+) -> Result<()> {
+    let mut trie: LpmTrie<_, K, u8> = ebpf
+        .map_mut(map)
+        .with_context(|| format!("no {map} map"))?
+        .try_into()?;
+    let old: Vec<Key<K>> = trie.keys().collect::<Result<_, _>>()?;
+    for key in &old {
+        trie.remove(key)?;
+    }
+    for key in keys {
+        trie.insert(&key, 1, 0)?;
+    }
+    Ok(())
+}
+
+/// The prefixes of an LPM trie of sources, written out with `address`.
+fn prefixes<K: aya::Pod>(data: MapData, address: fn(K) -> IpAddr) -> Result<Vec<String>> {
+    let trie: LpmTrie<_, K, u8> = LpmTrie::try_from(aya::maps::Map::LpmTrie(data))?;
+    trie.keys()
+        .map(|key| {
+            let key = key?;
+            Ok(format!("{}/{}", address(key.data()), key.prefix_len()))
+        })
+        .collect()
+}
+
+/// Each map's layout: name, key and value bytes, entries.
+const LAYOUT: [(&str, u32, u32, u32); 4] = [
+    (names::SETTINGS, 4, size_of::<DecapSettings>() as u32, 1),
+    (names::COUNTERS, 4, 8, DECAP_REASON_COUNT),
+    (names::SOURCES, 4 + 4, 1, MAX_DECAP_SOURCES),
+    (names::SOURCES6, 4 + 16, 1, MAX_DECAP_SOURCES),
+];
+
+/// Removes pinned maps of another layout (an earlier build's counters, say), which loading
+/// would reuse as they are: each is made again. Every attach rewrites all but the
+/// counters, which start again from 0.
+fn drop_stale_pins(layout: &pins::Layout) -> Result<()> {
+    for (name, key, value, entries) in LAYOUT {
+        let path = layout.maps().join(name);
+        if !path.exists() {
+            continue;
+        }
+        let info =
+            MapInfo::from_pin(&path).with_context(|| format!("reading {}", path.display()))?;
+        if (info.key_size(), info.value_size(), info.max_entries()) != (key, value, entries) {
+            fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+        }
+    }
+    Ok(())
 }
 
 /// Detaches the program from `iface`; the last interface takes the folder (maps,
@@ -164,7 +220,7 @@ pub fn detach(iface: &str, bpffs: &Path, name: &str) -> Result<Vec<String>> {
 pub struct Status {
     pub name: String,
     pub interfaces: Vec<String>,
-    /// `None`: IPIP only.
+    /// `None`: IPIP and ip6ip6 only.
     pub gue_port: Option<u16>,
     /// Empty: any source.
     pub allowed_sources: Vec<String>,
@@ -194,14 +250,12 @@ pub fn status(bpffs: &Path, name: &str) -> Result<Status> {
         let per_cpu = counters.get(&(reason as u32), 0)?;
         totals.insert(reason.name(), per_cpu.iter().sum());
     }
-    let sources: LpmTrie<_, u32, u8> =
-        LpmTrie::try_from(aya::maps::Map::LpmTrie(open(names::SOURCES)?))?;
-    let mut allowed = Vec::new();
-    for key in sources.keys() {
-        let key = key?;
-        let addr = Ipv4Addr::from(key.data().to_ne_bytes());
-        allowed.push(format!("{addr}/{}", key.prefix_len()));
-    }
+    let mut allowed = prefixes(open(names::SOURCES)?, |a: u32| {
+        IpAddr::from(Ipv4Addr::from(a.to_ne_bytes()))
+    })?;
+    allowed.extend(prefixes(open(names::SOURCES6)?, |a: [u8; 16]| {
+        IpAddr::from(Ipv6Addr::from(a))
+    })?);
     allowed.sort();
     Ok(Status {
         name: name.to_owned(),

@@ -32,7 +32,7 @@ mod probe;
 mod slow_start;
 
 use std::{
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::{IpAddr, SocketAddr},
     time::SystemTime,
 };
 
@@ -74,7 +74,8 @@ pub struct Target {
 /// marked so that `lb_probe_tunnel` encapsulates it for this backend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProbeTunnel {
-    pub vip: Ipv4Addr,
+    /// The listener's VIP, of its backends' family.
+    pub vip: IpAddr,
     /// `lb_common::probe_mark` of the backend's id.
     pub mark: u32,
 }
@@ -131,13 +132,13 @@ pub(crate) fn targets(
                 address: m.address,
                 port: m.port,
             };
-            // DSR listeners are IPv4 (the config refuses IPv6 ones).
-            let tunnel = match (dsr, frontend.address) {
-                (true, IpAddr::V4(vip)) => backend_id(&key).map(|id| ProbeTunnel {
-                    vip,
+            let tunnel = if dsr {
+                backend_id(&key).map(|id| ProbeTunnel {
+                    vip: frontend.address,
                     mark: lb_common::probe_mark(id),
-                }),
-                _ => None,
+                })
+            } else {
+                None
             };
             out.push(Target {
                 key,

@@ -104,7 +104,7 @@ impl Probe {
         backend_port: u16,
         tunnel: Option<super::ProbeTunnel>,
     ) -> Option<Self> {
-        let address = tunnel.map_or(address, |t| IpAddr::V4(t.vip));
+        let address = tunnel.map_or(address, |t| t.vip);
         let target = SocketAddr::new(address, check.port.unwrap_or(backend_port));
         let kind = match kind {
             HealthCheckKind::None => return None,

@@ -378,7 +378,7 @@ fn a_dsr_probe_is_addressed_to_the_vip_and_marked() {
     };
     let vip = Ipv4Addr::new(198, 19, 0, 100);
     let tunnel = crate::health::ProbeTunnel {
-        vip,
+        vip: vip.into(),
         mark: lb_common::probe_mark(7),
     };
     let p = Probe::new(
