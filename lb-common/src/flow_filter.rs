@@ -39,36 +39,80 @@ impl FilterKey for FlowKey6 {
     }
 }
 
-/// Words before the bitmaps: `FLOW_FILTER_ACTIVE` (which bitmap the data plane reads, 0
-/// or 1) and `FLOW_FILTER_WORDS` (words per bitmap, a power of two; 0: no filter, every
-/// key may be there). The rest pads the header to a cache line of its own, away from the
-/// bitmaps' writes.
+/// Words before the bitmaps:
+/// - `FLOW_FILTER_ACTIVE`: which bitmap the data plane reads, 0 or 1;
+/// - `FLOW_FILTER_CAPACITY`: the words each bitmap may use (bitmap 1 starts that far
+///   after bitmap 0); 0: the filter is not sized, every key may be there;
+/// - `flow_filter_words_at(which)`: the words bitmap `which` uses now, a power of two, at
+///   most the capacity. Each rebuild sizes the bitmap it rebuilds for the keys the flow
+///   tables held at the last sweep (`flow_filter_words_for`), so a table far from full
+///   is filtered by a bitmap that stays in cache: on a 4M-entry table a full-size bitmap
+///   is 4 MB, and its one load was a fifth of a new flow's cost;
+/// - `FLOW_FILTER_KEYS`: the keys the last rebuild walked, what the next one sizes for
+///   (the controller's alone; kept here so a restarted controller finds it).
+///
+/// The rest pads the header to a cache line of its own, away from the bitmaps' writes.
 pub const FLOW_FILTER_HEADER_WORDS: u32 = 8;
 pub const FLOW_FILTER_ACTIVE: u32 = 0;
-pub const FLOW_FILTER_WORDS: u32 = 1;
+pub const FLOW_FILTER_CAPACITY: u32 = 1;
+pub const FLOW_FILTER_KEYS: u32 = 4;
 
-/// Words of each bitmap for a flow table of `flow_table_size` entries: eight bits per
-/// entry, rounded up to a power of two, so a full table sets at most an eighth of them.
+/// The header word holding the words bitmap `which` (0 or 1) uses.
+#[inline(always)]
+pub const fn flow_filter_words_at(which: u64) -> u32 {
+    2 + (which & 1) as u32
+}
+
+/// Bits of the smallest bitmap: 128 KiB, small enough for a CPU's L2 cache and a few
+/// TLB entries, and an eighth full at 131,072 keys.
+pub const FLOW_FILTER_MIN_BITS: u64 = 1 << 20;
+
+/// The capacity of each bitmap for a flow table of `flow_table_size` entries: eight bits
+/// per entry, rounded up to a power of two, so a full table sets at most an eighth of
+/// them.
 pub const fn flow_filter_bitmap_words(flow_table_size: u32) -> u32 {
     let bits = flow_table_size.next_power_of_two() as u64 * 8;
     (bits / 64) as u32
 }
 
-/// Entries of `FLOW_FILTER`: the header and two bitmaps.
+/// Entries of `FLOW_FILTER`: the header and two bitmaps of full capacity.
 pub const fn flow_filter_entries(flow_table_size: u32) -> u32 {
     FLOW_FILTER_HEADER_WORDS + 2 * flow_filter_bitmap_words(flow_table_size)
 }
 
-/// Where a key's bit lies in bitmap `which` (0 or 1) of `words` words (a power of two,
-/// not 0): the map entry and the bit within it. Multiplicative hashing of both halves of
-/// the key, cheap enough for every SYN.
+/// The words a bitmap rebuilt for `keys` keys uses, of `capacity`: eight bits per key
+/// with room for the table to double before the next rebuild, at least
+/// `FLOW_FILTER_MIN_BITS`. A table that grows faster only fills the bitmap: more SYNs
+/// pay the lookup the filter spares them, none is answered wrongly.
+pub const fn flow_filter_words_for(keys: u64, capacity: u64) -> u64 {
+    let wanted = keys.saturating_mul(16);
+    let bits = if wanted < FLOW_FILTER_MIN_BITS {
+        FLOW_FILTER_MIN_BITS
+    } else {
+        match wanted.checked_next_power_of_two() {
+            Some(bits) => bits,
+            None => u64::MAX,
+        }
+    };
+    let words = bits / 64;
+    if words < capacity { words } else { capacity }
+}
+
+/// Where a key's bit lies in bitmap `which` (0 or 1) using `words` words (a power of
+/// two, not 0) of `capacity`: the map entry and the bit within it. Multiplicative hashing
+/// of both halves of the key, cheap enough for every SYN.
 #[inline(always)]
-pub fn flow_filter_slot<K: FilterKey>(key: &K, which: u64, words: u64) -> (u32, u64) {
+pub fn flow_filter_slot<K: FilterKey>(
+    key: &K,
+    which: u64,
+    words: u64,
+    capacity: u64,
+) -> (u32, u64) {
     let [a, b] = key.filter_words();
     let h = (a ^ b.rotate_left(32)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     // The product's high bits are the well-mixed ones.
     let bit = (h >> 32) & (words * 64 - 1);
-    let word = FLOW_FILTER_HEADER_WORDS as u64 + (which & 1) * words + bit / 64;
+    let word = FLOW_FILTER_HEADER_WORDS as u64 + (which & 1) * capacity + bit / 64;
     (word as u32, 1 << (bit % 64))
 }
 
@@ -86,6 +130,23 @@ mod tests {
     }
 
     #[test]
+    fn a_bitmap_is_sized_for_its_keys_within_its_capacity() {
+        let capacity = u64::from(flow_filter_bitmap_words(1 << 22));
+        assert_eq!(capacity, 1 << 19, "4 MiB per bitmap for a 4M-entry table");
+        // Empty or small: the smallest bitmap.
+        assert_eq!(flow_filter_words_for(0, capacity), 1 << 14);
+        assert_eq!(flow_filter_words_for(65_536, capacity), 1 << 14);
+        // 16 bits per key, rounded up.
+        assert_eq!(flow_filter_words_for(100_000, capacity), 1 << 15);
+        assert_eq!(flow_filter_words_for(1 << 20, capacity), 1 << 18);
+        // Never past the capacity, even for more keys than the table holds.
+        assert_eq!(flow_filter_words_for(1 << 22, capacity), capacity);
+        assert_eq!(flow_filter_words_for(u64::MAX, capacity), capacity);
+        // A small table's capacity is below the smallest bitmap.
+        assert_eq!(flow_filter_words_for(0, 128), 128);
+    }
+
+    #[test]
     fn slots_stay_in_their_bitmap_and_spread() {
         let words = flow_filter_bitmap_words(1 << 16) as u64;
         let mut seen = std::collections::HashSet::new();
@@ -100,12 +161,14 @@ mod tests {
                 6,
             );
             for which in 0..2 {
-                let (word, bit) = flow_filter_slot(&key, which, words);
+                // A bitmap smaller than its capacity stays at the start of its own.
+                let used = words / (which + 1);
+                let (word, bit) = flow_filter_slot(&key, which, used, words);
                 let first = u64::from(FLOW_FILTER_HEADER_WORDS) + which * words;
-                assert!((first..first + words).contains(&u64::from(word)));
+                assert!((first..first + used).contains(&u64::from(word)));
                 assert_eq!(bit.count_ones(), 1);
             }
-            let (word, bit) = flow_filter_slot(&key, 0, words);
+            let (word, bit) = flow_filter_slot(&key, 0, words, words);
             seen.insert((word, bit.trailing_zeros()));
         }
         // 65536 keys into 524288 bits: a uniform hash leaves about 6 % of them sharing.
@@ -140,7 +203,7 @@ mod tests {
                 protocol: 6,
                 _pad: [0; 3],
             };
-            let (word, bit) = flow_filter_slot(&key, 1, words);
+            let (word, bit) = flow_filter_slot(&key, 1, words, words);
             let first = u64::from(FLOW_FILTER_HEADER_WORDS) + words;
             assert!((first..first + words).contains(&u64::from(word)));
             seen.insert((word, bit.trailing_zeros()));

@@ -20,7 +20,7 @@ const SWEEP_IN_PLACE_MAX: u64 = 50_000;
 /// listeners' timeouts.
 pub struct SweepJob {
     flows_pin: PathBuf,
-    /// IPv6's established flows (`FLOWS6`): counted alike, no filter to rebuild.
+    /// IPv6's established flows (`FLOWS6`): counted alike, their keys put in the filter.
     flows6_pin: PathBuf,
     filter_pin: PathBuf,
     flow_table_size: u32,
