@@ -130,16 +130,7 @@ impl Outer {
 
     /// `ipv4_words` as the bytes on the wire.
     pub const fn ipv4_header(&self) -> [u8; IPV4_HEADER_LEN as usize] {
-        let w = self.ipv4_words();
-        let mut h = [0; IPV4_HEADER_LEN as usize];
-        let mut i = 0;
-        while i < w.len() {
-            let b = w[i].to_ne_bytes();
-            h[2 * i] = b[0];
-            h[2 * i + 1] = b[1];
-            i += 1;
-        }
-        h
+        wire_bytes(self.ipv4_words())
     }
 
     /// The GUE UDP header in wire-order words, as `ipv4_words`. Checksum 0: IPv4 UDP
@@ -147,25 +138,36 @@ impl Outer {
     /// read the whole packet.
     #[inline(always)]
     pub const fn udp_words(&self) -> [u16; UDP_HEADER_LEN as usize / 2] {
-        [
-            self.src_port,
-            self.dst_port,
-            (self.inner_len + UDP_HEADER_LEN).to_be(),
-            0,
-        ]
+        gue_udp_words(self.src_port, self.dst_port, self.inner_len)
     }
 
     /// `udp_words` as the bytes on the wire.
     pub const fn udp_header(&self) -> [u8; UDP_HEADER_LEN as usize] {
-        let [s, d, l, c] = self.udp_words();
-        let (s, d, l, c) = (
-            s.to_ne_bytes(),
-            d.to_ne_bytes(),
-            l.to_ne_bytes(),
-            c.to_ne_bytes(),
-        );
-        [s[0], s[1], d[0], d[1], l[0], l[1], c[0], c[1]]
+        wire_bytes(self.udp_words())
     }
+}
+
+/// A GUE UDP header in wire-order words, for either outer family: ports as given
+/// (network order), length over the inner packet, checksum 0 (each `udp_words` says why
+/// its family allows it).
+#[inline(always)]
+const fn gue_udp_words(src_port: u16, dst_port: u16, inner_len: u16) -> [u16; 4] {
+    [src_port, dst_port, (inner_len + UDP_HEADER_LEN).to_be(), 0]
+}
+
+/// Wire-order words (each the two bytes the packet holds, read as a native `u16`) as
+/// those bytes. `B` must be twice `W`.
+const fn wire_bytes<const W: usize, const B: usize>(w: [u16; W]) -> [u8; B] {
+    assert!(B == 2 * W);
+    let mut h = [0; B];
+    let mut i = 0;
+    while i < W {
+        let b = w[i].to_ne_bytes();
+        h[2 * i] = b[0];
+        h[2 * i + 1] = b[1];
+        i += 1;
+    }
+    h
 }
 
 /// The two wire-order 16-bit words of an address held in network byte order.
@@ -331,16 +333,7 @@ impl Outer6 {
 
     /// `ipv6_words` as the bytes on the wire.
     pub const fn ipv6_header(&self) -> [u8; IPV6_HEADER_LEN as usize] {
-        let w = self.ipv6_words();
-        let mut h = [0; IPV6_HEADER_LEN as usize];
-        let mut i = 0;
-        while i < w.len() {
-            let b = w[i].to_ne_bytes();
-            h[2 * i] = b[0];
-            h[2 * i + 1] = b[1];
-            i += 1;
-        }
-        h
+        wire_bytes(self.ipv6_words())
     }
 
     /// The GUE UDP header in wire-order words. Checksum 0, as over IPv4: RFC 6935 and
@@ -351,24 +344,12 @@ impl Outer6 {
     /// checksum would mean reading the whole packet.
     #[inline(always)]
     pub const fn udp_words(&self) -> [u16; UDP_HEADER_LEN as usize / 2] {
-        [
-            self.src_port,
-            self.dst_port,
-            (self.inner_len + UDP_HEADER_LEN).to_be(),
-            0,
-        ]
+        gue_udp_words(self.src_port, self.dst_port, self.inner_len)
     }
 
     /// `udp_words` as the bytes on the wire.
     pub const fn udp_header(&self) -> [u8; UDP_HEADER_LEN as usize] {
-        let [s, d, l, c] = self.udp_words();
-        let (s, d, l, c) = (
-            s.to_ne_bytes(),
-            d.to_ne_bytes(),
-            l.to_ne_bytes(),
-            c.to_ne_bytes(),
-        );
-        [s[0], s[1], d[0], d[1], l[0], l[1], c[0], c[1]]
+        wire_bytes(self.udp_words())
     }
 }
 
