@@ -70,22 +70,12 @@ pub fn render(instance: &str, bgp: &Bgp, vips: &BTreeSet<IpAddr>) -> String {
     line(&mut out, "protocol device {");
     line(&mut out, "}");
     line(&mut out, "");
-    line(&mut out, &format!("protocol static {VIPS_PROTOCOL} {{"));
-    line(&mut out, "  ipv4;");
-    for vip in vips.iter().filter(|v| v.is_ipv4()) {
-        line(&mut out, &format!("  route {vip}/32 blackhole;"));
-    }
-    line(&mut out, "}");
+    static_vips(&mut out, Family::Ipv4, vips);
     // Without an IPv6 session the IPv6 VIPs have nowhere to go (the config refuses them
     // then); an IPv4-only host's config stays as it was before IPv6 sessions existed.
     if has_ipv6_sessions(bgp) {
         line(&mut out, "");
-        line(&mut out, &format!("protocol static {VIPS6_PROTOCOL} {{"));
-        line(&mut out, "  ipv6;");
-        for vip in vips.iter().filter(|v| v.is_ipv6()) {
-            line(&mut out, &format!("  route {vip}/128 blackhole;"));
-        }
-        line(&mut out, "}");
+        static_vips(&mut out, Family::Ipv6, vips);
     }
     if bgp.neighbors.iter().any(|n| n.bfd) {
         line(&mut out, "");
@@ -108,6 +98,57 @@ pub fn render(instance: &str, bgp: &Bgp, vips: &BTreeSet<IpAddr>) -> String {
         session(&mut out, bgp, neighbor);
     }
     out
+}
+
+/// An address family of BIRD's: its channel, and the static protocol of its VIPs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Family {
+    Ipv4,
+    Ipv6,
+}
+
+impl Family {
+    fn of(addr: IpAddr) -> Self {
+        match addr {
+            IpAddr::V4(_) => Family::Ipv4,
+            IpAddr::V6(_) => Family::Ipv6,
+        }
+    }
+
+    fn channel(self) -> &'static str {
+        match self {
+            Family::Ipv4 => "ipv4",
+            Family::Ipv6 => "ipv6",
+        }
+    }
+
+    fn protocol(self) -> &'static str {
+        match self {
+            Family::Ipv4 => VIPS_PROTOCOL,
+            Family::Ipv6 => VIPS6_PROTOCOL,
+        }
+    }
+
+    /// The prefix length of one address.
+    fn host_prefix(self) -> u8 {
+        match self {
+            Family::Ipv4 => 32,
+            Family::Ipv6 => 128,
+        }
+    }
+}
+
+/// The static protocol announcing the VIPs of `family`, each as a blackholed host route.
+fn static_vips(out: &mut String, family: Family, vips: &BTreeSet<IpAddr>) {
+    line(out, &format!("protocol static {} {{", family.protocol()));
+    line(out, &format!("  {};", family.channel()));
+    for vip in vips.iter().filter(|v| Family::of(**v) == family) {
+        line(
+            out,
+            &format!("  route {vip}/{} blackhole;", family.host_prefix()),
+        );
+    }
+    line(out, "}");
 }
 
 fn line(out: &mut String, text: &str) {
@@ -142,13 +183,10 @@ fn session(out: &mut String, bgp: &Bgp, n: &BgpNeighbor) {
     if n.bfd {
         let _ = writeln!(out, "  bfd on;");
     }
-    let (channel, vips) = match n.address {
-        IpAddr::V4(_) => ("ipv4", VIPS_PROTOCOL),
-        IpAddr::V6(_) => ("ipv6", VIPS6_PROTOCOL),
-    };
-    let _ = writeln!(out, "  {channel} {{");
+    let family = Family::of(n.address);
+    let _ = writeln!(out, "  {} {{", family.channel());
     let _ = writeln!(out, "    import none;");
-    let _ = writeln!(out, "    export where proto = \"{vips}\";");
+    let _ = writeln!(out, "    export where proto = \"{}\";", family.protocol());
     let _ = writeln!(out, "    next hop self;");
     let _ = writeln!(out, "  }};");
     let _ = writeln!(out, "}}");
