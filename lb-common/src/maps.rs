@@ -111,11 +111,10 @@ pub mod names {
     pub const ENDPOINTS: &str = "ENDPOINTS";
     pub const ACTIVE_FLOWS: &str = "ACTIVE_FLOWS";
     pub const LISTENER_STATS: &str = "LISTENER_STATS";
-    pub const BACKEND_STATS: &str = "BACKEND_STATS";
+    pub const BACKEND_CPU: &str = "BACKEND_CPU";
     pub const COUNTERS: &str = "COUNTERS";
     pub const TX_PORTS: &str = "TX_PORTS";
     pub const ACLS: &str = "ACLS";
-    pub const NEXT_HOPS: &str = "NEXT_HOPS";
     pub const ADDRESS_FILTER: &str = "ADDRESS_FILTER";
     pub const FLOW_FILTER: &str = "FLOW_FILTER";
     pub const AFFINITY: &str = "AFFINITY";
@@ -766,8 +765,8 @@ pub struct Affinity {
 }
 const _: () = assert!(size_of::<Affinity>() == 16);
 
-/// Value of `NEXT_HOPS` (per CPU, by backend id): the last FIB answer for a backend, so
-/// established packets skip `bpf_fib_lookup`. Valid while `stamp_ns` is within
+/// The last FIB answer for a backend (`BackendCpu::hop`, `NEXT_HOPS6` has the IPv6 one),
+/// so established packets skip `bpf_fib_lookup`. Valid while `stamp_ns` is within
 /// `NEXT_HOP_TTL_NS` and the packet came in on `ingress`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -796,7 +795,75 @@ const _: () = assert!(size_of::<NextHop>() == 40);
 /// path within this time.
 pub const NEXT_HOP_TTL_NS: u64 = 1_000_000_000;
 
-/// Per-CPU traffic counters of a listener (`LISTENER_STATS`) or a backend (`BACKEND_STATS`).
+/// What one CPU writes for one backend (`BACKEND_CPU`, `backend_cpu_index`): the next hop
+/// it cached and the backend's counters. 128 bytes, two cache lines of the page-aligned
+/// array: the first holds everything a client's packet to the backend reads and writes
+/// (the next hop, the packet and byte counters, a new flow's count), so that packet
+/// touches one line of the backend's besides its `BACKENDS` entry. As separate per-CPU
+/// maps (a next-hop cache and a counter set) it was two lines and two pointer loads of
+/// the kernel's per-CPU indirection: with 10,000 backends, misses that took most of an
+/// established packet's time.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct BackendCpu {
+    pub hop: NextHop,
+    /// Client → backend packets and bytes (IP length) forwarded.
+    pub packets: u64,
+    pub bytes: u64,
+    /// Flows created by the scheduler (TCP SYN, first UDP packet).
+    pub new_flows: u64,
+    // The second cache line: replies and the rarer events.
+    pub reply_packets: u64,
+    pub reply_bytes: u64,
+    /// Flows created by a mid-flow pickup.
+    pub pickups: u64,
+    /// Flows moved off a backend that became unusable.
+    pub reselected: u64,
+    pub _pad: [u64; 4],
+}
+const _: () = assert!(size_of::<BackendCpu>() == 128);
+const _: () = assert!(core::mem::offset_of!(BackendCpu, new_flows) + 8 == 64);
+
+impl BackendCpu {
+    /// The counters as a listener's are kept. Packets are dropped before a backend is
+    /// known, so a backend's `dropped` is 0.
+    pub const fn counters(&self) -> TrafficCounters {
+        TrafficCounters {
+            packets: self.packets,
+            bytes: self.bytes,
+            reply_packets: self.reply_packets,
+            reply_bytes: self.reply_bytes,
+            new_flows: self.new_flows,
+            pickups: self.pickups,
+            reselected: self.reselected,
+            dropped: 0,
+        }
+    }
+}
+
+/// The index of `cpu`'s record of backend `id` in `BACKEND_CPU`, an array of
+/// `stride * CPUs` records where `stride` is `max_backends`: each CPU's records are
+/// contiguous, so no cache line holds two CPUs' records. `id` must be below `stride` (a
+/// larger one is another CPU's record): the controller checks its ids, and every id the
+/// data plane passes was read from `BACKENDS`, whose size is `stride`, or from a flow entry
+/// it wrote with such an id. The array's own bound check keeps any index inside the map;
+/// a check here as well cost the verifier 7,600 more instructions in `lb_xdp`. The
+/// controller sizes the array so that `stride * CPUs` fits a `u32`
+/// (`backend_cpu_entries`).
+#[inline(always)]
+pub const fn backend_cpu_index(id: u32, cpu: u32, stride: u32) -> u32 {
+    cpu.wrapping_mul(stride).wrapping_add(id)
+}
+
+/// `BACKEND_CPU`'s size: a record per backend id for each of `cpus` CPUs (the kernel's
+/// possible CPUs, which number every CPU a program can run on). `None` when it does not fit
+/// a map.
+pub const fn backend_cpu_entries(max_backends: u32, cpus: u32) -> Option<u32> {
+    max_backends.checked_mul(cpus)
+}
+
+/// Per-CPU traffic counters of a listener (`LISTENER_STATS`); a backend's are summed from
+/// its `BackendCpu` records.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
@@ -1136,6 +1203,58 @@ mod pod {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every CPU's records of every backend have an index of their own, inside the array,
+    /// each CPU's contiguous: no record (nor, at 128 bytes each in a page-aligned array, any
+    /// cache line) is shared by two CPUs.
+    #[test]
+    fn each_cpu_has_its_own_run_of_backend_records() {
+        let (stride, cpus) = (1000, 8);
+        let entries = backend_cpu_entries(stride, cpus).unwrap();
+        let mut seen = std::collections::BTreeSet::new();
+        for cpu in 0..cpus {
+            for id in 0..stride {
+                let i = backend_cpu_index(id, cpu, stride);
+                assert!(i < entries);
+                assert_eq!(
+                    i / stride,
+                    cpu,
+                    "record of backend {id} outside CPU {cpu}'s run"
+                );
+                assert!(seen.insert(i));
+            }
+        }
+        assert_eq!(seen.len() as u32, entries);
+        assert_eq!(backend_cpu_entries(1 << 20, 4096), None);
+        assert_eq!(backend_cpu_entries(1 << 20, 4095), Some((1 << 20) * 4095));
+    }
+
+    #[test]
+    fn a_backend_record_gives_its_counters() {
+        let r = BackendCpu {
+            packets: 1,
+            bytes: 2,
+            new_flows: 3,
+            reply_packets: 4,
+            reply_bytes: 5,
+            pickups: 6,
+            reselected: 7,
+            ..BackendCpu::default()
+        };
+        assert_eq!(
+            r.counters(),
+            TrafficCounters {
+                packets: 1,
+                bytes: 2,
+                reply_packets: 4,
+                reply_bytes: 5,
+                new_flows: 3,
+                pickups: 6,
+                reselected: 7,
+                dropped: 0,
+            }
+        );
+    }
 
     #[test]
     fn keys_built_from_words_equal_their_fields() {

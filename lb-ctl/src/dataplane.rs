@@ -22,10 +22,11 @@ use aya::{
     programs::{SchedClassifier, Xdp},
 };
 use lb_common::{
-    AclKey, AclKey6, Affinity, AffinityKey, AffinityKey6, Backend, BackendAddr6, EncapSource6,
-    Endpoint, Endpoint6, EndpointKey, EndpointKey6, Flow, FlowKey, FlowKey6, Listener, ListenerKey,
-    ListenerKey6, REASON_COUNT, Reason, SEQUENCE_TABLE_SIZE, TABLES_PER_LISTENER, TableMeta,
-    TrafficCounters, acl_prefix_len, acl_prefix_len6, half_open_table_size, id_pair_entries, names,
+    AclKey, AclKey6, Affinity, AffinityKey, AffinityKey6, Backend, BackendAddr6, BackendCpu,
+    EncapSource6, Endpoint, Endpoint6, EndpointKey, EndpointKey6, Flow, FlowKey, FlowKey6,
+    Listener, ListenerKey, ListenerKey6, REASON_COUNT, Reason, SEQUENCE_TABLE_SIZE,
+    TABLES_PER_LISTENER, TableMeta, TrafficCounters, acl_prefix_len, acl_prefix_len6,
+    half_open_table_size, id_pair_entries, names,
 };
 use thiserror::Error;
 
@@ -74,6 +75,11 @@ pub enum DataPlaneError {
     },
     #[error(transparent)]
     NoMaglevRoom(#[from] crate::reconcile::NoMaglevRoom),
+    #[error(
+        "max_backends {max_backends} × {cpus} possible CPUs is more per-CPU backend records \
+         than one map holds (4,294,967,295): lower max_backends"
+    )]
+    TooManyBackendRecords { max_backends: u32, cpus: u32 },
     #[error("{what} {index} is outside the map ({limit} entries)")]
     OutOfRange {
         what: &'static str,
@@ -129,6 +135,12 @@ impl MapSizes {
         }
     }
 
+    /// `BACKEND_CPU`'s entries with `cpus` possible CPUs: `max_backends` records for each
+    /// (saturated; `DataPlane::load_object` refuses sizes that do not fit).
+    pub fn backend_cpu_entries(&self, cpus: u32) -> u32 {
+        lb_common::backend_cpu_entries(self.max_backends, cpus).unwrap_or(u32::MAX)
+    }
+
     pub const fn table_slots(&self) -> u32 {
         self.max_listeners * TABLES_PER_LISTENER
     }
@@ -153,8 +165,8 @@ impl MapSizes {
         }
     }
 
-    /// max_entries of every sized map, by name.
-    pub fn entries(&self) -> [(&'static str, u32); 23] {
+    /// max_entries of every sized map, by name, on a machine of `cpus` possible CPUs.
+    pub fn entries(&self, cpus: u32) -> [(&'static str, u32); 22] {
         // ADDRESS_FILTER has a fixed size.
         let slots = self.table_slots();
         [
@@ -173,9 +185,8 @@ impl MapSizes {
             (names::ENDPOINTS, self.max_backends),
             (names::ACTIVE_FLOWS, self.max_backends),
             (names::LISTENER_STATS, self.max_listeners),
-            (names::BACKEND_STATS, self.max_backends),
+            (names::BACKEND_CPU, self.backend_cpu_entries(cpus)),
             (names::AFFINITY, self.flow_table_size),
-            (names::NEXT_HOPS, self.max_backends),
             (
                 names::FLOW_FILTER,
                 lb_common::flow_filter::flow_filter_entries(self.flow_table_size),
@@ -192,8 +203,11 @@ impl MapSizes {
     }
 }
 
+/// The read-only global holding `BACKEND_CPU`'s records per CPU (`max_backends`).
+const BACKEND_CPU_STRIDE: &str = "BACKEND_CPU_STRIDE";
+
 /// Every map of the program, by name (pin files carry these names).
-pub const ALL_MAPS: [&str; 28] = [
+pub const ALL_MAPS: [&str; 27] = [
     names::LISTENERS,
     names::BACKENDS,
     names::MAGLEV,
@@ -205,12 +219,11 @@ pub const ALL_MAPS: [&str; 28] = [
     names::ENDPOINTS,
     names::ACTIVE_FLOWS,
     names::LISTENER_STATS,
-    names::BACKEND_STATS,
+    names::BACKEND_CPU,
     names::COUNTERS,
     names::TX_PORTS,
     names::ACLS,
     names::AFFINITY,
-    names::NEXT_HOPS,
     names::ADDRESS_FILTER,
     names::FLOW_FILTER,
     names::LISTENERS6,
@@ -287,6 +300,29 @@ impl<T> MappedArray<T> {
         Ok(Self { ptr, len, bytes })
     }
 
+    /// Element `i`, read as the data plane may be writing it: each aligned 64-bit field is
+    /// read whole, the record as a whole may mix two moments.
+    fn read(&self, i: usize) -> T {
+        assert!(
+            i < self.len,
+            "index {i} outside the {} mapped elements",
+            self.len
+        );
+        // SAFETY: in the live mapping; volatile, since the data plane writes it meanwhile.
+        unsafe { std::ptr::read_volatile(self.ptr.as_ptr().add(i)) }
+    }
+
+    /// Writes element `i` (see `read`).
+    fn write(&mut self, i: usize, value: T) {
+        assert!(
+            i < self.len,
+            "index {i} outside the {} mapped elements",
+            self.len
+        );
+        // SAFETY: as in `read`.
+        unsafe { std::ptr::write_volatile(self.ptr.as_ptr().add(i), value) }
+    }
+
     fn slice(&self) -> &[T] {
         // SAFETY: ptr/len describe the live mapping.
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
@@ -302,6 +338,58 @@ impl<T> Drop for MappedArray<T> {
     fn drop(&mut self) {
         // SAFETY: unmapping exactly what new() mapped.
         unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.bytes) };
+    }
+}
+
+/// `BACKEND_CPU` mapped into this process: every CPU's record of every backend id, read
+/// and reset here without a syscall per CPU. Its stride (records per CPU) is the map's size
+/// over the possible CPUs, so handles opened from pins need no config.
+pub(crate) struct BackendRecords {
+    records: MappedArray<BackendCpu>,
+    stride: u32,
+    cpus: u32,
+}
+
+impl BackendRecords {
+    fn new(map: &MapData) -> Result<Self> {
+        let name = names::BACKEND_CPU;
+        let entries = map.info().map_err(map_err(name))?.max_entries();
+        let cpus = cpu_count()? as u32;
+        Ok(Self {
+            records: MappedArray::map(name, map, entries as usize)?,
+            stride: entries / cpus.max(1),
+            cpus,
+        })
+    }
+
+    /// The indexes of backend `id`'s records, one per CPU.
+    fn indexes(&self, id: u32) -> Result<impl Iterator<Item = usize> + use<>> {
+        if id >= self.stride {
+            return Err(DataPlaneError::OutOfRange {
+                what: "backend id",
+                index: id,
+                limit: self.stride,
+            });
+        }
+        let stride = self.stride;
+        Ok((0..self.cpus).map(move |cpu| lb_common::backend_cpu_index(id, cpu, stride) as usize))
+    }
+
+    /// A backend's counters, summed over CPUs.
+    fn totals(&self, id: u32) -> Result<TrafficCounters> {
+        let mut total = TrafficCounters::default();
+        for i in self.indexes(id)? {
+            total.add(&self.records.read(i).counters());
+        }
+        Ok(total)
+    }
+
+    /// Zeroes every CPU's record of a backend.
+    fn reset(&mut self, id: u32) -> Result<()> {
+        for i in self.indexes(id)? {
+            self.records.write(i, BackendCpu::default());
+        }
+        Ok(())
     }
 }
 
@@ -335,7 +423,7 @@ pub struct DataPlane {
     endpoints: HashMap<MapData, EndpointKey, Endpoint>,
     active_flows: Array<MapData, u32>,
     listener_stats: PerCpuArray<MapData, TrafficCounters>,
-    backend_stats: PerCpuArray<MapData, TrafficCounters>,
+    backend_cpu: BackendRecords,
     counters: PerCpuArray<MapData, u64>,
     tx_ports: DevMapHash<MapData>,
     acls: LpmTrie<MapData, AclKey, u32>,
@@ -484,7 +572,14 @@ impl DataPlane {
     pub fn load_object(object: &[u8], options: &LoadOptions) -> Result<Self> {
         let mut loader = EbpfLoader::new();
         loader.verifier_log_level(crate::verifier::log_level());
-        for (name, entries) in options.sizes.entries() {
+        let cpus = cpu_count()? as u32;
+        let max_backends = options.sizes.max_backends;
+        if lb_common::backend_cpu_entries(max_backends, cpus).is_none() {
+            return Err(DataPlaneError::TooManyBackendRecords { max_backends, cpus });
+        }
+        // Before loading: the verifier reads the value from the frozen read-only data.
+        loader.override_global(BACKEND_CPU_STRIDE, &max_backends, true);
+        for (name, entries) in options.sizes.entries(cpus) {
             loader.map_max_entries(name, entries);
         }
         let pins: Vec<(&'static str, PathBuf)> = match &options.map_pin_dir {
@@ -555,9 +650,10 @@ impl DataPlane {
             listener_stats: take(&mut ebpf, names::LISTENER_STATS)?
                 .try_into()
                 .map_err(map_err(names::LISTENER_STATS))?,
-            backend_stats: take(&mut ebpf, names::BACKEND_STATS)?
-                .try_into()
-                .map_err(map_err(names::BACKEND_STATS))?,
+            backend_cpu: BackendRecords::new(&data(
+                take(&mut ebpf, names::BACKEND_CPU)?,
+                names::BACKEND_CPU,
+            )?)?,
             counters: take(&mut ebpf, names::COUNTERS)?
                 .try_into()
                 .map_err(map_err(names::COUNTERS))?,
@@ -930,15 +1026,13 @@ impl DataPlane {
     }
 
     pub fn backend_stats(&self, id: u32) -> Result<TrafficCounters> {
-        sum_counters(&self.backend_stats, id, names::BACKEND_STATS)
+        self.backend_cpu.totals(id)
     }
 
-    /// Zeroes a backend's counters when its id is given to a new backend.
+    /// Zeroes a backend's counters when its id is given to a new backend (and its cached
+    /// next hops, which the data plane then looks up afresh).
     pub fn reset_backend_stats(&mut self, id: u32) -> Result<()> {
-        let zeros = per_cpu_zeros(names::BACKEND_STATS)?;
-        self.backend_stats
-            .set(id, zeros, 0)
-            .map_err(map_err(names::BACKEND_STATS))
+        self.backend_cpu.reset(id)
     }
 
     /// Each CPU's round-robin cursor of a listener.
@@ -1399,7 +1493,7 @@ impl DataPlaneAccess for DataPlane {
 /// page read one per backend through them after the controller's lock is released.
 pub struct CounterReader {
     listener_stats: PerCpuArray<MapData, TrafficCounters>,
-    backend_stats: PerCpuArray<MapData, TrafficCounters>,
+    backend_cpu: BackendRecords,
     counters: PerCpuArray<MapData, u64>,
 }
 
@@ -1412,7 +1506,10 @@ impl CounterReader {
         }
         Ok(Self {
             listener_stats: per_cpu(maps_dir, names::LISTENER_STATS)?,
-            backend_stats: per_cpu(maps_dir, names::BACKEND_STATS)?,
+            backend_cpu: BackendRecords::new(
+                &MapData::from_pin(maps_dir.join(names::BACKEND_CPU))
+                    .map_err(map_err(names::BACKEND_CPU))?,
+            )?,
             counters: per_cpu(maps_dir, names::COUNTERS)?,
         })
     }
@@ -1437,7 +1534,7 @@ impl ReadCounters for CounterReader {
         sum_counters(&self.listener_stats, id, names::LISTENER_STATS)
     }
     fn backend_totals(&self, id: u32) -> Result<TrafficCounters> {
-        sum_counters(&self.backend_stats, id, names::BACKEND_STATS)
+        self.backend_cpu.totals(id)
     }
 }
 

@@ -55,6 +55,8 @@ pub enum PinError {
         found: String,
         expected: String,
     },
+    #[error("counting this machine's possible CPUs (/sys/devices/system/cpu/possible) failed")]
+    Cpus,
     #[error("reading pinned map {name}: {source}")]
     Info {
         name: &'static str,
@@ -173,8 +175,8 @@ pub fn check_bpffs(path: &Path) -> Result<()> {
 }
 
 /// The layout every pinned map must have: (name, key size, value size, max entries).
-pub(crate) fn expected_layout(sizes: &MapSizes) -> Vec<(&'static str, u32, u32, u32)> {
-    let entries: std::collections::HashMap<&str, u32> = sizes.entries().into_iter().collect();
+pub(crate) fn expected_layout(sizes: &MapSizes, cpus: u32) -> Vec<(&'static str, u32, u32, u32)> {
+    let entries: std::collections::HashMap<&str, u32> = sizes.entries(cpus).into_iter().collect();
     let e = |n: &str| entries.get(n).copied().unwrap_or(0);
     let pair = size_of::<lb_common::IdPair>() as u32;
     vec![
@@ -225,10 +227,10 @@ pub(crate) fn expected_layout(sizes: &MapSizes) -> Vec<(&'static str, u32, u32, 
             e(names::LISTENER_STATS),
         ),
         (
-            names::BACKEND_STATS,
+            names::BACKEND_CPU,
             4,
-            size_of::<TrafficCounters>() as u32,
-            e(names::BACKEND_STATS),
+            size_of::<lb_common::BackendCpu>() as u32,
+            e(names::BACKEND_CPU),
         ),
         (names::COUNTERS, 4, 8, COUNTER_SLOTS),
         (names::TX_PORTS, 4, 8, lb_common::MAX_INTERFACES),
@@ -243,12 +245,6 @@ pub(crate) fn expected_layout(sizes: &MapSizes) -> Vec<(&'static str, u32, u32, 
             size_of::<lb_common::AffinityKey>() as u32,
             size_of::<lb_common::Affinity>() as u32,
             e(names::AFFINITY),
-        ),
-        (
-            names::NEXT_HOPS,
-            4,
-            size_of::<lb_common::NextHop>() as u32,
-            e(names::NEXT_HOPS),
         ),
         (names::ADDRESS_FILTER, 4, 8, lb_common::ADDRESS_FILTER_WORDS),
         (names::FLOW_FILTER, 4, 8, e(names::FLOW_FILTER)),
@@ -309,11 +305,36 @@ pub(crate) fn expected_layout(sizes: &MapSizes) -> Vec<(&'static str, u32, u32, 
     ]
 }
 
+/// Maps earlier versions pinned that this one no longer has: the per-CPU next-hop cache and
+/// backend counters, now one record per backend and CPU in `BACKEND_CPU`.
+const OBSOLETE_MAPS: [&str; 2] = ["NEXT_HOPS", "BACKEND_STATS"];
+
+/// Removes the pins of `OBSOLETE_MAPS` once this version's program is loaded against the
+/// instance's other pins (a program still attached holds its own references, so removing
+/// a pin stops nothing). Returns the names removed.
+pub fn remove_obsolete(layout: &Layout) -> Result<Vec<&'static str>> {
+    let mut removed = Vec::new();
+    for name in OBSOLETE_MAPS {
+        let path = layout.maps().join(name);
+        if !path.exists() {
+            continue;
+        }
+        fs::remove_file(&path).map_err(|source| PinError::Io {
+            what: "removing",
+            path,
+            source,
+        })?;
+        removed.push(name);
+    }
+    Ok(removed)
+}
+
 /// Refuses pinned maps whose layout differs from what this build needs (another version
 /// of lb-ctl, or a config with other table sizes): reusing them would corrupt state.
 pub fn check_pinned_layout(layout: &Layout, sizes: &MapSizes) -> Result<()> {
-    debug_assert_eq!(expected_layout(sizes).len(), ALL_MAPS.len());
-    for (name, key, value, max) in expected_layout(sizes) {
+    let cpus = crate::sizing::possible_cpus().ok_or(PinError::Cpus)?;
+    debug_assert_eq!(expected_layout(sizes, cpus).len(), ALL_MAPS.len());
+    for (name, key, value, max) in expected_layout(sizes, cpus) {
         let path = layout.maps().join(name);
         if !path.exists() {
             continue;
@@ -676,4 +697,33 @@ pub fn teardown(layout: &Layout) -> Result<bool> {
         source,
     })?;
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An instance pinned by an earlier version loses the pins of the maps this one
+    /// replaced, and keeps every other.
+    #[test]
+    fn pins_of_replaced_maps_are_removed_and_no_other() {
+        let bpffs = std::env::temp_dir().join(format!("lb-ctl-pins-{}", std::process::id()));
+        let layout = Layout::new(&bpffs, "lb");
+        fs::create_dir_all(layout.maps()).unwrap();
+        for name in ["NEXT_HOPS", "BACKEND_STATS", "FLOWS", "BACKEND_CPU"] {
+            fs::write(layout.maps().join(name), b"").unwrap();
+        }
+        assert_eq!(
+            remove_obsolete(&layout).unwrap(),
+            ["NEXT_HOPS", "BACKEND_STATS"]
+        );
+        let mut left: Vec<String> = fs::read_dir(layout.maps())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["BACKEND_CPU", "FLOWS"]);
+        assert!(remove_obsolete(&layout).unwrap().is_empty());
+        fs::remove_dir_all(&bpffs).unwrap();
+    }
 }

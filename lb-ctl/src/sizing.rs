@@ -34,19 +34,18 @@ pub enum Kind {
 /// The kind of each map of the program.
 fn kind(name: &str) -> Kind {
     match name {
-        names::MAGLEV | names::SEQUENCE | names::FLOW_FILTER => Kind::MmapableArray,
+        names::MAGLEV | names::SEQUENCE | names::FLOW_FILTER | names::BACKEND_CPU => {
+            Kind::MmapableArray
+        }
         names::BACKENDS
         | names::BACKENDS6
         | names::ENCAP_SOURCES6
         | names::TABLE_META
         | names::ACTIVE_FLOWS
         | names::ADDRESS_FILTER => Kind::Array,
-        names::CURSORS
-        | names::LISTENER_STATS
-        | names::BACKEND_STATS
-        | names::COUNTERS
-        | names::NEXT_HOPS
-        | names::NEXT_HOPS6 => Kind::PerCpuArray,
+        names::CURSORS | names::LISTENER_STATS | names::COUNTERS | names::NEXT_HOPS6 => {
+            Kind::PerCpuArray
+        }
         names::FLOWS
         | names::HALF_OPEN
         | names::AFFINITY
@@ -116,7 +115,7 @@ pub fn map_memory(name: &'static str, key: u32, value: u32, entries: u32, cpus: 
 
 /// Every pinned map of a data plane of `sizes` on `cpus` CPUs.
 pub fn data_plane(sizes: &MapSizes, cpus: u32) -> Vec<MapMemory> {
-    pins::expected_layout(sizes)
+    pins::expected_layout(sizes, cpus)
         .into_iter()
         .map(|(name, key, value, entries)| map_memory(name, key, value, entries, cpus))
         .collect()
@@ -153,7 +152,8 @@ pub fn sizing_tables() -> String {
         o,
         "| map | kind | entries | bytes per entry (hash maps: with their bucket) | per CPU |\n|---|---|---|---|---|"
     );
-    let reference = MapSizes::new(1 << 20, lb_common::DEFAULT_MAX_LISTENERS, 1000);
+    // 1024 backends: `BACKEND_CPU`'s records of one CPU fill whole pages.
+    let reference = MapSizes::new(1 << 20, lb_common::DEFAULT_MAX_LISTENERS, 1024);
     // What a second CPU adds is the per-CPU part.
     for (m, two) in data_plane(&reference, 1)
         .into_iter()
@@ -259,11 +259,8 @@ fn entries_rule(name: &str) -> &'static str {
         names::SEQUENCE => "`max_listeners` × 65,536",
         names::TABLE_META => "`max_listeners` × 2",
         names::CURSORS | names::LISTENER_STATS | names::ENCAP_SOURCES6 => "`max_listeners`",
-        names::BACKENDS
-        | names::ENDPOINTS
-        | names::ACTIVE_FLOWS
-        | names::BACKEND_STATS
-        | names::NEXT_HOPS => "`max_backends`",
+        names::BACKENDS | names::ENDPOINTS | names::ACTIVE_FLOWS => "`max_backends`",
+        names::BACKEND_CPU => "`max_backends` per possible CPU",
         names::COUNTERS => "64",
         names::ACLS => "16,384 access-list entries",
         names::ADDRESS_FILTER => "3,073 words",
@@ -291,7 +288,7 @@ mod tests {
     fn the_flow_table_costs_its_elements_and_buckets() {
         let m = map_memory(names::FLOWS, 16, 32, 1 << 20, 2);
         assert_eq!(m.bytes, (1 << 20) * 16 + (1 << 20) * (48 + 16 + 32));
-        let m = map_memory(names::NEXT_HOPS, 4, 40, 1000, 64);
+        let m = map_memory(names::NEXT_HOPS6, 4, 40, 1000, 64);
         assert_eq!(m.bytes, 1000 * 8 + 1000 * 40 * 64);
         let m = map_memory(names::MAGLEV, 4, 8, 100, 2);
         assert_eq!(m.bytes, 4096);

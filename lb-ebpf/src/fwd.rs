@@ -2,7 +2,7 @@
 //! (so `ip_forward` must be on and routes and neighbours are the host's own); the program
 //! sends it itself when it can and hands it to the kernel when the neighbour is unknown.
 //!
-//! Packets to a backend use a per-CPU cache of the backend's next hop (`NEXT_HOPS`),
+//! Packets to a backend use a per-CPU cache of the backend's next hop (`BackendCpu::hop`),
 //! refreshed from the FIB at least once a second: `bpf_fib_lookup` is a third of the cost
 //! of an established packet.
 //!
@@ -27,7 +27,7 @@ use lb_common::{
 use network_types::eth::EthHdr;
 
 use crate::{
-    maps::{NEXT_HOPS, TOO_BIG, TX_PORTS},
+    maps::{TOO_BIG, TX_PORTS, backend_cpu},
     nat::decrement_ttl,
     parse::{Ipv4, ptr_at},
     stage,
@@ -111,8 +111,10 @@ pub fn next_hop(ctx: &XdpContext, ip: &Ipv4, route: &Route) -> Result<Hop, (u32,
     let ingress = ctx.ingress_ifindex() as u32;
     let cacheable = route.backend != NO_BACKEND;
     let len = ip.tot_len.saturating_add(route.overhead);
+    // SAFETY: this CPU's record; only this CPU writes it while the program runs.
     if cacheable
-        && let Some(hop) = NEXT_HOPS.get(route.backend)
+        && let Some(record) = backend_cpu(route.backend)
+        && let hop = unsafe { &(*record).hop }
         && hop.stamp_ns != 0
         && route.now.saturating_sub(hop.stamp_ns) < NEXT_HOP_TTL_NS
         && hop.ingress == ingress
@@ -186,10 +188,10 @@ pub fn next_hop(ctx: &XdpContext, ip: &Ipv4, route: &Route) -> Result<Hop, (u32,
         // Not an interface of ours: the kernel forwards the packet.
         return Ok(kernel(Reason::PassNoTxPort));
     }
-    if cacheable && let Some(hop) = NEXT_HOPS.get_ptr_mut(route.backend) {
-        // SAFETY: per-CPU value, only this CPU touches it while the program runs.
+    if cacheable && let Some(record) = backend_cpu(route.backend) {
+        // SAFETY: this CPU's record; only this CPU writes it while the program runs.
         unsafe {
-            *hop = NextHop {
+            (*record).hop = NextHop {
                 stamp_ns: route.now,
                 ingress,
                 egress: fib.ifindex,

@@ -24,7 +24,7 @@ use lb_common::{
 use crate::{
     clock, flow,
     fwd6::{self, Route6},
-    maps::{BACKENDS6, ENCAP6, PENDING6},
+    maps::{BACKENDS6, ENCAP6, PENDING6, warm_backend_cpu},
     nat::Side,
     nat6,
     new_flow::{self, Client},
@@ -346,6 +346,8 @@ fn new_flow(ctx: &XdpContext) -> (u32, Reason) {
             Pick::Scan => return stage::enter(ctx, STAGE_WLC),
             Pick::Fail(reason) => return new_flow::refuse(listener, reason),
         };
+    // As in `lb_new_flow`: the record's miss overlaps the insert.
+    warm_backend_cpu(id);
     let client = Client {
         addr: ip.src_addr,
         l4: &l4,

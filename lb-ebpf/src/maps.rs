@@ -4,16 +4,17 @@
 
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC},
+    helpers::generated::bpf_get_smp_processor_id,
     macros::map,
     maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray},
 };
 use lb_common::{
-    ADDRESS_FILTER_WORDS, AclKey, Affinity, AffinityKey, Backend, COUNTER_SLOTS,
+    ADDRESS_FILTER_WORDS, AclKey, Affinity, AffinityKey, Backend, BackendCpu, COUNTER_SLOTS,
     DEFAULT_FLOW_TABLE_SIZE, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_LISTENERS, Endpoint, EndpointKey,
     Flow, FlowKey, IdPair, Listener, ListenerKey, MAGLEV_TABLE_SIZE, MAX_ACL_ENTRIES,
-    MAX_INTERFACES, NextHop, PendingFlow, SEQUENCE_TABLE_SIZE, STAGE_SLOTS, TABLES_PER_LISTENER,
-    TableMeta, TooBig, TrafficCounters, flow_filter::flow_filter_entries, half_open_table_size,
-    id_pair_entries,
+    MAX_INTERFACES, PendingFlow, SEQUENCE_TABLE_SIZE, STAGE_SLOTS, TABLES_PER_LISTENER, TableMeta,
+    TooBig, TrafficCounters, backend_cpu_index, flow_filter::flow_filter_entries,
+    half_open_table_size, id_pair_entries,
 };
 use lb_common::{
     AclKey6, AffinityKey6, BackendAddr6, Encap6, EncapSource6, Endpoint6, EndpointKey6, FlowKey6,
@@ -88,10 +89,43 @@ pub static ACTIVE_FLOWS: Array<u32> = Array::with_max_entries(DEFAULT_MAX_BACKEN
 pub static LISTENER_STATS: PerCpuArray<TrafficCounters> =
     PerCpuArray::with_max_entries(DEFAULT_MAX_LISTENERS, 0);
 
-/// Per backend and CPU: the same counters.
-#[map(name = "BACKEND_STATS")]
-pub static BACKEND_STATS: PerCpuArray<TrafficCounters> =
-    PerCpuArray::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
+/// Per backend and CPU, one `BackendCpu` record each (`backend_cpu`): the next hop the
+/// CPU cached and the backend's counters. A plain array holding every CPU's records, not a
+/// per-CPU map: its values start on a page (mmapable), so each 128-byte record is two whole
+/// cache lines, and reaching one is an index computation instead of the per-CPU map's
+/// pointer table. No two CPUs write a line. The controller sizes it `max_backends` times
+/// the possible CPUs and reads the counters through its mapping. The size here is a
+/// placeholder.
+#[map(name = "BACKEND_CPU")]
+pub static BACKEND_CPU: Array<BackendCpu> =
+    Array::with_max_entries(DEFAULT_MAX_BACKENDS, BPF_F_MMAPABLE);
+
+/// `BACKEND_CPU`'s records per CPU (`max_backends`), set by the loader before the
+/// verifier sees the program: a read-only global, so the verifier knows its value.
+#[unsafe(no_mangle)]
+static BACKEND_CPU_STRIDE: u32 = DEFAULT_MAX_BACKENDS;
+
+/// This CPU's record of backend `id`.
+#[inline(always)]
+pub fn backend_cpu(id: u32) -> Option<*mut BackendCpu> {
+    // SAFETY: a read of a global the loader wrote before loading; volatile so the
+    // compiler does not fold in the default.
+    let stride = unsafe { core::ptr::read_volatile(&raw const BACKEND_CPU_STRIDE) };
+    // SAFETY: helper without arguments; the program does not migrate while it runs.
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    BACKEND_CPU.get_ptr_mut(backend_cpu_index(id, cpu, stride))
+}
+
+/// Starts loading this CPU's record of backend `id`, the value unused. A packet that found
+/// its flow is forwarded to the flow's backend: issued as soon as the id is known, the
+/// record's cache miss overlaps the `BACKENDS` one instead of following it.
+#[inline(always)]
+pub fn warm_backend_cpu(id: u32) {
+    if let Some(record) = backend_cpu(id) {
+        // SAFETY: a pointer from a successful lookup; volatile, so the load is kept.
+        unsafe { core::ptr::read_volatile(&raw const (*record).hop.stamp_ns) };
+    }
+}
 
 /// Per `Reason` and CPU: every verdict with its reason, and a few events.
 #[map(name = "COUNTERS")]
@@ -118,11 +152,6 @@ pub static ACLS: LpmTrie<AclKey, u32> =
 #[map(name = "AFFINITY")]
 pub static AFFINITY: LruHashMap<AffinityKey, Affinity> =
     LruHashMap::with_max_entries(DEFAULT_FLOW_TABLE_SIZE, 0);
-
-/// Per CPU, by backend id: the backend's next hop from the last FIB lookup (see
-/// `NextHop`). Per-CPU so refreshing it never bounces a cache line between CPUs.
-#[map(name = "NEXT_HOPS")]
-pub static NEXT_HOPS: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
 
 /// Two one-hash Bloom filters (`address_filter_bit`): of the VIP addresses, so most packets
 /// that are not for a VIP are told so by one inlined array read instead of a hash lookup;

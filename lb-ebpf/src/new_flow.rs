@@ -20,10 +20,11 @@ use lb_common::{
 use crate::{
     family::Tables,
     flow,
-    maps::PENDING,
+    maps::{PENDING, warm_backend_cpu},
     parse,
     parse::{L4, Parsed},
     sched, stage, stats,
+    stats::Counts as _,
     tables::Maps,
 };
 
@@ -77,6 +78,8 @@ fn run(ctx: &XdpContext) -> (u32, Reason) {
             Pick::Scan => return stage::enter(ctx, STAGE_WLC),
             Pick::Fail(reason) => return refuse(listener, reason),
         };
+    // Its cache miss overlaps the flow's insert instead of following it.
+    warm_backend_cpu(id);
     let client = Client {
         addr: ip.src_addr,
         l4: &l4,
@@ -220,18 +223,8 @@ pub fn open<F: Tables>(
     }
 
     let reselected = opening.state == EntryState::BackendUnusable;
-    let bump = |c: &mut lb_common::TrafficCounters| {
-        if pickup {
-            c.pickups += 1;
-        } else {
-            c.new_flows += 1;
-        }
-        if reselected {
-            c.reselected += 1;
-        }
-    };
-    stats::listener(listener.id, bump);
-    stats::backend(id, bump);
+    stats::listener(listener.id, |c| c.opened(pickup, reselected));
+    stats::backend(id, |c| c.opened(pickup, reselected));
     stats::count(if pickup {
         Reason::EventPickup
     } else {

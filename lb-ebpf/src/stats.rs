@@ -1,9 +1,9 @@
 //! Per-CPU counters. Plain increments: every CPU owns its copy, the controller sums them.
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::{Reason, TrafficCounters};
+use lb_common::{BackendCpu, Reason, TrafficCounters};
 
-use crate::maps::{BACKEND_STATS, COUNTERS, LISTENER_STATS};
+use crate::maps::{COUNTERS, LISTENER_STATS, backend_cpu};
 
 /// The end of every program: counts the verdict under its reason, returns the action.
 #[inline(always)]
@@ -39,24 +39,59 @@ pub fn listener(id: u32, f: impl FnOnce(&mut TrafficCounters)) {
     update(LISTENER_STATS.get_ptr_mut(id), f);
 }
 
+/// A backend's counters, in this CPU's `BackendCpu` record.
 #[inline(always)]
-pub fn backend(id: u32, f: impl FnOnce(&mut TrafficCounters)) {
-    update(BACKEND_STATS.get_ptr_mut(id), f);
+pub fn backend(id: u32, f: impl FnOnce(&mut BackendCpu)) {
+    if let Some(c) = backend_cpu(id) {
+        // SAFETY: this CPU's record; only this CPU writes it while the program runs.
+        f(unsafe { &mut *c });
+    }
 }
 
 /// One packet of `bytes` (IP length) forwarded for a listener and backend, in the client →
 /// backend direction or as a reply.
 #[inline(always)]
 pub fn forwarded(listener_id: u32, backend_id: u32, bytes: u64, reply: bool) {
-    let add = |c: &mut TrafficCounters| {
-        if reply {
-            c.reply_packets += 1;
-            c.reply_bytes += bytes;
-        } else {
-            c.packets += 1;
-            c.bytes += bytes;
+    listener(listener_id, |c| c.forwarded(bytes, reply));
+    backend(backend_id, |c| c.forwarded(bytes, reply));
+}
+
+/// The counts a listener's `TrafficCounters` and a backend's `BackendCpu` both keep, under
+/// the same field names.
+pub trait Counts {
+    /// One packet of `bytes` forwarded, client → backend or as a reply.
+    fn forwarded(&mut self, bytes: u64, reply: bool);
+    /// A flow opened: by the scheduler or a pickup, and moved off an unusable backend.
+    fn opened(&mut self, pickup: bool, reselected: bool);
+}
+
+macro_rules! counts {
+    ($t:ty) => {
+        impl Counts for $t {
+            #[inline(always)]
+            fn forwarded(&mut self, bytes: u64, reply: bool) {
+                if reply {
+                    self.reply_packets += 1;
+                    self.reply_bytes += bytes;
+                } else {
+                    self.packets += 1;
+                    self.bytes += bytes;
+                }
+            }
+
+            #[inline(always)]
+            fn opened(&mut self, pickup: bool, reselected: bool) {
+                if pickup {
+                    self.pickups += 1;
+                } else {
+                    self.new_flows += 1;
+                }
+                if reselected {
+                    self.reselected += 1;
+                }
+            }
         }
     };
-    listener(listener_id, add);
-    backend(backend_id, add);
 }
+counts!(TrafficCounters);
+counts!(BackendCpu);

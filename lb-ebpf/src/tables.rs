@@ -14,7 +14,7 @@ use lb_common::{
 
 use crate::maps::{
     ACLS, ACLS6, ACTIVE_FLOWS, ADDRESS_FILTER, AFFINITY, AFFINITY6, BACKENDS, CURSORS, HALF_OPEN,
-    HALF_OPEN6, LISTENERS, LISTENERS6, MAGLEV, SEQUENCE, TABLE_META,
+    HALF_OPEN6, LISTENERS, LISTENERS6, MAGLEV, SEQUENCE, TABLE_META, warm_backend_cpu,
 };
 
 /// A map value. Valid for the rest of the program run (map values are freed after an RCU
@@ -75,7 +75,10 @@ impl Tables for Maps {
 
     #[inline(always)]
     fn flow(&self, key: &FlowKey) -> Option<MapRef<Flow>> {
-        crate::flow::lookup::<V4>(key).map(MapRef)
+        let flow = crate::flow::lookup::<V4>(key)?;
+        // SAFETY: a pointer from a successful lookup.
+        warm_backend_cpu(unsafe { (*flow).backend });
+        Some(MapRef(flow))
     }
 
     #[inline(always)]
@@ -177,7 +180,10 @@ impl Tables for Maps6 {
 
     #[inline(always)]
     fn flow(&self, key: &FlowKey6) -> Option<MapRef<Flow>> {
-        crate::flow::lookup::<V6>(key).map(MapRef)
+        let flow = crate::flow::lookup::<V6>(key)?;
+        // SAFETY: a pointer from a successful lookup.
+        warm_backend_cpu(unsafe { (*flow).backend });
+        Some(MapRef(flow))
     }
 
     #[inline(always)]

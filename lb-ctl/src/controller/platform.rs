@@ -118,6 +118,13 @@ impl Platform for Kernel {
             map_pin_dir: Some(layout.maps()),
             verifier_log_dir: Some(self.verifier_log_dir.clone()),
         })?;
+        for name in pins::remove_obsolete(&layout)? {
+            tracing::info!(
+                map = name,
+                "removed the pin of a map this version no longer uses; backend counters \
+                 start again from zero"
+            );
+        }
         self.layout = Some(layout);
         Ok((dataplane, adopting))
     }
