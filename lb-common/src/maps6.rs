@@ -125,8 +125,8 @@ pub struct NextHop6 {
     pub addr: Addr6,
     /// Egress MTU, host order.
     pub mtu: u16,
-    pub dst_mac: [u8; 6],
-    pub src_mac: [u8; 6],
+    pub dst_mac: crate::Mac,
+    pub src_mac: crate::Mac,
     pub _pad: [u8; 2],
     /// The source address the route prefers, when the lookup asked for it (encapsulation
     /// without a configured IPv6 source); all zero otherwise.

@@ -16,10 +16,10 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    Backend, Encapsulation, FlowKey, Listener, Reason,
+    Backend, Encapsulation, FlowKey, Listener, Mac, Reason,
     encap::{Inner, Outer},
 };
-use network_types::eth::{EthHdr, EtherType};
+use network_types::eth::EtherType;
 
 use crate::{
     fwd,
@@ -34,8 +34,8 @@ const UDP_LEN: usize = lb_common::UDP_HEADER_LEN as usize;
 /// so each word is one store.
 #[repr(C)]
 struct IpipFront {
-    dst_mac: [u8; 6],
-    src_mac: [u8; 6],
+    dst_mac: Mac,
+    src_mac: Mac,
     ether_type: u16,
     ip: [u16; IPV4_LEN / 2],
 }
@@ -43,8 +43,8 @@ struct IpipFront {
 /// The front of a GUE frame.
 #[repr(C)]
 struct GueFront {
-    dst_mac: [u8; 6],
-    src_mac: [u8; 6],
+    dst_mac: Mac,
+    src_mac: Mac,
     ether_type: u16,
     ip: [u16; IPV4_LEN / 2],
     udp: [u16; UDP_LEN / 2],
@@ -133,11 +133,10 @@ pub fn send(ctx: &XdpContext, ip: &Ipv4, d: &Delivery) -> (u32, Reason) {
     // The kernel path needs the frame's own Ethernet addresses (it drops a frame not
     // addressed to the interface); read them before the header moves.
     let (dst_mac, src_mac) = if hop.egress == 0 {
-        let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+        let Some(macs) = fwd::frame_macs(ctx) else {
             return (XDP_DROP, Reason::DropMalformedEthernet);
         };
-        // SAFETY: bounds checked by ptr_at.
-        unsafe { ((*eth).dst_addr, (*eth).src_addr) }
+        macs
     } else {
         (hop.dst_mac, hop.src_mac)
     };

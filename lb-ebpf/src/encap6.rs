@@ -28,10 +28,10 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    ENCAP6_ICMP, EncapSource6, Encapsulation, Reason, TOO_BIG_DESTINATION,
+    ENCAP6_ICMP, EncapSource6, Encapsulation, Mac, Reason, TOO_BIG_DESTINATION,
     encap::{Inner6, Outer6},
 };
-use network_types::eth::{EthHdr, EtherType};
+use network_types::eth::EtherType;
 
 use crate::{
     fwd,
@@ -49,8 +49,8 @@ const UDP_LEN: usize = lb_common::UDP_HEADER_LEN as usize;
 /// `IpipFront`).
 #[repr(C)]
 struct Ip6ip6Front {
-    dst_mac: [u8; 6],
-    src_mac: [u8; 6],
+    dst_mac: Mac,
+    src_mac: Mac,
     ether_type: u16,
     ip: [u16; IPV6_LEN / 2],
 }
@@ -58,8 +58,8 @@ struct Ip6ip6Front {
 /// The front of a GUE-over-IPv6 frame.
 #[repr(C)]
 struct Gue6Front {
-    dst_mac: [u8; 6],
-    src_mac: [u8; 6],
+    dst_mac: Mac,
+    src_mac: Mac,
     ether_type: u16,
     ip: [u16; IPV6_LEN / 2],
     udp: [u16; UDP_LEN / 2],
@@ -162,11 +162,10 @@ fn run(ctx: &XdpContext) -> (u32, Reason) {
 
     // The kernel path needs the frame's own Ethernet addresses (see `encap::send`).
     let (dst_mac, src_mac) = if hop.egress == 0 {
-        let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+        let Some(macs) = fwd::frame_macs(ctx) else {
             return (XDP_DROP, Reason::DropMalformedEthernet);
         };
-        // SAFETY: bounds checked by ptr_at.
-        unsafe { ((*eth).dst_addr, (*eth).src_addr) }
+        macs
     } else {
         (hop.dst_mac, hop.src_mac)
     };

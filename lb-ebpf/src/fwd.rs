@@ -21,10 +21,9 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    FlowKey, NEXT_HOP_TTL_NS, NO_BACKEND, NextHop, Reason, STAGE_TOO_BIG, TOO_BIG_DESTINATION,
-    TOO_BIG_SOURCE, TooBig,
+    FlowKey, Mac, NEXT_HOP_TTL_NS, NO_BACKEND, NextHop, Reason, STAGE_TOO_BIG, TOO_BIG_DESTINATION,
+    TOO_BIG_SOURCE, TooBig, mac_words,
 };
-use network_types::eth::EthHdr;
 
 use crate::{
     maps::{TOO_BIG, TX_PORTS, backend_cpu},
@@ -69,8 +68,8 @@ pub struct Hop {
     /// The ifindex the packet came in on. Kept here because reading it from the context
     /// is three dependent loads (the frame's receive queue, its device, the index).
     pub ingress: u32,
-    pub dst_mac: [u8; 6],
-    pub src_mac: [u8; 6],
+    pub dst_mac: Mac,
+    pub src_mac: Mac,
     /// The route's preferred source when `Route::want_source`, else 0. Network order.
     pub src_addr: u32,
     /// Why the kernel gets the packet when `egress` is 0: the neighbour is unknown (the
@@ -167,8 +166,8 @@ pub fn next_hop(ctx: &XdpContext, ip: &Ipv4, route: &Route) -> Result<Hop, (u32,
     let kernel = |reason| Hop {
         egress: 0,
         ingress,
-        dst_mac: [0; 6],
-        src_mac: [0; 6],
+        dst_mac: [0; 3],
+        src_mac: [0; 3],
         src_addr,
         kernel_reason: reason,
     };
@@ -198,8 +197,8 @@ pub fn next_hop(ctx: &XdpContext, ip: &Ipv4, route: &Route) -> Result<Hop, (u32,
                 addr: route.dst_addr,
                 // On success the kernel leaves the egress MTU here.
                 mtu: fib.__bindgen_anon_1.mtu_result,
-                dst_mac: fib.dmac,
-                src_mac: fib.smac,
+                dst_mac: mac_words(fib.dmac),
+                src_mac: mac_words(fib.smac),
                 _pad: [0; 2],
                 src_addr,
             };
@@ -208,8 +207,8 @@ pub fn next_hop(ctx: &XdpContext, ip: &Ipv4, route: &Route) -> Result<Hop, (u32,
     Ok(Hop {
         egress: fib.ifindex,
         ingress,
-        dst_mac: fib.dmac,
-        src_mac: fib.smac,
+        dst_mac: mac_words(fib.dmac),
+        src_mac: mac_words(fib.smac),
         src_addr,
         kernel_reason: Reason::Forwarded,
     })
@@ -260,15 +259,30 @@ fn too_big(ctx: &XdpContext, ip: &Ipv4, route: &Route, mtu: u16) -> (u32, Reason
 /// verifier's bound; parsing already checked it).
 #[inline(always)]
 pub fn set_macs(ctx: &XdpContext, hop: &Hop) -> bool {
-    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+    let Some(eth) = ptr_at::<EthAddrs>(ctx, 0) else {
         return false;
     };
-    // SAFETY: bounds checked by ptr_at.
+    // SAFETY: bounds checked by ptr_at; the frame starts at an even address.
     unsafe {
-        (*eth).dst_addr = hop.dst_mac;
-        (*eth).src_addr = hop.src_mac;
+        (*eth).dst = hop.dst_mac;
+        (*eth).src = hop.src_mac;
     }
     true
+}
+
+/// The addresses at the start of an Ethernet header, as `Mac` words.
+#[repr(C)]
+pub struct EthAddrs {
+    pub dst: Mac,
+    pub src: Mac,
+}
+
+/// The frame's own Ethernet addresses (destination, source), or `None` without a header.
+#[inline(always)]
+pub fn frame_macs(ctx: &XdpContext) -> Option<(Mac, Mac)> {
+    let eth = ptr_at::<EthAddrs>(ctx, 0)?;
+    // SAFETY: bounds checked by ptr_at.
+    Some(unsafe { ((*eth).dst, (*eth).src) })
 }
 
 /// Out through `hop.egress`: XDP_TX when it is the interface the packet came in on,

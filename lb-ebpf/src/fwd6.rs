@@ -13,7 +13,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     Addr6, FlowKey6, NEXT_HOP_TTL_NS, NO_BACKEND, Reason, STAGE_TOO_BIG6, TOO_BIG_DESTINATION,
-    TOO_BIG_SOURCE,
+    TOO_BIG_SOURCE, mac_words,
 };
 
 use crate::{
@@ -156,8 +156,8 @@ pub fn next_hop(
     let kernel = |reason| Hop {
         egress: 0,
         ingress,
-        dst_mac: [0; 6],
-        src_mac: [0; 6],
+        dst_mac: [0; 3],
+        src_mac: [0; 3],
         src_addr: 0,
         kernel_reason: reason,
     };
@@ -187,15 +187,15 @@ pub fn next_hop(
         // On success the kernel leaves the egress MTU here.
         // SAFETY: a plain integer either way.
         hop.mtu = unsafe { fib.__bindgen_anon_1.mtu_result };
-        hop.dst_mac = fib.dmac;
-        hop.src_mac = fib.smac;
+        hop.dst_mac = mac_words(fib.dmac);
+        hop.src_mac = mac_words(fib.smac);
         hop.src_addr = *source;
     }
     Ok(Hop {
         egress: fib.ifindex,
         ingress,
-        dst_mac: fib.dmac,
-        src_mac: fib.smac,
+        dst_mac: mac_words(fib.dmac),
+        src_mac: mac_words(fib.smac),
         src_addr: 0,
         kernel_reason: Reason::Forwarded,
     })
