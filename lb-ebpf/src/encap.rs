@@ -16,7 +16,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    Backend, Encapsulation, FlowKey, Listener, Mac, Reason,
+    Backend, BackendCpu, Encapsulation, FlowKey, Listener, Mac, Reason,
     encap::{Inner, Outer},
 };
 use network_types::eth::EtherType;
@@ -55,6 +55,8 @@ pub struct Delivery<'a> {
     pub listener: &'a Listener,
     pub backend_id: u32,
     pub backend: &'a Backend,
+    /// This CPU's record of the backend (`fwd::Route::record`).
+    pub record: Option<*mut BackendCpu>,
     /// Current coarse time (the next-hop cache).
     pub now: u64,
     /// The packet's ports (the FIB's and the flow hash's input): the client's for its
@@ -95,6 +97,7 @@ pub fn send(ctx: &XdpContext, ip: &Ipv4, d: &Delivery) -> (u32, Reason) {
         src_port: d.src_port,
         dst_port: d.dst_port,
         backend: d.backend_id,
+        record: d.record,
         now: d.now,
         side: d.side,
         original_addr: ip.dst_addr,

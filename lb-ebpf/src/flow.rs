@@ -10,7 +10,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    Affinity, BACKEND_F_SHARED_ENDPOINT, Backend, Encapsulation, FLOW_F_BACKEND_ACKED,
+    Affinity, BACKEND_F_SHARED_ENDPOINT, Backend, BackendCpu, Encapsulation, FLOW_F_BACKEND_ACKED,
     FLOW_F_COUNTED, FLOW_F_FIN, FLOW_F_OPENING, FLOW_F_REOPENED, FLOW_F_RST, Flow, Listener,
     MAX_ENDPOINT_LISTENERS, PROTO_TCP, Reason, TOO_BIG_DESTINATION,
     decide::Packet,
@@ -21,7 +21,7 @@ use crate::{
     encap,
     family::{Served, Tables},
     fwd,
-    maps::BACKENDS,
+    maps::{BACKENDS, backend_cpu},
     nat,
     nat::Side,
     parse::{Ipv4, L4},
@@ -445,13 +445,16 @@ pub fn send_to_backend(
     backend: &Backend,
     now: u64,
 ) -> (u32, Reason) {
+    // Once per packet: the record holds the cached next hop and the backend's counters.
+    let record = backend_cpu(backend_id);
     let out = if listener.encapsulation == Encapsulation::None as u8 {
-        translate_to_backend(ctx, ip, l4, backend_id, backend, now)
+        translate_to_backend(ctx, ip, l4, backend_id, record, backend, now)
     } else {
         let delivery = encap::Delivery {
             listener,
             backend_id,
             backend,
+            record,
             now,
             src_port: l4.src_port,
             dst_port: l4.dst_port,
@@ -461,7 +464,7 @@ pub fn send_to_backend(
         encap::send(ctx, ip, &delivery)
     };
     if out.0 != XDP_DROP {
-        stats::forwarded(listener.id, backend_id, u64::from(ip.tot_len), false);
+        stats::forwarded_with(listener.id, record, u64::from(ip.tot_len), false);
     }
     out
 }
@@ -472,6 +475,7 @@ fn translate_to_backend(
     ip: &Ipv4,
     l4: &L4,
     backend_id: u32,
+    record: Option<*mut BackendCpu>,
     backend: &Backend,
     now: u64,
 ) -> (u32, Reason) {
@@ -484,6 +488,7 @@ fn translate_to_backend(
         src_port: l4.src_port,
         dst_port: backend.port,
         backend: backend_id,
+        record,
         now,
         side: TOO_BIG_DESTINATION,
         original_addr: ip.dst_addr,

@@ -21,12 +21,12 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    FlowKey, Mac, NEXT_HOP_TTL_NS, NO_BACKEND, NextHop, Reason, STAGE_TOO_BIG, TOO_BIG_DESTINATION,
-    TOO_BIG_SOURCE, TooBig, mac_words,
+    BackendCpu, FlowKey, Mac, NEXT_HOP_TTL_NS, NO_BACKEND, NextHop, Reason, STAGE_TOO_BIG,
+    TOO_BIG_DESTINATION, TOO_BIG_SOURCE, TooBig, mac_words,
 };
 
 use crate::{
-    maps::{TOO_BIG, TX_PORTS, backend_cpu},
+    maps::{TOO_BIG, TX_PORTS},
     nat::decrement_ttl,
     parse::{Ipv4, ptr_at},
     stage,
@@ -44,6 +44,10 @@ pub struct Route {
     /// A plain value, not an `Option`, like every field here: the verifier follows plain
     /// integers more cheaply than enum tags.
     pub backend: u32,
+    /// This CPU's `BACKEND_CPU` record of `backend` (`maps::backend_cpu`), which holds the
+    /// cached next hop; looked up once by the caller, which counts the packet in it too.
+    /// `None` (a null pointer, no tag) for no cache.
+    pub record: Option<*mut BackendCpu>,
     /// Current coarse time (for the cache).
     pub now: u64,
     /// What the translation replaced: `TOO_BIG_DESTINATION` (client → VIP) or
@@ -112,7 +116,7 @@ pub fn next_hop(ctx: &XdpContext, ip: &Ipv4, route: &Route) -> Result<Hop, (u32,
     let len = ip.tot_len.saturating_add(route.overhead);
     // SAFETY: this CPU's record; only this CPU writes it while the program runs.
     if cacheable
-        && let Some(record) = backend_cpu(route.backend)
+        && let Some(record) = route.record
         && let hop = unsafe { &(*record).hop }
         && hop.stamp_ns != 0
         && route.now.saturating_sub(hop.stamp_ns) < NEXT_HOP_TTL_NS
@@ -187,7 +191,7 @@ pub fn next_hop(ctx: &XdpContext, ip: &Ipv4, route: &Route) -> Result<Hop, (u32,
         // Not an interface of ours: the kernel forwards the packet.
         return Ok(kernel(Reason::PassNoTxPort));
     }
-    if cacheable && let Some(record) = backend_cpu(route.backend) {
+    if cacheable && let Some(record) = route.record {
         // SAFETY: this CPU's record; only this CPU writes it while the program runs.
         unsafe {
             (*record).hop = NextHop {

@@ -34,7 +34,7 @@ use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 use crate::{
     clock, encap, flow, fwd,
-    maps::{BACKENDS, LISTENERS},
+    maps::{BACKENDS, LISTENERS, backend_cpu},
     parse,
     parse::{ETH_LEN, Ipv4, Parsed, ptr_at},
     stats,
@@ -205,6 +205,7 @@ fn handle(ctx: &XdpContext, ip: &Ipv4) -> Option<(u32, Reason)> {
                     listener: unsafe { &*l },
                     backend_id: flow.backend,
                     backend: b,
+                    record: backend_cpu(flow.backend),
                     now: clock::now(),
                     src_port: dst_port,
                     dst_port: src_port,
@@ -222,6 +223,7 @@ fn handle(ctx: &XdpContext, ip: &Ipv4) -> Option<(u32, Reason)> {
                 src_port: 0,
                 dst_port: 0,
                 backend: NO_BACKEND,
+                record: None,
                 now: 0,
                 // An error about an error is never sent (RFC 1122 3.2.2).
                 side: 0,
@@ -262,6 +264,7 @@ fn handle(ctx: &XdpContext, ip: &Ipv4) -> Option<(u32, Reason)> {
         src_port: 0,
         dst_port: 0,
         backend: NO_BACKEND,
+        record: None,
         now: 0,
         side: 0,
         original_addr: 0,

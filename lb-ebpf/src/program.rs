@@ -194,6 +194,7 @@ fn reply(ctx: &XdpContext, ip: &Ipv4, l4: &L4, to: &flow::Reply<u32>) -> (u32, R
         src_port: to.vport,
         dst_port: l4.dst_port,
         backend: NO_BACKEND,
+        record: None,
         now: 0,
         side: TOO_BIG_SOURCE,
         original_addr: ip.src_addr,

@@ -52,8 +52,17 @@ pub fn backend(id: u32, f: impl FnOnce(&mut BackendCpu)) {
 /// backend direction or as a reply.
 #[inline(always)]
 pub fn forwarded(listener_id: u32, backend_id: u32, bytes: u64, reply: bool) {
+    forwarded_with(listener_id, backend_cpu(backend_id), bytes, reply);
+}
+
+/// `forwarded` with the backend's record already looked up (`maps::backend_cpu`).
+#[inline(always)]
+pub fn forwarded_with(listener_id: u32, record: Option<*mut BackendCpu>, bytes: u64, reply: bool) {
     listener(listener_id, |c| c.forwarded(bytes, reply));
-    backend(backend_id, |c| c.forwarded(bytes, reply));
+    if let Some(c) = record {
+        // SAFETY: this CPU's record; only this CPU writes it while the program runs.
+        unsafe { &mut *c }.forwarded(bytes, reply);
+    }
 }
 
 /// The counts a listener's `TrafficCounters` and a backend's `BackendCpu` both keep, under
