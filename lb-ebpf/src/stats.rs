@@ -26,10 +26,12 @@ pub fn count(reason: Reason) {
     }
 }
 
+/// Applies `f` to counters only this CPU writes (a per-CPU map value, or this CPU's
+/// `BackendCpu` record), when the lookup found them.
 #[inline(always)]
-fn update(ptr: Option<*mut TrafficCounters>, f: impl FnOnce(&mut TrafficCounters)) {
+fn update<T>(ptr: Option<*mut T>, f: impl FnOnce(&mut T)) {
     if let Some(c) = ptr {
-        // SAFETY: per-CPU value, only this CPU writes it while the program runs.
+        // SAFETY: this CPU's value; only this CPU writes it while the program runs.
         f(unsafe { &mut *c });
     }
 }
@@ -42,10 +44,7 @@ pub fn listener(id: u32, f: impl FnOnce(&mut TrafficCounters)) {
 /// A backend's counters, in this CPU's `BackendCpu` record.
 #[inline(always)]
 pub fn backend(id: u32, f: impl FnOnce(&mut BackendCpu)) {
-    if let Some(c) = backend_cpu(id) {
-        // SAFETY: this CPU's record; only this CPU writes it while the program runs.
-        f(unsafe { &mut *c });
-    }
+    update(backend_cpu(id), f);
 }
 
 /// One packet of `bytes` (IP length) forwarded for a listener and backend, in the client →
@@ -59,10 +58,7 @@ pub fn forwarded(listener_id: u32, backend_id: u32, bytes: u64, reply: bool) {
 #[inline(always)]
 pub fn forwarded_with(listener_id: u32, record: Option<*mut BackendCpu>, bytes: u64, reply: bool) {
     listener(listener_id, |c| c.forwarded(bytes, reply));
-    if let Some(c) = record {
-        // SAFETY: this CPU's record; only this CPU writes it while the program runs.
-        unsafe { &mut *c }.forwarded(bytes, reply);
-    }
+    update(record, |c| c.forwarded(bytes, reply));
 }
 
 /// The counts a listener's `TrafficCounters` and a backend's `BackendCpu` both keep, under
