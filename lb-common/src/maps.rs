@@ -101,6 +101,7 @@ pub const NO_BACKEND: u32 = u32::MAX;
 /// Map names as the XDP program declares them; the controller opens them by these names.
 pub mod names {
     pub const LISTENERS: &str = "LISTENERS";
+    pub const LISTENER_INDEX: &str = "LISTENER_INDEX";
     pub const BACKENDS: &str = "BACKENDS";
     pub const MAGLEV: &str = "MAGLEV";
     pub const SEQUENCE: &str = "SEQUENCE";
@@ -338,6 +339,132 @@ impl ListenerKey {
     pub const fn vip_marker(addr: u32) -> Self {
         Self::new(addr, 0, 0)
     }
+}
+
+impl ListenerKey {
+    /// The key as the 64-bit word `ListenerKey::new` builds.
+    #[inline(always)]
+    pub const fn word(&self) -> u64 {
+        // SAFETY: 8 bytes of plain integers, no padding (`_pad` is a field).
+        unsafe { core::mem::transmute::<ListenerKey, u64>(*self) }
+    }
+}
+
+/// `LISTENER_INDEX`: IPv4 listener keys (and VIP markers) direct-mapped to the slot their
+/// hash names, each slot holding its one key's listener. The entry program reads a slot
+/// where it would otherwise hash and walk `LISTENERS`, which stays complete and answers
+/// for slots several keys share.
+///
+/// A slot's listener is rewritten while packets read it, so each slot has two records:
+/// the controller writes the one not in use, publishes it by changing the slot's word
+/// (one aligned 64-bit store), and waits for every reader of the old record to finish (an
+/// RCU grace period) before it writes that one again.
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ListenerSlot {
+    /// Record 0, in the word's cache line.
+    pub first: Listener,
+    pub _pad0: [u32; 4],
+    /// The key this slot answers for, with `SLOT_*` bits in its `_pad` byte; 0: empty.
+    pub word: u64,
+    /// Record 1, in the next line: `SLOT_SECOND` (2) × 32 bytes on from `first`, so the
+    /// program finds a record by masking the word, with no branch (see `slot_record`).
+    pub second: Listener,
+    pub _pad1: [u64; 3],
+}
+const _: () = assert!(size_of::<ListenerSlot>() == 128);
+const _: () = assert!(core::mem::offset_of!(ListenerSlot, first) == 0);
+const _: () = assert!(core::mem::offset_of!(ListenerSlot, second) == 32 * SLOT_SECOND as usize);
+
+/// `ListenerSlot::word` state bits (in the key's `_pad` byte).
+/// One key has this slot; its listener is in the record `SLOT_SECOND` names.
+pub const SLOT_OWNED: u8 = 1;
+/// With `SLOT_OWNED`: the listener is in `second`, not `first`.
+pub const SLOT_SECOND: u8 = 2;
+/// Several keys hash to this slot: ask `LISTENERS`.
+pub const SLOT_SHARED: u8 = 4;
+
+/// What a slot says of a key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SlotAnswer {
+    /// The key's listener is in this record (`true`: `second`).
+    Record(bool),
+    /// Several keys share the slot: `LISTENERS` has the answer.
+    Ask,
+    /// Not a listener: the slot is empty or another key's alone.
+    Absent,
+}
+
+/// The slot word of `key` in state `state` (`SLOT_*` bits).
+#[inline(always)]
+pub const fn slot_word(key: &ListenerKey, state: u8) -> u64 {
+    let mut key = *key;
+    key._pad = state;
+    key.word()
+}
+
+/// The offset in its slot of the record slot word `word` names: `first` (0) or `second`.
+/// Masked, not chosen by a branch: the verifier then follows one path, not one per record.
+#[inline(always)]
+pub const fn slot_record(word: u64) -> usize {
+    ((slot_state(word) & SLOT_SECOND) as usize) << 5
+}
+
+/// The `SLOT_*` bits of a slot word.
+#[inline(always)]
+pub const fn slot_state(word: u64) -> u8 {
+    // SAFETY: any 8 bytes are a valid key.
+    unsafe { core::mem::transmute::<u64, ListenerKey>(word) }._pad
+}
+
+/// What slot word `word` says of `key` (a key as packets make it, `_pad` 0).
+#[inline(always)]
+pub const fn slot_answer(word: u64, key: &ListenerKey) -> SlotAnswer {
+    let state = slot_state(word);
+    if state & SLOT_SHARED != 0 {
+        SlotAnswer::Ask
+    } else if state & SLOT_OWNED != 0 && word == slot_word(key, state) {
+        SlotAnswer::Record(state & SLOT_SECOND != 0)
+    } else {
+        SlotAnswer::Absent
+    }
+}
+
+/// log2 of `LISTENER_INDEX`'s slots: the power of two at least twice `LISTENERS`' entries
+/// (two per listener: its key and its VIP's marker), so most keys have a slot alone.
+pub const fn listener_index_bits(max_listeners: u32) -> u32 {
+    let keys = 2 * (max_listeners as u64);
+    let slots = (2 * keys).next_power_of_two();
+    let bits = slots.trailing_zeros();
+    if bits < 2 { 2 } else { bits }
+}
+
+/// `LISTENER_INDEX`'s slots keys hash to (`listener_index_bits`).
+pub const fn listener_index_slots(max_listeners: u32) -> u32 {
+    1 << listener_index_bits(max_listeners)
+}
+
+/// `LISTENER_INDEX`'s entries on a machine of `cpus` possible CPUs: the slots, then one
+/// scratch slot per CPU (`listener_scratch_slot`).
+pub const fn listener_index_entries(max_listeners: u32, cpus: u32) -> u32 {
+    listener_index_slots(max_listeners) + cpus
+}
+
+/// CPU `cpu`'s scratch slot in a `LISTENER_INDEX` of 2^`bits` slots: where the program
+/// copies a listener it had to find in `LISTENERS`, so that every listener it uses is a
+/// record of `LISTENER_INDEX` (one kind of pointer for the verifier to follow, not two).
+/// Only that CPU's program writes it, and only its `first` record; its word stays 0.
+#[inline(always)]
+pub const fn listener_scratch_slot(bits: u32, cpu: u32) -> u32 {
+    (1u32 << (bits & 31)).wrapping_add(cpu)
+}
+
+/// The slot of `key` in a `LISTENER_INDEX` of 2^`bits` slots: a multiplicative hash of the
+/// key's word, its top `bits` bits.
+#[inline(always)]
+pub const fn listener_slot(key: &ListenerKey, bits: u32) -> u32 {
+    let hash = key.word().wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (hash >> ((64 - bits) & 63)) as u32
 }
 
 /// `Listener::acl_mode`: what a match in the listener's access list means.
@@ -1219,6 +1346,65 @@ mod pod {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A slot answers with a record only for the key it owns, sends shared slots to
+    /// `LISTENERS`, and says "not a listener" for every other key.
+    #[test]
+    fn a_slot_answers_only_for_its_own_key() {
+        let key = ListenerKey::new(
+            u32::from_be_bytes([198, 18, 0, 10]).to_be(),
+            80u16.to_be(),
+            6,
+        );
+        let other = ListenerKey::new(key.addr, 443u16.to_be(), 6);
+        let udp = ListenerKey::new(key.addr, key.port, 17);
+        assert_eq!(slot_answer(0, &key), SlotAnswer::Absent);
+        let first = slot_word(&key, SLOT_OWNED);
+        let second = slot_word(&key, SLOT_OWNED | SLOT_SECOND);
+        assert_eq!(slot_answer(first, &key), SlotAnswer::Record(false));
+        assert_eq!(slot_answer(second, &key), SlotAnswer::Record(true));
+        for k in [other, udp, ListenerKey::vip_marker(key.addr)] {
+            assert_eq!(slot_answer(first, &k), SlotAnswer::Absent, "{k:?}");
+        }
+        let shared = slot_word(&ListenerKey::default(), SLOT_SHARED);
+        assert_eq!(slot_answer(shared, &key), SlotAnswer::Ask);
+        assert_eq!(slot_state(second), SLOT_OWNED | SLOT_SECOND);
+        assert_eq!(
+            slot_record(first),
+            core::mem::offset_of!(ListenerSlot, first)
+        );
+        assert_eq!(
+            slot_record(second),
+            core::mem::offset_of!(ListenerSlot, second)
+        );
+        assert_eq!(slot_record(0), 0, "a scratch slot's word names `first`");
+        // A word in no state is no key's, even the all-zero key's.
+        assert_eq!(slot_answer(slot_word(&key, 0), &key), SlotAnswer::Absent);
+    }
+
+    /// Twice as many slots as `LISTENERS` has entries, a power of two; every key's slot
+    /// inside the index; the keys of a /24 of VIPs on one port spread over the slots.
+    #[test]
+    fn listener_index_size_and_spread() {
+        for (max, bits) in [(1, 2), (64, 8), (100, 9), (4096, 14)] {
+            assert_eq!(listener_index_bits(max), bits, "max_listeners {max}");
+            assert!(listener_index_slots(max) >= 4 * max);
+        }
+        let bits = listener_index_bits(64);
+        let mut used = std::collections::BTreeSet::new();
+        for host in 0..64u8 {
+            let addr = u32::from_be_bytes([198, 18, 1, host]).to_be();
+            let slot = listener_slot(&ListenerKey::new(addr, 80u16.to_be(), 6), bits);
+            assert!(slot < listener_index_slots(64));
+            used.insert(slot);
+        }
+        println!(
+            "64 keys in {} of {} slots",
+            used.len(),
+            listener_index_slots(64)
+        );
+        assert!(used.len() >= 48, "64 keys in only {} slots", used.len());
+    }
 
     /// Every CPU's records of every backend have an index of their own, inside the array,
     /// each CPU's contiguous: no record (nor, at 128 bytes each in a page-aligned array, any

@@ -24,7 +24,7 @@ use aya::{
 use lb_common::{
     AclKey, AclKey6, Affinity, AffinityKey, AffinityKey6, Backend, BackendAddr6, BackendCpu,
     EncapSource6, Endpoint, Endpoint6, EndpointKey, EndpointKey6, Flow, FlowKey, FlowKey6,
-    Listener, ListenerKey, ListenerKey6, REASON_COUNT, Reason, SEQUENCE_TABLE_SIZE,
+    Listener, ListenerKey, ListenerKey6, ListenerSlot, REASON_COUNT, Reason, SEQUENCE_TABLE_SIZE,
     TABLES_PER_LISTENER, TableMeta, TrafficCounters, acl_prefix_len, acl_prefix_len6,
     half_open_table_size, id_pair_entries, names,
 };
@@ -32,6 +32,7 @@ use thiserror::Error;
 
 use crate::{
     family::{EndpointEntry, EndpointMapKey, FlowMapKey, ListenerMapKey},
+    listener_index::{ListenerIndex, SlotMemory},
     reconcile::MapWriter,
 };
 
@@ -166,11 +167,15 @@ impl MapSizes {
     }
 
     /// max_entries of every sized map, by name, on a machine of `cpus` possible CPUs.
-    pub fn entries(&self, cpus: u32) -> [(&'static str, u32); 22] {
+    pub fn entries(&self, cpus: u32) -> [(&'static str, u32); 23] {
         // ADDRESS_FILTER has a fixed size.
         let slots = self.table_slots();
         [
             (names::LISTENERS, 2 * self.max_listeners),
+            (
+                names::LISTENER_INDEX,
+                lb_common::listener_index_entries(self.max_listeners, cpus),
+            ),
             (names::BACKENDS, self.max_backends),
             (names::MAGLEV, id_pair_entries(self.maglev_slots)),
             (
@@ -205,10 +210,13 @@ impl MapSizes {
 
 /// The read-only global holding `BACKEND_CPU`'s records per CPU (`max_backends`).
 const BACKEND_CPU_STRIDE: &str = "BACKEND_CPU_STRIDE";
+/// The read-only global holding log2 of `LISTENER_INDEX`'s slots.
+const LISTENER_INDEX_BITS: &str = "LISTENER_INDEX_BITS";
 
 /// Every map of the program, by name (pin files carry these names).
-pub const ALL_MAPS: [&str; 27] = [
+pub const ALL_MAPS: [&str; 28] = [
     names::LISTENERS,
+    names::LISTENER_INDEX,
     names::BACKENDS,
     names::MAGLEV,
     names::SEQUENCE,
@@ -323,6 +331,17 @@ impl<T> MappedArray<T> {
         unsafe { std::ptr::write_volatile(self.ptr.as_ptr().add(i), value) }
     }
 
+    /// A pointer to element `i`, for field-wise access.
+    fn element(&self, i: usize) -> *mut T {
+        assert!(
+            i < self.len,
+            "index {i} outside the {} mapped elements",
+            self.len
+        );
+        // SAFETY: inside the live mapping.
+        unsafe { self.ptr.as_ptr().add(i) }
+    }
+
     fn slice(&self) -> &[T] {
         // SAFETY: ptr/len describe the live mapping.
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
@@ -393,6 +412,92 @@ impl BackendRecords {
     }
 }
 
+/// `LISTENER_INDEX` mapped into this process, for `ListenerIndex`: its `slots` keys hash
+/// to (the CPUs' scratch slots after them are the data plane's).
+pub(crate) struct IndexSlots {
+    slots: MappedArray<ListenerSlot>,
+}
+
+impl IndexSlots {
+    fn new(map: &MapData, slots: u32) -> Result<Self> {
+        let name = names::LISTENER_INDEX;
+        let entries = map.info().map_err(map_err(name))?.max_entries();
+        if entries < slots {
+            return Err(DataPlaneError::OutOfRange {
+                what: "listener index slot",
+                index: slots - 1,
+                limit: entries,
+            });
+        }
+        Ok(Self {
+            slots: MappedArray::map(name, map, slots as usize)?,
+        })
+    }
+
+    fn slot(&self, slot: u32) -> *mut ListenerSlot {
+        self.slots.element(slot as usize)
+    }
+
+    fn word(&self, slot: u32) -> &std::sync::atomic::AtomicU64 {
+        // SAFETY: an aligned u64 inside the live mapping; the data plane only reads it.
+        unsafe { std::sync::atomic::AtomicU64::from_ptr(&raw mut (*self.slot(slot)).word) }
+    }
+
+    fn record_ptr(&self, slot: u32, second: bool) -> *mut Listener {
+        let slot = self.slot(slot);
+        // SAFETY: in the live mapping.
+        unsafe {
+            if second {
+                &raw mut (*slot).second
+            } else {
+                &raw mut (*slot).first
+            }
+        }
+    }
+}
+
+impl SlotMemory for IndexSlots {
+    fn slots(&self) -> u32 {
+        self.slots.len as u32
+    }
+
+    fn word(&self, slot: u32) -> u64 {
+        self.word(slot).load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn record(&self, slot: u32, second: bool) -> Listener {
+        // SAFETY: in the live mapping; only this process writes it.
+        unsafe { std::ptr::read_volatile(self.record_ptr(slot, second)) }
+    }
+
+    fn write_record(&mut self, slot: u32, second: bool, listener: &Listener) {
+        // SAFETY: as above; `ListenerIndex` writes only a record no packet reads.
+        unsafe { std::ptr::write_volatile(self.record_ptr(slot, second), *listener) }
+    }
+
+    fn publish(&mut self, slot: u32, word: u64) {
+        // Release: the record's bytes are visible before the word that names it.
+        self.word(slot)
+            .store(word, std::sync::atomic::Ordering::Release);
+    }
+
+    fn wait_for_readers(&mut self) {
+        // MEMBARRIER_CMD_GLOBAL waits for an RCU grace period, and every XDP program run
+        // is inside an RCU read-side section. Kernels with nohz_full CPUs refuse it; a
+        // program run lasts microseconds, so a pause far longer stands in.
+        if let Err(e) = rustix::thread::membarrier(rustix::thread::MembarrierCommand::Global) {
+            static WARNED: std::sync::Once = std::sync::Once::new();
+            WARNED.call_once(|| {
+                tracing::warn!(
+                    "membarrier(MEMBARRIER_CMD_GLOBAL) failed ({e}): listener changes wait \
+                     50 ms for packets instead of an RCU grace period"
+                );
+            });
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+}
+
 /// How to load: map sizes and where to pin (None: nothing pinned, e.g. fixtures).
 #[derive(Clone, Debug, Default)]
 pub struct LoadOptions {
@@ -412,6 +517,8 @@ pub struct DataPlane {
     logger: Option<XdpLogger>,
     sizes: MapSizes,
     listeners: HashMap<MapData, ListenerKey, Listener>,
+    /// `LISTENERS`' IPv4 keys direct-mapped, kept with it (`set_listener`, `remove_listener`).
+    listener_index: ListenerIndex<IndexSlots>,
     backends: Array<MapData, Backend>,
     maglev: MappedArray,
     sequence: MappedArray,
@@ -579,6 +686,8 @@ impl DataPlane {
         }
         // Before loading: the verifier reads the value from the frozen read-only data.
         loader.override_global(BACKEND_CPU_STRIDE, &max_backends, true);
+        let index_bits = lb_common::listener_index_bits(options.sizes.max_listeners);
+        loader.override_global(LISTENER_INDEX_BITS, &index_bits, true);
         for (name, entries) in options.sizes.entries(cpus) {
             loader.map_max_entries(name, entries);
         }
@@ -620,10 +729,23 @@ impl DataPlane {
         crate::flow_filter::size(flow_filter.words(), sizes.flow_table_size);
         let sequence = data(take(&mut ebpf, names::SEQUENCE)?, names::SEQUENCE)?;
         let slots = sizes.table_slots();
+        let listeners: HashMap<MapData, ListenerKey, Listener> = take(&mut ebpf, names::LISTENERS)?
+            .try_into()
+            .map_err(map_err(names::LISTENERS))?;
+        let entries = listeners
+            .iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(map_err(names::LISTENERS))?;
+        let index = IndexSlots::new(
+            &data(
+                take(&mut ebpf, names::LISTENER_INDEX)?,
+                names::LISTENER_INDEX,
+            )?,
+            lb_common::listener_index_slots(sizes.max_listeners),
+        )?;
         Ok(Self {
-            listeners: take(&mut ebpf, names::LISTENERS)?
-                .try_into()
-                .map_err(map_err(names::LISTENERS))?,
+            listeners,
+            listener_index: ListenerIndex::new(index, entries),
             backends: take(&mut ebpf, names::BACKENDS)?
                 .try_into()
                 .map_err(map_err(names::BACKENDS))?,
@@ -789,10 +911,13 @@ impl DataPlane {
 
     pub fn set_listener(&mut self, key: ListenerMapKey, listener: Listener) -> Result<()> {
         match key {
-            ListenerMapKey::V4(k) => self
-                .listeners
-                .insert(k, listener, 0)
-                .map_err(map_err(names::LISTENERS)),
+            ListenerMapKey::V4(k) => {
+                self.listeners
+                    .insert(k, listener, 0)
+                    .map_err(map_err(names::LISTENERS))?;
+                self.listener_index.set(k, listener);
+                Ok(())
+            }
             ListenerMapKey::V6(k) => self
                 .v6
                 .listeners
@@ -820,7 +945,12 @@ impl DataPlane {
     /// Removes a listener or VIP marker; a key that is not there is not an error.
     pub fn remove_listener(&mut self, key: &ListenerMapKey) -> Result<()> {
         let (removed, name) = match key {
-            ListenerMapKey::V4(k) => (self.listeners.remove(k), names::LISTENERS),
+            ListenerMapKey::V4(k) => {
+                // Out of the index first: until `LISTENERS` loses it too, its packets are
+                // asked of nobody rather than found in a stale slot.
+                self.listener_index.remove(k);
+                (self.listeners.remove(k), names::LISTENERS)
+            }
             ListenerMapKey::V6(k) => (self.v6.listeners.remove(k), names::LISTENERS6),
         };
         match removed {

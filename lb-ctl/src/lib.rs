@@ -16,6 +16,7 @@ pub mod flow_filter;
 pub(crate) mod flow_walk;
 pub mod health;
 pub mod host;
+pub(crate) mod listener_index;
 pub(crate) mod metrics;
 pub(crate) mod netlink;
 pub(crate) mod overlay;

@@ -187,6 +187,12 @@ pub(crate) fn expected_layout(sizes: &MapSizes, cpus: u32) -> Vec<(&'static str,
             e(names::LISTENERS),
         ),
         (
+            names::LISTENER_INDEX,
+            4,
+            size_of::<lb_common::ListenerSlot>() as u32,
+            e(names::LISTENER_INDEX),
+        ),
+        (
             names::BACKENDS,
             4,
             size_of::<Backend>() as u32,

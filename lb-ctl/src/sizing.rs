@@ -34,9 +34,11 @@ pub enum Kind {
 /// The kind of each map of the program.
 fn kind(name: &str) -> Kind {
     match name {
-        names::MAGLEV | names::SEQUENCE | names::FLOW_FILTER | names::BACKEND_CPU => {
-            Kind::MmapableArray
-        }
+        names::MAGLEV
+        | names::SEQUENCE
+        | names::FLOW_FILTER
+        | names::BACKEND_CPU
+        | names::LISTENER_INDEX => Kind::MmapableArray,
         names::BACKENDS
         | names::BACKENDS6
         | names::ENCAP_SOURCES6
@@ -254,6 +256,9 @@ fn entries_rule(name: &str) -> &'static str {
         names::FLOWS | names::AFFINITY => "`flow_table_size`",
         names::HALF_OPEN => "`flow_table_size` / 4, at least 262,144",
         names::LISTENERS => "2 × `max_listeners`",
+        names::LISTENER_INDEX => {
+            "4 × `max_listeners` rounded up to a power of two, + one per possible CPU"
+        }
         // Two backend ids an entry.
         names::MAGLEV => "`maglev_slots` / 2 (default: `max_listeners` × 65,537)",
         names::SEQUENCE => "`max_listeners` × 65,536",

@@ -11,10 +11,11 @@ use aya_ebpf::{
 use lb_common::{
     ADDRESS_FILTER_WORDS, AclKey, Affinity, AffinityKey, Backend, BackendCpu, COUNTER_SLOTS,
     DEFAULT_FLOW_TABLE_SIZE, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_LISTENERS, Endpoint, EndpointKey,
-    Flow, FlowKey, IdPair, Listener, ListenerKey, MAGLEV_TABLE_SIZE, MAX_ACL_ENTRIES,
-    MAX_INTERFACES, PendingFlow, SEQUENCE_TABLE_SIZE, STAGE_SLOTS, TABLES_PER_LISTENER, TableMeta,
-    TooBig, TrafficCounters, backend_cpu_index, flow_filter::flow_filter_entries,
-    half_open_table_size, id_pair_entries,
+    Flow, FlowKey, IdPair, Listener, ListenerKey, ListenerSlot, MAGLEV_TABLE_SIZE, MAX_ACL_ENTRIES,
+    MAX_INTERFACES, PendingFlow, SEQUENCE_TABLE_SIZE, STAGE_SLOTS, SlotAnswer, TABLES_PER_LISTENER,
+    TableMeta, TooBig, TrafficCounters, backend_cpu_index, flow_filter::flow_filter_entries,
+    half_open_table_size, id_pair_entries, listener_index_bits, listener_index_slots,
+    listener_scratch_slot, listener_slot, slot_answer, slot_record,
 };
 use lb_common::{
     AclKey6, AffinityKey6, BackendAddr6, Encap6, EncapSource6, Endpoint6, EndpointKey6, FlowKey6,
@@ -28,6 +29,56 @@ const TABLE_SLOTS: u32 = DEFAULT_MAX_LISTENERS * TABLES_PER_LISTENER;
 #[map(name = "LISTENERS")]
 pub static LISTENERS: HashMap<ListenerKey, Listener> =
     HashMap::with_max_entries(2 * DEFAULT_MAX_LISTENERS, BPF_F_NO_PREALLOC);
+
+/// IPv4 listener keys direct-mapped to slots holding their listener (`ListenerSlot`):
+/// one array read instead of `LISTENERS`' hash and bucket walk. Mmapable: the controller
+/// writes a slot's spare record and then its word in place (see `ListenerSlot`). The size
+/// here is a placeholder; the controller sets it from `max_listeners`.
+#[map(name = "LISTENER_INDEX")]
+pub static LISTENER_INDEX: Array<ListenerSlot> =
+    Array::with_max_entries(listener_index_slots(DEFAULT_MAX_LISTENERS), BPF_F_MMAPABLE);
+
+/// log2 of `LISTENER_INDEX`'s slots, set by the loader like `BACKEND_CPU_STRIDE`.
+#[unsafe(no_mangle)]
+static LISTENER_INDEX_BITS: u32 = listener_index_bits(DEFAULT_MAX_LISTENERS);
+
+/// The listener of an IPv4 key: from its slot of `LISTENER_INDEX`, or, when several keys
+/// share the slot, from `LISTENERS`, copied into this CPU's scratch slot. Either way a
+/// record of `LISTENER_INDEX`, so the verifier follows one kind of pointer from here on.
+#[inline(always)]
+pub fn listener(key: &ListenerKey) -> Option<*mut Listener> {
+    // SAFETY: a read of a global the loader wrote before loading (see `backend_cpu`).
+    let bits = unsafe { core::ptr::read_volatile(&raw const LISTENER_INDEX_BITS) };
+    let slot = LISTENER_INDEX.get_ptr_mut(listener_slot(key, bits))?;
+    // SAFETY: a map value pointer, valid for the program run. The word is one aligned
+    // 64-bit load (the controller stores it whole); the record's address depends on it,
+    // so the record's loads follow it.
+    let word = unsafe { core::ptr::read_volatile(&raw const (*slot).word) };
+    let (slot, word) = match slot_answer(word, key) {
+        SlotAnswer::Record(_) => (slot, word),
+        SlotAnswer::Absent => return None,
+        SlotAnswer::Ask => {
+            let found = LISTENERS.get_ptr(key)?;
+            // SAFETY: helper without arguments; the program does not migrate while it runs.
+            let cpu = unsafe { bpf_get_smp_processor_id() };
+            let scratch = LISTENER_INDEX.get_ptr_mut(listener_scratch_slot(bits, cpu))?;
+            // SAFETY: map value pointers; the scratch slot is this CPU's alone, and XDP
+            // programs do not nest on a CPU. Its word stays 0: the record is `first`.
+            unsafe {
+                (*scratch).first = *found;
+                (
+                    scratch,
+                    core::ptr::read_volatile(&raw const (*scratch).word),
+                )
+            }
+        }
+    };
+    let offset = slot_record(word);
+    // SAFETY: the offset of `first` or `second` inside the slot. The controller does not
+    // rewrite a record a packet may be reading: it waits for an RCU grace period after the
+    // word stops naming it.
+    Some(unsafe { slot.cast::<u8>().add(offset).cast::<Listener>() })
+}
 
 /// Backend id → address, port, health, weight, generation.
 #[map(name = "BACKENDS")]

@@ -10,7 +10,7 @@ use aya_ebpf::{
 use lb_common::{
     Backend, Flow, Listener, NO_BACKEND, PROTO_ICMP, PROTO_TCP, PendingFlow, Reason, STAGE_ICMP,
     STAGE_IPV6, STAGE_NEW_FLOW, TOO_BIG_SOURCE, V4,
-    decide::{self, Decision, Tables as _},
+    decide::{self, Decision},
     select::TCP_RST,
 };
 
@@ -75,9 +75,9 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
             (XDP_PASS, Reason::PassNotForUs)
         };
     };
-    // Most packets not for a VIP are told so by the filter, and skip the listener lookup.
-    let maybe_vip = Maps.may_be_vip(ip.dst_addr);
-    if maybe_vip && let Some(listener) = decide::listener_for(&Maps, &parse::packet(&ip, &l4)) {
+    // No VIP filter first: the listener index answers "not a listener" with one array
+    // read, as the filter would.
+    if let Some(listener) = decide::listener_for(&Maps, &parse::packet(&ip, &l4)) {
         return forward(ctx, &ip, &l4, &listener);
     }
     // A backend's reply: its source is a backend endpoint, its destination the client.

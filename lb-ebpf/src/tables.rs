@@ -14,7 +14,7 @@ use lb_common::{
 
 use crate::maps::{
     ACLS, ACLS6, ACTIVE_FLOWS, ADDRESS_FILTER, AFFINITY, AFFINITY6, BACKENDS, CURSORS, HALF_OPEN,
-    HALF_OPEN6, LISTENERS, LISTENERS6, MAGLEV, SEQUENCE, TABLE_META, warm_backend_cpu,
+    HALF_OPEN6, LISTENERS6, MAGLEV, SEQUENCE, TABLE_META, warm_backend_cpu,
 };
 
 /// A map value. Valid for the rest of the program run (map values are freed after an RCU
@@ -64,7 +64,7 @@ impl Tables for Maps {
 
     #[inline(always)]
     fn listener(&self, key: &ListenerKey) -> Option<MapRef<Listener>> {
-        LISTENERS.get_ptr_mut(key).map(MapRef)
+        crate::maps::listener(key).map(MapRef)
     }
 
     #[inline(always)]

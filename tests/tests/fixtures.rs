@@ -12,7 +12,7 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use lb_common::{FLOW_F_PICKUP, Flow, FlowKey, MAGLEV_TABLE_SIZE, Reason, select};
+use lb_common::{FLOW_F_PICKUP, Flow, FlowKey, ListenerKey, MAGLEV_TABLE_SIZE, Reason, select};
 use lb_ctl::{
     config::VipPing,
     dataplane::{DataPlane, EBPF_OBJECT, LoadOptions, MapSizes},
@@ -1746,6 +1746,115 @@ listeners:
 /// A frame from another client address (same MACs as the fixture client).
 fn from(addr: Ipv4Addr, sport: u16, dport: u16) -> Frame {
     from_client(Frame::tcp((addr, sport), (VIP, dport), SYN))
+}
+
+/// Two listeners whose keys hash to the same `LISTENER_INDEX` slot are both found (through
+/// `LISTENERS`, copied into the CPU's scratch slot); once one is removed, the slot holds
+/// the other's listener again; a change of that listener (its access list) is what the
+/// next packet sees, and so is the change back (the record first written again).
+#[test]
+fn listeners_sharing_an_index_slot_and_listener_changes() {
+    let Some(lab) = lab("fxidx") else { return };
+    lab.ns.enter(|| {
+        let mut dp = load(&lab);
+        let bits = lb_common::listener_index_bits(dp.sizes().max_listeners);
+        let slot = |key: ListenerKey| lb_common::listener_slot(&key, bits);
+        let tcp = |p: u16| ListenerKey::new(be(VIP), port(p), lb_common::PROTO_TCP);
+        let marker = slot(ListenerKey::vip_marker(be(VIP)));
+        let (a, b) = (1000..1100u16)
+            .flat_map(|a| (a + 1..1100).map(move |b| (a, b)))
+            .find(|&(a, b)| slot(tcp(a)) == slot(tcp(b)) && slot(tcp(a)) != marker)
+            .expect("two of 100 ports share one of the index's slots");
+        println!(
+            "ports {a} and {b} share slot {} of {}",
+            slot(tcp(a)),
+            1 << bits
+        );
+        let config = |acl_on_a: bool, with_b: bool| {
+            let acl = if acl_on_a {
+                ", acl: { type: deny, name: client }"
+            } else {
+                ""
+            };
+            let b_listener = if with_b {
+                format!(
+                    "  - {{ name: b, protocol: tcp, address: 198.19.0.100, port: {b}, \
+                     backend_port: 9090 }}\n"
+                )
+            } else {
+                String::new()
+            };
+            provision::config(&format!(
+                "{HEAD}
+acls:
+  - {{ name: client, entries: [198.18.0.2/32] }}
+default_server_group:
+  servers: [{{ address: 198.18.1.10 }}]
+listeners:
+  - {{ name: a, protocol: tcp, address: 198.19.0.100, port: {a}, backend_port: 8080{acl} }}
+{b_listener}"
+            ))
+        };
+        let mut fx = Provisioned::install(&mut dp, config(false, true), Runtime::default())
+            .expect("the config is installed");
+        let mut sport = 43000;
+        let mut syn = |vport: u16| {
+            sport += 1;
+            from_client(Frame::tcp((CLIENT, sport), (VIP, vport), SYN))
+        };
+        let (to_a, to_b) = (syn(a), syn(b));
+        check(
+            &mut dp,
+            &[
+                lab.forwarded(
+                    "a SYN to the first listener of a shared slot",
+                    &to_a,
+                    0,
+                    8080,
+                ),
+                lab.forwarded(
+                    "a SYN to the second listener of a shared slot",
+                    &to_b,
+                    0,
+                    9090,
+                ),
+            ],
+        );
+
+        fx.config = config(false, false);
+        fx.apply(&mut dp).unwrap();
+        let (to_a, to_b) = (syn(a), syn(b));
+        check(
+            &mut dp,
+            &[
+                lab.forwarded("the slot's remaining listener", &to_a, 0, 8080),
+                lab.dropped(
+                    "the removed listener",
+                    to_b.build(),
+                    Reason::DropVipNoListener,
+                ),
+            ],
+        );
+
+        fx.config = config(true, false);
+        fx.apply(&mut dp).unwrap();
+        let to_a = syn(a);
+        check(
+            &mut dp,
+            &[lab.dropped(
+                "the listener's new access list denies the client",
+                to_a.build(),
+                Reason::DropAclDenied,
+            )],
+        );
+        fx.config = config(false, false);
+        fx.apply(&mut dp).unwrap();
+        let to_a = syn(a);
+        check(
+            &mut dp,
+            &[lab.forwarded("and the change back lets it in", &to_a, 0, 8080)],
+        );
+    });
 }
 
 #[test]
