@@ -21,7 +21,7 @@ use crate::{
     encap,
     family::{Served, Tables},
     fwd,
-    maps::{BACKENDS, backend_cpu},
+    maps::BACKENDS,
     nat,
     nat::Side,
     parse::{Ipv4, L4},
@@ -436,17 +436,22 @@ pub fn touch_affinity<F: Tables>(
 /// Client → backend: translates the packet to the backend (`forwarding: nat`) or
 /// encapsulates it (`dsr`), sends it, counts it.
 #[inline(always)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the packet, its listener and its backend: one call site per stage"
+)]
 pub fn send_to_backend(
     ctx: &XdpContext,
     ip: &Ipv4,
     l4: &L4,
     listener: &Listener,
     backend_id: u32,
+    record: Option<*mut BackendCpu>,
     backend: &Backend,
     now: u64,
 ) -> (u32, Reason) {
-    // Once per packet: the record holds the cached next hop and the backend's counters.
-    let record = backend_cpu(backend_id);
+    // `record` (this CPU's `BACKEND_CPU` record of the backend, looked up once per packet)
+    // holds the cached next hop and the backend's counters.
     let out = if listener.encapsulation == Encapsulation::None as u8 {
         translate_to_backend(ctx, ip, l4, backend_id, record, backend, now)
     } else {

@@ -173,9 +173,15 @@ pub fn backend_cpu(id: u32) -> Option<*mut BackendCpu> {
 #[inline(always)]
 pub fn warm_backend_cpu(id: u32) {
     if let Some(record) = backend_cpu(id) {
-        // SAFETY: a pointer from a successful lookup; volatile, so the load is kept.
-        unsafe { core::ptr::read_volatile(&raw const (*record).hop.stamp_ns) };
+        warm(record);
     }
+}
+
+/// Starts loading a record already looked up (see `warm_backend_cpu`).
+#[inline(always)]
+pub fn warm(record: *mut BackendCpu) {
+    // SAFETY: a pointer from a successful lookup; volatile, so the load is kept.
+    unsafe { core::ptr::read_volatile(&raw const (*record).hop.stamp_ns) };
 }
 
 /// Per `Reason` and CPU: every verdict with its reason, and a few events.

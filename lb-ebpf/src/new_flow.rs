@@ -20,7 +20,7 @@ use lb_common::{
 use crate::{
     family::Tables,
     flow,
-    maps::{PENDING, warm_backend_cpu},
+    maps::{PENDING, backend_cpu, warm_backend_cpu},
     parse,
     parse::{L4, Parsed},
     sched, stage, stats,
@@ -68,8 +68,9 @@ fn run(ctx: &XdpContext) -> (u32, Reason) {
         None
     };
     let now = pending.now_ns;
+    let maps = Maps::new();
     let (id, backend, persisted) =
-        match decide::pick(&Maps, &mut (), listener, &packet, &opening, scanned, now) {
+        match decide::pick(&maps, &mut (), listener, &packet, &opening, scanned, now) {
             Pick::Backend {
                 id,
                 backend,
@@ -78,7 +79,8 @@ fn run(ctx: &XdpContext) -> (u32, Reason) {
             Pick::Scan => return stage::enter(ctx, STAGE_WLC),
             Pick::Fail(reason) => return refuse(listener, reason),
         };
-    // Its cache miss overlaps the flow's insert instead of following it.
+    // Its cache miss overlaps the flow's insert instead of following it. Looked up again
+    // for the send: a record pointer kept across the insert doubles the verifier's paths.
     warm_backend_cpu(id);
     let client = Client {
         addr: ip.src_addr,
@@ -97,7 +99,7 @@ fn run(ctx: &XdpContext) -> (u32, Reason) {
     ) {
         return refuse(listener, reason);
     }
-    flow::send_to_backend(ctx, &ip, &l4, listener, id, &backend, now)
+    flow::send_to_backend(ctx, &ip, &l4, listener, id, backend_cpu(id), &backend, now)
 }
 
 #[inline(always)]

@@ -8,8 +8,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    Backend, Flow, Listener, NO_BACKEND, PROTO_ICMP, PROTO_TCP, PendingFlow, Reason, STAGE_ICMP,
-    STAGE_IPV6, STAGE_NEW_FLOW, TOO_BIG_SOURCE, V4,
+    Listener, NO_BACKEND, PROTO_ICMP, PROTO_TCP, PendingFlow, Reason, STAGE_ICMP, STAGE_IPV6,
+    STAGE_NEW_FLOW, TOO_BIG_SOURCE, V4,
     decide::{self, Decision},
     select::TCP_RST,
 };
@@ -77,7 +77,7 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
     };
     // No VIP filter first: the listener index answers "not a listener" with one array
     // read, as the filter would.
-    if let Some(listener) = decide::listener_for(&Maps, &parse::packet(&ip, &l4)) {
+    if let Some(listener) = decide::listener_for(&Maps::new(), &parse::packet(&ip, &l4)) {
         return forward(ctx, &ip, &l4, &listener);
     }
     // A backend's reply: its source is a backend endpoint, its destination the client.
@@ -100,7 +100,7 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
 
 #[inline(always)]
 fn is_vip(addr: u32) -> bool {
-    decide::is_vip(&Maps, addr)
+    decide::is_vip(&Maps::new(), addr)
 }
 
 /// Client → VIP: an established flow goes to its backend here; a new flow or a pickup is
@@ -109,9 +109,15 @@ fn is_vip(addr: u32) -> bool {
 fn forward(ctx: &XdpContext, ip: &Ipv4, l4: &L4, listener: &Listener) -> (u32, Reason) {
     let now = clock::now();
     let packet = parse::packet(ip, l4);
-    let opening = match decide::listener_packet(&Maps, &mut (), listener, &packet, now) {
+    let maps = Maps::new();
+    let opening = match decide::listener_packet(&maps, &mut (), listener, &packet, now) {
         Decision::Established { flow, backend } => {
-            return established(ctx, ip, l4, listener, flow.get_mut(), &backend, now);
+            // Read before `client_packet`, after which the entry may be gone (promoted).
+            let f = flow.get_mut();
+            let backend_id = f.backend;
+            flow::client_packet::<V4>(listener, &packet, l4, f, backend.generation, now);
+            let record = maps.backend_record(backend_id);
+            return flow::send_to_backend(ctx, ip, l4, listener, backend_id, record, &backend, now);
         }
         Decision::DrainCut { flow } => {
             flow::note_close(flow.get_mut(), TCP_RST);
@@ -144,22 +150,6 @@ fn forward(ctx: &XdpContext, ip: &Ipv4, l4: &L4, listener: &Listener) -> (u32, R
         };
     }
     stage::enter(ctx, STAGE_NEW_FLOW)
-}
-
-/// A packet of an established flow, to the flow's backend.
-#[inline(always)]
-fn established(
-    ctx: &XdpContext,
-    ip: &Ipv4,
-    l4: &L4,
-    listener: &Listener,
-    f: &mut Flow,
-    b: &Backend,
-    now: u64,
-) -> (u32, Reason) {
-    let backend_id = f.backend;
-    flow::client_packet::<V4>(listener, &parse::packet(ip, l4), l4, f, b.generation, now);
-    flow::send_to_backend(ctx, ip, l4, listener, backend_id, b, now)
 }
 
 /// A flow of a drained backend after its drain timeout: TCP is answered with a RST (the

@@ -63,8 +63,8 @@ fn scan_stage(ctx: &XdpContext) -> (u32, Reason) {
 /// `None` when the listener has no table.
 #[inline(always)]
 fn scan(listener: &Listener) -> Option<u32> {
-    let meta = Maps.table_meta(listener.table)?;
-    let mut scan = WlcScan::new(listener, &meta, Maps.take_cursor(listener.id));
+    let meta = Maps::new().table_meta(listener.table)?;
+    let mut scan = WlcScan::new(listener, &meta, Maps::new().take_cursor(listener.id));
     // SAFETY: the callback and its context follow bpf_loop's contract (kernel ≥ 5.17).
     unsafe {
         bpf_loop(
@@ -81,7 +81,7 @@ fn scan(listener: &Listener) -> Option<u32> {
 extern "C" fn wlc_step(_index: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: bpf_loop passes back the pointer `scan_stage` gave it, to a live stack value.
     let scan = unsafe { &mut *ctx.cast::<WlcScan>() };
-    scan.consider(&Maps, &mut ());
+    scan.consider(&Maps::new(), &mut ());
     0
 }
 

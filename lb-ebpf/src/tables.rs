@@ -2,19 +2,20 @@
 //! decision reads the very maps the program writes, and hands back pointers into them so
 //! the program can update an entry in place without a second lookup.
 
-use core::ops::Deref;
+use core::{cell::Cell, ops::Deref};
 
 use aya_ebpf::maps::{Array, lpm_trie::Key as LpmKey};
 use lb_common::{
-    AclKey, AclKey6, Addr6, Affinity, AffinityKey, AffinityKey6, Backend, Flow, FlowKey, FlowKey6,
-    IdPair, Listener, ListenerKey, ListenerKey6, NO_BACKEND, REFUSED_FILTER_BASE,
-    REFUSED_PREFIXES_WORD, TableMeta, V4, V6, VIP_FILTER_BASE, VIP6_FILTER_BASE, acl_prefix_len,
-    acl_prefix_len6, address_filter_bit, address_filter_bit6, decide::Tables,
+    AclKey, AclKey6, Addr6, Affinity, AffinityKey, AffinityKey6, Backend, BackendCpu, Flow,
+    FlowKey, FlowKey6, IdPair, Listener, ListenerKey, ListenerKey6, NO_BACKEND,
+    REFUSED_FILTER_BASE, REFUSED_PREFIXES_WORD, TableMeta, V4, V6, VIP_FILTER_BASE,
+    VIP6_FILTER_BASE, acl_prefix_len, acl_prefix_len6, address_filter_bit, address_filter_bit6,
+    decide::Tables,
 };
 
 use crate::maps::{
     ACLS, ACLS6, ACTIVE_FLOWS, ADDRESS_FILTER, AFFINITY, AFFINITY6, BACKENDS, CURSORS, HALF_OPEN,
-    HALF_OPEN6, LISTENERS6, MAGLEV, SEQUENCE, TABLE_META, warm_backend_cpu,
+    HALF_OPEN6, LISTENERS6, MAGLEV, SEQUENCE, TABLE_META, backend_cpu, warm, warm_backend_cpu,
 };
 
 /// A map value. Valid for the rest of the program run (map values are freed after an RCU
@@ -46,8 +47,31 @@ impl<T> Deref for MapRef<T> {
     }
 }
 
-/// Every map the decision reads.
-pub struct Maps;
+/// Every map the decision reads; and what the program keeps from the flow lookup for
+/// after the decision: the `BACKEND_CPU` record of the flow's backend, whose load the
+/// lookup started (`found_record`), so a packet computes its index once.
+pub struct Maps {
+    found: Cell<Option<(u32, *mut BackendCpu)>>,
+}
+
+impl Maps {
+    #[inline(always)]
+    pub const fn new() -> Self {
+        Self {
+            found: Cell::new(None),
+        }
+    }
+
+    /// This CPU's record of backend `id`: the one the flow lookup found if it was for
+    /// `id` (another CPU may have moved the flow since), else looked up now.
+    #[inline(always)]
+    pub fn backend_record(&self, id: u32) -> Option<*mut BackendCpu> {
+        match self.found.get() {
+            Some((found, record)) if found == id => Some(record),
+            _ => backend_cpu(id),
+        }
+    }
+}
 
 /// Backend id number `index` of a selection table (see `IdPair`).
 #[inline(always)]
@@ -77,7 +101,12 @@ impl Tables for Maps {
     fn flow(&self, key: &FlowKey) -> Option<MapRef<Flow>> {
         let flow = crate::flow::lookup::<V4>(key)?;
         // SAFETY: a pointer from a successful lookup.
-        warm_backend_cpu(unsafe { (*flow).backend });
+        let id = unsafe { (*flow).backend };
+        let record = backend_cpu(id);
+        if let Some(record) = record {
+            warm(record);
+            self.found.set(Some((id, record)));
+        }
         Some(MapRef(flow))
     }
 
@@ -196,12 +225,12 @@ impl Tables for Maps6 {
 
     #[inline(always)]
     fn backend(&self, id: u32) -> Option<MapRef<Backend>> {
-        Maps.backend(id)
+        Maps::new().backend(id)
     }
 
     #[inline(always)]
     fn table_meta(&self, table: u32) -> Option<MapRef<TableMeta>> {
-        Maps.table_meta(table)
+        Maps::new().table_meta(table)
     }
 
     #[inline(always)]
@@ -213,22 +242,22 @@ impl Tables for Maps6 {
 
     #[inline(always)]
     fn maglev(&self, index: u32) -> u32 {
-        Maps.maglev(index)
+        Maps::new().maglev(index)
     }
 
     #[inline(always)]
     fn sequence(&self, index: u32) -> u32 {
-        Maps.sequence(index)
+        Maps::new().sequence(index)
     }
 
     #[inline(always)]
     fn take_cursor(&self, listener: u32) -> u32 {
-        Maps.take_cursor(listener)
+        Maps::new().take_cursor(listener)
     }
 
     #[inline(always)]
     fn active_flows(&self, id: u32) -> u32 {
-        Maps.active_flows(id)
+        Maps::new().active_flows(id)
     }
 
     #[inline(always)]

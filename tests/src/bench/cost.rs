@@ -40,7 +40,7 @@ use crate::{
     Netns, TEST_OBJECT,
     packet::{ACK, Frame, Frame6, Mac, SYN, parse_mac},
     unique_prefix, veth,
-    xdp::{XDP_PASS, XDP_REDIRECT, action_name},
+    xdp::{XDP_PASS, XDP_TX, action_name},
 };
 
 /// The flow table of the benchmark: 4M entries (`flow_table_size: 4194304`).
@@ -50,25 +50,28 @@ const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 const CLIENT_PORT: u16 = 40000;
 /// Not a VIP: the pass-through case.
 const OTHER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 77);
-/// The next hop behind which the backends (198.18.64.0/18) sit.
-const GATEWAY: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 2);
-/// The LB's address on the backend side: the outer source of DSR packets.
-const BACKEND_SIDE: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
+/// The next hop behind which the backends (198.18.64.0/18) sit, on the clients' side: the
+/// LB is one-armed, as the peer is (it sends every packet back out the interface it came
+/// in on, XDP_TX), so both measure the same way out.
+const GATEWAY: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 254);
+/// The LB's address on that side: the outer source of DSR packets.
+const LB_ADDRESS: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+/// What the program returns for a packet it sends, to a backend or to a client: one arm.
+const SENT: u32 = XDP_TX;
 const BACKEND_PORT: u16 = 8080;
 /// Flows of the "cycled" case.
 const CYCLED_FLOWS: u32 = 100_000;
 
 // The IPv6 data plane's addresses, all in 2001:db8::/32: clients on cl0's prefix
-// (2001:db8:18::/64), the VIP in 2001:db8:19::/64, the backends behind one next hop as for
-// IPv4 (2001:db8:18:40::/64 via a router on be0's prefix, 2001:db8:18:1::/64).
+// (2001:db8:18::/64), the VIP in 2001:db8:19::/64, the backends behind one next hop on the
+// same side, as for IPv4 (2001:db8:18:40::/64 via a router on cl0's prefix).
 const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x19, 0, 0, 0, 0, 0x100);
 const CLIENT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x18, 0, 0, 0, 0, 2);
 /// cl0's address, on the clients' prefix.
 const CLIENT_SIDE6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x18, 0, 0, 0, 0, 1);
 /// Not a VIP: the IPv6 pass-through case.
 const OTHER6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x18, 0, 0, 0, 0, 0x77);
-const GATEWAY6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x18, 1, 0, 0, 0, 2);
-const BACKEND_SIDE6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x18, 1, 0, 0, 0, 1);
+const GATEWAY6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x18, 0, 0, 0, 0, 0xfe);
 /// The /64 of the IPv6 backends (`backend_addr6`).
 const BACKENDS6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x18, 0x40, 0, 0, 0, 0);
 /// Bytes of the IPv6 frames: [`FRAME_LEN`]'s TCP segment (10 bytes of payload) behind a
@@ -305,18 +308,16 @@ struct Floors {
     loop_v6: Vec<f64>,
 }
 
-/// The namespace the program runs in: a client side (cl0, 198.18.0.1/24 and
-/// 2001:db8:18::1/64) and a backend side (be0, 198.18.1.1/24 and 2001:db8:18:1::1/64) with
-/// permanent neighbours, backends of either family routed via a gateway; IPv6 forwarding
-/// on, no duplicate address detection.
+/// The namespace the program runs in: one arm, cl0 (198.18.0.1/24 and 2001:db8:18::1/64),
+/// where the clients are and the router the backends of either family sit behind, all
+/// permanent neighbours; IPv6 forwarding on, no duplicate address detection.
 struct Lab {
     ns: Netns,
     _peer: Netns,
     client_if: u32,
-    backend_if: u32,
-    /// be0's MAC and the gateway's: the Ethernet header an encapsulated packet must leave
+    /// cl0's MAC and the router's: the Ethernet header a packet to a backend must leave
     /// with.
-    backend_mac: Mac,
+    lb_mac: Mac,
     gateway_mac: Mac,
     /// A veth end that stays down: `lb_bench` is attached to it to keep it in the XDP
     /// dispatcher (see `kit::hold_in_dispatcher`).
@@ -338,36 +339,28 @@ fn lab() -> Lab {
         ("net.ipv6.conf.default.accept_dad", "0"),
     ]);
     veth(&ns, "cl0", &peer, "pcl0");
-    veth(&ns, "be0", &peer, "pbe0");
     veth(&ns, "idle0", &peer, "pidle0");
     veth(&ns, "idle1", &peer, "pidle1");
-    for dev in ["cl0", "be0"] {
-        ns.link_up(dev);
-    }
-    for dev in ["pcl0", "pbe0"] {
-        peer.link_up(dev);
-    }
-    ns.addr_add("cl0", "198.18.0.1/24");
-    // Being on be0, this address is also the source the route to the backends prefers,
+    ns.link_up("cl0");
+    peer.link_up("pcl0");
+    // Being on cl0, this address is also the source the route to the backends prefers,
     // which `forwarding: dsr` without `dsr.source` sends from.
-    ns.addr_add("be0", format!("{BACKEND_SIDE}/24"));
+    ns.addr_add("cl0", format!("{LB_ADDRESS}/24"));
     ns.sysctl("net.ipv4.ip_forward", 1);
     ns.neigh_permanent("cl0", CLIENT, &peer.mac("pcl0"));
-    ns.neigh_permanent("be0", GATEWAY, &peer.mac("pbe0"));
+    ns.neigh_permanent("cl0", GATEWAY, &peer.mac("pcl0"));
     // 10,000 backends need no 10,000 neighbour entries: they sit behind one router.
     ns.route_add("198.18.64.0/18", GATEWAY);
-    // The same for IPv6: the router is be0's peer, a permanent neighbour like the IPv4 one,
-    // so both families' next hops are found the same way.
+    // The same for IPv6: the router is a permanent neighbour like the IPv4 one, so both
+    // families' next hops are found the same way.
     ns.addr_add_nodad("cl0", format!("{CLIENT_SIDE6}/64"));
-    ns.addr_add_nodad("be0", format!("{BACKEND_SIDE6}/64"));
     ns.neigh_permanent("cl0", CLIENT6, &peer.mac("pcl0"));
-    ns.neigh_permanent("be0", GATEWAY6, &peer.mac("pbe0"));
+    ns.neigh_permanent("cl0", GATEWAY6, &peer.mac("pcl0"));
     ns.route_add(format!("{BACKENDS6}/64"), GATEWAY6);
     Lab {
         client_if: ns.ifindex("cl0"),
-        backend_if: ns.ifindex("be0"),
-        backend_mac: parse_mac(&ns.mac("be0")),
-        gateway_mac: parse_mac(&peer.mac("pbe0")),
+        lb_mac: parse_mac(&ns.mac("cl0")),
+        gateway_mac: parse_mac(&peer.mac("pcl0")),
         idle_if: ns.ifindex("idle0"),
         idle6_if: ns.ifindex("idle1"),
         ns,
@@ -565,7 +558,6 @@ impl<'a> Bench<'a> {
             load_started.elapsed().as_secs_f64()
         ));
         dp.add_tx_port(lab.client_if)?;
-        dp.add_tx_port(lab.backend_if)?;
         let backend_port = match plane {
             Plane::Dsr(tunnel) => Case::DsrEstablished(tunnel).ports().1,
             Plane::Nat | Plane::Ipv6 => Case::Established.ports().1,
@@ -589,7 +581,7 @@ impl<'a> Bench<'a> {
             Plane::Dsr(tunnel) => {
                 config.forwarding = Forwarding::Dsr;
                 // No `source`: the outer source is the one the route to the backends
-                // prefers (be0's address), the default an operator gets, looked up with
+                // prefers (cl0's address), the default an operator gets, looked up with
                 // the next hop and cached with it per backend.
                 config.dsr = Dsr {
                     encapsulation: tunnel,
@@ -752,7 +744,7 @@ impl Bench<'_> {
         self.kit.set_vary(true)?;
         self.kit.set_packet6(frame)?;
         let (fd, expect) = if program {
-            (&self.lb_fd, XDP_REDIRECT)
+            (&self.lb_fd, SENT)
         } else {
             (&self.empty_fd, XDP_PASS)
         };
@@ -782,7 +774,7 @@ impl Bench<'_> {
         let (fd, expect) = if target_empty {
             (&self.empty_fd, XDP_PASS)
         } else {
-            (&self.lb_fd, XDP_REDIRECT)
+            (&self.lb_fd, SENT)
         };
         self.kit.set_target(fd)?;
         let (mut ns, mut runs) = (0u64, 0u64);
@@ -836,24 +828,17 @@ impl Bench<'_> {
                 } else {
                     let (verdict, _) =
                         kit::test_run(&mut self.dp, lb_common::names::PROGRAM, &syn, client, 1)?;
-                    ensure!(verdict == XDP_REDIRECT, "the SYN returned {verdict}");
+                    ensure!(verdict == SENT, "the SYN returned {verdict}");
                 }
                 let (frame, ingress, expect, reason) = match case {
                     Case::Established | Case::EstablishedWith(_) => {
-                        (ack.clone(), client, XDP_REDIRECT, Reason::Forwarded)
+                        (ack.clone(), client, SENT, Reason::Forwarded)
                     }
-                    Case::DsrEstablished(_) => {
-                        (ack.clone(), client, XDP_REDIRECT, Reason::Encapsulated)
-                    }
+                    Case::DsrEstablished(_) => (ack.clone(), client, SENT, Reason::Encapsulated),
                     Case::Reply => {
                         let backend = self.flow_backend()?;
                         let reply = tcp_frame((backend, BACKEND_PORT), (CLIENT, CLIENT_PORT), ACK);
-                        (
-                            reply,
-                            self.lab.backend_if,
-                            XDP_REDIRECT,
-                            Reason::ReplyForwarded,
-                        )
+                        (reply, self.lab.client_if, SENT, Reason::ReplyForwarded)
                     }
                     _ => (
                         tcp_frame((CLIENT, CLIENT_PORT), (OTHER, 80), ACK),
@@ -945,7 +930,7 @@ impl Bench<'_> {
                         },
                         o.new_flow_samples,
                         client,
-                        XDP_REDIRECT,
+                        SENT,
                     )?;
                     rounds.m1_raw.push(total);
                     rounds.m1.push(total - floor);
@@ -1014,7 +999,7 @@ impl Bench<'_> {
                         },
                         o.samples,
                         client,
-                        XDP_REDIRECT,
+                        SENT,
                     )?;
                     rounds.m1_raw.push(total);
                     rounds.m1.push(total - floor);
@@ -1051,9 +1036,9 @@ impl Bench<'_> {
                 // The flow both use, created once by a SYN, as for IPv4.
                 let (verdict, _) =
                     kit::test_run(&mut self.dp, lb_common::names::PROGRAM, &syn, client, 1)?;
-                ensure!(verdict == XDP_REDIRECT, "the IPv6 SYN returned {verdict}");
+                ensure!(verdict == SENT, "the IPv6 SYN returned {verdict}");
                 let (frame, expect, reason) = if case == Case::Ipv6Established {
-                    (ack, XDP_REDIRECT, Reason::Forwarded)
+                    (ack, SENT, Reason::Forwarded)
                 } else {
                     (
                         tcp_frame6((CLIENT6, CLIENT_PORT), (OTHER6, 80), ACK),
@@ -1145,7 +1130,7 @@ impl Bench<'_> {
                         },
                         o.new_flow_samples,
                         client,
-                        XDP_REDIRECT,
+                        SENT,
                     )?;
                     rounds.m1_raw.push(total);
                     rounds.m1.push(total - floor);
@@ -1207,7 +1192,7 @@ impl Bench<'_> {
 
     /// Runs an IPv6 client frame once through the program and checks what left: for the
     /// non-VIP case the frame unchanged and passed; otherwise the frame translated to one
-    /// of the `n` backends (port 8080, hop limit − 1, checksums right), addressed from be0
+    /// of the `n` backends (port 8080, hop limit − 1, checksums right), addressed from cl0
     /// to the gateway.
     fn check6(&mut self, frame: &[u8], case: Case, n: usize) -> anyhow::Result<String> {
         let (verdict, out) = crate::xdp::test_run(
@@ -1226,7 +1211,7 @@ impl Bench<'_> {
             return Ok("checked once: passed unchanged".into());
         }
         ensure!(
-            verdict == XDP_REDIRECT,
+            verdict == SENT,
             "the IPv6 frame returned {}",
             action_name(verdict)
         );
@@ -1246,8 +1231,8 @@ impl Bench<'_> {
             out.len()
         );
         ensure!(
-            out[..6] == self.lab.gateway_mac && out[6..12] == self.lab.backend_mac,
-            "the translated frame is not addressed from be0 to the gateway"
+            out[..6] == self.lab.gateway_mac && out[6..12] == self.lab.lb_mac,
+            "the translated frame is not addressed from cl0 to the gateway"
         );
         ensure!(
             sent.src == given.src && sent.hop_limit + 1 == given.hop_limit,
@@ -1255,7 +1240,7 @@ impl Bench<'_> {
         );
         Ok(format!(
             "checked once: left translated to [{}]:{dst_port}, hop limit {}, checksums right, \
-             from be0 to the gateway",
+             from cl0 to the gateway",
             sent.dst, sent.hop_limit
         ))
     }
@@ -1276,7 +1261,7 @@ impl Bench<'_> {
     }
 
     /// Runs a client's `frame` once through the program and checks the frame that left:
-    /// the client's packet unchanged behind an outer header of `tunnel`, from be0's address
+    /// the client's packet unchanged behind an outer header of `tunnel`, from cl0's address
     /// to the flow's backend, addressed to the gateway. The counters then show that every
     /// measured run took the same path; this shows the path is the one meant.
     fn check_encapsulated(&mut self, frame: &[u8], tunnel: Tunnel) -> anyhow::Result<String> {
@@ -1287,7 +1272,7 @@ impl Bench<'_> {
             frame,
         )?;
         ensure!(
-            verdict == XDP_REDIRECT,
+            verdict == SENT,
             "the DSR SYN returned {}",
             action_name(verdict)
         );
@@ -1304,8 +1289,8 @@ impl Bench<'_> {
             inner + frame.len() - 14
         );
         ensure!(
-            out[..6] == self.lab.gateway_mac && out[6..12] == self.lab.backend_mac,
-            "the encapsulated SYN is not addressed from be0 to the gateway"
+            out[..6] == self.lab.gateway_mac && out[6..12] == self.lab.lb_mac,
+            "the encapsulated SYN is not addressed from cl0 to the gateway"
         );
         ensure!(
             out[12..14] == [0x08, 0x00] && out[14] == 0x45 && out[23] == protocol,
@@ -1324,8 +1309,8 @@ impl Bench<'_> {
             Ipv4Addr::new(out[30], out[31], out[32], out[33]),
         );
         ensure!(
-            (src, dst) == (BACKEND_SIDE, backend),
-            "outer {src} → {dst}, expected {BACKEND_SIDE} → {backend}"
+            (src, dst) == (LB_ADDRESS, backend),
+            "outer {src} → {dst}, expected {LB_ADDRESS} → {backend}"
         );
         if tunnel == Tunnel::Gue {
             let port = u16::from_be_bytes([out[36], out[37]]);

@@ -717,7 +717,11 @@ fn cost_section(o: &mut String, r: &Report) {
         "Identical 64-byte TCP frames (Ethernet + IPv4 + TCP + 10 bytes) through `lb_xdp`, \
          one VIP with a `tch` listener (4-tuple Maglev, 65537 slots) over {} backends \
          behind one next hop (`bpf_fib_lookup` answers from the namespace's routes and a \
-         permanent neighbour), flow table `flow_table_size: 4194304`. Our flow table is one \
+         permanent neighbour), flow table `flow_table_size: 4194304`. The LB is one-armed: \
+         clients and the backends' router are on the interface the packets come in on, so \
+         what it sends leaves by XDP_TX, as every packet of the peer does (in a two-armed \
+         deployment a devmap redirect replaces it; profiles put that at about 5 % of an \
+         established packet). Our flow table is one \
          LRU map with one list per CPU; the peer's is 4M entries per CPU. The host's own \
          addresses are refused as client sources, as the daemon sets it up. At {} \
          backends the same established path is also measured through listeners of the \
@@ -784,7 +788,7 @@ fn cost_section(o: &mut String, r: &Report) {
          - **DSR rows** (`forwarding: dsr`, no `dsr.source`): the same frames, flow-table \
          state, methods and floors as the NAT row above them, but the client's packet \
          leaves whole behind an outer IPv4 header (IPIP) or IPv4 + UDP header (GUE, \
-         `dsr.gue_port`), from the LB's address on the backend side (the source the route \
+         `dsr.gue_port`), from the LB's address on that interface (the source the route \
          to the backends prefers; `bpf_fib_lookup` finds it with the next hop, and both \
          are cached per backend, warm when measured, as the NAT next hop is) to the \
          backend. The peer encapsulates in IPIP too, so its established and new-flow \
@@ -805,7 +809,7 @@ fn cost_section(o: &mut String, r: &Report) {
          and the router as a permanent neighbour. The frames are the IPv4 rows' TCP segment \
          behind a 40-byte IPv6 header: {FRAME6_LEN} bytes. Established: an ACK of a flow a \
          SYN created, checked once to leave translated (NAT66: one of the backends, port \
-         8080, hop limit − 1, checksums verified from scratch) from be0 to the router. New \
+         8080, hop limit − 1, checksums verified from scratch) from cl0 to the router. New \
          flow, nearly empty: a SYN from a never-seen source address each run \
          (2001:db8:18:0:8000:: plus a counter); an IPv6 SYN asks `FLOW_FILTER` first, as an \
          IPv4 one does. Not for a VIP: an ACK to an IPv6 address that is no VIP, \
