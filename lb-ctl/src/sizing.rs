@@ -207,7 +207,7 @@ pub fn sizing_tables() -> String {
                     o,
                     "| {} | {} | {cpus} | {} | {} | {} |",
                     entries_label(flows),
-                    thousands(backends),
+                    thousands(u64::from(backends)),
                     human(flow_tables),
                     human(all - flow_tables),
                     human(all)
@@ -226,7 +226,8 @@ fn entries_label(n: u32) -> String {
     }
 }
 
-fn thousands(n: u32) -> String {
+/// `n` with a comma every three digits, as the docs write counts.
+pub fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {

@@ -711,6 +711,9 @@ fn notes_list(o: &mut String, notes: &[String]) {
 
 fn cost_section(o: &mut String, r: &Report) {
     let p = &r.plan.cost;
+    // The nearly-empty case's SYNs, both methods (the floors insert nothing).
+    let syns = p.rounds as u64 * u64::from(p.new_flow_samples + p.new_flow_repeat);
+    let half_open = lb_common::half_open_table_size(super::cost::FLOW_TABLE);
     let _ = writeln!(o, "## 1. Per-packet cost (BPF_PROG_TEST_RUN)\n");
     let _ = writeln!(
         o,
@@ -774,7 +777,10 @@ fn cost_section(o: &mut String, r: &Report) {
          100,000 flows created with SYNs through the wrapper in new-flow mode, then the same \
          counter values again with an ACK: every run is a hit, and each flow comes back only \
          once per 100,000 runs (method 1 walks the same 100,000 tuples). New flow, nearly empty: \
-         a SYN with a never-seen tuple each run, while the table holds under 10 %. New \
+         a SYN with a never-seen tuple each run, while the table holds under 10 %; its \
+         flow goes into the half-open table (`HALF_OPEN`, {half_open} entries here, a \
+         quarter of the flow table), which the case's {syns} SYNs fill to {half_open_fill:.0} % \
+         by its end: its lookups walk longer chains than the peer's table at 11 %. New \
          flow, full: the same after {:.2}× the table's size in new flows (checked: the \
          first flow of the nearly-empty case was evicted). A SYN first asks `FLOW_FILTER`, \
          the bitmap of the keys the table of established flows may hold: that table holds \
@@ -830,7 +836,10 @@ fn cost_section(o: &mut String, r: &Report) {
         p.new_flow_repeat,
         p.rounds,
         p.prefill_factor,
-        p.repeat
+        p.repeat,
+        half_open = lb_ctl::sizing::thousands(u64::from(half_open)),
+        syns = lb_ctl::sizing::thousands(syns),
+        half_open_fill = 100.0 * syns as f64 / f64::from(half_open),
     );
     if let Some(line) = outcome_line("Per-packet cost", &r.cost) {
         o.push_str(&line);
