@@ -50,10 +50,12 @@ pub const fn id_pair_entries(ids: u32) -> u32 {
     ids.div_ceil(2)
 }
 
-/// Bits of each of the two one-hash Bloom filters in `ADDRESS_FILTER`: one of the VIP
-/// addresses (a packet whose destination's bit is clear is not for a VIP, and skips the
-/// listener lookup), one of the refused client sources that are single addresses (the
-/// LB host's own: a new flow whose source's bit is clear skips the access-list lookup).
+/// Bits of each one-hash Bloom filter in `ADDRESS_FILTER`: one of the VIP addresses (a
+/// packet whose destination's bit is clear is not for a VIP), one of the refused client
+/// sources that are single addresses (the LB host's own: a new flow whose source's bit is
+/// clear skips the access-list lookup), one of the IPv6 VIPs, and one of the IPv4 backend
+/// addresses (a packet for no listener whose source's bit is clear is no backend's reply,
+/// and skips the `ENDPOINTS` lookup).
 pub const ADDRESS_FILTER_BITS: u32 = 65536;
 /// `u64` words of one filter.
 const FILTER_WORDS: u32 = ADDRESS_FILTER_BITS / 64;
@@ -68,8 +70,10 @@ pub const REFUSED_PREFIXES_WORD: u32 = 2 * FILTER_WORDS;
 /// First word of the IPv6 VIP filter in `ADDRESS_FILTER` (an IPv6 address's bit is its
 /// four words folded into one, `address_filter_bit6`).
 pub const VIP6_FILTER_BASE: u32 = 2 * FILTER_WORDS + 1;
-/// `u64` words of `ADDRESS_FILTER`: the three filters and the prefix word.
-pub const ADDRESS_FILTER_WORDS: u32 = 3 * FILTER_WORDS + 1;
+/// First word of the IPv4 backend filter in `ADDRESS_FILTER`.
+pub const BACKEND_FILTER_BASE: u32 = 3 * FILTER_WORDS + 1;
+/// `u64` words of `ADDRESS_FILTER`: the four filters and the prefix word.
+pub const ADDRESS_FILTER_WORDS: u32 = 4 * FILTER_WORDS + 1;
 
 /// The bit of an address (network byte order) in either filter of `ADDRESS_FILTER`:
 /// Fibonacci hashing, cheap enough for every packet.

@@ -23,10 +23,10 @@ use std::{
 };
 
 use lb_common::{
-    BACKEND_F_DRAINING, BACKEND_F_SHARED_ENDPOINT, BACKEND_F_USABLE, Backend, EncapSource6,
-    Listener, REFUSED_FILTER_BASE, REFUSED_PREFIXES_WORD, REFUSED_SOURCES_ACL, SEQUENCE_TABLE_SIZE,
-    Scheduler, TABLES_PER_LISTENER, TableMeta, VIP_FILTER_BASE, VIP6_FILTER_BASE,
-    address_filter_bit, address_filter_bit6,
+    BACKEND_F_DRAINING, BACKEND_F_SHARED_ENDPOINT, BACKEND_F_USABLE, BACKEND_FILTER_BASE, Backend,
+    EncapSource6, Listener, REFUSED_FILTER_BASE, REFUSED_PREFIXES_WORD, REFUSED_SOURCES_ACL,
+    SEQUENCE_TABLE_SIZE, Scheduler, TABLES_PER_LISTENER, TableMeta, VIP_FILTER_BASE,
+    VIP6_FILTER_BASE, address_filter_bit, address_filter_bit6,
     maglev::{self, MaglevBackend},
     wrr,
 };
@@ -320,13 +320,16 @@ pub struct Reconciler {
     endpoints: BTreeMap<EndpointMapKey, EndpointEntry>,
 }
 
-/// The words of `ADDRESS_FILTER` (index → word) for a set of VIPs and the refused client
-/// sources: single addresses get a bit of the refused filter, any wider prefix sets the
-/// prefix word (every new flow then asks the access list). IPv6 VIPs have a filter of
-/// their own; IPv6 refused sources have none (an IPv6 new flow asks the access list).
-fn address_filter_words(
+/// The words of `ADDRESS_FILTER` (index → word) for a set of VIPs, the refused client
+/// sources and the backend endpoints: single refused addresses get a bit of the refused
+/// filter, any wider prefix sets the prefix word (every new flow then asks the access
+/// list). IPv6 VIPs have a filter of their own; IPv6 refused sources and IPv6 backends
+/// have none (an IPv6 new flow asks the access list, an IPv6 packet for no listener the
+/// endpoints).
+fn address_filter_words<'a>(
     vips: &BTreeSet<IpAddr>,
     refused: Option<&BTreeSet<(IpAddr, u8)>>,
+    endpoints: impl IntoIterator<Item = &'a EndpointMapKey>,
 ) -> BTreeMap<u32, u64> {
     let mut words = BTreeMap::new();
     let mut set = |base: u32, bit: u32| {
@@ -353,6 +356,13 @@ fn address_filter_words(
     }
     if prefixes {
         words.insert(REFUSED_PREFIXES_WORD, 1);
+    }
+    for key in endpoints {
+        if let EndpointMapKey::V4(k) = key {
+            *words
+                .entry(BACKEND_FILTER_BASE + address_filter_bit(k.addr) / 64)
+                .or_insert(0) |= 1u64 << (address_filter_bit(k.addr) % 64);
+        }
     }
     words
 }
@@ -670,9 +680,13 @@ impl Reconciler {
             .map(|l| l.frontend.key())
             .collect();
         let desired_vips: BTreeSet<IpAddr> = desired_keys.iter().map(|k| k.address()).collect();
-        // Filter bits: the union first (with the backends, before any listener exists or
-        // any refused source is listed), the exact set last (after the removals).
-        let wanted = address_filter_words(&desired_vips, desired.acls.get(&REFUSED_SOURCES_ACL));
+        // Filter bits: the union first (with the backends, before any listener or endpoint
+        // exists or any refused source is listed), the exact set last (after the removals).
+        let wanted = address_filter_words(
+            &desired_vips,
+            desired.acls.get(&REFUSED_SOURCES_ACL),
+            desired.endpoints.keys(),
+        );
         let indices: BTreeSet<u32> = wanted
             .keys()
             .chain(self.address_filter.keys())
@@ -944,6 +958,9 @@ listeners:
                     addr,
                     prefix_len,
                 } => format!("acl {acl} - {addr}/{prefix_len}"),
+                MapOp::SetAddressFilterWord { index, .. } if *index >= BACKEND_FILTER_BASE => {
+                    "backend filter".into()
+                }
                 MapOp::SetAddressFilterWord { .. } => "vip filter".into(),
                 MapOp::SetEndpoint { key, value } => format!(
                     "endpoint {}:{} listeners={:?}",
@@ -968,7 +985,11 @@ listeners:
         assert_eq!(
             shape(&h.step()),
             [
-                // The VIP filter bits come first: no listener exists before its VIP's bit.
+                // The filter bits come first: no endpoint exists before its address's bit,
+                // no listener before its VIP's.
+                "backend filter",
+                "backend filter",
+                "backend filter",
                 "vip filter",
                 "vip filter",
                 "backend 0 flags=1 weight=100 fresh",
@@ -1068,6 +1089,7 @@ listeners:
         assert_eq!(
             shape(&h.step()),
             [
+                "backend filter",
                 "backend 3 flags=1 weight=100 fresh",
                 "endpoint 198.18.1.12:8080 listeners=[0]",
                 "table 1 backends=3",
@@ -1213,7 +1235,9 @@ listeners:
                 "listener 0 slot=1",
                 "backend 0 flags=0 weight=100",
                 // Its replies no longer find a flow: the forward side reschedules them.
-                "remove endpoint 198.18.1.10:8080"
+                "remove endpoint 198.18.1.10:8080",
+                // Its address's bit last, once no endpoint has it.
+                "backend filter",
             ]
         );
     }
@@ -1266,6 +1290,8 @@ listeners:
                 "backend 1 flags=0 weight=100",
                 "remove endpoint 198.18.1.10:8080",
                 "remove endpoint 198.18.1.11:8080",
+                "backend filter",
+                "backend filter",
             ]
         );
         h.config.listeners.remove(1);

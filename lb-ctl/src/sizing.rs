@@ -269,7 +269,7 @@ fn entries_rule(name: &str) -> &'static str {
         names::BACKEND_CPU => "`max_backends` per possible CPU",
         names::COUNTERS => "64",
         names::ACLS => "16,384 access-list entries",
-        names::ADDRESS_FILTER => "3,073 words",
+        names::ADDRESS_FILTER => "4,097 words",
         names::FLOW_FILTER => {
             "`flow_table_size` rounded up to a power of two, / 4, + 8 (two bitmaps of 8 bits per flow entry)"
         }

@@ -21,7 +21,7 @@ use crate::{
     nat::Side,
     parse,
     parse::{Ipv4, L4, Parsed},
-    reset, stage, stats,
+    reset, stage, stats, tables,
     tables::Maps,
 };
 
@@ -81,13 +81,16 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
         return forward(ctx, &ip, &l4, &listener);
     }
     // A backend's reply: its source is a backend endpoint, its destination the client.
-    if let Some(to) = flow::reply_flow::<V4>(
-        ip.src_addr,
-        l4.src_port,
-        ip.dst_addr,
-        l4.dst_port,
-        ip.protocol,
-    ) {
+    // Most packets from elsewhere are told so by the backend filter, and skip the lookup.
+    if tables::may_be_backend(ip.src_addr)
+        && let Some(to) = flow::reply_flow::<V4>(
+            ip.src_addr,
+            l4.src_port,
+            ip.dst_addr,
+            l4.dst_port,
+            ip.protocol,
+        )
+    {
         return reply(ctx, &ip, &l4, &to);
     }
     if is_vip(ip.dst_addr) {

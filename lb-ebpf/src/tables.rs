@@ -6,8 +6,8 @@ use core::{cell::Cell, ops::Deref};
 
 use aya_ebpf::maps::{Array, lpm_trie::Key as LpmKey};
 use lb_common::{
-    AclKey, AclKey6, Addr6, Affinity, AffinityKey, AffinityKey6, Backend, BackendCpu, Flow,
-    FlowKey, FlowKey6, IdPair, Listener, ListenerKey, ListenerKey6, NO_BACKEND,
+    AclKey, AclKey6, Addr6, Affinity, AffinityKey, AffinityKey6, BACKEND_FILTER_BASE, Backend,
+    BackendCpu, Flow, FlowKey, FlowKey6, IdPair, Listener, ListenerKey, ListenerKey6, NO_BACKEND,
     REFUSED_FILTER_BASE, REFUSED_PREFIXES_WORD, TableMeta, V4, V6, VIP_FILTER_BASE,
     VIP6_FILTER_BASE, acl_prefix_len, acl_prefix_len6, address_filter_bit, address_filter_bit6,
     decide::Tables,
@@ -176,6 +176,14 @@ impl Tables for Maps {
             .is_none_or(|w| *w != 0)
             || filter_has(REFUSED_FILTER_BASE, addr)
     }
+}
+
+/// Whether `addr` may be an IPv4 backend's address: false only when no backend endpoint
+/// has it, so a packet for no listener from it is no reply, and skips the `ENDPOINTS`
+/// lookup.
+#[inline(always)]
+pub fn may_be_backend(addr: u32) -> bool {
+    filter_has(BACKEND_FILTER_BASE, addr)
 }
 
 /// Whether the filter starting at word `base` of `ADDRESS_FILTER` has `addr`'s bit.
