@@ -416,6 +416,7 @@ impl BackendRecords {
 /// to (the CPUs' scratch slots after them are the data plane's).
 pub(crate) struct IndexSlots {
     slots: MappedArray<ListenerSlot>,
+    barriers: Barriers,
 }
 
 impl IndexSlots {
@@ -431,6 +432,7 @@ impl IndexSlots {
         }
         Ok(Self {
             slots: MappedArray::map(name, map, slots as usize)?,
+            barriers: Barriers::new(),
         })
     }
 
@@ -438,7 +440,7 @@ impl IndexSlots {
         self.slots.element(slot as usize)
     }
 
-    fn word(&self, slot: u32) -> &std::sync::atomic::AtomicU64 {
+    fn word_cell(&self, slot: u32) -> &std::sync::atomic::AtomicU64 {
         // SAFETY: an aligned u64 inside the live mapping; the data plane only reads it.
         unsafe { std::sync::atomic::AtomicU64::from_ptr(&raw mut (*self.slot(slot)).word) }
     }
@@ -462,7 +464,8 @@ impl SlotMemory for IndexSlots {
     }
 
     fn word(&self, slot: u32) -> u64 {
-        self.word(slot).load(std::sync::atomic::Ordering::Acquire)
+        self.word_cell(slot)
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     fn record(&self, slot: u32, second: bool) -> Listener {
@@ -477,24 +480,131 @@ impl SlotMemory for IndexSlots {
 
     fn publish(&mut self, slot: u32, word: u64) {
         // Release: the record's bytes are visible before the word that names it.
-        self.word(slot)
+        self.word_cell(slot)
             .store(word, std::sync::atomic::Ordering::Release);
     }
 
-    fn wait_for_readers(&mut self) {
-        // MEMBARRIER_CMD_GLOBAL waits for an RCU grace period, and every XDP program run
-        // is inside an RCU read-side section. Kernels with nohz_full CPUs refuse it; a
-        // program run lasts microseconds, so a pause far longer stands in.
-        if let Err(e) = rustix::thread::membarrier(rustix::thread::MembarrierCommand::Global) {
-            static WARNED: std::sync::Once = std::sync::Once::new();
-            WARNED.call_once(|| {
-                tracing::warn!(
-                    "membarrier(MEMBARRIER_CMD_GLOBAL) failed ({e}): listener changes wait \
-                     50 ms for packets instead of an RCU grace period"
-                );
-            });
-            std::thread::sleep(std::time::Duration::from_millis(50));
+    fn start_barrier(&mut self) -> u64 {
+        self.barriers.start()
+    }
+
+    fn completed_barrier(&self) -> u64 {
+        self.barriers.completed()
+    }
+
+    fn wait_barrier(&mut self, n: u64) {
+        self.barriers.wait(n);
+    }
+}
+
+/// Waits for readers of `LISTENER_INDEX` records in a thread of its own, so a listener
+/// change does not pause the apply it is part of: `start` asks for a barrier, the thread
+/// runs them one after another, coalescing those asked for meanwhile.
+struct Barriers {
+    shared: std::sync::Arc<BarrierState>,
+    worker: Option<std::thread::JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct BarrierState {
+    /// (started, completed, stop).
+    counts: std::sync::Mutex<(u64, u64, bool)>,
+    changed: std::sync::Condvar,
+}
+
+impl BarrierState {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (u64, u64, bool)> {
+        self.counts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Barriers {
+    fn new() -> Self {
+        let shared = std::sync::Arc::new(BarrierState::default());
+        let state = shared.clone();
+        let worker = std::thread::Builder::new()
+            .name("listener-rcu".into())
+            .spawn(move || {
+                loop {
+                    let target = {
+                        let mut c = state.lock();
+                        while c.0 == c.1 && !c.2 {
+                            c = state.changed.wait(c).unwrap_or_else(|e| e.into_inner());
+                        }
+                        if c.2 {
+                            return;
+                        }
+                        c.0
+                    };
+                    // Started after every barrier up to `target` was asked for: when it
+                    // returns, every reader of a record retired before then is done.
+                    wait_for_readers();
+                    state.lock().1 = target;
+                    state.changed.notify_all();
+                }
+            })
+            .ok();
+        Self { shared, worker }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, (u64, u64, bool)> {
+        self.shared.counts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn start(&self) -> u64 {
+        let mut c = self.lock();
+        c.0 += 1;
+        self.shared.changed.notify_all();
+        c.0
+    }
+
+    fn completed(&self) -> u64 {
+        self.lock().1
+    }
+
+    fn wait(&self, n: u64) {
+        if self.worker.is_none() {
+            // No thread could be started: wait here.
+            wait_for_readers();
+            let mut c = self.lock();
+            c.1 = c.1.max(n.min(c.0));
+            return;
         }
+        let mut c = self.lock();
+        while c.1 < n {
+            c = self
+                .shared
+                .changed
+                .wait(c)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+impl Drop for Barriers {
+    fn drop(&mut self) {
+        self.lock().2 = true;
+        self.shared.changed.notify_all();
+        if let Some(worker) = self.worker.take() {
+            let _ = worker.join();
+        }
+    }
+}
+
+/// Returns once no packet can still be reading a record it found before the call.
+/// MEMBARRIER_CMD_GLOBAL waits for an RCU grace period, and every XDP program run is inside
+/// an RCU read-side section. Kernels with nohz_full CPUs refuse it; a program run lasts
+/// microseconds, so a pause far longer stands in.
+fn wait_for_readers() {
+    if let Err(e) = rustix::thread::membarrier(rustix::thread::MembarrierCommand::Global) {
+        static WARNED: std::sync::Once = std::sync::Once::new();
+        WARNED.call_once(|| {
+            tracing::warn!(
+                "membarrier(MEMBARRIER_CMD_GLOBAL) failed ({e}): listener changes wait 50 ms \
+                 for packets instead of an RCU grace period"
+            );
+        });
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
 

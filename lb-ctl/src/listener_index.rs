@@ -8,7 +8,7 @@
 //! every such packet is done: after an RCU grace period (XDP programs run inside RCU
 //! read-side sections), which `membarrier(MEMBARRIER_CMD_GLOBAL)` waits for.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use lb_common::{
     Listener, ListenerKey, SLOT_OWNED, SLOT_SECOND, SLOT_SHARED, listener_slot, slot_state,
@@ -23,8 +23,14 @@ pub(crate) trait SlotMemory {
     fn write_record(&mut self, slot: u32, second: bool, listener: &Listener);
     /// Stores a slot's word whole, after the record writes before it.
     fn publish(&mut self, slot: u32, word: u64);
-    /// Returns once no packet can still be reading a record it found before the call.
-    fn wait_for_readers(&mut self);
+    /// Starts a wait for readers in the background and returns its number (they grow by
+    /// one): once it has completed, no packet can still be reading a record it found
+    /// before the call.
+    fn start_barrier(&mut self) -> u64;
+    /// The number of the last barrier completed (barriers complete in order).
+    fn completed_barrier(&self) -> u64;
+    /// Returns once barrier `n` has completed.
+    fn wait_barrier(&mut self, n: u64);
 }
 
 pub(crate) struct ListenerIndex<M> {
@@ -32,9 +38,12 @@ pub(crate) struct ListenerIndex<M> {
     bits: u32,
     /// The keys of each slot in use, with their listeners.
     keys: BTreeMap<u32, BTreeMap<ListenerKey, Listener>>,
-    /// Records (slot, `second`) a slot's word stopped naming since the last wait: packets
-    /// that loaded the earlier word may still read them.
-    unsettled: BTreeSet<(u32, bool)>,
+    /// Records (slot, `second`) a slot's word stopped naming, with the barrier after which
+    /// no packet that loaded the earlier word can still read them. A change waits only
+    /// when it needs a record whose barrier has not completed: in the common case the
+    /// barrier runs in the background, and an apply never pauses between its writes
+    /// (which would widen the moments between them that packets see).
+    unsettled: BTreeMap<(u32, bool), u64>,
 }
 
 impl<M: SlotMemory> ListenerIndex<M> {
@@ -49,7 +58,7 @@ impl<M: SlotMemory> ListenerIndex<M> {
             memory,
             bits,
             keys: BTreeMap::new(),
-            unsettled: BTreeSet::new(),
+            unsettled: BTreeMap::new(),
         };
         for (key, listener) in entries {
             index
@@ -60,7 +69,8 @@ impl<M: SlotMemory> ListenerIndex<M> {
         }
         // An earlier daemon's slots: packets may be reading any record it wrote lately.
         if (0..index.memory.slots()).any(|slot| index.memory.word(slot) != 0) {
-            index.memory.wait_for_readers();
+            let barrier = index.memory.start_barrier();
+            index.memory.wait_barrier(barrier);
         }
         for slot in 0..index.memory.slots() {
             index.settle(slot);
@@ -110,9 +120,12 @@ impl<M: SlotMemory> ListenerIndex<M> {
                 // The record the current word does not name; packets may still read it
                 // through an earlier word until they are waited for.
                 let spare = owned && !in_use;
-                if self.unsettled.contains(&(slot, spare)) {
-                    self.memory.wait_for_readers();
-                    self.unsettled.clear();
+                if let Some(&barrier) = self.unsettled.get(&(slot, spare)) {
+                    if self.memory.completed_barrier() < barrier {
+                        self.memory.wait_barrier(barrier);
+                    }
+                    let done = self.memory.completed_barrier();
+                    self.unsettled.retain(|_, b| *b > done);
                 }
                 self.memory.write_record(slot, spare, listener);
                 let second = if spare { SLOT_SECOND } else { 0 };
@@ -123,7 +136,9 @@ impl<M: SlotMemory> ListenerIndex<M> {
         if word != current {
             self.memory.publish(slot, word);
             if state & SLOT_OWNED != 0 && state & SLOT_SHARED == 0 {
-                self.unsettled.insert((slot, state & SLOT_SECOND != 0));
+                let barrier = self.memory.start_barrier();
+                self.unsettled
+                    .insert((slot, state & SLOT_SECOND != 0), barrier);
             }
         }
     }
@@ -150,6 +165,10 @@ mod tests {
         readable: Vec<[bool; 2]>,
         waits: usize,
         writes: usize,
+        /// Barriers started and completed: they complete only when a test says so
+        /// (`complete_barriers`) or a change waits for one.
+        started: u64,
+        completed: u64,
     }
 
     impl Memory {
@@ -195,8 +214,24 @@ mod tests {
                 self.readable[slot as usize][usize::from(state & SLOT_SECOND != 0)] = true;
             }
         }
-        fn wait_for_readers(&mut self) {
+        fn start_barrier(&mut self) -> u64 {
+            self.started += 1;
+            self.started
+        }
+        fn completed_barrier(&self) -> u64 {
+            self.completed
+        }
+        fn wait_barrier(&mut self, n: u64) {
+            assert!(n <= self.started, "waiting for barrier {n}, never started");
             self.waits += 1;
+            self.complete_barriers();
+        }
+    }
+
+    impl Memory {
+        /// Every barrier started completes: packets now read only what the words name.
+        fn complete_barriers(&mut self) {
+            self.completed = self.started;
             for (slot, word) in self.words.iter().enumerate() {
                 let state = slot_state(*word);
                 let owned = state & SLOT_OWNED != 0 && state & SLOT_SHARED == 0;
@@ -266,6 +301,13 @@ mod tests {
         assert_eq!(index.memory().waits, 0);
         index.set(a, listener(1, 2));
         assert_eq!(index.memory().waits, 1);
+        expect(&index, &a, Some(listener(1, 2)));
+        // Once the background barrier has completed, the next change does not wait.
+        index.memory.complete_barriers();
+        index.set(a, listener(1, 3));
+        assert_eq!(index.memory().waits, 1, "no wait once the barrier is done");
+        index.set(a, listener(1, 2));
+        assert_eq!(index.memory().waits, 2);
         expect(&index, &a, Some(listener(1, 2)));
         // The same value again writes nothing.
         let writes = index.memory().writes;

@@ -49,7 +49,7 @@ impl<T> Deref for MapRef<T> {
 
 /// Every map the decision reads; and what the program keeps from the flow lookup for
 /// after the decision: the `BACKEND_CPU` record of the flow's backend, whose load the
-/// lookup started (`found_record`), so a packet computes its index once.
+/// lookup started (`backend_record`), so a packet computes its index once.
 pub struct Maps {
     found: Cell<Option<(u32, *mut BackendCpu)>>,
 }
