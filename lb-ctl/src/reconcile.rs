@@ -354,15 +354,13 @@ fn address_filter_words<'a>(
             IpAddr::V6(_) => {}
         }
     }
-    if prefixes {
-        words.insert(REFUSED_PREFIXES_WORD, 1);
-    }
     for key in endpoints {
         if let EndpointMapKey::V4(k) = key {
-            *words
-                .entry(BACKEND_FILTER_BASE + address_filter_bit(k.addr) / 64)
-                .or_insert(0) |= 1u64 << (address_filter_bit(k.addr) % 64);
+            set(BACKEND_FILTER_BASE, address_filter_bit(k.addr));
         }
+    }
+    if prefixes {
+        words.insert(REFUSED_PREFIXES_WORD, 1);
     }
     words
 }
