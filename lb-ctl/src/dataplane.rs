@@ -23,10 +23,10 @@ use aya::{
 };
 use lb_common::{
     AclKey, AclKey6, Affinity, AffinityKey, AffinityKey6, Backend, BackendAddr6, BackendCpu,
-    EncapSource6, Endpoint, Endpoint6, EndpointKey, EndpointKey6, Flow, FlowKey, FlowKey6,
-    Listener, ListenerKey, ListenerKey6, ListenerSlot, REASON_COUNT, Reason, SEQUENCE_TABLE_SIZE,
-    TABLES_PER_LISTENER, TableMeta, TrafficCounters, acl_prefix_len, acl_prefix_len6,
-    half_open_table_size, id_pair_entries, names,
+    BackendCpuReply, EncapSource6, Endpoint, Endpoint6, EndpointKey, EndpointKey6, Flow, FlowKey,
+    FlowKey6, Listener, ListenerKey, ListenerKey6, ListenerSlot, REASON_COUNT, Reason,
+    SEQUENCE_TABLE_SIZE, TABLES_PER_LISTENER, TableMeta, TrafficCounters, acl_prefix_len,
+    acl_prefix_len6, half_open_table_size, id_pair_entries, names,
 };
 use thiserror::Error;
 
@@ -81,6 +81,11 @@ pub enum DataPlaneError {
          than one map holds (4,294,967,295): lower max_backends"
     )]
     TooManyBackendRecords { max_backends: u32, cpus: u32 },
+    #[error(
+        "BACKEND_CPU_REPLY has {replies} entries and BACKEND_CPU {records}: they are sized \
+         together, so these pins are not one data plane's (`lb-ctl teardown`, then start again)"
+    )]
+    BackendRecordsMismatch { records: u32, replies: u32 },
     #[error("{what} {index} is outside the map ({limit} entries)")]
     OutOfRange {
         what: &'static str,
@@ -167,7 +172,7 @@ impl MapSizes {
     }
 
     /// max_entries of every sized map, by name, on a machine of `cpus` possible CPUs.
-    pub fn entries(&self, cpus: u32) -> [(&'static str, u32); 23] {
+    pub fn entries(&self, cpus: u32) -> [(&'static str, u32); 24] {
         // ADDRESS_FILTER has a fixed size.
         let slots = self.table_slots();
         [
@@ -191,6 +196,7 @@ impl MapSizes {
             (names::ACTIVE_FLOWS, self.max_backends),
             (names::LISTENER_STATS, self.max_listeners),
             (names::BACKEND_CPU, self.backend_cpu_entries(cpus)),
+            (names::BACKEND_CPU_REPLY, self.backend_cpu_entries(cpus)),
             (names::AFFINITY, self.flow_table_size),
             (
                 names::FLOW_FILTER,
@@ -214,7 +220,7 @@ const BACKEND_CPU_STRIDE: &str = "BACKEND_CPU_STRIDE";
 const LISTENER_INDEX_BITS: &str = "LISTENER_INDEX_BITS";
 
 /// Every map of the program, by name (pin files carry these names).
-pub const ALL_MAPS: [&str; 28] = [
+pub const ALL_MAPS: [&str; 29] = [
     names::LISTENERS,
     names::LISTENER_INDEX,
     names::BACKENDS,
@@ -228,6 +234,7 @@ pub const ALL_MAPS: [&str; 28] = [
     names::ACTIVE_FLOWS,
     names::LISTENER_STATS,
     names::BACKEND_CPU,
+    names::BACKEND_CPU_REPLY,
     names::COUNTERS,
     names::TX_PORTS,
     names::ACLS,
@@ -360,22 +367,36 @@ impl<T> Drop for MappedArray<T> {
     }
 }
 
-/// `BACKEND_CPU` mapped into this process: every CPU's record of every backend id, read
-/// and reset here without a syscall per CPU. Its stride (records per CPU) is the map's size
-/// over the possible CPUs, so handles opened from pins need no config.
+/// `BACKEND_CPU` and `BACKEND_CPU_REPLY` mapped into this process: every CPU's records
+/// of every backend id, read and reset here without a syscall per CPU. Their stride
+/// (records per CPU) is the maps' size over the possible CPUs, so handles opened from
+/// pins need no config.
 pub(crate) struct BackendRecords {
     records: MappedArray<BackendCpu>,
+    replies: MappedArray<BackendCpuReply>,
     stride: u32,
     cpus: u32,
 }
 
 impl BackendRecords {
-    fn new(map: &MapData) -> Result<Self> {
+    fn new(map: &MapData, replies: &MapData) -> Result<Self> {
         let name = names::BACKEND_CPU;
         let entries = map.info().map_err(map_err(name))?.max_entries();
+        let reply_entries = replies
+            .info()
+            .map_err(map_err(names::BACKEND_CPU_REPLY))?
+            .max_entries();
+        // Both are sized from one config; pins of two sizes are not one data plane's.
+        if reply_entries != entries {
+            return Err(DataPlaneError::BackendRecordsMismatch {
+                records: entries,
+                replies: reply_entries,
+            });
+        }
         let cpus = cpu_count()? as u32;
         Ok(Self {
             records: MappedArray::map(name, map, entries as usize)?,
+            replies: MappedArray::map(names::BACKEND_CPU_REPLY, replies, entries as usize)?,
             stride: entries / cpus.max(1),
             cpus,
         })
@@ -398,7 +419,7 @@ impl BackendRecords {
     fn totals(&self, id: u32) -> Result<TrafficCounters> {
         let mut total = TrafficCounters::default();
         for i in self.indexes(id)? {
-            total.add(&self.records.read(i).counters());
+            total.add(&self.records.read(i).counters(&self.replies.read(i)));
         }
         Ok(total)
     }
@@ -407,6 +428,7 @@ impl BackendRecords {
     fn reset(&mut self, id: u32) -> Result<()> {
         for i in self.indexes(id)? {
             self.records.write(i, BackendCpu::default());
+            self.replies.write(i, BackendCpuReply::default());
         }
         Ok(())
     }
@@ -882,10 +904,13 @@ impl DataPlane {
             listener_stats: take(&mut ebpf, names::LISTENER_STATS)?
                 .try_into()
                 .map_err(map_err(names::LISTENER_STATS))?,
-            backend_cpu: BackendRecords::new(&data(
-                take(&mut ebpf, names::BACKEND_CPU)?,
-                names::BACKEND_CPU,
-            )?)?,
+            backend_cpu: BackendRecords::new(
+                &data(take(&mut ebpf, names::BACKEND_CPU)?, names::BACKEND_CPU)?,
+                &data(
+                    take(&mut ebpf, names::BACKEND_CPU_REPLY)?,
+                    names::BACKEND_CPU_REPLY,
+                )?,
+            )?,
             counters: take(&mut ebpf, names::COUNTERS)?
                 .try_into()
                 .map_err(map_err(names::COUNTERS))?,
@@ -1749,6 +1774,8 @@ impl CounterReader {
             backend_cpu: BackendRecords::new(
                 &MapData::from_pin(maps_dir.join(names::BACKEND_CPU))
                     .map_err(map_err(names::BACKEND_CPU))?,
+                &MapData::from_pin(maps_dir.join(names::BACKEND_CPU_REPLY))
+                    .map_err(map_err(names::BACKEND_CPU_REPLY))?,
             )?,
             counters: per_cpu(maps_dir, names::COUNTERS)?,
         })

@@ -238,6 +238,12 @@ pub(crate) fn expected_layout(sizes: &MapSizes, cpus: u32) -> Vec<(&'static str,
             size_of::<lb_common::BackendCpu>() as u32,
             e(names::BACKEND_CPU),
         ),
+        (
+            names::BACKEND_CPU_REPLY,
+            4,
+            size_of::<lb_common::BackendCpuReply>() as u32,
+            e(names::BACKEND_CPU_REPLY),
+        ),
         (names::COUNTERS, 4, 8, COUNTER_SLOTS),
         (names::TX_PORTS, 4, 8, lb_common::MAX_INTERFACES),
         (

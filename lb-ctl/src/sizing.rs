@@ -38,6 +38,7 @@ fn kind(name: &str) -> Kind {
         | names::SEQUENCE
         | names::FLOW_FILTER
         | names::BACKEND_CPU
+        | names::BACKEND_CPU_REPLY
         | names::LISTENER_INDEX => Kind::MmapableArray,
         names::BACKENDS
         | names::BACKENDS6
@@ -266,7 +267,7 @@ fn entries_rule(name: &str) -> &'static str {
         names::TABLE_META => "`max_listeners` × 2",
         names::CURSORS | names::LISTENER_STATS | names::ENCAP_SOURCES6 => "`max_listeners`",
         names::BACKENDS | names::ENDPOINTS | names::ACTIVE_FLOWS => "`max_backends`",
-        names::BACKEND_CPU => "`max_backends` per possible CPU",
+        names::BACKEND_CPU | names::BACKEND_CPU_REPLY => "`max_backends` per possible CPU",
         names::COUNTERS => "64",
         names::ACLS => "16,384 access-list entries",
         names::ADDRESS_FILTER => "4,097 words",

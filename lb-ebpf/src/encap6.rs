@@ -207,7 +207,7 @@ fn run(ctx: &XdpContext) -> (u32, Reason) {
         fwd::send(&hop, Reason::IcmpToBackend)
     };
     if client && out.0 != XDP_DROP {
-        stats::forwarded(listener, backend, u64::from(ip.ip_len), false);
+        stats::forwarded(listener, backend, u64::from(ip.ip_len));
     }
     out
 }

@@ -469,7 +469,7 @@ pub fn send_to_backend(
         encap::send(ctx, ip, &delivery)
     };
     if out.0 != XDP_DROP {
-        stats::forwarded_with(listener.id, record, u64::from(ip.tot_len), false);
+        stats::forwarded_with(listener.id, record, u64::from(ip.tot_len));
     }
     out
 }

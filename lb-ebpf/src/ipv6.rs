@@ -229,7 +229,7 @@ fn send_to_backend(ctx: &XdpContext, d: &Delivery<'_>) -> (u32, Reason) {
     };
     let out = fwd6::transmit(ctx, ip, &route, Reason::Forwarded);
     if out.0 != XDP_DROP {
-        stats::forwarded(d.listener.id, d.backend_id, u64::from(ip.ip_len), false);
+        stats::forwarded(d.listener.id, d.backend_id, u64::from(ip.ip_len));
     }
     out
 }
@@ -286,7 +286,7 @@ fn reply(ctx: &XdpContext, ip: &Ipv6, l4: &L4, to: &flow::Reply<Addr6>) -> (u32,
     };
     let out = fwd6::transmit(ctx, ip, &route, Reason::ReplyForwarded);
     if out.0 != XDP_DROP {
-        stats::forwarded(to.listener, backend, u64::from(ip.ip_len), true);
+        stats::replied(to.listener, backend, u64::from(ip.ip_len));
     }
     out
 }

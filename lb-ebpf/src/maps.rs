@@ -9,13 +9,13 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray},
 };
 use lb_common::{
-    ADDRESS_FILTER_WORDS, AclKey, Affinity, AffinityKey, Backend, BackendCpu, COUNTER_SLOTS,
-    DEFAULT_FLOW_TABLE_SIZE, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_LISTENERS, Endpoint, EndpointKey,
-    Flow, FlowKey, IdPair, Listener, ListenerKey, ListenerSlot, MAGLEV_TABLE_SIZE, MAX_ACL_ENTRIES,
-    MAX_INTERFACES, PendingFlow, SEQUENCE_TABLE_SIZE, STAGE_SLOTS, SlotAnswer, TABLES_PER_LISTENER,
-    TableMeta, TooBig, TrafficCounters, backend_cpu_index, flow_filter::flow_filter_entries,
-    half_open_table_size, id_pair_entries, listener_index_bits, listener_index_slots,
-    listener_scratch_slot, listener_slot, slot_answer, slot_record,
+    ADDRESS_FILTER_WORDS, AclKey, Affinity, AffinityKey, Backend, BackendCpu, BackendCpuReply,
+    COUNTER_SLOTS, DEFAULT_FLOW_TABLE_SIZE, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_LISTENERS, Endpoint,
+    EndpointKey, Flow, FlowKey, IdPair, Listener, ListenerKey, ListenerSlot, MAGLEV_TABLE_SIZE,
+    MAX_ACL_ENTRIES, MAX_INTERFACES, PendingFlow, SEQUENCE_TABLE_SIZE, STAGE_SLOTS, SlotAnswer,
+    TABLES_PER_LISTENER, TableMeta, TooBig, TrafficCounters, backend_cpu_index,
+    flow_filter::flow_filter_entries, half_open_table_size, id_pair_entries, listener_index_bits,
+    listener_index_slots, listener_scratch_slot, listener_slot, slot_answer, slot_record,
 };
 use lb_common::{
     AclKey6, AffinityKey6, BackendAddr6, Encap6, EncapSource6, Endpoint6, EndpointKey6, FlowKey6,
@@ -147,14 +147,20 @@ pub static LISTENER_STATS: PerCpuArray<TrafficCounters> =
     PerCpuArray::with_max_entries(DEFAULT_MAX_LISTENERS, 0);
 
 /// Per backend and CPU, one `BackendCpu` record each (`backend_cpu`): the next hop the
-/// CPU cached and the backend's counters. A plain array holding every CPU's records, not a
-/// per-CPU map: its values start on a page (mmapable), so each 128-byte record is two whole
-/// cache lines, and reaching one is an index computation instead of the per-CPU map's
-/// pointer table. No two CPUs write a line. The controller sizes it `max_backends` times
-/// the possible CPUs and reads the counters through its mapping. The size here is a
-/// placeholder.
+/// CPU cached and the backend's client → backend counters. A plain array holding every
+/// CPU's records, not a per-CPU map: its values start on a page (mmapable), so each
+/// 64-byte record is a whole cache line, and reaching one is an index computation instead
+/// of the per-CPU map's pointer table. No two CPUs write a line. The controller sizes it
+/// `max_backends` times the possible CPUs and reads the counters through its mapping. The
+/// size here is a placeholder.
 #[map(name = "BACKEND_CPU")]
 pub static BACKEND_CPU: Array<BackendCpu> =
+    Array::with_max_entries(DEFAULT_MAX_BACKENDS, BPF_F_MMAPABLE);
+
+/// The backend's other counters (`BackendCpuReply`: replies, pickups, reselections),
+/// indexed and sized like `BACKEND_CPU` (`backend_cpu_reply`).
+#[map(name = "BACKEND_CPU_REPLY")]
+pub static BACKEND_CPU_REPLY: Array<BackendCpuReply> =
     Array::with_max_entries(DEFAULT_MAX_BACKENDS, BPF_F_MMAPABLE);
 
 /// `BACKEND_CPU`'s records per CPU (`max_backends`), set by the loader before the
@@ -165,12 +171,24 @@ static BACKEND_CPU_STRIDE: u32 = DEFAULT_MAX_BACKENDS;
 /// This CPU's record of backend `id`.
 #[inline(always)]
 pub fn backend_cpu(id: u32) -> Option<*mut BackendCpu> {
+    BACKEND_CPU.get_ptr_mut(this_cpu_index(id))
+}
+
+/// This CPU's `BACKEND_CPU_REPLY` record of backend `id`.
+#[inline(always)]
+pub fn backend_cpu_reply(id: u32) -> Option<*mut BackendCpuReply> {
+    BACKEND_CPU_REPLY.get_ptr_mut(this_cpu_index(id))
+}
+
+/// The index of this CPU's records of backend `id` (`backend_cpu_index`).
+#[inline(always)]
+fn this_cpu_index(id: u32) -> u32 {
     // SAFETY: a read of a global the loader wrote before loading; volatile so the
     // compiler does not fold in the default.
     let stride = unsafe { core::ptr::read_volatile(&raw const BACKEND_CPU_STRIDE) };
     // SAFETY: helper without arguments; the program does not migrate while it runs.
     let cpu = unsafe { bpf_get_smp_processor_id() };
-    BACKEND_CPU.get_ptr_mut(backend_cpu_index(id, cpu, stride))
+    backend_cpu_index(id, cpu, stride)
 }
 
 /// Starts loading this CPU's record of backend `id`, the value unused. A packet that found

@@ -24,7 +24,6 @@ use crate::{
     parse,
     parse::{L4, Parsed},
     sched, stage, stats,
-    stats::Counts as _,
     tables::Maps,
 };
 
@@ -225,8 +224,7 @@ pub fn open<F: Tables>(
     }
 
     let reselected = opening.state == EntryState::BackendUnusable;
-    stats::listener(listener.id, |c| c.opened(pickup, reselected));
-    stats::backend(id, |c| c.opened(pickup, reselected));
+    stats::opened(listener.id, id, pickup, reselected);
     stats::count(if pickup {
         Reason::EventPickup
     } else {

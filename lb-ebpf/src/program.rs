@@ -197,7 +197,7 @@ fn reply(ctx: &XdpContext, ip: &Ipv4, l4: &L4, to: &flow::Reply<u32>) -> (u32, R
     };
     let out = fwd::transmit(ctx, ip, &route, Reason::ReplyForwarded);
     if out.0 != XDP_DROP {
-        stats::forwarded(to.listener, backend, u64::from(ip.tot_len), true);
+        stats::replied(to.listener, backend, u64::from(ip.tot_len));
     }
     out
 }

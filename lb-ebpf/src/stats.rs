@@ -3,7 +3,7 @@
 use aya_ebpf::programs::XdpContext;
 use lb_common::{BackendCpu, Reason, TrafficCounters};
 
-use crate::maps::{COUNTERS, LISTENER_STATS, backend_cpu};
+use crate::maps::{COUNTERS, LISTENER_STATS, backend_cpu, backend_cpu_reply};
 
 /// The end of every program: counts the verdict under its reason, returns the action.
 #[inline(always)]
@@ -27,7 +27,7 @@ pub fn count(reason: Reason) {
 }
 
 /// Applies `f` to counters only this CPU writes (a per-CPU map value, or this CPU's
-/// `BackendCpu` record), when the lookup found them.
+/// record of a backend), when the lookup found them.
 #[inline(always)]
 fn update<T>(ptr: Option<*mut T>, f: impl FnOnce(&mut T)) {
     if let Some(c) = ptr {
@@ -41,62 +41,65 @@ pub fn listener(id: u32, f: impl FnOnce(&mut TrafficCounters)) {
     update(LISTENER_STATS.get_ptr_mut(id), f);
 }
 
-/// A backend's counters, in this CPU's `BackendCpu` record.
+/// One client → backend packet of `bytes` (IP length) forwarded for a listener and
+/// backend.
 #[inline(always)]
-pub fn backend(id: u32, f: impl FnOnce(&mut BackendCpu)) {
-    update(backend_cpu(id), f);
-}
-
-/// One packet of `bytes` (IP length) forwarded for a listener and backend, in the client →
-/// backend direction or as a reply.
-#[inline(always)]
-pub fn forwarded(listener_id: u32, backend_id: u32, bytes: u64, reply: bool) {
-    forwarded_with(listener_id, backend_cpu(backend_id), bytes, reply);
+pub fn forwarded(listener_id: u32, backend_id: u32, bytes: u64) {
+    forwarded_with(listener_id, backend_cpu(backend_id), bytes);
 }
 
 /// `forwarded` with the backend's record already looked up (`maps::backend_cpu`).
 #[inline(always)]
-pub fn forwarded_with(listener_id: u32, record: Option<*mut BackendCpu>, bytes: u64, reply: bool) {
-    listener(listener_id, |c| c.forwarded(bytes, reply));
-    update(record, |c| c.forwarded(bytes, reply));
+pub fn forwarded_with(listener_id: u32, record: Option<*mut BackendCpu>, bytes: u64) {
+    listener(listener_id, |c| {
+        c.packets += 1;
+        c.bytes += bytes;
+    });
+    update(record, |c| {
+        c.packets += 1;
+        c.bytes += bytes;
+    });
 }
 
-/// The counts a listener's `TrafficCounters` and a backend's `BackendCpu` both keep, under
-/// the same field names.
-pub trait Counts {
-    /// One packet of `bytes` forwarded, client → backend or as a reply.
-    fn forwarded(&mut self, bytes: u64, reply: bool);
-    /// A flow opened: by the scheduler or a pickup, and moved off an unusable backend.
-    fn opened(&mut self, pickup: bool, reselected: bool);
+/// One backend → client packet of `bytes` (IP length) forwarded for a listener and
+/// backend: counted in the backend's other record, which client packets do not touch.
+#[inline(always)]
+pub fn replied(listener_id: u32, backend_id: u32, bytes: u64) {
+    listener(listener_id, |c| {
+        c.reply_packets += 1;
+        c.reply_bytes += bytes;
+    });
+    update(backend_cpu_reply(backend_id), |c| {
+        c.reply_packets += 1;
+        c.reply_bytes += bytes;
+    });
 }
 
-macro_rules! counts {
-    ($t:ty) => {
-        impl Counts for $t {
-            #[inline(always)]
-            fn forwarded(&mut self, bytes: u64, reply: bool) {
-                if reply {
-                    self.reply_packets += 1;
-                    self.reply_bytes += bytes;
-                } else {
-                    self.packets += 1;
-                    self.bytes += bytes;
-                }
-            }
-
-            #[inline(always)]
-            fn opened(&mut self, pickup: bool, reselected: bool) {
-                if pickup {
-                    self.pickups += 1;
-                } else {
-                    self.new_flows += 1;
-                }
-                if reselected {
-                    self.reselected += 1;
-                }
-            }
+/// A flow opened on a backend of a listener: by the scheduler or a pickup, and moved off
+/// an unusable backend or not.
+#[inline(always)]
+pub fn opened(listener_id: u32, backend_id: u32, pickup: bool, reselected: bool) {
+    listener(listener_id, |c| {
+        if pickup {
+            c.pickups += 1;
+        } else {
+            c.new_flows += 1;
         }
-    };
+        if reselected {
+            c.reselected += 1;
+        }
+    });
+    if pickup || reselected {
+        update(backend_cpu_reply(backend_id), |c| {
+            if pickup {
+                c.pickups += 1;
+            }
+            if reselected {
+                c.reselected += 1;
+            }
+        });
+    }
+    if !pickup {
+        update(backend_cpu(backend_id), |c| c.new_flows += 1);
+    }
 }
-counts!(TrafficCounters);
-counts!(BackendCpu);

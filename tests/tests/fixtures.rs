@@ -437,7 +437,11 @@ fn tcp_new_flow_established_reply_and_close() {
         assert_eq!(stats.new_flows, 1, "one new flow for SYN, ACK and FIN");
         assert_eq!((stats.packets, stats.reply_packets), (3, 1));
         let backend = dp.backend_stats(first_id).unwrap();
-        assert_eq!((backend.packets, backend.new_flows), (3, 1));
+        assert_eq!(
+            (backend.packets, backend.reply_packets, backend.new_flows),
+            (3, 1, 1),
+            "the backend's counters, from both of its records"
+        );
         let flow = dp.flow(&flow_of(&syn)).unwrap().expect("flow recorded");
         assert_eq!(flow.backend, first_id);
         assert_ne!(
@@ -821,9 +825,12 @@ fn mid_flow_pickup_uses_the_maglev_table_on_the_4_tuple() {
     lab.ns.enter(|| {
         let mut dp = load(&lab);
         let fx = provision(&mut dp, &three_backends("wrr", ""));
+        let mut picked = Vec::new();
         for sport in [41000u16, 41001, 41002, 41003] {
             let ack = from_client(Frame::tcp((CLIENT, sport), (VIP, 80), ACK));
-            let expected = index_of_id(&fx, maglev_pick(&dp, &fx, "web", (CLIENT, sport)));
+            let id = maglev_pick(&dp, &fx, "web", (CLIENT, sport));
+            picked.push(id);
+            let expected = index_of_id(&fx, id);
             let before = dp.counter(Reason::EventPickup).unwrap();
             check(
                 &mut dp,
@@ -835,6 +842,16 @@ fn mid_flow_pickup_uses_the_maglev_table_on_the_4_tuple() {
         }
         let stats = dp.listener_stats(fx.listener_id("web")).unwrap();
         assert_eq!((stats.pickups, stats.new_flows), (4, 0));
+        // Each backend counts the pickups it took (BACKEND_CPU_REPLY), and no new flow.
+        picked.sort_unstable();
+        picked.dedup();
+        let (mut pickups, mut new_flows) = (0, 0);
+        for id in picked {
+            let b = dp.backend_stats(id).unwrap();
+            pickups += b.pickups;
+            new_flows += b.new_flows;
+        }
+        assert_eq!((pickups, new_flows), (4, 0), "the backends' pickups");
     });
 }
 
