@@ -779,8 +779,10 @@ fn cost_section(o: &mut String, r: &Report) {
          once per 100,000 runs (method 1 walks the same 100,000 tuples). New flow, nearly empty: \
          a SYN with a never-seen tuple each run, while the table holds under 10 %; its \
          flow goes into the half-open table (`HALF_OPEN`, {half_open} entries here, a \
-         quarter of the flow table), which the case's {syns} SYNs fill to {half_open_fill:.0} % \
-         by its end: its lookups walk longer chains than the peer's table at 11 %. New \
+         quarter of the flow table, one LRU list per CPU), which the case's {syns} SYNs \
+         fill to {half_open_fill:.0} % by its end (the peer's table is at 11 %; with a \
+         half-open table of 4,194,304 entries, 9 % full, the case was no faster on \
+         2026-12-07: a bucket array four times the size). New \
          flow, full: the same after {:.2}× the table's size in new flows (checked: the \
          first flow of the nearly-empty case was evicted). A SYN first asks `FLOW_FILTER`, \
          the bitmap of the keys the table of established flows may hold: that table holds \
@@ -1187,11 +1189,12 @@ fn reading_section(o: &mut String) {
          the half-open table); a backend's replies find it through the backend endpoint \
          (docs/packet-policy.md, \"Replies\"), as the peer keeps one table. The full-table \
          case is dominated by that insert's eviction and is memory-bound.\n\
-         - **Why 10,000 backends cost more.** Each packet reads three small per-backend \
-         records: the backend (32 bytes), its cached next hop (40 bytes, per CPU) and its \
-         counters (64 bytes, per CPU). For 1 or 100 backends they stay in the CPU caches; \
-         for 10,000 they are about 1.4 MB, more than this machine's 1 MB L2 per core, and \
-         each packet that meets another backend than the previous one misses on them. \
+         - **Why 10,000 backends cost more.** A client's packet reads two small \
+         per-backend records: the backend (`BACKENDS`, 32 bytes) and this CPU's record of \
+         it (`BACKEND_CPU`, 64 bytes: the cached next hop and the client → backend \
+         counters; replies count in a record of their own). For 1 or 100 backends they stay \
+         in the CPU caches; for 10,000 they are about 960 KB over some 235 pages, and each packet \
+         that meets another backend than the previous one misses on them. \
          The cases that also stream through the flow table (100k cycled, new flows) pay \
          those misses from memory, hence the step; the established and non-VIP cases do \
          not.\n\
