@@ -1001,21 +1001,20 @@ impl BackendCpu {
 /// The index of `cpu`'s record of backend `id` in `BACKEND_CPU` (and in
 /// `BACKEND_CPU_REPLY`), an array of `stride * CPUs` records where `stride` is
 /// `max_backends`: each CPU's records are contiguous, so no cache line holds two CPUs'
-/// records. `id` must be below `stride` (a
-/// larger one is another CPU's record): the controller checks its ids, and every id the
-/// data plane passes was read from `BACKENDS`, whose size is `stride`, or from a flow entry
-/// it wrote with such an id. The array's own bound check keeps any index inside the map;
-/// a check here as well cost the verifier 7,600 more instructions in `lb_xdp`. The
-/// controller sizes the array so that `stride * CPUs` fits a `u32`
-/// (`backend_cpu_entries`).
+/// records. `id` must be below `stride` (a larger one is another CPU's record): the
+/// controller checks its ids, and every id the data plane passes was read from
+/// `BACKENDS`, whose size is `stride`, or from a flow entry it wrote with such an id.
+/// The array's own bound check keeps any index inside the map; a check here as well cost
+/// the verifier 7,600 more instructions in `lb_xdp`. The controller sizes the array so
+/// that `stride * CPUs` fits a `u32` (`backend_cpu_entries`).
 #[inline(always)]
 pub const fn backend_cpu_index(id: u32, cpu: u32, stride: u32) -> u32 {
     cpu.wrapping_mul(stride).wrapping_add(id)
 }
 
-/// `BACKEND_CPU`'s size (and `BACKEND_CPU_REPLY`'s): a record per backend id for each of `cpus` CPUs (the kernel's
-/// possible CPUs, which number every CPU a program can run on). `None` when it does not fit
-/// a map.
+/// `BACKEND_CPU`'s size (and `BACKEND_CPU_REPLY`'s): a record per backend id for each of
+/// `cpus` CPUs (the kernel's possible CPUs, which number every CPU a program can run on).
+/// `None` when it does not fit a map.
 pub const fn backend_cpu_entries(max_backends: u32, cpus: u32) -> Option<u32> {
     max_backends.checked_mul(cpus)
 }
