@@ -529,13 +529,22 @@ struct Barriers {
 
 #[derive(Default)]
 struct BarrierState {
-    /// (started, completed, stop).
-    counts: std::sync::Mutex<(u64, u64, bool)>,
+    counts: std::sync::Mutex<BarrierCounts>,
     changed: std::sync::Condvar,
 }
 
+#[derive(Default)]
+struct BarrierCounts {
+    /// The number of the last barrier asked for.
+    started: u64,
+    /// The number of the last barrier completed.
+    completed: u64,
+    /// The thread is to end.
+    stop: bool,
+}
+
 impl BarrierState {
-    fn lock(&self) -> std::sync::MutexGuard<'_, (u64, u64, bool)> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BarrierCounts> {
         self.counts.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -550,18 +559,18 @@ impl Barriers {
                 loop {
                     let target = {
                         let mut c = state.lock();
-                        while c.0 == c.1 && !c.2 {
+                        while c.started == c.completed && !c.stop {
                             c = state.changed.wait(c).unwrap_or_else(|e| e.into_inner());
                         }
-                        if c.2 {
+                        if c.stop {
                             return;
                         }
-                        c.0
+                        c.started
                     };
                     // Started after every barrier up to `target` was asked for: when it
                     // returns, every reader of a record retired before then is done.
                     wait_for_readers();
-                    state.lock().1 = target;
+                    state.lock().completed = target;
                     state.changed.notify_all();
                 }
             })
@@ -569,31 +578,27 @@ impl Barriers {
         Self { shared, worker }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, (u64, u64, bool)> {
-        self.shared.counts.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     fn start(&self) -> u64 {
-        let mut c = self.lock();
-        c.0 += 1;
+        let mut c = self.shared.lock();
+        c.started += 1;
         self.shared.changed.notify_all();
-        c.0
+        c.started
     }
 
     fn completed(&self) -> u64 {
-        self.lock().1
+        self.shared.lock().completed
     }
 
     fn wait(&self, n: u64) {
         if self.worker.is_none() {
             // No thread could be started: wait here.
             wait_for_readers();
-            let mut c = self.lock();
-            c.1 = c.1.max(n.min(c.0));
+            let mut c = self.shared.lock();
+            c.completed = c.completed.max(n.min(c.started));
             return;
         }
-        let mut c = self.lock();
-        while c.1 < n {
+        let mut c = self.shared.lock();
+        while c.completed < n {
             c = self
                 .shared
                 .changed
@@ -605,7 +610,7 @@ impl Barriers {
 
 impl Drop for Barriers {
     fn drop(&mut self) {
-        self.lock().2 = true;
+        self.shared.lock().stop = true;
         self.shared.changed.notify_all();
         if let Some(worker) = self.worker.take() {
             let _ = worker.join();
