@@ -318,7 +318,29 @@ pub struct Reconciler {
     /// The address filter's words as written (absent = 0).
     address_filter: BTreeMap<u32, u64>,
     endpoints: BTreeMap<EndpointMapKey, EndpointEntry>,
+    /// Endpoints no desired listener has any more, kept in `ENDPOINTS` (with their filter
+    /// bits) until the monotonic time given: see `EndpointLinger`.
+    leaving: BTreeMap<EndpointMapKey, u64>,
+    linger: EndpointLinger,
 }
+
+/// How long a backend endpoint that left every listener (server removed without drain,
+/// listener moved to another group) still has its `ENDPOINTS` entry. Its flows' client
+/// packets are re-selected at once, as before; but a response the backend was already
+/// working on when it left (the request acknowledged, so the waiting client sends
+/// nothing more) still finds its flow and reaches the client, instead of going to the
+/// kernel untranslated and leaving the client to its own timeout. The client's next
+/// packet, its acknowledgement, is then re-selected and reset by the new backend.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EndpointLinger {
+    pub ns: u64,
+    /// Entries `ENDPOINTS` (and `ENDPOINTS6`) hold: lingering endpoints give way, oldest
+    /// first, to keep room for every desired one.
+    pub room: u32,
+}
+
+/// The linger of the daemon's data plane.
+pub const ENDPOINT_LINGER_NS: u64 = 5_000_000_000;
 
 /// The words of `ADDRESS_FILTER` (index → word) for a set of VIPs, the refused client
 /// sources and the backend endpoints: single refused addresses get a bit of the refused
@@ -441,7 +463,54 @@ impl Reconciler {
             acl_entries: BTreeSet::new(),
             address_filter: BTreeMap::new(),
             endpoints: BTreeMap::new(),
+            leaving: BTreeMap::new(),
+            linger: EndpointLinger::default(),
         }
+    }
+
+    /// Keeps the endpoints that leave every listener for `linger` (none by default).
+    pub fn with_endpoint_linger(mut self, linger: EndpointLinger) -> Self {
+        self.linger = linger;
+        self
+    }
+
+    /// Whether a lingering endpoint's time is up (an `apply` then removes it).
+    pub fn endpoints_due(&self, now: u64) -> bool {
+        self.leaving.values().any(|&until| now >= until)
+    }
+
+    /// The endpoints no desired listener has that stay for now: their linger has not
+    /// ended and, per address family, the desired endpoints and these fit the maps (the
+    /// ones that left last are kept first).
+    fn lingering(&self, desired: &Desired, now: u64) -> BTreeSet<EndpointMapKey> {
+        if self.linger.ns == 0 {
+            return BTreeSet::new();
+        }
+        let mut candidates: Vec<(u64, EndpointMapKey)> = self
+            .endpoints
+            .keys()
+            .filter(|k| !desired.endpoints.contains_key(k))
+            .map(|k| {
+                (
+                    self.leaving.get(k).copied().unwrap_or(now + self.linger.ns),
+                    *k,
+                )
+            })
+            .filter(|(until, _)| now < *until)
+            .collect();
+        candidates.sort_by(|a, b| b.cmp(a));
+        let is_v4 = |k: &EndpointMapKey| matches!(k, EndpointMapKey::V4(_));
+        let mut used = [false, true]
+            .map(|v4| desired.endpoints.keys().filter(|k| is_v4(k) == v4).count() as u64);
+        candidates
+            .into_iter()
+            .filter(|(_, k)| {
+                let n = &mut used[usize::from(is_v4(k))];
+                *n += 1;
+                *n <= u64::from(self.linger.room)
+            })
+            .map(|(_, k)| k)
+            .collect()
     }
 
     /// Starts from what a pinned data plane already holds (a restarted daemon): listener
@@ -559,9 +628,11 @@ impl Reconciler {
         self.place_tables(desired).map(|_| ())
     }
 
-    /// Computes the operations that take the maps from their applied state to `desired`.
-    pub fn diff(&self, desired: &Desired) -> Result<Vec<MapOp>, NoMaglevRoom> {
+    /// Computes the operations that take the maps from their applied state to `desired`,
+    /// at monotonic time `now` (nanoseconds; it ends lingering endpoints).
+    pub fn diff(&self, desired: &Desired, now: u64) -> Result<Vec<MapOp>, NoMaglevRoom> {
         let places = self.place_tables(desired)?;
+        let lingering = self.lingering(desired, now);
         let mut backends = Vec::new();
         let mut tables = Vec::new();
         let mut markers = Vec::new();
@@ -683,7 +754,7 @@ impl Reconciler {
         let wanted = address_filter_words(
             &desired_vips,
             desired.acls.get(&REFUSED_SOURCES_ACL),
-            desired.endpoints.keys(),
+            desired.endpoints.keys().chain(&lingering),
         );
         let indices: BTreeSet<u32> = wanted
             .keys()
@@ -763,7 +834,7 @@ impl Reconciler {
         }
         removals.extend(endpoints_last);
         for key in self.endpoints.keys() {
-            if !desired.endpoints.contains_key(key) {
+            if !desired.endpoints.contains_key(key) && !lingering.contains(key) {
                 removals.push(MapOp::RemoveEndpoint { key: *key });
             }
         }
@@ -778,14 +849,15 @@ impl Reconciler {
             .collect())
     }
 
-    /// Applies `diff(desired)` in order, recording each operation as it succeeds, so a
-    /// failure part-way leaves this record true to the maps. Returns the operations.
+    /// Applies `diff(desired, now)` in order, recording each operation as it succeeds, so
+    /// a failure part-way leaves this record true to the maps. Returns the operations.
     pub fn apply(
         &mut self,
         desired: &Desired,
+        now: u64,
         writer: &mut impl MapWriter,
     ) -> Result<Vec<MapOp>, DataPlaneError> {
-        let ops = self.diff(desired)?;
+        let ops = self.diff(desired, now)?;
         let by_key: BTreeMap<ListenerMapKey, &DesiredListener> = desired
             .listeners
             .values()
@@ -857,6 +929,16 @@ impl Reconciler {
         // A listener renamed in place keeps its key; drop records no longer desired.
         self.listeners
             .retain(|name, _| desired.listeners.contains_key(name));
+        // The endpoints still written that no listener has: lingering since the first
+        // apply without them (the deadline `lingering` assumed for them).
+        let endpoints = &self.endpoints;
+        self.leaving
+            .retain(|k, _| endpoints.contains_key(k) && !desired.endpoints.contains_key(k));
+        for key in self.endpoints.keys() {
+            if !desired.endpoints.contains_key(key) {
+                self.leaving.entry(*key).or_insert(now + self.linger.ns);
+            }
+        }
         Ok(ops)
     }
 }
@@ -914,10 +996,14 @@ listeners:
         }
 
         fn step(&mut self) -> Vec<MapOp> {
+            self.step_at(0)
+        }
+
+        fn step_at(&mut self, now: u64) -> Vec<MapOp> {
             self.config.validate().unwrap();
             let desired = plan(&self.config, &self.runtime, &mut self.ids).unwrap();
             let mut rec = Recorder::default();
-            self.reconciler.apply(&desired, &mut rec).unwrap();
+            self.reconciler.apply(&desired, now, &mut rec).unwrap();
             rec.0
         }
     }
@@ -1166,7 +1252,7 @@ listeners:
         );
         let mut rec = Recorder::default();
         assert!(matches!(
-            h.reconciler.apply(&desired, &mut rec),
+            h.reconciler.apply(&desired, 0, &mut rec),
             Err(DataPlaneError::NoMaglevRoom(_))
         ));
         assert!(rec.0.is_empty(), "nothing written: {:?}", shape(&rec.0));
@@ -1238,6 +1324,63 @@ listeners:
                 "backend filter",
             ]
         );
+    }
+
+    #[test]
+    fn an_endpoint_that_left_lingers_then_goes_unless_it_returns_or_room_is_short() {
+        let mut h = Harness::new();
+        h.reconciler = Reconciler::new(MapSizes::default().maglev_slots).with_endpoint_linger(
+            EndpointLinger {
+                ns: 5_000,
+                room: 64,
+            },
+        );
+        h.step_at(1_000);
+        let removed = h.config.vserver_groups[0].servers.remove(0);
+        // Its replies still find their flows (the endpoint and its filter bit stay); the
+        // client side is re-selected at once, as without the linger.
+        assert_eq!(
+            shape(&h.step_at(2_000)),
+            [
+                "table 1 backends=1",
+                "listener 0 slot=1",
+                "backend 0 flags=0 weight=100",
+            ]
+        );
+        assert!(!h.reconciler.endpoints_due(6_999));
+        assert!(h.step_at(6_999).is_empty());
+        assert!(h.reconciler.endpoints_due(7_000));
+        assert_eq!(
+            shape(&h.step_at(7_000)),
+            ["remove endpoint 198.18.1.10:8080", "backend filter"]
+        );
+        assert!(!h.reconciler.endpoints_due(u64::MAX));
+
+        // Back within the linger: the endpoint is desired again, nothing expires later.
+        h.config.vserver_groups[0]
+            .servers
+            .insert(0, removed.clone());
+        h.step_at(8_000);
+        h.config.vserver_groups[0].servers.remove(0);
+        h.step_at(9_000);
+        h.config.vserver_groups[0].servers.insert(0, removed);
+        let back = shape(&h.step_at(10_000));
+        assert!(!back.iter().any(|op| op.contains("endpoint")), "{back:?}");
+        assert!(!h.reconciler.endpoints_due(u64::MAX));
+
+        // No room beside the desired endpoints (3 of them): the one that left goes at once.
+        h.reconciler.linger.room = 3;
+        h.config.vserver_groups[0].servers.remove(0);
+        h.config.vserver_groups[1]
+            .servers
+            .push(config::Member::new([198, 18, 1, 31], 9000));
+        let ops = shape(&h.step_at(11_000));
+        assert!(
+            ops.iter()
+                .any(|op| op == "remove endpoint 198.18.1.10:8080"),
+            "{ops:?}"
+        );
+        assert!(!h.reconciler.endpoints_due(u64::MAX));
     }
 
     #[test]

@@ -70,9 +70,10 @@ impl Provisioned {
         Ok(provisioned)
     }
 
-    /// Writes what is planned but not yet in the maps (everything, the first time).
+    /// Writes what is planned but not yet in the maps (everything, the first time). The
+    /// reconciler has no endpoint linger, so the time given is never read.
     fn write(&mut self, dp: &mut DataPlane) -> anyhow::Result<Vec<MapOp>> {
-        Ok(self.reconciler.apply(&self.desired, dp)?)
+        Ok(self.reconciler.apply(&self.desired, 0, dp)?)
     }
 
     /// Re-plans after a change of `config` or `runtime` and writes the difference.

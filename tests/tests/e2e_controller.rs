@@ -16,7 +16,7 @@ use std::{
 
 use lb_tests::{
     BulkOptions, ChildGuard, LbDaemon, Netns, Tally, Topology, TopologyOptions, VIP, all_answered,
-    curl_many, require_root_and_bpf,
+    curl_many, http_get, require_root_and_bpf,
     steady::{Steady, SteadyOptions, merged},
 };
 use serde_json::Value;
@@ -389,7 +389,9 @@ fn weight_zero_keeps_the_long_connection_and_takes_no_new_ones_then_remove() {
 /// 3. `listener set NAME --group OTHER` sends new connections to the other group, with
 ///    steady traffic running across the switch: nothing fails before or after it; the
 ///    few connections open on the old group at that instant are cut (the old group's
-///    servers leave the listener, and without connection drain their flows end at once).
+///    servers leave the listener, and without connection drain their flows end at once)
+///    or get the answer already under way, never left waiting: a request the old server
+///    acknowledged before the switch and answers 1.5 s later still gets its answer.
 #[test]
 fn listener_set_group_moves_new_connections_to_the_other_group() {
     let Some((topo, daemon, _backends)) = setup(
@@ -409,11 +411,29 @@ fn listener_set_group_moves_new_connections_to_the_other_group() {
         let traffic = s.spawn(|| steady.run(topo.client(), &url));
         let _stop = steady.stop_on_drop();
         steady.wait(20, Duration::from_secs(1));
+        let slow = s.spawn(|| {
+            http_get(
+                topo.client(),
+                &format!("{url}slow?ms=1500"),
+                None,
+                Duration::from_secs(5),
+            )
+        });
+        // Long enough for the request to be acknowledged (b1's kernel does at once).
+        thread::sleep(Duration::from_millis(300));
         let switch_started = Instant::now();
         daemon.ctl_ok(&["listener", "set", "web", "--group", "green"]);
         let moved_at = Instant::now();
         steady.wait(30, Duration::from_secs(2));
         drop(_stop);
+        let slow = slow.join().expect("slow request thread");
+        assert_eq!(
+            slow.as_ref()
+                .map(|body| body.trim_end())
+                .map_err(|e| format!("{e:#}")),
+            Ok("b1"),
+            "the answer b1 was working on at the switch reaches the client"
+        );
         (
             traffic.join().expect("traffic thread"),
             switch_started,

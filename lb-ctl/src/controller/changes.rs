@@ -104,7 +104,7 @@ impl<P: Platform> Controller<P> {
             self.persist_drains();
         }
         self.ids = ids;
-        let ops = self.reconciler.apply(&desired, &mut self.dataplane)?;
+        let ops = self.reconciler.apply(&desired, now, &mut self.dataplane)?;
         self.desired = desired;
         Ok(ops.len())
     }

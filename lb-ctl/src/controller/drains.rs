@@ -40,7 +40,8 @@ impl<P: Platform> Controller<P> {
 
     /// Forgets departing backends whose drain deadline passed (the data plane has been
     /// cutting their flows since; a few seconds later they are retired), and drains of
-    /// servers no longer configured. Applies if anything changed.
+    /// servers no longer configured. Applies if anything changed, or if an endpoint that
+    /// left every listener has lingered long enough (`EndpointLinger`).
     pub fn expire_drains(&mut self) -> anyhow::Result<()> {
         let now = self.platform.monotonic_ns();
         let before = (self.runtime.departing.len(), self.runtime.draining.len());
@@ -71,6 +72,8 @@ impl<P: Platform> Controller<P> {
         self.runtime.draining.retain(|k, _| present.contains(k));
         if before != (self.runtime.departing.len(), self.runtime.draining.len()) {
             self.persist_drains();
+            self.apply()?;
+        } else if self.reconciler.endpoints_due(now) {
             self.apply()?;
         }
         Ok(())

@@ -17,7 +17,7 @@ use crate::{
     family::ListenerMapKey,
     overlay, pins,
     plan::{BackendKey, Desired, Frontend, Ids, Runtime},
-    reconcile::Reconciler,
+    reconcile::{ENDPOINT_LINGER_NS, EndpointLinger, Reconciler},
 };
 
 impl Controller<Kernel> {
@@ -53,7 +53,11 @@ impl<P: Platform> Controller<P> {
         let (mut dataplane, adopting) = platform.load(&effective, sizes)?;
 
         let mut ids = Ids::new(sizes.max_listeners, sizes.max_backends);
-        let mut reconciler = Reconciler::new(sizes.maglev_slots);
+        let mut reconciler =
+            Reconciler::new(sizes.maglev_slots).with_endpoint_linger(EndpointLinger {
+                ns: ENDPOINT_LINGER_NS,
+                room: sizes.max_backends,
+            });
         let mut runtime = Runtime {
             local_addresses: platform.local_addresses(),
             ..Runtime::default()

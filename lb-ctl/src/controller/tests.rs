@@ -365,6 +365,24 @@ fn changes_add_reweigh_and_remove_servers_and_are_saved() {
     }));
     assert_eq!(s.maps().borrow().tables.backends[&new].flags, 0);
     assert_eq!(s.saved_changes().len(), 4);
+    // Its endpoint lingers, so an answer already under way reaches its client; the sweep
+    // after the linger removes it.
+    let has_endpoint = |addr: &str| {
+        let addr = IpAddr::from(ip(addr));
+        s.maps()
+            .borrow()
+            .endpoints
+            .keys()
+            .any(|k| k.address() == addr)
+    };
+    assert!(has_endpoint("198.18.1.12"));
+    s.host.advance(4);
+    c.expire_drains().unwrap();
+    assert!(has_endpoint("198.18.1.12"));
+    s.host.advance(1);
+    c.expire_drains().unwrap();
+    assert!(!has_endpoint("198.18.1.12"));
+    assert!(has_endpoint("198.18.1.10"));
 
     // A refused change writes nothing, here or on disk.
     let written = s.maps().borrow().written.len();
