@@ -981,7 +981,19 @@ pub struct BackendCpuReply {
 }
 const _: () = assert!(size_of::<BackendCpuReply>() == 64);
 
+impl BackendCpuReply {
+    pub const fn opened(&mut self, how: Opened) {
+        let (_, pickups, reselected) = how.counts();
+        self.pickups += pickups;
+        self.reselected += reselected;
+    }
+}
+
 impl BackendCpu {
+    pub const fn opened(&mut self, how: Opened) {
+        self.new_flows += how.counts().0;
+    }
+
     /// The counters of this record and its `reply` record, as a listener's are kept.
     /// Packets are dropped before a backend is known, so a backend's `dropped` is 0.
     pub const fn counters(&self, reply: &BackendCpuReply) -> TrafficCounters {
@@ -1042,7 +1054,35 @@ pub struct TrafficCounters {
 }
 const _: () = assert!(size_of::<TrafficCounters>() == 64);
 
+/// How a flow was opened, as the counters count it: by the scheduler or by a mid-flow
+/// pickup, and moved off a backend that became unusable or not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Opened {
+    pub pickup: bool,
+    pub reselected: bool,
+}
+
+impl Opened {
+    /// What it adds to (`new_flows`, `pickups`, `reselected`): of a listener's counters,
+    /// and of its backend's, which keeps the first in `BackendCpu` and the other two in
+    /// `BackendCpuReply`.
+    pub const fn counts(self) -> (u64, u64, u64) {
+        (
+            !self.pickup as u64,
+            self.pickup as u64,
+            self.reselected as u64,
+        )
+    }
+}
+
 impl TrafficCounters {
+    pub const fn opened(&mut self, how: Opened) {
+        let (new_flows, pickups, reselected) = how.counts();
+        self.new_flows += new_flows;
+        self.pickups += pickups;
+        self.reselected += reselected;
+    }
+
     /// Sums the per-CPU copies of a counter set.
     pub fn add(&mut self, other: &Self) {
         self.packets += other.packets;
@@ -1360,6 +1400,27 @@ mod pod {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A listener and its backend count an opening alike, the backend across its two
+    /// records.
+    #[test]
+    fn an_opening_counts_the_same_for_a_listener_and_its_backend() {
+        for (pickup, reselected) in [(false, false), (true, false), (false, true), (true, true)] {
+            let how = Opened { pickup, reselected };
+            let mut listener = TrafficCounters::default();
+            let mut backend = BackendCpu::default();
+            let mut reply = BackendCpuReply::default();
+            listener.opened(how);
+            backend.opened(how);
+            reply.opened(how);
+            assert_eq!(backend.counters(&reply), listener, "{how:?}");
+            assert_eq!(
+                (listener.new_flows, listener.pickups, listener.reselected),
+                (u64::from(!pickup), u64::from(pickup), u64::from(reselected)),
+                "{how:?}"
+            );
+        }
+    }
 
     /// A slot answers with a record only for the key it owns, sends shared slots to
     /// `LISTENERS`, and says "not a listener" for every other key.

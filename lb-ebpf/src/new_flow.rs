@@ -12,7 +12,8 @@ use aya_ebpf::{
 };
 use lb_common::{
     Backend, FLOW_F_COUNTED, FLOW_F_FIN, FLOW_F_OPENING, FLOW_F_PICKUP, FLOW_F_REOPENED,
-    FLOW_F_RST, Flow, Listener, NO_BACKEND, PENDING_F_SCANNED, Reason, STAGE_WLC, Scheduler, V4,
+    FLOW_F_RST, Flow, Listener, NO_BACKEND, Opened, PENDING_F_SCANNED, Reason, STAGE_WLC,
+    Scheduler, V4,
     decide::{self, Opening, Pick},
     select::{EntryState, Step, TCP_ACK, TCP_FIN, TCP_RST},
 };
@@ -224,7 +225,7 @@ pub fn open<F: Tables>(
     }
 
     let reselected = opening.state == EntryState::BackendUnusable;
-    stats::opened(listener.id, id, pickup, reselected);
+    stats::opened(listener.id, id, Opened { pickup, reselected });
     stats::count(if pickup {
         Reason::EventPickup
     } else {

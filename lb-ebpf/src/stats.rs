@@ -1,7 +1,7 @@
 //! Per-CPU counters. Plain increments: every CPU owns its copy, the controller sums them.
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::{BackendCpu, Reason, TrafficCounters};
+use lb_common::{BackendCpu, Opened, Reason, TrafficCounters};
 
 use crate::maps::{COUNTERS, LISTENER_STATS, backend_cpu, backend_cpu_reply};
 
@@ -75,31 +75,16 @@ pub fn replied(listener_id: u32, backend_id: u32, bytes: u64) {
     });
 }
 
-/// A flow opened on a backend of a listener: by the scheduler or a pickup, and moved off
-/// an unusable backend or not.
+/// A flow opened on a backend of a listener. Each of the backend's records is written
+/// only if the opening counts something there.
 #[inline(always)]
-pub fn opened(listener_id: u32, backend_id: u32, pickup: bool, reselected: bool) {
-    listener(listener_id, |c| {
-        if pickup {
-            c.pickups += 1;
-        } else {
-            c.new_flows += 1;
-        }
-        if reselected {
-            c.reselected += 1;
-        }
-    });
-    if pickup || reselected {
-        update(backend_cpu_reply(backend_id), |c| {
-            if pickup {
-                c.pickups += 1;
-            }
-            if reselected {
-                c.reselected += 1;
-            }
-        });
+pub fn opened(listener_id: u32, backend_id: u32, how: Opened) {
+    listener(listener_id, |c| c.opened(how));
+    let (new_flows, pickups, reselected) = how.counts();
+    if pickups + reselected != 0 {
+        update(backend_cpu_reply(backend_id), |c| c.opened(how));
     }
-    if !pickup {
-        update(backend_cpu(backend_id), |c| c.new_flows += 1);
+    if new_flows != 0 {
+        update(backend_cpu(backend_id), |c| c.opened(how));
     }
 }
