@@ -66,19 +66,29 @@ fn floor_difference(c: &CostReport) -> Option<String> {
     })
 }
 
+/// A floor this far from the peer's is explained in the report.
+const FLOOR_GAP_EXPLAINED_NS: f64 = 20.0;
+
+/// How far `ours` lies from the peer's floor `peer`: the distance, and "above" or "below".
+fn floor_gap(ours: f64, peer: f64) -> (f64, &'static str) {
+    let difference = ours - peer;
+    (
+        difference.abs(),
+        if difference > 0.0 { "above" } else { "below" },
+    )
+}
+
 /// Method 1's floor runs no code of either balancer: an empty program, one syscall each.
 fn method1_floor_difference(c: &CostReport) -> Option<String> {
     let floor = c.floor_m1?.median;
-    let difference = floor - PEER_FLOOR.1;
-    (difference.abs() > 20.0).then(|| {
+    let (gap, side) = floor_gap(floor, PEER_FLOOR.1);
+    (gap > FLOOR_GAP_EXPLAINED_NS).then(|| {
         format!(
-            "Our method-1 floor ({floor:.0} ns) is {:.0} ns {} the {PEER_SOURCE}'s ({:.0} ns): \
+            "Our method-1 floor ({floor:.0} ns) is {gap:.0} ns {side} the {PEER_SOURCE}'s ({:.0} ns): \
              both are an empty program run by one syscall each (the syscall, the test run's \
              set-up and timer), so the difference is the kernel's on that day and machine, \
              not either balancer's (it is 80–110 ns on machines of this kind); each side \
              subtracts its own.",
-            difference.abs(),
-            if difference > 0.0 { "above" } else { "below" },
             PEER_FLOOR.1
         )
     })
@@ -86,23 +96,21 @@ fn method1_floor_difference(c: &CostReport) -> Option<String> {
 
 fn method2_floor_difference(c: &CostReport) -> Option<String> {
     let floor = c.floor_m2?.median;
-    let difference = floor - PEER_FLOOR.0;
-    if difference.abs() <= 20.0 {
+    let (gap, side) = floor_gap(floor, PEER_FLOOR.0);
+    if gap <= FLOOR_GAP_EXPLAINED_NS {
         return Some(format!(
-            "Our method-2 floor ({floor:.0} ns) is within 20 ns of the {PEER_SOURCE}'s ({:.0} \
+            "Our method-2 floor ({floor:.0} ns) is within {FLOOR_GAP_EXPLAINED_NS:.0} ns of the {PEER_SOURCE}'s ({:.0} \
              ns): the two wrappers cost about the same.",
             PEER_FLOOR.0
         ));
     }
     let test_loop = c.test_loop?.median;
     Some(format!(
-        "Our method-2 floor ({floor:.0} ns) is {:.0} ns {} the {PEER_SOURCE}'s ({:.0} ns). \
+        "Our method-2 floor ({floor:.0} ns) is {gap:.0} ns {side} the {PEER_SOURCE}'s ({:.0} ns). \
          The kernel's test-run loop alone (`lb_empty` with `repeat`, no wrapper) costs \
          {test_loop:.0} ns per run here, so our wrapper and its tail call add {:.0} ns, the \
          peer's about {:.0} ns. Each side subtracts its own floor, so the difference does \
          not enter the comparison.",
-        difference.abs(),
-        if difference > 0.0 { "above" } else { "below" },
         PEER_FLOOR.0,
         floor - test_loop,
         (PEER_FLOOR.0 - test_loop).max(0.0)
