@@ -34,7 +34,7 @@ use lb_ctl::{
 
 use super::{
     kit::{self, FRAME_LEN, FlowSpace, Kit, SEGMENT, patch_source},
-    util::{Summary, bench_cpu, pin_to_cpu, say},
+    util::{HostProbe, Summary, bench_cpu, pin_to_cpu, say},
 };
 use crate::{
     Netns, TEST_OBJECT,
@@ -270,6 +270,9 @@ pub struct CaseResult {
     pub loop_ipv4: Option<Summary>,
     /// What the case checked about itself (and anything that went wrong).
     pub notes: Vec<String>,
+    /// The slower of the host probe's readings just before and just after the case, ns
+    /// per load (`HostProbe`).
+    pub host_probe: Option<f64>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -324,6 +327,7 @@ struct Lab {
     idle_if: u32,
     /// The same for `lb_bench6`.
     idle6_if: u32,
+    probe: HostProbe,
 }
 
 fn lab() -> Lab {
@@ -365,6 +369,7 @@ fn lab() -> Lab {
         idle6_if: ns.ifindex("idle1"),
         ns,
         _peer: peer,
+        probe: HostProbe::new(),
     }
 }
 
@@ -457,6 +462,7 @@ impl Rounds {
             method2_raw: Summary::of(&self.m2_raw),
             loop_ipv4: Summary::of(&self.loop_ipv4),
             notes,
+            host_probe: None,
         }
     }
 }
@@ -637,7 +643,9 @@ impl<'a> Bench<'a> {
     ) -> anyhow::Result<()> {
         for &case in cases {
             let started = Instant::now();
-            let result = self.case(case, n, floors)?;
+            let before = self.lab.probe.ns_per_load();
+            let mut result = self.case(case, n, floors)?;
+            result.host_probe = Some(before.max(self.lab.probe.ns_per_load()));
             say(format!(
                 "cost: {n} backends, {}: m1 {} ns, m2 {} ns ({:.1} s)",
                 case.name(),

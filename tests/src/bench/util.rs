@@ -422,9 +422,78 @@ impl Table {
     }
 }
 
+/// A userspace stand-in for what disturbs a per-packet measurement on a shared VM: the
+/// time of one dependent load at a random place in 64 MiB (past the last-level cache), on
+/// the CPU the bench runs on. Another tenant's memory traffic or a stolen CPU makes it
+/// slower for as long as it lasts, and the per-packet cases slow with it. A case's rounds
+/// all fall in such a stretch when it lasts longer than the case, so their spread stays
+/// small; this probe, taken before and after each case, shows the stretch.
+pub struct HostProbe {
+    /// A single cycle through every slot: `next[i]` is the slot loaded after `i`.
+    next: Vec<u32>,
+}
+
+impl Default for HostProbe {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl HostProbe {
+    const SLOTS: usize = 16 << 20;
+    /// Loads per reading: about 20 ms when quiet.
+    const LOADS: u32 = 200_000;
+
+    pub fn new() -> Self {
+        Self::with_slots(Self::SLOTS)
+    }
+
+    fn with_slots(slots: usize) -> Self {
+        // Sattolo's shuffle gives one cycle through all slots, so the chase never settles
+        // into a short loop the caches would hold. xorshift64: no dependency for a
+        // permutation that only has to defeat the prefetchers.
+        let mut next: Vec<u32> = (0..slots as u32).collect();
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        for i in (1..slots).rev() {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let j = (state % i as u64) as usize;
+            next.swap(i, j);
+        }
+        Self { next }
+    }
+
+    /// Nanoseconds per dependent load, now.
+    pub fn ns_per_load(&self) -> f64 {
+        let mut at = 0u32;
+        let started = std::time::Instant::now();
+        for _ in 0..Self::LOADS {
+            at = self.next[at as usize];
+        }
+        let elapsed = started.elapsed();
+        std::hint::black_box(at);
+        elapsed.as_nanos() as f64 / f64::from(Self::LOADS)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The chase visits every slot before it comes back, so no short loop fits a cache.
+    #[test]
+    fn the_host_probe_chases_one_cycle_through_every_slot() {
+        let probe = HostProbe::with_slots(10_007);
+        let mut at = 0u32;
+        let mut seen = vec![false; 10_007];
+        for _ in 0..10_007 {
+            assert!(!seen[at as usize], "slot {at} came back early");
+            seen[at as usize] = true;
+            at = probe.next[at as usize];
+        }
+        assert_eq!(at, 0);
+    }
 
     #[test]
     fn summaries_take_the_middle_and_the_range() {
