@@ -44,17 +44,6 @@ fn verdict(met: Option<bool>) -> &'static str {
     }
 }
 
-/// The spread of a case's rounds (largest / smallest) when it is above `NOISY`: such a
-/// median is no result, and the report says so instead of comparing it.
-fn noisy(s: &Summary) -> Option<f64> {
-    let spread = if s.min > 0.0 {
-        s.max / s.min
-    } else {
-        f64::INFINITY
-    };
-    (spread > NOISY).then_some(spread)
-}
-
 /// The run's quietest host probe reading: what a case's reading is held against.
 fn quietest_probe(c: &CostReport) -> Option<f64> {
     c.results
@@ -63,16 +52,10 @@ fn quietest_probe(c: &CostReport) -> Option<f64> {
         .min_by(f64::total_cmp)
 }
 
-/// Why a figure of case `r` is no result: its rounds spread more than `NOISY`, or the host
-/// probe read more than `NOISY` × the run's quietest around it (a busy stretch that
-/// lasted the whole case, which leaves the rounds alike).
+/// Why a figure of case `r` is no result (`CaseResult::flag`), against the whole run's
+/// quietest probe reading.
 fn flagged(c: &CostReport, r: &CaseResult, s: &Summary) -> Option<String> {
-    if let Some(spread) = noisy(s) {
-        return Some(format!("noisy: rounds spread {spread:.2}×"));
-    }
-    let (probe, quiet) = (r.host_probe?, quietest_probe(c)?);
-    (probe > NOISY * quiet)
-        .then(|| format!("host busy: probe {:.2}× the run's quietest", probe / quiet))
+    r.flag(s, quietest_probe(c))
 }
 
 /// The host probe's range over the run's cases, and how many cases it flagged.
@@ -892,8 +875,12 @@ fn cost_section(o: &mut String, r: &Report) {
          place in 64 MiB, in userspace on the bench's CPU, taken before and after each \
          case (the slower counts). Another tenant's memory traffic or a stolen CPU slows \
          it while it lasts; a busy stretch longer than a case slows all its rounds alike, \
-         so their spread alone does not show it. A 10,000-against-100 ratio with a \
-         flagged side is left out of that target and counted.\n\
+         so their spread alone does not show it. A flagged case that only hits flows it \
+         made itself (established, cycled, reply, not for a VIP; not the new-flow cases, \
+         which fill the table) is measured again, at most twice more, and the first \
+         unflagged attempt is kept: attempts are chosen by their noise, never by their \
+         figures, and the case's notes say how many there were. A 10,000-against-100 \
+         ratio with a flagged side is left out of that target and counted.\n\
          - **DSR rows** (`forwarding: dsr`, no `dsr.source`): the same frames, flow-table \
          state, methods and floors as the NAT row above them, but the client's packet \
          leaves whole behind an outer IPv4 header (IPIP) or IPv4 + UDP header (GUE, \
