@@ -757,9 +757,24 @@ impl KeepAlive {
     /// One `GET /` on the connection: the body of a 200 answer (the backend's name), or
     /// what went wrong.
     pub fn get(&mut self) -> anyhow::Result<String> {
-        use std::io::{Read as _, Write as _};
-        self.stream
-            .write_all(b"GET / HTTP/1.1\r\nHost: lb-test\r\nConnection: keep-alive\r\n\r\n")?;
+        self.send("/")?;
+        self.answer()
+    }
+
+    /// Sends `GET path` without waiting for its answer (`answer` reads it).
+    pub fn send(&mut self, path: &str) -> anyhow::Result<()> {
+        use std::io::Write as _;
+        self.stream.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: lb-test\r\nConnection: keep-alive\r\n\r\n")
+                .as_bytes(),
+        )?;
+        Ok(())
+    }
+
+    /// The answer to the request sent first of those not answered yet: the body of a 200
+    /// answer (the backend's name), or what went wrong.
+    pub fn answer(&mut self) -> anyhow::Result<String> {
+        use std::io::Read as _;
         let mut chunk = [0u8; 4096];
         loop {
             if let Some(end) = self.buffer.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -783,6 +798,17 @@ impl KeepAlive {
             let n = match self.stream.read(&mut chunk) {
                 // A signal to the test process (a child exiting) is no connection failure.
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    bail!(
+                        "no answer within {:?} ({} bytes of it received)",
+                        self.stream
+                            .read_timeout()
+                            .ok()
+                            .flatten()
+                            .unwrap_or_default(),
+                        self.buffer.len()
+                    );
+                }
                 r => r?,
             };
             if n == 0 {

@@ -9,6 +9,7 @@
 use std::{
     collections::BTreeSet,
     fs,
+    net::SocketAddr,
     process::Output,
     thread,
     time::{Duration, Instant},
@@ -16,7 +17,8 @@ use std::{
 
 use lb_tests::{
     BulkOptions, ChildGuard, LbDaemon, Netns, Tally, Topology, TopologyOptions, VIP, all_answered,
-    curl_many, http_get, require_root_and_bpf,
+    client::KeepAlive,
+    curl_many, require_root_and_bpf,
     steady::{Steady, SteadyOptions, merged},
 };
 use serde_json::Value;
@@ -411,16 +413,17 @@ fn listener_set_group_moves_new_connections_to_the_other_group() {
         let traffic = s.spawn(|| steady.run(topo.client(), &url));
         let _stop = steady.stop_on_drop();
         steady.wait(20, Duration::from_secs(1));
-        let slow = s.spawn(|| {
-            http_get(
-                topo.client(),
-                &format!("{url}slow?ms=1500"),
-                None,
-                Duration::from_secs(5),
-            )
-        });
-        // Long enough for the request to be acknowledged (b1's kernel does at once).
-        thread::sleep(Duration::from_millis(300));
+        // Connected before the switch, so to b1; the request is acknowledged by b1's
+        // kernel at once, its answer comes 1.5 s later, after the switch.
+        let mut slow = KeepAlive::open(
+            topo.client(),
+            SocketAddr::from((VIP, 80)),
+            Duration::from_secs(5),
+        )
+        .expect("a connection to the VIP");
+        slow.send("/slow?ms=1500").expect("the slow request sent");
+        let slow = s.spawn(move || slow.answer());
+        thread::sleep(Duration::from_millis(100));
         let switch_started = Instant::now();
         daemon.ctl_ok(&["listener", "set", "web", "--group", "green"]);
         let moved_at = Instant::now();
@@ -428,9 +431,7 @@ fn listener_set_group_moves_new_connections_to_the_other_group() {
         drop(_stop);
         let slow = slow.join().expect("slow request thread");
         assert_eq!(
-            slow.as_ref()
-                .map(|body| body.trim_end())
-                .map_err(|e| format!("{e:#}")),
+            slow.as_deref().map_err(|e| format!("{e:#}")),
             Ok("b1"),
             "the answer b1 was working on at the switch reaches the client"
         );
