@@ -686,7 +686,7 @@ impl<'a> Bench<'a> {
         for &case in cases {
             let started = Instant::now();
             let mut result = self.probed_case(case, n, floors)?;
-            let mut flags = Vec::new();
+            let (mut flags, mut failed_earlier) = (Vec::new(), Vec::new());
             // A case that leaves the tables as it found them is measured again when flagged
             // (at most twice more), and the first unflagged attempt is kept: the attempts
             // are chosen by their noise, never by their figures, and the report says so.
@@ -699,8 +699,17 @@ impl<'a> Bench<'a> {
                     case.name()
                 ));
                 flags.push(flag);
+                // A check an attempt failed stays in the notes, whichever attempt is kept.
+                failed_earlier.extend(
+                    result
+                        .notes
+                        .iter()
+                        .filter(|n| n.contains("CHECK FAILED"))
+                        .map(|n| format!("attempt {}: {n}", flags.len())),
+                );
                 result = self.probed_case(case, n, floors)?;
             }
+            result.notes.extend(failed_earlier);
             if !flags.is_empty() {
                 result.notes.push(format!(
                     "measured {} times, the earlier attempts flagged ({})",
