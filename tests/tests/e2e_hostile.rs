@@ -5,14 +5,14 @@
 //! probes leave from its backend-side address, 198.18.1.1, on ephemeral ports.
 
 use std::{
-    net::SocketAddrV4,
+    net::{SocketAddr, SocketAddrV4},
     thread,
     time::{Duration, Instant},
 };
 
 use lb_tests::{
-    LbDaemon, Topology, TopologyOptions, VIP, flood::syn_flood, require_root_and_bpf,
-    topology::LB_BACKEND_ADDR,
+    LbDaemon, Topology, TopologyOptions, VIP, client::KeepAlive, flood::syn_flood,
+    require_root_and_bpf, topology::LB_BACKEND_ADDR,
 };
 use serde_json::Value;
 
@@ -136,58 +136,6 @@ fn syns_forged_from_the_lbs_own_address_cannot_blind_health_checks() {
     }
 }
 
-/// A keep-alive HTTP connection to the VIP, opened from the client namespace.
-struct KeepAlive {
-    stream: std::net::TcpStream,
-}
-
-impl KeepAlive {
-    fn open(topo: &Topology) -> KeepAlive {
-        let stream = topo.client().enter(|| {
-            std::net::TcpStream::connect_timeout(
-                &std::net::SocketAddr::from((VIP, 80)),
-                Duration::from_secs(2),
-            )
-            .expect("connect to the VIP")
-        });
-        stream
-            .set_read_timeout(Some(Duration::from_secs(2)))
-            .expect("read timeout");
-        KeepAlive { stream }
-    }
-
-    /// One GET on the connection: the answering backend's name, or what went wrong.
-    fn get(&mut self) -> Result<String, String> {
-        use std::io::{Read as _, Write as _};
-        self.stream
-            .write_all(b"GET / HTTP/1.1\r\nHost: lb\r\nConnection: keep-alive\r\n\r\n")
-            .map_err(|e| format!("send: {e}"))?;
-        let mut answer = Vec::new();
-        let mut buf = [0u8; 1024];
-        loop {
-            let n = self
-                .stream
-                .read(&mut buf)
-                .map_err(|e| format!("read: {e}"))?;
-            if n == 0 {
-                return Err("closed".into());
-            }
-            answer.extend_from_slice(&buf[..n]);
-            let text = String::from_utf8_lossy(&answer);
-            if let Some(end) = text.find("\r\n\r\n") {
-                let length: usize = text[..end]
-                    .lines()
-                    .find_map(|l| l.strip_prefix("Content-Length: "))
-                    .and_then(|v| v.trim().parse().ok())
-                    .ok_or("no Content-Length")?;
-                if answer.len() >= end + 4 + length {
-                    return Ok(text[end + 4..end + 4 + length].trim().to_owned());
-                }
-            }
-        }
-    }
-}
-
 /// 50 keep-alive connections idle while SYNs flood the VIP at the generator's top rate
 /// from another client address (many times the smallest flow table), then each sends a
 /// request: every one is answered. New connections opened during the flood: at least
@@ -222,7 +170,12 @@ fn a_syn_flood_neither_evicts_idle_connections_nor_starves_new_ones() {
     const NEW: usize = 300;
     let mut idle: Vec<(KeepAlive, String)> = (0..IDLE)
         .map(|i| {
-            let mut c = KeepAlive::open(&topo);
+            let mut c = KeepAlive::open(
+                topo.client(),
+                SocketAddr::from((VIP, 80)),
+                Duration::from_secs(2),
+            )
+            .expect("connect to the VIP");
             let backend = c
                 .get()
                 .unwrap_or_else(|e| panic!("connection {i} before the flood: {e}"));
