@@ -691,7 +691,9 @@ impl<'a> Bench<'a> {
             // (at most twice more), and the first unflagged attempt is kept: the attempts
             // are chosen by their noise, never by their figures, and the report says so.
             while case.can_repeat() && flags.len() < MAX_RETRIES {
-                let Some(flag) = result.flags(quietest(results, &result)) else {
+                // Against the quietest reading so far, this attempt's included.
+                let quietest = quietest_probe(results.iter().chain([&result]));
+                let Some(flag) = result.flags(quietest) else {
                     break;
                 };
                 say(format!(
@@ -737,10 +739,10 @@ impl<'a> Bench<'a> {
 /// How many times a flagged case is measured again.
 const MAX_RETRIES: usize = 2;
 
-/// The quietest host probe reading so far: of the cases measured and of `current`.
-fn quietest(done: &[CaseResult], current: &CaseResult) -> Option<f64> {
-    done.iter()
-        .chain([current])
+/// The quietest host probe reading of `results`: what a case's reading is held against.
+pub fn quietest_probe<'a>(results: impl IntoIterator<Item = &'a CaseResult>) -> Option<f64> {
+    results
+        .into_iter()
         .filter_map(|r| r.host_probe)
         .min_by(f64::total_cmp)
 }

@@ -12,7 +12,7 @@ use super::{
     control::ControlReport,
     cost::{
         Case, CaseResult, CostReport, DSR_TUNNELS, FRAME6_LEN, MOST_BACKENDS, NOISY,
-        OTHER_SCHEDULERS, PEER_FLOOR, PEER_SOURCE, PEER_SOURCE_LONG, SCHEDULERS_AT,
+        OTHER_SCHEDULERS, PEER_FLOOR, PEER_SOURCE, PEER_SOURCE_LONG, SCHEDULERS_AT, quietest_probe,
     },
     forward::{ForwardReport, Path},
     util::{Summary, Table, quantile, show},
@@ -44,23 +44,15 @@ fn verdict(met: Option<bool>) -> &'static str {
     }
 }
 
-/// The run's quietest host probe reading: what a case's reading is held against.
-fn quietest_probe(c: &CostReport) -> Option<f64> {
-    c.results
-        .iter()
-        .filter_map(|r| r.host_probe)
-        .min_by(f64::total_cmp)
-}
-
 /// Why a figure of case `r` is no result (`CaseResult::flag`), against the whole run's
 /// quietest probe reading.
 fn flagged(c: &CostReport, r: &CaseResult, s: &Summary) -> Option<String> {
-    r.flag(s, quietest_probe(c))
+    r.flag(s, quietest_probe(&c.results))
 }
 
 /// The host probe's range over the run's cases, and how many cases it flagged.
 fn probe_line(c: &CostReport) -> Option<String> {
-    let quiet = quietest_probe(c)?;
+    let quiet = quietest_probe(&c.results)?;
     let busiest = c
         .results
         .iter()
@@ -387,10 +379,9 @@ fn cost_table(c: &CostReport) -> Table {
                 show(s, 0),
                 p.map_or_else(|| "–".into(), |p| format!("{p:.0}")),
                 match (s, p) {
-                    (Some(s), _) if flagged(c, r, &s).is_some() => {
-                        flagged(c, r, &s).unwrap_or_default()
-                    }
-                    (Some(s), Some(p)) => ratio(s.median, p),
+                    (Some(s), p) => flagged(c, r, &s)
+                        .or_else(|| p.map(|p| ratio(s.median, p)))
+                        .unwrap_or_else(|| "–".into()),
                     _ => "–".into(),
                 },
             )

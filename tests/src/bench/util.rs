@@ -441,7 +441,7 @@ impl Default for HostProbe {
 
 impl HostProbe {
     const SLOTS: usize = 16 << 20;
-    /// Loads per reading: about 20 ms when quiet.
+    /// Loads per reading: about 30 ms on the benchmark VM (150 ns a load).
     const LOADS: u32 = 200_000;
 
     pub fn new() -> Self {
