@@ -479,6 +479,15 @@ impl Reconciler {
         self.leaving.values().any(|&until| now >= until)
     }
 
+    /// When endpoint `key`, no longer desired, goes: its recorded deadline, or, leaving
+    /// now, the linger from now.
+    fn lingers_until(&self, key: &EndpointMapKey, now: u64) -> u64 {
+        self.leaving
+            .get(key)
+            .copied()
+            .unwrap_or(now + self.linger.ns)
+    }
+
     /// The endpoints no desired listener has that stay for now: their linger has not
     /// ended and, per address family, the desired endpoints and these fit the maps (the
     /// ones that left last are kept first).
@@ -490,12 +499,7 @@ impl Reconciler {
             .endpoints
             .keys()
             .filter(|k| !desired.endpoints.contains_key(k))
-            .map(|k| {
-                (
-                    self.leaving.get(k).copied().unwrap_or(now + self.linger.ns),
-                    *k,
-                )
-            })
+            .map(|k| (self.lingers_until(k, now), *k))
             .filter(|(until, _)| now < *until)
             .collect();
         candidates.sort_by(|a, b| b.cmp(a));
@@ -931,14 +935,12 @@ impl Reconciler {
             .retain(|name, _| desired.listeners.contains_key(name));
         // The endpoints still written that no listener has: lingering since the first
         // apply without them (the deadline `lingering` assumed for them).
-        let endpoints = &self.endpoints;
-        self.leaving
-            .retain(|k, _| endpoints.contains_key(k) && !desired.endpoints.contains_key(k));
-        for key in self.endpoints.keys() {
-            if !desired.endpoints.contains_key(key) {
-                self.leaving.entry(*key).or_insert(now + self.linger.ns);
-            }
-        }
+        self.leaving = self
+            .endpoints
+            .keys()
+            .filter(|k| !desired.endpoints.contains_key(k))
+            .map(|k| (*k, self.lingers_until(k, now)))
+            .collect();
         Ok(ops)
     }
 }
