@@ -81,6 +81,8 @@ impl Plan {
                     new_flow_repeat: 16_384,
                     prefill_factor: 1.1,
                     backend_counts: vec![1, cost::SCHEDULERS_AT, cost::MOST_BACKENDS],
+                    runs: 1,
+                    perf: None,
                 },
                 forward: ForwardOptions {
                     rounds: 3,
@@ -109,6 +111,8 @@ impl Plan {
                     new_flow_repeat: 32_768,
                     prefill_factor: 1.25,
                     backend_counts: vec![1, cost::SCHEDULERS_AT, cost::MOST_BACKENDS],
+                    runs: 3,
+                    perf: None,
                 },
                 forward: ForwardOptions {
                     rounds: 9,

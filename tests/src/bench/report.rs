@@ -645,6 +645,33 @@ fn outcome_line<T>(name: &str, o: &Outcome<T>) -> Option<String> {
     }
 }
 
+/// How the 100-backend figures were taken, for the terminal's table heading.
+fn runs_clause(runs: usize) -> String {
+    if runs > 1 {
+        format!(
+            "; at {SCHEDULERS_AT} backends, of the middle one of {runs} runs on fresh data planes"
+        )
+    } else {
+        String::new()
+    }
+}
+
+/// The same for the method section: why several runs, and how one is chosen.
+fn runs_method(runs: usize) -> String {
+    if runs <= 1 {
+        return String::new();
+    }
+    format!(
+        " At {SCHEDULERS_AT} backends, the count compared with the peer, every case is \
+         measured in {runs} runs, each on a freshly loaded data plane (fresh tables, so \
+         fresh memory: the same binary's figures moved up to 1.8× between runs minutes \
+         apart, more than between its rounds), as the peer's figures are the median of \
+         three runs. Each method quotes the run whose median is the middle one of the runs \
+         in which that figure is not flagged (of all runs when it is flagged in every one; \
+         of two, the slower); the case's notes give every run's median."
+    )
+}
+
 /// The summary printed at the end of a run.
 pub fn terminal(r: &Report) -> String {
     let mut out = String::new();
@@ -653,8 +680,9 @@ pub fn terminal(r: &Report) -> String {
     if let Some(c) = r.cost.done() {
         let _ = writeln!(
             out,
-            "\nPer-packet cost, ns, floor subtracted, median (min–max) of {} rounds:",
-            r.plan.cost.rounds
+            "\nPer-packet cost, ns, floor subtracted, median (min–max) of {} rounds{}:",
+            r.plan.cost.rounds,
+            runs_clause(r.plan.cost.runs)
         );
         out.push_str(&cost_table(c).text());
         let _ = writeln!(
@@ -830,7 +858,7 @@ fn cost_section(o: &mut String, r: &Report) {
          frames, {} for the new-flow cases. Floor: the same wrapper in the same mode \
          tail-calling `lb_empty`.\n\
          - Each round measures case and floor back to back and subtracts; the table gives \
-         the median over {} rounds with the min–max. `lb_bench` is kept attached to an idle \
+         the median over {} rounds with the min–max.{} `lb_bench` is kept attached to an idle \
          interface: a `repeat > 1` run of a program that is attached nowhere rebuilds the \
          kernel's XDP dispatcher twice (10–25 ms of RCU waits per call here).\n\
          - `lb_bench`, `lb_empty` and the forwarding benchmark's programs are built only \
@@ -916,6 +944,7 @@ fn cost_section(o: &mut String, r: &Report) {
         p.repeat,
         p.new_flow_repeat,
         p.rounds,
+        runs_method(p.runs),
         p.prefill_factor,
         p.repeat,
         half_open = lb_ctl::sizing::thousands(u64::from(half_open)),

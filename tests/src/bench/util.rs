@@ -477,6 +477,56 @@ impl HostProbe {
     }
 }
 
+/// `perf record --control fifo:CTL,ACK` driven from the bench: sampling runs only while a
+/// chosen case does (`lb-bench --perf-case`), so a profile holds that case and nothing of
+/// the set-up, the floors or the other cases around it.
+#[derive(Debug)]
+pub struct PerfWindow {
+    /// The case profiled, by its name in the report's table.
+    pub case: String,
+    control: File,
+    ack: File,
+}
+
+impl PerfWindow {
+    /// Opens perf's control and acknowledgement FIFOs (perf must already be running with
+    /// `-D -1 --control fifo:CTL,ACK`, or the opening blocks until it is).
+    pub fn open(
+        case: String,
+        control: &std::path::Path,
+        ack: &std::path::Path,
+    ) -> io::Result<Self> {
+        let control = fs::OpenOptions::new().write(true).open(control)?;
+        let ack = File::open(ack)?;
+        Ok(Self { case, control, ack })
+    }
+
+    pub fn enable(&self) -> io::Result<()> {
+        self.command("enable")
+    }
+
+    pub fn disable(&self) -> io::Result<()> {
+        self.command("disable")
+    }
+
+    /// Sends one command and waits for perf's `ack`, so no sample of the case is missed
+    /// and none of what follows is taken.
+    fn command(&self, what: &str) -> io::Result<()> {
+        use std::io::{Read as _, Write as _};
+        (&self.control).write_all(format!("{what}\n").as_bytes())?;
+        // perf writes "ack\n" with its terminating NUL.
+        let mut answer = [0u8; 8];
+        let got = (&self.ack).read(&mut answer)?;
+        if !answer[..got].starts_with(b"ack") {
+            return Err(io::Error::other(format!(
+                "perf answered {:?} to {what}",
+                String::from_utf8_lossy(&answer[..got])
+            )));
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! lb-bench [--quick] [--only PART]... [--out FILE | --no-write] [--command TEXT]
+//!          [--backends N]... [--perf-case NAME --perf-control CTL,ACK]
 //! ```
 //!
 //! Runs every part (or the `--only` ones: cost, forward, conn, control), prints the
@@ -10,10 +11,10 @@
 //! programs. It reports; it exits non-zero only when it could not run at all or could
 //! not write the report.
 
-use std::{env, fs, path::PathBuf, process::ExitCode};
+use std::{env, fs, path::PathBuf, process::ExitCode, sync::Arc};
 
 use clap::{Parser, builder::TypedValueParser as _};
-use lb_tests::bench::{self, Part, Plan, report};
+use lb_tests::bench::{self, Part, Plan, report, util::PerfWindow};
 
 /// The benchmark suite (`cargo xtask bench` builds and runs it).
 #[derive(Debug, Parser)]
@@ -35,6 +36,53 @@ struct Args {
     /// The command line the report names as its source (by default this one).
     #[arg(long, value_name = "TEXT")]
     command: Option<String>,
+    /// Measures the cost part at these backend counts only (repeatable; by default 1, 100
+    /// and 10000).
+    #[arg(long = "backends", value_name = "N", value_parser = backend_count)]
+    backends: Vec<usize>,
+    /// Profiles the cost case NAME, as the report's table names it (e.g. "new flow each
+    /// packet, table nearly empty"): perf samples only while it runs. Needs
+    /// `--perf-control`.
+    #[arg(long, value_name = "NAME", requires = "perf_control", value_parser = case_name)]
+    perf_case: Option<String>,
+    /// The control and acknowledgement FIFOs of a `perf record -D -1 --control
+    /// fifo:CTL,ACK` already running (docs/development.md, "Profiling one cost case").
+    #[arg(long, value_name = "CTL,ACK", requires = "perf_case", value_parser = fifo_pair)]
+    perf_control: Option<(PathBuf, PathBuf)>,
+}
+
+/// A backend count the cost part can provision: 1 to its largest.
+fn backend_count(s: &str) -> Result<usize, String> {
+    let most = bench::cost::MOST_BACKENDS;
+    match s.parse::<usize>() {
+        Ok(n) if (1..=most).contains(&n) => Ok(n),
+        _ => Err(format!("expected a backend count from 1 to {most}, got {s:?}")),
+    }
+}
+
+/// A cost case by the name the report's table gives it; the refusal lists them.
+fn case_name(s: &str) -> Result<String, String> {
+    let names = bench::cost::Case::ALL.map(bench::cost::Case::name);
+    if names.contains(&s) {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "no cost case is named {s:?}; the cases are: {}",
+            names.map(|n| format!("\"{n}\"")).join(", ")
+        ))
+    }
+}
+
+/// `CTL,ACK`: two paths.
+fn fifo_pair(s: &str) -> Result<(PathBuf, PathBuf), String> {
+    match s.split_once(',') {
+        Some((ctl, ack)) if !ctl.is_empty() && !ack.is_empty() => {
+            Ok((PathBuf::from(ctl), PathBuf::from(ack)))
+        }
+        _ => Err(format!(
+            "expected the two FIFOs given to perf's --control, as CTL,ACK; got {s:?}"
+        )),
+    }
 }
 
 /// A part by its name; clap lists the names in its refusal.
@@ -70,7 +118,24 @@ fn main() -> ExitCode {
         _ => None,
     };
 
-    let result = bench::run(Plan::new(args.quick), &parts, command);
+    let mut plan = Plan::new(args.quick);
+    if !args.backends.is_empty() {
+        plan.cost.backend_counts = args.backends;
+    }
+    if let (Some(case), Some((ctl, ack))) = (args.perf_case, args.perf_control) {
+        match PerfWindow::open(case, &ctl, &ack) {
+            Ok(w) => plan.cost.perf = Some(Arc::new(w)),
+            Err(e) => {
+                eprintln!(
+                    "lb-bench: cannot open perf's FIFOs {} and {}: {e}",
+                    ctl.display(),
+                    ack.display()
+                );
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let result = bench::run(plan, &parts, command);
     print!("{}", report::terminal(&result));
     if let Some(path) = out {
         if let Err(e) = fs::write(&path, report::markdown(&result)) {
