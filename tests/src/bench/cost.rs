@@ -267,8 +267,8 @@ pub struct CostOptions {
     /// Inserts before the "full" case, as a multiple of the table size.
     pub prefill_factor: f64,
     pub backend_counts: Vec<usize>,
-    /// Fresh data planes the cases at `SCHEDULERS_AT` backends are measured on
-    /// (`median_runs`).
+    /// Fresh data planes the cases at `SCHEDULERS_AT` and `MOST_BACKENDS` backends are
+    /// measured on (`median_runs`).
     pub runs: usize,
     /// Profiles the cases it names with perf (`lb-bench --perf-case`).
     pub perf: Option<std::sync::Arc<PerfWindow>>,
@@ -466,9 +466,10 @@ pub fn run(options: &CostOptions) -> anyhow::Result<CostReport> {
     let mut report = CostReport::default();
     let mut floors = Floors::default();
     for &n in &options.backend_counts {
-        // The peer's figures are the median of three runs: the backend count they are
-        // compared at is measured on as many fresh data planes, the others on one.
-        let planes = if n == SCHEDULERS_AT {
+        // The peer's figures are the median of three runs: the backend counts the targets
+        // compare (with the peer, and 10,000 with 100) are measured on as many fresh data
+        // planes, the others on one.
+        let planes = if n == SCHEDULERS_AT || n == MOST_BACKENDS {
             options.runs.max(1)
         } else {
             1

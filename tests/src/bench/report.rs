@@ -649,7 +649,9 @@ fn outcome_line<T>(name: &str, o: &Outcome<T>) -> Option<String> {
 fn runs_clause(runs: usize) -> String {
     if runs > 1 {
         format!(
-            "; at {SCHEDULERS_AT} backends, of the middle one of {runs} runs on fresh data planes"
+            "; at {SCHEDULERS_AT} and {} backends, of the middle one of {runs} runs on fresh \
+             data planes",
+            lb_ctl::sizing::thousands(MOST_BACKENDS as u64)
         )
     } else {
         String::new()
@@ -662,13 +664,14 @@ fn runs_method(runs: usize) -> String {
         return String::new();
     }
     format!(
-        " At {SCHEDULERS_AT} backends, the count compared with the peer, every case is \
-         measured in {runs} runs, each on a freshly loaded data plane (fresh tables, so \
+        " At {SCHEDULERS_AT} and {} backends, the counts the targets compare, every case \
+         is measured in {runs} runs, each on a freshly loaded data plane (fresh tables, so \
          fresh memory: the same binary's figures moved up to 1.8× between runs minutes \
          apart, more than between its rounds), as the peer's figures are the median of \
          three runs. Each method quotes the run whose median is the middle one of the runs \
          in which that figure is not flagged (of all runs when it is flagged in every one; \
-         of two, the slower); the case's notes give every run's median."
+         of two, the slower); the case's notes give every run's median.",
+        lb_ctl::sizing::thousands(MOST_BACKENDS as u64)
     )
 }
 
