@@ -56,7 +56,9 @@ fn backend_count(s: &str) -> Result<usize, String> {
     let most = bench::cost::MOST_BACKENDS;
     match s.parse::<usize>() {
         Ok(n) if (1..=most).contains(&n) => Ok(n),
-        _ => Err(format!("expected a backend count from 1 to {most}, got {s:?}")),
+        _ => Err(format!(
+            "expected a backend count from 1 to {most}, got {s:?}"
+        )),
     }
 }
 
