@@ -47,12 +47,18 @@ fn verdict(met: Option<bool>) -> &'static str {
 /// Why a figure of case `r` is no result (`CaseResult::flag`), against the whole run's
 /// quietest probe reading.
 fn flagged(c: &CostReport, r: &CaseResult, s: &Summary) -> Option<String> {
-    r.flag(s, quietest_probe(&c.results))
+    r.flag(s, quietest(c))
+}
+
+/// The reading every case is held against: the quietest of all runs (`cost::run` keeps
+/// it), or of the results for a report put together without it.
+fn quietest(c: &CostReport) -> Option<f64> {
+    c.quietest_probe.or_else(|| quietest_probe(&c.results))
 }
 
 /// The host probe's range over the run's cases, and how many cases it flagged.
 fn probe_line(c: &CostReport) -> Option<String> {
-    let quiet = quietest_probe(&c.results)?;
+    let quiet = quietest(c)?;
     let busiest = c
         .results
         .iter()
@@ -668,9 +674,10 @@ fn runs_method(runs: usize) -> String {
          is measured in {runs} runs, each on a freshly loaded data plane (fresh tables, so \
          fresh memory: the same binary's figures moved up to 1.8× between runs minutes \
          apart, more than between its rounds), as the peer's figures are the median of \
-         three runs. Each method quotes the run whose median is the middle one of the runs \
-         in which that figure is not flagged (of all runs when it is flagged in every one; \
-         of two, the slower); the case's notes give every run's median.",
+         three runs. Each method quotes the middle run, as the peer's figures do, unless \
+         its figure is flagged there; then the unflagged run whose median is nearest the \
+         middle one (of two as near, the slower; when every run is flagged, the middle \
+         run, flagged). The case's notes give every run's median.",
         lb_ctl::sizing::thousands(MOST_BACKENDS as u64)
     )
 }
