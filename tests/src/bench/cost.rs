@@ -293,10 +293,14 @@ pub struct CaseResult {
     /// The slower of the host probe's readings just before and just after the case, ns
     /// per load (`HostProbe`).
     pub host_probe: Option<f64>,
+    /// Runs the figures come from (`median_runs`): 1, their summaries are over the
+    /// case's rounds; more, over the runs' medians.
+    pub runs: usize,
 }
 
 impl CaseResult {
-    /// Why figure `s` of this case is no result: its rounds spread more than `NOISY`, or
+    /// Why figure `s` of this case is no result: its rounds (or runs) spread more than
+    /// `NOISY`, or
     /// the host probe read more than `NOISY` × `quietest` around it (a busy stretch that
     /// lasted the whole case, which leaves the rounds alike).
     pub fn flag(&self, s: &Summary, quietest: Option<f64>) -> Option<String> {
@@ -306,7 +310,8 @@ impl CaseResult {
             f64::INFINITY
         };
         if spread > NOISY {
-            return Some(format!("noisy: rounds spread {spread:.2}×"));
+            let over = if self.runs > 1 { "runs" } else { "rounds" };
+            return Some(format!("noisy: {over} spread {spread:.2}×"));
         }
         let (probe, quiet) = (self.host_probe?, quietest?);
         (probe > NOISY * quiet)
@@ -494,14 +499,11 @@ pub fn run(options: &CostOptions) -> anyhow::Result<CostReport> {
         }
         measured.push(runs);
     }
-    // Against the quietest probe reading of every run of every count, the one the report
-    // flags figures against: a run's figure is chosen as unflagged only if the report
-    // shows it unflagged.
+    // The quietest probe reading of every run, the quoted one's or not: what the report
+    // holds each case's reading against.
     report.quietest_probe = quietest_probe(measured.iter().flatten().flatten());
     for runs in measured {
-        report
-            .results
-            .extend(median_runs(runs, report.quietest_probe));
+        report.results.extend(median_runs(runs));
     }
     report.floor_m1 = Summary::of(&floors.m1);
     report.floor_m2 = Summary::of(&floors.m2);
@@ -515,17 +517,15 @@ pub fn run(options: &CostOptions) -> anyhow::Result<CostReport> {
 }
 
 /// One result per case from several runs, each on a fresh data plane (the same cases in
-/// each): for each method, of the runs that figure is not flagged in (`CaseResult::flag`,
-/// against `quietest`, the report's quietest probe reading), the one whose median is
-/// nearest the median of every run's median (of all runs when it is flagged in every
-/// one). So the figure quoted is the middle run's, as the peer's, unless that run was
-/// noisy; then the quiet run nearest it. The choice is by noise and by the middle, never
-/// by the best figure; the notes give every run's figures.
-pub fn median_runs(runs: Vec<Vec<CaseResult>>, quietest: Option<f64>) -> Vec<CaseResult> {
+/// each), as the peer's figures are the median of three runs: each figure is the median
+/// of the runs' medians, with their range, so a run slowed as a whole (a busy stretch, a
+/// data plane placed badly in memory) neither moves it nor goes unseen; `CaseResult::flag`
+/// then flags the runs' spread. The host probe is the middle run's (by method 2), and the
+/// notes give every run's figures with their rounds' spread.
+pub fn median_runs(runs: Vec<Vec<CaseResult>>) -> Vec<CaseResult> {
     if runs.len() <= 1 {
         return runs.into_iter().flatten().collect();
     }
-    let count = runs.len();
     let mut by_case: Vec<Vec<CaseResult>> = Vec::new();
     for result in runs.into_iter().flatten() {
         match by_case.iter_mut().find(|c| c[0].case == result.case) {
@@ -533,85 +533,60 @@ pub fn median_runs(runs: Vec<Vec<CaseResult>>, quietest: Option<f64>) -> Vec<Cas
             None => by_case.push(vec![result]),
         }
     }
-    by_case
-        .into_iter()
-        .map(|results| median_run(results, count, quietest))
-        .collect()
+    by_case.into_iter().map(median_run).collect()
 }
 
 /// `median_runs` for one case's results, one per run.
-fn median_run(results: Vec<CaseResult>, count: usize, quietest: Option<f64>) -> CaseResult {
-    /// The run quoted for one method's figure (`get` reads it from a result).
-    fn pick(
-        results: &[CaseResult],
-        get: fn(&CaseResult) -> Option<Summary>,
-        quietest: Option<f64>,
-    ) -> Option<usize> {
-        let with: Vec<(usize, Summary)> = results
+fn median_run(results: Vec<CaseResult>) -> CaseResult {
+    let over = |get: fn(&CaseResult) -> Option<Summary>| {
+        let medians: Vec<f64> = results
             .iter()
-            .enumerate()
-            .filter_map(|(i, r)| get(r).map(|s| (i, s)))
+            .filter_map(|r| get(r).map(|s| s.median))
             .collect();
-        let medians: Vec<f64> = with.iter().map(|(_, s)| s.median).collect();
-        // The runs' middle figure, which one slow or fast run does not move.
-        let middle = Summary::of(&medians)?.median;
-        let quiet: Vec<(usize, Summary)> = with
-            .iter()
-            .copied()
-            .filter(|(i, s)| results[*i].flag(s, quietest).is_none())
-            .collect();
-        let pool = if quiet.is_empty() { with } else { quiet };
-        // The run nearest the middle; of two as near, the slower.
-        pool.iter()
-            .min_by(|a, b| {
-                let (da, db) = ((a.1.median - middle).abs(), (b.1.median - middle).abs());
-                da.total_cmp(&db).then(b.1.median.total_cmp(&a.1.median))
-            })
-            .map(|(i, _)| *i)
-    }
-    let m2 = pick(&results, |r| r.method2, quietest);
-    let m1 = pick(&results, |r| r.method1, quietest);
-    let base = m2.or(m1).unwrap_or(0);
-    let mut out = results[base].clone();
-    if let Some(i) = m1 {
-        out.method1 = results[i].method1;
-        out.method1_raw = results[i].method1_raw;
-    }
-    // The slower probe reading of the runs quoted: each was unflagged against the same
-    // quietest reading, or the figure is flagged anyway.
-    out.host_probe = [m1, m2]
-        .into_iter()
-        .flatten()
-        .filter_map(|i| results[i].host_probe)
-        .max_by(f64::total_cmp);
+        Summary::of(&medians)
+    };
+    // The run whose method-2 figure is the middle one: its notes and probe reading stand
+    // for the case.
+    let mut order: Vec<usize> = (0..results.len()).collect();
+    order.sort_by(|&a, &b| {
+        let m = |i: usize| {
+            results[i]
+                .method2
+                .or(results[i].method1)
+                .map_or(0.0, |s| s.median)
+        };
+        m(a).total_cmp(&m(b))
+    });
+    let middle = order[order.len() / 2];
     let figures = |get: fn(&CaseResult) -> Option<Summary>| {
         results
             .iter()
             .map(|r| {
                 get(r).map_or_else(
                     || "–".to_owned(),
-                    |s| match r.flag(&s, quietest) {
-                        Some(flag) => format!("{:.0} ({flag})", s.median),
-                        None => format!("{:.0}", s.median),
+                    |s| {
+                        format!(
+                            "{:.0} ({:.2}×)",
+                            s.median,
+                            s.max / s.min.max(f64::MIN_POSITIVE)
+                        )
                     },
                 )
             })
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let run_of = |i: Option<usize>| i.map_or_else(|| "–".to_owned(), |i| (i + 1).to_string());
     let mut notes = vec![format!(
-        "measured on {count} fresh data planes: medians by method 2 {} ns, by method 1 {} ns; \
-         quoted: run {} (method 2) and run {} (method 1), of the unflagged runs the nearest \
-         the runs' middle figure",
+        "the median of {} runs on fresh data planes, each the median of its rounds (their \
+         max / min in brackets): method 2 {} ns, method 1 {} ns; notes of run {}",
+        results.len(),
         figures(|r| r.method2),
         figures(|r| r.method1),
-        run_of(m2),
-        run_of(m1),
+        middle + 1,
     )];
     // A failed check of any run stays in the notes.
     for (i, r) in results.iter().enumerate() {
-        if i != base {
+        if i != middle {
             notes.extend(
                 r.notes
                     .iter()
@@ -620,9 +595,18 @@ fn median_run(results: Vec<CaseResult>, count: usize, quietest: Option<f64>) -> 
             );
         }
     }
+    let mut out = results[middle].clone();
     notes.append(&mut out.notes);
-    out.notes = notes;
-    out
+    CaseResult {
+        method1: over(|r| r.method1),
+        method2: over(|r| r.method2),
+        method1_raw: over(|r| r.method1_raw),
+        method2_raw: over(|r| r.method2_raw),
+        loop_ipv4: over(|r| r.loop_ipv4),
+        notes,
+        runs: results.len(),
+        ..out
+    }
 }
 
 /// The per-round bookkeeping of one case.
@@ -647,6 +631,7 @@ impl Rounds {
             loop_ipv4: Summary::of(&self.loop_ipv4),
             notes,
             host_probe: None,
+            runs: 1,
         }
     }
 }
@@ -1623,21 +1608,22 @@ mod tests {
             loop_ipv4: None,
             notes: vec![note.to_owned()],
             host_probe: Some(150.0),
+            runs: 1,
         }
     }
 
-    /// Each method quotes the run nearest the runs' middle figure among those it is
-    /// unflagged in; a failed check of a run not quoted stays in the notes.
+    /// Each figure is the median of the runs' medians with their range, flagged on the
+    /// runs' spread; a failed check of a run not quoted stays in the notes.
     #[test]
-    fn the_quiet_run_nearest_the_middle_is_quoted() {
+    fn figures_are_the_median_of_the_runs() {
         let runs = vec![
             vec![
                 result(Case::NewEmpty, &[600.0, 610.0], &[700.0, 900.0], "a"),
                 result(Case::NonVip, &[20.0, 21.0], &[30.0, 31.0], "a"),
             ],
             vec![
-                // Method 2 flagged (rounds spread 2×): the middle run, but not quoted.
-                result(Case::NewEmpty, &[350.0, 700.0], &[650.0, 660.0], "b"),
+                // A run slowed as a whole: its rounds agree, its median is far off.
+                result(Case::NewEmpty, &[900.0, 910.0], &[650.0, 660.0], "b"),
                 result(
                     Case::NonVip,
                     &[19.0, 19.5],
@@ -1646,30 +1632,33 @@ mod tests {
                 ),
             ],
             vec![
-                result(Case::NewEmpty, &[500.0, 510.0], &[760.0, 770.0], "c"),
+                // One slow round: its median stands.
+                result(Case::NewEmpty, &[500.0, 510.0, 900.0], &[760.0, 770.0], "c"),
                 result(Case::NonVip, &[22.0, 22.5], &[29.0, 29.5], "c"),
             ],
         ];
-        let out = median_runs(runs, Some(150.0));
+        let out = median_runs(runs);
         assert_eq!(out.len(), 2);
         let new = &out[0];
         assert_eq!(new.case, Case::NewEmpty);
-        // Method 2: 605, 525 and 505; the middle run is flagged, and of the quiet ones
-        // 505 is nearer it than 605.
-        assert_eq!(new.method2.unwrap().median, 505.0);
-        // Method 1: unflagged in every run (run 1 spreads 1.29×): 800, 655 and 765, the
-        // middle one quoted.
-        assert_eq!(new.method1.unwrap().median, 765.0);
+        let m2 = new.method2.unwrap();
+        assert_eq!(
+            (m2.median, m2.min, m2.max, m2.rounds),
+            (605.0, 510.0, 905.0, 3)
+        );
+        assert_eq!(
+            new.flag(&m2, Some(150.0)).as_deref(),
+            Some("noisy: runs spread 1.77×")
+        );
+        let m1 = new.method1.unwrap();
+        assert_eq!((m1.median, m1.min, m1.max), (765.0, 655.0, 800.0));
+        assert_eq!(new.flag(&m1, Some(150.0)), None);
         assert!(
-            new.notes[0].contains("run 3 (method 2) and run 3 (method 1)"),
+            new.notes[0].contains("method 2 605 (1.02×), 905 (1.01×), 510 (1.80×) ns"),
             "{:?}",
             new.notes
         );
-        assert!(
-            new.notes[0].contains("525 (noisy: rounds spread 2.00×)"),
-            "{:?}",
-            new.notes
-        );
+        assert_eq!(new.notes.last().map(String::as_str), Some("a"));
         let non_vip = &out[1];
         assert_eq!(non_vip.method2.unwrap().median, 20.5);
         assert_eq!(non_vip.notes.last().map(String::as_str), Some("a"));
@@ -1683,7 +1672,7 @@ mod tests {
     #[test]
     fn one_run_is_kept_as_it_is() {
         let run = vec![result(Case::NewEmpty, &[600.0, 610.0], &[700.0], "a")];
-        let out = median_runs(vec![run], Some(150.0));
+        let out = median_runs(vec![run]);
         assert_eq!(out[0].notes, vec!["a".to_owned()]);
     }
 }

@@ -651,12 +651,13 @@ fn outcome_line<T>(name: &str, o: &Outcome<T>) -> Option<String> {
     }
 }
 
-/// How the 100-backend figures were taken, for the terminal's table heading.
+/// How the figures of the counts measured in several runs were taken, for the terminal's
+/// table heading.
 fn runs_clause(runs: usize) -> String {
     if runs > 1 {
         format!(
-            "; at {SCHEDULERS_AT} and {} backends, of the middle one of {runs} runs on fresh \
-             data planes",
+            "; at {SCHEDULERS_AT} and {} backends, the median (min–max) of {runs} runs' \
+             medians, each run on a fresh data plane",
             lb_ctl::sizing::thousands(MOST_BACKENDS as u64)
         )
     } else {
@@ -664,20 +665,21 @@ fn runs_clause(runs: usize) -> String {
     }
 }
 
-/// The same for the method section: why several runs, and how one is chosen.
+/// The same for the method section: why several runs, and what is quoted.
 fn runs_method(runs: usize) -> String {
     if runs <= 1 {
         return String::new();
     }
     format!(
-        " At {SCHEDULERS_AT} and {} backends, the counts the targets compare, every case \
-         is measured in {runs} runs, each on a freshly loaded data plane (fresh tables, so \
-         fresh memory: the same binary's figures moved up to 1.8× between runs minutes \
-         apart, more than between its rounds), as the peer's figures are the median of \
-         three runs. Each method quotes the middle run, as the peer's figures do, unless \
-         its figure is flagged there; then the unflagged run whose median is nearest the \
-         middle one (of two as near, the slower; when every run is flagged, the middle \
-         run, flagged). The case's notes give every run's median.",
+        " At {SCHEDULERS_AT} and {} backends, the counts the targets compare, every case is \
+         measured in {runs} runs, each on a freshly loaded data plane (fresh tables, so \
+         fresh memory), as the peer's figures are the median of three runs: the same \
+         binary's figures moved up to 1.8× between runs minutes apart, with each run's \
+         rounds close together. There the table gives the median of the {runs} runs' \
+         medians with their min–max, and a case is flagged when its runs spread more than \
+         {NOISY}× (or the host probe read busy around the middle run); one slow round no \
+         longer flags a run's median, a slow run shows. The case's notes give each run's \
+         median and the spread of its rounds.",
         lb_ctl::sizing::thousands(MOST_BACKENDS as u64)
     )
 }
@@ -898,7 +900,8 @@ fn cost_section(o: &mut String, r: &Report) {
          that table is full). Reply: a backend → client ACK \
          of the established flow, found through its backend endpoint and the flow table. \
          Not for a VIP: an ACK to an address that is no VIP (passed to the kernel). A case \
-         whose rounds spread more than {NOISY}× (largest / smallest) is marked noisy \
+         whose rounds (its runs, where it ran several) spread more than {NOISY}× (largest \
+         / smallest) is marked noisy \
          instead of compared. So is a case around which the host probe read more than \
          {NOISY}× the run's quietest reading: the time of one dependent load at a random \
          place in 64 MiB, in userspace on the bench's CPU, taken before and after each \
@@ -1358,6 +1361,7 @@ mod tests {
             loop_ipv4: None,
             notes: Vec::new(),
             host_probe: Some(probe),
+            runs: 1,
         }
     }
 
