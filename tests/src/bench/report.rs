@@ -677,9 +677,9 @@ fn runs_method(runs: usize) -> String {
          binary's figures moved up to 1.8× between runs minutes apart, with each run's \
          rounds close together. There the table gives the median of the {runs} runs' \
          medians with their min–max, and a case is flagged when its runs spread more than \
-         {NOISY}× (or the host probe read busy around the middle run); one slow round no \
-         longer flags a run's median, a slow run shows. The case's notes give each run's \
-         median and the spread of its rounds.",
+         {NOISY}× (or the host probe read busy around the middle run): a single slow \
+         round no longer flags the figure, a slow run does. The case's notes give each \
+         run's median and the spread of its rounds.",
         lb_ctl::sizing::thousands(MOST_BACKENDS as u64)
     )
 }
