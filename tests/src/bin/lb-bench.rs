@@ -7,7 +7,7 @@
 //!
 //! Runs every part (or the `--only` ones: cost, forward, conn, control), prints the
 //! targets and the main tables, and writes docs/benchmarks.md (only for a run of every
-//! part, unless `--out` names a file). Needs root: it makes namespaces and loads XDP
+//! part at every backend count, unless `--out` names a file). Needs root: it makes namespaces and loads XDP
 //! programs. It reports; it exits non-zero only when it could not run at all or could
 //! not write the report.
 
@@ -27,7 +27,8 @@ struct Args {
     /// Runs only this part (repeatable); every part by default.
     #[arg(long = "only", value_name = "PART", value_parser = part_parser())]
     parts: Vec<Part>,
-    /// Writes the report to FILE (by default docs/benchmarks.md, for a run of every part).
+    /// Writes the report to FILE (by default docs/benchmarks.md, for a run of every part
+    /// at every backend count).
     #[arg(long, value_name = "FILE", conflicts_with = "no_write")]
     out: Option<PathBuf>,
     /// Writes no report.
@@ -37,7 +38,7 @@ struct Args {
     #[arg(long, value_name = "TEXT")]
     command: Option<String>,
     /// Measures the cost part at these backend counts only (repeatable; by default 1, 100
-    /// and 10000).
+    /// and 10000). Such a run writes no report unless `--out` names a file.
     #[arg(long = "backends", value_name = "N", value_parser = backend_count)]
     backends: Vec<usize>,
     /// Profiles the cost case NAME, as the report's table names it (e.g. "new flow each
@@ -109,7 +110,9 @@ fn main() -> ExitCode {
         }
         c
     });
-    let out = match (args.out, args.no_write, all) {
+    // docs/benchmarks.md holds full runs only: every part, at every backend count.
+    let full = all && args.backends.is_empty();
+    let out = match (args.out, args.no_write, full) {
         (Some(p), _, _) => Some(p),
         (None, false, true) => Some(
             PathBuf::from(env!("CARGO_MANIFEST_DIR"))
