@@ -300,15 +300,10 @@ pub struct CaseResult {
 
 impl CaseResult {
     /// Why figure `s` of this case is no result: its rounds (or runs) spread more than
-    /// `NOISY`, or
-    /// the host probe read more than `NOISY` × `quietest` around it (a busy stretch that
-    /// lasted the whole case, which leaves the rounds alike).
+    /// `NOISY`, or the host probe read more than `NOISY` × `quietest` around it (a busy
+    /// stretch that lasted the whole case, which leaves the rounds alike).
     pub fn flag(&self, s: &Summary, quietest: Option<f64>) -> Option<String> {
-        let spread = if s.min > 0.0 {
-            s.max / s.min
-        } else {
-            f64::INFINITY
-        };
+        let spread = s.spread();
         if spread > NOISY {
             let over = if self.runs > 1 { "runs" } else { "rounds" };
             return Some(format!("noisy: {over} spread {spread:.2}×"));
@@ -316,6 +311,11 @@ impl CaseResult {
         let (probe, quiet) = (self.host_probe?, quietest?);
         (probe > NOISY * quiet)
             .then(|| format!("host busy: probe {:.2}× the run's quietest", probe / quiet))
+    }
+
+    /// The notes that say a check of the case failed.
+    fn failed_checks(&self) -> impl Iterator<Item = &String> {
+        self.notes.iter().filter(|n| n.contains("CHECK FAILED"))
     }
 
     /// The first flag of either method's figure.
@@ -564,13 +564,7 @@ fn median_run(results: Vec<CaseResult>) -> CaseResult {
             .map(|r| {
                 get(r).map_or_else(
                     || "–".to_owned(),
-                    |s| {
-                        format!(
-                            "{:.0} ({:.2}×)",
-                            s.median,
-                            s.max / s.min.max(f64::MIN_POSITIVE)
-                        )
-                    },
+                    |s| format!("{:.0} ({:.2}×)", s.median, s.spread()),
                 )
             })
             .collect::<Vec<_>>()
@@ -587,12 +581,7 @@ fn median_run(results: Vec<CaseResult>) -> CaseResult {
     // A failed check of any run stays in the notes.
     for (i, r) in results.iter().enumerate() {
         if i != middle {
-            notes.extend(
-                r.notes
-                    .iter()
-                    .filter(|n| n.contains("CHECK FAILED"))
-                    .map(|n| format!("run {}: {n}", i + 1)),
-            );
+            notes.extend(r.failed_checks().map(|n| format!("run {}: {n}", i + 1)));
         }
     }
     let mut out = results[middle].clone();
@@ -839,9 +828,7 @@ impl<'a> Bench<'a> {
                 // A check an attempt failed stays in the notes, whichever attempt is kept.
                 failed_earlier.extend(
                     result
-                        .notes
-                        .iter()
-                        .filter(|n| n.contains("CHECK FAILED"))
+                        .failed_checks()
                         .map(|n| format!("attempt {}: {n}", flags.len())),
                 );
                 result = self.probed_case(case, n, floors)?;
@@ -865,7 +852,7 @@ impl<'a> Bench<'a> {
                 started.elapsed().as_secs_f64()
             ));
             // A failed check is in the report's notes, which a partial run does not write.
-            for note in result.notes.iter().filter(|n| n.contains("CHECK FAILED")) {
+            for note in result.failed_checks() {
                 say(format!("cost: {n} backends, {}: {note}", case.name()));
             }
             results.push(result);

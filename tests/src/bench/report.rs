@@ -147,9 +147,9 @@ fn spread(results: &[&CaseResult], method2: bool) -> Option<f64> {
         .filter_map(|r| if method2 { r.method2 } else { r.method1 })
         .map(|s| s.median)
         .collect();
-    let max = medians.iter().copied().fold(f64::NAN, f64::max);
-    let min = medians.iter().copied().fold(f64::NAN, f64::min);
-    (medians.len() >= 2 && min > 0.0).then(|| max / min)
+    Summary::of(&medians)
+        .filter(|s| s.rounds >= 2 && s.min > 0.0)
+        .map(|s| s.spread())
 }
 
 /// Backend counts spread this much (largest / smallest median) still count as flat: the

@@ -60,6 +60,16 @@ impl Summary {
     }
 
     /// `174 (170–181)` with `decimals` digits after the point.
+    /// Largest over smallest; infinite when the smallest is not above 0 (a figure that
+    /// close to its floor says nothing about its noise).
+    pub fn spread(&self) -> f64 {
+        if self.min > 0.0 {
+            self.max / self.min
+        } else {
+            f64::INFINITY
+        }
+    }
+
     pub fn show(&self, decimals: usize) -> String {
         format!(
             "{:.d$} ({:.d$}–{:.d$})",
