@@ -272,6 +272,20 @@ pub struct CostOptions {
     pub runs: usize,
     /// Profiles the cases it names with perf (`lb-bench --perf-case`).
     pub perf: Option<std::sync::Arc<PerfWindow>>,
+    /// Measures only these cases (`lb-bench --case`); every case when empty. A data plane
+    /// none of whose cases is chosen is not loaded.
+    pub cases: Vec<Case>,
+}
+
+impl CostOptions {
+    /// `order` less the cases not chosen.
+    fn chosen(&self, order: &[Case]) -> Vec<Case> {
+        order
+            .iter()
+            .copied()
+            .filter(|c| self.cases.is_empty() || self.cases.contains(c))
+            .collect()
+    }
 }
 
 /// One case at one backend count.
@@ -672,24 +686,28 @@ fn run_backends(
         Case::Cycled,
         Case::NewFull,
     ]);
-    Bench::load(lab, options, n, Plane::Nat)?.run(&order, n, floors, &mut results)?;
+    let mut planes = vec![(Plane::Nat, order)];
     if n == SCHEDULERS_AT {
         // Each DSR data plane is loaded only once the previous one is gone: `lb_bench`
         // holds the idle interface, and the new one starts from the same fresh table
         // the NAT cases did.
         for tunnel in DSR_TUNNELS {
-            Bench::load(lab, options, n, Plane::Dsr(tunnel))?.run(
-                &[Case::DsrEstablished(tunnel), Case::DsrNewEmpty(tunnel)],
-                n,
-                floors,
-                &mut results,
-            )?;
+            planes.push((
+                Plane::Dsr(tunnel),
+                vec![Case::DsrEstablished(tunnel), Case::DsrNewEmpty(tunnel)],
+            ));
         }
     }
     // IPv6 on a data plane of its own, loaded the same way once the others are gone: the
     // IPv4 rows are measured without an IPv6 listener, and the IPv6 new flows start from
     // a fresh table too.
-    Bench::load(lab, options, n, Plane::Ipv6)?.run(&Case::IPV6, n, floors, &mut results)?;
+    planes.push((Plane::Ipv6, Case::IPV6.to_vec()));
+    for (plane, cases) in planes {
+        let cases = options.chosen(&cases);
+        if !cases.is_empty() {
+            Bench::load(lab, options, n, plane)?.run(&cases, n, floors, &mut results)?;
+        }
+    }
     // Back in the table's order.
     results.sort_by_key(|r| Case::ALL.iter().position(|c| *c == r.case));
     Ok(results)

@@ -83,6 +83,7 @@ impl Plan {
                     backend_counts: vec![1, cost::SCHEDULERS_AT, cost::MOST_BACKENDS],
                     runs: 1,
                     perf: None,
+                    cases: Vec::new(),
                 },
                 forward: ForwardOptions {
                     rounds: 3,
@@ -113,6 +114,7 @@ impl Plan {
                     backend_counts: vec![1, cost::SCHEDULERS_AT, cost::MOST_BACKENDS],
                     runs: 3,
                     perf: None,
+                    cases: Vec::new(),
                 },
                 forward: ForwardOptions {
                     rounds: 9,

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! lb-bench [--quick] [--only PART]... [--out FILE | --no-write] [--command TEXT]
-//!          [--backends N]... [--perf-case NAME --perf-control CTL,ACK]
+//!          [--backends N]... [--case NAME]... [--perf-case NAME --perf-control CTL,ACK]
 //! ```
 //!
 //! Runs every part (or the `--only` ones: cost, forward, conn, control), prints the
@@ -41,6 +41,11 @@ struct Args {
     /// and 10000). Such a run writes no report unless `--out` names a file.
     #[arg(long = "backends", value_name = "N", value_parser = backend_count)]
     backends: Vec<usize>,
+    /// Measures only the cost case NAME, as the report's table names it (repeatable): a
+    /// quick comparison of two builds on the cases a change is about. Such a run writes no
+    /// report unless `--out` names a file.
+    #[arg(long = "case", value_name = "NAME", value_parser = case_name)]
+    cases: Vec<String>,
     /// Profiles the cost case NAME, as the report's table names it (e.g. "new flow each
     /// packet, table nearly empty"): perf samples only while it runs. Needs
     /// `--perf-control`.
@@ -111,7 +116,7 @@ fn main() -> ExitCode {
         c
     });
     // docs/benchmarks.md holds full runs only: every part, at every backend count.
-    let full = all && args.backends.is_empty();
+    let full = all && args.backends.is_empty() && args.cases.is_empty();
     let out = match (args.out, args.no_write, full) {
         (Some(p), _, _) => Some(p),
         (None, false, true) => Some(
@@ -127,6 +132,15 @@ fn main() -> ExitCode {
     if !args.backends.is_empty() {
         plan.cost.backend_counts = args.backends;
     }
+    plan.cost.cases = args
+        .cases
+        .iter()
+        .filter_map(|name| {
+            bench::cost::Case::ALL
+                .into_iter()
+                .find(|c| c.name() == name)
+        })
+        .collect();
     if let (Some(case), Some((ctl, ack))) = (args.perf_case, args.perf_control) {
         match PerfWindow::open(case, &ctl, &ack) {
             Ok(w) => plan.cost.perf = Some(Arc::new(w)),
