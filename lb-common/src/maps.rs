@@ -188,8 +188,19 @@ pub const STAGE_ICMP6_CLIENT: u32 = 8;
 /// `STAGES` slot of `lb_encap6`: an IPv6 packet to a `forwarding: dsr` listener's backend
 /// (or an ICMPv6 error about such a flow) put inside its outer IPv6 header and sent.
 pub const STAGE_ENCAP6: u32 = 9;
+/// `STAGES` slot of `lb_xdp` itself: `lb_new_flow` hands a SYN back to it when the
+/// half-open table turns out to hold the SYN's key (`PENDING_F_RECHECK`).
+pub const STAGE_ENTRY: u32 = 10;
 /// Slots of `STAGES` (room for stages to come; the map is per load, never pinned).
 pub const STAGE_SLOTS: u32 = 16;
+const _: () = {
+    assert!(STAGE_ENTRY < STAGE_SLOTS);
+    let mut i = 0;
+    while i < STAGE_PROGRAMS.len() {
+        assert!(STAGE_PROGRAMS[i].0 < STAGE_SLOTS && STAGE_PROGRAMS[i].0 != STAGE_ENTRY);
+        i += 1;
+    }
+};
 /// Every stage: (slot, program name), in the order the controller loads them.
 pub const STAGE_PROGRAMS: [(u32, &str); 10] = [
     (STAGE_NEW_FLOW, names::PROGRAM_NEW_FLOW),
@@ -238,6 +249,20 @@ const _: () = assert!(size_of::<TooBig>() == 32);
 
 /// `PendingFlow::flags`: `lb_wlc` has run; `picked` holds its answer.
 pub const PENDING_F_SCANNED: u8 = 1;
+/// `PendingFlow::flags`: the new flow's insert is made only if its key is absent
+/// (`BPF_NOEXIST`; this bit's value, shifted down): a SYN that found no entry, on the
+/// entry program's first pass. That pass leaves a SYN's half-open lookup to the insert
+/// when the flow filter rules `FLOWS` out, since the lookup costs a new flow about a
+/// tenth of its time and almost always finds nothing; the second pass
+/// (`PENDING_F_RECHECK`) looks, and its insert replaces whatever is there.
+pub const PENDING_F_EXCLUSIVE: u8 = 2;
+/// `PendingFlow::flags`: set by the new-flow stage whose insert found the key already in
+/// the half-open table (a retransmitted SYN, or another CPU's): the entry program, entered
+/// again (`STAGE_ENTRY`, `STAGE_IPV6`), looks the key up and decides with its entry.
+pub const PENDING_F_RECHECK: u8 = 4;
+/// `PendingFlow::flags`: the new-flow stage's pick was the client's affinity backend
+/// (counted `EventPersisted`), which a SYN handed back (`PENDING_F_RECHECK`) takes back.
+pub const PENDING_F_PERSISTED: u8 = 8;
 
 /// A new flow (or pickup) handed from `lb_xdp` to `lb_new_flow` (through `lb_wlc` for
 /// `wlc`): what the entry program already read, so the stage neither reads it again nor
@@ -1219,10 +1244,14 @@ pub enum Reason {
     /// ICMPv6 neighbour discovery (router and neighbour solicitations and advertisements,
     /// redirects): always the kernel's, whatever the address: XDP_PASS.
     PassNeighbourDiscovery = 40,
+    /// Event, not a verdict: a SYN whose insert into the half-open table found its key
+    /// there (a retransmitted SYN), handed back to the entry program, which looks the
+    /// entry up and decides with it (`PENDING_F_RECHECK`).
+    EventSynRechecked = 41,
 }
 
 /// Number of `Reason` values (size of `COUNTERS`).
-pub const REASON_COUNT: u32 = 41;
+pub const REASON_COUNT: u32 = 42;
 /// Entries of `COUNTERS`: more than `REASON_COUNT`, so reasons can be added without a new
 /// pinned map layout.
 pub const COUNTER_SLOTS: u32 = 64;
@@ -1271,6 +1300,7 @@ impl Reason {
         Self::DropMalformedIpv6,
         Self::DropExtensionHeader,
         Self::PassNeighbourDiscovery,
+        Self::EventSynRechecked,
     ];
 
     /// Name used in metrics and `lb-ctl stats`.
@@ -1317,6 +1347,7 @@ impl Reason {
             Self::DropMalformedIpv6 => "drop_malformed_ipv6",
             Self::DropExtensionHeader => "drop_extension_header",
             Self::PassNeighbourDiscovery => "pass_neighbour_discovery",
+            Self::EventSynRechecked => "event_syn_rechecked",
         }
     }
 
@@ -1363,7 +1394,8 @@ impl Reason {
             | Self::EventReselected
             | Self::EventNewFlow
             | Self::EventPersisted
-            | Self::EventFlowInserted => None,
+            | Self::EventFlowInserted
+            | Self::EventSynRechecked => None,
         }
     }
 }

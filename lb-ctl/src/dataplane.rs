@@ -785,9 +785,18 @@ fn load_programs(
             .ok_or(DataPlaneError::Missing(name))?
             .try_into()?;
         figures.push(load_measured(program, name, verifier_log_dir)?);
-        if let Some((slot, _)) = lb_common::STAGE_PROGRAMS.iter().find(|(_, n)| *n == name) {
+        // The entry program has a slot too: the new-flow stage hands a SYN back to it.
+        let slot = if name == names::PROGRAM {
+            Some(lb_common::STAGE_ENTRY)
+        } else {
+            lb_common::STAGE_PROGRAMS
+                .iter()
+                .find(|(_, n)| *n == name)
+                .map(|(slot, _)| *slot)
+        };
+        if let Some(slot) = slot {
             stages
-                .set(*slot, program.fd()?, 0)
+                .set(slot, program.fd()?, 0)
                 .map_err(map_err(names::STAGES))?;
         }
     }

@@ -134,7 +134,7 @@ pub fn lb_icmp6_client(ctx: XdpContext) -> u32 {
 /// else, the kernel's.
 #[inline(always)]
 fn not_about_a_flow(ctx: &XdpContext, ip: &Ipv6) -> (u32, Reason) {
-    let Some(marker) = Maps6.listener(&V6::listener_key(ip.dst_addr, 0, 0)) else {
+    let Some(marker) = Maps6::new().listener(&V6::listener_key(ip.dst_addr, 0, 0)) else {
         return (XDP_PASS, Reason::PassOtherProtocol);
     };
     if marker.flags & LISTENER_F_ANSWER_PING != 0 && answer_echo(ctx, ip) {

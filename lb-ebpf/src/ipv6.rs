@@ -16,9 +16,10 @@ use aya_ebpf::{
 };
 use lb_common::{
     Addr6, Backend, Encapsulation, Listener, NO_BACKEND, PENDING_F_SCANNED, PROTO_TCP, Reason,
-    STAGE_ENCAP6, STAGE_ICMP6, STAGE_NEW_FLOW6, STAGE_WLC, TOO_BIG_DESTINATION, TOO_BIG_SOURCE, V6,
+    STAGE_ENCAP6, STAGE_ICMP6, STAGE_IPV6, STAGE_NEW_FLOW6, STAGE_WLC, TOO_BIG_DESTINATION,
+    TOO_BIG_SOURCE, V6,
     decide::{self, Decision, Opening, Pick},
-    select::{EntryState, Step, TCP_RST},
+    select::{EntryState, Step, TCP_RST, is_tcp_open},
 };
 
 use crate::{
@@ -31,12 +32,12 @@ use crate::{
     parse::{self, L4},
     parse6::{self, Ipv6, PROTO_ICMPV6, Parsed6, refuse_for_vip},
     reset, stage, stats,
-    tables::Maps6,
+    tables::{self, Maps6},
 };
 
 #[inline(always)]
 fn is_vip(addr: Addr6) -> bool {
-    decide::is_vip(&Maps6, addr)
+    decide::is_vip(&Maps6::new(), addr)
 }
 
 /// An IPv6 frame, entered from `lb_xdp`.
@@ -101,7 +102,7 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
         );
     };
     let packet = parse6::packet(&ip, &l4);
-    if let Some(listener) = decide::listener_for(&Maps6, &packet) {
+    if let Some(listener) = decide::listener_for(&Maps6::new(), &packet) {
         return forward(ctx, &ip, &l4, &listener);
     }
     if let Some(to) = flow::reply_flow::<V6>(
@@ -125,7 +126,11 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
 fn forward(ctx: &XdpContext, ip: &Ipv6, l4: &L4, listener: &Listener) -> (u32, Reason) {
     let now = clock::now();
     let packet = parse6::packet(ip, l4);
-    let opening = match decide::listener_packet(&Maps6, &mut (), listener, &packet, now) {
+    let recheck = packet.protocol == PROTO_TCP
+        && is_tcp_open(packet.tcp_flags)
+        && tables::take_recheck6(&packet.flow_key());
+    let maps = Maps6::for_client(recheck);
+    let opening = match decide::listener_packet(&maps, &mut (), listener, &packet, now) {
         Decision::Established { flow, backend } => {
             let f = flow.get_mut();
             let backend_id = f.backend;
@@ -173,7 +178,7 @@ fn forward(ctx: &XdpContext, ip: &Ipv6, l4: &L4, listener: &Listener) -> (u32, R
     p.picked = NO_BACKEND;
     p.state = opening.state.code();
     p.step = opening.step.code();
-    p.flags = 0;
+    p.flags = new_flow::exclusive_insert(recheck, &packet, &opening);
     p.l4_offset = ip.l4_offset as u16;
     stage::enter(ctx, STAGE_NEW_FLOW6)
 }
@@ -336,16 +341,24 @@ fn new_flow(ctx: &XdpContext) -> (u32, Reason) {
     };
     let scanned = (pending.flags & PENDING_F_SCANNED != 0).then_some(pending.picked);
     let now = pending.now_ns;
-    let (id, backend, persisted) =
-        match decide::pick(&Maps6, &mut (), listener, &packet, &opening, scanned, now) {
-            Pick::Backend {
-                id,
-                backend,
-                persisted,
-            } => (id, backend, persisted),
-            Pick::Scan => return stage::enter(ctx, STAGE_WLC),
-            Pick::Fail(reason) => return new_flow::refuse(listener, reason),
-        };
+    let (id, backend, persisted) = match decide::pick(
+        &Maps6::new(),
+        &mut (),
+        listener,
+        &packet,
+        &opening,
+        scanned,
+        now,
+    ) {
+        Pick::Backend {
+            id,
+            backend,
+            persisted,
+        } => (id, backend, persisted),
+        Pick::Scan => return stage::enter(ctx, STAGE_WLC),
+        Pick::Fail(reason) => return new_flow::refuse(listener, reason),
+    };
+    new_flow::note_persisted(&mut pending.flags, persisted);
     // As in `lb_new_flow`: the record's miss overlaps the insert.
     warm_backend_cpu(id);
     let client = Client {
@@ -354,8 +367,19 @@ fn new_flow(ctx: &XdpContext) -> (u32, Reason) {
         protocol: ip.protocol,
     };
     if let Err(reason) = new_flow::open::<V6>(
-        &client, listener, &opening, key, id, &backend, persisted, now,
+        &client,
+        listener,
+        &opening,
+        new_flow::insert_mode(pending.flags),
+        key,
+        id,
+        &backend,
+        persisted,
+        now,
     ) {
+        if reason == Reason::EventSynRechecked {
+            return new_flow::recheck(ctx, &mut pending.flags, STAGE_IPV6);
+        }
         return new_flow::refuse(listener, reason);
     }
     let Some(ip) = reread(ctx, &ip) else {

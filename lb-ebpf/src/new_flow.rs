@@ -6,16 +6,17 @@
 //! one table insert per new flow.
 
 use aya_ebpf::{
-    bindings::{BPF_ANY, xdp_action::XDP_DROP},
+    bindings::{BPF_ANY, BPF_NOEXIST, xdp_action::XDP_DROP},
     macros::xdp,
     programs::XdpContext,
 };
 use lb_common::{
     Backend, FLOW_F_COUNTED, FLOW_F_FIN, FLOW_F_OPENING, FLOW_F_PICKUP, FLOW_F_REOPENED,
-    FLOW_F_RST, Flow, Listener, NO_BACKEND, Opened, PENDING_F_SCANNED, Reason, STAGE_WLC,
-    Scheduler, V4,
-    decide::{self, Opening, Pick},
-    select::{EntryState, Step, TCP_ACK, TCP_FIN, TCP_RST},
+    FLOW_F_RST, Family, Flow, Listener, NO_BACKEND, Opened, PENDING_F_EXCLUSIVE,
+    PENDING_F_PERSISTED, PENDING_F_RECHECK, PENDING_F_SCANNED, PROTO_TCP, Reason, STAGE_ENTRY,
+    STAGE_WLC, Scheduler, V4,
+    decide::{self, Opening, Packet, Pick},
+    select::{EntryState, Step, TCP_ACK, TCP_FIN, TCP_RST, is_tcp_open},
 };
 
 use crate::{
@@ -79,6 +80,7 @@ fn run(ctx: &XdpContext) -> (u32, Reason) {
             Pick::Scan => return stage::enter(ctx, STAGE_WLC),
             Pick::Fail(reason) => return refuse(listener, reason),
         };
+    note_persisted(&mut pending.flags, persisted);
     // Its cache miss overlaps the flow's insert instead of following it. Looked up again
     // for the send: a record pointer kept across the insert doubles the verifier's paths.
     warm_backend_cpu(id);
@@ -91,15 +93,66 @@ fn run(ctx: &XdpContext) -> (u32, Reason) {
         &client,
         listener,
         &opening,
+        insert_mode(pending.flags),
         &pending.key,
         id,
         &backend,
         persisted,
         now,
     ) {
+        if reason == Reason::EventSynRechecked {
+            return recheck(ctx, &mut pending.flags, STAGE_ENTRY);
+        }
         return refuse(listener, reason);
     }
     flow::send_to_backend(ctx, &ip, &l4, listener, id, backend_cpu(id), &backend, now)
+}
+
+/// `PENDING_F_EXCLUSIVE` for a SYN that found no entry on the first pass (its half-open
+/// lookup left to the insert), else 0.
+#[inline(always)]
+pub fn exclusive_insert<F: Family>(recheck: bool, packet: &Packet<F>, opening: &Opening) -> u8 {
+    if !recheck
+        && packet.protocol == PROTO_TCP
+        && is_tcp_open(packet.tcp_flags)
+        && opening.previous_backend == NO_BACKEND
+    {
+        PENDING_F_EXCLUSIVE
+    } else {
+        0
+    }
+}
+
+/// Notes in the hand-off whether the pick was the client's affinity backend, for
+/// `recheck`: in memory and without a branch, as a value kept in a register until then
+/// would have the verifier walk the stage once per value.
+#[inline(always)]
+pub fn note_persisted(pending_flags: &mut u8, persisted: bool) {
+    *pending_flags |= PENDING_F_PERSISTED * u8::from(persisted);
+}
+
+/// The flow insert's mode (`BPF_NOEXIST` or `BPF_ANY`) from the hand-off's flags
+/// (`PENDING_F_EXCLUSIVE`). Arithmetic, opaque to the compiler: a branch on it, or code
+/// specialised per mode, would have the verifier walk the rest of the stage once per
+/// mode.
+#[inline(always)]
+pub fn insert_mode(pending_flags: u8) -> u64 {
+    const _: () = assert!(BPF_ANY == 0 && BPF_NOEXIST == 1);
+    core::hint::black_box(u64::from((pending_flags / PENDING_F_EXCLUSIVE) & 1))
+}
+
+/// A SYN whose half-open entry `open` found (`EventSynRechecked`), handed back to its
+/// family's entry program (`entry`) to be decided with that entry. A SYN `open` counted
+/// as sent to its affinity backend (`PENDING_F_PERSISTED`) is counted by the second pass
+/// if it still is.
+#[inline(always)]
+pub fn recheck(ctx: &XdpContext, pending_flags: &mut u8, entry: u32) -> (u32, Reason) {
+    stats::count(Reason::EventSynRechecked);
+    if *pending_flags & PENDING_F_PERSISTED != 0 {
+        stats::uncount(Reason::EventPersisted);
+    }
+    *pending_flags |= PENDING_F_RECHECK;
+    stage::enter(ctx, entry)
 }
 
 #[inline(always)]
@@ -115,8 +168,17 @@ pub struct Client<'a, A> {
     pub protocol: u8,
 }
 
+/// The errno of an insert with `BPF_NOEXIST` whose key is present.
+const EEXIST: i32 = 17;
+
 /// Records a new flow with its picked backend, in its family's tables: the client's
-/// affinity, the flow entry and the counters.
+/// affinity, the flow entry and the counters. The flow entry is inserted in `mode`
+/// (`insert_mode`): a SYN that found no entry only if its key is still absent, since the
+/// entry program leaves its half-open lookup to this insert. Err is the refusal's
+/// reason, or `EventSynRechecked` when the half-open table holds the key: the caller hands
+/// the SYN back to the entry program, which decides with that entry (`recheck`). A
+/// `Reason` rather than an enum of its own: the verifier walks the callers' rest once per
+/// shape of what reaches it, and this shape is the one it walked before.
 #[inline(always)]
 #[allow(
     clippy::too_many_arguments,
@@ -126,6 +188,7 @@ pub fn open<F: Tables>(
     client: &Client<'_, F::Addr>,
     listener: &Listener,
     opening: &Opening,
+    mode: u64,
     key: &F::FlowKey,
     id: u32,
     backend: &Backend,
@@ -137,6 +200,9 @@ pub fn open<F: Tables>(
     if listener.persistence_timeout_s > 0 && !pickup {
         flow::touch_affinity::<F>(listener, client.addr, id, backend.generation, now);
     }
+    // Before the insert, where it costs the verifier least: `recheck` takes it back for a
+    // SYN handed back. The affinity above is written again by the second pass, with the
+    // backend the SYN then goes to.
     if persisted {
         stats::count(Reason::EventPersisted);
     }
@@ -144,7 +210,7 @@ pub fn open<F: Tables>(
     // Until the client acknowledges, the flow is half-open: it may be a forged SYN. It
     // lives in the half-open tables. It counts for `wlc` at once, so a burst of new
     // connections spreads; the sweep's recount leaves it out until its ACK.
-    let tcp = client.protocol == lb_common::PROTO_TCP;
+    let tcp = client.protocol == PROTO_TCP;
     let half_open = tcp && l4.tcp_flags & TCP_ACK == 0;
     if flow::shared_endpoint_collision::<F>(
         client.protocol,
@@ -194,8 +260,11 @@ pub fn open<F: Tables>(
     } else {
         F::flows()
     };
-    if table.insert(key, entry, u64::from(BPF_ANY)).is_err() {
-        return Err(Reason::DropFlowInsertFailed);
+    match table.insert(key, entry, mode) {
+        Ok(()) => {}
+        // Only `BPF_NOEXIST` fails this way.
+        Err(e) if e == -EEXIST => return Err(Reason::EventSynRechecked),
+        Err(_) => return Err(Reason::DropFlowInsertFailed),
     }
     if !half_open {
         F::note_insert(key);

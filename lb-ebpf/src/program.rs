@@ -11,7 +11,7 @@ use lb_common::{
     Listener, NO_BACKEND, PROTO_ICMP, PROTO_TCP, PendingFlow, Reason, STAGE_ICMP, STAGE_IPV6,
     STAGE_NEW_FLOW, TOO_BIG_SOURCE, V4,
     decide::{self, Decision},
-    select::TCP_RST,
+    select::{TCP_RST, is_tcp_open},
 };
 
 use crate::{
@@ -19,7 +19,7 @@ use crate::{
     maps::PENDING,
     nat,
     nat::Side,
-    parse,
+    new_flow, parse,
     parse::{Ipv4, L4, Parsed},
     reset, stage, stats, tables,
     tables::Maps,
@@ -112,7 +112,10 @@ fn is_vip(addr: u32) -> bool {
 fn forward(ctx: &XdpContext, ip: &Ipv4, l4: &L4, listener: &Listener) -> (u32, Reason) {
     let now = clock::now();
     let packet = parse::packet(ip, l4);
-    let maps = Maps::new();
+    let recheck = packet.protocol == PROTO_TCP
+        && is_tcp_open(packet.tcp_flags)
+        && tables::take_recheck(&packet.flow_key());
+    let maps = Maps::for_client(recheck);
     let opening = match decide::listener_packet(&maps, &mut (), listener, &packet, now) {
         Decision::Established { flow, backend } => {
             // Read before `client_packet`, after which the entry may be gone (promoted).
@@ -148,7 +151,7 @@ fn forward(ctx: &XdpContext, ip: &Ipv4, l4: &L4, listener: &Listener) -> (u32, R
             picked: NO_BACKEND,
             state: opening.state.code(),
             step: opening.step.code(),
-            flags: 0,
+            flags: new_flow::exclusive_insert(recheck, &packet, &opening),
             _pad: 0,
         };
     }

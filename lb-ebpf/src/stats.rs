@@ -26,6 +26,16 @@ pub fn count(reason: Reason) {
     }
 }
 
+/// Takes back a `count` of `reason` on this CPU (an event the packet turned out not to
+/// be).
+#[inline(always)]
+pub fn uncount(reason: Reason) {
+    if let Some(c) = COUNTERS.get_ptr_mut(reason as u32) {
+        // SAFETY: per-CPU value, only this CPU writes it while the program runs.
+        unsafe { *c = (*c).wrapping_sub(1) };
+    }
+}
+
 /// Applies `f` to counters only this CPU writes (a per-CPU map value, or this CPU's
 /// record of a backend), when the lookup found them.
 #[inline(always)]

@@ -8,14 +8,15 @@ use aya_ebpf::maps::{Array, lpm_trie::Key as LpmKey};
 use lb_common::{
     AclKey, AclKey6, Addr6, Affinity, AffinityKey, AffinityKey6, BACKEND_FILTER_BASE, Backend,
     BackendCpu, Flow, FlowKey, FlowKey6, IdPair, Listener, ListenerKey, ListenerKey6, NO_BACKEND,
-    REFUSED_FILTER_BASE, REFUSED_PREFIXES_WORD, TableMeta, V4, V6, VIP_FILTER_BASE,
-    VIP6_FILTER_BASE, acl_prefix_len, acl_prefix_len6, address_filter_bit, address_filter_bit6,
-    decide::Tables,
+    PENDING_F_RECHECK, REFUSED_FILTER_BASE, REFUSED_PREFIXES_WORD, TableMeta, V4, V6,
+    VIP_FILTER_BASE, VIP6_FILTER_BASE, acl_prefix_len, acl_prefix_len6, address_filter_bit,
+    address_filter_bit6, decide::Tables,
 };
 
 use crate::maps::{
     ACLS, ACLS6, ACTIVE_FLOWS, ADDRESS_FILTER, AFFINITY, AFFINITY6, BACKENDS, CURSORS, HALF_OPEN,
-    HALF_OPEN6, LISTENERS6, MAGLEV, SEQUENCE, TABLE_META, backend_cpu, warm, warm_backend_cpu,
+    HALF_OPEN6, LISTENERS6, MAGLEV, PENDING, PENDING6, SEQUENCE, TABLE_META, backend_cpu, warm,
+    warm_backend_cpu,
 };
 
 /// A map value. Valid for the rest of the program run (map values are freed after an RCU
@@ -52,13 +53,29 @@ impl<T> Deref for MapRef<T> {
 /// lookup started (`backend_record`), so a packet computes its index once.
 pub struct Maps {
     found: Cell<Option<(u32, *mut BackendCpu)>>,
+    /// Whether a SYN the flow filter rules out of `FLOWS` is looked up in `HALF_OPEN`;
+    /// false leaves that lookup to the new-flow stage's insert (`PENDING_F_EXCLUSIVE`).
+    half_open_lookup: bool,
 }
 
 impl Maps {
+    /// The tables read in full: every lookup the decision asks for is made.
     #[inline(always)]
     pub const fn new() -> Self {
         Self {
             found: Cell::new(None),
+            half_open_lookup: true,
+        }
+    }
+
+    /// The tables as the entry program reads them for a client's packet: a SYN's
+    /// half-open lookup is left to the insert, unless the new-flow stage handed the SYN
+    /// back because the insert found an entry (`recheck`).
+    #[inline(always)]
+    pub const fn for_client(recheck: bool) -> Self {
+        Self {
+            found: Cell::new(None),
+            half_open_lookup: recheck,
         }
     }
 
@@ -71,6 +88,38 @@ impl Maps {
             _ => backend_cpu(id),
         }
     }
+}
+
+/// Whether the new-flow stage handed this SYN back (`PENDING_F_RECHECK` for `key`): its
+/// half-open entry is then looked up (`Maps::for_client`). The mark is taken, so a later
+/// SYN of the same key is not taken for a second pass.
+#[inline(always)]
+pub fn take_recheck(key: &FlowKey) -> bool {
+    let Some(p) = PENDING.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: per-CPU value, only this CPU touches it while the packet runs.
+    let p = unsafe { &mut *p };
+    if p.flags & PENDING_F_RECHECK == 0 || p.key != *key {
+        return false;
+    }
+    p.flags &= !PENDING_F_RECHECK;
+    true
+}
+
+/// `take_recheck` for an IPv6 SYN (`PENDING6`).
+#[inline(always)]
+pub fn take_recheck6(key: &FlowKey6) -> bool {
+    let Some(p) = PENDING6.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: as above.
+    let p = unsafe { &mut *p };
+    if p.flags & PENDING_F_RECHECK == 0 || p.key != *key {
+        return false;
+    }
+    p.flags &= !PENDING_F_RECHECK;
+    true
 }
 
 /// Backend id number `index` of a selection table (see `IdPair`).
@@ -114,6 +163,9 @@ impl Tables for Maps {
     fn opening_flow(&self, key: &FlowKey) -> Option<MapRef<Flow>> {
         if crate::flow_filter::may_hold(key) {
             return self.flow(key);
+        }
+        if !self.half_open_lookup {
+            return None;
         }
         HALF_OPEN.get_ptr_mut(key).map(MapRef)
     }
@@ -197,7 +249,28 @@ fn filter_has(base: u32, addr: u32) -> bool {
 }
 
 /// The IPv6 maps the decision reads, and those both families share (read through `Maps`).
-pub struct Maps6;
+pub struct Maps6 {
+    /// As `Maps::half_open_lookup`.
+    half_open_lookup: bool,
+}
+
+impl Maps6 {
+    /// As `Maps::new`.
+    #[inline(always)]
+    pub const fn new() -> Self {
+        Self {
+            half_open_lookup: true,
+        }
+    }
+
+    /// As `Maps::for_client`.
+    #[inline(always)]
+    pub const fn for_client(recheck: bool) -> Self {
+        Self {
+            half_open_lookup: recheck,
+        }
+    }
+}
 
 impl Tables for Maps6 {
     type Family = V6;
@@ -227,6 +300,9 @@ impl Tables for Maps6 {
     fn opening_flow(&self, key: &FlowKey6) -> Option<MapRef<Flow>> {
         if crate::flow_filter::may_hold(key) {
             return self.flow(key);
+        }
+        if !self.half_open_lookup {
+            return None;
         }
         HALF_OPEN6.get_ptr_mut(key).map(MapRef)
     }

@@ -1760,6 +1760,85 @@ listeners:
     });
 }
 
+/// The entry program leaves a SYN's half-open lookup to the new-flow stage's insert
+/// (`BPF_NOEXIST`); a SYN whose key the half-open table already holds (a retransmission)
+/// is handed back and decided with that entry: it goes to the same backend, although `rr`
+/// would pick the next one and `wlc` the less loaded one, and counts as nothing new (with
+/// persistence, its first pass's pick through the affinity entry is not counted either).
+#[test]
+fn a_retransmitted_syn_keeps_its_backend_and_counts_once() {
+    let Some(lab) = lab("fxresyn") else { return };
+    lab.ns.enter(|| {
+        for (scheduler, settings) in [("rr", ""), ("wlc", ""), ("rr", "persistence_timeout: 60")] {
+            let mut dp = load(&lab);
+            let fx = provision(&mut dp, &three_backends(scheduler, settings));
+            let web = fx.listener_id("web");
+            let syn = from_client(Frame::tcp((CLIENT, 46000), (VIP, 80), SYN));
+            let (verdict, out) = run(&mut dp, lab.client_if, &syn.build());
+            assert_eq!(
+                verdict, XDP_REDIRECT,
+                "{scheduler}: the first SYN is forwarded"
+            );
+            let first = dp
+                .flow(&flow_of(&syn))
+                .unwrap()
+                .expect("half-open entry")
+                .backend;
+            let index = index_of_id(&fx, first);
+            assert_eq!(out, to_backend(&syn, index, 8080));
+            let active = dp.active_flows(first).unwrap();
+            check(
+                &mut dp,
+                &[
+                    lab.forwarded(
+                        "the retransmitted SYN, to the same backend",
+                        &syn,
+                        index,
+                        8080,
+                    ),
+                    lab.forwarded("and again", &syn, index, 8080),
+                ],
+            );
+            let stats = dp.listener_stats(web).unwrap();
+            assert_eq!(
+                (stats.new_flows, stats.packets),
+                (1, 3),
+                "{scheduler}: one new flow for three SYNs"
+            );
+            assert_eq!(dp.counter(Reason::EventNewFlow).unwrap(), 1, "{scheduler}");
+            assert_eq!(
+                dp.counter(Reason::EventSynRechecked).unwrap(),
+                2,
+                "{scheduler}: each retransmission was found by the insert, then decided again"
+            );
+            assert_eq!(
+                dp.active_flows(first).unwrap(),
+                active,
+                "{scheduler}: the backend's active count is the first SYN's only"
+            );
+            let flow = dp.flow(&flow_of(&syn)).unwrap().expect("half-open entry");
+            assert_eq!(flow.backend, first, "{scheduler}: the entry is unchanged");
+            assert_eq!(
+                dp.counter(Reason::EventPersisted).unwrap(),
+                0,
+                "{scheduler} {settings}: no retransmission counts as sent by affinity"
+            );
+            // A new client port is a new flow, which the scheduler places afresh (or the
+            // client's affinity keeps on its backend).
+            let other = from_client(Frame::tcp((CLIENT, 46001), (VIP, 80), SYN));
+            let (verdict, _) = run(&mut dp, lab.client_if, &other.build());
+            assert_eq!(verdict, XDP_REDIRECT);
+            assert_eq!(dp.listener_stats(web).unwrap().new_flows, 2, "{scheduler}");
+            let persisted = u64::from(!settings.is_empty());
+            assert_eq!(
+                dp.counter(Reason::EventPersisted).unwrap(),
+                persisted,
+                "{scheduler} {settings}"
+            );
+        }
+    });
+}
+
 /// A frame from another client address (same MACs as the fixture client).
 fn from(addr: Ipv4Addr, sport: u16, dport: u16) -> Frame {
     from_client(Frame::tcp((addr, sport), (VIP, dport), SYN))
@@ -2810,6 +2889,36 @@ fn to_backend6(frame: &packet::Frame6, port: u16) -> Vec<u8> {
 
 /// NAT66 both ways, TCP and UDP, every byte, with and without extension headers the
 /// policy skips; the checksums of every output frame are checked from scratch too.
+/// `a_retransmitted_syn_keeps_its_backend_and_counts_once` over IPv6: the insert that
+/// finds the key hands the SYN back to `lb_ipv6`.
+#[test]
+fn a_retransmitted_ipv6_syn_is_decided_with_its_half_open_entry() {
+    use packet::Frame6;
+    let Some(lab) = lab6("fx6resyn") else { return };
+    lab.ns.enter(|| {
+        let mut dp = load(&lab);
+        let fx = provision(&mut dp, IPV6_WEB_AND_DNS);
+        let syn = from_client6(Frame6::tcp((CLIENT6, 40100), (VIP6, 80), SYN).seq_ack(1000, 0));
+        let forwarded = |name| {
+            lab.case6(
+                name,
+                lab.client_if,
+                syn.build(),
+                XDP_REDIRECT,
+                Reason::Forwarded,
+                Output::Exactly(to_backend6(&syn, 8080)),
+            )
+        };
+        check(
+            &mut dp,
+            &[forwarded("the SYN"), forwarded("its retransmission")],
+        );
+        let stats = dp.listener_stats(fx.listener_id("web6")).unwrap();
+        assert_eq!((stats.new_flows, stats.packets), (1, 2));
+        assert_eq!(dp.counter(Reason::EventSynRechecked).unwrap(), 1);
+    });
+}
+
 #[test]
 fn ipv6_flows_are_translated_both_ways_with_their_checksums() {
     use packet::{ExtHeader, Frame6};

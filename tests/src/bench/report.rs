@@ -897,7 +897,9 @@ fn cost_section(o: &mut String, r: &Report) {
          the bitmap of the keys the table of established flows may hold: that table holds \
          at most the 100,000 cycled flows here, so almost every SYN skips its lookup, as \
          in production unless the key's bit is set (at most an eighth of the bits are when \
-         that table is full). Reply: a backend → client ACK \
+         that table is full). Nor does a SYN look in the half-open table: its insert there \
+         is made only if the key is absent, and one that finds the key hands the SYN back \
+         to be decided with that entry (a retransmission; none here). Reply: a backend → client ACK \
          of the established flow, found through its backend endpoint and the flow table. \
          Not for a VIP: an ACK to an address that is no VIP (passed to the kernel). A case \
          whose rounds (its runs, where it ran several) spread more than {NOISY}× (largest \
