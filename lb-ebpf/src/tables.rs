@@ -100,11 +100,7 @@ pub fn take_recheck(key: &FlowKey) -> bool {
     };
     // SAFETY: per-CPU value, only this CPU touches it while the packet runs.
     let p = unsafe { &mut *p };
-    if p.flags & PENDING_F_RECHECK == 0 || p.key != *key {
-        return false;
-    }
-    p.flags &= !PENDING_F_RECHECK;
-    true
+    take_mark(&mut p.flags, || p.key == *key)
 }
 
 /// `take_recheck` for an IPv6 SYN (`PENDING6`).
@@ -115,10 +111,17 @@ pub fn take_recheck6(key: &FlowKey6) -> bool {
     };
     // SAFETY: as above.
     let p = unsafe { &mut *p };
-    if p.flags & PENDING_F_RECHECK == 0 || p.key != *key {
+    take_mark(&mut p.flags, || p.key == *key)
+}
+
+/// Clears a hand-off's `PENDING_F_RECHECK` if it is set and the hand-off is the packet's
+/// (`same_key`, asked only then), and says whether it did.
+#[inline(always)]
+fn take_mark(flags: &mut u8, same_key: impl FnOnce() -> bool) -> bool {
+    if *flags & PENDING_F_RECHECK == 0 || !same_key() {
         return false;
     }
-    p.flags &= !PENDING_F_RECHECK;
+    *flags &= !PENDING_F_RECHECK;
     true
 }
 
