@@ -294,12 +294,14 @@ pub fn listener_packet<'a, T: Tables, R: Trace>(
         let denied = acl_denies(listener.acl_mode, matched);
         trace.event(Event::Acl { matched, denied });
         if denied {
+            core::hint::cold_path();
             return Decision::Drop(Reason::DropAclDenied);
         }
     } else {
         trace.event(Event::NoAcl);
     }
     if packet.ttl <= 1 {
+        core::hint::cold_path();
         trace.event(Event::TtlExpired);
         return Decision::Pass(Reason::PassTtlExpired);
     }
@@ -339,6 +341,7 @@ pub fn listener_packet<'a, T: Tables, R: Trace>(
         && let Some((flow, backend)) = live
     {
         if backend.flags & BACKEND_F_DRAINING != 0 && backend.drain_deadline_ns != 0 {
+            core::hint::cold_path();
             if now > backend.drain_deadline_ns {
                 // The client's own RST goes through, so the backend learns the
                 // connection is gone.
@@ -362,6 +365,7 @@ pub fn listener_packet<'a, T: Tables, R: Trace>(
     // would make the backend's answers to the LB's health probes from that port look like
     // its replies.
     if is_refused_source(tables, packet.src_addr) {
+        core::hint::cold_path();
         trace.event(Event::RefusedSource);
         return Decision::Drop(Reason::DropSpoofedSource);
     }
@@ -408,10 +412,12 @@ pub fn pick<'a, T: Tables, R: Trace>(
     now: u64,
 ) -> Pick<T::Ref<'a, Backend>> {
     let Some(meta) = tables.table_meta(listener.table) else {
+        core::hint::cold_path();
         trace.event(Event::NoBackendTakesNewFlows);
         return Pick::Fail(Reason::DropNoBackend);
     };
     if meta.backends == 0 {
+        core::hint::cold_path();
         trace.event(Event::NoBackendTakesNewFlows);
         return Pick::Fail(Reason::DropNoBackend);
     }
@@ -508,6 +514,7 @@ pub fn pick<'a, T: Tables, R: Trace>(
             }
         }
         _ => {
+            core::hint::cold_path();
             trace.event(Event::Unusable { backend: id });
             Pick::Fail(Reason::DropNoBackend)
         }

@@ -10,6 +10,8 @@
 //! the next hop), with low bits (IPIP) or the UDP source port (GUE) from the flow's hash
 //! so a backend's NIC spreads flows over its receive queues.
 
+use core::hint::cold_path;
+
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS},
     helpers::generated::bpf_xdp_adjust_head,
@@ -110,6 +112,7 @@ pub fn send(ctx: &XdpContext, ip: &Ipv4, d: &Delivery) -> (u32, Reason) {
         Err(verdict) => return verdict,
     };
     if listener.encap_source == 0 && hop.src_addr == 0 {
+        cold_path();
         return (XDP_DROP, Reason::DropNoSourceAddress);
     }
     let flow = FlowKey::new(
@@ -136,6 +139,7 @@ pub fn send(ctx: &XdpContext, ip: &Ipv4, d: &Delivery) -> (u32, Reason) {
     // The kernel path needs the frame's own Ethernet addresses (it drops a frame not
     // addressed to the interface); read them before the header moves.
     let (dst_mac, src_mac) = if hop.egress == 0 {
+        cold_path();
         let Some(macs) = fwd::frame_macs(ctx) else {
             return (XDP_DROP, Reason::DropMalformedEthernet);
         };
@@ -146,11 +150,13 @@ pub fn send(ctx: &XdpContext, ip: &Ipv4, d: &Delivery) -> (u32, Reason) {
     let grow = -(i32::from(encapsulation.overhead()));
     // SAFETY: ctx is the program's context; the kernel checks the headroom.
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, grow) } != 0 {
+        cold_path();
         return (XDP_DROP, Reason::DropNoHeadroom);
     }
     let ether_type = EtherType::Ipv4 as u16;
     if gue {
         let Some(f) = ptr_at::<GueFront>(ctx, 0) else {
+            cold_path();
             return (XDP_DROP, Reason::DropNoHeadroom);
         };
         // SAFETY: bounds checked by ptr_at; the frame starts at an even address.
@@ -163,6 +169,7 @@ pub fn send(ctx: &XdpContext, ip: &Ipv4, d: &Delivery) -> (u32, Reason) {
         }
     } else {
         let Some(f) = ptr_at::<IpipFront>(ctx, 0) else {
+            cold_path();
             return (XDP_DROP, Reason::DropNoHeadroom);
         };
         // SAFETY: as above.
@@ -174,6 +181,7 @@ pub fn send(ctx: &XdpContext, ip: &Ipv4, d: &Delivery) -> (u32, Reason) {
         }
     }
     if hop.egress == 0 {
+        cold_path();
         return (XDP_PASS, hop.kernel_reason);
     }
     fwd::send(&hop, d.sent)

@@ -2,7 +2,7 @@
 //! family (`family::Tables`): finding it from a backend's reply, its close, its affinity;
 //! and for IPv4, sending its packet to the backend (`flow6` does it for IPv6).
 
-use core::ffi::c_void;
+use core::{ffi::c_void, hint::cold_path};
 
 use aya_ebpf::{
     bindings::{BPF_ANY, xdp_action::XDP_DROP},
@@ -181,6 +181,8 @@ pub fn shared_endpoint_collision<F: Tables>(
     if backend.flags & BACKEND_F_SHARED_ENDPOINT == 0 {
         return false;
     }
+    // Only for a backend endpoint several listeners share.
+    cold_path();
     let Some(key) = F::backend_endpoint(id, backend, protocol) else {
         return false;
     };
@@ -312,6 +314,8 @@ pub fn client_packet<F: Tables>(
     }
     // The handshake's last step: the flow leaves the half-open table (and `f` with it).
     if opening && f.flags & FLOW_F_OPENING == 0 {
+        // Once per flow.
+        cold_path();
         promote::<F>(&packet.flow_key(), f);
     }
 }

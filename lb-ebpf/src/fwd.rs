@@ -11,6 +11,8 @@
 //! the translated packet, which its sender cannot match to a connection, and would go to
 //! the VIP when the packet is a reply.
 
+use core::hint::cold_path;
+
 use aya_ebpf::{
     bindings::{
         BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_NO_SRC_ADDR,
@@ -98,9 +100,11 @@ pub fn transmit(ctx: &XdpContext, ip: &Ipv4, route: &Route, sent: Reason) -> (u3
         Err(verdict) => return verdict,
     };
     if hop.egress == 0 {
+        cold_path();
         return (XDP_PASS, hop.kernel_reason);
     }
     if !set_macs(ctx, &hop) {
+        cold_path();
         return (XDP_DROP, Reason::DropMalformedEthernet);
     }
     decrement_ttl(ctx);

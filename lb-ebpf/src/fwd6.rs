@@ -2,6 +2,8 @@
 //! for IPv6, with its own per-CPU cache of backends' next hops (`NEXT_HOPS6`) and the
 //! same verdicts.
 
+use core::hint::cold_path;
+
 use aya_ebpf::{
     bindings::{
         BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_NO_SRC_ADDR,
@@ -80,9 +82,11 @@ pub fn transmit(ctx: &XdpContext, ip: &Ipv6, route: &Route6, sent: Reason) -> (u
         Err(verdict) => return verdict,
     };
     if hop.egress == 0 {
+        cold_path();
         return (XDP_PASS, hop.kernel_reason);
     }
     if !set_macs(ctx, &hop) {
+        cold_path();
         return (XDP_DROP, Reason::DropMalformedEthernet);
     }
     decrement_hop_limit(ctx);

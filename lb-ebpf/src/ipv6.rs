@@ -9,6 +9,8 @@
 //! `forwarding: dsr` listener's backend, in `lb_encap6` (`encap6`), which puts it in its
 //! tunnel.
 
+use core::hint::cold_path;
+
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
     macros::xdp,
@@ -55,6 +57,7 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
     };
     // The walk stopped at what it refuses or at a fragment: the protocol is unknown then.
     if ip.refused_extensions {
+        cold_path();
         return refuse_for_vip(
             is_vip(ip.dst_addr),
             Reason::DropExtensionHeader,
@@ -62,6 +65,7 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
         );
     }
     if ip.fragment {
+        cold_path();
         return refuse_for_vip(
             is_vip(ip.dst_addr),
             Reason::DropFragment,
@@ -69,6 +73,7 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
         );
     }
     if ip.protocol == PROTO_ICMPV6 {
+        cold_path();
         if parse6::is_neighbour_discovery(ctx, &ip) {
             return (XDP_PASS, Reason::PassNeighbourDiscovery);
         }
@@ -88,6 +93,7 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
         return stage::enter(ctx, STAGE_ICMP6);
     }
     if !parse::is_tcp_or_udp(ip.protocol) {
+        cold_path();
         return refuse_for_vip(
             is_vip(ip.dst_addr),
             Reason::DropVipOtherProtocol,
@@ -95,6 +101,7 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
         );
     }
     let Some(l4) = parse6::l4(ctx, &ip) else {
+        cold_path();
         return refuse_for_vip(
             is_vip(ip.dst_addr),
             Reason::DropMalformedL4,
@@ -149,6 +156,7 @@ fn forward(ctx: &XdpContext, ip: &Ipv6, l4: &L4, listener: &Listener) -> (u32, R
             return send_to_backend(ctx, &delivery);
         }
         Decision::DrainCut { flow } => {
+            cold_path();
             flow::note_close(flow.get_mut(), TCP_RST);
             stats::listener(listener.id, |c| c.dropped += 1);
             if ip.protocol == PROTO_TCP && reset::answer_with_rst6(ctx, ip) {
@@ -157,6 +165,7 @@ fn forward(ctx: &XdpContext, ip: &Ipv6, l4: &L4, listener: &Listener) -> (u32, R
             return (XDP_DROP, Reason::DropDrainExpired);
         }
         Decision::Drop(reason) => {
+            cold_path();
             stats::listener(listener.id, |c| c.dropped += 1);
             return (XDP_DROP, reason);
         }
@@ -329,6 +338,7 @@ fn new_flow(ctx: &XdpContext) -> (u32, Reason) {
         || key.src_port != l4.src_port
         || key.dst_port != l4.dst_port
     {
+        cold_path();
         return (XDP_DROP, Reason::DropStageFailed);
     }
     let packet = parse6::packet(&ip, &l4);
@@ -356,7 +366,10 @@ fn new_flow(ctx: &XdpContext) -> (u32, Reason) {
             persisted,
         } => (id, backend, persisted),
         Pick::Scan => return stage::enter(ctx, STAGE_WLC),
-        Pick::Fail(reason) => return new_flow::refuse(listener, reason),
+        Pick::Fail(reason) => {
+            cold_path();
+            return new_flow::refuse(listener, reason);
+        }
     };
     new_flow::note_persisted(&mut pending.flags, persisted);
     // As in `lb_new_flow`: the record's miss overlaps the insert.
@@ -377,6 +390,7 @@ fn new_flow(ctx: &XdpContext) -> (u32, Reason) {
         persisted,
         now,
     ) {
+        cold_path();
         if reason == Reason::EventSynRechecked {
             return new_flow::recheck(ctx, &mut pending.flags, STAGE_IPV6);
         }

@@ -6,6 +6,8 @@
 //! then reaches fields through them: the verifier tracks a checked range on the pointer
 //! it checked, not on separately computed addresses.
 
+use core::hint::cold_path;
+
 use aya_ebpf::programs::XdpContext;
 use lb_common::{PROTO_TCP, PROTO_UDP, csum};
 use network_types::{ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr};
@@ -35,6 +37,7 @@ pub fn translate(
     new_port: u16,
 ) -> bool {
     let Some(hdr) = ptr_at::<Ipv4Hdr>(ctx, ETH_LEN) else {
+        cold_path();
         return false;
     };
     // SAFETY: bounds checked by ptr_at; Ipv4Hdr has alignment 1.
@@ -53,6 +56,7 @@ pub fn translate(
     // The L4 header offset is 34..=74 (checked by parse::l4); say so again for the verifier.
     let off = ip.l4_offset;
     if off > ETH_LEN + 60 {
+        cold_path();
         return false;
     }
     let update =

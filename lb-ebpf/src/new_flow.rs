@@ -5,6 +5,8 @@
 //! The backend's replies find the flow through the backend endpoint (`flow::reply_flow`):
 //! one table insert per new flow.
 
+use core::hint::cold_path;
+
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST, xdp_action::XDP_DROP},
     macros::xdp,
@@ -53,6 +55,7 @@ fn run(ctx: &XdpContext) -> (u32, Reason) {
     // The hand-off must be this packet's: a stage run on its own (a test run) finds
     // whatever the last packet on this CPU left.
     if pending.key != packet.flow_key() {
+        cold_path();
         return (XDP_DROP, Reason::DropStageFailed);
     }
     // By reference: a copy would take 40 of the stack's 512 bytes.
@@ -78,7 +81,10 @@ fn run(ctx: &XdpContext) -> (u32, Reason) {
                 persisted,
             } => (id, backend, persisted),
             Pick::Scan => return stage::enter(ctx, STAGE_WLC),
-            Pick::Fail(reason) => return refuse(listener, reason),
+            Pick::Fail(reason) => {
+                cold_path();
+                return refuse(listener, reason);
+            }
         };
     note_persisted(&mut pending.flags, persisted);
     // Its cache miss overlaps the flow's insert instead of following it. Looked up again
@@ -100,6 +106,7 @@ fn run(ctx: &XdpContext) -> (u32, Reason) {
         persisted,
         now,
     ) {
+        cold_path();
         if reason == Reason::EventSynRechecked {
             return recheck(ctx, &mut pending.flags, STAGE_ENTRY);
         }
@@ -221,14 +228,17 @@ pub fn open<F: Tables>(
         backend,
         now,
     ) {
+        cold_path();
         return Err(Reason::DropReverseCollision);
     }
 
     let wlc = listener.scheduler == Scheduler::Wlc as u8;
     let mut flags = if pickup { FLOW_F_PICKUP } else { 0 };
     if l4.tcp_flags & TCP_RST != 0 {
+        cold_path();
         flags |= FLOW_F_RST;
     } else if l4.tcp_flags & TCP_FIN != 0 {
+        cold_path();
         flags |= FLOW_F_FIN;
     } else if wlc {
         flags |= FLOW_F_COUNTED;
@@ -273,6 +283,7 @@ pub fn open<F: Tables>(
     // reopened connection's closing entry, an expired half-open one).
     let previous = opening.previous_backend != NO_BACKEND;
     if previous {
+        cold_path();
         let _ = if half_open {
             F::flows().remove(key)
         } else {

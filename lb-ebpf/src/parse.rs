@@ -1,6 +1,8 @@
 //! Header parsing. Every access is bounds-checked against `data_end` right before it, in
 //! the form the verifier tracks; the IP header length comes from IHL, never assumed.
 
+use core::hint::cold_path;
+
 use aya_ebpf::programs::XdpContext;
 use lb_common::{PROTO_TCP, PROTO_UDP, Reason, decide::Packet};
 use network_types::{
@@ -70,6 +72,7 @@ pub fn ipv4(ctx: &XdpContext) -> Parsed {
     use aya_ebpf::bindings::xdp_action::{XDP_DROP, XDP_PASS};
 
     let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+        cold_path();
         return Parsed::Done(XDP_DROP, Reason::DropMalformedEthernet);
     };
     // SAFETY: bounds checked by ptr_at.
@@ -77,6 +80,7 @@ pub fn ipv4(ctx: &XdpContext) -> Parsed {
         return Parsed::Done(XDP_PASS, Reason::PassNotIp);
     }
     let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, ETH_LEN) else {
+        cold_path();
         return Parsed::Done(XDP_DROP, Reason::DropMalformedIpv4);
     };
     // SAFETY: bounds checked by ptr_at; Ipv4Hdr has alignment 1.
@@ -89,6 +93,7 @@ pub fn ipv4(ctx: &XdpContext) -> Parsed {
         || (tot_len as usize) < ihl_bytes
         || ETH_LEN + tot_len as usize > frame_len
     {
+        cold_path();
         return Parsed::Done(XDP_DROP, Reason::DropMalformedIpv4);
     }
     let frags = u16::from_be_bytes(hdr.frags);

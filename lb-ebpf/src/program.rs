@@ -2,6 +2,8 @@
 //! in both directions (client → backend, backend → client). New flows and ICMP errors go on
 //! in stages of their own (`new_flow`, `icmp`), entered by tail call.
 
+use core::hint::cold_path;
+
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
     macros::xdp,
@@ -48,9 +50,11 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
         Parsed::Done(action, reason) => return (action, reason),
     };
     if ip.protocol == PROTO_ICMP {
+        cold_path();
         return stage::enter(ctx, STAGE_ICMP);
     }
     if !parse::is_tcp_or_udp(ip.protocol) {
+        cold_path();
         // Passed, a packet to a VIP routed to the LB (not one of its addresses) would
         // bounce between the LB and its router until its TTL ran out.
         return if is_vip(ip.dst_addr) {
@@ -60,6 +64,7 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
         };
     }
     if ip.fragment {
+        cold_path();
         // No ports in later fragments, so no listener or flow to match: fragments to a VIP
         // are refused (counted); others are not ours.
         return if is_vip(ip.dst_addr) {
@@ -69,6 +74,7 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
         };
     }
     let Some(l4) = parse::l4(ctx, &ip) else {
+        cold_path();
         return if is_vip(ip.dst_addr) {
             (XDP_DROP, Reason::DropMalformedL4)
         } else {
@@ -126,10 +132,12 @@ fn forward(ctx: &XdpContext, ip: &Ipv4, l4: &L4, listener: &Listener) -> (u32, R
             return flow::send_to_backend(ctx, ip, l4, listener, backend_id, record, &backend, now);
         }
         Decision::DrainCut { flow } => {
+            cold_path();
             flow::note_close(flow.get_mut(), TCP_RST);
             return cut_drained(ctx, ip, listener);
         }
         Decision::Drop(reason) => {
+            cold_path();
             stats::listener(listener.id, |c| c.dropped += 1);
             return (XDP_DROP, reason);
         }
@@ -138,6 +146,7 @@ fn forward(ctx: &XdpContext, ip: &Ipv4, l4: &L4, listener: &Listener) -> (u32, R
     };
 
     let Some(pending) = PENDING.get_ptr_mut(0) else {
+        cold_path();
         return (XDP_DROP, Reason::DropStageFailed);
     };
     // SAFETY: per-CPU value, only this CPU touches it while the packet runs.
