@@ -14,7 +14,7 @@
 use std::{env, fs, path::PathBuf, process::ExitCode, sync::Arc};
 
 use clap::{Parser, builder::TypedValueParser as _};
-use lb_tests::bench::{self, Part, Plan, report, util::PerfWindow};
+use lb_tests::bench::{self, Part, Plan, cost::Case, report, util::PerfWindow};
 
 /// The benchmark suite (`cargo xtask bench` builds and runs it).
 #[derive(Debug, Parser)]
@@ -44,13 +44,13 @@ struct Args {
     /// Measures only the cost case NAME, as the report's table names it (repeatable): a
     /// quick comparison of two builds on the cases a change is about. Such a run writes no
     /// report unless `--out` names a file.
-    #[arg(long = "case", value_name = "NAME", value_parser = case_name)]
-    cases: Vec<String>,
+    #[arg(long = "case", value_name = "NAME", value_parser = case_by_name)]
+    cases: Vec<Case>,
     /// Profiles the cost case NAME, as the report's table names it (e.g. "new flow each
     /// packet, table nearly empty"): perf samples only while it runs. Needs
-    /// `--perf-control`.
-    #[arg(long, value_name = "NAME", requires = "perf_control", value_parser = case_name)]
-    perf_case: Option<String>,
+    /// `--perf-control`, and the cost part in the run (with `--case`, among its cases).
+    #[arg(long, value_name = "NAME", requires = "perf_control", value_parser = case_by_name)]
+    perf_case: Option<Case>,
     /// The control and acknowledgement FIFOs of a `perf record -D -1 --control
     /// fifo:CTL,ACK` already running (docs/development.md, "Profiling one cost case").
     #[arg(long, value_name = "CTL,ACK", requires = "perf_case", value_parser = fifo_pair)]
@@ -69,16 +69,34 @@ fn backend_count(s: &str) -> Result<usize, String> {
 }
 
 /// A cost case by the name the report's table gives it; the refusal lists them.
-fn case_name(s: &str) -> Result<String, String> {
-    let names = bench::cost::Case::ALL.map(bench::cost::Case::name);
-    if names.contains(&s) {
-        Ok(s.to_owned())
-    } else {
-        Err(format!(
-            "no cost case is named {s:?}; the cases are: {}",
-            names.map(|n| format!("\"{n}\"")).join(", ")
-        ))
+fn case_by_name(s: &str) -> Result<Case, String> {
+    Case::ALL
+        .into_iter()
+        .find(|c| c.name() == s)
+        .ok_or_else(|| {
+            format!(
+                "no cost case is named {s:?}; the cases are: {}",
+                Case::ALL.map(|c| format!("\"{}\"", c.name())).join(", ")
+            )
+        })
+}
+
+/// Why `--perf-case` would sample nothing in this run, if it would not.
+fn perf_case_unreachable(perf_case: Case, parts: &[Part], cases: &[Case]) -> Option<String> {
+    let name = perf_case.name();
+    if !parts.contains(&Part::Cost) {
+        return Some(format!(
+            "--perf-case \"{name}\" is a cost case, but the run leaves the cost part out \
+             (add --only cost)"
+        ));
     }
+    if !cases.is_empty() && !cases.contains(&perf_case) {
+        return Some(format!(
+            "--perf-case \"{name}\" is not among the --case cases, so it never runs \
+             (add --case \"{name}\")"
+        ));
+    }
+    None
 }
 
 /// `CTL,ACK`: two paths.
@@ -101,12 +119,19 @@ fn part_parser() -> impl clap::builder::TypedValueParser<Value = Part> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    let all = args.parts.is_empty();
+    let parts = if all { Part::ALL.to_vec() } else { args.parts };
+    if let Some(why) = args
+        .perf_case
+        .and_then(|case| perf_case_unreachable(case, &parts, &args.cases))
+    {
+        eprintln!("lb-bench: {why}");
+        return ExitCode::FAILURE;
+    }
     if !rustix::process::geteuid().is_root() {
         eprintln!("lb-bench: run as root (it creates network namespaces and loads XDP programs)");
         return ExitCode::FAILURE;
     }
-    let all = args.parts.is_empty();
-    let parts = if all { Part::ALL.to_vec() } else { args.parts };
     let command = args.command.unwrap_or_else(|| {
         let mut c = String::from("lb-bench");
         for a in env::args().skip(1) {
@@ -132,17 +157,9 @@ fn main() -> ExitCode {
     if !args.backends.is_empty() {
         plan.cost.backend_counts = args.backends;
     }
-    plan.cost.cases = args
-        .cases
-        .iter()
-        .filter_map(|name| {
-            bench::cost::Case::ALL
-                .into_iter()
-                .find(|c| c.name() == name)
-        })
-        .collect();
+    plan.cost.cases = args.cases;
     if let (Some(case), Some((ctl, ack))) = (args.perf_case, args.perf_control) {
-        match PerfWindow::open(case, &ctl, &ack) {
+        match PerfWindow::open(case.name().to_owned(), &ctl, &ack) {
             Ok(w) => plan.cost.perf = Some(Arc::new(w)),
             Err(e) => {
                 eprintln!(
@@ -164,4 +181,43 @@ fn main() -> ExitCode {
         println!("\nwrote {}", path.display());
     }
     ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_perf_case_the_run_never_reaches_is_refused_with_the_fix() {
+        let why = perf_case_unreachable(Case::NewEmpty, &[Part::Cost], &[Case::Reply])
+            .expect("a case left out by --case is refused");
+        assert_eq!(
+            why,
+            "--perf-case \"new flow each packet, table nearly empty\" is not among the --case \
+             cases, so it never runs (add --case \"new flow each packet, table nearly empty\")"
+        );
+        let why = perf_case_unreachable(Case::Reply, &[Part::Forward], &[])
+            .expect("a run without the cost part is refused");
+        assert!(why.contains("(add --only cost)"), "{why}");
+    }
+
+    #[test]
+    fn a_perf_case_the_run_reaches_is_accepted() {
+        assert_eq!(perf_case_unreachable(Case::Reply, &Part::ALL, &[]), None);
+        assert_eq!(
+            perf_case_unreachable(Case::Reply, &[Part::Cost], &[Case::NonVip, Case::Reply]),
+            None
+        );
+    }
+
+    #[test]
+    fn a_case_name_maps_to_its_case_and_a_wrong_one_lists_them() {
+        assert_eq!(case_by_name("reply (backend → client)"), Ok(Case::Reply));
+        let err = case_by_name("reply").unwrap_err();
+        assert!(
+            err.starts_with("no cost case is named \"reply\"; the cases are: "),
+            "{err}"
+        );
+        assert!(err.contains("\"reply (backend → client)\""), "{err}");
+    }
 }
