@@ -639,6 +639,7 @@ impl Reconciler {
         let lingering = self.lingering(desired, now);
         let mut backends = Vec::new();
         let mut tables = Vec::new();
+        let mut demotions = Vec::new();
         let mut markers = Vec::new();
         let mut removals = Vec::new();
 
@@ -701,12 +702,24 @@ impl Reconciler {
                 let old = self.backends.get(&b.id);
                 if old != Some(&value) {
                     let fresh = old.is_none_or(|o| o.generation != value.generation);
-                    backends.push(MapOp::SetBackend {
+                    let op = MapOp::SetBackend {
                         id: b.id,
                         value,
                         fresh,
                         address6,
-                    });
+                    };
+                    // A backend that stops being usable while the live table still lists
+                    // it would fail the new flows the table gives it until the new table
+                    // is in: for a healthy one (a UDP secondary at failback), flows that
+                    // need not fail. So it loses its flag once the tables without it are
+                    // live, as a removed server does.
+                    let demoted = old.is_some_and(|o| o.flags & BACKEND_F_USABLE != 0)
+                        && flags & BACKEND_F_USABLE == 0;
+                    if demoted {
+                        demotions.push(op);
+                    } else {
+                        backends.push(op);
+                    }
                 }
             }
 
@@ -848,6 +861,7 @@ impl Reconciler {
         Ok(backends
             .into_iter()
             .chain(tables)
+            .chain(demotions)
             .chain(markers)
             .chain(removals)
             .collect())
@@ -1398,9 +1412,11 @@ listeners:
         assert_eq!(
             shape(&h.step()),
             [
-                "backend 1 flags=0 weight=0",
                 "table 1 backends=1",
-                "listener 0 slot=1"
+                "listener 0 slot=1",
+                // After the table without it is live: until then the table still gives it
+                // new flows, which its flag would refuse.
+                "backend 1 flags=0 weight=0",
             ]
         );
         h.runtime.unhealthy.clear();
@@ -1410,6 +1426,50 @@ listeners:
                 "backend 1 flags=1 weight=100",
                 "table 0 backends=2",
                 "listener 0 slot=0"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_udp_secondary_leaves_new_flows_only_once_the_primary_s_table_is_live() {
+        let mut h = Harness::new();
+        // BASE ends with its listeners: one more, and the group it uses.
+        h.config = config::parse(&format!(
+            "{BASE}  - {{ name: db, protocol: udp, address: 198.19.0.102, port: 5432, server_group: db }}
+primary_secondary_groups:
+  - name: db
+    primary: {{ address: 198.18.1.20, port: 5432 }}
+    secondary: {{ address: 198.18.1.21, port: 5432 }}
+"
+        ))
+        .unwrap();
+        h.step();
+        let primary = crate::plan::BackendKey {
+            frontend: crate::plan::Frontend::of(&h.config.listeners[2]),
+            address: "198.18.1.20".parse().unwrap(),
+            port: 5432,
+        };
+        h.runtime.unhealthy.insert(primary);
+        // Failover: the secondary is usable before the table that gives it new flows.
+        assert_eq!(
+            shape(&h.step()),
+            [
+                "backend 4 flags=1 weight=100",
+                "table 5 backends=1",
+                "listener 2 slot=5",
+                "backend 3 flags=0 weight=0",
+            ]
+        );
+        // Failback: the healthy secondary is given no new flow by the live table before it
+        // stops being usable (its UDP flows move back to the primary).
+        h.runtime.unhealthy.clear();
+        assert_eq!(
+            shape(&h.step()),
+            [
+                "backend 3 flags=1 weight=100",
+                "table 4 backends=1",
+                "listener 2 slot=4",
+                "backend 4 flags=0 weight=0",
             ]
         );
     }
