@@ -101,14 +101,7 @@ impl Family for V6 {
         dst_port: u16,
         protocol: u8,
     ) -> FlowKey6 {
-        FlowKey6 {
-            src_addr,
-            dst_addr,
-            src_port,
-            dst_port,
-            protocol,
-            _pad: [0; 3],
-        }
+        FlowKey6::new(src_addr, dst_addr, src_port, dst_port, protocol)
     }
 
     #[inline(always)]

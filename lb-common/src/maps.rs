@@ -243,7 +243,10 @@ pub struct TooBig {
     /// client's, and one the stage cannot answer is dropped: passed, the kernel would
     /// route it to the VIP.
     pub encapsulated: u8,
-    pub _pad: [u8; 6],
+    /// Two fields, not a byte array: zeroing a 6-byte array is a call of the XDP
+    /// program's byte-at-a-time `memset` (`lb-ebpf/src/words.rs`).
+    pub _pad0: u16,
+    pub _pad1: u32,
 }
 const _: () = assert!(size_of::<TooBig>() == 32);
 
@@ -726,17 +729,12 @@ impl FlowKey {
         dst_port: u16,
         protocol: u8,
     ) -> Self {
-        let words = if cfg!(target_endian = "little") {
-            [
-                src_addr as u64 | (dst_addr as u64) << 32,
-                src_port as u64 | (dst_port as u64) << 16 | (protocol as u64) << 32,
-            ]
+        let addresses = if cfg!(target_endian = "little") {
+            src_addr as u64 | (dst_addr as u64) << 32
         } else {
-            [
-                (src_addr as u64) << 32 | dst_addr as u64,
-                (src_port as u64) << 48 | (dst_port as u64) << 32 | (protocol as u64) << 24,
-            ]
+            (src_addr as u64) << 32 | dst_addr as u64
         };
+        let words = [addresses, ports_word(src_port, dst_port, protocol)];
         // SAFETY: 16 bytes of plain integers either way, laid out as the fields are.
         unsafe { core::mem::transmute::<[u64; 2], FlowKey>(words) }
     }
@@ -746,6 +744,17 @@ impl FlowKey {
     pub const fn words(&self) -> [u64; 2] {
         // SAFETY: 16 bytes of plain integers with explicit padding, 8-byte aligned.
         unsafe { core::mem::transmute::<FlowKey, [u64; 2]>(*self) }
+    }
+}
+
+/// The last word of a flow key of either family: the ports, the protocol and the padding
+/// (zero), laid out as the fields are (`FlowKey::new`, `FlowKey6::new`).
+#[inline(always)]
+pub(crate) const fn ports_word(src_port: u16, dst_port: u16, protocol: u8) -> u64 {
+    if cfg!(target_endian = "little") {
+        src_port as u64 | (dst_port as u64) << 16 | (protocol as u64) << 32
+    } else {
+        (src_port as u64) << 48 | (dst_port as u64) << 32 | (protocol as u64) << 24
     }
 }
 
@@ -1452,6 +1461,43 @@ mod tests {
                 "{how:?}"
             );
         }
+    }
+
+    /// The flow keys built from words hold what a field-by-field literal holds, padding
+    /// zero, in either family.
+    #[test]
+    fn flow_keys_built_from_words_are_the_literal_keys() {
+        let (sport, dport) = (40_000u16.to_be(), 80u16.to_be());
+        let (src, dst) = (
+            u32::from_be_bytes([198, 18, 0, 1]).to_be(),
+            u32::from_be_bytes([198, 18, 0, 10]).to_be(),
+        );
+        assert_eq!(
+            FlowKey::new(src, dst, sport, dport, 17),
+            FlowKey {
+                src_addr: src,
+                dst_addr: dst,
+                src_port: sport,
+                dst_port: dport,
+                protocol: 17,
+                _pad: [0; 3],
+            }
+        );
+        let (src6, dst6) = (
+            [0x2001_0db8u32.to_be(), 0, 0, 1u32.to_be()],
+            [0x2001_0db8u32.to_be(), 0, 0, 0x100u32.to_be()],
+        );
+        assert_eq!(
+            crate::FlowKey6::new(src6, dst6, sport, dport, 6),
+            crate::FlowKey6 {
+                src_addr: src6,
+                dst_addr: dst6,
+                src_port: sport,
+                dst_port: dport,
+                protocol: 6,
+                _pad: [0; 3],
+            }
+        );
     }
 
     /// A slot answers with a record only for the key it owns, sends shared slots to

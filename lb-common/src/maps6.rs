@@ -27,11 +27,51 @@ pub struct FlowKey6 {
 const _: () = assert!(size_of::<FlowKey6>() == 40);
 
 impl FlowKey6 {
+    /// The key built from words, as `FlowKey::new` builds its own: a struct literal's
+    /// 3-byte padding is a call of the XDP program's byte-at-a-time `memset`
+    /// (`lb-ebpf/src/words.rs`), on every IPv6 packet.
+    #[inline(always)]
+    pub const fn new(
+        src_addr: Addr6,
+        dst_addr: Addr6,
+        src_port: u16,
+        dst_port: u16,
+        protocol: u8,
+    ) -> Self {
+        let [s0, s1] = address_words(src_addr);
+        let [d0, d1] = address_words(dst_addr);
+        let words = [
+            s0,
+            s1,
+            d0,
+            d1,
+            crate::maps::ports_word(src_port, dst_port, protocol),
+        ];
+        // SAFETY: 40 bytes of plain integers, laid out as the key's fields are.
+        unsafe { core::mem::transmute::<[u64; 5], FlowKey6>(words) }
+    }
+
     /// The key as five 64-bit words (what the flow filter hashes).
     #[inline(always)]
     pub const fn words(&self) -> [u64; 5] {
         // SAFETY: 40 bytes of plain integers with explicit padding, 8-byte aligned.
         unsafe { core::mem::transmute::<FlowKey6, [u64; 5]>(*self) }
+    }
+}
+
+/// An address as the two 64-bit words its four 32-bit ones make in memory.
+#[inline(always)]
+const fn address_words(a: Addr6) -> [u64; 2] {
+    [word_pair(a[0], a[1]), word_pair(a[2], a[3])]
+}
+
+/// The 64-bit word two consecutive 32-bit words make in memory.
+#[inline(always)]
+const fn word_pair(first: u32, second: u32) -> u64 {
+    if cfg!(target_endian = "little") {
+        first as u64 | (second as u64) << 32
+    } else {
+        (first as u64) << 32 | second as u64
     }
 }
 

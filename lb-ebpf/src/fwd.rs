@@ -32,6 +32,7 @@ use crate::{
     nat::decrement_ttl,
     parse::{Ipv4, ptr_at},
     stage,
+    words::Cleared,
 };
 
 const AF_INET: u8 = 2;
@@ -139,8 +140,9 @@ pub fn next_hop(ctx: &XdpContext, ip: &Ipv4, route: &Route) -> Result<Hop, (u32,
         });
     }
 
+    let mut room = Cleared::<FibParams>::uninit();
     // SAFETY: bpf_fib_lookup is plain data; all-zero is a valid value.
-    let mut fib: FibParams = unsafe { core::mem::zeroed() };
+    let fib = unsafe { room.zero() };
     fib.family = AF_INET;
     fib.l4_protocol = ip.protocol;
     fib.sport = route.src_port;
@@ -156,14 +158,7 @@ pub fn next_hop(ctx: &XdpContext, ip: &Ipv4, route: &Route) -> Result<Hop, (u32,
     };
 
     // SAFETY: ctx is the program's context and fib a valid, sized parameter block.
-    let rc = unsafe {
-        bpf_fib_lookup(
-            ctx.ctx.cast(),
-            &mut fib,
-            size_of::<FibParams>() as i32,
-            flags,
-        )
-    };
+    let rc = unsafe { bpf_fib_lookup(ctx.ctx.cast(), fib, size_of::<FibParams>() as i32, flags) };
     // SAFETY: with BPF_FIB_LOOKUP_SRC the kernel sets the source before it looks for the
     // neighbour, so a NO_NEIGH answer has it too.
     let src_addr = if route.want_source {
@@ -257,7 +252,8 @@ fn too_big(ctx: &XdpContext, ip: &Ipv4, route: &Route, mtu: u16) -> (u32, Reason
             mtu,
             side: route.side,
             encapsulated: u8::from(route.overhead != 0),
-            _pad: [0; 6],
+            _pad0: 0,
+            _pad1: 0,
         };
     }
     stage::enter(ctx, STAGE_TOO_BIG)

@@ -25,6 +25,7 @@ use crate::{
     parse::ETH_LEN,
     parse6::{IPV6_LEN, Ipv6},
     stage,
+    words::{self, Cleared},
 };
 
 const AF_INET6: u8 = 10;
@@ -128,8 +129,9 @@ pub fn next_hop(
         });
     }
 
+    let mut room = Cleared::<FibParams>::uninit();
     // SAFETY: bpf_fib_lookup is plain data; all-zero is a valid value.
-    let mut fib: FibParams = unsafe { core::mem::zeroed() };
+    let fib = unsafe { room.zero() };
     fib.family = AF_INET6;
     fib.l4_protocol = ip.protocol;
     fib.sport = route.src_port;
@@ -144,14 +146,7 @@ pub fn next_hop(
         0
     };
     // SAFETY: ctx is the program's context and fib a valid, sized parameter block.
-    let rc = unsafe {
-        bpf_fib_lookup(
-            ctx.ctx.cast(),
-            &mut fib,
-            size_of::<FibParams>() as i32,
-            flags,
-        )
-    };
+    let rc = unsafe { bpf_fib_lookup(ctx.ctx.cast(), fib, size_of::<FibParams>() as i32, flags) };
     if route.want_source {
         // SAFETY: with BPF_FIB_LOOKUP_SRC the kernel sets the source before it looks for
         // the neighbour, so a NO_NEIGH answer has it too.
@@ -193,7 +188,8 @@ pub fn next_hop(
         hop.mtu = unsafe { fib.__bindgen_anon_1.mtu_result };
         hop.dst_mac = mac_words(fib.dmac);
         hop.src_mac = mac_words(fib.smac);
-        hop.src_addr = *source;
+        // SAFETY: two addresses, 4-byte aligned.
+        unsafe { words::copy(&raw mut hop.src_addr, source) };
     }
     Ok(Hop {
         egress: fib.ifindex,
@@ -226,18 +222,17 @@ fn too_big(ctx: &XdpContext, ip: &Ipv6, route: &Route6, mtu: u16) -> (u32, Reaso
     let h = unsafe { &mut *handoff };
     // Field by field, for the stack (see `ipv6::forward`). An encapsulated packet is the
     // client's, to the VIP: the address it was for is the one it carries.
-    h.key = FlowKey6 {
-        src_addr: route.src_addr,
-        dst_addr: if encapsulated {
+    h.key = FlowKey6::new(
+        route.src_addr,
+        if encapsulated {
             ip.dst_addr
         } else {
             route.dst_addr
         },
-        src_port: route.src_port,
-        dst_port: route.dst_port,
-        protocol: ip.protocol,
-        _pad: [0; 3],
-    };
+        route.src_port,
+        route.dst_port,
+        ip.protocol,
+    );
     h.addr = route.original_addr;
     h.port = route.original_port;
     h.mtu = mtu.saturating_sub(route.overhead);

@@ -84,6 +84,8 @@ mod tables;
 mod too_big;
 #[cfg(target_arch = "bpf")]
 mod too_big6;
+#[cfg(target_arch = "bpf")]
+mod words;
 
 /// On the host (`cargo build --workspace`), the crate is an empty binary: the program
 /// only exists for the BPF target, which lb-ctl's build script compiles.

@@ -22,6 +22,8 @@ use lb_common::{
     ListenerKey6, NextHop6, PendingFlow6, TooBig6,
 };
 
+use crate::words;
+
 const TABLE_SLOTS: u32 = DEFAULT_MAX_LISTENERS * TABLES_PER_LISTENER;
 
 /// (VIP, port, protocol) → listener; also (VIP, 0, 0) VIP markers. Not preallocated, so
@@ -65,7 +67,7 @@ pub fn listener(key: &ListenerKey) -> Option<*mut Listener> {
             // SAFETY: map value pointers; the scratch slot is this CPU's alone, and XDP
             // programs do not nest on a CPU. Its word stays 0: the record is `first`.
             unsafe {
-                (*scratch).first = *found;
+                words::copy(&raw mut (*scratch).first, found);
                 (
                     scratch,
                     core::ptr::read_volatile(&raw const (*scratch).word),

@@ -35,6 +35,7 @@ use network_types::{
 use crate::{
     frame::ETH_LEN,
     maps::{BACKENDS, BACKENDS6, ENCAP_SOURCES6, LISTENERS, LISTENERS6},
+    words::Cleared,
 };
 
 const AF_INET: u8 = 2;
@@ -103,8 +104,9 @@ fn tunnel(ctx: &TcContext, backend_id: u32) -> Option<i32> {
             .ok()?;
     }
 
+    let mut room = Cleared::<FibParams>::uninit();
     // SAFETY: bpf_fib_lookup is plain data; all-zero is a valid value.
-    let mut fib: FibParams = unsafe { core::mem::zeroed() };
+    let fib = unsafe { room.zero() };
     fib.family = AF_INET;
     fib.l4_protocol = if gue {
         PROTO_UDP
@@ -113,7 +115,7 @@ fn tunnel(ctx: &TcContext, backend_id: u32) -> Option<i32> {
     };
     fib.__bindgen_anon_3.ipv4_src = outer.src_addr;
     fib.__bindgen_anon_4.ipv4_dst = backend.addr;
-    redirect(ctx, &mut fib)
+    redirect(ctx, fib)
 }
 
 /// `tunnel` for an IPv6 probe: its IPv6 backend (`BACKENDS6`), its listener in
@@ -172,8 +174,9 @@ fn tunnel6(ctx: &TcContext, backend_id: u32) -> Option<i32> {
             .ok()?;
     }
 
+    let mut room = Cleared::<FibParams>::uninit();
     // SAFETY: bpf_fib_lookup is plain data; all-zero is a valid value.
-    let mut fib: FibParams = unsafe { core::mem::zeroed() };
+    let fib = unsafe { room.zero() };
     fib.family = AF_INET6;
     fib.l4_protocol = if gue {
         PROTO_UDP
@@ -182,7 +185,7 @@ fn tunnel6(ctx: &TcContext, backend_id: u32) -> Option<i32> {
     };
     fib.__bindgen_anon_3.ipv6_src = outer.src_addr;
     fib.__bindgen_anon_4.ipv6_dst = backend;
-    redirect(ctx, &mut fib)
+    redirect(ctx, fib)
 }
 
 /// Out through the interface of the route `fib` asks for (the outer header's), unmarked;

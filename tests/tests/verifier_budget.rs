@@ -282,3 +282,59 @@ fn every_program_stays_within_the_stack_budget() {
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
+
+/// The compiler's block clears and copies that the BPF target leaves to functions:
+/// `compiler_builtins` implements them one byte per loop iteration, so a 52-byte clear
+/// runs some 260 instructions (`lb-ebpf/src/words.rs`).
+const BYTE_LOOPS: [&str; 5] = ["memset", "memcpy", "memmove", "memcmp", "bcmp"];
+
+/// The code's relocations in `object`, and every call among them of a `BYTE_LOOPS`
+/// function: section, offset, callee.
+fn byte_loop_calls(object: &[u8]) -> (usize, Vec<String>) {
+    use object::{
+        Object as _, ObjectSection as _, ObjectSymbol as _, RelocationTarget, SectionKind,
+    };
+    let file = object::File::parse(object).expect("the object parses");
+    let (mut relocations, mut calls) = (0, Vec::new());
+    for section in file.sections().filter(|s| s.kind() == SectionKind::Text) {
+        for (offset, relocation) in section.relocations() {
+            relocations += 1;
+            let RelocationTarget::Symbol(index) = relocation.target() else {
+                continue;
+            };
+            let name = file
+                .symbol_by_index(index)
+                .and_then(|s| s.name())
+                .unwrap_or_default();
+            if BYTE_LOOPS.contains(&name) {
+                calls.push(format!(
+                    "{} + {offset:#x} calls {name}",
+                    section.name().unwrap_or("?")
+                ));
+            }
+        }
+    }
+    (relocations, calls)
+}
+
+/// Needs no privilege: the objects are read, not loaded. The production programs, the
+/// backends' decapsulation program and the bench's programs clear and copy with word
+/// stores, never through a byte loop.
+#[test]
+fn no_program_clears_or_copies_a_byte_at_a_time() {
+    let mut problems = Vec::new();
+    for (build, object) in [
+        ("release", lb_ctl::dataplane::EBPF_OBJECT),
+        ("decap", lb_ctl::decap::DECAP_OBJECT),
+        ("testing", lb_tests::TEST_OBJECT),
+    ] {
+        let (relocations, calls) = byte_loop_calls(object);
+        println!(
+            "byte loops: {build:<9} {} calls of {} among the code's {relocations} relocations",
+            calls.len(),
+            BYTE_LOOPS.join("/")
+        );
+        problems.extend(calls.into_iter().map(|c| format!("{build}: {c}")));
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
