@@ -729,12 +729,10 @@ impl FlowKey {
         dst_port: u16,
         protocol: u8,
     ) -> Self {
-        let addresses = if cfg!(target_endian = "little") {
-            src_addr as u64 | (dst_addr as u64) << 32
-        } else {
-            (src_addr as u64) << 32 | dst_addr as u64
-        };
-        let words = [addresses, ports_word(src_port, dst_port, protocol)];
+        let words = [
+            word_pair(src_addr, dst_addr),
+            ports_word(src_port, dst_port, protocol),
+        ];
         // SAFETY: 16 bytes of plain integers either way, laid out as the fields are.
         unsafe { core::mem::transmute::<[u64; 2], FlowKey>(words) }
     }
@@ -744,6 +742,17 @@ impl FlowKey {
     pub const fn words(&self) -> [u64; 2] {
         // SAFETY: 16 bytes of plain integers with explicit padding, 8-byte aligned.
         unsafe { core::mem::transmute::<FlowKey, [u64; 2]>(*self) }
+    }
+}
+
+/// The 64-bit word two consecutive 32-bit words make in memory (the addresses of a flow
+/// key of either family, `FlowKey::new`, `FlowKey6::new`).
+#[inline(always)]
+pub(crate) const fn word_pair(first: u32, second: u32) -> u64 {
+    if cfg!(target_endian = "little") {
+        first as u64 | (second as u64) << 32
+    } else {
+        (first as u64) << 32 | second as u64
     }
 }
 

@@ -2,7 +2,11 @@
 //! (whose comments hold), with 16-byte addresses. Values without an address (`Flow`,
 //! `Listener`, `Backend`, `Affinity`, the counters) are shared by both families.
 
-use crate::{Listener, family::Addr6};
+use crate::{
+    Listener,
+    family::Addr6,
+    maps::{ports_word, word_pair},
+};
 
 /// Extension headers an IPv6 packet to a VIP may carry before its TCP or UDP header; a
 /// longer chain is refused (`DropExtensionHeader`). Hop-by-hop, destination options
@@ -40,13 +44,7 @@ impl FlowKey6 {
     ) -> Self {
         let [s0, s1] = address_words(src_addr);
         let [d0, d1] = address_words(dst_addr);
-        let words = [
-            s0,
-            s1,
-            d0,
-            d1,
-            crate::maps::ports_word(src_port, dst_port, protocol),
-        ];
+        let words = [s0, s1, d0, d1, ports_word(src_port, dst_port, protocol)];
         // SAFETY: 40 bytes of plain integers, laid out as the key's fields are.
         unsafe { core::mem::transmute::<[u64; 5], FlowKey6>(words) }
     }
@@ -63,16 +61,6 @@ impl FlowKey6 {
 #[inline(always)]
 const fn address_words(a: Addr6) -> [u64; 2] {
     [word_pair(a[0], a[1]), word_pair(a[2], a[3])]
-}
-
-/// The 64-bit word two consecutive 32-bit words make in memory.
-#[inline(always)]
-const fn word_pair(first: u32, second: u32) -> u64 {
-    if cfg!(target_endian = "little") {
-        first as u64 | (second as u64) << 32
-    } else {
-        (first as u64) << 32 | second as u64
-    }
 }
 
 /// Key of `LISTENERS6`; `port == 0` and `protocol == 0` is a VIP marker.
