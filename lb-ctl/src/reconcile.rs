@@ -1022,6 +1022,20 @@ listeners:
             self.reconciler.apply(&desired, now, &mut rec).unwrap();
             rec.0
         }
+
+        /// The key of server `address:port` of listener `listener` (its index in the config).
+        fn backend_key(
+            &self,
+            listener: usize,
+            address: &str,
+            port: u16,
+        ) -> crate::plan::BackendKey {
+            crate::plan::BackendKey {
+                frontend: crate::plan::Frontend::of(&self.config.listeners[listener]),
+                address: address.parse().unwrap(),
+                port,
+            }
+        }
     }
 
     /// A compact, comparable rendering of an op list.
@@ -1403,11 +1417,7 @@ listeners:
     fn unhealthy_backend_leaves_the_table_and_comes_back() {
         let mut h = Harness::new();
         h.step();
-        let key = crate::plan::BackendKey {
-            frontend: crate::plan::Frontend::of(&h.config.listeners[0]),
-            address: "198.18.1.11".parse().unwrap(),
-            port: 8080,
-        };
+        let key = h.backend_key(0, "198.18.1.11", 8080);
         h.runtime.unhealthy.insert(key);
         assert_eq!(
             shape(&h.step()),
@@ -1444,11 +1454,7 @@ primary_secondary_groups:
         ))
         .unwrap();
         h.step();
-        let primary = crate::plan::BackendKey {
-            frontend: crate::plan::Frontend::of(&h.config.listeners[2]),
-            address: "198.18.1.20".parse().unwrap(),
-            port: 5432,
-        };
+        let primary = h.backend_key(2, "198.18.1.20", 5432);
         h.runtime.unhealthy.insert(primary);
         // Failover: the secondary is usable before the table that gives it new flows.
         assert_eq!(
