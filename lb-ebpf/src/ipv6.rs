@@ -27,7 +27,7 @@ use lb_common::{
 use crate::{
     clock, flow,
     fwd6::{self, Route6},
-    maps::{BACKENDS6, ENCAP6, PENDING6, warm_backend_cpu},
+    maps::{BACKENDS6, ENCAP6, PENDING6},
     nat::Side,
     nat6,
     new_flow::{self, Client},
@@ -352,7 +352,7 @@ fn new_flow(ctx: &XdpContext) -> (u32, Reason) {
     let scanned = (pending.flags & PENDING_F_SCANNED != 0).then_some(pending.picked);
     let now = pending.now_ns;
     let (id, backend, persisted) = match decide::pick(
-        &Maps6::new(),
+        &Maps6::for_new_flow(),
         &mut (),
         listener,
         &packet,
@@ -372,8 +372,6 @@ fn new_flow(ctx: &XdpContext) -> (u32, Reason) {
         }
     };
     new_flow::note_persisted(&mut pending.flags, persisted);
-    // As in `lb_new_flow`: the record's miss overlaps the insert.
-    warm_backend_cpu(id);
     let client = Client {
         addr: ip.src_addr,
         l4: &l4,

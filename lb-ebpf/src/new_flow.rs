@@ -24,7 +24,7 @@ use lb_common::{
 use crate::{
     family::Tables,
     flow,
-    maps::{PENDING, backend_cpu, warm_backend_cpu},
+    maps::{PENDING, backend_cpu},
     parse,
     parse::{L4, Parsed},
     sched, stage, stats,
@@ -72,7 +72,7 @@ fn run(ctx: &XdpContext) -> (u32, Reason) {
         None
     };
     let now = pending.now_ns;
-    let maps = Maps::new();
+    let maps = Maps::for_new_flow();
     let (id, backend, persisted) =
         match decide::pick(&maps, &mut (), listener, &packet, &opening, scanned, now) {
             Pick::Backend {
@@ -87,9 +87,6 @@ fn run(ctx: &XdpContext) -> (u32, Reason) {
             }
         };
     note_persisted(&mut pending.flags, persisted);
-    // Its cache miss overlaps the flow's insert instead of following it. Looked up again
-    // for the send: a record pointer kept across the insert doubles the verifier's paths.
-    warm_backend_cpu(id);
     let client = Client {
         addr: ip.src_addr,
         l4: &l4,
@@ -112,6 +109,8 @@ fn run(ctx: &XdpContext) -> (u32, Reason) {
         }
         return refuse(listener, reason);
     }
+    // The record `maps` started loading, looked up again: a pointer kept across the
+    // insert doubles the verifier's paths.
     flow::send_to_backend(ctx, &ip, &l4, listener, id, backend_cpu(id), &backend, now)
 }
 

@@ -56,6 +56,8 @@ pub struct Maps {
     /// Whether a SYN the flow filter rules out of `FLOWS` is looked up in `HALF_OPEN`;
     /// false leaves that lookup to the new-flow stage's insert (`PENDING_F_EXCLUSIVE`).
     half_open_lookup: bool,
+    /// Whether reading a backend also starts loading this CPU's record of it (`warm`).
+    warm_records: bool,
 }
 
 impl Maps {
@@ -65,6 +67,21 @@ impl Maps {
         Self {
             found: Cell::new(None),
             half_open_lookup: true,
+            warm_records: false,
+        }
+    }
+
+    /// The tables as the new-flow stage reads them: the backend the scheduler picks is
+    /// read from `BACKENDS` during the decision and this CPU's record of it (the next hop,
+    /// the counters) after it. With thousands of backends neither stays in the CPU's
+    /// caches; started together, the two misses overlap instead of following each other
+    /// (docs/architecture.md, "The maps", has the measurements).
+    #[inline(always)]
+    pub const fn for_new_flow() -> Self {
+        Self {
+            found: Cell::new(None),
+            half_open_lookup: true,
+            warm_records: true,
         }
     }
 
@@ -76,6 +93,7 @@ impl Maps {
         Self {
             found: Cell::new(None),
             half_open_lookup: recheck,
+            warm_records: false,
         }
     }
 
@@ -175,6 +193,9 @@ impl Tables for Maps {
 
     #[inline(always)]
     fn backend(&self, id: u32) -> Option<MapRef<Backend>> {
+        if self.warm_records {
+            warm_backend_cpu(id);
+        }
         BACKENDS.get_ptr_mut(id).map(MapRef)
     }
 
@@ -255,6 +276,8 @@ fn filter_has(base: u32, addr: u32) -> bool {
 pub struct Maps6 {
     /// As `Maps::half_open_lookup`.
     half_open_lookup: bool,
+    /// As `Maps::warm_records`.
+    warm_records: bool,
 }
 
 impl Maps6 {
@@ -263,6 +286,16 @@ impl Maps6 {
     pub const fn new() -> Self {
         Self {
             half_open_lookup: true,
+            warm_records: false,
+        }
+    }
+
+    /// As `Maps::for_new_flow`.
+    #[inline(always)]
+    pub const fn for_new_flow() -> Self {
+        Self {
+            half_open_lookup: true,
+            warm_records: true,
         }
     }
 
@@ -271,6 +304,7 @@ impl Maps6 {
     pub const fn for_client(recheck: bool) -> Self {
         Self {
             half_open_lookup: recheck,
+            warm_records: false,
         }
     }
 }
@@ -312,6 +346,9 @@ impl Tables for Maps6 {
 
     #[inline(always)]
     fn backend(&self, id: u32) -> Option<MapRef<Backend>> {
+        if self.warm_records {
+            warm_backend_cpu(id);
+        }
         Maps::new().backend(id)
     }
 
