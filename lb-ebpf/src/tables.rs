@@ -346,10 +346,13 @@ impl Tables for Maps6 {
 
     #[inline(always)]
     fn backend(&self, id: u32) -> Option<MapRef<Backend>> {
-        if self.warm_records {
-            warm_backend_cpu(id);
-        }
-        Maps::new().backend(id)
+        // Backends are shared by both families: `Maps` reads them, and warms as asked.
+        let maps = if self.warm_records {
+            Maps::for_new_flow()
+        } else {
+            Maps::new()
+        };
+        maps.backend(id)
     }
 
     #[inline(always)]
